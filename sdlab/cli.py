@@ -1,0 +1,158 @@
+"""The command line: Hydra composes conf/ + experiments/, this module turns it into plain data and runs the job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import yaml
+
+from sdlab.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "scheduler", "experiment")
+log = logging.getLogger("sdlab")
+
+
+def group_options(group: str) -> list[str]:
+    """Selectable config names of a group (files not starting with `_`)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    data = yaml.safe_load(path.read_text()) or {}
+    return set(data) - {"defaults"}
+
+
+def _known_keys(group: str | None) -> set[str]:
+    if group is None:
+        return _yaml_keys(CONF_DIR / "config.yaml") - {"hydra"}
+    if group == "scheduler":
+        return _yaml_keys(CONF_DIR / "scheduler" / "_options.yaml")
+    return set().union(*(_yaml_keys(CONF_DIR / group / f"{n}.yaml") for n in group_options(group)))
+
+
+def check_overrides(args: list[str]) -> None:
+    """Reject unknown group choices and config keys up front, with the allowed values, before Hydra runs."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        if key.startswith(("+", "~")) or key.startswith("hydra") or key.startswith("experiment."):
+            continue
+        if key in GROUPS:
+            if value.startswith(("glob(", "choice(", "range(")):
+                continue
+            for option in value.split(","):
+                if option not in group_options(key):
+                    raise UserError(f"unknown {key} {option!r}; choose one of: {', '.join(group_options(key))}")
+            continue
+        group, _, sub = key.partition(".")
+        if sub and group in ("model", "scheduler"):
+            if sub not in _known_keys(group):
+                allowed = ", ".join(sorted(_known_keys(group)))
+                raise UserError(f"unknown config key {key!r}; {group}.* keys are: {allowed}")
+        elif key not in _known_keys(None) and group not in _known_keys(None):
+            raise UserError(f"unknown config key {key!r}; top-level keys are: {', '.join(sorted(_known_keys(None)))}")
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit with code 2."""
+    print(f"sdlab: error: {message}", file=sys.stderr)
+    sys.exit(UserError.exit_code)
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter that would bury sdlab's one line per image."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def job_overrides(task: list[str]) -> dict[str, str]:
+    """The job's command-line overrides as {key: value}, in command-line order."""
+    out = {}
+    for item in task:
+        key, _, value = item.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def apply_params_file(config: dict, overridden: set[str]) -> dict:
+    """Merge `params=FILE.json` into the config; explicit command-line overrides still win."""
+    from sdlab.params import load_params
+
+    if not config.get("params"):
+        return config
+    for key, value in load_params(config["params"]).items():
+        if key in overridden:
+            continue
+        if key == "scheduler":
+            config["scheduler"] = {**config["scheduler"], "name": value}
+        else:
+            config[key] = value
+    if "seed" in config and "seeds" not in overridden and "seed" not in overridden:
+        config["seeds"] = None if "seeds" not in load_params(config["params"]) else config["seeds"]
+    return config
+
+
+def run(cfg) -> None:
+    """Hydra's task function: compose -> plain dict -> job -> results table in the run dir."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from sdlab.collect import summarize
+    from sdlab.jobs import JobContext, get_job
+    from sdlab.records import ordered
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = job_overrides(list(hc.overrides.task))
+    ctx = JobContext(
+        config={},
+        out_dir=out_dir,
+        experiment=hc.runtime.choices.get("experiment") or "generate",
+        overrides=json.dumps(overrides),
+        run_id=uuid.uuid4().hex[:12],
+    )
+    try:
+        ctx.config = apply_params_file(OmegaConf.to_container(cfg, resolve=True), set(overrides))
+        frame = get_job(ctx.config["job"])(ctx)
+    except UserError as e:
+        if not multirun:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            fail(str(e))
+        log.error("job failed: %s", e)
+        frame = ordered([{"run_id": ctx.run_id, "experiment": ctx.experiment, "overrides": ctx.overrides,
+                          "status": "error", "error": f"UserError: {e}"}])
+    line = summarize(frame, out_dir, grid=not multirun)
+    log.info("%s: %s", out_dir / "results.csv", line)
+    if not multirun and "status" in frame and (frame["status"] != "ok").any():
+        sys.exit(1)
+
+
+def entry() -> None:
+    """Console script `sdlab`: check overrides, then hand over to Hydra."""
+    import hydra
+
+    try:
+        check_overrides(sys.argv[1:])
+    except UserError as e:
+        fail(str(e))
+    quiet_libraries()
+    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(run)()
+
+
+if __name__ == "__main__":
+    entry()

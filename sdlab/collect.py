@@ -1,0 +1,40 @@
+"""The Hydra callback that turns a finished multirun into one table and one labelled grid."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+
+from sdlab.figures import image_grid
+from sdlab.records import collect, write_table
+
+log = logging.getLogger(__name__)
+
+
+def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True) -> str:
+    """Write the table (and grid of its images) into `folder`; return the "N ok, M failed" line."""
+    write_table(frame, folder)
+    images = frame[frame["status"] == "ok"] if "status" in frame else frame
+    if grid and "image_path" in frame and images["image_path"].notna().any():
+        image_grid(frame, folder, folder / "grid.png")
+    failed = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[:0]
+    line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"
+    for _, row in failed.iterrows():
+        line += f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
+    return line
+
+
+class CollectSweep(Callback):
+    """At multirun end, collect every job's rows into `<sweep_dir>/results.{parquet,csv}` and `grid.png`."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        frame = collect(sweep_dir)
+        line = summarize(frame, sweep_dir)
+        log.info("sweep %s: %s", sweep_dir, line)
+        print(f"sdlab: {sweep_dir}/results.csv: {line}")

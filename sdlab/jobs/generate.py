@@ -1,0 +1,98 @@
+"""The generate job: one PNG and one row per seed, seeds batched `batch_size` at a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pandas as pd
+
+from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
+from sdlab.generate import BadOutputError, BatchResult, chunks, generate_batch
+from sdlab.jobs import JobContext, job
+from sdlab.models import base_scheduler_config, load_pipeline
+from sdlab.records import ordered, save_png, versions
+from sdlab.schedulers import make_scheduler, resolved_config
+
+log = logging.getLogger(__name__)
+TIMING_KEYS = ("time_text_s", "time_unet_s", "time_vae_s", "time_total_s")
+
+
+def cell_hash(base: dict[str, Any], seed: int) -> str:
+    """Hash of everything that decides one image: model, scheduler, parameters and its seed."""
+    return config_hash({**base, "seed": seed})
+
+
+@job("generate")
+def run_generate(ctx: JobContext) -> pd.DataFrame:
+    """Generate the configured seeds and save one PNG (parameters embedded) and one row per image."""
+    cfg = ctx.config
+    spec = model_spec(cfg["model"])
+    choice = scheduler_choice(cfg["scheduler"])
+    params = generation_params(cfg, spec.resolution)
+    pipe = load_pipeline(spec)
+    pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
+    common = {
+        "run_id": ctx.run_id,
+        "experiment": ctx.experiment,
+        "job": "generate",
+        "model": spec.name,
+        "scheduler": choice.name,
+        "scheduler_config": resolved_config(pipe.scheduler),
+        "num_inference_steps": params.num_inference_steps,
+        "guidance_scale": params.guidance_scale,
+        "prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
+        "width": params.width,
+        "height": params.height,
+        "eta": params.eta,
+        "overrides": ctx.overrides,
+        "device": str(pipe.device),
+        "versions": versions(),
+    }
+    hash_base = {k: common[k] for k in ("model", "scheduler_config", "num_inference_steps", "guidance_scale",
+                                       "prompt", "negative_prompt", "width", "height", "eta")}
+    rows = []
+    for batch in chunks(params.seeds, params.batch_size):
+        try:
+            result = generate_batch(pipe, spec.key, params, batch)
+        except (BadOutputError, RuntimeError, ValueError) as e:
+            log.error("seeds %s failed: %s", batch, e)
+            rows += [{**common, "seed": s, "batch_size": len(batch), "config_hash": cell_hash(hash_base, s),
+                      "status": "error", "error": f"{type(e).__name__}: {e}"} for s in batch]
+            continue
+        rows += image_rows(ctx, common, hash_base, result)
+    return ordered(rows)
+
+
+def describe(overrides: str) -> str:
+    """The job's overrides as `k=v k=v` for log lines."""
+    parsed = json.loads(overrides) if overrides else {}
+    return " ".join(f"{k}={v}" for k, v in parsed.items()) or "defaults"
+
+
+def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult) -> list[dict]:
+    """Save each image of a batch and make its row; batch timings are shared equally among its images."""
+    n = len(result.seeds)
+    rows = []
+    for image, seed in zip(result.images, result.seeds):
+        relative = f"images/seed{seed}.png"
+        row = {
+            **common,
+            "seed": seed,
+            "nfe": result.nfe,
+            "batch_size": n,
+            **{k: getattr(result, k) / n for k in TIMING_KEYS},
+            "peak_mem_bytes": result.peak_mem_bytes,
+            "image_path": relative,
+            "config_hash": cell_hash(hash_base, seed),
+            "status": "ok",
+            "error": None,
+        }
+        save_png(image, ctx.out_dir / relative, {k: row[k] for k in ("prompt", "negative_prompt", "seed",
+                 "num_inference_steps", "guidance_scale", "width", "height", "eta", "scheduler", "model")})
+        log.info("seed=%s %s: %.2f s (text %.3f, unet %.2f, vae %.3f), nfe %d", seed, describe(ctx.overrides),
+                 row["time_total_s"], row["time_text_s"], row["time_unet_s"], row["time_vae_s"], result.nfe)
+        rows.append(row)
+    return rows

@@ -1,0 +1,150 @@
+"""Load SD-shaped diffusers pipelines by name, offline-first, safetensors only, cached once per process."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from sdlab.architectures import ARCHITECTURES, build_components
+from sdlab.config import ModelSpec
+from sdlab.errors import UserError, choose
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODEL_NAMES = ("tiny", "mini", "sd15", "sd15_arch")
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+
+_PIPELINES: dict[tuple, object] = {}
+_BASE_SCHEDULERS: dict[tuple, dict] = {}
+load_count = 0
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is float16 on GPUs and float32 on CPU."""
+    if dtype == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    allowed = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    choose("model.dtype", dtype, list(allowed) + ["auto"])
+    return allowed[dtype]
+
+
+def check_weights_folder(folder: Path) -> None:
+    """Refuse anything but a diffusers folder whose weights are all safetensors, without opening pickles."""
+    if folder.is_file():
+        if folder.suffix in PICKLE_SUFFIXES:
+            raise UserError(f"refusing pickle checkpoint {folder}: sdlab loads safetensors only")
+        raise UserError(f"model.path={folder} is a file; give a diffusers folder (with model_index.json)")
+    if not folder.is_dir():
+        raise UserError(f"model.path={folder} does not exist; give a diffusers folder (with model_index.json)")
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
+    for component in WEIGHT_COMPONENTS:
+        files = [p for p in (folder / component).glob("*") if p.is_file()]
+        if any(p.suffix == ".safetensors" for p in files):
+            continue
+        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise UserError(
+                f"refusing pickle weights {folder / component / pickles[0]}: sdlab loads safetensors only "
+                "(convert them with diffusers' save_pretrained(safe_serialization=True))"
+            )
+        raise UserError(f"no .safetensors weights in {folder / component}")
+
+
+def cached_snapshot(repo_id: str) -> Path:
+    """The local Hugging Face cache folder of `repo_id`, never downloading."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as e:
+        raise UserError(
+            f"{repo_id} is not in the local Hugging Face cache ({type(e).__name__}); download it where there "
+            f"is internet (`hf download {repo_id}`) or pass model.path=DIR with a diffusers folder"
+        ) from None
+
+
+def _from_folder(folder: Path, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    check_weights_folder(folder)
+    return StableDiffusionPipeline.from_pretrained(
+        str(folder), torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+        safety_checker=None, requires_safety_checker=False,
+    )
+
+
+def _from_architecture(name: str):
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    from sdlab.tokenizer import load_tokenizer
+
+    arch = ARCHITECTURES[name]
+    return StableDiffusionPipeline(
+        **build_components(arch, seed=0),
+        tokenizer=load_tokenizer(),
+        scheduler=PNDMScheduler.from_config(arch.scheduler),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def model_folder(spec: ModelSpec) -> Path:
+    """Where a folder-backed model's weights are: `model.path`, the shipped mini model, or the HF cache."""
+    if spec.path:
+        path = Path(os.path.expanduser(spec.path))
+        return path if path.is_absolute() else Path.cwd() / path
+    if spec.name == "mini":
+        return PROJECT_ROOT / "models" / "mini"
+    return cached_snapshot(spec.repo_id)
+
+
+def load_pipeline(spec: ModelSpec):
+    """The pipeline for `spec`, loaded once per process and reused by every later job."""
+    global load_count
+    if spec.key in _PIPELINES:
+        return _PIPELINES[spec.key]
+    choose("model", spec.name, MODEL_NAMES)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    if spec.name in ARCHITECTURES and not spec.path:
+        pipe = _from_architecture(spec.name)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
+    else:
+        pipe = _from_folder(model_folder(spec), dtype)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(leave=False, desc="denoising")
+    load_count += 1
+    log.info("loaded model %s on %s (%s)", spec.name, device, dtype)
+    _PIPELINES[spec.key] = pipe
+    _BASE_SCHEDULERS[spec.key] = dict(pipe.scheduler.config)
+    return pipe
+
+
+def base_scheduler_config(spec: ModelSpec) -> dict:
+    """The scheduler config the model shipped with, before any swap."""
+    return _BASE_SCHEDULERS[spec.key]
+
+
+def clear_cache() -> None:
+    """Forget every cached pipeline (tests and memory-bound sweeps)."""
+    _PIPELINES.clear()
+    _BASE_SCHEDULERS.clear()

@@ -1,0 +1,78 @@
+"""Schedulers by name: each a diffusers class plus options, swapped onto a pipeline with `from_config`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import diffusers
+
+from sdlab.errors import UserError, choose
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A diffusers scheduler class and the options that make the named variant."""
+
+    cls: str
+    options: dict[str, Any] = field(default_factory=dict)
+    needs: str | None = None
+    stochastic: bool = False
+
+
+KARRAS = {"use_karras_sigmas": True}
+SDE = {"algorithm_type": "sde-dpmsolver++"}
+
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    "ddim": SchedulerSpec("DDIMScheduler"),
+    "ddpm": SchedulerSpec("DDPMScheduler", stochastic=True),
+    "pndm": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True}),
+    "lms": SchedulerSpec("LMSDiscreteScheduler"),
+    "lms_karras": SchedulerSpec("LMSDiscreteScheduler", KARRAS),
+    "euler": SchedulerSpec("EulerDiscreteScheduler"),
+    "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", stochastic=True),
+    "heun": SchedulerSpec("HeunDiscreteScheduler"),
+    "dpm2": SchedulerSpec("KDPM2DiscreteScheduler"),
+    "dpm2_a": SchedulerSpec("KDPM2AncestralDiscreteScheduler", stochastic=True),
+    "dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler"),
+    "dpmpp_2m_karras": SchedulerSpec("DPMSolverMultistepScheduler", KARRAS),
+    "dpmpp_2m_sde": SchedulerSpec("DPMSolverMultistepScheduler", SDE, stochastic=True),
+    "dpmpp_2m_sde_karras": SchedulerSpec("DPMSolverMultistepScheduler", {**SDE, **KARRAS}, stochastic=True),
+    "dpmpp_sde": SchedulerSpec("DPMSolverSDEScheduler", needs="torchsde", stochastic=True),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler"),
+    "deis": SchedulerSpec("DEISMultistepScheduler"),
+}
+
+
+def scheduler_class(name: str) -> type:
+    """The diffusers class registered under `name`, checking its optional dependency."""
+    choose("scheduler", name, SCHEDULERS)
+    spec = SCHEDULERS[name]
+    if spec.needs and importlib.util.find_spec(spec.needs) is None:
+        raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install 'sdlab[sde]'")
+    return getattr(diffusers, spec.cls)
+
+
+def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
+    """A scheduler `name` built from a pipeline's scheduler config, the variant's options and user overrides."""
+    cls = scheduler_class(name)
+    user = {k: v for k, v in (overrides or {}).items() if v is not None}
+    accepted = set(cls._get_init_keys(cls)) - {"self", "kwargs"}
+    unknown = sorted(set(user) - accepted)
+    if unknown:
+        raise UserError(
+            f"scheduler {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(accepted))}"
+        )
+    base = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    try:
+        return cls.from_config(base, **SCHEDULERS[name].options, **user)
+    except (ValueError, NotImplementedError) as e:
+        raise UserError(f"scheduler {name!r} rejects options {user}: {e}") from e
+
+
+def resolved_config(scheduler) -> str:
+    """The scheduler's full config as sorted JSON (the `scheduler_config` column)."""
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    return json.dumps({"class": type(scheduler).__name__, **config}, sort_keys=True, default=str)

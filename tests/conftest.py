@@ -1,0 +1,42 @@
+"""Shared fixtures: offline Hugging Face, the tiny pipeline, and an in-process `sdlab` runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny pipeline and its ModelSpec, loaded once for the session."""
+    from sdlab.config import ModelSpec
+    from sdlab.models import load_pipeline
+
+    spec = ModelSpec("tiny", resolution=64)
+    pipe = load_pipeline(spec)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, spec
+
+
+@pytest.fixture
+def run_sdlab(monkeypatch):
+    """Run the `sdlab` command in this process; returns the exit code (0 when it returns normally)."""
+    from sdlab import cli
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["sdlab", *args])
+        try:
+            cli.entry()
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
+
+    return run

@@ -1,0 +1,125 @@
+"""Bad input: one clear line naming the bad value and what is allowed, exit code 2, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sdlab.config import ModelSpec, generation_params
+from sdlab.errors import UserError
+from sdlab.models import check_weights_folder, load_pipeline
+from sdlab.params import load_params
+
+
+def sdlab(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home")}
+    return subprocess.run([sys.executable, "-m", "sdlab.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_unknown_scheduler_lists_valid_names(tmp_path):
+    result = sdlab("scheduler=eulr", cwd=tmp_path)
+    assert_one_line_error(result, "'eulr'", "euler_a", "dpmpp_2m_karras")
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("arg,fragment", [
+    ("model=sd99", "'sd99'"),
+    ("experiment=nope", "'nope'"),
+    ("foo=1", "'foo'"),
+    ("scheduler.bogus=1", "'scheduler.bogus'"),
+])
+def test_unknown_choices_and_keys(tmp_path, arg, fragment):
+    assert_one_line_error(sdlab(arg, cwd=tmp_path), fragment)
+
+
+def test_bad_model_path_and_missing_cache_are_one_line(tmp_path):
+    result = sdlab("model=sd15", f"model.path={tmp_path / 'missing'}", cwd=tmp_path)
+    assert_one_line_error(result, "missing", "does not exist")
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("results.csv"))
+    result = sdlab("model=sd15", cwd=tmp_path)
+    assert_one_line_error(result, "stable-diffusion-v1-5/stable-diffusion-v1-5", "model.path=DIR")
+
+
+def test_out_of_range_parameter_exits_2(tmp_path):
+    assert_one_line_error(sdlab("num_inference_steps=0", cwd=tmp_path), "num_inference_steps=0", ">= 1")
+
+
+@pytest.mark.parametrize("cfg,fragment", [
+    ({"num_inference_steps": 0}, "num_inference_steps=0"),
+    ({"guidance_scale": -1}, "guidance_scale=-1"),
+    ({"width": 63}, "width=63"),
+    ({"height": -8}, "height=-8"),
+    ({"eta": 1.5}, "eta=1.5"),
+    ({"seed": "abc"}, "seed='abc'"),
+    ({"seeds": []}, "seeds=[]"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"num_inference_steps": 2.5}, "num_inference_steps=2.5"),
+])
+def test_generation_params_name_the_bad_value(cfg, fragment):
+    with pytest.raises(UserError) as info:
+        generation_params(cfg, 64)
+    assert fragment in str(info.value)
+
+
+def test_params_json_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_params(bad)
+    bad.write_text(json.dumps({"promt": "x"}))
+    with pytest.raises(UserError, match="unknown key 'promt'.*prompt"):
+        load_params(bad)
+    bad.write_text(json.dumps({"seed": "7"}))
+    with pytest.raises(UserError, match="seed='7' should be int"):
+        load_params(bad)
+    with pytest.raises(UserError, match="does not exist"):
+        load_params(tmp_path / "absent.json")
+
+
+def make_pipeline_folder(root, suffix: str):
+    root.mkdir(parents=True)
+    (root / "model_index.json").write_text("{}")
+    for component in ("unet", "vae", "text_encoder"):
+        (root / component).mkdir(parents=True)
+        (root / component / f"weights{suffix}").write_bytes(b"\x80\x04not really a pickle")
+    return root
+
+
+def test_pickle_weights_are_refused_without_unpickling(tmp_path, monkeypatch):
+    import pickle
+
+    import torch
+
+    def forbidden(*a, **k):
+        raise AssertionError("a pickle was opened")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    folder = make_pipeline_folder(tmp_path / "pickled", ".bin")
+    with pytest.raises(UserError, match="refusing pickle weights.*safetensors only"):
+        check_weights_folder(folder)
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"\x80\x04")
+    with pytest.raises(UserError, match="refusing pickle checkpoint"):
+        load_pipeline(ModelSpec("sd15", path=str(ckpt)))
+
+
+def test_folder_without_weights_is_refused(tmp_path):
+    folder = make_pipeline_folder(tmp_path / "empty", ".txt")
+    with pytest.raises(UserError, match="no .safetensors weights"):
+        check_weights_folder(folder)

@@ -1,0 +1,79 @@
+"""Generation on the tiny model: every scheduler, NFE counting, batch invariance, text-embedding cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdlab import generate
+from sdlab.config import GenerationParams
+from sdlab.models import base_scheduler_config
+from sdlab.schedulers import SCHEDULERS, make_scheduler
+
+
+def params(**kw) -> GenerationParams:
+    return GenerationParams(**{"prompt": "a red circle", "width": 64, "height": 64, **kw})
+
+
+TWO_EVALUATIONS_PER_STEP = {"heun", "dpm2", "dpm2_a", "dpmpp_sde"}  # 2N - 1: the last step is first order
+
+
+def expected_nfe(name: str, steps: int) -> int:
+    """UNet evaluations for `steps` steps with CFG batched into one call per evaluation."""
+    if name in TWO_EVALUATIONS_PER_STEP:
+        return 2 * steps - 1
+    if name == "pndm":
+        return steps + 1  # PLMS repeats its first timestep to warm up the multistep history
+    return steps
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_runs_two_steps_with_counted_nfe(tiny, name):
+    pipe, spec = tiny
+    pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
+    result = generate.generate_batch(pipe, spec.key, params(num_inference_steps=2), [0])
+    assert result.images[0].size == (64, 64)
+    assert result.nfe == expected_nfe(name, 2)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "pndm"])
+def test_nfe_at_ten_steps(tiny, name):
+    pipe, spec = tiny
+    pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
+    result = generate.generate_batch(pipe, spec.key, params(num_inference_steps=10, guidance_scale=7.5), [0])
+    assert result.nfe == expected_nfe(name, 10)
+
+
+def test_seed_gives_same_image_alone_or_in_a_batch(tiny):
+    pipe, spec = tiny
+    pipe.scheduler = make_scheduler("euler_a", base_scheduler_config(spec))
+    p = params(num_inference_steps=3)
+    batched = generate.generate_batch(pipe, spec.key, p, [5, 6, 7]).images
+    for seed, image in zip([5, 6, 7], batched):
+        alone = generate.generate_batch(pipe, spec.key, p, [seed]).images[0]
+        assert np.abs(np.asarray(alone, float) - np.asarray(image, float)).max() <= 1
+    assert np.abs(np.asarray(batched[0], float) - np.asarray(batched[1], float)).max() > 10
+
+
+def test_text_embeddings_are_cached_per_model_and_prompt(tiny):
+    pipe, spec = tiny
+    calls = []
+    original = pipe.encode_prompt
+    pipe.encode_prompt = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    try:
+        prompt = "a cached blue square"
+        generate.text_embedding(pipe, spec.key, prompt)
+        generate.text_embedding(pipe, spec.key, prompt)
+        assert calls == [prompt]
+    finally:
+        del pipe.encode_prompt
+
+
+def test_nan_output_is_reported_not_saved():
+    import torch
+
+    latents = torch.full((1, 4, 8, 8), float("nan"))
+    with pytest.raises(generate.BadOutputError, match="seed 3"):
+        generate.check_output(latents, torch.zeros(1, 3, 64, 64), [3])
+    with pytest.raises(generate.BadOutputError, match="all-black"):
+        generate.check_output(torch.zeros(1, 4, 8, 8), torch.zeros(1, 3, 64, 64), [3])
