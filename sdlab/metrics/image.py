@@ -1,0 +1,65 @@
+"""Full-reference image quality: PSNR and SSIM on float images in [0, 1] (via scikit-image)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+SSIM_DEFAULT_WIN = 7
+
+
+def to_float01(img) -> np.ndarray:
+    """Image as float64 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1, floats unchanged; PIL images via np.asarray."""
+    arr = np.asarray(img)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float64)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == np.uint8:
+            return arr.astype(np.float64) / 255.0
+        if arr.dtype == np.uint16:
+            return arr.astype(np.float64) / 65535.0
+        raise TypeError(f"unsupported integer dtype {arr.dtype}; expected uint8 or uint16")
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr.astype(np.float64)
+    raise TypeError(f"unsupported image dtype {arr.dtype}")
+
+
+def _pair(reference, test) -> tuple[np.ndarray, np.ndarray]:
+    reference, test = to_float01(reference), to_float01(test)
+    if reference.shape != test.shape:
+        raise ValueError(f"shape mismatch: {reference.shape} vs {test.shape}")
+    return reference, test
+
+
+def psnr(reference, test, data_range: float = 1.0) -> float:
+    """PSNR = 10 log10(data_range² / MSE) on the [0, 1] float images; math.inf when MSE = 0."""
+    reference, test = _pair(reference, test)
+    mse = float(np.mean((reference - test) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(data_range**2 / mse)
+
+
+def ssim(reference, test, data_range: float = 1.0) -> float:
+    """Mean SSIM (Wang et al. 2004) = l·c·s over a uniform win_size² window, win_size = largest odd <= min(7, min side).
+
+    HxWxC images are compared per channel (channel_axis=-1) and averaged; HxW images as greyscale.
+    """
+    reference, test = _pair(reference, test)
+    if reference.ndim not in (2, 3):
+        raise ValueError(f"expected HxW or HxWxC, got shape {reference.shape}")
+    min_side = min(reference.shape[:2])
+    win_size = min(SSIM_DEFAULT_WIN, min_side if min_side % 2 else min_side - 1)
+    if win_size < 3:
+        raise ValueError(f"image too small for SSIM: {reference.shape[:2]} (need both sides >= 3)")
+    return float(
+        structural_similarity(
+            reference,
+            test,
+            data_range=data_range,
+            win_size=win_size,
+            channel_axis=-1 if reference.ndim == 3 else None,
+        )
+    )

@@ -1,0 +1,116 @@
+import math
+
+import numpy as np
+import pytest
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, KDPM2DiscreteScheduler
+
+from sdlab.metrics.schedule import (
+    alpha_bar_from_betas,
+    betas,
+    schedule_table,
+    scheduler_visits,
+    snr_db_from_alpha_bar,
+    zero_crossing,
+)
+
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012)
+TABLE_COLUMNS = ["t", "beta", "alpha", "alpha_bar", "signal_frac", "noise_frac", "snr", "snr_db", "sigma"]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("beta_start,beta_end", [(0.00085, 0.012), (1e-4, 0.02)])
+def test_betas_match_diffusers(schedule, beta_start, beta_end):
+    reference = DDPMScheduler(
+        beta_schedule=schedule, beta_start=beta_start, beta_end=beta_end, num_train_timesteps=1000
+    ).betas.numpy()
+    ours = betas(schedule, T=1000, beta_start=beta_start, beta_end=beta_end)
+    assert ours.shape == (1000,)
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_betas_rejects_unknown_schedule():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        betas("sigmoid")
+
+
+def test_cosine_is_capped_and_s_matters():
+    b = betas("squaredcos_cap_v2")
+    assert b.max() == pytest.approx(0.999)
+    assert np.all(np.diff(b) >= 0)
+    assert not np.allclose(betas("squaredcos_cap_v2", s=0.0)[:10], b[:10])
+
+
+def test_sd_linear_schedule_landmarks():
+    table = schedule_table(betas("linear", T=1000, **SD_BETAS))
+    assert round(table.snr_db.iloc[0], 2) == 30.70
+    assert round(table.snr_db.iloc[999], 2) == -28.01
+    assert zero_crossing(table.alpha_bar) == 284
+    assert round(table.alpha_bar.iloc[500], 3) == 0.161
+
+
+def test_scaled_linear_differs_from_linear():
+    linear = schedule_table(betas("linear", **SD_BETAS))
+    scaled = schedule_table(betas("scaled_linear", **SD_BETAS))
+    # Same endpoints in beta, so the same t=0 value ...
+    assert scaled.snr_db.iloc[0] == pytest.approx(linear.snr_db.iloc[0])
+    # ... but sqrt-space interpolation keeps betas smaller in between: more signal left.
+    assert zero_crossing(scaled.alpha_bar) == 354
+    assert round(scaled.alpha_bar.iloc[500], 3) == 0.276
+    assert round(scaled.snr_db.iloc[999], 2) == -23.30
+    assert np.all(scaled.alpha_bar.iloc[1:-1].to_numpy() > linear.alpha_bar.iloc[1:-1].to_numpy())
+
+
+def test_schedule_table_columns_and_identities():
+    table = schedule_table(betas("scaled_linear", **SD_BETAS))
+    assert list(table.columns) == TABLE_COLUMNS
+    assert table.t.tolist() == list(range(1000))
+    np.testing.assert_allclose(table.signal_frac**2 + table.noise_frac**2, 1.0)
+    np.testing.assert_allclose(table.sigma, 1.0 / np.sqrt(table.snr))
+    np.testing.assert_allclose(table.snr_db, snr_db_from_alpha_bar(table.alpha_bar))
+    np.testing.assert_allclose(table.alpha_bar, alpha_bar_from_betas(table.beta))
+    assert table.snr.is_monotonic_decreasing
+
+
+def test_sigma_matches_euler_training_sigmas():
+    table = schedule_table(betas("scaled_linear", **SD_BETAS))
+    euler = EulerDiscreteScheduler(beta_schedule="scaled_linear", **SD_BETAS)
+    # EulerDiscreteScheduler's sigmas before set_timesteps are the training sigmas, descending.
+    np.testing.assert_allclose(table.sigma.to_numpy()[::-1], euler.sigmas.numpy()[:-1], rtol=1e-4)
+
+
+def test_zero_crossing_edges():
+    assert zero_crossing([0.9, 0.6, 0.5, 0.2]) == 2
+    assert zero_crossing([0.9, 0.8]) == -1
+
+
+def test_scheduler_visits_ddim_integer_timesteps():
+    ddim = DDIMScheduler(beta_schedule="scaled_linear", **SD_BETAS)
+    visits = scheduler_visits(ddim, 10)
+    assert list(visits.columns) == ["step", "timestep", "sigma", "snr_db"]
+    assert visits.timestep.tolist() == list(range(900, -1, -100))
+    table = schedule_table(betas("scaled_linear", **SD_BETAS))
+    expected = table.set_index("t").loc[visits.timestep.astype(int)]
+    np.testing.assert_allclose(visits.sigma, expected.sigma, rtol=1e-4)
+    np.testing.assert_allclose(visits.snr_db, expected.snr_db, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_scheduler_visits_euler_uses_scheduler_sigmas_and_interpolates():
+    euler = EulerDiscreteScheduler(beta_schedule="scaled_linear", **SD_BETAS)
+    visits = scheduler_visits(euler, 7)
+    assert len(visits) == 7
+    assert visits.step.tolist() == list(range(7))
+    np.testing.assert_allclose(visits.sigma, euler.sigmas.numpy()[:7])
+    # linspace spacing gives fractional timesteps, e.g. 999 * 5/6 = 832.5
+    assert any(t != math.floor(t) for t in visits.timestep)
+    # interpolated alpha_bar and the scheduler's sigma agree to a fraction of a dB
+    np.testing.assert_allclose(visits.snr_db, -20 * np.log10(visits.sigma), atol=0.1)
+    assert visits.snr_db.is_monotonic_increasing
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_scheduler_visits_falls_back_when_sigmas_not_aligned():
+    kdpm2 = KDPM2DiscreteScheduler(beta_schedule="scaled_linear", **SD_BETAS)
+    visits = scheduler_visits(kdpm2, 5)
+    assert len(visits) == len(kdpm2.timesteps) != len(kdpm2.sigmas) - 1
+    np.testing.assert_allclose(visits.sigma, 10 ** (-visits.snr_db / 20), rtol=1e-9)
