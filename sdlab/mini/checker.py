@@ -1,0 +1,252 @@
+"""Analytic checker reading the attributes of a miniature-dataset image.
+
+The checker looks at pixels only:
+
+* background: per-channel median of the one-pixel border, named after the
+  nearest background colour;
+* foreground: pixels far from that background colour; the shape colour is
+  the median of the farthest half of them, named after the nearest shape
+  colour other than the background's;
+* coverage: each pixel's projection onto the background-to-shape colour line,
+  so antialiased or blurred edges count fractionally;
+* bounding box: rows and columns weighted by their peak coverage, giving a
+  sub-pixel height, width and centre;
+* size: the larger side of the bounding box, against the midpoint between
+  the dataset's small and large extents;
+* position: the bounding-box centre, assigned to the nearest anchor;
+* shape: the rows of a triangle's area are skewed (heavy base, thin apex:
+  skewness about -0.57, against 0 for the symmetric shapes); the others are
+  told apart by how much of the bounding box they fill (square 1,
+  circle pi/4, cross 5/9).
+
+Images without a foreground get ``None`` for every attribute but the
+background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from sdlab.mini.data import (
+    BACKGROUNDS,
+    COLOURS,
+    HALF_EXTENT_RANGE,
+    IMAGE_SIZE,
+    POSITION_OFFSET,
+    POSITION_UNIT_OFFSETS,
+    Attributes,
+)
+
+ATTRIBUTE_NAMES = tuple(field.name for field in fields(Attributes))
+
+# RGB distance from the background beyond which a pixel may be foreground;
+# well above sensor-like noise, well below the dataset's minimum contrast.
+FOREGROUND_DISTANCE = 48.0
+MIN_FOREGROUND_PIXELS = 8
+COVERAGE_THRESHOLD = 0.5
+
+TRIANGLE_MIN_ASYMMETRY = 0.25
+BOX_PADDING = 2
+SQUARE_MIN_FILL = 0.87
+CIRCLE_MIN_FILL = 0.69
+
+# Boundary between the small and large extents, in pixels of a 64 px image.
+SIZE_BOUNDARY = HALF_EXTENT_RANGE["small"][1] + HALF_EXTENT_RANGE["large"][0]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Attributes read from an image (None when unreadable) and the measurements behind them."""
+
+    shape: str | None
+    colour: str | None
+    size: str | None
+    position: str | None
+    background: str | None
+    fill_ratio: float = float("nan")
+    asymmetry: float = float("nan")
+    extent: float = float("nan")
+    centre: tuple[float, float] = (float("nan"), float("nan"))
+    contrast: float = 0.0
+
+    @property
+    def attributes(self) -> Attributes | None:
+        """The attributes as a dataset Attributes, or None if any is unreadable."""
+        values = [getattr(self, name) for name in ATTRIBUTE_NAMES]
+        return None if None in values else Attributes(*values)
+
+
+def as_rgb_float(image: np.ndarray) -> np.ndarray:
+    """Image as float HxWx3 in 0..255 (accepts grey, RGBA, uint8 or floats in [0, 1])."""
+    array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    array = array[..., :3]
+    if np.issubdtype(np.asarray(image).dtype, np.floating) and array.size and array.max() <= 1.0:
+        return array * 255.0
+    return array
+
+
+def nearest_name(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
+    """Name of the palette colour nearest to rgb."""
+    names = list(palette)
+    distances = np.linalg.norm(np.asarray([palette[name] for name in names], float) - rgb, axis=1)
+    return names[int(np.argmin(distances))]
+
+
+def border_colour(image: np.ndarray) -> np.ndarray:
+    """Per-channel median of the outermost ring of pixels."""
+    ring = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+    return np.median(ring, axis=0)
+
+
+def foreground_colour(image: np.ndarray, background: np.ndarray) -> np.ndarray | None:
+    """Median colour of the pixels farthest from the background, or None if too few differ."""
+    distance = np.linalg.norm(image - background, axis=-1)
+    candidates = distance > FOREGROUND_DISTANCE
+    if candidates.sum() < MIN_FOREGROUND_PIXELS:
+        return None
+    core = candidates & (distance >= np.median(distance[candidates]))
+    colour = np.median(image[core], axis=0)
+    # Scattered outliers of many hues (noise, texture) have a median near the background.
+    if np.linalg.norm(colour - background) <= FOREGROUND_DISTANCE:
+        return None
+    return colour
+
+
+def coverage_map(image: np.ndarray, background: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Per-pixel fraction of foreground, by projection on the background-foreground line."""
+    direction = foreground - background
+    return (image - background) @ direction / float(direction @ direction)
+
+
+def remove_isolated(mask: np.ndarray) -> np.ndarray:
+    """Drop mask pixels with fewer than two mask pixels among their 8 neighbours."""
+    padded = np.pad(mask, 1).astype(np.int8)
+    height, width = mask.shape
+    neighbours = sum(
+        padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        if (dy, dx) != (0, 0)
+    )
+    return mask & (neighbours >= 2)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Inclusive (top, bottom, left, right) of the mask, or None if empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    columns = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]), int(columns[0]), int(columns[-1])
+
+
+def occupancy_profile(window: np.ndarray, axis: int) -> np.ndarray:
+    """Per-line peak coverage along an axis, after a 3-pixel mean that damps noise."""
+    lines = np.moveaxis(window, axis, -1)
+    if lines.shape[-1] >= 3:
+        lines = (lines[..., :-2] + lines[..., 1:-1] + lines[..., 2:]) / 3.0
+    return np.clip(lines.max(axis=-1), 0.0, 1.0)
+
+
+def weighted_moments(weights: np.ndarray, coordinates: np.ndarray) -> tuple[float, float, float]:
+    """Total, mean and skewness of a 1-D weight distribution."""
+    total = float(weights.sum())
+    if total <= 0:
+        return 0.0, float("nan"), 0.0
+    mean = float((weights * coordinates).sum() / total)
+    deviations = coordinates - mean
+    variance = float((weights * deviations**2).sum() / total)
+    third_moment = float((weights * deviations**3).sum() / total)
+    return total, mean, third_moment / max(variance, 1e-6) ** 1.5
+
+
+def classify_shape(fill_ratio: float, asymmetry: float) -> str:
+    """Shape name from bounding-box fill ratio and top-heaviness (negated row skewness)."""
+    if asymmetry > TRIANGLE_MIN_ASYMMETRY:
+        return "triangle"
+    if fill_ratio >= SQUARE_MIN_FILL:
+        return "square"
+    if fill_ratio >= CIRCLE_MIN_FILL:
+        return "circle"
+    return "cross"
+
+
+def classify_size(extent: float, image_width: int) -> str:
+    """'small' or 'large' from the larger bounding-box side."""
+    boundary = SIZE_BOUNDARY * image_width / IMAGE_SIZE
+    return "large" if extent > boundary else "small"
+
+
+def classify_position(centre_x: float, centre_y: float, height: int, width: int) -> str:
+    """Nearest position anchor to the bounding-box centre."""
+    offset_x = (centre_x - width / 2) * IMAGE_SIZE / width
+    offset_y = (centre_y - height / 2) * IMAGE_SIZE / height
+    return min(
+        POSITION_UNIT_OFFSETS,
+        key=lambda name: (offset_x - POSITION_UNIT_OFFSETS[name][0] * POSITION_OFFSET) ** 2
+        + (offset_y - POSITION_UNIT_OFFSETS[name][1] * POSITION_OFFSET) ** 2,
+    )
+
+
+def _shape_measurements(coverage: np.ndarray, box: tuple[int, int, int, int]):
+    """Fill ratio, top-heaviness, extent and centre of the shape inside its padded box."""
+    top, bottom, left, right = box
+    height, width = coverage.shape
+    top, left = max(top - BOX_PADDING, 0), max(left - BOX_PADDING, 0)
+    bottom, right = min(bottom + BOX_PADDING, height - 1), min(right + BOX_PADDING, width - 1)
+    window = coverage[top : bottom + 1, left : right + 1]
+    rows = np.arange(top, bottom + 1) + 0.5
+    columns = np.arange(left, right + 1) + 0.5
+    box_height, centre_y, _ = weighted_moments(occupancy_profile(window, axis=1), rows)
+    box_width, centre_x, _ = weighted_moments(occupancy_profile(window, axis=0), columns)
+    area = float(window.sum())
+    _, _, row_skewness = weighted_moments(np.clip(window, 0.0, 1.0).sum(axis=1), rows)
+    fill_ratio = area / max(box_height * box_width, 1e-6)
+    # An apex-up triangle has its mass at the bottom and a thin tail at the top.
+    asymmetry = -row_skewness
+    return fill_ratio, asymmetry, max(box_height, box_width), (centre_x, centre_y)
+
+
+def check(image: np.ndarray) -> CheckResult:
+    """Read shape, colour, size, position and background from an image."""
+    pixels = as_rgb_float(image)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3 or min(pixels.shape[:2]) < 3:
+        return CheckResult(None, None, None, None, None)
+    background_rgb = border_colour(pixels)
+    background = nearest_name(background_rgb, BACKGROUNDS)
+    foreground_rgb = foreground_colour(pixels, background_rgb)
+    if foreground_rgb is None:
+        return CheckResult(None, None, None, None, background)
+    coverage = coverage_map(pixels, background_rgb, foreground_rgb)
+    box = bounding_box(remove_isolated(coverage > COVERAGE_THRESHOLD))
+    if box is None:
+        return CheckResult(None, None, None, None, background)
+    shape_palette = {name: rgb for name, rgb in COLOURS.items() if name != background}
+    fill_ratio, asymmetry, extent, centre = _shape_measurements(coverage, box)
+    height, width = coverage.shape
+    return CheckResult(
+        shape=classify_shape(fill_ratio, asymmetry),
+        colour=nearest_name(foreground_rgb, shape_palette),
+        size=classify_size(extent, width),
+        position=classify_position(centre[0], centre[1], height, width),
+        background=background,
+        fill_ratio=fill_ratio,
+        asymmetry=asymmetry,
+        extent=extent,
+        centre=centre,
+        contrast=float(np.linalg.norm(foreground_rgb - background_rgb)),
+    )
+
+
+def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
+    """Per-attribute agreement between an image and target attributes, plus 'all'."""
+    result = check(image)
+    agreement = {name: getattr(result, name) == getattr(attrs, name) for name in ATTRIBUTE_NAMES}
+    agreement["all"] = all(agreement.values())
+    return agreement

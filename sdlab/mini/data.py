@@ -1,0 +1,300 @@
+"""Procedural, seeded dataset of captioned 64x64 images of simple shapes.
+
+Every image shows one flat-coloured shape on a plain background. All the
+vocabulary lives in this module:
+
+* shapes: ``circle``, ``square``, ``triangle`` (apex up), ``cross`` (a plus
+  sign whose arms are a third of its extent wide)
+* shape colours (RGB): red (215, 35, 35), orange (245, 135, 25),
+  yellow (245, 230, 40), green (40, 170, 60), blue (40, 80, 225),
+  purple (145, 60, 190), white (245, 245, 245), black (20, 20, 20)
+* background colours (RGB): white, black and blue, green as above, plus
+  gray (128, 128, 128)
+* sizes: ``small`` (half-extent 6-8 px at 64 px) and ``large``
+  (half-extent 12-14 px)
+* positions: ``centre``, ``left``, ``right``, ``top``, ``bottom``; the shape's
+  bounding-box centre sits at the image centre or 15 px (at 64 px) away from
+  it, jittered by at most 2 px on each axis.
+
+A shape colour is never used on a background closer than ``MIN_CONTRAST`` in
+RGB distance (which also excludes the background's own colour): this drops
+gray with green and purple, and blue with purple.
+
+Caption grammar (``{position}`` expands to ``in the centre``, ``on the left``,
+``on the right``, ``at the top`` or ``at the bottom``)::
+
+    0: "a {size} {colour} {shape} {position} on a {background} background"
+    1: "{size} {colour} {shape} {position}, {background} background"
+    2: "a {background} background with a {size} {colour} {shape} {position}"
+
+``caption(attrs)`` uses template 0; given an rng it picks one uniformly.
+``parse_caption`` inverts every template.
+
+Splits: ``is_held_out`` holds out the attribute combinations whose CRC32 of
+``"shape|colour|size|position|background"`` is divisible by 20 (about 5%).
+Training images use ``TRAIN_SEED`` and never show a held-out combination;
+evaluation uses any other seed (``EVAL_SEED`` by default) and may restrict
+itself to the held-out combinations to test compositional generalisation.
+Image ``(seed, index)`` is drawn from ``np.random.default_rng([seed, index])``.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import astuple, dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (245, 135, 25),
+    "yellow": (245, 230, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "purple": (145, 60, 190),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "gray": (128, 128, 128),
+    "blue": (40, 80, 225),
+    "green": (40, 170, 60),
+}
+SIZES = ("small", "large")
+POSITIONS = ("centre", "left", "right", "top", "bottom")
+
+MIN_CONTRAST = 120.0
+IMAGE_SIZE = 64
+SUPERSAMPLING = 4
+
+# Geometry in pixels of a 64 px image; other sizes scale proportionally.
+HALF_EXTENT_RANGE = {"small": (6.0, 8.0), "large": (12.0, 14.0)}
+POSITION_OFFSET = 15.0
+POSITION_JITTER = 2.0
+CROSS_ARM_FRACTION = 1.0 / 3.0
+
+POSITION_UNIT_OFFSETS: dict[str, tuple[int, int]] = {
+    "centre": (0, 0),
+    "left": (-1, 0),
+    "right": (1, 0),
+    "top": (0, -1),
+    "bottom": (0, 1),
+}
+POSITION_PHRASES = {
+    "centre": "in the centre",
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+}
+CAPTION_TEMPLATES = (
+    "a {size} {colour} {shape} {position} on a {background} background",
+    "{size} {colour} {shape} {position}, {background} background",
+    "a {background} background with a {size} {colour} {shape} {position}",
+)
+
+TRAIN_SEED = 0
+EVAL_SEED = 1
+HELD_OUT_MODULUS = 20
+
+Split = Literal["any", "train", "held_out"]
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """The five attributes that fully describe one dataset image."""
+
+    shape: str
+    colour: str
+    size: str
+    position: str
+    background: str
+
+
+def rgb_distance(first: tuple[int, int, int], second: tuple[int, int, int]) -> float:
+    """Euclidean distance between two RGB colours."""
+    return float(np.linalg.norm(np.subtract(first, second, dtype=float)))
+
+
+def is_allowed(colour: str, background: str) -> bool:
+    """Whether a shape colour has enough contrast against a background."""
+    return rgb_distance(COLOURS[colour], BACKGROUNDS[background]) >= MIN_CONTRAST
+
+
+def is_held_out(attrs: Attributes) -> bool:
+    """Whether an attribute combination is reserved for evaluation."""
+    key = "|".join(astuple(attrs)).encode()
+    return zlib.crc32(key) % HELD_OUT_MODULUS == 0
+
+
+@lru_cache(maxsize=None)
+def combinations(split: Split = "any") -> tuple[Attributes, ...]:
+    """All valid attribute combinations of a split, in a fixed order."""
+    every = (
+        Attributes(shape, colour, size, position, background)
+        for shape in SHAPES
+        for colour in COLOURS
+        for size in SIZES
+        for position in POSITIONS
+        for background in BACKGROUNDS
+        if is_allowed(colour, background)
+    )
+    if split == "any":
+        return tuple(every)
+    if split == "train":
+        return tuple(attrs for attrs in every if not is_held_out(attrs))
+    if split == "held_out":
+        return tuple(attrs for attrs in every if is_held_out(attrs))
+    raise ValueError(f"unknown split {split!r}")
+
+
+def sample_attributes(rng: np.random.Generator, split: Split = "any") -> Attributes:
+    """Draw one combination uniformly from the valid combinations of a split."""
+    options = combinations(split)
+    return options[int(rng.integers(len(options)))]
+
+
+def caption(attrs: Attributes, rng: np.random.Generator | None = None) -> str:
+    """Caption for the attributes, from template 0 or a random template."""
+    template_index = 0 if rng is None else int(rng.integers(len(CAPTION_TEMPLATES)))
+    return CAPTION_TEMPLATES[template_index].format(
+        size=attrs.size,
+        colour=attrs.colour,
+        shape=attrs.shape,
+        position=POSITION_PHRASES[attrs.position],
+        background=attrs.background,
+    )
+
+
+def _alternation(words) -> str:
+    return "|".join(re.escape(word) for word in words)
+
+
+_OBJECT_PATTERN = re.compile(
+    rf"\b({_alternation(SIZES)}) ({_alternation(COLOURS)}) ({_alternation(SHAPES)}) "
+    rf"({_alternation(POSITION_PHRASES.values())})\b"
+)
+_BACKGROUND_PATTERN = re.compile(rf"\b({_alternation(BACKGROUNDS)}) background\b")
+_POSITION_BY_PHRASE = {phrase: position for position, phrase in POSITION_PHRASES.items()}
+
+
+def parse_caption(text: str) -> Attributes | None:
+    """Recover the attributes from a caption of the grammar, or None."""
+    object_match = _OBJECT_PATTERN.search(text)
+    background_match = _BACKGROUND_PATTERN.search(text)
+    if object_match is None or background_match is None:
+        return None
+    size, colour, shape, phrase = object_match.groups()
+    return Attributes(shape, colour, size, _POSITION_BY_PHRASE[phrase], background_match.group(1))
+
+
+def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, half_extent: float) -> np.ndarray:
+    """Boolean mask of a shape centred at the origin, on coordinate grids x, y."""
+    if shape == "circle":
+        return x * x + y * y <= half_extent * half_extent
+    if shape == "square":
+        return (np.abs(x) <= half_extent) & (np.abs(y) <= half_extent)
+    if shape == "triangle":
+        # Apex at (0, -h), base from (-h, h) to (h, h).
+        return (y <= half_extent) & (np.abs(x) <= (y + half_extent) / 2)
+    if shape == "cross":
+        arm = half_extent * CROSS_ARM_FRACTION
+        inside_box = (np.abs(x) <= half_extent) & (np.abs(y) <= half_extent)
+        return inside_box & ((np.abs(x) <= arm) | (np.abs(y) <= arm))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _geometry(attrs: Attributes, rng: np.random.Generator | None, size: int):
+    """Centre (x, y) and half-extent in pixels of the shape in a size-px image."""
+    scale = size / IMAGE_SIZE
+    low, high = HALF_EXTENT_RANGE[attrs.size]
+    unit_x, unit_y = POSITION_UNIT_OFFSETS[attrs.position]
+    if rng is None:
+        half_extent = (low + high) / 2
+        jitter_x = jitter_y = 0.0
+    else:
+        half_extent = rng.uniform(low, high)
+        jitter_x, jitter_y = rng.uniform(-POSITION_JITTER, POSITION_JITTER, size=2)
+    centre_x = size / 2 + scale * (unit_x * POSITION_OFFSET + jitter_x)
+    centre_y = size / 2 + scale * (unit_y * POSITION_OFFSET + jitter_y)
+    return centre_x, centre_y, scale * half_extent
+
+
+def coverage(attrs: Attributes, rng: np.random.Generator | None = None, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Antialiased shape coverage in [0, 1], float32 of shape (size, size)."""
+    centre_x, centre_y, half_extent = _geometry(attrs, rng, size)
+    fine = size * SUPERSAMPLING
+    # Coordinates of the supersample centres, in output pixel units.
+    axis = (np.arange(fine, dtype=np.float32) + 0.5) / SUPERSAMPLING
+    x = (axis - centre_x)[None, :]
+    y = (axis - centre_y)[:, None]
+    mask = _shape_mask(attrs.shape, x, y, half_extent)
+    return mask.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3), dtype=np.float32)
+
+
+def render(attrs: Attributes, rng: np.random.Generator | None = None, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Render the attributes as a uint8 (size, size, 3) image; rng adds jitter."""
+    alpha = coverage(attrs, rng, size)[..., None]
+    foreground = np.asarray(COLOURS[attrs.colour], dtype=np.float32)
+    background = np.asarray(BACKGROUNDS[attrs.background], dtype=np.float32)
+    image = background + alpha * (foreground - background)
+    return np.rint(image).astype(np.uint8)
+
+
+def sample(seed: int, index: int, split: Split = "any") -> tuple[np.ndarray, str, Attributes]:
+    """Image, caption and attributes of item (seed, index) of a split."""
+    rng = np.random.default_rng([seed, index])
+    attrs = sample_attributes(rng, split)
+    text = caption(attrs, rng)
+    return render(attrs, rng), text, attrs
+
+
+def batch(
+    seed: int, start: int, count: int, split: Split = "any"
+) -> tuple[np.ndarray, list[str], list[Attributes]]:
+    """Items start..start+count-1 of (seed, split), images stacked as (N, 64, 64, 3)."""
+    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    captions: list[str] = []
+    attributes: list[Attributes] = []
+    for offset in range(count):
+        images[offset], text, attrs = sample(seed, start + offset, split)
+        captions.append(text)
+        attributes.append(attrs)
+    return images, captions, attributes
+
+
+def train_sample(index: int) -> tuple[np.ndarray, str, Attributes]:
+    """Training item: seed TRAIN_SEED, never a held-out combination."""
+    return sample(TRAIN_SEED, index, "train")
+
+
+def train_batch(start: int, count: int) -> tuple[np.ndarray, list[str], list[Attributes]]:
+    """Training items start..start+count-1."""
+    return batch(TRAIN_SEED, start, count, "train")
+
+
+def _check_eval_seed(seed: int) -> None:
+    if seed == TRAIN_SEED:
+        raise ValueError(f"evaluation must not use the training seed {TRAIN_SEED}")
+
+
+def eval_sample(
+    index: int, seed: int = EVAL_SEED, split: Split = "any"
+) -> tuple[np.ndarray, str, Attributes]:
+    """Evaluation item from a non-training seed; split='held_out' for unseen combinations."""
+    _check_eval_seed(seed)
+    return sample(seed, index, split)
+
+
+def eval_batch(
+    start: int, count: int, seed: int = EVAL_SEED, split: Split = "any"
+) -> tuple[np.ndarray, list[str], list[Attributes]]:
+    """Evaluation items start..start+count-1 from a non-training seed."""
+    _check_eval_seed(seed)
+    return batch(seed, start, count, split)
