@@ -30,7 +30,8 @@ def _yaml_keys(path: Path) -> set[str]:
 
 def _known_keys(group: str | None) -> set[str]:
     if group is None:
-        return _yaml_keys(CONF_DIR / "config.yaml") - {"hydra"}
+        recipes = [_yaml_keys(p) for p in (CONF_DIR / "experiment").glob("*.yaml")]
+        return (_yaml_keys(CONF_DIR / "config.yaml") | set().union(*recipes)) - {"hydra"}
     if group == "scheduler":
         return _yaml_keys(CONF_DIR / "scheduler" / "_options.yaml")
     return set().union(*(_yaml_keys(CONF_DIR / group / f"{n}.yaml") for n in group_options(group)))
