@@ -61,6 +61,22 @@ def check_overrides(args: list[str]) -> None:
             raise UserError(f"unknown config key {key!r}; top-level keys are: {', '.join(sorted(_known_keys(None)))}")
 
 
+def check_output_dir(args: list[str]) -> None:
+    """Refuse a run or sweep dir that cannot be created or written, before Hydra tries."""
+    import tempfile
+
+    targets = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for target in targets or ["outputs"]:
+        existing = Path(target).absolute()
+        while not existing.exists():
+            existing = existing.parent
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError:
+            raise UserError(f"output dir {target} cannot be written ({existing} is not a writable folder)") from None
+
+
 def fail(message: str) -> None:
     """Print one error line and exit with code 2."""
     print(f"sdlab: error: {message}", file=sys.stderr)
@@ -106,40 +122,79 @@ def apply_params_file(config: dict, overridden: set[str]) -> dict:
     return config
 
 
+def set_threads(threads) -> None:
+    """Pin torch's CPU thread count (CPU results depend on it bit for bit); None keeps torch's default."""
+    import torch
+
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(f"threads={threads!r} must be a positive integer or null")
+    torch.set_num_threads(threads)
+
+
+def error_frame(ctx, error: BaseException):
+    """One failed row for a job that could not produce its own rows."""
+    from sdlab.records import ordered
+
+    return ordered([{"run_id": ctx.run_id, "experiment": ctx.experiment, "job": ctx.config.get("job"),
+                     "overrides": ctx.overrides, "status": "error", "error": f"{type(error).__name__}: {error}"}])
+
+
+def only_hydra_files(folder: Path) -> bool:
+    """True when `folder` holds nothing but what Hydra writes at job start (config and log)."""
+    return all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()) if folder.is_dir() else False
+
+
 def run(cfg) -> None:
-    """Hydra's task function: compose -> plain dict -> job -> results table in the run dir."""
+    """Hydra's task function: compose -> plain dict -> job (or its finished rows) -> results table."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from sdlab import resume
     from sdlab.collect import summarize
+    from sdlab.config import config_hash
     from sdlab.jobs import JobContext, get_job
-    from sdlab.records import ordered
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = job_overrides(list(hc.overrides.task))
     ctx = JobContext(
-        config={},
+        config=OmegaConf.to_container(cfg, resolve=True),
         out_dir=out_dir,
         experiment=hc.runtime.choices.get("experiment") or "generate",
         overrides=json.dumps(overrides),
         run_id=uuid.uuid4().hex[:12],
     )
+    resume.clean_temp_files(out_dir)
     try:
-        ctx.config = apply_params_file(OmegaConf.to_container(cfg, resolve=True), set(overrides))
-        frame = get_job(ctx.config["job"])(ctx)
+        set_threads(ctx.config.get("threads"))
+        ctx.config = apply_params_file(ctx.config, set(overrides))
+        job_hash = config_hash({k: v for k, v in ctx.config.items() if k != "resume"})
+        frame = resume.finished_job(out_dir, job_hash) if ctx.config.get("resume", True) else None
+        if frame is not None:
+            log.info("skipped: already complete in %s (resume=false recomputes)", out_dir)
+        else:
+            resume.unmark(out_dir)
+            frame = get_job(ctx.config["job"])(ctx)
     except UserError as e:
         if not multirun:
-            shutil.rmtree(out_dir, ignore_errors=True)
+            if only_hydra_files(out_dir):
+                shutil.rmtree(out_dir, ignore_errors=True)
             fail(str(e))
         log.error("job failed: %s", e)
-        frame = ordered([{"run_id": ctx.run_id, "experiment": ctx.experiment, "overrides": ctx.overrides,
-                          "status": "error", "error": f"UserError: {e}"}])
+        job_hash, frame = None, error_frame(ctx, e)
+    except Exception as e:  # one failing cell must not stop the sweep
+        log.exception("job failed")
+        job_hash, frame = None, error_frame(ctx, e)
     line = summarize(frame, out_dir, grid=not multirun)
+    failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
+    if job_hash and not failed:
+        resume.mark_finished(out_dir, job_hash, {"rows": len(frame)})
     log.info("%s: %s", out_dir / "results.csv", line)
-    if not multirun and "status" in frame and (frame["status"] != "ok").any():
+    if not multirun and failed:
         sys.exit(1)
 
 
@@ -149,10 +204,16 @@ def entry() -> None:
 
     try:
         check_overrides(sys.argv[1:])
+        check_output_dir(sys.argv[1:])
     except UserError as e:
         fail(str(e))
+    from sdlab import collect
+
+    collect.sweep_failures = 0
     quiet_libraries()
     hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(run)()
+    if collect.sweep_failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from sdlab.figures import image_grid
 from sdlab.records import collect, write_table
 
 log = logging.getLogger(__name__)
+sweep_failures = 0
 
 
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True) -> str:
@@ -31,10 +32,12 @@ class CollectSweep(Callback):
     """At multirun end, collect every job's rows into `<sweep_dir>/results.{parquet,csv}` and `grid.png`."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        global sweep_failures
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         frame = collect(sweep_dir)
         line = summarize(frame, sweep_dir)
+        sweep_failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
         log.info("sweep %s: %s", sweep_dir, line)
         print(f"sdlab: {sweep_dir}/results.csv: {line}")

@@ -116,8 +116,8 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
         seeds=seeds,
         num_inference_steps=_int("num_inference_steps", cfg.get("num_inference_steps", 25)),
         guidance_scale=_number("guidance_scale", cfg.get("guidance_scale", 7.5)),
-        width=cfg.get("width") or resolution,
-        height=cfg.get("height") or resolution,
+        width=resolution if cfg.get("width") is None else cfg["width"],
+        height=resolution if cfg.get("height") is None else cfg["height"],
         eta=_number("eta", cfg.get("eta", 0.0)),
         batch_size=_int("batch_size", cfg.get("batch_size", 4)),
     )

@@ -25,14 +25,18 @@ load_count = 0
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU."""
+    """`auto` picks CUDA, then MPS, then CPU; an unavailable device is a UserError."""
+    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"model.device={device!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": has_mps}
+    if not available.get(chosen.type, False):
+        raise UserError(f"model.device={device!r} is not available here; use auto or cpu")
+    return chosen
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -22,6 +22,13 @@ class SchedulerSpec:
     stochastic: bool = False
 
 
+OPTION_VALUES: dict[str, tuple] = {
+    "timestep_spacing": ("leading", "linspace", "trailing"),
+    "use_karras_sigmas": (True, False),
+    "rescale_betas_zero_snr": (True, False),
+    "final_sigmas_type": ("zero", "sigma_min"),
+}
+
 KARRAS = {"use_karras_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
 
@@ -65,6 +72,10 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
         raise UserError(
             f"scheduler {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(accepted))}"
         )
+    for key, value in user.items():
+        allowed = OPTION_VALUES.get(key)
+        if allowed and (value not in allowed or type(value) is not type(allowed[0])):
+            raise UserError(f"scheduler.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
     base = {k: v for k, v in base_config.items() if not k.startswith("_")}
     try:
         return cls.from_config(base, **SCHEDULERS[name].options, **user)

@@ -12,7 +12,8 @@ from sdlab.config import config_hash, generation_params, model_spec, scheduler_c
 from sdlab.generate import BadOutputError, BatchResult, chunks, generate_batch
 from sdlab.jobs import JobContext, job
 from sdlab.models import base_scheduler_config, load_pipeline
-from sdlab.records import ordered, save_png, versions
+from sdlab.records import ordered, save_png, versions, write_table
+from sdlab.resume import complete_rows
 from sdlab.schedulers import make_scheduler, resolved_config
 
 log = logging.getLogger(__name__)
@@ -53,23 +54,39 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     }
     hash_base = {k: common[k] for k in ("model", "scheduler_config", "num_inference_steps", "guidance_scale",
                                        "prompt", "negative_prompt", "width", "height", "eta")}
-    rows = []
-    for batch in chunks(params.seeds, params.batch_size):
+    done = reusable_rows(ctx, hash_base, params.seeds)
+    rows_by_seed: dict[int, dict] = {seed: row for seed, row in done.items()}
+    if done:
+        log.info("resume: %d of %d images already complete", len(done), len(params.seeds))
+    todo = tuple(s for s in params.seeds if s not in done)
+    for batch in chunks(todo, params.batch_size):
         try:
             result = generate_batch(pipe, spec.key, params, batch)
+            new_rows = image_rows(ctx, common, hash_base, result)
         except (BadOutputError, RuntimeError, ValueError) as e:
             log.error("seeds %s failed: %s", batch, e)
-            rows += [{**common, "seed": s, "batch_size": len(batch), "config_hash": cell_hash(hash_base, s),
-                      "status": "error", "error": f"{type(e).__name__}: {e}"} for s in batch]
-            continue
-        rows += image_rows(ctx, common, hash_base, result)
-    return ordered(rows)
+            new_rows = [{**common, "seed": s, "batch_size": len(batch), "config_hash": cell_hash(hash_base, s),
+                         "status": "error", "error": f"{type(e).__name__}: {e}"} for s in batch]
+        rows_by_seed.update({row["seed"]: row for row in new_rows})
+        write_table(ordered(rows_by_seed.values()), ctx.out_dir)  # a kill loses at most one batch
+    return ordered(rows_by_seed[s] for s in params.seeds)
 
 
-def describe(overrides: str) -> str:
-    """The job's overrides as `k=v k=v` for log lines."""
-    parsed = json.loads(overrides) if overrides else {}
-    return " ".join(f"{k}={v}" for k, v in parsed.items()) or "defaults"
+def reusable_rows(ctx: JobContext, hash_base: dict, seeds: tuple[int, ...]) -> dict[int, dict]:
+    """Rows of this job's seeds already complete in the run dir with the same cell hash (when resuming)."""
+    if not ctx.config.get("resume", True):
+        return {}
+    previous = complete_rows(ctx.out_dir)
+    if previous.empty or "config_hash" not in previous:
+        return {}
+    by_hash = {row["config_hash"]: row for row in previous.to_dict("records")}
+    return {s: by_hash[cell_hash(hash_base, s)] for s in seeds if cell_hash(hash_base, s) in by_hash}
+
+
+def describe(overrides: str, seed: int) -> str:
+    """The job's overrides and the image's seed as `k=v k=v` for log lines."""
+    parsed = {**(json.loads(overrides) if overrides else {}), "seed": seed}
+    return " ".join(f"{k}={v}" for k, v in parsed.items())
 
 
 def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult) -> list[dict]:
@@ -92,7 +109,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
         }
         save_png(image, ctx.out_dir / relative, {k: row[k] for k in ("prompt", "negative_prompt", "seed",
                  "num_inference_steps", "guidance_scale", "width", "height", "eta", "scheduler", "model")})
-        log.info("seed=%s %s: %.2f s (text %.3f, unet %.2f, vae %.3f), nfe %d", seed, describe(ctx.overrides),
+        log.info("%s: %.2f s (text %.3f, unet %.2f, vae %.3f), nfe %d", describe(ctx.overrides, seed),
                  row["time_total_s"], row["time_text_s"], row["time_unet_s"], row["time_vae_s"], result.nfe)
         rows.append(row)
     return rows

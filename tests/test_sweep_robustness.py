@@ -1,0 +1,137 @@
+"""Sweeps that survive: resume, SIGKILL at any moment, failure isolation, bad-output detection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sdlab import generate
+
+SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2")
+
+
+def test_rerun_skips_complete_cells_and_resume_false_recomputes(run_sdlab, tmp_path):
+    sweep = f"hydra.sweep.dir={tmp_path}"
+    assert run_sdlab(*SWEEP, sweep) == 0
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    assert run_sdlab(*SWEEP, sweep) == 0
+    again = pd.read_parquet(tmp_path / "results.parquet")
+    assert list(again["run_id"]) == list(first["run_id"])  # nothing recomputed
+    (tmp_path / first["image_path"][0]).unlink()  # one incomplete cell
+    assert run_sdlab(*SWEEP, sweep) == 0
+    third = pd.read_parquet(tmp_path / "results.parquet")
+    changed = [a != b for a, b in zip(first["run_id"], third["run_id"])]
+    assert changed == [True, False, False, False]
+    assert run_sdlab(*SWEEP, sweep, "resume=false") == 0
+    fresh = pd.read_parquet(tmp_path / "results.parquet")
+    assert not set(fresh["run_id"]) & set(third["run_id"])
+    assert len(fresh) == 4
+
+
+def test_cells_inside_a_job_resume_per_seed(run_sdlab, tmp_path):
+    args = ("seeds=[1,2,3]", "batch_size=1", "num_inference_steps=2", f"hydra.run.dir={tmp_path}")
+    assert run_sdlab(*args) == 0
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    (tmp_path / "images" / "seed2.png").unlink()
+    (tmp_path / "job.json").unlink()  # as if killed before the job finished
+    assert run_sdlab(*args) == 0
+    second = pd.read_parquet(tmp_path / "results.parquet")
+    assert second["seed"].tolist() == [1, 2, 3]
+    assert (second["run_id"] == first["run_id"]).tolist() == [True, False, True]
+
+
+def sdlab_process(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sdlab.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for(condition, process, timeout=240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_sigkill_at_three_moments_then_rerun_gives_every_cell_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("-m", "seed=1,2", "guidance_scale=1,7.5", "seeds=[1,2,3]", "batch_size=1",
+            "num_inference_steps=3", f"hydra.sweep.dir={sweep}")
+    pngs = lambda: list(sweep.rglob("*.png"))  # noqa: E731
+    moments = [
+        lambda: len(pngs()) >= 1,  # inside the first job, after its first image
+        lambda: (sweep / "1" / "results.parquet").is_file(),  # between jobs
+        lambda: len(pngs()) >= 10,  # deep inside the third job
+    ]
+    for moment in moments:
+        process = sdlab_process(*args, cwd=tmp_path)
+        wait_for(moment, process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    final = sdlab_process(*args, cwd=tmp_path)
+    assert final.wait(timeout=600) == 0
+    frame = pd.read_parquet(sweep / "results.parquet")
+    assert pd.read_csv(sweep / "results.csv").shape == frame.shape
+    cells = list(zip(frame["overrides"], frame["seed"]))
+    assert len(frame) == 12 and len(set(cells)) == 12
+    assert (frame["status"] == "ok").all()
+    for path in frame["image_path"]:
+        Image.open(sweep / path).load()  # a truncated PNG raises here
+    for table in sweep.rglob("results.parquet"):
+        pd.read_parquet(table)
+    assert not list(sweep.rglob(".*.tmp*"))
+
+
+def test_failing_cell_is_a_row_and_the_sweep_goes_on(run_sdlab, tmp_path, capsys):
+    code = run_sdlab("-m", "scheduler=euler,ddim", "scheduler.use_karras_sigmas=true", "num_inference_steps=2",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert code == 1
+    frame = pd.read_csv(tmp_path / "results.csv").set_index("scheduler", drop=False)
+    assert frame["status"].tolist().count("ok") == 1
+    failed = frame[frame["status"] == "error"]
+    assert len(failed) == 1 and "use_karras_sigmas" in failed["error"].iloc[0]
+    out = capsys.readouterr().out
+    assert "1 ok, 1 failed" in out and "scheduler" in out
+
+
+def test_all_black_output_is_a_failed_row_not_an_image(run_sdlab, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(generate, "decode_latents", lambda pipe, latents: torch.zeros(len(latents), 3, 64, 64))
+    code = run_sdlab("seeds=[1,2]", "num_inference_steps=2", f"hydra.run.dir={tmp_path}")
+    assert code == 1
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame["status"].tolist() == ["error", "error"]
+    assert frame["error"].str.contains("all-black").all()
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_collector_skips_unfinished_job_dirs(tmp_path, caplog):
+    from sdlab.records import collect, write_table
+
+    (tmp_path / "0").mkdir()
+    write_table(pd.DataFrame([{"seed": 1, "status": "ok", "image_path": "images/a.png"}]), tmp_path / "0")
+    (tmp_path / "1").mkdir()  # killed before writing its rows
+    frame = collect(tmp_path)
+    assert frame["image_path"].tolist() == ["0/images/a.png"]
+    assert "unfinished" in caplog.text and "'1'" in caplog.text
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_launchers_give_the_same_table_and_bit_identical_images(run_sdlab, tmp_path, launcher):
+    common = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
+    assert run_sdlab(*common, f"hydra.sweep.dir={tmp_path / 'basic'}") == 0
+    assert run_sdlab(*common, f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / launcher}") == 0
+    basic = pd.read_parquet(tmp_path / "basic" / "results.parquet")
+    other = pd.read_parquet(tmp_path / launcher / "results.parquet")
+    columns = ["seed", "guidance_scale", "scheduler", "nfe", "config_hash", "status", "image_path"]
+    pd.testing.assert_frame_equal(basic[columns], other[columns])
+    for path in basic["image_path"]:
+        assert (tmp_path / "basic" / path).read_bytes() == (tmp_path / launcher / path).read_bytes()
