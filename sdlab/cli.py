@@ -32,9 +32,8 @@ def _known_keys(group: str | None) -> set[str]:
     if group is None:
         recipes = [_yaml_keys(p) for p in (CONF_DIR / "experiment").glob("*.yaml")]
         return (_yaml_keys(CONF_DIR / "config.yaml") | set().union(*recipes)) - {"hydra"}
-    if group == "scheduler":
-        return _yaml_keys(CONF_DIR / "scheduler" / "_options.yaml")
-    return set().union(*(_yaml_keys(CONF_DIR / group / f"{n}.yaml") for n in group_options(group)))
+    files = (CONF_DIR / group).glob("*.yaml")
+    return set().union(*(_yaml_keys(p) for p in files))
 
 
 def check_overrides(args: list[str]) -> None:

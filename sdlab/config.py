@@ -33,11 +33,15 @@ class ModelSpec:
     resolution: int = 512
     device: str = "auto"
     dtype: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    attention: str = "sdpa"
 
     @property
     def key(self) -> tuple:
         """Identity of the loaded pipeline in the per-process cache."""
-        return (self.name, self.path, self.repo_id, self.device, self.dtype)
+        return (self.name, self.path, self.repo_id, self.device, self.dtype, self.channels_last, self.compile,
+                self.attention)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,25 @@ def model_folder(spec: ModelSpec) -> Path:
     return cached_snapshot(spec.repo_id)
 
 
+ATTENTION = ("sdpa", "eager")
+
+
+def apply_speed_options(pipe, spec: ModelSpec):
+    """Channels-last memory format, the attention implementation and torch.compile, as configured."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    choose("model.attention", spec.attention, ATTENTION)
+    processor = AttnProcessor2_0 if spec.attention == "sdpa" else AttnProcessor
+    pipe.unet.set_attn_processor(processor())
+    pipe.vae.set_attn_processor(processor())
+    if spec.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if spec.compile:
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
+
+
 def load_pipeline(spec: ModelSpec):
     """The pipeline for `spec`, loaded once per process and reused by every later job."""
     global load_count
@@ -134,7 +153,7 @@ def load_pipeline(spec: ModelSpec):
             pipe = pipe.to(dtype=dtype)
     else:
         pipe = _from_folder(model_folder(spec), dtype)
-    pipe = pipe.to(device)
+    pipe = apply_speed_options(pipe.to(device), spec)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     load_count += 1
     log.info("loaded model %s on %s (%s)", spec.name, device, dtype)

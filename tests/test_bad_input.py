@@ -50,6 +50,7 @@ def bad_inputs(tmp):
         (["model=sd15", f"model.path={tmp / 'nowhere'}"], "does not exist"),
         (["model.device=cuda"], "model.device='cuda' is not available"),
         (["model.dtype=float8"], "unknown model.dtype 'float8'"),
+        (["model.attention=flash"], "unknown model.attention 'flash'"),
         (["scheduler.timestep_spacing=sideways"], "scheduler.timestep_spacing='sideways' is not allowed"),
         (["scheduler=ddim", "scheduler.use_karras_sigmas=true"], "has no option 'use_karras_sigmas'"),
         (["job=train_dragons"], "unknown job 'train_dragons'"),
@@ -61,7 +62,7 @@ def test_at_least_twenty_distinct_bad_inputs(tmp_path):
     assert len({tuple(args) for args, _ in bad_inputs(tmp_path)}) >= 20
 
 
-@pytest.mark.parametrize("case", range(30))
+@pytest.mark.parametrize("case", range(31))
 def test_bad_input_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     args, fragment = bad_inputs(tmp_path)[case]
