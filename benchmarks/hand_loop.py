@@ -1,0 +1,54 @@
+"""The baseline: a minimal hand-written diffusers loop that loads the pipeline once and generates a sweep."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+
+def load(model: str):
+    """The same pipeline sdlab loads, without sdlab's machinery where diffusers can do it alone."""
+    from diffusers import StableDiffusionPipeline
+
+    if model == "mini":
+        return StableDiffusionPipeline.from_pretrained("models/mini", safety_checker=None, use_safetensors=True)
+    from sdlab.models import _from_architecture
+
+    return _from_architecture(model)
+
+
+def main() -> None:
+    """Generate seeds x guidance scales x schedulers and save one PNG per image."""
+    from sdlab.schedulers import make_scheduler
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--prompt", default="a small red circle in the centre on a blue background")
+    parser.add_argument("--seeds", default="1,2,3,4")
+    parser.add_argument("--guidance", default="1,7.5")
+    parser.add_argument("--schedulers", default="ddim,dpmpp_2m")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    base = dict(pipe.scheduler.config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    grid = itertools.product(args.schedulers.split(","), map(float, args.guidance.split(",")),
+                             map(int, args.seeds.split(",")))
+    for scheduler, guidance, seed in grid:
+        pipe.scheduler = make_scheduler(scheduler, base)
+        image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=guidance,
+                     generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        image.save(args.out / f"{scheduler}_{guidance}_{seed}.png")
+    print("loads: 1")
+
+
+if __name__ == "__main__":
+    main()
