@@ -33,6 +33,7 @@ class BatchResult:
     time_vae_s: float
     time_total_s: float
     peak_mem_bytes: int
+    latents: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
 
@@ -139,6 +140,7 @@ def generate_batch(
         time_vae_s=end - t_unet,
         time_total_s=end - start,
         peak_mem_bytes=peak_memory_bytes(pipe.device),
+        latents=latents,
     )
 
 
