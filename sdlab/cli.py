@@ -109,15 +109,16 @@ def apply_params_file(config: dict, overridden: set[str]) -> dict:
 
     if not config.get("params"):
         return config
-    for key, value in load_params(config["params"]).items():
+    params = load_params(config["params"])
+    for key, value in params.items():
         if key in overridden:
             continue
         if key == "scheduler":
             config["scheduler"] = {**config["scheduler"], "name": value}
         else:
             config[key] = value
-    if "seed" in config and "seeds" not in overridden and "seed" not in overridden:
-        config["seeds"] = None if "seeds" not in load_params(config["params"]) else config["seeds"]
+    if "seed" in params and "seeds" not in params and "seeds" not in overridden:
+        config["seeds"] = None  # the file's single seed wins over a recipe's seed list
     return config
 
 
