@@ -1,0 +1,107 @@
+"""Component configs of sdlab-mini: the SD 1.x layout shrunk to 64 px images and an 8x8x4 latent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdlab.architectures import SD15_SCHEDULER
+
+RESOLUTION = 64
+TEXT_HIDDEN = 32
+BOS_TOKEN_ID = 49406
+EOS_TOKEN_ID = 49407
+
+VAE = dict(
+    sample_size=RESOLUTION,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 64, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    mid_block_add_attention=False,
+    scaling_factor=1.0,
+)
+TEXT = dict(
+    vocab_size=49408,
+    hidden_size=TEXT_HIDDEN,
+    intermediate_size=4 * TEXT_HIDDEN,
+    projection_dim=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    bos_token_id=BOS_TOKEN_ID,
+    eos_token_id=EOS_TOKEN_ID,
+    pad_token_id=EOS_TOKEN_ID,
+)
+VISION = dict(
+    image_size=RESOLUTION,
+    patch_size=8,
+    num_channels=3,
+    hidden_size=64,
+    intermediate_size=256,
+    projection_dim=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    hidden_act="quick_gelu",
+)
+UNET = dict(
+    sample_size=RESOLUTION // 8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(64, 96, 96),
+    layers_per_block=1,
+    cross_attention_dim=TEXT_HIDDEN,
+    attention_head_dim=8,
+    norm_num_groups=16,
+)
+SCHEDULER = dict(SD15_SCHEDULER)
+# CLIP image normalisation of the mini model: pixels in [0, 1] mapped to [-1, 1].
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """A component config with overrides (lists become tuples, as diffusers configs expect)."""
+    out = dict(base)
+    for key, value in (overrides or {}).items():
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def build_vae(overrides: dict[str, Any] | None = None):
+    """The mini AutoencoderKL (random weights)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**merged(VAE, overrides))
+
+
+def build_clip(text: dict[str, Any] | None = None, vision: dict[str, Any] | None = None):
+    """The mini CLIPModel: text and vision towers with a shared projection size (random weights)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    text_config = CLIPTextConfig(**merged(TEXT, text))
+    vision_config = CLIPVisionConfig(**merged(VISION, vision))
+    config = CLIPConfig(
+        text_config=text_config.to_dict(),
+        vision_config=vision_config.to_dict(),
+        projection_dim=text_config.projection_dim,
+    )
+    return CLIPModel(config)
+
+
+def build_unet(overrides: dict[str, Any] | None = None):
+    """The mini UNet2DConditionModel (random weights)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**merged(UNET, overrides))
+
+
+def parameter_count(module) -> int:
+    """Number of parameters of a module."""
+    return sum(p.numel() for p in module.parameters())

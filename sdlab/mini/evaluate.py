@@ -1,0 +1,150 @@
+"""Measure sdlab-mini on held-out data: VAE PSNR, CLIP retrieval, generation adherence and speed.
+
+    python -m sdlab.mini.evaluate                      # every part, models/mini, writes outputs/mini/eval
+    python -m sdlab.mini.evaluate --parts vae clip     # some parts only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sdlab.io import atomic_write_text
+from sdlab.mini import data
+from sdlab.records import write_table
+
+PARTS = ("vae", "clip", "generate", "speed")
+
+
+def load_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
+    """The shipped folder as a plain diffusers StableDiffusionPipeline (float32, CPU) with `scheduler`."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdlab.schedulers import make_scheduler
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(root), torch_dtype=torch.float32, use_safetensors=True,
+                                                   local_files_only=True)
+    pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def vae_quality(root: Path, count: int = 256) -> dict[str, float]:
+    """Round-trip PSNR of the VAE over `count` evaluation images."""
+    from diffusers import AutoencoderKL
+
+    from sdlab.mini.train_vae import round_trip_psnr
+
+    images, _, _ = data.eval_batch(0, count)
+    psnr = round_trip_psnr(AutoencoderKL.from_pretrained(str(root / "vae")), images)
+    return {"vae_psnr_mean_db": float(psnr.mean()), "vae_psnr_min_db": float(psnr.min()), "vae_images": count}
+
+
+def clip_quality(root: Path, count: int = 100) -> dict[str, float]:
+    """CLIP text->image top-1 among `count` evaluation pairs (any and held-out combinations)."""
+    from transformers import CLIPModel
+
+    from sdlab.mini.train_clip import held_out_retrieval
+
+    return held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip")), count)
+
+
+def generate_images(pipe, prompts: list[str], seeds: list[int], guidance_scale: float, steps: int = 25,
+                    batch_size: int = 50) -> np.ndarray:
+    """uint8 images, one per (prompt, seed), each seed with its own CPU generator."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        generators = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch_size]]
+        with torch.inference_mode():
+            images = pipe(prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
+                          generator=generators, output_type="np").images
+        out.append(np.rint(images * 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def adherence_rows(images: np.ndarray, attributes: list[data.Attributes]) -> list[dict]:
+    """Checker agreement per image."""
+    from sdlab.mini.checker import adherence
+
+    return [adherence(image, attrs) for image, attrs in zip(images, attributes)]
+
+
+def generation_quality(root: Path, out: Path, count: int = 200, split: data.Split = "any",
+                       guidance_scales: tuple[float, ...] = (7.5, 1.0)) -> tuple[dict, pd.DataFrame]:
+    """Adherence rates over `count` evaluation prompt/seed pairs at each guidance scale."""
+    from PIL import Image
+
+    pipe = load_pipeline(root)
+    _, prompts, attributes = data.eval_batch(0, count, split=split)
+    seeds = list(range(count))
+    metrics, rows = {}, []
+    for scale in guidance_scales:
+        images = generate_images(pipe, prompts, seeds, scale)
+        checks = adherence_rows(images, attributes)
+        frame = pd.DataFrame(checks)
+        frame["colour_and_shape"] = frame["colour"] & frame["shape"]
+        for column in frame.columns:
+            metrics[f"g{scale:g}_{split}_{column}"] = float(frame[column].mean())
+        rows += [{"guidance_scale": scale, "split": split, "seed": s, "prompt": p, **c}
+                 for s, p, c in zip(seeds, prompts, checks)]
+        grid = images[:32].reshape(4, 8, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(256, 512, 3)
+        out.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(out / f"samples_g{scale:g}_{split}.png")
+    return metrics, pd.DataFrame(rows)
+
+
+def speed(root: Path, repeats: int = 3) -> dict[str, float]:
+    """Seconds for one 64x64 image, 25 dpmpp_2m steps with classifier-free guidance (median of repeats)."""
+    pipe = load_pipeline(root)
+    prompt = "a small red circle in the centre on a blue background"
+    generate_images(pipe, [prompt], [0], 7.5, steps=2)
+    times = []
+    for seed in range(repeats):
+        began = time.perf_counter()
+        generate_images(pipe, [prompt], [seed], 7.5)
+        times.append(time.perf_counter() - began)
+    return {"seconds_per_image_cfg_25_steps": float(np.median(times)), "threads": torch.get_num_threads()}
+
+
+def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS) -> dict:
+    """Run the chosen parts; writes metrics.json (and generation.parquet/csv) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    if "vae" in parts:
+        metrics.update(vae_quality(root))
+    if "clip" in parts:
+        metrics.update(clip_quality(root))
+    if "generate" in parts:
+        frames = []
+        for split in ("any", "held_out"):
+            found, frame = generation_quality(root, out, split=split)
+            metrics.update(found)
+            frames.append(frame)
+        write_table(pd.concat(frames, ignore_index=True), out, "generation")
+    if "speed" in parts:
+        metrics.update(speed(root))
+    atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: `python -m sdlab.mini.evaluate [--parts ...] [--model DIR] [--out DIR]`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[2] / "models" / "mini")
+    parser.add_argument("--out", type=Path, default=Path("outputs/mini/eval"))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(json.dumps(evaluate(args.model, args.out, tuple(args.parts)), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

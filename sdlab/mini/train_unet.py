@@ -1,0 +1,135 @@
+"""Stage 3: the UNet, epsilon prediction on frozen VAE latents conditioned on frozen CLIP text states."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdlab.io import atomic_path
+from sdlab.mini import arrays, data
+from sdlab.mini.architecture import SCHEDULER, build_unet
+from sdlab.mini.loop import Stage, run_stage
+from sdlab.mini.train_clip import combination_index, token_ids
+from sdlab.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch_size: int = 128) -> torch.Tensor:
+    """z0 = scaling_factor * posterior mean of each image, (N, 4, 8, 8)."""
+    vae.eval()
+    out = [vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def encode_text(text_encoder, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Last hidden states (N, 77, d) of captions padded to 77 tokens, exactly as the pipeline encodes them."""
+    text_encoder.eval()
+    ids = token_ids(load_tokenizer(), captions, padding="max_length")
+    return torch.cat([text_encoder(ids[i : i + batch_size])[0] for i in range(0, len(ids), batch_size)])
+
+
+def cached(path: Path, build, key: str) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors cache whose metadata matches `key`, else built and written."""
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return load_file(str(path))
+    tensors = build()
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": key})
+    return tensors
+
+
+def fingerprint(module) -> str:
+    """A short digest of a module's weights: the frozen parts a cache was computed with."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def conditioning(export: Path, images: np.ndarray, folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training latents, text states of every train caption, and the empty caption's states (cached in folder)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    vae = AutoencoderKL.from_pretrained(str(export / "vae"))
+    text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"))
+    latents = cached(folder / "latents.safetensors", lambda: {"z0": encode_latents(vae, images)},
+                     f"{fingerprint(vae.encoder)}:{vae.config.scaling_factor:.6g}:{len(images)}")["z0"]
+    captions = arrays.all_captions("train")
+    text = cached(folder / "text_states.safetensors",
+                  lambda: {"states": encode_text(text_encoder, captions), "empty": encode_text(text_encoder, [""])},
+                  f"{fingerprint(text_encoder)}:{len(captions)}")
+    return latents, text["states"], text["empty"]
+
+
+def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Tensor, empty: torch.Tensor,
+               attributes: list[data.Attributes], seed: int) -> Stage:
+    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed)
+    unet = build_unet(settings.get("architecture"))
+    alphas_cumprod = DDPMScheduler.from_config(SCHEDULER).alphas_cumprod
+    combos = combination_index(attributes)
+    templates = len(data.CAPTION_TEMPLATES)
+    batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
+    gamma = settings.get("snr_gamma")
+
+    def loss(step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([seed, step])
+        pick = rng.integers(len(latents), size=batch_size)
+        rows = combos[pick] * templates + rng.integers(templates, size=batch_size)
+        c = states[rows].clone()
+        c[rng.random(batch_size) < p_uncond] = empty[0]
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        z0 = latents[pick]
+        t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=generator)
+        eps = torch.randn(z0.shape, generator=generator)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        per_item = (unet(zt, t, c).sample - eps).pow(2).mean(dim=(1, 2, 3))
+        mse = per_item.mean()
+        if gamma:
+            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            per_item = per_item * torch.clamp(snr, max=float(gamma)) / snr
+        return {"loss": per_item.mean(), "loss_mse": mse}
+
+    return Stage("unet", unet, loss, ema_decay=float(settings.get("ema_decay", 0.0)))
+
+
+def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
+               export: Path | None, seed: int) -> dict:
+    """Train (or resume) the UNet on frozen parts read from `export`, then write unet/ and the pipeline files."""
+    from sdlab.mini.export import save_component, save_pipeline_files
+
+    if export is None:
+        raise ValueError("the unet stage reads the trained vae/ and text_encoder/ from train.export")
+    export, folder = Path(export), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # 1. Frozen inputs, encoded once.
+    latents, states, empty = conditioning(export, images, folder)
+    log.info("unet: latents %s (std %.3f), text states %s", tuple(latents.shape), latents.std(), tuple(states.shape))
+    # 2. Train.
+    stage = unet_stage(settings, latents, states, empty, attributes, seed)
+    frame = run_stage(stage, settings, folder)
+    # 3. Export (EMA weights when kept) and the pipeline files.
+    save_component((stage.ema or stage.model).eval(), export / "unet")
+    save_pipeline_files(export)
+    return {"stage": "unet", "steps": int(frame["step"].max() + 1) if len(frame) else 0,
+            "final_loss": float(frame["loss"].iloc[-1]) if len(frame) else None}

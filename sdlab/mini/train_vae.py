@@ -1,0 +1,108 @@
+"""Stage 1: the AutoencoderKL, trained on rendered images with L2 + L1 reconstruction and a tiny KL term."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdlab.mini import arrays, data
+from sdlab.mini.architecture import build_vae
+from sdlab.mini.loop import Stage, run_stage
+
+log = logging.getLogger(__name__)
+
+
+def initial_vae(settings: dict[str, Any], seed: int):
+    """A fresh VAE, or the one in settings['init_from'] (a diffusers folder) to continue from."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    if settings.get("init_from"):
+        return AutoencoderKL.from_pretrained(str(settings["init_from"]))
+    return build_vae(settings.get("architecture"))
+
+
+def foreground_mask(images: np.ndarray) -> torch.Tensor:
+    """(N, 1, H, W) 1 where a pixel differs from the image's corner (always background in the dataset), else 0."""
+    differs = (images != images[:, :1, :1, :]).any(axis=-1)
+    return torch.from_numpy(differs).float()[:, None]
+
+
+def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
+    """The VAE stage over a cached uint8 image set; `decoder_only` freezes the encoder (and so the latents)."""
+    vae = initial_vae(settings, seed)
+    batch_size = int(settings["batch_size"])
+    kl_weight, l1_weight = float(settings["kl_weight"]), float(settings["l1_weight"])
+    decoder_only = bool(settings.get("decoder_only", False))
+    sample_posterior = bool(settings.get("sample_posterior", True))
+    foreground_weight = float(settings.get("foreground_weight", 0.0))
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+
+    def loss(step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([seed, step])
+        chosen = images[rng.integers(len(images), size=batch_size)]
+        x = arrays.to_tensor(chosen)
+        with torch.set_grad_enabled(not decoder_only):
+            posterior = vae.encode(x).latent_dist
+        if sample_posterior:
+            z = posterior.sample(generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+        else:
+            z = posterior.mean
+        y = vae.decode(z).sample
+        w = 1.0 + foreground_weight * foreground_mask(chosen)
+        mse, l1 = torch.nn.functional.mse_loss(y, x), (y - x).abs().mean()
+        weighted = ((w * ((y - x) ** 2 + l1_weight * (y - x).abs())).mean() / w.mean())
+        kl = posterior.kl().mean() / z[0].numel()
+        return {"loss": weighted + kl_weight * kl, "loss_mse": mse, "loss_l1": l1, "loss_kl": kl}
+
+    return Stage("vae_decoder" if decoder_only else "vae", vae, loss, ema_decay=float(settings.get("ema_decay", 0.0)))
+
+
+@torch.no_grad()
+def latent_scale(vae, images: np.ndarray, batch_size: int = 64) -> float:
+    """SD's scaling factor for this VAE: 1 / std of the posterior means of `images`."""
+    means = [vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean
+             for i in range(0, len(images), batch_size)]
+    return float(1.0 / torch.cat(means).std())
+
+
+@torch.no_grad()
+def round_trip_psnr(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Per-image PSNR (dB, 8-bit) of decode(posterior mean) against uint8 `images`."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        recon = arrays.to_uint8(vae.decode(vae.encode(arrays.to_tensor(chunk)).latent_dist.mean).sample)
+        mse = ((recon.astype(np.float64) - chunk.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+        out.append(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))
+    return np.concatenate(out)
+
+
+def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export: Path | None, seed: int) -> dict:
+    """Train (or resume) the VAE, set its scaling factor, export it; returns summary numbers."""
+    from sdlab.mini.export import save_component
+
+    # 1. Train.
+    stage = vae_stage(settings, images, seed)
+    frame = run_stage(stage, settings, folder)
+    vae = (stage.ema or stage.model).eval()
+    # 2. Scaling factor from the training latents (unchanged when only the decoder trained).
+    scale = latent_scale(vae, images[: int(settings.get("scale_images", 2048))])
+    if settings.get("decoder_only"):
+        scale = float(vae.config.scaling_factor)
+    vae.register_to_config(scaling_factor=scale)
+    # 3. Held-out quality.
+    eval_images, _, _ = data.eval_batch(0, int(settings.get("eval_images", 256)))
+    psnr = round_trip_psnr(vae, eval_images)
+    log.info("vae: scaling_factor %.4f, held-out PSNR %.2f dB (min %.2f)", scale, psnr.mean(), psnr.min())
+    if export is not None:
+        save_component(vae, Path(export) / "vae")
+    return {"stage": "vae_decoder" if settings.get("decoder_only") else "vae", "steps": int(frame["step"].max() + 1) if len(frame) else 0,
+            "final_loss": float(frame["loss"].iloc[-1]) if len(frame) else None,
+            "scaling_factor": scale, "psnr_db": float(psnr.mean())}
