@@ -14,7 +14,7 @@ import yaml
 from sdlab.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "scheduler", "experiment")
+GROUPS = ("model", "scheduler", "clip", "experiment")
 log = logging.getLogger("sdlab")
 
 
@@ -52,7 +52,7 @@ def check_overrides(args: list[str]) -> None:
                     raise UserError(f"unknown {key} {option!r}; choose one of: {', '.join(group_options(key))}")
             continue
         group, _, sub = key.partition(".")
-        if sub and group in ("model", "scheduler"):
+        if sub and group in ("model", "scheduler", "clip"):
             if sub not in _known_keys(group):
                 allowed = ", ".join(sorted(_known_keys(group)))
                 raise UserError(f"unknown config key {key!r}; {group}.* keys are: {allowed}")
@@ -198,6 +198,14 @@ def run(cfg) -> None:
         sys.exit(1)
 
 
+def register_resolvers() -> None:
+    """`${project:PATH}` in recipes: PATH inside the sdlab checkout, wherever sdlab runs from."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("project"):
+        OmegaConf.register_new_resolver("project", lambda path="": str(CONF_DIR.parent / path))
+
+
 def entry() -> None:
     """Console script `sdlab`: check overrides, then hand over to Hydra."""
     import hydra
@@ -211,6 +219,7 @@ def entry() -> None:
 
     collect.sweep_failures = 0
     quiet_libraries()
+    register_resolvers()
     hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(run)()
     if collect.sweep_failures:
         sys.exit(1)

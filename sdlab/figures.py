@@ -111,3 +111,190 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
         if title:
             fig.suptitle(title)
         return save_figure(fig, target)
+
+
+# --------------------------------------------------------------------------- analysis figures
+
+PALETTE = plt.get_cmap("tab10").colors
+
+
+def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: tuple[float, float] = (6.4, 3.6)) -> Path:
+    """Line plots, one panel per dict: lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logy, hline, yticks (positions, labels)."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(panels), 1, figsize=(panel_inches[0], panel_inches[1] * len(panels)), squeeze=False)
+        for ax, panel in zip(axes[:, 0], panels):
+            for i, line in enumerate(panel.get("lines", ())):
+                ax.plot(line["x"], line["y"], line.get("style", "-"), label=line.get("label"),
+                        color=line.get("color", PALETTE[i % len(PALETTE)]), lw=1.4, ms=3)
+            for i, pts in enumerate(panel.get("points", ())):
+                marker = pts.get("marker", "o")
+                edge = {} if marker in ("|", "_", "x", "+", "1", "2", "3", "4") else {"edgecolors": "black", "linewidths": 0.4}
+                ax.scatter(pts["x"], pts["y"], label=pts.get("label"), marker=marker, s=pts.get("size", 22),
+                           color=pts.get("color", PALETTE[i % len(PALETTE)]), zorder=3, **edge)
+                for x, y, note in zip(pts["x"], pts["y"], pts.get("notes", [None] * len(pts["x"]))):
+                    if note:
+                        ax.annotate(note, (x, y), textcoords="offset points", xytext=pts.get("offset", (4, 5)), fontsize=7,
+                                    color=pts.get("color", "black"))
+            if panel.get("hline") is not None:
+                ax.axhline(panel["hline"], color="0.4", lw=0.8, ls="--")
+            if panel.get("logy"):
+                ax.set_yscale("log")
+            if panel.get("yticks"):
+                ax.set_yticks(*panel["yticks"])
+            ax.set_xlabel(panel.get("xlabel", ""))
+            ax.set_ylabel(panel.get("ylabel", ""))
+            ax.set_title(panel.get("title", ""))
+            if any(item.get("label") for item in [*panel.get("lines", ()), *panel.get("points", ())]):
+                ax.legend(fontsize=7, frameon=False)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return save_figure(fig, target)
+
+
+def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target: Path, title: str = "",
+            value_label: str = "", vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}") -> Path:
+    """A labelled matrix with its values written in the cells."""
+    matrix = np.asarray(matrix, dtype=float)
+    rows, cols = matrix.shape
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(2.5 + 0.55 * cols, 1.5 + 0.45 * rows))
+        im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        ax.grid(False)
+        ax.set_xticks(range(cols), [_short(s) for s in col_labels], rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(rows), [_short(s) for s in row_labels], fontsize=7)
+        mid = np.nanmean(matrix) if vmin is None or vmax is None else (vmin + vmax) / 2
+        for r in range(rows):
+            for c in range(cols):
+                ax.text(c, r, fmt.format(matrix[r, c]), ha="center", va="center", fontsize=7,
+                        color="black" if matrix[r, c] > mid else "white")
+        fig.colorbar(im, ax=ax, label=value_label, fraction=0.04)
+        ax.set_title(title)
+        return save_figure(fig, target)
+
+
+def _short(text: str, width: int = 56) -> str:
+    text = str(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: Sequence[str] | Sequence[Sequence[str]] = (),
+                row_labels: Sequence[str] = (), title: str = "", cell_inches: float = CELL_INCHES) -> Path:
+    """Rows of images (HxWx3 uint8/float, or HxW shown grey) with column labels (one list, or one per row) and row labels."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    per_row = bool(col_labels) and not isinstance(col_labels[0], str)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + 0.6, (cell_inches + 0.3) * n_rows + 0.3),
+                                 squeeze=False)
+        for r, images in enumerate(rows):
+            labels = col_labels[r] if per_row else (col_labels if r == 0 else ())
+            for c in range(n_cols):
+                ax = axes[r, c]
+                ax.grid(False)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.spines[:].set_visible(False)
+                if c >= len(images):
+                    ax.axis("off")
+                    continue
+                image = np.asarray(images[c])
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+                if c < len(labels):
+                    ax.set_title(labels[c], fontsize=8)
+                if c == 0 and r < len(row_labels):
+                    ax.set_ylabel(_short(row_labels[r], 28), fontsize=8)
+        if title:
+            fig.suptitle(title)
+        return save_figure(fig, target)
+
+
+def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
+    """Horizontal bars, one panel per dict: labels, values, xlabel, title, notes (text after each bar), limit (a dashed line)."""
+    heights = [max(1.2, 0.28 * len(p["labels"]) + 0.8) for p in panels]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, sum(heights)), squeeze=False,
+                                 gridspec_kw={"height_ratios": heights})
+        for ax, panel in zip(axes[:, 0], panels):
+            y = np.arange(len(panel["labels"]))
+            ax.barh(y, panel["values"], color=PALETTE[0])
+            ax.set_yticks(y, [_short(s, 48) for s in panel["labels"]], fontsize=7)
+            ax.invert_yaxis()
+            ax.grid(axis="y", visible=False)
+            for yi, value, note in zip(y, panel["values"], panel.get("notes", [None] * len(y))):
+                if note:
+                    ax.text(value, yi, f" {note}", va="center", fontsize=7)
+            if panel.get("limit") is not None:
+                ax.axvline(panel["limit"], color="tab:red", ls="--", lw=1)
+            ax.set_xlabel(panel.get("xlabel", ""))
+            ax.set_title(panel.get("title", ""))
+            ax.margins(x=0.18)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return save_figure(fig, target)
+
+
+def write_gif(frames: Sequence[Image.Image], target: Path, duration_ms: int = 150, hold_last_ms: int = 1000) -> Path:
+    """An animated GIF that loops forever, the last frame held longer; written atomically."""
+    frames = [f.convert("RGB") for f in frames]
+    durations = [duration_ms] * (len(frames) - 1) + [max(duration_ms, hold_last_ms)]
+    with atomic_path(target) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return Path(target)
+
+
+DISTINCT = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2]
+
+
+def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target: Path, xlabel: str,
+                psnr_target: float | None = None) -> Path:
+    """One panel per metric against a cost (NFE or seconds): a line per scheduler with its 95% band."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            for i, (name, group) in enumerate(summary.sort_values(f"{cost}_mean").groupby("scheduler", sort=True)):
+                color = DISTINCT[i % len(DISTINCT)]
+                style = "--" if bool(group["stochastic"].iloc[0]) else "-"
+                x = group[f"{cost}_mean"]
+                ax.plot(x, group[f"{metric}_mean"], style, marker="o", ms=2.5, lw=1.2, color=color, label=name)
+                ax.fill_between(x, group[f"{metric}_lo"], group[f"{metric}_hi"], color=color, alpha=0.15, lw=0)
+            if metric == "psnr" and psnr_target is not None:
+                ax.axhline(psnr_target, color="0.3", lw=0.8, ls=":")
+            ax.set_xscale("log")
+            if metric == "latent_rmse":
+                ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(metric)
+        axes[0, -1].legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle("distance to the reference solve (dashed: stochastic, against its own high-step limit)")
+        fig.tight_layout()
+        return save_figure(fig, target)
+
+
+def schedule_visits(visits: pd.DataFrame, scheduler_config: dict, target: Path) -> Path:
+    """Timesteps each scheduler visits (one row of marks per scheduler) over the schedule's SNR curve."""
+    from sdlab.metrics.schedule import betas, schedule_table
+
+    table = schedule_table(betas(scheduler_config.get("beta_schedule", "scaled_linear"),
+                                 T=int(scheduler_config.get("num_train_timesteps", 1000)),
+                                 beta_start=float(scheduler_config.get("beta_start", 0.00085)),
+                                 beta_end=float(scheduler_config.get("beta_end", 0.012))))
+    step_counts = sorted(visits["num_inference_steps"].unique())
+    names = list(dict.fromkeys(visits["scheduler"]))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(step_counts), 1, figsize=(8, (1.2 + 0.25 * len(names)) * len(step_counts)),
+                                 squeeze=False)
+        for ax, steps in zip(axes[:, 0], step_counts):
+            for i, name in enumerate(names):
+                part = visits[(visits["scheduler"] == name) & (visits["num_inference_steps"] == steps)]
+                ax.scatter(part["timestep"], np.full(len(part), i), marker="|", s=60, color="C0")
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.set_ylim(len(names) - 0.5, -0.5)
+            ax.set_xlabel("timestep t")
+            ax.set_title(f"timesteps visited at {steps} steps (grey: SNR of the schedule)")
+            snr = ax.twinx()
+            snr.plot(table["t"], table["snr_db"], color="0.55", lw=1)
+            snr.set_ylabel("SNR (dB)", color="0.4")
+            snr.grid(False)
+        fig.tight_layout()
+        return save_figure(fig, target)

@@ -25,7 +25,7 @@ ROW_COLUMNS = [
     "run_id", "experiment", "job", "model", "scheduler", "scheduler_config",
     "num_inference_steps", "nfe", "guidance_scale", "seed", "prompt", "negative_prompt",
     "width", "height", "eta", "batch_size",
-    "time_text_s", "time_unet_s", "time_vae_s", "time_total_s", "peak_mem_bytes",
+    "time_text_s", "time_unet_s", "time_vae_s", "time_total_s", "peak_mem_bytes", "clip_score",
     "image_path", "config_hash", "overrides", "status", "error", "device", "versions",
 ]
 
@@ -49,12 +49,11 @@ def ordered(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Path:
-    """Write `<name>.parquet` and `<name>.csv` atomically; returns the Parquet path."""
+    """Write `<name>.parquet` and `<name>.csv` atomically: if either cannot be written, neither appears."""
     folder = Path(folder)
-    with atomic_path(folder / f"{name}.csv") as tmp:
-        frame.to_csv(tmp, index=False)
-    with atomic_path(folder / f"{name}.parquet") as tmp:
-        frame.to_parquet(tmp, index=False)
+    with atomic_path(folder / f"{name}.csv") as csv_tmp, atomic_path(folder / f"{name}.parquet") as parquet_tmp:
+        frame.to_parquet(parquet_tmp, index=False)
+        frame.to_csv(csv_tmp, index=False)
     return folder / f"{name}.parquet"
 
 

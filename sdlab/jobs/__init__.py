@@ -39,7 +39,9 @@ def job(name: str) -> Callable[[JobFn], JobFn]:
 
 def get_job(name: str) -> JobFn:
     """The job registered under `name`."""
-    from sdlab.jobs import generate  # noqa: F401  (registers)
+    from sdlab.jobs import by_hand, compare, explainers, generate  # noqa: F401  (registers)
+    from sdlab.jobs import anatomy, clip, forward, grids, schedule, trajectory, vae  # noqa: F401  (registers)
+    from sdlab.jobs import train  # noqa: F401  (registers)
 
     choose("job", name, JOBS)
     return JOBS[name]

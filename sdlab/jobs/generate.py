@@ -11,6 +11,7 @@ import pandas as pd
 from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
 from sdlab.generate import BadOutputError, BatchResult, chunks, generate_batch
 from sdlab.jobs import JobContext, job
+from sdlab.metrics.clip import load_clip
 from sdlab.models import base_scheduler_config, load_pipeline
 from sdlab.records import ordered, save_png, versions, write_table
 from sdlab.resume import complete_rows
@@ -34,6 +35,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     params = generation_params(cfg, spec.resolution)
     pipe = load_pipeline(spec)
     pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
+    clip = load_clip(cfg.get("clip"), device=str(pipe.device))
     common = {
         "run_id": ctx.run_id,
         "experiment": ctx.experiment,
@@ -54,6 +56,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     }
     hash_base = {k: common[k] for k in ("model", "scheduler_config", "num_inference_steps", "guidance_scale",
                                        "prompt", "negative_prompt", "width", "height", "eta")}
+    hash_base["clip"] = cfg.get("clip")
     done = reusable_rows(ctx, hash_base, params.seeds)
     rows_by_seed: dict[int, dict] = {seed: row for seed, row in done.items()}
     if done:
@@ -62,7 +65,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     for batch in chunks(todo, params.batch_size):
         try:
             result = generate_batch(pipe, spec.key, params, batch)
-            new_rows = image_rows(ctx, common, hash_base, result)
+            new_rows = image_rows(ctx, common, hash_base, result, clip)
         except (BadOutputError, RuntimeError, ValueError) as e:
             log.error("seeds %s failed: %s", batch, e)
             new_rows = [{**common, "seed": s, "batch_size": len(batch), "config_hash": cell_hash(hash_base, s),
@@ -89,11 +92,12 @@ def describe(overrides: str, seed: int) -> str:
     return " ".join(f"{k}={v}" for k, v in parsed.items())
 
 
-def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult) -> list[dict]:
-    """Save each image of a batch and make its row; batch timings are shared equally among its images."""
+def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult, clip=None) -> list[dict]:
+    """Save each image of a batch and make its row (clip_score with a clip model); batch timings are shared equally."""
     n = len(result.seeds)
     rows = []
-    for image, seed in zip(result.images, result.seeds):
+    scores = clip.clip_score(result.images, [common["prompt"]] * n) if clip else [None] * n
+    for image, seed, score in zip(result.images, result.seeds, scores):
         relative = f"images/seed{seed}.png"
         row = {
             **common,
@@ -102,6 +106,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             "batch_size": n,
             **{k: getattr(result, k) / n for k in TIMING_KEYS},
             "peak_mem_bytes": result.peak_mem_bytes,
+            "clip_score": score,
             "image_path": relative,
             "config_hash": cell_hash(hash_base, seed),
             "status": "ok",

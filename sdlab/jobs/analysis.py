@@ -1,0 +1,164 @@
+"""Helpers the analysis jobs share: base row, model and scheduler config, input images, VAE encode/decode."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from sdlab.config import ModelSpec, model_spec
+from sdlab.errors import UserError
+from sdlab.jobs import JobContext
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def base_row(ctx: JobContext, job: str, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """Columns every analysis row starts with (the generate schema's identity columns)."""
+    return {"run_id": ctx.run_id, "experiment": ctx.experiment, "job": job,
+            "model": spec.name if spec else ctx.config.get("model", {}).get("name"),
+            "overrides": ctx.overrides, "status": "ok", "error": None}
+
+
+def pipeline(ctx: JobContext):
+    """The configured model's pipeline (cached per process) and its ModelSpec."""
+    from sdlab.models import load_pipeline
+
+    spec = model_spec(ctx.config["model"])
+    return load_pipeline(spec), spec
+
+
+def model_scheduler_config(spec: ModelSpec) -> dict[str, Any]:
+    """The scheduler config a model ships with, without loading its weights."""
+    from sdlab.architectures import ARCHITECTURES
+    from sdlab.models import model_folder
+
+    if spec.name in ARCHITECTURES and not spec.path:
+        return dict(ARCHITECTURES[spec.name].scheduler)
+    path = model_folder(spec) / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise UserError(f"no scheduler config at {path}")
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+def str_list(cfg: dict, key: str) -> list[str]:
+    """A config key that must be a non-empty list of strings (a single string counts as one)."""
+    value = cfg.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if not value or not all(isinstance(v, str) for v in value):
+        raise UserError(f"{key}={value!r} must be a non-empty list of strings, e.g. {key}='[a red circle,a blue square]'")
+    return list(value)
+
+
+def number_list(cfg: dict, key: str, integer: bool = False) -> list:
+    """A config key that must be a non-empty list of numbers."""
+    value = cfg.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    ok = bool(value) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok or (integer and not all(float(v).is_integer() for v in value)):
+        kind = "integers" if integer else "numbers"
+        raise UserError(f"{key}={value!r} must be a non-empty list of {kind}, e.g. {key}=[1,2,3]")
+    return [int(v) for v in value] if integer else [float(v) for v in value]
+
+
+def fit(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """Resize to cover width x height (bicubic), centre crop, as uint8 RGB."""
+    image = image.convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(size, Image.BICUBIC)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)))
+
+
+def sample_images(count: int, width: int, height: int, seed: int | None = None) -> list[tuple[str, np.ndarray, str]]:
+    """Built-in (name, image, caption) triples: sdlab.mini.data shapes (evaluation seed) rendered at min(width, height), fitted."""
+    from sdlab.mini import data
+
+    seed = data.EVAL_SEED if seed is None else seed
+    side = min(width, height)
+    out = []
+    for index in range(count):
+        rng = np.random.default_rng([seed, index])
+        attrs = data.sample_attributes(rng)
+        text = data.caption(attrs, rng)
+        image = data.render(attrs, rng, size=side)
+        out.append((f"shapes_{index}", fit(Image.fromarray(image), width, height), text))
+    return out
+
+
+def image_files(source: str | os.PathLike | list) -> list[Path]:
+    """Image files named by a folder (its image files, sorted), a file, or a list of files; one-line UserError when missing or empty."""
+    items = source if isinstance(source, (list, tuple)) else [source]
+    files: list[Path] = []
+    for item in items:
+        path = Path(os.path.expanduser(str(item)))
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"images={path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"images: {path} does not exist")
+    return files
+
+
+def read_image(path: Path, width: int, height: int) -> np.ndarray:
+    """One image file fitted to width x height; a one-line UserError naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return fit(image, width, height)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
+        raise UserError(f"cannot read image {path}: {reason}") from None
+
+
+def input_images(cfg: dict, width: int, height: int, count: int) -> list[tuple[str, np.ndarray, str]]:
+    """(name, image, caption) from `images` (folder or files; caption = file stem) or `count` built-in shapes images."""
+    if cfg.get("images"):
+        return [(p.name, read_image(p, width, height), p.stem.replace("_", " ")) for p in image_files(cfg["images"])]
+    return sample_images(count, width, height)
+
+
+def image_size(cfg: dict, spec: ModelSpec) -> tuple[int, int]:
+    """(width, height) from the config, the model's resolution when null; multiples of 8."""
+    width, height = cfg.get("width") or spec.resolution, cfg.get("height") or spec.resolution
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or value <= 0 or value % 8:
+            raise UserError(f"{name}={value} must be a positive multiple of 8")
+    return width, height
+
+
+def to_model(images: list[np.ndarray], pipe) -> torch.Tensor:
+    """uint8 HxWx3 images as an NCHW tensor in [-1, 1] on the pipeline's device and VAE dtype."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x.to(pipe.device, pipe.vae.dtype)
+
+
+def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
+    """NCHW images in [-1, 1] as uint8 HxWx3 arrays (clipped)."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return list(x.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def encode(pipe, x: torch.Tensor) -> torch.Tensor:
+    """Scaled SD latents z = scaling_factor · mean of q(z | x)."""
+    with torch.inference_mode():
+        return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def decode(pipe, z: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] from scaled SD latents."""
+    with torch.inference_mode():
+        return pipe.vae.decode(z.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0].float()

@@ -1,0 +1,81 @@
+"""The anatomy job: parameter counts and weight bytes per component and per UNet block, built on the meta device."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from sdlab.config import ModelSpec, model_spec
+from sdlab.figures import bar_chart
+from sdlab.jobs import JobContext, job
+from sdlab.jobs.analysis import base_row
+from sdlab.metrics.anatomy import component_table, unet_block_table
+from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
+from sdlab.records import ordered, write_table
+
+
+def meta_components(spec: ModelSpec) -> dict:
+    """UNet, VAE and text encoder on the meta device: from sdlab's architectures, or from a diffusers folder's configs."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdlab.architectures import ARCHITECTURES, build_on_meta
+    from sdlab.models import check_weights_folder, model_folder
+
+    if spec.name in ARCHITECTURES and not spec.path:
+        return build_on_meta(ARCHITECTURES[spec.name])
+    folder = model_folder(spec)
+    check_weights_folder(folder)
+    with torch.device("meta"):
+        return {
+            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
+            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
+            "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+        }
+
+
+def config_json(module) -> str:
+    """A component's config as sorted JSON (diffusers config dict, or a transformers config's non-default keys)."""
+    config = module.config
+    config = config.to_diff_dict() if hasattr(config, "to_diff_dict") else dict(config)
+    return json.dumps({k: v for k, v in config.items() if not str(k).startswith("_")}, default=str, sort_keys=True)
+
+
+@job("anatomy")
+def run_anatomy(ctx: JobContext) -> pd.DataFrame:
+    """One row per component plus total (params, bytes at fp32/fp16/bf16, latent shape); table `unet_blocks`; figure anatomy.png."""
+    spec = model_spec(ctx.config["model"])
+    components = meta_components(spec)
+
+    # 1. Latent geometry at the model's resolution.
+    vae = components["vae"].config
+    factor = downsampling_factor(vae.block_out_channels)
+    side = spec.resolution
+    z_shape = latent_shape(side, side, vae.latent_channels, factor)
+    geometry = {"resolution": side, "latent_shape": "x".join(map(str, z_shape)), "downsampling": factor,
+                "compression_ratio": compression_ratio((3, side, side), z_shape)}
+
+    # 2. Components and UNet blocks.
+    table = component_table(components)
+    rows = [{**base_row(ctx, "anatomy", spec), **r, "params_m": r["params"] / 1e6, **geometry,
+             "config": config_json(components[r["component"]]) if r["component"] in components else None}
+            for r in table.to_dict("records")]
+    blocks = unet_block_table(components["unet"]).assign(model=spec.name)
+    write_table(blocks[["model", "block", "params", "share", "bytes_fp32", "bytes_fp16", "bytes_bf16"]], ctx.out_dir,
+                "unet_blocks")
+
+    # 3. Bar chart.
+    parts = table[table["component"] != "total"]
+    total = int(table.loc[table["component"] == "total", "params"].iloc[0])
+    bar_chart([
+        {"labels": list(parts["component"]), "values": list(parts["params"] / 1e6), "xlabel": "parameters (millions)",
+         "notes": [f"{p / 1e6:,.1f} M ({s:.0%}), {b / 2**20:,.0f} MiB fp16" for p, s, b in
+                   zip(parts["params"], parts["share"], parts["bytes_fp16"])],
+         "title": f"model={spec.name}: {total:,} parameters, {total * 4 / 2**30:.2f} GiB fp32, {total * 2 / 2**30:.2f} GiB fp16; "
+                  f"latent {geometry['latent_shape']} at {side}px (x{geometry['compression_ratio']:g})"},
+        {"labels": list(blocks["block"]), "values": list(blocks["params"] / 1e6), "xlabel": "parameters (millions)",
+         "notes": [f"{s:.1%}" for s in blocks["share"]], "title": "UNet blocks in forward order"},
+    ], ctx.out_dir / "anatomy.png")
+    return ordered(rows)

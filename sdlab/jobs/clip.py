@@ -1,0 +1,96 @@
+"""The clip_tokens and clip_similarity jobs: CLIP tokenization, text-text and image-caption similarity."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from sdlab.config import ModelSpec, model_spec
+from sdlab.errors import UserError
+from sdlab.figures import bar_chart, heatmap
+from sdlab.jobs import JobContext, job
+from sdlab.jobs.analysis import base_row, image_size, input_images, pipeline, str_list
+from sdlab.metrics.clip import (MAX_TOKENS, clip_score_from_cosine, cosine_matrix, load_clip, long_matrix,
+                                pooled_text_embeddings, token_rows, token_table)
+from sdlab.records import ordered, write_table
+
+log = logging.getLogger(__name__)
+
+
+def model_tokenizer(spec: ModelSpec):
+    """The model's CLIP tokenizer without loading weights: a folder model's own, else the packaged SD 1.x one."""
+    from sdlab.architectures import ARCHITECTURES
+    from sdlab.tokenizer import load_tokenizer
+
+    if spec.name in ARCHITECTURES and not spec.path:
+        return load_tokenizer()
+    from transformers import CLIPTokenizer
+
+    from sdlab.models import model_folder
+
+    folder = model_folder(spec) / "tokenizer"
+    if not folder.is_dir():
+        raise UserError(f"no tokenizer folder at {folder}")
+    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+@job("clip_tokens")
+def run_tokens(ctx: JobContext) -> pd.DataFrame:
+    """One row per prompt (tokens, ids, count incl. BOS/EOS, truncation warning); table `tokens` per token; figure token_counts.png."""
+    spec = model_spec(ctx.config["model"])
+    prompts = str_list(ctx.config, "prompts")
+    table = token_table(model_tokenizer(spec), prompts)
+    for warning in table["warning"][table["truncated"]]:
+        log.warning("%s", warning)
+    write_table(token_rows(table), ctx.out_dir, "tokens")
+    bar_chart([{"labels": prompts, "values": list(table["n_tokens"]), "limit": MAX_TOKENS,
+                "xlabel": "CLIP tokens incl. <|startoftext|> and <|endoftext|>",
+                "notes": [f"{n}" + (" truncated" if t else "") for n, t in zip(table["n_tokens"], table["truncated"])],
+                "title": f"tokens per prompt; the text encoder sees at most {MAX_TOKENS} (dashed)"}],
+              ctx.out_dir / "token_counts.png")
+    return ordered([{**base_row(ctx, "clip_tokens", spec), **row} for row in table.to_dict("records")])
+
+
+def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarray, str]:
+    """Projected CLIP text embeddings when a clip model is configured, else the model text encoder's pooled output; with its name."""
+    if clip is not None:
+        return clip.text_embeddings(prompts), f"clip={clip.name} projected text embedding (get_text_features)"
+    pipe, spec = pipeline(ctx)
+    name = f"model={spec.name} text_encoder pooled output (EOS token after final layer norm, unprojected)"
+    return pooled_text_embeddings(pipe.text_encoder, pipe.tokenizer, prompts), name
+
+
+@job("clip_similarity")
+def run_similarity(ctx: JobContext) -> pd.DataFrame:
+    """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
+    cfg = ctx.config
+    spec = model_spec(cfg["model"])
+    prompts = str_list(cfg, "prompts")
+    clip = load_clip(cfg.get("clip"))
+
+    # 1. Text-text cosine similarity.
+    embeddings, embedding = text_embeddings(ctx, prompts, clip)
+    matrix = cosine_matrix(embeddings)
+    text = long_matrix(matrix, prompts, prompts, "prompt_a", "prompt_b").assign(embedding=embedding)
+    keys = [f"P{i + 1}" for i in range(len(prompts))]
+    heatmap(matrix, [f"{k}: {p}" for k, p in zip(keys, prompts)], keys, ctx.out_dir / "text_similarity.png",
+            vmin=-1, vmax=1, value_label="cosine", title=f"cos(E_T(a), E_T(b))\n{embedding}")
+    rows = [{**base_row(ctx, "clip_similarity", spec), **r} for r in text.to_dict("records")]
+
+    # 2. Image-caption similarity (needs a CLIP model with an image tower).
+    if clip is None:
+        log.info("clip=none: image-caption similarity skipped (choose clip=mini or clip=openai_l14)")
+        return ordered(rows)
+    width, height = image_size(cfg, spec)
+    images = input_images(cfg, width, height, int(cfg.get("num_images") or 4))
+    names = [name for name, _, _ in images]
+    captions = prompts if cfg.get("images") else [caption for _, _, caption in images]
+    cos = cosine_matrix(clip.image_embeddings([image for _, image, _ in images]), clip.text_embeddings(captions))
+    pairs = long_matrix(cos, names, captions, "image", "caption").assign(
+        clip_score=lambda f: clip_score_from_cosine(f["cosine"]), clip=clip.name)
+    write_table(pairs, ctx.out_dir, "image_text_similarity")
+    heatmap(cos, names, captions, ctx.out_dir / "image_text_similarity.png", value_label="cosine",
+            title=f"cos(E_I(image), E_T(caption)), clip={clip.name}; CLIP score = 100 max(cos, 0)")
+    return ordered(rows)

@@ -1,0 +1,152 @@
+"""Compare schedulers fairly: distance to a high-accuracy reference against NFE and wall seconds, with 95% CIs."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sdlab.config import GenerationParams, model_spec
+from sdlab.errors import UserError
+from sdlab.generate import generate_batch
+from sdlab.jobs import JobContext, job
+from sdlab.metrics.image import psnr, ssim
+from sdlab.metrics.schedule import scheduler_visits
+from sdlab.metrics.stats import summarize_ci
+from sdlab.models import base_scheduler_config, load_pipeline
+from sdlab.records import ordered, write_table
+from sdlab.schedulers import SCHEDULERS, make_scheduler
+
+log = logging.getLogger(__name__)
+METRICS = ["latent_rmse", "psnr", "ssim"]
+
+
+@dataclass(frozen=True)
+class Study:
+    """What to compare: schedulers x step counts over seeds and prompts, against a reference solve."""
+
+    schedulers: tuple[str, ...]
+    steps: tuple[int, ...]
+    seeds: tuple[int, ...]
+    prompts: tuple[str, ...]
+    reference_scheduler: str = "dpmpp_2m"
+    reference_steps: int = 200
+    psnr_target: float = 30.0
+    visit_steps: tuple[int, ...] = (10, 25)
+
+
+def study_from(cfg: dict[str, Any]) -> Study:
+    """A Study from the recipe's `compare` block, validated."""
+    block = dict(cfg.get("compare") or {})
+    study = Study(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
+    for name in (*study.schedulers, study.reference_scheduler):
+        if name not in SCHEDULERS:
+            raise UserError(f"compare: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
+    if SCHEDULERS[study.reference_scheduler].stochastic:
+        raise UserError(f"compare.reference_scheduler={study.reference_scheduler!r} is stochastic; pick a deterministic one")
+    if not study.prompts or not study.seeds or not study.steps:
+        raise UserError("compare.prompts, compare.seeds and compare.steps must each list at least one value")
+    if min(study.steps) < 1 or study.reference_steps < max(study.steps):
+        raise UserError(f"compare.steps must be >= 1 and <= reference_steps={study.reference_steps}")
+    return study
+
+
+def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, ref_images: list) -> list[dict]:
+    """Per image: latent RMSE, pixel PSNR (inf when identical) and SSIM against the reference."""
+    out = []
+    for lat, image, ref_lat, ref_image in zip(latents, images, ref_latents, ref_images):
+        rmse = float(torch.sqrt(torch.mean((lat.float() - ref_lat.float()) ** 2)))
+        out.append({"latent_rmse": rmse, "psnr": psnr(np.asarray(ref_image), np.asarray(image)),
+                    "ssim": ssim(np.asarray(ref_image), np.asarray(image))})
+    return out
+
+
+def solve(pipe, spec, name: str, steps: int, base: GenerationParams, prompt: str, seeds: list[int]):
+    """One batched generation of `seeds` with scheduler `name` at `steps` steps."""
+    pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
+    params = GenerationParams(**{**base.__dict__, "prompt": prompt, "num_inference_steps": steps})
+    return generate_batch(pipe, spec.key, params, seeds)
+
+
+@job("compare_schedulers")
+def run_compare(ctx: JobContext) -> pd.DataFrame:
+    """Every scheduler at every step count on every (prompt, seed), scored against its reference."""
+    cfg, study = ctx.config, study_from(ctx.config)
+    spec = model_spec(cfg["model"])
+    pipe = load_pipeline(spec)
+    pipe.set_progress_bar_config(disable=True)
+    base = GenerationParams(width=spec.resolution, height=spec.resolution,
+                            guidance_scale=float(cfg.get("guidance_scale", 7.5)), seeds=study.seeds)
+    seeds, rows = list(study.seeds), []
+    for prompt in study.prompts:
+        # 1. the deterministic reference, and each stochastic sampler's own high-step limit
+        references = {"deterministic": solve(pipe, spec, study.reference_scheduler, study.reference_steps, base, prompt, seeds)}
+        for name in study.schedulers:
+            if SCHEDULERS[name].stochastic:
+                references[name] = solve(pipe, spec, name, study.reference_steps, base, prompt, seeds)
+        # 2. every scheduler at every step count, scored against its reference
+        for name in study.schedulers:
+            kind = name if SCHEDULERS[name].stochastic else "deterministic"
+            ref = references[kind]
+            for steps in study.steps:
+                result = solve(pipe, spec, name, steps, base, prompt, seeds)
+                scores = distances(result.latents, result.images, ref.latents, ref.images)
+                for seed, score in zip(seeds, scores):
+                    rows.append({
+                        "run_id": ctx.run_id, "experiment": ctx.experiment, "job": "compare_schedulers",
+                        "model": spec.name, "scheduler": name, "num_inference_steps": steps, "nfe": result.nfe,
+                        "guidance_scale": base.guidance_scale, "seed": seed, "prompt": prompt,
+                        "time_total_s": result.time_total_s / len(seeds), "stochastic": SCHEDULERS[name].stochastic,
+                        "reference": ("own limit: " if kind != "deterministic" else "")
+                        + f"{name if kind != 'deterministic' else study.reference_scheduler} x {study.reference_steps} steps",
+                        **score, "status": "ok", "error": None,
+                    })
+            log.info("%s: %s", name, ", ".join(f"{s} steps" for s in study.steps))
+    runs = ordered(rows)
+    write_outputs(ctx, study, pipe, spec, runs)
+    return runs
+
+
+def ranking(summary: pd.DataFrame, target: float) -> pd.DataFrame:
+    """Per scheduler: the fewest mean NFE whose mean PSNR reaches `target` dB (NaN when never)."""
+    rows = []
+    for name, group in summary.sort_values("nfe_mean").groupby("scheduler", sort=False):
+        reached = group[group["psnr_mean"] >= target]
+        first = reached.iloc[0] if len(reached) else None
+        rows.append({
+            "scheduler": name,
+            "stochastic": bool(group["stochastic"].iloc[0]),
+            f"nfe_to_psnr_{target:g}db": first["nfe_mean"] if first is not None else math.nan,
+            "steps": first["num_inference_steps"] if first is not None else math.nan,
+            "seconds": first["time_total_s_mean"] if first is not None else math.nan,
+            "best_psnr": group["psnr_mean"].max(),
+        })
+    key = f"nfe_to_psnr_{target:g}db"
+    return pd.DataFrame(rows).sort_values([key, "best_psnr"], ascending=[True, False], na_position="last")
+
+
+def write_outputs(ctx: JobContext, study: Study, pipe, spec, runs: pd.DataFrame) -> None:
+    """Summary with intervals, the ranking, the visited timesteps, and the convergence figures."""
+    from sdlab.figures import convergence, schedule_visits
+
+    finite = runs.assign(psnr=runs["psnr"].replace(np.inf, np.nan))
+    summary = summarize_ci(finite, ["scheduler", "num_inference_steps"], [*METRICS, "nfe", "time_total_s"])
+    summary["stochastic"] = summary["scheduler"].map(lambda n: SCHEDULERS[n].stochastic)
+    write_table(summary, ctx.out_dir, "summary")
+    write_table(ranking(summary, study.psnr_target), ctx.out_dir, "ranking")
+    visits = []
+    for name in study.schedulers:
+        scheduler = make_scheduler(name, base_scheduler_config(spec))
+        for steps in study.visit_steps:
+            visits.append(scheduler_visits(scheduler, steps).assign(scheduler=name, num_inference_steps=steps))
+    visits = pd.concat(visits, ignore_index=True)
+    write_table(visits, ctx.out_dir, "visits")
+    for cost, label in (("nfe", "UNet evaluations (NFE)"), ("time_total_s", "wall seconds per image")):
+        convergence(summary, cost, METRICS, ctx.out_dir / f"convergence_{'nfe' if cost == 'nfe' else 'seconds'}.png",
+                    xlabel=label, psnr_target=study.psnr_target)
+    schedule_visits(visits, base_scheduler_config(spec), ctx.out_dir / "visits.png")

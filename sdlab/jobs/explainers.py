@@ -1,0 +1,178 @@
+"""Explainer jobs: the small, exact toys behind the article figures (noise, toy U-Nets, CFG, DDIM steps, embeddings)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from sdlab.errors import UserError
+from sdlab.figures import bar_chart, curves, image_strip
+from sdlab.jobs import JobContext, job
+from sdlab.metrics import toy
+from sdlab.metrics.toy_unet import level_table
+from sdlab.records import write_table
+
+
+def settings(ctx: JobContext, key: str) -> dict[str, Any]:
+    """The recipe's block for this explainer (`ctx.config[key]`), as a dict."""
+    block = ctx.config.get(key)
+    if not isinstance(block, dict):
+        raise UserError(f"experiment {ctx.experiment!r} needs a `{key}:` block")
+    return block
+
+
+def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Write the explainer's table under its own name and return it as the job's rows."""
+    write_table(frame, ctx.out_dir, name)
+    return frame.assign(status="ok", experiment=ctx.experiment, run_id=ctx.run_id)
+
+
+@job("noise_image")
+def run_noise_image(ctx: JobContext) -> pd.DataFrame:
+    """A image of pure N(0, I) noise and its histogram against the standard normal pdf."""
+    cfg = settings(ctx, "noise")
+    size, seed = int(cfg.get("size", 512)), int(cfg.get("seed", 0))
+    x = np.random.default_rng(seed).standard_normal((size, size, 3))
+    shown = np.clip((x + 3) / 6, 0, 1)  # +-3 sigma onto [0, 1]
+    image_strip([[shown]], ctx.out_dir / "noise.png", col_labels=[f"N(0, I), {size}x{size}x3, seed {seed}"],
+                cell_inches=5.0)
+    edges = np.linspace(-4.5, 4.5, 91)
+    density, _ = np.histogram(x, bins=edges, density=True)
+    centres = (edges[:-1] + edges[1:]) / 2
+    curves([{"lines": [{"x": centres, "y": density, "label": "pixels (histogram)", "style": "-"},
+                       {"x": centres, "y": stats.norm.pdf(centres), "label": "N(0, 1) pdf", "style": "--"}],
+             "xlabel": "value", "ylabel": "density", "title": "pure noise against the normal pdf"}],
+           ctx.out_dir / "noise_histogram.png")
+    flat = x.ravel()
+    ks = stats.kstest(flat[:: max(1, flat.size // 200_000)], "norm")
+    frame = pd.DataFrame([{"size": size, "seed": seed, "values": flat.size, "mean": flat.mean(), "std": flat.std(),
+                           "skew": stats.skew(flat), "excess_kurtosis": stats.kurtosis(flat),
+                           "ks_statistic": ks.statistic, "ks_pvalue": ks.pvalue}])
+    return finish(ctx, frame, "noise_stats")
+
+
+@job("toy_predictor")
+def run_toy_predictor(ctx: JobContext) -> pd.DataFrame:
+    """DDPM loss of a zero, a random and a perfect noise predictor per timestep bin on a toy diffusion."""
+    cfg = settings(ctx, "toy_predictor")
+    frame = toy.toy_noise_predictor_mse(T=int(cfg.get("T", 200)), n=int(cfg.get("n", 50)),
+                                        shape=tuple(cfg.get("shape", (1, 32, 32))), bins=int(cfg.get("bins", 10)),
+                                        seed=int(cfg.get("seed", 0)))
+    x = (frame["t_lo"] + frame["t_hi"]) / 2
+    curves([{"lines": [{"x": x, "y": frame[c], "label": c.removeprefix("mse_") + " predictor", "style": "o-"}
+                       for c in ("mse_zero", "mse_random", "mse_perfect")],
+             "xlabel": "timestep bin centre", "ylabel": "MSE(eps, eps_hat)", "title": "what the noise-prediction loss rewards"}],
+           ctx.out_dir / "toy_predictor.png")
+    return finish(ctx, frame, "toy_predictor")
+
+
+@job("toy_unet")
+def run_toy_unet(ctx: JobContext) -> pd.DataFrame:
+    """Parameters and skip-activation memory per level for toy U-Net channel configurations."""
+    cfg = settings(ctx, "toy_unet")
+    configs = [tuple(int(c) for c in channels) for channels in cfg.get("configs", [[64, 128, 256]])]
+    frame = pd.concat([level_table(c, int(cfg.get("in_channels", 1)), int(cfg.get("size", 32))) for c in configs],
+                      ignore_index=True)
+    levels = frame[frame["level"] != "total"]
+    labels = [f"{c} L{lvl} ({res})" for c, lvl, res in zip(levels["config"], levels["level"], levels["resolution"])]
+    bar_chart([{"labels": labels, "values": levels["params"] / 1e6, "xlabel": "parameters (millions)",
+                "title": "parameters per level (down + up block)"},
+               {"labels": labels, "values": levels["activation_bytes_fp32"] / 2**10, "xlabel": "KiB (fp32, batch 1)",
+                "title": "skip activations kept per level"}], ctx.out_dir / "toy_unet.png")
+    return finish(ctx, frame, "toy_unet")
+
+
+def vae_compression_table(sizes: list[int], latent_channels: int = 4, factor: int = 8) -> pd.DataFrame:
+    """Pixel values 3HW against latent values C(H/f)(W/f): the ratio is constant, the saving grows as H^2."""
+    rows = []
+    for side in sizes:
+        if side % factor:
+            raise UserError(f"vae_compression size {side} is not a multiple of {factor}")
+        pixels, latents = 3 * side * side, latent_channels * (side // factor) ** 2
+        rows.append({"size": side, "latent_shape": f"{latent_channels}x{side // factor}x{side // factor}",
+                     "pixel_values": pixels, "latent_values": latents, "ratio": pixels / latents,
+                     "saved_values": pixels - latents, "saved_mib_fp32": 4 * (pixels - latents) / 2**20})
+    return pd.DataFrame(rows)
+
+
+@job("vae_compression")
+def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
+    """How much the VAE shrinks what the UNet sees, across resolutions."""
+    cfg = settings(ctx, "vae_compression")
+    frame = vae_compression_table([int(s) for s in cfg.get("sizes", [256, 512, 768, 1024])],
+                                  int(cfg.get("latent_channels", 4)), int(cfg.get("factor", 8)))
+    curves([{"lines": [{"x": frame["size"], "y": frame["pixel_values"], "label": "pixel values", "style": "o-"},
+                       {"x": frame["size"], "y": frame["latent_values"], "label": "latent values", "style": "o-"}],
+             "xlabel": "image side (px)", "ylabel": "values", "logy": True,
+             "title": f"ratio {frame['ratio'].iloc[0]:g}x at every size; savings grow quadratically"}],
+           ctx.out_dir / "vae_compression.png")
+    return finish(ctx, frame, "vae_compression")
+
+
+@job("cfg_toy")
+def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
+    """Classifier-free guidance on synthetic vectors: alignment with the signal and norm growth per scale."""
+    cfg = settings(ctx, "cfg_toy")
+    frame = toy.cfg_simulation(scales=tuple(cfg.get("scales", toy.CFG_SCALES)), dim=int(cfg.get("dim", 768)),
+                               seed=int(cfg.get("seed", 0)))
+    factor = float(cfg.get("norm_factor", 3.0))
+    threshold = toy.norm_threshold_scale(frame, factor)
+    curves([{"lines": [{"x": frame["scale"], "y": frame["cosine_to_signal"], "style": "o-"}],
+             "xlabel": "guidance scale w", "ylabel": "cos(eps_w, signal)", "title": "guidance aligns with the signal"},
+            {"lines": [{"x": frame["scale"], "y": frame["amplification"], "style": "o-"}], "hline": factor,
+             "xlabel": "guidance scale w", "ylabel": "|eps_w| / |eps_cond|",
+             "title": f"and amplifies the prediction: passes {factor:g}x at w = {threshold:.2f}"}],
+           ctx.out_dir / "cfg_toy.png")
+    return finish(ctx, frame.assign(norm_threshold_scale=threshold), "cfg_toy")
+
+
+@job("ddim_steps")
+def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
+    """DDIM reconstruction error of a 1-D signal against the number of steps, and the knee."""
+    cfg = settings(ctx, "ddim_steps")
+    length = int(cfg.get("length", 256))
+    x0 = np.sin(np.linspace(0, 4 * math.pi, length))
+    steps = tuple(int(s) for s in cfg.get("steps", (5, 10, 20, 50, 100, 200, 500, 1000)))
+    frame = toy.ddim_perfect_predictor_mse(x0, T=int(cfg.get("T", 1000)), steps_list=steps,
+                                           schedule=cfg.get("schedule", "linear"), seed=int(cfg.get("seed", 0)))
+    knee = toy.knee(frame["steps"], frame["mse"])
+    curves([{"lines": [{"x": frame["steps"], "y": frame["mse"], "style": "o-", "label": "DDIM round trip"}],
+             "points": [{"x": [knee], "y": [float(frame.set_index("steps").loc[knee, "mse"])], "label": f"knee: {knee} steps",
+                         "marker": "*", "size": 90}],
+             "xlabel": "steps", "ylabel": "reconstruction MSE", "logy": True,
+             "title": "more steps stop paying after the knee"}], ctx.out_dir / "ddim_steps.png")
+    return finish(ctx, frame.assign(knee=knee), "ddim_steps")
+
+
+@job("timestep_embedding")
+def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
+    """The sinusoidal timestep embedding (as in the SD UNet) as a timestep x dimension heatmap."""
+    cfg = settings(ctx, "timestep_embedding")
+    T, dim, rows = int(cfg.get("T", 1000)), int(cfg.get("dim", 320)), int(cfg.get("rows", 50))
+    timesteps = np.linspace(0, T - 1, rows).round().astype(int)
+    embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
+    import matplotlib.pyplot as plt
+
+    from sdlab.figures import STYLE, save_figure
+
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        im = ax.imshow(embedding, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                       extent=(0, dim, timesteps[-1], timesteps[0]))
+        ax.grid(False)
+        ax.set_xlabel("embedding dimension (cos half, then sin half)")
+        ax.set_ylabel("timestep t")
+        ax.set_title(f"sinusoidal timestep embedding, dim {dim}")
+        fig.colorbar(im, ax=ax)
+        save_figure(fig, ctx.out_dir / "timestep_embedding.png")
+    frame = pd.DataFrame({"t": timesteps, "norm": np.linalg.norm(embedding, axis=1),
+                          "cosine_to_t0": embedding @ embedding[0] / (np.linalg.norm(embedding, axis=1)
+                                                                      * np.linalg.norm(embedding[0]))})
+    return finish(ctx, frame, "timestep_embedding")
+
+
+

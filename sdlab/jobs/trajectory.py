@@ -1,0 +1,161 @@
+"""The trajectory job: x_t and x0_pred at every sampler step of one generation pass, as a frame strip and a GIF."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw
+
+from sdlab.config import generation_params, scheduler_choice
+from sdlab.figures import image_strip, write_gif
+from sdlab.generate import generate_batch
+from sdlab.jobs import JobContext, job
+from sdlab.jobs.analysis import base_row, decode, pipeline, to_uint8
+from sdlab.metrics.diffusion import alpha_bar_at, guided, snr_db, x0_pred
+from sdlab.metrics.image import psnr
+from sdlab.models import base_scheduler_config
+from sdlab.records import ordered, save_png
+from sdlab.schedulers import make_scheduler, resolved_config
+
+
+class TrajectoryRecorder:
+    """Captures, per sampler step, the UNet's input x_t (variance-preserving scale), the guided model output and x0_pred.
+
+    A forward hook on the UNet keeps its last input and output; `callback_on_step_end` turns them into
+    x0_pred = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar) (or the v/sample equivalent) and stores it.
+    Every scheduler's scale_model_input maps its latents to x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps
+    (sigma-space schedulers divide by sqrt(1 + sigma²)), so one formula serves DDIM, Euler, DPM-Solver and the rest.
+    """
+
+    def __init__(self, pipe, guidance_scale: float):
+        self.pipe = pipe
+        self.guidance_scale = guidance_scale
+        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.double().cpu().numpy()
+        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        self.steps: list[dict] = []
+        self.capture_s = 0.0
+        self._last = None
+
+    def _hook(self, module, args, kwargs, output):
+        start = time.perf_counter()
+        sample = args[0] if args else kwargs["sample"]
+        timestep = float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])
+        self._last = (sample.detach().clone(), timestep, self.alpha_bar(timestep), output[0].detach().clone())
+        self.capture_s += time.perf_counter() - start
+
+    def alpha_bar(self, timestep: float) -> float:
+        """alpha_bar of the current UNet call: 1/(1 + sigma²) from the scheduler's own sigma when it keeps one, else interpolated at t."""
+        scheduler = self.pipe.scheduler
+        index = getattr(scheduler, "step_index", None)
+        sigmas = getattr(scheduler, "sigmas", None)
+        if index is not None and sigmas is not None and index < len(sigmas):
+            return 1.0 / (1.0 + float(sigmas[index]) ** 2)
+        return alpha_bar_at(self.alphas_cumprod, timestep)
+
+    def callback(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        """`callback_on_step_end`: record x_t, x0_pred and the latents after the step."""
+        start = time.perf_counter()
+        sample, t, alpha_bar, output = self._last
+        latents = callback_kwargs["latents"]
+        if output.shape[0] == 2 * latents.shape[0]:
+            uncond, cond = output.chunk(2)
+            output, sample = guided(uncond, cond, self.guidance_scale), sample.chunk(2)[1]
+        self.steps.append({"step": step, "timestep": t, "alpha_bar": alpha_bar, "x_t": sample.float().cpu(),
+                           "model_output": output.float().cpu(), "latents_after": latents.detach().float().cpu(),
+                           "x0_pred": x0_pred(sample.float(), output.float(), alpha_bar, self.prediction_type).cpu()})
+        self.capture_s += time.perf_counter() - start
+        return callback_kwargs
+
+    def __enter__(self):
+        self._handle = self.pipe.unet.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def labelled(image: np.ndarray, text: str, scale: int) -> Image.Image:
+    """An image upscaled (nearest) by `scale` with a text band below."""
+    big = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (big.width, big.height + 14), "white")
+    canvas.paste(big, (0, 0))
+    ImageDraw.Draw(canvas).text((3, big.height + 1), text, fill="black")
+    return canvas
+
+
+def side_by_side(images: list[Image.Image]) -> Image.Image:
+    """Images pasted left to right."""
+    canvas = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
+    x = 0
+    for image in images:
+        canvas.paste(image, (x, 0))
+        x += image.width
+    return canvas
+
+
+def decode_all(pipe, latents: list[torch.Tensor], batch: int = 8) -> list[np.ndarray]:
+    """Decode a list of 1xCxhxw latents in batches to uint8 images."""
+    out = []
+    for i in range(0, len(latents), batch):
+        z = torch.cat(latents[i : i + batch]).to(pipe.device)
+        out += to_uint8(decode(pipe, z))
+    return out
+
+
+@job("trajectory")
+def run_trajectory(ctx: JobContext) -> pd.DataFrame:
+    """One row per step (timestep, alpha_bar, SNR, x0_pred PSNR vs the final image, timings); trajectory_strip.png and trajectory.gif."""
+    cfg = ctx.config
+    pipe, spec = pipeline(ctx)
+    choice = scheduler_choice(cfg["scheduler"])
+    pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
+    params = generation_params(cfg, spec.resolution)
+    seed = params.seeds[0]
+    params = replace(params, seeds=(seed,), batch_size=1)
+
+    # 1. One generation pass, recording every step.
+    with TrajectoryRecorder(pipe, params.guidance_scale) as recorder:
+        result = generate_batch(pipe, spec.key, params, [seed], callback_on_step_end=recorder.callback)
+    save_png(result.images[0], ctx.out_dir / "trajectory_final.png", {"prompt": params.prompt, "seed": seed,
+             "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale,
+             "scheduler": choice.name, "model": spec.name})
+
+    # 2. Decode x_t and x0_pred of every step, timed apart from generation.
+    start = time.perf_counter()
+    steps = recorder.steps
+    x_t = decode_all(pipe, [s["x_t"] for s in steps])
+    x0 = decode_all(pipe, [s["x0_pred"] for s in steps])
+    time_decode = time.perf_counter() - start
+    final = np.asarray(result.images[0])
+
+    # 3. Rows.
+    timing = {"nfe": result.nfe, "time_generate_s": result.time_total_s - recorder.capture_s,
+              "time_unet_s": result.time_unet_s - recorder.capture_s, "time_capture_s": recorder.capture_s,
+              "time_decode_trajectory_s": time_decode}
+    common = {**base_row(ctx, "trajectory", spec), "scheduler": choice.name,
+              "scheduler_config": resolved_config(pipe.scheduler),
+              "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
+              "prompt": params.prompt, "negative_prompt": params.negative_prompt, "width": params.width,
+              "height": params.height, **timing}
+    rows = [{**common, "step": s["step"], "timestep": s["timestep"], "alpha_bar": s["alpha_bar"],
+             "snr_db": snr_db(s["alpha_bar"]), "x_t_std": float(s["x_t"].std()), "x0_pred_std": float(s["x0_pred"].std()),
+             "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
+
+    # 4. Strip of evenly spaced steps and a GIF of every step.
+    count = min(len(steps), max(2, int(cfg.get("frames") or 8)))
+    picks = sorted(set(np.linspace(0, len(steps) - 1, count).round().astype(int)))
+    labels = [f"step {steps[i]['step']}\nt={steps[i]['timestep']:.0f}" for i in picks]
+    image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
+                col_labels=[labels + ["final"], labels], row_labels=["x_t", "x0_pred"],
+                title=f"{choice.name}, {params.num_inference_steps} steps, cfg {params.guidance_scale:g}, seed {seed}: "
+                      f"{params.prompt[:60]}")
+    scale = max(1, 256 // min(params.width, params.height))
+    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['step']} t={s['timestep']:.0f}", scale),
+                            labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
+    frames.append(side_by_side([labelled(final, "final", scale), labelled(final, "final", scale)]))
+    write_gif(frames, ctx.out_dir / "trajectory.gif", duration_ms=int(cfg.get("gif_ms") or 150))
+    return ordered(rows)

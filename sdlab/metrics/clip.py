@@ -1,0 +1,258 @@
+"""CLIP: token tables, cosine similarity matrices, and the CLIP score of images against captions.
+
+CLIP score (Hessel et al. 2021, as in torchmetrics) = 100 · max(cos(E_I(image), E_T(caption)), 0),
+with E_I, E_T the projected image and text embeddings of one CLIPModel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sdlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS = 77
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def token_table(tokenizer, prompts: Sequence[str], max_length: int = MAX_TOKENS) -> pd.DataFrame:
+    """One row per prompt: CLIP BPE tokens and ids incl. BOS/EOS, their count, and a warning past `max_length` (the text encoder drops the rest)."""
+    rows = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        n = len(ids)
+        truncated = n > max_length
+        dropped = tokenizer.decode(ids[max_length - 1 : -1]).strip() if truncated else ""
+        rows.append({
+            "prompt": prompt,
+            "n_tokens": n,
+            "n_kept": min(n, max_length),
+            "truncated": truncated,
+            "warning": f"{n} tokens > {max_length}: truncated, dropped: {dropped!r}" if truncated else "",
+            "tokens": json.dumps(tokens, ensure_ascii=False),
+            "ids": json.dumps(ids),
+        })
+    return pd.DataFrame(rows)
+
+
+def token_rows(table: pd.DataFrame, max_length: int = MAX_TOKENS) -> pd.DataFrame:
+    """The token table in long form: one row per (prompt, position) with token, id and whether the encoder sees it (BOS + 75 tokens + EOS)."""
+    rows = []
+    for i, row in enumerate(table.itertuples()):
+        ids = json.loads(row.ids)
+        for position, (token, token_id) in enumerate(zip(json.loads(row.tokens), ids)):
+            kept = position < max_length - 1 or position == len(ids) - 1
+            rows.append({"prompt_index": i, "prompt": row.prompt, "position": position, "token": token,
+                         "id": token_id, "kept": kept})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- similarity
+
+
+def cosine_matrix(a, b=None) -> np.ndarray:
+    """cos(a_i, b_j) = a_i · b_j / (|a_i| |b_j|) for all row pairs; b defaults to a."""
+    a = np.asarray(a, dtype=np.float64)
+    b = a if b is None else np.asarray(b, dtype=np.float64)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return a @ b.T
+
+
+def long_matrix(matrix, row_labels: Sequence[str], col_labels: Sequence[str], row_key: str, col_key: str,
+                value: str = "cosine") -> pd.DataFrame:
+    """A matrix as one row per cell: row index and label, column index and label, value."""
+    matrix = np.asarray(matrix)
+    return pd.DataFrame([
+        {f"{row_key}_index": r, row_key: row_labels[r], f"{col_key}_index": c, col_key: col_labels[c],
+         value: float(matrix[r, c])}
+        for r in range(matrix.shape[0]) for c in range(matrix.shape[1])
+    ])
+
+
+def clip_score_from_cosine(cosine) -> np.ndarray:
+    """CLIP score = 100 · max(cos, 0)."""
+    return 100.0 * np.maximum(np.asarray(cosine, dtype=np.float64), 0.0)
+
+
+def pooled_text_embeddings(text_encoder, tokenizer, prompts: Sequence[str]) -> np.ndarray:
+    """The text encoder's pooled output (final-layer-norm hidden state at EOS), unprojected, one row per prompt."""
+    import torch
+
+    ids = _tokenize(tokenizer, prompts, text_encoder.config.max_position_embeddings).to(text_encoder.device)
+    with torch.inference_mode():
+        pooled = text_encoder(input_ids=ids).pooler_output
+    return pooled.float().cpu().numpy()
+
+
+def _tokenize(tokenizer, prompts: Sequence[str], max_positions: int):
+    return tokenizer(list(prompts), padding="max_length", truncation=True, max_length=min(MAX_TOKENS, max_positions),
+                     return_tensors="pt")["input_ids"]
+
+
+# --------------------------------------------------------------------------- the CLIP model
+
+
+@dataclass
+class ClipModel:
+    """A CLIPModel, its tokenizer and its name: projected text/image embeddings and CLIP scores."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    def pixel_values(self, images):
+        """CLIP preprocessing: resize the short side (bicubic), centre crop to the model's size, (x - mean)/std per channel."""
+        import torch
+        from PIL import Image
+
+        size = self.image_size
+        batch = []
+        for image in images:
+            image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+            image = image.convert("RGB")
+            w, h = image.size
+            scale = size / min(w, h)
+            image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+            array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+            batch.append((array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32))
+        return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(self.model.device, self.model.dtype)
+
+    def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
+        """Projected CLIP text embeddings E_T, one row per prompt."""
+        import torch
+
+        ids = _tokenize(self.tokenizer, prompts, self.model.config.text_config.max_position_embeddings)
+        with torch.inference_mode():
+            out = self.model.get_text_features(input_ids=ids.to(self.model.device))
+        return _features(out)
+
+    def image_embeddings(self, images) -> np.ndarray:
+        """Projected CLIP image embeddings E_I, one row per image."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.get_image_features(pixel_values=self.pixel_values(images))
+        return _features(out)
+
+    def clip_score(self, images, prompts: Sequence[str]) -> list[float]:
+        """CLIP score of each image against its own prompt: 100 · max(cos(E_I, E_T), 0)."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        if not len(images):
+            return []
+        cos = np.sum(_unit(self.image_embeddings(images)) * _unit(self.text_embeddings(prompts)), axis=1)
+        return [float(s) for s in clip_score_from_cosine(cos)]
+
+
+def _features(out) -> np.ndarray:
+    tensor = out if hasattr(out, "float") else out.pooler_output
+    return tensor.float().cpu().numpy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clip_score(images, prompts: Sequence[str], clip: ClipModel) -> list[float]:
+    """CLIP score per (image, prompt) pair: 100 · max(cos(E_I, E_T), 0)."""
+    return clip.clip_score(images, prompts)
+
+
+_LOADED: dict[tuple, ClipModel] = {}
+
+
+def clip_folder(cfg: dict) -> Path:
+    """The folder of the configured CLIP model: `path` (relative to the working dir, then the project) or the HF cache of `repo_id`."""
+    if cfg.get("path"):
+        path = Path(os.path.expanduser(str(cfg["path"])))
+        if not path.is_absolute():
+            path = path if (Path.cwd() / path).exists() else PROJECT_ROOT / path
+        return path
+    if cfg.get("repo_id"):
+        from sdlab.models import cached_snapshot
+
+        return cached_snapshot(cfg["repo_id"])
+    raise UserError(f"clip={cfg.get('name')!r} has neither clip.path nor clip.repo_id")
+
+
+def check_clip_folder(folder: Path, name: str) -> None:
+    """Raise a UserError unless `folder` holds a CLIPModel config and safetensors weights."""
+    if not (folder / "config.json").is_file():
+        hint = " (train the miniature model first, or pick clip=none)" if name == "mini" else ""
+        raise UserError(f"clip={name}: no CLIP model at {folder} (config.json missing){hint}")
+    if not any(folder.glob("*.safetensors")):
+        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise UserError(f"refusing pickle weights {folder / pickles[0]}: sdlab loads safetensors only")
+        raise UserError(f"clip={name}: no .safetensors weights in {folder}")
+
+
+def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
+    """The CLIP model of the `clip` config group, loaded once per process; None for clip=none.
+
+    Normalisation comes from the folder's preprocessor_config.json (the mini CLIP uses [-1, 1] pixels), else OpenAI's.
+    """
+    if not cfg or cfg.get("name") in (None, "none"):
+        return None
+    name = cfg["name"]
+    folder = clip_folder(cfg)
+    key = (name, str(folder), device)
+    if key in _LOADED:
+        return _LOADED[key]
+    check_clip_folder(folder, name)
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from sdlab.tokenizer import load_tokenizer
+
+    model = CLIPModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True).to(device).eval()
+    has_tokenizer = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True) if has_tokenizer else load_tokenizer()
+    processor = folder / "preprocessor_config.json"
+    stats = json.loads(processor.read_text()) if processor.is_file() else {}
+    log.info("loaded CLIP %s from %s", name, folder)
+    _LOADED[key] = ClipModel(model=model, tokenizer=tokenizer, name=name,
+                             image_mean=tuple(stats.get("image_mean", CLIP_MEAN)),
+                             image_std=tuple(stats.get("image_std", CLIP_STD)))
+    return _LOADED[key]
+
+
+def tiny_clip(seed: int = 0, image_size: int = 32) -> ClipModel:
+    """A small random-weight CLIPModel with the packaged tokenizer (tests and smoke runs)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from sdlab.tokenizer import load_tokenizer
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=16,
+    )
+    return ClipModel(model=CLIPModel(config).eval(), tokenizer=load_tokenizer(), name="tiny")

@@ -1,0 +1,244 @@
+"""The analysis jobs called directly on model=tiny: their numbers, tables and figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from analysis_helpers import check_image, context, figure_size
+from sdlab.errors import UserError
+from sdlab.jobs import get_job
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 shared cores, two threads oversubscribe and the tiny UNet gets ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(recipe: str, tmp_path, **overrides) -> pd.DataFrame:
+    ctx = context(recipe, tmp_path, **overrides)
+    return get_job(ctx.config["job"])(ctx)
+
+
+def test_schedule_snr_landmarks_tables_and_figures(tmp_path):
+    rows = run("schedule_snr", tmp_path, num_inference_steps=4).set_index("beta_schedule", drop=False)
+    linear = rows[rows["schedule"].str.startswith("linear 0.00085")].iloc[0]
+    assert round(linear["snr_db_first"], 2) == 30.70 and round(linear["snr_db_last"], 2) == -28.01
+    assert linear["crossing_t"] == 284 and round(linear["alpha_bar_mid"], 3) == 0.161
+    sd = rows[rows["schedule"].str.contains("(SD)", regex=False)].iloc[0]
+    assert sd["crossing_t"] == 354 and round(sd["snr_db_last"], 2) == -23.30
+    schedule = pd.read_parquet(tmp_path / "schedule.parquet")
+    assert list(schedule.columns) == ["schedule", "t", "beta", "alpha", "alpha_bar", "signal_frac", "noise_frac",
+                                      "snr", "snr_db", "sigma"]
+    assert len(schedule) == 4 * 1000
+    visits = pd.read_parquet(tmp_path / "visits.parquet")
+    per = visits.groupby("scheduler", sort=False)["timestep"].apply(list)
+    assert per["ddim"] == [751.0, 501.0, 251.0, 1.0]
+    assert per["ddim timestep_spacing=trailing"] == [999.0, 749.0, 499.0, 249.0]
+    assert len(per["heun"]) == 2 * 4 - 1
+    check_image(tmp_path / "snr.png", **figure_size(6.4, 3.6))
+    check_image(tmp_path / "visits.png", **figure_size(6.4, 3 * 3.6))
+
+
+def test_schedule_from_the_model_and_bad_schedule(tmp_path):
+    rows = run("schedule_snr", tmp_path, schedules=["model"], visit_schedulers=None, num_inference_steps=3)
+    assert rows["schedule"].tolist() == ["model"] and rows["crossing_t"].tolist() == [354]
+    assert pd.read_parquet(tmp_path / "visits.parquet")["scheduler"].unique().tolist() == ["dpmpp_2m"]
+    with pytest.raises(UserError, match="unknown beta_schedule 'sigmoid'"):
+        run("schedule_snr", tmp_path, schedules=["sigmoid"])
+
+
+def test_forward_process_pixel_and_latent(tmp_path):
+    rows = run("forward_process", tmp_path, timesteps=[0, 500, 999])
+    assert len(rows) == 6 and set(rows["space"]) == {"pixel", "latent"}
+    pixel = rows[rows["space"] == "pixel"]
+    assert pixel["psnr_db"].iloc[0] > 30 and pixel["psnr_db"].is_monotonic_decreasing
+    assert pixel["alpha_bar"].iloc[0] == pytest.approx(0.99915)
+    check_image(tmp_path / "forward_strip.png", **figure_size(1.6 * 4 + 0.6, 1.9 * 2 + 0.3))
+    with pytest.raises(UserError, match=r"timesteps \[1000\] out of range"):
+        run("forward_process", tmp_path, timesteps=[0, 1000])
+
+
+def test_vae_roundtrip_builtin_images(tmp_path):
+    rows = run("vae_roundtrip", tmp_path, num_images=2, width=96, height=64)
+    assert rows["compression_ratio"].tolist() == [48.0, 48.0]
+    assert rows["latent_shape"].tolist() == ["4x8x12"] * 2
+    assert ((rows["ssim"] > -1) & (rows["ssim"] <= 1)).all() and rows["psnr_db"].notna().all()
+    channels = pd.read_parquet(tmp_path / "latent_channels.parquet")
+    assert len(channels) == 2 * 4 and list(channels.columns) == ["image", "channel", "mean", "std", "min", "max"]
+    check_image(tmp_path / "vae_roundtrip.png", **figure_size(1.6 * 6 + 0.6, 1.9 * 2 + 0.3))
+
+
+def test_vae_roundtrip_folder_and_its_errors(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(folder / "a.png")
+    (folder / "notes.txt").write_text("ignored")
+    rows = run("vae_roundtrip", tmp_path / "out", images=str(folder))
+    assert rows["image"].tolist() == ["a.png"] and rows["width"].tolist() == [64]
+
+    (folder / "broken.png").write_text("not a png")
+    with pytest.raises(UserError) as e:
+        run("vae_roundtrip", tmp_path / "out", images=str(folder))
+    assert "broken.png" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError, match="missing.png does not exist"):
+        run("vae_roundtrip", tmp_path / "out", images=str(tmp_path / "missing.png"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no image files"):
+        run("vae_roundtrip", tmp_path / "out", images=str(tmp_path / "empty"))
+
+
+def test_clip_tokens_job(tmp_path):
+    rows = run("clip_tokens", tmp_path)
+    pirate = rows[rows["prompt"].str.startswith("a pirate ship")].iloc[0]
+    assert pirate["n_tokens"] == 15 and not pirate["truncated"]
+    assert rows["truncated"].any() and rows.loc[rows["truncated"], "warning"].str.contains("> 77").all()
+    tokens = pd.read_parquet(tmp_path / "tokens.parquet")
+    assert tokens.groupby("prompt_index").size().tolist() == rows["n_tokens"].tolist()
+    check_image(tmp_path / "token_counts.png", min_size=(300, 80))
+
+
+def test_clip_similarity_text_only_then_with_clip(tmp_path):
+    from sdlab.metrics.clip import tiny_clip
+
+    rows = run("clip_similarity", tmp_path / "text", prompts=["a red circle", "a blue square", "a red circle"])
+    assert len(rows) == 9 and rows["embedding"].iloc[0].startswith("model=tiny text_encoder pooled output")
+    matrix = rows.pivot(index="prompt_a_index", columns="prompt_b_index", values="cosine").to_numpy()
+    np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-6)
+    assert matrix[0, 2] == pytest.approx(1.0, abs=1e-6)
+    check_image(tmp_path / "text" / "text_similarity.png", min_size=(250, 150))
+    assert not (tmp_path / "text" / "image_text_similarity.png").exists()
+
+    folder = tmp_path / "clip"
+    model = tiny_clip()
+    model.model.save_pretrained(str(folder), safe_serialization=True)
+    rows = run("clip_similarity", tmp_path / "both", prompts=["a red circle", "a blue square"], num_images=3,
+               clip={"name": "mini", "path": str(folder), "repo_id": None})
+    assert rows["embedding"].iloc[0] == "clip=mini projected text embedding (get_text_features)"
+    pairs = pd.read_parquet(tmp_path / "both" / "image_text_similarity.parquet")
+    assert len(pairs) == 9 and pairs["clip_score"].between(0, 100).all()
+    check_image(tmp_path / "both" / "image_text_similarity.png", min_size=(250, 150))
+
+
+def test_anatomy_job_on_tiny(tmp_path):
+    rows = run("anatomy", tmp_path).set_index("component")
+    assert rows.loc["total", "params"] == rows.loc[["unet", "vae", "text_encoder"], "params"].sum()
+    assert rows.loc["total", "latent_shape"] == "4x8x8" and rows.loc["total", "compression_ratio"] == 48.0
+    blocks = pd.read_parquet(tmp_path / "unet_blocks.parquet")
+    assert blocks["params"].sum() == rows.loc["unet", "params"]
+    check_image(tmp_path / "anatomy.png", min_size=(400, 300))
+
+
+def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
+    scheduler = {"name": "ddim", "timestep_spacing": None, "use_karras_sigmas": None, "rescale_betas_zero_snr": None,
+                 "final_sigmas_type": None, "steps_offset": None}
+    from sdlab.jobs import trajectory
+
+    recorded = {}
+    original = trajectory.TrajectoryRecorder.__exit__
+
+    def keep(self, *exc):
+        recorded["steps"] = self.steps
+        return original(self, *exc)
+
+    trajectory.TrajectoryRecorder.__exit__ = keep
+    try:
+        rows = run("trajectory", tmp_path, num_inference_steps=4, frames=3, scheduler=scheduler, guidance_scale=3.0)
+    finally:
+        trajectory.TrajectoryRecorder.__exit__ = original
+    assert rows["step"].tolist() == [0, 1, 2, 3] and rows["timestep"].tolist() == [751.0, 501.0, 251.0, 1.0]
+    assert (rows["nfe"] == 4).all() and (rows["time_capture_s"] >= 0).all() and (rows["time_decode_trajectory_s"] > 0).all()
+
+    # DDIM (eta = 0): x_prev = sqrt(ab_prev) x0_pred + sqrt(1 - ab_prev) eps, with eps recovered from x_t and x0_pred.
+    steps = recorded["steps"]
+    for s, nxt in zip(steps[:-1], steps[1:]):
+        ab, ab_prev = s["alpha_bar"], nxt["alpha_bar"]
+        eps = (s["x_t"] - math.sqrt(ab) * s["x0_pred"]) / math.sqrt(1 - ab)
+        expected = math.sqrt(ab_prev) * s["x0_pred"] + math.sqrt(1 - ab_prev) * eps
+        torch.testing.assert_close(s["latents_after"], expected, rtol=1e-4, atol=1e-4)
+
+    gif = Image.open(tmp_path / "trajectory.gif")
+    assert gif.n_frames == 4 + 1 and gif.size == (2 * 64 * 4, 64 * 4 + 14)
+    check_image(tmp_path / "trajectory.gif", size=(512, 270))
+    check_image(tmp_path / "trajectory_strip.png", **figure_size(1.6 * 4 + 0.6, 1.9 * 2 + 0.3))
+
+
+def test_trajectory_x0_pred_matches_euler_update(tmp_path):
+    from sdlab.jobs import trajectory
+
+    recorded = {}
+    original = trajectory.TrajectoryRecorder.__exit__
+
+    def keep(self, *exc):
+        recorded["steps"], recorded["sigmas"] = self.steps, self.pipe.scheduler.sigmas.clone()
+        return original(self, *exc)
+
+    trajectory.TrajectoryRecorder.__exit__ = keep
+    scheduler = {"name": "euler", "use_karras_sigmas": True}
+    try:
+        run("trajectory", tmp_path, num_inference_steps=4, frames=2, scheduler=scheduler, guidance_scale=1.0)
+    finally:
+        trajectory.TrajectoryRecorder.__exit__ = original
+    # Euler in sigma space: x = x_t sqrt(1 + sigma²), x_next = x + (x - x0_pred)/sigma (sigma_next - sigma).
+    for i, s in enumerate(recorded["steps"]):
+        sigma, sigma_next = float(recorded["sigmas"][i]), float(recorded["sigmas"][i + 1])
+        x = s["x_t"] * math.sqrt(1 + sigma**2)
+        expected = x + (x - s["x0_pred"]) / sigma * (sigma_next - sigma)
+        torch.testing.assert_close(s["latents_after"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_grid_with_clip_scores(tmp_path):
+    from sdlab.metrics.clip import tiny_clip
+
+    folder = tmp_path / "clip"
+    tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
+    rows = run("guidance_grid", tmp_path / "out", num_inference_steps=2, guidance_scales=[1, 7.5], seeds=[1, 2],
+               clip={"name": "mini", "path": str(folder), "repo_id": None})
+    assert sorted(zip(rows["guidance_scale"], rows["seed"])) == [(1.0, 1), (1.0, 2), (7.5, 1), (7.5, 2)]
+    assert (rows["status"] == "ok").all() and rows["clip_score"].between(0, 100).all()
+    assert [json.loads(o)["guidance_scale"] for o in rows["overrides"]] == ["1.0", "1.0", "7.5", "7.5"]
+    assert all((tmp_path / "out" / p).is_file() for p in rows["image_path"])
+    check_image(tmp_path / "out" / "guidance_grid.png", **figure_size(1.6 * 2 + 0.8, 2.0 * 2 + 0.3, slack=0.5, grow=1.6))
+    check_image(tmp_path / "out" / "clip_vs_guidance.png", **figure_size(6.4, 3.6))
+
+
+def test_prompt_grid(tmp_path):
+    rows = run("prompt_grid", tmp_path, num_inference_steps=2, prompts=["a red circle", "a blue square", "a cross"])
+    assert rows["prompt"].tolist() == ["a red circle", "a blue square", "a cross"]
+    assert rows["clip_score"].isna().all() and len(set(rows["config_hash"])) == 3
+    check_image(tmp_path / "prompt_grid.png", **figure_size(1.6 * 3 + 0.8, 2.0 + 0.3, slack=0.5, grow=1.6))
+
+
+def test_anatomy_of_a_diffusers_folder_matches_its_architecture(tiny, tmp_path):
+    pipe, _ = tiny
+    pipe.save_pretrained(str(tmp_path / "folder"), safe_serialization=True)
+    model = {"name": "sd15", "path": str(tmp_path / "folder"), "repo_id": None, "resolution": 64, "device": "auto",
+             "dtype": "auto"}
+    from_folder = run("anatomy", tmp_path / "a", model=model).set_index("component")["params"]
+    from_code = run("anatomy", tmp_path / "b").set_index("component")["params"]
+    assert from_folder.to_dict() == from_code.to_dict()
+
+
+@pytest.mark.slow
+def test_real_sd15_from_the_cache_has_the_sd15_anatomy(tmp_path):
+    from sdlab.models import cached_snapshot
+
+    try:
+        cached_snapshot("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    except UserError:
+        pytest.skip("SD 1.5 is not in the local Hugging Face cache")
+    model = {"name": "sd15", "path": None, "repo_id": "stable-diffusion-v1-5/stable-diffusion-v1-5", "resolution": 512,
+             "device": "auto", "dtype": "auto"}
+    params = run("anatomy", tmp_path, model=model).set_index("component")["params"]
+    assert params.to_dict() == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480,
+                                "total": 1_066_235_307}

@@ -1,0 +1,63 @@
+"""The scheduler comparison: reference distances, ranking, and the quick study on the tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from sdlab.errors import UserError
+from sdlab.jobs.compare import distances, ranking, study_from
+
+
+def test_reference_distance_is_zero_for_the_reference_itself():
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    images = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(2)]
+    for score in distances(latents, images, latents.clone(), [im.copy() for im in images]):
+        assert score["latent_rmse"] == 0.0 and math.isinf(score["psnr"]) and score["ssim"] == pytest.approx(1.0)
+    moved = distances(latents + 0.1, images, latents, images)[0]
+    assert moved["latent_rmse"] == pytest.approx(0.1, rel=1e-4)
+
+
+def test_ranking_picks_the_fewest_nfe_reaching_the_target():
+    summary = pd.DataFrame({
+        "scheduler": ["a", "a", "b", "b"], "num_inference_steps": [5, 10, 5, 10], "nfe_mean": [5, 10, 9, 19],
+        "psnr_mean": [25.0, 31.0, 30.5, 40.0], "time_total_s_mean": [0.1, 0.2, 0.2, 0.4], "stochastic": False,
+    })
+    table = ranking(summary, 30.0).set_index("scheduler")
+    assert table.loc["a", "nfe_to_psnr_30db"] == 10 and table.loc["b", "nfe_to_psnr_30db"] == 9
+    assert list(table.index) == ["b", "a"]
+
+
+@pytest.mark.parametrize("block,fragment", [
+    ({"schedulers": ["eulr"]}, "unknown scheduler 'eulr'"),
+    ({"reference_scheduler": "euler_a"}, "is stochastic"),
+    ({"steps": [500]}, "reference_steps"),
+])
+def test_study_validation(block, fragment):
+    base = {"schedulers": ["ddim"], "steps": [2], "seeds": [0], "prompts": ["x"], "reference_steps": 10}
+    with pytest.raises(UserError, match=fragment):
+        study_from({"compare": {**base, **block}})
+
+
+def test_quick_study_runs_on_tiny(run_sdlab, tmp_path):
+    code = run_sdlab("experiment=compare_schedulers_quick", "model=tiny", "compare.steps=[2,3]",
+                     "compare.reference_steps=6", f"hydra.run.dir={tmp_path}")
+    assert code == 0
+    runs = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(runs) == 5 * 2 * 2  # schedulers x steps x seeds
+    heun = runs[runs["scheduler"] == "heun"].groupby("num_inference_steps")["nfe"].first()
+    assert heun.to_dict() == {2: 3, 3: 5}
+    assert runs[runs["scheduler"] == "euler_a"]["reference"].str.startswith("own limit").all()
+    summary = pd.read_parquet(tmp_path / "summary.parquet")
+    assert {"psnr_mean", "psnr_lo", "psnr_hi", "nfe_mean", "time_total_s_mean"} <= set(summary.columns)
+    assert (summary["psnr_lo"] <= summary["psnr_mean"]).all()
+    visits = pd.read_parquet(tmp_path / "visits.parquet")
+    assert set(visits["num_inference_steps"]) == {10, 25}
+    for name in ("convergence_nfe.png", "convergence_seconds.png", "visits.png"):
+        image = np.asarray(Image.open(tmp_path / name).convert("L"))
+        assert image.shape[0] > 200 and image.std() > 5

@@ -1,0 +1,139 @@
+"""Every recipe in experiments/ runs end to end on model=tiny through the `sdlab` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis_helpers import check_image
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml") if not p.stem.startswith("train_mini"))
+
+# Smallest settings that still exercise each recipe; a recipe not listed runs with its own defaults.
+MINIMAL = {
+    "generate": ["num_inference_steps=2"],
+    "schedule_snr": ["num_inference_steps=4"],
+    "forward_process": ["timesteps=[0,500,999]"],
+    "vae_roundtrip": ["num_images=2"],
+    "clip_tokens": [],
+    "clip_similarity": ["prompts=[a red circle,a blue square]"],
+    "trajectory": ["num_inference_steps=3", "frames=3"],
+    "anatomy": [],
+    "guidance_grid": ["num_inference_steps=2", "guidance_scales=[1,7.5]"],
+    "prompt_grid": ["num_inference_steps=2", "prompts=[a red circle,a blue square]"],
+    **{name: ["compare.schedulers=[ddim,euler]", "compare.steps=[2]", "compare.seeds=[0]", "compare.prompts=[a red circle]",
+              "compare.reference_steps=3", "compare.visit_steps=[2]"]
+       for name in ("compare_schedulers", "compare_schedulers_quick")},
+    "article_a2_noise": ["noise.size=64"],
+    "article_a4_forward": ["timesteps=[0,500,999]"],
+    "article_a5_vae": ["num_images=2"],
+    "article_a7_trajectory": ["num_inference_steps=3", "frames=3"],
+    "article_a8_same_seed": ["num_inference_steps=2"],
+    "article_a9_params": ["num_inference_steps=2"],
+    "article_b2_toy_predictor": ["toy_predictor.n=10"],
+    "article_b6_ddim_steps": ["ddim_steps.steps=[5,10,20]"],
+    "article_b7_guidance": ["num_inference_steps=2", "guidance_scales=[1,7.5]"],
+    "article_b8_schedulers": ["num_inference_steps=2"],
+    "article_c1_pipeline_by_hand": ["num_inference_steps=3"],
+    "article_c2_img2img": ["num_inference_steps=4", "strengths=[0.5,1.0]"],
+    "article_d1_destruction": ["timesteps=[0,500,999]"],
+    "article_d3_guidance": ["num_inference_steps=2", "guidance_scales=[7,12.5]"],
+    "article_e1_forward_chain": ["timesteps=[0,500,999]"],
+    "article_e1_reverse_chain": ["num_inference_steps=3", "frames=3"],
+    "article_e2_clip_matrix": ["clip=none"],  # its image-caption matrix needs a CLIP model (clip=mini once shipped)
+}
+# Files each recipe must write besides results.{parquet,csv}.
+OUTPUTS = {
+    "schedule_snr": ["schedule.parquet", "visits.csv", "snr.png", "visits.png"],
+    "forward_process": ["forward_strip.png"],
+    "vae_roundtrip": ["latent_channels.parquet", "vae_roundtrip.png"],
+    "clip_tokens": ["tokens.parquet", "token_counts.png"],
+    "clip_similarity": ["text_similarity.png"],
+    "trajectory": ["trajectory.gif", "trajectory_strip.png", "trajectory_final.png"],
+    "anatomy": ["unet_blocks.parquet", "anatomy.png"],
+    "guidance_grid": ["guidance_grid.png"],
+    "prompt_grid": ["prompt_grid.png"],
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 shared cores, two threads oversubscribe and the tiny UNet gets ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_runs_on_tiny(recipe, run_sdlab, tmp_path):
+    out = tmp_path / recipe
+    code = run_sdlab(f"experiment={recipe}", "model=tiny", *MINIMAL.get(recipe, []), f"hydra.run.dir={out}")
+    assert code == 0
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) >= 1 and pd.read_csv(out / "results.csv").shape[0] == len(frame)
+    if "status" in frame:
+        assert (frame["status"] == "ok").all(), frame.get("error")
+    for name in OUTPUTS.get(recipe, []):
+        assert (out / name).is_file(), name
+    for image in [*out.glob("*.png"), *out.glob("*.gif")]:
+        check_image(image, min_size=(32, 32))
+
+
+def test_every_recipe_says_what_it_answers_and_how_to_run_it():
+    for recipe in RECIPES:
+        text = (ROOT / "experiments" / f"{recipe}.yaml").read_text()
+        assert text.startswith("# @package _global_\n# "), recipe
+        assert f"sdlab experiment={recipe}" in text or recipe == "generate", recipe
+        assert "\njob: " in text, recipe
+
+
+def clip_wired() -> bool:
+    """Whether conf/config.yaml lists the clip group in its defaults."""
+    import yaml
+
+    defaults = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())["defaults"]
+    return any(isinstance(d, dict) and "clip" in d for d in defaults)
+
+
+def clip_args(folder: Path) -> list[str]:
+    """Select clip=mini at `folder`: a plain group choice once conf/config.yaml lists the clip group, else appended."""
+    return ["clip=mini", f"clip.path={folder}"] if clip_wired() else ["+clip=mini", f"++clip.path={folder}"]
+
+
+def test_guidance_grid_with_a_clip_model_from_the_command_line(run_sdlab, tmp_path):
+    from sdlab.metrics.clip import tiny_clip
+
+    folder = tmp_path / "clip"
+    tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
+    out = tmp_path / "run"
+    code = run_sdlab("experiment=guidance_grid", "num_inference_steps=2", "guidance_scales=[1,4]", *clip_args(folder),
+                     f"hydra.run.dir={out}")
+    assert code == 0
+    frame = pd.read_parquet(out / "results.parquet")
+    assert frame["clip_score"].between(0, 100).all()
+    check_image(out / "clip_vs_guidance.png", min_size=(300, 200))
+
+
+def test_missing_clip_model_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys):
+    code = run_sdlab("experiment=clip_similarity", *clip_args(tmp_path / "no_clip_here"), f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sdlab: error: clip=mini: no CLIP model at") and "no_clip_here" in err[-1]
+
+
+def test_generate_rows_carry_clip_score_with_a_clip_model(run_sdlab, tmp_path):
+    if not clip_wired():
+        pytest.skip("conf/config.yaml does not list the clip group yet")
+    from sdlab.metrics.clip import tiny_clip
+
+    folder = tmp_path / "clip"
+    tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
+    out = tmp_path / "run"
+    assert run_sdlab("num_inference_steps=2", "seeds=[1,2]", *clip_args(folder), f"hydra.run.dir={out}") == 0
+    assert pd.read_parquet(out / "results.parquet")["clip_score"].between(0, 100).all()
+    assert run_sdlab("num_inference_steps=2", "clip.path=/x", "clip=nope", f"hydra.run.dir={tmp_path / 'bad'}") == 2

@@ -1,0 +1,65 @@
+"""The explainer toys behind the article figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sdlab.errors import UserError
+from sdlab.jobs.explainers import vae_compression_table
+from sdlab.metrics.toy_unet import level_table
+
+
+def test_vae_compression_ratio_is_48_and_savings_grow_quadratically():
+    table = vae_compression_table([256, 512, 768, 1024])
+    assert (table["ratio"] == 48).all()
+    assert table["latent_shape"].tolist()[1] == "4x64x64"
+    saved = table["saved_values"].to_numpy()
+    assert saved[1] / saved[0] == pytest.approx(4.0) and saved[3] / saved[0] == pytest.approx(16.0)
+    with pytest.raises(UserError, match="not a multiple of 8"):
+        vae_compression_table([100])
+
+
+def test_toy_unet_levels_add_up_and_halve_resolution():
+    table = level_table((32, 64, 128, 256))
+    levels, total = table[table["level"] != "total"], table[table["level"] == "total"].iloc[0]
+    assert levels["resolution"].tolist() == ["32x32", "16x16", "8x8", "4x4"]
+    assert levels["params"].sum() < total["params"]  # the rest is conv_in/out, time embedding, mid block
+    assert levels["params"].is_monotonic_increasing
+    assert levels["activation_bytes_fp32"].iloc[0] == 4 * (2 * 32 * 32 * 32 + 32 * 16 * 16)
+
+
+@pytest.mark.parametrize("recipe,table,figure", [
+    ("article_a2_noise", "noise_stats", "noise_histogram.png"),
+    ("article_b5_cfg_toy", "cfg_toy", "cfg_toy.png"),
+    ("article_d2_timestep_embedding", "timestep_embedding", "timestep_embedding.png"),
+])
+def test_explainer_recipes_write_table_and_figure(run_sdlab, tmp_path, recipe, table, figure):
+    assert run_sdlab(f"experiment={recipe}", f"hydra.run.dir={tmp_path}") == 0
+    frame = pd.read_parquet(tmp_path / f"{table}.parquet")
+    assert len(frame) > 0
+    image = np.asarray(Image.open(tmp_path / figure).convert("L"))
+    assert image.shape[0] > 150 and image.std() > 5
+    if recipe == "article_a2_noise":
+        assert abs(frame["mean"].iloc[0]) < 0.01 and abs(frame["std"].iloc[0] - 1) < 0.01
+    if recipe == "article_b5_cfg_toy":
+        assert 10 < frame["norm_threshold_scale"].iloc[0] < 15
+
+
+def test_pipeline_by_hand_matches_diffusers(run_sdlab, tmp_path):
+    args = ("experiment=article_c1_pipeline_by_hand", "num_inference_steps=5", f"hydra.run.dir={tmp_path}")
+    assert run_sdlab(*args) == 0
+    row = pd.read_parquet(tmp_path / "results.parquet").iloc[0]
+    assert row["max_abs_diff_latents"] < 1e-3
+    assert Image.open(tmp_path / "by_hand_vs_diffusers.png").size[0] > 300
+
+
+def test_img2img_strength_sweep_rejects_bad_strength_and_runs(run_sdlab, tmp_path, capsys):
+    base = ("experiment=article_c2_img2img", "num_inference_steps=4")
+    assert run_sdlab(*base, "strengths=[0.5,1.5]", f"hydra.run.dir={tmp_path / 'bad'}") == 2
+    assert "strength 1.5 must be in (0, 1]" in capsys.readouterr().err
+    assert run_sdlab(*base, "strengths=[0.5,1.0]", f"hydra.run.dir={tmp_path / 'ok'}") == 0
+    frame = pd.read_parquet(tmp_path / "ok" / "results.parquet")
+    assert frame["strength"].tolist() == [0.5, 1.0] and frame["denoising_steps"].tolist() == [2, 4]
