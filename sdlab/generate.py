@@ -46,6 +46,12 @@ def text_embedding(pipe, model_key: tuple, text: str) -> torch.Tensor:
     return _TEXT_EMBEDDINGS[key]
 
 
+def truncated_tokens(tokenizer, text: str) -> int:
+    """How many tokens of `text` (with BOS/EOS) fall beyond the tokenizer's limit and are dropped (77 for CLIP)."""
+    ids = tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]
+    return max(0, len(ids) - tokenizer.model_max_length)
+
+
 def generators(seeds: list[int]) -> list[torch.Generator]:
     """One CPU generator per image, so a seed gives the same image alone or inside a batch."""
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]

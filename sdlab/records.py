@@ -23,7 +23,7 @@ PARAM_COLUMNS = [
 ]
 ROW_COLUMNS = [
     "run_id", "experiment", "job", "model", "scheduler", "scheduler_config",
-    "num_inference_steps", "nfe", "guidance_scale", "seed", "prompt", "negative_prompt",
+    "num_inference_steps", "nfe", "guidance_scale", "seed", "prompt", "prompt_truncated_tokens", "negative_prompt",
     "width", "height", "eta", "batch_size",
     "time_text_s", "time_unet_s", "time_vae_s", "time_total_s", "peak_mem_bytes", "clip_score",
     "image_path", "config_hash", "overrides", "status", "error", "device", "versions",

@@ -71,3 +71,12 @@ def test_command_line_wins_over_params_json(run_sdlab, tmp_path):
     out = tmp_path / "run"
     assert run_sdlab(f"params={params}", "seed=5", f"hydra.run.dir={out}") == 0
     assert pd.read_parquet(out / "results.parquet")["seed"].tolist() == [5]
+
+
+def test_long_prompt_is_a_warning_and_a_recorded_count(run_sdlab, tmp_path, caplog):
+    prompt = "a " + "very " * 90 + "red circle"
+    assert run_sdlab(f"prompt='{prompt}'", "num_inference_steps=2", f"hydra.run.dir={tmp_path}") == 0
+    row = pd.read_parquet(tmp_path / "results.parquet").iloc[0]
+    assert row["status"] == "ok"
+    assert row["prompt_truncated_tokens"] == 95 - 77  # 93 one-token words + BOS/EOS
+    assert "dropped" in (tmp_path / "cli.log").read_text()

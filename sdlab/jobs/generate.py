@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
-from sdlab.generate import BadOutputError, BatchResult, chunks, generate_batch
+from sdlab.generate import BadOutputError, BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.clip import load_clip
 from sdlab.models import base_scheduler_config, load_pipeline
@@ -50,10 +50,14 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         "width": params.width,
         "height": params.height,
         "eta": params.eta,
+        "prompt_truncated_tokens": truncated_tokens(pipe.tokenizer, params.prompt),
         "overrides": ctx.overrides,
         "device": str(pipe.device),
         "versions": versions(),
     }
+    if common["prompt_truncated_tokens"]:
+        log.warning("prompt is longer than %d tokens: the last %d are dropped", pipe.tokenizer.model_max_length,
+                    common["prompt_truncated_tokens"])
     hash_base = {k: common[k] for k in ("model", "scheduler_config", "num_inference_steps", "guidance_scale",
                                        "prompt", "negative_prompt", "width", "height", "eta")}
     hash_base["clip"] = cfg.get("clip")
