@@ -53,8 +53,9 @@ def test_quick_study_runs_on_tiny(run_sdlab, tmp_path):
     heun = runs[runs["scheduler"] == "heun"].groupby("num_inference_steps")["nfe"].first()
     assert heun.to_dict() == {2: 3, 3: 5}
     assert runs[runs["scheduler"] == "euler_a"]["reference"].str.startswith("own limit").all()
+    assert runs["adherence_all"].isin([True, False]).all()  # the quick prompt is a dataset caption
     summary = pd.read_parquet(tmp_path / "summary.parquet")
-    assert {"psnr_mean", "psnr_lo", "psnr_hi", "nfe_mean", "time_total_s_mean"} <= set(summary.columns)
+    assert {"psnr_mean", "psnr_lo", "psnr_hi", "nfe_mean", "time_total_s_mean", "adherence_all_mean"} <= set(summary.columns)
     assert (summary["psnr_lo"] <= summary["psnr_mean"]).all()
     visits = pd.read_parquet(tmp_path / "visits.parquet")
     assert set(visits["num_inference_steps"]) == {10, 25}

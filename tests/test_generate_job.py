@@ -25,6 +25,7 @@ def test_default_job_writes_ok_rows_and_pngs_with_parameters(run_sdlab, tmp_path
         assert meta["seed"] == row.seed and meta["num_inference_steps"] == 3
         assert Image.open(out / row.image_path).size == (64, 64)
     assert json.loads(frame["scheduler_config"][0])["class"] == "DPMSolverMultistepScheduler"
+    assert {"adherence_colour", "adherence_shape", "adherence_all"} <= set(frame.columns)  # a dataset caption
     assert (frame["time_unet_s"] > 0).all() and (frame["time_total_s"] >= frame["time_unet_s"]).all()
 
 

@@ -15,9 +15,11 @@ from sdlab.config import GenerationParams, model_spec
 from sdlab.errors import UserError
 from sdlab.generate import generate_batch
 from sdlab.jobs import JobContext, job
+from sdlab.metrics.clip import load_clip
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.schedule import scheduler_visits
 from sdlab.metrics.stats import summarize_ci
+from sdlab.mini.checker import adherence_columns
 from sdlab.models import base_scheduler_config, load_pipeline
 from sdlab.records import ordered, write_table
 from sdlab.schedulers import SCHEDULERS, make_scheduler
@@ -56,6 +58,12 @@ def study_from(cfg: dict[str, Any]) -> Study:
     return study
 
 
+def prompt_scores(images: list, prompt: str, clip) -> list[dict]:
+    """Per image: CLIP score with a clip model, and ground-truth adherence for prompts of the shapes grammar."""
+    scores = clip.clip_score(images, [prompt] * len(images)) if clip else [None] * len(images)
+    return [{"clip_score": score, **adherence_columns(image, prompt)} for image, score in zip(images, scores)]
+
+
 def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, ref_images: list) -> list[dict]:
     """Per image: latent RMSE, pixel PSNR (inf when identical) and SSIM against the reference."""
     out = []
@@ -80,6 +88,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     spec = model_spec(cfg["model"])
     pipe = load_pipeline(spec)
     pipe.set_progress_bar_config(disable=True)
+    clip = load_clip(cfg.get("clip"), device=str(pipe.device))
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
                             guidance_scale=float(cfg.get("guidance_scale", 7.5)), seeds=study.seeds)
     seeds, rows = list(study.seeds), []
@@ -96,7 +105,8 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
             for steps in study.steps:
                 result = solve(pipe, spec, name, steps, base, prompt, seeds)
                 scores = distances(result.latents, result.images, ref.latents, ref.images)
-                for seed, score in zip(seeds, scores):
+                extra = prompt_scores(result.images, prompt, clip)
+                for seed, score, more in zip(seeds, scores, extra):
                     rows.append({
                         "run_id": ctx.run_id, "experiment": ctx.experiment, "job": "compare_schedulers",
                         "model": spec.name, "scheduler": name, "num_inference_steps": steps, "nfe": result.nfe,
@@ -104,7 +114,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                         "time_total_s": result.time_total_s / len(seeds), "stochastic": SCHEDULERS[name].stochastic,
                         "reference": ("own limit: " if kind != "deterministic" else "")
                         + f"{name if kind != 'deterministic' else study.reference_scheduler} x {study.reference_steps} steps",
-                        **score, "status": "ok", "error": None,
+                        **score, **more, "status": "ok", "error": None,
                     })
             log.info("%s: %s", name, ", ".join(f"{s} steps" for s in study.steps))
     runs = ordered(rows)
@@ -135,7 +145,9 @@ def write_outputs(ctx: JobContext, study: Study, pipe, spec, runs: pd.DataFrame)
     from sdlab.figures import convergence, schedule_visits
 
     finite = runs.assign(psnr=runs["psnr"].replace(np.inf, np.nan))
-    summary = summarize_ci(finite, ["scheduler", "num_inference_steps"], [*METRICS, "nfe", "time_total_s"])
+    extra = [c for c in runs.columns if c == "clip_score" and runs[c].notna().any() or c.startswith("adherence_")]
+    finite[extra] = finite[extra].astype(float)
+    summary = summarize_ci(finite, ["scheduler", "num_inference_steps"], [*METRICS, *extra, "nfe", "time_total_s"])
     summary["stochastic"] = summary["scheduler"].map(lambda n: SCHEDULERS[n].stochastic)
     write_table(summary, ctx.out_dir, "summary")
     write_table(ranking(summary, study.psnr_target), ctx.out_dir, "ranking")

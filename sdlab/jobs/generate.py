@@ -12,6 +12,7 @@ from sdlab.config import config_hash, generation_params, model_spec, scheduler_c
 from sdlab.generate import BadOutputError, BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.clip import load_clip
+from sdlab.mini.checker import adherence_columns
 from sdlab.models import base_scheduler_config, load_pipeline
 from sdlab.records import ordered, save_png, versions, write_table
 from sdlab.resume import complete_rows
@@ -111,6 +112,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             **{k: getattr(result, k) / n for k in TIMING_KEYS},
             "peak_mem_bytes": result.peak_mem_bytes,
             "clip_score": score,
+            **adherence_columns(image, common["prompt"]),
             "image_path": relative,
             "config_hash": cell_hash(hash_base, seed),
             "status": "ok",

@@ -250,3 +250,13 @@ def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
     agreement = {name: getattr(result, name) == getattr(attrs, name) for name in ATTRIBUTE_NAMES}
     agreement["all"] = all(agreement.values())
     return agreement
+
+
+def adherence_columns(image, prompt: str) -> dict[str, bool]:
+    """`adherence_<attribute>` row columns for a prompt of the dataset grammar; empty for any other prompt."""
+    from sdlab.mini.data import parse_caption
+
+    attrs = parse_caption(prompt)
+    if attrs is None:
+        return {}
+    return {f"adherence_{k}": v for k, v in adherence(np.asarray(image), attrs).items()}
