@@ -19,7 +19,7 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True) -> str:
     """Write the table (and grid of its images) into `folder`; return the "N ok, M failed" line."""
     write_table(frame, folder)
     images = frame[frame["status"] == "ok"] if "status" in frame else frame
-    if grid and "image_path" in frame and images["image_path"].notna().any():
+    if grid and "image_path" in frame and images["image_path"].notna().sum() > 1:
         image_grid(frame, folder, folder / "grid.png")
     failed = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[:0]
     line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"

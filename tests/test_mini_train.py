@@ -14,7 +14,7 @@ from sdlab.mini.checkpoint import load_checkpoint, save_checkpoint
 from sdlab.mini.loop import lr_at, run_stage
 
 TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
-BASE = {"lr": 1e-3, "warmup": 1, "checkpoint_every": 1}
+BASE = {"lr": 1e-3, "warmup": 1, "checkpoint_every": 2}
 
 
 @pytest.fixture(scope="module")
