@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pandas as pd
@@ -59,25 +60,36 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     if common["prompt_truncated_tokens"]:
         log.warning("prompt is longer than %d tokens: the last %d are dropped", pipe.tokenizer.model_max_length,
                     common["prompt_truncated_tokens"])
-    hash_base = {k: common[k] for k in ("model", "scheduler_config", "num_inference_steps", "guidance_scale",
-                                       "prompt", "negative_prompt", "width", "height", "eta")}
-    hash_base["clip"] = cfg.get("clip")
+    hash_base = hash_fields(common, cfg)
     done = reusable_rows(ctx, hash_base, params.seeds)
     rows_by_seed: dict[int, dict] = {seed: row for seed, row in done.items()}
     if done:
         log.info("resume: %d of %d images already complete", len(done), len(params.seeds))
     todo = tuple(s for s in params.seeds if s not in done)
     for batch in chunks(todo, params.batch_size):
-        try:
-            result = generate_batch(pipe, spec.key, params, batch)
-            new_rows = image_rows(ctx, common, hash_base, result, clip)
-        except (BadOutputError, RuntimeError, ValueError) as e:
-            log.error("seeds %s failed: %s", batch, e)
-            new_rows = [{**common, "seed": s, "batch_size": len(batch), "config_hash": cell_hash(hash_base, s),
-                         "status": "error", "error": f"{type(e).__name__}: {e}"} for s in batch]
+        new_rows = batch_rows(ctx, pipe, spec.key, params, batch, common, hash_base, clip)
         rows_by_seed.update({row["seed"]: row for row in new_rows})
         write_table(ordered(rows_by_seed.values()), ctx.out_dir)  # a kill loses at most one batch
     return ordered(rows_by_seed[s] for s in params.seeds)
+
+
+def hash_fields(common: dict, cfg: dict) -> dict:
+    """What decides an image besides its seed (plus the clip model, which decides clip_score)."""
+    keys = ("model", "scheduler_config", "num_inference_steps", "guidance_scale", "prompt", "negative_prompt",
+            "width", "height", "eta")
+    return {**{k: common[k] for k in keys}, "clip": cfg.get("clip")}
+
+
+def batch_rows(ctx: JobContext, pipe, model_key: tuple, params, batch: list[int], common: dict, hash_base: dict,
+               clip=None, prefix: str = "") -> list[dict]:
+    """Generate one batch: saved images and their rows, or one failed row per seed naming the error."""
+    try:
+        result = generate_batch(pipe, model_key, params, batch)
+        return image_rows(ctx, common, hash_base, result, clip, prefix)
+    except (BadOutputError, RuntimeError, ValueError) as e:
+        log.error("seeds %s failed: %s", batch, e)
+        return [{**common, "seed": s, "batch_size": len(batch), "config_hash": cell_hash(hash_base, s),
+                 "status": "error", "error": f"{type(e).__name__}: {e}"} for s in batch]
 
 
 def reusable_rows(ctx: JobContext, hash_base: dict, seeds: tuple[int, ...]) -> dict[int, dict]:
@@ -97,13 +109,16 @@ def describe(overrides: str, seed: int) -> str:
     return " ".join(f"{k}={v}" for k, v in parsed.items())
 
 
-def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult, clip=None) -> list[dict]:
+def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult, clip=None,
+               prefix: str = "") -> list[dict]:
     """Save each image of a batch and make its row (clip_score with a clip model); batch timings are shared equally."""
     n = len(result.seeds)
     rows = []
+    start = time.perf_counter()
     scores = clip.clip_score(result.images, [common["prompt"]] * n) if clip else [None] * n
+    clip_s = (time.perf_counter() - start) / n if clip else None
     for image, seed, score in zip(result.images, result.seeds, scores):
-        relative = f"images/seed{seed}.png"
+        relative = f"images/{prefix}seed{seed}.png"
         row = {
             **common,
             "seed": seed,
@@ -112,6 +127,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             **{k: getattr(result, k) / n for k in TIMING_KEYS},
             "peak_mem_bytes": result.peak_mem_bytes,
             "clip_score": score,
+            "time_clip_s": clip_s,
             **adherence_columns(image, common["prompt"]),
             "image_path": relative,
             "config_hash": cell_hash(hash_base, seed),

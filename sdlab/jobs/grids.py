@@ -5,43 +5,31 @@ from __future__ import annotations
 import json
 import logging
 import textwrap
-import time
 from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
-from sdlab.config import GenerationParams, config_hash, generation_params, scheduler_choice
+from sdlab.config import GenerationParams, generation_params, scheduler_choice
 from sdlab.figures import curves, image_grid
-from sdlab.generate import BadOutputError, chunks, generate_batch
+from sdlab.generate import chunks
 from sdlab.jobs import JobContext, job
+from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.jobs.analysis import base_row, number_list, pipeline, str_list
-from sdlab.metrics.clip import ClipModel, load_clip
+from sdlab.metrics.clip import load_clip
 from sdlab.models import base_scheduler_config
-from sdlab.records import ordered, save_png, versions
+from sdlab.records import ordered, versions
 from sdlab.schedulers import make_scheduler, resolved_config
 
 log = logging.getLogger(__name__)
-TIMING_KEYS = ("time_text_s", "time_unet_s", "time_vae_s", "time_total_s")
-HASH_KEYS = ("model", "scheduler_config", "num_inference_steps", "guidance_scale", "prompt", "negative_prompt",
-             "width", "height", "eta", "seed")
-
-
-def scored(clip: ClipModel | None, images, prompts: list[str]) -> tuple[list[float | None], float]:
-    """CLIP scores of images against their prompts (None each without a clip model) and the seconds it took."""
-    if clip is None:
-        return [None] * len(images), 0.0
-    start = time.perf_counter()
-    scores = clip.clip_score(images, prompts)
-    return scores, time.perf_counter() - start
 
 
 def cell_rows(ctx: JobContext, pipe, spec, clip, params: GenerationParams, cell: dict[str, Any],
               folder: str) -> list[dict]:
-    """Generate one grid cell's seeds and return one generate-style row per image (plus clip_score).
+    """Generate one grid cell's seeds and return one generate row per image (plus the cell's fields).
 
-    Each row's `overrides` adds the cell's guidance_scale or prompt, as a `-m` sweep of it would, so the run's
-    grid.png and a sweep's collected grid label by it; config_hash is the generate job's for the same image.
+    Each row's `overrides` adds the cell's swept value, as a `-m` sweep of it would, so the run's grid.png
+    and a sweep's collected grid label by it; config_hash is the generate job's for the same image.
     """
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
@@ -50,25 +38,10 @@ def cell_rows(ctx: JobContext, pipe, spec, clip, params: GenerationParams, cell:
               "guidance_scale": params.guidance_scale, "prompt": params.prompt, "negative_prompt": params.negative_prompt,
               "width": params.width, "height": params.height, "eta": params.eta, "device": str(pipe.device),
               "versions": versions(), **cell, "overrides": json.dumps(overrides)}
+    hash_base = hash_fields(common, ctx.config)
     rows = []
     for batch in chunks(params.seeds, params.batch_size):
-        hashes = [config_hash({**{k: common.get(k) for k in HASH_KEYS}, "seed": s}) for s in batch]
-        try:
-            result = generate_batch(pipe, spec.key, params, batch)
-        except (BadOutputError, RuntimeError, ValueError) as e:
-            log.error("%s seeds %s failed: %s", cell, batch, e)
-            rows += [{**common, "seed": s, "batch_size": len(batch), "config_hash": h, "status": "error",
-                      "error": f"{type(e).__name__}: {e}"} for s, h in zip(batch, hashes)]
-            continue
-        scores, clip_s = scored(clip, result.images, [params.prompt] * len(batch))
-        n = len(batch)
-        for image, seed, h, score in zip(result.images, batch, hashes, scores):
-            path = f"images/{folder}_seed{seed}.png"
-            save_png(image, ctx.out_dir / path, {k: common[k] for k in ("prompt", "negative_prompt", "num_inference_steps",
-                     "guidance_scale", "width", "height", "eta", "scheduler", "model")} | {"seed": seed})
-            rows.append({**common, "seed": seed, "nfe": result.nfe, "batch_size": n,
-                         **{k: getattr(result, k) / n for k in TIMING_KEYS}, "peak_mem_bytes": result.peak_mem_bytes,
-                         "image_path": path, "config_hash": h, "clip_score": score, "time_clip_s": clip_s / n})
+        rows += batch_rows(ctx, pipe, spec.key, params, batch, common, hash_base, clip, prefix=f"{folder}_")
     return rows
 
 
