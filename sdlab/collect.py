@@ -36,8 +36,14 @@ class CollectSweep(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        frame = collect(sweep_dir)
-        line = summarize(frame, sweep_dir)
+        try:
+            frame = collect(sweep_dir)
+            line = summarize(frame, sweep_dir)
+        except Exception as e:  # Hydra would only warn; a sweep without its table must not look fine
+            log.exception("collecting %s failed", sweep_dir)
+            print(f"sdlab: error: collecting the sweep in {sweep_dir} failed: {type(e).__name__}: {e}")
+            sweep_failures = max(sweep_failures, 1)
+            return
         sweep_failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
         log.info("sweep %s: %s", sweep_dir, line)
         print(f"sdlab: {sweep_dir}/results.csv: {line}")

@@ -48,11 +48,21 @@ def ordered(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame[known + [c for c in frame.columns if c not in known]]
 
 
+def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns that mix value types (e.g. rows of different jobs) as strings; None stays null."""
+    fixed = {}
+    for column in frame.columns[frame.dtypes == object]:
+        kinds = {type(v) for v in frame[column] if v is not None and not (isinstance(v, float) and v != v)}
+        if len(kinds) > 1:
+            fixed[column] = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[column]]
+    return frame.assign(**fixed) if fixed else frame
+
+
 def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Path:
     """Write `<name>.parquet` and `<name>.csv` atomically: if either cannot be written, neither appears."""
     folder = Path(folder)
     with atomic_path(folder / f"{name}.csv") as csv_tmp, atomic_path(folder / f"{name}.parquet") as parquet_tmp:
-        frame.to_parquet(parquet_tmp, index=False)
+        parquet_safe(frame).to_parquet(parquet_tmp, index=False)
         frame.to_csv(csv_tmp, index=False)
     return folder / f"{name}.parquet"
 

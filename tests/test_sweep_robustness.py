@@ -135,3 +135,22 @@ def test_launchers_give_the_same_table_and_bit_identical_images(run_sdlab, tmp_p
     pd.testing.assert_frame_equal(basic[columns], other[columns])
     for path in basic["image_path"]:
         assert (tmp_path / "basic" / path).read_bytes() == (tmp_path / launcher / path).read_bytes()
+
+
+def test_sweep_of_different_jobs_collects_into_one_table(run_sdlab, tmp_path):
+    code = run_sdlab("-m", "experiment=article_b3_unet_levels,article_b4_vae_compression", f"hydra.sweep.dir={tmp_path}")
+    assert code == 0
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert set(frame["experiment"]) == {"article_b3_unet_levels", "article_b4_vae_compression"}
+    assert pd.read_csv(tmp_path / "results.csv").shape[0] == len(frame)
+
+
+def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypatch, capsys):
+    from sdlab import collect
+
+    def broken(*_):
+        raise ValueError("disk full")
+
+    monkeypatch.setattr(collect, "collect", broken)  # the sweep-level read, not the per-job write
+    assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", f"hydra.sweep.dir={tmp_path}") == 1
+    assert "collecting the sweep" in capsys.readouterr().out
