@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +17,8 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sdlab.io import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 STYLE = {
     "figure.dpi": 100,
@@ -47,9 +50,11 @@ def parse_overrides(text: str | None) -> dict[str, str]:
 
 def grid_axes(frame: pd.DataFrame) -> list[str]:
     """Keys that vary across rows: swept overrides in command-line order, then `seed` if it varies."""
+    if "image_path" in frame:
+        frame = frame[frame["image_path"].notna()]
     parsed = [parse_overrides(o) for o in frame.get("overrides", pd.Series([None] * len(frame)))]
     order = list(dict.fromkeys(k for p in parsed for k in p))
-    axes = [k for k in order if len({p.get(k) for p in parsed}) > 1]
+    axes = [k for k in order if len({p.get(k) for p in parsed if k in p}) > 1]
     if "seed" not in axes and "seed" in frame and frame["seed"].nunique() > 1:
         axes.append("seed")
     return axes
@@ -70,19 +75,33 @@ def _cell_image(path: Path | None) -> np.ndarray | None:
         return np.asarray(image.convert("RGB"))
 
 
-def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str] | None = None, title: str = "") -> Path:
+MAX_GRID_CELLS = 400
+
+
+def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str] | None = None,
+               title: str = "") -> Path | None:
     """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages."""
+    if "image_path" in frame:
+        frame = frame[frame["image_path"].notna()].reset_index(drop=True)
     axes = list(grid_axes(frame) if axes is None else axes)
     labels = {k: axis_values(frame, k) for k in axes}
     uniq = {k: list(dict.fromkeys(labels[k])) for k in axes}
     x_key, y_key = (axes + [None, None])[:2]
-    pages = list(itertools.product(*[uniq[k] for k in axes[2:]])) or [()]
+    pages = list(dict.fromkeys(tuple(labels[k][i] for k in axes[2:]) for i in range(len(frame)))) or [()]
     xs, ys = (uniq[x_key] if x_key else [""]), (uniq[y_key] if y_key else [""])
+    if len(xs) * len(ys) * len(pages) > MAX_GRID_CELLS:
+        log.warning("no %s: %d x %d x %d cells is past %d; sweep fewer values or pass axes", target.name,
+                    len(xs), len(ys), len(pages), MAX_GRID_CELLS)
+        return None
     cells: dict[tuple, Path | None] = {}
     for i in range(len(frame)):
         key = tuple(labels[k][i] for k in axes)
         path = frame["image_path"].iloc[i] if "image_path" in frame else None
         cells.setdefault(key, (base / path) if isinstance(path, str) and path else None)
+    if len(cells) < len(xs) * len(ys) * len(pages) / 2:
+        log.warning("no %s: %d images fill too few of %d cells to be a grid (the jobs' own grids still stand)",
+                    target.name, len(cells), len(xs) * len(ys) * len(pages))
+        return None
     with plt.rc_context(STYLE):
         fig = plt.figure(figsize=(CELL_INCHES * len(xs) + 0.8, (CELL_INCHES * len(ys) + 0.4) * len(pages) + 0.3))
         subfigs = np.atleast_1d(fig.subfigures(len(pages), 1))
