@@ -44,7 +44,7 @@ MINIMAL = {
     "article_d3_guidance": ["num_inference_steps=2", "guidance_scales=[7,12.5]"],
     "article_e1_forward_chain": ["timesteps=[0,500,999]"],
     "article_e1_reverse_chain": ["num_inference_steps=3", "frames=3"],
-    "article_e2_clip_matrix": ["clip=none"],  # its image-caption matrix needs a CLIP model (clip=mini once shipped)
+    "article_e2_clip_matrix": ["num_images=3"],
 }
 # Files each recipe must write besides results.{parquet,csv}.
 OUTPUTS = {
@@ -57,6 +57,7 @@ OUTPUTS = {
     "anatomy": ["unet_blocks.parquet", "anatomy.png"],
     "guidance_grid": ["guidance_grid.png"],
     "prompt_grid": ["prompt_grid.png"],
+    "article_e2_clip_matrix": ["image_text_similarity.png", "image_text_similarity.parquet"],
 }
 
 

@@ -136,7 +136,7 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
             break
     # 4. Final checkpoint and table.
     done = step + 1 if rows and rows[-1]["step"] == step else start
-    if done % every or done == start:
+    if done != start and done % every:
         checkpoint(done)
     stage.model.eval()
     return pd.DataFrame(rows)
