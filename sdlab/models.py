@@ -163,7 +163,9 @@ def load_pipeline(spec: ModelSpec):
 
 
 def base_scheduler_config(spec: ModelSpec) -> dict:
-    """The scheduler config the model shipped with, before any swap."""
+    """The scheduler config the model shipped with, before any swap (loading the model if it is not cached)."""
+    if spec.key not in _BASE_SCHEDULERS:
+        load_pipeline(spec)
     return _BASE_SCHEDULERS[spec.key]
 
 

@@ -77,3 +77,11 @@ def test_nan_output_is_reported_not_saved():
         generate.check_output(latents, torch.zeros(1, 3, 64, 64), [3])
     with pytest.raises(generate.BadOutputError, match="all-black"):
         generate.check_output(torch.zeros(1, 4, 8, 8), torch.zeros(1, 3, 64, 64), [3])
+
+
+def test_base_scheduler_config_survives_a_cleared_cache(tiny):
+    from sdlab import models
+
+    _, spec = tiny
+    models.clear_cache()
+    assert base_scheduler_config(spec)["beta_schedule"] == "scaled_linear"
