@@ -77,8 +77,8 @@ def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: P
                 cmd = [sys.executable, str(ROOT / "benchmarks" / "hand_loop.py"), "--model", model, "--out", str(out),
                        "--steps", str(steps), "--threads", "2"]
             else:
-                cmd = [sys.executable, str(ROOT / "benchmarks" / "naive_app.py"), "-m", f"seed={SWEEP['seeds']}",
-                       f"guidance_scale={SWEEP['guidance']}", f"scheduler={SWEEP['schedulers']}", f"+model={model}",
+                cmd = [sys.executable, str(ROOT / "benchmarks" / "naive_app.py"), "-m", f"+seed={SWEEP['seeds']}",
+                       f"+guidance_scale={SWEEP['guidance']}", f"+scheduler={SWEEP['schedulers']}", f"+model={model}",
                        f"+steps={steps}", "+threads=2", "+prompt='a small red circle in the centre on a blue background'",
                        f"hydra.sweep.dir={out}"]
             times[name].append(run_timed(cmd, ROOT))
