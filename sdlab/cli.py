@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 import uuid
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -23,9 +24,10 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
 
 
-def _yaml_keys(path: Path) -> set[str]:
+@lru_cache(maxsize=None)
+def _yaml_keys(path: Path) -> frozenset[str]:
     data = yaml.safe_load(path.read_text()) or {}
-    return set(data) - {"defaults"}
+    return frozenset(data) - {"defaults"}
 
 
 def _known_keys(group: str | None) -> set[str]:

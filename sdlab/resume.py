@@ -30,9 +30,9 @@ def previous_rows(folder: Path) -> pd.DataFrame | None:
     return pd.read_parquet(table) if table.is_file() else None
 
 
-def complete_rows(folder: Path) -> pd.DataFrame:
-    """Previous rows whose status is ok and whose image (if any) is on disk."""
-    frame = previous_rows(folder)
+def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Previous rows (read from `folder` unless given) whose status is ok and whose image (if any) is on disk."""
+    frame = previous_rows(folder) if frame is None else frame
     if frame is None or "status" not in frame:
         return pd.DataFrame()
     ok = frame["status"] == "ok"
@@ -52,7 +52,7 @@ def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
     except (OSError, ValueError):
         return None
     frame = previous_rows(folder)
-    if done.get("job_hash") != job_hash or frame is None or len(complete_rows(folder)) != len(frame):
+    if done.get("job_hash") != job_hash or frame is None or len(complete_rows(folder, frame)) != len(frame):
         return None
     return frame
 

@@ -26,6 +26,17 @@ def tiny():
     return pipe, spec
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on 2 shared cores, two threads oversubscribe and the tiny UNet gets ~30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def run_sdlab(monkeypatch):
     """Run the `sdlab` command in this process; returns the exit code (0 when it returns normally)."""

@@ -16,13 +16,7 @@ from sdlab.errors import UserError
 from sdlab.jobs import get_job
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on 2 shared cores, two threads oversubscribe and the tiny UNet gets ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(recipe: str, tmp_path, **overrides) -> pd.DataFrame:

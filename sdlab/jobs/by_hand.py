@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -116,14 +118,10 @@ def input_image(cfg: dict, side: int):
     """The recipe's `image` file, or a built-in shapes image, as a PIL image at the model's resolution."""
     from PIL import Image
 
+    from sdlab.jobs.analysis import read_image
     from sdlab.mini.data import Attributes, render
 
-    path = cfg.get("image")
-    if path:
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB").resize((side, side))
-        except (OSError, ValueError) as e:
-            raise UserError(f"image={path} cannot be read as an image: {e}") from None
+    if cfg.get("image"):
+        return Image.fromarray(read_image(Path(cfg["image"]), side, side))
     attrs = Attributes("circle", "red", "large", "centre", "blue")
     return Image.fromarray(render(attrs)).resize((side, side))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -77,7 +77,7 @@ def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, re
 def solve(pipe, spec, name: str, steps: int, base: GenerationParams, prompt: str, seeds: list[int]):
     """One batched generation of `seeds` with scheduler `name` at `steps` steps."""
     pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
-    params = GenerationParams(**{**base.__dict__, "prompt": prompt, "num_inference_steps": steps})
+    params = replace(base, prompt=prompt, num_inference_steps=steps)
     return generate_batch(pipe, spec.key, params, seeds)
 
 
