@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,6 +31,7 @@ ROW_COLUMNS = [
 ]
 
 
+@lru_cache(maxsize=1)
 def versions() -> str:
     """Versions of sdlab and the libraries that decide the numbers, as JSON."""
     found = {}

@@ -236,3 +236,16 @@ def test_real_sd15_from_the_cache_has_the_sd15_anatomy(tmp_path):
     params = run("anatomy", tmp_path, model=model).set_index("component")["params"]
     assert params.to_dict() == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480,
                                 "total": 1_066_235_307}
+
+
+def test_job_modules_map_every_registered_job_to_its_module():
+    import importlib
+    import pkgutil
+
+    import sdlab.jobs as jobs
+
+    for info in pkgutil.iter_modules(jobs.__path__):
+        importlib.import_module(f"sdlab.jobs.{info.name}")
+    owners = {name: fn.__module__.removeprefix("sdlab.jobs.") for name, fn in jobs.JOBS.items()}
+    assert owners == jobs.JOB_MODULES
+

@@ -154,3 +154,31 @@ def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypat
     monkeypatch.setattr(collect, "collect", broken)  # the sweep-level read, not the per-job write
     assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", f"hydra.sweep.dir={tmp_path}") == 1
     assert "collecting the sweep" in capsys.readouterr().out
+
+
+class CountingLoader:
+    """A stand-in for Hydra's config loader that counts compositions."""
+
+    calls = 0
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        CountingLoader.calls += 1
+        return {"overrides": list(sweep_overrides), "call": CountingLoader.calls}
+
+
+def test_sweeper_hands_each_validated_config_to_the_launcher_once():
+    import pickle
+
+    from hydra_plugins.sdlab_sweeper.compose_once import ComposedConfigs
+
+    composed = ComposedConfigs(CountingLoader(), limit=2)
+    for overrides in (["seed=1"], ["seed=2"], ["seed=3"]):
+        composed.compose({}, overrides)
+    assert CountingLoader.calls == 3  # validation composes every job
+    first = composed.load_sweep_config({}, ["seed=1"])
+    assert first == {"overrides": ["seed=1"], "call": 1} and CountingLoader.calls == 3  # reused, not recomposed
+    assert composed.load_sweep_config({}, ["seed=3"])["call"] == 4  # beyond the limit: composed again
+    assert composed.load_sweep_config({}, ["seed=1"])["call"] == 5  # handed out once only
+    restored = pickle.loads(pickle.dumps(composed))  # as a launcher ships it to worker processes
+    assert composed._kept and not restored._kept
+    assert restored.load_sweep_config({}, ["seed=2"])["call"] == 6

@@ -37,11 +37,23 @@ def job(name: str) -> Callable[[JobFn], JobFn]:
     return register
 
 
-def get_job(name: str) -> JobFn:
-    """The job registered under `name`."""
-    from sdlab.jobs import by_hand, compare, explainers, generate  # noqa: F401  (registers)
-    from sdlab.jobs import anatomy, clip, forward, grids, schedule, trajectory, vae  # noqa: F401  (registers)
-    from sdlab.jobs import train  # noqa: F401  (registers)
+# Which module registers each job, so a run imports only the job it needs (not scipy for a generate job).
+JOB_MODULES = {
+    "generate": "generate", "train_mini": "train", "compare_schedulers": "compare",
+    "anatomy": "anatomy", "trajectory": "trajectory", "forward_process": "forward",
+    "schedule_snr": "schedule", "vae_roundtrip": "vae", "clip_tokens": "clip", "clip_similarity": "clip",
+    "guidance_grid": "grids", "prompt_grid": "grids", "scheduler_grid": "grids",
+    "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand",
+    **dict.fromkeys(("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
+                     "timestep_embedding"), "explainers"),
+}
 
-    choose("job", name, JOBS)
+
+def get_job(name: str) -> JobFn:
+    """The job registered under `name`, importing only its module."""
+    import importlib
+
+    choose("job", name, JOB_MODULES)
+    if name not in JOBS:
+        importlib.import_module(f"sdlab.jobs.{JOB_MODULES[name]}")
     return JOBS[name]

@@ -66,10 +66,12 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     if done:
         log.info("resume: %d of %d images already complete", len(done), len(params.seeds))
     todo = tuple(s for s in params.seeds if s not in done)
-    for batch in chunks(todo, params.batch_size):
+    batches = list(chunks(todo, params.batch_size))
+    for i, batch in enumerate(batches, 1):
         new_rows = batch_rows(ctx, pipe, spec.key, params, batch, common, hash_base, clip)
         rows_by_seed.update({row["seed"]: row for row in new_rows})
-        write_table(ordered(rows_by_seed.values()), ctx.out_dir)  # a kill loses at most one batch
+        if i < len(batches):  # a kill loses at most one batch; the caller writes the final table
+            write_table(ordered(rows_by_seed.values()), ctx.out_dir)
     return ordered(rows_by_seed[s] for s in params.seeds)
 
 
