@@ -249,3 +249,27 @@ def test_job_modules_map_every_registered_job_to_its_module():
     owners = {name: fn.__module__.removeprefix("sdlab.jobs.") for name, fn in jobs.JOBS.items()}
     assert owners == jobs.JOB_MODULES
 
+
+def test_linear_preview_recovers_a_linear_latent_to_rgb_map():
+    from sdlab.preview import fit_linear_preview, linear_preview
+
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8)
+    true = torch.randn(5, 3) * 0.2
+    rgb = torch.einsum("nchw,cd->ndhw", torch.cat([latents, torch.ones(1, 1, 8, 8)], 1), true)
+    image = torch.nn.functional.interpolate(rgb, scale_factor=8, mode="nearest")  # each latent pixel's 8x8 patch
+    weights = fit_linear_preview(latents, image)
+    torch.testing.assert_close(weights, true, rtol=1e-4, atol=1e-4)
+    preview = linear_preview(latents, weights, scale=8)
+    assert preview.shape == (1, 3, 64, 64) and preview.abs().max() <= 1
+    pooled = torch.nn.functional.avg_pool2d(preview, 8)
+    assert torch.corrcoef(torch.stack([pooled.flatten(), rgb.clamp(-1, 1).flatten()]))[0, 1] > 0.9
+
+
+def test_trajectory_linear_preview_and_bad_preview(tmp_path):
+    rows = run("trajectory", tmp_path / "linear", num_inference_steps=3, frames=2, preview="linear")
+    assert (rows["preview"] == "linear").all() and len(rows) == 3
+    assert Image.open(tmp_path / "linear" / "trajectory.gif").n_frames == 3 + 1
+    with pytest.raises(UserError, match="unknown preview 'jpeg'; choose one of: vae, linear"):
+        run("trajectory", tmp_path / "bad", preview="jpeg")
+    assert not (tmp_path / "bad" / "trajectory.gif").exists()

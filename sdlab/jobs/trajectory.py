@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from sdlab.config import generation_params, scheduler_choice
+from sdlab.errors import choose
 from sdlab.figures import image_strip, write_gif
 from sdlab.generate import generate_batch
 from sdlab.jobs import JobContext, job
@@ -18,6 +20,7 @@ from sdlab.jobs.analysis import base_row, decode, pipeline, to_uint8
 from sdlab.metrics.diffusion import alpha_bar_at, guided, snr_db, x0_pred
 from sdlab.metrics.image import psnr
 from sdlab.models import base_scheduler_config
+from sdlab.preview import fit_linear_preview, linear_preview
 from sdlab.records import ordered, save_png
 from sdlab.schedulers import make_scheduler, resolved_config
 
@@ -106,10 +109,30 @@ def decode_all(pipe, latents: list[torch.Tensor], batch: int = 8) -> list[np.nda
     return out
 
 
+PREVIEWS = ("vae", "linear")
+
+
+def choose_preview(value) -> str:
+    """The trajectory frame renderer: `vae` decodes every frame, `linear` maps latent channels to RGB."""
+    choose("preview", value, PREVIEWS)
+    return value
+
+
+def frame_renderer(pipe, result, preview: str) -> Callable[[list[torch.Tensor]], list[np.ndarray]]:
+    """A function from step latents to uint8 frames; `linear` fits its map to the final image of `result`."""
+    if preview == "vae":
+        return lambda latents: decode_all(pipe, latents)
+    image = torch.from_numpy(np.asarray(result.images[0], dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    weights = fit_linear_preview(result.latents[:1].cpu(), image)
+    scale = image.shape[-1] // result.latents.shape[-1]
+    return lambda latents: to_uint8(linear_preview(torch.cat(latents), weights, scale))
+
+
 @job("trajectory")
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     """One row per step (timestep, alpha_bar, SNR, x0_pred PSNR vs the final image, timings); trajectory_strip.png and trajectory.gif."""
     cfg = ctx.config
+    preview = choose_preview(cfg.get("preview") or "vae")
     pipe, spec = pipeline(ctx)
     choice = scheduler_choice(cfg["scheduler"])
     pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
@@ -124,18 +147,19 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale,
              "scheduler": choice.name, "model": spec.name})
 
-    # 2. Decode x_t and x0_pred of every step, timed apart from generation.
+    # 2. Decode x_t and x0_pred of every step (VAE or the linear preview), timed apart from generation.
     start = time.perf_counter()
     steps = recorder.steps
-    x_t = decode_all(pipe, [s["x_t"] for s in steps])
-    x0 = decode_all(pipe, [s["x0_pred"] for s in steps])
+    render = frame_renderer(pipe, result, preview)
+    x_t = render([s["x_t"] for s in steps])
+    x0 = render([s["x0_pred"] for s in steps])
     time_decode = time.perf_counter() - start
     final = np.asarray(result.images[0])
 
     # 3. Rows.
     timing = {"nfe": result.nfe, "time_generate_s": result.time_total_s - recorder.capture_s,
               "time_unet_s": result.time_unet_s - recorder.capture_s, "time_capture_s": recorder.capture_s,
-              "time_decode_trajectory_s": time_decode}
+              "time_decode_trajectory_s": time_decode, "preview": preview}
     common = {**base_row(ctx, "trajectory", spec), "scheduler": choice.name,
               "scheduler_config": resolved_config(pipe.scheduler),
               "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
