@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,9 +28,14 @@ def items():
 def test_vae_steps_are_finite_and_resume_restores_the_step(items, tmp_path):
     from sdlab.mini.train_vae import vae_stage
 
-    settings = {**BASE, "steps": 2, "batch_size": 2, "l1_weight": 0.5, "kl_weight": 1e-6, "architecture": TINY_VAE}
-    first = run_stage(vae_stage(settings, items[0], seed=0), settings, tmp_path)
-    assert list(first["step"]) == [0, 1] and np.isfinite(first["loss"]).all()
+    settings = {**BASE, "steps": 2, "batch_size": 2, "l1_weight": 0.5, "kl_weight": 1e-6, "architecture": TINY_VAE,
+                "foreground_weight": 4.0, "latent_rgb_weight": 1.0}
+    stage = vae_stage(settings, items[0], seed=0)
+    untrained = stage.extra["latent_rgb"].weight.detach().clone()
+    first = run_stage(stage, settings, tmp_path)
+    assert list(first["step"]) == [0, 1] and np.isfinite(first[["loss", "loss_latent_rgb"]]).all().all()
+    assert not torch.equal(stage.extra["latent_rgb"].weight, untrained)  # the linear colour read-out trains too
+    assert (tmp_path / "checkpoint" / "latent_rgb.safetensors").is_file()
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 2
     resumed_stage = vae_stage({**settings, "steps": 3}, items[0], seed=0)
     resumed = run_stage(resumed_stage, {**settings, "steps": 3}, tmp_path)
@@ -81,3 +87,25 @@ def test_learning_rate_warms_up_then_decays():
     assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.05)
     assert all(lr_at(s, 100, 1.0, 10) >= lr_at(s + 1, 100, 1.0, 10) for s in range(10, 99))
     assert not math.isnan(lr_at(5, 5, 1.0, 0))
+
+
+class _Passthrough:
+    """A stand-in VAE whose round trip returns its input, optionally pulled towards gray."""
+
+    def __init__(self, fade: float):
+        self.fade = fade
+
+    def encode(self, x):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=z * (1 - self.fade))
+
+
+def test_round_trip_adherence_reads_what_survives_the_vae(items):
+    from sdlab.mini.train_vae import round_trip_adherence
+
+    images, _, attributes = data.eval_batch(0, 24)
+    assert round_trip_adherence(_Passthrough(0.0), images, attributes, batch_size=10)["colour"] >= 0.95
+    faded = round_trip_adherence(_Passthrough(0.9), images, attributes, batch_size=10)
+    assert faded["colour"] < 0.5 and set(faded) >= {"colour", "shape", "background", "all"}

@@ -36,14 +36,17 @@ def load_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
 
 
 def vae_quality(root: Path, count: int = 256) -> dict[str, float]:
-    """Round-trip PSNR of the VAE over `count` evaluation images."""
+    """Round-trip PSNR of the VAE over `count` evaluation images, and what the checker still reads after it."""
     from diffusers import AutoencoderKL
 
-    from sdlab.mini.train_vae import round_trip_psnr
+    from sdlab.mini.train_vae import round_trip_adherence, round_trip_psnr
 
-    images, _, _ = data.eval_batch(0, count)
-    psnr = round_trip_psnr(AutoencoderKL.from_pretrained(str(root / "vae")), images)
-    return {"vae_psnr_mean_db": float(psnr.mean()), "vae_psnr_min_db": float(psnr.min()), "vae_images": count}
+    images, _, attributes = data.eval_batch(0, count)
+    vae = AutoencoderKL.from_pretrained(str(root / "vae"))
+    psnr = round_trip_psnr(vae, images)
+    kept = round_trip_adherence(vae, images, attributes)
+    return {"vae_psnr_mean_db": float(psnr.mean()), "vae_psnr_min_db": float(psnr.min()), "vae_images": count,
+            **{f"vae_round_trip_{name}": value for name, value in kept.items()}}
 
 
 def clip_quality(root: Path, count: int = 100) -> dict[str, float]:

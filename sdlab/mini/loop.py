@@ -23,7 +23,7 @@ LOSS_TABLE = "losses"
 
 @dataclass
 class Stage:
-    """One trainable stage: the model, a loss for a step number, and extra modules to checkpoint."""
+    """One trainable stage: the model, a loss for a step number, and extra modules trained and checkpointed with it."""
 
     name: str
     model: torch.nn.Module
@@ -86,8 +86,8 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
     every = int(settings.get("checkpoint_every", 200))
     max_seconds = float(settings.get("max_minutes") or 0) * 60  # also anneals the LR by elapsed time
     # 1. Optimizer and EMA copy.
-    optimizer = torch.optim.AdamW(stage.model.parameters(), lr=lr, betas=(0.9, 0.99),
-                                  weight_decay=float(settings.get("weight_decay", 0.0)))
+    trained = [p for module in (stage.model, *stage.extra.values()) for p in module.parameters()]
+    optimizer = torch.optim.AdamW(trained, lr=lr, betas=(0.9, 0.99), weight_decay=float(settings.get("weight_decay", 0.0)))
     if stage.ema_decay > 0 and stage.ema is None:
         stage.ema = copy.deepcopy(stage.model).requires_grad_(False)
     modules = {"model": stage.model, **({"ema": stage.ema} if stage.ema is not None else {}), **stage.extra}
@@ -120,7 +120,7 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
         losses = stage.loss(step)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(stage.model.parameters(), float(settings.get("clip", 1.0)))
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained, float(settings.get("clip", 1.0)))
         optimizer.step()
         if stage.ema is not None:
             ema_update(stage.ema, stage.model, min(stage.ema_decay, (1 + step) / (10 + step)))

@@ -40,6 +40,8 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
     decoder_only = bool(settings.get("decoder_only", False))
     sample_posterior = bool(settings.get("sample_posterior", True))
     foreground_weight = float(settings.get("foreground_weight", 0.0))
+    latent_rgb_weight = float(settings.get("latent_rgb_weight", 0.0))
+    latent_rgb = torch.nn.Conv2d(vae.config.latent_channels, 3, 1)  # colour read linearly off the latents
     if decoder_only:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
@@ -59,9 +61,14 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
         mse, l1 = torch.nn.functional.mse_loss(y, x), (y - x).abs().mean()
         weighted = ((w * ((y - x) ** 2 + l1_weight * (y - x).abs())).mean() / w.mean())
         kl = posterior.kl().mean() / z[0].numel()
-        return {"loss": weighted + kl_weight * kl, "loss_mse": mse, "loss_l1": l1, "loss_kl": kl}
+        pooled = torch.nn.functional.avg_pool2d(x, x.shape[-1] // z.shape[-1])
+        linear = torch.nn.functional.mse_loss(latent_rgb(posterior.mean), pooled)
+        return {"loss": weighted + kl_weight * kl + latent_rgb_weight * linear, "loss_mse": mse, "loss_l1": l1,
+                "loss_kl": kl, "loss_latent_rgb": linear}
 
-    return Stage("vae_decoder" if decoder_only else "vae", vae, loss, ema_decay=float(settings.get("ema_decay", 0.0)))
+    extra = {"latent_rgb": latent_rgb} if latent_rgb_weight and not decoder_only else {}
+    return Stage("vae_decoder" if decoder_only else "vae", vae, loss, ema_decay=float(settings.get("ema_decay", 0.0)),
+                 extra=extra)
 
 
 @torch.no_grad()
@@ -84,6 +91,18 @@ def round_trip_psnr(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def round_trip_adherence(vae, images: np.ndarray, attributes: list, batch_size: int = 64) -> dict[str, float]:
+    """Share of round-tripped `images` in which the analytic checker still reads each attribute correctly."""
+    from sdlab.mini.checker import adherence
+
+    agree = []
+    for i in range(0, len(images), batch_size):
+        recon = arrays.to_uint8(vae.decode(vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean).sample)
+        agree += [adherence(image, attrs) for image, attrs in zip(recon, attributes[i : i + batch_size])]
+    return {name: float(np.mean([a[name] for a in agree])) for name in agree[0]}
+
+
 def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export: Path | None, seed: int) -> dict:
     """Train (or resume) the VAE, set its scaling factor, export it; returns summary numbers."""
     from sdlab.mini.export import save_component
@@ -98,11 +117,14 @@ def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export
         scale = float(vae.config.scaling_factor)
     vae.register_to_config(scaling_factor=scale)
     # 3. Held-out quality.
-    eval_images, _, _ = data.eval_batch(0, int(settings.get("eval_images", 256)))
+    eval_images, _, eval_attributes = data.eval_batch(0, int(settings.get("eval_images", 256)))
     psnr = round_trip_psnr(vae, eval_images)
-    log.info("vae: scaling_factor %.4f, held-out PSNR %.2f dB (min %.2f)", scale, psnr.mean(), psnr.min())
+    kept = round_trip_adherence(vae, eval_images, eval_attributes)
+    log.info("vae: scaling_factor %.4f, held-out PSNR %.2f dB (min %.2f), checker after round trip: colour %.1f%%, "
+             "shape %.1f%%", scale, psnr.mean(), psnr.min(), 100 * kept["colour"], 100 * kept["shape"])
     if export is not None:
         save_component(vae, Path(export) / "vae")
     return {"stage": "vae_decoder" if settings.get("decoder_only") else "vae", "steps": int(frame["step"].max() + 1) if len(frame) else 0,
             "final_loss": float(frame["loss"].iloc[-1]) if len(frame) else None,
-            "scaling_factor": scale, "psnr_db": float(psnr.mean())}
+            "scaling_factor": scale, "psnr_db": float(psnr.mean()), "round_trip_colour": kept["colour"],
+            "round_trip_shape": kept["shape"]}
