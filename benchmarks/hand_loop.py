@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--guidance", default="1,7.5")
     parser.add_argument("--schedulers", default="ddim,dpmpp_2m")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--size", type=int, default=None, help="width and height (default: the model's own)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -44,8 +45,8 @@ def main() -> None:
                              map(int, args.seeds.split(",")))
     for scheduler, guidance, seed in grid:
         pipe.scheduler = make_scheduler(scheduler, base)
-        image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=guidance,
-                     generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=guidance, height=args.size,
+                     width=args.size, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
         image.save(args.out / f"{scheduler}_{guidance}_{seed}.png")
     print("loads: 1")
 
