@@ -68,18 +68,20 @@ def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: P
                    naive: bool = True) -> None:
     """16 images (4 seeds x 2 guidance scales x 2 schedulers) three or four ways, interleaved, medians."""
     grid = [f"guidance_scale={SWEEP['guidance']}", f"scheduler={SWEEP['schedulers']}"]
-    common = [f"model={model}", f"num_inference_steps={steps}", "threads=2"]
+    threads = torch.get_num_threads()  # every way runs with the benchmark's own thread count
+    common = [f"model={model}", f"num_inference_steps={steps}", f"threads={threads}"]
     common += [f"width={size}", f"height={size}"] if size else []
     work = work / f"overhead_{model}"
     commands = {
         "hand": [sys.executable, str(ROOT / "benchmarks" / "hand_loop.py"), "--model", model, "--steps", str(steps),
-                 "--threads", "2", *(["--size", str(size)] if size else []), "--out"],
+                 "--threads", str(threads), *(["--size", str(size)] if size else []), "--out"],
         "sdlab": [sys.executable, "-m", "sdlab.cli", "-m", f"seed={SWEEP['seeds']}", *grid, *common],
         "sdlab_seeds": [sys.executable, "-m", "sdlab.cli", "-m", f"seeds=[{SWEEP['seeds']}]", "batch_size=1", *grid,
                         *common],
         "naive": [sys.executable, str(ROOT / "benchmarks" / "naive_app.py"), "-m", f"+seed={SWEEP['seeds']}",
                   f"+guidance_scale={SWEEP['guidance']}", f"+scheduler={SWEEP['schedulers']}", f"+model={model}",
-                  f"+steps={steps}", "+threads=2", "+prompt='a small red circle in the centre on a blue background'"],
+                  f"+steps={steps}", f"+threads={threads}",
+                  "+prompt='a small red circle in the centre on a blue background'"],
     }
     if not naive:
         del commands["naive"]
@@ -100,10 +102,15 @@ def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: P
         report.add("overhead", f"{model}_{name}_over_hand", med[name] / med["hand"], "ratio", "target <= 1.05")
         report.add("overhead", f"{model}_{name}_images_identical", float(identical[name][0]), "bool",
                    f"max pixel difference {identical[name][1]}")
-    per_job = (med["sdlab"] - med["sdlab_seeds"]) / 12  # 16 jobs against 4 jobs of the same 16 images
-    fixed = med["sdlab_seeds"] - med["hand"] - 4 * per_job
-    report.add("overhead", f"{model}_per_job_overhead_s", per_job, "s", "(16-job wall - 4-job wall) / 12")
-    report.add("overhead", f"{model}_fixed_overhead_s", fixed, "s", "start-up and sweep collection, once per sweep")
+    derived = "One run is too few to split the difference into per-job and per-sweep costs."
+    if repeats >= 3:
+        per_job = (med["sdlab"] - med["sdlab_seeds"]) / 12  # 16 jobs against 4 jobs of the same 16 images
+        fixed = med["sdlab_seeds"] - med["hand"] - 4 * per_job
+        report.add("overhead", f"{model}_per_job_overhead_s", per_job, "s", "(16-job wall - 4-job wall) / 12")
+        report.add("overhead", f"{model}_fixed_overhead_s", fixed, "s", "start-up and sweep collection, once per sweep")
+        derived = (f"Derived: each Hydra job costs about **{per_job * 1000:.0f} ms** on top of its images (composing "
+                   f"its config, its run dir, its table and PNGs), and a sweep pays about **{fixed:.1f} s** once "
+                   "(Hydra start-up, the sweep table and grid).")
     if naive:
         report.add("overhead", f"{model}_naive_over_sdlab", med["naive"] / med["sdlab"], "ratio", "speed-up of sdlab")
     naive_line = (f"| naive Hydra app (loads per job) | {med['naive']:.2f} | {med['naive'] / med['hand']:.3f} | "
@@ -121,9 +128,7 @@ def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: P
         f"{identical['sdlab_seeds'][0]} ({identical['sdlab_seeds'][1]}) |\n"
         f"{naive_line}\n"
         f"Target: sdlab / hand-written <= 1.05. {naive_note}"
-        f"Every wall includes interpreter start and imports. Derived: each Hydra job costs about "
-        f"**{per_job * 1000:.0f} ms** on top of its images (composing its config, its run dir, its table and "
-        f"PNGs), and a sweep pays about **{fixed:.1f} s** once (Hydra start-up, the sweep table and grid).\n"
+        f"Every wall includes interpreter start and imports. {derived}\n"
     )
 
 
@@ -292,7 +297,8 @@ def bench_trajectory(report: Report, model: str, size: int, steps: int, repeats:
         f"{med['linear'] / med['plain']:.3f} |\n\n"
         f"The linear preview (a least-squares map from the 4 latent channels to RGB, fitted to the final image) agrees "
         f"with the VAE decode to {agreement[-1]:.1f} dB PSNR at the last step and {statistics.median(agreement):.1f} dB "
-        "over all steps: a blurred but colour-true frame, for GIFs of long trajectories where decoding dominates.\n"
+        "over all steps (a blurred frame: the map sees each 8x8 patch as one colour), for GIFs of long trajectories "
+        "where decoding dominates.\n"
     )
 
 
@@ -373,11 +379,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model", default="mini" if (ROOT / "models/mini/model_index.json").is_file() else "tiny")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for every way measured")
     parser.add_argument("--skip-sd15", action="store_true", help="skip the SD 1.5-architecture measurements")
     parser.add_argument("--only", nargs="+", metavar="SECTION",
                         help="measure only these sections; the others keep their numbers from the last run")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     report = Report()
     work = Path(tempfile.mkdtemp(prefix="sdlab_bench_"))
     sections = [
@@ -406,8 +413,10 @@ def main() -> None:
     try:
         for name, measure in sections:
             print(f"benchmark: {name}", flush=True)
+            before = len(report.sections)
             try:
                 measure()
+                report.sections[before:] = [with_threads(md, args.threads) for md in report.sections[before:]]
             except Exception as e:  # one broken section must not discard the others' numbers
                 report.add(name, "error", float("nan"), "", f"{type(e).__name__}: {e}")
                 report.sections.append(f"### {name}\n\nFailed: `{type(e).__name__}: {e}`\n")
@@ -426,13 +435,21 @@ def main() -> None:
         "# Benchmarks\n\nReproduce: `python benchmarks/run.py` (about 30 minutes on 2 CPU cores; "
         "`--skip-sd15` for the miniature model only, `--only SECTION ...` to remeasure some sections). "
         "Raw numbers, each row with the command that measured it: `benchmarks/results.csv`.\n\n"
-        + "".join(f"- {k}: {v}\n" for k, v in info.items()) + "\n"
+        + "".join(f"- {k}: {v}\n" for k, v in info.items() if k != "torch_threads")
+        + "- torch threads: named in each section's title\n\n"
     )
     sections_md = report.sections
     if args.only and markdown.is_file():
         sections_md = kept_sections(markdown.read_text(), report.sections) + report.sections
     ordered = sorted(sections_md, key=section_number)  # by the issue's numbering, whatever ran first
     atomic_write_text(markdown, header + "\n".join(ordered) + "\n" + NOTES)
+
+
+def with_threads(markdown: str, threads: int) -> str:
+    """A section with its thread count added to its title, so kept and remeasured sections stay comparable."""
+    title, _, rest = markdown.partition("\n")
+    label = f"{threads} thread{'s' if threads != 1 else ''}"
+    return f"{title.removesuffix(')')}, {label})\n{rest}" if title.endswith(")") else markdown
 
 
 def section_key(markdown: str) -> str:
