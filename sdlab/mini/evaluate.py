@@ -39,12 +39,11 @@ def vae_quality(root: Path, count: int = 256) -> dict[str, float]:
     """Round-trip PSNR of the VAE over `count` evaluation images, and what the checker still reads after it."""
     from diffusers import AutoencoderKL
 
-    from sdlab.mini.train_vae import round_trip_adherence, round_trip_psnr
+    from sdlab.mini.train_vae import checker_agreement, psnr_db, round_trip
 
     images, _, attributes = data.eval_batch(0, count)
-    vae = AutoencoderKL.from_pretrained(str(root / "vae"))
-    psnr = round_trip_psnr(vae, images)
-    kept = round_trip_adherence(vae, images, attributes)
+    recon = round_trip(AutoencoderKL.from_pretrained(str(root / "vae")), images)
+    psnr, kept = psnr_db(images, recon), checker_agreement(recon, attributes)
     return {"vae_psnr_mean_db": float(psnr.mean()), "vae_psnr_min_db": float(psnr.min()), "vae_images": count,
             **{f"vae_round_trip_{name}": value for name, value in kept.items()}}
 

@@ -80,27 +80,35 @@ def latent_scale(vae, images: np.ndarray, batch_size: int = 64) -> float:
 
 
 @torch.no_grad()
-def round_trip_psnr(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Per-image PSNR (dB, 8-bit) of decode(posterior mean) against uint8 `images`."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        chunk = images[i : i + batch_size]
-        recon = arrays.to_uint8(vae.decode(vae.encode(arrays.to_tensor(chunk)).latent_dist.mean).sample)
-        mse = ((recon.astype(np.float64) - chunk.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-        out.append(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))
-    return np.concatenate(out)
+def round_trip(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 `images` encoded (posterior mean) and decoded again."""
+    decoded = [vae.decode(vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean).sample
+               for i in range(0, len(images), batch_size)]
+    return np.concatenate([arrays.to_uint8(x) for x in decoded])
 
 
-@torch.no_grad()
-def round_trip_adherence(vae, images: np.ndarray, attributes: list, batch_size: int = 64) -> dict[str, float]:
-    """Share of round-tripped `images` in which the analytic checker still reads each attribute correctly."""
+def psnr_db(images: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """Per-image PSNR (dB, 8-bit) of `recon` against `images`."""
+    mse = ((recon.astype(np.float64) - images.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
+
+
+def checker_agreement(recon: np.ndarray, attributes: list) -> dict[str, float]:
+    """Share of `recon` images in which the analytic checker reads each attribute of `attributes` correctly."""
     from sdlab.mini.checker import adherence
 
-    agree = []
-    for i in range(0, len(images), batch_size):
-        recon = arrays.to_uint8(vae.decode(vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean).sample)
-        agree += [adherence(image, attrs) for image, attrs in zip(recon, attributes[i : i + batch_size])]
+    agree = [adherence(image, attrs) for image, attrs in zip(recon, attributes)]
     return {name: float(np.mean([a[name] for a in agree])) for name in agree[0]}
+
+
+def round_trip_psnr(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Per-image PSNR (dB, 8-bit) of decode(posterior mean) against uint8 `images`."""
+    return psnr_db(images, round_trip(vae, images, batch_size))
+
+
+def round_trip_adherence(vae, images: np.ndarray, attributes: list, batch_size: int = 64) -> dict[str, float]:
+    """Share of round-tripped `images` in which the analytic checker still reads each attribute correctly."""
+    return checker_agreement(round_trip(vae, images, batch_size), attributes)
 
 
 def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export: Path | None, seed: int) -> dict:
@@ -118,8 +126,8 @@ def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export
     vae.register_to_config(scaling_factor=scale)
     # 3. Held-out quality.
     eval_images, _, eval_attributes = data.eval_batch(0, int(settings.get("eval_images", 256)))
-    psnr = round_trip_psnr(vae, eval_images)
-    kept = round_trip_adherence(vae, eval_images, eval_attributes)
+    recon = round_trip(vae, eval_images)
+    psnr, kept = psnr_db(eval_images, recon), checker_agreement(recon, eval_attributes)
     log.info("vae: scaling_factor %.4f, held-out PSNR %.2f dB (min %.2f), checker after round trip: colour %.1f%%, "
              "shape %.1f%%", scale, psnr.mean(), psnr.min(), 100 * kept["colour"], 100 * kept["shape"])
     if export is not None:
