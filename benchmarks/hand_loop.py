@@ -13,6 +13,10 @@ def load(model: str):
     """The same pipeline sdlab loads, without sdlab's machinery where diffusers can do it alone."""
     from diffusers import StableDiffusionPipeline
 
+    from sdlab.models import configured_spec
+
+    # the CPU convolution backend the model's config file chooses, which sdlab uses too
+    torch.backends.mkldnn.enabled = configured_spec(model).mkldnn
     if model == "mini":
         return StableDiffusionPipeline.from_pretrained("models/mini", safety_checker=None, use_safetensors=True)
     from sdlab.models import _from_architecture

@@ -219,11 +219,11 @@ def bench_phases(report: Report, size: int, steps: int, repeats: int) -> None:
 
 def dpmpp_pipeline(model: str, size: int, steps: int, **options):
     """(pipeline with dpmpp_2m, its spec, generation params at `size` px and `steps` steps)."""
-    from sdlab.config import GenerationParams, ModelSpec
-    from sdlab.models import base_scheduler_config, load_pipeline
+    from sdlab.config import GenerationParams
+    from sdlab.models import base_scheduler_config, configured_spec, load_pipeline
     from sdlab.schedulers import make_scheduler
 
-    spec = ModelSpec(model, resolution=size, **options)
+    spec = configured_spec(model, resolution=size, **options)
     pipe = load_pipeline(spec)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = make_scheduler("dpmpp_2m", base_scheduler_config(spec))
@@ -332,7 +332,7 @@ def bench_memory(report: Report, model: str, jobs: int, steps: int) -> None:
 def bench_options(report: Report, model: str, size: int, steps: int, repeats: int, variants: dict) -> None:
     """Seconds per image for each speed option against the default: all loaded and warmed up, then timed in turns."""
     from sdlab import generate
-    from sdlab.models import clear_cache
+    from sdlab.models import clear_cache, use_process_options
 
     loaded, notes, times = {}, {}, {name: [] for name in variants}
     for name, options in variants.items():
@@ -346,6 +346,7 @@ def bench_options(report: Report, model: str, size: int, steps: int, repeats: in
             notes[name] = f"{type(e).__name__}: {str(e)[:80]}"
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits every variant alike
         for name, (pipe, spec, params) in loaded.items():
+            use_process_options(spec)
             start = time.perf_counter()
             generate.generate_batch(pipe, spec.key, params, [0])
             times[name].append(time.perf_counter() - start)
@@ -394,7 +395,8 @@ def main() -> None:
         ("memory", lambda: bench_memory(report, args.model, 100, 5)),
         ("options", lambda: bench_options(report, args.model, 64, 25, args.repeats, {
             "default": {}, "eager_attention": {"attention": "eager"}, "channels_last": {"channels_last": True},
-            "compile": {"compile": True}, "bfloat16": {"dtype": "bfloat16"}})),
+            "compile": {"compile": True}, "bfloat16": {"dtype": "bfloat16"},
+            "mkldnn_on": {"mkldnn": True}, "mkldnn_off": {"mkldnn": False}})),
     ]
     if not args.skip_sd15:
         sections += [
@@ -403,7 +405,8 @@ def main() -> None:
             ("sd15_batches", lambda: bench_batches(report, "sd15_arch", 256, 2, 8, batches=(1, 2, 4, 8))),
             ("sd15_trajectory", lambda: bench_trajectory(report, "sd15_arch", 256, 10, 1)),
             ("sd15_options", lambda: bench_options(report, "sd15_arch", 256, 4, 2, {
-                "default": {}, "eager_attention": {"attention": "eager"}, "channels_last": {"channels_last": True}})),
+                "default": {}, "eager_attention": {"attention": "eager"}, "channels_last": {"channels_last": True},
+                "mkldnn_off": {"mkldnn": False}})),
         ]
     if args.only:
         unknown = sorted(set(args.only) - {name for name, _ in sections})

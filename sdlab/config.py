@@ -36,12 +36,13 @@ class ModelSpec:
     channels_last: bool = False
     compile: bool = False
     attention: str = "sdpa"
+    mkldnn: bool = True
 
     @property
     def key(self) -> tuple:
         """Identity of the loaded pipeline in the per-process cache."""
         return (self.name, self.path, self.repo_id, self.device, self.dtype, self.channels_last, self.compile,
-                self.attention)
+                self.attention, self.mkldnn)
 
 
 @dataclass(frozen=True)

@@ -139,9 +139,24 @@ def apply_speed_options(pipe, spec: ModelSpec):
     return pipe
 
 
+def configured_spec(name: str, **overrides) -> ModelSpec:
+    """The ModelSpec that conf/model/<name>.yaml sets up, with `overrides` (benchmarks and hand-written loops)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
+    values = {k: v for k, v in values.items() if k in ModelSpec.__dataclass_fields__ and v is not None}
+    return ModelSpec(**{**values, **overrides})
+
+
+def use_process_options(spec: ModelSpec) -> None:
+    """Switch the process-wide settings `spec` asks for: oneDNN (mkldnn) or PyTorch's own CPU convolutions."""
+    torch.backends.mkldnn.enabled = spec.mkldnn
+
+
 def load_pipeline(spec: ModelSpec):
     """The pipeline for `spec`, loaded once per process and reused by every later job."""
     global load_count
+    use_process_options(spec)
     if spec.key in _PIPELINES:
         return _PIPELINES[spec.key]
     choose("model", spec.name, MODEL_NAMES)
