@@ -81,6 +81,18 @@ def test_unet_step_is_finite(items, tmp_path):
     assert np.isfinite(frame["loss"]).all() and stage.ema is not None
 
 
+def test_caption_noise_mislabels_about_that_fraction_and_no_more():
+    from sdlab.mini.train_unet import caption_rows
+
+    combos, templates = np.arange(4000) % 100, 3
+    clean = caption_rows(np.random.default_rng(0), combos, templates, 300, noise=0.0)
+    assert (clean // templates == combos).all()
+    noisy = caption_rows(np.random.default_rng(0), combos, templates, 300, noise=0.2)
+    wrong = (noisy // templates != combos).mean()
+    assert 0.17 < wrong < 0.21  # 20% drawn at random, 1% of those land on their own combination again
+    assert noisy.min() >= 0 and noisy.max() < 300
+
+
 def test_learning_rate_warms_up_then_decays():
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)

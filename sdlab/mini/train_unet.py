@@ -78,9 +78,23 @@ def conditioning(export: Path, images: np.ndarray, folder: Path) -> tuple[torch.
     return latents, text["states"], text["empty"]
 
 
+def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, captions: int,
+                 noise: float) -> np.ndarray:
+    """Rows of the caption table for images of combinations `combos`: a random template each, and with
+    probability `noise` a random caption instead (a mislabelled image)."""
+    rows = combos * templates + rng.integers(templates, size=len(combos))
+    mislabelled = rng.random(len(combos)) < noise
+    rows[mislabelled] = rng.integers(captions, size=int(mislabelled.sum()))
+    return rows
+
+
 def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Tensor, empty: torch.Tensor,
                attributes: list[data.Attributes], seed: int) -> Stage:
-    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE."""
+    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE.
+
+    `caption_noise` pairs that fraction of images with a random caption, as web alt-text is often wrong:
+    the conditional model then spreads mass off the caption, which classifier-free guidance removes.
+    """
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
@@ -89,13 +103,13 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
     combos = combination_index(attributes)
     templates = len(data.CAPTION_TEMPLATES)
     batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
+    p_noise = float(settings.get("caption_noise", 0.0))
     gamma = settings.get("snr_gamma")
 
     def loss(step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([seed, step])
         pick = rng.integers(len(latents), size=batch_size)
-        rows = combos[pick] * templates + rng.integers(templates, size=batch_size)
-        c = states[rows].clone()
+        c = states[caption_rows(rng, combos[pick], templates, len(states), p_noise)].clone()
         c[rng.random(batch_size) < p_uncond] = empty[0]
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         z0 = latents[pick]
