@@ -84,12 +84,18 @@ def save_clip(model, root: Path) -> None:
     save_tokenizer(root / "tokenizer")
 
 
+# SD 1.x ships PNDM, a 4th-order multistep solver; at guidance 7.5 and 25 steps it (like LMS) is unstable on
+# this model and gets most colours wrong, while second-order DPM-Solver++ stays exact (models/mini/README.md).
+SHIPPED_SCHEDULER = "dpmpp_2m"
+
+
 def save_pipeline_files(root: Path) -> None:
-    """scheduler/ (SD's PNDM settings) and model_index.json, once unet, vae, text_encoder, tokenizer exist."""
-    from diffusers import PNDMScheduler
+    """scheduler/ (DPM-Solver++ 2M on SD's noise schedule) and model_index.json, once the other parts exist."""
+    from sdlab.schedulers import make_scheduler
 
     root = Path(root)
-    save_component(PNDMScheduler.from_config(SCHEDULER), root / "scheduler")
+    scheduler = make_scheduler(SHIPPED_SCHEDULER, SCHEDULER)
+    save_component(scheduler, root / "scheduler")
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": __import__("diffusers").__version__,
@@ -97,7 +103,7 @@ def save_pipeline_files(root: Path) -> None:
         "image_encoder": [None, None],
         "requires_safety_checker": False,
         "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
+        "scheduler": ["diffusers", type(scheduler).__name__],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
