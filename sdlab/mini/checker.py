@@ -137,6 +137,21 @@ def remove_isolated(mask: np.ndarray) -> np.ndarray:
     return mask & (neighbours >= 2)
 
 
+def shape_pixels(coverage: np.ndarray) -> np.ndarray:
+    """Pixels mostly covered by the shape, without isolated specks."""
+    return remove_isolated(coverage > COVERAGE_THRESHOLD)
+
+
+def shape_mask(image: np.ndarray) -> np.ndarray:
+    """Boolean mask of the shape's pixels (all False when no shape stands out from the background)."""
+    pixels = as_rgb_float(image)
+    background = border_colour(pixels)
+    foreground = foreground_colour(pixels, background)
+    if foreground is None:
+        return np.zeros(pixels.shape[:2], dtype=bool)
+    return shape_pixels(coverage_map(pixels, background, foreground))
+
+
 def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Inclusive (top, bottom, left, right) of the mask, or None if empty."""
     rows = np.flatnonzero(mask.any(axis=1))
@@ -224,7 +239,7 @@ def check(image: np.ndarray) -> CheckResult:
     if foreground_rgb is None:
         return CheckResult(None, None, None, None, background)
     coverage = coverage_map(pixels, background_rgb, foreground_rgb)
-    box = bounding_box(remove_isolated(coverage > COVERAGE_THRESHOLD))
+    box = bounding_box(shape_pixels(coverage))
     if box is None:
         return CheckResult(None, None, None, None, background)
     shape_palette = {name: rgb for name, rgb in COLOURS.items() if name != background}

@@ -19,7 +19,7 @@ from sdlab.io import atomic_write_text
 from sdlab.mini import data
 from sdlab.records import write_table
 
-PARTS = ("vae", "clip", "generate", "speed")
+PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 
 
 def load_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
@@ -78,7 +78,7 @@ def adherence_rows(images: np.ndarray, attributes: list[data.Attributes]) -> lis
 
 
 def generation_quality(root: Path, out: Path, count: int = 200, split: data.Split = "any",
-                       guidance_scales: tuple[float, ...] = (7.5, 1.0)) -> tuple[dict, pd.DataFrame]:
+                       guidance_scales: tuple[float, ...] = (7.5, 3.0, 1.0)) -> tuple[dict, pd.DataFrame]:
     """Adherence rates over `count` evaluation prompt/seed pairs at each guidance scale."""
     from PIL import Image
 
@@ -101,17 +101,52 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
     return metrics, pd.DataFrame(rows)
 
 
-def speed(root: Path, repeats: int = 3) -> dict[str, float]:
-    """Seconds for one 64x64 image, 25 dpmpp_2m steps with classifier-free guidance (median of repeats)."""
+def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = (first | second).sum()
+    return float((first & second).sum() / union) if union else 1.0
+
+
+def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, float]:
+    """Does the seed carry the composition? Shape-mask IoU between an eval prompt and the same prompt with
+    another shape under the same seed, against under another seed (g=7.5); writes same_seed.png."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from sdlab.mini.checker import shape_mask
+
+    pipe = load_pipeline(root)
+    _, _, attributes = data.eval_batch(0, count)
+    swapped = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)])
+               for a in attributes]
+    seeds = list(range(count))
+    base = generate_images(pipe, [data.caption(a) for a in attributes], seeds, 7.5)
+    same = generate_images(pipe, [data.caption(a) for a in swapped], seeds, 7.5)
+    other = generate_images(pipe, [data.caption(a) for a in swapped], [s + count for s in seeds], 7.5)
+    masks = [[shape_mask(image) for image in images] for images in (base, same, other)]
+    grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in (base, same, other)], axis=0)
+    Image.fromarray(grid).save(out / "same_seed.png")
+    return {"same_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[1])])),
+            "other_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[2])]))}
+
+
+def speed(root: Path, repeats: int = 5) -> dict[str, float]:
+    """Seconds for one 64x64 image, 25 dpmpp_2m steps with classifier-free guidance (median of repeats),
+    with PyTorch's own CPU convolutions (as `model=mini` runs) and with oneDNN's, timed in turns."""
     pipe = load_pipeline(root)
     prompt = "a small red circle in the centre on a blue background"
-    generate_images(pipe, [prompt], [0], 7.5, steps=2)
-    times = []
-    for seed in range(repeats):
-        began = time.perf_counter()
-        generate_images(pipe, [prompt], [seed], 7.5)
-        times.append(time.perf_counter() - began)
-    return {"seconds_per_image_cfg_25_steps": float(np.median(times)), "threads": torch.get_num_threads()}
+    backends = {"": False, "_mkldnn": True}
+    times = {name: [] for name in backends}
+    for seed in range(-1, repeats):  # the first round warms up
+        for name, enabled in backends.items():
+            with torch.backends.mkldnn.flags(enabled=enabled):
+                began = time.perf_counter()
+                generate_images(pipe, [prompt], [seed % 997], 7.5)
+                if seed >= 0:
+                    times[name].append(time.perf_counter() - began)
+    return {**{f"seconds_per_image_cfg_25_steps{name}": float(np.median(t)) for name, t in times.items()},
+            "threads": torch.get_num_threads()}
 
 
 def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS) -> dict:
@@ -130,6 +165,8 @@ def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS) -> dict:
             metrics.update(found)
             frames.append(frame)
         write_table(pd.concat(frames, ignore_index=True), out, "generation")
+    if "same_seed" in parts:
+        metrics.update(same_seed_similarity(root, out))
     if "speed" in parts:
         metrics.update(speed(root))
     atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
