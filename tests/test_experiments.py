@@ -131,3 +131,34 @@ def test_generate_rows_carry_clip_score_with_a_clip_model(run_sdlab, tmp_path):
     assert run_sdlab("num_inference_steps=2", "seeds=[1,2]", *clip_args(folder), f"hydra.run.dir={out}") == 0
     assert pd.read_parquet(out / "results.parquet")["clip_score"].between(0, 100).all()
     assert run_sdlab("num_inference_steps=2", "clip.path=/x", "clip=nope", f"hydra.run.dir={tmp_path / 'bad'}") == 2
+
+
+def test_defaults_are_the_mini_model_scored_by_its_own_clip_and_no_other_model_inherits_that_clip():
+    from hydra import compose, initialize_config_dir
+
+    def chosen(*overrides):
+        config = compose("config", list(overrides))
+        return config.model.name, config.clip.name, config.model.mkldnn
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        assert chosen() == ("mini", "mini", False)
+        assert chosen("experiment=compare_schedulers") == ("mini", "mini", False)
+        assert chosen("model=tiny") == ("tiny", "none", True)
+        assert chosen("model=sd15") == ("sd15", "none", True)
+        assert chosen("model=sd15", "clip=openai_l14") == ("sd15", "openai_l14", True)
+        assert chosen("model=tiny", "experiment=article_e2_clip_matrix") == ("tiny", "mini", True)
+
+
+def test_model_mkldnn_switches_the_process_cpu_convolutions(tiny):
+    import torch
+
+    from sdlab.models import configured_spec, load_pipeline
+
+    before = torch.backends.mkldnn.enabled
+    try:
+        load_pipeline(configured_spec("tiny", resolution=64, mkldnn=False))
+        assert not torch.backends.mkldnn.enabled
+        assert load_pipeline(tiny[1]) is tiny[0]  # cached pipelines switch it back too
+        assert torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = before

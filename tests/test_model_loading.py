@@ -24,7 +24,7 @@ def saved_pipeline(tmp_path_factory, tiny):
 
 def test_model_path_loads_a_diffusers_folder_and_matches_the_original(run_sdlab, saved_pipeline, tmp_path):
     args = ("seed=3", "num_inference_steps=2", "width=64", "height=64")
-    assert run_sdlab(*args, f"hydra.run.dir={tmp_path / 'a'}") == 0
+    assert run_sdlab("model=tiny", *args, f"hydra.run.dir={tmp_path / 'a'}") == 0
     assert run_sdlab("model=sd15", f"model.path={saved_pipeline}", *args, f"hydra.run.dir={tmp_path / 'b'}") == 0
     a, b = (pd.read_parquet(tmp_path / d / "results.parquet").iloc[0] for d in ("a", "b"))
     assert b["model"] == "sd15" and b["status"] == "ok"
