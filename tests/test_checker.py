@@ -121,3 +121,19 @@ def test_checker_accepts_float_and_grey_images():
     assert check(image.astype(np.float32) / 255.0).attributes == attrs
     grey_attrs = Attributes("square", "white", "small", "top", "black")
     assert check(data.render(grey_attrs)[..., 0]).attributes == grey_attrs
+
+
+def test_shape_mask_finds_the_drawn_shape_and_nothing_on_a_blank_image():
+    from sdlab.mini.checker import shape_mask
+    from sdlab.mini.evaluate import mask_iou
+
+    ious = []
+    for index in range(20):
+        image, _, attrs = data.sample(CHECK_SEED, index)
+        rng = np.random.default_rng([CHECK_SEED, index])  # replays sample(): attributes, caption, geometry
+        data.caption(data.sample_attributes(rng), rng)
+        drawn = data.coverage(attrs, rng) > 0.5
+        ious.append(mask_iou(shape_mask(image), drawn))
+    assert min(ious) > 0.8 and np.mean(ious) > 0.95, ious  # a 3 px shift gives 0.61 on average
+    assert not shape_mask(np.full((64, 64, 3), 128, np.uint8)).any()
+    assert mask_iou(drawn, drawn) == 1.0 and mask_iou(drawn, ~drawn) == 0.0

@@ -108,14 +108,14 @@ def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, float]:
-    """Does the seed carry the composition? Shape-mask IoU between an eval prompt and the same prompt with
-    another shape under the same seed, against under another seed (g=7.5); writes same_seed.png."""
+    """Shape-mask IoU of each eval prompt against it with another shape word, same seed vs another seed."""
     from dataclasses import replace
 
     from PIL import Image
 
     from sdlab.mini.checker import shape_mask
 
+    # does the seed carry the composition? (g=7.5; same_seed.png shows rows: original, same seed, other seed)
     pipe = load_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
     swapped = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)])
@@ -132,18 +132,17 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
 
 
 def speed(root: Path, repeats: int = 5) -> dict[str, float]:
-    """Seconds for one 64x64 image, 25 dpmpp_2m steps with classifier-free guidance (median of repeats),
-    with PyTorch's own CPU convolutions (as `model=mini` runs) and with oneDNN's, timed in turns."""
+    """Median seconds per 64x64 image (25 dpmpp_2m steps, CFG), with PyTorch's and with oneDNN convolutions."""
     pipe = load_pipeline(root)
     prompt = "a small red circle in the centre on a blue background"
-    backends = {"": False, "_mkldnn": True}
+    backends = {"": False, "_mkldnn": True}  # metric suffix: oneDNN on?  (model=mini runs with it off)
     times = {name: [] for name in backends}
-    for seed in range(-1, repeats):  # the first round warms up
+    for seed in range(repeats + 1):  # round 0 warms up; the backends take turns
         for name, enabled in backends.items():
             with torch.backends.mkldnn.flags(enabled=enabled):
                 began = time.perf_counter()
-                generate_images(pipe, [prompt], [seed % 997], 7.5)
-                if seed >= 0:
+                generate_images(pipe, [prompt], [seed], 7.5)
+                if seed:
                     times[name].append(time.perf_counter() - began)
     return {**{f"seconds_per_image_cfg_25_steps{name}": float(np.median(t)) for name, t in times.items()},
             "threads": torch.get_num_threads()}

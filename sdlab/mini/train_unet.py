@@ -80,8 +80,7 @@ def conditioning(export: Path, images: np.ndarray, folder: Path) -> tuple[torch.
 
 def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, captions: int,
                  noise: float) -> np.ndarray:
-    """Rows of the caption table for images of combinations `combos`: a random template each, and with
-    probability `noise` a random caption instead (a mislabelled image)."""
+    """Caption-table rows for images of `combos`: a random template each; with probability `noise` any caption."""
     rows = combos * templates + rng.integers(templates, size=len(combos))
     mislabelled = rng.random(len(combos)) < noise
     rows[mislabelled] = rng.integers(captions, size=int(mislabelled.sum()))
@@ -90,11 +89,7 @@ def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, c
 
 def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Tensor, empty: torch.Tensor,
                attributes: list[data.Attributes], seed: int) -> Stage:
-    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE.
-
-    `caption_noise` pairs that fraction of images with a random caption, as web alt-text is often wrong:
-    the conditional model then spreads mass off the caption, which classifier-free guidance removes.
-    """
+    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
@@ -103,6 +98,8 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
     combos = combination_index(attributes)
     templates = len(data.CAPTION_TEMPLATES)
     batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
+    # Web alt-text is often wrong; mislabelled images make the conditional distribution broad, as in SD,
+    # so classifier-free guidance has the sharpening to do that it does there.
     p_noise = float(settings.get("caption_noise", 0.0))
     gamma = settings.get("snr_gamma")
 
