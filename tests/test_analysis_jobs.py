@@ -273,3 +273,12 @@ def test_trajectory_linear_preview_and_bad_preview(tmp_path):
     with pytest.raises(UserError, match="unknown preview 'jpeg'; choose one of: vae, linear"):
         run("trajectory", tmp_path / "bad", preview="jpeg")
     assert not (tmp_path / "bad" / "trajectory.gif").exists()
+
+
+def test_a_run_without_figures_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, sdlab.cli, sdlab.collect, sdlab.jobs.generate; "
+            "sys.exit('matplotlib' in sys.modules)")  # what a one-image generate run imports
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
