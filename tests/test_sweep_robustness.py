@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parent.parent
+
 from sdlab import generate
 
 SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2")
@@ -157,9 +159,10 @@ def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypat
 
 
 class CountingLoader:
-    """A stand-in for Hydra's config loader that counts compositions."""
+    """A stand-in for Hydra's config loader that counts compositions (every key a config group: none derived)."""
 
     calls = 0
+    repository = type("EveryKeyAGroup", (), {"group_exists": staticmethod(lambda key: True)})()
 
     def load_sweep_config(self, master_config, sweep_overrides):
         CountingLoader.calls += 1
@@ -182,3 +185,44 @@ def test_sweeper_hands_each_validated_config_to_the_launcher_once():
     restored = pickle.loads(pickle.dumps(composed))  # as a launcher ships it to worker processes
     assert composed._kept and not restored._kept
     assert restored.load_sweep_config({}, ["seed=2"])["call"] == 6
+
+
+def test_jobs_differing_in_plain_values_get_exactly_the_config_hydra_composes():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sdlab_sweeper.compose_once import ComposedConfigs
+
+    sweeps = [
+        [[f"seed={seed}", f"guidance_scale={g}", f"scheduler={s}"] for s in ("ddim", "dpmpp_2m")
+         for g in (1, 7.5) for seed in (1, 2)],
+        [["model=tiny", "prompt='a red circle'", "seeds=[1,2]"], ["model=tiny", "prompt=a blue square", "seeds=[3]"]],
+        [["experiment=guidance_grid", f"guidance_scales={v}"] for v in ("[1,7.5]", "[2]")],
+        [[f"scheduler.timestep_spacing={t}", f"seed={i}"] for i, t in enumerate(("trailing", "leading"))],
+        [[f"+extra={i}", "seed=1"] for i in (1, 2)],  # additions are composed afresh
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", overrides=["hydra.sweep.dir=/tmp/x"], run_mode=RunMode.MULTIRUN)
+        composed = ComposedConfigs(loader)
+        full = []
+
+        class Counting:
+            repository = loader.repository
+
+            def load_sweep_config(self, master_config, sweep_overrides):
+                full.append(sweep_overrides)
+                return loader.load_sweep_config(master_config, sweep_overrides)
+
+        composed._loader = Counting()
+        for sweep in sweeps:
+            for overrides in sweep:
+                composed.compose(master, overrides)
+        for sweep in sweeps:
+            for overrides in sweep:
+                derived = OmegaConf.to_container(composed.load_sweep_config(master, overrides), resolve=False)
+                expected = OmegaConf.to_container(loader.load_sweep_config(master, overrides), resolve=False)
+                assert derived == expected, overrides
+    assert len(full) == 2 + 1 + 1 + 1 + 2  # one per set of config-group choices, and each addition

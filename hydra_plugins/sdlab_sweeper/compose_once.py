@@ -1,25 +1,71 @@
-"""Hydra's basic sweeper, composing each job's config once instead of twice."""
+"""Hydra's basic sweeper, composing each job's config once instead of twice, and most of them not at all."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
+from omegaconf import OmegaConf
 
 
 class ComposedConfigs:
-    """A config loader that hands the launcher the sweep configs its sweeper already composed to validate them."""
+    """A config loader that hands the launcher the sweep configs its sweeper already composed to validate them.
+
+    Jobs that differ from an earlier job only in plain values (seed=2 against seed=1, same config groups)
+    get that job's config with the new values applied, as Hydra applies them after composing.
+    """
 
     def __init__(self, loader: Any, limit: int = 512):
         self._loader, self._limit = loader, limit
         self._kept: dict[tuple[str, ...], Any] = {}
+        self._templates: dict[tuple, tuple[list[Override], Any]] = {}
 
     def compose(self, master_config: Any, sweep_overrides: Sequence[str]) -> None:
         """Compose one job's config (raising as Hydra would) and keep it for the launcher, up to `limit` of them."""
-        config = self._loader.load_sweep_config(master_config=master_config, sweep_overrides=list(sweep_overrides))
+        parsed = OverridesParser.create().parse_overrides(overrides=list(sweep_overrides))
+        signature = self._signature(parsed)
+        config = self._from_template(master_config, signature, parsed)
+        if config is None:
+            config = self._loader.load_sweep_config(master_config=master_config, sweep_overrides=list(sweep_overrides))
+            if signature is not None:
+                self._templates[signature] = (parsed, copy.deepcopy(config))
         if len(self._kept) < self._limit:
             self._kept[tuple(sweep_overrides)] = config
+
+    def _signature(self, parsed: list[Override]) -> tuple | None:
+        """Each override's key, with its value where a job differing in it must be composed afresh."""
+        keys = [o.key_or_group for o in parsed]
+        if len(set(keys)) != len(keys):
+            return None
+        return tuple((o.key_or_group, None if self._plain_value(o) else o.input_line) for o in parsed)
+
+    def _plain_value(self, override: Override) -> bool:
+        """A `key=value` change of a config value (not a group, package, hydra key, addition or dict merge)."""
+        return (override.type == OverrideType.CHANGE and override.package is None
+                and not override.is_hydra_override() and not isinstance(override.value(), dict)
+                and not self._loader.repository.group_exists(override.key_or_group))
+
+    def _from_template(self, master_config: Any, signature: tuple | None, parsed: list[Override]) -> Any:
+        """The config of an earlier job with the same groups, given these values, or None if there is none."""
+        if signature is None or signature not in self._templates:
+            return None
+        template_overrides, template = self._templates[signature]
+        config = copy.deepcopy(template)
+        changed = [o for o, was in zip(parsed, template_overrides) if o.input_line != was.input_line]
+        ConfigLoaderImpl._apply_overrides_to_config(changed, config)
+        app_overrides = [o for o in parsed if not o.is_hydra_override()]
+        config.hydra.overrides.task = [o.input_line for o in app_overrides]
+        dirname = config.hydra.job.config.override_dirname
+        config.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=app_overrides, exclude_keys=list(dirname.exclude_keys), item_sep=dirname.item_sep,
+            kv_sep=dirname.kv_sep)
+        OmegaConf.copy_cache(from_config=master_config, to_config=config)
+        return config
 
     def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
         """The kept config of these overrides (handed out once), else a fresh composition."""
@@ -32,7 +78,7 @@ class ComposedConfigs:
         return getattr(self._loader, name)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_kept": {}}  # workers compose nothing; don't ship the kept configs
+        return {**self.__dict__, "_kept": {}, "_templates": {}}  # workers compose nothing; ship no configs
 
 
 class ComposeOnceSweeper(BasicSweeper):
