@@ -108,8 +108,8 @@ def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: P
         fixed = med["sdlab_seeds"] - med["hand"] - 4 * per_job
         report.add("overhead", f"{model}_per_job_overhead_s", per_job, "s", "(16-job wall - 4-job wall) / 12")
         report.add("overhead", f"{model}_fixed_overhead_s", fixed, "s", "start-up and sweep collection, once per sweep")
-        derived = (f"Derived: each Hydra job costs about **{per_job * 1000:.0f} ms** on top of its images (composing "
-                   f"its config, its run dir, its table and PNGs), and a sweep pays about **{fixed:.1f} s** once "
+        derived = (f"Derived: each Hydra job costs about **{per_job * 1000:.0f} ms** on top of its images (its "
+                   f"config, run dir, Hydra's per-job files and logging, its table and PNGs), and a sweep pays about **{fixed:.1f} s** once "
                    "(Hydra start-up, the sweep table and grid).")
     if naive:
         report.add("overhead", f"{model}_naive_over_sdlab", med["naive"] / med["sdlab"], "ratio", "speed-up of sdlab")
