@@ -15,13 +15,19 @@ def load(model: str):
 
     from sdlab.models import configured_spec
 
-    # the CPU convolution backend the model's config file chooses, which sdlab uses too
-    torch.backends.mkldnn.enabled = configured_spec(model).mkldnn
+    # the CPU convolution backend and memory format the model's config file chooses, as sdlab does
+    spec = configured_spec(model)
+    torch.backends.mkldnn.enabled = spec.mkldnn
     if model == "mini":
-        return StableDiffusionPipeline.from_pretrained("models/mini", safety_checker=None, use_safetensors=True)
-    from sdlab.models import _from_architecture
+        pipe = StableDiffusionPipeline.from_pretrained("models/mini", safety_checker=None, use_safetensors=True)
+    else:
+        from sdlab.models import _from_architecture
 
-    return _from_architecture(model)
+        pipe = _from_architecture(model)
+    if spec.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    return pipe
 
 
 def main() -> None:

@@ -396,7 +396,8 @@ def main() -> None:
         ("options", lambda: bench_options(report, args.model, 64, 25, args.repeats, {
             "default": {}, "eager_attention": {"attention": "eager"}, "channels_last": {"channels_last": True},
             "compile": {"compile": True}, "bfloat16": {"dtype": "bfloat16"},
-            "mkldnn_on": {"mkldnn": True}, "mkldnn_off": {"mkldnn": False}})),
+            "mkldnn_on": {"mkldnn": True}, "mkldnn_off": {"mkldnn": False},
+            "channels_last_off": {"channels_last": False}})),
     ]
     if not args.skip_sd15:
         sections += [
