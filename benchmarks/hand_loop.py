@@ -13,11 +13,11 @@ def load(model: str):
     """The same pipeline sdlab loads, without sdlab's machinery where diffusers can do it alone."""
     from diffusers import StableDiffusionPipeline
 
-    from sdlab.models import configured_spec
+    from sdlab.models import configured_spec, use_process_options
 
     # the CPU convolution backend and memory format the model's config file chooses, as sdlab does
     spec = configured_spec(model)
-    torch.backends.mkldnn.enabled = spec.mkldnn
+    use_process_options(spec)
     if model == "mini":
         pipe = StableDiffusionPipeline.from_pretrained("models/mini", safety_checker=None, use_safetensors=True)
     else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from sdlab.architectures import ARCHITECTURES, build_components
-from sdlab.config import ModelSpec
+from sdlab.config import ModelSpec, model_spec
 from sdlab.errors import UserError, choose
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,7 @@ def configured_spec(name: str, **overrides) -> ModelSpec:
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
-    values = {k: v for k, v in values.items() if k in ModelSpec.__dataclass_fields__ and v is not None}
-    return ModelSpec(**{**values, **overrides})
+    return model_spec({**values, **overrides})
 
 
 def use_process_options(spec: ModelSpec) -> None:

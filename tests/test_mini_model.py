@@ -95,10 +95,10 @@ def test_generated_images_pass_the_checker(pipe):
 def test_vae_round_trip_is_sharp():
     from diffusers import AutoencoderKL
 
-    from sdlab.mini.train_vae import round_trip_psnr
+    from sdlab.mini.train_vae import psnr_db, round_trip
 
     images, _, _ = data.eval_batch(0, 8)
-    psnr = round_trip_psnr(AutoencoderKL.from_pretrained(str(MINI / "vae")), images)
+    psnr = psnr_db(images, round_trip(AutoencoderKL.from_pretrained(str(MINI / "vae")), images))
     assert psnr.mean() >= 28.0, psnr
 
 
@@ -106,10 +106,10 @@ def test_vae_round_trip_is_sharp():
 def test_vae_round_trip_keeps_what_the_checker_reads():
     from diffusers import AutoencoderKL
 
-    from sdlab.mini.train_vae import round_trip_adherence
+    from sdlab.mini.train_vae import checker_agreement, round_trip
 
     images, _, attributes = data.eval_batch(0, 32)
-    kept = round_trip_adherence(AutoencoderKL.from_pretrained(str(MINI / "vae")), images, attributes)
+    kept = checker_agreement(round_trip(AutoencoderKL.from_pretrained(str(MINI / "vae")), images), attributes)
     assert kept["colour"] >= 0.95 and kept["shape"] >= 0.9 and kept["background"] == 1.0, kept
 
 

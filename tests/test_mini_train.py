@@ -114,10 +114,10 @@ class _Passthrough:
         return SimpleNamespace(sample=z * (1 - self.fade))
 
 
-def test_round_trip_adherence_reads_what_survives_the_vae(items):
-    from sdlab.mini.train_vae import round_trip_adherence
+def test_checker_agreement_reads_what_survives_the_vae_round_trip(items):
+    from sdlab.mini.train_vae import checker_agreement, round_trip
 
     images, _, attributes = data.eval_batch(0, 24)
-    assert round_trip_adherence(_Passthrough(0.0), images, attributes, batch_size=10)["colour"] >= 0.95
-    faded = round_trip_adherence(_Passthrough(0.9), images, attributes, batch_size=10)
+    assert checker_agreement(round_trip(_Passthrough(0.0), images, batch_size=10), attributes)["colour"] >= 0.95
+    faded = checker_agreement(round_trip(_Passthrough(0.9), images, batch_size=10), attributes)
     assert faded["colour"] < 0.5 and set(faded) >= {"colour", "shape", "background", "all"}

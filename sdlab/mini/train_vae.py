@@ -101,16 +101,6 @@ def checker_agreement(recon: np.ndarray, attributes: list) -> dict[str, float]:
     return {name: float(np.mean([a[name] for a in agree])) for name in agree[0]}
 
 
-def round_trip_psnr(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Per-image PSNR (dB, 8-bit) of decode(posterior mean) against uint8 `images`."""
-    return psnr_db(images, round_trip(vae, images, batch_size))
-
-
-def round_trip_adherence(vae, images: np.ndarray, attributes: list, batch_size: int = 64) -> dict[str, float]:
-    """Share of round-tripped `images` in which the analytic checker still reads each attribute correctly."""
-    return checker_agreement(round_trip(vae, images, batch_size), attributes)
-
-
 def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export: Path | None, seed: int) -> dict:
     """Train (or resume) the VAE, set its scaling factor, export it; returns summary numbers."""
     from sdlab.mini.export import save_component
