@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from sdlab.grid import image_grid
 from sdlab.records import collect, write_table
 
 log = logging.getLogger(__name__)
@@ -19,8 +20,6 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True) -> str:
     write_table(frame, folder)
     images = frame[frame["status"] == "ok"] if "status" in frame else frame
     if grid and "image_path" in frame and images["image_path"].notna().sum() > 1:
-        from sdlab.figures import image_grid  # matplotlib: imported only when there is a grid to draw
-
         image_grid(frame, folder, folder / "grid.png")
     failed = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[:0]
     line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"

@@ -275,10 +275,13 @@ def test_trajectory_linear_preview_and_bad_preview(tmp_path):
     assert not (tmp_path / "bad" / "trajectory.gif").exists()
 
 
-def test_a_run_without_figures_does_not_import_matplotlib():
+def test_a_generate_run_with_its_table_and_grid_does_not_import_matplotlib(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, sdlab.cli, sdlab.collect, sdlab.jobs.generate; "
-            "sys.exit('matplotlib' in sys.modules)")  # what a one-image generate run imports
-    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+    code = ("import sys; from pathlib import Path; import pandas as pd; from PIL import Image; "
+            "import sdlab.cli, sdlab.jobs.generate; from sdlab.collect import summarize; d = Path(sys.argv[1]); "
+            "[Image.new('RGB', (8, 8), (40 * i, 0, 0)).save(d / f'{i}.png') for i in range(2)]; "
+            "summarize(pd.DataFrame({'seed': [1, 2], 'image_path': ['0.png', '1.png'], 'status': ['ok', 'ok']}), d); "
+            "sys.exit(10 * ('matplotlib' in sys.modules) + (not (d / 'grid.png').is_file()))")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120).returncode == 0

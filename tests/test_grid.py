@@ -8,14 +8,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sdlab.figures import grid_axes, image_grid
+from sdlab.grid import CELL_MIN, EMPTY_CELL, grid_axes, image_grid
+
+
+def shade(i: int) -> tuple[int, int, int]:
+    return 200, 40 + 20 * i, 60  # distinct per cell, and a colour no grey label pixel can take
 
 
 def frame_of(tmp_path, cells: list[dict]) -> pd.DataFrame:
     rows = []
     for i, overrides in enumerate(cells):
         path = f"img{i}.png"
-        Image.fromarray(np.full((16, 16, 3), 40 * i % 255, np.uint8)).save(tmp_path / path)
+        Image.fromarray(np.full((16, 16, 3), shade(i), np.uint8)).save(tmp_path / path)
         rows.append({"overrides": json.dumps(overrides), "seed": int(overrides.get("seed", 0)), "image_path": path})
     return pd.DataFrame(rows)
 
@@ -32,3 +36,36 @@ def test_sparse_mixture_of_jobs_draws_no_grid(tmp_path, caplog):
     cells = [{"experiment": f"e{i}", "prompt": f"p{i}", "scheduler": f"s{i}"} for i in range(6)]
     assert image_grid(frame_of(tmp_path, cells), tmp_path, tmp_path / "grid.png") is None
     assert not (tmp_path / "grid.png").exists() and "too few" in caplog.text
+
+
+def test_cells_are_the_images_at_cell_size_and_a_failed_cell_is_marked(tmp_path):
+    cells = [{"seed": str(s), "guidance_scale": str(g)} for s in (1, 2) for g in (1, 7.5)]
+    frame = frame_of(tmp_path, cells)
+    frame.loc[3, "image_path"] = "gone.png"  # a failed image: its row is there, its file is not
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png")
+    canvas = np.asarray(Image.open(out).convert("RGB"))
+    side = CELL_MIN  # 16 px images are enlarged 8x with nearest neighbours
+    found = []
+    for i in range(3):
+        mask = np.all(canvas == shade(i), axis=-1)
+        rows, cols = np.nonzero(mask)
+        found.append((rows.max() - rows.min() + 1, cols.max() - cols.min() + 1, int(mask.sum())))
+    assert found == [(side, side, side * side)] * 3
+    grey = np.all(canvas == EMPTY_CELL, axis=-1)
+    assert side * side * 0.8 < grey.sum() < side * side  # the empty cell, minus its "failed" text
+    assert (canvas.sum(-1) < 200).sum() > 100  # labels are drawn in dark ink
+
+
+def test_a_third_axis_makes_pages_stacked_below_each_other(tmp_path):
+    cells = [{"scheduler": k, "seed": str(s), "guidance_scale": str(g)} for k in ("ddim", "euler")
+             for s in (1, 2) for g in (1, 7.5)]
+    frame = frame_of(tmp_path, cells)
+    canvas = np.asarray(Image.open(image_grid(frame, tmp_path, tmp_path / "grid.png", axes=["seed", "guidance_scale",
+                                                                                        "scheduler"])).convert("RGB"))
+    boxes = []
+    for i in range(len(cells)):
+        rows, cols = np.nonzero(np.all(canvas == shade(i), axis=-1))
+        boxes.append((rows.min(), rows.max(), cols.min()))
+        assert rows.max() - rows.min() + 1 == CELL_MIN
+    assert max(b[1] for b in boxes[:4]) < min(b[0] for b in boxes[4:])  # euler's page lies below ddim's
+    assert [b[2] for b in boxes[:4]] == [b[2] for b in boxes[4:]]  # in the same columns

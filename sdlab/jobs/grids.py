@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 
 from sdlab.config import GenerationParams, generation_params, scheduler_choice
-from sdlab.figures import curves, image_grid
+from sdlab.figures import curves
+from sdlab.grid import image_grid
 from sdlab.generate import chunks
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.generate import batch_rows, hash_fields

@@ -1,0 +1,174 @@
+"""Labelled image grids (X/Y/Z plots) composed with PIL: images at native resolution, written atomically."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from sdlab.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+MAX_GRID_CELLS = 400
+CELL_MIN, CELL_MAX = 128, 512  # small images are enlarged (nearest) to CELL_MIN, large ones reduced to CELL_MAX
+GAP, MARGIN, FONT_SIZE = 4, 8, 13
+EMPTY_CELL = (217, 217, 217)
+INK = (20, 20, 20)
+
+
+def parse_overrides(text: str | None) -> dict[str, str]:
+    """A row's `overrides` column (JSON of the job's command-line overrides) as a dict."""
+    if not isinstance(text, str) or not text:
+        return {}
+    return json.loads(text)
+
+
+def grid_axes(frame: pd.DataFrame) -> list[str]:
+    """Keys that vary across rows: swept overrides in command-line order, then `seed` if it varies."""
+    if "image_path" in frame:
+        frame = frame[frame["image_path"].notna()]
+    parsed = [parse_overrides(o) for o in frame.get("overrides", pd.Series([None] * len(frame)))]
+    order = list(dict.fromkeys(k for p in parsed for k in p))
+    axes = [k for k in order if len({p.get(k) for p in parsed if k in p}) > 1]
+    if "seed" not in axes and "seed" in frame and frame["seed"].nunique() > 1:
+        axes.append("seed")
+    return axes
+
+
+def axis_values(frame: pd.DataFrame, key: str) -> list[str]:
+    """Per-row label value of `key`: the override value if there is one, else the column."""
+    parsed = [parse_overrides(o) for o in frame.get("overrides", pd.Series([None] * len(frame)))]
+    if key in frame.columns and not any(key in p for p in parsed):
+        return [str(v) for v in frame[key]]
+    return [p.get(key, str(frame[key].iloc[i]) if key in frame else "") for i, p in enumerate(parsed)]
+
+
+@lru_cache(maxsize=4)
+def font(bold: bool = False) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans (the figures' font, from matplotlib's package data, without importing it), else PIL's own."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec and spec.origin:
+        path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / f"DejaVuSans{'-Bold' if bold else ''}.ttf"
+        if path.is_file():
+            return ImageFont.truetype(str(path), FONT_SIZE)
+    return ImageFont.load_default(FONT_SIZE)
+
+
+def label(key: str | None, value: str) -> str:
+    """`key=value`, or the value alone when it is long (prompts)."""
+    return f"{key}={value}" if key and len(value) < 28 else value
+
+
+def cell_side(paths: Sequence[Path | None]) -> int:
+    """The cell size: the first image's longer side, enlarged by a whole factor to CELL_MIN or reduced to CELL_MAX."""
+    for path in paths:
+        if path is not None and path.is_file():
+            with Image.open(path) as image:
+                side = max(image.size)
+            return min(side * -(-CELL_MIN // side), CELL_MAX) if side < CELL_MIN else min(side, CELL_MAX)
+    return CELL_MIN
+
+
+def fitted(path: Path | None, side: int) -> Image.Image | None:
+    """The image at `path` scaled to fit a `side` square (nearest when enlarging), or None if it is missing."""
+    if path is None or not path.is_file():
+        return None
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    scale = side / max(image.size)
+    if scale == 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+
+
+def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple[int, int]:
+    """Width and height of (possibly multi-line) `text` in pixels."""
+    if not text:
+        return 0, 0
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font(bold), spacing=2)
+    return right - left, bottom - top
+
+
+def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str] | None = None,
+               title: str = "") -> Path | None:
+    """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages."""
+    if "image_path" in frame:
+        frame = frame[frame["image_path"].notna()].reset_index(drop=True)
+    axes = list(grid_axes(frame) if axes is None else axes)
+    labels = {k: axis_values(frame, k) for k in axes}
+    uniq = {k: list(dict.fromkeys(labels[k])) for k in axes}
+    x_key, y_key = (axes + [None, None])[:2]
+    pages = list(dict.fromkeys(tuple(labels[k][i] for k in axes[2:]) for i in range(len(frame)))) or [()]
+    xs, ys = (uniq[x_key] if x_key else [""]), (uniq[y_key] if y_key else [""])
+    if len(xs) * len(ys) * len(pages) > MAX_GRID_CELLS:
+        log.warning("no %s: %d x %d x %d cells is past %d; sweep fewer values or pass axes", target.name,
+                    len(xs), len(ys), len(pages), MAX_GRID_CELLS)
+        return None
+    cells: dict[tuple, Path | None] = {}
+    for i in range(len(frame)):
+        key = tuple(labels[k][i] for k in axes)
+        path = frame["image_path"].iloc[i] if "image_path" in frame else None
+        cells.setdefault(key, (Path(base) / path) if isinstance(path, str) and path else None)
+    if len(cells) < len(xs) * len(ys) * len(pages) / 2:
+        log.warning("no %s: %d images fill too few of %d cells to be a grid (the jobs' own grids still stand)",
+                    target.name, len(cells), len(xs) * len(ys) * len(pages))
+        return None
+    canvas = draw_grid(cells, axes, xs, ys, pages, title)
+    with atomic_path(target) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(target)
+
+
+def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
+              title: str) -> Image.Image:
+    """Compose the grid: column labels on top, row labels on the left, one bold header per page."""
+    x_key, y_key = (axes + [None, None])[:2]
+    side = cell_side(list(cells.values()))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    col_labels = [label(x_key, x) if x_key else "" for x in xs]
+    row_labels = [label(y_key, y) if y_key else "" for y in ys]
+    page_labels = [", ".join(f"{k}={v}" for k, v in zip(axes[2:], page)) for page in pages]
+    left = max(text_size(measure, t)[0] for t in row_labels) + (GAP * 2 if y_key else 0)
+    head = max(text_size(measure, t)[1] for t in col_labels) + (GAP * 2 if x_key else 0)
+    page_head = max(text_size(measure, t, bold=True)[1] for t in page_labels) + (GAP * 3 if page_labels[0] else 0)
+    title_h = text_size(measure, title, bold=True)[1] + GAP * 3 if title else 0
+    col_w = max(side, max(text_size(measure, t)[0] for t in col_labels) + 2 * GAP)  # labels never overlap
+    page_w = left + len(xs) * (col_w + GAP) - GAP
+    page_h = page_head + head + len(ys) * (side + GAP) - GAP
+    width = max(page_w, text_size(measure, title, bold=True)[0]) + 2 * MARGIN
+    canvas = Image.new("RGB", (width, title_h + len(pages) * (page_h + MARGIN) + MARGIN), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.multiline_text((width // 2, MARGIN), title, fill=INK, font=font(True), anchor="ma", align="center")
+    for p, page in enumerate(pages):
+        top = MARGIN + title_h + p * (page_h + MARGIN)
+        if page_labels[p]:
+            draw.multiline_text((MARGIN + left + (page_w - left) // 2, top), page_labels[p], fill=INK,
+                                font=font(True), anchor="ma", align="center")
+        grid_top = top + page_head + head
+        for c, text in enumerate(col_labels):
+            draw.multiline_text((MARGIN + left + c * (col_w + GAP) + col_w // 2, grid_top - GAP), text, fill=INK,
+                                font=font(), anchor="md", align="center", spacing=2)
+        for r, y in enumerate(ys):
+            y0 = grid_top + r * (side + GAP)
+            draw.multiline_text((MARGIN + left - GAP * 2, y0 + side // 2), row_labels[r], fill=INK, font=font(),
+                                anchor="rm", align="right", spacing=2)
+            for c, x in enumerate(xs):
+                key = tuple(v for v in (x, y)[: len(axes[:2])]) + page
+                x0 = MARGIN + left + c * (col_w + GAP) + (col_w - side) // 2
+                image = fitted(cells.get(key), side)
+                if image is None:
+                    draw.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=EMPTY_CELL)
+                    draw.text((x0 + side // 2, y0 + side // 2), "failed" if key in cells else "missing", fill=INK,
+                              font=font(), anchor="mm")
+                else:
+                    canvas.paste(image, (x0 + (side - image.width) // 2, y0 + (side - image.height) // 2))
+    return canvas
