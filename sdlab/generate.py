@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from sdlab.config import GenerationParams
+from sdlab.models import device_of
 
 _TEXT_EMBEDDINGS: dict[tuple, torch.Tensor] = {}
 
@@ -41,7 +42,7 @@ def text_embedding(pipe, model_key: tuple, text: str) -> torch.Tensor:
     """The text encoder's hidden states for `text`, cached per (model, text) for the process."""
     key = (model_key, text)
     if key not in _TEXT_EMBEDDINGS:
-        embeds, _ = pipe.encode_prompt(text, pipe.device, 1, False)
+        embeds, _ = pipe.encode_prompt(text, device_of(pipe), 1, False)
         _TEXT_EMBEDDINGS[key] = embeds.detach()
     return _TEXT_EMBEDDINGS[key]
 
@@ -145,7 +146,7 @@ def generate_batch(
         time_unet_s=t_unet - t_text,
         time_vae_s=end - t_unet,
         time_total_s=end - start,
-        peak_mem_bytes=peak_memory_bytes(pipe.device),
+        peak_mem_bytes=peak_memory_bytes(device_of(pipe)),
         latents=latents,
     )
 

@@ -39,6 +39,11 @@ def resolve_device(device: str) -> torch.device:
     return chosen
 
 
+def device_of(pipe) -> torch.device:
+    """The device the pipeline's UNet runs on (diffusers' `pipe.device` walks every module: milliseconds a call)."""
+    return next(pipe.unet.parameters()).device
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto` is float16 on GPUs and float32 on CPU."""
     if dtype == "auto":

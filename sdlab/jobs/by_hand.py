@@ -14,7 +14,7 @@ from sdlab.figures import image_strip
 from sdlab.generate import decode_latents, to_pil
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.toy import ddim_step
-from sdlab.models import base_scheduler_config, load_pipeline
+from sdlab.models import base_scheduler_config, device_of, load_pipeline
 from sdlab.schedulers import make_scheduler
 
 
@@ -22,7 +22,7 @@ def encode_text(pipe, texts: list[str]) -> torch.Tensor:
     """CLIP hidden states of `texts`, padded to the tokenizer's 77 tokens (what the UNet cross-attends to)."""
     ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids.to(pipe.device))[0]
+    return pipe.text_encoder(ids.to(device_of(pipe)))[0]
 
 
 @torch.inference_mode()
@@ -34,7 +34,7 @@ def ddim_by_hand(pipe, prompt: str, negative_prompt: str, seed: int, steps: int,
     uncond, cond = encode_text(pipe, [negative_prompt, prompt]).chunk(2)
     # 2. initial noise x_T ~ N(0, I) in latent space, from a CPU generator
     shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(pipe.device)
+    x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device_of(pipe))
     x = x * scheduler.init_noise_sigma
     # 3. denoise: eps_w = eps_uncond + w (eps_cond - eps_uncond), then x_{t-1} from DDIM's equation
     scheduler.set_timesteps(steps)

@@ -20,7 +20,7 @@ from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.schedule import scheduler_visits
 from sdlab.metrics.stats import summarize_ci
 from sdlab.mini.checker import adherence_columns
-from sdlab.models import base_scheduler_config, load_pipeline
+from sdlab.models import base_scheduler_config, device_of, load_pipeline
 from sdlab.records import ordered, write_table
 from sdlab.schedulers import SCHEDULERS, make_scheduler
 
@@ -88,7 +88,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     spec = model_spec(cfg["model"])
     pipe = load_pipeline(spec)
     pipe.set_progress_bar_config(disable=True)
-    clip = load_clip(cfg.get("clip"), device=str(pipe.device))
+    clip = load_clip(cfg.get("clip"), device=str(device_of(pipe)))
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
                             guidance_scale=float(cfg.get("guidance_scale", 7.5)), seeds=study.seeds)
     seeds, rows = list(study.seeds), []

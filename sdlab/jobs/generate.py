@@ -14,7 +14,7 @@ from sdlab.generate import BadOutputError, BatchResult, chunks, generate_batch, 
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.clip import load_clip
 from sdlab.mini.checker import adherence_columns
-from sdlab.models import base_scheduler_config, load_pipeline
+from sdlab.models import base_scheduler_config, device_of, load_pipeline
 from sdlab.records import ordered, save_png, versions, write_table
 from sdlab.resume import complete_rows
 from sdlab.schedulers import make_scheduler, resolved_config
@@ -37,7 +37,8 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     params = generation_params(cfg, spec.resolution)
     pipe = load_pipeline(spec)
     pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
-    clip = load_clip(cfg.get("clip"), device=str(pipe.device))
+    device = str(device_of(pipe))
+    clip = load_clip(cfg.get("clip"), device=device)
     common = {
         "run_id": ctx.run_id,
         "experiment": ctx.experiment,
@@ -54,7 +55,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         "eta": params.eta,
         "prompt_truncated_tokens": truncated_tokens(pipe.tokenizer, params.prompt),
         "overrides": ctx.overrides,
-        "device": str(pipe.device),
+        "device": device,
         "versions": versions(),
     }
     if common["prompt_truncated_tokens"]:

@@ -18,7 +18,7 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.jobs.analysis import base_row, number_list, pipeline, str_list
 from sdlab.metrics.clip import load_clip
-from sdlab.models import base_scheduler_config
+from sdlab.models import base_scheduler_config, device_of
 from sdlab.records import ordered, versions
 from sdlab.schedulers import make_scheduler, resolved_config
 
@@ -37,7 +37,7 @@ def cell_rows(ctx: JobContext, pipe, spec, clip, params: GenerationParams, cell:
     common = {**base_row(ctx, ctx.config["job"], spec), "scheduler": scheduler_choice(ctx.config["scheduler"]).name,
               "scheduler_config": resolved_config(pipe.scheduler), "num_inference_steps": params.num_inference_steps,
               "guidance_scale": params.guidance_scale, "prompt": params.prompt, "negative_prompt": params.negative_prompt,
-              "width": params.width, "height": params.height, "eta": params.eta, "device": str(pipe.device),
+              "width": params.width, "height": params.height, "eta": params.eta, "device": str(device_of(pipe)),
               "versions": versions(), **cell, "overrides": json.dumps(overrides)}
     hash_base = hash_fields(common, ctx.config)
     rows = []
@@ -51,7 +51,7 @@ def setup(ctx: JobContext):
     pipe, spec = pipeline(ctx)
     choice = scheduler_choice(ctx.config["scheduler"])
     pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
-    clip = load_clip(ctx.config.get("clip"), str(pipe.device))
+    clip = load_clip(ctx.config.get("clip"), str(device_of(pipe)))
     return pipe, spec, generation_params(ctx.config, spec.resolution), clip
 
 

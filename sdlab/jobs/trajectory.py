@@ -19,7 +19,7 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import base_row, decode, pipeline, to_uint8
 from sdlab.metrics.diffusion import alpha_bar_at, guided, snr_db, x0_pred
 from sdlab.metrics.image import psnr
-from sdlab.models import base_scheduler_config
+from sdlab.models import base_scheduler_config, device_of
 from sdlab.preview import fit_linear_preview, linear_preview
 from sdlab.records import ordered, save_png
 from sdlab.schedulers import make_scheduler, resolved_config
@@ -104,7 +104,7 @@ def decode_all(pipe, latents: list[torch.Tensor], batch: int = 8) -> list[np.nda
     """Decode a list of 1xCxhxw latents in batches to uint8 images."""
     out = []
     for i in range(0, len(latents), batch):
-        z = torch.cat(latents[i : i + batch]).to(pipe.device)
+        z = torch.cat(latents[i : i + batch]).to(device_of(pipe))
         out += to_uint8(decode(pipe, z))
     return out
 
