@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,7 +173,7 @@ class CountingLoader:
 def test_sweeper_hands_each_validated_config_to_the_launcher_once():
     import pickle
 
-    from hydra_plugins.sdlab_sweeper.compose_once import ComposedConfigs
+    from hydra_plugins.sdlab_hydra.compose_once import ComposedConfigs
 
     composed = ComposedConfigs(CountingLoader(), limit=2)
     for overrides in (["seed=1"], ["seed=2"], ["seed=3"]):
@@ -193,7 +194,7 @@ def test_jobs_differing_in_plain_values_get_exactly_the_config_hydra_composes():
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from hydra_plugins.sdlab_sweeper.compose_once import ComposedConfigs
+    from hydra_plugins.sdlab_hydra.compose_once import ComposedConfigs
 
     sweeps = [
         [[f"seed={seed}", f"guidance_scale={g}", f"scheduler={s}"] for s in ("ddim", "dpmpp_2m")
@@ -226,3 +227,55 @@ def test_jobs_differing_in_plain_values_get_exactly_the_config_hydra_composes():
                 expected = OmegaConf.to_container(loader.load_sweep_config(master, overrides), resolve=False)
                 assert derived == expected, overrides
     assert len(full) == 2 + 1 + 1 + 1 + 2  # one per set of config-group choices, and each addition
+
+
+PROBE_APP = '''
+import json, logging, os
+from pathlib import Path
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+from sdlab.cli import CONF_DIR, register_resolvers
+
+def probe(cfg):
+    hc = HydraConfig.get()
+    logging.getLogger("probe").info("job %s sees seed %s", hc.job.num, cfg.seed)
+    seen = {"cfg": OmegaConf.to_yaml(cfg, resolve=True), "struct": OmegaConf.is_struct(cfg), "cwd": os.getcwd(),
+            "hydra": OmegaConf.to_yaml(hc, resolve=True), "env": os.environ.get("SDLAB_PROBE")}
+    (Path(hc.runtime.output_dir) / "probe.json").write_text(json.dumps(seen))
+
+register_resolvers()
+hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(probe)()
+'''
+
+
+def test_lean_launcher_writes_and_passes_on_what_hydras_basic_launcher_does(tmp_path):
+    app = tmp_path / "probe_app.py"
+    app.write_text(PROBE_APP)
+    sweep = ["-m", "seed=1,2", "scheduler=ddim,euler", "+hydra.job.env_set.SDLAB_PROBE=x", "~hydra.callbacks.collect"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    for launcher in ("sdlab", "basic"):
+        done = subprocess.run([sys.executable, str(app), *sweep, f"hydra/launcher={launcher}",
+                               f"hydra.sweep.dir={tmp_path / launcher}"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    def files(launcher: str) -> dict[str, str]:
+        out = {}
+        for path in sorted((tmp_path / launcher).rglob("*")):
+            if path.is_file() and path.name != "multirun.yaml":
+                text = path.read_text().replace(str(tmp_path / launcher), "SWEEP")
+                text = text.replace("hydra_plugins.sdlab_hydra.lean_launcher.LeanLauncher",
+                                    "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+                text = text.replace("hydra/launcher: sdlab", "hydra/launcher: basic").replace("launcher=sdlab", "launcher=basic")
+                text = re.sub(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", "NOW", text)  # run.dir's ${now:...}
+                if path.suffix == ".log":  # timestamps differ
+                    text = "\n".join(line.split("]", 1)[-1] for line in text.splitlines())
+                out[str(path.relative_to(tmp_path / launcher))] = text
+        return out
+
+    ours, hydras = files("sdlab"), files("basic")
+    assert sorted(ours) == sorted(hydras) and len([k for k in ours if k.endswith("probe.json")]) == 4
+    for name in ours:
+        assert ours[name] == hydras[name], name
+    assert '"env": "x"' in ours["3/probe.json"] and "sees seed 2" in ours["3/probe_app.log"]
