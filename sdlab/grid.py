@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 MAX_GRID_CELLS = 400
 CELL_MIN, CELL_MAX = 128, 512  # small images are enlarged (nearest) to CELL_MIN, large ones reduced to CELL_MAX
+MAX_GRID_PIXELS = 16_000_000  # big grids get smaller cells (down to CELL_MIN) to stay about this size
 GAP, MARGIN, FONT_SIZE = 4, 8, 13
 EMPTY_CELL = (217, 217, 217)
 INK = (20, 20, 20)
@@ -66,13 +67,15 @@ def label(key: str | None, value: str) -> str:
     return f"{key}={value}" if key and len(value) < 28 else value
 
 
-def cell_side(paths: Sequence[Path | None]) -> int:
-    """The cell size: the first image's longer side, enlarged by a whole factor to CELL_MIN or reduced to CELL_MAX."""
+def cell_side(paths: Sequence[Path | None], cells: int) -> int:
+    """The cell size: the first image's longer side, enlarged by a whole factor to CELL_MIN, or reduced to
+    CELL_MAX and to what keeps `cells` of them near MAX_GRID_PIXELS."""
+    largest = max(CELL_MIN, min(CELL_MAX, int((MAX_GRID_PIXELS / max(cells, 1)) ** 0.5)))
     for path in paths:
         if path is not None and path.is_file():
             with Image.open(path) as image:
                 side = max(image.size)
-            return min(side * -(-CELL_MIN // side), CELL_MAX) if side < CELL_MIN else min(side, CELL_MAX)
+            return side * -(-CELL_MIN // side) if side < CELL_MIN else min(side, largest)
     return CELL_MIN
 
 
@@ -131,7 +134,7 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
               title: str) -> Image.Image:
     """Compose the grid: column labels on top, row labels on the left, one bold header per page."""
     x_key, y_key = (axes + [None, None])[:2]
-    side = cell_side(list(cells.values()))
+    side = cell_side(list(cells.values()), len(xs) * len(ys) * len(pages))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     col_labels = [label(x_key, x) if x_key else "" for x in xs]
     row_labels = [label(y_key, y) if y_key else "" for y in ys]

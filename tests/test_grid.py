@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sdlab.grid import CELL_MIN, EMPTY_CELL, grid_axes, image_grid
+from sdlab.grid import CELL_MAX, CELL_MIN, EMPTY_CELL, cell_side, grid_axes, image_grid
 
 
 def shade(i: int) -> tuple[int, int, int]:
@@ -69,3 +70,17 @@ def test_a_third_axis_makes_pages_stacked_below_each_other(tmp_path):
         assert rows.max() - rows.min() + 1 == CELL_MIN
     assert max(b[1] for b in boxes[:4]) < min(b[0] for b in boxes[4:])  # euler's page lies below ddim's
     assert [b[2] for b in boxes[:4]] == [b[2] for b in boxes[4:]]  # in the same columns
+
+
+def test_cell_size_keeps_small_images_sharp_and_big_grids_bounded(tmp_path):
+    def image(side: int) -> Path:
+        path = tmp_path / f"{side}.png"
+        Image.new("RGB", (side, side)).save(path)
+        return path
+
+    assert cell_side([None, image(64)], 4) == 128  # enlarged 2x, nearest neighbours
+    assert cell_side([image(48)], 4) == 144  # 3x, a whole factor
+    assert cell_side([image(512)], 16) == 512  # SD images at their own resolution
+    assert cell_side([image(768)], 16) == CELL_MAX
+    assert cell_side([image(512)], 400) == 200  # 400 cells of 200 px: 16 megapixels
+    assert cell_side([None], 4) == CELL_MIN
