@@ -36,7 +36,7 @@ class ModelSpec:
     channels_last: bool = False
     compile: bool = False
     attention: str = "sdpa"
-    mkldnn: bool = True
+    mkldnn: bool | str = True  # or "auto": by the UNet's batch
 
     @property
     def key(self) -> tuple:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from sdlab.config import GenerationParams
-from sdlab.models import device_of
+from sdlab.models import device_of, use_batch_options
 
 _TEXT_EMBEDDINGS: dict[tuple, torch.Tensor] = {}
 
@@ -118,6 +118,7 @@ def generate_batch(
             negative_embeds = text_embedding(pipe, model_key, params.negative_prompt).repeat(n, 1, 1)
     t_text = time.perf_counter()
     # 2. denoise: the UNet loop with classifier-free guidance
+    use_batch_options(model_key, n * (2 if do_cfg else 1))
     with torch.inference_mode(), count_calls(pipe.unet) as nfe:
         latents = pipe(
             prompt_embeds=prompt_embeds,

@@ -21,6 +21,7 @@ WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 
 _PIPELINES: dict[tuple, object] = {}
 _BASE_SCHEDULERS: dict[tuple, dict] = {}
+_SPECS: dict[tuple, ModelSpec] = {}
 load_count = 0
 
 
@@ -152,9 +153,24 @@ def configured_spec(name: str, **overrides) -> ModelSpec:
     return model_spec({**values, **overrides})
 
 
-def use_process_options(spec: ModelSpec) -> None:
-    """Switch the process-wide settings `spec` asks for: oneDNN (mkldnn) or PyTorch's own CPU convolutions."""
-    torch.backends.mkldnn.enabled = spec.mkldnn
+MKLDNN = (True, False, "auto")
+ONEDNN_MIN_BATCH = 16  # mkldnn=auto: PyTorch's own convolutions below this UNet batch, oneDNN from it (BENCHMARKS.md 4)
+
+
+def use_process_options(spec: ModelSpec, unet_batch: int = 1) -> None:
+    """Switch the process-wide settings `spec` asks for: oneDNN (mkldnn) or PyTorch's own CPU convolutions.
+
+    `mkldnn=auto` picks by the UNet's batch (images, doubled under classifier-free guidance): on mini's 8x8
+    latents PyTorch's own are 0.85x the time per image up to batch 8 and 3x slower at 16.
+    """
+    choose("model.mkldnn", spec.mkldnn, MKLDNN)
+    torch.backends.mkldnn.enabled = unet_batch >= ONEDNN_MIN_BATCH if spec.mkldnn == "auto" else spec.mkldnn
+
+
+def use_batch_options(model_key: tuple, unet_batch: int) -> None:
+    """`use_process_options` for a loaded pipeline's spec and the UNet batch about to run."""
+    if model_key in _SPECS:
+        use_process_options(_SPECS[model_key], unet_batch)
 
 
 def load_pipeline(spec: ModelSpec):
@@ -177,6 +193,7 @@ def load_pipeline(spec: ModelSpec):
     load_count += 1
     log.info("loaded model %s on %s (%s)", spec.name, device, dtype)
     _PIPELINES[spec.key] = pipe
+    _SPECS[spec.key] = spec
     _BASE_SCHEDULERS[spec.key] = dict(pipe.scheduler.config)
     return pipe
 
@@ -192,3 +209,4 @@ def clear_cache() -> None:
     """Forget every cached pipeline (tests and memory-bound sweeps)."""
     _PIPELINES.clear()
     _BASE_SCHEDULERS.clear()
+    _SPECS.clear()

@@ -141,8 +141,8 @@ def test_defaults_are_the_mini_model_scored_by_its_own_clip_and_no_other_model_i
         return config.model.name, config.clip.name, config.model.mkldnn
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        assert chosen() == ("mini", "mini", False)
-        assert chosen("experiment=compare_schedulers") == ("mini", "mini", False)
+        assert chosen() == ("mini", "mini", "auto")
+        assert chosen("experiment=compare_schedulers") == ("mini", "mini", "auto")
         assert chosen("model=tiny") == ("tiny", "none", True)
         assert chosen("model=sd15") == ("sd15", "none", True)
         assert chosen("model=sd15", "clip=openai_l14") == ("sd15", "openai_l14", True)
@@ -160,5 +160,34 @@ def test_model_mkldnn_switches_the_process_cpu_convolutions(tiny):
         assert not torch.backends.mkldnn.enabled
         assert load_pipeline(tiny[1]) is tiny[0]  # cached pipelines switch it back too
         assert torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def test_model_mkldnn_auto_picks_the_backend_by_the_unet_batch(tiny):
+    import torch
+
+    from sdlab.config import GenerationParams
+    from sdlab.errors import UserError
+    from sdlab.generate import generate_batch
+    from sdlab.models import ONEDNN_MIN_BATCH, configured_spec, load_pipeline, use_process_options
+
+    before = torch.backends.mkldnn.enabled
+    try:
+        spec = configured_spec("tiny", resolution=64, mkldnn="auto")
+        pipe = load_pipeline(spec)
+        assert not torch.backends.mkldnn.enabled  # loading: PyTorch's own, as for one image
+        use_process_options(spec, ONEDNN_MIN_BATCH)
+        assert torch.backends.mkldnn.enabled
+        seen = []
+        step = lambda p, i, t, kw: seen.append(torch.backends.mkldnn.enabled) or {}  # noqa: E731
+        half = ONEDNN_MIN_BATCH // 2
+        for guidance, expected in ((7.5, True), (1.0, False)):  # guidance doubles the UNet's batch
+            params = GenerationParams(prompt="a red circle", width=64, height=64, num_inference_steps=1,
+                                      guidance_scale=guidance)
+            generate_batch(pipe, spec.key, params, list(range(half)), callback_on_step_end=step)
+            assert seen.pop() is expected
+        with pytest.raises(UserError, match="unknown model.mkldnn 'sometimes'"):
+            use_process_options(configured_spec("tiny", mkldnn="sometimes"))
     finally:
         torch.backends.mkldnn.enabled = before

@@ -135,7 +135,7 @@ def speed(root: Path, repeats: int = 5) -> dict[str, float]:
     """Median seconds per 64x64 image (25 dpmpp_2m steps, CFG), with PyTorch's and with oneDNN convolutions."""
     pipe = load_pipeline(root)
     prompt = "a small red circle in the centre on a blue background"
-    backends = {"": False, "_mkldnn": True}  # metric suffix: oneDNN on?  (model=mini runs with it off)
+    backends = {"": False, "_mkldnn": True}  # metric suffix: oneDNN on?  (model=mini: off for one image)
     times = {name: [] for name in backends}
     for seed in range(repeats + 1):  # round 0 warms up; the backends take turns
         for name, enabled in backends.items():
