@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Sequence
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import (JobReturn, JobRuntime, JobStatus, _flush_loggers, _save_config, configure_log,
-                              env_override, filter_overrides, setup_globals)
+from hydra.core.utils import (JobReturn, JobRuntime, JobStatus, _flush_loggers, configure_log, env_override,
+                              filter_overrides, setup_globals)
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from sdlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,8 @@ class LeanLauncher(BasicLauncher):
 
     Hydra's `run_job` copies each job's config three times over (about 11 ms a job): the Hydra node twice
     to publish it, then the whole config and the Hydra node again for the job's return value. Here the
-    Hydra node is published once and the task gets a copy of the config without it.
+    Hydra node is published once and the task gets a copy of the config without it. The `.hydra/` files
+    are written atomically, so a killed sweep never leaves half a config behind.
     """
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -61,11 +64,11 @@ class LeanLauncher(BasicLauncher):
             if chdir:
                 os.chdir(output_dir)
             configure_log(config.hydra.job_logging, config.hydra.verbose)
-            if config.hydra.output_subdir is not None:
+            if config.hydra.output_subdir is not None:  # as Hydra writes them, but atomically
                 hydra_output = Path(output_dir) / str(config.hydra.output_subdir)
-                _save_config(task_cfg, "config.yaml", hydra_output)
-                _save_config(hydra_cfg, "hydra.yaml", hydra_output)
-                _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+                for node, name in ((task_cfg, "config.yaml"), (hydra_cfg, "hydra.yaml"),
+                                   (config.hydra.overrides.task, "overrides.yaml")):
+                    atomic_write_text(hydra_output / name, OmegaConf.to_yaml(node))
             with env_override(hydra_cfg.hydra.job.env_set):
                 callbacks.on_job_start(config=config, task_function=self.task_function)
                 try:
