@@ -13,9 +13,9 @@ def load(model: str):
     """The same pipeline sdlab loads, without sdlab's machinery where diffusers can do it alone."""
     from diffusers import StableDiffusionPipeline
 
-    from sdlab.models import configured_spec, use_process_options
+    from sdlab.models import apply_speed_options, configured_spec, use_process_options
 
-    # the CPU convolution backend and memory format the model's config file chooses, as sdlab does
+    # the CPU convolution backend, memory format and attention the model's config file chooses, as sdlab does
     spec = configured_spec(model)
     use_process_options(spec)
     if model == "mini":
@@ -24,10 +24,7 @@ def load(model: str):
         from sdlab.models import _from_architecture
 
         pipe = _from_architecture(model)
-    if spec.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    return pipe
+    return apply_speed_options(pipe, spec)
 
 
 def main() -> None:

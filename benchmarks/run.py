@@ -117,21 +117,20 @@ def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: P
         derived = (f"Derived: each Hydra job costs about **{per_job * 1000:.0f} ms** on top of its images (its "
                    f"config, run dir, Hydra's per-job files and logging, its table and PNGs), and a sweep pays about **{fixed:.1f} s** once "
                    "(Hydra start-up, the sweep table and grid).")
+    naive_line = naive_note = ""
     if naive:
-        report.add("overhead", f"{model}_naive_over_sdlab", med["naive"] / med["sdlab"], "ratio", "speed-up of sdlab")
         hydra_s = med["floor"] - med["bare"]
         own_s = med["sdlab"] - med["hand"] - hydra_s
+        floor = (med["hand"] + hydra_s) / med["hand"]
+        report.add("overhead", f"{model}_naive_over_sdlab", med["naive"] / med["sdlab"], "ratio", "speed-up of sdlab")
         report.add("overhead", f"{model}_hydra_floor_s", hydra_s, "s", "the 16-job sweep with a no-op task, less python start")
-        report.add("overhead", f"{model}_hydra_floor_over_hand", (med["hand"] + hydra_s) / med["hand"], "ratio",
+        report.add("overhead", f"{model}_hydra_floor_over_hand", floor, "ratio",
                    "lowest sdlab / hand-written any task run by Hydra -m can reach")
         report.add("overhead", f"{model}_sdlab_own_s", own_s, "s", "sdlab - hand-written - Hydra's floor")
-    naive_line = (f"| naive Hydra app (loads per job) | {med['naive']:.2f} | {med['naive'] / med['hand']:.3f} | "
-                  f"{loads['naive']} | - |\n"
-                  f"| Hydra alone: the same `-m` sweep of sdlab's config, a task that does nothing | {med['floor']:.2f} | "
-                  f"- | 0 | - |\n" if naive else "")
-    naive_note = ""
-    if naive:
-        floor = (med["hand"] + hydra_s) / med["hand"]
+        naive_line = (f"| naive Hydra app (loads per job) | {med['naive']:.2f} | {med['naive'] / med['hand']:.3f} | "
+                      f"{loads['naive']} | - |\n"
+                      f"| Hydra alone: the same `-m` sweep of sdlab's config, a task that does nothing | "
+                      f"{med['floor']:.2f} | - | 0 | - |\n")
         naive_note = (f"The naive app takes **{med['naive'] / med['sdlab']:.2f}x** sdlab's time. Hydra's own work for this "
                       f"sweep (start-up, composing 16 configs, 16 job dirs with their `.hydra/` files and logging) is "
                       f"**{hydra_s:.2f} s**, so no task run through `-m` can go below **{floor:.3f}x** the hand-written "
@@ -367,7 +366,7 @@ def bench_options(report: Report, model: str, size: int, steps: int, repeats: in
             notes[name] = f"{type(e).__name__}: {str(e)[:80]}"
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits every variant alike
         for name, (pipe, spec, params) in loaded.items():
-            use_process_options(spec)
+            use_process_options(spec)  # clear_cache forgot the other variants' specs, so generate_batch can't switch
             start = time.perf_counter()
             generate.generate_batch(pipe, spec.key, params, [0])
             times[name].append(time.perf_counter() - start)

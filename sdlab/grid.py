@@ -111,7 +111,8 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
     x_key, y_key = (axes + [None, None])[:2]
     pages = list(dict.fromkeys(tuple(labels[k][i] for k in axes[2:]) for i in range(len(frame)))) or [()]
     xs, ys = (uniq[x_key] if x_key else [""]), (uniq[y_key] if y_key else [""])
-    if len(xs) * len(ys) * len(pages) > MAX_GRID_CELLS:
+    n_cells = len(xs) * len(ys) * len(pages)
+    if n_cells > MAX_GRID_CELLS:
         log.warning("no %s: %d x %d x %d cells is past %d; sweep fewer values or pass axes", target.name,
                     len(xs), len(ys), len(pages), MAX_GRID_CELLS)
         return None
@@ -120,9 +121,9 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
         key = tuple(labels[k][i] for k in axes)
         path = frame["image_path"].iloc[i] if "image_path" in frame else None
         cells.setdefault(key, (Path(base) / path) if isinstance(path, str) and path else None)
-    if len(cells) < len(xs) * len(ys) * len(pages) / 2:
+    if len(cells) < n_cells / 2:
         log.warning("no %s: %d images fill too few of %d cells to be a grid (the jobs' own grids still stand)",
-                    target.name, len(cells), len(xs) * len(ys) * len(pages))
+                    target.name, len(cells), n_cells)
         return None
     canvas = draw_grid(cells, axes, xs, ys, pages, title)
     with atomic_path(target) as tmp:
