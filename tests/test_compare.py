@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sdlab.errors import UserError
-from sdlab.jobs.compare import distances, ranking, study_from
+from sdlab.jobs.compare import distances, ranking, reachable_target, study_from
 
 
 def test_reference_distance_is_zero_for_the_reference_itself():
@@ -31,6 +31,20 @@ def test_ranking_picks_the_fewest_nfe_reaching_the_target():
     table = ranking(summary, 30.0).set_index("scheduler")
     assert table.loc["a", "nfe_to_psnr_30db"] == 10 and table.loc["b", "nfe_to_psnr_30db"] == 9
     assert list(table.index) == ["b", "a"]
+    assert (table["psnr_target_db"] == 30.0).all() and (table["target"] == "configured").all()
+
+
+def test_ranking_falls_back_to_a_target_the_run_reaches():
+    summary = pd.DataFrame({
+        "scheduler": ["a", "a", "b", "b", "c"], "num_inference_steps": [4, 8, 4, 8, 8], "nfe_mean": [4, 8, 4, 8, 8],
+        "psnr_mean": [18.0, 22.5, 20.0, 25.9, 14.0], "time_total_s_mean": 0.1, "stochastic": False, "n": 2,
+    })
+    assert reachable_target(summary, 20.0) == (20.0, "configured")
+    target, source = reachable_target(summary, 30.0)  # nobody reaches 30 dB: median of bests (22.5) -> 22 dB
+    assert target == 22.0 and "out of reach" in source
+    table = ranking(summary, target, source).set_index("scheduler")
+    assert table.loc["a", "nfe_to_psnr_22db"] == 8 and table.loc["b", "nfe_to_psnr_22db"] == 8
+    assert math.isnan(table.loc["c", "nfe_to_psnr_22db"]) and list(table.index) == ["b", "a", "c"]
 
 
 @pytest.mark.parametrize("block,fragment", [
@@ -56,7 +70,10 @@ def test_quick_study_runs_on_tiny(run_sdlab, tmp_path):
     assert runs["adherence_all"].isin([True, False]).all()  # the quick prompt is a dataset caption
     summary = pd.read_parquet(tmp_path / "summary.parquet")
     assert {"psnr_mean", "psnr_lo", "psnr_hi", "nfe_mean", "time_total_s_mean", "adherence_all_mean"} <= set(summary.columns)
-    assert (summary["psnr_lo"] <= summary["psnr_mean"]).all()
+    assert (summary["n"] == 2).all() and summary["psnr_lo"].isna().all()  # two seeds: no interval drawn
+    ranked = pd.read_parquet(tmp_path / "ranking.parquet")
+    target = ranked["psnr_target_db"].iloc[0]
+    assert ranked[f"nfe_to_psnr_{target:g}db"].notna().any()  # never empty by construction
     visits = pd.read_parquet(tmp_path / "visits.parquet")
     assert set(visits["num_inference_steps"]) == {10, 25}
     for name in ("convergence_nfe.png", "convergence_seconds.png", "visits.png"):

@@ -1,32 +1,81 @@
-"""Means with confidence intervals across seeds."""
+"""Means with confidence intervals across seeds that respect each metric's range and say their n."""
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+MIN_N = 3  # below this, an interval is not reported (NaN): two seeds say nothing about spread
+INF = math.inf
+# (lower, upper) bound of each metric, by exact name or by prefix ending in "_"
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "clip_score": (0.0, 100.0), "adherence_": (0.0, 1.0), "ssim": (-1.0, 1.0), "psnr": (0.0, INF),
+    "latent_rmse": (0.0, INF), "time_": (0.0, INF), "nfe": (0.0, INF), "peak_mem_bytes": (0.0, INF),
+}
 
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and the two-sided Student-t interval (mean - h, mean + h); a single value has a zero-width interval."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+
+def metric_range(name: str) -> tuple[float, float]:
+    """The (lower, upper) bound a metric's values and intervals live in; (-inf, inf) when unknown."""
+    if name in METRIC_RANGES:
+        return METRIC_RANGES[name]
+    for key, bounds in METRIC_RANGES.items():
+        if key.endswith("_") and name.startswith(key):
+            return bounds
+    return -INF, INF
+
+
+def finite(values) -> np.ndarray:
+    """The finite values as floats (booleans count as 0/1; None, NaN and inf dropped)."""
+    try:
+        x = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        x = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
+    return x[np.isfinite(x)]
+
+
+@lru_cache(maxsize=256)
+def t_quantile(confidence: float, dof: int) -> float:
+    """Two-sided Student-t quantile for `confidence` with `dof` degrees of freedom."""
+    return float(stats.t.ppf((1 + confidence) / 2, dof))
+
+
+def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (Wilson 1927): never leaves [0, 1], sensible at 0 and n."""
+    z = stats.norm.ppf((1 + confidence) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] = (-INF, INF)) -> tuple[float, float, float]:
+    """Mean and a two-sided interval: Wilson for 0/1 values in a [0, 1] metric, else Student-t clipped to `bounds`;
+    NaN bounds from fewer than MIN_N values."""
+    x = finite(values)
     if x.size == 0:
         return math.nan, math.nan, math.nan
     mean = float(x.mean())
-    if x.size == 1:
-        return mean, mean, mean
-    h = float(stats.t.ppf((1 + confidence) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return mean, mean - h, mean + h
+    if x.size < MIN_N:
+        return mean, math.nan, math.nan
+    if bounds == (0.0, 1.0) and np.isin(x, (0.0, 1.0)).all():
+        lo, hi = wilson(float(x.sum()), x.size, confidence)
+        return mean, lo, hi
+    h = t_quantile(confidence, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, float(max(bounds[0], mean - h)), float(min(bounds[1], mean + h))
 
 
 def summarize_ci(frame: pd.DataFrame, by: list[str], metrics: list[str], confidence: float = 0.95) -> pd.DataFrame:
-    """Per group: `<metric>_mean`, `<metric>_lo`, `<metric>_hi` and the sample count `n`."""
+    """Per group: rows `n`, and per metric `<metric>_n` (finite values), `_mean`, `_lo`, `_hi` within its range."""
     rows = []
     for key, group in frame.groupby(by, sort=True):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)), n=len(group))
         for metric in metrics:
-            row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_ci(group[metric], confidence)
+            row[f"{metric}_n"] = int(finite(group[metric]).size)
+            row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_ci(
+                group[metric], confidence, metric_range(metric))
         rows.append(row)
     return pd.DataFrame(rows)
