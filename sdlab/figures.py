@@ -224,3 +224,66 @@ def schedule_visits(visits: pd.DataFrame, scheduler_config: dict, target: Path) 
             snr.grid(False)
         fig.tight_layout()
         return save_figure(fig, target)
+
+
+def _positions(values: Sequence[str]) -> tuple[list[float], list[str], bool]:
+    """x positions of swept values: the numbers themselves when all are numeric, else 0, 1, 2 ... in sweep order."""
+    try:
+        numbers = [float(v) for v in values]
+        order = sorted(range(len(values)), key=lambda i: numbers[i])
+        return [numbers[i] for i in order], [values[i] for i in order], True
+    except ValueError:
+        return list(range(len(values))), list(values), False
+
+
+SUMMARY_FIGURE_METRICS = ("clip_score", "adherence_all", "psnr", "ssim", "latent_rmse", "time_total_s", "nfe")
+
+
+def summary_figure(summary: pd.DataFrame, target: Path, max_metrics: int = 6) -> Path:
+    """Each headline metric that varies (rows; the table has them all) against each swept parameter (columns), one
+    line per value of another swept parameter, with its interval as a band (none where n < 3)."""
+    single = summary[summary["parameter2"].isna() & (summary["parameter"] != "(all)")]
+    params = list(dict.fromkeys(single["parameter"]))
+    varying = single.groupby("metric", sort=False)["mean"].agg(lambda m: m.max() - m.min() > 1e-12 * max(1, abs(m).max()))
+    present = list(dict.fromkeys(single["metric"]))
+    ranked = [m for m in SUMMARY_FIGURE_METRICS if m in present] + [m for m in present if m not in SUMMARY_FIGURE_METRICS]
+    metrics = [m for m in ranked if varying.get(m, False)][:max_metrics]
+    if not params or not metrics:
+        metrics = metrics or list(dict.fromkeys(summary["metric"]))[:1]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(metrics), max(1, len(params)), figsize=(3.4 * max(1, len(params)), 2.3 * len(metrics) + 0.6),
+                                 squeeze=False)
+        for c, key in enumerate(params or ["(all)"]):
+            others = [p for p in params if p != key]
+            by = others[0] if others else None
+            values = list(dict.fromkeys(single.loc[single["parameter"] == key, "value"]))
+            xs, ordered_values, numeric = _positions(values)
+            where = dict(zip(ordered_values, xs))
+            for r, metric in enumerate(metrics):
+                ax = axes[r, c]
+                rows = summary[summary["metric"] == metric]
+                if by is None:
+                    part = rows[(rows["parameter"] == key) & rows["parameter2"].isna()]
+                    lines = {None: part.assign(x=part["value"].map(where))}
+                else:
+                    ab = rows[(rows["parameter"] == key) & (rows["parameter2"] == by)]
+                    ba = rows[(rows["parameter"] == by) & (rows["parameter2"] == key)]
+                    both = pd.concat([ab.assign(x=ab["value"].map(where), line=ab["value2"]),
+                                      ba.assign(x=ba["value2"].map(where), line=ba["value"])])
+                    lines = {name: part for name, part in both.groupby("line", sort=False)}
+                for i, (name, part) in enumerate(lines.items()):
+                    part = part.sort_values("x")
+                    color = DISTINCT[i % len(DISTINCT)]
+                    ax.plot(part["x"], part["mean"], "-o", ms=3, lw=1.3, color=color, label=name)
+                    ax.fill_between(part["x"].astype(float), part["lo"].astype(float), part["hi"].astype(float),
+                                    color=color, alpha=0.15, lw=0)
+                if not numeric or len(xs) <= 8:
+                    ax.set_xticks(xs, [_short(v, 14) for v in ordered_values], rotation=20 if len(xs) > 3 and not numeric else 0)
+                ax.set_xlabel(key if r == len(metrics) - 1 else "")
+                ax.set_ylabel(_short(metric, 22))
+                if r == 0 and by is not None:
+                    ax.legend(title=f"lines: {by}", fontsize=7, title_fontsize=7, frameon=False, loc="lower center",
+                              bbox_to_anchor=(0.5, 1.02), ncol=min(4, len(lines)))
+        fig.suptitle("mean by swept value (bands: 95% interval within the metric's range; none from n < 3)", y=1.0)
+        fig.tight_layout()
+        return save_figure(fig, target)

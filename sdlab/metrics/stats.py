@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 MIN_N = 3  # below this, an interval is not reported (NaN): two seeds say nothing about spread
 INF = math.inf
@@ -40,12 +40,14 @@ def finite(values) -> np.ndarray:
 @lru_cache(maxsize=256)
 def t_quantile(confidence: float, dof: int) -> float:
     """Two-sided Student-t quantile for `confidence` with `dof` degrees of freedom."""
+    from scipy import stats  # imported on first use: a single run's summary should not pay for scipy
+
     return float(stats.t.ppf((1 + confidence) / 2, dof))
 
 
 def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a proportion (Wilson 1927): never leaves [0, 1], sensible at 0 and n."""
-    z = stats.norm.ppf((1 + confidence) / 2)
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
