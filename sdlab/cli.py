@@ -208,8 +208,24 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project", lambda path="": str(CONF_DIR.parent / path))
 
 
+def report_command(args: list[str]) -> None:
+    """`sdlab report DIR`: rebuild the summary, summary.png and report.html of a run or sweep dir, then exit."""
+    from sdlab.report import rebuild
+
+    if len(args) != 1 or args[0].startswith("-"):
+        fail(f"sdlab report takes one run or sweep dir, got {' '.join(args) or 'nothing'}")
+    try:
+        target = rebuild(Path(args[0]))
+    except UserError as e:
+        fail(str(e))
+    print(f"sdlab: {target}")
+    sys.exit(0)
+
+
 def entry() -> None:
-    """Console script `sdlab`: check overrides, then hand over to Hydra."""
+    """Console script `sdlab`: `sdlab report DIR`, or check overrides and hand over to Hydra."""
+    if sys.argv[1:2] == ["report"]:
+        report_command(sys.argv[2:])
     import hydra
 
     try:

@@ -10,26 +10,37 @@ from hydra.experimental.callback import Callback
 
 from sdlab.grid import image_grid
 from sdlab.records import collect, write_table
+from sdlab.summary import best_line, owns_summary, write_summary
 
 log = logging.getLogger(__name__)
 sweep_failures = 0
 
 
-def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True) -> str:
-    """Write the table (and grid of its images) into `folder`; return the "N ok, M failed" line."""
+def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False) -> str:
+    """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
+    `folder`; return the "N ok, M failed" line (and the best value per swept parameter)."""
     write_table(frame, folder)
     images = frame[frame["status"] == "ok"] if "status" in frame else frame
-    if grid and "image_path" in frame and images["image_path"].notna().sum() > 1:
+    several = "image_path" in frame and images["image_path"].notna().sum() > 1
+    if grid and several:
         image_grid(frame, folder, folder / "grid.png")
     failed = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[:0]
     line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"
     for _, row in failed.iterrows():
         line += f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
+    if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
+        best = best_line(write_summary(frame, folder, figure=sweep))
+        line += f"\n  {best}" if best else ""
+    if sweep:
+        from sdlab.report import build_report
+
+        build_report(folder, frame)
     return line
 
 
 class CollectSweep(Callback):
-    """At multirun end, collect every job's rows into `<sweep_dir>/results.{parquet,csv}` and `grid.png`."""
+    """At multirun end, collect every job's rows into `<sweep_dir>/results.{parquet,csv}`, `grid.png`, the summary
+    by swept value and `report.html`."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         global sweep_failures
@@ -38,7 +49,7 @@ class CollectSweep(Callback):
             return
         try:
             frame = collect(sweep_dir)
-            line = summarize(frame, sweep_dir)
+            line = summarize(frame, sweep_dir, sweep=True)
         except Exception as e:  # Hydra would only warn; a sweep without its table must not look fine
             log.exception("collecting %s failed", sweep_dir)
             print(f"sdlab: error: collecting the sweep in {sweep_dir} failed: {type(e).__name__}: {e}")

@@ -1,0 +1,173 @@
+"use strict";
+// sdlab report: grid viewer, detail view and sortable/filterable table over the inlined data.
+const D = JSON.parse(document.getElementById("data").textContent);
+const col = Object.fromEntries(D.columns.map((c, i) => [c, i]));
+const NONE = "(none)";
+const preferred = [...D.axes.filter(a => a !== "seed"), ...D.axes.filter(a => a === "seed")];  // seeds as a selector
+const state = { x: preferred[0] || NONE, y: preferred[1] || NONE, pick: {}, metric: D.main_metric || "", sort: null, dir: 1, filters: {} };
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "text") node.textContent = v; else if (v !== null && v !== undefined) node.setAttribute(k, v);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+function value(i, name) { return name in col ? D.rows[i][col[name]] : null; }
+function fmt(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : (Math.abs(v) >= 100 ? v.toFixed(1) : v.toPrecision(3));
+  return String(v);
+}
+function isOk(i) { return !("status" in col) || value(i, "status") === "ok"; }
+
+function renderHeader() {
+  const h = D.header, facts = el("dl", { class: "facts" });
+  const add = (k, v) => { if (v !== null && v !== undefined && v !== "") facts.append(el("dt", { text: k }), el("dd", {}, v)); };
+  const counts = el("span", {}, `${h.ok} ok, `, el("span", { class: h.failed ? "failed-count" : "", text: `${h.failed} failed` }));
+  add("cells", counts);
+  add("swept", D.axes.join(", ") || "nothing");
+  add("model", h.model); add("device", h.device);
+  add("wall time", h.wall_s === null ? null : `${h.wall_s.toFixed(1)} s` + (h.generation_s === null ? "" : ` (generation ${h.generation_s.toFixed(1)} s)`));
+  add("constant", Object.entries(h.constants).filter(([k]) => k !== "model").map(([k, v]) => `${k}=${v}`).join(", "));
+  add("versions", Object.entries(h.versions).map(([k, v]) => `${k} ${v}`).join(", "));
+  document.getElementById("header").append(el("h1", { text: h.title }),
+    h.command ? el("code", { id: "command", text: h.command }) : null, facts);
+}
+
+function options(select, values, selected) {
+  select.replaceChildren(...values.map(v => el("option", { value: v, text: v })));
+  select.value = selected;
+}
+function renderControls() {
+  const axes = [...D.axes, NONE];
+  options(document.getElementById("x-axis"), axes, state.x);
+  options(document.getElementById("y-axis"), axes, state.y);
+  const metrics = ["(none)", ...D.metrics, ...("error" in col ? ["error"] : [])];
+  options(document.getElementById("metric"), metrics, state.metric || "(none)");
+  const box = document.getElementById("selectors");
+  box.replaceChildren();
+  for (const axis of D.axes) {
+    if (axis === state.x || axis === state.y) continue;
+    if (!(axis in state.pick)) state.pick[axis] = D.values[axis][0];
+    const select = el("select", { "data-axis": axis });
+    options(select, D.values[axis], state.pick[axis]);
+    select.addEventListener("change", () => { state.pick[axis] = select.value; renderGrid(); });
+    box.append(el("label", {}, `${axis} `, select));
+  }
+}
+
+function cellFor(i) {
+  const metric = state.metric && state.metric !== "(none)" ? state.metric : null;
+  const path = value(i, "image_path");
+  const cell = el("div", { class: "cell" + (isOk(i) ? "" : " failed"), "data-row": i, tabindex: 0 });
+  if (!isOk(i)) cell.append(el("div", { class: "error", text: value(i, "error") || "failed" }));
+  else if (path) cell.append(el("img", { src: path, loading: "lazy", alt: D.labels[i].join(", ") }));
+  if (metric) cell.append(el("div", { class: "metric", text: `${metric} ${fmt(value(i, metric))}` }));
+  cell.addEventListener("click", () => showDetail(i));
+  return cell;
+}
+function renderGrid() {
+  const xi = D.axes.indexOf(state.x), yi = D.axes.indexOf(state.y);
+  const xs = xi < 0 ? [""] : D.values[state.x], ys = yi < 0 ? [""] : D.values[state.y];
+  const index = new Map();
+  D.labels.forEach((labels, i) => {
+    for (const [axis, v] of Object.entries(state.pick)) {
+      const a = D.axes.indexOf(axis);
+      if (a !== xi && a !== yi && labels[a] !== v) return;
+    }
+    const key = (xi < 0 ? "" : labels[xi]) + "\u0000" + (yi < 0 ? "" : labels[yi]);
+    if (!index.has(key)) index.set(key, i);
+  });
+  const table = document.getElementById("grid");
+  const head = el("tr", {}, el("th", { class: "corner", text: yi < 0 ? "" : `${state.y} \u2193 / ${state.x} \u2192` }));
+  for (const x of xs) head.append(el("th", { text: xi < 0 ? "" : `${state.x}=${x}` }));
+  const body = ys.map(y => {
+    const tr = el("tr", {}, el("th", { text: yi < 0 ? "" : `${state.y}=${y}` }));
+    for (const x of xs) {
+      const i = index.get(x + "\u0000" + y);
+      tr.append(el("td", {}, i === undefined ? el("div", { class: "cell missing", text: "no cell" }) : cellFor(i)));
+    }
+    return tr;
+  });
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...body));
+}
+
+function showDetail(i) {
+  const box = document.getElementById("detail"), path = value(i, "image_path");
+  box.querySelector(".detail-image").replaceChildren(path ? el("img", { src: path, alt: "image" }) : "");
+  document.getElementById("detail-title").textContent = D.axes.map((a, k) => `${a}=${D.labels[i][k]}`).join(", ") || `row ${i}`;
+  const error = document.getElementById("detail-error");
+  error.hidden = isOk(i); error.textContent = isOk(i) ? "" : (value(i, "error") || "failed");
+  document.getElementById("detail-png").textContent = D.png[i] || "(no PNG parameters)";
+  document.getElementById("detail-row").replaceChildren(...D.columns.map((c, k) =>
+    el("tr", {}, el("td", { text: c }), el("td", { text: fmt(D.rows[i][k]) }))));
+  box.hidden = false;
+  document.getElementById("detail-close").focus();
+}
+function hideDetail() { document.getElementById("detail").hidden = true; }
+
+function renderFigures() {
+  const summary = document.getElementById("summary");
+  if (D.summary) summary.append(el("img", { src: D.summary, loading: "lazy", alt: "summary by swept value" }));
+  else summary.append(el("p", { text: "no summary plot (nothing swept, or no metric)" }));
+  const figures = document.getElementById("figures");
+  if (!D.figures.length) figures.append(el("p", { text: "no figures" }));
+  for (const path of D.figures) figures.append(el("figure", {}, el("figcaption", { text: path }), el("img", { src: path, loading: "lazy", alt: path })));
+}
+
+function matches(v, filter) {
+  const f = filter.trim();
+  if (!f) return true;
+  const m = f.match(/^(<=|>=|<|>|=)\s*(-?[\d.eE+-]+)$/);
+  if (m && typeof v === "number") {
+    const n = Number(m[2]);
+    return { "<": v < n, ">": v > n, "<=": v <= n, ">=": v >= n, "=": v === n }[m[1]];
+  }
+  return fmt(v).toLowerCase().includes(f.toLowerCase());
+}
+function renderRows() {
+  const order = D.rows.map((_, i) => i).filter(i => Object.entries(state.filters).every(([c, f]) => matches(D.rows[i][c], f)));
+  if (state.sort !== null) {
+    const k = state.sort;
+    order.sort((a, b) => {
+      const va = D.rows[a][k], vb = D.rows[b][k];
+      if (va === null) return 1; if (vb === null) return -1;
+      return (typeof va === "number" && typeof vb === "number" ? va - vb : String(va).localeCompare(String(vb), undefined, { numeric: true })) * state.dir;
+    });
+  }
+  const tbody = document.querySelector("#rows-table tbody");
+  tbody.replaceChildren(...order.map(i => {
+    const tr = el("tr", { class: isOk(i) ? "" : "error-row", "data-row": i }, ...D.rows[i].map(v => el("td", { title: fmt(v), text: fmt(v) })));
+    tr.addEventListener("click", () => showDetail(i));
+    return tr;
+  }));
+  document.getElementById("row-count").textContent = `${order.length} of ${D.rows.length}`;
+  document.querySelectorAll("#rows-table thead tr:first-child th").forEach((th, k) =>
+    th.setAttribute("aria-sort", k === state.sort ? (state.dir > 0 ? "ascending" : "descending") : "none"));
+}
+function renderTableHead() {
+  const names = el("tr", {}), filters = el("tr", {});
+  D.columns.forEach((c, k) => {
+    const th = el("th", { "data-col": c, text: c, title: "click to sort" });
+    th.addEventListener("click", () => { state.dir = state.sort === k ? -state.dir : 1; state.sort = k; renderRows(); });
+    names.append(th);
+    const input = el("input", { type: "search", "data-col": c, placeholder: "filter", "aria-label": `filter ${c}` });
+    input.addEventListener("input", () => { state.filters[k] = input.value; renderRows(); });
+    filters.append(el("th", {}, input));
+  });
+  document.querySelector("#rows-table thead").replaceChildren(names, filters);
+}
+
+function wire() {
+  const x = document.getElementById("x-axis"), y = document.getElementById("y-axis");
+  x.addEventListener("change", () => { if (x.value === state.y && x.value !== NONE) state.y = state.x; state.x = x.value; renderControls(); renderGrid(); });
+  y.addEventListener("change", () => { if (y.value === state.x && y.value !== NONE) state.x = state.y; state.y = y.value; renderControls(); renderGrid(); });
+  document.getElementById("metric").addEventListener("change", e => { state.metric = e.target.value; renderGrid(); });
+  document.getElementById("detail-close").addEventListener("click", hideDetail);
+  document.getElementById("detail").addEventListener("click", e => { if (e.target.id === "detail") hideDetail(); });
+  document.addEventListener("keydown", e => { if (e.key === "Escape") hideDetail(); });
+}
+
+renderHeader(); renderControls(); renderGrid(); renderFigures(); renderTableHead(); renderRows(); wire();
