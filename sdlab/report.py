@@ -15,10 +15,10 @@ import yaml
 from PIL import Image
 
 from sdlab.errors import UserError
-from sdlab.grid import axis_values, grid_axes
+from sdlab.grid import axis_values
 from sdlab.io import atomic_write_text
 from sdlab.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs
-from sdlab.summary import SUMMARY_NAME, main_metric, metric_columns, owns_summary, write_summary
+from sdlab.summary import SUMMARY_NAME, main_metric, metric_columns, owns_summary, sweep_axes, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def reproduce_command(folder: Path) -> str:
     saved = folder / ".hydra" / "overrides.yaml"
     if saved.is_file():
         return shlex.join(["sdlab", *(yaml.safe_load(saved.read_text()) or []), f"hydra.run.dir={folder}"])
-    jobs = [yaml.safe_load(p.read_text()) or [] for p in sorted(folder.glob("*/.hydra/overrides.yaml"))]
+    jobs = [yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [] for job in job_dirs(folder)
+            if (job / ".hydra" / "overrides.yaml").is_file()]
     swept: dict[str, list[str]] = {}
     for overrides in jobs:
         for item in overrides:
@@ -127,7 +128,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     """Everything the page shows, as one JSON-able dict."""
     folder = Path(folder)
     frame = frame.reset_index(drop=True)
-    axes = grid_axes(frame.drop(columns=["image_path"], errors="ignore"))  # failed cells keep their place
+    axes = sweep_axes(frame)
     labels = {k: axis_values(frame, k) for k in axes}
     columns = list(frame.columns)
     rows = [[plain(v) for v in record] for record in frame.itertuples(index=False, name=None)]

@@ -27,9 +27,14 @@ def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == "ok"].reset_index(drop=True) if "status" in frame else frame.reset_index(drop=True)
 
 
+def sweep_axes(frame: pd.DataFrame) -> list[str]:
+    """The grid's axes (sdlab.grid.grid_axes) over every row, failed ones too, so a failed value keeps its place."""
+    return grid_axes(frame.drop(columns=["image_path"], errors="ignore"))
+
+
 def swept_parameters(frame: pd.DataFrame) -> list[str]:
-    """The grid's axes (sdlab.grid.grid_axes) but `seed`: seeds are the replicates, the unit of pairing."""
-    return [axis for axis in grid_axes(frame) if axis != "seed"]
+    """The sweep's axes but `seed`: seeds are the replicates, the unit of pairing."""
+    return [axis for axis in sweep_axes(frame) if axis != "seed"]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -73,8 +78,9 @@ def paired_delta(values: np.ndarray, keys: list[tuple], mine: np.ndarray, best: 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (parameter, value[, parameter2, value2], metric): n, mean, interval, and for single parameters
     the paired difference to that parameter's best value (same seed, same other swept values)."""
+    params = swept_parameters(frame)
     frame = ok_rows(frame)
-    params, metrics = swept_parameters(frame), metric_columns(frame)
+    metrics = metric_columns(frame)
     labels = {k: axis_values(frame, k) for k in params}
     arrays = {m: pd.to_numeric(frame[m], errors="coerce").to_numpy(dtype=float) for m in metrics}
     rows = []

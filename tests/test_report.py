@@ -1,0 +1,88 @@
+"""report.html: self-contained, built from any run or sweep dir, and `sdlab report DIR` with its bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from report_helpers import fake_sweep
+from sdlab.report import build_report, report_data, reproduce_command
+
+
+def embedded(page: str) -> dict:
+    """The JSON the page carries."""
+    return json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1))
+
+
+def test_the_page_is_self_contained_with_relative_images(tmp_path):
+    root = fake_sweep(tmp_path / "sweep")
+    page = build_report(root).read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page) and "https://" not in page and "http://" not in page
+    data = embedded(page)
+    assert data["axes"] == ["seed", "guidance_scale", "scheduler"]
+    assert all(p is None or not p.startswith("/") for p in data["rows"][0] if isinstance(p, str) and p.endswith(".png"))
+    paths = [r[data["columns"].index("image_path")] for r in data["rows"]]
+    assert all((root / p).is_file() for p in paths if p) and sum(p is None for p in paths) == 1
+    assert data["png"][0].startswith("prompt: a red circle") and data["main_metric"] == "clip_score"
+
+
+def test_the_header_says_how_to_reproduce_and_what_was_constant(tmp_path):
+    root = fake_sweep(tmp_path / "sweep")
+    header = report_data(pd.read_parquet(root / "results.parquet"), root)["header"]
+    assert header["command"] == f"sdlab -m seed=1,2,3 guidance_scale=1,3,7.5 scheduler=ddim,euler threads=1 hydra.sweep.dir={root}"
+    assert header["ok"] == 17 and header["failed"] == 1 and header["model"] == "mini" and header["device"] == "cpu"
+    assert header["constants"]["threads"] == "1" and header["constants"]["num_inference_steps"] == "8"
+    assert "seed" not in header["constants"] and header["versions"] == {"sdlab": "0.1.0"}
+    (root / "multirun.yaml").unlink()  # older sweeps: rebuilt from the jobs' own overrides
+    assert reproduce_command(root) == f"sdlab -m seed=1,2,3 guidance_scale=1,3,7.5 scheduler=ddim,euler threads=1 hydra.sweep.dir={root}"
+
+
+def test_sdlab_report_rebuilds_an_older_sweep(run_sdlab, tmp_path, capsys):
+    root = fake_sweep(tmp_path / "sweep")
+    (root / "results.parquet").unlink()  # collected from the job folders when the sweep table is missing
+    (root / "results.csv").unlink()
+    assert run_sdlab("report", str(root)) == 0
+    assert capsys.readouterr().out.strip() == f"sdlab: {root / 'report.html'}"
+    for name in ("report.html", "summary.csv", "summary.parquet", "summary.png"):
+        assert (root / name).is_file(), name
+    summary = pd.read_csv(root / "summary.csv")
+    assert {"n", "mean", "lo", "hi"} <= set(summary.columns) and set(summary["parameter"]) >= {"guidance_scale", "scheduler"}
+    assert run_sdlab("report", str(root)) == 0  # its own page is rebuilt in place
+
+
+@pytest.mark.parametrize("args,fragment", [
+    ((), "sdlab report takes one run or sweep dir, got nothing"),
+    (("a", "b"), "takes one run or sweep dir, got a b"),
+    (("{missing}",), "is not a folder"),
+    (("{empty}",), "has no results.parquet"),
+    (("{foreign}",), "report.html exists and was not written by sdlab"),
+])
+def test_bad_report_dirs_are_one_line_exit_2_and_nothing_written(run_sdlab, tmp_path, capsys, args, fragment):
+    (tmp_path / "empty").mkdir()
+    foreign = fake_sweep(tmp_path / "foreign", seeds=(1,), guidance=(1.0,), failed=None)
+    (foreign / "report.html").write_text("<html>mine</html>")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    args = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty", foreign=foreign) for a in args]
+    assert run_sdlab("report", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sdlab: error: ") and fragment in err[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (foreign / "report.html").read_text() == "<html>mine</html>"
+
+
+def test_a_sweep_ends_with_summary_report_and_the_best_value(run_sdlab, tmp_path, capsys, one_thread):
+    code = run_sdlab("-m", "seed=1,2,3", "scheduler=ddim,euler", "scheduler.use_karras_sigmas=true", "model=tiny",
+                     "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}")
+    out = capsys.readouterr().out
+    assert code == 1 and "3 ok, 3 failed" in out  # ddim refuses Karras sigmas: three failed cells
+    assert re.search(r"best by mean \w+: scheduler=euler \(", out)
+    for name in ("summary.csv", "summary.parquet", "summary.png", "report.html", "grid.png"):
+        assert (tmp_path / name).is_file(), name
+    data = embedded((tmp_path / "report.html").read_text())
+    status = [r[data["columns"].index("status")] for r in data["rows"]]
+    assert status.count("error") == 3 and data["values"]["scheduler"] == ["ddim", "euler"]
+    summary = pd.read_parquet(tmp_path / "summary.parquet")
+    assert (summary.loc[summary["parameter"] == "scheduler", "value"] == "euler").all()  # failed cells have no metrics

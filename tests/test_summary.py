@@ -1,0 +1,95 @@
+"""Summary by swept value: n, means, range-respecting and paired intervals, the best value, the files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sdlab.summary import ALL, best_line, owns_summary, summary_table, swept_parameters, write_summary
+
+
+def sweep_frame() -> pd.DataFrame:
+    """3 seeds x guidance {1, 7.5} x scheduler {a, b}: guidance 7.5 scores 40 more on every seed."""
+    rows = []
+    for seed in (1, 2, 3):
+        for g in (1, 7.5):
+            for s in ("a", "b"):
+                rows.append({"seed": seed, "guidance_scale": g, "scheduler": s, "status": "ok", "nfe": 8,
+                             "clip_score": 50.0 + (40 if g == 7.5 else 0) + seed * (3 if s == "a" else 1),
+                             "adherence_all": g == 7.5 or seed == 1, "time_total_s": 0.2 + 0.01 * seed,
+                             "image_path": f"{seed}{g}{s}.png",
+                             "overrides": json.dumps({"seed": str(seed), "guidance_scale": f"{g:g}", "scheduler": s})})
+    rows.append({**rows[0], "status": "error", "clip_score": None, "error": "boom"})  # failed rows are not counted
+    return pd.DataFrame(rows)
+
+
+def test_swept_parameters_are_the_grid_axes_without_seed():
+    assert swept_parameters(sweep_frame()) == ["guidance_scale", "scheduler"]
+
+
+def test_every_value_has_n_mean_and_an_interval_inside_the_range():
+    table = summary_table(sweep_frame())
+    single = table[table["parameter2"].isna()].set_index(["parameter", "value", "metric"])
+    row = single.loc[("guidance_scale", "7.5", "clip_score")]
+    assert row["n"] == 6 and row["mean"] == pytest.approx(90 + (3 + 6 + 9 + 1 + 2 + 3) / 6)
+    assert 0 <= row["lo"] < row["mean"] < row["hi"] <= 100
+    assert single.loc[(ALL, ALL, "clip_score"), "n"] == 12
+    adherence = single.loc[("guidance_scale", "1", "adherence_all")]
+    assert adherence["mean"] == pytest.approx(2 / 6) and 0 <= adherence["lo"] and adherence["hi"] <= 1
+    assert (table["lo"].dropna() >= 0).all() and (table.loc[table["metric"] == "clip_score", "hi"].dropna() <= 100).all()
+    assert "seed" not in set(table["metric"]) and "guidance_scale" not in set(table["metric"])
+
+
+def test_pairs_of_parameters_and_no_interval_below_three():
+    table = summary_table(sweep_frame())
+    pairs = table[table["parameter2"].notna()]
+    assert len(pairs[pairs["metric"] == "clip_score"]) == 4  # 2 guidance x 2 schedulers
+    cell = pairs[(pairs["value"] == "1") & (pairs["value2"] == "b") & (pairs["metric"] == "clip_score")].iloc[0]
+    assert cell["n"] == 3 and not math.isnan(cell["lo"])
+    two = sweep_frame()
+    two = two[two["seed"] != 3]
+    small = summary_table(two)
+    assert small.loc[small["parameter2"].notna(), "lo"].isna().all()  # n = 2 per pair: no interval
+
+
+def test_differences_are_paired_by_seed_and_the_other_swept_values():
+    table = summary_table(sweep_frame())
+    row = table[(table["parameter"] == "guidance_scale") & table["parameter2"].isna() & (table["value"] == "1")
+                & (table["metric"] == "clip_score")].iloc[0]
+    assert row["delta_vs"] == "7.5" and row["n_paired"] == 6
+    # every pair differs by exactly -40, so the paired interval is a point, unlike the unpaired spread of seeds
+    assert row["delta_mean"] == pytest.approx(-40) and row["delta_hi"] - row["delta_lo"] == pytest.approx(0, abs=1e-9)
+    assert row["hi"] - row["lo"] > 5
+
+
+def test_best_line_names_the_best_value_of_each_parameter():
+    line = best_line(summary_table(sweep_frame()))
+    assert line.startswith("best by mean clip_score: ")
+    assert "guidance_scale=7.5 (" in line and "scheduler=a (" in line and "n=6" in line
+
+
+def test_a_single_run_with_several_images_gets_overall_rows(tmp_path):
+    frame = sweep_frame()
+    frame = frame[(frame["guidance_scale"] == 1) & (frame["scheduler"] == "a")].drop(columns="overrides")
+    table = write_summary(frame, tmp_path)
+    assert set(table["parameter"]) == {ALL} and best_line(table) == ""
+    assert (tmp_path / "summary.csv").is_file() and (tmp_path / "summary.parquet").is_file()
+    assert not (tmp_path / "summary.png").exists()  # a single run draws no figure (no matplotlib on that path)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_summary_figure_and_a_study_summary_left_alone(tmp_path):
+    from PIL import Image
+
+    write_summary(sweep_frame(), tmp_path, figure=True)
+    image = np.asarray(Image.open(tmp_path / "summary.png").convert("L"))
+    assert image.shape[0] > 300 and image.shape[1] > 400 and image.std() > 10
+    assert owns_summary(tmp_path)
+    study = tmp_path / "study"
+    study.mkdir()
+    pd.DataFrame({"scheduler": ["ddim"], "psnr_mean": [20.0]}).to_parquet(study / "summary.parquet")
+    assert not owns_summary(study)
