@@ -1,0 +1,101 @@
+"""report.html in a real browser: headless Chromium from the system, driven by Playwright, from file://."""
+
+from __future__ import annotations
+
+import pytest
+
+from browser import chromium_page, require_chromium
+from report_helpers import fake_sweep
+from sdlab.report import build_report
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A built report of a 3 seeds x 3 guidance x 2 schedulers sweep with one failed cell."""
+    require_chromium()
+    root = fake_sweep(tmp_path_factory.mktemp("sweep"))
+    return build_report(root)
+
+
+@pytest.fixture(scope="module")
+def browser_page(report):
+    """One headless Chromium for the module, with every console message, page error and request recorded."""
+    with chromium_page() as page:
+        page.log = {"errors": [], "requests": []}
+        page.on("console", lambda m: m.type == "error" and page.log["errors"].append(m.text))
+        page.on("pageerror", lambda e: page.log["errors"].append(str(e)))
+        page.on("request", lambda r: page.log["requests"].append(r.url))
+        yield page
+
+
+@pytest.fixture
+def page(browser_page, report):
+    """The report freshly opened."""
+    browser_page.log["errors"].clear()
+    browser_page.log["requests"].clear()
+    browser_page.goto(report.as_uri())
+    browser_page.wait_for_load_state("load")
+    return browser_page
+
+
+def headers(page) -> list[str]:
+    """The grid's column labels."""
+    return page.locator("#grid thead th").all_inner_texts()[1:]
+
+
+def test_opens_from_file_with_no_console_errors_and_no_network(page):
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_timeout(300)
+    loaded = page.evaluate("[...document.querySelectorAll('#grid img')].map(i => i.complete && i.naturalWidth > 0)")
+    assert loaded and all(loaded)
+    assert page.log["errors"] == []
+    assert page.log["requests"] and all(url.startswith("file://") for url in page.log["requests"])
+    assert "17 ok, 1 failed" in page.inner_text("#header")
+    assert "sdlab -m seed=1,2,3 guidance_scale=1,3,7.5" in page.inner_text("#command")
+
+
+def test_switching_the_x_axis_changes_the_grid(page):
+    assert headers(page) == ["guidance_scale=1", "guidance_scale=3", "guidance_scale=7.5"]
+    first = page.get_attribute("#grid .cell img >> nth=0", "src")
+    page.select_option("#x-axis", "seed")
+    assert headers(page) == ["seed=1", "seed=2", "seed=3"]
+    assert page.locator("#selectors select[data-axis=guidance_scale]").count() == 1
+    assert page.locator("#grid tbody tr").count() == 2 and page.locator("#grid .cell").count() == 6
+    assert page.get_attribute("#grid .cell img >> nth=1", "src") != first
+
+
+def test_clicking_a_cell_shows_its_parameters(page):
+    assert page.is_hidden("#detail")
+    page.click("#grid .cell:not(.failed) >> nth=2")
+    assert page.is_visible("#detail")
+    title = page.inner_text("#detail-title")
+    assert title == "seed=1, guidance_scale=7.5, scheduler=ddim"
+    assert "guidance_scale: 7.5" in page.inner_text("#detail-png") and "scheduler: ddim" in page.inner_text("#detail-png")
+    assert "clip_score" in page.inner_text("#detail-row") and page.is_visible("#detail .detail-image img")
+    page.keyboard.press("Escape")
+    assert page.is_hidden("#detail")
+
+
+def test_sorting_the_table_reorders_it(page):
+    column = "clip_score"
+    index = page.locator("#rows-table thead tr:first-child th").all_inner_texts().index(column)
+    def values():
+        texts = page.locator(f"#rows-table tbody tr td:nth-child({index + 1})").all_inner_texts()
+        return [float(t) for t in texts if t]
+    before = values()
+    page.click(f"#rows-table th[data-col={column}]")
+    ascending = values()
+    assert ascending == sorted(before) and ascending != before
+    page.click(f"#rows-table th[data-col={column}]")
+    assert values() == sorted(before, reverse=True)
+    page.fill("#rows-table input[data-col=scheduler]", "euler")
+    assert page.locator("#rows-table tbody tr").count() == 9 and page.inner_text("#row-count") == "9 of 18"
+
+
+def test_a_failed_cell_shows_its_error(page):
+    assert page.locator("#grid .cell.failed").count() == 0  # seed 1 is shown first; seed 2 has the failure
+    page.select_option("#selectors select[data-axis=seed]", "2")
+    failed = page.locator("#grid .cell.failed")
+    assert failed.count() == 1 and "ValueError: boom in this cell" in failed.inner_text()
+    failed.click()
+    assert page.is_visible("#detail-error") and "boom in this cell" in page.inner_text("#detail-error")
