@@ -101,12 +101,20 @@ function showDetail(i) {
   const error = document.getElementById("detail-error");
   error.hidden = isOk(i); error.textContent = isOk(i) ? "" : (value(i, "error") || "failed");
   document.getElementById("detail-png").textContent = D.png[i] || "(no PNG parameters)";
-  document.getElementById("detail-row").replaceChildren(...D.columns.map((c, k) =>
-    el("tr", {}, el("td", { text: c }), el("td", { text: fmt(D.rows[i][k]) }))));
+  document.getElementById("detail-row").replaceChildren(...D.columns.map((c, k) => {
+    const text = fmt(D.rows[i][k]);
+    const shown = text.length > 100 ? el("details", {}, el("summary", { text: text.slice(0, 48) + "\u2026" }), text) : text;
+    return el("tr", {}, el("td", { text: c }), el("td", {}, shown));
+  }));
+  document.querySelectorAll(".cell.selected").forEach(c => c.classList.remove("selected"));
+  document.querySelectorAll(`.cell[data-row="${i}"]`).forEach(c => c.classList.add("selected"));
   box.hidden = false;
   document.getElementById("detail-close").focus();
 }
-function hideDetail() { document.getElementById("detail").hidden = true; }
+function hideDetail() {
+  document.getElementById("detail").hidden = true;
+  document.querySelectorAll(".cell.selected").forEach(c => c.classList.remove("selected"));
+}
 
 function renderFigures() {
   const summary = document.getElementById("summary");
@@ -166,7 +174,6 @@ function wire() {
   y.addEventListener("change", () => { if (y.value === state.x && y.value !== NONE) state.x = state.y; state.y = y.value; renderControls(); renderGrid(); });
   document.getElementById("metric").addEventListener("change", e => { state.metric = e.target.value; renderGrid(); });
   document.getElementById("detail-close").addEventListener("click", hideDetail);
-  document.getElementById("detail").addEventListener("click", e => { if (e.target.id === "detail") hideDetail(); });
   document.addEventListener("keydown", e => { if (e.key === "Escape") hideDetail(); });
 }
 
