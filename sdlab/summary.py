@@ -142,7 +142,7 @@ def write_summary(frame: pd.DataFrame, folder: Path, figure: bool = False) -> pd
     """Write `summary.{parquet,csv}` (and `summary.png` when `figure`) into `folder`; return the table."""
     summary = summary_table(frame)
     write_table(summary, folder, SUMMARY_NAME)
-    if figure and len(summary):
+    if figure and (summary["parameter"] != ALL).any():  # nothing swept: the table's overall rows say it all
         from sdlab.figures import summary_figure  # matplotlib only where a figure is drawn
 
         summary_figure(summary, Path(folder) / f"{SUMMARY_NAME}.png")

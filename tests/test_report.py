@@ -86,3 +86,12 @@ def test_a_sweep_ends_with_summary_report_and_the_best_value(run_sdlab, tmp_path
     assert status.count("error") == 3 and data["values"]["scheduler"] == ["ddim", "euler"]
     summary = pd.read_parquet(tmp_path / "summary.parquet")
     assert (summary.loc[summary["parameter"] == "scheduler", "value"] == "euler").all()  # failed cells have no metrics
+
+
+def test_sdlab_report_on_a_single_run_dir(run_sdlab, tmp_path):
+    run = fake_sweep(tmp_path / "sweep", failed=None) / "4"
+    assert run_sdlab("report", str(run)) == 0
+    data = embedded((run / "report.html").read_text())
+    assert data["header"]["command"] == f"sdlab seed=1 guidance_scale=7.5 scheduler=ddim threads=1 hydra.run.dir={run}"
+    assert data["axes"] == [] and data["header"]["ok"] == 1 and data["summary"] is None
+    assert (run / "summary.csv").is_file() and not (run / "summary.png").exists()
