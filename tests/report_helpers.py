@@ -13,8 +13,9 @@ from sdlab.records import ordered, save_png, write_table
 
 
 def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers=("ddim", "euler"),
-               failed: tuple | None = (2, 3.0, "euler"), side: int = 16) -> Path:
-    """Write a sweep of seeds x guidance x schedulers into `root`; the `failed` cell is an error row without image."""
+               failed: tuple | None = (2, 3.0, "euler"), side: int = 16, job_tables: bool = True) -> Path:
+    """Write a sweep of seeds x guidance x schedulers into `root`; the `failed` cell is an error row without image;
+    `job_tables=False` skips the jobs' own tables (the sweep table alone is enough for a report)."""
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     for job, (seed, g, scheduler) in enumerate(product(seeds, guidance, schedulers)):
@@ -36,7 +37,8 @@ def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers
             save_png(image, folder / "images" / f"seed{seed}.png", {"prompt": "a red circle", "seed": seed,
                                                                      "guidance_scale": g, "scheduler": scheduler})
             row["image_path"] = f"images/seed{seed}.png"
-        write_table(ordered([row]), folder)
+        if job_tables:
+            write_table(ordered([row]), folder)
         rows.append({**row, "image_path": f"{job}/{row['image_path']}" if row.get("image_path") else None})
     write_table(ordered(rows), root)
     task = [f"seed={','.join(map(str, seeds))}", f"guidance_scale={','.join(f'{g:g}' for g in guidance)}",

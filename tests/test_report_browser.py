@@ -99,3 +99,13 @@ def test_a_failed_cell_shows_its_error(page):
     assert failed.count() == 1 and "ValueError: boom in this cell" in failed.inner_text()
     failed.click()
     assert page.is_visible("#detail-error") and "boom in this cell" in page.inner_text("#detail-error")
+
+
+def test_a_big_sweep_shows_its_first_rows_until_asked(browser_page, tmp_path):
+    root = fake_sweep(tmp_path / "big", seeds=range(10), guidance=[1.0 + i for i in range(10)], schedulers=("a", "b", "c"),
+                      failed=None, side=8, job_tables=False)
+    browser_page.goto(build_report(root).as_uri())
+    assert browser_page.locator("#rows-table tbody tr").count() == 200 and browser_page.inner_text("#row-count") == "300 of 300"
+    browser_page.click("#rows-more")
+    assert browser_page.locator("#rows-table tbody tr").count() == 300 and browser_page.is_hidden("#rows-more")
+    assert browser_page.locator("#grid .cell").count() == 30  # 10 guidance x 3 schedulers, seeds as a selector

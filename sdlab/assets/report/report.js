@@ -4,7 +4,7 @@ const D = JSON.parse(document.getElementById("data").textContent);
 const col = Object.fromEntries(D.columns.map((c, i) => [c, i]));
 const NONE = "(none)";
 const preferred = [...D.axes.filter(a => a !== "seed"), ...D.axes.filter(a => a === "seed")];  // seeds as a selector
-const state = { x: preferred[0] || NONE, y: preferred[1] || NONE, pick: {}, metric: D.main_metric || "", sort: null, dir: 1, filters: {} };
+const state = { x: preferred[0] || NONE, y: preferred[1] || NONE, pick: {}, metric: D.main_metric || "", sort: null, dir: 1, filters: {}, limit: 200 };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -135,6 +135,9 @@ function matches(v, filter) {
   }
   return fmt(v).toLowerCase().includes(f.toLowerCase());
 }
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
 function renderRows() {
   const order = D.rows.map((_, i) => i).filter(i => Object.entries(state.filters).every(([c, f]) => matches(D.rows[i][c], f)));
   if (state.sort !== null) {
@@ -146,12 +149,12 @@ function renderRows() {
     });
   }
   const tbody = document.querySelector("#rows-table tbody");
-  tbody.replaceChildren(...order.map(i => {
-    const tr = el("tr", { class: isOk(i) ? "" : "error-row", "data-row": i }, ...D.rows[i].map(v => el("td", { title: fmt(v), text: fmt(v) })));
-    tr.addEventListener("click", () => showDetail(i));
-    return tr;
-  }));
+  tbody.innerHTML = order.slice(0, state.limit).map(i => `<tr data-row="${i}"${isOk(i) ? "" : ' class="error-row"'}>` +
+    D.rows[i].map(v => { const t = escapeHtml(fmt(v)); return `<td title="${t}">${t}</td>`; }).join("") + "</tr>").join("");
   document.getElementById("row-count").textContent = `${order.length} of ${D.rows.length}`;
+  const more = document.getElementById("rows-more");
+  more.hidden = order.length <= state.limit;
+  more.textContent = `showing the first ${state.limit} of ${order.length}: show all`;
   document.querySelectorAll("#rows-table thead tr:first-child th").forEach((th, k) =>
     th.setAttribute("aria-sort", k === state.sort ? (state.dir > 0 ? "ascending" : "descending") : "none"));
 }
@@ -174,6 +177,11 @@ function wire() {
   y.addEventListener("change", () => { if (y.value === state.x && y.value !== NONE) state.x = state.y; state.y = y.value; renderControls(); renderGrid(); });
   document.getElementById("metric").addEventListener("change", e => { state.metric = e.target.value; renderGrid(); });
   document.getElementById("detail-close").addEventListener("click", hideDetail);
+  document.getElementById("rows-more").addEventListener("click", () => { state.limit = Infinity; renderRows(); });
+  document.querySelector("#rows-table tbody").addEventListener("click", e => {
+    const tr = e.target.closest("tr[data-row]");
+    if (tr) showDetail(Number(tr.dataset.row));
+  });
   document.addEventListener("keydown", e => { if (e.key === "Escape") hideDetail(); });
 }
 
