@@ -28,8 +28,10 @@ def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sweep_axes(frame: pd.DataFrame) -> list[str]:
-    """The grid's axes (sdlab.grid.grid_axes) over every row, failed ones too, so a failed value keeps its place."""
-    return grid_axes(frame.drop(columns=["image_path"], errors="ignore"))
+    """The grid's axes (sdlab.grid.grid_axes) over every row, failed ones too, so a failed value keeps its place;
+    then parameter columns a job varied itself (a scheduler study's schedulers and step counts)."""
+    axes = grid_axes(frame.drop(columns=["image_path"], errors="ignore"))
+    return axes + [c for c in PARAM_COLUMNS if c in frame and c not in axes and frame[c].dropna().nunique() > 1]
 
 
 def swept_parameters(frame: pd.DataFrame) -> list[str]:

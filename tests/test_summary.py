@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sdlab.summary import ALL, best_line, owns_summary, summary_table, swept_parameters, write_summary
+from sdlab.summary import ALL, best_line, owns_summary, summary_table, sweep_axes, swept_parameters, write_summary
 
 
 def sweep_frame() -> pd.DataFrame:
@@ -29,6 +29,9 @@ def sweep_frame() -> pd.DataFrame:
 
 def test_swept_parameters_are_the_grid_axes_without_seed():
     assert swept_parameters(sweep_frame()) == ["guidance_scale", "scheduler"]
+    study = sweep_frame().drop(columns="overrides")  # a job that varies schedulers and steps itself
+    study["num_inference_steps"] = [4, 8] * (len(study) // 2) + [4] * (len(study) % 2)
+    assert sweep_axes(study) == ["seed", "scheduler", "num_inference_steps", "guidance_scale"]
 
 
 def test_every_value_has_n_mean_and_an_interval_inside_the_range():

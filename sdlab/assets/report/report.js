@@ -119,7 +119,7 @@ function hideDetail() {
 function renderFigures() {
   const summary = document.getElementById("summary");
   if (D.summary) summary.append(el("img", { src: D.summary, loading: "lazy", alt: "summary by swept value" }));
-  else summary.append(el("p", { text: "no summary plot (nothing swept, or no metric)" }));
+  else summary.append(el("p", { text: "no summary.png here: nothing swept, no metric, or the job wrote its own summary (see Figures)" }));
   const figures = document.getElementById("figures");
   if (!D.figures.length) figures.append(el("p", { text: "no figures" }));
   for (const path of D.figures) figures.append(el("figure", {}, el("figcaption", { text: path }), el("img", { src: path, loading: "lazy", alt: path })));
