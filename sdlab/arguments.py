@@ -180,6 +180,22 @@ def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
     return [f"hydra.sweep.dir=outputs/experiments/multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}"]
 
 
+def model_of_params_file(overrides: list[str]) -> list[str]:
+    """`model=NAME` for a `params=FILE` that names the model it was made with, unless `model=` is given.
+
+    The model is a config group, so it has to be chosen before Hydra composes; every other key of the
+    file is merged after.
+    """
+    from sdlab.params import load_params
+
+    keys = {a.partition("=")[0].lstrip("+") for a in overrides}
+    paths = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "params"]
+    if "model" in keys or len(paths) != 1 or "," in paths[0]:
+        return []
+    model = load_params(paths[0]).get("model")
+    return [f"model={model}"] if model else []
+
+
 def prepare(argv: list[str]) -> list[str]:
     """The command line Hydra gets: checked, free text quoted, prompt files expanded, a sweep dir if needed."""
     flags, overrides = split_flags(argv)
@@ -189,6 +205,9 @@ def prepare(argv: list[str]) -> list[str]:
         arg = quote_free_text(expand_prompt_file(arg, multirun))
         check_override(arg)
         ready.append(arg)
+    ready += model_of_params_file(ready)
+    for arg in ready[len(overrides):]:
+        check_override(arg)
     return flags + ready + default_sweep_dir(flags, ready)
 
 

@@ -49,12 +49,18 @@ def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, 
     if not config.get("params"):
         return config
     params = load_params(config["params"])
-    config = dict(config)
+    config = {**config, "scheduler": dict(config["scheduler"])}
     for key, value in params.items():
         if key in overridden:
             continue
-        if key == "scheduler":
-            config["scheduler"] = {**config["scheduler"], "name": value}
+        if key == "model":
+            if value != config["model"].get("name"):
+                raise UserError(f"params={config['params']} was made with model={value}; this run uses "
+                                f"model={config['model'].get('name')}: add model={value} to the command line")
+        elif key == "scheduler":
+            config["scheduler"]["name"] = value
+        elif key == "scheduler_options":
+            config["scheduler"].update({k: v for k, v in value.items() if f"scheduler.{k}" not in overridden})
         else:
             config[key] = value
     if "seed" in params and "seeds" not in params and "seeds" not in overridden:
