@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -45,9 +46,16 @@ def listing(group: str, describe: bool) -> list[str]:
     folder = CONF_DIR / group
     names = group_options(group)
     if not describe:
-        return ["  " + ", ".join(names)]
+        return textwrap.wrap(", ".join(names), 110, initial_indent="  ", subsequent_indent="  ")
     width = max(map(len, names))
-    return [f"  {name:<{width}}  {first_comment(folder / f'{name}.yaml')}"[:118] for name in names]
+    return [f"  {name:<{width}}  {shorten(first_comment(folder / f'{name}.yaml'), 110 - width)}" for name in names]
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut at a word boundary to at most `limit` characters, with '...' when cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
 
 
 def help_text() -> str:

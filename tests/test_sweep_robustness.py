@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from sdlab import generate
 
-SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2")
+SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
 
 
 def test_rerun_skips_complete_cells_and_resume_false_recomputes(run_sdlab, tmp_path):
@@ -40,7 +40,7 @@ def test_rerun_skips_complete_cells_and_resume_false_recomputes(run_sdlab, tmp_p
 
 
 def test_cells_inside_a_job_resume_per_seed(run_sdlab, tmp_path):
-    args = ("seeds=[1,2,3]", "batch_size=1", "num_inference_steps=2", f"hydra.run.dir={tmp_path}")
+    args = ("seeds=[1,2,3]", "batch_size=1", "num_inference_steps=2", "threads=1", f"hydra.run.dir={tmp_path}")
     assert run_sdlab(*args) == 0
     first = pd.read_parquet(tmp_path / "results.parquet")
     (tmp_path / "images" / "seed2.png").unlink()
@@ -66,7 +66,7 @@ def wait_for(condition, process, timeout=240.0) -> None:
 def test_sigkill_at_three_moments_then_rerun_gives_every_cell_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("-m", "seed=1,2", "guidance_scale=1,7.5", "seeds=[1,2,3]", "batch_size=1",
-            "num_inference_steps=3", f"hydra.sweep.dir={sweep}")
+            "num_inference_steps=3", "threads=1", f"hydra.sweep.dir={sweep}")
     pngs = lambda: list(sweep.rglob("*.png"))  # noqa: E731
     moments = [
         lambda: len(pngs()) >= 1,  # inside the first job, after its first image
@@ -103,7 +103,7 @@ def test_failing_cell_is_a_row_and_the_sweep_goes_on(run_sdlab, tmp_path, capsys
         return real(pipe, key, params, seeds)
 
     monkeypatch.setattr(generate_job, "generate_batch", out_of_memory_for_seed_2)
-    code = run_sdlab("-m", "seed=1,2,3", "num_inference_steps=2", f"hydra.sweep.dir={tmp_path}")
+    code = run_sdlab("-m", "seed=1,2,3", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}")
     assert code == 1
     frame = pd.read_csv(tmp_path / "results.csv")
     assert frame["status"].tolist() == ["ok", "error", "ok"]
@@ -124,7 +124,7 @@ def test_all_black_output_is_a_failed_row_not_an_image(run_sdlab, tmp_path, monk
     import torch
 
     monkeypatch.setattr(generate, "decode_latents", lambda pipe, latents: torch.zeros(len(latents), 3, 64, 64))
-    code = run_sdlab("seeds=[1,2]", "num_inference_steps=2", f"hydra.run.dir={tmp_path}")
+    code = run_sdlab("seeds=[1,2]", "num_inference_steps=2", "threads=1", f"hydra.run.dir={tmp_path}")
     assert code == 1
     frame = pd.read_parquet(tmp_path / "results.parquet")
     assert frame["status"].tolist() == ["error", "error"]
@@ -171,7 +171,7 @@ def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypat
         raise ValueError("disk full")
 
     monkeypatch.setattr(collect, "collect", broken)  # the sweep-level read, not the per-job write
-    assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", f"hydra.sweep.dir={tmp_path}") == 1
+    assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}") == 1
     assert "collecting the sweep" in capsys.readouterr().out
 
 
