@@ -95,7 +95,7 @@ def _from_folder(folder: Path, dtype: torch.dtype):
 
     check_weights_folder(folder)
     return StableDiffusionPipeline.from_pretrained(
-        str(folder), torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+        str(folder), dtype=dtype, use_safetensors=True, local_files_only=True,
         safety_checker=None, requires_safety_checker=False,
     )
 

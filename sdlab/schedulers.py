@@ -58,12 +58,12 @@ def scheduler_class(name: str) -> type:
     choose("scheduler", name, SCHEDULERS)
     spec = SCHEDULERS[name]
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
-        raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install 'sdlab[sde]'")
+        raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install torchsde")
     return getattr(diffusers, spec.cls)
 
 
-def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
-    """A scheduler `name` built from a pipeline's scheduler config, the variant's options and user overrides."""
+def check_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The user's non-null options for scheduler `name`, checked against its class and the allowed values."""
     cls = scheduler_class(name)
     user = {k: v for k, v in (overrides or {}).items() if v is not None}
     accepted = set(cls._get_init_keys(cls)) - {"self", "kwargs"}
@@ -76,6 +76,13 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
         allowed = OPTION_VALUES.get(key)
         if allowed and (value not in allowed or type(value) is not type(allowed[0])):
             raise UserError(f"scheduler.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+    return user
+
+
+def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
+    """A scheduler `name` built from a pipeline's scheduler config, the variant's options and user overrides."""
+    user = check_options(name, overrides)
+    cls = scheduler_class(name)
     base = {k: v for k, v in base_config.items() if not k.startswith("_")}
     try:
         return cls.from_config(base, **SCHEDULERS[name].options, **user)

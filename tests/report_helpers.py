@@ -34,8 +34,9 @@ def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers
             row.update(status="error", error="ValueError: boom in this cell", clip_score=None, adherence_all=None)
         else:
             image = Image.new("RGB", (side, side), (int(25 * g) % 256, 40 * seed % 256, 200 if scheduler == "ddim" else 60))
-            save_png(image, folder / "images" / f"seed{seed}.png", {"prompt": "a red circle", "seed": seed,
-                                                                     "guidance_scale": g, "scheduler": scheduler})
+            save_png(image, folder / "images" / f"seed{seed}.png", {
+                "prompt": "a red circle", "negative_prompt": "", "seed": seed, "num_inference_steps": 8,
+                "guidance_scale": g, "scheduler": scheduler, "width": side, "height": side, "model": "mini"})
             row["image_path"] = f"images/seed{seed}.png"
         if job_tables:
             write_table(ordered([row]), folder)

@@ -26,7 +26,8 @@ def test_the_page_is_self_contained_with_relative_images(tmp_path):
     assert all(p is None or not p.startswith("/") for p in data["rows"][0] if isinstance(p, str) and p.endswith(".png"))
     paths = [r[data["columns"].index("image_path")] for r in data["rows"]]
     assert all((root / p).is_file() for p in paths if p) and sum(p is None for p in paths) == 1
-    assert data["png"][0].startswith("prompt: a red circle") and data["main_metric"] == "clip_score"
+    assert data["png"][0].startswith("a red circle\nSteps: 8, Sampler: ") and "Seed: 1, Size: 16x16" in data["png"][0]
+    assert data["main_metric"] == "clip_score"
 
 
 def test_the_header_says_how_to_reproduce_and_what_was_constant(tmp_path):
@@ -73,11 +74,21 @@ def test_bad_report_dirs_are_one_line_exit_2_and_nothing_written(run_sdlab, tmp_
     assert (foreign / "report.html").read_text() == "<html>mine</html>"
 
 
-def test_a_sweep_ends_with_summary_report_and_the_best_value(run_sdlab, tmp_path, capsys, one_thread):
-    code = run_sdlab("-m", "seed=1,2,3", "scheduler=ddim,euler", "scheduler.use_karras_sigmas=true", "model=tiny",
-                     "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}")
+def test_a_sweep_ends_with_summary_report_and_the_best_value(run_sdlab, tmp_path, capsys, monkeypatch, one_thread):
+    from sdlab.jobs import generate as generate_job
+
+    real = generate_job.generate_batch
+
+    def ddim_runs_out_of_memory(pipe, key, params, seeds):
+        if type(pipe.scheduler).__name__ == "DDIMScheduler":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(pipe, key, params, seeds)
+
+    monkeypatch.setattr(generate_job, "generate_batch", ddim_runs_out_of_memory)
+    code = run_sdlab("-m", "seed=1,2,3", "scheduler=ddim,euler", "model=tiny", "num_inference_steps=2", "threads=1",
+                     f"hydra.sweep.dir={tmp_path}")
     out = capsys.readouterr().out
-    assert code == 1 and "3 ok, 3 failed" in out  # ddim refuses Karras sigmas: three failed cells
+    assert code == 1 and "3 ok, 3 failed" in out
     assert re.search(r"best by mean \w+: scheduler=euler \(", out)
     for name in ("summary.csv", "summary.parquet", "summary.png", "report.html", "grid.png"):
         assert (tmp_path / name).is_file(), name
