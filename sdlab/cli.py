@@ -101,10 +101,10 @@ def resolved(cfg) -> dict:
 
 def check_composed(cfg) -> tuple[list[str], dict]:
     """Pre-flight of one composed job config (Hydra node included): (warnings, plain config)."""
-    from sdlab.preflight import check_job, with_params_file
+    from sdlab.preflight import check_job, job_config
 
     overridden = set(display_overrides(task_overrides(cfg.hydra)))
-    config = with_params_file(resolved(cfg), overridden)
+    config = job_config(resolved(cfg), overridden)
     return check_job(config), config
 
 
@@ -138,7 +138,7 @@ def run(cfg) -> None:
     from sdlab.collect import summarize
     from sdlab.config import config_hash
     from sdlab.jobs import JobContext, get_job
-    from sdlab.preflight import with_params_file
+    from sdlab.preflight import job_config
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -152,7 +152,7 @@ def run(cfg) -> None:
         run_id=uuid.uuid4().hex[:12],
     )
     try:
-        ctx.config = with_params_file(resolved(cfg), set(overrides))  # checked before the run or sweep began
+        ctx.config = job_config(resolved(cfg), set(overrides))  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
         set_threads(ctx.config.get("threads"))
         job_hash = config_hash({k: v for k, v in ctx.config.items() if k != "resume"})

@@ -42,6 +42,11 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
     return warnings
 
 
+def job_config(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
+    """What a job runs with: the composed config in the model's world, then `params=FILE` merged in."""
+    return with_params_file(in_model_world(config, overridden), overridden)
+
+
 def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
     """The config with `params=FILE` merged in; explicit command-line overrides still win."""
     from sdlab.params import load_params
@@ -66,6 +71,16 @@ def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, 
     if "seed" in params and "seeds" not in params and "seeds" not in overridden:
         config["seeds"] = None  # the file's single seed wins over a recipe's seed list
     return config
+
+
+def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
+    """The config with a recipe's `world.<grammar>` values applied when the model has that prompt grammar
+    (the same experiment told in prompts the model knows); command-line overrides still win."""
+    grammar = (config.get("model") or {}).get("prompt_grammar")
+    values = (config.get("world") or {}).get(grammar) if grammar else None
+    if not values:
+        return config
+    return {**config, **{k: v for k, v in values.items() if k not in overridden}}
 
 
 def check_threads(threads: Any) -> None:

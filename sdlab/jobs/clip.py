@@ -62,6 +62,27 @@ def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarr
     return pooled_text_embeddings(pipe.text_encoder, pipe.tokenizer, prompts), name
 
 
+def nearest_claim(matrix: np.ndarray) -> str:
+    """What the first prompt's row says: which prompt is closest to it and which farthest, with the cosines."""
+    if len(matrix) < 3:
+        return f"cos(P1, P2) = {matrix[0, 1]:.2f}" if len(matrix) == 2 else ""
+    others = matrix[0, 1:]
+    near, far = int(np.argmax(others)) + 2, int(np.argmin(others)) + 2
+    return f"P1 is closest to P{near} ({others.max():.2f}) and farthest from P{far} ({others.min():.2f})"
+
+
+def diagonal_claim(cos: np.ndarray) -> str:
+    """For images against their own captions (row i matches column i): how many pick their own caption, and
+    the mean cosine of matched against unmatched pairs."""
+    n = min(cos.shape)
+    if n < 2:
+        return ""
+    hits = int((cos[:n].argmax(axis=1) == np.arange(n)).sum())
+    matched = np.diag(cos[:n, :n]).mean()
+    unmatched = cos[:n, :n][~np.eye(n, dtype=bool)].mean()
+    return f"{hits} of {n} images closest to their own caption; matched cos {matched:.2f} vs unmatched {unmatched:.2f}"
+
+
 @job("clip_similarity")
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
@@ -76,7 +97,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     text = long_matrix(matrix, prompts, prompts, "prompt_a", "prompt_b").assign(embedding=embedding)
     keys = [f"P{i + 1}" for i in range(len(prompts))]
     heatmap(matrix, [f"{k}: {p}" for k, p in zip(keys, prompts)], keys, ctx.out_dir / "text_similarity.png",
-            vmin=-1, vmax=1, value_label="cosine", title=f"cos(E_T(a), E_T(b))\n{embedding}")
+            vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}")
     rows = [{**base_row(ctx, "clip_similarity", spec), **r} for r in text.to_dict("records")]
 
     # 2. Image-caption similarity (needs a CLIP model with an image tower).
@@ -92,5 +113,6 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
         clip_score=lambda f: clip_score_from_cosine(f["cosine"]), clip=clip.name)
     write_table(pairs, ctx.out_dir, "image_text_similarity")
     heatmap(cos, names, captions, ctx.out_dir / "image_text_similarity.png", value_label="cosine",
-            title=f"cos(E_I(image), E_T(caption)), clip={clip.name}; CLIP score = 100 max(cos, 0)")
+            row_images=[image for _, image, _ in images],
+            title=f"{diagonal_claim(cos)}\ncos(E_I(image), E_T(caption)), clip={clip.name}; CLIP score = 100 max(cos, 0)")
     return ordered(rows)
