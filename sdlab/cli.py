@@ -107,11 +107,12 @@ def job_overrides(task: list[str]) -> dict[str, str]:
 
 def apply_params_file(config: dict, overridden: set[str]) -> dict:
     """Merge `params=FILE.json` into the config; explicit command-line overrides still win."""
+    from sdlab.config import limits
     from sdlab.params import load_params
 
     if not config.get("params"):
         return config
-    params = load_params(config["params"])
+    params = load_params(config["params"], limits(config)["max_params_bytes"])
     for key, value in params.items():
         if key in overridden:
             continue
@@ -158,6 +159,7 @@ def run(cfg) -> None:
     from sdlab.collect import summarize
     from sdlab.config import config_hash
     from sdlab.jobs import JobContext, get_job
+    from sdlab.models import preflight
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -174,6 +176,7 @@ def run(cfg) -> None:
     try:
         set_threads(ctx.config.get("threads"))
         ctx.config = apply_params_file(ctx.config, set(overrides))
+        preflight(ctx.config)
         job_hash = config_hash({k: v for k, v in ctx.config.items() if k != "resume"})
         frame = resume.finished_job(out_dir, job_hash) if ctx.config.get("resume", True) else None
         if frame is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,11 +63,20 @@ def scheduler_class(name: str) -> type:
     return getattr(diffusers, spec.cls)
 
 
-def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
-    """A scheduler `name` built from a pipeline's scheduler config, the variant's options and user overrides."""
+def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
+    """The types an option takes, judged from its diffusers default (None for defaults that say nothing)."""
+    for kinds, label in (((bool,), "true or false"), ((int,), "int"), ((int, float), "a number"), ((str,), "str")):
+        if type(default) is kinds[-1]:
+            return kinds, label
+    return None
+
+
+def check_options(name: str, options: dict[str, Any] | None) -> None:
+    """Raise a UserError for an option scheduler `name` does not take or a value of the wrong type (no model needed)."""
     cls = scheduler_class(name)
-    user = {k: v for k, v in (overrides or {}).items() if v is not None}
-    accepted = set(cls._get_init_keys(cls)) - {"self", "kwargs"}
+    user = {k: v for k, v in (options or {}).items() if v is not None}
+    parameters = inspect.signature(cls.__init__).parameters
+    accepted = set(parameters) - {"self", "kwargs"}
     unknown = sorted(set(user) - accepted)
     if unknown:
         raise UserError(
@@ -76,6 +86,16 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
         allowed = OPTION_VALUES.get(key)
         if allowed and (value not in allowed or type(value) is not type(allowed[0])):
             raise UserError(f"scheduler.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+        expected = _option_types(parameters[key].default)
+        if expected and (type(value) not in expected[0]):
+            raise UserError(f"scheduler.{key}={value!r} must be {expected[1]}")
+
+
+def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
+    """A scheduler `name` built from a pipeline's scheduler config, the variant's options and user overrides."""
+    check_options(name, overrides)
+    cls = scheduler_class(name)
+    user = {k: v for k, v in (overrides or {}).items() if v is not None}
     base = {k: v for k, v in base_config.items() if not k.startswith("_")}
     try:
         return cls.from_config(base, **SCHEDULERS[name].options, **user)
