@@ -127,9 +127,10 @@ def validate_generation(p: GenerationParams) -> None:
     for seed in p.seeds:
         if not 0 <= _int("seed", seed) <= MAX_SEED:
             raise UserError(f"seed={seed} must be in [0, 2**63-1]")
-    repeated = next((s for i, s in enumerate(p.seeds) if s in p.seeds[:i]), None)
-    if repeated is not None:
-        raise UserError(f"seeds={list(p.seeds)} repeats seed {repeated}; list each seed once (one image per seed)")
+    if len(set(p.seeds)) < len(p.seeds):
+        repeated = next(s for s in p.seeds if p.seeds.count(s) > 1)
+        shown = list(p.seeds) if len(p.seeds) <= 20 else f"[{len(p.seeds)} seeds]"
+        raise UserError(f"seeds={shown} repeats seed {repeated}; list each seed once (one image per seed)")
     if _int("num_inference_steps", p.num_inference_steps) < 1:
         raise UserError(f"num_inference_steps={p.num_inference_steps} must be >= 1")
     if _number("guidance_scale", p.guidance_scale) < 0:

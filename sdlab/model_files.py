@@ -1,4 +1,4 @@
-"""Check a diffusers pipeline folder before any weights load: layout, links, JSON configs, safetensors headers, shapes."""
+"""Check a diffusers pipeline folder before any weights load: layout, links, configs, safetensors headers, shapes."""
 
 from __future__ import annotations
 
@@ -69,6 +69,14 @@ def read_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
     return data
+
+
+def check_index(path: Path) -> None:
+    """model_index.json is a JSON object whose components come from diffusers or transformers only."""
+    for name, value in read_object(path).items():
+        if isinstance(value, list) and len(value) == 2 and value[0] not in (None, "diffusers", "transformers"):
+            raise UserError(f"{path}: component {name!r} comes from {value[0]!r}; sdlab loads diffusers and "
+                            "transformers components only (no custom code)")
 
 
 def check_tokenizer(folder: Path) -> None:
@@ -158,7 +166,7 @@ def _signature(folder: Path) -> tuple:
 @lru_cache(maxsize=16)
 def _check_folder(folder: Path, signature: tuple) -> None:
     check_links(folder)
-    read_object(folder / "model_index.json")
+    check_index(folder / "model_index.json")
     configs = {component: read_object(folder / component / name) for component, name in CONFIG_FILES.items()}
     check_tokenizer(folder / "tokenizer")
     for component in WEIGHT_COMPONENTS:

@@ -68,9 +68,9 @@ def load_params(path: str | Path, max_bytes: int = LIMITS["max_params_bytes"]) -
         if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[key]):
             kinds = " or ".join(t.__name__ for t in PARAM_TYPES[key])
             raise UserError(f"params={path}: {key}={value!r} should be {kinds}")
-    seeds = data.get("seeds", [])
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise UserError(f"params={path}: seeds={seeds!r} should be a list of int")
+    bad = [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]
+    if bad:
+        raise UserError(f"params={path}: seeds should be a list of int, not one holding {bad[0]!r}")
     return data
 
 
