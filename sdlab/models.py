@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from sdlab.architectures import ARCHITECTURES, build_components
-from sdlab.config import ATTENTION, MKLDNN, MODEL_NAMES, ModelSpec, model_spec, validate_config
+from sdlab.config import ATTENTION, MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice, validate_config
 from sdlab.errors import UserError, choose
 from sdlab.model_files import check_pipeline_folder, check_weights_folder, read_object  # noqa: F401
+from sdlab.schedulers import check_steps
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +197,9 @@ def preflight(cfg: dict) -> None:
     validate_config(cfg)
     spec = model_spec(cfg["model"])
     resolve_device(spec.device)
-    scheduler, source = shipped_scheduler_config(spec)
-    trained = scheduler.get("num_train_timesteps", 1000)
-    if isinstance(trained, bool) or not isinstance(trained, int) or trained < 1:
-        raise UserError(f"{source}: num_train_timesteps={trained!r} is not a positive integer")
-    steps = cfg.get("num_inference_steps")
-    if isinstance(steps, int) and steps > trained:
-        raise UserError(f"num_inference_steps={steps} is more than the {trained} timesteps the scheduler of {source} "
-                        f"was trained on; use at most {trained}")
+    base, source = shipped_scheduler_config(spec)
+    choice = scheduler_choice(cfg["scheduler"])
+    check_steps(choice.name, base, choice.options, int(cfg.get("num_inference_steps", 25)), source)
 
 
 def clear_cache() -> None:

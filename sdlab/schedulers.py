@@ -103,6 +103,28 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
         raise UserError(f"scheduler {name!r} rejects options {user}: {e}") from e
 
 
+def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] | None, steps: int,
+                source: str) -> None:
+    """Raise a UserError when `steps` of scheduler `name` would visit a timestep the model was never trained on."""
+    trained = base_config.get("num_train_timesteps", 1000)
+    if isinstance(trained, bool) or not isinstance(trained, int) or trained < 1:
+        raise UserError(f"{source}: num_train_timesteps={trained!r} is not a positive integer")
+    if steps > trained:
+        raise UserError(f"num_inference_steps={steps} is more than the {trained} timesteps the scheduler of {source} "
+                        f"was trained on; use at most {trained}")
+    scheduler = make_scheduler(name, base_config, options)
+    try:
+        scheduler.set_timesteps(steps)
+    except (ValueError, IndexError, RuntimeError) as e:
+        raise UserError(f"scheduler {name!r} cannot make num_inference_steps={steps}: {e}") from None
+    top = int(max(scheduler.timesteps))
+    if top >= trained:
+        spacing = scheduler.config.get("timestep_spacing")
+        raise UserError(f"num_inference_steps={steps} with scheduler {name} (timestep_spacing={spacing}) reaches "
+                        f"timestep {top}, past the {trained} the model was trained on; use fewer steps or "
+                        "scheduler.timestep_spacing=trailing")
+
+
 def resolved_config(scheduler) -> str:
     """The scheduler's full config as sorted JSON (the `scheduler_config` column)."""
     config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}

@@ -81,6 +81,9 @@ def bad_inputs(tmp):
         (["limits.max_steps=5000", "num_inference_steps=1001"],
          "num_inference_steps=1001 is more than the 1000 timesteps the scheduler of model tiny"),
         (["num_inference_steps=2.5"], "num_inference_steps=2.5 is not an integer"),
+        (["num_inference_steps=1000", "scheduler=ddim"], "reaches timestep 1000, past the 1000"),
+        (["num_inference_steps=999", "scheduler=dpmpp_2m", "scheduler.timestep_spacing=leading"],
+         "reaches timestep 1000, past the 1000"),
         # sizes and limits
         (["width=100000"], "width=100000 is above limits.max_side=4096"),
         (["width=4096", "height=4096"], "width x height = 4096 x 4096 is above limits.max_pixels"),
@@ -120,7 +123,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 76
+N_CASES = 78
 
 
 def test_case_count_matches_the_list(tmp_path):
@@ -295,3 +298,11 @@ def test_limits_can_be_raised_for_big_machines(tmp_path):
     big = tmp_path / "big.json"
     big.write_text('{"seed": 3}' + " " * (2 << 20))
     assert load_params(big, max_bytes=4 << 20) == {"seed": 3}
+
+
+def test_steps_up_to_the_trained_timesteps_pass_when_the_spacing_stays_inside():
+    from sdlab.architectures import SD15_SCHEDULER
+    from sdlab.schedulers import check_steps
+
+    check_steps("ddim", SD15_SCHEDULER, {"timestep_spacing": "trailing"}, 1000, "model tiny")
+    check_steps("dpmpp_2m", SD15_SCHEDULER, {}, 500, "model tiny")
