@@ -7,81 +7,22 @@ import logging
 import shutil
 import sys
 import uuid
-from functools import lru_cache
+from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
+from hydra.experimental.callback import Callback
 
+from sdlab.arguments import CONF_DIR, check_output_dir, display_overrides, prepare
 from sdlab.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "scheduler", "clip", "experiment")
 log = logging.getLogger("sdlab")
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
-def group_options(group: str) -> list[str]:
-    """Selectable config names of a group (files not starting with `_`)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
-
-
-@lru_cache(maxsize=None)
-def _yaml_keys(path: Path) -> frozenset[str]:
-    data = yaml.safe_load(path.read_text()) or {}
-    return frozenset(data) - {"defaults"}
-
-
-def _known_keys(group: str | None) -> set[str]:
-    if group is None:
-        recipes = [_yaml_keys(p) for p in (CONF_DIR / "experiment").glob("*.yaml")]
-        return (_yaml_keys(CONF_DIR / "config.yaml") | set().union(*recipes)) - {"hydra"}
-    files = (CONF_DIR / group).glob("*.yaml")
-    return set().union(*(_yaml_keys(p) for p in files))
-
-
-def check_overrides(args: list[str]) -> None:
-    """Reject unknown group choices and config keys up front, with the allowed values, before Hydra runs."""
-    for arg in args:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, value = arg.split("=", 1)
-        if key.startswith(("+", "~")) or key.startswith("hydra") or key.startswith("experiment."):
-            continue
-        if key in GROUPS:
-            if value.startswith(("glob(", "choice(", "range(")):
-                continue
-            for option in value.split(","):
-                if option not in group_options(key):
-                    raise UserError(f"unknown {key} {option!r}; choose one of: {', '.join(group_options(key))}")
-            continue
-        group, _, sub = key.partition(".")
-        if sub and group in ("model", "scheduler", "clip"):
-            if sub not in _known_keys(group):
-                allowed = ", ".join(sorted(_known_keys(group)))
-                raise UserError(f"unknown config key {key!r}; {group}.* keys are: {allowed}")
-        elif key not in _known_keys(None) and group not in _known_keys(None):
-            raise UserError(f"unknown config key {key!r}; top-level keys are: {', '.join(sorted(_known_keys(None)))}")
-
-
-def check_output_dir(args: list[str]) -> None:
-    """Refuse a run or sweep dir that cannot be created or written, before Hydra tries."""
-    import tempfile
-
-    targets = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
-    for target in targets or ["outputs"]:
-        existing = Path(target).absolute()
-        while not existing.exists():
-            existing = existing.parent
-        try:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError:
-            raise UserError(f"output dir {target} cannot be written ({existing} is not a writable folder)") from None
-
-
-def fail(message: str) -> None:
-    """Print one error line and exit with code 2."""
+def fail(message: str, code: int = UserError.exit_code) -> None:
+    """Print one error line and exit (code 2 for bad input)."""
     print(f"sdlab: error: {message}", file=sys.stderr)
-    sys.exit(UserError.exit_code)
+    sys.exit(code)
 
 
 def quiet_libraries() -> None:
@@ -92,48 +33,21 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars; sdlab logs one line per load
     diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components" bars
     warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def job_overrides(task: list[str]) -> dict[str, str]:
-    """The job's command-line overrides as {key: value}, in command-line order."""
-    out = {}
-    for item in task:
-        key, _, value = item.partition("=")
-        out[key.lstrip("+~")] = value
-    return out
-
-
-def apply_params_file(config: dict, overridden: set[str]) -> dict:
-    """Merge `params=FILE.json` into the config; explicit command-line overrides still win."""
-    from sdlab.config import limits
-    from sdlab.params import load_params
-
-    if not config.get("params"):
-        return config
-    params = load_params(config["params"], limits(config)["max_params_bytes"])
-    for key, value in params.items():
-        if key in overridden:
-            continue
-        if key == "scheduler":
-            config["scheduler"] = {**config["scheduler"], "name": value}
-        else:
-            config[key] = value
-    if "seed" in params and "seeds" not in params and "seeds" not in overridden:
-        config["seeds"] = None  # the file's single seed wins over a recipe's seed list
-    return config
 
 
 def set_threads(threads) -> None:
     """Pin torch's CPU thread count (CPU results depend on it bit for bit); None keeps torch's default."""
     import torch
 
-    if threads is None:
-        return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserError(f"threads={threads!r} must be a positive integer or null")
-    torch.set_num_threads(threads)
+    from sdlab.preflight import check_threads
+
+    check_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def error_frame(ctx, error: BaseException):
@@ -144,39 +58,103 @@ def error_frame(ctx, error: BaseException):
                      "overrides": ctx.overrides, "status": "error", "error": f"{type(error).__name__}: {error}"}])
 
 
-def only_hydra_files(folder: Path) -> bool:
-    """True when `folder` holds nothing but what Hydra writes at job start (config and log)."""
-    return all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()) if folder.is_dir() else False
+HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+
+
+def remove_own_start_files(folder: Path, job_name: str) -> None:
+    """Remove the files Hydra wrote when this run started (its config and log) if this run made their folder,
+    then every folder this run made that is left empty."""
+    if folder.absolute() not in Preflight.new_dirs:
+        return
+    for name in (*HYDRA_FILES, f"{job_name}.log"):
+        (folder / name).unlink(missing_ok=True)
+    for made in (folder / ".hydra", *Preflight.new_dirs):
+        if made.is_dir() and not any(made.iterdir()):
+            made.rmdir()
+
+
+def task_overrides(hydra_node) -> list[str]:
+    """The job's command-line overrides as typed (unresolved: `prompt=${x}` is text here, not a lookup)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(hydra_node.overrides.task, resolve=False)
+
+
+def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
+    """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
+    remove_own_start_files(out_dir, job_name)
+    fail(str(error))
+
+
+def resolved(cfg) -> dict:
+    """A job's config as a plain dict with every interpolation resolved; a broken one is a UserError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    try:
+        return OmegaConf.to_container(task, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise UserError(f"{key}: {one_line(e)}" if key else one_line(e)) from None
+
+
+def check_composed(cfg) -> tuple[list[str], dict]:
+    """Pre-flight of one composed job config (Hydra node included): (warnings, plain config)."""
+    from sdlab.preflight import check_job, job_config
+
+    overridden = set(display_overrides(task_overrides(cfg.hydra)))
+    config = job_config(resolved(cfg), overridden)
+    return check_job(config), config
+
+
+class Preflight(Callback):
+    """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper),
+    and notes which folders the run makes, so that a run refused later takes back only what it wrote."""
+
+    new_dirs: list[Path] = []
+
+    def on_run_start(self, config, **kwargs) -> None:
+        """Warn about what the model was not made for; end the run with one line on bad input."""
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
+        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+        try:
+            warnings = check_composed(config)[0]
+        except UserError as e:
+            fail(str(e))  # SystemExit passes through Hydra's callback guard, which only warns on exceptions
+        for warning in warnings:
+            log.warning(warning)
 
 
 def run(cfg) -> None:
     """Hydra's task function: compose -> plain dict -> job (or its finished rows) -> results table."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
     from sdlab import resume
     from sdlab.collect import summarize
     from sdlab.config import config_hash
     from sdlab.jobs import JobContext, get_job
-    from sdlab.models import preflight
+    from sdlab.preflight import job_config
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    overrides = job_overrides(list(hc.overrides.task))
+    overrides = display_overrides(task_overrides(hc))
     ctx = JobContext(
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config={},
         out_dir=out_dir,
         experiment=hc.runtime.choices.get("experiment") or "generate",
         overrides=json.dumps(overrides),
         run_id=uuid.uuid4().hex[:12],
     )
-    resume.clean_temp_files(out_dir)
     try:
+        ctx.config = job_config(resolved(cfg), set(overrides))  # checked before the run or sweep began
+        resume.clean_temp_files(out_dir)
         set_threads(ctx.config.get("threads"))
-        ctx.config = apply_params_file(ctx.config, set(overrides))
-        preflight(ctx.config)
         job_hash = config_hash({k: v for k, v in ctx.config.items() if k != "resume"})
         frame = resume.finished_job(out_dir, job_hash) if ctx.config.get("resume", True) else None
         if frame is not None:
@@ -186,9 +164,7 @@ def run(cfg) -> None:
             frame = get_job(ctx.config["job"])(ctx)
     except UserError as e:
         if not multirun:
-            if only_hydra_files(out_dir):
-                shutil.rmtree(out_dir, ignore_errors=True)
-            fail(str(e))
+            refuse_run(out_dir, hc.job.name, e)
         log.error("job failed: %s", e)
         job_hash, frame = None, error_frame(ctx, e)
     except Exception as e:  # one failing cell must not stop the sweep
@@ -211,21 +187,69 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project", lambda path="": str(CONF_DIR.parent / path))
 
 
+def one_line(error: BaseException) -> str:
+    """Hydra's or OmegaConf's multi-line message as one line, without its links and boilerplate."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    keep = [line for line in lines if not line.startswith(("See https://", "full_key:", "object_type=",
+                                                            "reference_type=", "Set the environment"))]
+    return "; ".join(keep) or type(error).__name__
+
+
+@contextmanager
+def hydra_errors_as_user_errors():
+    """While Hydra runs, its composition and override errors become UserErrors instead of printed reports."""
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    original = hydra_utils.run_and_report
+
+    def run_and_raise(func):
+        try:
+            return func()
+        except (HydraException, OmegaConfBaseException) as e:
+            cause = e.__cause__ if isinstance(e.__cause__, UserError) else None
+            raise cause or UserError(one_line(e)) from None
+
+    hydra_utils.run_and_report = run_and_raise
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = original
+
+
 def entry() -> None:
-    """Console script `sdlab`: check overrides, then hand over to Hydra."""
+    """Console script `sdlab`: answer --help/--version, check and prepare the command line, then run Hydra."""
     import hydra
 
+    from sdlab import collect
+    from sdlab.help import help_text, version_text
+
+    argv = sys.argv[1:]
+    if argv[:1] in (["--help"], ["-h"]):
+        print(help_text())
+        return
+    if argv[:1] in (["--version"], ["-V"]):
+        print(version_text())
+        return
+    completing = any(a in ("-sc", "--shell-completion") for a in argv)
     try:
-        check_overrides(sys.argv[1:])
-        check_output_dir(sys.argv[1:])
+        args = argv if completing else prepare(argv)
+        check_output_dir(args)
     except UserError as e:
         fail(str(e))
-    from sdlab import collect
-
     collect.sweep_failures = 0
+    Preflight.new_dirs = []
     quiet_libraries()
     register_resolvers()
-    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(run)()
+    sys.argv = [sys.argv[0], *args]
+    try:
+        with hydra_errors_as_user_errors():
+            hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(run)()
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; rerun the same command to resume", INTERRUPTED)
     if collect.sweep_failures:
         sys.exit(1)
 

@@ -230,18 +230,20 @@ def validate_model(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> 
         _bool(f"model.{key}", cfg.get(key, False))
 
 
+def check_threads(threads: Any) -> None:
+    """`threads` is a positive integer or None (torch's default)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UserError(f"threads={threads!r} must be a positive integer or null")
+
+
 def validate_config(cfg: dict[str, Any]) -> None:
     """Raise a UserError naming the first bad value of a composed job config; reads no files, loads no model."""
     from sdlab.jobs import JOB_MODULES
     from sdlab.schedulers import check_options
 
     limit = limits(cfg)
-    job = cfg.get("job", "generate")
-    if job not in JOB_MODULES:
-        raise UserError(f"unknown job {job!r}; choose one of: {', '.join(JOB_MODULES)}")
-    threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UserError(f"threads={threads!r} must be a positive integer or null")
+    choose("job", cfg.get("job", "generate"), JOB_MODULES)
+    check_threads(cfg.get("threads"))
     _bool("resume", cfg.get("resume", True))
     if cfg.get("params") is not None and not isinstance(cfg["params"], str):
         raise UserError(f"params={cfg['params']!r} must be a file path or null")

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -45,7 +46,7 @@ PALETTE = plt.get_cmap("tab10").colors
 
 
 def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: tuple[float, float] = (6.4, 3.6)) -> Path:
-    """Line plots, one panel per dict: lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logy, hline, yticks (positions, labels)."""
+    """Line plots, one panel per dict: lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logx, logy, hline, yticks (positions, labels), ylim, integer_x."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(panels), 1, figsize=(panel_inches[0], panel_inches[1] * len(panels)), squeeze=False)
         for ax, panel in zip(axes[:, 0], panels):
@@ -65,8 +66,14 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
                 ax.axhline(panel["hline"], color="0.4", lw=0.8, ls="--")
             if panel.get("logy"):
                 ax.set_yscale("log")
+            if panel.get("logx"):
+                ax.set_xscale("log")
             if panel.get("yticks"):
                 ax.set_yticks(*panel["yticks"])
+            if panel.get("ylim"):
+                ax.set_ylim(*panel["ylim"])
+            if panel.get("integer_x"):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(panel.get("xlabel", ""))
             ax.set_ylabel(panel.get("ylabel", ""))
             ax.set_title(panel.get("title", ""))
@@ -135,14 +142,22 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
 
 
 def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
-    """Horizontal bars, one panel per dict: labels, values, xlabel, title, notes (text after each bar), limit (a dashed line)."""
+    """Horizontal bars, one panel per dict: labels, values, xlabel, title, notes (text after each bar), limit (a dashed
+    line), groups (one name per bar: bars coloured and named in a legend by group)."""
     heights = [max(1.2, 0.28 * len(p["labels"]) + 0.8) for p in panels]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, sum(heights)), squeeze=False,
                                  gridspec_kw={"height_ratios": heights})
         for ax, panel in zip(axes[:, 0], panels):
             y = np.arange(len(panel["labels"]))
-            ax.barh(y, panel["values"], color=PALETTE[0])
+            groups = list(panel.get("groups") or [None] * len(y))
+            names = list(dict.fromkeys(groups))
+            colours = [PALETTE[names.index(g) % len(PALETTE)] for g in groups]
+            for name in names:
+                at = [i for i, g in enumerate(groups) if g == name]
+                ax.barh(y[at], np.asarray(panel["values"])[at], color=colours[at[0]], label=name)
+            if names != [None]:
+                ax.legend(fontsize=7, frameon=False, loc="best")
             ax.set_yticks(y, [_short(s, 48) for s in panel["labels"]], fontsize=7)
             ax.invert_yaxis()
             ax.grid(axis="y", visible=False)

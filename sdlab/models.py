@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from sdlab.architectures import ARCHITECTURES, build_components
-from sdlab.config import ATTENTION, MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice, validate_config
+from sdlab.config import ATTENTION, MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
 from sdlab.errors import UserError, choose
 from sdlab.model_files import check_pipeline_folder, check_weights_folder, read_object  # noqa: F401
 from sdlab.schedulers import check_steps
@@ -72,7 +72,7 @@ def _from_folder(folder: Path, dtype: torch.dtype):
     check_pipeline_folder(folder)
     try:
         return StableDiffusionPipeline.from_pretrained(
-            str(folder), torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+            str(folder), dtype=dtype, use_safetensors=True, local_files_only=True,
             safety_checker=None, requires_safety_checker=False,
         )
     except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
@@ -192,9 +192,8 @@ def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
     return read_object(path), str(path)
 
 
-def preflight(cfg: dict) -> None:
-    """Every check of a job's config that needs no weights: values, types, limits, the model's files and timesteps."""
-    validate_config(cfg)
+def check_model(cfg: dict) -> None:
+    """The model's device, files and the steps its scheduler allows, checked without loading any weights."""
     spec = model_spec(cfg["model"])
     resolve_device(spec.device)
     base, source = shipped_scheduler_config(spec)

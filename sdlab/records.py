@@ -71,8 +71,10 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Pa
 
 def save_png(image: Image.Image, target: Path, metadata: dict[str, Any]) -> None:
     """Save a PNG atomically with the generation parameters in its text chunks."""
+    from sdlab.infotext import format_infotext
+
     info = PngInfo()
-    info.add_text("parameters", ", ".join(f"{k}: {v}" for k, v in metadata.items()))
+    info.add_text("parameters", format_infotext({**metadata, "version": f"sdlab {json.loads(versions())['sdlab']}"}))
     info.add_text("sdlab", json.dumps(metadata, sort_keys=True, default=str))
     with atomic_path(target) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)

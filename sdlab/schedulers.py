@@ -59,7 +59,7 @@ def scheduler_class(name: str) -> type:
     choose("scheduler", name, SCHEDULERS)
     spec = SCHEDULERS[name]
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
-        raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install 'sdlab[sde]'")
+        raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install torchsde")
     return getattr(diffusers, spec.cls)
 
 
@@ -71,8 +71,8 @@ def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
     return None
 
 
-def check_options(name: str, options: dict[str, Any] | None) -> None:
-    """Raise a UserError for an option scheduler `name` does not take or a value of the wrong type (no model needed)."""
+def check_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The user's non-null options for scheduler `name`, checked against its class, allowed values and types."""
     cls = scheduler_class(name)
     user = {k: v for k, v in (options or {}).items() if v is not None}
     parameters = inspect.signature(cls.__init__).parameters
@@ -89,13 +89,13 @@ def check_options(name: str, options: dict[str, Any] | None) -> None:
         expected = _option_types(parameters[key].default)
         if expected and (type(value) not in expected[0]):
             raise UserError(f"scheduler.{key}={value!r} must be {expected[1]}")
+    return user
 
 
 def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
     """A scheduler `name` built from a pipeline's scheduler config, the variant's options and user overrides."""
-    check_options(name, overrides)
+    user = check_options(name, overrides)
     cls = scheduler_class(name)
-    user = {k: v for k, v in (overrides or {}).items() if v is not None}
     base = {k: v for k, v in base_config.items() if not k.startswith("_")}
     try:
         return cls.from_config(base, **SCHEDULERS[name].options, **user)

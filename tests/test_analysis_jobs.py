@@ -40,7 +40,7 @@ def test_schedule_snr_landmarks_tables_and_figures(tmp_path):
     assert per["ddim"] == [751.0, 501.0, 251.0, 1.0]
     assert per["ddim timestep_spacing=trailing"] == [999.0, 749.0, 499.0, 249.0]
     assert len(per["heun"]) == 2 * 4 - 1
-    check_image(tmp_path / "snr.png", **figure_size(6.4, 3.6))
+    check_image(tmp_path / "snr.png", **figure_size(6.4, 2 * 3.6))  # alpha_bar and SNR panels
     check_image(tmp_path / "visits.png", **figure_size(6.4, 3 * 3.6))
 
 

@@ -118,7 +118,7 @@ def bad_inputs(tmp):
         (["resume=maybe"], "resume='maybe' must be true or false"),
         (["batch_size=true"], "batch_size=True is not an integer"),
         (["clip.name=5"], "clip.name=5 must be a string"),
-        (["prompt=[a,b]"], "prompt=['a', 'b'] is not a string"),
+        ([f"params={write(tmp / 'p.json', json.dumps({'prompt': ['a', 'b']}))}"], "prompt=['a', 'b'] should be str"),
         (["params=5"], "params=5 must be a file path or null"),
     ]
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from sdlab import generate
 
-SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2")
+SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
 
 
 def test_rerun_skips_complete_cells_and_resume_false_recomputes(run_sdlab, tmp_path):
@@ -40,7 +40,7 @@ def test_rerun_skips_complete_cells_and_resume_false_recomputes(run_sdlab, tmp_p
 
 
 def test_cells_inside_a_job_resume_per_seed(run_sdlab, tmp_path):
-    args = ("seeds=[1,2,3]", "batch_size=1", "num_inference_steps=2", f"hydra.run.dir={tmp_path}")
+    args = ("seeds=[1,2,3]", "batch_size=1", "num_inference_steps=2", "threads=1", f"hydra.run.dir={tmp_path}")
     assert run_sdlab(*args) == 0
     first = pd.read_parquet(tmp_path / "results.parquet")
     (tmp_path / "images" / "seed2.png").unlink()
@@ -66,7 +66,7 @@ def wait_for(condition, process, timeout=240.0) -> None:
 def test_sigkill_at_three_moments_then_rerun_gives_every_cell_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("-m", "seed=1,2", "guidance_scale=1,7.5", "seeds=[1,2,3]", "batch_size=1",
-            "num_inference_steps=3", f"hydra.sweep.dir={sweep}")
+            "num_inference_steps=3", "threads=1", f"hydra.sweep.dir={sweep}")
     pngs = lambda: list(sweep.rglob("*.png"))  # noqa: E731
     moments = [
         lambda: len(pngs()) >= 1,  # inside the first job, after its first image
@@ -92,23 +92,39 @@ def test_sigkill_at_three_moments_then_rerun_gives_every_cell_once(tmp_path):
     assert not list(sweep.rglob(".*.tmp*"))
 
 
-def test_failing_cell_is_a_row_and_the_sweep_goes_on(run_sdlab, tmp_path, capsys):
-    code = run_sdlab("-m", "scheduler=euler,ddim", "scheduler.use_karras_sigmas=true", "num_inference_steps=2",
-                     f"hydra.sweep.dir={tmp_path}")
+def test_failing_cell_is_a_row_and_the_sweep_goes_on(run_sdlab, tmp_path, capsys, monkeypatch):
+    from sdlab.jobs import generate as generate_job
+
+    real = generate_job.generate_batch
+
+    def out_of_memory_for_seed_2(pipe, key, params, seeds):
+        if 2 in seeds:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(pipe, key, params, seeds)
+
+    monkeypatch.setattr(generate_job, "generate_batch", out_of_memory_for_seed_2)
+    code = run_sdlab("-m", "seed=1,2,3", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}")
     assert code == 1
-    frame = pd.read_csv(tmp_path / "results.csv").set_index("scheduler", drop=False)
-    assert frame["status"].tolist().count("ok") == 1
-    failed = frame[frame["status"] == "error"]
-    assert len(failed) == 1 and "use_karras_sigmas" in failed["error"].iloc[0]
+    frame = pd.read_csv(tmp_path / "results.csv")
+    assert frame["status"].tolist() == ["ok", "error", "ok"]
+    assert "out of memory" in frame["error"].iloc[1]
     out = capsys.readouterr().out
-    assert "1 ok, 1 failed" in out and "scheduler" in out
+    assert "2 ok, 1 failed" in out and "seed=2" in out
+
+
+def test_an_invalid_option_combination_stops_the_sweep_before_any_job(run_sdlab, tmp_path, capsys):
+    code = run_sdlab("-m", "scheduler=euler,ddim", "scheduler.use_karras_sigmas=true", "num_inference_steps=2",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 2
+    assert "scheduler 'ddim' has no option 'use_karras_sigmas'" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_all_black_output_is_a_failed_row_not_an_image(run_sdlab, tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(generate, "decode_latents", lambda pipe, latents: torch.zeros(len(latents), 3, 64, 64))
-    code = run_sdlab("seeds=[1,2]", "num_inference_steps=2", f"hydra.run.dir={tmp_path}")
+    code = run_sdlab("seeds=[1,2]", "num_inference_steps=2", "threads=1", f"hydra.run.dir={tmp_path}")
     assert code == 1
     frame = pd.read_parquet(tmp_path / "results.parquet")
     assert frame["status"].tolist() == ["error", "error"]
@@ -155,7 +171,7 @@ def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypat
         raise ValueError("disk full")
 
     monkeypatch.setattr(collect, "collect", broken)  # the sweep-level read, not the per-job write
-    assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", f"hydra.sweep.dir={tmp_path}") == 1
+    assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}") == 1
     assert "collecting the sweep" in capsys.readouterr().out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Sequence
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -11,6 +12,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
+
+from sdlab.cli import check_composed
+from sdlab.errors import UserError
+from sdlab.preflight import sweep_plan
+
+log = logging.getLogger(__name__)
 
 
 class ComposedConfigs:
@@ -25,7 +32,7 @@ class ComposedConfigs:
         self._kept: dict[tuple[str, ...], Any] = {}
         self._templates: dict[tuple, tuple[list[Override], Any]] = {}
 
-    def compose(self, master_config: Any, sweep_overrides: Sequence[str]) -> None:
+    def compose(self, master_config: Any, sweep_overrides: Sequence[str]) -> Any:
         """Compose one job's config (raising as Hydra would) and keep it for the launcher, up to `limit` of them."""
         parsed = OverridesParser.create().parse_overrides(overrides=list(sweep_overrides))
         signature = self._signature(parsed)
@@ -36,6 +43,7 @@ class ComposedConfigs:
                 self._templates[signature] = (parsed, copy.deepcopy(config))
         if len(self._kept) < self._limit:
             self._kept[tuple(sweep_overrides)] = config
+        return config
 
     def _signature(self, parsed: list[Override]) -> tuple | None:
         """Each override's key, with its value where a job differing in it must be composed afresh."""
@@ -90,7 +98,27 @@ class ComposeOnceSweeper(BasicSweeper):
         context = HydraContext(config_loader=self.composed, callbacks=hydra_context.callbacks)
         super().setup(hydra_context=context, task_function=task_function, config=config)
 
+    def sweep(self, arguments: list[str]) -> Any:
+        """Compose and pre-flight every job of the sweep, then run it as BasicSweeper does.
+
+        Hydra's sweeper writes the sweep dir before it checks the first batch; here a bad value in any job
+        stops the sweep with one line before anything is written.
+        """
+        sweep_dir = str(self.config.hydra.sweep.dir)  # resolved first: jobs copy its `${now:}` from here
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        jobs = [job for batch in self.split_arguments(overrides, self.max_batch_size) for job in batch]
+        if not jobs:
+            raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
+        warnings, configs = {}, []
+        for job in jobs:
+            job_warnings, config = check_composed(self.composed.compose(self.config, job))
+            warnings.update(dict.fromkeys(job_warnings))
+            configs.append(config)
+        for warning in warnings:
+            log.warning(warning)
+        log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
+        return super().sweep(arguments)
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Compose every job of the batch now (a bad one fails before any runs) and keep the results."""
-        for overrides in batch:
-            self.composed.compose(self.config, overrides)
+        """Nothing left to check: `sweep` composed and checked every job before the first batch."""

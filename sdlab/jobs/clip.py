@@ -62,6 +62,15 @@ def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarr
     return pooled_text_embeddings(pipe.text_encoder, pipe.tokenizer, prompts), name
 
 
+def nearest_claim(matrix: np.ndarray) -> str:
+    """What the first prompt's row says: which prompt is closest to it and which farthest, with the cosines."""
+    if len(matrix) < 3:
+        return f"cos(P1, P2) = {matrix[0, 1]:.2f}" if len(matrix) == 2 else ""
+    others = matrix[0, 1:]
+    near, far = int(np.argmax(others)) + 2, int(np.argmin(others)) + 2
+    return f"P1 is closest to P{near} ({others.max():.2f}) and farthest from P{far} ({others.min():.2f})"
+
+
 @job("clip_similarity")
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
@@ -76,7 +85,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     text = long_matrix(matrix, prompts, prompts, "prompt_a", "prompt_b").assign(embedding=embedding)
     keys = [f"P{i + 1}" for i in range(len(prompts))]
     heatmap(matrix, [f"{k}: {p}" for k, p in zip(keys, prompts)], keys, ctx.out_dir / "text_similarity.png",
-            vmin=-1, vmax=1, value_label="cosine", title=f"cos(E_T(a), E_T(b))\n{embedding}")
+            vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}")
     rows = [{**base_row(ctx, "clip_similarity", spec), **r} for r in text.to_dict("records")]
 
     # 2. Image-caption similarity (needs a CLIP model with an image tower).

@@ -92,16 +92,24 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
                             guidance_scale=float(cfg.get("guidance_scale", 7.5)), seeds=study.seeds)
     seeds, rows = list(study.seeds), []
-    for prompt in study.prompts:
+    stochastic = [name for name in study.schedulers if SCHEDULERS[name].stochastic]
+    progress = Progress(len(study.prompts) * ((1 + len(stochastic)) * study.reference_steps
+                                             + len(study.schedulers) * sum(study.steps)))
+    for p, prompt in enumerate(study.prompts, 1):
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
+        progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x {study.reference_steps} steps",
+                      study.reference_steps)
         references = {"deterministic": solve(pipe, spec, study.reference_scheduler, study.reference_steps, base, prompt, seeds)}
-        for name in study.schedulers:
-            if SCHEDULERS[name].stochastic:
-                references[name] = solve(pipe, spec, name, study.reference_steps, base, prompt, seeds)
+        for name in stochastic:
+            progress.step(f"prompt {p}/{len(study.prompts)}: {name}'s own limit, {study.reference_steps} steps",
+                          study.reference_steps)
+            references[name] = solve(pipe, spec, name, study.reference_steps, base, prompt, seeds)
         # 2. every scheduler at every step count, scored against its reference
         for name in study.schedulers:
             kind = name if SCHEDULERS[name].stochastic else "deterministic"
             ref = references[kind]
+            progress.step(f"prompt {p}/{len(study.prompts)}: {name} at {', '.join(map(str, study.steps))} steps",
+                          sum(study.steps))
             for steps in study.steps:
                 result = solve(pipe, spec, name, steps, base, prompt, seeds)
                 scores = distances(result.latents, result.images, ref.latents, ref.images)
@@ -116,10 +124,25 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                         + f"{name if kind != 'deterministic' else study.reference_scheduler} x {study.reference_steps} steps",
                         **score, **more, "status": "ok", "error": None,
                     })
-            log.info("%s: %s", name, ", ".join(f"{s} steps" for s in study.steps))
     runs = ordered(rows)
     write_outputs(ctx, study, pipe, spec, runs)
     return runs
+
+
+class Progress:
+    """One log line per stage of a long study: denoising steps done of all, the time so far and an estimate left."""
+
+    def __init__(self, total: int):
+        import time
+
+        self.total, self.done, self.clock, self.start = total, 0, time.perf_counter, time.perf_counter()
+
+    def step(self, what: str, count: int) -> None:
+        """Log that `what` starts; it takes `count` denoising steps."""
+        elapsed = self.clock() - self.start
+        left = f", about {elapsed / self.done * (self.total - self.done):.0f} s left" if self.done else ""
+        log.info("[%d%% of %d steps, %.0f s%s] %s", 100 * self.done // self.total, self.total, elapsed, left, what)
+        self.done += count
 
 
 def ranking(summary: pd.DataFrame, target: float) -> pd.DataFrame:

@@ -78,11 +78,19 @@ def run_toy_unet(ctx: JobContext) -> pd.DataFrame:
     frame = pd.concat([level_table(c, int(cfg.get("in_channels", 1)), int(cfg.get("size", 32))) for c in configs],
                       ignore_index=True)
     levels = frame[frame["level"] != "total"]
-    labels = [f"{c} L{lvl} ({res})" for c, lvl, res in zip(levels["config"], levels["level"], levels["resolution"])]
-    bar_chart([{"labels": labels, "values": levels["params"] / 1e6, "xlabel": "parameters (millions)",
-                "title": "parameters per level (down + up block)"},
-               {"labels": labels, "values": levels["activation_bytes_fp32"] / 2**10, "xlabel": "KiB (fp32, batch 1)",
-                "title": "skip activations kept per level"}], ctx.out_dir / "toy_unet.png")
+    labels = [f"L{lvl} ({res})" for lvl, res in zip(levels["level"], levels["resolution"])]
+    groups = [f"channels {c}" for c in levels["config"]]
+    share = {column: levels[column] / levels.groupby("config")[column].transform("sum")
+             for column in ("params", "activation_bytes_fp32")}
+    first = levels["config"] == levels["config"].iloc[0]
+    deepest, shallowest = levels[first].index[-1], levels[first].index[0]
+    claim = (f"deepest level: {share['params'][deepest]:.0%} of the parameters; shallowest: "
+             f"{share['activation_bytes_fp32'][shallowest]:.0%} of the activations (channels {levels['config'].iloc[0]})")
+    bar_chart([{"labels": labels, "values": levels["params"] / 1e6, "groups": groups, "xlabel": "parameters (millions)",
+                "notes": [f"{v:.0%}" for v in share["params"]], "title": "parameters per level (down + up block)"},
+               {"labels": labels, "values": levels["activation_bytes_fp32"] / 2**10, "groups": groups,
+                "notes": [f"{v:.0%}" for v in share["activation_bytes_fp32"]], "xlabel": "KiB (fp32, batch 1)",
+                "title": "skip activations kept per level"}], ctx.out_dir / "toy_unet.png", title=claim)
     return finish(ctx, frame, "toy_unet")
 
 
@@ -140,11 +148,14 @@ def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     frame = toy.ddim_perfect_predictor_mse(x0, T=int(cfg.get("T", 1000)), steps_list=steps,
                                            schedule=cfg.get("schedule", "linear"), seed=int(cfg.get("seed", 0)))
     knee = toy.knee(frame["steps"], frame["mse"])
+    mse = frame.set_index("steps")["mse"]
+    first, last = int(frame["steps"].iloc[0]), int(frame["steps"].iloc[-1])
+    claim = (f"{first} -> {knee} steps cut the error {mse[first] / mse[knee]:.0f}x; "
+             f"{knee} -> {last} steps ({last / knee:.0f}x the work) {mse[knee] / mse[last]:.0f}x more")
     curves([{"lines": [{"x": frame["steps"], "y": frame["mse"], "style": "o-", "label": "DDIM round trip"}],
-             "points": [{"x": [knee], "y": [float(frame.set_index("steps").loc[knee, "mse"])], "label": f"knee: {knee} steps",
-                         "marker": "*", "size": 90}],
-             "xlabel": "steps", "ylabel": "reconstruction MSE", "logy": True,
-             "title": "more steps stop paying after the knee"}], ctx.out_dir / "ddim_steps.png")
+             "points": [{"x": [knee], "y": [float(mse[knee])], "label": f"knee: {knee} steps", "marker": "*", "size": 90}],
+             "xlabel": "steps (log scale)", "ylabel": "reconstruction MSE", "logx": True, "logy": True,
+             "title": claim}], ctx.out_dir / "ddim_steps.png", title="more steps stop paying after the knee")
     return finish(ctx, frame.assign(knee=knee), "ddim_steps")
 
 

@@ -112,6 +112,17 @@ def describe(overrides: str, seed: int) -> str:
     return " ".join(f"{k}={v}" for k, v in parsed.items())
 
 
+PNG_KEYS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height", "eta",
+            "scheduler", "model")
+
+
+def png_record(row: dict, cfg: dict) -> dict:
+    """What a PNG carries to regenerate itself with `sdlab params=IMAGE.png`: the row's parameters and the
+    scheduler options the run set."""
+    options = scheduler_choice(cfg["scheduler"]).options if cfg.get("scheduler") else {}
+    return {**{k: row[k] for k in PNG_KEYS}, **({"scheduler_options": options} if options else {})}
+
+
 def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult, clip=None,
                prefix: str = "") -> list[dict]:
     """Save each image of a batch and make its row (clip_score with a clip model); batch timings are shared equally."""
@@ -137,8 +148,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             "status": "ok",
             "error": None,
         }
-        save_png(image, ctx.out_dir / relative, {k: row[k] for k in ("prompt", "negative_prompt", "seed",
-                 "num_inference_steps", "guidance_scale", "width", "height", "eta", "scheduler", "model")})
+        save_png(image, ctx.out_dir / relative, png_record(row, ctx.config))
         log.info("%s: %.2f s (text %.3f, unet %.2f, vae %.3f), nfe %d", describe(ctx.overrides, seed),
                  row["time_total_s"], row["time_text_s"], row["time_unet_s"], row["time_vae_s"], result.nfe)
         rows.append(row)

@@ -118,17 +118,28 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
 
 
 def snr_figure(schedule: pd.DataFrame, rows: list[dict], target) -> None:
-    """SNR dB vs t of every schedule, zero crossings marked."""
-    lines = [{"x": g["t"], "y": g["snr_db"], "label": label} for label, g in schedule.groupby("schedule", sort=False)]
-    points = [{"x": [r["crossing_t"]], "y": [0.0], "notes": [f"t={r['crossing_t']}"], "color": f"C{i}", "marker": "o",
-               "offset": (-10, 6 + 11 * i)}
-              for i, r in enumerate(rows) if r["crossing_t"] >= 0]
-    curves([{"lines": lines, "points": points, "hline": 0.0, "xlabel": "timestep t", "ylabel": "SNR (dB)",
-             "title": "SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)); dots: 0 dB crossing"}], target)
+    """alpha_bar and SNR dB against t for every schedule, each one's 0 dB crossing (alpha_bar = 0.5) marked and named."""
+    crossing = {r["schedule"]: r["crossing_t"] for r in rows}
+    named = {label: f"{label} (0 dB at t={crossing[label]})" if crossing[label] >= 0 else label
+             for label in crossing}
+    groups = list(schedule.groupby("schedule", sort=False))
+    marks = [(i, label) for i, (label, _) in enumerate(groups) if crossing[label] >= 0]
+    below = [{"x": [crossing[label]], "y": [value], "notes": [f"t={crossing[label]}"], "color": f"C{i}",
+              "offset": (6, -12 if i % 2 == 0 else 6)} for value in (0.5,) for i, label in marks]
+    at_zero = [{**point, "y": [0.0]} for point in below]
+    claim = ", ".join(f"t={crossing[label]}" for _, label in marks)
+    curves([
+        {"lines": [{"x": g["t"], "y": g["alpha_bar"], "label": named[label]} for label, g in groups],
+         "points": below, "hline": 0.5, "xlabel": "timestep t", "ylabel": "alpha_bar_t (signal kept)",
+         "title": "alpha_bar_t = prod(1 - beta_s); dots: alpha_bar = 0.5"},
+        {"lines": [{"x": g["t"], "y": g["snr_db"], "label": named[label]} for label, g in groups],
+         "points": at_zero, "hline": 0.0, "xlabel": "timestep t", "ylabel": "SNR (dB)",
+         "title": "SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)); dots: 0 dB"},
+    ], target, title=f"signal and noise are equal (0 dB) at {claim}" if marks else "")
 
 
 def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, model: str, target) -> None:
-    """The model's SNR curve with each sampler's visited timesteps, a rug of them, and sigma per step."""
+    """The model's SNR curve with each sampler's visited timesteps, a rug of them (several samplers), and sigma per step."""
     markers = "osD^vP*X"
     groups = list(visits.groupby("scheduler", sort=False))
     on_curve = [{"x": g["timestep"], "y": g["snr_db"], "label": label, "marker": markers[i % len(markers)],
@@ -136,13 +147,15 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
     rug = [{"x": g["timestep"], "y": np.full(len(g), i), "marker": "|", "size": 160, "color": f"C{i}"}
            for i, (label, g) in enumerate(groups)]
     sigma = [{"x": g["step"], "y": g["sigma"], "label": label, "style": "o-"} for label, g in groups]
-    curves([
+    lowest = {label: float(g["timestep"].min()) for label, g in groups}
+    panels = [
         {"lines": [{"x": model_table["t"], "y": model_table["snr_db"], "label": f"model={model} schedule", "color": "0.5"}],
          "points": on_curve, "hline": 0.0, "xlabel": "timestep t", "ylabel": "SNR (dB)",
-         "title": f"timesteps visited in {steps} steps"},
-        {"points": rug, "xlabel": "timestep t",
+         "title": f"timesteps visited in {steps} steps; last at t=" + ", ".join(f"{v:g}" for v in lowest.values())},
+        {"points": rug, "xlabel": "timestep t", "ylim": (-0.6, len(groups) - 0.4),
          "yticks": (list(range(len(groups))), [textwrap.fill(g[0], 22, break_long_words=False) for g in groups]),
          "title": "visited timesteps per sampler"},
         {"lines": sigma, "logy": True, "xlabel": "step", "ylabel": "sigma = sqrt((1 - alpha_bar)/alpha_bar)",
-         "title": "sigma at each step"},
-    ], target)
+         "title": "sigma at each step", "integer_x": True},
+    ]
+    curves(panels if len(groups) > 1 else [panels[0], panels[2]], target)

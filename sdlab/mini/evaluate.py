@@ -28,7 +28,7 @@ def load_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
 
     from sdlab.schedulers import make_scheduler
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(root), torch_dtype=torch.float32, use_safetensors=True,
+    pipe = StableDiffusionPipeline.from_pretrained(str(root), dtype=torch.float32, use_safetensors=True,
                                                    local_files_only=True)
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)

@@ -1,0 +1,248 @@
+"""The command line as the user typed it, made ready for Hydra: free-text values quoted, prompt files expanded,
+unknown keys and groups refused with a suggestion, and a default sweep dir that every job agrees on."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from sdlab.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "scheduler", "clip", "experiment")
+FREE_TEXT_KEYS = ("prompt", "negative_prompt")  # one literal string each, commas and brackets included
+PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job per prompt under -m
+SWEEP_FUNCTIONS = ("glob(", "choice(", "range(", "interval(", "tag(", "sort(", "shuffle(")
+# Hydra's own flags that take a value as the next argument.
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
+                    "-cn", "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc")
+ALIASES = {  # names users bring from other image tools
+    "steps": "num_inference_steps", "cfg": "guidance_scale", "cfg_scale": "guidance_scale",
+    "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
+    "neg_prompt": "negative_prompt", "size": "width and height", "n_iter": "seeds", "batch_count": "seeds",
+}
+
+
+def group_options(group: str) -> list[str]:
+    """Selectable config names of a group (files not starting with `_`)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
+
+
+@lru_cache(maxsize=None)
+def _yaml_keys(path: Path) -> frozenset[str]:
+    data = yaml.safe_load(path.read_text()) or {}
+    return frozenset(data) - {"defaults"}
+
+
+def known_keys(group: str | None) -> set[str]:
+    """Keys a `group.KEY=` override may set, or top-level keys (base config and every recipe) for None."""
+    if group is None:
+        recipes = [_yaml_keys(p) for p in (CONF_DIR / "experiment").glob("*.yaml")]
+        return (_yaml_keys(CONF_DIR / "config.yaml") | set().union(*recipes)) - {"hydra"}
+    return set().union(*(_yaml_keys(p) for p in (CONF_DIR / group).glob("*.yaml")))
+
+
+def suggestion(word: str, candidates: list[str] | set[str]) -> str:
+    """' (did you mean X?)' for a near miss or a name from another tool, else ''."""
+    if word in ALIASES:
+        return f" (did you mean {ALIASES[word]}?)"
+    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra flags with their values, overrides) of a command line."""
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-"):
+            takes_value = arg in FLAGS_WITH_VALUE and i + 1 < len(argv)
+            flags += argv[i:i + 2] if takes_value else [arg]
+            i += 2 if takes_value else 1
+        else:
+            overrides.append(arg)
+            i += 1
+    return flags, overrides
+
+
+def is_multirun(flags: list[str]) -> bool:
+    """True when the command line asks for a sweep (`-m` / `--multirun`)."""
+    return "-m" in flags or "--multirun" in flags
+
+
+def hydra_quote(text: str) -> str:
+    """`text` as a single-quoted Hydra string that parses back to exactly `text`."""
+    escaped = re.sub(r"\\+(?='|$)", lambda m: m.group(0) * 2, text)
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+def quote_free_text(arg: str) -> str:
+    """`prompt=a, b (c:1.2)` -> `prompt='a, b (c:1.2)'`: one literal string; values the user quoted stay Hydra's."""
+    key, sep, value = arg.partition("=")
+    if not sep or key.lstrip("+") not in FREE_TEXT_KEYS or value[:1] in ("'", '"'):
+        return arg
+    return f"{key}={hydra_quote(value)}"
+
+
+def read_prompt_file(path: str) -> list[str]:
+    """Non-empty lines of a prompts file, stripped; a missing, unreadable or empty file is a UserError."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{PROMPT_FILE_KEY}={path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{PROMPT_FILE_KEY}={path} cannot be read as UTF-8 text: {e}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"{PROMPT_FILE_KEY}={path} holds no prompts; write one prompt per line")
+    return prompts
+
+
+def expand_prompt_file(arg: str, multirun: bool) -> str:
+    """`prompt_file=F` -> `prompt=` the file's prompts (a sweep of them under -m, the one prompt otherwise)."""
+    key, _, path = arg.partition("=")
+    if key != PROMPT_FILE_KEY:
+        return arg
+    prompts = read_prompt_file(path)
+    if len(prompts) > 1 and not multirun:
+        raise UserError(f"{PROMPT_FILE_KEY}={path} holds {len(prompts)} prompts; add -m to run one job per prompt")
+    return "prompt=" + ",".join(hydra_quote(p) for p in prompts)
+
+
+def check_syntax(arg: str) -> None:
+    """Reject an override Hydra cannot parse, naming it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_override(arg)
+    except Exception as e:  # noqa: BLE001 - Hydra's parse errors have no common base worth naming
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {arg!r}: {reason} (quote values with special characters, "
+                        "e.g. 'seeds=[1,2]')") from None
+
+
+def check_override(arg: str) -> None:
+    """Reject an unknown group choice or config key, naming what is allowed and the near miss."""
+    key, sep, value = arg.partition("=")
+    if key.startswith("~"):
+        name = key.lstrip("~")
+        if name in GROUPS or name.partition(".")[0] in GROUPS or name in known_keys(None):
+            raise UserError(f"{arg}: sdlab's config keys and groups cannot be deleted; set a value instead "
+                            f"(e.g. {name.partition('.')[0]}=...)")
+        return
+    if not sep:
+        raise UserError(f"{arg!r} is not an override; write KEY=VALUE (see sdlab --help)")
+    check_syntax(arg)
+    key = key.lstrip("+")
+    if key.startswith("hydra") or key.startswith("experiment."):
+        return
+    if key in GROUPS:
+        if value.startswith(SWEEP_FUNCTIONS):
+            return
+        for option in value.split(","):
+            if option not in group_options(key):
+                raise UserError(f"unknown {key} {option!r}{suggestion(option, group_options(key))}; "
+                                f"choose one of: {', '.join(group_options(key))}")
+        return
+    group, _, sub = key.partition(".")
+    if sub and group in ("model", "scheduler", "clip"):
+        allowed = known_keys(group)
+        if sub.partition(".")[0] not in allowed:
+            raise UserError(f"unknown config key {key!r}{suggestion(sub, allowed)}; "
+                            f"{group}.* keys are: {', '.join(sorted(allowed))}")
+    elif key not in known_keys(None) and group not in known_keys(None):
+        allowed = known_keys(None) | {PROMPT_FILE_KEY}
+        raise UserError(f"unknown config key {key!r}{suggestion(key, allowed)}; "
+                        f"top-level keys are: {', '.join(sorted(allowed))}")
+
+
+def experiment_is_swept(overrides: list[str]) -> bool:
+    """True when `experiment=` names several recipes (a list or a sweep function)."""
+    values = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "experiment"]
+    return any("," in v or v.startswith(SWEEP_FUNCTIONS) for v in values)
+
+
+def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
+    """`hydra.sweep.dir=outputs/experiments/multirun_<now>` for a sweep over recipes without a sweep dir.
+
+    The configured default names the recipe; when the recipe itself is swept, each job would name its own
+    folder and the sweep would have no single root.
+    """
+    if not is_multirun(flags) or any(a.startswith("hydra.sweep.dir=") for a in overrides):
+        return []
+    if not experiment_is_swept(overrides):
+        return []
+    return [f"hydra.sweep.dir=outputs/experiments/multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}"]
+
+
+def model_of_params_file(overrides: list[str]) -> list[str]:
+    """`model=NAME` for a `params=FILE` that names the model it was made with, unless `model=` is given.
+
+    The model is a config group, so it has to be chosen before Hydra composes; every other key of the
+    file is merged after.
+    """
+    from sdlab.params import load_params
+
+    keys = {a.partition("=")[0].lstrip("+") for a in overrides}
+    paths = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "params"]
+    if "model" in keys or len(paths) != 1 or "," in paths[0]:
+        return []
+    model = load_params(paths[0]).get("model")
+    return [f"model={model}"] if model else []
+
+
+def prepare(argv: list[str]) -> list[str]:
+    """The command line Hydra gets: checked, free text quoted, prompt files expanded, a sweep dir if needed."""
+    flags, overrides = split_flags(argv)
+    multirun = is_multirun(flags)
+    ready = []
+    for arg in overrides:
+        arg = quote_free_text(expand_prompt_file(arg, multirun))
+        check_override(arg)
+        ready.append(arg)
+    ready += model_of_params_file(ready)
+    for arg in ready[len(overrides):]:
+        check_override(arg)
+    return flags + ready + default_sweep_dir(flags, ready)
+
+
+def check_output_dir(args: list[str]) -> None:
+    """Refuse a run or sweep dir that cannot be created or written, before Hydra tries."""
+    import tempfile
+
+    targets = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for target in targets or ["outputs"]:
+        existing = Path(target).expanduser().absolute()
+        while not existing.exists():
+            existing = existing.parent
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError:
+            raise UserError(f"output dir {target} cannot be written ({existing} is not a writable folder)") from None
+
+
+def display_overrides(task: list[str]) -> dict[str, str]:
+    """A job's overrides as {key: value as the user wrote it}: strings unquoted and unescaped, others as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = {}
+    for item in task:
+        try:
+            override = parser.parse_override(item)
+        except Exception:  # noqa: BLE001 - Hydra already accepted it; show it raw rather than fail the job
+            key, _, value = item.partition("=")
+            out[key.lstrip("+~")] = value
+            continue
+        value = override.value()
+        key = override.key_or_group.lstrip("+~")
+        if override.package:
+            key = f"{key}@{override.package}"
+        out[key] = value if isinstance(value, str) else override.get_value_string()
+    return out

@@ -1,0 +1,111 @@
+"""`sdlab --help` and `sdlab --version`, read from conf/ and package metadata without importing torch or Hydra."""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from sdlab.arguments import CONF_DIR, PROMPT_FILE_KEY, group_options
+
+KEY_DESCRIPTIONS = {  # the base config's keys whose line in conf/config.yaml has no comment of its own
+    "prompt": "what to draw (commas are fine: prompt=\"a, b, c\" is one prompt)",
+    "negative_prompt": "what to steer away from",
+    "seed": "one seed (each seed has its own CPU generator)",
+    "num_inference_steps": "denoising steps",
+    "guidance_scale": "classifier-free guidance scale w (1 turns guidance off)",
+    "height": "null: the model's native resolution",
+    "eta": "DDIM eta in [0, 1]",
+}
+VERSIONED = ("torch", "diffusers", "transformers", "hydra-core", "pandas")
+
+
+def first_comment(path: Path) -> str:
+    """The first comment line of a YAML file that is not a Hydra directive."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def base_keys() -> list[tuple[str, str]]:
+    """(key, description) of conf/config.yaml's top-level keys, from their trailing comments."""
+    keys = []
+    for line in (CONF_DIR / "config.yaml").read_text().splitlines():
+        match = re.match(r"^([a-z_]+):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
+        if match and match.group(1) not in ("defaults", "hydra", "job"):
+            key, default, comment = match.groups()
+            keys.append((key, comment or KEY_DESCRIPTIONS.get(key, f"default {default}")))
+    return keys
+
+
+def listing(group: str, describe: bool) -> list[str]:
+    """Options of a config group, one per line with its description."""
+    folder = CONF_DIR / group
+    names = group_options(group)
+    if not describe:
+        return textwrap.wrap(", ".join(names), 110, initial_indent="  ", subsequent_indent="  ")
+    width = max(map(len, names))
+    return [f"  {name:<{width}}  {shorten(first_comment(folder / f'{name}.yaml'), 110 - width)}" for name in names]
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut at a word boundary to at most `limit` characters, with '...' when cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+
+
+def help_text() -> str:
+    """The whole `sdlab --help` page."""
+    keys = base_keys() + [(PROMPT_FILE_KEY, "a text file of prompts, one per line; with -m one job per prompt")]
+    width = max(len(k) for k, _ in keys)
+    lines = [
+        "sdlab: batch experiments and analyses for latent diffusion models",
+        "",
+        "usage: sdlab [-m] [KEY=VALUE ...]         run the default job, or a sweep with -m",
+        "       sdlab report DIR                   rebuild the summary and report of a run or sweep dir",
+        "       sdlab --help | --version | -sc install=bash",
+        "",
+        "examples:",
+        '  sdlab prompt="a red circle, on a blue background" seed=7 scheduler=euler',
+        "  sdlab -m seed=1,2 guidance_scale=1,7.5 scheduler=ddim,dpmpp_2m",
+        "  sdlab -m prompt_file=prompts.txt seed=1,2",
+        "  sdlab experiment=compare_schedulers_quick",
+        "",
+        "main keys:",
+        *(f"  {k:<{width}}  {d}" for k, d in keys),
+        "",
+        "models (model=NAME; model.path=DIR for any diffusers folder):",
+        *listing("model", True),
+        "",
+        "schedulers (scheduler=NAME; options such as scheduler.timestep_spacing=trailing):",
+        *listing("scheduler", False),
+        "",
+        "CLIP for clip_score (clip=NAME):",
+        *listing("clip", True),
+        "",
+        "experiments (experiment=NAME; experiments/README.md has each one's outputs):",
+        *listing("experiment", True),
+        "",
+        "Hydra: -m/--multirun sweeps comma lists, range(a,b) and glob(pattern); --cfg job prints the config;",
+        "hydra.run.dir=DIR and hydra.sweep.dir=DIR choose the output folder; --hydra-help lists Hydra's flags.",
+    ]
+    return "\n".join(lines)
+
+
+def package_version(name: str) -> str:
+    """An installed package's version, or 'not installed'."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def version_text() -> str:
+    """`sdlab X.Y.Z` and the versions of the libraries that decide its numbers."""
+    python = ".".join(map(str, sys.version_info[:3]))
+    deps = ", ".join(f"{name} {package_version(name)}" for name in VERSIONED)
+    return f"sdlab {package_version('sdlab')} (python {python}, {deps})"

@@ -1,0 +1,138 @@
+"""Pre-flight: everything a job needs, checked from its config before any model loads or file is written."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sdlab.config import check_threads, generation_params, limits, model_spec, validate_config  # noqa: F401
+from sdlab.errors import UserError
+
+
+def prompt_outside_grammar(prompt: str) -> list[str]:
+    """Words of `prompt` that the miniature model's shapes grammar does not know (sdlab/mini/data.py)."""
+    from sdlab.mini import data
+
+    vocabulary = {w for template in data.CAPTION_TEMPLATES for w in re.findall(r"[a-z]+", template)}
+    vocabulary |= {*data.SHAPES, *data.COLOURS, *data.BACKGROUNDS, *data.SIZES, *data.POSITIONS}
+    vocabulary |= {w for phrase in data.POSITION_PHRASES.values() for w in phrase.split()}
+    vocabulary |= {"an", "with", "and", "center", "middle"}
+    return [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in vocabulary]
+
+
+def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
+    """Warnings for requests the model was not made for: a prompt outside its grammar, a non-native size."""
+    model = cfg.get("model") or {}
+    name, native = model.get("name"), model.get("resolution")
+    warnings = []
+    if model.get("prompt_grammar") == "shapes":
+        for key in ("prompt", "negative_prompt"):
+            unknown = prompt_outside_grammar(str(cfg.get(key) or ""))
+            if unknown:
+                warnings.append(
+                    f"{key}={cfg[key]!r} is outside model={name}'s shapes grammar (it does not know: "
+                    f"{', '.join(dict.fromkeys(unknown))}); it draws one shape, e.g. "
+                    "'a large yellow triangle at the top on a black background'")
+    if native and (width, height) != (native, native):
+        warnings.append(f"width={width} height={height} differ from model={name}'s native {native}x{native} px; "
+                        "expect tiled or broken images")
+    made_for = cfg.get("made_for")
+    if made_for and name not in (made_for.get("models") or []):
+        warnings.append(f"this recipe is made for {made_for['what']}; on model={name} {made_for['here']}")
+    return warnings
+
+
+def job_config(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
+    """What a job runs with: the composed config in the model's world, then `params=FILE` merged in."""
+    return with_params_file(in_model_world(config, overridden), overridden)
+
+
+def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
+    """The config with `params=FILE` merged in; explicit command-line overrides still win."""
+    from sdlab.params import load_params
+
+    if not config.get("params"):
+        return config
+    params = load_params(config["params"], limits(config)["max_params_bytes"])
+    config = {**config, "scheduler": dict(config["scheduler"])}
+    for key, value in params.items():
+        if key in overridden:
+            continue
+        if key == "model":
+            if value != config["model"].get("name"):
+                raise UserError(f"params={config['params']} was made with model={value}; this run uses "
+                                f"model={config['model'].get('name')}: add model={value} to the command line")
+        elif key == "scheduler":
+            config["scheduler"]["name"] = value
+        elif key == "scheduler_options":
+            config["scheduler"].update({k: v for k, v in value.items() if f"scheduler.{k}" not in overridden})
+        else:
+            config[key] = value
+    if "seed" in params and "seeds" not in params and "seeds" not in overridden:
+        config["seeds"] = None  # the file's single seed wins over a recipe's seed list
+    return config
+
+
+def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
+    """The config with a recipe's `world.<grammar>` values applied when the model has that prompt grammar
+    (the same experiment told in prompts the model knows); command-line overrides still win."""
+    grammar = (config.get("model") or {}).get("prompt_grammar")
+    values = (config.get("world") or {}).get(grammar) if grammar else None
+    if not values:
+        return config
+    return {**config, **{k: v for k, v in values.items() if k not in overridden}}
+
+
+def check_files(cfg: dict[str, Any]) -> None:
+    """Files and folders the config names exist and are what they should be: params, images, weights, CLIP."""
+    from sdlab.models import check_model
+
+    if cfg.get("images"):
+        from sdlab.jobs.analysis import image_files
+
+        image_files(cfg["images"])
+    check_model(cfg)
+    clip = cfg.get("clip") or {}
+    if clip.get("name") not in (None, "none"):
+        from sdlab.metrics.clip import check_clip_folder, clip_folder
+
+        check_clip_folder(clip_folder(clip), clip["name"])
+
+
+def schedulers_used(cfg: dict[str, Any]) -> list[str]:
+    """Every scheduler name the job will build: its own and those a study lists."""
+    names = [(cfg.get("scheduler") or {}).get("name")]
+    study = cfg.get("compare") or {}
+    names += list(study.get("schedulers") or []) + [study.get("reference_scheduler")]
+    names += list(cfg.get("visit_schedulers") or [])
+    return [n for n in dict.fromkeys(names) if n]
+
+
+def check_job(cfg: dict[str, Any]) -> list[str]:
+    """Check a job's resolved config before any work; returns warning lines, raises UserError on bad input."""
+    from sdlab.schedulers import scheduler_class
+
+    validate_config(cfg)  # job, values, types and limits, reading no file
+    spec = model_spec(cfg["model"])
+    params = generation_params(cfg, spec.resolution)
+    for name in schedulers_used(cfg):
+        scheduler_class(name)
+    check_files(cfg)
+    return model_warnings(cfg, params.width, params.height)
+
+
+def images_of(cfg: dict[str, Any]) -> int | None:
+    """How many images a generate job makes (None for other jobs)."""
+    if cfg.get("job") != "generate":
+        return None
+    seeds = cfg.get("seeds")
+    return len(seeds) if isinstance(seeds, (list, tuple)) else 1
+
+
+def sweep_plan(configs: list[dict[str, Any]]) -> str:
+    """'N jobs, M images' (or 'N jobs' when some jobs are analyses) for a sweep's configs."""
+    counts = [images_of(c) for c in configs]
+    jobs = f"{len(configs)} job{'s' * (len(configs) != 1)}"
+    if counts and all(n is not None for n in counts):
+        return f"{jobs}, {sum(counts)} image{'s' * (sum(counts) != 1)}"
+    return jobs

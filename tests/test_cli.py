@@ -1,0 +1,225 @@
+"""The command line as users type it: default sweep dirs, prompts with commas, pre-flight, help, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from sdlab.arguments import display_overrides, hydra_quote, prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ("num_inference_steps=2", "threads=1")
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("sdlab: error: "), err
+    return err
+
+
+def sweep_roots(folder: Path) -> list[Path]:
+    return sorted(p.parent for p in folder.glob("outputs/*/multirun_*/results.parquet"))
+
+
+def test_sweep_without_a_sweep_dir_lands_in_outputs(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", *FAST) == 0
+    [root] = sweep_roots(tmp_path)
+    assert root.parent.name == "generate"
+    frame = pd.read_parquet(root / "results.parquet")
+    assert frame["status"].tolist() == ["ok", "ok"] and frame["seed"].tolist() == [1, 2]
+    assert all((root / p).is_file() for p in frame["image_path"])
+
+
+def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "experiment=article_b5_cfg_toy,article_d2_timestep_embedding", "threads=1") == 0
+    [root] = sweep_roots(tmp_path)
+    assert root.parent.name == "experiments"
+    frame = pd.read_parquet(root / "results.parquet")
+    assert set(frame["experiment"]) == {"article_b5_cfg_toy", "article_d2_timestep_embedding"}
+    assert not (tmp_path / "outputs" / "article_b5_cfg_toy").exists()
+
+
+@pytest.mark.parametrize("text", [
+    "a pirate ship, dramatic lighting, oil painting", "it's a (red:1.2) circle [x] {y}", "back\\slash \\",
+    "quote ' and \\' and \"", "a=b, c", "",
+])
+def test_hydra_quote_round_trips(text):
+    assert OverridesParser.create().parse_override(f"prompt={hydra_quote(text)}").value() == text
+
+
+def test_a_prompt_with_commas_is_one_prompt(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prompt = "a small red circle, in the centre, on a blue background"
+    assert run_sdlab(f"prompt={prompt}", *FAST, "hydra.run.dir=run") == 0
+    frame = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert frame["prompt"].tolist() == [prompt]
+    assert json.loads(frame["overrides"][0])["prompt"] == prompt
+
+
+def test_commas_never_split_a_prompt_into_jobs_and_labels_show_it_as_typed(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "prompt=a large yellow triangle, at the top", "seed=1,2", *FAST) == 0
+    [root] = sweep_roots(tmp_path)
+    frame = pd.read_parquet(root / "results.parquet")
+    assert len(frame) == 2 and set(frame["prompt"]) == {"a large yellow triangle, at the top"}
+    assert "\\" not in "".join(frame["overrides"])
+
+
+def test_hydra_quoting_sweeps_prompts(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "prompt='a red circle, big','a blue square'", *FAST) == 0
+    [root] = sweep_roots(tmp_path)
+    frame = pd.read_parquet(root / "results.parquet")
+    assert frame["prompt"].tolist() == ["a red circle, big", "a blue square"]
+    assert [json.loads(o)["prompt"] for o in frame["overrides"]] == frame["prompt"].tolist()
+
+
+def test_prompt_file_sweeps_one_job_per_line(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a red circle, on the left\n\n a blue square \n")
+    assert run_sdlab("-m", "prompt_file=prompts.txt", *FAST) == 0
+    [root] = sweep_roots(tmp_path)
+    assert pd.read_parquet(root / "results.parquet")["prompt"].tolist() == ["a red circle, on the left",
+                                                                            "a blue square"]
+
+
+def test_prompt_file_with_several_prompts_needs_m(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a\nb\n")
+    assert run_sdlab("prompt_file=prompts.txt") == 2
+    assert "holds 2 prompts; add -m" in one_error_line(capsys)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_display_overrides_show_values_as_typed():
+    shown = display_overrides(["prompt=a\\ large\\ yellow\\ triangle", "guidance_scale=10.0", "seeds=[1,2]",
+                               "prompt2='x, y'"])
+    assert shown == {"prompt": "a large yellow triangle", "guidance_scale": "10.0", "seeds": "[1,2]",
+                     "prompt2": "x, y"}
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["steps=20"], "did you mean num_inference_steps?"),
+    (["cfg_scale=7"], "did you mean guidance_scale?"),
+    (["sampler=euler"], "did you mean scheduler?"),
+    (["scheduler=dpmpp2m"], "did you mean dpmpp_2m?"),
+    (["model.dtyp=float16"], "did you mean dtype?"),
+    (["prompt=${nope}"], "prompt: Interpolation key 'nope' not found"),
+    (["seed=${oc.env:SDLAB_NO_SUCH_VARIABLE}"], "SDLAB_NO_SUCH_VARIABLE"),
+    (["~model"], "cannot be deleted"),
+    (["seeds=[1,2"], "cannot read 'seeds=[1,2'"),
+    (["prompt"], "'prompt' is not an override"),
+    (["-m", "experiment=glob(zzz*)"], "has no jobs"),
+    (["-m", "num_inference_steps=2,0"], "num_inference_steps=0 must be >= 1"),
+    (["-m", "scheduler=ddim,euler", "scheduler.timestep_spacing=sideways"], "'sideways' is not allowed"),
+    (["images=DIR", "experiment=vae_roundtrip"], "images: DIR does not exist"),
+    (["params=prompt.json"], "params=prompt.json does not exist"),
+    (["prompt_file=absent.txt"], "prompt_file=absent.txt does not exist"),
+])
+def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab(*args) == 2
+    assert fragment in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_value_in_one_sweep_job_stops_the_sweep_before_the_first_job(run_sdlab, tmp_path, monkeypatch,
+                                                                           capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,-5", *FAST) == 2
+    assert "guidance_scale=-5.0 must be >= 0" in one_error_line(capsys)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_refused_run_keeps_every_file_of_an_existing_run_dir(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "D" / ".hydra").mkdir(parents=True)
+    (tmp_path / "D" / "notes.log").write_text("mine")
+    (tmp_path / "D" / ".hydra" / "config.yaml").write_text("mine")
+    assert run_sdlab("hydra.run.dir=D", "scheduler.timestep_spacing=sideways") == 2
+    one_error_line(capsys)
+    assert (tmp_path / "D" / "notes.log").read_text() == "mine"
+    assert (tmp_path / "D" / ".hydra" / "config.yaml").read_text() == "mine"
+
+
+def test_sweep_announces_its_jobs_and_images(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=1", "threads=1") == 0
+    assert "sdlab: 4 jobs, 4 images -> " in capsys.readouterr().out
+
+
+def test_embedded_model_warns_about_prompts_and_sizes_it_was_not_made_for(run_sdlab, tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("prompt=a cat on a sofa", "width=128", "num_inference_steps=1", "threads=1") == 0
+    out = capsys.readouterr().out
+    assert "outside model=mini's shapes grammar (it does not know: cat, sofa)" in out
+    assert "width=128 height=64 differ from model=mini's native 64x64 px" in out
+
+
+def sdlab_command(*args, cwd, **popen):
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "sdlab.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120, **popen)
+
+
+def test_help_describes_sdlab_without_loading_torch(tmp_path):
+    probe = ("import sys; sys.argv = ['sdlab', '--help']; from sdlab.cli import entry; entry(); "
+             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = result.stdout
+    assert result.returncode == 0 and out.strip().endswith("torch not loaded"), result.stderr
+    for expected in ("usage: sdlab", "num_inference_steps", "dpmpp_2m_karras", "compare_schedulers",
+                     "sdlab-mini", "prompt_file"):
+        assert expected in out
+    assert "_base" not in out and "_options" not in out and "powered by Hydra" not in out
+
+
+def test_version_names_sdlab_and_its_libraries(tmp_path):
+    result = sdlab_command("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("sdlab 0.") and "torch 2." in result.stdout and "diffusers" in result.stdout
+
+
+def test_bash_completion_installs_and_completes(tmp_path):
+    install = sdlab_command("-sc", "install=bash", cwd=tmp_path)
+    assert install.returncode == 0, install.stderr
+    assert "complete" in install.stdout and "hydra_bash_completion" in install.stdout
+    env = {"PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1", "COMP_LINE": "sdlab sched", "COMP_POINT": "11"}
+    query = subprocess.run([sys.executable, "-m", "sdlab.cli", "-sc", "query=bash"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert query.returncode == 0 and "scheduler=" in query.stdout, query.stdout + query.stderr
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "sdlab.cli", "seeds=[1,2,3,4,5,6,7,8]", "batch_size=1",
+                                "num_inference_steps=50", "threads=1", "hydra.run.dir=run"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "run" / "cli.log").is_file() or "loaded model" not in (tmp_path / "run" / "cli.log").read_text():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip() and "denoising" not in line]
+    assert lines[-1] == "sdlab: error: interrupted; rerun the same command to resume", err
+    assert "Traceback" not in err
+
+
+def test_prepare_leaves_hydra_flags_and_quoted_values_alone():
+    assert prepare(["--cfg", "job", "prompt='a','b'", "seed=1"]) == ["--cfg", "job", "prompt='a','b'", "seed=1"]
+    assert prepare(["prompt=a, b"]) == ["prompt='a, b'"]

@@ -1,0 +1,89 @@
+"""Parameters round-trip: a PNG regenerates itself, A1111's infotext and JSON names are read and written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sdlab.errors import UserError
+from sdlab.infotext import format_infotext, from_a1111, parse_infotext, sampler_to_scheduler
+from sdlab.params import load_params
+
+A1111_PNG_TEXT = """a lighthouse, oil painting, dramatic
+Negative prompt: blurry, lowres
+Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.9.4"""
+
+
+def test_a1111_infotext_is_read():
+    params = parse_infotext(A1111_PNG_TEXT)
+    assert params == {"prompt": "a lighthouse, oil painting, dramatic", "negative_prompt": "blurry, lowres",
+                      "num_inference_steps": 20, "scheduler": "dpmpp_2m_karras", "guidance_scale": 7, "seed": 1234,
+                      "width": 512, "height": 768}
+
+
+def test_infotext_written_by_sdlab_reads_back():
+    meta = {"prompt": "a red circle, big", "negative_prompt": "", "seed": 3, "num_inference_steps": 25,
+            "guidance_scale": 7.5, "width": 64, "height": 64, "eta": 0.0, "scheduler": "euler_a", "model": "mini"}
+    text = format_infotext(meta)
+    assert text.splitlines()[0] == "a red circle, big"
+    assert text.splitlines()[1].startswith("Steps: 25, Sampler: Euler a, CFG scale: 7.5, Seed: 3, Size: 64x64")
+    back = parse_infotext(text)
+    assert {k: back[k] for k in ("prompt", "seed", "num_inference_steps", "guidance_scale", "scheduler")} == {
+        "prompt": "a red circle, big", "seed": 3, "num_inference_steps": 25, "guidance_scale": 7.5,
+        "scheduler": "euler_a"}
+
+
+@pytest.mark.parametrize("sampler,schedule,expected", [
+    ("DPM++ 2M Karras", None, "dpmpp_2m_karras"), ("DPM++ 2M", "Karras", "dpmpp_2m_karras"), ("Euler a", None, "euler_a"),
+    ("euler", "Automatic", "euler"), ("dpmpp_2m", None, "dpmpp_2m"), ("DDIM", None, "ddim"), ("LMS Karras", None, "lms_karras"),
+])
+def test_sampler_names(sampler, schedule, expected):
+    assert sampler_to_scheduler(sampler, schedule) == expected
+
+
+@pytest.mark.parametrize("sampler,schedule,fragment", [
+    ("Restart", None, "sampler 'Restart' has no sdlab scheduler"),
+    ("DPM++ 2M", "Exponential", "schedule type 'Exponential' is not supported"),
+])
+def test_unknown_samplers_are_one_clear_error(sampler, schedule, fragment):
+    with pytest.raises(UserError, match=fragment):
+        sampler_to_scheduler(sampler, schedule)
+
+
+def test_a1111_json_names_load(tmp_path):
+    path = tmp_path / "a1111.json"
+    path.write_text(json.dumps({"prompt": "a red circle", "steps": 12, "cfg_scale": 5, "sampler_name": "DPM++ 2M",
+                                "scheduler": "Karras", "seed": 7, "width": 64, "height": 64, "negative_prompt": "x"}))
+    assert load_params(path) == {"prompt": "a red circle", "num_inference_steps": 12, "guidance_scale": 5,
+                                 "scheduler": "dpmpp_2m_karras", "seed": 7, "width": 64, "height": 64,
+                                 "negative_prompt": "x"}
+    with pytest.raises(UserError, match="both 'steps' and 'num_inference_steps'"):
+        from_a1111({"steps": 2, "num_inference_steps": 3})
+
+
+def test_png_without_parameters_is_one_clear_error(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(UserError, match="carries no generation parameters"):
+        load_params(tmp_path / "plain.png")
+    (tmp_path / "fake.png").write_text("not a png")
+    with pytest.raises(UserError, match="is not a readable PNG"):
+        load_params(tmp_path / "fake.png")
+
+
+def test_an_sdlab_png_regenerates_itself_exactly(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("model=tiny", "seed=3", "num_inference_steps=3", "scheduler=euler",
+                     "scheduler.timestep_spacing=trailing", "prompt=a, b", "negative_prompt=blurry", "threads=1",
+                     "hydra.run.dir=first") == 0
+    assert run_sdlab("params=first/images/seed3.png", "threads=1", "hydra.run.dir=again") == 0
+    first, again = (pd.read_parquet(tmp_path / d / "results.parquet").iloc[0] for d in ("first", "again"))
+    for column in ("model", "scheduler", "scheduler_config", "prompt", "negative_prompt", "seed",
+                   "num_inference_steps", "guidance_scale", "config_hash"):
+        assert first[column] == again[column], column
+    pixels = [np.asarray(Image.open(tmp_path / d / "images" / "seed3.png")) for d in ("first", "again")]
+    assert np.array_equal(*pixels)
+    assert Image.open(tmp_path / "first" / "images" / "seed3.png").text["parameters"].startswith("a, b\nNegative prompt: blurry\nSteps: 3, Sampler: Euler,")

@@ -1,0 +1,37 @@
+"""Pre-flight as pure functions: a recipe in the model's world, warnings, the sweep plan, nearest-prompt claims."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sdlab.jobs.clip import nearest_claim
+from sdlab.preflight import in_model_world, model_warnings, prompt_outside_grammar, sweep_plan
+
+RECIPE = {"prompts": ["a pirate ship"], "world": {"shapes": {"prompts": ["a red circle", "a blue square"]}}}
+
+
+def test_a_recipe_speaks_the_model_world_unless_the_user_overrides():
+    mini = {**RECIPE, "model": {"name": "mini", "prompt_grammar": "shapes"}}
+    sd = {**RECIPE, "model": {"name": "sd15", "prompt_grammar": None}}
+    assert in_model_world(mini, set())["prompts"] == ["a red circle", "a blue square"]
+    assert in_model_world(sd, set())["prompts"] == ["a pirate ship"]
+    assert in_model_world(mini, {"prompts"})["prompts"] == ["a pirate ship"]
+
+
+def test_grammar_and_size_warnings_name_what_is_wrong():
+    cfg = {"model": {"name": "mini", "resolution": 64, "prompt_grammar": "shapes"}, "prompt": "a cat, on a red sofa"}
+    warnings = model_warnings(cfg, 512, 512)
+    assert "does not know: cat, sofa" in warnings[0]
+    assert "width=512 height=512 differ from model=mini's native 64x64 px" in warnings[1]
+    assert model_warnings({**cfg, "prompt": "a small red circle on the left on a blue background"}, 64, 64) == []
+    assert prompt_outside_grammar("A Large RED Triangle, at the top") == []
+
+
+def test_sweep_plan_counts_jobs_and_images():
+    assert sweep_plan([{"job": "generate", "seeds": [1, 2, 3]}, {"job": "generate", "seeds": None}]) == "2 jobs, 4 images"
+    assert sweep_plan([{"job": "generate"}, {"job": "anatomy"}]) == "2 jobs"
+
+
+def test_nearest_claim_reads_the_first_row():
+    matrix = np.array([[1.0, 0.84, -0.61], [0.84, 1.0, -0.62], [-0.61, -0.62, 1.0]])
+    assert nearest_claim(matrix) == "P1 is closest to P2 (0.84) and farthest from P3 (-0.61)"
