@@ -306,3 +306,13 @@ def test_steps_up_to_the_trained_timesteps_pass_when_the_spacing_stays_inside():
 
     check_steps("ddim", SD15_SCHEDULER, {"timestep_spacing": "trailing"}, 1000, "model tiny")
     check_steps("dpmpp_2m", SD15_SCHEDULER, {}, 500, "model tiny")
+
+
+def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(run_sdlab, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    code = run_sdlab("-m", "model=tiny", "num_inference_steps=2", "guidance_scale=1,nan", f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("sdlab: error: ") and "guidance_scale=nan is not a finite number" in err, err
+    assert not sweep.exists() and not (tmp_path / "outputs").exists()
