@@ -86,16 +86,29 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
 
 
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target: Path, title: str = "",
-            value_label: str = "", vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}") -> Path:
-    """A labelled matrix with its values written in the cells."""
+            value_label: str = "", vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}",
+            row_images: Sequence[np.ndarray] | None = None) -> Path:
+    """A labelled matrix with its values written in the cells; `row_images` puts a thumbnail before each row."""
     matrix = np.asarray(matrix, dtype=float)
     rows, cols = matrix.shape
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(2.5 + 0.55 * cols, 1.5 + 0.45 * rows))
+        if row_images is None:
+            fig, ax = plt.subplots(figsize=(2.5 + 0.55 * cols, 1.5 + 0.45 * rows))
+        else:
+            fig, (thumbs, ax) = plt.subplots(1, 2, figsize=(3.2 + 0.55 * cols, 1.5 + 0.6 * rows), sharey=True,
+                                             gridspec_kw={"width_ratios": [0.6, cols]})
+            strip = np.concatenate([np.asarray(Image.fromarray(np.asarray(im)).convert("RGB").resize((64, 64)))
+                                    for im in row_images])
+            thumbs.imshow(strip, extent=(0, 1, rows - 0.5, -0.5), aspect="auto", interpolation="nearest")
+            thumbs.set_xlim(0, 1)
+            thumbs.spines[:].set_visible(False)
+            thumbs.set_xticks([])
+            thumbs.tick_params(axis="y", labelsize=7)
+            thumbs.grid(False)
         im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.grid(False)
         ax.set_xticks(range(cols), [_short(s) for s in col_labels], rotation=40, ha="right", fontsize=7)
-        ax.set_yticks(range(rows), [_short(s) for s in row_labels], fontsize=7)
+        (ax if row_images is None else thumbs).set_yticks(range(rows), [_short(s) for s in row_labels], fontsize=7)
         mid = np.nanmean(matrix) if vmin is None or vmax is None else (vmin + vmax) / 2
         for r in range(rows):
             for c in range(cols):

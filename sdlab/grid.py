@@ -63,8 +63,8 @@ def font(bold: bool = False) -> ImageFont.FreeTypeFont:
 
 
 def label(key: str | None, value: str) -> str:
-    """`key=value`, or the value alone when it is long (prompts)."""
-    return f"{key}={value}" if key and len(value) < 28 else value
+    """`key=value`, or the value alone when it is long (prompts) or already a label (a `*_label` column)."""
+    return f"{key}={value}" if key and not key.endswith("_label") and len(value) < 28 else value
 
 
 def cell_side(paths: Sequence[Path | None], cells: int) -> int:

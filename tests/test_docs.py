@@ -112,7 +112,7 @@ def test_the_docs_have_commands_of_every_kind():
     assert SLOW <= bare, SLOW - bare
 
 
-@pytest.mark.parametrize("command", params())
+@pytest.mark.parametrize("command", list(params()))
 def test_documented_command_runs_as_written(command: DocCommand, tmp_path):
     result = run_as_written(command, tmp_path)
     if result.returncode == 2:

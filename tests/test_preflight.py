@@ -35,3 +35,10 @@ def test_sweep_plan_counts_jobs_and_images():
 def test_nearest_claim_reads_the_first_row():
     matrix = np.array([[1.0, 0.84, -0.61], [0.84, 1.0, -0.62], [-0.61, -0.62, 1.0]])
     assert nearest_claim(matrix) == "P1 is closest to P2 (0.84) and farthest from P3 (-0.61)"
+
+
+def test_diagonal_claim_counts_images_that_pick_their_own_caption():
+    from sdlab.jobs.clip import diagonal_claim
+
+    cos = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.7, 0.0, 0.3]])
+    assert diagonal_claim(cos) == "2 of 3 images closest to their own caption; matched cos 0.67 vs unmatched 0.18"

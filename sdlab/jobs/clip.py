@@ -71,6 +71,18 @@ def nearest_claim(matrix: np.ndarray) -> str:
     return f"P1 is closest to P{near} ({others.max():.2f}) and farthest from P{far} ({others.min():.2f})"
 
 
+def diagonal_claim(cos: np.ndarray) -> str:
+    """For images against their own captions (row i matches column i): how many pick their own caption, and
+    the mean cosine of matched against unmatched pairs."""
+    n = min(cos.shape)
+    if n < 2:
+        return ""
+    hits = int((cos[:n].argmax(axis=1) == np.arange(n)).sum())
+    matched = np.diag(cos[:n, :n]).mean()
+    unmatched = cos[:n, :n][~np.eye(n, dtype=bool)].mean()
+    return f"{hits} of {n} images closest to their own caption; matched cos {matched:.2f} vs unmatched {unmatched:.2f}"
+
+
 @job("clip_similarity")
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
@@ -101,5 +113,6 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
         clip_score=lambda f: clip_score_from_cosine(f["cosine"]), clip=clip.name)
     write_table(pairs, ctx.out_dir, "image_text_similarity")
     heatmap(cos, names, captions, ctx.out_dir / "image_text_similarity.png", value_label="cosine",
-            title=f"cos(E_I(image), E_T(caption)), clip={clip.name}; CLIP score = 100 max(cos, 0)")
+            row_images=[image for _, image, _ in images],
+            title=f"{diagonal_claim(cos)}\ncos(E_I(image), E_T(caption)), clip={clip.name}; CLIP score = 100 max(cos, 0)")
     return ordered(rows)

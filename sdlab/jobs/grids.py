@@ -102,13 +102,41 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
 
 @job("scheduler_grid")
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
-    """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe and times."""
+    """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
+    and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`)."""
     pipe, spec, params, clip = setup(ctx)
     rows = []
     for name in str_list(ctx.config, "schedulers"):
         pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
         rows += cell_rows(ctx, pipe, spec, clip, params, {"scheduler": name}, name)
     frame = ordered(rows)
-    image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, "scheduler"),
-               title=f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)")
+    title = f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)"
+    axis = "scheduler"
+    if ctx.config.get("reference_steps"):
+        frame, title = with_reference_distance(ctx, pipe, spec, params, frame)
+        axis = "scheduler_label"
+    image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, axis), title=title)
     return frame
+
+
+def with_reference_distance(ctx: JobContext, pipe, spec, params: GenerationParams, frame: pd.DataFrame):
+    """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, a grid
+    label per scheduler with its mean, and a title that states the spread."""
+    import numpy as np
+    from PIL import Image
+
+    from sdlab.generate import generate_batch
+    from sdlab.metrics.image import psnr
+
+    name, steps = ctx.config.get("reference_scheduler") or "dpmpp_2m", int(ctx.config["reference_steps"])
+    pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
+    reference = generate_batch(pipe, spec.key, replace(params, num_inference_steps=steps), list(params.seeds))
+    truth = {seed: np.asarray(image) for seed, image in zip(reference.seeds, reference.images)}
+    distance = [psnr(truth[row.seed], np.asarray(Image.open(ctx.out_dir / row.image_path)))
+                if row.status == "ok" else float("nan") for row in frame.itertuples()]
+    frame = frame.assign(psnr_to_reference=distance, reference=f"{name} x {steps} steps")
+    mean = frame.groupby("scheduler", sort=False)["psnr_to_reference"].mean()
+    frame["scheduler_label"] = [f"{s}: {mean[s]:.1f} dB PSNR" for s in frame["scheduler"]]
+    spread = ", ".join(f"{s} {v:.1f}" for s, v in mean.items())
+    return frame, (f"at {params.num_inference_steps} steps the samplers differ: PSNR to {name} x {steps} steps "
+                   f"{spread} dB")
