@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from sdlab.errors import UserError
+from sdlab.errors import UserError, choose
 
 GENERATION_KEYS = (
     "prompt",
@@ -21,6 +23,14 @@ GENERATION_KEYS = (
     "eta",
     "batch_size",
 )
+MODEL_NAMES = ("tiny", "mini", "sd15", "sd15_arch")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+ATTENTION = ("sdpa", "eager")
+MKLDNN = (True, False, "auto")
+MAX_SEED = 2**63 - 1  # seeds live in int64 table columns
+# Defaults of the `limits:` block in conf/config.yaml: checks that fail in under a second instead of filling memory.
+LIMITS = {"max_side": 4096, "max_pixels": 2048 * 2048, "max_steps": 1000, "max_seeds": 10_000,
+          "max_params_bytes": 1 << 20}
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,28 @@ def _int(name: str, value: Any) -> int:
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{name}={value!r} is not a number")
+    if not math.isfinite(value):
+        raise UserError(f"{name}={value} is not a finite number")
     return float(value)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{name}={value!r} must be true or false")
+    return value
+
+
+def _optional_str(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{name}={value!r} must be a string or null")
+    return value
+
+
+def _side(name: str, value: Any) -> int:
+    value = _int(name, value)
+    if value <= 0 or value % 8:
+        raise UserError(f"{name}={value} must be a positive multiple of 8")
+    return value
 
 
 def validate_generation(p: GenerationParams) -> None:
@@ -93,18 +124,58 @@ def validate_generation(p: GenerationParams) -> None:
         raise UserError(f"negative_prompt={p.negative_prompt!r} is not a string")
     if not p.seeds:
         raise UserError("seeds=[] is empty; give at least one integer seed")
+    for seed in p.seeds:
+        if not 0 <= _int("seed", seed) <= MAX_SEED:
+            raise UserError(f"seed={seed} must be in [0, 2**63-1]")
+    if len(set(p.seeds)) < len(p.seeds):
+        repeated = next(s for s in p.seeds if p.seeds.count(s) > 1)
+        shown = list(p.seeds) if len(p.seeds) <= 20 else f"[{len(p.seeds)} seeds]"
+        raise UserError(f"seeds={shown} repeats seed {repeated}; list each seed once (one image per seed)")
     if _int("num_inference_steps", p.num_inference_steps) < 1:
         raise UserError(f"num_inference_steps={p.num_inference_steps} must be >= 1")
     if _number("guidance_scale", p.guidance_scale) < 0:
         raise UserError(f"guidance_scale={p.guidance_scale} must be >= 0")
     for side in ("width", "height"):
-        value = _int(side, getattr(p, side))
-        if value <= 0 or value % 8:
-            raise UserError(f"{side}={value} must be a positive multiple of 8")
+        _side(side, getattr(p, side))
     if not 0.0 <= _number("eta", p.eta) <= 1.0:
         raise UserError(f"eta={p.eta} must be in [0, 1]")
     if _int("batch_size", p.batch_size) < 1:
         raise UserError(f"batch_size={p.batch_size} must be >= 1")
+
+
+def limits(cfg: dict[str, Any]) -> dict[str, int]:
+    """The `limits:` block over its defaults; each must be a positive integer."""
+    given = cfg.get("limits") or {}
+    if not isinstance(given, dict):
+        raise UserError(f"limits={given!r} must be a mapping of {', '.join(LIMITS)}")
+    out = dict(LIMITS)
+    for key, value in given.items():
+        if key not in LIMITS:
+            raise UserError(f"unknown limit {key!r}; limits are: {', '.join(LIMITS)}")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"limits.{key}={value!r} must be a positive integer")
+        out[key] = value
+    return out
+
+
+def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:
+    """Raise a UserError when a request is bigger than the configured limits (raise them on big machines)."""
+    hint = "raise it with limits.{}=N on a machine that can take it"
+    for side in ("width", "height"):
+        if getattr(p, side) > limit["max_side"]:
+            raise UserError(f"{side}={getattr(p, side)} is above limits.max_side={limit['max_side']}; "
+                            + hint.format("max_side"))
+    if p.width * p.height > limit["max_pixels"]:
+        raise UserError(f"width x height = {p.width} x {p.height} is above limits.max_pixels={limit['max_pixels']}; "
+                        + hint.format("max_pixels"))
+    if p.num_inference_steps > limit["max_steps"]:
+        raise UserError(f"num_inference_steps={p.num_inference_steps} is above limits.max_steps={limit['max_steps']}; "
+                        + hint.format("max_steps"))
+    if len(p.seeds) > limit["max_seeds"]:
+        raise UserError(f"{len(p.seeds)} seeds are more than limits.max_seeds={limit['max_seeds']} in one job; "
+                        + hint.format("max_seeds"))
 
 
 def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
@@ -114,8 +185,10 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
         seeds = [cfg.get("seed", 0)]
     if isinstance(seeds, (int, str)):
         seeds = [seeds]
+    if not isinstance(seeds, (list, tuple)):
+        raise UserError(f"seeds={seeds!r} must be a list of integers or null")
     seeds = tuple(_int("seed", s) for s in seeds)
-    return GenerationParams(
+    params = GenerationParams(
         prompt=cfg.get("prompt") or "",
         negative_prompt=cfg.get("negative_prompt") or "",
         seeds=seeds,
@@ -126,10 +199,73 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
         eta=_number("eta", cfg.get("eta", 0.0)),
         batch_size=_int("batch_size", cfg.get("batch_size", 4)),
     )
+    check_limits(params, limits(cfg))
+    return params
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def validate_model(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> None:
+    """Raise a UserError naming the first field of the `model` group with a wrong type or value (and size limit)."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"model={cfg!r} must be a model config; choose one of: {', '.join(MODEL_NAMES)}")
+    if cfg.get("name") not in MODEL_NAMES:
+        raise UserError(f"model.name={cfg.get('name')!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
+    for key in ("path", "repo_id"):
+        _optional_str(f"model.{key}", cfg.get(key))
+    resolution = _side("model.resolution", cfg.get("resolution", 512))
+    if limit and resolution > limit["max_side"]:
+        raise UserError(f"model.resolution={resolution} is above limits.max_side={limit['max_side']}")
+    device = cfg.get("device", "auto")
+    if not isinstance(device, str) or not DEVICE.fullmatch(device):
+        raise UserError(f"model.device={device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    choices = {"dtype": DTYPES, "attention": ATTENTION, "mkldnn": MKLDNN}
+    for key, allowed in choices.items():
+        value = cfg.get(key, allowed[0])
+        if type(value) not in {type(a) for a in allowed}:  # 1 == True: the type decides
+            raise UserError(f"model.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+        choose(f"model.{key}", value, allowed)
+    for key in ("channels_last", "compile"):
+        _bool(f"model.{key}", cfg.get(key, False))
+
+
+def check_threads(threads: Any) -> None:
+    """`threads` is a positive integer or None (torch's default)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UserError(f"threads={threads!r} must be a positive integer or null")
+
+
+def validate_config(cfg: dict[str, Any]) -> None:
+    """Raise a UserError naming the first bad value of a composed job config; reads no files, loads no model."""
+    from sdlab.jobs import JOB_MODULES
+    from sdlab.schedulers import check_options
+
+    limit = limits(cfg)
+    choose("job", cfg.get("job", "generate"), JOB_MODULES)
+    check_threads(cfg.get("threads"))
+    _bool("resume", cfg.get("resume", True))
+    if cfg.get("params") is not None and not isinstance(cfg["params"], str):
+        raise UserError(f"params={cfg['params']!r} must be a file path or null")
+    validate_model(cfg.get("model"), limit)
+    scheduler = cfg.get("scheduler")
+    if not isinstance(scheduler, dict):
+        raise UserError(f"scheduler={scheduler!r} must be a scheduler config")
+    choice = scheduler_choice(scheduler)
+    check_options(choice.name, choice.options)
+    clip = cfg.get("clip")
+    if clip is not None:
+        if not isinstance(clip, dict):
+            raise UserError(f"clip={clip!r} must be a clip config or null")
+        for key in ("name", "path", "repo_id"):
+            if clip.get(key) is not None and not isinstance(clip[key], str):
+                raise UserError(f"clip.{key}={clip[key]!r} must be a string or null")
+    generation_params(cfg, cfg["model"].get("resolution", 512))
 
 
 def model_spec(cfg: dict[str, Any]) -> ModelSpec:
-    """ModelSpec from the `model` group."""
+    """ModelSpec from the `model` group, every field checked."""
+    validate_model(cfg)
     known = {f.name for f in fields(ModelSpec)}
     return ModelSpec(**{k: v for k, v in cfg.items() if k in known})
 

@@ -9,15 +9,14 @@ from pathlib import Path
 import torch
 
 from sdlab.architectures import ARCHITECTURES, build_components
-from sdlab.config import ModelSpec, model_spec
+from sdlab.config import ATTENTION, MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
 from sdlab.errors import UserError, choose
+from sdlab.model_files import check_pipeline_folder, check_weights_folder, read_object  # noqa: F401
+from sdlab.schedulers import check_steps
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MODEL_NAMES = ("tiny", "mini", "sd15", "sd15_arch")
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 
 _PIPELINES: dict[tuple, object] = {}
 _BASE_SCHEDULERS: dict[tuple, dict] = {}
@@ -54,29 +53,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return allowed[dtype]
 
 
-def check_weights_folder(folder: Path) -> None:
-    """Refuse anything but a diffusers folder whose weights are all safetensors, without opening pickles."""
-    if folder.is_file():
-        if folder.suffix in PICKLE_SUFFIXES:
-            raise UserError(f"refusing pickle checkpoint {folder}: sdlab loads safetensors only")
-        raise UserError(f"model.path={folder} is a file; give a diffusers folder (with model_index.json)")
-    if not folder.is_dir():
-        raise UserError(f"model.path={folder} does not exist; give a diffusers folder (with model_index.json)")
-    if not (folder / "model_index.json").is_file():
-        raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
-    for component in WEIGHT_COMPONENTS:
-        files = [p for p in (folder / component).glob("*") if p.is_file()]
-        if any(p.suffix == ".safetensors" for p in files):
-            continue
-        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise UserError(
-                f"refusing pickle weights {folder / component / pickles[0]}: sdlab loads safetensors only "
-                "(convert them with diffusers' save_pretrained(safe_serialization=True))"
-            )
-        raise UserError(f"no .safetensors weights in {folder / component}")
-
-
 def cached_snapshot(repo_id: str) -> Path:
     """The local Hugging Face cache folder of `repo_id`, never downloading."""
     from huggingface_hub import snapshot_download
@@ -93,11 +69,14 @@ def cached_snapshot(repo_id: str) -> Path:
 def _from_folder(folder: Path, dtype: torch.dtype):
     from diffusers import StableDiffusionPipeline
 
-    check_weights_folder(folder)
-    return StableDiffusionPipeline.from_pretrained(
-        str(folder), dtype=dtype, use_safetensors=True, local_files_only=True,
-        safety_checker=None, requires_safety_checker=False,
-    )
+    check_pipeline_folder(folder)
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            str(folder), dtype=dtype, use_safetensors=True, local_files_only=True,
+            safety_checker=None, requires_safety_checker=False,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
+        raise UserError(f"model.path={folder} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
 
 
 def _from_architecture(name: str):
@@ -126,9 +105,6 @@ def model_folder(spec: ModelSpec) -> Path:
     return cached_snapshot(spec.repo_id)
 
 
-ATTENTION = ("sdpa", "eager")
-
-
 def apply_speed_options(pipe, spec: ModelSpec):
     """Channels-last memory format, the attention implementation and torch.compile, as configured."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -153,7 +129,6 @@ def configured_spec(name: str, **overrides) -> ModelSpec:
     return model_spec({**values, **overrides})
 
 
-MKLDNN = (True, False, "auto")
 ONEDNN_MIN_BATCH = 16  # mkldnn=auto: PyTorch's own convolutions below this UNet batch, oneDNN from it (BENCHMARKS.md 4)
 
 
@@ -203,6 +178,27 @@ def base_scheduler_config(spec: ModelSpec) -> dict:
     if spec.key not in _BASE_SCHEDULERS:
         load_pipeline(spec)
     return _BASE_SCHEDULERS[spec.key]
+
+
+def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
+    """The model's own scheduler config and where it comes from, read without loading any weights."""
+    if spec.key in _BASE_SCHEDULERS:
+        return _BASE_SCHEDULERS[spec.key], f"model {spec.name}"
+    if spec.name in ARCHITECTURES and not spec.path:
+        return ARCHITECTURES[spec.name].scheduler, f"model {spec.name}"
+    folder = model_folder(spec)
+    check_pipeline_folder(folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    return read_object(path), str(path)
+
+
+def check_model(cfg: dict) -> None:
+    """The model's device, files and the steps its scheduler allows, checked without loading any weights."""
+    spec = model_spec(cfg["model"])
+    resolve_device(spec.device)
+    base, source = shipped_scheduler_config(spec)
+    choice = scheduler_choice(cfg["scheduler"])
+    check_steps(choice.name, base, choice.options, int(cfg.get("num_inference_steps", 25)), source)
 
 
 def clear_cache() -> None:

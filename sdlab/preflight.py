@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sdlab.config import generation_params, model_spec
+from sdlab.config import check_threads, generation_params, limits, model_spec, validate_config  # noqa: F401
 from sdlab.errors import UserError
 
 
@@ -53,7 +53,7 @@ def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, 
 
     if not config.get("params"):
         return config
-    params = load_params(config["params"])
+    params = load_params(config["params"], limits(config)["max_params_bytes"])
     config = {**config, "scheduler": dict(config["scheduler"])}
     for key, value in params.items():
         if key in overridden:
@@ -83,23 +83,15 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
     return {**config, **{k: v for k, v in values.items() if k not in overridden}}
 
 
-def check_threads(threads: Any) -> None:
-    """`threads` is a positive integer or None (torch's default)."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UserError(f"threads={threads!r} must be a positive integer or null")
-
-
 def check_files(cfg: dict[str, Any]) -> None:
     """Files and folders the config names exist and are what they should be: params, images, weights, CLIP."""
-    from sdlab.models import check_weights_folder, model_folder
+    from sdlab.models import check_model
 
     if cfg.get("images"):
         from sdlab.jobs.analysis import image_files
 
         image_files(cfg["images"])
-    spec = model_spec(cfg["model"])
-    if spec.path or spec.repo_id or spec.name == "mini":
-        check_weights_folder(model_folder(spec))
+    check_model(cfg)
     clip = cfg.get("clip") or {}
     if clip.get("name") not in (None, "none"):
         from sdlab.metrics.clip import check_clip_folder, clip_folder
@@ -118,17 +110,11 @@ def schedulers_used(cfg: dict[str, Any]) -> list[str]:
 
 def check_job(cfg: dict[str, Any]) -> list[str]:
     """Check a job's resolved config before any work; returns warning lines, raises UserError on bad input."""
-    from sdlab.errors import choose
-    from sdlab.jobs import JOB_MODULES
-    from sdlab.config import scheduler_choice
-    from sdlab.schedulers import check_options, scheduler_class
+    from sdlab.schedulers import scheduler_class
 
-    choose("job", cfg.get("job"), JOB_MODULES)
-    check_threads(cfg.get("threads"))
+    validate_config(cfg)  # job, values, types and limits, reading no file
     spec = model_spec(cfg["model"])
     params = generation_params(cfg, spec.resolution)
-    choice = scheduler_choice(cfg["scheduler"])
-    check_options(choice.name, choice.options)
     for name in schedulers_used(cfg):
         scheduler_class(name)
     check_files(cfg)

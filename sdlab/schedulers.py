@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,11 +63,20 @@ def scheduler_class(name: str) -> type:
     return getattr(diffusers, spec.cls)
 
 
-def check_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The user's non-null options for scheduler `name`, checked against its class and the allowed values."""
+def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
+    """The types an option takes, judged from its diffusers default (None for defaults that say nothing)."""
+    for kinds, label in (((bool,), "true or false"), ((int,), "int"), ((int, float), "a number"), ((str,), "str")):
+        if type(default) is kinds[-1]:
+            return kinds, label
+    return None
+
+
+def check_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The user's non-null options for scheduler `name`, checked against its class, allowed values and types."""
     cls = scheduler_class(name)
-    user = {k: v for k, v in (overrides or {}).items() if v is not None}
-    accepted = set(cls._get_init_keys(cls)) - {"self", "kwargs"}
+    user = {k: v for k, v in (options or {}).items() if v is not None}
+    parameters = inspect.signature(cls.__init__).parameters
+    accepted = set(parameters) - {"self", "kwargs"}
     unknown = sorted(set(user) - accepted)
     if unknown:
         raise UserError(
@@ -76,6 +86,9 @@ def check_options(name: str, overrides: dict[str, Any] | None = None) -> dict[st
         allowed = OPTION_VALUES.get(key)
         if allowed and (value not in allowed or type(value) is not type(allowed[0])):
             raise UserError(f"scheduler.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+        expected = _option_types(parameters[key].default)
+        if expected and (type(value) not in expected[0]):
+            raise UserError(f"scheduler.{key}={value!r} must be {expected[1]}")
     return user
 
 
@@ -88,6 +101,28 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
         return cls.from_config(base, **SCHEDULERS[name].options, **user)
     except (ValueError, NotImplementedError) as e:
         raise UserError(f"scheduler {name!r} rejects options {user}: {e}") from e
+
+
+def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] | None, steps: int,
+                source: str) -> None:
+    """Raise a UserError when `steps` of scheduler `name` would visit a timestep the model was never trained on."""
+    trained = base_config.get("num_train_timesteps", 1000)
+    if isinstance(trained, bool) or not isinstance(trained, int) or trained < 1:
+        raise UserError(f"{source}: num_train_timesteps={trained!r} is not a positive integer")
+    if steps > trained:
+        raise UserError(f"num_inference_steps={steps} is more than the {trained} timesteps the scheduler of {source} "
+                        f"was trained on; use at most {trained}")
+    scheduler = make_scheduler(name, base_config, options)
+    try:
+        scheduler.set_timesteps(steps)
+    except (ValueError, IndexError, RuntimeError) as e:
+        raise UserError(f"scheduler {name!r} cannot make num_inference_steps={steps}: {e}") from None
+    top = int(max(scheduler.timesteps))
+    if top >= trained:
+        spacing = scheduler.config.get("timestep_spacing")
+        raise UserError(f"num_inference_steps={steps} with scheduler {name} (timestep_spacing={spacing}) reaches "
+                        f"timestep {top}, past the {trained} the model was trained on; use fewer steps or "
+                        "scheduler.timestep_spacing=trailing")
 
 
 def resolved_config(scheduler) -> str:

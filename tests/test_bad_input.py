@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import struct
+import time
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write(path, text):
@@ -23,6 +30,11 @@ def bad_inputs(tmp):
     (no_weights / "unet").mkdir(parents=True, exist_ok=True)
     (no_weights / "model_index.json").write_text("{}")
     ckpt = write(tmp / "sd.ckpt", "x")
+    big = tmp / "big.json"
+    big.write_text('{"prompt": "x"}' + " " * (2 << 20))
+    deep = write(tmp / "deep.json", '{"seeds": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    nan = write(tmp / "nan.json", '{"guidance_scale": NaN}')
+    huge = write(tmp / "huge.json", '{"seed": ' + "9" * 5000 + "}")
     return [
         (["model=sd99"], "unknown model 'sd99'"),
         (["scheduler=eulr"], "unknown scheduler 'eulr'"),
@@ -55,23 +67,252 @@ def bad_inputs(tmp):
         (["scheduler=ddim", "scheduler.use_karras_sigmas=true"], "has no option 'use_karras_sigmas'"),
         (["job=train_dragons"], "unknown job 'train_dragons'"),
         (["hydra.run.dir=/proc/sdlab_out"], "cannot be written"),
+        # numbers out of range
+        (["guidance_scale=nan"], "guidance_scale=nan is not a finite number"),
+        (["guidance_scale=inf"], "guidance_scale=inf is not a finite number"),
+        (["guidance_scale=-inf"], "guidance_scale=-inf is not a finite number"),
+        (["eta=nan"], "eta=nan is not a finite number"),
+        (["seed=18446744073709551616"], "seed=18446744073709551616 must be in [0, 2**63-1]"),
+        (["seed=9223372036854775808"], "seed=9223372036854775808 must be in [0, 2**63-1]"),
+        (["seed=-1"], "seed=-1 must be in [0, 2**63-1]"),
+        (["seeds=[3,-2]"], "seed=-2 must be in [0, 2**63-1]"),
+        (["seeds=[1,1,2]"], "seeds=[1, 1, 2] repeats seed 1"),
+        (["num_inference_steps=1001"], "num_inference_steps=1001 is above limits.max_steps=1000"),
+        (["limits.max_steps=5000", "num_inference_steps=1001"],
+         "num_inference_steps=1001 is more than the 1000 timesteps the scheduler of model tiny"),
+        (["num_inference_steps=2.5"], "num_inference_steps=2.5 is not an integer"),
+        (["num_inference_steps=1000", "scheduler=ddim"], "reaches timestep 1000, past the 1000"),
+        (["num_inference_steps=999", "scheduler=dpmpp_2m", "scheduler.timestep_spacing=leading"],
+         "reaches timestep 1000, past the 1000"),
+        # sizes and limits
+        (["width=100000"], "width=100000 is above limits.max_side=4096"),
+        (["width=4096", "height=4096"], "width x height = 4096 x 4096 is above limits.max_pixels"),
+        (["model.resolution=8192"], "model.resolution=8192 is above limits.max_side=4096"),
+        (["num_inference_steps=100000000"], "num_inference_steps=100000000 is above limits.max_steps"),
+        (["limits.max_seeds=3", "seeds=[1,2,3,4]"], "4 seeds are more than limits.max_seeds=3"),
+        (["params=/dev/zero"], "params=/dev/zero is not a regular file"),
+        ([f"params={tmp}"], "is not a regular file"),
+        ([f"params={big}"], "is larger than limits.max_params_bytes=1048576"),
+        ([f"params={deep}"], "nests too deeply"),
+        ([f"params={nan}"], "guidance_scale=nan is not a finite"),
+        ([f"params={write(tmp / 's.json', json.dumps({'seeds': [1, 'x']}))}"],
+         "seeds should be a list of int, not one holding 'x'"),
+        ([f"params={huge}"], "cannot be read"),
+        (["limits.max_side=abc"], "limits.max_side='abc' must be a positive integer"),
+        (["limits.max_pixels=0"], "limits.max_pixels=0 must be a positive integer"),
+        (["+limits.max_gpus=1"], "unknown limit 'max_gpus'"),
+        # wrong types
+        (["model.compile=maybe"], "model.compile='maybe' must be true or false"),
+        (["model.channels_last=yes"], "model.channels_last='yes' must be true or false"),
+        (["model.mkldnn=sometimes"], "unknown model.mkldnn 'sometimes'"),
+        (["model.resolution=abc"], "model.resolution='abc' is not an integer"),
+        (["model.resolution=100"], "model.resolution=100 must be a positive multiple of 8"),
+        (["model.device=gpu"], "model.device='gpu' is not a device"),
+        (["model.name=7"], "model.name=7"),
+        (["model.path=[1,2]"], "model.path=[1, 2] must be a string or null"),
+        (["scheduler.use_karras_sigmas=maybe"], "scheduler.use_karras_sigmas='maybe' is not allowed"),
+        (["scheduler.steps_offset=abc"], "scheduler.steps_offset='abc' must be int"),
+        (["scheduler.rescale_betas_zero_snr=1"], "scheduler.rescale_betas_zero_snr=1 is not allowed"),
+        (["threads=abc"], "threads='abc' must be a positive integer"),
+        (["threads=true"], "threads=True must be a positive integer"),
+        (["resume=maybe"], "resume='maybe' must be true or false"),
+        (["batch_size=true"], "batch_size=True is not an integer"),
+        (["clip.name=5"], "clip.name=5 must be a string"),
+        ([f"params={write(tmp / 'p.json', json.dumps({'prompt': ['a', 'b']}))}"], "prompt=['a', 'b'] should be str"),
+        (["params=5"], "params=5 must be a file path or null"),
     ]
 
 
-def test_at_least_twenty_distinct_bad_inputs(tmp_path):
-    assert len({tuple(args) for args, _ in bad_inputs(tmp_path)}) >= 20
+N_CASES = 78
 
 
-@pytest.mark.parametrize("case", range(31))
-def test_bad_input_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys, monkeypatch, case):
-    monkeypatch.chdir(tmp_path)
-    args, fragment = bad_inputs(tmp_path)[case]
+def test_case_count_matches_the_list(tmp_path):
+    cases = bad_inputs(tmp_path)
+    assert len(cases) == N_CASES
+    assert len({tuple(args) for args, _ in cases}) == N_CASES
+
+
+def assert_refused(run_sdlab, capsys, tmp_path, args, fragment) -> float:
+    """Run sdlab with `args`; it must print one `sdlab: error:` line with `fragment`, exit 2, write nothing."""
     run_dir = tmp_path / "run"
     extra = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={run_dir}"]
-    code = run_sdlab(*args, *extra)
+    start = time.perf_counter()
+    code = run_sdlab("model=tiny", *args, *extra) if not any(a.startswith("model=") for a in args) \
+        else run_sdlab(*args, *extra)
+    elapsed = time.perf_counter() - start
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("sdlab: error: ") and fragment in err, err
     assert not run_dir.exists()
     assert not (tmp_path / "outputs").exists()
+    assert elapsed < 30, f"{args} took {elapsed:.1f} s to refuse"
+    return elapsed
+
+
+@pytest.mark.parametrize("case", range(N_CASES))
+def test_bad_input_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    args, fragment = bad_inputs(tmp_path)[case]
+    assert_refused(run_sdlab, capsys, tmp_path, args, fragment)
+
+
+# Bad model folders: the tiny pipeline saved as a diffusers folder, then damaged one way each.
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory, tiny):
+    """The tiny pipeline written as a safetensors diffusers folder."""
+    folder = tmp_path_factory.mktemp("tiny_folder")
+    tiny[0].save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+UNET = "unet/diffusion_pytorch_model.safetensors"
+VAE = "vae/diffusion_pytorch_model.safetensors"
+TEXT = "text_encoder/model.safetensors"
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def reshape_first_tensor(path: Path) -> None:
+    """Rewrite the safetensors header so its first tensor claims a transposed shape (same byte count)."""
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    name = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2
+                and v["shape"][0] != v["shape"][1])
+    header[name]["shape"] = header[name]["shape"][::-1]
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n
+    text += b" " * (n - len(text))
+    path.write_bytes(data[:8] + text + data[8 + n:])
+
+
+def link_outside(folder: Path, outside: Path, component: str) -> None:
+    shutil.copytree(folder / component, outside / component)
+    shutil.rmtree(folder / component)
+    os.symlink(outside / component, folder / component)
+
+
+def link_file_outside(folder: Path, outside: Path, relative: str) -> None:
+    outside.mkdir(parents=True, exist_ok=True)
+    target = outside / Path(relative).name
+    shutil.move(folder / relative, target)
+    os.symlink(target, folder / relative)
+
+
+def set_json(path: Path, **values) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+DAMAGES = {
+    "unet weights truncated": (lambda f, o: truncate(f / UNET), f"{UNET} is truncated"),
+    "vae weights empty": (lambda f, o: (f / VAE).write_bytes(b""), f"{VAE} is truncated"),
+    "text encoder weights are noise": (lambda f, o: (f / TEXT).write_bytes(os.urandom(4096)),
+                                       f"{TEXT} is not a safetensors file"),
+    "weights header not JSON": (lambda f, o: (f / UNET).write_bytes(struct.pack("<Q", 5) + b"{oops" + b"\0" * 64),
+                                f"{UNET} is not a safetensors file"),
+    "unet tensor reshaped": (lambda f, o: reshape_first_tensor(f / UNET), f"{UNET}: tensor"),
+    "text encoder config disagrees": (lambda f, o: set_json(f / "text_encoder/config.json", hidden_size=48),
+                                      f"{TEXT}: tensor"),
+    "model_index.json not JSON": (lambda f, o: (f / "model_index.json").write_text("{oops"),
+                                  "model_index.json is not valid JSON"),
+    "model_index.json a list": (lambda f, o: (f / "model_index.json").write_text("[]"),
+                                "model_index.json must hold a JSON object"),
+    "custom component code": (lambda f, o: set_json(f / "model_index.json", unet=["my_unet", "MyUNet"]),
+                              "component 'unet' comes from 'my_unet'"),
+    "unet config missing": (lambda f, o: (f / "unet/config.json").unlink(), "unet/config.json is missing"),
+    "vae config not JSON": (lambda f, o: (f / "vae/config.json").write_text("{"), "vae/config.json is not valid JSON"),
+    "tokenizer missing": (lambda f, o: shutil.rmtree(f / "tokenizer"), "tokenizer has no tokenizer.json"),
+    "tokenizer file missing": (lambda f, o: (f / "tokenizer/tokenizer.json").unlink(),
+                               "tokenizer has no tokenizer.json"),
+    "tokenizer not JSON": (lambda f, o: (f / "tokenizer/tokenizer.json").write_text("{"),
+                           "tokenizer/tokenizer.json is not valid JSON"),
+    "scheduler config missing": (lambda f, o: (f / "scheduler/scheduler_config.json").unlink(),
+                                 "scheduler/scheduler_config.json is missing"),
+    "component symlinked outside": (lambda f, o: link_outside(f, o, "vae"), "vae is a link to"),
+    "weights symlinked outside": (lambda f, o: link_file_outside(f, o, UNET), f"{UNET} is a link to"),
+    "scheduler trained timesteps not a number": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", num_train_timesteps="many"),
+        "num_train_timesteps='many'"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_model_folder_is_one_line_naming_the_file(run_sdlab, saved_tiny, tmp_path, capsys, monkeypatch,
+                                                          damage):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "model"
+    shutil.copytree(saved_tiny, folder)
+    harm, fragment = DAMAGES[damage]
+    harm(folder, tmp_path / "elsewhere")
+    args = ["model=sd15", f"model.path={folder}", "num_inference_steps=2", "threads=1"]
+    assert_refused(run_sdlab, capsys, tmp_path, args, fragment)
+
+
+def test_an_intact_folder_passes_the_checks_and_a_cache_snapshot_may_link_into_its_blobs(saved_tiny, tmp_path):
+    from sdlab.model_files import check_pipeline_folder
+
+    check_pipeline_folder(saved_tiny)
+    repo = tmp_path / "models--someone--tiny"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "abc"
+    shutil.copytree(saved_tiny, snapshot)
+    link_file_outside(snapshot, blobs, UNET)
+    check_pipeline_folder(snapshot)
+
+
+# The pure check over a composed config, as a sweep's pre-flight calls it for every job.
+
+def composed(*overrides) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return OmegaConf.to_container(compose("config", list(overrides)), resolve=True)
+
+
+def test_validate_config_names_the_bad_value_without_loading_anything():
+    from sdlab import models
+    from sdlab.config import validate_config
+    from sdlab.errors import UserError
+
+    before = models.load_count
+    validate_config(composed())  # every recipe passes it on its way through the cli (tests/test_experiments.py)
+    for overrides, fragment in [(["guidance_scale=nan"], "guidance_scale=nan"),
+                                (["model.compile=maybe"], "model.compile='maybe'"),
+                                (["seeds=[1,1]"], "repeats seed 1"),
+                                (["width=8192"], "limits.max_side")]:
+        with pytest.raises(UserError, match=fragment.replace("[", r"\[")):
+            validate_config(composed(*overrides))
+    assert models.load_count == before
+
+
+def test_limits_can_be_raised_for_big_machines(tmp_path):
+    from sdlab.config import validate_config
+    from sdlab.params import load_params
+
+    validate_config(composed("width=8192", "height=8192", "limits.max_side=8192", "limits.max_pixels=67108864"))
+    validate_config(composed("num_inference_steps=2000", "limits.max_steps=2000"))
+    big = tmp_path / "big.json"
+    big.write_text('{"seed": 3}' + " " * (2 << 20))
+    assert load_params(big, max_bytes=4 << 20) == {"seed": 3}
+
+
+def test_steps_up_to_the_trained_timesteps_pass_when_the_spacing_stays_inside():
+    from sdlab.architectures import SD15_SCHEDULER
+    from sdlab.schedulers import check_steps
+
+    check_steps("ddim", SD15_SCHEDULER, {"timestep_spacing": "trailing"}, 1000, "model tiny")
+    check_steps("dpmpp_2m", SD15_SCHEDULER, {}, 500, "model tiny")
+
+
+def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(run_sdlab, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    code = run_sdlab("-m", "model=tiny", "num_inference_steps=2", "guidance_scale=1,nan", f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("sdlab: error: ") and "guidance_scale=nan is not a finite number" in err, err
+    assert not sweep.exists() and not (tmp_path / "outputs").exists()

@@ -1,0 +1,173 @@
+"""Check a diffusers pipeline folder before any weights load: layout, links, configs, safetensors headers, shapes."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sdlab.errors import UserError
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                "scheduler": "scheduler_config.json"}
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
+               "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
+
+
+def check_weights_folder(folder: Path) -> None:
+    """Refuse anything but a diffusers folder whose weights are all safetensors, without opening pickles."""
+    if folder.is_file():
+        if folder.suffix in PICKLE_SUFFIXES:
+            raise UserError(f"refusing pickle checkpoint {folder}: sdlab loads safetensors only")
+        raise UserError(f"model.path={folder} is a file; give a diffusers folder (with model_index.json)")
+    if not folder.is_dir():
+        raise UserError(f"model.path={folder} does not exist; give a diffusers folder (with model_index.json)")
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
+    for component in WEIGHT_COMPONENTS:
+        files = [p for p in (folder / component).glob("*") if p.is_file()]
+        if any(p.suffix == ".safetensors" for p in files):
+            continue
+        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise UserError(
+                f"refusing pickle weights {folder / component / pickles[0]}: sdlab loads safetensors only "
+                "(convert them with diffusers' save_pretrained(safe_serialization=True))"
+            )
+        raise UserError(f"no .safetensors weights in {folder / component}")
+
+
+def check_links(folder: Path) -> None:
+    """Refuse a component or file that links outside the folder (a Hugging Face snapshot may link into its blobs)."""
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":
+        roots.append(folder.parent.parent.resolve())
+    for path in [*folder.iterdir(), *(p for d in folder.iterdir() if d.is_dir() for p in d.iterdir())]:
+        real = path.resolve()
+        if not any(real.is_relative_to(root) for root in roots):
+            raise UserError(f"{path} is a link to {real}, outside model.path={folder}; copy it into the folder")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or a UserError naming the file and what is wrong."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing; a diffusers pipeline folder needs it")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    """`read_json` that must be a JSON object."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def check_index(path: Path) -> None:
+    """model_index.json is a JSON object whose components come from diffusers or transformers only."""
+    for name, value in read_object(path).items():
+        if isinstance(value, list) and len(value) == 2 and value[0] not in (None, "diffusers", "transformers"):
+            raise UserError(f"{path}: component {name!r} comes from {value[0]!r}; sdlab loads diffusers and "
+                            "transformers components only (no custom code)")
+
+
+def check_tokenizer(folder: Path) -> None:
+    """A CLIP tokenizer folder holds tokenizer.json, or vocab.json and merges.txt."""
+    if (folder / "tokenizer.json").is_file():
+        read_object(folder / "tokenizer.json")
+    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        read_object(folder / "vocab.json")
+    else:
+        raise UserError(f"{folder} has no tokenizer.json (nor vocab.json and merges.txt); copy the model's tokenizer")
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header, checked against the file's size; no tensor data is read."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if len(head) == 8 and n > MAX_HEADER_BYTES:
+            raise UserError(f"{path} is not a safetensors file (header length {n})")
+        if len(head) < 8 or 8 + n > size:
+            raise UserError(f"{path} is truncated: {size} bytes, too short for its header")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise UserError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    shapes, data_end = {}, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            ok = dtype in DTYPE_BYTES and all(isinstance(d, int) and d >= 0 for d in shape) \
+                and 0 <= begin and end - begin == math.prod(shape) * DTYPE_BYTES[dtype]
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UserError(f"{path} is not a safetensors file (tensor {name!r} has a malformed entry)")
+        shapes[name], data_end = tuple(shape), max(data_end, end)
+    if 8 + n + data_end > size:
+        raise UserError(f"{path} is truncated: {size} bytes, its header needs {8 + n + data_end}")
+    return shapes
+
+
+def expected_shapes(component: str, config: dict[str, Any], config_path: Path) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes the component's config describes, built on the meta device (no memory, no weights)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    try:
+        with torch.device("meta"):
+            if component == "text_encoder":
+                model = CLIPTextModel(CLIPTextConfig.from_dict(config))
+            else:
+                model = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}[component].from_config(config)
+    except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as e:
+        raise UserError(f"{config_path} does not describe a {component}: {str(e).splitlines()[0]}") from None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_component_weights(folder: Path, component: str, config: dict[str, Any]) -> None:
+    """Every safetensors file of a component is whole, and its tensors have the shapes its config describes."""
+    want = expected_shapes(component, config, folder / component / CONFIG_FILES[component])
+    for weights in sorted((folder / component).glob("*.safetensors")):
+        for name, shape in safetensors_shapes(weights).items():
+            if name in want and want[name] != shape:
+                raise UserError(f"{weights}: tensor {name} has shape {list(shape)}; "
+                                f"{folder / component / CONFIG_FILES[component]} needs {list(want[name])}")
+
+
+def check_pipeline_folder(folder: Path) -> None:
+    """Refuse a pipeline folder with a pickle, a link outside it, a bad config or tokenizer, or damaged weights."""
+    check_weights_folder(folder)
+    _check_folder(folder.absolute(), _signature(folder))
+
+
+def _signature(folder: Path) -> tuple:
+    """What the checks depend on: every component file's name, size and modification time."""
+    files = [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir()] + [folder / "model_index.json"]
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()))
+
+
+@lru_cache(maxsize=16)
+def _check_folder(folder: Path, signature: tuple) -> None:
+    check_links(folder)
+    check_index(folder / "model_index.json")
+    configs = {component: read_object(folder / component / name) for component, name in CONFIG_FILES.items()}
+    check_tokenizer(folder / "tokenizer")
+    for component in WEIGHT_COMPONENTS:
+        check_component_weights(folder, component, configs[component])
