@@ -43,7 +43,7 @@ def test_cells_inside_a_job_resume_per_seed(run_sdlab, tmp_path):
     args = ("seeds=[1,2,3]", "batch_size=1", "num_inference_steps=2", "threads=1", f"hydra.run.dir={tmp_path}")
     assert run_sdlab(*args) == 0
     first = pd.read_parquet(tmp_path / "results.parquet")
-    (tmp_path / "images" / "seed2.png").unlink()
+    next((tmp_path / "images").glob("seed2-*.png")).unlink()
     (tmp_path / "job.json").unlink()  # as if killed before the job finished
     assert run_sdlab(*args) == 0
     second = pd.read_parquet(tmp_path / "results.parquet")

@@ -87,12 +87,17 @@ def batch_rows(ctx: JobContext, pipe, model_key: tuple, params, batch: list[int]
                clip=None, prefix: str = "") -> list[dict]:
     """Generate one batch: saved images and their rows, or one failed row per seed naming the error."""
     try:
-        result = generate_batch(pipe, model_key, params, batch)
-        return image_rows(ctx, common, hash_base, result, clip, prefix)
-    except (BadOutputError, RuntimeError, ValueError) as e:
+        result = generate_batch(pipe, model_key, params, batch, strict=False)
+    except (RuntimeError, ValueError) as e:
         log.error("seeds %s failed: %s", batch, e)
-        return [{**common, "seed": s, "batch_size": len(batch), "config_hash": cell_hash(hash_base, s),
-                 "status": "error", "error": f"{type(e).__name__}: {e}"} for s in batch]
+        return [failed_row(common, hash_base, s, len(batch), e) for s in batch]
+    return image_rows(ctx, common, hash_base, result, clip, prefix)
+
+
+def failed_row(common: dict, hash_base: dict, seed: int, batch_size: int, error: BaseException) -> dict:
+    """The row of an image that could not be made or saved, naming the error."""
+    return {**common, "seed": seed, "batch_size": batch_size, "config_hash": cell_hash(hash_base, seed),
+            "status": "error", "error": f"{type(error).__name__}: {error}"}
 
 
 def reusable_rows(ctx: JobContext, hash_base: dict, seeds: tuple[int, ...]) -> dict[int, dict]:
@@ -104,6 +109,11 @@ def reusable_rows(ctx: JobContext, hash_base: dict, seeds: tuple[int, ...]) -> d
         return {}
     by_hash = {row["config_hash"]: row for row in previous.to_dict("records")}
     return {s: by_hash[cell_hash(hash_base, s)] for s in seeds if cell_hash(hash_base, s) in by_hash}
+
+
+def image_name(prefix: str, seed: int, cell: str) -> str:
+    """Where a cell's image goes: its seed and config hash, so two cells of one dir never share a file."""
+    return f"images/{prefix}seed{seed}-{cell[:8]}.png"
 
 
 def describe(overrides: str, seed: int) -> str:
@@ -128,11 +138,18 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
     """Save each image of a batch and make its row (clip_score with a clip model); batch timings are shared equally."""
     n = len(result.seeds)
     rows = []
+    good = [image for image in result.images if image is not None]
     start = time.perf_counter()
-    scores = clip.clip_score(result.images, [common["prompt"]] * n) if clip else [None] * n
+    scores = iter(clip.clip_score(good, [common["prompt"]] * len(good)) if clip and good else [None] * n)
     clip_s = (time.perf_counter() - start) / n if clip else None
-    for image, seed, score in zip(result.images, result.seeds, scores):
-        relative = f"images/{prefix}seed{seed}.png"
+    for image, seed in zip(result.images, result.seeds):
+        if image is None:
+            log.error("%s: %s", describe(ctx.overrides, seed), result.errors[seed])
+            rows.append(failed_row(common, hash_base, seed, n, BadOutputError(result.errors[seed])))
+            continue
+        score = next(scores)
+        cell = cell_hash(hash_base, seed)
+        relative = image_name(prefix, seed, cell)
         row = {
             **common,
             "seed": seed,
@@ -144,7 +161,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             "time_clip_s": clip_s,
             **adherence_columns(image, common["prompt"]),
             "image_path": relative,
-            "config_hash": cell_hash(hash_base, seed),
+            "config_hash": cell,
             "status": "ok",
             "error": None,
         }
