@@ -82,6 +82,9 @@ def task_overrides(hydra_node) -> list[str]:
 
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
     """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
+    from sdlab.lock import release
+
+    release(out_dir)
     remove_own_start_files(out_dir, job_name)
     fail(str(error))
 

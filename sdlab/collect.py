@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 from pathlib import Path
 
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from sdlab import lock
 from sdlab.grid import image_grid
 from sdlab.records import collect, write_table
+from sdlab.resume import clean_temp_files
 
 log = logging.getLogger(__name__)
 sweep_failures = 0
@@ -28,12 +31,41 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True) -> str:
     return line
 
 
+def hold(folder: Path) -> None:
+    """Lock `folder` for this process, or stop with one line and exit code 2 before anything is written."""
+    from sdlab.cli import fail
+
+    try:
+        lock.acquire(folder)
+    except lock.DirInUse as e:
+        fail(str(e))
+    atexit.register(lock.release, folder)  # also when the run ends in sys.exit, which skips on_run_end
+
+
 class CollectSweep(Callback):
-    """At multirun end, collect every job's rows into `<sweep_dir>/results.{parquet,csv}` and `grid.png`."""
+    """Lock the run or sweep dir; at multirun end, collect every job's rows into one table and `grid.png`."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        hold(Path(str(config.hydra.run.dir)))
+
+    def on_run_end(self, config, **kwargs) -> None:
+        lock.release(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        hold(sweep_dir)
+        clean_temp_files(sweep_dir)  # a kill during the last collection
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            self.collect(sweep_dir)
+        finally:
+            lock.release(sweep_dir)
+
+    def collect(self, sweep_dir: Path) -> None:
+        """Write the sweep table and grid, print the summary line, and set `sweep_failures`."""
         global sweep_failures
-        sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         try:

@@ -8,19 +8,22 @@ from typing import Any
 
 import pandas as pd
 
-from sdlab.io import atomic_write_text
+from sdlab.io import atomic_write_text, is_temp_file
 from sdlab.records import TABLE_NAME
 
 MARKER = "job.json"
+WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land inside a run dir
 
 
 def clean_temp_files(folder: Path) -> int:
-    """Delete temp files of atomic writes interrupted by a kill; returns how many."""
+    """Delete sdlab's temp files left by a kill mid-write, in the folders sdlab writes; returns how many."""
     removed = 0
-    for tmp in Path(folder).rglob(".*.tmp*"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed += 1
+    for sub in WRITTEN_FOLDERS:
+        found = Path(folder, sub)
+        for tmp in found.iterdir() if found.is_dir() else ():
+            if is_temp_file(tmp) and tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                removed += 1
     return removed
 
 

@@ -89,7 +89,7 @@ def test_sigkill_at_three_moments_then_rerun_gives_every_cell_once(tmp_path):
         Image.open(sweep / path).load()  # a truncated PNG raises here
     for table in sweep.rglob("results.parquet"):
         pd.read_parquet(table)
-    assert not list(sweep.rglob(".*.tmp*"))
+    assert not list(sweep.rglob(".*.sdlab-tmp*"))
 
 
 def test_failing_cell_is_a_row_and_the_sweep_goes_on(run_sdlab, tmp_path, capsys, monkeypatch):
