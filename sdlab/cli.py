@@ -153,6 +153,7 @@ def run(cfg) -> None:
         experiment=hc.runtime.choices.get("experiment") or "generate",
         overrides=json.dumps(overrides),
         run_id=uuid.uuid4().hex[:12],
+        extra={"sweep_dir": str(out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1])} if multirun else {},
     )
     try:
         ctx.config = job_config(resolved(cfg), set(overrides))  # checked before the run or sweep began

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +22,12 @@ sweep_failures = 0
 
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True) -> str:
     """Write the table (and grid of its images) into `folder`; return the "N ok, M failed" line."""
-    write_table(frame, folder)
+    try:
+        write_table(frame, folder)
+    except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists
+        print(f"sdlab: error: cannot write the table in {folder} ({type(e).__name__}: {e}); the one there keeps "
+              f"the images finished before", file=sys.stderr)
+        raise SystemExit(1) from None
     images = frame[frame["status"] == "ok"] if "status" in frame else frame
     if grid and "image_path" in frame and images["image_path"].notna().sum() > 1:
         image_grid(frame, folder, folder / "grid.png")
@@ -55,6 +62,7 @@ class CollectSweep(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         hold(sweep_dir)
         clean_temp_files(sweep_dir)  # a kill during the last collection
+        self.started = time.time()
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -69,7 +77,7 @@ class CollectSweep(Callback):
         if not sweep_dir.is_dir():
             return
         try:
-            frame = collect(sweep_dir)
+            frame = collect(sweep_dir, since=getattr(self, "started", 0.0))
             line = summarize(frame, sweep_dir)
         except Exception as e:  # Hydra would only warn; a sweep without its table must not look fine
             log.exception("collecting %s failed", sweep_dir)
