@@ -14,6 +14,17 @@ from hydra_plugins.sdlab_hydra.lean_launcher import LeanLauncher
 BOTH = ["hydra/sweeper=sdlab"]
 
 
+@pytest.fixture(autouse=True)
+def no_version_base_yet():
+    """Hydra's suites expect a fresh process, where no app has chosen a version_base; sdlab's tests choose one."""
+    from hydra import version
+
+    before = version.VersionBase.instance().getbase()
+    version.VersionBase.instance().version_base = version._UNSPECIFIED_
+    yield
+    version.VersionBase.instance().version_base = before
+
+
 def test_discovery():
     assert LeanLauncher.__name__ in [p.__name__ for p in Plugins.instance().discover(Launcher)]
     assert ComposeOnceSweeper.__name__ in [p.__name__ for p in Plugins.instance().discover(Sweeper)]

@@ -20,11 +20,18 @@ from sdlab.preflight import sweep_plan
 log = logging.getLogger(__name__)
 
 
+def touched(key: str, keys: list[str]) -> bool:
+    """True when another of `keys` names `key`'s parent, child or element: Hydra applies them in order, so
+    re-applying `key` alone on an earlier job's config would not give what composing gives."""
+    return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
+
+
 class ComposedConfigs:
     """A config loader that hands the launcher the sweep configs its sweeper already composed to validate them.
 
     Jobs that differ from an earlier job only in plain values (seed=2 against seed=1, same config groups)
-    get that job's config with the new values applied, as Hydra applies them after composing.
+    get that job's config with the new values applied, as Hydra applies them after composing; a value
+    whose key another override's key contains or extends is not plain (see `touched`).
     """
 
     def __init__(self, loader: Any, limit: int = 512):
@@ -50,7 +57,13 @@ class ComposedConfigs:
         keys = [o.key_or_group for o in parsed]
         if len(set(keys)) != len(keys):
             return None
-        return tuple((o.key_or_group, None if self._plain_value(o) else o.input_line) for o in parsed)
+        values = [o.key_or_group for o in parsed if not self._is_group(o)]
+        return tuple((o.key_or_group, None if self._plain_value(o) and not touched(o.key_or_group, values)
+                      else o.input_line) for o in parsed)
+
+    def _is_group(self, override: Override) -> bool:
+        """A config group choice (a dict value is merged as config, as Hydra does): composed before any value."""
+        return self._loader.repository.group_exists(override.key_or_group) and not isinstance(override.value(), dict)
 
     def _plain_value(self, override: Override) -> bool:
         """A `key=value` change of a config value (not a group, package, hydra key, addition or dict merge)."""
