@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import sys
 import time
@@ -14,7 +13,6 @@ from hydra.experimental.callback import Callback
 from sdlab import lock
 from sdlab.grid import image_grid
 from sdlab.records import collect, write_table
-from sdlab.resume import clean_temp_files
 
 log = logging.getLogger(__name__)
 sweep_failures = 0
@@ -39,18 +37,17 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True) -> str:
 
 
 def hold(folder: Path) -> None:
-    """Lock `folder` for this process, or stop with one line and exit code 2 before anything is written."""
+    """Lock a run dir for this process, or stop with one line and exit code 2 before anything is written."""
     from sdlab.cli import fail
 
     try:
-        lock.acquire(folder)
+        lock.hold(folder)
     except lock.DirInUse as e:
         fail(str(e))
-    atexit.register(lock.release, folder)  # also when the run ends in sys.exit, which skips on_run_end
 
 
 class CollectSweep(Callback):
-    """Lock the run or sweep dir; at multirun end, collect every job's rows into one table and `grid.png`."""
+    """Lock a run dir (the sweeper locks a sweep dir); at multirun end, collect every job's rows into one table and grid."""
 
     def on_run_start(self, config, **kwargs) -> None:
         hold(Path(str(config.hydra.run.dir)))
@@ -59,9 +56,6 @@ class CollectSweep(Callback):
         lock.release(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        hold(sweep_dir)
-        clean_temp_files(sweep_dir)  # a kill during the last collection
         self.started = time.time()
 
     def on_multirun_end(self, config, **kwargs) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -72,6 +73,12 @@ def acquire(folder: Path) -> None:
             f.write(json.dumps(mine))
         return
     raise DirInUse(f"{folder} is in use: its lock {path} keeps reappearing")
+
+
+def hold(folder: Path) -> None:
+    """Lock `folder` until `release` or the end of the process (sys.exit skips Hydra's end-of-run callbacks)."""
+    acquire(folder)
+    atexit.register(release, folder)
 
 
 def release(folder: Path) -> None:

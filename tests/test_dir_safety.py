@@ -86,7 +86,7 @@ def test_a_lock_from_another_host_or_unreadable_and_fresh_is_in_use(tmp_path):
 def test_two_processes_on_one_sweep_dir_the_second_refuses(run_sdlab, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    args = ["-m", "seed=1,2,3", "seeds=[1,2,3,4]", *FAST, f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "guidance_scale=1,7.5,15", "seeds=[1,2,3,4]", *FAST, f"hydra.sweep.dir={sweep}"]
     first = subprocess.Popen([sys.executable, "-m", "sdlab.cli", *args], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     import time

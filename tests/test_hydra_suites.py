@@ -11,7 +11,7 @@ from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, Inte
 from hydra_plugins.sdlab_hydra.compose_once import ComposeOnceSweeper
 from hydra_plugins.sdlab_hydra.lean_launcher import LeanLauncher
 
-BOTH = ["hydra/sweeper=sdlab"]
+BOTH = ["hydra/sweeper=sdlab_compose_once"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,19 +30,19 @@ def test_discovery():
     assert ComposeOnceSweeper.__name__ in [p.__name__ for p in Plugins.instance().discover(Sweeper)]
 
 
-@pytest.mark.parametrize("launcher_name, overrides", [("sdlab", BOTH), ("basic", BOTH)])
+@pytest.mark.parametrize("launcher_name, overrides", [("sdlab_lean", BOTH), ("basic", BOTH)])
 class TestLeanLauncher(LauncherTestSuite):
     """Hydra's launcher suite: the lean launcher with the sweeper, and the sweeper with Hydra's basic launcher."""
 
 
-@pytest.mark.parametrize("launcher_name, overrides", [("sdlab", [*BOTH, "hydra.sweeper.max_batch_size=2"])])
+@pytest.mark.parametrize("launcher_name, overrides", [("sdlab_lean", [*BOTH, "hydra.sweeper.max_batch_size=2"])])
 class TestComposeOnceSweeperWithBatching(BatchedSweeperTestSuite):
     """Hydra's batched-sweeper suite: the compose-once sweeper in batches of two."""
 
 
 @pytest.mark.parametrize("task_launcher_cfg, extra_flags", [
-    pytest.param({}, ["-m", "hydra/launcher=sdlab", "hydra/sweeper=sdlab", "hydra/hydra_logging=disabled",
-                      "hydra/job_logging=disabled"], id="sdlab_launcher_and_sweeper"),
+    pytest.param({}, ["-m", "hydra/launcher=sdlab_lean", "hydra/sweeper=sdlab_compose_once",
+                      "hydra/hydra_logging=disabled", "hydra/job_logging=disabled"], id="sdlab_launcher_and_sweeper"),
 ])
 class TestLeanLauncherIntegration(IntegrationTestSuite):
     """Hydra's integration suite (subprocess apps, chdir, working dirs) through the lean launcher and sweeper."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -13,9 +14,11 @@ from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
+from sdlab import lock
 from sdlab.cli import check_composed
 from sdlab.errors import UserError
 from sdlab.preflight import sweep_plan
+from sdlab.resume import clean_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,11 @@ class ComposedConfigs:
 class ComposeOnceSweeper(BasicSweeper):
     """BasicSweeper whose up-front check that every job composes also supplies the launcher's configs."""
 
+    def __init__(self, max_batch_size: int | None, params: dict[str, str] | None = None, preflight: bool = True):
+        """BasicSweeper's options, and whether each job is an sdlab job to pre-flight (false for other apps)."""
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.preflight = preflight
+
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: Any) -> None:
         """Put the composing loader between the sweeper, its launcher and Hydra's loader."""
         self.composed = ComposedConfigs(hydra_context.config_loader)
@@ -112,7 +120,7 @@ class ComposeOnceSweeper(BasicSweeper):
         super().setup(hydra_context=context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        """Compose and pre-flight every job of the sweep, then run it as BasicSweeper does.
+        """Compose (and for sdlab, pre-flight) every job of the sweep, lock its dir, then run it as BasicSweeper does.
 
         Hydra's sweeper writes the sweep dir before it checks the first batch; here a bad value in any job
         stops the sweep with one line before anything is written.
@@ -123,14 +131,18 @@ class ComposeOnceSweeper(BasicSweeper):
         jobs = [job for batch in self.split_arguments(overrides, self.max_batch_size) for job in batch]
         if not jobs:
             raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
-        warnings, configs = {}, []
-        for job in jobs:
-            job_warnings, config = check_composed(self.composed.compose(self.config, job))
-            warnings.update(dict.fromkeys(job_warnings))
-            configs.append(config)
-        for warning in warnings:
-            log.warning(warning)
-        log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
+        composed = [self.composed.compose(self.config, job) for job in jobs]
+        if self.preflight:
+            warnings, configs = {}, []
+            for config in composed:
+                job_warnings, plain = check_composed(config)
+                warnings.update(dict.fromkeys(job_warnings))
+                configs.append(plain)
+            for warning in warnings:
+                log.warning(warning)
+            log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
+        lock.hold(Path(sweep_dir))  # before the first write; a second sdlab here stops with one line
+        clean_temp_files(Path(sweep_dir))  # a kill during the last collection
         return super().sweep(arguments)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
