@@ -47,7 +47,7 @@ def hold(folder: Path) -> None:
 
 
 class CollectSweep(Callback):
-    """Lock a run dir (the sweeper locks a sweep dir); at multirun end, collect every job's rows into one table and grid."""
+    """Lock a run dir (the sweeper locks a sweep dir); at multirun end, collect the jobs' rows into one table and grid."""
 
     def on_run_start(self, config, **kwargs) -> None:
         hold(Path(str(config.hydra.run.dir)))

@@ -70,7 +70,7 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Pa
 
 
 def save_png(image: Image.Image, target: Path, metadata: dict[str, Any], row: dict | None = None) -> None:
-    """Save a PNG atomically with the generation parameters (and its table row, to rebuild a lost table) in its text chunks."""
+    """Save a PNG atomically with its parameters (and its row, to rebuild a lost table) in its text chunks."""
     from sdlab.infotext import format_infotext
 
     info = PngInfo()
@@ -100,7 +100,7 @@ def rows_from_images(folder: Path) -> pd.DataFrame | None:
 
 
 def read_table(folder: Path, name: str = TABLE_NAME) -> pd.DataFrame | None:
-    """`<name>.parquet`, else its CSV twin, else the rows its images carry, else None (a damaged table kept as `*.damaged`)."""
+    """`<name>.parquet`, else its CSV twin, else its images' rows, else None (damaged files kept as `*.damaged`)."""
     folder = Path(folder)
     files = [folder / f"{name}.parquet", folder / f"{name}.csv"]
     if not any(f.is_file() for f in files):
@@ -154,7 +154,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def collect(sweep_dir: Path, name: str = TABLE_NAME, since: float = 0.0) -> pd.DataFrame:
-    """Every job's finished cells under `sweep_dir` (paths relative to it), and failed rows of tables written since `since`."""
+    """The finished cells of every job dir (paths relative to the sweep), and failed rows of tables written since `since`."""
     frames, unfinished = [], []
     for job in job_dirs(sweep_dir):
         frame = read_table(job, name)
