@@ -83,6 +83,7 @@ def test_a_lock_from_another_host_or_unreadable_and_fresh_is_in_use(tmp_path):
     assert not (tmp_path / lock.LOCK_NAME).exists()
 
 
+@pytest.mark.slow  # a real second process (13 s on a quiet machine); the lock tests above cover the logic
 def test_two_processes_on_one_sweep_dir_the_second_refuses(run_sdlab, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
