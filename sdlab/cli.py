@@ -82,6 +82,9 @@ def task_overrides(hydra_node) -> list[str]:
 
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
     """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
+    from sdlab.lock import release
+
+    release(out_dir)
     remove_own_start_files(out_dir, job_name)
     fail(str(error))
 
@@ -150,12 +153,13 @@ def run(cfg) -> None:
         experiment=hc.runtime.choices.get("experiment") or "generate",
         overrides=json.dumps(overrides),
         run_id=uuid.uuid4().hex[:12],
+        extra={"sweep_dir": str(out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1])} if multirun else {},
     )
     try:
         ctx.config = job_config(resolved(cfg), set(overrides))  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
         set_threads(ctx.config.get("threads"))
-        job_hash = config_hash({k: v for k, v in ctx.config.items() if k != "resume"})
+        job_hash = config_hash({k: v for k, v in ctx.config.items() if k not in ("resume", "limits")})
         frame = resume.finished_job(out_dir, job_hash) if ctx.config.get("resume", True) else None
         if frame is not None:
             log.info("skipped: already complete in %s (resume=false recomputes)", out_dir)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from sdlab import lock
 from sdlab.grid import image_grid
 from sdlab.records import collect, write_table
 from sdlab.summary import best_line, owns_summary, write_summary
@@ -19,7 +22,12 @@ sweep_failures = 0
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False) -> str:
     """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
     `folder`; return the "N ok, M failed" line (and the best value per swept parameter)."""
-    write_table(frame, folder)
+    try:
+        write_table(frame, folder)
+    except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists
+        print(f"sdlab: error: cannot write the table in {folder} ({type(e).__name__}: {e}); the one there keeps "
+              f"the images finished before", file=sys.stderr)
+        raise SystemExit(1) from None
     images = frame[frame["status"] == "ok"] if "status" in frame else frame
     several = "image_path" in frame and images["image_path"].notna().sum() > 1
     if grid and several:
@@ -38,17 +46,43 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
     return line
 
 
+def hold(folder: Path) -> None:
+    """Lock a run dir for this process, or stop with one line and exit code 2 before anything is written."""
+    from sdlab.cli import fail
+
+    try:
+        lock.hold(folder)
+    except lock.DirInUse as e:
+        fail(str(e))
+
+
 class CollectSweep(Callback):
-    """At multirun end, collect every job's rows into `<sweep_dir>/results.{parquet,csv}`, `grid.png`, the summary
-    by swept value and `report.html`."""
+    """Lock a run dir (the sweeper locks a sweep dir); at multirun end, collect every job's rows into
+    `<sweep_dir>/results.{parquet,csv}`, `grid.png`, the summary by swept value and `report.html`."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        hold(Path(str(config.hydra.run.dir)))
+
+    def on_run_end(self, config, **kwargs) -> None:
+        lock.release(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.started = time.time()
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            self.collect(sweep_dir)
+        finally:
+            lock.release(sweep_dir)
+
+    def collect(self, sweep_dir: Path) -> None:
+        """Write the sweep table and grid, print the summary line, and set `sweep_failures`."""
         global sweep_failures
-        sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         try:
-            frame = collect(sweep_dir)
+            frame = collect(sweep_dir, since=getattr(self, "started", 0.0))
             line = summarize(frame, sweep_dir, sweep=True)
         except Exception as e:  # Hydra would only warn; a sweep without its table must not look fine
             log.exception("collecting %s failed", sweep_dir)

@@ -26,7 +26,7 @@ class BadOutputError(RuntimeError):
 class BatchResult:
     """Images of one pipeline call and what it cost; timings cover the whole batch."""
 
-    images: list[Image.Image]
+    images: list[Image.Image | None]
     seeds: list[int]
     nfe: int
     time_text_s: float
@@ -36,6 +36,7 @@ class BatchResult:
     peak_mem_bytes: int
     latents: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)  # seed -> why its image is bad (its slot is None)
 
 
 def text_embedding(pipe, model_key: tuple, text: str) -> torch.Tensor:
@@ -77,7 +78,7 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode SD latents to images in [0, 1], NCHW float."""
+    """VAE-decode SD latents to images in [0, 1], NCHW float (NaN stays NaN for `check_output`)."""
     vae = pipe.vae
     scaled = latents.to(vae.dtype) / vae.config.scaling_factor
     image = vae.decode(scaled, return_dict=False)[0]
@@ -90,13 +91,17 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-def check_output(latents: torch.Tensor, images: torch.Tensor, seeds: list[int]) -> None:
-    """Raise BadOutputError for NaN latents or an all-black image, naming the seed."""
+def check_output(latents: torch.Tensor, images: torch.Tensor, seeds: list[int]) -> dict[int, str]:
+    """Each bad image's seed -> why: NaN/inf latents or pixels, or all black."""
+    errors = {}
     for i, seed in enumerate(seeds):
         if not torch.isfinite(latents[i]).all():
-            raise BadOutputError(f"NaN/inf in the latents of seed {seed}")
-        if float(images[i].max()) <= 1 / 255:
-            raise BadOutputError(f"all-black image for seed {seed}")
+            errors[seed] = f"NaN/inf in the latents of seed {seed}"
+        elif not torch.isfinite(images[i]).all():
+            errors[seed] = f"NaN/inf in the decoded pixels of seed {seed}"
+        elif float(images[i].max()) <= 1 / 255:
+            errors[seed] = f"all-black image for seed {seed}"
+    return errors
 
 
 def generate_batch(
@@ -105,8 +110,9 @@ def generate_batch(
     params: GenerationParams,
     seeds: list[int],
     callback_on_step_end: Callable | None = None,
+    strict: bool = True,
 ) -> BatchResult:
-    """Generate one image per seed in a single pipeline call, timing text, denoising and decoding apart."""
+    """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`."""
     start = time.perf_counter()
     do_cfg = params.guidance_scale > 1.0
     n = len(seeds)
@@ -136,8 +142,10 @@ def generate_batch(
     # 3. decode latents
     with torch.inference_mode():
         decoded = decode_latents(pipe, latents)
-    check_output(latents, decoded, seeds)
-    images = to_pil(decoded)
+    errors = check_output(latents, decoded, seeds)
+    if errors and strict:
+        raise BadOutputError("; ".join(errors.values()))
+    images = [None if seed in errors else image for seed, image in zip(seeds, to_pil(decoded.nan_to_num()))]
     end = time.perf_counter()
     return BatchResult(
         images=images,
@@ -149,6 +157,7 @@ def generate_batch(
         time_total_s=end - start,
         peak_mem_bytes=peak_memory_bytes(device_of(pipe)),
         latents=latents,
+        errors=errors,
     )
 
 

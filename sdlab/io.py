@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,13 @@ from typing import Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+TEMP_MARK = ".sdlab-tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(TEMP_MARK) + r"(\.[^.]+)?$")
+
+
+def is_temp_file(path: str | Path) -> bool:
+    """True for the temp files `atomic_path` makes (`.<name>.<8 random>.sdlab-tmp<suffix>`), and only those."""
+    return bool(_TEMP_NAME.match(Path(path).name))
 
 
 @contextmanager
@@ -17,7 +25,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `target`; on success it is renamed onto `target`, else removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_MARK + target.suffix,
+                               dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)

@@ -69,13 +69,13 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Pa
     return folder / f"{name}.parquet"
 
 
-def save_png(image: Image.Image, target: Path, metadata: dict[str, Any]) -> None:
-    """Save a PNG atomically with the generation parameters in its text chunks."""
+def save_png(image: Image.Image, target: Path, metadata: dict[str, Any], row: dict | None = None) -> None:
+    """Save a PNG atomically with its parameters (and its row, to rebuild a lost table) in its text chunks."""
     from sdlab.infotext import format_infotext
 
     info = PngInfo()
     info.add_text("parameters", format_infotext({**metadata, "version": f"sdlab {json.loads(versions())['sdlab']}"}))
-    info.add_text("sdlab", json.dumps(metadata, sort_keys=True, default=str))
+    info.add_text("sdlab", json.dumps({**metadata, **({"row": row} if row else {})}, sort_keys=True, default=str))
     with atomic_path(target) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
 
@@ -86,21 +86,84 @@ def read_png_metadata(path: Path) -> dict[str, Any]:
         return json.loads(image.text["sdlab"])
 
 
+def rows_from_images(folder: Path) -> pd.DataFrame | None:
+    """The rows that the PNGs under `folder/images` carry, or None if none does."""
+    rows = []
+    for png in sorted(Path(folder, "images").glob("*.png")):
+        try:
+            row = read_png_metadata(png).get("row")
+        except (OSError, ValueError, KeyError, SyntaxError):
+            continue
+        if isinstance(row, dict):
+            rows.append({**row, "image_path": str(png.relative_to(folder))})
+    return ordered(rows) if rows else None
+
+
+def read_table(folder: Path, name: str = TABLE_NAME) -> pd.DataFrame | None:
+    """`<name>.parquet`, else its CSV twin, else its images' rows, else None (damaged files kept as `*.damaged`)."""
+    folder = Path(folder)
+    files = [folder / f"{name}.parquet", folder / f"{name}.csv"]
+    if not any(f.is_file() for f in files):
+        return None
+    for path, read in zip(files, (pd.read_parquet, pd.read_csv)):
+        try:
+            frame = read(path)
+        except FileNotFoundError:
+            continue
+        except Exception as e:  # pyarrow and pandas raise many types for a damaged file
+            log.warning("%s is damaged (%s: %s)", path, type(e).__name__, e)
+            continue
+        if {"run_id", "status"} & set(frame.columns):  # every sdlab table has them; garbage parses as a header
+            return frame
+        log.warning("%s is damaged (no run_id or status column)", path)
+    rebuilt = rows_from_images(folder)
+    if rebuilt is not None:
+        log.warning("rebuilt %s from the rows in %d images", folder / name, len(rebuilt))
+        return rebuilt
+    for path in files:
+        if path.is_file():
+            path.replace(path.with_name(path.name + ".damaged"))
+    log.warning("no table in %s could be read or rebuilt: kept as %s.*.damaged", folder, name)
+    return None
+
+
+def inside(folder: Path, relative: Any) -> bool:
+    """True when `relative` names a file in `folder` (not absolute, no `..` or symlink leading out)."""
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        return False
+    root = Path(folder).resolve()
+    path = (root / relative).resolve()
+    return path.is_relative_to(root) and path.is_file()
+
+
+def finished(frame: pd.DataFrame, folder: Path) -> pd.Series:
+    """Which rows are finished cells: status ok, and their image (if any) a file inside `folder`."""
+    if "status" not in frame:
+        return pd.Series(False, index=frame.index)
+    ok = frame["status"] == "ok"
+    if "image_path" in frame:
+        has_image = [not isinstance(p, str) or inside(folder, p) for p in frame["image_path"]]
+        ok &= pd.Series(has_image, index=frame.index)
+    return ok
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Job folders of a sweep, in job-number order."""
     dirs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")]
     return sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
-def collect(sweep_dir: Path, name: str = TABLE_NAME) -> pd.DataFrame:
-    """Concatenate every finished job's table under `sweep_dir`, with paths made relative to the sweep."""
+def collect(sweep_dir: Path, name: str = TABLE_NAME, since: float = 0.0) -> pd.DataFrame:
+    """The finished cells of every job dir (paths relative to the sweep), and failed rows of tables written since `since`."""
     frames, unfinished = [], []
     for job in job_dirs(sweep_dir):
-        table = job / f"{name}.parquet"
-        if not table.is_file():
+        frame = read_table(job, name)
+        if frame is None:
             unfinished.append(job.name)
             continue
-        frame = pd.read_parquet(table)
+        if "status" in frame:
+            current = (job / f"{name}.parquet").is_file() and (job / f"{name}.parquet").stat().st_mtime >= since
+            frame = frame[finished(frame, job) | ((frame["status"] != "ok") & current)].copy()
         if "image_path" in frame:
             frame["image_path"] = [f"{job.name}/{p}" if isinstance(p, str) and p else p for p in frame["image_path"]]
         frames.append(frame)

@@ -8,38 +8,63 @@ from typing import Any
 
 import pandas as pd
 
-from sdlab.io import atomic_write_text
-from sdlab.records import TABLE_NAME
+from sdlab.io import atomic_write_text, is_temp_file
+from sdlab.records import finished, job_dirs, read_table
 
 MARKER = "job.json"
+WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land inside a run dir
 
 
 def clean_temp_files(folder: Path) -> int:
-    """Delete temp files of atomic writes interrupted by a kill; returns how many."""
+    """Delete sdlab's temp files left by a kill mid-write, in the folders sdlab writes; returns how many."""
     removed = 0
-    for tmp in Path(folder).rglob(".*.tmp*"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed += 1
+    for sub in WRITTEN_FOLDERS:
+        found = Path(folder, sub)
+        for tmp in found.iterdir() if found.is_dir() else ():
+            if is_temp_file(tmp) and tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                removed += 1
     return removed
 
 
 def previous_rows(folder: Path) -> pd.DataFrame | None:
-    """The rows a previous run left in `folder`, or None."""
-    table = Path(folder) / f"{TABLE_NAME}.parquet"
-    return pd.read_parquet(table) if table.is_file() else None
+    """The rows a previous run left in `folder` (restored from the CSV twin or the images if damaged), or None."""
+    return read_table(folder)
 
 
 def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Previous rows (read from `folder` unless given) whose status is ok and whose image (if any) is on disk."""
+    """Previous rows (read from `folder` unless given) whose status is ok and whose image (if any) is in `folder`."""
     frame = previous_rows(folder) if frame is None else frame
     if frame is None or "status" not in frame:
         return pd.DataFrame()
-    ok = frame["status"] == "ok"
-    if "image_path" in frame:
-        has_image = [not isinstance(p, str) or (Path(folder) / p).is_file() for p in frame["image_path"]]
-        ok &= pd.Series(has_image, index=frame.index)
-    return frame[ok]
+    return frame[finished(frame, folder)]
+
+
+def sweep_cells(sweep_dir: Path, besides: Path) -> dict[str, Path]:
+    """Config hash -> the job dir holding it finished, for every job dir of the sweep but `besides`."""
+    cells: dict[str, Path] = {}
+    for job in job_dirs(sweep_dir):
+        if job.resolve() == Path(besides).resolve():
+            continue
+        frame = complete_rows(job, _cached_table(job))
+        if "config_hash" in frame:
+            cells.update({h: job for h in frame["config_hash"] if isinstance(h, str) and h not in cells})
+    return cells
+
+
+_TABLES: dict[Path, tuple[tuple, pd.DataFrame | None]] = {}
+
+
+def _cached_table(job: Path) -> pd.DataFrame | None:
+    """A job dir's table, read again only when it changed (every job of a sweep asks for every other's)."""
+    try:
+        stat = (job / "results.parquet").stat()
+    except OSError:
+        return previous_rows(job)
+    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if _TABLES.get(job, (None,))[0] != key:
+        _TABLES[job] = (key, previous_rows(job))
+    return _TABLES[job][1]
 
 
 def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -13,18 +14,27 @@ from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
+from sdlab import lock
 from sdlab.cli import check_composed
 from sdlab.errors import UserError
 from sdlab.preflight import sweep_plan
+from sdlab.resume import clean_temp_files
 
 log = logging.getLogger(__name__)
+
+
+def touched(key: str, keys: list[str]) -> bool:
+    """True when another of `keys` names `key`'s parent, child or element: Hydra applies them in order, so
+    re-applying `key` alone on an earlier job's config would not give what composing gives."""
+    return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
 
 
 class ComposedConfigs:
     """A config loader that hands the launcher the sweep configs its sweeper already composed to validate them.
 
     Jobs that differ from an earlier job only in plain values (seed=2 against seed=1, same config groups)
-    get that job's config with the new values applied, as Hydra applies them after composing.
+    get that job's config with the new values applied, as Hydra applies them after composing; a value
+    whose key another override's key contains or extends is not plain (see `touched`).
     """
 
     def __init__(self, loader: Any, limit: int = 512):
@@ -50,7 +60,13 @@ class ComposedConfigs:
         keys = [o.key_or_group for o in parsed]
         if len(set(keys)) != len(keys):
             return None
-        return tuple((o.key_or_group, None if self._plain_value(o) else o.input_line) for o in parsed)
+        values = [o.key_or_group for o in parsed if not self._is_group(o)]
+        return tuple((o.key_or_group, None if self._plain_value(o) and not touched(o.key_or_group, values)
+                      else o.input_line) for o in parsed)
+
+    def _is_group(self, override: Override) -> bool:
+        """A config group choice (a dict value is merged as config, as Hydra does): composed before any value."""
+        return self._loader.repository.group_exists(override.key_or_group) and not isinstance(override.value(), dict)
 
     def _plain_value(self, override: Override) -> bool:
         """A `key=value` change of a config value (not a group, package, hydra key, addition or dict merge)."""
@@ -92,6 +108,11 @@ class ComposedConfigs:
 class ComposeOnceSweeper(BasicSweeper):
     """BasicSweeper whose up-front check that every job composes also supplies the launcher's configs."""
 
+    def __init__(self, max_batch_size: int | None, params: dict[str, str] | None = None, preflight: bool = True):
+        """BasicSweeper's options, and whether each job is an sdlab job to pre-flight (false for other apps)."""
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.preflight = preflight
+
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: Any) -> None:
         """Put the composing loader between the sweeper, its launcher and Hydra's loader."""
         self.composed = ComposedConfigs(hydra_context.config_loader)
@@ -99,7 +120,7 @@ class ComposeOnceSweeper(BasicSweeper):
         super().setup(hydra_context=context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        """Compose and pre-flight every job of the sweep, then run it as BasicSweeper does.
+        """Compose (and for sdlab, pre-flight) every job of the sweep, lock its dir, then run it as BasicSweeper does.
 
         Hydra's sweeper writes the sweep dir before it checks the first batch; here a bad value in any job
         stops the sweep with one line before anything is written.
@@ -110,14 +131,18 @@ class ComposeOnceSweeper(BasicSweeper):
         jobs = [job for batch in self.split_arguments(overrides, self.max_batch_size) for job in batch]
         if not jobs:
             raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
-        warnings, configs = {}, []
-        for job in jobs:
-            job_warnings, config = check_composed(self.composed.compose(self.config, job))
-            warnings.update(dict.fromkeys(job_warnings))
-            configs.append(config)
-        for warning in warnings:
-            log.warning(warning)
-        log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
+        composed = [self.composed.compose(self.config, job) for job in jobs]
+        if self.preflight:
+            warnings, configs = {}, []
+            for config in composed:
+                job_warnings, plain = check_composed(config)
+                warnings.update(dict.fromkeys(job_warnings))
+                configs.append(plain)
+            for warning in warnings:
+                log.warning(warning)
+            log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
+        lock.hold(Path(sweep_dir))  # before the first write; a second sdlab here stops with one line
+        clean_temp_files(Path(sweep_dir))  # a kill during the last collection
         return super().sweep(arguments)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:

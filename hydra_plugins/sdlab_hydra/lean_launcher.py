@@ -7,15 +7,27 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from hydra import version
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (JobReturn, JobRuntime, JobStatus, _flush_loggers, configure_log, env_override,
                               filter_overrides, setup_globals)
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra._internal.deprecation_warning import deprecation_warning
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sdlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+
+def job_chdir(chdir: bool | None) -> bool:
+    """`hydra.job.chdir` as Hydra's run_job reads it: unset means False from version_base 1.2, else True (warned)."""
+    if chdir is None and not version.base_at_least("1.2"):
+        deprecation_warning("Future Hydra versions will no longer change working directory at job runtime by default.\n"
+                            "See https://hydra.cc/docs/1.2/upgrades/1.1_to_1.2/changes_to_job_working_dir/ for more "
+                            "information.", stacklevel=2)
+        return True
+    return bool(chdir)
 
 
 class LeanLauncher(BasicLauncher):
@@ -54,7 +66,7 @@ class LeanLauncher(BasicLauncher):
         for node in (config, hydra_cfg):
             with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
                 node.hydra.runtime.output_dir = output_dir
-        chdir = bool(hydra_cfg.hydra.job.chdir)
+        chdir = job_chdir(hydra_cfg.hydra.job.chdir)
         try:
             task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
             OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(config))

@@ -5,22 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
-from sdlab.generate import BadOutputError, BatchResult, chunks, generate_batch, truncated_tokens
+from sdlab.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.clip import load_clip
 from sdlab.mini.checker import adherence_columns
 from sdlab.models import base_scheduler_config, device_of, load_pipeline
 from sdlab.records import ordered, save_png, versions, write_table
-from sdlab.resume import complete_rows
+from sdlab.resume import complete_rows, previous_rows, sweep_cells
 from sdlab.schedulers import make_scheduler, resolved_config
 
 log = logging.getLogger(__name__)
 TIMING_KEYS = ("time_text_s", "time_unet_s", "time_vae_s", "time_total_s")
+NOT_SAVED = "image not saved: "
 
 
 def cell_hash(base: dict[str, Any], seed: int) -> str:
@@ -62,18 +64,56 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         log.warning("prompt is longer than %d tokens: the last %d are dropped", pipe.tokenizer.model_max_length,
                     common["prompt_truncated_tokens"])
     hash_base = hash_fields(common, cfg)
-    done = reusable_rows(ctx, hash_base, params.seeds)
-    rows_by_seed: dict[int, dict] = {seed: row for seed, row in done.items()}
-    if done:
-        log.info("resume: %d of %d images already complete", len(done), len(params.seeds))
-    todo = tuple(s for s in params.seeds if s not in done)
+    cells = {seed: cell_hash(hash_base, seed) for seed in params.seeds}
+    table, order, elsewhere = previous_cells(ctx, set(cells.values()))
+    todo = tuple(s for s in params.seeds if cells[s] not in table and cells[s] not in elsewhere)
+    if len(todo) < len(params.seeds):
+        where = sorted({p.name for p in elsewhere.values()})
+        log.info("resume: %d of %d images already complete%s", len(params.seeds) - len(todo), len(params.seeds),
+                 f" (some in sweep job dirs {', '.join(where)})" if where else "")
+    stopped = None
     batches = list(chunks(todo, params.batch_size))
     for i, batch in enumerate(batches, 1):
         new_rows = batch_rows(ctx, pipe, spec.key, params, batch, common, hash_base, clip)
-        rows_by_seed.update({row["seed"]: row for row in new_rows})
-        if i < len(batches):  # a kill loses at most one batch; the caller writes the final table
-            write_table(ordered(rows_by_seed.values()), ctx.out_dir)
-    return ordered(rows_by_seed[s] for s in params.seeds)
+        table.update({row["config_hash"]: row for row in new_rows})
+        stopped = disk_error(new_rows)
+        if stopped or i == len(batches):
+            break
+        try:  # a kill loses at most one batch; the caller writes the final table
+            write_table(in_order(table, order), ctx.out_dir)
+        except OSError as e:
+            stopped = f"{type(e).__name__}: {e}"
+            break
+    if stopped:
+        rest = [s for s in todo if cells[s] not in table]
+        log.error("stopped: %s; %d image(s) not attempted", stopped, len(rest))
+        table.update({cells[s]: failed_row(common, hash_base, s, None, f"not attempted: {stopped}") for s in rest})
+    return in_order(table, order)
+
+
+def previous_cells(ctx: JobContext, wanted: set[str]) -> tuple[dict[str, dict], list[str], dict[str, Path]]:
+    """This dir's finished rows by config hash, the hash order of its table, and wanted cells finished elsewhere."""
+    if not ctx.config.get("resume", True):
+        return {}, [], {}
+    previous = previous_rows(ctx.out_dir)
+    table, order = {}, []
+    if previous is not None and "config_hash" in previous:
+        table = {row["config_hash"]: row for row in complete_rows(ctx.out_dir, previous).to_dict("records")}
+        order = list(previous["config_hash"])
+    sweep_dir = ctx.extra.get("sweep_dir")
+    elsewhere = sweep_cells(Path(sweep_dir), ctx.out_dir) if sweep_dir else {}
+    return table, order, {h: job for h, job in elsewhere.items() if h in wanted and h not in table}
+
+
+def in_order(table: dict[str, dict], order: list[str]) -> pd.DataFrame:
+    """Rows in the order of the previous table, new cells after it in the order they were made."""
+    rank = {h: i for i, h in reversed(list(enumerate(order)))}
+    return ordered(sorted(table.values(), key=lambda row: rank.get(row["config_hash"], len(rank))))
+
+
+def disk_error(rows: list[dict]) -> str | None:
+    """The error of a row whose image could not be saved: no later image can be either."""
+    return next((row["error"] for row in rows if str(row.get("error")).startswith(NOT_SAVED)), None)
 
 
 def hash_fields(common: dict, cfg: dict) -> dict:
@@ -87,23 +127,22 @@ def batch_rows(ctx: JobContext, pipe, model_key: tuple, params, batch: list[int]
                clip=None, prefix: str = "") -> list[dict]:
     """Generate one batch: saved images and their rows, or one failed row per seed naming the error."""
     try:
-        result = generate_batch(pipe, model_key, params, batch)
-        return image_rows(ctx, common, hash_base, result, clip, prefix)
-    except (BadOutputError, RuntimeError, ValueError) as e:
+        result = generate_batch(pipe, model_key, params, batch, strict=False)
+    except (RuntimeError, ValueError) as e:
         log.error("seeds %s failed: %s", batch, e)
-        return [{**common, "seed": s, "batch_size": len(batch), "config_hash": cell_hash(hash_base, s),
-                 "status": "error", "error": f"{type(e).__name__}: {e}"} for s in batch]
+        return [failed_row(common, hash_base, s, len(batch), f"{type(e).__name__}: {e}") for s in batch]
+    return image_rows(ctx, common, hash_base, result, clip, prefix)
 
 
-def reusable_rows(ctx: JobContext, hash_base: dict, seeds: tuple[int, ...]) -> dict[int, dict]:
-    """Rows of this job's seeds already complete in the run dir with the same cell hash (when resuming)."""
-    if not ctx.config.get("resume", True):
-        return {}
-    previous = complete_rows(ctx.out_dir)
-    if previous.empty or "config_hash" not in previous:
-        return {}
-    by_hash = {row["config_hash"]: row for row in previous.to_dict("records")}
-    return {s: by_hash[cell_hash(hash_base, s)] for s in seeds if cell_hash(hash_base, s) in by_hash}
+def failed_row(common: dict, hash_base: dict, seed: int, batch_size: int | None, error: str) -> dict:
+    """The row of an image that could not be made or saved, naming the error."""
+    return {**common, "seed": seed, "batch_size": batch_size, "config_hash": cell_hash(hash_base, seed),
+            "status": "error", "error": error}
+
+
+def image_name(prefix: str, seed: int, cell: str) -> str:
+    """Where a cell's image goes: its seed and config hash, so two cells of one dir never share a file."""
+    return f"images/{prefix}seed{seed}-{cell[:8]}.png"
 
 
 def describe(overrides: str, seed: int) -> str:
@@ -128,11 +167,18 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
     """Save each image of a batch and make its row (clip_score with a clip model); batch timings are shared equally."""
     n = len(result.seeds)
     rows = []
+    good = [image for image in result.images if image is not None]
     start = time.perf_counter()
-    scores = clip.clip_score(result.images, [common["prompt"]] * n) if clip else [None] * n
+    scores = iter(clip.clip_score(good, [common["prompt"]] * len(good)) if clip and good else [None] * n)
     clip_s = (time.perf_counter() - start) / n if clip else None
-    for image, seed, score in zip(result.images, result.seeds, scores):
-        relative = f"images/{prefix}seed{seed}.png"
+    for image, seed in zip(result.images, result.seeds):
+        if image is None:
+            log.error("%s: %s", describe(ctx.overrides, seed), result.errors[seed])
+            rows.append(failed_row(common, hash_base, seed, n, f"BadOutputError: {result.errors[seed]}"))
+            continue
+        score = next(scores)
+        cell = cell_hash(hash_base, seed)
+        relative = image_name(prefix, seed, cell)
         row = {
             **common,
             "seed": seed,
@@ -144,11 +190,16 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             "time_clip_s": clip_s,
             **adherence_columns(image, common["prompt"]),
             "image_path": relative,
-            "config_hash": cell_hash(hash_base, seed),
+            "config_hash": cell,
             "status": "ok",
             "error": None,
         }
-        save_png(image, ctx.out_dir / relative, png_record(row, ctx.config))
+        try:
+            save_png(image, ctx.out_dir / relative, png_record(row, ctx.config), row=row)
+        except OSError as e:
+            log.error("%s: image not saved: %s", describe(ctx.overrides, seed), e)
+            rows.append(failed_row(common, hash_base, seed, n, f"{NOT_SAVED}{type(e).__name__}: {e}"))
+            continue
         log.info("%s: %.2f s (text %.3f, unet %.2f, vae %.3f), nfe %d", describe(ctx.overrides, seed),
                  row["time_total_s"], row["time_text_s"], row["time_unet_s"], row["time_vae_s"], result.nfe)
         rows.append(row)

@@ -1,0 +1,9 @@
+"""`hydra/launcher=sdlab_lean` and `hydra/sweeper=sdlab_compose_once` for any Hydra app (sdlab's conf/ has its own)."""
+
+from hydra.core.config_store import ConfigStore
+
+ConfigStore.instance().store(group="hydra/launcher", name="sdlab_lean", provider="sdlab",
+                             node={"_target_": "hydra_plugins.sdlab_hydra.lean_launcher.LeanLauncher"})
+ConfigStore.instance().store(group="hydra/sweeper", name="sdlab_compose_once", provider="sdlab",
+                             node={"_target_": "hydra_plugins.sdlab_hydra.compose_once.ComposeOnceSweeper",
+                                   "max_batch_size": None, "params": None, "preflight": False})

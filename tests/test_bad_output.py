@@ -1,0 +1,44 @@
+"""NaN, inf and all-black images are never `ok`, and each image of a batch is judged on its own."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from sdlab import generate
+
+
+def test_nan_pixels_from_finite_latents_are_caught():
+    latents = torch.zeros(2, 4, 8, 8)
+    pixels = torch.rand(2, 3, 64, 64)
+    pixels[1, 0, 3, 3] = float("nan")
+    assert generate.check_output(latents, pixels, [7, 8]) == {8: "NaN/inf in the decoded pixels of seed 8"}
+    pixels[1] = float("nan")  # an all-NaN image has a NaN maximum, which no `<=` test catches
+    assert 8 in generate.check_output(latents, pixels, [7, 8])
+
+
+def test_float16_overflow_gives_failed_rows_not_black_pngs(run_sdlab, tmp_path):
+    args = ("model=tiny", "model.dtype=float16", "guidance_scale=1e5", "seeds=[1,2]", "num_inference_steps=2",
+            "threads=1", f"hydra.run.dir={tmp_path}")
+    assert run_sdlab(*args) == 1
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame["status"].tolist() == ["error", "error"]
+    assert frame["error"].str.contains("NaN/inf").all()
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_one_black_image_does_not_fail_its_siblings(run_sdlab, tmp_path, monkeypatch):
+    decode = generate.decode_latents
+
+    def second_black(pipe, latents):
+        images = decode(pipe, latents)
+        images[1] = 0
+        return images
+
+    monkeypatch.setattr(generate, "decode_latents", second_black)
+    assert run_sdlab("model=tiny", "seeds=[1,2,3]", "num_inference_steps=2", "threads=1",
+                     f"hydra.run.dir={tmp_path}") == 1
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame["status"].tolist() == ["ok", "error", "ok"]
+    assert "all-black image for seed 2" in frame["error"][1]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "images").iterdir()) == ["seed1", "seed3"]

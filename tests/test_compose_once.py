@@ -1,0 +1,74 @@
+"""The compose-once sweeper hands every job exactly the config Hydra's basic sweeper and loader compose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+COMMAND_LINES = {  # each: one command line's overrides, swept as Hydra's BasicSweeper sweeps them
+    "element after swept parent": ["experiment=guidance_grid", "guidance_scales=[1,2],[3,4]", "guidance_scales.0=9"],
+    "element before swept parent": ["experiment=guidance_grid", "guidance_scales.0=9", "guidance_scales=[1,2],[3,4]"],
+    "swept element after parent": ["experiment=guidance_grid", "guidance_scales=[1,2]", "guidance_scales.0=5,6"],
+    "swept element before parent": ["experiment=guidance_grid", "guidance_scales.0=5,6", "guidance_scales=[1,2]"],
+    "swept child, dict parent after": ["scheduler.timestep_spacing=trailing,leading",
+                                       "scheduler={timestep_spacing:linspace}"],
+    "swept child, dict parent before": ["scheduler={timestep_spacing:linspace}",
+                                        "scheduler.timestep_spacing=trailing,leading"],
+    "forced element after swept list": ["seeds=[1,2],[3,4]", "++seeds.1=7"],
+    "deleted parent after swept child": ["model.dtype=float16,float32", "seed=1,2", "~model.dtype"],
+    "plain values only": ["seed=1,2,3", "guidance_scale=1,7.5", "scheduler=ddim,euler"],
+    "swept groups and values": ["model=tiny,mini", "model.dtype=float16,float32", "prompt=a,b"],
+}
+
+
+@pytest.fixture(scope="module")
+def hydra_loader():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", overrides=["hydra.sweep.dir=/tmp/x"], run_mode=RunMode.MULTIRUN)
+        yield loader, master
+
+
+def jobs_of(command_line: list[str]) -> list[list[str]]:
+    """The per-job overrides Hydra's basic sweeper makes of a command line."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(command_line)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_LINES))
+def test_every_job_gets_the_config_hydra_composes(hydra_loader, name):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sdlab_hydra.compose_once import ComposedConfigs
+
+    loader, master = hydra_loader
+    composed = ComposedConfigs(loader)
+    jobs = jobs_of(COMMAND_LINES[name])
+    assert len(jobs) > 1
+    for overrides in jobs:
+        composed.compose(master, overrides)
+    for overrides in jobs:
+        ours = OmegaConf.to_container(composed.load_sweep_config(master, overrides), resolve=False)
+        hydras = OmegaConf.to_container(loader.load_sweep_config(master, overrides), resolve=False)
+        assert ours == hydras, overrides
+
+
+def test_the_issue_example_runs_job_1_with_the_element_override(hydra_loader):
+    from hydra_plugins.sdlab_hydra.compose_once import ComposedConfigs
+
+    loader, master = hydra_loader
+    composed = ComposedConfigs(loader)
+    jobs = jobs_of(COMMAND_LINES["element after swept parent"])
+    for overrides in jobs:
+        composed.compose(master, overrides)
+    assert [list(composed.load_sweep_config(master, o).guidance_scales) for o in jobs] == [[9, 2], [9, 4]]

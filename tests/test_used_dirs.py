@@ -1,0 +1,137 @@
+"""A used run or sweep dir keeps every finished cell, adds the new ones, and its table describes exactly its images."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pandas as pd
+
+from sdlab.records import read_png_metadata
+
+FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
+
+
+def pngs(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*.png") if p.name != "grid.png"}
+
+
+def assert_table_is_the_images(folder: Path) -> pd.DataFrame:
+    """The table's ok rows are exactly the PNGs on disk, each PNG holding its row's seed and prompt."""
+    frame = pd.read_parquet(folder / "results.parquet")
+    ok = frame[frame["status"] == "ok"]
+    assert sorted(ok["image_path"]) == sorted(pngs(folder))
+    assert len(set(ok["config_hash"])) == len(ok)
+    for row in ok.itertuples():
+        meta = read_png_metadata(folder / row.image_path)
+        assert (meta["seed"], meta["prompt"], meta["guidance_scale"]) == (row.seed, row.prompt, row.guidance_scale)
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "results.csv")[["seed", "image_path"]],
+                                  frame[["seed", "image_path"]])
+    return frame
+
+
+def test_a_run_dir_keeps_its_cells_and_adds_new_ones(run_sdlab, tmp_path):
+    assert run_sdlab(*FAST, "seeds=[1,2,3]", "prompt=A", f"hydra.run.dir={tmp_path}") == 0
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    assert run_sdlab(*FAST, "seeds=[1]", "prompt=B", f"hydra.run.dir={tmp_path}") == 0
+    frame = assert_table_is_the_images(tmp_path)
+    assert list(zip(frame["prompt"], frame["seed"])) == [("A", 1), ("A", 2), ("A", 3), ("B", 1)]
+    assert frame["run_id"][:3].tolist() == first["run_id"].tolist()  # kept, not recomputed
+    assert run_sdlab(*FAST, "seeds=[3,1]", "prompt=A", f"hydra.run.dir={tmp_path}") == 0  # nothing new
+    assert pd.read_parquet(tmp_path / "results.parquet")["run_id"].tolist() == frame["run_id"].tolist()
+
+
+def test_a_sweep_into_a_used_sweep_dir_gives_a_root_table_of_exactly_its_images(run_sdlab, tmp_path):
+    sweep = f"hydra.sweep.dir={tmp_path}"
+    assert run_sdlab("-m", "seed=1,2,3,4", *FAST, sweep) == 0
+    left = tmp_path / ".results.parquet.abcd1234.sdlab-tmp.parquet"  # a kill during the root collection
+    left.write_text("partial")
+    assert run_sdlab("-m", "seed=5,6", *FAST, sweep) == 0
+    frame = assert_table_is_the_images(tmp_path)
+    assert sorted(frame["seed"]) == [1, 2, 3, 4, 5, 6]
+    assert not left.exists()
+
+
+def test_a_garbage_parquet_is_rebuilt_from_its_csv_twin(run_sdlab, tmp_path):
+    args = (*FAST, "seeds=[1,2]", f"hydra.run.dir={tmp_path}")
+    assert run_sdlab(*args) == 0
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    csv = (tmp_path / "results.csv").read_text()
+    (tmp_path / "results.parquet").write_bytes(b"garbage")
+    assert run_sdlab(*args) == 0
+    assert pd.read_parquet(tmp_path / "results.parquet")["run_id"].tolist() == first["run_id"].tolist()
+    assert pd.read_csv(tmp_path / "results.csv")["run_id"].tolist() == first["run_id"].tolist()
+    assert len(csv.splitlines()) == 3
+
+
+def test_both_tables_damaged_are_rebuilt_from_the_images_or_kept_aside(run_sdlab, tmp_path):
+    args = (*FAST, "seeds=[1,2]", f"hydra.run.dir={tmp_path}")
+    assert run_sdlab(*args) == 0
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    for name in ("results.parquet", "results.csv"):
+        (tmp_path / name).write_bytes(b"\x00garbage")
+    assert run_sdlab(*args) == 0  # rebuilt from the rows each PNG carries: nothing recomputed
+    assert pd.read_parquet(tmp_path / "results.parquet")["run_id"].tolist() == first["run_id"].tolist()
+    for name in ("results.parquet", "results.csv"):
+        (tmp_path / name).write_bytes(b"\x00garbage")
+    for png in (tmp_path / "images").iterdir():
+        png.unlink()
+    assert run_sdlab(*args) == 0
+    assert sorted(p.read_bytes() for p in tmp_path.glob("results.*.damaged")) == [b"\x00garbage"] * 2
+    assert_table_is_the_images(tmp_path)
+
+
+def test_an_image_path_outside_the_run_dir_is_never_trusted(run_sdlab, tmp_path):
+    run = tmp_path / "run"
+    args = (*FAST, "seeds=[1]", f"hydra.run.dir={run}")
+    assert run_sdlab(*args) == 0
+    frame = pd.read_parquet(run / "results.parquet")
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((run / frame["image_path"][0]).read_bytes())
+    for claimed in ("../outside.png", str(outside)):
+        (run / frame["image_path"][0]).unlink(missing_ok=True)
+        forged = frame.assign(image_path=claimed, run_id="forged")
+        forged.to_parquet(run / "results.parquet")
+        forged.to_csv(run / "results.csv", index=False)
+        (run / "job.json").unlink(missing_ok=True)
+        assert run_sdlab(*args) == 0
+        again = assert_table_is_the_images(run)
+        assert again["run_id"].tolist() != ["forged"]
+    assert outside.is_file()
+
+
+def test_disk_full_keeps_the_finished_images_in_the_table(run_sdlab, tmp_path, monkeypatch, capsys):
+    from sdlab import collect
+    from sdlab.jobs import generate as job
+
+    save = job.save_png
+    saved = []
+
+    def full_after_one(image, target, *a, **k):
+        if saved:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(target)
+        return save(image, target, *a, **k)
+
+    def no_space(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(job, "save_png", full_after_one)
+    monkeypatch.setattr(collect, "write_table", no_space)  # the final table cannot be written either
+    assert run_sdlab(*FAST, "seeds=[1,2,3]", "batch_size=1", f"hydra.run.dir={tmp_path}") == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "rror" in line or "Traceback" in line]
+    assert len(err) == 1 and err[0].startswith("sdlab: error: ") and "No space left on device" in err[0]
+    frame = assert_table_is_the_images(tmp_path)
+    assert frame["seed"].tolist() == [1] and len(pngs(tmp_path)) == 1
+
+
+def test_extending_a_sweep_recomputes_only_the_new_cells(run_sdlab, tmp_path):
+    sweep = f"hydra.sweep.dir={tmp_path}"
+    assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5,15", *FAST, sweep) == 0
+    first = set(pd.read_parquet(tmp_path / "results.parquet")["run_id"])
+    assert run_sdlab("-m", "seed=2,1", "guidance_scale=1,5,7.5,15", *FAST, sweep) == 0  # inserted, reordered
+    frame = assert_table_is_the_images(tmp_path)
+    assert len(frame) == 8 and (frame["status"] == "ok").all()
+    new = frame[~frame["run_id"].isin(first)]
+    assert sorted(zip(new["guidance_scale"], new["seed"])) == [(5.0, 1), (5.0, 2)]
+    assert len(pngs(tmp_path)) == 8
