@@ -15,10 +15,18 @@ from sdlab.config import ModelSpec
 
 @pytest.fixture(scope="module")
 def saved_pipeline(tmp_path_factory, tiny):
-    """The tiny pipeline written as a safetensors diffusers folder."""
-    pipe, _ = tiny
+    """The tiny pipeline written as a safetensors diffusers folder, with the scheduler it was built with (the cached
+    pipeline carries whichever scheduler the last job swapped in)."""
+    import diffusers
+
+    pipe, spec = tiny
+    base = models.base_scheduler_config(spec)
     folder = tmp_path_factory.mktemp("pipeline")
-    pipe.save_pretrained(folder, safe_serialization=True)
+    swapped, pipe.scheduler = pipe.scheduler, diffusers.PNDMScheduler.from_config(base)  # as models builds tiny
+    try:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    finally:
+        pipe.scheduler = swapped
     return folder
 
 

@@ -79,11 +79,12 @@ def test_an_sdlab_png_regenerates_itself_exactly(run_sdlab, tmp_path, monkeypatc
     assert run_sdlab("model=tiny", "seed=3", "num_inference_steps=3", "scheduler=euler",
                      "scheduler.timestep_spacing=trailing", "prompt=a, b", "negative_prompt=blurry", "threads=1",
                      "hydra.run.dir=first") == 0
-    assert run_sdlab("params=first/images/seed3.png", "threads=1", "hydra.run.dir=again") == 0
+    image = pd.read_parquet(tmp_path / "first" / "results.parquet")["image_path"][0]
+    assert run_sdlab(f"params=first/{image}", "threads=1", "hydra.run.dir=again") == 0
     first, again = (pd.read_parquet(tmp_path / d / "results.parquet").iloc[0] for d in ("first", "again"))
     for column in ("model", "scheduler", "scheduler_config", "prompt", "negative_prompt", "seed",
                    "num_inference_steps", "guidance_scale", "config_hash"):
         assert first[column] == again[column], column
-    pixels = [np.asarray(Image.open(tmp_path / d / "images" / "seed3.png")) for d in ("first", "again")]
+    pixels = [np.asarray(Image.open(tmp_path / d / image)) for d in ("first", "again")]
     assert np.array_equal(*pixels)
-    assert Image.open(tmp_path / "first" / "images" / "seed3.png").text["parameters"].startswith("a, b\nNegative prompt: blurry\nSteps: 3, Sampler: Euler,")
+    assert Image.open(tmp_path / "first" / image).text["parameters"].startswith("a, b\nNegative prompt: blurry\nSteps: 3, Sampler: Euler,")
