@@ -26,16 +26,14 @@ def fail(message: str, code: int = UserError.exit_code) -> None:
 
 
 def quiet_libraries() -> None:
-    """Silence library chatter that would bury sdlab's one line per image."""
+    """Silence library chatter that would bury sdlab's one line per image, without importing the libraries
+    (a job that needs no model never pays for them): they read these settings when first imported."""
+    import os
     import warnings
 
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars; sdlab logs one line per load
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components" bars
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights"/"pipeline components" bars
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 

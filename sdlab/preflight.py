@@ -110,11 +110,18 @@ def schedulers_used(cfg: dict[str, Any]) -> list[str]:
 
 def check_job(cfg: dict[str, Any]) -> list[str]:
     """Check a job's resolved config before any work; returns warning lines, raises UserError on bad input."""
-    from sdlab.schedulers import scheduler_class
+    from sdlab.config import scheduler_choice
+    from sdlab.jobs import MODEL_FREE_JOBS
 
     validate_config(cfg)  # job, values, types and limits, reading no file
     spec = model_spec(cfg["model"])
     params = generation_params(cfg, spec.resolution)
+    if cfg.get("job") in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check
+        return model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)
+    from sdlab.schedulers import check_options, scheduler_class  # imports diffusers
+
+    choice = scheduler_choice(cfg["scheduler"])
+    check_options(choice.name, choice.options)
     for name in schedulers_used(cfg):
         scheduler_class(name)
     check_files(cfg)

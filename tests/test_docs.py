@@ -20,12 +20,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = (ROOT / "README.md", ROOT / "experiments" / "README.md")
-# Commands measured at over about 30 s on 2 cores (the rest run in the default suite).
+# Commands measured at over about 30 s on 2 cores, and recipe commands over about 12 s (each recipe also runs
+# on model=tiny in the default suite, tests/test_experiments.py): the default suite stays near 10 minutes.
+# `python -m pytest -m slow tests/test_docs.py` runs them as written.
 SLOW = {
     "sdlab experiment=compare_schedulers",
     "sdlab -m 'experiment=glob(article_*)'",
     "sdlab -m seed=1,2,3,4 guidance_scale=1,7.5 hydra/launcher=joblib hydra.launcher.n_jobs=2",
     "sdlab -m seed=1,2,3,4 hydra/launcher=submitit_local",
+    *(f"sdlab experiment={recipe}" for recipe in (
+        "guidance_grid", "trajectory", "article_a6_clip_similarity", "article_a7_trajectory", "article_a8_same_seed",
+        "article_b7_guidance", "article_b8_schedulers", "article_c1_pipeline_by_hand", "article_c2_img2img",
+        "article_d1_destruction", "article_d3_guidance", "article_e1_reverse_chain")),
+    "sdlab experiment=trajectory preview=linear",
 }
 
 
@@ -112,9 +119,23 @@ def test_the_docs_have_commands_of_every_kind():
     assert SLOW <= bare, SLOW - bare
 
 
+@pytest.fixture(scope="module")
+def finished(request, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """Every selected documented command run as written, two at a time (each mostly waits on start-up), each in
+    its own empty folder: {bare command: (result, folder)}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    selected = [item.callspec.params["command"] for item in request.session.items
+                if item.originalname == "test_documented_command_runs_as_written"]
+    folders = {c.bare: tmp_path_factory.mktemp("doc") for c in selected}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = pool.map(lambda c: run_as_written(c, folders[c.bare]), selected)
+        return {c.bare: (result, folders[c.bare]) for c, result in zip(selected, results)}
+
+
 @pytest.mark.parametrize("command", list(params()))
-def test_documented_command_runs_as_written(command: DocCommand, tmp_path):
-    result = run_as_written(command, tmp_path)
+def test_documented_command_runs_as_written(command: DocCommand, finished):
+    result, tmp_path = finished[command.bare]
     if result.returncode == 2:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("sdlab: error: "), result.stderr[-3000:]

@@ -65,9 +65,9 @@ def wait_for(condition, process, timeout=240.0) -> None:
 
 def test_sigkill_at_three_moments_then_rerun_gives_every_cell_once(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ("-m", "seed=1,2", "guidance_scale=1,7.5", "seeds=[1,2,3]", "batch_size=1",
+    args = ("-m", "guidance_scale=1,3,5,7.5", "seeds=[1,2,3]", "batch_size=1",  # 4 jobs x 3 seeds: 12 cells
             "num_inference_steps=3", "threads=1", f"hydra.sweep.dir={sweep}")
-    pngs = lambda: list(sweep.rglob("*.png"))  # noqa: E731
+    pngs = lambda: list(sweep.glob("*/images/*.png"))  # noqa: E731
     moments = [
         lambda: len(pngs()) >= 1,  # inside the first job, after its first image
         lambda: (sweep / "1" / "results.parquet").is_file(),  # between jobs
@@ -97,10 +97,10 @@ def test_failing_cell_is_a_row_and_the_sweep_goes_on(run_sdlab, tmp_path, capsys
 
     real = generate_job.generate_batch
 
-    def out_of_memory_for_seed_2(pipe, key, params, seeds):
+    def out_of_memory_for_seed_2(pipe, key, params, seeds, **options):
         if 2 in seeds:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(pipe, key, params, seeds)
+        return real(pipe, key, params, seeds, **options)
 
     monkeypatch.setattr(generate_job, "generate_batch", out_of_memory_for_seed_2)
     code = run_sdlab("-m", "seed=1,2,3", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}")

@@ -13,7 +13,7 @@ FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
 
 def pngs(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*.png") if p.name != "grid.png"}
+    return {str(p.relative_to(folder)) for p in folder.rglob("images/*.png")}
 
 
 def assert_table_is_the_images(folder: Path) -> pd.DataFrame:

@@ -37,6 +37,9 @@ def job(name: str) -> Callable[[JobFn], JobFn]:
     return register
 
 
+# Jobs that never load a model (the explainers' exact toy math): pre-flight checks no weights for them.
+MODEL_FREE_JOBS = frozenset(("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
+                             "timestep_embedding"))
 # Which module registers each job, so a run imports only the job it needs (not scipy for a generate job).
 JOB_MODULES = {
     "generate": "generate", "train_mini": "train", "compare_schedulers": "compare",
@@ -45,7 +48,7 @@ JOB_MODULES = {
     "guidance_grid": "grids", "prompt_grid": "grids", "scheduler_grid": "grids",
     "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand",
     **dict.fromkeys(("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
-                     "timestep_embedding"), "explainers"),
+                     "timestep_embedding"), "explainers"),  # MODEL_FREE_JOBS
 }
 
 
