@@ -68,8 +68,10 @@ def cached_snapshot(repo_id: str) -> Path:
 
 def _from_folder(folder: Path, dtype: torch.dtype):
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
     check_pipeline_folder(folder)
+    diffusers_logging.disable_progress_bar()  # its "Loading pipeline components" bar; sdlab logs one line per load
     try:
         return StableDiffusionPipeline.from_pretrained(
             str(folder), dtype=dtype, use_safetensors=True, local_files_only=True,
