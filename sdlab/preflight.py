@@ -104,7 +104,7 @@ def schedulers_used(cfg: dict[str, Any]) -> list[str]:
     names = [(cfg.get("scheduler") or {}).get("name")]
     study = cfg.get("compare") or {}
     names += list(study.get("schedulers") or []) + [study.get("reference_scheduler")]
-    names += list(cfg.get("visit_schedulers") or [])
+    names += [item.get("name") if isinstance(item, dict) else item for item in cfg.get("visit_schedulers") or []]
     return [n for n in dict.fromkeys(names) if n]
 
 

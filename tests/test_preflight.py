@@ -42,3 +42,11 @@ def test_diagonal_claim_counts_images_that_pick_their_own_caption():
 
     cos = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.7, 0.0, 0.3]])
     assert diagonal_claim(cos) == "2 of 3 images closest to their own caption; matched cos 0.67 vs unmatched 0.18"
+
+
+def test_schedulers_used_reads_every_form_a_recipe_lists():
+    from sdlab.preflight import schedulers_used
+
+    cfg = {"scheduler": {"name": "euler"}, "compare": {"schedulers": ["ddim"], "reference_scheduler": "dpmpp_2m"},
+           "visit_schedulers": ["heun", {"name": "ddim", "timestep_spacing": "trailing"}]}
+    assert schedulers_used(cfg) == ["euler", "ddim", "dpmpp_2m", "heun"]
