@@ -41,7 +41,7 @@ def set_threads(threads) -> None:
     """Pin torch's CPU thread count (CPU results depend on it bit for bit); None keeps torch's default."""
     import torch
 
-    from sdlab.preflight import check_threads
+    from sdlab.config import check_threads
 
     check_threads(threads)
     if threads is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sdlab.config import check_threads, generation_params, limits, model_spec, validate_config  # noqa: F401
+from sdlab.config import generation_params, limits, model_spec, validate_config
 from sdlab.errors import UserError
 
 
