@@ -121,3 +121,39 @@ def test_checker_agreement_reads_what_survives_the_vae_round_trip(items):
     assert checker_agreement(round_trip(_Passthrough(0.0), images, batch_size=10), attributes)["colour"] >= 0.95
     faded = checker_agreement(round_trip(_Passthrough(0.9), images, batch_size=10), attributes)
     assert faded["colour"] < 0.5 and set(faded) >= {"colour", "shape", "background", "all"}
+
+
+def test_partial_captions_name_a_subset_and_parse_back():
+    from sdlab.mini.train_unet import partial_table
+
+    captions, table = partial_table("train")
+    combos = data.combinations("train")
+    assert table.shape == (len(combos), 16) and len(set(captions)) == len(captions)
+    assert "a red circle" in captions and "a circle" in captions
+    for i in (0, 7, len(combos) - 1):
+        assert captions[table[i, -1]] == data.caption(combos[i])  # the full keep set is template 0
+        for j, keep in enumerate(data.keep_sets()):
+            named = data.parse_partial(captions[table[i, j]])
+            assert set(named) == {"shape", *keep}
+            assert all(named[a] == getattr(combos[i], a) for a in named)
+
+
+def test_unet_step_uses_partial_captions_at_their_rate(items, tmp_path):
+    from sdlab.mini.train_unet import partial_table, unet_stage
+
+    arch = {"block_out_channels": [16, 16, 16], "norm_num_groups": 8, "cross_attention_dim": 8,
+            "attention_head_dim": 4}
+    settings = {**BASE, "steps": 1, "batch_size": 400, "uncond_probability": 0.0, "partial_captions": 0.5,
+                "architecture": arch}
+    states = torch.zeros(len(data.combinations("train")) * len(data.CAPTION_TEMPLATES), 77, 8)
+    captions, table = partial_table("train")
+    partial = torch.ones(len(captions), 77, 8)
+    seen = []
+    stage = unet_stage(settings, torch.randn(8, 4, 8, 8), states, torch.zeros(1, 77, 8), items[1], seed=0,
+                       partial=(partial, table))
+    stage.model.register_forward_hook(lambda m, args, kwargs, out: seen.append(args[2][:, 0, 0].clone()),
+                                      with_kwargs=True)
+    stage.loss(0)
+    assert 0.4 < float(seen[0].mean()) < 0.6
+    with pytest.raises(ValueError, match="partial"):
+        unet_stage(settings, torch.randn(8, 4, 8, 8), states, torch.zeros(1, 77, 8), items[1], seed=0)

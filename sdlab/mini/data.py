@@ -30,6 +30,12 @@ Caption grammar (``{position}`` expands to ``in the centre``, ``on the left``,
 ``caption(attrs)`` uses template 0; given an rng it picks one uniformly.
 ``parse_caption`` inverts every template.
 
+Partial captions leave any of size, colour, position and background unsaid,
+in template 0's word order: "a red circle", "a circle", "a large circle on a
+black background". ``partial_caption(attrs, keep)`` writes one and
+``parse_partial`` reads back the attributes it names. Trained on a mix of both,
+the model draws what a caption leaves open from the noise: the seed decides it.
+
 Splits: ``is_held_out`` holds out the attribute combinations whose CRC32 of
 ``"shape|colour|size|position|background"`` is divisible by 20 (about 5%).
 Training images use ``TRAIN_SEED`` and never show a held-out combination;
@@ -98,6 +104,8 @@ CAPTION_TEMPLATES = (
     "{size} {colour} {shape} {position}, {background} background",
     "a {background} background with a {size} {colour} {shape} {position}",
 )
+
+OPTIONAL_ATTRIBUTES = ("size", "colour", "position", "background")  # the shape is always named
 
 TRAIN_SEED = 0
 EVAL_SEED = 1
@@ -172,6 +180,23 @@ def caption(attrs: Attributes, rng: np.random.Generator | None = None) -> str:
     )
 
 
+def partial_caption(attrs: Attributes, keep) -> str:
+    """Template 0 naming only the optional attributes in `keep` (the shape always): "a red circle", "a circle"."""
+    keep = set(keep)
+    words = ["a"] + [getattr(attrs, name) for name in ("size", "colour") if name in keep] + [attrs.shape]
+    if "position" in keep:
+        words.append(POSITION_PHRASES[attrs.position])
+    if "background" in keep:
+        words += ["on a", attrs.background, "background"]
+    return " ".join(words)
+
+
+def keep_sets() -> tuple[frozenset[str], ...]:
+    """Every subset of OPTIONAL_ATTRIBUTES, the full set last (so index 15 is the full caption)."""
+    n = len(OPTIONAL_ATTRIBUTES)
+    return tuple(frozenset(a for bit, a in enumerate(OPTIONAL_ATTRIBUTES) if mask >> bit & 1) for mask in range(2**n))
+
+
 def _alternation(words) -> str:
     return "|".join(re.escape(word) for word in words)
 
@@ -192,6 +217,27 @@ def parse_caption(text: str) -> Attributes | None:
         return None
     size, colour, shape, phrase = object_match.groups()
     return Attributes(shape, colour, size, _POSITION_BY_PHRASE[phrase], background_match.group(1))
+
+
+_PARTIAL_PATTERN = re.compile(
+    rf"\b(?:({_alternation(SIZES)}) )?(?:({_alternation(COLOURS)}) )?({_alternation(SHAPES)})\b"
+    rf"(?: ({_alternation(POSITION_PHRASES.values())}))?"
+)
+
+
+def parse_partial(text: str) -> dict[str, str] | None:
+    """The attributes a full or partial caption names (shape always), or None when it names no shape."""
+    full = parse_caption(text)
+    if full is not None:
+        return dict(zip(("shape", "colour", "size", "position", "background"), astuple(full)))
+    match = _PARTIAL_PATTERN.search(text)
+    if match is None:
+        return None
+    size, colour, shape, phrase = match.groups()
+    named = {"shape": shape, "size": size, "colour": colour, "position": _POSITION_BY_PHRASE.get(phrase)}
+    background = _BACKGROUND_PATTERN.search(text)
+    named["background"] = background.group(1) if background else None
+    return {k: v for k, v in named.items() if v is not None}
 
 
 def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, half_extent: float) -> np.ndarray:

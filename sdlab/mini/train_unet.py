@@ -62,6 +62,37 @@ def fingerprint(module) -> str:
     return digest.hexdigest()[:16]
 
 
+def partial_table(split: data.Split = "train") -> tuple[list[str], np.ndarray]:
+    """Distinct partial captions of a split's combinations, and each (combination, keep set)'s row among them."""
+    keeps = data.keep_sets()
+    captions: dict[str, int] = {}
+    table = np.empty((len(data.combinations(split)), len(keeps)), dtype=np.int64)
+    for i, attrs in enumerate(data.combinations(split)):
+        for j, keep in enumerate(keeps):
+            table[i, j] = captions.setdefault(data.partial_caption(attrs, keep), len(captions))
+    return list(captions), table
+
+
+def partial_states(export: Path, folder: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """Text states of every partial caption of the train split and their (combination, keep set) table, cached."""
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"))
+    captions, table = partial_table("train")
+    states = cached(folder / "partial_states.safetensors", lambda: {"states": encode_text(text_encoder, captions)},
+                    f"{fingerprint(text_encoder)}:{len(captions)}")["states"]
+    return states, table
+
+
+def initial_unet(settings: dict[str, Any]):
+    """A fresh UNet, or the one in settings['init_from'] (a diffusers folder) to continue from."""
+    from diffusers import UNet2DConditionModel
+
+    if settings.get("init_from"):
+        return UNet2DConditionModel.from_pretrained(str(settings["init_from"]))
+    return build_unet(settings.get("architecture"))
+
+
 def conditioning(export: Path, images: np.ndarray, folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training latents, text states of every train caption, and the empty caption's states (cached in folder)."""
     from diffusers import AutoencoderKL
@@ -88,12 +119,17 @@ def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, c
 
 
 def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Tensor, empty: torch.Tensor,
-               attributes: list[data.Attributes], seed: int) -> Stage:
-    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE."""
+               attributes: list[data.Attributes], seed: int,
+               partial: tuple[torch.Tensor, np.ndarray] | None = None) -> Stage:
+    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE.
+
+    With settings['partial_captions'] = p, a fraction p of captions name only some attributes (`partial`:
+    their text states and (combination, keep set) table), so the model learns to draw the rest from the noise.
+    """
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
-    unet = build_unet(settings.get("architecture"))
+    unet = initial_unet(settings)
     alphas_cumprod = DDPMScheduler.from_config(SCHEDULER).alphas_cumprod
     combos = combination_index(attributes)
     templates = len(data.CAPTION_TEMPLATES)
@@ -102,11 +138,20 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
     # so classifier-free guidance has the sharpening to do that it does there.
     p_noise = float(settings.get("caption_noise", 0.0))
     gamma = settings.get("snr_gamma")
+    p_partial = float(settings.get("partial_captions", 0.0))
+    if p_partial and partial is None:
+        raise ValueError("partial_captions > 0 needs the partial captions' text states")
 
     def loss(step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([seed, step])
         pick = rng.integers(len(latents), size=batch_size)
-        c = states[caption_rows(rng, combos[pick], templates, len(states), p_noise)].clone()
+        rows = caption_rows(rng, combos[pick], templates, len(states), p_noise)
+        c = states[rows].clone()
+        if p_partial:
+            # A partial caption of the combination the (possibly mislabelled) caption names; never the full one.
+            shorter = np.flatnonzero(rng.random(batch_size) < p_partial)
+            keep = rng.integers(len(data.keep_sets()) - 1, size=len(shorter))
+            c[shorter] = partial[0][partial[1][rows[shorter] // templates, keep]]
         c[rng.random(batch_size) < p_uncond] = empty[0]
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         z0 = latents[pick]
@@ -135,9 +180,11 @@ def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[da
     folder.mkdir(parents=True, exist_ok=True)
     # 1. Frozen inputs, encoded once.
     latents, states, empty = conditioning(export, images, folder)
-    log.info("unet: latents %s (std %.3f), text states %s", tuple(latents.shape), latents.std(), tuple(states.shape))
+    partial = partial_states(export, folder) if float(settings.get("partial_captions", 0.0)) else None
+    log.info("unet: latents %s (std %.3f), text states %s, partial captions %s", tuple(latents.shape),
+             latents.std(), tuple(states.shape), None if partial is None else tuple(partial[0].shape))
     # 2. Train.
-    stage = unet_stage(settings, latents, states, empty, attributes, seed)
+    stage = unet_stage(settings, latents, states, empty, attributes, seed, partial)
     frame = run_stage(stage, settings, folder)
     # 3. Export (EMA weights when kept) and the pipeline files.
     save_component((stage.ema or stage.model).eval(), export / "unet")
