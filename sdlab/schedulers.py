@@ -12,6 +12,10 @@ import diffusers
 
 from sdlab.errors import UserError, choose
 
+KINDS = ("epsilon", "v_prediction", "flow")
+DDPM_KINDS = frozenset({"epsilon", "v_prediction"})
+FLOW_KINDS = frozenset({"flow"})
+
 
 @dataclass(frozen=True)
 class SchedulerSpec:
@@ -21,6 +25,7 @@ class SchedulerSpec:
     options: dict[str, Any] = field(default_factory=dict)
     needs: str | None = None
     stochastic: bool = False
+    kinds: frozenset = DDPM_KINDS
 
 
 OPTION_VALUES: dict[str, tuple] = {
@@ -51,6 +56,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "dpmpp_sde": SchedulerSpec("DPMSolverSDEScheduler", needs="torchsde", stochastic=True),
     "unipc": SchedulerSpec("UniPCMultistepScheduler"),
     "deis": SchedulerSpec("DEISMultistepScheduler"),
+    "flow_euler": SchedulerSpec("FlowMatchEulerDiscreteScheduler", kinds=FLOW_KINDS),
 }
 
 
@@ -61,6 +67,20 @@ def scheduler_class(name: str) -> type:
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
         raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install torchsde")
     return getattr(diffusers, spec.cls)
+
+
+def fitting(kind: str) -> list[str]:
+    """Registered schedulers that fit a model of `kind`, in registry order."""
+    return [name for name, spec in SCHEDULERS.items() if kind in spec.kinds]
+
+
+def check_kind(name: str, kind: str) -> None:
+    """Raise a one-line UserError unless scheduler `name` fits a model of `kind` (epsilon, v_prediction or flow)."""
+    choose("scheduler", name, SCHEDULERS)
+    choose("model kind", kind, KINDS)
+    if kind not in SCHEDULERS[name].kinds:
+        raise UserError(f"scheduler {name!r} does not fit a model of kind {kind!r}; "
+                        f"schedulers for {kind}: {', '.join(fitting(kind))}")
 
 
 def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
@@ -113,10 +133,13 @@ def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] 
         raise UserError(f"num_inference_steps={steps} is more than the {trained} timesteps the scheduler of {source} "
                         f"was trained on; use at most {trained}")
     scheduler = make_scheduler(name, base_config, options)
+    dynamic = {"mu": 0.0} if scheduler.config.get("use_dynamic_shifting") else {}  # the pipeline computes mu by size
     try:
-        scheduler.set_timesteps(steps)
+        scheduler.set_timesteps(steps, **dynamic)
     except (ValueError, IndexError, RuntimeError) as e:
         raise UserError(f"scheduler {name!r} cannot make num_inference_steps={steps}: {e}") from None
+    if "flow" in SCHEDULERS[name].kinds:
+        return  # sigmas in [0, 1] times num_train_timesteps: the top timestep is the trained maximum itself
     top = int(max(scheduler.timesteps))
     if top >= trained:
         spacing = scheduler.config.get("timestep_spacing")

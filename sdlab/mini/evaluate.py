@@ -23,13 +23,12 @@ PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 
 
 def load_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
-    """The shipped folder as a plain diffusers StableDiffusionPipeline (float32, CPU) with `scheduler`."""
-    from diffusers import StableDiffusionPipeline
-
+    """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with `scheduler`."""
+    from sdlab.config import ModelSpec
+    from sdlab.families import family_of_folder
     from sdlab.schedulers import make_scheduler
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(root), dtype=torch.float32, use_safetensors=True,
-                                                   local_files_only=True)
+    pipe = family_of_folder(root).from_folder(root, torch.float32, ModelSpec("mini", path=str(root)))
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     return pipe
