@@ -200,3 +200,11 @@ def test_a_sweep_over_families_gives_ok_rows(tmp_path):
     schedulers = dict(zip(frame["model"], frame["scheduler"]))
     assert schedulers == {"sd15_tiny": "dpmpp_2m", "sdxl_tiny": "dpmpp_2m", "sd3_tiny": "flow_euler",
                           "flux_tiny": "flow_euler"}  # each family's default
+
+
+def test_pooled_text_embeddings_read_below_the_projection():
+    from sdlab.metrics.clip import pooled_text_embeddings
+
+    model = tiny_model("sd3_tiny")
+    pooled = pooled_text_embeddings(model.pipe.text_encoder, model.tokenizer, ["a red circle", "a blue square"])
+    assert pooled.shape == (2, 32) and np.isfinite(pooled).all()  # hidden size, not the projection's
