@@ -64,6 +64,9 @@ def model_folder(spec: ModelSpec) -> Path:
         return path if path.is_absolute() else Path.cwd() / path
     if spec.name == "mini":
         return PROJECT_ROOT / "models" / "mini"
+    if not spec.repo_id:
+        raise UserError(f"model={spec.name} is built in code and has no weights folder here; "
+                        "pass model.path=DIR with a diffusers folder")
     return cached_snapshot(spec.repo_id)
 
 

@@ -189,6 +189,16 @@ def test_a_missing_model_is_one_line_naming_the_repo_and_exit_2(tmp_path):
     assert "hf download stabilityai/stable-diffusion-3.5-medium" in lines[0]
 
 
+def test_the_command_line_runs_a_cached_flow_model_offline(saved, tmp_path):
+    hub = fake_hub(tmp_path, "black-forest-labs/FLUX.1-dev", saved["flux_tiny"])
+    result = sdlab_command("model=flux_dev", "model.resolution=64", "num_inference_steps=2", "threads=1",
+                           cwd=tmp_path, HF_HUB_CACHE=str(hub))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (table,) = tmp_path.glob("outputs/generate/*/results.csv")
+    row = pd.read_csv(table).iloc[0]
+    assert (row["model"], row["scheduler"], row["status"], row["nfe"]) == ("flux_dev", "flow_euler", "ok", 2)
+
+
 def test_a_sweep_over_families_gives_ok_rows(tmp_path):
     result = sdlab_command("-m", "model=sd15_tiny,sdxl_tiny,sd3_tiny,flux_tiny", "num_inference_steps=2",
                            "threads=1", cwd=tmp_path)
