@@ -22,7 +22,7 @@ from sdlab.records import write_table
 PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 
 
-def load_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
+def shipped_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
     """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with `scheduler`."""
     from sdlab.config import ModelSpec
     from sdlab.families import family_of_folder
@@ -81,7 +81,7 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
     """Adherence rates over `count` evaluation prompt/seed pairs at each guidance scale."""
     from PIL import Image
 
-    pipe = load_pipeline(root)
+    pipe = shipped_pipeline(root)
     _, prompts, attributes = data.eval_batch(0, count, split=split)
     seeds = list(range(count))
     metrics, rows = {}, []
@@ -115,7 +115,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
     from sdlab.mini.checker import shape_mask
 
     # does the seed carry the composition? (g=7.5; same_seed.png shows rows: original, same seed, other seed)
-    pipe = load_pipeline(root)
+    pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
     swapped = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)])
                for a in attributes]
@@ -132,7 +132,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
 
 def speed(root: Path, repeats: int = 5) -> dict[str, float]:
     """Median seconds per 64x64 image (25 dpmpp_2m steps, CFG), with PyTorch's and with oneDNN convolutions."""
-    pipe = load_pipeline(root)
+    pipe = shipped_pipeline(root)
     prompt = "a small red circle in the centre on a blue background"
     backends = {"": False, "_mkldnn": True}  # metric suffix: oneDNN on?  (model=mini: off for one image)
     times = {name: [] for name in backends}
