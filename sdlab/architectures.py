@@ -146,8 +146,10 @@ ARCHITECTURES["sd2_tiny"] = Architecture(
 
 TINY_MODELS: dict[str, dict[str, dict[str, Any]]] = {
     "sdxl_tiny": dict(
-        unet=dict(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
+        unet=dict(sample_size=8, in_channels=4, out_channels=4,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                  block_out_channels=(32, 64), layers_per_block=1,
                   attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
                   addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
                   projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8),

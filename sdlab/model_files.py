@@ -12,7 +12,7 @@ from sdlab.errors import UserError
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
-REQUIRED_COMPONENTS = ("vae", "text_encoder")  # and one denoiser: a UNet (SD 1.x, 2.x, SDXL) or a transformer (SD3, Flux)
+REQUIRED_COMPONENTS = ("vae", "text_encoder")  # and a denoiser: UNet (SD 1.x, 2.x, SDXL) or transformer (SD3, Flux)
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
 # Classes a component's config is built with when it does not name one (old diffusers/transformers saves)

@@ -22,6 +22,14 @@ def batched(tensor: torch.Tensor, n: int) -> torch.Tensor:
     return tensor.repeat(n, *[1] * (tensor.dim() - 1))
 
 
+def random_components(configs: dict[str, dict], classes: dict[str, type], seed: int = 0) -> dict[str, Any]:
+    """Components with random weights from a fixed init seed, each built from `configs[name]` by its class
+    (diffusers models and schedulers `from_config`, transformers models from their config class)."""
+    torch.manual_seed(seed)
+    return {name: cls.from_config(configs[name]) if hasattr(cls, "from_config")
+            else cls(cls.config_class(**configs[name])) for name, cls in classes.items()}
+
+
 class ModelAdapter:
     """One loaded model: its pipeline, denoiser, prompt encoding, decoding, scheduler kind, sizes and speed options."""
 
@@ -30,7 +38,7 @@ class ModelAdapter:
     detects: ClassVar[tuple[str, ...]] = ()            # model_index.json `_class_name`s that mean this family
     denoiser_name: ClassVar[str] = "unet"
     guidance: ClassVar[str] = "cfg"                    # "cfg": cond + uncond in one batched call; "distilled": one call
-    call_options: ClassVar[tuple[str, ...]] = ()       # GenerationParams fields the pipeline takes beyond the common ones
+    call_options: ClassVar[tuple[str, ...]] = ()       # GenerationParams fields the pipeline also takes
     t5_tokenizer: ClassVar[str | None] = None          # the pipeline's T5 tokenizer attribute, if it has one
     default_sequence_length: ClassVar[int | None] = None  # T5 tokens the pipeline pads to by default
     upcasts_vae: ClassVar[bool] = False                # decode a float16 VAE marked `force_upcast` in float32

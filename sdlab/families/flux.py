@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sdlab.config import ModelSpec
-from sdlab.families.base import ModelAdapter
+from sdlab.families.base import ModelAdapter, random_components
 
 
 class Flux(ModelAdapter):
@@ -21,22 +21,15 @@ class Flux(ModelAdapter):
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+        from transformers import CLIPTextModel, T5EncoderModel
 
         from sdlab.architectures import TINY_MODELS
         from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
-        configs = TINY_MODELS[name]
-        torch.manual_seed(0)
-        return FluxPipeline(
-            transformer=FluxTransformer2DModel(**configs["transformer"]),
-            vae=AutoencoderKL(**configs["vae"]),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
-            text_encoder_2=T5EncoderModel(T5Config(**configs["text_encoder_2"])),
-            tokenizer=load_tokenizer(),
-            tokenizer_2=tiny_t5_tokenizer(),
-            scheduler=FlowMatchEulerDiscreteScheduler.from_config(configs["scheduler"]),
-        )
+        parts = random_components(TINY_MODELS[name], dict(
+            transformer=FluxTransformer2DModel, vae=AutoencoderKL, text_encoder=CLIPTextModel,
+            text_encoder_2=T5EncoderModel, scheduler=FlowMatchEulerDiscreteScheduler))
+        return FluxPipeline(**parts, tokenizer=load_tokenizer(), tokenizer_2=tiny_t5_tokenizer())
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, pooled, _ = self.pipe.encode_prompt(text, None, device=self.device, num_images_per_prompt=1,

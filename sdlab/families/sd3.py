@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sdlab.config import ModelSpec
-from sdlab.families.base import ModelAdapter
+from sdlab.families.base import ModelAdapter, random_components
 
 
 class StableDiffusion3(ModelAdapter):
@@ -23,25 +23,18 @@ class StableDiffusion3(ModelAdapter):
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-        from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+        from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                               StableDiffusion3Pipeline)
+        from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
         from sdlab.architectures import TINY_MODELS
         from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
-        configs = TINY_MODELS[name]
-        torch.manual_seed(0)
-        parts = dict(
-            transformer=SD3Transformer2DModel(**configs["transformer"]),
-            vae=AutoencoderKL(**configs["vae"]),
-            text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder"])),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])),
-            text_encoder_3=T5EncoderModel(T5Config(**configs["text_encoder_3"])),
-            tokenizer=load_tokenizer(),
-            tokenizer_2=load_tokenizer(),
-            tokenizer_3=tiny_t5_tokenizer(),
-            scheduler=FlowMatchEulerDiscreteScheduler.from_config(configs["scheduler"]),
-        )
+        parts = random_components(TINY_MODELS[name], dict(
+            transformer=SD3Transformer2DModel, vae=AutoencoderKL, text_encoder=CLIPTextModelWithProjection,
+            text_encoder_2=CLIPTextModelWithProjection, text_encoder_3=T5EncoderModel,
+            scheduler=FlowMatchEulerDiscreteScheduler))
+        parts.update(tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer(), tokenizer_3=tiny_t5_tokenizer())
         if not spec.t5:
             parts.update(text_encoder_3=None, tokenizer_3=None)
         return StableDiffusion3Pipeline(**parts)

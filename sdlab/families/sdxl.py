@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sdlab.config import ModelSpec
-from sdlab.families.base import ModelAdapter
+from sdlab.families.base import ModelAdapter, random_components
 
 
 class StableDiffusionXL(ModelAdapter):
@@ -19,22 +19,15 @@ class StableDiffusionXL(ModelAdapter):
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
         from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
         from sdlab.architectures import TINY_MODELS
         from sdlab.tokenizer import load_tokenizer
 
-        configs = TINY_MODELS[name]
-        torch.manual_seed(0)
-        return StableDiffusionXLPipeline(
-            unet=UNet2DConditionModel(**configs["unet"]),
-            vae=AutoencoderKL(**configs["vae"]),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])),
-            tokenizer=load_tokenizer(),
-            tokenizer_2=load_tokenizer(),
-            scheduler=EulerDiscreteScheduler.from_config(configs["scheduler"]),
-        )
+        parts = random_components(TINY_MODELS[name], dict(
+            unet=UNet2DConditionModel, vae=AutoencoderKL, text_encoder=CLIPTextModel,
+            text_encoder_2=CLIPTextModelWithProjection, scheduler=EulerDiscreteScheduler))
+        return StableDiffusionXLPipeline(**parts, tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer())
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(text, device=self.device, num_images_per_prompt=1,
