@@ -7,8 +7,10 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from sdlab.arguments import group_options
 from sdlab.errors import UserError, choose
 
 GENERATION_KEYS = (
@@ -23,9 +25,9 @@ GENERATION_KEYS = (
     "eta",
     "batch_size",
 )
-MODEL_NAMES = ("tiny", "mini", "sd15", "sd15_arch", "sd2", "sd2_base", "sdxl", "sd3", "flux_schnell", "flux_dev",
-               "sd15_tiny", "sd2_tiny", "sdxl_tiny", "sd3_tiny", "flux_tiny")
-MODEL_FAMILIES = ("sd", "sdxl", "sd3", "flux")  # sdlab/families
+MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
+MODEL_FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "families").glob("*.py")
+                              if p.stem not in ("__init__", "base")))  # sdlab/families/<family>.py
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION = ("sdpa", "eager")
 MKLDNN = (True, False, "auto")

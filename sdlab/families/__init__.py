@@ -1,18 +1,17 @@
-"""Model families by name; a diffusers folder's family is read from its model_index.json."""
+"""Model families by name, one module each (sdlab/families/<family>.py exporting ADAPTER); a diffusers folder's
+family is read from its model_index.json."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+from sdlab.config import MODEL_FAMILIES
 from sdlab.errors import UserError, choose
 from sdlab.families.base import EPSILON, FLOW, V_PREDICTION, ModelAdapter
-from sdlab.families.flux import Flux
-from sdlab.families.sd import StableDiffusion
-from sdlab.families.sd3 import StableDiffusion3
-from sdlab.families.sdxl import StableDiffusionXL
 
-FAMILIES: dict[str, type[ModelAdapter]] = {cls.family: cls for cls in (StableDiffusion, StableDiffusionXL,
-                                                                        StableDiffusion3, Flux)}
+FAMILIES: dict[str, type[ModelAdapter]] = {
+    name: importlib.import_module(f"sdlab.families.{name}").ADAPTER for name in MODEL_FAMILIES}
 KINDS = (EPSILON, V_PREDICTION, FLOW)
 
 

@@ -40,3 +40,6 @@ class Flux(ModelAdapter):
         """The pipeline's packed (batch, tokens, 4 x channels) latents unpacked to NCHW."""
         packed = super().denoise(params, generators, callback)
         return self.pipe._unpack_latents(packed, params.height, params.width, self.vae_scale_factor)
+
+
+ADAPTER = Flux

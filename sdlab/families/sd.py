@@ -38,3 +38,6 @@ class StableDiffusion(ModelAdapter):
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(text, self.device, 1, False)
         return {"prompt_embeds": embeds}
+
+
+ADAPTER = StableDiffusion

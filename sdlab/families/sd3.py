@@ -44,3 +44,6 @@ class StableDiffusion3(ModelAdapter):
                                                        do_classifier_free_guidance=False,
                                                        max_sequence_length=self.sequence_length)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+
+ADAPTER = StableDiffusion3

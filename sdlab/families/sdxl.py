@@ -40,3 +40,6 @@ class StableDiffusionXL(ModelAdapter):
         if not text and self.pipe.config.get("force_zeros_for_empty_prompt", False):
             return {f"negative_{k}": torch.zeros_like(v) for k, v in self.encode("").items()}
         return super().negative_kwargs(text)
+
+
+ADAPTER = StableDiffusionXL
