@@ -13,7 +13,7 @@ from sdlab.config import MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_c
 from sdlab.errors import UserError, choose
 from sdlab.families import ModelAdapter, family, family_of_folder
 from sdlab.model_files import check_pipeline_folder, check_weights_folder, read_object  # noqa: F401
-from sdlab.schedulers import check_steps
+from sdlab.schedulers import check_kind, check_steps, model_kind
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ def check_model(cfg: dict) -> None:
     resolve_device(spec.device)
     base, source = shipped_scheduler_config(spec)
     choice = scheduler_choice(cfg["scheduler"])
+    check_kind(choice.name, model_kind(base))
     check_steps(choice.name, base, choice.options, int(cfg.get("num_inference_steps", 25)), source)
 
 

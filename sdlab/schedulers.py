@@ -83,6 +83,14 @@ def check_kind(name: str, kind: str) -> None:
                         f"schedulers for {kind}: {', '.join(fitting(kind))}")
 
 
+def model_kind(config: dict[str, Any]) -> str:
+    """The model kind a scheduler config was made for: 'flow' for flow matching, else its prediction_type."""
+    flow = (str(config.get("_class_name", "")).startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction"
+            or ("shift" in config and "beta_schedule" not in config))
+    return "flow" if flow else str(config.get("prediction_type") or "epsilon")
+
+
 def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
     """The types an option takes, judged from its diffusers default (None for defaults that say nothing)."""
     for kinds, label in (((bool,), "true or false"), ((int,), "int"), ((int, float), "a number"), ((str,), "str")):

@@ -117,6 +117,15 @@ def test_a_ddpm_scheduler_on_a_flow_model_is_one_line_listing_the_fitting_ones()
         tiny_model("sd15_tiny").use_scheduler("flow_euler")
 
 
+def test_a_sweep_pairing_a_model_with_a_scheduler_of_the_wrong_kind_stops_before_any_job(run_sdlab, tmp_path,
+                                                                                         capsys):
+    code = run_sdlab("-m", "model=sd3_tiny,tiny", "scheduler=flow_euler", "num_inference_steps=2",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 2
+    assert "scheduler 'flow_euler' does not fit a model of kind 'epsilon'" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Each tiny family's pipeline saved as a safetensors diffusers folder, with the scheduler it was built with."""

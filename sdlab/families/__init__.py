@@ -8,11 +8,10 @@ from pathlib import Path
 
 from sdlab.config import MODEL_FAMILIES
 from sdlab.errors import UserError, choose
-from sdlab.families.base import EPSILON, FLOW, V_PREDICTION, ModelAdapter
+from sdlab.families.base import ModelAdapter
 
 FAMILIES: dict[str, type[ModelAdapter]] = {
     name: importlib.import_module(f"sdlab.families.{name}").ADAPTER for name in MODEL_FAMILIES}
-KINDS = (EPSILON, V_PREDICTION, FLOW)
 
 
 def family(name: str) -> type[ModelAdapter]:
@@ -34,4 +33,4 @@ def family_of_folder(folder: Path) -> type[ModelAdapter]:
                     f"it runs: {known}")
 
 
-__all__ = ["FAMILIES", "KINDS", "ModelAdapter", "family", "family_of_folder"]
+__all__ = ["FAMILIES", "ModelAdapter", "family", "family_of_folder"]

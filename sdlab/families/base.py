@@ -14,8 +14,6 @@ import torch
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
 
-FLOW, EPSILON, V_PREDICTION = "flow", "epsilon", "v_prediction"
-
 
 def batched(tensor: torch.Tensor, n: int) -> torch.Tensor:
     """A batch-1 embedding repeated for `n` images."""
@@ -108,9 +106,9 @@ class ModelAdapter:
     @property
     def kind(self) -> str:
         """The scheduler kind the model was trained for: epsilon, v_prediction or flow."""
-        if self.base_scheduler_class.startswith("FlowMatch"):
-            return FLOW
-        return self.base_scheduler_config.get("prediction_type", EPSILON)
+        from sdlab.schedulers import model_kind
+
+        return model_kind({**self.base_scheduler_config, "_class_name": self.base_scheduler_class})
 
     @property
     def vae_scale_factor(self) -> int:
