@@ -140,6 +140,10 @@ def check_options(name: str, options: dict[str, Any] | None = None) -> dict[str,
     parameters = inspect.signature(cls.__init__).parameters
     accepted = (set(parameters) - {"self", "kwargs"} - set(renames.values())) | set(renames)
     unknown = sorted(set(user) - accepted)
+    flow_only = [k for k in unknown if any(k in spec.renames or k == "shift" for spec in SCHEDULERS.values())]
+    if flow_only:
+        raise UserError(f"scheduler.{flow_only[0]} is an option of the flow-matching schedulers "
+                        f"({', '.join(fitting('flow'))}); scheduler {name!r} has none")
     if unknown:
         raise UserError(
             f"scheduler {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(accepted))}"
@@ -213,6 +217,10 @@ def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] 
     if steps > trained:
         raise UserError(f"num_inference_steps={steps} is more than the {trained} timesteps the scheduler of {source} "
                         f"was trained on; use at most {trained}")
+    try:
+        check_kind(name, model_kind(base_config))
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
     scheduler = make_scheduler(name, base_config, options)
     try:
         scheduler.set_timesteps(steps, **timestep_kwargs(scheduler, width, height))
