@@ -36,6 +36,17 @@ def betas(
     raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose terminal SNR is 0: sqrt(alpha_bar) shifted so its last value is 0 and scaled to keep its first
+    (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are Flawed", Algorithm 1)."""
+    root = np.sqrt(alpha_bar_from_betas(betas))
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)
+    alpha_bar = root**2
+    alphas = np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1.0 - alphas
+
+
 def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
     """alpha_bar_t = prod_{s<=t} (1 - beta_s)."""
     return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
