@@ -181,6 +181,9 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
         base = _flow_base(base)
         accepted = set(inspect.signature(cls.__init__).parameters)
         dynamic = user.get("use_dynamic_shifting", base.get("use_dynamic_shifting"))
+        if dynamic and "shift" in user:
+            raise UserError(f"scheduler.shift={user['shift']} has no effect while the shift follows the image size "
+                            "(use_dynamic_shifting); add scheduler.use_dynamic_shifting=false to use a fixed shift")
         if dynamic and "use_dynamic_shifting" not in accepted:
             others = [n for n in fitting("flow") if "use_dynamic_shifting" in
                       inspect.signature(scheduler_class(n).__init__).parameters]

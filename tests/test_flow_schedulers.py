@@ -137,6 +137,10 @@ def test_shift_is_an_option_checked_for_every_flow_scheduler():
     assert make_scheduler("flow_dpmpp_2m", SD3, {"shift": 6}).config.flow_shift == 6  # renamed for the solver
     assert make_scheduler("flow_unipc", SD3).config.flow_shift == 3.0  # the model's shift carries over
     assert make_scheduler("flow_euler", FLUX, {"use_dynamic_shifting": False}).config.use_dynamic_shifting is False
+    fixed = make_scheduler("flow_euler", FLUX, {"use_dynamic_shifting": False, "shift": 6.0})
+    assert fixed.config.shift == 6.0 and timestep_kwargs(fixed, 1024, 1024) == {}
+    with pytest.raises(UserError, match="add scheduler.use_dynamic_shifting=false to use a fixed shift"):
+        make_scheduler("flow_unipc", FLUX, {"shift": 6.0})
     for value, fragment in [("abc", "scheduler.shift='abc' must be a number"), (True, "must be a number"),
                             (0.0, "must be a positive finite number"), (float("nan"), "positive finite")]:
         with pytest.raises(UserError, match=fragment):

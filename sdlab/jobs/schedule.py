@@ -82,7 +82,8 @@ def visit_specs(cfg: dict) -> list[tuple[str, str, dict]]:
 
 @job("schedule_snr")
 def run_schedule(ctx: JobContext) -> pd.DataFrame:
-    """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule."""
+    """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule.
+    With `families` (and no `schedules`) only the family comparison of `family_rows` runs."""
     cfg = ctx.config
     spec = model_spec(cfg["model"])
     family = family_rows(ctx, spec) if cfg.get("families") else []
@@ -192,16 +193,16 @@ def family_spec(item: Any) -> dict[str, Any]:
         config = FAMILY_CONFIGS[config]
     if not isinstance(config, dict):
         raise UserError(f"families config {config!r} must be one of {', '.join(FAMILY_CONFIGS)} or a dict")
-    steps = item.get("steps", 28)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UserError(f"families steps={steps!r} must be a positive integer")
+    steps, width, height = item.get("steps", 28), item.get("width") or 1024, item.get("height") or 1024
+    for key, value in (("steps", steps), ("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"families {key}={value!r} must be a positive integer")
     sampler = item.get("sampler") or ("flow_euler" if model_kind(config) == "flow" else "ddim")
     options = check_options(sampler, dict(item.get("options") or {}))
-    width, height = item.get("width") or 1024, item.get("height") or 1024
     name = item.get("name") or f"{item.get('config')} {sampler} {steps} steps"
     return {"name": name, "config": dict(config), "config_name": item.get("config") if isinstance(item.get("config"), str)
-            else "custom", "sampler": sampler, "options": options, "steps": steps, "width": int(width),
-            "height": int(height), "flux_sigmas": bool(item.get("flux_sigmas"))}
+            else "custom", "sampler": sampler, "options": options, "steps": steps, "width": width,
+            "height": height, "flux_sigmas": bool(item.get("flux_sigmas"))}
 
 
 def family_schedule(f: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -294,7 +295,9 @@ def families_figure(curves: pd.DataFrame, visits: pd.DataFrame, rows: list[dict]
             ax.plot(curve["t"], curve["log_snr"], color=color, lw=1.6)
             handles.append(Line2D([], [], color=color, lw=1.6, marker=markers[i % len(markers)], markersize=5,
                                   markeredgecolor="black", markeredgewidth=0.4,
-                                  label=f"{name}: {row['sampler']}, {row['num_inference_steps']} steps"))
+                                  label=f"{name}: {row['sampler']}, {row['num_inference_steps']} steps"
+                                  + (f", shift {row['shift']:.2f}" if row["kind"] == "flow" else "")
+                                  + (f" (mu {row['mu']:.2f})" if np.isfinite(row["mu"]) else "")))
             seen = visits[visits["family"] == name].drop_duplicates("t")
             finite = seen[np.isfinite(seen["log_snr"]) & (seen["log_snr"] > low)]
             few = len(seen) <= 8  # few-step samplers: larger marks, drawn above the dense ones
