@@ -23,7 +23,8 @@ GENERATION_KEYS = (
     "eta",
     "batch_size",
 )
-MODEL_NAMES = ("tiny", "mini", "sd15", "sd15_arch")
+MODEL_NAMES = ("tiny", "mini", "sd15", "sd15_arch", "sd21_arch", "sdxl_arch", "sd3_medium_arch", "sd35_medium_arch",
+               "sd35_large_arch", "flux_dev_arch", "flux_schnell_arch")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION = ("sdpa", "eager")
 MKLDNN = (True, False, "auto")
