@@ -13,18 +13,19 @@ def load(model: str):
     """The same pipeline sdlab loads, without sdlab's machinery where diffusers can do it alone."""
     from diffusers import StableDiffusionPipeline
 
-    from sdlab.models import apply_speed_options, configured_spec, use_process_options
+    from sdlab.families import family
+    from sdlab.models import configured_spec, use_process_options
 
     # the CPU convolution backend, memory format and attention the model's config file chooses, as sdlab does
     spec = configured_spec(model)
     use_process_options(spec)
+    adapter = family(spec.family)
     if model == "mini":
         pipe = StableDiffusionPipeline.from_pretrained("models/mini", safety_checker=None, use_safetensors=True)
     else:
-        from sdlab.models import _from_architecture
-
-        pipe = _from_architecture(model)
-    return apply_speed_options(pipe, spec)
+        pipe = adapter.build(model, spec)
+    adapter(pipe, spec).apply_speed_options()
+    return pipe
 
 
 def main() -> None:

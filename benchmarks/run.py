@@ -202,20 +202,21 @@ def bench_phases(report: Report, size: int, steps: int, repeats: int) -> None:
     """Fractions of one SD 1.5-architecture generation spent in UNet, text encoder, VAE and everything else."""
     from sdlab import generate
     from sdlab.config import GenerationParams, ModelSpec
-    from sdlab.models import load_pipeline
+    from sdlab.models import load_model
 
     spec = ModelSpec("sd15_arch", resolution=512)
-    pipe = load_pipeline(spec)
+    model = load_model(spec)
+    pipe = model.pipe
     pipe.set_progress_bar_config(disable=True)
     params = GenerationParams(prompt="a lighthouse at dusk", width=size, height=size, num_inference_steps=steps)
     runs = []
     for r in range(repeats + 1):
-        generate._TEXT_EMBEDDINGS.clear()
+        model.embeddings.clear()
         totals: dict[str, float] = {}
         original = timed_vae_decode(pipe, totals)
-        with phase_timer(pipe.unet, totals, "unet"), phase_timer(pipe.text_encoder, totals, "text"):
+        with phase_timer(model.denoiser, totals, "unet"), phase_timer(pipe.text_encoder, totals, "text"):
             start = time.perf_counter()
-            generate.generate_batch(pipe, spec.key, params, [0])
+            generate.generate_batch(model, params, [0])
             totals["total"] = time.perf_counter() - start
         pipe.vae.decode = original
         if r:  # the first run warms up
@@ -234,21 +235,20 @@ def bench_phases(report: Report, size: int, steps: int, repeats: int) -> None:
         "`other` is everything outside the three networks: scheduler updates, diffusers' pipeline and "
         f"sdlab's own work. Target: under 2% (measured **{med['other'] / med['total']:.2%}**).\n"
     )
-    return pipe, spec
+    return model, spec
 
 
-def dpmpp_pipeline(model: str, size: int, steps: int, **options):
-    """(pipeline with dpmpp_2m, its spec, generation params at `size` px and `steps` steps)."""
+def dpmpp_model(name: str, size: int, steps: int, **options):
+    """(model adapter with dpmpp_2m, its spec, generation params at `size` px and `steps` steps)."""
     from sdlab.config import GenerationParams
-    from sdlab.models import base_scheduler_config, configured_spec, load_pipeline
-    from sdlab.schedulers import make_scheduler
+    from sdlab.models import configured_spec, load_model
 
-    spec = configured_spec(model, resolution=size, **options)
-    pipe = load_pipeline(spec)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = make_scheduler("dpmpp_2m", base_scheduler_config(spec))
+    spec = configured_spec(name, resolution=size, **options)
+    model = load_model(spec)
+    model.pipe.set_progress_bar_config(disable=True)
+    model.use_scheduler("dpmpp_2m")
     params = GenerationParams(prompt="a small red circle", width=size, height=size, num_inference_steps=steps)
-    return pipe, spec, params
+    return model, spec, params
 
 
 # 4. batched seeds
@@ -256,13 +256,13 @@ def bench_batches(report: Report, model: str, size: int, steps: int, images: int
     """Images per second at several batch sizes, and the max pixel difference to batch 1."""
     from sdlab import generate
 
-    pipe, spec, params = dpmpp_pipeline(model, size, steps)
+    adapter, spec, params = dpmpp_model(model, size, steps)
     seeds = list(range(images))
-    generate.generate_batch(pipe, spec.key, params, seeds[:1])  # warm-up
+    generate.generate_batch(adapter, params, seeds[:1])  # warm-up
     reference, lines = None, []
     for b in batches:
         start = time.perf_counter()
-        out = [im for chunk in generate.chunks(tuple(seeds), b) for im in generate.generate_batch(pipe, spec.key, params, chunk).images]
+        out = [im for chunk in generate.chunks(tuple(seeds), b) for im in generate.generate_batch(adapter, params, chunk).images]
         rate = images / (time.perf_counter() - start)
         arrays = [np.asarray(im, dtype=int) for im in out]
         reference = reference or arrays
@@ -282,22 +282,22 @@ def bench_trajectory(report: Report, model: str, size: int, steps: int, repeats:
     from sdlab.jobs.trajectory import TrajectoryRecorder, frame_renderer
     from sdlab.metrics.image import psnr
 
-    pipe, spec, params = dpmpp_pipeline(model, size, steps)
-    generate.generate_batch(pipe, spec.key, params, [0])  # warm-up
+    adapter, spec, params = dpmpp_model(model, size, steps)
+    generate.generate_batch(adapter, params, [0])  # warm-up
     times: dict[str, list[float]] = {"plain": [], "capture": [], "vae": [], "linear": []}
     for _ in range(repeats):
         start = time.perf_counter()
-        generate.generate_batch(pipe, spec.key, params, [0])
+        generate.generate_batch(adapter, params, [0])
         times["plain"].append(time.perf_counter() - start)
-        with TrajectoryRecorder(pipe, params.guidance_scale) as recorder:
+        with TrajectoryRecorder(adapter, params.guidance_scale) as recorder:
             start = time.perf_counter()
-            result = generate.generate_batch(pipe, spec.key, params, [0], callback_on_step_end=recorder.callback)
+            result = generate.generate_batch(adapter, params, [0], callback_on_step_end=recorder.callback)
             times["capture"].append(time.perf_counter() - start)
         latents = [s["x0_pred"] for s in recorder.steps]
         frames = {}
         for preview in ("vae", "linear"):
             start = time.perf_counter()
-            frames[preview] = frame_renderer(pipe, result, preview)(latents)
+            frames[preview] = frame_renderer(adapter, result, preview)(latents)
             times[preview].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     agreement = [psnr(v, l) for v, l in zip(frames["vae"], frames["linear"])]
@@ -358,17 +358,17 @@ def bench_options(report: Report, model: str, size: int, steps: int, repeats: in
     for name, options in variants.items():
         clear_cache()  # each variant is its own pipeline, kept below
         try:
-            pipe, spec, params = dpmpp_pipeline(model, size, steps, **options)
+            adapter, spec, params = dpmpp_model(model, size, steps, **options)
             start = time.perf_counter()
-            generate.generate_batch(pipe, spec.key, params, [0])  # warm-up (and compile)
-            loaded[name], notes[name] = (pipe, spec, params), f"first call {time.perf_counter() - start:.2f} s"
+            generate.generate_batch(adapter, params, [0])  # warm-up (and compile)
+            loaded[name], notes[name] = (adapter, spec, params), f"first call {time.perf_counter() - start:.2f} s"
         except Exception as e:  # an option a build does not support is a finding, not a crash
             notes[name] = f"{type(e).__name__}: {str(e)[:80]}"
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits every variant alike
-        for name, (pipe, spec, params) in loaded.items():
+        for name, (adapter, spec, params) in loaded.items():
             use_process_options(spec)  # clear_cache forgot the other variants' specs, so generate_batch can't switch
             start = time.perf_counter()
-            generate.generate_batch(pipe, spec.key, params, [0])
+            generate.generate_batch(adapter, params, [0])
             times[name].append(time.perf_counter() - start)
     results = {name: statistics.median(t) if t else float("nan") for name, t in times.items()}
     lines = []

@@ -23,8 +23,10 @@ GENERATION_KEYS = (
     "eta",
     "batch_size",
 )
-MODEL_NAMES = ("tiny", "mini", "sd15", "sd15_arch", "sd21_arch", "sdxl_arch", "sd3_medium_arch", "sd35_medium_arch",
-               "sd35_large_arch", "flux_dev_arch", "flux_schnell_arch")
+MODEL_NAMES = ("tiny", "mini", "sd15", "sd15_arch", "sd2", "sd2_base", "sdxl", "sd3", "flux_schnell", "flux_dev",
+               "sd15_tiny", "sd2_tiny", "sdxl_tiny", "sd3_tiny", "flux_tiny", "sd21_arch", "sdxl_arch",
+               "sd3_medium_arch", "sd35_medium_arch", "sd35_large_arch", "flux_dev_arch", "flux_schnell_arch")
+MODEL_FAMILIES = ("sd", "sdxl", "sd3", "flux")  # sdlab/families
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION = ("sdpa", "eager")
 MKLDNN = (True, False, "auto")
@@ -39,6 +41,7 @@ class ModelSpec:
     """Which pipeline to load and where to run it."""
 
     name: str
+    family: str = "sd"  # a folder's model_index.json decides over it
     path: str | None = None
     repo_id: str | None = None
     resolution: int = 512
@@ -48,12 +51,14 @@ class ModelSpec:
     compile: bool = False
     attention: str = "sdpa"
     mkldnn: bool | str = True  # or "auto": by the UNet's batch
+    t5: bool = True  # SD3: false leaves the T5 text encoder out
+    max_sequence_length: int | None = None  # T5 tokens (SD3, Flux); None: the family's default
 
     @property
     def key(self) -> tuple:
         """Identity of the loaded pipeline in the per-process cache."""
-        return (self.name, self.path, self.repo_id, self.device, self.dtype, self.channels_last, self.compile,
-                self.attention, self.mkldnn)
+        return (self.name, self.family, self.path, self.repo_id, self.device, self.dtype, self.channels_last,
+                self.compile, self.attention, self.mkldnn, self.t5, self.max_sequence_length)
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,11 @@ def validate_model(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> 
         choose(f"model.{key}", value, allowed)
     for key in ("channels_last", "compile"):
         _bool(f"model.{key}", cfg.get(key, False))
+    _bool("model.t5", cfg.get("t5", True))
+    choose("model.family", cfg.get("family", "sd"), MODEL_FAMILIES)
+    length = cfg.get("max_sequence_length")
+    if length is not None and not 1 <= _int("model.max_sequence_length", length) <= 512:
+        raise UserError(f"model.max_sequence_length={length} must be in [1, 512] or null")
 
 
 def check_threads(threads: Any) -> None:

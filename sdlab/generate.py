@@ -1,4 +1,4 @@
-"""One generate request -> images, per-phase timings and the UNet evaluation count."""
+"""One generate request -> images, per-phase timings and the denoiser evaluation count."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import torch
 from PIL import Image
 
 from sdlab.config import GenerationParams
-from sdlab.models import device_of, use_batch_options
-
-_TEXT_EMBEDDINGS: dict[tuple, torch.Tensor] = {}
+from sdlab.families import ModelAdapter
 
 
 class BadOutputError(RuntimeError):
@@ -39,15 +37,6 @@ class BatchResult:
     errors: dict[int, str] = field(default_factory=dict)  # seed -> why its image is bad (its slot is None)
 
 
-def text_embedding(pipe, model_key: tuple, text: str) -> torch.Tensor:
-    """The text encoder's hidden states for `text`, cached per (model, text) for the process."""
-    key = (model_key, text)
-    if key not in _TEXT_EMBEDDINGS:
-        embeds, _ = pipe.encode_prompt(text, device_of(pipe), 1, False)
-        _TEXT_EMBEDDINGS[key] = embeds.detach()
-    return _TEXT_EMBEDDINGS[key]
-
-
 def truncated_tokens(tokenizer, text: str) -> int:
     """How many tokens of `text` (with BOS/EOS) fall beyond the tokenizer's limit and are dropped (77 for CLIP)."""
     ids = tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]
@@ -61,7 +50,7 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
 
 @contextmanager
 def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
-    """Count forward calls of `module` (the NFE when it is the UNet)."""
+    """Count forward calls of `module` (the NFE when it is the denoiser: UNet or transformer)."""
     counter = [0]
     handle = module.register_forward_pre_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
     try:
@@ -77,12 +66,9 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode SD latents to images in [0, 1], NCHW float (NaN stays NaN for `check_output`)."""
-    vae = pipe.vae
-    scaled = latents.to(vae.dtype) / vae.config.scaling_factor
-    image = vae.decode(scaled, return_dict=False)[0]
-    return (image.float() / 2 + 0.5).clamp(0, 1)
+def decode_latents(model: ModelAdapter, latents: torch.Tensor) -> torch.Tensor:
+    """VAE-decode the model's latents to images in [0, 1], NCHW float (NaN stays NaN for `check_output`)."""
+    return (model.decode(latents) / 2 + 0.5).clamp(0, 1)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -105,8 +91,7 @@ def check_output(latents: torch.Tensor, images: torch.Tensor, seeds: list[int]) 
 
 
 def generate_batch(
-    pipe,
-    model_key: tuple,
+    model: ModelAdapter,
     params: GenerationParams,
     seeds: list[int],
     callback_on_step_end: Callable | None = None,
@@ -114,34 +99,18 @@ def generate_batch(
 ) -> BatchResult:
     """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`."""
     start = time.perf_counter()
-    do_cfg = params.guidance_scale > 1.0
     n = len(seeds)
-    # 1. encode prompt and negative prompt (cached)
-    with torch.inference_mode():
-        prompt_embeds = text_embedding(pipe, model_key, params.prompt).repeat(n, 1, 1)
-        negative_embeds = None
-        if do_cfg:
-            negative_embeds = text_embedding(pipe, model_key, params.negative_prompt).repeat(n, 1, 1)
+    # 1. encode prompt and, under classifier-free guidance, the negative prompt (cached on the model)
+    model.prompt_kwargs(params.prompt, params.negative_prompt, 1, params.guidance_scale)
     t_text = time.perf_counter()
-    # 2. denoise: the UNet loop with classifier-free guidance
-    use_batch_options(model_key, n * (2 if do_cfg else 1))
-    with torch.inference_mode(), count_calls(pipe.unet) as nfe:
-        latents = pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            width=params.width,
-            height=params.height,
-            eta=params.eta,
-            generator=generators(seeds),
-            output_type="latent",
-            callback_on_step_end=callback_on_step_end,
-        ).images
+    # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
+    model.use_batch_options(model.denoiser_batch(n, params.guidance_scale))
+    with torch.inference_mode(), count_calls(model.denoiser) as nfe:
+        latents = model.denoise(params, generators(seeds), callback_on_step_end)
     t_unet = time.perf_counter()
     # 3. decode latents
     with torch.inference_mode():
-        decoded = decode_latents(pipe, latents)
+        decoded = decode_latents(model, latents)
     errors = check_output(latents, decoded, seeds)
     if errors and strict:
         raise BadOutputError("; ".join(errors.values()))
@@ -155,7 +124,7 @@ def generate_batch(
         time_unet_s=t_unet - t_text,
         time_vae_s=end - t_unet,
         time_total_s=end - start,
-        peak_mem_bytes=peak_memory_bytes(device_of(pipe)),
+        peak_mem_bytes=peak_memory_bytes(model.device),
         latents=latents,
         errors=errors,
     )

@@ -11,9 +11,12 @@ from typing import Any
 from sdlab.errors import UserError
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
-CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
-                "scheduler": "scheduler_config.json"}
+WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+REQUIRED_COMPONENTS = ("vae", "text_encoder")  # and a denoiser: UNet (SD 1.x, 2.x, SDXL) or transformer (SD3, Flux)
+TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
+SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
+# Classes a component's config is built with when it does not name one (old diffusers/transformers saves)
+DEFAULT_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel"}
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
@@ -29,7 +32,7 @@ def check_weights_folder(folder: Path) -> None:
         raise UserError(f"model.path={folder} does not exist; give a diffusers folder (with model_index.json)")
     if not (folder / "model_index.json").is_file():
         raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
-    for component in WEIGHT_COMPONENTS:
+    for component in weight_components(folder):
         files = [p for p in (folder / component).glob("*") if p.is_file()]
         if any(p.suffix == ".safetensors" for p in files):
             continue
@@ -124,18 +127,32 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def weight_components(folder: Path) -> list[str]:
+    """The folder's components that hold weights: the required ones, a denoiser, and the optional encoders present."""
+    denoisers = [c for c in ("unet", "transformer") if (folder / c).exists()] or ["unet"]
+    return [c for c in WEIGHT_COMPONENTS if c in REQUIRED_COMPONENTS or c in denoisers
+            or (c.startswith("text_encoder_") and (folder / c).exists())]
+
+
+def component_class(component: str, config: dict[str, Any]) -> str:
+    """The class a component's config describes: diffusers' `_class_name`, transformers' `architectures`."""
+    return config.get("_class_name") or (config.get("architectures") or [None])[0] or DEFAULT_CLASSES.get(component, "")
+
+
 def expected_shapes(component: str, config: dict[str, Any], config_path: Path) -> dict[str, tuple[int, ...]]:
     """Parameter shapes the component's config describes, built on the meta device (no memory, no weights)."""
+    import diffusers
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    import transformers
 
+    name = component_class(component, config)
     try:
         with torch.device("meta"):
-            if component == "text_encoder":
-                model = CLIPTextModel(CLIPTextConfig.from_dict(config))
+            if hasattr(diffusers, name):
+                model = getattr(diffusers, name).from_config(config)
             else:
-                model = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}[component].from_config(config)
+                cls = getattr(transformers, name)
+                model = cls(cls.config_class.from_dict(config))
     except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as e:
         raise UserError(f"{config_path} does not describe a {component}: {str(e).splitlines()[0]}") from None
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -143,12 +160,12 @@ def expected_shapes(component: str, config: dict[str, Any], config_path: Path) -
 
 def check_component_weights(folder: Path, component: str, config: dict[str, Any]) -> None:
     """Every safetensors file of a component is whole, and its tensors have the shapes its config describes."""
-    want = expected_shapes(component, config, folder / component / CONFIG_FILES[component])
+    want = expected_shapes(component, config, folder / component / "config.json")
     for weights in sorted((folder / component).glob("*.safetensors")):
         for name, shape in safetensors_shapes(weights).items():
             if name in want and want[name] != shape:
                 raise UserError(f"{weights}: tensor {name} has shape {list(shape)}; "
-                                f"{folder / component / CONFIG_FILES[component]} needs {list(want[name])}")
+                                f"{folder / component / 'config.json'} needs {list(want[name])}")
 
 
 def check_pipeline_folder(folder: Path) -> None:
@@ -167,7 +184,11 @@ def _signature(folder: Path) -> tuple:
 def _check_folder(folder: Path, signature: tuple) -> None:
     check_links(folder)
     check_index(folder / "model_index.json")
-    configs = {component: read_object(folder / component / name) for component, name in CONFIG_FILES.items()}
-    check_tokenizer(folder / "tokenizer")
-    for component in WEIGHT_COMPONENTS:
+    components = weight_components(folder)
+    configs = {component: read_object(folder / component / "config.json") for component in components}
+    read_object(folder.joinpath(*SCHEDULER_CONFIG))
+    for tokenizer in TOKENIZERS:
+        if tokenizer == "tokenizer" or (folder / tokenizer).exists():
+            check_tokenizer(folder / tokenizer)
+    for component in components:
         check_component_weights(folder, component, configs[component])

@@ -1,4 +1,4 @@
-"""Load SD-shaped diffusers pipelines by name, offline-first, safetensors only, cached once per process."""
+"""Load models by name into their family adapter: offline-first, safetensors only, cached once per process."""
 
 from __future__ import annotations
 
@@ -8,20 +8,16 @@ from pathlib import Path
 
 import torch
 
-from sdlab.architectures import ARCHITECTURES, build_components
-from sdlab.config import ATTENTION, MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
+from sdlab.architectures import ARCHITECTURES, BUILT_IN, TINY_MODELS
+from sdlab.config import MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
 from sdlab.errors import UserError, choose
+from sdlab.families import ModelAdapter, family, family_of_folder
 from sdlab.model_files import check_pipeline_folder, check_weights_folder, read_object  # noqa: F401
 from sdlab.schedulers import check_steps
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-_PIPELINES: dict[tuple, object] = {}
-_BASE_SCHEDULERS: dict[tuple, dict] = {}
-_SPECS: dict[tuple, ModelSpec] = {}
-load_count = 0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -37,11 +33,6 @@ def resolve_device(device: str) -> torch.device:
     if not available.get(chosen.type, False):
         raise UserError(f"model.device={device!r} is not available here; use auto or cpu")
     return chosen
-
-
-def device_of(pipe) -> torch.device:
-    """The device the pipeline's UNet runs on (diffusers' `pipe.device` walks every module: milliseconds a call)."""
-    return next(pipe.unet.parameters()).device
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -66,37 +57,6 @@ def cached_snapshot(repo_id: str) -> Path:
         ) from None
 
 
-def _from_folder(folder: Path, dtype: torch.dtype):
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
-
-    check_pipeline_folder(folder)
-    diffusers_logging.disable_progress_bar()  # its "Loading pipeline components" bar; sdlab logs one line per load
-    try:
-        return StableDiffusionPipeline.from_pretrained(
-            str(folder), dtype=dtype, use_safetensors=True, local_files_only=True,
-            safety_checker=None, requires_safety_checker=False,
-        )
-    except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
-        raise UserError(f"model.path={folder} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
-
-
-def _from_architecture(name: str):
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-
-    from sdlab.tokenizer import load_tokenizer
-
-    arch = ARCHITECTURES[name]
-    return StableDiffusionPipeline(
-        **build_components(arch, seed=0),
-        tokenizer=load_tokenizer(),
-        scheduler=PNDMScheduler.from_config(arch.scheduler),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
 def model_folder(spec: ModelSpec) -> Path:
     """Where a folder-backed model's weights are: `model.path`, the shipped mini model, or the HF cache."""
     if spec.path:
@@ -104,23 +64,10 @@ def model_folder(spec: ModelSpec) -> Path:
         return path if path.is_absolute() else Path.cwd() / path
     if spec.name == "mini":
         return PROJECT_ROOT / "models" / "mini"
+    if not spec.repo_id:
+        raise UserError(f"model={spec.name} is built in code and has no weights folder here; "
+                        "pass model.path=DIR with a diffusers folder")
     return cached_snapshot(spec.repo_id)
-
-
-def apply_speed_options(pipe, spec: ModelSpec):
-    """Channels-last memory format, the attention implementation and torch.compile, as configured."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-    choose("model.attention", spec.attention, ATTENTION)
-    processor = AttnProcessor2_0 if spec.attention == "sdpa" else AttnProcessor
-    pipe.unet.set_attn_processor(processor())
-    pipe.vae.set_attn_processor(processor())
-    if spec.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if spec.compile:
-        pipe.unet = torch.compile(pipe.unet)
-    return pipe
 
 
 def configured_spec(name: str, **overrides) -> ModelSpec:
@@ -144,54 +91,85 @@ def use_process_options(spec: ModelSpec, unet_batch: int = 1) -> None:
     torch.backends.mkldnn.enabled = unet_batch >= ONEDNN_MIN_BATCH if spec.mkldnn == "auto" else spec.mkldnn
 
 
-def use_batch_options(model_key: tuple, unet_batch: int) -> None:
-    """`use_process_options` for a loaded pipeline's spec and the UNet batch about to run."""
-    if model_key in _SPECS:
-        use_process_options(_SPECS[model_key], unet_batch)
+class ModelCache:
+    """The loaded models of this process, one adapter per ModelSpec key, reused by every later job."""
+
+    def __init__(self):
+        self.models: dict[tuple, ModelAdapter] = {}
+        self.load_count = 0
+
+    def load(self, spec: ModelSpec) -> ModelAdapter:
+        use_process_options(spec)
+        if spec.key in self.models:
+            return self.models[spec.key]
+        choose("model", spec.name, MODEL_NAMES)
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        if spec.name in BUILT_IN and not spec.path:
+            cls = family(spec.family)
+            pipe = cls.build(spec.name, spec)
+            for part in pipe.components.values():  # built modules start in training mode: T5's dropout would be on
+                if isinstance(part, torch.nn.Module):
+                    part.eval()
+            if dtype != torch.float32:
+                pipe = pipe.to(dtype=dtype)
+        else:
+            folder = model_folder(spec)
+            check_pipeline_folder(folder)
+            cls = family_of_folder(folder)
+            pipe = _from_folder(cls, folder, dtype, spec)
+        model = cls(pipe.to(device), spec)
+        model.apply_speed_options()
+        pipe.set_progress_bar_config(leave=False, desc="denoising")
+        self.load_count += 1
+        log.info("loaded model %s (%s) on %s (%s)", spec.name, cls.pipeline_class, device, dtype)
+        self.models[spec.key] = model
+        return model
+
+    def clear(self) -> None:
+        self.models.clear()
 
 
-def load_pipeline(spec: ModelSpec):
-    """The pipeline for `spec`, loaded once per process and reused by every later job."""
-    global load_count
-    use_process_options(spec)
-    if spec.key in _PIPELINES:
-        return _PIPELINES[spec.key]
-    choose("model", spec.name, MODEL_NAMES)
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
-    if spec.name in ARCHITECTURES and not spec.path:
-        pipe = _from_architecture(spec.name)
-        if dtype != torch.float32:
-            pipe = pipe.to(dtype=dtype)
-    else:
-        pipe = _from_folder(model_folder(spec), dtype)
-    pipe = apply_speed_options(pipe.to(device), spec)
-    pipe.set_progress_bar_config(leave=False, desc="denoising")
-    load_count += 1
-    log.info("loaded model %s on %s (%s)", spec.name, device, dtype)
-    _PIPELINES[spec.key] = pipe
-    _SPECS[spec.key] = spec
-    _BASE_SCHEDULERS[spec.key] = dict(pipe.scheduler.config)
-    return pipe
+CACHE = ModelCache()
+
+
+def _from_folder(cls: type[ModelAdapter], folder: Path, dtype: torch.dtype, spec: ModelSpec):
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # its "Loading pipeline components" bar; sdlab logs one line per load
+    try:
+        return cls.from_folder(folder, dtype, spec)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
+        raise UserError(f"model.path={folder} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
+
+
+def load_model(spec: ModelSpec) -> ModelAdapter:
+    """The model adapter for `spec`, loaded once per process and reused by every later job."""
+    return CACHE.load(spec)
 
 
 def base_scheduler_config(spec: ModelSpec) -> dict:
     """The scheduler config the model shipped with, before any swap (loading the model if it is not cached)."""
-    if spec.key not in _BASE_SCHEDULERS:
-        load_pipeline(spec)
-    return _BASE_SCHEDULERS[spec.key]
+    return load_model(spec).base_scheduler_config
 
 
 def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
     """The model's own scheduler config and where it comes from, read without loading any weights."""
-    if spec.key in _BASE_SCHEDULERS:
-        return _BASE_SCHEDULERS[spec.key], f"model {spec.name}"
-    if spec.name in ARCHITECTURES and not spec.path:
-        return ARCHITECTURES[spec.name].scheduler, f"model {spec.name}"
+    if spec.key in CACHE.models:
+        return CACHE.models[spec.key].base_scheduler_config, f"model {spec.name}"
+    if spec.name in BUILT_IN and not spec.path:
+        return built_in_scheduler_config(spec.name), f"model {spec.name}"
     folder = model_folder(spec)
     check_pipeline_folder(folder)
     path = folder / "scheduler" / "scheduler_config.json"
     return read_object(path), str(path)
+
+
+def built_in_scheduler_config(name: str) -> dict:
+    """The scheduler config a model built in code starts from."""
+    if name in ARCHITECTURES:
+        return dict(ARCHITECTURES[name].scheduler)
+    return dict(TINY_MODELS[name]["scheduler"])
 
 
 def check_model(cfg: dict) -> None:
@@ -204,7 +182,5 @@ def check_model(cfg: dict) -> None:
 
 
 def clear_cache() -> None:
-    """Forget every cached pipeline (tests and memory-bound sweeps)."""
-    _PIPELINES.clear()
-    _BASE_SCHEDULERS.clear()
-    _SPECS.clear()
+    """Forget every loaded model (tests and memory-bound sweeps)."""
+    CACHE.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -104,3 +105,29 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+T5_SPECIALS = ("<pad>", "</s>", "<unk>")  # T5's ids 0, 1, 2
+
+
+@lru_cache(maxsize=None)
+def tiny_t5_tokenizer(max_length: int = 32):
+    """A small deterministic T5 tokenizer built in code (no sentencepiece, no download) for the tiny SD3/Flux models.
+
+    A SentencePiece-style unigram vocabulary as T5's: `<pad>`, `</s>`, `<unk>` (ids 0, 1, 2), the word pieces of
+    the miniature model's shapes grammar and a few common words, then single characters, so any other word is
+    spelled out letter by letter. Each text ends with `</s>`, as in T5.
+    """
+    import string
+
+    from transformers import T5TokenizerFast
+
+    from sdlab.mini import data
+
+    words = {w for template in data.CAPTION_TEMPLATES for w in re.findall(r"[a-z]+", template)}
+    words |= {*data.SHAPES, *data.COLOURS, *data.BACKGROUNDS, *data.SIZES, *data.POSITIONS}
+    words |= {w for phrase in data.POSITION_PHRASES.values() for w in phrase.split()}
+    words |= {"a", "an", "the", "of", "in", "on", "with", "and", "photo", "painting", "cat", "dog", "ship", "storm"}
+    pieces = [(f"\u2581{w}", -1.0) for w in sorted(words)] + [("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    return T5TokenizerFast(vocab=[(t, 0.0) for t in T5_SPECIALS] + pieces, extra_ids=0, model_max_length=max_length)

@@ -16,14 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def tiny():
-    """The tiny pipeline and its ModelSpec, loaded once for the session."""
+    """The tiny model's adapter and its ModelSpec, loaded once for the session."""
     from sdlab.config import ModelSpec
-    from sdlab.models import load_pipeline
+    from sdlab.models import load_model
 
     spec = ModelSpec("tiny", resolution=64)
-    pipe = load_pipeline(spec)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, spec
+    model = load_model(spec)
+    model.pipe.set_progress_bar_config(disable=True)
+    return model, spec
 
 
 @pytest.fixture(scope="module")

@@ -174,7 +174,7 @@ def test_trajectory_x0_pred_matches_euler_update(tmp_path):
     original = trajectory.TrajectoryRecorder.__exit__
 
     def keep(self, *exc):
-        recorded["steps"], recorded["sigmas"] = self.steps, self.pipe.scheduler.sigmas.clone()
+        recorded["steps"], recorded["sigmas"] = self.steps, self.model.scheduler.sigmas.clone()
         return original(self, *exc)
 
     trajectory.TrajectoryRecorder.__exit__ = keep
@@ -214,8 +214,8 @@ def test_prompt_grid(tmp_path):
 
 
 def test_anatomy_of_a_diffusers_folder_matches_its_architecture(tiny, tmp_path):
-    pipe, _ = tiny
-    pipe.save_pretrained(str(tmp_path / "folder"), safe_serialization=True)
+    model, _ = tiny
+    model.pipe.save_pretrained(str(tmp_path / "folder"), safe_serialization=True)
     model = {"name": "sd15", "path": str(tmp_path / "folder"), "repo_id": None, "resolution": 64, "device": "auto",
              "dtype": "auto"}
     from_folder = run("anatomy", tmp_path / "a", model=model).set_index("component")["params"]

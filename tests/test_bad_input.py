@@ -163,7 +163,7 @@ def test_bad_input_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys, monkeypat
 def saved_tiny(tmp_path_factory, tiny):
     """The tiny pipeline written as a safetensors diffusers folder."""
     folder = tmp_path_factory.mktemp("tiny_folder")
-    tiny[0].save_pretrained(folder, safe_serialization=True)
+    tiny[0].pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
 
@@ -278,7 +278,7 @@ def test_validate_config_names_the_bad_value_without_loading_anything():
     from sdlab.config import validate_config
     from sdlab.errors import UserError
 
-    before = models.load_count
+    before = models.CACHE.load_count
     validate_config(composed())  # every recipe passes it on its way through the cli (tests/test_experiments.py)
     for overrides, fragment in [(["guidance_scale=nan"], "guidance_scale=nan"),
                                 (["model.compile=maybe"], "model.compile='maybe'"),
@@ -286,7 +286,7 @@ def test_validate_config_names_the_bad_value_without_loading_anything():
                                 (["width=8192"], "limits.max_side")]:
         with pytest.raises(UserError, match=fragment.replace("[", r"\[")):
             validate_config(composed(*overrides))
-    assert models.load_count == before
+    assert models.CACHE.load_count == before
 
 
 def test_limits_can_be_raised_for_big_machines(tmp_path):

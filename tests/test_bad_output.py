@@ -30,8 +30,8 @@ def test_float16_overflow_gives_failed_rows_not_black_pngs(run_sdlab, tmp_path):
 def test_one_black_image_does_not_fail_its_siblings(run_sdlab, tmp_path, monkeypatch):
     decode = generate.decode_latents
 
-    def second_black(pipe, latents):
-        images = decode(pipe, latents)
+    def second_black(model, latents):
+        images = decode(model, latents)
         images[1] = 0
         return images
 

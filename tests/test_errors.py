@@ -11,7 +11,7 @@ import pytest
 
 from sdlab.config import ModelSpec, generation_params
 from sdlab.errors import UserError
-from sdlab.models import check_weights_folder, load_pipeline
+from sdlab.models import check_weights_folder, load_model
 from sdlab.params import load_params
 
 
@@ -116,7 +116,7 @@ def test_pickle_weights_are_refused_without_unpickling(tmp_path, monkeypatch):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"\x80\x04")
     with pytest.raises(UserError, match="refusing pickle checkpoint"):
-        load_pipeline(ModelSpec("sd15", path=str(ckpt)))
+        load_model(ModelSpec("sd15", path=str(ckpt)))
 
 
 def test_folder_without_weights_is_refused(tmp_path):

@@ -152,13 +152,13 @@ def test_defaults_are_the_mini_model_scored_by_its_own_clip_and_no_other_model_i
 def test_model_mkldnn_switches_the_process_cpu_convolutions(tiny):
     import torch
 
-    from sdlab.models import configured_spec, load_pipeline
+    from sdlab.models import configured_spec, load_model
 
     before = torch.backends.mkldnn.enabled
     try:
-        load_pipeline(configured_spec("tiny", resolution=64, mkldnn=False))
+        load_model(configured_spec("tiny", resolution=64, mkldnn=False))
         assert not torch.backends.mkldnn.enabled
-        assert load_pipeline(tiny[1]) is tiny[0]  # cached pipelines switch it back too
+        assert load_model(tiny[1]) is tiny[0]  # cached pipelines switch it back too
         assert torch.backends.mkldnn.enabled
     finally:
         torch.backends.mkldnn.enabled = before
@@ -170,12 +170,12 @@ def test_model_mkldnn_auto_picks_the_backend_by_the_unet_batch(tiny):
     from sdlab.config import GenerationParams
     from sdlab.errors import UserError
     from sdlab.generate import generate_batch
-    from sdlab.models import ONEDNN_MIN_BATCH, configured_spec, load_pipeline, use_process_options
+    from sdlab.models import ONEDNN_MIN_BATCH, configured_spec, load_model, use_process_options
 
     before = torch.backends.mkldnn.enabled
     try:
         spec = configured_spec("tiny", resolution=64, mkldnn="auto")
-        pipe = load_pipeline(spec)
+        model = load_model(spec)
         assert not torch.backends.mkldnn.enabled  # loading: PyTorch's own, as for one image
         use_process_options(spec, ONEDNN_MIN_BATCH)
         assert torch.backends.mkldnn.enabled
@@ -185,7 +185,7 @@ def test_model_mkldnn_auto_picks_the_backend_by_the_unet_batch(tiny):
         for guidance, expected in ((7.5, True), (1.0, False)):  # guidance doubles the UNet's batch
             params = GenerationParams(prompt="a red circle", width=64, height=64, num_inference_steps=1,
                                       guidance_scale=guidance)
-            generate_batch(pipe, spec.key, params, list(range(half)), callback_on_step_end=step)
+            generate_batch(model, params, list(range(half)), callback_on_step_end=step)
             assert seen.pop() is expected
         with pytest.raises(UserError, match="unknown model.mkldnn 'sometimes'"):
             use_process_options(configured_spec("tiny", mkldnn="sometimes"))

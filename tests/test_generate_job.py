@@ -31,11 +31,11 @@ def test_default_job_writes_ok_rows_and_pngs_with_parameters(run_sdlab, tmp_path
 
 def test_multirun_loads_once_and_collects_one_table_and_grid(run_sdlab, tmp_path):
     models.clear_cache()
-    before = models.load_count
+    before = models.CACHE.load_count
     sweep = tmp_path / "sweep"
     code = run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", f"hydra.sweep.dir={sweep}")
     assert code == 0
-    assert models.load_count - before == 1
+    assert models.CACHE.load_count - before == 1
     frame = pd.read_csv(sweep / "results.csv")
     assert sorted(zip(frame["seed"], frame["guidance_scale"])) == [(1, 1.0), (1, 7.5), (2, 1.0), (2, 7.5)]
     assert (frame["status"] == "ok").all()

@@ -7,8 +7,7 @@ import pytest
 
 from sdlab import generate
 from sdlab.config import GenerationParams
-from sdlab.models import base_scheduler_config
-from sdlab.schedulers import fitting, make_scheduler
+from sdlab.schedulers import SCHEDULERS, fitting
 
 
 def params(**kw) -> GenerationParams:
@@ -29,44 +28,44 @@ def expected_nfe(name: str, steps: int) -> int:
 
 @pytest.mark.parametrize("name", sorted(fitting("epsilon")))  # the tiny UNet predicts epsilon
 def test_every_scheduler_runs_two_steps_with_counted_nfe(tiny, name):
-    pipe, spec = tiny
-    pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
-    result = generate.generate_batch(pipe, spec.key, params(num_inference_steps=2), [0])
+    model, _ = tiny
+    model.use_scheduler(name)
+    result = generate.generate_batch(model, params(num_inference_steps=2), [0])
     assert result.images[0].size == (64, 64)
     assert result.nfe == expected_nfe(name, 2)
 
 
 @pytest.mark.parametrize("name", ["euler", "heun", "pndm"])
 def test_nfe_at_ten_steps(tiny, name):
-    pipe, spec = tiny
-    pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
-    result = generate.generate_batch(pipe, spec.key, params(num_inference_steps=10, guidance_scale=7.5), [0])
+    model, _ = tiny
+    model.use_scheduler(name)
+    result = generate.generate_batch(model, params(num_inference_steps=10, guidance_scale=7.5), [0])
     assert result.nfe == expected_nfe(name, 10)
 
 
 def test_seed_gives_same_image_alone_or_in_a_batch(tiny):
-    pipe, spec = tiny
-    pipe.scheduler = make_scheduler("euler_a", base_scheduler_config(spec))
+    model, _ = tiny
+    model.use_scheduler("euler_a")
     p = params(num_inference_steps=3)
-    batched = generate.generate_batch(pipe, spec.key, p, [5, 6, 7]).images
+    batched = generate.generate_batch(model, p, [5, 6, 7]).images
     for seed, image in zip([5, 6, 7], batched):
-        alone = generate.generate_batch(pipe, spec.key, p, [seed]).images[0]
+        alone = generate.generate_batch(model, p, [seed]).images[0]
         assert np.abs(np.asarray(alone, float) - np.asarray(image, float)).max() <= 1
     assert np.abs(np.asarray(batched[0], float) - np.asarray(batched[1], float)).max() > 10
 
 
 def test_text_embeddings_are_cached_per_model_and_prompt(tiny):
-    pipe, spec = tiny
+    model, _ = tiny
     calls = []
-    original = pipe.encode_prompt
-    pipe.encode_prompt = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    original = model.pipe.encode_prompt
+    model.pipe.encode_prompt = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
     try:
         prompt = "a cached blue square"
-        generate.text_embedding(pipe, spec.key, prompt)
-        generate.text_embedding(pipe, spec.key, prompt)
+        model.encode(prompt)
+        model.encode(prompt)
         assert calls == [prompt]
     finally:
-        del pipe.encode_prompt
+        del model.pipe.encode_prompt
 
 
 def test_nan_output_is_reported_not_saved():
@@ -83,4 +82,4 @@ def test_base_scheduler_config_survives_a_cleared_cache(tiny):
 
     _, spec = tiny
     models.clear_cache()
-    assert base_scheduler_config(spec)["beta_schedule"] == "scaled_linear"
+    assert models.base_scheduler_config(spec)["beta_schedule"] == "scaled_linear"

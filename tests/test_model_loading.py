@@ -19,14 +19,13 @@ def saved_pipeline(tmp_path_factory, tiny):
     pipeline carries whichever scheduler the last job swapped in)."""
     import diffusers
 
-    pipe, spec = tiny
-    base = models.base_scheduler_config(spec)
+    model, _ = tiny
     folder = tmp_path_factory.mktemp("pipeline")
-    swapped, pipe.scheduler = pipe.scheduler, diffusers.PNDMScheduler.from_config(base)  # as models builds tiny
-    try:
-        pipe.save_pretrained(folder, safe_serialization=True)
+    swapped, model.scheduler = model.scheduler, diffusers.PNDMScheduler.from_config(model.base_scheduler_config)
+    try:  # as models builds tiny
+        model.pipe.save_pretrained(folder, safe_serialization=True)
     finally:
-        pipe.scheduler = swapped
+        model.scheduler = swapped
     return folder
 
 
@@ -52,5 +51,5 @@ def test_repo_id_loads_from_the_local_hf_cache_offline(saved_pipeline, tmp_path,
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert models.cached_snapshot("someone/tiny-sd") == snapshot
-    pipe = models.load_pipeline(ModelSpec("sd15", repo_id="someone/tiny-sd", resolution=64))
-    assert pipe.unet.config.cross_attention_dim == 32
+    model = models.load_model(ModelSpec("sd15", repo_id="someone/tiny-sd", resolution=64))
+    assert model.denoiser.config.cross_attention_dim == 32

@@ -31,6 +31,6 @@ def test_tiny_pipeline_is_deterministic(tiny):
     from sdlab.architectures import build_components
 
     again = build_components(ARCHITECTURES["tiny"], seed=0)["unet"]
-    pipe, _ = tiny
-    first = next(pipe.unet.parameters())
+    model, _ = tiny
+    first = next(model.denoiser.parameters())
     assert (first == next(again.parameters())).all()

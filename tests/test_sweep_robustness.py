@@ -97,10 +97,10 @@ def test_failing_cell_is_a_row_and_the_sweep_goes_on(run_sdlab, tmp_path, capsys
 
     real = generate_job.generate_batch
 
-    def out_of_memory_for_seed_2(pipe, key, params, seeds, **options):
+    def out_of_memory_for_seed_2(model, params, seeds, **options):
         if 2 in seeds:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(pipe, key, params, seeds, **options)
+        return real(model, params, seeds, **options)
 
     monkeypatch.setattr(generate_job, "generate_batch", out_of_memory_for_seed_2)
     code = run_sdlab("-m", "seed=1,2,3", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}")
@@ -123,7 +123,7 @@ def test_an_invalid_option_combination_stops_the_sweep_before_any_job(run_sdlab,
 def test_all_black_output_is_a_failed_row_not_an_image(run_sdlab, tmp_path, monkeypatch):
     import torch
 
-    monkeypatch.setattr(generate, "decode_latents", lambda pipe, latents: torch.zeros(len(latents), 3, 64, 64))
+    monkeypatch.setattr(generate, "decode_latents", lambda model, latents: torch.zeros(len(latents), 3, 64, 64))
     code = run_sdlab("seeds=[1,2]", "num_inference_steps=2", "threads=1", f"hydra.run.dir={tmp_path}")
     assert code == 1
     frame = pd.read_parquet(tmp_path / "results.parquet")

@@ -31,21 +31,28 @@ def article_reports(ctx: JobContext) -> str:
     return f"\nthe article reports {text}" if text else ""
 
 
-def pipeline(ctx: JobContext):
-    """The configured model's pipeline (cached per process) and its ModelSpec."""
-    from sdlab.models import load_pipeline
+def loaded_model(ctx: JobContext):
+    """The configured model's adapter (cached per process) and its ModelSpec."""
+    from sdlab.models import load_model
 
     spec = model_spec(ctx.config["model"])
-    return load_pipeline(spec), spec
+    return load_model(spec), spec
+
+
+def require_noise_prediction(model, job: str) -> None:
+    """A UserError unless the model predicts noise or v on a DDPM schedule (the job's math is written for that)."""
+    if model.kind == "flow":
+        raise UserError(f"job {job} follows a DDPM schedule (alpha_bar, epsilon/v); model={model.spec.name} is a "
+                        f"flow-matching {model.family} model: use model=sd15_tiny, sd2_tiny or sdxl_tiny (or real weights)")
 
 
 def model_scheduler_config(spec: ModelSpec) -> dict[str, Any]:
     """The scheduler config a model ships with, without loading its weights."""
-    from sdlab.architectures import ARCHITECTURES
-    from sdlab.models import model_folder
+    from sdlab.architectures import BUILT_IN
+    from sdlab.models import built_in_scheduler_config, model_folder
 
-    if spec.name in ARCHITECTURES and not spec.path:
-        return dict(ARCHITECTURES[spec.name].scheduler)
+    if spec.name in BUILT_IN and not spec.path:
+        return built_in_scheduler_config(spec.name)
     path = model_folder(spec) / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         raise UserError(f"no scheduler config at {path}")
@@ -146,10 +153,10 @@ def image_size(cfg: dict, spec: ModelSpec) -> tuple[int, int]:
     return width, height
 
 
-def to_model(images: list[np.ndarray], pipe) -> torch.Tensor:
-    """uint8 HxWx3 images as an NCHW tensor in [-1, 1] on the pipeline's device and VAE dtype."""
+def to_model(images: list[np.ndarray], model) -> torch.Tensor:
+    """uint8 HxWx3 images as an NCHW tensor in [-1, 1] on the model's device and VAE dtype."""
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x.to(pipe.device, pipe.vae.dtype)
+    return x.to(model.device, model.pipe.vae.dtype)
 
 
 def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
@@ -158,13 +165,11 @@ def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
     return list(x.permute(0, 2, 3, 1).cpu().numpy())
 
 
-def encode(pipe, x: torch.Tensor) -> torch.Tensor:
-    """Scaled SD latents z = scaling_factor · mean of q(z | x)."""
-    with torch.inference_mode():
-        return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+def encode(model, x: torch.Tensor) -> torch.Tensor:
+    """The model's latents z = scaling_factor · (mean of q(z | x) - shift_factor)."""
+    return model.encode_image(x)
 
 
-def decode(pipe, z: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] from scaled SD latents."""
-    with torch.inference_mode():
-        return pipe.vae.decode(z.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0].float()
+def decode(model, z: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] from the model's latents."""
+    return model.decode(z)

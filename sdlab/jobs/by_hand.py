@@ -15,34 +15,33 @@ from sdlab.generate import decode_latents, to_pil
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.image import psnr
 from sdlab.metrics.toy import ddim_step
-from sdlab.models import base_scheduler_config, device_of, load_pipeline
-from sdlab.schedulers import make_scheduler
+from sdlab.models import load_model
 
 
-def encode_text(pipe, texts: list[str]) -> torch.Tensor:
+def encode_text(model, texts: list[str]) -> torch.Tensor:
     """CLIP hidden states of `texts`, padded to the tokenizer's 77 tokens (what the UNet cross-attends to)."""
-    ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids.to(device_of(pipe)))[0]
+    ids = model.tokenizer(texts, padding="max_length", max_length=model.tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids
+    return model.pipe.text_encoder(ids.to(model.device))[0]
 
 
 @torch.inference_mode()
-def ddim_by_hand(pipe, prompt: str, negative_prompt: str, seed: int, steps: int, guidance_scale: float,
+def ddim_by_hand(model, prompt: str, negative_prompt: str, seed: int, steps: int, guidance_scale: float,
                  height: int, width: int) -> torch.Tensor:
     """Text-to-image latents with classifier-free guidance and the DDIM update written from its equation (eta = 0)."""
-    scheduler = pipe.scheduler
+    scheduler, unet = model.scheduler, model.denoiser
     # 1. encode the prompt and the negative (empty) prompt
-    uncond, cond = encode_text(pipe, [negative_prompt, prompt]).chunk(2)
+    uncond, cond = encode_text(model, [negative_prompt, prompt]).chunk(2)
     # 2. initial noise x_T ~ N(0, I) in latent space, from a CPU generator
-    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device_of(pipe))
+    shape = (1, *model.latent_shape(width, height))
+    x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(model.device)
     x = x * scheduler.init_noise_sigma
     # 3. denoise: eps_w = eps_uncond + w (eps_cond - eps_uncond), then x_{t-1} from DDIM's equation
     scheduler.set_timesteps(steps)
     alpha_bar = scheduler.alphas_cumprod
     stride = scheduler.config.num_train_timesteps // steps
     for t in scheduler.timesteps:
-        eps_uncond, eps_cond = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+        eps_uncond, eps_cond = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
         eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
         prev = int(t) - stride
         alpha_bar_prev = alpha_bar[prev] if prev >= 0 else scheduler.final_alpha_cumprod
@@ -55,20 +54,23 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     """C1: the whole loop by hand against diffusers' own pipeline on the same seed and DDIM: max abs difference."""
     cfg = ctx.config
     spec = model_spec(cfg["model"])
-    pipe = load_pipeline(spec)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = make_scheduler("ddim", base_scheduler_config(spec))
+    model = load_model(spec)
+    if model.family != "sd" or model.kind != "epsilon":
+        raise UserError(f"job pipeline_by_hand writes out the SD 1.x epsilon loop; model={spec.name} is a "
+                        f"{model.family} {model.kind} model: use model=tiny, mini or sd15")
+    model.pipe.set_progress_bar_config(disable=True)
+    model.use_scheduler("ddim")
     seed = int(cfg.get("seed", 0))
     steps, w = int(cfg.get("num_inference_steps", 25)), float(cfg.get("guidance_scale", 7.5))
     side = spec.resolution
     if w <= 1.0:
         raise UserError(f"guidance_scale={w} must be > 1 here: the loop by hand always applies guidance")
-    ours = ddim_by_hand(pipe, cfg["prompt"], cfg.get("negative_prompt") or "", seed, steps, w, side, side)
+    ours = ddim_by_hand(model, cfg["prompt"], cfg.get("negative_prompt") or "", seed, steps, w, side, side)
     with torch.inference_mode():
-        theirs = pipe(cfg["prompt"], negative_prompt=cfg.get("negative_prompt") or None, num_inference_steps=steps,
+        theirs = model.pipe(cfg["prompt"], negative_prompt=cfg.get("negative_prompt") or None, num_inference_steps=steps,
                       guidance_scale=w, height=side, width=side, output_type="latent",
                       generator=torch.Generator("cpu").manual_seed(seed)).images
-        images = decode_latents(pipe, torch.cat([ours, theirs]))
+        images = decode_latents(model, torch.cat([ours, theirs]))
     diff_image = (images[0] - images[1]).abs()
     strip = [np.asarray(im) for im in to_pil(images)]
     scale = float(diff_image.max()) or 1.0
@@ -88,14 +90,14 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
 @job("img2img_strength")
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""
-    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers import AutoPipelineForImage2Image
 
     cfg = ctx.config
     spec = model_spec(cfg["model"])
-    pipe = load_pipeline(spec)
-    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)  # the cached weights, no reload
+    model = load_model(spec)
+    img2img = AutoPipelineForImage2Image.from_pipe(model.pipe)  # the family's img2img on the cached weights
     img2img.set_progress_bar_config(disable=True)
-    img2img.scheduler = make_scheduler(cfg["scheduler"]["name"], base_scheduler_config(spec))
+    img2img.scheduler = model.use_scheduler(cfg["scheduler"]["name"])
     source = input_image(cfg, spec.resolution)
     strengths = [float(s) for s in cfg.get("strengths", [0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0])]
     for s in strengths:

@@ -11,7 +11,7 @@ from sdlab.config import ModelSpec, model_spec
 from sdlab.errors import UserError
 from sdlab.figures import bar_chart, heatmap
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import article_reports, base_row, image_size, input_images, pipeline, str_list
+from sdlab.jobs.analysis import article_reports, base_row, image_size, input_images, loaded_model, str_list
 from sdlab.metrics.clip import (MAX_TOKENS, clip_score_from_cosine, cosine_matrix, load_clip, long_matrix,
                                 pooled_text_embeddings, token_rows, token_table)
 from sdlab.records import ordered, write_table
@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 def model_tokenizer(spec: ModelSpec):
     """The model's CLIP tokenizer without loading weights: a folder model's own, else the packaged SD 1.x one."""
-    from sdlab.architectures import ARCHITECTURES
+    from sdlab.architectures import BUILT_IN
     from sdlab.tokenizer import load_tokenizer
 
-    if spec.name in ARCHITECTURES and not spec.path:
+    if spec.name in BUILT_IN and not spec.path:
         return load_tokenizer()
     from transformers import CLIPTokenizer
 
@@ -57,9 +57,9 @@ def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarr
     """Projected CLIP text embeddings when a clip model is configured, else the model text encoder's pooled output; with its name."""
     if clip is not None:
         return clip.text_embeddings(prompts), f"clip={clip.name} projected text embedding (get_text_features)"
-    pipe, spec = pipeline(ctx)
+    model, spec = loaded_model(ctx)
     name = f"model={spec.name} text_encoder pooled output (EOS token after final layer norm, unprojected)"
-    return pooled_text_embeddings(pipe.text_encoder, pipe.tokenizer, prompts), name
+    return pooled_text_embeddings(model.pipe.text_encoder, model.tokenizer, prompts), name
 
 
 def nearest_claim(matrix: np.ndarray) -> str:

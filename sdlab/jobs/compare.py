@@ -20,7 +20,7 @@ from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.schedule import scheduler_visits
 from sdlab.metrics.stats import summarize_ci
 from sdlab.mini.checker import adherence_columns
-from sdlab.models import base_scheduler_config, device_of, load_pipeline
+from sdlab.models import load_model
 from sdlab.records import ordered, write_table
 from sdlab.schedulers import SCHEDULERS, make_scheduler
 
@@ -74,11 +74,11 @@ def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, re
     return out
 
 
-def solve(pipe, spec, name: str, steps: int, base: GenerationParams, prompt: str, seeds: list[int]):
+def solve(model, spec, name: str, steps: int, base: GenerationParams, prompt: str, seeds: list[int]):
     """One batched generation of `seeds` with scheduler `name` at `steps` steps."""
-    pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
+    model.use_scheduler(name)
     params = replace(base, prompt=prompt, num_inference_steps=steps)
-    return generate_batch(pipe, spec.key, params, seeds)
+    return generate_batch(model, params, seeds)
 
 
 @job("compare_schedulers")
@@ -86,9 +86,9 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     """Every scheduler at every step count on every (prompt, seed), scored against its reference."""
     cfg, study = ctx.config, study_from(ctx.config)
     spec = model_spec(cfg["model"])
-    pipe = load_pipeline(spec)
-    pipe.set_progress_bar_config(disable=True)
-    clip = load_clip(cfg.get("clip"), device=str(device_of(pipe)))
+    model = load_model(spec)
+    model.pipe.set_progress_bar_config(disable=True)
+    clip = load_clip(cfg.get("clip"), device=str(model.device))
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
                             guidance_scale=float(cfg.get("guidance_scale", 7.5)), seeds=study.seeds)
     seeds, rows = list(study.seeds), []
@@ -99,11 +99,11 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
         progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x {study.reference_steps} steps",
                       study.reference_steps)
-        references = {"deterministic": solve(pipe, spec, study.reference_scheduler, study.reference_steps, base, prompt, seeds)}
+        references = {"deterministic": solve(model, spec, study.reference_scheduler, study.reference_steps, base, prompt, seeds)}
         for name in stochastic:
             progress.step(f"prompt {p}/{len(study.prompts)}: {name}'s own limit, {study.reference_steps} steps",
                           study.reference_steps)
-            references[name] = solve(pipe, spec, name, study.reference_steps, base, prompt, seeds)
+            references[name] = solve(model, spec, name, study.reference_steps, base, prompt, seeds)
         # 2. every scheduler at every step count, scored against its reference
         for name in study.schedulers:
             kind = name if SCHEDULERS[name].stochastic else "deterministic"
@@ -111,7 +111,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
             progress.step(f"prompt {p}/{len(study.prompts)}: {name} at {', '.join(map(str, study.steps))} steps",
                           sum(study.steps))
             for steps in study.steps:
-                result = solve(pipe, spec, name, steps, base, prompt, seeds)
+                result = solve(model, spec, name, steps, base, prompt, seeds)
                 scores = distances(result.latents, result.images, ref.latents, ref.images)
                 extra = prompt_scores(result.images, prompt, clip)
                 for seed, score, more in zip(seeds, scores, extra):
@@ -125,7 +125,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                         **score, **more, "status": "ok", "error": None,
                     })
     runs = ordered(rows)
-    write_outputs(ctx, study, pipe, spec, runs)
+    write_outputs(ctx, study, model, spec, runs)
     return runs
 
 
@@ -177,7 +177,7 @@ def ranking(summary: pd.DataFrame, target: float, source: str = "configured") ->
     return pd.DataFrame(rows).sort_values([key, "best_psnr"], ascending=[True, False], na_position="last")
 
 
-def write_outputs(ctx: JobContext, study: Study, pipe, spec, runs: pd.DataFrame) -> None:
+def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame) -> None:
     """Summary with intervals, the ranking, the visited timesteps, and the convergence figures."""
     from sdlab.figures import convergence, schedule_visits
 
@@ -195,7 +195,7 @@ def write_outputs(ctx: JobContext, study: Study, pipe, spec, runs: pd.DataFrame)
              ", ".join(reached["scheduler"]) or "none reach it")
     visits = []
     for name in study.schedulers:
-        scheduler = make_scheduler(name, base_scheduler_config(spec))
+        scheduler = make_scheduler(name, model.base_scheduler_config)
         for steps in study.visit_steps:
             visits.append(scheduler_visits(scheduler, steps).assign(scheduler=name, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
@@ -207,4 +207,4 @@ def write_outputs(ctx: JobContext, study: Study, pipe, spec, runs: pd.DataFrame)
     for cost, label in (("nfe", "UNet evaluations (NFE)"), ("time_total_s", "wall seconds per image")):
         convergence(summary, cost, METRICS, ctx.out_dir / f"convergence_{'nfe' if cost == 'nfe' else 'seconds'}.png",
                     xlabel=label, psnr_target=target, title=f"{claim}\n(dashed: stochastic, against its own high-step limit)")
-    schedule_visits(visits, base_scheduler_config(spec), ctx.out_dir / "visits.png")
+    schedule_visits(visits, model.base_scheduler_config, ctx.out_dir / "visits.png")

@@ -10,8 +10,8 @@ import torch
 from sdlab.errors import UserError
 from sdlab.figures import image_strip
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import (base_row, decode, encode, image_size, input_images, model_scheduler_config,
-                                 number_list, pipeline, to_model, to_uint8)
+from sdlab.jobs.analysis import (base_row, decode, encode, image_size, input_images, loaded_model,
+                                 model_scheduler_config, number_list, to_model, to_uint8)
 from sdlab.jobs.schedule import schedule_spec
 from sdlab.metrics.diffusion import q_sample, snr_db
 from sdlab.metrics.image import psnr
@@ -28,7 +28,7 @@ def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
 def run_forward(ctx: JobContext) -> pd.DataFrame:
     """Noise one image at each timestep with a fixed eps, in pixels and in VAE latents; strip figure and PSNR per t."""
     cfg = ctx.config
-    pipe, spec = pipeline(ctx)
+    model, spec = loaded_model(ctx)
     width, height = image_size(cfg, spec)
     seed = int(cfg.get("seed") or 0)
 
@@ -45,9 +45,9 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
 
     # 2. x_0 in pixels and z_0 in latents, each with its own fixed eps.
     name, image, _ = input_images(cfg, width, height, 1)[0]
-    x0 = to_model([image], pipe)
-    z0 = encode(pipe, x0) if "latent" in spaces else None
-    vae_only = to_uint8(decode(pipe, z0))[0] if z0 is not None else None
+    x0 = to_model([image], model)
+    z0 = encode(model, x0) if "latent" in spaces else None
+    vae_only = to_uint8(decode(model, z0))[0] if z0 is not None else None
     eps = {"pixel": noise_like(x0, seed), "latent": noise_like(z0, seed) if z0 is not None else None}
 
     # 3. x_t and decoded z_t at each t, PSNR against x_0, for every schedule.
@@ -61,7 +61,7 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
                 if space == "pixel":
                     noised = to_uint8(q_sample(x0, ab, eps["pixel"]))[0]
                 else:
-                    noised = to_uint8(decode(pipe, q_sample(z0, ab, eps["latent"])))[0]
+                    noised = to_uint8(decode(model, q_sample(z0, ab, eps["latent"])))[0]
                 value = psnr(image, noised)
                 rows.append({**base_row(ctx, "forward_process", spec), "schedule": s["label"], "space": space, "t": t,
                              "alpha_bar": ab, "signal_frac": math.sqrt(ab), "noise_frac": math.sqrt(1 - ab),

@@ -15,10 +15,10 @@ from sdlab.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.clip import load_clip
 from sdlab.mini.checker import adherence_columns
-from sdlab.models import base_scheduler_config, device_of, load_pipeline
+from sdlab.models import load_model
 from sdlab.records import ordered, save_png, versions, write_table
 from sdlab.resume import complete_rows, previous_rows, sweep_cells
-from sdlab.schedulers import make_scheduler, resolved_config
+from sdlab.schedulers import resolved_config
 
 log = logging.getLogger(__name__)
 TIMING_KEYS = ("time_text_s", "time_unet_s", "time_vae_s", "time_total_s")
@@ -37,9 +37,9 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     spec = model_spec(cfg["model"])
     choice = scheduler_choice(cfg["scheduler"])
     params = generation_params(cfg, spec.resolution)
-    pipe = load_pipeline(spec)
-    pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
-    device = str(device_of(pipe))
+    model = load_model(spec)
+    model.use_scheduler(choice.name, choice.options)
+    device = str(model.device)
     clip = load_clip(cfg.get("clip"), device=device)
     common = {
         "run_id": ctx.run_id,
@@ -47,7 +47,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         "job": "generate",
         "model": spec.name,
         "scheduler": choice.name,
-        "scheduler_config": resolved_config(pipe.scheduler),
+        "scheduler_config": resolved_config(model.scheduler),
         "num_inference_steps": params.num_inference_steps,
         "guidance_scale": params.guidance_scale,
         "prompt": params.prompt,
@@ -55,13 +55,13 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         "width": params.width,
         "height": params.height,
         "eta": params.eta,
-        "prompt_truncated_tokens": truncated_tokens(pipe.tokenizer, params.prompt),
+        "prompt_truncated_tokens": truncated_tokens(model.tokenizer, params.prompt),
         "overrides": ctx.overrides,
         "device": device,
         "versions": versions(),
     }
     if common["prompt_truncated_tokens"]:
-        log.warning("prompt is longer than %d tokens: the last %d are dropped", pipe.tokenizer.model_max_length,
+        log.warning("prompt is longer than %d tokens: the last %d are dropped", model.tokenizer.model_max_length,
                     common["prompt_truncated_tokens"])
     hash_base = hash_fields(common, cfg)
     cells = {seed: cell_hash(hash_base, seed) for seed in params.seeds}
@@ -74,7 +74,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     stopped = None
     batches = list(chunks(todo, params.batch_size))
     for i, batch in enumerate(batches, 1):
-        new_rows = batch_rows(ctx, pipe, spec.key, params, batch, common, hash_base, clip)
+        new_rows = batch_rows(ctx, model, params, batch, common, hash_base, clip)
         table.update({row["config_hash"]: row for row in new_rows})
         stopped = disk_error(new_rows)
         if stopped or i == len(batches):
@@ -123,11 +123,11 @@ def hash_fields(common: dict, cfg: dict) -> dict:
     return {**{k: common[k] for k in keys}, "clip": cfg.get("clip")}
 
 
-def batch_rows(ctx: JobContext, pipe, model_key: tuple, params, batch: list[int], common: dict, hash_base: dict,
-               clip=None, prefix: str = "") -> list[dict]:
+def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, hash_base: dict, clip=None,
+               prefix: str = "") -> list[dict]:
     """Generate one batch: saved images and their rows, or one failed row per seed naming the error."""
     try:
-        result = generate_batch(pipe, model_key, params, batch, strict=False)
+        result = generate_batch(model, params, batch, strict=False)
     except (RuntimeError, ValueError) as e:
         log.error("seeds %s failed: %s", batch, e)
         return [failed_row(common, hash_base, s, len(batch), f"{type(e).__name__}: {e}") for s in batch]

@@ -17,16 +17,15 @@ from sdlab.grid import image_grid
 from sdlab.generate import chunks
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.generate import batch_rows, hash_fields
-from sdlab.jobs.analysis import base_row, number_list, pipeline, str_list
+from sdlab.jobs.analysis import base_row, loaded_model, number_list, str_list
 from sdlab.metrics.clip import load_clip
-from sdlab.models import base_scheduler_config, device_of
 from sdlab.records import ordered, versions
-from sdlab.schedulers import make_scheduler, resolved_config
+from sdlab.schedulers import resolved_config
 
 log = logging.getLogger(__name__)
 
 
-def cell_rows(ctx: JobContext, pipe, spec, clip, params: GenerationParams, cell: dict[str, Any],
+def cell_rows(ctx: JobContext, model, spec, clip, params: GenerationParams, cell: dict[str, Any],
               folder: str) -> list[dict]:
     """Generate one grid cell's seeds and return one generate row per image (plus the cell's fields).
 
@@ -36,24 +35,24 @@ def cell_rows(ctx: JobContext, pipe, spec, clip, params: GenerationParams, cell:
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
     common = {**base_row(ctx, ctx.config["job"], spec), "scheduler": scheduler_choice(ctx.config["scheduler"]).name,
-              "scheduler_config": resolved_config(pipe.scheduler), "num_inference_steps": params.num_inference_steps,
+              "scheduler_config": resolved_config(model.scheduler), "num_inference_steps": params.num_inference_steps,
               "guidance_scale": params.guidance_scale, "prompt": params.prompt, "negative_prompt": params.negative_prompt,
-              "width": params.width, "height": params.height, "eta": params.eta, "device": str(device_of(pipe)),
+              "width": params.width, "height": params.height, "eta": params.eta, "device": str(model.device),
               "versions": versions(), **cell, "overrides": json.dumps(overrides)}
     hash_base = hash_fields(common, ctx.config)
     rows = []
     for batch in chunks(params.seeds, params.batch_size):
-        rows += batch_rows(ctx, pipe, spec.key, params, batch, common, hash_base, clip, prefix=f"{folder}_")
+        rows += batch_rows(ctx, model, params, batch, common, hash_base, clip, prefix=f"{folder}_")
     return rows
 
 
 def setup(ctx: JobContext):
     """Pipeline with the configured scheduler, base parameters and the clip model (or None)."""
-    pipe, spec = pipeline(ctx)
+    model, spec = loaded_model(ctx)
     choice = scheduler_choice(ctx.config["scheduler"])
-    pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
-    clip = load_clip(ctx.config.get("clip"), str(device_of(pipe)))
-    return pipe, spec, generation_params(ctx.config, spec.resolution), clip
+    model.use_scheduler(choice.name, choice.options)
+    clip = load_clip(ctx.config.get("clip"), str(model.device))
+    return model, spec, generation_params(ctx.config, spec.resolution), clip
 
 
 def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
@@ -64,12 +63,12 @@ def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
 @job("guidance_grid")
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
-    pipe, spec, params, clip = setup(ctx)
+    model, spec, params, clip = setup(ctx)
     scales = number_list(ctx.config, "guidance_scales")
     rows = []
     for scale in scales:
         cell = replace(params, guidance_scale=scale)
-        rows += cell_rows(ctx, pipe, spec, clip, cell, {"guidance_scale": scale}, f"cfg{scale:g}")
+        rows += cell_rows(ctx, model, spec, clip, cell, {"guidance_scale": scale}, f"cfg{scale:g}")
     frame = ordered(rows)
     ok = frame[frame["status"] == "ok"]
     panels, claim = guidance_panels(ok, clip)
@@ -113,13 +112,13 @@ def guidance_panels(ok: pd.DataFrame, clip) -> tuple[list[dict], str]:
 @job("prompt_grid")
 def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and settings for each of `prompts`: prompt_grid.png (clip_score per image with a clip model)."""
-    pipe, spec, params, clip = setup(ctx)
+    model, spec, params, clip = setup(ctx)
     prompts = str_list(ctx.config, "prompts")
     rows = []
     for i, prompt in enumerate(prompts):
         label = "\n".join(textwrap.wrap(f"P{i + 1}: {prompt}", 22, max_lines=4, placeholder=" …"))
         cell = replace(params, prompt=prompt)
-        rows += cell_rows(ctx, pipe, spec, clip, cell, {"prompt": prompt, "prompt_index": i, "prompt_label": label},
+        rows += cell_rows(ctx, model, spec, clip, cell, {"prompt": prompt, "prompt_index": i, "prompt_label": label},
                           f"prompt{i}")
     frame = ordered(rows)
     title = ""
@@ -155,22 +154,22 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
     and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`)."""
-    pipe, spec, params, clip = setup(ctx)
+    model, spec, params, clip = setup(ctx)
     rows = []
     for name in str_list(ctx.config, "schedulers"):
-        pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
-        rows += cell_rows(ctx, pipe, spec, clip, params, {"scheduler": name}, name)
+        model.use_scheduler(name)
+        rows += cell_rows(ctx, model, spec, clip, params, {"scheduler": name}, name)
     frame = ordered(rows)
     title = f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)"
     axis = "scheduler"
     if ctx.config.get("reference_steps"):
-        frame, title = with_reference_distance(ctx, pipe, spec, params, frame)
+        frame, title = with_reference_distance(ctx, model, spec, params, frame)
         axis = "scheduler_label"
     image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, axis), title=title)
     return frame
 
 
-def with_reference_distance(ctx: JobContext, pipe, spec, params: GenerationParams, frame: pd.DataFrame):
+def with_reference_distance(ctx: JobContext, model, spec, params: GenerationParams, frame: pd.DataFrame):
     """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, a grid
     label per scheduler with its mean, and a title that states the spread."""
     from PIL import Image
@@ -179,8 +178,8 @@ def with_reference_distance(ctx: JobContext, pipe, spec, params: GenerationParam
     from sdlab.metrics.image import psnr
 
     name, steps = ctx.config.get("reference_scheduler") or "dpmpp_2m", int(ctx.config["reference_steps"])
-    pipe.scheduler = make_scheduler(name, base_scheduler_config(spec))
-    reference = generate_batch(pipe, spec.key, replace(params, num_inference_steps=steps), list(params.seeds))
+    model.use_scheduler(name)
+    reference = generate_batch(model, replace(params, num_inference_steps=steps), list(params.seeds))
     truth = {seed: np.asarray(image) for seed, image in zip(reference.seeds, reference.images)}
     distance = [psnr(truth[row.seed], np.asarray(Image.open(ctx.out_dir / row.image_path)))
                 if row.status == "ok" else float("nan") for row in frame.itertuples()]

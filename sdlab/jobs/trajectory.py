@@ -16,29 +16,28 @@ from sdlab.errors import choose
 from sdlab.figures import image_strip, write_gif
 from sdlab.generate import generate_batch
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import base_row, decode, pipeline, to_uint8
+from sdlab.jobs.analysis import base_row, decode, loaded_model, require_noise_prediction, to_uint8
 from sdlab.metrics.diffusion import alpha_bar_at, guided, snr_db, x0_pred
 from sdlab.metrics.image import psnr
-from sdlab.models import base_scheduler_config, device_of
 from sdlab.preview import fit_linear_preview, linear_preview
 from sdlab.records import ordered, save_png
-from sdlab.schedulers import make_scheduler, resolved_config
+from sdlab.schedulers import resolved_config
 
 
 class TrajectoryRecorder:
-    """Captures, per sampler step, the UNet's input x_t (variance-preserving scale), the guided model output and x0_pred.
+    """Captures, per sampler step, the denoiser's input x_t (variance-preserving scale), the guided model output and x0_pred.
 
-    A forward hook on the UNet keeps its last input and output; `callback_on_step_end` turns them into
+    A forward hook on the denoiser keeps its last input and output; `callback_on_step_end` turns them into
     x0_pred = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar) (or the v/sample equivalent) and stores it.
     Every scheduler's scale_model_input maps its latents to x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps
     (sigma-space schedulers divide by sqrt(1 + sigma²)), so one formula serves DDIM, Euler, DPM-Solver and the rest.
     """
 
-    def __init__(self, pipe, guidance_scale: float):
-        self.pipe = pipe
+    def __init__(self, model, guidance_scale: float):
+        self.model = model
         self.guidance_scale = guidance_scale
-        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.double().cpu().numpy()
-        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        self.alphas_cumprod = model.scheduler.alphas_cumprod.double().cpu().numpy()
+        self.prediction_type = model.scheduler.config.get("prediction_type", "epsilon")
         self.steps: list[dict] = []
         self.capture_s = 0.0
         self._last = None
@@ -52,7 +51,7 @@ class TrajectoryRecorder:
 
     def alpha_bar(self, timestep: float) -> float:
         """alpha_bar of the current UNet call: 1/(1 + sigma²) from the scheduler's own sigma when it keeps one, else interpolated at t."""
-        scheduler = self.pipe.scheduler
+        scheduler = self.model.scheduler
         index = getattr(scheduler, "step_index", None)
         sigmas = getattr(scheduler, "sigmas", None)
         if index is not None and sigmas is not None and index < len(sigmas):
@@ -74,7 +73,7 @@ class TrajectoryRecorder:
         return callback_kwargs
 
     def __enter__(self):
-        self._handle = self.pipe.unet.register_forward_hook(self._hook, with_kwargs=True)
+        self._handle = self.model.denoiser.register_forward_hook(self._hook, with_kwargs=True)
         return self
 
     def __exit__(self, *exc):
@@ -100,12 +99,12 @@ def side_by_side(images: list[Image.Image]) -> Image.Image:
     return canvas
 
 
-def decode_all(pipe, latents: list[torch.Tensor], batch: int = 8) -> list[np.ndarray]:
+def decode_all(model, latents: list[torch.Tensor], batch: int = 8) -> list[np.ndarray]:
     """Decode a list of 1xCxhxw latents in batches to uint8 images."""
     out = []
     for i in range(0, len(latents), batch):
-        z = torch.cat(latents[i : i + batch]).to(device_of(pipe))
-        out += to_uint8(decode(pipe, z))
+        z = torch.cat(latents[i : i + batch]).to(model.device)
+        out += to_uint8(decode(model, z))
     return out
 
 
@@ -118,10 +117,10 @@ def choose_preview(value) -> str:
     return value
 
 
-def frame_renderer(pipe, result, preview: str) -> Callable[[list[torch.Tensor]], list[np.ndarray]]:
+def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]], list[np.ndarray]]:
     """A function from step latents to uint8 frames; `linear` fits its map to the final image of `result`."""
     if preview == "vae":
-        return lambda latents: decode_all(pipe, latents)
+        return lambda latents: decode_all(model, latents)
     image = torch.from_numpy(np.asarray(result.images[0], dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
     weights = fit_linear_preview(result.latents[:1].cpu(), image)
     scale = image.shape[-1] // result.latents.shape[-1]
@@ -133,16 +132,17 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     """One row per step (timestep, alpha_bar, SNR, x0_pred PSNR vs the final image, timings); trajectory_strip.png and trajectory.gif."""
     cfg = ctx.config
     preview = choose_preview(cfg.get("preview") or "vae")
-    pipe, spec = pipeline(ctx)
+    model, spec = loaded_model(ctx)
+    require_noise_prediction(model, "trajectory")
     choice = scheduler_choice(cfg["scheduler"])
-    pipe.scheduler = make_scheduler(choice.name, base_scheduler_config(spec), choice.options)
+    model.use_scheduler(choice.name, choice.options)
     params = generation_params(cfg, spec.resolution)
     seed = params.seeds[0]
     params = replace(params, seeds=(seed,), batch_size=1)
 
     # 1. One generation pass, recording every step.
-    with TrajectoryRecorder(pipe, params.guidance_scale) as recorder:
-        result = generate_batch(pipe, spec.key, params, [seed], callback_on_step_end=recorder.callback)
+    with TrajectoryRecorder(model, params.guidance_scale) as recorder:
+        result = generate_batch(model, params, [seed], callback_on_step_end=recorder.callback)
     save_png(result.images[0], ctx.out_dir / "trajectory_final.png", {"prompt": params.prompt, "seed": seed,
              "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale,
              "scheduler": choice.name, "model": spec.name})
@@ -150,7 +150,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     # 2. Decode x_t and x0_pred of every step (VAE or the linear preview), timed apart from generation.
     start = time.perf_counter()
     steps = recorder.steps
-    render = frame_renderer(pipe, result, preview)
+    render = frame_renderer(model, result, preview)
     x_t = render([s["x_t"] for s in steps])
     x0 = render([s["x0_pred"] for s in steps])
     time_decode = time.perf_counter() - start
@@ -161,7 +161,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
               "time_unet_s": result.time_unet_s - recorder.capture_s, "time_capture_s": recorder.capture_s,
               "time_decode_trajectory_s": time_decode, "preview": preview}
     common = {**base_row(ctx, "trajectory", spec), "scheduler": choice.name,
-              "scheduler_config": resolved_config(pipe.scheduler),
+              "scheduler_config": resolved_config(model.scheduler),
               "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
               "prompt": params.prompt, "negative_prompt": params.negative_prompt, "width": params.width,
               "height": params.height, **timing}

@@ -9,7 +9,8 @@ import pandas as pd
 
 from sdlab.figures import image_strip
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import article_reports, base_row, decode, encode, image_size, input_images, pipeline, to_model, to_uint8
+from sdlab.jobs.analysis import (article_reports, base_row, decode, encode, image_size, input_images, loaded_model,
+                                 to_model, to_uint8)
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
 from sdlab.records import ordered, write_table
@@ -19,18 +20,18 @@ from sdlab.records import ordered, write_table
 def run_vae(ctx: JobContext) -> pd.DataFrame:
     """One row per image (PSNR, SSIM, compression ratio, latent mean/std); table `latent_channels`; figure vae_roundtrip.png."""
     cfg = ctx.config
-    pipe, spec = pipeline(ctx)
+    model, spec = loaded_model(ctx)
     width, height = image_size(cfg, spec)
     images = input_images(cfg, width, height, int(cfg.get("num_images") or 4))
 
     rows, channel_tables, strip, labels = [], [], [], []
     for name, image, _ in images:
         # 1. Round trip x -> z -> x_rec, timed apart.
-        x = to_model([image], pipe)
+        x = to_model([image], model)
         start = time.perf_counter()
-        z = encode(pipe, x)
+        z = encode(model, x)
         mid = time.perf_counter()
-        recon = to_uint8(decode(pipe, z))[0]
+        recon = to_uint8(decode(model, z))[0]
         end = time.perf_counter()
 
         # 2. Quality, compression and latent statistics.
@@ -42,7 +43,7 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
                      "latent_shape": "x".join(map(str, latent.shape)),
                      "compression_ratio": compression_ratio(image.shape, latent.shape), **quality,
                      "latent_mean": float(latent.mean()), "latent_std": float(latent.std()),
-                     "scaling_factor": float(pipe.vae.config.scaling_factor),
+                     "scaling_factor": float(model.pipe.vae.config.scaling_factor),
                      "time_encode_s": mid - start, "time_decode_s": end - mid})
         strip.append([image, recon, *(channel_image(c) for c in latent)])
         labels.append(["input", f"reconstruction\n{quality['psnr_db']:.1f} dB, SSIM {quality['ssim']:.3f}",

@@ -92,12 +92,16 @@ def clip_score_from_cosine(cosine) -> np.ndarray:
 
 
 def pooled_text_embeddings(text_encoder, tokenizer, prompts: Sequence[str]) -> np.ndarray:
-    """The text encoder's pooled output (final-layer-norm hidden state at EOS), unprojected, one row per prompt."""
+    """The text encoder's pooled output (final-layer-norm hidden state at EOS), unprojected, one row per prompt
+    (a CLIPTextModelWithProjection, as in SD3, is read below its projection)."""
     import torch
 
     ids = _tokenize(tokenizer, prompts, text_encoder.config.max_position_embeddings).to(text_encoder.device)
     with torch.inference_mode():
-        pooled = text_encoder(input_ids=ids).pooler_output
+        out = text_encoder(input_ids=ids)
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:  # with projection: the final-layer-norm hidden state at the first EOS, as pooler_output is
+        pooled = out.last_hidden_state[torch.arange(len(ids)), (ids == tokenizer.eos_token_id).int().argmax(-1)]
     return pooled.float().cpu().numpy()
 
 

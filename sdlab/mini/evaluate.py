@@ -23,14 +23,13 @@ PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
 
 
-def load_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
-    """The shipped folder as a plain diffusers StableDiffusionPipeline (float32, CPU) with `scheduler`."""
-    from diffusers import StableDiffusionPipeline
-
+def shipped_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
+    """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with `scheduler`."""
+    from sdlab.config import ModelSpec
+    from sdlab.families import family_of_folder
     from sdlab.schedulers import make_scheduler
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(root), dtype=torch.float32, use_safetensors=True,
-                                                   local_files_only=True)
+    pipe = family_of_folder(root).from_folder(root, torch.float32, ModelSpec("mini", path=str(root)))
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -83,7 +82,7 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
     """Adherence rates over `count` evaluation prompt/seed pairs at each guidance scale."""
     from PIL import Image
 
-    pipe = load_pipeline(root)
+    pipe = shipped_pipeline(root)
     _, prompts, attributes = data.eval_batch(0, count, split=split)
     seeds = list(range(count))
     metrics, rows = {}, []
@@ -118,7 +117,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
 
     from sdlab.mini.checker import same_layout, shape_mask
 
-    pipe = load_pipeline(root)
+    pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
     swapped = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)])
                for a in attributes]
@@ -142,7 +141,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
 
 def speed(root: Path, repeats: int = 5) -> dict[str, float]:
     """Median seconds per 64x64 image (25 dpmpp_2m steps, CFG), with PyTorch's and with oneDNN convolutions."""
-    pipe = load_pipeline(root)
+    pipe = shipped_pipeline(root)
     prompt = "a small red circle in the centre on a blue background"
     backends = {"": False, "_mkldnn": True}  # metric suffix: oneDNN on?  (model=mini: off for one image)
     times = {name: [] for name in backends}

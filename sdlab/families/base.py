@@ -1,0 +1,259 @@
+"""What every model family shares: one adapter object per loaded model, which jobs ask instead of the pipeline.
+
+A family subclass names its diffusers pipeline class, builds its tiny variant from the configs in
+sdlab/architectures.py, and says how it encodes prompts (`_encode`) and what its pipeline call takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from sdlab.config import ModelSpec
+from sdlab.errors import UserError
+
+FLOW, EPSILON, V_PREDICTION = "flow", "epsilon", "v_prediction"
+
+
+def batched(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """A batch-1 embedding repeated for `n` images."""
+    return tensor.repeat(n, *[1] * (tensor.dim() - 1))
+
+
+def random_components(configs: dict[str, dict], classes: dict[str, type], seed: int = 0) -> dict[str, Any]:
+    """Components with random weights from a fixed init seed, each built from `configs[name]` by its class
+    (diffusers models and schedulers `from_config`, transformers models from their config class)."""
+    torch.manual_seed(seed)
+    return {name: cls.from_config(configs[name]) if hasattr(cls, "from_config")
+            else cls(cls.config_class(**configs[name])) for name, cls in classes.items()}
+
+
+class ModelAdapter:
+    """One loaded model: its pipeline, denoiser, prompt encoding, decoding, scheduler kind, sizes and speed options."""
+
+    family: ClassVar[str]
+    pipeline_class: ClassVar[str]                      # the diffusers pipeline that loads and runs it
+    detects: ClassVar[tuple[str, ...]] = ()            # model_index.json `_class_name`s that mean this family
+    denoiser_name: ClassVar[str] = "unet"
+    guidance: ClassVar[str] = "cfg"                    # "cfg": cond + uncond in one batched call; "distilled": one call
+    call_options: ClassVar[tuple[str, ...]] = ()       # GenerationParams fields the pipeline also takes
+    t5_tokenizer: ClassVar[str | None] = None          # the pipeline's T5 tokenizer attribute, if it has one
+    default_sequence_length: ClassVar[int | None] = None  # T5 tokens the pipeline pads to by default
+    upcasts_vae: ClassVar[bool] = False                # decode a float16 VAE marked `force_upcast` in float32
+
+    def __init__(self, pipe, spec: ModelSpec):
+        self.pipe = pipe
+        self.spec = spec
+        self.base_scheduler_config = dict(pipe.scheduler.config)  # as shipped, before any swap
+        self.base_scheduler_class = type(pipe.scheduler).__name__
+        self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # prompt -> pipeline keyword arguments
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec.name}, {self.pipeline_class})"
+
+    # 1. loading
+    @classmethod
+    def from_folder(cls, folder: Path, dtype: torch.dtype, spec: ModelSpec):
+        """The pipeline from a diffusers folder: safetensors only, local files only, never remote code."""
+        import diffusers
+
+        pipeline = getattr(diffusers, cls.pipeline_class)
+        return pipeline.from_pretrained(str(folder), dtype=dtype, use_safetensors=True, local_files_only=True,
+                                        **cls.load_options(spec))
+
+    @classmethod
+    def load_options(cls, spec: ModelSpec) -> dict[str, Any]:
+        """Extra `from_pretrained` arguments (components to leave out)."""
+        return {}
+
+    @classmethod
+    def build(cls, name: str, spec: ModelSpec):
+        """The pipeline of built-in model `name` with random weights from a fixed seed."""
+        raise NotImplementedError
+
+    # 2. what the model is
+    @property
+    def key(self) -> tuple:
+        return self.spec.key
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the sampler calls every step: the UNet or the transformer."""
+        return getattr(self.pipe, self.denoiser_name)
+
+    @denoiser.setter
+    def denoiser(self, module: torch.nn.Module) -> None:
+        setattr(self.pipe, self.denoiser_name, module)
+
+    @property
+    def device(self) -> torch.device:
+        """The denoiser's device (diffusers' `pipe.device` walks every module: milliseconds a call)."""
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def tokenizer(self):
+        """The CLIP tokenizer every family has (prompt truncation is counted with it)."""
+        return self.pipe.tokenizer
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler) -> None:
+        self.pipe.scheduler = scheduler
+
+    @property
+    def kind(self) -> str:
+        """The scheduler kind the model was trained for: epsilon, v_prediction or flow."""
+        if self.base_scheduler_class.startswith("FlowMatch"):
+            return FLOW
+        return self.base_scheduler_config.get("prediction_type", EPSILON)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    @property
+    def resolution(self) -> int:
+        return self.spec.resolution
+
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latents."""
+        return self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def uses_cfg(self, guidance_scale: float) -> bool:
+        """Whether a step runs the unconditional branch too (never for guidance-distilled models)."""
+        return self.guidance == "cfg" and guidance_scale > 1.0
+
+    def denoiser_batch(self, images: int, guidance_scale: float) -> int:
+        """The denoiser's batch for `images` images: doubled under classifier-free guidance."""
+        return images * (2 if self.uses_cfg(guidance_scale) else 1)
+
+    @property
+    def sequence_length(self) -> int | None:
+        """T5 tokens per prompt: `model.max_sequence_length`, else the family's default capped by the tokenizer's."""
+        tokenizer = getattr(self.pipe, self.t5_tokenizer, None) if self.t5_tokenizer else None
+        if self.spec.max_sequence_length:
+            return self.spec.max_sequence_length
+        if tokenizer is None:  # no T5 (or no T5 loaded): zeros of the default length stand in for it
+            return self.default_sequence_length
+        return min(self.default_sequence_length, tokenizer.model_max_length)
+
+    # 3. schedulers
+    def use_scheduler(self, name: str, options: dict[str, Any] | None = None):
+        """Swap in scheduler `name` built from the model's own scheduler config; a kind it was not trained for is a
+        UserError."""
+        from sdlab.schedulers import check_kind, make_scheduler
+
+        check_kind(name, self.kind)
+        self.scheduler = make_scheduler(name, self.base_scheduler_config, options)
+        return self.scheduler
+
+    # 4. prompts
+    def encode(self, text: str) -> dict[str, torch.Tensor]:
+        """The pipeline keyword arguments for prompt `text` (batch 1), cached per prompt on this model."""
+        if text not in self.embeddings:
+            with torch.inference_mode():
+                self.embeddings[text] = {k: v.detach() for k, v in self._encode(text).items()}
+        return self.embeddings[text]
+
+    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def negative_kwargs(self, text: str) -> dict[str, torch.Tensor]:
+        """`encode(text)` as the negative prompt: each key prefixed with `negative_`."""
+        return {f"negative_{k}": v for k, v in self.encode(text).items()}
+
+    def prompt_kwargs(self, prompt: str, negative_prompt: str, n: int, guidance_scale: float) -> dict[str, Any]:
+        """Every embedding the pipeline takes for `n` images of `prompt` (and the negative, under CFG)."""
+        kwargs = dict(self.encode(prompt))
+        if self.uses_cfg(guidance_scale):
+            kwargs.update(self.negative_kwargs(negative_prompt))
+        return {k: batched(v, n) for k, v in kwargs.items()}
+
+    # 5. denoise and decode
+    def denoise(self, params, generators: list[torch.Generator], callback: Callable | None = None) -> torch.Tensor:
+        """The sampler loop of the pipeline: NCHW latents, not decoded."""
+        n = len(generators)
+        options = {k: getattr(params, k) for k in self.call_options}
+        return self.pipe(
+            **self.prompt_kwargs(params.prompt, params.negative_prompt, n, params.guidance_scale),
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            width=params.width,
+            height=params.height,
+            generator=generators,
+            output_type="latent",
+            callback_on_step_end=callback,
+            **options,
+            **self.sequence_options(),
+        ).images
+
+    def sequence_options(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.sequence_length} if self.sequence_length else {}
+
+    def unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        """Denoiser latents to the VAE's: z / scaling_factor + shift_factor."""
+        config = self.pipe.vae.config
+        return latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+
+    def scale(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE latents to the denoiser's: (z - shift_factor) * scaling_factor."""
+        config = self.pipe.vae.config
+        return (latents - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (NCHW float) from denoiser latents; in families that upcast (SDXL), a float16 VAE marked
+        `force_upcast` decodes in float32, as their diffusers pipeline does."""
+        vae = self.pipe.vae
+        upcast = self.upcasts_vae and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            with torch.inference_mode():
+                return vae.decode(self.unscale(latents.to(vae.dtype)), return_dict=False)[0].float()
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoiser latents of images in [-1, 1]: the scaled mean of q(z | x)."""
+        vae = self.pipe.vae
+        with torch.inference_mode():
+            return self.scale(vae.encode(x.to(self.device, vae.dtype)).latent_dist.mean)
+
+    # 6. speed options
+    def apply_speed_options(self) -> None:
+        """Channels-last memory format, the attention implementation and torch.compile, as configured."""
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        from sdlab.config import ATTENTION
+        from sdlab.errors import choose
+
+        spec = self.spec
+        choose("model.attention", spec.attention, ATTENTION)
+        if self.denoiser_name == "unet":  # transformers keep their own processors (sdpa already)
+            processor = AttnProcessor2_0 if spec.attention == "sdpa" else AttnProcessor
+            self.denoiser.set_attn_processor(processor())
+            self.pipe.vae.set_attn_processor(processor())
+        elif spec.attention != "sdpa":
+            raise UserError(f"model.attention={spec.attention} is for UNet models; model={spec.name} is a "
+                            f"{self.family} transformer: keep attention=sdpa")
+        if spec.channels_last:
+            self.denoiser.to(memory_format=torch.channels_last)
+            self.pipe.vae.to(memory_format=torch.channels_last)
+        if spec.compile:
+            self.denoiser = torch.compile(self.denoiser)
+
+    def use_batch_options(self, denoiser_batch: int) -> None:
+        """The process-wide CPU settings for the denoiser batch about to run (mkldnn=auto)."""
+        from sdlab.models import use_process_options
+
+        use_process_options(self.spec, denoiser_batch)

@@ -1,0 +1,42 @@
+"""FLUX.1: a CLIP encoder (pooled) and T5 (hidden states), a transformer on 2x2-packed latents and flow matching.
+dev is guidance-distilled (the guidance scale is an input, one call per step); schnell ignores it."""
+
+from __future__ import annotations
+
+import torch
+
+from sdlab.config import ModelSpec
+from sdlab.families.base import ModelAdapter, random_components
+
+
+class Flux(ModelAdapter):
+    family = "flux"
+    pipeline_class = "FluxPipeline"
+    detects = ("FluxPipeline",)
+    denoiser_name = "transformer"
+    guidance = "distilled"  # no unconditional branch: the negative prompt is not used
+    t5_tokenizer = "tokenizer_2"
+    default_sequence_length = 512
+
+    @classmethod
+    def build(cls, name: str, spec: ModelSpec):
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+        from transformers import CLIPTextModel, T5EncoderModel
+
+        from sdlab.architectures import TINY_MODELS
+        from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
+
+        parts = random_components(TINY_MODELS[name], dict(
+            transformer=FluxTransformer2DModel, vae=AutoencoderKL, text_encoder=CLIPTextModel,
+            text_encoder_2=T5EncoderModel, scheduler=FlowMatchEulerDiscreteScheduler))
+        return FluxPipeline(**parts, tokenizer=load_tokenizer(), tokenizer_2=tiny_t5_tokenizer())
+
+    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+        embeds, pooled, _ = self.pipe.encode_prompt(text, None, device=self.device, num_images_per_prompt=1,
+                                                    max_sequence_length=self.sequence_length)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def denoise(self, params, generators, callback=None) -> torch.Tensor:
+        """The pipeline's packed (batch, tokens, 4 x channels) latents unpacked to NCHW."""
+        packed = super().denoise(params, generators, callback)
+        return self.pipe._unpack_latents(packed, params.height, params.width, self.vae_scale_factor)

@@ -1,0 +1,40 @@
+"""SD 1.x and 2.x: one CLIP text encoder, a UNet predicting epsilon (1.x, 2.x base) or v (2.x at 768 px)."""
+
+from __future__ import annotations
+
+import torch
+
+from sdlab.config import ModelSpec
+from sdlab.families.base import ModelAdapter
+
+
+class StableDiffusion(ModelAdapter):
+    family = "sd"
+    pipeline_class = "StableDiffusionPipeline"
+    detects = ("StableDiffusionPipeline",)
+    call_options = ("eta",)
+
+    @classmethod
+    def load_options(cls, spec: ModelSpec) -> dict:
+        return {"safety_checker": None, "requires_safety_checker": False}
+
+    @classmethod
+    def build(cls, name: str, spec: ModelSpec):
+        from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+        from sdlab.architectures import ARCHITECTURES, build_components
+        from sdlab.tokenizer import load_tokenizer
+
+        arch = ARCHITECTURES[name]
+        return StableDiffusionPipeline(
+            **build_components(arch, seed=0),
+            tokenizer=load_tokenizer(),
+            scheduler=PNDMScheduler.from_config(arch.scheduler),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+        embeds, _ = self.pipe.encode_prompt(text, self.device, 1, False)
+        return {"prompt_embeds": embeds}

@@ -1,0 +1,46 @@
+"""SD3 / SD3.5: two CLIP encoders plus an optional T5 (`model.t5=false` leaves it out: zeros in its place), an MMDiT
+transformer and flow matching; latents carry a shift factor."""
+
+from __future__ import annotations
+
+import torch
+
+from sdlab.config import ModelSpec
+from sdlab.families.base import ModelAdapter, random_components
+
+
+class StableDiffusion3(ModelAdapter):
+    family = "sd3"
+    pipeline_class = "StableDiffusion3Pipeline"
+    detects = ("StableDiffusion3Pipeline",)
+    denoiser_name = "transformer"
+    t5_tokenizer = "tokenizer_3"
+    default_sequence_length = 256
+
+    @classmethod
+    def load_options(cls, spec: ModelSpec) -> dict:
+        return {} if spec.t5 else {"text_encoder_3": None, "tokenizer_3": None}
+
+    @classmethod
+    def build(cls, name: str, spec: ModelSpec):
+        from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                               StableDiffusion3Pipeline)
+        from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+        from sdlab.architectures import TINY_MODELS
+        from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
+
+        parts = random_components(TINY_MODELS[name], dict(
+            transformer=SD3Transformer2DModel, vae=AutoencoderKL, text_encoder=CLIPTextModelWithProjection,
+            text_encoder_2=CLIPTextModelWithProjection, text_encoder_3=T5EncoderModel,
+            scheduler=FlowMatchEulerDiscreteScheduler))
+        parts.update(tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer(), tokenizer_3=tiny_t5_tokenizer())
+        if not spec.t5:
+            parts.update(text_encoder_3=None, tokenizer_3=None)
+        return StableDiffusion3Pipeline(**parts)
+
+    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(text, None, None, device=self.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False,
+                                                       max_sequence_length=self.sequence_length)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}

@@ -1,0 +1,42 @@
+"""SDXL: two CLIP text encoders (hidden states concatenated, the second's pooled projection), size conditioning,
+and a VAE that overflows in float16 (`force_upcast`)."""
+
+from __future__ import annotations
+
+import torch
+
+from sdlab.config import ModelSpec
+from sdlab.families.base import ModelAdapter, random_components
+
+
+class StableDiffusionXL(ModelAdapter):
+    family = "sdxl"
+    pipeline_class = "StableDiffusionXLPipeline"
+    detects = ("StableDiffusionXLPipeline",)
+    call_options = ("eta",)
+    upcasts_vae = True
+
+    @classmethod
+    def build(cls, name: str, spec: ModelSpec):
+        from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        from sdlab.architectures import TINY_MODELS
+        from sdlab.tokenizer import load_tokenizer
+
+        parts = random_components(TINY_MODELS[name], dict(
+            unet=UNet2DConditionModel, vae=AutoencoderKL, text_encoder=CLIPTextModel,
+            text_encoder_2=CLIPTextModelWithProjection, scheduler=EulerDiscreteScheduler))
+        return StableDiffusionXLPipeline(**parts, tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer())
+
+    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(text, device=self.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def negative_kwargs(self, text: str) -> dict[str, torch.Tensor]:
+        """An empty negative prompt is zeros when the model asks for it (`force_zeros_for_empty_prompt`), as in
+        diffusers' SDXL pipeline."""
+        if not text and self.pipe.config.get("force_zeros_for_empty_prompt", False):
+            return {f"negative_{k}": torch.zeros_like(v) for k, v in self.encode("").items()}
+        return super().negative_kwargs(text)

@@ -1,0 +1,220 @@
+"""Every model family through its adapter: tiny SD 1.x, SD 2.x, SDXL, SD3 and Flux generate, sweep and load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sdlab import models
+from sdlab.config import GenerationParams
+from sdlab.errors import UserError
+from sdlab.generate import generate_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"sd15_tiny": "sd", "sd2_tiny": "sd", "sdxl_tiny": "sdxl", "sd3_tiny": "sd3", "flux_tiny": "flux"}
+KIND = {"sd15_tiny": "epsilon", "sd2_tiny": "v_prediction", "sdxl_tiny": "epsilon", "sd3_tiny": "flow",
+        "flux_tiny": "flow"}
+PIPELINE = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
+            "flux": "FluxPipeline"}
+
+
+def tiny_model(name: str, **overrides):
+    model = models.load_model(models.configured_spec(name, **overrides))
+    model.pipe.set_progress_bar_config(disable=True)
+    model.use_scheduler("flow_euler" if model.kind == "flow" else "euler")
+    return model
+
+
+def params(**kw) -> GenerationParams:
+    return GenerationParams(**{"prompt": "a red circle", "width": 64, "height": 64, "num_inference_steps": 3, **kw})
+
+
+@pytest.fixture
+def batches():
+    """The batch of every denoiser call while the context runs: `with batches(model) as seen`."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def watch(model):
+        seen = []
+        hook = model.denoiser.register_forward_pre_hook(
+            lambda _, args, kwargs: seen.append(len((args or [None])[0] if args else next(iter(kwargs.values())))),
+            with_kwargs=True)
+        try:
+            yield seen
+        finally:
+            hook.remove()
+
+    return watch
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_tiny_family_generates_finite_images_with_exact_nfe(name, one_thread, batches):
+    model = tiny_model(name)
+    assert (model.family, model.kind, model.pipeline_class) == (TINY[name], KIND[name], PIPELINE[TINY[name]])
+    assert type(model.pipe).__name__ == model.pipeline_class
+    with batches(model) as seen:
+        result = generate_batch(model, params(guidance_scale=7.5), [0, 1])
+    assert [image.size for image in result.images] == [(64, 64), (64, 64)]
+    assert torch.isfinite(result.latents).all()
+    assert tuple(result.latents.shape[1:]) == model.latent_shape(64, 64)
+    assert np.asarray(result.images[0], float).std() > 0
+    assert result.nfe == 3  # one denoiser call per Euler step ...
+    distilled = name == "flux_tiny"  # ... with cond + uncond batched into it, except Flux's distilled guidance
+    assert seen == [2] * 3 if distilled else seen == [4] * 3
+    assert model.uses_cfg(7.5) is not distilled
+
+
+@pytest.mark.parametrize("name", ["sd2_tiny", "sdxl_tiny"])
+def test_heun_costs_two_calls_per_step_in_every_unet_family(name, one_thread):
+    model = tiny_model(name)
+    model.use_scheduler("heun")
+    assert generate_batch(model, params(num_inference_steps=4), [0]).nfe == 2 * 4 - 1  # the last step is Euler
+
+
+def test_guidance_one_skips_the_unconditional_branch(one_thread, batches):
+    model = tiny_model("sdxl_tiny")
+    with batches(model) as seen:
+        assert generate_batch(model, params(guidance_scale=1.0), [0]).nfe == 3
+    assert seen == [1, 1, 1]
+
+
+def test_prompt_embeddings_are_cached_per_model_and_prompt(one_thread):
+    model = tiny_model("sd3_tiny")
+    first = model.encode("a cached blue square")
+    assert model.encode("a cached blue square") is first
+    assert set(first) == {"prompt_embeds", "pooled_prompt_embeds"}
+    assert first["pooled_prompt_embeds"].shape == (1, 64)  # both CLIP projections, concatenated
+
+
+def test_sd3_without_t5_has_no_third_encoder_and_still_generates(one_thread):
+    model = tiny_model("sd3_tiny", t5=False)
+    assert model.pipe.text_encoder_3 is None
+    assert generate_batch(model, params(), [0]).images[0].size == (64, 64)
+
+
+def test_flow_latents_carry_the_vae_shift_factor():
+    model = tiny_model("flux_tiny")
+    shift, scale = model.pipe.vae.config.shift_factor, model.pipe.vae.config.scaling_factor
+    z = torch.randn(1, *model.latent_shape(64, 64))
+    assert torch.allclose(model.unscale(z), z / scale + shift)
+    assert torch.allclose(model.scale(model.unscale(z)), z, atol=1e-6)
+
+
+def test_a_ddpm_scheduler_on_a_flow_model_is_one_line_listing_the_fitting_ones():
+    model = tiny_model("sd3_tiny")
+    with pytest.raises(UserError, match="scheduler 'dpmpp_2m' does not fit a model of kind 'flow'; schedulers for "
+                                        "flow: flow_euler"):
+        model.use_scheduler("dpmpp_2m")
+    with pytest.raises(UserError, match="does not fit a model of kind 'epsilon'"):
+        tiny_model("sd15_tiny").use_scheduler("flow_euler")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Each tiny family's pipeline saved as a safetensors diffusers folder, with the scheduler it was built with."""
+    import diffusers
+
+    folders = {}
+    for name in TINY:
+        folder = tmp_path_factory.mktemp(name)
+        model = tiny_model(name)
+        built_with = getattr(diffusers, model.base_scheduler_class).from_config(model.base_scheduler_config)
+        swapped, model.scheduler = model.scheduler, built_with
+        try:
+            model.pipe.save_pretrained(folder, safe_serialization=True)
+        finally:
+            model.scheduler = swapped
+        folders[name] = folder
+    return folders
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_model_path_detects_the_family_from_model_index(name, saved, one_thread):
+    folder = saved[name]
+    assert not list(folder.rglob("*.bin")) and list(folder.rglob("*.safetensors"))
+    # model=sd15 names the wrong family on purpose: the folder's model_index.json decides
+    model = models.load_model(models.configured_spec("sd15", path=str(folder), resolution=64))
+    assert (model.family, model.kind) == (TINY[name], KIND[name])
+    model.use_scheduler("flow_euler" if model.kind == "flow" else "euler")
+    built = tiny_model(name)
+    a = generate_batch(model, params(), [3]).images[0]
+    b = generate_batch(built, params(), [3]).images[0]
+    assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1
+
+
+def fake_hub(tmp_path: Path, repo_id: str, folder: Path) -> Path:
+    """A local Hugging Face cache holding `folder` as the snapshot of `repo_id` (refs/main -> its hash)."""
+    repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "snapshots").mkdir(parents=True)
+    os.symlink(folder, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    return tmp_path / "hub"
+
+
+@pytest.mark.parametrize("name,tiny", [("sdxl", "sdxl_tiny"), ("sd3", "sd3_tiny"), ("flux_dev", "flux_tiny")])
+def test_model_name_loads_its_repo_from_a_local_cache_offline(name, tiny, saved, tmp_path, monkeypatch, one_thread):
+    from huggingface_hub import constants
+
+    spec = models.configured_spec(name, resolution=64)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub(tmp_path, spec.repo_id, saved[tiny])))
+    model = models.load_model(spec)
+    assert model.family == TINY[tiny]
+    model.use_scheduler("flow_euler" if model.kind == "flow" else "euler")
+    assert generate_batch(model, params(), [0]).images[0].size == (64, 64)
+
+
+def sdlab_command(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {"PATH": os.environ["PATH"], "HOME": str(cwd), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+                   **env}
+    return subprocess.run([sys.executable, "-m", "sdlab.cli", *args], cwd=cwd, env=environment, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_missing_model_is_one_line_naming_the_repo_and_exit_2(tmp_path):
+    result = sdlab_command("model=sd3", "num_inference_steps=2", "threads=1", cwd=tmp_path,
+                           HF_HUB_CACHE=str(tmp_path / "empty"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "stabilityai/stable-diffusion-3.5-medium is not in the local Hugging Face cache" in lines[0]
+    assert "hf download stabilityai/stable-diffusion-3.5-medium" in lines[0]
+
+
+def test_the_command_line_runs_a_cached_flow_model_offline(saved, tmp_path):
+    hub = fake_hub(tmp_path, "black-forest-labs/FLUX.1-dev", saved["flux_tiny"])
+    result = sdlab_command("model=flux_dev", "model.resolution=64", "num_inference_steps=2", "threads=1",
+                           cwd=tmp_path, HF_HUB_CACHE=str(hub))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (table,) = tmp_path.glob("outputs/generate/*/results.csv")
+    row = pd.read_csv(table).iloc[0]
+    assert (row["model"], row["scheduler"], row["status"], row["nfe"]) == ("flux_dev", "flow_euler", "ok", 2)
+
+
+def test_a_sweep_over_families_gives_ok_rows(tmp_path):
+    result = sdlab_command("-m", "model=sd15_tiny,sdxl_tiny,sd3_tiny,flux_tiny", "num_inference_steps=2",
+                           "threads=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (table,) = tmp_path.glob("outputs/generate/multirun_*/results.csv")
+    frame = pd.read_csv(table)
+    assert sorted(frame["model"]) == ["flux_tiny", "sd15_tiny", "sd3_tiny", "sdxl_tiny"]
+    assert (frame["status"] == "ok").all() and (frame["nfe"] == 2).all()
+    schedulers = dict(zip(frame["model"], frame["scheduler"]))
+    assert schedulers == {"sd15_tiny": "dpmpp_2m", "sdxl_tiny": "dpmpp_2m", "sd3_tiny": "flow_euler",
+                          "flux_tiny": "flow_euler"}  # each family's default
+
+
+def test_pooled_text_embeddings_read_below_the_projection():
+    from sdlab.metrics.clip import pooled_text_embeddings
+
+    model = tiny_model("sd3_tiny")
+    pooled = pooled_text_embeddings(model.pipe.text_encoder, model.tokenizer, ["a red circle", "a blue square"])
+    assert pooled.shape == (2, 32) and np.isfinite(pooled).all()  # hidden size, not the projection's
