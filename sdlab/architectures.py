@@ -241,7 +241,7 @@ class Architecture:
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD15_SCHEDULER))
     scheduler_class: str = "PNDMScheduler"
     pipeline: str = "StableDiffusionPipeline"
-    family: str = "sd1"
+    family: str = "sd"  # the adapter that runs it: sd (1.x, 2.x), sdxl, sd3 or flux (sdlab/families)
     resolution: int = 512
     param_counts: dict[str, int] = field(default_factory=dict)  # published parameters per component
 
@@ -293,7 +293,7 @@ ARCHITECTURES = {
         param_counts={"unet": 859_520_964, "vae": SD_VAE_PARAMS, "text_encoder": CLIP_L_PARAMS},
     ),
     "sd21_arch": Architecture(
-        sd_parts(SD21_UNET, SD21_VAE, SD21_TEXT), SD21_SCHEDULER, "DDIMScheduler", family="sd2", resolution=768,
+        sd_parts(SD21_UNET, SD21_VAE, SD21_TEXT), SD21_SCHEDULER, "DDIMScheduler", family="sd", resolution=768,
         param_counts={"unet": 865_910_724, "vae": SD_VAE_PARAMS, "text_encoder": 340_387_840},
     ),
     "sdxl_arch": Architecture(
@@ -372,13 +372,7 @@ def build_on_meta(arch: Architecture) -> dict[str, Any]:
 # --- Tiny variants of every family: small random weights built in code by sdlab/families/<family>.py ---
 # Shapes follow the get_dummy_components of diffusers' own pipeline tests, resized to 64 px images (8x8 latents).
 
-SD_SCHEDULER_V = {**SD15_SCHEDULER, "prediction_type": "v_prediction"}
-SDXL_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                      steps_offset=1, timestep_spacing="leading", interpolation_type="linear",
-                      prediction_type="epsilon")
-SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
-FLUX_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                          max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+SD_SCHEDULER_V = {**SD15_SCHEDULER, "prediction_type": "v_prediction"}  # the published schedulers above otherwise
 
 TINY_CLIP_WITH_PROJECTION = {**TINY_TEXT, "hidden_act": "gelu"}  # OpenCLIP-style second encoder
 TINY_T5 = dict(vocab_size=160, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
@@ -387,40 +381,39 @@ TINY_FLOW_VAE = {**TINY_VAE, "latent_channels": 16, "use_quant_conv": False, "us
 
 ARCHITECTURES["sd15_tiny"] = ARCHITECTURES["tiny"]
 ARCHITECTURES["sd2_tiny"] = Architecture(
-    {**TINY_UNET, "use_linear_projection": True}, TINY_VAE, {**TINY_TEXT, "hidden_act": "gelu"}, SD_SCHEDULER_V)
+    sd_parts({**TINY_UNET, "use_linear_projection": True}, TINY_VAE, {**TINY_TEXT, "hidden_act": "gelu"}),
+    SD_SCHEDULER_V, resolution=64)
 
-TINY_MODELS: dict[str, dict[str, dict[str, Any]]] = {
-    "sdxl_tiny": dict(
-        unet=dict(sample_size=8, in_channels=4, out_channels=4,
-                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                  block_out_channels=(32, 64), layers_per_block=1,
-                  attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-                  addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-                  projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8),
-        vae={**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True},
-        text_encoder=TINY_TEXT,
-        text_encoder_2=TINY_CLIP_WITH_PROJECTION,
-        scheduler=SDXL_SCHEDULER,
-    ),
-    "sd3_tiny": dict(
-        transformer=dict(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
-                         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-                         joint_attention_dim=64, pooled_projection_dim=64, pos_embed_max_size=16),
-        vae={**TINY_FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609},
-        text_encoder=TINY_CLIP_WITH_PROJECTION,
-        text_encoder_2=TINY_CLIP_WITH_PROJECTION,
-        text_encoder_3=TINY_T5,
-        scheduler=SD3_SCHEDULER,
-    ),
-    "flux_tiny": dict(  # FLUX.1-dev-shaped: guidance-distilled (guidance_embeds), dynamic shifting
-        transformer=dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                         num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32,
-                         axes_dims_rope=(4, 4, 8), guidance_embeds=True),
-        vae={**TINY_FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159},
-        text_encoder=TINY_TEXT,
-        text_encoder_2=TINY_T5,
-        scheduler=FLUX_DEV_SCHEDULER,
-    ),
-}
-BUILT_IN = (*ARCHITECTURES, *TINY_MODELS)  # model names built in code rather than read from a folder
+ARCHITECTURES["sdxl_tiny"] = Architecture(
+    {"unet": Part("UNet2DConditionModel", dict(
+        sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8)),
+     "vae": Part("AutoencoderKL", {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True}),
+     "text_encoder": Part("CLIPTextModel", TINY_TEXT),
+     "text_encoder_2": Part("CLIPTextModelWithProjection", TINY_CLIP_WITH_PROJECTION)},
+    SDXL_SCHEDULER, "EulerDiscreteScheduler", "StableDiffusionXLPipeline", "sdxl", 64,
+)
+ARCHITECTURES["sd3_tiny"] = Architecture(
+    {"transformer": Part("SD3Transformer2DModel", dict(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64,
+        pos_embed_max_size=16)),
+     "vae": Part("AutoencoderKL", {**TINY_FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609}),
+     "text_encoder": Part("CLIPTextModelWithProjection", TINY_CLIP_WITH_PROJECTION),
+     "text_encoder_2": Part("CLIPTextModelWithProjection", TINY_CLIP_WITH_PROJECTION),
+     "text_encoder_3": Part("T5EncoderModel", TINY_T5)},
+    SD3_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "StableDiffusion3Pipeline", "sd3", 64,
+)
+ARCHITECTURES["flux_tiny"] = Architecture(  # FLUX.1-dev-shaped: guidance-distilled (guidance_embeds), dynamic shifting
+    {"transformer": Part("FluxTransformer2DModel", dict(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8), guidance_embeds=True)),
+     "vae": Part("AutoencoderKL", {**TINY_FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159}),
+     "text_encoder": Part("CLIPTextModel", TINY_TEXT),
+     "text_encoder_2": Part("T5EncoderModel", TINY_T5)},
+    FLUX_DEV_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "FluxPipeline", "flux", 64,
+)
+BUILT_IN = tuple(ARCHITECTURES)  # model names built in code rather than read from a folder

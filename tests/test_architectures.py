@@ -30,7 +30,7 @@ def test_every_component_builds_on_meta(name):
     parts = built(name)
     assert list(parts) == list(ARCHITECTURES[name].components)
     assert {p.device.type for module in parts.values() for p in module.parameters()} == {"meta"}
-    if name != "tiny":
+    if ARCHITECTURES[name].param_counts:  # published architectures; the tiny ones publish nothing
         assert set(ARCHITECTURES[name].param_counts) == set(parts)
 
 
