@@ -168,16 +168,21 @@ def experiment_is_swept(overrides: list[str]) -> bool:
 
 
 def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
-    """`hydra.sweep.dir=outputs/experiments/multirun_<now>` for a sweep over recipes without a sweep dir.
+    """For a sweep over recipes: `hydra.sweep.dir=outputs/experiments/multirun_<now>` unless one is given, and job
+    folders named `<N>_<recipe>` unless a subdir is given.
 
     The configured default names the recipe; when the recipe itself is swept, each job would name its own
-    folder and the sweep would have no single root.
+    folder and the sweep would have no single root; and folders 0..25 could not be found by recipe.
     """
-    if not is_multirun(flags) or any(a.startswith("hydra.sweep.dir=") for a in overrides):
+    if not is_multirun(flags) or not experiment_is_swept(overrides):
         return []
-    if not experiment_is_swept(overrides):
-        return []
-    return [f"hydra.sweep.dir=outputs/experiments/multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}"]
+    given = {a.partition("=")[0] for a in overrides}
+    added = []
+    if "hydra.sweep.dir" not in given:
+        added.append(f"hydra.sweep.dir=outputs/experiments/multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    if "hydra.sweep.subdir" not in given:
+        added.append("hydra.sweep.subdir=${hydra.job.num}_${hydra.runtime.choices.experiment}")
+    return added
 
 
 def model_of_params_file(overrides: list[str]) -> list[str]:

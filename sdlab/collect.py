@@ -11,6 +11,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from sdlab import lock
+from sdlab.figure_index import write_index
 from sdlab.grid import image_grid
 from sdlab.records import collect, write_table
 from sdlab.summary import best_line, owns_summary, write_summary
@@ -83,7 +84,11 @@ class CollectSweep(Callback):
             return
         try:
             frame = collect(sweep_dir, since=getattr(self, "started", 0.0))
-            line = summarize(frame, sweep_dir, sweep=True)
+            # Over recipes, a grid or a summary by recipe means nothing; an index of their figures does.
+            recipes = "experiment" in frame and frame["experiment"].nunique() > 1
+            line = summarize(frame, sweep_dir, grid=not recipes, sweep=True)
+            if recipes:
+                line += f"\n  {write_index(sweep_dir)}"
         except Exception as e:  # Hydra would only warn; a sweep without its table must not look fine
             log.exception("collecting %s failed", sweep_dir)
             print(f"sdlab: error: collecting the sweep in {sweep_dir} failed: {type(e).__name__}: {e}")

@@ -10,11 +10,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from sdlab.captions import record_caption  # noqa: E402
 from sdlab.io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,18 @@ STYLE = {
 CELL_INCHES = 1.6
 
 
+def figure_title(fig) -> str:
+    """The figure's suptitle, else its panels' titles joined with ' | '."""
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        return fig._suptitle.get_text()
+    return " | ".join(t for t in (ax.get_title() for ax in fig.axes) if t)
+
+
 def save_figure(fig, target: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+    """Save a matplotlib figure as PNG atomically, record its title, and close it."""
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
+    record_caption(target, figure_title(fig))
     plt.close(fig)
     return Path(target)
 
@@ -46,10 +55,13 @@ PALETTE = plt.get_cmap("tab10").colors
 
 
 def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: tuple[float, float] = (6.4, 3.6)) -> Path:
-    """Line plots, one panel per dict: lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logx, logy, hline, yticks (positions, labels), ylim, integer_x."""
+    """Line plots, one panel per dict: bands [{x, low, high, label, color}], lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logx, logy, hline, yticks (positions, labels), ylim, integer_x."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(panels), 1, figsize=(panel_inches[0], panel_inches[1] * len(panels)), squeeze=False)
         for ax, panel in zip(axes[:, 0], panels):
+            for i, band in enumerate(panel.get("bands", ())):
+                ax.fill_between(band["x"], band["low"], band["high"], color=band.get("color", PALETTE[i % len(PALETTE)]),
+                                alpha=0.2, lw=0, label=band.get("label"))
             for i, line in enumerate(panel.get("lines", ())):
                 ax.plot(line["x"], line["y"], line.get("style", "-"), label=line.get("label"),
                         color=line.get("color", PALETTE[i % len(PALETTE)]), lw=1.4, ms=3)
@@ -77,7 +89,8 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             ax.set_xlabel(panel.get("xlabel", ""))
             ax.set_ylabel(panel.get("ylabel", ""))
             ax.set_title(panel.get("title", ""))
-            if any(item.get("label") for item in [*panel.get("lines", ()), *panel.get("points", ())]):
+            if any(item.get("label") for item in [*panel.get("bands", ()), *panel.get("lines", ()),
+                                                  *panel.get("points", ())]):
                 ax.legend(fontsize=7, frameon=False)
         if title:
             fig.suptitle(title)
@@ -129,9 +142,13 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
     """Rows of images (HxWx3 uint8/float, or HxW shown grey) with column labels (one list, or one per row) and row labels."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     per_row = bool(col_labels) and not isinstance(col_labels[0], str)
+    flat = [label for group in col_labels for label in (group if per_row else [group])]
+    label_lines = max([str(label).count("\n") + 1 for label in flat] or [1])
+    title_lines = title.count("\n") + 1 if title else 0
+    height = (cell_inches + 0.15 + 0.15 * label_lines) * n_rows + 0.25 * title_lines + 0.1
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + 0.6, (cell_inches + 0.3) * n_rows + 0.3),
-                                 squeeze=False)
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + 0.6, height), squeeze=False,
+                                 layout="constrained")
         for r, images in enumerate(rows):
             labels = col_labels[r] if per_row else (col_labels if r == 0 else ())
             for c in range(n_cols):
@@ -200,28 +217,59 @@ def write_gif(frames: Sequence[Image.Image], target: Path, duration_ms: int = 15
 DISTINCT = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2]
 
 
+MAX_LINES_PER_PANEL = 8
+
+
+def solver_groups(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Schedulers split by kind (deterministic with one or two NFE per step, stochastic) when one panel would hold
+    more than MAX_LINES_PER_PANEL lines; else all in one group."""
+    if summary["scheduler"].nunique() <= MAX_LINES_PER_PANEL:
+        return [("", summary)]
+    per_step = (summary["nfe_mean"] / summary["num_inference_steps"]).groupby(summary["scheduler"]).median()
+    one = float(per_step.min())  # one UNet call per step (a batched call under classifier-free guidance)
+    stochastic = summary.groupby("scheduler")["stochastic"].first()
+    label = {n: "stochastic" if stochastic[n] else "deterministic, 1 eval/step" if per_step[n] < 1.5 * one
+             else "deterministic, 2 evals/step" for n in per_step.index}
+    kind = summary["scheduler"].map(label)
+    order = ["deterministic, 1 eval/step", "deterministic, 2 evals/step", "stochastic"]
+    return [(name, summary[kind == name]) for name in order if (kind == name).any()]
+
+
 def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target: Path, xlabel: str,
-                psnr_target: float | None = None) -> Path:
-    """One panel per metric against a cost (NFE or seconds): a line per scheduler with its 95% band."""
+                psnr_target: float | None = None, title: str = "") -> Path:
+    """Rows of panels, one per metric, against a cost (NFE or seconds): a line per scheduler with its 95% band;
+    many schedulers are split into columns by solver kind, each with its own legend and shared axes."""
+    groups = solver_groups(summary)
+    colours = {name: DISTINCT[i % len(DISTINCT)] for i, name in enumerate(sorted(summary["scheduler"].unique()))}
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
-        for ax, metric in zip(axes[0], metrics):
-            for i, (name, group) in enumerate(summary.sort_values(f"{cost}_mean").groupby("scheduler", sort=True)):
-                color = DISTINCT[i % len(DISTINCT)]
-                style = "--" if bool(group["stochastic"].iloc[0]) else "-"
-                x = group[f"{cost}_mean"]
-                ax.plot(x, group[f"{metric}_mean"], style, marker="o", ms=2.5, lw=1.2, color=color, label=name)
-                ax.fill_between(x, group[f"{metric}_lo"], group[f"{metric}_hi"], color=color, alpha=0.15, lw=0)
-            if metric == "psnr" and psnr_target is not None:
-                ax.axhline(psnr_target, color="0.3", lw=0.8, ls=":")
-            ax.set_xscale("log")
-            if metric == "latent_rmse":
-                ax.set_yscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(metric)
-        axes[0, -1].legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        fig.suptitle("distance to the reference solve (dashed: stochastic, against its own high-step limit)")
-        fig.tight_layout()
+        fig, axes = plt.subplots(len(metrics), len(groups), figsize=(4.4 * len(groups) + 1.2, 3.4 * len(metrics)),
+                                 squeeze=False, sharex=True, sharey="row", layout="constrained")
+        for column, (group_name, part) in enumerate(groups):
+            for row, metric in enumerate(metrics):
+                ax = axes[row, column]
+                for name, group in part.sort_values(f"{cost}_mean").groupby("scheduler", sort=True):
+                    style = "--" if bool(group["stochastic"].iloc[0]) else "-"
+                    x = group[f"{cost}_mean"]
+                    ax.plot(x, group[f"{metric}_mean"], style, marker="o", ms=2.5, lw=1.2, color=colours[name],
+                            label=name)
+                    ax.fill_between(x, group[f"{metric}_lo"], group[f"{metric}_hi"], color=colours[name], alpha=0.15,
+                                    lw=0)
+                if metric == "psnr" and psnr_target is not None:
+                    ax.axhline(psnr_target, color="0.3", lw=0.8, ls=":")
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                if metric == "latent_rmse":
+                    ax.set_yscale("log")
+                if row == len(metrics) - 1:
+                    ax.set_xlabel(xlabel)
+                if column == 0:
+                    ax.set_ylabel(metric)
+                if row == 0 and group_name:
+                    ax.set_title(group_name)
+            axes[0, column].legend(fontsize=7, frameon=False, loc="best", ncol=2 if len(part["scheduler"].unique()) > 4 else 1)
+        fig.suptitle(title or "distance to the reference solve (dashed: stochastic, against its own high-step limit)")
         return save_figure(fig, target)
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from sdlab.captions import record_caption
 from sdlab.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
     canvas = draw_grid(cells, axes, xs, ys, pages, title)
     with atomic_path(target) as tmp:
         canvas.save(tmp, format="PNG")
+    record_caption(target, title or f"{' x '.join(axes)} grid of {len(cells)} images")
     return Path(target)
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from sdlab.architectures import ARCHITECTURES, BUILT_IN, TINY_MODELS
+from sdlab.architectures import ARCHITECTURES, BUILT_IN
 from sdlab.config import MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
 from sdlab.errors import UserError, choose
 from sdlab.families import ModelAdapter, family, family_of_folder
 from sdlab.model_files import check_pipeline_folder, check_weights_folder, read_object  # noqa: F401
-from sdlab.schedulers import check_kind, check_steps, model_kind
+from sdlab.schedulers import check_steps
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class ModelCache:
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
         if spec.name in BUILT_IN and not spec.path:
-            cls = family(spec.family)
+            cls = family(ARCHITECTURES[spec.name].family)
             pipe = cls.build(spec.name, spec)
             for part in pipe.components.values():  # built modules start in training mode: T5's dropout would be on
                 if isinstance(part, torch.nn.Module):
@@ -167,9 +167,7 @@ def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
 
 def built_in_scheduler_config(name: str) -> dict:
     """The scheduler config a model built in code starts from."""
-    if name in ARCHITECTURES:
-        return dict(ARCHITECTURES[name].scheduler)
-    return dict(TINY_MODELS[name]["scheduler"])
+    return dict(ARCHITECTURES[name].scheduler)
 
 
 def check_model(cfg: dict) -> None:
@@ -178,7 +176,6 @@ def check_model(cfg: dict) -> None:
     resolve_device(spec.device)
     base, source = shipped_scheduler_config(spec)
     choice = scheduler_choice(cfg["scheduler"])
-    check_kind(choice.name, model_kind(base))
     check_steps(choice.name, base, choice.options, int(cfg.get("num_inference_steps", 25)), source)
 
 

@@ -148,9 +148,14 @@ def finished(frame: pd.DataFrame, folder: Path) -> pd.Series:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """Job folders of a sweep, in job-number order."""
+    """Job folders of a sweep (`N` or `N_<recipe>`), in job-number order."""
     dirs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+    def number(p: Path) -> tuple:
+        head = p.name.split("_", 1)[0]
+        return (not head.isdigit(), int(head) if head.isdigit() else 0, p.name)
+
+    return sorted(dirs, key=number)
 
 
 def collect(sweep_dir: Path, name: str = TABLE_NAME, since: float = 0.0) -> pd.DataFrame:

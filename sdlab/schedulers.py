@@ -1,16 +1,22 @@
-"""Schedulers by name: each a diffusers class plus options, swapped onto a pipeline with `from_config`."""
+"""Schedulers by name: each a diffusers class plus options, swapped onto a pipeline with `from_config`.
+
+Each fits some model kinds: "epsilon" and "v_prediction" (DDPM-trained: SD 1.x, 2.x, SDXL) or "flow"
+(rectified flow x_t = (1 - sigma) x_0 + sigma eps: SD3, Flux). A model adapter declares its kind.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import diffusers
 
 from sdlab.errors import UserError, choose
+from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len
 
 KINDS = ("epsilon", "v_prediction", "flow")
 DDPM_KINDS = frozenset({"epsilon", "v_prediction"})
@@ -19,13 +25,17 @@ FLOW_KINDS = frozenset({"flow"})
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """A diffusers scheduler class and the options that make the named variant."""
+    """A diffusers scheduler class, the options that make the named variant, and the model kinds it fits.
+
+    `renames` maps sdlab's option names to the class's own (the multistep solvers call the flow shift `flow_shift`).
+    """
 
     cls: str
     options: dict[str, Any] = field(default_factory=dict)
     needs: str | None = None
     stochastic: bool = False
     kinds: frozenset = DDPM_KINDS
+    renames: dict[str, str] = field(default_factory=dict)
 
 
 OPTION_VALUES: dict[str, tuple] = {
@@ -33,10 +43,14 @@ OPTION_VALUES: dict[str, tuple] = {
     "use_karras_sigmas": (True, False),
     "rescale_betas_zero_snr": (True, False),
     "final_sigmas_type": ("zero", "sigma_min"),
+    "use_dynamic_shifting": (True, False),
 }
+POSITIVE_OPTIONS = ("shift",)  # a flow shift s maps sigma to s sigma / (1 + (s - 1) sigma): s > 0
 
 KARRAS = {"use_karras_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
+FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+FLOW_SHIFT = {"shift": "flow_shift"}
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "ddim": SchedulerSpec("DDIMScheduler"),
@@ -56,7 +70,26 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "dpmpp_sde": SchedulerSpec("DPMSolverSDEScheduler", needs="torchsde", stochastic=True),
     "unipc": SchedulerSpec("UniPCMultistepScheduler"),
     "deis": SchedulerSpec("DEISMultistepScheduler"),
+    "lcm": SchedulerSpec("LCMScheduler", stochastic=True),  # few steps, for LCM-distilled models; re-noises each step
     "flow_euler": SchedulerSpec("FlowMatchEulerDiscreteScheduler", kinds=FLOW_KINDS),
+    "flow_heun": SchedulerSpec("FlowMatchHeunDiscreteScheduler", kinds=FLOW_KINDS),
+    "flow_dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler", FLOW_SIGMAS, kinds=FLOW_KINDS, renames=FLOW_SHIFT),
+    "flow_unipc": SchedulerSpec("UniPCMultistepScheduler", FLOW_SIGMAS, kinds=FLOW_KINDS, renames=FLOW_SHIFT),
+}
+
+# scheduler_config.json as each family's Hub repo ships it: schedules are analysed from these, no weights needed.
+SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd15": {"_class_name": "PNDMScheduler", **SD_BETAS, "skip_prk_steps": True, "set_alpha_to_one": False,
+             "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon"},
+    "sd2_v": {"_class_name": "DDIMScheduler", **SD_BETAS, "set_alpha_to_one": False, "steps_offset": 1,
+              "clip_sample": False, "prediction_type": "v_prediction"},
+    "sdxl": {"_class_name": "EulerDiscreteScheduler", **SD_BETAS, "steps_offset": 1, "timestep_spacing": "leading",
+             "interpolation_type": "linear", "prediction_type": "epsilon"},
+    "sd3": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
+    "flux_dev": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
+                 "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+                 "max_image_seq_len": 4096},
 }
 
 
@@ -102,10 +135,15 @@ def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
 def check_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The user's non-null options for scheduler `name`, checked against its class, allowed values and types."""
     cls = scheduler_class(name)
+    renames = SCHEDULERS[name].renames
     user = {k: v for k, v in (options or {}).items() if v is not None}
     parameters = inspect.signature(cls.__init__).parameters
-    accepted = set(parameters) - {"self", "kwargs"}
+    accepted = (set(parameters) - {"self", "kwargs"} - set(renames.values())) | set(renames)
     unknown = sorted(set(user) - accepted)
+    flow_only = [k for k in unknown if any(k in spec.renames or k == "shift" for spec in SCHEDULERS.values())]
+    if flow_only:
+        raise UserError(f"scheduler.{flow_only[0]} is an option of the flow-matching schedulers "
+                        f"({', '.join(fitting('flow'))}); scheduler {name!r} has none")
     if unknown:
         raise UserError(
             f"scheduler {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(accepted))}"
@@ -114,40 +152,89 @@ def check_options(name: str, options: dict[str, Any] | None = None) -> dict[str,
         allowed = OPTION_VALUES.get(key)
         if allowed and (value not in allowed or type(value) is not type(allowed[0])):
             raise UserError(f"scheduler.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
-        expected = _option_types(parameters[key].default)
+        expected = _option_types(parameters[renames.get(key, key)].default)
         if expected and (type(value) not in expected[0]):
             raise UserError(f"scheduler.{key}={value!r} must be {expected[1]}")
+        if key in POSITIVE_OPTIONS and not (math.isfinite(value) and value > 0):
+            raise UserError(f"scheduler.{key}={value!r} must be a positive finite number")
     return user
+
+
+def _flow_base(base: dict[str, Any]) -> dict[str, Any]:
+    """A flow model's scheduler config in sdlab's names: the multistep solvers' `flow_shift` read as `shift`."""
+    base = dict(base)
+    if "flow_shift" in base:
+        base.setdefault("shift", base.pop("flow_shift"))
+    return base
 
 
 def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
     """A scheduler `name` built from a pipeline's scheduler config, the variant's options and user overrides."""
     user = check_options(name, overrides)
+    kind = model_kind(base_config)
+    check_kind(name, kind)
     cls = scheduler_class(name)
+    spec = SCHEDULERS[name]
     base = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    if kind == "flow":
+        # 1. A flow config keeps only what this class reads: its dynamic shifting must survive, or we refuse.
+        base = _flow_base(base)
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        dynamic = user.get("use_dynamic_shifting", base.get("use_dynamic_shifting"))
+        if dynamic and "shift" in user:
+            raise UserError(f"scheduler.shift={user['shift']} has no effect while the shift follows the image size "
+                            "(use_dynamic_shifting); add scheduler.use_dynamic_shifting=false to use a fixed shift")
+        if dynamic and "use_dynamic_shifting" not in accepted:
+            others = [n for n in fitting("flow") if "use_dynamic_shifting" in
+                      inspect.signature(scheduler_class(n).__init__).parameters]
+            raise UserError(f"scheduler {name!r} has no dynamic (resolution-dependent) shifting, which this model's "
+                            f"scheduler uses; use one of: {', '.join(others)}")
+        base = {spec.renames.get(k, k): v for k, v in base.items()}
+        base = {k: v for k, v in base.items() if k in accepted}
+    user = {spec.renames.get(k, k): v for k, v in user.items()}
     try:
-        return cls.from_config(base, **SCHEDULERS[name].options, **user)
+        return cls.from_config(base, **{**spec.options, **user})
     except (ValueError, NotImplementedError) as e:
         raise UserError(f"scheduler {name!r} rejects options {user}: {e}") from e
 
 
+def timestep_kwargs(scheduler, width: int | None = None, height: int | None = None) -> dict[str, Any]:
+    """Keyword arguments `set_timesteps` needs beyond the step count: Flux-style dynamic shifting needs mu, computed
+    from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height)."""
+    config = scheduler.config
+    if not config.get("use_dynamic_shifting"):
+        return {}
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    seq_len = image_seq_len(width, height) if width and height else base_len
+    return {"mu": dynamic_shift_mu(seq_len, base_len, max_len, config.get("base_shift", 0.5),
+                                   config.get("max_shift", 1.15))}
+
+
 def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] | None, steps: int,
-                source: str) -> None:
-    """Raise a UserError when `steps` of scheduler `name` would visit a timestep the model was never trained on."""
+                source: str, width: int | None = None, height: int | None = None) -> None:
+    """Raise a UserError when `steps` of scheduler `name` would visit a timestep the model was never trained on
+    (or, for flow matching, a sigma outside [0, 1])."""
     trained = base_config.get("num_train_timesteps", 1000)
     if isinstance(trained, bool) or not isinstance(trained, int) or trained < 1:
         raise UserError(f"{source}: num_train_timesteps={trained!r} is not a positive integer")
     if steps > trained:
         raise UserError(f"num_inference_steps={steps} is more than the {trained} timesteps the scheduler of {source} "
                         f"was trained on; use at most {trained}")
-    scheduler = make_scheduler(name, base_config, options)
-    dynamic = {"mu": 0.0} if scheduler.config.get("use_dynamic_shifting") else {}  # the pipeline computes mu by size
     try:
-        scheduler.set_timesteps(steps, **dynamic)
+        check_kind(name, model_kind(base_config))
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    scheduler = make_scheduler(name, base_config, options)
+    try:
+        scheduler.set_timesteps(steps, **timestep_kwargs(scheduler, width, height))
     except (ValueError, IndexError, RuntimeError) as e:
         raise UserError(f"scheduler {name!r} cannot make num_inference_steps={steps}: {e}") from None
-    if "flow" in SCHEDULERS[name].kinds:
-        return  # sigmas in [0, 1] times num_train_timesteps: the top timestep is the trained maximum itself
+    if model_kind(base_config) == "flow":
+        sigmas = [float(s) for s in scheduler.sigmas]
+        if not all(0.0 <= s <= 1.0 for s in sigmas):
+            raise UserError(f"num_inference_steps={steps} with scheduler {name} on {source} makes sigmas outside "
+                            f"[0, 1] (from {max(sigmas):.4g} to {min(sigmas):.4g}); check scheduler.shift")
+        return
     top = int(max(scheduler.timesteps))
     if top >= trained:
         spacing = scheduler.config.get("timestep_spacing")

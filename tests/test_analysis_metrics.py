@@ -85,7 +85,7 @@ def test_cosine_matrix_and_clip_score():
 
 def test_sd15_anatomy_numbers():
     from sdlab.architectures import ARCHITECTURES, build_on_meta
-    from sdlab.metrics.anatomy import component_table, unet_block_table
+    from sdlab.metrics.anatomy import component_table, denoiser_block_table
 
     components = build_on_meta(ARCHITECTURES["sd15_arch"])
     table = component_table(components).set_index("component")
@@ -94,6 +94,6 @@ def test_sd15_anatomy_numbers():
     assert table.loc["text_encoder", "params"] == 123_060_480
     assert table.loc["total", "params"] == 1_066_235_307
     assert table.loc["total", "bytes_fp32"] == 4 * 1_066_235_307 and table.loc["total", "bytes_fp16"] == 2 * 1_066_235_307
-    blocks = unet_block_table(components["unet"])
+    blocks = denoiser_block_table(components["unet"])
     assert blocks["params"].sum() == 859_520_964
     assert blocks["block"].tolist()[:3] == ["conv_in", "time_embedding", "down_blocks.0 CrossAttnDownBlock2D"]

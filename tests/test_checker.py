@@ -6,7 +6,7 @@ from PIL import Image, ImageFilter
 
 from sdlab.mini import data
 from sdlab.mini.checker import ATTRIBUTE_NAMES, adherence, check
-from sdlab.mini.data import Attributes
+from sdlab.mini.data import Attributes, render
 
 CHECK_SEED = 7
 CHECK_COUNT = 500
@@ -137,3 +137,25 @@ def test_shape_mask_finds_the_drawn_shape_and_nothing_on_a_blank_image():
     assert min(ious) > 0.8 and np.mean(ious) > 0.95, ious  # a 3 px shift gives 0.61 on average
     assert not shape_mask(np.full((64, 64, 3), 128, np.uint8)).any()
     assert mask_iou(drawn, drawn) == 1.0 and mask_iou(drawn, ~drawn) == 0.0
+
+
+def test_partial_prompt_is_judged_only_on_what_it_names():
+    from sdlab.mini.checker import adherence_columns
+
+    image = render(Attributes("circle", "red", "large", "left", "blue"))
+    assert adherence_columns(image, "a red circle") == {"adherence_shape": True, "adherence_colour": True,
+                                                         "adherence_all": True}
+    wrong = adherence_columns(image, "a small red square at the top")
+    assert wrong["adherence_colour"] and not wrong["adherence_shape"] and not wrong["adherence_all"]
+    assert set(wrong) == {f"adherence_{k}" for k in ("shape", "colour", "size", "position", "all")}
+    assert adherence_columns(image, "a cat on a sofa") == {}
+
+
+def test_same_layout_compares_size_position_and_background_only():
+    from sdlab.mini.checker import same_layout
+
+    circle = render(Attributes("circle", "red", "large", "left", "blue"))
+    assert same_layout(circle, render(Attributes("square", "yellow", "large", "left", "blue")))
+    assert not same_layout(circle, render(Attributes("circle", "red", "large", "right", "blue")))
+    assert not same_layout(circle, render(Attributes("circle", "red", "small", "left", "blue")))
+    assert not same_layout(circle, render(Attributes("circle", "red", "large", "left", "white")))

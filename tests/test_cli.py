@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -49,6 +50,20 @@ def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch):
     frame = pd.read_parquet(root / "results.parquet")
     assert set(frame["experiment"]) == {"article_b5_cfg_toy", "article_d2_timestep_embedding"}
     assert not (tmp_path / "outputs" / "article_b5_cfg_toy").exists()
+    # folders findable by recipe; an index of figures with their claims instead of a grid across recipes
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["0_article_b5_cfg_toy",
+                                                                     "1_article_d2_timestep_embedding"]
+    assert not (root / "grid.png").exists() and not (root / "summary.csv").exists()
+    index = pd.read_csv(root / "index.csv").fillna("")
+    assert index["id"].tolist() == ["B5", "D2"]
+    assert index["figure"].tolist() == ["0_article_b5_cfg_toy/cfg_toy.png",
+                                        "1_article_d2_timestep_embedding/timestep_embedding.png"]
+    assert index["question"].str.endswith("?").all()
+    assert "passes 3x at w = " in index["claim"][0]  # the figure's title, with its number
+    markdown = (root / "index.md").read_text()
+    assert "| B5 | What does classifier-free guidance do to the prediction? | [cfg_toy.png](0_article_b5_cfg_toy/cfg_toy.png)" in markdown
+    with Image.open(root / "contact_sheet.png") as sheet:
+        assert sheet.width > 1000 and sheet.height > 300
 
 
 @pytest.mark.parametrize("text", [

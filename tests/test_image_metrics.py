@@ -94,3 +94,18 @@ def test_ssim_greyscale(rng):
     a = rng.uniform(0, 1, size=(16, 16))
     assert ssim(a, a) == pytest.approx(1.0)
     assert ssim(a, 1.0 - a) < 0.0
+
+
+def test_layout_correlation_sees_where_masses_sit_not_their_colour():
+    from sdlab.metrics.image import layout_correlation
+
+    def blob(x, y, colour):
+        image = np.zeros((64, 64, 3), np.uint8)
+        image[y : y + 16, x : x + 16] = colour
+        return image
+
+    left_red, left_yellow, right_red = blob(4, 24, (220, 30, 30)), blob(4, 24, (240, 230, 40)), blob(44, 24, (220, 30, 30))
+    assert layout_correlation(left_red, left_yellow) > 0.99
+    assert layout_correlation(left_red, right_red) < 0.0
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    assert layout_correlation(flat, flat) == 1.0 and layout_correlation(flat, left_red) == 0.0

@@ -20,14 +20,6 @@ def batched(tensor: torch.Tensor, n: int) -> torch.Tensor:
     return tensor.repeat(n, *[1] * (tensor.dim() - 1))
 
 
-def random_components(configs: dict[str, dict], classes: dict[str, type], seed: int = 0) -> dict[str, Any]:
-    """Components with random weights from a fixed init seed, each built from `configs[name]` by its class
-    (diffusers models and schedulers `from_config`, transformers models from their config class)."""
-    torch.manual_seed(seed)
-    return {name: cls.from_config(configs[name]) if hasattr(cls, "from_config")
-            else cls(cls.config_class(**configs[name])) for name, cls in classes.items()}
-
-
 class ModelAdapter:
     """One loaded model: its pipeline, denoiser, prompt encoding, decoding, scheduler kind, sizes and speed options."""
 

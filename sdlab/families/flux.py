@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sdlab.config import ModelSpec
-from sdlab.families.base import ModelAdapter, random_components
+from sdlab.families.base import ModelAdapter
 
 
 class Flux(ModelAdapter):
@@ -20,15 +20,13 @@ class Flux(ModelAdapter):
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-        from transformers import CLIPTextModel, T5EncoderModel
+        from diffusers import FluxPipeline
 
-        from sdlab.architectures import TINY_MODELS
+        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
         from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
-        parts = random_components(TINY_MODELS[name], dict(
-            transformer=FluxTransformer2DModel, vae=AutoencoderKL, text_encoder=CLIPTextModel,
-            text_encoder_2=T5EncoderModel, scheduler=FlowMatchEulerDiscreteScheduler))
+        arch = ARCHITECTURES[name]
+        parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch)}
         return FluxPipeline(**parts, tokenizer=load_tokenizer(), tokenizer_2=tiny_t5_tokenizer())
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:

@@ -20,16 +20,16 @@ class StableDiffusion(ModelAdapter):
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
-        from diffusers import PNDMScheduler, StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline
 
-        from sdlab.architectures import ARCHITECTURES, build_components
+        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
         from sdlab.tokenizer import load_tokenizer
 
         arch = ARCHITECTURES[name]
         return StableDiffusionPipeline(
             **build_components(arch, seed=0),
             tokenizer=load_tokenizer(),
-            scheduler=PNDMScheduler.from_config(arch.scheduler),
+            scheduler=build_scheduler(arch),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,

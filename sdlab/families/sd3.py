@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sdlab.config import ModelSpec
-from sdlab.families.base import ModelAdapter, random_components
+from sdlab.families.base import ModelAdapter
 
 
 class StableDiffusion3(ModelAdapter):
@@ -23,17 +23,13 @@ class StableDiffusion3(ModelAdapter):
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
-        from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                               StableDiffusion3Pipeline)
-        from transformers import CLIPTextModelWithProjection, T5EncoderModel
+        from diffusers import StableDiffusion3Pipeline
 
-        from sdlab.architectures import TINY_MODELS
+        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
         from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
-        parts = random_components(TINY_MODELS[name], dict(
-            transformer=SD3Transformer2DModel, vae=AutoencoderKL, text_encoder=CLIPTextModelWithProjection,
-            text_encoder_2=CLIPTextModelWithProjection, text_encoder_3=T5EncoderModel,
-            scheduler=FlowMatchEulerDiscreteScheduler))
+        arch = ARCHITECTURES[name]
+        parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch)}
         parts.update(tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer(), tokenizer_3=tiny_t5_tokenizer())
         if not spec.t5:
             parts.update(text_encoder_3=None, tokenizer_3=None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sdlab.config import ModelSpec
-from sdlab.families.base import ModelAdapter, random_components
+from sdlab.families.base import ModelAdapter
 
 
 class StableDiffusionXL(ModelAdapter):
@@ -18,15 +18,13 @@ class StableDiffusionXL(ModelAdapter):
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
-        from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+        from diffusers import StableDiffusionXLPipeline
 
-        from sdlab.architectures import TINY_MODELS
+        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
         from sdlab.tokenizer import load_tokenizer
 
-        parts = random_components(TINY_MODELS[name], dict(
-            unet=UNet2DConditionModel, vae=AutoencoderKL, text_encoder=CLIPTextModel,
-            text_encoder_2=CLIPTextModelWithProjection, scheduler=EulerDiscreteScheduler))
+        arch = ARCHITECTURES[name]
+        parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch)}
         return StableDiffusionXLPipeline(**parts, tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer())
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:

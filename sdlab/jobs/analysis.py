@@ -25,6 +25,12 @@ def base_row(ctx: JobContext, job: str, spec: ModelSpec | None = None) -> dict[s
             "overrides": ctx.overrides, "status": "ok", "error": None}
 
 
+def article_reports(ctx: JobContext) -> str:
+    """A title's last line saying what the article measured on its own model (`article.reports`), or ""."""
+    text = (ctx.config.get("article") or {}).get("reports")
+    return f"\nthe article reports {text}" if text else ""
+
+
 def loaded_model(ctx: JobContext):
     """The configured model's adapter (cached per process) and its ModelSpec."""
     from sdlab.models import load_model

@@ -10,30 +10,44 @@ from sdlab.config import ModelSpec, model_spec
 from sdlab.figures import bar_chart
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import base_row
-from sdlab.metrics.anatomy import component_table, unet_block_table
+from sdlab.metrics.anatomy import component_table, denoiser_block_table
 from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
 from sdlab.records import ordered, write_table
 
 
 def meta_components(spec: ModelSpec) -> dict:
-    """UNet, VAE and text encoder on the meta device: from sdlab's architectures, or from a diffusers folder's configs."""
+    """Every weighted component on the meta device: from sdlab's architectures, or from the configs a diffusers
+    folder's model_index.json lists (tokenizers, schedulers and absent parts skipped; no weights read)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdlab.architectures import ARCHITECTURES, build_on_meta
-    from sdlab.models import check_weights_folder, model_folder
+    from sdlab.architectures import ARCHITECTURES, build_on_meta, component_class
+    from sdlab.models import check_weights_folder, model_folder, read_object
 
     if spec.name in ARCHITECTURES and not spec.path:
         return build_on_meta(ARCHITECTURES[spec.name])
     folder = model_folder(spec)
     check_weights_folder(folder)
-    with torch.device("meta"):
-        return {
-            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
-            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
-            "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
-        }
+    components = {}
+    for name, entry in read_object(folder / "model_index.json").items():
+        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+            continue
+        try:
+            cls = component_class(entry[1])
+        except (AttributeError, ValueError, KeyError):
+            continue
+        if not issubclass(cls, torch.nn.Module):
+            continue
+        with torch.device("meta"):
+            if hasattr(cls, "load_config"):  # a diffusers model
+                components[name] = cls.from_config(cls.load_config(folder / name))
+            else:  # a transformers model: its config class reads config.json, nothing else
+                components[name] = cls(cls.config_class.from_pretrained(folder / name))
+    return components
+
+
+def denoiser_name(components: dict) -> str:
+    """The component that predicts noise or velocity: `unet` (SD 1/2, SDXL) or `transformer` (SD3, Flux)."""
+    return "unet" if "unet" in components else "transformer"
 
 
 def config_json(module) -> str:
@@ -45,7 +59,8 @@ def config_json(module) -> str:
 
 @job("anatomy")
 def run_anatomy(ctx: JobContext) -> pd.DataFrame:
-    """One row per component plus total (params, bytes at fp32/fp16/bf16, latent shape); table `unet_blocks`; figure anatomy.png."""
+    """One row per component plus total (params, bytes at fp32/fp16/bf16, latent shape); table `<denoiser>_blocks`
+    (unet_blocks or transformer_blocks); figure anatomy.png."""
     spec = model_spec(ctx.config["model"])
     components = meta_components(spec)
 
@@ -57,14 +72,15 @@ def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     geometry = {"resolution": side, "latent_shape": "x".join(map(str, z_shape)), "downsampling": factor,
                 "compression_ratio": compression_ratio((3, side, side), z_shape)}
 
-    # 2. Components and UNet blocks.
+    # 2. Components and the denoiser's blocks.
     table = component_table(components)
     rows = [{**base_row(ctx, "anatomy", spec), **r, "params_m": r["params"] / 1e6, **geometry,
              "config": config_json(components[r["component"]]) if r["component"] in components else None}
             for r in table.to_dict("records")]
-    blocks = unet_block_table(components["unet"]).assign(model=spec.name)
+    denoiser = denoiser_name(components)
+    blocks = denoiser_block_table(components[denoiser]).assign(model=spec.name)
     write_table(blocks[["model", "block", "params", "share", "bytes_fp32", "bytes_fp16", "bytes_bf16"]], ctx.out_dir,
-                "unet_blocks")
+                f"{denoiser}_blocks")
 
     # 3. Bar chart.
     parts = table[table["component"] != "total"]
@@ -76,6 +92,6 @@ def run_anatomy(ctx: JobContext) -> pd.DataFrame:
          "title": f"model={spec.name}: {total:,} parameters, {total * 4 / 2**30:.2f} GiB fp32, {total * 2 / 2**30:.2f} GiB fp16; "
                   f"latent {geometry['latent_shape']} at {side}px (x{geometry['compression_ratio']:g})"},
         {"labels": list(blocks["block"]), "values": list(blocks["params"] / 1e6), "xlabel": "parameters (millions)",
-         "notes": [f"{s:.1%}" for s in blocks["share"]], "title": "UNet blocks in forward order"},
+         "notes": [f"{s:.1%}" for s in blocks["share"]], "title": f"{denoiser} blocks in forward order"},
     ], ctx.out_dir / "anatomy.png")
     return ordered(rows)

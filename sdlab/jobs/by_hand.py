@@ -13,6 +13,7 @@ from sdlab.errors import UserError
 from sdlab.figures import image_strip
 from sdlab.generate import decode_latents, to_pil
 from sdlab.jobs import JobContext, job
+from sdlab.metrics.image import psnr
 from sdlab.metrics.toy import ddim_step
 from sdlab.models import load_model
 
@@ -98,7 +99,7 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     img2img.set_progress_bar_config(disable=True)
     img2img.scheduler = model.use_scheduler(cfg["scheduler"]["name"])
     source = input_image(cfg, spec.resolution)
-    strengths = [float(s) for s in cfg.get("strengths", [0.2, 0.4, 0.6, 0.8, 1.0])]
+    strengths = [float(s) for s in cfg.get("strengths", [0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0])]
     for s in strengths:
         if not 0.0 < s <= 1.0:
             raise UserError(f"strength {s} must be in (0, 1]")
@@ -112,10 +113,15 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
         outputs.append(np.asarray(image))
         rows.append({"experiment": ctx.experiment, "run_id": ctx.run_id, "model": spec.name, "prompt": cfg["prompt"],
                      "seed": seed, "strength": strength, "denoising_steps": int(strength * int(cfg.get("num_inference_steps", 25))),
-                     "status": "ok"})
+                     "psnr_to_input": psnr(np.asarray(source), outputs[-1]), "status": "ok"})
+    frame = pd.DataFrame(rows)
+    labels = [f"strength {r.strength:g}\n{r.denoising_steps} steps\n{r.psnr_to_input:.1f} dB" for r in frame.itertuples()]
+    first, last = frame.iloc[0], frame.iloc[-1]
+    title = (f"{cfg['prompt']}\nstrength sets how much of the input survives: PSNR to the input "
+             f"{first.psnr_to_input:.1f} dB at {first.strength:g}, {last.psnr_to_input:.1f} dB at {last.strength:g}")
     image_strip([[np.asarray(source)] + outputs], ctx.out_dir / "img2img_strength.png",
-                col_labels=["input"] + [f"strength {s:g}" for s in strengths], title=cfg["prompt"])
-    return pd.DataFrame(rows)
+                col_labels=["input"] + labels, title=title)
+    return frame
 
 
 def input_image(cfg: dict, side: int):

@@ -11,7 +11,7 @@ from sdlab.config import ModelSpec, model_spec
 from sdlab.errors import UserError
 from sdlab.figures import bar_chart, heatmap
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import base_row, image_size, input_images, loaded_model, str_list
+from sdlab.jobs.analysis import article_reports, base_row, image_size, input_images, loaded_model, str_list
 from sdlab.metrics.clip import (MAX_TOKENS, clip_score_from_cosine, cosine_matrix, load_clip, long_matrix,
                                 pooled_text_embeddings, token_rows, token_table)
 from sdlab.records import ordered, write_table
@@ -97,7 +97,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     text = long_matrix(matrix, prompts, prompts, "prompt_a", "prompt_b").assign(embedding=embedding)
     keys = [f"P{i + 1}" for i in range(len(prompts))]
     heatmap(matrix, [f"{k}: {p}" for k, p in zip(keys, prompts)], keys, ctx.out_dir / "text_similarity.png",
-            vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}")
+            vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}{article_reports(ctx)}")
     rows = [{**base_row(ctx, "clip_similarity", spec), **r} for r in text.to_dict("records")]
 
     # 2. Image-caption similarity (needs a CLIP model with an image tower).

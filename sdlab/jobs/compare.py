@@ -200,7 +200,11 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
             visits.append(scheduler_visits(scheduler, steps).assign(scheduler=name, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits, ctx.out_dir, "visits")
+    key = f"nfe_to_psnr_{target:g}db"
+    fastest = ", ".join(f"{r.scheduler} {getattr(r, key):.0f}" for r in reached.head(3).itertuples())
+    claim = (f"fewest NFE to a mean PSNR of {target:g} dB to the reference: {fastest}" if fastest
+             else f"no scheduler reaches a mean PSNR of {target:g} dB to the reference")
     for cost, label in (("nfe", "UNet evaluations (NFE)"), ("time_total_s", "wall seconds per image")):
         convergence(summary, cost, METRICS, ctx.out_dir / f"convergence_{'nfe' if cost == 'nfe' else 'seconds'}.png",
-                    xlabel=label, psnr_target=target)
+                    xlabel=label, psnr_target=target, title=f"{claim}\n(dashed: stochastic, against its own high-step limit)")
     schedule_visits(visits, model.base_scheduler_config, ctx.out_dir / "visits.png")

@@ -8,6 +8,7 @@ import textwrap
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sdlab.config import GenerationParams, generation_params, scheduler_choice
@@ -70,17 +71,42 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
         rows += cell_rows(ctx, model, spec, clip, cell, {"guidance_scale": scale}, f"cfg{scale:g}")
     frame = ordered(rows)
     ok = frame[frame["status"] == "ok"]
+    panels, claim = guidance_panels(ok, clip)
     image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
-               title=f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps)")
-    if clip is not None and len(ok):
-        lines = [{"x": g["guidance_scale"], "y": g["clip_score"], "label": f"seed {seed}", "style": "o-"}
-                 for seed, g in ok.groupby("seed")]
-        if ok["seed"].nunique() > 1:
-            mean = ok.groupby("guidance_scale")["clip_score"].mean()
-            lines.append({"x": mean.index, "y": mean.values, "label": "mean", "style": "-", "color": "black"})
-        curves([{"lines": lines, "xlabel": "guidance scale w", "ylabel": "CLIP score = 100 max(cos, 0)",
-                 "title": f"clip={clip.name}: {params.prompt[:70]}"}], ctx.out_dir / "clip_vs_guidance.png")
+               title=claim or f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps)")
+    if panels:
+        curves(panels, ctx.out_dir / "clip_vs_guidance.png",
+               title=f"{spec.name}: {params.prompt[:60]}\n{claim}")
     return frame
+
+
+def guidance_panels(ok: pd.DataFrame, clip) -> tuple[list[dict], str]:
+    """Panels of CLIP score and prompt adherence against w: per-seed lines, the mean and its 95% interval over
+    seeds; and a claim comparing the lowest w with the best one."""
+    from sdlab.metrics.stats import mean_ci, metric_range
+
+    metrics = [m for m in ("clip_score", "adherence_all") if m in ok and (m != "clip_score" or clip is not None)]
+    panels, claims = [], []
+    for metric in metrics:
+        stats = {w: mean_ci(g[metric], bounds=metric_range(metric)) for w, g in ok.groupby("guidance_scale")}
+        scales = sorted(stats)
+        mean, low, high = (np.array([stats[w][i] for w in scales], dtype=float) for i in range(3))
+        scale = 100.0 if metric == "adherence_all" else 1.0
+        lines = [] if metric == "adherence_all" else [
+            {"x": g["guidance_scale"], "y": g[metric], "style": "-", "color": "0.75"} for _, g in ok.groupby("seed")]
+        lines.append({"x": scales, "y": mean * scale, "label": f"mean of {ok['seed'].nunique()} seeds",
+                      "style": "o-", "color": "black"})
+        bands = [{"x": scales, "low": low * scale, "high": high * scale, "label": "95% interval", "color": "C0"}]
+        label = "CLIP score = 100 max(cos, 0)" if metric == "clip_score" else "prompt followed (% of images)"
+        panels.append({"lines": lines, "bands": bands if np.isfinite(low).any() else [], "xlabel": "guidance scale w",
+                       "ylabel": label})
+        best = scales[int(np.nanargmax(mean))]
+        short = "CLIP score" if metric == "clip_score" else "prompt followed"
+        unit = "" if metric == "clip_score" else "%"
+        claims.append(f"{short} {mean[0] * scale:.0f}{unit} at w={scales[0]:g} vs {stats[best][0] * scale:.0f}{unit} "
+                      f"at w={best:g}")
+    n = ok["seed"].nunique()
+    return panels, (f"{'; '.join(claims)} (n={n} seeds)" if claims else "")
 
 
 @job("prompt_grid")
@@ -95,8 +121,33 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
         rows += cell_rows(ctx, model, spec, clip, cell, {"prompt": prompt, "prompt_index": i, "prompt_label": label},
                           f"prompt{i}")
     frame = ordered(rows)
-    image_grid(frame, ctx.out_dir, ctx.out_dir / "prompt_grid.png", axes=grid_axes(frame, "prompt_label"))
+    title = ""
+    if len(prompts) > 1 and len(params.seeds) > 1:
+        frame, title = with_seed_layout(ctx, frame)
+    image_grid(frame, ctx.out_dir, ctx.out_dir / "prompt_grid.png", axes=grid_axes(frame, "prompt_label"),
+               title=title)
     return frame
+
+
+def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Does the seed carry the composition? Layout correlation of every pair of images of different prompts,
+    same seed against different seeds, as columns and a title that states both."""
+    import itertools
+
+    from PIL import Image
+
+    from sdlab.metrics.image import layout_correlation
+
+    ok = frame[frame["status"] == "ok"]
+    images = {row.Index: np.asarray(Image.open(ctx.out_dir / row.image_path)) for row in ok.itertuples()}
+    pairs: dict[bool, list[float]] = {True: [], False: []}
+    for a, b in itertools.combinations(ok.itertuples(), 2):
+        if a.prompt != b.prompt:
+            pairs[a.seed == b.seed].append(layout_correlation(images[a.Index], images[b.Index]))
+    same, other = (float(np.mean(pairs[k])) if pairs[k] else float("nan") for k in (True, False))
+    frame = frame.assign(layout_r_same_seed=same, layout_r_other_seed=other)
+    return frame, (f"same seed, another subject: layout r = {same:.2f} (n={len(pairs[True])}); "
+                   f"another seed: r = {other:.2f} (n={len(pairs[False])})")
 
 
 @job("scheduler_grid")
@@ -121,7 +172,6 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
 def with_reference_distance(ctx: JobContext, model, spec, params: GenerationParams, frame: pd.DataFrame):
     """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, a grid
     label per scheduler with its mean, and a title that states the spread."""
-    import numpy as np
     from PIL import Image
 
     from sdlab.generate import generate_batch

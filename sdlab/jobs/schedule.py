@@ -1,7 +1,11 @@
-"""The schedule_snr job: per-timestep noise schedule tables, SNR crossings, and the timesteps samplers visit."""
+"""The schedule_snr job: per-timestep noise schedule tables, SNR crossings, and the timesteps samplers visit;
+with `families`, log-SNR of every model family (DDPM and flow matching) on one normalised time axis."""
 
 from __future__ import annotations
 
+import inspect
+import logging
+import math
 import textwrap
 from typing import Any
 
@@ -13,10 +17,13 @@ from sdlab.errors import UserError
 from sdlab.figures import curves
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import base_row, model_scheduler_config
-from sdlab.metrics.schedule import SCHEDULES, betas, schedule_table, scheduler_visits, zero_crossing
+from sdlab.metrics.schedule import (SCHEDULES, betas, ddpm_log_snr_table, flow_crossing, flow_log_snr_table,
+                                   log_snr, log_snr_crossing, schedule_table, scheduler_visits, unshift_sigma,
+                                   zero_crossing)
 from sdlab.records import ordered, write_table
-from sdlab.schedulers import make_scheduler
+from sdlab.schedulers import FAMILY_CONFIGS, check_options, make_scheduler, model_kind, resolved_config, timestep_kwargs
 
+log = logging.getLogger(__name__)
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
 
 
@@ -75,9 +82,13 @@ def visit_specs(cfg: dict) -> list[tuple[str, str, dict]]:
 
 @job("schedule_snr")
 def run_schedule(ctx: JobContext) -> pd.DataFrame:
-    """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule."""
+    """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule.
+    With `families` (and no `schedules`) only the family comparison of `family_rows` runs."""
     cfg = ctx.config
     spec = model_spec(cfg["model"])
+    family = family_rows(ctx, spec) if cfg.get("families") else []
+    if family and not cfg.get("schedules"):
+        return ordered(family)
     model_config = model_scheduler_config(spec)
     steps = int(cfg.get("num_inference_steps") or 25)
 
@@ -114,7 +125,7 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
     own = schedule_spec("model", model_config)
     model_table = schedule_table(betas(own["beta_schedule"], own["T"], own["beta_start"], own["beta_end"]))
     visits_figure(model_table, visits, steps, spec.name, ctx.out_dir / "visits.png")
-    return ordered(rows)
+    return ordered([*family, *rows])
 
 
 def snr_figure(schedule: pd.DataFrame, rows: list[dict], target) -> None:
@@ -159,3 +170,163 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
          "title": "sigma at each step", "integer_x": True},
     ]
     curves(panels if len(groups) > 1 else [panels[0], panels[2]], target)
+
+
+# --------------------------------------------------------------------------- families: DDPM and flow matching
+
+FAMILY_KEYS = ("name", "config", "options", "sampler", "steps", "width", "height", "flux_sigmas")
+
+
+def family_spec(item: Any) -> dict[str, Any]:
+    """A `families` entry checked: {name, config (a FAMILY_CONFIGS key or a scheduler config dict), options, sampler,
+    steps, width, height, flux_sigmas}."""
+    if not isinstance(item, dict):
+        raise UserError(f"families entry {item!r} must be a dict with config, sampler and steps")
+    unknown = sorted(set(item) - set(FAMILY_KEYS))
+    if unknown:
+        raise UserError(f"families entry has no key {unknown[0]!r}; its keys are: {', '.join(FAMILY_KEYS)}")
+    config = item.get("config")
+    if isinstance(config, str):
+        if config not in FAMILY_CONFIGS:
+            raise UserError(f"unknown families config {config!r}; choose one of: {', '.join(FAMILY_CONFIGS)} "
+                            "or give a scheduler config dict")
+        config = FAMILY_CONFIGS[config]
+    if not isinstance(config, dict):
+        raise UserError(f"families config {config!r} must be one of {', '.join(FAMILY_CONFIGS)} or a dict")
+    steps, width, height = item.get("steps", 28), item.get("width") or 1024, item.get("height") or 1024
+    for key, value in (("steps", steps), ("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"families {key}={value!r} must be a positive integer")
+    sampler = item.get("sampler") or ("flow_euler" if model_kind(config) == "flow" else "ddim")
+    options = check_options(sampler, dict(item.get("options") or {}))
+    name = item.get("name") or f"{item.get('config')} {sampler} {steps} steps"
+    return {"name": name, "config": dict(config), "config_name": item.get("config") if isinstance(item.get("config"), str)
+            else "custom", "sampler": sampler, "options": options, "steps": steps, "width": width,
+            "height": height, "flux_sigmas": bool(item.get("flux_sigmas"))}
+
+
+def family_schedule(f: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """(log-SNR per training timestep, the steps the family's sampler visits, facts) of one family.
+
+    DDPM: alpha_bar from the diffusers scheduler itself (so zero-terminal-SNR rescaling, Lin et al. 2024, counts),
+    t = (timestep + 1)/T. Flow: t is the unshifted sigma, sigma' by SD3 eq. 23 with the static shift or exp(mu).
+    """
+    # 1. The sampler as the family's pipeline would build it, and its training grid.
+    scheduler = make_scheduler(f["sampler"], f["config"], f["options"])
+    kind = model_kind(f["config"])
+    T = int(scheduler.config.num_train_timesteps)
+    kwargs = timestep_kwargs(scheduler, f["width"], f["height"])
+    if f["flux_sigmas"] and "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
+        kwargs["sigmas"] = np.linspace(1.0, 1.0 / f["steps"], f["steps"])  # as FluxPipeline passes them
+    mu = kwargs.get("mu")
+
+    # 2. log-SNR per timestep, and the steps visited.
+    if kind == "flow":
+        exponential = scheduler.config.get("time_shift_type", "exponential") == "exponential"
+        shift = (math.exp(mu) if exponential else mu) if mu is not None else float(
+            scheduler.config.get("shift", scheduler.config.get("flow_shift", 1.0)))
+        curve = flow_log_snr_table(shift, T)
+        scheduler.set_timesteps(f["steps"], **kwargs)
+        sigma = np.asarray(scheduler.sigmas, dtype=np.float64)[:-1]
+        visits = pd.DataFrame({"step": np.arange(len(sigma)), "timestep": np.asarray(scheduler.timesteps, float),
+                               "t": unshift_sigma(sigma, shift), "sigma": sigma, "log_snr": log_snr(1.0 - sigma, sigma)})
+        closed = flow_crossing(shift)
+    else:
+        shift, closed = float("nan"), float("nan")
+        alpha_bar = scheduler.alphas_cumprod.double().cpu().numpy()
+        curve = ddpm_log_snr_table(alpha_bar)
+        scheduler.set_timesteps(f["steps"])
+        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+        ab = np.interp(timestep, np.arange(T), alpha_bar)
+        visits = pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "t": (timestep + 1) / T,
+                               "sigma": np.sqrt(1.0 - ab), "log_snr": log_snr(np.sqrt(ab), np.sqrt(1.0 - ab))})
+    facts = {"kind": kind, "shift": shift, "mu": float("nan") if mu is None else float(mu),
+             "crossing_t": log_snr_crossing(curve["t"], curve["log_snr"]), "crossing_t_closed_form": closed,
+             "log_snr_t0": float(curve["log_snr"].iloc[0]), "log_snr_t1": float(curve["log_snr"].iloc[-1]),
+             "scheduler_config": resolved_config(scheduler)}
+    return curve, visits, facts
+
+
+def family_rows(ctx: JobContext, spec) -> list[dict[str, Any]]:
+    """Tables `log_snr` (per family and t) and `family_visits` (per sampler step), figure log_snr.png; a row per family."""
+    families = [family_spec(item) for item in ctx.config["families"]]
+    curves_, visits_, rows = [], [], []
+    for f in families:
+        curve, visits, facts = family_schedule(f)
+        curves_.append(curve.assign(family=f["name"]))
+        visits_.append(visits.assign(family=f["name"], sampler=f["sampler"], num_inference_steps=f["steps"]))
+        rows.append({**base_row(ctx, "schedule_snr", spec), "family": f["name"], "family_config": f["config_name"],
+                     "sampler": f["sampler"], "num_inference_steps": f["steps"], "width": f["width"],
+                     "height": f["height"], **{k: v for k, v in facts.items() if k != "scheduler_config"},
+                     "visited_t": " ".join(f"{t:.3f}" for t in visits["t"]),
+                     "visited_log_snr": " ".join(f"{v:.2f}" for v in visits["log_snr"]),
+                     "scheduler_config": facts["scheduler_config"]})
+        closed = facts["crossing_t_closed_form"]
+        log.info("%s: log-SNR = 0 at t = %.4f%s", f["name"], facts["crossing_t"],
+                 "" if math.isnan(closed) else f" (closed form 1/(1 + shift) = {closed:.4f})")
+    curves = pd.concat(curves_, ignore_index=True)
+    write_table(curves[["family", "t", "signal", "sigma", "log_snr"]], ctx.out_dir, "log_snr")
+    visits = pd.concat(visits_, ignore_index=True)
+    write_table(visits[["family", "sampler", "num_inference_steps", "step", "timestep", "t", "sigma", "log_snr"]],
+                ctx.out_dir, "family_visits")
+    families_figure(curves, visits, rows, ctx.out_dir / "log_snr.png")
+    return rows
+
+
+LOG_SNR_LIMITS = (-15.0, 15.0)
+
+
+def families_figure(curves: pd.DataFrame, visits: pd.DataFrame, rows: list[dict], target) -> None:
+    """log-SNR against normalised time t for every family, the steps its sampler visits as markers, and each
+    log-SNR = 0 crossing marked on the zero line and listed with its t (off-scale -inf steps sit on the bottom edge)."""
+    from matplotlib import pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from sdlab.figures import PALETTE, STYLE, save_figure
+
+    markers = "osD^PX*v"
+    low, high = LOG_SNR_LIMITS
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(10, 6))
+        handles = []
+        # 1. One curve per family, its visited steps on it (-inf clipped to the bottom edge as open triangles).
+        for i, (row, (name, curve)) in enumerate(zip(rows, curves.groupby("family", sort=False))):
+            color = PALETTE[i % len(PALETTE)]
+            ax.plot(curve["t"], curve["log_snr"], color=color, lw=1.6)
+            handles.append(Line2D([], [], color=color, lw=1.6, marker=markers[i % len(markers)], markersize=5,
+                                  markeredgecolor="black", markeredgewidth=0.4,
+                                  label=f"{name}: {row['sampler']}, {row['num_inference_steps']} steps"
+                                  + (f", shift {row['shift']:.2f}" if row["kind"] == "flow" else "")
+                                  + (f" (mu {row['mu']:.2f})" if np.isfinite(row["mu"]) else "")))
+            seen = visits[visits["family"] == name].drop_duplicates("t")
+            finite = seen[np.isfinite(seen["log_snr"]) & (seen["log_snr"] > low)]
+            few = len(seen) <= 8  # few-step samplers: larger marks, drawn above the dense ones
+            ax.scatter(finite["t"], finite["log_snr"].clip(upper=high), marker=markers[i % len(markers)],
+                       s=70 if few else 26, color=color, edgecolors="black", linewidths=0.5, zorder=3.5 if few else 3)
+            off = seen.drop(finite.index)
+            ax.scatter(off["t"], np.full(len(off), low), marker="v", s=40, facecolors="none", edgecolors=color,
+                       linewidths=1.2, zorder=3, clip_on=False)
+        # 2. Crossings: a ring on the zero line, and a list in the empty upper right (all curves are below 0 there).
+        ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
+        lines = ["log-SNR = 0 (signal = noise) at:"]
+        for i, row in enumerate(rows):
+            color = PALETTE[i % len(PALETTE)]
+            if np.isfinite(row["crossing_t"]):
+                ax.scatter([row["crossing_t"]], [0.0], s=90, facecolors="none", edgecolors=color, linewidths=1.6,
+                           zorder=4)
+                lines.append(f"t = {row['crossing_t']:.3f}  {row['family']}")
+        for j, text in enumerate(lines):
+            ax.text(0.985, 0.97 - 0.055 * j, text, transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                    color="black" if j == 0 else PALETTE[(j - 1) % len(PALETTE)], fontweight="bold" if j == 0 else None)
+        # 3. Axes, legend below the axes so it covers no curve.
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(low, high)
+        ax.set_xlabel("normalised time t  (DDPM: (timestep + 1) / 1000;  flow matching: sigma before the shift)")
+        ax.set_ylabel("log-SNR = log(signal² / noise²)   (−∞ at t = 1 is off-scale)")
+        ax.set_title("log-SNR against normalised time, DDPM and flow-matching families; markers: sampler steps, "
+                     "rings: log-SNR = 0\n"
+                     "flow: SNR = ((1 − σ')/σ')², σ' = sσ/(1 + (s − 1)σ) (SD3 eq. 23), Flux s = exp(mu(resolution)); "
+                     "▽ on the bottom edge: a step at −∞")
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
+        fig.tight_layout()
+        save_figure(fig, target)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 
 from sdlab.figures import image_strip
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import base_row, decode, encode, image_size, input_images, loaded_model, to_model, to_uint8
+from sdlab.jobs.analysis import (article_reports, base_row, decode, encode, image_size, input_images, loaded_model,
+                                 to_model, to_uint8)
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
 from sdlab.records import ordered, write_table
@@ -53,5 +55,6 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
     ratio = rows[0]["compression_ratio"]
     image_strip(strip, ctx.out_dir / "vae_roundtrip.png", col_labels=labels, row_labels=[r["image"] for r in rows],
                 title=f"VAE round trip, model={spec.name}: {width}x{height}x3 -> {rows[0]['latent_shape']} "
-                      f"(x{ratio:g} fewer values); latent channels min-max scaled")
+                      f"(x{ratio:g} fewer values), mean PSNR {np.mean([r['psnr_db'] for r in rows]):.1f} dB; "
+                      f"latent channels min-max scaled{article_reports(ctx)}")
     return ordered(rows)

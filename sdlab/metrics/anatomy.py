@@ -1,8 +1,9 @@
-"""Parameter counts and weight bytes of a pipeline's components and of the UNet's blocks."""
+"""Parameter counts and weight bytes of a pipeline's components and of its denoiser's blocks."""
 
 from __future__ import annotations
 
 import pandas as pd
+import torch
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -26,21 +27,30 @@ def component_table(components: dict) -> pd.DataFrame:
     ])
 
 
-def unet_block_table(unet) -> pd.DataFrame:
-    """One row per UNet block in forward order (conv_in, time_embedding, down_blocks.i, mid_block, up_blocks.i, conv_norm_out, conv_out) with params."""
+UNET_ORDER = ("conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks", "conv_norm_out",
+              "conv_out")
+STACK = 5  # a list of this many blocks of one class (a transformer's) is one row: "transformer_blocks (24x ...)"
+
+
+def denoiser_block_table(denoiser) -> pd.DataFrame:
+    """One row per block in forward order with params: a UNet's down_blocks.i, mid_block, up_blocks.i ...; a
+    transformer's embedders, then each stack of identical blocks as one row."""
+    children = dict(denoiser.named_children())
+    order = [n for n in UNET_ORDER if n in children] + [n for n in children if n not in UNET_ORDER]
     rows = []
-    order = ["conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks", "conv_norm_out", "conv_out"]
-    children = dict(unet.named_children())
-    for name in order + [n for n in children if n not in order]:
-        module = children.get(name)
-        if module is None:
-            continue
-        parts = list(enumerate(module)) if name in ("down_blocks", "up_blocks") else [(None, module)]
-        for i, part in parts:
+    for name in order:
+        module = children[name]
+        items = list(module) if isinstance(module, torch.nn.ModuleList) else None
+        if items and (len(items) < STACK or len({type(item) for item in items}) > 1):
+            parts = [(f"{name}.{i} {type(item).__name__}", item) for i, item in enumerate(items)]
+        elif items:
+            parts = [(f"{name} ({len(items)}x {type(items[0]).__name__})", module)]
+        else:
+            parts = [(name, module)]
+        for label, part in parts:
             n = count_parameters(part)
             if n:
-                label = f"{name}.{i} {type(part).__name__}" if i is not None else name
                 rows.append({"block": label, "params": n, **weight_bytes(n)})
     table = pd.DataFrame(rows)
-    table["share"] = table["params"] / count_parameters(unet)
+    table["share"] = table["params"] / count_parameters(denoiser)
     return table

@@ -1,4 +1,4 @@
-"""Full-reference image quality: PSNR and SSIM on float images in [0, 1] (via scikit-image)."""
+"""Full-reference image comparison: PSNR and SSIM (via scikit-image) and layout correlation, on images in [0, 1]."""
 
 from __future__ import annotations
 
@@ -63,3 +63,17 @@ def ssim(reference, test, data_range: float = 1.0) -> float:
             channel_axis=-1 if reference.ndim == 3 else None,
         )
     )
+
+
+def layout_correlation(first, second, cells: int = 8) -> float:
+    """Pearson correlation of two images' luminance averaged over a cells x cells grid: how alike their
+    compositions are (where bright and dark masses sit), blind to fine detail and exact colour."""
+    maps = []
+    for image in (first, second):
+        grey = to_float01(image)
+        grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
+        h, w = (grey.shape[0] // cells) * cells, (grey.shape[1] // cells) * cells
+        maps.append(grey[:h, :w].reshape(cells, h // cells, cells, w // cells).mean(axis=(1, 3)).ravel())
+    if maps[0].std() == 0 or maps[1].std() == 0:
+        return float(np.array_equal(maps[0], maps[1]))
+    return float(np.corrcoef(maps[0], maps[1])[0, 1])

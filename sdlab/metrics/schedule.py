@@ -1,7 +1,9 @@
-"""Noise schedules and signal-to-noise ratios of discrete-time diffusion.
+"""Noise schedules and signal-to-noise ratios of discrete-time diffusion and of rectified flow.
 
 Forward process (DDPM, Ho et al. 2020): q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I),
 with alpha_t = 1 - beta_t and alpha_bar_t = prod_{s<=t} alpha_s. Timesteps are 0-based, as in diffusers.
+Rectified flow (SD3, Esser et al. 2024; Flux): x_t = (1 - sigma) x_0 + sigma eps with sigma in [0, 1].
+Both are x_t = a_t x_0 + s_t eps, so log-SNR = 2 log(a_t / s_t) compares them on one axis.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ def betas(
         f = np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
         return np.minimum(1.0 - f[1:] / f[:-1], MAX_BETA)
     raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose terminal SNR is 0: sqrt(alpha_bar) shifted so its last value is 0 and scaled to keep its first
+    (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are Flawed", Algorithm 1)."""
+    root = np.sqrt(alpha_bar_from_betas(betas))
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)
+    alpha_bar = root**2
+    alphas = np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1.0 - alphas
 
 
 def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
@@ -102,3 +115,77 @@ def scheduler_visits(scheduler, num_inference_steps: int) -> pd.DataFrame:
             "snr_db": snr_db_from_alpha_bar(alpha_bar),
         }
     )
+
+
+# --------------------------------------------------------------------------- rectified flow and log-SNR
+
+
+def shift_sigma(sigma, shift: float) -> np.ndarray:
+    """Timestep shift sigma' = shift sigma / (1 + (shift - 1) sigma) (SD3, Esser et al. 2024, eq. 23)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def unshift_sigma(sigma_shifted, shift: float) -> np.ndarray:
+    """The inverse of eq. 23: sigma = sigma' / (shift - (shift - 1) sigma'), the time before shifting."""
+    sigma_shifted = np.asarray(sigma_shifted, dtype=np.float64)
+    return sigma_shifted / (shift - (shift - 1.0) * sigma_shifted)
+
+
+def image_seq_len(width: int, height: int, vae_scale: int = 8, patch: int = 2) -> int:
+    """Latent tokens of an image in SD3/Flux: (height / 8 / 2) (width / 8 / 2), 8x VAE and 2x2 patches."""
+    return (int(height) // vae_scale // patch) * (int(width) // vae_scale // patch)
+
+
+def dynamic_shift_mu(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+                     max_shift: float = 1.15) -> float:
+    """Flux's mu, linear in the image sequence length (diffusers FluxPipeline `calculate_shift`); shift = exp(mu)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return seq_len * m + base_shift - m * base_seq_len
+
+
+def flow_snr(sigma) -> np.ndarray:
+    """SNR = ((1 - sigma) / sigma)^2 of rectified flow x_t = (1 - sigma) x_0 + sigma eps."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return ((1.0 - sigma) / sigma) ** 2
+
+
+def log_snr(signal, noise) -> np.ndarray:
+    """lambda = log(a^2 / s^2) = 2 log(a / s) for x_t = a x_0 + s eps (natural log; +inf at s = 0, -inf at a = 0)."""
+    with np.errstate(divide="ignore"):
+        return 2.0 * (np.log(np.asarray(signal, dtype=np.float64)) - np.log(np.asarray(noise, dtype=np.float64)))
+
+
+def flow_crossing(shift: float) -> float:
+    """Normalised time where the shifted sigma' = 0.5 (log-SNR = 0): sigma = 1 / (1 + shift), from eq. 23."""
+    return 1.0 / (1.0 + shift)
+
+
+def flow_log_snr_table(shift: float, T: int = 1000) -> pd.DataFrame:
+    """Per training timestep of a flow model: t = i/T (i = 1..T, the unshifted sigma), sigma' (eq. 23),
+    signal 1 - sigma', noise sigma', log-SNR = 2 log((1 - sigma') / sigma')."""
+    t = np.arange(1, T + 1, dtype=np.float64) / T
+    sigma = shift_sigma(t, shift)
+    return pd.DataFrame({"t": t, "signal": 1.0 - sigma, "sigma": sigma, "log_snr": log_snr(1.0 - sigma, sigma)})
+
+
+def ddpm_log_snr_table(alpha_bar) -> pd.DataFrame:
+    """Per timestep of a DDPM schedule: t = (timestep + 1)/T, signal sqrt(alpha_bar), noise sigma = sqrt(1 - alpha_bar),
+    log-SNR = log(alpha_bar / (1 - alpha_bar)) (-inf at a zero terminal SNR, Lin et al. 2024)."""
+    alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
+    signal, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    t = np.arange(1, len(alpha_bar) + 1, dtype=np.float64) / len(alpha_bar)
+    return pd.DataFrame({"t": t, "signal": signal, "sigma": sigma, "log_snr": log_snr(signal, sigma)})
+
+
+def log_snr_crossing(t, lam) -> float:
+    """The t where log-SNR first falls through 0 (signal and noise equal), linearly interpolated; nan if never."""
+    t, lam = np.asarray(t, dtype=np.float64), np.asarray(lam, dtype=np.float64)
+    below = np.flatnonzero(lam <= 0.0)
+    if not below.size:
+        return float("nan")
+    i = int(below[0])
+    if i == 0 or lam[i] == 0.0:
+        return float(t[i])
+    return float(t[i - 1] + (t[i] - t[i - 1]) * lam[i - 1] / (lam[i - 1] - lam[i]))

@@ -267,11 +267,24 @@ def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
     return agreement
 
 
-def adherence_columns(image, prompt: str) -> dict[str, bool]:
-    """`adherence_<attribute>` row columns for a prompt of the dataset grammar; empty for any other prompt."""
-    from sdlab.mini.data import parse_caption
+LAYOUT = ("size", "position", "background")  # what a partial caption may leave to the seed, besides colour
 
-    attrs = parse_caption(prompt)
-    if attrs is None:
+
+def same_layout(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether the checker reads the same size, position and background in two images (both readable)."""
+    a, b = check(first), check(second)
+    return all(getattr(a, k) is not None and getattr(a, k) == getattr(b, k) for k in LAYOUT)
+
+
+def adherence_columns(image, prompt: str) -> dict[str, bool]:
+    """`adherence_<attribute>` row columns for the attributes a prompt of the dataset grammar names (full or
+    partial caption), and `adherence_all` over them; empty for any other prompt."""
+    from sdlab.mini.data import parse_partial
+
+    named = parse_partial(prompt)
+    if named is None:
         return {}
-    return {f"adherence_{k}": v for k, v in adherence(np.asarray(image), attrs).items()}
+    result = check(np.asarray(image))
+    agreement = {name: getattr(result, name) == value for name, value in named.items()}
+    agreement["all"] = all(agreement.values())
+    return {f"adherence_{k}": v for k, v in agreement.items()}

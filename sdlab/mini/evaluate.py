@@ -20,6 +20,7 @@ from sdlab.mini import data
 from sdlab.records import write_table
 
 PARTS = ("vae", "clip", "generate", "same_seed", "speed")
+GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
 
 
 def shipped_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
@@ -77,7 +78,7 @@ def adherence_rows(images: np.ndarray, attributes: list[data.Attributes]) -> lis
 
 
 def generation_quality(root: Path, out: Path, count: int = 200, split: data.Split = "any",
-                       guidance_scales: tuple[float, ...] = (7.5, 3.0, 1.0)) -> tuple[dict, pd.DataFrame]:
+                       guidance_scales: tuple[float, ...] = GUIDANCE_SCALES) -> tuple[dict, pd.DataFrame]:
     """Adherence rates over `count` evaluation prompt/seed pairs at each guidance scale."""
     from PIL import Image
 
@@ -107,26 +108,34 @@ def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, float]:
-    """Shape-mask IoU of each eval prompt against it with another shape word, same seed vs another seed."""
+    """Does the seed decide what the caption leaves open? Partial captions naming colour and shape ("a red
+    circle"), the shape word changed: layout kept (size, position and background read alike) and shape-mask IoU,
+    for the same seed against another seed; `count` pairs each, g=7.5."""
     from dataclasses import replace
 
     from PIL import Image
 
-    from sdlab.mini.checker import shape_mask
+    from sdlab.mini.checker import same_layout, shape_mask
 
-    # does the seed carry the composition? (g=7.5; same_seed.png shows rows: original, same seed, other seed)
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
     swapped = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)])
                for a in attributes]
     seeds = list(range(count))
-    base = generate_images(pipe, [data.caption(a) for a in attributes], seeds, 7.5)
-    same = generate_images(pipe, [data.caption(a) for a in swapped], seeds, 7.5)
-    other = generate_images(pipe, [data.caption(a) for a in swapped], [s + count for s in seeds], 7.5)
+
+    def partial(items):
+        return [data.partial_caption(a, {"colour"}) for a in items]
+
+    base = generate_images(pipe, partial(attributes), seeds, 7.5)
+    same = generate_images(pipe, partial(swapped), seeds, 7.5)
+    other = generate_images(pipe, partial(swapped), [s + count for s in seeds], 7.5)
     masks = [[shape_mask(image) for image in images] for images in (base, same, other)]
     grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in (base, same, other)], axis=0)
-    Image.fromarray(grid).save(out / "same_seed.png")
-    return {"same_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[1])])),
+    Image.fromarray(grid).save(out / "same_seed.png")  # rows: original, same seed, another seed
+    return {"layout_pairs": count,
+            "same_seed_layout_kept": float(np.mean([same_layout(b, m) for b, m in zip(base, same)])),
+            "other_seed_layout_kept": float(np.mean([same_layout(b, m) for b, m in zip(base, other)])),
+            "same_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[1])])),
             "other_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[2])]))}
 
 

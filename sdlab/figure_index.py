@@ -1,0 +1,96 @@
+"""The index of a sweep over recipes: figure id -> question -> files with their claims, and one contact sheet."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from sdlab.captions import read_captions
+from sdlab.grid import GAP, INK, MARGIN, fitted, font
+from sdlab.io import atomic_path, atomic_write_text
+from sdlab.records import job_dirs, write_table
+
+log = logging.getLogger(__name__)
+
+FIGURE_SUFFIXES = (".png", ".gif")
+SHEET_COLUMNS, THUMB = 5, 300
+
+
+def recipe_of(job: Path) -> dict:
+    """A job folder's recipe name and its `article:` block (id, question), read from Hydra's saved config."""
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.load(job / ".hydra" / "config.yaml")
+        hydra = OmegaConf.load(job / ".hydra" / "hydra.yaml")
+        article = OmegaConf.to_container(config.get("article") or {}, resolve=False)
+        recipe = OmegaConf.select(hydra, "hydra.runtime.choices.experiment", default=None)
+    except (OSError, ValueError, TypeError):  # a folder Hydra did not finish: listed without its recipe
+        return {"recipe": job.name}
+    return {"recipe": recipe or job.name, **{k: article.get(k) for k in ("id", "question")}}
+
+
+def index_rows(sweep_dir: Path) -> list[dict]:
+    """One row per figure of every job folder: id, question, recipe, folder, figure and its caption (the claim)."""
+    rows = []
+    for job in job_dirs(sweep_dir):
+        recipe, captions = recipe_of(job), read_captions(job)
+        figures = sorted(p for p in job.iterdir() if p.suffix in FIGURE_SUFFIXES and not p.name.startswith("."))
+        for figure in figures or [None]:
+            rows.append({"id": recipe.get("id") or "", "question": recipe.get("question") or "",
+                         "recipe": recipe["recipe"], "folder": job.name,
+                         "figure": f"{job.name}/{figure.name}" if figure else "",
+                         "claim": captions.get(figure.name, "") if figure else "no figure"})
+    return rows
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    """The index as a Markdown table, linking each figure."""
+    lines = [f"# {title}", "", "| id | question | figure | what it shows |", "|---|---|---|---|"]
+    for row in rows:
+        link = f"[{Path(row['figure']).name}]({row['figure']})" if row["figure"] else "-"
+        cells = [row["id"] or row["recipe"], row["question"], link, row["claim"] or "-"]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def contact_sheet(rows: list[dict], sweep_dir: Path, target: Path) -> Path | None:
+    """Every figure as a thumbnail labelled with its id and file name, SHEET_COLUMNS to a row."""
+    shown = [row for row in rows if row["figure"]]
+    if not shown:
+        return None
+    label_height = 3 * (font().size + 3)
+    cell_w, cell_h = THUMB, THUMB + label_height
+    n_rows = -(-len(shown) // SHEET_COLUMNS)
+    sheet = Image.new("RGB", (2 * MARGIN + SHEET_COLUMNS * (cell_w + GAP), 2 * MARGIN + n_rows * (cell_h + GAP)),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, row in enumerate(shown):
+        x = MARGIN + (i % SHEET_COLUMNS) * (cell_w + GAP)
+        y = MARGIN + (i // SHEET_COLUMNS) * (cell_h + GAP)
+        name = f"{row['id'] or row['recipe']}: {Path(row['figure']).name}"
+        draw.multiline_text((x, y), "\n".join(textwrap.wrap(name, 40, max_lines=2, placeholder=" …")), fill=INK,
+                            font=font(True), spacing=2)
+        thumb = fitted(sweep_dir / row["figure"], THUMB)
+        if thumb is not None:
+            sheet.paste(thumb, (x + (cell_w - thumb.width) // 2, y + label_height))
+    with atomic_path(target) as tmp:
+        sheet.save(tmp, format="PNG")
+    return target
+
+
+def write_index(sweep_dir: Path) -> str:
+    """index.md, index.{parquet,csv} and contact_sheet.png at the root of a sweep over recipes; a log line."""
+    sweep_dir = Path(sweep_dir)
+    rows = index_rows(sweep_dir)
+    if not rows:
+        return ""
+    write_table(pd.DataFrame(rows), sweep_dir, "index")
+    atomic_write_text(sweep_dir / "index.md", markdown(rows, f"Figures of {sweep_dir.name}"))
+    contact_sheet(rows, sweep_dir, sweep_dir / "contact_sheet.png")
+    figures = sum(1 for row in rows if row["figure"])
+    return f"index of {len({row['folder'] for row in rows})} recipes, {figures} figures: index.md, contact_sheet.png"

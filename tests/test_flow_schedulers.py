@@ -1,0 +1,227 @@
+"""Schedulers by model kind: flow matching (SD3, Flux) beside the DDPM family, shift options, and log-SNR by family."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from sdlab.errors import UserError
+from sdlab.metrics.schedule import (dynamic_shift_mu, flow_crossing, flow_log_snr_table, flow_snr, image_seq_len,
+                                    log_snr_crossing, shift_sigma, unshift_sigma)
+from sdlab.schedulers import (FAMILY_CONFIGS, KINDS, SCHEDULERS, check_kind, check_options, check_steps, fitting,
+                              make_scheduler, model_kind, timestep_kwargs)
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOW = ["flow_euler", "flow_heun", "flow_dpmpp_2m", "flow_unipc"]
+SD3, FLUX = FAMILY_CONFIGS["sd3"], FAMILY_CONFIGS["flux_dev"]
+
+
+def test_every_registered_scheduler_declares_its_kinds():
+    for name, spec in SCHEDULERS.items():
+        expected = {"flow"} if name.startswith("flow_") else {"epsilon", "v_prediction"}
+        assert spec.kinds == expected, name
+        assert spec.kinds <= set(KINDS)
+    assert fitting("flow") == FLOW
+    assert "lcm" in fitting("epsilon") and "lcm" in fitting("v_prediction") and "lcm" not in fitting("flow")
+    assert fitting("epsilon") == fitting("v_prediction") == [n for n in SCHEDULERS if n not in FLOW]
+
+
+def test_every_registered_scheduler_has_a_config_file_and_the_new_ones_say_what_they_are():
+    files = {p.stem for p in (ROOT / "conf" / "scheduler").glob("*.yaml") if not p.stem.startswith("_")}
+    assert files == set(SCHEDULERS)
+    for name in [*FLOW, "lcm"]:
+        text = (ROOT / "conf" / "scheduler" / f"{name}.yaml").read_text()
+        assert text.startswith("# ") and yaml.safe_load(text)["name"] == name
+    options = yaml.safe_load((ROOT / "conf" / "scheduler" / "_options.yaml").read_text())
+    assert options["shift"] is None and options["use_dynamic_shifting"] is None
+
+
+def test_check_kind_names_the_scheduler_and_kind_and_lists_the_fitting_ones_on_one_line():
+    check_kind("flow_euler", "flow")
+    check_kind("ddim", "v_prediction")
+    with pytest.raises(UserError) as bad:
+        check_kind("flow_euler", "epsilon")
+    message = str(bad.value)
+    assert "\n" not in message and "'flow_euler'" in message and "'epsilon'" in message
+    assert message.endswith(", ".join(fitting("epsilon")))
+    with pytest.raises(UserError, match="flow_euler, flow_heun, flow_dpmpp_2m, flow_unipc$"):
+        check_kind("dpmpp_2m", "flow")
+    with pytest.raises(UserError, match="unknown model kind 'sample'"):
+        check_kind("ddim", "sample")
+
+
+def test_model_kind_reads_the_scheduler_config():
+    assert model_kind(SD3) == model_kind(FLUX) == "flow"
+    assert model_kind(FAMILY_CONFIGS["sd15"]) == model_kind(FAMILY_CONFIGS["sdxl"]) == "epsilon"
+    assert model_kind(FAMILY_CONFIGS["sd2_v"]) == "v_prediction"
+    assert model_kind({"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": True, "flow_shift": 5.0}) == "flow"
+    # the mini model's DPMSolver config carries flow_shift but is an epsilon model
+    assert model_kind({"_class_name": "DPMSolverMultistepScheduler", "flow_shift": 1.0, "use_flow_sigmas": False,
+                       "prediction_type": "epsilon", "beta_schedule": "scaled_linear"}) == "epsilon"
+
+
+def test_a_scheduler_of_the_wrong_kind_is_refused_when_built():
+    with pytest.raises(UserError, match="scheduler 'ddim' does not fit a model of kind 'flow'"):
+        make_scheduler("ddim", SD3)
+    with pytest.raises(UserError, match="scheduler 'flow_euler' does not fit a model of kind 'epsilon'"):
+        make_scheduler("flow_euler", FAMILY_CONFIGS["sd15"])
+
+
+@pytest.mark.parametrize("name", FLOW)
+def test_flow_schedulers_build_from_sd3_and_follow_its_static_shift(name):
+    scheduler = make_scheduler(name, SD3)
+    shift = scheduler.config.get("shift", scheduler.config.get("flow_shift"))
+    assert shift == 3.0
+    scheduler.set_timesteps(8, **timestep_kwargs(scheduler))
+    sigmas = np.unique(np.asarray(scheduler.sigmas, dtype=np.float64)[:-1])  # Heun repeats each sigma
+    assert float(scheduler.sigmas[-1]) == 0.0 and sigmas.max() == pytest.approx(1.0, abs=1e-3)
+    # every visited sigma is a shifted sigma of a time in (0, 1]: eq. 23 inverts back into it
+    t = unshift_sigma(sigmas, 3.0)
+    assert np.all((t > 0) & (t <= 1 + 1e-6))
+    np.testing.assert_allclose(shift_sigma(t, 3.0), sigmas, rtol=1e-6)
+
+
+def test_flow_euler_training_sigmas_are_eq_23_of_the_uniform_grid():
+    scheduler = make_scheduler("flow_euler", SD3)
+    t = np.arange(1000, 0, -1) / 1000
+    np.testing.assert_allclose(scheduler.sigmas.numpy(), shift_sigma(t, 3.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["flow_euler", "flow_dpmpp_2m", "flow_unipc"])
+@pytest.mark.parametrize("side", [256, 1024])
+def test_flux_dynamic_shift_takes_mu_from_the_resolution(name, side):
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    scheduler = make_scheduler(name, FLUX)
+    assert scheduler.config.use_dynamic_shifting
+    kwargs = timestep_kwargs(scheduler, side, side)
+    assert kwargs["mu"] == pytest.approx(calculate_shift(image_seq_len(side, side)))
+    assert kwargs["mu"] == pytest.approx({256: 0.5, 1024: 1.15}[side])
+    if name != "flow_dpmpp_2m":  # DPM-Solver silently falls back to flow_shift without mu; the others refuse
+        with pytest.raises(ValueError, match="mu"):
+            make_scheduler(name, FLUX).set_timesteps(4)
+    scheduler.set_timesteps(4, **kwargs)
+    sigmas = np.asarray(scheduler.sigmas, dtype=np.float64)[:-1]
+    t = unshift_sigma(sigmas, math.exp(kwargs["mu"]))
+    np.testing.assert_allclose(shift_sigma(t, math.exp(kwargs["mu"])), sigmas, rtol=1e-6)
+    assert np.all((t > 0) & (t <= 1 + 1e-6))
+
+
+def test_flux_sigmas_as_the_flux_pipeline_passes_them():
+    scheduler = make_scheduler("flow_euler", FLUX)
+    mu = timestep_kwargs(scheduler, 1024, 1024)["mu"]
+    scheduler.set_timesteps(4, sigmas=np.linspace(1.0, 1 / 4, 4), mu=mu)
+    np.testing.assert_allclose(scheduler.sigmas.numpy()[:-1], shift_sigma([1.0, 0.75, 0.5, 0.25], math.exp(mu)),
+                               rtol=1e-6)
+
+
+def test_heun_has_no_dynamic_shifting_so_flux_gets_a_one_line_refusal():
+    with pytest.raises(UserError) as bad:
+        make_scheduler("flow_heun", FLUX)
+    assert "\n" not in str(bad.value) and str(bad.value).endswith("flow_euler, flow_dpmpp_2m, flow_unipc")
+    heun = make_scheduler("flow_heun", SD3, {"shift": 6.0})
+    assert heun.config.shift == 6.0
+
+
+def test_shift_is_an_option_checked_for_every_flow_scheduler():
+    assert check_options("flow_euler", {"shift": 6.0, "use_dynamic_shifting": False}) == {
+        "shift": 6.0, "use_dynamic_shifting": False}
+    assert make_scheduler("flow_dpmpp_2m", SD3, {"shift": 6}).config.flow_shift == 6  # renamed for the solver
+    assert make_scheduler("flow_unipc", SD3).config.flow_shift == 3.0  # the model's shift carries over
+    assert make_scheduler("flow_euler", FLUX, {"use_dynamic_shifting": False}).config.use_dynamic_shifting is False
+    fixed = make_scheduler("flow_euler", FLUX, {"use_dynamic_shifting": False, "shift": 6.0})
+    assert fixed.config.shift == 6.0 and timestep_kwargs(fixed, 1024, 1024) == {}
+    with pytest.raises(UserError, match="add scheduler.use_dynamic_shifting=false to use a fixed shift"):
+        make_scheduler("flow_unipc", FLUX, {"shift": 6.0})
+    for value, fragment in [("abc", "scheduler.shift='abc' must be a number"), (True, "must be a number"),
+                            (0.0, "must be a positive finite number"), (float("nan"), "positive finite")]:
+        with pytest.raises(UserError, match=fragment):
+            check_options("flow_euler", {"shift": value})
+    with pytest.raises(UserError, match="scheduler.use_dynamic_shifting='yes' is not allowed"):
+        check_options("flow_euler", {"use_dynamic_shifting": "yes"})
+    with pytest.raises(UserError, match=r"scheduler.shift is an option of the flow-matching schedulers \(flow_euler, "):
+        check_options("ddim", {"shift": 3.0})
+    with pytest.raises(UserError, match="scheduler 'flow_dpmpp_2m' has no option 'flow_shift'"):
+        check_options("flow_dpmpp_2m", {"flow_shift": 3.0})
+
+
+def test_check_steps_for_flow_and_ddpm_models():
+    for name in fitting("flow"):
+        config = SD3 if name == "flow_heun" else FLUX
+        check_steps(name, config, {}, 28, "flux", width=1024, height=1024)
+        check_steps(name, config, {"shift": 6.0} if name == "flow_heun" else {}, 1000, "flux")
+    check_steps("flow_euler", SD3, {"shift": 12.0}, 50, "sd3")
+    check_steps("lcm", FAMILY_CONFIGS["sd15"], {}, 4, "sd15")
+    with pytest.raises(UserError, match="more than the 1000 timesteps"):
+        check_steps("flow_euler", SD3, {}, 1001, "sd3")
+    with pytest.raises(UserError, match="^model flux: scheduler 'ddim' does not fit a model of kind 'flow'"):
+        check_steps("ddim", FLUX, {}, 4, "model flux")
+
+
+def test_flow_log_snr_matches_the_closed_form():
+    for shift in (1.0, 3.0, math.exp(0.5), math.exp(1.15), 6.0):
+        table = flow_log_snr_table(shift)
+        sigma = shift * table["t"] / (1 + (shift - 1) * table["t"])
+        np.testing.assert_allclose(table["sigma"], sigma, rtol=1e-12)
+        finite = (table["t"] < 1).to_numpy()
+        sigma = sigma.to_numpy()[finite]
+        np.testing.assert_allclose(table["log_snr"][finite], np.log(((1 - sigma) / sigma) ** 2), rtol=1e-9)
+        np.testing.assert_allclose(np.exp(table["log_snr"][finite]), flow_snr(sigma), rtol=1e-9)
+        assert table["log_snr"].iloc[-1] == -np.inf
+        assert log_snr_crossing(table["t"], table["log_snr"]) == pytest.approx(flow_crossing(shift), abs=1e-4)
+    assert flow_crossing(3.0) == 0.25 and shift_sigma(flow_crossing(3.0), 3.0) == pytest.approx(0.5)
+    assert dynamic_shift_mu(image_seq_len(1024, 1024)) == pytest.approx(1.15)
+
+
+def test_log_snr_crossing_interpolates_and_says_nan_when_never():
+    assert log_snr_crossing([0.1, 0.2, 0.3], [2.0, 1.0, -1.0]) == pytest.approx(0.25)
+    assert math.isnan(log_snr_crossing([0.1, 0.2], [2.0, 1.0]))
+
+
+def test_schedule_families_recipe_tables_crossings_and_figure(tmp_path, one_thread):
+    from analysis_helpers import check_image, context
+    from sdlab.jobs import get_job
+
+    ctx = context("schedule_families", tmp_path)
+    rows = get_job(ctx.config["job"])(ctx).set_index("family")
+    assert len(rows) == 5 and (rows["status"] == "ok").all()
+    assert list(rows["kind"]) == ["epsilon", "v_prediction", "flow", "flow", "flow"]
+    # flow: crossing at the unshifted time 1/(1 + shift), with shift = exp(mu) for Flux
+    expected = {"SD3 (flow, shift 3.0)": 0.25, "Flux 256 px (dynamic shift)": 1 / (1 + math.exp(0.5)),
+                "Flux 1024 px (dynamic shift)": 1 / (1 + math.exp(1.15))}
+    for family, t in expected.items():
+        assert rows.loc[family, "crossing_t"] == pytest.approx(t, abs=1e-3)
+        assert rows.loc[family, "crossing_t_closed_form"] == pytest.approx(t, abs=1e-9)
+        assert rows.loc[family, "log_snr_t1"] == -np.inf
+    assert rows["mu"].dropna().round(4).tolist() == [0.5, 1.15]
+    # DDPM: SD 1.5 crosses 0 dB at timestep 354 (test_schedule.py); zero-SNR rescaling ends at -inf
+    assert rows.loc["SD 1.5 (epsilon, scaled_linear)", "crossing_t"] == pytest.approx(0.355, abs=1e-3)
+    assert np.isfinite(rows.loc["SD 1.5 (epsilon, scaled_linear)", "log_snr_t1"])
+    assert rows.loc["SD 2 v-pred, zero terminal SNR", "log_snr_t1"] == -np.inf
+    assert rows.loc["Flux 256 px (dynamic shift)", "visited_t"] == "1.000 0.750 0.500 0.250"
+    assert len(rows.loc["SD3 (flow, shift 3.0)", "visited_t"].split()) == 28
+    curves = pd.read_parquet(tmp_path / "log_snr.parquet")
+    assert curves.groupby("family").size().eq(1000).all()
+    visits = pd.read_csv(tmp_path / "family_visits.csv")
+    assert visits.groupby("family", sort=False).size().tolist() == [26, 25, 28, 4, 28]
+    check_image(tmp_path / "log_snr.png", min_size=(600, 400))
+
+
+def test_shift_from_the_command_line_is_checked_before_any_work(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "sdlab.cli", "experiment=schedule_snr", "scheduler=flow_euler",
+                             "scheduler.shift=abc", "threads=1"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == "sdlab: error: scheduler.shift='abc' must be a number"
+    assert not (tmp_path / "outputs").exists()
