@@ -79,6 +79,12 @@ def test_heun_costs_two_calls_per_step_in_every_unet_family(name, one_thread):
     assert generate_batch(model, params(num_inference_steps=4), [0]).nfe == 2 * 4 - 1  # the last step is Euler
 
 
+def test_flow_heun_costs_two_calls_per_step_on_a_transformer(one_thread):
+    model = tiny_model("sd3_tiny")
+    model.use_scheduler("flow_heun")
+    assert generate_batch(model, params(num_inference_steps=4), [0]).nfe == 2 * 4 - 1
+
+
 def test_guidance_one_skips_the_unconditional_branch(one_thread, batches):
     model = tiny_model("sdxl_tiny")
     with batches(model) as seen:
