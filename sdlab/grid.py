@@ -133,6 +133,25 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
     return Path(target)
 
 
+TITLE_MIN_WIDTH = 360  # a title wider than the grid wraps to the grid's width, or to this on small grids
+
+
+def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    """`text` with each line broken at spaces so that it fits `width` pixels in the bold font."""
+    lines = []
+    for line in text.split("\n"):
+        words, current = line.split(" "), ""
+        for word in words:
+            trial = f"{current} {word}".strip()
+            if current and text_size(draw, trial, bold=True)[0] > width:
+                lines.append(current)
+                current = word
+            else:
+                current = trial
+        lines.append(current)
+    return "\n".join(lines)
+
+
 def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
               title: str) -> Image.Image:
     """Compose the grid: column labels on top, row labels on the left, one bold header per page."""
@@ -145,10 +164,11 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
     left = max(text_size(measure, t)[0] for t in row_labels) + (GAP * 2 if y_key else 0)
     head = max(text_size(measure, t)[1] for t in col_labels) + (GAP * 2 if x_key else 0)
     page_head = max(text_size(measure, t, bold=True)[1] for t in page_labels) + (GAP * 3 if page_labels[0] else 0)
-    title_h = text_size(measure, title, bold=True)[1] + GAP * 3 if title else 0
     col_w = max(side, max(text_size(measure, t)[0] for t in col_labels) + 2 * GAP)  # labels never overlap
     page_w = left + len(xs) * (col_w + GAP) - GAP
     page_h = page_head + head + len(ys) * (side + GAP) - GAP
+    title = wrapped(measure, title, max(page_w, TITLE_MIN_WIDTH))
+    title_h = text_size(measure, title, bold=True)[1] + GAP * 3 if title else 0
     width = max(page_w, text_size(measure, title, bold=True)[0]) + 2 * MARGIN
     canvas = Image.new("RGB", (width, title_h + len(pages) * (page_h + MARGIN) + MARGIN), "white")
     draw = ImageDraw.Draw(canvas)

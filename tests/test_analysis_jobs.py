@@ -203,7 +203,9 @@ def test_guidance_grid_with_clip_scores(tmp_path):
     assert [json.loads(o)["guidance_scale"] for o in rows["overrides"]] == ["1.0", "1.0", "7.5", "7.5"]
     assert all((tmp_path / "out" / p).is_file() for p in rows["image_path"])
     check_image(tmp_path / "out" / "guidance_grid.png", **figure_size(1.6 * 2 + 0.8, 2.0 * 2 + 0.3, slack=0.5, grow=1.6))
-    check_image(tmp_path / "out" / "clip_vs_guidance.png", **figure_size(6.4, 3.6))
+    check_image(tmp_path / "out" / "clip_vs_guidance.png", **figure_size(6.4, 3.6 * 2))  # CLIP score, adherence
+    claim = json.loads((tmp_path / "out" / "captions.json").read_text())["clip_vs_guidance.png"]
+    assert "CLIP score" in claim and "at w=1 vs" in claim and "prompt followed" in claim and "(n=2 seeds)" in claim
 
 
 def test_prompt_grid(tmp_path):
