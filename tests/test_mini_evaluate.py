@@ -19,7 +19,7 @@ def seeded_layout(pipe, prompts, seeds, guidance_scale, **_):
 
 
 def test_same_seed_measure_separates_seed_decided_layouts(monkeypatch, tmp_path):
-    monkeypatch.setattr(evaluate, "load_pipeline", lambda root: None)
+    monkeypatch.setattr(evaluate, "shipped_pipeline", lambda root: None)
     monkeypatch.setattr(evaluate, "generate_images", seeded_layout)
     found = evaluate.same_seed_similarity(tmp_path, tmp_path, count=50)
     assert found["layout_pairs"] == 50
@@ -31,7 +31,7 @@ def test_same_seed_measure_separates_seed_decided_layouts(monkeypatch, tmp_path)
 
 def test_same_seed_measure_uses_partial_captions(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(evaluate, "load_pipeline", lambda root: None)
+    monkeypatch.setattr(evaluate, "shipped_pipeline", lambda root: None)
     monkeypatch.setattr(evaluate, "generate_images", lambda pipe, prompts, seeds, g: seen.extend(prompts) or
                         seeded_layout(pipe, prompts, seeds, g))
     evaluate.same_seed_similarity(tmp_path, tmp_path, count=4)
