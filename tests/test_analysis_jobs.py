@@ -191,6 +191,40 @@ def test_trajectory_x0_pred_matches_euler_update(tmp_path):
         torch.testing.assert_close(s["latents_after"], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family,guidance_scale", [("sd3", 3.0), ("flux", 3.5)])
+def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance_scale, tmp_path):
+    from sdlab.jobs import trajectory
+
+    recorded = {}
+    original = trajectory.TrajectoryRecorder.__exit__
+
+    def keep(self, *exc):
+        recorded["steps"], recorded["sigmas"] = self.steps, self.model.scheduler.sigmas.clone()
+        return original(self, *exc)
+
+    model = {**context("trajectory", tmp_path).config["model"], "name": f"{family}_tiny", "family": family}
+    scheduler = {**context("trajectory", tmp_path).config["scheduler"], "name": "flow_euler"}
+    trajectory.TrajectoryRecorder.__exit__ = keep
+    try:
+        rows = run("trajectory", tmp_path, model=model, scheduler=scheduler, num_inference_steps=3, frames=3,
+                   guidance_scale=guidance_scale)
+    finally:
+        trajectory.TrajectoryRecorder.__exit__ = original
+    assert (rows["status"] == "ok").all() and rows["alpha_bar"].isna().all()
+    assert rows["sigma"].is_monotonic_decreasing and rows["log_snr"].is_monotonic_increasing
+    steps, sigmas = recorded["steps"], recorded["sigmas"]
+    assert steps[0]["x_t"].shape[-2:] == (8, 8) == steps[0]["x0_pred"].shape[-2:]  # NCHW (Flux's packed latents unpacked)
+    # Flow Euler: x_next = x_t + (sigma_next - sigma) v with v = (x_t - x0_pred)/sigma; the last step lands on x0_pred.
+    for i, s in enumerate(steps):
+        assert s["sigma"] == pytest.approx(float(sigmas[i]))
+        v = (s["x_t"] - s["x0_pred"]) / s["sigma"]
+        torch.testing.assert_close(s["latents_after"], s["x_t"] + (float(sigmas[i + 1]) - s["sigma"]) * v,
+                                   rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(steps[-1]["x0_pred"], steps[-1]["latents_after"], rtol=1e-5, atol=1e-5)
+    check_image(tmp_path / "trajectory.gif", min_size=(256, 256))
+    check_image(tmp_path / "trajectory_strip.png", min_size=(300, 200))
+
+
 def test_guidance_grid_with_clip_scores(tmp_path):
     from sdlab.metrics.clip import tiny_clip
 

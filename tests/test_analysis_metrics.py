@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sdlab.metrics.clip import clip_score_from_cosine, cosine_matrix, long_matrix, token_rows, token_table
-from sdlab.metrics.diffusion import alpha_bar_at, guided, q_sample, snr_db, x0_pred
+from sdlab.metrics.diffusion import (alpha_bar_at, flow_log_snr, guided, log_snr, log_snr_db, q_sample, snr_db,
+                                    x0_from_velocity, x0_pred)
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, downsampling_factor, latent_channel_stats, latent_shape
 from sdlab.tokenizer import load_tokenizer
@@ -29,6 +30,24 @@ def test_q_sample_and_x0_pred_invert_each_other():
         assert x0_pred(x_t, x0, alpha_bar, "sample") is x0
     with pytest.raises(ValueError, match="prediction_type"):
         x0_pred(x0, eps, 0.5, "flow")
+
+
+def test_x0_from_velocity_inverts_rectified_flow():
+    rng = np.random.default_rng(1)
+    x0, eps = rng.standard_normal((4, 8, 8)), rng.standard_normal((4, 8, 8))
+    for sigma in (1.0, 0.7, 0.05, 0.0):
+        x_t = (1 - sigma) * x0 + sigma * eps
+        np.testing.assert_allclose(x0_from_velocity(x_t, eps - x0, sigma), x0, atol=1e-12)
+    # the DDPM epsilon formula at the same noise level (alpha_bar = 1/(1 + sigma²)) is not it
+    x_t = 0.3 * x0 + 0.7 * eps
+    assert not np.allclose(x0_pred(x_t, eps - x0, 1 / (1 + 0.7**2), "epsilon"), x0, atol=1e-3)
+
+
+def test_log_snr_of_both_schedules():
+    assert log_snr(0.5) == 0.0 and flow_log_snr(0.5) == 0.0 and log_snr(1.0) == math.inf
+    assert flow_log_snr(0.0) == math.inf and flow_log_snr(1.0) == -math.inf
+    assert flow_log_snr(0.2) == pytest.approx(2 * math.log(4))
+    assert log_snr_db(log_snr(0.9)) == pytest.approx(snr_db(0.9))
 
 
 def test_guidance_alpha_bar_interpolation_and_snr():

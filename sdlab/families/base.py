@@ -186,6 +186,10 @@ class ModelAdapter:
             **self.sequence_options(),
         ).images
 
+    def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """The pipeline's latents (as the denoiser and `callback_on_step_end` see them) as NCHW: unchanged here."""
+        return latents
+
     def sequence_options(self) -> dict[str, Any]:
         return {"max_sequence_length": self.sequence_length} if self.sequence_length else {}
 

@@ -35,9 +35,12 @@ class Flux(ModelAdapter):
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def denoise(self, params, generators, callback=None) -> torch.Tensor:
-        """The pipeline's packed (batch, tokens, 4 x channels) latents unpacked to NCHW."""
-        packed = super().denoise(params, generators, callback)
-        return self.pipe._unpack_latents(packed, params.height, params.width, self.vae_scale_factor)
+        """The pipeline's packed latents unpacked to NCHW."""
+        return self.unpack(super().denoise(params, generators, callback), params.width, params.height)
+
+    def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """Packed (batch, tokens, 4 x channels) latents, 2x2 patches per token, as NCHW."""
+        return self.pipe._unpack_latents(latents, height, width, self.vae_scale_factor)
 
 
 ADAPTER = Flux

@@ -16,8 +16,8 @@ from sdlab.errors import choose
 from sdlab.figures import image_strip, write_gif
 from sdlab.generate import generate_batch
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import base_row, decode, loaded_model, require_noise_prediction, to_uint8
-from sdlab.metrics.diffusion import alpha_bar_at, guided, snr_db, x0_pred
+from sdlab.jobs.analysis import base_row, decode, loaded_model, to_uint8
+from sdlab.metrics.diffusion import alpha_bar_at, flow_log_snr, guided, log_snr, log_snr_db, x0_from_velocity, x0_pred
 from sdlab.metrics.image import psnr
 from sdlab.preview import fit_linear_preview, linear_preview
 from sdlab.records import ordered, save_png
@@ -25,18 +25,23 @@ from sdlab.schedulers import resolved_config
 
 
 class TrajectoryRecorder:
-    """Captures, per sampler step, the denoiser's input x_t (variance-preserving scale), the guided model output and x0_pred.
+    """Captures, per sampler step, the denoiser's input x_t, the guided model output, x0_pred and the noise level.
 
-    A forward hook on the denoiser keeps its last input and output; `callback_on_step_end` turns them into
-    x0_pred = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar) (or the v/sample equivalent) and stores it.
-    Every scheduler's scale_model_input maps its latents to x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps
-    (sigma-space schedulers divide by sqrt(1 + sigma²)), so one formula serves DDIM, Euler, DPM-Solver and the rest.
+    A forward hook on the denoiser keeps its last input and output; `callback_on_step_end` turns them into x0_pred by
+    the model's kind (`noise_level` and `to_x0`) and stores everything as NCHW (Flux's packed latents unpacked).
+    DDPM kinds: every scheduler's scale_model_input maps its latents to x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar)
+    eps (sigma-space schedulers divide by sqrt(1 + sigma²)), so x0_pred = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar)
+    (or the v/sample equivalent) serves DDIM, Euler, DPM-Solver and the rest. Flow: the transformer sees
+    x_t = (1 - sigma) x_0 + sigma eps unscaled and predicts v = eps - x_0, so x0_pred = x_t - sigma v.
     """
 
-    def __init__(self, model, guidance_scale: float):
+    def __init__(self, model, guidance_scale: float, width: int, height: int):
         self.model = model
         self.guidance_scale = guidance_scale
-        self.alphas_cumprod = model.scheduler.alphas_cumprod.double().cpu().numpy()
+        self.size = (width, height)
+        self.flow = model.kind == "flow"
+        alphas_cumprod = getattr(model.scheduler, "alphas_cumprod", None)
+        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.double().cpu().numpy()
         self.prediction_type = model.scheduler.config.get("prediction_type", "epsilon")
         self.steps: list[dict] = []
         self.capture_s = 0.0
@@ -44,31 +49,51 @@ class TrajectoryRecorder:
 
     def _hook(self, module, args, kwargs, output):
         start = time.perf_counter()
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         timestep = float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])
-        self._last = (sample.detach().clone(), timestep, self.alpha_bar(timestep), output[0].detach().clone())
+        self._last = (sample.detach().clone(), self.noise_level(timestep), output[0].detach().clone())
         self.capture_s += time.perf_counter() - start
 
-    def alpha_bar(self, timestep: float) -> float:
-        """alpha_bar of the current UNet call: 1/(1 + sigma²) from the scheduler's own sigma when it keeps one, else interpolated at t."""
+    def scheduler_sigma(self) -> float | None:
+        """The scheduler's sigma for the denoiser call under way: sigmas[step_index] (begin_index before the first step)."""
         scheduler = self.model.scheduler
         index = getattr(scheduler, "step_index", None)
+        if index is None and self.flow:
+            index = getattr(scheduler, "begin_index", None) or 0
         sigmas = getattr(scheduler, "sigmas", None)
         if index is not None and sigmas is not None and index < len(sigmas):
-            return 1.0 / (1.0 + float(sigmas[index]) ** 2)
-        return alpha_bar_at(self.alphas_cumprod, timestep)
+            return float(sigmas[index])
+        return None
+
+    def noise_level(self, timestep: float) -> dict[str, float]:
+        """{"sigma": s} for flow models; else {"alpha_bar": 1/(1 + sigma²)} from the scheduler's own sigma when it keeps
+        one, or alpha_bar interpolated at t."""
+        sigma = self.scheduler_sigma()
+        if self.flow:
+            return {"sigma": sigma}
+        if sigma is not None:
+            return {"alpha_bar": 1.0 / (1.0 + sigma**2)}
+        return {"alpha_bar": alpha_bar_at(self.alphas_cumprod, timestep)}
+
+    def to_x0(self, x_t: torch.Tensor, output: torch.Tensor, level: dict[str, float]) -> torch.Tensor:
+        """x0_pred by the model's kind: x_t - sigma v for flow, else the DDPM formula of its prediction type."""
+        if self.flow:
+            return x0_from_velocity(x_t, output, level["sigma"])
+        return x0_pred(x_t, output, level["alpha_bar"], self.prediction_type)
 
     def callback(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        """`callback_on_step_end`: record x_t, x0_pred and the latents after the step."""
+        """`callback_on_step_end`: record x_t, x0_pred, the noise level and the latents after the step."""
         start = time.perf_counter()
-        sample, t, alpha_bar, output = self._last
+        sample, level, output = self._last
         latents = callback_kwargs["latents"]
         if output.shape[0] == 2 * latents.shape[0]:
             uncond, cond = output.chunk(2)
             output, sample = guided(uncond, cond, self.guidance_scale), sample.chunk(2)[1]
-        self.steps.append({"step": step, "timestep": t, "alpha_bar": alpha_bar, "x_t": sample.float().cpu(),
-                           "model_output": output.float().cpu(), "latents_after": latents.detach().float().cpu(),
-                           "x0_pred": x0_pred(sample.float(), output.float(), alpha_bar, self.prediction_type).cpu()})
+        nchw = lambda x: self.model.unpack(x.detach().float(), *self.size).cpu()  # noqa: E731
+        x_t, output = nchw(sample), nchw(output)
+        self.steps.append({"step": step, "timestep": float(torch.as_tensor(timestep).flatten()[0]),
+                           "alpha_bar": level.get("alpha_bar"), "sigma": level.get("sigma"), "x_t": x_t,
+                           "model_output": output, "latents_after": nchw(latents), "x0_pred": self.to_x0(x_t, output, level)})
         self.capture_s += time.perf_counter() - start
         return callback_kwargs
 
@@ -78,6 +103,12 @@ class TrajectoryRecorder:
 
     def __exit__(self, *exc):
         self._handle.remove()
+
+
+def step_snr(step: dict) -> dict[str, float | None]:
+    """alpha_bar or sigma of a recorded step with its log-SNR lambda and SNR in dB."""
+    lam = flow_log_snr(step["sigma"]) if step["alpha_bar"] is None else log_snr(step["alpha_bar"])
+    return {"alpha_bar": step["alpha_bar"], "sigma": step["sigma"], "log_snr": lam, "snr_db": log_snr_db(lam)}
 
 
 def labelled(image: np.ndarray, text: str, scale: int) -> Image.Image:
@@ -127,13 +158,17 @@ def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]]
     return lambda latents: to_uint8(linear_preview(torch.cat(latents), weights, scale))
 
 
+def level(step: dict) -> str:
+    """A step's noise level for a label: t for DDPM kinds, sigma for flow."""
+    return f"t={step['timestep']:.0f}" if step["sigma"] is None else f"sigma={step['sigma']:.2f}"
+
+
 @job("trajectory")
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
-    """One row per step (timestep, alpha_bar, SNR, x0_pred PSNR vs the final image, timings); trajectory_strip.png and trajectory.gif."""
+    """One row per step (timestep, alpha_bar or flow sigma, log-SNR, x0_pred PSNR vs the final image, timings); trajectory_strip.png and trajectory.gif."""
     cfg = ctx.config
     preview = choose_preview(cfg.get("preview") or "vae")
     model, spec = loaded_model(ctx)
-    require_noise_prediction(model, "trajectory")
     choice = scheduler_choice(cfg["scheduler"])
     model.use_scheduler(choice.name, choice.options)
     params = generation_params(cfg, spec.resolution)
@@ -141,7 +176,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     params = replace(params, seeds=(seed,), batch_size=1)
 
     # 1. One generation pass, recording every step.
-    with TrajectoryRecorder(model, params.guidance_scale) as recorder:
+    with TrajectoryRecorder(model, params.guidance_scale, params.width, params.height) as recorder:
         result = generate_batch(model, params, [seed], callback_on_step_end=recorder.callback)
     save_png(result.images[0], ctx.out_dir / "trajectory_final.png", {"prompt": params.prompt, "seed": seed,
              "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale,
@@ -165,20 +200,19 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
               "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
               "prompt": params.prompt, "negative_prompt": params.negative_prompt, "width": params.width,
               "height": params.height, **timing}
-    rows = [{**common, "step": s["step"], "timestep": s["timestep"], "alpha_bar": s["alpha_bar"],
-             "snr_db": snr_db(s["alpha_bar"]), "x_t_std": float(s["x_t"].std()), "x0_pred_std": float(s["x0_pred"].std()),
+    rows = [{**common, "step": s["step"], "timestep": s["timestep"], **step_snr(s), "x_t_std": float(s["x_t"].std()), "x0_pred_std": float(s["x0_pred"].std()),
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
 
     # 4. Strip of evenly spaced steps and a GIF of every step.
     count = min(len(steps), max(2, int(cfg.get("frames") or 8)))
     picks = sorted(set(np.linspace(0, len(steps) - 1, count).round().astype(int)))
-    labels = [f"step {steps[i]['step']}\nt={steps[i]['timestep']:.0f}" for i in picks]
+    labels = [f"step {steps[i]['step']}\n{level(steps[i])}" for i in picks]
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + ["final"], labels], row_labels=["x_t", "x0_pred"],
                 title=f"{choice.name}, {params.num_inference_steps} steps, cfg {params.guidance_scale:g}, seed {seed}: "
                       f"{params.prompt[:60]}")
     scale = max(1, 256 // min(params.width, params.height))
-    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['step']} t={s['timestep']:.0f}", scale),
+    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['step']} {level(s)}", scale),
                             labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
     frames.append(side_by_side([labelled(final, "final", scale), labelled(final, "final", scale)]))
     write_gif(frames, ctx.out_dir / "trajectory.gif", duration_ms=int(cfg.get("gif_ms") or 150))
