@@ -277,10 +277,18 @@ def schedule_visits(visits: pd.DataFrame, scheduler_config: dict, target: Path) 
     """Timesteps each scheduler visits (one row of marks per scheduler) over the schedule's SNR curve."""
     from sdlab.metrics.schedule import betas, schedule_table
 
-    table = schedule_table(betas(scheduler_config.get("beta_schedule", "scaled_linear"),
-                                 T=int(scheduler_config.get("num_train_timesteps", 1000)),
-                                 beta_start=float(scheduler_config.get("beta_start", 0.00085)),
-                                 beta_end=float(scheduler_config.get("beta_end", 0.012))))
+    from sdlab.metrics.schedule import flow_snr
+    from sdlab.schedulers import model_kind
+
+    T = int(scheduler_config.get("num_train_timesteps", 1000))
+    if model_kind(scheduler_config) == "flow":  # timestep = sigma T, whatever the shift
+        t = np.arange(1, T + 1, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            table = pd.DataFrame({"t": t, "snr_db": 10.0 * np.log10(flow_snr(t / T))})
+    else:
+        table = schedule_table(betas(scheduler_config.get("beta_schedule", "scaled_linear"), T=T,
+                                     beta_start=float(scheduler_config.get("beta_start", 0.00085)),
+                                     beta_end=float(scheduler_config.get("beta_end", 0.012))))
     step_counts = sorted(visits["num_inference_steps"].unique())
     names = list(dict.fromkeys(visits["scheduler"]))
     with plt.rc_context(STYLE):

@@ -119,6 +119,18 @@ def test_scheduler_visits_falls_back_when_sigmas_not_aligned():
     np.testing.assert_allclose(visits.sigma, 10 ** (-visits.snr_db / 20), rtol=1e-9)
 
 
+def test_scheduler_visits_of_flow_matching_read_the_flow_sigma():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sd3 = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    visits = scheduler_visits(sd3, 4)
+    np.testing.assert_allclose(visits.sigma, sd3.sigmas.numpy()[:4])
+    np.testing.assert_allclose(visits.timestep, 1000 * visits.sigma, rtol=1e-5)
+    np.testing.assert_allclose(visits.snr_db, 20 * np.log10((1 - visits.sigma) / visits.sigma))
+    flux = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    assert len(scheduler_visits(flux, 3, mu=1.15)) == 3  # Flux's resolution-dependent shift needs mu
+
+
 def test_ddpm_log_snr_is_the_natural_log_of_alpha_bar_over_one_minus_alpha_bar():
     table = schedule_table(betas("scaled_linear", **SD_BETAS))
     lam = ddpm_log_snr_table(table.alpha_bar)

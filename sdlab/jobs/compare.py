@@ -22,7 +22,7 @@ from sdlab.metrics.stats import summarize_ci
 from sdlab.mini.checker import adherence_columns
 from sdlab.models import load_model
 from sdlab.records import ordered, write_table
-from sdlab.schedulers import SCHEDULERS, make_scheduler
+from sdlab.schedulers import SCHEDULERS, make_scheduler, timestep_kwargs
 
 log = logging.getLogger(__name__)
 METRICS = ["latent_rmse", "psnr", "ssim"]
@@ -196,8 +196,9 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
     visits = []
     for name in study.schedulers:
         scheduler = make_scheduler(name, model.base_scheduler_config)
+        shift = timestep_kwargs(scheduler, spec.resolution, spec.resolution)  # Flux's mu at the native size
         for steps in study.visit_steps:
-            visits.append(scheduler_visits(scheduler, steps).assign(scheduler=name, num_inference_steps=steps))
+            visits.append(scheduler_visits(scheduler, steps, **shift).assign(scheduler=name, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits, ctx.out_dir, "visits")
     key = f"nfe_to_psnr_{target:g}db"
@@ -207,4 +208,5 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
     for cost, label in (("nfe", "UNet evaluations (NFE)"), ("time_total_s", "wall seconds per image")):
         convergence(summary, cost, METRICS, ctx.out_dir / f"convergence_{'nfe' if cost == 'nfe' else 'seconds'}.png",
                     xlabel=label, psnr_target=target, title=f"{claim}\n(dashed: stochastic, against its own high-step limit)")
-    schedule_visits(visits, model.base_scheduler_config, ctx.out_dir / "visits.png")
+    schedule_visits(visits, {**model.base_scheduler_config, "_class_name": model.base_scheduler_class},
+                    ctx.out_dir / "visits.png")

@@ -90,6 +90,10 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
     if family and not cfg.get("schedules"):
         return ordered(family)
     model_config = model_scheduler_config(spec)
+    if model_kind(model_config) == "flow":
+        raise UserError(f"job schedule_snr tabulates DDPM beta schedules (alpha_bar) and the timesteps DDPM samplers "
+                        f"visit; model={spec.name} is a flow-matching {spec.family} model: use model=tiny, sd15_tiny, "
+                        f"sd2_tiny or sdxl_tiny, or experiment=schedule_families to compare flow schedules")
     steps = int(cfg.get("num_inference_steps") or 25)
 
     # 1. Per-timestep tables of every schedule.
