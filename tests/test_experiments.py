@@ -192,3 +192,96 @@ def test_model_mkldnn_auto_picks_the_backend_by_the_unet_batch(tiny):
             use_process_options(configured_spec("tiny", mkldnn="sometimes"))
     finally:
         torch.backends.mkldnn.enabled = before
+
+
+# --------------------------------------------------------------------------- the same recipes on every model family
+
+FAMILIES = ("sdxl_tiny", "sd3_tiny", "flux_tiny", "sd2_tiny")
+FLOW = ("sd3_tiny", "flux_tiny")
+# Recipes whose job is not SD 1.5-specific, with the fewest steps that still exercise them.
+FAMILY_RECIPES = {
+    "generate": ["num_inference_steps=2"],
+    "guidance_grid": ["num_inference_steps=1", "guidance_scales=[1,4]"],
+    "prompt_grid": ["num_inference_steps=1", "prompts=[a red circle,a blue square]"],
+    "trajectory": ["num_inference_steps=2", "frames=2"],
+    "vae_roundtrip": ["num_images=1"],
+    "clip_tokens": [],
+    "anatomy": [],
+    "schedule_snr": ["num_inference_steps=3"],
+    "forward_process": ["timesteps=[0,999]", "spaces=[latent]"],
+    "article_c1_pipeline_by_hand": ["num_inference_steps=2"],
+    "compare_schedulers_quick": ["compare.steps=[1]", "compare.seeds=[0]", "compare.prompts=[a red circle]",
+                                 "compare.reference_steps=2", "compare.visit_steps=[2]"],
+}
+# Flow models sample with flow-matching schedulers (Flux's dynamic shift rules out flow_heun).
+FLOW_OVERRIDES = {"compare_schedulers_quick": ["compare.schedulers=[flow_euler,flow_unipc]",
+                                               "compare.reference_scheduler=flow_dpmpp_2m"]}
+DDPM_OVERRIDES = {"compare_schedulers_quick": ["compare.schedulers=[ddim,euler]"]}
+# Jobs whose math is DDPM's (or SD 1.x's) by nature refuse other models in one line naming the models they serve:
+# recipe -> (models refused, start of the message, a model it names).
+REFUSES = {"schedule_snr": (FLOW, "job schedule_snr tabulates DDPM beta schedules", "sdxl_tiny"),
+           "forward_process": (FLOW, "job forward_process noises with the model's DDPM schedule", "sdxl_tiny"),
+           "article_c1_pipeline_by_hand": (FAMILIES, "job pipeline_by_hand writes out the SD 1.x epsilon loop", "sd15")}
+
+
+def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -> None:
+    """The recipe's main output holds what the job promised for this model."""
+    from sdlab.architectures import ARCHITECTURES
+
+    if recipe == "generate":
+        images = sorted((out / "images").glob("*.png"))
+        assert len(images) == len(frame) == 1
+        check_image(images[0], min_size=(64, 64))
+    elif recipe in ("guidance_grid", "prompt_grid"):
+        check_image(out / f"{recipe}.png", min_size=(128, 64))
+        assert len(frame) == 2
+    elif recipe == "trajectory":
+        from PIL import Image
+
+        assert frame["step"].tolist() == [0, 1] and frame["log_snr"].is_monotonic_increasing
+        assert frame["sigma" if model in FLOW else "alpha_bar"].notna().all()
+        assert Image.open(out / "trajectory.gif").n_frames == 2 + 1
+        check_image(out / "trajectory_strip.png", min_size=(200, 150))
+    elif recipe == "vae_roundtrip":
+        channels = pd.read_parquet(out / "latent_channels.parquet")
+        assert channels["channel"].nunique() == (16 if model in FLOW else 4) and channels["std"].gt(0).all()
+        assert frame["psnr_db"].notna().all()
+    elif recipe == "clip_tokens":
+        tokens = pd.read_parquet(out / "tokens.parquet")
+        assert len(tokens) > 10 and tokens["token"].iloc[0] == "<|startoftext|>"
+    elif recipe == "anatomy":
+        blocks = pd.read_parquet(out / ("transformer_blocks.parquet" if model in FLOW else "unet_blocks.parquet"))
+        assert (blocks["model"] == model).all() and blocks["params"].sum() > 0
+    elif recipe == "schedule_snr":
+        schedule = pd.read_parquet(out / "schedule.parquet")
+        assert len(schedule) == 4 * 1000 and len(pd.read_csv(out / "visits.csv")) > 0
+    elif recipe == "forward_process":
+        assert frame["t"].tolist() == [0, 999] and frame["psnr_db"].is_monotonic_decreasing
+        check_image(out / "forward_strip.png", min_size=(200, 100))
+    elif recipe == "compare_schedulers_quick":
+        summary = pd.read_parquet(out / "summary.parquet")
+        assert len(summary) == 2 and summary["nfe_mean"].gt(0).all() and summary["psnr_mean"].notna().all()
+        visits = pd.read_csv(out / "visits.csv")
+        assert visits.groupby("scheduler").size().tolist() == [2, 2]
+        check_image(out / "visits.png", min_size=(300, 100))
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+@pytest.mark.parametrize("recipe", FAMILY_RECIPES)
+def test_recipe_runs_on_every_family(recipe, model, run_sdlab, tmp_path, capsys):
+    out = tmp_path / recipe
+    extra = (FLOW_OVERRIDES if model in FLOW else DDPM_OVERRIDES).get(recipe, [])
+    code = run_sdlab(f"experiment={recipe}", f"model={model}", "threads=1", *FAMILY_RECIPES[recipe], *extra,
+                     f"hydra.run.dir={out}")
+    refused, message, named = REFUSES.get(recipe, ((), "", ""))
+    if model in refused:
+        assert code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"sdlab: error: {message}") and named in err and f"model={model}" in err
+        return
+    assert code == 0
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) >= 1 and (frame["model"] == model).all()
+    if "status" in frame:
+        assert (frame["status"] == "ok").all(), frame.get("error")
+    check_main_output(recipe, model, out, frame)

@@ -17,6 +17,7 @@ from sdlab.metrics.diffusion import q_sample, snr_db
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import alpha_bar_from_betas, betas
 from sdlab.records import ordered
+from sdlab.schedulers import model_kind
 
 
 def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -34,7 +35,12 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
 
     # 1. The schedules (the model's by default) and the requested timesteps.
     model_config = model_scheduler_config(spec)
-    schedules = [schedule_spec(item, model_config) for item in cfg.get("schedules") or ["model"]]
+    items = cfg.get("schedules") or ["model"]
+    if "model" in items and model_kind(model_config) == "flow":
+        raise UserError(f"job forward_process noises with the model's DDPM schedule (alpha_bar); model={spec.name} is a "
+                        f"flow-matching {spec.family} model without one: use model=tiny, sd15_tiny, sd2_tiny or "
+                        f"sdxl_tiny, or name DDPM schedules, e.g. schedules=[scaled_linear]")
+    schedules = [schedule_spec(item, model_config) for item in items]
     spaces = list(cfg.get("spaces") or ["pixel", "latent"])
     if not set(spaces) <= {"pixel", "latent"} or not spaces:
         raise UserError(f"spaces={spaces} must list pixel and/or latent")
