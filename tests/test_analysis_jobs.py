@@ -213,7 +213,7 @@ def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance
     assert (rows["status"] == "ok").all() and rows["alpha_bar"].isna().all()
     assert rows["sigma"].is_monotonic_decreasing and rows["log_snr"].is_monotonic_increasing
     steps, sigmas = recorded["steps"], recorded["sigmas"]
-    assert steps[0]["x_t"].shape[-2:] == (8, 8) == steps[0]["x0_pred"].shape[-2:]  # NCHW (Flux's packed latents unpacked)
+    assert steps[0]["x_t"].shape[-2:] == (8, 8) == steps[0]["x0_pred"].shape[-2:]  # NCHW, Flux's latents unpacked
     # Flow Euler: x_next = x_t + (sigma_next - sigma) v with v = (x_t - x0_pred)/sigma; the last step lands on x0_pred.
     for i, s in enumerate(steps):
         assert s["sigma"] == pytest.approx(float(sigmas[i]))

@@ -37,8 +37,8 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     model_config = model_scheduler_config(spec)
     items = cfg.get("schedules") or ["model"]
     if "model" in items and model_kind(model_config) == "flow":
-        raise UserError(f"job forward_process noises with the model's DDPM schedule (alpha_bar); model={spec.name} is a "
-                        f"flow-matching {spec.family} model without one: use model=tiny, sd15_tiny, sd2_tiny or "
+        raise UserError(f"job forward_process noises with the model's DDPM schedule (alpha_bar); model={spec.name} "
+                        f"is a flow-matching {spec.family} model without one: use model=tiny, sd15_tiny, sd2_tiny or "
                         f"sdxl_tiny, or name DDPM schedules, e.g. schedules=[scaled_linear]")
     schedules = [schedule_spec(item, model_config) for item in items]
     spaces = list(cfg.get("spaces") or ["pixel", "latent"])

@@ -30,9 +30,10 @@ class TrajectoryRecorder:
     A forward hook on the denoiser keeps its last input and output; `callback_on_step_end` turns them into x0_pred by
     the model's kind (`noise_level` and `to_x0`) and stores everything as NCHW (Flux's packed latents unpacked).
     DDPM kinds: every scheduler's scale_model_input maps its latents to x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar)
-    eps (sigma-space schedulers divide by sqrt(1 + sigma²)), so x0_pred = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar)
-    (or the v/sample equivalent) serves DDIM, Euler, DPM-Solver and the rest. Flow: the transformer sees
-    x_t = (1 - sigma) x_0 + sigma eps unscaled and predicts v = eps - x_0, so x0_pred = x_t - sigma v.
+    eps (sigma-space schedulers divide by sqrt(1 + sigma²)), so x0_pred = (x_t - sqrt(1 - alpha_bar) eps)
+    / sqrt(alpha_bar) (or the v/sample equivalent) serves DDIM, Euler, DPM-Solver and the rest.
+    Flow (SD3, Flux): the transformer sees x_t = (1 - sigma) x_0 + sigma eps unscaled and predicts v = eps - x_0,
+    so x0_pred = x_t - sigma v (Esser et al. 2024).
     """
 
     def __init__(self, model, guidance_scale: float, width: int, height: int):
@@ -55,7 +56,8 @@ class TrajectoryRecorder:
         self.capture_s += time.perf_counter() - start
 
     def scheduler_sigma(self) -> float | None:
-        """The scheduler's sigma for the denoiser call under way: sigmas[step_index] (begin_index before the first step)."""
+        """The scheduler's sigma for the denoiser call under way: sigmas[step_index] (begin_index before the first
+        step)."""
         scheduler = self.model.scheduler
         index = getattr(scheduler, "step_index", None)
         if index is None and self.flow:
@@ -93,7 +95,8 @@ class TrajectoryRecorder:
         x_t, output = nchw(sample), nchw(output)
         self.steps.append({"step": step, "timestep": float(torch.as_tensor(timestep).flatten()[0]),
                            "alpha_bar": level.get("alpha_bar"), "sigma": level.get("sigma"), "x_t": x_t,
-                           "model_output": output, "latents_after": nchw(latents), "x0_pred": self.to_x0(x_t, output, level)})
+                           "model_output": output, "latents_after": nchw(latents),
+                           "x0_pred": self.to_x0(x_t, output, level)})
         self.capture_s += time.perf_counter() - start
         return callback_kwargs
 
@@ -165,7 +168,8 @@ def level(step: dict) -> str:
 
 @job("trajectory")
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
-    """One row per step (timestep, alpha_bar or flow sigma, log-SNR, x0_pred PSNR vs the final image, timings); trajectory_strip.png and trajectory.gif."""
+    """One row per step (timestep, alpha_bar or flow sigma, log-SNR, x0_pred PSNR vs the final image, timings);
+    trajectory_strip.png and trajectory.gif."""
     cfg = ctx.config
     preview = choose_preview(cfg.get("preview") or "vae")
     model, spec = loaded_model(ctx)
@@ -200,7 +204,8 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
               "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
               "prompt": params.prompt, "negative_prompt": params.negative_prompt, "width": params.width,
               "height": params.height, **timing}
-    rows = [{**common, "step": s["step"], "timestep": s["timestep"], **step_snr(s), "x_t_std": float(s["x_t"].std()), "x0_pred_std": float(s["x0_pred"].std()),
+    rows = [{**common, "step": s["step"], "timestep": s["timestep"], **step_snr(s), "x_t_std": float(s["x_t"].std()),
+             "x0_pred_std": float(s["x0_pred"].std()),
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
 
     # 4. Strip of evenly spaced steps and a GIF of every step.

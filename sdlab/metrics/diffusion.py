@@ -56,11 +56,13 @@ def snr_db(alpha_bar: float) -> float:
 def log_snr(alpha_bar: float) -> float:
     """lambda = ln(alpha_bar / (1 - alpha_bar)) (Kingma et al. 2021); inf at alpha_bar = 1."""
     alpha_bar = float(alpha_bar)
-    return math.inf if alpha_bar >= 1.0 else (-math.inf if alpha_bar <= 0.0 else math.log(alpha_bar / (1.0 - alpha_bar)))
+    if alpha_bar >= 1.0 or alpha_bar <= 0.0:
+        return math.inf if alpha_bar >= 1.0 else -math.inf
+    return math.log(alpha_bar / (1.0 - alpha_bar))
 
 
 def flow_log_snr(sigma: float) -> float:
-    """Rectified flow lambda = 2 ln((1 - sigma)/sigma): signal (1 - sigma) over noise sigma; inf at sigma = 0, -inf at 1."""
+    """Rectified flow lambda = 2 ln((1 - sigma)/sigma) (signal 1 - sigma, noise sigma); inf at sigma = 0, -inf at 1."""
     sigma = float(sigma)
     return math.inf if sigma <= 0.0 else (-math.inf if sigma >= 1.0 else 2.0 * math.log((1.0 - sigma) / sigma))
 
