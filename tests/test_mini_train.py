@@ -157,3 +157,19 @@ def test_unet_step_uses_partial_captions_at_their_rate(items, tmp_path):
     assert 0.4 < float(seen[0].mean()) < 0.6
     with pytest.raises(ValueError, match="partial"):
         unet_stage(settings, torch.randn(8, 4, 8, 8), states, torch.zeros(1, 77, 8), items[1], seed=0)
+
+
+def test_a_fine_tuned_part_is_saved_without_the_folder_it_came_from(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from sdlab.mini.architecture import build_unet
+    from sdlab.mini.export import save_component
+
+    arch = {"block_out_channels": [16, 16, 16], "norm_num_groups": 8, "cross_attention_dim": 8,
+            "attention_head_dim": 4}
+    build_unet(arch).save_pretrained(str(tmp_path / "first"), safe_serialization=True)
+    loaded = UNet2DConditionModel.from_pretrained(str(tmp_path / "first"))
+    assert "_name_or_path" in loaded.config  # what from_pretrained records, and save_pretrained would write
+    save_component(loaded, tmp_path / "second")
+    config = (tmp_path / "second" / "config.json").read_text()
+    assert "_name_or_path" not in config and str(tmp_path) not in config

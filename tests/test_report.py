@@ -79,10 +79,10 @@ def test_a_sweep_ends_with_summary_report_and_the_best_value(run_sdlab, tmp_path
 
     real = generate_job.generate_batch
 
-    def ddim_runs_out_of_memory(pipe, key, params, seeds, **options):
-        if type(pipe.scheduler).__name__ == "DDIMScheduler":
+    def ddim_runs_out_of_memory(model, params, seeds, **options):
+        if type(model.scheduler).__name__ == "DDIMScheduler":
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(pipe, key, params, seeds, **options)
+        return real(model, params, seeds, **options)
 
     monkeypatch.setattr(generate_job, "generate_batch", ddim_runs_out_of_memory)
     code = run_sdlab("-m", "seed=1,2,3", "scheduler=ddim,euler", "model=tiny", "num_inference_steps=2", "threads=1",

@@ -39,13 +39,6 @@ def loaded_model(ctx: JobContext):
     return load_model(spec), spec
 
 
-def require_noise_prediction(model, job: str) -> None:
-    """A UserError unless the model predicts noise or v on a DDPM schedule (the job's math is written for that)."""
-    if model.kind == "flow":
-        raise UserError(f"job {job} follows a DDPM schedule (alpha_bar, epsilon/v); model={model.spec.name} is a "
-                        f"flow-matching {model.family} model: use model=sd15_tiny, sd2_tiny or sdxl_tiny (or real weights)")
-
-
 def model_scheduler_config(spec: ModelSpec) -> dict[str, Any]:
     """The scheduler config a model ships with, without loading its weights."""
     from sdlab.architectures import BUILT_IN

@@ -26,8 +26,19 @@ def save_component(module, target: Path) -> Path:
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     module.save_pretrained(str(staging), safe_serialization=True)
+    without_local_path(staging / "config.json")
     swap_in(staging, target)
     return target
+
+
+def without_local_path(config: Path) -> None:
+    """Drop `_name_or_path` (the folder a fine-tuned part was loaded from) from a saved config: this machine's
+    paths do not belong in a shipped model."""
+    import json
+
+    values = json.loads(config.read_text())
+    if values.pop("_name_or_path", None) is not None:
+        config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def copy_tokenizer_files(folder: Path) -> None:
