@@ -26,6 +26,7 @@ def test_same_seed_measure_separates_seed_decided_layouts(monkeypatch, tmp_path)
     assert found["same_seed_layout_kept"] > 0.95  # the seed alone sets the layout (a low-contrast pair may not read)
     assert found["other_seed_layout_kept"] < 0.2  # 1 in 30 layouts agree by chance
     assert found["same_seed_mask_iou"] > found["other_seed_mask_iou"]
+    assert all(found[f"same_seed_{k}_kept"] > found[f"other_seed_{k}_kept"] for k in ("size", "position", "background"))
     assert (tmp_path / "same_seed.png").is_file()
 
 

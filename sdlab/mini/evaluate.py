@@ -115,7 +115,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
 
     from PIL import Image
 
-    from sdlab.mini.checker import same_layout, shape_mask
+    from sdlab.mini.checker import LAYOUT, check, same_layout, shape_mask
 
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
@@ -132,7 +132,11 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
     masks = [[shape_mask(image) for image in images] for images in (base, same, other)]
     grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in (base, same, other)], axis=0)
     Image.fromarray(grid).save(out / "same_seed.png")  # rows: original, same seed, another seed
-    return {"layout_pairs": count,
+    read = [[check(image) for image in images] for images in (base, same, other)]
+    kept = {f"{seen}_seed_{name}_kept": float(np.mean([getattr(a, name) == getattr(b, name)
+                                                         for a, b in zip(read[0], read[k])]))
+            for k, seen in ((1, "same"), (2, "other")) for name in LAYOUT}
+    return {"layout_pairs": count, **kept,
             "same_seed_layout_kept": float(np.mean([same_layout(b, m) for b, m in zip(base, same)])),
             "other_seed_layout_kept": float(np.mean([same_layout(b, m) for b, m in zip(base, other)])),
             "same_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[1])])),
