@@ -164,7 +164,7 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
     gif = Image.open(tmp_path / "trajectory.gif")
     assert gif.n_frames == 4 + 1 and gif.size == (2 * 64 * 4, 64 * 4 + 14)
     check_image(tmp_path / "trajectory.gif", size=(512, 270))
-    check_image(tmp_path / "trajectory_strip.png", **figure_size(1.6 * 4 + 0.6, 1.9 * 2 + 0.3))
+    check_image(tmp_path / "trajectory_strip.png", **figure_size(1.6 * 4 + 0.6, (1.6 + 0.15 + 0.15 * 3) * 2 + 0.6))
 
 
 def test_trajectory_x0_pred_matches_euler_update(tmp_path):
@@ -239,7 +239,8 @@ def test_guidance_grid_with_clip_scores(tmp_path):
     check_image(tmp_path / "out" / "guidance_grid.png", **figure_size(1.6 * 2 + 0.8, 2.0 * 2 + 0.3, slack=0.5, grow=1.6))
     check_image(tmp_path / "out" / "clip_vs_guidance.png", **figure_size(6.4, 3.6 * 2))  # CLIP score, adherence
     claim = json.loads((tmp_path / "out" / "captions.json").read_text())["clip_vs_guidance.png"]
-    assert "CLIP score" in claim and "at w=1 vs" in claim and "prompt followed" in claim and "(n=2 seeds)" in claim
+    assert "CLIP score" in claim and "at w=1 -> " in claim and "at w=7.5" in claim and "prompt followed" in claim
+    assert "(n=2 seeds)" in claim
 
 
 def test_prompt_grid(tmp_path):

@@ -43,12 +43,14 @@ def run_noise_image(ctx: JobContext) -> pd.DataFrame:
     edges = np.linspace(-4.5, 4.5, 91)
     density, _ = np.histogram(x, bins=edges, density=True)
     centres = (edges[:-1] + edges[1:]) / 2
-    curves([{"lines": [{"x": centres, "y": density, "label": "pixels (histogram)", "style": "-"},
-                       {"x": centres, "y": stats.norm.pdf(centres), "label": "N(0, 1) pdf", "style": "--"}],
-             "xlabel": "value", "ylabel": "density", "title": "pure noise against the normal pdf"}],
-           ctx.out_dir / "noise_histogram.png")
     flat = x.ravel()
     ks = stats.kstest(flat[:: max(1, flat.size // 200_000)], "norm")
+    curves([{"lines": [{"x": centres, "y": density, "label": "pixels (histogram)", "style": "-"},
+                       {"x": centres, "y": stats.norm.pdf(centres), "label": "N(0, 1) pdf", "style": "--"}],
+             "xlabel": "value", "ylabel": "density",
+             "title": f"pure noise is standard normal: mean {flat.mean():+.4f}, std {flat.std():.4f} over {flat.size:,} "
+                      f"values; KS distance to N(0, 1) {ks.statistic:.4f}"}],
+           ctx.out_dir / "noise_histogram.png")
     frame = pd.DataFrame([{"size": size, "seed": seed, "values": flat.size, "mean": flat.mean(), "std": flat.std(),
                            "skew": stats.skew(flat), "excess_kurtosis": stats.kurtosis(flat),
                            "ks_statistic": ks.statistic, "ks_pvalue": ks.pvalue}])
@@ -65,7 +67,9 @@ def run_toy_predictor(ctx: JobContext) -> pd.DataFrame:
     x = (frame["t_lo"] + frame["t_hi"]) / 2
     curves([{"lines": [{"x": x, "y": frame[c], "label": c.removeprefix("mse_") + " predictor", "style": "o-"}
                        for c in ("mse_zero", "mse_random", "mse_perfect")],
-             "xlabel": "timestep bin centre", "ylabel": "MSE(eps, eps_hat)", "title": "what the noise-prediction loss rewards"}],
+             "xlabel": "timestep bin centre", "ylabel": "MSE(eps, eps_hat)",
+             "title": "what the noise-prediction loss rewards: mean MSE " + ", ".join(
+                 f"{c.removeprefix('mse_')} {frame[c].mean():.2f}" for c in ("mse_zero", "mse_random", "mse_perfect"))}],
            ctx.out_dir / "toy_predictor.png")
     return finish(ctx, frame, "toy_predictor")
 
@@ -130,7 +134,9 @@ def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
     factor = float(cfg.get("norm_factor", 3.0))
     threshold = toy.norm_threshold_scale(frame, factor)
     curves([{"lines": [{"x": frame["scale"], "y": frame["cosine_to_signal"], "style": "o-"}],
-             "xlabel": "guidance scale w", "ylabel": "cos(eps_w, signal)", "title": "guidance aligns with the signal"},
+             "xlabel": "guidance scale w", "ylabel": "cos(eps_w, signal)",
+             "title": f"guidance aligns with the signal: cos {frame['cosine_to_signal'].iloc[0]:.2f} at "
+                      f"w={frame['scale'].iloc[0]:g}, {frame['cosine_to_signal'].iloc[-1]:.2f} at w={frame['scale'].iloc[-1]:g}"},
             {"lines": [{"x": frame["scale"], "y": frame["amplification"], "style": "o-"}], "hline": factor,
              "xlabel": "guidance scale w", "ylabel": "|eps_w| / |eps_cond|",
              "title": f"and amplifies the prediction: passes {factor:g}x at w = {threshold:.2f}"}],
@@ -166,6 +172,10 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     T, dim, rows = int(cfg.get("T", 1000)), int(cfg.get("dim", 320)), int(cfg.get("rows", 50))
     timesteps = np.linspace(0, T - 1, rows).round().astype(int)
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
+    frame = pd.DataFrame({"t": timesteps, "norm": np.linalg.norm(embedding, axis=1),
+                          "cosine_to_t0": embedding @ embedding[0] / (np.linalg.norm(embedding, axis=1)
+                                                                      * np.linalg.norm(embedding[0]))})
+    near = frame.iloc[int(np.abs(frame["t"] - T // 10).argmin())]
     import matplotlib.pyplot as plt
 
     from sdlab.figures import STYLE, save_figure
@@ -177,12 +187,10 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
         ax.grid(False)
         ax.set_xlabel("embedding dimension (cos half, then sin half)")
         ax.set_ylabel("timestep t")
-        ax.set_title(f"sinusoidal timestep embedding, dim {dim}")
+        ax.set_title(f"sinusoidal timestep embedding, dim {dim}: cosine to t=0 is {near.cosine_to_t0:.2f} at "
+                     f"t={near.t:.0f} and {frame['cosine_to_t0'].iloc[-1]:.2f} at t={frame['t'].iloc[-1]}")
         fig.colorbar(im, ax=ax)
         save_figure(fig, ctx.out_dir / "timestep_embedding.png")
-    frame = pd.DataFrame({"t": timesteps, "norm": np.linalg.norm(embedding, axis=1),
-                          "cosine_to_t0": embedding @ embedding[0] / (np.linalg.norm(embedding, axis=1)
-                                                                      * np.linalg.norm(embedding[0]))})
     return finish(ctx, frame, "timestep_embedding")
 
 

@@ -100,11 +100,12 @@ def guidance_panels(ok: pd.DataFrame, clip) -> tuple[list[dict], str]:
         label = "CLIP score = 100 max(cos, 0)" if metric == "clip_score" else "prompt followed (% of images)"
         panels.append({"lines": lines, "bands": bands if np.isfinite(low).any() else [], "xlabel": "guidance scale w",
                        "ylabel": label})
-        best = scales[int(np.nanargmax(mean))]
         short = "CLIP score" if metric == "clip_score" else "prompt followed"
         unit = "" if metric == "clip_score" else "%"
-        claims.append(f"{short} {mean[0] * scale:.0f}{unit} at w={scales[0]:g} vs {stats[best][0] * scale:.0f}{unit} "
-                      f"at w={best:g}")
+        at = [f"{mean[i] * scale:.0f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
+        best = int(np.nanargmax(mean))
+        peak = f" (best {mean[best] * scale:.0f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
+        claims.append(f"{short} {at[0]} -> {at[1]}{peak}")
     n = ok["seed"].nunique()
     return panels, (f"{'; '.join(claims)} (n={n} seeds)" if claims else "")
 

@@ -143,6 +143,7 @@ def decode_all(model, latents: list[torch.Tensor], batch: int = 8) -> list[np.nd
 
 
 PREVIEWS = ("vae", "linear")
+SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is decided
 
 
 def choose_preview(value) -> str:
@@ -212,10 +213,14 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     count = min(len(steps), max(2, int(cfg.get("frames") or 8)))
     picks = sorted(set(np.linspace(0, len(steps) - 1, count).round().astype(int)))
     labels = [f"step {steps[i]['step']}\n{level(steps[i])}" for i in picks]
+    x0_labels = [f"{label}\n{rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB" for label, i in zip(labels, picks)]
+    settled = next((r["step"] for r in rows if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
+    claim = (f"x0_pred is within {SETTLED_DB:g} dB PSNR of the final image from step {settled} of {len(rows)}"
+             if settled is not None else f"x0_pred never comes within {SETTLED_DB:g} dB PSNR of the final image")
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
-                col_labels=[labels + ["final"], labels], row_labels=["x_t", "x0_pred"],
+                col_labels=[labels + ["final"], x0_labels], row_labels=["x_t", "x0_pred"],
                 title=f"{choice.name}, {params.num_inference_steps} steps, cfg {params.guidance_scale:g}, seed {seed}: "
-                      f"{params.prompt[:60]}")
+                      f"{params.prompt[:60]}\n{claim} (dB: x0_pred against the final image)")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['step']} {level(s)}", scale),
                             labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
