@@ -34,10 +34,9 @@ CELL_INCHES = 1.6
 
 
 def figure_title(fig) -> str:
-    """The figure's suptitle, else its panels' titles joined with ' | '."""
-    if fig._suptitle is not None and fig._suptitle.get_text():
-        return fig._suptitle.get_text()
-    return " | ".join(t for t in (ax.get_title() for ax in fig.axes) if t)
+    """The figure's suptitle and its panels' titles, joined with ' | ' (the claim may sit in either)."""
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    return " | ".join(t for t in (suptitle, *(ax.get_title() for ax in fig.axes)) if t)
 
 
 def save_figure(fig, target: Path) -> Path:
