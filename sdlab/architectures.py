@@ -339,13 +339,14 @@ def component_class(name: str) -> type:
 
 
 def build_part(part: Part):
-    """One component with freshly initialised weights: diffusers models take config keys, transformers ones a config object."""
+    """One component with freshly initialised weights, from a config as written here or as a saved config.json
+    (diffusers' `from_config`; a transformers model from its config class)."""
     from transformers import PreTrainedModel
 
     cls = component_class(part.cls)
     if issubclass(cls, PreTrainedModel):
-        return cls(cls.config_class(**part.config))
-    return cls(**part.config)
+        return cls(cls.config_class.from_dict(part.config))
+    return cls.from_config(part.config)
 
 
 def build_components(arch: Architecture, seed: int = 0) -> dict[str, Any]:

@@ -141,18 +141,13 @@ def component_class(component: str, config: dict[str, Any]) -> str:
 
 def expected_shapes(component: str, config: dict[str, Any], config_path: Path) -> dict[str, tuple[int, ...]]:
     """Parameter shapes the component's config describes, built on the meta device (no memory, no weights)."""
-    import diffusers
     import torch
-    import transformers
 
-    name = component_class(component, config)
+    from sdlab.architectures import Part, build_part
+
     try:
         with torch.device("meta"):
-            if hasattr(diffusers, name):
-                model = getattr(diffusers, name).from_config(config)
-            else:
-                cls = getattr(transformers, name)
-                model = cls(cls.config_class.from_dict(config))
+            model = build_part(Part(component_class(component, config), config))
     except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as e:
         raise UserError(f"{config_path} does not describe a {component}: {str(e).splitlines()[0]}") from None
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}

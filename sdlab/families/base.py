@@ -29,6 +29,7 @@ class ModelAdapter:
     denoiser_name: ClassVar[str] = "unet"
     guidance: ClassVar[str] = "cfg"                    # "cfg": cond + uncond in one batched call; "distilled": one call
     call_options: ClassVar[tuple[str, ...]] = ()       # GenerationParams fields the pipeline also takes
+    tokenizers: ClassVar[dict[str, str]] = {"tokenizer": "clip"}  # pipeline attribute -> clip | t5 (built-in models)
     t5_tokenizer: ClassVar[str | None] = None          # the pipeline's T5 tokenizer attribute, if it has one
     default_sequence_length: ClassVar[int | None] = None  # T5 tokens the pipeline pads to by default
     upcasts_vae: ClassVar[bool] = False                # decode a float16 VAE marked `force_upcast` in float32
@@ -60,8 +61,19 @@ class ModelAdapter:
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
-        """The pipeline of built-in model `name` with random weights from a fixed seed."""
-        raise NotImplementedError
+        """The pipeline of built-in model `name`: its record's components with random weights from a fixed seed,
+        its scheduler, the family's tokenizers (sdlab's packaged CLIP one, a T5 one built in code), and the
+        same `load_options` a folder gets."""
+        import diffusers
+
+        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
+        from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
+
+        arch = ARCHITECTURES[name]
+        make = {"clip": load_tokenizer, "t5": tiny_t5_tokenizer}
+        parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch),
+                 **{attribute: make[kind]() for attribute, kind in cls.tokenizers.items()}, **cls.load_options(spec)}
+        return getattr(diffusers, cls.pipeline_class)(**parts)
 
     # 2. what the model is
     @property

@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import torch
 
-from sdlab.config import ModelSpec
 from sdlab.families.base import ModelAdapter
 
 
 class Flux(ModelAdapter):
     family = "flux"
     pipeline_class = "FluxPipeline"
+    tokenizers = {"tokenizer": "clip", "tokenizer_2": "t5"}
     detects = ("FluxPipeline",)
     denoiser_name = "transformer"
     guidance = "distilled"  # no unconditional branch: the negative prompt is not used
     t5_tokenizer = "tokenizer_2"
     default_sequence_length = 512
-
-    @classmethod
-    def build(cls, name: str, spec: ModelSpec):
-        from diffusers import FluxPipeline
-
-        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
-        from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
-
-        arch = ARCHITECTURES[name]
-        parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch)}
-        return FluxPipeline(**parts, tokenizer=load_tokenizer(), tokenizer_2=tiny_t5_tokenizer())
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, pooled, _ = self.pipe.encode_prompt(text, None, device=self.device, num_images_per_prompt=1,

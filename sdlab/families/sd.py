@@ -16,24 +16,7 @@ class StableDiffusion(ModelAdapter):
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict:
-        return {"safety_checker": None, "requires_safety_checker": False}
-
-    @classmethod
-    def build(cls, name: str, spec: ModelSpec):
-        from diffusers import StableDiffusionPipeline
-
-        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
-        from sdlab.tokenizer import load_tokenizer
-
-        arch = ARCHITECTURES[name]
-        return StableDiffusionPipeline(
-            **build_components(arch, seed=0),
-            tokenizer=load_tokenizer(),
-            scheduler=build_scheduler(arch),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(text, self.device, 1, False)

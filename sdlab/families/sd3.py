@@ -12,6 +12,7 @@ from sdlab.families.base import ModelAdapter
 class StableDiffusion3(ModelAdapter):
     family = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
+    tokenizers = {"tokenizer": "clip", "tokenizer_2": "clip", "tokenizer_3": "t5"}
     detects = ("StableDiffusion3Pipeline",)
     denoiser_name = "transformer"
     t5_tokenizer = "tokenizer_3"
@@ -20,20 +21,6 @@ class StableDiffusion3(ModelAdapter):
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict:
         return {} if spec.t5 else {"text_encoder_3": None, "tokenizer_3": None}
-
-    @classmethod
-    def build(cls, name: str, spec: ModelSpec):
-        from diffusers import StableDiffusion3Pipeline
-
-        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
-        from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
-
-        arch = ARCHITECTURES[name]
-        parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch)}
-        parts.update(tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer(), tokenizer_3=tiny_t5_tokenizer())
-        if not spec.t5:
-            parts.update(text_encoder_3=None, tokenizer_3=None)
-        return StableDiffusion3Pipeline(**parts)
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(text, None, None, device=self.device, num_images_per_prompt=1,

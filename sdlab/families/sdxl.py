@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from sdlab.config import ModelSpec
 from sdlab.families.base import ModelAdapter
 
 
 class StableDiffusionXL(ModelAdapter):
     family = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
+    tokenizers = {"tokenizer": "clip", "tokenizer_2": "clip"}
     detects = ("StableDiffusionXLPipeline",)
     call_options = ("eta",)
     upcasts_vae = True
-
-    @classmethod
-    def build(cls, name: str, spec: ModelSpec):
-        from diffusers import StableDiffusionXLPipeline
-
-        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
-        from sdlab.tokenizer import load_tokenizer
-
-        arch = ARCHITECTURES[name]
-        parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch)}
-        return StableDiffusionXLPipeline(**parts, tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer())
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(text, device=self.device, num_images_per_prompt=1,

@@ -20,7 +20,7 @@ def meta_components(spec: ModelSpec) -> dict:
     folder's model_index.json lists (tokenizers, schedulers and absent parts skipped; no weights read)."""
     import torch
 
-    from sdlab.architectures import ARCHITECTURES, build_on_meta, component_class
+    from sdlab.architectures import ARCHITECTURES, Part, build_on_meta, build_part, component_class
     from sdlab.models import check_weights_folder, model_folder, read_object
 
     if spec.name in ARCHITECTURES and not spec.path:
@@ -35,13 +35,9 @@ def meta_components(spec: ModelSpec) -> dict:
             cls = component_class(entry[1])
         except (AttributeError, ValueError, KeyError):
             continue
-        if not issubclass(cls, torch.nn.Module):
-            continue
-        with torch.device("meta"):
-            if hasattr(cls, "load_config"):  # a diffusers model
-                components[name] = cls.from_config(cls.load_config(folder / name))
-            else:  # a transformers model: its config class reads config.json, nothing else
-                components[name] = cls(cls.config_class.from_pretrained(folder / name))
+        if issubclass(cls, torch.nn.Module):
+            with torch.device("meta"):
+                components[name] = build_part(Part(entry[1], read_object(folder / name / "config.json")))
     return components
 
 
