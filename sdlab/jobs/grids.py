@@ -82,32 +82,31 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
 
 def guidance_panels(ok: pd.DataFrame, clip) -> tuple[list[dict], str]:
     """Panels of CLIP score and prompt adherence against w: per-seed lines, the mean and its 95% interval over
-    seeds; and a claim comparing the lowest w with the best one."""
-    from sdlab.metrics.stats import mean_ci, metric_range
+    seeds; and a claim from the lowest w to the highest (and the best w between them)."""
+    from sdlab.metrics.stats import summarize_ci
 
     metrics = [m for m in ("clip_score", "adherence_all") if m in ok and (m != "clip_score" or clip is not None)]
+    if not metrics:
+        return [], ""
+    summary = summarize_ci(ok, ["guidance_scale"], metrics)  # sorted by w
+    scales = summary["guidance_scale"].to_numpy()
     panels, claims = [], []
     for metric in metrics:
-        stats = {w: mean_ci(g[metric], bounds=metric_range(metric)) for w, g in ok.groupby("guidance_scale")}
-        scales = sorted(stats)
-        mean, low, high = (np.array([stats[w][i] for w in scales], dtype=float) for i in range(3))
-        scale = 100.0 if metric == "adherence_all" else 1.0
-        lines = [] if metric == "adherence_all" else [
+        percent = metric == "adherence_all"
+        factor, unit = (100.0, "%") if percent else (1.0, "")
+        mean, low, high = (summary[f"{metric}_{part}"].to_numpy(dtype=float) * factor for part in ("mean", "lo", "hi"))
+        lines = [] if percent else [
             {"x": g["guidance_scale"], "y": g[metric], "style": "-", "color": "0.75"} for _, g in ok.groupby("seed")]
-        lines.append({"x": scales, "y": mean * scale, "label": f"mean of {ok['seed'].nunique()} seeds",
-                      "style": "o-", "color": "black"})
-        bands = [{"x": scales, "low": low * scale, "high": high * scale, "label": "95% interval", "color": "C0"}]
-        label = "CLIP score = 100 max(cos, 0)" if metric == "clip_score" else "prompt followed (% of images)"
+        lines.append({"x": scales, "y": mean, "label": f"mean of {ok['seed'].nunique()} seeds", "style": "o-",
+                      "color": "black"})
+        bands = [{"x": scales, "low": low, "high": high, "label": "95% interval", "color": "C0"}]
         panels.append({"lines": lines, "bands": bands if np.isfinite(low).any() else [], "xlabel": "guidance scale w",
-                       "ylabel": label})
-        short = "CLIP score" if metric == "clip_score" else "prompt followed"
-        unit = "" if metric == "clip_score" else "%"
-        at = [f"{mean[i] * scale:.0f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
+                       "ylabel": "prompt followed (% of images)" if percent else "CLIP score = 100 max(cos, 0)"})
+        at = [f"{mean[i]:.0f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
         best = int(np.nanargmax(mean))
-        peak = f" (best {mean[best] * scale:.0f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
-        claims.append(f"{short} {at[0]} -> {at[1]}{peak}")
-    n = ok["seed"].nunique()
-    return panels, (f"{'; '.join(claims)} (n={n} seeds)" if claims else "")
+        peak = f" (best {mean[best]:.0f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
+        claims.append(f"{'prompt followed' if percent else 'CLIP score'} {at[0]} -> {at[1]}{peak}")
+    return panels, f"{'; '.join(claims)} (n={ok['seed'].nunique()} seeds)"
 
 
 @job("prompt_grid")

@@ -270,10 +270,14 @@ def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
 LAYOUT = ("size", "position", "background")  # what a partial caption may leave to the seed, besides colour
 
 
+def layouts_agree(a: CheckResult, b: CheckResult) -> bool:
+    """Whether two readings have the same size, position and background (all readable)."""
+    return all(getattr(a, k) is not None and getattr(a, k) == getattr(b, k) for k in LAYOUT)
+
+
 def same_layout(first: np.ndarray, second: np.ndarray) -> bool:
     """Whether the checker reads the same size, position and background in two images (both readable)."""
-    a, b = check(first), check(second)
-    return all(getattr(a, k) is not None and getattr(a, k) == getattr(b, k) for k in LAYOUT)
+    return layouts_agree(check(first), check(second))
 
 
 def adherence_columns(image, prompt: str) -> dict[str, bool]:

@@ -115,7 +115,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
 
     from PIL import Image
 
-    from sdlab.mini.checker import LAYOUT, check, same_layout, shape_mask
+    from sdlab.mini.checker import LAYOUT, check, layouts_agree, shape_mask
 
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
@@ -137,8 +137,8 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
                                                          for a, b in zip(read[0], read[k])]))
             for k, seen in ((1, "same"), (2, "other")) for name in LAYOUT}
     return {"layout_pairs": count, **kept,
-            "same_seed_layout_kept": float(np.mean([same_layout(b, m) for b, m in zip(base, same)])),
-            "other_seed_layout_kept": float(np.mean([same_layout(b, m) for b, m in zip(base, other)])),
+            "same_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[1])])),
+            "other_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[2])])),
             "same_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[1])])),
             "other_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[2])]))}
 
