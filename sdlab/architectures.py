@@ -245,6 +245,11 @@ class Architecture:
     resolution: int = 512
     param_counts: dict[str, int] = field(default_factory=dict)  # published parameters per component
 
+    @property
+    def published(self) -> bool:
+        """A published architecture (its parameter counts are known), built on the meta device for anatomy."""
+        return bool(self.param_counts)
+
     def config(self, name: str) -> dict[str, Any]:
         """The config of component `name` (unet, transformer, vae, text_encoder, text_encoder_2, ...)."""
         return self.components[name].config

@@ -175,7 +175,8 @@ def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
     line), groups (one name per bar: bars coloured and named in a legend by group)."""
     heights = [max(1.2, 0.28 * len(p["labels"]) + 0.8) for p in panels]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, sum(heights)), squeeze=False,
+        title_height = 0.22 * (title.count("\n") + 1) if title else 0.0
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, sum(heights) + title_height), squeeze=False,
                                  gridspec_kw={"height_ratios": heights})
         for ax, panel in zip(axes[:, 0], panels):
             y = np.arange(len(panel["labels"]))

@@ -249,6 +249,9 @@ def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -
     elif recipe == "clip_tokens":
         tokens = pd.read_parquet(out / "tokens.parquet")
         assert len(tokens) > 10 and tokens["token"].iloc[0] == "<|startoftext|>"
+        limits = frame.groupby("encoder", sort=False)["max_tokens"].first().tolist()
+        assert limits == {"sdxl_tiny": [77, 77], "sd3_tiny": [77, 77, 32], "flux_tiny": [77, 32]}.get(model, [77])
+        assert set(tokens["encoder"]) == set(frame["encoder"])
     elif recipe == "anatomy":
         blocks = pd.read_parquet(out / ("transformer_blocks.parquet" if model in FLOW else "unet_blocks.parquet"))
         assert (blocks["model"] == model).all() and blocks["params"].sum() > 0

@@ -233,3 +233,52 @@ def test_pooled_text_embeddings_read_below_the_projection():
     model = tiny_model("sd3_tiny")
     pooled = pooled_text_embeddings(model.pipe.text_encoder, model.tokenizer, ["a red circle", "a blue square"])
     assert pooled.shape == (2, 32) and np.isfinite(pooled).all()  # hidden size, not the projection's
+
+
+# --------------------------------------------------------------------------- tokens per text encoder
+
+PIRATE = "a pirate ship sailing through a storm, dramatic lighting, oil painting"
+
+
+def clip_tokens(tmp_path: Path, caplog=None, **model) -> pd.DataFrame:
+    from analysis_helpers import config_for, context
+    from sdlab.jobs import get_job
+
+    base = config_for("clip_tokens")["model"]
+    return get_job("clip_tokens")(context("clip_tokens", tmp_path, prompts=[PIRATE, "a red circle"],
+                                          model={**base, **model}))
+
+
+def test_clip_tokens_counts_every_text_encoder_of_a_folder_model_at_its_own_limit(saved, tmp_path, caplog):
+    from sdlab.tokenizer import tiny_t5_tokenizer
+
+    rows = clip_tokens(tmp_path, name="sd3", family="sd3", path=str(saved["sd3_tiny"]), max_sequence_length=20)
+    by = rows.set_index(["encoder", "prompt"])
+    assert rows["encoder"].unique().tolist() == ["text_encoder", "text_encoder_2", "text_encoder_3"]
+    assert rows.groupby("encoder")["max_tokens"].first().tolist() == [77, 77, 20]
+    t5_ids = tiny_t5_tokenizer()(PIRATE)["input_ids"]
+    assert by.loc[("text_encoder", PIRATE), "n_tokens"] == 15 and not by.loc[("text_encoder_2", PIRATE), "truncated"]
+    t5 = by.loc[("text_encoder_3", PIRATE)]
+    assert t5["n_tokens"] == len(t5_ids) > 20 and t5["n_kept"] == 20 and t5["truncated"]
+    assert t5["warning"].startswith(f"text_encoder_3 (T5): {len(t5_ids)} tokens > 20")
+    tokens = pd.read_parquet(tmp_path / "tokens.parquet")
+    kept = tokens[(tokens["encoder"] == "text_encoder_3") & (tokens["prompt"] == PIRATE) & tokens["kept"]]
+    assert len(kept) == 20 and kept["token"].iloc[-1] == "</s>" and kept["token"].iloc[0] != "<|startoftext|>"
+    # without model.max_sequence_length, T5 keeps the family's 256 capped by the tokenizer's own 32
+    rows = clip_tokens(tmp_path / "default", name="sd3", family="sd3", path=str(saved["sd3_tiny"]))
+    assert rows.groupby("encoder")["max_tokens"].first().tolist() == [77, 77, 32]
+
+
+def test_clip_tokens_names_each_encoder_it_leaves_out(saved, tmp_path, caplog):
+    import shutil
+
+    rows = clip_tokens(tmp_path / "no_t5", name="sd3", family="sd3", path=str(saved["sd3_tiny"]), t5=False)
+    assert rows["encoder"].unique().tolist() == ["text_encoder", "text_encoder_2"]
+    assert "text_encoder_3 (T5) is left out (model.t5=false)" in caplog.text
+    rows = clip_tokens(tmp_path / "arch", name="flux_dev_arch", family="flux")
+    assert rows["encoder"].unique().tolist() == ["text_encoder"]
+    assert "text_encoder_2 (T5) is not counted: T5's vocabulary is not packaged with model=flux_dev_arch" in caplog.text
+    broken = shutil.copytree(saved["flux_tiny"], tmp_path / "broken")
+    shutil.rmtree(broken / "tokenizer_2")
+    with pytest.raises(UserError, match=f"^no tokenizer folder at {broken / 'tokenizer_2'}$"):
+        clip_tokens(tmp_path / "broken_out", name="flux_dev", family="flux", path=str(broken))

@@ -142,11 +142,17 @@ class ModelAdapter:
     def sequence_length(self) -> int | None:
         """T5 tokens per prompt: `model.max_sequence_length`, else the family's default capped by the tokenizer's."""
         tokenizer = getattr(self.pipe, self.t5_tokenizer, None) if self.t5_tokenizer else None
-        if self.spec.max_sequence_length:
-            return self.spec.max_sequence_length
-        if tokenizer is None:  # no T5 (or no T5 loaded): zeros of the default length stand in for it
-            return self.default_sequence_length
-        return min(self.default_sequence_length, tokenizer.model_max_length)
+        return self.t5_limit(self.spec, tokenizer.model_max_length if tokenizer is not None else None)
+
+    @classmethod
+    def t5_limit(cls, spec: ModelSpec, tokenizer_limit: int | None) -> int | None:
+        """T5 tokens a prompt keeps: `model.max_sequence_length`, else the family's default capped by the tokenizer's
+        own limit (None: no T5 loaded, zeros of the default length stand in for it)."""
+        if spec.max_sequence_length:
+            return spec.max_sequence_length
+        if tokenizer_limit is None or cls.default_sequence_length is None:
+            return cls.default_sequence_length
+        return min(cls.default_sequence_length, tokenizer_limit)
 
     # 3. schedulers
     def use_scheduler(self, name: str, options: dict[str, Any] | None = None):

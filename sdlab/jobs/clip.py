@@ -3,54 +3,63 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 
 import numpy as np
 import pandas as pd
 
-from sdlab.config import ModelSpec, model_spec
-from sdlab.errors import UserError
+from sdlab.config import model_spec
 from sdlab.figures import bar_chart, heatmap
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import article_reports, base_row, image_size, input_images, loaded_model, str_list
-from sdlab.metrics.clip import (MAX_TOKENS, clip_score_from_cosine, cosine_matrix, load_clip, long_matrix,
+from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, load_clip, long_matrix,
                                 pooled_text_embeddings, token_rows, token_table)
 from sdlab.records import ordered, write_table
+from sdlab.text_tokenizers import encoder_tokenizers
 
 log = logging.getLogger(__name__)
 
 
-def model_tokenizer(spec: ModelSpec):
-    """The model's CLIP tokenizer without loading weights: a folder model's own, else the packaged SD 1.x one."""
-    from sdlab.architectures import BUILT_IN
-    from sdlab.tokenizer import load_tokenizer
+XLABELS = {"clip": "CLIP tokens incl. <|startoftext|> and <|endoftext|>", "t5": "T5 tokens incl. the closing </s>"}
 
-    if spec.name in BUILT_IN and not spec.path:
-        return load_tokenizer()
-    from transformers import CLIPTokenizer
 
-    from sdlab.models import model_folder
-
-    folder = model_folder(spec) / "tokenizer"
-    if not folder.is_dir():
-        raise UserError(f"no tokenizer folder at {folder}")
-    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> str:
+    """How many prompts each text encoder cuts, at its limit: a line per encoder (named when `labelled`)."""
+    parts = []
+    for table, e in zip(tables, encoders):
+        cut = int(table["truncated"].sum())
+        where = f"{cut} of {len(table)} prompts cut at {e.limit} tokens" if cut else f"none cut at {e.limit} tokens"
+        parts.append(f"{e.label}: {where}" if labelled else where)
+    return "\n".join(parts)
 
 
 @job("clip_tokens")
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
-    """One row per prompt (tokens, ids, count incl. BOS/EOS, truncation warning); table `tokens` per token; figure token_counts.png."""
+    """One row per prompt and text encoder (tokens, ids, count incl. special tokens, the encoder's limit, what it
+    drops); table `tokens` per token; figure token_counts.png with a panel per encoder."""
     spec = model_spec(ctx.config["model"])
     prompts = str_list(ctx.config, "prompts")
-    table = token_table(model_tokenizer(spec), prompts)
-    for warning in table["warning"][table["truncated"]]:
-        log.warning("%s", warning)
-    write_table(token_rows(table), ctx.out_dir, "tokens")
-    bar_chart([{"labels": prompts, "values": list(table["n_tokens"]), "limit": MAX_TOKENS,
-                "xlabel": "CLIP tokens incl. <|startoftext|> and <|endoftext|>",
-                "notes": [f"{n}" + (" truncated" if t else "") for n, t in zip(table["n_tokens"], table["truncated"])],
-                "title": f"tokens per prompt; the text encoder sees at most {MAX_TOKENS} (dashed)"}],
-              ctx.out_dir / "token_counts.png")
-    return ordered([{**base_row(ctx, "clip_tokens", spec), **row} for row in table.to_dict("records")])
+    encoders, notes = encoder_tokenizers(spec)
+    for note in notes:
+        log.warning("%s", note)
+    tables = []
+    for e in encoders:
+        table = token_table(e.tokenizer, prompts, e.limit)
+        table["warning"] = [f"{e.label}: {w}" if w else "" for w in table["warning"]]
+        for warning in table["warning"][table["truncated"]]:
+            log.warning("%s", warning)
+        tables.append(table.assign(encoder=e.encoder, tokenizer=e.kind, max_tokens=e.limit))
+    write_table(pd.concat([token_rows(t, e.limit).assign(encoder=e.encoder) for t, e in zip(tables, encoders)],
+                          ignore_index=True), ctx.out_dir, "tokens")
+    panels = [{"labels": prompts, "values": list(t["n_tokens"]), "limit": e.limit, "xlabel": XLABELS[e.kind],
+               "notes": [f"{n}" + (" truncated" if cut else "") for n, cut in zip(t["n_tokens"], t["truncated"])],
+               "title": f"tokens per prompt; {e.label} sees at most {e.limit} (dashed)"}
+              for t, e in zip(tables, encoders)]
+    bar_chart(panels, ctx.out_dir / "token_counts.png",
+              title="\n".join([truncation_claim(tables, encoders, len(encoders) + len(notes) > 1),
+                               *(textwrap.fill(note, 90) for note in notes)]))
+    rows = pd.concat(tables, ignore_index=True).to_dict("records")
+    return ordered([{**base_row(ctx, "clip_tokens", spec), **row} for row in rows])
 
 
 def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarray, str]:

@@ -1,0 +1,88 @@
+"""The tokenizer of each of a model's text encoders and how many tokens of a prompt it keeps, read without loading
+any weights: CLIP encoders keep 77 (with <|startoftext|> and <|endoftext|>), T5 keeps the pipeline's
+`max_sequence_length` (SD3 256, Flux 512, with its closing </s>)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sdlab.config import ModelSpec
+from sdlab.errors import UserError
+from sdlab.metrics.clip import MAX_TOKENS
+
+KIND_NAMES = {"clip": "CLIP", "t5": "T5"}
+
+
+@dataclass(frozen=True)
+class EncoderTokenizer:
+    """One text encoder's tokenizer and the number of tokens of a prompt the encoder sees."""
+
+    encoder: str  # the pipeline attribute: text_encoder, text_encoder_2, text_encoder_3
+    kind: str     # clip | t5
+    tokenizer: Any
+    limit: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.encoder} ({KIND_NAMES[self.kind]})"
+
+
+def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[str]]:
+    """Every text encoder's tokenizer with its limit, in pipeline order, and one note per encoder left out (T5 with
+    `model.t5=false`, or a published architecture's T5, whose vocabulary is not packaged)."""
+    from sdlab.architectures import ARCHITECTURES, BUILT_IN
+    from sdlab.families import family, family_of_folder
+
+    built_in = spec.name in BUILT_IN and not spec.path
+    if built_in:
+        arch = ARCHITECTURES[spec.name]
+        cls = family(arch.family)
+    else:
+        from sdlab.model_files import check_pipeline_folder
+        from sdlab.models import model_folder
+
+        folder = model_folder(spec)
+        check_pipeline_folder(folder)
+        cls = family_of_folder(folder)
+    left_out = cls.load_options(spec)
+    encoders, notes = [], []
+    for attribute, kind in cls.tokenizers.items():
+        encoder = attribute.replace("tokenizer", "text_encoder")
+        name = f"{encoder} ({KIND_NAMES[kind]})"
+        if attribute in left_out:
+            notes.append(f"{name} is left out (model.t5=false): the transformer gets zeros in its place")
+            continue
+        if built_in and kind == "t5" and arch.published:
+            notes.append(f"{name} is not counted: T5's vocabulary is not packaged with model={spec.name}; "
+                         f"a real {cls.family} model counts it (model.path=DIR)")
+            continue
+        if built_in and kind == "t5":
+            notes.append(f"{name} uses the tiny models' T5 vocabulary: the shapes grammar's words, others letter by "
+                         "letter")
+        tokenizer = built_in_tokenizer(kind) if built_in else folder_tokenizer(folder / attribute, kind)
+        own = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None  # HF's "no limit" sentinel
+        limit = (own or MAX_TOKENS) if kind == "clip" else cls.t5_limit(spec, own)
+        encoders.append(EncoderTokenizer(encoder, kind, tokenizer, int(limit)))
+    return encoders, notes
+
+
+def built_in_tokenizer(kind: str):
+    """The packaged CLIP tokenizer, or the T5 one the tiny flow models are built with."""
+    from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
+
+    return load_tokenizer() if kind == "clip" else tiny_t5_tokenizer()
+
+
+def folder_tokenizer(folder, kind: str):
+    """A diffusers folder's tokenizer (CLIPTokenizer or T5TokenizerFast), local files only; a bad folder is one line."""
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    if not folder.is_dir():
+        raise UserError(f"no tokenizer folder at {folder}")
+    cls = CLIPTokenizer if kind == "clip" else T5TokenizerFast
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{folder} holds no readable {KIND_NAMES[kind]} tokenizer: "
+                        f"{str(e).strip().splitlines()[0]}") from None
