@@ -70,6 +70,16 @@ def model_folder(spec: ModelSpec) -> Path:
     return cached_snapshot(spec.repo_id)
 
 
+def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
+    """The family adapter that runs `spec`, found without loading weights: a built-in model's record, or the
+    folder's model_index.json."""
+    if spec.name in BUILT_IN and not spec.path:
+        return family(ARCHITECTURES[spec.name].family)
+    folder = model_folder(spec)
+    check_pipeline_folder(folder)
+    return family_of_folder(folder)
+
+
 def configured_spec(name: str, **overrides) -> ModelSpec:
     """The ModelSpec that conf/model/<name>.yaml sets up, with `overrides` (benchmarks and hand-written loops)."""
     from omegaconf import OmegaConf
@@ -105,8 +115,8 @@ class ModelCache:
         choose("model", spec.name, MODEL_NAMES)
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
+        cls = adapter_class(spec)
         if spec.name in BUILT_IN and not spec.path:
-            cls = family(ARCHITECTURES[spec.name].family)
             pipe = cls.build(spec.name, spec)
             for part in pipe.components.values():  # built modules start in training mode: T5's dropout would be on
                 if isinstance(part, torch.nn.Module):
@@ -114,10 +124,7 @@ class ModelCache:
             if dtype != torch.float32:
                 pipe = pipe.to(dtype=dtype)
         else:
-            folder = model_folder(spec)
-            check_pipeline_folder(folder)
-            cls = family_of_folder(folder)
-            pipe = _from_folder(cls, folder, dtype, spec)
+            pipe = _from_folder(cls, model_folder(spec), dtype, spec)
         model = cls(pipe.to(device), spec)
         model.apply_speed_options()
         pipe.set_progress_bar_config(leave=False, desc="denoising")

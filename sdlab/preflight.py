@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sdlab.config import generation_params, limits, model_spec, validate_config
+from sdlab.config import MODEL_FAMILIES, generation_params, limits, model_spec, validate_config
 from sdlab.errors import UserError
 
 
@@ -74,13 +74,41 @@ def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, 
 
 
 def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
-    """The config with a recipe's `world.<grammar>` values applied when the model has that prompt grammar
-    (the same experiment told in prompts the model knows); command-line overrides still win."""
-    grammar = (config.get("model") or {}).get("prompt_grammar")
-    values = (config.get("world") or {}).get(grammar) if grammar else None
-    if not values:
+    """The config with a recipe's `world.<name>` values applied for each world the model is in, in this order: its
+    prompt grammar (the same experiment told in prompts the model knows), its scheduler kind (`flow`: the samplers
+    that fit a flow-matching model) and its family (`flux`). Blocks merge key by key; command-line overrides
+    (`compare.steps=...`) still win."""
+    worlds = config.get("world") or {}
+    if not worlds:
         return config
-    return {**config, **{k: v for k, v in values.items() if k not in overridden}}
+    names = [(config.get("model") or {}).get("prompt_grammar")]
+    if worlds.keys() & (MODEL_KINDS | set(MODEL_FAMILIES)):
+        from sdlab.models import adapter_class, shipped_scheduler_config
+        from sdlab.schedulers import model_kind
+
+        spec = model_spec(config["model"])
+        names += [model_kind(shipped_scheduler_config(spec)[0]), adapter_class(spec).family]
+    for name in names:
+        if name and worlds.get(name):
+            config = merged(config, worlds[name], overridden)
+    return config
+
+
+MODEL_KINDS = {"epsilon", "v_prediction", "flow"}
+
+
+def merged(config: dict[str, Any], values: dict[str, Any], overridden: set[str], prefix: str = "") -> dict[str, Any]:
+    """`config` with `values` put in, dicts merged key by key, leaving the keys the command line set."""
+    out = dict(config)
+    for key, value in values.items():
+        dotted = prefix + key
+        if dotted in overridden:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value, overridden, dotted + ".")
+        else:
+            out[key] = value
+    return out
 
 
 def check_files(cfg: dict[str, Any]) -> None:
@@ -102,10 +130,26 @@ def check_files(cfg: dict[str, Any]) -> None:
 def schedulers_used(cfg: dict[str, Any]) -> list[str]:
     """Every scheduler name the job will build: its own and those a study lists."""
     names = [(cfg.get("scheduler") or {}).get("name")]
+    names += list(cfg.get("schedulers") or []) + [cfg.get("reference_scheduler")]  # scheduler_grid
     study = cfg.get("compare") or {}
     names += list(study.get("schedulers") or []) + [study.get("reference_scheduler")]
     names += [item.get("name") if isinstance(item, dict) else item for item in cfg.get("visit_schedulers") or []]
     return [n for n in dict.fromkeys(names) if n]
+
+
+def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
+    """Every scheduler a study or grid lists can run on the model (its kind, its shifting), as one line naming it."""
+    from sdlab.models import shipped_scheduler_config
+    from sdlab.schedulers import make_scheduler
+
+    if not (cfg.get("compare") or cfg.get("schedulers")):
+        return
+    base, _ = shipped_scheduler_config(spec)
+    for name in schedulers_used(cfg)[1:]:
+        try:
+            make_scheduler(name, base)
+        except UserError as e:
+            raise UserError(f"on model={spec.name}: {e}") from None
 
 
 def check_job(cfg: dict[str, Any]) -> list[str]:
@@ -125,6 +169,7 @@ def check_job(cfg: dict[str, Any]) -> list[str]:
     for name in schedulers_used(cfg):
         scheduler_class(name)
     check_files(cfg)
+    check_schedulers_fit(cfg, spec)
     return model_warnings(cfg, params.width, params.height)
 
 

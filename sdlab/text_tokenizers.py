@@ -32,19 +32,12 @@ def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[st
     """Every text encoder's tokenizer with its limit, in pipeline order, and one note per encoder left out (T5 with
     `model.t5=false`, or a published architecture's T5, whose vocabulary is not packaged)."""
     from sdlab.architectures import ARCHITECTURES, BUILT_IN
-    from sdlab.families import family, family_of_folder
+    from sdlab.models import adapter_class, model_folder
 
+    cls = adapter_class(spec)
     built_in = spec.name in BUILT_IN and not spec.path
-    if built_in:
-        arch = ARCHITECTURES[spec.name]
-        cls = family(arch.family)
-    else:
-        from sdlab.model_files import check_pipeline_folder
-        from sdlab.models import model_folder
-
-        folder = model_folder(spec)
-        check_pipeline_folder(folder)
-        cls = family_of_folder(folder)
+    arch = ARCHITECTURES[spec.name] if built_in else None
+    folder = None if built_in else model_folder(spec)
     left_out = cls.load_options(spec)
     encoders, notes = [], []
     for attribute, kind in cls.tokenizers.items():

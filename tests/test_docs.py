@@ -33,6 +33,7 @@ SLOW = {
         "article_b7_guidance", "article_b8_schedulers", "article_c1_pipeline_by_hand", "article_c2_img2img",
         "article_d1_destruction", "article_d3_guidance", "article_e1_reverse_chain")),
     "sdlab experiment=trajectory preview=linear",
+    "sdlab experiment=compare_schedulers_quick model=sd3_tiny",
 }
 
 

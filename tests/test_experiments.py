@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -212,15 +213,21 @@ FAMILY_RECIPES = {
     "article_c1_pipeline_by_hand": ["num_inference_steps=2"],
     "compare_schedulers_quick": ["compare.steps=[1]", "compare.seeds=[0]", "compare.prompts=[a red circle]",
                                  "compare.reference_steps=2", "compare.visit_steps=[2]"],
+    "article_b8_schedulers": ["num_inference_steps=1", "reference_steps=2", "seeds=[0]"],
 }
-# Flow models sample with flow-matching schedulers (Flux's dynamic shift rules out flow_heun).
-FLOW_OVERRIDES = {"compare_schedulers_quick": ["compare.schedulers=[flow_euler,flow_unipc]",
-                                               "compare.reference_scheduler=flow_dpmpp_2m"]}
-DDPM_OVERRIDES = {"compare_schedulers_quick": ["compare.schedulers=[ddim,euler]"]}
+# The samplers each recipe's own lists give a model: flow models get the recipe's `world.flow` ones (Flux, whose
+# pipeline sets its own sigmas, `world.flux`'s); they run as the user types the command, with no scheduler override.
+SAMPLERS = {
+    "compare_schedulers_quick": {"sd3_tiny": ["flow_euler", "flow_heun", "flow_dpmpp_2m", "flow_unipc"],
+                                 "flux_tiny": ["flow_euler", "flow_dpmpp_2m", "flow_unipc"]},
+    "article_b8_schedulers": {"sd3_tiny": ["flow_euler", "flow_dpmpp_2m", "flow_unipc"],
+                              "flux_tiny": ["flow_euler", "flow_dpmpp_2m", "flow_unipc"]},
+}
+DDPM_SAMPLERS = {"compare_schedulers_quick": ["ddim", "euler", "euler_a", "heun", "dpmpp_2m"],
+                 "article_b8_schedulers": ["ddim", "dpmpp_2m", "euler"]}
 # Jobs whose math is DDPM's (or SD 1.x's) by nature refuse other models in one line naming the models they serve:
 # recipe -> (models refused, start of the message, a model it names).
-REFUSES = {"schedule_snr": (FLOW, "job schedule_snr tabulates DDPM beta schedules", "sdxl_tiny"),
-           "forward_process": (FLOW, "job forward_process noises with the model's DDPM schedule", "sdxl_tiny"),
+REFUSES = {"forward_process": (FLOW, "job forward_process noises with the model's DDPM schedule", "sdxl_tiny"),
            "article_c1_pipeline_by_hand": (FAMILIES, "job pipeline_by_hand writes out the SD 1.x epsilon loop", "sd15")}
 
 
@@ -255,6 +262,13 @@ def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -
     elif recipe == "anatomy":
         blocks = pd.read_parquet(out / ("transformer_blocks.parquet" if model in FLOW else "unet_blocks.parquet"))
         assert (blocks["model"] == model).all() and blocks["params"].sum() > 0
+    elif recipe == "schedule_snr" and model in FLOW:  # its own flow schedule beside SD 1.5's, crossing 1/(1 + shift)
+        own = frame.iloc[0]
+        assert own["family"].startswith(f"model={model} (flow_euler") and own["kind"] == "flow"
+        assert own["crossing_t"] == pytest.approx(own["crossing_t_closed_form"], abs=1e-3)
+        assert np.isfinite(own["mu"]) == (model == "flux_tiny") and len(own["visited_t"].split()) == 3
+        assert frame["family"].iloc[1].startswith("SD 1.5")
+        check_image(out / "log_snr.png", min_size=(600, 400))
     elif recipe == "schedule_snr":
         schedule = pd.read_parquet(out / "schedule.parquet")
         assert len(schedule) == 4 * 1000 and len(pd.read_csv(out / "visits.csv")) > 0
@@ -262,19 +276,25 @@ def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -
         assert frame["t"].tolist() == [0, 999] and frame["psnr_db"].is_monotonic_decreasing
         check_image(out / "forward_strip.png", min_size=(200, 100))
     elif recipe == "compare_schedulers_quick":
+        samplers = SAMPLERS[recipe].get(model, DDPM_SAMPLERS[recipe])
         summary = pd.read_parquet(out / "summary.parquet")
-        assert len(summary) == 2 and summary["nfe_mean"].gt(0).all() and summary["psnr_mean"].notna().all()
+        assert sorted(summary["scheduler"]) == sorted(samplers)
+        assert summary["nfe_mean"].gt(0).all() and summary["psnr_mean"].notna().all()
         visits = pd.read_csv(out / "visits.csv")
-        assert visits.groupby("scheduler").size().tolist() == [2, 2]
+        assert sorted(set(visits["scheduler"])) == sorted(samplers) and visits.groupby("scheduler").size().ge(2).all()
         check_image(out / "visits.png", min_size=(300, 100))
+    elif recipe == "article_b8_schedulers":
+        assert frame["scheduler"].tolist() == SAMPLERS[recipe].get(model, DDPM_SAMPLERS[recipe])
+        reference = "flow_dpmpp_2m x 2 steps" if model in FLOW else "dpmpp_2m x 2 steps"
+        assert (frame["reference"] == reference).all() and frame["psnr_to_reference"].notna().all()
+        check_image(out / "scheduler_grid.png", min_size=(150, 64))
 
 
 @pytest.mark.parametrize("model", FAMILIES)
 @pytest.mark.parametrize("recipe", FAMILY_RECIPES)
 def test_recipe_runs_on_every_family(recipe, model, run_sdlab, tmp_path, capsys):
     out = tmp_path / recipe
-    extra = (FLOW_OVERRIDES if model in FLOW else DDPM_OVERRIDES).get(recipe, [])
-    code = run_sdlab(f"experiment={recipe}", f"model={model}", "threads=1", *FAMILY_RECIPES[recipe], *extra,
+    code = run_sdlab(f"experiment={recipe}", f"model={model}", "threads=1", *FAMILY_RECIPES[recipe],
                      f"hydra.run.dir={out}")
     refused, message, named = REFUSES.get(recipe, ((), "", ""))
     if model in refused:

@@ -194,6 +194,24 @@ def sdlab_command(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProc
                           text=True, timeout=600)
 
 
+@pytest.mark.parametrize("args,message", [
+    (("experiment=compare_schedulers_quick", "model=flux_tiny", "compare.schedulers=[flow_euler,flow_heun]"),
+     "on model=flux_tiny: scheduler 'flow_heun' has no dynamic (resolution-dependent) shifting, which this model's "
+     "scheduler uses; use one of: flow_euler, flow_dpmpp_2m, flow_unipc"),
+    (("experiment=article_b8_schedulers", "model=sd3_tiny", "schedulers=[flow_euler,ddim]"),
+     "on model=sd3_tiny: scheduler 'ddim' does not fit a model of kind 'flow'; schedulers for flow: flow_euler, "
+     "flow_heun, flow_dpmpp_2m, flow_unipc"),
+    (("experiment=compare_schedulers_quick", "model=sd3_tiny", "compare.reference_scheduler=dpmpp_2m"),
+     "on model=sd3_tiny: scheduler 'dpmpp_2m' does not fit a model of kind 'flow'"),
+])
+def test_a_listed_sampler_that_cannot_run_on_the_model_is_one_line_before_any_work(args, message, tmp_path):
+    result = sdlab_command(*args, "threads=1", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"sdlab: error: {message}")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_missing_model_is_one_line_naming_the_repo_and_exit_2(tmp_path):
     result = sdlab_command("model=sd3", "num_inference_steps=2", "threads=1", cwd=tmp_path,
                            HF_HUB_CACHE=str(tmp_path / "empty"))

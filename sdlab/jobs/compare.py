@@ -205,7 +205,8 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
     fastest = ", ".join(f"{r.scheduler} {getattr(r, key):.0f}" for r in reached.head(3).itertuples())
     claim = (f"fewest NFE to a mean PSNR of {target:g} dB to the reference: {fastest}" if fastest
              else f"no scheduler reaches a mean PSNR of {target:g} dB to the reference")
-    for cost, label in (("nfe", "UNet evaluations (NFE)"), ("time_total_s", "wall seconds per image")):
+    for cost, label in (("nfe", "denoiser evaluations (NFE: UNet or transformer calls)"),
+                        ("time_total_s", "wall seconds per image")):
         convergence(summary, cost, METRICS, ctx.out_dir / f"convergence_{'nfe' if cost == 'nfe' else 'seconds'}.png",
                     xlabel=label, psnr_target=target, title=f"{claim}\n(dashed: stochastic, against its own high-step limit)")
     schedule_visits(visits, {**model.base_scheduler_config, "_class_name": model.base_scheduler_class},

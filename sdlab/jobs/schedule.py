@@ -91,9 +91,9 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
         return ordered(family)
     model_config = model_scheduler_config(spec)
     if model_kind(model_config) == "flow":
-        raise UserError(f"job schedule_snr tabulates DDPM beta schedules (alpha_bar) and the timesteps DDPM samplers "
-                        f"visit; model={spec.name} is a flow-matching {spec.family} model: use model=tiny, sd15_tiny, "
-                        f"sd2_tiny or sdxl_tiny, or experiment=schedule_families to compare flow schedules")
+        raise UserError(f"`schedules` are DDPM beta schedules (alpha_bar), and their samplers do not fit "
+                        f"model={spec.name}, a flow-matching model: compare its schedule with "
+                        "'families=[{config: model}]' (the schedule_snr recipe's default on flow models)")
     steps = int(cfg.get("num_inference_steps") or 25)
 
     # 1. Per-timestep tables of every schedule.
@@ -181,22 +181,26 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
 FAMILY_KEYS = ("name", "config", "options", "sampler", "steps", "width", "height", "flux_sigmas")
 
 
-def family_spec(item: Any) -> dict[str, Any]:
-    """A `families` entry checked: {name, config (a FAMILY_CONFIGS key or a scheduler config dict), options, sampler,
-    steps, width, height, flux_sigmas}."""
+def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A `families` entry checked: {name, config (a FAMILY_CONFIGS key, `model` or a scheduler config dict), options,
+    sampler, steps, width, height, flux_sigmas}. `config: model` takes its unset keys from `model`: the configured
+    model's schedule, scheduler, steps and native size (see `model_family`)."""
     if not isinstance(item, dict):
         raise UserError(f"families entry {item!r} must be a dict with config, sampler and steps")
     unknown = sorted(set(item) - set(FAMILY_KEYS))
     if unknown:
         raise UserError(f"families entry has no key {unknown[0]!r}; its keys are: {', '.join(FAMILY_KEYS)}")
-    config = item.get("config")
-    if isinstance(config, str):
+    config = config_name = item.get("config")
+    if config == "model" and model:
+        item = {**model, **{k: v for k, v in item.items() if v is not None and k != "config"}}
+        config = model["config"]
+    elif isinstance(config, str):
         if config not in FAMILY_CONFIGS:
-            raise UserError(f"unknown families config {config!r}; choose one of: {', '.join(FAMILY_CONFIGS)} "
+            raise UserError(f"unknown families config {config!r}; choose one of: {', '.join(FAMILY_CONFIGS)}, model "
                             "or give a scheduler config dict")
         config = FAMILY_CONFIGS[config]
     if not isinstance(config, dict):
-        raise UserError(f"families config {config!r} must be one of {', '.join(FAMILY_CONFIGS)} or a dict")
+        raise UserError(f"families config {config!r} must be one of {', '.join(FAMILY_CONFIGS)}, model or a dict")
     steps, width, height = item.get("steps", 28), item.get("width") or 1024, item.get("height") or 1024
     for key, value in (("steps", steps), ("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -204,9 +208,22 @@ def family_spec(item: Any) -> dict[str, Any]:
     sampler = item.get("sampler") or ("flow_euler" if model_kind(config) == "flow" else "ddim")
     options = check_options(sampler, dict(item.get("options") or {}))
     name = item.get("name") or f"{item.get('config')} {sampler} {steps} steps"
-    return {"name": name, "config": dict(config), "config_name": item.get("config") if isinstance(item.get("config"), str)
+    return {"name": name, "config": dict(config), "config_name": config_name if isinstance(config_name, str)
             else "custom", "sampler": sampler, "options": options, "steps": steps, "width": width,
             "height": height, "flux_sigmas": bool(item.get("flux_sigmas"))}
+
+
+def model_family(cfg: dict[str, Any], spec) -> dict[str, Any]:
+    """The configured model as a `families` entry: its shipped schedule, the configured scheduler and its options,
+    num_inference_steps, its native size, and Flux's own sigmas when it is a Flux model."""
+    from sdlab.models import adapter_class
+
+    choice = scheduler_choice(cfg["scheduler"])
+    steps = int(cfg.get("num_inference_steps") or 28)
+    shift = f", shift {choice.options['shift']:g}" if "shift" in choice.options else ""
+    return {"name": f"model={spec.name} ({choice.name}{shift}, {spec.resolution} px)",
+            "config": model_scheduler_config(spec), "sampler": choice.name, "options": choice.options, "steps": steps,
+            "width": spec.resolution, "height": spec.resolution, "flux_sigmas": adapter_class(spec).family == "flux"}
 
 
 def family_schedule(f: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -251,9 +268,14 @@ def family_schedule(f: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict
     return curve, visits, facts
 
 
+def is_model(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("config") == "model"
+
+
 def family_rows(ctx: JobContext, spec) -> list[dict[str, Any]]:
     """Tables `log_snr` (per family and t) and `family_visits` (per sampler step), figure log_snr.png; a row per family."""
-    families = [family_spec(item) for item in ctx.config["families"]]
+    families = [family_spec(item, model_family(ctx.config, spec) if is_model(item) else None)
+                for item in ctx.config["families"]]
     curves_, visits_, rows = [], [], []
     for f in families:
         curve, visits, facts = family_schedule(f)
