@@ -300,3 +300,30 @@ def test_clip_tokens_names_each_encoder_it_leaves_out(saved, tmp_path, caplog):
     shutil.rmtree(broken / "tokenizer_2")
     with pytest.raises(UserError, match=f"^no tokenizer folder at {broken / 'tokenizer_2'}$"):
         clip_tokens(tmp_path / "broken_out", name="flux_dev", family="flux", path=str(broken))
+
+
+# --------------------------------------------------------------------------- few-step models
+
+def test_a_distilled_model_samples_in_its_own_few_steps_without_guidance_unless_told(saved, tmp_path, run_sdlab):
+    """model=sdxl_turbo on an SDXL folder whose scheduler samples trailing timesteps, as SDXL-Turbo's does."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(saved["sdxl_tiny"], tmp_path / "turbo")
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "_class_name": "EulerAncestralDiscreteScheduler",
+                                       "timestep_spacing": "trailing"}))
+    out = tmp_path / "one"
+    assert run_sdlab("model=sdxl_turbo", f"model.path={folder}", "model.resolution=64", "threads=1",
+                     f"hydra.run.dir={out}") == 0
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    assert (row["status"], row["scheduler"], row["num_inference_steps"], row["guidance_scale"], row["nfe"]) == (
+        "ok", "euler_a", 1, 0.0, 1)
+    assert json.loads(row["scheduler_config"])["timestep_spacing"] == "trailing"
+    # the command line still wins over the model's sampling defaults (and so does a recipe: Hydra composes it later)
+    out = tmp_path / "two"
+    assert run_sdlab("model=sdxl_turbo", f"model.path={folder}", "model.resolution=64", "num_inference_steps=2",
+                     "guidance_scale=2", "threads=1", f"hydra.run.dir={out}") == 0
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    assert (row["num_inference_steps"], row["guidance_scale"], row["nfe"]) == (2, 2.0, 2)
