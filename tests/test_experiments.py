@@ -227,8 +227,7 @@ DDPM_SAMPLERS = {"compare_schedulers_quick": ["ddim", "euler", "euler_a", "heun"
                  "article_b8_schedulers": ["ddim", "dpmpp_2m", "euler"]}
 # Jobs whose math is DDPM's (or SD 1.x's) by nature refuse other models in one line naming the models they serve:
 # recipe -> (models refused, start of the message, a model it names).
-REFUSES = {"forward_process": (FLOW, "job forward_process noises with the model's DDPM schedule", "sdxl_tiny"),
-           "article_c1_pipeline_by_hand": (FAMILIES, "job pipeline_by_hand writes out the SD 1.x epsilon loop", "sd15")}
+REFUSES = {"article_c1_pipeline_by_hand": (FAMILIES, "job pipeline_by_hand writes out the SD 1.x epsilon loop", "sd15")}
 
 
 def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -> None:
@@ -273,7 +272,13 @@ def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -
         schedule = pd.read_parquet(out / "schedule.parquet")
         assert len(schedule) == 4 * 1000 and len(pd.read_csv(out / "visits.csv")) > 0
     elif recipe == "forward_process":
-        assert frame["t"].tolist() == [0, 999] and frame["psnr_db"].is_monotonic_decreasing
+        assert frame["t"].tolist() == [0, 999]
+        if model in FLOW:  # x_t = (1 - t/T) x_0 + (t/T) eps: z_0 itself at t = 0, so it decodes to the VAE's image
+            assert frame["sigma"].tolist() == [0.0, 0.999] and frame["signal_frac"].tolist() == pytest.approx([1, 0.001])
+            assert frame["psnr_vs_vae_db"].tolist()[0] == float("inf") > frame["psnr_vs_vae_db"].tolist()[1]
+            assert frame["alpha_bar"].isna().all()
+        else:
+            assert frame["psnr_db"].is_monotonic_decreasing
         check_image(out / "forward_strip.png", min_size=(200, 100))
     elif recipe == "compare_schedulers_quick":
         samplers = SAMPLERS[recipe].get(model, DDPM_SAMPLERS[recipe])

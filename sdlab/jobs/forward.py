@@ -13,7 +13,6 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (base_row, decode, encode, image_size, input_images, loaded_model,
                                  model_scheduler_config, number_list, to_model, to_uint8)
 from sdlab.jobs.schedule import schedule_spec
-from sdlab.metrics.diffusion import q_sample, snr_db
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import alpha_bar_from_betas, betas
 from sdlab.records import ordered
@@ -35,12 +34,7 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
 
     # 1. The schedules (the model's by default) and the requested timesteps.
     model_config = model_scheduler_config(spec)
-    items = cfg.get("schedules") or ["model"]
-    if "model" in items and model_kind(model_config) == "flow":
-        raise UserError(f"job forward_process noises with the model's DDPM schedule (alpha_bar); model={spec.name} "
-                        f"is a flow-matching {spec.family} model without one: use model=tiny, sd15_tiny, sd2_tiny or "
-                        f"sdxl_tiny, or name DDPM schedules, e.g. schedules=[scaled_linear]")
-    schedules = [schedule_spec(item, model_config) for item in items]
+    schedules = [forward_spec(item, model_config) for item in cfg.get("schedules") or ["model"]]
     spaces = list(cfg.get("spaces") or ["pixel", "latent"])
     if not set(spaces) <= {"pixel", "latent"} or not spaces:
         raise UserError(f"spaces={spaces} must list pixel and/or latent")
@@ -59,19 +53,21 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     # 3. x_t and decoded z_t at each t, PSNR against x_0, for every schedule.
     rows, strips, labels, names = [], [], [], []
     for s in schedules:
-        alpha_bar = alpha_bar_from_betas(betas(s["beta_schedule"], s["T"], s["beta_start"], s["beta_end"]))
+        coefficients = forward_coefficients(s)
         for space in spaces:
             strip, label = [image], ["x_0"]
             for t in timesteps:
-                ab = float(alpha_bar[t])
+                a, b = coefficients[t]
                 if space == "pixel":
-                    noised = to_uint8(q_sample(x0, ab, eps["pixel"]))[0]
+                    noised = to_uint8(a * x0 + b * eps["pixel"])[0]
                 else:
-                    noised = to_uint8(decode(model, q_sample(z0, ab, eps["latent"])))[0]
+                    noised = to_uint8(decode(model, a * z0 + b * eps["latent"]))[0]
                 value = psnr(image, noised)
                 rows.append({**base_row(ctx, "forward_process", spec), "schedule": s["label"], "space": space, "t": t,
-                             "alpha_bar": ab, "signal_frac": math.sqrt(ab), "noise_frac": math.sqrt(1 - ab),
-                             "snr_db": snr_db(ab), "psnr_db": value,
+                             "alpha_bar": a * a if not s.get("flow") else None, "sigma": b if s.get("flow") else None,
+                             "signal_frac": a, "noise_frac": b,
+                             "snr_db": 20.0 * math.log10(a / b) if a and b else (math.inf if b == 0 else -math.inf),
+                             "psnr_db": value,
                              "psnr_vs_vae_db": psnr(vae_only, noised) if space == "latent" else None,
                              "seed": seed, "image": name, "width": width, "height": height})
                 strip.append(noised)
@@ -82,6 +78,27 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
             names.append(space_name if len(schedules) == 1 else f"{s['label']}\n{space_name}")
 
     # 4. Strip: one row per (schedule, space).
+    flow = all(s.get("flow") for s in schedules)
+    law = ("x_t = (1 - sigma_t) x_0 + sigma_t eps, sigma_t = t / T (flow matching)" if flow
+           else "q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)")
     image_strip(strips, ctx.out_dir / "forward_strip.png", col_labels=labels, row_labels=names,
-                title=f"q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), eps seed {seed}; PSNR vs x_0")
+                title=f"{law}, eps seed {seed}; PSNR vs x_0")
     return ordered(rows)
+
+
+def forward_spec(item, model_config: dict) -> dict:
+    """A `schedules` entry as schedule_spec gives it; `model` on a flow-matching model is its interpolation
+    x_t = (1 - t/T) x_0 + (t/T) eps (rectified flow, Liu et al. 2022; SD3 eq. 1), which no shift changes."""
+    if item == "model" and model_kind(model_config) == "flow":
+        T = int(model_config.get("num_train_timesteps") or 1000)
+        return {"label": "model (flow matching)", "flow": True, "T": T}
+    return schedule_spec(item, model_config)
+
+
+def forward_coefficients(spec: dict) -> list[tuple[float, float]]:
+    """(a_t, b_t) of x_t = a_t x_0 + b_t eps for t = 0 .. T-1: (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) for DDPM
+    (Ho et al. 2020, eq. 4), (1 - t/T, t/T) for flow matching."""
+    if spec.get("flow"):
+        return [(1.0 - t / spec["T"], t / spec["T"]) for t in range(spec["T"])]
+    alpha_bar = alpha_bar_from_betas(betas(spec["beta_schedule"], spec["T"], spec["beta_start"], spec["beta_end"]))
+    return [(math.sqrt(float(ab)), math.sqrt(1.0 - float(ab))) for ab in alpha_bar]
