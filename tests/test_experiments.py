@@ -207,6 +207,7 @@ FAMILY_RECIPES = {
     "trajectory": ["num_inference_steps=2", "frames=2"],
     "vae_roundtrip": ["num_images=1"],
     "clip_tokens": [],
+    "clip_similarity": ["prompts=[a red circle,a blue square,a red circle]"],
     "anatomy": [],
     "schedule_snr": ["num_inference_steps=3"],
     "forward_process": ["timesteps=[0,999]", "spaces=[latent]"],
@@ -258,6 +259,11 @@ def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -
         limits = frame.groupby("encoder", sort=False)["max_tokens"].first().tolist()
         assert limits == {"sdxl_tiny": [77, 77], "sd3_tiny": [77, 77, 32], "flux_tiny": [77, 32]}.get(model, [77])
         assert set(tokens["encoder"]) == set(frame["encoder"])
+    elif recipe == "clip_similarity":  # the first text encoder's pooled output: equal prompts, cosine 1
+        matrix = frame.pivot(index="prompt_a_index", columns="prompt_b_index", values="cosine").to_numpy()
+        assert matrix[0, 2] == pytest.approx(1.0, abs=1e-5) and matrix[0, 1] < 1 - 1e-4
+        assert frame["embedding"].iloc[0].startswith(f"model={model} text_encoder pooled output")
+        check_image(out / "text_similarity.png", min_size=(200, 150))
     elif recipe == "anatomy":
         blocks = pd.read_parquet(out / ("transformer_blocks.parquet" if model in FLOW else "unet_blocks.parquet"))
         assert (blocks["model"] == model).all() and blocks["params"].sum() > 0
