@@ -79,3 +79,25 @@ def folder_tokenizer(folder, kind: str):
     except (OSError, ValueError, TypeError) as e:
         raise UserError(f"{folder} holds no readable {KIND_NAMES[kind]} tokenizer: "
                         f"{str(e).strip().splitlines()[0]}") from None
+
+
+def loaded_encoder_tokenizers(model) -> list[EncoderTokenizer]:
+    """The tokenizers of a loaded model's text encoders, each with the limit its pipeline applies (T5 left out with
+    `model.t5=false` has none)."""
+    out = []
+    for attribute, kind in model.tokenizers.items():
+        tokenizer = getattr(model.pipe, attribute, None)
+        if tokenizer is not None:
+            limit = model.sequence_length if kind == "t5" else tokenizer.model_max_length
+            out.append(EncoderTokenizer(attribute.replace("tokenizer", "text_encoder"), kind, tokenizer, int(limit)))
+    return out
+
+
+def truncation_warnings(model, text: str) -> list[str]:
+    """One line per text encoder that cuts `text`, with how many tokens it drops, and which encoders read it whole."""
+    counts = [(e, len(e.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]))
+              for e in loaded_encoder_tokenizers(model)]
+    whole = [e.label for e, n in counts if n <= e.limit]
+    return [f"the prompt is {n} tokens for {e.label}, past its {e.limit}: the last {n - e.limit} are dropped"
+            + (f" ({', '.join(whole)} read{'s' * (len(whole) == 1)} all of it)" if whole else "")
+            for e, n in counts if n > e.limit]

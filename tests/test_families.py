@@ -327,3 +327,16 @@ def test_a_distilled_model_samples_in_its_own_few_steps_without_guidance_unless_
                      "guidance_scale=2", "threads=1", f"hydra.run.dir={out}") == 0
     row = pd.read_csv(out / "results.csv").iloc[0]
     assert (row["num_inference_steps"], row["guidance_scale"], row["nfe"]) == (2, 2.0, 2)
+
+
+def test_a_long_prompt_warns_once_per_text_encoder_that_cuts_it():
+    from sdlab.text_tokenizers import truncation_warnings
+
+    words = " ".join(["red circle"] * 20)  # 40 CLIP tokens + BOS/EOS: CLIP keeps it, the tiny T5 (32) does not
+    n_t5 = len(tiny_model("sd3_tiny").pipe.tokenizer_3(words)["input_ids"])
+    assert truncation_warnings(tiny_model("sd3_tiny"), words) == [
+        f"the prompt is {n_t5} tokens for text_encoder_3 (T5), past its 32: the last {n_t5 - 32} are dropped "
+        "(text_encoder (CLIP), text_encoder_2 (CLIP) read all of it)"]
+    assert truncation_warnings(tiny_model("sd3_tiny", t5=False), words) == []
+    assert truncation_warnings(tiny_model("sd15_tiny"), words * 2) == [
+        "the prompt is 82 tokens for text_encoder (CLIP), past its 77: the last 5 are dropped"]

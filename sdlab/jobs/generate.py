@@ -12,6 +12,7 @@ import pandas as pd
 
 from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
 from sdlab.generate import BatchResult, chunks, generate_batch, truncated_tokens
+from sdlab.text_tokenizers import truncation_warnings
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.clip import load_clip
 from sdlab.mini.checker import adherence_columns
@@ -60,9 +61,8 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         "device": device,
         "versions": versions(),
     }
-    if common["prompt_truncated_tokens"]:
-        log.warning("prompt is longer than %d tokens: the last %d are dropped", model.tokenizer.model_max_length,
-                    common["prompt_truncated_tokens"])
+    for warning in truncation_warnings(model, params.prompt):
+        log.warning("%s", warning)
     hash_base = hash_fields(common, cfg)
     cells = {seed: cell_hash(hash_base, seed) for seed in params.seeds}
     table, order, elsewhere = previous_cells(ctx, set(cells.values()))
