@@ -29,11 +29,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                                dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # as a plain write; mkstemp (or a writer's own temp file) left 0600
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -24,6 +24,22 @@ def test_atomic_temp_files_are_recognisably_sdlabs(tmp_path):
         assert not is_temp_file(tmp_path / name), name
 
 
+def test_an_atomic_file_gets_the_mode_a_plain_write_would_even_when_its_writer_recreates_it(tmp_path):
+    """safetensors (and others) replace the temp file with one of their own, mode 0600: the result is still 0666 & ~umask."""
+    import torch
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    with atomic_path(tmp_path / "weights.safetensors") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp))
+    with atomic_path(tmp_path / "recreated.bin") as tmp:
+        tmp.unlink()
+        os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+    for name in ("weights.safetensors", "recreated.bin"):
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777)
+
+
 def test_start_up_cleans_only_sdlab_temp_files_in_folders_sdlab_writes(run_sdlab, tmp_path, monkeypatch):
     user = {"notes/.todo.tmp.md": "x", ".env.tmpl": "y", "images/.mine.tmp.png": "z",
             "notes/.results.csv.abcd1234.sdlab-tmp.csv": "not in a folder sdlab writes"}
