@@ -159,3 +159,12 @@ def test_same_layout_compares_size_position_and_background_only():
     assert not same_layout(circle, render(Attributes("circle", "red", "large", "right", "blue")))
     assert not same_layout(circle, render(Attributes("circle", "red", "small", "left", "blue")))
     assert not same_layout(circle, render(Attributes("circle", "red", "large", "left", "white")))
+
+
+def test_two_unreadable_attributes_do_not_count_as_agreeing():
+    from sdlab.mini.checker import CheckResult, agrees
+
+    blank = CheckResult(None, None, None, None, "blue")
+    read = CheckResult("circle", "red", "large", "left", "blue")
+    assert not agrees(blank, blank, "position") and not agrees(blank, read, "position")
+    assert agrees(blank, read, "background") and agrees(read, read, "position")

@@ -204,12 +204,12 @@ def sdlab_command(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProc
     (("experiment=compare_schedulers_quick", "model=sd3_tiny", "compare.reference_scheduler=dpmpp_2m"),
      "on model=sd3_tiny: scheduler 'dpmpp_2m' does not fit a model of kind 'flow'"),
 ])
-def test_a_listed_sampler_that_cannot_run_on_the_model_is_one_line_before_any_work(args, message, tmp_path):
-    result = sdlab_command(*args, "threads=1", cwd=tmp_path)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"sdlab: error: {message}")
-    assert not (tmp_path / "outputs").exists()
+def test_a_listed_sampler_that_cannot_run_on_the_model_is_one_line_before_any_work(args, message, tmp_path,
+                                                                                    run_sdlab, capsys):
+    assert run_sdlab(*args, "threads=1", f"hydra.run.dir={tmp_path / 'out'}") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sdlab: error: {message}"), lines
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_model_is_one_line_naming_the_repo_and_exit_2(tmp_path):

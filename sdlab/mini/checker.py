@@ -270,9 +270,14 @@ def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
 LAYOUT = ("size", "position", "background")  # what a partial caption may leave to the seed, besides colour
 
 
+def agrees(a: CheckResult, b: CheckResult, attribute: str) -> bool:
+    """Whether two readings have the same value of `attribute`, both readable (two unreadable ones do not agree)."""
+    return getattr(a, attribute) is not None and getattr(a, attribute) == getattr(b, attribute)
+
+
 def layouts_agree(a: CheckResult, b: CheckResult) -> bool:
     """Whether two readings have the same size, position and background (all readable)."""
-    return all(getattr(a, k) is not None and getattr(a, k) == getattr(b, k) for k in LAYOUT)
+    return all(agrees(a, b, k) for k in LAYOUT)
 
 
 def same_layout(first: np.ndarray, second: np.ndarray) -> bool:

@@ -115,7 +115,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
 
     from PIL import Image
 
-    from sdlab.mini.checker import LAYOUT, check, layouts_agree, shape_mask
+    from sdlab.mini.checker import LAYOUT, agrees, check, layouts_agree, shape_mask
 
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
@@ -133,8 +133,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
     grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in (base, same, other)], axis=0)
     Image.fromarray(grid).save(out / "same_seed.png")  # rows: original, same seed, another seed
     read = [[check(image) for image in images] for images in (base, same, other)]
-    kept = {f"{seen}_seed_{name}_kept": float(np.mean([getattr(a, name) == getattr(b, name)
-                                                         for a, b in zip(read[0], read[k])]))
+    kept = {f"{seen}_seed_{name}_kept": float(np.mean([agrees(a, b, name) for a, b in zip(read[0], read[k])]))
             for k, seen in ((1, "same"), (2, "other")) for name in LAYOUT}
     return {"layout_pairs": count, **kept,
             "same_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[1])])),
