@@ -155,12 +155,13 @@ def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
 def check_job(cfg: dict[str, Any]) -> list[str]:
     """Check a job's resolved config before any work; returns warning lines, raises UserError on bad input."""
     from sdlab.config import scheduler_choice
-    from sdlab.jobs import MODEL_FREE_JOBS
+    from sdlab.jobs import MODEL_FREE_JOBS, check_recipe
 
     validate_config(cfg)  # job, values, types and limits, reading no file
     spec = model_spec(cfg["model"])
     params = generation_params(cfg, spec.resolution)
     if cfg.get("job") in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check
+        check_recipe(cfg)
         return model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)
     from sdlab.schedulers import check_options, scheduler_class  # imports diffusers
 
@@ -168,6 +169,7 @@ def check_job(cfg: dict[str, Any]) -> list[str]:
     check_options(choice.name, choice.options)
     for name in schedulers_used(cfg):
         scheduler_class(name)
+    check_recipe(cfg)  # before the weights are checked: a bad recipe value is the cheaper thing to find
     check_files(cfg)
     check_schedulers_fit(cfg, spec)
     return model_warnings(cfg, params.width, params.height)

@@ -123,3 +123,28 @@ def test_folder_without_weights_is_refused(tmp_path):
     folder = make_pipeline_folder(tmp_path / "empty", ".txt")
     with pytest.raises(UserError, match="no .safetensors weights"):
         check_weights_folder(folder)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("experiment=compare_schedulers_quick", "compare.steps=[0]"),
+     "compare.steps must be >= 1 and <= reference_steps=50"),
+    (("experiment=schedule_snr", "schedules=[sigmoid]"),
+     "unknown beta_schedule 'sigmoid'; choose one of: linear, scaled_linear, squaredcos_cap_v2"),
+    (("experiment=schedule_snr", "model=sd3_tiny", "schedules=[linear]"),
+     "`schedules` are DDPM beta schedules (alpha_bar), and their samplers do not fit model=sd3_tiny"),
+    (("experiment=schedule_families", "families=[{config: nope}]"), "unknown families config 'nope'"),
+    (("experiment=forward_process", "timesteps=[5000]"),
+     "timesteps [5000] out of range; the schedules have t = 0 .. 999"),
+    (("experiment=forward_process", "spaces=[pixels]"), "spaces=['pixels'] must list pixel and/or latent"),
+    (("experiment=clip_tokens", "prompts=[]"), "prompts=[] must be a non-empty list of strings"),
+    (("experiment=guidance_grid", "guidance_scales=[a]"), "guidance_scales=['a'] must be a non-empty list of numbers"),
+    (("experiment=article_b8_schedulers", "schedulers=[]"), "schedulers=[] must be a non-empty list of strings"),
+])
+def test_a_bad_recipe_value_is_one_line_before_any_folder_or_model(args, message, run_sdlab, tmp_path, capsys):
+    from sdlab import models
+
+    loads = models.CACHE.load_count
+    assert run_sdlab(*args, "threads=1", f"hydra.run.dir={tmp_path / 'run'}") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sdlab: error: {message}"), lines
+    assert not (tmp_path / "run").exists() and models.CACHE.load_count == loads

@@ -24,17 +24,30 @@ class JobContext:
 
 
 JobFn = Callable[[JobContext], pd.DataFrame]
+CheckFn = Callable[[dict[str, Any]], Any]
 JOBS: dict[str, JobFn] = {}
+CHECKS: dict[str, CheckFn] = {}
 
 
-def job(name: str) -> Callable[[JobFn], JobFn]:
-    """Register a job function under `name`."""
+def job(name: str, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
+    """Register a job function under `name`; `check` reads its recipe keys from the config and raises a one-line
+    UserError on a bad value, before any folder is made or model loaded."""
 
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
+        if check is not None:
+            CHECKS[name] = check
         return fn
 
     return register
+
+
+def check_recipe(cfg: dict[str, Any]) -> None:
+    """The job's own check of its recipe keys, if it has one (pre-flight)."""
+    name = cfg.get("job", "generate")
+    get_job(name)
+    if name in CHECKS:
+        CHECKS[name](cfg)
 
 
 # Jobs that never load a model (the explainers' exact toy math): pre-flight checks no weights for them.

@@ -33,7 +33,7 @@ def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> st
     return "\n".join(parts)
 
 
-@job("clip_tokens")
+@job("clip_tokens", check=lambda cfg: str_list(cfg, "prompts"))
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
     """One row per prompt and text encoder (tokens, ids, count incl. special tokens, the encoder's limit, what it
     drops); table `tokens` per token; figure token_counts.png with a panel per encoder."""
@@ -92,7 +92,7 @@ def diagonal_claim(cos: np.ndarray) -> str:
     return f"{hits} of {n} images closest to their own caption; matched cos {matched:.2f} vs unmatched {unmatched:.2f}"
 
 
-@job("clip_similarity")
+@job("clip_similarity", check=lambda cfg: str_list(cfg, "prompts"))
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
     cfg = ctx.config

@@ -81,7 +81,7 @@ def solve(model, spec, name: str, steps: int, base: GenerationParams, prompt: st
     return generate_batch(model, params, seeds)
 
 
-@job("compare_schedulers")
+@job("compare_schedulers", check=study_from)
 def run_compare(ctx: JobContext) -> pd.DataFrame:
     """Every scheduler at every step count on every (prompt, seed), scored against its reference."""
     cfg, study = ctx.config, study_from(ctx.config)

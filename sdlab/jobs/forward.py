@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import torch
 
+from sdlab.config import model_spec
 from sdlab.errors import UserError
 from sdlab.figures import image_strip
 from sdlab.jobs import JobContext, job
@@ -24,16 +25,10 @@ def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(x.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(x.device, x.dtype)
 
 
-@job("forward_process")
-def run_forward(ctx: JobContext) -> pd.DataFrame:
-    """Noise one image at each timestep with a fixed eps, in pixels and in VAE latents; strip figure and PSNR per t."""
-    cfg = ctx.config
-    model, spec = loaded_model(ctx)
-    width, height = image_size(cfg, spec)
-    seed = int(cfg.get("seed") or 0)
-
-    # 1. The schedules (the model's by default) and the requested timesteps.
-    model_config = model_scheduler_config(spec)
+def forward_plan(cfg: dict) -> tuple[list[dict], list[str], list[int]]:
+    """(schedules, spaces, timesteps) of a forward_process config, checked: known schedules, pixel and/or latent,
+    timesteps inside every schedule."""
+    model_config = model_scheduler_config(model_spec(cfg["model"]))
     schedules = [forward_spec(item, model_config) for item in cfg.get("schedules") or ["model"]]
     spaces = list(cfg.get("spaces") or ["pixel", "latent"])
     if not set(spaces) <= {"pixel", "latent"} or not spaces:
@@ -42,6 +37,19 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     bad = [t for t in timesteps if not all(0 <= t < s["T"] for s in schedules)]
     if bad:
         raise UserError(f"timesteps {bad} out of range; the schedules have t = 0 .. {min(s['T'] for s in schedules) - 1}")
+    return schedules, spaces, timesteps
+
+
+@job("forward_process", check=forward_plan)
+def run_forward(ctx: JobContext) -> pd.DataFrame:
+    """Noise one image at each timestep with a fixed eps, in pixels and in VAE latents; strip figure and PSNR per t."""
+    cfg = ctx.config
+    model, spec = loaded_model(ctx)
+    width, height = image_size(cfg, spec)
+    seed = int(cfg.get("seed") or 0)
+
+    # 1. The schedules (the model's by default), spaces and timesteps.
+    schedules, spaces, timesteps = forward_plan(cfg)
 
     # 2. x_0 in pixels and z_0 in latents, each with its own fixed eps.
     name, image, _ = input_images(cfg, width, height, 1)[0]

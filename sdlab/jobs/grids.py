@@ -60,7 +60,7 @@ def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
     return [x_key] + (["seed"] if frame["seed"].nunique() > 1 else [])
 
 
-@job("guidance_grid")
+@job("guidance_grid", check=lambda cfg: number_list(cfg, "guidance_scales"))
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
     model, spec, params, clip = setup(ctx)
@@ -109,7 +109,7 @@ def guidance_panels(ok: pd.DataFrame, clip) -> tuple[list[dict], str]:
     return panels, f"{'; '.join(claims)} (n={ok['seed'].nunique()} seeds)"
 
 
-@job("prompt_grid")
+@job("prompt_grid", check=lambda cfg: str_list(cfg, "prompts"))
 def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and settings for each of `prompts`: prompt_grid.png (clip_score per image with a clip model)."""
     model, spec, params, clip = setup(ctx)
@@ -150,7 +150,7 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
                    f"another seed: r = {other:.2f} (n={len(pairs[False])})")
 
 
-@job("scheduler_grid")
+@job("scheduler_grid", check=lambda cfg: str_list(cfg, "schedulers"))
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
     and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`)."""

@@ -80,20 +80,36 @@ def visit_specs(cfg: dict) -> list[tuple[str, str, dict]]:
     return out
 
 
-@job("schedule_snr")
-def run_schedule(ctx: JobContext) -> pd.DataFrame:
-    """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule.
-    With `families` (and no `schedules`) only the family comparison of `family_rows` runs."""
-    cfg = ctx.config
+def check_schedules(cfg: dict[str, Any]) -> None:
+    """Every `families` entry, `schedules` entry and visiting sampler of a schedule_snr config can be built; DDPM
+    `schedules` on a flow-matching model are one line pointing to `families`."""
     spec = model_spec(cfg["model"])
-    family = family_rows(ctx, spec) if cfg.get("families") else []
-    if family and not cfg.get("schedules"):
-        return ordered(family)
+    for item in cfg.get("families") or []:
+        family_spec(item, model_family(cfg, spec) if is_model(item) else None)
+    if cfg.get("families") and not cfg.get("schedules"):
+        return
     model_config = model_scheduler_config(spec)
     if model_kind(model_config) == "flow":
         raise UserError(f"`schedules` are DDPM beta schedules (alpha_bar), and their samplers do not fit "
                         f"model={spec.name}, a flow-matching model: compare its schedule with "
                         "'families=[{config: model}]' (the schedule_snr recipe's default on flow models)")
+    for item in cfg.get("schedules") or ["model"]:
+        schedule_betas(item, model_config, cfg)
+    for _, name, options in visit_specs(cfg):
+        make_scheduler(name, model_config, options)
+
+
+@job("schedule_snr", check=check_schedules)
+def run_schedule(ctx: JobContext) -> pd.DataFrame:
+    """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule.
+    With `families` (and no `schedules`) only the family comparison of `family_rows` runs."""
+    cfg = ctx.config
+    check_schedules(cfg)  # before any file is written
+    spec = model_spec(cfg["model"])
+    family = family_rows(ctx, spec) if cfg.get("families") else []
+    if family and not cfg.get("schedules"):
+        return ordered(family)
+    model_config = model_scheduler_config(spec)
     steps = int(cfg.get("num_inference_steps") or 25)
 
     # 1. Per-timestep tables of every schedule.
