@@ -14,6 +14,7 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import article_reports, base_row, image_size, input_images, loaded_model, str_list
 from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, load_clip, long_matrix,
                                 pooled_text_embeddings, token_rows, token_table)
+from sdlab.recipe_fields import Field, check_fields
 from sdlab.records import ordered, write_table
 from sdlab.text_tokenizers import encoder_tokenizers
 
@@ -92,7 +93,13 @@ def diagonal_claim(cos: np.ndarray) -> str:
     return f"{hits} of {n} images closest to their own caption; matched cos {matched:.2f} vs unmatched {unmatched:.2f}"
 
 
-@job("clip_similarity", check=lambda cfg: str_list(cfg, "prompts"))
+def check_similarity(cfg: dict) -> None:
+    """Prompts, and how many built-in images to score against them."""
+    str_list(cfg, "prompts")
+    check_fields(cfg, {"num_images": Field("int", 0, 1000, optional=True)})
+
+
+@job("clip_similarity", check=check_similarity)
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
     cfg = ctx.config

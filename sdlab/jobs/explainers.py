@@ -14,15 +14,71 @@ from sdlab.figures import bar_chart, curves, image_strip
 from sdlab.jobs import JobContext, job
 from sdlab.metrics import toy
 from sdlab.metrics.toy_unet import level_table
+from sdlab.metrics.schedule import SCHEDULES
+from sdlab.recipe_fields import Field, check_block
 from sdlab.records import write_table
 
 
+SEED = Field("int", 0)
+BLOCKS: dict[str, dict[str, Field]] = {  # each explainer's recipe block
+    "noise": {"size": Field("int", 1, 4096), "seed": SEED},
+    "toy_predictor": {"T": Field("int", 2, 100_000), "n": Field("int", 1, 100_000), "shape": Field("ints", 1, 1024),
+                      "bins": Field("int", 1, 1000), "seed": SEED},
+    "toy_unet": {"configs": Field("int_lists", 1, 4096), "in_channels": Field("int", 1, 1024),
+                 "size": Field("int", 1, 4096)},
+    "vae_compression": {"sizes": Field("ints", 1, 65_536), "latent_channels": Field("int", 1, 1024),
+                        "factor": Field("int", 1, 1024)},
+    "cfg_toy": {"scales": Field("numbers", 0, 1000), "dim": Field("int", 1, 1_000_000),
+                "norm_factor": Field("number", 1e-6, 1e6), "seed": SEED},
+    "ddim_steps": {"length": Field("int", 1, 1_000_000), "T": Field("int", 2, 100_000),
+                   "steps": Field("ints", 1, 100_000), "schedule": Field("choice", choices=tuple(SCHEDULES)),
+                   "seed": SEED},
+    "timestep_embedding": {"T": Field("int", 1, 1_000_000), "dim": Field("int", 2, 100_000),
+                           "rows": Field("int", 1, 100_000)},
+}
+
+
+def checked(key: str):
+    """The pre-flight check of an explainer whose recipe block is `key:`."""
+    return lambda cfg: check_block(cfg, key, BLOCKS[key])
+
+
+def check_toy_unet(cfg: dict[str, Any]) -> None:
+    """The block's fields; each configuration halves `size` once per level below the first, and its GroupNorm
+    (min(32, narrowest) groups) divides every width."""
+    block = check_block(cfg, "toy_unet", BLOCKS["toy_unet"])
+    size = block.get("size", 32)
+    for channels in block.get("configs") or []:
+        if size % 2 ** (len(channels) - 1):
+            raise UserError(f"toy_unet.size={size} must be divisible by {2 ** (len(channels) - 1)} for the "
+                            f"{len(channels)} levels of configuration {list(channels)}")
+        groups = min(32, min(channels))
+        if any(c % groups for c in channels):
+            raise UserError(f"toy_unet.configs entry {list(channels)}: every width must be a multiple of "
+                            f"{groups} (its GroupNorm groups, min(32, narrowest width))")
+
+
+def check_vae_compression(cfg: dict[str, Any]) -> None:
+    """The block's fields, and every size a multiple of the VAE factor."""
+    block = check_block(cfg, "vae_compression", BLOCKS["vae_compression"])
+    factor = block.get("factor", 8)
+    bad = [side for side in block.get("sizes") or [] if side % factor]
+    if bad:
+        raise UserError(f"vae_compression.sizes {bad} must be multiples of vae_compression.factor={factor}")
+
+
+def check_ddim_steps(cfg: dict[str, Any]) -> None:
+    """The block's fields, and no step count above T."""
+    block = check_block(cfg, "ddim_steps", BLOCKS["ddim_steps"])
+    T = block.get("T", 1000)
+    bad = [n for n in block.get("steps") or [] if n > T]
+    if bad:
+        raise UserError(f"ddim_steps.steps {bad} must be <= ddim_steps.T={T}")
+
+
 def settings(ctx: JobContext, key: str) -> dict[str, Any]:
-    """The recipe's block for this explainer (`ctx.config[key]`), as a dict."""
-    block = ctx.config.get(key)
-    if not isinstance(block, dict):
-        raise UserError(f"experiment {ctx.experiment!r} needs a `{key}:` block")
-    return block
+    """The recipe's block for this explainer (`ctx.config[key]`), checked, as a dict."""
+    return check_block(ctx.config, key, BLOCKS[key])
 
 
 def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -31,7 +87,7 @@ def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return frame.assign(status="ok", experiment=ctx.experiment, run_id=ctx.run_id)
 
 
-@job("noise_image")
+@job("noise_image", check=checked("noise"))
 def run_noise_image(ctx: JobContext) -> pd.DataFrame:
     """A image of pure N(0, I) noise and its histogram against the standard normal pdf."""
     cfg = settings(ctx, "noise")
@@ -57,7 +113,7 @@ def run_noise_image(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "noise_stats")
 
 
-@job("toy_predictor")
+@job("toy_predictor", check=checked("toy_predictor"))
 def run_toy_predictor(ctx: JobContext) -> pd.DataFrame:
     """DDPM loss of a zero, a random and a perfect noise predictor per timestep bin on a toy diffusion."""
     cfg = settings(ctx, "toy_predictor")
@@ -74,7 +130,7 @@ def run_toy_predictor(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "toy_predictor")
 
 
-@job("toy_unet")
+@job("toy_unet", check=check_toy_unet)
 def run_toy_unet(ctx: JobContext) -> pd.DataFrame:
     """Parameters and skip-activation memory per level for toy U-Net channel configurations."""
     cfg = settings(ctx, "toy_unet")
@@ -111,7 +167,7 @@ def vae_compression_table(sizes: list[int], latent_channels: int = 4, factor: in
     return pd.DataFrame(rows)
 
 
-@job("vae_compression")
+@job("vae_compression", check=check_vae_compression)
 def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
     """How much the VAE shrinks what the UNet sees, across resolutions."""
     cfg = settings(ctx, "vae_compression")
@@ -125,7 +181,7 @@ def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "vae_compression")
 
 
-@job("cfg_toy")
+@job("cfg_toy", check=checked("cfg_toy"))
 def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
     """Classifier-free guidance on synthetic vectors: alignment with the signal and norm growth per scale."""
     cfg = settings(ctx, "cfg_toy")
@@ -144,7 +200,7 @@ def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame.assign(norm_threshold_scale=threshold), "cfg_toy")
 
 
-@job("ddim_steps")
+@job("ddim_steps", check=check_ddim_steps)
 def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     """DDIM reconstruction error of a 1-D signal against the number of steps, and the knee."""
     cfg = settings(ctx, "ddim_steps")
@@ -165,7 +221,7 @@ def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame.assign(knee=knee), "ddim_steps")
 
 
-@job("timestep_embedding")
+@job("timestep_embedding", check=checked("timestep_embedding"))
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     """The sinusoidal timestep embedding (as in the SD UNet) as a timestep x dimension heatmap."""
     cfg = settings(ctx, "timestep_embedding")

@@ -20,6 +20,7 @@ from sdlab.jobs.analysis import base_row, decode, loaded_model, to_uint8
 from sdlab.metrics.diffusion import alpha_bar_at, flow_log_snr, guided, log_snr, log_snr_db, x0_from_velocity, x0_pred
 from sdlab.metrics.image import psnr
 from sdlab.preview import fit_linear_preview, linear_preview
+from sdlab.recipe_fields import Field, check_fields
 from sdlab.records import ordered, save_png
 from sdlab.schedulers import resolved_config
 
@@ -167,7 +168,8 @@ def level(step: dict) -> str:
     return f"t={step['timestep']:.0f}" if step["sigma"] is None else f"sigma={step['sigma']:.2f}"
 
 
-@job("trajectory")
+@job("trajectory", check=lambda cfg: check_fields(cfg, {"frames": Field("int", 2, 10_000, optional=True),
+                                                       "gif_ms": Field("int", 1, 60_000, optional=True)}))
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     """One row per step (timestep, alpha_bar or flow sigma, log-SNR, x0_pred PSNR vs the final image, timings);
     trajectory_strip.png and trajectory.gif."""

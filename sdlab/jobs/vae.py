@@ -13,10 +13,11 @@ from sdlab.jobs.analysis import (article_reports, base_row, decode, encode, imag
                                  to_model, to_uint8)
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
+from sdlab.recipe_fields import Field, check_fields
 from sdlab.records import ordered, write_table
 
 
-@job("vae_roundtrip")
+@job("vae_roundtrip", check=lambda cfg: check_fields(cfg, {"num_images": Field("int", 1, 1000, optional=True)}))
 def run_vae(ctx: JobContext) -> pd.DataFrame:
     """One row per image (PSNR, SSIM, compression ratio, latent mean/std); table `latent_channels`; figure vae_roundtrip.png."""
     cfg = ctx.config
