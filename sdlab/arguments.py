@@ -245,9 +245,12 @@ def display_overrides(task: list[str]) -> dict[str, str]:
             key, _, value = item.partition("=")
             out[key.lstrip("+~")] = value
             continue
-        value = override.value()
         key = override.key_or_group.lstrip("+~")
         if override.package:
             key = f"{key}@{override.package}"
+        if override.is_delete():  # `~key` (or `~key=value`): the key is gone, shown as typed
+            out[key] = item.partition("=")[2] or None
+            continue
+        value = override.value()
         out[key] = value if isinstance(value, str) else override.get_value_string()
     return out

@@ -7,7 +7,7 @@ from typing import Any
 
 from sdlab.errors import UserError
 
-KINDS = ("int", "number", "ints", "numbers", "int_lists", "choice")
+KINDS = ("int", "number", "str", "ints", "numbers", "strs", "int_lists", "choice")
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,9 @@ class Field:
         """What the field takes, in words."""
         if self.kind == "choice":
             return f"one of: {', '.join(map(str, self.choices))}"
-        what = {"int": "an integer", "number": "a number", "ints": "a non-empty list of integers",
-                "numbers": "a non-empty list of numbers", "int_lists": "a non-empty list of non-empty integer lists"}
+        what = {"int": "an integer", "number": "a number", "str": "a string", "ints": "a non-empty list of integers",
+                "numbers": "a non-empty list of numbers", "strs": "a non-empty list of strings",
+                "int_lists": "a non-empty list of non-empty integer lists"}
         bounds = " and ".join(f"{sign} {bound:g}" for sign, bound in ((">=", self.low), ("<=", self.high))
                               if bound is not None)
         if not bounds:
@@ -42,6 +43,10 @@ class Field:
     def fits(self, value: Any) -> bool:
         if self.kind == "choice":
             return value in self.choices
+        if self.kind == "str":
+            return isinstance(value, str) and bool(value)
+        if self.kind == "strs":
+            return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) and v for v in value)
         if self.kind in ("int", "number"):
             return _scalar(value, self.kind == "int") and self._inside(value)
         if not isinstance(value, (list, tuple)) or not value:

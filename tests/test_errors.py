@@ -126,8 +126,16 @@ def test_folder_without_weights_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
+    (("experiment=compare_schedulers_quick", "compare.steps=[60]"), "compare.steps must be <= compare.reference_steps=50"),
     (("experiment=compare_schedulers_quick", "compare.steps=[0]"),
-     "compare.steps must be >= 1 and <= reference_steps=50"),
+     "compare.steps=[0] must be a non-empty list of integers, each >= 1 and <= 1000"),
+    (("experiment=compare_schedulers_quick", "~compare.seeds"), "compare.seeds is missing: a study lists"),
+    (("experiment=compare_schedulers_quick", "+compare.stepz=[1]"), "compare.stepz is not a key of compare; its keys"),
+    (("experiment=compare_schedulers_quick", "compare.psnr_target=abc"),
+     "compare.psnr_target='abc' must be a number >= 0 and <= 1000"),
+    (("experiment=compare_schedulers_quick", "compare.visit_steps=[0]"),
+     "compare.visit_steps=[0] must be a non-empty list of integers, each >= 1 and <= 1000"),
+    (("experiment=compare_schedulers_quick", "compare.prompts=[]"), "compare.prompts=[] must be a non-empty list of strings"),
     (("experiment=schedule_snr", "schedules=[sigmoid]"),
      "unknown beta_schedule 'sigmoid'; choose one of: linear, scaled_linear, squaredcos_cap_v2"),
     (("experiment=schedule_snr", "model=sd3_tiny", "schedules=[linear]"),

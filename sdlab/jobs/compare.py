@@ -21,6 +21,7 @@ from sdlab.metrics.schedule import scheduler_visits
 from sdlab.metrics.stats import summarize_ci
 from sdlab.mini.checker import adherence_columns
 from sdlab.models import load_model
+from sdlab.recipe_fields import Field, check_block
 from sdlab.records import ordered, write_table
 from sdlab.schedulers import SCHEDULERS, make_scheduler, timestep_kwargs
 
@@ -42,19 +43,25 @@ class Study:
     visit_steps: tuple[int, ...] = (10, 25)
 
 
+STUDY_FIELDS = {"schedulers": Field("strs"), "steps": Field("ints", 1, 1000), "seeds": Field("ints", 0),
+                "prompts": Field("strs"), "reference_scheduler": Field("str"), "reference_steps": Field("int", 1, 1000),
+                "psnr_target": Field("number", 0, 1000), "visit_steps": Field("ints", 1, 1000)}
+
+
 def study_from(cfg: dict[str, Any]) -> Study:
     """A Study from the recipe's `compare` block, validated."""
-    block = dict(cfg.get("compare") or {})
-    study = Study(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
+    block = dict(check_block(cfg, "compare", STUDY_FIELDS))
+    missing = [k for k in ("schedulers", "steps", "seeds", "prompts") if block.get(k) is None]
+    if missing:
+        raise UserError(f"compare.{missing[0]} is missing: a study lists schedulers, steps, seeds and prompts")
+    study = Study(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items() if v is not None})
     for name in (*study.schedulers, study.reference_scheduler):
         if name not in SCHEDULERS:
             raise UserError(f"compare: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
     if SCHEDULERS[study.reference_scheduler].stochastic:
         raise UserError(f"compare.reference_scheduler={study.reference_scheduler!r} is stochastic; pick a deterministic one")
-    if not study.prompts or not study.seeds or not study.steps:
-        raise UserError("compare.prompts, compare.seeds and compare.steps must each list at least one value")
-    if min(study.steps) < 1 or study.reference_steps < max(study.steps):
-        raise UserError(f"compare.steps must be >= 1 and <= reference_steps={study.reference_steps}")
+    if study.reference_steps < max(study.steps):
+        raise UserError(f"compare.steps must be <= compare.reference_steps={study.reference_steps}")
     return study
 
 
