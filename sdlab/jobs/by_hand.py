@@ -13,6 +13,7 @@ from sdlab.errors import UserError
 from sdlab.figures import image_strip
 from sdlab.generate import decode_latents, to_pil
 from sdlab.jobs import JobContext, job
+from sdlab.jobs.analysis import number_list
 from sdlab.metrics.image import psnr
 from sdlab.metrics.toy import ddim_step
 from sdlab.models import load_model
@@ -49,22 +50,33 @@ def ddim_by_hand(model, prompt: str, negative_prompt: str, seed: int, steps: int
     return x
 
 
-@job("pipeline_by_hand")
+def check_by_hand(cfg: dict) -> None:
+    """The loop by hand is SD 1.x's epsilon loop with guidance: an SD-family epsilon model and guidance_scale > 1."""
+    from sdlab.models import adapter_class, shipped_scheduler_config
+    from sdlab.schedulers import model_kind
+
+    spec = model_spec(cfg["model"])
+    family, kind = adapter_class(spec).family, model_kind(shipped_scheduler_config(spec)[0])
+    if family != "sd" or kind != "epsilon":
+        raise UserError(f"job pipeline_by_hand writes out the SD 1.x epsilon loop; model={spec.name} is a "
+                        f"{family} {kind} model: use model=tiny, mini or sd15")
+    w = float(cfg.get("guidance_scale", 7.5))
+    if w <= 1.0:
+        raise UserError(f"guidance_scale={w} must be > 1 here: the loop by hand always applies guidance")
+
+
+@job("pipeline_by_hand", check=check_by_hand)
 def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     """C1: the whole loop by hand against diffusers' own pipeline on the same seed and DDIM: max abs difference."""
     cfg = ctx.config
+    check_by_hand(cfg)
     spec = model_spec(cfg["model"])
     model = load_model(spec)
-    if model.family != "sd" or model.kind != "epsilon":
-        raise UserError(f"job pipeline_by_hand writes out the SD 1.x epsilon loop; model={spec.name} is a "
-                        f"{model.family} {model.kind} model: use model=tiny, mini or sd15")
     model.pipe.set_progress_bar_config(disable=True)
     model.use_scheduler("ddim")
     seed = int(cfg.get("seed", 0))
     steps, w = int(cfg.get("num_inference_steps", 25)), float(cfg.get("guidance_scale", 7.5))
     side = spec.resolution
-    if w <= 1.0:
-        raise UserError(f"guidance_scale={w} must be > 1 here: the loop by hand always applies guidance")
     ours = ddim_by_hand(model, cfg["prompt"], cfg.get("negative_prompt") or "", seed, steps, w, side, side)
     with torch.inference_mode():
         theirs = model.pipe(cfg["prompt"], negative_prompt=cfg.get("negative_prompt") or None, num_inference_steps=steps,
@@ -87,7 +99,16 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     }])
 
 
-@job("img2img_strength")
+def strengths_of(cfg: dict) -> list[float]:
+    """The `strengths` list, each in (0, 1]."""
+    strengths = number_list(cfg, "strengths")
+    for s in strengths:
+        if not 0.0 < s <= 1.0:
+            raise UserError(f"strength {s:g} must be in (0, 1]")
+    return strengths
+
+
+@job("img2img_strength", check=strengths_of)
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""
     from diffusers import AutoPipelineForImage2Image
@@ -99,10 +120,7 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     img2img.set_progress_bar_config(disable=True)
     img2img.scheduler = model.use_scheduler(cfg["scheduler"]["name"])
     source = input_image(cfg, spec.resolution)
-    strengths = [float(s) for s in cfg.get("strengths", [0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0])]
-    for s in strengths:
-        if not 0.0 < s <= 1.0:
-            raise UserError(f"strength {s} must be in (0, 1]")
+    strengths = strengths_of(cfg)
     seed, rows, outputs = int(cfg.get("seed", 0)), [], []
     for strength in strengths:
         with torch.inference_mode():
