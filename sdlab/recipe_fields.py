@@ -7,9 +7,6 @@ from typing import Any
 
 from sdlab.errors import UserError
 
-KINDS = ("int", "number", "str", "ints", "numbers", "strs", "int_lists", "choice")
-
-
 @dataclass(frozen=True)
 class Field:
     """What one recipe value may be: an int, a number, a non-empty list of them (or of int lists), each within

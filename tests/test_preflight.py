@@ -68,3 +68,16 @@ def test_a_recipe_takes_the_samplers_of_the_model_kind_and_family_key_by_key():
     typed = {**FLOW_RECIPE, "model": {"name": "sd3_tiny", "family": "sd3"},
              "compare": {**FLOW_RECIPE["compare"], "schedulers": ["flow_unipc"]}}
     assert in_model_world(typed, {"compare.schedulers"})["compare"]["schedulers"] == ["flow_unipc"]
+
+
+def test_a_single_guidance_scale_is_a_list_of_one_and_its_bounds_are_checked():
+    import pytest
+
+    from sdlab.errors import UserError
+    from sdlab.jobs import check_recipe
+    from sdlab.jobs.analysis import number_list
+
+    check_recipe({"job": "guidance_grid", "guidance_scales": 5})
+    assert number_list({"guidance_scales": 5}, "guidance_scales", low=0, high=1000) == [5.0]
+    with pytest.raises(UserError, match=r"^guidance_scales=\[-2\] must be a non-empty list of numbers, each >= 0"):
+        check_recipe({"job": "guidance_grid", "guidance_scales": -2})

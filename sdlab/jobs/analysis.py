@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from sdlab.config import ModelSpec, model_spec
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext
+from sdlab.recipe_fields import Field
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -62,8 +63,9 @@ def str_list(cfg: dict, key: str) -> list[str]:
     return list(value)
 
 
-def number_list(cfg: dict, key: str, integer: bool = False) -> list:
-    """A config key that must be a non-empty list of numbers."""
+def number_list(cfg: dict, key: str, integer: bool = False, low: float | None = None,
+                high: float | None = None) -> list:
+    """A config key that must be a non-empty list of numbers (a single number counts as one), each in [low, high]."""
     value = cfg.get(key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
@@ -71,7 +73,11 @@ def number_list(cfg: dict, key: str, integer: bool = False) -> list:
     if not ok or (integer and not all(float(v).is_integer() for v in value)):
         kind = "integers" if integer else "numbers"
         raise UserError(f"{key}={value!r} must be a non-empty list of {kind}, e.g. {key}=[1,2,3]")
-    return [int(v) for v in value] if integer else [float(v) for v in value]
+    out = [int(v) for v in value] if integer else [float(v) for v in value]
+    bounds = Field("numbers", low, high)
+    if not bounds.fits(out):
+        raise UserError(f"{key}={value!r} must be {bounds.allowed()}")
+    return out
 
 
 def fit(image: Image.Image, width: int, height: int) -> np.ndarray:

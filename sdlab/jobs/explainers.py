@@ -13,8 +13,8 @@ from sdlab.errors import UserError
 from sdlab.figures import bar_chart, curves, image_strip
 from sdlab.jobs import JobContext, job
 from sdlab.metrics import toy
-from sdlab.metrics.toy_unet import level_table
 from sdlab.metrics.schedule import SCHEDULES
+from sdlab.metrics.toy_unet import level_table
 from sdlab.recipe_fields import Field, check_block
 from sdlab.records import write_table
 

@@ -19,7 +19,6 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.jobs.analysis import base_row, loaded_model, number_list, str_list
 from sdlab.metrics.clip import load_clip
-from sdlab.recipe_fields import Field, check_fields
 from sdlab.records import ordered, versions
 from sdlab.schedulers import resolved_config
 
@@ -61,11 +60,11 @@ def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
     return [x_key] + (["seed"] if frame["seed"].nunique() > 1 else [])
 
 
-@job("guidance_grid", check=lambda cfg: check_fields(cfg, {"guidance_scales": Field("numbers", 0, 1000)}))
+@job("guidance_grid", check=lambda cfg: number_list(cfg, "guidance_scales", low=0, high=1000))
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
     model, spec, params, clip = setup(ctx)
-    scales = number_list(ctx.config, "guidance_scales")
+    scales = number_list(ctx.config, "guidance_scales", low=0, high=1000)
     rows = []
     for scale in scales:
         cell = replace(params, guidance_scale=scale)
