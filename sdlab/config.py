@@ -28,6 +28,7 @@ GENERATION_KEYS = (
 MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
 MODEL_FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "families").glob("*.py")
                               if p.stem not in ("__init__", "base")))  # sdlab/families/<family>.py
+MODEL_KINDS = ("epsilon", "v_prediction", "flow")  # what a model predicts; schedulers declare the kinds they fit
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION = ("sdpa", "eager")
 MKLDNN = (True, False, "auto")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sdlab.config import MODEL_FAMILIES, generation_params, limits, model_spec, validate_config
+from sdlab.config import MODEL_FAMILIES, MODEL_KINDS, generation_params, limits, model_spec, validate_config
 from sdlab.errors import UserError
 
 
@@ -82,7 +82,7 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
     if not worlds:
         return config
     names = [(config.get("model") or {}).get("prompt_grammar")]
-    if worlds.keys() & (MODEL_KINDS | set(MODEL_FAMILIES)):
+    if worlds.keys() & {*MODEL_KINDS, *MODEL_FAMILIES}:
         from sdlab.models import adapter_class, shipped_scheduler_config
         from sdlab.schedulers import model_kind
 
@@ -92,9 +92,6 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
         if name and worlds.get(name):
             config = merged(config, worlds[name], overridden)
     return config
-
-
-MODEL_KINDS = {"epsilon", "v_prediction", "flow"}
 
 
 def merged(config: dict[str, Any], values: dict[str, Any], overridden: set[str], prefix: str = "") -> dict[str, Any]:

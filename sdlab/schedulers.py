@@ -15,10 +15,11 @@ from typing import Any
 
 import diffusers
 
+from sdlab.config import MODEL_KINDS
 from sdlab.errors import UserError, choose
 from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len
 
-KINDS = ("epsilon", "v_prediction", "flow")
+KINDS = MODEL_KINDS
 DDPM_KINDS = frozenset({"epsilon", "v_prediction"})
 FLOW_KINDS = frozenset({"flow"})
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,16 +40,10 @@ def loaded_model(ctx: JobContext):
 
 
 def model_scheduler_config(spec: ModelSpec) -> dict[str, Any]:
-    """The scheduler config a model ships with, without loading its weights."""
-    from sdlab.architectures import BUILT_IN
-    from sdlab.models import built_in_scheduler_config, model_folder
+    """The scheduler config a model ships with, without loading its weights, less diffusers' `_` bookkeeping keys."""
+    from sdlab.models import shipped_scheduler_config
 
-    if spec.name in BUILT_IN and not spec.path:
-        return built_in_scheduler_config(spec.name)
-    path = model_folder(spec) / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        raise UserError(f"no scheduler config at {path}")
-    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    return {k: v for k, v in shipped_scheduler_config(spec)[0].items() if not k.startswith("_")}
 
 
 def str_list(cfg: dict, key: str) -> list[str]:
