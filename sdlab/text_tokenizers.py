@@ -54,10 +54,16 @@ def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[st
             notes.append(f"{name} uses the tiny models' T5 vocabulary: the shapes grammar's words, others letter by "
                          "letter")
         tokenizer = built_in_tokenizer(kind) if built_in else folder_tokenizer(folder / attribute, kind)
-        own = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None  # HF's "no limit" sentinel
-        limit = (own or MAX_TOKENS) if kind == "clip" else cls.t5_limit(spec, own)
-        encoders.append(EncoderTokenizer(encoder, kind, tokenizer, int(limit)))
+        encoders.append(encoder_tokenizer(cls, spec, attribute, kind, tokenizer))
     return encoders, notes
+
+
+def encoder_tokenizer(cls, spec: ModelSpec, attribute: str, kind: str, tokenizer) -> EncoderTokenizer:
+    """The tokenizer at pipeline attribute `attribute` with the limit its encoder applies: the tokenizer's own for
+    CLIP (77), the family's T5 rule (`ModelAdapter.t5_limit`) for T5."""
+    own = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None  # HF's "no limit" sentinel
+    limit = (own or MAX_TOKENS) if kind == "clip" else cls.t5_limit(spec, own)
+    return EncoderTokenizer(attribute.replace("tokenizer", "text_encoder"), kind, tokenizer, int(limit))
 
 
 def built_in_tokenizer(kind: str):
@@ -84,13 +90,8 @@ def folder_tokenizer(folder, kind: str):
 def loaded_encoder_tokenizers(model) -> list[EncoderTokenizer]:
     """The tokenizers of a loaded model's text encoders, each with the limit its pipeline applies (T5 left out with
     `model.t5=false` has none)."""
-    out = []
-    for attribute, kind in model.tokenizers.items():
-        tokenizer = getattr(model.pipe, attribute, None)
-        if tokenizer is not None:
-            limit = model.sequence_length if kind == "t5" else tokenizer.model_max_length
-            out.append(EncoderTokenizer(attribute.replace("tokenizer", "text_encoder"), kind, tokenizer, int(limit)))
-    return out
+    return [encoder_tokenizer(type(model), model.spec, attribute, kind, getattr(model.pipe, attribute))
+            for attribute, kind in model.tokenizers.items() if getattr(model.pipe, attribute, None) is not None]
 
 
 def truncation_warnings(model, text: str) -> list[str]:

@@ -84,8 +84,7 @@ def check_schedules(cfg: dict[str, Any]) -> None:
     """Every `families` entry, `schedules` entry and visiting sampler of a schedule_snr config can be built; DDPM
     `schedules` on a flow-matching model are one line pointing to `families`."""
     spec = model_spec(cfg["model"])
-    for item in cfg.get("families") or []:
-        family_spec(item, model_family(cfg, spec) if is_model(item) else None)
+    family_specs(cfg, spec)
     if cfg.get("families") and not cfg.get("schedules"):
         return
     model_config = model_scheduler_config(spec)
@@ -284,14 +283,15 @@ def family_schedule(f: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict
     return curve, visits, facts
 
 
-def is_model(item: Any) -> bool:
-    return isinstance(item, dict) and item.get("config") == "model"
+def family_specs(cfg: dict[str, Any], spec) -> list[dict[str, Any]]:
+    """Every `families` entry checked by `family_spec`, `config: model` ones filled from the configured model."""
+    return [family_spec(item, model_family(cfg, spec) if isinstance(item, dict) and item.get("config") == "model"
+                        else None) for item in cfg.get("families") or []]
 
 
 def family_rows(ctx: JobContext, spec) -> list[dict[str, Any]]:
     """Tables `log_snr` (per family and t) and `family_visits` (per sampler step), figure log_snr.png; a row per family."""
-    families = [family_spec(item, model_family(ctx.config, spec) if is_model(item) else None)
-                for item in ctx.config["families"]]
+    families = family_specs(ctx.config, spec)
     curves_, visits_, rows = [], [], []
     for f in families:
         curve, visits, facts = family_schedule(f)
