@@ -14,6 +14,7 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (base_row, decode, encode, image_size, input_images, loaded_model,
                                  model_scheduler_config, number_list, to_model, to_uint8)
 from sdlab.jobs.schedule import schedule_spec
+from sdlab.metrics.diffusion import flow_log_snr, log_snr_db, snr_db
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import alpha_bar_from_betas, betas
 from sdlab.records import ordered
@@ -74,7 +75,7 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
                 rows.append({**base_row(ctx, "forward_process", spec), "schedule": s["label"], "space": space, "t": t,
                              "alpha_bar": a * a if not s.get("flow") else None, "sigma": b if s.get("flow") else None,
                              "signal_frac": a, "noise_frac": b,
-                             "snr_db": 20.0 * math.log10(a / b) if a and b else (math.inf if b == 0 else -math.inf),
+                             "snr_db": log_snr_db(flow_log_snr(b)) if s.get("flow") else snr_db(a * a),
                              "psnr_db": value,
                              "psnr_vs_vae_db": psnr(vae_only, noised) if space == "latent" else None,
                              "seed": seed, "image": name, "width": width, "height": height})
