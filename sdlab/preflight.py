@@ -142,7 +142,7 @@ def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
     if not (cfg.get("compare") or cfg.get("schedulers")):
         return
     base, _ = shipped_scheduler_config(spec)
-    for name in schedulers_used(cfg)[1:]:
+    for name in schedulers_used(cfg):  # the configured one too: check_model has already passed it
         try:
             make_scheduler(name, base)
         except UserError as e:
