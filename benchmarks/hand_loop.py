@@ -13,8 +13,9 @@ def load(model: str):
     """The same pipeline sdlab loads, without sdlab's machinery where diffusers can do it alone."""
     from diffusers import StableDiffusionPipeline
 
-    from sdlab.families import family
-    from sdlab.models import configured_spec, use_process_options
+    from sdlab.models.families import family
+    from sdlab.models.device import use_process_options
+    from sdlab.models.loading import configured_spec
 
     # the CPU convolution backend, memory format and attention the model's config file chooses, as sdlab does
     spec = configured_spec(model)
@@ -30,7 +31,7 @@ def load(model: str):
 
 def main() -> None:
     """Generate seeds x guidance scales x schedulers and save one PNG per image."""
-    from sdlab.schedulers import make_scheduler
+    from sdlab.models.schedulers import make_scheduler
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model", default="tiny")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hydra
 
-from sdlab.cli import CONF_DIR, register_resolvers
+from sdlab.app.cli import CONF_DIR, register_resolvers
 
 
 def nothing(cfg) -> None:

@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> None:
     """Load the pipeline, swap the scheduler, generate one image."""
     from hand_loop import load
 
-    from sdlab.schedulers import make_scheduler
+    from sdlab.models.schedulers import make_scheduler
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

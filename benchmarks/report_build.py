@@ -19,8 +19,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from report_helpers import fake_sweep  # noqa: E402
 
-from sdlab.report import build_report, load_results  # noqa: E402
-from sdlab.summary import summary_table, write_summary  # noqa: E402
+from sdlab.bench.report import build_report, load_results  # noqa: E402
+from sdlab.bench.summary import summary_table, write_summary  # noqa: E402
 
 
 def median_seconds(fn, repeat: int = 3) -> float:

@@ -76,8 +76,8 @@ def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: P
     commands = {
         "hand": [sys.executable, str(ROOT / "benchmarks" / "hand_loop.py"), "--model", model, "--steps", str(steps),
                  "--threads", str(threads), *(["--size", str(size)] if size else []), "--out"],
-        "sdlab": [sys.executable, "-m", "sdlab.cli", "-m", f"seed={SWEEP['seeds']}", *grid, *common],
-        "sdlab_seeds": [sys.executable, "-m", "sdlab.cli", "-m", f"seeds=[{SWEEP['seeds']}]", "batch_size=1", *grid,
+        "sdlab": [sys.executable, "-m", "sdlab.app.cli", "-m", f"seed={SWEEP['seeds']}", *grid, *common],
+        "sdlab_seeds": [sys.executable, "-m", "sdlab.app.cli", "-m", f"seeds=[{SWEEP['seeds']}]", "batch_size=1", *grid,
                         *common],
         "naive": [sys.executable, str(ROOT / "benchmarks" / "naive_app.py"), "-m", f"+seed={SWEEP['seeds']}",
                   f"+guidance_scale={SWEEP['guidance']}", f"+scheduler={SWEEP['schedulers']}", f"+model={model}",
@@ -200,9 +200,9 @@ def timed_vae_decode(pipe, totals: dict):
 # 3. where the time goes
 def bench_phases(report: Report, size: int, steps: int, repeats: int) -> None:
     """Fractions of one SD 1.5-architecture generation spent in UNet, text encoder, VAE and everything else."""
-    from sdlab import generate
+    from sdlab.models import generate
     from sdlab.config import GenerationParams, ModelSpec
-    from sdlab.models import load_model
+    from sdlab.models.loading import load_model
 
     spec = ModelSpec("sd15_arch", resolution=512)
     model = load_model(spec)
@@ -241,7 +241,7 @@ def bench_phases(report: Report, size: int, steps: int, repeats: int) -> None:
 def dpmpp_model(name: str, size: int, steps: int, **options):
     """(model adapter with dpmpp_2m, its spec, generation params at `size` px and `steps` steps)."""
     from sdlab.config import GenerationParams
-    from sdlab.models import configured_spec, load_model
+    from sdlab.models.loading import configured_spec, load_model
 
     spec = configured_spec(name, resolution=size, **options)
     model = load_model(spec)
@@ -254,7 +254,7 @@ def dpmpp_model(name: str, size: int, steps: int, **options):
 # 4. batched seeds
 def bench_batches(report: Report, model: str, size: int, steps: int, images: int, batches=(1, 2, 4, 8)) -> None:
     """Images per second at several batch sizes, and the max pixel difference to batch 1."""
-    from sdlab import generate
+    from sdlab.models import generate
 
     adapter, spec, params = dpmpp_model(model, size, steps)
     seeds = list(range(images))
@@ -278,7 +278,7 @@ def bench_batches(report: Report, model: str, size: int, steps: int, images: int
 # 5. trajectory capture
 def bench_trajectory(report: Report, model: str, size: int, steps: int, repeats: int) -> None:
     """A plain generation against one capturing every step, then every step's x0_pred decoded by the VAE or previewed."""
-    from sdlab import generate
+    from sdlab.models import generate
     from sdlab.jobs.trajectory import TrajectoryRecorder, frame_renderer
     from sdlab.metrics.image import psnr
 
@@ -351,8 +351,9 @@ def bench_memory(report: Report, model: str, jobs: int, steps: int) -> None:
 # 7. speed options
 def bench_options(report: Report, model: str, size: int, steps: int, repeats: int, variants: dict) -> None:
     """Seconds per image for each speed option against the default: all loaded and warmed up, then timed in turns."""
-    from sdlab import generate
-    from sdlab.models import clear_cache, use_process_options
+    from sdlab.models import generate
+    from sdlab.models.device import use_process_options
+    from sdlab.models.loading import clear_cache
 
     loaded, notes, times = {}, {}, {name: [] for name in variants}
     for name, options in variants.items():

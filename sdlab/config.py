@@ -10,8 +10,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sdlab.arguments import group_options
 from sdlab.errors import UserError, choose
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    """Selectable config names of a group (files not starting with `_`)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
+
 
 GENERATION_KEYS = (
     "prompt",
@@ -26,8 +33,8 @@ GENERATION_KEYS = (
     "batch_size",
 )
 MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
-MODEL_FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "families").glob("*.py")
-                              if p.stem not in ("__init__", "base")))  # sdlab/families/<family>.py
+MODEL_FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "models" / "families").glob("*.py")
+                              if p.stem not in ("__init__", "base")))  # sdlab/models/families/<family>.py
 MODEL_KINDS = ("epsilon", "v_prediction", "flow")  # what a model predicts; schedulers declare the kinds they fit
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION = ("sdpa", "eager")
@@ -251,11 +258,8 @@ def check_threads(threads: Any) -> None:
 
 def validate_config(cfg: dict[str, Any]) -> None:
     """Raise a UserError naming the first bad value of a composed job config; reads no files, loads no model
-    (scheduler options are checked against their diffusers class by `preflight.check_job`)."""
-    from sdlab.jobs import JOB_MODULES
-
+    (the job name and scheduler options are checked by `preflight.check_job`)."""
     limit = limits(cfg)
-    choose("job", cfg.get("job", "generate"), JOB_MODULES)
     check_threads(cfg.get("threads"))
     _bool("resume", cfg.get("resume", True))
     if cfg.get("params") is not None and not isinstance(cfg["params"], str):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny():
     """The tiny model's adapter and its ModelSpec, loaded once for the session."""
     from sdlab.config import ModelSpec
-    from sdlab.models import load_model
+    from sdlab.models.loading import load_model
 
     spec = ModelSpec("tiny", resolution=64)
     model = load_model(spec)
@@ -40,7 +40,7 @@ def one_thread():
 @pytest.fixture
 def run_sdlab(monkeypatch):
     """Run the `sdlab` command in this process; returns the exit code (0 when it returns normally)."""
-    from sdlab import cli
+    from sdlab.app import cli
 
     def run(*args: str) -> int:
         monkeypatch.setattr(sys, "argv", ["sdlab", *args])

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from sdlab.records import ordered, save_png, write_table
+from sdlab.bench.records import ordered, save_png, write_table
 
 
 def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers=("ddim", "euler"),

@@ -103,7 +103,7 @@ def test_clip_tokens_job(tmp_path):
 
 
 def test_clip_similarity_text_only_then_with_clip(tmp_path):
-    from sdlab.metrics.clip import tiny_clip
+    from sdlab.models.clip import tiny_clip
 
     rows = run("clip_similarity", tmp_path / "text", prompts=["a red circle", "a blue square", "a red circle"])
     assert len(rows) == 9 and rows["embedding"].iloc[0].startswith("model=tiny text_encoder pooled output")
@@ -226,7 +226,7 @@ def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance
 
 
 def test_guidance_grid_with_clip_scores(tmp_path):
-    from sdlab.metrics.clip import tiny_clip
+    from sdlab.models.clip import tiny_clip
 
     folder = tmp_path / "clip"
     tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
@@ -262,7 +262,7 @@ def test_anatomy_of_a_diffusers_folder_matches_its_architecture(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_real_sd15_from_the_cache_has_the_sd15_anatomy(tmp_path):
-    from sdlab.models import cached_snapshot
+    from sdlab.models.loading import cached_snapshot
 
     try:
         cached_snapshot("stable-diffusion-v1-5/stable-diffusion-v1-5")
@@ -288,7 +288,7 @@ def test_job_modules_map_every_registered_job_to_its_module():
 
 
 def test_linear_preview_recovers_a_linear_latent_to_rgb_map():
-    from sdlab.preview import fit_linear_preview, linear_preview
+    from sdlab.models.preview import fit_linear_preview, linear_preview
 
     torch.manual_seed(0)
     latents = torch.randn(1, 4, 8, 8)
@@ -317,7 +317,7 @@ def test_a_generate_run_with_its_table_and_grid_does_not_import_matplotlib(tmp_p
     import sys
 
     code = ("import sys; from pathlib import Path; import pandas as pd; from PIL import Image; "
-            "import sdlab.cli, sdlab.jobs.generate; from sdlab.collect import summarize; d = Path(sys.argv[1]); "
+            "import sdlab.app.cli, sdlab.jobs.generate; from sdlab.bench.collect import summarize; d = Path(sys.argv[1]); "
             "[Image.new('RGB', (8, 8), (40 * i, 0, 0)).save(d / f'{i}.png') for i in range(2)]; "
             "summarize(pd.DataFrame({'seed': [1, 2], 'image_path': ['0.png', '1.png'], 'status': ['ok', 'ok']}), d); "
             "sys.exit(10 * ('matplotlib' in sys.modules) + (not (d / 'grid.png').is_file()))")

@@ -13,7 +13,7 @@ from sdlab.metrics.diffusion import (alpha_bar_at, flow_log_snr, guided, log_snr
                                     x0_from_velocity, x0_pred)
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, downsampling_factor, latent_channel_stats, latent_shape
-from sdlab.tokenizer import load_tokenizer
+from sdlab.models.tokenizer import load_tokenizer
 
 PIRATE = "a pirate ship sailing through a storm, dramatic lighting, oil painting"
 
@@ -103,7 +103,7 @@ def test_cosine_matrix_and_clip_score():
 
 
 def test_sd15_anatomy_numbers():
-    from sdlab.architectures import ARCHITECTURES, build_on_meta
+    from sdlab.models.architectures import ARCHITECTURES, build_on_meta
     from sdlab.metrics.anatomy import component_table, denoiser_block_table
 
     components = build_on_meta(ARCHITECTURES["sd15_arch"])

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from sdlab.architectures import ARCHITECTURES
+from sdlab.models.architectures import ARCHITECTURES
 
 ARCH_MODELS = [name for name in ARCHITECTURES if name.endswith("_arch")]
 
@@ -37,11 +37,11 @@ def test_anatomy_reads_every_component_a_folder_lists(tmp_path):
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from sdlab.architectures import build_components
+    from sdlab.models.architectures import build_components
     from sdlab.config import model_spec
     from sdlab.jobs.anatomy import meta_components
     from sdlab.metrics.anatomy import component_table
-    from sdlab.tokenizer import load_tokenizer
+    from sdlab.models.tokenizer import load_tokenizer
 
     parts = build_components(ARCHITECTURES["tiny"])
     pipe = StableDiffusionPipeline(**parts, tokenizer=load_tokenizer(), scheduler=DDIMScheduler(steps_offset=1, clip_sample=False),

@@ -6,7 +6,7 @@ from functools import cache
 
 import pytest
 
-from sdlab.architectures import ARCHITECTURES, build_on_meta, build_scheduler
+from sdlab.models.architectures import ARCHITECTURES, build_on_meta, build_scheduler
 
 PUBLISHED = [(name, part) for name, arch in ARCHITECTURES.items() for part in arch.param_counts]
 

@@ -253,7 +253,7 @@ def test_damaged_model_folder_is_one_line_naming_the_file(run_sdlab, saved_tiny,
 
 
 def test_an_intact_folder_passes_the_checks_and_a_cache_snapshot_may_link_into_its_blobs(saved_tiny, tmp_path):
-    from sdlab.model_files import check_pipeline_folder
+    from sdlab.models.model_files import check_pipeline_folder
 
     check_pipeline_folder(saved_tiny)
     repo = tmp_path / "models--someone--tiny"
@@ -274,7 +274,7 @@ def composed(*overrides) -> dict:
 
 
 def test_validate_config_names_the_bad_value_without_loading_anything():
-    from sdlab import models
+    from sdlab.models import loading as models
     from sdlab.config import validate_config
     from sdlab.errors import UserError
 
@@ -291,7 +291,7 @@ def test_validate_config_names_the_bad_value_without_loading_anything():
 
 def test_limits_can_be_raised_for_big_machines(tmp_path):
     from sdlab.config import validate_config
-    from sdlab.params import load_params
+    from sdlab.bench.params import load_params
 
     validate_config(composed("width=8192", "height=8192", "limits.max_side=8192", "limits.max_pixels=67108864"))
     validate_config(composed("num_inference_steps=2000", "limits.max_steps=2000"))
@@ -301,8 +301,8 @@ def test_limits_can_be_raised_for_big_machines(tmp_path):
 
 
 def test_steps_up_to_the_trained_timesteps_pass_when_the_spacing_stays_inside():
-    from sdlab.architectures import SD15_SCHEDULER
-    from sdlab.schedulers import check_steps
+    from sdlab.models.architectures import SD15_SCHEDULER
+    from sdlab.models.schedulers import check_steps
 
     check_steps("ddim", SD15_SCHEDULER, {"timestep_spacing": "trailing"}, 1000, "model tiny")
     check_steps("dpmpp_2m", SD15_SCHEDULER, {}, 500, "model tiny")

@@ -15,7 +15,7 @@ from PIL import Image
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from sdlab.arguments import display_overrides, hydra_quote, prepare
+from sdlab.app.arguments import display_overrides, hydra_quote, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ("num_inference_steps=2", "threads=1")
@@ -186,12 +186,12 @@ def test_embedded_model_warns_about_prompts_and_sizes_it_was_not_made_for(run_sd
 
 def sdlab_command(*args, cwd, **popen):
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "sdlab.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120, **popen)
 
 
 def test_help_describes_sdlab_without_loading_torch(tmp_path):
-    probe = ("import sys; sys.argv = ['sdlab', '--help']; from sdlab.cli import entry; entry(); "
+    probe = ("import sys; sys.argv = ['sdlab', '--help']; from sdlab.app.cli import entry; entry(); "
              "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     out = result.stdout
@@ -214,14 +214,14 @@ def test_bash_completion_installs_and_completes(tmp_path):
     assert install.returncode == 0, install.stderr
     assert "complete" in install.stdout and "hydra_bash_completion" in install.stdout
     env = {"PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1", "COMP_LINE": "sdlab sched", "COMP_POINT": "11"}
-    query = subprocess.run([sys.executable, "-m", "sdlab.cli", "-sc", "query=bash"], cwd=tmp_path, env=env,
+    query = subprocess.run([sys.executable, "-m", "sdlab.app.cli", "-sc", "query=bash"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert query.returncode == 0 and "scheduler=" in query.stdout, query.stdout + query.stderr
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "sdlab.cli", "seeds=[1,2,3,4,5,6,7,8]", "batch_size=1",
+    process = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", "seeds=[1,2,3,4,5,6,7,8]", "batch_size=1",
                                 "num_inference_steps=50", "threads=1", "hydra.run.dir=run"], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90

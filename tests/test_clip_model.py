@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sdlab.errors import UserError
-from sdlab.metrics.clip import clip_score, load_clip, tiny_clip
+from sdlab.metrics.clip import clip_score
+from sdlab.models.clip import load_clip, tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_pickle_only_clip_folder_is_refused(tmp_path):
 
 
 def test_openai_l14_missing_from_cache_is_a_user_error():
-    from sdlab.models import cached_snapshot
+    from sdlab.models.loading import cached_snapshot
 
     try:
         cached_snapshot("openai/clip-vit-large-patch14")

@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from sdlab import lock
+from sdlab.bench import lock
 from sdlab.io import atomic_path, is_temp_file
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
@@ -104,7 +104,7 @@ def test_two_processes_on_one_sweep_dir_the_second_refuses(run_sdlab, tmp_path, 
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = ["-m", "guidance_scale=1,7.5,15", "seeds=[1,2,3,4]", *FAST, f"hydra.sweep.dir={sweep}"]
-    first = subprocess.Popen([sys.executable, "-m", "sdlab.cli", *args], env=env, stdout=subprocess.DEVNULL,
+    first = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", *args], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     import time
 

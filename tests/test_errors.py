@@ -11,13 +11,13 @@ import pytest
 
 from sdlab.config import ModelSpec, generation_params
 from sdlab.errors import UserError
-from sdlab.models import check_weights_folder, load_model
-from sdlab.params import load_params
+from sdlab.models.loading import check_weights_folder, load_model
+from sdlab.bench.params import load_params
 
 
 def sdlab(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home")}
-    return subprocess.run([sys.executable, "-m", "sdlab.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -180,7 +180,7 @@ def test_folder_without_weights_is_refused(tmp_path):
      "timestep_embedding.rows='x' must be an integer >= 1"),
 ])
 def test_a_bad_recipe_value_is_one_line_before_any_folder_or_model(args, message, run_sdlab, tmp_path, capsys):
-    from sdlab import models
+    from sdlab.models import loading as models
 
     loads = models.CACHE.load_count
     assert run_sdlab(*args, "threads=1", f"hydra.run.dir={tmp_path / 'run'}") == 2

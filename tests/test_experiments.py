@@ -101,7 +101,7 @@ def clip_args(folder: Path) -> list[str]:
 
 
 def test_guidance_grid_with_a_clip_model_from_the_command_line(run_sdlab, tmp_path):
-    from sdlab.metrics.clip import tiny_clip
+    from sdlab.models.clip import tiny_clip
 
     folder = tmp_path / "clip"
     tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
@@ -124,7 +124,7 @@ def test_missing_clip_model_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys):
 def test_generate_rows_carry_clip_score_with_a_clip_model(run_sdlab, tmp_path):
     if not clip_wired():
         pytest.skip("conf/config.yaml does not list the clip group yet")
-    from sdlab.metrics.clip import tiny_clip
+    from sdlab.models.clip import tiny_clip
 
     folder = tmp_path / "clip"
     tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
@@ -153,7 +153,7 @@ def test_defaults_are_the_mini_model_scored_by_its_own_clip_and_no_other_model_i
 def test_model_mkldnn_switches_the_process_cpu_convolutions(tiny):
     import torch
 
-    from sdlab.models import configured_spec, load_model
+    from sdlab.models.loading import configured_spec, load_model
 
     before = torch.backends.mkldnn.enabled
     try:
@@ -171,8 +171,9 @@ def test_model_mkldnn_auto_picks_the_backend_by_the_unet_batch(tiny):
 
     from sdlab.config import GenerationParams
     from sdlab.errors import UserError
-    from sdlab.generate import generate_batch
-    from sdlab.models import ONEDNN_MIN_BATCH, configured_spec, load_model, use_process_options
+    from sdlab.models.generate import generate_batch
+    from sdlab.models.device import ONEDNN_MIN_BATCH, use_process_options
+    from sdlab.models.loading import configured_spec, load_model
 
     before = torch.backends.mkldnn.enabled
     try:
@@ -233,7 +234,7 @@ REFUSES = {"article_c1_pipeline_by_hand": (FAMILIES, "job pipeline_by_hand write
 
 def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -> None:
     """The recipe's main output holds what the job promised for this model."""
-    from sdlab.architectures import ARCHITECTURES
+    from sdlab.models.architectures import ARCHITECTURES
 
     if recipe == "generate":
         images = sorted((out / "images").glob("*.png"))

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from sdlab import models
+from sdlab.models import loading as models
 from sdlab.config import GenerationParams
 from sdlab.errors import UserError
-from sdlab.generate import generate_batch
+from sdlab.models.generate import generate_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"sd15_tiny": "sd", "sd2_tiny": "sd", "sdxl_tiny": "sdxl", "sd3_tiny": "sd3", "flux_tiny": "flux"}
@@ -190,7 +190,7 @@ def test_model_name_loads_its_repo_from_a_local_cache_offline(name, tiny, saved,
 def sdlab_command(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {"PATH": os.environ["PATH"], "HOME": str(cwd), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
                    **env}
-    return subprocess.run([sys.executable, "-m", "sdlab.cli", *args], cwd=cwd, env=environment, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -268,7 +268,7 @@ def clip_tokens(tmp_path: Path, caplog=None, **model) -> pd.DataFrame:
 
 
 def test_clip_tokens_counts_every_text_encoder_of_a_folder_model_at_its_own_limit(saved, tmp_path, caplog):
-    from sdlab.tokenizer import tiny_t5_tokenizer
+    from sdlab.models.tokenizer import tiny_t5_tokenizer
 
     rows = clip_tokens(tmp_path, name="sd3", family="sd3", path=str(saved["sd3_tiny"]), max_sequence_length=20)
     by = rows.set_index(["encoder", "prompt"])
@@ -330,7 +330,7 @@ def test_a_distilled_model_samples_in_its_own_few_steps_without_guidance_unless_
 
 
 def test_a_long_prompt_warns_once_per_text_encoder_that_cuts_it():
-    from sdlab.text_tokenizers import truncation_warnings
+    from sdlab.models.text_tokenizers import truncation_warnings
 
     words = " ".join(["red circle"] * 20)  # 40 CLIP tokens + BOS/EOS: CLIP keeps it, the tiny T5 (32) does not
     n_t5 = len(tiny_model("sd3_tiny").pipe.tokenizer_3(words)["input_ids"])

@@ -16,7 +16,7 @@ import yaml
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import (dynamic_shift_mu, flow_crossing, flow_log_snr_table, flow_snr, image_seq_len,
                                     log_snr_crossing, shift_sigma, unshift_sigma)
-from sdlab.schedulers import (FAMILY_CONFIGS, KINDS, SCHEDULERS, check_kind, check_options, check_steps, fitting,
+from sdlab.models.schedulers import (FAMILY_CONFIGS, KINDS, SCHEDULERS, check_kind, check_options, check_steps, fitting,
                               make_scheduler, model_kind, timestep_kwargs)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,7 +218,7 @@ def test_schedule_families_recipe_tables_crossings_and_figure(tmp_path, one_thre
 def test_shift_from_the_command_line_is_checked_before_any_work(tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "sdlab.cli", "experiment=schedule_snr", "scheduler=flow_euler",
+    result = subprocess.run([sys.executable, "-m", "sdlab.app.cli", "experiment=schedule_snr", "scheduler=flow_euler",
                              "scheduler.shift=abc", "threads=1"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=120)
     lines = result.stderr.strip().splitlines()

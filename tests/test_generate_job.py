@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sdlab import models
-from sdlab.records import read_png_metadata
+from sdlab.models import loading as models
+from sdlab.bench.records import read_png_metadata
 
 
 def test_default_job_writes_ok_rows_and_pngs_with_parameters(run_sdlab, tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdlab import generate
+from sdlab.models import generate
 from sdlab.config import GenerationParams
-from sdlab.schedulers import SCHEDULERS, fitting
+from sdlab.models.schedulers import SCHEDULERS, fitting
 
 
 def params(**kw) -> GenerationParams:
@@ -78,7 +78,7 @@ def test_nan_output_is_reported_not_saved():
 
 
 def test_base_scheduler_config_survives_a_cleared_cache(tiny):
-    from sdlab import models
+    from sdlab.models import loading as models
 
     _, spec = tiny
     models.clear_cache()

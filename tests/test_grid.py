@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sdlab.grid import CELL_MAX, CELL_MIN, EMPTY_CELL, cell_side, grid_axes, image_grid
+from sdlab.bench.grid import CELL_MAX, CELL_MIN, EMPTY_CELL, cell_side, grid_axes, image_grid
 
 
 def shade(i: int) -> tuple[int, int, int]:

@@ -74,7 +74,7 @@ def test_fixed_seed_gives_fixed_image(pipe):
 @needs_model
 def test_sdlab_loads_mini_by_name():
     from sdlab.config import ModelSpec
-    from sdlab.models import load_model
+    from sdlab.models.loading import load_model
 
     loaded = load_model(ModelSpec("mini", resolution=64))
     assert loaded.denoiser.config.sample_size == 8

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sdlab.architectures import ARCHITECTURES, build_on_meta
-from sdlab.tokenizer import load_tokenizer
+from sdlab.models.architectures import ARCHITECTURES, build_on_meta
+from sdlab.models.tokenizer import load_tokenizer
 
 
 def count(module) -> int:
@@ -28,7 +28,7 @@ def test_clip_tokenizer_matches_sd():
 
 
 def test_tiny_pipeline_is_deterministic(tiny):
-    from sdlab.architectures import build_components
+    from sdlab.models.architectures import build_components
 
     again = build_components(ARCHITECTURES["tiny"], seed=0)["unet"]
     model, _ = tiny

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from sdlab.errors import UserError
-from sdlab.infotext import format_infotext, from_a1111, parse_infotext, sampler_to_scheduler
-from sdlab.params import load_params
+from sdlab.bench.infotext import format_infotext, from_a1111, parse_infotext, sampler_to_scheduler
+from sdlab.bench.params import load_params
 
 A1111_PNG_TEXT = """a lighthouse, oil painting, dramatic
 Negative prompt: blurry, lowres

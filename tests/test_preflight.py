@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sdlab.jobs.clip import nearest_claim
-from sdlab.preflight import in_model_world, model_warnings, prompt_outside_grammar, sweep_plan
+from sdlab.app.preflight import in_model_world, model_warnings, prompt_outside_grammar, sweep_plan
 
 RECIPE = {"prompts": ["a pirate ship"], "world": {"shapes": {"prompts": ["a red circle", "a blue square"]}}}
 
@@ -45,7 +45,7 @@ def test_diagonal_claim_counts_images_that_pick_their_own_caption():
 
 
 def test_schedulers_used_reads_every_form_a_recipe_lists():
-    from sdlab.preflight import schedulers_used
+    from sdlab.app.preflight import schedulers_used
 
     cfg = {"scheduler": {"name": "euler"}, "compare": {"schedulers": ["ddim"], "reference_scheduler": "dpmpp_2m"},
            "visit_schedulers": ["heun", {"name": "ddim", "timestep_spacing": "trailing"}]}

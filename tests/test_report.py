@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from report_helpers import fake_sweep
-from sdlab.report import build_report, report_data, reproduce_command
+from sdlab.bench.report import build_report, report_data, reproduce_command
 
 
 def embedded(page: str) -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from browser import chromium_page, require_chromium
 from report_helpers import fake_sweep
-from sdlab.report import build_report
+from sdlab.bench.report import build_report
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sdlab.summary import ALL, best_line, owns_summary, summary_table, sweep_axes, swept_parameters, write_summary
+from sdlab.bench.summary import ALL, best_line, owns_summary, summary_table, sweep_axes, swept_parameters, write_summary
 
 
 def sweep_frame() -> pd.DataFrame:

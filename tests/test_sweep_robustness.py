@@ -16,7 +16,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from sdlab import generate
+from sdlab.models import generate
 
 SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
 
@@ -53,7 +53,7 @@ def test_cells_inside_a_job_resume_per_seed(run_sdlab, tmp_path):
 
 def sdlab_process(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "sdlab.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -133,7 +133,7 @@ def test_all_black_output_is_a_failed_row_not_an_image(run_sdlab, tmp_path, monk
 
 
 def test_collector_skips_unfinished_job_dirs(tmp_path, caplog):
-    from sdlab.records import collect, write_table
+    from sdlab.bench.records import collect, write_table
 
     (tmp_path / "0").mkdir()
     write_table(pd.DataFrame([{"seed": 1, "status": "ok", "image_path": "images/a.png"}]), tmp_path / "0")
@@ -168,7 +168,7 @@ def test_sweep_of_different_jobs_collects_into_one_table(run_sdlab, tmp_path):
 
 
 def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypatch, capsys):
-    from sdlab import collect
+    from sdlab.bench import collect
 
     def broken(*_):
         raise ValueError("disk full")
@@ -254,7 +254,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from sdlab.cli import CONF_DIR, register_resolvers
+from sdlab.app.cli import CONF_DIR, register_resolvers
 
 def probe(cfg):
     hc = HydraConfig.get()

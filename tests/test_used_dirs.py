@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdlab.records import read_png_metadata
+from sdlab.bench.records import read_png_metadata
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
@@ -101,7 +101,7 @@ def test_an_image_path_outside_the_run_dir_is_never_trusted(run_sdlab, tmp_path)
 
 
 def test_disk_full_keeps_the_finished_images_in_the_table(run_sdlab, tmp_path, monkeypatch, capsys):
-    from sdlab import collect
+    from sdlab.bench import collect
     from sdlab.jobs import generate as job
 
     save = job.save_png

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from sdlab.config import ModelSpec, model_spec
+from sdlab.bench.inputs import image_files
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext
-from sdlab.recipe_fields import Field
+from sdlab.bench.recipe_fields import Field
+from sdlab.mini import data
+from sdlab.models.loading import load_model
+from sdlab.models.loading import shipped_scheduler_config
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def base_row(ctx: JobContext, job: str, spec: ModelSpec | None = None) -> dict[str, Any]:
@@ -33,7 +35,6 @@ def article_reports(ctx: JobContext) -> str:
 
 def loaded_model(ctx: JobContext):
     """The configured model's adapter (cached per process) and its ModelSpec."""
-    from sdlab.models import load_model
 
     spec = model_spec(ctx.config["model"])
     return load_model(spec), spec
@@ -41,7 +42,6 @@ def loaded_model(ctx: JobContext):
 
 def model_scheduler_config(spec: ModelSpec) -> dict[str, Any]:
     """The scheduler config a model ships with, without loading its weights, less diffusers' `_` bookkeeping keys."""
-    from sdlab.models import shipped_scheduler_config
 
     return {k: v for k, v in shipped_scheduler_config(spec)[0].items() if not k.startswith("_")}
 
@@ -85,7 +85,6 @@ def fit(image: Image.Image, width: int, height: int) -> np.ndarray:
 
 def sample_images(count: int, width: int, height: int, seed: int | None = None) -> list[tuple[str, np.ndarray, str]]:
     """Built-in (name, image, caption) triples: sdlab.mini.data shapes (evaluation seed) rendered at min(width, height), fitted."""
-    from sdlab.mini import data
 
     seed = data.EVAL_SEED if seed is None else seed
     side = min(width, height)
@@ -98,24 +97,6 @@ def sample_images(count: int, width: int, height: int, seed: int | None = None) 
         out.append((f"shapes_{index}", fit(Image.fromarray(image), width, height), text))
     return out
 
-
-def image_files(source: str | os.PathLike | list) -> list[Path]:
-    """Image files named by a folder (its image files, sorted), a file, or a list of files; one-line UserError when missing or empty."""
-    items = source if isinstance(source, (list, tuple)) else [source]
-    files: list[Path] = []
-    for item in items:
-        path = Path(os.path.expanduser(str(item)))
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                           and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UserError(f"images={path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"images: {path} does not exist")
-    return files
 
 
 def read_image(path: Path, width: int, height: int) -> np.ndarray:

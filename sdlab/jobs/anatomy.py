@@ -7,12 +7,14 @@ import json
 import pandas as pd
 
 from sdlab.config import ModelSpec, model_spec
-from sdlab.figures import bar_chart
+from sdlab.bench.figures import bar_chart
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import base_row
 from sdlab.metrics.anatomy import component_table, denoiser_block_table
 from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
-from sdlab.records import ordered, write_table
+from sdlab.bench.records import ordered, write_table
+from sdlab.models.architectures import ARCHITECTURES, Part, build_on_meta, build_part, component_class
+from sdlab.models.loading import check_weights_folder, model_folder, read_object
 
 
 def meta_components(spec: ModelSpec) -> dict:
@@ -20,8 +22,6 @@ def meta_components(spec: ModelSpec) -> dict:
     folder's model_index.json lists (tokenizers, schedulers and absent parts skipped; no weights read)."""
     import torch
 
-    from sdlab.architectures import ARCHITECTURES, Part, build_on_meta, build_part, component_class
-    from sdlab.models import check_weights_folder, model_folder, read_object
 
     if spec.name in ARCHITECTURES and not spec.path:
         return build_on_meta(ARCHITECTURES[spec.name])

@@ -10,13 +10,17 @@ import torch
 
 from sdlab.config import model_spec
 from sdlab.errors import UserError
-from sdlab.figures import image_strip
-from sdlab.generate import decode_latents, to_pil
+from sdlab.bench.figures import image_strip
+from sdlab.models.generate import decode_latents, to_pil
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import number_list
 from sdlab.metrics.image import psnr
 from sdlab.metrics.toy import ddim_step
-from sdlab.models import load_model
+from sdlab.models.loading import load_model
+from sdlab.jobs.analysis import read_image
+from sdlab.mini.data import Attributes, render
+from sdlab.models.loading import adapter_class, shipped_scheduler_config
+from sdlab.metrics.schedule import model_kind
 
 
 def encode_text(model, texts: list[str]) -> torch.Tensor:
@@ -52,8 +56,6 @@ def ddim_by_hand(model, prompt: str, negative_prompt: str, seed: int, steps: int
 
 def check_by_hand(cfg: dict) -> None:
     """The loop by hand is SD 1.x's epsilon loop with guidance: an SD-family epsilon model and guidance_scale > 1."""
-    from sdlab.models import adapter_class, shipped_scheduler_config
-    from sdlab.schedulers import model_kind
 
     spec = model_spec(cfg["model"])
     family, kind = adapter_class(spec).family, model_kind(shipped_scheduler_config(spec)[0])
@@ -146,8 +148,6 @@ def input_image(cfg: dict, side: int):
     """The recipe's `image` file, or a built-in shapes image, as a PIL image at the model's resolution."""
     from PIL import Image
 
-    from sdlab.jobs.analysis import read_image
-    from sdlab.mini.data import Attributes, render
 
     if cfg.get("image"):
         return Image.fromarray(read_image(Path(cfg["image"]), side, side))

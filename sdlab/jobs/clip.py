@@ -9,14 +9,15 @@ import numpy as np
 import pandas as pd
 
 from sdlab.config import model_spec
-from sdlab.figures import bar_chart, heatmap
+from sdlab.bench.figures import bar_chart, heatmap
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import article_reports, base_row, image_size, input_images, loaded_model, str_list
-from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, load_clip, long_matrix,
-                                pooled_text_embeddings, token_rows, token_table)
-from sdlab.recipe_fields import Field, check_fields
-from sdlab.records import ordered, write_table
-from sdlab.text_tokenizers import encoder_tokenizers
+from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, long_matrix, pooled_text_embeddings, token_rows,
+                                token_table)
+from sdlab.models.clip import load_clip
+from sdlab.bench.recipe_fields import Field, check_fields
+from sdlab.bench.records import ordered, write_table
+from sdlab.models.text_tokenizers import encoder_tokenizers
 
 log = logging.getLogger(__name__)
 

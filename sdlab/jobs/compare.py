@@ -13,17 +13,18 @@ import torch
 
 from sdlab.config import GenerationParams, model_spec
 from sdlab.errors import UserError
-from sdlab.generate import generate_batch
+from sdlab.models.generate import generate_batch
 from sdlab.jobs import JobContext, job
-from sdlab.metrics.clip import load_clip
+from sdlab.models.clip import load_clip
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.schedule import scheduler_visits
 from sdlab.metrics.stats import summarize_ci
 from sdlab.mini.checker import adherence_columns
-from sdlab.models import load_model
-from sdlab.recipe_fields import Field, check_block
-from sdlab.records import ordered, write_table
-from sdlab.schedulers import SCHEDULERS, make_scheduler, timestep_kwargs
+from sdlab.models.loading import load_model
+from sdlab.bench.recipe_fields import Field, check_block
+from sdlab.bench.records import ordered, write_table
+from sdlab.models.schedulers import SCHEDULERS, make_scheduler, timestep_kwargs
+from sdlab.bench.figures import convergence, schedule_visits
 
 log = logging.getLogger(__name__)
 METRICS = ["latent_rmse", "psnr", "ssim"]
@@ -186,7 +187,6 @@ def ranking(summary: pd.DataFrame, target: float, source: str = "configured") ->
 
 def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame) -> None:
     """Summary with intervals, the ranking, the visited timesteps, and the convergence figures."""
-    from sdlab.figures import convergence, schedule_visits
 
     finite = runs.assign(psnr=runs["psnr"].replace(np.inf, np.nan))
     extra = [c for c in runs.columns if c == "clip_score" and runs[c].notna().any() or c.startswith("adherence_")]

@@ -10,13 +10,14 @@ import pandas as pd
 from scipy import stats
 
 from sdlab.errors import UserError
-from sdlab.figures import bar_chart, curves, image_strip
+from sdlab.bench.figures import bar_chart, curves, image_strip
 from sdlab.jobs import JobContext, job
 from sdlab.metrics import toy
 from sdlab.metrics.schedule import SCHEDULES
 from sdlab.metrics.toy_unet import level_table
-from sdlab.recipe_fields import Field, check_block
-from sdlab.records import write_table
+from sdlab.bench.recipe_fields import Field, check_block
+from sdlab.bench.records import write_table
+from sdlab.bench.figures import STYLE, save_figure
 
 
 SEED = Field("int", 0)
@@ -234,7 +235,6 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     near = frame.iloc[int(np.abs(frame["t"] - T // 10).argmin())]
     import matplotlib.pyplot as plt
 
-    from sdlab.figures import STYLE, save_figure
 
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -9,7 +9,7 @@ import torch
 
 from sdlab.config import model_spec
 from sdlab.errors import UserError
-from sdlab.figures import image_strip
+from sdlab.bench.figures import image_strip
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (base_row, decode, encode, image_size, input_images, loaded_model,
                                  model_scheduler_config, number_list, to_model, to_uint8)
@@ -17,8 +17,8 @@ from sdlab.jobs.schedule import schedule_spec
 from sdlab.metrics.diffusion import flow_log_snr, log_snr_db, snr_db
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import alpha_bar_from_betas, betas
-from sdlab.records import ordered
-from sdlab.schedulers import model_kind
+from sdlab.bench.records import ordered
+from sdlab.metrics.schedule import model_kind
 
 
 def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:

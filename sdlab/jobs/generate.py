@@ -11,15 +11,15 @@ from typing import Any
 import pandas as pd
 
 from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
-from sdlab.generate import BatchResult, chunks, generate_batch, truncated_tokens
-from sdlab.text_tokenizers import truncation_warnings
+from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
+from sdlab.models.text_tokenizers import truncation_warnings
 from sdlab.jobs import JobContext, job
-from sdlab.metrics.clip import load_clip
+from sdlab.models.clip import load_clip
 from sdlab.mini.checker import adherence_columns
-from sdlab.models import load_model
-from sdlab.records import ordered, save_png, versions, write_table
-from sdlab.resume import complete_rows, previous_rows, sweep_cells
-from sdlab.schedulers import resolved_config
+from sdlab.models.loading import load_model
+from sdlab.bench.records import ordered, save_png, versions, write_table
+from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
+from sdlab.models.schedulers import resolved_config
 
 log = logging.getLogger(__name__)
 TIMING_KEYS = ("time_text_s", "time_unet_s", "time_vae_s", "time_total_s")

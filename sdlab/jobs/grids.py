@@ -12,15 +12,19 @@ import numpy as np
 import pandas as pd
 
 from sdlab.config import GenerationParams, generation_params, scheduler_choice
-from sdlab.figures import curves
-from sdlab.grid import image_grid
-from sdlab.generate import chunks
+from sdlab.bench.figures import curves
+from sdlab.bench.grid import image_grid
+from sdlab.models.generate import chunks
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.jobs.analysis import base_row, loaded_model, number_list, str_list
-from sdlab.metrics.clip import load_clip
-from sdlab.records import ordered, versions
-from sdlab.schedulers import resolved_config
+from sdlab.models.clip import load_clip
+from sdlab.bench.records import ordered, versions
+from sdlab.models.schedulers import resolved_config
+from sdlab.metrics.image import layout_correlation
+from sdlab.metrics.image import psnr
+from sdlab.metrics.stats import summarize_ci
+from sdlab.models.generate import generate_batch
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,6 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
 def guidance_panels(ok: pd.DataFrame, clip) -> tuple[list[dict], str]:
     """Panels of CLIP score and prompt adherence against w: per-seed lines, the mean and its 95% interval over
     seeds; and a claim from the lowest w to the highest (and the best w between them)."""
-    from sdlab.metrics.stats import summarize_ci
 
     metrics = [m for m in ("clip_score", "adherence_all") if m in ok and (m != "clip_score" or clip is not None)]
     if not metrics:
@@ -136,7 +139,6 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
 
     from PIL import Image
 
-    from sdlab.metrics.image import layout_correlation
 
     ok = frame[frame["status"] == "ok"]
     images = {row.Index: np.asarray(Image.open(ctx.out_dir / row.image_path)) for row in ok.itertuples()}
@@ -174,8 +176,6 @@ def with_reference_distance(ctx: JobContext, model, spec, params: GenerationPara
     label per scheduler with its mean, and a title that states the spread."""
     from PIL import Image
 
-    from sdlab.generate import generate_batch
-    from sdlab.metrics.image import psnr
 
     name, steps = ctx.config.get("reference_scheduler") or "dpmpp_2m", int(ctx.config["reference_steps"])
     model.use_scheduler(name)

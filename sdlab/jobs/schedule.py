@@ -14,14 +14,17 @@ import pandas as pd
 
 from sdlab.config import model_spec, scheduler_choice
 from sdlab.errors import UserError
-from sdlab.figures import curves
+from sdlab.bench.figures import curves
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import base_row, model_scheduler_config
 from sdlab.metrics.schedule import (SCHEDULES, betas, ddpm_log_snr_table, flow_crossing, flow_log_snr_table,
                                    log_snr, log_snr_crossing, schedule_table, scheduler_visits, unshift_sigma,
                                    zero_crossing)
-from sdlab.records import ordered, write_table
-from sdlab.schedulers import FAMILY_CONFIGS, check_options, make_scheduler, model_kind, resolved_config, timestep_kwargs
+from sdlab.bench.records import ordered, write_table
+from sdlab.metrics.schedule import model_kind
+from sdlab.models.schedulers import FAMILY_CONFIGS, check_options, make_scheduler, resolved_config, timestep_kwargs
+from sdlab.bench.figures import PALETTE, STYLE, save_figure
+from sdlab.models.loading import adapter_class
 
 log = logging.getLogger(__name__)
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
@@ -231,7 +234,6 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
 def model_family(cfg: dict[str, Any], spec) -> dict[str, Any]:
     """The configured model as a `families` entry: its shipped schedule, the configured scheduler and its options,
     num_inference_steps, its native size, and Flux's own sigmas when it is a Flux model."""
-    from sdlab.models import adapter_class
 
     choice = scheduler_choice(cfg["scheduler"])
     steps = int(cfg.get("num_inference_steps") or 28)
@@ -324,7 +326,6 @@ def families_figure(curves: pd.DataFrame, visits: pd.DataFrame, rows: list[dict]
     from matplotlib import pyplot as plt
     from matplotlib.lines import Line2D
 
-    from sdlab.figures import PALETTE, STYLE, save_figure
 
     markers = "osD^PX*v"
     low, high = LOG_SNR_LIMITS

@@ -11,7 +11,11 @@ import torch
 
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
-from sdlab.records import ordered, versions
+from sdlab.bench.records import ordered, versions
+from sdlab.mini import arrays
+from sdlab.mini.train_clip import train_clip
+from sdlab.mini.train_unet import train_unet
+from sdlab.mini.train_vae import train_vae
 
 log = logging.getLogger(__name__)
 STAGES = ("vae", "clip", "unet")
@@ -20,21 +24,17 @@ EXTRA_STAGES = ("vae_decoder",)  # decoder-only VAE refinement: the latents stay
 
 def run_one(name: str, cfg: dict, root: Path) -> dict:
     """Train one stage from the `train` config; returns its summary row."""
-    from sdlab.mini import arrays
 
     seed = int(cfg["seed"])
     settings = cfg[name]
     export = Path(cfg["export"]) if cfg.get("export") else None
     images, captions, attributes = arrays.cached_set(root / "cache", seed=0, count=int(cfg["num_images"]))
     if name in ("vae", "vae_decoder"):
-        from sdlab.mini.train_vae import train_vae
 
         return train_vae(settings, images, root / name, export, seed)
     if name == "clip":
-        from sdlab.mini.train_clip import train_clip
 
         return train_clip(settings, images, attributes, root / "clip", export, seed)
-    from sdlab.mini.train_unet import train_unet
 
     return train_unet(settings, images, attributes, root / "unet", export, seed)
 

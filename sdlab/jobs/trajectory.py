@@ -13,16 +13,16 @@ from PIL import Image, ImageDraw
 
 from sdlab.config import generation_params, scheduler_choice
 from sdlab.errors import choose
-from sdlab.figures import image_strip, write_gif
-from sdlab.generate import generate_batch
+from sdlab.bench.figures import image_strip, write_gif
+from sdlab.models.generate import generate_batch
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import base_row, decode, loaded_model, to_uint8
 from sdlab.metrics.diffusion import alpha_bar_at, flow_log_snr, guided, log_snr, log_snr_db, x0_from_velocity, x0_pred
 from sdlab.metrics.image import psnr
-from sdlab.preview import fit_linear_preview, linear_preview
-from sdlab.recipe_fields import Field, check_fields
-from sdlab.records import ordered, save_png
-from sdlab.schedulers import resolved_config
+from sdlab.models.preview import fit_linear_preview, linear_preview
+from sdlab.bench.recipe_fields import Field, check_fields
+from sdlab.bench.records import ordered, save_png
+from sdlab.models.schedulers import resolved_config
 
 
 class TrajectoryRecorder:

@@ -7,14 +7,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from sdlab.figures import image_strip
+from sdlab.bench.figures import image_strip
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (article_reports, base_row, decode, encode, image_size, input_images, loaded_model,
                                  to_model, to_uint8)
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
-from sdlab.recipe_fields import Field, check_fields
-from sdlab.records import ordered, write_table
+from sdlab.bench.recipe_fields import Field, check_fields
+from sdlab.bench.records import ordered, write_table
 
 
 @job("vae_roundtrip", check=lambda cfg: check_fields(cfg, {"num_images": Field("int", 1, 1000, optional=True)}))

@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from sdlab.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 77
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 # --------------------------------------------------------------------------- tokens
@@ -184,79 +179,3 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def clip_score(images, prompts: Sequence[str], clip: ClipModel) -> list[float]:
     """CLIP score per (image, prompt) pair: 100 · max(cos(E_I, E_T), 0)."""
     return clip.clip_score(images, prompts)
-
-
-_LOADED: dict[tuple, ClipModel] = {}
-
-
-def clip_folder(cfg: dict) -> Path:
-    """The folder of the configured CLIP model: `path` (relative to the working dir, then the project) or the HF cache of `repo_id`."""
-    if cfg.get("path"):
-        path = Path(os.path.expanduser(str(cfg["path"])))
-        if not path.is_absolute():
-            path = path if (Path.cwd() / path).exists() else PROJECT_ROOT / path
-        return path
-    if cfg.get("repo_id"):
-        from sdlab.models import cached_snapshot
-
-        return cached_snapshot(cfg["repo_id"])
-    raise UserError(f"clip={cfg.get('name')!r} has neither clip.path nor clip.repo_id")
-
-
-def check_clip_folder(folder: Path, name: str) -> None:
-    """Raise a UserError unless `folder` holds a CLIPModel config and safetensors weights."""
-    if not (folder / "config.json").is_file():
-        hint = " (train the miniature model first, or pick clip=none)" if name == "mini" else ""
-        raise UserError(f"clip={name}: no CLIP model at {folder} (config.json missing){hint}")
-    if not any(folder.glob("*.safetensors")):
-        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise UserError(f"refusing pickle weights {folder / pickles[0]}: sdlab loads safetensors only")
-        raise UserError(f"clip={name}: no .safetensors weights in {folder}")
-
-
-def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
-    """The CLIP model of the `clip` config group, loaded once per process; None for clip=none.
-
-    Normalisation comes from the folder's preprocessor_config.json (the mini CLIP uses [-1, 1] pixels), else OpenAI's.
-    """
-    if not cfg or cfg.get("name") in (None, "none"):
-        return None
-    name = cfg["name"]
-    folder = clip_folder(cfg)
-    key = (name, str(folder), device)
-    if key in _LOADED:
-        return _LOADED[key]
-    check_clip_folder(folder, name)
-    from transformers import CLIPModel, CLIPTokenizer
-
-    from sdlab.tokenizer import load_tokenizer
-
-    model = CLIPModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True).to(device).eval()
-    has_tokenizer = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True) if has_tokenizer else load_tokenizer()
-    processor = folder / "preprocessor_config.json"
-    stats = json.loads(processor.read_text()) if processor.is_file() else {}
-    log.info("loaded CLIP %s from %s", name, folder)
-    _LOADED[key] = ClipModel(model=model, tokenizer=tokenizer, name=name,
-                             image_mean=tuple(stats.get("image_mean", CLIP_MEAN)),
-                             image_std=tuple(stats.get("image_std", CLIP_STD)))
-    return _LOADED[key]
-
-
-def tiny_clip(seed: int = 0, image_size: int = 32) -> ClipModel:
-    """A small random-weight CLIPModel with the packaged tokenizer (tests and smoke runs)."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    from sdlab.tokenizer import load_tokenizer
-
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=image_size, patch_size=8),
-        projection_dim=16,
-    )
-    return ClipModel(model=CLIPModel(config).eval(), tokenizer=load_tokenizer(), name="tiny")

@@ -9,12 +9,21 @@ Both are x_t = a_t x_0 + s_t eps, so log-SNR = 2 log(a_t / s_t) compares them on
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 MAX_BETA = 0.999
+
+
+def model_kind(config: dict[str, Any]) -> str:
+    """The model kind a scheduler config was made for: 'flow' for flow matching, else its prediction_type."""
+    flow = (str(config.get("_class_name", "")).startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction"
+            or ("shift" in config and "beta_schedule" not in config))
+    return "flow" if flow else str(config.get("prediction_type") or "epsilon")
 
 
 def betas(
@@ -93,7 +102,6 @@ def scheduler_visits(scheduler, num_inference_steps: int, **set_timesteps) -> pd
     timesteps plus the final sigma), otherwise it is sqrt((1 - alpha_bar)/alpha_bar).
     Flow-matching schedulers: sigma is the flow sigma and SNR = ((1 - sigma)/sigma)^2 (`set_timesteps` takes Flux's mu).
     """
-    from sdlab.schedulers import model_kind
 
     # 1. Let the scheduler lay out its own sampling grid.
     scheduler.set_timesteps(num_inference_steps, **set_timesteps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdlab.architectures import SD15_SCHEDULER
+from sdlab.models.architectures import SD15_SCHEDULER
 
 RESOLUTION = 64
 TEXT_HIDDEN = 32

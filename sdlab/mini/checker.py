@@ -38,6 +38,7 @@ from sdlab.mini.data import (
     POSITION_UNIT_OFFSETS,
     Attributes,
 )
+from sdlab.mini.data import parse_partial
 
 ATTRIBUTE_NAMES = tuple(field.name for field in fields(Attributes))
 
@@ -288,7 +289,6 @@ def same_layout(first: np.ndarray, second: np.ndarray) -> bool:
 def adherence_columns(image, prompt: str) -> dict[str, bool]:
     """`adherence_<attribute>` row columns for the attributes a prompt of the dataset grammar names (full or
     partial caption), and `adherence_all` over them; empty for any other prompt."""
-    from sdlab.mini.data import parse_partial
 
     named = parse_partial(prompt)
     if named is None:

@@ -344,3 +344,10 @@ def eval_batch(
     """Evaluation items start..start+count-1 from a non-training seed."""
     _check_eval_seed(seed)
     return batch(seed, start, count, split)
+
+
+def grammar_words() -> set[str]:
+    """Every word the captions of the shapes grammar use."""
+    words = {w for template in CAPTION_TEMPLATES for w in re.findall(r"[a-z]+", template)}
+    words |= {*SHAPES, *COLOURS, *BACKGROUNDS, *SIZES, *POSITIONS}
+    return words | {w for phrase in POSITION_PHRASES.values() for w in phrase.split()}

@@ -17,7 +17,14 @@ import torch
 
 from sdlab.io import atomic_write_text
 from sdlab.mini import data
-from sdlab.records import write_table
+from sdlab.bench.records import write_table
+from sdlab.config import ModelSpec
+from sdlab.mini.checker import LAYOUT, agrees, check, layouts_agree, shape_mask
+from sdlab.mini.checker import adherence
+from sdlab.mini.train_clip import held_out_retrieval
+from sdlab.mini.train_vae import checker_agreement, psnr_db, round_trip
+from sdlab.models.families import family_of_folder
+from sdlab.models.schedulers import make_scheduler
 
 PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
@@ -25,9 +32,6 @@ GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
 
 def shipped_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
     """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with `scheduler`."""
-    from sdlab.config import ModelSpec
-    from sdlab.families import family_of_folder
-    from sdlab.schedulers import make_scheduler
 
     pipe = family_of_folder(root).from_folder(root, torch.float32, ModelSpec("mini", path=str(root)))
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
@@ -39,7 +43,6 @@ def vae_quality(root: Path, count: int = 256) -> dict[str, float]:
     """Round-trip PSNR of the VAE over `count` evaluation images, and what the checker still reads after it."""
     from diffusers import AutoencoderKL
 
-    from sdlab.mini.train_vae import checker_agreement, psnr_db, round_trip
 
     images, _, attributes = data.eval_batch(0, count)
     recon = round_trip(AutoencoderKL.from_pretrained(str(root / "vae")), images)
@@ -52,7 +55,6 @@ def clip_quality(root: Path, count: int = 100) -> dict[str, float]:
     """CLIP text->image top-1 among `count` evaluation pairs (any and held-out combinations)."""
     from transformers import CLIPModel
 
-    from sdlab.mini.train_clip import held_out_retrieval
 
     return held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip")), count)
 
@@ -72,7 +74,6 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], guidance_scale: 
 
 def adherence_rows(images: np.ndarray, attributes: list[data.Attributes]) -> list[dict]:
     """Checker agreement per image."""
-    from sdlab.mini.checker import adherence
 
     return [adherence(image, attrs) for image, attrs in zip(images, attributes)]
 
@@ -115,7 +116,6 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
 
     from PIL import Image
 
-    from sdlab.mini.checker import LAYOUT, agrees, check, layouts_agree, shape_mask
 
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)

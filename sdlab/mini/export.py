@@ -8,6 +8,8 @@ from pathlib import Path
 
 from sdlab.io import atomic_write_text
 from sdlab.mini.architecture import IMAGE_MEAN, IMAGE_STD, RESOLUTION, SCHEDULER
+from sdlab.models.schedulers import make_scheduler
+from sdlab.models.tokenizer import ASSET_DIR
 
 
 def swap_in(staging: Path, target: Path) -> None:
@@ -43,7 +45,6 @@ def without_local_path(config: Path) -> None:
 
 def copy_tokenizer_files(folder: Path) -> None:
     """Copy sdlab's CLIP BPE tokenizer files (vocab.json, merges.txt, tokenizer_config.json) into `folder`."""
-    from sdlab.tokenizer import ASSET_DIR
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     for source in sorted(ASSET_DIR.glob("*")):
@@ -102,7 +103,6 @@ SHIPPED_SCHEDULER = "dpmpp_2m"
 
 def save_pipeline_files(root: Path) -> None:
     """scheduler/ (DPM-Solver++ 2M on SD's noise schedule) and model_index.json, once the other parts exist."""
-    from sdlab.schedulers import make_scheduler
 
     root = Path(root)
     scheduler = make_scheduler(SHIPPED_SCHEDULER, SCHEDULER)

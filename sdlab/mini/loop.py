@@ -15,7 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sdlab.mini.checkpoint import load_checkpoint, save_checkpoint
-from sdlab.records import write_table
+from sdlab.bench.records import write_table
+from sdlab.bench.figures import STYLE, save_figure
 
 log = logging.getLogger(__name__)
 LOSS_TABLE = "losses"
@@ -53,7 +54,6 @@ def loss_figure(frame: pd.DataFrame, target: Path, title: str) -> None:
     """Loss curves (log scale, raw and smoothed) against the step."""
     import matplotlib.pyplot as plt
 
-    from sdlab.figures import STYLE, save_figure
 
     columns = [c for c in frame.columns if c.startswith("loss")]
     with plt.rc_context(STYLE):

@@ -12,7 +12,8 @@ import torch
 from sdlab.mini import arrays, data
 from sdlab.mini.architecture import build_clip
 from sdlab.mini.loop import Stage, run_stage
-from sdlab.tokenizer import load_tokenizer
+from sdlab.models.tokenizer import load_tokenizer
+from sdlab.mini.export import save_clip
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ def held_out_retrieval(model, count: int = 100) -> dict[str, float]:
 def train_clip(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
                export: Path | None, seed: int) -> dict:
     """Train (or resume) CLIP, measure retrieval, export clip/, text_encoder/ and tokenizer/."""
-    from sdlab.mini.export import save_clip
 
     stage = clip_stage(settings, images, attributes, seed)
     frame = run_stage(stage, settings, folder)

@@ -15,7 +15,8 @@ from sdlab.mini import arrays, data
 from sdlab.mini.architecture import SCHEDULER, build_unet
 from sdlab.mini.loop import Stage, run_stage
 from sdlab.mini.train_clip import combination_index, token_ids
-from sdlab.tokenizer import load_tokenizer
+from sdlab.models.tokenizer import load_tokenizer
+from sdlab.mini.export import save_component, save_pipeline_files
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,6 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
 def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
                export: Path | None, seed: int) -> dict:
     """Train (or resume) the UNet on frozen parts read from `export`, then write unet/ and the pipeline files."""
-    from sdlab.mini.export import save_component, save_pipeline_files
 
     if export is None:
         raise ValueError("the unet stage reads the trained vae/ and text_encoder/ from train.export")

@@ -12,6 +12,8 @@ import torch
 from sdlab.mini import arrays, data
 from sdlab.mini.architecture import build_vae
 from sdlab.mini.loop import Stage, run_stage
+from sdlab.mini.checker import adherence
+from sdlab.mini.export import save_component
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,6 @@ def psnr_db(images: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 def checker_agreement(recon: np.ndarray, attributes: list) -> dict[str, float]:
     """Share of `recon` images in which the analytic checker reads each attribute of `attributes` correctly."""
-    from sdlab.mini.checker import adherence
 
     agree = [adherence(image, attrs) for image, attrs in zip(recon, attributes)]
     return {name: float(np.mean([a[name] for a in agree])) for name in agree[0]}
@@ -103,7 +104,6 @@ def checker_agreement(recon: np.ndarray, attributes: list) -> dict[str, float]:
 
 def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export: Path | None, seed: int) -> dict:
     """Train (or resume) the VAE, set its scaling factor, export it; returns summary numbers."""
-    from sdlab.mini.export import save_component
 
     # 1. Train.
     stage = vae_stage(settings, images, seed)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlab.errors import UserError
+from sdlab.models.architectures import Part, build_part
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -143,7 +144,6 @@ def expected_shapes(component: str, config: dict[str, Any], config_path: Path) -
     """Parameter shapes the component's config describes, built on the meta device (no memory, no weights)."""
     import torch
 
-    from sdlab.architectures import Part, build_part
 
     try:
         with torch.device("meta"):

@@ -14,6 +14,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sdlab.io import atomic_path
+from sdlab.bench.infotext import format_infotext
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Pa
 
 def save_png(image: Image.Image, target: Path, metadata: dict[str, Any], row: dict | None = None) -> None:
     """Save a PNG atomically with its parameters (and its row, to rebuild a lost table) in its text chunks."""
-    from sdlab.infotext import format_infotext
 
     info = PngInfo()
     info.add_text("parameters", format_infotext({**metadata, "version": f"sdlab {json.loads(versions())['sdlab']}"}))

@@ -15,16 +15,16 @@ import yaml
 from PIL import Image
 
 from sdlab.errors import UserError
-from sdlab.grid import axis_values
+from sdlab.bench.grid import axis_values
 from sdlab.io import atomic_write_text
-from sdlab.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs
-from sdlab.summary import SUMMARY_NAME, main_metric, metric_columns, owns_summary, sweep_axes, write_summary
+from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs
+from sdlab.bench.summary import SUMMARY_NAME, main_metric, metric_columns, owns_summary, sweep_axes, write_summary
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
 GENERATOR = '<meta name="generator" content="sdlab report">'
-ASSETS = Path(__file__).resolve().parent / "assets" / "report"
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "report"
 FIGURE_SUFFIXES = (".png", ".gif")
 NOT_FIGURES = {"grid.png", f"{SUMMARY_NAME}.png"}
 

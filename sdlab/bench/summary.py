@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sdlab.grid import axis_values, grid_axes
+from sdlab.bench.grid import axis_values, grid_axes
 from sdlab.metrics.stats import finite, mean_ci, metric_range
-from sdlab.records import PARAM_COLUMNS, write_table
+from sdlab.bench.records import PARAM_COLUMNS, write_table
+from sdlab.bench.figures import summary_figure  # matplotlib only where a figure is drawn
 
 SUMMARY_NAME = "summary"
 ALL = "(all)"
@@ -28,7 +29,7 @@ def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sweep_axes(frame: pd.DataFrame) -> list[str]:
-    """The grid's axes (sdlab.grid.grid_axes) over every row, failed ones too, so a failed value keeps its place;
+    """The grid's axes (sdlab.bench.grid.grid_axes) over every row, failed ones too, so a failed value keeps its place;
     then parameter columns a job varied itself (a scheduler study's schedulers and step counts)."""
     axes = grid_axes(frame.drop(columns=["image_path"], errors="ignore"))
     return axes + [c for c in PARAM_COLUMNS if c in frame and c not in axes and frame[c].dropna().nunique() > 1]
@@ -145,7 +146,6 @@ def write_summary(frame: pd.DataFrame, folder: Path, figure: bool = False) -> pd
     summary = summary_table(frame)
     write_table(summary, folder, SUMMARY_NAME)
     if figure and (summary["parameter"] != ALL).any():  # nothing swept: the table's overall rows say it all
-        from sdlab.figures import summary_figure  # matplotlib only where a figure is drawn
 
         summary_figure(summary, Path(folder) / f"{SUMMARY_NAME}.png")
     return summary

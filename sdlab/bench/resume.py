@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from sdlab.io import atomic_write_text, is_temp_file
-from sdlab.records import finished, job_dirs, read_table
+from sdlab.bench.records import finished, job_dirs, read_table
 
 MARKER = "job.json"
 WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land inside a run dir

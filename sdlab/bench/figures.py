@@ -1,4 +1,4 @@
-"""Figures in one house style: curves, heatmaps, image strips, GIFs; all written atomically (image grids: sdlab.grid)."""
+"""Figures in one house style: curves, heatmaps, image strips, GIFs; all written atomically (image grids: sdlab.bench.grid)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,15 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from sdlab.captions import record_caption  # noqa: E402
-from sdlab.io import atomic_path  # noqa: E402
+from sdlab.bench.captions import record_caption
+from sdlab.io import atomic_path
+from sdlab.metrics.schedule import betas, schedule_table
+from sdlab.metrics.schedule import flow_snr
+from sdlab.metrics.schedule import model_kind
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +31,16 @@ STYLE = {
 CELL_INCHES = 1.6
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, imported when the first figure is drawn (not to read a command line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def figure_title(fig) -> str:
     """The figure's suptitle and its panels' titles, joined with ' | ' (the claim may sit in either)."""
     suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
@@ -41,6 +49,8 @@ def figure_title(fig) -> str:
 
 def save_figure(fig, target: Path) -> Path:
     """Save a matplotlib figure as PNG atomically, record its title, and close it."""
+    plt = pyplot()
+
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     record_caption(target, figure_title(fig))
@@ -50,11 +60,16 @@ def save_figure(fig, target: Path) -> Path:
 
 # --------------------------------------------------------------------------- analysis figures
 
-PALETTE = plt.get_cmap("tab10").colors
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")  # matplotlib's tab10
 
 
 def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: tuple[float, float] = (6.4, 3.6)) -> Path:
     """Line plots, one panel per dict: bands [{x, low, high, label, color}], lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logx, logy, hline, yticks (positions, labels), ylim, integer_x."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(panels), 1, figsize=(panel_inches[0], panel_inches[1] * len(panels)), squeeze=False)
         for ax, panel in zip(axes[:, 0], panels):
@@ -101,6 +116,8 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target
             value_label: str = "", vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}",
             row_images: Sequence[np.ndarray] | None = None) -> Path:
     """A labelled matrix with its values written in the cells; `row_images` puts a thumbnail before each row."""
+    plt = pyplot()
+
     matrix = np.asarray(matrix, dtype=float)
     rows, cols = matrix.shape
     with plt.rc_context(STYLE):
@@ -139,6 +156,8 @@ def _short(text: str, width: int = 56) -> str:
 def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: Sequence[str] | Sequence[Sequence[str]] = (),
                 row_labels: Sequence[str] = (), title: str = "", cell_inches: float = CELL_INCHES) -> Path:
     """Rows of images (HxWx3 uint8/float, or HxW shown grey) with column labels (one list, or one per row) and row labels."""
+    plt = pyplot()
+
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     per_row = bool(col_labels) and not isinstance(col_labels[0], str)
     flat = [label for group in col_labels for label in (group if per_row else [group])]
@@ -173,6 +192,8 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
 def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
     """Horizontal bars, one panel per dict: labels, values, xlabel, title, notes (text after each bar), limit (a dashed
     line), groups (one name per bar: bars coloured and named in a legend by group)."""
+    plt = pyplot()
+
     heights = [max(1.2, 0.28 * len(p["labels"]) + 0.8) for p in panels]
     with plt.rc_context(STYLE):
         title_height = 0.22 * (title.count("\n") + 1) if title else 0.0
@@ -214,7 +235,8 @@ def write_gif(frames: Sequence[Image.Image], target: Path, duration_ms: int = 15
     return Path(target)
 
 
-DISTINCT = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2]
+DISTINCT = PALETTE + ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d",
+                      "#9edae5")  # tab20: its strong colours, then its light ones
 
 
 MAX_LINES_PER_PANEL = 8
@@ -239,6 +261,10 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                 psnr_target: float | None = None, title: str = "") -> Path:
     """Rows of panels, one per metric, against a cost (NFE or seconds): a line per scheduler with its 95% band;
     many schedulers are split into columns by solver kind, each with its own legend and shared axes."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    plt = pyplot()
+
     groups = solver_groups(summary)
     colours = {name: DISTINCT[i % len(DISTINCT)] for i, name in enumerate(sorted(summary["scheduler"].unique()))}
     with plt.rc_context(STYLE):
@@ -275,10 +301,9 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
 
 def schedule_visits(visits: pd.DataFrame, scheduler_config: dict, target: Path) -> Path:
     """Timesteps each scheduler visits (one row of marks per scheduler) over the schedule's SNR curve."""
-    from sdlab.metrics.schedule import betas, schedule_table
+    plt = pyplot()
 
-    from sdlab.metrics.schedule import flow_snr
-    from sdlab.schedulers import model_kind
+
 
     T = int(scheduler_config.get("num_train_timesteps", 1000))
     if model_kind(scheduler_config) == "flow":  # timestep = sigma T, whatever the shift
@@ -326,6 +351,8 @@ SUMMARY_FIGURE_METRICS = ("clip_score", "adherence_all", "psnr", "ssim", "latent
 def summary_figure(summary: pd.DataFrame, target: Path, max_metrics: int = 6) -> Path:
     """Each headline metric that varies (rows; the table has them all) against each swept parameter (columns), one
     line per value of another swept parameter, with its interval as a band (none where n < 3)."""
+    plt = pyplot()
+
     single = summary[summary["parameter2"].isna() & (summary["parameter"] != "(all)")]
     params = list(dict.fromkeys(single["parameter"]))
     varying = single.groupby("metric", sort=False)["mean"].agg(lambda m: m.max() - m.min() > 1e-12 * max(1, abs(m).max()))

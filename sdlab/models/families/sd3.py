@@ -3,10 +3,14 @@ transformer and flow matching; latents carry a shift factor."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 
 from sdlab.config import ModelSpec
-from sdlab.families.base import ModelAdapter
+from sdlab.models.families.base import ModelAdapter
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 
 class StableDiffusion3(ModelAdapter):

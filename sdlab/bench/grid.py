@@ -12,7 +12,7 @@ from typing import Sequence
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from sdlab.captions import record_caption
+from sdlab.bench.captions import record_caption
 from sdlab.io import atomic_path
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from sdlab.config import GenerationParams
-from sdlab.families import ModelAdapter
+from sdlab.models.families import ModelAdapter
 
 
 class BadOutputError(RuntimeError):

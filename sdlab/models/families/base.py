@@ -7,12 +7,21 @@ sdlab/architectures.py, and says how it encodes prompts (`_encode`) and what its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TYPE_CHECKING
 
-import torch
 
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
+from sdlab.config import ATTENTION
+from sdlab.errors import choose
+from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
+from sdlab.models.device import use_process_options
+from sdlab.models.schedulers import check_kind, make_scheduler
+from sdlab.metrics.schedule import model_kind
+from sdlab.models.tokenizer import load_tokenizer, tiny_t5_tokenizer
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 
 def batched(tensor: torch.Tensor, n: int) -> torch.Tensor:
@@ -66,8 +75,6 @@ class ModelAdapter:
         same `load_options` a folder gets."""
         import diffusers
 
-        from sdlab.architectures import ARCHITECTURES, build_components, build_scheduler
-        from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
         arch = ARCHITECTURES[name]
         make = {"clip": load_tokenizer, "t5": tiny_t5_tokenizer}
@@ -110,7 +117,6 @@ class ModelAdapter:
     @property
     def kind(self) -> str:
         """The scheduler kind the model was trained for: epsilon, v_prediction or flow."""
-        from sdlab.schedulers import model_kind
 
         return model_kind({**self.base_scheduler_config, "_class_name": self.base_scheduler_class})
 
@@ -158,7 +164,6 @@ class ModelAdapter:
     def use_scheduler(self, name: str, options: dict[str, Any] | None = None):
         """Swap in scheduler `name` built from the model's own scheduler config; a kind it was not trained for is a
         UserError."""
-        from sdlab.schedulers import check_kind, make_scheduler
 
         check_kind(name, self.kind)
         self.scheduler = make_scheduler(name, self.base_scheduler_config, options)
@@ -167,6 +172,8 @@ class ModelAdapter:
     # 4. prompts
     def encode(self, text: str) -> dict[str, torch.Tensor]:
         """The pipeline keyword arguments for prompt `text` (batch 1), cached per prompt on this model."""
+        import torch
+
         if text not in self.embeddings:
             with torch.inference_mode():
                 self.embeddings[text] = {k: v.detach() for k, v in self._encode(text).items()}
@@ -224,6 +231,8 @@ class ModelAdapter:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (NCHW float) from denoiser latents; in families that upcast (SDXL), a float16 VAE marked
         `force_upcast` decodes in float32, as their diffusers pipeline does."""
+        import torch
+
         vae = self.pipe.vae
         upcast = self.upcasts_vae and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         if upcast:
@@ -237,6 +246,8 @@ class ModelAdapter:
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Denoiser latents of images in [-1, 1]: the scaled mean of q(z | x)."""
+        import torch
+
         vae = self.pipe.vae
         with torch.inference_mode():
             return self.scale(vae.encode(x.to(self.device, vae.dtype)).latent_dist.mean)
@@ -244,10 +255,10 @@ class ModelAdapter:
     # 6. speed options
     def apply_speed_options(self) -> None:
         """Channels-last memory format, the attention implementation and torch.compile, as configured."""
+        import torch
+
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-        from sdlab.config import ATTENTION
-        from sdlab.errors import choose
 
         spec = self.spec
         choose("model.attention", spec.attention, ATTENTION)
@@ -266,6 +277,5 @@ class ModelAdapter:
 
     def use_batch_options(self, denoiser_batch: int) -> None:
         """The process-wide CPU settings for the denoiser batch about to run (mkldnn=auto)."""
-        from sdlab.models import use_process_options
 
         use_process_options(self.spec, denoiser_batch)

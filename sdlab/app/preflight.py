@@ -7,16 +7,22 @@ from typing import Any
 
 from sdlab.config import MODEL_FAMILIES, MODEL_KINDS, generation_params, limits, model_spec, validate_config
 from sdlab.errors import UserError
+from sdlab.bench.params import load_params
+from sdlab.config import scheduler_choice
+from sdlab.jobs import MODEL_FREE_JOBS, check_recipe
+from sdlab.bench.inputs import image_files
+from sdlab.models.clip import check_clip_folder, clip_folder
+from sdlab.mini import data
+from sdlab.models.loading import adapter_class, shipped_scheduler_config
+from sdlab.models.loading import check_model
+from sdlab.models.schedulers import check_options, scheduler_class  # imports diffusers
+from sdlab.models.schedulers import make_scheduler
+from sdlab.metrics.schedule import model_kind
 
 
 def prompt_outside_grammar(prompt: str) -> list[str]:
     """Words of `prompt` that the miniature model's shapes grammar does not know (sdlab/mini/data.py)."""
-    from sdlab.mini import data
-
-    vocabulary = {w for template in data.CAPTION_TEMPLATES for w in re.findall(r"[a-z]+", template)}
-    vocabulary |= {*data.SHAPES, *data.COLOURS, *data.BACKGROUNDS, *data.SIZES, *data.POSITIONS}
-    vocabulary |= {w for phrase in data.POSITION_PHRASES.values() for w in phrase.split()}
-    vocabulary |= {"an", "with", "and", "center", "middle"}
+    vocabulary = data.grammar_words() | {"an", "with", "and", "center", "middle"}
     return [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in vocabulary]
 
 
@@ -49,7 +55,6 @@ def job_config(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
 
 def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
     """The config with `params=FILE` merged in; explicit command-line overrides still win."""
-    from sdlab.params import load_params
 
     if not config.get("params"):
         return config
@@ -83,8 +88,6 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
         return config
     names = [(config.get("model") or {}).get("prompt_grammar")]
     if worlds.keys() & {*MODEL_KINDS, *MODEL_FAMILIES}:
-        from sdlab.models import adapter_class, shipped_scheduler_config
-        from sdlab.schedulers import model_kind
 
         spec = model_spec(config["model"])
         names += [model_kind(shipped_scheduler_config(spec)[0]), adapter_class(spec).family]
@@ -110,16 +113,13 @@ def merged(config: dict[str, Any], values: dict[str, Any], overridden: set[str],
 
 def check_files(cfg: dict[str, Any]) -> None:
     """Files and folders the config names exist and are what they should be: params, images, weights, CLIP."""
-    from sdlab.models import check_model
 
     if cfg.get("images"):
-        from sdlab.jobs.analysis import image_files
 
         image_files(cfg["images"])
     check_model(cfg)
     clip = cfg.get("clip") or {}
     if clip.get("name") not in (None, "none"):
-        from sdlab.metrics.clip import check_clip_folder, clip_folder
 
         check_clip_folder(clip_folder(clip), clip["name"])
 
@@ -136,8 +136,6 @@ def schedulers_used(cfg: dict[str, Any]) -> list[str]:
 
 def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
     """Every scheduler a study or grid lists can run on the model (its kind, its shifting), as one line naming it."""
-    from sdlab.models import shipped_scheduler_config
-    from sdlab.schedulers import make_scheduler
 
     if not (cfg.get("compare") or cfg.get("schedulers")):
         return
@@ -151,8 +149,6 @@ def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
 
 def check_job(cfg: dict[str, Any]) -> list[str]:
     """Check a job's resolved config before any work; returns warning lines, raises UserError on bad input."""
-    from sdlab.config import scheduler_choice
-    from sdlab.jobs import MODEL_FREE_JOBS, check_recipe
 
     validate_config(cfg)  # job, values, types and limits, reading no file
     spec = model_spec(cfg["model"])
@@ -160,7 +156,6 @@ def check_job(cfg: dict[str, Any]) -> list[str]:
     if cfg.get("job") in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check
         check_recipe(cfg)
         return model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)
-    from sdlab.schedulers import check_options, scheduler_class  # imports diffusers
 
     choice = scheduler_choice(cfg["scheduler"])
     check_options(choice.name, choice.options)

@@ -9,6 +9,8 @@ from typing import Any
 
 from sdlab.config import GENERATION_KEYS, LIMITS
 from sdlab.errors import UserError
+from sdlab.bench.infotext import from_a1111
+from sdlab.bench.infotext import parse_infotext
 
 PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,),
@@ -67,7 +69,6 @@ def parse_json(path: Path, raw: bytes) -> Any:
 
 def load_params(path: str | Path, max_bytes: int = LIMITS["max_params_bytes"]) -> dict[str, Any]:
     """Read and type-check a params JSON object (A1111's names too) or an image's own parameters (PNG)."""
-    from sdlab.infotext import from_a1111
 
     if not isinstance(path, (str, Path)):
         raise UserError(f"params={path!r} must be a file path or null")
@@ -99,7 +100,6 @@ def read_png_params(path: Path) -> dict[str, Any]:
     """The parameters a PNG carries: sdlab's own record, else an image tool's A1111 `parameters` text."""
     from PIL import Image, UnidentifiedImageError
 
-    from sdlab.infotext import parse_infotext
 
     try:
         with Image.open(path) as image:

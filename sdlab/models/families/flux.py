@@ -3,9 +3,13 @@ dev is guidance-distilled (the guidance scale is an input, one call per step); s
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from sdlab.families.base import ModelAdapter
+
+from sdlab.models.families.base import ModelAdapter
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 
 class Flux(ModelAdapter):

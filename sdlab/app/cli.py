@@ -4,60 +4,61 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import sys
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
+import hydra
+import hydra._internal.utils as hydra_utils
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from sdlab.arguments import CONF_DIR, check_output_dir, display_overrides, prepare
+from sdlab.app.arguments import check_output_dir, display_overrides, prepare
+from sdlab.app.callbacks import CollectSweep, Preflight
+from sdlab.app.compose import fail, one_line, resolved, task_overrides
+from sdlab.app.help import help_text, version_text
+from sdlab.app.preflight import job_config
+from sdlab.bench import resume
+from sdlab.bench.collect import summarize
+from sdlab.bench.lock import release
+from sdlab.bench.records import ordered
+from sdlab.bench.report import rebuild
+from sdlab.config import CONF_DIR, check_threads, config_hash
 from sdlab.errors import UserError
+from sdlab.jobs import JobContext, get_job
 
 log = logging.getLogger("sdlab")
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
-def fail(message: str, code: int = UserError.exit_code) -> None:
-    """Print one error line and exit (code 2 for bad input)."""
-    print(f"sdlab: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def quiet_libraries() -> None:
     """Silence library chatter that would bury sdlab's one line per image, without importing the libraries
     (a job that needs no model never pays for them): they read these settings when first imported."""
-    import os
-    import warnings
-
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights"/"pipeline components" bars
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-
 def set_threads(threads) -> None:
     """Pin torch's CPU thread count (CPU results depend on it bit for bit); None keeps torch's default."""
-    import torch
-
-    from sdlab.config import check_threads
+    import torch  # the first job that needs it pays for it
 
     check_threads(threads)
     if threads is not None:
         torch.set_num_threads(threads)
 
-
 def error_frame(ctx, error: BaseException):
     """One failed row for a job that could not produce its own rows."""
-    from sdlab.records import ordered
-
     return ordered([{"run_id": ctx.run_id, "experiment": ctx.experiment, "job": ctx.config.get("job"),
                      "overrides": ctx.overrides, "status": "error", "error": f"{type(error).__name__}: {error}"}])
 
-
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
-
 
 def remove_own_start_files(folder: Path, job_name: str) -> None:
     """Remove the files Hydra wrote when this run started (its config and log) if this run made their folder,
@@ -70,77 +71,14 @@ def remove_own_start_files(folder: Path, job_name: str) -> None:
         if made.is_dir() and not any(made.iterdir()):
             made.rmdir()
 
-
-def task_overrides(hydra_node) -> list[str]:
-    """The job's command-line overrides as typed (unresolved: `prompt=${x}` is text here, not a lookup)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(hydra_node.overrides.task, resolve=False)
-
-
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
     """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
-    from sdlab.lock import release
-
     release(out_dir)
     remove_own_start_files(out_dir, job_name)
     fail(str(error))
 
-
-def resolved(cfg) -> dict:
-    """A job's config as a plain dict with every interpolation resolved; a broken one is a UserError."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
-    try:
-        return OmegaConf.to_container(task, resolve=True)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise UserError(f"{key}: {one_line(e)}" if key else one_line(e)) from None
-
-
-def check_composed(cfg) -> tuple[list[str], dict]:
-    """Pre-flight of one composed job config (Hydra node included): (warnings, plain config)."""
-    from sdlab.preflight import check_job, job_config
-
-    overridden = set(display_overrides(task_overrides(cfg.hydra)))
-    config = job_config(resolved(cfg), overridden)
-    return check_job(config), config
-
-
-class Preflight(Callback):
-    """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper),
-    and notes which folders the run makes, so that a run refused later takes back only what it wrote."""
-
-    new_dirs: list[Path] = []
-
-    def on_run_start(self, config, **kwargs) -> None:
-        """Warn about what the model was not made for; end the run with one line on bad input."""
-        from hydra.core.hydra_config import HydraConfig
-
-        HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
-        run_dir = Path(str(config.hydra.run.dir)).absolute()
-        Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
-        try:
-            warnings = check_composed(config)[0]
-        except UserError as e:
-            fail(str(e))  # SystemExit passes through Hydra's callback guard, which only warns on exceptions
-        for warning in warnings:
-            log.warning(warning)
-
-
 def run(cfg) -> None:
     """Hydra's task function: compose -> plain dict -> job (or its finished rows) -> results table."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from sdlab import resume
-    from sdlab.collect import summarize
-    from sdlab.config import config_hash
-    from sdlab.jobs import JobContext, get_job
-    from sdlab.preflight import job_config
-
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -180,30 +118,14 @@ def run(cfg) -> None:
     if not multirun and failed:
         sys.exit(1)
 
-
 def register_resolvers() -> None:
     """`${project:PATH}` in recipes: PATH inside the sdlab checkout, wherever sdlab runs from."""
-    from omegaconf import OmegaConf
-
     if not OmegaConf.has_resolver("project"):
         OmegaConf.register_new_resolver("project", lambda path="": str(CONF_DIR.parent / path))
-
-
-def one_line(error: BaseException) -> str:
-    """Hydra's or OmegaConf's multi-line message as one line, without its links and boilerplate."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    keep = [line for line in lines if not line.startswith(("See https://", "full_key:", "object_type=",
-                                                            "reference_type=", "Set the environment"))]
-    return "; ".join(keep) or type(error).__name__
-
 
 @contextmanager
 def hydra_errors_as_user_errors():
     """While Hydra runs, its composition and override errors become UserErrors instead of printed reports."""
-    import hydra._internal.utils as hydra_utils
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     original = hydra_utils.run_and_report
 
     def run_and_raise(func):
@@ -219,11 +141,8 @@ def hydra_errors_as_user_errors():
     finally:
         hydra_utils.run_and_report = original
 
-
 def report_command(args: list[str]) -> None:
     """`sdlab report DIR`: rebuild the summary, summary.png and report.html of a run or sweep dir, then exit."""
-    from sdlab.report import rebuild
-
     if len(args) != 1 or args[0].startswith("-"):
         fail(f"sdlab report takes one run or sweep dir, got {' '.join(args) or 'nothing'}")
     try:
@@ -233,16 +152,10 @@ def report_command(args: list[str]) -> None:
     print(f"sdlab: {target}")
     sys.exit(0)
 
-
 def entry() -> None:
     """Console script `sdlab`: `sdlab report DIR`; answer --help/--version, check and prepare the command line, then run Hydra."""
     if sys.argv[1:2] == ["report"]:
         report_command(sys.argv[2:])
-    import hydra
-
-    from sdlab import collect
-    from sdlab.help import help_text, version_text
-
     argv = sys.argv[1:]
     if argv[:1] in (["--help"], ["-h"]):
         print(help_text())
@@ -256,7 +169,7 @@ def entry() -> None:
         check_output_dir(args)
     except UserError as e:
         fail(str(e))
-    collect.sweep_failures = 0
+    CollectSweep.failures = 0
     Preflight.new_dirs = []
     quiet_libraries()
     register_resolvers()
@@ -268,7 +181,7 @@ def entry() -> None:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; rerun the same command to resume", INTERRUPTED)
-    if collect.sweep_failures:
+    if CollectSweep.failures:
         sys.exit(1)
 
 

@@ -2,46 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import os
 from pathlib import Path
 
-import torch
+import yaml
 
-from sdlab.architectures import ARCHITECTURES, BUILT_IN
-from sdlab.config import MKLDNN, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
+from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
+from sdlab.config import CONF_DIR, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
 from sdlab.errors import UserError, choose
-from sdlab.families import ModelAdapter, family, family_of_folder
-from sdlab.model_files import check_pipeline_folder, check_weights_folder, read_object  # noqa: F401
-from sdlab.schedulers import check_steps
+from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
+from sdlab.models.families import ModelAdapter, family, family_of_folder
+from sdlab.models.model_files import check_pipeline_folder, check_weights_folder, read_object  # noqa: F401
+from sdlab.models.schedulers import check_steps
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; an unavailable device is a UserError."""
-    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"model.device={device!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": has_mps}
-    if not available.get(chosen.type, False):
-        raise UserError(f"model.device={device!r} is not available here; use auto or cpu")
-    return chosen
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is float16 on GPUs and float32 on CPU."""
-    if dtype == "auto":
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    allowed = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    choose("model.dtype", dtype, list(allowed) + ["auto"])
-    return allowed[dtype]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def cached_snapshot(repo_id: str) -> Path:
@@ -82,23 +64,8 @@ def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
 
 def configured_spec(name: str, **overrides) -> ModelSpec:
     """The ModelSpec that conf/model/<name>.yaml sets up, with `overrides` (benchmarks and hand-written loops)."""
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
+    values = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text()) or {}
     return model_spec({**values, **overrides})
-
-
-ONEDNN_MIN_BATCH = 16  # mkldnn=auto: PyTorch's own convolutions below this UNet batch, oneDNN from it (BENCHMARKS.md 4)
-
-
-def use_process_options(spec: ModelSpec, unet_batch: int = 1) -> None:
-    """Switch the process-wide settings `spec` asks for: oneDNN (mkldnn) or PyTorch's own CPU convolutions.
-
-    `mkldnn=auto` picks by the UNet's batch (images, doubled under classifier-free guidance): on mini's 8x8
-    latents PyTorch's own are 0.85x the time per image up to batch 8 and 3x slower at 16.
-    """
-    choose("model.mkldnn", spec.mkldnn, MKLDNN)
-    torch.backends.mkldnn.enabled = unet_batch >= ONEDNN_MIN_BATCH if spec.mkldnn == "auto" else spec.mkldnn
 
 
 class ModelCache:
@@ -109,6 +76,7 @@ class ModelCache:
         self.load_count = 0
 
     def load(self, spec: ModelSpec) -> ModelAdapter:
+        import torch
         use_process_options(spec)
         if spec.key in self.models:
             return self.models[spec.key]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from sdlab.config import CONF_DIR, group_options
 from sdlab.errors import UserError
+from sdlab.bench.params import load_params
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "scheduler", "clip", "experiment")
 FREE_TEXT_KEYS = ("prompt", "negative_prompt")  # one literal string each, commas and brackets included
 PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job per prompt under -m
@@ -26,11 +27,6 @@ ALIASES = {  # names users bring from other image tools
     "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
     "neg_prompt": "negative_prompt", "size": "width and height", "n_iter": "seeds", "batch_count": "seeds",
 }
-
-
-def group_options(group: str) -> list[str]:
-    """Selectable config names of a group (files not starting with `_`)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
 
 
 @lru_cache(maxsize=None)
@@ -191,7 +187,6 @@ def model_of_params_file(overrides: list[str]) -> list[str]:
     The model is a config group, so it has to be chosen before Hydra composes; every other key of the
     file is merged after.
     """
-    from sdlab.params import load_params
 
     keys = {a.partition("=")[0].lstrip("+") for a in overrides}
     paths = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "params"]

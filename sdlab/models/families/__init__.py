@@ -8,10 +8,11 @@ from pathlib import Path
 
 from sdlab.config import MODEL_FAMILIES
 from sdlab.errors import UserError, choose
-from sdlab.families.base import ModelAdapter
+from sdlab.models.families.base import ModelAdapter
+from sdlab.models.model_files import read_object
 
 FAMILIES: dict[str, type[ModelAdapter]] = {
-    name: importlib.import_module(f"sdlab.families.{name}").ADAPTER for name in MODEL_FAMILIES}
+    name: importlib.import_module(f"sdlab.models.families.{name}").ADAPTER for name in MODEL_FAMILIES}
 
 
 def family(name: str) -> type[ModelAdapter]:
@@ -22,7 +23,6 @@ def family(name: str) -> type[ModelAdapter]:
 
 def family_of_folder(folder: Path) -> type[ModelAdapter]:
     """The family whose pipeline class model_index.json names."""
-    from sdlab.model_files import read_object
 
     class_name = read_object(folder / "model_index.json").get("_class_name")
     for cls in FAMILIES.values():

@@ -7,12 +7,13 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from PIL import Image, ImageDraw
 
-from sdlab.captions import read_captions
-from sdlab.grid import GAP, INK, MARGIN, fitted, font
+from sdlab.bench.captions import read_captions
+from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font
 from sdlab.io import atomic_path, atomic_write_text
-from sdlab.records import job_dirs, write_table
+from sdlab.bench.records import job_dirs, write_table
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,12 @@ SHEET_COLUMNS, THUMB = 5, 300
 
 def recipe_of(job: Path) -> dict:
     """A job folder's recipe name and its `article:` block (id, question), read from Hydra's saved config."""
-    from omegaconf import OmegaConf
-
     try:
-        config = OmegaConf.load(job / ".hydra" / "config.yaml")
-        hydra = OmegaConf.load(job / ".hydra" / "hydra.yaml")
-        article = OmegaConf.to_container(config.get("article") or {}, resolve=False)
-        recipe = OmegaConf.select(hydra, "hydra.runtime.choices.experiment", default=None)
-    except (OSError, ValueError, TypeError):  # a folder Hydra did not finish: listed without its recipe
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+        hydra = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text()) or {}
+        article = config.get("article") or {}
+        recipe = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices", {}).get("experiment")
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):  # a folder Hydra did not finish
         return {"recipe": job.name}
     return {"recipe": recipe or job.name, **{k: article.get(k) for k in ("id", "question")}}
 

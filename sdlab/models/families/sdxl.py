@@ -3,9 +3,13 @@ and a VAE that overflows in float16 (`force_upcast`)."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from sdlab.families.base import ModelAdapter
+
+from sdlab.models.families.base import ModelAdapter
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 
 class StableDiffusionXL(ModelAdapter):
@@ -24,6 +28,8 @@ class StableDiffusionXL(ModelAdapter):
     def negative_kwargs(self, text: str) -> dict[str, torch.Tensor]:
         """An empty negative prompt is zeros when the model asks for it (`force_zeros_for_empty_prompt`), as in
         diffusers' SDXL pipeline."""
+        import torch
+
         if not text and self.pipe.config.get("force_zeros_for_empty_prompt", False):
             return {f"negative_{k}": torch.zeros_like(v) for k, v in self.encode("").items()}
         return super().negative_kwargs(text)

@@ -10,6 +10,9 @@ from typing import Any
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
 from sdlab.metrics.clip import MAX_TOKENS
+from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
+from sdlab.models.loading import adapter_class, model_folder
+from sdlab.models.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
 KIND_NAMES = {"clip": "CLIP", "t5": "T5"}
 
@@ -31,8 +34,6 @@ class EncoderTokenizer:
 def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[str]]:
     """Every text encoder's tokenizer with its limit, in pipeline order, and one note per encoder left out (T5 with
     `model.t5=false`, or a published architecture's T5, whose vocabulary is not packaged)."""
-    from sdlab.architectures import ARCHITECTURES, BUILT_IN
-    from sdlab.models import adapter_class, model_folder
 
     cls = adapter_class(spec)
     built_in = spec.name in BUILT_IN and not spec.path
@@ -68,7 +69,6 @@ def encoder_tokenizer(cls, spec: ModelSpec, attribute: str, kind: str, tokenizer
 
 def built_in_tokenizer(kind: str):
     """The packaged CLIP tokenizer, or the T5 one the tiny flow models are built with."""
-    from sdlab.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
     return load_tokenizer() if kind == "clip" else tiny_t5_tokenizer()
 

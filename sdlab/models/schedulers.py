@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import diffusers
 
 from sdlab.config import MODEL_KINDS
 from sdlab.errors import UserError, choose
-from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len
+from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len, model_kind
 
 KINDS = MODEL_KINDS
 DDPM_KINDS = frozenset({"epsilon", "v_prediction"})
@@ -96,6 +95,8 @@ FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
 
 def scheduler_class(name: str) -> type:
     """The diffusers class registered under `name`, checking its optional dependency."""
+    import diffusers
+
     choose("scheduler", name, SCHEDULERS)
     spec = SCHEDULERS[name]
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
@@ -117,16 +118,9 @@ def check_kind(name: str, kind: str) -> None:
                         f"schedulers for {kind}: {', '.join(fitting(kind))}")
 
 
-def model_kind(config: dict[str, Any]) -> str:
-    """The model kind a scheduler config was made for: 'flow' for flow matching, else its prediction_type."""
-    flow = (str(config.get("_class_name", "")).startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
-            or config.get("prediction_type") == "flow_prediction"
-            or ("shift" in config and "beta_schedule" not in config))
-    return "flow" if flow else str(config.get("prediction_type") or "epsilon")
-
-
 def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
     """The types an option takes, judged from its diffusers default (None for defaults that say nothing)."""
+
     for kinds, label in (((bool,), "true or false"), ((int,), "int"), ((int, float), "a number"), ((str,), "str")):
         if type(default) is kinds[-1]:
             return kinds, label
@@ -202,6 +196,7 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
 def timestep_kwargs(scheduler, width: int | None = None, height: int | None = None) -> dict[str, Any]:
     """Keyword arguments `set_timesteps` needs beyond the step count: Flux-style dynamic shifting needs mu, computed
     from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height)."""
+
     config = scheduler.config
     if not config.get("use_dynamic_shifting"):
         return {}

@@ -1,0 +1,1 @@
+"""The command line and Hydra: the only code that imports hydra or omegaconf."""

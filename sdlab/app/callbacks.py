@@ -1,0 +1,89 @@
+"""Hydra's callbacks: pre-flight of a single run, the run dir's lock, and a finished sweep collected into one table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+
+from sdlab.app.compose import check_composed, fail
+from sdlab.bench import lock
+from sdlab.bench.collect import summarize
+from sdlab.bench.figure_index import write_index
+from sdlab.bench.records import collect
+from sdlab.errors import UserError
+
+log = logging.getLogger("sdlab")
+
+
+class Preflight(Callback):
+    """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper),
+    and notes which folders the run makes, so that a run refused later takes back only what it wrote."""
+
+    new_dirs: list[Path] = []  # the folders this run made, for `cli.refuse_run`
+
+    def on_run_start(self, config, **kwargs) -> None:
+        """Warn about what the model was not made for; end the run with one line on bad input."""
+        HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
+        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+        try:
+            warnings = check_composed(config)[0]
+        except UserError as e:
+            fail(str(e))  # SystemExit passes through Hydra's callback guard, which only warns on exceptions
+        for warning in warnings:
+            log.warning(warning)
+
+
+def hold(folder: Path) -> None:
+    """Lock a run dir for this process, or stop with one line and exit code 2 before anything is written."""
+    try:
+        lock.hold(folder)
+    except lock.DirInUse as e:
+        fail(str(e))
+
+
+class CollectSweep(Callback):
+    """Lock a run dir (the sweeper locks a sweep dir); at multirun end, collect every job's rows into
+    `<sweep_dir>/results.{parquet,csv}`, `grid.png`, the summary by swept value and `report.html`."""
+
+    failures = 0  # failed rows of the last sweep collected in this process (the exit code)
+
+    def on_run_start(self, config, **kwargs) -> None:
+        hold(Path(str(config.hydra.run.dir)))
+
+    def on_run_end(self, config, **kwargs) -> None:
+        lock.release(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            self.collect(sweep_dir)
+        finally:
+            lock.release(sweep_dir)
+
+    def collect(self, sweep_dir: Path) -> None:
+        """Write the sweep table and grid, print the summary line, and set `failures`."""
+        if not sweep_dir.is_dir():
+            return
+        try:
+            frame = collect(sweep_dir, since=getattr(self, "started", 0.0))
+            # Over recipes, a grid or a summary by recipe means nothing; an index of their figures does.
+            recipes = "experiment" in frame and frame["experiment"].nunique() > 1
+            line = summarize(frame, sweep_dir, grid=not recipes, sweep=True)
+            if recipes:
+                line += f"\n  {write_index(sweep_dir)}"
+        except Exception as e:  # Hydra would only warn; a sweep without its table must not look fine
+            log.exception("collecting %s failed", sweep_dir)
+            print(f"sdlab: error: collecting the sweep in {sweep_dir} failed: {type(e).__name__}: {e}")
+            CollectSweep.failures = max(CollectSweep.failures, 1)
+            return
+        CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
+        log.info("sweep %s: %s", sweep_dir, line)
+        print(f"sdlab: {sweep_dir}/results.csv: {line}")

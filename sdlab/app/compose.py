@@ -1,0 +1,48 @@
+"""A composed Hydra config as the plain, checked job config that sdlab's code reads."""
+
+from __future__ import annotations
+
+import sys
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sdlab.app.arguments import display_overrides
+from sdlab.app.preflight import check_job, job_config
+from sdlab.errors import UserError
+
+
+def fail(message: str, code: int = UserError.exit_code) -> None:
+    """Print one error line and exit (code 2 for bad input)."""
+    print(f"sdlab: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's or OmegaConf's multi-line message as one line, without its links and boilerplate."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    keep = [line for line in lines if not line.startswith(("See https://", "full_key:", "object_type=",
+                                                            "reference_type=", "Set the environment"))]
+    return "; ".join(keep) or type(error).__name__
+
+
+def task_overrides(hydra_node) -> list[str]:
+    """The job's command-line overrides as typed (unresolved: `prompt=${x}` is text here, not a lookup)."""
+    return OmegaConf.to_container(hydra_node.overrides.task, resolve=False)
+
+
+def resolved(cfg) -> dict:
+    """A job's config as a plain dict with every interpolation resolved; a broken one is a UserError."""
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    try:
+        return OmegaConf.to_container(task, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise UserError(f"{key}: {one_line(e)}" if key else one_line(e)) from None
+
+
+def check_composed(cfg) -> tuple[list[str], dict]:
+    """Pre-flight of one composed job config (Hydra node included): (warnings, plain config)."""
+    overridden = set(display_overrides(task_overrides(cfg.hydra)))
+    config = job_config(resolved(cfg), overridden)
+    return check_job(config), config

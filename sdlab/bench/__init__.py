@@ -1,0 +1,1 @@
+"""The bench: rows, tables, resume and locks, summaries, grids, figures and the report."""

@@ -1,0 +1,38 @@
+"""A run's or sweep's rows written as its table, grid, summary by swept value and report, with the line that says so."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from sdlab.bench.grid import image_grid
+from sdlab.bench.records import write_table
+from sdlab.bench.report import build_report
+from sdlab.bench.summary import best_line, owns_summary, write_summary
+
+
+def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False) -> str:
+    """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
+    `folder`; return the "N ok, M failed" line (and the best value per swept parameter)."""
+    try:
+        write_table(frame, folder)
+    except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists
+        print(f"sdlab: error: cannot write the table in {folder} ({type(e).__name__}: {e}); the one there keeps "
+              f"the images finished before", file=sys.stderr)
+        raise SystemExit(1) from None
+    images = frame[frame["status"] == "ok"] if "status" in frame else frame
+    several = "image_path" in frame and images["image_path"].notna().sum() > 1
+    if grid and several:
+        image_grid(frame, folder, folder / "grid.png")
+    failed = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[:0]
+    line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"
+    for _, row in failed.iterrows():
+        line += f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
+    if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
+        best = best_line(write_summary(frame, folder, figure=sweep))
+        line += f"\n  {best}" if best else ""
+    if sweep:
+        build_report(folder, frame)
+    return line

@@ -1,0 +1,29 @@
+"""Files a user names as inputs, found and checked before any work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sdlab.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def image_files(source: str | os.PathLike | list) -> list[Path]:
+    """Image files named by a folder (its image files, sorted), a file, or a list of files; one-line UserError when missing or empty."""
+    items = source if isinstance(source, (list, tuple)) else [source]
+    files: list[Path] = []
+    for item in items:
+        path = Path(os.path.expanduser(str(item)))
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"images={path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"images: {path} does not exist")
+    return files

@@ -1,0 +1,1 @@
+"""Models: loading, family adapters, schedulers, architectures, tokenizers and sampling."""

@@ -1,0 +1,90 @@
+"""The CLIP model that scores images: found in its folder or the local Hugging Face cache, loaded once per process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from sdlab.errors import UserError
+from sdlab.metrics.clip import CLIP_MEAN, CLIP_STD, ClipModel
+from sdlab.models.loading import cached_snapshot
+from sdlab.models.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+_LOADED: dict[tuple, ClipModel] = {}
+
+
+def clip_folder(cfg: dict) -> Path:
+    """The folder of the configured CLIP model: `path` (relative to the working dir, then the project) or the HF cache of `repo_id`."""
+    if cfg.get("path"):
+        path = Path(os.path.expanduser(str(cfg["path"])))
+        if not path.is_absolute():
+            path = path if (Path.cwd() / path).exists() else PROJECT_ROOT / path
+        return path
+    if cfg.get("repo_id"):
+
+        return cached_snapshot(cfg["repo_id"])
+    raise UserError(f"clip={cfg.get('name')!r} has neither clip.path nor clip.repo_id")
+
+
+def check_clip_folder(folder: Path, name: str) -> None:
+    """Raise a UserError unless `folder` holds a CLIPModel config and safetensors weights."""
+    if not (folder / "config.json").is_file():
+        hint = " (train the miniature model first, or pick clip=none)" if name == "mini" else ""
+        raise UserError(f"clip={name}: no CLIP model at {folder} (config.json missing){hint}")
+    if not any(folder.glob("*.safetensors")):
+        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise UserError(f"refusing pickle weights {folder / pickles[0]}: sdlab loads safetensors only")
+        raise UserError(f"clip={name}: no .safetensors weights in {folder}")
+
+
+def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
+    """The CLIP model of the `clip` config group, loaded once per process; None for clip=none.
+
+    Normalisation comes from the folder's preprocessor_config.json (the mini CLIP uses [-1, 1] pixels), else OpenAI's.
+    """
+    if not cfg or cfg.get("name") in (None, "none"):
+        return None
+    name = cfg["name"]
+    folder = clip_folder(cfg)
+    key = (name, str(folder), device)
+    if key in _LOADED:
+        return _LOADED[key]
+    check_clip_folder(folder, name)
+    from transformers import CLIPModel, CLIPTokenizer
+
+
+    model = CLIPModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True).to(device).eval()
+    has_tokenizer = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True) if has_tokenizer else load_tokenizer()
+    processor = folder / "preprocessor_config.json"
+    stats = json.loads(processor.read_text()) if processor.is_file() else {}
+    log.info("loaded CLIP %s from %s", name, folder)
+    _LOADED[key] = ClipModel(model=model, tokenizer=tokenizer, name=name,
+                             image_mean=tuple(stats.get("image_mean", CLIP_MEAN)),
+                             image_std=tuple(stats.get("image_std", CLIP_STD)))
+    return _LOADED[key]
+
+
+def tiny_clip(seed: int = 0, image_size: int = 32) -> ClipModel:
+    """A small random-weight CLIPModel with the packaged tokenizer (tests and smoke runs)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=16,
+    )
+    return ClipModel(model=CLIPModel(config).eval(), tokenizer=load_tokenizer(), name="tiny")
