@@ -7,6 +7,11 @@ class UserError(Exception):
     exit_code = 2
 
 
+class CannotRun(UserError):
+    """A valid choice that this cell's model cannot run (a scheduler of another kind): a single run stops on it, a
+    sweep skips that cell and names it."""
+
+
 def choose(kind: str, value: object, allowed: list[str] | tuple[str, ...] | dict) -> None:
     """Raise a UserError unless `value` is one of `allowed`."""
     if value not in allowed:

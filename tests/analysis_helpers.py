@@ -19,12 +19,10 @@ def config_for(recipe: str, **overrides) -> dict:
     recipe_data = yaml.safe_load((ROOT / "experiments" / f"{recipe}.yaml").read_text()) or {}
     config.update({k: v for k, v in recipe_data.items() if k != "defaults"})
     model = {}
-    for name in ("_base", "tiny"):
-        path = ROOT / "conf" / "model" / f"{name}.yaml"
-        if path.is_file():
-            model.update({k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "defaults"})
+    for path in (ROOT / "conf" / "common" / "model.yaml", ROOT / "conf" / "model" / "tiny.yaml"):
+        model.update({k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "defaults"})
     config["model"] = model
-    options = yaml.safe_load((ROOT / "conf" / "scheduler" / "_options.yaml").read_text())
+    options = yaml.safe_load((ROOT / "conf" / "common" / "scheduler.yaml").read_text())
     config["scheduler"] = {**options, "name": "dpmpp_2m"}
     config["clip"] = {"name": "none", "path": None, "repo_id": None}
     config.update(overrides)

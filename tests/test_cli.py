@@ -239,3 +239,35 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
 def test_prepare_leaves_hydra_flags_and_quoted_values_alone():
     assert prepare(["--cfg", "job", "prompt='a','b'", "seed=1"]) == ["--cfg", "job", "prompt='a','b'", "seed=1"]
     assert prepare(["prompt=a, b"]) == ["prompt='a, b'"]
+
+
+def test_glob_sweeps_every_scheduler_that_fits_the_model(run_sdlab, tmp_path, monkeypatch, capsys):
+    """`scheduler=glob(*)` is the group's real options (no `_` helper files), the ones of another kind skipped."""
+    import pandas as pd
+
+    from sdlab.models.schedulers import fitting
+
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "scheduler=glob(*)", "model=tiny", "num_inference_steps=1", "threads=1",
+                     "hydra.sweep.dir=s") == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert sorted(table["scheduler"]) == sorted(fitting("epsilon")) and (table["status"] == "ok").all()
+    assert "sdlab: skipping 4 of 22 cells their model cannot run: scheduler=flow_dpmpp_2m, " in out
+
+
+def test_a_sweep_runs_the_cells_whose_model_fits_and_names_the_others(run_sdlab, tmp_path, monkeypatch, capsys):
+    """Across model kinds, a sampler of another kind skips only that cell; a sweep where no cell can run is refused."""
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "model=tiny,sd3_tiny", "scheduler=euler,flow_euler", "num_inference_steps=1",
+                     "threads=1", "hydra.sweep.dir=s") == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert sorted(zip(table["model"], table["scheduler"])) == [("sd3_tiny", "flow_euler"), ("tiny", "euler")]
+    assert ("skipping 2 of 4 cells their model cannot run: model=tiny scheduler=flow_euler, "
+            "model=sd3_tiny scheduler=euler (") in out
+    assert run_sdlab("-m", "model=tiny", "scheduler=flow_euler,flow_heun", "hydra.sweep.dir=t", *FAST) == 2
+    assert "does not fit a model of kind 'epsilon'" in one_error_line(capsys)
+    assert not (tmp_path / "t").exists()

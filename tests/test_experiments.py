@@ -234,7 +234,6 @@ REFUSES = {"article_c1_pipeline_by_hand": (FAMILIES, "job pipeline_by_hand write
 
 def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -> None:
     """The recipe's main output holds what the job promised for this model."""
-    from sdlab.models.architectures import ARCHITECTURES
 
     if recipe == "generate":
         images = sorted((out / "images").glob("*.png"))

@@ -340,3 +340,17 @@ def test_a_long_prompt_warns_once_per_text_encoder_that_cuts_it():
     assert truncation_warnings(tiny_model("sd3_tiny", t5=False), words) == []
     assert truncation_warnings(tiny_model("sd15_tiny"), words * 2) == [
         "the prompt is 82 tokens for text_encoder (CLIP), past its 77: the last 5 are dropped"]
+
+
+def test_flux_unpack_inverts_diffusers_packing():
+    """The adapter's unpacking of Flux's 2x2-patch tokens is the inverse of FluxPipeline's packing."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import FluxPipeline
+
+    from sdlab.models.families.flux import Flux
+
+    x = torch.randn(2, 16, 12, 8)  # NCHW latents of a 64 x 96 px image (width 64, height 96)
+    packed = FluxPipeline._pack_latents(x, 2, 16, 12, 8)
+    assert torch.equal(Flux.unpack(SimpleNamespace(vae_scale_factor=8), packed, width=64, height=96), x)

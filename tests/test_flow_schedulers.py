@@ -40,7 +40,7 @@ def test_every_registered_scheduler_has_a_config_file_and_the_new_ones_say_what_
     for name in [*FLOW, "lcm"]:
         text = (ROOT / "conf" / "scheduler" / f"{name}.yaml").read_text()
         assert text.startswith("# ") and yaml.safe_load(text)["name"] == name
-    options = yaml.safe_load((ROOT / "conf" / "scheduler" / "_options.yaml").read_text())
+    options = yaml.safe_load((ROOT / "conf" / "common" / "scheduler.yaml").read_text())
     assert options["shift"] is None and options["use_dynamic_shifting"] is None
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from sdlab.models import generate
 from sdlab.config import GenerationParams
-from sdlab.models.schedulers import SCHEDULERS, fitting
+from sdlab.models.schedulers import fitting
 
 
 def params(**kw) -> GenerationParams:

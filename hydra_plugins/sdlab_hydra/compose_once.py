@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from sdlab.bench import lock
 from sdlab.app.compose import check_composed
-from sdlab.errors import UserError
+from sdlab.errors import CannotRun, UserError
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench.resume import clean_temp_files
 
@@ -27,6 +27,16 @@ def touched(key: str, keys: list[str]) -> bool:
     """True when another of `keys` names `key`'s parent, child or element: Hydra applies them in order, so
     re-applying `key` alone on an earlier job's config would not give what composing gives."""
     return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
+
+
+def skipped_line(cannot: dict[tuple, str], jobs: list[list[str]]) -> str:
+    """One line naming the cells a sweep skips because their model cannot run them (by the values that vary across
+    the sweep), and why (the first reason)."""
+    varying = {item for job in jobs for item in job if any(item not in other for other in jobs)}
+    cells = [" ".join(item for item in job if item in varying) or " ".join(job) for job in cannot]
+    shown = ", ".join(cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
+    return (f"sdlab: skipping {len(cells)} of {len(jobs)} cells their model cannot run: {shown} "
+            f"({next(iter(cannot.values()))})")
 
 
 class ComposedConfigs:
@@ -133,17 +143,33 @@ class ComposeOnceSweeper(BasicSweeper):
             raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
         composed = [self.composed.compose(self.config, job) for job in jobs]
         if self.preflight:
-            warnings, configs = {}, []
-            for config in composed:
-                job_warnings, plain = check_composed(config)
+            warnings, configs, cannot = {}, [], {}
+            for job, config in zip(jobs, composed):
+                try:
+                    job_warnings, plain = check_composed(config)
+                except CannotRun as e:  # a scheduler of another kind than this cell's model, from a glob(*) say
+                    cannot[tuple(job)] = str(e)
+                    continue
                 warnings.update(dict.fromkeys(job_warnings))
                 configs.append(plain)
+            if cannot and not configs:
+                raise UserError(next(iter(cannot.values())))
             for warning in warnings:
                 log.warning(warning)
+            if cannot:
+                log.warning(skipped_line(cannot, jobs))
+            self.cannot_run = set(cannot)
             log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
         lock.hold(Path(sweep_dir))  # before the first write; a second sdlab here stops with one line
         clean_temp_files(Path(sweep_dir))  # a kill during the last collection
         return super().sweep(arguments)
+
+    def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
+        """BasicSweeper's batches of jobs, less the cells pre-flight found their model cannot run."""
+        batches = BasicSweeper.split_arguments(overrides, max_batch_size)
+        skipped = getattr(self, "cannot_run", set())
+        kept = [[job for job in batch if tuple(job) not in skipped] for batch in batches]
+        return [batch for batch in kept if batch]
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing left to check: `sweep` composed and checked every job before the first batch."""

@@ -40,7 +40,8 @@ def known_keys(group: str | None) -> set[str]:
     if group is None:
         recipes = [_yaml_keys(p) for p in (CONF_DIR / "experiment").glob("*.yaml")]
         return (_yaml_keys(CONF_DIR / "config.yaml") | set().union(*recipes)) - {"hydra"}
-    return set().union(*(_yaml_keys(p) for p in (CONF_DIR / group).glob("*.yaml")))
+    return set().union(*(_yaml_keys(p) for p in [*(CONF_DIR / group).glob("*.yaml"), CONF_DIR / "common" / f"{group}.yaml"]
+                         if p.is_file()))
 
 
 def suggestion(word: str, candidates: list[str] | set[str]) -> str:

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
-import hydra._internal.utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
@@ -125,21 +124,21 @@ def register_resolvers() -> None:
 
 @contextmanager
 def hydra_errors_as_user_errors():
-    """While Hydra runs, its composition and override errors become UserErrors instead of printed reports."""
-    original = hydra_utils.run_and_report
-
-    def run_and_raise(func):
-        try:
-            return func()
-        except (HydraException, OmegaConfBaseException) as e:
-            cause = e.__cause__ if isinstance(e.__cause__, UserError) else None
-            raise cause or UserError(one_line(e)) from None
-
-    hydra_utils.run_and_report = run_and_raise
+    """While Hydra runs, its composition and override errors become UserErrors instead of printed reports
+    (HYDRA_FULL_ERROR=1 is Hydra's documented switch to raise them)."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         yield
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__ if isinstance(e.__cause__, UserError) else None
+        raise cause or UserError(one_line(e)) from None
     finally:
-        hydra_utils.run_and_report = original
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
 
 def report_command(args: list[str]) -> None:
     """`sdlab report DIR`: rebuild the summary, summary.png and report.html of a run or sweep dir, then exit."""

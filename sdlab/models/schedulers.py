@@ -15,7 +15,7 @@ from typing import Any
 
 
 from sdlab.config import MODEL_KINDS
-from sdlab.errors import UserError, choose
+from sdlab.errors import CannotRun, UserError, choose
 from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len, model_kind
 
 KINDS = MODEL_KINDS
@@ -114,7 +114,7 @@ def check_kind(name: str, kind: str) -> None:
     choose("scheduler", name, SCHEDULERS)
     choose("model kind", kind, KINDS)
     if kind not in SCHEDULERS[name].kinds:
-        raise UserError(f"scheduler {name!r} does not fit a model of kind {kind!r}; "
+        raise CannotRun(f"scheduler {name!r} does not fit a model of kind {kind!r}; "
                         f"schedulers for {kind}: {', '.join(fitting(kind))}")
 
 
@@ -219,7 +219,7 @@ def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] 
     try:
         check_kind(name, model_kind(base_config))
     except UserError as e:
-        raise UserError(f"{source}: {e}") from None
+        raise type(e)(f"{source}: {e}") from None
     scheduler = make_scheduler(name, base_config, options)
     try:
         scheduler.set_timesteps(steps, **timestep_kwargs(scheduler, width, height))

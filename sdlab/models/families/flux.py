@@ -32,8 +32,11 @@ class Flux(ModelAdapter):
         return self.unpack(super().denoise(params, generators, callback), params.width, params.height)
 
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
-        """Packed (batch, tokens, 4 x channels) latents, 2x2 patches per token, as NCHW."""
-        return self.pipe._unpack_latents(latents, height, width, self.vae_scale_factor)
+        """Packed (batch, tokens, 4 x channels) latents, 2x2 patches per token, as NCHW (FluxPipeline's packing)."""
+        batch, _, packed = latents.shape
+        h, w = 2 * (height // (self.vae_scale_factor * 2)), 2 * (width // (self.vae_scale_factor * 2))
+        patches = latents.view(batch, h // 2, w // 2, packed // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return patches.reshape(batch, packed // 4, h, w)
 
 
 ADAPTER = Flux
