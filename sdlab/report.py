@@ -6,6 +6,7 @@ import html
 import json
 import logging
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ GENERATOR = '<meta name="generator" content="sdlab report">'
 ASSETS = Path(__file__).resolve().parent / "assets" / "report"
 FIGURE_SUFFIXES = (".png", ".gif")
 NOT_FIGURES = {"grid.png", f"{SUMMARY_NAME}.png"}
+PLACEHOLDERS = re.compile(r"/\*\{\{(css|js)\}\}\*/|\{\{(title|generator|data)\}\}")
+# JSON that no HTML parser can end or alter inside <script>: the JSON escapes of these characters
+SCRIPT_SAFE = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def load_results(folder: Path) -> pd.DataFrame:
@@ -145,15 +149,18 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     }
 
 
+def script_json(data: Any) -> str:
+    """`data` as JSON that is safe inside a <script> element: `<`, `>`, `&`, U+2028 and U+2029 as JSON escapes."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).translate(SCRIPT_SAFE)
+
+
 def render(data: dict[str, Any]) -> str:
-    """The page: the template with its CSS, script and data inlined (no network, opens from file://)."""
-    page = (ASSETS / "report.html").read_text()
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    return (page.replace("{{title}}", html.escape(data["header"]["title"]))
-            .replace("{{generator}}", GENERATOR)
-            .replace("/*{{css}}*/", (ASSETS / "report.css").read_text())
-            .replace("{{data}}", payload)
-            .replace("/*{{js}}*/", (ASSETS / "report.js").read_text()))
+    """The page: the template with its CSS, script and data inlined (no network, opens from file://), in one pass
+    over the template so that no inlined text is ever read for placeholders."""
+    values = {"title": html.escape(str(data["header"]["title"])), "generator": GENERATOR,
+              "css": (ASSETS / "report.css").read_text(), "js": (ASSETS / "report.js").read_text(),
+              "data": script_json(data)}
+    return PLACEHOLDERS.sub(lambda m: values[m.group(1) or m.group(2)], (ASSETS / "report.html").read_text())
 
 
 def ours(target: Path) -> bool:
