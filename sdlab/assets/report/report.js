@@ -61,7 +61,7 @@ function renderControls() {
 
 function cellFor(i) {
   const metric = state.metric && state.metric !== "(none)" ? state.metric : null;
-  const path = value(i, "image_path");
+  const path = D.images[i];
   const cell = el("div", { class: "cell" + (isOk(i) ? "" : " failed"), "data-row": i, tabindex: 0 });
   if (!isOk(i)) cell.append(el("div", { class: "error", text: value(i, "error") || "failed" }));
   else if (path) cell.append(el("img", { src: url(path), loading: "lazy", alt: D.labels[i].join(", ") }));
@@ -96,7 +96,7 @@ function renderGrid() {
 }
 
 function showDetail(i) {
-  const box = document.getElementById("detail"), path = value(i, "image_path");
+  const box = document.getElementById("detail"), path = D.images[i];
   box.querySelector(".detail-image").replaceChildren(path ? el("img", { src: url(path), alt: "image" }) : "");
   document.getElementById("detail-title").textContent = D.axes.map((a, k) => `${a}=${D.labels[i][k]}`).join(", ") || `row ${i}`;
   const error = document.getElementById("detail-error");
