@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -48,3 +49,12 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 def atomic_write_text(target: str | Path, text: str) -> None:
     """Write UTF-8 `text` to `target` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for reading, never a pipe, device or folder (not opened blocking) nor a last symlink; OSError else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")

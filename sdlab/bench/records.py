@@ -106,6 +106,8 @@ def read_table(folder: Path, name: str = TABLE_NAME) -> pd.DataFrame | None:
     if not any(f.is_file() for f in files):
         return None
     for path, read in zip(files, (pd.read_parquet, pd.read_csv)):
+        if local_file(folder, path.name) is None:  # absent, a pipe or device that would block, or a link out
+            continue
         try:
             frame = read(path)
         except FileNotFoundError:
@@ -127,13 +129,21 @@ def read_table(folder: Path, name: str = TABLE_NAME) -> pd.DataFrame | None:
     return None
 
 
+def local_file(folder: Path, relative: Any) -> Path | None:
+    """The regular file `relative` names in `folder`, resolved (not absolute, no `..` or symlink leading out); else None."""
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        return None
+    root = Path(folder).resolve()
+    try:
+        path = (root / relative).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+    except (OSError, ValueError, RuntimeError):  # a null byte, a symlink loop
+        return None
+
+
 def inside(folder: Path, relative: Any) -> bool:
     """True when `relative` names a file in `folder` (not absolute, no `..` or symlink leading out)."""
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
-        return False
-    root = Path(folder).resolve()
-    path = (root / relative).resolve()
-    return path.is_relative_to(root) and path.is_file()
+    return local_file(folder, relative) is not None
 
 
 def finished(frame: pd.DataFrame, folder: Path) -> pd.Series:
@@ -148,8 +158,10 @@ def finished(frame: pd.DataFrame, folder: Path) -> pd.Series:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """Job folders of a sweep (`N` or `N_<recipe>`), in job-number order."""
-    dirs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    """Job folders of a sweep (`N` or `N_<recipe>`), in job-number order; never a symlink leading out of it."""
+    root = Path(sweep_dir).resolve()
+    dirs = [p for p in Path(sweep_dir).iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.resolve().is_relative_to(root)]
 
     def number(p: Path) -> tuple:
         head = p.name.split("_", 1)[0]

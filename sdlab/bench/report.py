@@ -6,7 +6,9 @@ import html
 import json
 import logging
 import math
+import re
 import shlex
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,8 @@ from PIL import Image
 
 from sdlab.errors import UserError
 from sdlab.bench.grid import axis_values
-from sdlab.io import atomic_write_text
-from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs
+from sdlab.io import atomic_write_text, open_regular
+from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs, local_file
 from sdlab.bench.summary import SUMMARY_NAME, main_metric, metric_columns, owns_summary, sweep_axes, write_summary
 
 log = logging.getLogger(__name__)
@@ -27,34 +29,96 @@ GENERATOR = '<meta name="generator" content="sdlab report">'
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "report"
 FIGURE_SUFFIXES = (".png", ".gif")
 NOT_FIGURES = {"grid.png", f"{SUMMARY_NAME}.png"}
+PNG_TEXT_MAX = 65536  # characters of a PNG's parameters the page shows
+YAML_MAX_BYTES = 1 << 20  # Hydra's override files are a few hundred bytes
+PLACEHOLDERS = re.compile(r"/\*\{\{(css|js)\}\}\*/|\{\{(title|generator|data)\}\}")
+# JSON that no HTML parser can end or alter inside <script>: the JSON escapes of these characters
+SCRIPT_SAFE = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def brief(error: BaseException) -> str:
+    """An exception as one short line."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+
+
+def read_yaml(path: Path, kind: type) -> Any:
+    """A Hydra YAML file of the folder (bounded, regular file) as `kind` (dict or list); a damaged one is a UserError."""
+    try:
+        with open_regular(path) as f:
+            raw = f.read(YAML_MAX_BYTES + 1)
+        if len(raw) > YAML_MAX_BYTES:
+            raise ValueError(f"larger than {YAML_MAX_BYTES} bytes")
+        value = yaml.safe_load(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:
+        raise UserError(f"{path} cannot be read ({brief(e)})") from None
+    value = kind() if value is None else value
+    if not isinstance(value, kind):
+        raise UserError(f"{path} is not a YAML {'mapping' if kind is dict else 'list'}")
+    return value
+
+
+def override_list(path: Path, value: Any, key: str = "") -> list[str]:
+    """`value` (None for none) as a list of override strings, or a UserError naming the file (and key)."""
+    value = [] if value is None else value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"{path}{': ' + key if key else ''} is not a list of overrides")
+    return value
+
+
+def check_cells(frame: pd.DataFrame, folder: Path) -> None:
+    """Every `overrides` and `versions` cell is empty or a flat JSON object, else a UserError naming the table and row."""
+    table = folder / f"{TABLE_NAME}.parquet" if (folder / f"{TABLE_NAME}.parquet").is_file() else folder
+    for column in ("overrides", "versions"):
+        for i, cell in enumerate(frame.get(column, [])):
+            if not isinstance(cell, str) or not cell:
+                continue
+            try:
+                parsed = json.loads(cell)
+            except (ValueError, RecursionError) as e:
+                raise UserError(f"{table}: the {column} cell of row {i} is not JSON ({brief(e)})") from None
+            if not isinstance(parsed, dict) or any(isinstance(v, (dict, list)) for v in parsed.values()):
+                raise UserError(f"{table}: the {column} cell of row {i} is not a JSON object of plain values")
 
 
 def load_results(folder: Path) -> pd.DataFrame:
-    """The run's or sweep's table: `results.parquet` at the root, else collected from its job folders."""
+    """The run's or sweep's table: `results.parquet` at the root, else collected from its job folders; checked."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give an sdlab run or sweep dir")
-    if (folder / f"{TABLE_NAME}.parquet").is_file():
-        return pd.read_parquet(folder / f"{TABLE_NAME}.parquet")
+    table = local_file(folder, f"{TABLE_NAME}.parquet")
     jobs = [job for job in job_dirs(folder) if job.name.isdigit() and (job / ".hydra").is_dir()]
-    if any((job / f"{TABLE_NAME}.parquet").is_file() for job in jobs):
-        return collect(folder)
-    raise UserError(f"{folder} has no {TABLE_NAME}.parquet, nor job folders with one; give an sdlab run or sweep dir")
+    if table is not None:
+        try:
+            frame = pd.read_parquet(table)
+        except Exception as e:  # pyarrow raises many types for a damaged file
+            raise UserError(f"{folder / table.name} cannot be read ({brief(e)}); rerun the sweep into this folder "
+                            "to rebuild it, or move it away") from None
+    elif any((job / f"{TABLE_NAME}.parquet").is_file() for job in jobs):
+        frame = collect(folder)
+    else:
+        raise UserError(f"{folder} has no {TABLE_NAME}.parquet, nor job folders with one; give an sdlab run or sweep dir")
+    check_cells(frame, folder)
+    return frame
 
 
 def reproduce_command(folder: Path) -> str:
     """The command that reproduces the run or sweep, from Hydra's saved overrides."""
     folder = Path(folder)
-    multirun = folder / "multirun.yaml"
-    if multirun.is_file():
-        overrides = (yaml.safe_load(multirun.read_text()) or {}).get("hydra", {}).get("overrides", {})
-        hydra = [o for o in overrides.get("hydra") or [] if not o.startswith("hydra.mode=")]
-        return shlex.join(["sdlab", "-m", *(overrides.get("task") or []), *hydra])
-    saved = folder / ".hydra" / "overrides.yaml"
-    if saved.is_file():
-        return shlex.join(["sdlab", *(yaml.safe_load(saved.read_text()) or []), f"hydra.run.dir={folder}"])
-    jobs = [yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [] for job in job_dirs(folder)
-            if (job / ".hydra" / "overrides.yaml").is_file()]
+    multirun = local_file(folder, "multirun.yaml")
+    if multirun is not None:
+        hydra_config = read_yaml(multirun, dict).get("hydra") or {}
+        overrides = (hydra_config.get("overrides") or {}) if isinstance(hydra_config, dict) else None
+        if not isinstance(overrides, dict):
+            raise UserError(f"{multirun}: hydra.overrides is not a mapping")
+        hydra = [o for o in override_list(multirun, overrides.get("hydra"), "hydra.overrides.hydra")
+                 if not o.startswith("hydra.mode=")]
+        return shlex.join(["sdlab", "-m", *override_list(multirun, overrides.get("task"), "hydra.overrides.task"), *hydra])
+    saved = local_file(folder, ".hydra/overrides.yaml")
+    if saved is not None:
+        return shlex.join(["sdlab", *override_list(saved, read_yaml(saved, list)), f"hydra.run.dir={folder}"])
+    saved_jobs = [local_file(folder, f"{job.name}/.hydra/overrides.yaml") for job in job_dirs(folder)]
+    jobs = [override_list(path, read_yaml(path, list)) for path in saved_jobs if path is not None]
     swept: dict[str, list[str]] = {}
     for overrides in jobs:
         for item in overrides:
@@ -76,21 +140,28 @@ def wall_seconds(folder: Path) -> float:
 
 
 def plain(value: Any) -> Any:
-    """A table value as JSON: NaN and missing as null, numpy scalars as Python ones."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    """A table value as JSON: NaN and missing as null, numpy scalars as Python ones, anything else as its text."""
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and not math.isfinite(value)):
         return None
-    if hasattr(value, "item"):
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "item") and getattr(value, "size", 1) == 1:
         return plain(value.item())
-    return value
+    return str(value)
 
 
-def png_parameters(path: Path) -> str | None:
-    """The `parameters` text chunk of a PNG, or None when the file is missing or has none."""
-    try:
-        with Image.open(path) as image:
-            return image.text.get("parameters")
-    except (OSError, ValueError):
+def png_parameters(path: Path | None) -> str | None:
+    """The `parameters` text chunk of a regular PNG file (read before its pixels, each chunk bounded by Pillow), cut
+    to PNG_TEXT_MAX characters; None when there is no file or no such chunk."""
+    if path is None:
         return None
+    try:
+        with warnings.catch_warnings(), open_regular(path) as f, Image.open(f, formats=["PNG"]) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixels are never decoded
+            text = image.info.get("parameters")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+    return str(text)[:PNG_TEXT_MAX] if isinstance(text, str) else None
 
 
 def header(frame: pd.DataFrame, folder: Path, axes: list[str]) -> dict[str, Any]:
@@ -116,12 +187,14 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str]) -> dict[str, Any]
 
 
 def figures(folder: Path) -> list[str]:
-    """Figures a job drew (scheduler studies, curves): in the folder and its job folders, as relative paths."""
+    """Figures a job drew (scheduler studies, curves): regular files in the folder and its job folders (none leading
+    out of it), as relative paths."""
     folder = Path(folder)
     found = [p for p in sorted(folder.iterdir()) if p.suffix in FIGURE_SUFFIXES and p.name not in NOT_FIGURES]
     for job in job_dirs(folder):
         found += [p for p in sorted(job.iterdir()) if p.suffix in FIGURE_SUFFIXES and p.name not in NOT_FIGURES]
-    return [p.relative_to(folder).as_posix() for p in found if not p.name.startswith(".")]
+    relative = [p.relative_to(folder).as_posix() for p in found if not p.name.startswith(".")]
+    return [p for p in relative if local_file(folder, p) is not None]
 
 
 def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
@@ -133,35 +206,45 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     columns = list(frame.columns)
     rows = [[plain(v) for v in record] for record in frame.itertuples(index=False, name=None)]
     paths = frame["image_path"] if "image_path" in frame else [None] * len(frame)
+    images = [local_file(folder, p) for p in paths]  # only regular files inside the folder are shown or read
+    root = folder.resolve()
     metrics = metric_columns(frame)
     return {
         "header": header(frame, folder, axes), "columns": columns, "rows": rows,
         "axes": axes, "values": {k: list(dict.fromkeys(labels[k])) for k in axes},
         "labels": [[labels[k][i] for k in axes] for i in range(len(frame))],
-        "png": [png_parameters(folder / p) if isinstance(p, str) and p else None for p in paths],
+        "images": [p.relative_to(root).as_posix() if p else None for p in images],
+        "png": [png_parameters(p) for p in images],
         "metrics": metrics, "main_metric": main_metric(metrics),
-        "summary": f"{SUMMARY_NAME}.png" if (folder / f"{SUMMARY_NAME}.png").is_file() else None,
+        "summary": f"{SUMMARY_NAME}.png" if local_file(folder, f"{SUMMARY_NAME}.png") else None,
         "figures": figures(folder),
     }
 
 
+def script_json(data: Any) -> str:
+    """`data` as JSON that is safe inside a <script> element: `<`, `>`, `&`, U+2028 and U+2029 as JSON escapes."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).translate(SCRIPT_SAFE)
+
+
 def render(data: dict[str, Any]) -> str:
-    """The page: the template with its CSS, script and data inlined (no network, opens from file://)."""
-    page = (ASSETS / "report.html").read_text()
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    return (page.replace("{{title}}", html.escape(data["header"]["title"]))
-            .replace("{{generator}}", GENERATOR)
-            .replace("/*{{css}}*/", (ASSETS / "report.css").read_text())
-            .replace("{{data}}", payload)
-            .replace("/*{{js}}*/", (ASSETS / "report.js").read_text()))
+    """The page: the template with its CSS, script and data inlined (no network, opens from file://), in one pass
+    over the template so that no inlined text is ever read for placeholders."""
+    values = {"title": html.escape(str(data["header"]["title"])), "generator": GENERATOR,
+              "css": (ASSETS / "report.css").read_text(), "js": (ASSETS / "report.js").read_text(),
+              "data": script_json(data)}
+    return PLACEHOLDERS.sub(lambda m: values[m.group(1) or m.group(2)], (ASSETS / "report.html").read_text())
 
 
 def ours(target: Path) -> bool:
-    """True when `target` is absent or a page this module wrote (never overwrite someone else's file)."""
-    if not target.exists():
+    """True when `target` is absent or a page this module wrote (never overwrite someone else's file, nor read
+    through a symlink or from a pipe)."""
+    if not target.exists() and not target.is_symlink():
         return True
-    with open(target, encoding="utf-8", errors="replace") as f:
-        return GENERATOR in f.read(4096)
+    try:
+        with open_regular(target) as f:
+            return GENERATOR.encode() in f.read(4096)
+    except OSError:
+        return False
 
 
 def build_report(folder: Path, frame: pd.DataFrame | None = None) -> Path:
@@ -171,6 +254,7 @@ def build_report(folder: Path, frame: pd.DataFrame | None = None) -> Path:
     if not ours(target):
         raise UserError(f"{target} exists and was not written by sdlab; move it away first")
     frame = load_results(folder) if frame is None else frame
+    check_cells(frame, folder)
     atomic_write_text(target, render(report_data(frame, folder)))
     return target
 
@@ -181,6 +265,11 @@ def rebuild(folder: Path) -> Path:
     frame = load_results(folder)
     if not ours(folder / REPORT_NAME):
         raise UserError(f"{folder / REPORT_NAME} exists and was not written by sdlab; move it away first")
-    if owns_summary(folder):
+    reproduce_command(folder)  # damaged Hydra files stop it here, before anything is written
+    try:
+        owned = owns_summary(folder)
+    except Exception as e:  # pyarrow raises many types for a damaged file
+        raise UserError(f"{folder / SUMMARY_NAME}.parquet cannot be read ({brief(e)}); move it away") from None
+    if owned:
         write_summary(frame, folder, figure=True)
     return build_report(folder, frame)

@@ -15,6 +15,7 @@ function el(tag, attrs, ...children) {
   return node;
 }
 function value(i, name) { return name in col ? D.rows[i][col[name]] : null; }
+function url(path) { return path.split("/").map(encodeURIComponent).join("/"); }  // a relative path as a link, any name
 function fmt(v) {
   if (v === null || v === undefined) return "";
   if (typeof v === "number") return Number.isInteger(v) ? String(v) : (Math.abs(v) >= 100 ? v.toFixed(1) : v.toPrecision(3));
@@ -60,10 +61,10 @@ function renderControls() {
 
 function cellFor(i) {
   const metric = state.metric && state.metric !== "(none)" ? state.metric : null;
-  const path = value(i, "image_path");
+  const path = D.images[i];
   const cell = el("div", { class: "cell" + (isOk(i) ? "" : " failed"), "data-row": i, tabindex: 0 });
   if (!isOk(i)) cell.append(el("div", { class: "error", text: value(i, "error") || "failed" }));
-  else if (path) cell.append(el("img", { src: path, loading: "lazy", alt: D.labels[i].join(", ") }));
+  else if (path) cell.append(el("img", { src: url(path), loading: "lazy", alt: D.labels[i].join(", ") }));
   if (metric) cell.append(el("div", { class: "metric", text: `${metric} ${fmt(value(i, metric))}` }));
   cell.addEventListener("click", () => showDetail(i));
   return cell;
@@ -95,8 +96,8 @@ function renderGrid() {
 }
 
 function showDetail(i) {
-  const box = document.getElementById("detail"), path = value(i, "image_path");
-  box.querySelector(".detail-image").replaceChildren(path ? el("img", { src: path, alt: "image" }) : "");
+  const box = document.getElementById("detail"), path = D.images[i];
+  box.querySelector(".detail-image").replaceChildren(path ? el("img", { src: url(path), alt: "image" }) : "");
   document.getElementById("detail-title").textContent = D.axes.map((a, k) => `${a}=${D.labels[i][k]}`).join(", ") || `row ${i}`;
   const error = document.getElementById("detail-error");
   error.hidden = isOk(i); error.textContent = isOk(i) ? "" : (value(i, "error") || "failed");
@@ -118,11 +119,11 @@ function hideDetail() {
 
 function renderFigures() {
   const summary = document.getElementById("summary");
-  if (D.summary) summary.append(el("img", { src: D.summary, loading: "lazy", alt: "summary by swept value" }));
+  if (D.summary) summary.append(el("img", { src: url(D.summary), loading: "lazy", alt: "summary by swept value" }));
   else summary.append(el("p", { text: "no summary.png here: nothing swept, no metric, or the job wrote its own summary (see Figures)" }));
   const figures = document.getElementById("figures");
   if (!D.figures.length) figures.append(el("p", { text: "no figures" }));
-  for (const path of D.figures) figures.append(el("figure", {}, el("figcaption", { text: path }), el("img", { src: path, loading: "lazy", alt: path })));
+  for (const path of D.figures) figures.append(el("figure", {}, el("figcaption", { text: path }), el("img", { src: url(path), loading: "lazy", alt: path })));
 }
 
 function matches(v, filter) {
@@ -135,9 +136,6 @@ function matches(v, filter) {
   }
   return fmt(v).toLowerCase().includes(f.toLowerCase());
 }
-function escapeHtml(text) {
-  return text.replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}
 function renderRows() {
   const order = D.rows.map((_, i) => i).filter(i => Object.entries(state.filters).every(([c, f]) => matches(D.rows[i][c], f)));
   if (state.sort !== null) {
@@ -149,8 +147,12 @@ function renderRows() {
     });
   }
   const tbody = document.querySelector("#rows-table tbody");
-  tbody.innerHTML = order.slice(0, state.limit).map(i => `<tr data-row="${i}"${isOk(i) ? "" : ' class="error-row"'}>` +
-    D.rows[i].map(v => { const t = escapeHtml(fmt(v)); return `<td title="${t}">${t}</td>`; }).join("") + "</tr>").join("");
+  const rows = document.createDocumentFragment();  // built as nodes: a cell's text is never read as HTML
+  for (const i of order.slice(0, state.limit)) {
+    rows.append(el("tr", { "data-row": i, class: isOk(i) ? null : "error-row" },
+      ...D.rows[i].map(v => { const t = fmt(v); return el("td", { title: t, text: t }); })));
+  }
+  tbody.replaceChildren(rows);
   document.getElementById("row-count").textContent = `${order.length} of ${D.rows.length}`;
   const more = document.getElementById("rows-more");
   more.hidden = order.length <= state.limit;
