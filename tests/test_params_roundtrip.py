@@ -88,3 +88,17 @@ def test_an_sdlab_png_regenerates_itself_exactly(run_sdlab, tmp_path, monkeypatc
     pixels = [np.asarray(Image.open(tmp_path / d / image)) for d in ("first", "again")]
     assert np.array_equal(*pixels)
     assert Image.open(tmp_path / "first" / image).text["parameters"].startswith("a, b\nNegative prompt: blurry\nSteps: 3, Sampler: Euler,")
+
+
+def test_the_run_dir_records_the_config_that_ran(run_sdlab, tmp_path, monkeypatch):
+    """run_config.json holds what the job ran with (params=FILE merged in), not Hydra's composition before it."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.json").write_text(json.dumps({"guidance_scale": 3.5, "prompt": "a blue square"}))
+    assert run_sdlab("params=p.json", "num_inference_steps=1", "threads=1", "hydra.run.dir=r") == 0
+    ran = json.loads((tmp_path / "r" / "run_config.json").read_text())
+    composed = yaml.safe_load((tmp_path / "r" / ".hydra" / "config.yaml").read_text())
+    assert (ran["guidance_scale"], ran["prompt"], ran["num_inference_steps"]) == (3.5, "a blue square", 1)
+    assert composed["guidance_scale"] == 7.5
+    assert pd.read_csv(tmp_path / "r" / "results.csv")["guidance_scale"].tolist() == [3.5]

@@ -93,6 +93,7 @@ def run(cfg) -> None:
     try:
         ctx.config = job_config(resolved(cfg), set(overrides))  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
+        resume.record_config(out_dir, ctx.config)
         set_threads(ctx.config.get("threads"))
         job_hash = config_hash({k: v for k, v in ctx.config.items() if k not in ("resume", "limits")})
         frame = resume.finished_job(out_dir, job_hash) if ctx.config.get("resume", True) else None

@@ -12,6 +12,7 @@ from sdlab.io import atomic_write_text, is_temp_file
 from sdlab.bench.records import finished, job_dirs, read_table
 
 MARKER = "job.json"
+CONFIG = "run_config.json"  # what the job ran with: Hydra's composition with the model's world and params=FILE merged in
 WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land inside a run dir
 
 
@@ -85,6 +86,11 @@ def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
 def mark_finished(folder: Path, job_hash: str, summary: dict[str, Any]) -> None:
     """Record that the job with `job_hash` finished in `folder` (written last, atomically)."""
     atomic_write_text(Path(folder) / MARKER, json.dumps({"job_hash": job_hash, **summary}, sort_keys=True))
+
+
+def record_config(folder: Path, config: dict[str, Any]) -> None:
+    """Write the effective config a job runs with into its folder (Hydra's .hydra/config.yaml is before the merges)."""
+    atomic_write_text(Path(folder) / CONFIG, json.dumps(config, indent=1, sort_keys=True, default=str))
 
 
 def unmark(folder: Path) -> None:
