@@ -14,11 +14,11 @@ from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from sdlab.bench import lock
 from sdlab.app.compose import check_composed
-from sdlab.errors import CannotRun, UserError
 from sdlab.app.preflight import sweep_plan
+from sdlab.bench import lock
 from sdlab.bench.resume import clean_temp_files
+from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
 

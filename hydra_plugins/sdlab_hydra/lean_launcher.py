@@ -8,11 +8,19 @@ from pathlib import Path
 from typing import Sequence
 
 from hydra import version
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import (JobReturn, JobRuntime, JobStatus, _flush_loggers, configure_log, env_override,
-                              filter_overrides, setup_globals)
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.deprecation_warning import deprecation_warning
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import (
+    JobReturn,
+    JobRuntime,
+    JobStatus,
+    _flush_loggers,
+    configure_log,
+    env_override,
+    filter_overrides,
+    setup_globals,
+)
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sdlab.io import atomic_write_text

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
+from sdlab.bench.params import load_params
 from sdlab.config import CONF_DIR, group_options
 from sdlab.errors import UserError
-from sdlab.bench.params import load_params
 
 GROUPS = ("model", "scheduler", "clip", "experiment")
 FREE_TEXT_KEYS = ("prompt", "negative_prompt")  # one literal string each, commas and brackets included

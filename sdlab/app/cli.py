@@ -26,7 +26,7 @@ from sdlab.app.preflight import job_config
 from sdlab.bench import resume
 from sdlab.bench.collect import summarize
 from sdlab.bench.lock import release
-from sdlab.bench.records import ordered
+from sdlab.bench.records import identity, ordered
 from sdlab.bench.report import rebuild
 from sdlab.config import CONF_DIR, check_threads, config_hash
 from sdlab.errors import UserError
@@ -54,8 +54,8 @@ def set_threads(threads) -> None:
 
 def error_frame(ctx, error: BaseException):
     """One failed row for a job that could not produce its own rows."""
-    return ordered([{"run_id": ctx.run_id, "experiment": ctx.experiment, "job": ctx.config.get("job"),
-                     "overrides": ctx.overrides, "status": "error", "error": f"{type(error).__name__}: {error}"}])
+    return ordered([{**identity(ctx, ctx.config.get("job")), "status": "error",
+                     "error": f"{type(error).__name__}: {error}"}])
 
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sdlab.config import MODEL_FAMILIES, MODEL_KINDS, generation_params, limits, model_spec, validate_config
-from sdlab.errors import UserError
-from sdlab.bench.params import load_params
-from sdlab.config import scheduler_choice
-from sdlab.jobs import MODEL_FREE_JOBS, check_recipe
 from sdlab.bench.inputs import image_files
-from sdlab.models.clip import check_clip_folder, clip_folder
-from sdlab.mini import data
-from sdlab.models.loading import adapter_class, shipped_scheduler_config
-from sdlab.models.loading import check_model
-from sdlab.models.schedulers import check_options, scheduler_class  # imports diffusers
-from sdlab.models.schedulers import make_scheduler
+from sdlab.bench.params import load_params
+from sdlab.config import (
+    MODEL_FAMILIES,
+    MODEL_KINDS,
+    generation_params,
+    limits,
+    model_spec,
+    scheduler_choice,
+    validate_config,
+)
+from sdlab.errors import UserError
+from sdlab.jobs import MODEL_FREE_JOBS, check_recipe
 from sdlab.metrics.schedule import model_kind
+from sdlab.mini import data
+from sdlab.models.clip import check_clip_folder, clip_folder
+from sdlab.models.loading import adapter_class, check_model, shipped_scheduler_config
+from sdlab.models.schedulers import (  # imports diffusers
+    check_options,
+    make_scheduler,
+    scheduler_class,
+)
 
 
 def prompt_outside_grammar(prompt: str) -> list[str]:

@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 from sdlab.bench.captions import read_captions
 from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font
-from sdlab.io import atomic_path, atomic_write_text
 from sdlab.bench.records import job_dirs, write_table
+from sdlab.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 

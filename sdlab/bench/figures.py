@@ -12,9 +12,7 @@ from PIL import Image
 
 from sdlab.bench.captions import record_caption
 from sdlab.io import atomic_path
-from sdlab.metrics.schedule import betas, schedule_table
-from sdlab.metrics.schedule import flow_snr
-from sdlab.metrics.schedule import model_kind
+from sdlab.metrics.schedule import betas, flow_snr, model_kind, schedule_table
 
 log = logging.getLogger(__name__)
 

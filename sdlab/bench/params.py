@@ -7,10 +7,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from sdlab.bench.infotext import from_a1111, parse_infotext
 from sdlab.config import GENERATION_KEYS, LIMITS
 from sdlab.errors import UserError
-from sdlab.bench.infotext import from_a1111
-from sdlab.bench.infotext import parse_infotext
 
 PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,),

@@ -7,6 +7,7 @@ from typing import Any
 
 from sdlab.errors import UserError
 
+
 @dataclass(frozen=True)
 class Field:
     """What one recipe value may be: an int, a number, a non-empty list of them (or of int lists), each within

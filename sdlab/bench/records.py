@@ -13,8 +13,8 @@ import pandas as pd
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdlab.io import atomic_path
 from sdlab.bench.infotext import format_infotext
+from sdlab.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ def versions() -> str:
         except PackageNotFoundError:
             found[package] = None
     return json.dumps(found, sort_keys=True)
+
+
+def identity(ctx, job: str | None, model: str | None = None) -> dict[str, Any]:
+    """The columns every sdlab row starts with: which run, experiment, job and model (`ctx` a JobContext), the
+    overrides as typed, and status ok."""
+    return {"run_id": ctx.run_id, "experiment": ctx.experiment, "job": job, "model": model,
+            "overrides": ctx.overrides, "status": "ok", "error": None}
 
 
 def ordered(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

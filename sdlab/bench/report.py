@@ -16,11 +16,18 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from sdlab.errors import UserError
 from sdlab.bench.grid import axis_values
-from sdlab.io import atomic_write_text, open_regular
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs, local_file
-from sdlab.bench.summary import SUMMARY_NAME, main_metric, metric_columns, owns_summary, sweep_axes, write_summary
+from sdlab.bench.summary import (
+    SUMMARY_NAME,
+    main_metric,
+    metric_columns,
+    owns_summary,
+    sweep_axes,
+    write_summary,
+)
+from sdlab.errors import UserError
+from sdlab.io import atomic_write_text, open_regular
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from sdlab.io import atomic_write_text, is_temp_file
 from sdlab.bench.records import finished, job_dirs, read_table
+from sdlab.io import atomic_write_text, is_temp_file
 
 MARKER = "job.json"
 CONFIG = "run_config.json"  # what the job ran with: Hydra's composition with the model's world and params=FILE merged in

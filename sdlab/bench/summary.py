@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sdlab.bench.figures import (
+    summary_figure,  # matplotlib only where a figure is drawn
+)
 from sdlab.bench.grid import axis_values, grid_axes
-from sdlab.metrics.stats import finite, mean_ci, metric_range
 from sdlab.bench.records import PARAM_COLUMNS, write_table
-from sdlab.bench.figures import summary_figure  # matplotlib only where a figure is drawn
+from sdlab.metrics.stats import finite, mean_ci, metric_range
 
 SUMMARY_NAME = "summary"
 ALL = "(all)"

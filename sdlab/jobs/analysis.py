@@ -9,22 +9,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sdlab.config import ModelSpec, model_spec
 from sdlab.bench.inputs import image_files
+from sdlab.bench.recipe_fields import Field
+from sdlab.config import ModelSpec, model_spec
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext
-from sdlab.bench.recipe_fields import Field
 from sdlab.mini import data
-from sdlab.models.loading import load_model
-from sdlab.models.loading import shipped_scheduler_config
-
-
-
-def base_row(ctx: JobContext, job: str, spec: ModelSpec | None = None) -> dict[str, Any]:
-    """Columns every analysis row starts with (the generate schema's identity columns)."""
-    return {"run_id": ctx.run_id, "experiment": ctx.experiment, "job": job,
-            "model": spec.name if spec else ctx.config.get("model", {}).get("name"),
-            "overrides": ctx.overrides, "status": "ok", "error": None}
+from sdlab.models.loading import load_model, shipped_scheduler_config
 
 
 def article_reports(ctx: JobContext) -> str:

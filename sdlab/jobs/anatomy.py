@@ -6,14 +6,19 @@ import json
 
 import pandas as pd
 
-from sdlab.config import ModelSpec, model_spec
 from sdlab.bench.figures import bar_chart
+from sdlab.bench.records import identity, ordered, write_table
+from sdlab.config import ModelSpec, model_spec
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import base_row
 from sdlab.metrics.anatomy import component_table, denoiser_block_table
 from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
-from sdlab.bench.records import ordered, write_table
-from sdlab.models.architectures import ARCHITECTURES, Part, build_on_meta, build_part, component_class
+from sdlab.models.architectures import (
+    ARCHITECTURES,
+    Part,
+    build_on_meta,
+    build_part,
+    component_class,
+)
 from sdlab.models.loading import check_weights_folder, model_folder, read_object
 
 
@@ -70,7 +75,7 @@ def run_anatomy(ctx: JobContext) -> pd.DataFrame:
 
     # 2. Components and the denoiser's blocks.
     table = component_table(components)
-    rows = [{**base_row(ctx, "anatomy", spec), **r, "params_m": r["params"] / 1e6, **geometry,
+    rows = [{**identity(ctx, "anatomy", spec.name), **r, "params_m": r["params"] / 1e6, **geometry,
              "config": config_json(components[r["component"]]) if r["component"] in components else None}
             for r in table.to_dict("records")]
     denoiser = denoiser_name(components)

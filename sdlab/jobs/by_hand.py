@@ -8,19 +8,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sdlab.bench.figures import image_strip
+from sdlab.bench.records import identity, ordered
 from sdlab.config import model_spec
 from sdlab.errors import UserError
-from sdlab.bench.figures import image_strip
-from sdlab.models.generate import decode_latents, to_pil
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import number_list
+from sdlab.jobs.analysis import number_list, read_image
 from sdlab.metrics.image import psnr
-from sdlab.metrics.toy import ddim_step
-from sdlab.models.loading import load_model
-from sdlab.jobs.analysis import read_image
-from sdlab.mini.data import Attributes, render
-from sdlab.models.loading import adapter_class, shipped_scheduler_config
 from sdlab.metrics.schedule import model_kind
+from sdlab.metrics.toy import ddim_step
+from sdlab.mini.data import Attributes, render
+from sdlab.models.generate import decode_latents, to_pil
+from sdlab.models.loading import adapter_class, load_model, shipped_scheduler_config
 
 
 def encode_text(model, texts: list[str]) -> torch.Tensor:
@@ -94,10 +93,10 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
                 col_labels=["by hand (DDIM equation)", "diffusers pipeline", f"|difference| x{1 / scale:.0f}"],
                 title=f"the same image: max |difference| {latent_diff:.1e} in latents, "
                       f"{float(diff_image.max()):.1e} in pixels (range [-1, 1]), {steps} DDIM steps")
-    return pd.DataFrame([{
-        "experiment": ctx.experiment, "run_id": ctx.run_id, "model": spec.name, "scheduler": "ddim",
+    return ordered([{
+        **identity(ctx, "pipeline_by_hand", spec.name), "scheduler": "ddim",
         "prompt": cfg["prompt"], "seed": seed, "num_inference_steps": steps, "guidance_scale": w,
-        "max_abs_diff_latents": latent_diff, "max_abs_diff_pixels": float(diff_image.max()), "status": "ok",
+        "max_abs_diff_latents": latent_diff, "max_abs_diff_pixels": float(diff_image.max()),
     }])
 
 
@@ -131,9 +130,9 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
                             guidance_scale=float(cfg.get("guidance_scale", 7.5)),
                             generator=torch.Generator("cpu").manual_seed(seed)).images[0]
         outputs.append(np.asarray(image))
-        rows.append({"experiment": ctx.experiment, "run_id": ctx.run_id, "model": spec.name, "prompt": cfg["prompt"],
+        rows.append({**identity(ctx, "img2img_strength", spec.name), "prompt": cfg["prompt"],
                      "seed": seed, "strength": strength, "denoising_steps": int(strength * int(cfg.get("num_inference_steps", 25))),
-                     "psnr_to_input": psnr(np.asarray(source), outputs[-1]), "status": "ok"})
+                     "psnr_to_input": psnr(np.asarray(source), outputs[-1])})
     frame = pd.DataFrame(rows)
     labels = [f"strength {r.strength:g}\n{r.denoising_steps} steps\n{r.psnr_to_input:.1f} dB" for r in frame.itertuples()]
     first, last = frame.iloc[0], frame.iloc[-1]

@@ -8,15 +8,27 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from sdlab.config import model_spec
 from sdlab.bench.figures import bar_chart, heatmap
-from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import article_reports, base_row, image_size, input_images, loaded_model, str_list
-from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, long_matrix, pooled_text_embeddings, token_rows,
-                                token_table)
-from sdlab.models.clip import load_clip
 from sdlab.bench.recipe_fields import Field, check_fields
-from sdlab.bench.records import ordered, write_table
+from sdlab.bench.records import identity, ordered, write_table
+from sdlab.config import model_spec
+from sdlab.jobs import JobContext, job
+from sdlab.jobs.analysis import (
+    article_reports,
+    image_size,
+    input_images,
+    loaded_model,
+    str_list,
+)
+from sdlab.metrics.clip import (
+    clip_score_from_cosine,
+    cosine_matrix,
+    long_matrix,
+    pooled_text_embeddings,
+    token_rows,
+    token_table,
+)
+from sdlab.models.clip import load_clip
 from sdlab.models.text_tokenizers import encoder_tokenizers
 
 log = logging.getLogger(__name__)
@@ -61,7 +73,7 @@ def run_tokens(ctx: JobContext) -> pd.DataFrame:
               title="\n".join([truncation_claim(tables, encoders, len(encoders) + len(notes) > 1),
                                *(textwrap.fill(note, 90) for note in notes)]))
     rows = pd.concat(tables, ignore_index=True).to_dict("records")
-    return ordered([{**base_row(ctx, "clip_tokens", spec), **row} for row in rows])
+    return ordered([{**identity(ctx, "clip_tokens", spec.name), **row} for row in rows])
 
 
 def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarray, str]:
@@ -115,7 +127,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     keys = [f"P{i + 1}" for i in range(len(prompts))]
     heatmap(matrix, [f"{k}: {p}" for k, p in zip(keys, prompts)], keys, ctx.out_dir / "text_similarity.png",
             vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}{article_reports(ctx)}")
-    rows = [{**base_row(ctx, "clip_similarity", spec), **r} for r in text.to_dict("records")]
+    rows = [{**identity(ctx, "clip_similarity", spec.name), **r} for r in text.to_dict("records")]
 
     # 2. Image-caption similarity (needs a CLIP model with an image tower).
     if clip is None:

@@ -11,20 +11,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sdlab.bench.figures import convergence, schedule_visits
+from sdlab.bench.recipe_fields import Field, check_block
+from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import GenerationParams, model_spec
 from sdlab.errors import UserError
-from sdlab.models.generate import generate_batch
 from sdlab.jobs import JobContext, job
-from sdlab.models.clip import load_clip
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.schedule import scheduler_visits
 from sdlab.metrics.stats import summarize_ci
 from sdlab.mini.checker import adherence_columns
+from sdlab.models.clip import load_clip
+from sdlab.models.generate import generate_batch
 from sdlab.models.loading import load_model
-from sdlab.bench.recipe_fields import Field, check_block
-from sdlab.bench.records import ordered, write_table
 from sdlab.models.schedulers import SCHEDULERS, make_scheduler, timestep_kwargs
-from sdlab.bench.figures import convergence, schedule_visits
 
 log = logging.getLogger(__name__)
 METRICS = ["latent_rmse", "psnr", "ssim"]
@@ -124,13 +124,12 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                 extra = prompt_scores(result.images, prompt, clip)
                 for seed, score, more in zip(seeds, scores, extra):
                     rows.append({
-                        "run_id": ctx.run_id, "experiment": ctx.experiment, "job": "compare_schedulers",
-                        "model": spec.name, "scheduler": name, "num_inference_steps": steps, "nfe": result.nfe,
+                        **identity(ctx, "compare_schedulers", spec.name), "scheduler": name, "num_inference_steps": steps, "nfe": result.nfe,
                         "guidance_scale": base.guidance_scale, "seed": seed, "prompt": prompt,
                         "time_total_s": result.time_total_s / len(seeds), "stochastic": SCHEDULERS[name].stochastic,
                         "reference": ("own limit: " if kind != "deterministic" else "")
                         + f"{name if kind != 'deterministic' else study.reference_scheduler} x {study.reference_steps} steps",
-                        **score, **more, "status": "ok", "error": None,
+                        **score, **more,
                     })
     runs = ordered(rows)
     write_outputs(ctx, study, model, spec, runs)

@@ -9,16 +9,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sdlab.bench.figures import STYLE, bar_chart, curves, image_strip, save_figure
+from sdlab.bench.recipe_fields import Field, check_block
+from sdlab.bench.records import identity, write_table
 from sdlab.errors import UserError
-from sdlab.bench.figures import bar_chart, curves, image_strip
 from sdlab.jobs import JobContext, job
 from sdlab.metrics import toy
 from sdlab.metrics.schedule import SCHEDULES
 from sdlab.metrics.toy_unet import level_table
-from sdlab.bench.recipe_fields import Field, check_block
-from sdlab.bench.records import write_table
-from sdlab.bench.figures import STYLE, save_figure
-
 
 SEED = Field("int", 0)
 BLOCKS: dict[str, dict[str, Field]] = {  # each explainer's recipe block
@@ -85,7 +83,7 @@ def settings(ctx: JobContext, key: str) -> dict[str, Any]:
 def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Write the explainer's table under its own name and return it as the job's rows."""
     write_table(frame, ctx.out_dir, name)
-    return frame.assign(status="ok", experiment=ctx.experiment, run_id=ctx.run_id)
+    return frame.assign(**identity(ctx, ctx.config.get("job")))
 
 
 @job("noise_image", check=checked("noise"))

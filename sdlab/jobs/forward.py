@@ -7,18 +7,26 @@ import math
 import pandas as pd
 import torch
 
+from sdlab.bench.figures import image_strip
+from sdlab.bench.records import identity, ordered
 from sdlab.config import model_spec
 from sdlab.errors import UserError
-from sdlab.bench.figures import image_strip
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import (base_row, decode, encode, image_size, input_images, loaded_model,
-                                 model_scheduler_config, number_list, to_model, to_uint8)
+from sdlab.jobs.analysis import (
+    decode,
+    encode,
+    image_size,
+    input_images,
+    loaded_model,
+    model_scheduler_config,
+    number_list,
+    to_model,
+    to_uint8,
+)
 from sdlab.jobs.schedule import schedule_spec
 from sdlab.metrics.diffusion import flow_log_snr, log_snr_db, snr_db
 from sdlab.metrics.image import psnr
-from sdlab.metrics.schedule import alpha_bar_from_betas, betas
-from sdlab.bench.records import ordered
-from sdlab.metrics.schedule import model_kind
+from sdlab.metrics.schedule import alpha_bar_from_betas, betas, model_kind
 
 
 def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -72,7 +80,7 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
                 else:
                     noised = to_uint8(decode(model, a * z0 + b * eps["latent"]))[0]
                 value = psnr(image, noised)
-                rows.append({**base_row(ctx, "forward_process", spec), "schedule": s["label"], "space": space, "t": t,
+                rows.append({**identity(ctx, "forward_process", spec.name), "schedule": s["label"], "space": space, "t": t,
                              "alpha_bar": a * a if not s.get("flow") else None, "sigma": b if s.get("flow") else None,
                              "signal_frac": a, "noise_frac": b,
                              "snr_db": log_snr_db(flow_log_snr(b)) if s.get("flow") else snr_db(a * a),

@@ -10,16 +10,16 @@ from typing import Any
 
 import pandas as pd
 
-from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
-from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
-from sdlab.models.text_tokenizers import truncation_warnings
-from sdlab.jobs import JobContext, job
-from sdlab.models.clip import load_clip
-from sdlab.mini.checker import adherence_columns
-from sdlab.models.loading import load_model
-from sdlab.bench.records import ordered, save_png, versions, write_table
+from sdlab.bench.records import identity, ordered, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
+from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
+from sdlab.jobs import JobContext, job
+from sdlab.mini.checker import adherence_columns
+from sdlab.models.clip import load_clip
+from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
+from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config
+from sdlab.models.text_tokenizers import truncation_warnings
 
 log = logging.getLogger(__name__)
 TIMING_KEYS = ("time_text_s", "time_unet_s", "time_vae_s", "time_total_s")
@@ -43,10 +43,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     device = str(model.device)
     clip = load_clip(cfg.get("clip"), device=device)
     common = {
-        "run_id": ctx.run_id,
-        "experiment": ctx.experiment,
-        "job": "generate",
-        "model": spec.name,
+        **identity(ctx, "generate", spec.name),
         "scheduler": choice.name,
         "scheduler_config": resolved_config(model.scheduler),
         "num_inference_steps": params.num_inference_steps,
@@ -57,7 +54,6 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         "height": params.height,
         "eta": params.eta,
         "prompt_truncated_tokens": truncated_tokens(model.tokenizer, params.prompt),
-        "overrides": ctx.overrides,
         "device": device,
         "versions": versions(),
     }

@@ -11,20 +11,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sdlab.config import GenerationParams, generation_params, scheduler_choice
 from sdlab.bench.figures import curves
 from sdlab.bench.grid import image_grid
-from sdlab.models.generate import chunks
+from sdlab.bench.records import identity, ordered, versions
+from sdlab.config import GenerationParams, generation_params, scheduler_choice
 from sdlab.jobs import JobContext, job
+from sdlab.jobs.analysis import loaded_model, number_list, str_list
 from sdlab.jobs.generate import batch_rows, hash_fields
-from sdlab.jobs.analysis import base_row, loaded_model, number_list, str_list
-from sdlab.models.clip import load_clip
-from sdlab.bench.records import ordered, versions
-from sdlab.models.schedulers import resolved_config
-from sdlab.metrics.image import layout_correlation
-from sdlab.metrics.image import psnr
+from sdlab.metrics.image import layout_correlation, psnr
 from sdlab.metrics.stats import summarize_ci
-from sdlab.models.generate import generate_batch
+from sdlab.models.clip import load_clip
+from sdlab.models.generate import chunks, generate_batch
+from sdlab.models.schedulers import resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ def cell_rows(ctx: JobContext, model, spec, clip, params: GenerationParams, cell
     """
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
-    common = {**base_row(ctx, ctx.config["job"], spec), "scheduler": scheduler_choice(ctx.config["scheduler"]).name,
+    common = {**identity(ctx, ctx.config["job"], spec.name), "scheduler": scheduler_choice(ctx.config["scheduler"]).name,
               "scheduler_config": resolved_config(model.scheduler), "num_inference_steps": params.num_inference_steps,
               "guidance_scale": params.guidance_scale, "prompt": params.prompt, "negative_prompt": params.negative_prompt,
               "width": params.width, "height": params.height, "eta": params.eta, "device": str(model.device),

@@ -12,19 +12,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdlab.bench.figures import PALETTE, STYLE, curves, save_figure
+from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import model_spec, scheduler_choice
 from sdlab.errors import UserError
-from sdlab.bench.figures import curves
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import base_row, model_scheduler_config
-from sdlab.metrics.schedule import (SCHEDULES, betas, ddpm_log_snr_table, flow_crossing, flow_log_snr_table,
-                                   log_snr, log_snr_crossing, schedule_table, scheduler_visits, unshift_sigma,
-                                   zero_crossing)
-from sdlab.bench.records import ordered, write_table
-from sdlab.metrics.schedule import model_kind
-from sdlab.models.schedulers import FAMILY_CONFIGS, check_options, make_scheduler, resolved_config, timestep_kwargs
-from sdlab.bench.figures import PALETTE, STYLE, save_figure
+from sdlab.jobs.analysis import model_scheduler_config
+from sdlab.metrics.schedule import (
+    SCHEDULES,
+    betas,
+    ddpm_log_snr_table,
+    flow_crossing,
+    flow_log_snr_table,
+    log_snr,
+    log_snr_crossing,
+    model_kind,
+    schedule_table,
+    scheduler_visits,
+    unshift_sigma,
+    zero_crossing,
+)
 from sdlab.models.loading import adapter_class
+from sdlab.models.schedulers import (
+    FAMILY_CONFIGS,
+    check_options,
+    make_scheduler,
+    resolved_config,
+    timestep_kwargs,
+)
 
 log = logging.getLogger(__name__)
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
@@ -122,7 +137,7 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
             table = schedule_table(beta)
         tables.append(table.assign(schedule=s["label"]))
         crossing = zero_crossing(table["alpha_bar"])
-        rows.append({**base_row(ctx, "schedule_snr", spec), "schedule": s["label"], "beta_schedule": s["beta_schedule"],
+        rows.append({**identity(ctx, "schedule_snr", spec.name), "schedule": s["label"], "beta_schedule": s["beta_schedule"],
                      "beta_start": s["beta_start"], "beta_end": s["beta_end"], "T": s["T"], "crossing_t": crossing,
                      "snr_db_first": float(table["snr_db"].iloc[0]), "snr_db_last": float(table["snr_db"].iloc[-1]),
                      "alpha_bar_mid": float(table["alpha_bar"].iloc[s["T"] // 2])})
@@ -299,7 +314,7 @@ def family_rows(ctx: JobContext, spec) -> list[dict[str, Any]]:
         curve, visits, facts = family_schedule(f)
         curves_.append(curve.assign(family=f["name"]))
         visits_.append(visits.assign(family=f["name"], sampler=f["sampler"], num_inference_steps=f["steps"]))
-        rows.append({**base_row(ctx, "schedule_snr", spec), "family": f["name"], "family_config": f["config_name"],
+        rows.append({**identity(ctx, "schedule_snr", spec.name), "family": f["name"], "family_config": f["config_name"],
                      "sampler": f["sampler"], "num_inference_steps": f["steps"], "width": f["width"],
                      "height": f["height"], **{k: v for k, v in facts.items() if k != "scheduler_config"},
                      "visited_t": " ".join(f"{t:.3f}" for t in visits["t"]),

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from sdlab.bench.records import identity, ordered, versions
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
-from sdlab.bench.records import ordered, versions
 from sdlab.mini import arrays
 from sdlab.mini.train_clip import train_clip
 from sdlab.mini.train_unet import train_unet
@@ -51,8 +51,7 @@ def run_train_mini(ctx: JobContext) -> pd.DataFrame:
     for name in STAGES if stage == "all" else (stage,):
         began = time.monotonic()
         summary = run_one(name, cfg, root)
-        rows.append({"run_id": ctx.run_id, "experiment": ctx.experiment, "job": "train_mini",
-                     "overrides": ctx.overrides, "status": "ok", "error": None, "device": "cpu",
+        rows.append({**identity(ctx, "train_mini"), "device": "cpu",
                      "versions": versions(), "time_total_s": time.monotonic() - began, **summary})
         log.info("stage %s done: %s", name, summary)
     return ordered(rows)

@@ -11,17 +11,25 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
+from sdlab.bench.figures import image_strip, write_gif
+from sdlab.bench.recipe_fields import Field, check_fields
+from sdlab.bench.records import identity, ordered, save_png
 from sdlab.config import generation_params, scheduler_choice
 from sdlab.errors import choose
-from sdlab.bench.figures import image_strip, write_gif
-from sdlab.models.generate import generate_batch
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import base_row, decode, loaded_model, to_uint8
-from sdlab.metrics.diffusion import alpha_bar_at, flow_log_snr, guided, log_snr, log_snr_db, x0_from_velocity, x0_pred
+from sdlab.jobs.analysis import decode, loaded_model, to_uint8
+from sdlab.metrics.diffusion import (
+    alpha_bar_at,
+    flow_log_snr,
+    guided,
+    log_snr,
+    log_snr_db,
+    x0_from_velocity,
+    x0_pred,
+)
 from sdlab.metrics.image import psnr
+from sdlab.models.generate import generate_batch
 from sdlab.models.preview import fit_linear_preview, linear_preview
-from sdlab.bench.recipe_fields import Field, check_fields
-from sdlab.bench.records import ordered, save_png
 from sdlab.models.schedulers import resolved_config
 
 
@@ -202,7 +210,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     timing = {"nfe": result.nfe, "time_generate_s": result.time_total_s - recorder.capture_s,
               "time_unet_s": result.time_unet_s - recorder.capture_s, "time_capture_s": recorder.capture_s,
               "time_decode_trajectory_s": time_decode, "preview": preview}
-    common = {**base_row(ctx, "trajectory", spec), "scheduler": choice.name,
+    common = {**identity(ctx, "trajectory", spec.name), "scheduler": choice.name,
               "scheduler_config": resolved_config(model.scheduler),
               "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
               "prompt": params.prompt, "negative_prompt": params.negative_prompt, "width": params.width,

@@ -8,13 +8,21 @@ import numpy as np
 import pandas as pd
 
 from sdlab.bench.figures import image_strip
+from sdlab.bench.recipe_fields import Field, check_fields
+from sdlab.bench.records import identity, ordered, write_table
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import (article_reports, base_row, decode, encode, image_size, input_images, loaded_model,
-                                 to_model, to_uint8)
+from sdlab.jobs.analysis import (
+    article_reports,
+    decode,
+    encode,
+    image_size,
+    input_images,
+    loaded_model,
+    to_model,
+    to_uint8,
+)
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
-from sdlab.bench.recipe_fields import Field, check_fields
-from sdlab.bench.records import ordered, write_table
 
 
 @job("vae_roundtrip", check=lambda cfg: check_fields(cfg, {"num_images": Field("int", 1, 1000, optional=True)}))
@@ -40,7 +48,7 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
         stats = latent_channel_stats(latent)
         channel_tables.append(stats.assign(image=name))
         quality = {"psnr_db": psnr(image, recon), "ssim": ssim(image, recon)}
-        rows.append({**base_row(ctx, "vae_roundtrip", spec), "image": name, "width": width, "height": height,
+        rows.append({**identity(ctx, "vae_roundtrip", spec.name), "image": name, "width": width, "height": height,
                      "latent_shape": "x".join(map(str, latent.shape)),
                      "compression_ratio": compression_ratio(image.shape, latent.shape), **quality,
                      "latent_mean": float(latent.mean()), "latent_std": float(latent.std()),

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 77

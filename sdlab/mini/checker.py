@@ -37,8 +37,8 @@ from sdlab.mini.data import (
     POSITION_OFFSET,
     POSITION_UNIT_OFFSETS,
     Attributes,
+    parse_partial,
 )
-from sdlab.mini.data import parse_partial
 
 ATTRIBUTE_NAMES = tuple(field.name for field in fields(Attributes))
 

@@ -15,12 +15,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sdlab.io import atomic_write_text
-from sdlab.mini import data
 from sdlab.bench.records import write_table
 from sdlab.config import ModelSpec
-from sdlab.mini.checker import LAYOUT, agrees, check, layouts_agree, shape_mask
-from sdlab.mini.checker import adherence
+from sdlab.io import atomic_write_text
+from sdlab.mini import data
+from sdlab.mini.checker import (
+    LAYOUT,
+    adherence,
+    agrees,
+    check,
+    layouts_agree,
+    shape_mask,
+)
 from sdlab.mini.train_clip import held_out_retrieval
 from sdlab.mini.train_vae import checker_agreement, psnr_db, round_trip
 from sdlab.models.families import family_of_folder

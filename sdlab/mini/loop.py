@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from sdlab.mini.checkpoint import load_checkpoint, save_checkpoint
-from sdlab.bench.records import write_table
 from sdlab.bench.figures import STYLE, save_figure
+from sdlab.bench.records import write_table
+from sdlab.mini.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 LOSS_TABLE = "losses"

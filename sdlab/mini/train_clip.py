@@ -11,9 +11,9 @@ import torch
 
 from sdlab.mini import arrays, data
 from sdlab.mini.architecture import build_clip
+from sdlab.mini.export import save_clip
 from sdlab.mini.loop import Stage, run_stage
 from sdlab.models.tokenizer import load_tokenizer
-from sdlab.mini.export import save_clip
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from sdlab.io import atomic_path
 from sdlab.mini import arrays, data
 from sdlab.mini.architecture import SCHEDULER, build_unet
+from sdlab.mini.export import save_component, save_pipeline_files
 from sdlab.mini.loop import Stage, run_stage
 from sdlab.mini.train_clip import combination_index, token_ids
 from sdlab.models.tokenizer import load_tokenizer
-from sdlab.mini.export import save_component, save_pipeline_files
 
 log = logging.getLogger(__name__)
 

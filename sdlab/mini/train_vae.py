@@ -11,9 +11,9 @@ import torch
 
 from sdlab.mini import arrays, data
 from sdlab.mini.architecture import build_vae
-from sdlab.mini.loop import Stage, run_stage
 from sdlab.mini.checker import adherence
 from sdlab.mini.export import save_component
+from sdlab.mini.loop import Stage, run_stage
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from sdlab.config import MODEL_KINDS
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len, model_kind

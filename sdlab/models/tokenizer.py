@@ -15,7 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from sdlab.io import atomic_write_text
 
 if TYPE_CHECKING:  # annotations only: transformers is imported where it is used

@@ -7,17 +7,14 @@ sdlab/architectures.py, and says how it encodes prompts (`_encode`) and what its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-
-from sdlab.config import ModelSpec
-from sdlab.errors import UserError
-from sdlab.config import ATTENTION
-from sdlab.errors import choose
+from sdlab.config import ATTENTION, ModelSpec
+from sdlab.errors import UserError, choose
+from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.device import use_process_options
 from sdlab.models.schedulers import check_kind, make_scheduler
-from sdlab.metrics.schedule import model_kind
 from sdlab.models.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -256,7 +253,6 @@ class ModelAdapter:
     def apply_speed_options(self) -> None:
         """Channels-last memory format, the attention implementation and torch.compile, as configured."""
         import torch
-
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
 from sdlab.config import ModelSpec
 from sdlab.models.families.base import ModelAdapter
 

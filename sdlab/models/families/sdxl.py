@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
 from sdlab.models.families.base import ModelAdapter
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
