@@ -14,7 +14,8 @@ from sdlab import lock
 from sdlab.figure_index import write_index
 from sdlab.grid import image_grid
 from sdlab.records import collect, write_table
-from sdlab.summary import best_line, owns_summary, write_summary
+from sdlab.ranking import rank, ranking_lines
+from sdlab.summary import owns_summary, write_summary
 
 log = logging.getLogger(__name__)
 sweep_failures = 0
@@ -22,7 +23,7 @@ sweep_failures = 0
 
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False) -> str:
     """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
-    `folder`; return the "N ok, M failed" line (and the best value per swept parameter)."""
+    `folder`; return the "N ok, M failed" line (and at a sweep's end, one ranking line per swept parameter)."""
     try:
         write_table(frame, folder)
     except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists
@@ -38,8 +39,9 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
     for _, row in failed.iterrows():
         line += f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
     if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
-        best = best_line(write_summary(frame, folder, figure=sweep))
-        line += f"\n  {best}" if best else ""
+        ranking = rank(frame)
+        write_summary(frame, folder, figure=sweep, ranking=ranking)
+        line += "".join(f"\n  {text}" for text in ranking_lines(frame, ranking).values()) if sweep else ""
     if sweep:
         from sdlab.report import build_report
 
@@ -95,5 +97,5 @@ class CollectSweep(Callback):
             sweep_failures = max(sweep_failures, 1)
             return
         sweep_failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
-        log.info("sweep %s: %s", sweep_dir, line)
+        log.debug("sweep %s: %s", sweep_dir, line)  # printed once below; Hydra's console logger would repeat it
         print(f"sdlab: {sweep_dir}/results.csv: {line}")

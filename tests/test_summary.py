@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sdlab.summary import ALL, best_line, owns_summary, summary_table, sweep_axes, swept_parameters, write_summary
+from sdlab.summary import ALL, owns_summary, summary_table, sweep_axes, swept_parameters, write_summary
 
 
 def sweep_frame() -> pd.DataFrame:
@@ -69,17 +69,21 @@ def test_differences_are_paired_by_seed_and_the_other_swept_values():
     assert row["hi"] - row["lo"] > 5
 
 
-def test_best_line_names_the_best_value_of_each_parameter():
-    line = best_line(summary_table(sweep_frame()))
-    assert line.startswith("best by mean clip_score: ")
-    assert "guidance_scale=7.5 (" in line and "scheduler=a (" in line and "n=6" in line
+def test_differences_are_taken_against_the_rankings_best_never_a_value_with_one_image():
+    frame = sweep_frame()
+    frame = pd.concat([frame, frame.iloc[[0]].assign(guidance_scale=15.0, clip_score=99.0,
+                                                     overrides=json.dumps({"guidance_scale": "15"}))])
+    table = summary_table(frame)
+    single = table[table["parameter2"].isna() & (table["parameter"] == "guidance_scale")]
+    assert set(single.loc[single["metric"] == "clip_score", "delta_vs"]) == {"7.5"}  # 15 has one image at 99
+    assert single.loc[single["metric"] == "time_total_s", "delta_vs"].iloc[0] == "1"  # costs: the cheapest
 
 
 def test_a_single_run_with_several_images_gets_overall_rows(tmp_path):
     frame = sweep_frame()
     frame = frame[(frame["guidance_scale"] == 1) & (frame["scheduler"] == "a")].drop(columns="overrides")
     table = write_summary(frame, tmp_path)
-    assert set(table["parameter"]) == {ALL} and best_line(table) == ""
+    assert set(table["parameter"]) == {ALL}
     assert (tmp_path / "summary.csv").is_file() and (tmp_path / "summary.parquet").is_file()
     assert not (tmp_path / "summary.png").exists()  # a single run draws no figure (no matplotlib on that path)
     assert not list(tmp_path.glob(".*tmp*"))
