@@ -98,5 +98,5 @@ def write_summary(frame: pd.DataFrame, folder: Path, figure: bool = False,
     if figure and (summary["parameter"] != ALL).any():  # nothing swept: the table's overall rows say it all
         from sdlab.figures import summary_figure  # matplotlib only where a figure is drawn
 
-        summary_figure(summary, Path(folder) / f"{SUMMARY_NAME}.png")
+        summary_figure(summary, Path(folder) / f"{SUMMARY_NAME}.png", ranking)
     return summary
