@@ -17,6 +17,7 @@ from PIL import Image
 from sdlab.errors import UserError
 from sdlab.grid import axis_values
 from sdlab.io import atomic_write_text
+from sdlab.ranking import rank, ranking_lines
 from sdlab.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs
 from sdlab.summary import SUMMARY_NAME, main_metric, metric_columns, owns_summary, sweep_axes, write_summary
 
@@ -134,6 +135,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     rows = [[plain(v) for v in record] for record in frame.itertuples(index=False, name=None)]
     paths = frame["image_path"] if "image_path" in frame else [None] * len(frame)
     metrics = metric_columns(frame)
+    ranking = rank(frame)
     return {
         "header": header(frame, folder, axes), "columns": columns, "rows": rows,
         "axes": axes, "values": {k: list(dict.fromkeys(labels[k])) for k in axes},
@@ -142,6 +144,8 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
         "metrics": metrics, "main_metric": main_metric(metrics),
         "summary": f"{SUMMARY_NAME}.png" if (folder / f"{SUMMARY_NAME}.png").is_file() else None,
         "figures": figures(folder),
+        "ranking": [{k: plain(v) for k, v in row.items()} for row in ranking.to_dict(orient="records")],
+        "ranking_lines": ranking_lines(frame, ranking),
     }
 
 

@@ -107,3 +107,14 @@ def test_sdlab_report_on_a_single_run_dir(run_sdlab, tmp_path):
     assert data["header"]["command"] == f"sdlab seed=1 guidance_scale=7.5 scheduler=ddim threads=1 hydra.run.dir={run}"
     assert data["axes"] == [] and data["header"]["ok"] == 1 and data["summary"] is None
     assert (run / "summary.csv").is_file() and not (run / "summary.png").exists()
+
+
+def test_the_page_carries_the_sweeps_ranking(tmp_path):
+    root = fake_sweep(tmp_path / "sweep")  # ddim scores 5 more than euler on every pair below the cap of 100
+    data = embedded(build_report(root).read_text())
+    rows = [r for r in data["ranking"] if r["parameter"] == "scheduler" and r["metric"] == "clip_score"]
+    assert [(r["rank"], r["value"], r["group"]) for r in rows] == [(1, "ddim", "best"), (2, "euler", "behind")]
+    assert rows[1]["n_paired"] == 8 and rows[1]["delta_hi"] < 0  # the failed cell has no pair
+    assert data["ranking_lines"] == {
+        "guidance_scale": "guidance_scale by clip_score: best 7.5 100; tied: none (1 of 3)",
+        "scheduler": "scheduler by clip_score: best ddim 64.7; tied: none (1 of 2)"}
