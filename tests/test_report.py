@@ -47,7 +47,7 @@ def test_sdlab_report_rebuilds_an_older_sweep(run_sdlab, tmp_path, capsys):
     (root / "results.csv").unlink()
     assert run_sdlab("report", str(root)) == 0
     assert capsys.readouterr().out.strip() == f"sdlab: {root / 'report.html'}"
-    for name in ("report.html", "summary.csv", "summary.parquet", "summary.png"):
+    for name in ("report.html", "summary.csv", "summary.parquet", "summary.png", "ranking.csv"):
         assert (root / name).is_file(), name
     summary = pd.read_csv(root / "summary.csv")
     assert {"n", "mean", "lo", "hi"} <= set(summary.columns) and set(summary["parameter"]) >= {"guidance_scale", "scheduler"}
