@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from sdlab.grid import grid_axes, parse_overrides
@@ -53,10 +54,19 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
     for column in frame.columns:
         if column in NOT_METRICS or column.endswith("_id"):
             continue
-        kind = frame[column].dtype
-        if (pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_bool_dtype(kind)) and finite(frame[column]).size:
+        if numeric(frame[column]) and finite(frame[column]).size:
             out.append(column)
     return out
+
+
+def numeric(series: pd.Series) -> bool:
+    """True for numbers and booleans, also when a missing value (a failed cell's score) made the column `object`."""
+    kind = series.dtype
+    if pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_bool_dtype(kind):
+        return True
+    present = series.dropna()
+    return kind == object and len(present) > 0 and all(isinstance(v, (bool, int, float, np.bool_, np.number))
+                                                       for v in present)
 
 
 def _named(metric: str, names: tuple[str, ...]) -> bool:

@@ -98,3 +98,11 @@ def test_a_single_run_prints_no_ranking(tmp_path):
     assert summarize(f, tmp_path) == "12 ok, 0 failed"
     assert (tmp_path / "summary.csv").is_file() and not (tmp_path / "ranking.csv").exists()
     assert ranking_lines(f, rank(f))["prompt"].startswith("prompt by clip_score: best a")  # a sweep would have said
+
+
+def test_a_failed_cell_does_not_hide_a_score():
+    f = frame()
+    f["adherence_all"] = [bool(i % 3) for i in range(len(f))]
+    f = pd.concat([f, f.iloc[[0]].assign(status="error", adherence_all=None, clip_score=None)], ignore_index=True)
+    assert f["adherence_all"].dtype == object  # the failed row's None
+    assert "adherence_all" in set(rank(f)["metric"])
