@@ -47,7 +47,7 @@ def test_sdlab_report_rebuilds_an_older_sweep(run_sdlab, tmp_path, capsys):
     (root / "results.csv").unlink()
     assert run_sdlab("report", str(root)) == 0
     assert capsys.readouterr().out.strip() == f"sdlab: {root / 'report.html'}"
-    for name in ("report.html", "summary.csv", "summary.parquet", "summary.png"):
+    for name in ("report.html", "summary.csv", "summary.parquet", "summary.png", "ranking.csv"):
         assert (root / name).is_file(), name
     summary = pd.read_csv(root / "summary.csv")
     assert {"n", "mean", "lo", "hi"} <= set(summary.columns) and set(summary["parameter"]) >= {"guidance_scale", "scheduler"}
@@ -74,7 +74,7 @@ def test_bad_report_dirs_are_one_line_exit_2_and_nothing_written(run_sdlab, tmp_
     assert (foreign / "report.html").read_text() == "<html>mine</html>"
 
 
-def test_a_sweep_ends_with_summary_report_and_the_best_value(run_sdlab, tmp_path, capsys, monkeypatch, one_thread):
+def test_a_sweep_ends_with_summary_report_and_its_ranking_line_once(run_sdlab, tmp_path, capsys, monkeypatch, one_thread):
     from sdlab.jobs import generate as generate_job
 
     real = generate_job.generate_batch
@@ -89,8 +89,9 @@ def test_a_sweep_ends_with_summary_report_and_the_best_value(run_sdlab, tmp_path
                      f"hydra.sweep.dir={tmp_path}")
     out = capsys.readouterr().out
     assert code == 1 and "3 ok, 3 failed" in out
-    assert re.search(r"best by mean \w+: scheduler=euler \(", out)
-    for name in ("summary.csv", "summary.parquet", "summary.png", "report.html", "grid.png"):
+    # one line per swept parameter, printed once; with ddim failed, one value is left: nothing to rank it against
+    assert out.count("3 ok, 3 failed") == 1 and out.count("scheduler: not ranked") == 1 and "best" not in out.split("3 ok, 3 failed")[1]
+    for name in ("summary.csv", "summary.parquet", "summary.png", "report.html", "grid.png", "ranking.csv"):
         assert (tmp_path / name).is_file(), name
     data = embedded((tmp_path / "report.html").read_text())
     status = [r[data["columns"].index("status")] for r in data["rows"]]
@@ -106,3 +107,14 @@ def test_sdlab_report_on_a_single_run_dir(run_sdlab, tmp_path):
     assert data["header"]["command"] == f"sdlab seed=1 guidance_scale=7.5 scheduler=ddim threads=1 hydra.run.dir={run}"
     assert data["axes"] == [] and data["header"]["ok"] == 1 and data["summary"] is None
     assert (run / "summary.csv").is_file() and not (run / "summary.png").exists()
+
+
+def test_the_page_carries_the_sweeps_ranking(tmp_path):
+    root = fake_sweep(tmp_path / "sweep")  # ddim scores 5 more than euler on every pair below the cap of 100
+    data = embedded(build_report(root).read_text())
+    rows = [r for r in data["ranking"] if r["parameter"] == "scheduler" and r["metric"] == "clip_score"]
+    assert [(r["rank"], r["value"], r["group"]) for r in rows] == [(1, "ddim", "best"), (2, "euler", "behind")]
+    assert rows[1]["n_paired"] == 8 and rows[1]["delta_hi"] < 0  # the failed cell has no pair
+    assert data["ranking_lines"] == {
+        "guidance_scale": "guidance_scale by clip_score: best 7.5 100; tied: none (1 of 3)",
+        "scheduler": "scheduler by clip_score: best ddim 64.7; tied: none (1 of 2)"}

@@ -110,3 +110,23 @@ def test_a_big_sweep_shows_its_first_rows_until_asked(browser_page, tmp_path):
     browser_page.click("#rows-more")
     assert browser_page.locator("#rows-table tbody tr").count() == 300 and browser_page.is_hidden("#rows-more")
     assert browser_page.locator("#grid .cell").count() == 30  # 10 guidance x 3 schedulers, seeds as a selector
+
+
+def test_the_ranking_is_a_table_at_the_top(page):
+    assert page.locator("section").first.get_attribute("id") == "ranking-section"
+    block = page.locator("#ranking .ranking-block").nth(0)
+    assert block.locator("h3 select").input_value() == "clip_score"
+    assert block.locator(".ranking-line").inner_text().startswith("guidance_scale by clip_score: best 7.5")
+    assert block.locator("tbody tr td.value").all_inner_texts() == ["7.5", "3", "1"]
+    assert block.locator("tbody tr.best td.value").all_inner_texts() == ["7.5"]
+    assert page.log["errors"] == []
+
+
+def test_ranked_values_are_shown_as_text_and_any_score_can_be_picked(browser_page, tmp_path):
+    root = fake_sweep(tmp_path / "hostile", schedulers=("ddim", "<b>eu</b>"), failed=None)
+    browser_page.goto(build_report(root).as_uri())
+    cells = browser_page.locator("#ranking td.value")
+    assert "<b>eu</b>" in cells.all_inner_texts() and browser_page.locator("#ranking b").count() == 0
+    block = browser_page.locator("#ranking .ranking-block").nth(0)
+    block.locator("h3 select").select_option("adherence_all")  # 3 and 7.5 both always adhere: tied
+    assert block.locator("tbody tr.best td.value, tbody tr.tied td.value").all_inner_texts() == ["3", "7.5"]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sdlab.bench.summary import ALL, best_line, owns_summary, summary_table, sweep_axes, swept_parameters, write_summary
+from sdlab.bench.summary import ALL, owns_summary, summary_table, sweep_axes, swept_parameters, write_summary
 
 
 def sweep_frame() -> pd.DataFrame:
@@ -69,17 +69,21 @@ def test_differences_are_paired_by_seed_and_the_other_swept_values():
     assert row["hi"] - row["lo"] > 5
 
 
-def test_best_line_names_the_best_value_of_each_parameter():
-    line = best_line(summary_table(sweep_frame()))
-    assert line.startswith("best by mean clip_score: ")
-    assert "guidance_scale=7.5 (" in line and "scheduler=a (" in line and "n=6" in line
+def test_differences_are_taken_against_the_rankings_best_never_a_value_with_one_image():
+    frame = sweep_frame()
+    frame = pd.concat([frame, frame.iloc[[0]].assign(guidance_scale=15.0, clip_score=99.0,
+                                                     overrides=json.dumps({"guidance_scale": "15"}))])
+    table = summary_table(frame)
+    single = table[table["parameter2"].isna() & (table["parameter"] == "guidance_scale")]
+    assert set(single.loc[single["metric"] == "clip_score", "delta_vs"]) == {"7.5"}  # 15 has one image at 99
+    assert single.loc[single["metric"] == "time_total_s", "delta_vs"].iloc[0] == "1"  # costs: the cheapest
 
 
 def test_a_single_run_with_several_images_gets_overall_rows(tmp_path):
     frame = sweep_frame()
     frame = frame[(frame["guidance_scale"] == 1) & (frame["scheduler"] == "a")].drop(columns="overrides")
     table = write_summary(frame, tmp_path)
-    assert set(table["parameter"]) == {ALL} and best_line(table) == ""
+    assert set(table["parameter"]) == {ALL}
     assert (tmp_path / "summary.csv").is_file() and (tmp_path / "summary.parquet").is_file()
     assert not (tmp_path / "summary.png").exists()  # a single run draws no figure (no matplotlib on that path)
     assert not list(tmp_path.glob(".*tmp*"))
@@ -96,3 +100,27 @@ def test_summary_figure_and_a_study_summary_left_alone(tmp_path):
     study.mkdir()
     pd.DataFrame({"scheduler": ["ddim"], "psnr_mean": [20.0]}).to_parquet(study / "summary.parquet")
     assert not owns_summary(study)
+
+
+def test_the_summary_plot_of_twenty_values_fits_the_page_with_no_overlapping_labels():
+    from sdlab.bench.figures import PAGE_INCHES, draw_summary
+    from sdlab.bench.ranking import rank
+
+    names = [f"a_long_scheduler_name_number_{i}" for i in range(20)]
+    frame = pd.DataFrame([{"seed": seed, "scheduler": s, "guidance_scale": g, "status": "ok", "nfe": 8,
+                           "clip_score": 60.0 + i + seed + g, "overrides": json.dumps({"scheduler": s, "guidance_scale": str(g)})}
+                          for i, s in enumerate(names) for g in (1, 5) for seed in (1, 2, 3)])
+    ranking = rank(frame)
+    fig = draw_summary(summary_table(frame, ranking), ranking)
+    fig.canvas.draw()
+    assert fig.get_figwidth() == PAGE_INCHES and fig.get_figwidth() * fig.dpi <= 1400
+    bottom = fig.axes[0]  # one metric (clip_score; nfe is constant): the scheduler panel first
+    labels = [t for t in bottom.get_xticklabels() if t.get_text()]
+    assert len({t.get_text() for t in labels}) == 20 and len({t.get_rotation() for t in labels}) == 1  # cut, still apart
+    # parallel rotated labels clear each other when the ticks' spacing across the text exceeds its height
+    spacing = min(np.diff([t.get_window_extent().x1 for t in labels]))
+    across = spacing * math.sin(math.radians(labels[0].get_rotation()))
+    assert 0 < labels[0].get_rotation() <= 90 and across > 1.15 * labels[0].get_fontsize() * fig.dpi / 72
+    assert bottom.get_legend() is not None and len(bottom.get_legend().get_texts()) == 2  # lines: guidance 1 and 5
+    assert fig.axes[1].get_legend() is None  # 20 lines would need a 20-entry legend: one line of means instead
+    assert all(not ax.get_legend() or len(ax.get_legend().get_texts()) <= 5 for ax in fig.axes)

@@ -85,5 +85,5 @@ class CollectSweep(Callback):
             CollectSweep.failures = max(CollectSweep.failures, 1)
             return
         CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
-        log.info("sweep %s: %s", sweep_dir, line)
+        log.debug("sweep %s: %s", sweep_dir, line)  # printed once below; Hydra's console logger would repeat it
         print(f"sdlab: {sweep_dir}/results.csv: {line}")

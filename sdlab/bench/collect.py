@@ -8,14 +8,15 @@ from pathlib import Path
 import pandas as pd
 
 from sdlab.bench.grid import image_grid
+from sdlab.bench.ranking import rank, ranking_lines
 from sdlab.bench.records import write_table
 from sdlab.bench.report import build_report
-from sdlab.bench.summary import best_line, owns_summary, write_summary
+from sdlab.bench.summary import owns_summary, write_summary
 
 
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False) -> str:
     """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
-    `folder`; return the "N ok, M failed" line (and the best value per swept parameter)."""
+    `folder`; return the "N ok, M failed" line (and at a sweep's end, one ranking line per swept parameter)."""
     try:
         write_table(frame, folder)
     except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists
@@ -31,8 +32,9 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
     for _, row in failed.iterrows():
         line += f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
     if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
-        best = best_line(write_summary(frame, folder, figure=sweep))
-        line += f"\n  {best}" if best else ""
+        ranking = rank(frame)
+        write_summary(frame, folder, figure=sweep, ranking=ranking)
+        line += "".join(f"\n  {text}" for text in ranking_lines(frame, ranking).values()) if sweep else ""
     if sweep:
         build_report(folder, frame)
     return line

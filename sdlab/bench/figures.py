@@ -344,13 +344,51 @@ def _positions(values: Sequence[str]) -> tuple[list[float], list[str], bool]:
 
 
 SUMMARY_FIGURE_METRICS = ("clip_score", "adherence_all", "psnr", "ssim", "latent_rmse", "time_total_s", "nfe")
+PAGE_INCHES = 13.4  # the report's page (about 1400 px) at 100 dpi: the summary plot fills it, never more
+MAX_LINES = 5  # more values of the other parameter than this: one line of means over them instead of a legend
+TIED_SHADE = "#d9f0d3"
 
 
-def summary_figure(summary: pd.DataFrame, target: Path, max_metrics: int = 6) -> Path:
-    """Each headline metric that varies (rows; the table has them all) against each swept parameter (columns), one
-    line per value of another swept parameter, with its interval as a band (none where n < 3)."""
+def _middle(text: str, width: int = 22) -> str:
+    """`text` cut in the middle to `width` characters, so values that differ only at the end stay apart."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def panel_lines(summary: pd.DataFrame, metric: str, key: str, by: str | None) -> dict:
+    """The rows of one panel: {line name (a value of `by`, or None): rows with `value` = this parameter's value}."""
+    rows = summary[summary["metric"] == metric]
+    if by is None:
+        return {None: rows[(rows["parameter"] == key) & rows["parameter2"].isna()]}
+    ab = rows[(rows["parameter"] == key) & (rows["parameter2"] == by)]
+    ba = rows[(rows["parameter"] == by) & (rows["parameter2"] == key)]
+    both = pd.concat([ab.assign(line=ab["value2"]), ba.assign(line=ba["value"], value=ba["value2"])])
+    return {name: part for name, part in both.groupby("line", sort=False)}
+
+
+def tied_values(ranking: pd.DataFrame | None, key: str, metric: str) -> list[str]:
+    """The values of `key` tied with the best by `metric` (the best included); none when it is not ranked."""
+    if ranking is None or ranking.empty:
+        return []
+    mine = ranking[(ranking["parameter"] == key) & (ranking["metric"] == metric)]
+    return list(mine.loc[mine["group"].isin(("best", "tied")), "value"])
+
+
+def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | None = None,
+                   max_metrics: int = 6) -> Path:
+    """`summary.png`: draw_summary saved as PNG."""
     plt = pyplot()
+    with plt.rc_context(STYLE):
+        return save_figure(draw_summary(summary, ranking, max_metrics), target)
 
+
+def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max_metrics: int = 6):
+    """Each headline metric that varies (rows; the table has them all) against each swept parameter (columns), with
+    its interval (none where n < 3); lines per value of another parameter only when it has few values; values tied
+    with the best (sdlab.bench.ranking) shaded. As wide as the report's page, whatever the number of values."""
     single = summary[summary["parameter2"].isna() & (summary["parameter"] != "(all)")]
     params = list(dict.fromkeys(single["parameter"]))
     varying = single.groupby("metric", sort=False)["mean"].agg(lambda m: m.max() - m.min() > 1e-12 * max(1, abs(m).max()))
@@ -359,40 +397,57 @@ def summary_figure(summary: pd.DataFrame, target: Path, max_metrics: int = 6) ->
     metrics = [m for m in ranked if varying.get(m, False)][:max_metrics]
     if not params or not metrics:
         metrics = metrics or list(dict.fromkeys(summary["metric"]))[:1]
+    keys = params or ["(all)"]
+    values = {k: list(dict.fromkeys(single.loc[single["parameter"] == k, "value"])) for k in keys}
+    positions = {k: _positions(values[k]) for k in keys}
+    widths = [max(3.0, 0.42 * len(values[k])) if not positions[k][2] else 3.0 for k in keys]
+    longest = max([len(_middle(v)) for k in keys if not positions[k][2] for v in values[k]] or [0])
+    label_inches = 0.07 * longest + 0.3  # rotated 45 degrees: the longest label's drop below the axis
+    plt = pyplot()
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(metrics), max(1, len(params)), figsize=(3.4 * max(1, len(params)), 2.3 * len(metrics) + 0.6),
-                                 squeeze=False)
-        for c, key in enumerate(params or ["(all)"]):
-            others = [p for p in params if p != key]
-            by = others[0] if others else None
-            values = list(dict.fromkeys(single.loc[single["parameter"] == key, "value"]))
-            xs, ordered_values, numeric = _positions(values)
+        fig, axes = plt.subplots(len(metrics), len(keys), squeeze=False, sharex="col", layout="constrained",
+                                 figsize=(PAGE_INCHES, 2.1 * len(metrics) + label_inches + 0.9),
+                                 gridspec_kw={"width_ratios": widths})
+        for c, key in enumerate(keys):
+            counts = {p: single.loc[single["parameter"] == p, "value"].nunique() for p in params if p != key}
+            by = min(counts, key=counts.get) if counts and min(counts.values()) <= MAX_LINES else None
+            xs, ordered_values, numeric = positions[key]
             where = dict(zip(ordered_values, xs))
+            gaps = np.diff(sorted(xs)) if len(xs) > 1 else np.array([1.0])
+            half = 0.4 * float(gaps.min()) if len(gaps) else 0.4
             for r, metric in enumerate(metrics):
                 ax = axes[r, c]
-                rows = summary[summary["metric"] == metric]
-                if by is None:
-                    part = rows[(rows["parameter"] == key) & rows["parameter2"].isna()]
-                    lines = {None: part.assign(x=part["value"].map(where))}
-                else:
-                    ab = rows[(rows["parameter"] == key) & (rows["parameter2"] == by)]
-                    ba = rows[(rows["parameter"] == by) & (rows["parameter2"] == key)]
-                    both = pd.concat([ab.assign(x=ab["value"].map(where), line=ab["value2"]),
-                                      ba.assign(x=ba["value2"].map(where), line=ba["value"])])
-                    lines = {name: part for name, part in both.groupby("line", sort=False)}
+                for v in tied_values(ranking, key, metric):
+                    if v in where:
+                        ax.axvspan(where[v] - half, where[v] + half, color=TIED_SHADE, lw=0, zorder=0)
+                lines = panel_lines(summary, metric, key, by)
                 for i, (name, part) in enumerate(lines.items()):
-                    part = part.sort_values("x")
-                    color = DISTINCT[i % len(DISTINCT)]
-                    ax.plot(part["x"], part["mean"], "-o", ms=3, lw=1.3, color=color, label=name)
-                    ax.fill_between(part["x"].astype(float), part["lo"].astype(float), part["hi"].astype(float),
-                                    color=color, alpha=0.15, lw=0)
+                    part = part.assign(x=part["value"].map(where)).dropna(subset=["x"]).sort_values("x")
+                    color = DISTINCT[i % len(DISTINCT)] if by is not None else "C0"
+                    x = part["x"].astype(float).to_numpy()
+                    if numeric:
+                        ax.plot(x, part["mean"], "-o", ms=3, lw=1.3, color=color, label=name)
+                        ax.fill_between(x, part["lo"].astype(float), part["hi"].astype(float), color=color, alpha=0.15, lw=0)
+                    else:  # categories: points with their interval, side by side per line, never joined
+                        shift = (i - (len(lines) - 1) / 2) * min(0.12, 0.6 / max(1, len(lines)))
+                        mean, lo, hi = (part[k].astype(float).to_numpy() for k in ("mean", "lo", "hi"))
+                        ax.errorbar(x + shift, mean, yerr=[np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)], fmt="o",
+                                    ms=3.5, lw=1.1, capsize=2, color=color, label=name)
+                pad = 0.6 if not numeric else 1.25 * half  # the shading never widens the axis
+                ax.set_xlim(min(xs) - pad, max(xs) + pad)
                 if not numeric or len(xs) <= 8:
-                    ax.set_xticks(xs, [_short(v, 14) for v in ordered_values], rotation=20 if len(xs) > 3 and not numeric else 0)
+                    many = not numeric and (len(xs) > 4 or longest > 8)
+                    ax.set_xticks(xs, [_middle(v) for v in ordered_values], rotation=45 if many else 0,
+                                  ha="right" if many else "center", rotation_mode="anchor" if many else "default")
+                ax.tick_params(axis="x", labelsize=7 if len(xs) > 8 else 8)
+                ax.grid(axis="x", visible=False)
                 ax.set_xlabel(key if r == len(metrics) - 1 else "")
-                ax.set_ylabel(_short(metric, 22))
-                if r == 0 and by is not None:
-                    ax.legend(title=f"lines: {by}", fontsize=7, title_fontsize=7, frameon=False, loc="lower center",
-                              bbox_to_anchor=(0.5, 1.02), ncol=min(4, len(lines)))
-        fig.suptitle("mean by swept value (bands: 95% interval within the metric's range; none from n < 3)", y=1.0)
-        fig.tight_layout()
-        return save_figure(fig, target)
+                ax.set_ylabel(_short(metric, 22) if c == 0 else "")
+            if by is not None:
+                axes[0, c].legend(title=f"{by}:", fontsize=7, title_fontsize=7, frameon=False, loc="lower left",
+                                  bbox_to_anchor=(0, 1.0), ncol=len(lines), handletextpad=0.3, columnspacing=0.8)
+            else:
+                axes[0, c].set_title(f"mean over every {', '.join(counts) or 'seed'}", fontsize=8, loc="left")
+        fig.suptitle("mean by swept value (bars and bands: 95% interval within the metric's range; none from n < 3; "
+                     "green: tied with the best by the paired interval)", fontsize=9)
+        return fig

@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 
 from sdlab.bench.grid import axis_values
+from sdlab.bench.ranking import rank, ranking_lines
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs, local_file
 from sdlab.bench.summary import (
     SUMMARY_NAME,
@@ -216,6 +217,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     images = [local_file(folder, p) for p in paths]  # only regular files inside the folder are shown or read
     root = folder.resolve()
     metrics = metric_columns(frame)
+    ranking = rank(frame)
     return {
         "header": header(frame, folder, axes), "columns": columns, "rows": rows,
         "axes": axes, "values": {k: list(dict.fromkeys(labels[k])) for k in axes},
@@ -225,6 +227,8 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
         "metrics": metrics, "main_metric": main_metric(metrics),
         "summary": f"{SUMMARY_NAME}.png" if local_file(folder, f"{SUMMARY_NAME}.png") else None,
         "figures": figures(folder),
+        "ranking": [{k: plain(v) for k, v in row.items()} for row in ranking.to_dict(orient="records")],
+        "ranking_lines": ranking_lines(frame, ranking),
     }
 
 

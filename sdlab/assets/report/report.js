@@ -126,6 +126,38 @@ function renderFigures() {
   for (const path of D.figures) figures.append(el("figure", {}, el("figcaption", { text: path }), el("img", { src: url(path), loading: "lazy", alt: path })));
 }
 
+const HEADLINE = ["clip_score", "adherence_all"];  // as sdlab.ranking.headline_metric
+function rankingTable(rows) {
+  const head = el("tr", {}, ...["rank", "value", "mean", "95% interval", "n", "vs best (paired)", "95% interval",
+    "pairs", "", "NFE", "seconds", ""].map((t, k) => el("th", { class: k === 1 || k === 8 ? "value" : null, text: t })));
+  const range = (lo, hi) => lo === null ? "" : `${fmt(lo)} .. ${fmt(hi)}`;
+  const body = rows.map(r => el("tr", { class: ["best", "tied"].includes(r.group) ? r.group : r.rank === null ? "unranked" : null },
+    el("td", { text: fmt(r.rank) }), el("td", { class: "value", text: r.value }), el("td", { text: fmt(r.mean) }),
+    el("td", { text: range(r.lo, r.hi) }), el("td", { text: fmt(r.n) }),
+    el("td", { text: r.group === "best" || r.delta_mean === null ? "" : fmt(r.delta_mean) }),
+    el("td", { text: r.group === "best" ? "" : range(r.delta_lo, r.delta_hi) }), el("td", { text: fmt(r.n_paired) }),
+    el("td", { class: "group", text: r.group }), el("td", { text: fmt(r.nfe) }), el("td", { text: fmt(r.time_total_s) }),
+    el("td", { class: "group", text: r.cheapest_tied ? "cheapest tied" : "" })));
+  return el("table", { class: "ranking-table" }, el("thead", {}, head), el("tbody", {}, ...body));
+}
+function renderRanking() {
+  const box = document.getElementById("ranking");
+  const params = [...new Set(D.ranking.map(r => r.parameter))];
+  for (const [param, line] of Object.entries(D.ranking_lines)) if (!params.includes(param)) box.append(el("p", { class: "ranking-line", text: line }));
+  if (!Object.keys(D.ranking_lines).length) box.append(el("p", { text: "nothing ranked: no parameter was swept" }));
+  for (const param of params) {
+    const mine = D.ranking.filter(r => r.parameter === param);
+    const scores = [...new Set(mine.map(r => r.metric))];
+    const first = HEADLINE.find(m => scores.includes(m)) || scores[0];
+    const select = el("select", { "data-parameter": param, "aria-label": `score to rank ${param} by` });
+    options(select, scores, first);
+    const line = el("p", { class: "ranking-line", text: D.ranking_lines[param] || "" });
+    const slot = el("div", {}, rankingTable(mine.filter(r => r.metric === first)));
+    select.addEventListener("change", () => slot.replaceChildren(rankingTable(mine.filter(r => r.metric === select.value))));
+    box.append(el("div", { class: "ranking-block" }, el("h3", {}, `${param} by `, select), line, slot));
+  }
+}
+
 function matches(v, filter) {
   const f = filter.trim();
   if (!f) return true;
@@ -187,4 +219,4 @@ function wire() {
   document.addEventListener("keydown", e => { if (e.key === "Escape") hideDetail(); });
 }
 
-renderHeader(); renderControls(); renderGrid(); renderFigures(); renderTableHead(); renderRows(); wire();
+renderHeader(); renderRanking(); renderControls(); renderGrid(); renderFigures(); renderTableHead(); renderRows(); wire();
