@@ -274,7 +274,7 @@ def composed(*overrides) -> dict:
 
 
 def test_validate_config_names_the_bad_value_without_loading_anything():
-    from sdlab.models.loading import loading as models
+    from sdlab.models import loading as models
     from sdlab.config import validate_config
     from sdlab.errors import UserError
 

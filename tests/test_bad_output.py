@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from sdlab.models.loading import generate
+from sdlab.models import generate
 
 
 def test_nan_pixels_from_finite_latents_are_caught():

@@ -180,7 +180,7 @@ def test_folder_without_weights_is_refused(tmp_path):
      "timestep_embedding.rows='x' must be an integer >= 1"),
 ])
 def test_a_bad_recipe_value_is_one_line_before_any_folder_or_model(args, message, run_sdlab, tmp_path, capsys):
-    from sdlab.models.loading import loading as models
+    from sdlab.models import loading as models
 
     loads = models.CACHE.load_count
     assert run_sdlab(*args, "threads=1", f"hydra.run.dir={tmp_path / 'run'}") == 2

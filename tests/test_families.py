@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sdlab.models.loading import loading as models
+from sdlab.models import loading as models
 from sdlab.config import GenerationParams
 from sdlab.errors import UserError
 from sdlab.models.generate import generate_batch

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sdlab.models.loading import loading as models
+from sdlab.models import loading as models
 from sdlab.bench.records import read_png_metadata
 
 

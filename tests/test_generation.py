@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdlab.models.loading import generate
+from sdlab.models import generate
 from sdlab.config import GenerationParams
 from sdlab.models.schedulers import fitting
 
@@ -78,7 +78,7 @@ def test_nan_output_is_reported_not_saved():
 
 
 def test_base_scheduler_config_survives_a_cleared_cache(tiny):
-    from sdlab.models.loading import loading as models
+    from sdlab.models import loading as models
 
     _, spec = tiny
     models.clear_cache()

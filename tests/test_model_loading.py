@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sdlab.models.loading import loading as models
+from sdlab.models import loading as models
 from sdlab.config import ModelSpec
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from sdlab.models.loading import generate
+from sdlab.models import generate
 
 SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
 
