@@ -61,3 +61,13 @@ def test_no_import_cycles():
     for node in sorted(graph):
         visit(node)
     assert cycles == []
+
+
+def test_only_the_adapter_reaches_the_pipeline():
+    """Jobs, the bench and the other model modules ask the family adapter, never `model.pipe`."""
+    import re
+
+    outside = [f"{path.relative_to(ROOT)}:{i}" for path in sorted(PACKAGE.rglob("*.py"))
+               if "families" not in path.parts
+               for i, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"\.pipe\b", line)]
+    assert outside == []

@@ -120,7 +120,7 @@ def image_size(cfg: dict, spec: ModelSpec) -> tuple[int, int]:
 def to_model(images: list[np.ndarray], model) -> torch.Tensor:
     """uint8 HxWx3 images as an NCHW tensor in [-1, 1] on the model's device and VAE dtype."""
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x.to(model.device, model.pipe.vae.dtype)
+    return x.to(model.device, model.vae.dtype)
 
 
 def to_uint8(x: torch.Tensor) -> list[np.ndarray]:

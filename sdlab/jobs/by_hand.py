@@ -26,7 +26,7 @@ def encode_text(model, texts: list[str]) -> torch.Tensor:
     """CLIP hidden states of `texts`, padded to the tokenizer's 77 tokens (what the UNet cross-attends to)."""
     ids = model.tokenizer(texts, padding="max_length", max_length=model.tokenizer.model_max_length,
                           truncation=True, return_tensors="pt").input_ids
-    return model.pipe.text_encoder(ids.to(model.device))[0]
+    return model.text_encoder(ids.to(model.device))[0]
 
 
 @torch.inference_mode()
@@ -73,16 +73,16 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     check_by_hand(cfg)
     spec = model_spec(cfg["model"])
     model = load_model(spec)
-    model.pipe.set_progress_bar_config(disable=True)
+    model.quiet()
     model.use_scheduler("ddim")
     seed = int(cfg.get("seed", 0))
     steps, w = int(cfg.get("num_inference_steps", 25)), float(cfg.get("guidance_scale", 7.5))
     side = spec.resolution
     ours = ddim_by_hand(model, cfg["prompt"], cfg.get("negative_prompt") or "", seed, steps, w, side, side)
     with torch.inference_mode():
-        theirs = model.pipe(cfg["prompt"], negative_prompt=cfg.get("negative_prompt") or None, num_inference_steps=steps,
-                      guidance_scale=w, height=side, width=side, output_type="latent",
-                      generator=torch.Generator("cpu").manual_seed(seed)).images
+        theirs = model.run_pipeline(cfg["prompt"], negative_prompt=cfg.get("negative_prompt") or None,
+                                    num_inference_steps=steps, guidance_scale=w, height=side, width=side,
+                                    output_type="latent", generator=torch.Generator("cpu").manual_seed(seed)).images
         images = decode_latents(model, torch.cat([ours, theirs]))
     diff_image = (images[0] - images[1]).abs()
     strip = [np.asarray(im) for im in to_pil(images)]
@@ -112,13 +112,10 @@ def strengths_of(cfg: dict) -> list[float]:
 @job("img2img_strength", check=strengths_of)
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""
-    from diffusers import AutoPipelineForImage2Image
-
     cfg = ctx.config
     spec = model_spec(cfg["model"])
     model = load_model(spec)
-    img2img = AutoPipelineForImage2Image.from_pipe(model.pipe)  # the family's img2img on the cached weights
-    img2img.set_progress_bar_config(disable=True)
+    img2img = model.image_to_image()
     img2img.scheduler = model.use_scheduler(cfg["scheduler"]["name"])
     source = input_image(cfg, spec.resolution)
     strengths = strengths_of(cfg)

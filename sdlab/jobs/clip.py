@@ -82,7 +82,7 @@ def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarr
         return clip.text_embeddings(prompts), f"clip={clip.name} projected text embedding (get_text_features)"
     model, spec = loaded_model(ctx)
     name = f"model={spec.name} text_encoder pooled output (EOS token after final layer norm, unprojected)"
-    return pooled_text_embeddings(model.pipe.text_encoder, model.tokenizer, prompts), name
+    return pooled_text_embeddings(model.text_encoder, model.tokenizer, prompts), name
 
 
 def nearest_claim(matrix: np.ndarray) -> str:

@@ -95,7 +95,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     cfg, study = ctx.config, study_from(ctx.config)
     spec = model_spec(cfg["model"])
     model = load_model(spec)
-    model.pipe.set_progress_bar_config(disable=True)
+    model.quiet()
     clip = load_clip(cfg.get("clip"), device=str(model.device))
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
                             guidance_scale=float(cfg.get("guidance_scale", 7.5)), seeds=study.seeds)

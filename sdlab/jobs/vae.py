@@ -52,7 +52,7 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
                      "latent_shape": "x".join(map(str, latent.shape)),
                      "compression_ratio": compression_ratio(image.shape, latent.shape), **quality,
                      "latent_mean": float(latent.mean()), "latent_std": float(latent.std()),
-                     "scaling_factor": float(model.pipe.vae.config.scaling_factor),
+                     "scaling_factor": float(model.vae.config.scaling_factor),
                      "time_encode_s": mid - start, "time_decode_s": end - mid})
         strip.append([image, recon, *(channel_image(c) for c in latent)])
         labels.append(["input", f"reconstruction\n{quality['psnr_db']:.1f} dB, SSIM {quality['ssim']:.3f}",

@@ -90,8 +90,8 @@ def folder_tokenizer(folder, kind: str):
 def loaded_encoder_tokenizers(model) -> list[EncoderTokenizer]:
     """The tokenizers of a loaded model's text encoders, each with the limit its pipeline applies (T5 left out with
     `model.t5=false` has none)."""
-    return [encoder_tokenizer(type(model), model.spec, attribute, kind, getattr(model.pipe, attribute))
-            for attribute, kind in model.tokenizers.items() if getattr(model.pipe, attribute, None) is not None]
+    return [encoder_tokenizer(type(model), model.spec, attribute, kind, model.component(attribute))
+            for attribute, kind in model.tokenizers.items() if model.component(attribute) is not None]
 
 
 def truncation_warnings(model, text: str) -> list[str]:

@@ -118,6 +118,36 @@ class ModelAdapter:
         return model_kind({**self.base_scheduler_config, "_class_name": self.base_scheduler_class})
 
     @property
+    def vae(self) -> torch.nn.Module:
+        """The VAE that encodes images to latents and decodes them back."""
+        return self.pipe.vae
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        """The (first) CLIP text encoder every family has."""
+        return self.pipe.text_encoder
+
+    def component(self, name: str):
+        """A pipeline component by name (a tokenizer or encoder the family declares), None when it was left out."""
+        return getattr(self.pipe, name, None)
+
+    def quiet(self) -> None:
+        """No progress bar while this model samples."""
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def run_pipeline(self, prompt: str, **options):
+        """The family's own diffusers pipeline called as diffusers documents it (a reference for by-hand loops)."""
+        return self.pipe(prompt, **options)
+
+    def image_to_image(self):
+        """The family's image-to-image pipeline on this model's loaded weights (diffusers' AutoPipeline)."""
+        from diffusers import AutoPipelineForImage2Image
+
+        img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
+        img2img.set_progress_bar_config(disable=True)
+        return img2img
+
+    @property
     def vae_scale_factor(self) -> int:
         return self.pipe.vae_scale_factor
 
