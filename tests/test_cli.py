@@ -130,6 +130,8 @@ def test_display_overrides_show_values_as_typed():
     (["cfg_scale=7"], "did you mean guidance_scale?"),
     (["sampler=euler"], "did you mean scheduler?"),
     (["scheduler=dpmpp2m"], "did you mean dpmpp_2m?"),
+    (["scheduler=dpm++"], "did you mean dpmpp_2m?"),
+    (["scheduler=DPM++ 2M Karras"], "did you mean dpmpp_2m_karras?"),
     (["model.dtyp=float16"], "did you mean dtype?"),
     (["prompt=${nope}"], "prompt: Interpolation key 'nope' not found"),
     (["seed=${oc.env:SDLAB_NO_SUCH_VARIABLE}"], "SDLAB_NO_SUCH_VARIABLE"),
@@ -271,3 +273,32 @@ def test_a_sweep_runs_the_cells_whose_model_fits_and_names_the_others(run_sdlab,
     assert run_sdlab("-m", "model=tiny", "scheduler=flow_euler,flow_heun", "hydra.sweep.dir=t", *FAST) == 2
     assert "does not fit a model of kind 'epsilon'" in one_error_line(capsys)
     assert not (tmp_path / "t").exists()
+
+
+def test_an_unknown_key_lists_the_main_keys_not_every_recipe_internal(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("steps=20") == 2
+    line = one_error_line(capsys)
+    assert "did you mean num_inference_steps?" in line and "the main keys are: batch_size, eta, guidance_scale" in line
+    assert "compare" not in line and "visit_schedulers" not in line  # recipe blocks are named by --cfg job
+
+
+def test_a_row_shows_the_options_its_scheduler_reads():
+    """A ddim row built from mini's dpmpp_2m config carries none of the keys diffusers keeps for the other class."""
+    import json
+
+    from sdlab.models.loading import shipped_scheduler_config
+    from sdlab.models.schedulers import make_scheduler, resolved_config
+    from sdlab.config import ModelSpec
+
+    base, _ = shipped_scheduler_config(ModelSpec("mini", resolution=64))
+    assert base["_class_name"] == "DPMSolverMultistepScheduler" and "algorithm_type" in base
+    shown = json.loads(resolved_config(make_scheduler("ddim", base)))
+    assert shown["class"] == "DDIMScheduler" and "algorithm_type" not in shown and "solver_order" not in shown
+    assert shown["beta_schedule"] == base["beta_schedule"]  # the model's own schedule is still there
+
+
+def test_the_sde_sampler_runs_without_torchsde_warnings(run_sdlab, tmp_path, monkeypatch, recwarn):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("scheduler=dpmpp_sde", "num_inference_steps=8", "threads=1") == 0  # mini warned 1 in 8 steps
+    assert not [w for w in recwarn if "Should have ta>=t0" in str(w.message)]

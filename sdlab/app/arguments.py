@@ -48,7 +48,8 @@ def suggestion(word: str, candidates: list[str] | set[str]) -> str:
     """' (did you mean X?)' for a near miss or a name from another tool, else ''."""
     if word in ALIASES:
         return f" (did you mean {ALIASES[word]}?)"
-    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    spelled = word.lower().replace("++", "pp").replace("+", "p").replace("-", "_").replace(" ", "_")
+    close = difflib.get_close_matches(spelled, sorted(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
@@ -154,8 +155,9 @@ def check_override(arg: str) -> None:
                             f"{group}.* keys are: {', '.join(sorted(allowed))}")
     elif key not in known_keys(None) and group not in known_keys(None):
         allowed = known_keys(None) | {PROMPT_FILE_KEY}
-        raise UserError(f"unknown config key {key!r}{suggestion(key, allowed)}; "
-                        f"top-level keys are: {', '.join(sorted(allowed))}")
+        main = sorted((_yaml_keys(CONF_DIR / "config.yaml") - {"hydra", "job"}) | {PROMPT_FILE_KEY})
+        raise UserError(f"unknown config key {key!r}{suggestion(key, allowed)}; the main keys are: {', '.join(main)} "
+                        f"(sdlab --help; a recipe's own keys: sdlab experiment=NAME --cfg job)")
 
 
 def experiment_is_swept(overrides: list[str]) -> bool:

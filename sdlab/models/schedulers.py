@@ -239,6 +239,8 @@ def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] 
 
 
 def resolved_config(scheduler) -> str:
-    """The scheduler's full config as sorted JSON (the `scheduler_config` column)."""
-    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    """The scheduler's config as sorted JSON (the `scheduler_config` column): the options its class reads, not those
+    diffusers keeps for the compatible classes it was built from (a DDIM row shows no `algorithm_type`)."""
+    reads = set(inspect.signature(type(scheduler).__init__).parameters)
+    config = {k: v for k, v in dict(scheduler.config).items() if k in reads}
     return json.dumps({"class": type(scheduler).__name__, **config}, sort_keys=True, default=str)
