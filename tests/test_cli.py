@@ -270,6 +270,7 @@ def test_a_sweep_runs_the_cells_whose_model_fits_and_names_the_others(run_sdlab,
     assert sorted(zip(table["model"], table["scheduler"])) == [("sd3_tiny", "flow_euler"), ("tiny", "euler")]
     assert ("skipping 2 of 4 cells their model cannot run: model=tiny scheduler=flow_euler, "
             "model=sd3_tiny scheduler=euler (") in out
+    assert out.rstrip().endswith("open: s/grid.png, s/summary.png, s/report.html")  # what to look at next
     assert run_sdlab("-m", "model=tiny", "scheduler=flow_euler,flow_heun", "hydra.sweep.dir=t", *FAST) == 2
     assert "does not fit a model of kind 'epsilon'" in one_error_line(capsys)
     assert not (tmp_path / "t").exists()

@@ -95,7 +95,7 @@ def test_a_single_run_prints_no_ranking(tmp_path):
     (tmp_path / "images").mkdir()
     for path in f["image_path"]:
         Image.new("RGB", (8, 8)).save(tmp_path / path)
-    assert summarize(f, tmp_path) == "12 ok, 0 failed"
+    assert summarize(f, tmp_path) == f"12 ok, 0 failed\n  open: {tmp_path / 'grid.png'}"  # no ranking line
     assert (tmp_path / "summary.csv").is_file() and not (tmp_path / "ranking.csv").exists()
     assert ranking_lines(f, rank(f))["prompt"].startswith("prompt by clip_score: best a")  # a sweep would have said
 

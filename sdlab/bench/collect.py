@@ -16,7 +16,8 @@ from sdlab.bench.summary import owns_summary, write_summary
 
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False) -> str:
     """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
-    `folder`; return the "N ok, M failed" line (and at a sweep's end, one ranking line per swept parameter)."""
+    `folder`; return the "N ok, M failed" line (and at a sweep's end, one ranking line per swept parameter), then the
+    files to open next."""
     try:
         write_table(frame, folder)
     except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists
@@ -37,4 +38,6 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
         line += "".join(f"\n  {text}" for text in ranking_lines(frame, ranking).values()) if sweep else ""
     if sweep:
         build_report(folder, frame)
-    return line
+    drawn = {"grid.png": grid and several, "summary.png": sweep, "report.html": sweep}
+    made = [str(Path(folder) / name) for name, wrote in drawn.items() if wrote and (Path(folder) / name).is_file()]
+    return line + (f"\n  open: {', '.join(made)}" if made else "")
