@@ -303,3 +303,32 @@ def test_the_sde_sampler_runs_without_torchsde_warnings(run_sdlab, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("scheduler=dpmpp_sde", "num_inference_steps=8", "threads=1") == 0  # mini warned 1 in 8 steps
     assert not [w for w in recwarn if "Should have ta>=t0" in str(w.message)]
+
+
+def test_rerunning_a_sweep_without_a_sweep_dir_continues_its_folder(run_sdlab, tmp_path, monkeypatch, capsys):
+    """The same command finds its earlier folder by the manifest (not the timestamp); another command starts anew."""
+    import json
+
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    sweep = ("-m", "seed=1,2", "model=tiny", "num_inference_steps=1", "threads=1")
+    assert run_sdlab(*sweep) == 0
+    [folder] = (tmp_path / "outputs" / "generate").iterdir()
+    assert json.loads((folder / "sweep.json").read_text())["complete"] is True
+    # as if interrupted before the second cell finished: its rows gone, the sweep not complete
+    manifest = json.loads((folder / "sweep.json").read_text())
+    (folder / "sweep.json").write_text(json.dumps({**manifest, "complete": False}))
+    for name in ("results.parquet", "results.csv", "job.json"):
+        (folder / "1" / name).unlink()
+    capsys.readouterr()
+    assert run_sdlab(*sweep) == 0
+    out = capsys.readouterr().out
+    assert f"sdlab: this sweep continues in outputs/generate/{folder.name} " in out
+    assert "skipped: already complete" in out  # cell 0 is not recomputed
+    assert list((tmp_path / "outputs" / "generate").iterdir()) == [folder]
+    assert sorted(pd.read_csv(folder / "results.csv")["seed"]) == [1, 2]
+    assert run_sdlab(*sweep) == 0
+    assert f"sdlab: this sweep is complete in outputs/generate/{folder.name} " in capsys.readouterr().out
+    assert run_sdlab("-m", "seed=1,3", "model=tiny", "num_inference_steps=1", "threads=1") == 0
+    assert len(list((tmp_path / "outputs" / "generate").iterdir())) == 2  # another command, another folder

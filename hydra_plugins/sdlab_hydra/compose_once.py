@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from sdlab.app.compose import check_composed
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench import lock
-from sdlab.bench.resume import clean_temp_files
+from sdlab.bench.resume import clean_temp_files, write_manifest
 from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,9 @@ class ComposeOnceSweeper(BasicSweeper):
             log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
         lock.hold(Path(sweep_dir))  # before the first write; a second sdlab here stops with one line
         clean_temp_files(Path(sweep_dir))  # a kill during the last collection
+        if self.preflight:  # how a rerun of this command finds this folder
+            task = OmegaConf.to_container(self.config.hydra.overrides.task, resolve=False)
+            write_manifest(Path(sweep_dir), task, cells=len(jobs) - len(self.cannot_run))
         return super().sweep(arguments)
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from sdlab.bench.params import load_params
+from sdlab.bench.resume import earlier_sweep
 from sdlab.config import CONF_DIR, group_options
 from sdlab.errors import UserError
 
@@ -184,6 +185,29 @@ def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
     return added
 
 
+def sweep_root(overrides: list[str]) -> Path:
+    """Where a sweep without `hydra.sweep.dir=` lands: outputs/<recipe>/, or outputs/experiments/ over recipes."""
+    if experiment_is_swept(overrides):
+        return Path("outputs") / "experiments"
+    chosen = [a.partition("=")[2] for a in overrides if a.partition("=")[0].lstrip("+") == "experiment"]
+    return Path("outputs") / (chosen[-1] if chosen else "generate")
+
+
+def resumed_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
+    """`hydra.sweep.dir=` the folder where this same sweep ran before (found by its manifest, not its timestamp), unless
+    a sweep dir is given; says so in one line. A rerun after an interrupt continues there, a finished one finds every
+    cell done."""
+    if not is_multirun(flags) or any(a.partition("=")[0] == "hydra.sweep.dir" for a in overrides):
+        return []
+    earlier = earlier_sweep(sweep_root(overrides), overrides)
+    if earlier is None:
+        return []
+    folder, complete = earlier
+    state = "is complete in" if complete else "continues in"
+    print(f"sdlab: this sweep {state} {folder} (hydra.sweep.dir=DIR runs it elsewhere)", flush=True)
+    return [f"hydra.sweep.dir={folder}"]
+
+
 def model_of_params_file(overrides: list[str]) -> list[str]:
     """`model=NAME` for a `params=FILE` that names the model it was made with, unless `model=` is given.
 
@@ -211,6 +235,7 @@ def prepare(argv: list[str]) -> list[str]:
     ready += model_of_params_file(ready)
     for arg in ready[len(overrides):]:
         check_override(arg)
+    ready += resumed_sweep_dir(flags, ready)
     return flags + ready + default_sweep_dir(flags, ready)
 
 

@@ -14,6 +14,7 @@ from sdlab.bench import lock
 from sdlab.bench.collect import summarize
 from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import collect
+from sdlab.bench.resume import mark_sweep_complete
 from sdlab.errors import UserError
 
 log = logging.getLogger("sdlab")
@@ -58,8 +59,11 @@ class CollectSweep(Callback):
     def on_run_end(self, config, **kwargs) -> None:
         lock.release(Path(str(config.hydra.run.dir)))
 
+    sweep_dir: Path | None = None  # the sweep under way, for the interrupt line
+
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()
+        CollectSweep.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -85,5 +89,7 @@ class CollectSweep(Callback):
             CollectSweep.failures = max(CollectSweep.failures, 1)
             return
         CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
+        if not CollectSweep.failures:
+            mark_sweep_complete(sweep_dir)
         log.debug("sweep %s: %s", sweep_dir, line)  # printed once below; Hydra's console logger would repeat it
         print(f"sdlab: {sweep_dir}/results.csv: {line}")

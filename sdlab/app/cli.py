@@ -172,7 +172,7 @@ def entry() -> None:
         check_output_dir(args)
     except UserError as e:
         fail(str(e))
-    CollectSweep.failures = 0
+    CollectSweep.failures, CollectSweep.sweep_dir = 0, None
     Preflight.new_dirs = []
     quiet_libraries()
     register_resolvers()
@@ -183,7 +183,8 @@ def entry() -> None:
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        fail("interrupted; rerun the same command to resume", INTERRUPTED)
+        where = f" in {CollectSweep.sweep_dir}" if CollectSweep.sweep_dir else ""
+        fail(f"interrupted; rerun the same command to resume{where}", INTERRUPTED)
     if CollectSweep.failures:
         sys.exit(1)
 

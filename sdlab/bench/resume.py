@@ -9,11 +9,14 @@ from typing import Any
 import pandas as pd
 
 from sdlab.bench.records import finished, job_dirs, read_table
+from sdlab.config import config_hash
 from sdlab.io import atomic_write_text, is_temp_file
 
 MARKER = "job.json"
 CONFIG = "run_config.json"  # what the job ran with: Hydra's composition with the model's world and params=FILE merged in
 WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land inside a run dir
+MANIFEST = "sweep.json"  # a sweep's command and whether it finished: how a rerun of the same command finds its folder
+MANIFEST_MAX_BYTES = 1 << 20
 
 
 def clean_temp_files(folder: Path) -> int:
@@ -86,6 +89,49 @@ def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
 def mark_finished(folder: Path, job_hash: str, summary: dict[str, Any]) -> None:
     """Record that the job with `job_hash` finished in `folder` (written last, atomically)."""
     atomic_write_text(Path(folder) / MARKER, json.dumps({"job_hash": job_hash, **summary}, sort_keys=True))
+
+
+def sweep_key(task_overrides: list[str]) -> str:
+    """The identity of a sweep: its command-line overrides as typed, in order (Hydra's own flags and keys aside)."""
+    return config_hash({"overrides": [o for o in task_overrides if not o.lstrip("+~").startswith("hydra.")]})
+
+
+def write_manifest(sweep_dir: Path, task_overrides: list[str], cells: int, complete: bool = False) -> None:
+    """Record a sweep's command, cell count and whether it finished, in its folder."""
+    manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "cells": cells,
+                "complete": complete}
+    atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
+
+
+def read_manifest(sweep_dir: Path) -> dict[str, Any] | None:
+    """A sweep folder's manifest, or None when it has none or it cannot be read (never an error: folders are data)."""
+    path = Path(sweep_dir) / MANIFEST
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MANIFEST_MAX_BYTES:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("key"), str) else None
+
+
+def mark_sweep_complete(sweep_dir: Path) -> None:
+    """Mark a sweep's manifest complete (every cell finished ok)."""
+    manifest = read_manifest(sweep_dir)
+    if manifest is not None:
+        atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps({**manifest, "complete": True}, indent=1))
+
+
+def earlier_sweep(root: Path, task_overrides: list[str]) -> tuple[Path, bool] | None:
+    """The newest folder under `root` that ran this same sweep, and whether it finished; None when there is none."""
+    key = sweep_key(task_overrides)
+    found = [(folder, manifest) for folder in sorted(Path(root).glob("multirun_*"))
+             if folder.is_dir() and not folder.is_symlink()
+             for manifest in [read_manifest(folder)] if manifest and manifest["key"] == key]
+    if not found:
+        return None
+    folder, manifest = max(found, key=lambda item: (item[0] / MANIFEST).stat().st_mtime)
+    return folder, bool(manifest.get("complete"))
 
 
 def record_config(folder: Path, config: dict[str, Any]) -> None:
