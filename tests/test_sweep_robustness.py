@@ -168,12 +168,12 @@ def test_sweep_of_different_jobs_collects_into_one_table(run_sdlab, tmp_path):
 
 
 def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypatch, capsys):
-    from sdlab.bench import collect
+    from sdlab.app import callbacks
 
     def broken(*_):
         raise ValueError("disk full")
 
-    monkeypatch.setattr(collect, "collect", broken)  # the sweep-level read, not the per-job write
+    monkeypatch.setattr(callbacks, "collect", broken)  # the sweep-level read, not the per-job write
     assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}") == 1
     assert "collecting the sweep" in capsys.readouterr().out
 
