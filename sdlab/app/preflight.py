@@ -7,6 +7,7 @@ from typing import Any
 
 from sdlab.bench.inputs import image_files
 from sdlab.bench.params import load_params
+from sdlab.bench.scorers import scorer_names
 from sdlab.config import (
     MODEL_FAMILIES,
     MODEL_KINDS,
@@ -16,8 +17,8 @@ from sdlab.config import (
     scheduler_choice,
     validate_config,
 )
-from sdlab.errors import UserError
-from sdlab.jobs import MODEL_FREE_JOBS, check_recipe
+from sdlab.errors import UserError, choose
+from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.metrics.schedule import model_kind
 from sdlab.mini import data
 from sdlab.models.clip import check_clip_folder, clip_folder
@@ -158,8 +159,9 @@ def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
 
 def check_job(cfg: dict[str, Any]) -> list[str]:
     """Check a job's resolved config before any work; returns warning lines, raises UserError on bad input."""
-
-    validate_config(cfg)  # job, values, types and limits, reading no file
+    choose("job", cfg.get("job", "generate"), JOB_MODULES)
+    validate_config(cfg)  # values, types and limits, reading no file
+    scorer_names(cfg)
     spec = model_spec(cfg["model"])
     params = generation_params(cfg, spec.resolution)
     if cfg.get("job") in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check

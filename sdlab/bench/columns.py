@@ -7,6 +7,7 @@ import pandas as pd
 
 from sdlab.bench.grid import grid_axes, parse_overrides
 from sdlab.bench.records import PARAM_COLUMNS
+from sdlab.bench.scorers import direction
 from sdlab.metrics.stats import finite
 
 NOT_METRICS = {*PARAM_COLUMNS, "batch_size", "prompt_truncated_tokens", "job", "stochastic"}
@@ -14,7 +15,7 @@ REPLICATES = ("seed", "seeds")  # the unit of pairing, never a parameter to rank
 MAIN_METRICS = ("clip_score", "adherence_all")  # the first one present is the sweep's main metric
 LOWER_IS_BETTER = ("time_", "nfe", "latent_rmse", "peak_mem_bytes")
 # Scores: measurements of an image with a declared direction, by exact name or by prefix ending in "_".
-HIGHER_SCORES = ("clip_score", "adherence_", "psnr", "ssim")
+HIGHER_SCORES = ("psnr", "ssim")  # the scheduler study's distances; the scorers declare their own columns
 LOWER_SCORES = ("latent_rmse",)
 # Costs: what a value spends, cheapest first in this order of preference.
 COSTS = ("nfe", "time_total_s")
@@ -75,6 +76,9 @@ def _named(metric: str, names: tuple[str, ...]) -> bool:
 
 def score_direction(metric: str) -> int:
     """+1 for a score where higher is better, -1 where lower is better, 0 for anything else (costs, parameters)."""
+    declared = direction(metric)
+    if declared:
+        return declared
     return 1 if _named(metric, HIGHER_SCORES) else -1 if _named(metric, LOWER_SCORES) else 0
 
 

@@ -14,14 +14,13 @@ import torch
 from sdlab.bench.figures import convergence, schedule_visits
 from sdlab.bench.recipe_fields import Field, check_block
 from sdlab.bench.records import identity, ordered, write_table
+from sdlab.bench.scorers import build_scorers, direction, score_images
 from sdlab.config import GenerationParams, model_spec
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.schedule import scheduler_visits
 from sdlab.metrics.stats import summarize_ci
-from sdlab.mini.checker import adherence_columns
-from sdlab.models.clip import load_clip
 from sdlab.models.generate import generate_batch
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import SCHEDULERS, make_scheduler, timestep_kwargs
@@ -66,12 +65,6 @@ def study_from(cfg: dict[str, Any]) -> Study:
     return study
 
 
-def prompt_scores(images: list, prompt: str, clip) -> list[dict]:
-    """Per image: CLIP score with a clip model, and ground-truth adherence for prompts of the shapes grammar."""
-    scores = clip.clip_score(images, [prompt] * len(images)) if clip else [None] * len(images)
-    return [{"clip_score": score, **adherence_columns(image, prompt)} for image, score in zip(images, scores)]
-
-
 def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, ref_images: list) -> list[dict]:
     """Per image: latent RMSE, pixel PSNR (inf when identical) and SSIM against the reference."""
     out = []
@@ -96,7 +89,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     spec = model_spec(cfg["model"])
     model = load_model(spec)
     model.quiet()
-    clip = load_clip(cfg.get("clip"), device=str(model.device))
+    scorers = build_scorers(cfg, str(model.device))
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
                             guidance_scale=float(cfg.get("guidance_scale", 7.5)), seeds=study.seeds)
     seeds, rows = list(study.seeds), []
@@ -121,7 +114,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
             for steps in study.steps:
                 result = solve(model, spec, name, steps, base, prompt, seeds)
                 scores = distances(result.latents, result.images, ref.latents, ref.images)
-                extra = prompt_scores(result.images, prompt, clip)
+                extra = score_images(scorers, result.images, [prompt] * len(result.images))
                 for seed, score, more in zip(seeds, scores, extra):
                     rows.append({
                         **identity(ctx, "compare_schedulers", spec.name), "scheduler": name, "num_inference_steps": steps, "nfe": result.nfe,
@@ -188,7 +181,7 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
     """Summary with intervals, the ranking, the visited timesteps, and the convergence figures."""
 
     finite = runs.assign(psnr=runs["psnr"].replace(np.inf, np.nan))
-    extra = [c for c in runs.columns if c == "clip_score" and runs[c].notna().any() or c.startswith("adherence_")]
+    extra = [c for c in runs.columns if direction(c) and runs[c].notna().any()]  # the scorers' columns
     finite[extra] = finite[extra].astype(float)
     summary = summarize_ci(finite, ["scheduler", "num_inference_steps"], [*METRICS, *extra, "nfe", "time_total_s"])
     summary["stochastic"] = summary["scheduler"].map(lambda n: SCHEDULERS[n].stochastic)

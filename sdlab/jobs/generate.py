@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,9 @@ import pandas as pd
 
 from sdlab.bench.records import identity, ordered, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
+from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
 from sdlab.jobs import JobContext, job
-from sdlab.mini.checker import adherence_columns
-from sdlab.models.clip import load_clip
 from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config
@@ -41,7 +39,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     model = load_model(spec)
     model.use_scheduler(choice.name, choice.options)
     device = str(model.device)
-    clip = load_clip(cfg.get("clip"), device=device)
+    scorers = build_scorers(cfg, device)
     common = {
         **identity(ctx, "generate", spec.name),
         "scheduler": choice.name,
@@ -59,7 +57,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     }
     for warning in truncation_warnings(model, params.prompt):
         log.warning("%s", warning)
-    hash_base = hash_fields(common, cfg)
+    hash_base = hash_fields(common, scorers)
     cells = {seed: cell_hash(hash_base, seed) for seed in params.seeds}
     table, order, elsewhere = previous_cells(ctx, set(cells.values()))
     todo = tuple(s for s in params.seeds if cells[s] not in table and cells[s] not in elsewhere)
@@ -70,7 +68,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     stopped = None
     batches = list(chunks(todo, params.batch_size))
     for i, batch in enumerate(batches, 1):
-        new_rows = batch_rows(ctx, model, params, batch, common, hash_base, clip)
+        new_rows = batch_rows(ctx, model, params, batch, common, hash_base, scorers)
         table.update({row["config_hash"]: row for row in new_rows})
         stopped = disk_error(new_rows)
         if stopped or i == len(batches):
@@ -112,22 +110,22 @@ def disk_error(rows: list[dict]) -> str | None:
     return next((row["error"] for row in rows if str(row.get("error")).startswith(NOT_SAVED)), None)
 
 
-def hash_fields(common: dict, cfg: dict) -> dict:
-    """What decides an image besides its seed (plus the clip model, which decides clip_score)."""
+def hash_fields(common: dict, scorers: list[Scorer]) -> dict:
+    """What decides an image besides its seed (plus what decides its scores)."""
     keys = ("model", "scheduler_config", "num_inference_steps", "guidance_scale", "prompt", "negative_prompt",
             "width", "height", "eta")
-    return {**{k: common[k] for k in keys}, "clip": cfg.get("clip")}
+    return {**{k: common[k] for k in keys}, "scorers": identities(scorers)}
 
 
-def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, hash_base: dict, clip=None,
-               prefix: str = "") -> list[dict]:
+def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, hash_base: dict,
+               scorers: list[Scorer] = (), prefix: str = "") -> list[dict]:
     """Generate one batch: saved images and their rows, or one failed row per seed naming the error."""
     try:
         result = generate_batch(model, params, batch, strict=False)
     except (RuntimeError, ValueError) as e:
         log.error("seeds %s failed: %s", batch, e)
         return [failed_row(common, hash_base, s, len(batch), f"{type(e).__name__}: {e}") for s in batch]
-    return image_rows(ctx, common, hash_base, result, clip, prefix)
+    return image_rows(ctx, common, hash_base, result, scorers, prefix)
 
 
 def failed_row(common: dict, hash_base: dict, seed: int, batch_size: int | None, error: str) -> dict:
@@ -158,15 +156,13 @@ def png_record(row: dict, cfg: dict) -> dict:
     return {**{k: row[k] for k in PNG_KEYS}, **({"scheduler_options": options} if options else {})}
 
 
-def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult, clip=None,
+def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult, scorers: list[Scorer] = (),
                prefix: str = "") -> list[dict]:
-    """Save each image of a batch and make its row (clip_score with a clip model); batch timings are shared equally."""
+    """Save each image of a batch and make its row with the scorers' columns; batch timings are shared equally."""
     n = len(result.seeds)
     rows = []
     good = [image for image in result.images if image is not None]
-    start = time.perf_counter()
-    scores = iter(clip.clip_score(good, [common["prompt"]] * len(good)) if clip and good else [None] * n)
-    clip_s = (time.perf_counter() - start) / n if clip else None
+    scores = iter(score_images(scorers, good, [common["prompt"]] * len(good)))
     for image, seed in zip(result.images, result.seeds):
         if image is None:
             log.error("%s: %s", describe(ctx.overrides, seed), result.errors[seed])
@@ -182,9 +178,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             "batch_size": n,
             **{k: getattr(result, k) / n for k in TIMING_KEYS},
             "peak_mem_bytes": result.peak_mem_bytes,
-            "clip_score": score,
-            "time_clip_s": clip_s,
-            **adherence_columns(image, common["prompt"]),
+            **score,
             "image_path": relative,
             "config_hash": cell,
             "status": "ok",

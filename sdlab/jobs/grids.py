@@ -14,20 +14,20 @@ import pandas as pd
 from sdlab.bench.figures import curves
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import identity, ordered, versions
+from sdlab.bench.scorers import build_scorers
 from sdlab.config import GenerationParams, generation_params, scheduler_choice
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import loaded_model, number_list, str_list
 from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.metrics.image import layout_correlation, psnr
 from sdlab.metrics.stats import summarize_ci
-from sdlab.models.clip import load_clip
 from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.schedulers import resolved_config
 
 log = logging.getLogger(__name__)
 
 
-def cell_rows(ctx: JobContext, model, spec, clip, params: GenerationParams, cell: dict[str, Any],
+def cell_rows(ctx: JobContext, model, spec, scorers, params: GenerationParams, cell: dict[str, Any],
               folder: str) -> list[dict]:
     """Generate one grid cell's seeds and return one generate row per image (plus the cell's fields).
 
@@ -41,20 +41,20 @@ def cell_rows(ctx: JobContext, model, spec, clip, params: GenerationParams, cell
               "guidance_scale": params.guidance_scale, "prompt": params.prompt, "negative_prompt": params.negative_prompt,
               "width": params.width, "height": params.height, "eta": params.eta, "device": str(model.device),
               "versions": versions(), **cell, "overrides": json.dumps(overrides)}
-    hash_base = hash_fields(common, ctx.config)
+    hash_base = hash_fields(common, scorers)
     rows = []
     for batch in chunks(params.seeds, params.batch_size):
-        rows += batch_rows(ctx, model, params, batch, common, hash_base, clip, prefix=f"{folder}_")
+        rows += batch_rows(ctx, model, params, batch, common, hash_base, scorers, prefix=f"{folder}_")
     return rows
 
 
 def setup(ctx: JobContext):
-    """Pipeline with the configured scheduler, base parameters and the clip model (or None)."""
+    """Pipeline with the configured scheduler, base parameters and the configured scorers."""
     model, spec = loaded_model(ctx)
     choice = scheduler_choice(ctx.config["scheduler"])
     model.use_scheduler(choice.name, choice.options)
-    clip = load_clip(ctx.config.get("clip"), str(model.device))
-    return model, spec, generation_params(ctx.config, spec.resolution), clip
+    scorers = build_scorers(ctx.config, str(model.device))
+    return model, spec, generation_params(ctx.config, spec.resolution), scorers
 
 
 def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
@@ -65,15 +65,15 @@ def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
 @job("guidance_grid", check=lambda cfg: number_list(cfg, "guidance_scales", low=0, high=1000))
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
-    model, spec, params, clip = setup(ctx)
+    model, spec, params, scorers = setup(ctx)
     scales = number_list(ctx.config, "guidance_scales", low=0, high=1000)
     rows = []
     for scale in scales:
         cell = replace(params, guidance_scale=scale)
-        rows += cell_rows(ctx, model, spec, clip, cell, {"guidance_scale": scale}, f"cfg{scale:g}")
+        rows += cell_rows(ctx, model, spec, scorers, cell, {"guidance_scale": scale}, f"cfg{scale:g}")
     frame = ordered(rows)
     ok = frame[frame["status"] == "ok"]
-    panels, claim = guidance_panels(ok, clip)
+    panels, claim = guidance_panels(ok)
     image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
                title=claim or f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps)")
     if panels:
@@ -82,11 +82,11 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     return frame
 
 
-def guidance_panels(ok: pd.DataFrame, clip) -> tuple[list[dict], str]:
+def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     """Panels of CLIP score and prompt adherence against w: per-seed lines, the mean and its 95% interval over
     seeds; and a claim from the lowest w to the highest (and the best w between them)."""
 
-    metrics = [m for m in ("clip_score", "adherence_all") if m in ok and (m != "clip_score" or clip is not None)]
+    metrics = [m for m in ("clip_score", "adherence_all") if m in ok and ok[m].notna().any()]
     if not metrics:
         return [], ""
     summary = summarize_ci(ok, ["guidance_scale"], metrics)  # sorted by w
@@ -113,13 +113,13 @@ def guidance_panels(ok: pd.DataFrame, clip) -> tuple[list[dict], str]:
 @job("prompt_grid", check=lambda cfg: str_list(cfg, "prompts"))
 def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and settings for each of `prompts`: prompt_grid.png (clip_score per image with a clip model)."""
-    model, spec, params, clip = setup(ctx)
+    model, spec, params, scorers = setup(ctx)
     prompts = str_list(ctx.config, "prompts")
     rows = []
     for i, prompt in enumerate(prompts):
         label = "\n".join(textwrap.wrap(f"P{i + 1}: {prompt}", 22, max_lines=4, placeholder=" …"))
         cell = replace(params, prompt=prompt)
-        rows += cell_rows(ctx, model, spec, clip, cell, {"prompt": prompt, "prompt_index": i, "prompt_label": label},
+        rows += cell_rows(ctx, model, spec, scorers, cell, {"prompt": prompt, "prompt_index": i, "prompt_label": label},
                           f"prompt{i}")
     frame = ordered(rows)
     title = ""
@@ -154,11 +154,11 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
     and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`)."""
-    model, spec, params, clip = setup(ctx)
+    model, spec, params, scorers = setup(ctx)
     rows = []
     for name in str_list(ctx.config, "schedulers"):
         model.use_scheduler(name)
-        rows += cell_rows(ctx, model, spec, clip, params, {"scheduler": name}, name)
+        rows += cell_rows(ctx, model, spec, scorers, params, {"scheduler": name}, name)
     frame = ordered(rows)
     title = f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)"
     axis = "scheduler"

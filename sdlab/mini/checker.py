@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from sdlab.bench.scorers import Score, ScorerKind
 from sdlab.mini.data import (
     BACKGROUNDS,
     COLOURS,
@@ -297,3 +298,11 @@ def adherence_columns(image, prompt: str) -> dict[str, bool]:
     agreement = {name: getattr(result, name) == value for name, value in named.items()}
     agreement["all"] = all(agreement.values())
     return {f"adherence_{k}": v for k, v in agreement.items()}
+
+
+def adherence_score(cfg: dict, device: str) -> Score:
+    """`adherence_*` columns of each image against its prompt (none for prompts outside the shapes grammar)."""
+    return lambda images, prompts: [adherence_columns(image, prompt) for image, prompt in zip(images, prompts)]
+
+
+SHAPES_ADHERENCE = ScorerKind(adherence_score, ("adherence_",))  # the `shapes_adherence` scorer (entry point)
