@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from sdlab import lock, ownership
 from sdlab.arguments import CONF_DIR, check_output_dir, display_overrides, prepare
 from sdlab.errors import UserError
 
@@ -64,8 +65,8 @@ def remove_own_start_files(folder: Path, job_name: str) -> None:
     then every folder this run made that is left empty."""
     if folder.absolute() not in Preflight.new_dirs:
         return
-    for name in (*HYDRA_FILES, f"{job_name}.log"):
-        (folder / name).unlink(missing_ok=True)
+    for name in (*HYDRA_FILES, f"{job_name}.log", ownership.MARK):
+        ownership.confined(folder.resolve(), name, "hydra.job.name").unlink(missing_ok=True)
     for made in (folder / ".hydra", *Preflight.new_dirs):
         if made.is_dir() and not any(made.iterdir()):
             made.rmdir()
@@ -80,9 +81,7 @@ def task_overrides(hydra_node) -> list[str]:
 
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
     """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
-    from sdlab.lock import release
-
-    release(out_dir)
+    lock.release(out_dir)
     remove_own_start_files(out_dir, job_name)
     fail(str(error))
 
@@ -120,9 +119,14 @@ class Preflight(Callback):
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
-        run_dir = Path(str(config.hydra.run.dir)).absolute()
-        Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
         try:
+            typed = str(config.hydra.run.dir)
+            folder = ownership.checked_root(typed, "hydra.run.dir")
+            output_subdir = config.hydra.output_subdir
+            ownership.check_run_dir(folder, "hydra.run.dir", str(config.hydra.job.name),
+                                    None if output_subdir is None else str(output_subdir), shown=typed)
+            run_dir = Path(typed).absolute()
+            Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
             warnings = check_composed(config)[0]
         except UserError as e:
             fail(str(e))  # SystemExit passes through Hydra's callback guard, which only warns on exceptions
@@ -135,11 +139,7 @@ def run(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sdlab import resume
-    from sdlab.collect import summarize
-    from sdlab.config import config_hash
-    from sdlab.jobs import JobContext, get_job
-    from sdlab.preflight import job_config
+    from sdlab.jobs import JobContext
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -153,8 +153,27 @@ def run(cfg) -> None:
         run_id=uuid.uuid4().hex[:12],
         extra={"sweep_dir": str(out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1])} if multirun else {},
     )
+    if multirun:  # a job dir is locked while its job runs (the sweeper checked that it is sdlab's)
+        lock.acquire(out_dir, parents=False)
+        ownership.adopt(out_dir)
     try:
-        ctx.config = job_config(resolved(cfg), set(overrides))  # checked before the run or sweep began
+        finish_job(ctx, cfg, set(overrides), multirun, hc.job.name)
+    finally:
+        if multirun:
+            lock.release(out_dir)
+
+
+def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
+    """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
+    from sdlab import resume
+    from sdlab.collect import summarize
+    from sdlab.config import config_hash
+    from sdlab.jobs import get_job
+    from sdlab.preflight import job_config
+
+    out_dir = ctx.out_dir
+    try:
+        ctx.config = job_config(resolved(cfg), overridden)  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
         set_threads(ctx.config.get("threads"))
         job_hash = config_hash({k: v for k, v in ctx.config.items() if k not in ("resume", "limits")})
@@ -166,7 +185,7 @@ def run(cfg) -> None:
             frame = get_job(ctx.config["job"])(ctx)
     except UserError as e:
         if not multirun:
-            refuse_run(out_dir, hc.job.name, e)
+            refuse_run(out_dir, job_name, e)
         log.error("job failed: %s", e)
         job_hash, frame = None, error_frame(ctx, e)
     except Exception as e:  # one failing cell must not stop the sweep

@@ -10,7 +10,9 @@ from pathlib import Path
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from sdlab import lock
+from sdlab import lock, ownership
+from sdlab.cli import fail
+from sdlab.errors import UserError
 from sdlab.figure_index import write_index
 from sdlab.grid import image_grid
 from sdlab.records import collect, write_table
@@ -48,13 +50,14 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
 
 
 def hold(folder: Path) -> None:
-    """Lock a run dir for this process, or stop with one line and exit code 2 before anything is written."""
-    from sdlab.cli import fail
-
+    """Lock a run dir for this process and mark it as sdlab's, or stop with one line and exit code 2 before anything
+    is written."""
     try:
-        lock.hold(folder)
-    except lock.DirInUse as e:
+        ownership.claim(folder, "hydra.run.dir")
+    except UserError as e:
         fail(str(e))
+    except OSError as e:
+        fail(f"cannot lock {folder}: {type(e).__name__}: {e}")
 
 
 class CollectSweep(Callback):
