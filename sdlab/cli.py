@@ -109,8 +109,9 @@ def check_composed(cfg) -> tuple[list[str], dict]:
 
 
 class Preflight(Callback):
-    """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper),
-    and notes which folders the run makes, so that a run refused later takes back only what it wrote."""
+    """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper): the
+    folder is sdlab's and every path written in it stays inside; notes which folders the run makes, so that a run
+    refused later takes back only what it wrote."""
 
     new_dirs: list[Path] = []
 

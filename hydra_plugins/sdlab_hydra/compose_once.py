@@ -142,8 +142,12 @@ class ComposeOnceSweeper(BasicSweeper):
             for warning in warnings:
                 log.warning(warning)
             log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
-        job_dirs = self.check_dirs(sweep_dir, composed)
-        ownership.claim(Path(sweep_dir), "hydra.sweep.dir")  # before the first write; a second sdlab stops here
+        if self.preflight:  # sdlab's folders: its own, and every job dir inside
+            job_dirs = self.check_dirs(sweep_dir, composed)
+            ownership.claim(Path(sweep_dir), "hydra.sweep.dir")  # before the first write; a second sdlab stops here
+        else:
+            job_dirs = []
+            lock.hold(Path(sweep_dir))
         for job_dir in job_dirs:  # locked by a single run into it: it is not this sweep's to write
             holder = lock.live_holder(job_dir) if job_dir.is_dir() else None
             if holder is not None:
