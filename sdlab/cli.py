@@ -57,7 +57,7 @@ def error_frame(ctx, error: BaseException):
                      "overrides": ctx.overrides, "status": "error", "error": f"{type(error).__name__}: {error}"}])
 
 
-HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+HYDRA_FILES = tuple(f".hydra/{name}" for name in ownership.HYDRA_FILES)
 
 
 def remove_own_start_files(folder: Path, job_name: str) -> None:

@@ -18,6 +18,7 @@ from sdlab.lock import LOCK_NAME, TAKEOVER_NAME
 MARK = ".sdlab"
 MARK_TEXT = "This folder was made by sdlab (or given to it): sdlab runs and sweeps may write and resume here.\n"
 OWN_NAMES = frozenset({MARK, LOCK_NAME, TAKEOVER_NAME})  # sdlab's files that may sit in a folder it has not marked
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into its output_subdir
 WRITTEN_SUBDIRS = ("images",)  # folders sdlab's jobs write inside a run dir (besides Hydra's output_subdir)
 
 
@@ -86,20 +87,25 @@ def check_job_name(name: str) -> None:
         raise NotOwned(f"hydra.job.name={name} is not a plain name; it names the log file <run dir>/<name>.log")
 
 
-def check_writes_inside(folder: Path, key: str, job_name: str, output_subdir: str | None, shown: str | None = None) -> None:
-    """The log, `images/` and `output_subdir` of a run in `folder` resolve inside it (a symlink leading out is refused)."""
-    check_job_name(job_name)
-    confined(folder, f"{job_name}.log", "hydra.job.name")
+def check_writes_inside(folder: Path, key: str, job_name: str | None, output_subdir: str | None,
+                        shown: str | None = None) -> None:
+    """The log (unless `job_name` is None: not known yet), `images/` and `output_subdir` of a run in `folder` resolve
+    inside it (a symlink leading out is refused)."""
+    if job_name is not None:
+        check_job_name(job_name)
+        confined(folder, f"{job_name}.log", "hydra.job.name")
     for sub in WRITTEN_SUBDIRS:
         confined(folder, sub, f"{key} (its {sub}/)")
     if output_subdir is not None:
         confined(folder, output_subdir, "hydra.output_subdir", allow_base=True)
+        for name in HYDRA_FILES:  # Hydra opens these for writing: a link among them would be followed
+            confined(folder, f"{output_subdir}/{name}", f"{key} (its {output_subdir}/{name})")
     for name in (MARK, "multirun.yaml"):  # written in place (not replaced): a link here would be followed
         if (folder / name).is_symlink():
             raise NotOwned(f"{key}={shown or folder}: {name} is a symlink; sdlab does not write through links")
 
 
-def check_run_dir(folder: Path, key: str, job_name: str, output_subdir: str | None, shown: str | None = None) -> None:
+def check_run_dir(folder: Path, key: str, job_name: str | None, output_subdir: str | None, shown: str | None = None) -> None:
     """Everything a run writes in `folder` stays in it: the folder is sdlab's and its writes resolve inside it."""
     check_owned(folder, key, shown)
     check_writes_inside(folder, key, job_name, output_subdir, shown)

@@ -141,7 +141,7 @@ def test_a_job_name_sweep_subdir_or_output_subdir_leading_out_is_refused(run_sdl
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("link", ["images", ".hydra", "cli.log", MARK])
+@pytest.mark.parametrize("link", ["images", ".hydra", ".hydra/config.yaml", "cli.log", MARK])
 def test_a_symlink_inside_a_run_dir_leading_out_is_refused(run_sdlab, tmp_path, monkeypatch, capsys, link):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
