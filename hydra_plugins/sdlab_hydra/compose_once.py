@@ -170,9 +170,10 @@ class ComposeOnceSweeper(BasicSweeper):
                 with open_dict(config):  # as the launcher numbers it (and will again)
                     config.hydra.job.id = num
                     config.hydra.job.num = num
-                readonly = OmegaConf.is_readonly(config.hydra)
-                HydraConfig.instance().set_config(config)  # the subdir's `${hydra:...}` parts need it; it sets read-only
-                OmegaConf.set_readonly(config.hydra, readonly)
+                if "${hydra:" in str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")):
+                    readonly = OmegaConf.is_readonly(config.hydra)
+                    HydraConfig.instance().set_config(config)  # `${hydra:...}` needs it (and it sets read-only)
+                    OmegaConf.set_readonly(config.hydra, readonly)
                 job_dir = ownership.confined(root, str(config.hydra.sweep.subdir), "hydra.sweep.subdir")
                 subdir = config.hydra.output_subdir
                 ownership.check_writes_inside(job_dir, "hydra.sweep.subdir", str(config.hydra.job.name),
