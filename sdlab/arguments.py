@@ -245,7 +245,7 @@ def check_output_dir(args: list[str]) -> None:
     if dir_key in literal:
         folder = checked_root(literal[dir_key], dir_key)
         if dir_key == "hydra.run.dir":
-            check_run_dir(folder, dir_key, literal.get("hydra.job.name", "sdlab"),
+            check_run_dir(folder, dir_key, literal.get("hydra.job.name"),
                           literal.get("hydra.output_subdir", ".hydra"), shown=literal[dir_key])
         else:
             check_owned(folder, dir_key, shown=literal[dir_key])
