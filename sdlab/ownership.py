@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sdlab import lock
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text
-from sdlab import lock
 from sdlab.lock import LOCK_NAME, TAKEOVER_NAME
 
 MARK = ".sdlab"
