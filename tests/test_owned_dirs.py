@@ -122,6 +122,8 @@ def test_an_empty_path_the_root_or_home_is_refused(run_sdlab, tmp_path, monkeypa
     (("hydra.job.name=/tmp/victim", "hydra.run.dir=run"), "is not a plain name"),
     (("hydra.job.name=..", "hydra.run.dir=run"), "is not a plain name"),
     (("-m", "seed=1,2", "hydra.job.name=../victim", "hydra.sweep.dir=s"), "is not a plain name"),
+    (("hydra.job.name=", "hydra.run.dir=run"), "is not a plain name"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir="), "is not a path inside"),
     (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=../x"), "outside"),
     (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=."), "itself"),
     (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=0/.."), "itself"),
