@@ -13,6 +13,7 @@ import pytest
 
 from sdlab.bench import lock
 from sdlab.io import atomic_path, is_temp_file
+from sdlab.bench.ownership import MARK
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
@@ -49,6 +50,7 @@ def test_start_up_cleans_only_sdlab_temp_files_in_folders_sdlab_writes(run_sdlab
     left = [tmp_path / ".results.csv.k2j4h5g6.sdlab-tmp.csv", tmp_path / "images" / ".seed1.png.a1b2c3d4.sdlab-tmp.png"]
     for path in left:
         path.write_text("killed mid-write")
+    (tmp_path / MARK).write_text("")  # a folder sdlab took earlier (and was killed in); the user's files stayed
     monkeypatch.chdir(tmp_path)
     assert run_sdlab(*FAST, "hydra.run.dir=.") == 0
     assert {name: (tmp_path / name).read_text() for name in user} == user

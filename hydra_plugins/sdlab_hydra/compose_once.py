@@ -9,14 +9,15 @@ from typing import Any, Sequence
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from sdlab.app.compose import check_composed
 from sdlab.app.preflight import sweep_plan
-from sdlab.bench import lock
+from sdlab.bench import lock, ownership
 from sdlab.bench.resume import clean_temp_files, write_manifest
 from sdlab.errors import CannotRun, UserError
 
@@ -160,7 +161,18 @@ class ComposeOnceSweeper(BasicSweeper):
                 log.warning(skipped_line(cannot, jobs))
             self.cannot_run = set(cannot)
             log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
-        lock.hold(Path(sweep_dir))  # before the first write; a second sdlab here stops with one line
+        if self.preflight:  # sdlab's folders: its own, and every job dir inside
+            job_dirs = self.check_dirs(sweep_dir, composed)
+            ownership.claim(Path(sweep_dir), "hydra.sweep.dir")  # before the first write; a second sdlab stops here
+        else:
+            job_dirs = []
+            lock.hold(Path(sweep_dir))
+        for job_dir in job_dirs:  # locked by a single run into it: it is not this sweep's to write
+            holder = lock.live_holder(job_dir) if job_dir.is_dir() else None
+            if holder is not None:
+                lock.release(Path(sweep_dir))
+                raise lock.DirInUse(f"{job_dir} is in use by sdlab process {holder.get('pid')} on {holder.get('host')}; "
+                                    f"wait for it or choose another hydra.sweep.dir")
         clean_temp_files(Path(sweep_dir))  # a kill during the last collection
         if self.preflight:  # how a rerun of this command finds this folder
             task = OmegaConf.to_container(self.config.hydra.overrides.task, resolve=False)
@@ -173,6 +185,32 @@ class ComposeOnceSweeper(BasicSweeper):
         skipped = getattr(self, "cannot_run", set())
         kept = [[job for job in batch if tuple(job) not in skipped] for batch in batches]
         return [batch for batch in kept if batch]
+
+    def check_dirs(self, sweep_dir: str, composed: list[Any]) -> list[Path]:
+        """Each job's folder, once its number is known: the sweep dir is sdlab's, and every job dir, log and `.hydra/`
+        resolves inside it (never the sweep dir itself); refused with one line before anything is written."""
+        root = ownership.checked_root(sweep_dir, "hydra.sweep.dir")
+        ownership.check_owned(root, "hydra.sweep.dir", shown=sweep_dir)
+        ownership.check_writes_inside(root, "hydra.sweep.dir", str(self.config.hydra.job.name), None, shown=sweep_dir)
+        original = HydraConfig.instance().cfg
+        job_dirs = []
+        try:
+            for num, config in enumerate(composed):
+                with open_dict(config):  # as the launcher numbers it (and will again)
+                    config.hydra.job.id = num
+                    config.hydra.job.num = num
+                if "${hydra:" in str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")):
+                    readonly = OmegaConf.is_readonly(config.hydra)
+                    HydraConfig.instance().set_config(config)  # `${hydra:...}` needs it (and it sets read-only)
+                    OmegaConf.set_readonly(config.hydra, readonly)
+                job_dir = ownership.confined(root, str(config.hydra.sweep.subdir), "hydra.sweep.subdir")
+                subdir = config.hydra.output_subdir
+                ownership.check_writes_inside(job_dir, "hydra.sweep.subdir", str(config.hydra.job.name),
+                                              None if subdir is None else str(subdir))
+                job_dirs.append(job_dir)
+        finally:
+            HydraConfig.instance().cfg = original
+        return job_dirs
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing left to check: `sweep` composed and checked every job before the first batch."""

@@ -11,6 +11,13 @@ from pathlib import Path
 
 import yaml
 
+from sdlab.bench.ownership import (
+    check_job_name,
+    check_owned,
+    check_run_dir,
+    checked_root,
+    confined,
+)
 from sdlab.bench.params import load_params
 from sdlab.bench.resume import earlier_sweep
 from sdlab.config import CONF_DIR, group_options
@@ -239,12 +246,41 @@ def prepare(argv: list[str]) -> list[str]:
     return flags + ready + default_sweep_dir(flags, ready)
 
 
+def typed_values(args: list[str]) -> dict[str, str]:
+    """The last value typed for each `KEY=` override (`+`/`++` prefixes dropped, outer quotes removed)."""
+    values = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-"):
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[key.lstrip("+")] = value
+    return values
+
+
 def check_output_dir(args: list[str]) -> None:
-    """Refuse a run or sweep dir that cannot be created or written, before Hydra tries."""
+    """Refuse, before Hydra writes anything, an output dir that is empty, the root or home, a folder sdlab does not
+    own, or one that cannot be written; and a typed job name, sweep subdir or `.hydra` dir leading out of it.
+
+    Values with `${...}` are checked once composed (the pre-flight callback and the sweeper).
+    """
     import tempfile
 
-    targets = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
-    for target in targets or ["outputs"]:
+    typed = typed_values(args)
+    dir_key = "hydra.sweep.dir" if is_multirun(split_flags(args)[0]) else "hydra.run.dir"
+    literal = {k: v for k, v in typed.items() if "${" not in v}
+    if "hydra.job.name" in literal:
+        check_job_name(literal["hydra.job.name"])
+    if dir_key in literal:
+        folder = checked_root(literal[dir_key], dir_key)
+        if dir_key == "hydra.run.dir":
+            check_run_dir(folder, dir_key, literal.get("hydra.job.name"),
+                          literal.get("hydra.output_subdir", ".hydra"), shown=literal[dir_key])
+        else:
+            check_owned(folder, dir_key, shown=literal[dir_key])
+            if "hydra.sweep.subdir" in literal:
+                confined(folder, literal["hydra.sweep.subdir"], "hydra.sweep.subdir")
+    for target in [literal[dir_key]] if dir_key in literal else ["outputs"]:
         existing = Path(target).expanduser().absolute()
         while not existing.exists():
             existing = existing.parent

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 
 from sdlab.app.compose import check_composed, fail
-from sdlab.bench import lock
+from sdlab.bench import lock, ownership
 from sdlab.bench.collect import summarize
 from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import collect
@@ -21,17 +21,23 @@ log = logging.getLogger("sdlab")
 
 
 class Preflight(Callback):
-    """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper),
-    and notes which folders the run makes, so that a run refused later takes back only what it wrote."""
+    """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper): the
+    folder is sdlab's and every path written in it stays inside; notes which folders the run makes, so that a run
+    refused later takes back only what it wrote."""
 
     new_dirs: list[Path] = []  # the folders this run made, for `cli.refuse_run`
 
     def on_run_start(self, config, **kwargs) -> None:
         """Warn about what the model was not made for; end the run with one line on bad input."""
         HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
-        run_dir = Path(str(config.hydra.run.dir)).absolute()
-        Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
         try:
+            typed = str(config.hydra.run.dir)
+            folder = ownership.checked_root(typed, "hydra.run.dir")
+            output_subdir = config.hydra.output_subdir
+            ownership.check_run_dir(folder, "hydra.run.dir", str(config.hydra.job.name),
+                                    None if output_subdir is None else str(output_subdir), shown=typed)
+            run_dir = Path(typed).absolute()
+            Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
             warnings = check_composed(config)[0]
         except UserError as e:
             fail(str(e))  # SystemExit passes through Hydra's callback guard, which only warns on exceptions
@@ -40,11 +46,14 @@ class Preflight(Callback):
 
 
 def hold(folder: Path) -> None:
-    """Lock a run dir for this process, or stop with one line and exit code 2 before anything is written."""
+    """Lock a run dir for this process and mark it as sdlab's, or stop with one line and exit code 2 before anything
+    is written."""
     try:
-        lock.hold(folder)
-    except lock.DirInUse as e:
+        ownership.claim(folder, "hydra.run.dir")
+    except UserError as e:
         fail(str(e))
+    except OSError as e:
+        fail(f"cannot lock {folder}: {type(e).__name__}: {e}")
 
 
 class CollectSweep(Callback):

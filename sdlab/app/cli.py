@@ -23,9 +23,8 @@ from sdlab.app.callbacks import CollectSweep, Preflight
 from sdlab.app.compose import fail, one_line, resolved, task_overrides
 from sdlab.app.help import help_text, version_text
 from sdlab.app.preflight import job_config
-from sdlab.bench import resume
+from sdlab.bench import lock, ownership, resume
 from sdlab.bench.collect import summarize
-from sdlab.bench.lock import release
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.report import rebuild
 from sdlab.config import CONF_DIR, check_threads, config_hash
@@ -60,24 +59,25 @@ def error_frame(ctx, error: BaseException):
     return ordered([{**identity(ctx, ctx.config.get("job")), "status": "error",
                      "error": f"{type(error).__name__}: {error}"}])
 
-HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+HYDRA_FILES = tuple(f".hydra/{name}" for name in ownership.HYDRA_FILES)
 
 def remove_own_start_files(folder: Path, job_name: str) -> None:
     """Remove the files Hydra wrote when this run started (its config and log) if this run made their folder,
     then every folder this run made that is left empty."""
     if folder.absolute() not in Preflight.new_dirs:
         return
-    for name in (*HYDRA_FILES, f"{job_name}.log"):
-        (folder / name).unlink(missing_ok=True)
+    for name in (*HYDRA_FILES, f"{job_name}.log", ownership.MARK):
+        ownership.confined(folder.resolve(), name, "hydra.job.name").unlink(missing_ok=True)
     for made in (folder / ".hydra", *Preflight.new_dirs):
         if made.is_dir() and not any(made.iterdir()):
             made.rmdir()
 
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
     """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
-    release(out_dir)
+    lock.release(out_dir)
     remove_own_start_files(out_dir, job_name)
     fail(str(error))
+
 
 def run(cfg) -> None:
     """Hydra's task function: compose -> plain dict -> job (or its finished rows) -> results table."""
@@ -93,8 +93,21 @@ def run(cfg) -> None:
         run_id=uuid.uuid4().hex[:12],
         extra={"sweep_dir": str(out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1])} if multirun else {},
     )
+    if multirun:  # a job dir is locked while its job runs (the sweeper checked that it is sdlab's)
+        lock.acquire(out_dir, parents=False)
+        ownership.adopt(out_dir)
     try:
-        ctx.config = job_config(resolved(cfg), set(overrides))  # checked before the run or sweep began
+        finish_job(ctx, cfg, set(overrides), multirun, hc.job.name)
+    finally:
+        if multirun:
+            lock.release(out_dir)
+
+
+def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
+    """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
+    out_dir = ctx.out_dir
+    try:
+        ctx.config = job_config(resolved(cfg), overridden)  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
         resume.record_config(out_dir, ctx.config)
         set_threads(ctx.config.get("threads"))
@@ -107,7 +120,7 @@ def run(cfg) -> None:
             frame = get_job(ctx.config["job"])(ctx)
     except UserError as e:
         if not multirun:
-            refuse_run(out_dir, hc.job.name, e)
+            refuse_run(out_dir, job_name, e)
         log.error("job failed: %s", e)
         job_hash, frame = None, error_frame(ctx, e)
     except Exception as e:  # one failing cell must not stop the sweep

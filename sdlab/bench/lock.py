@@ -1,4 +1,9 @@
-"""One sdlab process per run or sweep dir: a lock file naming its holder, taken over once the holder is gone."""
+"""One sdlab process per run or sweep dir: a lock file naming its holder, taken over once the holder is gone.
+
+Taking over a dead holder's lock is one process's act: only the process that creates the takeover file
+(`O_EXCL`) may judge the lock stale again and remove it; every process then races to create the lock
+itself with `O_EXCL`, which exactly one wins.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +17,42 @@ from pathlib import Path
 from sdlab.errors import UserError
 
 LOCK_NAME = ".sdlab.lock"
+TAKEOVER_NAME = ".sdlab.lock.takeover"
 UNWRITTEN_GRACE_S = 60.0  # an empty lock this old belongs to a holder killed before it wrote its pid
+TAKEOVER_WAIT_S = 5.0  # how long to wait for another process's takeover before calling its file stale
+PID_MAX = 2**22  # Linux's largest pid_max: a pid outside 1..PID_MAX names no process
 
 
 class DirInUse(UserError):
-    """Another live sdlab process works in this dir."""
+    """Another live sdlab process works in this dir, or its lock cannot be trusted."""
 
 
 def _holder(path: Path) -> dict | None:
-    """The holder recorded in a lock file, or None while it is empty or unreadable."""
+    """The holder recorded in a lock file; None when it is gone or still empty (its holder starting up).
+
+    A lock that cannot be read, or names no possible process, is a DirInUse error: never skipped.
+    """
     try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
-    return found if isinstance(found, dict) and isinstance(found.get("pid"), int) else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DirInUse(f"the lock {path} cannot be read ({type(e).__name__}: {e}); delete it if no sdlab runs "
+                       f"in {path.parent}") from None
+    if not text.strip():
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    pid = found.get("pid") if isinstance(found, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(found.get("host", ""), str):
+        raise DirInUse(f"the lock {path} is not an sdlab lock ({text[:60]!r}); delete it if no sdlab runs "
+                       f"in {path.parent}")
+    if not 1 <= pid <= PID_MAX:
+        raise DirInUse(f"the lock {path} names pid {pid}, which no process can have; delete it if no sdlab runs "
+                       f"in {path.parent}")
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -49,41 +76,110 @@ def _stale(path: Path, holder: dict | None) -> bool:
     return holder.get("host") == socket.gethostname() and not _alive(holder["pid"])
 
 
-def acquire(folder: Path) -> None:
-    """Lock `folder` for this process (again is fine), or raise DirInUse naming the live holder."""
+def _mine(holder: dict | None) -> bool:
+    """True when `holder` is this process."""
+    return holder is not None and holder["pid"] == os.getpid() and holder.get("host") == socket.gethostname()
+
+
+def _in_use(folder: Path, path: Path, holder: dict | None) -> DirInUse:
+    """The one-line error naming a live holder."""
+    who = f"process {holder['pid']} on {holder.get('host')}" if holder else "a process starting up"
+    since = f" since {holder['since']}" if holder and holder.get("since") else ""
+    return DirInUse(f"{folder} is in use by sdlab {who}{since}; wait for it or choose another dir "
+                    f"(delete {path} if no sdlab runs there)")
+
+
+def _take_over(path: Path) -> bool:
+    """Remove the lock at `path` if it is still stale, as the one process holding the takeover file.
+
+    False when another process holds the takeover file (the caller waits and looks again).
+    """
+    mutex = path.with_name(TAKEOVER_NAME)
+    try:
+        os.close(os.open(mutex, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    try:
+        if _stale(path, _holder(path)):  # judged again: another taker may have made it live since
+            path.unlink(missing_ok=True)
+        return True
+    finally:
+        mutex.unlink(missing_ok=True)
+
+
+def live_holder(folder: Path) -> dict | None:
+    """The live holder of `folder`'s lock other than this process, else None (a lock it cannot read raises)."""
+    path = Path(folder) / LOCK_NAME
+    holder = _holder(path)
+    if not path.exists() or _mine(holder) or _stale(path, holder):
+        return None
+    return holder or {}
+
+
+def refuse_locked_parents(folder: Path) -> None:
+    """Raise DirInUse when a folder above `folder` is locked by another live sdlab (e.g. the sweep owning a job dir)."""
+    for parent in Path(folder).resolve().parents:
+        path = parent / LOCK_NAME
+        if os.path.lexists(path):
+            holder = live_holder(parent)
+            if holder is not None:
+                raise _in_use(parent, path, holder or None)
+
+
+def acquire(folder: Path, parents: bool = True) -> None:
+    """Lock `folder` for this process (again is fine), or raise DirInUse naming the live holder.
+
+    With `parents`, a live lock on any folder above it refuses too (a sweep's job dirs are its own).
+    """
     folder = Path(folder)
+    if parents:
+        refuse_locked_parents(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
+    deadline = time.monotonic() + TAKEOVER_WAIT_S
+    while True:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             holder = _holder(path)
-            if holder is not None and holder["pid"] == mine["pid"] and holder.get("host") == mine["host"]:
+            if _mine(holder):
                 return
             if not _stale(path, holder):
-                who = f"process {holder['pid']} on {holder.get('host')}" if holder else "a process starting up"
-                since = f" since {holder['since']}" if holder and holder.get("since") else ""
-                raise DirInUse(f"{folder} is in use by sdlab {who}{since}; wait for it or choose another dir "
-                               f"(delete {path} if no sdlab runs there)") from None
-            path.unlink(missing_ok=True)
+                raise _in_use(folder, path, holder) from None
+            if _take_over(path):
+                continue
+            if time.monotonic() > deadline:
+                raise DirInUse(f"{folder}: another sdlab has been taking over its stale lock for "
+                               f"{TAKEOVER_WAIT_S:.0f} s; delete {path.with_name(TAKEOVER_NAME)} if no sdlab runs "
+                               f"there") from None
+            time.sleep(0.01)
             continue
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(mine))
+            f.flush()
+            os.fsync(f.fileno())
+        if parents:  # looked at again once locked: of a sweep and a run into its job dir, one sees the other
+            try:
+                refuse_locked_parents(folder)
+            except DirInUse:
+                release(folder)
+                raise
         return
-    raise DirInUse(f"{folder} is in use: its lock {path} keeps reappearing")
 
 
-def hold(folder: Path) -> None:
+def hold(folder: Path, parents: bool = True) -> None:
     """Lock `folder` until `release` or the end of the process (sys.exit skips Hydra's end-of-run callbacks)."""
-    acquire(folder)
+    acquire(folder, parents)
     atexit.register(release, folder)
 
 
 def release(folder: Path) -> None:
-    """Remove this process's lock on `folder` (a lock someone else holds stays)."""
+    """Remove this process's lock on `folder` (a lock someone else holds, or one it cannot read, stays)."""
     path = Path(folder) / LOCK_NAME
-    holder = _holder(path)
-    if holder is not None and holder["pid"] == os.getpid() and holder.get("host") == socket.gethostname():
+    try:
+        holder = _holder(path)
+    except DirInUse:
+        return
+    if _mine(holder):
         path.unlink(missing_ok=True)

@@ -86,14 +86,17 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
 
 
 def previous_cells(ctx: JobContext, wanted: set[str]) -> tuple[dict[str, dict], list[str], dict[str, Path]]:
-    """This dir's finished rows by config hash, the hash order of its table, and wanted cells finished elsewhere."""
-    if not ctx.config.get("resume", True):
-        return {}, [], {}
+    """This dir's finished rows by config hash, the hash order of its table, and wanted cells finished elsewhere.
+
+    With resume=false the wanted cells are recomputed, and the dir's other cells stay in the table with their PNGs.
+    """
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
         table = {row["config_hash"]: row for row in complete_rows(ctx.out_dir, previous).to_dict("records")}
         order = list(previous["config_hash"])
+    if not ctx.config.get("resume", True):
+        return {h: row for h, row in table.items() if h not in wanted}, order, {}
     sweep_dir = ctx.extra.get("sweep_dir")
     elsewhere = sweep_cells(Path(sweep_dir), ctx.out_dir) if sweep_dir else {}
     return table, order, {h: job for h, job in elsewhere.items() if h in wanted and h not in table}

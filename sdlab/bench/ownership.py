@@ -1,0 +1,128 @@
+"""Folders sdlab owns: it writes only into a folder it made or marked (its `.sdlab` file), and only below it.
+
+A run or sweep dir is sdlab's when it does not exist yet, is empty (sdlab's own lock aside), or holds the
+`.sdlab` mark that sdlab writes when it takes a folder. Every path written below it (job dirs, the log,
+`images/`, `.hydra/`) must resolve inside it, symlinks followed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sdlab.bench import lock
+from sdlab.bench.lock import LOCK_NAME, TAKEOVER_NAME
+from sdlab.errors import UserError
+from sdlab.io import atomic_write_text
+
+MARK = ".sdlab"
+MARK_TEXT = "This folder was made by sdlab (or given to it): sdlab runs and sweeps may write and resume here.\n"
+OWN_NAMES = frozenset({MARK, LOCK_NAME, TAKEOVER_NAME})  # sdlab's files that may sit in a folder it has not marked
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into its output_subdir
+WRITTEN_SUBDIRS = ("images",)  # folders sdlab's jobs write inside a run dir (besides Hydra's output_subdir)
+
+
+class NotOwned(UserError):
+    """A folder sdlab did not make, or a path that would leave the run dir."""
+
+
+def checked_root(target: str | os.PathLike, key: str) -> Path:
+    """The absolute, resolved folder `target` names; an empty path, the filesystem root or the home folder is refused."""
+    text = str(target).strip()
+    if not text:
+        raise NotOwned(f"{key}= is empty; give a folder for sdlab's output (e.g. {key}=outputs/mine)")
+    folder = Path(text).expanduser().resolve()
+    if folder == Path(folder.anchor) or folder == Path.home().resolve():
+        raise NotOwned(f"{key}={text} is {'the home folder' if folder != Path(folder.anchor) else 'the filesystem root'}; "
+                       f"give a folder of its own for sdlab's output")
+    return folder
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Names in `folder` that are not sdlab's own lock or mark files."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_NAMES)
+
+
+def is_owned(folder: Path) -> bool:
+    """True when `folder` carries sdlab's mark (a plain file, not a link)."""
+    mark = Path(folder) / MARK
+    return mark.is_file() and not mark.is_symlink()
+
+
+def check_owned(folder: Path, key: str, shown: str | None = None) -> None:
+    """Refuse an existing `folder` that is not a folder, or holds files and no `.sdlab` mark (sdlab did not make it)."""
+    shown = shown or str(folder)
+    if not os.path.lexists(folder):
+        return
+    if not folder.is_dir():
+        raise NotOwned(f"{key}={shown} is a file, not a folder; give a new or empty folder")
+    if is_owned(folder):
+        return
+    try:
+        others = foreign_entries(folder)
+    except OSError as e:
+        raise NotOwned(f"{key}={shown} cannot be listed ({type(e).__name__}: {e})") from None
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise NotOwned(f"{key}={shown} already holds files sdlab did not write ({listed}); choose a new or empty "
+                       f"folder, or mark it as sdlab's with `touch {Path(shown) / MARK}`")
+
+
+def confined(base: Path, relative: str, key: str, allow_base: bool = False) -> Path:
+    """`base/relative` resolved (symlinks followed); a NotOwned error unless it stays inside `base`."""
+    text = str(relative)
+    if not text.strip() or "\x00" in text:
+        raise NotOwned(f"{key}={text!r} is not a path inside {base}")
+    path = (base / text).resolve()
+    if path == base and not allow_base:
+        raise NotOwned(f"{key}={text} is {base} itself; give a folder inside it (e.g. {key}=" + "${hydra.job.num})")
+    if not path.is_relative_to(base):
+        raise NotOwned(f"{key}={text} leads to {path}, outside {base}; sdlab writes only inside its output folder")
+    return path
+
+
+def check_job_name(name: str) -> None:
+    """Refuse a `hydra.job.name` that is not a plain file name: it names the log file in the run dir."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
+        raise NotOwned(f"hydra.job.name={name} is not a plain name; it names the log file <run dir>/<name>.log")
+
+
+def check_writes_inside(folder: Path, key: str, job_name: str | None, output_subdir: str | None,
+                        shown: str | None = None) -> None:
+    """The log (unless `job_name` is None: not known yet), `images/` and `output_subdir` of a run in `folder` resolve
+    inside it (a symlink leading out is refused)."""
+    if job_name is not None:
+        check_job_name(job_name)
+        confined(folder, f"{job_name}.log", "hydra.job.name")
+    for sub in WRITTEN_SUBDIRS:
+        confined(folder, sub, f"{key} (its {sub}/)")
+    if output_subdir is not None:
+        confined(folder, output_subdir, "hydra.output_subdir", allow_base=True)
+        for name in HYDRA_FILES:  # Hydra opens these for writing: a link among them would be followed
+            confined(folder, f"{output_subdir}/{name}", f"{key} (its {output_subdir}/{name})")
+    for name in (MARK, "multirun.yaml"):  # written in place (not replaced): a link here would be followed
+        if (folder / name).is_symlink():
+            raise NotOwned(f"{key}={shown or folder}: {name} is a symlink; sdlab does not write through links")
+
+
+def check_run_dir(folder: Path, key: str, job_name: str | None, output_subdir: str | None, shown: str | None = None) -> None:
+    """Everything a run writes in `folder` stays in it: the folder is sdlab's and its writes resolve inside it."""
+    check_owned(folder, key, shown)
+    check_writes_inside(folder, key, job_name, output_subdir, shown)
+
+
+def adopt(folder: Path) -> None:
+    """Mark `folder` as sdlab's (once it holds this run's lock), so later runs may write and resume there."""
+    if not is_owned(folder):
+        atomic_write_text(Path(folder) / MARK, MARK_TEXT)
+
+
+def claim(folder: Path, key: str, parents: bool = True) -> None:
+    """Lock `folder` for this process, check again that it is sdlab's, and mark it (its lock released on refusal)."""
+    lock.hold(folder, parents)
+    try:
+        check_owned(Path(folder), key)
+    except NotOwned:
+        lock.release(folder)
+        raise
+    adopt(folder)

@@ -1,0 +1,317 @@
+"""sdlab writes only into folders it owns: refused folders and paths cost one line, exit 2, and not one byte."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sdlab.bench import lock
+from sdlab.bench.ownership import MARK
+
+FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
+
+
+def snapshot(folder: Path) -> dict[str, object]:
+    """Every entry under `folder`: file bytes, link targets, folders (links are not followed)."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[name] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[name] = "dir"
+        else:
+            found[name] = path.read_bytes()
+    return found
+
+
+def refused(run_sdlab, capsys, *args: str) -> str:
+    """Run sdlab, assert exit code 2 and exactly one `sdlab: error:` line on stderr; return that line."""
+    capsys.readouterr()  # what earlier runs printed
+    assert run_sdlab(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sdlab: error: "), err
+    return err[0]
+
+
+def pngs(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("images/*.png")}
+
+
+USER_FOLDERS = {
+    "a results table": {"results.csv": b"name,score,status\nexp1,0.9,done\n"},
+    "sdlab's own file names": {"job.json": b'{"mine": 1}', "summary.csv": b"a\n1\n", "grid.png": b"not a png",
+                               ".hydra/config.yaml": b"mine: true\n", "cli.log": b"my log\n"},
+    "one hidden file": {".env": b"SECRET=1\n"},
+    "an empty subfolder": {"data/": b""},
+}
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+@pytest.mark.parametrize("contents", list(USER_FOLDERS), ids=list(USER_FOLDERS))
+def test_a_folder_sdlab_did_not_make_is_refused_byte_for_byte(run_sdlab, tmp_path, monkeypatch, capsys, sweep, contents):
+    monkeypatch.chdir(tmp_path)
+    for name, data in USER_FOLDERS[contents].items():
+        path = tmp_path / "u" / name
+        if name.endswith("/"):
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    before = snapshot(tmp_path)
+    args = ("-m", "seed=1,2", "hydra.sweep.dir=u") if sweep else ("seeds=[1,2]", "hydra.run.dir=u")
+    line = refused(run_sdlab, capsys, *args, *FAST)
+    assert "=u already holds files sdlab did not write" in line and f"touch u/{MARK}" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_a_marked_folder_is_sdlabs_and_a_made_one_is_resumed(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "notes.txt").write_text("mine")
+    refused(run_sdlab, capsys, "seeds=[1]", "hydra.run.dir=u", *FAST)
+    (tmp_path / "u" / MARK).touch()  # what the error line says to do
+    assert run_sdlab("seeds=[1]", "hydra.run.dir=u", *FAST) == 0
+    assert (tmp_path / "u" / "notes.txt").read_text() == "mine"
+    assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=s", *FAST) == 0  # made by sdlab: its own from now on
+    assert (tmp_path / "s" / MARK).is_file() and (tmp_path / "s" / "0" / MARK).is_file()
+    assert run_sdlab("-m", "seed=1,2,3", "hydra.sweep.dir=s", *FAST) == 0  # the README's rerun to extend
+    assert sorted(pd.read_parquet(tmp_path / "s" / "results.parquet")["seed"]) == [1, 2, 3]
+    assert run_sdlab("seeds=[4]", "hydra.run.dir=s/0", *FAST) == 0  # a sweep's job dir is sdlab's too
+
+
+def test_a_file_in_place_of_the_folder_is_refused(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "u").write_text("a file")
+    before = snapshot(tmp_path)
+    for args in (("hydra.run.dir=u",), ("-m", "seed=1,2", "hydra.sweep.dir=u")):
+        assert "is a file, not a folder" in refused(run_sdlab, capsys, *args, *FAST)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args,says", [
+    (("hydra.run.dir=",), "hydra.run.dir= is empty"),
+    (("hydra.run.dir=''",), "hydra.run.dir= is empty"),
+    (("-m", "seed=1,2", "hydra.sweep.dir="), "hydra.sweep.dir= is empty"),
+    (("hydra.run.dir=/",), "is the filesystem root"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=/"), "is the filesystem root"),
+    (("hydra.run.dir=HOME",), "is the home folder"),  # as the shell expands `~`
+    (("-m", "seed=1,2", "hydra.sweep.dir=HOME/"), "is the home folder"),
+])
+def test_an_empty_path_the_root_or_home_is_refused(run_sdlab, tmp_path, monkeypatch, capsys, args, says):
+    home = tmp_path / "home"
+    (home / "mine").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    assert says in refused(run_sdlab, capsys, *(a.replace("HOME", str(home)) for a in args), *FAST)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args,says", [
+    (("hydra.job.name=../victim", "hydra.run.dir=run"), "hydra.job.name=../victim is not a plain name"),
+    (("hydra.job.name=/tmp/victim", "hydra.run.dir=run"), "is not a plain name"),
+    (("hydra.job.name=..", "hydra.run.dir=run"), "is not a plain name"),
+    (("-m", "seed=1,2", "hydra.job.name=../victim", "hydra.sweep.dir=s"), "is not a plain name"),
+    (("hydra.job.name=", "hydra.run.dir=run"), "is not a plain name"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir="), "is not a path inside"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=../x"), "outside"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=."), "itself"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=0/.."), "itself"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=${hydra.job.num}/../.."), "outside"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=${hydra.job.num}/../../x"), "outside"),
+    (("-m", "seed=1,2", "hydra.sweep.subdir=../x"), "outside"),  # the default sweep dir, resolved by Hydra
+    (("hydra.run.dir=run", "hydra.output_subdir=../hydra_out"), "outside"),
+])
+def test_a_job_name_sweep_subdir_or_output_subdir_leading_out_is_refused(run_sdlab, tmp_path, monkeypatch, capsys,
+                                                                          args, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "victim.log").write_text("the user's log\n")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "results.csv").write_text("a sibling's table\n")
+    before = snapshot(tmp_path)
+    assert says in refused(run_sdlab, capsys, *args, *FAST)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("link", ["images", ".hydra", ".hydra/config.yaml", "cli.log", MARK])
+def test_a_symlink_inside_a_run_dir_leading_out_is_refused(run_sdlab, tmp_path, monkeypatch, capsys, link):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert run_sdlab("seeds=[1]", f"hydra.run.dir={run}", *FAST) == 0  # sdlab's own folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    target = elsewhere if link in ("images", ".hydra") else elsewhere / "keep.txt"
+    if os.path.lexists(run / link):
+        if (run / link).is_dir():
+            shutil.rmtree(run / link)
+        else:
+            (run / link).unlink()
+    (run / link).symlink_to(target)
+    before = snapshot(tmp_path)
+    line = refused(run_sdlab, capsys, "seeds=[2]", f"hydra.run.dir={run}", *FAST)
+    assert any(why in line for why in ("outside", "symlink", "did not write")), line
+    assert snapshot(tmp_path) == before
+
+
+def live_process() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def write_lock(folder: Path, pid) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / lock.LOCK_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+
+
+def test_a_run_into_a_job_dir_of_a_running_sweep_is_refused(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=s", *FAST) == 0
+    holder = live_process()  # stands for the sdlab process running the sweep
+    try:
+        write_lock(tmp_path / "s", holder.pid)
+        before = snapshot(tmp_path)
+        for job_dir in ("s/0", "s/7"):  # a job dir that exists, and one the sweep may still make
+            line = refused(run_sdlab, capsys, "seeds=[5]", f"hydra.run.dir={job_dir}", *FAST)
+            assert f"s is in use by sdlab process {holder.pid}" in line
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_sweep_is_refused_while_a_run_holds_one_of_its_job_dirs(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=s", *FAST) == 0
+    holder = live_process()
+    try:
+        write_lock(tmp_path / "s" / "1", holder.pid)
+        before = snapshot(tmp_path)
+        line = refused(run_sdlab, capsys, "-m", "seed=1,2", "hydra.sweep.dir=s", *FAST)
+        assert f"is in use by sdlab process {holder.pid}" in line
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_every_job_dir_of_a_running_sweep_is_locked_by_it(run_sdlab, tmp_path, monkeypatch):
+    from sdlab.jobs import generate as job
+
+    save, seen = job.save_png, []
+
+    def record_lock(image, target, *a, **k):
+        held = Path(target).parent.parent / lock.LOCK_NAME
+        seen.append(json.loads(held.read_text())["pid"] if held.is_file() else None)
+        return save(image, target, *a, **k)
+
+    monkeypatch.setattr(job, "save_png", record_lock)
+    assert run_sdlab("-m", "seed=1,2,3", f"hydra.sweep.dir={tmp_path}", *FAST) == 0
+    assert seen == [os.getpid()] * 3
+    assert not list(tmp_path.rglob(lock.LOCK_NAME))  # all released at the end
+
+
+@pytest.mark.parametrize("content,says", [
+    ('{"pid": -1, "host": "h"}', "names pid -1"),
+    ('{"pid": 0, "host": "h"}', "names pid 0"),
+    ('{"pid": 1099511627776, "host": "h"}', "names pid 1099511627776"),
+    ('{"pid": "12", "host": "h"}', "is not an sdlab lock"),
+    ('{"pid": true, "host": "h"}', "is not an sdlab lock"),
+    ("garbage", "is not an sdlab lock"),
+    (None, "cannot be read"),  # a folder where the lock file should be
+])
+def test_a_lock_sdlab_cannot_trust_is_an_error_line_never_skipped(run_sdlab, tmp_path, capsys, content, says):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if content is None:
+        (folder / lock.LOCK_NAME).mkdir()
+    else:
+        (folder / lock.LOCK_NAME).write_text(content)
+    with pytest.raises(lock.DirInUse, match=says):
+        lock.acquire(folder)
+    before = snapshot(tmp_path)
+    assert says in refused(run_sdlab, capsys, "seeds=[1]", f"hydra.run.dir={folder}", *FAST)
+    assert says in refused(run_sdlab, capsys, "-m", "seed=1,2", f"hydra.sweep.dir={folder}", *FAST)
+    assert snapshot(tmp_path) == before
+
+
+def _contend(folder: str, start, done, results) -> None:
+    """One contender: wait for all, try to take the lock, report, and stay alive until every contender has tried."""
+    start.wait()
+    try:
+        lock.acquire(Path(folder), parents=False)
+        results.put(os.getpid())
+    except lock.DirInUse:
+        results.put(None)
+    done.wait()
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("stale", ["dead pid", "empty and old"])
+def test_a_stale_lock_raced_by_many_processes_has_exactly_one_winner(tmp_path, stale):
+    context = multiprocessing.get_context("fork")  # the old unlink-and-retry takeover let 2+ win in ~1 round of 8
+    contenders, rounds = 8, 40
+    for i in range(rounds):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        if stale == "dead pid":
+            write_lock(folder, dead_pid())
+        else:
+            (folder / lock.LOCK_NAME).write_text("")
+            os.utime(folder / lock.LOCK_NAME, (0, 0))
+        start, done, results = context.Barrier(contenders), context.Barrier(contenders), context.Queue()
+        processes = [context.Process(target=_contend, args=(str(folder), start, done, results))
+                     for _ in range(contenders)]
+        for process in processes:
+            process.start()
+        outcome = [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+        winners = [pid for pid in outcome if pid is not None]
+        assert len(winners) == 1, (i, outcome)
+        assert json.loads((folder / lock.LOCK_NAME).read_text())["pid"] == winners[0]
+        assert not (folder / lock.TAKEOVER_NAME).exists()
+
+
+def assert_rows_are_the_pngs(folder: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(folder / "results.parquet")
+    ok = frame[frame["status"] == "ok"]
+    assert sorted(ok["image_path"]) == sorted(pngs(folder))
+    assert len(pd.read_csv(folder / "results.csv")) == len(frame)
+    return frame
+
+
+def test_resume_false_into_a_used_run_dir_keeps_rows_and_pngs_in_step(run_sdlab, tmp_path):
+    args = (*FAST, f"hydra.run.dir={tmp_path}")
+    assert run_sdlab("seeds=[1,2]", *args) == 0
+    first = assert_rows_are_the_pngs(tmp_path)
+    assert run_sdlab("seeds=[2,3]", "resume=false", *args) == 0
+    frame = assert_rows_are_the_pngs(tmp_path)
+    assert frame["seed"].tolist() == [1, 2, 3]
+    kept = dict(zip(first["seed"], first["run_id"]))
+    assert frame["run_id"][0] == kept[1] and frame["run_id"][1] != kept[2]  # 2 recomputed, 1 kept
+
+
+def test_resume_false_into_a_used_sweep_dir_keeps_rows_and_pngs_in_step(run_sdlab, tmp_path):
+    sweep = f"hydra.sweep.dir={tmp_path}"
+    assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5", *FAST, sweep) == 0  # 4 jobs, one cell each
+    assert run_sdlab("-m", "seeds=[1,2,3]", "guidance_scale=1", "resume=false", *FAST, sweep) == 0  # job 0: 3 cells
+    frame = assert_rows_are_the_pngs(tmp_path)
+    assert len(frame) == len(pngs(tmp_path)) == 6
+    for job in tmp_path.iterdir():
+        if job.is_dir() and (job / "results.parquet").is_file():
+            assert_rows_are_the_pngs(job)
