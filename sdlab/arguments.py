@@ -6,14 +6,11 @@ from __future__ import annotations
 import difflib
 import re
 import time
-from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
+from sdlab.conf_files import CONF_DIR, group_options, known_keys
 from sdlab.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "scheduler", "clip", "experiment")
 FREE_TEXT_KEYS = ("prompt", "negative_prompt")  # one literal string each, commas and brackets included
 PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job per prompt under -m
@@ -26,25 +23,6 @@ ALIASES = {  # names users bring from other image tools
     "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
     "neg_prompt": "negative_prompt", "size": "width and height", "n_iter": "seeds", "batch_count": "seeds",
 }
-
-
-def group_options(group: str) -> list[str]:
-    """Selectable config names of a group (files not starting with `_`)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
-
-
-@lru_cache(maxsize=None)
-def _yaml_keys(path: Path) -> frozenset[str]:
-    data = yaml.safe_load(path.read_text()) or {}
-    return frozenset(data) - {"defaults"}
-
-
-def known_keys(group: str | None) -> set[str]:
-    """Keys a `group.KEY=` override may set, or top-level keys (base config and every recipe) for None."""
-    if group is None:
-        recipes = [_yaml_keys(p) for p in (CONF_DIR / "experiment").glob("*.yaml")]
-        return (_yaml_keys(CONF_DIR / "config.yaml") | set().union(*recipes)) - {"hydra"}
-    return set().union(*(_yaml_keys(p) for p in (CONF_DIR / group).glob("*.yaml")))
 
 
 def suggestion(word: str, candidates: list[str] | set[str]) -> str:

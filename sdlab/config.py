@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sdlab.arguments import group_options
+from sdlab.conf_files import group_options
 from sdlab.errors import UserError, choose
 
 GENERATION_KEYS = (
