@@ -7,6 +7,7 @@ from typing import Any
 
 from sdlab.config import MODEL_FAMILIES, MODEL_KINDS, generation_params, limits, model_spec, validate_config
 from sdlab.errors import UserError
+from sdlab.params import load_params
 
 
 def prompt_outside_grammar(prompt: str) -> list[str]:
@@ -49,11 +50,9 @@ def job_config(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
 
 def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
     """The config with `params=FILE` merged in; explicit command-line overrides still win."""
-    from sdlab.params import load_params
-
     if not config.get("params"):
         return config
-    params = load_params(config["params"], limits(config)["max_params_bytes"])
+    params = load_params(config["params"], limits(config))
     config = {**config, "scheduler": dict(config["scheduler"])}
     for key, value in params.items():
         if key in overridden:

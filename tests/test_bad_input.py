@@ -290,14 +290,14 @@ def test_validate_config_names_the_bad_value_without_loading_anything():
 
 
 def test_limits_can_be_raised_for_big_machines(tmp_path):
-    from sdlab.config import validate_config
+    from sdlab.config import LIMITS, validate_config
     from sdlab.params import load_params
 
     validate_config(composed("width=8192", "height=8192", "limits.max_side=8192", "limits.max_pixels=67108864"))
     validate_config(composed("num_inference_steps=2000", "limits.max_steps=2000"))
     big = tmp_path / "big.json"
     big.write_text('{"seed": 3}' + " " * (2 << 20))
-    assert load_params(big, max_bytes=4 << 20) == {"seed": 3}
+    assert load_params(big, {**LIMITS, "max_params_bytes": 4 << 20}) == {"seed": 3}
 
 
 def test_steps_up_to_the_trained_timesteps_pass_when_the_spacing_stays_inside():
