@@ -9,11 +9,16 @@ import time
 from pathlib import Path
 
 from sdlab.conf_files import CONF_DIR, group_options, known_keys
+from sdlab.config import LIMITS, limits
 from sdlab.errors import UserError
+from sdlab.params import load_params
+from sdlab.untrusted import read_prompt_lines
 
 GROUPS = ("model", "scheduler", "clip", "experiment")
 FREE_TEXT_KEYS = ("prompt", "negative_prompt")  # one literal string each, commas and brackets included
 PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job per prompt under -m
+INTERPOLATION = re.compile(r"(\\*)\$\{")  # `${` and the backslashes before it
+ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what escape_interpolation makes of it
 SWEEP_FUNCTIONS = ("glob(", "choice(", "range(", "interval(", "tag(", "sort(", "shuffle(")
 # Hydra's own flags that take a value as the next argument.
 FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
@@ -59,37 +64,76 @@ def hydra_quote(text: str) -> str:
     return "'" + escaped.replace("'", "\\'") + "'"
 
 
+def escape_interpolation(text: str) -> str:
+    """`text` with every `${` escaped as OmegaConf reads it (`\\${`, backslashes before it doubled): it resolves to
+    itself."""
+    return INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def unescape_interpolation(text: str) -> str:
+    """The text `escape_interpolation` was given: what OmegaConf resolves the escaped string to."""
+    return ESCAPED_INTERPOLATION.sub(lambda m: m.group(1)[: len(m.group(1)) // 2] + "${", text)
+
+
+def literal(text: str) -> str:
+    """`text` as a Hydra value that reaches the job as exactly `text`: quoted, and never an interpolation."""
+    return hydra_quote(escape_interpolation(text))
+
+
 def quote_free_text(arg: str) -> str:
-    """`prompt=a, b (c:1.2)` -> `prompt='a, b (c:1.2)'`: one literal string; values the user quoted stay Hydra's."""
+    """`prompt=a, b (c:1.2)` -> `prompt='a, b (c:1.2)'`: one literal string; a value the user quoted (one string or a
+    sweep of them, `'a, b','c'`) keeps Hydra's reading of it. Either way `${...}` in it stays text."""
     key, sep, value = arg.partition("=")
-    if not sep or key.lstrip("+") not in FREE_TEXT_KEYS or value[:1] in ("'", '"'):
+    if not sep or key.lstrip("+") not in FREE_TEXT_KEYS:
         return arg
-    return f"{key}={hydra_quote(value)}"
+    if value[:1] not in ("'", '"'):
+        return f"{key}={literal(value)}"
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, QuotedString
 
-
-def read_prompt_file(path: str) -> list[str]:
-    """Non-empty lines of a prompts file, stripped; a missing, unreadable or empty file is a UserError."""
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{PROMPT_FILE_KEY}={path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{PROMPT_FILE_KEY}={path} cannot be read as UTF-8 text: {e}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        parsed = OverridesParser.create().parse_override(arg).value()
+    except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
+        return arg
+    if isinstance(parsed, str):
+        return f"{key}={literal(parsed)}"
+    if isinstance(parsed, ChoiceSweep) and not parsed.tags:
+        texts = [v.text if isinstance(v, QuotedString) else v for v in parsed.list]
+        if all(isinstance(text, str) for text in texts):
+            return f"{key}=" + ",".join(literal(text) for text in texts)
+    raise UserError(f"{arg}: {key.lstrip('+')} takes text: one quoted string, or under -m quoted strings separated "
+                    "by commas (e.g. -m \"prompt='a, b','c'\")")
+
+
+def command_line_limits(overrides: list[str]) -> dict[str, int]:
+    """The `limits:` block as the command line sets it over the defaults (for the files read before Hydra composes)."""
+    given = {}
+    for arg in overrides:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key.startswith("limits."):
+            given[key.removeprefix("limits.")] = int(value) if re.fullmatch(r"\d+", value) else value
+    return limits({"limits": given})
+
+
+def read_prompt_file(path: str, limit: dict[str, int] = LIMITS) -> list[str]:
+    """Non-empty lines of a prompts file, stripped, read within `limit`; a missing, unreadable or empty file is a
+    UserError."""
+    prompts = read_prompt_lines(path, f"{PROMPT_FILE_KEY}={path}", limit)
     if not prompts:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds no prompts; write one prompt per line")
     return prompts
 
 
-def expand_prompt_file(arg: str, multirun: bool) -> str:
-    """`prompt_file=F` -> `prompt=` the file's prompts (a sweep of them under -m, the one prompt otherwise)."""
+def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int] = LIMITS) -> str:
+    """`prompt_file=F` -> `prompt=` the file's prompts (a sweep of them under -m, the one prompt otherwise), each
+    literal text."""
     key, _, path = arg.partition("=")
     if key != PROMPT_FILE_KEY:
         return arg
-    prompts = read_prompt_file(path)
+    prompts = read_prompt_file(path, limit)
     if len(prompts) > 1 and not multirun:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds {len(prompts)} prompts; add -m to run one job per prompt")
-    return "prompt=" + ",".join(hydra_quote(p) for p in prompts)
+    return "prompt=" + ",".join(literal(p) for p in prompts)
 
 
 def check_syntax(arg: str) -> None:
@@ -163,19 +207,17 @@ def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
     return added
 
 
-def model_of_params_file(overrides: list[str]) -> list[str]:
+def model_of_params_file(overrides: list[str], limit: dict[str, int] = LIMITS) -> list[str]:
     """`model=NAME` for a `params=FILE` that names the model it was made with, unless `model=` is given.
 
     The model is a config group, so it has to be chosen before Hydra composes; every other key of the
-    file is merged after.
+    file is merged after. `load_params` has checked that NAME is one model's name.
     """
-    from sdlab.params import load_params
-
     keys = {a.partition("=")[0].lstrip("+") for a in overrides}
     paths = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "params"]
     if "model" in keys or len(paths) != 1 or "," in paths[0]:
         return []
-    model = load_params(paths[0]).get("model")
+    model = load_params(paths[0], limit).get("model")
     return [f"model={model}"] if model else []
 
 
@@ -183,12 +225,14 @@ def prepare(argv: list[str]) -> list[str]:
     """The command line Hydra gets: checked, free text quoted, prompt files expanded, a sweep dir if needed."""
     flags, overrides = split_flags(argv)
     multirun = is_multirun(flags)
+    limit = command_line_limits(overrides)
     ready = []
     for arg in overrides:
-        arg = quote_free_text(expand_prompt_file(arg, multirun))
+        is_file = arg.partition("=")[0] == PROMPT_FILE_KEY  # its prompts come out literal already
+        arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_free_text(arg)
         check_override(arg)
         ready.append(arg)
-    ready += model_of_params_file(ready)
+    ready += model_of_params_file(ready, limit)
     for arg in ready[len(overrides):]:
         check_override(arg)
     return flags + ready + default_sweep_dir(flags, ready)
@@ -230,5 +274,7 @@ def display_overrides(task: list[str]) -> dict[str, str]:
             out[key] = item.partition("=")[2] or None
             continue
         value = override.value()
+        if isinstance(value, str) and key in FREE_TEXT_KEYS:
+            value = unescape_interpolation(value)  # as `quote_free_text` escaped it: the text the model gets
         out[key] = value if isinstance(value, str) else override.get_value_string()
     return out
