@@ -203,6 +203,14 @@ def link_file_outside(folder: Path, outside: Path, relative: str) -> None:
     os.symlink(target, folder / relative)
 
 
+def drop_last_tensor(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    tensors.pop(sorted(tensors)[-1])
+    save_file(tensors, path)
+
+
 def set_json(path: Path, **values) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
 
@@ -234,6 +242,10 @@ DAMAGES = {
                                  "scheduler/scheduler_config.json is missing"),
     "component symlinked outside": (lambda f, o: link_outside(f, o, "vae"), "vae is a link to"),
     "weights symlinked outside": (lambda f, o: link_file_outside(f, o, UNET), f"{UNET} is a link to"),
+    "unet holds the vae's weights": (lambda f, o: shutil.copy(f / VAE, f / UNET),
+                                     f"{UNET} does not hold the weights"),
+    "vae holds the unet's weights": (lambda f, o: shutil.copy(f / UNET, f / VAE), "tensors are not a vae's"),
+    "text encoder tensor left out": (lambda f, o: drop_last_tensor(f / TEXT), "1 of its"),
     "scheduler trained timesteps not a number": (
         lambda f, o: set_json(f / "scheduler/scheduler_config.json", num_train_timesteps="many"),
         "num_train_timesteps='many'"),
