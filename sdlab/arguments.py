@@ -8,6 +8,9 @@ import re
 import time
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, QuotedString
+
 from sdlab.conf_files import CONF_DIR, group_options, known_keys
 from sdlab.config import LIMITS, limits
 from sdlab.errors import UserError
@@ -88,19 +91,17 @@ def quote_free_text(arg: str) -> str:
         return arg
     if value[:1] not in ("'", '"'):
         return f"{key}={literal(value)}"
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, QuotedString
-
     try:
         parsed = OverridesParser.create().parse_override(arg).value()
     except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
         return arg
+    # Read as OmegaConf would read the quoted text (`\${` is `${`), so a prepared command line prepares to itself.
     if isinstance(parsed, str):
-        return f"{key}={literal(parsed)}"
+        return f"{key}={literal(unescape_interpolation(parsed))}"
     if isinstance(parsed, ChoiceSweep) and not parsed.tags:
         texts = [v.text if isinstance(v, QuotedString) else v for v in parsed.list]
         if all(isinstance(text, str) for text in texts):
-            return f"{key}=" + ",".join(literal(text) for text in texts)
+            return f"{key}=" + ",".join(literal(unescape_interpolation(text)) for text in texts)
     raise UserError(f"{arg}: {key.lstrip('+')} takes text: one quoted string, or under -m quoted strings separated "
                     "by commas (e.g. -m \"prompt='a, b','c'\")")
 
@@ -138,8 +139,6 @@ def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int] = LIMITS)
 
 def check_syntax(arg: str) -> None:
     """Reject an override Hydra cannot parse, naming it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         OverridesParser.create().parse_override(arg)
     except Exception as e:  # noqa: BLE001 - Hydra's parse errors have no common base worth naming
@@ -256,8 +255,6 @@ def check_output_dir(args: list[str]) -> None:
 
 def display_overrides(task: list[str]) -> dict[str, str]:
     """A job's overrides as {key: value as the user wrote it}: strings unquoted and unescaped, others as typed."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create()
     out = {}
     for item in task:

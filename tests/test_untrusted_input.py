@@ -41,6 +41,7 @@ def test_prepare_escapes_prompts_typed_bare_quoted_or_swept():
     assert ready == ["-m", "prompt='\\${oc.env:HOME}'", "negative_prompt='\\${now:%H}'", "seed=1"]
     swept = prepare(["-m", "prompt='a, ${x}',\"b\""])
     assert swept == ["-m", "prompt='a, \\${x}','b'"]
+    assert prepare(ready) == ready and prepare(swept) == swept  # a saved command line (overrides.yaml) reruns as is
 
 
 def test_a_prompt_that_is_not_text_is_one_line():
