@@ -19,6 +19,7 @@ from sdlab.untrusted import read_prompt_lines
 
 GROUPS = ("model", "scheduler", "clip", "experiment")
 FREE_TEXT_KEYS = ("prompt", "negative_prompt")  # one literal string each, commas and brackets included
+PROMPT_LIST_KEYS = ("prompts", "compare.prompts")  # the recipes' lists of prompts, each one literal text too
 PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job per prompt under -m
 INTERPOLATION = re.compile(r"(\\*)\$\{")  # `${` and the backslashes before it
 ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what escape_interpolation makes of it
@@ -104,6 +105,29 @@ def quote_free_text(arg: str) -> str:
             return f"{key}=" + ",".join(literal(unescape_interpolation(text)) for text in texts)
     raise UserError(f"{arg}: {key.lstrip('+')} takes text: one quoted string, or under -m quoted strings separated "
                     "by commas (e.g. -m \"prompt='a, b','c'\")")
+
+
+def quote_prompt_lists(arg: str) -> str:
+    """`prompts=[a cat,${x}]` -> `prompts=['a cat','\\${x}']`: each prompt of a list (or of each list of a sweep)
+    literal text, read as OmegaConf would read it; other values (null, a sweep function) are left to Hydra."""
+    key, sep, _ = arg.partition("=")
+    if not sep or key.lstrip("+") not in PROMPT_LIST_KEYS:
+        return arg
+    try:
+        parsed = OverridesParser.create().parse_override(arg).value()
+    except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
+        return arg
+
+    def texts(value) -> str | None:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return "[" + ",".join(literal(unescape_interpolation(v)) for v in value) + "]"
+        return None
+
+    if texts(parsed) is not None:
+        return f"{key}={texts(parsed)}"
+    if isinstance(parsed, ChoiceSweep) and not parsed.tags and all(texts(v) is not None for v in parsed.list):
+        return f"{key}=" + ",".join(texts(v) for v in parsed.list)
+    return arg
 
 
 def command_line_limits(overrides: list[str]) -> dict[str, int]:
@@ -228,7 +252,7 @@ def prepare(argv: list[str]) -> list[str]:
     ready = []
     for arg in overrides:
         is_file = arg.partition("=")[0] == PROMPT_FILE_KEY  # its prompts come out literal already
-        arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_free_text(arg)
+        arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_prompt_lists(quote_free_text(arg))
         check_override(arg)
         ready.append(arg)
     ready += model_of_params_file(ready, limit)
@@ -273,5 +297,7 @@ def display_overrides(task: list[str]) -> dict[str, str]:
         value = override.value()
         if isinstance(value, str) and key in FREE_TEXT_KEYS:
             value = unescape_interpolation(value)  # as `quote_free_text` escaped it: the text the model gets
+        elif isinstance(value, list) and key in PROMPT_LIST_KEYS and all(isinstance(v, str) for v in value):
+            value = "[" + ",".join(unescape_interpolation(v) for v in value) + "]"
         out[key] = value if isinstance(value, str) else override.get_value_string()
     return out

@@ -44,6 +44,15 @@ def test_prepare_escapes_prompts_typed_bare_quoted_or_swept():
     assert prepare(ready) == ready and prepare(swept) == swept  # a saved command line (overrides.yaml) reruns as is
 
 
+def test_prompt_lists_of_recipes_are_text_too():
+    ready = prepare(["-m", "experiment=prompt_grid", "prompts=[a cat,'b, ${x}',${oc.env:HOME}]",
+                     "compare.prompts=[x],[${y}]"])
+    assert ready[2:] == ["prompts=['a cat','b, \\${x}','\\${oc.env:HOME}']", "compare.prompts=['x'],['\\${y}']"]
+    assert prepare(ready) == ready
+    assert display_overrides([ready[2]]) == {"prompts": "[a cat,b, ${x},${oc.env:HOME}]"}
+    assert prepare(["prompts=null"]) == ["prompts=null"]
+
+
 def test_a_prompt_that_is_not_text_is_one_line():
     with pytest.raises(UserError, match="prompt takes text"):
         prepare(["-m", "prompt='a',[1,2]"])
