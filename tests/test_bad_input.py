@@ -113,6 +113,7 @@ def bad_inputs(tmp):
         (["scheduler.use_karras_sigmas=maybe"], "scheduler.use_karras_sigmas='maybe' is not allowed"),
         (["scheduler.steps_offset=abc"], "scheduler.steps_offset='abc' must be int"),
         (["scheduler.rescale_betas_zero_snr=1"], "scheduler.rescale_betas_zero_snr=1 is not allowed"),
+        (["scheduler.steps_offset=-5"], "scheduler.steps_offset=-5 must be in [0, 1000]"),
         (["threads=abc"], "threads='abc' must be a positive integer"),
         (["threads=true"], "threads=True must be a positive integer"),
         (["resume=maybe"], "resume='maybe' must be true or false"),
@@ -123,7 +124,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 78
+N_CASES = 79
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -160,6 +160,8 @@ def bad_files(tmp):
          "scheduler.timestep_spacing='sideways' is not allowed"),
         ([f"params={write(tmp / 'k.json', record(scheduler_options={'use_karras_sigmas': 'yes'}))}"],
          "scheduler.use_karras_sigmas='yes' is not allowed"),
+        ([f"params={write(tmp / 'off.json', record(scheduler_options={'steps_offset': 10 ** 20}))}"],
+         "scheduler.steps_offset=100000000000000000000 must be in [0, 1000]"),
         ([f"params={write(tmp / 'steps.json', record(num_inference_steps=100_000_000))}"],
          "num_inference_steps=100000000 is above limits.max_steps=1000"),
         ([f"params={write(tmp / 'w.json', record(width=100))}"], "width=100 must be a positive multiple of 8"),
@@ -172,7 +174,7 @@ def write(path, text):
     return path
 
 
-N_CASES = 29
+N_CASES = 30
 
 
 def test_case_count_matches_the_list(tmp_path):
