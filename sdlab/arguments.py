@@ -117,17 +117,18 @@ def quote_prompt_lists(arg: str) -> str:
         parsed = OverridesParser.create().parse_override(arg).value()
     except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
         return arg
-
-    def texts(value) -> str | None:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return "[" + ",".join(literal(unescape_interpolation(v)) for v in value) + "]"
-        return None
-
-    if texts(parsed) is not None:
-        return f"{key}={texts(parsed)}"
-    if isinstance(parsed, ChoiceSweep) and not parsed.tags and all(texts(v) is not None for v in parsed.list):
-        return f"{key}=" + ",".join(texts(v) for v in parsed.list)
+    if literal_list(parsed) is not None:
+        return f"{key}={literal_list(parsed)}"
+    if isinstance(parsed, ChoiceSweep) and not parsed.tags and all(literal_list(v) is not None for v in parsed.list):
+        return f"{key}=" + ",".join(literal_list(v) for v in parsed.list)
     return arg
+
+
+def literal_list(value) -> str | None:
+    """A list of strings as a Hydra list of literal texts (each read as OmegaConf would read it), else None."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "[" + ",".join(literal(unescape_interpolation(v)) for v in value) + "]"
+    return None
 
 
 def command_line_limits(overrides: list[str]) -> dict[str, int]:
