@@ -19,6 +19,7 @@ from sdlab.arguments import display_overrides, literal, prepare
 from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.params import load_params
+from sdlab.records import rows_from_images
 from sdlab.untrusted import json_depth, parse_json, read_prompt_lines
 
 FAST = ("num_inference_steps=1", "threads=1")
@@ -212,3 +213,12 @@ def test_a_zlib_bomb_is_refused_before_it_is_inflated(tmp_path):
     with pytest.raises(UserError, match="more PNG text than limits.max_params_bytes"):
         load_params(path)
     assert load_params(png(tmp_path / "ok.png", {"sdlab": record()})) == json.loads(record())
+
+
+def test_a_lost_table_is_rebuilt_from_pngs_skipping_those_whose_record_is_not_one(tmp_path):
+    (tmp_path / "images").mkdir()
+    png(tmp_path / "images" / "a.png", {"sdlab": json.dumps({"row": {"seed": 1, "status": "ok"}})})
+    png(tmp_path / "images" / "b.png", {"sdlab": "[" * 5000 + "]" * 5000})
+    png(tmp_path / "images" / "c.png", {"sdlab": " " * (4 << 20)}, zipped=True)
+    frame = rows_from_images(tmp_path)
+    assert frame["seed"].tolist() == [1] and frame["image_path"].tolist() == ["images/a.png"]
