@@ -10,15 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sdlab.conf_files import group_options
 from sdlab.errors import UserError, choose
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def group_options(group: str) -> list[str]:
-    """Selectable config names of a group (files not starting with `_`)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
-
 
 GENERATION_KEYS = (
     "prompt",
@@ -42,7 +35,8 @@ MKLDNN = (True, False, "auto")
 MAX_SEED = 2**63 - 1  # seeds live in int64 table columns
 # Defaults of the `limits:` block in conf/config.yaml: checks that fail in under a second instead of filling memory.
 LIMITS = {"max_side": 4096, "max_pixels": 2048 * 2048, "max_steps": 1000, "max_seeds": 10_000,
-          "max_params_bytes": 1 << 20}
+          "max_params_bytes": 1 << 20, "max_png_bytes": 64 << 20, "max_png_text_bytes": 8 << 20,
+          "max_prompt_file_bytes": 1 << 20, "max_prompt_lines": 10_000}
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ def bad_inputs(tmp):
         (["scheduler.use_karras_sigmas=maybe"], "scheduler.use_karras_sigmas='maybe' is not allowed"),
         (["scheduler.steps_offset=abc"], "scheduler.steps_offset='abc' must be int"),
         (["scheduler.rescale_betas_zero_snr=1"], "scheduler.rescale_betas_zero_snr=1 is not allowed"),
+        (["scheduler.steps_offset=-5"], "scheduler.steps_offset=-5 must be in [0, 1000]"),
         (["threads=abc"], "threads='abc' must be a positive integer"),
         (["threads=true"], "threads=True must be a positive integer"),
         (["resume=maybe"], "resume='maybe' must be true or false"),
@@ -123,7 +124,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 78
+N_CASES = 79
 
 
 def test_case_count_matches_the_list(tmp_path):
@@ -203,6 +204,14 @@ def link_file_outside(folder: Path, outside: Path, relative: str) -> None:
     os.symlink(target, folder / relative)
 
 
+def drop_last_tensor(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    tensors.pop(sorted(tensors)[-1])
+    save_file(tensors, path)
+
+
 def set_json(path: Path, **values) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
 
@@ -234,6 +243,10 @@ DAMAGES = {
                                  "scheduler/scheduler_config.json is missing"),
     "component symlinked outside": (lambda f, o: link_outside(f, o, "vae"), "vae is a link to"),
     "weights symlinked outside": (lambda f, o: link_file_outside(f, o, UNET), f"{UNET} is a link to"),
+    "unet holds the vae's weights": (lambda f, o: shutil.copy(f / VAE, f / UNET),
+                                     f"{UNET} does not hold the weights"),
+    "vae holds the unet's weights": (lambda f, o: shutil.copy(f / UNET, f / VAE), "tensors are not a vae's"),
+    "text encoder tensor left out": (lambda f, o: drop_last_tensor(f / TEXT), "1 of its"),
     "scheduler trained timesteps not a number": (
         lambda f, o: set_json(f / "scheduler/scheduler_config.json", num_train_timesteps="many"),
         "num_train_timesteps='many'"),
@@ -290,14 +303,14 @@ def test_validate_config_names_the_bad_value_without_loading_anything():
 
 
 def test_limits_can_be_raised_for_big_machines(tmp_path):
-    from sdlab.config import validate_config
+    from sdlab.config import LIMITS, validate_config
     from sdlab.bench.params import load_params
 
     validate_config(composed("width=8192", "height=8192", "limits.max_side=8192", "limits.max_pixels=67108864"))
     validate_config(composed("num_inference_steps=2000", "limits.max_steps=2000"))
     big = tmp_path / "big.json"
     big.write_text('{"seed": 3}' + " " * (2 << 20))
-    assert load_params(big, max_bytes=4 << 20) == {"seed": 3}
+    assert load_params(big, {**LIMITS, "max_params_bytes": 4 << 20}) == {"seed": 3}
 
 
 def test_steps_up_to_the_trained_timesteps_pass_when_the_spacing_stays_inside():

@@ -133,7 +133,7 @@ def test_display_overrides_show_values_as_typed():
     (["scheduler=dpm++"], "did you mean dpmpp_2m?"),
     (["scheduler=DPM++ 2M Karras"], "did you mean dpmpp_2m_karras?"),
     (["model.dtyp=float16"], "did you mean dtype?"),
-    (["prompt=${nope}"], "prompt: Interpolation key 'nope' not found"),
+    (["guidance_scale=${nope}"], "guidance_scale: Interpolation key 'nope' not found"),  # prompts never resolve
     (["seed=${oc.env:SDLAB_NO_SUCH_VARIABLE}"], "SDLAB_NO_SUCH_VARIABLE"),
     (["~model"], "cannot be deleted"),
     (["seeds=[1,2"], "cannot read 'seeds=[1,2'"),

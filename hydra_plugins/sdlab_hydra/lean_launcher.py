@@ -23,6 +23,7 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from sdlab.app.arguments import display_overrides
 from sdlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class LeanLauncher(BasicLauncher):
         log.info(f"Launching {len(job_overrides)} jobs locally")
         runs = []
         for idx, overrides in enumerate(job_overrides, initial_job_idx):
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            shown = display_overrides(list(filter_overrides(overrides)))  # prompts as the job gets them
+            log.info(f"\t#{idx} : {' '.join(f'{key}={value}' for key, value in shown.items())}")
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx

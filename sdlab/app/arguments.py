@@ -6,10 +6,10 @@ from __future__ import annotations
 import difflib
 import re
 import time
-from functools import lru_cache
 from pathlib import Path
 
-import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, QuotedString
 
 from sdlab.bench.ownership import (
     check_job_name,
@@ -20,12 +20,17 @@ from sdlab.bench.ownership import (
 )
 from sdlab.bench.params import load_params
 from sdlab.bench.resume import earlier_sweep
-from sdlab.config import CONF_DIR, group_options
+from sdlab.conf_files import CONF_DIR, group_options, known_keys, yaml_keys
+from sdlab.config import LIMITS, limits
 from sdlab.errors import UserError
+from sdlab.untrusted import read_prompt_lines
 
 GROUPS = ("model", "scheduler", "clip", "experiment")
 FREE_TEXT_KEYS = ("prompt", "negative_prompt")  # one literal string each, commas and brackets included
+PROMPT_LIST_KEYS = ("prompts", "compare.prompts")  # the recipes' lists of prompts, each one literal text too
 PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job per prompt under -m
+INTERPOLATION = re.compile(r"(\\*)\$\{")  # `${` and the backslashes before it
+ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what escape_interpolation makes of it
 SWEEP_FUNCTIONS = ("glob(", "choice(", "range(", "interval(", "tag(", "sort(", "shuffle(")
 # Hydra's own flags that take a value as the next argument.
 FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
@@ -35,21 +40,6 @@ ALIASES = {  # names users bring from other image tools
     "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
     "neg_prompt": "negative_prompt", "size": "width and height", "n_iter": "seeds", "batch_count": "seeds",
 }
-
-
-@lru_cache(maxsize=None)
-def _yaml_keys(path: Path) -> frozenset[str]:
-    data = yaml.safe_load(path.read_text()) or {}
-    return frozenset(data) - {"defaults"}
-
-
-def known_keys(group: str | None) -> set[str]:
-    """Keys a `group.KEY=` override may set, or top-level keys (base config and every recipe) for None."""
-    if group is None:
-        recipes = [_yaml_keys(p) for p in (CONF_DIR / "experiment").glob("*.yaml")]
-        return (_yaml_keys(CONF_DIR / "config.yaml") | set().union(*recipes)) - {"hydra"}
-    return set().union(*(_yaml_keys(p) for p in [*(CONF_DIR / group).glob("*.yaml"), CONF_DIR / "common" / f"{group}.yaml"]
-                         if p.is_file()))
 
 
 def suggestion(word: str, candidates: list[str] | set[str]) -> str:
@@ -87,43 +77,102 @@ def hydra_quote(text: str) -> str:
     return "'" + escaped.replace("'", "\\'") + "'"
 
 
+def escape_interpolation(text: str) -> str:
+    """`text` with every `${` escaped as OmegaConf reads it (`\\${`, backslashes before it doubled): it resolves to
+    itself."""
+    return INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def unescape_interpolation(text: str) -> str:
+    """The text `escape_interpolation` was given: what OmegaConf resolves the escaped string to."""
+    return ESCAPED_INTERPOLATION.sub(lambda m: m.group(1)[: len(m.group(1)) // 2] + "${", text)
+
+
+def literal(text: str) -> str:
+    """`text` as a Hydra value that reaches the job as exactly `text`: quoted, and never an interpolation."""
+    return hydra_quote(escape_interpolation(text))
+
+
 def quote_free_text(arg: str) -> str:
-    """`prompt=a, b (c:1.2)` -> `prompt='a, b (c:1.2)'`: one literal string; values the user quoted stay Hydra's."""
+    """`prompt=a, b (c:1.2)` -> `prompt='a, b (c:1.2)'`: one literal string; a value the user quoted (one string or a
+    sweep of them, `'a, b','c'`) keeps Hydra's reading of it. Either way `${...}` in it stays text."""
     key, sep, value = arg.partition("=")
-    if not sep or key.lstrip("+") not in FREE_TEXT_KEYS or value[:1] in ("'", '"'):
+    if not sep or key.lstrip("+") not in FREE_TEXT_KEYS:
         return arg
-    return f"{key}={hydra_quote(value)}"
-
-
-def read_prompt_file(path: str) -> list[str]:
-    """Non-empty lines of a prompts file, stripped; a missing, unreadable or empty file is a UserError."""
+    if value[:1] not in ("'", '"'):
+        return f"{key}={literal(value)}"
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{PROMPT_FILE_KEY}={path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{PROMPT_FILE_KEY}={path} cannot be read as UTF-8 text: {e}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        parsed = OverridesParser.create().parse_override(arg).value()
+    except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
+        return arg
+    # Read as OmegaConf would read the quoted text (`\${` is `${`), so a prepared command line prepares to itself.
+    if isinstance(parsed, str):
+        return f"{key}={literal(unescape_interpolation(parsed))}"
+    if isinstance(parsed, ChoiceSweep) and not parsed.tags:
+        texts = [v.text if isinstance(v, QuotedString) else v for v in parsed.list]
+        if all(isinstance(text, str) for text in texts):
+            return f"{key}=" + ",".join(literal(unescape_interpolation(text)) for text in texts)
+    raise UserError(f"{arg}: {key.lstrip('+')} takes text: one quoted string, or under -m quoted strings separated "
+                    "by commas (e.g. -m \"prompt='a, b','c'\")")
+
+
+def quote_prompt_lists(arg: str) -> str:
+    """`prompts=[a cat,${x}]` -> `prompts=['a cat','\\${x}']`: each prompt of a list (or of each list of a sweep)
+    literal text, read as OmegaConf would read it; other values (null, a sweep function) are left to Hydra."""
+    key, sep, _ = arg.partition("=")
+    if not sep or key.lstrip("+") not in PROMPT_LIST_KEYS:
+        return arg
+    try:
+        parsed = OverridesParser.create().parse_override(arg).value()
+    except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
+        return arg
+    if literal_list(parsed) is not None:
+        return f"{key}={literal_list(parsed)}"
+    if isinstance(parsed, ChoiceSweep) and not parsed.tags and all(literal_list(v) is not None for v in parsed.list):
+        return f"{key}=" + ",".join(literal_list(v) for v in parsed.list)
+    return arg
+
+
+def literal_list(value) -> str | None:
+    """A list of strings as a Hydra list of literal texts (each read as OmegaConf would read it), else None."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "[" + ",".join(literal(unescape_interpolation(v)) for v in value) + "]"
+    return None
+
+
+def command_line_limits(overrides: list[str]) -> dict[str, int]:
+    """The `limits:` block as the command line sets it over the defaults (for the files read before Hydra composes)."""
+    given = {}
+    for arg in overrides:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key.startswith("limits."):
+            given[key.removeprefix("limits.")] = int(value) if re.fullmatch(r"\d+", value) else value
+    return limits({"limits": given})
+
+
+def read_prompt_file(path: str, limit: dict[str, int] = LIMITS) -> list[str]:
+    """Non-empty lines of a prompts file, stripped, read within `limit`; a missing, unreadable or empty file is a
+    UserError."""
+    prompts = read_prompt_lines(path, f"{PROMPT_FILE_KEY}={path}", limit)
     if not prompts:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds no prompts; write one prompt per line")
     return prompts
 
 
-def expand_prompt_file(arg: str, multirun: bool) -> str:
-    """`prompt_file=F` -> `prompt=` the file's prompts (a sweep of them under -m, the one prompt otherwise)."""
+def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int] = LIMITS) -> str:
+    """`prompt_file=F` -> `prompt=` the file's prompts (a sweep of them under -m, the one prompt otherwise), each
+    literal text."""
     key, _, path = arg.partition("=")
     if key != PROMPT_FILE_KEY:
         return arg
-    prompts = read_prompt_file(path)
+    prompts = read_prompt_file(path, limit)
     if len(prompts) > 1 and not multirun:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds {len(prompts)} prompts; add -m to run one job per prompt")
-    return "prompt=" + ",".join(hydra_quote(p) for p in prompts)
+    return "prompt=" + ",".join(literal(p) for p in prompts)
 
 
 def check_syntax(arg: str) -> None:
     """Reject an override Hydra cannot parse, naming it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         OverridesParser.create().parse_override(arg)
     except Exception as e:  # noqa: BLE001 - Hydra's parse errors have no common base worth naming
@@ -163,7 +212,7 @@ def check_override(arg: str) -> None:
                             f"{group}.* keys are: {', '.join(sorted(allowed))}")
     elif key not in known_keys(None) and group not in known_keys(None):
         allowed = known_keys(None) | {PROMPT_FILE_KEY}
-        main = sorted((_yaml_keys(CONF_DIR / "config.yaml") - {"hydra", "job"}) | {PROMPT_FILE_KEY})
+        main = sorted((yaml_keys(CONF_DIR / "config.yaml") - {"hydra", "job"}) | {PROMPT_FILE_KEY})
         raise UserError(f"unknown config key {key!r}{suggestion(key, allowed)}; the main keys are: {', '.join(main)} "
                         f"(sdlab --help; a recipe's own keys: sdlab experiment=NAME --cfg job)")
 
@@ -215,18 +264,18 @@ def resumed_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
     return [f"hydra.sweep.dir={folder}"]
 
 
-def model_of_params_file(overrides: list[str]) -> list[str]:
+def model_of_params_file(overrides: list[str], limit: dict[str, int] = LIMITS) -> list[str]:
     """`model=NAME` for a `params=FILE` that names the model it was made with, unless `model=` is given.
 
     The model is a config group, so it has to be chosen before Hydra composes; every other key of the
-    file is merged after.
+    file is merged after. `load_params` has checked that NAME is one model's name.
     """
 
     keys = {a.partition("=")[0].lstrip("+") for a in overrides}
     paths = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "params"]
     if "model" in keys or len(paths) != 1 or "," in paths[0]:
         return []
-    model = load_params(paths[0]).get("model")
+    model = load_params(paths[0], limit).get("model")
     return [f"model={model}"] if model else []
 
 
@@ -234,12 +283,14 @@ def prepare(argv: list[str]) -> list[str]:
     """The command line Hydra gets: checked, free text quoted, prompt files expanded, a sweep dir if needed."""
     flags, overrides = split_flags(argv)
     multirun = is_multirun(flags)
+    limit = command_line_limits(overrides)
     ready = []
     for arg in overrides:
-        arg = quote_free_text(expand_prompt_file(arg, multirun))
+        is_file = arg.partition("=")[0] == PROMPT_FILE_KEY  # its prompts come out literal already
+        arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_prompt_lists(quote_free_text(arg))
         check_override(arg)
         ready.append(arg)
-    ready += model_of_params_file(ready)
+    ready += model_of_params_file(ready, limit)
     for arg in ready[len(overrides):]:
         check_override(arg)
     ready += resumed_sweep_dir(flags, ready)
@@ -293,8 +344,6 @@ def check_output_dir(args: list[str]) -> None:
 
 def display_overrides(task: list[str]) -> dict[str, str]:
     """A job's overrides as {key: value as the user wrote it}: strings unquoted and unescaped, others as typed."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create()
     out = {}
     for item in task:
@@ -311,5 +360,9 @@ def display_overrides(task: list[str]) -> dict[str, str]:
             out[key] = item.partition("=")[2] or None
             continue
         value = override.value()
+        if isinstance(value, str) and key in FREE_TEXT_KEYS:
+            value = unescape_interpolation(value)  # as `quote_free_text` escaped it: the text the model gets
+        elif isinstance(value, list) and key in PROMPT_LIST_KEYS and all(isinstance(v, str) for v in value):
+            value = "[" + ",".join(unescape_interpolation(v) for v in value) + "]"
         out[key] = value if isinstance(value, str) else override.get_value_string()
     return out

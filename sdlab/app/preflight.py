@@ -65,10 +65,9 @@ def job_config(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
 
 def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
     """The config with `params=FILE` merged in; explicit command-line overrides still win."""
-
     if not config.get("params"):
         return config
-    params = load_params(config["params"], limits(config)["max_params_bytes"])
+    params = load_params(config["params"], limits(config))
     config = {**config, "scheduler": dict(config["scheduler"])}
     for key, value in params.items():
         if key in overridden:

@@ -1,15 +1,16 @@
-"""Generation parameters from a JSON file, the same keys people already pass to image tools."""
+"""Generation parameters from a JSON file or a PNG, the same keys people already pass to image tools: read through
+the bounded reader, checked to set exactly what the command line may."""
 
 from __future__ import annotations
 
-import json
-import stat
 from pathlib import Path
 from typing import Any
 
 from sdlab.bench.infotext import from_a1111, parse_infotext
-from sdlab.config import GENERATION_KEYS, LIMITS
+from sdlab.conf_files import known_keys
+from sdlab.config import GENERATION_KEYS, LIMITS, MODEL_NAMES
 from sdlab.errors import UserError
+from sdlab.untrusted import parse_json, read_bytes, read_png_text
 
 PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,),
@@ -28,89 +29,68 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def check_regular(path: Path) -> None:
-    """A params file must be a regular file or a pipe: never a folder or a device such as /dev/zero."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise UserError(f"params={path} does not exist") from None
-    except OSError as e:
-        raise UserError(f"params={path} cannot be read: {e}") from None
-    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-        raise UserError(f"params={path} is not a regular file; give a JSON file or a PNG")
-
-
-def read_bounded(path: Path, max_bytes: int) -> bytes:
-    """The bytes of a params file of at most `max_bytes`; a bigger one is a UserError naming the limit."""
-    check_regular(path)
-    try:
-        with path.open("rb") as f:
-            data = f.read(max_bytes + 1)
-    except OSError as e:
-        raise UserError(f"params={path} cannot be read: {e}") from None
-    if len(data) > max_bytes:
-        raise UserError(f"params={path} is larger than limits.max_params_bytes={max_bytes}; "
-                        "raise it with limits.max_params_bytes=N")
-    return data
-
-
-def parse_json(path: Path, raw: bytes) -> Any:
-    """A params file's JSON, or a UserError saying in one line why it is not."""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"params={path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise UserError(f"params={path} nests too deeply; a params file is one flat JSON object") from None
-    except ValueError as e:  # not UTF-8, or an integer of more than 4300 digits
-        raise UserError(f"params={path} cannot be read: {e}") from None
-
-
-def load_params(path: str | Path, max_bytes: int = LIMITS["max_params_bytes"]) -> dict[str, Any]:
-    """Read and type-check a params JSON object (A1111's names too) or an image's own parameters (PNG)."""
-
+def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, Any]:
+    """Read and check a params JSON object (A1111's names too) or an image's own parameters (PNG), within `limit`."""
     if not isinstance(path, (str, Path)):
         raise UserError(f"params={path!r} must be a file path or null")
+    label = f"params={path}"
     path = Path(path)
-    if path.suffix.lower() == ".png":  # Pillow bounds the text chunks it reads
-        check_regular(path)
-        data = read_png_params(path)
+    if path.suffix.lower() == ".png":
+        data = read_png_params(path, label, limit)
     else:
-        data = parse_json(path, read_bounded(path, max_bytes))
+        data = parse_json(read_bytes(path, label, "a JSON file or a PNG image", "max_params_bytes", limit), label)
     if not isinstance(data, dict):
-        raise UserError(f"params={path} must hold a JSON object of {', '.join(PARAM_TYPES)}")
+        raise UserError(f"{label} must hold a JSON object of {', '.join(PARAM_TYPES)}")
     try:
         data = from_a1111(data)
     except UserError as e:
-        raise UserError(f"params={path}: {e}") from None
+        raise UserError(f"{label}: {e}") from None
     for key, value in data.items():
         if key not in PARAM_TYPES:
-            raise UserError(f"params={path} has unknown key {key!r}; allowed: {', '.join(PARAM_TYPES)}")
+            raise UserError(f"{label} has unknown key {key!r}; allowed: {', '.join(PARAM_TYPES)}")
         if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[key]):
             kinds = " or ".join(t.__name__ for t in PARAM_TYPES[key])
-            raise UserError(f"params={path}: {key}={value!r} should be {kinds}")
+            raise UserError(f"{label}: {key}={value!r} should be {kinds}")
     bad = [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]
     if bad:
-        raise UserError(f"params={path}: seeds should be a list of int, not one holding {bad[0]!r}")
+        raise UserError(f"{label}: seeds should be a list of int, not one holding {bad[0]!r}")
+    check_model_name(data, label)
+    check_scheduler_options(data, label)
     return data
 
 
-def read_png_params(path: Path) -> dict[str, Any]:
+def check_model_name(data: dict[str, Any], label: str) -> None:
+    """A file's `model` is one model name, as `model=NAME` on the command line takes it."""
+    if "model" in data and data["model"] not in MODEL_NAMES:
+        raise UserError(f"{label}: model={data['model']!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
+
+
+def check_scheduler_options(data: dict[str, Any], label: str) -> None:
+    """A file's `scheduler_options` set only what `scheduler.KEY=VALUE` may, each a plain value; their values are
+    then checked against the scheduler as the command line's are (preflight.check_job)."""
+    allowed = sorted(known_keys("scheduler") - {"name"})
+    for key, value in data.get("scheduler_options", {}).items():
+        if key not in allowed:
+            raise UserError(f"{label}: scheduler_options has no option {key!r}; a params file sets what "
+                            f"scheduler.KEY= does: {', '.join(allowed)}")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise UserError(f"{label}: scheduler_options.{key}={value!r} must be a string, number or boolean")
+
+
+def read_png_params(path: Path, label: str, limit: dict[str, int]) -> dict[str, Any]:
     """The parameters a PNG carries: sdlab's own record, else an image tool's A1111 `parameters` text."""
-    from PIL import Image, UnidentifiedImageError
-
-
-    try:
-        with Image.open(path) as image:
-            chunks = dict(getattr(image, "text", {}))
-    except UnidentifiedImageError:
-        raise UserError(f"params={path} is not a readable PNG image") from None
+    chunks = read_png_text(path, label, limit)
     if "sdlab" in chunks:
-        record = json.loads(chunks["sdlab"])
+        record = parse_json(chunks["sdlab"], f"{label}'s sdlab text chunk")
+        if not isinstance(record, dict):
+            raise UserError(f"{label}'s sdlab text chunk must hold a JSON object, not {type(record).__name__}")
         return {k: v for k, v in record.items() if k in PARAM_TYPES and v is not None}
     if "parameters" in chunks:
-        return parse_infotext(chunks["parameters"])
-    raise UserError(f"params={path} carries no generation parameters (no 'sdlab' or 'parameters' text chunk)")
+        try:
+            return parse_infotext(chunks["parameters"])
+        except UserError as e:
+            raise UserError(f"{label}: {e}") from None
+    raise UserError(f"{label} carries no generation parameters (no 'sdlab' or 'parameters' text chunk)")
 
 
 assert set(GENERATION_KEYS) <= set(PARAM_TYPES)

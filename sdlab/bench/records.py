@@ -14,7 +14,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sdlab.bench.infotext import format_infotext
+from sdlab.config import LIMITS
+from sdlab.errors import UserError
 from sdlab.io import atomic_path
+from sdlab.untrusted import parse_json, read_png_text
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,12 @@ def save_png(image: Image.Image, target: Path, metadata: dict[str, Any], row: di
 
 
 def read_png_metadata(path: Path) -> dict[str, Any]:
-    """The sdlab parameters stored in a PNG written by `save_png`."""
-    with Image.open(path) as image:
-        return json.loads(image.text["sdlab"])
+    """The sdlab parameters stored in a PNG written by `save_png`, read through the bounded reader (UserError if
+    the PNG or its record is not one)."""
+    record = parse_json(read_png_text(path, str(path), LIMITS).get("sdlab", ""), f"{path}'s sdlab text chunk")
+    if not isinstance(record, dict):
+        raise UserError(f"{path}'s sdlab text chunk must hold a JSON object, not {type(record).__name__}")
+    return record
 
 
 def rows_from_images(folder: Path) -> pd.DataFrame | None:
@@ -99,7 +105,7 @@ def rows_from_images(folder: Path) -> pd.DataFrame | None:
     for png in sorted(Path(folder, "images").glob("*.png")):
         try:
             row = read_png_metadata(png).get("row")
-        except (OSError, ValueError, KeyError, SyntaxError):
+        except UserError:
             continue
         if isinstance(row, dict):
             rows.append({**row, "image_path": str(png.relative_to(folder))})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -140,27 +142,55 @@ def component_class(component: str, config: dict[str, Any]) -> str:
     return config.get("_class_name") or (config.get("architectures") or [None])[0] or DEFAULT_CLASSES.get(component, "")
 
 
-def expected_shapes(component: str, config: dict[str, Any], config_path: Path) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes the component's config describes, built on the meta device (no memory, no weights)."""
-    import torch
+@dataclass(frozen=True)
+class ExpectedWeights:
+    """What a component's config says its weights files hold."""
 
+    shapes: dict[str, tuple[int, ...]]  # every tensor of its state dict
+    tied: frozenset[str] = frozenset()  # tensors that are another one (T5's embed_tokens is `shared`): may be left out
+    extra: tuple[str, ...] = ()  # keys a file may carry that loading skips: non-persistent buffers, the class's own
+
+
+def expected_weights(component: str, config: dict[str, Any], config_path: Path) -> ExpectedWeights:
+    """The tensors the component's config describes, built on the meta device (no memory, no weights)."""
+    import torch
 
     try:
         with torch.device("meta"):
             model = build_part(Part(component_class(component, config), config))
     except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as e:
         raise UserError(f"{config_path} does not describe a {component}: {str(e).splitlines()[0]}") from None
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tensors = model.state_dict(keep_vars=True)
+    first: dict[int, str] = {}
+    tied = {name for name, tensor in tensors.items() if first.setdefault(id(tensor), name) != name}
+    skipped = [name for name, _ in model.named_buffers() if name not in tensors]
+    ignored = list(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
+    return ExpectedWeights({k: tuple(v.shape) for k, v in tensors.items()}, frozenset(tied),
+                           tuple(re.escape(name) + "$" for name in skipped) + tuple(ignored))
 
 
 def check_component_weights(folder: Path, component: str, config: dict[str, Any]) -> None:
-    """Every safetensors file of a component is whole, and its tensors have the shapes its config describes."""
-    want = expected_shapes(component, config, folder / component / "config.json")
-    for weights in sorted((folder / component).glob("*.safetensors")):
+    """Every safetensors file of a component is whole, its tensors have the shapes its config describes, and together
+    they are exactly the component's tensors: another component's weights in its place are refused, never loaded
+    with the missing tensors left at random."""
+    config_path = folder / component / "config.json"
+    want = expected_weights(component, config, config_path)
+    files = sorted((folder / component).glob("*.safetensors"))
+    have: set[str] = set()
+    for weights in files:
         for name, shape in safetensors_shapes(weights).items():
-            if name in want and want[name] != shape:
-                raise UserError(f"{weights}: tensor {name} has shape {list(shape)}; "
-                                f"{folder / component / 'config.json'} needs {list(want[name])}")
+            if name in want.shapes and want.shapes[name] != shape:
+                raise UserError(f"{weights}: tensor {name} has shape {list(shape)}; {config_path} needs "
+                                f"{list(want.shapes[name])}")
+            have.add(name)
+    missing = sorted(set(want.shapes) - have - want.tied)
+    unknown = sorted(n for n in have - set(want.shapes) if not any(re.search(p, n) for p in want.extra))
+    if missing or unknown:
+        named = files[0] if len(files) == 1 else folder / component
+        found = [f"{len(missing)} of its {len(want.shapes)} tensors are missing (e.g. {missing[0]})"] if missing else []
+        found += [f"{len(unknown)} tensors are not a {component}'s (e.g. {unknown[0]})"] if unknown else []
+        raise UserError(f"{named} does not hold the weights {config_path} describes: {' and '.join(found)}; "
+                        f"put the {component}'s own safetensors there")
 
 
 def check_pipeline_folder(folder: Path) -> None:

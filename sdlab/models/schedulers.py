@@ -45,6 +45,7 @@ OPTION_VALUES: dict[str, tuple] = {
     "use_dynamic_shifting": (True, False),
 }
 POSITIVE_OPTIONS = ("shift",)  # a flow shift s maps sigma to s sigma / (1 + (s - 1) sigma): s > 0
+OPTION_RANGES = {"steps_offset": (0, 1000)}  # added to every timestep: within the trained ones (check_steps tells)
 
 KARRAS = {"use_karras_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
@@ -151,6 +152,9 @@ def check_options(name: str, options: dict[str, Any] | None = None) -> dict[str,
             raise UserError(f"scheduler.{key}={value!r} must be {expected[1]}")
         if key in POSITIVE_OPTIONS and not (math.isfinite(value) and value > 0):
             raise UserError(f"scheduler.{key}={value!r} must be a positive finite number")
+        low, high = OPTION_RANGES.get(key, (value, value))
+        if not low <= value <= high:
+            raise UserError(f"scheduler.{key}={value!r} must be in [{low}, {high}]")
     return user
 
 

@@ -1,0 +1,162 @@
+"""Files a user hands sdlab, read as data within limits: regular files only, bounded bytes and lines, bounded JSON
+and bounded PNG text chunks. Every refusal is one UserError line naming the file and what is allowed.
+
+`limit` is the `limits:` block (sdlab.config.limits); `label` names the file as the user gave it (`params=x.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from sdlab.errors import UserError
+
+MAX_JSON_DEPTH = 32  # lists and objects inside each other; sdlab's own files need 3
+RAISE_HINT = "raise it with limits.{}=N"
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+@contextmanager
+def open_regular(path: str | Path, label: str, what: str) -> Iterator[IO[bytes]]:
+    """The file opened for reading if it is a regular file; a FIFO, device or folder is refused without blocking."""
+    try:
+        fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting
+    except FileNotFoundError:
+        raise UserError(f"{label} does not exist") from None
+    except OSError as e:
+        raise UserError(f"{label} cannot be read: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UserError(f"{label} is not a regular file ({_kind(mode)}); give {what}")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as f:
+        yield f
+
+
+def _too_big(label: str, key: str, limit: dict[str, int]) -> UserError:
+    return UserError(f"{label} is larger than limits.{key}={limit[key]}; " + RAISE_HINT.format(key))
+
+
+def read_bytes(path: str | Path, label: str, what: str, key: str, limit: dict[str, int]) -> bytes:
+    """A regular file's bytes, at most `limit[key]` of them; a bigger file is refused before it is read."""
+    with open_regular(path, label, what) as f:
+        if os.fstat(f.fileno()).st_size > limit[key]:
+            raise _too_big(label, key, limit)
+        try:
+            data = f.read(limit[key] + 1)
+        except OSError as e:
+            raise UserError(f"{label} cannot be read: {e.strerror or e}") from None
+    if len(data) > limit[key]:
+        raise _too_big(label, key, limit)
+    return data
+
+
+def read_prompt_lines(path: str | Path, label: str, limit: dict[str, int]) -> list[str]:
+    """The non-empty lines of a prompt file, stripped: UTF-8, at most `max_prompt_file_bytes` and `max_prompt_lines`."""
+    raw = read_bytes(path, label, "a UTF-8 text file, one prompt per line", "max_prompt_file_bytes", limit)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{label} is not UTF-8 text (byte {e.start}); give a text file, one prompt per line") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > limit["max_prompt_lines"]:
+        raise UserError(f"{label} holds {len(lines)} prompts, more than limits.max_prompt_lines="
+                        f"{limit['max_prompt_lines']}; " + RAISE_HINT.format("max_prompt_lines"))
+    return lines
+
+
+def json_depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed JSON value (a number or string: 0)."""
+    depth, level = 0, [(value, 1)]
+    while level:
+        item, d = level.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            depth = max(depth, d)
+            if depth > MAX_JSON_DEPTH:
+                return depth
+            level.extend((child, d + 1) for child in children)
+    return depth
+
+
+def parse_json(raw: bytes | str, label: str) -> Any:
+    """JSON text as Python values, or one UserError line: not UTF-8, not JSON, nested too deep, a huge integer."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{label} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        data = None
+        depth = MAX_JSON_DEPTH + 1
+    except UnicodeDecodeError as e:
+        raise UserError(f"{label} is not UTF-8 text (byte {e.start}); give a JSON file") from None
+    except ValueError:  # Python refuses to convert integers of more digits than sys.get_int_max_str_digits()
+        digits = sys.get_int_max_str_digits()
+        raise UserError(f"{label} cannot be read: it holds an integer of more than {digits} digits; "
+                        "numbers in it must fit the values they set") from None
+    else:
+        depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise UserError(f"{label} nests too deeply (more than {MAX_JSON_DEPTH} levels of lists and objects); "
+                        "give a flat JSON object")
+    return data
+
+
+@contextmanager
+def png_text_limits(chunk_bytes: int, total_bytes: int) -> Iterator[None]:
+    """Pillow's bounds on one decompressed PNG text chunk and on all of them, for one read."""
+    before = PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
+    PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = chunk_bytes, total_bytes
+    try:
+        yield
+    finally:
+        PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = before
+
+
+def read_png_text(path: str | Path, label: str, limit: dict[str, int]) -> dict[str, str]:
+    """The text chunks a PNG carries before its image data, never decoding the pixels: the file at most
+    `max_png_bytes`, each chunk at most `max_params_bytes`, all of them at most `max_png_text_bytes`."""
+    chunk, total = limit["max_params_bytes"], limit["max_png_text_bytes"]
+    with open_regular(path, label, "a PNG image or a JSON file") as f:
+        if os.fstat(f.fileno()).st_size > limit["max_png_bytes"]:
+            raise _too_big(label, "max_png_bytes", limit)
+        try:
+            with png_text_limits(chunk, total), warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(f, formats=["PNG"]) as image:
+                    text = {k: str(v) for k, v in image.info.items() if isinstance(v, str)}
+        except ValueError as e:
+            key = "max_png_text_bytes" if "MAX_TEXT_MEMORY" in str(e) else "max_params_bytes"
+            raise UserError(f"{label} has more PNG text than limits.{key}={limit[key]} allows; "
+                            + RAISE_HINT.format(key)) from None
+        except UnidentifiedImageError:
+            raise UserError(f"{label} is not a readable PNG image") from None
+        except (Image.DecompressionBombError, SyntaxError, OSError, EOFError) as e:
+            reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{label} is not a readable PNG image ({reason})") from None
+    for key, value in text.items():
+        if len(value) > chunk:
+            raise UserError(f"{label}: its {key!r} text chunk is larger than limits.max_params_bytes={chunk}; "
+                            + RAISE_HINT.format("max_params_bytes"))
+    return text

@@ -1,0 +1,223 @@
+"""What users hand sdlab is data: prompts are never interpolations, and every file (params JSON or PNG, prompt file)
+is read through one bounded reader that refuses with one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from test_bad_input import assert_refused
+
+from sdlab.app.arguments import display_overrides, literal, prepare
+from sdlab.config import LIMITS
+from sdlab.errors import UserError
+from sdlab.bench.params import load_params
+from sdlab.bench.records import rows_from_images
+from sdlab.untrusted import json_depth, parse_json, read_prompt_lines
+
+FAST = ("num_inference_steps=1", "threads=1")
+SECRET = "sdlab-test-secret-5e1f"
+
+
+# 1. Prompts are text: `${...}` comes out as typed.
+
+@pytest.mark.parametrize("text", ["${oc.env:HOME} a", "a \\${x}", "a \\\\${x} b\\", "it's ${now:%H}", "$${x}", "${",
+                                  "a}b${", "\\", "${x}\\", "\\${x", "${a:${b}}", "plain, with (brackets:1.2)"])
+def test_a_literal_prompt_resolves_to_itself_and_displays_as_typed(text):
+    arg = "prompt=" + literal(text)
+    value = OverridesParser.create().parse_override(arg).value()
+    assert OmegaConf.to_container(OmegaConf.create({"prompt": value}), resolve=True)["prompt"] == text
+    assert display_overrides([arg]) == {"prompt": text}
+
+
+def test_prepare_escapes_prompts_typed_bare_quoted_or_swept():
+    ready = prepare(["-m", "prompt=${oc.env:HOME}", "negative_prompt='${now:%H}'", "seed=1"])
+    assert ready == ["-m", "prompt='\\${oc.env:HOME}'", "negative_prompt='\\${now:%H}'", "seed=1"]
+    swept = prepare(["-m", "prompt='a, ${x}',\"b\""])
+    assert swept == ["-m", "prompt='a, \\${x}','b'"]
+    assert prepare(ready) == ready and prepare(swept) == swept  # a saved command line (overrides.yaml) reruns as is
+
+
+def test_prompt_lists_of_recipes_are_text_too():
+    ready = prepare(["-m", "experiment=prompt_grid", "prompts=[a cat,'b, ${x}',${oc.env:HOME}]",
+                     "compare.prompts=[x],[${y}]"])
+    assert ready[2:] == ["prompts=['a cat','b, \\${x}','\\${oc.env:HOME}']", "compare.prompts=['x'],['\\${y}']"]
+    assert prepare(ready) == ready
+    assert display_overrides([ready[2]]) == {"prompts": "[a cat,b, ${x},${oc.env:HOME}]"}
+    assert prepare(["prompts=null"]) == ["prompts=null"]
+
+
+def test_a_prompt_that_is_not_text_is_one_line():
+    with pytest.raises(UserError, match="prompt takes text"):
+        prepare(["-m", "prompt='a',[1,2]"])
+
+
+def read_rows(folder):
+    frame = pd.concat([pd.read_csv(p) for p in sorted(folder.rglob("results.csv")) if p.parent != folder])
+    return frame.sort_values("prompt")
+
+
+def test_interpolations_in_prompts_reach_results_pngs_and_log_as_typed(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SDLAB_TEST_SECRET", SECRET)
+    (tmp_path / "prompts.txt").write_text("a ${oc.env:SDLAB_TEST_SECRET} circle\n${now:%H-%M-%S-%f}\n")
+    sweep = tmp_path / "sweep"
+    args = ("-m", "model=tiny", "prompt_file=prompts.txt", "negative_prompt=${oc.env:SDLAB_TEST_SECRET}", *FAST,
+            f"hydra.sweep.dir={sweep}")
+    assert run_sdlab(*args) == 0
+    out = capsys.readouterr()
+    rows = read_rows(sweep)
+    assert rows["prompt"].tolist() == ["${now:%H-%M-%S-%f}", "a ${oc.env:SDLAB_TEST_SECRET} circle"]
+    assert set(rows["negative_prompt"]) == {"${oc.env:SDLAB_TEST_SECRET}"}
+    log = out.err + out.out
+    assert "prompt=a ${oc.env:SDLAB_TEST_SECRET} circle" in log and SECRET not in log
+    for path in sweep.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    with Image.open(next(sweep.rglob("images/*.png"))) as image:
+        assert json.loads(image.text["sdlab"])["negative_prompt"] == "${oc.env:SDLAB_TEST_SECRET}"
+    assert run_sdlab(*args) == 0  # a `${now:...}` prompt is the same prompt on a rerun: both cells resume
+    out = capsys.readouterr()
+    assert (out.err + out.out).count("skipped: already complete") == 2
+
+
+# 2. Bad files: one line naming the file and what is allowed.
+
+def png(path, chunks: dict[str, str], zipped: bool = False):
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value, zip=zipped)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def record(**values) -> str:
+    return json.dumps({"prompt": "a red circle", "seed": 1, "num_inference_steps": 1, "model": "tiny", **values})
+
+
+def bad_files(tmp):
+    """(arguments, fragment of the one error line) for each bad file a user may hand sdlab."""
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
+    lines = tmp / "lines.txt"
+    lines.write_text("a red circle\n" * 1_000_000)
+    three = tmp / "three.txt"
+    three.write_text("a\nb\nc\n")
+    latin = tmp / "latin.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    bomb = tmp / "bomb.png"
+    png(bomb, {"sdlab": " " * (4 << 20)}, zipped=True)
+    assert bomb.stat().st_size < 64 << 10
+    huge_int = '{"seed": ' + "9" * 5000 + "}"
+    nested = []
+    for _ in range(40):
+        nested = [nested]
+    return [
+        # files that are not regular files
+        (["-m", f"params={fifo}"], f"params={fifo} is not a regular file (a FIFO)"),
+        (["-m", f"prompt_file={fifo}"], f"prompt_file={fifo} is not a regular file (a FIFO)"),
+        (["prompt_file=/dev/zero"], "prompt_file=/dev/zero is not a regular file (a device)"),
+        ([f"prompt_file={tmp}"], f"prompt_file={tmp} is not a regular file (a folder)"),
+        # prompt files over their limits
+        (["-m", f"prompt_file={lines}"], f"prompt_file={lines} is larger than limits.max_prompt_file_bytes=1048576"),
+        (["-m", f"prompt_file={lines}", "limits.max_prompt_file_bytes=100000000"],
+         "holds 1000000 prompts, more than limits.max_prompt_lines=10000"),
+        (["-m", f"prompt_file={three}", "limits.max_prompt_lines=2"], "more than limits.max_prompt_lines=2"),
+        (["-m", f"prompt_file={three}", "limits.max_prompt_lines=none"], "limits.max_prompt_lines='none' must be"),
+        ([f"prompt_file={latin}"], f"prompt_file={latin} is not UTF-8 text"),
+        # PNG text chunks
+        ([f"params={png(tmp / 'j.png', {'sdlab': '{oops'})}"], "j.png's sdlab text chunk is not valid JSON"),
+        ([f"params={png(tmp / 'l.png', {'sdlab': '[1, 2]'})}"], "sdlab text chunk must hold a JSON object, not list"),
+        ([f"params={png(tmp / 'd.png', {'sdlab': '[' * 5000 + ']' * 5000})}"], "nests too deeply"),
+        ([f"params={png(tmp / 'i.png', {'sdlab': huge_int})}"],
+         "cannot be read: it holds an integer of more than 4300 digits"),
+        ([f"params={bomb}"], "bomb.png has more PNG text than limits.max_params_bytes=1048576"),
+        ([f"params={png(tmp / 'many.png', {'a': 'x' * 2000, 'sdlab': record()})}", "limits.max_png_text_bytes=1000"],
+         "has more PNG text than limits.max_png_text_bytes=1000"),
+        ([f"params={png(tmp / 'big.png', {'sdlab': record()})}", "limits.max_png_bytes=100"],
+         "big.png is larger than limits.max_png_bytes=100"),
+        ([f"params={(tmp / 'text.png').write_text('not a png') and tmp / 'text.png'}"],
+         "text.png is not a readable PNG image"),
+        ([f"params={png(tmp / 'a1111.png', {'parameters': 'a cat'})}"], "a1111.png: the PNG's parameters text"),
+        # values a params file may not set
+        (["-m", f"params={png(tmp / 'two.png', {'sdlab': record(model='mini,tiny')})}"],
+         "model='mini,tiny' is not a model; choose one of:"),
+        ([f"params={png(tmp / 'm.png', {'sdlab': record(model='${oc.env:HOME}')})}"], "model='${oc.env:HOME}'"),
+        ([f"params={write(tmp / 'm.json', record(model='sd99'))}"], "model='sd99' is not a model"),
+        ([f"params={write(tmp / 't.json', record(scheduler_options={'num_train_timesteps': 2_000_000_000}))}"],
+         "scheduler_options has no option 'num_train_timesteps'; a params file sets what scheduler.KEY= does"),
+        ([f"params={png(tmp / 'o.png', {'sdlab': record(scheduler_options={'beta_end': 9.0})})}"],
+         "scheduler_options has no option 'beta_end'"),
+        ([f"params={write(tmp / 'n.json', record(scheduler_options={'shift': {'a': 1}}))}"],
+         "scheduler_options.shift={'a': 1} must be a string, number or boolean"),
+        ([f"params={write(tmp / 's.json', record(scheduler_options={'timestep_spacing': 'sideways'}))}"],
+         "scheduler.timestep_spacing='sideways' is not allowed"),
+        ([f"params={write(tmp / 'k.json', record(scheduler_options={'use_karras_sigmas': 'yes'}))}"],
+         "scheduler.use_karras_sigmas='yes' is not allowed"),
+        ([f"params={write(tmp / 'off.json', record(scheduler_options={'steps_offset': 10 ** 20}))}"],
+         "scheduler.steps_offset=100000000000000000000 must be in [0, 1000]"),
+        ([f"params={write(tmp / 'steps.json', record(num_inference_steps=100_000_000))}"],
+         "num_inference_steps=100000000 is above limits.max_steps=1000"),
+        ([f"params={write(tmp / 'w.json', record(width=100))}"], "width=100 must be a positive multiple of 8"),
+        ([f"params={write(tmp / 'deep.json', json.dumps({'seeds': nested}))}"], "nests too deeply"),
+    ]
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+N_CASES = 30
+
+
+def test_case_count_matches_the_list(tmp_path):
+    cases = bad_files(tmp_path)
+    assert len(cases) == N_CASES == len({tuple(args) for args, _ in cases})
+
+
+@pytest.mark.parametrize("case", range(N_CASES))
+def test_a_bad_file_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    args, fragment = bad_files(tmp_path)[case]
+    if "-m" in args:
+        args = [*args, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert_refused(run_sdlab, capsys, tmp_path, [*args, "threads=1"], fragment)  # the file's steps stay its own
+    assert not (tmp_path / "sweep").exists()
+
+
+# 3. The reader's parts, directly.
+
+def test_json_depth_counts_lists_and_objects():
+    assert [json_depth(v) for v in (3, "x", [], {"a": [1, {"b": []}]})] == [0, 0, 1, 4]
+    assert parse_json(json.dumps({"seeds": [[[1]]]}), "x") == {"seeds": [[[1]]]}
+
+
+def test_prompt_lines_are_stripped_and_limited(tmp_path):
+    path = write(tmp_path / "p.txt", "  a  \n\n b\r\n")
+    assert read_prompt_lines(path, "prompt_file=p.txt", LIMITS) == ["a", "b"]
+    with pytest.raises(UserError, match="limits.max_prompt_lines=1;"):
+        read_prompt_lines(path, "prompt_file=p.txt", {**LIMITS, "max_prompt_lines": 1})
+
+
+def test_a_zlib_bomb_is_refused_before_it_is_inflated(tmp_path):
+    path = png(tmp_path / "bomb.png", {"sdlab": " " * (64 << 20)}, zipped=True)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match="more PNG text than limits.max_params_bytes"):
+        load_params(path)
+    assert load_params(png(tmp_path / "ok.png", {"sdlab": record()})) == json.loads(record())
+
+
+def test_a_lost_table_is_rebuilt_from_pngs_skipping_those_whose_record_is_not_one(tmp_path):
+    (tmp_path / "images").mkdir()
+    png(tmp_path / "images" / "a.png", {"sdlab": json.dumps({"row": {"seed": 1, "status": "ok"}})})
+    png(tmp_path / "images" / "b.png", {"sdlab": "[" * 5000 + "]" * 5000})
+    png(tmp_path / "images" / "c.png", {"sdlab": " " * (4 << 20)}, zipped=True)
+    frame = rows_from_images(tmp_path)
+    assert frame["seed"].tolist() == [1] and frame["image_path"].tolist() == ["images/a.png"]
