@@ -27,7 +27,8 @@ from sdlab.bench import lock, ownership, resume
 from sdlab.bench.collect import summarize
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.report import rebuild
-from sdlab.config import CONF_DIR, check_threads, config_hash
+from sdlab.conf_files import CONF_DIR
+from sdlab.config import check_threads, config_hash
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, get_job
 

@@ -8,7 +8,8 @@ import textwrap
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from sdlab.app.arguments import CONF_DIR, PROMPT_FILE_KEY, group_options
+from sdlab.app.arguments import PROMPT_FILE_KEY
+from sdlab.conf_files import CONF_DIR, group_options
 
 KEY_DESCRIPTIONS = {  # the base config's keys whose line in conf/config.yaml has no comment of its own
     "prompt": "what to draw (commas are fine: prompt=\"a, b, c\" is one prompt)",

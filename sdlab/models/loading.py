@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from sdlab.config import CONF_DIR, MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
+from sdlab.conf_files import CONF_DIR
+from sdlab.config import MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
 from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
