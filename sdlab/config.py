@@ -36,7 +36,8 @@ MAX_SEED = 2**63 - 1  # seeds live in int64 table columns
 # Defaults of the `limits:` block in conf/config.yaml: checks that fail in under a second instead of filling memory.
 LIMITS = {"max_side": 4096, "max_pixels": 2048 * 2048, "max_steps": 1000, "max_seeds": 10_000,
           "max_params_bytes": 1 << 20, "max_png_bytes": 64 << 20, "max_png_text_bytes": 8 << 20,
-          "max_prompt_file_bytes": 1 << 20, "max_prompt_lines": 10_000}
+          "max_prompt_file_bytes": 1 << 20, "max_prompt_lines": 10_000, "max_batch_size": 64, "max_threads": 256,
+          "max_cells": 100_000}
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,9 @@ def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:
     if p.num_inference_steps > limit["max_steps"]:
         raise UserError(f"num_inference_steps={p.num_inference_steps} is above limits.max_steps={limit['max_steps']}; "
                         + hint.format("max_steps"))
+    if p.batch_size > limit["max_batch_size"]:
+        raise UserError(f"batch_size={p.batch_size} is above limits.max_batch_size={limit['max_batch_size']}; "
+                        + hint.format("max_batch_size"))
     if len(p.seeds) > limit["max_seeds"]:
         raise UserError(f"{len(p.seeds)} seeds are more than limits.max_seeds={limit['max_seeds']} in one job; "
                         + hint.format("max_seeds"))
@@ -244,17 +248,20 @@ def validate_model(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> 
         raise UserError(f"model.max_sequence_length={length} must be in [1, 512] or null")
 
 
-def check_threads(threads: Any) -> None:
-    """`threads` is a positive integer or None (torch's default)."""
+def check_threads(threads: Any, most: int = LIMITS["max_threads"]) -> None:
+    """`threads` is a positive integer up to `limits.max_threads`, or None (torch's default)."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UserError(f"threads={threads!r} must be a positive integer or null")
+    if threads is not None and threads > most:
+        raise UserError(f"threads={threads} is above limits.max_threads={most}; raise it with limits.max_threads=N "
+                        "on a machine that has them")
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
     """Raise a UserError naming the first bad value of a composed job config; reads no files, loads no model
     (the job name and scheduler options are checked by `preflight.check_job`)."""
     limit = limits(cfg)
-    check_threads(cfg.get("threads"))
+    check_threads(cfg.get("threads"), limit["max_threads"])
     _bool("resume", cfg.get("resume", True))
     if cfg.get("params") is not None and not isinstance(cfg["params"], str):
         raise UserError(f"params={cfg['params']!r} must be a file path or null")

@@ -175,7 +175,8 @@ def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypat
 
     monkeypatch.setattr(callbacks, "collect", broken)  # the sweep-level read, not the per-job write
     assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}") == 1
-    assert "collecting the sweep" in capsys.readouterr().out
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sdlab: error: collecting the sweep") and "disk full" in err[0], err
 
 
 class CountingLoader:

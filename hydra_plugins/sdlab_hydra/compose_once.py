@@ -15,10 +15,11 @@ from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 
-from sdlab.app.compose import check_composed
+from sdlab.app.compose import check_composed, resolved
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.resume import clean_temp_files, write_manifest
+from sdlab.config import limits
 from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,11 @@ class ComposeOnceSweeper(BasicSweeper):
         jobs = [job for batch in self.split_arguments(overrides, self.max_batch_size) for job in batch]
         if not jobs:
             raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
+        if self.preflight:  # before composing them all: a 10**6-cell typo is one line, not minutes of work
+            most = limits(resolved(self.composed.compose(self.config, jobs[0])))["max_cells"]
+            if len(jobs) > most:
+                raise UserError(f"the sweep has {len(jobs)} cells, more than limits.max_cells={most}; raise it with "
+                                "limits.max_cells=N or sweep fewer values")
         composed = [self.composed.compose(self.config, job) for job in jobs]
         if self.preflight:
             warnings, configs, cannot = {}, [], {}

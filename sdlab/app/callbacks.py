@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -20,6 +23,22 @@ from sdlab.errors import UserError
 log = logging.getLogger("sdlab")
 
 
+def stops_on_error(method: Callable) -> Callable:
+    """A callback method whose exception stops the run with one line (exit 2 for bad input, 1 for a fault): Hydra
+    itself would only warn and go on."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except UserError as e:
+            fail(str(e))
+        except Exception as e:  # noqa: BLE001 - any fault here must stop the run, not become a warning
+            fail(f"{type(self).__name__}.{method.__name__}: {type(e).__name__}: {e}", 1)
+
+    return guarded
+
+
 class Preflight(Callback):
     """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper): the
     folder is sdlab's and every path written in it stays inside; notes which folders the run makes, so that a run
@@ -27,6 +46,7 @@ class Preflight(Callback):
 
     new_dirs: list[Path] = []  # the folders this run made, for `cli.refuse_run`
 
+    @stops_on_error
     def on_run_start(self, config, **kwargs) -> None:
         """Warn about what the model was not made for; end the run with one line on bad input."""
         HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
@@ -62,18 +82,22 @@ class CollectSweep(Callback):
 
     failures = 0  # failed rows of the last sweep collected in this process (the exit code)
 
+    sweep_dir: Path | None = None  # the sweep under way, for the interrupt line
+
+    @stops_on_error
     def on_run_start(self, config, **kwargs) -> None:
         hold(Path(str(config.hydra.run.dir)))
 
+    @stops_on_error
     def on_run_end(self, config, **kwargs) -> None:
         lock.release(Path(str(config.hydra.run.dir)))
 
-    sweep_dir: Path | None = None  # the sweep under way, for the interrupt line
-
+    @stops_on_error
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()
         CollectSweep.sweep_dir = Path(str(config.hydra.sweep.dir))
 
+    @stops_on_error
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
@@ -92,9 +116,8 @@ class CollectSweep(Callback):
             line = summarize(frame, sweep_dir, grid=not recipes, sweep=True)
             if recipes:
                 line += f"\n  {write_index(sweep_dir)}"
-        except Exception as e:  # Hydra would only warn; a sweep without its table must not look fine
-            log.exception("collecting %s failed", sweep_dir)
-            print(f"sdlab: error: collecting the sweep in {sweep_dir} failed: {type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - Hydra would only warn; a sweep without its table must not look fine
+            print(f"sdlab: error: collecting the sweep in {sweep_dir} failed: {type(e).__name__}: {e}", file=sys.stderr)
             CollectSweep.failures = max(CollectSweep.failures, 1)
             return
         CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0

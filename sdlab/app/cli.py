@@ -28,7 +28,7 @@ from sdlab.bench.collect import summarize
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.report import rebuild
 from sdlab.conf_files import CONF_DIR
-from sdlab.config import check_threads, config_hash
+from sdlab.config import config_hash
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, get_job
 
@@ -51,7 +51,6 @@ def set_threads(threads) -> None:
     """Pin torch's CPU thread count (CPU results depend on it bit for bit); None keeps torch's default."""
     import torch  # the first job that needs it pays for it
 
-    check_threads(threads)
     if threads is not None:
         torch.set_num_threads(threads)
 

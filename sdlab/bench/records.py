@@ -159,13 +159,32 @@ def inside(folder: Path, relative: Any) -> bool:
     return local_file(folder, relative) is not None
 
 
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: a file cut short has none
+
+
+def whole_image(path: Path | None) -> bool:
+    """True for an image file that is all there (a PNG ends with its IEND chunk); a truncated one is redone."""
+    if path is None:
+        return False
+    if path.suffix.lower() != ".png":
+        return True
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) < 8 + len(PNG_END):
+                return False
+            f.seek(-len(PNG_END), 2)
+            return f.read() == PNG_END
+    except OSError:
+        return False
+
+
 def finished(frame: pd.DataFrame, folder: Path) -> pd.Series:
-    """Which rows are finished cells: status ok, and their image (if any) a file inside `folder`."""
+    """Which rows are finished cells: status ok, and their image (if any) a whole file inside `folder`."""
     if "status" not in frame:
         return pd.Series(False, index=frame.index)
     ok = frame["status"] == "ok"
     if "image_path" in frame:
-        has_image = [not isinstance(p, str) or inside(folder, p) for p in frame["image_path"]]
+        has_image = [not isinstance(p, str) or whole_image(local_file(folder, p)) for p in frame["image_path"]]
         ok &= pd.Series(has_image, index=frame.index)
     return ok
 

@@ -133,8 +133,8 @@ def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, h
 
 def failed_row(common: dict, hash_base: dict, seed: int, batch_size: int | None, error: str) -> dict:
     """The row of an image that could not be made or saved, naming the error."""
-    return {**common, "seed": seed, "batch_size": batch_size, "config_hash": cell_hash(hash_base, seed),
-            "status": "error", "error": error}
+    return {**common, "seed": seed, "overrides": own_overrides(common["overrides"], seed), "batch_size": batch_size,
+            "config_hash": cell_hash(hash_base, seed), "status": "error", "error": error}
 
 
 def image_name(prefix: str, seed: int, cell: str) -> str:
@@ -142,9 +142,18 @@ def image_name(prefix: str, seed: int, cell: str) -> str:
     return f"images/{prefix}seed{seed}-{cell[:8]}.png"
 
 
+def own_overrides(overrides: str, seed: int) -> str:
+    """The job's overrides as one image's: a `seeds=[...]` list becomes this image's `seed`, so a row, its PNG and its
+    log line grow with one seed, not with the whole list."""
+    parsed = json.loads(overrides) if overrides else {}
+    if "seeds" in parsed:
+        parsed = {k: v for k, v in parsed.items() if k not in ("seeds", "seed")} | {"seed": str(seed)}
+    return json.dumps(parsed)
+
+
 def describe(overrides: str, seed: int) -> str:
     """The job's overrides and the image's seed as `k=v k=v` for log lines."""
-    parsed = {**(json.loads(overrides) if overrides else {}), "seed": seed}
+    parsed = {**json.loads(own_overrides(overrides, seed)), "seed": seed}
     return " ".join(f"{k}={v}" for k, v in parsed.items())
 
 
@@ -177,6 +186,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
         row = {
             **common,
             "seed": seed,
+            "overrides": own_overrides(common["overrides"], seed),
             "nfe": result.nfe,
             "batch_size": n,
             **{k: getattr(result, k) / n for k in TIMING_KEYS},

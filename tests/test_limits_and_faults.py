@@ -1,0 +1,86 @@
+"""Limits a request cannot pass, rows that grow with one seed, damaged images redone, and faults in callbacks."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sdlab.bench.records import PNG_END
+
+FAST = ("model=tiny", "num_inference_steps=1", "threads=1")
+
+
+def one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["batch_size=4000"], "batch_size=4000 is above limits.max_batch_size=64"),
+    (["threads=100000"], "threads=100000 is above limits.max_threads=256"),
+    (["-m", "seed=range(0,20)", "limits.max_cells=10"], "the sweep has 20 cells, more than limits.max_cells=10"),
+    (["-m", "seed=1,2", "guidance_scale=1,2,3", "limits.max_cells=5"], "the sweep has 6 cells"),
+])
+def test_a_request_over_a_limit_is_one_line_and_writes_nothing(run_sdlab, tmp_path, monkeypatch, capsys, args,
+                                                             fragment):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab(*args, "model=tiny") == 2
+    assert fragment in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_limits_can_be_raised(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2,3", "limits.max_cells=3", "hydra.sweep.dir=s", *FAST) == 0
+    assert run_sdlab("'seeds=[1,2]'".strip("'"), "batch_size=80", "limits.max_batch_size=80", "hydra.run.dir=r",
+                     *FAST) == 0
+
+
+def test_each_row_png_and_log_line_carries_its_own_seed_not_the_list(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    seeds = list(range(100, 140))
+    assert run_sdlab(f"seeds={seeds}".replace(" ", ""), "batch_size=8", "hydra.run.dir=r", *FAST) == 0
+    out = capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert [json.loads(o) for o in rows["overrides"]][:2] == [
+        {"batch_size": "8", "model": "tiny", "num_inference_steps": "1", "threads": "1", "seed": "100"},
+        {"batch_size": "8", "model": "tiny", "num_inference_steps": "1", "threads": "1", "seed": "101"}]
+    assert "139]" not in out and "seeds=" not in out  # no log line repeats the list
+    with Image.open(tmp_path / "r" / rows["image_path"][0]) as image:
+        record = json.loads(image.text["sdlab"])
+    assert "seeds" not in record.get("overrides", "") and len(image.text["sdlab"]) < 4000
+
+
+def test_a_truncated_png_is_made_again_on_resume(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ("seeds=[1,2]", "hydra.run.dir=r", *FAST)
+    assert run_sdlab(*args) == 0
+    rows = pd.read_csv(tmp_path / "r" / "results.csv")
+    first = tmp_path / "r" / rows["image_path"][0]
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 2])  # as a copy or a disk cut short would leave it
+    assert run_sdlab(*args) == 0
+    assert first.read_bytes().endswith(PNG_END)
+    with Image.open(first) as image:
+        image.load()
+    again = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert sorted(again["seed"]) == [1, 2] and (again["status"] == "ok").all()
+
+
+def test_a_fault_in_a_callback_stops_the_run_with_one_line(run_sdlab, tmp_path, monkeypatch, capsys):
+    """Hydra turns a callback's exception into a warning and goes on; sdlab stops, exit 1, one line naming it."""
+    from sdlab.bench import ownership
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ownership, "claim", broken)
+    assert run_sdlab("hydra.run.dir=r", *FAST) == 1
+    line = one_error_line(capsys)
+    assert line.startswith("sdlab: error: CollectSweep.on_run_start: RuntimeError: the disk went away")
+    assert not (tmp_path / "r" / "results.csv").exists()
