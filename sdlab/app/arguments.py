@@ -279,9 +279,22 @@ def model_of_params_file(overrides: list[str], limit: dict[str, int] = LIMITS) -
     return [f"model={model}"] if model else []
 
 
+MODE_FLAGS = {"-m": "--multirun", "--multirun": "--multirun", "-r": "--run", "--run": "--run", "-c": "--cfg",
+              "--cfg": "--cfg", "-i": "--info", "--info": "--info"}  # Hydra runs one of these modes at a time
+
+
+def check_flags(flags: list[str]) -> None:
+    """Refuse Hydra flags that ask for two modes at once (`-m --cfg job`), naming them."""
+    modes = list(dict.fromkeys(MODE_FLAGS[f] for f in flags if f in MODE_FLAGS))
+    if len(modes) > 1:
+        raise UserError(f"{' and '.join(modes)} cannot go together: Hydra runs one of --run, --multirun, --cfg and "
+                        "--info at a time (print a sweep job's config with its values and --cfg job, without -m)")
+
+
 def prepare(argv: list[str]) -> list[str]:
     """The command line Hydra gets: checked, free text quoted, prompt files expanded, a sweep dir if needed."""
     flags, overrides = split_flags(argv)
+    check_flags(flags)
     multirun = is_multirun(flags)
     limit = command_line_limits(overrides)
     ready = []
