@@ -205,6 +205,19 @@ def test_help_describes_sdlab_without_loading_torch(tmp_path):
     assert "_base" not in listed and "_options" not in listed and "powered by Hydra" not in out
 
 
+@pytest.mark.parametrize("args", [["guidance_scale=abc"], ["model=sd15"], ["model=sd15", "model.path=absent"]])
+def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path, args):
+    """A bad value and missing weights are answered before the libraries a job needs are imported."""
+    probe = (f"import sys; sys.argv = ['sdlab', *{args!r}]; from sdlab.app.cli import entry\n"
+             "try:\n    entry()\nexcept SystemExit as e:\n"
+             "    print('exit', e.code, sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+    assert result.stderr.count("sdlab: error:") == 1
+
+
 def test_version_names_sdlab_and_its_libraries(tmp_path):
     result = sdlab_command("--version", cwd=tmp_path)
     assert result.returncode == 0

@@ -21,8 +21,15 @@ from sdlab.errors import UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.metrics.schedule import model_kind
 from sdlab.mini import data
+from sdlab.models.architectures import BUILT_IN
 from sdlab.models.clip import check_clip_folder, clip_folder
-from sdlab.models.loading import adapter_class, check_model, shipped_scheduler_config
+from sdlab.models.loading import (
+    adapter_class,
+    check_model,
+    model_folder,
+    shipped_scheduler_config,
+)
+from sdlab.models.model_files import check_weights_folder
 from sdlab.models.schedulers import (  # imports diffusers
     check_options,
     make_scheduler,
@@ -122,14 +129,11 @@ def merged(config: dict[str, Any], values: dict[str, Any], overridden: set[str],
 
 def check_files(cfg: dict[str, Any]) -> None:
     """Files and folders the config names exist and are what they should be: params, images, weights, CLIP."""
-
     if cfg.get("images"):
-
         image_files(cfg["images"])
     check_model(cfg)
     clip = cfg.get("clip") or {}
     if clip.get("name") not in (None, "none"):
-
         check_clip_folder(clip_folder(clip), clip["name"])
 
 
@@ -167,6 +171,8 @@ def check_job(cfg: dict[str, Any]) -> list[str]:
         check_recipe(cfg)
         return model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)
 
+    if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
+        check_weights_folder(model_folder(spec))
     choice = scheduler_choice(cfg["scheduler"])
     check_options(choice.name, choice.options)
     for name in schedulers_used(cfg):
