@@ -1,8 +1,8 @@
 """One sdlab process per run or sweep dir: a lock file naming its holder, taken over once the holder is gone.
 
 Taking over a dead holder's lock is one process's act: only the process that creates the takeover file
-(`O_EXCL`) may judge the lock stale again and remove it; every process then races to create the lock
-itself with `O_EXCL`, which exactly one wins.
+(`O_EXCL`) may judge the lock stale again, and it replaces the lock with its own in one rename, so the lock
+file never goes missing for another process to create it with `O_EXCL` in between.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from sdlab.errors import UserError
+from sdlab.io import atomic_write_text
 
 LOCK_NAME = ".sdlab.lock"
 TAKEOVER_NAME = ".sdlab.lock.takeover"
@@ -89,19 +90,22 @@ def _in_use(folder: Path, path: Path, holder: dict | None) -> DirInUse:
                     f"(delete {path} if no sdlab runs there)")
 
 
-def _take_over(path: Path) -> bool:
-    """Remove the lock at `path` if it is still stale, as the one process holding the takeover file.
+def _take_over(path: Path, mine: dict) -> bool | None:
+    """Replace the lock at `path` with `mine` if it is still stale, as the one process holding the takeover file.
 
-    False when another process holds the takeover file (the caller waits and looks again).
+    True when this process now holds the lock, False when it is not stale after all, None when another process
+    holds the takeover file (the caller waits and looks again). The stale lock is replaced in one rename, never
+    removed first, so no other process can create a lock of its own in between.
     """
     mutex = path.with_name(TAKEOVER_NAME)
     try:
         os.close(os.open(mutex, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     except FileExistsError:
-        return False
+        return None
     try:
-        if _stale(path, _holder(path)):  # judged again: another taker may have made it live since
-            path.unlink(missing_ok=True)
+        if not _stale(path, _holder(path)):  # judged again: another taker may have made it live since
+            return False
+        atomic_write_text(path, json.dumps(mine))
         return True
     finally:
         mutex.unlink(missing_ok=True)
@@ -147,25 +151,26 @@ def acquire(folder: Path, parents: bool = True) -> None:
                 return
             if not _stale(path, holder):
                 raise _in_use(folder, path, holder) from None
-            if _take_over(path):
-                continue
-            if time.monotonic() > deadline:
+            taken = _take_over(path, mine)
+            if taken:
+                break
+            if taken is None and time.monotonic() > deadline:
                 raise DirInUse(f"{folder}: another sdlab has been taking over its stale lock for "
                                f"{TAKEOVER_WAIT_S:.0f} s; delete {path.with_name(TAKEOVER_NAME)} if no sdlab runs "
                                f"there") from None
-            time.sleep(0.01)
+            time.sleep(0.01 if taken is None else 0)
             continue
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(mine))
             f.flush()
             os.fsync(f.fileno())
-        if parents:  # looked at again once locked: of a sweep and a run into its job dir, one sees the other
-            try:
-                refuse_locked_parents(folder)
-            except DirInUse:
-                release(folder)
-                raise
-        return
+        break
+    if parents:  # looked at again once locked: of a sweep and a run into its job dir, one sees the other
+        try:
+            refuse_locked_parents(folder)
+        except DirInUse:
+            release(folder)
+            raise
 
 
 def hold(folder: Path, parents: bool = True) -> None:
