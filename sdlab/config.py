@@ -1,4 +1,4 @@
-"""Plain dataclasses for a job's settings, built and validated from the composed config as a dict."""
+"""The settings of a run as dataclasses; each field carries the Field that checks it, the one way a value is checked."""
 
 from __future__ import annotations
 
@@ -13,18 +13,6 @@ from typing import Any
 from sdlab.conf_files import group_options
 from sdlab.errors import UserError, choose
 
-GENERATION_KEYS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "seeds",
-    "num_inference_steps",
-    "guidance_scale",
-    "width",
-    "height",
-    "eta",
-    "batch_size",
-)
 MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
 MODEL_FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "models" / "families").glob("*.py")
                               if p.stem not in ("__init__", "base")))  # sdlab/models/families/<family>.py
@@ -33,11 +21,163 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION = ("sdpa", "eager")
 MKLDNN = (True, False, "auto")
 MAX_SEED = 2**63 - 1  # seeds live in int64 table columns
-# Defaults of the `limits:` block in conf/config.yaml: checks that fail in under a second instead of filling memory.
-LIMITS = {"max_side": 4096, "max_pixels": 2048 * 2048, "max_steps": 1000, "max_seeds": 10_000,
-          "max_params_bytes": 1 << 20, "max_png_bytes": 64 << 20, "max_png_text_bytes": 8 << 20,
-          "max_prompt_file_bytes": 1 << 20, "max_prompt_lines": 10_000, "max_batch_size": 64, "max_threads": 256,
-          "max_cells": 100_000}
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+WORDS = {"int": "an integer", "number": "a number", "str": "a string", "ints": "a non-empty list of integers",
+         "numbers": "a non-empty list of numbers", "strs": "a non-empty list of strings",
+         "int_lists": "a non-empty list of non-empty integer lists"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one value may be: an int, a number, a string, a bool, a non-empty list of them (or of int lists), each
+    within [low, high], or one of `choices`; null only where `optional`. A `plain` field (a top-level parameter)
+    names a wrong type on its own ("is not an integer") and then its range; `rule` words a range the bounds cannot."""
+
+    kind: str = "int"
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    optional: bool = False
+    plain: bool = False
+    rule: str = ""
+    multiple: int = 1
+
+    def allowed(self) -> str:
+        """What the field takes, in words."""
+        if self.rule:
+            return self.rule
+        if self.kind == "choice":
+            return f"one of: {', '.join(map(str, self.choices))}"
+        bounds = " and ".join(f"{sign} {bound:g}" for sign, bound in ((">=", self.low), ("<=", self.high))
+                              if bound is not None)
+        if not bounds:
+            return WORDS[self.kind]
+        return f"{WORDS[self.kind]} {bounds}" if self.kind in ("int", "number") else f"{WORDS[self.kind]}, each {bounds}"
+
+    def check(self, name: str, value: Any) -> Any:
+        """The value (an integral float as int, a plain number as float, a lone item of a list kind as a list);
+        a UserError naming `name`, `value` and what is allowed unless it fits."""
+        if value is None and self.optional:
+            return None
+        if self.plain:
+            return self._plain(name, value)
+        if self.kind in ("ints", "numbers", "strs") and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if value is not None and self.fits(value):
+            return value
+        raise UserError(f"{name}={value!r} must be {self.allowed()}" + (" or null" if self.optional else ""))
+
+    def fits(self, value: Any) -> bool:
+        """Whether `value` has the field's type and lies inside its bounds."""
+        if self.kind == "choice":
+            return value in self.choices
+        if self.kind == "str":
+            return isinstance(value, str) and bool(value)
+        if self.kind == "strs":
+            return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) and v for v in value)
+        if self.kind in ("int", "number"):
+            return _scalar(value, self.kind == "int") and self._inside(value)
+        if not isinstance(value, (list, tuple)) or not value:
+            return False
+        if self.kind == "int_lists":
+            return all(isinstance(v, (list, tuple)) and v and all(_scalar(x, True) and self._inside(x) for x in v)
+                       for v in value)
+        return all(_scalar(v, self.kind == "ints") and self._inside(v) for v in value)
+
+    def _inside(self, value) -> bool:
+        return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+                and (self.multiple == 1 or value % self.multiple == 0))
+
+    def _plain(self, name: str, value: Any) -> Any:
+        null = " or null" if self.optional else ""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise UserError(f"{name}={value!r} must be true or false")
+            return value
+        if self.kind == "str":
+            if not isinstance(value, str):
+                raise UserError(f"{name}={value!r} must be {self.rule or 'a string'}{null}")
+            return value
+        if self.kind == "choice":
+            if type(value) not in {type(c) for c in self.choices}:  # 1 == True: the type decides
+                raise UserError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, self.choices))}")
+            choose(name, value, self.choices)
+            return value
+        if self.kind == "int":
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            elif isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{name}={value!r} is not an integer")
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"{name}={value!r} is not a number")
+            if not math.isfinite(value):
+                raise UserError(f"{name}={value} is not a finite number")
+            value = float(value)
+        if not self._inside(value):
+            bounds = f"in [{self.low:g}, {self.high:g}]" if self.high is not None else f">= {self.low:g}"
+            raise UserError(f"{name}={value} must be {self.rule or bounds}{null}")
+        return value
+
+
+def _scalar(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if integer else isinstance(value, (int, float))
+
+
+def checked(default: Any, kind: str, low: float | None = None, high: float | None = None, plain: bool = True,
+            **rules) -> Any:
+    """A dataclass field with its default and the Field that checks it (plain unless told)."""
+    return field(default=default, metadata={"check": Field(kind, low, high, plain=plain, **rules)})
+
+
+def check_fields(values: dict[str, Any], fields: dict[str, Field], prefix: str = "") -> dict[str, Any]:
+    """Every field present in `values` fits (named `prefix` + name); the checked values."""
+    return {name: rule.check(prefix + name, values[name]) for name, rule in fields.items() if name in values}
+
+
+def rules_of(cls) -> dict[str, Field]:
+    """The Fields of a dataclass, by field name, in declaration order."""
+    return {f.name: f.metadata["check"] for f in fields(cls) if "check" in f.metadata}
+
+
+def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field]) -> dict[str, Any]:
+    """The recipe's `key:` block, a dict whose keys are `fields` and whose values fit them."""
+    block = cfg.get(key)
+    if not isinstance(block, dict):
+        raise UserError(f"job {cfg.get('job')} needs a `{key}:` block of {', '.join(fields)}")
+    unknown = sorted(set(block) - set(fields))
+    if unknown:
+        raise UserError(f"{key}.{unknown[0]} is not a key of {key}; its keys are: {', '.join(fields)}")
+    check_fields(block, fields, f"{key}.")
+    return block
+
+
+POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer"}
+SIDE = {"multiple": 8, "rule": "a positive multiple of 8"}
+SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The `limits:` block: checks that fail in under a second instead of filling memory (raise them on big machines)."""
+
+    max_side: int = checked(4096, **POSITIVE)
+    max_pixels: int = checked(2048 * 2048, **POSITIVE)
+    max_steps: int = checked(1000, **POSITIVE)
+    max_seeds: int = checked(10_000, **POSITIVE)
+    max_params_bytes: int = checked(1 << 20, **POSITIVE)
+    max_png_bytes: int = checked(64 << 20, **POSITIVE)
+    max_png_text_bytes: int = checked(8 << 20, **POSITIVE)
+    max_prompt_file_bytes: int = checked(1 << 20, **POSITIVE)
+    max_prompt_lines: int = checked(10_000, **POSITIVE)
+    max_batch_size: int = checked(64, **POSITIVE)
+    max_threads: int = checked(256, **POSITIVE)
+    max_cells: int = checked(100_000, **POSITIVE)
+
+
+LIMITS = asdict(Limits())
 
 
 @dataclass(frozen=True)
@@ -45,24 +185,23 @@ class ModelSpec:
     """Which pipeline to load and where to run it."""
 
     name: str
-    family: str = "sd"  # a folder's model_index.json decides over it
-    path: str | None = None
-    repo_id: str | None = None
-    resolution: int = 512
+    family: str = checked("sd", "choice", choices=MODEL_FAMILIES)  # a folder's model_index.json decides over it
+    path: str | None = checked(None, "str", optional=True)
+    repo_id: str | None = checked(None, "str", optional=True)
+    resolution: int = checked(512, "int", 1, **SIDE)
     device: str = "auto"
-    dtype: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    attention: str = "sdpa"
-    mkldnn: bool | str = True  # or "auto": by the UNet's batch
-    t5: bool = True  # SD3: false leaves the T5 text encoder out
-    max_sequence_length: int | None = None  # T5 tokens (SD3, Flux); None: the family's default
+    dtype: str = checked("auto", "choice", choices=DTYPES)
+    channels_last: bool = checked(False, "bool")
+    compile: bool = checked(False, "bool")
+    attention: str = checked("sdpa", "choice", choices=ATTENTION)
+    mkldnn: bool | str = checked(True, "choice", choices=MKLDNN)  # or "auto": by the UNet's batch
+    t5: bool = checked(True, "bool")  # SD3: false leaves the T5 text encoder out
+    max_sequence_length: int | None = checked(None, "int", 1, 512, optional=True)  # T5 tokens; None: the family's
 
     @property
     def key(self) -> tuple:
         """Identity of the loaded pipeline in the per-process cache."""
-        return (self.name, self.family, self.path, self.repo_id, self.device, self.dtype, self.channels_last,
-                self.compile, self.attention, self.mkldnn, self.t5, self.max_sequence_length)
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "resolution")
 
 
 @dataclass(frozen=True)
@@ -77,80 +216,31 @@ class SchedulerChoice:
 class GenerationParams:
     """One generate request, named as in diffusers; `seeds` are generated batched, `batch_size` at a time."""
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = checked("", "str")
+    negative_prompt: str = checked("", "str")
     seeds: tuple[int, ...] = (0,)
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5
-    width: int = 512
-    height: int = 512
-    eta: float = 0.0
-    batch_size: int = 4
+    num_inference_steps: int = checked(25, "int", 1)
+    guidance_scale: float = checked(7.5, "number", 0)
+    width: int = checked(512, "int", 1, **SIDE)
+    height: int = checked(512, "int", 1, **SIDE)
+    eta: float = checked(0.0, "number", 0, 1)
+    batch_size: int = checked(4, "int", 1)
 
     def __post_init__(self):
-        validate_generation(self)
+        check_seeds(self.seeds)
+        check_fields(asdict(self), rules_of(GenerationParams))
 
 
-def _int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise UserError(f"{name}={value!r} is not an integer")
-    return value
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name}={value!r} is not a number")
-    if not math.isfinite(value):
-        raise UserError(f"{name}={value} is not a finite number")
-    return float(value)
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{name}={value!r} must be true or false")
-    return value
-
-
-def _optional_str(name: str, value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise UserError(f"{name}={value!r} must be a string or null")
-    return value
-
-
-def _side(name: str, value: Any) -> int:
-    value = _int(name, value)
-    if value <= 0 or value % 8:
-        raise UserError(f"{name}={value} must be a positive multiple of 8")
-    return value
-
-
-def validate_generation(p: GenerationParams) -> None:
-    """Raise a UserError naming the first parameter outside its allowed range."""
-    if not isinstance(p.prompt, str):
-        raise UserError(f"prompt={p.prompt!r} is not a string")
-    if not isinstance(p.negative_prompt, str):
-        raise UserError(f"negative_prompt={p.negative_prompt!r} is not a string")
-    if not p.seeds:
+def check_seeds(seeds: tuple) -> tuple[int, ...]:
+    """Seeds as a tuple of distinct integers in [0, 2**63-1], at least one."""
+    if not seeds:
         raise UserError("seeds=[] is empty; give at least one integer seed")
-    for seed in p.seeds:
-        if not 0 <= _int("seed", seed) <= MAX_SEED:
-            raise UserError(f"seed={seed} must be in [0, 2**63-1]")
-    if len(set(p.seeds)) < len(p.seeds):
-        repeated = next(s for s in p.seeds if p.seeds.count(s) > 1)
-        shown = list(p.seeds) if len(p.seeds) <= 20 else f"[{len(p.seeds)} seeds]"
+    seeds = tuple(SEED.check("seed", s) for s in seeds)
+    if len(set(seeds)) < len(seeds):
+        repeated = next(s for s in seeds if seeds.count(s) > 1)
+        shown = list(seeds) if len(seeds) <= 20 else f"[{len(seeds)} seeds]"
         raise UserError(f"seeds={shown} repeats seed {repeated}; list each seed once (one image per seed)")
-    if _int("num_inference_steps", p.num_inference_steps) < 1:
-        raise UserError(f"num_inference_steps={p.num_inference_steps} must be >= 1")
-    if _number("guidance_scale", p.guidance_scale) < 0:
-        raise UserError(f"guidance_scale={p.guidance_scale} must be >= 0")
-    for side in ("width", "height"):
-        _side(side, getattr(p, side))
-    if not 0.0 <= _number("eta", p.eta) <= 1.0:
-        raise UserError(f"eta={p.eta} must be in [0, 1]")
-    if _int("batch_size", p.batch_size) < 1:
-        raise UserError(f"batch_size={p.batch_size} must be >= 1")
+    return seeds
 
 
 def limits(cfg: dict[str, Any]) -> dict[str, int]:
@@ -158,37 +248,25 @@ def limits(cfg: dict[str, Any]) -> dict[str, int]:
     given = cfg.get("limits") or {}
     if not isinstance(given, dict):
         raise UserError(f"limits={given!r} must be a mapping of {', '.join(LIMITS)}")
-    out = dict(LIMITS)
-    for key, value in given.items():
+    for key in given:
         if key not in LIMITS:
             raise UserError(f"unknown limit {key!r}; limits are: {', '.join(LIMITS)}")
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"limits.{key}={value!r} must be a positive integer")
-        out[key] = value
-    return out
+    given = {k: v for k, v in given.items() if v is not None}
+    return {**LIMITS, **check_fields(given, rules_of(Limits), "limits.")}
 
 
 def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:
     """Raise a UserError when a request is bigger than the configured limits (raise them on big machines)."""
-    hint = "raise it with limits.{}=N on a machine that can take it"
-    for side in ("width", "height"):
-        if getattr(p, side) > limit["max_side"]:
-            raise UserError(f"{side}={getattr(p, side)} is above limits.max_side={limit['max_side']}; "
-                            + hint.format("max_side"))
-    if p.width * p.height > limit["max_pixels"]:
-        raise UserError(f"width x height = {p.width} x {p.height} is above limits.max_pixels={limit['max_pixels']}; "
-                        + hint.format("max_pixels"))
-    if p.num_inference_steps > limit["max_steps"]:
-        raise UserError(f"num_inference_steps={p.num_inference_steps} is above limits.max_steps={limit['max_steps']}; "
-                        + hint.format("max_steps"))
-    if p.batch_size > limit["max_batch_size"]:
-        raise UserError(f"batch_size={p.batch_size} is above limits.max_batch_size={limit['max_batch_size']}; "
-                        + hint.format("max_batch_size"))
-    if len(p.seeds) > limit["max_seeds"]:
-        raise UserError(f"{len(p.seeds)} seeds are more than limits.max_seeds={limit['max_seeds']} in one job; "
-                        + hint.format("max_seeds"))
+    sizes = [(f"width={p.width}", p.width, "max_side"), (f"height={p.height}", p.height, "max_side"),
+             (f"width x height = {p.width} x {p.height}", p.width * p.height, "max_pixels"),
+             (f"num_inference_steps={p.num_inference_steps}", p.num_inference_steps, "max_steps"),
+             (f"batch_size={p.batch_size}", p.batch_size, "max_batch_size"),
+             (f"{len(p.seeds)} seeds", len(p.seeds), "max_seeds")]
+    for said, value, key in sizes:
+        if value > limit[key]:
+            verb = "are more than" if key == "max_seeds" else "is above"
+            raise UserError(f"{said} {verb} limits.{key}={limit[key]}{' in one job' * (key == 'max_seeds')}; "
+                            f"raise it with limits.{key}=N on a machine that can take it")
 
 
 def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
@@ -200,58 +278,32 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
         seeds = [seeds]
     if not isinstance(seeds, (list, tuple)):
         raise UserError(f"seeds={seeds!r} must be a list of integers or null")
-    seeds = tuple(_int("seed", s) for s in seeds)
-    params = GenerationParams(
-        prompt=cfg.get("prompt") or "",
-        negative_prompt=cfg.get("negative_prompt") or "",
-        seeds=seeds,
-        num_inference_steps=_int("num_inference_steps", cfg.get("num_inference_steps", 25)),
-        guidance_scale=_number("guidance_scale", cfg.get("guidance_scale", 7.5)),
-        width=resolution if cfg.get("width") is None else cfg["width"],
-        height=resolution if cfg.get("height") is None else cfg["height"],
-        eta=_number("eta", cfg.get("eta", 0.0)),
-        batch_size=_int("batch_size", cfg.get("batch_size", 4)),
-    )
+    given = {k: cfg[k] for k in rules_of(GenerationParams) if cfg.get(k) is not None}
+    given = {"width": resolution, "height": resolution, **given}
+    params = GenerationParams(seeds=check_seeds(tuple(seeds)),
+                              **check_fields(given, rules_of(GenerationParams)))
     check_limits(params, limits(cfg))
     return params
 
 
-DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def validate_model(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> None:
-    """Raise a UserError naming the first field of the `model` group with a wrong type or value (and size limit)."""
+def model_spec(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> ModelSpec:
+    """ModelSpec from the `model` group, every field checked (and the resolution against `limit`)."""
     if not isinstance(cfg, dict):
         raise UserError(f"model={cfg!r} must be a model config; choose one of: {', '.join(MODEL_NAMES)}")
     if cfg.get("name") not in MODEL_NAMES:
         raise UserError(f"model.name={cfg.get('name')!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
-    for key in ("path", "repo_id"):
-        _optional_str(f"model.{key}", cfg.get(key))
-    resolution = _side("model.resolution", cfg.get("resolution", 512))
-    if limit and resolution > limit["max_side"]:
-        raise UserError(f"model.resolution={resolution} is above limits.max_side={limit['max_side']}")
+    values = check_fields(cfg, rules_of(ModelSpec), "model.")
+    if limit and values.get("resolution", 512) > limit["max_side"]:
+        raise UserError(f"model.resolution={values['resolution']} is above limits.max_side={limit['max_side']}")
     device = cfg.get("device", "auto")
     if not isinstance(device, str) or not DEVICE.fullmatch(device):
         raise UserError(f"model.device={device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-    choices = {"dtype": DTYPES, "attention": ATTENTION, "mkldnn": MKLDNN}
-    for key, allowed in choices.items():
-        value = cfg.get(key, allowed[0])
-        if type(value) not in {type(a) for a in allowed}:  # 1 == True: the type decides
-            raise UserError(f"model.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
-        choose(f"model.{key}", value, allowed)
-    for key in ("channels_last", "compile"):
-        _bool(f"model.{key}", cfg.get(key, False))
-    _bool("model.t5", cfg.get("t5", True))
-    choose("model.family", cfg.get("family", "sd"), MODEL_FAMILIES)
-    length = cfg.get("max_sequence_length")
-    if length is not None and not 1 <= _int("model.max_sequence_length", length) <= 512:
-        raise UserError(f"model.max_sequence_length={length} must be in [1, 512] or null")
+    return ModelSpec(name=cfg["name"], device=device, **values)
 
 
 def check_threads(threads: Any, most: int = LIMITS["max_threads"]) -> None:
     """`threads` is a positive integer up to `limits.max_threads`, or None (torch's default)."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UserError(f"threads={threads!r} must be a positive integer or null")
+    Field("int", 1, optional=True, rule=POSITIVE["rule"]).check("threads", threads)
     if threads is not None and threads > most:
         raise UserError(f"threads={threads} is above limits.max_threads={most}; raise it with limits.max_threads=N "
                         "on a machine that has them")
@@ -262,10 +314,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
     (the job name and scheduler options are checked by `preflight.check_job`)."""
     limit = limits(cfg)
     check_threads(cfg.get("threads"), limit["max_threads"])
-    _bool("resume", cfg.get("resume", True))
-    if cfg.get("params") is not None and not isinstance(cfg["params"], str):
-        raise UserError(f"params={cfg['params']!r} must be a file path or null")
-    validate_model(cfg.get("model"), limit)
+    Field("bool", plain=True).check("resume", cfg.get("resume", True))
+    Field("str", plain=True, optional=True, rule="a file path").check("params", cfg.get("params"))
+    spec = model_spec(cfg.get("model"), limit)
     scheduler = cfg.get("scheduler")
     if not isinstance(scheduler, dict):
         raise UserError(f"scheduler={scheduler!r} must be a scheduler config")
@@ -273,17 +324,8 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if clip is not None:
         if not isinstance(clip, dict):
             raise UserError(f"clip={clip!r} must be a clip config or null")
-        for key in ("name", "path", "repo_id"):
-            if clip.get(key) is not None and not isinstance(clip[key], str):
-                raise UserError(f"clip.{key}={clip[key]!r} must be a string or null")
-    generation_params(cfg, cfg["model"].get("resolution", 512))
-
-
-def model_spec(cfg: dict[str, Any]) -> ModelSpec:
-    """ModelSpec from the `model` group, every field checked."""
-    validate_model(cfg)
-    known = {f.name for f in fields(ModelSpec)}
-    return ModelSpec(**{k: v for k, v in cfg.items() if k in known})
+        check_fields(clip, dict.fromkeys(("name", "path", "repo_id"), Field("str", plain=True, optional=True)), "clip.")
+    generation_params(cfg, spec.resolution)
 
 
 def scheduler_choice(cfg: dict[str, Any]) -> SchedulerChoice:
@@ -297,7 +339,3 @@ def config_hash(payload: dict[str, Any]) -> str:
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-
-def as_dict(obj) -> dict[str, Any]:
-    """A dataclass as a plain dict."""
-    return asdict(obj)

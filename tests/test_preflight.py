@@ -75,9 +75,9 @@ def test_a_single_guidance_scale_is_a_list_of_one_and_its_bounds_are_checked():
 
     from sdlab.errors import UserError
     from sdlab.jobs import check_recipe
-    from sdlab.jobs.analysis import number_list
+    from sdlab.jobs.grids import SCALES
 
     check_recipe({"job": "guidance_grid", "guidance_scales": 5})
-    assert number_list({"guidance_scales": 5}, "guidance_scales", low=0, high=1000) == [5.0]
+    assert SCALES.check("guidance_scales", 5) == [5.0]
     with pytest.raises(UserError, match=r"^guidance_scales=\[-2\] must be a non-empty list of numbers, each >= 0"):
         check_recipe({"job": "guidance_grid", "guidance_scales": -2})

@@ -8,24 +8,15 @@ from typing import Any
 
 from sdlab.bench.infotext import from_a1111, parse_infotext
 from sdlab.conf_files import known_keys
-from sdlab.config import GENERATION_KEYS, LIMITS, MODEL_NAMES
+from sdlab.config import LIMITS, MODEL_NAMES, GenerationParams, rules_of
 from sdlab.errors import UserError
 from sdlab.untrusted import parse_json, read_bytes, read_png_text
 
+PYTHON_TYPES = {"int": (int,), "number": (int, float), "str": (str,)}
+# What a params file may set: each generation parameter (typed by its Field), one `seed`, the scheduler and model.
 PARAM_TYPES: dict[str, tuple[type, ...]] = {
-    "prompt": (str,),
-    "negative_prompt": (str,),
-    "seed": (int,),
-    "seeds": (list,),
-    "num_inference_steps": (int,),
-    "guidance_scale": (int, float),
-    "width": (int,),
-    "height": (int,),
-    "eta": (int, float),
-    "batch_size": (int,),
-    "scheduler": (str,),
-    "scheduler_options": (dict,),
-    "model": (str,),
+    **{name: PYTHON_TYPES[rule.kind] for name, rule in rules_of(GenerationParams).items()},
+    "seed": (int,), "seeds": (list,), "scheduler": (str,), "scheduler_options": (dict,), "model": (str,),
 }
 
 
@@ -92,5 +83,3 @@ def read_png_params(path: Path, label: str, limit: dict[str, int]) -> dict[str, 
             raise UserError(f"{label}: {e}") from None
     raise UserError(f"{label} carries no generation parameters (no 'sdlab' or 'parameters' text chunk)")
 
-
-assert set(GENERATION_KEYS) <= set(PARAM_TYPES)

@@ -10,8 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from sdlab.bench.inputs import image_files
-from sdlab.bench.recipe_fields import Field
-from sdlab.config import ModelSpec, model_spec
+from sdlab.config import Field, GenerationParams, ModelSpec, model_spec, rules_of
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext
 from sdlab.mini import data
@@ -37,31 +36,7 @@ def model_scheduler_config(spec: ModelSpec) -> dict[str, Any]:
     return {k: v for k, v in shipped_scheduler_config(spec)[0].items() if not k.startswith("_")}
 
 
-def str_list(cfg: dict, key: str) -> list[str]:
-    """A config key that must be a non-empty list of strings (a single string counts as one)."""
-    value = cfg.get(key)
-    if isinstance(value, str):
-        value = [value]
-    if not value or not all(isinstance(v, str) for v in value):
-        raise UserError(f"{key}={value!r} must be a non-empty list of strings, e.g. {key}='[a red circle,a blue square]'")
-    return list(value)
-
-
-def number_list(cfg: dict, key: str, integer: bool = False, low: float | None = None,
-                high: float | None = None) -> list:
-    """A config key that must be a non-empty list of numbers (a single number counts as one), each in [low, high]."""
-    value = cfg.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value]
-    ok = bool(value) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    if not ok or (integer and not all(float(v).is_integer() for v in value)):
-        kind = "integers" if integer else "numbers"
-        raise UserError(f"{key}={value!r} must be a non-empty list of {kind}, e.g. {key}=[1,2,3]")
-    out = [int(v) for v in value] if integer else [float(v) for v in value]
-    bounds = Field("numbers", low, high)
-    if not bounds.fits(out):
-        raise UserError(f"{key}={value!r} must be {bounds.allowed()}")
-    return out
+TEXTS = Field("strs")  # prompts or scheduler names; one string counts as a list of one
 
 
 def fit(image: Image.Image, width: int, height: int) -> np.ndarray:
@@ -110,11 +85,8 @@ def input_images(cfg: dict, width: int, height: int, count: int) -> list[tuple[s
 
 def image_size(cfg: dict, spec: ModelSpec) -> tuple[int, int]:
     """(width, height) from the config, the model's resolution when null; multiples of 8."""
-    width, height = cfg.get("width") or spec.resolution, cfg.get("height") or spec.resolution
-    for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or value <= 0 or value % 8:
-            raise UserError(f"{name}={value} must be a positive multiple of 8")
-    return width, height
+    sides = rules_of(GenerationParams)
+    return tuple(sides[k].check(k, cfg.get(k) or spec.resolution) for k in ("width", "height"))
 
 
 def to_model(images: list[np.ndarray], model) -> torch.Tensor:

@@ -10,10 +10,10 @@ import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
-from sdlab.config import model_spec
+from sdlab.config import Field, model_spec
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import number_list, read_image
+from sdlab.jobs.analysis import read_image
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import model_kind
 from sdlab.metrics.toy import ddim_step
@@ -102,7 +102,7 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
 
 def strengths_of(cfg: dict) -> list[float]:
     """The `strengths` list, each in (0, 1]."""
-    strengths = number_list(cfg, "strengths")
+    strengths = [float(s) for s in Field("numbers").check("strengths", cfg.get("strengths"))]
     for s in strengths:
         if not 0.0 < s <= 1.0:
             raise UserError(f"strength {s:g} must be in (0, 1]")

@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 
 from sdlab.bench.figures import bar_chart, heatmap
-from sdlab.bench.recipe_fields import Field, check_fields
+from sdlab.config import Field, check_fields
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import model_spec
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (
+    TEXTS,
     article_reports,
     image_size,
     input_images,
     loaded_model,
-    str_list,
 )
 from sdlab.metrics.clip import (
     clip_score_from_cosine,
@@ -47,12 +47,12 @@ def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> st
     return "\n".join(parts)
 
 
-@job("clip_tokens", check=lambda cfg: str_list(cfg, "prompts"))
+@job("clip_tokens", check=lambda cfg: TEXTS.check("prompts", cfg.get("prompts")))
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
     """One row per prompt and text encoder (tokens, ids, count incl. special tokens, the encoder's limit, what it
     drops); table `tokens` per token; figure token_counts.png with a panel per encoder."""
     spec = model_spec(ctx.config["model"])
-    prompts = str_list(ctx.config, "prompts")
+    prompts = TEXTS.check("prompts", ctx.config.get("prompts"))
     encoders, notes = encoder_tokenizers(spec)
     for note in notes:
         log.warning("%s", note)
@@ -108,7 +108,7 @@ def diagonal_claim(cos: np.ndarray) -> str:
 
 def check_similarity(cfg: dict) -> None:
     """Prompts, and how many built-in images to score against them."""
-    str_list(cfg, "prompts")
+    TEXTS.check("prompts", cfg.get("prompts"))
     check_fields(cfg, {"num_images": Field("int", 0, 1000, optional=True)})
 
 
@@ -117,7 +117,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
     cfg = ctx.config
     spec = model_spec(cfg["model"])
-    prompts = str_list(cfg, "prompts")
+    prompts = TEXTS.check("prompts", cfg.get("prompts"))
     clip = load_clip(cfg.get("clip"))
 
     # 1. Text-text cosine similarity.

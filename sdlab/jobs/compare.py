@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from sdlab.bench.figures import convergence, schedule_visits
-from sdlab.bench.recipe_fields import Field, check_block
+from sdlab.config import Field, check_block
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.bench.scorers import build_scorers, direction, score_images
 from sdlab.config import GenerationParams, model_spec

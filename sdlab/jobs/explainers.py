@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from sdlab.bench.figures import STYLE, bar_chart, curves, image_strip, save_figure
-from sdlab.bench.recipe_fields import Field, check_block
+from sdlab.config import Field, check_block
 from sdlab.bench.records import identity, write_table
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job

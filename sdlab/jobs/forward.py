@@ -9,7 +9,7 @@ import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
-from sdlab.config import model_spec
+from sdlab.config import Field, model_spec
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (
@@ -19,7 +19,6 @@ from sdlab.jobs.analysis import (
     input_images,
     loaded_model,
     model_scheduler_config,
-    number_list,
     to_model,
     to_uint8,
 )
@@ -42,7 +41,7 @@ def forward_plan(cfg: dict) -> tuple[list[dict], list[str], list[int]]:
     spaces = list(cfg.get("spaces") or ["pixel", "latent"])
     if not set(spaces) <= {"pixel", "latent"} or not spaces:
         raise UserError(f"spaces={spaces} must list pixel and/or latent")
-    timesteps = number_list(cfg, "timesteps", integer=True)
+    timesteps = Field("ints").check("timesteps", cfg.get("timesteps"))
     bad = [t for t in timesteps if not all(0 <= t < s["T"] for s in schedules)]
     if bad:
         raise UserError(f"timesteps {bad} out of range; the schedules have t = 0 .. {min(s['T'] for s in schedules) - 1}")

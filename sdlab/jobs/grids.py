@@ -15,9 +15,9 @@ from sdlab.bench.figures import curves
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.bench.scorers import build_scorers
-from sdlab.config import GenerationParams, generation_params, scheduler_choice
+from sdlab.config import Field, GenerationParams, generation_params, scheduler_choice
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import loaded_model, number_list, str_list
+from sdlab.jobs.analysis import TEXTS, loaded_model
 from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.metrics.image import layout_correlation, psnr
 from sdlab.metrics.stats import summarize_ci
@@ -62,11 +62,14 @@ def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
     return [x_key] + (["seed"] if frame["seed"].nunique() > 1 else [])
 
 
-@job("guidance_grid", check=lambda cfg: number_list(cfg, "guidance_scales", low=0, high=1000))
+SCALES = Field("numbers", 0, 1000)
+
+
+@job("guidance_grid", check=lambda cfg: SCALES.check("guidance_scales", cfg.get("guidance_scales")))
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
     model, spec, params, scorers = setup(ctx)
-    scales = number_list(ctx.config, "guidance_scales", low=0, high=1000)
+    scales = [float(s) for s in SCALES.check("guidance_scales", ctx.config.get("guidance_scales"))]
     rows = []
     for scale in scales:
         cell = replace(params, guidance_scale=scale)
@@ -110,11 +113,11 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     return panels, f"{'; '.join(claims)} (n={ok['seed'].nunique()} seeds)"
 
 
-@job("prompt_grid", check=lambda cfg: str_list(cfg, "prompts"))
+@job("prompt_grid", check=lambda cfg: TEXTS.check("prompts", cfg.get("prompts")))
 def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and settings for each of `prompts`: prompt_grid.png (clip_score per image with a clip model)."""
     model, spec, params, scorers = setup(ctx)
-    prompts = str_list(ctx.config, "prompts")
+    prompts = TEXTS.check("prompts", ctx.config.get("prompts"))
     rows = []
     for i, prompt in enumerate(prompts):
         label = "\n".join(textwrap.wrap(f"P{i + 1}: {prompt}", 22, max_lines=4, placeholder=" …"))
@@ -150,13 +153,13 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
                    f"another seed: r = {other:.2f} (n={len(pairs[False])})")
 
 
-@job("scheduler_grid", check=lambda cfg: str_list(cfg, "schedulers"))
+@job("scheduler_grid", check=lambda cfg: TEXTS.check("schedulers", cfg.get("schedulers")))
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
     and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`)."""
     model, spec, params, scorers = setup(ctx)
     rows = []
-    for name in str_list(ctx.config, "schedulers"):
+    for name in TEXTS.check("schedulers", ctx.config.get("schedulers")):
         model.use_scheduler(name)
         rows += cell_rows(ctx, model, spec, scorers, params, {"scheduler": name}, name)
     frame = ordered(rows)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from sdlab.bench.figures import image_strip, write_gif
-from sdlab.bench.recipe_fields import Field, check_fields
+from sdlab.config import Field, check_fields
 from sdlab.bench.records import identity, ordered, save_png
 from sdlab.config import generation_params, scheduler_choice
 from sdlab.errors import choose

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sdlab.bench.figures import image_strip
-from sdlab.bench.recipe_fields import Field, check_fields
+from sdlab.config import Field, check_fields
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (
