@@ -150,8 +150,7 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field]) -> dict
     unknown = sorted(set(block) - set(fields))
     if unknown:
         raise UserError(f"{key}.{unknown[0]} is not a key of {key}; its keys are: {', '.join(fields)}")
-    check_fields(block, fields, f"{key}.")
-    return block
+    return {**block, **check_fields(block, fields, f"{key}.")}
 
 
 POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer"}
@@ -309,12 +308,27 @@ def check_threads(threads: Any, most: int = LIMITS["max_threads"]) -> None:
                         "on a machine that has them")
 
 
-def validate_config(cfg: dict[str, Any]) -> None:
-    """Raise a UserError naming the first bad value of a composed job config; reads no files, loads no model
-    (the job name and scheduler options are checked by `preflight.check_job`)."""
+@dataclass(frozen=True)
+class Run:
+    """One job's settings, parsed once: its model, scheduler, generation parameters, limits and threads, typed and
+    checked, and `recipe`, the effective config they came from (recorded in the run dir), for the job's own keys."""
+
+    job: str
+    model: ModelSpec
+    scheduler: SchedulerChoice
+    params: GenerationParams
+    limits: dict[str, int]
+    recipe: dict[str, Any]
+    threads: int | None = None
+    resume: bool = True
+
+
+def checked_run(cfg: dict[str, Any]) -> Run:
+    """The Run of an effective config, or a UserError naming its first bad value; reads no files, loads no model
+    (the job name and scheduler options are checked by pre-flight)."""
     limit = limits(cfg)
     check_threads(cfg.get("threads"), limit["max_threads"])
-    Field("bool", plain=True).check("resume", cfg.get("resume", True))
+    resume = Field("bool", plain=True).check("resume", cfg.get("resume", True))
     Field("str", plain=True, optional=True, rule="a file path").check("params", cfg.get("params"))
     spec = model_spec(cfg.get("model"), limit)
     scheduler = cfg.get("scheduler")
@@ -325,7 +339,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
         if not isinstance(clip, dict):
             raise UserError(f"clip={clip!r} must be a clip config or null")
         check_fields(clip, dict.fromkeys(("name", "path", "repo_id"), Field("str", plain=True, optional=True)), "clip.")
-    generation_params(cfg, spec.resolution)
+    return Run(job=cfg.get("job", "generate"), model=spec, scheduler=scheduler_choice(scheduler),
+               params=generation_params(cfg, spec.resolution), limits=limit, recipe=cfg, threads=cfg.get("threads"),
+               resume=resume)
 
 
 def scheduler_choice(cfg: dict[str, Any]) -> SchedulerChoice:

@@ -31,9 +31,10 @@ def config_for(recipe: str, **overrides) -> dict:
 
 def context(recipe: str, out_dir: Path, **overrides):
     """A JobContext for `recipe` writing into out_dir."""
+    from sdlab.bench.run import parse
     from sdlab.jobs import JobContext
 
-    return JobContext(config=config_for(recipe, **overrides), out_dir=Path(out_dir), experiment=recipe,
+    return JobContext(run=parse(config_for(recipe, **overrides)), out_dir=Path(out_dir), experiment=recipe,
                       overrides=json.dumps({}), run_id="test")
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def run(recipe: str, tmp_path, **overrides) -> pd.DataFrame:
     ctx = context(recipe, tmp_path, **overrides)
-    return get_job(ctx.config["job"])(ctx)
+    return get_job(ctx.run.job)(ctx)
 
 
 def test_schedule_snr_landmarks_tables_and_figures(tmp_path):
@@ -202,8 +202,8 @@ def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance
         recorded["steps"], recorded["sigmas"] = self.steps, self.model.scheduler.sigmas.clone()
         return original(self, *exc)
 
-    model = {**context("trajectory", tmp_path).config["model"], "name": f"{family}_tiny", "family": family}
-    scheduler = {**context("trajectory", tmp_path).config["scheduler"], "name": "flow_euler"}
+    model = {**context("trajectory", tmp_path).run.recipe["model"], "name": f"{family}_tiny", "family": family}
+    scheduler = {**context("trajectory", tmp_path).run.recipe["scheduler"], "name": "flow_euler"}
     trajectory.TrajectoryRecorder.__exit__ = keep
     try:
         rows = run("trajectory", tmp_path, model=model, scheduler=scheduler, num_inference_steps=3, frames=3,

@@ -286,28 +286,28 @@ def composed(*overrides) -> dict:
         return OmegaConf.to_container(compose("config", list(overrides)), resolve=True)
 
 
-def test_validate_config_names_the_bad_value_without_loading_anything():
+def test_checked_run_names_the_bad_value_without_loading_anything():
     from sdlab.models import loading as models
-    from sdlab.config import validate_config
+    from sdlab.config import checked_run
     from sdlab.errors import UserError
 
     before = models.CACHE.load_count
-    validate_config(composed())  # every recipe passes it on its way through the cli (tests/test_experiments.py)
+    checked_run(composed())  # every recipe passes it on its way through the cli (tests/test_experiments.py)
     for overrides, fragment in [(["guidance_scale=nan"], "guidance_scale=nan"),
                                 (["model.compile=maybe"], "model.compile='maybe'"),
                                 (["seeds=[1,1]"], "repeats seed 1"),
                                 (["width=8192"], "limits.max_side")]:
         with pytest.raises(UserError, match=fragment.replace("[", r"\[")):
-            validate_config(composed(*overrides))
+            checked_run(composed(*overrides))
     assert models.CACHE.load_count == before
 
 
 def test_limits_can_be_raised_for_big_machines(tmp_path):
-    from sdlab.config import LIMITS, validate_config
+    from sdlab.config import LIMITS, checked_run
     from sdlab.bench.params import load_params
 
-    validate_config(composed("width=8192", "height=8192", "limits.max_side=8192", "limits.max_pixels=67108864"))
-    validate_config(composed("num_inference_steps=2000", "limits.max_steps=2000"))
+    checked_run(composed("width=8192", "height=8192", "limits.max_side=8192", "limits.max_pixels=67108864"))
+    checked_run(composed("num_inference_steps=2000", "limits.max_steps=2000"))
     big = tmp_path / "big.json"
     big.write_text('{"seed": 3}' + " " * (2 << 20))
     assert load_params(big, {**LIMITS, "max_params_bytes": 4 << 20}) == {"seed": 3}

@@ -191,7 +191,7 @@ def test_schedule_families_recipe_tables_crossings_and_figure(tmp_path, one_thre
     from sdlab.jobs import get_job
 
     ctx = context("schedule_families", tmp_path)
-    rows = get_job(ctx.config["job"])(ctx).set_index("family")
+    rows = get_job(ctx.run.job)(ctx).set_index("family")
     assert len(rows) == 5 and (rows["status"] == "ok").all()
     assert list(rows["kind"]) == ["epsilon", "v_prediction", "flow", "flow", "flow"]
     # flow: crossing at the unshifted time 1/(1 + shift), with shift = exp(mu) for Flux

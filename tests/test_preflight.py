@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from sdlab.jobs.clip import nearest_claim
-from sdlab.app.preflight import in_model_world, model_warnings, prompt_outside_grammar, sweep_plan
+from sdlab.app.preflight import model_warnings, prompt_outside_grammar, sweep_plan
+from sdlab.bench.run import in_model_world
 
 RECIPE = {"prompts": ["a pirate ship"], "world": {"shapes": {"prompts": ["a red circle", "a blue square"]}}}
 
@@ -74,10 +75,12 @@ def test_a_single_guidance_scale_is_a_list_of_one_and_its_bounds_are_checked():
     import pytest
 
     from sdlab.errors import UserError
+    from analysis_helpers import config_for
+    from sdlab.bench.run import parse
     from sdlab.jobs import check_recipe
     from sdlab.jobs.grids import SCALES
 
-    check_recipe({"job": "guidance_grid", "guidance_scales": 5})
+    check_recipe(parse(config_for("guidance_grid", guidance_scales=5)))
     assert SCALES.check("guidance_scales", 5) == [5.0]
     with pytest.raises(UserError, match=r"^guidance_scales=\[-2\] must be a non-empty list of numbers, each >= 0"):
-        check_recipe({"job": "guidance_grid", "guidance_scales": -2})
+        check_recipe(parse(config_for("guidance_grid", guidance_scales=-2)))

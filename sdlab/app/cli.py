@@ -22,11 +22,11 @@ from sdlab.app.arguments import check_output_dir, display_overrides, prepare
 from sdlab.app.callbacks import CollectSweep, Preflight
 from sdlab.app.compose import fail, one_line, resolved, task_overrides
 from sdlab.app.help import help_text, version_text
-from sdlab.app.preflight import job_config
 from sdlab.bench import lock, ownership, resume
 from sdlab.bench.collect import summarize
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.report import rebuild
+from sdlab.bench.run import parse
 from sdlab.conf_files import CONF_DIR
 from sdlab.config import config_hash
 from sdlab.errors import UserError
@@ -56,7 +56,7 @@ def set_threads(threads) -> None:
 
 def error_frame(ctx, error: BaseException):
     """One failed row for a job that could not produce its own rows."""
-    return ordered([{**identity(ctx, ctx.config.get("job")), "status": "error",
+    return ordered([{**identity(ctx, ctx.run and ctx.run.job), "status": "error",
                      "error": f"{type(error).__name__}: {error}"}])
 
 HYDRA_FILES = tuple(f".hydra/{name}" for name in ownership.HYDRA_FILES)
@@ -86,7 +86,7 @@ def run(cfg) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = display_overrides(task_overrides(hc))
     ctx = JobContext(
-        config={},
+        run=None,
         out_dir=out_dir,
         experiment=hc.runtime.choices.get("experiment") or "generate",
         overrides=json.dumps(overrides),
@@ -107,17 +107,17 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
     out_dir = ctx.out_dir
     try:
-        ctx.config = job_config(resolved(cfg), overridden)  # checked before the run or sweep began
+        ctx.run = run = parse(resolved(cfg), overridden)  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
-        resume.record_config(out_dir, ctx.config)
-        set_threads(ctx.config.get("threads"))
-        job_hash = config_hash({k: v for k, v in ctx.config.items() if k not in ("resume", "limits")})
-        frame = resume.finished_job(out_dir, job_hash) if ctx.config.get("resume", True) else None
+        resume.record_config(out_dir, run.recipe)
+        set_threads(run.threads)
+        job_hash = config_hash({k: v for k, v in run.recipe.items() if k not in ("resume", "limits")})
+        frame = resume.finished_job(out_dir, job_hash) if run.resume else None
         if frame is not None:
             log.info("skipped: already complete in %s (resume=false recomputes)", out_dir)
         else:
             resume.unmark(out_dir)
-            frame = get_job(ctx.config["job"])(ctx)
+            frame = get_job(run.job)(ctx)
     except UserError as e:
         if not multirun:
             refuse_run(out_dir, job_name, e)

@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdlab.app.arguments import display_overrides
-from sdlab.app.preflight import check_job, job_config
+from sdlab.app.preflight import check_job
+from sdlab.bench.run import parse
 from sdlab.errors import UserError
 
 
@@ -44,5 +45,5 @@ def resolved(cfg) -> dict:
 def check_composed(cfg) -> tuple[list[str], dict]:
     """Pre-flight of one composed job config (Hydra node included): (warnings, plain config)."""
     overridden = set(display_overrides(task_overrides(cfg.hydra)))
-    config = job_config(resolved(cfg), overridden)
-    return check_job(config), config
+    run = parse(resolved(cfg), overridden)
+    return check_job(run), run.recipe

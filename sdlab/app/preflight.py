@@ -6,29 +6,14 @@ import re
 from typing import Any
 
 from sdlab.bench.inputs import image_files
-from sdlab.bench.params import load_params
 from sdlab.bench.scorers import scorer_names
-from sdlab.config import (
-    MODEL_FAMILIES,
-    MODEL_KINDS,
-    generation_params,
-    limits,
-    model_spec,
-    scheduler_choice,
-    validate_config,
-)
+from sdlab.config import Run
 from sdlab.errors import UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
-from sdlab.metrics.schedule import model_kind
 from sdlab.mini import data
 from sdlab.models.architectures import BUILT_IN
 from sdlab.models.clip import check_clip_folder, clip_folder
-from sdlab.models.loading import (
-    adapter_class,
-    check_model,
-    model_folder,
-    shipped_scheduler_config,
-)
+from sdlab.models.loading import check_model, model_folder, shipped_scheduler_config
 from sdlab.models.model_files import check_weights_folder
 from sdlab.models.schedulers import (  # imports diffusers
     check_options,
@@ -65,73 +50,12 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
     return warnings
 
 
-def job_config(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
-    """What a job runs with: the composed config in the model's world, then `params=FILE` merged in."""
-    return with_params_file(in_model_world(config, overridden), overridden)
-
-
-def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
-    """The config with `params=FILE` merged in; explicit command-line overrides still win."""
-    if not config.get("params"):
-        return config
-    params = load_params(config["params"], limits(config))
-    config = {**config, "scheduler": dict(config["scheduler"])}
-    for key, value in params.items():
-        if key in overridden:
-            continue
-        if key == "model":
-            if value != config["model"].get("name"):
-                raise UserError(f"params={config['params']} was made with model={value}; this run uses "
-                                f"model={config['model'].get('name')}: add model={value} to the command line")
-        elif key == "scheduler":
-            config["scheduler"]["name"] = value
-        elif key == "scheduler_options":
-            config["scheduler"].update({k: v for k, v in value.items() if f"scheduler.{k}" not in overridden})
-        else:
-            config[key] = value
-    if "seed" in params and "seeds" not in params and "seeds" not in overridden:
-        config["seeds"] = None  # the file's single seed wins over a recipe's seed list
-    return config
-
-
-def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
-    """The config with a recipe's `world.<name>` values applied for each world the model is in, in this order: its
-    prompt grammar (the same experiment told in prompts the model knows), its scheduler kind (`flow`: the samplers
-    that fit a flow-matching model) and its family (`flux`). Blocks merge key by key; command-line overrides
-    (`compare.steps=...`) still win."""
-    worlds = config.get("world") or {}
-    if not worlds:
-        return config
-    names = [(config.get("model") or {}).get("prompt_grammar")]
-    if worlds.keys() & {*MODEL_KINDS, *MODEL_FAMILIES}:
-
-        spec = model_spec(config["model"])
-        names += [model_kind(shipped_scheduler_config(spec)[0]), adapter_class(spec).family]
-    for name in names:
-        if name and worlds.get(name):
-            config = merged(config, worlds[name], overridden)
-    return config
-
-
-def merged(config: dict[str, Any], values: dict[str, Any], overridden: set[str], prefix: str = "") -> dict[str, Any]:
-    """`config` with `values` put in, dicts merged key by key, leaving the keys the command line set."""
-    out = dict(config)
-    for key, value in values.items():
-        dotted = prefix + key
-        if dotted in overridden:
-            continue
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value, overridden, dotted + ".")
-        else:
-            out[key] = value
-    return out
-
-
-def check_files(cfg: dict[str, Any]) -> None:
+def check_files(run: Run) -> None:
     """Files and folders the config names exist and are what they should be: params, images, weights, CLIP."""
+    cfg = run.recipe
     if cfg.get("images"):
         image_files(cfg["images"])
-    check_model(cfg)
+    check_model(run.model, run.scheduler, run.params.num_inference_steps)
     clip = cfg.get("clip") or {}
     if clip.get("name") not in (None, "none"):
         check_clip_folder(clip_folder(clip), clip["name"])
@@ -160,25 +84,23 @@ def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
             raise UserError(f"on model={spec.name}: {e}") from None
 
 
-def check_job(cfg: dict[str, Any]) -> list[str]:
-    """Check a job's resolved config before any work; returns warning lines, raises UserError on bad input."""
-    choose("job", cfg.get("job", "generate"), JOB_MODULES)
-    validate_config(cfg)  # values, types and limits, reading no file
+def check_job(run: Run) -> list[str]:
+    """Check a parsed job before any work: its name, scorers, weights, schedulers, recipe and files; returns warning
+    lines, raises UserError on bad input."""
+    cfg, spec, params = run.recipe, run.model, run.params
+    choose("job", run.job, JOB_MODULES)
     scorer_names(cfg)
-    spec = model_spec(cfg["model"])
-    params = generation_params(cfg, spec.resolution)
-    if cfg.get("job") in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check
-        check_recipe(cfg)
+    if run.job in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check
+        check_recipe(run)
         return model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)
 
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
         check_weights_folder(model_folder(spec))
-    choice = scheduler_choice(cfg["scheduler"])
-    check_options(choice.name, choice.options)
+    check_options(run.scheduler.name, run.scheduler.options)
     for name in schedulers_used(cfg):
         scheduler_class(name)
-    check_recipe(cfg)  # before the weights are checked: a bad recipe value is the cheaper thing to find
-    check_files(cfg)
+    check_recipe(run)  # before the weights are checked: a bad recipe value is the cheaper thing to find
+    check_files(run)
     check_schedulers_fit(cfg, spec)
     return model_warnings(cfg, params.width, params.height)
 

@@ -1,4 +1,4 @@
-"""Jobs by name: each takes a JobContext (plain data, no Hydra) and returns its result rows."""
+"""Jobs by name: each takes a JobContext (its parsed Run and where to write, no Hydra) and returns its result rows."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from sdlab.config import Run
 from sdlab.errors import choose
 
 
 @dataclass
 class JobContext:
-    """Everything a job needs: the resolved config as a dict and where to write."""
+    """Everything a job needs: its parsed Run (None until parsed) and where to write."""
 
-    config: dict[str, Any]
+    run: Run | None
     out_dir: Path
     experiment: str = "generate"
     overrides: str = ""
@@ -24,13 +25,13 @@ class JobContext:
 
 
 JobFn = Callable[[JobContext], pd.DataFrame]
-CheckFn = Callable[[dict[str, Any]], Any]
+CheckFn = Callable[[Run], Any]
 JOBS: dict[str, JobFn] = {}
 CHECKS: dict[str, CheckFn] = {}
 
 
 def job(name: str, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
-    """Register a job function under `name`; `check` reads its recipe keys from the config and raises a one-line
+    """Register a job function under `name`; `check` reads its recipe keys from the Run and raises a one-line
     UserError on a bad value, before any folder is made or model loaded."""
 
     def register(fn: JobFn) -> JobFn:
@@ -42,12 +43,11 @@ def job(name: str, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
     return register
 
 
-def check_recipe(cfg: dict[str, Any]) -> None:
+def check_recipe(run: Run) -> None:
     """The job's own check of its recipe keys, if it has one (pre-flight)."""
-    name = cfg.get("job", "generate")
-    get_job(name)
-    if name in CHECKS:
-        CHECKS[name](cfg)
+    get_job(run.job)
+    if run.job in CHECKS:
+        CHECKS[run.job](run)
 
 
 # Jobs that never load a model (the explainers' exact toy math): pre-flight checks no weights for them.

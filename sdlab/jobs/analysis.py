@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from sdlab.bench.inputs import image_files
-from sdlab.config import Field, GenerationParams, ModelSpec, model_spec, rules_of
+from sdlab.config import Field, ModelSpec
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext
 from sdlab.mini import data
@@ -19,15 +19,13 @@ from sdlab.models.loading import load_model, shipped_scheduler_config
 
 def article_reports(ctx: JobContext) -> str:
     """A title's last line saying what the article measured on its own model (`article.reports`), or ""."""
-    text = (ctx.config.get("article") or {}).get("reports")
+    text = (ctx.run.recipe.get("article") or {}).get("reports")
     return f"\nthe article reports {text}" if text else ""
 
 
 def loaded_model(ctx: JobContext):
     """The configured model's adapter (cached per process) and its ModelSpec."""
-
-    spec = model_spec(ctx.config["model"])
-    return load_model(spec), spec
+    return load_model(ctx.run.model), ctx.run.model
 
 
 def model_scheduler_config(spec: ModelSpec) -> dict[str, Any]:
@@ -64,7 +62,6 @@ def sample_images(count: int, width: int, height: int, seed: int | None = None) 
     return out
 
 
-
 def read_image(path: Path, width: int, height: int) -> np.ndarray:
     """One image file fitted to width x height; a one-line UserError naming the file when it cannot be read."""
     try:
@@ -81,12 +78,6 @@ def input_images(cfg: dict, width: int, height: int, count: int) -> list[tuple[s
     if cfg.get("images"):
         return [(p.name, read_image(p, width, height), p.stem.replace("_", " ")) for p in image_files(cfg["images"])]
     return sample_images(count, width, height)
-
-
-def image_size(cfg: dict, spec: ModelSpec) -> tuple[int, int]:
-    """(width, height) from the config, the model's resolution when null; multiples of 8."""
-    sides = rules_of(GenerationParams)
-    return tuple(sides[k].check(k, cfg.get(k) or spec.resolution) for k in ("width", "height"))
 
 
 def to_model(images: list[np.ndarray], model) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from sdlab.bench.figures import bar_chart
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.config import ModelSpec, model_spec
+from sdlab.config import ModelSpec
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.anatomy import component_table, denoiser_block_table
 from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
@@ -62,7 +62,7 @@ def config_json(module) -> str:
 def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     """One row per component plus total (params, bytes at fp32/fp16/bf16, latent shape); table `<denoiser>_blocks`
     (unet_blocks or transformer_blocks); figure anatomy.png."""
-    spec = model_spec(ctx.config["model"])
+    spec = ctx.run.model
     components = meta_components(spec)
 
     # 1. Latent geometry at the model's resolution.

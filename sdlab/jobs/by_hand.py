@@ -10,7 +10,7 @@ import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
-from sdlab.config import Field, model_spec
+from sdlab.config import Field, Run
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import read_image
@@ -53,15 +53,14 @@ def ddim_by_hand(model, prompt: str, negative_prompt: str, seed: int, steps: int
     return x
 
 
-def check_by_hand(cfg: dict) -> None:
+def check_by_hand(run: Run) -> None:
     """The loop by hand is SD 1.x's epsilon loop with guidance: an SD-family epsilon model and guidance_scale > 1."""
-
-    spec = model_spec(cfg["model"])
+    spec = run.model
     family, kind = adapter_class(spec).family, model_kind(shipped_scheduler_config(spec)[0])
     if family != "sd" or kind != "epsilon":
         raise UserError(f"job pipeline_by_hand writes out the SD 1.x epsilon loop; model={spec.name} is a "
                         f"{family} {kind} model: use model=tiny, mini or sd15")
-    w = float(cfg.get("guidance_scale", 7.5))
+    w = run.params.guidance_scale
     if w <= 1.0:
         raise UserError(f"guidance_scale={w} must be > 1 here: the loop by hand always applies guidance")
 
@@ -69,18 +68,16 @@ def check_by_hand(cfg: dict) -> None:
 @job("pipeline_by_hand", check=check_by_hand)
 def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     """C1: the whole loop by hand against diffusers' own pipeline on the same seed and DDIM: max abs difference."""
-    cfg = ctx.config
-    check_by_hand(cfg)
-    spec = model_spec(cfg["model"])
+    check_by_hand(ctx.run)
+    spec, params = ctx.run.model, ctx.run.params
     model = load_model(spec)
     model.quiet()
     model.use_scheduler("ddim")
-    seed = int(cfg.get("seed", 0))
-    steps, w = int(cfg.get("num_inference_steps", 25)), float(cfg.get("guidance_scale", 7.5))
+    seed, steps, w = params.seeds[0], params.num_inference_steps, params.guidance_scale
     side = spec.resolution
-    ours = ddim_by_hand(model, cfg["prompt"], cfg.get("negative_prompt") or "", seed, steps, w, side, side)
+    ours = ddim_by_hand(model, params.prompt, params.negative_prompt, seed, steps, w, side, side)
     with torch.inference_mode():
-        theirs = model.run_pipeline(cfg["prompt"], negative_prompt=cfg.get("negative_prompt") or None,
+        theirs = model.run_pipeline(params.prompt, negative_prompt=params.negative_prompt or None,
                                     num_inference_steps=steps, guidance_scale=w, height=side, width=side,
                                     output_type="latent", generator=torch.Generator("cpu").manual_seed(seed)).images
         images = decode_latents(model, torch.cat([ours, theirs]))
@@ -95,14 +92,14 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
                       f"{float(diff_image.max()):.1e} in pixels (range [-1, 1]), {steps} DDIM steps")
     return ordered([{
         **identity(ctx, "pipeline_by_hand", spec.name), "scheduler": "ddim",
-        "prompt": cfg["prompt"], "seed": seed, "num_inference_steps": steps, "guidance_scale": w,
+        "prompt": params.prompt, "seed": seed, "num_inference_steps": steps, "guidance_scale": w,
         "max_abs_diff_latents": latent_diff, "max_abs_diff_pixels": float(diff_image.max()),
     }])
 
 
-def strengths_of(cfg: dict) -> list[float]:
+def strengths_of(run: Run) -> list[float]:
     """The `strengths` list, each in (0, 1]."""
-    strengths = [float(s) for s in Field("numbers").check("strengths", cfg.get("strengths"))]
+    strengths = [float(s) for s in Field("numbers").check("strengths", run.recipe.get("strengths"))]
     for s in strengths:
         if not 0.0 < s <= 1.0:
             raise UserError(f"strength {s:g} must be in (0, 1]")
@@ -112,28 +109,26 @@ def strengths_of(cfg: dict) -> list[float]:
 @job("img2img_strength", check=strengths_of)
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""
-    cfg = ctx.config
-    spec = model_spec(cfg["model"])
+    spec, params = ctx.run.model, ctx.run.params
     model = load_model(spec)
     img2img = model.image_to_image()
-    img2img.scheduler = model.use_scheduler(cfg["scheduler"]["name"])
-    source = input_image(cfg, spec.resolution)
-    strengths = strengths_of(cfg)
-    seed, rows, outputs = int(cfg.get("seed", 0)), [], []
+    img2img.scheduler = model.use_scheduler(ctx.run.scheduler.name)
+    source = input_image(ctx.run.recipe, spec.resolution)
+    strengths = strengths_of(ctx.run)
+    seed, steps, rows, outputs = params.seeds[0], params.num_inference_steps, [], []
     for strength in strengths:
         with torch.inference_mode():
-            image = img2img(cfg["prompt"], image=source, strength=strength,
-                            num_inference_steps=int(cfg.get("num_inference_steps", 25)),
-                            guidance_scale=float(cfg.get("guidance_scale", 7.5)),
+            image = img2img(params.prompt, image=source, strength=strength, num_inference_steps=steps,
+                            guidance_scale=params.guidance_scale,
                             generator=torch.Generator("cpu").manual_seed(seed)).images[0]
         outputs.append(np.asarray(image))
-        rows.append({**identity(ctx, "img2img_strength", spec.name), "prompt": cfg["prompt"],
-                     "seed": seed, "strength": strength, "denoising_steps": int(strength * int(cfg.get("num_inference_steps", 25))),
+        rows.append({**identity(ctx, "img2img_strength", spec.name), "prompt": params.prompt,
+                     "seed": seed, "strength": strength, "denoising_steps": int(strength * steps),
                      "psnr_to_input": psnr(np.asarray(source), outputs[-1])})
     frame = pd.DataFrame(rows)
     labels = [f"strength {r.strength:g}\n{r.denoising_steps} steps\n{r.psnr_to_input:.1f} dB" for r in frame.itertuples()]
     first, last = frame.iloc[0], frame.iloc[-1]
-    title = (f"{cfg['prompt']}\nstrength sets how much of the input survives: PSNR to the input "
+    title = (f"{params.prompt}\nstrength sets how much of the input survives: PSNR to the input "
              f"{first.psnr_to_input:.1f} dB at {first.strength:g}, {last.psnr_to_input:.1f} dB at {last.strength:g}")
     image_strip([[np.asarray(source)] + outputs], ctx.out_dir / "img2img_strength.png",
                 col_labels=["input"] + labels, title=title)

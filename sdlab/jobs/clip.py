@@ -9,14 +9,12 @@ import numpy as np
 import pandas as pd
 
 from sdlab.bench.figures import bar_chart, heatmap
-from sdlab.config import Field, check_fields
+from sdlab.config import Field, Run, check_fields
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.config import model_spec
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (
     TEXTS,
     article_reports,
-    image_size,
     input_images,
     loaded_model,
 )
@@ -47,12 +45,12 @@ def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> st
     return "\n".join(parts)
 
 
-@job("clip_tokens", check=lambda cfg: TEXTS.check("prompts", cfg.get("prompts")))
+@job("clip_tokens", check=lambda run: TEXTS.check("prompts", run.recipe.get("prompts")))
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
     """One row per prompt and text encoder (tokens, ids, count incl. special tokens, the encoder's limit, what it
     drops); table `tokens` per token; figure token_counts.png with a panel per encoder."""
-    spec = model_spec(ctx.config["model"])
-    prompts = TEXTS.check("prompts", ctx.config.get("prompts"))
+    spec = ctx.run.model
+    prompts = TEXTS.check("prompts", ctx.run.recipe.get("prompts"))
     encoders, notes = encoder_tokenizers(spec)
     for note in notes:
         log.warning("%s", note)
@@ -106,17 +104,16 @@ def diagonal_claim(cos: np.ndarray) -> str:
     return f"{hits} of {n} images closest to their own caption; matched cos {matched:.2f} vs unmatched {unmatched:.2f}"
 
 
-def check_similarity(cfg: dict) -> None:
+def check_similarity(run: Run) -> None:
     """Prompts, and how many built-in images to score against them."""
-    TEXTS.check("prompts", cfg.get("prompts"))
-    check_fields(cfg, {"num_images": Field("int", 0, 1000, optional=True)})
+    TEXTS.check("prompts", run.recipe.get("prompts"))
+    check_fields(run.recipe, {"num_images": Field("int", 0, 1000, optional=True)})
 
 
 @job("clip_similarity", check=check_similarity)
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
-    cfg = ctx.config
-    spec = model_spec(cfg["model"])
+    cfg, spec = ctx.run.recipe, ctx.run.model
     prompts = TEXTS.check("prompts", cfg.get("prompts"))
     clip = load_clip(cfg.get("clip"))
 
@@ -133,7 +130,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     if clip is None:
         log.info("clip=none: image-caption similarity skipped (choose clip=mini or clip=openai_l14)")
         return ordered(rows)
-    width, height = image_size(cfg, spec)
+    width, height = ctx.run.params.width, ctx.run.params.height
     images = input_images(cfg, width, height, int(cfg.get("num_images") or 4))
     names = [name for name, _, _ in images]
     captions = prompts if cfg.get("images") else [caption for _, _, caption in images]

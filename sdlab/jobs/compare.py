@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -12,10 +12,9 @@ import pandas as pd
 import torch
 
 from sdlab.bench.figures import convergence, schedule_visits
-from sdlab.config import Field, check_block
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.bench.scorers import build_scorers, direction, score_images
-from sdlab.config import GenerationParams, model_spec
+from sdlab.config import GenerationParams, check_block, checked, rules_of
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.image import psnr, ssim
@@ -33,24 +32,19 @@ METRICS = ["latent_rmse", "psnr", "ssim"]
 class Study:
     """What to compare: schedulers x step counts over seeds and prompts, against a reference solve."""
 
-    schedulers: tuple[str, ...]
-    steps: tuple[int, ...]
-    seeds: tuple[int, ...]
-    prompts: tuple[str, ...]
-    reference_scheduler: str = "dpmpp_2m"
-    reference_steps: int = 200
-    psnr_target: float = 30.0
-    visit_steps: tuple[int, ...] = (10, 25)
-
-
-STUDY_FIELDS = {"schedulers": Field("strs"), "steps": Field("ints", 1, 1000), "seeds": Field("ints", 0),
-                "prompts": Field("strs"), "reference_scheduler": Field("str"), "reference_steps": Field("int", 1, 1000),
-                "psnr_target": Field("number", 0, 1000), "visit_steps": Field("ints", 1, 1000)}
+    schedulers: tuple[str, ...] = checked(MISSING, "strs", plain=False)
+    steps: tuple[int, ...] = checked(MISSING, "ints", 1, 1000, plain=False)
+    seeds: tuple[int, ...] = checked(MISSING, "ints", 0, plain=False)
+    prompts: tuple[str, ...] = checked(MISSING, "strs", plain=False)
+    reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
+    reference_steps: int = checked(200, "int", 1, 1000, plain=False)
+    psnr_target: float = checked(30.0, "number", 0, 1000, plain=False)
+    visit_steps: tuple[int, ...] = checked((10, 25), "ints", 1, 1000, plain=False)
 
 
 def study_from(cfg: dict[str, Any]) -> Study:
     """A Study from the recipe's `compare` block, validated."""
-    block = dict(check_block(cfg, "compare", STUDY_FIELDS))
+    block = dict(check_block(cfg, "compare", rules_of(Study)))
     missing = [k for k in ("schedulers", "steps", "seeds", "prompts") if block.get(k) is None]
     if missing:
         raise UserError(f"compare.{missing[0]} is missing: a study lists schedulers, steps, seeds and prompts")
@@ -82,16 +76,15 @@ def solve(model, spec, name: str, steps: int, base: GenerationParams, prompt: st
     return generate_batch(model, params, seeds)
 
 
-@job("compare_schedulers", check=study_from)
+@job("compare_schedulers", check=lambda run: study_from(run.recipe))
 def run_compare(ctx: JobContext) -> pd.DataFrame:
     """Every scheduler at every step count on every (prompt, seed), scored against its reference."""
-    cfg, study = ctx.config, study_from(ctx.config)
-    spec = model_spec(cfg["model"])
+    cfg, spec, study = ctx.run.recipe, ctx.run.model, study_from(ctx.run.recipe)
     model = load_model(spec)
     model.quiet()
     scorers = build_scorers(cfg, str(model.device))
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
-                            guidance_scale=float(cfg.get("guidance_scale", 7.5)), seeds=study.seeds)
+                            guidance_scale=ctx.run.params.guidance_scale, seeds=study.seeds)
     seeds, rows = list(study.seeds), []
     stochastic = [name for name in study.schedulers if SCHEDULERS[name].stochastic]
     progress = Progress(len(study.prompts) * ((1 + len(stochastic)) * study.reference_steps

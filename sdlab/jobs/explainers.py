@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from sdlab.bench.figures import STYLE, bar_chart, curves, image_strip, save_figure
-from sdlab.config import Field, check_block
+from sdlab.config import Field, Run, check_block
 from sdlab.bench.records import identity, write_table
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
@@ -39,13 +39,13 @@ BLOCKS: dict[str, dict[str, Field]] = {  # each explainer's recipe block
 
 def checked(key: str):
     """The pre-flight check of an explainer whose recipe block is `key:`."""
-    return lambda cfg: check_block(cfg, key, BLOCKS[key])
+    return lambda run: check_block(run.recipe, key, BLOCKS[key])
 
 
-def check_toy_unet(cfg: dict[str, Any]) -> None:
+def check_toy_unet(run: Run) -> None:
     """The block's fields; each configuration halves `size` once per level below the first, and its GroupNorm
     (min(32, narrowest) groups) divides every width."""
-    block = check_block(cfg, "toy_unet", BLOCKS["toy_unet"])
+    block = check_block(run.recipe, "toy_unet", BLOCKS["toy_unet"])
     size = block.get("size", 32)
     for channels in block.get("configs") or []:
         if size % 2 ** (len(channels) - 1):
@@ -57,18 +57,18 @@ def check_toy_unet(cfg: dict[str, Any]) -> None:
                             f"{groups} (its GroupNorm groups, min(32, narrowest width))")
 
 
-def check_vae_compression(cfg: dict[str, Any]) -> None:
+def check_vae_compression(run: Run) -> None:
     """The block's fields, and every size a multiple of the VAE factor."""
-    block = check_block(cfg, "vae_compression", BLOCKS["vae_compression"])
+    block = check_block(run.recipe, "vae_compression", BLOCKS["vae_compression"])
     factor = block.get("factor", 8)
     bad = [side for side in block.get("sizes") or [] if side % factor]
     if bad:
         raise UserError(f"vae_compression.sizes {bad} must be multiples of vae_compression.factor={factor}")
 
 
-def check_ddim_steps(cfg: dict[str, Any]) -> None:
+def check_ddim_steps(run: Run) -> None:
     """The block's fields, and no step count above T."""
-    block = check_block(cfg, "ddim_steps", BLOCKS["ddim_steps"])
+    block = check_block(run.recipe, "ddim_steps", BLOCKS["ddim_steps"])
     T = block.get("T", 1000)
     bad = [n for n in block.get("steps") or [] if n > T]
     if bad:
@@ -76,14 +76,14 @@ def check_ddim_steps(cfg: dict[str, Any]) -> None:
 
 
 def settings(ctx: JobContext, key: str) -> dict[str, Any]:
-    """The recipe's block for this explainer (`ctx.config[key]`), checked, as a dict."""
-    return check_block(ctx.config, key, BLOCKS[key])
+    """The recipe's block for this explainer (`key:`), checked, as a dict."""
+    return check_block(ctx.run.recipe, key, BLOCKS[key])
 
 
 def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Write the explainer's table under its own name and return it as the job's rows."""
     write_table(frame, ctx.out_dir, name)
-    return frame.assign(**identity(ctx, ctx.config.get("job")))
+    return frame.assign(**identity(ctx, ctx.run.job))
 
 
 @job("noise_image", check=checked("noise"))

@@ -9,13 +9,12 @@ import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
-from sdlab.config import Field, model_spec
+from sdlab.config import Field, Run
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import (
     decode,
     encode,
-    image_size,
     input_images,
     loaded_model,
     model_scheduler_config,
@@ -33,10 +32,11 @@ def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(x.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(x.device, x.dtype)
 
 
-def forward_plan(cfg: dict) -> tuple[list[dict], list[str], list[int]]:
+def forward_plan(run: Run) -> tuple[list[dict], list[str], list[int]]:
     """(schedules, spaces, timesteps) of a forward_process config, checked: known schedules, pixel and/or latent,
     timesteps inside every schedule."""
-    model_config = model_scheduler_config(model_spec(cfg["model"]))
+    cfg = run.recipe
+    model_config = model_scheduler_config(run.model)
     schedules = [forward_spec(item, model_config) for item in cfg.get("schedules") or ["model"]]
     spaces = list(cfg.get("spaces") or ["pixel", "latent"])
     if not set(spaces) <= {"pixel", "latent"} or not spaces:
@@ -51,13 +51,13 @@ def forward_plan(cfg: dict) -> tuple[list[dict], list[str], list[int]]:
 @job("forward_process", check=forward_plan)
 def run_forward(ctx: JobContext) -> pd.DataFrame:
     """Noise one image at each timestep with a fixed eps, in pixels and in VAE latents; strip figure and PSNR per t."""
-    cfg = ctx.config
+    cfg = ctx.run.recipe
     model, spec = loaded_model(ctx)
-    width, height = image_size(cfg, spec)
+    width, height = ctx.run.params.width, ctx.run.params.height
     seed = int(cfg.get("seed") or 0)
 
     # 1. The schedules (the model's by default), spaces and timesteps.
-    schedules, spaces, timesteps = forward_plan(cfg)
+    schedules, spaces, timesteps = forward_plan(ctx.run)
 
     # 2. x_0 in pixels and z_0 in latents, each with its own fixed eps.
     name, image, _ = input_images(cfg, width, height, 1)[0]

@@ -12,7 +12,7 @@ import pandas as pd
 from sdlab.bench.records import identity, ordered, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
-from sdlab.config import config_hash, generation_params, model_spec, scheduler_choice
+from sdlab.config import config_hash
 from sdlab.jobs import JobContext, job
 from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.models.loading import load_model
@@ -32,14 +32,11 @@ def cell_hash(base: dict[str, Any], seed: int) -> str:
 @job("generate")
 def run_generate(ctx: JobContext) -> pd.DataFrame:
     """Generate the configured seeds and save one PNG (parameters embedded) and one row per image."""
-    cfg = ctx.config
-    spec = model_spec(cfg["model"])
-    choice = scheduler_choice(cfg["scheduler"])
-    params = generation_params(cfg, spec.resolution)
+    spec, choice, params = ctx.run.model, ctx.run.scheduler, ctx.run.params
     model = load_model(spec)
     model.use_scheduler(choice.name, choice.options)
     device = str(model.device)
-    scorers = build_scorers(cfg, device)
+    scorers = build_scorers(ctx.run.recipe, device)
     common = {
         **identity(ctx, "generate", spec.name),
         "scheduler": choice.name,
@@ -95,7 +92,7 @@ def previous_cells(ctx: JobContext, wanted: set[str]) -> tuple[dict[str, dict], 
     if previous is not None and "config_hash" in previous:
         table = {row["config_hash"]: row for row in complete_rows(ctx.out_dir, previous).to_dict("records")}
         order = list(previous["config_hash"])
-    if not ctx.config.get("resume", True):
+    if not ctx.run.resume:
         return {h: row for h, row in table.items() if h not in wanted}, order, {}
     sweep_dir = ctx.extra.get("sweep_dir")
     elsewhere = sweep_cells(Path(sweep_dir), ctx.out_dir) if sweep_dir else {}
@@ -161,10 +158,9 @@ PNG_KEYS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidanc
             "scheduler", "model")
 
 
-def png_record(row: dict, cfg: dict) -> dict:
+def png_record(row: dict, options: dict) -> dict:
     """What a PNG carries to regenerate itself with `sdlab params=IMAGE.png`: the row's parameters and the
     scheduler options the run set."""
-    options = scheduler_choice(cfg["scheduler"]).options if cfg.get("scheduler") else {}
     return {**{k: row[k] for k in PNG_KEYS}, **({"scheduler_options": options} if options else {})}
 
 
@@ -198,7 +194,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             "error": None,
         }
         try:
-            save_png(image, ctx.out_dir / relative, png_record(row, ctx.config), row=row)
+            save_png(image, ctx.out_dir / relative, png_record(row, ctx.run.scheduler.options), row=row)
         except OSError as e:
             log.error("%s: image not saved: %s", describe(ctx.overrides, seed), e)
             rows.append(failed_row(common, hash_base, seed, n, f"{NOT_SAVED}{type(e).__name__}: {e}"))

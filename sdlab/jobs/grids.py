@@ -15,7 +15,7 @@ from sdlab.bench.figures import curves
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.bench.scorers import build_scorers
-from sdlab.config import Field, GenerationParams, generation_params, scheduler_choice
+from sdlab.config import Field, GenerationParams
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import TEXTS, loaded_model
 from sdlab.jobs.generate import batch_rows, hash_fields
@@ -36,7 +36,7 @@ def cell_rows(ctx: JobContext, model, spec, scorers, params: GenerationParams, c
     """
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
-    common = {**identity(ctx, ctx.config["job"], spec.name), "scheduler": scheduler_choice(ctx.config["scheduler"]).name,
+    common = {**identity(ctx, ctx.run.job, spec.name), "scheduler": ctx.run.scheduler.name,
               "scheduler_config": resolved_config(model.scheduler), "num_inference_steps": params.num_inference_steps,
               "guidance_scale": params.guidance_scale, "prompt": params.prompt, "negative_prompt": params.negative_prompt,
               "width": params.width, "height": params.height, "eta": params.eta, "device": str(model.device),
@@ -51,10 +51,8 @@ def cell_rows(ctx: JobContext, model, spec, scorers, params: GenerationParams, c
 def setup(ctx: JobContext):
     """Pipeline with the configured scheduler, base parameters and the configured scorers."""
     model, spec = loaded_model(ctx)
-    choice = scheduler_choice(ctx.config["scheduler"])
-    model.use_scheduler(choice.name, choice.options)
-    scorers = build_scorers(ctx.config, str(model.device))
-    return model, spec, generation_params(ctx.config, spec.resolution), scorers
+    model.use_scheduler(ctx.run.scheduler.name, ctx.run.scheduler.options)
+    return model, spec, ctx.run.params, build_scorers(ctx.run.recipe, str(model.device))
 
 
 def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
@@ -65,11 +63,11 @@ def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
 SCALES = Field("numbers", 0, 1000)
 
 
-@job("guidance_grid", check=lambda cfg: SCALES.check("guidance_scales", cfg.get("guidance_scales")))
+@job("guidance_grid", check=lambda run: SCALES.check("guidance_scales", run.recipe.get("guidance_scales")))
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
     model, spec, params, scorers = setup(ctx)
-    scales = [float(s) for s in SCALES.check("guidance_scales", ctx.config.get("guidance_scales"))]
+    scales = [float(s) for s in SCALES.check("guidance_scales", ctx.run.recipe.get("guidance_scales"))]
     rows = []
     for scale in scales:
         cell = replace(params, guidance_scale=scale)
@@ -113,11 +111,11 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     return panels, f"{'; '.join(claims)} (n={ok['seed'].nunique()} seeds)"
 
 
-@job("prompt_grid", check=lambda cfg: TEXTS.check("prompts", cfg.get("prompts")))
+@job("prompt_grid", check=lambda run: TEXTS.check("prompts", run.recipe.get("prompts")))
 def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and settings for each of `prompts`: prompt_grid.png (clip_score per image with a clip model)."""
     model, spec, params, scorers = setup(ctx)
-    prompts = TEXTS.check("prompts", ctx.config.get("prompts"))
+    prompts = TEXTS.check("prompts", ctx.run.recipe.get("prompts"))
     rows = []
     for i, prompt in enumerate(prompts):
         label = "\n".join(textwrap.wrap(f"P{i + 1}: {prompt}", 22, max_lines=4, placeholder=" …"))
@@ -153,19 +151,19 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
                    f"another seed: r = {other:.2f} (n={len(pairs[False])})")
 
 
-@job("scheduler_grid", check=lambda cfg: TEXTS.check("schedulers", cfg.get("schedulers")))
+@job("scheduler_grid", check=lambda run: TEXTS.check("schedulers", run.recipe.get("schedulers")))
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
     and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`)."""
     model, spec, params, scorers = setup(ctx)
     rows = []
-    for name in TEXTS.check("schedulers", ctx.config.get("schedulers")):
+    for name in TEXTS.check("schedulers", ctx.run.recipe.get("schedulers")):
         model.use_scheduler(name)
         rows += cell_rows(ctx, model, spec, scorers, params, {"scheduler": name}, name)
     frame = ordered(rows)
     title = f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)"
     axis = "scheduler"
-    if ctx.config.get("reference_steps"):
+    if ctx.run.recipe.get("reference_steps"):
         frame, title = with_reference_distance(ctx, model, spec, params, frame)
         axis = "scheduler_label"
     image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, axis), title=title)
@@ -178,7 +176,7 @@ def with_reference_distance(ctx: JobContext, model, spec, params: GenerationPara
     from PIL import Image
 
 
-    name, steps = ctx.config.get("reference_scheduler") or "dpmpp_2m", int(ctx.config["reference_steps"])
+    name, steps = ctx.run.recipe.get("reference_scheduler") or "dpmpp_2m", int(ctx.run.recipe["reference_steps"])
     model.use_scheduler(name)
     reference = generate_batch(model, replace(params, num_inference_steps=steps), list(params.seeds))
     truth = {seed: np.asarray(image) for seed, image in zip(reference.seeds, reference.images)}

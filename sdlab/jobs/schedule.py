@@ -14,7 +14,7 @@ import pandas as pd
 
 from sdlab.bench.figures import PALETTE, STYLE, curves, save_figure
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.config import model_spec, scheduler_choice
+from sdlab.config import Run, SchedulerChoice
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import model_scheduler_config
@@ -70,10 +70,10 @@ def schedule_spec(item: Any, model_config: dict) -> dict[str, Any]:
     return {"label": item.get("name") or default, **spec}
 
 
-def schedule_betas(item: Any, model_config: dict, cfg: dict) -> tuple[dict[str, Any], np.ndarray]:
+def schedule_betas(item: Any, model_config: dict, choice: SchedulerChoice) -> tuple[dict[str, Any], np.ndarray]:
     """(spec, beta_t) of a schedules entry; `scheduler` takes the configured scheduler's own betas (so options such as rescale_betas_zero_snr count)."""
     if item == "scheduler":
-        label, name, options = visit_specs({"scheduler": cfg["scheduler"]})[0]
+        label, name, options = visit_specs(None, choice)[0]
         c = make_scheduler(name, model_config, options)
         spec = {"label": f"scheduler={label}", "beta_schedule": c.config.beta_schedule,
                 "beta_start": c.config.beta_start, "beta_end": c.config.beta_end, "T": c.config.num_train_timesteps}
@@ -82,12 +82,10 @@ def schedule_betas(item: Any, model_config: dict, cfg: dict) -> tuple[dict[str, 
     return spec, betas(spec["beta_schedule"], spec["T"], spec["beta_start"], spec["beta_end"])
 
 
-def visit_specs(cfg: dict) -> list[tuple[str, str, dict]]:
-    """(label, scheduler name, options) of each scheduler whose visits are shown; the configured one by default."""
-    items = cfg.get("visit_schedulers")
-    if not items:
-        choice = scheduler_choice(cfg["scheduler"])
-        items = [{"name": choice.name, **choice.options}]
+def visit_specs(items: list | None, choice: SchedulerChoice) -> list[tuple[str, str, dict]]:
+    """(label, scheduler name, options) of each scheduler whose visits are shown (`visit_schedulers`); the
+    configured one by default."""
+    items = items or [{"name": choice.name, **choice.options}]
     out = []
     for item in items:
         item = {"name": item} if isinstance(item, str) else dict(item)
@@ -98,11 +96,11 @@ def visit_specs(cfg: dict) -> list[tuple[str, str, dict]]:
     return out
 
 
-def check_schedules(cfg: dict[str, Any]) -> None:
+def check_schedules(run: Run) -> None:
     """Every `families` entry, `schedules` entry and visiting sampler of a schedule_snr config can be built; DDPM
     `schedules` on a flow-matching model are one line pointing to `families`."""
-    spec = model_spec(cfg["model"])
-    family_specs(cfg, spec)
+    cfg, spec = run.recipe, run.model
+    family_specs(run)
     if cfg.get("families") and not cfg.get("schedules"):
         return
     model_config = model_scheduler_config(spec)
@@ -111,8 +109,8 @@ def check_schedules(cfg: dict[str, Any]) -> None:
                         f"model={spec.name}, a flow-matching model: compare its schedule with "
                         "'families=[{config: model}]' (the schedule_snr recipe's default on flow models)")
     for item in cfg.get("schedules") or ["model"]:
-        schedule_betas(item, model_config, cfg)
-    for _, name, options in visit_specs(cfg):
+        schedule_betas(item, model_config, run.scheduler)
+    for _, name, options in visit_specs(cfg.get("visit_schedulers"), run.scheduler):
         make_scheduler(name, model_config, options)
 
 
@@ -120,19 +118,18 @@ def check_schedules(cfg: dict[str, Any]) -> None:
 def run_schedule(ctx: JobContext) -> pd.DataFrame:
     """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule.
     With `families` (and no `schedules`) only the family comparison of `family_rows` runs."""
-    cfg = ctx.config
-    check_schedules(cfg)  # before any file is written
-    spec = model_spec(cfg["model"])
+    cfg, spec = ctx.run.recipe, ctx.run.model
+    check_schedules(ctx.run)  # before any file is written
     family = family_rows(ctx, spec) if cfg.get("families") else []
     if family and not cfg.get("schedules"):
         return ordered(family)
     model_config = model_scheduler_config(spec)
-    steps = int(cfg.get("num_inference_steps") or 25)
+    steps = ctx.run.params.num_inference_steps
 
     # 1. Per-timestep tables of every schedule.
     tables, rows = [], []
     for item in cfg.get("schedules") or ["model"]:
-        s, beta = schedule_betas(item, model_config, cfg)
+        s, beta = schedule_betas(item, model_config, ctx.run.scheduler)
         with np.errstate(divide="ignore"):
             table = schedule_table(beta)
         tables.append(table.assign(schedule=s["label"]))
@@ -149,7 +146,7 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
 
     # 2. Timesteps and sigmas each sampler visits for N steps on the model's schedule.
     visits = []
-    for label, name, options in visit_specs(cfg):
+    for label, name, options in visit_specs(cfg.get("visit_schedulers"), ctx.run.scheduler):
         scheduler = make_scheduler(name, model_config, options)
         with np.errstate(divide="ignore"):
             visit = scheduler_visits(scheduler, steps)
@@ -246,12 +243,10 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
             "height": height, "flux_sigmas": bool(item.get("flux_sigmas"))}
 
 
-def model_family(cfg: dict[str, Any], spec) -> dict[str, Any]:
+def model_family(run: Run) -> dict[str, Any]:
     """The configured model as a `families` entry: its shipped schedule, the configured scheduler and its options,
     num_inference_steps, its native size, and Flux's own sigmas when it is a Flux model."""
-
-    choice = scheduler_choice(cfg["scheduler"])
-    steps = int(cfg.get("num_inference_steps") or 28)
+    spec, choice, steps = run.model, run.scheduler, run.params.num_inference_steps
     shift = f", shift {choice.options['shift']:g}" if "shift" in choice.options else ""
     return {"name": f"model={spec.name} ({choice.name}{shift}, {spec.resolution} px)",
             "config": model_scheduler_config(spec), "sampler": choice.name, "options": choice.options, "steps": steps,
@@ -300,15 +295,15 @@ def family_schedule(f: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict
     return curve, visits, facts
 
 
-def family_specs(cfg: dict[str, Any], spec) -> list[dict[str, Any]]:
+def family_specs(run: Run) -> list[dict[str, Any]]:
     """Every `families` entry checked by `family_spec`, `config: model` ones filled from the configured model."""
-    return [family_spec(item, model_family(cfg, spec) if isinstance(item, dict) and item.get("config") == "model"
-                        else None) for item in cfg.get("families") or []]
+    return [family_spec(item, model_family(run) if isinstance(item, dict) and item.get("config") == "model"
+                        else None) for item in run.recipe.get("families") or []]
 
 
 def family_rows(ctx: JobContext, spec) -> list[dict[str, Any]]:
     """Tables `log_snr` (per family and t) and `family_visits` (per sampler step), figure log_snr.png; a row per family."""
-    families = family_specs(ctx.config, spec)
+    families = family_specs(ctx.run)
     curves_, visits_, rows = [], [], []
     for f in families:
         curve, visits, facts = family_schedule(f)

@@ -42,7 +42,7 @@ def run_one(name: str, cfg: dict, root: Path) -> dict:
 @job("train_mini")
 def run_train_mini(ctx: JobContext) -> pd.DataFrame:
     """Train the stage named by `train.stage` (vae, clip, unet, vae_decoder or all); one summary row per stage."""
-    cfg = ctx.config["train"]
+    cfg = ctx.run.recipe["train"]
     stage = str(cfg["stage"])
     choose("train.stage", stage, STAGES + EXTRA_STAGES + ("all",))
     torch.set_num_threads(int(cfg.get("threads", 2)))

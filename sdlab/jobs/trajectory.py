@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw
 from sdlab.bench.figures import image_strip, write_gif
 from sdlab.config import Field, check_fields
 from sdlab.bench.records import identity, ordered, save_png
-from sdlab.config import generation_params, scheduler_choice
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import decode, loaded_model, to_uint8
@@ -176,17 +175,16 @@ def level(step: dict) -> str:
     return f"t={step['timestep']:.0f}" if step["sigma"] is None else f"sigma={step['sigma']:.2f}"
 
 
-@job("trajectory", check=lambda cfg: check_fields(cfg, {"frames": Field("int", 2, 10_000, optional=True),
+@job("trajectory", check=lambda run: check_fields(run.recipe, {"frames": Field("int", 2, 10_000, optional=True),
                                                        "gif_ms": Field("int", 1, 60_000, optional=True)}))
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     """One row per step (timestep, alpha_bar or flow sigma, log-SNR, x0_pred PSNR vs the final image, timings);
     trajectory_strip.png and trajectory.gif."""
-    cfg = ctx.config
+    cfg = ctx.run.recipe
     preview = choose_preview(cfg.get("preview") or "vae")
     model, spec = loaded_model(ctx)
-    choice = scheduler_choice(cfg["scheduler"])
+    choice, params = ctx.run.scheduler, ctx.run.params
     model.use_scheduler(choice.name, choice.options)
-    params = generation_params(cfg, spec.resolution)
     seed = params.seeds[0]
     params = replace(params, seeds=(seed,), batch_size=1)
 

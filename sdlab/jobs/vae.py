@@ -15,7 +15,6 @@ from sdlab.jobs.analysis import (
     article_reports,
     decode,
     encode,
-    image_size,
     input_images,
     loaded_model,
     to_model,
@@ -25,12 +24,12 @@ from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
 
 
-@job("vae_roundtrip", check=lambda cfg: check_fields(cfg, {"num_images": Field("int", 1, 1000, optional=True)}))
+@job("vae_roundtrip", check=lambda run: check_fields(run.recipe, {"num_images": Field("int", 1, 1000, optional=True)}))
 def run_vae(ctx: JobContext) -> pd.DataFrame:
     """One row per image (PSNR, SSIM, compression ratio, latent mean/std); table `latent_channels`; figure vae_roundtrip.png."""
-    cfg = ctx.config
+    cfg = ctx.run.recipe
     model, spec = loaded_model(ctx)
-    width, height = image_size(cfg, spec)
+    width, height = ctx.run.params.width, ctx.run.params.height
     images = input_images(cfg, width, height, int(cfg.get("num_images") or 4))
 
     rows, channel_tables, strip, labels = [], [], [], []

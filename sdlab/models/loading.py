@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sdlab.conf_files import CONF_DIR
-from sdlab.config import MODEL_NAMES, ModelSpec, model_spec, scheduler_choice
+from sdlab.config import MODEL_NAMES, ModelSpec, SchedulerChoice, model_spec
 from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
@@ -149,13 +149,11 @@ def built_in_scheduler_config(name: str) -> dict:
     return dict(ARCHITECTURES[name].scheduler)
 
 
-def check_model(cfg: dict) -> None:
+def check_model(spec: ModelSpec, choice: SchedulerChoice, steps: int) -> None:
     """The model's device, files and the steps its scheduler allows, checked without loading any weights."""
-    spec = model_spec(cfg["model"])
     resolve_device(spec.device)
     base, source = shipped_scheduler_config(spec)
-    choice = scheduler_choice(cfg["scheduler"])
-    check_steps(choice.name, base, choice.options, int(cfg.get("num_inference_steps", 25)), source)
+    check_steps(choice.name, base, choice.options, steps, source)
 
 
 def clear_cache() -> None:
