@@ -230,6 +230,16 @@ class GenerationParams:
         check_fields(asdict(self), rules_of(GenerationParams))
 
 
+# What one image is made with, as its row, cell hash and PNG name it: each GenerationParams field but `seeds` (an image
+# has one `seed`) and `batch_size` (how many go through together, not what they are).
+IMAGE_PARAMS = tuple(f.name for f in fields(GenerationParams) if f.name not in ("seeds", "batch_size"))
+
+
+def image_params(params: GenerationParams) -> dict[str, Any]:
+    """A request's IMAGE_PARAMS by name, as its rows carry them."""
+    return {name: getattr(params, name) for name in IMAGE_PARAMS}
+
+
 def check_seeds(seeds: tuple) -> tuple[int, ...]:
     """Seeds as a tuple of distinct integers in [0, 2**63-1], at least one."""
     if not seeds:

@@ -102,3 +102,21 @@ def test_the_run_dir_records_the_config_that_ran(run_sdlab, tmp_path, monkeypatc
     assert (ran["guidance_scale"], ran["prompt"], ran["num_inference_steps"]) == (3.5, "a blue square", 1)
     assert composed["guidance_scale"] == 7.5
     assert pd.read_csv(tmp_path / "r" / "results.csv")["guidance_scale"].tolist() == [3.5]
+
+
+def test_each_generation_parameter_is_named_by_its_dataclass_field():
+    """Row columns, the cell hash, the PNG record, a params file's keys and the report's constants all follow
+    GenerationParams: a field added there reaches every one of them."""
+    from dataclasses import fields
+
+    from sdlab.bench.params import PARAM_TYPES
+    from sdlab.bench.records import PARAM_COLUMNS, ROW_COLUMNS
+    from sdlab.config import IMAGE_PARAMS, GenerationParams, image_params
+    from sdlab.jobs.generate import PNG_KEYS, hash_fields
+
+    names = {f.name for f in fields(GenerationParams)}
+    assert set(IMAGE_PARAMS) == names - {"seeds", "batch_size"}
+    assert set(IMAGE_PARAMS) <= set(PARAM_COLUMNS) & set(ROW_COLUMNS) & set(PNG_KEYS)
+    assert names <= set(PARAM_TYPES)
+    common = {"model": "tiny", "scheduler_config": "{}", **image_params(GenerationParams())}
+    assert set(hash_fields(common, [])) == {"model", "scheduler_config", "scorers", *IMAGE_PARAMS}

@@ -11,15 +11,6 @@ from pathlib import Path
 from sdlab.app.arguments import PROMPT_FILE_KEY
 from sdlab.conf_files import CONF_DIR, group_options
 
-KEY_DESCRIPTIONS = {  # the base config's keys whose line in conf/config.yaml has no comment of its own
-    "prompt": "what to draw (commas are fine: prompt=\"a, b, c\" is one prompt)",
-    "negative_prompt": "what to steer away from",
-    "seed": "one seed (each seed has its own CPU generator)",
-    "num_inference_steps": "denoising steps",
-    "guidance_scale": "classifier-free guidance scale w (1 turns guidance off)",
-    "height": "null: the model's native resolution",
-    "eta": "DDIM eta in [0, 1]",
-}
 VERSIONED = ("torch", "diffusers", "transformers", "hydra-core", "pandas")
 
 
@@ -38,7 +29,7 @@ def base_keys() -> list[tuple[str, str]]:
         match = re.match(r"^([a-z_]+):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
         if match and match.group(1) not in ("defaults", "hydra", "job"):
             key, default, comment = match.groups()
-            keys.append((key, comment or KEY_DESCRIPTIONS.get(key, f"default {default}")))
+            keys.append((key, comment or f"default {default}"))
     return keys
 
 

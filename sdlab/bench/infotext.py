@@ -18,8 +18,12 @@ SCHEDULERS_BY_SAMPLER = {v.lower(): k for k, v in SAMPLER_NAMES.items()}
 SCHEDULE_TYPES = ("automatic", "uniform", "karras")  # A1111's separate "Schedule type" that sdlab can honour
 A1111_KEYS = {"steps": "num_inference_steps", "cfg_scale": "guidance_scale", "sampler_name": "scheduler",
               "sampler_index": "scheduler"}
-INFOTEXT_KEYS = {"steps": "num_inference_steps", "cfg scale": "guidance_scale", "seed": "seed", "eta": "eta",
-                 "sampler": "scheduler", "schedule type": "schedule_type"}  # "Model" is their checkpoint name
+# The infotext's labels in the order image tools write them, and sdlab's name for each ("Model" is their checkpoint
+# name, and "Version" theirs: written, never read back; "Size" is read as width and height)
+INFOTEXT_KEYS = {"Steps": "num_inference_steps", "Sampler": "scheduler", "Schedule type": "schedule_type",
+                 "CFG scale": "guidance_scale", "Seed": "seed", "Size": "size", "Model": "model", "Eta": "eta",
+                 "Version": "version"}
+READ_KEYS = {label.lower(): name for label, name in INFOTEXT_KEYS.items() if label not in ("Size", "Model", "Version")}
 
 
 def sampler_to_scheduler(sampler: str, schedule_type: str | None = None) -> str:
@@ -58,18 +62,10 @@ def from_a1111(data: dict[str, Any]) -> dict[str, Any]:
 
 def format_infotext(meta: dict[str, Any]) -> str:
     """The A1111 `parameters` text: prompt, `Negative prompt:` line, then `Steps: N, Sampler: ..., ...`."""
-    fields = {
-        "Steps": meta.get("num_inference_steps"),
-        "Sampler": SAMPLER_NAMES.get(meta.get("scheduler"), meta.get("scheduler")),
-        "CFG scale": meta.get("guidance_scale"),
-        "Seed": meta.get("seed"),
-        "Size": f"{meta.get('width')}x{meta.get('height')}",
-        "Model": meta.get("model"),
-    }
-    if meta.get("eta"):
-        fields["Eta"] = meta["eta"]
-    if meta.get("version"):
-        fields["Version"] = meta["version"]
+    shown = {**meta, "scheduler": SAMPLER_NAMES.get(meta.get("scheduler"), meta.get("scheduler")),
+             "size": f"{meta.get('width')}x{meta.get('height')}", "eta": meta.get("eta") or None,
+             "version": meta.get("version") or None}
+    fields = {label: shown.get(name) for label, name in INFOTEXT_KEYS.items()}
     lines = [str(meta.get("prompt") or "")]
     if meta.get("negative_prompt"):
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
@@ -104,8 +100,8 @@ def parse_infotext(text: str) -> dict[str, Any]:
     for key, value in fields.items():
         if key == "size" and re.fullmatch(r"\d+x\d+", value):
             out["width"], out["height"] = map(int, value.split("x"))
-        elif key in INFOTEXT_KEYS:
-            out[INFOTEXT_KEYS[key]] = _number(value) if key not in ("sampler", "schedule type") else value
+        elif key in READ_KEYS:
+            out[READ_KEYS[key]] = _number(value) if key not in ("sampler", "schedule type") else value
     if "scheduler" in out:
         out["scheduler"] = sampler_to_scheduler(out["scheduler"], out.pop("schedule_type", None))
     out.pop("schedule_type", None)

@@ -14,7 +14,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sdlab.bench.infotext import format_infotext
-from sdlab.config import LIMITS
+from sdlab.config import IMAGE_PARAMS, LIMITS
 from sdlab.errors import UserError
 from sdlab.io import atomic_path
 from sdlab.untrusted import parse_json, read_png_text
@@ -22,14 +22,10 @@ from sdlab.untrusted import parse_json, read_png_text
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "results"
-PARAM_COLUMNS = [
-    "model", "scheduler", "num_inference_steps", "guidance_scale", "seed",
-    "prompt", "negative_prompt", "width", "height", "eta",
-]
+PARAM_COLUMNS = ["model", "scheduler", *IMAGE_PARAMS, "seed"]
 ROW_COLUMNS = [
-    "run_id", "experiment", "job", "model", "scheduler", "scheduler_config",
-    "num_inference_steps", "nfe", "guidance_scale", "seed", "prompt", "prompt_truncated_tokens", "negative_prompt",
-    "width", "height", "eta", "batch_size",
+    "run_id", "experiment", "job", "model", "scheduler", "scheduler_config", *IMAGE_PARAMS, "seed", "batch_size",
+    "nfe", "prompt_truncated_tokens",
     "time_text_s", "time_unet_s", "time_vae_s", "time_total_s", "peak_mem_bytes", "clip_score",
     "image_path", "config_hash", "overrides", "status", "error", "device", "versions",
 ]

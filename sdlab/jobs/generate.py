@@ -12,7 +12,7 @@ import pandas as pd
 from sdlab.bench.records import identity, ordered, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
-from sdlab.config import config_hash
+from sdlab.config import IMAGE_PARAMS, config_hash, image_params
 from sdlab.jobs import JobContext, job
 from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.models.loading import load_model
@@ -41,13 +41,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         **identity(ctx, "generate", spec.name),
         "scheduler": choice.name,
         "scheduler_config": resolved_config(model.scheduler),
-        "num_inference_steps": params.num_inference_steps,
-        "guidance_scale": params.guidance_scale,
-        "prompt": params.prompt,
-        "negative_prompt": params.negative_prompt,
-        "width": params.width,
-        "height": params.height,
-        "eta": params.eta,
+        **image_params(params),
         "prompt_truncated_tokens": truncated_tokens(model.tokenizer, params.prompt),
         "device": device,
         "versions": versions(),
@@ -112,9 +106,7 @@ def disk_error(rows: list[dict]) -> str | None:
 
 def hash_fields(common: dict, scorers: list[Scorer]) -> dict:
     """What decides an image besides its seed (plus what decides its scores)."""
-    keys = ("model", "scheduler_config", "num_inference_steps", "guidance_scale", "prompt", "negative_prompt",
-            "width", "height", "eta")
-    return {**{k: common[k] for k in keys}, "scorers": identities(scorers)}
+    return {**{k: common[k] for k in ("model", "scheduler_config", *IMAGE_PARAMS)}, "scorers": identities(scorers)}
 
 
 def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, hash_base: dict,
@@ -154,8 +146,7 @@ def describe(overrides: str, seed: int) -> str:
     return " ".join(f"{k}={v}" for k, v in parsed.items())
 
 
-PNG_KEYS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height", "eta",
-            "scheduler", "model")
+PNG_KEYS = (*IMAGE_PARAMS, "seed", "scheduler", "model")
 
 
 def png_record(row: dict, options: dict) -> dict:

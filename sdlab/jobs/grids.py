@@ -15,7 +15,7 @@ from sdlab.bench.figures import curves
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.bench.scorers import build_scorers
-from sdlab.config import Field, GenerationParams
+from sdlab.config import Field, GenerationParams, image_params
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import TEXTS, loaded_model
 from sdlab.jobs.generate import batch_rows, hash_fields
@@ -37,9 +37,7 @@ def cell_rows(ctx: JobContext, model, spec, scorers, params: GenerationParams, c
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
     common = {**identity(ctx, ctx.run.job, spec.name), "scheduler": ctx.run.scheduler.name,
-              "scheduler_config": resolved_config(model.scheduler), "num_inference_steps": params.num_inference_steps,
-              "guidance_scale": params.guidance_scale, "prompt": params.prompt, "negative_prompt": params.negative_prompt,
-              "width": params.width, "height": params.height, "eta": params.eta, "device": str(model.device),
+              "scheduler_config": resolved_config(model.scheduler), **image_params(params), "device": str(model.device),
               "versions": versions(), **cell, "overrides": json.dumps(overrides)}
     hash_base = hash_fields(common, scorers)
     rows = []
