@@ -44,6 +44,7 @@ class Scorer:
 
 
 KINDS: dict[str, ScorerKind] = {}
+_plugins_loaded = False
 
 
 def register(name: str, kind: ScorerKind) -> None:
@@ -52,10 +53,13 @@ def register(name: str, kind: ScorerKind) -> None:
 
 
 def registered() -> dict[str, ScorerKind]:
-    """Every registered scorer, those of installed plugins (the `sdlab.scorers` entry points) included."""
-    for point in entry_points(group=ENTRY_POINTS):
-        if point.name not in KINDS:
-            KINDS[point.name] = point.load()
+    """Every registered scorer, those of installed plugins (the `sdlab.scorers` entry points, read once) included."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        for point in entry_points(group=ENTRY_POINTS):
+            if point.name not in KINDS:
+                KINDS[point.name] = point.load()
+        _plugins_loaded = True
     return KINDS
 
 
