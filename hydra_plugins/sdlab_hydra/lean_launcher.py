@@ -45,11 +45,14 @@ def job_chdir(chdir: bool | None) -> bool:
 
 
 def flush_logs() -> None:
-    """Flush every handler of every logger, as Hydra does between jobs."""
+    """Flush every handler of every logger, as Hydra does between jobs (a handler whose stream is closed is passed)."""
     loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
                                       if isinstance(lg, logging.Logger))]
     for handler in {h for logger in loggers for h in logger.handlers}:
-        handler.flush()
+        try:
+            handler.flush()
+        except (OSError, ValueError):
+            pass
 
 
 class LeanLauncher(Launcher):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
+from sdlab.bench.plugins import installed
 from sdlab.errors import UserError
 from sdlab.models.clip import load_clip
 
@@ -44,7 +44,6 @@ class Scorer:
 
 
 KINDS: dict[str, ScorerKind] = {}
-_plugins_loaded = False
 
 
 def register(name: str, kind: ScorerKind) -> None:
@@ -53,14 +52,8 @@ def register(name: str, kind: ScorerKind) -> None:
 
 
 def registered() -> dict[str, ScorerKind]:
-    """Every registered scorer, those of installed plugins (the `sdlab.scorers` entry points, read once) included."""
-    global _plugins_loaded
-    if not _plugins_loaded:
-        for point in entry_points(group=ENTRY_POINTS):
-            if point.name not in KINDS:
-                KINDS[point.name] = point.load()
-        _plugins_loaded = True
-    return KINDS
+    """Every registered scorer, those of installed plugins (the `sdlab.scorers` entry points) included."""
+    return {**installed(ENTRY_POINTS), **KINDS}
 
 
 def scorer_names(cfg: dict) -> list[str]:
