@@ -42,9 +42,12 @@ def test_sweep_without_a_sweep_dir_lands_in_outputs(run_sdlab, tmp_path, monkeyp
     assert all((root / p).is_file() for p in frame["image_path"])
 
 
-def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch):
+def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("-m", "experiment=article_b5_cfg_toy,article_d2_timestep_embedding", "threads=1") == 0
+    out = capsys.readouterr().out
+    assert "recipe 1 of 2: experiment=article_b5_cfg_toy\n" in out  # how far, by recipe, without threads=1
+    assert "recipe 2 of 2: experiment=article_d2_timestep_embedding\n" in out
     [root] = sweep_roots(tmp_path)
     assert root.parent.name == "experiments"
     frame = pd.read_parquet(root / "results.parquet")
@@ -175,6 +178,27 @@ def test_sweep_announces_its_jobs_and_images(run_sdlab, tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=1", "threads=1") == 0
     assert "sdlab: 4 jobs, 4 images -> " in capsys.readouterr().out
+
+
+def test_progress_lines_name_each_cell_by_what_varies_and_how_far_through_the_sweep(run_sdlab, tmp_path,
+                                                                                    monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seeds=[1,2]", "guidance_scale=1,7.5", "model=tiny", *FAST) == 0
+    out = capsys.readouterr().out
+    assert "job 1 of 2: guidance_scale=1\n" in out and "job 2 of 2: guidance_scale=7.5\n" in out
+    for seed in (1, 2):
+        assert f"[job 2 of 2] guidance_scale=7.5 seed={seed}: " in out
+
+
+def test_a_grid_job_names_each_image_by_its_cell(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("experiment=guidance_grid", "guidance_scales=[1,7.5]", "model=tiny", *FAST) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if " s (text " in line]
+    assert len(lines) == 2 and "guidance_scale=1.0 seed=0: " in lines[0] and "guidance_scale=7.5 seed=0: " in lines[1]
+    last = out.splitlines()[-3:]  # the table, the job's claim (once, though two figures carry it), what to open
+    assert last[0].endswith("results.csv: 2 ok, 0 failed") and last[1].startswith("  guidance_grid.png: prompt followed ")
+    assert last[2].startswith("  open: ") and "clip_vs_guidance.png" in last[2] and "guidance_grid.png" in last[2]
 
 
 def test_embedded_model_warns_about_prompts_and_sizes_it_was_not_made_for(run_sdlab, tmp_path, monkeypatch,

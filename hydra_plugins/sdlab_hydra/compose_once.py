@@ -31,6 +31,16 @@ def touched(key: str, keys: list[str]) -> bool:
     return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
 
 
+def varying_keys(jobs: list[list[str]]) -> list[str]:
+    """The keys whose value differs between the sweep's jobs, in command-line order."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for item in job:
+            key, _, value = item.partition("=")
+            values.setdefault(key.lstrip("+~"), set()).add(value)
+    return [key for key, seen in values.items() if len(seen) > 1]
+
+
 def skipped_line(cannot: dict[tuple, str], jobs: list[list[str]]) -> str:
     """One line naming the cells a sweep skips because their model cannot run them (by the values that vary across
     the sweep), and why (the first reason)."""
@@ -182,7 +192,7 @@ class ComposeOnceSweeper(BasicSweeper):
         clean_temp_files(Path(sweep_dir))  # a kill during the last collection
         if self.preflight:  # how a rerun of this command finds this folder
             task = OmegaConf.to_container(self.config.hydra.overrides.task, resolve=False)
-            write_manifest(Path(sweep_dir), task, cells=len(jobs) - len(self.cannot_run))
+            write_manifest(Path(sweep_dir), task, cells=len(jobs) - len(self.cannot_run), axes=varying_keys(jobs))
         return super().sweep(arguments)
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:

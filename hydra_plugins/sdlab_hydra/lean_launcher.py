@@ -18,12 +18,10 @@ from hydra.core.utils import (
     _flush_loggers,
     configure_log,
     env_override,
-    filter_overrides,
     setup_globals,
 )
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sdlab.app.arguments import display_overrides
 from sdlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,8 +54,6 @@ class LeanLauncher(BasicLauncher):
         log.info(f"Launching {len(job_overrides)} jobs locally")
         runs = []
         for idx, overrides in enumerate(job_overrides, initial_job_idx):
-            shown = display_overrides(list(filter_overrides(overrides)))  # prompts as the job gets them
-            log.info(f"\t#{idx} : {' '.join(f'{key}={value}' for key, value in shown.items())}")
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx

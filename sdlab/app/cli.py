@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -81,19 +82,27 @@ def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
 
 def run(cfg) -> None:
     """Hydra's task function: compose -> plain dict -> job (or its finished rows) -> results table."""
+    quiet_libraries()  # again in the job's own process: a launcher may run it in a fresh interpreter
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = display_overrides(task_overrides(hc))
+    extra = {}
+    if multirun:
+        sweep_dir = out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1]
+        extra = {"sweep_dir": str(sweep_dir), **resume.sweep_position(sweep_dir, int(hc.job.num))}
     ctx = JobContext(
         config={},
         out_dir=out_dir,
         experiment=hc.runtime.choices.get("experiment") or "generate",
         overrides=json.dumps(overrides),
         run_id=uuid.uuid4().hex[:12],
-        extra={"sweep_dir": str(out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1])} if multirun else {},
+        extra=extra,
     )
     if multirun:  # a job dir is locked while its job runs (the sweeper checked that it is sdlab's)
+        axes = extra.get("axes", list(overrides))
+        log.info("%s: %s", extra.get("progress", f"job {int(hc.job.num) + 1}"),
+                 " ".join(f"{k}={v}" for k, v in overrides.items() if k in axes) or "-")
         lock.acquire(out_dir, parents=False)
         ownership.adopt(out_dir)
     try:
@@ -105,7 +114,7 @@ def run(cfg) -> None:
 
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
     """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
-    out_dir = ctx.out_dir
+    out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock
     try:
         ctx.config = job_config(resolved(cfg), overridden)  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
@@ -115,6 +124,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
         frame = resume.finished_job(out_dir, job_hash) if ctx.config.get("resume", True) else None
         if frame is not None:
             log.info("skipped: already complete in %s (resume=false recomputes)", out_dir)
+            started = 0.0  # its figures are from the run that finished it
         else:
             resume.unmark(out_dir)
             frame = get_job(ctx.config["job"])(ctx)
@@ -126,7 +136,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     except Exception as e:  # one failing cell must not stop the sweep
         log.exception("job failed")
         job_hash, frame = None, error_frame(ctx, e)
-    line = summarize(frame, out_dir, grid=not multirun)
+    line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed:
         resume.mark_finished(out_dir, job_hash, {"rows": len(frame)})
