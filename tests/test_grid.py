@@ -111,3 +111,21 @@ def test_the_last_lines_name_each_figure_and_its_headline_once(tmp_path):
     assert lines[1:] == ["  a.png: crossing at t=284", "  c.png: 11.9 B parameters",
                          f"  open: {tmp_path / 'a.png'}, {tmp_path / 'b.png'}, {tmp_path / 'c.png'}"]
     assert summarize(pd.DataFrame({"status": ["ok"]}), tmp_path, since=2e9).splitlines()[1:] == []  # none new
+
+
+def test_a_seed_that_would_be_a_page_sits_side_by_side_in_each_cell(tmp_path):
+    cells = [{"scheduler": k, "guidance_scale": str(g), "seed": str(s)} for k in ("ddim", "euler")
+             for g in (1, 7.5) for s in (1, 2)]
+    frame = frame_of(tmp_path, cells)
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png")
+    canvas = np.asarray(Image.open(out).convert("RGB"))
+    boxes = []
+    for i in range(len(cells)):
+        rows, cols = np.nonzero(np.all(canvas == shade(i), axis=-1))
+        boxes.append((rows.min(), cols.min(), cols.max()))
+    for cell in range(4):  # one page: the two seeds of a cell on one line, left to right, close together
+        top, lefts = {boxes[2 * cell + s][0] for s in range(2)}, [boxes[2 * cell + s][1] for s in range(2)]
+        assert len(top) == 1 and lefts == sorted(lefts)
+        assert all(boxes[2 * cell + s + 1][1] - boxes[2 * cell + s][2] - 1 < 4 for s in range(1))
+    assert len({b[0] for b in boxes}) == 2  # two rows (guidance scales), not a page per seed
+    assert "seed 1, 2, left to right" in json.loads((tmp_path / "captions.json").read_text())["grid.png"]
