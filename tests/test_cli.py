@@ -190,6 +190,20 @@ def test_progress_lines_name_each_cell_by_what_varies_and_how_far_through_the_sw
         assert f"[job 2 of 2] guidance_scale=7.5 seed={seed}: " in out
 
 
+def test_job_folders_are_zero_padded_to_the_sweep_size_and_a_rerun_finds_them(run_sdlab, tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep = ("-m", "seed=range(0,11)", "model=tiny", "num_inference_steps=1", "threads=1", "hydra.sweep.dir=s")
+    assert run_sdlab(*sweep) == 0
+    folders = sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir())
+    assert folders == [f"{n:02d}" for n in range(11)]  # 00 .. 10: `ls` order is job order
+    frame = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert frame["seed"].tolist() == list(range(11)) and frame["image_path"].str.startswith("10/").sum() == 1
+    capsys.readouterr()
+    assert run_sdlab(*sweep) == 0
+    assert capsys.readouterr().out.count("skipped: already complete") == 11
+
+
 def test_a_grid_job_names_each_image_by_its_cell(run_sdlab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("experiment=guidance_grid", "guidance_scales=[1,7.5]", "model=tiny", *FAST) == 0
@@ -214,6 +228,16 @@ def sdlab_command(*args, cwd, **popen):
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120, **popen)
+
+
+def test_the_console_script_keeps_entrys_exit_code_and_runs_exit_handlers(tmp_path):
+    """`main` skips tearing down modules one by one, not what exit handlers do (log files, launcher pools)."""
+    code = ("import atexit, sys; atexit.register(lambda: print('handler ran')); "
+            "sys.argv = ['sdlab', 'guidance_scale=abc']; from sdlab.app.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2 and done.stdout == "handler ran\n"
+    assert done.stderr.startswith("sdlab: error: ") and len(done.stderr.splitlines()) == 1
 
 
 def test_help_describes_sdlab_without_loading_torch(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,7 +16,7 @@ from hydra.core.override_parser.types import Override, OverrideType
 from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 
-from sdlab.app.compose import check_composed, resolved
+from sdlab.app.compose import SWEEP_CELLS, check_composed, resolved
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.resume import clean_temp_files, write_manifest
@@ -177,6 +178,7 @@ class ComposeOnceSweeper(BasicSweeper):
                 log.warning(skipped_line(cannot, jobs))
             self.cannot_run = set(cannot)
             log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
+        os.environ[SWEEP_CELLS] = str(len(jobs) - len(getattr(self, "cannot_run", ())))  # job folders' width
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
             job_dirs = self.check_dirs(sweep_dir, composed)
             ownership.claim(Path(sweep_dir), "hydra.sweep.dir")  # before the first write; a second sdlab stops here
