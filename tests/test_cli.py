@@ -231,7 +231,7 @@ def sdlab_command(*args, cwd, **popen):
 
 
 def test_the_console_script_keeps_entrys_exit_code_and_runs_exit_handlers(tmp_path):
-    """`main` skips tearing down modules one by one, not what exit handlers do (log files, launcher pools)."""
+    """`main` only leaves its objects out of the collection at exit: exit handlers run and the code is entry's."""
     code = ("import atexit, sys; atexit.register(lambda: print('handler ran')); "
             "sys.argv = ['sdlab', 'guidance_scale=abc']; from sdlab.app.cli import main; main()")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
