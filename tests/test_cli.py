@@ -255,10 +255,10 @@ def test_help_describes_sdlab_without_loading_torch(tmp_path):
 
 @pytest.mark.parametrize("args", [["guidance_scale=abc"], ["model=sd15"], ["model=sd15", "model.path=absent"]])
 def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path, args):
-    """A bad value and missing weights are answered before the libraries a job needs are imported."""
+    """A bad value and missing weights are answered before the libraries a job needs (or the hub client) are imported."""
     probe = (f"import sys; sys.argv = ['sdlab', *{args!r}]; from sdlab.app.cli import entry\n"
              "try:\n    entry()\nexcept SystemExit as e:\n"
-             "    print('exit', e.code, sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+             "    print('exit', e.code, sorted(m for m in ('torch', 'diffusers', 'huggingface_hub') if m in sys.modules))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env=env)
