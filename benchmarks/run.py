@@ -427,7 +427,15 @@ def bench_startup(report: Report, repeats: int, work: Path) -> None:
         lines.append(f"| one default image / `{name}` (median of ratios per round) | {ratio:.2f}x | |")
     report.sections.append(f"### 8. Start-up (median of {repeats}, one process each, in turns)\n\n"
                            "Reading the command line imports no torch, diffusers or matplotlib: a refused value costs "
-                           "a fraction of importing diffusers.\n\n" + "\n".join(lines) + "\n")
+                           "a fraction of importing diffusers, and a model missing from the cache is refused before "
+                           "huggingface_hub is imported. One default image pays what any diffusers script pays: "
+                           "`python -X importtime` and cProfile put most of it in imports (torch; diffusers, which "
+                           "brings torch._dynamo; scipy.stats, which the DPM-Solver scheduler module imports; "
+                           "transformers for the text encoder and CLIP), made during pre-flight (the scheduler check "
+                           "and the meta-device shape check of every component), then the weights, CLIP for "
+                           "`clip_score`, 25 steps and the PNG. The ratio to the hand-written script is sdlab's own "
+                           "cost. At exit the command freezes its objects (`gc.freeze`), so the last line is not "
+                           "followed by seconds of collection.\n\n" + "\n".join(lines) + "\n")
 
 
 def machine() -> dict:
