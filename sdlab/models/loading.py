@@ -16,11 +16,7 @@ from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
-from sdlab.models.model_files import (  # noqa: F401
-    check_pipeline_folder,
-    check_weights_folder,
-    read_object,
-)
+from sdlab.models.model_files import check_pipeline_folder, read_object
 from sdlab.models.schedulers import check_steps
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
