@@ -203,7 +203,7 @@ def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance
         return original(self, *exc)
 
     model = {**context("trajectory", tmp_path).config["model"], "name": f"{family}_tiny", "family": family}
-    scheduler = {**context("trajectory", tmp_path).config["scheduler"], "name": "flow_euler"}
+    scheduler = {**context("trajectory", tmp_path).config["scheduler"], "name": "euler"}
     trajectory.TrajectoryRecorder.__exit__ = keep
     try:
         rows = run("trajectory", tmp_path, model=model, scheduler=scheduler, num_inference_steps=3, frames=3,

@@ -114,8 +114,9 @@ def disk_error(rows: list[dict]) -> str | None:
 
 
 def hash_fields(common: dict, scorers: list[Scorer]) -> dict:
-    """What decides an image besides its seed (plus what decides its scores)."""
-    keys = ("model", "scheduler_config", "num_inference_steps", "guidance_scale", "prompt", "negative_prompt",
+    """What decides an image besides its seed (plus what decides its scores), and the scheduler name asked for: on a
+    flow model ddim and euler are one solver, yet each is its own cell of a sweep."""
+    keys = ("model", "scheduler", "scheduler_config", "num_inference_steps", "guidance_scale", "prompt", "negative_prompt",
             "width", "height", "eta")
     return {**{k: common[k] for k in keys}, "scorers": identities(scorers)}
 

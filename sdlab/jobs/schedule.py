@@ -238,8 +238,8 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
     for key, value in (("steps", steps), ("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"families {key}={value!r} must be a positive integer")
-    sampler = item.get("sampler") or ("flow_euler" if model_kind(config) == "flow" else "ddim")
-    options = check_options(sampler, dict(item.get("options") or {}))
+    sampler = item.get("sampler") or "ddim"  # on a flow model, Euler (see sdlab.models.schedulers)
+    options = check_options(sampler, dict(item.get("options") or {}), model_kind(config))
     name = item.get("name") or f"{item.get('config')} {sampler} {steps} steps"
     return {"name": name, "config": dict(config), "config_name": config_name if isinstance(config_name, str)
             else "custom", "sampler": sampler, "options": options, "steps": steps, "width": width,

@@ -14,7 +14,7 @@ from sdlab.errors import UserError, choose
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.device import use_process_options
-from sdlab.models.schedulers import check_kind, make_scheduler
+from sdlab.models.schedulers import make_scheduler
 from sdlab.models.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -189,10 +189,8 @@ class ModelAdapter:
 
     # 3. schedulers
     def use_scheduler(self, name: str, options: dict[str, Any] | None = None):
-        """Swap in scheduler `name` built from the model's own scheduler config; a kind it was not trained for is a
-        UserError."""
-
-        check_kind(name, self.kind)
+        """Swap in scheduler `name` (its solver for this model's kind) built from the model's own scheduler config; a
+        name with no solver for the kind is a one-line CannotRun."""
         self.scheduler = make_scheduler(name, self.base_scheduler_config, options)
         return self.scheduler
 
