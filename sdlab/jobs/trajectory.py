@@ -18,15 +18,7 @@ from sdlab.config import generation_params, scheduler_choice
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import decode, loaded_model, to_uint8
-from sdlab.metrics.diffusion import (
-    alpha_bar_at,
-    flow_log_snr,
-    guided,
-    log_snr,
-    log_snr_db,
-    x0_from_velocity,
-    x0_pred,
-)
+from sdlab.metrics.diffusion import guided, log_snr_db
 from sdlab.metrics.image import psnr
 from sdlab.models.generate import generate_batch
 from sdlab.models.preview import fit_linear_preview, linear_preview
@@ -36,23 +28,17 @@ from sdlab.models.schedulers import resolved_config
 class TrajectoryRecorder:
     """Captures, per sampler step, the denoiser's input x_t, the guided model output, x0_pred and the noise level.
 
-    A forward hook on the denoiser keeps its last input and output; `callback_on_step_end` turns them into x0_pred by
-    the model's kind (`noise_level` and `to_x0`) and stores everything as NCHW (Flux's packed latents unpacked).
-    DDPM kinds: every scheduler's scale_model_input maps its latents to x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar)
-    eps (sigma-space schedulers divide by sqrt(1 + sigma²)), so x0_pred = (x_t - sqrt(1 - alpha_bar) eps)
-    / sqrt(alpha_bar) (or the v/sample equivalent) serves DDIM, Euler, DPM-Solver and the rest.
-    Flow (SD3, Flux): the transformer sees x_t = (1 - sigma) x_0 + sigma eps unscaled and predicts v = eps - x_0,
-    so x0_pred = x_t - sigma v (Esser et al. 2024).
+    A forward hook on the denoiser keeps its last input and output; `callback_on_step_end` turns them into x0_pred
+    with the model's noise process (`model.noise`: its level of the call under way, and x0 from the output) and
+    stores everything as NCHW (Flux's packed latents unpacked). Every DDPM scheduler's scale_model_input maps its
+    latents to the VP x_t, and a flow transformer sees x_t unscaled, so one x0 formula per process serves every
+    sampler.
     """
 
     def __init__(self, model, guidance_scale: float, width: int, height: int):
         self.model = model
         self.guidance_scale = guidance_scale
         self.size = (width, height)
-        self.flow = model.kind == "flow"
-        alphas_cumprod = getattr(model.scheduler, "alphas_cumprod", None)
-        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.double().cpu().numpy()
-        self.prediction_type = model.scheduler.config.get("prediction_type", "epsilon")
         self.steps: list[dict] = []
         self.capture_s = 0.0
         self._last = None
@@ -61,36 +47,9 @@ class TrajectoryRecorder:
         start = time.perf_counter()
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         timestep = float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])
-        self._last = (sample.detach().clone(), self.noise_level(timestep), output[0].detach().clone())
+        level = self.model.noise.level(self.model.scheduler, timestep)
+        self._last = (sample.detach().clone(), level, output[0].detach().clone())
         self.capture_s += time.perf_counter() - start
-
-    def scheduler_sigma(self) -> float | None:
-        """The scheduler's sigma for the denoiser call under way: sigmas[step_index] (begin_index before the first
-        step)."""
-        scheduler = self.model.scheduler
-        index = getattr(scheduler, "step_index", None)
-        if index is None and self.flow:
-            index = getattr(scheduler, "begin_index", None) or 0
-        sigmas = getattr(scheduler, "sigmas", None)
-        if index is not None and sigmas is not None and index < len(sigmas):
-            return float(sigmas[index])
-        return None
-
-    def noise_level(self, timestep: float) -> dict[str, float]:
-        """{"sigma": s} for flow models; else {"alpha_bar": 1/(1 + sigma²)} from the scheduler's own sigma when it keeps
-        one, or alpha_bar interpolated at t."""
-        sigma = self.scheduler_sigma()
-        if self.flow:
-            return {"sigma": sigma}
-        if sigma is not None:
-            return {"alpha_bar": 1.0 / (1.0 + sigma**2)}
-        return {"alpha_bar": alpha_bar_at(self.alphas_cumprod, timestep)}
-
-    def to_x0(self, x_t: torch.Tensor, output: torch.Tensor, level: dict[str, float]) -> torch.Tensor:
-        """x0_pred by the model's kind: x_t - sigma v for flow, else the DDPM formula of its prediction type."""
-        if self.flow:
-            return x0_from_velocity(x_t, output, level["sigma"])
-        return x0_pred(x_t, output, level["alpha_bar"], self.prediction_type)
 
     def callback(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
         """`callback_on_step_end`: record x_t, x0_pred, the noise level and the latents after the step."""
@@ -103,9 +62,9 @@ class TrajectoryRecorder:
         nchw = lambda x: self.model.unpack(x.detach().float(), *self.size).cpu()  # noqa: E731
         x_t, output = nchw(sample), nchw(output)
         self.steps.append({"step": step, "timestep": float(torch.as_tensor(timestep).flatten()[0]),
-                           "alpha_bar": level.get("alpha_bar"), "sigma": level.get("sigma"), "x_t": x_t,
+                           **level, "log_snr": self.model.noise.log_snr(level), "x_t": x_t,
                            "model_output": output, "latents_after": nchw(latents),
-                           "x0_pred": self.to_x0(x_t, output, level)})
+                           "x0_pred": self.model.noise.x0(x_t, output, level)})
         self.capture_s += time.perf_counter() - start
         return callback_kwargs
 
@@ -119,8 +78,8 @@ class TrajectoryRecorder:
 
 def step_snr(step: dict) -> dict[str, float | None]:
     """alpha_bar or sigma of a recorded step with its log-SNR lambda and SNR in dB."""
-    lam = flow_log_snr(step["sigma"]) if step["alpha_bar"] is None else log_snr(step["alpha_bar"])
-    return {"alpha_bar": step["alpha_bar"], "sigma": step["sigma"], "log_snr": lam, "snr_db": log_snr_db(lam)}
+    return {"alpha_bar": step["alpha_bar"], "sigma": step["sigma"], "log_snr": step["log_snr"],
+            "snr_db": log_snr_db(step["log_snr"])}
 
 
 def labelled(image: np.ndarray, text: str, scale: int) -> Image.Image:

@@ -14,6 +14,7 @@ from sdlab.errors import UserError, choose
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.device import use_process_options
+from sdlab.models.noise import PROCESSES, NoiseProcess
 from sdlab.models.schedulers import make_scheduler
 from sdlab.models.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
@@ -116,6 +117,11 @@ class ModelAdapter:
         """The scheduler kind the model was trained for: epsilon, v_prediction or flow."""
 
         return model_kind({**self.base_scheduler_config, "_class_name": self.base_scheduler_class})
+
+    @property
+    def noise(self) -> NoiseProcess:
+        """The noise process of the model's kind: its levels, coefficients, log-SNR and x0 from the model's output."""
+        return PROCESSES[self.kind]
 
     @property
     def vae(self) -> torch.nn.Module:
