@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from sdlab.errors import CannotRun, UserError
-from sdlab.metrics.schedule import (dynamic_shift_mu, flow_crossing, flow_log_snr_table, flow_snr, image_seq_len,
+from sdlab.metrics.schedule import (dynamic_shift_mu, flow_crossing, flow_log_snr_table, image_seq_len,
                                     log_snr_crossing, shift_sigma, unshift_sigma)
 from sdlab.models.schedulers import (FAMILY_CONFIGS, KINDS, SCHEDULERS, check_kind, check_options, check_steps, fitting,
                               make_scheduler, model_kind, timestep_kwargs)
@@ -191,7 +191,7 @@ def test_flow_log_snr_matches_the_closed_form():
         finite = (table["t"] < 1).to_numpy()
         sigma = sigma.to_numpy()[finite]
         np.testing.assert_allclose(table["log_snr"][finite], np.log(((1 - sigma) / sigma) ** 2), rtol=1e-9)
-        np.testing.assert_allclose(np.exp(table["log_snr"][finite]), flow_snr(sigma), rtol=1e-9)
+        np.testing.assert_allclose(np.exp(table["log_snr"][finite]), ((1 - sigma) / sigma) ** 2, rtol=1e-9)
         assert table["log_snr"].iloc[-1] == -np.inf
         assert log_snr_crossing(table["t"], table["log_snr"]) == pytest.approx(flow_crossing(shift), abs=1e-4)
     assert flow_crossing(3.0) == 0.25 and shift_sigma(flow_crossing(3.0), 3.0) == pytest.approx(0.5)

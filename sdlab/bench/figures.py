@@ -12,7 +12,7 @@ from PIL import Image
 
 from sdlab.bench.captions import record_caption
 from sdlab.io import atomic_path
-from sdlab.metrics.schedule import betas, flow_snr, model_kind, schedule_table
+from sdlab.metrics.schedule import betas, log_snr, log_snr_db, model_kind, schedule_table
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +306,7 @@ def schedule_visits(visits: pd.DataFrame, scheduler_config: dict, target: Path) 
     T = int(scheduler_config.get("num_train_timesteps", 1000))
     if model_kind(scheduler_config) == "flow":  # timestep = sigma T, whatever the shift
         t = np.arange(1, T + 1, dtype=np.float64)
-        with np.errstate(divide="ignore"):
-            table = pd.DataFrame({"t": t, "snr_db": 10.0 * np.log10(flow_snr(t / T))})
+        table = pd.DataFrame({"t": t, "snr_db": log_snr_db(log_snr(1.0 - t / T, t / T))})
     else:
         table = schedule_table(betas(scheduler_config.get("beta_schedule", "scaled_linear"), T=T,
                                      beta_start=float(scheduler_config.get("beta_start", 0.00085)),

@@ -18,7 +18,7 @@ from sdlab.config import generation_params, scheduler_choice
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import decode, loaded_model, to_uint8
-from sdlab.metrics.diffusion import guided, log_snr_db
+from sdlab.metrics.schedule import guided, log_snr_db
 from sdlab.metrics.image import psnr
 from sdlab.models.generate import generate_batch
 from sdlab.models.preview import fit_linear_preview, linear_preview

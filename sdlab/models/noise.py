@@ -12,16 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from sdlab.metrics.diffusion import alpha_bar_at, flow_log_snr, log_snr, x0_from_velocity, x0_pred
+from sdlab.metrics.schedule import alpha_bar_at, alpha_bar_from_betas, betas, log_snr, x0_from_velocity, x0_pred
 
 
 class NoiseProcess:
     """x_t = signal x_0 + noise eps at a level; subclasses say how a level is read, and x_0 from the model's output."""
 
     kind: str
+    equation: str
 
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         raise NotImplementedError
+
+    def log_snr(self, level: dict[str, Any]) -> float:
+        """lambda = 2 ln(signal / noise) (Kingma et al. 2021)."""
+        return float(log_snr(*self.coefficients(level)))
 
     def noised(self, x0, eps, level: dict[str, Any]):
         """Forward noising q(x_t | x_0): signal x_0 + noise eps."""
@@ -33,6 +38,13 @@ class VPEpsilon(NoiseProcess):
     """DDPM, x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps with an eps-predicting model (Ho et al. 2020, eq. 4)."""
 
     kind = "epsilon"
+    equation = "q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)"
+
+    def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
+        """The level at each training timestep t = 0 .. T-1 of a beta schedule {beta_schedule, T, beta_start, beta_end}."""
+        alpha_bar = alpha_bar_from_betas(betas(schedule["beta_schedule"], schedule["T"], schedule["beta_start"],
+                                               schedule["beta_end"]))
+        return [{"alpha_bar": float(ab), "sigma": None} for ab in alpha_bar]
 
     def level(self, scheduler, timestep: float) -> dict[str, float | None]:
         """alpha_bar of the denoiser call under way: 1/(1 + sigma^2) from the scheduler's sigma when it keeps one
@@ -46,10 +58,6 @@ class VPEpsilon(NoiseProcess):
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         """(signal, noise) = (sqrt(alpha_bar), sqrt(1 - alpha_bar))."""
         return math.sqrt(level["alpha_bar"]), math.sqrt(1.0 - level["alpha_bar"])
-
-    def log_snr(self, level: dict[str, Any]) -> float:
-        """lambda = ln(alpha_bar / (1 - alpha_bar)) (Kingma et al. 2021)."""
-        return log_snr(level["alpha_bar"])
 
     def x0(self, x_t, output, level: dict[str, Any]):
         """x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) (for v: sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v)."""
@@ -66,6 +74,11 @@ class RectifiedFlow(NoiseProcess):
     """x_t = (1 - sigma) x_0 + sigma eps with a velocity model v = eps - x_0 (Liu et al. 2022; SD3, Esser et al. 2024)."""
 
     kind = "flow"
+    equation = "x_t = (1 - sigma_t) x_0 + sigma_t eps, sigma_t = t / T (flow matching)"
+
+    def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
+        """sigma = t / T at each training timestep t = 0 .. T-1, which no shift changes."""
+        return [{"alpha_bar": None, "sigma": t / schedule["T"]} for t in range(schedule["T"])]
 
     def level(self, scheduler, timestep: float) -> dict[str, float | None]:
         """The scheduler's flow sigma for the denoiser call under way (its first before any step)."""
@@ -74,10 +87,6 @@ class RectifiedFlow(NoiseProcess):
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         """(signal, noise) = (1 - sigma, sigma)."""
         return 1.0 - level["sigma"], level["sigma"]
-
-    def log_snr(self, level: dict[str, Any]) -> float:
-        """lambda = 2 ln((1 - sigma) / sigma)."""
-        return flow_log_snr(level["sigma"])
 
     def x0(self, x_t, output, level: dict[str, Any]):
         """x_0 = x_t - sigma v."""
