@@ -28,11 +28,11 @@ from sdlab.metrics.schedule import (
     log_snr_crossing,
     model_kind,
     schedule_table,
-    scheduler_visits,
     unshift_sigma,
     zero_crossing,
 )
 from sdlab.models.loading import adapter_class
+from sdlab.models.noise import PROCESSES
 from sdlab.models.schedulers import (
     FAMILY_CONFIGS,
     check_options,
@@ -152,7 +152,7 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
     for label, name, options in visit_specs(cfg):
         scheduler = make_scheduler(name, model_config, options)
         with np.errstate(divide="ignore"):
-            visit = scheduler_visits(scheduler, steps)
+            visit = PROCESSES[model_kind(model_config)].visits(scheduler, steps)
         visits.append(visit.assign(scheduler=label, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits[["scheduler", "num_inference_steps", "step", "timestep", "sigma", "snr_db"]], ctx.out_dir, "visits")

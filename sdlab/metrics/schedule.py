@@ -137,45 +137,6 @@ def zero_crossing(alpha_bar) -> int:
     return int(below[0]) if below.size else -1
 
 
-def scheduler_visits(scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
-    """Timesteps a diffusers scheduler visits for N steps, with sigma and SNR_dB = 10 log10(alpha_bar/(1 - alpha_bar)) at each.
-
-    alpha_bar is linearly interpolated for fractional timesteps. sigma is read from
-    `scheduler.sigmas` when that array is aligned with `scheduler.timesteps` (N visited
-    timesteps plus the final sigma), otherwise it is sqrt((1 - alpha_bar)/alpha_bar).
-    Flow-matching schedulers: sigma is the flow sigma and SNR = ((1 - sigma)/sigma)^2 (`set_timesteps` takes Flux's mu).
-    """
-
-    # 1. Let the scheduler lay out its own sampling grid.
-    scheduler.set_timesteps(num_inference_steps, **set_timesteps)
-    timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
-    sigmas = getattr(scheduler, "sigmas", None)
-    aligned = sigmas is not None and len(sigmas) == len(timestep) + 1
-    if model_kind({**scheduler.config, "_class_name": type(scheduler).__name__}) == "flow":
-        sigma = np.asarray(sigmas, dtype=np.float64)[: len(timestep)]
-        return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma,
-                             "snr_db": log_snr_db(log_snr(1.0 - sigma, sigma))})
-
-    # 2. alpha_bar at each (possibly fractional) visited timestep.
-    alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
-    alpha_bar = np.interp(timestep, np.arange(len(alphas_cumprod)), alphas_cumprod)
-
-    # 3. sigma: the scheduler's own when aligned, otherwise from alpha_bar.
-    if aligned:
-        sigma = np.asarray(sigmas, dtype=np.float64)[: len(timestep)]
-    else:
-        sigma = np.sqrt((1.0 - alpha_bar) / alpha_bar)
-
-    return pd.DataFrame(
-        {
-            "step": np.arange(len(timestep)),
-            "timestep": timestep,
-            "sigma": sigma,
-            "snr_db": snr_db_from_alpha_bar(alpha_bar),
-        }
-    )
-
-
 def shift_sigma(sigma, shift: float) -> np.ndarray:
     """Timestep shift sigma' = shift sigma / (1 + (shift - 1) sigma) (SD3, Esser et al. 2024, eq. 23)."""
     sigma = np.asarray(sigma, dtype=np.float64)

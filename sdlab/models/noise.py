@@ -11,8 +11,10 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from sdlab.metrics.schedule import alpha_bar_at, alpha_bar_from_betas, betas, log_snr, x0_from_velocity, x0_pred
+from sdlab.metrics.schedule import (alpha_bar_at, alpha_bar_from_betas, betas, log_snr, log_snr_db, schedule_table,
+                                    snr_db_from_alpha_bar, x0_from_velocity, x0_pred)
 
 
 class NoiseProcess:
@@ -45,6 +47,29 @@ class VPEpsilon(NoiseProcess):
         alpha_bar = alpha_bar_from_betas(betas(schedule["beta_schedule"], schedule["T"], schedule["beta_start"],
                                                schedule["beta_end"]))
         return [{"alpha_bar": float(ab), "sigma": None} for ab in alpha_bar]
+
+    def snr_curve(self, config: dict[str, Any]) -> pd.DataFrame:
+        """SNR (dB) per training timestep t = 0 .. T-1 of a scheduler config's betas (schedule_table's columns)."""
+        return schedule_table(betas(config.get("beta_schedule", "scaled_linear"),
+                                    T=int(config.get("num_train_timesteps", 1000)),
+                                    beta_start=float(config.get("beta_start", 0.00085)),
+                                    beta_end=float(config.get("beta_end", 0.012))))
+
+    def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
+        """Timesteps a scheduler visits for N steps, with sigma and SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)):
+        alpha_bar interpolated at fractional timesteps; sigma the scheduler's own when its sigmas align with its
+        timesteps (N plus the final one), else sqrt((1 - alpha_bar) / alpha_bar)."""
+        scheduler.set_timesteps(num_inference_steps, **set_timesteps)
+        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+        alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
+        alpha_bar = np.interp(timestep, np.arange(len(alphas_cumprod)), alphas_cumprod)
+        sigmas = getattr(scheduler, "sigmas", None)
+        if sigmas is not None and len(sigmas) == len(timestep) + 1:
+            sigma = np.asarray(sigmas, dtype=np.float64)[: len(timestep)]
+        else:
+            sigma = np.sqrt((1.0 - alpha_bar) / alpha_bar)
+        return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma,
+                             "snr_db": snr_db_from_alpha_bar(alpha_bar)})
 
     def level(self, scheduler, timestep: float) -> dict[str, float | None]:
         """alpha_bar of the denoiser call under way: 1/(1 + sigma^2) from the scheduler's sigma when it keeps one
@@ -79,6 +104,21 @@ class RectifiedFlow(NoiseProcess):
     def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
         """sigma = t / T at each training timestep t = 0 .. T-1, which no shift changes."""
         return [{"alpha_bar": None, "sigma": t / schedule["T"]} for t in range(schedule["T"])]
+
+    def snr_curve(self, config: dict[str, Any]) -> pd.DataFrame:
+        """SNR (dB) per training timestep t = 1 .. T, where sigma = t / T whatever the shift."""
+        T = int(config.get("num_train_timesteps", 1000))
+        t = np.arange(1, T + 1, dtype=np.float64)
+        return pd.DataFrame({"t": t, "snr_db": log_snr_db(log_snr(1.0 - t / T, t / T))})
+
+    def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
+        """Timesteps a flow scheduler visits for N steps, with its flow sigma and SNR_dB of ((1 - sigma) / sigma)^2
+        (`set_timesteps` takes Flux's mu)."""
+        scheduler.set_timesteps(num_inference_steps, **set_timesteps)
+        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+        sigma = np.asarray(scheduler.sigmas, dtype=np.float64)[: len(timestep)]
+        return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma,
+                             "snr_db": log_snr_db(log_snr(1.0 - sigma, sigma))})
 
     def level(self, scheduler, timestep: float) -> dict[str, float | None]:
         """The scheduler's flow sigma for the denoiser call under way (its first before any step)."""
