@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sdlab.metrics.clip import clip_score_from_cosine, cosine_matrix, long_matrix, token_rows, token_table
-from sdlab.metrics.schedule import (alpha_bar_at, guided, log_snr, log_snr_db, q_sample, snr_db_from_alpha_bar,
+from sdlab.metrics.schedule import (alpha_bar_at, guided, log_snr, log_snr_db, snr_db_from_alpha_bar,
                                    x0_from_velocity, x0_pred)
 from sdlab.models.noise import PROCESSES
 from sdlab.metrics.image import psnr, ssim
@@ -19,11 +19,11 @@ from sdlab.models.tokenizer import load_tokenizer
 PIRATE = "a pirate ship sailing through a storm, dramatic lighting, oil painting"
 
 
-def test_q_sample_and_x0_pred_invert_each_other():
+def test_vp_noising_and_x0_pred_invert_each_other():
     rng = np.random.default_rng(0)
     x0, eps = rng.standard_normal((4, 8, 8)), rng.standard_normal((4, 8, 8))
     for alpha_bar in (0.999, 0.5, 0.01):
-        x_t = q_sample(x0, alpha_bar, eps)
+        x_t = PROCESSES["epsilon"].noised(x0, eps, {"alpha_bar": alpha_bar})
         np.testing.assert_allclose(x_t, math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * eps)
         np.testing.assert_allclose(x0_pred(x_t, eps, alpha_bar, "epsilon"), x0, atol=1e-9)
         v = math.sqrt(alpha_bar) * eps - math.sqrt(1 - alpha_bar) * x0

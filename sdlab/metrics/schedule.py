@@ -81,12 +81,6 @@ def alpha_bar_at(alphas_cumprod, timestep: float) -> float:
     return float(np.interp(float(timestep), np.arange(len(alphas_cumprod)), alphas_cumprod))
 
 
-def q_sample(x0, alpha_bar: float, eps):
-    """x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps (Ho et al. 2020, eq. 4)."""
-    alpha_bar = float(alpha_bar)
-    return math.sqrt(alpha_bar) * x0 + math.sqrt(1.0 - alpha_bar) * eps
-
-
 def x0_pred(x_t, model_output, alpha_bar: float, prediction_type: str = "epsilon"):
     """x0_pred = (x_t - sqrt(1 - ab) eps)/sqrt(ab) for epsilon, sqrt(ab) x_t - sqrt(1 - ab) v for v_prediction
     (Salimans & Ho 2022), the output itself for sample."""
