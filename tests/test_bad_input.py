@@ -329,3 +329,13 @@ def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(run_sdlab, tmp_path,
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("sdlab: error: ") and "guidance_scale=nan is not a finite number" in err, err
     assert not sweep.exists() and not (tmp_path / "outputs").exists()
+
+
+def test_an_interval_sweep_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    code = run_sdlab("-m", "model=tiny", "guidance_scale=interval(1,2)", f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (
+        "sdlab: error: guidance_scale=interval(1,2): a sweep takes a list, range() or glob(), not an interval()"), err
+    assert not sweep.exists() and not (tmp_path / "outputs").exists()

@@ -72,3 +72,23 @@ def test_the_issue_example_runs_job_1_with_the_element_override(hydra_loader):
     for overrides in jobs:
         composed.compose(master, overrides)
     assert [list(composed.load_sweep_config(master, o).guidance_scales) for o in jobs] == [[9, 2], [9, 4]]
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_LINES))
+def test_the_sweepers_jobs_are_hydras_basic_sweeper_jobs(name):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.sdlab_hydra.compose_once import cells
+
+    assert cells(OverridesParser.create().parse_overrides(COMMAND_LINES[name])) == jobs_of(COMMAND_LINES[name])
+
+
+def test_the_override_dirname_is_hydras():
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.sdlab_hydra.compose_once import overrides_dirname
+
+    parsed = OverridesParser.create().parse_overrides(["seed=2", "prompt='a, b'", "model=tiny", "+x.y=1"])
+    for exclude, sep, kv in (([], ",", "="), (["seed"], "/", ":")):
+        assert overrides_dirname(parsed, exclude, sep, kv) == get_overrides_dirname(parsed, exclude, sep, kv)

@@ -187,3 +187,27 @@ def test_a_bad_recipe_value_is_one_line_before_any_folder_or_model(args, message
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"sdlab: error: {message}"), lines
     assert not (tmp_path / "run").exists() and models.CACHE.load_count == loads
+
+
+@pytest.mark.parametrize("class_name, accepted", [("T5EncoderModel", True), ("CLIPTextModel", False)])
+def test_a_whole_t5_checkpoint_loads_its_encoder_and_other_extra_tensors_are_refused(tmp_path, class_name, accepted):
+    """A T5 file may carry the decoder its encoder-only class skips; a CLIP text encoder's extra tensors are refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdlab.models.architectures import TINY_T5, TINY_TEXT
+    from sdlab.models.model_files import check_component_weights, expected_weights
+
+    config = {"_class_name": class_name, "architectures": [class_name],
+              **(TINY_T5 if class_name == "T5EncoderModel" else TINY_TEXT)}
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "text_encoder" / "config.json").write_text(json.dumps(config))
+    want = expected_weights("text_encoder", config, tmp_path / "text_encoder" / "config.json")
+    tensors = {name: torch.zeros(shape) for name, shape in want.shapes.items() if name not in want.tied}
+    save_file({**tensors, "decoder.block.0.layer.0.weight": torch.zeros(2)},
+              str(tmp_path / "text_encoder" / "model.safetensors"))
+    if accepted:
+        check_component_weights(tmp_path, "text_encoder", config)
+    else:
+        with pytest.raises(UserError, match=r"1 tensors are not a text_encoder's \(e.g. decoder.block.0"):
+            check_component_weights(tmp_path, "text_encoder", config)

@@ -71,3 +71,41 @@ def test_only_the_adapter_reaches_the_pipeline():
                if "families" not in path.parts
                for i, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"\.pipe\b", line)]
     assert outside == []
+
+
+
+def private_uses(path: Path) -> list[str]:
+    """`line: name` of every private name a file takes from elsewhere: `_x` imported, a `._x` module, `obj._x` of an
+    object other than self or cls, `getattr(obj, "_x")`."""
+    def private(name: str) -> bool:
+        return any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            found += [f"{node.lineno}: {node.module}.{a.name}" for a in node.names
+                      if private(node.module or "") or private(a.name)]
+        elif isinstance(node, ast.Import):
+            found += [f"{node.lineno}: {a.name}" for a in node.names if private(a.name)]
+        elif isinstance(node, ast.Attribute) and private(node.attr):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{node.lineno}: .{node.attr}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+              and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and private(str(node.args[1].value))):
+            found.append(f"{node.lineno}: getattr {node.args[1].value}")
+    return found
+
+
+def test_no_private_api_of_other_libraries():
+    """sdlab and its Hydra plugins use public API only: no `hydra._internal`, no private member of another object."""
+    code = [path for folder in ("sdlab", "hydra_plugins") for path in sorted((ROOT / folder).rglob("*.py"))]
+    assert [f"{path.relative_to(ROOT)}:{use}" for path in code for use in private_uses(path)] == []
+
+
+def test_the_private_api_check_finds_what_the_plugins_once_used(tmp_path):
+    old = tmp_path / "old.py"
+    old.write_text("from hydra._internal.core_plugins.basic_launcher import BasicLauncher\n"
+                   "from hydra.core.utils import (\n    JobReturn,\n    _flush_loggers,\n)\n"
+                   "title = fig._suptitle.get_text()\nkeys = getattr(model, '_keys_to_ignore', None)\n"
+                   "self._kept = cls._x = 1\n")
+    assert sorted(use.split(":")[0] for use in private_uses(old)) == ["1", "2", "6", "7"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sdlab.jobs.clip import nearest_claim
-from sdlab.app.preflight import in_model_world, model_warnings, prompt_outside_grammar, sweep_plan
+from sdlab.app.preflight import in_model_world, model_warnings, sweep_plan
+from sdlab.bench.worlds import world
+from sdlab.errors import UserError
 
 RECIPE = {"prompts": ["a pirate ship"], "world": {"shapes": {"prompts": ["a red circle", "a blue square"]}}}
 
@@ -24,7 +27,7 @@ def test_grammar_and_size_warnings_name_what_is_wrong():
     assert "does not know: cat, sofa" in warnings[0]
     assert "width=512 height=512 differ from model=mini's native 64x64 px" in warnings[1]
     assert model_warnings({**cfg, "prompt": "a small red circle on the left on a blue background"}, 64, 64) == []
-    assert prompt_outside_grammar("A Large RED Triangle, at the top") == []
+    assert world("shapes").unknown_words("A Large RED Triangle, at the top") == []
 
 
 def test_sweep_plan_counts_jobs_and_images():
@@ -80,3 +83,28 @@ def test_a_single_guidance_scale_is_a_list_of_one_and_its_bounds_are_checked():
     assert number_list({"guidance_scales": 5}, "guidance_scales", low=0, high=1000) == [5.0]
     with pytest.raises(UserError, match=r"^guidance_scales=\[-2\] must be a non-empty list of numbers, each >= 0"):
         check_recipe({"job": "guidance_grid", "guidance_scales": -2})
+
+
+def test_a_prompt_world_is_a_plugin_the_shapes_world_registers():
+    shapes = world("shapes")
+    assert shapes.unknown_words("a big red circle on a sofa") == ["big", "sofa"]
+    [(name, image, caption)] = shapes.samples(1, 32, None)
+    assert image.shape == (32, 32, 3) and shapes.unknown_words(caption) == []
+    circle = shapes.draw("a large red circle in the centre on a blue background")
+    assert tuple(circle[0, 0]) != tuple(circle[32, 32])  # a shape on a background
+    with pytest.raises(UserError, match=r"sample_world='dots' is not an installed prompt world; worlds are: shapes"):
+        world("dots")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("sample_world=dots",), "sample_world='dots' is not an installed prompt world; worlds are: shapes"),
+    (("experiment=article_c2_img2img", "image_caption=a cat"),
+     "'a cat' is not a whole caption of the shapes grammar"),
+])
+def test_a_bad_world_or_caption_is_one_line_before_anything_is_written(run_sdlab, tmp_path, capsys, monkeypatch,
+                                                                        args, message):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab(*args, "model=tiny") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "outputs").exists()

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sdlab.bench.summary import ALL, owns_summary, summary_table, sweep_axes, swept_parameters, write_summary
+from sdlab.bench.columns import sweep_axes, swept_parameters
+from sdlab.bench.summary import ALL, owns_summary, summary_table, write_summary
 
 
 def sweep_frame() -> pd.DataFrame:

@@ -1,19 +1,23 @@
-"""Hydra's basic sweeper, composing each job's config once instead of twice, and most of them not at all."""
+"""A sweeper on Hydra's public Sweeper API: the basic sweeper's cartesian product, each job composed once (most of
+them not at all), pre-flighted whole before anything is written."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from sdlab.app.compose import check_composed, resolved
 from sdlab.app.preflight import sweep_plan
@@ -29,6 +33,27 @@ def touched(key: str, keys: list[str]) -> bool:
     """True when another of `keys` names `key`'s parent, child or element: Hydra applies them in order, so
     re-applying `key` alone on an earlier job's config would not give what composing gives."""
     return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
+
+
+def cells(overrides: list[Override]) -> list[list[str]]:
+    """Every job of a command line, as Hydra's basic sweeper makes them: the cartesian product of the swept values,
+    in the order given, the last key varying fastest."""
+    axes: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise UserError(f"{override.input_line}: a sweep takes a list, range() or glob(), not an interval()")
+    return [list(job) for job in itertools.product(*axes.values())]
+
+
+def overrides_dirname(overrides: list[Override], exclude_keys: list[str], item_sep: str, kv_sep: str) -> str:
+    """`hydra.job.override_dirname` of these overrides, as Hydra spells it."""
+    lines = sorted(o.input_line for o in overrides if o.key_or_group not in exclude_keys)
+    return item_sep.join(lines).replace("=", kv_sep)
 
 
 def skipped_line(cannot: dict[tuple, str], jobs: list[list[str]]) -> str:
@@ -93,11 +118,15 @@ class ComposedConfigs:
         template_overrides, template = self._templates[signature]
         config = copy.deepcopy(template)
         changed = [o for o, was in zip(parsed, template_overrides) if o.input_line != was.input_line]
-        ConfigLoaderImpl._apply_overrides_to_config(changed, config)
+        try:  # a plain value of a key the template has: what Hydra does for it after composing
+            for override in changed:
+                OmegaConf.update(config, override.key_or_group, override.value(), merge=True)
+        except OmegaConfBaseException:  # a wrong type for a typed node: composing says so as Hydra does
+            return None
         app_overrides = [o for o in parsed if not o.is_hydra_override()]
         config.hydra.overrides.task = [o.input_line for o in app_overrides]
         dirname = config.hydra.job.config.override_dirname
-        config.hydra.job.override_dirname = get_overrides_dirname(
+        config.hydra.job.override_dirname = overrides_dirname(
             overrides=app_overrides, exclude_keys=list(dirname.exclude_keys), item_sep=dirname.item_sep,
             kv_sep=dirname.kv_sep)
         OmegaConf.copy_cache(from_config=master_config, to_config=config)
@@ -117,30 +146,32 @@ class ComposedConfigs:
         return {**self.__dict__, "_kept": {}, "_templates": {}}  # workers compose nothing; ship no configs
 
 
-class ComposeOnceSweeper(BasicSweeper):
-    """BasicSweeper whose up-front check that every job composes also supplies the launcher's configs."""
+class ComposeOnceSweeper(Sweeper):
+    """The basic sweeper's jobs, whose up-front check that every job composes also supplies the launcher's configs."""
 
     def __init__(self, max_batch_size: int | None, params: dict[str, str] | None = None, preflight: bool = True):
-        """BasicSweeper's options, and whether each job is an sdlab job to pre-flight (false for other apps)."""
-        super().__init__(max_batch_size=max_batch_size, params=params)
-        self.preflight = preflight
+        """The basic sweeper's options, and whether each job is an sdlab job to pre-flight (false for other apps)."""
+        self.max_batch_size, self.params, self.preflight = max_batch_size, params or {}, preflight
+        self.cannot_run: set[tuple] = set()
 
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: Any) -> None:
         """Put the composing loader between the sweeper, its launcher and Hydra's loader."""
+        self.config = config
         self.composed = ComposedConfigs(hydra_context.config_loader)
-        context = HydraContext(config_loader=self.composed, callbacks=hydra_context.callbacks)
-        super().setup(hydra_context=context, task_function=task_function, config=config)
+        self.hydra_context = HydraContext(config_loader=self.composed, callbacks=hydra_context.callbacks)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
         """Compose (and for sdlab, pre-flight) every job of the sweep, lock its dir, then run it as BasicSweeper does.
 
-        Hydra's sweeper writes the sweep dir before it checks the first batch; here a bad value in any job
+        Hydra's basic sweeper writes the sweep dir before it checks the first batch; here a bad value in any job
         stops the sweep with one line before anything is written.
         """
         sweep_dir = str(self.config.hydra.sweep.dir)  # resolved first: jobs copy its `${now:}` from here
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        jobs = [job for batch in self.split_arguments(overrides, self.max_batch_size) for job in batch]
+        overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        jobs = cells(overrides)
         if not jobs:
             raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
         if self.preflight:  # before composing them all: a 10**6-cell typo is one line, not minutes of work
@@ -183,14 +214,20 @@ class ComposeOnceSweeper(BasicSweeper):
         if self.preflight:  # how a rerun of this command finds this folder
             task = OmegaConf.to_container(self.config.hydra.overrides.task, resolve=False)
             write_manifest(Path(sweep_dir), task, cells=len(jobs) - len(self.cannot_run))
-        return super().sweep(arguments)
+        return self.launch([job for job in jobs if tuple(job) not in self.cannot_run], Path(sweep_dir))
 
-    def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
-        """BasicSweeper's batches of jobs, less the cells pre-flight found their model cannot run."""
-        batches = BasicSweeper.split_arguments(overrides, max_batch_size)
-        skipped = getattr(self, "cannot_run", set())
-        kept = [[job for job in batch if tuple(job) not in skipped] for batch in batches]
-        return [batch for batch in kept if batch]
+    def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:
+        """Run the jobs in batches of `max_batch_size` (all at once by default), raising a failed job's error."""
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(len(jobs), 1)
+        returns = []
+        for start in range(0, len(jobs), size):
+            results = self.launcher.launch(jobs[start:start + size], initial_job_idx=start)
+            for result in results:
+                _ = result.return_value  # raises the job's exception, as the basic sweeper does
+            returns.append(results)
+        return returns
 
     def check_dirs(self, sweep_dir: str, composed: list[Any]) -> list[Path]:
         """Each job's folder, once its number is known: the sweep dir is sdlab's, and every job dir, log and `.hydra/`
@@ -217,6 +254,3 @@ class ComposeOnceSweeper(BasicSweeper):
         finally:
             HydraConfig.instance().cfg = original
         return job_dirs
-
-    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Nothing left to check: `sweep` composed and checked every job before the first batch."""

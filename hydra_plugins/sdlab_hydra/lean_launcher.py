@@ -1,26 +1,29 @@
-"""Hydra's basic in-process launcher, without the per-job copies of the config that nothing reads."""
+"""A launcher on Hydra's public Launcher API: jobs in turn in this process, as Hydra's basic launcher runs them, without
+the per-job copies of the config that nothing reads."""
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from hydra import version
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra._internal.deprecation_warning import deprecation_warning
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
     JobReturn,
     JobRuntime,
     JobStatus,
-    _flush_loggers,
     configure_log,
     env_override,
     filter_overrides,
     setup_globals,
 )
+from hydra.errors import HydraDeprecationError
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sdlab.app.arguments import display_overrides
@@ -32,14 +35,27 @@ log = logging.getLogger(__name__)
 def job_chdir(chdir: bool | None) -> bool:
     """`hydra.job.chdir` as Hydra's run_job reads it: unset means False from version_base 1.2, else True (warned)."""
     if chdir is None and not version.base_at_least("1.2"):
-        deprecation_warning("Future Hydra versions will no longer change working directory at job runtime by default.\n"
-                            "See https://hydra.cc/docs/1.2/upgrades/1.1_to_1.2/changes_to_job_working_dir/ for more "
-                            "information.", stacklevel=2)
+        message = ("Future Hydra versions will no longer change working directory at job runtime by default.\n"
+                   "See https://hydra.cc/docs/1.2/upgrades/1.1_to_1.2/changes_to_job_working_dir/ for more information.")
+        if os.environ.get("HYDRA_DEPRECATION_WARNINGS_AS_ERRORS"):
+            raise HydraDeprecationError(message)
+        warnings.warn(message, stacklevel=3)
         return True
     return bool(chdir)
 
 
-class LeanLauncher(BasicLauncher):
+def flush_logs() -> None:
+    """Flush every handler of every logger, as Hydra does between jobs (a handler whose stream is closed is passed)."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        try:
+            handler.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class LeanLauncher(Launcher):
     """Runs jobs one after another in this process, as BasicLauncher does, writing the same job dirs and files.
 
     Hydra's `run_job` copies each job's config three times over (about 11 ms a job): the Hydra node twice
@@ -47,6 +63,10 @@ class LeanLauncher(BasicLauncher):
     Hydra node is published once and the task gets a copy of the config without it. The `.hydra/` files
     are written atomically, so a killed sweep never leaves half a config behind.
     """
+
+    def setup(self, *, hydra_context: HydraContext, task_function: Any, config: DictConfig) -> None:
+        """Keep what `launch` needs."""
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Compose and run each job in turn (BasicLauncher.launch with the lean `run_job`)."""
@@ -96,11 +116,11 @@ class LeanLauncher(BasicLauncher):
                 try:
                     ret.return_value = self.task_function(task_cfg)
                     ret.status = JobStatus.COMPLETED
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - the sweeper raises it, as Hydra's basic launcher does
                     ret.return_value = e
                     ret.status = JobStatus.FAILED
             ret.task_name = JobRuntime.instance().get("name")
-            _flush_loggers()
+            flush_logs()
             callbacks.on_job_end(config=config, job_return=ret)
             return ret
         finally:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sdlab.bench.inputs import image_files
 from sdlab.bench.params import load_params
 from sdlab.bench.scorers import scorer_names
+from sdlab.bench.worlds import world
 from sdlab.config import (
     MODEL_FAMILIES,
     MODEL_KINDS,
@@ -20,7 +20,6 @@ from sdlab.config import (
 from sdlab.errors import UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.metrics.schedule import model_kind
-from sdlab.mini import data
 from sdlab.models.architectures import BUILT_IN
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.loading import (
@@ -37,25 +36,19 @@ from sdlab.models.schedulers import (  # imports diffusers
 )
 
 
-def prompt_outside_grammar(prompt: str) -> list[str]:
-    """Words of `prompt` that the miniature model's shapes grammar does not know (sdlab/mini/data.py)."""
-    vocabulary = data.grammar_words() | {"an", "with", "and", "center", "middle"}
-    return [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in vocabulary]
-
-
 def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
     """Warnings for requests the model was not made for: a prompt outside its grammar, a non-native size."""
     model = cfg.get("model") or {}
     name, native = model.get("name"), model.get("resolution")
     warnings = []
-    if model.get("prompt_grammar") == "shapes":
+    grammar = model.get("prompt_grammar")
+    if grammar:
+        known = world(grammar, "model.prompt_grammar")
         for key in ("prompt", "negative_prompt"):
-            unknown = prompt_outside_grammar(str(cfg.get(key) or ""))
+            unknown = known.unknown_words(str(cfg.get(key) or ""))
             if unknown:
-                warnings.append(
-                    f"{key}={cfg[key]!r} is outside model={name}'s shapes grammar (it does not know: "
-                    f"{', '.join(dict.fromkeys(unknown))}); it draws one shape, e.g. "
-                    "'a large yellow triangle at the top on a black background'")
+                warnings.append(f"{key}={cfg[key]!r} is outside model={name}'s {grammar} grammar (it does not know: "
+                                f"{', '.join(dict.fromkeys(unknown))}); it knows prompts like {known.example!r}")
     if native and (width, height) != (native, native):
         warnings.append(f"width={width} height={height} differ from model={name}'s native {native}x{native} px; "
                         "expect tiled or broken images")
@@ -165,6 +158,7 @@ def check_job(cfg: dict[str, Any]) -> list[str]:
     choose("job", cfg.get("job", "generate"), JOB_MODULES)
     validate_config(cfg)  # values, types and limits, reading no file
     scorer_names(cfg)
+    world(cfg.get("sample_world"))
     spec = model_spec(cfg["model"])
     params = generation_params(cfg, spec.resolution)
     if cfg.get("job") in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check

@@ -40,8 +40,7 @@ def pyplot():
 
 def figure_title(fig) -> str:
     """The figure's suptitle and its panels' titles, joined with ' | ' (the claim may sit in either)."""
-    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
-    return " | ".join(t for t in (suptitle, *(ax.get_title() for ax in fig.axes)) if t)
+    return " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t)
 
 
 def save_figure(fig, target: Path) -> Path:

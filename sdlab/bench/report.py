@@ -16,17 +16,11 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from sdlab.bench.columns import main_metric, metric_columns, sweep_axes
 from sdlab.bench.grid import axis_values
 from sdlab.bench.ranking import rank, ranking_lines
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs, local_file
-from sdlab.bench.summary import (
-    SUMMARY_NAME,
-    main_metric,
-    metric_columns,
-    owns_summary,
-    sweep_axes,
-    write_summary,
-)
+from sdlab.bench.summary import SUMMARY_NAME, owns_summary, write_summary
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, open_regular
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
+from sdlab.bench.plugins import installed
 from sdlab.errors import UserError
 from sdlab.models.clip import load_clip
 
@@ -53,10 +53,7 @@ def register(name: str, kind: ScorerKind) -> None:
 
 def registered() -> dict[str, ScorerKind]:
     """Every registered scorer, those of installed plugins (the `sdlab.scorers` entry points) included."""
-    for point in entry_points(group=ENTRY_POINTS):
-        if point.name not in KINDS:
-            KINDS[point.name] = point.load()
-    return KINDS
+    return {**installed(ENTRY_POINTS), **KINDS}
 
 
 def scorer_names(cfg: dict) -> list[str]:

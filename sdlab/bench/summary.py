@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sdlab.bench.columns import (  # noqa: F401
+from sdlab.bench.columns import (
     LOWER_IS_BETTER,
     higher_is_better,
-    main_metric,
     metric_columns,
     ok_rows,
     score_direction,
-    sweep_axes,
     swept_parameters,
 )
 from sdlab.bench.figures import summary_figure

@@ -11,10 +11,10 @@ from PIL import Image, UnidentifiedImageError
 
 from sdlab.bench.inputs import image_files
 from sdlab.bench.recipe_fields import Field
+from sdlab.bench.worlds import world
 from sdlab.config import ModelSpec, model_spec
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext
-from sdlab.mini import data
 from sdlab.models.loading import load_model, shipped_scheduler_config
 
 
@@ -74,22 +74,6 @@ def fit(image: Image.Image, width: int, height: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + width, top + height)))
 
 
-def sample_images(count: int, width: int, height: int, seed: int | None = None) -> list[tuple[str, np.ndarray, str]]:
-    """Built-in (name, image, caption) triples: sdlab.mini.data shapes (evaluation seed) rendered at min(width, height), fitted."""
-
-    seed = data.EVAL_SEED if seed is None else seed
-    side = min(width, height)
-    out = []
-    for index in range(count):
-        rng = np.random.default_rng([seed, index])
-        attrs = data.sample_attributes(rng)
-        text = data.caption(attrs, rng)
-        image = data.render(attrs, rng, size=side)
-        out.append((f"shapes_{index}", fit(Image.fromarray(image), width, height), text))
-    return out
-
-
-
 def read_image(path: Path, width: int, height: int) -> np.ndarray:
     """One image file fitted to width x height; a one-line UserError naming the file when it cannot be read."""
     try:
@@ -102,10 +86,12 @@ def read_image(path: Path, width: int, height: int) -> np.ndarray:
 
 
 def input_images(cfg: dict, width: int, height: int, count: int) -> list[tuple[str, np.ndarray, str]]:
-    """(name, image, caption) from `images` (folder or files; caption = file stem) or `count` built-in shapes images."""
+    """(name, image, caption) from `images` (folder or files; caption = file stem), else `count` images of the
+    `sample_world` drawn at min(width, height) and fitted."""
     if cfg.get("images"):
         return [(p.name, read_image(p, width, height), p.stem.replace("_", " ")) for p in image_files(cfg["images"])]
-    return sample_images(count, width, height)
+    samples = world(cfg.get("sample_world")).samples(count, min(width, height), None)
+    return [(name, fit(Image.fromarray(image), width, height), text) for name, image, text in samples]
 
 
 def image_size(cfg: dict, spec: ModelSpec) -> tuple[int, int]:

@@ -10,6 +10,7 @@ import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
+from sdlab.bench.worlds import world
 from sdlab.config import model_spec
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
@@ -17,7 +18,6 @@ from sdlab.jobs.analysis import number_list, read_image
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import model_kind
 from sdlab.metrics.toy import ddim_step
-from sdlab.mini.data import Attributes, render
 from sdlab.models.generate import decode_latents, to_pil
 from sdlab.models.loading import adapter_class, load_model, shipped_scheduler_config
 
@@ -109,7 +109,13 @@ def strengths_of(cfg: dict) -> list[float]:
     return strengths
 
 
-@job("img2img_strength", check=strengths_of)
+def check_img2img(cfg: dict) -> None:
+    """Strengths in (0, 1], and an input image to start from."""
+    strengths_of(cfg)
+    input_image(cfg, 8)
+
+
+@job("img2img_strength", check=check_img2img)
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""
     cfg = ctx.config
@@ -141,11 +147,9 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
 
 
 def input_image(cfg: dict, side: int):
-    """The recipe's `image` file, or a built-in shapes image, as a PIL image at the model's resolution."""
+    """The recipe's `image` file, or its `image_caption` drawn in the `sample_world`, as a PIL image at side px."""
     from PIL import Image
-
 
     if cfg.get("image"):
         return Image.fromarray(read_image(Path(cfg["image"]), side, side))
-    attrs = Attributes("circle", "red", "large", "centre", "blue")
-    return Image.fromarray(render(attrs)).resize((side, side))
+    return Image.fromarray(world(cfg.get("sample_world")).draw(str(cfg.get("image_caption")))).resize((side, side))

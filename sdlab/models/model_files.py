@@ -23,6 +23,7 @@ DEFAULT_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
+SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the encoder loads, its decoder is skipped
 
 
 def check_weights_folder(folder: Path) -> None:
@@ -155,16 +156,17 @@ def expected_weights(component: str, config: dict[str, Any], config_path: Path) 
     """The tensors the component's config describes, built on the meta device (no memory, no weights)."""
     import torch
 
+    class_name = component_class(component, config)
     try:
         with torch.device("meta"):
-            model = build_part(Part(component_class(component, config), config))
+            model = build_part(Part(class_name, config))
     except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as e:
         raise UserError(f"{config_path} does not describe a {component}: {str(e).splitlines()[0]}") from None
     tensors = model.state_dict(keep_vars=True)
     first: dict[int, str] = {}
     tied = {name for name, tensor in tensors.items() if first.setdefault(id(tensor), name) != name}
     skipped = [name for name, _ in model.named_buffers() if name not in tensors]
-    ignored = list(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
+    ignored = SKIPPED_KEYS.get(class_name, ())
     return ExpectedWeights({k: tuple(v.shape) for k, v in tensors.items()}, frozenset(tied),
                            tuple(re.escape(name) + "$" for name in skipped) + tuple(ignored))
 
