@@ -183,12 +183,12 @@ def test_model_mkldnn_auto_picks_the_backend_by_the_unet_batch(tiny):
         use_process_options(spec, ONEDNN_MIN_BATCH)
         assert torch.backends.mkldnn.enabled
         seen = []
-        step = lambda p, i, t, kw: seen.append(torch.backends.mkldnn.enabled) or {}  # noqa: E731
+        step = lambda s: seen.append(torch.backends.mkldnn.enabled)  # noqa: E731
         half = ONEDNN_MIN_BATCH // 2
         for guidance, expected in ((7.5, True), (1.0, False)):  # guidance doubles the UNet's batch
             params = GenerationParams(prompt="a red circle", width=64, height=64, num_inference_steps=1,
                                       guidance_scale=guidance)
-            generate_batch(model, params, list(range(half)), callback_on_step_end=step)
+            generate_batch(model, params, list(range(half)), on_step=step)
             assert seen.pop() is expected
         with pytest.raises(UserError, match="unknown model.mkldnn 'sometimes'"):
             use_process_options(configured_spec("tiny", mkldnn="sometimes"))
