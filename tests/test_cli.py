@@ -42,9 +42,12 @@ def test_sweep_without_a_sweep_dir_lands_in_outputs(run_sdlab, tmp_path, monkeyp
     assert all((root / p).is_file() for p in frame["image_path"])
 
 
-def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch):
+def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("-m", "experiment=article_b5_cfg_toy,article_d2_timestep_embedding", "threads=1") == 0
+    out = capsys.readouterr().out
+    assert "recipe 1 of 2: experiment=article_b5_cfg_toy\n" in out  # how far, by recipe, without threads=1
+    assert "recipe 2 of 2: experiment=article_d2_timestep_embedding\n" in out
     [root] = sweep_roots(tmp_path)
     assert root.parent.name == "experiments"
     frame = pd.read_parquet(root / "results.parquet")
@@ -177,6 +180,41 @@ def test_sweep_announces_its_jobs_and_images(run_sdlab, tmp_path, monkeypatch, c
     assert "sdlab: 4 jobs, 4 images -> " in capsys.readouterr().out
 
 
+def test_progress_lines_name_each_cell_by_what_varies_and_how_far_through_the_sweep(run_sdlab, tmp_path,
+                                                                                    monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seeds=[1,2]", "guidance_scale=1,7.5", "model=tiny", *FAST) == 0
+    out = capsys.readouterr().out
+    assert "job 1 of 2: guidance_scale=1\n" in out and "job 2 of 2: guidance_scale=7.5\n" in out
+    for seed in (1, 2):
+        assert f"[job 2 of 2] guidance_scale=7.5 seed={seed}: " in out
+
+
+def test_job_folders_are_zero_padded_to_the_sweep_size_and_a_rerun_finds_them(run_sdlab, tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep = ("-m", "seed=range(0,11)", "model=tiny", "num_inference_steps=1", "threads=1", "hydra.sweep.dir=s")
+    assert run_sdlab(*sweep) == 0
+    folders = sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir())
+    assert folders == [f"{n:02d}" for n in range(11)]  # 00 .. 10: `ls` order is job order
+    frame = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert frame["seed"].tolist() == list(range(11)) and frame["image_path"].str.startswith("10/").sum() == 1
+    capsys.readouterr()
+    assert run_sdlab(*sweep) == 0
+    assert capsys.readouterr().out.count("skipped: already complete") == 11
+
+
+def test_a_grid_job_names_each_image_by_its_cell(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("experiment=guidance_grid", "guidance_scales=[1,7.5]", "model=tiny", *FAST) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if " s (text " in line]
+    assert len(lines) == 2 and "guidance_scale=1.0 seed=0: " in lines[0] and "guidance_scale=7.5 seed=0: " in lines[1]
+    last = out.splitlines()[-3:]  # the table, the job's claim (once, though two figures carry it), what to open
+    assert last[0].endswith("results.csv: 2 ok, 0 failed") and last[1].startswith("  guidance_grid.png: prompt followed ")
+    assert last[2].startswith("  open: ") and "clip_vs_guidance.png" in last[2] and "guidance_grid.png" in last[2]
+
+
 def test_embedded_model_warns_about_prompts_and_sizes_it_was_not_made_for(run_sdlab, tmp_path, monkeypatch,
                                                                          capsys):
     monkeypatch.chdir(tmp_path)
@@ -190,6 +228,16 @@ def sdlab_command(*args, cwd, **popen):
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120, **popen)
+
+
+def test_the_console_script_keeps_entrys_exit_code_and_runs_exit_handlers(tmp_path):
+    """`main` only leaves its objects out of the collection at exit: exit handlers run and the code is entry's."""
+    code = ("import atexit, sys; atexit.register(lambda: print('handler ran')); "
+            "sys.argv = ['sdlab', 'guidance_scale=abc']; from sdlab.app.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2 and done.stdout == "handler ran\n"
+    assert done.stderr.startswith("sdlab: error: ") and len(done.stderr.splitlines()) == 1
 
 
 def test_help_describes_sdlab_without_loading_torch(tmp_path):
@@ -207,10 +255,10 @@ def test_help_describes_sdlab_without_loading_torch(tmp_path):
 
 @pytest.mark.parametrize("args", [["guidance_scale=abc"], ["model=sd15"], ["model=sd15", "model.path=absent"]])
 def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path, args):
-    """A bad value and missing weights are answered before the libraries a job needs are imported."""
+    """A bad value and missing weights are answered before the libraries a job needs (or the hub client) are imported."""
     probe = (f"import sys; sys.argv = ['sdlab', *{args!r}]; from sdlab.app.cli import entry\n"
              "try:\n    entry()\nexcept SystemExit as e:\n"
-             "    print('exit', e.code, sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+             "    print('exit', e.code, sorted(m for m in ('torch', 'diffusers', 'huggingface_hub') if m in sys.modules))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env=env)

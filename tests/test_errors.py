@@ -11,7 +11,8 @@ import pytest
 
 from sdlab.config import ModelSpec, generation_params
 from sdlab.errors import UserError
-from sdlab.models.loading import check_weights_folder, load_model
+from sdlab.models.loading import load_model
+from sdlab.models.model_files import check_weights_folder
 from sdlab.bench.params import load_params
 
 

@@ -84,3 +84,48 @@ def test_cell_size_keeps_small_images_sharp_and_big_grids_bounded(tmp_path):
     assert cell_side([image(768)], 16) == CELL_MAX
     assert cell_side([image(512)], 400) == 200  # 400 cells of 200 px: 16 megapixels
     assert cell_side([None], 4) == CELL_MIN
+
+
+def test_a_reused_run_folder_drops_the_grid_sdlab_drew_there_and_keeps_a_users(tmp_path):
+    from sdlab.bench.collect import summarize
+
+    two = frame_of(tmp_path, [{"seed": "1"}, {"seed": "2"}]).assign(status="ok")
+    summarize(two, tmp_path)
+    assert (tmp_path / "grid.png").is_file()
+    summarize(two.iloc[:1], tmp_path)  # the folder's table now lists one image: no grid, and not the old one
+    assert not (tmp_path / "grid.png").exists()
+    (tmp_path / "grid.png").write_bytes(b"mine")  # not drawn by sdlab (no caption): left alone
+    summarize(two.iloc[:1], tmp_path)
+    assert (tmp_path / "grid.png").read_bytes() == b"mine"
+
+
+def test_the_last_lines_name_each_figure_and_its_headline_once(tmp_path):
+    from sdlab.bench.captions import record_caption
+    from sdlab.bench.collect import summarize
+
+    for name, caption in {"a.png": "crossing at t=284 | panel", "b.png": "mini: crossing at t=284",
+                          "c.png": "11.9 B parameters"}.items():
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+        record_caption(tmp_path / name, caption)
+    lines = summarize(pd.DataFrame({"status": ["ok"]}), tmp_path).splitlines()
+    assert lines[1:] == ["  a.png: crossing at t=284", "  c.png: 11.9 B parameters",
+                         f"  open: {tmp_path / 'a.png'}, {tmp_path / 'b.png'}, {tmp_path / 'c.png'}"]
+    assert summarize(pd.DataFrame({"status": ["ok"]}), tmp_path, since=2e9).splitlines()[1:] == []  # none new
+
+
+def test_a_seed_that_would_be_a_page_sits_side_by_side_in_each_cell(tmp_path):
+    cells = [{"scheduler": k, "guidance_scale": str(g), "seed": str(s)} for k in ("ddim", "euler")
+             for g in (1, 7.5) for s in (1, 2)]
+    frame = frame_of(tmp_path, cells)
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png")
+    canvas = np.asarray(Image.open(out).convert("RGB"))
+    boxes = []
+    for i in range(len(cells)):
+        rows, cols = np.nonzero(np.all(canvas == shade(i), axis=-1))
+        boxes.append((rows.min(), cols.min(), cols.max()))
+    for cell in range(4):  # one page: the two seeds of a cell on one line, left to right, close together
+        top, lefts = {boxes[2 * cell + s][0] for s in range(2)}, [boxes[2 * cell + s][1] for s in range(2)]
+        assert len(top) == 1 and lefts == sorted(lefts)
+        assert all(boxes[2 * cell + s + 1][1] - boxes[2 * cell + s][2] - 1 < 4 for s in range(1))
+    assert len({b[0] for b in boxes}) == 2  # two rows (guidance scales), not a page per seed
+    assert "seed 1, 2, left to right" in json.loads((tmp_path / "captions.json").read_text())["grid.png"]

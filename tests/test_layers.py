@@ -109,3 +109,24 @@ def test_the_private_api_check_finds_what_the_plugins_once_used(tmp_path):
                    "title = fig._suptitle.get_text()\nkeys = getattr(model, '_keys_to_ignore', None)\n"
                    "self._kept = cls._x = 1\n")
     assert sorted(use.split(":")[0] for use in private_uses(old)) == ["1", "2", "6", "7"]
+
+
+def test_the_contracts_fail_on_a_job_that_imports_hydra(tmp_path):
+    """The Hydra contract is not vacuous: a copy of sdlab whose generate job imports hydra breaks it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(PACKAGE, tmp_path / "sdlab", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    job = tmp_path / "sdlab" / "jobs" / "generate.py"
+    job.write_text(job.read_text().replace("from __future__ import annotations\n",
+                                           "from __future__ import annotations\n\nimport hydra  # noqa: F401\n", 1))
+    run = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports; "
+                          "import sdlab; assert sdlab.__file__.startswith(sys.argv[1]), sdlab.__file__; "
+                          "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True))", str(tmp_path)],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Hydra and OmegaConf only in the app BROKEN" in run.stdout and "sdlab.jobs.generate -> hydra" in run.stdout

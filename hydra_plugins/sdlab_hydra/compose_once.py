@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from sdlab.app.compose import check_composed, resolved
+from sdlab.app.compose import SWEEP_CELLS, check_composed, resolved
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.resume import clean_temp_files, write_manifest
@@ -33,6 +34,16 @@ def touched(key: str, keys: list[str]) -> bool:
     """True when another of `keys` names `key`'s parent, child or element: Hydra applies them in order, so
     re-applying `key` alone on an earlier job's config would not give what composing gives."""
     return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
+
+
+def varying_keys(jobs: list[list[str]]) -> list[str]:
+    """The keys whose value differs between the sweep's jobs, in command-line order."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for item in job:
+            key, _, value = item.partition("=")
+            values.setdefault(key.lstrip("+~"), set()).add(value)
+    return [key for key, seen in values.items() if len(seen) > 1]
 
 
 def cells(overrides: list[Override]) -> list[list[str]]:
@@ -198,6 +209,7 @@ class ComposeOnceSweeper(Sweeper):
                 log.warning(skipped_line(cannot, jobs))
             self.cannot_run = set(cannot)
             log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
+        os.environ[SWEEP_CELLS] = str(len(jobs) - len(self.cannot_run))  # the width of job folder names
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
             job_dirs = self.check_dirs(sweep_dir, composed)
             ownership.claim(Path(sweep_dir), "hydra.sweep.dir")  # before the first write; a second sdlab stops here
@@ -213,7 +225,7 @@ class ComposeOnceSweeper(Sweeper):
         clean_temp_files(Path(sweep_dir))  # a kill during the last collection
         if self.preflight:  # how a rerun of this command finds this folder
             task = OmegaConf.to_container(self.config.hydra.overrides.task, resolve=False)
-            write_manifest(Path(sweep_dir), task, cells=len(jobs) - len(self.cannot_run))
+            write_manifest(Path(sweep_dir), task, cells=len(jobs) - len(self.cannot_run), axes=varying_keys(jobs))
         return self.launch([job for job in jobs if tuple(job) not in self.cannot_run], Path(sweep_dir))
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:

@@ -18,7 +18,6 @@ from hydra.core.utils import (
     JobStatus,
     configure_log,
     env_override,
-    filter_overrides,
     setup_globals,
 )
 from hydra.errors import HydraDeprecationError
@@ -26,7 +25,6 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sdlab.app.arguments import display_overrides
 from sdlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -76,8 +74,6 @@ class LeanLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs locally")
         runs = []
         for idx, overrides in enumerate(job_overrides, initial_job_idx):
-            shown = display_overrides(list(filter_overrides(overrides)))  # prompts as the job gets them
-            log.info(f"\t#{idx} : {' '.join(f'{key}={value}' for key, value in shown.items())}")
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx

@@ -237,7 +237,7 @@ def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
     if "hydra.sweep.dir" not in given:
         added.append(f"hydra.sweep.dir=outputs/experiments/multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     if "hydra.sweep.subdir" not in given:
-        added.append("hydra.sweep.subdir=${hydra.job.num}_${hydra.runtime.choices.experiment}")
+        added.append("hydra.sweep.subdir='${job_folder:${hydra.job.num}}_${hydra.runtime.choices.experiment}'")
     return added
 
 

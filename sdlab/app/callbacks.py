@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,8 +17,8 @@ from sdlab.app.compose import check_composed, fail
 from sdlab.bench import lock, ownership
 from sdlab.bench.collect import summarize
 from sdlab.bench.figure_index import write_index
-from sdlab.bench.records import collect
-from sdlab.bench.resume import mark_sweep_complete
+from sdlab.bench.records import collect, job_dirs
+from sdlab.bench.resume import MARKER, mark_sweep_complete, read_manifest
 from sdlab.errors import UserError
 
 log = logging.getLogger("sdlab")
@@ -76,6 +77,29 @@ def hold(folder: Path) -> None:
         fail(f"cannot lock {folder}: {type(e).__name__}: {e}")
 
 
+class FinishedJobs(threading.Thread):
+    """Prints a line as each job of a sweep finishes (its folder gets its finished mark), for launchers that run jobs
+    in other processes and print nothing until the last one ends."""
+
+    def __init__(self, sweep_dir: Path, since: float, every: float = 1.0):
+        super().__init__(daemon=True)
+        self.sweep_dir, self.since, self.every, self.stopped = sweep_dir, since, every, threading.Event()
+
+    def run(self) -> None:
+        seen: set[str] = set()
+        while not self.stopped.wait(self.every):
+            cells = (read_manifest(self.sweep_dir) or {}).get("cells", "?")
+            for job in job_dirs(self.sweep_dir) if self.sweep_dir.is_dir() else []:
+                mark = job / MARKER
+                if job.name not in seen and mark.is_file() and mark.stat().st_mtime >= self.since:
+                    seen.add(job.name)
+                    print(f"sdlab: {len(seen)} of {cells} jobs finished ({job.name})", flush=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
 class CollectSweep(Callback):
     """Lock a run dir (the sweeper locks a sweep dir); at multirun end, collect every job's rows into
     `<sweep_dir>/results.{parquet,csv}`, `grid.png`, the summary by swept value and `report.html`."""
@@ -83,6 +107,7 @@ class CollectSweep(Callback):
     failures = 0  # failed rows of the last sweep collected in this process (the exit code)
 
     sweep_dir: Path | None = None  # the sweep under way, for the interrupt line
+    watch: FinishedJobs | None = None  # the lines as jobs finish in a launcher's other processes
 
     @stops_on_error
     def on_run_start(self, config, **kwargs) -> None:
@@ -96,10 +121,16 @@ class CollectSweep(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()
         CollectSweep.sweep_dir = Path(str(config.hydra.sweep.dir))
+        CollectSweep.watch = None  # on the class: the launcher pickles this callback with it for its workers
+        if "sdlab_hydra" not in str(config.hydra.launcher.get("_target_", "")):  # jobs run elsewhere: say as they end
+            CollectSweep.watch = FinishedJobs(CollectSweep.sweep_dir, self.started - 1)
+            CollectSweep.watch.start()
 
     @stops_on_error
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if CollectSweep.watch is not None:
+            CollectSweep.watch.stop()
         try:
             self.collect(sweep_dir)
         finally:

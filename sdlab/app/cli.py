@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sdlab.app.arguments import check_output_dir, display_overrides, prepare
 from sdlab.app.callbacks import CollectSweep, Preflight
-from sdlab.app.compose import fail, one_line, resolved, task_overrides
+from sdlab.app.compose import fail, job_folder, one_line, resolved, task_overrides
 from sdlab.app.help import help_text, version_text
 from sdlab.app.preflight import job_config
 from sdlab.bench import lock, ownership, resume
@@ -81,19 +82,27 @@ def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
 
 def run(cfg) -> None:
     """Hydra's task function: compose -> plain dict -> job (or its finished rows) -> results table."""
+    quiet_libraries()  # again in the job's own process: a launcher may run it in a fresh interpreter
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = display_overrides(task_overrides(hc))
+    extra = {}
+    if multirun:
+        sweep_dir = out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1]
+        extra = {"sweep_dir": str(sweep_dir), **resume.sweep_position(sweep_dir, int(hc.job.num))}
     ctx = JobContext(
         config={},
         out_dir=out_dir,
         experiment=hc.runtime.choices.get("experiment") or "generate",
         overrides=json.dumps(overrides),
         run_id=uuid.uuid4().hex[:12],
-        extra={"sweep_dir": str(out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1])} if multirun else {},
+        extra=extra,
     )
     if multirun:  # a job dir is locked while its job runs (the sweeper checked that it is sdlab's)
+        axes = extra.get("axes", list(overrides))
+        log.info("%s: %s", extra.get("progress", f"job {int(hc.job.num) + 1}"),
+                 " ".join(f"{k}={v}" for k, v in overrides.items() if k in axes) or "-")
         lock.acquire(out_dir, parents=False)
         ownership.adopt(out_dir)
     try:
@@ -105,7 +114,7 @@ def run(cfg) -> None:
 
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
     """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
-    out_dir = ctx.out_dir
+    out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock
     try:
         ctx.config = job_config(resolved(cfg), overridden)  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
@@ -115,6 +124,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
         frame = resume.finished_job(out_dir, job_hash) if ctx.config.get("resume", True) else None
         if frame is not None:
             log.info("skipped: already complete in %s (resume=false recomputes)", out_dir)
+            started = 0.0  # its figures are from the run that finished it
         else:
             resume.unmark(out_dir)
             frame = get_job(ctx.config["job"])(ctx)
@@ -126,7 +136,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     except Exception as e:  # one failing cell must not stop the sweep
         log.exception("job failed")
         job_hash, frame = None, error_frame(ctx, e)
-    line = summarize(frame, out_dir, grid=not multirun)
+    line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed:
         resume.mark_finished(out_dir, job_hash, {"rows": len(frame)})
@@ -135,9 +145,15 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
         sys.exit(1)
 
 def register_resolvers() -> None:
-    """`${project:PATH}` in recipes: PATH inside the sdlab checkout, wherever sdlab runs from."""
+    """`${project:PATH}` in recipes: PATH inside the sdlab checkout, wherever sdlab runs from; `${job_folder:N}`: a
+    sweep job's folder name."""
     if not OmegaConf.has_resolver("project"):
         OmegaConf.register_new_resolver("project", lambda path="": str(CONF_DIR.parent / path))
+    if not OmegaConf.has_resolver("job_folder"):
+        OmegaConf.register_new_resolver("job_folder", job_folder)
+
+
+register_resolvers()  # at import too: a launcher's worker process unpickles `run` from here and resolves its folder
 
 @contextmanager
 def hydra_errors_as_user_errors():
@@ -202,5 +218,16 @@ def entry() -> None:
         sys.exit(1)
 
 
+def main() -> None:
+    """Console script `sdlab`: `entry`, leaving what it made out of the collection at exit (with torch, diffusers and
+    transformers loaded that collection idled about 4 s after the last line)."""
+    import gc
+
+    try:
+        entry()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    entry()
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from omegaconf import OmegaConf
@@ -10,6 +11,15 @@ from omegaconf.errors import OmegaConfBaseException
 from sdlab.app.arguments import display_overrides
 from sdlab.app.preflight import check_job, job_config
 from sdlab.errors import UserError
+
+
+SWEEP_CELLS = "SDLAB_SWEEP_CELLS"  # set by the sweeper; an environment variable reaches a launcher's workers too
+
+
+def job_folder(num) -> str:
+    """`${job_folder:${hydra.job.num}}`: the job number zero-padded to the sweep's size (07 of 26), so folders sort."""
+    cells = int(os.environ.get(SWEEP_CELLS) or 1)
+    return str(num).zfill(len(str(max(cells - 1, 0))))
 
 
 def fail(message: str, code: int = UserError.exit_code) -> None:

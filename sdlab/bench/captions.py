@@ -25,3 +25,29 @@ def record_caption(target: Path, caption: str) -> None:
     captions = read_captions(Path(target).parent)
     captions[Path(target).name] = " ".join(caption.split())
     atomic_write_text(Path(target).parent / CAPTIONS, json.dumps(captions, indent=1, sort_keys=True))
+
+
+def forget_figure(target: Path) -> None:
+    """Remove a figure sdlab drew (one with a caption) and its caption; anyone else's file of that name stays."""
+    captions = read_captions(Path(target).parent)
+    if Path(target).name not in captions:
+        return
+    Path(target).unlink(missing_ok=True)
+    del captions[Path(target).name]
+    atomic_write_text(Path(target).parent / CAPTIONS, json.dumps(captions, indent=1, sort_keys=True))
+
+
+def headlines(folder: Path, since: float, besides: tuple[str, ...] = ()) -> dict[str, str]:
+    """The figures drawn in `folder` since `since` (a time stamp), other than `besides`, each with its headline (the
+    caption's first part); a headline another holds in full is given once, by the figure with the shorter one."""
+    drawn = {name: caption.split(" | ")[0] for name, caption in read_captions(folder).items()
+             if name not in besides and (Path(folder) / name).is_file()
+             and (Path(folder) / name).stat().st_mtime >= since}
+    texts = set(drawn.values())
+    shown: set[str] = set()
+    out = {}
+    for name, text in drawn.items():
+        repeated = text in shown or any(other != text and other in text for other in texts)
+        out[name] = "" if repeated else text
+        shown.add(text)
+    return out

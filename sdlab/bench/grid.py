@@ -21,6 +21,7 @@ MAX_GRID_CELLS = 400
 CELL_MIN, CELL_MAX = 128, 512  # small images are enlarged (nearest) to CELL_MIN, large ones reduced to CELL_MAX
 MAX_GRID_PIXELS = 16_000_000  # big grids get smaller cells (down to CELL_MIN) to stay about this size
 GAP, MARGIN, FONT_SIZE = 4, 8, 13
+SEED_GAP = 2  # between the seeds of one cell: narrower than between cells, so a cell reads as one
 EMPTY_CELL = (217, 217, 217)
 INK = (20, 20, 20)
 
@@ -103,30 +104,37 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
 
 def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str] | None = None,
                title: str = "") -> Path | None:
-    """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages."""
+    """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages; a seed that
+    would be a page (axes not given) is shown side by side within each cell instead, so a cell shows all its seeds."""
     if "image_path" in frame:
         frame = frame[frame["image_path"].notna()].reset_index(drop=True)
-    axes = list(grid_axes(frame) if axes is None else axes)
-    labels = {k: axis_values(frame, k) for k in axes}
-    uniq = {k: list(dict.fromkeys(labels[k])) for k in axes}
+    chosen = axes is not None
+    axes = list(axes if chosen else grid_axes(frame))
+    within = ["seed"] if not chosen and "seed" in axes and len(axes) > 2 else []
+    axes = [k for k in axes if k not in within]
+    labels = {k: axis_values(frame, k) for k in axes + within}
+    uniq = {k: list(dict.fromkeys(labels[k])) for k in axes + within}
     x_key, y_key = (axes + [None, None])[:2]
     pages = list(dict.fromkeys(tuple(labels[k][i] for k in axes[2:]) for i in range(len(frame)))) or [()]
     xs, ys = (uniq[x_key] if x_key else [""]), (uniq[y_key] if y_key else [""])
-    n_cells = len(xs) * len(ys) * len(pages)
+    seeds = uniq["seed"] if within else []
+    n_cells = len(xs) * len(ys) * len(pages) * max(1, len(seeds))
     if n_cells > MAX_GRID_CELLS:
-        log.warning("no %s: %d x %d x %d cells is past %d; sweep fewer values or pass axes", target.name,
-                    len(xs), len(ys), len(pages), MAX_GRID_CELLS)
+        log.warning("no %s: %d x %d x %d x %d images is past %d; sweep fewer values or pass axes", target.name,
+                    len(xs), len(ys), len(pages), max(1, len(seeds)), MAX_GRID_CELLS)
         return None
     cells: dict[tuple, Path | None] = {}
     for i in range(len(frame)):
-        key = tuple(labels[k][i] for k in axes)
+        key = tuple(labels[k][i] for k in axes + within)
         path = frame["image_path"].iloc[i] if "image_path" in frame else None
         cells.setdefault(key, (Path(base) / path) if isinstance(path, str) and path else None)
     if len(cells) < n_cells / 2:
         log.warning("no %s: %d images fill too few of %d cells to be a grid (the jobs' own grids still stand)",
                     target.name, len(cells), n_cells)
         return None
-    canvas = draw_grid(cells, axes, xs, ys, pages, title)
+    if seeds:
+        title = f"{title}\n" * bool(title) + f"each cell: seed {', '.join(seeds)}, left to right"
+    canvas = draw_grid(cells, axes, xs, ys, pages, title, seeds)
     with atomic_path(target) as tmp:
         canvas.save(tmp, format="PNG")
     record_caption(target, title or f"{' x '.join(axes)} grid of {len(cells)} images")
@@ -153,10 +161,13 @@ def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
 
 
 def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
-              title: str) -> Image.Image:
-    """Compose the grid: column labels on top, row labels on the left, one bold header per page."""
+              title: str, seeds: Sequence[str] = ()) -> Image.Image:
+    """Compose the grid: column labels on top, row labels on the left, one bold header per page; with `seeds`, each
+    cell holds one image per seed side by side (its key ends with the seed)."""
     x_key, y_key = (axes + [None, None])[:2]
-    side = cell_side(list(cells.values()), len(xs) * len(ys) * len(pages))
+    strip = list(seeds) or [None]
+    side = cell_side(list(cells.values()), len(xs) * len(ys) * len(pages) * len(strip))
+    cell_w = len(strip) * (side + SEED_GAP) - SEED_GAP
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     col_labels = [label(x_key, x) if x_key else "" for x in xs]
     row_labels = [label(y_key, y) if y_key else "" for y in ys]
@@ -164,8 +175,9 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
     left = max(text_size(measure, t)[0] for t in row_labels) + (GAP * 2 if y_key else 0)
     head = max(text_size(measure, t)[1] for t in col_labels) + (GAP * 2 if x_key else 0)
     page_head = max(text_size(measure, t, bold=True)[1] for t in page_labels) + (GAP * 3 if page_labels[0] else 0)
-    col_w = max(side, max(text_size(measure, t)[0] for t in col_labels) + 2 * GAP)  # labels never overlap
-    page_w = left + len(xs) * (col_w + GAP) - GAP
+    col_w = max(cell_w, max(text_size(measure, t)[0] for t in col_labels) + 2 * GAP)  # labels never overlap
+    col_gap = GAP * 4 if seeds else GAP  # cells of several seeds stand apart
+    page_w = left + len(xs) * (col_w + col_gap) - col_gap
     page_h = page_head + head + len(ys) * (side + GAP) - GAP
     title = wrapped(measure, title, max(page_w, TITLE_MIN_WIDTH))
     title_h = text_size(measure, title, bold=True)[1] + GAP * 3 if title else 0
@@ -181,20 +193,22 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
                                 font=font(True), anchor="ma", align="center")
         grid_top = top + page_head + head
         for c, text in enumerate(col_labels):
-            draw.multiline_text((MARGIN + left + c * (col_w + GAP) + col_w // 2, grid_top - GAP), text, fill=INK,
+            draw.multiline_text((MARGIN + left + c * (col_w + col_gap) + col_w // 2, grid_top - GAP), text, fill=INK,
                                 font=font(), anchor="md", align="center", spacing=2)
         for r, y in enumerate(ys):
             y0 = grid_top + r * (side + GAP)
             draw.multiline_text((MARGIN + left - GAP * 2, y0 + side // 2), row_labels[r], fill=INK, font=font(),
                                 anchor="rm", align="right", spacing=2)
             for c, x in enumerate(xs):
-                key = tuple(v for v in (x, y)[: len(axes[:2])]) + page
-                x0 = MARGIN + left + c * (col_w + GAP) + (col_w - side) // 2
-                image = fitted(cells.get(key), side)
-                if image is None:
-                    draw.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=EMPTY_CELL)
-                    draw.text((x0 + side // 2, y0 + side // 2), "failed" if key in cells else "missing", fill=INK,
-                              font=font(), anchor="mm")
-                else:
-                    canvas.paste(image, (x0 + (side - image.width) // 2, y0 + (side - image.height) // 2))
+                cell = tuple(v for v in (x, y)[: len(axes[:2])]) + page
+                for s, seed in enumerate(strip):
+                    key = cell + ((seed,) if seeds else ())
+                    x0 = MARGIN + left + c * (col_w + col_gap) + (col_w - cell_w) // 2 + s * (side + SEED_GAP)
+                    image = fitted(cells.get(key), side)
+                    if image is None:
+                        draw.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=EMPTY_CELL)
+                        draw.text((x0 + side // 2, y0 + side // 2), "failed" if key in cells else "missing",
+                                  fill=INK, font=font(), anchor="mm")
+                    else:
+                        canvas.paste(image, (x0 + (side - image.width) // 2, y0 + (side - image.height) // 2))
     return canvas

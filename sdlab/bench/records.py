@@ -154,11 +154,6 @@ def local_file(folder: Path, relative: Any) -> Path | None:
         return None
 
 
-def inside(folder: Path, relative: Any) -> bool:
-    """True when `relative` names a file in `folder` (not absolute, no `..` or symlink leading out)."""
-    return local_file(folder, relative) is not None
-
-
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: a file cut short has none
 
 

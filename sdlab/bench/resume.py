@@ -96,10 +96,12 @@ def sweep_key(task_overrides: list[str]) -> str:
     return config_hash({"overrides": [o for o in task_overrides if not o.lstrip("+~").startswith("hydra.")]})
 
 
-def write_manifest(sweep_dir: Path, task_overrides: list[str], cells: int, complete: bool = False) -> None:
-    """Record a sweep's command, cell count and whether it finished, in its folder."""
+def write_manifest(sweep_dir: Path, task_overrides: list[str], cells: int, axes: list[str] = (),
+                   complete: bool = False) -> None:
+    """Record a sweep's command, cell count, the keys whose value varies across its cells and whether it finished,
+    in its folder."""
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "cells": cells,
-                "complete": complete}
+                "axes": list(axes), "complete": complete}
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
@@ -113,6 +115,17 @@ def read_manifest(sweep_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("key"), str) else None
+
+
+def sweep_position(sweep_dir: Path, job_num: int) -> dict[str, Any]:
+    """Where job `job_num` stands in its sweep, from the manifest: {"progress": "job 3 of 6" (or "recipe 3 of 26" over
+    recipes), "axes": the keys that vary}; {} without a manifest."""
+    manifest = read_manifest(sweep_dir)
+    if manifest is None or not isinstance(manifest.get("cells"), int):
+        return {}
+    axes = [str(a) for a in manifest.get("axes", [])]
+    unit = "recipe" if "experiment" in axes else "job"
+    return {"progress": f"{unit} {job_num + 1} of {manifest['cells']}", "axes": axes}
 
 
 def mark_sweep_complete(sweep_dir: Path) -> None:

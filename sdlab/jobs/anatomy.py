@@ -19,7 +19,8 @@ from sdlab.models.architectures import (
     build_part,
     component_class,
 )
-from sdlab.models.loading import check_weights_folder, model_folder, read_object
+from sdlab.models.loading import model_folder
+from sdlab.models.model_files import check_weights_folder, read_object
 
 
 def meta_components(spec: ModelSpec) -> dict:

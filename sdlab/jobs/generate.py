@@ -152,10 +152,13 @@ def own_overrides(overrides: str, seed: int) -> str:
     return json.dumps(parsed)
 
 
-def describe(overrides: str, seed: int) -> str:
-    """The job's overrides and the image's seed as `k=v k=v` for log lines."""
-    parsed = {**json.loads(own_overrides(overrides, seed)), "seed": seed}
-    return " ".join(f"{k}={v}" for k, v in parsed.items())
+def describe(ctx: JobContext, overrides: str, seed: int) -> str:
+    """An image's cell as `k=v k=v` for log lines: its overrides (in a sweep those that vary across it) and its seed,
+    after how far through the sweep its job is."""
+    fixed = set(json.loads(ctx.overrides or "{}")) - set(ctx.extra.get("axes", json.loads(ctx.overrides or "{}")))
+    parsed = {k: v for k, v in json.loads(own_overrides(overrides, seed)).items() if k not in fixed} | {"seed": seed}
+    progress = f"[{ctx.extra['progress']}] " if "progress" in ctx.extra else ""
+    return progress + " ".join(f"{k}={v}" for k, v in parsed.items())
 
 
 PNG_KEYS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height", "eta",
@@ -178,7 +181,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
     scores = iter(score_images(scorers, good, [common["prompt"]] * len(good)))
     for image, seed in zip(result.images, result.seeds):
         if image is None:
-            log.error("%s: %s", describe(ctx.overrides, seed), result.errors[seed])
+            log.error("%s: %s", describe(ctx, common["overrides"], seed), result.errors[seed])
             rows.append(failed_row(common, hash_base, seed, n, f"BadOutputError: {result.errors[seed]}"))
             continue
         score = next(scores)
@@ -201,10 +204,10 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
         try:
             save_png(image, ctx.out_dir / relative, png_record(row, ctx.config), row=row)
         except OSError as e:
-            log.error("%s: image not saved: %s", describe(ctx.overrides, seed), e)
+            log.error("%s: image not saved: %s", describe(ctx, common["overrides"], seed), e)
             rows.append(failed_row(common, hash_base, seed, n, f"{NOT_SAVED}{type(e).__name__}: {e}"))
             continue
-        log.info("%s: %.2f s (text %.3f, unet %.2f, vae %.3f), nfe %d", describe(ctx.overrides, seed),
+        log.info("%s: %.2f s (text %.3f, unet %.2f, vae %.3f), nfe %d", describe(ctx, common["overrides"], seed),
                  row["time_total_s"], row["time_text_s"], row["time_unet_s"], row["time_vae_s"], result.nfe)
         rows.append(row)
     return rows

@@ -100,8 +100,3 @@ def build_unet(overrides: dict[str, Any] | None = None):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(**merged(UNET, overrides))
-
-
-def parameter_count(module) -> int:
-    """Number of parameters of a module."""
-    return sum(p.numel() for p in module.parameters())

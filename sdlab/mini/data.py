@@ -315,11 +315,6 @@ def batch(
     return images, captions, attributes
 
 
-def train_sample(index: int) -> tuple[np.ndarray, str, Attributes]:
-    """Training item: seed TRAIN_SEED, never a held-out combination."""
-    return sample(TRAIN_SEED, index, "train")
-
-
 def train_batch(start: int, count: int) -> tuple[np.ndarray, list[str], list[Attributes]]:
     """Training items start..start+count-1."""
     return batch(TRAIN_SEED, start, count, "train")

@@ -240,7 +240,6 @@ class Architecture:
     components: dict[str, Part]
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD15_SCHEDULER))
     scheduler_class: str = "PNDMScheduler"
-    pipeline: str = "StableDiffusionPipeline"
     family: str = "sd"  # the adapter that runs it: sd (1.x, 2.x), sdxl, sd3 or flux (sdlab/families)
     resolution: int = 512
     param_counts: dict[str, int] = field(default_factory=dict)  # published parameters per component
@@ -305,31 +304,31 @@ ARCHITECTURES = {
         {"unet": Part("UNet2DConditionModel", SDXL_UNET), "vae": Part("AutoencoderKL", SDXL_VAE),
          "text_encoder": Part("CLIPTextModel", CLIP_L_TEXT),
          "text_encoder_2": Part("CLIPTextModelWithProjection", OPENCLIP_BIGG_TEXT)},
-        SDXL_SCHEDULER, "EulerDiscreteScheduler", "StableDiffusionXLPipeline", "sdxl", 1024,
+        SDXL_SCHEDULER, "EulerDiscreteScheduler", "sdxl", 1024,
         param_counts={"unet": 2_567_463_684, "vae": SD_VAE_PARAMS, "text_encoder": CLIP_L_PARAMS,
                       "text_encoder_2": BIGG_PROJ_PARAMS},
     ),
     "sd3_medium_arch": Architecture(
-        sd3_parts(SD3_TRANSFORMER), SD3_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "StableDiffusion3Pipeline", "sd3",
-        1024, param_counts={"transformer": 2_028_328_000, **SD3_TEXT_PARAMS},
+        sd3_parts(SD3_TRANSFORMER), SD3_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "sd3", 1024,
+        param_counts={"transformer": 2_028_328_000, **SD3_TEXT_PARAMS},
     ),
     # SD3.5: no exact public count found; these pin the build from the published configs. With the
     # persistent position-table buffer (384^2 x 1536, 192^2 x 2432) they give Stability's 2.5 B and 8.1 B.
     "sd35_medium_arch": Architecture(
-        sd3_parts(SD35_MEDIUM_TRANSFORMER), SD35_SCHEDULER, "FlowMatchEulerDiscreteScheduler",
-        "StableDiffusion3Pipeline", "sd3", 1024, param_counts={"transformer": 2_243_171_520, **SD3_TEXT_PARAMS},
+        sd3_parts(SD35_MEDIUM_TRANSFORMER), SD35_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "sd3", 1024,
+        param_counts={"transformer": 2_243_171_520, **SD3_TEXT_PARAMS},
     ),
     "sd35_large_arch": Architecture(
-        sd3_parts(SD35_LARGE_TRANSFORMER), SD35_SCHEDULER, "FlowMatchEulerDiscreteScheduler",
-        "StableDiffusion3Pipeline", "sd3", 1024, param_counts={"transformer": 8_056_627_520, **SD3_TEXT_PARAMS},
+        sd3_parts(SD35_LARGE_TRANSFORMER), SD35_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "sd3", 1024,
+        param_counts={"transformer": 8_056_627_520, **SD3_TEXT_PARAMS},
     ),
     "flux_dev_arch": Architecture(
-        flux_parts(FLUX_DEV_TRANSFORMER), FLUX_DEV_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "FluxPipeline",
-        "flux", 1024, param_counts={"transformer": 11_901_408_320, **FLUX_TEXT_PARAMS},
+        flux_parts(FLUX_DEV_TRANSFORMER), FLUX_DEV_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "flux", 1024,
+        param_counts={"transformer": 11_901_408_320, **FLUX_TEXT_PARAMS},
     ),
     "flux_schnell_arch": Architecture(
-        flux_parts(FLUX_SCHNELL_TRANSFORMER), FLUX_SCHNELL_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "FluxPipeline",
-        "flux", 1024, param_counts={"transformer": 11_891_178_560, **FLUX_TEXT_PARAMS},
+        flux_parts(FLUX_SCHNELL_TRANSFORMER), FLUX_SCHNELL_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "flux", 1024,
+        param_counts={"transformer": 11_891_178_560, **FLUX_TEXT_PARAMS},
     ),
     "tiny": Architecture(sd_parts(TINY_UNET, TINY_VAE, TINY_TEXT)),
 }
@@ -400,7 +399,7 @@ ARCHITECTURES["sdxl_tiny"] = Architecture(
      "vae": Part("AutoencoderKL", {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True}),
      "text_encoder": Part("CLIPTextModel", TINY_TEXT),
      "text_encoder_2": Part("CLIPTextModelWithProjection", TINY_CLIP_WITH_PROJECTION)},
-    SDXL_SCHEDULER, "EulerDiscreteScheduler", "StableDiffusionXLPipeline", "sdxl", 64,
+    SDXL_SCHEDULER, "EulerDiscreteScheduler", "sdxl", 64,
 )
 ARCHITECTURES["sd3_tiny"] = Architecture(
     {"transformer": Part("SD3Transformer2DModel", dict(
@@ -411,7 +410,7 @@ ARCHITECTURES["sd3_tiny"] = Architecture(
      "text_encoder": Part("CLIPTextModelWithProjection", TINY_CLIP_WITH_PROJECTION),
      "text_encoder_2": Part("CLIPTextModelWithProjection", TINY_CLIP_WITH_PROJECTION),
      "text_encoder_3": Part("T5EncoderModel", TINY_T5)},
-    SD3_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "StableDiffusion3Pipeline", "sd3", 64,
+    SD3_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "sd3", 64,
 )
 ARCHITECTURES["flux_tiny"] = Architecture(  # FLUX.1-dev-shaped: guidance-distilled (guidance_embeds), dynamic shifting
     {"transformer": Part("FluxTransformer2DModel", dict(
@@ -420,6 +419,6 @@ ARCHITECTURES["flux_tiny"] = Architecture(  # FLUX.1-dev-shaped: guidance-distil
      "vae": Part("AutoencoderKL", {**TINY_FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159}),
      "text_encoder": Part("CLIPTextModel", TINY_TEXT),
      "text_encoder_2": Part("T5EncoderModel", TINY_T5)},
-    FLUX_DEV_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "FluxPipeline", "flux", 64,
+    FLUX_DEV_SCHEDULER, "FlowMatchEulerDiscreteScheduler", "flux", 64,
 )
 BUILT_IN = tuple(ARCHITECTURES)  # model names built in code rather than read from a folder

@@ -100,13 +100,13 @@ def generate_batch(
     """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`."""
     start = time.perf_counter()
     n = len(seeds)
-    # 1. encode prompt and, under classifier-free guidance, the negative prompt (cached on the model)
-    model.prompt_kwargs(params.prompt, params.negative_prompt, 1, params.guidance_scale)
+    # 1. encode prompt and, under classifier-free guidance, the negative prompt (each prompt once per model)
+    embeddings = model.embeddings_for(params)
     t_text = time.perf_counter()
     # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
     model.use_batch_options(model.denoiser_batch(n, params.guidance_scale))
     with torch.inference_mode(), count_calls(model.denoiser) as nfe:
-        latents = model.denoise(params, generators(seeds), on_step)
+        latents = model.denoise(params, generators(seeds), embeddings, on_step)
     t_unet = time.perf_counter()
     # 3. decode latents
     with torch.inference_mode():

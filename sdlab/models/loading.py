@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,11 +16,7 @@ from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
-from sdlab.models.model_files import (  # noqa: F401
-    check_pipeline_folder,
-    check_weights_folder,
-    read_object,
-)
+from sdlab.models.model_files import check_pipeline_folder, read_object
 from sdlab.models.schedulers import check_steps
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -30,17 +27,26 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+def hub_cache() -> Path:
+    """The Hugging Face cache folder as huggingface_hub's environment variables choose it, read without importing it."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                                   or os.path.join(home, "hub")))
+
+
 def cached_snapshot(repo_id: str) -> Path:
-    """The local Hugging Face cache folder of `repo_id`, never downloading."""
+    """The local Hugging Face cache folder of `repo_id`, never downloading; a repository with no folder in the cache is
+    refused before huggingface_hub is imported (about half a second of a refusal)."""
+    missing = UserError(f"{repo_id} is not in the local Hugging Face cache; download it where there is internet "
+                        f"(`hf download {repo_id}`) or pass model.path=DIR with a diffusers folder")
+    if "huggingface_hub" not in sys.modules and not (hub_cache() / f"models--{repo_id.replace('/', '--')}").is_dir():
+        raise missing  # once imported, its own settings decide where the cache is
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as e:
-        raise UserError(
-            f"{repo_id} is not in the local Hugging Face cache ({type(e).__name__}); download it where there "
-            f"is internet (`hf download {repo_id}`) or pass model.path=DIR with a diffusers folder"
-        ) from None
+    except Exception:
+        raise missing from None
 
 
 def model_folder(spec: ModelSpec) -> Path:

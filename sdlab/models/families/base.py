@@ -218,23 +218,23 @@ class ModelAdapter:
         """`encode(text)` as the negative prompt: each key prefixed with `negative_`."""
         return {f"negative_{k}": v for k, v in self.encode(text).items()}
 
-    def prompt_kwargs(self, prompt: str, negative_prompt: str, n: int, guidance_scale: float) -> dict[str, Any]:
-        """Every embedding the pipeline takes for `n` images of `prompt` (and the negative, under CFG)."""
-        kwargs = dict(self.encode(prompt))
-        if self.uses_cfg(guidance_scale):
-            kwargs.update(self.negative_kwargs(negative_prompt))
-        return {k: batched(v, n) for k, v in kwargs.items()}
+    def embeddings_for(self, params) -> dict[str, torch.Tensor]:
+        """Every embedding the pipeline takes for one image of `params.prompt` (and the negative, under CFG)."""
+        embeddings = dict(self.encode(params.prompt))
+        if self.uses_cfg(params.guidance_scale):
+            embeddings.update(self.negative_kwargs(params.negative_prompt))
+        return embeddings
 
     # 5. denoise and decode
-    def denoise(self, params, generators: list[torch.Generator], on_step: Callable[[dict], Any] | None = None
-                ) -> torch.Tensor:
-        """The sampler loop of the pipeline: NCHW latents, not decoded. `on_step`, if given, gets each step as
-        `StepWatch` describes it."""
+    def denoise(self, params, generators: list[torch.Generator], embeddings: dict[str, torch.Tensor],
+                on_step: Callable[[dict], Any] | None = None) -> torch.Tensor:
+        """The sampler loop of the pipeline from `embeddings_for(params)`: NCHW latents, not decoded. `on_step`, if
+        given, gets each step as `StepWatch` describes it."""
         n = len(generators)
         options = {k: getattr(params, k) for k in self.call_options}
         with StepWatch(self, params, on_step) as watch:
             latents = self.pipe(
-                **self.prompt_kwargs(params.prompt, params.negative_prompt, n, params.guidance_scale),
+                **{k: batched(v, n) for k, v in embeddings.items()},
                 num_inference_steps=params.num_inference_steps,
                 guidance_scale=params.guidance_scale,
                 width=params.width,
