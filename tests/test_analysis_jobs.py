@@ -157,9 +157,9 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
     steps = recorded["steps"]
     for s, nxt in zip(steps[:-1], steps[1:]):
         ab, ab_prev = s["alpha_bar"], nxt["alpha_bar"]
-        eps = (s["x_t"] - math.sqrt(ab) * s["x0_pred"]) / math.sqrt(1 - ab)
-        expected = math.sqrt(ab_prev) * s["x0_pred"] + math.sqrt(1 - ab_prev) * eps
-        torch.testing.assert_close(s["latents_after"], expected, rtol=1e-4, atol=1e-4)
+        eps = (s["x_t"] - math.sqrt(ab) * s["denoised"]) / math.sqrt(1 - ab)
+        expected = math.sqrt(ab_prev) * s["denoised"] + math.sqrt(1 - ab_prev) * eps
+        torch.testing.assert_close(s["x"], expected, rtol=1e-4, atol=1e-4)
 
     gif = Image.open(tmp_path / "trajectory.gif")
     assert gif.n_frames == 4 + 1 and gif.size == (2 * 64 * 4, 64 * 4 + 14)
@@ -187,8 +187,8 @@ def test_trajectory_x0_pred_matches_euler_update(tmp_path):
     for i, s in enumerate(recorded["steps"]):
         sigma, sigma_next = float(recorded["sigmas"][i]), float(recorded["sigmas"][i + 1])
         x = s["x_t"] * math.sqrt(1 + sigma**2)
-        expected = x + (x - s["x0_pred"]) / sigma * (sigma_next - sigma)
-        torch.testing.assert_close(s["latents_after"], expected, rtol=1e-4, atol=1e-4)
+        expected = x + (x - s["denoised"]) / sigma * (sigma_next - sigma)
+        torch.testing.assert_close(s["x"], expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family,guidance_scale", [("sd3", 3.0), ("flux", 3.5)])
@@ -203,7 +203,7 @@ def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance
         return original(self, *exc)
 
     model = {**context("trajectory", tmp_path).run.recipe["model"], "name": f"{family}_tiny", "family": family}
-    scheduler = {**context("trajectory", tmp_path).run.recipe["scheduler"], "name": "flow_euler"}
+    scheduler = {**context("trajectory", tmp_path).run.recipe["scheduler"], "name": "euler"}
     trajectory.TrajectoryRecorder.__exit__ = keep
     try:
         rows = run("trajectory", tmp_path, model=model, scheduler=scheduler, num_inference_steps=3, frames=3,
@@ -213,14 +213,14 @@ def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance
     assert (rows["status"] == "ok").all() and rows["alpha_bar"].isna().all()
     assert rows["sigma"].is_monotonic_decreasing and rows["log_snr"].is_monotonic_increasing
     steps, sigmas = recorded["steps"], recorded["sigmas"]
-    assert steps[0]["x_t"].shape[-2:] == (8, 8) == steps[0]["x0_pred"].shape[-2:]  # NCHW, Flux's latents unpacked
+    assert steps[0]["x_t"].shape[-2:] == (8, 8) == steps[0]["denoised"].shape[-2:]  # NCHW, Flux's latents unpacked
     # Flow Euler: x_next = x_t + (sigma_next - sigma) v with v = (x_t - x0_pred)/sigma; the last step lands on x0_pred.
     for i, s in enumerate(steps):
         assert s["sigma"] == pytest.approx(float(sigmas[i]))
-        v = (s["x_t"] - s["x0_pred"]) / s["sigma"]
-        torch.testing.assert_close(s["latents_after"], s["x_t"] + (float(sigmas[i + 1]) - s["sigma"]) * v,
+        v = (s["x_t"] - s["denoised"]) / s["sigma"]
+        torch.testing.assert_close(s["x"], s["x_t"] + (float(sigmas[i + 1]) - s["sigma"]) * v,
                                    rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(steps[-1]["x0_pred"], steps[-1]["latents_after"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(steps[-1]["denoised"], steps[-1]["x"], rtol=1e-5, atol=1e-5)
     check_image(tmp_path / "trajectory.gif", min_size=(256, 256))
     check_image(tmp_path / "trajectory_strip.png", min_size=(300, 200))
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from sdlab.metrics.clip import clip_score_from_cosine, cosine_matrix, long_matrix, token_rows, token_table
-from sdlab.metrics.diffusion import (alpha_bar_at, flow_log_snr, guided, log_snr, log_snr_db, q_sample, snr_db,
-                                    x0_from_velocity, x0_pred)
+from sdlab.metrics.schedule import (alpha_bar_at, guided, log_snr, log_snr_db, snr_db_from_alpha_bar,
+                                   x0_from_velocity, x0_pred)
+from sdlab.models.noise import PROCESSES
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, downsampling_factor, latent_channel_stats, latent_shape
 from sdlab.models.tokenizer import load_tokenizer
@@ -18,11 +19,11 @@ from sdlab.models.tokenizer import load_tokenizer
 PIRATE = "a pirate ship sailing through a storm, dramatic lighting, oil painting"
 
 
-def test_q_sample_and_x0_pred_invert_each_other():
+def test_vp_noising_and_x0_pred_invert_each_other():
     rng = np.random.default_rng(0)
     x0, eps = rng.standard_normal((4, 8, 8)), rng.standard_normal((4, 8, 8))
     for alpha_bar in (0.999, 0.5, 0.01):
-        x_t = q_sample(x0, alpha_bar, eps)
+        x_t = PROCESSES["epsilon"].noised(x0, eps, {"alpha_bar": alpha_bar})
         np.testing.assert_allclose(x_t, math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * eps)
         np.testing.assert_allclose(x0_pred(x_t, eps, alpha_bar, "epsilon"), x0, atol=1e-9)
         v = math.sqrt(alpha_bar) * eps - math.sqrt(1 - alpha_bar) * x0
@@ -44,16 +45,33 @@ def test_x0_from_velocity_inverts_rectified_flow():
 
 
 def test_log_snr_of_both_schedules():
-    assert log_snr(0.5) == 0.0 and flow_log_snr(0.5) == 0.0 and log_snr(1.0) == math.inf
-    assert flow_log_snr(0.0) == math.inf and flow_log_snr(1.0) == -math.inf
-    assert flow_log_snr(0.2) == pytest.approx(2 * math.log(4))
-    assert log_snr_db(log_snr(0.9)) == pytest.approx(snr_db(0.9))
+    vp, flow = PROCESSES["epsilon"], PROCESSES["flow"]
+    assert vp.log_snr({"alpha_bar": 0.5}) == 0.0 and flow.log_snr({"sigma": 0.5}) == 0.0
+    assert vp.log_snr({"alpha_bar": 1.0}) == math.inf and log_snr(1.0, 0.0) == math.inf
+    assert flow.log_snr({"sigma": 0.0}) == math.inf and flow.log_snr({"sigma": 1.0}) == -math.inf
+    assert flow.log_snr({"sigma": 0.2}) == pytest.approx(2 * math.log(4))
+    assert log_snr_db(vp.log_snr({"alpha_bar": 0.9})) == pytest.approx(snr_db_from_alpha_bar(0.9))
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "flow"])
+def test_each_noise_process_recovers_x0_from_what_its_model_predicts(kind):
+    rng = np.random.default_rng(2)
+    x0, eps = rng.standard_normal((4, 8, 8)), rng.standard_normal((4, 8, 8))
+    process = PROCESSES[kind]
+    for level in ({"alpha_bar": 0.7, "sigma": None}, {"alpha_bar": 0.05, "sigma": None}) if kind != "flow" else (
+            {"alpha_bar": None, "sigma": 0.3}, {"alpha_bar": None, "sigma": 0.95}):
+        signal, noise = process.coefficients(level)
+        x_t = process.noised(x0, eps, level)
+        np.testing.assert_allclose(x_t, signal * x0 + noise * eps)
+        output = {"epsilon": eps, "v_prediction": signal * eps - noise * x0, "flow": eps - x0}[kind]
+        np.testing.assert_allclose(process.x0(x_t, output, level), x0, atol=1e-9)
+        assert process.log_snr(level) == pytest.approx(2 * math.log(signal / noise))
 
 
 def test_guidance_alpha_bar_interpolation_and_snr():
     assert guided(1.0, 3.0, 7.5) == 1.0 + 7.5 * 2.0
     assert alpha_bar_at([1.0, 0.5, 0.25], 1.5) == pytest.approx(0.375)
-    assert snr_db(0.5) == 0.0 and snr_db(1.0) == math.inf
+    assert snr_db_from_alpha_bar(0.5) == 0.0 and snr_db_from_alpha_bar(1.0) == math.inf
 
 
 @pytest.mark.parametrize("height,width", [(512, 512), (768, 512), (64, 64), (1024, 1536)])

@@ -305,7 +305,8 @@ def test_prepare_leaves_hydra_flags_and_quoted_values_alone():
 
 
 def test_glob_sweeps_every_scheduler_that_fits_the_model(run_sdlab, tmp_path, monkeypatch, capsys):
-    """`scheduler=glob(*)` is the group's real options (no `_` helper files), the ones of another kind skipped."""
+    """`scheduler=glob(*)` is the group's real options (no `_` helper files): all of them on a DDPM model; on Flux
+    those with a flow solver that follows its dynamic shift, the others named and skipped."""
     import pandas as pd
 
     from sdlab.models.schedulers import fitting
@@ -316,24 +317,30 @@ def test_glob_sweeps_every_scheduler_that_fits_the_model(run_sdlab, tmp_path, mo
     out = capsys.readouterr().out
     table = pd.read_csv(tmp_path / "s" / "results.csv")
     assert sorted(table["scheduler"]) == sorted(fitting("epsilon")) and (table["status"] == "ok").all()
-    assert "sdlab: skipping 4 of 22 cells their model cannot run: scheduler=flow_dpmpp_2m, " in out
+    assert len(table) == 18 and "skipping" not in out
+    assert run_sdlab("-m", "scheduler=glob(*)", "model=flux_tiny", "num_inference_steps=1", "threads=1",
+                     "hydra.sweep.dir=f") == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "f" / "results.csv")
+    assert sorted(table["scheduler"]) == ["ddim", "dpmpp_2m", "euler", "unipc"] and (table["status"] == "ok").all()
+    assert "sdlab: skipping 14 of 18 cells their model cannot run: scheduler=ddpm, " in out
 
 
 def test_a_sweep_runs_the_cells_whose_model_fits_and_names_the_others(run_sdlab, tmp_path, monkeypatch, capsys):
-    """Across model kinds, a sampler of another kind skips only that cell; a sweep where no cell can run is refused."""
+    """Across model kinds, a sampler with no solver for the model skips only that cell; a sweep where no cell can run is refused."""
     import pandas as pd
 
     monkeypatch.chdir(tmp_path)
-    assert run_sdlab("-m", "model=tiny,sd3_tiny", "scheduler=euler,flow_euler", "num_inference_steps=1",
+    assert run_sdlab("-m", "model=tiny,sd3_tiny", "scheduler=euler,lms", "num_inference_steps=1",
                      "threads=1", "hydra.sweep.dir=s") == 0
     out = capsys.readouterr().out
     table = pd.read_csv(tmp_path / "s" / "results.csv")
-    assert sorted(zip(table["model"], table["scheduler"])) == [("sd3_tiny", "flow_euler"), ("tiny", "euler")]
-    assert ("skipping 2 of 4 cells their model cannot run: model=tiny scheduler=flow_euler, "
-            "model=sd3_tiny scheduler=euler (") in out
+    assert sorted(zip(table["model"], table["scheduler"])) == [("sd3_tiny", "euler"), ("tiny", "euler"),
+                                                              ("tiny", "lms")]
+    assert "skipping 1 of 4 cells their model cannot run: model=sd3_tiny scheduler=lms (" in out
     assert out.rstrip().endswith("open: s/grid.png, s/summary.png, s/report.html")  # what to look at next
-    assert run_sdlab("-m", "model=tiny", "scheduler=flow_euler,flow_heun", "hydra.sweep.dir=t", *FAST) == 2
-    assert "does not fit a model of kind 'epsilon'" in one_error_line(capsys)
+    assert run_sdlab("-m", "model=sd3_tiny", "scheduler=lms,pndm", "hydra.sweep.dir=t", *FAST) == 2
+    assert "does not fit a model of kind 'flow'" in one_error_line(capsys)
     assert not (tmp_path / "t").exists()
 
 

@@ -183,12 +183,12 @@ def test_model_mkldnn_auto_picks_the_backend_by_the_unet_batch(tiny):
         use_process_options(spec, ONEDNN_MIN_BATCH)
         assert torch.backends.mkldnn.enabled
         seen = []
-        step = lambda p, i, t, kw: seen.append(torch.backends.mkldnn.enabled) or {}  # noqa: E731
+        step = lambda s: seen.append(torch.backends.mkldnn.enabled)  # noqa: E731
         half = ONEDNN_MIN_BATCH // 2
         for guidance, expected in ((7.5, True), (1.0, False)):  # guidance doubles the UNet's batch
             params = GenerationParams(prompt="a red circle", width=64, height=64, num_inference_steps=1,
                                       guidance_scale=guidance)
-            generate_batch(model, params, list(range(half)), callback_on_step_end=step)
+            generate_batch(model, params, list(range(half)), on_step=step)
             assert seen.pop() is expected
         with pytest.raises(UserError, match="unknown model.mkldnn 'sometimes'"):
             use_process_options(configured_spec("tiny", mkldnn="sometimes"))
@@ -220,10 +220,10 @@ FAMILY_RECIPES = {
 # The samplers each recipe's own lists give a model: flow models get the recipe's `world.flow` ones (Flux, whose
 # pipeline sets its own sigmas, `world.flux`'s); they run as the user types the command, with no scheduler override.
 SAMPLERS = {
-    "compare_schedulers_quick": {"sd3_tiny": ["flow_euler", "flow_heun", "flow_dpmpp_2m", "flow_unipc"],
-                                 "flux_tiny": ["flow_euler", "flow_dpmpp_2m", "flow_unipc"]},
-    "article_b8_schedulers": {"sd3_tiny": ["flow_euler", "flow_dpmpp_2m", "flow_unipc"],
-                              "flux_tiny": ["flow_euler", "flow_dpmpp_2m", "flow_unipc"]},
+    "compare_schedulers_quick": {"sd3_tiny": ["euler", "heun", "dpmpp_2m", "unipc"],
+                                 "flux_tiny": ["euler", "dpmpp_2m", "unipc"]},
+    "article_b8_schedulers": {"sd3_tiny": ["euler", "dpmpp_2m", "unipc"],
+                              "flux_tiny": ["euler", "dpmpp_2m", "unipc"]},
 }
 DDPM_SAMPLERS = {"compare_schedulers_quick": ["ddim", "euler", "euler_a", "heun", "dpmpp_2m"],
                  "article_b8_schedulers": ["ddim", "dpmpp_2m", "euler"]}
@@ -269,7 +269,7 @@ def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -
         assert (blocks["model"] == model).all() and blocks["params"].sum() > 0
     elif recipe == "schedule_snr" and model in FLOW:  # its own flow schedule beside SD 1.5's, crossing 1/(1 + shift)
         own = frame.iloc[0]
-        assert own["family"].startswith(f"model={model} (flow_euler") and own["kind"] == "flow"
+        assert own["family"].startswith(f"model={model} (euler") and own["kind"] == "flow"
         assert own["crossing_t"] == pytest.approx(own["crossing_t_closed_form"], abs=1e-3)
         assert np.isfinite(own["mu"]) == (model == "flux_tiny") and len(own["visited_t"].split()) == 3
         assert frame["family"].iloc[1].startswith("SD 1.5")
@@ -296,8 +296,7 @@ def check_main_output(recipe: str, model: str, out: Path, frame: pd.DataFrame) -
         check_image(out / "visits.png", min_size=(300, 100))
     elif recipe == "article_b8_schedulers":
         assert frame["scheduler"].tolist() == SAMPLERS[recipe].get(model, DDPM_SAMPLERS[recipe])
-        reference = "flow_dpmpp_2m x 2 steps" if model in FLOW else "dpmpp_2m x 2 steps"
-        assert (frame["reference"] == reference).all() and frame["psnr_to_reference"].notna().all()
+        assert (frame["reference"] == "dpmpp_2m x 2 steps").all() and frame["psnr_to_reference"].notna().all()
         check_image(out / "scheduler_grid.png", min_size=(150, 64))
 
 

@@ -28,7 +28,7 @@ PIPELINE = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"
 def tiny_model(name: str, **overrides):
     model = models.load_model(models.configured_spec(name, **overrides))
     model.pipe.set_progress_bar_config(disable=True)
-    model.use_scheduler("flow_euler" if model.kind == "flow" else "euler")
+    model.use_scheduler("euler")
     return model
 
 
@@ -81,7 +81,7 @@ def test_heun_costs_two_calls_per_step_in_every_unet_family(name, one_thread):
 
 def test_flow_heun_costs_two_calls_per_step_on_a_transformer(one_thread):
     model = tiny_model("sd3_tiny")
-    model.use_scheduler("flow_heun")
+    assert type(model.use_scheduler("heun")).__name__ == "FlowMatchHeunDiscreteScheduler"
     assert generate_batch(model, params(num_inference_steps=4), [0]).nfe == 2 * 4 - 1
 
 
@@ -114,26 +114,36 @@ def test_flow_latents_carry_the_vae_shift_factor():
     assert torch.allclose(model.scale(model.unscale(z)), z, atol=1e-6)
 
 
-def test_a_ddpm_scheduler_on_a_flow_model_is_one_line_listing_the_fitting_ones():
+@pytest.mark.parametrize("name,flow_class", [("euler", "FlowMatchEulerDiscreteScheduler"),
+                                             ("ddim", "FlowMatchEulerDiscreteScheduler"),
+                                             ("dpmpp_2m", "DPMSolverMultistepScheduler")])
+def test_a_sampler_name_runs_its_flow_solver_on_a_flow_model(name, flow_class, one_thread):
+    model = tiny_model("flux_tiny")
+    assert type(model.use_scheduler(name)).__name__ == flow_class
+    result = generate_batch(model, params(), [0])
+    assert result.nfe == 3 and np.isfinite(np.asarray(result.images[0], dtype=float)).all()
+
+
+def test_a_scheduler_with_no_flow_solver_is_one_line_listing_the_fitting_ones():
     model = tiny_model("sd3_tiny")
-    with pytest.raises(UserError, match="scheduler 'dpmpp_2m' does not fit a model of kind 'flow'; schedulers for "
-                                        "flow: flow_euler"):
-        model.use_scheduler("dpmpp_2m")
-    with pytest.raises(UserError, match="does not fit a model of kind 'epsilon'"):
-        tiny_model("sd15_tiny").use_scheduler("flow_euler")
+    with pytest.raises(UserError, match="scheduler 'dpmpp_2m_karras' does not fit a model of kind 'flow'; schedulers "
+                                        "for flow: ddim, euler"):
+        model.use_scheduler("dpmpp_2m_karras")
+    with pytest.raises(UserError, match="scheduler 'euler_a' does not fit a model of kind 'flow'"):
+        tiny_model("flux_tiny").use_scheduler("euler_a")
 
 
-def test_a_sweep_pairing_a_model_with_a_scheduler_of_the_wrong_kind_skips_that_cell(run_sdlab, tmp_path, capsys):
+def test_a_sweep_pairing_a_model_with_a_scheduler_it_cannot_run_skips_that_cell(run_sdlab, tmp_path, capsys):
     """The cell whose model cannot run its scheduler is named and skipped; the others run; none is refused whole."""
     import pandas as pd
 
-    code = run_sdlab("-m", "model=sd3_tiny,tiny", "scheduler=flow_euler", "num_inference_steps=2", "threads=1",
+    code = run_sdlab("-m", "model=sd3_tiny,tiny", "scheduler=lms", "num_inference_steps=2", "threads=1",
                      f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert code == 0
     out = capsys.readouterr().out
-    assert "skipping 1 of 2 cells their model cannot run: model=tiny (" in out
-    assert "scheduler 'flow_euler' does not fit a model of kind 'epsilon'" in out
-    assert pd.read_csv(tmp_path / "sweep" / "results.csv")["model"].tolist() == ["sd3_tiny"]
+    assert "skipping 1 of 2 cells their model cannot run: model=sd3_tiny (" in out
+    assert "scheduler 'lms' does not fit a model of kind 'flow'" in out
+    assert pd.read_csv(tmp_path / "sweep" / "results.csv")["model"].tolist() == ["tiny"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +172,7 @@ def test_model_path_detects_the_family_from_model_index(name, saved, one_thread)
     # model=sd15 names the wrong family on purpose: the folder's model_index.json decides
     model = models.load_model(models.configured_spec("sd15", path=str(folder), resolution=64))
     assert (model.family, model.kind) == (TINY[name], KIND[name])
-    model.use_scheduler("flow_euler" if model.kind == "flow" else "euler")
+    model.use_scheduler("euler")
     built = tiny_model(name)
     a = generate_batch(model, params(), [3]).images[0]
     b = generate_batch(built, params(), [3]).images[0]
@@ -187,7 +197,7 @@ def test_model_name_loads_its_repo_from_a_local_cache_offline(name, tiny, saved,
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub(tmp_path, spec.repo_id, saved[tiny])))
     model = models.load_model(spec)
     assert model.family == TINY[tiny]
-    model.use_scheduler("flow_euler" if model.kind == "flow" else "euler")
+    model.use_scheduler("euler")
     assert generate_batch(model, params(), [0]).images[0].size == (64, 64)
 
 
@@ -199,14 +209,14 @@ def sdlab_command(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("args,message", [
-    (("experiment=compare_schedulers_quick", "model=flux_tiny", "compare.schedulers=[flow_euler,flow_heun]"),
-     "on model=flux_tiny: scheduler 'flow_heun' has no dynamic (resolution-dependent) shifting, which this model's "
-     "scheduler uses; use one of: flow_euler, flow_dpmpp_2m, flow_unipc"),
-    (("experiment=article_b8_schedulers", "model=sd3_tiny", "schedulers=[flow_euler,ddim]"),
-     "on model=sd3_tiny: scheduler 'ddim' does not fit a model of kind 'flow'; schedulers for flow: flow_euler, "
-     "flow_heun, flow_dpmpp_2m, flow_unipc"),
-    (("experiment=compare_schedulers_quick", "model=sd3_tiny", "compare.reference_scheduler=dpmpp_2m"),
-     "on model=sd3_tiny: scheduler 'dpmpp_2m' does not fit a model of kind 'flow'"),
+    (("experiment=compare_schedulers_quick", "model=flux_tiny", "compare.schedulers=[euler,heun]"),
+     "on model=flux_tiny: scheduler 'heun' has no dynamic (resolution-dependent) shifting, which this model's "
+     "scheduler uses; use one of: ddim, euler, dpmpp_2m, unipc"),
+    (("experiment=article_b8_schedulers", "model=sd3_tiny", "schedulers=[euler,lms]"),
+     "on model=sd3_tiny: scheduler 'lms' does not fit a model of kind 'flow'; schedulers for flow: ddim, euler, "
+     "heun, dpmpp_2m, unipc"),
+    (("experiment=compare_schedulers_quick", "model=sd3_tiny", "compare.reference_scheduler=pndm"),
+     "on model=sd3_tiny: scheduler 'pndm' does not fit a model of kind 'flow'"),
 ])
 def test_a_listed_sampler_that_cannot_run_on_the_model_is_one_line_before_any_work(args, message, tmp_path,
                                                                                     run_sdlab, capsys):
@@ -233,7 +243,7 @@ def test_the_command_line_runs_a_cached_flow_model_offline(saved, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (table,) = tmp_path.glob("outputs/generate/*/results.csv")
     row = pd.read_csv(table).iloc[0]
-    assert (row["model"], row["scheduler"], row["status"], row["nfe"]) == ("flux_dev", "flow_euler", "ok", 2)
+    assert (row["model"], row["scheduler"], row["status"], row["nfe"]) == ("flux_dev", "euler", "ok", 2)
 
 
 def test_a_sweep_over_families_gives_ok_rows(tmp_path):
@@ -245,8 +255,28 @@ def test_a_sweep_over_families_gives_ok_rows(tmp_path):
     assert sorted(frame["model"]) == ["flux_tiny", "sd15_tiny", "sd3_tiny", "sdxl_tiny"]
     assert (frame["status"] == "ok").all() and (frame["nfe"] == 2).all()
     schedulers = dict(zip(frame["model"], frame["scheduler"]))
-    assert schedulers == {"sd15_tiny": "dpmpp_2m", "sdxl_tiny": "dpmpp_2m", "sd3_tiny": "flow_euler",
-                          "flux_tiny": "flow_euler"}  # each family's default
+    assert schedulers == {"sd15_tiny": "dpmpp_2m", "sdxl_tiny": "dpmpp_2m", "sd3_tiny": "euler",
+                          "flux_tiny": "euler"}  # each family's default
+
+
+def test_a_sweep_of_ddpm_and_flow_models_runs_every_sampler_on_both(tmp_path):
+    """ddim and dpmpp_2m on Flux run the flow solvers of the same names: all 8 cells, none skipped."""
+    import json
+
+    result = sdlab_command("-m", "model=sdxl_tiny,flux_tiny", "seed=1,2", "scheduler=ddim,dpmpp_2m",
+                           "num_inference_steps=4", "threads=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipping" not in result.stdout + result.stderr
+    (table,) = tmp_path.glob("outputs/generate/multirun_*/results.csv")
+    frame = pd.read_csv(table)
+    assert len(frame) == 8 and (frame["status"] == "ok").all() and (frame["nfe"] == 4).all()
+    classes = {(row.model, row.scheduler): json.loads(row.scheduler_config)["class"] for row in frame.itertuples()}
+    assert classes == {("sdxl_tiny", "ddim"): "DDIMScheduler", ("sdxl_tiny", "dpmpp_2m"): "DPMSolverMultistepScheduler",
+                       ("flux_tiny", "ddim"): "FlowMatchEulerDiscreteScheduler",
+                       ("flux_tiny", "dpmpp_2m"): "DPMSolverMultistepScheduler"}
+    flux = json.loads(frame[(frame["model"] == "flux_tiny") & (frame["scheduler"] == "dpmpp_2m")].iloc[0]
+                      ["scheduler_config"])
+    assert flux["use_flow_sigmas"] is True and flux["prediction_type"] == "flow_prediction"
 
 
 def test_pooled_text_embeddings_read_below_the_projection():

@@ -13,31 +13,43 @@ import pandas as pd
 import pytest
 import yaml
 
-from sdlab.errors import UserError
-from sdlab.metrics.schedule import (dynamic_shift_mu, flow_crossing, flow_log_snr_table, flow_snr, image_seq_len,
+from sdlab.errors import CannotRun, UserError
+from sdlab.metrics.schedule import (dynamic_shift_mu, flow_crossing, flow_log_snr_table, image_seq_len,
                                     log_snr_crossing, shift_sigma, unshift_sigma)
 from sdlab.models.schedulers import (FAMILY_CONFIGS, KINDS, SCHEDULERS, check_kind, check_options, check_steps, fitting,
                               make_scheduler, model_kind, timestep_kwargs)
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOW = ["flow_euler", "flow_heun", "flow_dpmpp_2m", "flow_unipc"]
+FLOW = ["ddim", "euler", "heun", "dpmpp_2m", "unipc"]  # the names with a flow solver
 SD3, FLUX = FAMILY_CONFIGS["sd3"], FAMILY_CONFIGS["flux_dev"]
 
 
 def test_every_registered_scheduler_declares_its_kinds():
     for name, spec in SCHEDULERS.items():
-        expected = {"flow"} if name.startswith("flow_") else {"epsilon", "v_prediction"}
+        expected = {"epsilon", "v_prediction", "flow"} if name in FLOW else {"epsilon", "v_prediction"}
         assert spec.kinds == expected, name
         assert spec.kinds <= set(KINDS)
     assert fitting("flow") == FLOW
     assert "lcm" in fitting("epsilon") and "lcm" in fitting("v_prediction") and "lcm" not in fitting("flow")
-    assert fitting("epsilon") == fitting("v_prediction") == [n for n in SCHEDULERS if n not in FLOW]
+    assert fitting("epsilon") == fitting("v_prediction") == list(SCHEDULERS)
+
+
+@pytest.mark.parametrize("name,flow_class", [("ddim", "FlowMatchEulerDiscreteScheduler"),
+                                             ("euler", "FlowMatchEulerDiscreteScheduler"),
+                                             ("heun", "FlowMatchHeunDiscreteScheduler"),
+                                             ("dpmpp_2m", "DPMSolverMultistepScheduler"),
+                                             ("unipc", "UniPCMultistepScheduler")])
+def test_a_name_is_the_same_solver_on_a_flow_model(name, flow_class):
+    ddpm, flow = make_scheduler(name, FAMILY_CONFIGS["sd15"]), make_scheduler(name, SD3)
+    assert type(ddpm).__name__ == SCHEDULERS[name].cls and type(flow).__name__ == flow_class
+    if flow_class.startswith(("DPM", "UniPC")):
+        assert flow.config.use_flow_sigmas and flow.config.prediction_type == "flow_prediction"
 
 
 def test_every_registered_scheduler_has_a_config_file_and_the_new_ones_say_what_they_are():
     files = {p.stem for p in (ROOT / "conf" / "scheduler").glob("*.yaml") if not p.stem.startswith("_")}
     assert files == set(SCHEDULERS)
-    for name in [*FLOW, "lcm"]:
+    for name in ["lcm"]:
         text = (ROOT / "conf" / "scheduler" / f"{name}.yaml").read_text()
         assert text.startswith("# ") and yaml.safe_load(text)["name"] == name
     options = yaml.safe_load((ROOT / "conf" / "common" / "scheduler.yaml").read_text())
@@ -45,15 +57,16 @@ def test_every_registered_scheduler_has_a_config_file_and_the_new_ones_say_what_
 
 
 def test_check_kind_names_the_scheduler_and_kind_and_lists_the_fitting_ones_on_one_line():
-    check_kind("flow_euler", "flow")
+    check_kind("euler", "flow")
+    check_kind("ddim", "flow")
     check_kind("ddim", "v_prediction")
     with pytest.raises(UserError) as bad:
-        check_kind("flow_euler", "epsilon")
+        check_kind("lms", "flow")
     message = str(bad.value)
-    assert "\n" not in message and "'flow_euler'" in message and "'epsilon'" in message
-    assert message.endswith(", ".join(fitting("epsilon")))
-    with pytest.raises(UserError, match="flow_euler, flow_heun, flow_dpmpp_2m, flow_unipc$"):
-        check_kind("dpmpp_2m", "flow")
+    assert "\n" not in message and "'lms'" in message and "'flow'" in message
+    assert message.endswith(", ".join(fitting("flow")))
+    with pytest.raises(UserError, match="ddim, euler, heun, dpmpp_2m, unipc$"):
+        check_kind("dpmpp_2m_karras", "flow")
     with pytest.raises(UserError, match="unknown model kind 'sample'"):
         check_kind("ddim", "sample")
 
@@ -68,11 +81,11 @@ def test_model_kind_reads_the_scheduler_config():
                        "prediction_type": "epsilon", "beta_schedule": "scaled_linear"}) == "epsilon"
 
 
-def test_a_scheduler_of_the_wrong_kind_is_refused_when_built():
-    with pytest.raises(UserError, match="scheduler 'ddim' does not fit a model of kind 'flow'"):
-        make_scheduler("ddim", SD3)
-    with pytest.raises(UserError, match="scheduler 'flow_euler' does not fit a model of kind 'epsilon'"):
-        make_scheduler("flow_euler", FAMILY_CONFIGS["sd15"])
+def test_a_scheduler_with_no_solver_for_the_kind_is_refused_when_built():
+    with pytest.raises(CannotRun, match="scheduler 'euler_a' does not fit a model of kind 'flow'"):
+        make_scheduler("euler_a", SD3)
+    with pytest.raises(CannotRun, match="scheduler 'dpmpp_2m_sde' does not fit a model of kind 'flow'"):
+        make_scheduler("dpmpp_2m_sde", FLUX)
 
 
 @pytest.mark.parametrize("name", FLOW)
@@ -90,12 +103,12 @@ def test_flow_schedulers_build_from_sd3_and_follow_its_static_shift(name):
 
 
 def test_flow_euler_training_sigmas_are_eq_23_of_the_uniform_grid():
-    scheduler = make_scheduler("flow_euler", SD3)
+    scheduler = make_scheduler("euler", SD3)
     t = np.arange(1000, 0, -1) / 1000
     np.testing.assert_allclose(scheduler.sigmas.numpy(), shift_sigma(t, 3.0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["flow_euler", "flow_dpmpp_2m", "flow_unipc"])
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "unipc"])
 @pytest.mark.parametrize("side", [256, 1024])
 def test_flux_dynamic_shift_takes_mu_from_the_resolution(name, side):
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -105,7 +118,7 @@ def test_flux_dynamic_shift_takes_mu_from_the_resolution(name, side):
     kwargs = timestep_kwargs(scheduler, side, side)
     assert kwargs["mu"] == pytest.approx(calculate_shift(image_seq_len(side, side)))
     assert kwargs["mu"] == pytest.approx({256: 0.5, 1024: 1.15}[side])
-    if name != "flow_dpmpp_2m":  # DPM-Solver silently falls back to flow_shift without mu; the others refuse
+    if name != "dpmpp_2m":  # DPM-Solver silently falls back to flow_shift without mu; the others refuse
         with pytest.raises(ValueError, match="mu"):
             make_scheduler(name, FLUX).set_timesteps(4)
     scheduler.set_timesteps(4, **kwargs)
@@ -116,7 +129,7 @@ def test_flux_dynamic_shift_takes_mu_from_the_resolution(name, side):
 
 
 def test_flux_sigmas_as_the_flux_pipeline_passes_them():
-    scheduler = make_scheduler("flow_euler", FLUX)
+    scheduler = make_scheduler("euler", FLUX)
     mu = timestep_kwargs(scheduler, 1024, 1024)["mu"]
     scheduler.set_timesteps(4, sigmas=np.linspace(1.0, 1 / 4, 4), mu=mu)
     np.testing.assert_allclose(scheduler.sigmas.numpy()[:-1], shift_sigma([1.0, 0.75, 0.5, 0.25], math.exp(mu)),
@@ -125,45 +138,49 @@ def test_flux_sigmas_as_the_flux_pipeline_passes_them():
 
 def test_heun_has_no_dynamic_shifting_so_flux_gets_a_one_line_refusal():
     with pytest.raises(UserError) as bad:
-        make_scheduler("flow_heun", FLUX)
-    assert "\n" not in str(bad.value) and str(bad.value).endswith("flow_euler, flow_dpmpp_2m, flow_unipc")
-    heun = make_scheduler("flow_heun", SD3, {"shift": 6.0})
+        make_scheduler("heun", FLUX)
+    assert "\n" not in str(bad.value) and str(bad.value).endswith("ddim, euler, dpmpp_2m, unipc")
+    assert isinstance(bad.value, CannotRun)  # a sweep skips the cell
+    heun = make_scheduler("heun", SD3, {"shift": 6.0})
     assert heun.config.shift == 6.0
 
 
 def test_shift_is_an_option_checked_for_every_flow_scheduler():
-    assert check_options("flow_euler", {"shift": 6.0, "use_dynamic_shifting": False}) == {
+    assert check_options("euler", {"shift": 6.0, "use_dynamic_shifting": False}) == {
         "shift": 6.0, "use_dynamic_shifting": False}
-    assert make_scheduler("flow_dpmpp_2m", SD3, {"shift": 6}).config.flow_shift == 6  # renamed for the solver
-    assert make_scheduler("flow_unipc", SD3).config.flow_shift == 3.0  # the model's shift carries over
-    assert make_scheduler("flow_euler", FLUX, {"use_dynamic_shifting": False}).config.use_dynamic_shifting is False
-    fixed = make_scheduler("flow_euler", FLUX, {"use_dynamic_shifting": False, "shift": 6.0})
+    assert make_scheduler("dpmpp_2m", SD3, {"shift": 6}).config.flow_shift == 6  # renamed for the solver
+    assert make_scheduler("unipc", SD3).config.flow_shift == 3.0  # the model's shift carries over
+    assert make_scheduler("euler", FLUX, {"use_dynamic_shifting": False}).config.use_dynamic_shifting is False
+    fixed = make_scheduler("euler", FLUX, {"use_dynamic_shifting": False, "shift": 6.0})
     assert fixed.config.shift == 6.0 and timestep_kwargs(fixed, 1024, 1024) == {}
     with pytest.raises(UserError, match="add scheduler.use_dynamic_shifting=false to use a fixed shift"):
-        make_scheduler("flow_unipc", FLUX, {"shift": 6.0})
+        make_scheduler("unipc", FLUX, {"shift": 6.0})
     for value, fragment in [("abc", "scheduler.shift='abc' must be a number"), (True, "must be a number"),
                             (0.0, "must be a positive finite number"), (float("nan"), "positive finite")]:
         with pytest.raises(UserError, match=fragment):
-            check_options("flow_euler", {"shift": value})
+            check_options("euler", {"shift": value})
     with pytest.raises(UserError, match="scheduler.use_dynamic_shifting='yes' is not allowed"):
-        check_options("flow_euler", {"use_dynamic_shifting": "yes"})
-    with pytest.raises(UserError, match=r"scheduler.shift is an option of the flow-matching schedulers \(flow_euler, "):
-        check_options("ddim", {"shift": 3.0})
-    with pytest.raises(UserError, match="scheduler 'flow_dpmpp_2m' has no option 'flow_shift'"):
-        check_options("flow_dpmpp_2m", {"flow_shift": 3.0})
+        check_options("euler", {"use_dynamic_shifting": "yes"})
+    with pytest.raises(UserError, match=r"scheduler.shift is an option of the flow-matching models \(SD3, Flux\); "
+                                        "scheduler 'ddim' on a model of kind 'epsilon' has none"):
+        make_scheduler("ddim", FAMILY_CONFIGS["sd15"], {"shift": 3.0})
+    with pytest.raises(UserError, match="scheduler.shift is an option of the flow-matching models"):
+        check_options("lms", {"shift": 3.0})
+    with pytest.raises(UserError, match="scheduler 'dpmpp_2m' has no option 'flow_shift'"):
+        check_options("dpmpp_2m", {"flow_shift": 3.0}, "flow")
 
 
 def test_check_steps_for_flow_and_ddpm_models():
     for name in fitting("flow"):
-        config = SD3 if name == "flow_heun" else FLUX
+        config = SD3 if name == "heun" else FLUX
         check_steps(name, config, {}, 28, "flux", width=1024, height=1024)
-        check_steps(name, config, {"shift": 6.0} if name == "flow_heun" else {}, 1000, "flux")
-    check_steps("flow_euler", SD3, {"shift": 12.0}, 50, "sd3")
+        check_steps(name, config, {"shift": 6.0} if name == "heun" else {}, 1000, "flux")
+    check_steps("euler", SD3, {"shift": 12.0}, 50, "sd3")
     check_steps("lcm", FAMILY_CONFIGS["sd15"], {}, 4, "sd15")
     with pytest.raises(UserError, match="more than the 1000 timesteps"):
-        check_steps("flow_euler", SD3, {}, 1001, "sd3")
-    with pytest.raises(UserError, match="^model flux: scheduler 'ddim' does not fit a model of kind 'flow'"):
-        check_steps("ddim", FLUX, {}, 4, "model flux")
+        check_steps("euler", SD3, {}, 1001, "sd3")
+    with pytest.raises(UserError, match="^model flux: scheduler 'pndm' does not fit a model of kind 'flow'"):
+        check_steps("pndm", FLUX, {}, 4, "model flux")
 
 
 def test_flow_log_snr_matches_the_closed_form():
@@ -174,7 +191,7 @@ def test_flow_log_snr_matches_the_closed_form():
         finite = (table["t"] < 1).to_numpy()
         sigma = sigma.to_numpy()[finite]
         np.testing.assert_allclose(table["log_snr"][finite], np.log(((1 - sigma) / sigma) ** 2), rtol=1e-9)
-        np.testing.assert_allclose(np.exp(table["log_snr"][finite]), flow_snr(sigma), rtol=1e-9)
+        np.testing.assert_allclose(np.exp(table["log_snr"][finite]), ((1 - sigma) / sigma) ** 2, rtol=1e-9)
         assert table["log_snr"].iloc[-1] == -np.inf
         assert log_snr_crossing(table["t"], table["log_snr"]) == pytest.approx(flow_crossing(shift), abs=1e-4)
     assert flow_crossing(3.0) == 0.25 and shift_sigma(flow_crossing(3.0), 3.0) == pytest.approx(0.5)
@@ -218,7 +235,7 @@ def test_schedule_families_recipe_tables_crossings_and_figure(tmp_path, one_thre
 def test_shift_from_the_command_line_is_checked_before_any_work(tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "sdlab.app.cli", "experiment=schedule_snr", "scheduler=flow_euler",
+    result = subprocess.run([sys.executable, "-m", "sdlab.app.cli", "experiment=schedule_snr", "scheduler=euler",
                              "scheduler.shift=abc", "threads=1"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=120)
     lines = result.stderr.strip().splitlines()

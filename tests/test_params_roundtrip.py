@@ -118,5 +118,5 @@ def test_each_generation_parameter_is_named_by_its_dataclass_field():
     assert set(IMAGE_PARAMS) == names - {"seeds", "batch_size"}
     assert set(IMAGE_PARAMS) <= set(PARAM_COLUMNS) & set(ROW_COLUMNS) & set(PNG_KEYS)
     assert names <= set(PARAM_TYPES)
-    common = {"model": "tiny", "scheduler_config": "{}", **image_params(GenerationParams())}
-    assert set(hash_fields(common, [])) == {"model", "scheduler_config", "scorers", *IMAGE_PARAMS}
+    common = {"model": "tiny", "scheduler": "euler", "scheduler_config": "{}", **image_params(GenerationParams())}
+    assert set(hash_fields(common, [])) == {"model", "scheduler", "scheduler_config", "scorers", *IMAGE_PARAMS}

@@ -57,21 +57,20 @@ def test_schedulers_used_reads_every_form_a_recipe_lists():
 
 
 FLOW_RECIPE = {"compare": {"schedulers": ["ddim", "euler"], "reference_scheduler": "dpmpp_2m", "steps": [5, 10]},
-               "world": {"flow": {"compare": {"schedulers": ["flow_euler", "flow_heun"],
-                                              "reference_scheduler": "flow_dpmpp_2m"}},
-                         "flux": {"compare": {"schedulers": ["flow_euler"]}}}}
+               "world": {"flow": {"compare": {"schedulers": ["heun", "unipc"], "reference_scheduler": "euler"}},
+                         "flux": {"compare": {"schedulers": ["unipc"]}}}}
 
 
 def test_a_recipe_takes_the_samplers_of_the_model_kind_and_family_key_by_key():
     sd3 = in_model_world({**FLOW_RECIPE, "model": {"name": "sd3_tiny", "family": "sd3"}}, set())["compare"]
-    assert sd3 == {"schedulers": ["flow_euler", "flow_heun"], "reference_scheduler": "flow_dpmpp_2m", "steps": [5, 10]}
+    assert sd3 == {"schedulers": ["heun", "unipc"], "reference_scheduler": "euler", "steps": [5, 10]}
     flux = in_model_world({**FLOW_RECIPE, "model": {"name": "flux_tiny", "family": "flux"}}, set())["compare"]
-    assert flux["schedulers"] == ["flow_euler"] and flux["reference_scheduler"] == "flow_dpmpp_2m"
+    assert flux["schedulers"] == ["unipc"] and flux["reference_scheduler"] == "euler"
     sd = in_model_world({**FLOW_RECIPE, "model": {"name": "tiny"}}, set())["compare"]
     assert sd == FLOW_RECIPE["compare"]
     typed = {**FLOW_RECIPE, "model": {"name": "sd3_tiny", "family": "sd3"},
-             "compare": {**FLOW_RECIPE["compare"], "schedulers": ["flow_unipc"]}}
-    assert in_model_world(typed, {"compare.schedulers"})["compare"]["schedulers"] == ["flow_unipc"]
+             "compare": {**FLOW_RECIPE["compare"], "schedulers": ["dpmpp_2m"]}}
+    assert in_model_world(typed, {"compare.schedulers"})["compare"]["schedulers"] == ["dpmpp_2m"]
 
 
 def test_a_single_guidance_scale_is_a_list_of_one_and_its_bounds_are_checked():

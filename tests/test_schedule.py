@@ -11,11 +11,12 @@ from sdlab.metrics.schedule import (
     log_snr_crossing,
     rescale_zero_terminal_snr,
     schedule_table,
-    scheduler_visits,
     snr_db_from_alpha_bar,
     zero_crossing,
 )
+from sdlab.models.noise import PROCESSES
 
+VP, FLOW = PROCESSES["epsilon"], PROCESSES["flow"]
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012)
 TABLE_COLUMNS = ["t", "beta", "alpha", "alpha_bar", "signal_frac", "noise_frac", "snr", "snr_db", "sigma"]
 
@@ -88,7 +89,7 @@ def test_zero_crossing_edges():
 
 def test_scheduler_visits_ddim_integer_timesteps():
     ddim = DDIMScheduler(beta_schedule="scaled_linear", **SD_BETAS)
-    visits = scheduler_visits(ddim, 10)
+    visits = VP.visits(ddim, 10)
     assert list(visits.columns) == ["step", "timestep", "sigma", "snr_db"]
     assert visits.timestep.tolist() == list(range(900, -1, -100))
     table = schedule_table(betas("scaled_linear", **SD_BETAS))
@@ -100,7 +101,7 @@ def test_scheduler_visits_ddim_integer_timesteps():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_scheduler_visits_euler_uses_scheduler_sigmas_and_interpolates():
     euler = EulerDiscreteScheduler(beta_schedule="scaled_linear", **SD_BETAS)
-    visits = scheduler_visits(euler, 7)
+    visits = VP.visits(euler, 7)
     assert len(visits) == 7
     assert visits.step.tolist() == list(range(7))
     np.testing.assert_allclose(visits.sigma, euler.sigmas.numpy()[:7])
@@ -114,7 +115,7 @@ def test_scheduler_visits_euler_uses_scheduler_sigmas_and_interpolates():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_scheduler_visits_falls_back_when_sigmas_not_aligned():
     kdpm2 = KDPM2DiscreteScheduler(beta_schedule="scaled_linear", **SD_BETAS)
-    visits = scheduler_visits(kdpm2, 5)
+    visits = VP.visits(kdpm2, 5)
     assert len(visits) == len(kdpm2.timesteps) != len(kdpm2.sigmas) - 1
     np.testing.assert_allclose(visits.sigma, 10 ** (-visits.snr_db / 20), rtol=1e-9)
 
@@ -123,12 +124,12 @@ def test_scheduler_visits_of_flow_matching_read_the_flow_sigma():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     sd3 = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    visits = scheduler_visits(sd3, 4)
+    visits = FLOW.visits(sd3, 4)
     np.testing.assert_allclose(visits.sigma, sd3.sigmas.numpy()[:4])
     np.testing.assert_allclose(visits.timestep, 1000 * visits.sigma, rtol=1e-5)
     np.testing.assert_allclose(visits.snr_db, 20 * np.log10((1 - visits.sigma) / visits.sigma))
     flux = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
-    assert len(scheduler_visits(flux, 3, mu=1.15)) == 3  # Flux's resolution-dependent shift needs mu
+    assert len(FLOW.visits(flux, 3, mu=1.15)) == 3  # Flux's resolution-dependent shift needs mu
 
 
 def test_ddpm_log_snr_is_the_natural_log_of_alpha_bar_over_one_minus_alpha_bar():

@@ -196,7 +196,7 @@ class ComposeOnceSweeper(Sweeper):
             for job, config in zip(jobs, composed):
                 try:
                     job_warnings, plain = check_composed(config)
-                except CannotRun as e:  # a scheduler of another kind than this cell's model, from a glob(*) say
+                except CannotRun as e:  # a scheduler with no solver for this cell's model, from a glob(*) say
                     cannot[tuple(job)] = str(e)
                     continue
                 warnings.update(dict.fromkeys(job_warnings))

@@ -12,7 +12,6 @@ from PIL import Image
 
 from sdlab.bench.captions import record_caption
 from sdlab.io import atomic_path
-from sdlab.metrics.schedule import betas, flow_snr, model_kind, schedule_table
 
 log = logging.getLogger(__name__)
 
@@ -296,21 +295,9 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
         return save_figure(fig, target)
 
 
-def schedule_visits(visits: pd.DataFrame, scheduler_config: dict, target: Path) -> Path:
-    """Timesteps each scheduler visits (one row of marks per scheduler) over the schedule's SNR curve."""
+def schedule_visits(visits: pd.DataFrame, curve: pd.DataFrame, target: Path) -> Path:
+    """Timesteps each scheduler visits (one row of marks per scheduler) over the schedule's SNR curve (t, snr_db)."""
     plt = pyplot()
-
-
-
-    T = int(scheduler_config.get("num_train_timesteps", 1000))
-    if model_kind(scheduler_config) == "flow":  # timestep = sigma T, whatever the shift
-        t = np.arange(1, T + 1, dtype=np.float64)
-        with np.errstate(divide="ignore"):
-            table = pd.DataFrame({"t": t, "snr_db": 10.0 * np.log10(flow_snr(t / T))})
-    else:
-        table = schedule_table(betas(scheduler_config.get("beta_schedule", "scaled_linear"), T=T,
-                                     beta_start=float(scheduler_config.get("beta_start", 0.00085)),
-                                     beta_end=float(scheduler_config.get("beta_end", 0.012))))
     step_counts = sorted(visits["num_inference_steps"].unique())
     names = list(dict.fromkeys(visits["scheduler"]))
     with plt.rc_context(STYLE):
@@ -325,7 +312,7 @@ def schedule_visits(visits: pd.DataFrame, scheduler_config: dict, target: Path) 
             ax.set_xlabel("timestep t")
             ax.set_title(f"timesteps visited at {steps} steps (grey: SNR of the schedule)")
             snr = ax.twinx()
-            snr.plot(table["t"], table["snr_db"], color="0.55", lw=1)
+            snr.plot(curve["t"], curve["snr_db"], color="0.55", lw=1)
             snr.set_ylabel("SNR (dB)", color="0.4")
             snr.grid(False)
         fig.tight_layout()

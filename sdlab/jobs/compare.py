@@ -18,7 +18,6 @@ from sdlab.config import GenerationParams, check_block, checked, rules_of
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.image import psnr, ssim
-from sdlab.metrics.schedule import scheduler_visits
 from sdlab.metrics.stats import summarize_ci
 from sdlab.models.generate import generate_batch
 from sdlab.models.loading import load_model
@@ -190,7 +189,7 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
         scheduler = make_scheduler(name, model.base_scheduler_config)
         shift = timestep_kwargs(scheduler, spec.resolution, spec.resolution)  # Flux's mu at the native size
         for steps in study.visit_steps:
-            visits.append(scheduler_visits(scheduler, steps, **shift).assign(scheduler=name, num_inference_steps=steps))
+            visits.append(model.noise.visits(scheduler, steps, **shift).assign(scheduler=name, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits, ctx.out_dir, "visits")
     key = f"nfe_to_psnr_{target:g}db"
@@ -201,5 +200,4 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
                         ("time_total_s", "wall seconds per image")):
         convergence(summary, cost, METRICS, ctx.out_dir / f"convergence_{'nfe' if cost == 'nfe' else 'seconds'}.png",
                     xlabel=label, psnr_target=target, title=f"{claim}\n(dashed: stochastic, against its own high-step limit)")
-    schedule_visits(visits, {**model.base_scheduler_config, "_class_name": model.base_scheduler_class},
-                    ctx.out_dir / "visits.png")
+    schedule_visits(visits, model.noise.snr_curve(model.base_scheduler_config), ctx.out_dir / "visits.png")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import torch
 
@@ -22,9 +20,9 @@ from sdlab.jobs.analysis import (
     to_uint8,
 )
 from sdlab.jobs.schedule import schedule_spec
-from sdlab.metrics.diffusion import flow_log_snr, log_snr_db, snr_db
 from sdlab.metrics.image import psnr
-from sdlab.metrics.schedule import alpha_bar_from_betas, betas, model_kind
+from sdlab.metrics.schedule import log_snr_db, model_kind
+from sdlab.models.noise import PROCESSES
 
 
 def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -69,21 +67,20 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     # 3. x_t and decoded z_t at each t, PSNR against x_0, for every schedule.
     rows, strips, labels, names = [], [], [], []
     for s in schedules:
-        coefficients = forward_coefficients(s)
+        process, levels = s["process"], s["process"].training_levels(s)
         for space in spaces:
             strip, label = [image], ["x_0"]
             for t in timesteps:
-                a, b = coefficients[t]
+                level = levels[t]
                 if space == "pixel":
-                    noised = to_uint8(a * x0 + b * eps["pixel"])[0]
+                    noised = to_uint8(process.noised(x0, eps["pixel"], level))[0]
                 else:
-                    noised = to_uint8(decode(model, a * z0 + b * eps["latent"]))[0]
+                    noised = to_uint8(decode(model, process.noised(z0, eps["latent"], level)))[0]
                 value = psnr(image, noised)
+                a, b = process.coefficients(level)
                 rows.append({**identity(ctx, "forward_process", spec.name), "schedule": s["label"], "space": space, "t": t,
-                             "alpha_bar": a * a if not s.get("flow") else None, "sigma": b if s.get("flow") else None,
-                             "signal_frac": a, "noise_frac": b,
-                             "snr_db": log_snr_db(flow_log_snr(b)) if s.get("flow") else snr_db(a * a),
-                             "psnr_db": value,
+                             **level, "signal_frac": a, "noise_frac": b,
+                             "snr_db": float(log_snr_db(process.log_snr(level))), "psnr_db": value,
                              "psnr_vs_vae_db": psnr(vae_only, noised) if space == "latent" else None,
                              "seed": seed, "image": name, "width": width, "height": height})
                 strip.append(noised)
@@ -94,27 +91,17 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
             names.append(space_name if len(schedules) == 1 else f"{s['label']}\n{space_name}")
 
     # 4. Strip: one row per (schedule, space).
-    flow = all(s.get("flow") for s in schedules)
-    law = ("x_t = (1 - sigma_t) x_0 + sigma_t eps, sigma_t = t / T (flow matching)" if flow
-           else "q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)")
+    law = " / ".join(dict.fromkeys(s["process"].equation for s in schedules))
     image_strip(strips, ctx.out_dir / "forward_strip.png", col_labels=labels, row_labels=names,
                 title=f"{law}, eps seed {seed}; PSNR vs x_0")
     return ordered(rows)
 
 
 def forward_spec(item, model_config: dict) -> dict:
-    """A `schedules` entry as schedule_spec gives it; `model` on a flow-matching model is its interpolation
-    x_t = (1 - t/T) x_0 + (t/T) eps (rectified flow, Liu et al. 2022; SD3 eq. 1), which no shift changes."""
-    if item == "model" and model_kind(model_config) == "flow":
-        T = int(model_config.get("num_train_timesteps") or 1000)
-        return {"label": "model (flow matching)", "flow": True, "T": T}
-    return schedule_spec(item, model_config)
-
-
-def forward_coefficients(spec: dict) -> list[tuple[float, float]]:
-    """(a_t, b_t) of x_t = a_t x_0 + b_t eps for t = 0 .. T-1: (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) for DDPM
-    (Ho et al. 2020, eq. 4), (1 - t/T, t/T) for flow matching."""
-    if spec.get("flow"):
-        return [(1.0 - t / spec["T"], t / spec["T"]) for t in range(spec["T"])]
-    alpha_bar = alpha_bar_from_betas(betas(spec["beta_schedule"], spec["T"], spec["beta_start"], spec["beta_end"]))
-    return [(math.sqrt(float(ab)), math.sqrt(1.0 - float(ab))) for ab in alpha_bar]
+    """A `schedules` entry as schedule_spec gives it, with its noise process; `model` is the model's own process, on
+    a flow-matching model x_t = (1 - t/T) x_0 + (t/T) eps (rectified flow, Liu et al. 2022; SD3 eq. 1)."""
+    process = PROCESSES[model_kind(model_config) if item == "model" else "epsilon"]
+    if process.kind == "flow":  # no betas to read
+        return {"label": "model (flow matching)", "process": process,
+                "T": int(model_config.get("num_train_timesteps") or 1000)}
+    return {**schedule_spec(item, model_config), "process": process}

@@ -105,8 +105,10 @@ def disk_error(rows: list[dict]) -> str | None:
 
 
 def hash_fields(common: dict, scorers: list[Scorer]) -> dict:
-    """What decides an image besides its seed (plus what decides its scores)."""
-    return {**{k: common[k] for k in ("model", "scheduler_config", *IMAGE_PARAMS)}, "scorers": identities(scorers)}
+    """What decides an image besides its seed (plus what decides its scores), and the scheduler name asked for: on a
+    flow model ddim and euler are one solver, yet each is its own cell of a sweep."""
+    keys = ("model", "scheduler", "scheduler_config", *IMAGE_PARAMS)
+    return {**{k: common[k] for k in keys}, "scorers": identities(scorers)}
 
 
 def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, hash_base: dict,

@@ -28,11 +28,11 @@ from sdlab.metrics.schedule import (
     log_snr_crossing,
     model_kind,
     schedule_table,
-    scheduler_visits,
     unshift_sigma,
     zero_crossing,
 )
 from sdlab.models.loading import adapter_class
+from sdlab.models.noise import PROCESSES
 from sdlab.models.schedulers import (
     FAMILY_CONFIGS,
     check_options,
@@ -149,7 +149,7 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
     for label, name, options in visit_specs(cfg.get("visit_schedulers"), ctx.run.scheduler):
         scheduler = make_scheduler(name, model_config, options)
         with np.errstate(divide="ignore"):
-            visit = scheduler_visits(scheduler, steps)
+            visit = PROCESSES[model_kind(model_config)].visits(scheduler, steps)
         visits.append(visit.assign(scheduler=label, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits[["scheduler", "num_inference_steps", "step", "timestep", "sigma", "snr_db"]], ctx.out_dir, "visits")
@@ -235,8 +235,8 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
     for key, value in (("steps", steps), ("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"families {key}={value!r} must be a positive integer")
-    sampler = item.get("sampler") or ("flow_euler" if model_kind(config) == "flow" else "ddim")
-    options = check_options(sampler, dict(item.get("options") or {}))
+    sampler = item.get("sampler") or "ddim"  # on a flow model, Euler (see sdlab.models.schedulers)
+    options = check_options(sampler, dict(item.get("options") or {}), model_kind(config))
     name = item.get("name") or f"{item.get('config')} {sampler} {steps} steps"
     return {"name": name, "config": dict(config), "config_name": config_name if isinstance(config_name, str)
             else "custom", "sampler": sampler, "options": options, "steps": steps, "width": width,

@@ -17,15 +17,7 @@ from sdlab.bench.records import identity, ordered, save_png
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import decode, loaded_model, to_uint8
-from sdlab.metrics.diffusion import (
-    alpha_bar_at,
-    flow_log_snr,
-    guided,
-    log_snr,
-    log_snr_db,
-    x0_from_velocity,
-    x0_pred,
-)
+from sdlab.metrics.schedule import log_snr_db
 from sdlab.metrics.image import psnr
 from sdlab.models.generate import generate_batch
 from sdlab.models.preview import fit_linear_preview, linear_preview
@@ -33,93 +25,29 @@ from sdlab.models.schedulers import resolved_config
 
 
 class TrajectoryRecorder:
-    """Captures, per sampler step, the denoiser's input x_t, the guided model output, x0_pred and the noise level.
+    """Keeps every sampler step the model hands `on_step` ({i, t, its noise level, log_snr, x_t, model_output,
+    denoised, x}, see ModelAdapter.denoise) and the seconds spent capturing them."""
 
-    A forward hook on the denoiser keeps its last input and output; `callback_on_step_end` turns them into x0_pred by
-    the model's kind (`noise_level` and `to_x0`) and stores everything as NCHW (Flux's packed latents unpacked).
-    DDPM kinds: every scheduler's scale_model_input maps its latents to x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar)
-    eps (sigma-space schedulers divide by sqrt(1 + sigma²)), so x0_pred = (x_t - sqrt(1 - alpha_bar) eps)
-    / sqrt(alpha_bar) (or the v/sample equivalent) serves DDIM, Euler, DPM-Solver and the rest.
-    Flow (SD3, Flux): the transformer sees x_t = (1 - sigma) x_0 + sigma eps unscaled and predicts v = eps - x_0,
-    so x0_pred = x_t - sigma v (Esser et al. 2024).
-    """
-
-    def __init__(self, model, guidance_scale: float, width: int, height: int):
+    def __init__(self, model):
         self.model = model
-        self.guidance_scale = guidance_scale
-        self.size = (width, height)
-        self.flow = model.kind == "flow"
-        alphas_cumprod = getattr(model.scheduler, "alphas_cumprod", None)
-        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.double().cpu().numpy()
-        self.prediction_type = model.scheduler.config.get("prediction_type", "epsilon")
         self.steps: list[dict] = []
         self.capture_s = 0.0
-        self._last = None
 
-    def _hook(self, module, args, kwargs, output):
-        start = time.perf_counter()
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        timestep = float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])
-        self._last = (sample.detach().clone(), self.noise_level(timestep), output[0].detach().clone())
-        self.capture_s += time.perf_counter() - start
-
-    def scheduler_sigma(self) -> float | None:
-        """The scheduler's sigma for the denoiser call under way: sigmas[step_index] (begin_index before the first
-        step)."""
-        scheduler = self.model.scheduler
-        index = getattr(scheduler, "step_index", None)
-        if index is None and self.flow:
-            index = getattr(scheduler, "begin_index", None) or 0
-        sigmas = getattr(scheduler, "sigmas", None)
-        if index is not None and sigmas is not None and index < len(sigmas):
-            return float(sigmas[index])
-        return None
-
-    def noise_level(self, timestep: float) -> dict[str, float]:
-        """{"sigma": s} for flow models; else {"alpha_bar": 1/(1 + sigma²)} from the scheduler's own sigma when it keeps
-        one, or alpha_bar interpolated at t."""
-        sigma = self.scheduler_sigma()
-        if self.flow:
-            return {"sigma": sigma}
-        if sigma is not None:
-            return {"alpha_bar": 1.0 / (1.0 + sigma**2)}
-        return {"alpha_bar": alpha_bar_at(self.alphas_cumprod, timestep)}
-
-    def to_x0(self, x_t: torch.Tensor, output: torch.Tensor, level: dict[str, float]) -> torch.Tensor:
-        """x0_pred by the model's kind: x_t - sigma v for flow, else the DDPM formula of its prediction type."""
-        if self.flow:
-            return x0_from_velocity(x_t, output, level["sigma"])
-        return x0_pred(x_t, output, level["alpha_bar"], self.prediction_type)
-
-    def callback(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        """`callback_on_step_end`: record x_t, x0_pred, the noise level and the latents after the step."""
-        start = time.perf_counter()
-        sample, level, output = self._last
-        latents = callback_kwargs["latents"]
-        if output.shape[0] == 2 * latents.shape[0]:
-            uncond, cond = output.chunk(2)
-            output, sample = guided(uncond, cond, self.guidance_scale), sample.chunk(2)[1]
-        nchw = lambda x: self.model.unpack(x.detach().float(), *self.size).cpu()  # noqa: E731
-        x_t, output = nchw(sample), nchw(output)
-        self.steps.append({"step": step, "timestep": float(torch.as_tensor(timestep).flatten()[0]),
-                           "alpha_bar": level.get("alpha_bar"), "sigma": level.get("sigma"), "x_t": x_t,
-                           "model_output": output, "latents_after": nchw(latents),
-                           "x0_pred": self.to_x0(x_t, output, level)})
-        self.capture_s += time.perf_counter() - start
-        return callback_kwargs
+    def on_step(self, step: dict) -> None:
+        self.steps.append(step)
+        self.capture_s += step["capture_s"]
 
     def __enter__(self):
-        self._handle = self.model.denoiser.register_forward_hook(self._hook, with_kwargs=True)
         return self
 
     def __exit__(self, *exc):
-        self._handle.remove()
+        pass
 
 
 def step_snr(step: dict) -> dict[str, float | None]:
     """alpha_bar or sigma of a recorded step with its log-SNR lambda and SNR in dB."""
-    lam = flow_log_snr(step["sigma"]) if step["alpha_bar"] is None else log_snr(step["alpha_bar"])
-    return {"alpha_bar": step["alpha_bar"], "sigma": step["sigma"], "log_snr": lam, "snr_db": log_snr_db(lam)}
+    return {"alpha_bar": step["alpha_bar"], "sigma": step["sigma"], "log_snr": step["log_snr"],
+            "snr_db": float(log_snr_db(step["log_snr"]))}
 
 
 def labelled(image: np.ndarray, text: str, scale: int) -> Image.Image:
@@ -172,7 +100,7 @@ def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]]
 
 def level(step: dict) -> str:
     """A step's noise level for a label: t for DDPM kinds, sigma for flow."""
-    return f"t={step['timestep']:.0f}" if step["sigma"] is None else f"sigma={step['sigma']:.2f}"
+    return f"t={step['t']:.0f}" if step["sigma"] is None else f"sigma={step['sigma']:.2f}"
 
 
 @job("trajectory", check=lambda run: check_fields(run.recipe, {"frames": Field("int", 2, 10_000, optional=True),
@@ -189,8 +117,8 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     params = replace(params, seeds=(seed,), batch_size=1)
 
     # 1. One generation pass, recording every step.
-    with TrajectoryRecorder(model, params.guidance_scale, params.width, params.height) as recorder:
-        result = generate_batch(model, params, [seed], callback_on_step_end=recorder.callback)
+    with TrajectoryRecorder(model) as recorder:
+        result = generate_batch(model, params, [seed], on_step=recorder.on_step)
     save_png(result.images[0], ctx.out_dir / "trajectory_final.png", {"prompt": params.prompt, "seed": seed,
              "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale,
              "scheduler": choice.name, "model": spec.name})
@@ -200,7 +128,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     steps = recorder.steps
     render = frame_renderer(model, result, preview)
     x_t = render([s["x_t"] for s in steps])
-    x0 = render([s["x0_pred"] for s in steps])
+    x0 = render([s["denoised"] for s in steps])
     time_decode = time.perf_counter() - start
     final = np.asarray(result.images[0])
 
@@ -213,14 +141,14 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
               "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
               "prompt": params.prompt, "negative_prompt": params.negative_prompt, "width": params.width,
               "height": params.height, **timing}
-    rows = [{**common, "step": s["step"], "timestep": s["timestep"], **step_snr(s), "x_t_std": float(s["x_t"].std()),
-             "x0_pred_std": float(s["x0_pred"].std()),
+    rows = [{**common, "step": s["i"], "timestep": s["t"], **step_snr(s), "x_t_std": float(s["x_t"].std()),
+             "x0_pred_std": float(s["denoised"].std()),
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
 
     # 4. Strip of evenly spaced steps and a GIF of every step.
     count = min(len(steps), max(2, int(cfg.get("frames") or 8)))
     picks = sorted(set(np.linspace(0, len(steps) - 1, count).round().astype(int)))
-    labels = [f"step {steps[i]['step']}\n{level(steps[i])}" for i in picks]
+    labels = [f"step {steps[i]['i']}\n{level(steps[i])}" for i in picks]
     x0_labels = [f"{label}\n{rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB" for label, i in zip(labels, picks)]
     settled = next((r["step"] for r in rows if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
     claim = (f"x0_pred is within {SETTLED_DB:g} dB PSNR of the final image from step {settled} of {len(rows)}"
@@ -230,7 +158,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
                 title=f"{choice.name}, {params.num_inference_steps} steps, cfg {params.guidance_scale:g}, seed {seed}: "
                       f"{params.prompt[:60]}\n{claim} (dB: x0_pred against the final image)")
     scale = max(1, 256 // min(params.width, params.height))
-    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['step']} {level(s)}", scale),
+    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {level(s)}", scale),
                             labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
     frames.append(side_by_side([labelled(final, "final", scale), labelled(final, "final", scale)]))
     write_gif(frames, ctx.out_dir / "trajectory.gif", duration_ms=int(cfg.get("gif_ms") or 150))

@@ -1,8 +1,9 @@
-"""Noise schedules and signal-to-noise ratios of discrete-time diffusion and of rectified flow.
+"""Noise schedules, forward noising, x0 predictions and signal-to-noise ratios of discrete-time diffusion and of
+rectified flow, on numpy arrays or torch tensors: sdlab's one SNR vocabulary.
 
-Forward process (DDPM, Ho et al. 2020): q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I),
+Forward process (DDPM, Ho et al. 2020, eq. 4): q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I),
 with alpha_t = 1 - beta_t and alpha_bar_t = prod_{s<=t} alpha_s. Timesteps are 0-based, as in diffusers.
-Rectified flow (SD3, Esser et al. 2024; Flux): x_t = (1 - sigma) x_0 + sigma eps with sigma in [0, 1].
+Rectified flow (SD3, Esser et al. 2024; Flux): x_t = (1 - sigma) x_0 + sigma eps with sigma in [0, 1], v = eps - x_0.
 Both are x_t = a_t x_0 + s_t eps, so log-SNR = 2 log(a_t / s_t) compares them on one axis.
 """
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 MAX_BETA = 0.999
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def model_kind(config: dict[str, Any]) -> str:
@@ -62,9 +64,44 @@ def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
 
 
 def snr_db_from_alpha_bar(alpha_bar) -> np.ndarray:
-    """SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar))."""
+    """SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)); inf at alpha_bar = 1."""
     alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
-    return 10.0 * np.log10(alpha_bar / (1.0 - alpha_bar))
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(alpha_bar / (1.0 - alpha_bar))
+
+
+def log_snr_db(lam) -> np.ndarray:
+    """SNR in dB from the log-SNR: 10 log10(e^lambda)."""
+    return 10.0 * np.asarray(lam, dtype=np.float64) / math.log(10.0)
+
+
+def alpha_bar_at(alphas_cumprod, timestep: float) -> float:
+    """alpha_bar at a (possibly fractional) timestep, linearly interpolated between integer timesteps."""
+    alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+    return float(np.interp(float(timestep), np.arange(len(alphas_cumprod)), alphas_cumprod))
+
+
+def x0_pred(x_t, model_output, alpha_bar: float, prediction_type: str = "epsilon"):
+    """x0_pred = (x_t - sqrt(1 - ab) eps)/sqrt(ab) for epsilon, sqrt(ab) x_t - sqrt(1 - ab) v for v_prediction
+    (Salimans & Ho 2022), the output itself for sample."""
+    alpha_bar = float(alpha_bar)
+    if prediction_type == "epsilon":
+        return (x_t - math.sqrt(1.0 - alpha_bar) * model_output) / math.sqrt(alpha_bar)
+    if prediction_type == "v_prediction":
+        return math.sqrt(alpha_bar) * x_t - math.sqrt(1.0 - alpha_bar) * model_output
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def x0_from_velocity(x_t, v, sigma: float):
+    """Rectified flow: x0_pred = x_t - sigma v, since x_t = (1 - sigma) x_0 + sigma eps and v = eps - x_0."""
+    return x_t - float(sigma) * v
+
+
+def guided(uncond, cond, scale: float):
+    """Classifier-free guidance eps_w = eps_uncond + w (eps_cond - eps_uncond) (Ho & Salimans 2022)."""
+    return uncond + float(scale) * (cond - uncond)
 
 
 def schedule_table(betas: np.ndarray) -> pd.DataFrame:
@@ -94,46 +131,6 @@ def zero_crossing(alpha_bar) -> int:
     return int(below[0]) if below.size else -1
 
 
-def scheduler_visits(scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
-    """Timesteps a diffusers scheduler visits for N steps, with sigma and SNR_dB = 10 log10(alpha_bar/(1 - alpha_bar)) at each.
-
-    alpha_bar is linearly interpolated for fractional timesteps. sigma is read from
-    `scheduler.sigmas` when that array is aligned with `scheduler.timesteps` (N visited
-    timesteps plus the final sigma), otherwise it is sqrt((1 - alpha_bar)/alpha_bar).
-    Flow-matching schedulers: sigma is the flow sigma and SNR = ((1 - sigma)/sigma)^2 (`set_timesteps` takes Flux's mu).
-    """
-
-    # 1. Let the scheduler lay out its own sampling grid.
-    scheduler.set_timesteps(num_inference_steps, **set_timesteps)
-    timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
-    sigmas = getattr(scheduler, "sigmas", None)
-    aligned = sigmas is not None and len(sigmas) == len(timestep) + 1
-    if model_kind({**scheduler.config, "_class_name": type(scheduler).__name__}) == "flow":
-        sigma = np.asarray(sigmas, dtype=np.float64)[: len(timestep)]
-        with np.errstate(divide="ignore"):
-            return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma,
-                                 "snr_db": 10.0 * np.log10(flow_snr(sigma))})
-
-    # 2. alpha_bar at each (possibly fractional) visited timestep.
-    alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
-    alpha_bar = np.interp(timestep, np.arange(len(alphas_cumprod)), alphas_cumprod)
-
-    # 3. sigma: the scheduler's own when aligned, otherwise from alpha_bar.
-    if aligned:
-        sigma = np.asarray(sigmas, dtype=np.float64)[: len(timestep)]
-    else:
-        sigma = np.sqrt((1.0 - alpha_bar) / alpha_bar)
-
-    return pd.DataFrame(
-        {
-            "step": np.arange(len(timestep)),
-            "timestep": timestep,
-            "sigma": sigma,
-            "snr_db": snr_db_from_alpha_bar(alpha_bar),
-        }
-    )
-
-
 def shift_sigma(sigma, shift: float) -> np.ndarray:
     """Timestep shift sigma' = shift sigma / (1 + (shift - 1) sigma) (SD3, Esser et al. 2024, eq. 23)."""
     sigma = np.asarray(sigma, dtype=np.float64)
@@ -156,13 +153,6 @@ def dynamic_shift_mu(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4
     """Flux's mu, linear in the image sequence length (diffusers FluxPipeline `calculate_shift`); shift = exp(mu)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return seq_len * m + base_shift - m * base_seq_len
-
-
-def flow_snr(sigma) -> np.ndarray:
-    """SNR = ((1 - sigma) / sigma)^2 of rectified flow x_t = (1 - sigma) x_0 + sigma eps."""
-    sigma = np.asarray(sigma, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return ((1.0 - sigma) / sigma) ** 2
 
 
 def log_snr(signal, noise) -> np.ndarray:

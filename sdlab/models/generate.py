@@ -94,7 +94,7 @@ def generate_batch(
     model: ModelAdapter,
     params: GenerationParams,
     seeds: list[int],
-    callback_on_step_end: Callable | None = None,
+    on_step: Callable | None = None,
     strict: bool = True,
 ) -> BatchResult:
     """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`."""
@@ -106,7 +106,7 @@ def generate_batch(
     # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
     model.use_batch_options(model.denoiser_batch(n, params.guidance_scale))
     with torch.inference_mode(), count_calls(model.denoiser) as nfe:
-        latents = model.denoise(params, generators(seeds), embeddings, callback_on_step_end)
+        latents = model.denoise(params, generators(seeds), embeddings, on_step)
     t_unet = time.perf_counter()
     # 3. decode latents
     with torch.inference_mode():

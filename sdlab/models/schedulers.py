@@ -1,7 +1,9 @@
 """Schedulers by name: each a diffusers class plus options, swapped onto a pipeline with `from_config`.
 
-Each fits some model kinds: "epsilon" and "v_prediction" (DDPM-trained: SD 1.x, 2.x, SDXL) or "flow"
-(rectified flow x_t = (1 - sigma) x_0 + sigma eps: SD3, Flux). A model adapter declares its kind.
+A name means the same solver on every model kind, as in k-diffusion and ComfyUI: on a DDPM-trained model
+(kind "epsilon" or "v_prediction": SD 1.x, 2.x, SDXL) its DDPM class, on a rectified-flow model (kind "flow",
+x_t = (1 - sigma) x_0 + sigma eps: SD3, Flux) the class that runs it on the flow sigmas. A name with no
+faithful flow solver in diffusers fits DDPM kinds only. A model adapter declares its kind.
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ from sdlab.errors import CannotRun, UserError, choose
 from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len, model_kind
 
 KINDS = MODEL_KINDS
-DDPM_KINDS = frozenset({"epsilon", "v_prediction"})
-FLOW_KINDS = frozenset({"flow"})
 
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """A diffusers scheduler class, the options that make the named variant, and the model kinds it fits.
+    """A diffusers class and the options that make the named solver on a DDPM model, and its `flow` twin if any.
 
     `renames` maps sdlab's option names to the class's own (the multistep solvers call the flow shift `flow_shift`).
     """
@@ -33,8 +33,16 @@ class SchedulerSpec:
     options: dict[str, Any] = field(default_factory=dict)
     needs: str | None = None
     stochastic: bool = False
-    kinds: frozenset = DDPM_KINDS
     renames: dict[str, str] = field(default_factory=dict)
+    flow: SchedulerSpec | None = None
+
+    @property
+    def kinds(self) -> frozenset:
+        return frozenset(KINDS) if self.flow else frozenset(KINDS) - {"flow"}
+
+    def on(self, kind: str) -> SchedulerSpec:
+        """The solver this name runs on a model of `kind` (the flow twin on a flow model)."""
+        return self.flow if kind == "flow" and self.flow else self
 
 
 OPTION_VALUES: dict[str, tuple] = {
@@ -51,30 +59,36 @@ KARRAS = {"use_karras_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
 FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 FLOW_SHIFT = {"shift": "flow_shift"}
+# DDIM with eta = 0 is the Euler step of the probability-flow ODE (Karras et al. 2022, sec. 3), so on flow it is Euler.
+FLOW_EULER = SchedulerSpec("FlowMatchEulerDiscreteScheduler")
 
+
+def flow_solver(cls: str) -> SchedulerSpec:
+    """A DDPM multistep solver run on flow sigmas with a velocity model, as diffusers supports it."""
+    return SchedulerSpec(cls, FLOW_SIGMAS, renames=FLOW_SHIFT)
+
+
+# DDPM-only where diffusers has no faithful flow solver: the Karras variants take sigmas from alphas_cumprod, DEIS ends
+# flow sigmas at the last one instead of 0, and the SD3/Flux pipelines pass no generator to a stochastic step.
 SCHEDULERS: dict[str, SchedulerSpec] = {
-    "ddim": SchedulerSpec("DDIMScheduler"),
+    "ddim": SchedulerSpec("DDIMScheduler", flow=FLOW_EULER),
     "ddpm": SchedulerSpec("DDPMScheduler", stochastic=True),
     "pndm": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True}),
     "lms": SchedulerSpec("LMSDiscreteScheduler"),
     "lms_karras": SchedulerSpec("LMSDiscreteScheduler", KARRAS),
-    "euler": SchedulerSpec("EulerDiscreteScheduler"),
+    "euler": SchedulerSpec("EulerDiscreteScheduler", flow=FLOW_EULER),
     "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", stochastic=True),
-    "heun": SchedulerSpec("HeunDiscreteScheduler"),
+    "heun": SchedulerSpec("HeunDiscreteScheduler", flow=SchedulerSpec("FlowMatchHeunDiscreteScheduler")),
     "dpm2": SchedulerSpec("KDPM2DiscreteScheduler"),
     "dpm2_a": SchedulerSpec("KDPM2AncestralDiscreteScheduler", stochastic=True),
-    "dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler"),
+    "dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler", flow=flow_solver("DPMSolverMultistepScheduler")),
     "dpmpp_2m_karras": SchedulerSpec("DPMSolverMultistepScheduler", KARRAS),
     "dpmpp_2m_sde": SchedulerSpec("DPMSolverMultistepScheduler", SDE, stochastic=True),
     "dpmpp_2m_sde_karras": SchedulerSpec("DPMSolverMultistepScheduler", {**SDE, **KARRAS}, stochastic=True),
     "dpmpp_sde": SchedulerSpec("DPMSolverSDEScheduler", needs="torchsde", stochastic=True),
-    "unipc": SchedulerSpec("UniPCMultistepScheduler"),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler", flow=flow_solver("UniPCMultistepScheduler")),
     "deis": SchedulerSpec("DEISMultistepScheduler"),
     "lcm": SchedulerSpec("LCMScheduler", stochastic=True),  # few steps, for LCM-distilled models; re-noises each step
-    "flow_euler": SchedulerSpec("FlowMatchEulerDiscreteScheduler", kinds=FLOW_KINDS),
-    "flow_heun": SchedulerSpec("FlowMatchHeunDiscreteScheduler", kinds=FLOW_KINDS),
-    "flow_dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler", FLOW_SIGMAS, kinds=FLOW_KINDS, renames=FLOW_SHIFT),
-    "flow_unipc": SchedulerSpec("UniPCMultistepScheduler", FLOW_SIGMAS, kinds=FLOW_KINDS, renames=FLOW_SHIFT),
 }
 
 # scheduler_config.json as each family's Hub repo ships it: schedules are analysed from these, no weights needed.
@@ -93,15 +107,15 @@ FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def scheduler_class(name: str) -> type:
-    """The diffusers class registered under `name`, checking its optional dependency."""
+def scheduler_class(name: str, kind: str = "epsilon") -> type:
+    """The diffusers class scheduler `name` runs on a model of `kind`, checking its optional dependency."""
     import diffusers
 
     choose("scheduler", name, SCHEDULERS)
     spec = SCHEDULERS[name]
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
         raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install torchsde")
-    return getattr(diffusers, spec.cls)
+    return getattr(diffusers, spec.on(kind).cls)
 
 
 def fitting(kind: str) -> list[str]:
@@ -110,7 +124,7 @@ def fitting(kind: str) -> list[str]:
 
 
 def check_kind(name: str, kind: str) -> None:
-    """Raise a one-line UserError unless scheduler `name` fits a model of `kind` (epsilon, v_prediction or flow)."""
+    """Raise a one-line CannotRun unless scheduler `name` has a solver for a model of `kind`."""
     choose("scheduler", name, SCHEDULERS)
     choose("model kind", kind, KINDS)
     if kind not in SCHEDULERS[name].kinds:
@@ -127,27 +141,38 @@ def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
     return None
 
 
-def check_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The user's non-null options for scheduler `name`, checked against its class, allowed values and types."""
-    cls = scheduler_class(name)
-    renames = SCHEDULERS[name].renames
+def _parameters(spec: SchedulerSpec) -> dict[str, inspect.Parameter]:
+    """The options a solver takes, in sdlab's names (a renamed option under its sdlab name)."""
+    import diffusers
+
+    parameters = inspect.signature(getattr(diffusers, spec.cls).__init__).parameters
+    mine = {theirs: ours for ours, theirs in spec.renames.items()}
+    return {mine.get(k, k): p for k, p in parameters.items() if k not in ("self", "kwargs")}
+
+
+def check_options(name: str, options: dict[str, Any] | None = None, kind: str | None = None) -> dict[str, Any]:
+    """The user's non-null options for scheduler `name` on a model of `kind` (of any kind it fits when None),
+    checked against its class, allowed values and types."""
+    scheduler_class(name)
+    spec = SCHEDULERS[name]
+    solvers = [spec.on(kind)] if kind else [spec, spec.on("flow")]
+    parameters = {k: v for solver in reversed(solvers) for k, v in _parameters(solver).items()}
     user = {k: v for k, v in (options or {}).items() if v is not None}
-    parameters = inspect.signature(cls.__init__).parameters
-    accepted = (set(parameters) - {"self", "kwargs"} - set(renames.values())) | set(renames)
-    unknown = sorted(set(user) - accepted)
-    flow_only = [k for k in unknown if any(k in spec.renames or k == "shift" for spec in SCHEDULERS.values())]
+    unknown = sorted(set(user) - set(parameters))
+    flow_only = [k for k in unknown if k in FLOW_SHIFT]
     if flow_only:
-        raise UserError(f"scheduler.{flow_only[0]} is an option of the flow-matching schedulers "
-                        f"({', '.join(fitting('flow'))}); scheduler {name!r} has none")
+        which = f"on a model of kind {kind!r}" if kind else "has no flow solver and"
+        raise UserError(f"scheduler.{flow_only[0]} is an option of the flow-matching models (SD3, Flux); "
+                        f"scheduler {name!r} {which} has none")
     if unknown:
         raise UserError(
-            f"scheduler {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(accepted))}"
+            f"scheduler {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(parameters))}"
         )
     for key, value in user.items():
         allowed = OPTION_VALUES.get(key)
         if allowed and (value not in allowed or type(value) is not type(allowed[0])):
             raise UserError(f"scheduler.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
-        expected = _option_types(parameters[renames.get(key, key)].default)
+        expected = _option_types(parameters[key].default)
         if expected and (type(value) not in expected[0]):
             raise UserError(f"scheduler.{key}={value!r} must be {expected[1]}")
         if key in POSITIVE_OPTIONS and not (math.isfinite(value) and value > 0):
@@ -167,15 +192,16 @@ def _flow_base(base: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
-    """A scheduler `name` built from a pipeline's scheduler config, the variant's options and user overrides."""
-    user = check_options(name, overrides)
+    """Scheduler `name` for the model whose scheduler config is `base_config`: the solver of the model's kind, built
+    from that config, the variant's options and user overrides."""
     kind = model_kind(base_config)
     check_kind(name, kind)
-    cls = scheduler_class(name)
-    spec = SCHEDULERS[name]
+    user = check_options(name, overrides, kind)
+    cls = scheduler_class(name, kind)
+    spec = SCHEDULERS[name].on(kind)
     base = {k: v for k, v in base_config.items() if not k.startswith("_")}
     if kind == "flow":
-        # 1. A flow config keeps only what this class reads: its dynamic shifting must survive, or we refuse.
+        # 1. A flow config keeps only what this class reads: its dynamic shifting must survive, or it cannot run.
         base = _flow_base(base)
         accepted = set(inspect.signature(cls.__init__).parameters)
         dynamic = user.get("use_dynamic_shifting", base.get("use_dynamic_shifting"))
@@ -183,9 +209,8 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
             raise UserError(f"scheduler.shift={user['shift']} has no effect while the shift follows the image size "
                             "(use_dynamic_shifting); add scheduler.use_dynamic_shifting=false to use a fixed shift")
         if dynamic and "use_dynamic_shifting" not in accepted:
-            others = [n for n in fitting("flow") if "use_dynamic_shifting" in
-                      inspect.signature(scheduler_class(n).__init__).parameters]
-            raise UserError(f"scheduler {name!r} has no dynamic (resolution-dependent) shifting, which this model's "
+            others = [n for n in fitting("flow") if "use_dynamic_shifting" in _parameters(SCHEDULERS[n].on("flow"))]
+            raise CannotRun(f"scheduler {name!r} has no dynamic (resolution-dependent) shifting, which this model's "
                             f"scheduler uses; use one of: {', '.join(others)}")
         base = {spec.renames.get(k, k): v for k, v in base.items()}
         base = {k: v for k, v in base.items() if k in accepted}

@@ -6,15 +6,17 @@ sdlab/architectures.py, and says how it encodes prompts (`_encode`) and what its
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from sdlab.config import ATTENTION, ModelSpec
 from sdlab.errors import UserError, choose
-from sdlab.metrics.schedule import model_kind
+from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.device import use_process_options
-from sdlab.models.schedulers import check_kind, make_scheduler
+from sdlab.models.noise import PROCESSES, NoiseProcess
+from sdlab.models.schedulers import make_scheduler
 from sdlab.models.tokenizer import load_tokenizer, tiny_t5_tokenizer
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -118,6 +120,11 @@ class ModelAdapter:
         return model_kind({**self.base_scheduler_config, "_class_name": self.base_scheduler_class})
 
     @property
+    def noise(self) -> NoiseProcess:
+        """The noise process of the model's kind: its levels, coefficients, log-SNR and x0 from the model's output."""
+        return PROCESSES[self.kind]
+
+    @property
     def vae(self) -> torch.nn.Module:
         """The VAE that encodes images to latents and decodes them back."""
         return self.pipe.vae
@@ -189,10 +196,8 @@ class ModelAdapter:
 
     # 3. schedulers
     def use_scheduler(self, name: str, options: dict[str, Any] | None = None):
-        """Swap in scheduler `name` built from the model's own scheduler config; a kind it was not trained for is a
-        UserError."""
-
-        check_kind(name, self.kind)
+        """Swap in scheduler `name` (its solver for this model's kind) built from the model's own scheduler config; a
+        name with no solver for the kind is a one-line CannotRun."""
         self.scheduler = make_scheduler(name, self.base_scheduler_config, options)
         return self.scheduler
 
@@ -222,22 +227,25 @@ class ModelAdapter:
 
     # 5. denoise and decode
     def denoise(self, params, generators: list[torch.Generator], embeddings: dict[str, torch.Tensor],
-                callback: Callable | None = None) -> torch.Tensor:
-        """The sampler loop of the pipeline from `embeddings_for(params)`: NCHW latents, not decoded."""
+                on_step: Callable[[dict], Any] | None = None) -> torch.Tensor:
+        """The sampler loop of the pipeline from `embeddings_for(params)`: NCHW latents, not decoded. `on_step`, if
+        given, gets each step as `StepWatch` describes it."""
         n = len(generators)
         options = {k: getattr(params, k) for k in self.call_options}
-        return self.pipe(
-            **{k: batched(v, n) for k, v in embeddings.items()},
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            width=params.width,
-            height=params.height,
-            generator=generators,
-            output_type="latent",
-            callback_on_step_end=callback,
-            **options,
-            **self.sequence_options(),
-        ).images
+        with StepWatch(self, params, on_step) as watch:
+            latents = self.pipe(
+                **{k: batched(v, n) for k, v in embeddings.items()},
+                num_inference_steps=params.num_inference_steps,
+                guidance_scale=params.guidance_scale,
+                width=params.width,
+                height=params.height,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=watch.callback if on_step else None,
+                **options,
+                **self.sequence_options(),
+            ).images
+        return self.unpack(latents, params.width, params.height)
 
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
         """The pipeline's latents (as the denoiser and `callback_on_step_end` see them) as NCHW: unchanged here."""
@@ -306,3 +314,56 @@ class ModelAdapter:
         """The process-wide CPU settings for the denoiser batch about to run (mkldnn=auto)."""
 
         use_process_options(self.spec, denoiser_batch)
+
+
+class StepWatch:
+    """Each sampler step of one pass as k-diffusion's callback gives it, computed by the model's noise process:
+    {i, t, alpha_bar, sigma (its level), log_snr, x_t (the denoiser's input), model_output (guided), denoised (x0),
+    x (the latents after the step), capture_s (seconds spent making this dict)}, tensors NCHW on the CPU.
+
+    A forward hook on the denoiser keeps its last input and output; the pipeline's `callback_on_step_end` turns them
+    into the step. Every DDPM scheduler's scale_model_input maps its latents to the VP x_t, and a flow transformer
+    sees x_t unscaled, so the process's one x0 formula serves every sampler.
+    """
+
+    def __init__(self, model: ModelAdapter, params, on_step: Callable[[dict], Any] | None):
+        self.model, self.params, self.on_step = model, params, on_step
+        self.last: tuple | None = None
+        self.capture_s = 0.0
+
+    def __enter__(self):
+        self.handle = self.model.denoiser.register_forward_hook(self.hook, with_kwargs=True) if self.on_step else None
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+
+    def hook(self, module, args, kwargs, output):
+        import torch
+
+        start = time.perf_counter()
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        timestep = float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])
+        level = self.model.noise.level(self.model.scheduler, timestep)
+        self.last = (sample.detach().clone(), level, output[0].detach().clone())
+        self.capture_s += time.perf_counter() - start
+
+    def callback(self, pipe, i: int, timestep, callback_kwargs: dict) -> dict:
+        """`callback_on_step_end`: the step's dict to `on_step`."""
+        import torch
+
+        start = time.perf_counter()
+        sample, level, output = self.last
+        latents = callback_kwargs["latents"]
+        if output.shape[0] == 2 * latents.shape[0]:  # classifier-free guidance: uncond and cond in one batch
+            uncond, cond = output.chunk(2)
+            output, sample = guided(uncond, cond, self.params.guidance_scale), sample.chunk(2)[1]
+        nchw = lambda x: self.model.unpack(x.detach().float(), self.params.width, self.params.height).cpu()  # noqa: E731
+        noise = self.model.noise
+        x_t, output = nchw(sample), nchw(output)
+        step = {"i": i, "t": float(torch.as_tensor(timestep).flatten()[0]), **level, "log_snr": noise.log_snr(level),
+                "x_t": x_t, "model_output": output, "denoised": noise.x0(x_t, output, level), "x": nchw(latents)}
+        step["capture_s"], self.capture_s = self.capture_s + time.perf_counter() - start, 0.0
+        self.on_step(step)
+        return callback_kwargs

@@ -26,10 +26,6 @@ class Flux(ModelAdapter):
                                                     max_sequence_length=self.sequence_length)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
-    def denoise(self, params, generators, embeddings, callback=None) -> torch.Tensor:
-        """The pipeline's packed latents unpacked to NCHW."""
-        return self.unpack(super().denoise(params, generators, embeddings, callback), params.width, params.height)
-
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
         """Packed (batch, tokens, 4 x channels) latents, 2x2 patches per token, as NCHW (FluxPipeline's packing)."""
         batch, _, packed = latents.shape

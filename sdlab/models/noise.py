@@ -1,0 +1,148 @@
+"""One noise process per model kind: how x_t = alpha x_0 + sigma eps is parameterised, read from a scheduler, and
+turned back into x_0 from the model's output. Jobs ask the model's process (`model.noise`), never its kind.
+
+A level is the process's own name for where x_t stands, as row columns: `alpha_bar` for the VP kinds, the flow
+`sigma` for rectified flow (the other column None).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sdlab.metrics.schedule import (alpha_bar_at, alpha_bar_from_betas, betas, log_snr, log_snr_db, schedule_table,
+                                    snr_db_from_alpha_bar, x0_from_velocity, x0_pred)
+
+
+class NoiseProcess:
+    """x_t = signal x_0 + noise eps at a level; subclasses say how a level is read, and x_0 from the model's output."""
+
+    kind: str
+    equation: str
+
+    def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def log_snr(self, level: dict[str, Any]) -> float:
+        """lambda = 2 ln(signal / noise) (Kingma et al. 2021)."""
+        return float(log_snr(*self.coefficients(level)))
+
+    def noised(self, x0, eps, level: dict[str, Any]):
+        """Forward noising q(x_t | x_0): signal x_0 + noise eps."""
+        signal, noise = self.coefficients(level)
+        return signal * x0 + noise * eps
+
+
+class VPEpsilon(NoiseProcess):
+    """DDPM, x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps with an eps-predicting model (Ho et al. 2020, eq. 4)."""
+
+    kind = "epsilon"
+    equation = "q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)"
+
+    def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
+        """The level at each training timestep t = 0 .. T-1 of a beta schedule {beta_schedule, T, beta_start, beta_end}."""
+        alpha_bar = alpha_bar_from_betas(betas(schedule["beta_schedule"], schedule["T"], schedule["beta_start"],
+                                               schedule["beta_end"]))
+        return [{"alpha_bar": float(ab), "sigma": None} for ab in alpha_bar]
+
+    def snr_curve(self, config: dict[str, Any]) -> pd.DataFrame:
+        """SNR (dB) per training timestep t = 0 .. T-1 of a scheduler config's betas (schedule_table's columns)."""
+        return schedule_table(betas(config.get("beta_schedule", "scaled_linear"),
+                                    T=int(config.get("num_train_timesteps", 1000)),
+                                    beta_start=float(config.get("beta_start", 0.00085)),
+                                    beta_end=float(config.get("beta_end", 0.012))))
+
+    def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
+        """Timesteps a scheduler visits for N steps, with sigma and SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)):
+        alpha_bar interpolated at fractional timesteps; sigma the scheduler's own when its sigmas align with its
+        timesteps (N plus the final one), else sqrt((1 - alpha_bar) / alpha_bar)."""
+        scheduler.set_timesteps(num_inference_steps, **set_timesteps)
+        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+        alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
+        alpha_bar = np.interp(timestep, np.arange(len(alphas_cumprod)), alphas_cumprod)
+        sigmas = getattr(scheduler, "sigmas", None)
+        if sigmas is not None and len(sigmas) == len(timestep) + 1:
+            sigma = np.asarray(sigmas, dtype=np.float64)[: len(timestep)]
+        else:
+            sigma = np.sqrt((1.0 - alpha_bar) / alpha_bar)
+        return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma,
+                             "snr_db": snr_db_from_alpha_bar(alpha_bar)})
+
+    def level(self, scheduler, timestep: float) -> dict[str, float | None]:
+        """alpha_bar of the denoiser call under way: 1/(1 + sigma^2) from the scheduler's sigma when it keeps one
+        (its scaled input is the VP x_t), else alpha_bar interpolated at the timestep."""
+        sigma = scheduler_sigma(scheduler)
+        if sigma is None:
+            alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
+            return {"alpha_bar": alpha_bar_at(alphas_cumprod, timestep), "sigma": None}
+        return {"alpha_bar": 1.0 / (1.0 + sigma**2), "sigma": None}
+
+    def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
+        """(signal, noise) = (sqrt(alpha_bar), sqrt(1 - alpha_bar))."""
+        return math.sqrt(level["alpha_bar"]), math.sqrt(1.0 - level["alpha_bar"])
+
+    def x0(self, x_t, output, level: dict[str, Any]):
+        """x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) (for v: sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v)."""
+        return x0_pred(x_t, output, level["alpha_bar"], self.kind)
+
+
+class VPVelocity(VPEpsilon):
+    """DDPM noising with a v-predicting model, v = alpha eps - sigma x_0 (Salimans & Ho 2022)."""
+
+    kind = "v_prediction"
+
+
+class RectifiedFlow(NoiseProcess):
+    """x_t = (1 - sigma) x_0 + sigma eps with a velocity model v = eps - x_0 (Liu et al. 2022; SD3, Esser et al. 2024)."""
+
+    kind = "flow"
+    equation = "x_t = (1 - sigma_t) x_0 + sigma_t eps, sigma_t = t / T (flow matching)"
+
+    def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
+        """sigma = t / T at each training timestep t = 0 .. T-1, which no shift changes."""
+        return [{"alpha_bar": None, "sigma": t / schedule["T"]} for t in range(schedule["T"])]
+
+    def snr_curve(self, config: dict[str, Any]) -> pd.DataFrame:
+        """SNR (dB) per training timestep t = 1 .. T, where sigma = t / T whatever the shift."""
+        T = int(config.get("num_train_timesteps", 1000))
+        t = np.arange(1, T + 1, dtype=np.float64)
+        return pd.DataFrame({"t": t, "snr_db": log_snr_db(log_snr(1.0 - t / T, t / T))})
+
+    def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
+        """Timesteps a flow scheduler visits for N steps, with its flow sigma and SNR_dB of ((1 - sigma) / sigma)^2
+        (`set_timesteps` takes Flux's mu)."""
+        scheduler.set_timesteps(num_inference_steps, **set_timesteps)
+        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+        sigma = np.asarray(scheduler.sigmas, dtype=np.float64)[: len(timestep)]
+        return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma,
+                             "snr_db": log_snr_db(log_snr(1.0 - sigma, sigma))})
+
+    def level(self, scheduler, timestep: float) -> dict[str, float | None]:
+        """The scheduler's flow sigma for the denoiser call under way (its first before any step)."""
+        return {"alpha_bar": None, "sigma": scheduler_sigma(scheduler, first=True)}
+
+    def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
+        """(signal, noise) = (1 - sigma, sigma)."""
+        return 1.0 - level["sigma"], level["sigma"]
+
+    def x0(self, x_t, output, level: dict[str, Any]):
+        """x_0 = x_t - sigma v."""
+        return x0_from_velocity(x_t, output, level["sigma"])
+
+
+PROCESSES = {process.kind: process for process in (VPEpsilon(), VPVelocity(), RectifiedFlow())}
+
+
+def scheduler_sigma(scheduler, first: bool = False) -> float | None:
+    """sigmas[step_index] of a scheduler mid-sampling (with `first`, begin_index before its first step); None for
+    schedulers that keep no sigmas."""
+    index = getattr(scheduler, "step_index", None)
+    if index is None and first:
+        index = getattr(scheduler, "begin_index", None) or 0
+    sigmas = getattr(scheduler, "sigmas", None)
+    if index is not None and sigmas is not None and index < len(sigmas):
+        return float(sigmas[index])
+    return None
