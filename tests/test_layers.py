@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from importlinter.cli import lint_imports
@@ -29,9 +31,25 @@ def sdlab_imports(path: Path) -> list[tuple[ast.stmt, str]]:
     return found
 
 
+@contextmanager
+def loggers_kept():
+    """import-linter sets up its logging with dictConfig, which disables every logger that exists then (sdlab's
+    included, for the rest of the test process): give each its state back."""
+    loggers = [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    before = {lg: lg.disabled for lg in loggers}
+    try:
+        yield
+    finally:
+        for lg, disabled in before.items():
+            lg.disabled = disabled
+
+
 def test_import_contracts_hold():
     """pyproject.toml's contracts: the layers, and hydra/omegaconf only in sdlab.app."""
-    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+    grid_log = logging.getLogger("sdlab.bench.grid")
+    with loggers_kept():
+        assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+    assert not grid_log.disabled  # later tests still see sdlab's log lines
 
 
 def test_no_sdlab_import_inside_a_function():
