@@ -129,3 +129,20 @@ def test_a_seed_that_would_be_a_page_sits_side_by_side_in_each_cell(tmp_path):
         assert all(boxes[2 * cell + s + 1][1] - boxes[2 * cell + s][2] - 1 < 4 for s in range(1))
     assert len({b[0] for b in boxes}) == 2  # two rows (guidance scales), not a page per seed
     assert "seed 1, 2, left to right" in json.loads((tmp_path / "captions.json").read_text())["grid.png"]
+
+
+def test_many_values_with_their_seeds_side_by_side_go_down_the_rows(tmp_path):
+    """17 schedulers x 3 scales x 6 seeds was one row 102 images wide; the axis with more values goes down instead."""
+    cells = [{"scheduler": f"s{k}", "guidance_scale": str(g), "seed": str(s)} for k in range(5)
+             for g in (1, 7.5) for s in (1, 2, 3)]
+    frame = frame_of(tmp_path, cells)
+    colour = [(200, 8 * i, 60) for i in range(len(cells))]  # distinct for all 30 images
+    for i, path in enumerate(frame["image_path"]):
+        Image.fromarray(np.full((16, 16, 3), colour[i], np.uint8)).save(tmp_path / path)
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png")
+    width, height = Image.open(out).size
+    assert 0.5 < width / height < 2, (width, height)
+    canvas = np.asarray(Image.open(out).convert("RGB"))
+    tops = [int(np.nonzero(np.all(canvas == colour[i], axis=-1))[0].min()) for i in range(len(cells))]
+    assert len(set(tops)) == 5  # a row per scheduler, the two scales and three seeds across
+    assert len({tops[i] for i in range(6)}) == 1  # scheduler s0's six images share its row

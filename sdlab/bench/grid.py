@@ -102,10 +102,19 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
     return right - left, bottom - top
 
 
+def squarer(columns: int, rows: int, seeds: int, now_columns: int, now_rows: int) -> bool:
+    """Whether `columns` x `rows` cells of `seeds` images each are closer to square than `now_columns` x `now_rows`."""
+    def aspect(c: int, r: int) -> float:
+        return max(c * seeds, r) / min(c * seeds, r)
+
+    return aspect(columns, rows) < aspect(now_columns, now_rows)
+
+
 def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str] | None = None,
                title: str = "") -> Path | None:
     """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages; a seed that
-    would be a page (axes not given) is shown side by side within each cell instead, so a cell shows all its seeds."""
+    would be a page (axes not given) is shown side by side within each cell instead, so a cell shows all its seeds,
+    and the first two axes trade places when that makes the grid closer to square."""
     if "image_path" in frame:
         frame = frame[frame["image_path"].notna()].reset_index(drop=True)
     chosen = axes is not None
@@ -114,6 +123,9 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
     axes = [k for k in axes if k not in within]
     labels = {k: axis_values(frame, k) for k in axes + within}
     uniq = {k: list(dict.fromkeys(labels[k])) for k in axes + within}
+    if within and squarer(len(uniq[axes[1]]), len(uniq[axes[0]]), len(uniq["seed"]), len(uniq[axes[0]]),
+                          len(uniq[axes[1]])):
+        axes[:2] = axes[1::-1]  # 17 schedulers x 6 seeds would be one row 100 images wide: the schedulers go down
     x_key, y_key = (axes + [None, None])[:2]
     pages = list(dict.fromkeys(tuple(labels[k][i] for k in axes[2:]) for i in range(len(frame)))) or [()]
     xs, ys = (uniq[x_key] if x_key else [""]), (uniq[y_key] if y_key else [""])
