@@ -25,7 +25,7 @@ def pipe():
     from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline.from_pretrained(str(MINI), local_files_only=True, use_safetensors=True,
-                                                       torch_dtype=torch.float32)
+                                                       dtype=torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
