@@ -22,6 +22,13 @@ def yaml_keys(path: Path) -> frozenset[str]:
     return frozenset(data) - {"defaults"}
 
 
+@lru_cache(maxsize=None)
+def conf_values(name: str) -> dict:
+    """The values a file of conf/ sets (its defaults list aside): where sdlab's defaults are written, once."""
+    data = yaml.safe_load((CONF_DIR / name).read_text()) or {}
+    return {key: value for key, value in data.items() if key != "defaults"}
+
+
 def known_keys(group: str | None) -> set[str]:
     """Keys a `group.KEY=` override may set, or top-level keys (base config and every recipe) for None."""
     if group is None:

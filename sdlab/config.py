@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sdlab.conf_files import group_options
+from sdlab.conf_files import conf_values, group_options
 from sdlab.errors import UserError, choose
 
 MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
@@ -154,6 +154,9 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field]) -> dict
 
 
 POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer"}
+# Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block.
+BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
+LIMIT = BASE["limits"]
 SIDE = {"multiple": 8, "rule": "a positive multiple of 8"}
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
 
@@ -162,18 +165,18 @@ SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
 class Limits:
     """The `limits:` block: checks that fail in under a second instead of filling memory (raise them on big machines)."""
 
-    max_side: int = checked(4096, **POSITIVE)
-    max_pixels: int = checked(2048 * 2048, **POSITIVE)
-    max_steps: int = checked(1000, **POSITIVE)
-    max_seeds: int = checked(10_000, **POSITIVE)
-    max_params_bytes: int = checked(1 << 20, **POSITIVE)
-    max_png_bytes: int = checked(64 << 20, **POSITIVE)
-    max_png_text_bytes: int = checked(8 << 20, **POSITIVE)
-    max_prompt_file_bytes: int = checked(1 << 20, **POSITIVE)
-    max_prompt_lines: int = checked(10_000, **POSITIVE)
-    max_batch_size: int = checked(64, **POSITIVE)
-    max_threads: int = checked(256, **POSITIVE)
-    max_cells: int = checked(100_000, **POSITIVE)
+    max_side: int = checked(LIMIT["max_side"], **POSITIVE)
+    max_pixels: int = checked(LIMIT["max_pixels"], **POSITIVE)
+    max_steps: int = checked(LIMIT["max_steps"], **POSITIVE)
+    max_seeds: int = checked(LIMIT["max_seeds"], **POSITIVE)
+    max_params_bytes: int = checked(LIMIT["max_params_bytes"], **POSITIVE)
+    max_png_bytes: int = checked(LIMIT["max_png_bytes"], **POSITIVE)
+    max_png_text_bytes: int = checked(LIMIT["max_png_text_bytes"], **POSITIVE)
+    max_prompt_file_bytes: int = checked(LIMIT["max_prompt_file_bytes"], **POSITIVE)
+    max_prompt_lines: int = checked(LIMIT["max_prompt_lines"], **POSITIVE)
+    max_batch_size: int = checked(LIMIT["max_batch_size"], **POSITIVE)
+    max_threads: int = checked(LIMIT["max_threads"], **POSITIVE)
+    max_cells: int = checked(LIMIT["max_cells"], **POSITIVE)
 
 
 LIMITS = asdict(Limits())
@@ -184,17 +187,17 @@ class ModelSpec:
     """Which pipeline to load and where to run it."""
 
     name: str
-    family: str = checked("sd", "choice", choices=MODEL_FAMILIES)  # a folder's model_index.json decides over it
+    family: str = checked(MODEL["family"], "choice", choices=MODEL_FAMILIES)  # a folder's model_index.json decides over it
     path: str | None = checked(None, "str", optional=True)
     repo_id: str | None = checked(None, "str", optional=True)
-    resolution: int = checked(512, "int", 1, **SIDE)
-    device: str = "auto"
-    dtype: str = checked("auto", "choice", choices=DTYPES)
-    channels_last: bool = checked(False, "bool")
-    compile: bool = checked(False, "bool")
-    attention: str = checked("sdpa", "choice", choices=ATTENTION)
-    mkldnn: bool | str = checked(True, "choice", choices=MKLDNN)  # or "auto": by the UNet's batch
-    t5: bool = checked(True, "bool")  # SD3: false leaves the T5 text encoder out
+    resolution: int = checked(MODEL["resolution"], "int", 1, **SIDE)
+    device: str = MODEL["device"]
+    dtype: str = checked(MODEL["dtype"], "choice", choices=DTYPES)
+    channels_last: bool = checked(MODEL["channels_last"], "bool")
+    compile: bool = checked(MODEL["compile"], "bool")
+    attention: str = checked(MODEL["attention"], "choice", choices=ATTENTION)
+    mkldnn: bool | str = checked(MODEL["mkldnn"], "choice", choices=MKLDNN)  # or "auto": by the UNet's batch
+    t5: bool = checked(MODEL["t5"], "bool")  # SD3: false leaves the T5 text encoder out
     max_sequence_length: int | None = checked(None, "int", 1, 512, optional=True)  # T5 tokens; None: the family's
 
     @property
@@ -216,14 +219,14 @@ class GenerationParams:
     """One generate request, named as in diffusers; `seeds` are generated batched, `batch_size` at a time."""
 
     prompt: str = checked("", "str")
-    negative_prompt: str = checked("", "str")
+    negative_prompt: str = checked(BASE["negative_prompt"], "str")
     seeds: tuple[int, ...] = (0,)
-    num_inference_steps: int = checked(25, "int", 1)
-    guidance_scale: float = checked(7.5, "number", 0)
+    num_inference_steps: int = checked(BASE["num_inference_steps"], "int", 1)
+    guidance_scale: float = checked(BASE["guidance_scale"], "number", 0)
     width: int = checked(512, "int", 1, **SIDE)
     height: int = checked(512, "int", 1, **SIDE)
-    eta: float = checked(0.0, "number", 0, 1)
-    batch_size: int = checked(4, "int", 1)
+    eta: float = checked(BASE["eta"], "number", 0, 1)
+    batch_size: int = checked(BASE["batch_size"], "int", 1)
 
     def __post_init__(self):
         check_seeds(self.seeds)
