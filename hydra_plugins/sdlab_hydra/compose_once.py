@@ -70,8 +70,9 @@ def overrides_dirname(overrides: list[Override], exclude_keys: list[str], item_s
 def skipped_line(cannot: dict[tuple, str], jobs: list[list[str]]) -> str:
     """One line naming the cells a sweep skips because their model cannot run them (by the values that vary across
     the sweep), and why (the first reason)."""
-    varying = {item for job in jobs for item in job if any(item not in other for other in jobs)}
-    cells = [" ".join(item for item in job if item in varying) or " ".join(job) for job in cannot]
+    varying = set(varying_keys(jobs))
+    cells = [" ".join(item for item in job if item.partition("=")[0].lstrip("+~") in varying) or " ".join(job)
+             for job in cannot]
     shown = ", ".join(cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
     return (f"sdlab: skipping {len(cells)} of {len(jobs)} cells their model cannot run: {shown} "
             f"({next(iter(cannot.values()))})")
