@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,24 +161,9 @@ SIDE = {"multiple": 8, "rule": "a positive multiple of 8"}
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The `limits:` block: checks that fail in under a second instead of filling memory (raise them on big machines)."""
-
-    max_side: int = checked(LIMIT["max_side"], **POSITIVE)
-    max_pixels: int = checked(LIMIT["max_pixels"], **POSITIVE)
-    max_steps: int = checked(LIMIT["max_steps"], **POSITIVE)
-    max_seeds: int = checked(LIMIT["max_seeds"], **POSITIVE)
-    max_params_bytes: int = checked(LIMIT["max_params_bytes"], **POSITIVE)
-    max_png_bytes: int = checked(LIMIT["max_png_bytes"], **POSITIVE)
-    max_png_text_bytes: int = checked(LIMIT["max_png_text_bytes"], **POSITIVE)
-    max_prompt_file_bytes: int = checked(LIMIT["max_prompt_file_bytes"], **POSITIVE)
-    max_prompt_lines: int = checked(LIMIT["max_prompt_lines"], **POSITIVE)
-    max_batch_size: int = checked(LIMIT["max_batch_size"], **POSITIVE)
-    max_threads: int = checked(LIMIT["max_threads"], **POSITIVE)
-    max_cells: int = checked(LIMIT["max_cells"], **POSITIVE)
-
-
+# The `limits:` block: checks that fail in under a second instead of filling memory (raise them on big machines). Its
+# keys and defaults are conf/config.yaml's; each is a positive integer.
+Limits = make_dataclass("Limits", [(key, int, checked(value, **POSITIVE)) for key, value in LIMIT.items()], frozen=True)
 LIMITS = asdict(Limits())
 
 
@@ -305,7 +290,7 @@ def model_spec(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> Mode
     if cfg.get("name") not in MODEL_NAMES:
         raise UserError(f"model.name={cfg.get('name')!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
     values = check_fields(cfg, rules_of(ModelSpec), "model.")
-    if limit and values.get("resolution", 512) > limit["max_side"]:
+    if limit and values.get("resolution", MODEL["resolution"]) > limit["max_side"]:
         raise UserError(f"model.resolution={values['resolution']} is above limits.max_side={limit['max_side']}")
     device = cfg.get("device", "auto")
     if not isinstance(device, str) or not DEVICE.fullmatch(device):
