@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlab.conf_files import conf_values, group_options
-from sdlab.errors import UserError, choose
+from sdlab.errors import UserError
 
 MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
 MODEL_FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "models" / "families").glob("*.py")
@@ -101,7 +101,8 @@ class Field:
         if self.kind == "choice":
             if type(value) not in {type(c) for c in self.choices}:  # 1 == True: the type decides
                 raise UserError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, self.choices))}")
-            choose(name, value, self.choices)
+            if value not in self.choices:
+                raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, self.choices))}")
             return value
         if self.kind == "int":
             if isinstance(value, float) and value.is_integer():
@@ -319,6 +320,11 @@ class Run:
     recipe: dict[str, Any]
     threads: int | None = None
     resume: bool = True
+
+    @property
+    def job_hash(self) -> str:
+        """The recipe's hash, `resume` and `limits` aside: a rerun of the same cell finds its finished rows by it."""
+        return config_hash({k: v for k, v in self.recipe.items() if k not in ("resume", "limits")})
 
 
 def checked_run(cfg: dict[str, Any]) -> Run:

@@ -160,3 +160,19 @@ def read_png_text(path: str | Path, label: str, limit: dict[str, int]) -> dict[s
             raise UserError(f"{label}: its {key!r} text chunk is larger than limits.max_params_bytes={chunk}; "
                             + RAISE_HINT.format("max_params_bytes"))
     return text
+
+
+def read_params(path: str | Path, label: str, limit: dict[str, int]) -> tuple[str, Any]:
+    """What a params file holds, and in which form: ("json", a JSON file's value), ("sdlab", a PNG's own JSON record)
+    or ("infotext", an image tool's `parameters` text chunk)."""
+    if Path(path).suffix.lower() != ".png":
+        return "json", parse_json(read_bytes(path, label, "a JSON file or a PNG image", "max_params_bytes", limit), label)
+    chunks = read_png_text(path, label, limit)
+    if "sdlab" in chunks:
+        record = parse_json(chunks["sdlab"], f"{label}'s sdlab text chunk")
+        if not isinstance(record, dict):
+            raise UserError(f"{label}'s sdlab text chunk must hold a JSON object, not {type(record).__name__}")
+        return "sdlab", record
+    if "parameters" in chunks:
+        return "infotext", chunks["parameters"]
+    raise UserError(f"{label} carries no generation parameters (no 'sdlab' or 'parameters' text chunk)")

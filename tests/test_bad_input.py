@@ -304,7 +304,7 @@ def test_checked_run_names_the_bad_value_without_loading_anything():
 
 def test_limits_can_be_raised_for_big_machines(tmp_path):
     from sdlab.config import LIMITS, checked_run
-    from sdlab.bench.params import load_params
+    from sdlab.bench.run import load_params
 
     checked_run(composed("width=8192", "height=8192", "limits.max_side=8192", "limits.max_pixels=67108864"))
     checked_run(composed("num_inference_steps=2000", "limits.max_steps=2000"))

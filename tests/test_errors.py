@@ -13,7 +13,7 @@ from sdlab.config import ModelSpec, generation_params
 from sdlab.errors import UserError
 from sdlab.models.loading import load_model
 from sdlab.models.model_files import check_weights_folder
-from sdlab.bench.params import load_params
+from sdlab.bench.run import load_params
 
 
 def sdlab(*args: str, cwd) -> subprocess.CompletedProcess:

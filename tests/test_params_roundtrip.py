@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from sdlab.errors import UserError
-from sdlab.bench.infotext import format_infotext, from_a1111, parse_infotext, sampler_to_scheduler
-from sdlab.bench.params import load_params
+from sdlab.bench.run import format_infotext, from_a1111, parse_infotext, sampler_to_scheduler
+from sdlab.bench.run import load_params
 
 A1111_PNG_TEXT = """a lighthouse, oil painting, dramatic
 Negative prompt: blurry, lowres
@@ -109,7 +109,7 @@ def test_each_generation_parameter_is_named_by_its_dataclass_field():
     GenerationParams: a field added there reaches every one of them."""
     from dataclasses import fields
 
-    from sdlab.bench.params import PARAM_TYPES
+    from sdlab.bench.run import PARAM_TYPES
     from sdlab.bench.records import PARAM_COLUMNS, ROW_COLUMNS
     from sdlab.config import IMAGE_PARAMS, GenerationParams, image_params
     from sdlab.jobs.generate import PNG_KEYS, hash_fields

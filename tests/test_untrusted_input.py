@@ -17,7 +17,7 @@ from test_bad_input import assert_refused
 from sdlab.app.arguments import display_overrides, literal, prepare
 from sdlab.config import LIMITS
 from sdlab.errors import UserError
-from sdlab.bench.params import load_params
+from sdlab.bench.run import load_params
 from sdlab.bench.records import rows_from_images
 from sdlab.untrusted import json_depth, parse_json, read_prompt_lines
 

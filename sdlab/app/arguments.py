@@ -18,7 +18,7 @@ from sdlab.bench.ownership import (
     checked_root,
     confined,
 )
-from sdlab.bench.params import load_params
+from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
 from sdlab.conf_files import CONF_DIR, group_options, known_keys, yaml_keys
 from sdlab.config import LIMITS, limits

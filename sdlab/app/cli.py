@@ -21,15 +21,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sdlab.app.arguments import check_output_dir, display_overrides, prepare
 from sdlab.app.callbacks import CollectSweep, Preflight
-from sdlab.app.compose import fail, job_folder, one_line, resolved, task_overrides
+from sdlab.app.compose import fail, job_folder, one_line, parse_job, task_overrides
 from sdlab.app.help import help_text, version_text
 from sdlab.bench import lock, ownership, resume
 from sdlab.bench.collect import summarize
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.report import rebuild
-from sdlab.bench.run import parse
 from sdlab.conf_files import CONF_DIR
-from sdlab.config import config_hash
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, get_job
 
@@ -47,13 +45,6 @@ def quiet_libraries() -> None:
     # torchsde's Brownian tree warns when a sigma rounded to float32 lands a hair below its start (ta=0.0291675
     # against t0=0.029168 on mini at 8 steps): rounding, not a wrong interval
     warnings.filterwarnings("ignore", message="Should have ta>=t0")
-
-def set_threads(threads) -> None:
-    """Pin torch's CPU thread count (CPU results depend on it bit for bit); None keeps torch's default."""
-    import torch  # the first job that needs it pays for it
-
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 def error_frame(ctx, error: BaseException):
     """One failed row for a job that could not produce its own rows."""
@@ -116,12 +107,15 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
     out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock
     try:
-        ctx.run = run = parse(resolved(cfg), overridden)  # checked before the run or sweep began
+        ctx.run = run = parse_job(cfg, overridden)  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
-        resume.record_config(out_dir, run.recipe)
-        set_threads(run.threads)
-        job_hash = config_hash({k: v for k, v in run.recipe.items() if k not in ("resume", "limits")})
+        job_hash = run.job_hash
         frame = resume.finished_job(out_dir, job_hash) if run.resume else None
+        resume.record_config(out_dir, run.recipe)
+        if run.threads is not None:  # CPU results depend on it bit for bit; None keeps torch's default
+            import torch  # the first job that needs it pays for it
+
+            torch.set_num_threads(run.threads)
         if frame is not None:
             log.info("skipped: already complete in %s (resume=false recomputes)", out_dir)
             started = 0.0  # its figures are from the run that finished it

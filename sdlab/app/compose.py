@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sdlab.app.arguments import display_overrides
 from sdlab.app.preflight import check_job
 from sdlab.bench.run import parse
+from sdlab.config import Run
 from sdlab.errors import UserError
 
 
@@ -52,8 +53,13 @@ def resolved(cfg) -> dict:
         raise UserError(f"{key}: {one_line(e)}" if key else one_line(e)) from None
 
 
+def parse_job(cfg, overridden: set[str]) -> Run:
+    """The Run of a composed job config, the one place a composed config becomes typed: resolved, then parsed."""
+    config = resolved(cfg)
+    return parse(config, overridden)
+
+
 def check_composed(cfg) -> tuple[list[str], dict]:
     """Pre-flight of one composed job config (Hydra node included): (warnings, plain config)."""
-    overridden = set(display_overrides(task_overrides(cfg.hydra)))
-    run = parse(resolved(cfg), overridden)
+    run = parse_job(cfg, set(display_overrides(task_overrides(cfg.hydra))))
     return check_job(run), run.recipe

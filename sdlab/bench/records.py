@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdlab.bench.infotext import format_infotext
+from sdlab.bench.run import format_infotext
 from sdlab.config import IMAGE_PARAMS, LIMITS
 from sdlab.errors import UserError
 from sdlab.io import atomic_path

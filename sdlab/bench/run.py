@@ -1,21 +1,37 @@
-"""A composed config parsed once into the Run a job takes: the model's world and `params=FILE` merged in, every value
-checked."""
+"""A composed config parsed once into the Run a job takes: `params=FILE` (a JSON object or a PNG's own parameters, in
+sdlab's names or an image tool's: A1111's JSON names and infotext chunk) and the model's world merged in, every value
+checked. Files are read through the bounded reader and set exactly what the command line may."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
-from sdlab.bench.params import load_params
-from sdlab.config import MODEL_FAMILIES, MODEL_KINDS, Run, checked_run, limits, model_spec
+from sdlab.conf_files import known_keys
+from sdlab.config import (
+    LIMITS,
+    MODEL_FAMILIES,
+    MODEL_KINDS,
+    MODEL_NAMES,
+    GenerationParams,
+    Run,
+    checked_run,
+    limits,
+    model_spec,
+    rules_of,
+)
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.loading import adapter_class, shipped_scheduler_config
-
+from sdlab.untrusted import read_params
 
 def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
     """What a job runs with: the composed config in the model's world, `params=FILE` merged in, every value checked
     and typed."""
-    return checked_run(with_params_file(in_model_world(config, overridden), overridden))
+    config = in_model_world(config, overridden)
+    config = with_params_file(config, overridden)
+    return checked_run(config)
 
 
 def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
@@ -48,12 +64,12 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
     that fit a flow-matching model) and its family (`flux`). Blocks merge key by key; command-line overrides
     (`compare.steps=...`) still win."""
     worlds = config.get("world") or {}
-    if not worlds:
-        return config
     names = [(config.get("model") or {}).get("prompt_grammar")]
     if worlds.keys() & {*MODEL_KINDS, *MODEL_FAMILIES}:
         spec = model_spec(config["model"])
-        names += [model_kind(shipped_scheduler_config(spec)[0]), adapter_class(spec).family]
+        family = adapter_class(spec).family
+        shipped, _ = shipped_scheduler_config(spec)
+        names += [model_kind(shipped), family]
     for name in names:
         if name and worlds.get(name):
             config = merged(config, worlds[name], overridden)
@@ -72,3 +88,162 @@ def merged(config: dict[str, Any], values: dict[str, Any], overridden: set[str],
         else:
             out[key] = value
     return out
+
+
+# sdlab scheduler -> A1111 sampler name (the combined "Name Karras" form every PNG-info reader parses)
+SAMPLER_NAMES = {
+    "ddim": "DDIM", "ddpm": "DDPM", "pndm": "PLMS", "lms": "LMS", "lms_karras": "LMS Karras", "euler": "Euler",
+    "euler_a": "Euler a", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
+    "dpmpp_sde": "DPM++ SDE", "unipc": "UniPC", "deis": "DEIS",
+}
+SCHEDULERS_BY_SAMPLER = {v.lower(): k for k, v in SAMPLER_NAMES.items()}
+SCHEDULE_TYPES = ("automatic", "uniform", "karras")  # A1111's separate "Schedule type" that sdlab can honour
+A1111_KEYS = {"steps": "num_inference_steps", "cfg_scale": "guidance_scale", "sampler_name": "scheduler",
+              "sampler_index": "scheduler"}
+# The infotext's labels in the order image tools write them, and sdlab's name for each ("Model" is their checkpoint
+# name, and "Version" theirs: written, never read back; "Size" is read as width and height)
+INFOTEXT_KEYS = {"Steps": "num_inference_steps", "Sampler": "scheduler", "Schedule type": "schedule_type",
+                 "CFG scale": "guidance_scale", "Seed": "seed", "Size": "size", "Model": "model", "Eta": "eta",
+                 "Version": "version"}
+READ_KEYS = {label.lower(): name for label, name in INFOTEXT_KEYS.items() if label not in ("Size", "Model", "Version")}
+
+
+def sampler_to_scheduler(sampler: str, schedule_type: str | None = None) -> str:
+    """An A1111 sampler name (and optional schedule type, e.g. "Karras") as an sdlab scheduler name."""
+    name = sampler.strip().lower()
+    if schedule_type and schedule_type.strip().lower() == "karras" and not name.endswith("karras"):
+        name += " karras"
+    elif schedule_type and schedule_type.strip().lower() not in SCHEDULE_TYPES:
+        raise UserError(f"schedule type {schedule_type!r} is not supported; choose one of: Automatic, Uniform, Karras")
+    if name in SCHEDULERS_BY_SAMPLER:
+        return SCHEDULERS_BY_SAMPLER[name]
+    if name.replace(" ", "_") in SAMPLER_NAMES:
+        return name.replace(" ", "_")
+    raise UserError(f"sampler {sampler!r} has no sdlab scheduler; choose one of: {', '.join(SAMPLER_NAMES.values())}")
+
+
+def from_a1111(data: dict[str, Any]) -> dict[str, Any]:
+    """A params dict with A1111's names (steps, cfg_scale, sampler_name, scheduler="Karras") in sdlab's."""
+    data = dict(data)
+    schedule_type = None
+    if "scheduler" in data and isinstance(data["scheduler"], str) and ("sampler_name" in data or "sampler_index" in data):
+        schedule_type = data.pop("scheduler")  # A1111 >= 1.9: the schedule type, beside sampler_name
+    out = {}
+    for key, value in data.items():
+        target = A1111_KEYS.get(key, key)
+        if target in out:
+            named = [k for k in data if A1111_KEYS.get(k, k) == target]
+            raise UserError(f"params give both {named[0]!r} and {named[1]!r}; keep one")
+        if target == "scheduler" and key != "scheduler":
+            if not isinstance(value, str):
+                raise UserError(f"{key}={value!r} should be a sampler name such as 'DPM++ 2M Karras'")
+            value = sampler_to_scheduler(value, schedule_type)
+        out[target] = value
+    return out
+
+
+def format_infotext(meta: dict[str, Any]) -> str:
+    """The A1111 `parameters` text: prompt, `Negative prompt:` line, then `Steps: N, Sampler: ..., ...`."""
+    shown = {**meta, "scheduler": SAMPLER_NAMES.get(meta.get("scheduler"), meta.get("scheduler")),
+             "size": f"{meta.get('width')}x{meta.get('height')}", "eta": meta.get("eta") or None,
+             "version": meta.get("version") or None}
+    fields = {label: shown.get(name) for label, name in INFOTEXT_KEYS.items()}
+    lines = [str(meta.get("prompt") or "")]
+    if meta.get("negative_prompt"):
+        lines.append(f"Negative prompt: {meta['negative_prompt']}")
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None))
+    return "\n".join(lines)
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """sdlab params from an A1111 `parameters` text (the inverse of `format_infotext` for the keys sdlab knows)."""
+    lines = text.strip().splitlines()
+    if not lines or not re.match(r"^Steps: ", lines[-1]):
+        raise UserError("the PNG's parameters text has no 'Steps: ...' line; it was not written by an image tool")
+    *body, settings = lines
+    prompt, negative = [], []
+    for line in body:
+        if line.startswith("Negative prompt:") or negative:
+            negative.append(line.removeprefix("Negative prompt:").strip())
+        else:
+            prompt.append(line)
+    out: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    fields = {k.strip().lower(): v.strip() for k, v in re.findall(r'\s*([\w \-/]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)',
+                                                                  settings)}
+    for key, value in fields.items():
+        if key == "size" and re.fullmatch(r"\d+x\d+", value):
+            out["width"], out["height"] = map(int, value.split("x"))
+        elif key in READ_KEYS:
+            out[READ_KEYS[key]] = _number(value) if key not in ("sampler", "schedule type") else value
+    if "scheduler" in out:
+        out["scheduler"] = sampler_to_scheduler(out["scheduler"], out.pop("schedule_type", None))
+    out.pop("schedule_type", None)
+    return out
+
+PYTHON_TYPES = {"int": (int,), "number": (int, float), "str": (str,)}
+# What a params file may set: each generation parameter (typed by its Field), one `seed`, the scheduler and model.
+PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    **{name: PYTHON_TYPES[rule.kind] for name, rule in rules_of(GenerationParams).items()},
+    "seed": (int,), "seeds": (list,), "scheduler": (str,), "scheduler_options": (dict,), "model": (str,),
+}
+
+
+def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, Any]:
+    """Read and check a params JSON object (A1111's names too) or an image's own parameters (PNG), within `limit`."""
+    if not isinstance(path, (str, Path)):
+        raise UserError(f"params={path!r} must be a file path or null")
+    label = f"params={path}"
+    form, data = read_params(path, label, limit)
+    try:
+        if form == "infotext":
+            data = parse_infotext(data)
+        elif form == "sdlab":  # an image's record holds more than its parameters
+            data = {k: v for k, v in data.items() if k in PARAM_TYPES and v is not None}
+    except UserError as e:
+        raise UserError(f"{label}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{label} must hold a JSON object of {', '.join(PARAM_TYPES)}")
+    try:
+        data = from_a1111(data)
+    except UserError as e:
+        raise UserError(f"{label}: {e}") from None
+    for key, value in data.items():
+        if key not in PARAM_TYPES:
+            raise UserError(f"{label} has unknown key {key!r}; allowed: {', '.join(PARAM_TYPES)}")
+        if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[key]):
+            kinds = " or ".join(t.__name__ for t in PARAM_TYPES[key])
+            raise UserError(f"{label}: {key}={value!r} should be {kinds}")
+    bad = [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]
+    if bad:
+        raise UserError(f"{label}: seeds should be a list of int, not one holding {bad[0]!r}")
+    check_model_name(data, label)
+    check_scheduler_options(data, label)
+    return data
+
+
+def check_model_name(data: dict[str, Any], label: str) -> None:
+    """A file's `model` is one model name, as `model=NAME` on the command line takes it."""
+    if "model" in data and data["model"] not in MODEL_NAMES:
+        raise UserError(f"{label}: model={data['model']!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
+
+
+def check_scheduler_options(data: dict[str, Any], label: str) -> None:
+    """A file's `scheduler_options` set only what `scheduler.KEY=VALUE` may, each a plain value; their values are
+    then checked against the scheduler as the command line's are (preflight.check_job)."""
+    allowed = sorted(known_keys("scheduler") - {"name"})
+    for key, value in data.get("scheduler_options", {}).items():
+        if key not in allowed:
+            raise UserError(f"{label}: scheduler_options has no option {key!r}; a params file sets what "
+                            f"scheduler.KEY= does: {', '.join(allowed)}")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise UserError(f"{label}: scheduler_options.{key}={value!r} must be a string, number or boolean")
