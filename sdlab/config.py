@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -157,15 +157,13 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field]) -> dict
 POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer"}
 # Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block.
 BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
-LIMIT = BASE["limits"]
 SIDE = {"multiple": 8, "rule": "a positive multiple of 8"}
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
 
 
 # The `limits:` block: checks that fail in under a second instead of filling memory (raise them on big machines). Its
 # keys and defaults are conf/config.yaml's; each is a positive integer.
-Limits = make_dataclass("Limits", [(key, int, checked(value, **POSITIVE)) for key, value in LIMIT.items()], frozen=True)
-LIMITS = asdict(Limits())
+LIMITS: dict[str, int] = dict(BASE["limits"])
 
 
 @dataclass(frozen=True)
@@ -215,8 +213,9 @@ class GenerationParams:
     batch_size: int = checked(BASE["batch_size"], "int", 1)
 
     def __post_init__(self):
-        check_seeds(self.seeds)
-        check_fields(asdict(self), rules_of(GenerationParams))
+        checked = {"seeds": check_seeds(self.seeds), **check_fields(asdict(self), rules_of(GenerationParams))}
+        for name, value in checked.items():  # an integral float as int, a plain number as float
+            object.__setattr__(self, name, value)
 
 
 # What one image is made with, as its row, cell hash and PNG name it: each GenerationParams field but `seeds` (an image
@@ -250,7 +249,7 @@ def limits(cfg: dict[str, Any]) -> dict[str, int]:
         if key not in LIMITS:
             raise UserError(f"unknown limit {key!r}; limits are: {', '.join(LIMITS)}")
     given = {k: v for k, v in given.items() if v is not None}
-    return {**LIMITS, **check_fields(given, rules_of(Limits), "limits.")}
+    return {**LIMITS, **check_fields(given, dict.fromkeys(LIMITS, Field(**POSITIVE)), "limits.")}
 
 
 def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:
@@ -277,9 +276,7 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
     if not isinstance(seeds, (list, tuple)):
         raise UserError(f"seeds={seeds!r} must be a list of integers or null")
     given = {k: cfg[k] for k in rules_of(GenerationParams) if cfg.get(k) is not None}
-    given = {"width": resolution, "height": resolution, **given}
-    params = GenerationParams(seeds=check_seeds(tuple(seeds)),
-                              **check_fields(given, rules_of(GenerationParams)))
+    params = GenerationParams(seeds=tuple(seeds), **{"width": resolution, "height": resolution, **given})
     check_limits(params, limits(cfg))
     return params
 
@@ -297,14 +294,6 @@ def model_spec(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> Mode
     if not isinstance(device, str) or not DEVICE.fullmatch(device):
         raise UserError(f"model.device={device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     return ModelSpec(name=cfg["name"], device=device, **values)
-
-
-def check_threads(threads: Any, most: int = LIMITS["max_threads"]) -> None:
-    """`threads` is a positive integer up to `limits.max_threads`, or None (torch's default)."""
-    Field("int", 1, optional=True, rule=POSITIVE["rule"]).check("threads", threads)
-    if threads is not None and threads > most:
-        raise UserError(f"threads={threads} is above limits.max_threads={most}; raise it with limits.max_threads=N "
-                        "on a machine that has them")
 
 
 @dataclass(frozen=True)
@@ -331,7 +320,10 @@ def checked_run(cfg: dict[str, Any]) -> Run:
     """The Run of an effective config, or a UserError naming its first bad value; reads no files, loads no model
     (the job name and scheduler options are checked by pre-flight)."""
     limit = limits(cfg)
-    check_threads(cfg.get("threads"), limit["max_threads"])
+    threads = Field(**POSITIVE, optional=True).check("threads", cfg.get("threads"))  # None: torch's default
+    if threads is not None and threads > limit["max_threads"]:
+        raise UserError(f"threads={threads} is above limits.max_threads={limit['max_threads']}; raise it with "
+                        "limits.max_threads=N on a machine that has them")
     resume = Field("bool", plain=True).check("resume", cfg.get("resume", True))
     Field("str", plain=True, optional=True, rule="a file path").check("params", cfg.get("params"))
     spec = model_spec(cfg.get("model"), limit)
@@ -343,15 +335,9 @@ def checked_run(cfg: dict[str, Any]) -> Run:
         if not isinstance(clip, dict):
             raise UserError(f"clip={clip!r} must be a clip config or null")
         check_fields(clip, dict.fromkeys(("name", "path", "repo_id"), Field("str", plain=True, optional=True)), "clip.")
-    return Run(job=cfg.get("job", "generate"), model=spec, scheduler=scheduler_choice(scheduler),
-               params=generation_params(cfg, spec.resolution), limits=limit, recipe=cfg, threads=cfg.get("threads"),
-               resume=resume)
-
-
-def scheduler_choice(cfg: dict[str, Any]) -> SchedulerChoice:
-    """SchedulerChoice from the `scheduler` group: `name` plus every non-null option."""
-    options = {k: v for k, v in cfg.items() if k != "name" and v is not None}
-    return SchedulerChoice(name=cfg.get("name"), options=options)
+    options = {k: v for k, v in scheduler.items() if k != "name" and v is not None}
+    return Run(job=cfg.get("job", "generate"), model=spec, scheduler=SchedulerChoice(scheduler.get("name"), options),
+               params=generation_params(cfg, spec.resolution), limits=limit, recipe=cfg, threads=threads, resume=resume)
 
 
 def config_hash(payload: dict[str, Any]) -> str:
