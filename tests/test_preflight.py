@@ -32,8 +32,13 @@ def test_grammar_and_size_warnings_name_what_is_wrong():
 
 
 def test_sweep_plan_counts_jobs_and_images():
-    assert sweep_plan([{"job": "generate", "seeds": [1, 2, 3]}, {"job": "generate", "seeds": None}]) == "2 jobs, 4 images"
-    assert sweep_plan([{"job": "generate"}, {"job": "anatomy"}]) == "2 jobs"
+    from sdlab.config import LIMITS, GenerationParams, ModelSpec, Run, SchedulerChoice
+
+    def run(job, seeds=(0,)):
+        return Run(job, ModelSpec("mini"), SchedulerChoice("euler"), GenerationParams(seeds=seeds), LIMITS, {})
+
+    assert sweep_plan([run("generate", (1, 2, 3)), run("generate")]) == "2 jobs, 4 images"
+    assert sweep_plan([run("generate"), run("anatomy")]) == "2 jobs"
 
 
 def test_nearest_claim_reads_the_first_row():

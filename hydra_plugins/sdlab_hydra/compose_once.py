@@ -193,23 +193,23 @@ class ComposeOnceSweeper(Sweeper):
                                 "limits.max_cells=N or sweep fewer values")
         composed = [self.composed.compose(self.config, job) for job in jobs]
         if self.preflight:
-            warnings, configs, cannot = {}, [], {}
+            warnings, runs, cannot = {}, [], {}
             for job, config in zip(jobs, composed):
                 try:
-                    job_warnings, plain = check_composed(config)
+                    job_warnings, run = check_composed(config)
                 except CannotRun as e:  # a scheduler with no solver for this cell's model, from a glob(*) say
                     cannot[tuple(job)] = str(e)
                     continue
                 warnings.update(dict.fromkeys(job_warnings))
-                configs.append(plain)
-            if cannot and not configs:
+                runs.append(run)
+            if cannot and not runs:
                 raise UserError(next(iter(cannot.values())))
             for warning in warnings:
                 log.warning(warning)
             if cannot:
                 log.warning(skipped_line(cannot, jobs))
             self.cannot_run = set(cannot)
-            log.info("sdlab: %s -> %s", sweep_plan(configs), sweep_dir)
+            log.info("sdlab: %s -> %s", sweep_plan(runs), sweep_dir)
         os.environ[SWEEP_CELLS] = str(len(jobs) - len(self.cannot_run))  # the width of job folder names
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
             job_dirs = self.check_dirs(sweep_dir, composed)

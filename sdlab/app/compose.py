@@ -1,4 +1,4 @@
-"""A composed Hydra config as the plain, checked job config that sdlab's code reads."""
+"""A composed Hydra config made into the Run a job takes: resolved here, at the edge, then parsed once."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def parse_job(cfg, overridden: set[str]) -> Run:
     return parse(config, overridden)
 
 
-def check_composed(cfg) -> tuple[list[str], dict]:
-    """Pre-flight of one composed job config (Hydra node included): (warnings, plain config)."""
+def check_composed(cfg) -> tuple[list[str], Run]:
+    """Pre-flight of one composed job config (Hydra node included): (warnings, its Run)."""
     run = parse_job(cfg, set(display_overrides(task_overrides(cfg.hydra))))
-    return check_job(run), run.recipe
+    return check_job(run), run

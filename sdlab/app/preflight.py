@@ -99,18 +99,10 @@ def check_job(run: Run) -> list[str]:
     return model_warnings(cfg, params.width, params.height)
 
 
-def images_of(cfg: dict[str, Any]) -> int | None:
-    """How many images a generate job makes (None for other jobs)."""
-    if cfg.get("job") != "generate":
-        return None
-    seeds = cfg.get("seeds")
-    return len(seeds) if isinstance(seeds, (list, tuple)) else 1
-
-
-def sweep_plan(configs: list[dict[str, Any]]) -> str:
-    """'N jobs, M images' (or 'N jobs' when some jobs are analyses) for a sweep's configs."""
-    counts = [images_of(c) for c in configs]
-    jobs = f"{len(configs)} job{'s' * (len(configs) != 1)}"
-    if counts and all(n is not None for n in counts):
-        return f"{jobs}, {sum(counts)} image{'s' * (sum(counts) != 1)}"
+def sweep_plan(runs: list[Run]) -> str:
+    """'N jobs, M images' (or 'N jobs' when some jobs are analyses) for a sweep's parsed jobs."""
+    jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}"
+    if runs and all(run.job == "generate" for run in runs):
+        images = sum(len(run.params.seeds) for run in runs)
+        return f"{jobs}, {images} image{'s' * (images != 1)}"
     return jobs

@@ -26,6 +26,7 @@ from sdlab.metrics.schedule import model_kind
 from sdlab.models.loading import adapter_class, shipped_scheduler_config
 from sdlab.untrusted import read_params
 
+
 def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
     """What a job runs with: the composed config in the model's world, `params=FILE` merged in, every value checked
     and typed."""
@@ -204,17 +205,12 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
         raise UserError(f"params={path!r} must be a file path or null")
     label = f"params={path}"
     form, data = read_params(path, label, limit)
-    try:
-        if form == "infotext":
-            data = parse_infotext(data)
-        elif form == "sdlab":  # an image's record holds more than its parameters
-            data = {k: v for k, v in data.items() if k in PARAM_TYPES and v is not None}
-    except UserError as e:
-        raise UserError(f"{label}: {e}") from None
-    if not isinstance(data, dict):
+    if form == "sdlab":  # an image's record holds more than its parameters
+        data = {k: v for k, v in data.items() if k in PARAM_TYPES and v is not None}
+    elif form == "json" and not isinstance(data, dict):
         raise UserError(f"{label} must hold a JSON object of {', '.join(PARAM_TYPES)}")
     try:
-        data = from_a1111(data)
+        data = from_a1111(parse_infotext(data) if form == "infotext" else data)
     except UserError as e:
         raise UserError(f"{label}: {e}") from None
     for key, value in data.items():
