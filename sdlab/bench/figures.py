@@ -374,7 +374,7 @@ def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | 
 def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max_metrics: int = 6):
     """Each headline metric that varies (rows; the table has them all) against each swept parameter (columns), with
     its interval (none where n < 3); lines per value of another parameter only when it has few values; values tied
-    with the best (sdlab.bench.ranking) shaded. As wide as the report's page, whatever the number of values."""
+    with the best (sdlab.bench.summary) shaded. As wide as the report's page, whatever the number of values."""
     single = summary[summary["parameter2"].isna() & (summary["parameter"] != "(all)")]
     params = list(dict.fromkeys(single["parameter"]))
     varying = single.groupby("metric", sort=False)["mean"].agg(lambda m: m.max() - m.min() > 1e-12 * max(1, abs(m).max()))
