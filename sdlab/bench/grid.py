@@ -83,14 +83,6 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
     return right - left, bottom - top
 
 
-def squarer(columns: int, rows: int, seeds: int, now_columns: int, now_rows: int) -> bool:
-    """Whether `columns` x `rows` cells of `seeds` images each are closer to square than `now_columns` x `now_rows`."""
-    def aspect(c: int, r: int) -> float:
-        return max(c * seeds, r) / min(c * seeds, r)
-
-    return aspect(columns, rows) < aspect(now_columns, now_rows)
-
-
 def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str], title: str = "",
                seeds_within: bool = False) -> Path | None:
     """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages; with
@@ -102,8 +94,8 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
     axes = [k for k in axes if k not in within]
     labels = {k: axis_values(frame, k) for k in axes + within}
     uniq = {k: list(dict.fromkeys(labels[k])) for k in axes + within}
-    if within and squarer(len(uniq[axes[1]]), len(uniq[axes[0]]), len(uniq["seed"]), len(uniq[axes[0]]),
-                          len(uniq[axes[1]])):
+    aspect = lambda columns, rows: max(columns * len(uniq["seed"]), rows) / min(columns * len(uniq["seed"]), rows)  # noqa: E731
+    if within and aspect(len(uniq[axes[1]]), len(uniq[axes[0]])) < aspect(len(uniq[axes[0]]), len(uniq[axes[1]])):
         axes[:2] = axes[1::-1]  # 17 schedulers x 6 seeds would be one row 100 images wide: the schedulers go down
     x_key, y_key = (axes + [None, None])[:2]
     pages = list(dict.fromkeys(tuple(labels[k][i] for k in axes[2:]) for i in range(len(frame)))) or [()]

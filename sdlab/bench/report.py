@@ -76,14 +76,14 @@ def load_results(folder: Path) -> pd.DataFrame:
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give an sdlab run or sweep dir")
     table = local_file(folder, f"{TABLE_NAME}.parquet")
-    jobs = [job for job in job_dirs(folder) if job.name.isdigit() and (job / ".hydra").is_dir()]
     if table is not None:
         try:
             frame = pd.read_parquet(table)
         except Exception as e:  # pyarrow raises many types for a damaged file
             raise UserError(f"{folder / table.name} cannot be read ({brief(e)}); rerun the sweep into this folder "
                             "to rebuild it, or move it away") from None
-    elif any((job / f"{TABLE_NAME}.parquet").is_file() for job in jobs):
+    elif any(job.name.isdigit() and (job / ".hydra").is_dir() and (job / f"{TABLE_NAME}.parquet").is_file()
+             for job in job_dirs(folder)):
         frame = collect(folder)
     else:
         raise UserError(f"{folder} has no {TABLE_NAME}.parquet, nor job folders with one; give an sdlab run or sweep dir")
@@ -160,10 +160,8 @@ def figures(folder: Path) -> list[str]:
     """Figures a job drew (scheduler studies, curves): regular files in the folder and its job folders (none leading
     out of it), as relative paths."""
     folder = Path(folder)
-    found = [p for p in sorted(folder.iterdir()) if p.suffix in FIGURE_SUFFIXES and p.name not in SUMMARY_FILES]
-    for job in job_dirs(folder):
-        found += [p for p in sorted(job.iterdir()) if p.suffix in FIGURE_SUFFIXES and p.name not in SUMMARY_FILES]
-    relative = [p.relative_to(folder).as_posix() for p in found if not p.name.startswith(".")]
+    relative = [p.relative_to(folder).as_posix() for place in [folder, *job_dirs(folder)] for p in sorted(place.iterdir())
+                if p.suffix in FIGURE_SUFFIXES and p.name not in SUMMARY_FILES and not p.name.startswith(".")]
     return [p for p in relative if local_file(folder, p) is not None]
 
 
@@ -193,17 +191,13 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     }
 
 
-def script_json(data: Any) -> str:
-    """`data` as JSON that is safe inside a <script> element: `<`, `>`, `&`, U+2028 and U+2029 as JSON escapes."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).translate(SCRIPT_SAFE)
-
-
 def render(data: dict[str, Any]) -> str:
     """The page: the template with its CSS, script and data inlined (no network, opens from file://), in one pass
-    over the template so that no inlined text is ever read for placeholders."""
+    over the template so that no inlined text is ever read for placeholders; the data as JSON that no HTML parser
+    can end inside <script>."""
     values = {"title": html.escape(str(data["header"]["title"])), "generator": GENERATOR,
               "css": (ASSETS / "report.css").read_text(), "js": (ASSETS / "report.js").read_text(),
-              "data": script_json(data)}
+              "data": json.dumps(data, separators=(",", ":"), allow_nan=False).translate(SCRIPT_SAFE)}
     return PLACEHOLDERS.sub(lambda m: values[m.group(1) or m.group(2)], (ASSETS / "report.html").read_text())
 
 
