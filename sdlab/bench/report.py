@@ -10,12 +10,10 @@ import math
 import re
 import shlex
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
 from sdlab.bench.captions import forget_figure, headlines
 from sdlab.bench.grid import axis_values, image_grid
@@ -33,8 +31,10 @@ from sdlab.bench.summary import (
     swept_parameters,
     write_summary,
 )
+from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, open_regular
+from sdlab.untrusted import read_png_text
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +127,13 @@ def plain(value: Any) -> Any:
 
 
 def png_parameters(path: Path | None) -> str | None:
-    """The `parameters` text chunk of a regular PNG file (read before its pixels, each chunk bounded by Pillow), cut
-    to PNG_TEXT_MAX characters; None when there is no file or no such chunk."""
-    if path is None:
-        return None
+    """The `parameters` text chunk of a regular PNG file, through the bounded reader (the pixels never decoded), cut
+    to PNG_TEXT_MAX characters; None when there is no file, no such chunk or no readable PNG."""
     try:
-        with warnings.catch_warnings(), open_regular(path) as f, Image.open(f, formats=["PNG"]) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixels are never decoded
-            text = image.info.get("parameters")
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        text = read_png_text(path, str(path), LIMITS).get("parameters") if path is not None else None
+    except UserError:
         return None
-    return str(text)[:PNG_TEXT_MAX] if isinstance(text, str) else None
+    return text[:PNG_TEXT_MAX] if text is not None else None
 
 
 def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
