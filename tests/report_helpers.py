@@ -24,6 +24,7 @@ def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers
         (folder / ".hydra").mkdir(parents=True, exist_ok=True)
         jobs.append([f"{k}={v}" for k, v in overrides.items()])
         (folder / ".hydra" / "config.yaml").write_text("job: generate\n")
+        (folder / "run_config.json").write_text('{"job": "generate"}')
         row = {"run_id": f"r{job}", "experiment": "generate", "job": "generate", "model": "mini", "scheduler": scheduler,
                "num_inference_steps": 8, "nfe": 8, "guidance_scale": g, "seed": seed, "prompt": "a red circle",
                "width": side, "height": side, "time_total_s": 0.1 + 0.01 * job,

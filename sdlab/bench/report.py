@@ -18,7 +18,7 @@ import pandas as pd
 from sdlab.bench.captions import forget_figure, headlines
 from sdlab.bench.grid import axis_values, image_grid
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, job_dirs, local_file, write_table
-from sdlab.bench.resume import collect, read_manifest
+from sdlab.bench.resume import CONFIG, collect, read_manifest
 from sdlab.bench.summary import (
     REPLICATES,
     SUMMARY_NAME,
@@ -107,11 +107,10 @@ def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def wall_seconds(folder: Path) -> float:
-    """From the first job's config being written to the last job's table (Hydra's files' times)."""
-    folder = Path(folder)
-    starts = [p.stat().st_mtime for p in [folder / ".hydra" / "config.yaml", *folder.glob("*/.hydra/config.yaml")] if p.is_file()]
-    ends = [p.stat().st_mtime for p in [folder / f"{TABLE_NAME}.parquet", *folder.glob(f"*/{TABLE_NAME}.parquet")]
-            if p.is_file()]
+    """From the first job's config being recorded (run_config.json) to the last job's table being written."""
+    times = lambda name: [p.stat().st_mtime for p in [Path(folder) / name, *Path(folder).glob(f"*/{name}")]  # noqa: E731
+                          if p.is_file()]
+    starts, ends = times(CONFIG), times(f"{TABLE_NAME}.parquet")
     return max(ends) - min(starts) if starts and ends else math.nan
 
 
