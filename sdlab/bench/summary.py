@@ -42,6 +42,7 @@ MAX_NAMED = 8  # a line names at most this many tied values; ranking.csv has the
 def sweep_axes(frame: pd.DataFrame, axes: Sequence[str] = ()) -> list[str]:
     """What varies across the rows: the sweep's `axes` (its manifest's, in command-line order), then the seed and the
     parameter columns that vary (a single run's seeds, a scheduler study's schedulers and step counts)."""
+    axes = ["seed" if a == "seeds" and "seed" in frame else a for a in axes]  # a job's seeds are one per row
     varied = (c for c in ("seed", *PARAM_COLUMNS) if c in frame and c not in axes and frame[c].dropna().nunique() > 1)
     return list(dict.fromkeys([*axes, *varied]))
 
