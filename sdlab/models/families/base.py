@@ -1,7 +1,7 @@
 """What every model family shares: one adapter object per loaded model, which jobs ask instead of the pipeline.
 
 A family subclass names its diffusers pipeline class, builds its tiny variant from the configs in
-sdlab/architectures.py, and says how it encodes prompts (`_encode`) and what its pipeline call takes.
+sdlab/models/families/<family>.json, and says how it encodes prompts (`_encode`) and what its pipeline call takes.
 """
 
 from __future__ import annotations
