@@ -15,6 +15,7 @@ import pandas as pd
 
 from sdlab.metrics.schedule import (alpha_bar_at, alpha_bar_from_betas, betas, log_snr, log_snr_db, schedule_table,
                                     snr_db_from_alpha_bar, x0_from_velocity, x0_pred)
+from sdlab.models.architectures import SD15_SCHEDULER
 
 
 class NoiseProcess:
@@ -49,11 +50,11 @@ class VPEpsilon(NoiseProcess):
         return [{"alpha_bar": float(ab), "sigma": None} for ab in alpha_bar]
 
     def snr_curve(self, config: dict[str, Any]) -> pd.DataFrame:
-        """SNR (dB) per training timestep t = 0 .. T-1 of a scheduler config's betas (schedule_table's columns)."""
-        return schedule_table(betas(config.get("beta_schedule", "scaled_linear"),
-                                    T=int(config.get("num_train_timesteps", 1000)),
-                                    beta_start=float(config.get("beta_start", 0.00085)),
-                                    beta_end=float(config.get("beta_end", 0.012))))
+        """SNR (dB) per training timestep t = 0 .. T-1 of a scheduler config's betas, SD 1.5's where it names none
+        (schedule_table's columns)."""
+        c = {**SD15_SCHEDULER, **config}
+        return schedule_table(betas(c["beta_schedule"], T=int(c["num_train_timesteps"]), beta_start=float(c["beta_start"]),
+                                    beta_end=float(c["beta_end"])))
 
     def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
         """Timesteps a scheduler visits for N steps, with sigma and SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)):

@@ -18,6 +18,7 @@ from typing import Any
 from sdlab.config import MODEL_KINDS
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len, model_kind
+from sdlab.models.architectures import ARCHITECTURES
 
 KINDS = MODEL_KINDS
 
@@ -91,20 +92,12 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "lcm": SchedulerSpec("LCMScheduler", stochastic=True),  # few steps, for LCM-distilled models; re-noises each step
 }
 
-# scheduler_config.json as each family's Hub repo ships it: schedules are analysed from these, no weights needed.
-SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+# scheduler_config.json as each family's Hub repo ships it, from its architecture record: schedules are analysed from
+# these, no weights needed.
 FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
-    "sd15": {"_class_name": "PNDMScheduler", **SD_BETAS, "skip_prk_steps": True, "set_alpha_to_one": False,
-             "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon"},
-    "sd2_v": {"_class_name": "DDIMScheduler", **SD_BETAS, "set_alpha_to_one": False, "steps_offset": 1,
-              "clip_sample": False, "prediction_type": "v_prediction"},
-    "sdxl": {"_class_name": "EulerDiscreteScheduler", **SD_BETAS, "steps_offset": 1, "timestep_spacing": "leading",
-             "interpolation_type": "linear", "prediction_type": "epsilon"},
-    "sd3": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
-    "flux_dev": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
-                 "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
-                 "max_image_seq_len": 4096},
-}
+    key: {"_class_name": ARCHITECTURES[name].scheduler_class, **ARCHITECTURES[name].scheduler}
+    for key, name in (("sd15", "sd15_arch"), ("sd2_v", "sd21_arch"), ("sdxl", "sdxl_arch"), ("sd3", "sd3_medium_arch"),
+                      ("flux_dev", "flux_dev_arch"))}
 
 
 def scheduler_class(name: str, kind: str = "epsilon") -> type:
