@@ -127,7 +127,6 @@ def check_kind(name: str, kind: str) -> None:
 
 def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
     """The types an option takes, judged from its diffusers default (None for defaults that say nothing)."""
-
     for kinds, label in (((bool,), "true or false"), ((int,), "int"), ((int, float), "a number"), ((str,), "str")):
         if type(default) is kinds[-1]:
             return kinds, label
@@ -176,14 +175,6 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
     return user
 
 
-def _flow_base(base: dict[str, Any]) -> dict[str, Any]:
-    """A flow model's scheduler config in sdlab's names: the multistep solvers' `flow_shift` read as `shift`."""
-    base = dict(base)
-    if "flow_shift" in base:
-        base.setdefault("shift", base.pop("flow_shift"))
-    return base
-
-
 def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
     """Scheduler `name` for the model whose scheduler config is `base_config`: the solver of the model's kind, built
     from that config, the variant's options and user overrides."""
@@ -195,7 +186,8 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
     base = {k: v for k, v in base_config.items() if not k.startswith("_")}
     if kind == "flow":
         # 1. A flow config keeps only what this class reads: its dynamic shifting must survive, or it cannot run.
-        base = _flow_base(base)
+        if "flow_shift" in base:  # a multistep solver's config: its `flow_shift` is sdlab's `shift`
+            base.setdefault("shift", base.pop("flow_shift"))
         accepted = set(inspect.signature(cls.__init__).parameters)
         dynamic = user.get("use_dynamic_shifting", base.get("use_dynamic_shifting"))
         if dynamic and "shift" in user:
@@ -217,7 +209,6 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
 def timestep_kwargs(scheduler, width: int | None = None, height: int | None = None) -> dict[str, Any]:
     """Keyword arguments `set_timesteps` needs beyond the step count: Flux-style dynamic shifting needs mu, computed
     from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height)."""
-
     config = scheduler.config
     if not config.get("use_dynamic_shifting"):
         return {}
