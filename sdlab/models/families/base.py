@@ -27,7 +27,6 @@ class ModelAdapter:
 
     family: ClassVar[str]
     pipeline_class: ClassVar[str]                      # the diffusers pipeline that loads and runs it
-    detects: ClassVar[tuple[str, ...]] = ()            # model_index.json `_class_name`s that mean this family
     denoiser_name: ClassVar[str] = "unet"
     guidance: ClassVar[str] = "cfg"                    # "cfg": cond + uncond in one batched call; "distilled": one call
     call_options: ClassVar[tuple[str, ...]] = ()       # GenerationParams fields the pipeline also takes
