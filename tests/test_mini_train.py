@@ -173,3 +173,11 @@ def test_a_fine_tuned_part_is_saved_without_the_folder_it_came_from(tmp_path):
     save_component(loaded, tmp_path / "second")
     config = (tmp_path / "second" / "config.json").read_text()
     assert "_name_or_path" not in config and str(tmp_path) not in config
+
+
+def test_pipeline_files_export_the_scheduler_and_model_index(tmp_path):
+    from sdlab.mini.export import save_pipeline_files
+
+    save_pipeline_files(tmp_path)
+    assert json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    assert json.loads((tmp_path / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]

@@ -28,7 +28,7 @@ def save_component(module, target: Path) -> Path:
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     module.save_pretrained(str(staging), safe_serialization=True)
-    without_local_path(staging / "config.json")
+    without_local_path(staging / getattr(module, "config_name", "config.json"))  # schedulers: scheduler_config.json
     swap_in(staging, target)
     return target
 
@@ -36,8 +36,6 @@ def save_component(module, target: Path) -> Path:
 def without_local_path(config: Path) -> None:
     """Drop `_name_or_path` (the folder a fine-tuned part was loaded from) from a saved config: this machine's
     paths do not belong in a shipped model."""
-    import json
-
     values = json.loads(config.read_text())
     if values.pop("_name_or_path", None) is not None:
         config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
