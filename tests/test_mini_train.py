@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from sdlab.mini import data
-from sdlab.mini.checkpoint import load_checkpoint, save_checkpoint
-from sdlab.mini.loop import lr_at, run_stage
+from sdlab.mini.loop import load_checkpoint, lr_at, run_stage, save_checkpoint
 
 TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
 BASE = {"lr": 1e-3, "warmup": 1, "checkpoint_every": 2}
@@ -162,12 +161,12 @@ def test_unet_step_uses_partial_captions_at_their_rate(items, tmp_path):
 def test_a_fine_tuned_part_is_saved_without_the_folder_it_came_from(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from sdlab.mini.architecture import build_unet
+    from sdlab.mini.architecture import initial
     from sdlab.mini.export import save_component
 
     arch = {"block_out_channels": [16, 16, 16], "norm_num_groups": 8, "cross_attention_dim": 8,
             "attention_head_dim": 4}
-    build_unet(arch).save_pretrained(str(tmp_path / "first"), safe_serialization=True)
+    initial("unet", {"architecture": arch}).save_pretrained(str(tmp_path / "first"), safe_serialization=True)
     loaded = UNet2DConditionModel.from_pretrained(str(tmp_path / "first"))
     assert "_name_or_path" in loaded.config  # what from_pretrained records, and save_pretrained would write
     save_component(loaded, tmp_path / "second")

@@ -61,9 +61,11 @@ UNET = dict(
     norm_num_groups=16,
 )
 SCHEDULER = dict(SD15_SCHEDULER)
-# CLIP image normalisation of the mini model: pixels in [0, 1] mapped to [-1, 1].
-IMAGE_MEAN = (0.5, 0.5, 0.5)
-IMAGE_STD = (0.5, 0.5, 0.5)
+# CLIPImageProcessor of the mini vision tower: 64 px, pixels in [0, 1] mapped to [-1, 1].
+IMAGE_PROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_resize=True, size={"shortest_edge": RESOLUTION},
+                       do_center_crop=True, crop_size={"height": RESOLUTION, "width": RESOLUTION}, do_rescale=True,
+                       rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                       do_convert_rgb=True, resample=3)
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -74,11 +76,15 @@ def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, 
     return out
 
 
-def build_vae(overrides: dict[str, Any] | None = None):
-    """The mini AutoencoderKL (random weights)."""
-    from diffusers import AutoencoderKL
+def initial(component: str, settings: dict[str, Any]):
+    """The mini 'vae' or 'unet' with random weights (settings['architecture'] overriding its config), or the
+    diffusers folder settings['init_from'] to continue from."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    return AutoencoderKL(**merged(VAE, overrides))
+    model_class, config = {"vae": (AutoencoderKL, VAE), "unet": (UNet2DConditionModel, UNET)}[component]
+    if settings.get("init_from"):
+        return model_class.from_pretrained(str(settings["init_from"]))
+    return model_class(**merged(config, settings.get("architecture")))
 
 
 def build_clip(text: dict[str, Any] | None = None, vision: dict[str, Any] | None = None):
@@ -87,16 +93,5 @@ def build_clip(text: dict[str, Any] | None = None, vision: dict[str, Any] | None
 
     text_config = CLIPTextConfig(**merged(TEXT, text))
     vision_config = CLIPVisionConfig(**merged(VISION, vision))
-    config = CLIPConfig(
-        text_config=text_config.to_dict(),
-        vision_config=vision_config.to_dict(),
-        projection_dim=text_config.projection_dim,
-    )
-    return CLIPModel(config)
-
-
-def build_unet(overrides: dict[str, Any] | None = None):
-    """The mini UNet2DConditionModel (random weights)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(**merged(UNET, overrides))
+    return CLIPModel(CLIPConfig(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
+                                projection_dim=text_config.projection_dim))

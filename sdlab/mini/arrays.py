@@ -13,19 +13,14 @@ from sdlab.io import atomic_path, atomic_write_text
 from sdlab.mini import data
 
 
-def render_set(seed: int, count: int, split: data.Split) -> tuple[np.ndarray, list[str], list[data.Attributes]]:
-    """Items 0..count-1 of (seed, split): images (N, 64, 64, 3) uint8, captions and attributes."""
-    return data.batch(seed, 0, count, split)
-
-
 def cached_set(folder: Path, seed: int, count: int, split: data.Split = "train"):
-    """Like render_set, but read from / written to `folder` so every stage renders the set only once."""
+    """Items 0..count-1 of (seed, split) as data.batch draws them, kept in `folder` so every stage renders them once."""
     stem = Path(folder) / f"images_seed{seed}_{split}_{count}"
     npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
     if npy.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
         return np.load(npy), info["captions"], [data.Attributes(*a) for a in info["attributes"]]
-    images, captions, attributes = render_set(seed, count, split)
+    images, captions, attributes = data.batch(seed, 0, count, split)
     with atomic_path(npy) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, images, allow_pickle=False)
@@ -45,9 +40,5 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def all_captions(split: data.Split = "train") -> list[str]:
     """Every caption of the grammar for the combinations of a split: each combination in every template."""
-    out = []
-    for attrs in data.combinations(split):
-        for template in data.CAPTION_TEMPLATES:
-            out.append(template.format(size=attrs.size, colour=attrs.colour, shape=attrs.shape,
-                                       position=data.POSITION_PHRASES[attrs.position], background=attrs.background))
-    return out
+    return [data.caption(attrs, template) for attrs in data.combinations(split)
+            for template in range(len(data.CAPTION_TEMPLATES))]

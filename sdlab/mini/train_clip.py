@@ -12,7 +12,7 @@ import torch
 from sdlab.mini import arrays, data
 from sdlab.mini.architecture import build_clip
 from sdlab.mini.export import save_clip
-from sdlab.mini.loop import Stage, run_stage
+from sdlab.mini.loop import Stage, run_stage, summary
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,6 @@ def combination_index(attributes: list[data.Attributes], split: data.Split = "tr
     return np.asarray([lookup[a] for a in attributes])
 
 
-def soft_targets(combos: torch.Tensor) -> torch.Tensor:
-    """Contrastive targets: uniform over the batch items that share the row's attribute combination."""
-    same = (combos[:, None] == combos[None, :]).float()
-    return same / same.sum(dim=1, keepdim=True)
-
-
 def clip_stage(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], seed: int) -> Stage:
     """The CLIP stage: each step draws images and one random caption template per image."""
     torch.manual_seed(seed)
@@ -50,7 +44,8 @@ def clip_stage(settings: dict[str, Any], images: np.ndarray, attributes: list[da
         pick = rng.integers(len(images), size=batch_size)
         rows = combos[pick] * templates + rng.integers(templates, size=batch_size)
         out = model(input_ids=ids[rows], pixel_values=arrays.to_tensor(images[pick]))
-        targets = soft_targets(torch.from_numpy(combos[pick]))
+        same = torch.from_numpy(combos[pick][:, None] == combos[pick][None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)  # uniform over the items sharing the row's combination
         text_loss = torch.nn.functional.cross_entropy(out.logits_per_text, targets)
         image_loss = torch.nn.functional.cross_entropy(out.logits_per_image, targets)
         with torch.no_grad():
@@ -76,22 +71,17 @@ def retrieval_top1(model, images: np.ndarray, captions: list[str], attributes: l
 
 def held_out_retrieval(model, count: int = 100) -> dict[str, float]:
     """Retrieval top-1 among `count` evaluation pairs: any combination, and held-out combinations only."""
-    out = {}
-    for split in ("any", "held_out"):
-        images, captions, attributes = data.eval_batch(0, count, split=split)
-        out[f"retrieval_top1_{split}"] = retrieval_top1(model, images, captions, attributes)
-    return out
+    return {f"retrieval_top1_{split}": retrieval_top1(model, *data.eval_batch(0, count, split=split))
+            for split in ("any", "held_out")}
 
 
 def train_clip(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
                export: Path | None, seed: int) -> dict:
     """Train (or resume) CLIP, measure retrieval, export clip/, text_encoder/ and tokenizer/."""
-
     stage = clip_stage(settings, images, attributes, seed)
     frame = run_stage(stage, settings, folder)
     scores = held_out_retrieval(stage.model)
     log.info("clip: %s", scores)
     if export is not None:
         save_clip(stage.model, Path(export))
-    return {"stage": "clip", "steps": int(frame["step"].max() + 1) if len(frame) else 0,
-            "final_loss": float(frame["loss"].iloc[-1]) if len(frame) else None, **scores}
+    return {**summary(stage, frame), **scores}
