@@ -20,7 +20,7 @@ BASE = {"lr": 1e-3, "warmup": 1, "checkpoint_every": 2}
 @pytest.fixture(scope="module")
 def items():
     """Eight training images with their attributes."""
-    images, _, attributes = data.train_batch(0, 8)
+    images, _, attributes = data.batch(data.TRAIN_SEED, 0, 8, "train")
     return images, attributes
 
 

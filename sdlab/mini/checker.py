@@ -25,7 +25,7 @@ background.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields
 
 import numpy as np
 
@@ -261,12 +261,15 @@ def check(image: np.ndarray) -> CheckResult:
     )
 
 
+def agreement(result: CheckResult, named: dict[str, str]) -> dict[str, bool]:
+    """Per-attribute agreement of a reading with the `named` attribute values, plus 'all'."""
+    agree = {name: getattr(result, name) == value for name, value in named.items()}
+    return {**agree, "all": all(agree.values())}
+
+
 def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
     """Per-attribute agreement between an image and target attributes, plus 'all'."""
-    result = check(image)
-    agreement = {name: getattr(result, name) == getattr(attrs, name) for name in ATTRIBUTE_NAMES}
-    agreement["all"] = all(agreement.values())
-    return agreement
+    return agreement(check(image), dict(zip(ATTRIBUTE_NAMES, astuple(attrs))))
 
 
 LAYOUT = ("size", "position", "background")  # what a partial caption may leave to the seed, besides colour
@@ -282,22 +285,13 @@ def layouts_agree(a: CheckResult, b: CheckResult) -> bool:
     return all(agrees(a, b, k) for k in LAYOUT)
 
 
-def same_layout(first: np.ndarray, second: np.ndarray) -> bool:
-    """Whether the checker reads the same size, position and background in two images (both readable)."""
-    return layouts_agree(check(first), check(second))
-
-
 def adherence_columns(image, prompt: str) -> dict[str, bool]:
     """`adherence_<attribute>` row columns for the attributes a prompt of the dataset grammar names (full or
     partial caption), and `adherence_all` over them; empty for any other prompt."""
-
     named = parse_partial(prompt)
     if named is None:
         return {}
-    result = check(np.asarray(image))
-    agreement = {name: getattr(result, name) == value for name, value in named.items()}
-    agreement["all"] = all(agreement.values())
-    return {f"adherence_{k}": v for k, v in agreement.items()}
+    return {f"adherence_{k}": v for k, v in agreement(check(np.asarray(image)), named).items()}
 
 
 def adherence_score(cfg: dict, device: str) -> Score:

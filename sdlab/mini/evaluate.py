@@ -19,14 +19,7 @@ from sdlab.bench.records import write_table
 from sdlab.config import ModelSpec
 from sdlab.io import atomic_write_text
 from sdlab.mini import data
-from sdlab.mini.checker import (
-    LAYOUT,
-    adherence,
-    agrees,
-    check,
-    layouts_agree,
-    shape_mask,
-)
+from sdlab.mini.checker import LAYOUT, adherence, agrees, check, layouts_agree, shape_mask
 from sdlab.mini.train_clip import held_out_retrieval
 from sdlab.mini.train_vae import checker_agreement, psnr_db, round_trip
 from sdlab.models.families import family_of_folder
@@ -38,7 +31,6 @@ GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
 
 def shipped_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
     """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with `scheduler`."""
-
     pipe = family_of_folder(root).from_folder(root, torch.float32, ModelSpec("mini", path=str(root)))
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
@@ -48,7 +40,6 @@ def shipped_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
 def vae_quality(root: Path, count: int = 256) -> dict[str, float]:
     """Round-trip PSNR of the VAE over `count` evaluation images, and what the checker still reads after it."""
     from diffusers import AutoencoderKL
-
 
     images, _, attributes = data.eval_batch(0, count)
     recon = round_trip(AutoencoderKL.from_pretrained(str(root / "vae")), images)
@@ -60,7 +51,6 @@ def vae_quality(root: Path, count: int = 256) -> dict[str, float]:
 def clip_quality(root: Path, count: int = 100) -> dict[str, float]:
     """CLIP text->image top-1 among `count` evaluation pairs (any and held-out combinations)."""
     from transformers import CLIPModel
-
 
     return held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip")), count)
 
@@ -78,12 +68,6 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], guidance_scale: 
     return np.concatenate(out)
 
 
-def adherence_rows(images: np.ndarray, attributes: list[data.Attributes]) -> list[dict]:
-    """Checker agreement per image."""
-
-    return [adherence(image, attrs) for image, attrs in zip(images, attributes)]
-
-
 def generation_quality(root: Path, out: Path, count: int = 200, split: data.Split = "any",
                        guidance_scales: tuple[float, ...] = GUIDANCE_SCALES) -> tuple[dict, pd.DataFrame]:
     """Adherence rates over `count` evaluation prompt/seed pairs at each guidance scale."""
@@ -95,7 +79,7 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
     metrics, rows = {}, []
     for scale in guidance_scales:
         images = generate_images(pipe, prompts, seeds, scale)
-        checks = adherence_rows(images, attributes)
+        checks = [adherence(image, attrs) for image, attrs in zip(images, attributes)]
         frame = pd.DataFrame(checks)
         frame["colour_and_shape"] = frame["colour"] & frame["shape"]
         for column in frame.columns:
@@ -121,7 +105,6 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
     from dataclasses import replace
 
     from PIL import Image
-
 
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
