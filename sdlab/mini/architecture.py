@@ -11,55 +11,18 @@ TEXT_HIDDEN = 32
 BOS_TOKEN_ID = 49406
 EOS_TOKEN_ID = 49407
 
-VAE = dict(
-    sample_size=RESOLUTION,
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(16, 32, 64, 64),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    mid_block_add_attention=False,
-    scaling_factor=1.0,
-)
-TEXT = dict(
-    vocab_size=49408,
-    hidden_size=TEXT_HIDDEN,
-    intermediate_size=4 * TEXT_HIDDEN,
-    projection_dim=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    bos_token_id=BOS_TOKEN_ID,
-    eos_token_id=EOS_TOKEN_ID,
-    pad_token_id=EOS_TOKEN_ID,
-)
-VISION = dict(
-    image_size=RESOLUTION,
-    patch_size=8,
-    num_channels=3,
-    hidden_size=64,
-    intermediate_size=256,
-    projection_dim=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    hidden_act="quick_gelu",
-)
-UNET = dict(
-    sample_size=RESOLUTION // 8,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(64, 96, 96),
-    layers_per_block=1,
-    cross_attention_dim=TEXT_HIDDEN,
-    attention_head_dim=8,
-    norm_num_groups=16,
-)
+VAE = dict(sample_size=RESOLUTION, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 32, 64, 64), layers_per_block=1,
+           latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, scaling_factor=1.0)
+TEXT = dict(vocab_size=49408, hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN, projection_dim=64,
+            num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+            bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID)
+VISION = dict(image_size=RESOLUTION, patch_size=8, num_channels=3, hidden_size=64, intermediate_size=256,
+              projection_dim=64, num_hidden_layers=3, num_attention_heads=4, hidden_act="quick_gelu")
+UNET = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(64, 96, 96),
+            layers_per_block=1, cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=16)
 SCHEDULER = dict(SD15_SCHEDULER)
 # CLIPImageProcessor of the mini vision tower: 64 px, pixels in [0, 1] mapped to [-1, 1].
 IMAGE_PROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_resize=True, size={"shortest_edge": RESOLUTION},

@@ -1,26 +1,9 @@
-"""Analytic checker reading the attributes of a miniature-dataset image.
+"""Analytic checker reading the attributes of a miniature-dataset image from its pixels alone.
 
-The checker looks at pixels only:
-
-* background: per-channel median of the one-pixel border, named after the
-  nearest background colour;
-* foreground: pixels far from that background colour; the shape colour is
-  the median of the farthest half of them, named after the nearest shape
-  colour other than the background's;
-* coverage: each pixel's projection onto the background-to-shape colour line,
-  so antialiased or blurred edges count fractionally;
-* bounding box: rows and columns weighted by their peak coverage, giving a
-  sub-pixel height, width and centre;
-* size: the larger side of the bounding box, against the midpoint between
-  the dataset's small and large extents;
-* position: the bounding-box centre, assigned to the nearest anchor;
-* shape: the rows of a triangle's area are skewed (heavy base, thin apex:
-  skewness about -0.57, against 0 for the symmetric shapes); the others are
-  told apart by how much of the bounding box they fill (square 1,
-  circle pi/4, cross 5/9).
-
-Images without a foreground get ``None`` for every attribute but the
-background.
+Background from the border, shape colour from the pixels farthest from it, coverage by projection on the
+line between the two (antialiased or blurred edges count fractionally), then size, position and shape from
+the covered area's bounding box and moments. Images without a foreground get ``None`` for every attribute
+but the background.
 """
 
 from __future__ import annotations
@@ -49,6 +32,8 @@ FOREGROUND_DISTANCE = 48.0
 MIN_FOREGROUND_PIXELS = 8
 COVERAGE_THRESHOLD = 0.5
 
+# An apex-up triangle's rows are skewed (heavy base, thin apex: skewness about -0.57, 0 for the symmetric
+# shapes); the others fill their bounding box differently (square 1, circle pi/4, cross 5/9).
 TRIANGLE_MIN_ASYMMETRY = 0.25
 BOX_PADDING = 2
 SQUARE_MIN_FILL = 0.87

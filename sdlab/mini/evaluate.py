@@ -21,7 +21,7 @@ from sdlab.io import atomic_write_text
 from sdlab.mini import data
 from sdlab.mini.checker import LAYOUT, adherence, agrees, check, layouts_agree, shape_mask
 from sdlab.mini.train_clip import held_out_retrieval
-from sdlab.mini.train_vae import checker_agreement, psnr_db, round_trip
+from sdlab.mini.train_vae import vae_quality
 from sdlab.models.families import family_of_folder
 from sdlab.models.schedulers import make_scheduler
 
@@ -35,24 +35,6 @@ def shipped_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def vae_quality(root: Path, count: int = 256) -> dict[str, float]:
-    """Round-trip PSNR of the VAE over `count` evaluation images, and what the checker still reads after it."""
-    from diffusers import AutoencoderKL
-
-    images, _, attributes = data.eval_batch(0, count)
-    recon = round_trip(AutoencoderKL.from_pretrained(str(root / "vae")), images)
-    psnr, kept = psnr_db(images, recon), checker_agreement(recon, attributes)
-    return {"vae_psnr_mean_db": float(psnr.mean()), "vae_psnr_min_db": float(psnr.min()), "vae_images": count,
-            **{f"vae_round_trip_{name}": value for name, value in kept.items()}}
-
-
-def clip_quality(root: Path, count: int = 100) -> dict[str, float]:
-    """CLIP text->image top-1 among `count` evaluation pairs (any and held-out combinations)."""
-    from transformers import CLIPModel
-
-    return held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip")), count)
 
 
 def generate_images(pipe, prompts: list[str], seeds: list[int], guidance_scale: float, steps: int = 25,
@@ -150,13 +132,16 @@ def speed(root: Path, repeats: int = 5) -> dict[str, float]:
 
 def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS) -> dict:
     """Run the chosen parts; writes metrics.json (and generation.parquet/csv) into `out`."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPModel
+
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     if "vae" in parts:
-        metrics.update(vae_quality(root))
+        metrics.update(vae_quality(AutoencoderKL.from_pretrained(str(root / "vae"))))
     if "clip" in parts:
-        metrics.update(clip_quality(root))
+        metrics.update(held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip"))))
     if "generate" in parts:
         frames = []
         for split in ("any", "held_out"):

@@ -81,6 +81,15 @@ def checker_agreement(recon: np.ndarray, attributes: list) -> dict[str, float]:
     return {name: float(np.mean([a[name] for a in agree])) for name in agree[0]}
 
 
+def vae_quality(vae, count: int = 256) -> dict[str, float]:
+    """Round-trip PSNR of the VAE over `count` evaluation images, and what the checker still reads after it."""
+    images, _, attributes = data.eval_batch(0, count)
+    recon = round_trip(vae, images)
+    psnr, kept = psnr_db(images, recon), checker_agreement(recon, attributes)
+    return {"vae_psnr_mean_db": float(psnr.mean()), "vae_psnr_min_db": float(psnr.min()), "vae_images": count,
+            **{f"vae_round_trip_{name}": value for name, value in kept.items()}}
+
+
 def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export: Path | None, seed: int) -> dict:
     """Train (or resume) the VAE, set its scaling factor, export it; returns summary numbers."""
     # 1. Train.
@@ -92,12 +101,9 @@ def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export
                   1.0 / torch.cat(posterior_means(vae, images[: int(settings.get("scale_images", 2048))])).std())
     vae.register_to_config(scaling_factor=scale)
     # 3. Held-out quality.
-    eval_images, _, eval_attributes = data.eval_batch(0, int(settings.get("eval_images", 256)))
-    recon = round_trip(vae, eval_images)
-    psnr, kept = psnr_db(eval_images, recon), checker_agreement(recon, eval_attributes)
-    log.info("vae: scaling_factor %.4f, held-out PSNR %.2f dB (min %.2f), checker after round trip: colour %.1f%%, "
-             "shape %.1f%%", scale, psnr.mean(), psnr.min(), 100 * kept["colour"], 100 * kept["shape"])
+    quality = vae_quality(vae, int(settings.get("eval_images", 256)))
+    log.info("vae: scaling_factor %.4f, %s", scale, quality)
     if export is not None:
         save_component(vae, Path(export) / "vae")
-    return {**summary(stage, frame), "scaling_factor": scale, "psnr_db": float(psnr.mean()),
-            "round_trip_colour": kept["colour"], "round_trip_shape": kept["shape"]}
+    return {**summary(stage, frame), "scaling_factor": scale, "psnr_db": quality["vae_psnr_mean_db"],
+            "round_trip_colour": quality["vae_round_trip_colour"], "round_trip_shape": quality["vae_round_trip_shape"]}
