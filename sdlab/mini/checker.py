@@ -13,16 +13,8 @@ from dataclasses import astuple, dataclass, fields
 import numpy as np
 
 from sdlab.bench.scorers import Score, ScorerKind
-from sdlab.mini.data import (
-    BACKGROUNDS,
-    COLOURS,
-    HALF_EXTENT_RANGE,
-    IMAGE_SIZE,
-    POSITION_OFFSET,
-    POSITION_UNIT_OFFSETS,
-    Attributes,
-    parse_partial,
-)
+from sdlab.mini.data import (BACKGROUNDS, COLOURS, HALF_EXTENT_RANGE, IMAGE_SIZE, POSITION_OFFSET,
+                             POSITION_UNIT_OFFSETS, Attributes, parse_partial)
 
 ATTRIBUTE_NAMES = tuple(field.name for field in fields(Attributes))
 
@@ -111,22 +103,14 @@ def coverage_map(image: np.ndarray, background: np.ndarray, foreground: np.ndarr
     return (image - background) @ direction / float(direction @ direction)
 
 
-def remove_isolated(mask: np.ndarray) -> np.ndarray:
-    """Drop mask pixels with fewer than two mask pixels among their 8 neighbours."""
+def shape_pixels(coverage: np.ndarray) -> np.ndarray:
+    """Pixels mostly covered by the shape, without isolated specks (fewer than two such among their 8 neighbours)."""
+    mask = coverage > COVERAGE_THRESHOLD
     padded = np.pad(mask, 1).astype(np.int8)
     height, width = mask.shape
-    neighbours = sum(
-        padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-        for dy in (-1, 0, 1)
-        for dx in (-1, 0, 1)
-        if (dy, dx) != (0, 0)
-    )
+    neighbours = sum(padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
     return mask & (neighbours >= 2)
-
-
-def shape_pixels(coverage: np.ndarray) -> np.ndarray:
-    """Pixels mostly covered by the shape, without isolated specks."""
-    return remove_isolated(coverage > COVERAGE_THRESHOLD)
 
 
 def shape_mask(image: np.ndarray) -> np.ndarray:
@@ -179,23 +163,6 @@ def classify_shape(fill_ratio: float, asymmetry: float) -> str:
     return "cross"
 
 
-def classify_size(extent: float, image_width: int) -> str:
-    """'small' or 'large' from the larger bounding-box side."""
-    boundary = SIZE_BOUNDARY * image_width / IMAGE_SIZE
-    return "large" if extent > boundary else "small"
-
-
-def classify_position(centre_x: float, centre_y: float, height: int, width: int) -> str:
-    """Nearest position anchor to the bounding-box centre."""
-    offset_x = (centre_x - width / 2) * IMAGE_SIZE / width
-    offset_y = (centre_y - height / 2) * IMAGE_SIZE / height
-    return min(
-        POSITION_UNIT_OFFSETS,
-        key=lambda name: (offset_x - POSITION_UNIT_OFFSETS[name][0] * POSITION_OFFSET) ** 2
-        + (offset_y - POSITION_UNIT_OFFSETS[name][1] * POSITION_OFFSET) ** 2,
-    )
-
-
 def _shape_measurements(coverage: np.ndarray, box: tuple[int, int, int, int]):
     """Fill ratio, top-heaviness, extent and centre of the shape inside its padded box."""
     top, bottom, left, right = box
@@ -232,18 +199,14 @@ def check(image: np.ndarray) -> CheckResult:
     shape_palette = {name: rgb for name, rgb in COLOURS.items() if name != background}
     fill_ratio, asymmetry, extent, centre = _shape_measurements(coverage, box)
     height, width = coverage.shape
-    return CheckResult(
-        shape=classify_shape(fill_ratio, asymmetry),
-        colour=nearest_name(foreground_rgb, shape_palette),
-        size=classify_size(extent, width),
-        position=classify_position(centre[0], centre[1], height, width),
-        background=background,
-        fill_ratio=fill_ratio,
-        asymmetry=asymmetry,
-        extent=extent,
-        centre=centre,
-        contrast=float(np.linalg.norm(foreground_rgb - background_rgb)),
-    )
+    # Size: the larger side against the boundary; position: the anchor nearest to the box centre.
+    offset_x, offset_y = (centre[0] - width / 2) * IMAGE_SIZE / width, (centre[1] - height / 2) * IMAGE_SIZE / height
+    position = min(POSITION_UNIT_OFFSETS, key=lambda name: (offset_x - POSITION_UNIT_OFFSETS[name][0] * POSITION_OFFSET)
+                   ** 2 + (offset_y - POSITION_UNIT_OFFSETS[name][1] * POSITION_OFFSET) ** 2)
+    return CheckResult(shape=classify_shape(fill_ratio, asymmetry), colour=nearest_name(foreground_rgb, shape_palette),
+                       size="large" if extent > SIZE_BOUNDARY * width / IMAGE_SIZE else "small", position=position,
+                       background=background, fill_ratio=fill_ratio, asymmetry=asymmetry, extent=extent, centre=centre,
+                       contrast=float(np.linalg.norm(foreground_rgb - background_rgb)))
 
 
 def agreement(result: CheckResult, named: dict[str, str]) -> dict[str, bool]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, astuple, dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -83,22 +83,12 @@ def is_held_out(attrs: Attributes) -> bool:
 @lru_cache(maxsize=None)
 def combinations(split: Split = "any") -> tuple[Attributes, ...]:
     """All valid attribute combinations of a split, in a fixed order."""
-    every = (
-        Attributes(shape, colour, size, position, background)
-        for shape in SHAPES
-        for colour in COLOURS
-        for size in SIZES
-        for position in POSITIONS
-        for background in BACKGROUNDS
-        if is_allowed(colour, background)
-    )
-    if split == "any":
-        return tuple(every)
-    if split == "train":
-        return tuple(attrs for attrs in every if not is_held_out(attrs))
-    if split == "held_out":
-        return tuple(attrs for attrs in every if is_held_out(attrs))
-    raise ValueError(f"unknown split {split!r}")
+    if split not in ("any", "train", "held_out"):
+        raise ValueError(f"unknown split {split!r}")
+    return tuple(attrs for attrs in (Attributes(shape, colour, size, position, background) for shape in SHAPES
+                                     for colour in COLOURS for size in SIZES for position in POSITIONS
+                                     for background in BACKGROUNDS if is_allowed(colour, background))
+                 if split == "any" or is_held_out(attrs) == (split == "held_out"))
 
 
 def sample_attributes(rng: np.random.Generator, split: Split = "any") -> Attributes:
@@ -163,7 +153,7 @@ def parse_partial(text: str) -> dict[str, str] | None:
     """The attributes a full or partial caption names (shape always), or None when it names no shape."""
     full = parse_caption(text)
     if full is not None:
-        return dict(zip(("shape", "colour", "size", "position", "background"), astuple(full)))
+        return asdict(full)
     match = _PARTIAL_PATTERN.search(text)
     if match is None:
         return None
@@ -218,31 +208,23 @@ def render(attrs: Attributes, rng: np.random.Generator | None = None, size: int 
     return np.rint(image).astype(np.uint8)
 
 
-def sample(seed: int, index: int, split: Split = "any") -> tuple[np.ndarray, str, Attributes]:
-    """Image, caption and attributes of item (seed, index) of a split."""
+def sample(seed: int, index: int, split: Split = "any", size: int = IMAGE_SIZE) -> tuple[np.ndarray, str, Attributes]:
+    """Image (size x size px), caption and attributes of item (seed, index) of a split."""
     rng = np.random.default_rng([seed, index])
     attrs = sample_attributes(rng, split)
     text = caption(attrs, rng)
-    return render(attrs, rng), text, attrs
+    return render(attrs, rng, size), text, attrs
 
 
-def batch(
-    seed: int, start: int, count: int, split: Split = "any"
-) -> tuple[np.ndarray, list[str], list[Attributes]]:
+def batch(seed: int, start: int, count: int, split: Split = "any") -> tuple[np.ndarray, list[str], list[Attributes]]:
     """Items start..start+count-1 of (seed, split), images stacked as (N, 64, 64, 3)."""
-    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    captions: list[str] = []
-    attributes: list[Attributes] = []
-    for offset in range(count):
-        images[offset], text, attrs = sample(seed, start + offset, split)
-        captions.append(text)
-        attributes.append(attrs)
-    return images, captions, attributes
+    items = [sample(seed, start + offset, split) for offset in range(count)]
+    images = np.array([image for image, _, _ in items], dtype=np.uint8).reshape(count, IMAGE_SIZE, IMAGE_SIZE, 3)
+    return images, [text for _, text, _ in items], [attrs for _, _, attrs in items]
 
 
-def eval_batch(
-    start: int, count: int, seed: int = EVAL_SEED, split: Split = "any"
-) -> tuple[np.ndarray, list[str], list[Attributes]]:
+def eval_batch(start: int, count: int, seed: int = EVAL_SEED, split: Split = "any"
+               ) -> tuple[np.ndarray, list[str], list[Attributes]]:
     """Evaluation items start..start+count-1 from a non-training seed; split='held_out' for unseen combinations."""
     if seed == TRAIN_SEED:
         raise ValueError(f"evaluation must not use the training seed {TRAIN_SEED}")

@@ -86,7 +86,8 @@ def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     folder = Path(folder)
-    replace_folder(folder, fill, folder.with_name(folder.name + ".staging"), folder.with_name(folder.name + ".previous"))
+    replace_folder(folder, fill, staging=folder.with_name(f"{folder.name}.staging"),
+                   old=folder.with_name(f"{folder.name}.previous"))
 
 
 def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module],
