@@ -31,6 +31,21 @@ IMAGE_PROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_resize=True
                        do_convert_rgb=True, resample=3)
 
 
+def to_tensor(images):
+    """uint8 (N, H, W, 3) images as float (N, 3, H, W) in [-1, 1], the pixels every mini component sees."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x):
+    """Float (N, 3, H, W) images in [-1, 1] as uint8 (N, H, W, 3)."""
+    import torch
+
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """A component config with overrides (lists become tuples, as diffusers configs expect)."""
     out = dict(base)

@@ -7,13 +7,17 @@ rendering live here; models/mini/README.md ("Data") describes them. Image ``(see
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from dataclasses import asdict, astuple, dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from sdlab.io import atomic_path, atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -229,6 +233,27 @@ def eval_batch(start: int, count: int, seed: int = EVAL_SEED, split: Split = "an
     if seed == TRAIN_SEED:
         raise ValueError(f"evaluation must not use the training seed {TRAIN_SEED}")
     return batch(seed, start, count, split)
+
+
+def cached_set(folder: Path, seed: int, count: int, split: Split = "train"):
+    """Items 0..count-1 of (seed, split) as batch draws them, kept in `folder` so every stage renders them once."""
+    stem = Path(folder) / f"images_seed{seed}_{split}_{count}"
+    npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    if npy.is_file() and meta.is_file():
+        info = json.loads(meta.read_text())
+        return np.load(npy), info["captions"], [Attributes(*a) for a in info["attributes"]]
+    images, captions, attributes = batch(seed, 0, count, split)
+    with atomic_path(npy) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, images, allow_pickle=False)
+    atomic_write_text(meta, json.dumps({"captions": captions, "attributes": [astuple(a) for a in attributes]}))
+    return images, captions, attributes
+
+
+def all_captions(split: Split = "train") -> list[str]:
+    """Every caption of the grammar for the combinations of a split: each combination in every template."""
+    return [caption(attrs, template) for attrs in combinations(split)
+            for template in range(len(CAPTION_TEMPLATES))]
 
 
 def grammar_words() -> set[str]:

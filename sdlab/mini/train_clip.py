@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdlab.mini import arrays, data
-from sdlab.mini.architecture import build_clip
+from sdlab.mini import data
+from sdlab.mini.architecture import build_clip, to_tensor
 from sdlab.mini.export import save_clip
 from sdlab.mini.loop import Stage, run_stage, summary
 from sdlab.models.tokenizer import load_tokenizer
@@ -34,7 +34,7 @@ def clip_stage(settings: dict[str, Any], images: np.ndarray, attributes: list[da
     """The CLIP stage: each step draws images and one random caption template per image."""
     torch.manual_seed(seed)
     model = build_clip(settings.get("text"), settings.get("vision"))
-    ids = token_ids(load_tokenizer(), arrays.all_captions("train"))
+    ids = token_ids(load_tokenizer(), data.all_captions("train"))
     combos = combination_index(attributes)
     templates = len(data.CAPTION_TEMPLATES)
     batch_size = int(settings["batch_size"])
@@ -43,7 +43,7 @@ def clip_stage(settings: dict[str, Any], images: np.ndarray, attributes: list[da
         rng = np.random.default_rng([seed, step])
         pick = rng.integers(len(images), size=batch_size)
         rows = combos[pick] * templates + rng.integers(templates, size=batch_size)
-        out = model(input_ids=ids[rows], pixel_values=arrays.to_tensor(images[pick]))
+        out = model(input_ids=ids[rows], pixel_values=to_tensor(images[pick]))
         same = torch.from_numpy(combos[pick][:, None] == combos[pick][None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)  # uniform over the items sharing the row's combination
         text_loss = torch.nn.functional.cross_entropy(out.logits_per_text, targets)
@@ -61,7 +61,7 @@ def retrieval_top1(model, images: np.ndarray, captions: list[str], attributes: l
     """Text->image top-1: the best image of each caption shows the caption's attributes."""
     model.eval()
     text = model.get_text_features(input_ids=token_ids(load_tokenizer(), captions))
-    vision = model.get_image_features(pixel_values=arrays.to_tensor(images))
+    vision = model.get_image_features(pixel_values=to_tensor(images))
     text = getattr(text, "pooler_output", text)
     vision = getattr(vision, "pooler_output", vision)
     similarity = torch.nn.functional.normalize(text, dim=-1) @ torch.nn.functional.normalize(vision, dim=-1).T

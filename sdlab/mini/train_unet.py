@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdlab.io import atomic_path
-from sdlab.mini import arrays, data
+from sdlab.mini import data
 from sdlab.mini.architecture import SCHEDULER, initial
 from sdlab.mini.export import save_component, save_pipeline_files
 from sdlab.mini.loop import Stage, run_stage, summary
@@ -77,7 +77,7 @@ def conditioning(export: Path, images: np.ndarray, folder: Path, partial: bool):
     latents = cached(folder / "latents.safetensors",
                      lambda: {"z0": torch.cat(posterior_means(vae, images, 128)) * vae.config.scaling_factor},
                      f"{fingerprint(vae.encoder)}:{vae.config.scaling_factor:.6g}:{len(images)}")["z0"]
-    captions = arrays.all_captions("train")
+    captions = data.all_captions("train")
     text = cached(folder / "text_states.safetensors",
                   lambda: {"states": encode_text(text_encoder, captions), "empty": encode_text(text_encoder, [""])},
                   f"{fingerprint(text_encoder)}:{len(captions)}")

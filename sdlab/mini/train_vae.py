@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdlab.mini import arrays, data
-from sdlab.mini.architecture import initial
+from sdlab.mini import data
+from sdlab.mini.architecture import initial, to_tensor, to_uint8
 from sdlab.mini.checker import adherence
 from sdlab.mini.export import save_component
 from sdlab.mini.loop import Stage, run_stage, summary
@@ -36,7 +36,7 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
     def loss(step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([seed, step])
         chosen = images[rng.integers(len(images), size=batch_size)]
-        x = arrays.to_tensor(chosen)
+        x = to_tensor(chosen)
         with torch.set_grad_enabled(not decoder_only):
             posterior = vae.encode(x).latent_dist
         z = (posterior.sample(generator=torch.Generator().manual_seed(seed * 1_000_003 + step)) if sample_posterior
@@ -59,14 +59,14 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
 @torch.no_grad()
 def posterior_means(vae, images: np.ndarray, batch_size: int = 64) -> list[torch.Tensor]:
     """The posterior means of uint8 `images`, one tensor per batch of `batch_size`."""
-    return [vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean
+    return [vae.encode(to_tensor(images[i : i + batch_size])).latent_dist.mean
             for i in range(0, len(images), batch_size)]
 
 
 @torch.no_grad()
 def round_trip(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """uint8 `images` encoded (posterior mean) and decoded again."""
-    return np.concatenate([arrays.to_uint8(vae.decode(z).sample) for z in posterior_means(vae, images, batch_size)])
+    return np.concatenate([to_uint8(vae.decode(z).sample) for z in posterior_means(vae, images, batch_size)])
 
 
 def psnr_db(images: np.ndarray, recon: np.ndarray) -> np.ndarray:
