@@ -43,6 +43,19 @@ def test_vae_steps_are_finite_and_resume_restores_the_step(items, tmp_path):
     assert (tmp_path / "losses.parquet").is_file() and (tmp_path / "losses.png").is_file()
 
 
+def test_the_same_seed_trains_the_same_weights_bit_for_bit(items, tmp_path):
+    from safetensors.torch import load_file
+
+    from sdlab.mini.train_vae import vae_stage
+
+    settings = {**BASE, "steps": 2, "batch_size": 2, "l1_weight": 0.5, "kl_weight": 1e-6, "architecture": TINY_VAE,
+                "foreground_weight": 4.0, "latent_rgb_weight": 1.0}
+    for run in ("first", "second"):
+        run_stage(vae_stage(settings, items[0], seed=0), settings, tmp_path / run)
+    first, second = (load_file(str(tmp_path / run / "checkpoint" / "model.safetensors")) for run in ("first", "second"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_checkpoint_round_trips_weights_and_adam_state(tmp_path):
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
