@@ -71,6 +71,16 @@ def test_checkpoint_round_trips_weights_and_adam_state(tmp_path):
     assert not list(tmp_path.glob("*.pt")) and not list((tmp_path / "ck").glob("*.p*"))
 
 
+def test_a_checkpoint_interrupted_between_its_renames_is_read_from_the_previous_copy(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    save_checkpoint(tmp_path / "ck", {"model": model}, None, {"step": 3})
+    (tmp_path / "ck").rename(tmp_path / "ck.previous")  # the old copy moved aside, the new one not yet in place
+    other = torch.nn.Linear(3, 2)
+    assert load_checkpoint(tmp_path / "ck", {"model": other}, None) == {"step": 3}
+    assert torch.equal(other.weight, model.weight)
+    assert load_checkpoint(tmp_path / "none", {"model": other}, None) is None
+
+
 def test_clip_step_is_finite(items, tmp_path):
     from sdlab.mini.train_clip import clip_stage
 
