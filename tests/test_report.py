@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from report_helpers import fake_sweep
-from sdlab.bench.report import build_report, report_data, reproduce_command
+from sdlab.bench.report import build_report, report_data, run_manifest
 
 
 def embedded(page: str) -> dict:
@@ -37,8 +37,9 @@ def test_the_header_says_how_to_reproduce_and_what_was_constant(tmp_path):
     assert header["ok"] == 17 and header["failed"] == 1 and header["model"] == "mini" and header["device"] == "cpu"
     assert header["constants"]["threads"] == "1" and header["constants"]["num_inference_steps"] == "8"
     assert "seed" not in header["constants"] and header["versions"] == {"sdlab": "0.1.0"}
-    (root / "multirun.yaml").unlink()  # older sweeps: rebuilt from the jobs' own overrides
-    assert reproduce_command(root) == f"sdlab -m seed=1,2,3 guidance_scale=1,3,7.5 scheduler=ddim,euler threads=1 hydra.sweep.dir={root}"
+    moved = root.rename(tmp_path / "moved")  # the manifest's command, run where the sweep is now
+    assert run_manifest(moved, pd.read_parquet(moved / "results.parquet"))["command"] == \
+        f"sdlab -m seed=1,2,3 guidance_scale=1,3,7.5 scheduler=ddim,euler threads=1 hydra.sweep.dir={moved}"
 
 
 def test_sdlab_report_rebuilds_an_older_sweep(run_sdlab, tmp_path, capsys):

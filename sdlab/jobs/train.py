@@ -12,7 +12,7 @@ import torch
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
-from sdlab.mini import arrays
+from sdlab.mini import data
 from sdlab.mini.train_clip import train_clip
 from sdlab.mini.train_unet import train_unet
 from sdlab.mini.train_vae import train_vae
@@ -28,14 +28,11 @@ def run_one(name: str, cfg: dict, root: Path) -> dict:
     seed = int(cfg["seed"])
     settings = cfg[name]
     export = Path(cfg["export"]) if cfg.get("export") else None
-    images, captions, attributes = arrays.cached_set(root / "cache", seed=0, count=int(cfg["num_images"]))
+    images, captions, attributes = data.cached_set(root / "cache", seed=0, count=int(cfg["num_images"]))
     if name in ("vae", "vae_decoder"):
-
         return train_vae(settings, images, root / name, export, seed)
     if name == "clip":
-
         return train_clip(settings, images, attributes, root / "clip", export, seed)
-
     return train_unet(settings, images, attributes, root / "unet", export, seed)
 
 
