@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
-from sdlab.config import Run
+from sdlab.config import Run, check_block, rules_of
 from sdlab.errors import choose
 
 
@@ -23,19 +23,27 @@ class JobContext:
     run_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def recipe(self) -> Any:
+        """The job's own recipe dataclass, read from the run and checked."""
+        return read_recipe(self.run, RECIPES[self.run.job])
+
 
 JobFn = Callable[[JobContext], pd.DataFrame]
 CheckFn = Callable[[Run], Any]
 JOBS: dict[str, JobFn] = {}
 CHECKS: dict[str, CheckFn] = {}
+RECIPES: dict[str, type] = {}
 
 
-def job(name: str, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
-    """Register a job function under `name`; `check` reads its recipe keys from the Run and raises a one-line
-    UserError on a bad value, before any folder is made or model loaded."""
+def job(name: str, recipe: type | None = None, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
+    """Register a job function under `name` with its recipe dataclass; `check` looks further (at the model, say) and
+    raises a one-line UserError on a bad value, before any folder is made or model loaded."""
 
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
+        if recipe is not None:
+            RECIPES[name] = recipe
         if check is not None:
             CHECKS[name] = check
         return fn
@@ -43,9 +51,25 @@ def job(name: str, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
     return register
 
 
+def read_recipe(run: Run, cls: type) -> Any:
+    """A recipe dataclass from the run's config: its fields are top-level keys (or the keys of the block that
+    `cls.block` names), each checked by its Field; null or absent keys keep their defaults."""
+    if getattr(cls, "block", None):
+        given = check_block(run.recipe, cls.block, rules_of(cls))
+    else:
+        rules, given = rules_of(cls), {}
+        for f in fields(cls):
+            value = run.recipe.get(f.name)
+            if value is not None or f.default is MISSING:
+                given[f.name] = rules[f.name].check(f.name, value) if f.name in rules else value
+    return cls(**given)
+
+
 def check_recipe(run: Run) -> None:
-    """The job's own check of its recipe keys, if it has one (pre-flight)."""
+    """The job's own check of its recipe, if it has one (pre-flight)."""
     get_job(run.job)
+    if run.job in RECIPES:
+        read_recipe(run, RECIPES[run.job])
     if run.job in CHECKS:
         CHECKS[run.job](run)
 
