@@ -51,13 +51,25 @@ def job(name: str, recipe: type | None = None, check: CheckFn | None = None) -> 
     return register
 
 
+class AsGiven:
+    """The rule of a recipe field no Field describes (a stage's settings, entries the job checks itself)."""
+
+    @staticmethod
+    def check(name: str, value: Any) -> Any:
+        return value
+
+
+AS_GIVEN = AsGiven()
+
+
 def read_recipe(run: Run, cls: type) -> Any:
     """A recipe dataclass from the run's config: its fields are top-level keys (or the keys of the block that
     `cls.block` names), each checked by its Field; null or absent keys keep their defaults."""
+    rules = rules_of(cls)
     if getattr(cls, "block", None):
-        given = check_block(run.recipe, cls.block, rules_of(cls))
+        given = check_block(run.recipe, cls.block, {f.name: rules.get(f.name, AS_GIVEN) for f in fields(cls)})
     else:
-        rules, given = rules_of(cls), {}
+        given = {}
         for f in fields(cls):
             value = run.recipe.get(f.name)
             if value is not None or f.default is MISSING:
@@ -75,17 +87,15 @@ def check_recipe(run: Run) -> None:
 
 
 # Jobs that never load a model (the explainers' exact toy math): pre-flight checks no weights for them.
-MODEL_FREE_JOBS = frozenset(("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
-                             "timestep_embedding"))
+MODEL_FREE_JOBS = ("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
+                   "timestep_embedding")
 # Which module registers each job, so a run imports only the job it needs (not scipy for a generate job).
 JOB_MODULES = {
     "generate": "generate", "train_mini": "train", "compare_schedulers": "compare",
     "anatomy": "anatomy", "trajectory": "trajectory", "forward_process": "forward",
     "schedule_snr": "schedule", "vae_roundtrip": "vae", "clip_tokens": "clip", "clip_similarity": "clip",
     "guidance_grid": "grids", "prompt_grid": "grids", "scheduler_grid": "grids",
-    "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand",
-    **dict.fromkeys(("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
-                     "timestep_embedding"), "explainers"),  # MODEL_FREE_JOBS
+    "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand", **dict.fromkeys(MODEL_FREE_JOBS, "explainers"),
 }
 
 
