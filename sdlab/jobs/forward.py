@@ -20,17 +20,20 @@ from sdlab.models.loading import load_model
 from sdlab.models.noise import PROCESSES, process_of
 
 
+SPACES = ("pixel", "latent")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ForwardProcess(ImageInput):
     """Timesteps to noise one image at, under `schedules` (see schedule_snr; null: the model's), in `spaces`."""
 
     timesteps: tuple[int, ...] = checked(MISSING, "ints", plain=False)
     schedules: list | None = None
-    spaces: tuple[str, ...] = ("pixel", "latent")
+    spaces: tuple[str, ...] = SPACES  # empty: both
     seed: int = 0  # of the fixed eps
 
     def __post_init__(self):
-        if not set(self.spaces) <= {"pixel", "latent"} or not self.spaces:
+        if not set(self.spaces) <= set(SPACES):
             raise UserError(f"spaces={self.spaces} must list pixel and/or latent")
 
 
@@ -58,7 +61,7 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     recipe, spec = ctx.recipe, ctx.run.model
     model = load_model(spec)
     width, height = ctx.run.params.width, ctx.run.params.height
-    seed, spaces, timesteps = recipe.seed or 0, list(recipe.spaces), recipe.timesteps
+    seed, spaces, timesteps = recipe.seed or 0, list(recipe.spaces or SPACES), recipe.timesteps
 
     # 1. The schedules (the model's by default).
     schedules = forward_schedules(ctx.run)
