@@ -100,11 +100,6 @@ def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]]
     return lambda latents: to_uint8(linear_preview(torch.cat(latents), weights, scale))
 
 
-def level(step: dict) -> str:
-    """A step's noise level for a label: t for DDPM kinds, sigma for flow."""
-    return f"t={step['t']:.0f}" if step["sigma"] is None else f"sigma={step['sigma']:.2f}"
-
-
 @job("trajectory", Trajectory)
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     """One row per step (timestep, alpha_bar or flow sigma, log-SNR, x0_pred PSNR vs the final image, timings);
@@ -150,7 +145,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     # 4. Strip of evenly spaced steps and a GIF of every step.
     count = min(len(steps), recipe.frames)
     picks = sorted(set(np.linspace(0, len(steps) - 1, count).round().astype(int)))
-    labels = [f"step {steps[i]['i']}\n{level(steps[i])}" for i in picks]
+    labels = [f"step {steps[i]['i']}\n{model.noise.step_label(steps[i])}" for i in picks]
     x0_labels = [f"{label}\n{rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB" for label, i in zip(labels, picks)]
     settled = next((r["step"] for r in rows if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
     claim = (f"x0_pred is within {SETTLED_DB:g} dB PSNR of the final image from step {settled} of {len(rows)}"
@@ -160,7 +155,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
                 title=f"{choice.name}, {params.num_inference_steps} steps, cfg {params.guidance_scale:g}, seed {seed}: "
                       f"{params.prompt[:60]}\n{claim} (dB: x0_pred against the final image)")
     scale = max(1, 256 // min(params.width, params.height))
-    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {level(s)}", scale),
+    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
                             labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
     frames.append(side_by_side([labelled(final, "final", scale), labelled(final, "final", scale)]))
     write_gif(frames, ctx.out_dir / "trajectory.gif", duration_ms=recipe.gif_ms)

@@ -100,6 +100,10 @@ class VPEpsilon(NoiseProcess):
             return {"alpha_bar": alpha_bar_at(alphas_cumprod, timestep), "sigma": None}
         return {"alpha_bar": 1.0 / (1.0 + sigma**2), "sigma": None}
 
+    def step_label(self, step: dict[str, Any]) -> str:
+        """Where a sampler step stands, for a frame label: its timestep."""
+        return f"t={step['t']:.0f}"
+
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         """(signal, noise) = (sqrt(alpha_bar), sqrt(1 - alpha_bar))."""
         return math.sqrt(level["alpha_bar"]), math.sqrt(1.0 - level["alpha_bar"])
@@ -161,6 +165,10 @@ class RectifiedFlow(NoiseProcess):
     def level(self, scheduler, timestep: float) -> dict[str, float | None]:
         """The scheduler's flow sigma for the denoiser call under way (its first before any step)."""
         return {"alpha_bar": None, "sigma": scheduler_sigma(scheduler, first=True)}
+
+    def step_label(self, step: dict[str, Any]) -> str:
+        """Where a sampler step stands, for a frame label: its flow sigma."""
+        return f"sigma={step['sigma']:.2f}"
 
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         """(signal, noise) = (1 - sigma, sigma)."""
