@@ -1,4 +1,4 @@
-"""A sweep dir as sdlab writes it (job folders, PNGs with parameters, tables, multirun.yaml), without generating."""
+"""A sweep dir as sdlab writes it (job folders, PNGs with parameters, tables, its manifest), without generating."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 from itertools import product
 from pathlib import Path
 
-import yaml
 from PIL import Image
 
 from sdlab.bench.records import ordered, save_png, write_table
+from sdlab.bench.resume import write_manifest
 
 
 def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers=("ddim", "euler"),
@@ -17,13 +17,14 @@ def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers
     """Write a sweep of seeds x guidance x schedulers into `root`; the `failed` cell is an error row without image;
     `job_tables=False` skips the jobs' own tables (the sweep table alone is enough for a report)."""
     root.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, jobs = [], []
     for job, (seed, g, scheduler) in enumerate(product(seeds, guidance, schedulers)):
         overrides = {"seed": str(seed), "guidance_scale": f"{g:g}", "scheduler": scheduler, "threads": "1"}
         folder = root / str(job)
         (folder / ".hydra").mkdir(parents=True, exist_ok=True)
-        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()]))
+        jobs.append([f"{k}={v}" for k, v in overrides.items()])
         (folder / ".hydra" / "config.yaml").write_text("job: generate\n")
+        (folder / "run_config.json").write_text('{"job": "generate"}')
         row = {"run_id": f"r{job}", "experiment": "generate", "job": "generate", "model": "mini", "scheduler": scheduler,
                "num_inference_steps": 8, "nfe": 8, "guidance_scale": g, "seed": seed, "prompt": "a red circle",
                "width": side, "height": side, "time_total_s": 0.1 + 0.01 * job,
@@ -44,6 +45,5 @@ def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers
     write_table(ordered(rows), root)
     task = [f"seed={','.join(map(str, seeds))}", f"guidance_scale={','.join(f'{g:g}' for g in guidance)}",
             f"scheduler={','.join(schedulers)}", "threads=1"]
-    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {
-        "hydra": [f"hydra.sweep.dir={root}", "hydra.mode=MULTIRUN"], "task": task}}}))
+    write_manifest(root, task, jobs, hydra=[f"hydra.sweep.dir={root}", "hydra.mode=MULTIRUN"])
     return root

@@ -317,7 +317,7 @@ def test_a_generate_run_with_its_table_and_grid_does_not_import_matplotlib(tmp_p
     import sys
 
     code = ("import sys; from pathlib import Path; import pandas as pd; from PIL import Image; "
-            "import sdlab.app.cli, sdlab.jobs.generate; from sdlab.bench.collect import summarize; d = Path(sys.argv[1]); "
+            "import sdlab.app.cli, sdlab.jobs.generate; from sdlab.bench.report import summarize; d = Path(sys.argv[1]); "
             "[Image.new('RGB', (8, 8), (40 * i, 0, 0)).save(d / f'{i}.png') for i in range(2)]; "
             "summarize(pd.DataFrame({'seed': [1, 2], 'image_path': ['0.png', '1.png'], 'status': ['ok', 'ok']}), d); "
             "sys.exit(10 * ('matplotlib' in sys.modules) + (not (d / 'grid.png').is_file()))")

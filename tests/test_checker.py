@@ -152,7 +152,10 @@ def test_partial_prompt_is_judged_only_on_what_it_names():
 
 
 def test_same_layout_compares_size_position_and_background_only():
-    from sdlab.mini.checker import same_layout
+    from sdlab.mini.checker import layouts_agree
+
+    def same_layout(first, second):
+        return layouts_agree(check(first), check(second))
 
     circle = render(Attributes("circle", "red", "large", "left", "blue"))
     assert same_layout(circle, render(Attributes("square", "yellow", "large", "left", "blue")))

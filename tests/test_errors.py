@@ -196,11 +196,12 @@ def test_a_whole_t5_checkpoint_loads_its_encoder_and_other_extra_tensors_are_ref
     import torch
     from safetensors.torch import save_file
 
-    from sdlab.models.architectures import TINY_T5, TINY_TEXT
+    from sdlab.models.architectures import ARCHITECTURES
     from sdlab.models.model_files import check_component_weights, expected_weights
 
-    config = {"_class_name": class_name, "architectures": [class_name],
-              **(TINY_T5 if class_name == "T5EncoderModel" else TINY_TEXT)}
+    tiny = (ARCHITECTURES["sd3_tiny"].config("text_encoder_3") if class_name == "T5EncoderModel"
+            else ARCHITECTURES["tiny"].config("text_encoder"))
+    config = {"_class_name": class_name, "architectures": [class_name], **tiny}
     (tmp_path / "text_encoder").mkdir()
     (tmp_path / "text_encoder" / "config.json").write_text(json.dumps(config))
     want = expected_weights("text_encoder", config, tmp_path / "text_encoder" / "config.json")

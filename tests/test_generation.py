@@ -82,4 +82,4 @@ def test_base_scheduler_config_survives_a_cleared_cache(tiny):
 
     _, spec = tiny
     models.clear_cache()
-    assert models.base_scheduler_config(spec)["beta_schedule"] == "scaled_linear"
+    assert models.load_model(spec).base_scheduler_config["beta_schedule"] == "scaled_linear"

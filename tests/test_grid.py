@@ -1,4 +1,4 @@
-"""The labelled X/Y/Z grid: axes from the swept overrides, pages only for combinations that exist."""
+"""The labelled X/Y/Z grid: axes from the sweep's manifest, pages only for combinations that exist."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sdlab.bench.grid import CELL_MAX, CELL_MIN, EMPTY_CELL, cell_side, grid_axes, image_grid
+from sdlab.bench.grid import CELL_MAX, CELL_MIN, EMPTY_CELL, cell_side, image_grid
+from sdlab.bench.report import summarize
+from sdlab.bench.summary import sweep_axes
 
 
 def shade(i: int) -> tuple[int, int, int]:
@@ -17,25 +19,28 @@ def shade(i: int) -> tuple[int, int, int]:
 
 
 def frame_of(tmp_path, cells: list[dict]) -> pd.DataFrame:
+    """One row per cell (its values as columns, as typed) with its own image."""
     rows = []
-    for i, overrides in enumerate(cells):
+    for i, cell in enumerate(cells):
         path = f"img{i}.png"
         Image.fromarray(np.full((16, 16, 3), shade(i), np.uint8)).save(tmp_path / path)
-        rows.append({"overrides": json.dumps(overrides), "seed": int(overrides.get("seed", 0)), "image_path": path})
+        rows.append({**cell, "seed": int(cell.get("seed", 0)), "image_path": path})
     return pd.DataFrame(rows)
 
 
 def test_axes_follow_command_line_order_and_grid_is_drawn(tmp_path):
     cells = [{"seed": str(s), "guidance_scale": str(g)} for s in (1, 2) for g in (1, 7.5)]
     frame = frame_of(tmp_path, cells)
-    assert grid_axes(frame) == ["seed", "guidance_scale"]
-    out = image_grid(frame, tmp_path, tmp_path / "grid.png")
+    assert sweep_axes(frame, ["seed", "guidance_scale"]) == ["seed", "guidance_scale"]
+    assert sweep_axes(frame, ["guidance_scale", "seed"]) == ["guidance_scale", "seed"]
+    assert sweep_axes(frame) == ["seed", "guidance_scale"]  # a single run: the seed, then the parameters that vary
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png", sweep_axes(frame))
     assert out is not None and Image.open(out).size[0] > 200
 
 
 def test_sparse_mixture_of_jobs_draws_no_grid(tmp_path, caplog):
     cells = [{"experiment": f"e{i}", "prompt": f"p{i}", "scheduler": f"s{i}"} for i in range(6)]
-    assert image_grid(frame_of(tmp_path, cells), tmp_path, tmp_path / "grid.png") is None
+    assert image_grid(frame_of(tmp_path, cells), tmp_path, tmp_path / "grid.png", ["experiment", "prompt", "scheduler"]) is None
     assert not (tmp_path / "grid.png").exists() and "too few" in caplog.text
 
 
@@ -43,7 +48,7 @@ def test_cells_are_the_images_at_cell_size_and_a_failed_cell_is_marked(tmp_path)
     cells = [{"seed": str(s), "guidance_scale": str(g)} for s in (1, 2) for g in (1, 7.5)]
     frame = frame_of(tmp_path, cells)
     frame.loc[3, "image_path"] = "gone.png"  # a failed image: its row is there, its file is not
-    out = image_grid(frame, tmp_path, tmp_path / "grid.png")
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png", ["seed", "guidance_scale"])
     canvas = np.asarray(Image.open(out).convert("RGB"))
     side = CELL_MIN  # 16 px images are enlarged 8x with nearest neighbours
     found = []
@@ -87,7 +92,6 @@ def test_cell_size_keeps_small_images_sharp_and_big_grids_bounded(tmp_path):
 
 
 def test_a_reused_run_folder_drops_the_grid_sdlab_drew_there_and_keeps_a_users(tmp_path):
-    from sdlab.bench.collect import summarize
 
     two = frame_of(tmp_path, [{"seed": "1"}, {"seed": "2"}]).assign(status="ok")
     summarize(two, tmp_path)
@@ -101,7 +105,6 @@ def test_a_reused_run_folder_drops_the_grid_sdlab_drew_there_and_keeps_a_users(t
 
 def test_the_last_lines_name_each_figure_and_its_headline_once(tmp_path):
     from sdlab.bench.captions import record_caption
-    from sdlab.bench.collect import summarize
 
     for name, caption in {"a.png": "crossing at t=284 | panel", "b.png": "mini: crossing at t=284",
                           "c.png": "11.9 B parameters"}.items():
@@ -117,7 +120,7 @@ def test_a_seed_that_would_be_a_page_sits_side_by_side_in_each_cell(tmp_path):
     cells = [{"scheduler": k, "guidance_scale": str(g), "seed": str(s)} for k in ("ddim", "euler")
              for g in (1, 7.5) for s in (1, 2)]
     frame = frame_of(tmp_path, cells)
-    out = image_grid(frame, tmp_path, tmp_path / "grid.png")
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png", ["scheduler", "guidance_scale", "seed"], seeds_within=True)
     canvas = np.asarray(Image.open(out).convert("RGB"))
     boxes = []
     for i in range(len(cells)):
@@ -139,7 +142,7 @@ def test_many_values_with_their_seeds_side_by_side_go_down_the_rows(tmp_path):
     colour = [(200, 8 * i, 60) for i in range(len(cells))]  # distinct for all 30 images
     for i, path in enumerate(frame["image_path"]):
         Image.fromarray(np.full((16, 16, 3), colour[i], np.uint8)).save(tmp_path / path)
-    out = image_grid(frame, tmp_path, tmp_path / "grid.png")
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png", ["scheduler", "guidance_scale", "seed"], seeds_within=True)
     width, height = Image.open(out).size
     assert 0.5 < width / height < 2, (width, height)
     canvas = np.asarray(Image.open(out).convert("RGB"))

@@ -96,7 +96,7 @@ def test_held_out_split_is_small_and_disjoint_from_training():
 
 
 def test_training_samples_never_show_held_out_combinations():
-    _, _, attributes = data.train_batch(0, 400)
+    _, _, attributes = data.batch(data.TRAIN_SEED, 0, 400, "train")
     assert not any(data.is_held_out(attrs) for attrs in attributes)
     # An unrestricted draw of the same size would almost surely contain some.
     _, _, unrestricted = data.batch(data.TRAIN_SEED, 0, 400)
@@ -104,21 +104,20 @@ def test_training_samples_never_show_held_out_combinations():
 
 
 def test_evaluation_can_draw_only_held_out_combinations():
-    for index in range(20):
-        _, text, attrs = data.eval_sample(index, split="held_out")
+    for text, attrs in zip(*data.eval_batch(0, 20, split="held_out")[1:]):
         assert data.is_held_out(attrs)
         assert data.parse_caption(text) == attrs
 
 
 def test_evaluation_refuses_the_training_seed():
     with pytest.raises(ValueError):
-        data.eval_sample(0, seed=data.TRAIN_SEED)
+        data.eval_batch(0, 1, seed=data.TRAIN_SEED, split="held_out")
     with pytest.raises(ValueError):
         data.eval_batch(0, 4, seed=data.TRAIN_SEED)
 
 
 def test_evaluation_images_differ_from_training_images():
-    train_images = data.train_batch(0, 50)[0]
+    train_images = data.batch(data.TRAIN_SEED, 0, 50, "train")[0]
     eval_images = data.eval_batch(0, 50)[0]
     assert not np.array_equal(train_images, eval_images)
 

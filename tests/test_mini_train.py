@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from sdlab.mini import data
-from sdlab.mini.checkpoint import load_checkpoint, save_checkpoint
-from sdlab.mini.loop import lr_at, run_stage
+from sdlab.mini.loop import load_checkpoint, lr_at, run_stage, save_checkpoint
 
 TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
 BASE = {"lr": 1e-3, "warmup": 1, "checkpoint_every": 2}
@@ -21,7 +20,7 @@ BASE = {"lr": 1e-3, "warmup": 1, "checkpoint_every": 2}
 @pytest.fixture(scope="module")
 def items():
     """Eight training images with their attributes."""
-    images, _, attributes = data.train_batch(0, 8)
+    images, _, attributes = data.batch(data.TRAIN_SEED, 0, 8, "train")
     return images, attributes
 
 
@@ -44,6 +43,19 @@ def test_vae_steps_are_finite_and_resume_restores_the_step(items, tmp_path):
     assert (tmp_path / "losses.parquet").is_file() and (tmp_path / "losses.png").is_file()
 
 
+def test_the_same_seed_trains_the_same_weights_bit_for_bit(items, tmp_path):
+    from safetensors.torch import load_file
+
+    from sdlab.mini.train_vae import vae_stage
+
+    settings = {**BASE, "steps": 2, "batch_size": 2, "l1_weight": 0.5, "kl_weight": 1e-6, "architecture": TINY_VAE,
+                "foreground_weight": 4.0, "latent_rgb_weight": 1.0}
+    for run in ("first", "second"):
+        run_stage(vae_stage(settings, items[0], seed=0), settings, tmp_path / run)
+    first, second = (load_file(str(tmp_path / run / "checkpoint" / "model.safetensors")) for run in ("first", "second"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_checkpoint_round_trips_weights_and_adam_state(tmp_path):
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -57,6 +69,16 @@ def test_checkpoint_round_trips_weights_and_adam_state(tmp_path):
     saved, loaded = optimizer.state_dict()["state"], other_optimizer.state_dict()["state"]
     assert torch.equal(saved[0]["exp_avg_sq"], loaded[0]["exp_avg_sq"])
     assert not list(tmp_path.glob("*.pt")) and not list((tmp_path / "ck").glob("*.p*"))
+
+
+def test_a_checkpoint_interrupted_between_its_renames_is_read_from_the_previous_copy(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    save_checkpoint(tmp_path / "ck", {"model": model}, None, {"step": 3})
+    (tmp_path / "ck").rename(tmp_path / "ck.previous")  # the old copy moved aside, the new one not yet in place
+    other = torch.nn.Linear(3, 2)
+    assert load_checkpoint(tmp_path / "ck", {"model": other}, None) == {"step": 3}
+    assert torch.equal(other.weight, model.weight)
+    assert load_checkpoint(tmp_path / "none", {"model": other}, None) is None
 
 
 def test_clip_step_is_finite(items, tmp_path):
@@ -162,14 +184,22 @@ def test_unet_step_uses_partial_captions_at_their_rate(items, tmp_path):
 def test_a_fine_tuned_part_is_saved_without_the_folder_it_came_from(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from sdlab.mini.architecture import build_unet
+    from sdlab.mini.architecture import initial
     from sdlab.mini.export import save_component
 
     arch = {"block_out_channels": [16, 16, 16], "norm_num_groups": 8, "cross_attention_dim": 8,
             "attention_head_dim": 4}
-    build_unet(arch).save_pretrained(str(tmp_path / "first"), safe_serialization=True)
+    initial("unet", {"architecture": arch}).save_pretrained(str(tmp_path / "first"), safe_serialization=True)
     loaded = UNet2DConditionModel.from_pretrained(str(tmp_path / "first"))
     assert "_name_or_path" in loaded.config  # what from_pretrained records, and save_pretrained would write
     save_component(loaded, tmp_path / "second")
     config = (tmp_path / "second" / "config.json").read_text()
     assert "_name_or_path" not in config and str(tmp_path) not in config
+
+
+def test_pipeline_files_export_the_scheduler_and_model_index(tmp_path):
+    from sdlab.mini.export import save_pipeline_files
+
+    save_pipeline_files(tmp_path)
+    assert json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    assert json.loads((tmp_path / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]

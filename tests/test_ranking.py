@@ -7,14 +7,15 @@ import json
 import pandas as pd
 import pytest
 
-from sdlab.bench.collect import summarize
-from sdlab.bench.ranking import BEST, BEHIND, TIED, TOO_FEW, rank, ranking_lines
+from sdlab.bench.report import summarize
+from sdlab.bench.summary import BEHIND, BEST, TIED, TOO_FEW, rank, ranking_lines
 
 SEEDS = (1, 2, 3, 4, 5, 6)
 BASE = {1: 40.0, 2: 70.0, 3: 55.0, 4: 62.0, 5: 48.0, 6: 66.0}  # seeds differ far more than the values do
 # paired differences to "a" per seed: b about 0 (tied), c exactly -5 (behind), d -1 with a wide spread (tied)
 OFFSET = {"a": [0.0] * 6, "b": [0.5, -0.5, 0.5, -0.5, 0.3, -0.4], "c": [-5.0] * 6, "d": [2.0, -4.0, 2.0, -4.0, 2.0, -4.0]}
 NFE = {"a": 16, "b": 8, "c": 8, "d": 12}
+AXES = ("scheduler", "seed")  # what the sweep's manifest says varies
 
 
 def frame(values=("a", "b", "c", "d"), seeds=SEEDS, **extra) -> pd.DataFrame:
@@ -36,7 +37,7 @@ def groups(ranking: pd.DataFrame, metric: str = "clip_score") -> dict[str, str]:
 
 
 def test_values_tied_with_the_best_by_the_paired_interval():
-    ranking = rank(frame())
+    ranking = rank(frame(), AXES)
     assert groups(ranking) == {"a": BEST, "b": TIED, "c": BEHIND, "d": TIED}
     rows = ranking[ranking["metric"] == "clip_score"].set_index("value")
     assert list(rows.sort_values("rank").index) == ["a", "b", "d", "c"]  # by mean
@@ -48,30 +49,30 @@ def test_values_tied_with_the_best_by_the_paired_interval():
 
 def test_the_cheapest_tied_value_is_named():
     f = frame()
-    ranking = rank(f)
+    ranking = rank(f, AXES)
     rows = ranking[ranking["metric"] == "clip_score"].set_index("value")
     assert rows["cheapest_tied"].tolist().count(True) == 1 and rows.loc["b", "cheapest_tied"]  # NFE 8 beats 16 and 12
     assert not rows.loc["c", "cheapest_tied"]  # c costs as little but is behind
-    line = ranking_lines(f, ranking)["scheduler"]
+    line = ranking_lines(f, ranking, AXES)["scheduler"]
     assert line == "scheduler by clip_score: best a 56.8; tied: b, d (3 of 4); cheapest tied: b (NFE 8, 0.8 s)"
 
 
 def test_no_ranking_from_fewer_than_three_images_per_value():
     f = frame()
     f = pd.concat([f, frame(values=("e",), seeds=(1, 2)).assign(clip_score=99.0)])  # highest mean, two images
-    rows = rank(f)
+    rows = rank(f, AXES)
     assert groups(rows)["e"] == TOO_FEW and groups(rows)["a"] == BEST
     assert rows.loc[rows["value"] == "e", "rank"].isna().all()
-    assert "not ranked (fewer than 3 images): e" in ranking_lines(f, rows)["scheduler"]
-    assert rank(frame(seeds=(1, 2))).empty  # two seeds per value: nothing at all
+    assert "not ranked (fewer than 3 images): e" in ranking_lines(f, rows, AXES)["scheduler"]
+    assert rank(frame(seeds=(1, 2)), AXES).empty  # two seeds per value: nothing at all
 
 
 def test_no_ranking_from_constant_scores_or_non_scores():
-    ranking = rank(frame())
+    ranking = rank(frame(), AXES)
     assert set(ranking["metric"]) == {"clip_score"}  # adherence_all is 0 everywhere; beta_start, nfe, time are not scores
     zeros = frame().assign(clip_score=0.0)
-    assert rank(zeros).empty
-    assert ranking_lines(zeros, rank(zeros)) == {"scheduler": "scheduler: not ranked (no score varies with 3+ images "
+    assert rank(zeros, AXES).empty
+    assert ranking_lines(zeros, rank(zeros, AXES), AXES) == {"scheduler": "scheduler: not ranked (no score varies with 3+ images "
                                                               "for two of its values)"}
 
 
@@ -79,9 +80,9 @@ def test_only_parameters_the_user_swept_are_ranked():
     f = frame()  # "models" swept; each model brings its own scheduler, which nobody swept
     f["model"] = f["scheduler"].map({"a": "m1", "b": "m2", "c": "m3", "d": "m4"})
     f["overrides"] = [json.dumps({"model": m, "seeds": "[1,2,3,4,5,6]"}) for m in f["model"]]
-    ranking = rank(f)
+    ranking = rank(f, ("model", "seeds"))
     assert set(ranking["parameter"]) == {"model"} and groups(ranking) == {"m1": BEST, "m2": TIED, "m3": BEHIND, "m4": TIED}
-    assert list(ranking_lines(f, ranking)) == ["model"]  # neither scheduler nor seeds
+    assert list(ranking_lines(f, ranking, ("model", "seeds"))) == ["model"]  # neither scheduler nor seeds
     study = frame().drop(columns="overrides")  # a study job varies schedulers itself: still a parameter
     assert set(rank(study)["parameter"]) == {"scheduler"}
 
@@ -89,8 +90,7 @@ def test_only_parameters_the_user_swept_are_ranked():
 def test_a_single_run_prints_no_ranking(tmp_path):
     from PIL import Image
 
-    f = frame(values=("a", "b"))  # one run dir holding two runs' images: two prompts, six seeds each
-    f["overrides"] = [json.dumps({"prompt": v, "seeds": "[1,2,3,4,5,6]"}) for v in f["scheduler"]]
+    f = frame(values=("a", "b")).rename(columns={"scheduler": "prompt"})  # one run dir, two prompts, six seeds each
     f["image_path"] = [f"images/{i}.png" for i in range(len(f))]
     (tmp_path / "images").mkdir()
     for path in f["image_path"]:
@@ -105,4 +105,4 @@ def test_a_failed_cell_does_not_hide_a_score():
     f["adherence_all"] = [bool(i % 3) for i in range(len(f))]
     f = pd.concat([f, f.iloc[[0]].assign(status="error", adherence_all=None, clip_score=None)], ignore_index=True)
     assert f["adherence_all"].dtype == object  # the failed row's None
-    assert "adherence_all" in set(rank(f)["metric"])
+    assert "adherence_all" in set(rank(f, AXES)["metric"])

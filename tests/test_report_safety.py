@@ -183,27 +183,22 @@ def corrupt(root: Path, case: str) -> str:
         frame.loc[2, column] = value
         write_table(frame, root)
         return f"results.parquet: the {column} cell of row 2 is not"
-    multirun = {"malformed multirun.yaml": "hydra: {overrides: [", "multirun.yaml a list": "- a\n- b\n",
-                "multirun.yaml task not a list": "hydra:\n  overrides:\n    task: seed=1\n"}
-    if case in multirun:
-        (root / "multirun.yaml").write_text(multirun[case])
-        return "sweep/multirun.yaml"
+    manifest = {"malformed sweep.json": '{"key": "k", "axes": [', "sweep.json a list": '["a", "b"]',
+                "sweep.json axes not a list": '{"key": "k", "axes": "seed"}',
+                "sweep.json not UTF-8": b"\xff\xfe {}", "sweep.json values not lists": '{"key": "k", "values": {"seed": 1}}',
+                "sweep.json a job not a mapping": '{"key": "k", "jobs": [1, 2]}',
+                "sweep.json command of numbers": '{"key": "k", "command": [1, 2]}'}
     if case == "damaged summary.parquet":
         (root / "summary.parquet").write_bytes(b"PAR1 not a table")
         return "sweep/summary.parquet cannot be read"
-    if case == "multirun.yaml not UTF-8":
-        (root / "multirun.yaml").write_bytes(b"\xff\xfe hydra")
-        return "multirun.yaml cannot be read"
-    (root / "multirun.yaml").unlink()  # older sweeps: the jobs' own overrides.yaml
-    (root / "1" / ".hydra" / "overrides.yaml").write_text({"malformed overrides.yaml": "[seed=1, scheduler=",
-                                                          "overrides.yaml a mapping": "seed: 1\n",
-                                                          "overrides.yaml of numbers": "- 1\n- 2\n"}[case])
-    return "sweep/1/.hydra/overrides.yaml"
+    text = manifest[case]
+    (root / "sweep.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    return "sweep/sweep.json cannot be read"
 
 
-DAMAGED = ["truncated parquet", "overrides cell", "overrides list cell", "versions cell", "malformed multirun.yaml",
-           "multirun.yaml a list", "multirun.yaml task not a list", "multirun.yaml not UTF-8", "malformed overrides.yaml",
-           "overrides.yaml a mapping", "overrides.yaml of numbers", "damaged summary.parquet"]
+DAMAGED = ["truncated parquet", "overrides cell", "overrides list cell", "versions cell", "malformed sweep.json",
+           "sweep.json a list", "sweep.json axes not a list", "sweep.json not UTF-8", "sweep.json values not lists",
+           "sweep.json a job not a mapping", "sweep.json command of numbers", "damaged summary.parquet"]
 
 
 @pytest.mark.parametrize("case", DAMAGED)
@@ -217,7 +212,7 @@ def test_a_damaged_input_is_one_line_naming_the_file_and_exit_2(run_sdlab, outsi
     assert not (root / "report.html").exists() and not (root / "summary.csv").exists()  # nothing written
 
 
-@pytest.mark.parametrize("case", ["truncated parquet", "malformed multirun.yaml"])
+@pytest.mark.parametrize("case", ["truncated parquet", "malformed sweep.json"])
 def test_sdlab_report_on_damaged_input_prints_no_traceback(outside, case):
     root, _ = outside
     fragment = corrupt(root, case)

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sdlab.bench.columns import sweep_axes, swept_parameters
-from sdlab.bench.summary import ALL, owns_summary, summary_table, write_summary
+from sdlab.bench.summary import ALL, owns_summary, rank, summary_table, sweep_axes, swept_parameters, write_summary
+
+AXES = ("seed", "guidance_scale", "scheduler")  # what the sweep's manifest says varies
 
 
 def sweep_frame() -> pd.DataFrame:
@@ -29,14 +30,14 @@ def sweep_frame() -> pd.DataFrame:
 
 
 def test_swept_parameters_are_the_grid_axes_without_seed():
-    assert swept_parameters(sweep_frame()) == ["guidance_scale", "scheduler"]
+    assert swept_parameters(sweep_frame(), AXES) == ["guidance_scale", "scheduler"]
     study = sweep_frame().drop(columns="overrides")  # a job that varies schedulers and steps itself
     study["num_inference_steps"] = [4, 8] * (len(study) // 2) + [4] * (len(study) % 2)
     assert sweep_axes(study) == ["seed", "scheduler", "num_inference_steps", "guidance_scale"]
 
 
 def test_every_value_has_n_mean_and_an_interval_inside_the_range():
-    table = summary_table(sweep_frame())
+    table = summary_table(sweep_frame(), AXES)
     single = table[table["parameter2"].isna()].set_index(["parameter", "value", "metric"])
     row = single.loc[("guidance_scale", "7.5", "clip_score")]
     assert row["n"] == 6 and row["mean"] == pytest.approx(90 + (3 + 6 + 9 + 1 + 2 + 3) / 6)
@@ -49,19 +50,19 @@ def test_every_value_has_n_mean_and_an_interval_inside_the_range():
 
 
 def test_pairs_of_parameters_and_no_interval_below_three():
-    table = summary_table(sweep_frame())
+    table = summary_table(sweep_frame(), AXES)
     pairs = table[table["parameter2"].notna()]
     assert len(pairs[pairs["metric"] == "clip_score"]) == 4  # 2 guidance x 2 schedulers
     cell = pairs[(pairs["value"] == "1") & (pairs["value2"] == "b") & (pairs["metric"] == "clip_score")].iloc[0]
     assert cell["n"] == 3 and not math.isnan(cell["lo"])
     two = sweep_frame()
     two = two[two["seed"] != 3]
-    small = summary_table(two)
+    small = summary_table(two, AXES)
     assert small.loc[small["parameter2"].notna(), "lo"].isna().all()  # n = 2 per pair: no interval
 
 
 def test_differences_are_paired_by_seed_and_the_other_swept_values():
-    table = summary_table(sweep_frame())
+    table = summary_table(sweep_frame(), AXES)
     row = table[(table["parameter"] == "guidance_scale") & table["parameter2"].isna() & (table["value"] == "1")
                 & (table["metric"] == "clip_score")].iloc[0]
     assert row["delta_vs"] == "7.5" and row["n_paired"] == 6
@@ -74,7 +75,7 @@ def test_differences_are_taken_against_the_rankings_best_never_a_value_with_one_
     frame = sweep_frame()
     frame = pd.concat([frame, frame.iloc[[0]].assign(guidance_scale=15.0, clip_score=99.0,
                                                      overrides=json.dumps({"guidance_scale": "15"}))])
-    table = summary_table(frame)
+    table = summary_table(frame, AXES)
     single = table[table["parameter2"].isna() & (table["parameter"] == "guidance_scale")]
     assert set(single.loc[single["metric"] == "clip_score", "delta_vs"]) == {"7.5"}  # 15 has one image at 99
     assert single.loc[single["metric"] == "time_total_s", "delta_vs"].iloc[0] == "1"  # costs: the cheapest
@@ -93,7 +94,7 @@ def test_a_single_run_with_several_images_gets_overall_rows(tmp_path):
 def test_summary_figure_and_a_study_summary_left_alone(tmp_path):
     from PIL import Image
 
-    write_summary(sweep_frame(), tmp_path, figure=True)
+    write_summary(sweep_frame(), tmp_path, AXES, figure=True)
     image = np.asarray(Image.open(tmp_path / "summary.png").convert("L"))
     assert image.shape[0] > 300 and image.shape[1] > 400 and image.std() > 10
     assert owns_summary(tmp_path)
@@ -105,14 +106,13 @@ def test_summary_figure_and_a_study_summary_left_alone(tmp_path):
 
 def test_the_summary_plot_of_twenty_values_fits_the_page_with_no_overlapping_labels():
     from sdlab.bench.figures import PAGE_INCHES, draw_summary
-    from sdlab.bench.ranking import rank
 
     names = [f"a_long_scheduler_name_number_{i}" for i in range(20)]
     frame = pd.DataFrame([{"seed": seed, "scheduler": s, "guidance_scale": g, "status": "ok", "nfe": 8,
                            "clip_score": 60.0 + i + seed + g, "overrides": json.dumps({"scheduler": s, "guidance_scale": str(g)})}
                           for i, s in enumerate(names) for g in (1, 5) for seed in (1, 2, 3)])
-    ranking = rank(frame)
-    fig = draw_summary(summary_table(frame, ranking), ranking)
+    ranking = rank(frame, ("scheduler", "guidance_scale"))
+    fig = draw_summary(summary_table(frame, ("scheduler", "guidance_scale"), ranking), ranking)
     fig.canvas.draw()
     assert fig.get_figwidth() == PAGE_INCHES and fig.get_figwidth() * fig.dpi <= 1400
     bottom = fig.axes[0]  # one metric (clip_score; nfe is constant): the scheduler panel first

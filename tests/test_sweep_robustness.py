@@ -133,7 +133,8 @@ def test_all_black_output_is_a_failed_row_not_an_image(run_sdlab, tmp_path, monk
 
 
 def test_collector_skips_unfinished_job_dirs(tmp_path, caplog):
-    from sdlab.bench.records import collect, write_table
+    from sdlab.bench.records import write_table
+    from sdlab.bench.resume import collect
 
     (tmp_path / "0").mkdir()
     write_table(pd.DataFrame([{"seed": 1, "status": "ok", "image_path": "images/a.png"}]), tmp_path / "0")

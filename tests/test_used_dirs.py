@@ -101,7 +101,7 @@ def test_an_image_path_outside_the_run_dir_is_never_trusted(run_sdlab, tmp_path)
 
 
 def test_disk_full_keeps_the_finished_images_in_the_table(run_sdlab, tmp_path, monkeypatch, capsys):
-    from sdlab.bench import collect
+    from sdlab.bench import report
     from sdlab.jobs import generate as job
 
     save = job.save_png
@@ -117,7 +117,7 @@ def test_disk_full_keeps_the_finished_images_in_the_table(run_sdlab, tmp_path, m
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(job, "save_png", full_after_one)
-    monkeypatch.setattr(collect, "write_table", no_space)  # the final table cannot be written either
+    monkeypatch.setattr(report, "write_table", no_space)  # the final table cannot be written either
     assert run_sdlab(*FAST, "seeds=[1,2,3]", "batch_size=1", f"hydra.run.dir={tmp_path}") == 1
     err = [line for line in capsys.readouterr().err.splitlines() if "rror" in line or "Traceback" in line]
     assert len(err) == 1 and err[0].startswith("sdlab: error: ") and "No space left on device" in err[0]

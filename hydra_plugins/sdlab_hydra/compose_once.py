@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sdlab.app.compose import SWEEP_CELLS, check_composed, resolved
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench import lock, ownership
-from sdlab.bench.resume import clean_temp_files, write_manifest
+from sdlab.bench.resume import clean_temp_files, varying_keys, write_manifest
 from sdlab.config import limits
 from sdlab.errors import CannotRun, UserError
 
@@ -34,16 +34,6 @@ def touched(key: str, keys: list[str]) -> bool:
     """True when another of `keys` names `key`'s parent, child or element: Hydra applies them in order, so
     re-applying `key` alone on an earlier job's config would not give what composing gives."""
     return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
-
-
-def varying_keys(jobs: list[list[str]]) -> list[str]:
-    """The keys whose value differs between the sweep's jobs, in command-line order."""
-    values: dict[str, set[str]] = {}
-    for job in jobs:
-        for item in job:
-            key, _, value = item.partition("=")
-            values.setdefault(key.lstrip("+~"), set()).add(value)
-    return [key for key, seen in values.items() if len(seen) > 1]
 
 
 def cells(overrides: list[Override]) -> list[list[str]]:
@@ -224,10 +214,11 @@ class ComposeOnceSweeper(Sweeper):
                 raise lock.DirInUse(f"{job_dir} is in use by sdlab process {holder.get('pid')} on {holder.get('host')}; "
                                     f"wait for it or choose another hydra.sweep.dir")
         clean_temp_files(Path(sweep_dir))  # a kill during the last collection
-        if self.preflight:  # how a rerun of this command finds this folder
-            task = OmegaConf.to_container(self.config.hydra.overrides.task, resolve=False)
-            write_manifest(Path(sweep_dir), task, cells=len(jobs) - len(self.cannot_run), axes=varying_keys(jobs))
-        return self.launch([job for job in jobs if tuple(job) not in self.cannot_run], Path(sweep_dir))
+        launched = [job for job in jobs if tuple(job) not in self.cannot_run]
+        if self.preflight:  # how a rerun of this command finds this folder, and what grid, summary and report label by
+            task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
+            write_manifest(Path(sweep_dir), task, launched, hydra)
+        return self.launch(launched, Path(sweep_dir))
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:
         """Run the jobs in batches of `max_batch_size` (all at once by default), raising a failed job's error."""

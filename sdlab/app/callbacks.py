@@ -15,10 +15,10 @@ from hydra.experimental.callback import Callback
 
 from sdlab.app.compose import check_composed, fail
 from sdlab.bench import lock, ownership
-from sdlab.bench.collect import summarize
 from sdlab.bench.figure_index import write_index
-from sdlab.bench.records import collect, job_dirs
-from sdlab.bench.resume import MARKER, mark_sweep_complete, read_manifest
+from sdlab.bench.records import job_dirs
+from sdlab.bench.report import summarize
+from sdlab.bench.resume import MARKER, collect, mark_sweep_complete, read_manifest
 from sdlab.errors import UserError
 
 log = logging.getLogger("sdlab")

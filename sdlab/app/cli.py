@@ -24,9 +24,8 @@ from sdlab.app.callbacks import CollectSweep, Preflight
 from sdlab.app.compose import fail, job_folder, one_line, resolved, task_overrides
 from sdlab.app.help import help_text, version_text
 from sdlab.bench import lock, ownership, resume
-from sdlab.bench.collect import summarize
 from sdlab.bench.records import identity, ordered
-from sdlab.bench.report import rebuild
+from sdlab.bench.report import rebuild, summarize
 from sdlab.bench.run import parse
 from sdlab.conf_files import CONF_DIR
 from sdlab.config import config_hash

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import textwrap
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from PIL import Image, ImageDraw
 
 from sdlab.bench.captions import read_captions
 from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font
-from sdlab.bench.records import job_dirs, write_table
+from sdlab.bench.records import job_dirs, read_table, write_table
+from sdlab.bench.resume import CONFIG
 from sdlab.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -22,15 +23,17 @@ SHEET_COLUMNS, THUMB = 5, 300
 
 
 def recipe_of(job: Path) -> dict:
-    """A job folder's recipe name and its `article:` block (id, question), read from Hydra's saved config."""
+    """A job folder's recipe name (its rows' experiment) and its `article:` block (id, question), from the config the
+    job ran with (sdlab's own record of it, not Hydra's)."""
     try:
-        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
-        hydra = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text()) or {}
-        article = config.get("article") or {}
-        recipe = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices", {}).get("experiment")
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):  # a folder Hydra did not finish
-        return {"recipe": job.name}
-    return {"recipe": recipe or job.name, **{k: article.get(k) for k in ("id", "question")}}
+        article = json.loads((job / CONFIG).read_text()).get("article")
+    except (OSError, ValueError, AttributeError):  # a folder whose job never started
+        article = None
+    article = article if isinstance(article, dict) else {}
+    rows = read_table(job)
+    recipe = rows["experiment"].iloc[0] if rows is not None and "experiment" in rows and len(rows) else None
+    return {"recipe": recipe if isinstance(recipe, str) and recipe else job.name,
+            **{k: article.get(k) for k in ("id", "question")}}
 
 
 def index_rows(sweep_dir: Path) -> list[dict]:

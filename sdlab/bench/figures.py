@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -28,28 +29,25 @@ STYLE = {
 CELL_INCHES = 1.6
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend, imported when the first figure is drawn (not to read a command line)."""
+@contextmanager
+def styled():
+    """matplotlib's pyplot (Agg backend) in the house style, imported when a figure is drawn (not to read a command line)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def figure_title(fig) -> str:
-    """The figure's suptitle and its panels' titles, joined with ' | ' (the claim may sit in either)."""
-    return " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t)
+    with plt.rc_context(STYLE):
+        yield plt
 
 
 def save_figure(fig, target: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically, record its title, and close it."""
-    plt = pyplot()
+    """Save a matplotlib figure as PNG atomically, record its title (suptitle and panel titles), and close it."""
+    import matplotlib.pyplot as plt
 
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-    record_caption(target, figure_title(fig))
+    record_caption(target, " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t))
     plt.close(fig)
     return Path(target)
 
@@ -64,9 +62,7 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
     """Line plots, one panel per dict: bands [{x, low, high, label, color}], lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logx, logy, hline, yticks (positions, labels), ylim, integer_x."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = pyplot()
-
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         fig, axes = plt.subplots(len(panels), 1, figsize=(panel_inches[0], panel_inches[1] * len(panels)), squeeze=False)
         for ax, panel in zip(axes[:, 0], panels):
             for i, band in enumerate(panel.get("bands", ())):
@@ -112,11 +108,9 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target
             value_label: str = "", vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}",
             row_images: Sequence[np.ndarray] | None = None) -> Path:
     """A labelled matrix with its values written in the cells; `row_images` puts a thumbnail before each row."""
-    plt = pyplot()
-
     matrix = np.asarray(matrix, dtype=float)
     rows, cols = matrix.shape
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         if row_images is None:
             fig, ax = plt.subplots(figsize=(2.5 + 0.55 * cols, 1.5 + 0.45 * rows))
         else:
@@ -152,15 +146,13 @@ def _short(text: str, width: int = 56) -> str:
 def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: Sequence[str] | Sequence[Sequence[str]] = (),
                 row_labels: Sequence[str] = (), title: str = "", cell_inches: float = CELL_INCHES) -> Path:
     """Rows of images (HxWx3 uint8/float, or HxW shown grey) with column labels (one list, or one per row) and row labels."""
-    plt = pyplot()
-
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     per_row = bool(col_labels) and not isinstance(col_labels[0], str)
     flat = [label for group in col_labels for label in (group if per_row else [group])]
     label_lines = max([str(label).count("\n") + 1 for label in flat] or [1])
     title_lines = title.count("\n") + 1 if title else 0
     height = (cell_inches + 0.15 + 0.15 * label_lines) * n_rows + 0.25 * title_lines + 0.1
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + 0.6, height), squeeze=False,
                                  layout="constrained")
         for r, images in enumerate(rows):
@@ -188,10 +180,8 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
 def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
     """Horizontal bars, one panel per dict: labels, values, xlabel, title, notes (text after each bar), limit (a dashed
     line), groups (one name per bar: bars coloured and named in a legend by group)."""
-    plt = pyplot()
-
     heights = [max(1.2, 0.28 * len(p["labels"]) + 0.8) for p in panels]
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         title_height = 0.22 * (title.count("\n") + 1) if title else 0.0
         fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, sum(heights) + title_height), squeeze=False,
                                  gridspec_kw={"height_ratios": heights})
@@ -259,11 +249,9 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
     many schedulers are split into columns by solver kind, each with its own legend and shared axes."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    plt = pyplot()
-
     groups = solver_groups(summary)
     colours = {name: DISTINCT[i % len(DISTINCT)] for i, name in enumerate(sorted(summary["scheduler"].unique()))}
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         fig, axes = plt.subplots(len(metrics), len(groups), figsize=(4.4 * len(groups) + 1.2, 3.4 * len(metrics)),
                                  squeeze=False, sharex=True, sharey="row", layout="constrained")
         for column, (group_name, part) in enumerate(groups):
@@ -297,10 +285,9 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
 
 def schedule_visits(visits: pd.DataFrame, curve: pd.DataFrame, target: Path) -> Path:
     """Timesteps each scheduler visits (one row of marks per scheduler) over the schedule's SNR curve (t, snr_db)."""
-    plt = pyplot()
     step_counts = sorted(visits["num_inference_steps"].unique())
     names = list(dict.fromkeys(visits["scheduler"]))
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         fig, axes = plt.subplots(len(step_counts), 1, figsize=(8, (1.2 + 0.25 * len(names)) * len(step_counts)),
                                  squeeze=False)
         for ax, steps in zip(axes[:, 0], step_counts):
@@ -344,38 +331,20 @@ def _middle(text: str, width: int = 22) -> str:
     return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
-def panel_lines(summary: pd.DataFrame, metric: str, key: str, by: str | None) -> dict:
-    """The rows of one panel: {line name (a value of `by`, or None): rows with `value` = this parameter's value}."""
-    rows = summary[summary["metric"] == metric]
-    if by is None:
-        return {None: rows[(rows["parameter"] == key) & rows["parameter2"].isna()]}
-    ab = rows[(rows["parameter"] == key) & (rows["parameter2"] == by)]
-    ba = rows[(rows["parameter"] == by) & (rows["parameter2"] == key)]
-    both = pd.concat([ab.assign(line=ab["value2"]), ba.assign(line=ba["value"], value=ba["value2"])])
-    return {name: part for name, part in both.groupby("line", sort=False)}
-
-
-def tied_values(ranking: pd.DataFrame | None, key: str, metric: str) -> list[str]:
-    """The values of `key` tied with the best by `metric` (the best included); none when it is not ranked."""
-    if ranking is None or ranking.empty:
-        return []
-    mine = ranking[(ranking["parameter"] == key) & (ranking["metric"] == metric)]
-    return list(mine.loc[mine["group"].isin(("best", "tied")), "value"])
-
-
 def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | None = None,
                    max_metrics: int = 6) -> Path:
     """`summary.png`: draw_summary saved as PNG."""
-    plt = pyplot()
-    with plt.rc_context(STYLE):
+    with styled():
         return save_figure(draw_summary(summary, ranking, max_metrics), target)
 
 
 def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max_metrics: int = 6):
     """Each headline metric that varies (rows; the table has them all) against each swept parameter (columns), with
     its interval (none where n < 3); lines per value of another parameter only when it has few values; values tied
-    with the best (sdlab.bench.ranking) shaded. As wide as the report's page, whatever the number of values."""
+    with the best (sdlab.bench.summary) shaded. As wide as the report's page, whatever the number of values."""
     single = summary[summary["parameter2"].isna() & (summary["parameter"] != "(all)")]
+    tied = ranking[ranking["group"].isin(("best", "tied"))] if ranking is not None else pd.DataFrame(
+        columns=["parameter", "metric", "value"])
     params = list(dict.fromkeys(single["parameter"]))
     varying = single.groupby("metric", sort=False)["mean"].agg(lambda m: m.max() - m.min() > 1e-12 * max(1, abs(m).max()))
     present = list(dict.fromkeys(single["metric"]))
@@ -389,8 +358,7 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
     widths = [max(3.0, 0.42 * len(values[k])) if not positions[k][2] else 3.0 for k in keys]
     longest = max([len(_middle(v)) for k in keys if not positions[k][2] for v in values[k]] or [0])
     label_inches = 0.07 * longest + 0.3  # rotated 45 degrees: the longest label's drop below the axis
-    plt = pyplot()
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         fig, axes = plt.subplots(len(metrics), len(keys), squeeze=False, sharex="col", layout="constrained",
                                  figsize=(PAGE_INCHES, 2.1 * len(metrics) + label_inches + 0.9),
                                  gridspec_kw={"width_ratios": widths})
@@ -403,10 +371,15 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
             half = 0.4 * float(gaps.min()) if len(gaps) else 0.4
             for r, metric in enumerate(metrics):
                 ax = axes[r, c]
-                for v in tied_values(ranking, key, metric):
+                for v in tied.loc[(tied["parameter"] == key) & (tied["metric"] == metric), "value"]:
                     if v in where:
                         ax.axvspan(where[v] - half, where[v] + half, color=TIED_SHADE, lw=0, zorder=0)
-                lines = panel_lines(summary, metric, key, by)
+                rows = summary[summary["metric"] == metric]  # one line per value of `by` (rows whose `value` is key's)
+                ab = rows[(rows["parameter"] == key) & (rows["parameter2"] == by)]
+                ba = rows[(rows["parameter"] == by) & (rows["parameter2"] == key)]
+                both = pd.concat([ab.assign(line=ab["value2"]), ba.assign(line=ba["value"], value=ba["value2"])])
+                lines = dict(list(both.groupby("line", sort=False))) if by is not None else {
+                    None: rows[(rows["parameter"] == key) & rows["parameter2"].isna()]}
                 for i, (name, part) in enumerate(lines.items()):
                     part = part.assign(x=part["value"].map(where)).dropna(subset=["x"]).sort_values("x")
                     color = DISTINCT[i % len(DISTINCT)] if by is not None else "C0"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import json
+import math
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -26,31 +26,12 @@ EMPTY_CELL = (217, 217, 217)
 INK = (20, 20, 20)
 
 
-def parse_overrides(text: str | None) -> dict[str, str]:
-    """A row's `overrides` column (JSON of the job's command-line overrides) as a dict."""
-    if not isinstance(text, str) or not text:
-        return {}
-    return json.loads(text)
-
-
-def grid_axes(frame: pd.DataFrame) -> list[str]:
-    """Keys that vary across rows: swept overrides in command-line order, then `seed` if it varies."""
-    if "image_path" in frame:
-        frame = frame[frame["image_path"].notna()]
-    parsed = [parse_overrides(o) for o in frame.get("overrides", pd.Series([None] * len(frame)))]
-    order = list(dict.fromkeys(k for p in parsed for k in p))
-    axes = [k for k in order if len({p.get(k) for p in parsed if k in p}) > 1]
-    if "seed" not in axes and "seed" in frame and frame["seed"].nunique() > 1:
-        axes.append("seed")
-    return axes
-
-
 def axis_values(frame: pd.DataFrame, key: str) -> list[str]:
-    """Per-row label value of `key`: the override value if there is one, else the column."""
-    parsed = [parse_overrides(o) for o in frame.get("overrides", pd.Series([None] * len(frame)))]
-    if key in frame.columns and not any(key in p for p in parsed):
-        return [str(v) for v in frame[key]]
-    return [p.get(key, str(frame[key].iloc[i]) if key in frame else "") for i, p in enumerate(parsed)]
+    """Per row, the label of its value of `key` (a number as written, 7.5 and 1 not 1.0; "" for none)."""
+    if key not in frame:
+        return [""] * len(frame)
+    return ["" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else f"{v:g}"
+            if isinstance(v, float) else str(v) for v in frame[key]]
 
 
 @lru_cache(maxsize=4)
@@ -102,29 +83,19 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
     return right - left, bottom - top
 
 
-def squarer(columns: int, rows: int, seeds: int, now_columns: int, now_rows: int) -> bool:
-    """Whether `columns` x `rows` cells of `seeds` images each are closer to square than `now_columns` x `now_rows`."""
-    def aspect(c: int, r: int) -> float:
-        return max(c * seeds, r) / min(c * seeds, r)
-
-    return aspect(columns, rows) < aspect(now_columns, now_rows)
-
-
-def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str] | None = None,
-               title: str = "") -> Path | None:
-    """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages; a seed that
-    would be a page (axes not given) is shown side by side within each cell instead, so a cell shows all its seeds,
-    and the first two axes trade places when that makes the grid closer to square."""
+def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str], title: str = "",
+               seeds_within: bool = False) -> Path | None:
+    """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages; with
+    `seeds_within` a seed that would be a page is shown side by side within each cell instead, so a cell shows all its
+    seeds, and the first two axes trade places when that makes the grid closer to square."""
     if "image_path" in frame:
         frame = frame[frame["image_path"].notna()].reset_index(drop=True)
-    chosen = axes is not None
-    axes = list(axes if chosen else grid_axes(frame))
-    within = ["seed"] if not chosen and "seed" in axes and len(axes) > 2 else []
+    within = ["seed"] if seeds_within and "seed" in axes and len(axes) > 2 else []
     axes = [k for k in axes if k not in within]
     labels = {k: axis_values(frame, k) for k in axes + within}
     uniq = {k: list(dict.fromkeys(labels[k])) for k in axes + within}
-    if within and squarer(len(uniq[axes[1]]), len(uniq[axes[0]]), len(uniq["seed"]), len(uniq[axes[0]]),
-                          len(uniq[axes[1]])):
+    aspect = lambda columns, rows: max(columns * len(uniq["seed"]), rows) / min(columns * len(uniq["seed"]), rows)  # noqa: E731
+    if within and aspect(len(uniq[axes[1]]), len(uniq[axes[0]])) < aspect(len(uniq[axes[0]]), len(uniq[axes[1]])):
         axes[:2] = axes[1::-1]  # 17 schedulers x 6 seeds would be one row 100 images wide: the schedulers go down
     x_key, y_key = (axes + [None, None])[:2]
     pages = list(dict.fromkeys(tuple(labels[k][i] for k in axes[2:]) for i in range(len(frame)))) or [()]

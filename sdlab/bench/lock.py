@@ -33,13 +33,15 @@ def _holder(path: Path) -> dict | None:
 
     A lock that cannot be read, or names no possible process, is a DirInUse error: never skipped.
     """
+    def untrusted(why: str) -> DirInUse:
+        return DirInUse(f"the lock {path} {why}; delete it if no sdlab runs in {path.parent}")
+
     try:
         text = path.read_text()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:
-        raise DirInUse(f"the lock {path} cannot be read ({type(e).__name__}: {e}); delete it if no sdlab runs "
-                       f"in {path.parent}") from None
+        raise untrusted(f"cannot be read ({type(e).__name__}: {e})") from None
     if not text.strip():
         return None
     try:
@@ -48,23 +50,10 @@ def _holder(path: Path) -> dict | None:
         found = None
     pid = found.get("pid") if isinstance(found, dict) else None
     if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(found.get("host", ""), str):
-        raise DirInUse(f"the lock {path} is not an sdlab lock ({text[:60]!r}); delete it if no sdlab runs "
-                       f"in {path.parent}")
+        raise untrusted(f"is not an sdlab lock ({text[:60]!r})")
     if not 1 <= pid <= PID_MAX:
-        raise DirInUse(f"the lock {path} names pid {pid}, which no process can have; delete it if no sdlab runs "
-                       f"in {path.parent}")
+        raise untrusted(f"names pid {pid}, which no process can have")
     return found
-
-
-def _alive(pid: int) -> bool:
-    """True when a process with this pid runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def _stale(path: Path, holder: dict | None) -> bool:
@@ -74,7 +63,15 @@ def _stale(path: Path, holder: dict | None) -> bool:
             return time.time() - path.stat().st_mtime > UNWRITTEN_GRACE_S
         except FileNotFoundError:
             return True
-    return holder.get("host") == socket.gethostname() and not _alive(holder["pid"])
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    return False
 
 
 def _mine(holder: dict | None) -> bool:

@@ -38,11 +38,6 @@ def checked_root(target: str | os.PathLike, key: str) -> Path:
     return folder
 
 
-def foreign_entries(folder: Path) -> list[str]:
-    """Names in `folder` that are not sdlab's own lock or mark files."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_NAMES)
-
-
 def is_owned(folder: Path) -> bool:
     """True when `folder` carries sdlab's mark (a plain file, not a link)."""
     mark = Path(folder) / MARK
@@ -59,7 +54,7 @@ def check_owned(folder: Path, key: str, shown: str | None = None) -> None:
     if is_owned(folder):
         return
     try:
-        others = foreign_entries(folder)
+        others = sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_NAMES)
     except OSError as e:
         raise NotOwned(f"{key}={shown} cannot be listed ({type(e).__name__}: {e})") from None
     if others:

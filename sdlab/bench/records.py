@@ -191,24 +191,3 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
         return (not head.isdigit(), int(head) if head.isdigit() else 0, p.name)
 
     return sorted(dirs, key=number)
-
-
-def collect(sweep_dir: Path, name: str = TABLE_NAME, since: float = 0.0) -> pd.DataFrame:
-    """The finished cells of every job dir (paths relative to the sweep), and failed rows of tables written since `since`."""
-    frames, unfinished = [], []
-    for job in job_dirs(sweep_dir):
-        frame = read_table(job, name)
-        if frame is None:
-            unfinished.append(job.name)
-            continue
-        if "status" in frame:
-            current = (job / f"{name}.parquet").is_file() and (job / f"{name}.parquet").stat().st_mtime >= since
-            frame = frame[finished(frame, job) | ((frame["status"] != "ok") & current)].copy()
-        if "image_path" in frame:
-            frame["image_path"] = [f"{job.name}/{p}" if isinstance(p, str) and p else p for p in frame["image_path"]]
-        frames.append(frame)
-    if unfinished:
-        log.warning("skipped %d unfinished job dir(s) without %s.parquet: %s", len(unfinished), name, unfinished)
-    if not frames:
-        return pd.DataFrame(columns=ROW_COLUMNS)
-    return ordered(pd.concat(frames, ignore_index=True).to_dict("records"))

@@ -1,4 +1,5 @@
-"""`report.html`: one self-contained page per run or sweep (header, grid viewer, summary plots, table of rows)."""
+"""A run's or sweep's outputs: its table, grid, summary by swept value and `report.html` (one self-contained page:
+header, grid viewer, summary plots, table of rows), with the line that says so."""
 
 from __future__ import annotations
 
@@ -8,21 +9,32 @@ import logging
 import math
 import re
 import shlex
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
-from PIL import Image
 
-from sdlab.bench.columns import main_metric, metric_columns, sweep_axes
-from sdlab.bench.grid import axis_values
-from sdlab.bench.ranking import rank, ranking_lines
-from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, collect, job_dirs, local_file
-from sdlab.bench.summary import SUMMARY_NAME, owns_summary, write_summary
+from sdlab.bench.captions import forget_figure, headlines
+from sdlab.bench.grid import axis_values, image_grid
+from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, job_dirs, local_file, write_table
+from sdlab.bench.resume import CONFIG, collect, read_manifest
+from sdlab.bench.summary import (
+    REPLICATES,
+    SUMMARY_NAME,
+    main_metric,
+    metric_columns,
+    owns_summary,
+    rank,
+    ranking_lines,
+    sweep_axes,
+    swept_parameters,
+    write_summary,
+)
+from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, open_regular
+from sdlab.untrusted import read_png_text
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +42,8 @@ REPORT_NAME = "report.html"
 GENERATOR = '<meta name="generator" content="sdlab report">'
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "report"
 FIGURE_SUFFIXES = (".png", ".gif")
-NOT_FIGURES = {"grid.png", f"{SUMMARY_NAME}.png"}
+SUMMARY_FILES = ("grid.png", f"{SUMMARY_NAME}.png", REPORT_NAME)  # what this module draws; a job's own figures besides
 PNG_TEXT_MAX = 65536  # characters of a PNG's parameters the page shows
-YAML_MAX_BYTES = 1 << 20  # Hydra's override files are a few hundred bytes
 PLACEHOLDERS = re.compile(r"/\*\{\{(css|js)\}\}\*/|\{\{(title|generator|data)\}\}")
 # JSON that no HTML parser can end or alter inside <script>: the JSON escapes of these characters
 SCRIPT_SAFE = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
@@ -42,30 +53,6 @@ def brief(error: BaseException) -> str:
     """An exception as one short line."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
-
-
-def read_yaml(path: Path, kind: type) -> Any:
-    """A Hydra YAML file of the folder (bounded, regular file) as `kind` (dict or list); a damaged one is a UserError."""
-    try:
-        with open_regular(path) as f:
-            raw = f.read(YAML_MAX_BYTES + 1)
-        if len(raw) > YAML_MAX_BYTES:
-            raise ValueError(f"larger than {YAML_MAX_BYTES} bytes")
-        value = yaml.safe_load(raw.decode("utf-8"))
-    except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:
-        raise UserError(f"{path} cannot be read ({brief(e)})") from None
-    value = kind() if value is None else value
-    if not isinstance(value, kind):
-        raise UserError(f"{path} is not a YAML {'mapping' if kind is dict else 'list'}")
-    return value
-
-
-def override_list(path: Path, value: Any, key: str = "") -> list[str]:
-    """`value` (None for none) as a list of override strings, or a UserError naming the file (and key)."""
-    value = [] if value is None else value
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UserError(f"{path}{': ' + key if key else ''} is not a list of overrides")
-    return value
 
 
 def check_cells(frame: pd.DataFrame, folder: Path) -> None:
@@ -89,14 +76,14 @@ def load_results(folder: Path) -> pd.DataFrame:
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give an sdlab run or sweep dir")
     table = local_file(folder, f"{TABLE_NAME}.parquet")
-    jobs = [job for job in job_dirs(folder) if job.name.isdigit() and (job / ".hydra").is_dir()]
     if table is not None:
         try:
             frame = pd.read_parquet(table)
         except Exception as e:  # pyarrow raises many types for a damaged file
             raise UserError(f"{folder / table.name} cannot be read ({brief(e)}); rerun the sweep into this folder "
                             "to rebuild it, or move it away") from None
-    elif any((job / f"{TABLE_NAME}.parquet").is_file() for job in jobs):
+    elif any(job.name.isdigit() and (job / ".hydra").is_dir() and (job / f"{TABLE_NAME}.parquet").is_file()
+             for job in job_dirs(folder)):
         frame = collect(folder)
     else:
         raise UserError(f"{folder} has no {TABLE_NAME}.parquet, nor job folders with one; give an sdlab run or sweep dir")
@@ -104,40 +91,26 @@ def load_results(folder: Path) -> pd.DataFrame:
     return frame
 
 
-def reproduce_command(folder: Path) -> str:
-    """The command that reproduces the run or sweep, from Hydra's saved overrides."""
+def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
+    """What the run or sweep was: its sweep manifest (a damaged one is a UserError) with the command that reproduces
+    it, else a single run's (no axes; its values and command from the overrides its rows record)."""
     folder = Path(folder)
-    multirun = local_file(folder, "multirun.yaml")
-    if multirun is not None:
-        hydra_config = read_yaml(multirun, dict).get("hydra") or {}
-        overrides = (hydra_config.get("overrides") or {}) if isinstance(hydra_config, dict) else None
-        if not isinstance(overrides, dict):
-            raise UserError(f"{multirun}: hydra.overrides is not a mapping")
-        hydra = [o for o in override_list(multirun, overrides.get("hydra"), "hydra.overrides.hydra")
-                 if not o.startswith("hydra.mode=")]
-        return shlex.join(["sdlab", "-m", *override_list(multirun, overrides.get("task"), "hydra.overrides.task"), *hydra])
-    saved = local_file(folder, ".hydra/overrides.yaml")
-    if saved is not None:
-        return shlex.join(["sdlab", *override_list(saved, read_yaml(saved, list)), f"hydra.run.dir={folder}"])
-    saved_jobs = [local_file(folder, f"{job.name}/.hydra/overrides.yaml") for job in job_dirs(folder)]
-    jobs = [override_list(path, read_yaml(path, list)) for path in saved_jobs if path is not None]
-    swept: dict[str, list[str]] = {}
-    for overrides in jobs:
-        for item in overrides:
-            key, _, value = item.partition("=")
-            swept.setdefault(key, [])
-            if value not in swept[key]:
-                swept[key].append(value)
-    parts = [f"{k}={','.join(v)}" for k, v in swept.items()]
-    return shlex.join(["sdlab", "-m", *parts, f"hydra.sweep.dir={folder}"]) if parts else ""
+    manifest = read_manifest(folder, strict=True)
+    if manifest is not None:
+        command = manifest.get("command", manifest.get("overrides", []))
+        return {**manifest, "command": shlex.join(["sdlab", "-m", *command, f"hydra.sweep.dir={folder}"])}
+    if any(job.name.split("_", 1)[0].isdigit() for job in job_dirs(folder)):  # a sweep from before manifests
+        return {"axes": [], "values": {}, "command": ""}
+    overrides = next((json.loads(o) for o in frame.get("overrides", []) if isinstance(o, str) and o), {})
+    return {"axes": [], "values": {k: [str(v)] for k, v in overrides.items()},
+            "command": shlex.join(["sdlab", *(f"{k}={v}" for k, v in overrides.items()), f"hydra.run.dir={folder}"])}
 
 
 def wall_seconds(folder: Path) -> float:
-    """From the first job's config being written to the last job's table (Hydra's files' times)."""
-    folder = Path(folder)
-    starts = [p.stat().st_mtime for p in [folder / ".hydra" / "config.yaml", *folder.glob("*/.hydra/config.yaml")] if p.is_file()]
-    ends = [p.stat().st_mtime for p in [folder / f"{TABLE_NAME}.parquet", *folder.glob(f"*/{TABLE_NAME}.parquet")]
-            if p.is_file()]
+    """From the first job's config being recorded (run_config.json) to the last job's table being written."""
+    times = lambda name: [p.stat().st_mtime for p in [Path(folder) / name, *Path(folder).glob(f"*/{name}")]  # noqa: E731
+                          if p.is_file()]
+    starts, ends = times(CONFIG), times(f"{TABLE_NAME}.parquet")
     return max(ends) - min(starts) if starts and ends else math.nan
 
 
@@ -153,35 +126,25 @@ def plain(value: Any) -> Any:
 
 
 def png_parameters(path: Path | None) -> str | None:
-    """The `parameters` text chunk of a regular PNG file (read before its pixels, each chunk bounded by Pillow), cut
-    to PNG_TEXT_MAX characters; None when there is no file or no such chunk."""
-    if path is None:
-        return None
+    """The `parameters` text chunk of a regular PNG file, through the bounded reader (the pixels never decoded), cut
+    to PNG_TEXT_MAX characters; None when there is no file, no such chunk or no readable PNG."""
     try:
-        with warnings.catch_warnings(), open_regular(path) as f, Image.open(f, formats=["PNG"]) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixels are never decoded
-            text = image.info.get("parameters")
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        text = read_png_text(path, str(path), LIMITS).get("parameters") if path is not None else None
+    except UserError:
         return None
-    return str(text)[:PNG_TEXT_MAX] if isinstance(text, str) else None
+    return text[:PNG_TEXT_MAX] if text is not None else None
 
 
-def header(frame: pd.DataFrame, folder: Path, axes: list[str]) -> dict[str, Any]:
+def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
     """What the page's header says: command, constant parameters, model, device, versions, counts, wall time."""
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
-    overrides = list(dict.fromkeys(k for o in frame.get("overrides", []) if isinstance(o, str) and o
-                                   for k in json.loads(o)))
-    constants = {}
-    for key in dict.fromkeys([*PARAM_COLUMNS, *overrides]):
-        if key in axes:
-            continue
-        values = list(dict.fromkeys(axis_values(ok, key))) if len(ok) else []
-        if len(values) == 1 and values[0] not in ("", "nan", "None"):
-            constants[key] = values[0]
+    constants = {key: values[0] for key in PARAM_COLUMNS if key not in axes
+                 for values in [list(dict.fromkeys(axis_values(ok, key)))] if len(values) == 1 and values[0]}
+    constants |= {key: values[0] for key, values in manifest["values"].items() if len(values) == 1 and key not in axes}
     first = lambda column: next((v for v in frame.get(column, []) if isinstance(v, str) and v), None)  # noqa: E731
     return {
         "title": f"{frame['experiment'].iloc[0] if 'experiment' in frame and len(frame) else 'sdlab'}: {Path(folder).name}",
-        "command": reproduce_command(folder), "constants": constants, "model": constants.get("model"),
+        "command": manifest["command"], "constants": constants, "model": constants.get("model"),
         "device": first("device"), "versions": json.loads(first("versions") or "{}"),
         "ok": len(ok), "failed": len(frame) - len(ok), "wall_s": plain(wall_seconds(folder)),
         "generation_s": plain(float(ok["time_total_s"].sum())) if "time_total_s" in ok else None,
@@ -192,10 +155,8 @@ def figures(folder: Path) -> list[str]:
     """Figures a job drew (scheduler studies, curves): regular files in the folder and its job folders (none leading
     out of it), as relative paths."""
     folder = Path(folder)
-    found = [p for p in sorted(folder.iterdir()) if p.suffix in FIGURE_SUFFIXES and p.name not in NOT_FIGURES]
-    for job in job_dirs(folder):
-        found += [p for p in sorted(job.iterdir()) if p.suffix in FIGURE_SUFFIXES and p.name not in NOT_FIGURES]
-    relative = [p.relative_to(folder).as_posix() for p in found if not p.name.startswith(".")]
+    relative = [p.relative_to(folder).as_posix() for place in [folder, *job_dirs(folder)] for p in sorted(place.iterdir())
+                if p.suffix in FIGURE_SUFFIXES and p.name not in SUMMARY_FILES and not p.name.startswith(".")]
     return [p for p in relative if local_file(folder, p) is not None]
 
 
@@ -203,40 +164,35 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     """Everything the page shows, as one JSON-able dict."""
     folder = Path(folder)
     frame = frame.reset_index(drop=True)
-    axes = sweep_axes(frame)
+    manifest = run_manifest(folder, frame)
+    axes = sweep_axes(frame, manifest["axes"])
     labels = {k: axis_values(frame, k) for k in axes}
-    columns = list(frame.columns)
-    rows = [[plain(v) for v in record] for record in frame.itertuples(index=False, name=None)]
     paths = frame["image_path"] if "image_path" in frame else [None] * len(frame)
     images = [local_file(folder, p) for p in paths]  # only regular files inside the folder are shown or read
-    root = folder.resolve()
     metrics = metric_columns(frame)
-    ranking = rank(frame)
+    ranking = rank(frame, manifest["axes"])
     return {
-        "header": header(frame, folder, axes), "columns": columns, "rows": rows,
+        "header": header(frame, folder, axes, manifest), "columns": list(frame.columns),
+        "rows": [[plain(v) for v in record] for record in frame.itertuples(index=False, name=None)],
         "axes": axes, "values": {k: list(dict.fromkeys(labels[k])) for k in axes},
         "labels": [[labels[k][i] for k in axes] for i in range(len(frame))],
-        "images": [p.relative_to(root).as_posix() if p else None for p in images],
+        "images": [p.relative_to(folder.resolve()).as_posix() if p else None for p in images],
         "png": [png_parameters(p) for p in images],
         "metrics": metrics, "main_metric": main_metric(metrics),
         "summary": f"{SUMMARY_NAME}.png" if local_file(folder, f"{SUMMARY_NAME}.png") else None,
         "figures": figures(folder),
         "ranking": [{k: plain(v) for k, v in row.items()} for row in ranking.to_dict(orient="records")],
-        "ranking_lines": ranking_lines(frame, ranking),
+        "ranking_lines": ranking_lines(frame, ranking, manifest["axes"]),
     }
-
-
-def script_json(data: Any) -> str:
-    """`data` as JSON that is safe inside a <script> element: `<`, `>`, `&`, U+2028 and U+2029 as JSON escapes."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).translate(SCRIPT_SAFE)
 
 
 def render(data: dict[str, Any]) -> str:
     """The page: the template with its CSS, script and data inlined (no network, opens from file://), in one pass
-    over the template so that no inlined text is ever read for placeholders."""
+    over the template so that no inlined text is ever read for placeholders; the data as JSON that no HTML parser
+    can end inside <script>."""
     values = {"title": html.escape(str(data["header"]["title"])), "generator": GENERATOR,
               "css": (ASSETS / "report.css").read_text(), "js": (ASSETS / "report.js").read_text(),
-              "data": script_json(data)}
+              "data": json.dumps(data, separators=(",", ":"), allow_nan=False).translate(SCRIPT_SAFE)}
     return PLACEHOLDERS.sub(lambda m: values[m.group(1) or m.group(2)], (ASSETS / "report.html").read_text())
 
 
@@ -270,11 +226,45 @@ def rebuild(folder: Path) -> Path:
     frame = load_results(folder)
     if not ours(folder / REPORT_NAME):
         raise UserError(f"{folder / REPORT_NAME} exists and was not written by sdlab; move it away first")
-    reproduce_command(folder)  # damaged Hydra files stop it here, before anything is written
+    axes = run_manifest(folder, frame)["axes"]  # a damaged manifest stops it here, before anything is written
     try:
         owned = owns_summary(folder)
     except Exception as e:  # pyarrow raises many types for a damaged file
         raise UserError(f"{folder / SUMMARY_NAME}.parquet cannot be read ({brief(e)}); move it away") from None
     if owned:
-        write_summary(frame, folder, figure=True)
+        write_summary(frame, folder, axes, figure=True)
     return build_report(folder, frame)
+
+
+def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False, since: float = 0.0) -> str:
+    """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
+    `folder`; return the "N ok, M failed" line (and at a sweep's end, one ranking line per swept parameter), the
+    headline of each figure the job drew since `since`, then the files to open next."""
+    try:
+        write_table(frame, folder)
+    except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists
+        print(f"sdlab: error: cannot write the table in {folder} ({type(e).__name__}: {e}); the one there keeps "
+              f"the images finished before", file=sys.stderr)
+        raise SystemExit(1) from None
+    axes = (read_manifest(folder) or {}).get("axes", []) if sweep else []
+    images = frame[frame["status"] == "ok"] if "status" in frame else frame
+    several = "image_path" in frame and images["image_path"].notna().sum() > 1
+    swept = swept_parameters(frame, axes)
+    grid_axes = [a for a in sweep_axes(frame, axes) if a in swept or a in REPLICATES]  # not what follows a swept one
+    if grid and not (several and image_grid(frame, folder, folder / "grid.png", grid_axes, seeds_within=True)):
+        forget_figure(folder / "grid.png")  # an earlier run's grid would show images this table no longer lists
+    failed = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[:0]
+    line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"
+    for _, row in failed.iterrows():
+        line += f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
+    if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
+        ranking = rank(frame, axes)
+        write_summary(frame, folder, axes, figure=sweep, ranking=ranking)
+        line += "".join(f"\n  {text}" for text in ranking_lines(frame, ranking, axes).values()) if sweep else ""
+    if sweep:
+        build_report(folder, frame)
+    figures = headlines(folder, since, besides=SUMMARY_FILES)
+    line += "".join(f"\n  {name}: {text}" for name, text in figures.items() if text)
+    drawn = {"grid.png": grid and several, "summary.png": sweep, "report.html": sweep, **dict.fromkeys(figures, True)}
+    made = [str(Path(folder) / name) for name, wrote in drawn.items() if wrote and (Path(folder) / name).is_file()]
+    return line + (f"\n  open: {', '.join(made)}" if made else "")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sdlab.bench.records import finished, job_dirs, read_table
+from sdlab.bench.records import ROW_COLUMNS, finished, job_dirs, ordered, read_table
 from sdlab.config import config_hash
+from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file
+
+log = logging.getLogger(__name__)
 
 MARKER = "job.json"
 CONFIG = "run_config.json"  # what the job ran with: Hydra's composition with the model's world and params=FILE merged in
@@ -96,25 +100,56 @@ def sweep_key(task_overrides: list[str]) -> str:
     return config_hash({"overrides": [o for o in task_overrides if not o.lstrip("+~").startswith("hydra.")]})
 
 
-def write_manifest(sweep_dir: Path, task_overrides: list[str], cells: int, axes: list[str] = (),
+def varying_keys(jobs: list[list[str]]) -> list[str]:
+    """The keys whose value differs between the sweep's jobs, in command-line order."""
+    return [key for key, values in key_values(jobs).items() if len(values) > 1]
+
+
+def key_values(jobs: list[list[str]]) -> dict[str, list[str]]:
+    """Each overridden key's values across the sweep's jobs, as typed, in command-line order."""
+    values: dict[str, list[str]] = {}
+    for job in jobs:
+        for item in job:
+            key, _, value = item.partition("=")
+            seen = values.setdefault(key.lstrip("+~"), [])
+            seen += [value] if value not in seen else []
+    return values
+
+
+def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[str]], hydra: list[str] = (),
                    complete: bool = False) -> None:
-    """Record a sweep's command, cell count, the keys whose value varies across its cells and whether it finished,
-    in its folder."""
-    manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "cells": cells,
-                "axes": list(axes), "complete": complete}
+    """Record a sweep in its folder: its command (`hydra` the Hydra flags besides its dir), the keys whose value
+    varies across its jobs (`axes`), every key's values, each job's value of each axis, and whether it finished."""
+    values = key_values(jobs)
+    axes = [key for key, seen in values.items() if len(seen) > 1]
+    jobs_axes = [{k: v for k, _, v in (item.lstrip("+~").partition("=") for item in job) if k in axes} for job in jobs]
+    command = [*task_overrides, *(h for h in hydra if not h.startswith(("hydra.mode=", "hydra.sweep.dir=")))]
+    manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
+                "cells": len(jobs), "axes": axes, "values": values, "jobs": jobs_axes, "complete": complete}
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
-def read_manifest(sweep_dir: Path) -> dict[str, Any] | None:
-    """A sweep folder's manifest, or None when it has none or it cannot be read (never an error: folders are data)."""
+def read_manifest(sweep_dir: Path, strict: bool = False) -> dict[str, Any] | None:
+    """A sweep folder's manifest, or None when it has none; one that cannot be read is None too (folders are data),
+    or with `strict` a UserError naming it."""
     path = Path(sweep_dir) / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return None
     try:
         if not path.is_file() or path.is_symlink() or path.stat().st_size > MANIFEST_MAX_BYTES:
-            return None
+            raise ValueError(f"not a regular file of at most {MANIFEST_MAX_BYTES} bytes")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        texts = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+        if not (isinstance(data, dict) and isinstance(data.get("key"), str) and texts(data.get("axes", []))
+                and texts(data.get("command", [])) and isinstance(data.get("values", {}), dict)
+                and all(texts(v) for v in data.get("values", {}).values())
+                and isinstance(data.get("jobs", []), list) and all(isinstance(j, dict) for j in data.get("jobs", []))):
+            raise ValueError("not an sdlab sweep manifest")
+    except (OSError, ValueError, RecursionError) as e:
+        if strict:
+            raise UserError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("key"), str) else None
+    return data
 
 
 def sweep_position(sweep_dir: Path, job_num: int) -> dict[str, Any]:
@@ -155,3 +190,30 @@ def record_config(folder: Path, config: dict[str, Any]) -> None:
 def unmark(folder: Path) -> None:
     """Forget a finished marker before recomputing."""
     (Path(folder) / MARKER).unlink(missing_ok=True)
+
+
+def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
+    """The finished cells of every job dir (paths relative to the sweep), failed rows of tables written since `since`,
+    and for each axis of the sweep's manifest that is no column of its rows (`threads`, `model.resolution`), the job's
+    value of it as a column."""
+    manifest = read_manifest(sweep_dir) or {}
+    frames, unfinished = [], []
+    for job in job_dirs(sweep_dir):
+        frame = read_table(job)
+        if frame is None:
+            unfinished.append(job.name)
+            continue
+        if "status" in frame:
+            current = (job / "results.parquet").is_file() and (job / "results.parquet").stat().st_mtime >= since
+            frame = frame[finished(frame, job) | ((frame["status"] != "ok") & current)].copy()
+        if "image_path" in frame:
+            frame["image_path"] = [f"{job.name}/{p}" if isinstance(p, str) and p else p for p in frame["image_path"]]
+        number = job.name.split("_", 1)[0]
+        cells = manifest.get("jobs") or []
+        cell = cells[int(number)] if number.isdigit() and int(number) < len(cells) else {}
+        frames.append(frame.assign(**{k: v for k, v in cell.items() if k not in frame}))
+    if unfinished:
+        log.warning("skipped %d unfinished job dir(s) without results.parquet: %s", len(unfinished), unfinished)
+    if not frames:
+        return pd.DataFrame(columns=ROW_COLUMNS)
+    return ordered(pd.concat(frames, ignore_index=True).to_dict("records"))

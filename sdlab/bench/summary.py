@@ -1,85 +1,232 @@
-"""Summary by swept value: n, mean and a range-respecting interval of every metric per value and pair of values."""
+"""What a sweep varies and measures, and by swept value: n, mean and interval of every metric, and the ranking.
+
+The axes are the sweep manifest's (sdlab.bench.resume), then the parameter columns a job varied itself. Values are
+ranked by mean; each is compared with the best by the paired difference over images that share the seed and every
+other swept value (Student-t 95% interval, sdlab.metrics.stats). A value whose interval spans 0 is tied with the
+best. Nothing is ranked from fewer than MIN_N images per value or from a score that does not vary.
+"""
 
 from __future__ import annotations
 
 import math
 from itertools import combinations
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from sdlab.bench.columns import (
-    LOWER_IS_BETTER,
-    higher_is_better,
-    metric_columns,
-    ok_rows,
-    score_direction,
-    swept_parameters,
-)
 from sdlab.bench.figures import summary_figure
 from sdlab.bench.grid import axis_values
-from sdlab.bench.ranking import BEST, RANKING_NAME, pair_keys, paired_delta, rank
-from sdlab.bench.records import write_table
+from sdlab.bench.records import PARAM_COLUMNS, write_table
+from sdlab.bench.scorers import direction
 from sdlab.metrics.stats import MIN_N, finite, mean_ci, metric_range
 
-SUMMARY_NAME = "summary"
+SUMMARY_NAME, RANKING_NAME = "summary", "ranking"
 ALL = "(all)"
-SUMMARY_COLUMNS = ["parameter", "value", "parameter2", "value2", "metric", "n", "mean", "lo", "hi",
-                   "n_paired", "delta_vs", "delta_mean", "delta_lo", "delta_hi"]
+NOT_METRICS = {*PARAM_COLUMNS, "batch_size", "prompt_truncated_tokens", "job", "stochastic"}
+REPLICATES = ("seed", "seeds")  # the unit of pairing, never a parameter to rank
+MAIN_METRICS = ("clip_score", "adherence_all")  # the first one present is the sweep's main metric
+LOWER_IS_BETTER = ("time_", "nfe", "latent_rmse", "peak_mem_bytes")
+# Scores: measurements of an image with a declared direction, by exact name or by prefix ending in "_".
+HIGHER_SCORES = ("psnr", "ssim")  # the scheduler study's distances; the scorers declare their own columns
+LOWER_SCORES = ("latent_rmse",)
+COSTS = ("nfe", "time_total_s")  # what a value spends, cheapest first in this order of preference
+BEST, TIED, BEHIND, UNPAIRED, TOO_FEW = "best", "tied", "behind", f"fewer than {MIN_N} pairs", f"fewer than {MIN_N} images"
+STATS = ["n", "mean", "lo", "hi", "n_paired", "delta_mean", "delta_lo", "delta_hi"]
+RANKING_COLUMNS = ["parameter", "metric", "better", "rank", "value", *STATS, "group", *COSTS, "cheapest_tied"]
+SUMMARY_COLUMNS = ["parameter", "value", "parameter2", "value2", "metric", *STATS[:5], "delta_vs", *STATS[5:]]
+MAX_NAMED = 8  # a line names at most this many tied values; ranking.csv has them all
 
 
-def reference(ranking: pd.DataFrame, key: str, metric: str, stats: dict[str, tuple[float, float, float]],
-              n: dict[str, int]) -> str | None:
-    """The value differences are taken against: the ranking's best for a ranked score, else for a score or a cost the
-    best mean among values with MIN_N images; None for columns without a direction."""
-    ranked = ranking[(ranking["parameter"] == key) & (ranking["metric"] == metric) & (ranking["group"] == BEST)]
-    if len(ranked):
-        return ranked["value"].iloc[0]
-    if not (score_direction(metric) or metric.startswith(LOWER_IS_BETTER)):
-        return None
-    means = {v: s[0] for v, s in stats.items() if n[v] >= MIN_N and not math.isnan(s[0])}
-    return (max if higher_is_better(metric) else min)(means, key=means.get) if means else None
+def sweep_axes(frame: pd.DataFrame, axes: Sequence[str] = ()) -> list[str]:
+    """What varies across the rows: the sweep's `axes` (its manifest's, in command-line order), then the seed and the
+    parameter columns that vary (a single run's seeds, a scheduler study's schedulers and step counts)."""
+    axes = ["seed" if a == "seeds" and "seed" in frame else a for a in axes]  # a job's seeds are one per row
+    varied = (c for c in ("seed", *PARAM_COLUMNS) if c in frame and c not in axes and frame[c].dropna().nunique() > 1)
+    return list(dict.fromkeys([*axes, *varied]))
 
 
-def summary_table(frame: pd.DataFrame, ranking: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (parameter, value[, parameter2, value2], metric): n, mean, interval, and for single parameters
-    the paired difference to the value `reference` names (same seed, same other swept values)."""
-    ranking = rank(frame) if ranking is None else ranking
-    params = swept_parameters(frame)
-    frame = ok_rows(frame)
-    metrics = metric_columns(frame)
-    labels = {k: axis_values(frame, k) for k in params}
-    arrays = {m: pd.to_numeric(frame[m], errors="coerce").to_numpy(dtype=float) for m in metrics}
+def swept_parameters(frame: pd.DataFrame, axes: Sequence[str] = ()) -> list[str]:
+    """The sweep's axes but seeds (the replicates) and columns that only follow a swept one (a model's scheduler)."""
+    chosen = [a for a in axes if a not in REPLICATES]
+    keys = {a: axis_values(frame, a) for a in chosen}
+    follows = lambda column, axis: bool(  # noqa: E731 - one value of `column` per value of `axis`
+        (frame[column].astype(str).groupby(keys[axis], dropna=False).nunique() <= 1).all())
+    return chosen + [c for c in sweep_axes(frame, axes) if c not in chosen and c not in REPLICATES
+                     and not any(follows(c, a) for a in chosen)]
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Numeric and boolean columns that are measurements (scores, distances, times, NFE), not parameters; a missing
+    value (a failed cell's score) may have made the column `object`."""
+    def numeric(series: pd.Series) -> bool:
+        if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+            return True
+        present = series.dropna()
+        return series.dtype == object and len(present) > 0 and all(
+            isinstance(v, (bool, int, float, np.bool_, np.number)) for v in present)
+
+    return [c for c in frame.columns if c not in NOT_METRICS and not c.endswith("_id") and numeric(frame[c])
+            and finite(frame[c]).size]
+
+
+def score_direction(metric: str) -> int:
+    """+1 for a score where higher is better, -1 where lower is better, 0 for anything else (costs, parameters)."""
+    named = lambda names: any(metric == n or (n.endswith("_") and metric.startswith(n)) for n in names)  # noqa: E731
+    return direction(metric) or (1 if named(HIGHER_SCORES) else -1 if named(LOWER_SCORES) else 0)
+
+
+def main_metric(metrics: list[str]) -> str | None:
+    """The metric a sweep is judged by: CLIP score, else full adherence, else the first measured one."""
+    return next((m for m in MAIN_METRICS if m in metrics), metrics[0] if metrics else None)
+
+
+def paired_delta(values: np.ndarray, keys: list[tuple], mine: np.ndarray, best: np.ndarray,
+                 bounds: tuple[float, float]) -> tuple[int, float, float, float]:
+    """n, mean and interval of (this value - the best value) over cells matched by seed and the other swept values."""
+    reference = {k: values[i] for i in np.flatnonzero(best) for k in [keys[i]] if np.isfinite(values[i])}
+    diffs = [values[i] - reference[keys[i]] for i in np.flatnonzero(mine) if keys[i] in reference and np.isfinite(values[i])]
+    width = bounds[1] - bounds[0]
+    return len(diffs), *mean_ci(diffs, bounds=(-width, width))
+
+
+class Swept:
+    """The ok rows of a sweep, read once: each swept parameter's label per row, the pairing keys, and numbers."""
+
+    def __init__(self, frame: pd.DataFrame, axes: Sequence[str] = ()):
+        self.params = swept_parameters(frame, axes)
+        self.frame = (frame[frame["status"] == "ok"] if "status" in frame else frame).reset_index(drop=True)
+        self.labels = {k: np.asarray(axis_values(self.frame, k), dtype=object) for k in self.params}
+        self.seeds = [str(s) for s in self.frame["seed"]] if "seed" in self.frame else [""] * len(self.frame)
+
+    def number(self, column: str) -> np.ndarray:
+        """A column as floats (NaN where it is not a number)."""
+        return pd.to_numeric(self.frame[column], errors="coerce").to_numpy(dtype=float)
+
+    def values(self, key: str) -> list[str]:
+        """The values of a swept parameter in order of appearance."""
+        return list(dict.fromkeys(self.labels[key]))
+
+    def pairs(self, key: str) -> list[tuple]:
+        """Per row, what makes two cells comparable when `key` changes: the seed and every other swept value."""
+        others = [self.labels[k] for k in self.params if k != key]
+        return [(seed, *(o[i] for o in others)) for i, seed in enumerate(self.seeds)]
+
+    def by_value(self, key: str, metric: str, best, min_n: int = 0) -> dict[str | None, dict | str | None]:
+        """Per value of `key`: n, mean and interval of `metric`, and for values with `min_n` images the paired
+        difference to the value `best(stats)` names (none when None); that value under the key None."""
+        x, column, bounds = self.number(metric), self.labels[key], metric_range(metric)
+        stats = {v: dict(zip(STATS, (int(finite(x[column == v]).size), *mean_ci(x[column == v], bounds=bounds))))
+                 for v in self.values(key)}
+        reference, pairs = best(stats), self.pairs(key)
+        for v, row in stats.items():
+            row.update(zip(STATS[4:], paired_delta(x, pairs, column == v, column == reference, bounds)
+                           if reference is not None and row["n"] >= min_n else (0, math.nan, math.nan, math.nan)))
+        return stats | {None: reference}
+
+
+def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
+    """For each swept parameter and each score: its values by mean, grouped into the best, those tied with it (paired
+    95% interval of the difference spans 0) and those behind; the cheapest tied value flagged (one row per value)."""
+    swept = Swept(frame, axes)
+    costs = {c: swept.number(c) for c in COSTS if c in swept.frame}
     rows = []
-    for metric in metrics:
-        bounds = metric_range(metric)
-        mean, lo, hi = mean_ci(arrays[metric], bounds=bounds)
-        rows.append({"parameter": ALL, "value": ALL, "metric": metric, "n": int(finite(arrays[metric]).size),
-                     "mean": mean, "lo": lo, "hi": hi})
-    for key in params:
-        column = np.asarray(labels[key], dtype=object)
-        keys = pair_keys(frame, labels, [k for k in params if k != key])
-        values = list(dict.fromkeys(labels[key]))
+    for key in swept.params:
+        for metric in (m for m in metric_columns(swept.frame) if score_direction(m)):
+            sign, x = score_direction(metric), swept.number(metric)
+            order = lambda stats: sorted((v for v, s in stats.items() if s["n"] >= MIN_N),  # noqa: E731
+                                         key=lambda v: -sign * stats[v]["mean"])  # stable: equal means keep sweep order
+            stats = swept.by_value(key, metric, best=lambda s: next(iter(order(s)), None), min_n=MIN_N)
+            best = stats.pop(None)
+            ranked = order(stats)
+            scored = finite(x[np.isin(swept.labels[key], ranked)])
+            if len(ranked) < 2 or np.ptp(scored) <= 1e-12 * max(1.0, float(np.abs(scored).max())):
+                continue
+            mine = []
+            for position, v in enumerate([*ranked, *(v for v in stats if v not in ranked)]):
+                s, kept = stats[v], v in ranked
+                group = (BEST if v == best else TOO_FEW if not kept else UNPAIRED if s["n_paired"] < MIN_N
+                         else TIED if s["delta_lo"] <= 0 <= s["delta_hi"] else BEHIND)
+                spent = {c: finite(costs[c][swept.labels[key] == v]) for c in costs}
+                mine.append({"parameter": key, "metric": metric, "better": "higher" if sign > 0 else "lower",
+                             "rank": position + 1 if kept else None, "value": v, **s, "group": group,
+                             "cheapest_tied": False, **{c: math.nan for c in COSTS},
+                             **{c: float(np.mean(d)) if d.size else math.nan for c, d in spent.items()}})
+            costed = [r for r in mine if r["group"] in (BEST, TIED) and any(not math.isnan(r[c]) for c in COSTS)]
+            if costed:
+                min(costed, key=lambda r: tuple(math.inf if math.isnan(r[c]) else r[c] for c in COSTS))["cheapest_tied"] = True
+            rows += mine
+    return pd.DataFrame(rows, columns=RANKING_COLUMNS)
+
+
+def ranking_line(ranking: pd.DataFrame, parameter: str) -> str:
+    """`scheduler by clip_score: best a 95.5; tied: b, c (3 of 17); cheapest tied: c (NFE 8)`, or why it is not ranked."""
+    mine = ranking[ranking["parameter"] == parameter]
+    if mine.empty:
+        return f"{parameter}: not ranked (no score varies with {MIN_N}+ images for two of its values)"
+    rows = mine[mine["metric"] == main_metric(list(dict.fromkeys(mine["metric"])))]
+    best = rows[rows["group"] == BEST].iloc[0]
+
+    def names(group: str) -> list[str]:
+        return list(rows.loc[rows["group"] == group, "value"])
+
+    def listed(values: list[str]) -> str:
+        shown = ", ".join(values[:MAX_NAMED])
+        return shown + (f" and {len(values) - MAX_NAMED} more" if len(values) > MAX_NAMED else "") if values else "none"
+
+    tied = names(TIED)
+    line = (f"{parameter} by {best['metric']}: best {best['value']} {best['mean']:.3g}"
+            f"{' (lower is better)' if best['better'] == 'lower' else ''}; tied: {listed(tied)} "
+            f"({len(tied) + 1} of {int(rows['rank'].notna().sum())})")
+    pick = rows[rows["cheapest_tied"]]
+    if tied and len(pick):
+        pick = pick.iloc[0]
+        cost = [f"NFE {pick['nfe']:g}" if "nfe" in pick and not math.isnan(pick["nfe"]) else "",
+                f"{pick['time_total_s']:.2g} s" if "time_total_s" in pick and not math.isnan(pick["time_total_s"]) else ""]
+        line += f"; cheapest tied: {pick['value']} ({', '.join(p for p in cost if p)})"
+    line += f"; not compared ({UNPAIRED}): {listed(names(UNPAIRED))}" if names(UNPAIRED) else ""
+    return line + (f"; not ranked ({TOO_FEW}): {listed(names(TOO_FEW))}" if names(TOO_FEW) else "")
+
+
+def ranking_lines(frame: pd.DataFrame, ranking: pd.DataFrame, axes: Sequence[str] = ()) -> dict[str, str]:
+    """One line per swept parameter (by name): its best value by the main score, the values tied with it and the
+    cheapest of those, or why it is not ranked."""
+    return {key: ranking_line(ranking, key) for key in swept_parameters(frame, axes)}
+
+
+def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (parameter, value[, parameter2, value2], metric): n, mean, interval, and for single parameters
+    the paired difference to the ranking's best value, else for a score or a cost to the best mean among values
+    with MIN_N images (same seed, same other swept values)."""
+    ranking = rank(frame, axes) if ranking is None else ranking
+    swept = Swept(frame, axes)
+    metrics = metric_columns(swept.frame)
+    rows = [{"parameter": ALL, "value": ALL, "metric": m, **dict(zip(STATS, (int(finite(swept.number(m)).size),
+            *mean_ci(swept.number(m), bounds=metric_range(m)))))} for m in metrics]
+    for key in swept.params:
         for metric in metrics:
-            x, bounds = arrays[metric], metric_range(metric)
-            stats = {v: mean_ci(x[column == v], bounds=bounds) for v in values}
-            n = {v: int(finite(x[column == v]).size) for v in values}
-            best = reference(ranking, key, metric, stats, n)
-            for v in values:
-                n_paired, d_mean, d_lo, d_hi = (paired_delta(x, keys, column == v, column == best, bounds)
-                                                if best is not None else (0, math.nan, math.nan, math.nan))
-                rows.append({"parameter": key, "value": v, "metric": metric, "n": n[v],
-                             "mean": stats[v][0], "lo": stats[v][1], "hi": stats[v][2], "n_paired": n_paired,
-                             "delta_vs": best, "delta_mean": d_mean, "delta_lo": d_lo, "delta_hi": d_hi})
-    for a, b in combinations(params, 2):
-        pairs = pd.Series(list(zip(labels[a], labels[b])))
+            ranked = ranking[(ranking["parameter"] == key) & (ranking["metric"] == metric) & (ranking["group"] == BEST)]
+
+            def reference(stats: dict) -> str | None:
+                if len(ranked):
+                    return ranked["value"].iloc[0]
+                if not (score_direction(metric) or metric.startswith(LOWER_IS_BETTER)):
+                    return None
+                means = {v: s["mean"] for v, s in stats.items() if s["n"] >= MIN_N and not math.isnan(s["mean"])}
+                higher = not metric.startswith(LOWER_IS_BETTER)
+                return (max if higher else min)(means, key=means.get) if means else None
+
+            stats = swept.by_value(key, metric, best=reference)
+            best = stats.pop(None)
+            rows += [{"parameter": key, "value": v, "metric": metric, **s, "delta_vs": best} for v, s in stats.items()]
+    for a, b in combinations(swept.params, 2):
+        pairs = pd.Series(list(zip(swept.labels[a], swept.labels[b])))
         for (va, vb), index in pairs.groupby(pairs, sort=False).groups.items():
             for metric in metrics:
-                x = arrays[metric][np.asarray(index)]
-                mean, lo, hi = mean_ci(x, bounds=metric_range(metric))
+                x = swept.number(metric)[np.asarray(index)]
                 rows.append({"parameter": a, "value": va, "parameter2": b, "value2": vb, "metric": metric,
-                             "n": int(finite(x).size), "mean": mean, "lo": lo, "hi": hi})
+                             **dict(zip(STATS, (int(finite(x).size), *mean_ci(x, bounds=metric_range(metric)))))})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -93,12 +240,12 @@ def owns_summary(folder: Path) -> bool:
     return pq.read_schema(target).names == SUMMARY_COLUMNS
 
 
-def write_summary(frame: pd.DataFrame, folder: Path, figure: bool = False,
+def write_summary(frame: pd.DataFrame, folder: Path, axes: Sequence[str] = (), figure: bool = False,
                   ranking: pd.DataFrame | None = None) -> pd.DataFrame:
     """Write `summary.{parquet,csv}` into `folder` (and when `figure`, as at a sweep's end, `ranking.{parquet,csv}`
     and `summary.png`); return the summary table."""
-    ranking = rank(frame) if ranking is None else ranking
-    summary = summary_table(frame, ranking)
+    ranking = rank(frame, axes) if ranking is None else ranking
+    summary = summary_table(frame, axes, ranking)
     write_table(summary, folder, SUMMARY_NAME)
     if figure:
         write_table(ranking, folder, RANKING_NAME)

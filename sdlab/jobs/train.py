@@ -14,7 +14,7 @@ import torch
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
-from sdlab.mini import arrays
+from sdlab.mini import data
 from sdlab.mini.train_clip import train_clip
 from sdlab.mini.train_unet import train_unet
 from sdlab.mini.train_vae import train_vae
@@ -49,7 +49,7 @@ def run_one(name: str, train: Train, root: Path) -> dict:
     """Train one stage; returns its summary row."""
     seed, settings = int(train.seed), getattr(train, name)
     export = Path(train.export) if train.export else None
-    images, captions, attributes = arrays.cached_set(root / "cache", seed=0, count=int(train.num_images))
+    images, captions, attributes = data.cached_set(root / "cache", seed=0, count=int(train.num_images))
     if name in ("vae", "vae_decoder"):
         return train_vae(settings, images, root / name, export, seed)
     if name == "clip":

@@ -11,59 +11,39 @@ TEXT_HIDDEN = 32
 BOS_TOKEN_ID = 49406
 EOS_TOKEN_ID = 49407
 
-VAE = dict(
-    sample_size=RESOLUTION,
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(16, 32, 64, 64),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    mid_block_add_attention=False,
-    scaling_factor=1.0,
-)
-TEXT = dict(
-    vocab_size=49408,
-    hidden_size=TEXT_HIDDEN,
-    intermediate_size=4 * TEXT_HIDDEN,
-    projection_dim=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    bos_token_id=BOS_TOKEN_ID,
-    eos_token_id=EOS_TOKEN_ID,
-    pad_token_id=EOS_TOKEN_ID,
-)
-VISION = dict(
-    image_size=RESOLUTION,
-    patch_size=8,
-    num_channels=3,
-    hidden_size=64,
-    intermediate_size=256,
-    projection_dim=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    hidden_act="quick_gelu",
-)
-UNET = dict(
-    sample_size=RESOLUTION // 8,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(64, 96, 96),
-    layers_per_block=1,
-    cross_attention_dim=TEXT_HIDDEN,
-    attention_head_dim=8,
-    norm_num_groups=16,
-)
+VAE = dict(sample_size=RESOLUTION, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 32, 64, 64), layers_per_block=1,
+           latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, scaling_factor=1.0)
+TEXT = dict(vocab_size=49408, hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN, projection_dim=64,
+            num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+            bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID)
+VISION = dict(image_size=RESOLUTION, patch_size=8, num_channels=3, hidden_size=64, intermediate_size=256,
+              projection_dim=64, num_hidden_layers=3, num_attention_heads=4, hidden_act="quick_gelu")
+UNET = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(64, 96, 96),
+            layers_per_block=1, cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=16)
 SCHEDULER = dict(SD15_SCHEDULER)
-# CLIP image normalisation of the mini model: pixels in [0, 1] mapped to [-1, 1].
-IMAGE_MEAN = (0.5, 0.5, 0.5)
-IMAGE_STD = (0.5, 0.5, 0.5)
+# CLIPImageProcessor of the mini vision tower: 64 px, pixels in [0, 1] mapped to [-1, 1].
+IMAGE_PROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_resize=True, size={"shortest_edge": RESOLUTION},
+                       do_center_crop=True, crop_size={"height": RESOLUTION, "width": RESOLUTION}, do_rescale=True,
+                       rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                       do_convert_rgb=True, resample=3)
+
+
+def to_tensor(images):
+    """uint8 (N, H, W, 3) images as float (N, 3, H, W) in [-1, 1], the pixels every mini component sees."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x):
+    """Float (N, 3, H, W) images in [-1, 1] as uint8 (N, H, W, 3)."""
+    import torch
+
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -74,11 +54,15 @@ def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, 
     return out
 
 
-def build_vae(overrides: dict[str, Any] | None = None):
-    """The mini AutoencoderKL (random weights)."""
-    from diffusers import AutoencoderKL
+def initial(component: str, settings: dict[str, Any]):
+    """The mini 'vae' or 'unet' with random weights (settings['architecture'] overriding its config), or the
+    diffusers folder settings['init_from'] to continue from."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    return AutoencoderKL(**merged(VAE, overrides))
+    model_class, config = {"vae": (AutoencoderKL, VAE), "unet": (UNet2DConditionModel, UNET)}[component]
+    if settings.get("init_from"):
+        return model_class.from_pretrained(str(settings["init_from"]))
+    return model_class(**merged(config, settings.get("architecture")))
 
 
 def build_clip(text: dict[str, Any] | None = None, vision: dict[str, Any] | None = None):
@@ -87,16 +71,5 @@ def build_clip(text: dict[str, Any] | None = None, vision: dict[str, Any] | None
 
     text_config = CLIPTextConfig(**merged(TEXT, text))
     vision_config = CLIPVisionConfig(**merged(VISION, vision))
-    config = CLIPConfig(
-        text_config=text_config.to_dict(),
-        vision_config=vision_config.to_dict(),
-        projection_dim=text_config.projection_dim,
-    )
-    return CLIPModel(config)
-
-
-def build_unet(overrides: dict[str, Any] | None = None):
-    """The mini UNet2DConditionModel (random weights)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(**merged(UNET, overrides))
+    return CLIPModel(CLIPConfig(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
+                                projection_dim=text_config.projection_dim))

@@ -1,45 +1,20 @@
-"""Analytic checker reading the attributes of a miniature-dataset image.
+"""Analytic checker reading the attributes of a miniature-dataset image from its pixels alone.
 
-The checker looks at pixels only:
-
-* background: per-channel median of the one-pixel border, named after the
-  nearest background colour;
-* foreground: pixels far from that background colour; the shape colour is
-  the median of the farthest half of them, named after the nearest shape
-  colour other than the background's;
-* coverage: each pixel's projection onto the background-to-shape colour line,
-  so antialiased or blurred edges count fractionally;
-* bounding box: rows and columns weighted by their peak coverage, giving a
-  sub-pixel height, width and centre;
-* size: the larger side of the bounding box, against the midpoint between
-  the dataset's small and large extents;
-* position: the bounding-box centre, assigned to the nearest anchor;
-* shape: the rows of a triangle's area are skewed (heavy base, thin apex:
-  skewness about -0.57, against 0 for the symmetric shapes); the others are
-  told apart by how much of the bounding box they fill (square 1,
-  circle pi/4, cross 5/9).
-
-Images without a foreground get ``None`` for every attribute but the
-background.
+Background from the border, shape colour from the pixels farthest from it, coverage by projection on the
+line between the two (antialiased or blurred edges count fractionally), then size, position and shape from
+the covered area's bounding box and moments. Images without a foreground get ``None`` for every attribute
+but the background.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields
 
 import numpy as np
 
 from sdlab.bench.scorers import Score, ScorerKind
-from sdlab.mini.data import (
-    BACKGROUNDS,
-    COLOURS,
-    HALF_EXTENT_RANGE,
-    IMAGE_SIZE,
-    POSITION_OFFSET,
-    POSITION_UNIT_OFFSETS,
-    Attributes,
-    parse_partial,
-)
+from sdlab.mini.data import (BACKGROUNDS, COLOURS, HALF_EXTENT_RANGE, IMAGE_SIZE, POSITION_OFFSET,
+                             POSITION_UNIT_OFFSETS, Attributes, parse_partial)
 
 ATTRIBUTE_NAMES = tuple(field.name for field in fields(Attributes))
 
@@ -49,6 +24,8 @@ FOREGROUND_DISTANCE = 48.0
 MIN_FOREGROUND_PIXELS = 8
 COVERAGE_THRESHOLD = 0.5
 
+# An apex-up triangle's rows are skewed (heavy base, thin apex: skewness about -0.57, 0 for the symmetric
+# shapes); the others fill their bounding box differently (square 1, circle pi/4, cross 5/9).
 TRIANGLE_MIN_ASYMMETRY = 0.25
 BOX_PADDING = 2
 SQUARE_MIN_FILL = 0.87
@@ -126,22 +103,14 @@ def coverage_map(image: np.ndarray, background: np.ndarray, foreground: np.ndarr
     return (image - background) @ direction / float(direction @ direction)
 
 
-def remove_isolated(mask: np.ndarray) -> np.ndarray:
-    """Drop mask pixels with fewer than two mask pixels among their 8 neighbours."""
+def shape_pixels(coverage: np.ndarray) -> np.ndarray:
+    """Pixels mostly covered by the shape, without isolated specks (fewer than two such among their 8 neighbours)."""
+    mask = coverage > COVERAGE_THRESHOLD
     padded = np.pad(mask, 1).astype(np.int8)
     height, width = mask.shape
-    neighbours = sum(
-        padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-        for dy in (-1, 0, 1)
-        for dx in (-1, 0, 1)
-        if (dy, dx) != (0, 0)
-    )
+    neighbours = sum(padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
     return mask & (neighbours >= 2)
-
-
-def shape_pixels(coverage: np.ndarray) -> np.ndarray:
-    """Pixels mostly covered by the shape, without isolated specks."""
-    return remove_isolated(coverage > COVERAGE_THRESHOLD)
 
 
 def shape_mask(image: np.ndarray) -> np.ndarray:
@@ -194,23 +163,6 @@ def classify_shape(fill_ratio: float, asymmetry: float) -> str:
     return "cross"
 
 
-def classify_size(extent: float, image_width: int) -> str:
-    """'small' or 'large' from the larger bounding-box side."""
-    boundary = SIZE_BOUNDARY * image_width / IMAGE_SIZE
-    return "large" if extent > boundary else "small"
-
-
-def classify_position(centre_x: float, centre_y: float, height: int, width: int) -> str:
-    """Nearest position anchor to the bounding-box centre."""
-    offset_x = (centre_x - width / 2) * IMAGE_SIZE / width
-    offset_y = (centre_y - height / 2) * IMAGE_SIZE / height
-    return min(
-        POSITION_UNIT_OFFSETS,
-        key=lambda name: (offset_x - POSITION_UNIT_OFFSETS[name][0] * POSITION_OFFSET) ** 2
-        + (offset_y - POSITION_UNIT_OFFSETS[name][1] * POSITION_OFFSET) ** 2,
-    )
-
-
 def _shape_measurements(coverage: np.ndarray, box: tuple[int, int, int, int]):
     """Fill ratio, top-heaviness, extent and centre of the shape inside its padded box."""
     top, bottom, left, right = box
@@ -247,26 +199,25 @@ def check(image: np.ndarray) -> CheckResult:
     shape_palette = {name: rgb for name, rgb in COLOURS.items() if name != background}
     fill_ratio, asymmetry, extent, centre = _shape_measurements(coverage, box)
     height, width = coverage.shape
-    return CheckResult(
-        shape=classify_shape(fill_ratio, asymmetry),
-        colour=nearest_name(foreground_rgb, shape_palette),
-        size=classify_size(extent, width),
-        position=classify_position(centre[0], centre[1], height, width),
-        background=background,
-        fill_ratio=fill_ratio,
-        asymmetry=asymmetry,
-        extent=extent,
-        centre=centre,
-        contrast=float(np.linalg.norm(foreground_rgb - background_rgb)),
-    )
+    # Size: the larger side against the boundary; position: the anchor nearest to the box centre.
+    offset_x, offset_y = (centre[0] - width / 2) * IMAGE_SIZE / width, (centre[1] - height / 2) * IMAGE_SIZE / height
+    position = min(POSITION_UNIT_OFFSETS, key=lambda name: (offset_x - POSITION_UNIT_OFFSETS[name][0] * POSITION_OFFSET)
+                   ** 2 + (offset_y - POSITION_UNIT_OFFSETS[name][1] * POSITION_OFFSET) ** 2)
+    return CheckResult(shape=classify_shape(fill_ratio, asymmetry), colour=nearest_name(foreground_rgb, shape_palette),
+                       size="large" if extent > SIZE_BOUNDARY * width / IMAGE_SIZE else "small", position=position,
+                       background=background, fill_ratio=fill_ratio, asymmetry=asymmetry, extent=extent, centre=centre,
+                       contrast=float(np.linalg.norm(foreground_rgb - background_rgb)))
+
+
+def agreement(result: CheckResult, named: dict[str, str]) -> dict[str, bool]:
+    """Per-attribute agreement of a reading with the `named` attribute values, plus 'all'."""
+    agree = {name: getattr(result, name) == value for name, value in named.items()}
+    return {**agree, "all": all(agree.values())}
 
 
 def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
     """Per-attribute agreement between an image and target attributes, plus 'all'."""
-    result = check(image)
-    agreement = {name: getattr(result, name) == getattr(attrs, name) for name in ATTRIBUTE_NAMES}
-    agreement["all"] = all(agreement.values())
-    return agreement
+    return agreement(check(image), dict(zip(ATTRIBUTE_NAMES, astuple(attrs))))
 
 
 LAYOUT = ("size", "position", "background")  # what a partial caption may leave to the seed, besides colour
@@ -282,22 +233,13 @@ def layouts_agree(a: CheckResult, b: CheckResult) -> bool:
     return all(agrees(a, b, k) for k in LAYOUT)
 
 
-def same_layout(first: np.ndarray, second: np.ndarray) -> bool:
-    """Whether the checker reads the same size, position and background in two images (both readable)."""
-    return layouts_agree(check(first), check(second))
-
-
 def adherence_columns(image, prompt: str) -> dict[str, bool]:
     """`adherence_<attribute>` row columns for the attributes a prompt of the dataset grammar names (full or
     partial caption), and `adherence_all` over them; empty for any other prompt."""
-
     named = parse_partial(prompt)
     if named is None:
         return {}
-    result = check(np.asarray(image))
-    agreement = {name: getattr(result, name) == value for name, value in named.items()}
-    agreement["all"] = all(agreement.values())
-    return {f"adherence_{k}": v for k, v in agreement.items()}
+    return {f"adherence_{k}": v for k, v in agreement(check(np.asarray(image)), named).items()}
 
 
 def adherence_score(cfg: dict, device: str) -> Score:

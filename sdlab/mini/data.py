@@ -1,104 +1,47 @@
-"""Procedural, seeded dataset of captioned 64x64 images of simple shapes.
+"""Procedural, seeded dataset of captioned 64x64 images of one flat-coloured shape on a plain background.
 
-Every image shows one flat-coloured shape on a plain background. All the
-vocabulary lives in this module:
-
-* shapes: ``circle``, ``square``, ``triangle`` (apex up), ``cross`` (a plus
-  sign whose arms are a third of its extent wide)
-* shape colours (RGB): red (215, 35, 35), orange (245, 135, 25),
-  yellow (245, 230, 40), green (40, 170, 60), blue (40, 80, 225),
-  purple (145, 60, 190), white (245, 245, 245), black (20, 20, 20)
-* background colours (RGB): white, black and blue, green as above, plus
-  gray (128, 128, 128)
-* sizes: ``small`` (half-extent 6-8 px at 64 px) and ``large``
-  (half-extent 12-14 px)
-* positions: ``centre``, ``left``, ``right``, ``top``, ``bottom``; the shape's
-  bounding-box centre sits at the image centre or 15 px (at 64 px) away from
-  it, jittered by at most 2 px on each axis.
-
-A shape colour is never used on a background closer than ``MIN_CONTRAST`` in
-RGB distance (which also excludes the background's own colour): this drops
-gray with green and purple, and blue with purple.
-
-Caption grammar (``{position}`` expands to ``in the centre``, ``on the left``,
-``on the right``, ``at the top`` or ``at the bottom``)::
-
-    0: "a {size} {colour} {shape} {position} on a {background} background"
-    1: "{size} {colour} {shape} {position}, {background} background"
-    2: "a {background} background with a {size} {colour} {shape} {position}"
-
-``caption(attrs)`` uses template 0; given an rng it picks one uniformly.
-``parse_caption`` inverts every template.
-
-Partial captions leave any of size, colour, position and background unsaid,
-in template 0's word order: "a red circle", "a circle", "a large circle on a
-black background". ``partial_caption(attrs, keep)`` writes one and
-``parse_partial`` reads back the attributes it names. Trained on a mix of both,
-the model draws what a caption leaves open from the noise: the seed decides it.
-
-Splits: ``is_held_out`` holds out the attribute combinations whose CRC32 of
-``"shape|colour|size|position|background"`` is divisible by 20 (about 5%).
-Training images use ``TRAIN_SEED`` and never show a held-out combination;
-evaluation uses any other seed (``EVAL_SEED`` by default) and may restrict
-itself to the held-out combinations to test compositional generalisation.
-Image ``(seed, index)`` is drawn from ``np.random.default_rng([seed, index])``.
+All the vocabulary, the caption grammar (full and partial captions), the train/held-out split and the
+rendering live here; models/mini/README.md ("Data") describes them. Image ``(seed, index)`` is drawn from
+``np.random.default_rng([seed, index])``; training uses ``TRAIN_SEED``, evaluation any other seed.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, astuple, dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from sdlab.io import atomic_path, atomic_write_text
+
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "orange": (245, 135, 25),
-    "yellow": (245, 230, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 225),
-    "purple": (145, 60, 190),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-}
+    "red": (215, 35, 35), "orange": (245, 135, 25), "yellow": (245, 230, 40), "green": (40, 170, 60),
+    "blue": (40, 80, 225), "purple": (145, 60, 190), "white": (245, 245, 245), "black": (20, 20, 20)}
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "gray": (128, 128, 128),
-    "blue": (40, 80, 225),
-    "green": (40, 170, 60),
-}
+    "white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128), "blue": (40, 80, 225),
+    "green": (40, 170, 60)}
 SIZES = ("small", "large")
 POSITIONS = ("centre", "left", "right", "top", "bottom")
 
-MIN_CONTRAST = 120.0
+MIN_CONTRAST = 120.0  # RGB distance below which a shape colour is never drawn on a background (nor on its own)
 IMAGE_SIZE = 64
 SUPERSAMPLING = 4
 
 # Geometry in pixels of a 64 px image; other sizes scale proportionally.
 HALF_EXTENT_RANGE = {"small": (6.0, 8.0), "large": (12.0, 14.0)}
-POSITION_OFFSET = 15.0
+POSITION_OFFSET = 15.0  # of the shape's bounding-box centre from the image centre, jittered on each axis
 POSITION_JITTER = 2.0
-CROSS_ARM_FRACTION = 1.0 / 3.0
+CROSS_ARM_FRACTION = 1.0 / 3.0  # a cross is a plus sign whose arms are a third of its extent wide
 
-POSITION_UNIT_OFFSETS: dict[str, tuple[int, int]] = {
-    "centre": (0, 0),
-    "left": (-1, 0),
-    "right": (1, 0),
-    "top": (0, -1),
-    "bottom": (0, 1),
-}
-POSITION_PHRASES = {
-    "centre": "in the centre",
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-}
+POSITION_UNIT_OFFSETS = {"centre": (0, 0), "left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
+POSITION_PHRASES = {"centre": "in the centre", "left": "on the left", "right": "on the right", "top": "at the top",
+                    "bottom": "at the bottom"}
 CAPTION_TEMPLATES = (
     "a {size} {colour} {shape} {position} on a {background} background",
     "{size} {colour} {shape} {position}, {background} background",
@@ -109,7 +52,7 @@ OPTIONAL_ATTRIBUTES = ("size", "colour", "position", "background")  # the shape 
 
 TRAIN_SEED = 0
 EVAL_SEED = 1
-HELD_OUT_MODULUS = 20
+HELD_OUT_MODULUS = 20  # combinations whose CRC32 is divisible by this are held out of training (about 5%)
 
 Split = Literal["any", "train", "held_out"]
 
@@ -144,22 +87,12 @@ def is_held_out(attrs: Attributes) -> bool:
 @lru_cache(maxsize=None)
 def combinations(split: Split = "any") -> tuple[Attributes, ...]:
     """All valid attribute combinations of a split, in a fixed order."""
-    every = (
-        Attributes(shape, colour, size, position, background)
-        for shape in SHAPES
-        for colour in COLOURS
-        for size in SIZES
-        for position in POSITIONS
-        for background in BACKGROUNDS
-        if is_allowed(colour, background)
-    )
-    if split == "any":
-        return tuple(every)
-    if split == "train":
-        return tuple(attrs for attrs in every if not is_held_out(attrs))
-    if split == "held_out":
-        return tuple(attrs for attrs in every if is_held_out(attrs))
-    raise ValueError(f"unknown split {split!r}")
+    if split not in ("any", "train", "held_out"):
+        raise ValueError(f"unknown split {split!r}")
+    return tuple(attrs for attrs in (Attributes(shape, colour, size, position, background) for shape in SHAPES
+                                     for colour in COLOURS for size in SIZES for position in POSITIONS
+                                     for background in BACKGROUNDS if is_allowed(colour, background))
+                 if split == "any" or is_held_out(attrs) == (split == "held_out"))
 
 
 def sample_attributes(rng: np.random.Generator, split: Split = "any") -> Attributes:
@@ -168,16 +101,11 @@ def sample_attributes(rng: np.random.Generator, split: Split = "any") -> Attribu
     return options[int(rng.integers(len(options)))]
 
 
-def caption(attrs: Attributes, rng: np.random.Generator | None = None) -> str:
-    """Caption for the attributes, from template 0 or a random template."""
-    template_index = 0 if rng is None else int(rng.integers(len(CAPTION_TEMPLATES)))
-    return CAPTION_TEMPLATES[template_index].format(
-        size=attrs.size,
-        colour=attrs.colour,
-        shape=attrs.shape,
-        position=POSITION_PHRASES[attrs.position],
-        background=attrs.background,
-    )
+def caption(attrs: Attributes, rng: np.random.Generator | int | None = None) -> str:
+    """Caption for the attributes, from template 0, a random template (`rng`) or the template numbered `rng`."""
+    template = rng if isinstance(rng, int) else 0 if rng is None else int(rng.integers(len(CAPTION_TEMPLATES)))
+    return CAPTION_TEMPLATES[template].format(size=attrs.size, colour=attrs.colour, shape=attrs.shape,
+                                              position=POSITION_PHRASES[attrs.position], background=attrs.background)
 
 
 def partial_caption(attrs: Attributes, keep) -> str:
@@ -229,7 +157,7 @@ def parse_partial(text: str) -> dict[str, str] | None:
     """The attributes a full or partial caption names (shape always), or None when it names no shape."""
     full = parse_caption(text)
     if full is not None:
-        return dict(zip(("shape", "colour", "size", "position", "background"), astuple(full)))
+        return asdict(full)
     match = _PARTIAL_PATTERN.search(text)
     if match is None:
         return None
@@ -256,31 +184,22 @@ def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, half_extent: float) ->
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _geometry(attrs: Attributes, rng: np.random.Generator | None, size: int):
-    """Centre (x, y) and half-extent in pixels of the shape in a size-px image."""
+def coverage(attrs: Attributes, rng: np.random.Generator | None = None, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Antialiased shape coverage in [0, 1], float32 of shape (size, size); rng draws extent and jitter."""
     scale = size / IMAGE_SIZE
     low, high = HALF_EXTENT_RANGE[attrs.size]
     unit_x, unit_y = POSITION_UNIT_OFFSETS[attrs.position]
     if rng is None:
-        half_extent = (low + high) / 2
-        jitter_x = jitter_y = 0.0
+        half_extent, jitter_x, jitter_y = (low + high) / 2, 0.0, 0.0
     else:
         half_extent = rng.uniform(low, high)
         jitter_x, jitter_y = rng.uniform(-POSITION_JITTER, POSITION_JITTER, size=2)
-    centre_x = size / 2 + scale * (unit_x * POSITION_OFFSET + jitter_x)
-    centre_y = size / 2 + scale * (unit_y * POSITION_OFFSET + jitter_y)
-    return centre_x, centre_y, scale * half_extent
-
-
-def coverage(attrs: Attributes, rng: np.random.Generator | None = None, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Antialiased shape coverage in [0, 1], float32 of shape (size, size)."""
-    centre_x, centre_y, half_extent = _geometry(attrs, rng, size)
     fine = size * SUPERSAMPLING
     # Coordinates of the supersample centres, in output pixel units.
     axis = (np.arange(fine, dtype=np.float32) + 0.5) / SUPERSAMPLING
-    x = (axis - centre_x)[None, :]
-    y = (axis - centre_y)[:, None]
-    mask = _shape_mask(attrs.shape, x, y, half_extent)
+    x = (axis - (size / 2 + scale * (unit_x * POSITION_OFFSET + jitter_x)))[None, :]
+    y = (axis - (size / 2 + scale * (unit_y * POSITION_OFFSET + jitter_y)))[:, None]
+    mask = _shape_mask(attrs.shape, x, y, scale * half_extent)
     return mask.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3), dtype=np.float32)
 
 
@@ -293,52 +212,48 @@ def render(attrs: Attributes, rng: np.random.Generator | None = None, size: int 
     return np.rint(image).astype(np.uint8)
 
 
-def sample(seed: int, index: int, split: Split = "any") -> tuple[np.ndarray, str, Attributes]:
-    """Image, caption and attributes of item (seed, index) of a split."""
+def sample(seed: int, index: int, split: Split = "any", size: int = IMAGE_SIZE) -> tuple[np.ndarray, str, Attributes]:
+    """Image (size x size px), caption and attributes of item (seed, index) of a split."""
     rng = np.random.default_rng([seed, index])
     attrs = sample_attributes(rng, split)
     text = caption(attrs, rng)
-    return render(attrs, rng), text, attrs
+    return render(attrs, rng, size), text, attrs
 
 
-def batch(
-    seed: int, start: int, count: int, split: Split = "any"
-) -> tuple[np.ndarray, list[str], list[Attributes]]:
+def batch(seed: int, start: int, count: int, split: Split = "any") -> tuple[np.ndarray, list[str], list[Attributes]]:
     """Items start..start+count-1 of (seed, split), images stacked as (N, 64, 64, 3)."""
-    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    captions: list[str] = []
-    attributes: list[Attributes] = []
-    for offset in range(count):
-        images[offset], text, attrs = sample(seed, start + offset, split)
-        captions.append(text)
-        attributes.append(attrs)
+    items = [sample(seed, start + offset, split) for offset in range(count)]
+    images = np.array([image for image, _, _ in items], dtype=np.uint8).reshape(count, IMAGE_SIZE, IMAGE_SIZE, 3)
+    return images, [text for _, text, _ in items], [attrs for _, _, attrs in items]
+
+
+def eval_batch(start: int, count: int, seed: int = EVAL_SEED, split: Split = "any"
+               ) -> tuple[np.ndarray, list[str], list[Attributes]]:
+    """Evaluation items start..start+count-1 from a non-training seed; split='held_out' for unseen combinations."""
+    if seed == TRAIN_SEED:
+        raise ValueError(f"evaluation must not use the training seed {TRAIN_SEED}")
+    return batch(seed, start, count, split)
+
+
+def cached_set(folder: Path, seed: int, count: int, split: Split = "train"):
+    """Items 0..count-1 of (seed, split) as batch draws them, kept in `folder` so every stage renders them once."""
+    stem = Path(folder) / f"images_seed{seed}_{split}_{count}"
+    npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    if npy.is_file() and meta.is_file():
+        info = json.loads(meta.read_text())
+        return np.load(npy), info["captions"], [Attributes(*a) for a in info["attributes"]]
+    images, captions, attributes = batch(seed, 0, count, split)
+    with atomic_path(npy) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, images, allow_pickle=False)
+    atomic_write_text(meta, json.dumps({"captions": captions, "attributes": [astuple(a) for a in attributes]}))
     return images, captions, attributes
 
 
-def train_batch(start: int, count: int) -> tuple[np.ndarray, list[str], list[Attributes]]:
-    """Training items start..start+count-1."""
-    return batch(TRAIN_SEED, start, count, "train")
-
-
-def _check_eval_seed(seed: int) -> None:
-    if seed == TRAIN_SEED:
-        raise ValueError(f"evaluation must not use the training seed {TRAIN_SEED}")
-
-
-def eval_sample(
-    index: int, seed: int = EVAL_SEED, split: Split = "any"
-) -> tuple[np.ndarray, str, Attributes]:
-    """Evaluation item from a non-training seed; split='held_out' for unseen combinations."""
-    _check_eval_seed(seed)
-    return sample(seed, index, split)
-
-
-def eval_batch(
-    start: int, count: int, seed: int = EVAL_SEED, split: Split = "any"
-) -> tuple[np.ndarray, list[str], list[Attributes]]:
-    """Evaluation items start..start+count-1 from a non-training seed."""
-    _check_eval_seed(seed)
-    return batch(seed, start, count, split)
+def all_captions(split: Split = "train") -> list[str]:
+    """Every caption of the grammar for the combinations of a split: each combination in every template."""
+    return [caption(attrs, template) for attrs in combinations(split)
+            for template in range(len(CAPTION_TEMPLATES))]
 
 
 def grammar_words() -> set[str]:

@@ -19,16 +19,9 @@ from sdlab.bench.records import write_table
 from sdlab.config import ModelSpec
 from sdlab.io import atomic_write_text
 from sdlab.mini import data
-from sdlab.mini.checker import (
-    LAYOUT,
-    adherence,
-    agrees,
-    check,
-    layouts_agree,
-    shape_mask,
-)
+from sdlab.mini.checker import LAYOUT, adherence, agrees, check, layouts_agree, shape_mask
 from sdlab.mini.train_clip import held_out_retrieval
-from sdlab.mini.train_vae import checker_agreement, psnr_db, round_trip
+from sdlab.mini.train_vae import vae_quality
 from sdlab.models.families import family_of_folder
 from sdlab.models.schedulers import make_scheduler
 
@@ -38,31 +31,10 @@ GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
 
 def shipped_pipeline(root: Path, scheduler: str = "dpmpp_2m"):
     """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with `scheduler`."""
-
     pipe = family_of_folder(root).from_folder(root, torch.float32, ModelSpec("mini", path=str(root)))
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def vae_quality(root: Path, count: int = 256) -> dict[str, float]:
-    """Round-trip PSNR of the VAE over `count` evaluation images, and what the checker still reads after it."""
-    from diffusers import AutoencoderKL
-
-
-    images, _, attributes = data.eval_batch(0, count)
-    recon = round_trip(AutoencoderKL.from_pretrained(str(root / "vae")), images)
-    psnr, kept = psnr_db(images, recon), checker_agreement(recon, attributes)
-    return {"vae_psnr_mean_db": float(psnr.mean()), "vae_psnr_min_db": float(psnr.min()), "vae_images": count,
-            **{f"vae_round_trip_{name}": value for name, value in kept.items()}}
-
-
-def clip_quality(root: Path, count: int = 100) -> dict[str, float]:
-    """CLIP text->image top-1 among `count` evaluation pairs (any and held-out combinations)."""
-    from transformers import CLIPModel
-
-
-    return held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip")), count)
 
 
 def generate_images(pipe, prompts: list[str], seeds: list[int], guidance_scale: float, steps: int = 25,
@@ -78,12 +50,6 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], guidance_scale: 
     return np.concatenate(out)
 
 
-def adherence_rows(images: np.ndarray, attributes: list[data.Attributes]) -> list[dict]:
-    """Checker agreement per image."""
-
-    return [adherence(image, attrs) for image, attrs in zip(images, attributes)]
-
-
 def generation_quality(root: Path, out: Path, count: int = 200, split: data.Split = "any",
                        guidance_scales: tuple[float, ...] = GUIDANCE_SCALES) -> tuple[dict, pd.DataFrame]:
     """Adherence rates over `count` evaluation prompt/seed pairs at each guidance scale."""
@@ -95,7 +61,7 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
     metrics, rows = {}, []
     for scale in guidance_scales:
         images = generate_images(pipe, prompts, seeds, scale)
-        checks = adherence_rows(images, attributes)
+        checks = [adherence(image, attrs) for image, attrs in zip(images, attributes)]
         frame = pd.DataFrame(checks)
         frame["colour_and_shape"] = frame["colour"] & frame["shape"]
         for column in frame.columns:
@@ -121,7 +87,6 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
     from dataclasses import replace
 
     from PIL import Image
-
 
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
@@ -167,13 +132,16 @@ def speed(root: Path, repeats: int = 5) -> dict[str, float]:
 
 def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS) -> dict:
     """Run the chosen parts; writes metrics.json (and generation.parquet/csv) into `out`."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPModel
+
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     if "vae" in parts:
-        metrics.update(vae_quality(root))
+        metrics.update(vae_quality(AutoencoderKL.from_pretrained(str(root / "vae"))))
     if "clip" in parts:
-        metrics.update(clip_quality(root))
+        metrics.update(held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip"))))
     if "generate" in parts:
         frames = []
         for split in ("any", "held_out"):

@@ -1,8 +1,10 @@
-"""The shared training loop: AdamW with warmup + cosine LR, EMA, tqdm, loss table and figure, resumable."""
+"""The shared training loop: AdamW with warmup + cosine LR, EMA, tqdm, loss table and figure, resumable from
+checkpoints without pickle (module weights and AdamW state as safetensors, counters as JSON)."""
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -12,14 +14,16 @@ from typing import Any, Callable
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sdlab.bench.figures import STYLE, save_figure
 from sdlab.bench.records import write_table
-from sdlab.mini.checkpoint import load_checkpoint, save_checkpoint
+from sdlab.mini.export import replace_folder
 
 log = logging.getLogger(__name__)
 LOSS_TABLE = "losses"
+STATE_FILE = "state.json"
 
 
 @dataclass
@@ -43,17 +47,9 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, final_fraction: float =
     return lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
-    for target, source in zip(ema.parameters(), model.parameters()):
-        target.lerp_(source, 1.0 - decay)
-
-
 def loss_figure(frame: pd.DataFrame, target: Path, title: str) -> None:
     """Loss curves (log scale, raw and smoothed) against the step."""
     import matplotlib.pyplot as plt
-
 
     columns = [c for c in frame.columns if c.startswith("loss")]
     with plt.rc_context(STYLE):
@@ -70,13 +66,47 @@ def loss_figure(frame: pd.DataFrame, target: Path, title: str) -> None:
         save_figure(fig, target)
 
 
-def previous_rows(folder: Path, step: int) -> list[dict[str, Any]]:
-    """Loss rows of earlier runs of this stage, up to (not including) `step`."""
-    table = Path(folder) / f"{LOSS_TABLE}.parquet"
-    if step == 0 or not table.is_file():
-        return []
-    frame = pd.read_parquet(table)
-    return frame[frame["step"] < step].to_dict("records")
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as flat `<index>.<key>` tensors."""
+    return {f"{index}.{key}": (value if torch.is_tensor(value) else torch.tensor(value)).detach().contiguous().clone()
+            for index, state in optimizer.state_dict()["state"].items() for key, value in state.items()}
+
+
+def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
+                    state: dict[str, Any]) -> None:
+    """Write modules, optimizer and JSON state into `folder`, replacing any previous checkpoint whole."""
+
+    def fill(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        for name, module in modules.items():
+            weights = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+            save_file(weights, str(staging / f"{name}.safetensors"))
+        if optimizer is not None:
+            save_file(optimizer_tensors(optimizer), str(staging / "optimizer.safetensors"))
+        (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    folder = Path(folder)
+    replace_folder(folder, fill, staging=folder.with_name(f"{folder.name}.staging"),
+                   old=folder.with_name(f"{folder.name}.previous"))
+
+
+def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module],
+                    optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
+    """Restore modules (and optimizer) from `folder`; the JSON state, or None when there is no checkpoint."""
+    folder = Path(folder)
+    if not (folder / STATE_FILE).is_file():  # a crash between the two renames leaves only the previous copy
+        folder = folder.with_name(folder.name + ".previous")
+        if not (folder / STATE_FILE).is_file():
+            return None
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+    if optimizer is not None and (folder / "optimizer.safetensors").is_file():
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, tensor in load_file(str(folder / "optimizer.safetensors")).items():
+            index, key = name.split(".", 1)
+            state.setdefault(int(index), {})[key] = tensor
+        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    return json.loads((folder / STATE_FILE).read_text())
 
 
 def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFrame:
@@ -96,7 +126,8 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
     start, spent = int(state["step"]), float(state.get("elapsed_s", 0.0))
     if start:
         log.info("%s: resumed at step %d from %s", stage.name, start, folder / "checkpoint")
-    rows = previous_rows(folder, start)
+    table = folder / f"{LOSS_TABLE}.parquet"  # loss rows of earlier runs, up to the resumed step
+    rows = pd.read_parquet(table).query("step < @start").to_dict("records") if start and table.is_file() else []
 
     def checkpoint(step: int) -> None:
         elapsed = spent + time.monotonic() - began
@@ -122,8 +153,10 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trained, float(settings.get("clip", 1.0)))
         optimizer.step()
-        if stage.ema is not None:
-            ema_update(stage.ema, stage.model, min(stage.ema_decay, (1 + step) / (10 + step)))
+        if stage.ema is not None:  # ema <- decay * ema + (1 - decay) * model
+            with torch.no_grad():
+                for target, source in zip(stage.ema.parameters(), stage.model.parameters()):
+                    target.lerp_(source, 1.0 - min(stage.ema_decay, (1 + step) / (10 + step)))
         row = {"step": step, "lr": rate, "grad_norm": float(grad_norm), "time_s": spent + time.monotonic() - began,
                **{k: float(v.detach()) for k, v in losses.items()}}
         rows.append(row)
@@ -140,3 +173,9 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
         checkpoint(done)
     stage.model.eval()
     return pd.DataFrame(rows)
+
+
+def summary(stage: Stage, frame: pd.DataFrame) -> dict[str, Any]:
+    """The summary row's start for a trained stage: its name, steps done and final loss."""
+    return {"stage": stage.name, "steps": int(frame["step"].max() + 1) if len(frame) else 0,
+            "final_loss": float(frame["loss"].iloc[-1]) if len(frame) else None}

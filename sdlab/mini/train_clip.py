@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdlab.mini import arrays, data
-from sdlab.mini.architecture import build_clip
+from sdlab.mini import data
+from sdlab.mini.architecture import build_clip, to_tensor
 from sdlab.mini.export import save_clip
-from sdlab.mini.loop import Stage, run_stage
+from sdlab.mini.loop import Stage, run_stage, summary
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -30,17 +30,11 @@ def combination_index(attributes: list[data.Attributes], split: data.Split = "tr
     return np.asarray([lookup[a] for a in attributes])
 
 
-def soft_targets(combos: torch.Tensor) -> torch.Tensor:
-    """Contrastive targets: uniform over the batch items that share the row's attribute combination."""
-    same = (combos[:, None] == combos[None, :]).float()
-    return same / same.sum(dim=1, keepdim=True)
-
-
 def clip_stage(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], seed: int) -> Stage:
     """The CLIP stage: each step draws images and one random caption template per image."""
     torch.manual_seed(seed)
     model = build_clip(settings.get("text"), settings.get("vision"))
-    ids = token_ids(load_tokenizer(), arrays.all_captions("train"))
+    ids = token_ids(load_tokenizer(), data.all_captions("train"))
     combos = combination_index(attributes)
     templates = len(data.CAPTION_TEMPLATES)
     batch_size = int(settings["batch_size"])
@@ -49,8 +43,9 @@ def clip_stage(settings: dict[str, Any], images: np.ndarray, attributes: list[da
         rng = np.random.default_rng([seed, step])
         pick = rng.integers(len(images), size=batch_size)
         rows = combos[pick] * templates + rng.integers(templates, size=batch_size)
-        out = model(input_ids=ids[rows], pixel_values=arrays.to_tensor(images[pick]))
-        targets = soft_targets(torch.from_numpy(combos[pick]))
+        out = model(input_ids=ids[rows], pixel_values=to_tensor(images[pick]))
+        same = torch.from_numpy(combos[pick][:, None] == combos[pick][None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)  # uniform over the items sharing the row's combination
         text_loss = torch.nn.functional.cross_entropy(out.logits_per_text, targets)
         image_loss = torch.nn.functional.cross_entropy(out.logits_per_image, targets)
         with torch.no_grad():
@@ -66,7 +61,7 @@ def retrieval_top1(model, images: np.ndarray, captions: list[str], attributes: l
     """Text->image top-1: the best image of each caption shows the caption's attributes."""
     model.eval()
     text = model.get_text_features(input_ids=token_ids(load_tokenizer(), captions))
-    vision = model.get_image_features(pixel_values=arrays.to_tensor(images))
+    vision = model.get_image_features(pixel_values=to_tensor(images))
     text = getattr(text, "pooler_output", text)
     vision = getattr(vision, "pooler_output", vision)
     similarity = torch.nn.functional.normalize(text, dim=-1) @ torch.nn.functional.normalize(vision, dim=-1).T
@@ -76,22 +71,17 @@ def retrieval_top1(model, images: np.ndarray, captions: list[str], attributes: l
 
 def held_out_retrieval(model, count: int = 100) -> dict[str, float]:
     """Retrieval top-1 among `count` evaluation pairs: any combination, and held-out combinations only."""
-    out = {}
-    for split in ("any", "held_out"):
-        images, captions, attributes = data.eval_batch(0, count, split=split)
-        out[f"retrieval_top1_{split}"] = retrieval_top1(model, images, captions, attributes)
-    return out
+    return {f"retrieval_top1_{split}": retrieval_top1(model, *data.eval_batch(0, count, split=split))
+            for split in ("any", "held_out")}
 
 
 def train_clip(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
                export: Path | None, seed: int) -> dict:
     """Train (or resume) CLIP, measure retrieval, export clip/, text_encoder/ and tokenizer/."""
-
     stage = clip_stage(settings, images, attributes, seed)
     frame = run_stage(stage, settings, folder)
     scores = held_out_retrieval(stage.model)
     log.info("clip: %s", scores)
     if export is not None:
         save_clip(stage.model, Path(export))
-    return {"stage": "clip", "steps": int(frame["step"].max() + 1) if len(frame) else 0,
-            "final_loss": float(frame["loss"].iloc[-1]) if len(frame) else None, **scores}
+    return {**summary(stage, frame), **scores}

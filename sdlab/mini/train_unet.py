@@ -11,23 +11,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdlab.io import atomic_path
-from sdlab.mini import arrays, data
-from sdlab.mini.architecture import SCHEDULER, build_unet
+from sdlab.mini import data
+from sdlab.mini.architecture import SCHEDULER, initial
 from sdlab.mini.export import save_component, save_pipeline_files
-from sdlab.mini.loop import Stage, run_stage
+from sdlab.mini.loop import Stage, run_stage, summary
 from sdlab.mini.train_clip import combination_index, token_ids
+from sdlab.mini.train_vae import posterior_means
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def encode_latents(vae, images: np.ndarray, batch_size: int = 128) -> torch.Tensor:
-    """z0 = scaling_factor * posterior mean of each image, (N, 4, 8, 8)."""
-    vae.eval()
-    out = [vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out) * vae.config.scaling_factor
 
 
 @torch.no_grad()
@@ -74,40 +66,27 @@ def partial_table(split: data.Split = "train") -> tuple[list[str], np.ndarray]:
     return list(captions), table
 
 
-def partial_states(export: Path, folder: Path) -> tuple[torch.Tensor, np.ndarray]:
-    """Text states of every partial caption of the train split and their (combination, keep set) table, cached."""
-    from transformers import CLIPTextModel
-
-    text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"))
-    captions, table = partial_table("train")
-    states = cached(folder / "partial_states.safetensors", lambda: {"states": encode_text(text_encoder, captions)},
-                    f"{fingerprint(text_encoder)}:{len(captions)}")["states"]
-    return states, table
-
-
-def initial_unet(settings: dict[str, Any]):
-    """A fresh UNet, or the one in settings['init_from'] (a diffusers folder) to continue from."""
-    from diffusers import UNet2DConditionModel
-
-    if settings.get("init_from"):
-        return UNet2DConditionModel.from_pretrained(str(settings["init_from"]))
-    return build_unet(settings.get("architecture"))
-
-
-def conditioning(export: Path, images: np.ndarray, folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training latents, text states of every train caption, and the empty caption's states (cached in folder)."""
+def conditioning(export: Path, images: np.ndarray, folder: Path, partial: bool):
+    """Training latents z0 = scaling_factor * posterior mean, text states of every train caption, the empty
+    caption's states and, when `partial`, the partial captions' states and table (each cached in folder)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    vae = AutoencoderKL.from_pretrained(str(export / "vae"))
+    vae = AutoencoderKL.from_pretrained(str(export / "vae")).eval()
     text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"))
-    latents = cached(folder / "latents.safetensors", lambda: {"z0": encode_latents(vae, images)},
+    latents = cached(folder / "latents.safetensors",
+                     lambda: {"z0": torch.cat(posterior_means(vae, images, 128)) * vae.config.scaling_factor},
                      f"{fingerprint(vae.encoder)}:{vae.config.scaling_factor:.6g}:{len(images)}")["z0"]
-    captions = arrays.all_captions("train")
+    captions = data.all_captions("train")
     text = cached(folder / "text_states.safetensors",
                   lambda: {"states": encode_text(text_encoder, captions), "empty": encode_text(text_encoder, [""])},
                   f"{fingerprint(text_encoder)}:{len(captions)}")
-    return latents, text["states"], text["empty"]
+    if not partial:
+        return latents, text["states"], text["empty"], None
+    shorter, table = partial_table("train")
+    states = cached(folder / "partial_states.safetensors", lambda: {"states": encode_text(text_encoder, shorter)},
+                    f"{fingerprint(text_encoder)}:{len(shorter)}")["states"]
+    return latents, text["states"], text["empty"], (states, table)
 
 
 def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, captions: int,
@@ -130,7 +109,7 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
-    unet = initial_unet(settings)
+    unet = initial("unet", settings)
     alphas_cumprod = DDPMScheduler.from_config(SCHEDULER).alphas_cumprod
     combos = combination_index(attributes)
     templates = len(data.CAPTION_TEMPLATES)
@@ -173,14 +152,12 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
 def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
                export: Path | None, seed: int) -> dict:
     """Train (or resume) the UNet on frozen parts read from `export`, then write unet/ and the pipeline files."""
-
     if export is None:
         raise ValueError("the unet stage reads the trained vae/ and text_encoder/ from train.export")
     export, folder = Path(export), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # 1. Frozen inputs, encoded once.
-    latents, states, empty = conditioning(export, images, folder)
-    partial = partial_states(export, folder) if float(settings.get("partial_captions", 0.0)) else None
+    latents, states, empty, partial = conditioning(export, images, folder, bool(settings.get("partial_captions")))
     log.info("unet: latents %s (std %.3f), text states %s, partial captions %s", tuple(latents.shape),
              latents.std(), tuple(states.shape), None if partial is None else tuple(partial[0].shape))
     # 2. Train.
@@ -189,5 +166,4 @@ def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[da
     # 3. Export (EMA weights when kept) and the pipeline files.
     save_component((stage.ema or stage.model).eval(), export / "unet")
     save_pipeline_files(export)
-    return {"stage": "unet", "steps": int(frame["step"].max() + 1) if len(frame) else 0,
-            "final_loss": float(frame["loss"].iloc[-1]) if len(frame) else None}
+    return summary(stage, frame)

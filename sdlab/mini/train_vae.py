@@ -9,34 +9,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdlab.mini import arrays, data
-from sdlab.mini.architecture import build_vae
+from sdlab.mini import data
+from sdlab.mini.architecture import initial, to_tensor, to_uint8
 from sdlab.mini.checker import adherence
 from sdlab.mini.export import save_component
-from sdlab.mini.loop import Stage, run_stage
+from sdlab.mini.loop import Stage, run_stage, summary
 
 log = logging.getLogger(__name__)
 
 
-def initial_vae(settings: dict[str, Any], seed: int):
-    """A fresh VAE, or the one in settings['init_from'] (a diffusers folder) to continue from."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    if settings.get("init_from"):
-        return AutoencoderKL.from_pretrained(str(settings["init_from"]))
-    return build_vae(settings.get("architecture"))
-
-
-def foreground_mask(images: np.ndarray) -> torch.Tensor:
-    """(N, 1, H, W) 1 where a pixel differs from the image's corner (always background in the dataset), else 0."""
-    differs = (images != images[:, :1, :1, :]).any(axis=-1)
-    return torch.from_numpy(differs).float()[:, None]
-
-
 def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
     """The VAE stage over a cached uint8 image set; `decoder_only` freezes the encoder (and so the latents)."""
-    vae = initial_vae(settings, seed)
+    torch.manual_seed(seed)
+    vae = initial("vae", settings)
     batch_size = int(settings["batch_size"])
     kl_weight, l1_weight = float(settings["kl_weight"]), float(settings["l1_weight"])
     decoder_only = bool(settings.get("decoder_only", False))
@@ -51,15 +36,14 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
     def loss(step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([seed, step])
         chosen = images[rng.integers(len(images), size=batch_size)]
-        x = arrays.to_tensor(chosen)
+        x = to_tensor(chosen)
         with torch.set_grad_enabled(not decoder_only):
             posterior = vae.encode(x).latent_dist
-        if sample_posterior:
-            z = posterior.sample(generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
-        else:
-            z = posterior.mean
+        z = (posterior.sample(generator=torch.Generator().manual_seed(seed * 1_000_003 + step)) if sample_posterior
+             else posterior.mean)
         y = vae.decode(z).sample
-        w = 1.0 + foreground_weight * foreground_mask(chosen)
+        differs = (chosen != chosen[:, :1, :1, :]).any(axis=-1)  # the corner pixel is always background
+        w = 1.0 + foreground_weight * torch.from_numpy(differs).float()[:, None]
         mse, l1 = torch.nn.functional.mse_loss(y, x), (y - x).abs().mean()
         weighted = ((w * ((y - x) ** 2 + l1_weight * (y - x).abs())).mean() / w.mean())
         kl = posterior.kl().mean() / z[0].numel()
@@ -68,25 +52,21 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
         return {"loss": weighted + kl_weight * kl + latent_rgb_weight * linear, "loss_mse": mse, "loss_l1": l1,
                 "loss_kl": kl, "loss_latent_rgb": linear}
 
-    extra = {"latent_rgb": latent_rgb} if latent_rgb_weight and not decoder_only else {}
     return Stage("vae_decoder" if decoder_only else "vae", vae, loss, ema_decay=float(settings.get("ema_decay", 0.0)),
-                 extra=extra)
+                 extra={"latent_rgb": latent_rgb} if latent_rgb_weight and not decoder_only else {})
 
 
 @torch.no_grad()
-def latent_scale(vae, images: np.ndarray, batch_size: int = 64) -> float:
-    """SD's scaling factor for this VAE: 1 / std of the posterior means of `images`."""
-    means = [vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean
-             for i in range(0, len(images), batch_size)]
-    return float(1.0 / torch.cat(means).std())
+def posterior_means(vae, images: np.ndarray, batch_size: int = 64) -> list[torch.Tensor]:
+    """The posterior means of uint8 `images`, one tensor per batch of `batch_size`."""
+    return [vae.encode(to_tensor(images[i : i + batch_size])).latent_dist.mean
+            for i in range(0, len(images), batch_size)]
 
 
 @torch.no_grad()
 def round_trip(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """uint8 `images` encoded (posterior mean) and decoded again."""
-    decoded = [vae.decode(vae.encode(arrays.to_tensor(images[i : i + batch_size])).latent_dist.mean).sample
-               for i in range(0, len(images), batch_size)]
-    return np.concatenate([arrays.to_uint8(x) for x in decoded])
+    return np.concatenate([to_uint8(vae.decode(z).sample) for z in posterior_means(vae, images, batch_size)])
 
 
 def psnr_db(images: np.ndarray, recon: np.ndarray) -> np.ndarray:
@@ -97,32 +77,33 @@ def psnr_db(images: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 def checker_agreement(recon: np.ndarray, attributes: list) -> dict[str, float]:
     """Share of `recon` images in which the analytic checker reads each attribute of `attributes` correctly."""
-
     agree = [adherence(image, attrs) for image, attrs in zip(recon, attributes)]
     return {name: float(np.mean([a[name] for a in agree])) for name in agree[0]}
 
 
+def vae_quality(vae, count: int = 256) -> dict[str, float]:
+    """Round-trip PSNR of the VAE over `count` evaluation images, and what the checker still reads after it."""
+    images, _, attributes = data.eval_batch(0, count)
+    recon = round_trip(vae, images)
+    psnr, kept = psnr_db(images, recon), checker_agreement(recon, attributes)
+    return {"vae_psnr_mean_db": float(psnr.mean()), "vae_psnr_min_db": float(psnr.min()), "vae_images": count,
+            **{f"vae_round_trip_{name}": value for name, value in kept.items()}}
+
+
 def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export: Path | None, seed: int) -> dict:
     """Train (or resume) the VAE, set its scaling factor, export it; returns summary numbers."""
-
     # 1. Train.
     stage = vae_stage(settings, images, seed)
     frame = run_stage(stage, settings, folder)
     vae = (stage.ema or stage.model).eval()
-    # 2. Scaling factor from the training latents (unchanged when only the decoder trained).
-    scale = latent_scale(vae, images[: int(settings.get("scale_images", 2048))])
-    if settings.get("decoder_only"):
-        scale = float(vae.config.scaling_factor)
+    # 2. Scaling factor: SD's 1 / std of the training latents (unchanged when only the decoder trained).
+    scale = float(vae.config.scaling_factor if settings.get("decoder_only") else
+                  1.0 / torch.cat(posterior_means(vae, images[: int(settings.get("scale_images", 2048))])).std())
     vae.register_to_config(scaling_factor=scale)
     # 3. Held-out quality.
-    eval_images, _, eval_attributes = data.eval_batch(0, int(settings.get("eval_images", 256)))
-    recon = round_trip(vae, eval_images)
-    psnr, kept = psnr_db(eval_images, recon), checker_agreement(recon, eval_attributes)
-    log.info("vae: scaling_factor %.4f, held-out PSNR %.2f dB (min %.2f), checker after round trip: colour %.1f%%, "
-             "shape %.1f%%", scale, psnr.mean(), psnr.min(), 100 * kept["colour"], 100 * kept["shape"])
+    quality = vae_quality(vae, int(settings.get("eval_images", 256)))
+    log.info("vae: scaling_factor %.4f, %s", scale, quality)
     if export is not None:
         save_component(vae, Path(export) / "vae")
-    return {"stage": "vae_decoder" if settings.get("decoder_only") else "vae", "steps": int(frame["step"].max() + 1) if len(frame) else 0,
-            "final_loss": float(frame["loss"].iloc[-1]) if len(frame) else None,
-            "scaling_factor": scale, "psnr_db": float(psnr.mean()), "round_trip_colour": kept["colour"],
-            "round_trip_shape": kept["shape"]}
+    return {**summary(stage, frame), "scaling_factor": scale, "psnr_db": quality["vae_psnr_mean_db"],
+            "round_trip_colour": quality["vae_round_trip_colour"], "round_trip_shape": quality["vae_round_trip_shape"]}

@@ -12,13 +12,7 @@ from sdlab.mini import data
 def samples(count: int, side: int, seed: int | None = None) -> list[Sample]:
     """`count` shapes images of the evaluation seed (or `seed`) at side x side px, with their captions."""
     seed = data.EVAL_SEED if seed is None else seed
-    out = []
-    for index in range(count):
-        rng = np.random.default_rng([seed, index])
-        attrs = data.sample_attributes(rng)
-        text = data.caption(attrs, rng)
-        out.append((f"shapes_{index}", data.render(attrs, rng, size=side), text))
-    return out
+    return [(f"shapes_{index}", *data.sample(seed, index, size=side)[:2]) for index in range(count)]
 
 
 def draw(caption: str) -> np.ndarray:

@@ -9,13 +9,11 @@ from pathlib import Path
 
 from sdlab.errors import UserError
 from sdlab.metrics.clip import CLIP_MEAN, CLIP_STD, ClipModel
-from sdlab.models.loading import cached_snapshot
+from sdlab.models.loading import PROJECT_ROOT, cached_snapshot
+from sdlab.models.model_files import PICKLE_SUFFIXES
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 _LOADED: dict[tuple, ClipModel] = {}
 
@@ -28,7 +26,6 @@ def clip_folder(cfg: dict) -> Path:
             path = path if (Path.cwd() / path).exists() else PROJECT_ROOT / path
         return path
     if cfg.get("repo_id"):
-
         return cached_snapshot(cfg["repo_id"])
     raise UserError(f"clip={cfg.get('name')!r} has neither clip.path nor clip.repo_id")
 
@@ -60,7 +57,6 @@ def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
     check_clip_folder(folder, name)
     from transformers import CLIPModel, CLIPTokenizer
 
-
     model = CLIPModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True).to(device).eval()
     has_tokenizer = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True) if has_tokenizer else load_tokenizer()
@@ -77,7 +73,6 @@ def tiny_clip(seed: int = 0, image_size: int = 32) -> ClipModel:
     """A small random-weight CLIPModel with the packaged tokenizer (tests and smoke runs)."""
     import torch
     from transformers import CLIPConfig, CLIPModel
-
 
     torch.manual_seed(seed)
     config = CLIPConfig(

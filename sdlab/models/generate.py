@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from sdlab.config import GenerationParams
+from sdlab.models.device import use_process_options
 from sdlab.models.families import ModelAdapter
 
 
@@ -104,7 +105,7 @@ def generate_batch(
     embeddings = model.embeddings_for(params)
     t_text = time.perf_counter()
     # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
-    model.use_batch_options(model.denoiser_batch(n, params.guidance_scale))
+    use_process_options(model.spec, model.denoiser_batch(n, params.guidance_scale))  # mkldnn=auto goes by batch
     with torch.inference_mode(), count_calls(model.denoiser) as nfe:
         latents = model.denoise(params, generators(seeds), embeddings, on_step)
     t_unet = time.perf_counter()

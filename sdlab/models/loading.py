@@ -13,7 +13,7 @@ import yaml
 from sdlab.conf_files import CONF_DIR
 from sdlab.config import MODEL_NAMES, ModelSpec, SchedulerChoice, model_spec
 from sdlab.errors import UserError, choose
-from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
+from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
 from sdlab.models.model_files import check_pipeline_folder, read_object
@@ -62,11 +62,16 @@ def model_folder(spec: ModelSpec) -> Path:
     return cached_snapshot(spec.repo_id)
 
 
+def built_in(spec: ModelSpec) -> Architecture | None:
+    """The architecture record of a model built in code; None for one read from a folder."""
+    return None if spec.path else ARCHITECTURES.get(spec.name)
+
+
 def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
     """The family adapter that runs `spec`, found without loading weights: a built-in model's record, or the
     folder's model_index.json."""
-    if spec.name in BUILT_IN and not spec.path:
-        return family(ARCHITECTURES[spec.name].family)
+    if built_in(spec):
+        return family(built_in(spec).family)
     folder = model_folder(spec)
     check_pipeline_folder(folder)
     return family_of_folder(folder)
@@ -87,6 +92,7 @@ class ModelCache:
 
     def load(self, spec: ModelSpec) -> ModelAdapter:
         import torch
+
         use_process_options(spec)
         if spec.key in self.models:
             return self.models[spec.key]
@@ -94,15 +100,18 @@ class ModelCache:
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
         cls = adapter_class(spec)
-        if spec.name in BUILT_IN and not spec.path:
+        if built_in(spec):
             pipe = cls.build(spec.name, spec)
-            for part in pipe.components.values():  # built modules start in training mode: T5's dropout would be on
-                if isinstance(part, torch.nn.Module):
-                    part.eval()
-            if dtype != torch.float32:
-                pipe = pipe.to(dtype=dtype)
+            pipe = pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
         else:
-            pipe = _from_folder(cls, model_folder(spec), dtype, spec)
+            from diffusers.utils import logging as diffusers_logging
+
+            diffusers_logging.disable_progress_bar()  # "Loading pipeline components"; sdlab logs one line per load
+            folder = model_folder(spec)
+            try:
+                pipe = cls.from_folder(folder, dtype, spec)
+            except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
+                raise UserError(f"model.path={folder} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
         model = cls(pipe.to(device), spec)
         model.apply_speed_options()
         pipe.set_progress_bar_config(leave=False, desc="denoising")
@@ -118,41 +127,21 @@ class ModelCache:
 CACHE = ModelCache()
 
 
-def _from_folder(cls: type[ModelAdapter], folder: Path, dtype: torch.dtype, spec: ModelSpec):
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.disable_progress_bar()  # its "Loading pipeline components" bar; sdlab logs one line per load
-    try:
-        return cls.from_folder(folder, dtype, spec)
-    except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
-        raise UserError(f"model.path={folder} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
-
-
 def load_model(spec: ModelSpec) -> ModelAdapter:
     """The model adapter for `spec`, loaded once per process and reused by every later job."""
     return CACHE.load(spec)
-
-
-def base_scheduler_config(spec: ModelSpec) -> dict:
-    """The scheduler config the model shipped with, before any swap (loading the model if it is not cached)."""
-    return load_model(spec).base_scheduler_config
 
 
 def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
     """The model's own scheduler config and where it comes from, read without loading any weights."""
     if spec.key in CACHE.models:
         return CACHE.models[spec.key].base_scheduler_config, f"model {spec.name}"
-    if spec.name in BUILT_IN and not spec.path:
-        return built_in_scheduler_config(spec.name), f"model {spec.name}"
+    if built_in(spec):
+        return dict(built_in(spec).scheduler), f"model {spec.name}"
     folder = model_folder(spec)
     check_pipeline_folder(folder)
     path = folder / "scheduler" / "scheduler_config.json"
     return read_object(path), str(path)
-
-
-def built_in_scheduler_config(name: str) -> dict:
-    """The scheduler config a model built in code starts from."""
-    return dict(ARCHITECTURES[name].scheduler)
 
 
 def check_model(spec: ModelSpec, choice: SchedulerChoice, steps: int) -> None:

@@ -60,19 +60,14 @@ def check_links(folder: Path) -> None:
             raise UserError(f"{path} is a link to {real}, outside model.path={folder}; copy it into the folder")
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or a UserError naming the file and what is wrong."""
+def read_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object, or a UserError naming the file and what is wrong."""
     if not path.is_file():
         raise UserError(f"{path} is missing; a diffusers pipeline folder needs it")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise UserError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
-
-
-def read_object(path: Path) -> dict[str, Any]:
-    """`read_json` that must be a JSON object."""
-    data = read_json(path)
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
     return data

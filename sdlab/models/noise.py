@@ -16,6 +16,7 @@ import pandas as pd
 from sdlab.metrics.schedule import (alpha_bar_at, alpha_bar_from_betas, betas, ddpm_log_snr_table, flow_crossing,
                                     flow_log_snr_table, log_snr, log_snr_db, model_kind, schedule_table,
                                     snr_db_from_alpha_bar, unshift_sigma, x0_from_velocity, x0_pred)
+from sdlab.models.architectures import SD15_SCHEDULER
 
 
 class NoiseProcess:
@@ -31,6 +32,13 @@ class NoiseProcess:
     def log_snr(self, level: dict[str, Any]) -> float:
         """lambda = 2 ln(signal / noise) (Kingma et al. 2021)."""
         return float(log_snr(*self.coefficients(level)))
+
+    def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
+        """Timesteps a scheduler visits for N steps, with its sigma and SNR_dB (`set_timesteps` takes Flux's mu)."""
+        scheduler.set_timesteps(num_inference_steps, **set_timesteps)
+        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+        sigma, snr_db = self.sigma_and_snr_db(scheduler, timestep)
+        return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma, "snr_db": snr_db})
 
     def noised(self, x0, eps, level: dict[str, Any]):
         """Forward noising q(x_t | x_0): signal x_0 + noise eps."""
@@ -69,18 +77,16 @@ class VPEpsilon(NoiseProcess):
         return [{"alpha_bar": float(ab), "sigma": None} for ab in alpha_bar]
 
     def snr_curve(self, config: dict[str, Any]) -> pd.DataFrame:
-        """SNR (dB) per training timestep t = 0 .. T-1 of a scheduler config's betas (schedule_table's columns)."""
-        return schedule_table(betas(config.get("beta_schedule", "scaled_linear"),
-                                    T=int(config.get("num_train_timesteps", 1000)),
-                                    beta_start=float(config.get("beta_start", 0.00085)),
-                                    beta_end=float(config.get("beta_end", 0.012))))
+        """SNR (dB) per training timestep t = 0 .. T-1 of a scheduler config's betas, SD 1.5's where it names none
+        (schedule_table's columns)."""
+        c = {**SD15_SCHEDULER, **config}
+        return schedule_table(betas(c["beta_schedule"], T=int(c["num_train_timesteps"]), beta_start=float(c["beta_start"]),
+                                    beta_end=float(c["beta_end"])))
 
-    def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
-        """Timesteps a scheduler visits for N steps, with sigma and SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)):
-        alpha_bar interpolated at fractional timesteps; sigma the scheduler's own when its sigmas align with its
-        timesteps (N plus the final one), else sqrt((1 - alpha_bar) / alpha_bar)."""
-        scheduler.set_timesteps(num_inference_steps, **set_timesteps)
-        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+    def sigma_and_snr_db(self, scheduler, timestep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)), alpha_bar interpolated at fractional timesteps; sigma the
+        scheduler's own when its sigmas align with its timesteps (N plus the final one), else
+        sqrt((1 - alpha_bar) / alpha_bar)."""
         alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
         alpha_bar = np.interp(timestep, np.arange(len(alphas_cumprod)), alphas_cumprod)
         sigmas = getattr(scheduler, "sigmas", None)
@@ -88,8 +94,7 @@ class VPEpsilon(NoiseProcess):
             sigma = np.asarray(sigmas, dtype=np.float64)[: len(timestep)]
         else:
             sigma = np.sqrt((1.0 - alpha_bar) / alpha_bar)
-        return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma,
-                             "snr_db": snr_db_from_alpha_bar(alpha_bar)})
+        return sigma, snr_db_from_alpha_bar(alpha_bar)
 
     def level(self, scheduler, timestep: float) -> dict[str, float | None]:
         """alpha_bar of the denoiser call under way: 1/(1 + sigma^2) from the scheduler's sigma when it keeps one
@@ -153,14 +158,10 @@ class RectifiedFlow(NoiseProcess):
         t = np.arange(1, T + 1, dtype=np.float64)
         return pd.DataFrame({"t": t, "snr_db": log_snr_db(log_snr(1.0 - t / T, t / T))})
 
-    def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
-        """Timesteps a flow scheduler visits for N steps, with its flow sigma and SNR_dB of ((1 - sigma) / sigma)^2
-        (`set_timesteps` takes Flux's mu)."""
-        scheduler.set_timesteps(num_inference_steps, **set_timesteps)
-        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+    def sigma_and_snr_db(self, scheduler, timestep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The scheduler's flow sigma at each visit and SNR_dB of ((1 - sigma) / sigma)^2."""
         sigma = np.asarray(scheduler.sigmas, dtype=np.float64)[: len(timestep)]
-        return pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "sigma": sigma,
-                             "snr_db": log_snr_db(log_snr(1.0 - sigma, sigma))})
+        return sigma, log_snr_db(log_snr(1.0 - sigma, sigma))
 
     def level(self, scheduler, timestep: float) -> dict[str, float | None]:
         """The scheduler's flow sigma for the denoiser call under way (its first before any step)."""

@@ -18,6 +18,7 @@ from typing import Any
 from sdlab.config import MODEL_KINDS
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len, model_kind
+from sdlab.models.architectures import ARCHITECTURES
 
 KINDS = MODEL_KINDS
 
@@ -91,20 +92,12 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "lcm": SchedulerSpec("LCMScheduler", stochastic=True),  # few steps, for LCM-distilled models; re-noises each step
 }
 
-# scheduler_config.json as each family's Hub repo ships it: schedules are analysed from these, no weights needed.
-SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+# scheduler_config.json as each family's Hub repo ships it, from its architecture record: schedules are analysed from
+# these, no weights needed.
 FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
-    "sd15": {"_class_name": "PNDMScheduler", **SD_BETAS, "skip_prk_steps": True, "set_alpha_to_one": False,
-             "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon"},
-    "sd2_v": {"_class_name": "DDIMScheduler", **SD_BETAS, "set_alpha_to_one": False, "steps_offset": 1,
-              "clip_sample": False, "prediction_type": "v_prediction"},
-    "sdxl": {"_class_name": "EulerDiscreteScheduler", **SD_BETAS, "steps_offset": 1, "timestep_spacing": "leading",
-             "interpolation_type": "linear", "prediction_type": "epsilon"},
-    "sd3": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
-    "flux_dev": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
-                 "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
-                 "max_image_seq_len": 4096},
-}
+    key: {"_class_name": ARCHITECTURES[name].scheduler_class, **ARCHITECTURES[name].scheduler}
+    for key, name in (("sd15", "sd15_arch"), ("sd2_v", "sd21_arch"), ("sdxl", "sdxl_arch"), ("sd3", "sd3_medium_arch"),
+                      ("flux_dev", "flux_dev_arch"))}
 
 
 def scheduler_class(name: str, kind: str = "epsilon") -> type:
@@ -134,7 +127,6 @@ def check_kind(name: str, kind: str) -> None:
 
 def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
     """The types an option takes, judged from its diffusers default (None for defaults that say nothing)."""
-
     for kinds, label in (((bool,), "true or false"), ((int,), "int"), ((int, float), "a number"), ((str,), "str")):
         if type(default) is kinds[-1]:
             return kinds, label
@@ -183,14 +175,6 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
     return user
 
 
-def _flow_base(base: dict[str, Any]) -> dict[str, Any]:
-    """A flow model's scheduler config in sdlab's names: the multistep solvers' `flow_shift` read as `shift`."""
-    base = dict(base)
-    if "flow_shift" in base:
-        base.setdefault("shift", base.pop("flow_shift"))
-    return base
-
-
 def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
     """Scheduler `name` for the model whose scheduler config is `base_config`: the solver of the model's kind, built
     from that config, the variant's options and user overrides."""
@@ -202,7 +186,8 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
     base = {k: v for k, v in base_config.items() if not k.startswith("_")}
     if kind == "flow":
         # 1. A flow config keeps only what this class reads: its dynamic shifting must survive, or it cannot run.
-        base = _flow_base(base)
+        if "flow_shift" in base:  # a multistep solver's config: its `flow_shift` is sdlab's `shift`
+            base.setdefault("shift", base.pop("flow_shift"))
         accepted = set(inspect.signature(cls.__init__).parameters)
         dynamic = user.get("use_dynamic_shifting", base.get("use_dynamic_shifting"))
         if dynamic and "shift" in user:
@@ -224,7 +209,6 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
 def timestep_kwargs(scheduler, width: int | None = None, height: int | None = None) -> dict[str, Any]:
     """Keyword arguments `set_timesteps` needs beyond the step count: Flux-style dynamic shifting needs mu, computed
     from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height)."""
-
     config = scheduler.config
     if not config.get("use_dynamic_shifting"):
         return {}

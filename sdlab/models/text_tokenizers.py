@@ -10,9 +10,8 @@ from typing import Any
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
 from sdlab.metrics.clip import MAX_TOKENS
-from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
-from sdlab.models.loading import adapter_class, model_folder
-from sdlab.models.tokenizer import load_tokenizer, tiny_t5_tokenizer
+from sdlab.models.loading import adapter_class, built_in, model_folder
+from sdlab.models.tokenizer import BUILT_IN_TOKENIZERS
 
 KIND_NAMES = {"clip": "CLIP", "t5": "T5"}
 
@@ -34,11 +33,8 @@ class EncoderTokenizer:
 def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[str]]:
     """Every text encoder's tokenizer with its limit, in pipeline order, and one note per encoder left out (T5 with
     `model.t5=false`, or a published architecture's T5, whose vocabulary is not packaged)."""
-
-    cls = adapter_class(spec)
-    built_in = spec.name in BUILT_IN and not spec.path
-    arch = ARCHITECTURES[spec.name] if built_in else None
-    folder = None if built_in else model_folder(spec)
+    cls, arch = adapter_class(spec), built_in(spec)
+    folder = None if arch else model_folder(spec)
     left_out = cls.load_options(spec)
     encoders, notes = [], []
     for attribute, kind in cls.tokenizers.items():
@@ -47,14 +43,14 @@ def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[st
         if attribute in left_out:
             notes.append(f"{name} is left out (model.t5=false): the transformer gets zeros in its place")
             continue
-        if built_in and kind == "t5" and arch.published:
+        if arch and kind == "t5" and arch.published:
             notes.append(f"{name} is not counted: T5's vocabulary is not packaged with model={spec.name}; "
                          f"a real {cls.family} model counts it (model.path=DIR)")
             continue
-        if built_in and kind == "t5":
+        if arch and kind == "t5":
             notes.append(f"{name} uses the tiny models' T5 vocabulary: the shapes grammar's words, others letter by "
                          "letter")
-        tokenizer = built_in_tokenizer(kind) if built_in else folder_tokenizer(folder / attribute, kind)
+        tokenizer = BUILT_IN_TOKENIZERS[kind]() if arch else folder_tokenizer(folder / attribute, kind)
         encoders.append(encoder_tokenizer(cls, spec, attribute, kind, tokenizer))
     return encoders, notes
 
@@ -65,12 +61,6 @@ def encoder_tokenizer(cls, spec: ModelSpec, attribute: str, kind: str, tokenizer
     own = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None  # HF's "no limit" sentinel
     limit = (own or MAX_TOKENS) if kind == "clip" else cls.t5_limit(spec, own)
     return EncoderTokenizer(attribute.replace("tokenizer", "text_encoder"), kind, tokenizer, int(limit))
-
-
-def built_in_tokenizer(kind: str):
-    """The packaged CLIP tokenizer, or the T5 one the tiny flow models are built with."""
-
-    return load_tokenizer() if kind == "clip" else tiny_t5_tokenizer()
 
 
 def folder_tokenizer(folder, kind: str):
@@ -87,17 +77,12 @@ def folder_tokenizer(folder, kind: str):
                         f"{str(e).strip().splitlines()[0]}") from None
 
 
-def loaded_encoder_tokenizers(model) -> list[EncoderTokenizer]:
-    """The tokenizers of a loaded model's text encoders, each with the limit its pipeline applies (T5 left out with
-    `model.t5=false` has none)."""
-    return [encoder_tokenizer(type(model), model.spec, attribute, kind, model.component(attribute))
-            for attribute, kind in model.tokenizers.items() if model.component(attribute) is not None]
-
-
 def truncation_warnings(model, text: str) -> list[str]:
-    """One line per text encoder that cuts `text`, with how many tokens it drops, and which encoders read it whole."""
-    counts = [(e, len(e.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]))
-              for e in loaded_encoder_tokenizers(model)]
+    """One line per text encoder that cuts `text`, with how many tokens it drops, and which encoders read it whole
+    (each with the limit its pipeline applies; a T5 left out with `model.t5=false` reads nothing)."""
+    loaded = [encoder_tokenizer(type(model), model.spec, attribute, kind, model.component(attribute))
+              for attribute, kind in model.tokenizers.items() if model.component(attribute) is not None]
+    counts = [(e, len(e.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"])) for e in loaded]
     whole = [e.label for e, n in counts if n <= e.limit]
     return [f"the prompt is {n} tokens for {e.label}, past its {e.limit}: the last {n - e.limit} are dropped"
             + (f" ({', '.join(whole)} read{'s' * (len(whole) == 1)} all of it)" if whole else "")

@@ -26,20 +26,6 @@ MODEL_MAX_LENGTH = 77
 ASSET_DIR = Path(__file__).parent.parent / "assets" / "clip_tokenizer"
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP map from each byte to a printable unicode character."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
-
-
 def read_bpe_table(source: Path) -> list[str]:
     """Lines of the BPE table, read from the .txt.gz itself or from a wheel/zip that contains it."""
     source = Path(source)
@@ -54,6 +40,8 @@ def read_bpe_table(source: Path) -> list[str]:
 
 def vocab_and_merges(lines: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's vocabulary (token -> id) and merge list from the BPE table lines."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> printable character map
+
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
@@ -62,16 +50,8 @@ def vocab_and_merges(lines: list[str]) -> tuple[dict[str, int], list[tuple[str, 
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
-def build_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> CLIPTokenizer:
-    """A CLIPTokenizer from an in-memory vocabulary and merge list."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
-
-
 def save_tokenizer_files(vocab: dict[str, int], merges: list[tuple[str, str]], out: Path) -> None:
     """Write the standard `vocab.json`, `merges.txt` and `tokenizer_config.json` of a CLIP tokenizer."""
-
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "tokenizer_class": "CLIPTokenizer",
@@ -134,7 +114,9 @@ def tiny_t5_tokenizer(max_length: int = 32):
 
     from transformers import T5TokenizerFast
 
-
     pieces = [(f"\u2581{w}", -1.0) for w in T5_WORDS] + [("\u2581", -2.0)]
     pieces += [(c, -3.0) for c in string.ascii_letters + string.digits + string.punctuation]
     return T5TokenizerFast(vocab=[(t, 0.0) for t in T5_SPECIALS] + pieces, extra_ids=0, model_max_length=max_length)
+
+
+BUILT_IN_TOKENIZERS = {"clip": load_tokenizer, "t5": tiny_t5_tokenizer}  # what models built in code tokenize with

@@ -23,12 +23,11 @@ def family(name: str) -> type[ModelAdapter]:
 
 def family_of_folder(folder: Path) -> type[ModelAdapter]:
     """The family whose pipeline class model_index.json names."""
-
     class_name = read_object(folder / "model_index.json").get("_class_name")
     for cls in FAMILIES.values():
-        if class_name in cls.detects:
+        if class_name == cls.pipeline_class:
             return cls
-    known = ", ".join(name for cls in FAMILIES.values() for name in cls.detects)
+    known = ", ".join(cls.pipeline_class for cls in FAMILIES.values())
     raise UserError(f"{folder}/model_index.json names pipeline {class_name!r}, which sdlab does not run; "
                     f"it runs: {known}")
 

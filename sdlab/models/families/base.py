@@ -1,7 +1,7 @@
 """What every model family shares: one adapter object per loaded model, which jobs ask instead of the pipeline.
 
 A family subclass names its diffusers pipeline class, builds its tiny variant from the configs in
-sdlab/architectures.py, and says how it encodes prompts (`_encode`) and what its pipeline call takes.
+sdlab/models/families/<family>.json, and says how it encodes prompts (`_encode`) and what its pipeline call takes.
 """
 
 from __future__ import annotations
@@ -14,18 +14,12 @@ from sdlab.config import ATTENTION, ModelSpec
 from sdlab.errors import UserError, choose
 from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
-from sdlab.models.device import use_process_options
 from sdlab.models.noise import PROCESSES, NoiseProcess
 from sdlab.models.schedulers import make_scheduler
-from sdlab.models.tokenizer import load_tokenizer, tiny_t5_tokenizer
+from sdlab.models.tokenizer import BUILT_IN_TOKENIZERS
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
-
-
-def batched(tensor: torch.Tensor, n: int) -> torch.Tensor:
-    """A batch-1 embedding repeated for `n` images."""
-    return tensor.repeat(n, *[1] * (tensor.dim() - 1))
 
 
 class ModelAdapter:
@@ -33,7 +27,6 @@ class ModelAdapter:
 
     family: ClassVar[str]
     pipeline_class: ClassVar[str]                      # the diffusers pipeline that loads and runs it
-    detects: ClassVar[tuple[str, ...]] = ()            # model_index.json `_class_name`s that mean this family
     denoiser_name: ClassVar[str] = "unet"
     guidance: ClassVar[str] = "cfg"                    # "cfg": cond + uncond in one batched call; "distilled": one call
     call_options: ClassVar[tuple[str, ...]] = ()       # GenerationParams fields the pipeline also takes
@@ -73,19 +66,18 @@ class ModelAdapter:
         its scheduler, the family's tokenizers (sdlab's packaged CLIP one, a T5 one built in code), and the
         same `load_options` a folder gets."""
         import diffusers
-
+        import torch
 
         arch = ARCHITECTURES[name]
-        make = {"clip": load_tokenizer, "t5": tiny_t5_tokenizer}
         parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch),
-                 **{attribute: make[kind]() for attribute, kind in cls.tokenizers.items()}, **cls.load_options(spec)}
+                 **{attribute: BUILT_IN_TOKENIZERS[kind]() for attribute, kind in cls.tokenizers.items()},
+                 **cls.load_options(spec)}
+        for part in parts.values():  # built modules start in training mode: T5's dropout would be on
+            if isinstance(part, torch.nn.Module):
+                part.eval()
         return getattr(diffusers, cls.pipeline_class)(**parts)
 
     # 2. what the model is
-    @property
-    def key(self) -> tuple:
-        return self.spec.key
-
     @property
     def denoiser(self) -> torch.nn.Module:
         """The network the sampler calls every step: the UNet or the transformer."""
@@ -116,7 +108,6 @@ class ModelAdapter:
     @property
     def kind(self) -> str:
         """The scheduler kind the model was trained for: epsilon, v_prediction or flow."""
-
         return model_kind({**self.base_scheduler_config, "_class_name": self.base_scheduler_class})
 
     @property
@@ -158,17 +149,9 @@ class ModelAdapter:
     def vae_scale_factor(self) -> int:
         return self.pipe.vae_scale_factor
 
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.vae.config.latent_channels
-
-    @property
-    def resolution(self) -> int:
-        return self.spec.resolution
-
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         """(channels, height, width) of one image's latents."""
-        return self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor
+        return self.vae.config.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         """Whether a step runs the unconditional branch too (never for guidance-distilled models)."""
@@ -234,7 +217,7 @@ class ModelAdapter:
         options = {k: getattr(params, k) for k in self.call_options}
         with StepWatch(self, params, on_step) as watch:
             latents = self.pipe(
-                **{k: batched(v, n) for k, v in embeddings.items()},
+                **{k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in embeddings.items()},  # batch 1 to n images
                 num_inference_steps=params.num_inference_steps,
                 guidance_scale=params.guidance_scale,
                 width=params.width,
@@ -243,16 +226,13 @@ class ModelAdapter:
                 output_type="latent",
                 callback_on_step_end=watch.callback if on_step else None,
                 **options,
-                **self.sequence_options(),
+                **({"max_sequence_length": self.sequence_length} if self.sequence_length else {}),
             ).images
         return self.unpack(latents, params.width, params.height)
 
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
         """The pipeline's latents (as the denoiser and `callback_on_step_end` see them) as NCHW: unchanged here."""
         return latents
-
-    def sequence_options(self) -> dict[str, Any]:
-        return {"max_sequence_length": self.sequence_length} if self.sequence_length else {}
 
     def unscale(self, latents: torch.Tensor) -> torch.Tensor:
         """Denoiser latents to the VAE's: z / scaling_factor + shift_factor."""
@@ -294,7 +274,6 @@ class ModelAdapter:
         import torch
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-
         spec = self.spec
         choose("model.attention", spec.attention, ATTENTION)
         if self.denoiser_name == "unet":  # transformers keep their own processors (sdpa already)
@@ -309,11 +288,6 @@ class ModelAdapter:
             self.pipe.vae.to(memory_format=torch.channels_last)
         if spec.compile:
             self.denoiser = torch.compile(self.denoiser)
-
-    def use_batch_options(self, denoiser_batch: int) -> None:
-        """The process-wide CPU settings for the denoiser batch about to run (mkldnn=auto)."""
-
-        use_process_options(self.spec, denoiser_batch)
 
 
 class StepWatch:

@@ -15,7 +15,6 @@ class Flux(ModelAdapter):
     family = "flux"
     pipeline_class = "FluxPipeline"
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "t5"}
-    detects = ("FluxPipeline",)
     denoiser_name = "transformer"
     guidance = "distilled"  # no unconditional branch: the negative prompt is not used
     t5_tokenizer = "tokenizer_2"

@@ -14,7 +14,6 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
 class StableDiffusion(ModelAdapter):
     family = "sd"
     pipeline_class = "StableDiffusionPipeline"
-    detects = ("StableDiffusionPipeline",)
     call_options = ("eta",)
 
     @classmethod

@@ -16,7 +16,6 @@ class StableDiffusion3(ModelAdapter):
     family = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "clip", "tokenizer_3": "t5"}
-    detects = ("StableDiffusion3Pipeline",)
     denoiser_name = "transformer"
     t5_tokenizer = "tokenizer_3"
     default_sequence_length = 256

@@ -15,7 +15,6 @@ class StableDiffusionXL(ModelAdapter):
     family = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "clip"}
-    detects = ("StableDiffusionXLPipeline",)
     call_options = ("eta",)
     upcasts_vae = True
 
