@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from sdlab.errors import UserError
-from sdlab.metrics.clip import clip_score
 from sdlab.models.clip import load_clip, tiny_clip
 
 
@@ -37,7 +36,7 @@ def test_load_clip_from_folder_and_score(clip_folder):
     clip = load_clip({"name": "mini", "path": str(clip_folder)})
     assert clip.image_mean == (0.5, 0.5, 0.5)
     assert load_clip({"name": "mini", "path": str(clip_folder)}) is clip  # cached per process
-    scores = clip_score(images(3), ["a red circle", "a blue square", "a green cross"], clip)
+    scores = clip.clip_score(images(3), ["a red circle", "a blue square", "a green cross"])
     assert len(scores) == 3 and all(0.0 <= s <= 100.0 for s in scores)
     assert scores == clip.clip_score(images(3), ["a red circle", "a blue square", "a green cross"])
     assert clip.pixel_values(images(2)).shape == (2, 3, 32, 32)

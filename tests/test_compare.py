@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sdlab.errors import UserError
-from sdlab.jobs.compare import distances, ranking, reachable_target, study_from
+from sdlab.jobs.compare import Study, distances, ranking, reachable_target
 
 
 def test_reference_distance_is_zero_for_the_reference_itself():
@@ -55,7 +55,7 @@ def test_ranking_falls_back_to_a_target_the_run_reaches():
 def test_study_validation(block, fragment):
     base = {"schedulers": ["ddim"], "steps": [2], "seeds": [0], "prompts": ["x"], "reference_steps": 10}
     with pytest.raises(UserError, match=fragment):
-        study_from({"compare": {**base, **block}})
+        Study(**{**base, **block})
 
 
 def test_quick_study_runs_on_tiny(run_sdlab, tmp_path):

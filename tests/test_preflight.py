@@ -85,10 +85,11 @@ def test_a_single_guidance_scale_is_a_list_of_one_and_its_bounds_are_checked():
     from analysis_helpers import config_for
     from sdlab.bench.run import parse
     from sdlab.jobs import check_recipe
-    from sdlab.jobs.grids import SCALES
+    from sdlab.config import rules_of
+    from sdlab.jobs.grids import GuidanceGrid
 
     check_recipe(parse(config_for("guidance_grid", guidance_scales=5)))
-    assert SCALES.check("guidance_scales", 5) == [5.0]
+    assert rules_of(GuidanceGrid)["guidance_scales"].check("guidance_scales", 5) == [5.0]
     with pytest.raises(UserError, match=r"^guidance_scales=\[-2\] must be a non-empty list of numbers, each >= 0"):
         check_recipe(parse(config_for("guidance_grid", guidance_scales=-2)))
 

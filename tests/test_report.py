@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pandas as pd
 import pytest
@@ -108,6 +109,18 @@ def test_sdlab_report_on_a_single_run_dir(run_sdlab, tmp_path):
     assert data["header"]["command"] == f"sdlab seed=1 guidance_scale=7.5 scheduler=ddim threads=1 hydra.run.dir={run}"
     assert data["axes"] == [] and data["header"]["ok"] == 1 and data["summary"] is None
     assert (run / "summary.csv").is_file() and not (run / "summary.png").exists()
+
+
+def test_a_single_runs_command_reruns_its_prompt_as_typed(run_sdlab, tmp_path, one_thread):
+    prompt = "a red circle, blurry's ${edge}"  # a comma, a quote and an interpolation, each special to Hydra
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert run_sdlab(f"prompt={prompt}", "model=tiny", "num_inference_steps=1", "threads=1",
+                     f"hydra.run.dir={first}") == 0
+    assert run_sdlab("report", str(first)) == 0
+    command = shlex.split(embedded((first / "report.html").read_text())["header"]["command"])
+    assert command[0] == "sdlab" and command[-1] == f"hydra.run.dir={first}"
+    assert run_sdlab(*command[1:-1], f"hydra.run.dir={again}") == 0
+    assert pd.read_csv(again / "results.csv")["prompt"].tolist() == [prompt]
 
 
 def test_the_page_carries_the_sweeps_ranking(tmp_path):

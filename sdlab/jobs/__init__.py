@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
-from sdlab.config import Run
+from sdlab.config import Run, check_block, rules_of
 from sdlab.errors import choose
 
 
@@ -23,19 +23,27 @@ class JobContext:
     run_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def recipe(self) -> Any:
+        """The job's own recipe dataclass, read from the run and checked."""
+        return read_recipe(self.run, RECIPES[self.run.job])
+
 
 JobFn = Callable[[JobContext], pd.DataFrame]
 CheckFn = Callable[[Run], Any]
 JOBS: dict[str, JobFn] = {}
 CHECKS: dict[str, CheckFn] = {}
+RECIPES: dict[str, type] = {}
 
 
-def job(name: str, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
-    """Register a job function under `name`; `check` reads its recipe keys from the Run and raises a one-line
-    UserError on a bad value, before any folder is made or model loaded."""
+def job(name: str, recipe: type | None = None, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
+    """Register a job function under `name` with its recipe dataclass; `check` looks further (at the model, say) and
+    raises a one-line UserError on a bad value, before any folder is made or model loaded."""
 
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
+        if recipe is not None:
+            RECIPES[name] = recipe
         if check is not None:
             CHECKS[name] = check
         return fn
@@ -43,25 +51,51 @@ def job(name: str, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
     return register
 
 
+class AsGiven:
+    """The rule of a recipe field no Field describes (a stage's settings, entries the job checks itself)."""
+
+    @staticmethod
+    def check(name: str, value: Any) -> Any:
+        return value
+
+
+AS_GIVEN = AsGiven()
+
+
+def read_recipe(run: Run, cls: type) -> Any:
+    """A recipe dataclass from the run's config: its fields are top-level keys (or the keys of the block that
+    `cls.block` names), each checked by its Field; null or absent keys keep their defaults."""
+    rules = rules_of(cls)
+    if getattr(cls, "block", None):
+        given = check_block(run.recipe, cls.block, {f.name: rules.get(f.name, AS_GIVEN) for f in fields(cls)})
+    else:
+        given = {}
+        for f in fields(cls):
+            value = run.recipe.get(f.name)
+            if value is not None or f.default is MISSING:
+                given[f.name] = rules[f.name].check(f.name, value) if f.name in rules else value
+    return cls(**given)
+
+
 def check_recipe(run: Run) -> None:
-    """The job's own check of its recipe keys, if it has one (pre-flight)."""
+    """The job's own check of its recipe, if it has one (pre-flight)."""
     get_job(run.job)
+    if run.job in RECIPES:
+        read_recipe(run, RECIPES[run.job])
     if run.job in CHECKS:
         CHECKS[run.job](run)
 
 
 # Jobs that never load a model (the explainers' exact toy math): pre-flight checks no weights for them.
-MODEL_FREE_JOBS = frozenset(("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
-                             "timestep_embedding"))
+MODEL_FREE_JOBS = ("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
+                   "timestep_embedding")
 # Which module registers each job, so a run imports only the job it needs (not scipy for a generate job).
 JOB_MODULES = {
     "generate": "generate", "train_mini": "train", "compare_schedulers": "compare",
     "anatomy": "anatomy", "trajectory": "trajectory", "forward_process": "forward",
     "schedule_snr": "schedule", "vae_roundtrip": "vae", "clip_tokens": "clip", "clip_similarity": "clip",
     "guidance_grid": "grids", "prompt_grid": "grids", "scheduler_grid": "grids",
-    "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand",
-    **dict.fromkeys(("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
-                     "timestep_embedding"), "explainers"),  # MODEL_FREE_JOBS
+    "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand", **dict.fromkeys(MODEL_FREE_JOBS, "explainers"),
 }
 
 

@@ -1,9 +1,9 @@
-"""Helpers the analysis jobs share: base row, model and scheduler config, input images, VAE encode/decode."""
+"""What the analysis jobs share: input images and their tensors, the model's shipped scheduler config, the article line."""
 
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -11,40 +11,36 @@ from PIL import Image, UnidentifiedImageError
 
 from sdlab.bench.inputs import image_files
 from sdlab.bench.worlds import world
-from sdlab.config import Field, ModelSpec
+from sdlab.config import Run, checked
 from sdlab.errors import UserError
-from sdlab.jobs import JobContext
-from sdlab.models.loading import load_model, shipped_scheduler_config
+from sdlab.metrics.image import cover
+from sdlab.models.loading import shipped_scheduler_config
 
 
-def article_reports(ctx: JobContext) -> str:
+@dataclass(frozen=True, kw_only=True)
+class ImageInput:
+    """Where a job's input images come from: `images` (a folder or files), else drawings of the `sample_world`."""
+
+    images: str | list[str] | None = None
+    sample_world: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prompts:
+    """The prompts a job compares; one string counts as a list of one."""
+
+    prompts: tuple[str, ...] = checked(MISSING, "strs", plain=False)
+
+
+def article_reports(run: Run) -> str:
     """A title's last line saying what the article measured on its own model (`article.reports`), or ""."""
-    text = (ctx.run.recipe.get("article") or {}).get("reports")
+    text = (run.recipe.get("article") or {}).get("reports")
     return f"\nthe article reports {text}" if text else ""
 
 
-def loaded_model(ctx: JobContext):
-    """The configured model's adapter (cached per process) and its ModelSpec."""
-    return load_model(ctx.run.model), ctx.run.model
-
-
-def model_scheduler_config(spec: ModelSpec) -> dict[str, Any]:
-    """The scheduler config a model ships with, without loading its weights, less diffusers' `_` bookkeeping keys."""
-
-    return {k: v for k, v in shipped_scheduler_config(spec)[0].items() if not k.startswith("_")}
-
-
-TEXTS = Field("strs")  # prompts or scheduler names; one string counts as a list of one
-
-
-def fit(image: Image.Image, width: int, height: int) -> np.ndarray:
-    """Resize to cover width x height (bicubic), centre crop, as uint8 RGB."""
-    image = image.convert("RGB")
-    scale = max(width / image.width, height / image.height)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    image = image.resize(size, Image.BICUBIC)
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    return np.asarray(image.crop((left, top, left + width, top + height)))
+def model_scheduler_config(run: Run) -> dict:
+    """The scheduler config the run's model ships with, without loading its weights, less diffusers' `_` keys."""
+    return {k: v for k, v in shipped_scheduler_config(run.model)[0].items() if not k.startswith("_")}
 
 
 def read_image(path: Path, width: int, height: int) -> np.ndarray:
@@ -52,19 +48,19 @@ def read_image(path: Path, width: int, height: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return fit(image, width, height)
+            return cover(image, width, height)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
         raise UserError(f"cannot read image {path}: {reason}") from None
 
 
-def input_images(cfg: dict, width: int, height: int, count: int) -> list[tuple[str, np.ndarray, str]]:
+def input_images(source: ImageInput, width: int, height: int, count: int) -> list[tuple[str, np.ndarray, str]]:
     """(name, image, caption) from `images` (folder or files; caption = file stem), else `count` images of the
     `sample_world` drawn at min(width, height) and fitted."""
-    if cfg.get("images"):
-        return [(p.name, read_image(p, width, height), p.stem.replace("_", " ")) for p in image_files(cfg["images"])]
-    samples = world(cfg.get("sample_world")).samples(count, min(width, height), None)
-    return [(name, fit(Image.fromarray(image), width, height), text) for name, image, text in samples]
+    if source.images:
+        return [(p.name, read_image(p, width, height), p.stem.replace("_", " ")) for p in image_files(source.images)]
+    samples = world(source.sample_world).samples(count, min(width, height), None)
+    return [(name, cover(Image.fromarray(image), width, height), text) for name, image, text in samples]
 
 
 def to_model(images: list[np.ndarray], model) -> torch.Tensor:
@@ -77,13 +73,3 @@ def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
     """NCHW images in [-1, 1] as uint8 HxWx3 arrays (clipped)."""
     x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return list(x.permute(0, 2, 3, 1).cpu().numpy())
-
-
-def encode(model, x: torch.Tensor) -> torch.Tensor:
-    """The model's latents z = scaling_factor · (mean of q(z | x) - shift_factor)."""
-    return model.encode_image(x)
-
-
-def decode(model, z: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] from the model's latents."""
-    return model.decode(z)

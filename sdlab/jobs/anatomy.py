@@ -28,7 +28,6 @@ def meta_components(spec: ModelSpec) -> dict:
     folder's model_index.json lists (tokenizers, schedulers and absent parts skipped; no weights read)."""
     import torch
 
-
     if spec.name in ARCHITECTURES and not spec.path:
         return build_on_meta(ARCHITECTURES[spec.name])
     folder = model_folder(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ import torch
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.worlds import world
-from sdlab.config import Field, Run
+from sdlab.config import Run, checked
 from sdlab.errors import UserError
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import read_image
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import model_kind
@@ -97,30 +98,30 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     }])
 
 
-def strengths_of(run: Run) -> list[float]:
-    """The `strengths` list, each in (0, 1]."""
-    strengths = [float(s) for s in Field("numbers").check("strengths", run.recipe.get("strengths"))]
-    for s in strengths:
-        if not 0.0 < s <= 1.0:
-            raise UserError(f"strength {s:g} must be in (0, 1]")
-    return strengths
+@dataclass(frozen=True)
+class Img2img:
+    """Strengths, each in (0, 1], and the input: an `image` file, else `image_caption` drawn in the `sample_world`."""
+
+    strengths: tuple[float, ...] = checked(MISSING, "numbers", plain=False)
+    image: str | None = None
+    image_caption: str | None = None
+    sample_world: str | None = None
+
+    def __post_init__(self):
+        for s in self.strengths:
+            if not 0.0 < s <= 1.0:
+                raise UserError(f"strength {s:g} must be in (0, 1]")
 
 
-def check_img2img(run: Run) -> None:
-    """Strengths in (0, 1], and an input image to start from."""
-    strengths_of(run)
-    input_image(run.recipe, 8)
-
-
-@job("img2img_strength", check=check_img2img)
+@job("img2img_strength", Img2img, check=lambda run: input_image(read_recipe(run, Img2img), 8))
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""
     spec, params = ctx.run.model, ctx.run.params
     model = load_model(spec)
     img2img = model.image_to_image()
     img2img.scheduler = model.use_scheduler(ctx.run.scheduler.name)
-    source = input_image(ctx.run.recipe, spec.resolution)
-    strengths = strengths_of(ctx.run)
+    source = input_image(ctx.recipe, spec.resolution)
+    strengths = [float(s) for s in ctx.recipe.strengths]
     seed, steps, rows, outputs = params.seeds[0], params.num_inference_steps, [], []
     for strength in strengths:
         with torch.inference_mode():
@@ -141,10 +142,10 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     return frame
 
 
-def input_image(cfg: dict, side: int):
+def input_image(recipe: Img2img, side: int):
     """The recipe's `image` file, or its `image_caption` drawn in the `sample_world`, as a PIL image at side px."""
     from PIL import Image
 
-    if cfg.get("image"):
-        return Image.fromarray(read_image(Path(cfg["image"]), side, side))
-    return Image.fromarray(world(cfg.get("sample_world")).draw(str(cfg.get("image_caption")))).resize((side, side))
+    if recipe.image:
+        return Image.fromarray(read_image(Path(recipe.image), side, side))
+    return Image.fromarray(world(recipe.sample_world).draw(str(recipe.image_caption))).resize((side, side))

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import logging
 import textwrap
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from sdlab.bench.figures import bar_chart, heatmap
-from sdlab.config import Field, Run, check_fields
 from sdlab.bench.records import identity, ordered, write_table
+from sdlab.config import checked
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import (
-    TEXTS,
-    article_reports,
-    input_images,
-    loaded_model,
-)
-from sdlab.metrics.clip import (
-    clip_score_from_cosine,
-    cosine_matrix,
-    long_matrix,
-    pooled_text_embeddings,
-    token_rows,
-    token_table,
-)
+from sdlab.jobs.analysis import ImageInput, Prompts, article_reports, input_images
+from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, long_matrix, pooled_text_embeddings, token_rows,
+                                token_table)
 from sdlab.models.clip import load_clip
+from sdlab.models.loading import load_model
 from sdlab.models.text_tokenizers import encoder_tokenizers
 
 log = logging.getLogger(__name__)
-
-
 XLABELS = {"clip": "CLIP tokens incl. <|startoftext|> and <|endoftext|>", "t5": "T5 tokens incl. the closing </s>"}
 
 
@@ -45,12 +34,17 @@ def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> st
     return "\n".join(parts)
 
 
-@job("clip_tokens", check=lambda run: TEXTS.check("prompts", run.recipe.get("prompts")))
+@dataclass(frozen=True, kw_only=True)
+class Similarity(Prompts, ImageInput):
+    num_images: int = checked(4, "int", 0, 1000, plain=False, optional=True)  # drawn when no `images` are given
+
+
+@job("clip_tokens", Prompts)
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
     """One row per prompt and text encoder (tokens, ids, count incl. special tokens, the encoder's limit, what it
     drops); table `tokens` per token; figure token_counts.png with a panel per encoder."""
     spec = ctx.run.model
-    prompts = TEXTS.check("prompts", ctx.run.recipe.get("prompts"))
+    prompts = ctx.recipe.prompts
     encoders, notes = encoder_tokenizers(spec)
     for note in notes:
         log.warning("%s", note)
@@ -78,8 +72,8 @@ def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarr
     """Projected CLIP text embeddings when a clip model is configured, else the model text encoder's pooled output; with its name."""
     if clip is not None:
         return clip.text_embeddings(prompts), f"clip={clip.name} projected text embedding (get_text_features)"
-    model, spec = loaded_model(ctx)
-    name = f"model={spec.name} text_encoder pooled output (EOS token after final layer norm, unprojected)"
+    model = load_model(ctx.run.model)
+    name = f"model={ctx.run.model.name} text_encoder pooled output (EOS token after final layer norm, unprojected)"
     return pooled_text_embeddings(model.text_encoder, model.tokenizer, prompts), name
 
 
@@ -104,18 +98,12 @@ def diagonal_claim(cos: np.ndarray) -> str:
     return f"{hits} of {n} images closest to their own caption; matched cos {matched:.2f} vs unmatched {unmatched:.2f}"
 
 
-def check_similarity(run: Run) -> None:
-    """Prompts, and how many built-in images to score against them."""
-    TEXTS.check("prompts", run.recipe.get("prompts"))
-    check_fields(run.recipe, {"num_images": Field("int", 0, 1000, optional=True)})
-
-
-@job("clip_similarity", check=check_similarity)
+@job("clip_similarity", Similarity)
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
-    cfg, spec = ctx.run.recipe, ctx.run.model
-    prompts = TEXTS.check("prompts", cfg.get("prompts"))
-    clip = load_clip(cfg.get("clip"))
+    spec, recipe = ctx.run.model, ctx.recipe
+    prompts = list(recipe.prompts)
+    clip = load_clip(ctx.run.recipe.get("clip"))
 
     # 1. Text-text cosine similarity.
     embeddings, embedding = text_embeddings(ctx, prompts, clip)
@@ -123,7 +111,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     text = long_matrix(matrix, prompts, prompts, "prompt_a", "prompt_b").assign(embedding=embedding)
     keys = [f"P{i + 1}" for i in range(len(prompts))]
     heatmap(matrix, [f"{k}: {p}" for k, p in zip(keys, prompts)], keys, ctx.out_dir / "text_similarity.png",
-            vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}{article_reports(ctx)}")
+            vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}{article_reports(ctx.run)}")
     rows = [{**identity(ctx, "clip_similarity", spec.name), **r} for r in text.to_dict("records")]
 
     # 2. Image-caption similarity (needs a CLIP model with an image tower).
@@ -131,9 +119,9 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
         log.info("clip=none: image-caption similarity skipped (choose clip=mini or clip=openai_l14)")
         return ordered(rows)
     width, height = ctx.run.params.width, ctx.run.params.height
-    images = input_images(cfg, width, height, int(cfg.get("num_images") or 4))
+    images = input_images(recipe, width, height, recipe.num_images or 4)
     names = [name for name, _, _ in images]
-    captions = prompts if cfg.get("images") else [caption for _, _, caption in images]
+    captions = prompts if recipe.images else [caption for _, _, caption in images]
     cos = cosine_matrix(clip.image_embeddings([image for _, image, _ in images]), clip.text_embeddings(captions))
     pairs = long_matrix(cos, names, captions, "image", "caption").assign(
         clip_score=lambda f: clip_score_from_cosine(f["cosine"]), clip=clip.name)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import MISSING, dataclass, replace
-from typing import Any
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ import torch
 from sdlab.bench.figures import convergence, schedule_visits
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.bench.scorers import build_scorers, direction, score_images
-from sdlab.config import GenerationParams, check_block, checked, rules_of
+from sdlab.config import GenerationParams, checked
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.image import psnr, ssim
@@ -29,33 +29,30 @@ METRICS = ["latent_rmse", "psnr", "ssim"]
 
 @dataclass(frozen=True)
 class Study:
-    """What to compare: schedulers x step counts over seeds and prompts, against a reference solve."""
+    """What to compare (the `compare:` block): schedulers x step counts over seeds and prompts, against a reference
+    solve by a deterministic scheduler."""
 
-    schedulers: tuple[str, ...] = checked(MISSING, "strs", plain=False)
-    steps: tuple[int, ...] = checked(MISSING, "ints", 1, 1000, plain=False)
-    seeds: tuple[int, ...] = checked(MISSING, "ints", 0, plain=False)
-    prompts: tuple[str, ...] = checked(MISSING, "strs", plain=False)
+    block = "compare"
+    schedulers: tuple[str, ...] = checked(None, "strs", plain=False)
+    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False)
+    seeds: tuple[int, ...] = checked(None, "ints", 0, plain=False)
+    prompts: tuple[str, ...] = checked(None, "strs", plain=False)
     reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
     reference_steps: int = checked(200, "int", 1, 1000, plain=False)
     psnr_target: float = checked(30.0, "number", 0, 1000, plain=False)
     visit_steps: tuple[int, ...] = checked((10, 25), "ints", 1, 1000, plain=False)
 
-
-def study_from(cfg: dict[str, Any]) -> Study:
-    """A Study from the recipe's `compare` block, validated."""
-    block = dict(check_block(cfg, "compare", rules_of(Study)))
-    missing = [k for k in ("schedulers", "steps", "seeds", "prompts") if block.get(k) is None]
-    if missing:
-        raise UserError(f"compare.{missing[0]} is missing: a study lists schedulers, steps, seeds and prompts")
-    study = Study(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items() if v is not None})
-    for name in (*study.schedulers, study.reference_scheduler):
-        if name not in SCHEDULERS:
-            raise UserError(f"compare: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
-    if SCHEDULERS[study.reference_scheduler].stochastic:
-        raise UserError(f"compare.reference_scheduler={study.reference_scheduler!r} is stochastic; pick a deterministic one")
-    if study.reference_steps < max(study.steps):
-        raise UserError(f"compare.steps must be <= compare.reference_steps={study.reference_steps}")
-    return study
+    def __post_init__(self):
+        missing = [k for k in ("schedulers", "steps", "seeds", "prompts") if getattr(self, k) is None]
+        if missing:
+            raise UserError(f"compare.{missing[0]} is missing: a study lists schedulers, steps, seeds and prompts")
+        for name in (*self.schedulers, self.reference_scheduler):
+            if name not in SCHEDULERS:
+                raise UserError(f"compare: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
+        if SCHEDULERS[self.reference_scheduler].stochastic:
+            raise UserError(f"compare.reference_scheduler={self.reference_scheduler!r} is stochastic; pick a deterministic one")
+        if self.reference_steps < max(self.steps):
+            raise UserError(f"compare.steps must be <= compare.reference_steps={self.reference_steps}")
 
 
 def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, ref_images: list) -> list[dict]:
@@ -68,22 +65,21 @@ def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, re
     return out
 
 
-def solve(model, spec, name: str, steps: int, base: GenerationParams, prompt: str, seeds: list[int]):
-    """One batched generation of `seeds` with scheduler `name` at `steps` steps."""
+def solve(model, name: str, steps: int, base: GenerationParams, prompt: str):
+    """One batched generation of the study's seeds with scheduler `name` at `steps` steps."""
     model.use_scheduler(name)
-    params = replace(base, prompt=prompt, num_inference_steps=steps)
-    return generate_batch(model, params, seeds)
+    return generate_batch(model, replace(base, prompt=prompt, num_inference_steps=steps), list(base.seeds))
 
 
-@job("compare_schedulers", check=lambda run: study_from(run.recipe))
+@job("compare_schedulers", Study)
 def run_compare(ctx: JobContext) -> pd.DataFrame:
     """Every scheduler at every step count on every (prompt, seed), scored against its reference."""
-    cfg, spec, study = ctx.run.recipe, ctx.run.model, study_from(ctx.run.recipe)
+    spec, study = ctx.run.model, ctx.recipe
     model = load_model(spec)
     model.quiet()
-    scorers = build_scorers(cfg, str(model.device))
+    scorers = build_scorers(ctx.run.recipe, str(model.device))
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
-                            guidance_scale=ctx.run.params.guidance_scale, seeds=study.seeds)
+                            guidance_scale=ctx.run.params.guidance_scale, seeds=tuple(study.seeds))
     seeds, rows = list(study.seeds), []
     stochastic = [name for name in study.schedulers if SCHEDULERS[name].stochastic]
     progress = Progress(len(study.prompts) * ((1 + len(stochastic)) * study.reference_steps
@@ -92,11 +88,11 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
         progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x {study.reference_steps} steps",
                       study.reference_steps)
-        references = {"deterministic": solve(model, spec, study.reference_scheduler, study.reference_steps, base, prompt, seeds)}
+        references = {"deterministic": solve(model, study.reference_scheduler, study.reference_steps, base, prompt)}
         for name in stochastic:
             progress.step(f"prompt {p}/{len(study.prompts)}: {name}'s own limit, {study.reference_steps} steps",
                           study.reference_steps)
-            references[name] = solve(model, spec, name, study.reference_steps, base, prompt, seeds)
+            references[name] = solve(model, name, study.reference_steps, base, prompt)
         # 2. every scheduler at every step count, scored against its reference
         for name in study.schedulers:
             kind = name if SCHEDULERS[name].stochastic else "deterministic"
@@ -104,7 +100,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
             progress.step(f"prompt {p}/{len(study.prompts)}: {name} at {', '.join(map(str, study.steps))} steps",
                           sum(study.steps))
             for steps in study.steps:
-                result = solve(model, spec, name, steps, base, prompt, seeds)
+                result = solve(model, name, steps, base, prompt)
                 scores = distances(result.latents, result.images, ref.latents, ref.images)
                 extra = score_images(scorers, result.images, [prompt] * len(result.images))
                 for seed, score, more in zip(seeds, scores, extra):
@@ -125,13 +121,11 @@ class Progress:
     """One log line per stage of a long study: denoising steps done of all, the time so far and an estimate left."""
 
     def __init__(self, total: int):
-        import time
-
-        self.total, self.done, self.clock, self.start = total, 0, time.perf_counter, time.perf_counter()
+        self.total, self.done, self.start = total, 0, time.perf_counter()
 
     def step(self, what: str, count: int) -> None:
         """Log that `what` starts; it takes `count` denoising steps."""
-        elapsed = self.clock() - self.start
+        elapsed = time.perf_counter() - self.start
         left = f", about {elapsed / self.done * (self.total - self.done):.0f} s left" if self.done else ""
         log.info("[%d%% of %d steps, %.0f s%s] %s", 100 * self.done // self.total, self.total, elapsed, left, what)
         self.done += count
@@ -153,18 +147,12 @@ def ranking(summary: pd.DataFrame, target: float, source: str = "configured") ->
     rows = []
     for name, group in summary.sort_values("nfe_mean").groupby("scheduler", sort=False):
         reached = group[group["psnr_mean"] >= target]
-        first = reached.iloc[0] if len(reached) else None
-        rows.append({
-            "scheduler": name,
-            "stochastic": bool(group["stochastic"].iloc[0]),
-            f"nfe_to_psnr_{target:g}db": first["nfe_mean"] if first is not None else math.nan,
-            "steps": first["num_inference_steps"] if first is not None else math.nan,
-            "seconds": first["time_total_s_mean"] if first is not None else math.nan,
-            "n": first["n"] if first is not None and "n" in first else math.nan,
-            "best_psnr": group["psnr_mean"].max(),
-            "psnr_target_db": target,
-            "target": source,
-        })
+        first = reached.iloc[0] if len(reached) else {}
+        rows.append({"scheduler": name, "stochastic": bool(group["stochastic"].iloc[0]),
+                     f"nfe_to_psnr_{target:g}db": first.get("nfe_mean", math.nan),
+                     "steps": first.get("num_inference_steps", math.nan),
+                     "seconds": first.get("time_total_s_mean", math.nan), "n": first.get("n", math.nan),
+                     "best_psnr": group["psnr_mean"].max(), "psnr_target_db": target, "target": source})
     key = f"nfe_to_psnr_{target:g}db"
     return pd.DataFrame(rows).sort_values([key, "best_psnr"], ascending=[True, False], na_position="last")
 

@@ -3,81 +3,110 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from sdlab.bench.figures import STYLE, bar_chart, curves, image_strip, save_figure
-from sdlab.config import Field, Run, check_block
 from sdlab.bench.records import identity, write_table
+from sdlab.config import checked
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics import toy
 from sdlab.metrics.schedule import SCHEDULES
 from sdlab.metrics.toy_unet import level_table
 
-SEED = Field("int", 0)
-BLOCKS: dict[str, dict[str, Field]] = {  # each explainer's recipe block
-    "noise": {"size": Field("int", 1, 4096), "seed": SEED},
-    "toy_predictor": {"T": Field("int", 2, 100_000), "n": Field("int", 1, 100_000), "shape": Field("ints", 1, 1024),
-                      "bins": Field("int", 1, 1000), "seed": SEED},
-    "toy_unet": {"configs": Field("int_lists", 1, 4096), "in_channels": Field("int", 1, 1024),
-                 "size": Field("int", 1, 4096)},
-    "vae_compression": {"sizes": Field("ints", 1, 65_536), "latent_channels": Field("int", 1, 1024),
-                        "factor": Field("int", 1, 1024)},
-    "cfg_toy": {"scales": Field("numbers", 0, 1000), "dim": Field("int", 1, 1_000_000),
-                "norm_factor": Field("number", 1e-6, 1e6), "seed": SEED},
-    "ddim_steps": {"length": Field("int", 1, 1_000_000), "T": Field("int", 2, 100_000),
-                   "steps": Field("ints", 1, 100_000), "schedule": Field("choice", choices=tuple(SCHEDULES)),
-                   "seed": SEED},
-    "timestep_embedding": {"T": Field("int", 1, 1_000_000), "dim": Field("int", 2, 100_000),
-                           "rows": Field("int", 1, 100_000)},
-}
+rule = partial(checked, plain=False)  # an explainer's values are named by its block: "noise.size=-5 must be ..."
 
 
-def checked(key: str):
-    """The pre-flight check of an explainer whose recipe block is `key:`."""
-    return lambda run: check_block(run.recipe, key, BLOCKS[key])
+@dataclass(frozen=True)
+class Noise:
+    block = "noise"
+    size: int = rule(512, "int", 1, 4096)
+    seed: int = rule(0, "int", 0)
 
 
-def check_toy_unet(run: Run) -> None:
-    """The block's fields; each configuration halves `size` once per level below the first, and its GroupNorm
+@dataclass(frozen=True)
+class ToyPredictor:
+    block = "toy_predictor"
+    T: int = rule(200, "int", 2, 100_000)
+    n: int = rule(50, "int", 1, 100_000)
+    shape: tuple[int, ...] = rule((1, 32, 32), "ints", 1, 1024)
+    bins: int = rule(10, "int", 1, 1000)
+    seed: int = rule(0, "int", 0)
+
+
+@dataclass(frozen=True)
+class ToyUnet:
+    """Channel configurations; each halves `size` once per level below the first, and its GroupNorm
     (min(32, narrowest) groups) divides every width."""
-    block = check_block(run.recipe, "toy_unet", BLOCKS["toy_unet"])
-    size = block.get("size", 32)
-    for channels in block.get("configs") or []:
-        if size % 2 ** (len(channels) - 1):
-            raise UserError(f"toy_unet.size={size} must be divisible by {2 ** (len(channels) - 1)} for the "
-                            f"{len(channels)} levels of configuration {list(channels)}")
-        groups = min(32, min(channels))
-        if any(c % groups for c in channels):
-            raise UserError(f"toy_unet.configs entry {list(channels)}: every width must be a multiple of "
-                            f"{groups} (its GroupNorm groups, min(32, narrowest width))")
+
+    block = "toy_unet"
+    configs: tuple[tuple[int, ...], ...] = rule(((64, 128, 256),), "int_lists", 1, 4096)
+    in_channels: int = rule(1, "int", 1, 1024)
+    size: int = rule(32, "int", 1, 4096)
+
+    def __post_init__(self):
+        for channels in self.configs:
+            if self.size % 2 ** (len(channels) - 1):
+                raise UserError(f"toy_unet.size={self.size} must be divisible by {2 ** (len(channels) - 1)} for the "
+                                f"{len(channels)} levels of configuration {list(channels)}")
+            groups = min(32, min(channels))
+            if any(c % groups for c in channels):
+                raise UserError(f"toy_unet.configs entry {list(channels)}: every width must be a multiple of "
+                                f"{groups} (its GroupNorm groups, min(32, narrowest width))")
 
 
-def check_vae_compression(run: Run) -> None:
-    """The block's fields, and every size a multiple of the VAE factor."""
-    block = check_block(run.recipe, "vae_compression", BLOCKS["vae_compression"])
-    factor = block.get("factor", 8)
-    bad = [side for side in block.get("sizes") or [] if side % factor]
-    if bad:
-        raise UserError(f"vae_compression.sizes {bad} must be multiples of vae_compression.factor={factor}")
+@dataclass(frozen=True)
+class VaeCompression:
+    """Image sides, each a multiple of the VAE factor."""
+
+    block = "vae_compression"
+    sizes: tuple[int, ...] = rule((256, 512, 768, 1024), "ints", 1, 65_536)
+    latent_channels: int = rule(4, "int", 1, 1024)
+    factor: int = rule(8, "int", 1, 1024)
+
+    def __post_init__(self):
+        bad = [side for side in self.sizes if side % self.factor]
+        if bad:
+            raise UserError(f"vae_compression.sizes {bad} must be multiples of vae_compression.factor={self.factor}")
 
 
-def check_ddim_steps(run: Run) -> None:
-    """The block's fields, and no step count above T."""
-    block = check_block(run.recipe, "ddim_steps", BLOCKS["ddim_steps"])
-    T = block.get("T", 1000)
-    bad = [n for n in block.get("steps") or [] if n > T]
-    if bad:
-        raise UserError(f"ddim_steps.steps {bad} must be <= ddim_steps.T={T}")
+@dataclass(frozen=True)
+class CfgToy:
+    block = "cfg_toy"
+    scales: tuple[float, ...] = rule(toy.CFG_SCALES, "numbers", 0, 1000)
+    dim: int = rule(768, "int", 1, 1_000_000)
+    norm_factor: float = rule(3.0, "number", 1e-6, 1e6)
+    seed: int = rule(0, "int", 0)
 
 
-def settings(ctx: JobContext, key: str) -> dict[str, Any]:
-    """The recipe's block for this explainer (`key:`), checked, as a dict."""
-    return check_block(ctx.run.recipe, key, BLOCKS[key])
+@dataclass(frozen=True)
+class DdimSteps:
+    """A 1-D signal's DDIM round trip at step counts up to T."""
+
+    block = "ddim_steps"
+    length: int = rule(256, "int", 1, 1_000_000)
+    T: int = rule(1000, "int", 2, 100_000)
+    steps: tuple[int, ...] = rule(toy.DDIM_STEPS, "ints", 1, 100_000)
+    schedule: str = rule("linear", "choice", choices=SCHEDULES)
+    seed: int = rule(0, "int", 0)
+
+    def __post_init__(self):
+        bad = [n for n in self.steps if n > self.T]
+        if bad:
+            raise UserError(f"ddim_steps.steps {bad} must be <= ddim_steps.T={self.T}")
+
+
+@dataclass(frozen=True)
+class TimestepEmbedding:
+    block = "timestep_embedding"
+    T: int = rule(1000, "int", 1, 1_000_000)
+    dim: int = rule(320, "int", 2, 100_000)
+    rows: int = rule(50, "int", 1, 100_000)
 
 
 def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -86,11 +115,10 @@ def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return frame.assign(**identity(ctx, ctx.run.job))
 
 
-@job("noise_image", check=checked("noise"))
+@job("noise_image", Noise)
 def run_noise_image(ctx: JobContext) -> pd.DataFrame:
     """A image of pure N(0, I) noise and its histogram against the standard normal pdf."""
-    cfg = settings(ctx, "noise")
-    size, seed = int(cfg.get("size", 512)), int(cfg.get("seed", 0))
+    size, seed = ctx.recipe.size, ctx.recipe.seed
     x = np.random.default_rng(seed).standard_normal((size, size, 3))
     shown = np.clip((x + 3) / 6, 0, 1)  # +-3 sigma onto [0, 1]
     image_strip([[shown]], ctx.out_dir / "noise.png", col_labels=[f"N(0, I), {size}x{size}x3, seed {seed}"],
@@ -112,13 +140,11 @@ def run_noise_image(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "noise_stats")
 
 
-@job("toy_predictor", check=checked("toy_predictor"))
+@job("toy_predictor", ToyPredictor)
 def run_toy_predictor(ctx: JobContext) -> pd.DataFrame:
     """DDPM loss of a zero, a random and a perfect noise predictor per timestep bin on a toy diffusion."""
-    cfg = settings(ctx, "toy_predictor")
-    frame = toy.toy_noise_predictor_mse(T=int(cfg.get("T", 200)), n=int(cfg.get("n", 50)),
-                                        shape=tuple(cfg.get("shape", (1, 32, 32))), bins=int(cfg.get("bins", 10)),
-                                        seed=int(cfg.get("seed", 0)))
+    r = ctx.recipe
+    frame = toy.toy_noise_predictor_mse(T=r.T, n=r.n, shape=tuple(r.shape), bins=r.bins, seed=r.seed)
     x = (frame["t_lo"] + frame["t_hi"]) / 2
     curves([{"lines": [{"x": x, "y": frame[c], "label": c.removeprefix("mse_") + " predictor", "style": "o-"}
                        for c in ("mse_zero", "mse_random", "mse_perfect")],
@@ -129,13 +155,11 @@ def run_toy_predictor(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "toy_predictor")
 
 
-@job("toy_unet", check=check_toy_unet)
+@job("toy_unet", ToyUnet)
 def run_toy_unet(ctx: JobContext) -> pd.DataFrame:
     """Parameters and skip-activation memory per level for toy U-Net channel configurations."""
-    cfg = settings(ctx, "toy_unet")
-    configs = [tuple(int(c) for c in channels) for channels in cfg.get("configs", [[64, 128, 256]])]
-    frame = pd.concat([level_table(c, int(cfg.get("in_channels", 1)), int(cfg.get("size", 32))) for c in configs],
-                      ignore_index=True)
+    r = ctx.recipe
+    frame = pd.concat([level_table(tuple(c), r.in_channels, r.size) for c in r.configs], ignore_index=True)
     levels = frame[frame["level"] != "total"]
     labels = [f"L{lvl} ({res})" for lvl, res in zip(levels["level"], levels["resolution"])]
     groups = [f"channels {c}" for c in levels["config"]]
@@ -166,12 +190,11 @@ def vae_compression_table(sizes: list[int], latent_channels: int = 4, factor: in
     return pd.DataFrame(rows)
 
 
-@job("vae_compression", check=check_vae_compression)
+@job("vae_compression", VaeCompression)
 def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
     """How much the VAE shrinks what the UNet sees, across resolutions."""
-    cfg = settings(ctx, "vae_compression")
-    frame = vae_compression_table([int(s) for s in cfg.get("sizes", [256, 512, 768, 1024])],
-                                  int(cfg.get("latent_channels", 4)), int(cfg.get("factor", 8)))
+    r = ctx.recipe
+    frame = vae_compression_table(list(r.sizes), r.latent_channels, r.factor)
     curves([{"lines": [{"x": frame["size"], "y": frame["pixel_values"], "label": "pixel values", "style": "o-"},
                        {"x": frame["size"], "y": frame["latent_values"], "label": "latent values", "style": "o-"}],
              "xlabel": "image side (px)", "ylabel": "values", "logy": True,
@@ -180,13 +203,12 @@ def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "vae_compression")
 
 
-@job("cfg_toy", check=checked("cfg_toy"))
+@job("cfg_toy", CfgToy)
 def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
     """Classifier-free guidance on synthetic vectors: alignment with the signal and norm growth per scale."""
-    cfg = settings(ctx, "cfg_toy")
-    frame = toy.cfg_simulation(scales=tuple(cfg.get("scales", toy.CFG_SCALES)), dim=int(cfg.get("dim", 768)),
-                               seed=int(cfg.get("seed", 0)))
-    factor = float(cfg.get("norm_factor", 3.0))
+    r = ctx.recipe
+    frame = toy.cfg_simulation(scales=tuple(r.scales), dim=r.dim, seed=r.seed)
+    factor = float(r.norm_factor)
     threshold = toy.norm_threshold_scale(frame, factor)
     curves([{"lines": [{"x": frame["scale"], "y": frame["cosine_to_signal"], "style": "o-"}],
              "xlabel": "guidance scale w", "ylabel": "cos(eps_w, signal)",
@@ -199,15 +221,12 @@ def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame.assign(norm_threshold_scale=threshold), "cfg_toy")
 
 
-@job("ddim_steps", check=check_ddim_steps)
+@job("ddim_steps", DdimSteps)
 def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     """DDIM reconstruction error of a 1-D signal against the number of steps, and the knee."""
-    cfg = settings(ctx, "ddim_steps")
-    length = int(cfg.get("length", 256))
-    x0 = np.sin(np.linspace(0, 4 * math.pi, length))
-    steps = tuple(int(s) for s in cfg.get("steps", (5, 10, 20, 50, 100, 200, 500, 1000)))
-    frame = toy.ddim_perfect_predictor_mse(x0, T=int(cfg.get("T", 1000)), steps_list=steps,
-                                           schedule=cfg.get("schedule", "linear"), seed=int(cfg.get("seed", 0)))
+    r = ctx.recipe
+    x0 = np.sin(np.linspace(0, 4 * math.pi, r.length))
+    frame = toy.ddim_perfect_predictor_mse(x0, T=r.T, steps_list=tuple(r.steps), schedule=r.schedule, seed=r.seed)
     knee = toy.knee(frame["steps"], frame["mse"])
     mse = frame.set_index("steps")["mse"]
     first, last = int(frame["steps"].iloc[0]), int(frame["steps"].iloc[-1])
@@ -220,11 +239,10 @@ def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame.assign(knee=knee), "ddim_steps")
 
 
-@job("timestep_embedding", check=checked("timestep_embedding"))
+@job("timestep_embedding", TimestepEmbedding)
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     """The sinusoidal timestep embedding (as in the SD UNet) as a timestep x dimension heatmap."""
-    cfg = settings(ctx, "timestep_embedding")
-    T, dim, rows = int(cfg.get("T", 1000)), int(cfg.get("dim", 320)), int(cfg.get("rows", 50))
+    T, dim, rows = ctx.recipe.T, ctx.recipe.dim, ctx.recipe.rows
     timesteps = np.linspace(0, T - 1, rows).round().astype(int)
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
     frame = pd.DataFrame({"t": timesteps, "norm": np.linalg.norm(embedding, axis=1),
@@ -232,7 +250,6 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
                                                                       * np.linalg.norm(embedding[0]))})
     near = frame.iloc[int(np.abs(frame["t"] - T // 10).argmin())]
     import matplotlib.pyplot as plt
-
 
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -246,6 +263,3 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
         fig.colorbar(im, ax=ax)
         save_figure(fig, ctx.out_dir / "timestep_embedding.png")
     return finish(ctx, frame, "timestep_embedding")
-
-
-

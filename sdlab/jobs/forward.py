@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass
+
 import pandas as pd
 import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
-from sdlab.config import Field, Run
+from sdlab.config import Run, checked
 from sdlab.errors import UserError
-from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import (
-    decode,
-    encode,
-    input_images,
-    loaded_model,
-    model_scheduler_config,
-    to_model,
-    to_uint8,
-)
+from sdlab.jobs import JobContext, job, read_recipe
+from sdlab.jobs.analysis import ImageInput, input_images, model_scheduler_config, to_model, to_uint8
 from sdlab.jobs.schedule import schedule_spec
 from sdlab.metrics.image import psnr
-from sdlab.metrics.schedule import log_snr_db, model_kind
-from sdlab.models.noise import PROCESSES
+from sdlab.metrics.schedule import log_snr_db
+from sdlab.models.loading import load_model
+from sdlab.models.noise import PROCESSES, process_of
+
+
+SPACES = ("pixel", "latent")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardProcess(ImageInput):
+    """Timesteps to noise one image at, under `schedules` (see schedule_snr; null: the model's), in `spaces`."""
+
+    timesteps: tuple[int, ...] = checked(MISSING, "ints", plain=False)
+    schedules: list | None = None
+    spaces: tuple[str, ...] = SPACES  # empty: both
+    seed: int = 0  # of the fixed eps
+
+    def __post_init__(self):
+        if not set(self.spaces) <= set(SPACES):
+            raise UserError(f"spaces={self.spaces} must list pixel and/or latent")
 
 
 def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -30,38 +42,35 @@ def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(x.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(x.device, x.dtype)
 
 
-def forward_plan(run: Run) -> tuple[list[dict], list[str], list[int]]:
-    """(schedules, spaces, timesteps) of a forward_process config, checked: known schedules, pixel and/or latent,
-    timesteps inside every schedule."""
-    cfg = run.recipe
-    model_config = model_scheduler_config(run.model)
-    schedules = [forward_spec(item, model_config) for item in cfg.get("schedules") or ["model"]]
-    spaces = list(cfg.get("spaces") or ["pixel", "latent"])
-    if not set(spaces) <= {"pixel", "latent"} or not spaces:
-        raise UserError(f"spaces={spaces} must list pixel and/or latent")
-    timesteps = Field("ints").check("timesteps", cfg.get("timesteps"))
-    bad = [t for t in timesteps if not all(0 <= t < s["T"] for s in schedules)]
+def forward_schedules(run: Run) -> list[dict]:
+    """The schedules of a forward_process config, each with its noise process (`model`: the model's own; a beta
+    schedule: DDPM's), checked: every timestep inside every schedule."""
+    recipe, model_config = read_recipe(run, ForwardProcess), model_scheduler_config(run)
+    schedules = [{**schedule_spec(item, model_config),
+                  "process": process_of(model_config) if item == "model" else PROCESSES["epsilon"]}
+                 for item in recipe.schedules or ["model"]]
+    bad = [t for t in recipe.timesteps if not all(0 <= t < s["T"] for s in schedules)]
     if bad:
         raise UserError(f"timesteps {bad} out of range; the schedules have t = 0 .. {min(s['T'] for s in schedules) - 1}")
-    return schedules, spaces, timesteps
+    return schedules
 
 
-@job("forward_process", check=forward_plan)
+@job("forward_process", ForwardProcess, check=forward_schedules)
 def run_forward(ctx: JobContext) -> pd.DataFrame:
     """Noise one image at each timestep with a fixed eps, in pixels and in VAE latents; strip figure and PSNR per t."""
-    cfg = ctx.run.recipe
-    model, spec = loaded_model(ctx)
+    recipe, spec = ctx.recipe, ctx.run.model
+    model = load_model(spec)
     width, height = ctx.run.params.width, ctx.run.params.height
-    seed = int(cfg.get("seed") or 0)
+    seed, spaces, timesteps = recipe.seed or 0, list(recipe.spaces or SPACES), recipe.timesteps
 
-    # 1. The schedules (the model's by default), spaces and timesteps.
-    schedules, spaces, timesteps = forward_plan(ctx.run)
+    # 1. The schedules (the model's by default).
+    schedules = forward_schedules(ctx.run)
 
     # 2. x_0 in pixels and z_0 in latents, each with its own fixed eps.
-    name, image, _ = input_images(cfg, width, height, 1)[0]
+    name, image, _ = input_images(recipe, width, height, 1)[0]
     x0 = to_model([image], model)
-    z0 = encode(model, x0) if "latent" in spaces else None
-    vae_only = to_uint8(decode(model, z0))[0] if z0 is not None else None
+    z0 = model.encode_image(x0) if "latent" in spaces else None
+    vae_only = to_uint8(model.decode(z0))[0] if z0 is not None else None
     eps = {"pixel": noise_like(x0, seed), "latent": noise_like(z0, seed) if z0 is not None else None}
 
     # 3. x_t and decoded z_t at each t, PSNR against x_0, for every schedule.
@@ -75,7 +84,7 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
                 if space == "pixel":
                     noised = to_uint8(process.noised(x0, eps["pixel"], level))[0]
                 else:
-                    noised = to_uint8(decode(model, process.noised(z0, eps["latent"], level)))[0]
+                    noised = to_uint8(model.decode(process.noised(z0, eps["latent"], level)))[0]
                 value = psnr(image, noised)
                 a, b = process.coefficients(level)
                 rows.append({**identity(ctx, "forward_process", spec.name), "schedule": s["label"], "space": space, "t": t,
@@ -95,13 +104,3 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     image_strip(strips, ctx.out_dir / "forward_strip.png", col_labels=labels, row_labels=names,
                 title=f"{law}, eps seed {seed}; PSNR vs x_0")
     return ordered(rows)
-
-
-def forward_spec(item, model_config: dict) -> dict:
-    """A `schedules` entry as schedule_spec gives it, with its noise process; `model` is the model's own process, on
-    a flow-matching model x_t = (1 - t/T) x_0 + (t/T) eps (rectified flow, Liu et al. 2022; SD3 eq. 1)."""
-    process = PROCESSES[model_kind(model_config) if item == "model" else "epsilon"]
-    if process.kind == "flow":  # no betas to read
-        return {"label": "model (flow matching)", "process": process,
-                "T": int(model_config.get("num_train_timesteps") or 1000)}
-    return {**schedule_spec(item, model_config), "process": process}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import textwrap
-from dataclasses import replace
+from dataclasses import MISSING, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,13 +15,14 @@ from sdlab.bench.figures import curves
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.bench.scorers import build_scorers
-from sdlab.config import Field, GenerationParams, image_params
+from sdlab.config import GenerationParams, checked, image_params
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import TEXTS, loaded_model
+from sdlab.jobs.analysis import Prompts
 from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.metrics.image import layout_correlation, psnr
 from sdlab.metrics.stats import summarize_ci
 from sdlab.models.generate import chunks, generate_batch
+from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def cell_rows(ctx: JobContext, model, spec, scorers, params: GenerationParams, c
 
 def setup(ctx: JobContext):
     """Pipeline with the configured scheduler, base parameters and the configured scorers."""
-    model, spec = loaded_model(ctx)
+    spec = ctx.run.model
+    model = load_model(spec)
     model.use_scheduler(ctx.run.scheduler.name, ctx.run.scheduler.options)
     return model, spec, ctx.run.params, build_scorers(ctx.run.recipe, str(model.device))
 
@@ -58,14 +60,25 @@ def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
     return [x_key] + (["seed"] if frame["seed"].nunique() > 1 else [])
 
 
-SCALES = Field("numbers", 0, 1000)
+@dataclass(frozen=True)
+class GuidanceGrid:
+    guidance_scales: tuple[float, ...] = checked(MISSING, "numbers", 0, 1000, plain=False)
 
 
-@job("guidance_grid", check=lambda run: SCALES.check("guidance_scales", run.recipe.get("guidance_scales")))
+@dataclass(frozen=True)
+class SchedulerGrid:
+    """The samplers side by side, and the many-step solve each image's PSNR is taken to (with `reference_steps`)."""
+
+    schedulers: tuple[str, ...] = checked(MISSING, "strs", plain=False)
+    reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
+    reference_steps: int | None = checked(None, "int", 0, plain=False, optional=True)  # 0 or null: none
+
+
+@job("guidance_grid", GuidanceGrid)
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
     model, spec, params, scorers = setup(ctx)
-    scales = [float(s) for s in SCALES.check("guidance_scales", ctx.run.recipe.get("guidance_scales"))]
+    scales = [float(s) for s in ctx.recipe.guidance_scales]
     rows = []
     for scale in scales:
         cell = replace(params, guidance_scale=scale)
@@ -109,11 +122,11 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     return panels, f"{'; '.join(claims)} (n={ok['seed'].nunique()} seeds)"
 
 
-@job("prompt_grid", check=lambda run: TEXTS.check("prompts", run.recipe.get("prompts")))
+@job("prompt_grid", Prompts)
 def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and settings for each of `prompts`: prompt_grid.png (clip_score per image with a clip model)."""
     model, spec, params, scorers = setup(ctx)
-    prompts = TEXTS.check("prompts", ctx.run.recipe.get("prompts"))
+    prompts = ctx.recipe.prompts
     rows = []
     for i, prompt in enumerate(prompts):
         label = "\n".join(textwrap.wrap(f"P{i + 1}: {prompt}", 22, max_lines=4, placeholder=" …"))
@@ -136,7 +149,6 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
 
     from PIL import Image
 
-
     ok = frame[frame["status"] == "ok"]
     images = {row.Index: np.asarray(Image.open(ctx.out_dir / row.image_path)) for row in ok.itertuples()}
     pairs: dict[bool, list[float]] = {True: [], False: []}
@@ -149,32 +161,32 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
                    f"another seed: r = {other:.2f} (n={len(pairs[False])})")
 
 
-@job("scheduler_grid", check=lambda run: TEXTS.check("schedulers", run.recipe.get("schedulers")))
+@job("scheduler_grid", SchedulerGrid)
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
     and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`)."""
     model, spec, params, scorers = setup(ctx)
-    rows = []
-    for name in TEXTS.check("schedulers", ctx.run.recipe.get("schedulers")):
+    rows, recipe = [], ctx.recipe
+    for name in recipe.schedulers:
         model.use_scheduler(name)
         rows += cell_rows(ctx, model, spec, scorers, params, {"scheduler": name}, name)
     frame = ordered(rows)
     title = f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)"
     axis = "scheduler"
-    if ctx.run.recipe.get("reference_steps"):
-        frame, title = with_reference_distance(ctx, model, spec, params, frame)
+    if recipe.reference_steps:
+        frame, title = with_reference_distance(ctx, model, recipe, params, frame)
         axis = "scheduler_label"
     image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, axis), title=title)
     return frame
 
 
-def with_reference_distance(ctx: JobContext, model, spec, params: GenerationParams, frame: pd.DataFrame):
+def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, params: GenerationParams,
+                            frame: pd.DataFrame):
     """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, a grid
     label per scheduler with its mean, and a title that states the spread."""
     from PIL import Image
 
-
-    name, steps = ctx.run.recipe.get("reference_scheduler") or "dpmpp_2m", int(ctx.run.recipe["reference_steps"])
+    name, steps = recipe.reference_scheduler, recipe.reference_steps
     model.use_scheduler(name)
     reference = generate_batch(model, replace(params, num_inference_steps=steps), list(params.seeds))
     truth = {seed: np.asarray(image) for seed, image in zip(reference.seeds, reference.images)}

@@ -7,6 +7,7 @@ import inspect
 import logging
 import math
 import textwrap
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,43 +15,35 @@ import pandas as pd
 
 from sdlab.bench.figures import PALETTE, STYLE, curves, save_figure
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.config import Run, SchedulerChoice
+from sdlab.config import Run, SchedulerChoice, checked
 from sdlab.errors import UserError
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import model_scheduler_config
-from sdlab.metrics.schedule import (
-    SCHEDULES,
-    betas,
-    ddpm_log_snr_table,
-    flow_crossing,
-    flow_log_snr_table,
-    log_snr,
-    log_snr_crossing,
-    model_kind,
-    schedule_table,
-    unshift_sigma,
-    zero_crossing,
-)
+from sdlab.metrics.schedule import SCHEDULES, betas, log_snr_crossing, schedule_table, zero_crossing
 from sdlab.models.loading import adapter_class
-from sdlab.models.noise import PROCESSES
-from sdlab.models.schedulers import (
-    FAMILY_CONFIGS,
-    check_options,
-    make_scheduler,
-    resolved_config,
-    timestep_kwargs,
-)
+from sdlab.models.noise import process_of
+from sdlab.models.schedulers import FAMILY_CONFIGS, check_options, make_scheduler, resolved_config, timestep_kwargs
 
 log = logging.getLogger(__name__)
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
 
 
+@dataclass(frozen=True)
+class ScheduleSnr:
+    """Beta schedules to tabulate (each a name, `model`, `scheduler` or a dict), the samplers whose visited steps are
+    shown (null: the configured one), timesteps to list apart, and `families` compared on one log-SNR axis."""
+
+    schedules: list | None = None
+    visit_schedulers: list | None = None
+    report_timesteps: tuple[int, ...] | None = checked(None, "ints", plain=False, optional=True)
+    families: list | None = None
+
+
 def schedule_spec(item: Any, model_config: dict) -> dict[str, Any]:
-    """A schedules entry as {label, beta_schedule, beta_start, beta_end, T}: a named schedule with SD's betas, `model`, or a dict."""
+    """A schedules entry as {label, beta_schedule, beta_start, beta_end, T}: a named schedule with SD's betas, `model`
+    (the model's own, as its noise process reads it), or a dict."""
     if item == "model":
-        item = {"name": "model", "beta_schedule": model_config.get("beta_schedule", "linear"),
-                "beta_start": model_config.get("beta_start"), "beta_end": model_config.get("beta_end"),
-                "T": model_config.get("num_train_timesteps")}
+        item = process_of(model_config).model_schedule(model_config)
     if isinstance(item, str):
         item = {"beta_schedule": item}
     if not isinstance(item, dict):
@@ -99,36 +92,36 @@ def visit_specs(items: list | None, choice: SchedulerChoice) -> list[tuple[str, 
 def check_schedules(run: Run) -> None:
     """Every `families` entry, `schedules` entry and visiting sampler of a schedule_snr config can be built; DDPM
     `schedules` on a flow-matching model are one line pointing to `families`."""
-    cfg, spec = run.recipe, run.model
-    family_specs(run)
-    if cfg.get("families") and not cfg.get("schedules"):
+    recipe, spec = read_recipe(run, ScheduleSnr), run.model
+    family_specs(run, recipe)
+    if recipe.families and not recipe.schedules:
         return
-    model_config = model_scheduler_config(spec)
-    if model_kind(model_config) == "flow":
+    model_config = model_scheduler_config(run)
+    if not process_of(model_config).has_betas:
         raise UserError(f"`schedules` are DDPM beta schedules (alpha_bar), and their samplers do not fit "
                         f"model={spec.name}, a flow-matching model: compare its schedule with "
                         "'families=[{config: model}]' (the schedule_snr recipe's default on flow models)")
-    for item in cfg.get("schedules") or ["model"]:
+    for item in recipe.schedules or ["model"]:
         schedule_betas(item, model_config, run.scheduler)
-    for _, name, options in visit_specs(cfg.get("visit_schedulers"), run.scheduler):
+    for _, name, options in visit_specs(recipe.visit_schedulers, run.scheduler):
         make_scheduler(name, model_config, options)
 
 
-@job("schedule_snr", check=check_schedules)
+@job("schedule_snr", ScheduleSnr, check=check_schedules)
 def run_schedule(ctx: JobContext) -> pd.DataFrame:
     """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule.
     With `families` (and no `schedules`) only the family comparison of `family_rows` runs."""
-    cfg, spec = ctx.run.recipe, ctx.run.model
+    recipe, spec = ctx.recipe, ctx.run.model
     check_schedules(ctx.run)  # before any file is written
-    family = family_rows(ctx, spec) if cfg.get("families") else []
-    if family and not cfg.get("schedules"):
+    family = family_rows(ctx, recipe) if recipe.families else []
+    if family and not recipe.schedules:
         return ordered(family)
-    model_config = model_scheduler_config(spec)
+    model_config = model_scheduler_config(ctx.run)
     steps = ctx.run.params.num_inference_steps
 
     # 1. Per-timestep tables of every schedule.
     tables, rows = [], []
-    for item in cfg.get("schedules") or ["model"]:
+    for item in recipe.schedules or ["model"]:
         s, beta = schedule_betas(item, model_config, ctx.run.scheduler)
         with np.errstate(divide="ignore"):
             table = schedule_table(beta)
@@ -140,24 +133,22 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
                      "alpha_bar_mid": float(table["alpha_bar"].iloc[s["T"] // 2])})
     schedule = pd.concat(tables, ignore_index=True)
     write_table(schedule[["schedule", *tables[0].columns.drop("schedule")]], ctx.out_dir, "schedule")
-    if cfg.get("report_timesteps"):
-        at = [int(t) for t in cfg["report_timesteps"]]
-        write_table(schedule[schedule["t"].isin(at)].reset_index(drop=True), ctx.out_dir, "schedule_at")
+    if recipe.report_timesteps:
+        write_table(schedule[schedule["t"].isin(recipe.report_timesteps)].reset_index(drop=True), ctx.out_dir, "schedule_at")
 
     # 2. Timesteps and sigmas each sampler visits for N steps on the model's schedule.
     visits = []
-    for label, name, options in visit_specs(cfg.get("visit_schedulers"), ctx.run.scheduler):
+    for label, name, options in visit_specs(recipe.visit_schedulers, ctx.run.scheduler):
         scheduler = make_scheduler(name, model_config, options)
         with np.errstate(divide="ignore"):
-            visit = PROCESSES[model_kind(model_config)].visits(scheduler, steps)
+            visit = process_of(model_config).visits(scheduler, steps)
         visits.append(visit.assign(scheduler=label, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits[["scheduler", "num_inference_steps", "step", "timestep", "sigma", "snr_db"]], ctx.out_dir, "visits")
 
     # 3. Figures.
     snr_figure(schedule, rows, ctx.out_dir / "snr.png")
-    own = schedule_spec("model", model_config)
-    model_table = schedule_table(betas(own["beta_schedule"], own["T"], own["beta_start"], own["beta_end"]))
+    model_table = schedule_table(schedule_betas("model", model_config, ctx.run.scheduler)[1])
     visits_figure(model_table, visits, steps, spec.name, ctx.out_dir / "visits.png")
     return ordered([*family, *rows])
 
@@ -206,8 +197,6 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
     curves(panels if len(groups) > 1 else [panels[0], panels[2]], target)
 
 
-# --------------------------------------------------------------------------- families: DDPM and flow matching
-
 FAMILY_KEYS = ("name", "config", "options", "sampler", "steps", "width", "height", "flux_sigmas")
 
 
@@ -236,7 +225,7 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"families {key}={value!r} must be a positive integer")
     sampler = item.get("sampler") or "ddim"  # on a flow model, Euler (see sdlab.models.schedulers)
-    options = check_options(sampler, dict(item.get("options") or {}), model_kind(config))
+    options = check_options(sampler, dict(item.get("options") or {}), process_of(config).kind)
     name = item.get("name") or f"{item.get('config')} {sampler} {steps} steps"
     return {"name": name, "config": dict(config), "config_name": config_name if isinstance(config_name, str)
             else "custom", "sampler": sampler, "options": options, "steps": steps, "width": width,
@@ -249,74 +238,42 @@ def model_family(run: Run) -> dict[str, Any]:
     spec, choice, steps = run.model, run.scheduler, run.params.num_inference_steps
     shift = f", shift {choice.options['shift']:g}" if "shift" in choice.options else ""
     return {"name": f"model={spec.name} ({choice.name}{shift}, {spec.resolution} px)",
-            "config": model_scheduler_config(spec), "sampler": choice.name, "options": choice.options, "steps": steps,
+            "config": model_scheduler_config(run), "sampler": choice.name, "options": choice.options, "steps": steps,
             "width": spec.resolution, "height": spec.resolution, "flux_sigmas": adapter_class(spec).family == "flux"}
 
 
-def family_schedule(f: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(log-SNR per training timestep, the steps the family's sampler visits, facts) of one family.
-
-    DDPM: alpha_bar from the diffusers scheduler itself (so zero-terminal-SNR rescaling, Lin et al. 2024, counts),
-    t = (timestep + 1)/T. Flow: t is the unshifted sigma, sigma' by SD3 eq. 23 with the static shift or exp(mu).
-    """
-    # 1. The sampler as the family's pipeline would build it, and its training grid.
-    scheduler = make_scheduler(f["sampler"], f["config"], f["options"])
-    kind = model_kind(f["config"])
-    T = int(scheduler.config.num_train_timesteps)
-    kwargs = timestep_kwargs(scheduler, f["width"], f["height"])
-    if f["flux_sigmas"] and "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
-        kwargs["sigmas"] = np.linspace(1.0, 1.0 / f["steps"], f["steps"])  # as FluxPipeline passes them
-    mu = kwargs.get("mu")
-
-    # 2. log-SNR per timestep, and the steps visited.
-    if kind == "flow":
-        exponential = scheduler.config.get("time_shift_type", "exponential") == "exponential"
-        shift = (math.exp(mu) if exponential else mu) if mu is not None else float(
-            scheduler.config.get("shift", scheduler.config.get("flow_shift", 1.0)))
-        curve = flow_log_snr_table(shift, T)
-        scheduler.set_timesteps(f["steps"], **kwargs)
-        sigma = np.asarray(scheduler.sigmas, dtype=np.float64)[:-1]
-        visits = pd.DataFrame({"step": np.arange(len(sigma)), "timestep": np.asarray(scheduler.timesteps, float),
-                               "t": unshift_sigma(sigma, shift), "sigma": sigma, "log_snr": log_snr(1.0 - sigma, sigma)})
-        closed = flow_crossing(shift)
-    else:
-        shift, closed = float("nan"), float("nan")
-        alpha_bar = scheduler.alphas_cumprod.double().cpu().numpy()
-        curve = ddpm_log_snr_table(alpha_bar)
-        scheduler.set_timesteps(f["steps"])
-        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
-        ab = np.interp(timestep, np.arange(T), alpha_bar)
-        visits = pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "t": (timestep + 1) / T,
-                               "sigma": np.sqrt(1.0 - ab), "log_snr": log_snr(np.sqrt(ab), np.sqrt(1.0 - ab))})
-    facts = {"kind": kind, "shift": shift, "mu": float("nan") if mu is None else float(mu),
-             "crossing_t": log_snr_crossing(curve["t"], curve["log_snr"]), "crossing_t_closed_form": closed,
-             "log_snr_t0": float(curve["log_snr"].iloc[0]), "log_snr_t1": float(curve["log_snr"].iloc[-1]),
-             "scheduler_config": resolved_config(scheduler)}
-    return curve, visits, facts
-
-
-def family_specs(run: Run) -> list[dict[str, Any]]:
+def family_specs(run: Run, recipe: ScheduleSnr) -> list[dict[str, Any]]:
     """Every `families` entry checked by `family_spec`, `config: model` ones filled from the configured model."""
     return [family_spec(item, model_family(run) if isinstance(item, dict) and item.get("config") == "model"
-                        else None) for item in run.recipe.get("families") or []]
+                        else None) for item in recipe.families or []]
 
 
-def family_rows(ctx: JobContext, spec) -> list[dict[str, Any]]:
+def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
     """Tables `log_snr` (per family and t) and `family_visits` (per sampler step), figure log_snr.png; a row per family."""
-    families = family_specs(ctx.run)
     curves_, visits_, rows = [], [], []
-    for f in families:
-        curve, visits, facts = family_schedule(f)
+    for f in family_specs(ctx.run, recipe):
+        # 1. The sampler as the family's pipeline would build it, and what Flux's pipeline passes it.
+        scheduler, process = make_scheduler(f["sampler"], f["config"], f["options"]), process_of(f["config"])
+        kwargs = timestep_kwargs(scheduler, f["width"], f["height"])
+        if f["flux_sigmas"] and "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
+            kwargs["sigmas"] = np.linspace(1.0, 1.0 / f["steps"], f["steps"])  # as FluxPipeline passes them
+        mu = kwargs.get("mu")
+
+        # 2. log-SNR per training timestep and the steps visited, as the family's noise process reads them.
+        curve, visits, shift, closed = process.log_snr_steps(scheduler, f["steps"], **kwargs)
         curves_.append(curve.assign(family=f["name"]))
         visits_.append(visits.assign(family=f["name"], sampler=f["sampler"], num_inference_steps=f["steps"]))
-        rows.append({**identity(ctx, "schedule_snr", spec.name), "family": f["name"], "family_config": f["config_name"],
-                     "sampler": f["sampler"], "num_inference_steps": f["steps"], "width": f["width"],
-                     "height": f["height"], **{k: v for k, v in facts.items() if k != "scheduler_config"},
+        crossing = log_snr_crossing(curve["t"], curve["log_snr"])
+        rows.append({**identity(ctx, "schedule_snr", ctx.run.model.name), "family": f["name"],
+                     "family_config": f["config_name"], "sampler": f["sampler"], "num_inference_steps": f["steps"],
+                     "width": f["width"], "height": f["height"], "kind": process.kind, "shift": shift,
+                     "mu": float("nan") if mu is None else float(mu), "crossing_t": crossing,
+                     "crossing_t_closed_form": closed, "log_snr_t0": float(curve["log_snr"].iloc[0]),
+                     "log_snr_t1": float(curve["log_snr"].iloc[-1]),
                      "visited_t": " ".join(f"{t:.3f}" for t in visits["t"]),
                      "visited_log_snr": " ".join(f"{v:.2f}" for v in visits["log_snr"]),
-                     "scheduler_config": facts["scheduler_config"]})
-        closed = facts["crossing_t_closed_form"]
-        log.info("%s: log-SNR = 0 at t = %.4f%s", f["name"], facts["crossing_t"],
+                     "scheduler_config": resolved_config(scheduler)})
+        log.info("%s: log-SNR = 0 at t = %.4f%s", f["name"], crossing,
                  "" if math.isnan(closed) else f" (closed form 1/(1 + shift) = {closed:.4f})")
     curves = pd.concat(curves_, ignore_index=True)
     write_table(curves[["family", "t", "signal", "sigma", "log_snr"]], ctx.out_dir, "log_snr")
@@ -336,7 +293,6 @@ def families_figure(curves: pd.DataFrame, visits: pd.DataFrame, rows: list[dict]
     from matplotlib import pyplot as plt
     from matplotlib.lines import Line2D
 
-
     markers = "osD^PX*v"
     low, high = LOG_SNR_LIMITS
     with plt.rc_context(STYLE):
@@ -349,7 +305,7 @@ def families_figure(curves: pd.DataFrame, visits: pd.DataFrame, rows: list[dict]
             handles.append(Line2D([], [], color=color, lw=1.6, marker=markers[i % len(markers)], markersize=5,
                                   markeredgecolor="black", markeredgewidth=0.4,
                                   label=f"{name}: {row['sampler']}, {row['num_inference_steps']} steps"
-                                  + (f", shift {row['shift']:.2f}" if row["kind"] == "flow" else "")
+                                  + (f", shift {row['shift']:.2f}" if np.isfinite(row["shift"]) else "")
                                   + (f" (mu {row['mu']:.2f})" if np.isfinite(row["mu"]) else "")))
             seen = visits[visits["family"] == name].drop_duplicates("t")
             finite = seen[np.isfinite(seen["log_snr"]) & (seen["log_snr"] > low)]

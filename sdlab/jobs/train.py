@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import MISSING, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -22,13 +24,32 @@ STAGES = ("vae", "clip", "unet")
 EXTRA_STAGES = ("vae_decoder",)  # decoder-only VAE refinement: the latents stay fixed, so it can run beside unet
 
 
-def run_one(name: str, cfg: dict, root: Path) -> dict:
-    """Train one stage from the `train` config; returns its summary row."""
+@dataclass(frozen=True)
+class Train:
+    """The `train:` block: which stage (or all in order), the seed, threads, where to write and export, how many
+    training images, and each stage's own settings (read by sdlab.mini)."""
 
-    seed = int(cfg["seed"])
-    settings = cfg[name]
-    export = Path(cfg["export"]) if cfg.get("export") else None
-    images, captions, attributes = data.cached_set(root / "cache", seed=0, count=int(cfg["num_images"]))
+    block = "train"
+    stage: str = MISSING
+    seed: int = MISSING
+    out: str = MISSING
+    num_images: int = MISSING
+    threads: int = 2
+    export: str | None = None
+    vae: dict[str, Any] | None = None
+    clip: dict[str, Any] | None = None
+    unet: dict[str, Any] | None = None
+    vae_decoder: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        choose("train.stage", str(self.stage), STAGES + EXTRA_STAGES + ("all",))
+
+
+def run_one(name: str, train: Train, root: Path) -> dict:
+    """Train one stage; returns its summary row."""
+    seed, settings = int(train.seed), getattr(train, name)
+    export = Path(train.export) if train.export else None
+    images, captions, attributes = data.cached_set(root / "cache", seed=0, count=int(train.num_images))
     if name in ("vae", "vae_decoder"):
         return train_vae(settings, images, root / name, export, seed)
     if name == "clip":
@@ -36,18 +57,16 @@ def run_one(name: str, cfg: dict, root: Path) -> dict:
     return train_unet(settings, images, attributes, root / "unet", export, seed)
 
 
-@job("train_mini")
+@job("train_mini", Train)
 def run_train_mini(ctx: JobContext) -> pd.DataFrame:
     """Train the stage named by `train.stage` (vae, clip, unet, vae_decoder or all); one summary row per stage."""
-    cfg = ctx.run.recipe["train"]
-    stage = str(cfg["stage"])
-    choose("train.stage", stage, STAGES + EXTRA_STAGES + ("all",))
-    torch.set_num_threads(int(cfg.get("threads", 2)))
-    root = Path(cfg["out"])
+    train = ctx.recipe
+    torch.set_num_threads(int(train.threads))
+    root = Path(train.out)
     rows = []
-    for name in STAGES if stage == "all" else (stage,):
+    for name in STAGES if train.stage == "all" else (str(train.stage),):
         began = time.monotonic()
-        summary = run_one(name, cfg, root)
+        summary = run_one(name, train, root)
         rows.append({**identity(ctx, "train_mini"), "device": "cpu",
                      "versions": versions(), "time_total_s": time.monotonic() - began, **summary})
         log.info("stage %s done: %s", name, summary)

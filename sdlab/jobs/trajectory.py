@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -12,14 +12,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from sdlab.bench.figures import image_strip, write_gif
-from sdlab.config import Field, check_fields
 from sdlab.bench.records import identity, ordered, save_png
+from sdlab.config import checked
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import decode, loaded_model, to_uint8
-from sdlab.metrics.schedule import log_snr_db
+from sdlab.jobs.analysis import to_uint8
 from sdlab.metrics.image import psnr
+from sdlab.metrics.schedule import log_snr_db
 from sdlab.models.generate import generate_batch
+from sdlab.models.loading import load_model
 from sdlab.models.preview import fit_linear_preview, linear_preview
 from sdlab.models.schedulers import resolved_config
 
@@ -42,12 +43,6 @@ class TrajectoryRecorder:
 
     def __exit__(self, *exc):
         pass
-
-
-def step_snr(step: dict) -> dict[str, float | None]:
-    """alpha_bar or sigma of a recorded step with its log-SNR lambda and SNR in dB."""
-    return {"alpha_bar": step["alpha_bar"], "sigma": step["sigma"], "log_snr": step["log_snr"],
-            "snr_db": float(log_snr_db(step["log_snr"]))}
 
 
 def labelled(image: np.ndarray, text: str, scale: int) -> Image.Image:
@@ -74,7 +69,7 @@ def decode_all(model, latents: list[torch.Tensor], batch: int = 8) -> list[np.nd
     out = []
     for i in range(0, len(latents), batch):
         z = torch.cat(latents[i : i + batch]).to(model.device)
-        out += to_uint8(decode(model, z))
+        out += to_uint8(model.decode(z))
     return out
 
 
@@ -82,10 +77,17 @@ PREVIEWS = ("vae", "linear")
 SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is decided
 
 
-def choose_preview(value) -> str:
-    """The trajectory frame renderer: `vae` decodes every frame, `linear` maps latent channels to RGB."""
-    choose("preview", value, PREVIEWS)
-    return value
+@dataclass(frozen=True)
+class Trajectory:
+    """How the steps are shown: `frames` in the strip, `gif_ms` per GIF frame, and the frame renderer (`preview`:
+    `vae` decodes every frame, `linear` maps latent channels to RGB)."""
+
+    frames: int = checked(8, "int", 2, 10_000, plain=False, optional=True)
+    gif_ms: int = checked(150, "int", 1, 60_000, plain=False, optional=True)
+    preview: str = "vae"
+
+    def __post_init__(self):
+        choose("preview", self.preview, PREVIEWS)
 
 
 def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]], list[np.ndarray]]:
@@ -98,19 +100,13 @@ def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]]
     return lambda latents: to_uint8(linear_preview(torch.cat(latents), weights, scale))
 
 
-def level(step: dict) -> str:
-    """A step's noise level for a label: t for DDPM kinds, sigma for flow."""
-    return f"t={step['t']:.0f}" if step["sigma"] is None else f"sigma={step['sigma']:.2f}"
-
-
-@job("trajectory", check=lambda run: check_fields(run.recipe, {"frames": Field("int", 2, 10_000, optional=True),
-                                                       "gif_ms": Field("int", 1, 60_000, optional=True)}))
+@job("trajectory", Trajectory)
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     """One row per step (timestep, alpha_bar or flow sigma, log-SNR, x0_pred PSNR vs the final image, timings);
     trajectory_strip.png and trajectory.gif."""
-    cfg = ctx.run.recipe
-    preview = choose_preview(cfg.get("preview") or "vae")
-    model, spec = loaded_model(ctx)
+    recipe, spec = ctx.recipe, ctx.run.model
+    preview = recipe.preview
+    model = load_model(spec)
     choice, params = ctx.run.scheduler, ctx.run.params
     model.use_scheduler(choice.name, choice.options)
     seed = params.seeds[0]
@@ -141,14 +137,15 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
               "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
               "prompt": params.prompt, "negative_prompt": params.negative_prompt, "width": params.width,
               "height": params.height, **timing}
-    rows = [{**common, "step": s["i"], "timestep": s["t"], **step_snr(s), "x_t_std": float(s["x_t"].std()),
+    rows = [{**common, "step": s["i"], "timestep": s["t"], **{k: s[k] for k in ("alpha_bar", "sigma", "log_snr")},
+             "snr_db": float(log_snr_db(s["log_snr"])), "x_t_std": float(s["x_t"].std()),
              "x0_pred_std": float(s["denoised"].std()),
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
 
     # 4. Strip of evenly spaced steps and a GIF of every step.
-    count = min(len(steps), max(2, int(cfg.get("frames") or 8)))
+    count = min(len(steps), recipe.frames)
     picks = sorted(set(np.linspace(0, len(steps) - 1, count).round().astype(int)))
-    labels = [f"step {steps[i]['i']}\n{level(steps[i])}" for i in picks]
+    labels = [f"step {steps[i]['i']}\n{model.noise.step_label(steps[i])}" for i in picks]
     x0_labels = [f"{label}\n{rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB" for label, i in zip(labels, picks)]
     settled = next((r["step"] for r in rows if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
     claim = (f"x0_pred is within {SETTLED_DB:g} dB PSNR of the final image from step {settled} of {len(rows)}"
@@ -158,8 +155,8 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
                 title=f"{choice.name}, {params.num_inference_steps} steps, cfg {params.guidance_scale:g}, seed {seed}: "
                       f"{params.prompt[:60]}\n{claim} (dB: x0_pred against the final image)")
     scale = max(1, 256 // min(params.width, params.height))
-    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {level(s)}", scale),
+    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
                             labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
     frames.append(side_by_side([labelled(final, "final", scale), labelled(final, "final", scale)]))
-    write_gif(frames, ctx.out_dir / "trajectory.gif", duration_ms=int(cfg.get("gif_ms") or 150))
+    write_gif(frames, ctx.out_dir / "trajectory.gif", duration_ms=recipe.gif_ms)
     return ordered(rows)

@@ -3,43 +3,42 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from sdlab.bench.figures import image_strip
-from sdlab.config import Field, check_fields
 from sdlab.bench.records import identity, ordered, write_table
+from sdlab.config import checked
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import (
-    article_reports,
-    decode,
-    encode,
-    input_images,
-    loaded_model,
-    to_model,
-    to_uint8,
-)
+from sdlab.jobs.analysis import ImageInput, article_reports, input_images, to_model, to_uint8
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
+from sdlab.models.loading import load_model
 
 
-@job("vae_roundtrip", check=lambda run: check_fields(run.recipe, {"num_images": Field("int", 1, 1000, optional=True)}))
+@dataclass(frozen=True, kw_only=True)
+class VaeRoundtrip(ImageInput):
+    num_images: int = checked(4, "int", 1, 1000, plain=False, optional=True)  # drawn when no `images` are given
+
+
+@job("vae_roundtrip", VaeRoundtrip)
 def run_vae(ctx: JobContext) -> pd.DataFrame:
     """One row per image (PSNR, SSIM, compression ratio, latent mean/std); table `latent_channels`; figure vae_roundtrip.png."""
-    cfg = ctx.run.recipe
-    model, spec = loaded_model(ctx)
+    spec, recipe = ctx.run.model, ctx.recipe
+    model = load_model(spec)
     width, height = ctx.run.params.width, ctx.run.params.height
-    images = input_images(cfg, width, height, int(cfg.get("num_images") or 4))
+    images = input_images(recipe, width, height, recipe.num_images)
 
     rows, channel_tables, strip, labels = [], [], [], []
     for name, image, _ in images:
         # 1. Round trip x -> z -> x_rec, timed apart.
         x = to_model([image], model)
         start = time.perf_counter()
-        z = encode(model, x)
+        z = model.encode_image(x)
         mid = time.perf_counter()
-        recon = to_uint8(decode(model, z))[0]
+        recon = to_uint8(model.decode(z))[0]
         end = time.perf_counter()
 
         # 2. Quality, compression and latent statistics.
@@ -64,5 +63,5 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
     image_strip(strip, ctx.out_dir / "vae_roundtrip.png", col_labels=labels, row_labels=[r["image"] for r in rows],
                 title=f"VAE round trip, model={spec.name}: {width}x{height}x3 -> {rows[0]['latent_shape']} "
                       f"(x{ratio:g} fewer values), mean PSNR {np.mean([r['psnr_db'] for r in rows]):.1f} dB; "
-                      f"latent channels min-max scaled{article_reports(ctx)}")
+                      f"latent channels min-max scaled{article_reports(ctx.run)}")
     return ordered(rows)

@@ -22,9 +22,8 @@ def component_table(components: dict) -> pd.DataFrame:
     """One row per component plus `total`: params, share of the total and bytes at fp32/fp16/bf16."""
     counts = {name: count_parameters(module) for name, module in components.items()}
     counts["total"] = sum(counts.values())
-    return pd.DataFrame([
-        {"component": name, "params": n, "share": n / counts["total"], **weight_bytes(n)} for name, n in counts.items()
-    ])
+    return pd.DataFrame([{"component": name, "params": n, "share": n / counts["total"], **weight_bytes(n)}
+                         for name, n in counts.items()])
 
 
 UNET_ORDER = ("conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks", "conv_norm_out",

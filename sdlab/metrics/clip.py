@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from sdlab.metrics.image import cover
+
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 77
@@ -21,27 +23,18 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-# --------------------------------------------------------------------------- tokens
-
-
 def token_table(tokenizer, prompts: Sequence[str], max_length: int = MAX_TOKENS) -> pd.DataFrame:
     """One row per prompt: CLIP BPE tokens and ids incl. BOS/EOS, their count, and a warning past `max_length` (the text encoder drops the rest)."""
     rows = []
     for prompt in prompts:
         ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
-        tokens = tokenizer.convert_ids_to_tokens(ids)
         n = len(ids)
         truncated = n > max_length
         dropped = tokenizer.decode(ids[max_length - 1 : -1]).strip() if truncated else ""
-        rows.append({
-            "prompt": prompt,
-            "n_tokens": n,
-            "n_kept": min(n, max_length),
-            "truncated": truncated,
-            "warning": f"{n} tokens > {max_length}: truncated, dropped: {dropped!r}" if truncated else "",
-            "tokens": json.dumps(tokens, ensure_ascii=False),
-            "ids": json.dumps(ids),
-        })
+        rows.append({"prompt": prompt, "n_tokens": n, "n_kept": min(n, max_length), "truncated": truncated,
+                     "warning": f"{n} tokens > {max_length}: truncated, dropped: {dropped!r}" if truncated else "",
+                     "tokens": json.dumps(tokenizer.convert_ids_to_tokens(ids), ensure_ascii=False),
+                     "ids": json.dumps(ids)})
     return pd.DataFrame(rows)
 
 
@@ -57,16 +50,10 @@ def token_rows(table: pd.DataFrame, max_length: int = MAX_TOKENS) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- similarity
-
-
 def cosine_matrix(a, b=None) -> np.ndarray:
     """cos(a_i, b_j) = a_i · b_j / (|a_i| |b_j|) for all row pairs; b defaults to a."""
-    a = np.asarray(a, dtype=np.float64)
-    b = a if b is None else np.asarray(b, dtype=np.float64)
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return a @ b.T
+    a = _unit(np.asarray(a, dtype=np.float64))
+    return a @ (a if b is None else _unit(np.asarray(b, dtype=np.float64))).T
 
 
 def long_matrix(matrix, row_labels: Sequence[str], col_labels: Sequence[str], row_key: str, col_key: str,
@@ -104,9 +91,6 @@ def _tokenize(tokenizer, prompts: Sequence[str], max_positions: int):
                      return_tensors="pt")["input_ids"]
 
 
-# --------------------------------------------------------------------------- the CLIP model
-
-
 @dataclass
 class ClipModel:
     """A CLIPModel, its tokenizer and its name: projected text/image embeddings and CLIP scores."""
@@ -126,16 +110,10 @@ class ClipModel:
         import torch
         from PIL import Image
 
-        size = self.image_size
-        batch = []
+        size, batch = self.image_size, []
         for image in images:
             image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-            image = image.convert("RGB")
-            w, h = image.size
-            scale = size / min(w, h)
-            image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-            left, top = (image.width - size) // 2, (image.height - size) // 2
-            array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+            array = cover(image, size, size).astype(np.float32) / 255.0
             batch.append((array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32))
         return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(self.model.device, self.model.dtype)
 
@@ -173,8 +151,3 @@ def _features(out) -> np.ndarray:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def clip_score(images, prompts: Sequence[str], clip: ClipModel) -> list[float]:
-    """CLIP score per (image, prompt) pair: 100 · max(cos(E_I, E_T), 0)."""
-    return clip.clip_score(images, prompts)

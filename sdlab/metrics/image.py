@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from skimage.metrics import structural_similarity
 
 SSIM_DEFAULT_WIN = 7
 
@@ -47,6 +46,8 @@ def ssim(reference, test, data_range: float = 1.0) -> float:
 
     HxWxC images are compared per channel (channel_axis=-1) and averaged; HxW images as greyscale.
     """
+    from skimage.metrics import structural_similarity  # scikit-image pulls in scipy: only when SSIM is asked for
+
     reference, test = _pair(reference, test)
     if reference.ndim not in (2, 3):
         raise ValueError(f"expected HxW or HxWxC, got shape {reference.shape}")
@@ -54,15 +55,8 @@ def ssim(reference, test, data_range: float = 1.0) -> float:
     win_size = min(SSIM_DEFAULT_WIN, min_side if min_side % 2 else min_side - 1)
     if win_size < 3:
         raise ValueError(f"image too small for SSIM: {reference.shape[:2]} (need both sides >= 3)")
-    return float(
-        structural_similarity(
-            reference,
-            test,
-            data_range=data_range,
-            win_size=win_size,
-            channel_axis=-1 if reference.ndim == 3 else None,
-        )
-    )
+    return float(structural_similarity(reference, test, data_range=data_range, win_size=win_size,
+                                       channel_axis=-1 if reference.ndim == 3 else None))
 
 
 def layout_correlation(first, second, cells: int = 8) -> float:
@@ -77,3 +71,15 @@ def layout_correlation(first, second, cells: int = 8) -> float:
     if maps[0].std() == 0 or maps[1].std() == 0:
         return float(np.array_equal(maps[0], maps[1]))
     return float(np.corrcoef(maps[0], maps[1])[0, 1])
+
+
+def cover(image, width: int, height: int) -> np.ndarray:
+    """A PIL image resized to cover width x height (bicubic) and centre-cropped to it, as uint8 RGB."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    image = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                         Image.BICUBIC)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)))

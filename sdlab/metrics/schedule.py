@@ -28,13 +28,8 @@ def model_kind(config: dict[str, Any]) -> str:
     return "flow" if flow else str(config.get("prediction_type") or "epsilon")
 
 
-def betas(
-    schedule: str,
-    T: int = 1000,
-    beta_start: float = 0.00085,
-    beta_end: float = 0.012,
-    s: float = 0.008,
-) -> np.ndarray:
+def betas(schedule: str, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+          s: float = 0.008) -> np.ndarray:
     """beta_t for 'linear' (linspace), 'scaled_linear' (linspace in sqrt(beta), squared) or 'squaredcos_cap_v2' (beta_t = min(1 - f(t+1)/f(t), 0.999), f(t) = cos²((t/T + s)/(1 + s) · π/2))."""
     if schedule == "linear":
         return np.linspace(beta_start, beta_end, T, dtype=np.float64)
@@ -51,11 +46,8 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     """Betas whose terminal SNR is 0: sqrt(alpha_bar) shifted so its last value is 0 and scaled to keep its first
     (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are Flawed", Algorithm 1)."""
     root = np.sqrt(alpha_bar_from_betas(betas))
-    first, last = root[0], root[-1]
-    root = (root - last) * first / (first - last)
-    alpha_bar = root**2
-    alphas = np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
-    return 1.0 - alphas
+    alpha_bar = ((root - root[-1]) * root[0] / (root[0] - root[-1])) ** 2
+    return 1.0 - np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
 
 
 def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
@@ -110,19 +102,9 @@ def schedule_table(betas: np.ndarray) -> pd.DataFrame:
     alpha = 1.0 - beta
     alpha_bar = np.cumprod(alpha)
     snr = alpha_bar / (1.0 - alpha_bar)
-    return pd.DataFrame(
-        {
-            "t": np.arange(len(beta)),
-            "beta": beta,
-            "alpha": alpha,
-            "alpha_bar": alpha_bar,
-            "signal_frac": np.sqrt(alpha_bar),
-            "noise_frac": np.sqrt(1.0 - alpha_bar),
-            "snr": snr,
-            "snr_db": 10.0 * np.log10(snr),
-            "sigma": np.sqrt((1.0 - alpha_bar) / alpha_bar),
-        }
-    )
+    return pd.DataFrame({"t": np.arange(len(beta)), "beta": beta, "alpha": alpha, "alpha_bar": alpha_bar,
+                         "signal_frac": np.sqrt(alpha_bar), "noise_frac": np.sqrt(1.0 - alpha_bar), "snr": snr,
+                         "snr_db": 10.0 * np.log10(snr), "sigma": np.sqrt((1.0 - alpha_bar) / alpha_bar)})
 
 
 def zero_crossing(alpha_bar) -> int:

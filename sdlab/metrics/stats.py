@@ -40,9 +40,7 @@ def finite(values) -> np.ndarray:
 @lru_cache(maxsize=256)
 def t_quantile(confidence: float, dof: int) -> float:
     """Two-sided Student-t quantile for `confidence` with `dof` degrees of freedom."""
-    from scipy import (
-        stats,  # imported on first use: a single run's summary should not pay for scipy
-    )
+    from scipy import stats  # imported on first use: a single run's summary should not pay for scipy
 
     return float(stats.t.ppf((1 + confidence) / 2, dof))
 

@@ -16,15 +16,9 @@ DDIM_STEPS = (5, 10, 20, 50, 100, 200, 500, 1000)
 CFG_SCALES = (1, 3, 5, 7.5, 10, 15, 20)
 
 
-# --------------------------------------------------------------------------- DDIM
-
-
 def ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta: float = 0.0, noise=None):
-    """DDIM eq. 12: x_prev = sqrt(ab_prev) x0_pred + sqrt(1 - ab_prev - sigma_t²) eps + sigma_t z, x0_pred = (x_t - sqrt(1 - ab_t) eps)/sqrt(ab_t), sigma_t = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev) (eq. 16).
-
-    Works on numpy arrays and torch tensors alike; `noise` (z) is required when eta > 0.
-    Passing alpha_bar_prev > alpha_bar_t denoises; alpha_bar_prev < alpha_bar_t with eta = 0 is DDIM inversion.
-    """
+    """DDIM eq. 12: x_prev = sqrt(ab_prev) x0_pred + sqrt(1 - ab_prev - sigma_t²) eps + sigma_t z, x0_pred = (x_t - sqrt(1 - ab_t) eps)/sqrt(ab_t), sigma_t = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev) (eq. 16);
+    numpy or torch; `noise` (z) when eta > 0; ab_prev < ab_t with eta = 0 is DDIM inversion."""
     alpha_bar_t, alpha_bar_prev = float(alpha_bar_t), float(alpha_bar_prev)
     x0_pred = (x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
     sigma_t = 0.0
@@ -48,25 +42,11 @@ def gaussian_prior_eps(x_t: np.ndarray, alpha_bar: float, mu: float, var: float)
     return math.sqrt(1.0 - alpha_bar) * (x_t - math.sqrt(alpha_bar) * mu) / (alpha_bar * var + 1.0 - alpha_bar)
 
 
-def ddim_perfect_predictor_mse(
-    x0,
-    T: int = 1000,
-    steps_list=DDIM_STEPS,
-    schedule: str = "linear",
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Round-trip MSE = mean((x0_rec - x0)²) of N-step DDIM inversion then N-step DDIM sampling with the exact E[eps | x_t] of a Gaussian prior.
-
-    Why this toy: an oracle that computes eps = (x_t - sqrt(ab) x0)/sqrt(1 - ab) from the known
-    x0 gives x0_pred = x0 at every step, so DDIM (any eta) lands on x0 exactly for every step
-    count; that oracle is kept as column `mse_oracle` (float rounding only, sampled from
-    x_T = sqrt(ab_T) x0 + sqrt(1 - ab_T) z with z drawn from `seed`).
-    The instructive column is `mse`: the predictor is the best possible one that does *not*
-    know x0, namely the exact posterior mean E[eps | x_t] for data x0 ~ N(mean(x0), var(x0))
-    per sample. DDIM is then a first-order solver of the probability-flow ODE; the ODE maps
-    x0 -> x_T -> x0 exactly, so the round trip error is pure discretization error of the step
-    count. Timesteps use the trailing grid (starts at T-1) and the last level is alpha_bar = 1.
-    """
+def ddim_perfect_predictor_mse(x0, T: int = 1000, steps_list=DDIM_STEPS, schedule: str = "linear",
+                               seed: int = 0) -> pd.DataFrame:
+    """Round-trip MSE = mean((x0_rec - x0)²) of N-step DDIM inversion then N-step sampling with the exact E[eps | x_t] of a
+    Gaussian prior fitted to x0 (`mse`: pure discretisation error of the probability-flow ODE, since the best predictor
+    that does not know x0 is used), and of an oracle eps from the known x0 (`mse_oracle`: rounding only); trailing grid."""
     # 1. Schedule and the Gaussian data prior fitted to the signal.
     x0 = np.asarray(x0, dtype=np.float64)
     alpha_bar = alpha_bar_from_betas(betas(schedule, T))
@@ -98,15 +78,9 @@ def ddim_perfect_predictor_mse(
 
 
 def knee(steps, mse) -> int:
-    """Step count at maximum distance below the chord of (log10 steps, mse), both min-max normalised (Kneedle, Satopää et al. 2011).
-
-    Past this point extra steps buy little absolute MSE: the curve has bent from the steep
-    part (drop ~ chord slope or faster) into the flat tail. MSE is kept on a linear axis
-    because a power law is a straight line on log-log axes and would have no knee.
-    Returns steps[0] when the MSE is flat.
-    """
-    steps = np.asarray(steps, dtype=np.float64)
-    mse = np.asarray(mse, dtype=np.float64)
+    """Step count at maximum distance below the chord of (log10 steps, mse), both min-max normalised (Kneedle, Satopää
+    et al. 2011); MSE stays linear, as a power law has no knee on log-log axes; steps[0] when the MSE is flat."""
+    steps, mse = np.asarray(steps, dtype=np.float64), np.asarray(mse, dtype=np.float64)
     order = np.argsort(steps)
     steps, mse = steps[order], mse[order]
     x = np.log10(steps)
@@ -119,22 +93,11 @@ def knee(steps, mse) -> int:
     return int(steps[np.argmax(chord - y)])
 
 
-# --------------------------------------------------------------------------- CFG
-
-
-def cfg_simulation(
-    scales=CFG_SCALES,
-    dim: int = 768,
-    seed: int = 0,
-    gap: float = 0.25,
-    noise: float = 0.5,
-) -> pd.DataFrame:
-    """Classifier-free guidance eps_w = eps_uncond + w (eps_cond - eps_uncond) (Ho & Salimans 2022) on random vectors: alignment and norm growth with w.
-
-    eps_uncond ~ N(0, I_dim); eps_cond - eps_uncond = gap · |eps_uncond| · unit(d + noise · unit(n)),
-    with d the unit "signal" direction and n ~ N(0, I) a nuisance direction.
-    Columns: scale (w), cosine_to_signal = cos(eps_w, d), norm = |eps_w|, amplification = |eps_w| / |eps_cond|.
-    """
+def cfg_simulation(scales=CFG_SCALES, dim: int = 768, seed: int = 0, gap: float = 0.25,
+                   noise: float = 0.5) -> pd.DataFrame:
+    """Classifier-free guidance eps_w = eps_uncond + w (eps_cond - eps_uncond) (Ho & Salimans 2022) on random vectors,
+    eps_cond - eps_uncond = gap |eps_uncond| unit(d + noise unit(n)) for a signal direction d: per w, cos(eps_w, d),
+    |eps_w| and amplification |eps_w| / |eps_cond|."""
     # 1. Unconditional prediction, signal direction, conditional offset.
     rng = np.random.default_rng(seed)
     eps_uncond = rng.standard_normal(dim)
@@ -150,22 +113,14 @@ def cfg_simulation(
     for w in scales:
         eps_w = eps_uncond + w * (eps_cond - eps_uncond)
         norm = float(np.linalg.norm(eps_w))
-        rows.append(
-            {
-                "scale": float(w),
-                "cosine_to_signal": float(eps_w @ d / norm),
-                "norm": norm,
-                "amplification": norm / float(np.linalg.norm(eps_cond)),
-            }
-        )
+        rows.append({"scale": float(w), "cosine_to_signal": float(eps_w @ d / norm), "norm": norm,
+                     "amplification": norm / float(np.linalg.norm(eps_cond))})
     return pd.DataFrame(rows)
 
 
 def norm_threshold_scale(df: pd.DataFrame, factor: float = 3.0) -> float:
-    """Smallest w with |eps_w| / |eps_cond| >= factor, linearly interpolated between the bracketing grid scales; nan if never reached.
-
-    Returns the first grid scale itself if the amplification already starts at or above `factor`.
-    """
+    """Smallest w with |eps_w| / |eps_cond| >= factor, linearly interpolated between the bracketing grid scales (the first
+    scale when it starts there); nan if never reached."""
     df = df.sort_values("scale")
     scale = df["scale"].to_numpy(dtype=np.float64)
     amplification = df["amplification"].to_numpy(dtype=np.float64)
@@ -179,22 +134,10 @@ def norm_threshold_scale(df: pd.DataFrame, factor: float = 3.0) -> float:
     return float(scale[i - 1] + frac * (scale[i] - scale[i - 1]))
 
 
-# --------------------------------------------------------------------------- training objective
-
-
-def toy_noise_predictor_mse(
-    T: int = 200,
-    n: int = 50,
-    shape=(1, 32, 32),
-    bins: int = 10,
-    seed: int = 0,
-    schedule: str = "linear",
-) -> pd.DataFrame:
-    """DDPM loss E|eps - eps_hat(x_t, t)|² per timestep bin for eps_hat = 0 (-> 1), eps_hat ~ N(0, I) (-> 2) and the exact eps (-> 0).
-
-    n samples x0 ~ U(-1, 1)^shape are noised at t ~ U{0..T-1}; bins split [0, T) into equal
-    integer ranges [t_lo, t_hi); a bin that drew no sample has count 0 and NaN MSEs.
-    """
+def toy_noise_predictor_mse(T: int = 200, n: int = 50, shape=(1, 32, 32), bins: int = 10, seed: int = 0,
+                            schedule: str = "linear") -> pd.DataFrame:
+    """DDPM loss E|eps - eps_hat(x_t, t)|² per timestep bin [t_lo, t_hi) for eps_hat = 0 (-> 1), eps_hat ~ N(0, I) (-> 2)
+    and the exact eps (-> 0), on n samples x0 ~ U(-1, 1)^shape at t ~ U{0..T-1} (an empty bin: count 0, NaN MSEs)."""
     # 1. Forward-noise random "images" at random timesteps.
     rng = np.random.default_rng(seed)
     alpha_bar = alpha_bar_from_betas(betas(schedule, T))
@@ -208,14 +151,9 @@ def toy_noise_predictor_mse(
     eps_random = rng.standard_normal((n, *shape))
     eps_exact = (x_t - np.sqrt(ab) * x0) / np.sqrt(1.0 - ab)
     axes = tuple(range(1, 1 + len(shape)))
-    per_sample = pd.DataFrame(
-        {
-            "t": t,
-            "mse_zero": np.mean(eps**2, axis=axes),
-            "mse_random": np.mean((eps_random - eps) ** 2, axis=axes),
-            "mse_perfect": np.mean((eps_exact - eps) ** 2, axis=axes),
-        }
-    )
+    per_sample = pd.DataFrame({"t": t, "mse_zero": np.mean(eps**2, axis=axes),
+                               "mse_random": np.mean((eps_random - eps) ** 2, axis=axes),
+                               "mse_perfect": np.mean((eps_exact - eps) ** 2, axis=axes)})
 
     # 3. Average within timestep bins.
     edges = np.linspace(0, T, bins + 1).round().astype(int)
@@ -228,17 +166,8 @@ def toy_noise_predictor_mse(
     return table
 
 
-# --------------------------------------------------------------------------- embeddings
-
-
-def sinusoidal_timestep_embedding(
-    timesteps,
-    dim: int,
-    flip_sin_to_cos: bool = True,
-    downscale_freq_shift: float = 0.0,
-    max_period: float = 10000.0,
-    scale: float = 1.0,
-) -> np.ndarray:
+def sinusoidal_timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0,
+                                  max_period: float = 10000.0, scale: float = 1.0) -> np.ndarray:
     """Transformer/DDPM embedding [sin(t w_k), cos(t w_k)], w_k = max_period^(-k/(dim/2 - shift)), k < dim/2; cos first if flipped, zero-padded for odd dim (diffusers get_timestep_embedding; SD uses flip=True, shift=0)."""
     timesteps = np.asarray(timesteps, dtype=np.float64).reshape(-1)
     half_dim = dim // 2

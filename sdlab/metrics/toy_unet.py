@@ -11,12 +11,10 @@ def toy_unet(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, la
     from diffusers import UNet2DModel
 
     with torch.device("meta"):
-        return UNet2DModel(
-            sample_size=size, in_channels=in_channels, out_channels=in_channels,
-            block_out_channels=tuple(channels), layers_per_block=layers_per_block,
-            down_block_types=("DownBlock2D",) * len(channels), up_block_types=("UpBlock2D",) * len(channels),
-            norm_num_groups=min(32, min(channels)),
-        )
+        return UNet2DModel(sample_size=size, in_channels=in_channels, out_channels=in_channels,
+                           block_out_channels=tuple(channels), layers_per_block=layers_per_block,
+                           down_block_types=("DownBlock2D",) * len(channels),
+                           up_block_types=("UpBlock2D",) * len(channels), norm_num_groups=min(32, min(channels)))
 
 
 def level_table(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, batch: int = 1) -> pd.DataFrame:

@@ -27,13 +27,8 @@ def latent_channel_stats(latents) -> pd.DataFrame:
     """Per-channel mean, std, min and max of one CxHxW latent."""
     z = np.asarray(latents, dtype=np.float64)
     flat = z.reshape(z.shape[0], -1)
-    return pd.DataFrame({
-        "channel": np.arange(z.shape[0]),
-        "mean": flat.mean(axis=1),
-        "std": flat.std(axis=1),
-        "min": flat.min(axis=1),
-        "max": flat.max(axis=1),
-    })
+    return pd.DataFrame({"channel": np.arange(z.shape[0]), "mean": flat.mean(axis=1), "std": flat.std(axis=1),
+                         "min": flat.min(axis=1), "max": flat.max(axis=1)})
 
 
 def channel_image(channel) -> np.ndarray:

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sdlab.metrics.schedule import (alpha_bar_at, alpha_bar_from_betas, betas, log_snr, log_snr_db, schedule_table,
-                                    snr_db_from_alpha_bar, x0_from_velocity, x0_pred)
+from sdlab.metrics.schedule import (alpha_bar_at, alpha_bar_from_betas, betas, ddpm_log_snr_table, flow_crossing,
+                                    flow_log_snr_table, log_snr, log_snr_db, model_kind, schedule_table,
+                                    snr_db_from_alpha_bar, unshift_sigma, x0_from_velocity, x0_pred)
 from sdlab.models.architectures import SD15_SCHEDULER
 
 
@@ -23,6 +24,7 @@ class NoiseProcess:
 
     kind: str
     equation: str
+    has_betas: bool  # whether DDPM beta schedules (and their samplers) describe it
 
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         raise NotImplementedError
@@ -49,6 +51,24 @@ class VPEpsilon(NoiseProcess):
 
     kind = "epsilon"
     equation = "q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)"
+    has_betas = True
+
+    def model_schedule(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A scheduler config's training schedule as a `schedules` entry {name, beta_schedule, beta_start, beta_end, T}."""
+        return {"name": "model", "beta_schedule": config.get("beta_schedule", "linear"),
+                "beta_start": config.get("beta_start"), "beta_end": config.get("beta_end"),
+                "T": config.get("num_train_timesteps")}
+
+    def log_snr_steps(self, scheduler, steps: int, **set_timesteps) -> tuple[pd.DataFrame, pd.DataFrame, float, float]:
+        """(log-SNR per training timestep, the steps a sampler visits, shift, closed-form crossing): alpha_bar from the
+        scheduler itself (so zero-terminal-SNR rescaling, Lin et al. 2024, counts), t = (timestep + 1)/T; no shift."""
+        alpha_bar = scheduler.alphas_cumprod.double().cpu().numpy()
+        scheduler.set_timesteps(steps)
+        timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
+        ab = np.interp(timestep, np.arange(len(alpha_bar)), alpha_bar)
+        visits = pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "t": (timestep + 1) / len(alpha_bar),
+                               "sigma": np.sqrt(1.0 - ab), "log_snr": log_snr(np.sqrt(ab), np.sqrt(1.0 - ab))})
+        return ddpm_log_snr_table(alpha_bar), visits, float("nan"), float("nan")
 
     def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
         """The level at each training timestep t = 0 .. T-1 of a beta schedule {beta_schedule, T, beta_start, beta_end}."""
@@ -85,6 +105,10 @@ class VPEpsilon(NoiseProcess):
             return {"alpha_bar": alpha_bar_at(alphas_cumprod, timestep), "sigma": None}
         return {"alpha_bar": 1.0 / (1.0 + sigma**2), "sigma": None}
 
+    def step_label(self, step: dict[str, Any]) -> str:
+        """Where a sampler step stands, for a frame label: its timestep."""
+        return f"t={step['t']:.0f}"
+
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         """(signal, noise) = (sqrt(alpha_bar), sqrt(1 - alpha_bar))."""
         return math.sqrt(level["alpha_bar"]), math.sqrt(1.0 - level["alpha_bar"])
@@ -105,6 +129,24 @@ class RectifiedFlow(NoiseProcess):
 
     kind = "flow"
     equation = "x_t = (1 - sigma_t) x_0 + sigma_t eps, sigma_t = t / T (flow matching)"
+    has_betas = False
+
+    def model_schedule(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A flow scheduler config's training grid as a `schedules` entry: T timesteps, sigma = t / T."""
+        return {"name": "model (flow matching)", "T": int(config.get("num_train_timesteps") or 1000)}
+
+    def log_snr_steps(self, scheduler, steps: int, **set_timesteps) -> tuple[pd.DataFrame, pd.DataFrame, float, float]:
+        """(log-SNR per training timestep, the steps a sampler visits, shift, closed-form crossing): t is the unshifted
+        sigma, sigma' by SD3 eq. 23 with the static shift or exp(mu) (`set_timesteps` takes Flux's mu and sigmas)."""
+        config, mu = scheduler.config, set_timesteps.get("mu")
+        exponential = config.get("time_shift_type", "exponential") == "exponential"
+        shift = (math.exp(mu) if exponential else mu) if mu is not None else float(
+            config.get("shift", config.get("flow_shift", 1.0)))
+        scheduler.set_timesteps(steps, **set_timesteps)
+        sigma = np.asarray(scheduler.sigmas, dtype=np.float64)[:-1]
+        visits = pd.DataFrame({"step": np.arange(len(sigma)), "timestep": np.asarray(scheduler.timesteps, float),
+                               "t": unshift_sigma(sigma, shift), "sigma": sigma, "log_snr": log_snr(1.0 - sigma, sigma)})
+        return flow_log_snr_table(shift, int(config.num_train_timesteps)), visits, shift, flow_crossing(shift)
 
     def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
         """sigma = t / T at each training timestep t = 0 .. T-1, which no shift changes."""
@@ -125,6 +167,10 @@ class RectifiedFlow(NoiseProcess):
         """The scheduler's flow sigma for the denoiser call under way (its first before any step)."""
         return {"alpha_bar": None, "sigma": scheduler_sigma(scheduler, first=True)}
 
+    def step_label(self, step: dict[str, Any]) -> str:
+        """Where a sampler step stands, for a frame label: its flow sigma."""
+        return f"sigma={step['sigma']:.2f}"
+
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         """(signal, noise) = (1 - sigma, sigma)."""
         return 1.0 - level["sigma"], level["sigma"]
@@ -135,6 +181,11 @@ class RectifiedFlow(NoiseProcess):
 
 
 PROCESSES = {process.kind: process for process in (VPEpsilon(), VPVelocity(), RectifiedFlow())}
+
+
+def process_of(config: dict[str, Any]) -> NoiseProcess:
+    """The noise process a scheduler config was made for."""
+    return PROCESSES[model_kind(config)]
 
 
 def scheduler_sigma(scheduler, first: bool = False) -> float | None:
