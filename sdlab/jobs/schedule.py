@@ -239,7 +239,7 @@ def model_family(run: Run) -> dict[str, Any]:
     shift = f", shift {choice.options['shift']:g}" if "shift" in choice.options else ""
     return {"name": f"model={spec.name} ({choice.name}{shift}, {spec.resolution} px)",
             "config": model_scheduler_config(run), "sampler": choice.name, "options": choice.options, "steps": steps,
-            "width": spec.resolution, "height": spec.resolution, "flux_sigmas": adapter_class(spec).family == "flux"}
+            "width": spec.resolution, "height": spec.resolution, "flux_sigmas": adapter_class(spec).linear_sigmas}
 
 
 def family_specs(run: Run, recipe: ScheduleSnr) -> list[dict[str, Any]]:
@@ -256,7 +256,7 @@ def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
         scheduler, process = make_scheduler(f["sampler"], f["config"], f["options"]), process_of(f["config"])
         kwargs = timestep_kwargs(scheduler, f["width"], f["height"])
         if f["flux_sigmas"] and "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
-            kwargs["sigmas"] = np.linspace(1.0, 1.0 / f["steps"], f["steps"])  # as FluxPipeline passes them
+            kwargs["sigmas"] = np.linspace(1.0, 1.0 / f["steps"], f["steps"])  # as the pipeline passes them
         mu = kwargs.get("mu")
 
         # 2. log-SNR per training timestep and the steps visited, as the family's noise process reads them.

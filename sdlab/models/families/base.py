@@ -34,6 +34,7 @@ class ModelAdapter:
     t5_tokenizer: ClassVar[str | None] = None          # the pipeline's T5 tokenizer attribute, if it has one
     default_sequence_length: ClassVar[int | None] = None  # T5 tokens the pipeline pads to by default
     upcasts_vae: ClassVar[bool] = False                # decode a float16 VAE marked `force_upcast` in float32
+    linear_sigmas: ClassVar[bool] = False              # the pipeline passes sigmas linspace(1, 1/N, N) to the scheduler
 
     def __init__(self, pipe, spec: ModelSpec):
         self.pipe = pipe

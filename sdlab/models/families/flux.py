@@ -19,6 +19,7 @@ class Flux(ModelAdapter):
     guidance = "distilled"  # no unconditional branch: the negative prompt is not used
     t5_tokenizer = "tokenizer_2"
     default_sequence_length = 512
+    linear_sigmas = True
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, pooled, _ = self.pipe.encode_prompt(text, None, device=self.device, num_images_per_prompt=1,
