@@ -9,7 +9,6 @@ from typing import Any, Callable
 import pandas as pd
 
 from sdlab.config import Run, check_block, rules_of
-from sdlab.errors import choose
 
 
 @dataclass
@@ -100,10 +99,9 @@ JOB_MODULES = {
 
 
 def get_job(name: str) -> JobFn:
-    """The job registered under `name`, importing only its module."""
+    """The job registered under `name` (pre-flight checked it is one), importing only its module."""
     import importlib
 
-    choose("job", name, JOB_MODULES)
     if name not in JOBS:
         importlib.import_module(f"sdlab.jobs.{JOB_MODULES[name]}")
     return JOBS[name]
