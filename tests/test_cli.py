@@ -384,6 +384,9 @@ def test_rerunning_a_sweep_without_a_sweep_dir_continues_its_folder(run_sdlab, t
     assert run_sdlab(*sweep) == 0
     [folder] = (tmp_path / "outputs" / "generate").iterdir()
     assert json.loads((folder / "sweep.json").read_text())["complete"] is True
+    # the manifest names each cell by the hash its finished job records, before any job runs
+    assert json.loads((folder / "sweep.json").read_text())["hashes"] == [
+        json.loads((folder / job / "job.json").read_text())["job_hash"] for job in ("0", "1")]
     # as if interrupted before the second cell finished: its rows gone, the sweep not complete
     manifest = json.loads((folder / "sweep.json").read_text())
     (folder / "sweep.json").write_text(json.dumps({**manifest, "complete": False}))

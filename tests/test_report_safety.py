@@ -187,7 +187,8 @@ def corrupt(root: Path, case: str) -> str:
                 "sweep.json axes not a list": '{"key": "k", "axes": "seed"}',
                 "sweep.json not UTF-8": b"\xff\xfe {}", "sweep.json values not lists": '{"key": "k", "values": {"seed": 1}}',
                 "sweep.json a job not a mapping": '{"key": "k", "jobs": [1, 2]}',
-                "sweep.json command of numbers": '{"key": "k", "command": [1, 2]}'}
+                "sweep.json command of numbers": '{"key": "k", "command": [1, 2]}',
+                "sweep.json hashes of numbers": '{"key": "k", "hashes": [1, 2]}'}
     if case == "damaged summary.parquet":
         (root / "summary.parquet").write_bytes(b"PAR1 not a table")
         return "sweep/summary.parquet cannot be read"

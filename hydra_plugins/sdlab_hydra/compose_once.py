@@ -217,7 +217,7 @@ class ComposeOnceSweeper(Sweeper):
         launched = [job for job in jobs if tuple(job) not in self.cannot_run]
         if self.preflight:  # how a rerun of this command finds this folder, and what grid, summary and report label by
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
-            write_manifest(Path(sweep_dir), task, launched, hydra)
+            write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs])
         return self.launch(launched, Path(sweep_dir))
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:
