@@ -17,10 +17,10 @@ from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import read_image
 from sdlab.metrics.image import psnr
-from sdlab.metrics.schedule import model_kind
 from sdlab.metrics.toy import ddim_step
 from sdlab.models.generate import decode_latents, to_pil
 from sdlab.models.loading import adapter_class, load_model, shipped_scheduler_config
+from sdlab.models.noise import process_of
 
 
 def encode_text(model, texts: list[str]) -> torch.Tensor:
@@ -55,12 +55,12 @@ def ddim_by_hand(model, prompt: str, negative_prompt: str, seed: int, steps: int
 
 
 def check_by_hand(run: Run) -> None:
-    """The loop by hand is SD 1.x's epsilon loop with guidance: an SD-family epsilon model and guidance_scale > 1."""
+    """The loop by hand is SD 1.x's epsilon loop with guidance: a plain-UNet noise-predicting model, guidance_scale > 1."""
     spec = run.model
-    family, kind = adapter_class(spec).family, model_kind(shipped_scheduler_config(spec)[0])
-    if family != "sd" or kind != "epsilon":
+    adapter, process = adapter_class(spec), process_of(shipped_scheduler_config(spec)[0])
+    if not (adapter.plain_unet_call and process.predicts_noise):
         raise UserError(f"job pipeline_by_hand writes out the SD 1.x epsilon loop; model={spec.name} is a "
-                        f"{family} {kind} model: use model=tiny, mini or sd15")
+                        f"{adapter.family} {process.kind} model: use model=tiny, mini or sd15")
     w = run.params.guidance_scale
     if w <= 1.0:
         raise UserError(f"guidance_scale={w} must be > 1 here: the loop by hand always applies guidance")

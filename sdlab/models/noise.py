@@ -25,6 +25,7 @@ class NoiseProcess:
     kind: str
     equation: str
     has_betas: bool  # whether DDPM beta schedules (and their samplers) describe it
+    predicts_noise = False  # whether the model's output is the noise eps itself
 
     def coefficients(self, level: dict[str, Any]) -> tuple[float, float]:
         raise NotImplementedError
@@ -52,6 +53,7 @@ class VPEpsilon(NoiseProcess):
     kind = "epsilon"
     equation = "q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)"
     has_betas = True
+    predicts_noise = True
 
     def model_schedule(self, config: dict[str, Any]) -> dict[str, Any]:
         """A scheduler config's training schedule as a `schedules` entry {name, beta_schedule, beta_start, beta_end, T}."""
@@ -122,6 +124,7 @@ class VPVelocity(VPEpsilon):
     """DDPM noising with a v-predicting model, v = alpha eps - sigma x_0 (Salimans & Ho 2022)."""
 
     kind = "v_prediction"
+    predicts_noise = False
 
 
 class RectifiedFlow(NoiseProcess):

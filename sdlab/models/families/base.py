@@ -35,6 +35,7 @@ class ModelAdapter:
     default_sequence_length: ClassVar[int | None] = None  # T5 tokens the pipeline pads to by default
     upcasts_vae: ClassVar[bool] = False                # decode a float16 VAE marked `force_upcast` in float32
     linear_sigmas: ClassVar[bool] = False              # the pipeline passes sigmas linspace(1, 1/N, N) to the scheduler
+    plain_unet_call: ClassVar[bool] = False            # the denoiser is SD 1.x's: unet(x, t, encoder_hidden_states=text)
 
     def __init__(self, pipe, spec: ModelSpec):
         self.pipe = pipe

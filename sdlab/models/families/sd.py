@@ -15,6 +15,7 @@ class StableDiffusion(ModelAdapter):
     family = "sd"
     pipeline_class = "StableDiffusionPipeline"
     call_options = ("eta",)
+    plain_unet_call = True
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict:
