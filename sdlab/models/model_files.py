@@ -27,7 +27,13 @@ SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the en
 
 
 def check_weights_folder(folder: Path) -> None:
-    """Refuse anything but a diffusers folder whose weights are all safetensors, without opening pickles."""
+    """Refuse anything but a diffusers folder whose weights are all safetensors, without opening pickles or importing
+    anything; pre-flight asks this first, and the pipeline check asks it again for free while the files stay the same."""
+    _check_weights(folder, _signature(folder.absolute()))
+
+
+@lru_cache(maxsize=16)
+def _check_weights(folder: Path, signature: tuple) -> None:
     if folder.is_file():
         if folder.suffix in PICKLE_SUFFIXES:
             raise UserError(f"refusing pickle checkpoint {folder}: sdlab loads safetensors only")
@@ -192,12 +198,15 @@ def check_component_weights(folder: Path, component: str, config: dict[str, Any]
 
 def check_pipeline_folder(folder: Path) -> None:
     """Refuse a pipeline folder with a pickle, a link outside it, a bad config or tokenizer, or damaged weights."""
-    check_weights_folder(folder)
-    _check_folder(folder.absolute(), _signature(folder))
+    signature = _signature(folder.absolute())
+    _check_weights(folder, signature)  # a cache hit after pre-flight
+    _check_folder(folder.absolute(), signature)
 
 
 def _signature(folder: Path) -> tuple:
-    """What the checks depend on: every component file's name, size and modification time."""
+    """What the checks depend on: every component file's name, size and modification time (none for no folder)."""
+    if not folder.is_dir():
+        return ()
     files = [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir()] + [folder / "model_index.json"]
     return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()))
 
