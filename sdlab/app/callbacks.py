@@ -87,13 +87,14 @@ class FinishedJobs(threading.Thread):
 
     def run(self) -> None:
         seen: set[str] = set()
+        manifest: dict = {}  # read at the first finished job, once: the sweep writes it before it launches any
         while not self.stopped.wait(self.every):
-            cells = (read_manifest(self.sweep_dir) or {}).get("cells", "?")
             for job in job_dirs(self.sweep_dir) if self.sweep_dir.is_dir() else []:
                 mark = job / MARKER
                 if job.name not in seen and mark.is_file() and mark.stat().st_mtime >= self.since:
                     seen.add(job.name)
-                    print(f"sdlab: {len(seen)} of {cells} jobs finished ({job.name})", flush=True)
+                    manifest = manifest or read_manifest(self.sweep_dir) or {}
+                    print(f"sdlab: {len(seen)} of {manifest.get('cells', '?')} jobs finished ({job.name})", flush=True)
 
     def stop(self) -> None:
         self.stopped.set()
