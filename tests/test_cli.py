@@ -286,7 +286,9 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", "seeds=[1,2,3,4,5,6,7,8]", "batch_size=1",
                                 "num_inference_steps=50", "threads=1", "hydra.run.dir=run"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a shell starts background jobs with Ctrl-C ignored, and a child inherits that
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     while not (tmp_path / "run" / "cli.log").is_file() or "loaded model" not in (tmp_path / "run" / "cli.log").read_text():
         assert time.monotonic() < deadline and process.poll() is None
