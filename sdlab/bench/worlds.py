@@ -20,12 +20,14 @@ Sample = tuple[str, Any, str]  # (name, HxWx3 uint8 image, caption)
 
 @dataclass(frozen=True)
 class World:
-    """A registered world: the words its prompts use, one prompt it knows, sample images, and a caption drawn."""
+    """A registered world: the words its prompts use, one prompt it knows, sample images, a caption drawn, and real
+    images of what a prompt describes (the reference set of distribution metrics; [] when it describes nothing)."""
 
     words: frozenset[str]
     example: str
     samples: Callable[[int, int, int | None], list[Sample]]  # (count, side, seed or None for the default)
     draw: Callable[[str], Any]  # a caption of the world -> its image at the world's own size
+    references: Callable[[str, int, int, int], list]  # (prompt, count, side, seed) -> real images it describes
 
     def unknown_words(self, prompt: str) -> list[str]:
         """Words of `prompt` this world's prompts never use, in order."""

@@ -220,6 +220,17 @@ def sample(seed: int, index: int, split: Split = "any", size: int = IMAGE_SIZE) 
     return render(attrs, rng, size), text, attrs
 
 
+def matching(text: str, count: int, seed: int, size: int = IMAGE_SIZE) -> list[np.ndarray]:
+    """`count` real images of what a caption names: its attributes as given, the ones it leaves open drawn uniformly
+    from the valid combinations, jittered (seeded by `seed` and the item's index); [] when it names no shape."""
+    named = parse_partial(text)
+    if named is None:
+        return []
+    options = [a for a in combinations() if all(getattr(a, k) == v for k, v in named.items())]
+    rngs = [np.random.default_rng([seed, index]) for index in range(count)]
+    return [render(options[int(rng.integers(len(options)))], rng, size) for rng in rngs] if options else []
+
+
 def batch(seed: int, start: int, count: int, split: Split = "any") -> tuple[np.ndarray, list[str], list[Attributes]]:
     """Items start..start+count-1 of (seed, split), images stacked as (N, 64, 64, 3)."""
     items = [sample(seed, start + offset, split) for offset in range(count)]
