@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from sdlab.bench.captions import read_captions
 from sdlab.errors import UserError
 from sdlab.jobs.explainers import vae_compression_table
 from sdlab.metrics.toy_unet import level_table
@@ -46,6 +47,16 @@ def test_explainer_recipes_write_table_and_figure(run_sdlab, tmp_path, recipe, t
         assert abs(frame["mean"].iloc[0]) < 0.01 and abs(frame["std"].iloc[0] - 1) < 0.01
     if recipe == "article_b5_cfg_toy":
         assert 10 < frame["norm_threshold_scale"].iloc[0] < 15
+
+
+def test_ddim_steps_figure_says_there_is_no_knee_by_the_articles_definition(run_sdlab, tmp_path):
+    assert run_sdlab("experiment=article_b6_ddim_steps", f"hydra.run.dir={tmp_path}") == 0
+    frame = pd.read_parquet(tmp_path / "ddim_steps.parquet")
+    assert frame["knee"].isna().all() and (frame["bend"] == 20).all()
+    assert frame["cut_per_doubling"].iloc[1:].between(0.6, 0.75).all()
+    caption = read_captions(tmp_path)["ddim_steps.png"]
+    assert caption.startswith("no knee by the article's definition") and "cuts it 63-72%" in caption
+    assert "20 -> 1000 (50x the work) the last 12%" in caption
 
 
 def test_pipeline_by_hand_matches_diffusers(run_sdlab, tmp_path):

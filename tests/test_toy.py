@@ -9,6 +9,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 
 from sdlab.metrics.toy import (
     cfg_simulation,
+    cut_per_doubling,
     ddim_perfect_predictor_mse,
     ddim_step,
     gaussian_prior_eps,
@@ -115,6 +116,12 @@ def test_ddim_toy_oracle_is_exact_for_any_step_count(ddim_table):
 
 def test_ddim_toy_knee(ddim_table):
     assert knee(ddim_table.steps, ddim_table.mse) == 20
+
+
+def test_every_doubling_of_ddim_steps_cuts_the_error_by_far_more_than_the_articles_knee(ddim_table):
+    assert cut_per_doubling([1, 2, 8], [1.0, 0.5, 0.125]) == pytest.approx([0.5, 0.5])
+    cuts = cut_per_doubling(ddim_table.steps, ddim_table.mse)
+    assert len(cuts) == 7 and (cuts > 0.6).all() and (cuts < 0.75).all()
 
 
 def test_knee_definition():

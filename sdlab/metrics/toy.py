@@ -77,6 +77,16 @@ def ddim_perfect_predictor_mse(x0, T: int = 1000, steps_list=DDIM_STEPS, schedul
     return pd.DataFrame(rows)
 
 
+KNEE_CUT = 0.10  # the article's knee: where a doubling of the steps cuts the error by less than this
+
+
+def cut_per_doubling(steps, mse) -> np.ndarray:
+    """Share of the error one doubling of the steps removes between consecutive step counts a < b:
+    1 - (mse_b / mse_a) ** (1 / log2(b / a))."""
+    steps, mse = np.asarray(steps, dtype=np.float64), np.asarray(mse, dtype=np.float64)
+    return 1.0 - (mse[1:] / mse[:-1]) ** (1.0 / np.log2(steps[1:] / steps[:-1]))
+
+
 def knee(steps, mse) -> int:
     """Step count at maximum distance below the chord of (log10 steps, mse), both min-max normalised (Kneedle, Satopää
     et al. 2011); MSE stays linear, as a power law has no knee on log-log axes; steps[0] when the MSE is flat."""
