@@ -322,3 +322,22 @@ def test_a_generate_run_with_its_table_and_grid_does_not_import_matplotlib(tmp_p
             "summarize(pd.DataFrame({'seed': [1, 2], 'image_path': ['0.png', '1.png'], 'status': ['ok', 'ok']}), d); "
             "sys.exit(10 * ('matplotlib' in sys.modules) + (not (d / 'grid.png').is_file()))")
     assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120).returncode == 0
+
+
+def test_same_seed_layout_says_whether_the_background_follows_the_seed_or_the_subject(tmp_path):
+    from types import SimpleNamespace
+
+    from sdlab.jobs.grids import with_seed_layout
+
+    backgrounds = {"a red circle": (40, 170, 50), "a red square": (20, 20, 20)}  # by subject, whatever the seed
+    rows = []
+    for prompt, colour in backgrounds.items():
+        for seed, left in ((1, 8), (2, 36)):
+            image = np.full((64, 64, 3), colour, np.uint8)
+            image[20:40, left:left + 20] = (220, 30, 30)  # the seed decides where the shape sits
+            Image.fromarray(image).save(tmp_path / f"{prompt[6:]}_{seed}.png")
+            rows.append({"prompt": prompt, "seed": seed, "status": "ok", "image_path": f"{prompt[6:]}_{seed}.png"})
+    frame, title = with_seed_layout(SimpleNamespace(out_dir=tmp_path), pd.DataFrame(rows))
+    assert frame["background_alike_same_seed"].iloc[0] == 0 and frame["background_alike_same_subject"].iloc[0] == 1
+    assert "background alike in 0 of 2 same-seed pairs, 2 of 2 same-subject pairs: it follows the subject word" in title
+    assert "(r: 8x8 luminance correlation)" in title

@@ -17,9 +17,9 @@ from sdlab.bench.records import identity, ordered, versions
 from sdlab.bench.scorers import build_scorers
 from sdlab.config import GenerationParams, checked, image_params
 from sdlab.jobs import JobContext, job
-from sdlab.jobs.analysis import Prompts
+from sdlab.jobs.analysis import Prompts, article_reports
 from sdlab.jobs.generate import batch_rows, hash_fields
-from sdlab.metrics.image import layout_correlation, psnr
+from sdlab.metrics.image import background_distance, layout_correlation, psnr
 from sdlab.metrics.stats import summarize_ci
 from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
@@ -137,14 +137,18 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     title = ""
     if len(prompts) > 1 and len(params.seeds) > 1:
         frame, title = with_seed_layout(ctx, frame)
+        title += article_reports(ctx.run)
     image_grid(frame, ctx.out_dir, ctx.out_dir / "prompt_grid.png", axes=grid_axes(frame, "prompt_label"),
                title=title)
     return frame
 
 
+BACKGROUND_ALIKE = 0.15  # border colours closer than this (RGB in [0, 1]) count as the same background
+
+
 def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Does the seed carry the composition? Layout correlation of every pair of images of different prompts,
-    same seed against different seeds, as columns and a title that states both."""
+    """Does the seed carry the composition? Layout correlation of every pair of images of different prompts, same seed
+    against different seeds; and whether the background follows the seed or the subject: columns and a title."""
     import itertools
 
     from PIL import Image
@@ -152,13 +156,21 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
     ok = frame[frame["status"] == "ok"]
     images = {row.Index: np.asarray(Image.open(ctx.out_dir / row.image_path)) for row in ok.itertuples()}
     pairs: dict[bool, list[float]] = {True: [], False: []}
+    alike: dict[bool, list[bool]] = {True: [], False: []}  # same background: same seed (other subject), or same subject
     for a, b in itertools.combinations(ok.itertuples(), 2):
         if a.prompt != b.prompt:
             pairs[a.seed == b.seed].append(layout_correlation(images[a.Index], images[b.Index]))
+        if (a.prompt == b.prompt) != (a.seed == b.seed):
+            alike[a.seed == b.seed].append(background_distance(images[a.Index], images[b.Index]) < BACKGROUND_ALIKE)
     same, other = (float(np.mean(pairs[k])) if pairs[k] else float("nan") for k in (True, False))
-    frame = frame.assign(layout_r_same_seed=same, layout_r_other_seed=other)
-    return frame, (f"same seed, another subject: layout r = {same:.2f} (n={len(pairs[True])}); "
-                   f"another seed: r = {other:.2f} (n={len(pairs[False])})")
+    by_seed, by_subject = (float(np.mean(alike[k])) if alike[k] else float("nan") for k in (True, False))
+    frame = frame.assign(layout_r_same_seed=same, layout_r_other_seed=other, background_alike_same_seed=by_seed,
+                         background_alike_same_subject=by_subject)
+    follows = "the subject word (the model's habit), not the seed" if by_subject > by_seed else "the seed"
+    return frame, (f"same seed, other subject: layout r = {same:.2f} (n={len(pairs[True])}); other seed: r = {other:.2f} "
+                   f"(n={len(pairs[False])}) (r: 8x8 luminance correlation)\nbackground alike in {sum(alike[True])} of "
+                   f"{len(alike[True])} same-seed pairs, {sum(alike[False])} of {len(alike[False])} same-subject pairs: it "
+                   f"follows {follows}")
 
 
 @job("scheduler_grid", SchedulerGrid)

@@ -73,6 +73,16 @@ def layout_correlation(first, second, cells: int = 8) -> float:
     return float(np.corrcoef(maps[0], maps[1])[0, 1])
 
 
+def background_distance(first, second) -> float:
+    """Euclidean distance in [0, 1] RGB between the median colours of two images' outermost pixel rings."""
+    rings = []
+    for image in (first, second):
+        x = to_float01(image)
+        x = x if x.ndim == 3 else x[..., None]
+        rings.append(np.median(np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]]), axis=0))
+    return float(np.linalg.norm(rings[0] - rings[1]))
+
+
 def cover(image, width: int, height: int) -> np.ndarray:
     """A PIL image resized to cover width x height (bicubic) and centre-cropped to it, as uint8 RGB."""
     from PIL import Image
