@@ -341,3 +341,20 @@ def test_same_seed_layout_says_whether_the_background_follows_the_seed_or_the_su
     assert frame["background_alike_same_seed"].iloc[0] == 0 and frame["background_alike_same_subject"].iloc[0] == 1
     assert "background alike in 0 of 2 same-seed pairs, 2 of 2 same-subject pairs: it follows the subject word" in title
     assert "(r: 8x8 luminance correlation)" in title
+
+
+def test_guidance_claim_gives_the_paired_change_and_says_when_guidance_raises_nothing():
+    from sdlab.jobs.grids import guidance_panels
+
+    clip = {7.0: [95.5, 95.4, 95.9, 95.7, 96.1, 93.3], 12.5: [96.1, 92.5, 94.2, 95.6, 96.0, 92.3]}
+    ok = pd.DataFrame([{"seed": seed, "guidance_scale": w, "clip_score": score, "adherence_all": True}
+                       for w, scores in clip.items() for seed, score in enumerate(scores)])
+    panels, claim = guidance_panels(ok)
+    assert "CLIP score 95.3 at w=7 -> 94.4 at w=12.5: change -0.9 (paired 95% CI -2.2 to +0.5; lower in 5 of 6 seeds)" in claim
+    assert "prompt followed 100% at w=7 -> 100% at w=12.5 (n=6 seeds)" in claim
+    assert claim.endswith("w=7 -> 12.5 does not raise CLIP score or prompt following here (no paired 95% CI above 0)")
+    low, high = panels[0]["ylim"]
+    assert high - low >= 10  # a one-point change is not drawn across the whole axis
+
+    ok["clip_score"] += np.where(ok["guidance_scale"] > 7, 3.0, 0.0)
+    assert guidance_panels(ok)[1].endswith("w=7 -> 12.5 raises CLIP score here")

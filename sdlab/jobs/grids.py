@@ -20,7 +20,7 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import Prompts, article_reports
 from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.metrics.image import background_distance, layout_correlation, psnr
-from sdlab.metrics.stats import summarize_ci
+from sdlab.metrics.stats import mean_ci, summarize_ci
 from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config
@@ -87,39 +87,55 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     ok = frame[frame["status"] == "ok"]
     panels, claim = guidance_panels(ok)
     image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
-               title=claim or f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps)")
+               title=(claim or f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps)")
+               + article_reports(ctx.run))
     if panels:
         curves(panels, ctx.out_dir / "clip_vs_guidance.png",
-               title=f"{spec.name}: {params.prompt[:60]}\n{claim}")
+               title=f"{spec.name}: {params.prompt[:60]}\n{claim}{article_reports(ctx.run)}")
     return frame
 
 
 def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     """Panels of CLIP score and prompt adherence against w: per-seed lines, the mean and its 95% interval over
-    seeds; and a claim from the lowest w to the highest (and the best w between them)."""
+    seeds; and a claim from the lowest w to the highest with the paired change over seeds (and the best w between)."""
 
     metrics = [m for m in ("clip_score", "adherence_all") if m in ok and ok[m].notna().any()]
     if not metrics:
         return [], ""
     summary = summarize_ci(ok, ["guidance_scale"], metrics)  # sorted by w
     scales = summary["guidance_scale"].to_numpy()
-    panels, claims = [], []
+    panels, claims, rises = [], [], []
     for metric in metrics:
         percent = metric == "adherence_all"
-        factor, unit = (100.0, "%") if percent else (1.0, "")
+        name = "prompt followed" if percent else "CLIP score"
+        factor, unit, digits = (100.0, "%", 0) if percent else (1.0, "", 1)
         mean, low, high = (summary[f"{metric}_{part}"].to_numpy(dtype=float) * factor for part in ("mean", "lo", "hi"))
         lines = [] if percent else [
             {"x": g["guidance_scale"], "y": g[metric], "style": "-", "color": "0.75"} for _, g in ok.groupby("seed")]
         lines.append({"x": scales, "y": mean, "label": f"mean of {ok['seed'].nunique()} seeds", "style": "o-",
                       "color": "black"})
         bands = [{"x": scales, "low": low, "high": high, "label": "95% interval", "color": "C0"}]
+        centre, drawn = float(np.nanmean(mean)), np.concatenate([mean, low, high])  # a score's axis spans at least
         panels.append({"lines": lines, "bands": bands if np.isfinite(low).any() else [], "xlabel": "guidance scale w",
+                       "ylim": None if percent else (min(np.nanmin(drawn), centre - 5),  # 10 points: a small
+                                                     max(np.nanmax(drawn), centre + 5)),  # change looks small
                        "ylabel": "prompt followed (% of images)" if percent else "CLIP score = 100 max(cos, 0)"})
-        at = [f"{mean[i]:.0f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
+        at = [f"{mean[i]:.{digits}f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
         best = int(np.nanargmax(mean))
-        peak = f" (best {mean[best]:.0f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
-        claims.append(f"{'prompt followed' if percent else 'CLIP score'} {at[0]} -> {at[1]}{peak}")
-    return panels, f"{'; '.join(claims)} (n={ok['seed'].nunique()} seeds)"
+        peak = f" (best {mean[best]:.{digits}f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
+        by_seed = ok.pivot_table(index="seed", columns="guidance_scale", values=metric)
+        change = (by_seed[scales[-1]] - by_seed[scales[0]]).to_numpy(dtype=float) * factor
+        d, lo, hi = mean_ci(change)
+        paired = "" if lo == hi == 0 or not np.isfinite(lo) else (
+            f": change {d:+.{digits}f} (paired 95% CI {lo:+.{digits}f} to {hi:+.{digits}f}; lower in "
+            f"{int((change < 0).sum())} of {len(change)} seeds)")
+        rises += [metric] if lo > 0 else []
+        claims.append(f"{name} {at[0]} -> {at[1]}{peak}{paired}")
+    nouns = {"clip_score": "CLIP score", "adherence_all": "prompt following"}
+    verdict = (f"w={scales[0]:g} -> {scales[-1]:g} raises {' and '.join(nouns[m] for m in rises)} here" if rises else
+               f"w={scales[0]:g} -> {scales[-1]:g} does not raise {' or '.join(nouns[m] for m in metrics)} here "
+               "(no paired 95% CI above 0)")
+    return panels, "\n".join(claims) + f" (n={ok['seed'].nunique()} seeds)\n{verdict}"
 
 
 @job("prompt_grid", Prompts)
