@@ -358,3 +358,26 @@ def test_guidance_claim_gives_the_paired_change_and_says_when_guidance_raises_no
 
     ok["clip_score"] += np.where(ok["guidance_scale"] > 7, 3.0, 0.0)
     assert guidance_panels(ok)[1].endswith("w=7 -> 12.5 raises CLIP score here")
+
+
+def test_clip_similarity_with_num_images_0_draws_no_image_caption_figure(tmp_path):
+    from sdlab.models.clip import tiny_clip
+
+    folder = tmp_path / "clip"
+    tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
+    run("clip_similarity", tmp_path / "out", prompts=["a red circle", "a blue square"], num_images=0,
+        clip={"name": "mini", "path": str(folder), "repo_id": None})
+    assert (tmp_path / "out" / "text_similarity.png").is_file()
+    assert not list((tmp_path / "out").glob("image_text_similarity*"))
+
+
+def test_heatmap_row_thumbnails_keep_their_aspect_ratio(tmp_path):
+    from sdlab.bench.figures import heatmap
+
+    wide = np.zeros((32, 64, 3), np.uint8)
+    wide[..., 0] = 255  # pure red: no viridis colour comes near it
+    heatmap(np.eye(3), ["a", "b", "c"], ["x", "y", "z"], tmp_path / "h.png", row_images=[wide] * 3)
+    red = np.all(np.asarray(Image.open(tmp_path / "h.png").convert("RGB")) == (255, 0, 0), axis=-1)
+    rows, columns = np.flatnonzero(red.any(axis=1)), np.flatnonzero(red.any(axis=0))
+    height = int(np.argmax(np.diff(rows) > 1)) + 1  # the first thumbnail's rows, before the gap to the next
+    assert height > 20 and (columns[-1] - columns[0] + 1) / height == pytest.approx(2.0, rel=0.1)

@@ -104,30 +104,30 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
         return save_figure(fig, target)
 
 
+THUMB_POINTS = 36  # the side of a heatmap row's thumbnail
+
+
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target: Path, title: str = "",
             value_label: str = "", vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}",
             row_images: Sequence[np.ndarray] | None = None) -> Path:
-    """A labelled matrix with its values written in the cells; `row_images` puts a thumbnail before each row."""
+    """A labelled matrix with its values written in the cells; `row_images` puts a thumbnail (aspect kept) before each row."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
     matrix = np.asarray(matrix, dtype=float)
     rows, cols = matrix.shape
     with styled() as plt:
-        if row_images is None:
-            fig, ax = plt.subplots(figsize=(2.5 + 0.55 * cols, 1.5 + 0.45 * rows))
-        else:
-            fig, (thumbs, ax) = plt.subplots(1, 2, figsize=(3.2 + 0.55 * cols, 1.5 + 0.6 * rows), sharey=True,
-                                             gridspec_kw={"width_ratios": [0.6, cols]})
-            strip = np.concatenate([np.asarray(Image.fromarray(np.asarray(im)).convert("RGB").resize((64, 64)))
-                                    for im in row_images])
-            thumbs.imshow(strip, extent=(0, 1, rows - 0.5, -0.5), aspect="auto", interpolation="nearest")
-            thumbs.set_xlim(0, 1)
-            thumbs.spines[:].set_visible(False)
-            thumbs.set_xticks([])
-            thumbs.tick_params(axis="y", labelsize=7)
-            thumbs.grid(False)
+        thumbs = row_images is not None
+        fig, ax = plt.subplots(figsize=(2.5 + 0.55 * cols + 0.6 * thumbs, 1.5 + (0.6 if thumbs else 0.45) * rows))
+        for r, image in enumerate(row_images if thumbs else ()):
+            image = np.asarray(Image.fromarray(np.asarray(image)).convert("RGB"))
+            ax.add_artist(AnnotationBbox(OffsetImage(image, zoom=THUMB_POINTS / max(image.shape[:2])), (0, r),
+                                         xycoords=("axes fraction", "data"), box_alignment=(1.1, 0.5), frameon=False,
+                                         annotation_clip=False))
         im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.grid(False)
         ax.set_xticks(range(cols), [_short(s) for s in col_labels], rotation=40, ha="right", fontsize=7)
-        (ax if row_images is None else thumbs).set_yticks(range(rows), [_short(s) for s in row_labels], fontsize=7)
+        ax.set_yticks(range(rows), [_short(s) for s in row_labels], fontsize=7)
+        ax.tick_params(axis="y", pad=4 + (THUMB_POINTS + 6) * thumbs)
         mid = np.nanmean(matrix) if vmin is None or vmax is None else (vmin + vmax) / 2
         for r in range(rows):
             for c in range(cols):

@@ -100,7 +100,8 @@ def diagonal_claim(cos: np.ndarray) -> str:
 
 @job("clip_similarity", Similarity)
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
-    """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); image-caption matrix when a clip model is set."""
+    """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); with a clip model, the image-caption
+    matrix of `images`, else of `num_images` drawn ones (none for 0)."""
     spec, recipe = ctx.run.model, ctx.recipe
     prompts = list(recipe.prompts)
     clip = load_clip(ctx.run.recipe.get("clip"))
@@ -115,11 +116,12 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     rows = [{**identity(ctx, "clip_similarity", spec.name), **r} for r in text.to_dict("records")]
 
     # 2. Image-caption similarity (needs a CLIP model with an image tower).
-    if clip is None:
-        log.info("clip=none: image-caption similarity skipped (choose clip=mini or clip=openai_l14)")
+    if clip is None or not (recipe.images or recipe.num_images):
+        log.info("image-caption similarity skipped: %s", "num_images=0 and no images" if clip else
+                 "clip=none (choose clip=mini or clip=openai_l14)")
         return ordered(rows)
     width, height = ctx.run.params.width, ctx.run.params.height
-    images = input_images(recipe, width, height, recipe.num_images or 4)
+    images = input_images(recipe, width, height, recipe.num_images)
     names = [name for name, _, _ in images]
     captions = prompts if recipe.images else [caption for _, _, caption in images]
     cos = cosine_matrix(clip.image_embeddings([image for _, image, _ in images]), clip.text_embeddings(captions))
