@@ -161,6 +161,9 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
         expected = math.sqrt(ab_prev) * s["denoised"] + math.sqrt(1 - ab_prev) * eps
         torch.testing.assert_close(s["x"], expected, rtol=1e-4, atol=1e-4)
 
+    captions = json.loads((tmp_path / "captions.json").read_text())
+    assert all(captions.get(png.name) for png in tmp_path.glob("*.png"))  # every figure has its title; the bare
+    assert (tmp_path / "images" / "trajectory_final.png").is_file()  # final image sits with the images, not the figures
     gif = Image.open(tmp_path / "trajectory.gif")
     assert gif.n_frames == 4 + 1 and gif.size == (2 * 64 * 4, 64 * 4 + 14)
     check_image(tmp_path / "trajectory.gif", size=(512, 270))
@@ -381,3 +384,11 @@ def test_heatmap_row_thumbnails_keep_their_aspect_ratio(tmp_path):
     rows, columns = np.flatnonzero(red.any(axis=1)), np.flatnonzero(red.any(axis=0))
     height = int(np.argmax(np.diff(rows) > 1)) + 1  # the first thumbnail's rows, before the gap to the next
     assert height > 20 and (columns[-1] - columns[0] + 1) / height == pytest.approx(2.0, rel=0.1)
+
+
+def test_b1_draws_no_copy_of_a3s_visits(run_sdlab, tmp_path):
+    for recipe in ("article_a3_schedule", "article_b1_schedules"):
+        assert run_sdlab(f"experiment={recipe}", "model=tiny", f"hydra.run.dir={tmp_path / recipe}") == 0
+    assert (tmp_path / "article_a3_schedule" / "visits.png").is_file()
+    b1 = tmp_path / "article_b1_schedules"
+    assert (b1 / "snr.png").is_file() and not list(b1.glob("visits*"))

@@ -53,7 +53,7 @@ OUTPUTS = {
     "vae_roundtrip": ["latent_channels.parquet", "vae_roundtrip.png"],
     "clip_tokens": ["tokens.parquet", "token_counts.png"],
     "clip_similarity": ["text_similarity.png"],
-    "trajectory": ["trajectory.gif", "trajectory_strip.png", "trajectory_final.png"],
+    "trajectory": ["trajectory.gif", "trajectory_strip.png", "images/trajectory_final.png"],
     "anatomy": ["unet_blocks.parquet", "anatomy.png"],
     "guidance_grid": ["guidance_grid.png"],
     "prompt_grid": ["prompt_grid.png"],

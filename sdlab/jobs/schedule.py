@@ -31,7 +31,7 @@ SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
 @dataclass(frozen=True)
 class ScheduleSnr:
     """Beta schedules to tabulate (each a name, `model`, `scheduler` or a dict), the samplers whose visited steps are
-    shown (null: the configured one), timesteps to list apart, and `families` compared on one log-SNR axis."""
+    shown (null: the configured one; []: none), timesteps to list apart, and `families` compared on one log-SNR axis."""
 
     schedules: list | None = None
     visit_schedulers: list | None = None
@@ -77,8 +77,8 @@ def schedule_betas(item: Any, model_config: dict, choice: SchedulerChoice) -> tu
 
 def visit_specs(items: list | None, choice: SchedulerChoice) -> list[tuple[str, str, dict]]:
     """(label, scheduler name, options) of each scheduler whose visits are shown (`visit_schedulers`); the
-    configured one by default."""
-    items = items or [{"name": choice.name, **choice.options}]
+    configured one by default, none for []."""
+    items = [{"name": choice.name, **choice.options}] if items is None else items
     out = []
     for item in items:
         item = {"name": item} if isinstance(item, str) else dict(item)
@@ -143,13 +143,15 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
         with np.errstate(divide="ignore"):
             visit = process_of(model_config).visits(scheduler, steps)
         visits.append(visit.assign(scheduler=label, num_inference_steps=steps))
-    visits = pd.concat(visits, ignore_index=True)
-    write_table(visits[["scheduler", "num_inference_steps", "step", "timestep", "sigma", "snr_db"]], ctx.out_dir, "visits")
 
     # 3. Figures.
     snr_figure(schedule, rows, ctx.out_dir / "snr.png")
-    model_table = schedule_table(schedule_betas("model", model_config, ctx.run.scheduler)[1])
-    visits_figure(model_table, visits, steps, spec.name, ctx.out_dir / "visits.png")
+    if visits:
+        visits = pd.concat(visits, ignore_index=True)
+        write_table(visits[["scheduler", "num_inference_steps", "step", "timestep", "sigma", "snr_db"]], ctx.out_dir,
+                    "visits")
+        model_table = schedule_table(schedule_betas("model", model_config, ctx.run.scheduler)[1])
+        visits_figure(model_table, visits, steps, spec.name, ctx.out_dir / "visits.png")
     return ordered([*family, *rows])
 
 

@@ -115,7 +115,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     # 1. One generation pass, recording every step.
     with TrajectoryRecorder(model) as recorder:
         result = generate_batch(model, params, [seed], on_step=recorder.on_step)
-    save_png(result.images[0], ctx.out_dir / "trajectory_final.png", {"prompt": params.prompt, "seed": seed,
+    save_png(result.images[0], ctx.out_dir / "images" / "trajectory_final.png", {"prompt": params.prompt, "seed": seed,
              "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale,
              "scheduler": choice.name, "model": spec.name})
 
