@@ -115,17 +115,17 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
         lines.append({"x": scales, "y": mean, "label": f"mean of {ok['seed'].nunique()} seeds", "style": "o-",
                       "color": "black"})
         bands = [{"x": scales, "low": low, "high": high, "label": "95% interval", "color": "C0"}]
-        centre, drawn = float(np.nanmean(mean)), np.concatenate([mean, low, high])  # a score's axis spans at least
+        # a score's axis spans at least 10 points, so that a small change looks small
+        centre, drawn = float(np.nanmean(mean)), np.concatenate([mean, low, high, ok[metric] * factor])
         panels.append({"lines": lines, "bands": bands if np.isfinite(low).any() else [], "xlabel": "guidance scale w",
-                       "ylim": None if percent else (min(np.nanmin(drawn), centre - 5),  # 10 points: a small
-                                                     max(np.nanmax(drawn), centre + 5)),  # change looks small
+                       "ylim": None if percent else (min(np.nanmin(drawn), centre - 5), max(np.nanmax(drawn), centre + 5)),
                        "ylabel": "prompt followed (% of images)" if percent else "CLIP score = 100 max(cos, 0)"})
         at = [f"{mean[i]:.{digits}f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
         best = int(np.nanargmax(mean))
         peak = f" (best {mean[best]:.{digits}f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
         by_seed = ok.pivot_table(index="seed", columns="guidance_scale", values=metric)
         change = (by_seed[scales[-1]] - by_seed[scales[0]]).to_numpy(dtype=float) * factor
-        d, lo, hi = mean_ci(change)
+        d, lo, hi = mean_ci(change, bounds=(-100.0, 100.0))
         paired = "" if lo == hi == 0 or not np.isfinite(lo) else (
             f": change {d:+.{digits}f} (paired 95% CI {lo:+.{digits}f} to {hi:+.{digits}f}; lower in "
             f"{int((change < 0).sum())} of {len(change)} seeds)")
