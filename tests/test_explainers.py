@@ -23,6 +23,13 @@ def test_vae_compression_ratio_is_48_and_savings_grow_quadratically():
         vae_compression_table([100])
 
 
+def test_vae_compression_figure_shows_the_quadratic_savings_with_their_number(run_sdlab, tmp_path):
+    assert run_sdlab("experiment=article_b4_vae_compression", f"hydra.run.dir={tmp_path}") == 0
+    assert read_captions(tmp_path)["vae_compression.png"] == (
+        "ratio 48x at every size, so the values saved grow as the side squared: 4x the side (256 -> 1024 px) saves "
+        "16x as much")
+
+
 def test_toy_unet_levels_add_up_and_halve_resolution():
     table = level_table((32, 64, 128, 256))
     levels, total = table[table["level"] != "total"], table[table["level"] == "total"].iloc[0]

@@ -195,11 +195,19 @@ def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
     """How much the VAE shrinks what the UNet sees, across resolutions."""
     r = ctx.recipe
     frame = vae_compression_table(list(r.sizes), r.latent_channels, r.factor)
-    curves([{"lines": [{"x": frame["size"], "y": frame["pixel_values"], "label": "pixel values", "style": "o-"},
-                       {"x": frame["size"], "y": frame["latent_values"], "label": "latent values", "style": "o-"}],
-             "xlabel": "image side (px)", "ylabel": "values", "logy": True,
-             "title": f"ratio {frame['ratio'].iloc[0]:g}x at every size; savings grow quadratically"}],
-           ctx.out_dir / "vae_compression.png")
+    side, saved = frame["size"], frame["saved_values"] / 1e6
+    small, big = frame.iloc[0], frame.iloc[-1]
+    curves([{"lines": [{"x": side, "y": frame["pixel_values"] / 1e6, "label": "pixel values (3 H W)", "style": "o-"},
+                       {"x": side, "y": frame["latent_values"] / 1e6, "label": "latent values", "style": "o-"},
+                       {"x": side, "y": saved[0] * (side / side[0]) ** 2, "style": ":", "color": "0.3",
+                        "label": f"{saved[0]:.2f}M x (side / {side[0]})² (quadratic)"}],
+             "points": [{"x": side, "y": saved, "label": "values saved", "color": "C2", "notes": [
+                 f"{v:.2f}M ({m:.1f} MiB fp32)" for v, m in zip(saved, frame["saved_mib_fp32"])], "offset": (10, -8)}],
+             "xlabel": "image side (px)", "ylabel": "values (millions, linear axis)",
+             "title": f"ratio {small.ratio:g}x at every size, so the values saved grow as the side squared: "
+                      f"{big['size'] / small['size']:g}x the side ({small['size']} -> {big['size']} px) saves "
+                      f"{big.saved_values / small.saved_values:.0f}x as much"}],
+           ctx.out_dir / "vae_compression.png", panel_inches=(7.5, 4.2))
     return finish(ctx, frame, "vae_compression")
 
 
