@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from analysis_helpers import check_image
 
@@ -58,6 +59,7 @@ OUTPUTS = {
     "guidance_grid": ["guidance_grid.png"],
     "prompt_grid": ["prompt_grid.png"],
     "article_e2_clip_matrix": ["image_text_similarity.png", "image_text_similarity.parquet"],
+    "article_a9_params": ["same_params.png"],
 }
 
 
@@ -318,3 +320,18 @@ def test_recipe_runs_on_every_family(recipe, model, run_sdlab, tmp_path, capsys)
     if "status" in frame:
         assert (frame["status"] == "ok").all(), frame.get("error")
     check_main_output(recipe, model, out, frame)
+
+
+def test_a9_runs_the_articles_parameters_twice_and_gets_the_same_image(run_sdlab, tmp_path):
+    import json
+
+    article = json.loads((ROOT / "experiments" / "article_a9_params.json").read_text())
+    assert {k: article[k] for k in ("seed", "num_inference_steps", "guidance_scale", "negative_prompt")} == {
+        "seed": 42, "num_inference_steps": 30, "guidance_scale": 9.0, "negative_prompt": "blurry, low quality, text"}
+    assert run_sdlab("experiment=article_a9_params", "model=tiny", "num_inference_steps=2", f"hydra.run.dir={tmp_path}") == 0
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame["call"].tolist() == [1, 2] and (frame["negative_prompt"] == "blurry, low quality, text").all()
+    first, second = (np.asarray(Image.open(tmp_path / p)) for p in frame["image_path"])
+    assert np.array_equal(first, second)
+    caption = json.loads((tmp_path / "captions.json").read_text())["same_params.png"]
+    assert caption.startswith("the same parameters give the same image: max |difference| 0 of 255 (bit-identical)")

@@ -93,7 +93,7 @@ JOB_MODULES = {
     "generate": "generate", "train_mini": "train", "compare_schedulers": "compare",
     "anatomy": "anatomy", "trajectory": "trajectory", "forward_process": "forward",
     "schedule_snr": "schedule", "vae_roundtrip": "vae", "clip_tokens": "clip", "clip_similarity": "clip",
-    "guidance_grid": "grids", "prompt_grid": "grids", "scheduler_grid": "grids",
+    "guidance_grid": "grids", "prompt_grid": "grids", "scheduler_grid": "grids", "same_params": "grids",
     "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand", **dict.fromkeys(MODEL_FREE_JOBS, "explainers"),
 }
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sdlab.bench.figures import curves
+from sdlab.bench.figures import curves, image_strip
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.bench.scorers import build_scorers
@@ -226,3 +226,28 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
     spread = ", ".join(f"{s} {v:.1f}" for s, v in mean.items())
     return frame, (f"at {params.num_inference_steps} steps the samplers differ: PSNR to {name} x {steps} steps "
                    f"{spread} dB")
+
+
+@job("same_params")
+def run_same_params(ctx: JobContext) -> pd.DataFrame:
+    """The first seed's parameters generated twice, in two pipeline calls: a generate row per image, and both images
+    with their pixel difference and its maximum in same_params.png."""
+    from PIL import Image
+
+    model, spec, params, scorers = setup(ctx)
+    params = replace(params, seeds=params.seeds[:1])
+    frame = ordered([row for i in (1, 2) for row in cell_rows(ctx, model, spec, scorers, params, {"call": i}, f"call{i}")])
+    first, second = (np.asarray(Image.open(ctx.out_dir / path).convert("RGB"), dtype=np.int16)
+                     for path in frame["image_path"])
+    diff = np.abs(first - second)
+    most = int(diff.max())
+    verdict = "bit-identical" if most == 0 else f"{int((diff > 0).any(axis=-1).sum())} pixels differ"
+    p = params
+    image_strip([[first.astype(np.uint8), second.astype(np.uint8), (diff * (255 // max(most, 1))).astype(np.uint8)]],
+                ctx.out_dir / "same_params.png", col_labels=["call 1", "call 2", f"|call 1 - call 2|, max {most}"],
+                title=f"the same parameters give the same image: max |difference| {most} of 255 ({verdict})\n"
+                      + "\n".join(textwrap.wrap(
+                          f"prompt {p.prompt!r}, negative {p.negative_prompt!r}, seed {p.seeds[0]}, "
+                          f"{p.num_inference_steps} steps, cfg {p.guidance_scale:g}, {p.width}x{p.height}, "
+                          f"{ctx.run.scheduler.name}", 90)) + article_reports(ctx.run), cell_inches=2.2)
+    return frame
