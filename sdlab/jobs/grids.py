@@ -14,7 +14,7 @@ import pandas as pd
 from sdlab.bench.figures import curves, image_strip
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import identity, ordered, versions
-from sdlab.bench.scorers import build_scorers
+from sdlab.bench.scorers import build_scorers, score_images
 from sdlab.config import GenerationParams, checked, image_params
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import Prompts, article_reports
@@ -192,40 +192,61 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
 @job("scheduler_grid", SchedulerGrid)
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
-    and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`)."""
+    and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`),
+    drawn beside them."""
     model, spec, params, scorers = setup(ctx)
     rows, recipe = [], ctx.recipe
     for name in recipe.schedulers:
         model.use_scheduler(name)
         rows += cell_rows(ctx, model, spec, scorers, params, {"scheduler": name}, name)
     frame = ordered(rows)
-    title = f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)"
-    axis = "scheduler"
     if recipe.reference_steps:
-        frame, title = with_reference_distance(ctx, model, recipe, params, frame)
-        axis = "scheduler_label"
-    image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, axis), title=title)
+        return with_reference_distance(ctx, model, recipe, params, frame, scorers)
+    image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, "scheduler"),
+               title=f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)")
     return frame
 
 
 def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, params: GenerationParams,
-                            frame: pd.DataFrame):
-    """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, a grid
-    label per scheduler with its mean, and a title that states the spread."""
+                            frame: pd.DataFrame, scorers) -> pd.DataFrame:
+    """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, a label per
+    scheduler with its mean; scheduler_grid.png: a row per seed, the reference first, each image with its PSNR and
+    whether it draws the prompt; a title with the spread, the best sampler per seed and the prompts drawn."""
     from PIL import Image
 
     name, steps = recipe.reference_scheduler, recipe.reference_steps
     model.use_scheduler(name)
     reference = generate_batch(model, replace(params, num_inference_steps=steps), list(params.seeds))
     truth = {seed: np.asarray(image) for seed, image in zip(reference.seeds, reference.images)}
-    distance = [psnr(truth[row.seed], np.asarray(Image.open(ctx.out_dir / row.image_path)))
-                if row.status == "ok" else float("nan") for row in frame.itertuples()]
-    frame = frame.assign(psnr_to_reference=distance, reference=f"{name} x {steps} steps")
+    drawn = {seed: row.get("adherence_all") for seed, row in
+             zip(reference.seeds, score_images(scorers, reference.images, [params.prompt] * len(reference.seeds)))}
+    images = {row.Index: np.asarray(Image.open(ctx.out_dir / row.image_path)) for row in frame.itertuples()
+              if row.status == "ok"}
+    frame = frame.assign(psnr_to_reference=[psnr(truth[r.seed], images[r.Index]) if r.Index in images else np.nan
+                                            for r in frame.itertuples()], reference=f"{name} x {steps} steps")
     mean = frame.groupby("scheduler", sort=False)["psnr_to_reference"].mean()
     frame["scheduler_label"] = [f"{s}: {mean[s]:.1f} dB PSNR" for s in frame["scheduler"]]
-    spread = ", ".join(f"{s} {v:.1f}" for s, v in mean.items())
-    return frame, (f"at {params.num_inference_steps} steps the samplers differ: PSNR to {name} x {steps} steps "
-                   f"{spread} dB")
+    mark = lambda ok: "" if ok is None or pd.isna(ok) else "\nprompt drawn" if ok else "\nNOT the prompt"  # noqa: E731
+    strip, labels, best = [], [], []
+    for seed, group in frame.groupby("seed", sort=False):
+        strip.append([truth[seed]] + [images.get(i, np.zeros_like(truth[seed])) for i in group.index])
+        labels.append([f"reference {name} x {steps}{mark(drawn[seed])}"] + [
+            f"{r.scheduler}: {r.psnr_to_reference:.1f} dB{mark(getattr(r, 'adherence_all', None))}"
+            for r in group.itertuples()])
+        best.append(f"{seed} {group.loc[group['psnr_to_reference'].idxmax(), 'scheduler']}")
+    winners = {b.split()[1] for b in best}
+    lines = [f"at {params.num_inference_steps} steps, mean PSNR to {name} x {steps} steps: "
+             + ", ".join(f"{s} {v:.1f}" for s, v in mean.items())
+             + f" dB (spread {mean.max() - mean.min():.1f} dB, {len(strip)} seeds)",
+             f"closest per seed: {', '.join(best)}: the ranking "
+             + ("flips between seeds" if len(winners) > 1 else "holds on every seed")]
+    if "adherence_all" in frame:
+        drawn_by = frame.groupby("scheduler", sort=False)["adherence_all"].agg(lambda a: f"{int(a.sum())}/{len(a)}")
+        lines.append("prompt drawn (shapes checker): " + ", ".join(f"{s} {v}" for s, v in drawn_by.items())
+                     + f", reference {sum(bool(v) for v in drawn.values())}/{len(drawn)}")
+    image_strip(strip, ctx.out_dir / "scheduler_grid.png", col_labels=labels, row_labels=[f"seed {b.split()[0]}"
+                for b in best], title="\n".join(lines), cell_inches=1.9)
+    return frame
 
 
 @job("same_params")
