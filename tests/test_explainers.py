@@ -81,3 +81,19 @@ def test_img2img_strength_sweep_rejects_bad_strength_and_runs(run_sdlab, tmp_pat
     assert run_sdlab(*base, "strengths=[0.5,1.0]", f"hydra.run.dir={tmp_path / 'ok'}") == 0
     frame = pd.read_parquet(tmp_path / "ok" / "results.parquet")
     assert frame["strength"].tolist() == [0.5, 1.0] and frame["denoising_steps"].tolist() == [2, 4]
+
+
+def test_img2img_labels_say_whose_drawing_each_strength_shows_and_a_shape_neither_caption_names():
+    from types import SimpleNamespace
+
+    from sdlab.bench.worlds import world
+    from sdlab.jobs.by_hand import drawn_like
+
+    source, prompt = "a large red circle in the centre on a blue background", "a large red circle on the left on a green background"
+    ctx = SimpleNamespace(recipe=SimpleNamespace(image=None, image_caption=source),
+                          run=SimpleNamespace(params=SimpleNamespace(prompt=prompt), recipe={"scorers": ["shapes_adherence"]}))
+    draw = world("shapes").draw
+    outputs = [draw(source), draw("a large red square in the centre on a blue background"), draw(prompt)]
+    reads, line = drawn_like(ctx, pd.DataFrame({"strength": [0.1, 0.5, 1.0]}), outputs)
+    assert reads == ["\nthe input's", "\nwrong shape", "\nthe prompt's"]
+    assert line.endswith("; a shape neither caption names at 0.5 (the model's error)")

@@ -11,6 +11,7 @@ import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
+from sdlab.bench.scorers import build_scorers, score_images
 from sdlab.bench.worlds import world
 from sdlab.config import Run, checked
 from sdlab.errors import UserError
@@ -133,13 +134,36 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
                      "seed": seed, "strength": strength, "denoising_steps": int(strength * steps),
                      "psnr_to_input": psnr(np.asarray(source), outputs[-1])})
     frame = pd.DataFrame(rows)
-    labels = [f"strength {r.strength:g}\n{r.denoising_steps} steps\n{r.psnr_to_input:.1f} dB" for r in frame.itertuples()]
+    reads, checked_line = drawn_like(ctx, frame, outputs)
+    labels = [f"strength {r.strength:g}\n{r.denoising_steps} steps\n{r.psnr_to_input:.1f} dB{read}"
+              for r, read in zip(frame.itertuples(), reads)]
     first, last = frame.iloc[0], frame.iloc[-1]
     title = (f"{params.prompt}\nstrength sets how much of the input survives: PSNR to the input "
-             f"{first.psnr_to_input:.1f} dB at {first.strength:g}, {last.psnr_to_input:.1f} dB at {last.strength:g}")
+             f"{first.psnr_to_input:.1f} dB at {first.strength:g}, {last.psnr_to_input:.1f} dB at {last.strength:g}"
+             f"{checked_line}")
     image_strip([[np.asarray(source)] + outputs], ctx.out_dir / "img2img_strength.png",
                 col_labels=["input"] + labels, title=title)
     return frame
+
+
+def drawn_like(ctx: JobContext, frame: pd.DataFrame, outputs: list) -> tuple[list[str], str]:
+    """What the scorers' adherence check reads in each output against the input's caption and the prompt: a label
+    line per output and a title line (none without a caption or an adherence scorer)."""
+    caption, prompt = ctx.recipe.image_caption, ctx.run.params.prompt
+    scorers = build_scorers(ctx.run.recipe)
+    as_input, as_prompt = (score_images(scorers, outputs, [text] * len(outputs)) for text in (caption or "", prompt))
+    if ctx.recipe.image or not any("adherence_all" in row for row in as_input + as_prompt):
+        return [""] * len(outputs), ""
+    reads, wrong_at = [], {}
+    for strength, mine, theirs in zip(frame["strength"], as_input, as_prompt):
+        wrong = [k[10:] for k in mine if k != "adherence_all" and not mine[k] and not theirs.get(k, True)]
+        for attribute in wrong:
+            wrong_at.setdefault(attribute, []).append(f"{strength:g}")
+        reads.append("\nthe input's" if mine["adherence_all"] else "\nthe prompt's" if theirs["adherence_all"]
+                     else f"\nwrong {', '.join(wrong)}" if wrong else "\ninput + prompt")
+    wrong = "; ".join(f"a {k} neither caption names at {', '.join(v)}" for k, v in wrong_at.items())
+    return reads, ("\nthe shapes checker reads the input's drawing or the prompt's under each strength"
+                   + (f"; {wrong} (the model's error)" if wrong else ""))
 
 
 def input_image(recipe: Img2img, side: int):
