@@ -30,6 +30,7 @@ SLOW = {
     "sdlab -m seed=1,2,3,4 hydra/launcher=submitit_local",
     *(f"sdlab experiment={recipe}" for recipe in (
         "guidance_grid", "trajectory", "article_a6_clip_similarity", "article_a7_trajectory", "article_a8_same_seed",
+        "article_a9_params",
         "article_b7_guidance", "article_b8_schedulers", "article_c1_pipeline_by_hand", "article_c2_img2img",
         "article_d1_destruction", "article_d3_guidance", "article_e1_reverse_chain")),
     "sdlab experiment=trajectory preview=linear",
