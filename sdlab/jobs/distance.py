@@ -25,7 +25,8 @@ from sdlab.models.schedulers import SCHEDULERS
 
 log = logging.getLogger(__name__)
 FLOOR_SEED = 1  # a second draw of real images, as many as one cell generates: the distance of a perfect generator
-WHY_KID = "KID is unbiased at any n; FD is biased upward at small n (see real vs real)"
+WHY_KID = "KID is unbiased at any n, FD is biased upward at small n (see real vs real)"
+PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
 
 
 @dataclass(frozen=True)
@@ -147,34 +148,33 @@ def panels(frame: pd.DataFrame, x: str, label, xlabel: str) -> list[dict]:
 
 
 def about(frame: pd.DataFrame, model: str) -> str:
-    """The title line that says what was compared: n, the references, the features, and why KID leads."""
+    """The title lines that say what was compared: n, the references, the features, and why KID leads."""
     row = frame.iloc[0]
     prompts = len(row["prompts"].split(" | "))
     return (f"{model}: n = {row['n']} images per point ({prompts} prompts x {row['n'] // prompts} seeds) against "
-            f"{row['n_reference']} real ones; features: {row['features']}\n{WHY_KID}")
+            f"{row['n_reference']} real images of the same prompts\nfeatures: {row['features']}; {WHY_KID}")
 
 
 def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
     """Distance against guidance scale: where each curve has its minimum, and whether the minimum stands clear of both
     ends (beyond their +- 1 sd), i.e. whether the curve is U-shaped."""
     claims, points = [], []
-    for (name, steps), part in frame.groupby(["scheduler", "num_inference_steps"], sort=False):
+    groups = frame.groupby(["scheduler", "num_inference_steps"], sort=False)
+    for (name, steps), part in groups:
         part = part.sort_values("guidance_scale")
         w, kid_mean, sd = (part[c].to_numpy(dtype=float) for c in ("guidance_scale", "kid", "kid_sd"))
         best = int(np.argmin(kid_mean))
         clear = [kid_mean[best] + sd[best] < kid_mean[end] - sd[end] for end in (0, len(w) - 1)]
         shape = ("U-shaped" if 0 < best < len(w) - 1 and all(clear) else
-                 "within the noise of an end" if 0 < best < len(w) - 1 else f"no U on {model}: lowest at an end")
-        claims.append(f"KID lowest at w = {w[best]:g} ({kid_mean[best]:.3g} +- {sd[best]:.2g}; w = {w[0]:g}: "
-                      f"{kid_mean[0]:.3g}, w = {w[-1]:g}: {kid_mean[-1]:.3g}): {shape}"
-                      + (f" [{name} x {steps}]" if frame["scheduler"].nunique() * frame["num_inference_steps"].nunique()
-                         > 1 else f"\n{name} x {steps} steps; "))
+                 "but within the noise of an end" if 0 < best < len(w) - 1 else f"no U on {model}: lowest at an end")
+        claims.append(f"{name} x {steps} steps: KID lowest at w = {w[best]:g} ({kid_mean[best]:.3g} +- {sd[best]:.2g}), "
+                      f"{shape}; {kid_mean[0]:.3g} at w = {w[0]:g}, {kid_mean[-1]:.3g} at w = {w[-1]:g}")
         points.append({"x": [w[best]], "y": [kid_mean[best]], "marker": "v", "color": "black", "size": 40,
                        "notes": [f"min at w = {w[best]:g}"]})
     drawn = panels(frame, "guidance_scale", lambda r: f"{r['scheduler']} x {r['num_inference_steps']} steps",
                    "guidance scale w")
     drawn[0]["points"] = points
-    curves(drawn, target, title="; ".join(claims) + about(frame, model))
+    curves(drawn, target, title="\n".join([*claims, about(frame, model)]), panel_inches=PANEL)
 
 
 def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
@@ -195,4 +195,4 @@ def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
              f"schedulers (dashed: stochastic); w = {', '.join(f'{w:g}' for w in frame['guidance_scale'].unique())}\n")
     drawn = panels(frame, "nfe", label, "denoiser evaluations (NFE, log scale)")
     drawn[0]["hline"] = target_kid
-    curves(drawn, target, title=title + about(frame, model))
+    curves(drawn, target, title=title + about(frame, model), panel_inches=PANEL)
