@@ -20,8 +20,8 @@ def test_guidance_recipe_writes_a_distance_per_guidance_scale_with_n(run_sdlab, 
                      "distance.steps=[2]", f"hydra.run.dir={out}") == 0
     frame = pd.read_parquet(out / "results.parquet")
     assert sorted(frame["guidance_scale"]) == [1, 3, 9] and (frame["n"] == 8).all() and (frame["n_reference"] == 16).all()
-    assert frame[["kid", "kid_sd", "fd", "fd_lo", "fd_hi", "cmmd", "precision", "recall"]].notna().all().all()
-    assert (frame["fd_lo"] <= frame["fd_hi"]).all() and frame["features"].str.startswith("mini CLIP").all()
+    assert frame[["kid", "kid_sd", "fd", "fd_sd", "cmmd", "precision", "recall"]].notna().all().all()
+    assert (frame["fd_sd"] > 0).all() and frame["features"].str.startswith("mini CLIP").all()
     check_image(out / "distance_vs_guidance.png", min_size=(400, 400))
     assert not (out / "distance_vs_nfe.png").exists()
 
@@ -40,7 +40,7 @@ def frame_of(kid: list[float], x: str, values: list[float], scheduler: str = "dd
     """Rows as the job writes them, with the given KID means (sd 0.1) at `values` of `x`."""
     other = "nfe" if x == "guidance_scale" else "guidance_scale"
     return pd.DataFrame({x: values, other: 3.0, "kid": kid, "kid_sd": 0.1, "fd": np.asarray(kid) * 10,
-                         "fd_lo": 0.0, "fd_hi": 50.0, "scheduler": scheduler, "num_inference_steps": 25,
+                         "fd_sd": 1.0, "scheduler": scheduler, "num_inference_steps": 25,
                          "stochastic": False, "kid_real_vs_real": 0.0, "fd_real_vs_real": 1.0,
                          "n": 128, "n_reference": 512, "prompts": "a | b", "features": "mini CLIP (d=64)"})
 
@@ -51,8 +51,10 @@ def test_guidance_claim_names_the_minimum_and_says_u_shaped_only_when_it_clears_
 
     guidance_figure(frame_of([2.0, 0.5, 1.5], "guidance_scale", [1, 3, 9]), tmp_path / "u.png", "mini")
     guidance_figure(frame_of([2.0, 1.9, 1.5], "guidance_scale", [1, 3, 9]), tmp_path / "end.png", "mini")
+    guidance_figure(frame_of([0.6, 0.5, 1.5], "guidance_scale", [1, 3, 9]), tmp_path / "half.png", "mini")
     captions = read_captions(tmp_path)
-    assert "KID lowest at w = 3 (0.5" in captions["u.png"] and "U-shaped" in captions["u.png"]
+    assert "KID lowest at w = 3 (0.5" in captions["u.png"] and "U-shaped: higher beyond +- 1 sd at both ends" in captions["u.png"]
+    assert "higher beyond +- 1 sd at w = 9 (1.5 +- 0.1), within the noise at w = 1 (0.6 +- 0.1)" in captions["half.png"]
     assert "no U on mini: lowest at an end" in captions["end.png"] and "w = 9" in captions["end.png"]
 
 
@@ -64,7 +66,7 @@ def test_nfe_claim_ranks_schedulers_by_fewest_nfe_to_a_distance_all_reach(tmp_pa
                        frame_of([2.0, 0.55, 0.5], "nfe", [2, 4, 8], "dpmpp_2m")])
     nfe_figure(frame, tmp_path / "nfe.png", "mini")
     caption = read_captions(tmp_path)["nfe.png"]
-    assert "fewest NFE to KID <= 0.6" in caption and "dpmpp_2m 4, ddim 8" in caption
+    assert "fewest NFE to KID <= 0.6 (every" in caption and "dpmpp_2m 4, ddim 8" in caption
     assert "for 2 of 2 deterministic schedulers" in caption
 
 

@@ -33,7 +33,7 @@ PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
 class DistanceStudy:
     """The `distance:` block: cells guidance_scales x schedulers x steps, each `images` seeds of every prompt, against
     `references` real images of each prompt drawn by the `sample_world`; KID over `kid_subsets` subsets of half the
-    images, FD with a bootstrap interval of `bootstrap` resamples."""
+    images, FD with its sd over `bootstrap` resamples."""
 
     block = "distance"
     guidance_scales: tuple[float, ...] = checked(None, "numbers", 0, 1000, plain=False)
@@ -72,16 +72,16 @@ def embed(clip, images: list, batch: int = 64) -> np.ndarray:
 
 
 def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> dict:
-    """KID (mean and sd over subsets of half the generated images), FD with its basic bootstrap 95% interval over the
-    generated images (2 FD - the resamples' 97.5 and 2.5 percentiles), CMMD, precision and recall."""
+    """KID (mean and sd over subsets of half the generated images), FD and its sd over bootstrap resamples of the
+    generated images (the resamples' mean sits above FD: duplicates shrink the covariance, so only their spread is used),
+    CMMD, precision and recall."""
     n = len(generated)
-    fd = frechet_distance(generated, real)
     rng = np.random.default_rng(0)
     resampled = [frechet_distance(generated[rng.integers(n, size=n)], real) for _ in range(study.bootstrap)]
-    high, low = 2 * fd - np.percentile(resampled, [2.5, 97.5])
     mean, sd = kid(generated, real, subsets=study.kid_subsets, subset_size=n // 2)
     precision, recall = precision_recall(generated, real)
-    return {"n": n, "n_reference": len(real), "kid": mean, "kid_sd": sd, "fd": fd, "fd_lo": low, "fd_hi": high,
+    return {"n": n, "n_reference": len(real), "kid": mean, "kid_sd": sd, "fd": frechet_distance(generated, real),
+            "fd_sd": float(np.std(resampled)),
             "cmmd": cmmd(generated, real), "precision": precision, "recall": recall}
 
 
@@ -126,24 +126,26 @@ def run_distance(ctx: JobContext) -> pd.DataFrame:
 
 
 def panels(frame: pd.DataFrame, x: str, label, xlabel: str) -> list[dict]:
-    """KID (band: +- 1 sd over subsets) and FD (band: bootstrap 95%) against `x`, a line per `label(row)` group,
-    and the real-vs-real floor as a dotted line."""
+    """KID and FD against `x` with +- 1 sd bands, a line per `label(row)` group, and the real-vs-real floor dotted;
+    symmetric-log y axes against NFE, where the fewest steps are far off."""
     out = []
     for metric, ylabel in (("kid", "KID (lower: closer to real)"), ("fd", "FD (Fréchet distance)")):
         lines, bands = [], []
         for i, (name, part) in enumerate(frame.assign(group=frame.apply(label, axis=1)).groupby("group", sort=False)):
             part, color = part.sort_values(x), PALETTE[i % len(PALETTE)]
-            low, high = ((part["kid"] - part["kid_sd"], part["kid"] + part["kid_sd"]) if metric == "kid"
-                         else (part["fd_lo"], part["fd_hi"]))
             lines.append({"x": part[x], "y": part[metric], "label": name, "color": color,
                           "style": "o--" if part["stochastic"].iloc[0] else "o-"})
-            bands.append({"x": part[x], "low": low, "high": high, "color": color})
+            bands.append({"x": part[x], "low": part[metric] - part[f"{metric}_sd"],
+                          "high": part[metric] + part[f"{metric}_sd"], "color": color})
         floor = frame[f"{metric}_real_vs_real"].iloc[0]
+        lowest = min(floor, (frame[metric] - frame[f"{metric}_sd"]).min())
         lines.append({"x": [frame[x].min(), frame[x].max()], "y": [floor, floor], "style": ":", "color": "0.4",
                       "label": f"real vs real, same n: {floor:.3g}"})
-        band = "+- 1 sd over subsets of n/2" if metric == "kid" else "basic bootstrap 95% interval"
+        band = "over subsets of n/2 images" if metric == "kid" else "over bootstrap resamples of the images"
         out.append({"lines": lines, "bands": bands, "xlabel": xlabel, "ylabel": ylabel, "logx": x == "nfe",
-                    "title": f"{metric.upper()} to real images (band: {band})"})
+                    "symlog": (1.0 if metric == "kid" else 10.0) if x == "nfe" else None,
+                    "ylim": (lowest - 0.1 * abs(lowest) - 0.05, None),
+                    "title": f"{metric.upper()} to real images (band: +- 1 sd {band})"})
     return out
 
 
@@ -163,12 +165,16 @@ def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
     for (name, steps), part in groups:
         part = part.sort_values("guidance_scale")
         w, kid_mean, sd = (part[c].to_numpy(dtype=float) for c in ("guidance_scale", "kid", "kid_sd"))
-        best = int(np.argmin(kid_mean))
+        best, fd_best = int(np.argmin(kid_mean)), part["guidance_scale"].iloc[int(np.argmin(part["fd"]))]
+        ends = [f"w = {w[end]:g} ({kid_mean[end]:.3g} +- {sd[end]:.2g})" for end in (0, len(w) - 1)]
         clear = [kid_mean[best] + sd[best] < kid_mean[end] - sd[end] for end in (0, len(w) - 1)]
-        shape = ("U-shaped" if 0 < best < len(w) - 1 and all(clear) else
-                 "but within the noise of an end" if 0 < best < len(w) - 1 else f"no U on {model}: lowest at an end")
+        shape = (f"no U on {model}: lowest at an end" if best in (0, len(w) - 1) else
+                 "U-shaped: higher beyond +- 1 sd at both ends" if all(clear) else
+                 "within the noise of both ends: no U resolved at this n" if not any(clear) else
+                 f"higher beyond +- 1 sd at {ends[clear.index(True)]}, within the noise at {ends[clear.index(False)]}: "
+                 "half a U at this n")
         claims.append(f"{name} x {steps} steps: KID lowest at w = {w[best]:g} ({kid_mean[best]:.3g} +- {sd[best]:.2g}), "
-                      f"{shape}; {kid_mean[0]:.3g} at w = {w[0]:g}, {kid_mean[-1]:.3g} at w = {w[-1]:g}")
+                      f"FD lowest at w = {fd_best:g}\n{shape}")
         points.append({"x": [w[best]], "y": [kid_mean[best]], "marker": "v", "color": "black", "size": 40,
                        "notes": [f"min at w = {w[best]:g}"]})
     drawn = panels(frame, "guidance_scale", lambda r: f"{r['scheduler']} x {r['num_inference_steps']} steps",
@@ -189,8 +195,9 @@ def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
     reached = sorted((nfe, name) for name, nfe in first.items() if np.isfinite(nfe))
     falls = sum(part["kid"].iloc[-1] + part["kid_sd"].iloc[-1] < part["kid"].iloc[0] - part["kid_sd"].iloc[0]
                 for part in deterministic.values())
-    title = (f"fewest NFE to KID <= {target_kid:.3g} (reached by every deterministic scheduler at its most steps): "
-             + ", ".join(f"{name} {nfe:g}" for nfe, name in reached)
+    near = frame.loc[(frame["kid"] - target_kid).abs().nsmallest(len(groups)).index, "kid_sd"].median()
+    title = (f"fewest NFE to KID <= {target_kid:.3g} (every deterministic scheduler gets there): "
+             + ", ".join(f"{name} {nfe:g}" for nfe, name in reached) + f" (KID sd near it: {near:.2g})"
              + f"\nKID falls from fewest to most NFE (beyond +- 1 sd) for {falls} of {len(deterministic)} deterministic "
              f"schedulers (dashed: stochastic); w = {', '.join(f'{w:g}' for w in frame['guidance_scale'].unique())}\n")
     drawn = panels(frame, "nfe", label, "denoiser evaluations (NFE, log scale)")
