@@ -199,7 +199,9 @@ def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
     title = (f"fewest NFE to KID <= {target_kid:.3g} (every deterministic scheduler gets there): "
              + ", ".join(f"{name} {nfe:g}" for nfe, name in reached) + f" (KID sd near it: {near:.2g})"
              + f"\nKID falls from fewest to most NFE (beyond +- 1 sd) for {falls} of {len(deterministic)} deterministic "
-             f"schedulers (dashed: stochastic); w = {', '.join(f'{w:g}' for w in frame['guidance_scale'].unique())}\n")
+             f"schedulers{' (dashed: stochastic)' * bool(frame['stochastic'].any())}; "
+             f"w = {', '.join(f'{w:g}' for w in frame['guidance_scale'].unique())}\n")
     drawn = panels(frame, "nfe", label, "denoiser evaluations (NFE, log scale)")
-    drawn[0]["hline"] = target_kid
+    drawn[0]["lines"].append({"x": [frame["nfe"].min(), frame["nfe"].max()], "y": [target_kid] * 2, "style": "--",
+                              "color": "0.3", "label": f"target KID {target_kid:.3g}"})
     curves(drawn, target, title=title + about(frame, model), panel_inches=PANEL)
