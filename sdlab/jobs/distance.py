@@ -154,7 +154,7 @@ def about(frame: pd.DataFrame, model: str) -> str:
     row = frame.iloc[0]
     prompts = len(row["prompts"].split(" | "))
     return (f"{model}: n = {row['n']} images per point ({prompts} prompts x {row['n'] // prompts} seeds) against "
-            f"{row['n_reference']} real images of the same prompts\nfeatures: {row['features']}; {WHY_KID}")
+            f"{row['n_reference']} real images of the same prompts;\nfeatures: {row['features']}; {WHY_KID}")
 
 
 def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
@@ -174,13 +174,13 @@ def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
                  f"higher beyond +- 1 sd at {ends[clear.index(True)]}, within the noise at {ends[clear.index(False)]}: "
                  "half a U at this n")
         claims.append(f"{name} x {steps} steps: KID lowest at w = {w[best]:g} ({kid_mean[best]:.3g} +- {sd[best]:.2g}), "
-                      f"FD lowest at w = {fd_best:g}\n{shape}")
+                      f"FD lowest at w = {fd_best:g};\n{shape}")
         points.append({"x": [w[best]], "y": [kid_mean[best]], "marker": "v", "color": "black", "size": 40,
                        "notes": [f"min at w = {w[best]:g}"]})
     drawn = panels(frame, "guidance_scale", lambda r: f"{r['scheduler']} x {r['num_inference_steps']} steps",
                    "guidance scale w")
     drawn[0]["points"] = points
-    curves(drawn, target, title="\n".join([*claims, about(frame, model)]), panel_inches=PANEL)
+    curves(drawn, target, title=";\n".join([*claims, about(frame, model)]), panel_inches=PANEL)
 
 
 def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
@@ -197,10 +197,10 @@ def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
                 for part in deterministic.values())
     near = frame.loc[(frame["kid"] - target_kid).abs().nsmallest(len(groups)).index, "kid_sd"].median()
     title = (f"fewest NFE to KID <= {target_kid:.3g} (every deterministic scheduler gets there): "
-             + ", ".join(f"{name} {nfe:g}" for nfe, name in reached) + f" (KID sd near it: {near:.2g})"
+             + ", ".join(f"{name} {nfe:g}" for nfe, name in reached) + f" (KID sd near it: {near:.2g});"
              + f"\nKID falls from fewest to most NFE (beyond +- 1 sd) for {falls} of {len(deterministic)} deterministic "
              f"schedulers{' (dashed: stochastic)' * bool(frame['stochastic'].any())}; "
-             f"w = {', '.join(f'{w:g}' for w in frame['guidance_scale'].unique())}\n")
+             f"w = {', '.join(f'{w:g}' for w in frame['guidance_scale'].unique())};\n")
     drawn = panels(frame, "nfe", label, "denoiser evaluations (NFE, log scale)")
     drawn[0]["lines"].append({"x": [frame["nfe"].min(), frame["nfe"].max()], "y": [target_kid] * 2, "style": "--",
                               "color": "0.3", "label": f"target KID {target_kid:.3g}"})
