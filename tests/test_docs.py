@@ -32,7 +32,8 @@ SLOW = {
         "guidance_grid", "trajectory", "article_a6_clip_similarity", "article_a7_trajectory", "article_a8_same_seed",
         "article_a9_params",
         "article_b7_guidance", "article_b8_schedulers", "article_c1_pipeline_by_hand", "article_c2_img2img",
-        "article_d1_destruction", "article_d3_guidance", "article_e1_reverse_chain")),
+        "article_d1_destruction", "article_d3_guidance", "article_e1_reverse_chain", "article_f1_distance_guidance",
+        "article_f2_distance_nfe")),
     "sdlab experiment=trajectory preview=linear",
     "sdlab experiment=compare_schedulers_quick model=sd3_tiny",
 }

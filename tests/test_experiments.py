@@ -46,6 +46,10 @@ MINIMAL = {
     "article_e1_forward_chain": ["timesteps=[0,500,999]"],
     "article_e1_reverse_chain": ["num_inference_steps=3", "frames=3"],
     "article_e2_clip_matrix": ["num_images=3"],
+    **{name: ["distance.images=4", "distance.references=8", "distance.kid_subsets=5", "distance.bootstrap=10",
+              "distance.prompts=[a red circle]", "distance.schedulers=[ddim]", *axes]
+       for name, axes in (("article_f1_distance_guidance", ["distance.guidance_scales=[1,7.5]", "distance.steps=[2]"]),
+                          ("article_f2_distance_nfe", ["distance.steps=[1,2]"]))},
 }
 # Files each recipe must write besides results.{parquet,csv}.
 OUTPUTS = {
@@ -60,6 +64,8 @@ OUTPUTS = {
     "prompt_grid": ["prompt_grid.png"],
     "article_e2_clip_matrix": ["image_text_similarity.png", "image_text_similarity.parquet"],
     "article_a9_params": ["same_params.png"],
+    "article_f1_distance_guidance": ["distance_vs_guidance.png"],
+    "article_f2_distance_nfe": ["distance_vs_nfe.png"],
 }
 
 

@@ -57,8 +57,9 @@ def test_schedulers_used_reads_every_form_a_recipe_lists():
     from sdlab.app.preflight import schedulers_used
 
     cfg = {"scheduler": {"name": "euler"}, "compare": {"schedulers": ["ddim"], "reference_scheduler": "dpmpp_2m"},
-           "visit_schedulers": ["heun", {"name": "ddim", "timestep_spacing": "trailing"}]}
-    assert schedulers_used(cfg) == ["euler", "ddim", "dpmpp_2m", "heun"]
+           "visit_schedulers": ["heun", {"name": "ddim", "timestep_spacing": "trailing"}],
+           "distance": {"schedulers": ["lms", "ddim"]}}
+    assert schedulers_used(cfg) == ["euler", "ddim", "dpmpp_2m", "lms", "heun"]
 
 
 FLOW_RECIPE = {"compare": {"schedulers": ["ddim", "euler"], "reference_scheduler": "dpmpp_2m", "steps": [5, 10]},

@@ -58,8 +58,8 @@ def schedulers_used(cfg: dict[str, Any]) -> list[str]:
     """Every scheduler name the job will build: its own and those a study lists."""
     names = [(cfg.get("scheduler") or {}).get("name")]
     names += list(cfg.get("schedulers") or []) + [cfg.get("reference_scheduler")]  # scheduler_grid
-    study = cfg.get("compare") or {}
-    names += list(study.get("schedulers") or []) + [study.get("reference_scheduler")]
+    for study in (cfg.get("compare") or {}, cfg.get("distance") or {}):  # compare_schedulers, distribution_distance
+        names += list(study.get("schedulers") or []) + [study.get("reference_scheduler")]
     names += [item.get("name") if isinstance(item, dict) else item for item in cfg.get("visit_schedulers") or []]
     return [n for n in dict.fromkeys(names) if n]
 
@@ -67,7 +67,7 @@ def schedulers_used(cfg: dict[str, Any]) -> list[str]:
 def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
     """Every scheduler a study or grid lists can run on the model (its kind, its shifting), as one line naming it."""
 
-    if not (cfg.get("compare") or cfg.get("schedulers")):
+    if not (cfg.get("compare") or cfg.get("distance") or cfg.get("schedulers")):
         return
     base, _ = shipped_scheduler_config(spec)
     for name in schedulers_used(cfg):  # the configured one too: check_model has already passed it

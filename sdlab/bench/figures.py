@@ -59,8 +59,8 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: tuple[float, float] = (6.4, 3.6)) -> Path:
-    """Line plots, one panel per dict: bands [{x, low, high, label, color}], lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logx, logy, hline, yticks (positions, labels), ylim, integer_x."""
-    from matplotlib.ticker import MaxNLocator
+    """Line plots, one panel per dict: bands [{x, low, high, label, color}], lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logx, logy, symlog (linear threshold), hline, yticks (positions, labels), ylim, integer_x."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
     with styled() as plt:
         fig, axes = plt.subplots(len(panels), 1, figsize=(panel_inches[0], panel_inches[1] * len(panels)), squeeze=False)
@@ -84,8 +84,13 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
                 ax.axhline(panel["hline"], color="0.4", lw=0.8, ls="--")
             if panel.get("logy"):
                 ax.set_yscale("log")
-            if panel.get("logx"):
+            if panel.get("symlog"):
+                ax.set_yscale("symlog", linthresh=panel["symlog"])
+            if panel.get("logx"):  # ticks 1, 2, 5, 10 ... written plainly
                 ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             if panel.get("yticks"):
                 ax.set_yticks(*panel["yticks"])
             if panel.get("ylim"):

@@ -94,7 +94,8 @@ JOB_MODULES = {
     "anatomy": "anatomy", "trajectory": "trajectory", "forward_process": "forward",
     "schedule_snr": "schedule", "vae_roundtrip": "vae", "clip_tokens": "clip", "clip_similarity": "clip",
     "guidance_grid": "grids", "prompt_grid": "grids", "scheduler_grid": "grids", "same_params": "grids",
-    "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand", **dict.fromkeys(MODEL_FREE_JOBS, "explainers"),
+    "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand", "distribution_distance": "distance",
+    **dict.fromkeys(MODEL_FREE_JOBS, "explainers"),
 }
 
 

@@ -1,0 +1,207 @@
+"""How close, as a distribution, are generated images to real ones? KID and FD of each cell's images (every prompt x
+seed) against real images of the same prompts (the prompt world's references) on CLIP image features: the FID against
+guidance scale and FID against NFE figures of guidance and sampler papers, offline."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import pandas as pd
+
+from sdlab.bench.figures import PALETTE, curves
+from sdlab.bench.records import identity, ordered
+from sdlab.bench.worlds import world
+from sdlab.config import Run, checked
+from sdlab.errors import UserError
+from sdlab.jobs import JobContext, job, read_recipe
+from sdlab.jobs.compare import Progress
+from sdlab.metrics.distribution import cmmd, frechet_distance, kid, precision_recall
+from sdlab.models.clip import load_clip
+from sdlab.models.generate import chunks, generate_batch
+from sdlab.models.loading import load_model
+from sdlab.models.schedulers import SCHEDULERS
+
+log = logging.getLogger(__name__)
+FLOOR_SEED = 1  # a second draw of real images, as many as one cell generates: the distance of a perfect generator
+WHY_KID = "KID is unbiased at any n, FD is biased upward at small n (see real vs real)"
+PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
+
+
+@dataclass(frozen=True)
+class DistanceStudy:
+    """The `distance:` block: cells guidance_scales x schedulers x steps, each `images` seeds of every prompt, against
+    `references` real images of each prompt drawn by the `sample_world`; KID over `kid_subsets` subsets of half the
+    images, FD with its sd over `bootstrap` resamples."""
+
+    block = "distance"
+    guidance_scales: tuple[float, ...] = checked(None, "numbers", 0, 1000, plain=False)
+    schedulers: tuple[str, ...] = checked(None, "strs", plain=False)
+    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False)
+    prompts: tuple[str, ...] = checked(None, "strs", plain=False)
+    images: int = checked(None, "int", 4, 100000, plain=False)
+    references: int = checked(None, "int", 4, 100000, plain=False)
+    kid_subsets: int = checked(None, "int", 1, 10000, plain=False)
+    bootstrap: int = checked(None, "int", 10, 10000, plain=False)
+
+    def __post_init__(self):
+        missing = [f.name for f in fields(self) if getattr(self, f.name) is None]
+        if missing:
+            raise UserError(f"distance.{missing[0]} is missing: the block lists {', '.join(f.name for f in fields(self))}")
+        for name in self.schedulers:
+            if name not in SCHEDULERS:
+                raise UserError(f"distance: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
+
+
+def check_study(run: Run) -> None:
+    """A CLIP model gives the features, and the `sample_world` renders real images of every prompt."""
+    study = read_recipe(run, DistanceStudy)
+    if (run.recipe.get("clip") or {}).get("name") in (None, "none"):
+        raise UserError("job distribution_distance compares CLIP image features: pick clip=mini or clip=openai_l14")
+    source = world(run.recipe.get("sample_world"))
+    for prompt in study.prompts:
+        if not source.references(prompt, 1, 8, 0):
+            raise UserError(f"distance.prompts: {prompt!r} names nothing the {run.recipe.get('sample_world')} world "
+                            f"draws, so it has no real images; e.g. {source.example!r}")
+
+
+def embed(clip, images: list, batch: int = 64) -> np.ndarray:
+    """CLIP image embeddings of `images`, `batch` at a time."""
+    return np.concatenate([clip.image_embeddings(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> dict:
+    """KID (mean and sd over subsets of half the generated images), FD and its sd over bootstrap resamples of the
+    generated images (the resamples' mean sits above FD: duplicates shrink the covariance, so only their spread is used),
+    CMMD, precision and recall."""
+    n = len(generated)
+    rng = np.random.default_rng(0)
+    resampled = [frechet_distance(generated[rng.integers(n, size=n)], real) for _ in range(study.bootstrap)]
+    mean, sd = kid(generated, real, subsets=study.kid_subsets, subset_size=n // 2)
+    precision, recall = precision_recall(generated, real)
+    return {"n": n, "n_reference": len(real), "kid": mean, "kid_sd": sd, "fd": frechet_distance(generated, real),
+            "fd_sd": float(np.std(resampled)),
+            "cmmd": cmmd(generated, real), "precision": precision, "recall": recall}
+
+
+@job("distribution_distance", DistanceStudy, check=check_study)
+def run_distance(ctx: JobContext) -> pd.DataFrame:
+    """A row per cell (guidance scale, scheduler, steps) with its distances to the real images and n;
+    distance_vs_guidance.png with several guidance scales, distance_vs_nfe.png with several step counts."""
+    run, study = ctx.run, ctx.recipe
+    params, seeds = run.params, list(range(study.images))
+    clip, source = load_clip(run.recipe.get("clip")), world(run.recipe.get("sample_world"))
+    side = min(params.width, params.height)
+    # 1. the real images: the reference set, and a second draw of one cell's size (the floor at this n)
+    real = embed(clip, [im for p in study.prompts for im in source.references(p, study.references, side, 0)])
+    floor = distances(embed(clip, [im for p in study.prompts
+                                   for im in source.references(p, study.images, side, FLOOR_SEED)]), real, study)
+    features = f"{clip.name} CLIP image embeddings (d={real.shape[1]})"
+    # 2. every cell: the same seeds of every prompt, embedded and compared with the real images
+    model = load_model(run.model)
+    model.quiet()
+    cells = [(name, steps, w) for name in study.schedulers for steps in study.steps for w in study.guidance_scales]
+    progress, rows = Progress(sum(steps for _, steps, _ in cells)), []
+    for name, steps, w in cells:
+        progress.step(f"{name} x {steps} steps at w={w:g}: {len(seeds)} seeds x {len(study.prompts)} prompts", steps)
+        model.use_scheduler(name)
+        images, seconds, nfe = [], 0.0, 0
+        for prompt in study.prompts:
+            for batch in chunks(tuple(seeds), params.batch_size):
+                cell = replace(params, prompt=prompt, guidance_scale=w, num_inference_steps=steps, seeds=tuple(batch))
+                result = generate_batch(model, cell, batch)
+                images, seconds, nfe = images + result.images, seconds + result.time_total_s, result.nfe
+        rows.append({**identity(ctx, "distribution_distance", run.model.name), "scheduler": name,
+                     "stochastic": SCHEDULERS[name].stochastic, "num_inference_steps": steps, "nfe": nfe,
+                     "guidance_scale": w, "prompts": " | ".join(study.prompts), "features": features,
+                     **distances(embed(clip, images), real, study),
+                     **{f"{k}_real_vs_real": floor[k] for k in ("kid", "fd")}, "time_total_s": seconds / len(images)})
+    frame = ordered(rows)
+    if len(study.guidance_scales) > 1:
+        guidance_figure(frame, ctx.out_dir / "distance_vs_guidance.png", run.model.name)
+    if len(study.steps) > 1:
+        nfe_figure(frame, ctx.out_dir / "distance_vs_nfe.png", run.model.name)
+    return frame
+
+
+def panels(frame: pd.DataFrame, x: str, label, xlabel: str) -> list[dict]:
+    """KID and FD against `x` with +- 1 sd bands, a line per `label(row)` group, and the real-vs-real floor dotted;
+    symmetric-log y axes against NFE, where the fewest steps are far off."""
+    out = []
+    for metric, ylabel in (("kid", "KID (lower: closer to real)"), ("fd", "FD (Fréchet distance)")):
+        lines, bands = [], []
+        for i, (name, part) in enumerate(frame.assign(group=frame.apply(label, axis=1)).groupby("group", sort=False)):
+            part, color = part.sort_values(x), PALETTE[i % len(PALETTE)]
+            lines.append({"x": part[x], "y": part[metric], "label": name, "color": color,
+                          "style": "o--" if part["stochastic"].iloc[0] else "o-"})
+            bands.append({"x": part[x], "low": part[metric] - part[f"{metric}_sd"],
+                          "high": part[metric] + part[f"{metric}_sd"], "color": color})
+        floor = frame[f"{metric}_real_vs_real"].iloc[0]
+        lowest = min(floor, (frame[metric] - frame[f"{metric}_sd"]).min())
+        lines.append({"x": [frame[x].min(), frame[x].max()], "y": [floor, floor], "style": ":", "color": "0.4",
+                      "label": f"real vs real, same n: {floor:.3g}"})
+        band = "over subsets of n/2 images" if metric == "kid" else "over bootstrap resamples of the images"
+        out.append({"lines": lines, "bands": bands, "xlabel": xlabel, "ylabel": ylabel, "logx": x == "nfe",
+                    "symlog": (1.0 if metric == "kid" else 10.0) if x == "nfe" else None,
+                    "ylim": (lowest - 0.1 * abs(lowest) - 0.05, None),
+                    "title": f"{metric.upper()} to real images (band: +- 1 sd {band})"})
+    return out
+
+
+def about(frame: pd.DataFrame, model: str) -> str:
+    """The title lines that say what was compared: n, the references, the features, and why KID leads."""
+    row = frame.iloc[0]
+    prompts = len(row["prompts"].split(" | "))
+    return (f"{model}: n = {row['n']} images per point ({prompts} prompts x {row['n'] // prompts} seeds) against "
+            f"{row['n_reference']} real images of the same prompts;\nfeatures: {row['features']}; {WHY_KID}")
+
+
+def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
+    """Distance against guidance scale: where each curve has its minimum, and whether the minimum stands clear of both
+    ends (beyond their +- 1 sd), i.e. whether the curve is U-shaped."""
+    claims, points = [], []
+    groups = frame.groupby(["scheduler", "num_inference_steps"], sort=False)
+    for (name, steps), part in groups:
+        part = part.sort_values("guidance_scale")
+        w, kid_mean, sd = (part[c].to_numpy(dtype=float) for c in ("guidance_scale", "kid", "kid_sd"))
+        best, fd_best = int(np.argmin(kid_mean)), part["guidance_scale"].iloc[int(np.argmin(part["fd"]))]
+        ends = [f"w = {w[end]:g} ({kid_mean[end]:.3g} +- {sd[end]:.2g})" for end in (0, len(w) - 1)]
+        clear = [kid_mean[best] + sd[best] < kid_mean[end] - sd[end] for end in (0, len(w) - 1)]
+        shape = (f"no U on {model}: lowest at an end" if best in (0, len(w) - 1) else
+                 "U-shaped: higher beyond +- 1 sd at both ends" if all(clear) else
+                 "within the noise of both ends: no U resolved at this n" if not any(clear) else
+                 f"higher beyond +- 1 sd at {ends[clear.index(True)]}, within the noise at {ends[clear.index(False)]}: "
+                 "half a U at this n")
+        claims.append(f"{name} x {steps} steps: KID lowest at w = {w[best]:g} ({kid_mean[best]:.3g} +- {sd[best]:.2g}), "
+                      f"FD lowest at w = {fd_best:g};\n{shape}")
+        points.append({"x": [w[best]], "y": [kid_mean[best]], "marker": "v", "color": "black", "size": 40,
+                       "notes": [f"min at w = {w[best]:g}"]})
+    drawn = panels(frame, "guidance_scale", lambda r: f"{r['scheduler']} x {r['num_inference_steps']} steps",
+                   "guidance scale w")
+    drawn[0]["points"] = points
+    curves(drawn, target, title=";\n".join([*claims, about(frame, model)]), panel_inches=PANEL)
+
+
+def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
+    """Distance against NFE per scheduler: the fewest NFE at which each reaches the distance every deterministic
+    scheduler reaches at its most steps, and for how many of them the distance falls from fewest to most NFE."""
+    several_w = frame["guidance_scale"].nunique() > 1
+    label = lambda r: f"{r['scheduler']}, w = {r['guidance_scale']:g}" if several_w else r["scheduler"]  # noqa: E731
+    groups = {name: part.sort_values("nfe") for name, part in frame.groupby(frame.apply(label, axis=1), sort=False)}
+    deterministic = {name: part for name, part in groups.items() if not part["stochastic"].iloc[0]}
+    target_kid = max((part["kid"].iloc[-1] for part in deterministic.values()), default=np.nan)
+    first = {name: part.loc[part["kid"] <= target_kid, "nfe"].min() for name, part in groups.items()}
+    reached = sorted((nfe, name) for name, nfe in first.items() if np.isfinite(nfe))
+    falls = sum(part["kid"].iloc[-1] + part["kid_sd"].iloc[-1] < part["kid"].iloc[0] - part["kid_sd"].iloc[0]
+                for part in deterministic.values())
+    near = frame.loc[(frame["kid"] - target_kid).abs().nsmallest(len(groups)).index, "kid_sd"].median()
+    title = (f"fewest NFE to KID <= {target_kid:.3g} (every deterministic scheduler gets there): "
+             + ", ".join(f"{name} {nfe:g}" for nfe, name in reached) + f" (KID sd near it: {near:.2g});"
+             + f"\nKID falls from fewest to most NFE (beyond +- 1 sd) for {falls} of {len(deterministic)} deterministic "
+             f"schedulers{' (dashed: stochastic)' * bool(frame['stochastic'].any())}; "
+             f"w = {', '.join(f'{w:g}' for w in frame['guidance_scale'].unique())};\n")
+    drawn = panels(frame, "nfe", label, "denoiser evaluations (NFE, log scale)")
+    drawn[0]["lines"].append({"x": [frame["nfe"].min(), frame["nfe"].max()], "y": [target_kid] * 2, "style": "--",
+                              "color": "0.3", "label": f"target KID {target_kid:.3g}"})
+    curves(drawn, target, title=title + about(frame, model), panel_inches=PANEL)

@@ -1,0 +1,82 @@
+"""The distribution-distance recipes (F1 against guidance, F2 against NFE): their tables, their claims, bad values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis_helpers import check_image
+from test_bad_input import assert_refused
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL = ["model=tiny", "threads=1", "distance.images=4", "distance.references=8", "distance.kid_subsets=5",
+         "distance.bootstrap=10", "distance.prompts=[a red circle,a blue square]"]
+
+
+def test_guidance_recipe_writes_a_distance_per_guidance_scale_with_n(run_sdlab, tmp_path):
+    out = tmp_path / "f1"
+    assert run_sdlab("experiment=article_f1_distance_guidance", *SMALL, "distance.guidance_scales=[1,3,9]",
+                     "distance.steps=[2]", f"hydra.run.dir={out}") == 0
+    frame = pd.read_parquet(out / "results.parquet")
+    assert sorted(frame["guidance_scale"]) == [1, 3, 9] and (frame["n"] == 8).all() and (frame["n_reference"] == 16).all()
+    assert frame[["kid", "kid_sd", "fd", "fd_sd", "cmmd", "precision", "recall"]].notna().all().all()
+    assert (frame["fd_sd"] > 0).all() and frame["features"].str.startswith("mini CLIP").all()
+    check_image(out / "distance_vs_guidance.png", min_size=(400, 400))
+    assert not (out / "distance_vs_nfe.png").exists()
+
+
+def test_nfe_recipe_writes_a_distance_per_scheduler_and_nfe_with_n(run_sdlab, tmp_path):
+    out = tmp_path / "f2"
+    assert run_sdlab("experiment=article_f2_distance_nfe", *SMALL, "distance.schedulers=[ddim,heun]",
+                     "distance.steps=[1,2]", f"hydra.run.dir={out}") == 0
+    frame = pd.read_parquet(out / "results.parquet").set_index(["scheduler", "num_inference_steps"])
+    assert frame.loc[("ddim", 2), "nfe"] == 2 and frame.loc[("heun", 2), "nfe"] == 3  # Heun: two calls a step but the last
+    assert (frame["n"] == 8).all() and frame["kid"].notna().all() and frame["fd"].notna().all()
+    check_image(tmp_path / "f2" / "distance_vs_nfe.png", min_size=(400, 400))
+
+
+def frame_of(kid: list[float], x: str, values: list[float], scheduler: str = "ddim") -> pd.DataFrame:
+    """Rows as the job writes them, with the given KID means (sd 0.1) at `values` of `x`."""
+    other = "nfe" if x == "guidance_scale" else "guidance_scale"
+    return pd.DataFrame({x: values, other: 3.0, "kid": kid, "kid_sd": 0.1, "fd": np.asarray(kid) * 10,
+                         "fd_sd": 1.0, "scheduler": scheduler, "num_inference_steps": 25,
+                         "stochastic": False, "kid_real_vs_real": 0.0, "fd_real_vs_real": 1.0,
+                         "n": 128, "n_reference": 512, "prompts": "a | b", "features": "mini CLIP (d=64)"})
+
+
+def test_guidance_claim_names_the_minimum_and_says_u_shaped_only_when_it_clears_both_ends(tmp_path):
+    from sdlab.bench.captions import read_captions
+    from sdlab.jobs.distance import guidance_figure
+
+    guidance_figure(frame_of([2.0, 0.5, 1.5], "guidance_scale", [1, 3, 9]), tmp_path / "u.png", "mini")
+    guidance_figure(frame_of([2.0, 1.9, 1.5], "guidance_scale", [1, 3, 9]), tmp_path / "end.png", "mini")
+    guidance_figure(frame_of([0.6, 0.5, 1.5], "guidance_scale", [1, 3, 9]), tmp_path / "half.png", "mini")
+    captions = read_captions(tmp_path)
+    assert "KID lowest at w = 3 (0.5" in captions["u.png"] and "U-shaped: higher beyond +- 1 sd at both ends" in captions["u.png"]
+    assert "higher beyond +- 1 sd at w = 9 (1.5 +- 0.1), within the noise at w = 1 (0.6 +- 0.1)" in captions["half.png"]
+    assert "no U on mini: lowest at an end" in captions["end.png"] and "w = 9" in captions["end.png"]
+
+
+def test_nfe_claim_ranks_schedulers_by_fewest_nfe_to_a_distance_all_reach(tmp_path):
+    from sdlab.bench.captions import read_captions
+    from sdlab.jobs.distance import nfe_figure
+
+    frame = pd.concat([frame_of([3.0, 1.0, 0.6], "nfe", [2, 4, 8], "ddim"),
+                       frame_of([2.0, 0.55, 0.5], "nfe", [2, 4, 8], "dpmpp_2m")])
+    nfe_figure(frame, tmp_path / "nfe.png", "mini")
+    caption = read_captions(tmp_path)["nfe.png"]
+    assert "fewest NFE to KID <= 0.6 (every" in caption and "dpmpp_2m 4, ddim 8" in caption
+    assert "for 2 of 2 deterministic schedulers" in caption
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["distance.images=2"], "distance.images=2 must be an integer >= 4"),
+    (["distance.schedulers=[ddim,nope]"], "unknown scheduler 'nope'"),
+    (["distance.prompts=[a lighthouse at dawn]"], "'a lighthouse at dawn' names nothing the shapes world draws"),
+    (["clip=none"], "compares CLIP image features: pick clip=mini"),
+    (["distance.bootstrap=0"], "distance.bootstrap=0 must be an integer >= 10"),
+])
+def test_a_wrong_distance_value_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    assert_refused(run_sdlab, capsys, tmp_path, ["experiment=article_f1_distance_guidance", *args], fragment)
