@@ -158,6 +158,20 @@ function renderRanking() {
   }
 }
 
+function renderSets() {
+  if (!D.sets.length) return;
+  document.getElementById("sets-section").hidden = false;
+  const slice = r => [r.parameter === "(all)" ? "(all)" : `${r.parameter}=${r.value}`,
+    r.parameter2 ? `${r.parameter2}=${r.value2}` : null].filter(Boolean).join(", ");
+  const head = el("tr", {}, ...["slice", "metric", "better", "value", "95% interval", "n", "reference n", "features",
+    "warning"].map(t => el("th", { text: t })));
+  const body = D.sets.map(r => el("tr", { class: r.warning ? "unranked" : null }, el("td", { class: "value", text: slice(r) }),
+    el("td", { text: r.metric }), el("td", { text: r.better }), el("td", { text: fmt(r.mean) }),
+    el("td", { text: r.lo === null ? "" : `${fmt(r.lo)} .. ${fmt(r.hi)}` }), el("td", { text: fmt(r.n) }),
+    el("td", { text: fmt(r.n_reference) }), el("td", { text: r.features }), el("td", { text: r.warning || "" })));
+  document.getElementById("sets").append(el("table", { class: "ranking-table sets-table" }, el("thead", {}, head), el("tbody", {}, ...body)));
+}
+
 function matches(v, filter) {
   const f = filter.trim();
   if (!f) return true;
@@ -219,4 +233,4 @@ function wire() {
   document.addEventListener("keydown", e => { if (e.key === "Escape") hideDetail(); });
 }
 
-renderHeader(); renderRanking(); renderControls(); renderGrid(); renderFigures(); renderTableHead(); renderRows(); wire();
+renderHeader(); renderRanking(); renderControls(); renderGrid(); renderSets(); renderFigures(); renderTableHead(); renderRows(); wire();
