@@ -108,6 +108,11 @@ def test_a_sweep_summarises_set_metrics_per_swept_value_with_n_intervals_and_war
     page = open("s/report.html").read()
     assert "Distribution metrics" in page and '"metric":"fd"' in page and '"features":"clip_mini"' in page
     assert '"image_features"' not in page  # the stored features stay in the table, not on the page
+    for npy in cache.glob("*.npy"):  # a cleared cache: the summary says so instead of failing
+        npy.unlink()
+    assert run_sdlab("report", "s") == 0
+    sets = pd.read_csv("s/summary.csv").dropna(subset=["features"])
+    assert sets["mean"].isna().all() and sets["warning"].str.contains("is not in").all()
 
 
 def write_images(folder, count: int, side: int):
@@ -136,7 +141,7 @@ def test_a_reference_that_cannot_be_is_one_line_and_nothing_is_written(run_sdlab
         (("prompt=an oil painting",), "prompt='an oil painting' names nothing the shapes world renders"),
         (("scorers=[fd,fid]",), "unknown scorer 'fid'; scorers are: clip, cmmd, fd, kid, precision_recall, shapes_adherence"),
     ]
-    for args, fragment in cases:
+    for args, fragment in [*cases, (("-m", "seed=0,1", "reference=/nonexistent/real"), "no such folder")]:
         assert run_sdlab("scorers=[fd,precision_recall]", *MINI, *args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sdlab: error: ") and fragment in err[0], (args, err)

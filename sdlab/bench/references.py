@@ -8,6 +8,7 @@ PNG/JPEG files, read as data). Their features are cached by what decides them in
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ from sdlab.untrusted import open_regular
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 SEED = 0  # what a world leaves open in a prompt is drawn from this seed: every run compares with the same images
+KEY = re.compile(r"[0-9a-f]{16}")  # a config_hash
 COUNT = Field("int", 1, plain=True, rule="a positive integer")
 
 
@@ -90,23 +92,27 @@ def check_reference(cfg: dict, width: int, height: int, needed: dict[str, int]) 
 def reference_key(cfg: dict, prompt: str, side: tuple[int, int], extractor: str,
                   embed: Callable[[list], np.ndarray]) -> str:
     """The key of a prompt's reference set under `extractor`; its features computed with `embed` and cached first."""
-    count, folder = int(cfg["reference_count"]), cfg.get("reference")
+    count, folder, grammar = int(cfg["reference_count"]), cfg.get("reference"), cfg["model"].get("prompt_grammar")
     files = reference_files(folder)[:count] if folder is not None else []
     source = ([(str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in files] if folder is not None
-              else [(cfg["model"]["prompt_grammar"], prompt, SEED)])
+              else [(grammar, prompt, SEED)])
     key = config_hash({"source": source, "count": count, "side": list(side), "features": extractor})
     target = cache_dir() / f"{key}.npy"
     if not target.is_file():
-        if folder is not None:
-            images = [read_image(p, *side) for p in files]
-        else:
-            images = world(cfg["model"]["prompt_grammar"], "model.prompt_grammar").references(prompt, count, side[0], SEED)
+        images = ([read_image(p, *side) for p in files] if folder is not None
+                  else world(grammar, "model.prompt_grammar").references(prompt, count, side[0], SEED))
         with atomic_path(target) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(embed(images), dtype=np.float32), allow_pickle=False)
     return key
 
 
-def reference_features(key: str) -> np.ndarray | None:
-    """A cached reference set's features, or None when the cache has no such set (a cleared cache, another machine)."""
+def reference_features(key: Any) -> np.ndarray | None:
+    """A cached reference set's features, or None when the cache has no such set (a cleared cache, another machine)
+    or `key`, read from a table, is no key sdlab makes."""
     target = cache_dir() / f"{key}.npy"
-    return np.load(target, allow_pickle=False) if key and target.is_file() else None
+    if not (isinstance(key, str) and KEY.fullmatch(key) and target.is_file()):
+        return None
+    try:
+        return np.load(target, allow_pickle=False)
+    except (OSError, ValueError):
+        return None

@@ -42,7 +42,7 @@ class ScorerKind:
     higher_is_better: bool = True
     identity: Callable[[dict], Any] = lambda cfg: None  # what besides the image decides its numbers (cell hash)
     statistic: Callable[[np.ndarray, np.ndarray], tuple[float, ...]] | None = None  # a set scorer's, one per column
-    min_n: int = 0      # a set scorer's least images per set: a smaller reference is refused, a smaller slice not scored
+    min_n: int = 0      # a set scorer's least images per set: a smaller reference is refused, a smaller slice unscored
     advised_n: int = 0  # a set scorer's images per set below which the summary warns
 
     def writes(self, column: str) -> bool:
@@ -153,9 +153,12 @@ def encode_features(x: np.ndarray) -> str:
     return base64.b64encode(np.asarray(x, dtype="<f4").tobytes()).decode("ascii")
 
 
-def decode_features(text: str) -> np.ndarray:
-    """The features `encode_features` wrote."""
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float64)
+def decode_features(text: Any) -> np.ndarray | None:
+    """The features `encode_features` wrote; None for a cell of a table that holds none."""
+    try:
+        return np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4").astype(np.float64)
+    except (TypeError, ValueError):
+        return None
 
 
 _FEATURE_SCORES: dict[str, Score] = {}
@@ -175,8 +178,8 @@ def feature_score(cfg: dict, device: str) -> Score:
         images = [np.asarray(image) for image in images]
         side = (images[0].shape[1], images[0].shape[0])
         keys = {p: reference_key(cfg, p, side, extractor, clip.image_embeddings) for p in dict.fromkeys(prompts)}
-        return [{"features": extractor, "image_features": encode_features(x), "reference": keys[p], "set_metrics": names}
-                for x, p in zip(clip.image_embeddings(images), prompts)]
+        return [{"features": extractor, "image_features": encode_features(x), "reference": keys[p],
+                 "set_metrics": names} for x, p in zip(clip.image_embeddings(images), prompts)]
 
     _FEATURE_SCORES[memo] = score
     return score

@@ -40,8 +40,9 @@ COSTS = ("nfe", "time_total_s")  # what a value spends, cheapest first in this o
 BEST, TIED, BEHIND, UNPAIRED, TOO_FEW = "best", "tied", "behind", f"fewer than {MIN_N} pairs", f"fewer than {MIN_N} images"
 STATS = ["n", "mean", "lo", "hi", "n_paired", "delta_mean", "delta_lo", "delta_hi"]
 RANKING_COLUMNS = ["parameter", "metric", "better", "rank", "value", *STATS, "group", *COSTS, "cheapest_tied"]
+SET_SUMMARY_COLUMNS = ["features", "n_reference", "warning"]  # set scorers: extractor, reference size, small-n warning
 SUMMARY_COLUMNS = ["parameter", "value", "parameter2", "value2", "metric", *STATS[:5], "delta_vs", *STATS[5:],
-                   "features", "n_reference", "warning"]
+                   *SET_SUMMARY_COLUMNS]
 MAX_NAMED = 8  # a line names at most this many tied values; ranking.csv has them all
 
 
@@ -242,24 +243,26 @@ def set_rows(swept: Swept) -> list[dict]:
     frame = swept.frame
     if "image_features" not in frame:
         return []
-    present = frame["image_features"].notna().to_numpy()
+    features = [decode_features(x) for x in frame["image_features"]]
+    present = np.array([x is not None for x in features])
     slices = [({"parameter": ALL, "value": ALL}, present)]
-    slices += [({"parameter": k, "value": v}, present & (swept.labels[k] == v)) for k in swept.params for v in swept.values(k)]
+    slices += [({"parameter": k, "value": v}, present & (swept.labels[k] == v))
+               for k in swept.params for v in swept.values(k)]
     slices += [({"parameter": a, "value": va, "parameter2": b, "value2": vb}, mask)
                for a, b in combinations(swept.params, 2) for va in swept.values(a) for vb in swept.values(b)
                for mask in [present & (swept.labels[a] == va) & (swept.labels[b] == vb)] if mask.any()]
-    features = [decode_features(x) if isinstance(x, str) else None for x in frame["image_features"]]
     references = {key: reference_features(key) for key in frame.loc[present, "reference"].unique()}
     kinds, rows = registered(), []
     for labels, mask in slices:
-        chosen = frame[mask]
-        for (extractor, names), group in chosen.groupby(["features", "set_metrics"], sort=False):
-            generated = np.stack([features[i] for i in group.index])
+        for (extractor, names), group in frame[mask].groupby(["features", "set_metrics"], sort=False):
             keys = list(dict.fromkeys(group["reference"]))
+            sets = [[features[i] for i in group.index], *(references[k] for k in keys if references[k] is not None)]
+            if len({x.shape[-1] for s in sets for x in s}) > 1:  # a table edited by hand: no set to compare
+                continue
             missing = [k for k in keys if references[k] is None]
-            reference = np.concatenate([references[k] for k in keys]) if not missing else np.zeros((0, 1))
+            reference = np.concatenate(sets[1:]) if not missing else np.zeros((0, 1))
             for name in (n for n in str(names).split() if n in kinds):
-                rows += set_statistic(name, kinds[name], generated, reference, missing,
+                rows += set_statistic(name, kinds[name], np.stack(sets[0]), reference, missing,
                                       {**labels, "features": extractor, "n_reference": len(reference)})
     return rows
 
@@ -290,7 +293,8 @@ def owns_summary(folder: Path) -> bool:
         return True
     import pyarrow.parquet as pq
 
-    return pq.read_schema(target).names == SUMMARY_COLUMNS
+    older = SUMMARY_COLUMNS[:-len(SET_SUMMARY_COLUMNS)]  # from before the set scorers
+    return pq.read_schema(target).names in (SUMMARY_COLUMNS, older)
 
 
 def write_summary(frame: pd.DataFrame, folder: Path, axes: Sequence[str] = (), figure: bool = False,
