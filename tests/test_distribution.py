@@ -146,3 +146,22 @@ def test_a_reference_that_cannot_be_is_one_line_and_nothing_is_written(run_sdlab
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sdlab: error: ") and fragment in err[0], (args, err)
     assert list((tmp_path / "work").iterdir()) == [] and not cache.exists()
+
+
+def test_each_pair_of_swept_values_is_a_slice_and_extractors_never_mix(cache, tmp_path):
+    """summary_table on rows made by hand: a slice per value and per pair of values, one per extractor."""
+    from sdlab.bench.summary import summary_table
+
+    cache.mkdir(parents=True)
+    np.save(cache / "0123456789abcdef.npy", gaussian(60, 8, seed=11).astype(np.float32))
+    rows = [{"status": "ok", "seed": seed, "guidance_scale": g, "scheduler": s, "features": f"clip_{clip}",
+             "image_features": encode_features(gaussian(1, 8, 0.1 * g, seed=seed)[0]), "set_metrics": "fd kid",
+             "reference": "0123456789abcdef"}
+            for seed in range(3) for g in (1.0, 7.5) for s in ("ddim", "euler") for clip in ("mini", "other")]
+    summary = summary_table(pd.DataFrame(rows), ["guidance_scale", "scheduler"])
+    sets = summary[summary["features"].notna()]
+    pairs = sets[sets["parameter2"].notna()]
+    assert len(pairs) == 4 * 2 * 2 and (pairs["n"] == 3).all()  # 4 pairs x 2 metrics x 2 extractors
+    one = sets[(sets["parameter"] == "guidance_scale") & (sets["value"] == "7.5") & sets["parameter2"].isna()]
+    assert sorted(one["features"]) == ["clip_mini", "clip_mini", "clip_other", "clip_other"] and (one["n"] == 6).all()
+    assert (one["n_reference"] == 60).all() and one["lo"].notna().all()

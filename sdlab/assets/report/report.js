@@ -163,12 +163,14 @@ function renderSets() {
   document.getElementById("sets-section").hidden = false;
   const slice = r => [r.parameter === "(all)" ? "(all)" : `${r.parameter}=${r.value}`,
     r.parameter2 ? `${r.parameter2}=${r.value2}` : null].filter(Boolean).join(", ");
-  const head = el("tr", {}, ...["slice", "metric", "better", "value", "95% interval", "n", "reference n", "features",
-    "warning"].map(t => el("th", { text: t })));
-  const body = D.sets.map(r => el("tr", { class: r.warning ? "unranked" : null }, el("td", { class: "value", text: slice(r) }),
-    el("td", { text: r.metric }), el("td", { text: r.better }), el("td", { text: fmt(r.mean) }),
+  const metrics = [...new Set(D.sets.map(r => r.metric))];  // each metric's slices together, in summary order
+  const rows = [...D.sets].sort((a, b) => metrics.indexOf(a.metric) - metrics.indexOf(b.metric));
+  const head = el("tr", {}, ...["metric", "slice", "better", "value", "95% interval", "n", "reference n", "features",
+    "warning"].map((t, k) => el("th", { class: k === 1 || k === 8 ? "value" : null, text: t })));
+  const body = rows.map(r => el("tr", {}, el("td", { text: r.metric }), el("td", { class: "value", text: slice(r) }),
+    el("td", { text: r.better }), el("td", { text: fmt(r.mean) }),
     el("td", { text: r.lo === null ? "" : `${fmt(r.lo)} .. ${fmt(r.hi)}` }), el("td", { text: fmt(r.n) }),
-    el("td", { text: fmt(r.n_reference) }), el("td", { text: r.features }), el("td", { text: r.warning || "" })));
+    el("td", { text: fmt(r.n_reference) }), el("td", { text: r.features }), el("td", { class: "warning", text: r.warning || "" })));
   document.getElementById("sets").append(el("table", { class: "ranking-table sets-table" }, el("thead", {}, head), el("tbody", {}, ...body)));
 }
 
