@@ -1,9 +1,10 @@
 """Scores of generated images: one list built from config (`scorers: [clip, shapes_adherence]`), each scorer a function
 of images and prompts that declares its columns, which way is better and what decides its numbers.
 
-A set scorer (fd, kid, cmmd, precision_recall) scores no single image: at cell time it stores each image's features in
-its row (columns SET_COLUMNS); its `statistic` compares a slice's features with a reference set's where the summary is
-made (sdlab.bench.summary).
+A set scorer (fd, kid, cmmd, precision_recall) scores no single image: at cell time it stores in each image's row the
+extractor's name (`features`), the image's features (`image_features`, float32 as base64), the key of its prompt's
+reference set (`reference`, sdlab.bench.references) and the set scorers asked for (`set_metrics`); its `statistic`
+compares a slice's features with its reference sets' where the summary is made (sdlab.bench.summary).
 
 A scorer is registered by name, here or through the `sdlab.scorers` entry point group (the embedded model's world adds
 `shapes_adherence` that way): a new metric is one registered ScorerKind and one config line.
@@ -27,9 +28,6 @@ from sdlab.models.clip import load_clip
 
 ENTRY_POINTS = "sdlab.scorers"
 Score = Callable[[Sequence, Sequence[str]], list[dict[str, Any]]]  # (images, prompts) -> one dict of columns per image
-# A set scorer's row columns: the feature extractor's name, the image's features (float32, base64), the key of its
-# prompt's reference set (sdlab.bench.references) and the set scorers asked for.
-SET_COLUMNS = ("features", "image_features", "reference", "set_metrics")
 KID_SUBSETS = 10  # KID's subsets per estimate: the summary's bootstrap repeats it, and 100 would take minutes
 
 
