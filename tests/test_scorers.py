@@ -48,7 +48,7 @@ def test_a_scorer_changes_the_cell_hash(run_sdlab, tmp_path, monkeypatch):
 
 def test_an_unknown_scorer_is_one_line(run_sdlab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for value, fragment in [("[nope]", "unknown scorer 'nope'; scorers are: clip, shapes_adherence"),
+    for value, fragment in [("[nope]", "unknown scorer 'nope'; scorers are: clip, cmmd, fd, kid, precision_recall, shapes_adherence"),
                             ("clip", "scorers='clip' must be a list of scorer names")]:
         assert run_sdlab(f"scorers={value}", *FAST) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdlab.bench.inputs import image_files
-from sdlab.bench.scorers import scorer_names
+from sdlab.bench.scorers import check_set_scorers, scorer_names
 from sdlab.bench.worlds import world
 from sdlab.config import Run
 from sdlab.errors import UserError, choose
@@ -95,6 +95,7 @@ def check_job(run: Run) -> list[str]:
         scheduler_class(name)
     check_recipe(run)  # before the weights are checked: a bad recipe value is the cheaper thing to find
     check_files(run)
+    check_set_scorers(cfg, params.width, params.height)
     check_schedulers_fit(cfg, spec)
     return model_warnings(cfg, params.width, params.height)
 

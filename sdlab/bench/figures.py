@@ -321,7 +321,8 @@ def _positions(values: Sequence[str]) -> tuple[list[float], list[str], bool]:
         return list(range(len(values))), list(values), False
 
 
-SUMMARY_FIGURE_METRICS = ("clip_score", "adherence_all", "psnr", "ssim", "latent_rmse", "time_total_s", "nfe")
+SUMMARY_FIGURE_METRICS = ("clip_score", "adherence_all", "fd", "kid", "cmmd", "precision", "recall", "psnr", "ssim",
+                          "latent_rmse", "time_total_s", "nfe")
 PAGE_INCHES = 13.4  # the report's page (about 1400 px) at 100 dpi: the summary plot fills it, never more
 MAX_LINES = 5  # more values of the other parameter than this: one line of means over them instead of a legend
 TIED_SHADE = "#d9f0d3"

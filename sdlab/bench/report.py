@@ -23,6 +23,7 @@ from sdlab.bench.summary import (
     REPLICATES,
     SUMMARY_NAME,
     main_metric,
+    score_direction,
     metric_columns,
     owns_summary,
     rank,
@@ -160,10 +161,19 @@ def figures(folder: Path) -> list[str]:
     return [p for p in relative if local_file(folder, p) is not None]
 
 
+def set_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The summary's rows of set scorers (distribution metrics by swept value), each with which way is better."""
+    table = local_file(folder, f"{SUMMARY_NAME}.parquet")
+    summary = pd.read_parquet(table) if table is not None and owns_summary(folder) else pd.DataFrame()
+    rows = summary[summary["features"].notna()] if "features" in summary else summary.iloc[:0]
+    return [{**{k: plain(v) for k, v in row.items()}, "better": "higher" if score_direction(row["metric"]) > 0
+             else "lower"} for row in rows.to_dict(orient="records")]
+
+
 def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
-    """Everything the page shows, as one JSON-able dict."""
+    """Everything the page shows, as one JSON-able dict (each image's stored features aside)."""
     folder = Path(folder)
-    frame = frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True).drop(columns=["image_features"], errors="ignore")
     manifest = run_manifest(folder, frame)
     axes = sweep_axes(frame, manifest["axes"])
     labels = {k: axis_values(frame, k) for k in axes}
@@ -183,6 +193,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
         "figures": figures(folder),
         "ranking": [{k: plain(v) for k, v in row.items()} for row in ranking.to_dict(orient="records")],
         "ranking_lines": ranking_lines(frame, ranking, manifest["axes"]),
+        "sets": set_metrics(folder),
     }
 
 

@@ -1,22 +1,34 @@
 """Scores of generated images: one list built from config (`scorers: [clip, shapes_adherence]`), each scorer a function
 of images and prompts that declares its columns, which way is better and what decides its numbers.
 
+A set scorer (fd, kid, cmmd, precision_recall) scores no single image: at cell time it stores in each image's row the
+extractor's name (`features`), the image's features (`image_features`, float32 as base64), the key of its prompt's
+reference set (`reference`, sdlab.bench.references) and the set scorers asked for (`set_metrics`); its `statistic`
+compares a slice's features with its reference sets' where the summary is made (sdlab.bench.summary).
+
 A scorer is registered by name, here or through the `sdlab.scorers` entry point group (the embedded model's world adds
 `shapes_adherence` that way): a new metric is one registered ScorerKind and one config line.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from sdlab.bench.plugins import installed
+from sdlab.bench.references import check_reference, reference_key
+from sdlab.config import config_hash
 from sdlab.errors import UserError
+from sdlab.metrics.distribution import cmmd, frechet_distance, kid, precision_recall
 from sdlab.models.clip import load_clip
 
 ENTRY_POINTS = "sdlab.scorers"
 Score = Callable[[Sequence, Sequence[str]], list[dict[str, Any]]]  # (images, prompts) -> one dict of columns per image
+KID_SUBSETS = 10  # KID's subsets per estimate: the summary's bootstrap repeats it, and 100 would take minutes
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,9 @@ class ScorerKind:
     columns: tuple[str, ...]                 # the row columns it writes; a name ending in "_" stands for a family
     higher_is_better: bool = True
     identity: Callable[[dict], Any] = lambda cfg: None  # what besides the image decides its numbers (cell hash)
+    statistic: Callable[[np.ndarray, np.ndarray], tuple[float, ...]] | None = None  # a set scorer's, one per column
+    min_n: int = 0      # a set scorer's least images per set: a smaller reference is refused, a smaller slice unscored
+    advised_n: int = 0  # a set scorer's images per set below which the summary warns
 
     def writes(self, column: str) -> bool:
         """True when `column` is one of this scorer's."""
@@ -68,6 +83,21 @@ def scorer_names(cfg: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def set_scorers(cfg: dict) -> dict[str, ScorerKind]:
+    """The configured set scorers, by name."""
+    kinds = registered()
+    return {name: kinds[name] for name in scorer_names(cfg) if kinds[name].statistic is not None}
+
+
+def check_set_scorers(cfg: dict, width: int, height: int) -> None:
+    """The set scorers asked for have features (a CLIP model) and a reference set that fits: one error line if not."""
+    needed = {name: kind.min_n for name, kind in set_scorers(cfg).items()}
+    if needed and (cfg.get("clip") or {}).get("name") in (None, "none"):
+        raise UserError(f"scorers {', '.join(needed)} compare CLIP image features, and clip=none has none; "
+                        "pick clip=mini (or clip=openai_l14 from the local cache)")
+    check_reference(cfg, width, height, needed)
+
+
 def build_scorers(cfg: dict, device: str = "cpu") -> list[Scorer]:
     """The configured scorers, built for a run (their models load once per process)."""
     kinds = registered()
@@ -76,9 +106,9 @@ def build_scorers(cfg: dict, device: str = "cpu") -> list[Scorer]:
 
 
 def score_images(scorers: Sequence[Scorer], images: Sequence, prompts: Sequence[str]) -> list[dict[str, Any]]:
-    """Every scorer's columns for each image, merged into one dict per image."""
+    """Every scorer's columns for each image, merged into one dict per image (set scorers share one feature step)."""
     rows: list[dict[str, Any]] = [{} for _ in images]
-    for scorer in scorers:
+    for scorer in {id(scorer.score): scorer for scorer in scorers}.values():
         for row, columns in zip(rows, scorer.score(images, prompts) if len(images) else []):
             row.update(columns)
     return rows
@@ -114,3 +144,63 @@ def clip_score(cfg: dict, device: str) -> Score:
 
 
 register("clip", ScorerKind(clip_score, ("clip_score",), identity=lambda cfg: cfg.get("clip")))
+
+
+def encode_features(x: np.ndarray) -> str:
+    """One image's features as text for its row: float32 bytes, base64."""
+    return base64.b64encode(np.asarray(x, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_features(text: Any) -> np.ndarray | None:
+    """The features `encode_features` wrote; None for a cell of a table that holds none."""
+    try:
+        return np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4").astype(np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+_FEATURE_SCORES: dict[str, Score] = {}
+
+
+def feature_score(cfg: dict, device: str) -> Score:
+    """The set scorers' one feature step: per image, the `clip` model's image embedding (the CMMD paper's features; FD
+    and KID on Inception features are the papers' originals), the extractor's name, and its prompt's reference set."""
+    names = " ".join(set_scorers(cfg))
+    memo = config_hash({"clip": cfg.get("clip"), "device": device, "names": names, "identity": set_identity(cfg)})
+    if memo in _FEATURE_SCORES:
+        return _FEATURE_SCORES[memo]
+    clip = load_clip(cfg.get("clip"), device=device)
+    extractor = f"clip_{clip.name}"
+
+    def score(images, prompts) -> list[dict[str, Any]]:
+        images = [np.asarray(image) for image in images]
+        side = (images[0].shape[1], images[0].shape[0])
+        keys = {p: reference_key(cfg, p, side, extractor, clip.image_embeddings) for p in dict.fromkeys(prompts)}
+        return [{"features": extractor, "image_features": encode_features(x), "reference": keys[p],
+                 "set_metrics": names} for x, p in zip(clip.image_embeddings(images), prompts)]
+
+    _FEATURE_SCORES[memo] = score
+    return score
+
+
+def set_identity(cfg: dict) -> Any:
+    """What decides a set scorer's row: the extractor and the reference set."""
+    return [cfg.get("clip"), cfg.get("reference"), cfg.get("reference_count")]
+
+
+def unit_cmmd(generated: np.ndarray, reference: np.ndarray) -> tuple[float]:
+    """CMMD on unit-length embeddings, as the CMMD paper's code feeds them."""
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    return (cmmd(unit(generated), unit(reference)),)
+
+
+def set_kind(statistic, columns: tuple[str, ...], min_n: int, advised_n: int, higher: bool = False) -> ScorerKind:
+    """A set scorer: the feature step at cell time, `statistic` on a slice where the summary is made."""
+    return ScorerKind(feature_score, columns, higher, set_identity, statistic, min_n, advised_n)
+
+
+# Least images per set (the estimator's own) and advised ones (README, "Distribution metrics").
+register("fd", set_kind(lambda g, r: (frechet_distance(g, r),), ("fd",), 2, 100))
+register("kid", set_kind(lambda g, r: (kid(g, r, subsets=KID_SUBSETS)[0],), ("kid",), 2, 50))
+register("cmmd", set_kind(unit_cmmd, ("cmmd",), 2, 50))
+register("precision_recall", set_kind(precision_recall, ("precision", "recall"), 4, 50, higher=True))

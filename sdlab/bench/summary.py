@@ -4,6 +4,10 @@ The axes are the sweep manifest's (sdlab.bench.resume), then the parameter colum
 ranked by mean; each is compared with the best by the paired difference over images that share the seed and every
 other swept value (Student-t 95% interval, sdlab.metrics.stats). A value whose interval spans 0 is tied with the
 best. Nothing is ranked from fewer than MIN_N images per value or from a score that does not vary.
+
+Set scorers (fd, kid, cmmd, precision_recall) add rows per slice (all images, each value, each pair of values) and
+feature extractor: the statistic of the slice's images against their reference set, with a bootstrap interval over
+images and a warning where n is below what the metric needs.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import pandas as pd
 from sdlab.bench.figures import summary_figure
 from sdlab.bench.grid import axis_values
 from sdlab.bench.records import PARAM_COLUMNS, write_table
-from sdlab.bench.scorers import direction
-from sdlab.metrics.stats import MIN_N, finite, mean_ci, metric_range
+from sdlab.bench.references import cache_dir, reference_features
+from sdlab.bench.scorers import decode_features, direction, registered
+from sdlab.metrics.stats import MIN_N, bootstrap_ci, finite, mean_ci, metric_range
 
 SUMMARY_NAME, RANKING_NAME = "summary", "ranking"
 ALL = "(all)"
@@ -35,7 +40,9 @@ COSTS = ("nfe", "time_total_s")  # what a value spends, cheapest first in this o
 BEST, TIED, BEHIND, UNPAIRED, TOO_FEW = "best", "tied", "behind", f"fewer than {MIN_N} pairs", f"fewer than {MIN_N} images"
 STATS = ["n", "mean", "lo", "hi", "n_paired", "delta_mean", "delta_lo", "delta_hi"]
 RANKING_COLUMNS = ["parameter", "metric", "better", "rank", "value", *STATS, "group", *COSTS, "cheapest_tied"]
-SUMMARY_COLUMNS = ["parameter", "value", "parameter2", "value2", "metric", *STATS[:5], "delta_vs", *STATS[5:]]
+SET_SUMMARY_COLUMNS = ["features", "n_reference", "warning"]  # set scorers: extractor, reference size, small-n warning
+SUMMARY_COLUMNS = ["parameter", "value", "parameter2", "value2", "metric", *STATS[:5], "delta_vs", *STATS[5:],
+                   *SET_SUMMARY_COLUMNS]
 MAX_NAMED = 8  # a line names at most this many tied values; ranking.csv has them all
 
 
@@ -227,7 +234,56 @@ def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.Dat
                 x = swept.number(metric)[np.asarray(index)]
                 rows.append({"parameter": a, "value": va, "parameter2": b, "value2": vb, "metric": metric,
                              **dict(zip(STATS, (int(finite(x).size), *mean_ci(x, bounds=metric_range(metric)))))})
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return pd.DataFrame(rows + set_rows(swept), columns=SUMMARY_COLUMNS)
+
+
+def set_rows(swept: Swept) -> list[dict]:
+    """Per slice (all images, each swept value, each pair of values) and feature extractor, each set scorer's values
+    against the slice's reference sets (those of its prompts, together): n, value, bootstrap interval, warning."""
+    frame = swept.frame
+    if "image_features" not in frame:
+        return []
+    features = [decode_features(x) for x in frame["image_features"]]
+    present = np.array([x is not None for x in features])
+    slices = [({"parameter": ALL, "value": ALL}, present)]
+    slices += [({"parameter": k, "value": v}, present & (swept.labels[k] == v))
+               for k in swept.params for v in swept.values(k)]
+    slices += [({"parameter": a, "value": va, "parameter2": b, "value2": vb}, mask)
+               for a, b in combinations(swept.params, 2) for va in swept.values(a) for vb in swept.values(b)
+               for mask in [present & (swept.labels[a] == va) & (swept.labels[b] == vb)] if mask.any()]
+    references = {key: reference_features(key) for key in frame.loc[present, "reference"].unique()}
+    kinds, rows = registered(), []
+    for labels, mask in slices:
+        for (extractor, names), group in frame[mask].groupby(["features", "set_metrics"], sort=False):
+            keys = list(dict.fromkeys(group["reference"]))
+            sets = [[features[i] for i in group.index], *(references[k] for k in keys if references[k] is not None)]
+            if len({x.shape[-1] for s in sets for x in s}) > 1:  # a table edited by hand: no set to compare
+                continue
+            missing = [k for k in keys if references[k] is None]
+            reference = np.concatenate(sets[1:]) if not missing else np.zeros((0, 1))
+            for name in (n for n in str(names).split() if n in kinds):
+                rows += set_statistic(name, kinds[name], np.stack(sets[0]), reference, missing,
+                                      {**labels, "features": extractor, "n_reference": len(reference)})
+    return rows
+
+
+def set_statistic(name: str, kind, generated: np.ndarray, reference: np.ndarray, missing: list[str],
+                  labels: dict) -> list[dict]:
+    """One summary row per column of set scorer `name` on one slice."""
+    n, m = len(generated), len(reference)
+    nan = [math.nan] * len(kind.columns)
+    if missing:
+        warning = f"reference set {missing[0]} is not in {cache_dir()}: rerun the sweep to render it again"
+    elif min(n, m) < kind.min_n:
+        warning = f"{name} needs at least {kind.min_n} images per set (n={n}, reference {m}): not computed"
+    else:
+        warning = (f"{name} needs about {kind.advised_n} images per set to be trusted (n={n}, reference {m})"
+                   if min(n, m) < kind.advised_n else None)
+    scored = not missing and min(n, m) >= kind.min_n
+    values = kind.statistic(generated, reference) if scored else nan
+    intervals = bootstrap_ci(kind.statistic, generated, reference) if scored else list(zip(nan, nan))
+    return [{**labels, "metric": column, "n": n, "mean": float(value), "lo": lo, "hi": hi, "n_paired": 0,
+             "warning": warning} for column, value, (lo, hi) in zip(kind.columns, values, intervals)]
 
 
 def owns_summary(folder: Path) -> bool:
@@ -237,7 +293,8 @@ def owns_summary(folder: Path) -> bool:
         return True
     import pyarrow.parquet as pq
 
-    return pq.read_schema(target).names == SUMMARY_COLUMNS
+    older = SUMMARY_COLUMNS[:-len(SET_SUMMARY_COLUMNS)]  # from before the set scorers
+    return pq.read_schema(target).names in (SUMMARY_COLUMNS, older)
 
 
 def write_summary(frame: pd.DataFrame, folder: Path, axes: Sequence[str] = (), figure: bool = False,

@@ -70,6 +70,19 @@ def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] = (-IN
     return mean, float(max(bounds[0], mean - h)), float(min(bounds[1], mean + h))
 
 
+def bootstrap_ci(statistic, generated: np.ndarray, reference: np.ndarray, resamples: int = 100,
+                 confidence: float = 0.95, seed: int = 0) -> list[tuple[float, float]]:
+    """Percentile interval (Efron 1979) of each value `statistic(generated, reference)` returns, over `resamples`
+    resamplings of the generated rows with replacement (the reference set fixed); NaN from fewer than MIN_N rows."""
+    if len(generated) < MIN_N:
+        return [(math.nan, math.nan)] * len(statistic(generated, reference))
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(generated[rng.integers(len(generated), size=len(generated))], reference)
+                       for _ in range(resamples)], dtype=float)
+    tail = 50 * (1 - confidence)
+    return [(float(lo), float(hi)) for lo, hi in np.nanpercentile(values, [tail, 100 - tail], axis=0).T]
+
+
 def summarize_ci(frame: pd.DataFrame, by: list[str], metrics: list[str], confidence: float = 0.95) -> pd.DataFrame:
     """Per group: rows `n`, and per metric `<metric>_n` (finite values), `_mean`, `_lo`, `_hi` within its range."""
     rows = []

@@ -158,6 +158,22 @@ function renderRanking() {
   }
 }
 
+function renderSets() {
+  if (!D.sets.length) return;
+  document.getElementById("sets-section").hidden = false;
+  const slice = r => [r.parameter === "(all)" ? "(all)" : `${r.parameter}=${r.value}`,
+    r.parameter2 ? `${r.parameter2}=${r.value2}` : null].filter(Boolean).join(", ");
+  const metrics = [...new Set(D.sets.map(r => r.metric))];  // each metric's slices together, in summary order
+  const rows = [...D.sets].sort((a, b) => metrics.indexOf(a.metric) - metrics.indexOf(b.metric));
+  const head = el("tr", {}, ...["metric", "slice", "better", "value", "95% interval", "n", "reference n", "features",
+    "warning"].map((t, k) => el("th", { class: k === 1 || k === 8 ? "value" : null, text: t })));
+  const body = rows.map(r => el("tr", {}, el("td", { text: r.metric }), el("td", { class: "value", text: slice(r) }),
+    el("td", { text: r.better }), el("td", { text: fmt(r.mean) }),
+    el("td", { text: r.lo === null ? "" : `${fmt(r.lo)} .. ${fmt(r.hi)}` }), el("td", { text: fmt(r.n) }),
+    el("td", { text: fmt(r.n_reference) }), el("td", { text: r.features }), el("td", { class: "warning", text: r.warning || "" })));
+  document.getElementById("sets").append(el("table", { class: "ranking-table sets-table" }, el("thead", {}, head), el("tbody", {}, ...body)));
+}
+
 function matches(v, filter) {
   const f = filter.trim();
   if (!f) return true;
@@ -219,4 +235,4 @@ function wire() {
   document.addEventListener("keydown", e => { if (e.key === "Escape") hideDetail(); });
 }
 
-renderHeader(); renderRanking(); renderControls(); renderGrid(); renderFigures(); renderTableHead(); renderRows(); wire();
+renderHeader(); renderRanking(); renderControls(); renderGrid(); renderSets(); renderFigures(); renderTableHead(); renderRows(); wire();
