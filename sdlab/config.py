@@ -312,7 +312,8 @@ class Run:
 
     @property
     def job_hash(self) -> str:
-        """The recipe's hash, `resume`, `plan` and `limits` aside: a rerun of the same cell finds its finished rows by it."""
+        """The recipe's hash, `resume`, `plan` and `limits` aside: a rerun of the same cell finds its finished rows by
+        it."""
         return config_hash({k: v for k, v in self.recipe.items() if k not in ("resume", "plan", "limits")})
 
 

@@ -59,7 +59,8 @@ def cells(overrides: list[Override]) -> list[list[str]]:
 def settable(key: str, value: Any, config_text: str) -> bool:
     """True when setting `key` to `value` in a parsed recipe is what composing and parsing with it give: a scalar that
     is no interpolation, of a key that no interpolation reads and that picks no params file or model world."""
-    plain = value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and not {"$", "\\"} & set(value))
+    plain = value is None or isinstance(value, (bool, int, float)) or (
+        isinstance(value, str) and not {"$", "\\"} & set(value))
     merged = key == "params" or key.startswith(("world", "model."))
     return plain and not merged and not re.search(r"\$\{[^}]*\b" + re.escape(key) + r"\b", config_text)
 
@@ -252,7 +253,8 @@ class ComposeOnceSweeper(Sweeper):
             parsed = [items.get(item) or items.setdefault(item, parser.parse_override(item)) for item in job]
             signature = self.composed.signature(parsed)
             template, base, text = shapes.get(signature, (None, None, ""))
-            changed = {o.key_or_group: o.value() for o, was in zip(parsed, template or []) if o.input_line != was.input_line}
+            changed = {o.key_or_group: o.value() for o, was in zip(parsed, template or [])
+                       if o.input_line != was.input_line}
             if base is None or not all(settable(key, value, text) for key, value in changed.items()):
                 config = self.composed.compose(self.config, job)
                 run = parse_job(config, set(display_overrides(task_overrides(config.hydra))))

@@ -200,7 +200,8 @@ class CollectSweep(Callback):
             CollectSweep.failures = max(CollectSweep.failures, 1)
             return
         CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
-        record_cost(sweep_dir, frame, CollectSweep.began or self.started, getattr(self, "started", 0.0) - 1)
+        if hasattr(self, "started"):  # a sweep this process ran: what it cost, for later plans
+            record_cost(sweep_dir, frame, min(CollectSweep.began or self.started, self.started), self.started)
         if not CollectSweep.failures:
             update_manifest(sweep_dir, complete=True)
         log.debug("sweep %s: %s", sweep_dir, line)  # printed once below; Hydra's console logger would repeat it

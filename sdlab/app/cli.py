@@ -133,7 +133,8 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed:
-        made = {"wall_s": time.time() - began, "gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0}
+        made = {"wall_s": time.time() - began,  # what a plan's estimate is made of (with `gen_s`, the images' share)
+                "gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0}
         resume.mark_finished(out_dir, job_hash, {"rows": len(frame), **(made if started else {})})
     log.info("%s: %s", out_dir / "results.csv", line)
     if not multirun and failed:

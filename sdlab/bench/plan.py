@@ -16,8 +16,6 @@ import pandas as pd
 from sdlab.bench.resume import MARKER, read_manifest, update_manifest
 from sdlab.bench.records import job_dirs
 from sdlab.config import Run
-from sdlab.models.loading import shipped_scheduler_config
-from sdlab.metrics.schedule import model_kind
 from sdlab.models.schedulers import denoiser_calls
 
 COST = "cost"  # the manifest entry of what a finished sweep measured on its host
@@ -39,9 +37,10 @@ def cell_of(run: Run, job_hash: str | None = None) -> Cell:
     """The plan's view of a parsed cell."""
     p, options = run.params, json.dumps(run.scheduler.options, sort_keys=True, default=str)
     batch = (run.model.key, run.scheduler.name, options, p.num_inference_steps, p.width, p.height)
-    nfe = denoiser_calls(run.scheduler.name, p.num_inference_steps) if run.job == "generate" else None
+    if run.job != "generate":  # an analysis: its own work, no images to batch
+        return Cell(job_hash or run.job_hash, (run.job,), f"job {run.job}", 0, 1, None)
     return Cell(job_hash or run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
-                p.batch_size, nfe)
+                p.batch_size, denoiser_calls(run.scheduler.name, p.num_inference_steps))
 
 
 def finished_hashes(sweep_dir: Path) -> set[str]:
@@ -72,9 +71,10 @@ def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
     """(wall time, peak memory) of the cells to run, from measured costs; 'unknown (...)' naming what is missing."""
     if not todo:
         return "0 s", "-"
-    missing = sorted({c.size for c in todo if c.nfe is None or c.size not in costs})
+    missing = sorted({c.size for c in todo if c.size not in costs})
     if missing:
-        return f"unknown (nothing measured on this machine for {', '.join(missing)})", "unknown"
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        return f"unknown (nothing measured on this machine for {shown})", "unknown"
     sizes = {c.size for c in todo}
     seconds = max(costs[s]["fixed_s"] for s in sizes) + sum(
         costs[c.size]["overhead_s"] + costs[c.size]["s_per_nfe"] * c.nfe * c.images for c in todo)
@@ -83,7 +83,8 @@ def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
 
 def duration(seconds: float) -> str:
     """Seconds as `42 s`, `3.5 min` or `2.1 h`."""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
 
 
 def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
@@ -92,15 +93,17 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     todo = [c for c in cells if c.job_hash not in done]
     groups: dict[tuple, list[Cell]] = {}
     for c in todo:
-        groups.setdefault(c.batch, []).append(c)
+        if c.nfe is not None:
+            groups.setdefault(c.batch, []).append(c)
     batches = sum(math.ceil(sum(c.images for c in g) / g[0].batch_size) for g in groups.values())
-    sizes = sorted({c.batch_size for c in todo})
+    sizes = sorted({c.batch_size for g in groups.values() for c in g})
+    analyses = sum(c.nfe is None for c in todo)
     nfe = sum(c.nfe * c.images for c in todo if c.nfe is not None)
     wall, memory = estimate(todo, measured_costs(sweep_dir))
     state = "exists" if Path(sweep_dir).is_dir() else "new"
     return "\n".join([
-        f"sdlab plan: {len(cells)} cell{'s' * (len(cells) != 1)}, {len(cells) - len(todo)} already done, {len(todo)} to run "
-        f"({sum(c.images for c in todo)} images)",
+        f"sdlab plan: {len(cells)} cell{'s' * (len(cells) != 1)}, {len(cells) - len(todo)} already done, "
+        f"{len(todo)} to run ({sum(c.images for c in todo)} images{f', {analyses} analyses' if analyses else ''})",
         f"  batches: {batches} (cells sharing model, scheduler, steps and size: {len(groups)} groups; "
         f"batch_size={'/'.join(map(str, sizes)) or '-'})",
         f"  total NFE: {nfe} (denoiser calls per image, summed)",
@@ -110,21 +113,25 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     ])
 
 
-def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, since: float) -> None:
+def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: float) -> None:
     """Put what this sweep measured into its manifest for later plans, per `model@WxH`: seconds per image-NFE and peak
-    memory from its rows, a cell's wall time beyond its images (median over the jobs run since `since`) and the
-    sweep's time outside its jobs (start-up, model load, collection). Nothing when it ran no image."""
+    memory from its rows; a cell's wall time beyond its images (the median over the jobs run since `started`, plus
+    its share of the pre-flight and collection that grow with the cells); and the time paid once (start-up before
+    `started`, and the model load: the first job's excess). Nothing when it ran no image."""
     jobs = []
     for job in job_dirs(sweep_dir):
-        mark = job / MARKER
-        if mark.is_file() and mark.stat().st_mtime >= since:
-            made = json.loads(mark.read_text())
-            jobs += [made] if "wall_s" in made else []
-    ok = frame[(frame.get("status") == "ok") & frame["nfe"].notna()] if "nfe" in frame else frame.iloc[:0]
+        try:
+            made = json.loads((job / MARKER).read_text()) if (job / MARKER).stat().st_mtime >= started - 1 else {}
+        except (OSError, ValueError):
+            continue
+        jobs += [made] if isinstance(made, dict) and "wall_s" in made else []
+    ok = frame[(frame["status"] == "ok") & frame["nfe"].notna()] if {"status", "nfe"} <= set(frame) else frame[:0]
     if not jobs or ok.empty or not any(j["gen_s"] for j in jobs):
         return
-    overhead = statistics.median(j["wall_s"] - j["gen_s"] for j in jobs)
-    fixed = max(time.time() - began - sum(j["wall_s"] for j in jobs), 0.0)
+    beyond = [j["wall_s"] - j["gen_s"] for j in jobs]
+    around = time.time() - started - sum(j["wall_s"] for j in jobs)  # pre-flight, launching and collecting
+    overhead = statistics.median(beyond) + max(around, 0.0) / len(jobs)
+    fixed = started - began + max(beyond) - statistics.median(beyond)
     ok = ok.assign(size=ok["model"].astype(str) + "@" + ok["width"].astype(str) + "x" + ok["height"].astype(str))
     sizes = {size: {"s_per_nfe": float(rows["time_total_s"].sum() / rows["nfe"].sum()), "overhead_s": overhead,
                     "fixed_s": fixed, "peak_mem_bytes": int(rows["peak_mem_bytes"].max())}

@@ -36,7 +36,7 @@ class SchedulerSpec:
     stochastic: bool = False
     renames: dict[str, str] = field(default_factory=dict)
     flow: SchedulerSpec | None = None
-    calls: tuple[int, int] = (1, 0)  # (a, b): a x steps + b timesteps, one denoiser call each (Heun: 2 a step but the last)
+    calls: tuple[int, int] = (1, 0)  # a x steps + b timesteps, a denoiser call each (Heun: 2 a step but the last)
 
     @property
     def kinds(self) -> frozenset:
