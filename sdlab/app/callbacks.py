@@ -99,7 +99,7 @@ class Progress:
             mark = {}  # a failed job: done, with nothing made
         self.cells = self.cells or (read_manifest(self.sweep_dir) or {}).get("cells", "?")
         self.done += 1
-        if "wall_s" in mark:
+        if "gen_s" in mark:
             self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
         elapsed = max(time.time() - self.started, 1e-6)
         left = (f"about {duration((self.cells - self.done) * elapsed / self.made)} left"

@@ -104,8 +104,7 @@ def run(cfg) -> None:
 
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
     """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
-    out_dir, began = ctx.out_dir, time.time()
-    started = began - 1  # file times are coarser than the clock
+    out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock
     try:
         ctx.run = run = parse_job(cfg, overridden)  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
@@ -133,8 +132,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed:
-        made = {"wall_s": time.time() - began,  # what a plan's estimate is made of (with `gen_s`, the images' share)
-                "gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0}
+        made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0}  # for a plan's estimate
         resume.mark_finished(out_dir, job_hash, {"rows": len(frame), **(made if started else {})})
     log.info("%s: %s", out_dir / "results.csv", line)
     if not multirun and failed:

@@ -115,23 +115,23 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
 
 def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: float) -> None:
     """Put what this sweep measured into its manifest for later plans, per `model@WxH`: seconds per image-NFE and peak
-    memory from its rows; a cell's wall time beyond its images (the median over the jobs run since `started`, plus
-    its share of the pre-flight and collection that grow with the cells); and the time paid once (start-up before
-    `started`, and the model load: the first job's excess). Nothing when it ran no image."""
+    memory from its rows; a cell's wall time beyond its images (the median over the jobs made since `started` of the
+    time from one job's end to the next's, less its images'); and the rest of the command's time, paid once
+    (start-up, pre-flight, model load, collection). Nothing when it made no image."""
     jobs = []
     for job in job_dirs(sweep_dir):
         try:
-            made = json.loads((job / MARKER).read_text()) if (job / MARKER).stat().st_mtime >= started - 1 else {}
+            end = (job / MARKER).stat().st_mtime
+            made = json.loads((job / MARKER).read_text()) if end >= started - 1 else {}
         except (OSError, ValueError):
             continue
-        jobs += [made] if isinstance(made, dict) and "wall_s" in made else []
+        jobs += [(end, made["gen_s"])] if isinstance(made, dict) and "gen_s" in made else []
     ok = frame[(frame["status"] == "ok") & frame["nfe"].notna()] if {"status", "nfe"} <= set(frame) else frame[:0]
-    if not jobs or ok.empty or not any(j["gen_s"] for j in jobs):
+    if len(jobs) < 2 or ok.empty:
         return
-    beyond = [j["wall_s"] - j["gen_s"] for j in jobs]
-    around = time.time() - started - sum(j["wall_s"] for j in jobs)  # pre-flight, launching and collecting
-    overhead = statistics.median(beyond) + max(around, 0.0) / len(jobs)
-    fixed = started - began + max(beyond) - statistics.median(beyond)
+    jobs.sort()
+    overhead = max(statistics.median(b - a - gen for (a, _), (b, gen) in zip(jobs, jobs[1:])), 0.0)
+    fixed = max(time.time() - began - sum(overhead + gen for _, gen in jobs), 0.0)
     ok = ok.assign(size=ok["model"].astype(str) + "@" + ok["width"].astype(str) + "x" + ok["height"].astype(str))
     sizes = {size: {"s_per_nfe": float(rows["time_total_s"].sum() / rows["nfe"].sum()), "overhead_s": overhead,
                     "fixed_s": fixed, "peak_mem_bytes": int(rows["peak_mem_bytes"].max())}
