@@ -312,8 +312,9 @@ class Run:
 
     @property
     def job_hash(self) -> str:
-        """The recipe's hash, `resume` and `limits` aside: a rerun of the same cell finds its finished rows by it."""
-        return config_hash({k: v for k, v in self.recipe.items() if k not in ("resume", "limits")})
+        """The recipe's hash, `resume`, `plan` and `limits` aside: a rerun of the same cell finds its finished rows by
+        it."""
+        return config_hash({k: v for k, v in self.recipe.items() if k not in ("resume", "plan", "limits")})
 
 
 def checked_run(cfg: dict[str, Any]) -> Run:
@@ -325,6 +326,7 @@ def checked_run(cfg: dict[str, Any]) -> Run:
         raise UserError(f"threads={threads} is above limits.max_threads={limit['max_threads']}; raise it with "
                         "limits.max_threads=N on a machine that has them")
     resume = Field("bool", plain=True).check("resume", cfg.get("resume", True))
+    Field("bool", plain=True).check("plan", cfg.get("plan", False))
     Field("str", plain=True, optional=True, rule="a file path").check("params", cfg.get("params"))
     spec = model_spec(cfg.get("model"), limit)
     scheduler = cfg.get("scheduler")

@@ -80,7 +80,22 @@ def test_the_sweepers_jobs_are_hydras_basic_sweeper_jobs(name):
 
     from hydra_plugins.sdlab_hydra.compose_once import cells
 
-    assert cells(OverridesParser.create().parse_overrides(COMMAND_LINES[name])) == jobs_of(COMMAND_LINES[name])
+    hydras = jobs_of(COMMAND_LINES[name])
+    seeds = [item for job in hydras for item in job if item.partition("=")[0] in ("seed", "seeds")]
+    seed_slowest = sorted(hydras, key=lambda job: next((seeds.index(i) for i in job if i in seeds), 0))  # stable
+    assert cells(OverridesParser.create().parse_overrides(COMMAND_LINES[name])) == seed_slowest
+
+
+def test_seeds_vary_slowest_so_a_stopped_sweep_has_covered_every_other_axis():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.sdlab_hydra.compose_once import cells
+
+    jobs = cells(OverridesParser.create().parse_overrides(["guidance_scale=1,7.5", "seed=1,2", "scheduler=ddim,euler"]))
+    assert [job[1] for job in jobs] == ["seed=1"] * 4 + ["seed=2"] * 4
+    assert {(job[0], job[2]) for job in jobs[:4]} == {(g, s) for g in ("guidance_scale=1", "guidance_scale=7.5")
+                                                       for s in ("scheduler=ddim", "scheduler=euler")}
+    assert jobs[:2] == [["guidance_scale=1", "seed=1", "scheduler=ddim"], ["guidance_scale=1", "seed=1", "scheduler=euler"]]
 
 
 def test_the_override_dirname_is_hydras():

@@ -242,3 +242,15 @@ def test_shift_from_the_command_line_is_checked_before_any_work(tmp_path):
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0] == "sdlab: error: scheduler.shift='abc' must be a number"
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_the_planned_denoiser_calls_are_the_timesteps_diffusers_visits_on_every_kind(name):
+    from sdlab.models.schedulers import denoiser_calls
+
+    bases = {"epsilon": FAMILY_CONFIGS["sd15"], "flow": FAMILY_CONFIGS["sd3"]}
+    for kind in sorted(SCHEDULERS[name].kinds):
+        for steps in (1, 2, 7, 25):
+            scheduler = make_scheduler(name, bases.get(kind, {**FAMILY_CONFIGS["sd15"], "prediction_type": kind}))
+            scheduler.set_timesteps(steps)
+            assert denoiser_calls(name, steps) == len(scheduler.timesteps), (kind, steps)

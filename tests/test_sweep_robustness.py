@@ -168,7 +168,7 @@ def test_jobs_in_their_own_process_are_quiet_and_announced_as_they_finish(run_sd
     logs = list(tmp_path.glob(".submitit/*/*_log.err"))
     assert logs and not [log for log in logs if "Should have ta>=t0" in log.read_text()]
     out = capsys.readouterr().out
-    assert "sdlab: 1 of 2 jobs finished (" in out and "sdlab: 2 of 2 jobs finished (" in out
+    assert "sdlab: 1 of 2 cells done (" in out and "sdlab: 2 of 2 cells done (" in out
 
 
 def test_sweep_of_different_jobs_collects_into_one_table(run_sdlab, tmp_path):

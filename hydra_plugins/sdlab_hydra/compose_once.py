@@ -4,9 +4,11 @@ them not at all), pre-flighted whole before anything is written."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,13 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from sdlab.app.compose import SWEEP_CELLS, check_composed, resolved
+from sdlab.app.arguments import display_overrides
+from sdlab.app.compose import SWEEP_CELLS, check_composed, parse_job, resolved, task_overrides
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench import lock, ownership
+from sdlab.bench.plan import Cell, cell_of, plan_text
 from sdlab.bench.resume import clean_temp_files, varying_keys, write_manifest
-from sdlab.config import limits
+from sdlab.config import check_seeds, checked_run, limits
 from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
@@ -37,8 +41,8 @@ def touched(key: str, keys: list[str]) -> bool:
 
 
 def cells(overrides: list[Override]) -> list[list[str]]:
-    """Every job of a command line, as Hydra's basic sweeper makes them: the cartesian product of the swept values,
-    in the order given, the last key varying fastest."""
+    """Every job of a command line: the cartesian product of the swept values, the last key varying fastest but the
+    seed slowest, so that a sweep stopped early has run every value of every other axis at its first seed."""
     axes: dict[str, list[str]] = {}
     for override in overrides:
         key = override.get_key_element()
@@ -48,7 +52,17 @@ def cells(overrides: list[Override]) -> list[list[str]]:
             axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
             raise UserError(f"{override.input_line}: a sweep takes a list, range() or glob(), not an interval()")
-    return [list(job) for job in itertools.product(*axes.values())]
+    order = sorted(axes, key=lambda key: key.lstrip("+~") not in ("seed", "seeds"))
+    return [[dict(zip(order, job))[key] for key in axes] for job in itertools.product(*(axes[k] for k in order))]
+
+
+def settable(key: str, value: Any, config_text: str) -> bool:
+    """True when setting `key` to `value` in a parsed recipe is what composing and parsing with it give: a scalar that
+    is no interpolation, of a key that no interpolation reads and that picks no params file or model world."""
+    plain = value is None or isinstance(value, (bool, int, float)) or (
+        isinstance(value, str) and not {"$", "\\"} & set(value))
+    merged = key == "params" or key.startswith(("world", "model."))
+    return plain and not merged and not re.search(r"\$\{[^}]*\b" + re.escape(key) + r"\b", config_text)
 
 
 def overrides_dirname(overrides: list[Override], exclude_keys: list[str], item_sep: str, kv_sep: str) -> str:
@@ -80,11 +94,12 @@ class ComposedConfigs:
         self._loader, self._limit = loader, limit
         self._kept: dict[tuple[str, ...], Any] = {}
         self._templates: dict[tuple, tuple[list[Override], Any]] = {}
+        self._groups: dict[str, bool] = {}  # whether a key is a config group: asked of every override of every job
 
     def compose(self, master_config: Any, sweep_overrides: Sequence[str]) -> Any:
         """Compose one job's config (raising as Hydra would) and keep it for the launcher, up to `limit` of them."""
         parsed = OverridesParser.create().parse_overrides(overrides=list(sweep_overrides))
-        signature = self._signature(parsed)
+        signature = self.signature(parsed)
         config = self._from_template(master_config, signature, parsed)
         if config is None:
             config = self._loader.load_sweep_config(master_config=master_config, sweep_overrides=list(sweep_overrides))
@@ -94,7 +109,7 @@ class ComposedConfigs:
             self._kept[tuple(sweep_overrides)] = config
         return config
 
-    def _signature(self, parsed: list[Override]) -> tuple | None:
+    def signature(self, parsed: list[Override]) -> tuple | None:
         """Each override's key, with its value where a job differing in it must be composed afresh."""
         keys = [o.key_or_group for o in parsed]
         if len(set(keys)) != len(keys):
@@ -105,13 +120,18 @@ class ComposedConfigs:
 
     def _is_group(self, override: Override) -> bool:
         """A config group choice (a dict value is merged as config, as Hydra does): composed before any value."""
-        return self._loader.repository.group_exists(override.key_or_group) and not isinstance(override.value(), dict)
+        return self._group_exists(override.key_or_group) and not isinstance(override.value(), dict)
+
+    def _group_exists(self, key: str) -> bool:
+        if key not in self._groups:
+            self._groups[key] = self._loader.repository.group_exists(key)
+        return self._groups[key]
 
     def _plain_value(self, override: Override) -> bool:
         """A `key=value` change of a config value (not a group, package, hydra key, addition or dict merge)."""
         return (override.type == OverrideType.CHANGE and override.package is None
                 and not override.is_hydra_override() and not isinstance(override.value(), dict)
-                and not self._loader.repository.group_exists(override.key_or_group))
+                and not self._group_exists(override.key_or_group))
 
     def _from_template(self, master_config: Any, signature: tuple | None, parsed: list[Override]) -> Any:
         """The config of an earlier job with the same groups, given these values, or None if there is none."""
@@ -177,10 +197,13 @@ class ComposeOnceSweeper(Sweeper):
         if not jobs:
             raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
         if self.preflight:  # before composing them all: a 10**6-cell typo is one line, not minutes of work
-            most = limits(resolved(self.composed.compose(self.config, jobs[0])))["max_cells"]
-            if len(jobs) > most:
-                raise UserError(f"the sweep has {len(jobs)} cells, more than limits.max_cells={most}; raise it with "
-                                "limits.max_cells=N or sweep fewer values")
+            first = resolved(self.composed.compose(self.config, jobs[0]))
+            if len(jobs) > limits(first)["max_cells"]:
+                raise UserError(f"the sweep has {len(jobs)} cells, more than limits.max_cells="
+                                f"{limits(first)['max_cells']}; raise it with limits.max_cells=N or sweep fewer values")
+            if first.get("plan") is True:
+                print(plan_text(self.plan_cells(jobs), Path(sweep_dir)), flush=True)
+                return []
         composed = [self.composed.compose(self.config, job) for job in jobs]
         if self.preflight:
             warnings, runs, cannot = {}, [], {}
@@ -219,6 +242,43 @@ class ComposeOnceSweeper(Sweeper):
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs])
         return self.launch(launched, Path(sweep_dir))
+
+    def plan_cells(self, jobs: list[list[str]]) -> list[Cell]:
+        """Each job as the plan sees it, its values checked and typed as the sweep's are (its model and schedulers are
+        pre-flighted when the sweep starts: that imports diffusers), but fast: a job differing from an earlier one of
+        the same config groups only in plain values (see `ComposedConfigs`) is that job's recipe with those values set,
+        typed once per distinct set of values but the seed."""
+        parser, shapes, typed, planned, items = OverridesParser.create(), {}, {}, [], {}
+        for job in jobs:
+            parsed = [items.get(item) or items.setdefault(item, parser.parse_override(item)) for item in job]
+            signature = self.composed.signature(parsed)
+            template, base, text = shapes.get(signature, (None, None, ""))
+            changed = {o.key_or_group: o.value() for o, was in zip(parsed, template or [])
+                       if o.input_line != was.input_line}
+            if base is None or not all(settable(key, value, text) for key, value in changed.items()):
+                config = self.composed.compose(self.config, job)
+                run = parse_job(config, set(display_overrides(task_overrides(config.hydra))))
+                if signature is not None and base is None:
+                    unresolved = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+                    shapes[signature] = parsed, run, OmegaConf.to_yaml(unresolved)
+                planned.append(cell_of(run))
+                continue
+            recipe = dict(base.recipe)
+            for key, value in changed.items():  # as composing sets a plain value: the world and params merges keep it
+                *parents, leaf = key.split(".")
+                node = recipe
+                for part in parents:
+                    node[part] = node = dict(node[part])
+                node[leaf] = value
+            values = (signature, *sorted((k, repr(v)) for k, v in changed.items() if k != "seed"))
+            if values not in typed:
+                run = checked_run(recipe)
+                typed[values] = run, cell_of(run)
+            run, cell = typed[values]
+            if "seed" in changed and recipe.get("seeds") is None:
+                check_seeds((changed["seed"],))
+            planned.append(dataclasses.replace(cell, job_hash=dataclasses.replace(run, recipe=recipe).job_hash))
+        return planned
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:
         """Run the jobs in batches of `max_batch_size` (all at once by default), raising a failed job's error."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import threading
@@ -12,13 +13,15 @@ from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 
 from sdlab.app.compose import check_composed, fail
 from sdlab.bench import lock, ownership
 from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import job_dirs
 from sdlab.bench.report import summarize
-from sdlab.bench.resume import MARKER, collect, mark_sweep_complete, read_manifest
+from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
+from sdlab.bench.resume import MARKER, collect, read_manifest, update_manifest
 from sdlab.errors import UserError
 
 log = logging.getLogger("sdlab")
@@ -59,9 +62,12 @@ class Preflight(Callback):
                                     None if output_subdir is None else str(output_subdir), shown=typed)
             run_dir = Path(typed).absolute()
             Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
-            warnings = check_composed(config)[0]
+            warnings, run = check_composed(config)
         except UserError as e:
             fail(str(e))  # SystemExit passes through Hydra's callback guard, which only warns on exceptions
+        if run.recipe.get("plan") is True:  # before Hydra makes the run dir
+            print(plan_text([cell_of(run)], run_dir), flush=True)
+            sys.exit(0)
         for warning in warnings:
             log.warning(warning)
 
@@ -77,24 +83,48 @@ def hold(folder: Path) -> None:
         fail(f"cannot lock {folder}: {type(e).__name__}: {e}")
 
 
+class Progress:
+    """A sweep's progress line as each job finishes: cells done, images per second and time left, from the job's mark
+    (a job taken over from an earlier run made no images and took no time worth counting)."""
+
+    def __init__(self, sweep_dir: Path, started: float):
+        self.sweep_dir, self.started, self.done, self.made, self.images = sweep_dir, started, 0, 0, 0
+        self.cells = None  # read at the first finished job, once: the sweep writes its manifest before it launches any
+
+    def line(self, job: Path) -> str:
+        """Count the finished `job` and say where the sweep stands."""
+        try:
+            mark = json.loads((job / MARKER).read_text())
+        except (OSError, ValueError):
+            mark = {}  # a failed job: done, with nothing made
+        self.cells = self.cells or (read_manifest(self.sweep_dir) or {}).get("cells", "?")
+        self.done += 1
+        if "gen_s" in mark:
+            self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
+        elapsed = max(time.time() - self.started, 1e-6)
+        left = (f"about {duration((self.cells - self.done) * elapsed / self.made)} left"
+                if self.made and isinstance(self.cells, int) else "time left unknown")
+        return (f"sdlab: {self.done} of {self.cells} cells done ({job.name}), {self.images / elapsed:.2f} images/s, "
+                f"{left}")
+
+
 class FinishedJobs(threading.Thread):
-    """Prints a line as each job of a sweep finishes (its folder gets its finished mark), for launchers that run jobs
-    in other processes and print nothing until the last one ends."""
+    """Prints the progress line as each job of a sweep finishes (its folder gets its finished mark), for launchers that
+    run jobs in other processes and print nothing until the last one ends."""
 
     def __init__(self, sweep_dir: Path, since: float, every: float = 1.0):
         super().__init__(daemon=True)
         self.sweep_dir, self.since, self.every, self.stopped = sweep_dir, since, every, threading.Event()
+        self.progress = Progress(sweep_dir, since)
 
     def run(self) -> None:
         seen: set[str] = set()
-        manifest: dict = {}  # read at the first finished job, once: the sweep writes it before it launches any
         while not self.stopped.wait(self.every):
             for job in job_dirs(self.sweep_dir) if self.sweep_dir.is_dir() else []:
                 mark = job / MARKER
                 if job.name not in seen and mark.is_file() and mark.stat().st_mtime >= self.since:
                     seen.add(job.name)
-                    manifest = manifest or read_manifest(self.sweep_dir) or {}
-                    print(f"sdlab: {len(seen)} of {manifest.get('cells', '?')} jobs finished ({job.name})", flush=True)
+                    print(self.progress.line(job), flush=True)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -109,6 +139,8 @@ class CollectSweep(Callback):
 
     sweep_dir: Path | None = None  # the sweep under way, for the interrupt line
     watch: FinishedJobs | None = None  # the lines as jobs finish in a launcher's other processes
+    progress: Progress | None = None  # the lines as jobs finish in this process
+    began = 0.0  # when the command started (`cli.entry`): a sweep's cost record counts its start-up
 
     @stops_on_error
     def on_run_start(self, config, **kwargs) -> None:
@@ -123,13 +155,28 @@ class CollectSweep(Callback):
         self.started = time.time()
         CollectSweep.sweep_dir = Path(str(config.hydra.sweep.dir))
         CollectSweep.watch = None  # on the class: the launcher pickles this callback with it for its workers
+        CollectSweep.progress = Progress(CollectSweep.sweep_dir, self.started)
+        if config.get("plan") is True:  # the sweeper prints the plan and runs nothing
+            return
         if "sdlab_hydra" not in str(config.hydra.launcher.get("_target_", "")):  # jobs run elsewhere: say as they end
             CollectSweep.watch = FinishedJobs(CollectSweep.sweep_dir, self.started - 1)
             CollectSweep.watch.start()
 
+    def on_job_start(self, config, **kwargs) -> None:
+        """Start the progress clock at the first job of a sweep run in this process (after its pre-flight)."""
+        if CollectSweep.progress is not None and CollectSweep.progress.done == 0:
+            CollectSweep.progress.started = time.time()
+
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        """The progress line of a sweep job run in this process."""
+        if CollectSweep.watch is None and CollectSweep.progress is not None and config.hydra.mode == RunMode.MULTIRUN:
+            print(CollectSweep.progress.line(Path(str(config.hydra.runtime.output_dir))), flush=True)
+
     @stops_on_error
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if config.get("plan") is True:
+            return
         if CollectSweep.watch is not None:
             CollectSweep.watch.stop()
         try:
@@ -153,7 +200,9 @@ class CollectSweep(Callback):
             CollectSweep.failures = max(CollectSweep.failures, 1)
             return
         CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
+        if hasattr(self, "started"):  # a sweep this process ran: what it cost, for later plans
+            record_cost(sweep_dir, frame, min(CollectSweep.began or self.started, self.started), self.started)
         if not CollectSweep.failures:
-            mark_sweep_complete(sweep_dir)
+            update_manifest(sweep_dir, complete=True)
         log.debug("sweep %s: %s", sweep_dir, line)  # printed once below; Hydra's console logger would repeat it
         print(f"sdlab: {sweep_dir}/results.csv: {line}")

@@ -132,7 +132,8 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed:
-        resume.mark_finished(out_dir, job_hash, {"rows": len(frame)})
+        made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0}  # for a plan's estimate
+        resume.mark_finished(out_dir, job_hash, {"rows": len(frame), **(made if started else {})})
     log.info("%s: %s", out_dir / "results.csv", line)
     if not multirun and failed:
         sys.exit(1)
@@ -194,7 +195,7 @@ def entry() -> None:
         check_output_dir(args)
     except UserError as e:
         fail(str(e))
-    CollectSweep.failures, CollectSweep.sweep_dir = 0, None
+    CollectSweep.failures, CollectSweep.sweep_dir, CollectSweep.began = 0, None, time.time()
     Preflight.new_dirs = []
     quiet_libraries()
     register_resolvers()

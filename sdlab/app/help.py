@@ -64,6 +64,7 @@ def help_text() -> str:
         "examples:",
         '  sdlab prompt="a red circle, on a blue background" seed=7 scheduler=euler',
         "  sdlab -m seed=1,2 guidance_scale=1,7.5 scheduler=ddim,dpmpp_2m",
+        "  sdlab -m seed=1,2 guidance_scale=1,7.5 scheduler=ddim,dpmpp_2m plan=true   # cells, batches, time; no run",
         "  sdlab -m prompt_file=prompts.txt seed=1,2",
         "  sdlab experiment=compare_schedulers_quick",
         "",

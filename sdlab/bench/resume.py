@@ -96,8 +96,8 @@ def mark_finished(folder: Path, job_hash: str, summary: dict[str, Any]) -> None:
 
 
 def sweep_key(task_overrides: list[str]) -> str:
-    """The identity of a sweep: its command-line overrides as typed, in order (Hydra's own flags and keys aside)."""
-    return config_hash({"overrides": [o for o in task_overrides if not o.lstrip("+~").startswith("hydra.")]})
+    """The identity of a sweep: its command-line overrides as typed, in order (Hydra's own keys and `plan=` aside)."""
+    return config_hash({"overrides": [o for o in task_overrides if not o.lstrip("+~").startswith(("hydra.", "plan="))]})
 
 
 def varying_keys(jobs: list[list[str]]) -> list[str]:
@@ -166,11 +166,11 @@ def sweep_position(sweep_dir: Path, job_num: int) -> dict[str, Any]:
     return {"progress": f"{unit} {job_num + 1} of {manifest['cells']}", "axes": axes}
 
 
-def mark_sweep_complete(sweep_dir: Path) -> None:
-    """Mark a sweep's manifest complete (every cell finished ok)."""
+def update_manifest(sweep_dir: Path, **entries: Any) -> None:
+    """Set entries of a sweep's manifest (`complete=True` once every cell finished ok)."""
     manifest = read_manifest(sweep_dir)
     if manifest is not None:
-        atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps({**manifest, "complete": True}, indent=1))
+        atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps({**manifest, **entries}, indent=1))
 
 
 def earlier_sweep(root: Path, task_overrides: list[str]) -> tuple[Path, bool] | None:

@@ -36,6 +36,7 @@ class SchedulerSpec:
     stochastic: bool = False
     renames: dict[str, str] = field(default_factory=dict)
     flow: SchedulerSpec | None = None
+    calls: tuple[int, int] = (1, 0)  # a x steps + b timesteps, a denoiser call each (Heun: 2 a step but the last)
 
     @property
     def kinds(self) -> frozenset:
@@ -74,19 +75,19 @@ def flow_solver(cls: str) -> SchedulerSpec:
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "ddim": SchedulerSpec("DDIMScheduler", flow=FLOW_EULER),
     "ddpm": SchedulerSpec("DDPMScheduler", stochastic=True),
-    "pndm": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True}),
+    "pndm": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True}, calls=(1, 1)),
     "lms": SchedulerSpec("LMSDiscreteScheduler"),
     "lms_karras": SchedulerSpec("LMSDiscreteScheduler", KARRAS),
     "euler": SchedulerSpec("EulerDiscreteScheduler", flow=FLOW_EULER),
     "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", stochastic=True),
-    "heun": SchedulerSpec("HeunDiscreteScheduler", flow=SchedulerSpec("FlowMatchHeunDiscreteScheduler")),
-    "dpm2": SchedulerSpec("KDPM2DiscreteScheduler"),
-    "dpm2_a": SchedulerSpec("KDPM2AncestralDiscreteScheduler", stochastic=True),
+    "heun": SchedulerSpec("HeunDiscreteScheduler", flow=SchedulerSpec("FlowMatchHeunDiscreteScheduler"), calls=(2, -1)),
+    "dpm2": SchedulerSpec("KDPM2DiscreteScheduler", calls=(2, -1)),
+    "dpm2_a": SchedulerSpec("KDPM2AncestralDiscreteScheduler", stochastic=True, calls=(2, -1)),
     "dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler", flow=flow_solver("DPMSolverMultistepScheduler")),
     "dpmpp_2m_karras": SchedulerSpec("DPMSolverMultistepScheduler", KARRAS),
     "dpmpp_2m_sde": SchedulerSpec("DPMSolverMultistepScheduler", SDE, stochastic=True),
     "dpmpp_2m_sde_karras": SchedulerSpec("DPMSolverMultistepScheduler", {**SDE, **KARRAS}, stochastic=True),
-    "dpmpp_sde": SchedulerSpec("DPMSolverSDEScheduler", needs="torchsde", stochastic=True),
+    "dpmpp_sde": SchedulerSpec("DPMSolverSDEScheduler", needs="torchsde", stochastic=True, calls=(2, -1)),
     "unipc": SchedulerSpec("UniPCMultistepScheduler", flow=flow_solver("UniPCMultistepScheduler")),
     "deis": SchedulerSpec("DEISMultistepScheduler"),
     "lcm": SchedulerSpec("LCMScheduler", stochastic=True),  # few steps, for LCM-distilled models; re-noises each step
@@ -109,6 +110,13 @@ def scheduler_class(name: str, kind: str = "epsilon") -> type:
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
         raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install torchsde")
     return getattr(diffusers, spec.on(kind).cls)
+
+
+def denoiser_calls(name: str, steps: int) -> int:
+    """Denoiser calls per image of `steps` steps of scheduler `name`, on any model kind, without importing diffusers:
+    one per timestep it visits (a test checks the count against diffusers' own timesteps on every kind)."""
+    a, b = SCHEDULERS[name].calls
+    return 1 if steps == 1 else a * steps + b
 
 
 def fitting(kind: str) -> list[str]:

@@ -1,0 +1,63 @@
+"""`plan=true`: a sweep's plan (cells, done, batches, NFE, estimate, output) printed before any work, writing nothing;
+and the progress line of a sweep that runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
+
+
+def files(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_a_plan_says_cells_batches_nfe_and_where_it_goes_and_writes_nothing(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2,3", "guidance_scale=1,7.5", "scheduler=ddim,heun", "batch_size=2", "plan=true",
+                     *FAST) == 0
+    out = capsys.readouterr().out
+    assert "sdlab plan: 12 cells, 0 already done, 12 to run (12 images)" in out
+    assert "batches: 6 (cells sharing model, scheduler, steps and size: 2 groups; batch_size=2)" in out
+    assert "total NFE: 30 " in out  # ddim 2 calls an image, heun 3 (second-order steps but the last), as run
+    assert "estimate: unknown (nothing measured on this machine for tiny@64x64), peak memory unknown" in out
+    assert re.search(r"output: outputs/generate/multirun_\S+ \(new\)", out)
+    assert run_sdlab("plan=true", "hydra.run.dir=r", *FAST) == 0  # a single run is a plan of one cell
+    assert "sdlab plan: 1 cell, 0 already done, 1 to run (1 images)" in capsys.readouterr().out
+    assert files(tmp_path) == []
+
+
+def test_a_plan_after_a_partial_sweep_counts_what_is_done_and_estimates_from_it(run_sdlab, tmp_path, capsys):
+    sweep = ("-m", "guidance_scale=1,7.5", f"hydra.sweep.dir={tmp_path / 's'}", *FAST)
+    assert run_sdlab(*sweep, "seed=1") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"sdlab: 2 of 2 cells done \(1\), \d+\.\d\d images/s, about \d+ s left", out)
+    cost = json.loads((tmp_path / "s" / "sweep.json").read_text())["cost"]["sizes"]["tiny@64x64"]
+    assert cost["s_per_nfe"] > 0 and cost["peak_mem_bytes"] > 0
+    before = files(tmp_path)
+    assert run_sdlab(*sweep, "seed=1,2", "plan=true") == 0
+    out = capsys.readouterr().out
+    assert "sdlab plan: 4 cells, 2 already done, 2 to run (2 images)" in out and "total NFE: 4 " in out
+    assert re.search(r"estimate: \d+ s, peak memory \d+\.\d\d GiB", out) and f"output: {tmp_path / 's'} (exists)" in out
+    assert files(tmp_path) == before
+    assert run_sdlab(*sweep, "seed=1,2") == 0  # the plan's done cells are the ones the sweep takes over
+    assert capsys.readouterr().out.count("skipped: already complete") == 2
+
+
+def test_plan_takes_true_or_false(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for args in (("-m", "seed=1,2"), ()):
+        assert run_sdlab(*args, "plan=maybe", *FAST) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert err == ["sdlab: error: plan='maybe' must be true or false"]
+    assert files(tmp_path) == []
+
+
+def test_a_plan_over_max_cells_is_the_limits_line(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=range(0,30)", "guidance_scale=1,2", "limits.max_cells=50", "plan=true", *FAST) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["sdlab: error: the sweep has 60 cells, more than limits.max_cells=50; raise it with "
+                   "limits.max_cells=N or sweep fewer values"]
+    assert files(tmp_path) == []
