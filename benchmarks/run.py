@@ -219,7 +219,9 @@ def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Pat
         f"{', '.join(f'{size} images ({count // size} calls)' for size, count in sorted(calls.items()))}: cells that "
         "share model, scheduler, steps, size and guidance scale make their images together (`batch_size=auto`), "
         "each keeping its own job dir, row, PNG and time share. Every wall includes interpreter start and imports. "
-        f"Reproduce: `python benchmarks/run.py --only shared --skip-sd15 --threads {threads}`.\n")
+        f"Reproduce: `python benchmarks/run.py --only shared --skip-sd15 --threads {threads}`.\n\n"
+        "More than one level of difference comes from oneDNN, not from sharing: mini's `mkldnn=auto` turns oneDNN "
+        "convolutions on from a UNet batch of 16, and oneDNN rounds a batch differently from a lone image.\n")
 
 
 def compare_images(sweep: Path, hand: Path) -> tuple[bool, int]:
