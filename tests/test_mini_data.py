@@ -3,8 +3,9 @@ import time
 import numpy as np
 import pytest
 
-from sdlab.mini import data
+from sdlab.mini import checker, data
 from sdlab.mini.data import Attributes
+from sdlab.mini.world import SHAPES
 
 
 def test_sample_is_deterministic_per_seed_and_index():
@@ -156,3 +157,16 @@ def test_rendering_is_fast():
     started = time.perf_counter()
     data.batch(9, 0, 200)
     assert time.perf_counter() - started < 2.0
+
+
+def test_reference_images_draw_what_the_prompt_names_and_let_the_seed_choose_the_rest():
+    images = SHAPES.references("a red circle", 24, 64, 3)
+    named = [checker.agreement(checker.check(image), {"colour": "red", "shape": "circle"}) for image in images]
+    assert all(all(row.values()) for row in named)
+    backgrounds = {checker.check(image).background for image in images}
+    assert len(backgrounds) >= 3  # left open by the prompt: drawn, not fixed
+    again = SHAPES.references("a red circle", 24, 64, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(images, again))
+    assert not np.array_equal(images[0], SHAPES.references("a red circle", 1, 64, 4)[0])
+    assert SHAPES.references("a dog on a sofa", 4, 64, 0) == []
+    assert SHAPES.references("a small blue square on the left on a white background", 2, 32, 0)[0].shape == (32, 32, 3)
