@@ -90,3 +90,6 @@ def test_a_wrong_batch_size_is_one_line_and_nothing_is_written(run_sdlab, tmp_pa
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="batch_size=0 must be >= 1"):
         GenerationParams(batch_size=0)
+    assert run_sdlab("limits.batch_pixels=0", f"hydra.run.dir={tmp_path / 'run'}") == 2
+    assert capsys.readouterr().err.strip() == "sdlab: error: limits.batch_pixels=0 must be a positive integer"
+    assert not (tmp_path / "run").exists()

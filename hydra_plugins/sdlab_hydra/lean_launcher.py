@@ -85,7 +85,7 @@ class LeanLauncher(Launcher):
         for i, overrides in enumerate(job_overrides):
             if self.ahead and i not in covered:
                 covered |= self.work_ahead(job_overrides, i, initial_job_idx, configs, parsed)
-            sweep_config = configs.pop(i, None) or self.compose(overrides, initial_job_idx + i)
+            sweep_config = configs.pop(i) if i in configs else self.compose(overrides, initial_job_idx + i)
             parsed.pop(i, None)
             returns.append(self.run_job(sweep_config))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -106,7 +106,8 @@ class LeanLauncher(Launcher):
         window = range(i, min(len(job_overrides), i + AHEAD_WINDOW))
         for j in window:
             if j not in parsed:
-                configs.setdefault(j, self.compose(job_overrides[j], initial_job_idx + j))
+                if j not in configs:
+                    configs[j] = self.compose(job_overrides[j], initial_job_idx + j)
                 try:
                     parsed[j] = composed_run(configs[j])
                 except Exception:  # noqa: BLE001 - the job itself reports its bad config
