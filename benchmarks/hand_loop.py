@@ -29,16 +29,24 @@ def load(model: str):
     return pipe
 
 
+def image_name(scheduler: str, guidance: float, seed: int, prompt_index: int, prompts: int) -> str:
+    """The PNG of one image: `{scheduler}_{guidance}_{seed}.png`, after `p{index}_` when there are several prompts."""
+    return f"{f'p{prompt_index}_' if prompts > 1 else ''}{scheduler}_{guidance}_{seed}.png"
+
+
 def main() -> None:
-    """Generate seeds x guidance scales x schedulers and save one PNG per image."""
+    """Generate prompts x seeds x guidance scales x schedulers and save one PNG per image, `--batch` seeds of one
+    prompt and guidance scale per pipeline call (1: one image at a time; 8: an expert's batched loop)."""
     from sdlab.models.schedulers import make_scheduler
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--prompt", default="a small red circle in the centre on a blue background")
+    parser.add_argument("--prompt", default="a small red circle in the centre on a blue background",
+                        help="one prompt, or several separated by |")
     parser.add_argument("--seeds", default="1,2,3,4")
+    parser.add_argument("--batch", type=int, default=1, help="images per pipeline call")
     parser.add_argument("--guidance", default="1,7.5")
     parser.add_argument("--schedulers", default="ddim,dpmpp_2m")
     parser.add_argument("--threads", type=int, default=None)
@@ -50,13 +58,17 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     base = dict(pipe.scheduler.config)
     args.out.mkdir(parents=True, exist_ok=True)
-    grid = itertools.product(args.schedulers.split(","), map(float, args.guidance.split(",")),
-                             map(int, args.seeds.split(",")))
-    for scheduler, guidance, seed in grid:
+    prompts, seeds = args.prompt.split("|"), [int(s) for s in args.seeds.split(",")]
+    batches = [seeds[i:i + args.batch] for i in range(0, len(seeds), args.batch)]
+    grid = itertools.product(args.schedulers.split(","), map(float, args.guidance.split(",")), enumerate(prompts),
+                             batches)
+    for scheduler, guidance, (p, prompt), batch in grid:
         pipe.scheduler = make_scheduler(scheduler, base)
-        image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=guidance, height=args.size,
-                     width=args.size, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-        image.save(args.out / f"{scheduler}_{guidance}_{seed}.png")
+        images = pipe([prompt] * len(batch), num_inference_steps=args.steps, guidance_scale=guidance,
+                      height=args.size, width=args.size,
+                      generator=[torch.Generator("cpu").manual_seed(seed) for seed in batch]).images
+        for seed, image in zip(batch, images):
+            image.save(args.out / image_name(scheduler, guidance, seed, p, len(prompts)))
     print("loads: 1")
 
 

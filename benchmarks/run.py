@@ -161,6 +161,69 @@ def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: P
     )
 
 
+# 10. cells of a sweep sharing pipeline calls, against one image at a time and an expert's batched loop
+SHARED_PROMPTS = ["a small red circle in the centre on a blue background",
+                  "a large green square on the left on a black background",
+                  "a small yellow triangle on the right on a white background",
+                  "a large blue circle at the top on a red background"]
+
+
+def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Path, seeds: int = 8) -> None:
+    """A 4 prompts x `seeds` seeds x 2 guidance scales sweep through `sdlab -m` (its cells sharing calls) against a
+    hand-written loop of one image at a time and one batched by 8, interleaved, medians; images compared to the
+    one-at-a-time loop."""
+    threads = torch.get_num_threads()
+    seed_list = ",".join(str(s) for s in range(1, seeds + 1))
+    cells = len(SHARED_PROMPTS) * seeds * 2
+    hand = [sys.executable, str(ROOT / "benchmarks" / "hand_loop.py"), "--model", model, "--steps", str(steps),
+            "--threads", str(threads), "--prompt", "|".join(SHARED_PROMPTS), "--seeds", seed_list, "--guidance", "1,7.5",
+            "--schedulers", "dpmpp_2m"]
+    prompts = ",".join(f"'{p}'" for p in SHARED_PROMPTS)
+    commands = {
+        "one": [*hand, "--batch", "1", "--out"],
+        "expert": [*hand, "--batch", "8", "--out"],
+        "sdlab": [sys.executable, "-m", "sdlab.app.cli", "-m", f"prompt={prompts}", f"seed={seed_list}",
+                  "guidance_scale=1,7.5", "scheduler=dpmpp_2m", f"model={model}", f"num_inference_steps={steps}",
+                  f"threads={threads}"],
+    }
+    work = work / f"shared_{model}"
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for r in range(repeats):
+        for name, cmd in commands.items():
+            out = work / f"{name}_{r}"
+            times[name].append(run_timed(cmd + ([str(out)] if name != "sdlab" else [f"hydra.sweep.dir={out}"]), ROOT))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    frame = pd.read_csv(work / "sdlab_0" / "results.csv")
+    worst = max(int(np.abs(np.asarray(Image.open(work / "sdlab_0" / row.image_path), dtype=int) - np.asarray(
+        Image.open(work / "one_0" / f"p{SHARED_PROMPTS.index(row.prompt)}_dpmpp_2m_{float(row.guidance_scale)}_"
+                   f"{row.seed}.png"), dtype=int)).max()) for row in frame.itertuples())
+    expert = max(int(np.abs(np.asarray(Image.open(path), dtype=int) - np.asarray(
+        Image.open(work / "one_0" / path.name), dtype=int)).max()) for path in (work / "expert_0").glob("*.png"))
+    calls = frame["batch_size"].value_counts().to_dict()
+    for name, value in med.items():
+        report.add("shared", f"{model}_shared_{name}_wall_s", value, "s", f"median of {repeats}, {cells} cells")
+    report.add("shared", f"{model}_shared_over_one", med["sdlab"] / med["one"], "ratio", "target <= 0.5")
+    report.add("shared", f"{model}_shared_over_expert", med["sdlab"] / med["expert"], "ratio", "target <= 1.1")
+    report.add("shared", f"{model}_shared_max_pixel_diff", worst, "levels", "sdlab against one image at a time")
+    sweep = f"sdlab -m \"prompt={prompts}\" seed={seed_list} guidance_scale=1,7.5 num_inference_steps={steps}"
+    report.sections.append(
+        f"### 10. Cells sharing calls ({model}, {cells} cells: 4 prompts x {seeds} seeds x 2 guidance scales, "
+        f"{steps} steps, median of {repeats})\n\n"
+        "| way | wall s | vs one at a time | vs batched by 8 | max pixel diff to one at a time |\n|---|---|---|---|---|\n"
+        f"| hand-written loop, one image at a time | {med['one']:.2f} | 1.000 | {med['one'] / med['expert']:.3f} | 0 |\n"
+        f"| hand-written loop, 8 seeds of a prompt per call | {med['expert']:.2f} | {med['expert'] / med['one']:.3f} | "
+        f"1.000 | {expert} |\n"
+        f"| `{sweep}` ({cells} jobs) | {med['sdlab']:.2f} | **{med['sdlab'] / med['one']:.3f}** | "
+        f"**{med['sdlab'] / med['expert']:.3f}** | {worst} |\n\n"
+        f"Targets: at most 0.5x one image at a time and 1.1x the batched loop. sdlab's cells shared calls of "
+        f"{', '.join(f'{size} images ({count // size} calls)' for size, count in sorted(calls.items()))}: cells that "
+        "share model, scheduler, steps, size and guidance scale make their images together (`batch_size=auto`), "
+        "each keeping its own job dir, row, PNG and time share. Every wall includes interpreter start and imports. "
+        f"Reproduce: `python benchmarks/run.py --only shared --skip-sd15 --threads {threads}`.\n\n"
+        "More than one level of difference comes from oneDNN, not from sharing: mini's `mkldnn=auto` turns oneDNN "
+        "convolutions on from a UNet batch of 16, and oneDNN rounds a batch differently from a lone image.\n")
+
+
 def compare_images(sweep: Path, hand: Path) -> tuple[bool, int]:
     """Whether every sdlab image equals the hand-written loop's, and the max pixel difference."""
     frame = pd.read_csv(sweep / "results.csv")
@@ -505,6 +568,7 @@ def main() -> None:
         ("batches", lambda: bench_batches(report, args.model, 64, 25, 16)),
         ("trajectory", lambda: bench_trajectory(report, args.model, 64, 25, args.repeats)),
         ("memory", lambda: bench_memory(report, args.model, 100, 5)),
+        ("shared", lambda: bench_shared(report, args.model, 25, args.repeats, work)),
         ("options", lambda: bench_options(report, args.model, 64, 25, args.repeats, {
             "default": {}, "eager_attention": {"attention": "eager"}, "channels_last": {"channels_last": True},
             "compile": {"compile": True}, "bfloat16": {"dtype": "bfloat16"},

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -210,10 +210,15 @@ class GenerationParams:
     width: int = checked(512, "int", 1, **SIDE)
     height: int = checked(512, "int", 1, **SIDE)
     eta: float = checked(BASE["eta"], "number", 0, 1)
-    batch_size: int = checked(BASE["batch_size"], "int", 1)
+    batch_size: int | str = checked(BASE["batch_size"], "int", 1)  # or "auto": as many as `limits.batch_pixels` allow
 
     def __post_init__(self):
-        checked = {"seeds": check_seeds(self.seeds), **check_fields(asdict(self), rules_of(GenerationParams))}
+        rules = rules_of(GenerationParams)
+        if isinstance(self.batch_size, str):
+            if self.batch_size != "auto":
+                raise UserError(f"batch_size={self.batch_size!r} must be a positive integer or auto")
+            del rules["batch_size"]
+        checked = {"seeds": check_seeds(self.seeds), **check_fields(asdict(self), rules)}
         for name, value in checked.items():  # an integral float as int, a plain number as float
             object.__setattr__(self, name, value)
 
@@ -277,7 +282,11 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
         raise UserError(f"seeds={seeds!r} must be a list of integers or null")
     given = {k: cfg[k] for k in rules_of(GenerationParams) if cfg.get(k) is not None}
     params = GenerationParams(seeds=tuple(seeds), **{"width": resolution, "height": resolution, **given})
-    check_limits(params, limits(cfg))
+    limit = limits(cfg)
+    if params.batch_size == "auto":  # a memory budget in pixels per call: 4 images at 512 x 512, 256 at 64 x 64
+        fit = limit["batch_pixels"] // (params.width * params.height)
+        params = replace(params, batch_size=max(1, min(fit, limit["max_batch_size"])))
+    check_limits(params, limit)
     return params
 
 

@@ -25,9 +25,12 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from sdlab.app.compose import composed_run
 from sdlab.io import atomic_write_text
+from sdlab.jobs import get_ahead
 
 log = logging.getLogger(__name__)
+AHEAD_WINDOW = 256  # jobs composed ahead to find those that share work with the next one
 
 
 def job_chdir(chdir: bool | None) -> bool:
@@ -62,9 +65,15 @@ class LeanLauncher(Launcher):
     are written atomically, so a killed sweep never leaves half a config behind.
     """
 
+    def __init__(self, ahead: bool = False):
+        """`ahead`: jobs are sdlab's, and those that can share work (generate cells sharing a pipeline call) do it
+        together before the first of them runs (see `sdlab.jobs.job`)."""
+        self.ahead = ahead
+
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: DictConfig) -> None:
-        """Keep what `launch` needs."""
+        """Keep what `launch` needs; jobs work ahead only when the task is sdlab's (its `works_ahead`)."""
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self.ahead = self.ahead and getattr(task_function, "works_ahead", False)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Compose and run each job in turn (BasicLauncher.launch with the lean `run_job`)."""
@@ -72,15 +81,46 @@ class LeanLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs locally")
-        runs = []
-        for idx, overrides in enumerate(job_overrides, initial_job_idx):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            runs.append(self.run_job(sweep_config))
+        returns, configs, parsed, covered = [], {}, {}, set()
+        for i, overrides in enumerate(job_overrides):
+            if self.ahead and i not in covered:
+                covered |= self.work_ahead(job_overrides, i, initial_job_idx, configs, parsed)
+            sweep_config = configs.pop(i) if i in configs else self.compose(overrides, initial_job_idx + i)
+            parsed.pop(i, None)
+            returns.append(self.run_job(sweep_config))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return runs
+        return returns
+
+    def compose(self, overrides: Sequence[str], idx: int) -> DictConfig:
+        """Job `idx`'s config, numbered."""
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        return sweep_config
+
+    def work_ahead(self, job_overrides: Sequence[Sequence[str]], i: int, initial_job_idx: int, configs: dict,
+                   parsed: dict) -> set[int]:
+        """Let job `i`'s job function do its work together with the next `AHEAD_WINDOW` jobs' that share it, composing
+        and parsing them ahead; the jobs it covered. Any failure here leaves each job to do its own work."""
+        window = range(i, min(len(job_overrides), i + AHEAD_WINDOW))
+        for j in window:
+            if j not in parsed:
+                if j not in configs:
+                    configs[j] = self.compose(job_overrides[j], initial_job_idx + j)
+                try:
+                    parsed[j] = composed_run(configs[j])
+                except Exception:  # noqa: BLE001 - the job itself reports its bad config
+                    parsed[j] = None
+        ahead = get_ahead(parsed[i].job) if parsed[i] is not None else None
+        if ahead is None:
+            return {i}
+        shown = [j for j in window if parsed[j] is not None]
+        try:
+            return {shown[k] for k in ahead([parsed[j] for j in shown], Path(str(self.config.hydra.sweep.dir)))}
+        except Exception:  # noqa: BLE001 - the job meets the same error and reports it
+            log.debug("working ahead of job %d failed", initial_job_idx + i, exc_info=True)
+            return {i}
 
     def run_job(self, config: DictConfig) -> JobReturn:
         """hydra.core.utils.run_job for one sweep job, publishing the Hydra node once and copying the config once."""

@@ -102,6 +102,9 @@ def run(cfg) -> None:
             lock.release(out_dir)
 
 
+run.works_ahead = True  # the lean launcher lets sdlab's jobs work ahead (share pipeline calls), no other app's
+
+
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
     """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
     out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock

@@ -59,7 +59,12 @@ def parse_job(cfg, overridden: set[str]) -> Run:
     return parse(config, overridden)
 
 
+def composed_run(cfg) -> Run:
+    """The Run of one composed job config (Hydra node included)."""
+    return parse_job(cfg, set(display_overrides(task_overrides(cfg.hydra))))
+
+
 def check_composed(cfg) -> tuple[list[str], Run]:
     """Pre-flight of one composed job config (Hydra node included): (warnings, its Run)."""
-    run = parse_job(cfg, set(display_overrides(task_overrides(cfg.hydra))))
+    run = composed_run(cfg)
     return check_job(run), run

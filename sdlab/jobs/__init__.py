@@ -33,18 +33,22 @@ CheckFn = Callable[[Run], Any]
 JOBS: dict[str, JobFn] = {}
 CHECKS: dict[str, CheckFn] = {}
 RECIPES: dict[str, type] = {}
+AheadFn = Callable[[list[Run], Path], list[int]]
+AHEAD: dict[str, AheadFn] = {}
 
 
-def job(name: str, recipe: type | None = None, check: CheckFn | None = None) -> Callable[[JobFn], JobFn]:
+def job(name: str, recipe: type | None = None, check: CheckFn | None = None,
+        ahead: AheadFn | None = None) -> Callable[[JobFn], JobFn]:
     """Register a job function under `name` with its recipe dataclass; `check` looks further (at the model, say) and
-    raises a one-line UserError on a bad value, before any folder is made or model loaded."""
+    raises a one-line UserError on a bad value, before any folder is made or model loaded. `ahead(runs, sweep_dir)`
+    does the work of the first of a sweep's upcoming runs together with those it can share with, for their jobs to
+    take, and returns which of `runs` it covered."""
 
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
-        if recipe is not None:
-            RECIPES[name] = recipe
-        if check is not None:
-            CHECKS[name] = check
+        for table, value in ((RECIPES, recipe), (CHECKS, check), (AHEAD, ahead)):
+            if value is not None:
+                table[name] = value
         return fn
 
     return register
@@ -106,3 +110,8 @@ def get_job(name: str) -> JobFn:
     if name not in JOBS:
         importlib.import_module(f"sdlab.jobs.{JOB_MODULES[name]}")
     return JOBS[name]
+
+
+def get_ahead(name: str) -> AheadFn | None:
+    """The ahead function of job `name`, if it has one (see `job`)."""
+    return AHEAD.get(name) if name in JOB_MODULES and get_job(name) else None

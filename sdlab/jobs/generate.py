@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from sdlab.bench.records import identity, ordered, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
-from sdlab.config import IMAGE_PARAMS, config_hash, image_params
+from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.jobs import JobContext, job
 from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.models.loading import load_model
@@ -29,7 +30,57 @@ def cell_hash(base: dict[str, Any], seed: int) -> str:
     return config_hash({**base, "seed": seed})
 
 
-@job("generate")
+def shared_call(run: Run) -> tuple | None:
+    """What generate runs must have in common to share a pipeline call (None: not a generate run); seeds, prompts and
+    negative prompts may differ. Guidance is shared too: the pipeline's CFG step takes one scale per call."""
+    if run.job != "generate":
+        return None
+    p = run.params
+    same = (run.scheduler.options, *(run.recipe.get(k) for k in ("scorers", "clip", "sample_world")))
+    return (run.model, run.scheduler.name, json.dumps(same, sort_keys=True, default=str), p.num_inference_steps,
+            p.width, p.height, p.guidance_scale, p.eta, p.batch_size, run.threads, run.resume)
+
+
+def seed_hashes(run: Run, model, scorers: list[Scorer]) -> dict[int, str]:
+    """Each seed's cell hash, for a run whose scheduler `model` has in use."""
+    common = {"model": run.model.name, "scheduler": run.scheduler.name,
+              "scheduler_config": resolved_config(model.scheduler), **image_params(run.params)}
+    base = hash_fields(common, scorers)
+    return {seed: cell_hash(base, seed) for seed in run.params.seeds}
+
+
+def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
+    """The images of the first run's cells and of the next runs' that share its call (`shared_call`), up to its
+    batch size, made in one pipeline call and kept on the model for each cell's job to take (a job that finds
+    none makes its own); cells complete anywhere in the sweep are left out. Returns the indices of the runs covered."""
+    first, key = runs[0], shared_call(runs[0])
+    model = load_model(first.model)
+    model.use_scheduler(first.scheduler.name, first.scheduler.options)
+    if first.threads is not None:
+        torch.set_num_threads(first.threads)
+    done = set(sweep_cells(sweep_dir, sweep_dir)) if first.resume else set()
+    cells, covered = [], []
+    for i, run in enumerate(runs):
+        if shared_call(run) != key:
+            continue
+        todo = [(run.params, seed, cell) for seed, cell in
+                seed_hashes(run, model, build_scorers(run.recipe, str(model.device))).items()
+                if cell not in done and cell not in model.made]
+        if len(cells) + len(todo) > first.params.batch_size:
+            break
+        cells, covered = cells + todo, covered + [i]
+    if len(cells) > 1:
+        try:
+            result = generate_batch(model, first.params, [seed for _, seed, _ in cells], strict=False,
+                                    requests=[params for params, _, _ in cells])
+            model.made.update({cell: result.cell(i) for i, (_, _, cell) in enumerate(cells)})
+        except (RuntimeError, ValueError) as e:
+            log.warning("a shared call of %d images failed (%s: %s); each cell makes its own", len(cells),
+                        type(e).__name__, e)
+    return covered or [0]
+
+
+@job("generate", ahead=make_ahead)
 def run_generate(ctx: JobContext) -> pd.DataFrame:
     """Generate the configured seeds and save one PNG (parameters embedded) and one row per image."""
     spec, choice, params = ctx.run.model, ctx.run.scheduler, ctx.run.params
@@ -113,13 +164,20 @@ def hash_fields(common: dict, scorers: list[Scorer]) -> dict:
 
 def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, hash_base: dict,
                scorers: list[Scorer] = (), prefix: str = "") -> list[dict]:
-    """Generate one batch: saved images and their rows, or one failed row per seed naming the error."""
+    """Generate one batch: saved images and their rows, or one failed row per seed naming the error. Images made
+    ahead in a sweep's shared call (`make_ahead`) are taken, not made again."""
+    made = [model.made.pop(cell_hash(hash_base, s), None) for s in batch]
+    rows = [row for result in made if result is not None
+            for row in image_rows(ctx, common, hash_base, result, scorers, prefix)]
+    batch = [s for s, result in zip(batch, made) if result is None]
+    if not batch:
+        return rows
     try:
         result = generate_batch(model, params, batch, strict=False)
     except (RuntimeError, ValueError) as e:
         log.error("seeds %s failed: %s", batch, e)
-        return [failed_row(common, hash_base, s, len(batch), f"{type(e).__name__}: {e}") for s in batch]
-    return image_rows(ctx, common, hash_base, result, scorers, prefix)
+        return rows + [failed_row(common, hash_base, s, len(batch), f"{type(e).__name__}: {e}") for s in batch]
+    return rows + image_rows(ctx, common, hash_base, result, scorers, prefix)
 
 
 def failed_row(common: dict, hash_base: dict, seed: int, batch_size: int | None, error: str) -> dict:
@@ -163,7 +221,7 @@ def png_record(row: dict, options: dict) -> dict:
 def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult, scorers: list[Scorer] = (),
                prefix: str = "") -> list[dict]:
     """Save each image of a batch and make its row with the scorers' columns; batch timings are shared equally."""
-    n = len(result.seeds)
+    n = result.size or len(result.seeds)
     rows = []
     good = [image for image in result.images if image is not None]
     scores = iter(score_images(scorers, good, [common["prompt"]] * len(good)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import resource
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -36,6 +36,14 @@ class BatchResult:
     latents: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)  # seed -> why its image is bad (its slot is None)
+    size: int | None = None  # images in the pipeline call these came from (None: these seeds alone)
+
+    def cell(self, i: int) -> BatchResult:
+        """Image `i` alone, carrying the whole call's timings and size (its row takes its share)."""
+        seed = self.seeds[i]
+        errors = {seed: self.errors[seed]} if seed in self.errors else {}
+        return replace(self, images=[self.images[i]], seeds=[seed], latents=None, errors=errors, extras={},
+                       size=len(self.seeds))
 
 
 def truncated_tokens(tokenizer, text: str) -> int:
@@ -97,12 +105,17 @@ def generate_batch(
     seeds: list[int],
     on_step: Callable | None = None,
     strict: bool = True,
+    requests: list[GenerationParams] | None = None,
 ) -> BatchResult:
-    """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`."""
+    """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`.
+    `requests`, one per seed, give each image its own prompt and negative prompt (the rest is `params`')."""
     start = time.perf_counter()
     n = len(seeds)
     # 1. encode prompt and, under classifier-free guidance, the negative prompt (each prompt once per model)
     embeddings = model.embeddings_for(params)
+    if requests:
+        each = [model.embeddings_for(r) for r in requests]
+        embeddings = {k: torch.cat([e[k] for e in each]) for k in embeddings}
     t_text = time.perf_counter()
     # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
     use_process_options(model.spec, model.denoiser_batch(n, params.guidance_scale))  # mkldnn=auto goes by batch

@@ -43,6 +43,7 @@ class ModelAdapter:
         self.base_scheduler_config = dict(pipe.scheduler.config)  # as shipped, before any swap
         self.base_scheduler_class = type(pipe.scheduler).__name__
         self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # prompt -> pipeline keyword arguments
+        self.made: dict[str, Any] = {}  # cell hash -> its image made ahead in a sweep's shared call, until its job takes it
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name}, {self.pipeline_class})"
@@ -213,13 +214,13 @@ class ModelAdapter:
     # 5. denoise and decode
     def denoise(self, params, generators: list[torch.Generator], embeddings: dict[str, torch.Tensor],
                 on_step: Callable[[dict], Any] | None = None) -> torch.Tensor:
-        """The sampler loop of the pipeline from `embeddings_for(params)`: NCHW latents, not decoded. `on_step`, if
-        given, gets each step as `StepWatch` describes it."""
+        """The sampler loop of the pipeline from `embeddings_for(params)` (one row, or one per image): NCHW latents, not
+        decoded. `on_step`, if given, gets each step as `StepWatch` describes it."""
         n = len(generators)
         options = {k: getattr(params, k) for k in self.call_options}
         with StepWatch(self, params, on_step) as watch:
             latents = self.pipe(
-                **{k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in embeddings.items()},  # batch 1 to n images
+                **{k: v if len(v) == n else v.repeat(n, *[1] * (v.dim() - 1)) for k, v in embeddings.items()},
                 num_inference_steps=params.num_inference_steps,
                 guidance_scale=params.guidance_scale,
                 width=params.width,

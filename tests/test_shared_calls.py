@@ -1,0 +1,95 @@
+"""Sweep cells that share a pipeline call: many cells per call, each still its own job dir, row, PNG and fate."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sdlab.config import GenerationParams, generation_params
+from sdlab.errors import UserError
+from sdlab.models import generate
+
+PROMPTS = "prompt='a small red circle in the centre on a blue background','a big green square, on the left'"
+SWEEP = ("-m", PROMPTS, "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=int)
+
+
+def test_cells_share_calls_and_keep_their_own_rows_and_images(run_sdlab, tmp_path):
+    assert run_sdlab(*SWEEP, f"hydra.sweep.dir={tmp_path / 'shared'}") == 0
+    assert run_sdlab(*SWEEP, "hydra.launcher.ahead=false", f"hydra.sweep.dir={tmp_path / 'alone'}") == 0
+    shared = pd.read_parquet(tmp_path / "shared" / "results.parquet")
+    alone = pd.read_parquet(tmp_path / "alone" / "results.parquet")
+    assert len(shared) == 8 and (shared["status"] == "ok").all()
+    assert shared["batch_size"].tolist() == [4] * 8  # 2 prompts x 2 seeds per guidance scale, one call each
+    assert alone["batch_size"].tolist() == [1] * 8
+    assert shared["config_hash"].tolist() == alone["config_hash"].tolist()
+    assert len({p.split("/")[0] for p in shared["image_path"]}) == 8  # a job dir each
+    for path in shared["image_path"]:  # the same image within one level as when made alone
+        assert np.abs(pixels(tmp_path / "shared" / path) - pixels(tmp_path / "alone" / path)).max() <= 1
+    call = shared.groupby("guidance_scale")["time_total_s"]
+    assert (call.nunique() == 1).all()  # each cell takes an equal share of its call's time
+
+
+def test_a_bad_image_in_a_shared_call_fails_only_its_cell(run_sdlab, tmp_path, monkeypatch):
+    real = generate.decode_latents
+
+    def black_second_image(model, latents):
+        images = real(model, latents)
+        if len(latents) > 1:
+            images[1] = 0
+        return images
+
+    monkeypatch.setattr(generate, "decode_latents", black_second_image)
+    assert run_sdlab("-m", "seed=1,2,3", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}") == 1
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame["status"].tolist() == ["ok", "error", "ok"] and "all-black" in frame["error"].iloc[1]
+    assert frame["batch_size"].tolist() == [3, 3, 3]
+
+
+def test_a_rerun_makes_only_the_missing_cells(run_sdlab, tmp_path):
+    sweep = f"hydra.sweep.dir={tmp_path}"
+    assert run_sdlab(*SWEEP, sweep) == 0
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    (tmp_path / first["image_path"][2]).unlink()
+    (tmp_path / first["image_path"][5]).unlink()
+    assert run_sdlab(*SWEEP, sweep) == 0
+    again = pd.read_parquet(tmp_path / "results.parquet")
+    remade = [a != b for a, b in zip(first["run_id"], again["run_id"])]
+    assert remade == [i in (2, 5) for i in range(8)]
+    assert again.loc[[2, 5], "batch_size"].tolist() == [1, 1]  # different guidance scales: a call each
+
+
+def test_images_with_different_prompts_in_one_call_match_each_made_alone(tiny):
+    model, _ = tiny
+    base = GenerationParams(prompt="a small red circle", negative_prompt="blue", width=64, height=64,
+                            num_inference_steps=2, guidance_scale=7.5)
+    requests = [base, replace(base, prompt="a big green square"), replace(base, negative_prompt="")]
+    together = generate.generate_batch(model, base, [1, 2, 3], requests=requests).images
+    for request, seed, image in zip(requests, [1, 2, 3], together):
+        alone = generate.generate_batch(model, request, [seed]).images[0]
+        assert np.abs(np.asarray(image, int) - np.asarray(alone, int)).max() <= 1
+
+
+@pytest.mark.parametrize("side, expected", [(512, 4), (256, 16), (64, 64)])
+def test_batch_size_auto_fills_the_pixel_budget_up_to_the_most_per_call(side, expected):
+    params = generation_params({"batch_size": "auto", "seed": 1}, side)
+    assert params.batch_size == expected
+    assert generation_params({"batch_size": 3, "seed": 1}, side).batch_size == 3  # an explicit value wins
+
+
+def test_a_wrong_batch_size_is_one_line_and_nothing_is_written(run_sdlab, tmp_path, capsys):
+    assert run_sdlab("batch_size=big", f"hydra.run.dir={tmp_path / 'run'}") == 2
+    assert capsys.readouterr().err.strip() == "sdlab: error: batch_size='big' must be a positive integer or auto"
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="batch_size=0 must be >= 1"):
+        GenerationParams(batch_size=0)
+    assert run_sdlab("limits.batch_pixels=0", f"hydra.run.dir={tmp_path / 'run'}") == 2
+    assert capsys.readouterr().err.strip() == "sdlab: error: limits.batch_pixels=0 must be a positive integer"
+    assert not (tmp_path / "run").exists()
