@@ -22,12 +22,13 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import display_overrides
 from sdlab.app.compose import SWEEP_CELLS, check_composed, parse_job, resolved, task_overrides
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
-from sdlab.bench.resume import clean_temp_files, varying_keys, write_manifest
+from sdlab.bench.resume import clean_temp_files, finished_job, varying_keys, write_manifest
 from sdlab.config import check_seeds, checked_run, limits
 from sdlab.errors import CannotRun, UserError
 
@@ -171,9 +172,12 @@ class ComposedConfigs:
 class ComposeOnceSweeper(Sweeper):
     """The basic sweeper's jobs, whose up-front check that every job composes also supplies the launcher's configs."""
 
-    def __init__(self, max_batch_size: int | None, params: dict[str, str] | None = None, preflight: bool = True):
-        """The basic sweeper's options, and whether each job is an sdlab job to pre-flight (false for other apps)."""
+    def __init__(self, max_batch_size: int | None, params: dict[str, str] | None = None, preflight: bool = True,
+                 cells_per_task: int | None = None):
+        """The basic sweeper's options, whether each job is an sdlab job to pre-flight (false for other apps), and how
+        many cells a submitit task runs (None: about four tasks per array slot)."""
         self.max_batch_size, self.params, self.preflight = max_batch_size, params or {}, preflight
+        self.cells_per_task = cells_per_task
         self.cannot_run: set[tuple] = set()
 
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: Any) -> None:
@@ -183,6 +187,9 @@ class ComposeOnceSweeper(Sweeper):
         self.hydra_context = HydraContext(config_loader=self.composed, callbacks=hydra_context.callbacks)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=task_function, config=config)
+        cluster = submitit_cluster(self.launcher)
+        if cluster:  # a task per chunk of cells, each loading the model once
+            self.launcher = ChunkedSubmitit(self.launcher, cluster, self.cells_per_task)
 
     def sweep(self, arguments: list[str]) -> Any:
         """Compose (and for sdlab, pre-flight) every job of the sweep, lock its dir, then run it as BasicSweeper does.
@@ -191,6 +198,10 @@ class ComposeOnceSweeper(Sweeper):
         stops the sweep with one line before anything is written.
         """
         sweep_dir = str(self.config.hydra.sweep.dir)  # resolved first: jobs copy its `${now:}` from here
+        size = self.cells_per_task
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise UserError(f"hydra.sweeper.cells_per_task={size!r} must be a positive integer or null (about four "
+                            "submitit tasks per array slot)")
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
         jobs = cells(overrides)
@@ -241,6 +252,9 @@ class ComposeOnceSweeper(Sweeper):
         if self.preflight:  # how a rerun of this command finds this folder, and what grid, summary and report label by
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs])
+            if isinstance(self.launcher, ChunkedSubmitit) and len(job_dirs) == len(runs):  # spend no task on them
+                self.launcher.finished = {num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
+                                          if run.resume and finished_job(job_dir, run.job_hash) is not None}
         return self.launch(launched, Path(sweep_dir))
 
     def plan_cells(self, jobs: list[list[str]]) -> list[Cell]:

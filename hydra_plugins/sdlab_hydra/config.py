@@ -6,4 +6,5 @@ ConfigStore.instance().store(group="hydra/launcher", name="sdlab_lean", provider
                              node={"_target_": "hydra_plugins.sdlab_hydra.lean_launcher.LeanLauncher"})
 ConfigStore.instance().store(group="hydra/sweeper", name="sdlab_compose_once", provider="sdlab",
                              node={"_target_": "hydra_plugins.sdlab_hydra.compose_once.ComposeOnceSweeper",
-                                   "max_batch_size": None, "params": None, "preflight": False})
+                                   "max_batch_size": None, "params": None, "preflight": False,
+                                   "cells_per_task": None})

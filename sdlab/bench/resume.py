@@ -195,28 +195,38 @@ def unmark(folder: Path) -> None:
     (Path(folder) / MARKER).unlink(missing_ok=True)
 
 
+NOT_RUN = ("did not run: its job ended before writing a row (killed, cancelled, preempted, out of time or memory?); "
+           "rerun the same command to run it")
+
+
 def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
     """The finished cells of every job dir (paths relative to the sweep), failed rows of tables written since `since`,
     and for each axis of the sweep's manifest that is no column of its rows (`threads`, `model.resolution`), the job's
     value of it as a column."""
     manifest = read_manifest(sweep_dir) or {}
-    frames, unfinished = [], []
+    cells = manifest.get("jobs") or []
+    frames, unfinished, tabled = [], [], set()
     for job in job_dirs(sweep_dir):
         frame = read_table(job)
         if frame is None:
             unfinished.append(job.name)
             continue
+        number = job.name.split("_", 1)[0]
+        tabled.add(int(number) if number.isdigit() else number)
         if "status" in frame:
             current = (job / "results.parquet").is_file() and (job / "results.parquet").stat().st_mtime >= since
             frame = frame[finished(frame, job) | ((frame["status"] != "ok") & current)].copy()
         if "image_path" in frame:
             frame["image_path"] = [f"{job.name}/{p}" if isinstance(p, str) and p else p for p in frame["image_path"]]
-        number = job.name.split("_", 1)[0]
-        cells = manifest.get("jobs") or []
         cell = cells[int(number)] if number.isdigit() and int(number) < len(cells) else {}
         frames.append(frame.assign(**{k: v for k, v in cell.items() if k not in frame}))
     if unfinished:
         log.warning("skipped %d unfinished job dir(s) without results.parquet: %s", len(unfinished), unfinished)
+    not_run = [cell for number, cell in enumerate(cells) if number not in tabled]
+    if not_run:  # its process ended before the job wrote its table: a failed row each, so the sweep is not complete
+        frames.append(pd.DataFrame([{"overrides": " ".join(f"{k}={v}" for k, v in cell.items()), "status": "error",
+                                     "error": NOT_RUN, **({"seed": int(cell["seed"])} if cell.get("seed", "").isdigit() else {})}
+                                    for cell in not_run]))
     if not frames:
         return pd.DataFrame(columns=ROW_COLUMNS)
     return ordered(pd.concat(frames, ignore_index=True).to_dict("records"))

@@ -1,0 +1,126 @@
+"""Submitit launchers (`hydra/launcher=submitit_slurm`, `submitit_local`) with several cells per task: a task loads
+the model once and runs its chunk of cells in turn, so a 10,000-cell sweep is tens of array tasks, not 10,000.
+
+The launcher waits on the queue itself (`squeue`, which every SLURM cluster has) instead of `sacct`, which clusters
+without accounting refuse with a warning at every poll; a task that leaves the queue without its result (cancelled,
+preempted, out of time or memory) leaves its unfinished cells without rows (the sweep's table lists them failed), the
+other tasks go on, and a rerun of the same command runs just those cells.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, filter_overrides
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+TASKS_PER_SLOT = 4  # with cells_per_task unset: about this many tasks per array slot, so slots that finish early refill
+
+
+def submitit_cluster(launcher: Any) -> str | None:
+    """"slurm" or "local" for Hydra's submitit launchers, None for any other launcher (or without the plugin)."""
+    try:
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+    except ImportError:
+        return None
+    return "slurm" if isinstance(launcher, SlurmLauncher) else "local" if isinstance(launcher, LocalLauncher) else None
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 cell`, `2 cells`."""
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
+def cells_per_task(cells: int, given: int | None, parallelism: int | None) -> int:
+    """`given`, else enough cells per task for about TASKS_PER_SLOT tasks per array slot (`array_parallelism`)."""
+    if given:
+        return given
+    return max(1, math.ceil(cells / (TASKS_PER_SLOT * (parallelism or 256))))
+
+
+class ChunkedSubmitit:
+    """A submitit launcher whose array tasks each run a chunk of cells in turn (each cell its own Hydra job dir)."""
+
+    def __init__(self, inner: Any, cluster: str, size: int | None = None, poll_s: float = 2.0):
+        self.inner, self.cluster, self.size, self.poll_s = inner, cluster, size, poll_s
+        self.finished: set[int] = set()  # cell numbers the sweeper found finished: no task is spent on them
+
+    def setup(self, **kwargs: Any) -> None:
+        """Set up the submitit launcher it wraps."""
+        self.inner.setup(**kwargs)
+
+    def __call__(self, chunk: list[tuple[int, list[str]]], singleton_state: dict) -> list[JobReturn]:
+        """In the task: run each (number, overrides) cell of the chunk as the submitit launcher runs one job."""
+        return [self.inner(overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", singleton_state)
+                for num, overrides in chunk]
+
+    def checkpoint(self, *args: Any) -> Any:
+        """Requeued on preemption with the same chunk: its finished cells are found by their hash, not run again."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args)
+
+    def executor(self) -> Any:
+        """A submitit executor with the launcher's parameters, as Hydra's submitit launcher makes it."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        params = dict(self.inner.params)
+        folder, timeouts = params.pop("submitit_folder"), params.pop("max_num_timeout", None)
+        executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster,
+                                         **({f"{self.cluster}_max_num_timeout": timeouts} if timeouts is not None else {}))
+        common = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in common else f"{self.cluster}_{k}": v for k, v in params.items()})
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+        """Submit the cells as one array of chunks, wait for every task to leave the queue, and return the JobReturn of
+        each cell that ran (a task that ended without its result returns none: its cells have no rows)."""
+        cells = [(num, list(o)) for num, o in enumerate(job_overrides, initial_job_idx) if num not in self.finished]
+        size = cells_per_task(len(cells), self.size, self.inner.params.get("array_parallelism"))
+        chunks = [cells[i:i + size] for i in range(0, len(cells), size)]
+        done = f" ({len(job_overrides) - len(cells)} finished before)" if len(cells) < len(job_overrides) else ""
+        log.info(f"sdlab: {plural(len(cells), 'cell')}{done} in {plural(len(chunks), f'{self.cluster} task')} of up to "
+                 f"{size}")
+        for num, overrides in cells:
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+        if not chunks:
+            return []
+        jobs = self.executor().map_array(self, chunks, [Singleton.get_state()] * len(chunks))
+        self.wait(jobs)
+        returns = []
+        for job, chunk in zip(jobs, chunks):
+            if job.paths.result_pickle.exists():
+                returns += job.results()[0]
+                continue
+            log.warning(f"sdlab: task {job.job_id} ended before its {plural(len(chunk), 'cell')} finished (cancelled, preempted, "
+                        "out of time or memory?); rerun the same command to run what it left")
+        return returns
+
+    def wait(self, jobs: list[Any]) -> None:
+        """Until every task has its result or has left the queue."""
+        while True:
+            pending = [j for j in jobs if not j.paths.result_pickle.exists()]
+            if not pending:
+                return
+            queued = self.queued(pending) if self.cluster == "slurm" else {j.job_id for j in pending if not j.done()}
+            if queued is not None and not queued & {j.job_id for j in pending}:
+                return
+            time.sleep(self.poll_s)
+
+    @staticmethod
+    def queued(jobs: list[Any]) -> set[str] | None:
+        """The ids of these SLURM tasks still pending or running (None when squeue cannot tell just now)."""
+        arrays = sorted({j.job_id.split("_")[0] for j in jobs})
+        found = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--jobs={','.join(arrays)}"],
+                               capture_output=True, text=True)
+        if found.returncode != 0:
+            return set() if "Invalid job id" in found.stderr else None  # ended and purged from the queue
+        return set(found.stdout.split())
