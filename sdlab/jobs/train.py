@@ -12,16 +12,23 @@ import pandas as pd
 import torch
 
 from sdlab.bench.records import identity, ordered, versions
-from sdlab.errors import choose
+from sdlab.config import Field, check_fields
+from sdlab.errors import UserError, choose
 from sdlab.jobs import JobContext, job
 from sdlab.mini import data
 from sdlab.mini.train_clip import train_clip
+from sdlab.mini.train_flow import train_flow
 from sdlab.mini.train_unet import train_unet
 from sdlab.mini.train_vae import train_vae
 
 log = logging.getLogger(__name__)
 STAGES = ("vae", "clip", "unet")
-EXTRA_STAGES = ("vae_decoder",)  # decoder-only VAE refinement: the latents stay fixed, so it can run beside unet
+EXTRA_STAGES = ("vae_decoder",  # decoder-only VAE refinement: the latents stay fixed, so it can run beside unet
+                "flow")  # mini_flow's transformer on mini's frozen parts (experiment=train_mini_flow)
+# The flow stage's own keys (the rest are the loop's, as in unet); checked before anything is trained.
+FLOW_RULES = {"frozen_from": Field("str"), "shift": Field("number", 0.01, 100), "logit_mean": Field("number", -5, 5),
+              "logit_std": Field("number", 0.01, 10), "caption_noise": Field("number", 0, 1),
+              "partial_captions": Field("number", 0, 1), "uncond_probability": Field("number", 0, 1)}
 
 
 @dataclass(frozen=True)
@@ -40,9 +47,16 @@ class Train:
     clip: dict[str, Any] | None = None
     unet: dict[str, Any] | None = None
     vae_decoder: dict[str, Any] | None = None
+    flow: dict[str, Any] | None = None
 
     def __post_init__(self):
         choose("train.stage", str(self.stage), STAGES + EXTRA_STAGES + ("all",))
+        if self.stage == "flow":
+            if not isinstance(self.flow, dict):
+                raise UserError("train.stage=flow needs a train.flow block: use experiment=train_mini_flow")
+            check_fields(dict(self.flow), FLOW_RULES, "train.flow.")
+            patch = (self.flow.get("architecture") or {}).get("patch_size", 1)
+            Field("choice", choices=(1, 2)).check("train.flow.architecture.patch_size", patch)
 
 
 def run_one(name: str, train: Train, root: Path) -> dict:
@@ -54,12 +68,14 @@ def run_one(name: str, train: Train, root: Path) -> dict:
         return train_vae(settings, images, root / name, export, seed)
     if name == "clip":
         return train_clip(settings, images, attributes, root / "clip", export, seed)
+    if name == "flow":
+        return train_flow(settings, images, attributes, root / "flow", export, seed)
     return train_unet(settings, images, attributes, root / "unet", export, seed)
 
 
 @job("train_mini", Train)
 def run_train_mini(ctx: JobContext) -> pd.DataFrame:
-    """Train the stage named by `train.stage` (vae, clip, unet, vae_decoder or all); one summary row per stage."""
+    """Train the stage named by `train.stage` (vae, clip, unet, vae_decoder, flow or all); one summary row per stage."""
     train = ctx.recipe
     torch.set_num_threads(int(train.threads))
     root = Path(train.out)

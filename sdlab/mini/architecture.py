@@ -24,6 +24,18 @@ UNET = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4,
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(64, 96, 96),
             layers_per_block=1, cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=16)
 SCHEDULER = dict(SD15_SCHEDULER)
+# mini_flow: SD3's MMDiT on the same 8x8x4 latents. Text is mini's CLIP tower twice (SD3's two CLIP encoders, their
+# penultimate states side by side: 2 x 32 = joint_attention_dim; pooled 2 x 64); T5 is left out (zeros instead).
+TEXT_TOKENS = 32  # CLIP is causal: the first 32 states of a 77-token pass are these, and every caption fits
+TRANSFORMER = dict(sample_size=RESOLUTION // 8, patch_size=1, in_channels=4, out_channels=4, num_layers=6,
+                   attention_head_dim=32, num_attention_heads=4, joint_attention_dim=2 * TEXT_HIDDEN,
+                   caption_projection_dim=128, pooled_projection_dim=2 * TEXT["projection_dim"],
+                   pos_embed_max_size=RESOLUTION // 8, qk_norm="rms_norm")
+FLOW_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0)
+T5_TOKENS = 256  # the T5 states SD3's pipeline appends (its default max_sequence_length): all zeros here
+# diffusers' SD3 pipeline needs a T5 to load a folder alone; mini's is the smallest T5 encoder, its final RMS norm
+# zero, so it returns exactly the zeros the pipeline uses when T5 is left out.
+ZERO_T5 = dict(d_model=2 * TEXT_HIDDEN, d_kv=4, d_ff=4, num_layers=1, num_heads=1, feed_forward_proj="relu")
 # CLIPImageProcessor of the mini vision tower: 64 px, pixels in [0, 1] mapped to [-1, 1].
 IMAGE_PROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_resize=True, size={"shortest_edge": RESOLUTION},
                        do_center_crop=True, crop_size={"height": RESOLUTION, "width": RESOLUTION}, do_rescale=True,
@@ -55,14 +67,29 @@ def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, 
 
 
 def initial(component: str, settings: dict[str, Any]):
-    """The mini 'vae' or 'unet' with random weights (settings['architecture'] overriding its config), or the
+    """The mini 'vae', 'unet' or 'transformer' with random weights (settings['architecture'] overriding its config), or the
     diffusers folder settings['init_from'] to continue from."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
 
-    model_class, config = {"vae": (AutoencoderKL, VAE), "unet": (UNet2DConditionModel, UNET)}[component]
+    model_class, config = {"vae": (AutoencoderKL, VAE), "unet": (UNet2DConditionModel, UNET),
+                           "transformer": (SD3Transformer2DModel, TRANSFORMER)}[component]
     if settings.get("init_from"):
         return model_class.from_pretrained(str(settings["init_from"]))
-    return model_class(**merged(config, settings.get("architecture")))
+    config = merged(config, settings.get("architecture"))
+    if component == "transformer":  # one position per patch of the 8x8 latent
+        config["pos_embed_max_size"] = config["sample_size"] // config["patch_size"]
+    return model_class(**config)
+
+
+def zero_t5(vocab_size: int):
+    """The T5 encoder of mini_flow (ZERO_T5): whatever the prompt, zeros of joint_attention_dim per token."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    encoder = T5EncoderModel(T5Config(vocab_size=vocab_size, **ZERO_T5)).eval()
+    with torch.no_grad():
+        encoder.encoder.final_layer_norm.weight.zero_()
+    return encoder
 
 
 def build_clip(text: dict[str, Any] | None = None, vision: dict[str, Any] | None = None):

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Callable
 
 from sdlab.io import atomic_write_text
-from sdlab.mini.architecture import IMAGE_PROCESSOR, SCHEDULER
+from sdlab.mini.architecture import FLOW_SCHEDULER, IMAGE_PROCESSOR, SCHEDULER, T5_TOKENS, TEXT_TOKENS, zero_t5
 from sdlab.models.schedulers import make_scheduler
-from sdlab.models.tokenizer import ASSET_DIR
+from sdlab.models.tokenizer import ASSET_DIR, tiny_t5_tokenizer
 
 # SD 1.x ships PNDM, a 4th-order multistep solver; at guidance 7.5 and 25 steps it (like LMS) is unstable on
 # this model and gets most colours wrong, while second-order DPM-Solver++ stays exact (models/mini/README.md).
@@ -82,3 +82,38 @@ def save_pipeline_files(root: Path) -> None:
              "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
     atomic_write_text(Path(root) / "model_index.json", json.dumps(index, indent=2))
+
+
+def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalisation: tuple[float, float],
+                            shift: float) -> None:
+    """Everything of an SD3 folder but the transformer: mini's VAE with SD3's (shift_factor, scaling_factor), the
+    text encoder as both CLIP encoders (diffusers loads each from its own folder: a copy), tokenizers padding to
+    TEXT_TOKENS, the zero T5 with sdlab's tiny T5 tokenizer, the flow-matching Euler scheduler at `shift`, and
+    model_index.json."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    root = Path(root)
+    vae = AutoencoderKL.from_pretrained(str(vae_folder))
+    vae.register_to_config(shift_factor=normalisation[0], scaling_factor=normalisation[1])
+    save_component(vae, root / "vae")
+    for name in ("text_encoder", "text_encoder_2"):
+        save_component(text_encoder, root / name)
+    for name in ("tokenizer", "tokenizer_2"):
+        replace_folder(root / name, copy_tokenizer_files)
+        config = root / name / "tokenizer_config.json"
+        atomic_write_text(config, json.dumps({**json.loads(config.read_text()), "model_max_length": TEXT_TOKENS},
+                                             indent=2))
+    t5_tokenizer = tiny_t5_tokenizer(T5_TOKENS)
+    replace_folder(root / "tokenizer_3", lambda staging: t5_tokenizer.save_pretrained(str(staging)))
+    save_component(zero_t5(len(t5_tokenizer)), root / "text_encoder_3")
+    scheduler = FlowMatchEulerDiscreteScheduler(**{**FLOW_SCHEDULER, "shift": shift})
+    save_component(scheduler, root / "scheduler")
+    index = {"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": __import__("diffusers").__version__,
+             "feature_extractor": [None, None], "image_encoder": [None, None],
+             "scheduler": ["diffusers", type(scheduler).__name__],
+             "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "text_encoder_3": ["transformers", "T5EncoderModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+             "tokenizer_3": ["transformers", "T5TokenizerFast"], "transformer": ["diffusers", "SD3Transformer2DModel"],
+             "vae": ["diffusers", "AutoencoderKL"]}
+    atomic_write_text(root / "model_index.json", json.dumps(index, indent=2))

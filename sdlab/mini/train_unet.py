@@ -66,17 +66,21 @@ def partial_table(split: data.Split = "train") -> tuple[list[str], np.ndarray]:
     return list(captions), table
 
 
+def training_latents(vae, images: np.ndarray, folder: Path) -> torch.Tensor:
+    """z0 = scaling_factor * posterior mean of every training image (cached in folder)."""
+    return cached(folder / "latents.safetensors",
+                  lambda: {"z0": torch.cat(posterior_means(vae, images, 128)) * vae.config.scaling_factor},
+                  f"{fingerprint(vae.encoder)}:{vae.config.scaling_factor:.6g}:{len(images)}")["z0"]
+
+
 def conditioning(export: Path, images: np.ndarray, folder: Path, partial: bool):
     """Training latents z0 = scaling_factor * posterior mean, text states of every train caption, the empty
     caption's states and, when `partial`, the partial captions' states and table (each cached in folder)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    vae = AutoencoderKL.from_pretrained(str(export / "vae")).eval()
+    latents = training_latents(AutoencoderKL.from_pretrained(str(export / "vae")).eval(), images, folder)
     text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"))
-    latents = cached(folder / "latents.safetensors",
-                     lambda: {"z0": torch.cat(posterior_means(vae, images, 128)) * vae.config.scaling_factor},
-                     f"{fingerprint(vae.encoder)}:{vae.config.scaling_factor:.6g}:{len(images)}")["z0"]
     captions = data.all_captions("train")
     text = cached(folder / "text_states.safetensors",
                   lambda: {"states": encode_text(text_encoder, captions), "empty": encode_text(text_encoder, [""])},
@@ -98,6 +102,34 @@ def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, c
     return rows
 
 
+def text_choice(rng: np.random.Generator, combos: np.ndarray, captions: int, noise: float, p_partial: float,
+                table: np.ndarray | None, p_uncond: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The text each image of `combos` is paired with: a row of the full captions (a random template; with
+    probability `noise` any caption), a row of the partial captions' table with probability `p_partial` (-1: none)
+    and whether it gets the empty caption instead (probability `p_uncond`, for classifier-free guidance)."""
+    templates = len(data.CAPTION_TEMPLATES)
+    rows = caption_rows(rng, combos, templates, captions, noise)
+    shorter_rows = np.full(len(combos), -1)
+    if p_partial:
+        # A partial caption of the combination the (possibly mislabelled) caption names; never the full one.
+        shorter = np.flatnonzero(rng.random(len(combos)) < p_partial)
+        keep = rng.integers(len(data.keep_sets()) - 1, size=len(shorter))
+        shorter_rows[shorter] = table[rows[shorter] // templates, keep]
+    return rows, shorter_rows, rng.random(len(combos)) < p_uncond
+
+
+def gather_text(choice: tuple[np.ndarray, np.ndarray, np.ndarray], full: torch.Tensor, partial: torch.Tensor | None,
+                empty: torch.Tensor) -> torch.Tensor:
+    """The batch of text tensors (states or pooled embeddings) a `text_choice` names."""
+    rows, shorter_rows, uncond = choice
+    out = full[rows].clone()
+    shorter = np.flatnonzero(shorter_rows >= 0)
+    if len(shorter):
+        out[shorter] = partial[shorter_rows[shorter]]
+    out[uncond] = empty[0]
+    return out
+
+
 def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Tensor, empty: torch.Tensor,
                attributes: list[data.Attributes], seed: int,
                partial: tuple[torch.Tensor, np.ndarray] | None = None) -> Stage:
@@ -112,7 +144,6 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
     unet = initial("unet", settings)
     alphas_cumprod = DDPMScheduler.from_config(SCHEDULER).alphas_cumprod
     combos = combination_index(attributes)
-    templates = len(data.CAPTION_TEMPLATES)
     batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
     # Web alt-text is often wrong; mislabelled images make the conditional distribution broad, as in SD,
     # so classifier-free guidance has the sharpening to do that it does there.
@@ -125,14 +156,8 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
     def loss(step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([seed, step])
         pick = rng.integers(len(latents), size=batch_size)
-        rows = caption_rows(rng, combos[pick], templates, len(states), p_noise)
-        c = states[rows].clone()
-        if p_partial:
-            # A partial caption of the combination the (possibly mislabelled) caption names; never the full one.
-            shorter = np.flatnonzero(rng.random(batch_size) < p_partial)
-            keep = rng.integers(len(data.keep_sets()) - 1, size=len(shorter))
-            c[shorter] = partial[0][partial[1][rows[shorter] // templates, keep]]
-        c[rng.random(batch_size) < p_uncond] = empty[0]
+        choice = text_choice(rng, combos[pick], len(states), p_noise, p_partial, partial and partial[1], p_uncond)
+        c = gather_text(choice, states, partial and partial[0], empty)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         z0 = latents[pick]
         t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=generator)

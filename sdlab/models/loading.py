@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+SHIPPED = ("mini", "mini_flow")  # models trained in this repository, each in models/<name>
 
 
 def hub_cache() -> Path:
@@ -50,12 +51,16 @@ def cached_snapshot(repo_id: str) -> Path:
 
 
 def model_folder(spec: ModelSpec) -> Path:
-    """Where a folder-backed model's weights are: `model.path`, the shipped mini model, or the HF cache."""
+    """Where a folder-backed model's weights are: `model.path`, a model shipped in models/, or the HF cache."""
     if spec.path:
         path = Path(os.path.expanduser(spec.path))
         return path if path.is_absolute() else Path.cwd() / path
-    if spec.name == "mini":
-        return PROJECT_ROOT / "models" / "mini"
+    if spec.name in SHIPPED:
+        folder = PROJECT_ROOT / "models" / spec.name
+        if not (folder / "model_index.json").is_file():
+            raise UserError(f"model={spec.name} has no weights in {folder} yet: train them with "
+                            f"`sdlab experiment=train_{spec.name}` (see {folder / 'README.md'}) or pass model.path=DIR")
+        return folder
     if not spec.repo_id:
         raise UserError(f"model={spec.name} is built in code and has no weights folder here; "
                         "pass model.path=DIR with a diffusers folder")

@@ -1,0 +1,166 @@
+"""Stage flow: mini_flow's SD3 transformer trained by rectified flow (velocity prediction, logit-normal timesteps;
+Esser et al. 2024, SD3, section 3.1) on mini's frozen VAE latents and frozen CLIP text states."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdlab.mini import data
+from sdlab.mini.architecture import FLOW_SCHEDULER, T5_TOKENS, TEXT_TOKENS, initial
+from sdlab.mini.export import save_component, save_sd3_pipeline_files
+from sdlab.mini.loop import Stage, run_stage, summary
+from sdlab.mini.train_clip import combination_index
+from sdlab.mini.train_unet import cached, fingerprint, gather_text, partial_table, text_choice, training_latents
+from sdlab.models.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class RepeatedTokenAttention:
+    """SD3's joint attention (diffusers' JointAttnProcessor2_0) where the last text token stands for `count` identical
+    copies: its logits get + log(count), the exact softmax over the copies. T5's zero states stay identical through
+    every block (no positions on text), so one copy trains what the pipeline runs with all of them."""
+
+    def __init__(self, count: int):
+        self.log_count = math.log(count)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        batch, image_tokens = hidden_states.shape[:2]
+
+        def heads(x, norm=None):
+            x = x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+            return norm(x) if norm is not None else x
+
+        query = torch.cat([heads(attn.to_q(hidden_states), attn.norm_q),
+                           heads(attn.add_q_proj(encoder_hidden_states), attn.norm_added_q)], dim=2)
+        key = torch.cat([heads(attn.to_k(hidden_states), attn.norm_k),
+                         heads(attn.add_k_proj(encoder_hidden_states), attn.norm_added_k)], dim=2)
+        value = torch.cat([heads(attn.to_v(hidden_states)), heads(attn.add_v_proj(encoder_hidden_states))], dim=2)
+        bias = torch.zeros(1, key.shape[2], dtype=query.dtype)
+        bias[0, -1] = self.log_count
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(batch, -1, query.shape[1] * query.shape[3])
+        image, text = out[:, :image_tokens], out[:, image_tokens:]
+        return attn.to_out[1](attn.to_out[0](image)), (None if attn.context_pre_only else attn.to_add_out(text))
+
+
+def sd3_text_encoder(clip_folder: Path):
+    """mini's CLIP text tower with its projection as a CLIPTextModelWithProjection (SD3's text encoder class)."""
+    from transformers import CLIPModel, CLIPTextModelWithProjection
+
+    clip = CLIPModel.from_pretrained(str(clip_folder))
+    config = clip.config.text_config
+    config.projection_dim = clip.config.projection_dim
+    encoder = CLIPTextModelWithProjection(config)
+    encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    encoder.text_projection.load_state_dict(clip.text_projection.state_dict())
+    return encoder.eval()
+
+
+@torch.no_grad()
+def encode_sd3_text(text_encoder, captions: list[str], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """What SD3's pipeline takes from one CLIP encoder: penultimate hidden states (N, TEXT_TOKENS, d) of captions
+    padded to TEXT_TOKENS, and the projected pooled embedding (N, projection_dim)."""
+    ids = load_tokenizer()(captions, padding="max_length", max_length=TEXT_TOKENS, truncation=True,
+                           return_tensors="pt").input_ids
+    states, pooled = [], []
+    for i in range(0, len(ids), batch_size):
+        out = text_encoder(ids[i : i + batch_size], output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        pooled.append(out.text_embeds)
+    return {"states": torch.cat(states), "pooled": torch.cat(pooled)}
+
+
+def latent_normalisation(z: torch.Tensor) -> tuple[float, float]:
+    """SD3's VAE (shift_factor, scaling_factor) for latents `z`: their mean, and 1 / std once centred."""
+    shift = float(z.mean())
+    return shift, float(1.0 / (z - shift).std())
+
+
+def conditioning(frozen: Path, images: np.ndarray, folder: Path, partial: bool):
+    """Training latents (centred and scaled as SD3's VAE config says), the SD3 text encoder, and the text states
+    and pooled embeddings of the train captions, the empty caption and (when `partial`) the partial captions."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(frozen / "vae")).eval()
+    z = training_latents(vae, images, folder) / vae.config.scaling_factor
+    shift, scale = latent_normalisation(z)
+    text_encoder = sd3_text_encoder(frozen / "clip")
+    key = f"{fingerprint(text_encoder)}:{TEXT_TOKENS}"
+    texts = {name: cached(folder / f"sd3_{name}.safetensors", lambda c=captions: encode_sd3_text(text_encoder, c),
+                          f"{key}:{len(captions)}")
+             for name, captions in (("train", data.all_captions("train")), ("empty", [""]),
+                                    *((("partial", partial_table("train")[0]),) if partial else ()))}
+    return (z - shift) * scale, (shift, scale), text_encoder, texts
+
+
+def flow_stage(settings: dict[str, Any], latents: torch.Tensor, texts: dict[str, dict[str, torch.Tensor]],
+               attributes: list[data.Attributes], seed: int, table: np.ndarray | None = None) -> Stage:
+    """The flow stage: x_t = (1 - t) x0 + t eps with t ~ logit-normal, predict v = eps - x0, plain MSE.
+
+    `texts` holds 'states' and 'pooled' for 'train' captions, the 'empty' caption and, with
+    settings['partial_captions'] > 0, the 'partial' captions whose (combination, keep set) rows are `table`.
+    """
+    torch.manual_seed(seed)
+    transformer = initial("transformer", settings)
+    transformer.set_attn_processor(RepeatedTokenAttention(T5_TOKENS))
+    combos = combination_index(attributes)
+    batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
+    p_noise, p_partial = float(settings.get("caption_noise", 0.0)), float(settings.get("partial_captions", 0.0))
+    mean, std = float(settings.get("logit_mean", 0.0)), float(settings.get("logit_std", 1.0))
+    if p_partial and (table is None or "partial" not in texts):
+        raise ValueError("partial_captions > 0 needs the partial captions' text states")
+    steps = FLOW_SCHEDULER["num_train_timesteps"]  # the transformer sees t * 1000, as the pipeline passes it
+
+    def both(choice, name: str) -> torch.Tensor:  # SD3's two CLIP encoders are the same tower: its output twice
+        one = gather_text(choice, texts["train"][name], texts.get("partial", {}).get(name), texts["empty"][name])
+        return torch.cat([one, one], dim=-1)
+
+    def loss(step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([seed, step])
+        pick = rng.integers(len(latents), size=batch_size)
+        choice = text_choice(rng, combos[pick], len(texts["train"]["states"]), p_noise, p_partial, table, p_uncond)
+        states = both(choice, "states")
+        context = torch.cat([states, states.new_zeros(batch_size, 1, states.shape[-1])], dim=1)  # + T5's zeros
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        x0 = latents[pick]
+        t = torch.sigmoid(mean + std * torch.randn(batch_size, generator=generator))
+        eps = torch.randn(x0.shape, generator=generator)
+        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+        v = transformer(x_t, encoder_hidden_states=context, pooled_projections=both(choice, "pooled"),
+                        timestep=t * steps).sample
+        mse = (v - (eps - x0)).pow(2).mean()
+        return {"loss": mse}
+
+    return Stage("flow", transformer, loss, ema_decay=float(settings.get("ema_decay", 0.0)))
+
+
+def train_flow(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
+               export: Path | None, seed: int) -> dict:
+    """Train (or resume) the transformer on mini's frozen parts (settings['frozen_from']), then write the SD3 folder."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    if export is None:
+        raise ValueError("the flow stage writes its SD3 folder into train.export")
+    frozen, export, folder = Path(settings["frozen_from"]), Path(export), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # 1. Frozen inputs, encoded once.
+    partial = bool(settings.get("partial_captions"))
+    latents, normalisation, text_encoder, texts = conditioning(frozen, images, folder, partial)
+    log.info("flow: latents %s (VAE shift %.4f, scale %.4f), text states %s", tuple(latents.shape), *normalisation,
+             tuple(texts["train"]["states"].shape))
+    # 2. Train.
+    stage = flow_stage(settings, latents, texts, attributes, seed, partial_table("train")[1] if partial else None)
+    frame = run_stage(stage, settings, folder)
+    # 3. Export (EMA weights when kept) with the diffusers attention, and the rest of the SD3 folder.
+    transformer = (stage.ema or stage.model).eval()
+    transformer.set_attn_processor(JointAttnProcessor2_0())
+    save_component(transformer, export / "transformer")
+    save_sd3_pipeline_files(export, frozen / "vae", text_encoder, normalisation, float(settings["shift"]))
+    return summary(stage, frame)
