@@ -16,6 +16,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from sdlab.bench.resume import sweep_cells
 from sdlab.models import generate
 
 SWEEP = ("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
@@ -315,3 +316,14 @@ def test_lean_launcher_writes_and_passes_on_what_hydras_basic_launcher_does(tmp_
     for name in ours:
         assert ours[name] == hydras[name], name
     assert '"env": "x"' in ours["3/probe.json"] and "sees seed 2" in ours["3/probe_app.log"]
+
+
+def test_cells_finished_elsewhere_forget_an_image_deleted_since_the_last_look(run_sdlab, tmp_path):
+    assert run_sdlab(*SWEEP, f"hydra.sweep.dir={tmp_path}") == 0
+    before = sweep_cells(tmp_path, tmp_path)
+    table = pd.read_parquet(tmp_path / "results.parquet")
+    assert set(before) == set(table["config_hash"])
+    gone = table.iloc[0]
+    (tmp_path / gone["image_path"]).unlink()
+    after = sweep_cells(tmp_path, tmp_path)
+    assert set(after) == set(before) - {gone["config_hash"]}

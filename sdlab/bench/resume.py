@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from sdlab.bench.records import ROW_COLUMNS, finished, job_dirs, ordered, read_table
+from sdlab.bench.records import ROW_COLUMNS, TABLE_NAME, finished, job_dirs, ordered, read_table
 from sdlab.config import config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file
@@ -51,28 +51,34 @@ def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFra
 def sweep_cells(sweep_dir: Path, besides: Path) -> dict[str, Path]:
     """Config hash -> the job dir holding it finished, for every job dir of the sweep but `besides`."""
     cells: dict[str, Path] = {}
+    besides = Path(besides).resolve()
     for job in job_dirs(sweep_dir):
-        if job.resolve() == Path(besides).resolve():
-            continue
-        frame = complete_rows(job, _cached_table(job))
-        if "config_hash" in frame:
-            cells.update({h: job for h in frame["config_hash"] if isinstance(h, str) and h not in cells})
+        if job.resolve() != besides:
+            cells.update({h: job for h in _finished_hashes(job) if h not in cells})
     return cells
 
 
-_TABLES: dict[Path, tuple[tuple, pd.DataFrame | None]] = {}
+_FINISHED: dict[Path, tuple[tuple, list[str]]] = {}
 
 
-def _cached_table(job: Path) -> pd.DataFrame | None:
-    """A job dir's table, read again only when it changed (every job of a sweep asks for every other's)."""
+def _finished_hashes(job: Path) -> list[str]:
+    """A job dir's finished cells, looked for again only when its table or its images folder changed (every job of
+    a sweep asks for every other's: reading each table and PNG each time made a sweep quadratic)."""
+    key = tuple(_stamp(job / name) for name in (TABLE_NAME + ".parquet", "images"))
+    if key[0] is None or _FINISHED.get(job, (None,))[0] != key:
+        frame = complete_rows(job)
+        hashes = [h for h in frame["config_hash"] if isinstance(h, str)] if "config_hash" in frame else []
+        _FINISHED[job] = (key, hashes)
+    return _FINISHED[job][1]
+
+
+def _stamp(path: Path) -> tuple | None:
+    """What changes when a file or folder is rewritten, or a file in it added or removed (None when absent)."""
     try:
-        stat = (job / "results.parquet").stat()
+        stat = path.stat()
     except OSError:
-        return previous_rows(job)
-    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    if _TABLES.get(job, (None,))[0] != key:
-        _TABLES[job] = (key, previous_rows(job))
-    return _TABLES[job][1]
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
