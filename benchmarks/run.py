@@ -168,7 +168,8 @@ SHARED_PROMPTS = ["a small red circle in the centre on a blue background",
                   "a large blue circle at the top on a red background"]
 
 
-def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Path, seeds: int = 8) -> None:
+def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Path, seeds: int = 8,
+                 size: int | None = None) -> None:
     """A 4 prompts x `seeds` seeds x 2 guidance scales sweep through `sdlab -m` (its cells sharing calls) against a
     hand-written loop of one image at a time and one batched by 8, interleaved, medians; images compared to the
     one-at-a-time loop."""
@@ -177,14 +178,14 @@ def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Pat
     cells = len(SHARED_PROMPTS) * seeds * 2
     hand = [sys.executable, str(ROOT / "benchmarks" / "hand_loop.py"), "--model", model, "--steps", str(steps),
             "--threads", str(threads), "--prompt", "|".join(SHARED_PROMPTS), "--seeds", seed_list, "--guidance", "1,7.5",
-            "--schedulers", "dpmpp_2m"]
+            "--schedulers", "dpmpp_2m", *(["--size", str(size)] if size else [])]
     prompts = ",".join(f"'{p}'" for p in SHARED_PROMPTS)
     commands = {
         "one": [*hand, "--batch", "1", "--out"],
         "expert": [*hand, "--batch", "8", "--out"],
         "sdlab": [sys.executable, "-m", "sdlab.app.cli", "-m", f"prompt={prompts}", f"seed={seed_list}",
                   "guidance_scale=1,7.5", "scheduler=dpmpp_2m", f"model={model}", f"num_inference_steps={steps}",
-                  f"threads={threads}"],
+                  f"threads={threads}", *([f"width={size}", f"height={size}"] if size else [])],
     }
     work = work / f"shared_{model}"
     times: dict[str, list[float]] = {name: [] for name in commands}
@@ -205,23 +206,26 @@ def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Pat
     report.add("shared", f"{model}_shared_over_one", med["sdlab"] / med["one"], "ratio", "target <= 0.5")
     report.add("shared", f"{model}_shared_over_expert", med["sdlab"] / med["expert"], "ratio", "target <= 1.1")
     report.add("shared", f"{model}_shared_max_pixel_diff", worst, "levels", "sdlab against one image at a time")
-    sweep = f"sdlab -m \"prompt={prompts}\" seed={seed_list} guidance_scale=1,7.5 num_inference_steps={steps}"
+    sized = f" width={size} height={size}" if size else ""
+    sweep = (f"sdlab -m \"prompt={prompts}\" seed={seed_list} guidance_scale=1,7.5 model={model} "
+             f"num_inference_steps={steps}{sized}")
     report.sections.append(
-        f"### 10. Cells sharing calls ({model}, {cells} cells: 4 prompts x {seeds} seeds x 2 guidance scales, "
-        f"{steps} steps, median of {repeats})\n\n"
+        f"### {11 if model != 'sd15_arch' else 12}. Cells sharing calls ({model}{f' at {size} px' if size else ''}, {cells} cells: 4 prompts x {seeds} "
+        f"seeds x 2 guidance scales, {steps} steps, median of {repeats})\n\n"
         "| way | wall s | vs one at a time | vs batched by 8 | max pixel diff to one at a time |\n|---|---|---|---|---|\n"
         f"| hand-written loop, one image at a time | {med['one']:.2f} | 1.000 | {med['one'] / med['expert']:.3f} | 0 |\n"
-        f"| hand-written loop, 8 seeds of a prompt per call | {med['expert']:.2f} | {med['expert'] / med['one']:.3f} | "
+        f"| hand-written loop, {min(8, seeds)} seeds of a prompt per call | {med['expert']:.2f} | {med['expert'] / med['one']:.3f} | "
         f"1.000 | {expert} |\n"
         f"| `{sweep}` ({cells} jobs) | {med['sdlab']:.2f} | **{med['sdlab'] / med['one']:.3f}** | "
         f"**{med['sdlab'] / med['expert']:.3f}** | {worst} |\n\n"
         f"Targets: at most 0.5x one image at a time and 1.1x the batched loop. sdlab's cells shared calls of "
-        f"{', '.join(f'{size} images ({count // size} calls)' for size, count in sorted(calls.items()))}: cells that "
+        f"{', '.join(f'{n} images ({count // n} calls)' for n, count in sorted(calls.items()))}: cells that "
         "share model, scheduler, steps, size and guidance scale make their images together (`batch_size=auto`), "
         "each keeping its own job dir, row, PNG and time share. Every wall includes interpreter start and imports. "
-        f"Reproduce: `python benchmarks/run.py --only shared --skip-sd15 --threads {threads}`.\n\n"
+        f"Reproduce: `python benchmarks/run.py --only {'shared' if model != 'sd15_arch' else 'sd15_shared'} "
+        f"--threads {threads}`.\n\n" + (
         "More than one level of difference comes from oneDNN, not from sharing: mini's `mkldnn=auto` turns oneDNN "
-        "convolutions on from a UNet batch of 16, and oneDNN rounds a batch differently from a lone image.\n")
+        "convolutions on from a UNet batch of 16, and oneDNN rounds a batch differently from a lone image.\n" if worst > 1 else ""))
 
 
 def compare_images(sweep: Path, hand: Path) -> tuple[bool, int]:
@@ -580,6 +584,7 @@ def main() -> None:
             ("sd15_phases", lambda: bench_phases(report, 256, 10, args.repeats)),
             ("sd15_overhead", lambda: bench_overhead(report, "sd15_arch", 2, 1, work, size=256, naive=False)),
             ("sd15_batches", lambda: bench_batches(report, "sd15_arch", 256, 2, 8, batches=(1, 2, 4, 8))),
+            ("sd15_shared", lambda: bench_shared(report, "sd15_arch", 2, 1, work, seeds=4, size=256)),
             ("sd15_trajectory", lambda: bench_trajectory(report, "sd15_arch", 256, 10, 1)),
             ("sd15_options", lambda: bench_options(report, "sd15_arch", 256, 4, 2, {
                 "default": {}, "eager_attention": {"attention": "eager"}, "channels_last": {"channels_last": True},
