@@ -9,6 +9,10 @@ import pytest
 from analysis_helpers import check_image
 from test_bad_input import assert_refused
 
+from sdlab.bench.scorers import unit_cmmd
+from sdlab.jobs.distance import DistanceStudy, distances
+from sdlab.metrics.distribution import cmmd
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["model=tiny", "threads=1", "distance.images=4", "distance.references=8", "distance.kid_subsets=5",
          "distance.bootstrap=10", "distance.prompts=[a red circle,a blue square]"]
@@ -80,3 +84,12 @@ def test_nfe_claim_ranks_schedulers_by_fewest_nfe_to_a_distance_all_reach(tmp_pa
 def test_a_wrong_distance_value_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
     assert_refused(run_sdlab, capsys, tmp_path, ["experiment=article_f1_distance_guidance", *args], fragment)
+
+
+def test_the_recipes_cmmd_is_the_scorers_cmmd_on_unit_embeddings():
+    rng = np.random.default_rng(0)
+    generated, real = rng.normal(1.0, 3.0, (40, 8)), rng.normal(0.0, 2.0, (50, 8))  # lengths far from 1
+    study = DistanceStudy(guidance_scales=(1.0,), schedulers=("ddim",), steps=(2,), prompts=("a red circle",),
+                          images=4, references=4, kid_subsets=2, bootstrap=10)
+    assert distances(generated, real, study)["cmmd"] == pytest.approx(unit_cmmd(generated, real)[0], rel=1e-12)
+    assert unit_cmmd(generated, real)[0] != pytest.approx(cmmd(generated, real), rel=1e-3)

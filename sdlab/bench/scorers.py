@@ -23,7 +23,7 @@ from sdlab.bench.plugins import installed
 from sdlab.bench.references import check_reference, reference_key
 from sdlab.config import config_hash
 from sdlab.errors import UserError
-from sdlab.metrics.distribution import cmmd, frechet_distance, kid, precision_recall
+from sdlab.metrics.distribution import clip_cmmd, frechet_distance, kid, precision_recall
 from sdlab.models.clip import load_clip
 
 ENTRY_POINTS = "sdlab.scorers"
@@ -190,8 +190,7 @@ def set_identity(cfg: dict) -> Any:
 
 def unit_cmmd(generated: np.ndarray, reference: np.ndarray) -> tuple[float]:
     """CMMD on unit-length embeddings, as the CMMD paper's code feeds them."""
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-    return (cmmd(unit(generated), unit(reference)),)
+    return (clip_cmmd(generated, reference),)
 
 
 def set_kind(statistic, columns: tuple[str, ...], min_n: int, advised_n: int, higher: bool = False) -> ScorerKind:

@@ -17,7 +17,7 @@ from sdlab.config import Run, checked
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.compare import Progress
-from sdlab.metrics.distribution import cmmd, frechet_distance, kid, precision_recall
+from sdlab.metrics.distribution import clip_cmmd, frechet_distance, kid, precision_recall
 from sdlab.models.clip import load_clip
 from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
@@ -82,7 +82,7 @@ def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> 
     precision, recall = precision_recall(generated, real)
     return {"n": n, "n_reference": len(real), "kid": mean, "kid_sd": sd, "fd": frechet_distance(generated, real),
             "fd_sd": float(np.std(resampled)),
-            "cmmd": cmmd(generated, real), "precision": precision, "recall": recall}
+            "cmmd": clip_cmmd(generated, real), "precision": precision, "recall": recall}
 
 
 @job("distribution_distance", DistanceStudy, check=check_study)

@@ -62,6 +62,12 @@ def cmmd(generated, reference, sigma: float = CMMD_SIGMA, scale: float = CMMD_SC
     return scale * (mean_kernel(g, g) + mean_kernel(r, r) - 2.0 * mean_kernel(g, r))
 
 
+def clip_cmmd(generated, reference) -> float:
+    """CMMD on unit-length CLIP embeddings, as the CMMD paper's code feeds them (Jayasumana et al. 2024)."""
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    return cmmd(unit(_features(generated)), unit(_features(reference)))
+
+
 def _distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T, 0.0))
 
