@@ -220,7 +220,7 @@ def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Pat
         f"**{med['sdlab'] / med['expert']:.3f}** | {worst} |\n\n"
         f"Targets: at most 0.5x one image at a time and 1.1x the batched loop. sdlab's cells shared calls of "
         f"{', '.join(f'{n} images ({count // n} calls)' for n, count in sorted(calls.items()))}: cells that "
-        "share model, scheduler, steps, size and guidance scale make their images together (`batch_size=auto`), "
+        "share model, scheduler, steps, size and guidance group make their images together (`batch_size=auto`), "
         "each keeping its own job dir, row, PNG and time share. Every wall includes interpreter start and imports. "
         f"Reproduce: `python benchmarks/run.py --only {'shared' if model != 'sd15_arch' else 'sd15_shared'} "
         f"--threads {threads}`.\n\n" + (

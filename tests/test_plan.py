@@ -19,8 +19,10 @@ def test_a_plan_says_cells_batches_nfe_and_where_it_goes_and_writes_nothing(run_
                      *FAST) == 0
     out = capsys.readouterr().out
     assert "sdlab plan: 12 cells, 0 already done, 12 to run (12 images)" in out
-    # the launcher shares a call between cells of one guidance scale: 3 images a group, 2 calls each
-    assert "batches: 8 (cells sharing model, scheduler, steps, size and guidance: 4 groups; batch_size=2)" in out
+    # the launcher shares a call between cells with guidance and between cells without: 3 images a group, 2 calls each
+    assert "batches: 8 (cells sharing model, scheduler, steps, size and guidance group: 4 groups; batch_size=2)" in out
+    assert run_sdlab("-m", "seed=1,2,3", "guidance_scale=3,7.5", "scheduler=ddim,heun", "plan=true", *FAST) == 0
+    assert "batches: 2 (cells sharing model, scheduler, steps, size and guidance group: 2 groups;" in capsys.readouterr().out
     assert "total NFE: 30 " in out  # ddim 2 calls an image, heun 3 (second-order steps but the last), as run
     assert "estimate: unknown (nothing measured on this machine for tiny@64x64), peak memory unknown" in out
     assert re.search(r"output: outputs/generate/multirun_\S+ \(new\)", out)

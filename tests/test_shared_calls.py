@@ -12,6 +12,8 @@ from PIL import Image
 from sdlab.config import GenerationParams, generation_params
 from sdlab.errors import UserError
 from sdlab.models import generate
+from sdlab.models.families import family
+from sdlab.models.loading import configured_spec, load_model
 
 PROMPTS = "prompt='a small red circle in the centre on a blue background','a big green square, on the left'"
 SWEEP = ("-m", PROMPTS, "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
@@ -66,13 +68,27 @@ def test_a_rerun_makes_only_the_missing_cells(run_sdlab, tmp_path):
     assert again.loc[[2, 5], "batch_size"].tolist() == [1, 1]  # different guidance scales: a call each
 
 
+def test_guidance_scales_above_one_share_a_call_each_image_guided_by_its_own(run_sdlab, tmp_path):
+    sweep = ("-m", "seed=1,2", "guidance_scale=1.5,7.5,12", "num_inference_steps=2", "threads=1")
+    assert run_sdlab(*sweep, f"hydra.sweep.dir={tmp_path / 'shared'}") == 0
+    assert run_sdlab(*sweep, "hydra.launcher.ahead=false", f"hydra.sweep.dir={tmp_path / 'alone'}") == 0
+    shared = pd.read_parquet(tmp_path / "shared" / "results.parquet")
+    alone = pd.read_parquet(tmp_path / "alone" / "results.parquet")
+    assert shared["batch_size"].tolist() == [6] * 6 and shared["guidance_scale"].tolist() == alone["guidance_scale"].tolist()
+    for path in shared["image_path"]:
+        assert np.abs(pixels(tmp_path / "shared" / path) - pixels(tmp_path / "alone" / path)).max() <= 1
+    first = pixels(tmp_path / "shared" / shared["image_path"][0])
+    assert np.abs(first - pixels(tmp_path / "shared" / shared["image_path"][4])).max() > 8  # w = 1.5 against 12
+
+
 def test_images_with_different_prompts_in_one_call_match_each_made_alone(tiny):
     model, _ = tiny
     base = GenerationParams(prompt="a small red circle", negative_prompt="blue", width=64, height=64,
                             num_inference_steps=2, guidance_scale=7.5)
-    requests = [base, replace(base, prompt="a big green square"), replace(base, negative_prompt="")]
-    together = generate.generate_batch(model, base, [1, 2, 3], requests=requests).images
-    for request, seed, image in zip(requests, [1, 2, 3], together):
+    requests = [base, replace(base, prompt="a big green square"), replace(base, negative_prompt=""),
+                replace(base, guidance_scale=2.0)]
+    together = generate.generate_batch(model, base, [1, 2, 3, 4], requests=requests).images
+    for request, seed, image in zip(requests, [1, 2, 3, 4], together):
         alone = generate.generate_batch(model, request, [seed]).images[0]
         assert np.abs(np.asarray(image, int) - np.asarray(alone, int)).max() <= 1
 
@@ -93,3 +109,19 @@ def test_a_wrong_batch_size_is_one_line_and_nothing_is_written(run_sdlab, tmp_pa
     assert run_sdlab("limits.batch_pixels=0", f"hydra.run.dir={tmp_path / 'run'}") == 2
     assert capsys.readouterr().err.strip() == "sdlab: error: limits.batch_pixels=0 must be a positive integer"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["sdxl_tiny", "sd3_tiny"])
+def test_each_image_of_a_call_takes_its_own_guidance_scale_on_every_cfg_family(name, one_thread):
+    model = load_model(configured_spec(name))
+    base = GenerationParams(prompt="a red circle", width=64, height=64, num_inference_steps=2, guidance_scale=3.0)
+    requests = [base, replace(base, guidance_scale=7.5)]
+    together = generate.generate_batch(model, base, [1, 2], requests=requests).images
+    for request, seed, image in zip(requests, [1, 2], together):
+        alone = generate.generate_batch(model, request, [seed]).images[0]
+        assert np.abs(np.asarray(image, int) - np.asarray(alone, int)).max() <= 1
+
+
+def test_a_guidance_distilled_model_takes_one_scale_per_call():
+    assert family("sd").guidance_group(3.0) == family("sd").guidance_group(7.5) != family("sd").guidance_group(1.0)
+    assert family("flux").guidance_group(3.0) != family("flux").guidance_group(7.5)

@@ -16,6 +16,7 @@ import pandas as pd
 from sdlab.bench.resume import MARKER, read_manifest, update_manifest
 from sdlab.bench.records import job_dirs
 from sdlab.config import Run
+from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
 COST = "cost"  # the manifest entry of what a finished sweep measured on its host
@@ -26,7 +27,7 @@ class Cell:
     """What the plan needs of one cell: its hash, what it shares with the cells it can batch with, and its work."""
 
     job_hash: str
-    batch: tuple  # model, scheduler, steps, size and guidance: cells equal in these share a pipeline call
+    batch: tuple  # model, scheduler, steps, size and guidance group: cells equal in these share a pipeline call
     size: str  # `model@WxH`, what its cost is measured by
     images: int
     batch_size: int
@@ -36,8 +37,8 @@ class Cell:
 def cell_of(run: Run, job_hash: str | None = None) -> Cell:
     """The plan's view of a parsed cell."""
     p, options = run.params, json.dumps(run.scheduler.options, sort_keys=True, default=str)
-    batch = (run.model.key, run.scheduler.name, options, p.num_inference_steps, p.width, p.height, p.guidance_scale,
-             p.eta)
+    batch = (run.model.key, run.scheduler.name, options, p.num_inference_steps, p.width, p.height,
+             family(run.model.family).guidance_group(p.guidance_scale), p.eta)
     if run.job != "generate":  # an analysis: its own work, no images to batch
         return Cell(job_hash or run.job_hash, (run.job,), f"job {run.job}", 0, 1, None)
     return Cell(job_hash or run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
@@ -105,7 +106,7 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     return "\n".join([
         f"sdlab plan: {len(cells)} cell{'s' * (len(cells) != 1)}, {len(cells) - len(todo)} already done, "
         f"{len(todo)} to run ({sum(c.images for c in todo)} images{f', {analyses} analyses' if analyses else ''})",
-        f"  batches: {batches} (cells sharing model, scheduler, steps, size and guidance: {len(groups)} groups; "
+        f"  batches: {batches} (cells sharing model, scheduler, steps, size and guidance group: {len(groups)} groups; "
         f"batch_size={'/'.join(map(str, sizes)) or '-'})",
         f"  total NFE: {nfe} (denoiser calls per image, summed)",
         f"  estimate: {wall}, peak memory {memory}",

@@ -15,6 +15,7 @@ from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.jobs import JobContext, job
+from sdlab.models.families import family
 from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config
@@ -31,14 +32,15 @@ def cell_hash(base: dict[str, Any], seed: int) -> str:
 
 
 def shared_call(run: Run) -> tuple | None:
-    """What generate runs must have in common to share a pipeline call (None: not a generate run); seeds, prompts and
-    negative prompts may differ. Guidance is shared too: the pipeline's CFG step takes one scale per call."""
+    """What generate runs must have in common to share a pipeline call (None: not a generate run); seeds, prompts,
+    negative prompts and, where the model runs classifier-free guidance, guidance scales above 1 may differ."""
     if run.job != "generate":
         return None
     p = run.params
     same = (run.scheduler.options, *(run.recipe.get(k) for k in ("scorers", "clip", "sample_world")))
     return (run.model, run.scheduler.name, json.dumps(same, sort_keys=True, default=str), p.num_inference_steps,
-            p.width, p.height, p.guidance_scale, p.eta, p.batch_size, run.threads, run.resume)
+            p.width, p.height, family(run.model.family).guidance_group(p.guidance_scale), p.eta, p.batch_size,
+            run.threads, run.resume)
 
 
 def seed_hashes(run: Run, model, scorers: list[Scorer]) -> dict[int, str]:

@@ -108,7 +108,8 @@ def generate_batch(
     requests: list[GenerationParams] | None = None,
 ) -> BatchResult:
     """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`.
-    `requests`, one per seed, give each image its own prompt and negative prompt (the rest is `params`')."""
+    `requests`, one per seed, give each image its own prompt, negative prompt and guidance scale (all in one
+    `guidance_group`; the rest is `params`')."""
     start = time.perf_counter()
     n = len(seeds)
     # 1. encode prompt and, under classifier-free guidance, the negative prompt (each prompt once per model)
@@ -120,7 +121,8 @@ def generate_batch(
     # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
     use_process_options(model.spec, model.denoiser_batch(n, params.guidance_scale))  # mkldnn=auto goes by batch
     with torch.inference_mode(), count_calls(model.denoiser) as nfe:
-        latents = model.denoise(params, generators(seeds), embeddings, on_step)
+        latents = model.denoise(params, generators(seeds), embeddings, on_step,
+                                [r.guidance_scale for r in requests] if requests else None)
     t_unet = time.perf_counter()
     # 3. decode latents
     with torch.inference_mode():

@@ -22,6 +22,26 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
 
 
+class PerImageScale(float):
+    """Guidance scales, one per image of a call, for the pipeline's CFG step eps_u + w (eps_c - eps_u) (Ho & Salimans
+    2022): the first scale where the pipeline compares it, a column of scales where it multiplies the batch."""
+
+    def __new__(cls, scales: list[float]):
+        scale = super().__new__(cls, scales[0])
+        scale.scales = tuple(float(s) for s in scales)
+        return scale
+
+    def __mul__(self, other):
+        import torch
+
+        if isinstance(other, torch.Tensor) and other.dim() and len(other) == len(self.scales):
+            column = torch.tensor(self.scales, dtype=other.dtype, device=other.device)
+            return column.view(-1, *[1] * (other.dim() - 1)) * other
+        return float(self) * other
+
+    __rmul__ = __mul__
+
+
 class ModelAdapter:
     """One loaded model: its pipeline, denoiser, prompt encoding, decoding, scheduler kind, sizes and speed options."""
 
@@ -160,6 +180,12 @@ class ModelAdapter:
         """Whether a step runs the unconditional branch too (never for guidance-distilled models)."""
         return self.guidance == "cfg" and guidance_scale > 1.0
 
+    @classmethod
+    def guidance_group(cls, scale: float) -> tuple:
+        """What cells must agree on about guidance to share a call: under CFG only whether it runs (each image takes
+        its own scale in the CFG step), on a guidance-distilled model the scale itself (an input of the denoiser)."""
+        return ("cfg", scale > 1.0) if cls.guidance == "cfg" else ("scale", scale)
+
     def denoiser_batch(self, images: int, guidance_scale: float) -> int:
         """The denoiser's batch for `images` images: doubled under classifier-free guidance."""
         return images * (2 if self.uses_cfg(guidance_scale) else 1)
@@ -213,16 +239,18 @@ class ModelAdapter:
 
     # 5. denoise and decode
     def denoise(self, params, generators: list[torch.Generator], embeddings: dict[str, torch.Tensor],
-                on_step: Callable[[dict], Any] | None = None) -> torch.Tensor:
+                on_step: Callable[[dict], Any] | None = None, scales: list[float] | None = None) -> torch.Tensor:
         """The sampler loop of the pipeline from `embeddings_for(params)` (one row, or one per image): NCHW latents, not
-        decoded. `on_step`, if given, gets each step as `StepWatch` describes it."""
+        decoded. `on_step`, if given, gets each step as `StepWatch` describes it; `scales`, one guidance scale per
+        image (all in one `guidance_group`), replace `params.guidance_scale`."""
         n = len(generators)
+        guidance = PerImageScale(scales) if scales and len(set(scales)) > 1 else params.guidance_scale
         options = {k: getattr(params, k) for k in self.call_options}
         with StepWatch(self, params, on_step) as watch:
             latents = self.pipe(
                 **{k: v if len(v) == n else v.repeat(n, *[1] * (v.dim() - 1)) for k, v in embeddings.items()},
                 num_inference_steps=params.num_inference_steps,
-                guidance_scale=params.guidance_scale,
+                guidance_scale=guidance,
                 width=params.width,
                 height=params.height,
                 generator=generators,
