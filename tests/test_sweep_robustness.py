@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -327,3 +328,15 @@ def test_cells_finished_elsewhere_forget_an_image_deleted_since_the_last_look(ru
     (tmp_path / gone["image_path"]).unlink()
     after = sweep_cells(tmp_path, tmp_path)
     assert set(after) == set(before) - {gone["config_hash"]}
+
+
+def test_a_cell_whose_job_never_wrote_a_table_is_a_failed_row_the_report_can_read(tmp_path):
+    from sdlab.bench.report import check_cells
+    from sdlab.bench.resume import NOT_RUN, collect, write_manifest
+
+    write_manifest(tmp_path, ["seed=1,2"], [["seed=1"], ["seed=2"]])
+    (tmp_path / "1").mkdir()  # killed before writing its rows; job 0 never started
+    frame = collect(tmp_path)
+    assert frame["status"].tolist() == ["error", "error"] and (frame["error"] == NOT_RUN).all()
+    assert [json.loads(cell) for cell in frame["overrides"]] == [{"seed": "1"}, {"seed": "2"}]
+    check_cells(frame, tmp_path)

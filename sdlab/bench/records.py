@@ -51,8 +51,11 @@ def identity(ctx, job: str | None, model: str | None = None) -> dict[str, Any]:
 
 
 def ordered(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Rows as a DataFrame, the schema's columns first, then any extra columns in order of appearance."""
+    """Rows as a DataFrame, the schema's columns first, then any extra columns in order of appearance; no rows is the
+    schema's columns (a job whose cells are all finished elsewhere in its sweep writes a table that reads as such)."""
     frame = pd.DataFrame(list(rows))
+    if frame.empty and not len(frame.columns):
+        return pd.DataFrame(columns=ROW_COLUMNS)
     known = [c for c in ROW_COLUMNS if c in frame.columns]
     return frame[known + [c for c in frame.columns if c not in known]]
 

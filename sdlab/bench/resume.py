@@ -230,7 +230,7 @@ def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
         log.warning("skipped %d unfinished job dir(s) without results.parquet: %s", len(unfinished), unfinished)
     not_run = [cell for number, cell in enumerate(cells) if number not in tabled]
     if not_run:  # its process ended before the job wrote its table: a failed row each, so the sweep is not complete
-        frames.append(pd.DataFrame([{"overrides": " ".join(f"{k}={v}" for k, v in cell.items()), "status": "error",
+        frames.append(pd.DataFrame([{"overrides": json.dumps(cell), "status": "error",
                                      "error": NOT_RUN, **({"seed": int(cell["seed"])} if cell.get("seed", "").isdigit() else {})}
                                     for cell in not_run]))
     if not frames:
