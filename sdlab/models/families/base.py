@@ -176,15 +176,16 @@ class ModelAdapter:
         """(channels, height, width) of one image's latents."""
         return self.vae.config.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor
 
-    def uses_cfg(self, guidance_scale: float) -> bool:
+    @classmethod
+    def uses_cfg(cls, guidance_scale: float) -> bool:
         """Whether a step runs the unconditional branch too (never for guidance-distilled models)."""
-        return self.guidance == "cfg" and guidance_scale > 1.0
+        return cls.guidance == "cfg" and guidance_scale > 1.0
 
     @classmethod
     def guidance_group(cls, scale: float) -> tuple:
         """What cells must agree on about guidance to share a call: under CFG only whether it runs (each image takes
         its own scale in the CFG step), on a guidance-distilled model the scale itself (an input of the denoiser)."""
-        return ("cfg", scale > 1.0) if cls.guidance == "cfg" else ("scale", scale)
+        return ("cfg", cls.uses_cfg(scale)) if cls.guidance == "cfg" else ("scale", scale)
 
     def denoiser_batch(self, images: int, guidance_scale: float) -> int:
         """The denoiser's batch for `images` images: doubled under classifier-free guidance."""
