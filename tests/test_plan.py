@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 
+import pandas as pd
+
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
 
@@ -29,6 +31,18 @@ def test_a_plan_says_cells_batches_nfe_and_where_it_goes_and_writes_nothing(run_
     assert run_sdlab("plan=true", "hydra.run.dir=r", *FAST) == 0  # a single run is a plan of one cell
     assert "sdlab plan: 1 cell, 0 already done, 1 to run (1 images)" in capsys.readouterr().out
     assert files(tmp_path) == []
+
+
+def test_the_plan_counts_the_calls_the_sweep_then_makes(run_sdlab, tmp_path, capsys):
+    sweep = ("-m", "seed=1,2", "prompt='a red circle','a blue square'", "guidance_scale=1,7.5,12", "batch_size=8", *FAST,
+             f"hydra.sweep.dir={tmp_path / 's'}")
+    assert run_sdlab(*sweep, "plan=true") == 0
+    planned = int(re.search(r"batches: (\d+) ", capsys.readouterr().out).group(1))
+    assert run_sdlab(*sweep) == 0
+    rows = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert (rows["status"] == "ok").all() and len(rows) == 12
+    made = (1 / rows["batch_size"]).sum()  # each row is its call's 1/batch_size
+    assert planned == round(made) == 2  # g=1 without CFG, 7.5 and 12 with it
 
 
 def test_a_plan_after_a_partial_sweep_counts_what_is_done_and_estimates_from_it(run_sdlab, tmp_path, capsys):

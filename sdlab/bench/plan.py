@@ -27,19 +27,29 @@ class Cell:
     """What the plan needs of one cell: its hash, what it shares with the cells it can batch with, and its work."""
 
     job_hash: str
-    batch: tuple  # model, scheduler, steps, size and guidance group: cells equal in these share a pipeline call
+    batch: tuple  # `shared_call`: cells equal in it share a pipeline call
     size: str  # `model@WxH`, what its cost is measured by
     images: int
     batch_size: int
     nfe: int | None  # denoiser calls per image; None for a job that makes no images
 
 
+def shared_call(run: Run) -> tuple | None:
+    """What cells must have in common to share one pipeline call (None: a job that makes no images); seeds, prompts,
+    negative prompts and, where the model runs classifier-free guidance, guidance scales above 1 may differ."""
+    if run.job != "generate":
+        return None
+    p = run.params
+    same = (run.scheduler.options, *(run.recipe.get(k) for k in ("scorers", "clip", "sample_world")))
+    return (run.model.key, run.scheduler.name, json.dumps(same, sort_keys=True, default=str), p.num_inference_steps,
+            p.width, p.height, family(run.model.family).guidance_group(p.guidance_scale), p.eta, p.batch_size,
+            run.threads, run.resume)
+
+
 def cell_of(run: Run, job_hash: str | None = None) -> Cell:
     """The plan's view of a parsed cell."""
-    p, options = run.params, json.dumps(run.scheduler.options, sort_keys=True, default=str)
-    batch = (run.model.key, run.scheduler.name, options, p.num_inference_steps, p.width, p.height,
-             family(run.model.family).guidance_group(p.guidance_scale), p.eta)
-    if run.job != "generate":  # an analysis: its own work, no images to batch
+    batch, p = shared_call(run), run.params
+    if batch is None:  # an analysis: its own work, no images to batch
         return Cell(job_hash or run.job_hash, (run.job,), f"job {run.job}", 0, 1, None)
     return Cell(job_hash or run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
                 p.batch_size, denoiser_calls(run.scheduler.name, p.num_inference_steps))

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sdlab.bench.plan import shared_call
 from sdlab.bench.records import identity, ordered, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
@@ -29,18 +30,6 @@ NOT_SAVED = "image not saved: "
 def cell_hash(base: dict[str, Any], seed: int) -> str:
     """Hash of everything that decides one image: model, scheduler, parameters and its seed."""
     return config_hash({**base, "seed": seed})
-
-
-def shared_call(run: Run) -> tuple | None:
-    """What generate runs must have in common to share a pipeline call (None: not a generate run); seeds, prompts,
-    negative prompts and, where the model runs classifier-free guidance, guidance scales above 1 may differ."""
-    if run.job != "generate":
-        return None
-    p = run.params
-    same = (run.scheduler.options, *(run.recipe.get(k) for k in ("scorers", "clip", "sample_world")))
-    return (run.model, run.scheduler.name, json.dumps(same, sort_keys=True, default=str), p.num_inference_steps,
-            p.width, p.height, family(run.model.family).guidance_group(p.guidance_scale), p.eta, p.batch_size,
-            run.threads, run.resume)
 
 
 def seed_hashes(run: Run, model, scorers: list[Scorer]) -> dict[int, str]:
