@@ -125,3 +125,14 @@ def test_each_image_of_a_call_takes_its_own_guidance_scale_on_every_cfg_family(n
 def test_a_guidance_distilled_model_takes_one_scale_per_call():
     assert family("sd").guidance_group(3.0) == family("sd").guidance_group(7.5) != family("sd").guidance_group(1.0)
     assert family("flux").guidance_group(3.0) != family("flux").guidance_group(7.5)
+
+
+def test_a_sweep_looks_through_its_job_dirs_once_per_shared_call_not_once_per_cell(run_sdlab, tmp_path, monkeypatch):
+    from sdlab.bench import resume
+    from sdlab.jobs import generate as generate_job
+
+    looks, real = [], resume.sweep_cells
+    monkeypatch.setattr(generate_job, "sweep_cells", lambda *a: looks.append(a) or real(*a))
+    assert run_sdlab(*SWEEP, f"hydra.sweep.dir={tmp_path}") == 0
+    assert len(pd.read_parquet(tmp_path / "results.parquet")) == 8
+    assert len(looks) == 2  # one per shared call (guidance 1, guidance 7.5), none per cell

@@ -247,6 +247,12 @@ def rebuild(folder: Path) -> Path:
     return build_report(folder, frame)
 
 
+def grid_axes(frame: pd.DataFrame, axes: list[str]) -> list[str]:
+    """The grid's axes: the swept parameters and replicates, in sweep order (not what follows a swept one)."""
+    swept = swept_parameters(frame, axes)
+    return [a for a in sweep_axes(frame, axes) if a in swept or a in REPLICATES]
+
+
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False, since: float = 0.0) -> str:
     """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
     `folder`; return the "N ok, M failed" line (and at a sweep's end, one ranking line per swept parameter), the
@@ -260,9 +266,8 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
     axes = (read_manifest(folder) or {}).get("axes", []) if sweep else []
     images = frame[frame["status"] == "ok"] if "status" in frame else frame
     several = "image_path" in frame and images["image_path"].notna().sum() > 1
-    swept = swept_parameters(frame, axes)
-    grid_axes = [a for a in sweep_axes(frame, axes) if a in swept or a in REPLICATES]  # not what follows a swept one
-    if grid and not (several and image_grid(frame, folder, folder / "grid.png", grid_axes, seeds_within=True)):
+    if grid and not (several and image_grid(frame, folder, folder / "grid.png", grid_axes(frame, axes),
+                                            seeds_within=True)):
         forget_figure(folder / "grid.png")  # an earlier run's grid would show images this table no longer lists
     failed = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[:0]
     line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"

@@ -92,7 +92,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         log.warning("%s", warning)
     hash_base = hash_fields(common, scorers)
     cells = {seed: cell_hash(hash_base, seed) for seed in params.seeds}
-    table, order, elsewhere = previous_cells(ctx, set(cells.values()))
+    table, order, elsewhere = previous_cells(ctx, set(cells.values()), set(model.made))
     todo = tuple(s for s in params.seeds if cells[s] not in table and cells[s] not in elsewhere)
     if len(todo) < len(params.seeds):
         where = sorted({p.name for p in elsewhere.values()})
@@ -118,8 +118,10 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     return in_order(table, order)
 
 
-def previous_cells(ctx: JobContext, wanted: set[str]) -> tuple[dict[str, dict], list[str], dict[str, Path]]:
-    """This dir's finished rows by config hash, the hash order of its table, and wanted cells finished elsewhere.
+def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset()) -> tuple[
+        dict[str, dict], list[str], dict[str, Path]]:
+    """This dir's finished rows by config hash, the hash order of its table, and wanted cells finished elsewhere; the
+    sweep's other job dirs are looked through only for wanted cells neither here nor `made` ahead (which looked).
 
     With resume=false the wanted cells are recomputed, and the dir's other cells stay in the table with their PNGs.
     """
@@ -130,9 +132,9 @@ def previous_cells(ctx: JobContext, wanted: set[str]) -> tuple[dict[str, dict], 
         order = list(previous["config_hash"])
     if not ctx.run.resume:
         return {h: row for h, row in table.items() if h not in wanted}, order, {}
-    sweep_dir = ctx.extra.get("sweep_dir")
-    elsewhere = sweep_cells(Path(sweep_dir), ctx.out_dir) if sweep_dir else {}
-    return table, order, {h: job for h, job in elsewhere.items() if h in wanted and h not in table}
+    sweep_dir, looking = ctx.extra.get("sweep_dir"), wanted - made - set(table)
+    elsewhere = sweep_cells(Path(sweep_dir), ctx.out_dir) if sweep_dir and looking else {}
+    return table, order, {h: job for h, job in elsewhere.items() if h in looking}
 
 
 def in_order(table: dict[str, dict], order: list[str]) -> pd.DataFrame:
