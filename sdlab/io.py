@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename over the target."""
+"""Atomic file writes: a temp file in the same folder, fsync (for what resume trusts), then rename over the target."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ def is_temp_file(path: str | Path) -> bool:
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `target`; on success it is renamed onto `target`, else removed."""
+def atomic_path(target: str | Path, sync: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `target`; on success it is renamed onto `target` (after an fsync unless `sync` is
+    false: records nothing trusts to resume, whose loss in a power cut costs nothing), else removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_MARK + target.suffix,
@@ -32,23 +33,24 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp_path, "rb") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # as a plain write; mkstemp (or a writer's own temp file) left 0600
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(target: str | Path, data: bytes) -> None:
-    """Write `data` to `target` atomically."""
-    with atomic_path(target) as tmp:
+def atomic_write_bytes(target: str | Path, data: bytes, sync: bool = True) -> None:
+    """Write `data` to `target` atomically (see `atomic_path` for `sync`)."""
+    with atomic_path(target, sync) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(target: str | Path, text: str) -> None:
-    """Write UTF-8 `text` to `target` atomically."""
-    atomic_write_bytes(target, text.encode("utf-8"))
+def atomic_write_text(target: str | Path, text: str, sync: bool = True) -> None:
+    """Write UTF-8 `text` to `target` atomically (see `atomic_path` for `sync`)."""
+    atomic_write_bytes(target, text.encode("utf-8"), sync)
 
 
 def open_regular(path: str | Path) -> BinaryIO:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,6 +24,18 @@ def test_atomic_temp_files_are_recognisably_sdlabs(tmp_path):
         assert tmp.suffix == ".parquet" and is_temp_file(tmp)  # libraries that pick a format by suffix still can
     for name in (".todo.tmp.md", ".env.tmpl", ".results.parquet.tmp", "sdlab-tmp", ".a.sdlab-tmp.b"):
         assert not is_temp_file(tmp_path / name), name
+
+
+def test_what_resume_trusts_reaches_the_disk_and_the_copies_for_people_do_not_wait_for_it(run_sdlab, tmp_path,
+                                                                                          monkeypatch):
+    synced, real = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    assert run_sdlab("-m", "seed=1,2", *FAST, f"hydra.sweep.dir={tmp_path / 'run'}") == 0
+    names = {Path(path).name.split(".sdlab-tmp")[0].lstrip(".").rsplit(".", 1)[0] for path in synced}
+    assert {"results.parquet", "job.json"} <= names and any(n.startswith("seed1-") for n in names)
+    assert not names & {"results.csv", "run_config.json", "config.yaml", "hydra.yaml", "overrides.yaml"}
+    for name in ("results.csv", "run_config.json", ".hydra/config.yaml"):
+        assert (tmp_path / "run" / "0" / name).stat().st_size > 0
 
 
 def test_an_atomic_file_gets_the_mode_a_plain_write_would_even_when_its_writer_recreates_it(tmp_path):

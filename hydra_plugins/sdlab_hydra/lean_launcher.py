@@ -146,7 +146,7 @@ class LeanLauncher(Launcher):
                 hydra_output = Path(output_dir) / str(config.hydra.output_subdir)
                 for node, name in ((task_cfg, "config.yaml"), (hydra_cfg, "hydra.yaml"),
                                    (config.hydra.overrides.task, "overrides.yaml")):
-                    atomic_write_text(hydra_output / name, OmegaConf.to_yaml(node))
+                    atomic_write_text(hydra_output / name, OmegaConf.to_yaml(node), sync=False)
             with env_override(hydra_cfg.hydra.job.env_set):
                 callbacks.on_job_start(config=config, task_function=self.task_function)
                 try:

@@ -193,7 +193,7 @@ def earlier_sweep(root: Path, task_overrides: list[str]) -> tuple[Path, bool] | 
 
 def record_config(folder: Path, config: dict[str, Any]) -> None:
     """Write the effective config a job runs with into its folder (Hydra's .hydra/config.yaml is before the merges)."""
-    atomic_write_text(Path(folder) / CONFIG, json.dumps(config, indent=1, sort_keys=True, default=str))
+    atomic_write_text(Path(folder) / CONFIG, json.dumps(config, indent=1, sort_keys=True, default=str), sync=False)
 
 
 def unmark(folder: Path) -> None:
