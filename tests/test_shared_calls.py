@@ -136,3 +136,18 @@ def test_a_sweep_looks_through_its_job_dirs_once_per_shared_call_not_once_per_ce
     assert run_sdlab(*SWEEP, f"hydra.sweep.dir={tmp_path}") == 0
     assert len(pd.read_parquet(tmp_path / "results.parquet")) == 8
     assert len(looks) == 2  # one per shared call (guidance 1, guidance 7.5), none per cell
+
+
+def test_a_submitit_task_shares_calls_between_the_cells_of_its_chunk(run_sdlab, tmp_path):
+    sweep = ("-m", "seed=1,2,3,4", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
+    assert run_sdlab(*sweep, "hydra/launcher=submitit_local", "hydra.sweeper.cells_per_task=4",
+                     f"hydra.sweep.dir={tmp_path / 'tasks'}") == 0
+    assert run_sdlab(*sweep, f"hydra.sweep.dir={tmp_path / 'here'}") == 0
+    tasks = pd.read_parquet(tmp_path / "tasks" / "results.parquet")
+    here = pd.read_parquet(tmp_path / "here" / "results.parquet")
+    assert (tasks["status"] == "ok").all() and len(tasks) == 8
+    # seeds vary slowest: each task of 4 cells holds 2 seeds x 2 guidance scales, one call per guidance group
+    assert tasks["batch_size"].tolist() == [2] * 8
+    assert tasks["config_hash"].tolist() == here["config_hash"].tolist()
+    for path in tasks["image_path"]:
+        assert np.abs(pixels(tmp_path / "tasks" / path) - pixels(tmp_path / "here" / path)).max() <= 1

@@ -1,5 +1,6 @@
 """Submitit launchers (`hydra/launcher=submitit_slurm`, `submitit_local`) with several cells per task: a task loads
-the model once and runs its chunk of cells in turn, so a 10,000-cell sweep is tens of array tasks, not 10,000.
+the model once and runs its chunk of cells in turn, those that share a pipeline call together, so a 10,000-cell sweep
+is tens of array tasks, not 10,000.
 
 The launcher waits on the queue itself (`squeue`, which every SLURM cluster has) instead of `sacct`, which clusters
 without accounting refuse with a warning at every poll; a task that leaves the queue without its result (cancelled,
@@ -14,11 +15,16 @@ import math
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from omegaconf import OmegaConf
+
+from sdlab.app.compose import composed_run
+from sdlab.config import Run
+from sdlab.jobs import work_ahead
 
 log = logging.getLogger(__name__)
 TASKS_PER_SLOT = 4  # with cells_per_task unset: about this many tasks per array slot, so slots that finish early refill
@@ -57,9 +63,31 @@ class ChunkedSubmitit:
         self.inner.setup(**kwargs)
 
     def __call__(self, chunk: list[tuple[int, list[str]]], singleton_state: dict) -> list[JobReturn]:
-        """In the task: run each (number, overrides) cell of the chunk as the submitit launcher runs one job."""
-        return [self.inner(overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", singleton_state)
-                for num, overrides in chunk]
+        """In the task: run each (number, overrides) cell of the chunk as the submitit launcher runs one job, sdlab's
+        cells that share work doing it together first (generate cells sharing a pipeline call: `work_ahead`)."""
+        runs = self.parsed(chunk, singleton_state)
+        returns, covered = [], set()
+        for i, (num, overrides) in enumerate(chunk):
+            if runs and i not in covered:
+                covered |= {i + k for k in work_ahead(runs[i:], Path(str(self.inner.config.hydra.sweep.dir)))}
+            returns.append(self.inner(overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", singleton_state))
+        return returns
+
+    def parsed(self, chunk: list[tuple[int, list[str]]], singleton_state: dict) -> list[Run | None]:
+        """The chunk's cells as parsed Runs (None for one that does not parse: its job reports it), or [] when the
+        task function is not sdlab's."""
+        if not getattr(self.inner.task_function, "works_ahead", False):
+            return []
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        runs = []
+        for _, overrides in chunk:
+            try:
+                runs.append(composed_run(self.inner.hydra_context.config_loader.load_sweep_config(
+                    self.inner.config, overrides)))
+            except Exception:  # noqa: BLE001 - the job itself reports its bad config
+                runs.append(None)
+        return runs
 
     def checkpoint(self, *args: Any) -> Any:
         """Requeued on preemption with the same chunk: its finished cells are found by their hash, not run again."""

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sdlab.app.compose import composed_run
 from sdlab.io import atomic_write_text
-from sdlab.jobs import get_ahead
+from sdlab.jobs import work_ahead
 
 log = logging.getLogger(__name__)
 AHEAD_WINDOW = 256  # jobs composed ahead to find those that share work with the next one
@@ -112,15 +112,7 @@ class LeanLauncher(Launcher):
                     parsed[j] = composed_run(configs[j])
                 except Exception:  # noqa: BLE001 - the job itself reports its bad config
                     parsed[j] = None
-        ahead = get_ahead(parsed[i].job) if parsed[i] is not None else None
-        if ahead is None:
-            return {i}
-        shown = [j for j in window if parsed[j] is not None]
-        try:
-            return {shown[k] for k in ahead([parsed[j] for j in shown], Path(str(self.config.hydra.sweep.dir)))}
-        except Exception:  # noqa: BLE001 - the job meets the same error and reports it
-            log.debug("working ahead of job %d failed", initial_job_idx + i, exc_info=True)
-            return {i}
+        return {i + k for k in work_ahead([parsed[j] for j in window], Path(str(self.config.hydra.sweep.dir)))}
 
     def run_job(self, config: DictConfig) -> JobReturn:
         """hydra.core.utils.run_job for one sweep job, publishing the Hydra node once and copying the config once."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -9,6 +10,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from sdlab.config import Run, check_block, rules_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +115,17 @@ def get_job(name: str) -> JobFn:
     return JOBS[name]
 
 
-def get_ahead(name: str) -> AheadFn | None:
-    """The ahead function of job `name`, if it has one (see `job`)."""
-    return AHEAD.get(name) if name in JOB_MODULES and get_job(name) else None
+def work_ahead(runs: list[Run | None], sweep_dir: Path) -> set[int]:
+    """Let the first of a sweep's upcoming runs do its work together with the later ones that share it (its job's
+    `ahead`); the indices of `runs` it covered. Runs that did not parse (None) are left to report it themselves, and
+    any failure here leaves each job to do its own work."""
+    first = runs[0] if runs else None
+    ahead = AHEAD.get(first.job) if first is not None and first.job in JOB_MODULES and get_job(first.job) else None
+    if ahead is None:
+        return {0}
+    shown = [j for j, run in enumerate(runs) if run is not None]
+    try:
+        return {shown[k] for k in ahead([runs[j] for j in shown], Path(sweep_dir))}
+    except Exception:  # noqa: BLE001 - the job meets the same error and reports it
+        log.debug("working ahead of %s failed", first.job, exc_info=True)
+        return {0}
