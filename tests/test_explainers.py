@@ -66,6 +66,16 @@ def test_ddim_steps_figure_says_there_is_no_knee_by_the_articles_definition(run_
     assert "20 -> 1000 (50x the work) the last 12%" in caption
 
 
+def test_ddim_steps_marks_no_knee_on_its_straight_log_log_curve(run_sdlab, tmp_path, monkeypatch):
+    from sdlab.jobs import explainers
+
+    drawn, real = [], explainers.curves
+    monkeypatch.setattr(explainers, "curves", lambda panels, *a, **k: drawn.append(panels) or real(panels, *a, **k))
+    assert run_sdlab("experiment=article_b6_ddim_steps", f"hydra.run.dir={tmp_path}") == 0
+    [(log_log, _)] = drawn
+    assert log_log["logx"] and log_log["logy"] and not log_log.get("points")
+
+
 def test_pipeline_by_hand_matches_diffusers(run_sdlab, tmp_path):
     args = ("experiment=article_c1_pipeline_by_hand", "num_inference_steps=5", f"hydra.run.dir={tmp_path}")
     assert run_sdlab(*args) == 0
