@@ -135,8 +135,8 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
                      "psnr_to_input": psnr(np.asarray(source), outputs[-1])})
     frame = pd.DataFrame(rows)
     reads, checked_line = drawn_like(ctx, frame, outputs)
-    labels = [f"strength {r.strength:g}\n{r.denoising_steps} steps\n{r.psnr_to_input:.1f} dB{read}"
-              for r, read in zip(frame.itertuples(), reads)]
+    labels = [f"strength {r.strength:g}\n{r.denoising_steps} step{'s' * (r.denoising_steps != 1)}\n"
+              f"{r.psnr_to_input:.1f} dB{read}" for r, read in zip(frame.itertuples(), reads)]
     first, last = frame.iloc[0], frame.iloc[-1]
     title = (f"{params.prompt}\nstrength sets how much of the input survives: PSNR to the input "
              f"{first.psnr_to_input:.1f} dB at {first.strength:g}, {last.psnr_to_input:.1f} dB at {last.strength:g}"
