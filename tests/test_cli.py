@@ -405,3 +405,31 @@ def test_rerunning_a_sweep_without_a_sweep_dir_continues_its_folder(run_sdlab, t
     assert f"sdlab: this sweep is complete in outputs/generate/{folder.name} " in capsys.readouterr().out
     assert run_sdlab("-m", "seed=1,3", "model=tiny", "num_inference_steps=1", "threads=1") == 0
     assert len(list((tmp_path / "outputs" / "generate").iterdir())) == 2  # another command, another folder
+
+
+INTERRUPTED_IN_A_POOL = """
+import sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from sdlab.app import cli
+
+never = threading.Event()
+ThreadPoolExecutor(1).submit(never.wait)  # a worker that an exit joining its pool would wait for forever
+
+
+def interrupted(cfg):
+    raise KeyboardInterrupt
+
+
+cli.run = interrupted
+sys.argv = ["sdlab", "hydra.run.dir=run"]
+cli.entry()
+"""
+
+
+def test_ctrl_c_exits_even_when_a_worker_pool_would_never_finish(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_IN_A_POOL], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 130
+    assert done.stderr.strip().splitlines()[-1] == "sdlab: error: interrupted; rerun the same command to resume"

@@ -210,7 +210,12 @@ def entry() -> None:
         fail(str(e))
     except KeyboardInterrupt:
         where = f" in {CollectSweep.sweep_dir}" if CollectSweep.sweep_dir else ""
-        fail(f"interrupted; rerun the same command to resume{where}", INTERRUPTED)
+        print(f"sdlab: error: interrupted; rerun the same command to resume{where}", file=sys.stderr, flush=True)
+        lock.release_held()
+        logging.shutdown()
+        sys.stdout.flush()
+        # not sys.exit: a worker pool (weights loading) whose lock the interrupt left taken would hang the exit's join
+        os._exit(INTERRUPTED)
     if CollectSweep.failures:
         sys.exit(1)
 

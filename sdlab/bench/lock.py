@@ -170,10 +170,20 @@ def acquire(folder: Path, parents: bool = True) -> None:
             raise
 
 
+HELD: list[Path] = []  # the folders `hold` locked in this process
+
+
 def hold(folder: Path, parents: bool = True) -> None:
     """Lock `folder` until `release` or the end of the process (sys.exit skips Hydra's end-of-run callbacks)."""
     acquire(folder, parents)
+    HELD.append(Path(folder))
     atexit.register(release, folder)
+
+
+def release_held() -> None:
+    """Release every lock `hold` took, for an exit that skips atexit."""
+    for folder in reversed(HELD):
+        release(folder)
 
 
 def release(folder: Path) -> None:
