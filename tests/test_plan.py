@@ -4,9 +4,15 @@ and the progress line of a sweep that runs."""
 from __future__ import annotations
 
 import json
+import os
 import re
+from unittest import mock
 
 import pandas as pd
+import pytest
+
+from sdlab.bench.plan import Cell, estimate, record_cost, step_costs
+from sdlab.bench.resume import MANIFEST, mark_finished
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
@@ -51,7 +57,7 @@ def test_a_plan_after_a_partial_sweep_counts_what_is_done_and_estimates_from_it(
     out = capsys.readouterr().out
     assert re.search(r"sdlab: 2 of 2 cells done \(1\), \d+\.\d\d images/s, about \d+ s left", out)
     cost = json.loads((tmp_path / "s" / "sweep.json").read_text())["cost"]["sizes"]["tiny@64x64"]
-    assert cost["s_per_nfe"] > 0 and cost["peak_mem_bytes"] > 0
+    assert cost["sample_step_s"] > 0 and cost["step_s"] >= 0 and cost["peak_mem_bytes"] > 0
     before = files(tmp_path)
     assert run_sdlab(*sweep, "seed=1,2", "plan=true") == 0
     out = capsys.readouterr().out
@@ -78,3 +84,40 @@ def test_a_plan_over_max_cells_is_the_limits_line(run_sdlab, tmp_path, monkeypat
     assert err == ["sdlab: error: the sweep has 60 cells, more than limits.max_cells=50; raise it with "
                    "limits.max_cells=N or sweep fewer values"]
     assert files(tmp_path) == []
+
+
+def test_the_cost_record_keeps_the_per_cell_overhead_of_cells_whose_images_were_made_ahead(tmp_path):
+    """Cells that shared a call take their images ready-made: each job's time is all overhead, though its share of
+    the call (gen_s) is larger than the time between two jobs' ends. A 10,000-cell plan pays that overhead per cell."""
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    (sweep / MANIFEST).write_text(json.dumps({"key": "k", "cells": 8}))
+    began = 1_000_000.0
+    ends = [began + 5 + 1.6 + 0.06 * i for i in range(8)]  # 5 s start-up, one call of 1.6 s, then 60 ms a job
+    for i, end in enumerate(ends):
+        job = sweep / str(i)
+        job.mkdir()
+        mark_finished(job, f"h{i}", {"rows": 1, "gen_s": 0.2})  # a share of 1/8 of the call
+        os.utime(job / "job.json", (end, end))
+    frame = pd.DataFrame({"status": "ok", "nfe": 20, "model": "tiny", "width": 64, "height": 64, "batch_size": 8,
+                          "guidance_scale": 7.5, "time_total_s": [0.2] * 8, "peak_mem_bytes": 1})
+    with mock.patch("time.time", return_value=ends[-1] + 1):
+        record_cost(sweep, frame, began, began)
+    cost = json.loads((sweep / MANIFEST).read_text())["cost"]["sizes"]["tiny@64x64"]
+    assert cost["overhead_s"] == pytest.approx(0.06, abs=0.005)
+    assert cost["fixed_s"] == pytest.approx(5 + 1.6 + 0.06 * 7 + 1 - 8 * (0.06 + 0.2), abs=0.05)
+    assert cost["step_s"] == 0 and cost["sample_step_s"] == pytest.approx(0.2 * 8 / 20 / 16)  # one call size: per sample
+
+
+def test_a_step_costs_a_fixed_part_and_a_part_per_sample_so_larger_calls_are_estimated_cheaper_per_image():
+    """A sweep's calls of 4 images without guidance (4 samples a step) and with it (8) give the two parts of a step's
+    time; a plan of calls of 32 images is then estimated from them, not from the cost per image of calls of 4."""
+    fixed, per_sample = 0.012, 0.003
+    step_s, sample_step_s = step_costs([(4, fixed + 4 * per_sample)] * 4 + [(8, fixed + 8 * per_sample)] * 4)
+    assert (step_s, sample_step_s) == (pytest.approx(fixed), pytest.approx(per_sample))
+    assert step_costs([(4, 0.04), (8, 0.03)]) == (0.0, pytest.approx((0.01 + 0.00375) / 2))  # a falling fit: per sample
+    cells = [Cell(f"h{i}", ("call", i < 32), "mini@64x64", 1, 32, 25, guided=i < 32) for i in range(64)]
+    cost = {"mini@64x64": {"step_s": fixed, "sample_step_s": per_sample, "overhead_s": 0.05, "fixed_s": 8.0,
+                           "peak_mem_bytes": 2**30}}
+    calls = 25 * (fixed + 64 * per_sample) + 25 * (fixed + 32 * per_sample)  # one guided call of 32, one plain
+    assert estimate(cells, cost) == (f"{8.0 + 64 * 0.05 + calls:.0f} s", "1.00 GiB")

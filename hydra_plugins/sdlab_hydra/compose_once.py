@@ -213,7 +213,8 @@ class ComposeOnceSweeper(Sweeper):
                 raise UserError(f"the sweep has {len(jobs)} cells, more than limits.max_cells="
                                 f"{limits(first)['max_cells']}; raise it with limits.max_cells=N or sweep fewer values")
             if first.get("plan") is True:
-                print(plan_text(self.plan_cells(jobs), Path(sweep_dir)), flush=True)
+                hashed = Path(sweep_dir).is_dir()  # a new folder has no finished cell to match by hash
+                print(plan_text(self.plan_cells(jobs, hashed), Path(sweep_dir)), flush=True)
                 return []
         composed = [self.composed.compose(self.config, job) for job in jobs]
         if self.preflight:
@@ -257,11 +258,11 @@ class ComposeOnceSweeper(Sweeper):
                                           if run.resume and finished_job(job_dir, run.job_hash) is not None}
         return self.launch(launched, Path(sweep_dir))
 
-    def plan_cells(self, jobs: list[list[str]]) -> list[Cell]:
+    def plan_cells(self, jobs: list[list[str]], hashed: bool = True) -> list[Cell]:
         """Each job as the plan sees it, its values checked and typed as the sweep's are (its model and schedulers are
         pre-flighted when the sweep starts: that imports diffusers), but fast: a job differing from an earlier one of
         the same config groups only in plain values (see `ComposedConfigs`) is that job's recipe with those values set,
-        typed once per distinct set of values but the seed."""
+        typed once per distinct set of values but the seed. Without `hashed`, a cell's hash is left empty."""
         parser, shapes, typed, planned, items = OverridesParser.create(), {}, {}, [], {}
         for job in jobs:
             parsed = [items.get(item) or items.setdefault(item, parser.parse_override(item)) for item in job]
@@ -291,7 +292,8 @@ class ComposeOnceSweeper(Sweeper):
             run, cell = typed[values]
             if "seed" in changed and recipe.get("seeds") is None:
                 check_seeds((changed["seed"],))
-            planned.append(dataclasses.replace(cell, job_hash=dataclasses.replace(run, recipe=recipe).job_hash))
+            planned.append(dataclasses.replace(cell, job_hash=dataclasses.replace(run, recipe=recipe).job_hash
+                                               if hashed else ""))
         return planned
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:

@@ -15,11 +15,13 @@ import pandas as pd
 
 from sdlab.bench.resume import MARKER, read_manifest, update_manifest
 from sdlab.bench.records import job_dirs
+from sdlab.conf_files import CONF_DIR, conf_values
 from sdlab.config import Run
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
 COST = "cost"  # the manifest entry of what a finished sweep measured on its host
+COST_KEYS = ("step_s", "sample_step_s", "overhead_s", "fixed_s", "peak_mem_bytes")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Cell:
     images: int
     batch_size: int
     nfe: int | None  # denoiser calls per image; None for a job that makes no images
+    guided: bool = False  # whether each denoiser call runs the unconditional branch too (a batch twice the images)
 
 
 def shared_call(run: Run) -> tuple | None:
@@ -52,7 +55,8 @@ def cell_of(run: Run, job_hash: str | None = None) -> Cell:
     if batch is None:  # an analysis: its own work, no images to batch
         return Cell(job_hash or run.job_hash, (run.job,), f"job {run.job}", 0, 1, None)
     return Cell(job_hash or run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
-                p.batch_size, denoiser_calls(run.scheduler.name, p.num_inference_steps))
+                p.batch_size, denoiser_calls(run.scheduler.name, p.num_inference_steps),
+                family(run.model.family).uses_cfg(p.guidance_scale))
 
 
 def finished_hashes(sweep_dir: Path) -> set[str]:
@@ -75,8 +79,14 @@ def measured_costs(sweep_dir: Path) -> dict[str, dict]:
     for _, folder in sorted(manifests, reverse=True):
         cost = (read_manifest(folder) or {}).get(COST) or {}
         if cost.get("host") == socket.gethostname() and isinstance(cost.get("sizes"), dict):
-            costs = {**cost["sizes"], **costs}
+            costs = {**{size: entry for size, entry in cost["sizes"].items() if usable(entry)}, **costs}
     return costs
+
+
+def usable(entry) -> bool:
+    """Whether a cost record (a folder's data, perhaps from another version of sdlab) has every number a plan needs."""
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(key), (int, float)) and 0 <= entry[key] < float("inf") for key in COST_KEYS)
 
 
 def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
@@ -88,9 +98,35 @@ def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         return f"unknown (nothing measured on this machine for {shown})", "unknown"
     sizes = {c.size for c in todo}
-    seconds = max(costs[s]["fixed_s"] for s in sizes) + sum(
-        costs[c.size]["overhead_s"] + costs[c.size]["s_per_nfe"] * c.nfe * c.images for c in todo)
+    seconds = max(costs[s]["fixed_s"] for s in sizes) + sum(costs[c.size]["overhead_s"] for c in todo)
+    for group in batch_groups(todo).values():
+        cost, images = costs[group[0].size], [c for c in group for _ in range(c.images)]
+        for start in range(0, len(images), group[0].batch_size):
+            call = images[start:start + group[0].batch_size]
+            samples = len(call) * (2 if call[0].guided else 1)
+            seconds += call[0].nfe * (cost["step_s"] + cost["sample_step_s"] * samples)
     return duration(seconds), f"{max(costs[s]['peak_mem_bytes'] for s in sizes) / 2**30:.2f} GiB"
+
+
+def batch_groups(cells: list[Cell]) -> dict[tuple, list[Cell]]:
+    """The cells that make images, by the call they can share."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        if c.nfe is not None:
+            groups.setdefault(c.batch, []).append(c)
+    return groups
+
+
+def step_costs(calls: list[tuple[int, float]]) -> tuple[float, float]:
+    """(seconds per denoiser step, seconds per sample in a step) fitted by least squares to (samples in the call,
+    seconds per step) pairs; with one call size measured, or a fit that is not physical, all of it per sample."""
+    sizes = {m for m, _ in calls}
+    if len(sizes) > 1:
+        mean_m, mean_t = statistics.fmean(m for m, _ in calls), statistics.fmean(t for _, t in calls)
+        slope = (sum((m - mean_m) * (t - mean_t) for m, t in calls) / sum((m - mean_m) ** 2 for m, _ in calls))
+        if slope > 0 and mean_t - slope * mean_m >= 0:
+            return mean_t - slope * mean_m, slope
+    return 0.0, statistics.fmean(t / m for m, t in calls)
 
 
 def duration(seconds: float) -> str:
@@ -103,10 +139,7 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     """The plan a user reads before a sweep: cells, done, batches, NFE, estimated time and memory, and the output."""
     done = finished_hashes(sweep_dir)
     todo = [c for c in cells if c.job_hash not in done]
-    groups: dict[tuple, list[Cell]] = {}
-    for c in todo:
-        if c.nfe is not None:
-            groups.setdefault(c.batch, []).append(c)
+    groups = batch_groups(todo)
     batches = sum(math.ceil(sum(c.images for c in g) / g[0].batch_size) for g in groups.values())
     sizes = sorted({c.batch_size for g in groups.values() for c in g})
     analyses = sum(c.nfe is None for c in todo)
@@ -125,10 +158,24 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     ])
 
 
+def job_overhead(between_ends: float, gen_s: float) -> float:
+    """A job's wall time beyond making its images, from the time since the previous job ended: all of it when that is
+    shorter than the job's share of image time (its images were made ahead, in a call shared with other cells)."""
+    return between_ends - gen_s if between_ends >= gen_s else between_ends
+
+
+def guided(model: str, guidance_scale: float) -> bool:
+    """Whether a row of config model `model` ran classifier-free guidance (its family's rule; a model without a config
+    file is taken to run it above 1)."""
+    path = CONF_DIR / "model" / f"{model}.yaml"
+    name = conf_values(f"model/{model}.yaml").get("family") if path.is_file() else None
+    return family(name).uses_cfg(guidance_scale) if name else guidance_scale > 1
+
+
 def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: float) -> None:
-    """Put what this sweep measured into its manifest for later plans, per `model@WxH`: seconds per image-NFE and peak
-    memory from its rows; a cell's wall time beyond its images (the median over the jobs made since `started` of the
-    time from one job's end to the next's, less its images'); and the rest of the command's time, paid once
+    """Put what this sweep measured into its manifest for later plans, per `model@WxH`: a denoiser step's seconds as a
+    fixed part and a part per sample in the call (`step_costs`) and the peak memory, from its rows; a cell's wall time beyond its images (the median `job_overhead` of the jobs made since
+    `started`); and the rest of the command's time, paid once
     (start-up, pre-flight, model load, collection). Nothing when it made no image."""
     jobs = []
     for job in job_dirs(sweep_dir):
@@ -142,10 +189,15 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
     if len(jobs) < 2 or ok.empty:
         return
     jobs.sort()
-    overhead = max(statistics.median(b - a - gen for (a, _), (b, gen) in zip(jobs, jobs[1:])), 0.0)
+    overhead = statistics.median(job_overhead(b - a, gen) for (a, _), (b, gen) in zip(jobs, jobs[1:]))
     fixed = max(time.time() - began - sum(overhead + gen for _, gen in jobs), 0.0)
     ok = ok.assign(size=ok["model"].astype(str) + "@" + ok["width"].astype(str) + "x" + ok["height"].astype(str))
-    sizes = {size: {"s_per_nfe": float(rows["time_total_s"].sum() / rows["nfe"].sum()), "overhead_s": overhead,
-                    "fixed_s": fixed, "peak_mem_bytes": int(rows["peak_mem_bytes"].max())}
-             for size, rows in ok.groupby("size")}
+    sizes = {}
+    for size, rows in ok.groupby("size"):
+        # a row's time is its share of its call: the call took batch_size times that, over nfe denoiser steps
+        calls = [(int(r.batch_size) * (2 if guided(str(r.model), float(r.guidance_scale)) else 1),
+                  float(r.time_total_s) * int(r.batch_size) / int(r.nfe)) for r in rows.itertuples()]
+        step_s, sample_step_s = step_costs(calls)
+        sizes[size] = {"step_s": step_s, "sample_step_s": sample_step_s, "overhead_s": overhead, "fixed_s": fixed,
+                       "peak_mem_bytes": int(rows["peak_mem_bytes"].max())}
     update_manifest(sweep_dir, **{COST: {"host": socket.gethostname(), "sizes": sizes}})
