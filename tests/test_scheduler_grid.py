@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 
 def test_scheduler_grid_measures_each_image_against_a_many_step_reference(run_sdlab, tmp_path, one_thread):
@@ -14,10 +15,25 @@ def test_scheduler_grid_measures_each_image_against_a_many_step_reference(run_sd
     frame = pd.read_parquet(tmp_path / "results.parquet")
     assert sorted(frame["scheduler"].unique()) == ["ddim", "dpmpp_2m", "euler"]
     assert np.isfinite(frame["psnr_to_reference"]).all() and (frame["psnr_to_reference"] > 0).all()
-    assert set(frame["reference"]) == {"dpmpp_2m x 20 steps"}
+    assert set(frame["reference"]) == {"heun x 20 steps"}  # a sampler outside the contest
     mean = frame.groupby("scheduler")["psnr_to_reference"].mean()
     assert set(frame["scheduler_label"]) == {f"{s}: {v:.1f} dB PSNR" for s, v in mean.items()}
     assert (tmp_path / "scheduler_grid.png").is_file()
     caption = json.loads((tmp_path / "captions.json").read_text())["scheduler_grid.png"]
-    assert caption.startswith("at 2 steps, mean PSNR to dpmpp_2m x 20 steps: ddim ")
+    assert caption.startswith("'a small red circle in the centre on a blue background' at 2 steps: PSNR to the heun x "
+                              "20-step solve, mean [95% interval] over 6 seeds: ddim ")
+    ddim = frame[frame["scheduler"] == "ddim"]["psnr_to_reference"]
+    lo, hi = stats.t.interval(0.95, len(ddim) - 1, loc=ddim.mean(), scale=stats.sem(ddim))  # over the 6 seeds
+    assert f"ddim {ddim.mean():.1f} [{lo:.1f}, {hi:.1f}]" in caption
     assert "closest per seed: 42 " in caption and "the ranking " in caption  # flips between seeds, or holds
+    own = frame["own_solve_psnr_to_reference"]  # each contestant's own 20-step solve against the reference
+    assert np.isfinite(own).all() and frame.groupby(["scheduler", "seed"])["own_solve_psnr_to_reference"].nunique().eq(1).all()
+    assert f"own 20-step solve is {own.min():.1f}-{own.max():.1f} dB from" in caption
+
+
+def test_a_contestant_that_is_the_reference_sampler_is_its_own_solve(run_sdlab, tmp_path, one_thread):
+    assert run_sdlab("experiment=article_b8_schedulers", "schedulers=[heun,ddim]", "reference_steps=4",
+                     "model=tiny", "num_inference_steps=2", "seeds=[0,1]", "threads=1", f"hydra.run.dir={tmp_path}") == 0
+    frame = pd.read_parquet(tmp_path / "results.parquet").set_index("scheduler")
+    assert np.isinf(frame.loc["heun", "own_solve_psnr_to_reference"]).all()
+    assert np.isfinite(frame.loc["ddim", "own_solve_psnr_to_reference"]).all()

@@ -207,25 +207,38 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     return frame
 
 
+CONVERGED_DB = 30.0  # many-step solves this close to the reference (PSNR) reach the same image to the eye
+
+
 def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, params: GenerationParams,
                             frame: pd.DataFrame, scorers) -> pd.DataFrame:
-    """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, a label per
-    scheduler with its mean; scheduler_grid.png: a row per seed, the reference first, each image with its PSNR and
-    whether it draws the prompt; a title with the spread, the best sampler per seed and the prompts drawn."""
+    """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, and how close
+    each sampler's own solve of as many steps comes to that reference (whether they all converge to it, so it favours
+    none); scheduler_grid.png: a row per seed, the reference first, each image with its PSNR and whether it draws the
+    prompt; a title with each sampler's mean and 95% interval over seeds, the best sampler per seed and the prompts
+    drawn."""
     from PIL import Image
 
     name, steps = recipe.reference_scheduler, recipe.reference_steps
-    model.use_scheduler(name)
-    reference = generate_batch(model, replace(params, num_inference_steps=steps), list(params.seeds))
+    many = replace(params, num_inference_steps=steps)
+    solves = {}
+    for scheduler in dict.fromkeys([name, *recipe.schedulers]):
+        model.use_scheduler(scheduler)
+        solves[scheduler] = generate_batch(model, many, list(params.seeds))
+    reference = solves[name]
     truth = {seed: np.asarray(image) for seed, image in zip(reference.seeds, reference.images)}
+    converged = {(scheduler, seed): psnr(truth[seed], np.asarray(image)) for scheduler, solve in solves.items()
+                 if scheduler != name for seed, image in zip(solve.seeds, solve.images)}
     drawn = {seed: row.get("adherence_all") for seed, row in
              zip(reference.seeds, score_images(scorers, reference.images, [params.prompt] * len(reference.seeds)))}
     images = {row.Index: np.asarray(Image.open(ctx.out_dir / row.image_path)) for row in frame.itertuples()
               if row.status == "ok"}
     frame = frame.assign(psnr_to_reference=[psnr(truth[r.seed], images[r.Index]) if r.Index in images else np.nan
-                                            for r in frame.itertuples()], reference=f"{name} x {steps} steps")
-    mean = frame.groupby("scheduler", sort=False)["psnr_to_reference"].mean()
-    frame["scheduler_label"] = [f"{s}: {mean[s]:.1f} dB PSNR" for s in frame["scheduler"]]
+                                            for r in frame.itertuples()], reference=f"{name} x {steps} steps",
+                         own_solve_psnr_to_reference=[converged.get((r.scheduler, r.seed), np.inf)
+                                                      for r in frame.itertuples()])
+    interval = {s: mean_ci(group["psnr_to_reference"]) for s, group in frame.groupby("scheduler", sort=False)}
+    frame["scheduler_label"] = [f"{s}: {interval[s][0]:.1f} dB PSNR" for s in frame["scheduler"]]
     mark = lambda ok: "" if ok is None or pd.isna(ok) else "\nprompt drawn" if ok else "\nNOT the prompt"  # noqa: E731
     strip, labels, best = [], [], []
     for seed, group in frame.groupby("seed", sort=False):
@@ -235,11 +248,23 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
             for r in group.itertuples()])
         best.append(f"{seed} {group.loc[group['psnr_to_reference'].idxmax(), 'scheduler']}")
     winners = {b.split()[1] for b in best}
-    lines = [f"at {params.num_inference_steps} steps, mean PSNR to {name} x {steps} steps: "
-             + ", ".join(f"{s} {v:.1f}" for s, v in mean.items())
-             + f" dB (spread {mean.max() - mean.min():.1f} dB, {len(strip)} seeds)",
+    means = [m for m, _, _ in interval.values()]
+    top = max(interval, key=lambda s: interval[s][0])
+    ahead = all(interval[top][1] > hi for s, (_, _, hi) in interval.items() if s != top)  # NaN bounds: never ahead
+    shown = lambda lo, hi: "" if np.isnan(lo) else f" [{lo:.1f}, {hi:.1f}]"  # noqa: E731
+    lines = [f"{params.prompt!r} at {params.num_inference_steps} steps: PSNR to the {name} x {steps}-step solve, "
+             f"mean [95% interval] over {len(strip)} seeds:",
+             ", ".join(f"{s} {m:.1f}{shown(lo, hi)}" for s, (m, lo, hi) in interval.items())
+             + (f" dB: {top} ahead beyond the seed-to-seed noise" if ahead else
+                f" dB: the intervals overlap ({max(means) - min(means):.1f} dB between means), no sampler ahead"),
              f"closest per seed: {', '.join(best)}: the ranking "
              + ("flips between seeds" if len(winners) > 1 else "holds on every seed")]
+    if converged:
+        own = list(converged.values())
+        lines.append(f"the reference favours none: each sampler's own {steps}-step solve is {min(own):.1f}-"
+                     f"{max(own):.1f} dB from it" if min(own) >= CONVERGED_DB else
+                     f"each sampler's own {steps}-step solve is {min(own):.1f}-{max(own):.1f} dB from the reference: "
+                     "they do not converge to one image, so the reference favours its own sampler")
     if "adherence_all" in frame:
         drawn_by = frame.groupby("scheduler", sort=False)["adherence_all"].agg(lambda a: f"{int(a.sum())}/{len(a)}")
         lines.append("prompt drawn (shapes checker): " + ", ".join(f"{s} {v}" for s, v in drawn_by.items())
