@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from analysis_helpers import check_image, context, figure_size
+from sdlab.bench.captions import read_captions
 from sdlab.errors import UserError
-from sdlab.jobs import get_job
+from sdlab.jobs import forward, get_job
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,9 +59,49 @@ def test_forward_process_pixel_and_latent(tmp_path):
     pixel = rows[rows["space"] == "pixel"]
     assert pixel["psnr_db"].iloc[0] > 30 and pixel["psnr_db"].is_monotonic_decreasing
     assert pixel["alpha_bar"].iloc[0] == pytest.approx(0.99915)
-    check_image(tmp_path / "forward_strip.png", **figure_size(1.6 * 4 + 0.6, 1.9 * 2 + 0.3))
+    latent = rows[rows["space"] == "latent"]
+    # horizontal row labels ("latent z_t, decoded": 18 characters at 9 pt) widen the strip by their margin
+    check_image(tmp_path / "forward_strip.png", **figure_size(1.6 * 4 + 0.6 + 0.6 * 9 / 72 * 18 + 0.15, 1.9 * 2 + 0.6))
+    headline = read_captions(tmp_path)["forward_strip.png"].split(" | ")[0]
+    assert headline.startswith(
+        f"PSNR vs x_0 from t=0 to t=999: {pixel['psnr_db'].iloc[0]:.1f} -> {pixel['psnr_db'].iloc[-1]:.1f} dB in "
+        f"pixels, {latent['psnr_db'].iloc[0]:.1f} -> {latent['psnr_db'].iloc[-1]:.1f} dB in decoded latents "
+        f"q(x_t|x_0) = N(")
     with pytest.raises(UserError, match=r"timesteps \[1000\] out of range"):
         run("forward_process", tmp_path, timesteps=[0, 1000])
+
+
+def test_forward_process_headline_compares_schedules_with_the_panels_numbers(tmp_path, monkeypatch):
+    drawn, real = [], forward.image_strip
+    monkeypatch.setattr(forward, "image_strip", lambda *a, **k: drawn.append(k) or real(*a, **k))
+    schedules = [{"name": "linear", "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "T": 1000},
+                 {"name": "cosine", "beta_schedule": "squaredcos_cap_v2", "T": 1000}]
+    rows = run("forward_process", tmp_path, timesteps=[0, 200, 500, 999], schedules=schedules, spaces=["pixel"])
+    psnr = rows.pivot(index="t", columns="schedule", values="psnr_db")
+    widest = int((psnr["cosine"] - psnr["linear"]).abs().idxmax())
+    assert widest == 200 and psnr.loc[widest, "cosine"] > psnr.loc[widest, "linear"]
+    caption = read_captions(tmp_path)["forward_strip.png"]
+    assert caption.split(" q(x_t|x_0)")[0] == (
+        f"cosine keeps more signal than linear: {psnr.loc[widest, 'cosine']:.1f} vs {psnr.loc[widest, 'linear']:.1f} "
+        f"dB PSNR at t={widest}")
+    [strip] = drawn  # the same numbers label the panels, under rows named across, not up the side
+    assert strip["horizontal_row_labels"] and strip["row_labels"] == ["linear\npixel x_t", "cosine\npixel x_t"]
+    assert f"t={widest}\n{psnr.loc[widest, 'cosine']:.1f} dB" in strip["col_labels"][1]
+
+
+def test_psnr_headline_handles_three_schedules_ties_and_exact_copies():
+    def rows(values: dict[str, list[float]], timesteps=(0, 500, 999)) -> list[dict]:
+        return [{"schedule": name, "space": "pixel", "t": t, "psnr_db": v}
+                for name, psnrs in values.items() for t, v in zip(timesteps, psnrs)]
+
+    three = rows({"a": [40.0, 9.0, 5.0], "b": [41.0, 14.0, 5.0], "c": [39.0, 11.0, 5.0]})
+    assert forward.psnr_headline(three) == "b keeps the most signal, a the least: 14.0 vs 9.0 dB PSNR at t=500"
+    # an exact copy (inf dB) at t=0 in one schedule: the gap is read where both are finite
+    exact = rows({"flow": [float("inf"), 8.0, 4.0], "ddpm": [45.0, 6.0, 4.5]})
+    assert forward.psnr_headline(exact) == "flow keeps more signal than ddpm: 8.0 vs 6.0 dB PSNR at t=500"
+    same = rows({"a": [40.0, 9.0, 5.0], "b": [40.01, 9.02, 5.0]})
+    assert forward.psnr_headline(same) == "the schedules keep the same signal: PSNRs within 0.1 dB of each other at every t"
+    assert forward.psnr_headline(rows({"model": [30.0]}, timesteps=(7,))) == "PSNR vs x_0 at t=7: 30.0 dB"
 
 
 def test_vae_roundtrip_builtin_images(tmp_path):

@@ -9,7 +9,9 @@ from PIL import Image
 
 from sdlab.bench.captions import read_captions
 from sdlab.errors import UserError
+from sdlab.jobs import explainers
 from sdlab.jobs.explainers import vae_compression_table
+from sdlab.metrics import toy
 from sdlab.metrics.toy_unet import level_table
 
 
@@ -54,6 +56,37 @@ def test_explainer_recipes_write_table_and_figure(run_sdlab, tmp_path, recipe, t
         assert abs(frame["mean"].iloc[0]) < 0.01 and abs(frame["std"].iloc[0] - 1) < 0.01
     if recipe == "article_b5_cfg_toy":
         assert 10 < frame["norm_threshold_scale"].iloc[0] < 15
+
+
+def test_timestep_embedding_draws_the_cosine_its_title_quotes(run_sdlab, tmp_path, monkeypatch):
+    drawn, real = [], explainers.save_figure
+    monkeypatch.setattr(explainers, "save_figure", lambda fig, target: drawn.append(
+        [(ax.get_xlabel(), ax.get_ylabel(), [line.get_xydata().copy() for line in ax.lines]) for ax in fig.axes])
+        or real(fig, target))
+    assert run_sdlab("experiment=article_d2_timestep_embedding", f"hydra.run.dir={tmp_path}") == 0
+    t = np.arange(1000)
+    embedding = toy.sinusoidal_timestep_embedding(t, 320)
+    cosine = embedding @ embedding[0] / np.linalg.norm(embedding, axis=1) / np.linalg.norm(embedding[0])
+    [axes] = drawn
+    heat, side, bar = axes  # heatmap, cosine panel, colour bar
+    assert heat[:2] == ("embedding dimension (cos half, then sin half)", "timestep t")
+    assert side[0] == "cosine similarity to t=0's embedding" and bar[0].startswith("embedding value")
+    curve = side[2][0]  # drawn as (cosine, t): t down the shared axis, beside the heatmap's rows
+    assert curve[:, 1].tolist() == t.tolist() and curve[:, 0] == pytest.approx(cosine, abs=1e-12)
+    half = int(np.flatnonzero(cosine >= 0.5)[-1]) + 1
+    assert half == 54 and cosine[half:].max() < 0.5
+    caption = read_captions(tmp_path)["timestep_embedding.png"]
+    assert caption.split(" | ")[0] == (f"sinusoidal timestep embedding, dim 320: cosine to t=0 is below 0.5 from "
+                                       f"t={half} on, {cosine[500]:.2f} at t=500, {cosine[999]:.2f} at t=999")
+    # the panel's claim: the cosine depends on the gap only, so its curve serves any pair of timesteps
+    for start, gap in ((37, 102), (400, 500), (1, 998)):
+        pair = toy.sinusoidal_timestep_embedding([start, start + gap], 320)
+        assert pair[0] @ pair[1] / np.linalg.norm(pair[0]) / np.linalg.norm(pair[1]) == pytest.approx(cosine[gap])
+
+
+def test_stays_below_half_finds_the_last_crossing_or_none():
+    assert explainers.stays_below_half(np.array([1.0, 0.4, 0.6, 0.3, 0.2])) == 3
+    assert explainers.stays_below_half(np.array([1.0, 0.4, 0.6])) is None
 
 
 def test_ddim_steps_figure_says_there_is_no_knee_by_the_articles_definition(run_sdlab, tmp_path):

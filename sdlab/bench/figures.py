@@ -148,17 +148,24 @@ def _short(text: str, width: int = 56) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+ROW_LABEL_POINTS = 9  # the font size of horizontal row labels
+
+
 def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: Sequence[str] | Sequence[Sequence[str]] = (),
-                row_labels: Sequence[str] = (), title: str = "", cell_inches: float = CELL_INCHES) -> Path:
-    """Rows of images (HxWx3 uint8/float, or HxW shown grey) with column labels (one list, or one per row) and row labels."""
+                row_labels: Sequence[str] = (), title: str = "", cell_inches: float = CELL_INCHES,
+                horizontal_row_labels: bool = False) -> Path:
+    """Rows of images (HxWx3 uint8/float, or HxW grey) with column labels (one list, or one per row) and row labels (rotated/flat)."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     per_row = bool(col_labels) and not isinstance(col_labels[0], str)
     flat = [label for group in col_labels for label in (group if per_row else [group])]
     label_lines = max([str(label).count("\n") + 1 for label in flat] or [1])
     title_lines = title.count("\n") + 1 if title else 0
     height = (cell_inches + 0.15 + 0.15 * label_lines) * n_rows + 0.25 * title_lines + 0.1
+    row_texts = ["\n".join(_short(line, 28) for line in str(label).split("\n")) for label in row_labels]
+    longest = max([len(line) for text in row_texts for line in text.split("\n")] or [0])
+    margin = 0.6 * ROW_LABEL_POINTS / 72 * longest + 0.15 if horizontal_row_labels and longest else 0.0
     with styled() as plt:
-        fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + 0.6, height), squeeze=False,
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + 0.6 + margin, height), squeeze=False,
                                  layout="constrained")
         for r, images in enumerate(rows):
             labels = col_labels[r] if per_row else (col_labels if r == 0 else ())
@@ -175,7 +182,10 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
                 if c < len(labels):
                     ax.set_title(labels[c], fontsize=8)
-                if c == 0 and r < len(row_labels):
+                if c == 0 and r < len(row_labels) and horizontal_row_labels:
+                    ax.set_ylabel(row_texts[r], fontsize=ROW_LABEL_POINTS, rotation=0, ha="right", va="center",
+                                  labelpad=8)
+                elif c == 0 and r < len(row_labels):
                     ax.set_ylabel(_short(row_labels[r], 28), fontsize=8)
         if title:
             fig.suptitle(title)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from sdlab.bench.figures import STYLE, bar_chart, curves, image_strip, save_figure
+from sdlab.bench.figures import bar_chart, curves, image_strip, save_figure, styled
 from sdlab.bench.records import identity, write_table
 from sdlab.config import checked
 from sdlab.errors import UserError
@@ -264,27 +264,58 @@ def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame.assign(cut_per_doubling=[np.nan, *cuts], knee=knee, bend=bend), "ddim_steps")
 
 
+def cosine_to_first(embedding: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `embedding` to its first row."""
+    norms = np.linalg.norm(embedding, axis=1)
+    return embedding @ embedding[0] / (norms * norms[0])
+
+
+CURVE_POINTS = 1000  # timesteps on the cosine curve, at most
+
+
+def stays_below_half(cosine: np.ndarray) -> int | None:
+    """The index from which the cosine to t=0 stays below 1/2 (None when its last value is not)."""
+    above = np.flatnonzero(cosine >= 0.5)
+    return int(above[-1]) + 1 if above[-1] + 1 < len(cosine) else None
+
+
 @job("timestep_embedding", TimestepEmbedding)
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
-    """The sinusoidal timestep embedding (as in the SD UNet) as a timestep x dimension heatmap."""
+    """The sinusoidal timestep embedding (as in the SD UNet) as a timestep x dimension heatmap, beside its cosine to t=0's."""
     T, dim, rows = ctx.recipe.T, ctx.recipe.dim, ctx.recipe.rows
     timesteps = np.linspace(0, T - 1, rows).round().astype(int)
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
     frame = pd.DataFrame({"t": timesteps, "norm": np.linalg.norm(embedding, axis=1),
-                          "cosine_to_t0": embedding @ embedding[0] / (np.linalg.norm(embedding, axis=1)
-                                                                      * np.linalg.norm(embedding[0]))})
-    near = frame.iloc[int(np.abs(frame["t"] - T // 10).argmin())]
-    import matplotlib.pyplot as plt
-
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        im = ax.imshow(embedding, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                          "cosine_to_t0": cosine_to_first(embedding)})
+    t = np.unique(np.linspace(0, T - 1, min(T, CURVE_POINTS)).round().astype(int))
+    cosine = cosine_to_first(toy.sinusoidal_timestep_embedding(t, dim))
+    half = stays_below_half(cosine)
+    quoted = sorted({int(np.abs(t - T // 2).argmin()), len(t) - 1} - {half})
+    claims = ([f"below 0.5 from t={t[half]} on"] if half is not None else []) + [f"{cosine[i]:.2f} at t={t[i]}"
+                                                                                  for i in quoted]
+    with styled() as plt:
+        fig, (ax, side) = plt.subplots(1, 2, figsize=(10, 5.2), sharey=True, width_ratios=(2.4, 1),
+                                       layout="constrained")
+        im = ax.imshow(embedding, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
                        extent=(0, dim, timesteps[-1], timesteps[0]))
         ax.grid(False)
         ax.set_xlabel("embedding dimension (cos half, then sin half)")
         ax.set_ylabel("timestep t")
-        ax.set_title(f"sinusoidal timestep embedding, dim {dim}: cosine to t=0 is {near.cosine_to_t0:.2f} at "
-                     f"t={near.t:.0f} and {frame['cosine_to_t0'].iloc[-1]:.2f} at t={frame['t'].iloc[-1]}")
-        fig.colorbar(im, ax=ax)
+        ax.set_title(f"the embedding of {rows} timesteps, one row each")
+        fig.colorbar(im, ax=ax, location="bottom", shrink=0.6, aspect=40, pad=0.02,
+                     label="embedding value: cos(t w_k) or sin(t w_k)")
+        side.plot(cosine, t, color="C0", lw=1)
+        side.axvline(0.5, color="0.4", lw=0.8, ls="--")
+        notes = ([(half, f"< 0.5 from t={t[half]}")] if half is not None else []) + [
+            (i, f"{cosine[i]:.2f} at t={t[i]}") for i in quoted]
+        for i, note in notes:  # right of the dashed line, which the curve stays left of once it has crossed it
+            side.scatter([cosine[i]], [t[i]], color="C3", s=24, zorder=3, edgecolors="black", linewidths=0.4)
+            side.annotate(note, (cosine[i], t[i]), xytext=(0.56, 8 if i == len(t) - 1 else -10),
+                          textcoords=("data", "offset points"), fontsize=8, color="C3", va="center",
+                          arrowprops={"arrowstyle": "-", "color": "C3", "lw": 0.6})
+        side.set_xlim(min(0.0, float(cosine.min()) - 0.05), 1.05)
+        side.set_xlabel("cosine similarity to t=0's embedding")
+        side.set_title("cosine of t's embedding to t=0's\n(the same for any two timesteps t apart)")
+        fig.suptitle(f"sinusoidal timestep embedding, dim {dim}: cosine to t=0 is {', '.join(claims)}")
         save_figure(fig, ctx.out_dir / "timestep_embedding.png")
     return finish(ctx, frame, "timestep_embedding")
