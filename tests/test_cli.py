@@ -16,6 +16,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from sdlab.app.arguments import display_overrides, hydra_quote, prepare
+from sdlab.bench.figure_index import write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ("num_inference_steps=2", "threads=1")
@@ -67,6 +68,21 @@ def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch, capsy
     assert "| B5 | What does classifier-free guidance do to the prediction? | [cfg_toy.png](0_article_b5_cfg_toy/cfg_toy.png)" in markdown
     with Image.open(root / "contact_sheet.png") as sheet:
         assert sheet.width > 1000 and sheet.height > 300
+
+
+def test_the_index_marks_a_figure_made_on_a_model_the_recipe_was_not_made_for(tmp_path):
+    """A recipe made for SD 1.5 run on mini (as the article sweep runs it offline) is marked in index.md."""
+    for i, model in enumerate(["mini", "sd15"]):
+        job = tmp_path / f"{i}_article_d3_guidance"
+        job.mkdir()
+        (job / "run_config.json").write_text(json.dumps({
+            "article": {"id": "D3", "question": "What changes between guidance 7 and 12.5?"}, "model": {"name": model},
+            "made_for": {"what": "SD 1.5 weights (model=sd15)", "models": ["sd15"], "here": "shapes"}}))
+        Image.new("RGB", (8, 8)).save(job / "guidance_grid.png")
+    write_index(tmp_path)
+    lines = [line for line in (tmp_path / "index.md").read_text().splitlines() if "guidance_grid.png" in line]
+    assert "**made for SD 1.5 weights (model=sd15); run on model=mini:** -" in lines[0]
+    assert "made for" not in lines[1]
 
 
 @pytest.mark.parametrize("text", [
@@ -210,9 +226,12 @@ def test_a_grid_job_names_each_image_by_its_cell(run_sdlab, tmp_path, monkeypatc
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if " s (text " in line]
     assert len(lines) == 2 and "guidance_scale=1.0 seed=0: " in lines[0] and "guidance_scale=7.5 seed=0: " in lines[1]
-    last = out.splitlines()[-3:]  # the table, the job's claim (once, though two figures carry it), what to open
-    assert last[0].endswith("results.csv: 2 ok, 0 failed") and last[1].startswith("  guidance_grid.png: prompt followed ")
-    assert last[2].startswith("  open: ") and "clip_vs_guidance.png" in last[2] and "guidance_grid.png" in last[2]
+    last = out.splitlines()[-3:]  # the table, the job's claim (once), what to open
+    assert last[0].endswith("results.csv: 2 ok, 0 failed") and last[1].startswith("  guidance_grid.png: prompt ")
+    assert out.count(last[1].split(": ", 1)[1]) == 1
+    # the untrained model misses the prompt at both scales: a flat adherence line is said, not drawn
+    assert last[1].startswith("  guidance_grid.png: prompt missed by all 2 images")
+    assert last[2].startswith("  open: ") and "guidance_grid.png" in last[2] and "clip_vs_guidance" not in last[2]
 
 
 def test_embedded_model_warns_about_prompts_and_sizes_it_was_not_made_for(run_sdlab, tmp_path, monkeypatch,

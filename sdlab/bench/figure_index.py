@@ -23,28 +23,34 @@ SHEET_COLUMNS, THUMB = 5, 300
 
 
 def recipe_of(job: Path) -> dict:
-    """A job folder's recipe name (its rows' experiment) and its `article:` block (id, question), from the config the
-    job ran with (sdlab's own record of it, not Hydra's)."""
+    """A job folder's recipe name (its rows' experiment), its `article:` block (id, question) and, when it ran on a
+    model other than the ones it is `made_for`, a note saying so, from the config the job ran with (sdlab's own record
+    of it, not Hydra's)."""
     try:
-        article = json.loads((job / CONFIG).read_text()).get("article")
-    except (OSError, ValueError, AttributeError):  # a folder whose job never started
-        article = None
-    article = article if isinstance(article, dict) else {}
+        config = json.loads((job / CONFIG).read_text())
+    except (OSError, ValueError):  # a folder whose job never started
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    article, made_for, model = (config.get(k) if isinstance(config.get(k), dict) else {}
+                                for k in ("article", "made_for", "model"))
     rows = read_table(job)
     recipe = rows["experiment"].iloc[0] if rows is not None and "experiment" in rows and len(rows) else None
+    stand_in = made_for.get("models") and model.get("name") not in made_for["models"]
     return {"recipe": recipe if isinstance(recipe, str) and recipe else job.name,
-            **{k: article.get(k) for k in ("id", "question")}}
+            **{k: article.get(k) for k in ("id", "question")},
+            "note": f"made for {made_for.get('what')}; run on model={model.get('name')}" if stand_in else ""}
 
 
 def index_rows(sweep_dir: Path) -> list[dict]:
-    """One row per figure of every job folder: id, question, recipe, folder, figure and its caption (the claim)."""
+    """One row per figure of every job folder: id, question, recipe, folder, the stand-in note, figure and its caption
+    (the claim)."""
     rows = []
     for job in job_dirs(sweep_dir):
         recipe, captions = recipe_of(job), read_captions(job)
         figures = sorted(p for p in job.iterdir() if p.suffix in FIGURE_SUFFIXES and not p.name.startswith("."))
         for figure in figures or [None]:
             rows.append({"id": recipe.get("id") or "", "question": recipe.get("question") or "",
-                         "recipe": recipe["recipe"], "folder": job.name,
+                         "recipe": recipe["recipe"], "folder": job.name, "note": recipe["note"],
                          "figure": f"{job.name}/{figure.name}" if figure else "",
                          "claim": captions.get(figure.name, "") if figure else "no figure"})
     return rows
@@ -55,7 +61,8 @@ def markdown(rows: list[dict], title: str) -> str:
     lines = [f"# {title}", "", "| id | question | figure | what it shows |", "|---|---|---|---|"]
     for row in rows:
         link = f"[{Path(row['figure']).name}]({row['figure']})" if row["figure"] else "-"
-        cells = [row["id"] or row["recipe"], row["question"], link, row["claim"] or "-"]
+        claim = row["claim"] or "-"
+        cells = [row["id"] or row["recipe"], row["question"], link, f"**{row['note']}:** {claim}" if row["note"] else claim]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

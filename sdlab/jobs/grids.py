@@ -97,7 +97,8 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
 
 def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     """Panels of CLIP score and prompt adherence against w: per-seed lines, the mean and its 95% interval over
-    seeds; and a claim from the lowest w to the highest with the paired change over seeds (and the best w between)."""
+    seeds; and a claim from the lowest w to the highest with the paired change over seeds (and the best w between).
+    Adherence that is the same for every image is a line of the claim, not a panel."""
 
     metrics = [m for m in ("clip_score", "adherence_all") if m in ok and ok[m].notna().any()]
     if not metrics:
@@ -108,6 +109,9 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     for metric in metrics:
         percent = metric == "adherence_all"
         name = "prompt followed" if percent else "CLIP score"
+        if percent and ok[metric].nunique() == 1:  # a flat line at 0 or 100% is a sentence, not a panel
+            claims.append(f"prompt {'followed' if ok[metric].iloc[0] else 'missed'} by all {len(ok)} images")
+            continue
         factor, unit, digits = (100.0, "%", 0) if percent else (1.0, "", 1)
         mean, low, high = (summary[f"{metric}_{part}"].to_numpy(dtype=float) * factor for part in ("mean", "lo", "hi"))
         lines = [] if percent else [
