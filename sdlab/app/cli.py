@@ -209,13 +209,12 @@ def entry() -> None:
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        where = f" in {CollectSweep.sweep_dir}" if CollectSweep.sweep_dir else ""
-        print(f"sdlab: error: interrupted; rerun the same command to resume{where}", file=sys.stderr, flush=True)
         lock.release_held()
         logging.shutdown()
         sys.stdout.flush()
+        where = f" in {CollectSweep.sweep_dir}" if CollectSweep.sweep_dir else ""
         # not sys.exit: a worker pool (weights loading) whose lock the interrupt left taken would hang the exit's join
-        os._exit(INTERRUPTED)
+        fail(f"interrupted; rerun the same command to resume{where}", INTERRUPTED, leave=os._exit)
     if CollectSweep.failures:
         sys.exit(1)
 

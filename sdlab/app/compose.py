@@ -24,10 +24,10 @@ def job_folder(num) -> str:
     return str(num).zfill(len(str(max(cells - 1, 0))))
 
 
-def fail(message: str, code: int = UserError.exit_code) -> None:
-    """Print one error line and exit (code 2 for bad input)."""
-    print(f"sdlab: error: {message}", file=sys.stderr)
-    sys.exit(code)
+def fail(message: str, code: int = UserError.exit_code, leave=sys.exit) -> None:
+    """Print one error line and exit (code 2 for bad input) through `leave`."""
+    print(f"sdlab: error: {message}", file=sys.stderr, flush=True)
+    leave(code)
 
 
 def one_line(error: BaseException) -> str:

@@ -74,7 +74,8 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Pa
     """Write `<name>.parquet` and `<name>.csv` atomically: if either cannot be written, neither appears (the CSV,
     a copy for people, is not forced to disk)."""
     folder = Path(folder)
-    with atomic_path(folder / f"{name}.csv", sync=False) as csv_tmp, atomic_path(folder / f"{name}.parquet") as parquet_tmp:
+    with (atomic_path(folder / f"{name}.csv", sync=False) as csv_tmp,
+          atomic_path(folder / f"{name}.parquet") as parquet_tmp):
         parquet_safe(frame).to_parquet(parquet_tmp, index=False)
         frame.to_csv(csv_tmp, index=False)
     return folder / f"{name}.parquet"
