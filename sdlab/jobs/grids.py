@@ -186,11 +186,10 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
     by_seed, by_subject = (float(np.mean(alike[k])) if alike[k] else float("nan") for k in (True, False))
     frame = frame.assign(layout_r_same_seed=same, layout_r_other_seed=other, background_alike_same_seed=by_seed,
                          background_alike_same_subject=by_subject)
-    follows = "the subject word (the model's habit), not the seed" if by_subject > by_seed else "the seed"
-    return frame, (f"same seed, other subject: layout r = {same:.2f} (n={len(pairs[True])}); other seed: r = {other:.2f} "
-                   f"(n={len(pairs[False])}) (r: 8x8 luminance correlation)\nbackground alike in {sum(alike[True])} of "
-                   f"{len(alike[True])} same-seed pairs, {sum(alike[False])} of {len(alike[False])} same-subject pairs: it "
-                   f"follows {follows}")
+    follows = "the subject word, not the seed" if by_subject > by_seed else "the seed"
+    return frame, (f"8x8 layout r: {same:.2f} same seed (n={len(pairs[True])}), {other:.2f} other "
+                   f"(n={len(pairs[False])})\nbackground alike in {sum(alike[True])}/{len(alike[True])} same-seed, "
+                   f"{sum(alike[False])}/{len(alike[False])} same-subject pairs: it follows {follows}")
 
 
 @job("scheduler_grid", SchedulerGrid)
