@@ -13,6 +13,7 @@ from PIL import Image
 
 from analysis_helpers import check_image, context, figure_size
 from sdlab.bench.captions import read_captions
+from sdlab.bench.records import read_png_metadata
 from sdlab.errors import UserError
 from sdlab.jobs import forward, get_job
 
@@ -204,7 +205,11 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
 
     captions = json.loads((tmp_path / "captions.json").read_text())
     assert all(captions.get(png.name) for png in tmp_path.glob("*.png"))  # every figure has its title; the bare
-    assert (tmp_path / "images" / "trajectory_final.png").is_file()  # final image sits with the images, not the figures
+    # the final image sits with the images, not the figures, and carries the whole request: `params=` regenerates it
+    final = read_png_metadata(tmp_path / "images" / "trajectory_final.png")
+    assert {k: final[k] for k in ("negative_prompt", "width", "height", "eta", "seed", "scheduler")} == {
+        "negative_prompt": rows["negative_prompt"].iloc[0], "width": 64, "height": 64, "eta": 0.0,
+        "seed": int(rows["seed"].iloc[0]), "scheduler": rows["scheduler"].iloc[0]}
     gif = Image.open(tmp_path / "trajectory.gif")
     assert gif.n_frames == 4 + 1 and gif.size == (2 * 64 * 4, 64 * 4 + 14)
     check_image(tmp_path / "trajectory.gif", size=(512, 270))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.scorers import build_scorers, score_images
 from sdlab.bench.worlds import world
-from sdlab.config import Run, checked
+from sdlab.config import Run, checked, image_params
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import read_image
@@ -94,7 +94,7 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
                       f"{float(diff_image.max()):.1e} in pixels (range [-1, 1]), {steps} DDIM steps")
     return ordered([{
         **identity(ctx, "pipeline_by_hand", spec.name), "scheduler": "ddim",
-        "prompt": params.prompt, "seed": seed, "num_inference_steps": steps, "guidance_scale": w,
+        **image_params(replace(params, width=side, height=side)), "seed": seed,
         "max_abs_diff_latents": latent_diff, "max_abs_diff_pixels": float(diff_image.max()),
     }])
 

@@ -14,7 +14,7 @@ import torch
 from sdlab.bench.figures import convergence, schedule_visits
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.bench.scorers import build_scorers, direction, score_images
-from sdlab.config import GenerationParams, checked
+from sdlab.config import GenerationParams, checked, image_params
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.image import psnr, ssim
@@ -105,8 +105,9 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                 extra = score_images(scorers, result.images, [prompt] * len(result.images))
                 for seed, score, more in zip(seeds, scores, extra):
                     rows.append({
-                        **identity(ctx, "compare_schedulers", spec.name), "scheduler": name, "num_inference_steps": steps, "nfe": result.nfe,
-                        "guidance_scale": base.guidance_scale, "seed": seed, "prompt": prompt,
+                        **identity(ctx, "compare_schedulers", spec.name), "scheduler": name,
+                        **image_params(replace(base, prompt=prompt, num_inference_steps=steps)), "seed": seed,
+                        "nfe": result.nfe,
                         "time_total_s": result.time_total_s / len(seeds), "stochastic": SCHEDULERS[name].stochastic,
                         "reference": ("own limit: " if kind != "deterministic" else "")
                         + f"{name if kind != 'deterministic' else study.reference_scheduler} x {study.reference_steps} steps",

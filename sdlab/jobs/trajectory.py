@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from sdlab.bench.figures import image_strip, write_gif
 from sdlab.bench.records import identity, ordered, save_png
-from sdlab.config import checked
+from sdlab.config import checked, image_params
 from sdlab.errors import choose
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import to_uint8
@@ -115,9 +115,9 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     # 1. One generation pass, recording every step.
     with TrajectoryRecorder(model) as recorder:
         result = generate_batch(model, params, [seed], on_step=recorder.on_step)
-    save_png(result.images[0], ctx.out_dir / "images" / "trajectory_final.png", {"prompt": params.prompt, "seed": seed,
-             "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale,
-             "scheduler": choice.name, "model": spec.name})
+    request = {**image_params(params), "seed": seed}
+    save_png(result.images[0], ctx.out_dir / "images" / "trajectory_final.png",
+             {**request, "scheduler": choice.name, "model": spec.name})
 
     # 2. Decode x_t and x0_pred of every step (VAE or the linear preview), timed apart from generation.
     start = time.perf_counter()
@@ -133,10 +133,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
               "time_unet_s": result.time_unet_s - recorder.capture_s, "time_capture_s": recorder.capture_s,
               "time_decode_trajectory_s": time_decode, "preview": preview}
     common = {**identity(ctx, "trajectory", spec.name), "scheduler": choice.name,
-              "scheduler_config": resolved_config(model.scheduler),
-              "num_inference_steps": params.num_inference_steps, "guidance_scale": params.guidance_scale, "seed": seed,
-              "prompt": params.prompt, "negative_prompt": params.negative_prompt, "width": params.width,
-              "height": params.height, **timing}
+              "scheduler_config": resolved_config(model.scheduler), **request, **timing}
     rows = [{**common, "step": s["i"], "timestep": s["t"], **{k: s[k] for k in ("alpha_bar", "sigma", "log_snr")},
              "snr_db": float(log_snr_db(s["log_snr"])), "x_t_std": float(s["x_t"].std()),
              "x0_pred_std": float(s["denoised"].std()),
