@@ -125,3 +125,24 @@ def test_the_summary_plot_of_twenty_values_fits_the_page_with_no_overlapping_lab
     assert bottom.get_legend() is not None and len(bottom.get_legend().get_texts()) == 2  # lines: guidance 1 and 5
     assert fig.axes[1].get_legend() is None  # 20 lines would need a 20-entry legend: one line of means instead
     assert all(not ax.get_legend() or len(ax.get_legend().get_texts()) <= 5 for ax in fig.axes)
+
+
+def test_a_legend_of_long_prompts_stays_within_its_column_and_leaves_the_panels_the_page():
+    """Four long prompts as the lines of the guidance panel: their legend wraps into rows within its column instead of
+    one row wider than the page, which squeezed every panel into a quarter of it."""
+    from sdlab.bench.figures import draw_summary
+
+    prompts = [f"a {size} {colour} shape somewhere on a {bg} background" for size, colour, bg in
+               (("small", "red", "blue"), ("large", "green", "black"), ("small", "yellow", "white"), ("large", "blue", "red"))]
+    frame = pd.DataFrame([{"seed": seed, "prompt": p, "guidance_scale": g, "status": "ok", "nfe": 25,
+                           "clip_score": 40.0 + 10 * i + 20 * (g > 1) + seed,
+                           "overrides": json.dumps({"prompt": p, "guidance_scale": str(g)})}
+                          for i, p in enumerate(prompts) for g in (1, 7.5) for seed in (1, 2, 3)])
+    ranking = rank(frame, ("prompt", "guidance_scale"))
+    fig = draw_summary(summary_table(frame, ("prompt", "guidance_scale"), ranking), ranking)
+    fig.canvas.draw()
+    page = fig.get_figwidth() * fig.dpi
+    panels = [ax.get_window_extent() for ax in fig.axes]
+    assert max(p.x1 for p in panels) - min(p.x0 for p in panels) > 0.75 * page
+    legend = fig.axes[1].get_legend().get_window_extent()
+    assert legend.x1 <= page and legend.width <= fig.axes[1].get_window_extent().width * 1.05

@@ -333,6 +333,7 @@ def _positions(values: Sequence[str]) -> tuple[list[float], list[str], bool]:
 
 SUMMARY_FIGURE_METRICS = ("clip_score", "adherence_all", "fd", "kid", "cmmd", "precision", "recall", "psnr", "ssim",
                           "latent_rmse", "time_total_s", "nfe")
+LEGEND_CHARS, LEGEND_CHAR_INCHES = 40, 0.055  # a summary legend's longest label, and a 7-point character's width
 PAGE_INCHES = 13.4  # the report's page (about 1400 px) at 100 dpi: the summary plot fills it, never more
 MAX_LINES = 5  # more values of the other parameter than this: one line of means over them instead of a legend
 TIED_SHADE = "#d9f0d3"
@@ -419,8 +420,13 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
                 ax.set_xlabel(key if r == len(metrics) - 1 else "")
                 ax.set_ylabel(_short(metric, 22) if c == 0 else "")
             if by is not None:
-                axes[0, c].legend(title=f"{by}:", fontsize=7, title_fontsize=7, frameon=False, loc="lower left",
-                                  bbox_to_anchor=(0, 1.0), ncol=len(lines), handletextpad=0.3, columnspacing=0.8)
+                handles, names = axes[0, c].get_legend_handles_labels()
+                names = [_middle(name, LEGEND_CHARS) for name in names]
+                entry = LEGEND_CHAR_INCHES * max(map(len, names)) + 0.45  # marker, gap and text of one entry
+                fits = int(PAGE_INCHES * widths[c] / sum(widths) // entry)
+                axes[0, c].legend(handles, names, title=f"{by}:", fontsize=7,
+                                  title_fontsize=7, frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0),
+                                  ncol=max(1, min(len(lines), fits)), handletextpad=0.3, columnspacing=0.8)
             else:
                 axes[0, c].set_title(f"mean over every {', '.join(counts) or 'seed'}", fontsize=8, loc="left")
         fig.suptitle("mean by swept value (bars and bands: 95% interval within the metric's range; none from n < 3; "
