@@ -4,6 +4,7 @@ diffusers and through sdlab's SD3 adapter."""
 from __future__ import annotations
 
 import json
+import logging.handlers
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,7 @@ def test_the_exported_folder_runs_through_the_sd3_adapter(exported, run_sdlab, t
 
 def test_the_evaluation_runs_the_zero_t5_shortcut_with_the_same_images(exported):
     from diffusers import StableDiffusion3Pipeline
+    from diffusers.utils import logging as diffusers_logging
 
     from sdlab.mini.evaluate import generate_images, shipped_pipeline
 
@@ -132,6 +134,15 @@ def test_the_evaluation_runs_the_zero_t5_shortcut_with_the_same_images(exported)
     prompts, seeds = ["a red circle", "a large blue square on the left"], [0, 1]
     assert np.abs(generate_images(plain, prompts, seeds, 5.0, steps=3).astype(int)
                   - generate_images(fast, prompts, seeds, 5.0, steps=3).astype(int)).max() <= 1
+    diffusers_logging.set_verbosity_warning()  # as `python -m sdlab.mini.evaluate` runs
+    seen = logging.handlers.BufferingHandler(100)
+    diffusers_logging.get_logger("diffusers").addHandler(seen)
+    try:
+        generate_images(fast, ["a large blue square on the left on a black background"], [0], 5.0, steps=2)
+    finally:
+        diffusers_logging.get_logger("diffusers").removeHandler(seen)
+    # one T5 state is the shortcut, not a prompt cut short: no warning says the prompt was truncated
+    assert not [r for r in seen.buffer if "truncated" in r.getMessage()]
 
 
 def sdlab(*args: str, cwd) -> "subprocess.CompletedProcess":
