@@ -391,7 +391,7 @@ def test_same_seed_layout_says_whether_the_background_follows_the_seed_or_the_su
     frame, title = with_seed_layout(SimpleNamespace(out_dir=tmp_path), pd.DataFrame(rows))
     assert frame["background_alike_same_seed"].iloc[0] == 0 and frame["background_alike_same_subject"].iloc[0] == 1
     assert "background alike in 0/2 same-seed, 2/2 same-subject pairs: it follows the subject word, not the seed" in title
-    assert title.startswith("8x8 layout r: ")  # luminance correlation of the two images at 8x8
+    assert title.startswith("8x8 layout r: ")  # luminance correlation of the two images at 8x8; no scale, no checker
 
 
 def test_guidance_claim_gives_the_paired_change_and_says_when_guidance_raises_nothing():

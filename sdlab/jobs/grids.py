@@ -187,9 +187,15 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
     frame = frame.assign(layout_r_same_seed=same, layout_r_other_seed=other, background_alike_same_seed=by_seed,
                          background_alike_same_subject=by_subject)
     follows = "the subject word, not the seed" if by_subject > by_seed else "the seed"
-    return frame, (f"8x8 layout r: {same:.2f} same seed (n={len(pairs[True])}), {other:.2f} other "
-                   f"(n={len(pairs[False])})\nbackground alike in {sum(alike[True])}/{len(alike[True])} same-seed, "
-                   f"{sum(alike[False])}/{len(alike[False])} same-subject pairs: it follows {follows}")
+    scales = ok["guidance_scale"].dropna().unique() if "guidance_scale" in ok else []
+    head = [f"w={scales[0]:g}"] if len(scales) == 1 else []
+    if "adherence_all" in ok and ok["adherence_all"].notna().any():
+        head.append(f"{int(ok['adherence_all'].sum())}/{len(ok)} images draw their prompt (shapes checker)")
+    return frame, "\n".join(filter(None, [
+        ": ".join(head),
+        f"8x8 layout r: {same:.2f} same seed (n={len(pairs[True])}), {other:.2f} other (n={len(pairs[False])})",
+        f"background alike in {sum(alike[True])}/{len(alike[True])} same-seed, {sum(alike[False])}/{len(alike[False])} "
+        f"same-subject pairs: it follows {follows}"]))
 
 
 @job("scheduler_grid", SchedulerGrid)
