@@ -21,13 +21,23 @@ def seeded_layout(pipe, prompts, seeds, guidance_scale, **_):
 def test_same_seed_measure_separates_seed_decided_layouts(monkeypatch, tmp_path):
     monkeypatch.setattr(evaluate, "shipped_pipeline", lambda root: None)
     monkeypatch.setattr(evaluate, "generate_images", seeded_layout)
-    found = evaluate.same_seed_similarity(tmp_path, tmp_path, count=50)
+    found = evaluate.same_seed_similarity(tmp_path, tmp_path, count=50, guidance_scale=3)
     assert found["layout_pairs"] == 50
-    assert found["same_seed_layout_kept"] > 0.95  # the seed alone sets the layout (a low-contrast pair may not read)
-    assert found["other_seed_layout_kept"] < 0.2  # 1 in 30 layouts agree by chance
-    assert found["same_seed_mask_iou"] > found["other_seed_mask_iou"]
-    assert all(found[f"same_seed_{k}_kept"] > found[f"other_seed_{k}_kept"] for k in ("size", "position", "background"))
-    assert (tmp_path / "same_seed.png").is_file()
+    assert found["g3_same_seed_layout_kept"] > 0.95  # the seed alone sets the layout (a low-contrast pair may not read)
+    assert found["g3_other_seed_layout_kept"] < 0.2  # 1 in 30 layouts agree by chance
+    assert found["g3_same_seed_mask_iou"] > found["g3_other_seed_mask_iou"]
+    assert all(found[f"g3_same_seed_{k}_kept"] > found[f"g3_other_seed_{k}_kept"] for k in ("size", "position", "background"))
+    assert (tmp_path / "same_seed_g3.png").is_file()
+
+
+def test_the_same_seed_measure_runs_at_each_guidance_scale_asked(monkeypatch, tmp_path):
+    scales = []
+    monkeypatch.setattr(evaluate, "shipped_pipeline", lambda root: None)
+    monkeypatch.setattr(evaluate, "generate_images", lambda pipe, prompts, seeds, g: scales.append(g) or
+                        seeded_layout(pipe, prompts, seeds, g))
+    found = evaluate.evaluate(tmp_path, tmp_path, ("same_seed",), (3.0, 7.5))
+    assert sorted(set(scales)) == [3.0, 7.5] and "g3_same_seed_layout_kept" in found and "g7.5_same_seed_mask_iou" in found
+    assert sorted(p.name for p in tmp_path.glob("same_seed_*.png")) == ["same_seed_g3.png", "same_seed_g7.5.png"]
 
 
 def test_same_seed_measure_uses_partial_captions(monkeypatch, tmp_path):

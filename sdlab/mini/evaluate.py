@@ -98,10 +98,10 @@ def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
     return float((first & second).sum() / union) if union else 1.0
 
 
-def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, float]:
+def same_seed_similarity(root: Path, out: Path, count: int = 64, guidance_scale: float = 7.5) -> dict[str, float]:
     """Does the seed decide what the caption leaves open? Partial captions naming colour and shape ("a red
     circle"), the shape word changed: layout kept (size, position and background read alike) and shape-mask IoU,
-    for the same seed against another seed; `count` pairs each, g=7.5."""
+    for the same seed against another seed; `count` pairs each at `guidance_scale` (keys `g<scale>_...`)."""
     from dataclasses import replace
 
     from PIL import Image
@@ -115,20 +115,21 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64) -> dict[str, fl
     def partial(items):
         return [data.partial_caption(a, {"colour"}) for a in items]
 
-    base = generate_images(pipe, partial(attributes), seeds, 7.5)
-    same = generate_images(pipe, partial(swapped), seeds, 7.5)
-    other = generate_images(pipe, partial(swapped), [s + count for s in seeds], 7.5)
+    base = generate_images(pipe, partial(attributes), seeds, guidance_scale)
+    same = generate_images(pipe, partial(swapped), seeds, guidance_scale)
+    other = generate_images(pipe, partial(swapped), [s + count for s in seeds], guidance_scale)
     masks = [[shape_mask(image) for image in images] for images in (base, same, other)]
+    g = f"g{guidance_scale:g}"
     grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in (base, same, other)], axis=0)
-    Image.fromarray(grid).save(out / "same_seed.png")  # rows: original, same seed, another seed
+    Image.fromarray(grid).save(out / f"same_seed_{g}.png")  # rows: original, same seed, another seed
     read = [[check(image) for image in images] for images in (base, same, other)]
-    kept = {f"{seen}_seed_{name}_kept": float(np.mean([agrees(a, b, name) for a, b in zip(read[0], read[k])]))
+    kept = {f"{g}_{seen}_seed_{name}_kept": float(np.mean([agrees(a, b, name) for a, b in zip(read[0], read[k])]))
             for k, seen in ((1, "same"), (2, "other")) for name in LAYOUT}
     return {"layout_pairs": count, **kept,
-            "same_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[1])])),
-            "other_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[2])])),
-            "same_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[1])])),
-            "other_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[2])]))}
+            f"{g}_same_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[1])])),
+            f"{g}_other_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[2])])),
+            f"{g}_same_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[1])])),
+            f"{g}_other_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[2])]))}
 
 
 def speed(root: Path, repeats: int = 5) -> dict[str, float]:
@@ -169,7 +170,8 @@ def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS,
             frames.append(frame)
         write_table(pd.concat(frames, ignore_index=True), out, "generation")
     if "same_seed" in parts:
-        metrics.update(same_seed_similarity(root, out))
+        for g in guidance_scales:
+            metrics.update(same_seed_similarity(root, out, guidance_scale=g))
     if "speed" in parts:
         metrics.update(speed(root))
     atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
