@@ -79,3 +79,17 @@ def test_quick_study_runs_on_tiny(run_sdlab, tmp_path):
     for name in ("convergence_nfe.png", "convergence_seconds.png", "visits.png"):
         image = np.asarray(Image.open(tmp_path / name).convert("L"))
         assert image.shape[0] > 200 and image.std() > 5
+
+
+def test_the_runs_scheduler_shift_reaches_every_sampler_of_the_study(run_sdlab, tmp_path):
+    """`scheduler.shift=` on a flow model's study shifts the timesteps every sampler visits (it was ignored)."""
+    visited = {}
+    for shift in (1, 6):
+        out = tmp_path / f"shift{shift}"
+        assert run_sdlab("experiment=compare_schedulers_quick", "model=sd3_tiny", f"scheduler.shift={shift}",
+                         "compare.steps=[2]", "compare.seeds=[0]", "compare.prompts=[a red circle]",
+                         "compare.reference_steps=3", "compare.visit_steps=[4]", "threads=1", f"hydra.run.dir={out}") == 0
+        visits = pd.read_parquet(out / "visits.parquet")
+        visited[shift] = visits[visits["step"] == 1].set_index("scheduler")["sigma"]
+    # a larger shift keeps the sampler at higher noise longer: sigma' = s sigma / (1 + (s - 1) sigma)
+    assert (visited[6] > visited[1] + 0.05).all() and len(visited[1]) == 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -121,9 +123,13 @@ def test_img2img_strength_sweep_rejects_bad_strength_and_runs(run_sdlab, tmp_pat
     base = ("experiment=article_c2_img2img", "num_inference_steps=4")
     assert run_sdlab(*base, "strengths=[0.5,1.5]", f"hydra.run.dir={tmp_path / 'bad'}") == 2
     assert "strength 1.5 must be in (0, 1]" in capsys.readouterr().err
-    assert run_sdlab(*base, "strengths=[0.5,1.0]", f"hydra.run.dir={tmp_path / 'ok'}") == 0
+    assert run_sdlab(*base, "strengths=[0.5,1.0]", "scheduler=euler", "scheduler.timestep_spacing=trailing",
+                     f"hydra.run.dir={tmp_path / 'ok'}") == 0
     frame = pd.read_parquet(tmp_path / "ok" / "results.parquet")
     assert frame["strength"].tolist() == [0.5, 1.0] and frame["denoising_steps"].tolist() == [2, 4]
+    # the scheduler and its options as the user set them, which the rows record (the options were once dropped)
+    assert (frame["scheduler"] == "euler").all()
+    assert all(json.loads(c)["timestep_spacing"] == "trailing" for c in frame["scheduler_config"])
 
 
 def test_img2img_labels_say_whose_drawing_each_strength_shows_and_a_shape_neither_caption_names():

@@ -37,3 +37,21 @@ def test_a_contestant_that_is_the_reference_sampler_is_its_own_solve(run_sdlab, 
     frame = pd.read_parquet(tmp_path / "results.parquet").set_index("scheduler")
     assert np.isinf(frame.loc["heun", "own_solve_psnr_to_reference"]).all()
     assert np.isfinite(frame.loc["ddim", "own_solve_psnr_to_reference"]).all()
+
+
+def test_the_runs_scheduler_options_reach_every_sampler_of_the_grid(run_sdlab, tmp_path, one_thread):
+    """`scheduler.shift=1.5` on a study of several samplers shifts each of them, the reference too; it was ignored."""
+    assert run_sdlab("experiment=article_b8_schedulers", "model=sd3_tiny", "scheduler.shift=1.5", "num_inference_steps=1",
+                     "reference_steps=2", "seeds=[0]", "threads=1", f"hydra.run.dir={tmp_path}") == 0
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert sorted(frame["scheduler"]) == ["dpmpp_2m", "euler", "unipc"]
+    shifts = [json.loads(c).get("shift", json.loads(c).get("flow_shift")) for c in frame["scheduler_config"]]
+    assert shifts == [1.5, 1.5, 1.5]
+
+
+def test_an_option_one_listed_sampler_lacks_is_one_line_before_any_work(run_sdlab, tmp_path, capsys):
+    assert run_sdlab("experiment=article_b8_schedulers", "model=tiny", "scheduler.use_karras_sigmas=true",
+                     "threads=1", f"hydra.run.dir={tmp_path / 'r'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scheduler 'ddim' has no option 'use_karras_sigmas'" in err[0]
+    assert not (tmp_path / "r").exists()

@@ -64,15 +64,16 @@ def schedulers_used(cfg: dict[str, Any]) -> list[str]:
     return [n for n in dict.fromkeys(names) if n]
 
 
-def check_schedulers_fit(cfg: dict[str, Any], spec) -> None:
-    """Every scheduler a study or grid lists can run on the model (its kind, its shifting), as one line naming it."""
+def check_schedulers_fit(cfg: dict[str, Any], spec, options: dict[str, Any]) -> None:
+    """Every scheduler a study or grid lists can run on the model (its kind, its shifting) with the run's scheduler
+    `options`, which apply to each of them, as one line naming it."""
 
     if not (cfg.get("compare") or cfg.get("distance") or cfg.get("schedulers")):
         return
     base, _ = shipped_scheduler_config(spec)
     for name in schedulers_used(cfg):  # the configured one too: check_model has already passed it
         try:
-            make_scheduler(name, base)
+            make_scheduler(name, base, options)
         except UserError as e:
             raise UserError(f"on model={spec.name}: {e}") from None
 
@@ -96,7 +97,7 @@ def check_job(run: Run) -> list[str]:
     check_recipe(run)  # before the weights are checked: a bad recipe value is the cheaper thing to find
     check_files(run)
     check_set_scorers(cfg, params.width, params.height)
-    check_schedulers_fit(cfg, spec)
+    check_schedulers_fit(cfg, spec, run.scheduler.options)
     return model_warnings(cfg, params.width, params.height)
 
 

@@ -22,6 +22,7 @@ from sdlab.metrics.toy import ddim_step
 from sdlab.models.generate import decode_latents, to_pil
 from sdlab.models.loading import adapter_class, load_model, shipped_scheduler_config
 from sdlab.models.noise import process_of
+from sdlab.models.schedulers import resolved_config
 
 
 def encode_text(model, texts: list[str]) -> torch.Tensor:
@@ -120,7 +121,7 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     spec, params = ctx.run.model, ctx.run.params
     model = load_model(spec)
     img2img = model.image_to_image()
-    img2img.scheduler = model.use_scheduler(ctx.run.scheduler.name)
+    img2img.scheduler = model.use_scheduler(ctx.run.scheduler.name, ctx.run.scheduler.options)
     source = input_image(ctx.recipe, spec.resolution)
     strengths = [float(s) for s in ctx.recipe.strengths]
     seed, steps, rows, outputs = params.seeds[0], params.num_inference_steps, [], []
@@ -130,7 +131,9 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
                             guidance_scale=params.guidance_scale,
                             generator=torch.Generator("cpu").manual_seed(seed)).images[0]
         outputs.append(np.asarray(image))
-        rows.append({**identity(ctx, "img2img_strength", spec.name), "prompt": params.prompt,
+        rows.append({**identity(ctx, "img2img_strength", spec.name), "scheduler": ctx.run.scheduler.name,
+                     "scheduler_config": resolved_config(img2img.scheduler),
+                     **image_params(replace(params, width=spec.resolution, height=spec.resolution)),
                      "seed": seed, "strength": strength, "denoising_steps": int(strength * steps),
                      "psnr_to_input": psnr(np.asarray(source), outputs[-1])})
     frame = pd.DataFrame(rows)

@@ -65,9 +65,10 @@ def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, re
     return out
 
 
-def solve(model, name: str, steps: int, base: GenerationParams, prompt: str):
-    """One batched generation of the study's seeds with scheduler `name` at `steps` steps."""
-    model.use_scheduler(name)
+def solve(model, name: str, steps: int, base: GenerationParams, prompt: str, options: dict):
+    """One batched generation of the study's seeds with scheduler `name` (and the run's scheduler `options`) at
+    `steps` steps."""
+    model.use_scheduler(name, options)
     return generate_batch(model, replace(base, prompt=prompt, num_inference_steps=steps), list(base.seeds))
 
 
@@ -80,7 +81,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     scorers = build_scorers(ctx.run.recipe, str(model.device))
     base = GenerationParams(width=spec.resolution, height=spec.resolution,
                             guidance_scale=ctx.run.params.guidance_scale, seeds=tuple(study.seeds))
-    seeds, rows = list(study.seeds), []
+    seeds, rows, options = list(study.seeds), [], ctx.run.scheduler.options  # the user's, for every sampler
     stochastic = [name for name in study.schedulers if SCHEDULERS[name].stochastic]
     progress = Progress(len(study.prompts) * ((1 + len(stochastic)) * study.reference_steps
                                              + len(study.schedulers) * sum(study.steps)))
@@ -88,11 +89,11 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
         progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x {study.reference_steps} steps",
                       study.reference_steps)
-        references = {"deterministic": solve(model, study.reference_scheduler, study.reference_steps, base, prompt)}
+        references = {"deterministic": solve(model, study.reference_scheduler, study.reference_steps, base, prompt, options)}
         for name in stochastic:
             progress.step(f"prompt {p}/{len(study.prompts)}: {name}'s own limit, {study.reference_steps} steps",
                           study.reference_steps)
-            references[name] = solve(model, name, study.reference_steps, base, prompt)
+            references[name] = solve(model, name, study.reference_steps, base, prompt, options)
         # 2. every scheduler at every step count, scored against its reference
         for name in study.schedulers:
             kind = name if SCHEDULERS[name].stochastic else "deterministic"
@@ -100,7 +101,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
             progress.step(f"prompt {p}/{len(study.prompts)}: {name} at {', '.join(map(str, study.steps))} steps",
                           sum(study.steps))
             for steps in study.steps:
-                result = solve(model, name, steps, base, prompt)
+                result = solve(model, name, steps, base, prompt, options)
                 scores = distances(result.latents, result.images, ref.latents, ref.images)
                 extra = score_images(scorers, result.images, [prompt] * len(result.images))
                 for seed, score, more in zip(seeds, scores, extra):
@@ -175,7 +176,7 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
              ", ".join(reached["scheduler"]) or "none reach it")
     visits = []
     for name in study.schedulers:
-        scheduler = make_scheduler(name, model.base_scheduler_config)
+        scheduler = make_scheduler(name, model.base_scheduler_config, ctx.run.scheduler.options)
         shift = timestep_kwargs(scheduler, spec.resolution, spec.resolution)  # Flux's mu at the native size
         for steps in study.visit_steps:
             visits.append(model.noise.visits(scheduler, steps, **shift).assign(scheduler=name, num_inference_steps=steps))

@@ -105,7 +105,7 @@ def run_distance(ctx: JobContext) -> pd.DataFrame:
     progress, rows = Progress(sum(steps for _, steps, _ in cells)), []
     for name, steps, w in cells:
         progress.step(f"{name} x {steps} steps at w={w:g}: {len(seeds)} seeds x {len(study.prompts)} prompts", steps)
-        model.use_scheduler(name)
+        model.use_scheduler(name, run.scheduler.options)
         images, seconds, nfe = [], 0.0, 0
         for prompt in study.prompts:
             for batch in chunks(tuple(seeds), params.batch_size):

@@ -206,7 +206,7 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     model, spec, params, scorers = setup(ctx)
     rows, recipe = [], ctx.recipe
     for name in recipe.schedulers:
-        model.use_scheduler(name)
+        model.use_scheduler(name, ctx.run.scheduler.options)
         rows += cell_rows(ctx, model, spec, scorers, params, {"scheduler": name}, name)
     frame = ordered(rows)
     if recipe.reference_steps:
@@ -232,7 +232,7 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
     many = replace(params, num_inference_steps=steps)
     solves = {}
     for scheduler in dict.fromkeys([name, *recipe.schedulers]):
-        model.use_scheduler(scheduler)
+        model.use_scheduler(scheduler, ctx.run.scheduler.options)
         solves[scheduler] = generate_batch(model, many, list(params.seeds))
     reference = solves[name]
     truth = {seed: np.asarray(image) for seed, image in zip(reference.seeds, reference.images)}
