@@ -146,3 +146,15 @@ def test_a_legend_of_long_prompts_stays_within_its_column_and_leaves_the_panels_
     assert max(p.x1 for p in panels) - min(p.x0 for p in panels) > 0.75 * page
     legend = fig.axes[1].get_legend().get_window_extent()
     assert legend.x1 <= page and legend.width <= fig.axes[1].get_window_extent().width * 1.05
+
+
+def test_a_symlog_axis_says_so_in_its_label(tmp_path, monkeypatch):
+    """A symmetric-log y axis reads like a log axis but is linear near 0: its label names the scale and the range."""
+    from sdlab.bench import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
+    figures.curves([{"lines": [{"x": [1, 2, 4], "y": [5.0, 0.5, -0.1]}], "ylabel": "KID", "symlog": 1.0},
+                    {"lines": [{"x": [1, 2, 4], "y": [5.0, 0.5, 0.1]}], "ylabel": "FD"}], tmp_path / "c.png")
+    first, second = (ax.get_ylabel() for ax in seen["fig"].axes)
+    assert first == "KID\n(symmetric log scale, linear within +-1)" and second == "FD"

@@ -98,7 +98,8 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             if panel.get("integer_x"):
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(panel.get("xlabel", ""))
-            ax.set_ylabel(panel.get("ylabel", ""))
+            scale = f"\n(symmetric log scale, linear within +-{panel['symlog']:g})" if panel.get("symlog") else ""
+            ax.set_ylabel(panel.get("ylabel", "") + scale)
             ax.set_title(panel.get("title", ""))
             if any(item.get("label") for item in [*panel.get("bands", ()), *panel.get("lines", ()),
                                                   *panel.get("points", ())]):
