@@ -158,3 +158,16 @@ def test_a_symlog_axis_says_so_in_its_label(tmp_path, monkeypatch):
                     {"lines": [{"x": [1, 2, 4], "y": [5.0, 0.5, 0.1]}], "ylabel": "FD"}], tmp_path / "c.png")
     first, second = (ax.get_ylabel() for ax in seen["fig"].axes)
     assert first == "KID\n(symmetric log scale, linear within +-1)" and second == "FD"
+
+
+def test_the_summary_plot_draws_the_total_time_not_its_stages():
+    from sdlab.bench.figures import draw_summary
+
+    frame = pd.DataFrame([{"seed": seed, "guidance_scale": g, "status": "ok", "nfe": 25, "clip_score": 60.0 + g + seed,
+                           "time_total_s": 0.1 * g + 0.01 * seed, "time_unet_s": 0.09 * g + 0.01 * seed,
+                           "time_text_s": 0.001 * seed, "time_vae_s": 0.01 * g,
+                           "overrides": json.dumps({"guidance_scale": str(g)})}
+                          for g in (1, 7.5) for seed in (1, 2, 3)])
+    ranking = rank(frame, ("guidance_scale",))
+    fig = draw_summary(summary_table(frame, ("guidance_scale",), ranking), ranking)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["clip_score", "time_total_s"]

@@ -356,6 +356,12 @@ def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | 
         return save_figure(draw_summary(summary, ranking, max_metrics), target)
 
 
+def is_part_of_total(metric: str, present: list[str]) -> bool:
+    """A time of one stage (text, UNet, VAE, scoring) where the total time is there too: the table keeps it, the
+    summary plot draws the total."""
+    return metric.startswith("time_") and metric != "time_total_s" and "time_total_s" in present
+
+
 def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max_metrics: int = 6):
     """Each headline metric that varies (rows; the table has them all) against each swept parameter (columns), with
     its interval (none where n < 3); lines per value of another parameter only when it has few values; values tied
@@ -367,7 +373,7 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
     varying = single.groupby("metric", sort=False)["mean"].agg(lambda m: m.max() - m.min() > 1e-12 * max(1, abs(m).max()))
     present = list(dict.fromkeys(single["metric"]))
     ranked = [m for m in SUMMARY_FIGURE_METRICS if m in present] + [m for m in present if m not in SUMMARY_FIGURE_METRICS]
-    metrics = [m for m in ranked if varying.get(m, False)][:max_metrics]
+    metrics = [m for m in ranked if varying.get(m, False) and not is_part_of_total(m, present)][:max_metrics]
     if not params or not metrics:
         metrics = metrics or list(dict.fromkeys(summary["metric"]))[:1]
     keys = params or ["(all)"]
