@@ -36,6 +36,8 @@ def test_a_contestant_that_is_the_reference_sampler_is_its_own_solve(run_sdlab, 
                      "model=tiny", "num_inference_steps=2", "seeds=[0,1]", "threads=1", f"hydra.run.dir={tmp_path}") == 0
     frame = pd.read_parquet(tmp_path / "results.parquet").set_index("scheduler")
     assert np.isinf(frame.loc["heun", "own_solve_psnr_to_reference"]).all()
+    caption = json.loads((tmp_path / "captions.json").read_text())["scheduler_grid.png"]
+    assert "dB: too few seeds for an interval (" in caption  # two seeds: no interval drawn or claimed
     assert np.isfinite(frame.loc["ddim", "own_solve_psnr_to_reference"]).all()
 
 

@@ -265,6 +265,8 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
              f"mean [95% interval] over {len(strip)} seeds:",
              ", ".join(f"{s} {m:.1f}{shown(lo, hi)}" for s, (m, lo, hi) in interval.items())
              + (f" dB: {top} ahead beyond the seed-to-seed noise" if ahead else
+                f" dB: too few seeds for an interval ({max(means) - min(means):.1f} dB between means)"
+                if np.isnan(interval[top][1]) else
                 f" dB: the intervals overlap ({max(means) - min(means):.1f} dB between means), no sampler ahead"),
              f"closest per seed: {', '.join(best)}: the ranking "
              + ("flips between seeds" if len(winners) > 1 else "holds on every seed")]
