@@ -171,3 +171,15 @@ def test_the_summary_plot_draws_the_total_time_not_its_stages():
     ranking = rank(frame, ("guidance_scale",))
     fig = draw_summary(summary_table(frame, ("guidance_scale",), ranking), ranking)
     assert [ax.get_ylabel() for ax in fig.axes] == ["clip_score", "time_total_s"]
+
+
+def test_the_summary_plot_shows_bytes_as_mib():
+    from sdlab.bench.figures import draw_summary
+
+    frame = pd.DataFrame([{"seed": seed, "guidance_scale": g, "status": "ok", "nfe": 25, "clip_score": 60.0 + g + seed,
+                           "peak_mem_bytes": (700 + 10 * g) * 2**20, "overrides": json.dumps({"guidance_scale": str(g)})}
+                          for g in (1, 7.5) for seed in (1, 2, 3)])
+    ranking = rank(frame, ("guidance_scale",))
+    fig = draw_summary(summary_table(frame, ("guidance_scale",), ranking), ranking)
+    memory = next(ax for ax in fig.axes if ax.get_ylabel() == "peak_mem (MiB)")
+    assert memory.get_lines()[0].get_ydata().tolist() == [710.0, 775.0]

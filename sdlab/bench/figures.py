@@ -356,6 +356,11 @@ def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | 
         return save_figure(draw_summary(summary, ranking, max_metrics), target)
 
 
+def display_unit(metric: str) -> tuple[str, float]:
+    """How the summary plot shows a metric: its axis label and the factor from its column's unit (bytes as MiB)."""
+    return (metric.removesuffix("_bytes") + " (MiB)", 2.0**-20) if metric.endswith("_bytes") else (metric, 1.0)
+
+
 def is_part_of_total(metric: str, present: list[str]) -> bool:
     """A time of one stage (text, UNet, VAE, scoring) where the total time is there too: the table keeps it, the
     summary plot draws the total."""
@@ -404,16 +409,17 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
                 both = pd.concat([ab.assign(line=ab["value2"]), ba.assign(line=ba["value"], value=ba["value2"])])
                 lines = dict(list(both.groupby("line", sort=False))) if by is not None else {
                     None: rows[(rows["parameter"] == key) & rows["parameter2"].isna()]}
+                unit, scale = display_unit(metric)
                 for i, (name, part) in enumerate(lines.items()):
                     part = part.assign(x=part["value"].map(where)).dropna(subset=["x"]).sort_values("x")
                     color = DISTINCT[i % len(DISTINCT)] if by is not None else "C0"
                     x = part["x"].astype(float).to_numpy()
+                    mean, lo, hi = (part[k].astype(float).to_numpy() * scale for k in ("mean", "lo", "hi"))
                     if numeric:
-                        ax.plot(x, part["mean"], "-o", ms=3, lw=1.3, color=color, label=name)
-                        ax.fill_between(x, part["lo"].astype(float), part["hi"].astype(float), color=color, alpha=0.15, lw=0)
+                        ax.plot(x, mean, "-o", ms=3, lw=1.3, color=color, label=name)
+                        ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
                     else:  # categories: points with their interval, side by side per line, never joined
                         shift = (i - (len(lines) - 1) / 2) * min(0.12, 0.6 / max(1, len(lines)))
-                        mean, lo, hi = (part[k].astype(float).to_numpy() for k in ("mean", "lo", "hi"))
                         ax.errorbar(x + shift, mean, yerr=[np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)], fmt="o",
                                     ms=3.5, lw=1.1, capsize=2, color=color, label=name)
                 pad = 0.6 if not numeric else 1.25 * half  # the shading never widens the axis
@@ -425,7 +431,7 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
                 ax.tick_params(axis="x", labelsize=7 if len(xs) > 8 else 8)
                 ax.grid(axis="x", visible=False)
                 ax.set_xlabel(key if r == len(metrics) - 1 else "")
-                ax.set_ylabel(_short(metric, 22) if c == 0 else "")
+                ax.set_ylabel(_short(unit, 22) if c == 0 else "")
             if by is not None:
                 handles, names = axes[0, c].get_legend_handles_labels()
                 names = [_middle(name, LEGEND_CHARS) for name in names]
