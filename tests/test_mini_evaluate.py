@@ -1,5 +1,7 @@
 """The mini model's evaluation measures, checked on stand-in generators whose behaviour is known."""
 
+import logging
+
 import numpy as np
 
 from sdlab.mini import data, evaluate
@@ -47,3 +49,21 @@ def test_same_seed_measure_uses_partial_captions(monkeypatch, tmp_path):
                         seeded_layout(pipe, prompts, seeds, g))
     evaluate.same_seed_similarity(tmp_path, tmp_path, count=4)
     assert all(set(data.parse_partial(p)) == {"shape", "colour"} for p in seen)
+
+
+def test_the_command_prints_its_metrics_without_the_loaders_chatter(monkeypatch, tmp_path, capsys):
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    monkeypatch.setattr(evaluate, "evaluate", lambda root, out, parts, scales: {"parts": list(parts)})
+    try:
+        evaluate.main(["--parts", "vae", "--out", str(tmp_path), "--threads", "1"])
+        assert capsys.readouterr().out.strip().splitlines()[1] == '  "parts": ['
+        assert diffusers_logging.get_verbosity() == transformers_logging.get_verbosity() == logging.ERROR
+        assert not diffusers_logging.is_progress_bar_enabled() and not transformers_logging.is_progress_bar_enabled()
+    finally:
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()

@@ -178,6 +178,17 @@ def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS,
     return metrics
 
 
+def quiet_loaders() -> None:
+    """No loading chatter (progress bars, the `accelerate` advice) above the metrics this command prints."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: `python -m sdlab.mini.evaluate [--parts ...] [--model DIR] [--out DIR]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    quiet_loaders()
     parts = args.parts or [p for p in PARTS if p != "clip" or (args.model / "clip").is_dir()]
     out = args.out or Path("outputs") / args.model.resolve().name / "eval"
     print(json.dumps(evaluate(args.model, out, tuple(parts), tuple(args.guidance)), indent=2, sort_keys=True))
