@@ -155,7 +155,8 @@ ROW_LABEL_POINTS = 9  # the font size of horizontal row labels
 def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: Sequence[str] | Sequence[Sequence[str]] = (),
                 row_labels: Sequence[str] = (), title: str = "", cell_inches: float = CELL_INCHES,
                 horizontal_row_labels: bool = False) -> Path:
-    """Rows of images (HxWx3 uint8/float, or HxW grey) with column labels (one list, or one per row) and row labels (rotated/flat)."""
+    """Rows of images (HxWx3 uint8/float, or HxW grey) with column labels (one list, or one per row) and row labels
+    (rotated, or flat with `horizontal_row_labels`)."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     per_row = bool(col_labels) and not isinstance(col_labels[0], str)
     flat = [label for group in col_labels for label in (group if per_row else [group])]

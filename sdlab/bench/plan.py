@@ -174,9 +174,9 @@ def guided(model: str, guidance_scale: float) -> bool:
 
 def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: float) -> None:
     """Put what this sweep measured into its manifest for later plans, per `model@WxH`: a denoiser step's seconds as a
-    fixed part and a part per sample in the call (`step_costs`) and the peak memory, from its rows; a cell's wall time beyond its images (the median `job_overhead` of the jobs made since
-    `started`); and the rest of the command's time, paid once
-    (start-up, pre-flight, model load, collection). Nothing when it made no image."""
+    fixed part and a part per sample in the call (`step_costs`) and the peak memory, from its rows; a cell's wall
+    time beyond its images (the median `job_overhead` of the jobs made since `started`); and the rest of the
+    command's time, paid once (start-up, pre-flight, model load, collection). Nothing when it made no image."""
     jobs = []
     for job in job_dirs(sweep_dir):
         try:

@@ -89,7 +89,8 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
         progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x {study.reference_steps} steps",
                       study.reference_steps)
-        references = {"deterministic": solve(model, study.reference_scheduler, study.reference_steps, base, prompt, options)}
+        references = {"deterministic": solve(model, study.reference_scheduler, study.reference_steps, base, prompt,
+                                             options)}
         for name in stochastic:
             progress.step(f"prompt {p}/{len(study.prompts)}: {name}'s own limit, {study.reference_steps} steps",
                           study.reference_steps)

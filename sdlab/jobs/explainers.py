@@ -281,7 +281,8 @@ def stays_below_half(cosine: np.ndarray) -> int | None:
 
 @job("timestep_embedding", TimestepEmbedding)
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
-    """The sinusoidal timestep embedding (as in the SD UNet) as a timestep x dimension heatmap, beside its cosine to t=0's."""
+    """The sinusoidal timestep embedding (as in the SD UNet) as a timestep x dimension heatmap, beside each
+    timestep's cosine to t=0's."""
     T, dim, rows = ctx.recipe.T, ctx.recipe.dim, ctx.recipe.rows
     timesteps = np.linspace(0, T - 1, rows).round().astype(int)
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
