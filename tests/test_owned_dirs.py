@@ -315,3 +315,24 @@ def test_resume_false_into_a_used_sweep_dir_keeps_rows_and_pngs_in_step(run_sdla
     for job in tmp_path.iterdir():
         if job.is_dir() and (job / "results.parquet").is_file():
             assert_rows_are_the_pngs(job)
+
+
+@pytest.mark.parametrize("key", ["train.export", "train.out"])
+def test_training_into_a_folder_sdlab_did_not_make_is_refused_byte_for_byte(run_sdlab, tmp_path, monkeypatch, capsys,
+                                                                          key):
+    monkeypatch.chdir(tmp_path)
+    theirs = tmp_path / "sd3-medium"  # a user's model folder: exporting would replace its transformer/
+    (theirs / "transformer").mkdir(parents=True)
+    (theirs / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"their weights")
+    (theirs / "model_index.json").write_text("{}")
+    before = snapshot(tmp_path)
+    other = "train.out=o" if key == "train.export" else "train.export=e"
+    line = refused(run_sdlab, capsys, "experiment=train_mini_flow", f"{key}=sd3-medium", other)
+    assert f"{key}=sd3-medium already holds files sdlab did not write (model_index.json, transformer)" in line, line
+    assert snapshot(tmp_path) == before
+
+
+def test_the_shipped_model_folders_are_sdlabs_to_train_into():
+    root = Path(__file__).resolve().parents[1]
+    for name in ("mini", "mini_flow"):
+        assert (root / "models" / name / MARK).is_file(), f"models/{name} lacks sdlab's mark: training would refuse it"

@@ -11,10 +11,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sdlab.bench.ownership import adopt, check_owned, checked_root
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.config import Field, check_fields
 from sdlab.errors import UserError, choose
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.mini import data
 from sdlab.mini.train_clip import train_clip
 from sdlab.mini.train_flow import train_flow
@@ -59,6 +60,27 @@ class Train:
             Field("choice", choices=(1, 2)).check("train.flow.architecture.patch_size", patch)
 
 
+def train_folders(train: Train) -> dict[str, Path]:
+    """Where training writes (`train.out`, and `train.export` when set), each refused unless sdlab may write there."""
+    given = {"train.out": train.out, **({"train.export": train.export} if train.export else {})}
+    folders = {key: checked_root(value, key) for key, value in given.items()}
+    for key, folder in folders.items():
+        check_owned(folder, key, shown=str(given[key]))
+    return folders
+
+
+def check_train(run) -> None:
+    """Pre-flight: the output folders are sdlab's, and the flow stage's frozen parts are there."""
+    train = read_recipe(run, Train)
+    train_folders(train)
+    if train.stage == "flow":
+        frozen = Path(str(train.flow["frozen_from"])).expanduser()
+        missing = [part for part in ("vae", "clip") if not (frozen / part / "config.json").is_file()]
+        if missing:
+            raise UserError(f"train.flow.frozen_from={train.flow['frozen_from']} has no {' or '.join(missing)}/ "
+                            f"(a trained sdlab-mini folder is needed: its vae/ and clip/)")
+
+
 def run_one(name: str, train: Train, root: Path) -> dict:
     """Train one stage; returns its summary row."""
     seed, settings = int(train.seed), getattr(train, name)
@@ -73,10 +95,13 @@ def run_one(name: str, train: Train, root: Path) -> dict:
     return train_unet(settings, images, attributes, root / "unet", export, seed)
 
 
-@job("train_mini", Train)
+@job("train_mini", Train, check=check_train)
 def run_train_mini(ctx: JobContext) -> pd.DataFrame:
     """Train the stage named by `train.stage` (vae, clip, unet, vae_decoder, flow or all); one summary row per stage."""
     train = ctx.recipe
+    for folder in train_folders(train).values():  # marked as sdlab's: a later run may resume and export there
+        folder.mkdir(parents=True, exist_ok=True)
+        adopt(folder)
     torch.set_num_threads(int(train.threads))
     root = Path(train.out)
     rows = []
