@@ -3,6 +3,7 @@
 import logging
 
 import numpy as np
+import pytest
 
 from sdlab.mini import data, evaluate
 
@@ -67,3 +68,20 @@ def test_the_command_prints_its_metrics_without_the_loaders_chatter(monkeypatch,
         transformers_logging.set_verbosity(before[1])
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--out", "theirs"], "--out=theirs already holds files sdlab did not write (notes.txt)"),
+    (["--model", "nowhere"], "--model=nowhere is not a trained sdlab-mini or mini_flow folder"),
+    (["--threads", "0"], "--threads=0: give 1 or more"),
+])
+def test_a_bad_evaluation_argument_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("evaluate: error: "), lines
+    assert says in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt", "theirs"]

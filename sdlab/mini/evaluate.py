@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -17,9 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sdlab.bench.ownership import adopt, check_owned, checked_root
 from sdlab.bench.records import write_table
 from sdlab.config import ModelSpec
-from sdlab.io import atomic_write_text
+from sdlab.errors import UserError
+from sdlab.io import atomic_path, atomic_write_text
 from sdlab.mini import data
 from sdlab.mini.architecture import T5_TOKENS
 from sdlab.mini.checker import LAYOUT, adherence, agrees, check, layouts_agree, shape_mask
@@ -71,8 +74,6 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], guidance_scale: 
 def generation_quality(root: Path, out: Path, count: int = 200, split: data.Split = "any",
                        guidance_scales: tuple[float, ...] = GUIDANCE_SCALES) -> tuple[dict, pd.DataFrame]:
     """Adherence rates over `count` evaluation prompt/seed pairs at each guidance scale."""
-    from PIL import Image
-
     pipe = shipped_pipeline(root)
     _, prompts, attributes = data.eval_batch(0, count, split=split)
     seeds = list(range(count))
@@ -87,9 +88,16 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
         rows += [{"guidance_scale": scale, "split": split, "seed": s, "prompt": p, **c}
                  for s, p, c in zip(seeds, prompts, checks)]
         grid = images[:32].reshape(4, 8, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(256, 512, 3)
-        out.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(out / f"samples_g{scale:g}_{split}.png")
+        save_image(grid, out / f"samples_g{scale:g}_{split}.png")
     return metrics, pd.DataFrame(rows)
+
+
+def save_image(pixels: np.ndarray, target: Path) -> None:
+    """An (H, W, 3) uint8 array as a PNG, written atomically."""
+    from PIL import Image
+
+    with atomic_path(target) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
 
 
 def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
@@ -103,8 +111,6 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64, guidance_scale:
     circle"), the shape word changed: layout kept (size, position and background read alike) and shape-mask IoU,
     for the same seed against another seed; `count` pairs each at `guidance_scale` (keys `g<scale>_...`)."""
     from dataclasses import replace
-
-    from PIL import Image
 
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
@@ -121,7 +127,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64, guidance_scale:
     masks = [[shape_mask(image) for image in images] for images in (base, same, other)]
     g = f"g{guidance_scale:g}"
     grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in (base, same, other)], axis=0)
-    Image.fromarray(grid).save(out / f"same_seed_{g}.png")  # rows: original, same seed, another seed
+    save_image(grid, out / f"same_seed_{g}.png")  # rows: original, same seed, another seed
     read = [[check(image) for image in images] for images in (base, same, other)]
     kept = {f"{g}_{seen}_seed_{name}_kept": float(np.mean([agrees(a, b, name) for a, b in zip(read[0], read[k])]))
             for k, seen in ((1, "same"), (2, "other")) for name in LAYOUT}
@@ -189,6 +195,17 @@ def quiet_loaders() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def checked_arguments(model: Path, out: Path, threads: int) -> None:
+    """One-line errors before any work: a trained model folder, a thread count, and an `out` sdlab may write into."""
+    if threads < 1:
+        raise UserError(f"--threads={threads}: give 1 or more")
+    if not (model / "vae" / "config.json").is_file() or not any(
+            (model / part / "config.json").is_file() for part in ("unet", "transformer")):
+        raise UserError(f"--model={model} is not a trained sdlab-mini or mini_flow folder (it needs vae/ and unet/ or "
+                        f"transformer/)")
+    check_owned(checked_root(out, "--out"), "--out", shown=str(out))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: `python -m sdlab.mini.evaluate [--parts ...] [--model DIR] [--out DIR]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -198,10 +215,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", nargs="+", type=float, default=list(GUIDANCE_SCALES))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    out = args.out or Path("outputs") / args.model.resolve().name / "eval"
+    try:
+        checked_arguments(args.model, out, args.threads)
+    except UserError as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    out.mkdir(parents=True, exist_ok=True)
+    adopt(out)
     torch.set_num_threads(args.threads)
     quiet_loaders()
     parts = args.parts or [p for p in PARTS if p != "clip" or (args.model / "clip").is_dir()]
-    out = args.out or Path("outputs") / args.model.resolve().name / "eval"
     print(json.dumps(evaluate(args.model, out, tuple(parts), tuple(args.guidance)), indent=2, sort_keys=True))
 
 
