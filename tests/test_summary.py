@@ -183,3 +183,16 @@ def test_the_summary_plot_shows_bytes_as_mib():
     fig = draw_summary(summary_table(frame, ("guidance_scale",), ranking), ranking)
     memory = next(ax for ax in fig.axes if ax.get_ylabel() == "peak_mem (MiB)")
     assert memory.get_lines()[0].get_ydata().tolist() == [710.0, 775.0]
+
+
+@pytest.mark.parametrize("horizontal", [False, True], ids=["rotated", "flat"])
+def test_row_labels_are_cut_line_by_line_either_way(tmp_path, monkeypatch, horizontal):
+    from sdlab.bench import figures
+
+    labels, real = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure",
+                        lambda fig, target: labels.extend(ax.get_ylabel() for ax in fig.axes) or real(fig, target))
+    row = "guidance 7.5, euler\nseed 12345678, steps 25"  # each line fits the 28 characters, the whole does not
+    figures.image_strip([[np.zeros((8, 8, 3), np.uint8)]], tmp_path / "s.png", row_labels=[row],
+                        horizontal_row_labels=horizontal)
+    assert labels[0] == row

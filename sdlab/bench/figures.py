@@ -188,7 +188,7 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
                     ax.set_ylabel(row_texts[r], fontsize=ROW_LABEL_POINTS, rotation=0, ha="right", va="center",
                                   labelpad=8)
                 elif c == 0 and r < len(row_labels):
-                    ax.set_ylabel(_short(row_labels[r], 28), fontsize=8)
+                    ax.set_ylabel(row_texts[r], fontsize=8)
         if title:
             fig.suptitle(title)
         return save_figure(fig, target)
