@@ -109,6 +109,29 @@ def test_the_cost_record_keeps_the_per_cell_overhead_of_cells_whose_images_were_
     assert cost["step_s"] == 0 and cost["sample_step_s"] == pytest.approx(0.2 * 8 / 20 / 16)  # one call size: per sample
 
 
+def test_the_cost_record_of_a_sweep_of_recipes_reads_only_rows_of_timed_calls(tmp_path):
+    """A sweep over recipes (the article sweep) mixes generate rows with rows that count denoiser steps but time no
+    call of their own (a trajectory's steps, a distance study's summary rows): the record reads the timed ones."""
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    (sweep / MANIFEST).write_text(json.dumps({"key": "k", "cells": 2}))
+    began = 1_000_000.0
+    for i in range(2):
+        job = sweep / str(i)
+        job.mkdir()
+        mark_finished(job, f"h{i}", {"rows": 1, "gen_s": 0.2})
+        os.utime(job / "job.json", (began + 2 + i, began + 2 + i))
+    timed = pd.DataFrame({"status": "ok", "nfe": 20, "model": "tiny", "width": 64, "height": 64, "batch_size": 4,
+                          "guidance_scale": 7.5, "time_total_s": [0.2] * 4, "peak_mem_bytes": 1})
+    untimed = pd.DataFrame({"status": "ok", "nfe": [25.0] * 3, "model": "tiny", "guidance_scale": 7.5, "width": 64,
+                            "height": 64})
+    summary = pd.DataFrame({"status": "ok", "nfe": [8.0], "model": "tiny"})  # no size of its own
+    with mock.patch("time.time", return_value=began + 4):
+        record_cost(sweep, pd.concat([timed, untimed, summary], ignore_index=True), began, began)
+    sizes = json.loads((sweep / MANIFEST).read_text())["cost"]["sizes"]
+    assert list(sizes) == ["tiny@64x64"] and sizes["tiny@64x64"]["sample_step_s"] == pytest.approx(0.2 * 4 / 20 / 8)
+
+
 def test_a_step_costs_a_fixed_part_and_a_part_per_sample_so_larger_calls_are_estimated_cheaper_per_image():
     """A sweep's calls of 4 images without guidance (4 samples a step) and with it (8) give the two parts of a step's
     time; a plan of calls of 32 images is then estimated from them, not from the cost per image of calls of 4."""
@@ -121,3 +144,12 @@ def test_a_step_costs_a_fixed_part_and_a_part_per_sample_so_larger_calls_are_est
                            "peak_mem_bytes": 2**30}}
     calls = 25 * (fixed + 64 * per_sample) + 25 * (fixed + 32 * per_sample)  # one guided call of 32, one plain
     assert estimate(cells, cost) == (f"{8.0 + 64 * 0.05 + calls:.0f} s", "1.00 GiB")
+
+
+def test_a_sweep_over_a_generate_and_a_trajectory_recipe_ends_well_and_records_its_cost(run_sdlab, tmp_path, monkeypatch,
+                                                                                       capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "experiment=generate,trajectory", "hydra.sweep.dir=s", *FAST) == 0
+    assert "error" not in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "s" / MANIFEST).read_text())
+    assert manifest["complete"] and list(manifest["cost"]["sizes"]) == ["tiny@64x64"]

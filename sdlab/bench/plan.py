@@ -185,13 +185,16 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
         except (OSError, ValueError):
             continue
         jobs += [(end, made["gen_s"])] if isinstance(made, dict) and "gen_s" in made else []
-    ok = frame[(frame["status"] == "ok") & frame["nfe"].notna()] if {"status", "nfe"} <= set(frame) else frame[:0]
+    timed = ("status", "nfe", "batch_size", "time_total_s", "guidance_scale", "width", "height", "peak_mem_bytes")
+    ok = (frame[(frame["status"] == "ok") & frame[list(timed[1:])].notna().all(axis=1) & (frame["nfe"] > 0)]
+          if set(timed) <= set(frame) else frame[:0])  # rows of timed calls: a trajectory's steps time none of their own
     if len(jobs) < 2 or ok.empty:
         return
     jobs.sort()
     overhead = statistics.median(job_overhead(b - a, gen) for (a, _), (b, gen) in zip(jobs, jobs[1:]))
     fixed = max(time.time() - began - sum(overhead + gen for _, gen in jobs), 0.0)
-    ok = ok.assign(size=ok["model"].astype(str) + "@" + ok["width"].astype(str) + "x" + ok["height"].astype(str))
+    ok = ok.assign(size=ok["model"].astype(str) + "@" + ok["width"].astype(int).astype(str) + "x"
+                   + ok["height"].astype(int).astype(str))
     sizes = {}
     for size, rows in ok.groupby("size"):
         # a row's time is its share of its call: the call took batch_size times that, over nfe denoiser steps
