@@ -11,6 +11,7 @@ from unittest import mock
 import pandas as pd
 import pytest
 
+from sdlab.app.callbacks import Progress
 from sdlab.bench.plan import Cell, estimate, record_cost, step_costs
 from sdlab.bench.resume import MANIFEST, mark_finished
 
@@ -55,7 +56,8 @@ def test_a_plan_after_a_partial_sweep_counts_what_is_done_and_estimates_from_it(
     sweep = ("-m", "guidance_scale=1,7.5", f"hydra.sweep.dir={tmp_path / 's'}", *FAST)
     assert run_sdlab(*sweep, "seed=1") == 0
     out = capsys.readouterr().out
-    assert re.search(r"sdlab: 2 of 2 cells done \(1\), \d+\.\d\d images/s, about \d+ s left", out)
+    assert re.search(r"sdlab: 1 of 2 cells done \(0\), \d+\.\d\d images/s, about \d+ s left", out)
+    assert re.search(r"sdlab: 2 of 2 cells done \(1\), \d+\.\d\d images/s, nothing left", out)
     cost = json.loads((tmp_path / "s" / "sweep.json").read_text())["cost"]["sizes"]["tiny@64x64"]
     assert cost["sample_step_s"] > 0 and cost["step_s"] >= 0 and cost["peak_mem_bytes"] > 0
     before = files(tmp_path)
@@ -153,3 +155,10 @@ def test_a_sweep_over_a_generate_and_a_trajectory_recipe_ends_well_and_records_i
     assert "error" not in capsys.readouterr().err
     manifest = json.loads((tmp_path / "s" / MANIFEST).read_text())
     assert manifest["complete"] and list(manifest["cost"]["sizes"]) == ["tiny@64x64"]
+
+
+def test_the_progress_line_of_a_rerun_that_finds_every_cell_done_says_nothing_is_left(tmp_path):
+    (tmp_path / MANIFEST).write_text(json.dumps({"key": "k", "cells": 2}))
+    progress = Progress(tmp_path, started=0.0)
+    lines = [progress.line(tmp_path / str(i)) for i in range(2)]  # taken over: no images made, no time counted
+    assert lines[0].endswith("time left unknown") and lines[1].endswith("0.00 images/s, nothing left"), lines
