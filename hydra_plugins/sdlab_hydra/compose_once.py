@@ -312,8 +312,7 @@ class ComposeOnceSweeper(Sweeper):
     def check_dirs(self, sweep_dir: str, composed: list[Any]) -> list[Path]:
         """Each job's folder, once its number is known: the sweep dir is sdlab's, and every job dir, log and `.hydra/`
         resolves inside it (never the sweep dir itself); refused with one line before anything is written."""
-        root = ownership.checked_root(sweep_dir, "hydra.sweep.dir")
-        ownership.check_owned(root, "hydra.sweep.dir", shown=sweep_dir)
+        root = ownership.checked_folder(sweep_dir, "hydra.sweep.dir")
         ownership.check_writes_inside(root, "hydra.sweep.dir", str(self.config.hydra.job.name), None, shown=sweep_dir)
         original = HydraConfig.instance().cfg
         job_dirs = []

@@ -102,9 +102,12 @@ class Progress:
         if "gen_s" in mark:
             self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
         elapsed = max(time.time() - self.started, 1e-6)
-        left = ("nothing left" if isinstance(self.cells, int) and self.done >= self.cells
-                else f"about {duration((self.cells - self.done) * elapsed / self.made)} left"
-                if self.made and isinstance(self.cells, int) else "time left unknown")
+        if isinstance(self.cells, int) and self.done >= self.cells:
+            left = "nothing left"
+        elif isinstance(self.cells, int) and self.made:
+            left = f"about {duration((self.cells - self.done) * elapsed / self.made)} left"
+        else:
+            left = "time left unknown"
         return (f"sdlab: {self.done} of {self.cells} cells done ({job.name}), {self.images / elapsed:.2f} images/s, "
                 f"{left}")
 

@@ -38,6 +38,13 @@ def checked_root(target: str | os.PathLike, key: str) -> Path:
     return folder
 
 
+def checked_folder(value: str | os.PathLike, key: str) -> Path:
+    """The folder `key=value` names (see `checked_root`), refused unless sdlab may write there (see `check_owned`)."""
+    folder = checked_root(value, key)
+    check_owned(folder, key, shown=str(value))
+    return folder
+
+
 def is_owned(folder: Path) -> bool:
     """True when `folder` carries sdlab's mark (a plain file, not a link)."""
     mark = Path(folder) / MARK
@@ -107,7 +114,7 @@ def check_run_dir(folder: Path, key: str, job_name: str | None, output_subdir: s
 
 
 def adopt(folder: Path) -> None:
-    """Mark `folder` as sdlab's (once it holds this run's lock), so later runs may write and resume there."""
+    """Mark `folder` (made if missing) as sdlab's, so later runs may write and resume there."""
     if not is_owned(folder):
         atomic_write_text(Path(folder) / MARK, MARK_TEXT)
 

@@ -185,9 +185,10 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
         except (OSError, ValueError):
             continue
         jobs += [(end, made["gen_s"])] if isinstance(made, dict) and "gen_s" in made else []
-    timed = ("status", "nfe", "batch_size", "time_total_s", "guidance_scale", "width", "height", "peak_mem_bytes")
-    ok = (frame[(frame["status"] == "ok") & frame[list(timed[1:])].notna().all(axis=1) & (frame["nfe"] > 0)]
-          if set(timed) <= set(frame) else frame[:0])  # rows of timed calls: a trajectory's steps time none of their own
+    # rows of timed calls: a trajectory's step rows count denoiser steps but time no call of their own
+    timed = ["nfe", "batch_size", "time_total_s", "guidance_scale", "width", "height", "peak_mem_bytes"]
+    ok = (frame[(frame["status"] == "ok") & frame[timed].notna().all(axis=1) & (frame["nfe"] > 0)]
+          if {"status", *timed} <= set(frame) else frame[:0])
     if len(jobs) < 2 or ok.empty:
         return
     jobs.sort()

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sdlab.bench.ownership import adopt, check_owned, checked_root
+from sdlab.bench.ownership import adopt, checked_folder
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.config import Field, check_fields
 from sdlab.errors import UserError, choose
@@ -63,10 +63,7 @@ class Train:
 def train_folders(train: Train) -> dict[str, Path]:
     """Where training writes (`train.out`, and `train.export` when set), each refused unless sdlab may write there."""
     given = {"train.out": train.out, **({"train.export": train.export} if train.export else {})}
-    folders = {key: checked_root(value, key) for key, value in given.items()}
-    for key, folder in folders.items():
-        check_owned(folder, key, shown=str(given[key]))
-    return folders
+    return {key: checked_folder(value, key) for key, value in given.items()}
 
 
 def check_train(run) -> None:
@@ -100,7 +97,6 @@ def run_train_mini(ctx: JobContext) -> pd.DataFrame:
     """Train the stage named by `train.stage` (vae, clip, unet, vae_decoder, flow or all); one summary row per stage."""
     train = ctx.recipe
     for folder in train_folders(train).values():  # marked as sdlab's: a later run may resume and export there
-        folder.mkdir(parents=True, exist_ok=True)
         adopt(folder)
     torch.set_num_threads(int(train.threads))
     root = Path(train.out)

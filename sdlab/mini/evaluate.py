@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sdlab.bench.ownership import adopt, check_owned, checked_root
+from sdlab.bench.ownership import adopt, checked_folder
 from sdlab.bench.records import write_table
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
@@ -203,7 +203,7 @@ def checked_arguments(model: Path, out: Path, threads: int) -> None:
             (model / part / "config.json").is_file() for part in ("unet", "transformer")):
         raise UserError(f"--model={model} is not a trained sdlab-mini or mini_flow folder (it needs vae/ and unet/ or "
                         f"transformer/)")
-    check_owned(checked_root(out, "--out"), "--out", shown=str(out))
+    checked_folder(out, "--out")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,7 +221,6 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    out.mkdir(parents=True, exist_ok=True)
     adopt(out)
     torch.set_num_threads(args.threads)
     quiet_loaders()
