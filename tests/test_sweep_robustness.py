@@ -340,3 +340,23 @@ def test_a_cell_whose_job_never_wrote_a_table_is_a_failed_row_the_report_can_rea
     assert frame["status"].tolist() == ["error", "error"] and (frame["error"] == NOT_RUN).all()
     assert [json.loads(cell) for cell in frame["overrides"]] == [{"seed": "1"}, {"seed": "2"}]
     check_cells(frame, tmp_path)
+
+
+def test_job_config_files_hold_the_text_omegaconf_writes():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sdlab_hydra.lean_launcher import yaml_text
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", overrides=["hydra.sweep.dir=/tmp/x", "prompt='1e5'"],
+                                           run_mode=RunMode.MULTIRUN)
+    tricky = OmegaConf.create({"a": "yes", "b": "1.0", "c": "1", "d": "x: y", "e": [1, "on", None, "null", "Off"],
+                               "f": "~", "g": "2020-01-01", "h": "it's", "i": "é", "j": "${a}", "k": 1e-5, "l": "1e5",
+                               "m": ".inf", "n": "", "o": " lead", "p": "nan", "q": "1_000", "r": True, "s": "y"})
+    for node in (master.hydra, OmegaConf.masked_copy(master, [k for k in master if k != "hydra"]), tricky):
+        assert yaml_text(node) == OmegaConf.to_yaml(node)
+        assert OmegaConf.create(yaml_text(node)) == OmegaConf.create(OmegaConf.to_yaml(node))

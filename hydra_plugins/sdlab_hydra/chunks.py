@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, filter_overrides
+from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from sdlab.app.compose import composed_run
 from sdlab.config import Run
 from sdlab.jobs import work_ahead
 
@@ -37,6 +37,11 @@ def submitit_cluster(launcher: Any) -> str | None:
     except ImportError:
         return None
     return "slurm" if isinstance(launcher, SlurmLauncher) else "local" if isinstance(launcher, LocalLauncher) else None
+
+
+def preflighted(hydra_context: HydraContext, overrides: Sequence[str]) -> Run | None:
+    """The Run of a job that sdlab's sweeper parsed in its pre-flight (`ComposedConfigs.runs`), else None."""
+    return getattr(hydra_context.config_loader, "runs", {}).get(tuple(overrides))
 
 
 def plural(count: int, noun: str) -> str:
@@ -62,32 +67,17 @@ class ChunkedSubmitit:
         """Set up the submitit launcher it wraps."""
         self.inner.setup(**kwargs)
 
-    def __call__(self, chunk: list[tuple[int, list[str]]], singleton_state: dict) -> list[JobReturn]:
-        """In the task: run each (number, overrides) cell of the chunk as the submitit launcher runs one job, sdlab's
-        cells that share work doing it together first (generate cells sharing a pipeline call: `work_ahead`)."""
-        runs = self.parsed(chunk, singleton_state)
+    def __call__(self, chunk: list[tuple[int, list[str], Run | None]], singleton_state: dict) -> list[JobReturn]:
+        """In the task: run each (number, overrides, pre-flighted Run) cell of the chunk as the submitit launcher runs
+        one job, sdlab's cells that share work doing it together first (generate cells sharing a pipeline call:
+        `work_ahead`)."""
+        runs = [run for _, _, run in chunk] if getattr(self.inner.task_function, "works_ahead", False) else []
         returns, covered = [], set()
-        for i, (num, overrides) in enumerate(chunk):
+        for i, (num, overrides, _) in enumerate(chunk):
             if runs and i not in covered:
                 covered |= {i + k for k in work_ahead(runs[i:], Path(str(self.inner.config.hydra.sweep.dir)))}
             returns.append(self.inner(overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", singleton_state))
         return returns
-
-    def parsed(self, chunk: list[tuple[int, list[str]]], singleton_state: dict) -> list[Run | None]:
-        """The chunk's cells as parsed Runs (None for one that does not parse: its job reports it), or [] when the
-        task function is not sdlab's."""
-        if not getattr(self.inner.task_function, "works_ahead", False):
-            return []
-        Singleton.set_state(singleton_state)
-        setup_globals()
-        runs = []
-        for _, overrides in chunk:
-            try:
-                runs.append(composed_run(self.inner.hydra_context.config_loader.load_sweep_config(
-                    self.inner.config, overrides)))
-            except Exception:  # noqa: BLE001 - the job itself reports its bad config
-                runs.append(None)
-        return runs
 
     def checkpoint(self, *args: Any) -> Any:
         """Requeued on preemption with the same chunk: its finished cells are found by their hash, not run again."""
@@ -111,13 +101,14 @@ class ChunkedSubmitit:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         """Submit the cells as one array of chunks, wait for every task to leave the queue, and return the JobReturn of
         each cell that ran (a task that ended without its result returns none: its cells have no rows)."""
-        cells = [(num, list(o)) for num, o in enumerate(job_overrides, initial_job_idx) if num not in self.finished]
+        cells = [(num, list(o), preflighted(self.inner.hydra_context, o))
+                 for num, o in enumerate(job_overrides, initial_job_idx) if num not in self.finished]
         size = cells_per_task(len(cells), self.size, self.inner.params.get("array_parallelism"))
         chunks = [cells[i:i + size] for i in range(0, len(cells), size)]
         done = f" ({len(job_overrides) - len(cells)} finished before)" if len(cells) < len(job_overrides) else ""
         log.info(f"sdlab: {plural(len(cells), 'cell')}{done} in {plural(len(chunks), f'{self.cluster} task')} of up to "
                  f"{size}")
-        for num, overrides in cells:
+        for num, overrides, _ in cells:
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         if not chunks:
             return []

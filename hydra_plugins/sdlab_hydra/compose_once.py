@@ -94,6 +94,7 @@ class ComposedConfigs:
     def __init__(self, loader: Any, limit: int = 512):
         self._loader, self._limit = loader, limit
         self._kept: dict[tuple[str, ...], Any] = {}
+        self.runs: dict[tuple[str, ...], Any] = {}  # each job's Run, as its pre-flight parsed it
         self._templates: dict[tuple, tuple[list[Override], Any]] = {}
         self._groups: dict[str, bool] = {}  # whether a key is a config group: asked of every override of every job
 
@@ -166,7 +167,7 @@ class ComposedConfigs:
         return getattr(self._loader, name)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_kept": {}, "_templates": {}}  # workers compose nothing; ship no configs
+        return {**self.__dict__, "_kept": {}, "_templates": {}, "runs": {}}  # workers compose nothing; ship no configs
 
 
 class ComposeOnceSweeper(Sweeper):
@@ -227,6 +228,7 @@ class ComposeOnceSweeper(Sweeper):
                     continue
                 warnings.update(dict.fromkeys(job_warnings))
                 runs.append(run)
+                self.composed.runs[tuple(job)] = run
             if cannot and not runs:
                 raise UserError(next(iter(cannot.values())))
             for warning in warnings:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import version
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
@@ -25,6 +26,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.sdlab_hydra.chunks import preflighted
 from sdlab.app.compose import composed_run
 from sdlab.io import atomic_write_text
 from sdlab.jobs import work_ahead
@@ -43,6 +45,36 @@ def job_chdir(chdir: bool | None) -> bool:
         warnings.warn(message, stacklevel=3)
         return True
     return bool(chdir)
+
+
+YAML_BOOLS = {case(word) for word in ("y", "n", "yes", "no", "true", "false", "on", "off")
+              for case in (str.lower, str.title, str.upper)}  # what OmegaConf reads as a bool
+
+
+class _Dumper(getattr(yaml, "CDumper", yaml.Dumper)):
+    """OmegaConf's YAML dumper on libyaml's emitter: a string that OmegaConf would read back as a bool or a number is
+    quoted."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        return self.represent_scalar("tag:yaml.org,2002:str", data, style="'" if reads_typed(data) else None)
+
+
+def reads_typed(text: str) -> bool:
+    """Whether OmegaConf reads this string from YAML as a bool, an int or a float."""
+    try:
+        float(text)
+    except ValueError:
+        return text in YAML_BOOLS
+    return True
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
+
+
+def yaml_text(node: DictConfig) -> str:
+    """`OmegaConf.to_yaml(node)`, the same text in under half the time (a sweep writes three of them a job)."""
+    return yaml.dump(OmegaConf.to_container(node, resolve=False, enum_to_str=True), Dumper=_Dumper,
+                     default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
 def flush_logs() -> None:
@@ -108,10 +140,12 @@ class LeanLauncher(Launcher):
             if j not in parsed:
                 if j not in configs:
                     configs[j] = self.compose(job_overrides[j], initial_job_idx + j)
-                try:
-                    parsed[j] = composed_run(configs[j])
-                except Exception:  # noqa: BLE001 - the job itself reports its bad config
-                    parsed[j] = None
+                parsed[j] = preflighted(self.hydra_context, job_overrides[j])
+                if parsed[j] is None:
+                    try:
+                        parsed[j] = composed_run(configs[j])
+                    except Exception:  # noqa: BLE001 - the job itself reports its bad config
+                        parsed[j] = None
         return {i + k for k in work_ahead([parsed[j] for j in window], Path(str(self.config.hydra.sweep.dir)))}
 
     def run_job(self, config: DictConfig) -> JobReturn:
@@ -138,7 +172,7 @@ class LeanLauncher(Launcher):
                 hydra_output = Path(output_dir) / str(config.hydra.output_subdir)
                 for node, name in ((task_cfg, "config.yaml"), (hydra_cfg, "hydra.yaml"),
                                    (config.hydra.overrides.task, "overrides.yaml")):
-                    atomic_write_text(hydra_output / name, OmegaConf.to_yaml(node), sync=False)
+                    atomic_write_text(hydra_output / name, yaml_text(node), sync=False)
             with env_override(hydra_cfg.hydra.job.env_set):
                 callbacks.on_job_start(config=config, task_function=self.task_function)
                 try:
