@@ -196,6 +196,22 @@ def test_a_failing_collector_makes_the_sweep_fail(run_sdlab, tmp_path, monkeypat
     assert "Traceback" not in err
 
 
+def test_a_sweep_whose_cost_record_fails_still_ends_well_and_complete(run_sdlab, tmp_path, monkeypatch, capsys):
+    from sdlab.app import callbacks
+    from sdlab.bench.resume import read_manifest
+
+    def broken(*_, **__):
+        raise ValueError("cannot convert float NaN to integer")
+
+    monkeypatch.setattr(callbacks, "record_cost", broken)  # what later plans read: no reason to fail a sweep
+    assert run_sdlab("-m", "seed=1,2", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}") == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in (captured.out + captured.err).splitlines() if "cost was not recorded" in line]
+    assert len(warnings) == 1 and "NaN" in warnings[0] and "Traceback" not in captured.err, captured.err
+    assert "2 ok, 0 failed" in captured.out, warnings
+    assert read_manifest(tmp_path)["complete"] is True
+
+
 class CountingLoader:
     """A stand-in for Hydra's config loader that counts compositions (every key a config group: none derived)."""
 

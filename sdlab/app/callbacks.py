@@ -204,8 +204,11 @@ class CollectSweep(Callback):
             CollectSweep.failures = max(CollectSweep.failures, 1)
             return
         CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
-        if hasattr(self, "started"):  # a sweep this process ran: what it cost, for later plans
-            record_cost(sweep_dir, frame, min(CollectSweep.began or self.started, self.started), self.started)
+        if hasattr(self, "started"):  # a sweep this process ran: what it cost, for later plans (their only loss)
+            try:
+                record_cost(sweep_dir, frame, min(CollectSweep.began or self.started, self.started), self.started)
+            except Exception as e:  # noqa: BLE001 - the sweep's results stand without it
+                log.warning("sdlab: the sweep's cost was not recorded for later plans: %s: %s", type(e).__name__, e)
         if not CollectSweep.failures:
             update_manifest(sweep_dir, complete=True)
         log.debug("sweep %s: %s", sweep_dir, line)  # printed once below; Hydra's console logger would repeat it
