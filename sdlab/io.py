@@ -42,6 +42,13 @@ def atomic_path(target: str | Path, sync: bool = True) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def atomic_save(image, target: str | Path, **options) -> Path:
+    """Save a PIL image to `target` atomically, `options` as `Image.save` takes them (format=..., pnginfo=...)."""
+    with atomic_path(target) as tmp:
+        image.save(tmp, **options)
+    return Path(target)
+
+
 def atomic_write_bytes(target: str | Path, data: bytes, sync: bool = True) -> None:
     """Write `data` to `target` atomically (see `atomic_path` for `sync`)."""
     with atomic_path(target, sync) as tmp:

@@ -14,7 +14,7 @@ from sdlab.bench.captions import read_captions
 from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font
 from sdlab.bench.records import job_dirs, read_table, write_table
 from sdlab.bench.resume import CONFIG
-from sdlab.io import atomic_path, atomic_write_text
+from sdlab.io import atomic_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,7 @@ def contact_sheet(rows: list[dict], sweep_dir: Path, target: Path) -> Path | Non
         thumb = fitted(sweep_dir / row["figure"], THUMB)
         if thumb is not None:
             sheet.paste(thumb, (x + (cell_w - thumb.width) // 2, y + label_height))
-    with atomic_path(target) as tmp:
-        sheet.save(tmp, format="PNG")
-    return target
+    return atomic_save(sheet, target, format="PNG")
 
 
 def write_index(sweep_dir: Path) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from sdlab.bench.captions import record_caption
-from sdlab.io import atomic_path
+from sdlab.io import atomic_path, atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +233,8 @@ def write_gif(frames: Sequence[Image.Image], target: Path, duration_ms: int = 15
     """An animated GIF that loops forever, the last frame held longer; written atomically."""
     frames = [f.convert("RGB") for f in frames]
     durations = [duration_ms] * (len(frames) - 1) + [max(duration_ms, hold_last_ms)]
-    with atomic_path(target) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
-    return Path(target)
+    return atomic_save(frames[0], target, format="GIF", save_all=True, append_images=frames[1:], duration=durations,
+                       loop=0)
 
 
 DISTINCT = PALETTE + ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d",

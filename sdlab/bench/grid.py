@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from sdlab.bench.captions import record_caption
-from sdlab.io import atomic_path
+from sdlab.io import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
     if seeds:
         title = f"{title}\n" * bool(title) + f"each cell: seed {', '.join(seeds)}, left to right"
     canvas = draw_grid(cells, axes, xs, ys, pages, title, seeds)
-    with atomic_path(target) as tmp:
-        canvas.save(tmp, format="PNG")
+    atomic_save(canvas, target, format="PNG")
     record_caption(target, title or f"{' x '.join(axes)} grid of {len(cells)} images")
     return Path(target)
 

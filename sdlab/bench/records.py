@@ -16,7 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 from sdlab.bench.run import format_infotext
 from sdlab.config import IMAGE_PARAMS, LIMITS
 from sdlab.errors import UserError
-from sdlab.io import atomic_path
+from sdlab.io import atomic_path, atomic_save
 from sdlab.untrusted import parse_json, read_png_text
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,7 @@ def save_png(image: Image.Image, target: Path, metadata: dict[str, Any], row: di
     info = PngInfo()
     info.add_text("parameters", format_infotext({**metadata, "version": f"sdlab {json.loads(versions())['sdlab']}"}))
     info.add_text("sdlab", json.dumps({**metadata, **({"row": row} if row else {})}, sort_keys=True, default=str))
-    with atomic_path(target) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
+    atomic_save(image, target, format="PNG", pnginfo=info)
 
 
 def read_png_metadata(path: Path) -> dict[str, Any]:

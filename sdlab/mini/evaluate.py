@@ -22,7 +22,7 @@ from sdlab.bench.ownership import adopt, checked_folder
 from sdlab.bench.records import write_table
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
-from sdlab.io import atomic_path, atomic_write_text
+from sdlab.io import atomic_save, atomic_write_text
 from sdlab.mini import data
 from sdlab.mini.architecture import T5_TOKENS
 from sdlab.mini.checker import LAYOUT, adherence, agrees, check, layouts_agree, shape_mask
@@ -96,8 +96,7 @@ def save_image(pixels: np.ndarray, target: Path) -> None:
     """An (H, W, 3) uint8 array as a PNG, written atomically."""
     from PIL import Image
 
-    with atomic_path(target) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+    atomic_save(Image.fromarray(pixels), target, format="PNG")
 
 
 def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
