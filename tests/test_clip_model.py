@@ -45,6 +45,20 @@ def test_load_clip_from_folder_and_score(clip_folder):
         clip.clip_score(images(2), ["a"])
 
 
+def test_a_prompt_is_encoded_once_per_clip_model_whatever_it_is_scored_with():
+    clip = tiny_clip()
+    fresh = tiny_clip()
+    prompts = ["a red circle", "a blue square", "a red circle"]
+    expected = fresh.text_embeddings(prompts)
+    encoded = []
+    features = clip.model.get_text_features
+    clip.model.get_text_features = lambda input_ids, **kw: encoded.append(len(input_ids)) or features(input_ids, **kw)
+    assert np.allclose(clip.text_embeddings(prompts), expected, atol=1e-6)
+    assert np.allclose(clip.text_embeddings(["a blue square", "a green cross"])[0], expected[1], atol=1e-6)
+    clip.clip_score(images(2), ["a red circle", "a green cross"])
+    assert encoded == [2, 1]  # the two distinct prompts, then the new one; never one again
+
+
 def test_missing_mini_clip_is_one_user_error_line(tmp_path):
     with pytest.raises(UserError) as e:
         load_clip({"name": "mini", "path": str(tmp_path / "models" / "mini" / "clip")})
