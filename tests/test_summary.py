@@ -148,6 +148,35 @@ def test_a_legend_of_long_prompts_stays_within_its_column_and_leaves_the_panels_
     assert legend.x1 <= page and legend.width <= fig.axes[1].get_window_extent().width * 1.05
 
 
+def test_the_summary_plot_keeps_every_text_on_its_page_uncropped(tmp_path):
+    """summary.png is saved as laid out (cropping draws it twice): the suptitle, legends, tick labels (long, rotated)
+    and axis labels must all lie inside the figure."""
+    import matplotlib.text
+    from PIL import Image
+
+    from sdlab.bench.figures import draw_summary, summary_figure
+
+    prompts = [f"a {size} {colour} shape somewhere on a {bg} background" for size, colour, bg in
+               (("small", "red", "blue"), ("large", "green", "black"), ("small", "yellow", "white"), ("large", "blue", "red"))]
+    frame = pd.DataFrame([{"seed": seed, "prompt": p, "guidance_scale": g, "status": "ok", "nfe": 25,
+                           "clip_score": 40.0 + 10 * i + 20 * (g > 1) + seed, "time_total_s": 0.1 * (1 + (g > 1)) + i,
+                           "overrides": json.dumps({"prompt": p, "guidance_scale": str(g)})}
+                          for i, p in enumerate(prompts) for g in (1, 7.5) for seed in (1, 2, 3)])
+    ranking = rank(frame, ("prompt", "guidance_scale"))
+    summary = summary_table(frame, ("prompt", "guidance_scale"), ranking)
+    fig = draw_summary(summary, ranking)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.get_figwidth() * fig.dpi, fig.get_figheight() * fig.dpi
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    assert len(texts) > 20
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, text.get_text()
+    summary_figure(summary, tmp_path / "summary.png", ranking)
+    assert Image.open(tmp_path / "summary.png").size == (round(width), round(height))
+
+
 def test_a_symlog_axis_says_so_in_its_label(tmp_path, monkeypatch):
     """A symmetric-log y axis reads like a log axis but is linear near 0: its label names the scale and the range."""
     from sdlab.bench import figures

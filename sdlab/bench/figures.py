@@ -41,12 +41,13 @@ def styled():
         yield plt
 
 
-def save_figure(fig, target: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically, record its title (suptitle and panel titles), and close it."""
+def save_figure(fig, target: Path, crop: bool = True) -> Path:
+    """Save a matplotlib figure as PNG atomically, record its title (suptitle and panel titles), and close it. With
+    `crop` it is cut to what it draws (drawing it twice); without, saved as laid out."""
     import matplotlib.pyplot as plt
 
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+        fig.savefig(tmp, format="png", bbox_inches="tight" if crop else None)
     record_caption(target, " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t))
     plt.close(fig)
     return Path(target)
@@ -351,9 +352,10 @@ def _middle(text: str, width: int = 22) -> str:
 
 def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | None = None,
                    max_metrics: int = 6) -> Path:
-    """`summary.png`: draw_summary saved as PNG."""
+    """`summary.png`: draw_summary saved as PNG, uncropped (its constrained layout keeps every text on the page, and a
+    sweep draws it at its end)."""
     with styled():
-        return save_figure(draw_summary(summary, ranking, max_metrics), target)
+        return save_figure(draw_summary(summary, ranking, max_metrics), target, crop=False)
 
 
 def display_unit(metric: str) -> tuple[str, float]:
