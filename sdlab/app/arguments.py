@@ -4,6 +4,7 @@ unknown keys and groups refused with a suggestion, and a default sweep dir that 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import time
 from pathlib import Path
@@ -102,7 +103,7 @@ def quote_free_text(arg: str) -> str:
     if value[:1] not in ("'", '"'):
         return f"{key}={literal(value)}"
     try:
-        parsed = OverridesParser.create().parse_override(arg).value()
+        parsed = override_parser().parse_override(arg).value()
     except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
         return arg
     # Read as OmegaConf would read the quoted text (`\${` is `${`), so a prepared command line prepares to itself.
@@ -123,7 +124,7 @@ def quote_prompt_lists(arg: str) -> str:
     if not sep or key.lstrip("+") not in PROMPT_LIST_KEYS:
         return arg
     try:
-        parsed = OverridesParser.create().parse_override(arg).value()
+        parsed = override_parser().parse_override(arg).value()
     except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
         return arg
     if literal_list(parsed) is not None:
@@ -174,7 +175,7 @@ def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int] = LIMITS)
 def check_syntax(arg: str) -> None:
     """Reject an override Hydra cannot parse, naming it."""
     try:
-        OverridesParser.create().parse_override(arg)
+        override_parser().parse_override(arg)
     except Exception as e:  # noqa: BLE001 - Hydra's parse errors have no common base worth naming
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read {arg!r}: {reason} (quote values with special characters, "
@@ -357,25 +358,32 @@ def check_output_dir(args: list[str]) -> None:
 
 def display_overrides(task: list[str]) -> dict[str, str]:
     """A job's overrides as {key: value as the user wrote it}: strings unquoted and unescaped, others as typed."""
-    parser = OverridesParser.create()
-    out = {}
-    for item in task:
-        try:
-            override = parser.parse_override(item)
-        except Exception:  # noqa: BLE001 - Hydra already accepted it; show it raw rather than fail the job
-            key, _, value = item.partition("=")
-            out[key.lstrip("+~")] = value
-            continue
-        key = override.key_or_group.lstrip("+~")
-        if override.package:
-            key = f"{key}@{override.package}"
-        if override.is_delete():  # `~key` (or `~key=value`): the key is gone, shown as typed
-            out[key] = item.partition("=")[2] or None
-            continue
-        value = override.value()
-        if isinstance(value, str) and key in FREE_TEXT_KEYS:
-            value = unescape_interpolation(value)  # as `quote_free_text` escaped it: the text the model gets
-        elif isinstance(value, list) and key in PROMPT_LIST_KEYS and all(isinstance(v, str) for v in value):
-            value = "[" + ",".join(unescape_interpolation(v) for v in value) + "]"
-        out[key] = value if isinstance(value, str) else override.get_value_string()
-    return out
+    return dict(shown_override(item) for item in task)
+
+
+@functools.lru_cache(maxsize=4096)
+def shown_override(item: str) -> tuple[str, str | None]:
+    """One override as (key, value as the user wrote it); parsed once per process (a sweep's cells repeat the same
+    few items, and Hydra's parser takes milliseconds an item)."""
+    try:
+        override = override_parser().parse_override(item)
+    except Exception:  # noqa: BLE001 - Hydra already accepted it; show it raw rather than fail the job
+        key, _, value = item.partition("=")
+        return key.lstrip("+~"), value
+    key = override.key_or_group.lstrip("+~")
+    if override.package:
+        key = f"{key}@{override.package}"
+    if override.is_delete():  # `~key` (or `~key=value`): the key is gone, shown as typed
+        return key, item.partition("=")[2] or None
+    value = override.value()
+    if isinstance(value, str) and key in FREE_TEXT_KEYS:
+        value = unescape_interpolation(value)  # as `quote_free_text` escaped it: the text the model gets
+    elif isinstance(value, list) and key in PROMPT_LIST_KEYS and all(isinstance(v, str) for v in value):
+        value = "[" + ",".join(unescape_interpolation(v) for v in value) + "]"
+    return key, value if isinstance(value, str) else override.get_value_string()
+
+
+@functools.cache
+def override_parser() -> OverridesParser:
+    """Hydra's override parser, made once."""
+    return OverridesParser.create()
