@@ -23,7 +23,7 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
-from sdlab.app.arguments import display_overrides
+from sdlab.app.arguments import display_overrides, override_parser
 from sdlab.app.compose import SWEEP_CELLS, check_composed, parse_job, resolved, task_overrides
 from sdlab.app.preflight import sweep_plan
 from sdlab.bench import lock, ownership
@@ -100,7 +100,7 @@ class ComposedConfigs:
 
     def compose(self, master_config: Any, sweep_overrides: Sequence[str]) -> Any:
         """Compose one job's config (raising as Hydra would) and keep it for the launcher, up to `limit` of them."""
-        parsed = OverridesParser.create().parse_overrides(overrides=list(sweep_overrides))
+        parsed = override_parser().parse_overrides(overrides=list(sweep_overrides))
         signature = self.signature(parsed)
         config = self._from_template(master_config, signature, parsed)
         if config is None:
@@ -265,7 +265,7 @@ class ComposeOnceSweeper(Sweeper):
         pre-flighted when the sweep starts: that imports diffusers), but fast: a job differing from an earlier one of
         the same config groups only in plain values (see `ComposedConfigs`) is that job's recipe with those values set,
         typed once per distinct set of values but the seed. Without `hashed`, a cell's hash is left empty."""
-        parser, shapes, typed, planned, items = OverridesParser.create(), {}, {}, [], {}
+        parser, shapes, typed, planned, items = override_parser(), {}, {}, [], {}
         for job in jobs:
             parsed = [items.get(item) or items.setdefault(item, parser.parse_override(item)) for item in job]
             signature = self.composed.signature(parsed)
