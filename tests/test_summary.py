@@ -127,17 +127,24 @@ def test_the_summary_plot_of_twenty_values_fits_the_page_with_no_overlapping_lab
     assert all(not ax.get_legend() or len(ax.get_legend().get_texts()) <= 5 for ax in fig.axes)
 
 
+def long_prompt_sweep(timed: bool = False) -> pd.DataFrame:
+    """Four long prompts x guidance 1 and 7.5 x three seeds, their CLIP scores (and, `timed`, total times) apart by
+    prompt and guidance."""
+    prompts = [f"a {size} {colour} shape somewhere on a {bg} background" for size, colour, bg in
+               (("small", "red", "blue"), ("large", "green", "black"), ("small", "yellow", "white"), ("large", "blue", "red"))]
+    return pd.DataFrame([{"seed": seed, "prompt": p, "guidance_scale": g, "status": "ok", "nfe": 25,
+                          "clip_score": 40.0 + 10 * i + 20 * (g > 1) + seed,
+                          **({"time_total_s": 0.1 * (1 + (g > 1)) + i} if timed else {}),
+                          "overrides": json.dumps({"prompt": p, "guidance_scale": str(g)})}
+                         for i, p in enumerate(prompts) for g in (1, 7.5) for seed in (1, 2, 3)])
+
+
 def test_a_legend_of_long_prompts_stays_within_its_column_and_leaves_the_panels_the_page():
     """Four long prompts as the lines of the guidance panel: their legend wraps into rows within its column instead of
     one row wider than the page, which squeezed every panel into a quarter of it."""
     from sdlab.bench.figures import draw_summary
 
-    prompts = [f"a {size} {colour} shape somewhere on a {bg} background" for size, colour, bg in
-               (("small", "red", "blue"), ("large", "green", "black"), ("small", "yellow", "white"), ("large", "blue", "red"))]
-    frame = pd.DataFrame([{"seed": seed, "prompt": p, "guidance_scale": g, "status": "ok", "nfe": 25,
-                           "clip_score": 40.0 + 10 * i + 20 * (g > 1) + seed,
-                           "overrides": json.dumps({"prompt": p, "guidance_scale": str(g)})}
-                          for i, p in enumerate(prompts) for g in (1, 7.5) for seed in (1, 2, 3)])
+    frame = long_prompt_sweep()
     ranking = rank(frame, ("prompt", "guidance_scale"))
     fig = draw_summary(summary_table(frame, ("prompt", "guidance_scale"), ranking), ranking)
     fig.canvas.draw()
@@ -156,12 +163,7 @@ def test_the_summary_plot_keeps_every_text_on_its_page_uncropped(tmp_path):
 
     from sdlab.bench.figures import draw_summary, summary_figure
 
-    prompts = [f"a {size} {colour} shape somewhere on a {bg} background" for size, colour, bg in
-               (("small", "red", "blue"), ("large", "green", "black"), ("small", "yellow", "white"), ("large", "blue", "red"))]
-    frame = pd.DataFrame([{"seed": seed, "prompt": p, "guidance_scale": g, "status": "ok", "nfe": 25,
-                           "clip_score": 40.0 + 10 * i + 20 * (g > 1) + seed, "time_total_s": 0.1 * (1 + (g > 1)) + i,
-                           "overrides": json.dumps({"prompt": p, "guidance_scale": str(g)})}
-                          for i, p in enumerate(prompts) for g in (1, 7.5) for seed in (1, 2, 3)])
+    frame = long_prompt_sweep(timed=True)
     ranking = rank(frame, ("prompt", "guidance_scale"))
     summary = summary_table(frame, ("prompt", "guidance_scale"), ranking)
     fig = draw_summary(summary, ranking)
