@@ -54,6 +54,22 @@ def test_seed_gives_same_image_alone_or_in_a_batch(tiny):
     assert np.abs(np.asarray(batched[0], float) - np.asarray(batched[1], float)).max() > 10
 
 
+def test_dpmpp_sde_gives_a_seed_the_same_image_again_and_inside_a_batch(tiny):
+    """Its Brownian-tree noise comes from each image's seed, not from torch's global generator."""
+    import torch
+
+    model, _ = tiny
+    model.use_scheduler("dpmpp_sde")
+    p = params(num_inference_steps=4, guidance_scale=3.0)
+    alone = np.asarray(generate.generate_batch(model, p, [11]).images[0], dtype=int)
+    torch.manual_seed(12345)  # whatever the global generator holds
+    again = np.asarray(generate.generate_batch(model, p, [11]).images[0], dtype=int)
+    batched = [np.asarray(image, dtype=int) for image in generate.generate_batch(model, p, [3, 11]).images]
+    assert np.abs(again - alone).max() == 0
+    assert np.abs(batched[1] - alone).max() <= 1
+    assert np.abs(batched[0] - alone).max() > 10
+
+
 def test_text_embeddings_are_cached_per_model_and_prompt(tiny):
     model, _ = tiny
     calls = []

@@ -22,7 +22,7 @@ from sdlab.metrics.toy import ddim_step
 from sdlab.models.generate import decode_latents, to_pil
 from sdlab.models.loading import adapter_class, load_model, shipped_scheduler_config
 from sdlab.models.noise import process_of
-from sdlab.models.schedulers import resolved_config
+from sdlab.models.schedulers import resolved_config, seed_noise
 
 
 def encode_text(model, texts: list[str]) -> torch.Tensor:
@@ -126,10 +126,11 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     strengths = [float(s) for s in ctx.recipe.strengths]
     seed, steps, rows, outputs = params.seeds[0], params.num_inference_steps, [], []
     for strength in strengths:
+        generator = torch.Generator("cpu").manual_seed(seed)
+        seed_noise(img2img.scheduler, [generator])
         with torch.inference_mode():
             image = img2img(params.prompt, image=source, strength=strength, num_inference_steps=steps,
-                            guidance_scale=params.guidance_scale,
-                            generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+                            guidance_scale=params.guidance_scale, generator=generator).images[0]
         outputs.append(np.asarray(image))
         rows.append({**identity(ctx, "img2img_strength", spec.name), "scheduler": ctx.run.scheduler.name,
                      "scheduler_config": resolved_config(img2img.scheduler),

@@ -214,6 +214,14 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
         raise UserError(f"scheduler {name!r} rejects options {user}: {e}") from e
 
 
+def seed_noise(scheduler, generators: list) -> None:
+    """A solver that draws Brownian-tree noise (DPM++ SDE) draws each image's from that image's seed, so a seed gives
+    the same image again and inside a batch; diffusers seeds the tree from torch's global generator unless the
+    config names a seed (then that one stays)."""
+    if hasattr(scheduler, "noise_sampler_seed") and scheduler.config.get("noise_sampler_seed") is None:
+        scheduler.noise_sampler_seed = [generator.initial_seed() for generator in generators]
+
+
 def timestep_kwargs(scheduler, width: int | None = None, height: int | None = None) -> dict[str, Any]:
     """Keyword arguments `set_timesteps` needs beyond the step count: Flux-style dynamic shifting needs mu, computed
     from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height)."""

@@ -15,7 +15,7 @@ from sdlab.errors import UserError, choose
 from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.noise import PROCESSES, NoiseProcess
-from sdlab.models.schedulers import make_scheduler
+from sdlab.models.schedulers import make_scheduler, seed_noise
 from sdlab.models.tokenizer import BUILT_IN_TOKENIZERS
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -247,6 +247,7 @@ class ModelAdapter:
         n = len(generators)
         guidance = PerImageScale(scales) if scales and len(set(scales)) > 1 else params.guidance_scale
         options = {k: getattr(params, k) for k in self.call_options}
+        seed_noise(self.scheduler, generators)
         with StepWatch(self, params, on_step) as watch:
             latents = self.pipe(
                 **{k: v if len(v) == n else v.repeat(n, *[1] * (v.dim() - 1)) for k, v in embeddings.items()},
