@@ -54,6 +54,22 @@ def test_seed_gives_same_image_alone_or_in_a_batch(tiny):
     assert np.abs(np.asarray(batched[0], float) - np.asarray(batched[1], float)).max() > 10
 
 
+@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc", "heun", "dpmpp_sde", "euler_a"])  # solvers that keep state
+def test_a_scheduler_asked_for_again_is_kept_and_makes_the_same_image_as_a_new_one(tiny, name):
+    model, _ = tiny
+    p = params(num_inference_steps=4, guidance_scale=3.0)
+    kept = model.use_scheduler(name)
+    first = generate.generate_batch(model, p, [11]).images[0]
+    assert model.use_scheduler(name) is kept
+    again = generate.generate_batch(model, p, [11]).images[0]
+    assert model.use_scheduler(name, {"timestep_spacing": "trailing"}) is not kept
+    model.scheduler = None  # anything set in between is replaced, never taken for the one asked for
+    fresh = model.use_scheduler(name)
+    assert fresh is not kept
+    assert np.array_equal(np.asarray(generate.generate_batch(model, p, [11]).images[0]), np.asarray(first))
+    assert np.array_equal(np.asarray(again), np.asarray(first))
+
+
 def test_dpmpp_sde_gives_a_seed_the_same_image_again_and_inside_a_batch(tiny):
     """Its Brownian-tree noise comes from each image's seed, not from torch's global generator."""
     import torch

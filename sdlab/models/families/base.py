@@ -64,6 +64,7 @@ class ModelAdapter:
         self.base_scheduler_class = type(pipe.scheduler).__name__
         self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # prompt -> pipeline keyword arguments
         self.made: dict[str, Any] = {}  # cell hash -> its image made ahead in a sweep's shared call, until its job takes it
+        self.scheduler_made: tuple = ()  # (name and options asked for, the scheduler made for them)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name}, {self.pipeline_class})"
@@ -210,8 +211,12 @@ class ModelAdapter:
     # 3. schedulers
     def use_scheduler(self, name: str, options: dict[str, Any] | None = None):
         """Swap in scheduler `name` (its solver for this model's kind) built from the model's own scheduler config; a
-        name with no solver for the kind is a one-line CannotRun."""
-        self.scheduler = make_scheduler(name, self.base_scheduler_config, options)
+        name with no solver for the kind is a one-line CannotRun. Asked again for the one in use, it keeps it: every
+        sampling starts with `set_timesteps`, which resets a solver's state."""
+        asked = (name, repr(sorted((options or {}).items())))
+        if self.scheduler_made != (asked, self.scheduler):
+            self.scheduler = make_scheduler(name, self.base_scheduler_config, options)
+            self.scheduler_made = (asked, self.scheduler)
         return self.scheduler
 
     # 4. prompts
