@@ -204,19 +204,28 @@ def test_a_sweep_is_refused_while_a_run_holds_one_of_its_job_dirs(run_sdlab, tmp
         holder.wait()
 
 
-def test_every_job_dir_of_a_running_sweep_is_locked_by_it(run_sdlab, tmp_path, monkeypatch):
+def test_every_job_dir_of_a_running_sweep_is_refused_to_another_sdlab(run_sdlab, tmp_path, monkeypatch):
+    """In the sweep's own process its lock on the sweep dir keeps every other sdlab out of each job dir (a launcher
+    that runs jobs in other processes locks each job dir as well)."""
     from sdlab.jobs import generate as job
 
-    save, seen = job.save_png, []
+    save, seen, me = job.save_png, [], os.getpid()
 
-    def record_lock(image, target, *a, **k):
-        held = Path(target).parent.parent / lock.LOCK_NAME
-        seen.append(json.loads(held.read_text())["pid"] if held.is_file() else None)
+    def try_as_another_process(image, target, *a, **k):
+        job_dir = Path(target).parent.parent
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "getpid", lambda: me + 1)
+            try:
+                lock.acquire(job_dir)
+                seen.append("taken")
+                lock.release(job_dir)
+            except lock.DirInUse as e:
+                seen.append(str(e))
         return save(image, target, *a, **k)
 
-    monkeypatch.setattr(job, "save_png", record_lock)
+    monkeypatch.setattr(job, "save_png", try_as_another_process)
     assert run_sdlab("-m", "seed=1,2,3", f"hydra.sweep.dir={tmp_path}", *FAST) == 0
-    assert seen == [os.getpid()] * 3
+    assert len(seen) == 3 and all(f"is in use by sdlab process {me}" in line for line in seen), seen
     assert not list(tmp_path.rglob(lock.LOCK_NAME))  # all released at the end
 
 

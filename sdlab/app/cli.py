@@ -90,16 +90,20 @@ def run(cfg) -> None:
         run_id=uuid.uuid4().hex[:12],
         extra=extra,
     )
-    if multirun:  # a job dir is locked while its job runs (the sweeper checked that it is sdlab's)
+    # A job dir is locked while its job runs (the sweeper checked that it is sdlab's), unless this process holds the
+    # sweep's lock: no other sdlab gets into a folder under it.
+    job_lock = multirun and not lock.holds(extra["sweep_dir"])
+    if multirun:
         axes = extra.get("axes", list(overrides))
         log.info("%s: %s", extra.get("progress", f"job {int(hc.job.num) + 1}"),
                  " ".join(f"{k}={v}" for k, v in overrides.items() if k in axes) or "-")
-        lock.acquire(out_dir, parents=False)
+        if job_lock:
+            lock.acquire(out_dir, parents=False)
         ownership.adopt(out_dir)
     try:
         finish_job(ctx, cfg, set(overrides), multirun, hc.job.name)
     finally:
-        if multirun:
+        if job_lock:
             lock.release(out_dir)
 
 

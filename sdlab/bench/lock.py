@@ -180,6 +180,12 @@ def hold(folder: Path, parents: bool = True) -> None:
     atexit.register(release, folder)
 
 
+def holds(folder: Path) -> bool:
+    """Whether this process holds `folder`'s lock by `hold` (a sweep's own lock: another sdlab is refused in any
+    folder under it)."""
+    return Path(folder).resolve() in {held.resolve() for held in HELD}
+
+
 def release_held() -> None:
     """Release every lock `hold` took, for an exit that skips atexit."""
     for folder in reversed(HELD):
