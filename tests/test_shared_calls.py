@@ -138,6 +138,23 @@ def test_a_sweep_looks_through_its_job_dirs_once_per_shared_call_not_once_per_ce
     assert len(looks) == 2  # one per shared call (guidance 1, guidance 7.5), none per cell
 
 
+def test_the_images_of_a_shared_call_are_scored_together(run_sdlab, tmp_path, monkeypatch):
+    from sdlab.jobs import generate as generate_job
+
+    calls, real = [], generate_job.score_images
+    monkeypatch.setattr(generate_job, "score_images", lambda scorers, images, prompts: calls.append(
+        (len(images), sorted(set(prompts)))) or real(scorers, images, prompts))
+    assert run_sdlab(*SWEEP, f"hydra.sweep.dir={tmp_path / 'shared'}") == 0
+    assert len(calls) == 2 and all(n == 4 and len(prompts) == 2 for n, prompts in calls)  # one per call, none per cell
+    calls.clear()
+    assert run_sdlab(*SWEEP, "hydra.launcher.ahead=false", f"hydra.sweep.dir={tmp_path / 'alone'}") == 0
+    assert [n for n, _ in calls] == [1] * 8
+    shared, alone = (pd.read_parquet(tmp_path / name / "results.parquet") for name in ("shared", "alone"))
+    assert shared["clip_score"].notna().all() and shared["adherence_all"].notna().all()
+    assert np.abs(shared["clip_score"] - alone["clip_score"]).max() < 0.5  # images within one level, scores alike
+    assert (shared["adherence_all"] == alone["adherence_all"]).all()
+
+
 def test_a_submitit_task_shares_calls_between_the_cells_of_its_chunk(run_sdlab, tmp_path):
     sweep = ("-m", "seed=1,2,3,4", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1")
     assert run_sdlab(*sweep, "hydra/launcher=submitit_local", "hydra.sweeper.cells_per_task=4",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,24 @@ def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
         try:
             result = generate_batch(model, first.params, [seed for _, seed, _ in cells], strict=False,
                                     requests=[params for params, _, _ in cells])
-            model.made.update({cell: result.cell(i) for i, (_, _, cell) in enumerate(cells)})
         except (RuntimeError, ValueError) as e:
             log.warning("a shared call of %d images failed (%s: %s); each cell makes its own", len(cells),
                         type(e).__name__, e)
+            return covered or [0]
+        try:
+            result = scored(result, build_scorers(first.recipe, str(model.device)), [p.prompt for p, _, _ in cells])
+        except (RuntimeError, ValueError, OSError) as e:  # each job scores its own image
+            log.debug("scoring a shared call failed: %s: %s", type(e).__name__, e)
+        model.made.update({cell: result.cell(i) for i, (_, _, cell) in enumerate(cells)})
     return covered or [0]
+
+
+def scored(result: BatchResult, scorers: list[Scorer], prompts: list[str]) -> BatchResult:
+    """The call's result with each good image's scorer columns, its images scored together (the scorers are the
+    same for every cell of a shared call)."""
+    good = [i for i, image in enumerate(result.images) if image is not None]
+    columns = dict(zip(good, score_images(scorers, [result.images[i] for i in good], [prompts[i] for i in good])))
+    return replace(result, scores=[columns.get(i) for i in range(len(result.images))])
 
 
 @job("generate", ahead=make_ahead)
@@ -217,7 +231,8 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
     n = result.size or len(result.seeds)
     rows = []
     good = [image for image in result.images if image is not None]
-    scores = iter(score_images(scorers, good, [common["prompt"]] * len(good)))
+    scores = iter([score for score in result.scores if score is not None] if result.scores is not None else
+                  score_images(scorers, good, [common["prompt"]] * len(good)))
     for image, seed in zip(result.images, result.seeds):
         if image is None:
             log.error("%s: %s", describe(ctx, common["overrides"], seed), result.errors[seed])

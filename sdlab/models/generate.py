@@ -37,13 +37,14 @@ class BatchResult:
     extras: dict = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)  # seed -> why its image is bad (its slot is None)
     size: int | None = None  # images in the pipeline call these came from (None: these seeds alone)
+    scores: list[dict | None] | None = None  # per image, its scorers' columns when scored with its call (None: not)
 
     def cell(self, i: int) -> BatchResult:
-        """Image `i` alone, carrying the whole call's timings and size (its row takes its share)."""
+        """Image `i` alone, carrying the whole call's timings and size (its row takes its share) and its scores."""
         seed = self.seeds[i]
         errors = {seed: self.errors[seed]} if seed in self.errors else {}
         return replace(self, images=[self.images[i]], seeds=[seed], latents=None, errors=errors, extras={},
-                       size=len(self.seeds))
+                       size=len(self.seeds), scores=None if self.scores is None else [self.scores[i]])
 
 
 def truncated_tokens(tokenizer, text: str) -> int:
