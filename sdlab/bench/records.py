@@ -53,11 +53,12 @@ def identity(ctx, job: str | None, model: str | None = None) -> dict[str, Any]:
 def ordered(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows as a DataFrame, the schema's columns first, then any extra columns in order of appearance; no rows is the
     schema's columns (a job whose cells are all finished elsewhere in its sweep writes a table that reads as such)."""
-    frame = pd.DataFrame(list(rows))
-    if frame.empty and not len(frame.columns):
+    rows = list(rows)
+    present = dict.fromkeys(column for row in rows for column in row)
+    if not present:
         return pd.DataFrame(columns=ROW_COLUMNS)
-    known = [c for c in ROW_COLUMNS if c in frame.columns]
-    return frame[known + [c for c in frame.columns if c not in known]]
+    known = [c for c in ROW_COLUMNS if c in present]
+    return pd.DataFrame(rows, columns=known + [c for c in present if c not in known])  # built in order, not reordered
 
 
 def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
