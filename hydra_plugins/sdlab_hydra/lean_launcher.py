@@ -109,8 +109,7 @@ class LeanLauncher(Launcher):
     Hydra's `run_job` copies each job's config three times over (about 11 ms a job): the Hydra node twice
     to publish it, then the whole config and the Hydra node again for the job's return value. Here the
     Hydra node is published in place (read-only, as Hydra leaves it) and the task gets the one copy: the config
-    without it. The `.hydra/` files
-    are written atomically, so a killed sweep never leaves half a config behind.
+    without it. The `.hydra/` files are written atomically, so a killed sweep never leaves half a config behind.
     """
 
     def __init__(self, ahead: bool = False):
