@@ -63,9 +63,9 @@ def test_a_scheduler_asked_for_again_is_kept_and_makes_the_same_image_as_a_new_o
     assert model.use_scheduler(name) is kept
     again = generate.generate_batch(model, p, [11]).images[0]
     assert model.use_scheduler(name, {"timestep_spacing": "trailing"}) is not kept
-    model.scheduler = None  # anything set in between is replaced, never taken for the one asked for
+    model.scheduler = foreign = type(kept).from_config(kept.config)  # set in between: replaced, never taken as asked
     fresh = model.use_scheduler(name)
-    assert fresh is not kept
+    assert fresh is not kept and fresh is not foreign
     assert np.array_equal(np.asarray(generate.generate_batch(model, p, [11]).images[0]), np.asarray(first))
     assert np.array_equal(np.asarray(again), np.asarray(first))
 
