@@ -168,3 +168,26 @@ def test_a_submitit_task_shares_calls_between_the_cells_of_its_chunk(run_sdlab, 
     assert tasks["config_hash"].tolist() == here["config_hash"].tolist()
     for path in tasks["image_path"]:
         assert np.abs(pixels(tmp_path / "tasks" / path) - pixels(tmp_path / "here" / path)).max() <= 1
+
+
+def test_cells_of_one_call_whose_scores_differ_are_each_scored_by_their_own_scorers():
+    """Cells may share a call yet differ in what decides a score (a set scorer's reference set): each image is scored
+    by its own cell's scorers, the images of equal scorers together."""
+    from sdlab.bench.scorers import Scorer, ScorerKind
+    from sdlab.jobs.generate import scored
+
+    calls = []
+
+    def scorer(reference: str) -> Scorer:
+        def score(images, prompts):
+            calls.append((reference, len(images)))
+            return [{"reference": reference, "prompt_seen": p} for p in prompts]
+        return Scorer("ref", ScorerKind(lambda cfg, device: score, ("reference",)), score, reference)
+
+    a, b = [scorer("a")], [scorer("b")]
+    result = generate.BatchResult(images=["i0", None, "i2", "i3"], seeds=[0, 1, 2, 3], nfe=1, time_text_s=0,
+                                  time_unet_s=0, time_vae_s=0, time_total_s=0, peak_mem_bytes=0)
+    out = scored(result, [a, a, b, a], ["p0", "p1", "p2", "p3"])
+    assert out.scores == [{"reference": "a", "prompt_seen": "p0"}, None, {"reference": "b", "prompt_seen": "p2"},
+                          {"reference": "a", "prompt_seen": "p3"}]
+    assert sorted(calls) == [("a", 2), ("b", 1)]

@@ -55,33 +55,39 @@ def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
     for i, run in enumerate(runs):
         if shared_call(run) != key:
             continue
-        todo = [(run.params, seed, cell) for seed, cell in
-                seed_hashes(run, model, build_scorers(run.recipe, str(model.device))).items()
+        scorers = build_scorers(run.recipe, str(model.device))
+        todo = [(run.params, seed, cell, scorers) for seed, cell in seed_hashes(run, model, scorers).items()
                 if cell not in done and cell not in model.made]
         if len(cells) + len(todo) > first.params.batch_size:
             break
         cells, covered = cells + todo, covered + [i]
     if len(cells) > 1:
         try:
-            result = generate_batch(model, first.params, [seed for _, seed, _ in cells], strict=False,
-                                    requests=[params for params, _, _ in cells])
+            result = generate_batch(model, first.params, [seed for _, seed, _, _ in cells], strict=False,
+                                    requests=[params for params, _, _, _ in cells])
         except (RuntimeError, ValueError) as e:
             log.warning("a shared call of %d images failed (%s: %s); each cell makes its own", len(cells),
                         type(e).__name__, e)
             return covered or [0]
         try:
-            result = scored(result, build_scorers(first.recipe, str(model.device)), [p.prompt for p, _, _ in cells])
+            result = scored(result, [scorers for *_, scorers in cells], [p.prompt for p, *_ in cells])
         except (RuntimeError, ValueError, OSError) as e:  # each job scores its own image
             log.debug("scoring a shared call failed: %s: %s", type(e).__name__, e)
-        model.made.update({cell: result.cell(i) for i, (_, _, cell) in enumerate(cells)})
+        model.made.update({cell: result.cell(i) for i, (_, _, cell, _) in enumerate(cells)})
     return covered or [0]
 
 
-def scored(result: BatchResult, scorers: list[Scorer], prompts: list[str]) -> BatchResult:
-    """The call's result with each good image's scorer columns, its images scored together (the scorers are the
-    same for every cell of a shared call)."""
-    good = [i for i, image in enumerate(result.images) if image is not None]
-    columns = dict(zip(good, score_images(scorers, [result.images[i] for i in good], [prompts[i] for i in good])))
+def scored(result: BatchResult, scorers: list[list[Scorer]], prompts: list[str]) -> BatchResult:
+    """The call's result with each good image's columns from its own cell's `scorers`, the images whose scorers are
+    the same scored together (cells of one call may differ in what decides a score, a set scorer's reference)."""
+    groups: dict[str, list[int]] = {}
+    for i, image in enumerate(result.images):
+        if image is not None:
+            groups.setdefault(config_hash(identities(scorers[i])), []).append(i)
+    columns: dict[int, dict] = {}
+    for members in groups.values():
+        columns.update(zip(members, score_images(scorers[members[0]], [result.images[i] for i in members],
+                                                 [prompts[i] for i in members])))
     return replace(result, scores=[columns.get(i) for i in range(len(result.images))])
 
 
