@@ -74,10 +74,8 @@ _Dumper.add_representer(str, _Dumper.represent_str)
 def yaml_text(node: DictConfig | ListConfig | dict[str, DictConfig]) -> str:
     """`OmegaConf.to_yaml(node)`, the same text in under half the time (a sweep writes three of them a job); a dict
     of nodes is dumped as the config holding them would be."""
-    if isinstance(node, dict):
-        return yaml.dump({key: container(value) for key, value in node.items()}, Dumper=_Dumper,
-                         default_flow_style=False, allow_unicode=True, sort_keys=False)
-    return yaml.dump(container(node), Dumper=_Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    content = {key: container(value) for key, value in node.items()} if isinstance(node, dict) else container(node)
+    return yaml.dump(content, Dumper=_Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
 def container(node: DictConfig | ListConfig) -> Any:
