@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -328,26 +328,40 @@ def dpmpp_model(name: str, size: int, steps: int, **options):
 
 
 # 4. batched seeds
-def bench_batches(report: Report, model: str, size: int, steps: int, images: int, batches=(1, 2, 4, 8)) -> None:
-    """Images per second at several batch sizes, and the max pixel difference to batch 1."""
+def bench_batches(report: Report, model: str, size: int, steps: int, images: int, batches=(1, 2, 4, 8),
+                  guidance: float = 7.5, against: dict | None = None) -> None:
+    """Images per second at several batch sizes and the max pixel difference to batch 1; with `against`, the same for
+    the model loaded with those options."""
     from sdlab.models import generate
+    from sdlab.models.loading import load_model
 
-    adapter, spec, params = dpmpp_model(model, size, steps)
-    seeds = list(range(images))
-    generate.generate_batch(adapter, params, seeds[:1])  # warm-up
-    reference, lines = None, []
-    for b in batches:
-        start = time.perf_counter()
-        out = [im for chunk in generate.chunks(tuple(seeds), b) for im in generate.generate_batch(adapter, params, chunk).images]
-        rate = images / (time.perf_counter() - start)
-        arrays = [np.asarray(im, dtype=int) for im in out]
-        reference = reference or arrays
-        diff = max(int(np.abs(a - r).max()) for a, r in zip(arrays, reference))
-        report.add("batch", f"{model}_batch{b}_images_per_s", rate, "img/s", f"{size}px {steps} steps; max diff {diff}")
-        lines.append(f"| {b} | {rate:.3f} | {diff} |")
+    ways = {"default": {}, **({"against": against} if against else {})}
+    loaded = {way: dpmpp_model(model, size, steps, **options) for way, options in ways.items()}
+    seeds, cells = list(range(images)), {}
+    for way, (adapter, spec, params) in loaded.items():
+        params = replace(params, guidance_scale=guidance)
+        load_model(spec)  # cached: sets the process-wide options it asks for
+        generate.generate_batch(adapter, params, seeds[:1])  # warm-up
+        reference = None
+        for b in batches:
+            start = time.perf_counter()
+            out = [im for chunk in generate.chunks(tuple(seeds), b)
+                   for im in generate.generate_batch(adapter, params, chunk).images]
+            rate = images / (time.perf_counter() - start)
+            arrays = [np.asarray(im, dtype=int) for im in out]
+            reference = reference or arrays
+            diff = max(int(np.abs(a - r).max()) for a, r in zip(arrays, reference))
+            name = f"{model}_batch{b}_images_per_s" + ("" if way == "default" else "_" + "_".join(
+                f"{k}_{v}" for k, v in against.items()))
+            report.add("batch", name, rate, "img/s", f"{size}px {steps} steps guidance {guidance:g}; max diff {diff}")
+            cells.setdefault(b, []).append(f"{rate:.3f} | {diff}")
+    options = ", ".join(f"`{k}={v}`" for k, v in (against or {}).items())
+    head = "| batch | images/s | max pixel diff to batch 1 |" + (
+        f" images/s with {options} | max pixel diff to its batch 1 |" if against else "")
     report.sections.append(
-        f"### 4. Batched seeds ({model}, {size}x{size}, {steps} steps, {images} images)\n\n"
-        "| batch | images/s | max pixel diff to batch 1 |\n|---|---|---|\n" + "\n".join(lines) + "\n"
+        f"### 4. Batched seeds ({model}, {size}x{size}, {steps} steps, guidance {guidance:g}, {images} images)\n\n"
+        + head + "\n" + "|---" * head.count(" | ") + "|---|\n"
+        + "\n".join(f"| {b} | " + " | ".join(cells[b]) + " |" for b in batches) + "\n"
     )
 
 
@@ -571,7 +585,8 @@ def main() -> None:
         ("startup", lambda: bench_startup(report, 5, work)),
         ("plan", lambda: bench_plan(report, args.repeats, work, args.model)),
         ("overhead", lambda: bench_overhead(report, args.model, 25, args.repeats, work)),
-        ("batches", lambda: bench_batches(report, args.model, 64, 25, 16)),
+        ("batches", lambda: bench_batches(report, args.model, 64, 25, 32, batches=(1, 2, 4, 8, 16, 32), guidance=1,
+                                          against={"mkldnn": True})),
         ("trajectory", lambda: bench_trajectory(report, args.model, 64, 25, args.repeats)),
         ("memory", lambda: bench_memory(report, args.model, 100, 5)),
         ("shared", lambda: bench_shared(report, args.model, 25, args.repeats, work)),

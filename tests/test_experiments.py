@@ -174,34 +174,43 @@ def test_model_mkldnn_switches_the_process_cpu_convolutions(tiny):
         torch.backends.mkldnn.enabled = before
 
 
-def test_model_mkldnn_auto_picks_the_backend_by_the_unet_batch(tiny):
+def test_model_mkldnn_auto_runs_the_denoiser_on_direct_convolutions_and_the_vae_on_onednn(tiny):
     import torch
 
     from sdlab.config import GenerationParams
     from sdlab.errors import UserError
+    from sdlab.models.device import use_process_options
     from sdlab.models.generate import generate_batch
-    from sdlab.models.device import ONEDNN_MIN_BATCH, use_process_options
     from sdlab.models.loading import configured_spec, load_model
 
-    before = torch.backends.mkldnn.enabled
+    def flags():  # NNPACK's flag is read back through its setter, its one public accessor
+        nnpack = torch.backends.nnpack.set_flags(True)[0]
+        torch.backends.nnpack.set_flags(nnpack)
+        return torch.backends.mkldnn.enabled, nnpack
+
+    before = flags()
     try:
         spec = configured_spec("tiny", resolution=64, mkldnn="auto")
         model = load_model(spec)
-        assert not torch.backends.mkldnn.enabled  # loading: PyTorch's own, as for one image
-        use_process_options(spec, ONEDNN_MIN_BATCH)
-        assert torch.backends.mkldnn.enabled
-        seen = []
-        step = lambda s: seen.append(torch.backends.mkldnn.enabled)  # noqa: E731
-        half = ONEDNN_MIN_BATCH // 2
-        for guidance, expected in ((7.5, True), (1.0, False)):  # guidance doubles the UNet's batch
+        assert flags() == (False, False)  # loading: set for the denoiser
+        seen = {"denoiser": set(), "vae": set()}
+        hooks = [model.denoiser.register_forward_pre_hook(lambda *_: seen["denoiser"].add(flags())),
+                 model.vae.decoder.register_forward_pre_hook(lambda *_: seen["vae"].add(flags()))]
+        for guidance in (1.0, 7.5):  # whatever the batch (guidance doubles the denoiser's)
             params = GenerationParams(prompt="a red circle", width=64, height=64, num_inference_steps=1,
                                       guidance_scale=guidance)
-            generate_batch(model, params, list(range(half)), on_step=step)
-            assert seen.pop() is expected
+            for seeds in ([0], list(range(16))):
+                generate_batch(model, params, seeds)
+        for hook in hooks:
+            hook.remove()
+        assert seen == {"denoiser": {(False, False)}, "vae": {(True, True)}}
+        load_model(configured_spec("tiny", resolution=64, mkldnn=True))
+        assert flags() == (True, True)  # the other settings leave NNPACK to PyTorch
         with pytest.raises(UserError, match="unknown model.mkldnn 'sometimes'"):
             use_process_options(configured_spec("tiny", mkldnn="sometimes"))
     finally:
-        torch.backends.mkldnn.enabled = before
+        torch.backends.mkldnn.enabled = before[0]
+        torch.backends.nnpack.set_flags(before[1])
 
 
 # --------------------------------------------------------------------------- the same recipes on every model family

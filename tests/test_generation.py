@@ -54,6 +54,22 @@ def test_seed_gives_same_image_alone_or_in_a_batch(tiny):
     assert np.abs(np.asarray(batched[0], float) - np.asarray(batched[1], float)).max() > 10
 
 
+def test_mini_gives_a_seed_the_same_image_alone_or_in_a_batch_of_16():
+    """A batch of 16 (oneDNN's size under the old `mkldnn=auto`) still makes each seed's image within one level."""
+    from sdlab.models.loading import configured_spec, load_model
+
+    model = load_model(configured_spec("mini"))
+    model.quiet()
+    model.use_scheduler("dpmpp_2m")
+    p = GenerationParams(prompt="a small red circle in the centre on a blue background", width=64, height=64,
+                         num_inference_steps=25, guidance_scale=1.0)
+    seeds = list(range(1, 17))
+    batched = generate.generate_batch(model, p, seeds).images
+    for seed, image in zip(seeds, batched):
+        alone = generate.generate_batch(model, p, [seed]).images[0]
+        assert (seed, np.abs(np.asarray(alone, int) - np.asarray(image, int)).max()) <= (seed, 1)
+
+
 @pytest.mark.parametrize("name", ["dpmpp_2m", "unipc", "heun", "dpmpp_sde", "euler_a"])  # solvers that keep state
 def test_a_scheduler_asked_for_again_is_kept_and_makes_the_same_image_as_a_new_one(tiny, name):
     model, _ = tiny

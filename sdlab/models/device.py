@@ -39,16 +39,27 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return allowed[dtype]
 
 
-ONEDNN_MIN_BATCH = 16  # mkldnn=auto: PyTorch's own convolutions below this UNet batch, oneDNN from it (BENCHMARKS.md 4)
+def use_process_options(spec: ModelSpec, network: str = "denoiser") -> None:
+    """Switch the process-wide CPU convolutions `spec` asks for, for the network about to run.
 
-
-def use_process_options(spec: ModelSpec, unet_batch: int = 1) -> None:
-    """Switch the process-wide settings `spec` asks for: oneDNN (mkldnn) or PyTorch's own CPU convolutions.
-
-    `mkldnn=auto` picks by the UNet's batch (images, doubled under classifier-free guidance): on mini's 8x8
-    latents PyTorch's own are 0.85x the time per image up to batch 8 and 3x slower at 16.
+    `mkldnn=auto`: the denoiser runs PyTorch's direct convolutions (neither oneDNN nor NNPACK), which compute each
+    image of a batch alike, so a seed's image is the same alone or in a batch within one level (oneDNN rounds by batch
+    and a sampler's steps amplify it to 3 levels; NNPACK, PyTorch's pick without oneDNN from a batch of 16, is 2x
+    slower on mini's latents); the VAE, where nothing amplifies a rounding, runs oneDNN (BENCHMARKS.md 4).
     """
     import torch
 
     choose("model.mkldnn", spec.mkldnn, MKLDNN)
-    torch.backends.mkldnn.enabled = unet_batch >= ONEDNN_MIN_BATCH if spec.mkldnn == "auto" else spec.mkldnn
+    direct = spec.mkldnn == "auto" and network == "denoiser"
+    torch.backends.mkldnn.enabled = not direct if spec.mkldnn == "auto" else spec.mkldnn
+    torch.backends.nnpack.set_flags(not direct)
+
+
+def switch_per_network(spec: ModelSpec, denoiser: torch.nn.Module, vae: torch.nn.Module) -> None:
+    """Under `mkldnn=auto`, each network switches to its own convolutions whenever it is called, on every path."""
+    if spec.mkldnn != "auto":
+        return
+    coders = [getattr(vae, part, vae) for part in ("encoder", "decoder")]
+    for network, modules in (("denoiser", [denoiser]), ("vae", coders)):
+        for module in modules:
+            module.register_forward_pre_hook(lambda *_, network=network: use_process_options(spec, network))

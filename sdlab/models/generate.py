@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from sdlab.config import GenerationParams
-from sdlab.models.device import use_process_options
 from sdlab.models.families import ModelAdapter
 
 
@@ -120,7 +119,6 @@ def generate_batch(
         embeddings = {k: torch.cat([e[k] for e in each]) for k in embeddings}
     t_text = time.perf_counter()
     # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
-    use_process_options(model.spec, model.denoiser_batch(n, params.guidance_scale))  # mkldnn=auto goes by batch
     with torch.inference_mode(), count_calls(model.denoiser) as nfe:
         latents = model.denoise(params, generators(seeds), embeddings, on_step,
                                 [r.guidance_scale for r in requests] if requests else None)

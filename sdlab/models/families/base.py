@@ -14,6 +14,7 @@ from sdlab.config import ATTENTION, ModelSpec
 from sdlab.errors import UserError, choose
 from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
+from sdlab.models.device import switch_per_network
 from sdlab.models.noise import PROCESSES, NoiseProcess
 from sdlab.models.schedulers import make_scheduler, seed_noise
 from sdlab.models.tokenizer import BUILT_IN_TOKENIZERS
@@ -188,10 +189,6 @@ class ModelAdapter:
         its own scale in the CFG step), on a guidance-distilled model the scale itself (an input of the denoiser)."""
         return ("cfg", cls.uses_cfg(scale)) if cls.guidance == "cfg" else ("scale", scale)
 
-    def denoiser_batch(self, images: int, guidance_scale: float) -> int:
-        """The denoiser's batch for `images` images: doubled under classifier-free guidance."""
-        return images * (2 if self.uses_cfg(guidance_scale) else 1)
-
     @property
     def sequence_length(self) -> int | None:
         """T5 tokens per prompt: `model.max_sequence_length`, else the family's default capped by the tokenizer's."""
@@ -308,7 +305,8 @@ class ModelAdapter:
 
     # 6. speed options
     def apply_speed_options(self) -> None:
-        """Channels-last memory format, the attention implementation and torch.compile, as configured."""
+        """Channels-last memory format, the attention implementation, each network's CPU convolutions and
+        torch.compile, as configured."""
         import torch
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
@@ -324,6 +322,7 @@ class ModelAdapter:
         if spec.channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
             self.pipe.vae.to(memory_format=torch.channels_last)
+        switch_per_network(spec, self.denoiser, self.pipe.vae)
         if spec.compile:
             self.denoiser = torch.compile(self.denoiser)
 
