@@ -322,9 +322,9 @@ class ModelAdapter:
         if spec.channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
             self.pipe.vae.to(memory_format=torch.channels_last)
-        switch_per_network(spec, self.denoiser, self.pipe.vae)
         if spec.compile:
             self.denoiser = torch.compile(self.denoiser)
+        switch_per_network(spec, self.denoiser, self.pipe.vae)  # on the compiled module: hooks outside its graph
 
 
 class StepWatch:
