@@ -224,8 +224,9 @@ def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Pat
         "each keeping its own job dir, row, PNG and time share. Every wall includes interpreter start and imports. "
         f"Reproduce: `python benchmarks/run.py --only {'shared' if model != 'sd15_arch' else 'sd15_shared'} "
         f"--threads {threads}`.\n\n" + (
-        "More than one level of difference comes from oneDNN, not from sharing: mini's `mkldnn=auto` turns oneDNN "
-        "convolutions on from a UNet batch of 16, and oneDNN rounds a batch differently from a lone image.\n" if worst > 1 else ""))
+        "More than one level of difference comes from oneDNN, not from sharing: this model's `mkldnn` setting runs "
+        "oneDNN convolutions in the denoiser, which round a batch differently from a lone image (`mkldnn=auto` "
+        "keeps them out of it).\n" if worst > 1 else ""))
 
 
 def compare_images(sweep: Path, hand: Path) -> tuple[bool, int]:

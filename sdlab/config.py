@@ -180,7 +180,7 @@ class ModelSpec:
     channels_last: bool = checked(MODEL["channels_last"], "bool")
     compile: bool = checked(MODEL["compile"], "bool")
     attention: str = checked(MODEL["attention"], "choice", choices=ATTENTION)
-    mkldnn: bool | str = checked(MODEL["mkldnn"], "choice", choices=MKLDNN)  # or "auto": by the UNet's batch
+    mkldnn: bool | str = checked(MODEL["mkldnn"], "choice", choices=MKLDNN)  # or "auto": by network (models/device.py)
     t5: bool = checked(MODEL["t5"], "bool")  # SD3: false leaves the T5 text encoder out
     max_sequence_length: int | None = checked(None, "int", 1, 512, optional=True)  # T5 tokens; None: the family's
 
