@@ -357,11 +357,11 @@ def bench_batches(report: Report, model: str, size: int, steps: int, images: int
             report.add("batch", name, rate, "img/s", f"{size}px {steps} steps guidance {guidance:g}; max diff {diff}")
             cells.setdefault(b, []).append(f"{rate:.3f} | {diff}")
     options = ", ".join(f"`{k}={v}`" for k, v in (against or {}).items())
-    head = "| batch | images/s | max pixel diff to batch 1 |" + (
-        f" images/s with {options} | max pixel diff to its batch 1 |" if against else "")
+    titles = ["batch", "images/s", "max pixel diff to batch 1"] + (
+        [f"images/s with {options}", "max pixel diff to its batch 1"] if against else [])
     report.sections.append(
         f"### 4. Batched seeds ({model}, {size}x{size}, {steps} steps, guidance {guidance:g}, {images} images)\n\n"
-        + head + "\n" + "|---" * head.count(" | ") + "|---|\n"
+        + "| " + " | ".join(titles) + " |\n" + "|---" * len(titles) + "|\n"
         + "\n".join(f"| {b} | " + " | ".join(cells[b]) + " |" for b in batches) + "\n"
     )
 
@@ -458,7 +458,7 @@ def bench_options(report: Report, model: str, size: int, steps: int, repeats: in
             notes[name] = f"{type(e).__name__}: {str(e)[:80]}"
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits every variant alike
         for name, (adapter, spec, params) in loaded.items():
-            use_process_options(spec)  # clear_cache forgot the other variants' specs, so generate_batch can't switch
+            use_process_options(spec)  # the variants share the process-wide settings: each turn sets its own
             start = time.perf_counter()
             generate.generate_batch(adapter, params, [0])
             times[name].append(time.perf_counter() - start)
