@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import socket
@@ -253,17 +252,6 @@ def test_a_lock_sdlab_cannot_trust_is_an_error_line_never_skipped(run_sdlab, tmp
     assert snapshot(tmp_path) == before
 
 
-def _contend(folder: str, start, done, results) -> None:
-    """One contender: wait for all, try to take the lock, report, and stay alive until every contender has tried."""
-    start.wait()
-    try:
-        lock.acquire(Path(folder), parents=False)
-        results.put(os.getpid())
-    except lock.DirInUse:
-        results.put(None)
-    done.wait()
-
-
 def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
@@ -272,26 +260,21 @@ def dead_pid() -> int:
 
 @pytest.mark.parametrize("stale", ["dead pid", "empty and old"])
 def test_a_stale_lock_raced_by_many_processes_has_exactly_one_winner(tmp_path, stale):
-    context = multiprocessing.get_context("fork")  # the old unlink-and-retry takeover let 2+ win in ~1 round of 8
-    contenders, rounds = 8, 40
-    for i in range(rounds):
-        folder = tmp_path / str(i)
+    contenders, rounds = 8, 40  # the old unlink-and-retry takeover let 2+ win in ~1 round of 8
+    folders = [tmp_path / str(i) for i in range(rounds)]
+    for folder in folders:
         folder.mkdir()
         if stale == "dead pid":
             write_lock(folder, dead_pid())
         else:
             (folder / lock.LOCK_NAME).write_text("")
             os.utime(folder / lock.LOCK_NAME, (0, 0))
-        start, done, results = context.Barrier(contenders), context.Barrier(contenders), context.Queue()
-        processes = [context.Process(target=_contend, args=(str(folder), start, done, results))
-                     for _ in range(contenders)]
-        for process in processes:
-            process.start()
-        outcome = [results.get(timeout=60) for _ in processes]
-        for process in processes:
-            process.join(timeout=60)
+    race = [sys.executable, str(Path(__file__).with_name("lock_race.py")), str(contenders), *map(str, folders)]
+    outcomes = json.loads(subprocess.run(race, check=True, capture_output=True, text=True, timeout=600).stdout)
+    assert len(outcomes) == rounds
+    for i, (folder, outcome) in enumerate(zip(folders, outcomes)):
         winners = [pid for pid in outcome if pid is not None]
-        assert len(winners) == 1, (i, outcome)
+        assert len(outcome) == contenders and len(winners) == 1, (i, outcome)
         assert json.loads((folder / lock.LOCK_NAME).read_text())["pid"] == winners[0]
         assert not (folder / lock.TAKEOVER_NAME).exists()
 
