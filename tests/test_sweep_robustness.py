@@ -307,11 +307,12 @@ def test_lean_launcher_writes_and_passes_on_what_hydras_basic_launcher_does(tmp_
     app.write_text(PROBE_APP)
     sweep = ["-m", "seed=1,2", "scheduler=ddim,euler", "+hydra.job.env_set.SDLAB_PROBE=x", "~hydra.callbacks.collect"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    for launcher in ("sdlab", "basic"):
-        done = subprocess.run([sys.executable, str(app), *sweep, f"hydra/launcher={launcher}",
-                               f"hydra.sweep.dir={tmp_path / launcher}"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
+    running = [subprocess.Popen([sys.executable, str(app), *sweep, f"hydra/launcher={launcher}",
+                                 f"hydra.sweep.dir={tmp_path / launcher}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for launcher in ("sdlab", "basic")]  # side by side
+    for process in running:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-2000:]
 
     def files(launcher: str) -> dict[str, str]:
         out = {}
