@@ -452,3 +452,17 @@ def test_ctrl_c_exits_even_when_a_worker_pool_would_never_finish(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 130
     assert done.stderr.strip().splitlines()[-1] == "sdlab: error: interrupted; rerun the same command to resume"
+
+
+@pytest.mark.parametrize("recipe", ["article_a2_noise", "article_b2_toy_predictor", "article_b4_vae_compression",
+                                    "article_b5_cfg_toy", "article_b6_ddim_steps", "article_d2_timestep_embedding"])
+def test_an_explainer_that_runs_no_network_imports_no_torch(tmp_path, recipe):
+    """The numpy toys of the articles start in about a second less without torch (B3's toy U-Net needs it)."""
+    probe = (f"import sys; sys.argv = ['sdlab', 'experiment={recipe}', 'hydra.run.dir=run']; "
+             "from sdlab.app.cli import entry\n"
+             "try:\n    entry()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "run" / "results.csv").is_file() and "Traceback" not in result.stderr

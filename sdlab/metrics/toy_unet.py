@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
-import torch
 
 
 def toy_unet(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, layers_per_block: int = 2):
     """A diffusers UNet2DModel with one resolution level per entry of `channels`, built on the meta device."""
+    import torch  # imported by the one explainer that builds a network, not by the numpy toys beside it
     from diffusers import UNet2DModel
 
     with torch.device("meta"):
@@ -19,6 +19,8 @@ def toy_unet(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, la
 
 def level_table(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, batch: int = 1) -> pd.DataFrame:
     """Per level: channels, resolution, parameters (down + mirrored up block), fp32 bytes of the skip activations it keeps."""
+    import torch
+
     unet = toy_unet(channels, in_channels, size)
     skips: dict[int, list[tuple[int, ...]]] = {}
     hooks = [block.register_forward_hook(lambda m, i, o, level=k: skips.__setitem__(level, [t.shape for t in o[1]]))
