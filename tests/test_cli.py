@@ -272,15 +272,21 @@ def test_help_describes_sdlab_without_loading_torch(tmp_path):
     assert "_base" not in listed and "_options" not in listed and "powered by Hydra" not in out
 
 
+def entry_in_a_new_process(args: list[str], cwd: Path, watched: tuple[str, ...], **env: str) -> subprocess.CompletedProcess:
+    """`sdlab ARGS` through `entry` in a fresh interpreter, whose last line of output is `exit CODE [the watched
+    modules it imported]`."""
+    probe = (f"import sys; sys.argv = ['sdlab', *{args!r}]; from sdlab.app.cli import entry\ncode = 0\n"
+             "try:\n    entry()\nexcept SystemExit as e:\n    code = e.code\n"
+             f"print('exit', code, sorted(m for m in {watched!r} if m in sys.modules))")
+    return subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
 @pytest.mark.parametrize("args", [["guidance_scale=abc"], ["model=sd15"], ["model=sd15", "model.path=absent"]])
 def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path, args):
     """A bad value and missing weights are answered before the libraries a job needs (or the hub client) are imported."""
-    probe = (f"import sys; sys.argv = ['sdlab', *{args!r}]; from sdlab.app.cli import entry\n"
-             "try:\n    entry()\nexcept SystemExit as e:\n"
-             "    print('exit', e.code, sorted(m for m in ('torch', 'diffusers', 'huggingface_hub') if m in sys.modules))")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env=env)
+    result = entry_in_a_new_process(args, tmp_path, ("torch", "diffusers", "huggingface_hub"),
+                                    HF_HOME=str(tmp_path / "hf"))
     assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
     assert result.stderr.count("sdlab: error:") == 1
 
@@ -458,11 +464,7 @@ def test_ctrl_c_exits_even_when_a_worker_pool_would_never_finish(tmp_path):
                                     "article_b5_cfg_toy", "article_b6_ddim_steps", "article_d2_timestep_embedding"])
 def test_an_explainer_that_runs_no_network_imports_no_torch(tmp_path, recipe):
     """The numpy toys of the articles start in about a second less without torch (B3's toy U-Net needs it)."""
-    probe = (f"import sys; sys.argv = ['sdlab', 'experiment={recipe}', 'hydra.run.dir=run']; "
-             "from sdlab.app.cli import entry\n"
-             "try:\n    entry()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
-             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:] + result.stderr[-2000:]
+    result = entry_in_a_new_process([f"experiment={recipe}", "hydra.run.dir=run"], tmp_path,
+                                    ("torch", "diffusers", "transformers"))
+    assert result.stdout.strip().splitlines()[-1] == "exit 0 []", result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "run" / "results.csv").is_file() and "Traceback" not in result.stderr
