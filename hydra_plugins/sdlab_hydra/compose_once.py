@@ -3,11 +3,11 @@ them not at all), pre-flighted whole before anything is written."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import logging
 import os
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +83,12 @@ def skipped_line(cannot: dict[tuple, str], jobs: list[list[str]]) -> str:
             f"({next(iter(cannot.values()))})")
 
 
+def snapshot(config: Any) -> bytes:
+    """A composed config frozen to copy from: unpickling it makes a deep copy in a sixth of `copy.deepcopy`'s time
+    (1.2 against 7 ms for sdlab's config, Hydra node included)."""
+    return pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class ComposedConfigs:
     """A config loader that hands the launcher the sweep configs its sweeper already composed to validate them.
 
@@ -95,7 +101,7 @@ class ComposedConfigs:
         self._loader, self._limit = loader, limit
         self._kept: dict[tuple[str, ...], Any] = {}
         self.runs: dict[tuple[str, ...], Any] = {}  # each job's Run, as its pre-flight parsed it
-        self._templates: dict[tuple, tuple[list[Override], Any]] = {}
+        self._templates: dict[tuple, tuple[list[Override], bytes]] = {}  # each as a `snapshot`
         self._groups: dict[str, bool] = {}  # whether a key is a config group: asked of every override of every job
 
     def compose(self, master_config: Any, sweep_overrides: Sequence[str]) -> Any:
@@ -106,7 +112,7 @@ class ComposedConfigs:
         if config is None:
             config = self._loader.load_sweep_config(master_config=master_config, sweep_overrides=list(sweep_overrides))
             if signature is not None:
-                self._templates[signature] = (parsed, copy.deepcopy(config))
+                self._templates[signature] = (parsed, snapshot(config))
         if len(self._kept) < self._limit:
             self._kept[tuple(sweep_overrides)] = config
         return config
@@ -140,7 +146,7 @@ class ComposedConfigs:
         if signature is None or signature not in self._templates:
             return None
         template_overrides, template = self._templates[signature]
-        config = copy.deepcopy(template)
+        config = pickle.loads(template)  # this process's own snapshot, never a file
         changed = [o for o, was in zip(parsed, template_overrides) if o.input_line != was.input_line]
         try:  # a plain value of a key the template has: what Hydra does for it after composing
             for override in changed:
