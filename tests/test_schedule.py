@@ -9,7 +9,6 @@ from sdlab.metrics.schedule import (
     betas,
     ddpm_log_snr_table,
     log_snr_crossing,
-    rescale_zero_terminal_snr,
     schedule_table,
     snr_db_from_alpha_bar,
     zero_crossing,
@@ -141,14 +140,3 @@ def test_ddpm_log_snr_is_the_natural_log_of_alpha_bar_over_one_minus_alpha_bar()
     np.testing.assert_allclose(lam.signal**2 + lam.sigma**2, 1.0)
     # the interpolated crossing sits between timesteps 353 and 354 (alpha_bar = 0.5 first reached at 354)
     assert 354 / 1000 < log_snr_crossing(lam.t, lam.log_snr) <= 355 / 1000
-
-
-def test_zero_terminal_snr_rescaling_matches_diffusers_and_ends_at_minus_infinity():
-    reference = DDPMScheduler(beta_schedule="scaled_linear", rescale_betas_zero_snr=True, **SD_BETAS)
-    ours = rescale_zero_terminal_snr(betas("scaled_linear", **SD_BETAS))
-    np.testing.assert_allclose(ours, reference.betas.numpy(), rtol=1e-4, atol=1e-6)
-    alpha_bar = alpha_bar_from_betas(ours)
-    assert alpha_bar[-1] == pytest.approx(0.0, abs=1e-12) and ours[-1] == pytest.approx(1.0)
-    assert alpha_bar[0] == pytest.approx(alpha_bar_from_betas(betas("scaled_linear", **SD_BETAS))[0])
-    with np.errstate(divide="ignore"):
-        assert ddpm_log_snr_table(alpha_bar).log_snr.iloc[-1] == -np.inf

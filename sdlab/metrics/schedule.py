@@ -42,14 +42,6 @@ def betas(schedule: str, T: int = 1000, beta_start: float = 0.00085, beta_end: f
     raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
 
 
-def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Betas whose terminal SNR is 0: sqrt(alpha_bar) shifted so its last value is 0 and scaled to keep its first
-    (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are Flawed", Algorithm 1)."""
-    root = np.sqrt(alpha_bar_from_betas(betas))
-    alpha_bar = ((root - root[-1]) * root[0] / (root[0] - root[-1])) ** 2
-    return 1.0 - np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
-
-
 def alpha_bar_from_betas(betas: np.ndarray) -> np.ndarray:
     """alpha_bar_t = prod_{s<=t} (1 - beta_s)."""
     return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
