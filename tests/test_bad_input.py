@@ -321,6 +321,26 @@ def test_steps_up_to_the_trained_timesteps_pass_when_the_spacing_stays_inside():
     check_steps("dpmpp_2m", SD15_SCHEDULER, {}, 500, "model tiny")
 
 
+def test_a_step_check_that_passed_is_not_repeated_and_one_that_failed_always_is(monkeypatch):
+    from sdlab.errors import UserError
+    from sdlab.models import schedulers
+    from sdlab.models.architectures import SD15_SCHEDULER
+
+    built = []
+    make = schedulers.make_scheduler
+    monkeypatch.setattr(schedulers, "make_scheduler", lambda *a, **k: built.append(a[0]) or make(*a, **k))
+    options = {"timestep_spacing": "leading", "steps_offset": 7}  # a check no other test has made in this process
+    for _ in range(3):  # a sweep checks its model, scheduler and steps once for each cell
+        schedulers.check_steps("ddim", SD15_SCHEDULER, options, 30, "model tiny")
+    assert built == ["ddim"]
+    for _ in range(2):  # from the configuration's own words, every time
+        with pytest.raises(UserError, match="reaches timestep 1006, past the 1000"):
+            schedulers.check_steps("ddim", SD15_SCHEDULER, options, 1000, "model tiny")
+    assert built == ["ddim"] * 3
+    schedulers.check_steps("ddim", {**SD15_SCHEDULER, "beta_end": 0.02}, options, 30, "model tiny")  # another model
+    assert built == ["ddim"] * 4
+
+
 def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(run_sdlab, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "sweep"
