@@ -329,7 +329,8 @@ def test_a_step_check_that_passed_is_not_repeated_and_one_that_failed_always_is(
     built = []
     make = schedulers.make_scheduler
     monkeypatch.setattr(schedulers, "make_scheduler", lambda *a, **k: built.append(a[0]) or make(*a, **k))
-    options = {"timestep_spacing": "leading", "steps_offset": 7}  # a check no other test has made in this process
+    monkeypatch.setattr(schedulers, "PASSED_STEP_CHECKS", set())  # whatever other tests checked in this process
+    options = {"timestep_spacing": "leading", "steps_offset": 7}
     for _ in range(3):  # a sweep checks its model, scheduler and steps once for each cell
         schedulers.check_steps("ddim", SD15_SCHEDULER, options, 30, "model tiny")
     assert built == ["ddim"]
