@@ -21,6 +21,8 @@ COMMAND_LINES = {  # each: one command line's overrides, swept as Hydra's BasicS
     "deleted parent after swept child": ["model.dtype=float16,float32", "seed=1,2", "~model.dtype"],
     "plain values only": ["seed=1,2,3", "guidance_scale=1,7.5", "scheduler=ddim,euler"],
     "swept groups and values": ["model=tiny,mini", "model.dtype=float16,float32", "prompt=a,b"],
+    "values of every kind": ["seed=range(0,3)", "guidance_scale=range(1,2,0.5)", "prompt='a, b',c\\,d,'${x}'",
+                             "negative_prompt=null,''", "+lists=[1,2],[3]", "+extra={a:1},{b:[2,3]}", "~model.dtype"],
 }
 
 
@@ -83,7 +85,10 @@ def test_the_sweepers_jobs_are_hydras_basic_sweeper_jobs(name):
     hydras = jobs_of(COMMAND_LINES[name])
     seeds = [item for job in hydras for item in job if item.partition("=")[0] in ("seed", "seeds")]
     seed_slowest = sorted(hydras, key=lambda job: next((seeds.index(i) for i in job if i in seeds), 0))  # stable
-    assert cells(OverridesParser.create().parse_overrides(COMMAND_LINES[name])) == seed_slowest
+    ours = cells(OverridesParser.create().parse_overrides(COMMAND_LINES[name]))
+    assert [[o.input_line for o in job] for job in ours] == seed_slowest
+    parser = OverridesParser.create()
+    assert all(o == parser.parse_override(o.input_line) for job in ours for o in job)  # as Hydra parses each text
 
 
 def test_seeds_vary_slowest_so_a_stopped_sweep_has_covered_every_other_axis():
@@ -91,7 +96,8 @@ def test_seeds_vary_slowest_so_a_stopped_sweep_has_covered_every_other_axis():
 
     from hydra_plugins.sdlab_hydra.compose_once import cells
 
-    jobs = cells(OverridesParser.create().parse_overrides(["guidance_scale=1,7.5", "seed=1,2", "scheduler=ddim,euler"]))
+    jobs = [[o.input_line for o in job] for job in cells(OverridesParser.create().parse_overrides(
+        ["guidance_scale=1,7.5", "seed=1,2", "scheduler=ddim,euler"]))]
     assert [job[1] for job in jobs] == ["seed=1"] * 4 + ["seed=2"] * 4
     assert {(job[0], job[2]) for job in jobs[:4]} == {(g, s) for g in ("guidance_scale=1", "guidance_scale=7.5")
                                                        for s in ("scheduler=ddim", "scheduler=euler")}
