@@ -113,3 +113,33 @@ def test_the_override_dirname_is_hydras():
     parsed = OverridesParser.create().parse_overrides(["seed=2", "prompt='a, b'", "model=tiny", "+x.y=1"])
     for exclude, sep, kv in (([], ",", "="), (["seed"], "/", ":")):
         assert overrides_dirname(parsed, exclude, sep, kv) == get_overrides_dirname(parsed, exclude, sep, kv)
+
+
+def test_jobs_past_the_kept_configs_are_composed_from_their_template_not_by_hydra_again(hydra_loader):
+    """A sweep keeps the configs of its first `limit` jobs for the launcher; a later job's config came from Hydra's full
+    composition again (about 90 ms a job: minutes on a 10,000-cell sweep). It comes from its template, as Hydra's."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sdlab_hydra.compose_once import ComposedConfigs
+
+    loader, master = hydra_loader
+    calls = []
+
+    class Counting:  # Hydra's loader, counting its compositions
+        def __getattr__(self, name):
+            return getattr(loader, name)
+
+        def load_sweep_config(self, *args, **kwargs):
+            calls.append(args)
+            return loader.load_sweep_config(*args, **kwargs)
+
+    composed = ComposedConfigs(Counting(), limit=2)
+    jobs = [[f"seed={seed}", "guidance_scale=1"] for seed in range(5)]
+    for overrides in jobs:
+        composed.compose(master, overrides)
+    assert len(calls) == 1  # the first job's, its template
+    calls.clear()
+    for overrides in jobs:
+        ours = OmegaConf.to_container(composed.load_sweep_config(master, overrides), resolve=False)
+        assert ours == OmegaConf.to_container(loader.load_sweep_config(master, overrides), resolve=False), overrides
+    assert calls == []

@@ -219,26 +219,35 @@ class CountingLoader:
     repository = type("EveryKeyAGroup", (), {"group_exists": staticmethod(lambda key: True)})()
 
     def load_sweep_config(self, master_config, sweep_overrides):
+        from omegaconf import OmegaConf
+
         CountingLoader.calls += 1
-        return {"overrides": list(sweep_overrides), "call": CountingLoader.calls}
+        dirname = {"exclude_keys": [], "item_sep": ",", "kv_sep": "="}
+        return OmegaConf.create({"overrides": list(sweep_overrides), "call": CountingLoader.calls,
+                                 "hydra": {"overrides": {"task": []}, "job": {"config": {"override_dirname": dirname}}}})
 
 
 def test_sweeper_hands_each_validated_config_to_the_launcher_once():
     import pickle
 
+    from omegaconf import OmegaConf
+
     from hydra_plugins.sdlab_hydra.compose_once import ComposedConfigs
 
+    master = OmegaConf.create({})
     composed = ComposedConfigs(CountingLoader(), limit=2)
     for overrides in (["seed=1"], ["seed=2"], ["seed=3"]):
-        composed.compose({}, overrides)
+        composed.compose(master, overrides)
     assert CountingLoader.calls == 3  # validation composes every job
-    first = composed.load_sweep_config({}, ["seed=1"])
-    assert first == {"overrides": ["seed=1"], "call": 1} and CountingLoader.calls == 3  # reused, not recomposed
-    assert composed.load_sweep_config({}, ["seed=3"])["call"] == 4  # beyond the limit: composed again
-    assert composed.load_sweep_config({}, ["seed=1"])["call"] == 5  # handed out once only
+    first = composed.load_sweep_config(master, ["seed=1"])
+    assert first.overrides == ["seed=1"] and first.call == 1 and CountingLoader.calls == 3  # reused, not recomposed
+    beyond = composed.load_sweep_config(master, ["seed=3"])  # beyond the limit: a copy of its validated config
+    assert beyond.overrides == ["seed=3"] and beyond.call == 3 and CountingLoader.calls == 3
+    again = composed.load_sweep_config(master, ["seed=1"])  # handed out once only: then a copy
+    assert again is not first and again.call == 1 and CountingLoader.calls == 3
     restored = pickle.loads(pickle.dumps(composed))  # as a launcher ships it to worker processes
     assert composed._kept and not restored._kept
-    assert restored.load_sweep_config({}, ["seed=2"])["call"] == 6
+    assert restored.load_sweep_config(master, ["seed=2"]).call == 4  # a worker has no templates: Hydra composes
 
 
 def test_jobs_differing_in_plain_values_get_exactly_the_config_hydra_composes():

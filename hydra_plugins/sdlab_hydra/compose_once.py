@@ -109,16 +109,17 @@ class ComposedConfigs:
         self._groups: dict[str, bool] = {}  # whether a key is a config group: asked of every override of every job
         self.known: dict[str, Override] = {}  # each override text of the sweep, parsed
 
-    def compose(self, master_config: Any, sweep_overrides: Sequence[str]) -> Any:
-        """Compose one job's config (raising as Hydra would) and keep it for the launcher, up to `limit` of them."""
+    def compose(self, master_config: Any, sweep_overrides: Sequence[str], keep: bool = True) -> Any:
+        """Compose one job's config (raising as Hydra would), from an earlier job's template when there is one; with
+        `keep`, as the sweeper composes its jobs, it becomes a template and is kept for the launcher, up to `limit`."""
         parsed = self.parsed(sweep_overrides)
         signature = self.signature(parsed)
         config = self._from_template(master_config, signature, parsed)
         if config is None:
             config = self._loader.load_sweep_config(master_config=master_config, sweep_overrides=list(sweep_overrides))
-            if signature is not None:
+            if keep and signature is not None:
                 self._templates[signature] = (parsed, snapshot(config))
-        if len(self._kept) < self._limit:
+        if keep and len(self._kept) < self._limit:
             self._kept[tuple(sweep_overrides)] = config
         return config
 
@@ -173,9 +174,10 @@ class ComposedConfigs:
         return config
 
     def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
-        """The kept config of these overrides (handed out once), else a fresh composition."""
+        """The kept config of these overrides (handed out once), else one composed again (from its template when an
+        earlier job has its config groups)."""
         kept = self._kept.pop(tuple(sweep_overrides), None)
-        return kept if kept is not None else self._loader.load_sweep_config(master_config, sweep_overrides)
+        return kept if kept is not None else self.compose(master_config, sweep_overrides, keep=False)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # not set yet, as while unpickling in a launcher's worker
