@@ -185,7 +185,8 @@ class ComposedConfigs:
         return getattr(self._loader, name)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_kept": {}, "_templates": {}, "runs": {}, "known": {}}  # workers compose nothing; ship no configs
+        """A launcher's workers compose nothing ahead: ship them no configs, templates or parsed overrides."""
+        return {**self.__dict__, "_kept": {}, "_templates": {}, "runs": {}, "known": {}}
 
 
 class ComposeOnceSweeper(Sweeper):
