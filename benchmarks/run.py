@@ -55,6 +55,11 @@ def run_timed(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
+def medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The median wall and the median CPU seconds of (wall, CPU) runs."""
+    return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+
+
 def run_cpu(cmd: list[str], cwd: Path) -> tuple[float, float]:
     """(wall, CPU) seconds of a subprocess, whatever its exit code (a refused value exits 2 on purpose)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -498,7 +503,7 @@ def bench_startup(report: Report, repeats: int, work: Path) -> None:
             times[name].append(run_cpu(cmd, cwd))
     lines = ["| command | wall s | CPU s |", "|---|---|---|"]
     for name, runs in times.items():
-        wall, cpu = statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+        wall, cpu = medians(runs)
         report.add("startup", f"{name} wall", float(wall), "s")
         report.add("startup", f"{name} cpu", float(cpu), "s")
         lines.append(f"| `{name}` | {wall:.2f} | {cpu:.2f} |")
@@ -528,9 +533,8 @@ def bench_plan(report: Report, repeats: int, work: Path, model: str) -> None:
     letters = ",".join(f"'{c}'" for c in "abcdefghij")
     big = [sdlab, "-m", "seed=range(0,100)", "guidance_scale=range(1,11)", f"prompt={letters}", "plan=true"]
     seeds = [sdlab, "-m", "seed=range(0,10000)", "plan=true"]  # one axis: 10,000 distinct values to type
-    timed = {name: [run_cpu(cmd, work) for _ in range(repeats)] for name, cmd in (("big", big), ("seeds", seeds))}
-    (plan_wall, plan_cpu), (seeds_wall, seeds_cpu) = (
-        (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)) for runs in timed.values())
+    plan_wall, plan_cpu = medians([run_cpu(big, work) for _ in range(repeats)])
+    seeds_wall, seeds_cpu = medians([run_cpu(seeds, work) for _ in range(repeats)])
     common = [sdlab, "-m", f"model={model}", "threads=1", "guidance_scale=1,7.5"]
     shapes = "'a red circle','a blue square'"
     run_timed([*common, f"prompt={shapes}", "seed=100,101", f"hydra.sweep.dir={work / 'plan' / 'first'}"], work)
