@@ -264,14 +264,15 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
               f"the images finished before", file=sys.stderr)
         raise SystemExit(1) from None
     axes = (read_manifest(folder) or {}).get("axes", []) if sweep else []
-    images = frame[frame["status"] == "ok"] if "status" in frame else frame
-    several = "image_path" in frame and images["image_path"].notna().sum() > 1
+    ok = frame["status"].eq("ok").tolist() if "status" in frame else [True] * len(frame)  # a job's one row: no masks
+    paths = frame["image_path"].notna().tolist() if "image_path" in frame else [False] * len(frame)
+    several = sum(good and path for good, path in zip(ok, paths)) > 1
     if grid and not (several and image_grid(frame, folder, folder / "grid.png", grid_axes(frame, axes),
                                             seeds_within=True)):
         forget_figure(folder / "grid.png")  # an earlier run's grid would show images this table no longer lists
-    failed = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[:0]
+    failed = frame.iloc[[i for i, good in enumerate(ok) if not good]].to_dict("records") if not all(ok) else []
     line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"
-    for _, row in failed.iterrows():
+    for row in failed:
         line += f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
     if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
         ranking = rank(frame, axes)
