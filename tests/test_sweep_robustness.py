@@ -374,7 +374,7 @@ def test_job_config_files_hold_the_text_omegaconf_writes():
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from hydra_plugins.sdlab_hydra.lean_launcher import yaml_text
+    from hydra_plugins.sdlab_hydra.lean_launcher import job_files, yaml_text
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         loader = GlobalHydra.instance().config_loader()
@@ -386,3 +386,7 @@ def test_job_config_files_hold_the_text_omegaconf_writes():
     for node in (master.hydra, OmegaConf.masked_copy(master, [k for k in master if k != "hydra"]), tricky):
         assert yaml_text(node) == OmegaConf.to_yaml(node)
         assert OmegaConf.create(yaml_text(node)) == OmegaConf.create(OmegaConf.to_yaml(node))
+    assert job_files(master) == {  # each file from one plain copy of the whole config, as Hydra writes it from its parts
+        "config.yaml": OmegaConf.to_yaml(OmegaConf.masked_copy(master, [k for k in master if k != "hydra"])),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.masked_copy(master, ["hydra"])),
+        "overrides.yaml": OmegaConf.to_yaml(master.hydra.overrides.task)}

@@ -71,11 +71,20 @@ def reads_typed(text: str) -> bool:
 _Dumper.add_representer(str, _Dumper.represent_str)
 
 
-def yaml_text(node: DictConfig | ListConfig | dict[str, DictConfig]) -> str:
+def yaml_text(node: DictConfig | ListConfig | dict[str, Any]) -> str:
     """`OmegaConf.to_yaml(node)`, the same text in under half the time (a sweep writes three of them a job); a dict
-    of nodes is dumped as the config holding them would be."""
-    content = {key: container(value) for key, value in node.items()} if isinstance(node, dict) else container(node)
+    is taken as the container of a config."""
+    content = node if isinstance(node, dict) else container(node)
     return yaml.dump(content, Dumper=_Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+
+
+def job_files(config: DictConfig) -> dict[str, str]:
+    """The text of each `.hydra/` file of a job, as Hydra writes them: the config without its Hydra node, the Hydra
+    node, and the job's overrides; the whole config made plain once (not its copy without the Hydra node again)."""
+    task = container(config)
+    hydra = task.pop("hydra")
+    return {"config.yaml": yaml_text(task), "hydra.yaml": yaml_text({"hydra": hydra}),
+            "overrides.yaml": yaml_text(config.hydra.overrides.task)}
 
 
 def container(node: DictConfig | ListConfig) -> Any:
@@ -107,7 +116,8 @@ class LeanLauncher(Launcher):
     Hydra's `run_job` copies each job's config three times over (about 11 ms a job): the Hydra node twice
     to publish it, then the whole config and the Hydra node again for the job's return value. Here the
     Hydra node is published in place (read-only, as Hydra leaves it) and the task gets the one copy: the config
-    without it. The `.hydra/` files are written atomically, so a killed sweep never leaves half a config behind.
+    without it; a task marked `takes_composed_config` (sdlab's, which reads every part but the Hydra node and changes
+    nothing) gets the config itself. The `.hydra/` files are written atomically, so a killed sweep never leaves half a config behind.
     """
 
     def __init__(self, ahead: bool = False):
@@ -173,7 +183,8 @@ class LeanLauncher(Launcher):
             config.hydra.runtime.output_dir = output_dir
         chdir = job_chdir(config.hydra.job.chdir)
         try:
-            task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+            task_cfg = config if getattr(self.task_function, "takes_composed_config", False) else OmegaConf.masked_copy(
+                config, [key for key in config if key != "hydra"])
             OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(config))
             ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,
                             hydra_cfg=config, working_dir=output_dir if chdir else old_cwd)
@@ -183,9 +194,8 @@ class LeanLauncher(Launcher):
             configure_log(config.hydra.job_logging, config.hydra.verbose)
             if config.hydra.output_subdir is not None:  # as Hydra writes them, but atomically
                 hydra_output = Path(output_dir) / str(config.hydra.output_subdir)
-                for node, name in ((task_cfg, "config.yaml"), ({"hydra": config.hydra}, "hydra.yaml"),
-                                   (config.hydra.overrides.task, "overrides.yaml")):
-                    atomic_write_text(hydra_output / name, yaml_text(node), sync=False)
+                for name, text in job_files(config).items():
+                    atomic_write_text(hydra_output / name, text, sync=False)
             with env_override(config.hydra.job.env_set):
                 callbacks.on_job_start(config=config, task_function=self.task_function)
                 try:

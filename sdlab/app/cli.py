@@ -108,6 +108,7 @@ def run(cfg) -> None:
 
 
 run.works_ahead = True  # the lean launcher lets sdlab's jobs work ahead (share pipeline calls), no other app's
+run.takes_composed_config = True  # it reads all but the Hydra node, changing nothing: the lean launcher skips a copy
 
 
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
