@@ -345,6 +345,25 @@ def test_lean_launcher_writes_and_passes_on_what_hydras_basic_launcher_does(tmp_
     assert '"env": "x"' in ours["3/probe.json"] and "sees seed 2" in ours["3/probe_app.log"]
 
 
+def test_sdlabs_job_function_reads_its_composed_config_in_place_and_config_yaml_still_leaves_hydra_out(
+        run_sdlab, tmp_path, monkeypatch):
+    import yaml
+    from omegaconf import OmegaConf
+
+    from sdlab.app import cli
+
+    copies, seen = [], []
+    masked_copy, finish_job = OmegaConf.masked_copy, cli.finish_job
+    monkeypatch.setattr(OmegaConf, "masked_copy", lambda *a, **k: copies.append(a[1]) or masked_copy(*a, **k))
+    monkeypatch.setattr(cli, "finish_job", lambda ctx, cfg, *a: seen.append("hydra" in cfg) or finish_job(ctx, cfg, *a))
+    assert run_sdlab(*SWEEP, "model=tiny", f"hydra.sweep.dir={tmp_path}") == 0
+    assert copies == [] and seen == [True] * 4  # no copy of a job's config without its Hydra node
+    for job in sorted(p for p in tmp_path.iterdir() if (p / ".hydra").is_dir()):
+        written = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        assert "hydra" not in written and written["seed"] in (1, 2)
+        assert yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"] == int(job.name)
+
+
 def test_cells_finished_elsewhere_forget_an_image_deleted_since_the_last_look(run_sdlab, tmp_path):
     assert run_sdlab(*SWEEP, f"hydra.sweep.dir={tmp_path}") == 0
     before = sweep_cells(tmp_path, tmp_path)
