@@ -117,7 +117,8 @@ class LeanLauncher(Launcher):
     to publish it, then the whole config and the Hydra node again for the job's return value. Here the
     Hydra node is published in place (read-only, as Hydra leaves it) and the task gets the one copy: the config
     without it; a task marked `takes_composed_config` (sdlab's, which reads every part but the Hydra node and changes
-    nothing) gets the config itself. The `.hydra/` files are written atomically, so a killed sweep never leaves half a config behind.
+    nothing) gets the config itself. The `.hydra/` files are written atomically, so a killed sweep never leaves half
+    a config behind.
     """
 
     def __init__(self, ahead: bool = False):

@@ -75,7 +75,7 @@ def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
 def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Path:
     """Write `<name>.parquet` and `<name>.csv` atomically: if either cannot be written, neither appears (the CSV,
     a copy for people, is not forced to disk)."""
-    import pyarrow.parquet as pq  # what `frame.to_parquet` calls, without its 1.5 ms a table of checks
+    import pyarrow.parquet as pq  # what `frame.to_parquet` calls, less its own checks (about 1.5 ms a table)
 
     folder = Path(folder)
     with (atomic_path(folder / f"{name}.csv", sync=False) as csv_tmp,
