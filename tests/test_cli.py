@@ -193,7 +193,20 @@ def test_a_refused_run_keeps_every_file_of_an_existing_run_dir(run_sdlab, tmp_pa
 def test_sweep_announces_its_jobs_and_images(run_sdlab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=1", "threads=1") == 0
-    assert "sdlab: 4 jobs, 4 images -> " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sdlab: 4 jobs, 4 images -> " in out and "checking" not in out  # a small sweep's check is over at once
+
+
+def test_a_large_sweep_says_it_is_checking_its_cells_before_the_silent_seconds_that_takes(run_sdlab, tmp_path,
+                                                                                           monkeypatch, capsys):
+    from hydra_plugins.sdlab_hydra import compose_once
+
+    monkeypatch.setattr(compose_once, "ANNOUNCED_CELLS", 4)  # 1000 in use: a sweep that size takes minutes here
+    assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=1", "threads=1",
+                     f"hydra.sweep.dir={tmp_path}") == 0
+    out = capsys.readouterr().out
+    assert "sdlab: checking 4 cells before anything is written" in out
+    assert out.index("checking 4 cells") < out.index("sdlab: 4 jobs, 4 images -> ")
 
 
 def test_progress_lines_name_each_cell_by_what_varies_and_how_far_through_the_sweep(run_sdlab, tmp_path,

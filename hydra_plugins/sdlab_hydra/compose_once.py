@@ -33,6 +33,7 @@ from sdlab.config import check_seeds, checked_run, limits
 from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
+ANNOUNCED_CELLS = 1000  # a sweep this size is checked for several seconds (about 6 ms a cell): say so first
 
 
 def touched(key: str, keys: list[str]) -> bool:
@@ -238,6 +239,8 @@ class ComposeOnceSweeper(Sweeper):
                 hashed = Path(sweep_dir).is_dir()  # a new folder has no finished cell to match by hash
                 print(plan_text(self.plan_cells(jobs, hashed), Path(sweep_dir)), flush=True)
                 return []
+        if self.preflight and len(jobs) >= ANNOUNCED_CELLS:
+            log.info("sdlab: checking %d cells before anything is written", len(jobs))
         composed = [self.composed.compose(self.config, job) for job in jobs]
         if self.preflight:
             warnings, runs, cannot = {}, [], {}
