@@ -33,7 +33,7 @@ from sdlab.config import check_seeds, checked_run, limits
 from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
-ANNOUNCED_CELLS = 1000  # a sweep this size is checked for several seconds (about 6 ms a cell): say so first
+ANNOUNCED_CELLS = 1000  # a sweep this size is checked for seconds (about 5 ms a cell): it says so first
 
 
 def touched(key: str, keys: list[str]) -> bool:
