@@ -277,11 +277,14 @@ class ComposeOnceSweeper(Sweeper):
         clean_temp_files(Path(sweep_dir))  # a kill during the last collection
         launched = [job for job in jobs if tuple(job) not in self.cannot_run]
         if self.preflight:  # how a rerun of this command finds this folder, and what grid, summary and report label by
+            finished = set()
+            if hasattr(self.launcher, "finished") and len(job_dirs) == len(runs):  # it spends nothing on them
+                finished = {num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
+                            if run.resume and finished_job(job_dir, run.job_hash) is not None}
+                self.launcher.finished = finished
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
-            write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs])
-            if isinstance(self.launcher, ChunkedSubmitit) and len(job_dirs) == len(runs):  # spend no task on them
-                self.launcher.finished = {num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
-                                          if run.resume and finished_job(job_dir, run.job_hash) is not None}
+            write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
+                           finished=len(finished))
         return self.launch(launched, Path(sweep_dir))
 
     def plan_cells(self, jobs: list[list[str]], hashed: bool = True) -> list[Cell]:

@@ -125,6 +125,7 @@ class LeanLauncher(Launcher):
         """`ahead`: jobs are sdlab's, and those that can share work (generate cells sharing a pipeline call) do it
         together before the first of them runs (see `sdlab.jobs.job`)."""
         self.ahead = ahead
+        self.finished: set[int] = set()  # job numbers the sweeper found finished: not run again, their dirs untouched
 
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: DictConfig) -> None:
         """Keep what `launch` needs; jobs work ahead only when the task is sdlab's (its `works_ahead`)."""
@@ -136,16 +137,20 @@ class LeanLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        log.info(f"Launching {len(job_overrides)} jobs locally")
+        pending = [i for i in range(len(job_overrides)) if initial_job_idx + i not in self.finished]
+        if len(pending) < len(job_overrides):
+            log.info(f"sdlab: {len(job_overrides) - len(pending)} of {len(job_overrides)} cells finished before: not "
+                     "run again (resume=false runs them again)")
+        log.info(f"Launching {len(pending)} jobs locally")
         returns, configs, parsed, covered = [], {}, {}, set()
-        for i, overrides in enumerate(job_overrides):
+        for n, i in enumerate(pending):
             if self.ahead and i not in covered:
-                covered |= self.work_ahead(job_overrides, i, initial_job_idx, configs, parsed)
-            sweep_config = configs.pop(i) if i in configs else self.compose(overrides, initial_job_idx + i)
+                covered |= self.work_ahead(job_overrides, pending[n:n + AHEAD_WINDOW], initial_job_idx, configs, parsed)
+            sweep_config = configs.pop(i) if i in configs else self.compose(job_overrides[i], initial_job_idx + i)
             parsed.pop(i, None)
             returns.append(self.run_job(sweep_config))
-            if not (self.ahead and i + 1 in covered):  # a covered job logs nothing before its own logging is set
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            if not (self.ahead and pending[n + 1:n + 2] and pending[n + 1] in covered):  # a covered job logs nothing
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # before its own is set
         return returns
 
     def compose(self, overrides: Sequence[str], idx: int) -> DictConfig:
@@ -156,11 +161,11 @@ class LeanLauncher(Launcher):
             sweep_config.hydra.job.num = idx
         return sweep_config
 
-    def work_ahead(self, job_overrides: Sequence[Sequence[str]], i: int, initial_job_idx: int, configs: dict,
-                   parsed: dict) -> set[int]:
-        """Let job `i`'s job function do its work together with the next `AHEAD_WINDOW` jobs' that share it, composing
-        and parsing them ahead; the jobs it covered. Any failure here leaves each job to do its own work."""
-        window = range(i, min(len(job_overrides), i + AHEAD_WINDOW))
+    def work_ahead(self, job_overrides: Sequence[Sequence[str]], window: list[int], initial_job_idx: int,
+                   configs: dict, parsed: dict) -> set[int]:
+        """Let the first job of `window` (job indices to run, in order) do its work together with the others' that
+        share it, composing and parsing them ahead; the jobs it covered. Any failure here leaves each job to do its
+        own work."""
         for j in window:
             if j not in parsed:
                 if j not in configs:
@@ -171,7 +176,7 @@ class LeanLauncher(Launcher):
                         parsed[j] = composed_run(configs[j])
                     except Exception:  # noqa: BLE001 - the job itself reports its bad config
                         parsed[j] = None
-        return {i + k for k in work_ahead([parsed[j] for j in window], Path(str(self.config.hydra.sweep.dir)))}
+        return {window[k] for k in work_ahead([parsed[j] for j in window], Path(str(self.config.hydra.sweep.dir)))}
 
     def run_job(self, config: DictConfig) -> JobReturn:
         """hydra.core.utils.run_job for one sweep job, publishing the Hydra node without a copy and copying the task

@@ -85,7 +85,8 @@ def hold(folder: Path) -> None:
 
 class Progress:
     """A sweep's progress line as each job finishes: cells done, images per second and time left, from the job's mark
-    (a job taken over from an earlier run made no images and took no time worth counting)."""
+    (a job taken over from an earlier run made no images and took no time worth counting); the cells the launcher
+    found finished and does not run count as done from the start."""
 
     def __init__(self, sweep_dir: Path, started: float):
         self.sweep_dir, self.started, self.done, self.made, self.images = sweep_dir, started, 0, 0, 0
@@ -97,7 +98,9 @@ class Progress:
             mark = json.loads((job / MARKER).read_text())
         except (OSError, ValueError):
             mark = {}  # a failed job: done, with nothing made
-        self.cells = self.cells or (read_manifest(self.sweep_dir) or {}).get("cells", "?")
+        if self.cells is None:
+            manifest = read_manifest(self.sweep_dir) or {}
+            self.cells, self.done = manifest.get("cells", "?"), manifest.get("finished", 0)
         self.done += 1
         if "gen_s" in mark:
             self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))

@@ -123,17 +123,18 @@ def key_values(jobs: list[list[str]]) -> dict[str, list[str]]:
 
 
 def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[str]], hydra: list[str] = (),
-                   complete: bool = False, hashes: list[str] = ()) -> None:
+                   complete: bool = False, hashes: list[str] = (), finished: int = 0) -> None:
     """Record a sweep in its folder: its command (`hydra` the Hydra flags besides its dir), the keys whose value
     varies across its jobs (`axes`), every key's values, each job's value of each axis and its cell hash (the
-    `job_hash` its finished job records), and whether it finished."""
+    `job_hash` its finished job records), how many of its cells this run found finished and does not run again, and
+    whether it finished."""
     values = key_values(jobs)
     axes = [key for key, seen in values.items() if len(seen) > 1]
     jobs_axes = [{k: v for k, _, v in (item.lstrip("+~").partition("=") for item in job) if k in axes} for job in jobs]
     command = [*task_overrides, *(h for h in hydra if not h.startswith(("hydra.mode=", "hydra.sweep.dir=")))]
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
-                "cells": len(jobs), "axes": axes, "values": values, "jobs": jobs_axes, "hashes": list(hashes),
-                "complete": complete}
+                "cells": len(jobs), "finished": finished, "axes": axes, "values": values, "jobs": jobs_axes,
+                "hashes": list(hashes), "complete": complete}
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
@@ -150,7 +151,7 @@ def read_manifest(sweep_dir: Path, strict: bool = False) -> dict[str, Any] | Non
         texts = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
         if not (isinstance(data, dict) and isinstance(data.get("key"), str) and texts(data.get("axes", []))
                 and texts(data.get("command", [])) and texts(data.get("hashes", []))
-                and isinstance(data.get("values", {}), dict)
+                and isinstance(data.get("values", {}), dict) and type(data.get("finished", 0)) is int
                 and all(texts(v) for v in data.get("values", {}).values())
                 and isinstance(data.get("jobs", []), list) and all(isinstance(j, dict) for j in data.get("jobs", []))):
             raise ValueError("not an sdlab sweep manifest")
