@@ -148,6 +148,22 @@ def test_collector_skips_unfinished_job_dirs(tmp_path, caplog):
     assert "unfinished" in caplog.text and "'1'" in caplog.text
 
 
+def test_a_table_reads_back_as_pandas_reads_it(tmp_path):
+    from sdlab.bench.records import read_table, write_table
+
+    frame = pd.DataFrame([
+        {"run_id": "a", "status": "ok", "seed": 1, "clip_score": 31.5, "nsfw": False, "error": None, "scores": "{}"},
+        {"run_id": "b", "status": "error", "seed": 2, "clip_score": float("nan"), "nsfw": True, "error": "boom",
+         "scores": None},
+    ])
+    mixed = frame.assign(value=[1, "x"])  # an object column of two types is written as strings
+    for table in (frame, mixed, frame[:0]):
+        write_table(table, tmp_path)
+        read = read_table(tmp_path)
+        pd.testing.assert_frame_equal(read, pd.read_parquet(tmp_path / "results.parquet"), check_exact=True)
+        assert len(read) == len(table) and list(read.columns) == list(table.columns)
+
+
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_launchers_give_the_same_table_and_bit_identical_images(run_sdlab, tmp_path, launcher):
     # one image per call on both sides (sdlab's own launcher shares calls, within a level: tests/test_shared_calls.py)
