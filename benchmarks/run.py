@@ -581,6 +581,28 @@ def bench_plan(report: Report, repeats: int, work: Path, model: str) -> None:
         f"| estimate / wall | **{estimate / wall:.2f}** |\n")
 
 
+def bench_rerun(report: Report, repeats: int, work: Path, cells: int = 500) -> None:
+    """Wall seconds of a `cells`-cell sweep on tiny (1 step, 1 thread), then of rerunning it once it is finished: the
+    rerun takes over every cell by its hash and runs none."""
+    sweep = [str(Path(sys.executable).with_name("sdlab")), "-m", f"seed=range(0,{cells})", "model=tiny",
+             "num_inference_steps=1", "threads=1", f"hydra.sweep.dir={work / 'rerun'}"]
+    fresh = run_timed(sweep, work)
+    rerun = statistics.median(run_timed(sweep, work) for _ in range(repeats))
+    report.add("rerun", f"{cells}-cell sweep wall", fresh, "s")
+    report.add("rerun", f"{cells}-cell rerun wall", rerun, "s")
+    report.sections.append(
+        f"### 13. Rerunning a finished sweep (tiny, {cells} cells, 1 step, median of {repeats} reruns)\n\n"
+        "A rerun of the same command into the same folder looks at each job's finished mark and table, and runs no "
+        "job whose cells are all there with the same hash: their folders are left as they are. What it still pays: "
+        "start-up and importing diffusers to check the schedulers, composing and checking every cell, and the "
+        "sweep's end (its table, summary and report, from every job's table).\n\n"
+        "| what | wall s | ms a cell |\n|---|---|---|\n"
+        f"| `sdlab -m seed=range(0,{cells}) model=tiny num_inference_steps=1 threads=1` into a new folder | "
+        f"{fresh:.1f} | {1000 * fresh / cells:.0f} |\n"
+        f"| the same command again, every cell finished | **{rerun:.1f}** | {1000 * rerun / cells:.0f} |\n\n"
+        f"Reproduce: `python benchmarks/run.py --only rerun`.\n")
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     from importlib.metadata import version
@@ -615,6 +637,7 @@ def main() -> None:
         ("trajectory", lambda: bench_trajectory(report, args.model, 64, 25, args.repeats)),
         ("memory", lambda: bench_memory(report, args.model, 100, 5)),
         ("shared", lambda: bench_shared(report, args.model, 25, args.repeats, work)),
+        ("rerun", lambda: bench_rerun(report, args.repeats, work)),
         ("options", lambda: bench_options(report, args.model, 64, 25, args.repeats, {
             "default": {}, "eager_attention": {"attention": "eager"}, "channels_last": {"channels_last": True},
             "compile": {"compile": True}, "bfloat16": {"dtype": "bfloat16"},
