@@ -591,7 +591,7 @@ def bench_rerun(report: Report, repeats: int, work: Path, cells: int = 500) -> N
     report.add("rerun", f"{cells}-cell sweep wall", fresh, "s")
     report.add("rerun", f"{cells}-cell rerun wall", rerun, "s")
     report.sections.append(
-        f"### 13. Rerunning a finished sweep (tiny, {cells} cells, 1 step, median of {repeats} reruns)\n\n"
+        f"### 13. Rerunning a finished sweep (tiny, {cells} cells, 1 step, 1 thread, median of {repeats} reruns)\n\n"
         "A rerun of the same command into the same folder looks at each job's finished mark and table, and runs no "
         "job whose cells are all there with the same hash: their folders are left as they are. What it still pays: "
         "start-up and importing diffusers to check the schedulers, composing and checking every cell, and the "
@@ -696,10 +696,11 @@ def main() -> None:
 
 
 def with_threads(markdown: str, threads: int) -> str:
-    """A section with its thread count added to its title, so kept and remeasured sections stay comparable."""
+    """A section with its thread count added to its title, so kept and remeasured sections stay comparable (one whose
+    title names its own, as its subprocesses pin it, is left as it is)."""
     title, _, rest = markdown.partition("\n")
     label = f"{threads} thread{'s' if threads != 1 else ''}"
-    return f"{title.removesuffix(')')}, {label})\n{rest}" if title.endswith(")") else markdown
+    return f"{title.removesuffix(')')}, {label})\n{rest}" if title.endswith(")") and "thread" not in title else markdown
 
 
 def section_key(markdown: str) -> str:
