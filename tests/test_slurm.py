@@ -110,6 +110,9 @@ def test_readme_slurm_sweep_survives_a_cancelled_task_and_reruns_only_its_cells(
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out[-3000:]
     assert "2 cells (4 finished before) in 2 slurm tasks of up to 1" in out
+    # as the two tasks finish: the 4 cells finished before count as done from the start, and the last line is there
+    assert re.search(r"sdlab: 5 of 6 cells done \(\d\), \d+\.\d\d images/s, about [\d.]+ (s|min|h) left", out), out[-3000:]
+    assert re.search(r"sdlab: 6 of 6 cells done \(\d\), \d+\.\d\d images/s, nothing left", out), out[-3000:]
     frame = pd.read_csv(sweep_dir / "results.csv")
     assert (frame["status"] == "ok").all() and len(frame) == 6
     assert sorted(zip(frame["seed"], frame["scheduler"])) == sorted(

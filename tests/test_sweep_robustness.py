@@ -190,6 +190,20 @@ def test_jobs_in_their_own_process_are_quiet_and_announced_as_they_finish(run_sd
     assert "sdlab: 1 of 2 cells done (" in out and "sdlab: 2 of 2 cells done (" in out
 
 
+def test_a_job_that_ends_as_the_watch_stops_still_gets_its_progress_line(tmp_path, capsys):
+    from sdlab.app.callbacks import FinishedJobs
+    from sdlab.bench.resume import MARKER, write_manifest
+
+    write_manifest(tmp_path, ["seed=1,2,3"], [["seed=1"], ["seed=2"], ["seed=3"]], finished=1)
+    watch = FinishedJobs(tmp_path, since=time.time() - 1, every=60)  # it would not look again for a minute
+    watch.start()
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / MARKER).write_text(json.dumps({"job_hash": "h", "rows": 1, "gen_s": 0.5}))
+    watch.stop()  # the sweep ended: the watch looks once more before it goes
+    out = capsys.readouterr().out
+    assert re.search(r"sdlab: 2 of 3 cells done \(1\), \d+\.\d\d images/s, about [\d.]+ s left", out), out
+
+
 def test_sweep_of_different_jobs_collects_into_one_table(run_sdlab, tmp_path):
     code = run_sdlab("-m", "experiment=article_b3_unet_levels,article_b4_vae_compression", f"hydra.sweep.dir={tmp_path}")
     assert code == 0

@@ -126,12 +126,15 @@ class FinishedJobs(threading.Thread):
 
     def run(self) -> None:
         seen: set[str] = set()
-        while not self.stopped.wait(self.every):
+        while True:
+            stopping = self.stopped.wait(self.every)  # one more look once stopped: the last jobs' lines too
             for job in job_dirs(self.sweep_dir) if self.sweep_dir.is_dir() else []:
                 mark = job / MARKER
                 if job.name not in seen and mark.is_file() and mark.stat().st_mtime >= self.since:
                     seen.add(job.name)
                     print(self.progress.line(job), flush=True)
+            if stopping:
+                return
 
     def stop(self) -> None:
         self.stopped.set()
