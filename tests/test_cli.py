@@ -232,7 +232,8 @@ def test_job_folders_are_zero_padded_to_the_sweep_size_and_a_rerun_finds_them(ru
     jobs = [p for p in (tmp_path / "s").rglob("*") if p.is_file() and p.parent != tmp_path / "s"]
     written = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in jobs}
     assert run_sdlab(*sweep) == 0
-    assert "sdlab: 11 of 11 cells finished before: not run again" in capsys.readouterr().out
+    assert ("sdlab: 11 jobs, 11 images -> s; 11 finished before: not run again (resume=false runs them again)\n"
+            in capsys.readouterr().out)
     # a finished cell's folder is left as it is: no file in it written again, none added
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in jobs} == written
     assert sorted(p for p in (tmp_path / "s").rglob("*") if p.is_file() and p.parent != tmp_path / "s") == sorted(jobs)
@@ -441,7 +442,7 @@ def test_rerunning_a_sweep_without_a_sweep_dir_continues_its_folder(run_sdlab, t
     assert run_sdlab(*sweep) == 0
     out = capsys.readouterr().out
     assert f"sdlab: this sweep continues in outputs/generate/{folder.name} " in out
-    assert "sdlab: 1 of 2 cells finished before: not run again" in out  # cell 0 is not recomputed
+    assert "sdlab: 2 jobs, 2 images -> " in out and "; 1 finished before: not run again" in out  # cell 0 is not run
     assert list((tmp_path / "outputs" / "generate").iterdir()) == [folder]
     assert sorted(pd.read_csv(folder / "results.csv")["seed"]) == [1, 2]
     assert run_sdlab(*sweep) == 0

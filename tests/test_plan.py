@@ -68,7 +68,7 @@ def test_a_plan_after_a_partial_sweep_counts_what_is_done_and_estimates_from_it(
     assert files(tmp_path) == before
     assert run_sdlab(*sweep, "seed=1,2") == 0  # the plan's done cells are the ones the sweep takes over
     out = capsys.readouterr().out
-    assert "sdlab: 2 of 4 cells finished before: not run again" in out
+    assert f"sdlab: 4 jobs, 4 images -> {tmp_path / 's'}; 2 finished before: not run again" in out
     # the progress line counts them done from the start: seeds vary slowest, so jobs 2 and 3 are seed 2's
     assert re.search(r"sdlab: 3 of 4 cells done \(2\), \d+\.\d\d images/s, about \d+ s left", out)
     assert re.search(r"sdlab: 4 of 4 cells done \(3\), \d+\.\d\d images/s, nothing left", out)

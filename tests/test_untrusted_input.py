@@ -84,7 +84,7 @@ def test_interpolations_in_prompts_reach_results_pngs_and_log_as_typed(run_sdlab
         assert json.loads(image.text["sdlab"])["negative_prompt"] == "${oc.env:SDLAB_TEST_SECRET}"
     assert run_sdlab(*args) == 0  # a `${now:...}` prompt is the same prompt on a rerun: both cells resume
     out = capsys.readouterr()
-    assert "sdlab: 2 of 2 cells finished before: not run again" in out.err + out.out
+    assert "; 2 finished before: not run again" in out.err + out.out
 
 
 # 2. Bad files: one line naming the file and what is allowed.

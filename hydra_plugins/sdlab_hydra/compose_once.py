@@ -260,7 +260,6 @@ class ComposeOnceSweeper(Sweeper):
             if cannot:
                 log.warning(skipped_line(cannot, jobs))
             self.cannot_run = set(cannot)
-            log.info("sdlab: %s -> %s", sweep_plan(runs), sweep_dir)
         os.environ[SWEEP_CELLS] = str(len(jobs) - len(self.cannot_run))  # the width of job folder names
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
             job_dirs = self.check_dirs(sweep_dir, composed)
@@ -285,6 +284,8 @@ class ComposeOnceSweeper(Sweeper):
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
                            finished=len(finished))
+            taken = f"; {len(finished)} finished before: not run again (resume=false runs them again)" if finished else ""
+            log.info("sdlab: %s -> %s%s", sweep_plan(runs), sweep_dir, taken)
         return self.launch(launched, Path(sweep_dir))
 
     def plan_cells(self, jobs: list[list[str]], hashed: bool = True) -> list[Cell]:

@@ -138,9 +138,6 @@ class LeanLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         pending = [i for i in range(len(job_overrides)) if initial_job_idx + i not in self.finished]
-        if len(pending) < len(job_overrides):
-            log.info(f"sdlab: {len(job_overrides) - len(pending)} of {len(job_overrides)} cells finished before: not "
-                     "run again (resume=false runs them again)")
         log.info(f"Launching {len(pending)} jobs locally")
         returns, configs, parsed, covered = [], {}, {}, set()
         for n, i in enumerate(pending):
