@@ -146,8 +146,9 @@ class LeanLauncher(Launcher):
             sweep_config = configs.pop(i) if i in configs else self.compose(job_overrides[i], initial_job_idx + i)
             parsed.pop(i, None)
             returns.append(self.run_job(sweep_config))
-            if not (self.ahead and pending[n + 1:n + 2] and pending[n + 1] in covered):  # a covered job logs nothing
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # before its own is set
+            following = pending[n + 1] if n + 1 < len(pending) else None
+            if not (self.ahead and following in covered):  # a covered job logs nothing before its own logging is set
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
     def compose(self, overrides: Sequence[str], idx: int) -> DictConfig:
