@@ -239,6 +239,25 @@ def test_job_folders_are_zero_padded_to_the_sweep_size_and_a_rerun_finds_them(ru
     assert sorted(p for p in (tmp_path / "s").rglob("*") if p.is_file() and p.parent != tmp_path / "s") == sorted(jobs)
 
 
+def test_a_rerun_through_hydras_basic_launcher_leaves_each_finished_job_as_it_was(run_sdlab, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """A launcher that runs every cell again (Hydra's basic one, joblib) finds each finished job and takes its rows:
+    the job's table, mark (with the generation time later plans estimate from), config and images keep their bytes."""
+    monkeypatch.chdir(tmp_path)
+    sweep = ("-m", "seed=1,2", "model=tiny", *FAST, "hydra/launcher=basic", "hydra.sweep.dir=s")
+    assert run_sdlab(*sweep) == 0
+    own = [p for p in (tmp_path / "s").rglob("*") if p.is_file() and p.parent != tmp_path / "s"
+           and ".hydra" not in p.parts and p.suffix != ".log"]  # Hydra's own job files are Hydra's to write
+    assert {p.name for p in own} >= {"results.parquet", "results.csv", "job.json", "run_config.json"}
+    assert all("gen_s" in json.loads(p.read_text()) for p in own if p.name == "job.json")
+    written = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in own}
+    capsys.readouterr()
+    assert run_sdlab(*sweep) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped: already complete in ") == 2 and "results.csv: 2 ok, 0 failed" in out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in own} == written
+
+
 def test_a_grid_job_names_each_image_by_its_cell(run_sdlab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("experiment=guidance_grid", "guidance_scales=[1,7.5]", "model=tiny", *FAST) == 0

@@ -112,22 +112,26 @@ run.takes_composed_config = True  # it reads all but the Hydra node, changing no
 
 
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
-    """Run one job into `out_dir` (or take its finished rows) and write its table; a single run exits on failure."""
+    """Run one job into `out_dir` and write its table (a sweep's job finished before is left as it is); a single run
+    exits on failure."""
     out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock
     try:
         ctx.run = run = parse_job(cfg, overridden)  # checked before the run or sweep began
         resume.clean_temp_files(out_dir)
         job_hash = run.job_hash
         frame = resume.finished_job(out_dir, job_hash) if run.resume else None
-        resume.record_config(out_dir, run.recipe)
-        if run.threads is not None:  # CPU results depend on it bit for bit; None keeps torch's default
-            import torch  # the first job that needs it pays for it
-
-            torch.set_num_threads(run.threads)
-        if frame is not None:
+        if frame is not None:  # its table, mark (with the time a later plan estimates from) and config stay as written
             log.info("skipped: already complete in %s (resume=false recomputes)", out_dir)
+            if multirun:
+                log.info("%s: %d ok, 0 failed", out_dir / "results.csv", len(frame))
+                return
             started = 0.0  # its figures are from the run that finished it
         else:
+            resume.record_config(out_dir, run.recipe)
+            if run.threads is not None:  # CPU results depend on it bit for bit; None keeps torch's default
+                import torch  # the first job that needs it pays for it
+
+                torch.set_num_threads(run.threads)
             resume.unmark(out_dir)
             frame = get_job(run.job)(ctx)
     except UserError as e:
@@ -140,9 +144,9 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
         job_hash, frame = None, error_frame(ctx, e)
     line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
-    if job_hash and not failed:
+    if job_hash and not failed and started:
         made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0}  # for a plan's estimate
-        resume.mark_finished(out_dir, job_hash, {"rows": len(frame), **(made if started else {})})
+        resume.mark_finished(out_dir, job_hash, {"rows": len(frame), **made})
     log.info("%s: %s", out_dir / "results.csv", line)
     if not multirun and failed:
         sys.exit(1)
