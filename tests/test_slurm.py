@@ -109,7 +109,8 @@ def test_readme_slurm_sweep_survives_a_cancelled_task_and_reruns_only_its_cells(
     second = run(command, tmp_path)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out[-3000:]
-    assert "2 cells (4 finished before) in 2 slurm tasks of up to 1" in out
+    assert "; 4 finished before: not run again" in out and "sdlab: 2 cells in 2 slurm tasks of up to 1" in out
+    assert "(4 finished before)" not in out  # said once, by the sweep's first line
     # as the two tasks finish: the 4 cells finished before count as done from the start, and the last line is there
     assert re.search(r"sdlab: 5 of 6 cells done \(\d\), \d+\.\d\d images/s, about [\d.]+ (s|min|h) left", out), out[-3000:]
     assert re.search(r"sdlab: 6 of 6 cells done \(\d\), \d+\.\d\d images/s, nothing left", out), out[-3000:]

@@ -105,9 +105,7 @@ class ChunkedSubmitit:
                  for num, o in enumerate(job_overrides, initial_job_idx) if num not in self.finished]
         size = cells_per_task(len(cells), self.size, self.inner.params.get("array_parallelism"))
         chunks = [cells[i:i + size] for i in range(0, len(cells), size)]
-        done = f" ({len(job_overrides) - len(cells)} finished before)" if len(cells) < len(job_overrides) else ""
-        log.info(f"sdlab: {plural(len(cells), 'cell')}{done} in {plural(len(chunks), f'{self.cluster} task')} of up to "
-                 f"{size}")
+        log.info(f"sdlab: {plural(len(cells), 'cell')} in {plural(len(chunks), f'{self.cluster} task')} of up to {size}")
         for num, overrides, _ in cells:
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         if not chunks:
