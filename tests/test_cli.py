@@ -320,6 +320,22 @@ def entry_in_a_new_process(args: list[str], cwd: Path, watched: tuple[str, ...],
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
 
+def test_a_rerun_of_a_complete_sweep_checks_nothing_that_will_not_run(tmp_path):
+    """Every cell finished with the same hash: the rerun imports neither torch nor diffusers to check weights and
+    schedulers no cell will use. A cell whose image went missing since is checked and made again."""
+    sweep = ["-m", "seed=1,2", "model=tiny", "num_inference_steps=1", "threads=1", "hydra.sweep.dir=s"]
+    first = entry_in_a_new_process(sweep, tmp_path, ("diffusers",))
+    assert first.stdout.strip().splitlines()[-1] == "exit 0 ['diffusers']", first.stdout[-2000:] + first.stderr[-2000:]
+    again = entry_in_a_new_process(sweep, tmp_path, ("torch", "diffusers"))
+    assert again.stdout.strip().splitlines()[-1] == "exit 0 []", again.stdout[-2000:] + again.stderr[-2000:]
+    assert "; 2 finished before: not run again" in again.stdout and "results.csv: 2 ok, 0 failed" in again.stdout
+    image = tmp_path / "s" / pd.read_csv(tmp_path / "s" / "results.csv")["image_path"].iloc[1]
+    image.unlink()
+    mended = entry_in_a_new_process(sweep, tmp_path, ("diffusers",))
+    assert mended.stdout.strip().splitlines()[-1] == "exit 0 ['diffusers']", mended.stdout[-2000:] + mended.stderr[-2000:]
+    assert "; 1 finished before: not run again" in mended.stdout and image.is_file()
+
+
 @pytest.mark.parametrize("args", [["guidance_scale=abc"], ["model=sd15"], ["model=sd15", "model.path=absent"]])
 def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path, args):
     """A bad value and missing weights are answered before the libraries a job needs (or the hub client) are imported."""

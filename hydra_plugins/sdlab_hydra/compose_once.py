@@ -24,12 +24,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import display_overrides, override_parser
-from sdlab.app.compose import SWEEP_CELLS, check_composed, parse_job, resolved, task_overrides
-from sdlab.app.preflight import sweep_plan
+from sdlab.app.compose import SWEEP_CELLS, check_composed, composed_run, parse_job, resolved, task_overrides
+from sdlab.app.preflight import check_job, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
-from sdlab.bench.resume import clean_temp_files, finished_job, varying_keys, write_manifest
-from sdlab.config import check_seeds, checked_run, limits
+from sdlab.bench.resume import clean_temp_files, finished_job, read_manifest, varying_keys, write_manifest
+from sdlab.config import Run, check_seeds, checked_run, limits
 from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
@@ -244,9 +244,10 @@ class ComposeOnceSweeper(Sweeper):
         composed = [self.composed.compose(self.config, job) for job in jobs]
         if self.preflight:
             warnings, runs, cannot = {}, [], {}
-            for job, config in zip(jobs, composed):
+            known = self.finished_before(sweep_dir, composed)
+            for n, (job, config) in enumerate(zip(jobs, composed)):
                 try:
-                    job_warnings, run = check_composed(config)
+                    job_warnings, run = ([], known[n]) if known else check_composed(config)
                 except CannotRun as e:  # a scheduler with no solver for this cell's model, from a glob(*) say
                     cannot[tuple(job)] = str(e)
                     continue
@@ -281,12 +282,28 @@ class ComposeOnceSweeper(Sweeper):
                 finished = {num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
                             if run.resume and finished_job(job_dir, run.job_hash) is not None}
                 self.launcher.finished = finished
+            for num, run in enumerate(runs if known else ()):  # a cell recorded finished whose files went since
+                if num not in finished:
+                    for warning in check_job(run):
+                        log.warning(warning)
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
                            finished=len(finished))
             taken = f"; {len(finished)} finished before: not run again (resume=false runs them again)" if finished else ""
             log.info("sdlab: %s -> %s%s", sweep_plan(runs), sweep_dir, taken)
         return self.launch(launched, Path(sweep_dir))
+
+    def finished_before(self, sweep_dir: str, composed: list[Any]) -> list[Run] | None:
+        """Each cell's Run, parsed but not pre-flighted, when the sweep's manifest records every one of these cells
+        finished with the same hash and the launcher leaves finished cells alone: nothing will run, so nothing is
+        imported to check the weights and schedulers (a cell whose files went since is checked before the launch)."""
+        manifest = read_manifest(Path(sweep_dir)) if hasattr(self.launcher, "finished") else None
+        if not manifest or manifest.get("complete") is not True or manifest.get("cells") != len(composed):
+            return None
+        runs = [composed_run(config) for config in composed]
+        if manifest.get("hashes") != [run.job_hash for run in runs] or not all(run.resume for run in runs):
+            return None
+        return runs
 
     def plan_cells(self, jobs: list[list[str]], hashed: bool = True) -> list[Cell]:
         """Each job as the plan sees it, its values checked and typed as the sweep's are (its model and schedulers are
