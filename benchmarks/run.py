@@ -593,9 +593,10 @@ def bench_rerun(report: Report, repeats: int, work: Path, cells: int = 500) -> N
     report.sections.append(
         f"### 13. Rerunning a finished sweep (tiny, {cells} cells, 1 step, 1 thread, median of {repeats} reruns)\n\n"
         "A rerun of the same command into the same folder looks at each job's finished mark and table, and runs no "
-        "job whose cells are all there with the same hash: their folders are left as they are. What it still pays: "
-        "start-up and importing diffusers to check the schedulers, composing and checking every cell, and the "
-        "sweep's end (its table, summary and report, from every job's table).\n\n"
+        "job whose cells are all there with the same hash: their folders are left as they are. With every cell "
+        "finished as its manifest records, no cell is pre-flighted (torch and diffusers are not imported). What it "
+        "still pays: start-up, composing and parsing every cell, and the sweep's end (its table, summary and report, "
+        "from every job's table).\n\n"
         "| what | wall s | ms a cell |\n|---|---|---|\n"
         f"| `sdlab -m seed=range(0,{cells}) model=tiny num_inference_steps=1 threads=1` into a new folder | "
         f"{fresh:.1f} | {1000 * fresh / cells:.0f} |\n"
