@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from sdlab.app.arguments import display_overrides, hydra_quote, prepare
 from sdlab.bench.figure_index import write_index
+from sdlab.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ("num_inference_steps=2", "threads=1")
@@ -334,6 +335,29 @@ def test_a_rerun_of_a_complete_sweep_checks_nothing_that_will_not_run(tmp_path):
     mended = entry_in_a_new_process(sweep, tmp_path, ("diffusers",))
     assert mended.stdout.strip().splitlines()[-1] == "exit 0 ['diffusers']", mended.stdout[-2000:] + mended.stderr[-2000:]
     assert "; 1 finished before: not run again" in mended.stdout and image.is_file()
+
+
+def test_a_cell_of_a_complete_sweep_whose_files_went_is_checked_before_it_runs_again(run_sdlab, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The rerun skips the pre-flight of cells recorded finished; one whose image went since runs again, so it is
+    checked first: a refusal is one line and exit code 2, and the sweep's folder is free for the next command."""
+    import hydra_plugins.sdlab_hydra.compose_once as compose_once
+
+    monkeypatch.chdir(tmp_path)
+    sweep = ("-m", "seed=1,2", "model=tiny", *FAST, "hydra.sweep.dir=s")
+    assert run_sdlab(*sweep) == 0
+    (tmp_path / "s" / pd.read_csv(tmp_path / "s" / "results.csv")["image_path"].iloc[1]).unlink()
+    capsys.readouterr()
+
+    def weights_gone(run):
+        raise UserError("model=tiny: its weights went")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(compose_once, "check_job", weights_gone)
+        assert run_sdlab(*sweep) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sdlab: error: model=tiny: its weights went"
+    assert run_sdlab(*sweep) == 0
+    assert "; 1 finished before: not run again" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args", [["guidance_scale=abc"], ["model=sd15"], ["model=sd15", "model.path=absent"]])

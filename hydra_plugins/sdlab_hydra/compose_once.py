@@ -282,10 +282,13 @@ class ComposeOnceSweeper(Sweeper):
                 finished = {num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
                             if run.resume and finished_job(job_dir, run.job_hash) is not None}
                 self.launcher.finished = finished
-            for num, run in enumerate(runs if known else ()):  # a cell recorded finished whose files went since
-                if num not in finished:
-                    for warning in check_job(run):
+            try:
+                for num, run in enumerate(runs if known else ()):  # a cell recorded finished whose files went since
+                    for warning in check_job(run) if num not in finished else ():
                         log.warning(warning)
+            except UserError:
+                lock.release(Path(sweep_dir))
+                raise
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
                            finished=len(finished))
