@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import display_overrides, override_parser
-from sdlab.app.compose import SWEEP_CELLS, check_composed, composed_run, parse_job, resolved, task_overrides
+from sdlab.app.compose import SWEEP_CELLS, composed_run, parse_job, resolved, task_overrides
 from sdlab.app.preflight import check_job, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
@@ -244,10 +244,11 @@ class ComposeOnceSweeper(Sweeper):
         composed = [self.composed.compose(self.config, job) for job in jobs]
         if self.preflight:
             warnings, runs, cannot = {}, [], {}
-            known = self.finished_before(sweep_dir, composed)
+            parsed, recorded = self.recorded_runs(sweep_dir, composed)
             for n, (job, config) in enumerate(zip(jobs, composed)):
                 try:
-                    job_warnings, run = ([], known[n]) if known else check_composed(config)
+                    run = parsed[n] if parsed else composed_run(config)
+                    job_warnings = [] if recorded else check_job(run)
                 except CannotRun as e:  # a scheduler with no solver for this cell's model, from a glob(*) say
                     cannot[tuple(job)] = str(e)
                     continue
@@ -283,7 +284,7 @@ class ComposeOnceSweeper(Sweeper):
                             if run.resume and finished_job(job_dir, run.job_hash) is not None}
                 self.launcher.finished = finished
             try:
-                for num, run in enumerate(runs if known else ()):  # a cell recorded finished whose files went since
+                for num, run in enumerate(runs if recorded else ()):  # a cell recorded finished whose files went since
                     for warning in check_job(run) if num not in finished else ():
                         log.warning(warning)
             except UserError:
@@ -296,17 +297,16 @@ class ComposeOnceSweeper(Sweeper):
             log.info("sdlab: %s -> %s%s", sweep_plan(runs), sweep_dir, taken)
         return self.launch(launched, Path(sweep_dir))
 
-    def finished_before(self, sweep_dir: str, composed: list[Any]) -> list[Run] | None:
-        """Each cell's Run, parsed but not pre-flighted, when the sweep's manifest records every one of these cells
-        finished with the same hash and the launcher leaves finished cells alone: nothing will run, so nothing is
-        imported to check the weights and schedulers (a cell whose files went since is checked before the launch)."""
+    def recorded_runs(self, sweep_dir: str, composed: list[Any]) -> tuple[list[Run] | None, bool]:
+        """When the launcher leaves finished cells alone and the sweep's manifest is complete for as many cells: each
+        cell's Run, parsed ahead, and whether the manifest records every one finished with the same hash (then nothing
+        will run, so nothing is pre-flighted and nothing imported to check weights and schedulers; a cell whose files
+        went since is checked before the launch). Else (None, False)."""
         manifest = read_manifest(Path(sweep_dir)) if hasattr(self.launcher, "finished") else None
         if not manifest or manifest.get("complete") is not True or manifest.get("cells") != len(composed):
-            return None
+            return None, False
         runs = [composed_run(config) for config in composed]
-        if manifest.get("hashes") != [run.job_hash for run in runs] or not all(run.resume for run in runs):
-            return None
-        return runs
+        return runs, manifest.get("hashes") == [run.job_hash for run in runs] and all(run.resume for run in runs)
 
     def plan_cells(self, jobs: list[list[str]], hashed: bool = True) -> list[Cell]:
         """Each job as the plan sees it, its values checked and typed as the sweep's are (its model and schedulers are

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from sdlab.bench.plan import shared_call
-from sdlab.bench.records import identity, ordered, save_png, versions, write_table
+from sdlab.bench.records import identity, ordered, rows, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
@@ -148,7 +148,7 @@ def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
-        table = {row["config_hash"]: row for row in complete_rows(ctx.out_dir, previous).to_dict("records")}
+        table = {row["config_hash"]: row for row in rows(complete_rows(ctx.out_dir, previous))}
         order = list(previous["config_hash"])
     if not ctx.run.resume:
         return {h: row for h, row in table.items() if h not in wanted}, order, {}
