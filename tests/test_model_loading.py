@@ -53,3 +53,25 @@ def test_repo_id_loads_from_the_local_hf_cache_offline(saved_pipeline, tmp_path,
     assert models.cached_snapshot("someone/tiny-sd") == snapshot
     model = models.load_model(ModelSpec("sd15", repo_id="someone/tiny-sd", resolution=64))
     assert model.denoiser.config.cross_attention_dim == 32
+
+
+def test_a_weights_fingerprint_follows_the_bytes_not_the_file_times_and_reads_any_file(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from sdlab.models.model_files import weights_fingerprint
+
+    assert weights_fingerprint(tmp_path) is None and weights_fingerprint(tmp_path / "absent") is None
+    (tmp_path / "unet").mkdir()
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({"a": torch.zeros(1000), "b": torch.ones(3)}, weights)
+    first = weights_fingerprint(tmp_path)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert weights_fingerprint(tmp_path) == first
+    for changed in ({"a": torch.zeros(1000), "b": torch.tensor([1.0, 1.0, 2.0])},  # the last bytes of a tensor
+                    {"a": torch.cat([torch.ones(1), torch.zeros(999)]), "b": torch.ones(3)}):  # its first bytes
+        save_file(changed, weights)
+        assert weights_fingerprint(tmp_path) not in (first, None)
+    for junk in (b"", b"\xff" * 8 + b"not a header", (10**12).to_bytes(8, "little"), b"\x05\0\0\0\0\0\0\0[1,2]"):
+        weights.write_bytes(junk)  # data, never trusted: pre-flight refuses it with its own line
+        assert isinstance(weights_fingerprint(tmp_path), str)

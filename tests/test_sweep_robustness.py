@@ -53,6 +53,44 @@ def test_cells_inside_a_job_resume_per_seed(run_sdlab, tmp_path):
     assert (second["run_id"] == first["run_id"]).tolist() == [True, False, True]
 
 
+def test_a_rerun_after_the_weights_changed_makes_the_cells_again(run_sdlab, tmp_path):
+    """A cell is finished only for the weights it was made from: new weights in the same folder make each cell again
+    in its place (loaded again in the same process), while the same bytes with new file times are left alone."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "weights"
+    shutil.copytree(ROOT / "models" / "mini", weights)
+    args = ("-m", "seed=1,2", f"model.path={weights}", *SWEEP[3:], f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert run_sdlab(*args) == 0
+    first = pd.read_parquet(tmp_path / "sweep" / "results.parquet")
+    for file in weights.rglob("*.safetensors"):
+        os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 10**9))
+    assert run_sdlab(*args) == 0
+    touched = pd.read_parquet(tmp_path / "sweep" / "results.parquet")
+    assert list(touched["run_id"]) == list(first["run_id"])  # the same bytes: nothing recomputed
+    old_pixels = [torch.tensor(list(Image.open(tmp_path / "sweep" / path).getdata()), dtype=torch.float32)
+                  for path in first["image_path"]]
+    unet = weights / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(unet)
+    tensors["conv_out.bias"] = tensors["conv_out.bias"] + 0.5
+    save_file(tensors, unet, metadata={"format": "pt"})
+    assert run_sdlab(*args) == 0
+    logs = sorted((tmp_path / "sweep").glob("*/cli.log"))
+    assert len(logs) == 2 and all("resume: 1 image(s) here were made from other weights than model=mini holds now: "
+                                  "made again" in log.read_text() for log in logs)  # each job says why
+    retrained = pd.read_parquet(tmp_path / "sweep" / "results.parquet")
+    assert not set(retrained["run_id"]) & set(first["run_id"])  # each cell made again, in place of the old one
+    assert list(retrained["config_hash"]) == list(first["config_hash"])
+    assert list(retrained["image_path"]) == list(first["image_path"])
+    assert retrained["weights"].nunique() == 1 and retrained["weights"][0] != first["weights"][0]
+    for path, pixels in zip(first["image_path"], old_pixels):
+        now = torch.tensor(list(Image.open(tmp_path / "sweep" / path).getdata()), dtype=torch.float32)
+        assert (now - pixels).abs().max() > 8  # made by the new weights, not the model loaded before
+
+
 def sdlab_process(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     return subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env,
@@ -402,12 +440,12 @@ def test_sdlabs_job_function_reads_its_composed_config_in_place_and_config_yaml_
 
 def test_cells_finished_elsewhere_forget_an_image_deleted_since_the_last_look(run_sdlab, tmp_path):
     assert run_sdlab(*SWEEP, f"hydra.sweep.dir={tmp_path}") == 0
-    before = sweep_cells(tmp_path, tmp_path)
     table = pd.read_parquet(tmp_path / "results.parquet")
+    before = sweep_cells(tmp_path, tmp_path, table["weights"][0])
     assert set(before) == set(table["config_hash"])
     gone = table.iloc[0]
     (tmp_path / gone["image_path"]).unlink()
-    after = sweep_cells(tmp_path, tmp_path)
+    after = sweep_cells(tmp_path, tmp_path, table["weights"][0])
     assert set(after) == set(before) - {gone["config_hash"]}
 
 

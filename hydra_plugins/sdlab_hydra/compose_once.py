@@ -29,7 +29,8 @@ from sdlab.app.preflight import check_job, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
 from sdlab.bench.resume import clean_temp_files, finished_job, read_manifest, varying_keys, write_manifest
-from sdlab.config import Run, check_seeds, checked_run, limits
+from sdlab.bench.run import typed_run
+from sdlab.config import Run, check_seeds, limits
 from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,7 @@ class ComposeOnceSweeper(Sweeper):
                 node[leaf] = value
             values = (signature, *sorted((k, repr(v)) for k, v in changed.items() if k != "seed"))
             if values not in typed:
-                run = checked_run(recipe)
+                run = typed_run(recipe)
                 typed[values] = run, cell_of(run)
             run, cell = typed[values]
             if "seed" in changed and recipe.get("seeds") is None:

@@ -48,27 +48,36 @@ def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFra
     return frame.loc[[finished(row, folder) for row in rows(frame)]]
 
 
-def sweep_cells(sweep_dir: Path, besides: Path) -> dict[str, Path]:
-    """Config hash -> the job dir holding it finished, for every job dir of the sweep but `besides`."""
+def sweep_cells(sweep_dir: Path, besides: Path, weights: str | None) -> dict[str, Path]:
+    """Config hash -> the job dir holding it finished from these `weights` (`weights_of`), for every job dir of the
+    sweep but `besides`."""
     cells: dict[str, Path] = {}
     besides = Path(besides).resolve()
     for job in job_dirs(sweep_dir):
         if job.resolve() != besides:
-            cells.update({h: job for h in _finished_hashes(job) if h not in cells})
+            found = _finished_hashes(job)
+            cells.update({h: job for h in found if found[h] == weights and h not in cells})
     return cells
 
 
-_FINISHED: dict[Path, tuple[tuple, list[str]]] = {}
+def weights_of(row: dict[str, Any]) -> str | None:
+    """The weights fingerprint a row's image was made from (None for a model built in code, or a row without it)."""
+    weights = row.get("weights")
+    return weights if isinstance(weights, str) else None
 
 
-def _finished_hashes(job: Path) -> list[str]:
-    """A job dir's finished cells, looked for again only when its table or its images folder changed (every job of
-    a sweep asks for every other's: reading each table and PNG each time made a sweep quadratic)."""
+_FINISHED: dict[Path, tuple[tuple, dict[str, str | None]]] = {}
+
+
+def _finished_hashes(job: Path) -> dict[str, str | None]:
+    """A job dir's finished cells and the weights each was made from, looked for again only when its table or its
+    images folder changed (every job of a sweep asks for every other's: reading each table and PNG each time made a
+    sweep quadratic)."""
     key = tuple(_stamp(job / name) for name in (TABLE_NAME + ".parquet", "images"))
     if key[0] is None or _FINISHED.get(job, (None,))[0] != key:
-        frame = complete_rows(job)
-        hashes = [h for h in frame["config_hash"] if isinstance(h, str)] if "config_hash" in frame else []
-        _FINISHED[job] = (key, hashes)
+        found = rows(complete_rows(job))
+        _FINISHED[job] = (key, {row["config_hash"]: weights_of(row) for row in found
+                                if isinstance(row.get("config_hash"), str)})
     return _FINISHED[job][1]
 
 

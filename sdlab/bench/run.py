@@ -5,6 +5,7 @@ checked. Files are read through the bounded reader and set exactly what the comm
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from sdlab.config import (
 )
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import model_kind
-from sdlab.models.loading import adapter_class, shipped_scheduler_config
+from sdlab.models.loading import adapter_class, shipped_scheduler_config, weights_identity
 from sdlab.untrusted import read_params
 
 
@@ -32,7 +33,13 @@ def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
     and typed."""
     config = in_model_world(config, overridden)
     config = with_params_file(config, overridden)
-    return checked_run(config)
+    return typed_run(config)
+
+
+def typed_run(config: dict[str, Any]) -> Run:
+    """The Run of an effective config (`checked_run`) with its model's weights fingerprint, which its hashes cover."""
+    run = checked_run(config)
+    return replace(run, weights=weights_identity(run.model))
 
 
 def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 
 from sdlab.bench.plan import shared_call
 from sdlab.bench.records import identity, ordered, rows, save_png, versions, write_table
-from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells
+from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells, weights_of
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.jobs import JobContext, job
@@ -50,7 +50,7 @@ def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
     model.use_scheduler(first.scheduler.name, first.scheduler.options)
     if first.threads is not None:
         torch.set_num_threads(first.threads)
-    done = set(sweep_cells(sweep_dir, sweep_dir)) if first.resume else set()
+    done = set(sweep_cells(sweep_dir, sweep_dir, first.weights)) if first.resume else set()
     cells, covered = [], []
     for i, run in enumerate(runs):
         if shared_call(run) != key:
@@ -101,6 +101,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     scorers = build_scorers(ctx.run.recipe, device)
     common = {
         **identity(ctx, "generate", spec.name),
+        "weights": ctx.run.weights,
         "scheduler": choice.name,
         "scheduler_config": resolved_config(model.scheduler),
         **image_params(params),
@@ -143,17 +144,23 @@ def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset
     """This dir's finished rows by config hash, the hash order of its table, and wanted cells finished elsewhere; the
     sweep's other job dirs are looked through only for wanted cells neither here nor `made` ahead (which looked).
 
-    With resume=false the wanted cells are recomputed, and the dir's other cells stay in the table with their PNGs.
+    With resume=false the wanted cells are recomputed, and the dir's other cells stay in the table with their PNGs;
+    so are wanted cells made from other weights than the model's folder holds now (retrained in place).
     """
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
         table = {row["config_hash"]: row for row in rows(complete_rows(ctx.out_dir, previous))}
         order = list(previous["config_hash"])
+    redo = wanted if not ctx.run.resume else {h for h in wanted & set(table) if weights_of(table[h]) != ctx.run.weights}
+    table = {h: row for h, row in table.items() if h not in redo}
     if not ctx.run.resume:
-        return {h: row for h, row in table.items() if h not in wanted}, order, {}
+        return table, order, {}
+    if redo:
+        log.info("resume: %d image(s) here were made from other weights than %s holds now: made again", len(redo),
+                 f"model={ctx.run.model.name}")
     sweep_dir, looking = ctx.extra.get("sweep_dir"), wanted - made - set(table)
-    elsewhere = sweep_cells(Path(sweep_dir), ctx.out_dir) if sweep_dir and looking else {}
+    elsewhere = sweep_cells(Path(sweep_dir), ctx.out_dir, ctx.run.weights) if sweep_dir and looking else {}
     return table, order, {h: job for h, job in elsewhere.items() if h in looking}
 
 

@@ -37,7 +37,7 @@ def cell_rows(ctx: JobContext, model, spec, scorers, params: GenerationParams, c
     """
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
-    common = {**identity(ctx, ctx.run.job, spec.name), "scheduler": ctx.run.scheduler.name,
+    common = {**identity(ctx, ctx.run.job, spec.name), "weights": ctx.run.weights, "scheduler": ctx.run.scheduler.name,
               "scheduler_config": resolved_config(model.scheduler), **image_params(params), "device": str(model.device),
               "versions": versions(), **cell, "overrides": json.dumps(overrides)}
     hash_base = hash_fields(common, scorers)

@@ -16,7 +16,7 @@ from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
-from sdlab.models.model_files import check_pipeline_folder, read_object
+from sdlab.models.model_files import check_pipeline_folder, read_object, weights_fingerprint
 from sdlab.models.schedulers import check_steps
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -67,6 +67,17 @@ def model_folder(spec: ModelSpec) -> Path:
     return cached_snapshot(spec.repo_id)
 
 
+def weights_identity(spec: ModelSpec) -> str | None:
+    """What a folder-backed model's weights are (`weights_fingerprint`), for job hashes, rows and the model cache; None
+    for a model built in code (its config decides its weights) or one whose folder is not there (pre-flight says so)."""
+    if built_in(spec):
+        return None
+    try:
+        return weights_fingerprint(model_folder(spec))
+    except UserError:
+        return None
+
+
 def built_in(spec: ModelSpec) -> Architecture | None:
     """The architecture record of a model built in code; None for one read from a folder."""
     return None if spec.path else ARCHITECTURES.get(spec.name)
@@ -89,18 +100,22 @@ def configured_spec(name: str, **overrides) -> ModelSpec:
 
 
 class ModelCache:
-    """The loaded models of this process, one adapter per ModelSpec key, reused by every later job."""
+    """The loaded models of this process, one adapter per ModelSpec key and its weights, reused by every later job."""
 
     def __init__(self):
-        self.models: dict[tuple, ModelAdapter] = {}
+        self.models: dict[tuple, ModelAdapter] = {}  # by spec key and weights: new weights in a folder load again
         self.load_count = 0
+
+    def loaded(self, spec: ModelSpec) -> ModelAdapter | None:
+        """The model loaded for `spec` from the weights its folder holds now, if any."""
+        return self.models.get((spec.key, weights_identity(spec)))
 
     def load(self, spec: ModelSpec) -> ModelAdapter:
         import torch
 
         use_process_options(spec)
-        if spec.key in self.models:
-            return self.models[spec.key]
+        if (model := self.loaded(spec)) is not None:
+            return model
         choose("model", spec.name, MODEL_NAMES)
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
@@ -122,7 +137,8 @@ class ModelCache:
         pipe.set_progress_bar_config(leave=False, desc="denoising")
         self.load_count += 1
         log.info("loaded model %s (%s) on %s (%s)", spec.name, cls.pipeline_class, device, dtype)
-        self.models[spec.key] = model
+        self.models = {key: kept for key, kept in self.models.items() if key[0] != spec.key}  # weights replaced since
+        self.models[spec.key, weights_identity(spec)] = model
         return model
 
     def clear(self) -> None:
@@ -139,8 +155,8 @@ def load_model(spec: ModelSpec) -> ModelAdapter:
 
 def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
     """The model's own scheduler config and where it comes from, read without loading any weights."""
-    if spec.key in CACHE.models:
-        return CACHE.models[spec.key].base_scheduler_config, f"model {spec.name}"
+    if (model := CACHE.loaded(spec)) is not None:
+        return model.base_scheduler_config, f"model {spec.name}"
     if built_in(spec):
         return dict(built_in(spec).scheduler), f"model {spec.name}"
     folder = model_folder(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -24,6 +25,7 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
 SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the encoder loads, its decoder is skipped
+SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
 
 
 def check_weights_folder(folder: Path) -> None:
@@ -223,3 +225,55 @@ def _check_folder(folder: Path, signature: tuple) -> None:
             check_tokenizer(folder / tokenizer)
     for component in components:
         check_component_weights(folder, component, configs[component])
+
+
+def weights_fingerprint(folder: Path) -> str | None:
+    """A short hash of the safetensors weights in `folder` and its component folders (None if it holds none): each
+    file's name, size and header, and the first and last bytes of each tensor. Retrained weights change it; a copy of
+    the same bytes, or new file times, do not."""
+    for _ in range(2):  # a file that went since the folder was listed: listed again
+        try:
+            files = _weights_files(folder.absolute(), folder.stat().st_mtime_ns)
+            stamps = tuple((name, stat.st_size, stat.st_mtime_ns) for name, stat in
+                           ((name, (folder / name).stat()) for name in files))
+            return _fingerprint(folder.absolute(), stamps) if stamps else None
+        except OSError:
+            _weights_files.cache_clear()
+    return None
+
+
+@lru_cache(maxsize=64)
+def _weights_files(folder: Path, mtime_ns: int) -> tuple[str, ...]:
+    """The safetensors files in `folder` and its component folders, relative to it (a job asks for every cell)."""
+    found = {*folder.glob("*.safetensors"), *folder.glob("*/*.safetensors")}
+    return tuple(sorted(str(path.relative_to(folder)) for path in found))
+
+
+@lru_cache(maxsize=64)
+def _fingerprint(folder: Path, stamps: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, size, _ in stamps:
+        digest.update(f"{name}\0{size}\0".encode())
+        try:
+            with (folder / name).open("rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = f.read(min(n, MAX_HEADER_BYTES))
+                digest.update(header)
+                for begin, end in tensor_spans(header):
+                    for start in sorted({begin, max(begin, end - SAMPLED_BYTES)}):
+                        f.seek(8 + n + start)
+                        digest.update(f.read(min(SAMPLED_BYTES, end - start)))
+        except OSError:
+            digest.update(b"unreadable")  # pre-flight refuses the file with its own line
+    return digest.hexdigest()[:16]
+
+
+def tensor_spans(header: bytes) -> list[tuple[int, int]]:
+    """The data offsets of each tensor a safetensors header lists, in file order; none from a header that is not one."""
+    try:
+        entries = json.loads(header)
+        spans = [tuple(info["data_offsets"]) for key, info in entries.items() if key != "__metadata__"]
+    except (UnicodeDecodeError, ValueError, RecursionError, AttributeError, TypeError, KeyError):
+        return []
+    return sorted(span for span in spans if len(span) == 2 and all(isinstance(x, int) and x >= 0 for x in span)
+                  and span[0] <= span[1])
