@@ -165,3 +165,28 @@ def test_each_pair_of_swept_values_is_a_slice_and_extractors_never_mix(cache, tm
     one = sets[(sets["parameter"] == "guidance_scale") & (sets["value"] == "7.5") & sets["parameter2"].isna()]
     assert sorted(one["features"]) == ["clip_mini", "clip_mini", "clip_other", "clip_other"] and (one["n"] == 6).all()
     assert (one["n_reference"] == 60).all() and one["lo"].notna().all()
+
+
+def test_new_clip_weights_score_again_and_cache_new_reference_features(run_sdlab, cache, tmp_path):
+    """CLIP retrained in its folder: each cell is scored again in place and the reference features are computed
+    again, not read from the cache the old weights filled."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    clip = tmp_path / "clip"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "models" / "mini" / "clip", clip)
+    args = ("seeds=[0,1]", "scorers=[clip,fd]", f"clip.path={clip}", "hydra.run.dir=r", *MINI)
+    assert run_sdlab(*args) == 0
+    first = pd.read_parquet("r/results.parquet")
+    assert len(list(cache.glob("*.npy"))) == 1
+    tensors = load_file(clip / "model.safetensors")
+    tensors["visual_projection.weight"] = tensors["visual_projection.weight"].roll(1, dims=1)
+    save_file(tensors, clip / "model.safetensors", metadata={"format": "pt"})
+    assert run_sdlab(*args) == 0
+    second = pd.read_parquet("r/results.parquet")
+    assert len(second) == 2 and not set(second["run_id"]) & set(first["run_id"])
+    assert list(second["image_path"]) == list(first["image_path"])  # the same cells, in their place
+    assert (second["clip_score"] != first["clip_score"]).all() and second["weights"][0] != first["weights"][0]
+    assert len(list(cache.glob("*.npy"))) == 2 and set(second["reference"]).isdisjoint(first["reference"])

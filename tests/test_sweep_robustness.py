@@ -79,8 +79,8 @@ def test_a_rerun_after_the_weights_changed_makes_the_cells_again(run_sdlab, tmp_
     save_file(tensors, unet, metadata={"format": "pt"})
     assert run_sdlab(*args) == 0
     logs = sorted((tmp_path / "sweep").glob("*/cli.log"))
-    assert len(logs) == 2 and all("resume: 1 image(s) here were made from other weights than model=mini holds now: "
-                                  "made again" in log.read_text() for log in logs)  # each job says why
+    assert len(logs) == 2 and all("resume: 1 image(s) here were made from weights that changed since (model=mini or "
+                                  "the CLIP that scores it): made again" in log.read_text() for log in logs)  # and why
     retrained = pd.read_parquet(tmp_path / "sweep" / "results.parquet")
     assert not set(retrained["run_id"]) & set(first["run_id"])  # each cell made again, in place of the old one
     assert list(retrained["config_hash"]) == list(first["config_hash"])

@@ -19,6 +19,7 @@ from sdlab.bench.worlds import world
 from sdlab.config import Field, config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_path
+from sdlab.models.clip import clip_weights
 from sdlab.untrusted import open_regular
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -91,12 +92,14 @@ def check_reference(cfg: dict, width: int, height: int, needed: dict[str, int]) 
 
 def reference_key(cfg: dict, prompt: str, side: tuple[int, int], extractor: str,
                   embed: Callable[[list], np.ndarray]) -> str:
-    """The key of a prompt's reference set under `extractor`; its features computed with `embed` and cached first."""
+    """The key of a prompt's reference set under `extractor` (the `clip` model, its weights too); its features computed
+    with `embed` and cached first."""
     count, folder, grammar = int(cfg["reference_count"]), cfg.get("reference"), cfg["model"].get("prompt_grammar")
     files = reference_files(folder)[:count] if folder is not None else []
     source = ([(str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in files] if folder is not None
               else [(grammar, prompt, SEED)])
-    key = config_hash({"source": source, "count": count, "side": list(side), "features": extractor})
+    key = config_hash({"source": source, "count": count, "side": list(side), "features": extractor,
+                       "weights": clip_weights(cfg.get("clip"))})  # a retrained extractor: computed again
     target = cache_dir() / f"{key}.npy"
     if not target.is_file():
         images = ([read_image(p, *side) for p in files] if folder is not None

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sdlab.bench.scorers import scorer_weights
 from sdlab.conf_files import known_keys
 from sdlab.config import (
     LIMITS,
@@ -18,6 +19,7 @@ from sdlab.config import (
     GenerationParams,
     Run,
     checked_run,
+    config_hash,
     limits,
     model_spec,
     rules_of,
@@ -37,9 +39,15 @@ def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
 
 
 def typed_run(config: dict[str, Any]) -> Run:
-    """The Run of an effective config (`checked_run`) with its model's weights fingerprint, which its hashes cover."""
+    """The Run of an effective config (`checked_run`) with the fingerprint of the weights its rows are made from, the
+    model's and its scorers' (a CLIP model's), which its hashes cover."""
     run = checked_run(config)
-    return replace(run, weights=weights_identity(run.model))
+    try:
+        scoring = scorer_weights(config)
+    except UserError:  # an unknown scorer: pre-flight names it
+        scoring = {}
+    model = weights_identity(run.model)
+    return replace(run, weights=config_hash({"model": model, "scorers": scoring}) if scoring else model)
 
 
 def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from sdlab.bench.references import check_reference, reference_key
 from sdlab.config import config_hash
 from sdlab.errors import UserError
 from sdlab.metrics.distribution import clip_cmmd, frechet_distance, kid, precision_recall
-from sdlab.models.clip import load_clip
+from sdlab.models.clip import clip_weights, load_clip
 
 ENTRY_POINTS = "sdlab.scorers"
 Score = Callable[[Sequence, Sequence[str]], list[dict[str, Any]]]  # (images, prompts) -> one dict of columns per image
@@ -42,6 +42,7 @@ class ScorerKind:
     statistic: Callable[[np.ndarray, np.ndarray], tuple[float, ...]] | None = None  # a set scorer's, one per column
     min_n: int = 0      # a set scorer's least images per set: a smaller reference is refused, a smaller slice unscored
     advised_n: int = 0  # a set scorer's images per set below which the summary warns
+    weights: Callable[[dict], str | None] = lambda cfg: None  # the fingerprint of the weights it scores with
 
     def writes(self, column: str) -> bool:
         """True when `column` is one of this scorer's."""
@@ -114,6 +115,13 @@ def score_images(scorers: Sequence[Scorer], images: Sequence, prompts: Sequence[
     return rows
 
 
+def scorer_weights(cfg: dict) -> dict[str, str]:
+    """The fingerprint of the weights each configured scorer scores with, by scorer name (those with weights)."""
+    kinds = registered()
+    found = {name: kinds[name].weights(cfg) for name in scorer_names(cfg)}
+    return {name: weights for name, weights in found.items() if weights is not None}
+
+
 def identities(scorers: Sequence[Scorer]) -> dict[str, Any]:
     """What decides the scorers' numbers, by scorer name (part of a cell's hash)."""
     return {scorer.name: scorer.identity for scorer in scorers}
@@ -143,7 +151,8 @@ def clip_score(cfg: dict, device: str) -> Score:
     return score
 
 
-register("clip", ScorerKind(clip_score, ("clip_score",), identity=lambda cfg: cfg.get("clip")))
+register("clip", ScorerKind(clip_score, ("clip_score",), identity=lambda cfg: cfg.get("clip"),
+                            weights=lambda cfg: clip_weights(cfg.get("clip"))))
 
 
 def encode_features(x: np.ndarray) -> str:
@@ -195,7 +204,8 @@ def unit_cmmd(generated: np.ndarray, reference: np.ndarray) -> tuple[float]:
 
 def set_kind(statistic, columns: tuple[str, ...], min_n: int, advised_n: int, higher: bool = False) -> ScorerKind:
     """A set scorer: the feature step at cell time, `statistic` on a slice where the summary is made."""
-    return ScorerKind(feature_score, columns, higher, set_identity, statistic, min_n, advised_n)
+    return ScorerKind(feature_score, columns, higher, set_identity, statistic, min_n, advised_n,
+                      lambda cfg: clip_weights(cfg.get("clip")))
 
 
 # Least images per set (the estimator's own) and advised ones (README, "Distribution metrics").

@@ -157,8 +157,8 @@ def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset
     if not ctx.run.resume:
         return table, order, {}
     if redo:
-        log.info("resume: %d image(s) here were made from other weights than %s holds now: made again", len(redo),
-                 f"model={ctx.run.model.name}")
+        log.info("resume: %d image(s) here were made from weights that changed since (model=%s or the CLIP that scores "
+                 "it): made again", len(redo), ctx.run.model.name)
     sweep_dir, looking = ctx.extra.get("sweep_dir"), wanted - made - set(table)
     elsewhere = sweep_cells(Path(sweep_dir), ctx.out_dir, ctx.run.weights) if sweep_dir and looking else {}
     return table, order, {h: job for h, job in elsewhere.items() if h in looking}

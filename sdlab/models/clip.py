@@ -10,7 +10,7 @@ from pathlib import Path
 from sdlab.errors import UserError
 from sdlab.metrics.clip import CLIP_MEAN, CLIP_STD, ClipModel
 from sdlab.models.loading import PROJECT_ROOT, cached_snapshot
-from sdlab.models.model_files import PICKLE_SUFFIXES
+from sdlab.models.model_files import PICKLE_SUFFIXES, weights_fingerprint
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,16 @@ def clip_folder(cfg: dict) -> Path:
     if cfg.get("repo_id"):
         return cached_snapshot(cfg["repo_id"])
     raise UserError(f"clip={cfg.get('name')!r} has neither clip.path nor clip.repo_id")
+
+
+def clip_weights(cfg: dict | None) -> str | None:
+    """The configured CLIP model's weights fingerprint (`weights_fingerprint`); None for clip=none or no folder."""
+    if not cfg or cfg.get("name") in (None, "none"):
+        return None
+    try:
+        return weights_fingerprint(clip_folder(cfg))
+    except UserError:
+        return None
 
 
 def check_clip_folder(folder: Path, name: str) -> None:
@@ -51,7 +61,7 @@ def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
         return None
     name = cfg["name"]
     folder = clip_folder(cfg)
-    key = (name, str(folder), device)
+    key = (name, str(folder), device, weights_fingerprint(folder))  # retrained in its folder: loaded again
     if key in _LOADED:
         return _LOADED[key]
     check_clip_folder(folder, name)
