@@ -189,4 +189,5 @@ def test_new_clip_weights_score_again_and_cache_new_reference_features(run_sdlab
     assert len(second) == 2 and not set(second["run_id"]) & set(first["run_id"])
     assert list(second["image_path"]) == list(first["image_path"])  # the same cells, in their place
     assert (second["clip_score"] != first["clip_score"]).all() and second["weights"][0] != first["weights"][0]
+    assert (second["image_features"] != first["image_features"]).all()  # the new CLIP's, in this process too
     assert len(list(cache.glob("*.npy"))) == 2 and set(second["reference"]).isdisjoint(first["reference"])

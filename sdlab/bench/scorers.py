@@ -175,7 +175,8 @@ def feature_score(cfg: dict, device: str) -> Score:
     """The set scorers' one feature step: per image, the `clip` model's image embedding (the CMMD paper's features; FD
     and KID on Inception features are the papers' originals), the extractor's name, and its prompt's reference set."""
     names = " ".join(set_scorers(cfg))
-    memo = config_hash({"clip": cfg.get("clip"), "device": device, "names": names, "identity": set_identity(cfg)})
+    memo = config_hash({"clip": cfg.get("clip"), "device": device, "names": names, "identity": set_identity(cfg),
+                        "weights": clip_weights(cfg.get("clip"))})
     if memo in _FEATURE_SCORES:
         return _FEATURE_SCORES[memo]
     clip = load_clip(cfg.get("clip"), device=device)
