@@ -505,7 +505,7 @@ def test_rerunning_a_sweep_without_a_sweep_dir_continues_its_folder(run_sdlab, t
     assert list((tmp_path / "outputs" / "generate").iterdir()) == [folder]
     assert sorted(pd.read_csv(folder / "results.csv")["seed"]) == [1, 2]
     assert run_sdlab(*sweep) == 0
-    assert f"sdlab: this sweep is complete in outputs/generate/{folder.name} " in capsys.readouterr().out
+    assert f"sdlab: this sweep finished before in outputs/generate/{folder.name} " in capsys.readouterr().out
     assert run_sdlab("-m", "seed=1,3", "model=tiny", "num_inference_steps=1", "threads=1") == 0
     assert len(list((tmp_path / "outputs" / "generate").iterdir())) == 2  # another command, another folder
 

@@ -260,7 +260,7 @@ def resumed_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
     if earlier is None:
         return []
     folder, complete = earlier
-    state = "is complete in" if complete else "continues in"
+    state = "finished before in" if complete else "continues in"  # its cells' weights may have changed since
     print(f"sdlab: this sweep {state} {folder} (hydra.sweep.dir=DIR runs it elsewhere)", flush=True)
     return [f"hydra.sweep.dir={folder}"]
 
