@@ -74,6 +74,17 @@ def test_a_plan_after_a_partial_sweep_counts_what_is_done_and_estimates_from_it(
     assert re.search(r"sdlab: 4 of 4 cells done \(3\), \d+\.\d\d images/s, nothing left", out)
 
 
+def test_a_rerun_that_makes_nothing_keeps_what_the_sweep_measured_for_later_plans(run_sdlab, tmp_path, capsys):
+    sweep = ("-m", "seed=1,2", f"hydra.sweep.dir={tmp_path / 's'}", *FAST)
+    assert run_sdlab(*sweep) == 0
+    measured = json.loads((tmp_path / "s" / "sweep.json").read_text())["cost"]
+    assert run_sdlab(*sweep) == 0  # every cell finished before: nothing made, nothing measured
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["cost"] == measured
+    capsys.readouterr()
+    assert run_sdlab("-m", "seed=3,4", f"hydra.sweep.dir={tmp_path / 'next'}", *FAST, "plan=true") == 0
+    assert re.search(r"estimate: \d+ s, peak memory \d+\.\d\d GiB", capsys.readouterr().out)
+
+
 def test_plan_takes_true_or_false(run_sdlab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for args in (("-m", "seed=1,2"), ()):

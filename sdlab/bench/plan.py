@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdlab.bench.resume import MARKER, read_manifest, update_manifest
+from sdlab.bench.resume import COST, MARKER, read_manifest, update_manifest
 from sdlab.bench.records import job_dirs
 from sdlab.conf_files import CONF_DIR, conf_values
 from sdlab.config import Run
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
-COST = "cost"  # the manifest entry of what a finished sweep measured on its host
 COST_KEYS = ("step_s", "sample_step_s", "overhead_s", "fixed_s", "peak_mem_bytes")
 
 
@@ -176,7 +175,11 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
     """Put what this sweep measured into its manifest for later plans, per `model@WxH`: a denoiser step's seconds as a
     fixed part and a part per sample in the call (`step_costs`) and the peak memory, from its rows; a cell's wall
     time beyond its images (the median `job_overhead` of the jobs made since `started`); and the rest of the
-    command's time, paid once (start-up, pre-flight, model load, collection). Nothing when it made no image."""
+    command's time, paid once (start-up, pre-flight, model load, collection). Nothing when it made no image (every
+    cell finished before: what an earlier run measured stays)."""
+    manifest = read_manifest(sweep_dir) or {}
+    if isinstance(manifest.get("cells"), int) and manifest.get("finished") == manifest["cells"]:
+        return
     jobs = []
     for job in job_dirs(sweep_dir):
         try:

@@ -21,6 +21,7 @@ CONFIG = "run_config.json"  # what the job ran with: Hydra's composition with th
 WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land inside a run dir
 MANIFEST = "sweep.json"  # a sweep's command and whether it finished: how a rerun of the same command finds its folder
 MANIFEST_MAX_BYTES = 1 << 20
+COST = "cost"  # the manifest entry of what a sweep measured on its host (sdlab.bench.plan), kept by its reruns
 
 
 def clean_temp_files(folder: Path) -> int:
@@ -136,14 +137,15 @@ def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[s
     """Record a sweep in its folder: its command (`hydra` the Hydra flags besides its dir), the keys whose value
     varies across its jobs (`axes`), every key's values, each job's value of each axis and its cell hash (the
     `job_hash` its finished job records), how many of its cells this run found finished and does not run again, and
-    whether it finished."""
+    whether it finished; what an earlier run measured into it (`COST`) stays for later plans."""
+    earlier = read_manifest(sweep_dir) or {}
     values = key_values(jobs)
     axes = [key for key, seen in values.items() if len(seen) > 1]
     jobs_axes = [{k: v for k, _, v in (item.lstrip("+~").partition("=") for item in job) if k in axes} for job in jobs]
     command = [*task_overrides, *(h for h in hydra if not h.startswith(("hydra.mode=", "hydra.sweep.dir=")))]
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
                 "cells": len(jobs), "finished": finished, "axes": axes, "values": values, "jobs": jobs_axes,
-                "hashes": list(hashes), "complete": complete}
+                "hashes": list(hashes), "complete": complete, **({COST: earlier[COST]} if COST in earlier else {})}
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
