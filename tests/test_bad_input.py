@@ -219,6 +219,7 @@ def set_json(path: Path, **values) -> None:
 DAMAGES = {
     "unet weights truncated": (lambda f, o: truncate(f / UNET), f"{UNET} is truncated"),
     "vae weights empty": (lambda f, o: (f / VAE).write_bytes(b""), f"{VAE} is truncated"),
+    "unet weights a FIFO": (lambda f, o: ((f / UNET).unlink(), os.mkfifo(f / UNET)), "no .safetensors weights in"),
     "text encoder weights are noise": (lambda f, o: (f / TEXT).write_bytes(os.urandom(4096)),
                                        f"{TEXT} is not a safetensors file"),
     "weights header not JSON": (lambda f, o: (f / UNET).write_bytes(struct.pack("<Q", 5) + b"{oops" + b"\0" * 64),

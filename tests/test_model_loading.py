@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pandas as pd
@@ -75,3 +76,10 @@ def test_a_weights_fingerprint_follows_the_bytes_not_the_file_times_and_reads_an
     for junk in (b"", b"\xff" * 8 + b"not a header", (10**12).to_bytes(8, "little"), b"\x05\0\0\0\0\0\0\0[1,2]"):
         weights.write_bytes(junk)  # data, never trusted: pre-flight refuses it with its own line
         assert isinstance(weights_fingerprint(tmp_path), str)
+    weights.unlink()
+    os.mkfifo(weights)  # opening it to read would wait for a writer forever
+    found = []
+    reader = threading.Thread(target=lambda: found.append(weights_fingerprint(tmp_path)), daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert len(found) == 1 and isinstance(found[0], str)
