@@ -53,7 +53,7 @@ def test_cells_inside_a_job_resume_per_seed(run_sdlab, tmp_path):
     assert (second["run_id"] == first["run_id"]).tolist() == [True, False, True]
 
 
-def test_a_rerun_after_the_weights_changed_makes_the_cells_again(run_sdlab, tmp_path):
+def test_a_rerun_after_the_weights_changed_makes_the_cells_again(run_sdlab, tmp_path, capsys):
     """A cell is finished only for the weights it was made from: new weights in the same folder make each cell again
     in its place (loaded again in the same process), while the same bytes with new file times are left alone."""
     import shutil
@@ -77,7 +77,10 @@ def test_a_rerun_after_the_weights_changed_makes_the_cells_again(run_sdlab, tmp_
     tensors = load_file(unet)
     tensors["conv_out.bias"] = tensors["conv_out.bias"] + 0.5
     save_file(tensors, unet, metadata={"format": "pt"})
+    capsys.readouterr()
     assert run_sdlab(*args) == 0
+    assert "sdlab: 2 jobs, 2 images -> " in (out := capsys.readouterr().out)
+    assert out.count("; 2 made from weights that changed since: made again") == 1 and "finished before" not in out
     logs = sorted((tmp_path / "sweep").glob("*/cli.log"))
     assert len(logs) == 2 and all("resume: 1 image(s) here were made from weights that changed since (model=mini or "
                                   "the CLIP that scores it): made again" in log.read_text() for log in logs)  # and why

@@ -28,7 +28,8 @@ from sdlab.app.compose import SWEEP_CELLS, composed_run, parse_job, resolved, ta
 from sdlab.app.preflight import check_job, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
-from sdlab.bench.resume import clean_temp_files, finished_job, read_manifest, varying_keys, write_manifest
+from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_weights, read_manifest,
+                                varying_keys, write_manifest)
 from sdlab.bench.run import typed_run
 from sdlab.config import Run, check_seeds, limits
 from sdlab.errors import CannotRun, UserError
@@ -279,11 +280,13 @@ class ComposeOnceSweeper(Sweeper):
         clean_temp_files(Path(sweep_dir))  # a kill during the last collection
         launched = [job for job in jobs if tuple(job) not in self.cannot_run]
         if self.preflight:  # how a rerun of this command finds this folder, and what grid, summary and report label by
-            finished = set()
+            finished, reweighted = set(), []
             if hasattr(self.launcher, "finished") and len(job_dirs) == len(runs):  # it spends nothing on them
                 finished = {num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
                             if run.resume and finished_job(job_dir, run.job_hash) is not None}
                 self.launcher.finished = finished
+                reweighted = [num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
+                              if num not in finished and run.resume and made_from_other_weights(job_dir, run)]
             try:
                 for num, run in enumerate(runs if recorded else ()):  # a cell recorded finished whose files went since
                     for warning in check_job(run) if num not in finished else ():
@@ -295,6 +298,7 @@ class ComposeOnceSweeper(Sweeper):
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
                            finished=len(finished))
             taken = f"; {len(finished)} finished before: not run again (resume=false runs them again)" if finished else ""
+            taken += f"; {len(reweighted)} made from weights that changed since: made again" if reweighted else ""
             log.info("sdlab: %s -> %s%s", sweep_plan(runs), sweep_dir, taken)
         return self.launch(launched, Path(sweep_dir))
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from sdlab.bench.records import TABLE_NAME, finished, job_dirs, ordered, read_table, rows
-from sdlab.config import config_hash
+from sdlab.config import Run, config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file
 
@@ -104,6 +105,19 @@ def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
     if done.get("job_hash") != job_hash or frame is None or len(complete_rows(folder, frame)) != len(frame):
         return None
     return frame
+
+
+def made_from_other_weights(folder: Path, run: Run) -> bool:
+    """Whether `folder`'s job finished this same recipe from weights other than `run`'s (retrained in place since)."""
+    try:
+        done = json.loads((Path(folder) / MARKER).read_text()) if (Path(folder) / MARKER).is_file() else {}
+    except (OSError, ValueError):
+        return False
+    if not isinstance(done, dict) or "weights" not in done:  # a mark of an older sdlab: its weights are unknown
+        return False
+    weights = done["weights"]
+    return (weights != run.weights and (weights is None or isinstance(weights, str))
+            and done.get("job_hash") == replace(run, weights=weights).job_hash)
 
 
 def mark_finished(folder: Path, job_hash: str, summary: dict[str, Any]) -> None:
