@@ -318,12 +318,12 @@ class Run:
     recipe: dict[str, Any]
     threads: int | None = None
     resume: bool = True
-    weights: str | None = None  # the model folder's weights fingerprint (sdlab.models.loading.weights_identity)
+    weights: str | None = None  # what its rows are made from: the model's and scorers' weights (bench.run.typed_run)
 
     @property
     def job_hash(self) -> str:
-        """The recipe's hash, `resume`, `plan` and `limits` aside, with the model's weights: a rerun of the same cell
-        finds its finished rows by it."""
+        """The recipe's hash, `resume`, `plan` and `limits` aside, with the weights its rows are made from: a rerun of
+        the same cell finds its finished rows by it."""
         recipe = {k: v for k, v in self.recipe.items() if k not in ("resume", "plan", "limits")}
         return config_hash(recipe if self.weights is None else {**recipe, "weights": self.weights})
 

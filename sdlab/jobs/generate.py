@@ -145,7 +145,7 @@ def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset
     sweep's other job dirs are looked through only for wanted cells neither here nor `made` ahead (which looked).
 
     With resume=false the wanted cells are recomputed, and the dir's other cells stay in the table with their PNGs;
-    so are wanted cells made from other weights than the model's folder holds now (retrained in place).
+    so are wanted cells made from other weights than the model's folder (or its scoring CLIP's) holds now.
     """
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
