@@ -486,3 +486,11 @@ def test_job_config_files_hold_the_text_omegaconf_writes():
         "config.yaml": OmegaConf.to_yaml(OmegaConf.masked_copy(master, [k for k in master if k != "hydra"])),
         "hydra.yaml": OmegaConf.to_yaml(OmegaConf.masked_copy(master, ["hydra"])),
         "overrides.yaml": OmegaConf.to_yaml(master.hydra.overrides.task)}
+
+
+def test_a_mark_that_is_no_json_object_is_no_finished_job(tmp_path):
+    from sdlab.bench.resume import MARKER, finished_job
+
+    for text in ("[]", '"done"', "{oops"):
+        (tmp_path / MARKER).write_text(text)  # a job dir's file is data: a damaged mark means not finished
+        assert finished_job(tmp_path, "abc") is None

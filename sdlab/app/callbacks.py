@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 import threading
@@ -21,7 +20,7 @@ from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import job_dirs
 from sdlab.bench.report import summarize
 from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
-from sdlab.bench.resume import MARKER, collect, read_manifest, update_manifest
+from sdlab.bench.resume import MARKER, collect, read_manifest, read_mark, update_manifest
 from sdlab.errors import UserError
 
 log = logging.getLogger("sdlab")
@@ -94,10 +93,7 @@ class Progress:
 
     def line(self, job: Path) -> str:
         """Count the finished `job` and say where the sweep stands."""
-        try:
-            mark = json.loads((job / MARKER).read_text())
-        except (OSError, ValueError):
-            mark = {}  # a failed job: done, with nothing made
+        mark = read_mark(job)  # none for a failed job: done, with nothing made
         if self.cells is None:
             manifest = read_manifest(self.sweep_dir) or {}
             self.cells, self.done = manifest.get("cells", "?"), manifest.get("finished", 0)

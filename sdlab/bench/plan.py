@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdlab.bench.resume import COST, MARKER, read_manifest, update_manifest
+from sdlab.bench.resume import COST, MARKER, read_manifest, read_mark, update_manifest
 from sdlab.bench.records import job_dirs
 from sdlab.conf_files import CONF_DIR, conf_values
 from sdlab.config import Run
@@ -60,13 +60,8 @@ def cell_of(run: Run, job_hash: str | None = None) -> Cell:
 
 def finished_hashes(sweep_dir: Path) -> set[str]:
     """The cell hashes a run dir, or the job dirs of a sweep, mark finished (by content, whatever their job number)."""
-    found = set()
-    for job in [Path(sweep_dir), *job_dirs(sweep_dir)] if Path(sweep_dir).is_dir() else []:
-        try:
-            found.add(json.loads((job / MARKER).read_text())["job_hash"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return found
+    marks = [read_mark(job) for job in [Path(sweep_dir), *job_dirs(sweep_dir)]] if Path(sweep_dir).is_dir() else []
+    return {mark["job_hash"] for mark in marks if isinstance(mark.get("job_hash"), str)}
 
 
 def measured_costs(sweep_dir: Path) -> dict[str, dict]:
@@ -184,10 +179,10 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
     for job in job_dirs(sweep_dir):
         try:
             end = (job / MARKER).stat().st_mtime
-            made = json.loads((job / MARKER).read_text()) if end >= started - 1 else {}
-        except (OSError, ValueError):
+        except OSError:
             continue
-        jobs += [(end, made["gen_s"])] if isinstance(made, dict) and "gen_s" in made else []
+        made = read_mark(job) if end >= started - 1 else {}
+        jobs += [(end, made["gen_s"])] if "gen_s" in made else []
     # rows of timed calls: a trajectory's step rows count denoiser steps but time no call of their own
     timed = ["nfe", "batch_size", "time_total_s", "guidance_scale", "width", "height", "peak_mem_bytes"]
     ok = (frame[(frame["status"] == "ok") & frame[timed].notna().all(axis=1) & (frame["nfe"] > 0)]

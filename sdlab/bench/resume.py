@@ -92,28 +92,30 @@ def _stamp(path: Path) -> tuple | None:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
+def read_mark(folder: Path) -> dict[str, Any]:
+    """A job dir's finished mark (`job_hash`, rows, weights, `gen_s`), or {} for none, or one that is no JSON object."""
+    marker = Path(folder) / MARKER
+    try:
+        done = json.loads(marker.read_text()) if marker.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return done if isinstance(done, dict) else {}
+
+
 def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
     """The complete rows of a job already finished in `folder` with the same config hash, else None."""
-    marker = Path(folder) / MARKER
-    if not marker.is_file():
-        return None
-    try:
-        done = json.loads(marker.read_text())
-    except (OSError, ValueError):
+    if read_mark(folder).get("job_hash") != job_hash:
         return None
     frame = previous_rows(folder)
-    if done.get("job_hash") != job_hash or frame is None or len(complete_rows(folder, frame)) != len(frame):
+    if frame is None or len(complete_rows(folder, frame)) != len(frame):
         return None
     return frame
 
 
 def made_from_other_weights(folder: Path, run: Run) -> bool:
     """Whether `folder`'s job finished this same recipe from weights other than `run`'s (retrained in place since)."""
-    try:
-        done = json.loads((Path(folder) / MARKER).read_text()) if (Path(folder) / MARKER).is_file() else {}
-    except (OSError, ValueError):
-        return False
-    if not isinstance(done, dict) or "weights" not in done:  # a mark of an older sdlab: its weights are unknown
+    done = read_mark(folder)
+    if "weights" not in done:  # none, or a mark of an older sdlab: its weights are unknown
         return False
     weights = done["weights"]
     return (weights != run.weights and (weights is None or isinstance(weights, str))
