@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from sdlab.models import generate
+from sdlab.models import generate, memory
 from sdlab.config import GenerationParams
 from sdlab.models.schedulers import fitting
 
@@ -131,3 +132,31 @@ def test_base_scheduler_config_survives_a_cleared_cache(tiny):
     _, spec = tiny
     models.clear_cache()
     assert models.load_model(spec).base_scheduler_config["beta_schedule"] == "scaled_linear"
+
+
+def test_a_calls_peak_memory_is_its_own_not_the_largest_call_made_before_it(tiny):
+    """A sweep runs its cells in one process: a small image made after a large one must not report the large one's
+    peak, or every later cell of a sweep over sizes carries the same number and the summary ranks them by order."""
+    model, _ = tiny
+    large = generate.generate_batch(model, GenerationParams(num_inference_steps=1, width=512, height=512),
+                                    [1, 2, 3, 4])
+    small = generate.generate_batch(model, GenerationParams(num_inference_steps=1, width=64, height=64), [1])
+    assert large.peak_mem_bytes is not None and small.peak_mem_bytes is not None
+    assert small.peak_mem_bytes < large.peak_mem_bytes - 50 * 2**20  # the 512 px decode alone holds far more
+    again = generate.generate_batch(model, GenerationParams(num_inference_steps=1, width=64, height=64), [1])
+    assert abs(again.peak_mem_bytes - small.peak_mem_bytes) < 20 * 2**20  # the same call, about the same peak
+
+
+def test_where_a_peak_cannot_be_read_rows_carry_none_and_the_sweep_ends_well(run_sdlab, tmp_path, monkeypatch,
+                                                                               capsys):
+    """No number is better than a number that belongs to an earlier call: where the peak cannot be read (no /proc,
+    as on macOS) the column stays empty, and the table, summary and the next plan still come out."""
+    monkeypatch.setattr(memory, "STATUS", str(tmp_path / "no-such-file"))
+    sweep = ("-m", "seed=1,2,3", "model=tiny", "num_inference_steps=1", "threads=1")
+    assert run_sdlab(*sweep, f"hydra.sweep.dir={tmp_path / 'first'}") == 0
+    frame = pd.read_parquet(tmp_path / "first" / "results.parquet")
+    assert (frame["status"] == "ok").all() and frame["peak_mem_bytes"].isna().all()
+    capsys.readouterr()
+    assert run_sdlab(*sweep, f"hydra.sweep.dir={tmp_path / 'next'}", "plan=true") == 0  # priced by the first
+    plan = capsys.readouterr().out
+    assert "peak memory unknown" in plan and "estimate: unknown" not in plan, plan  # the wall is still priced

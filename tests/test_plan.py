@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from sdlab.app.callbacks import Progress
-from sdlab.bench.plan import Cell, estimate, record_cost, step_costs
+from sdlab.bench.plan import Cell, estimate, record_cost, step_costs, usable
 from sdlab.bench.resume import MANIFEST, mark_finished
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
@@ -143,18 +143,23 @@ def test_the_cost_record_keeps_the_per_cell_overhead_of_cells_whose_images_were_
     assert cost["step_s"] == 0 and cost["sample_step_s"] == pytest.approx(0.2 * 8 / 20 / 16)  # one call size: per sample
 
 
-def test_the_cost_record_of_a_sweep_of_recipes_reads_only_rows_of_timed_calls(tmp_path):
-    """A sweep over recipes (the article sweep) mixes generate rows with rows that count denoiser steps but time no
-    call of their own (a trajectory's steps, a distance study's summary rows): the record reads the timed ones."""
+def two_finished_jobs(tmp_path):
+    """A 2-cell sweep dir whose jobs finished 2 and 3 s after a start at 1e6 s, each having spent 0.2 s on images."""
     sweep = tmp_path / "s"
     sweep.mkdir()
     (sweep / MANIFEST).write_text(json.dumps({"key": "k", "cells": 2}))
-    began = 1_000_000.0
     for i in range(2):
         job = sweep / str(i)
         job.mkdir()
         mark_finished(job, f"h{i}", {"rows": 1, "gen_s": 0.2})
-        os.utime(job / "job.json", (began + 2 + i, began + 2 + i))
+        os.utime(job / "job.json", (1_000_002.0 + i, 1_000_002.0 + i))
+    return sweep
+
+
+def test_the_cost_record_of_a_sweep_of_recipes_reads_only_rows_of_timed_calls(tmp_path):
+    """A sweep over recipes (the article sweep) mixes generate rows with rows that count denoiser steps but time no
+    call of their own (a trajectory's steps, a distance study's summary rows): the record reads the timed ones."""
+    sweep, began = two_finished_jobs(tmp_path), 1_000_000.0
     timed = pd.DataFrame({"status": "ok", "nfe": 20, "model": "tiny", "width": 64, "height": 64, "batch_size": 4,
                           "guidance_scale": 7.5, "time_total_s": [0.2] * 4, "peak_mem_bytes": 1})
     untimed = pd.DataFrame({"status": "ok", "nfe": [25.0] * 3, "model": "tiny", "guidance_scale": 7.5, "width": 64,
@@ -164,6 +169,21 @@ def test_the_cost_record_of_a_sweep_of_recipes_reads_only_rows_of_timed_calls(tm
         record_cost(sweep, pd.concat([timed, untimed, summary], ignore_index=True), began, began)
     sizes = json.loads((sweep / MANIFEST).read_text())["cost"]["sizes"]
     assert list(sizes) == ["tiny@64x64"] and sizes["tiny@64x64"]["sample_step_s"] == pytest.approx(0.2 * 4 / 20 / 8)
+
+
+def test_rows_without_a_measured_peak_still_price_later_plans_with_the_memory_unknown(tmp_path):
+    """Where a device cannot tell one call's peak memory from an earlier call's, rows carry none: the record keeps the
+    times (a plan still estimates the wall) and says nothing of memory, and the plan says the peak is unknown."""
+    sweep, began = two_finished_jobs(tmp_path), 1_000_000.0
+    frame = pd.DataFrame({"status": "ok", "nfe": 20, "model": "tiny", "width": 64, "height": 64, "batch_size": 1,
+                          "guidance_scale": 7.5, "time_total_s": [0.2] * 2, "peak_mem_bytes": [None] * 2})
+    with mock.patch("time.time", return_value=began + 4):
+        record_cost(sweep, frame, began, began)
+    cost = json.loads((sweep / MANIFEST).read_text())["cost"]["sizes"]["tiny@64x64"]
+    assert cost["peak_mem_bytes"] is None and cost["sample_step_s"] > 0 and usable(cost)
+    seconds, memory = estimate([Cell("h", ("call",), "tiny@64x64", 1, 1, 20, guided=True)], {"tiny@64x64": cost})
+    assert seconds.endswith(" s") and not seconds.startswith("unknown") and memory == "unknown"
+    assert not usable({**cost, "peak_mem_bytes": -1}) and not usable({**cost, "step_s": None})
 
 
 def test_a_step_costs_a_fixed_part_and_a_part_per_sample_so_larger_calls_are_estimated_cheaper_per_image():

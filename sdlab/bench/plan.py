@@ -20,7 +20,7 @@ from sdlab.config import Run
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
-COST_KEYS = ("step_s", "sample_step_s", "overhead_s", "fixed_s", "peak_mem_bytes")
+COST_KEYS = ("step_s", "sample_step_s", "overhead_s", "fixed_s")  # and "peak_mem_bytes", None where not measured
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,11 @@ def measured_costs(sweep_dir: Path) -> dict[str, dict]:
 
 def usable(entry) -> bool:
     """Whether a cost record (a folder's data, perhaps from another version of sdlab) has every number a plan needs."""
-    return isinstance(entry, dict) and all(
-        isinstance(entry.get(key), (int, float)) and 0 <= entry[key] < float("inf") for key in COST_KEYS)
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and 0 <= value < float("inf")
+
+    return isinstance(entry, dict) and all(number(entry.get(key)) for key in COST_KEYS) and (
+        entry.get("peak_mem_bytes") is None or number(entry["peak_mem_bytes"]))
 
 
 def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
@@ -99,7 +102,8 @@ def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
             call = images[start:start + group[0].batch_size]
             samples = len(call) * (2 if call[0].guided else 1)
             seconds += call[0].nfe * (cost["step_s"] + cost["sample_step_s"] * samples)
-    return duration(seconds), f"{max(costs[s]['peak_mem_bytes'] for s in sizes) / 2**30:.2f} GiB"
+    peaks = [costs[s].get("peak_mem_bytes") for s in sizes]
+    return duration(seconds), "unknown" if None in peaks else f"{max(peaks) / 2**30:.2f} GiB"
 
 
 def batch_groups(cells: list[Cell]) -> dict[tuple, list[Cell]]:
@@ -184,7 +188,7 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
         made = read_mark(job) if end >= started - 1 else {}
         jobs += [(end, made["gen_s"])] if "gen_s" in made else []
     # rows of timed calls: a trajectory's step rows count denoiser steps but time no call of their own
-    timed = ["nfe", "batch_size", "time_total_s", "guidance_scale", "width", "height", "peak_mem_bytes"]
+    timed = ["nfe", "batch_size", "time_total_s", "guidance_scale", "width", "height"]
     ok = (frame[(frame["status"] == "ok") & frame[timed].notna().all(axis=1) & (frame["nfe"] > 0)]
           if {"status", *timed} <= set(frame) else frame[:0])
     if len(jobs) < 2 or ok.empty:
@@ -200,6 +204,7 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
         calls = [(int(r.batch_size) * (2 if guided(str(r.model), float(r.guidance_scale)) else 1),
                   float(r.time_total_s) * int(r.batch_size) / int(r.nfe)) for r in rows.itertuples()]
         step_s, sample_step_s = step_costs(calls)
+        peak = rows["peak_mem_bytes"].max() if "peak_mem_bytes" in rows else None  # None: this device tells none
         sizes[size] = {"step_s": step_s, "sample_step_s": sample_step_s, "overhead_s": overhead, "fixed_s": fixed,
-                       "peak_mem_bytes": int(rows["peak_mem_bytes"].max())}
+                       "peak_mem_bytes": int(peak) if pd.notna(peak) else None}
     update_manifest(sweep_dir, **{COST: {"host": socket.gethostname(), "sizes": sizes}})

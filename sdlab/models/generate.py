@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -14,6 +13,7 @@ from PIL import Image
 
 from sdlab.config import GenerationParams
 from sdlab.models.families import ModelAdapter
+from sdlab.models.memory import call_peak
 
 
 class BadOutputError(RuntimeError):
@@ -31,7 +31,7 @@ class BatchResult:
     time_unet_s: float
     time_vae_s: float
     time_total_s: float
-    peak_mem_bytes: int
+    peak_mem_bytes: int | None  # the call's own peak (None where it cannot be told from earlier calls')
     latents: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)  # seed -> why its image is bad (its slot is None)
@@ -66,13 +66,6 @@ def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
         yield counter
     finally:
         handle.remove()
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak accelerator memory, or the process's peak resident set size on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def decode_latents(model: ModelAdapter, latents: torch.Tensor) -> torch.Tensor:
@@ -111,21 +104,22 @@ def generate_batch(
     `requests`, one per seed, give each image its own prompt, negative prompt and guidance scale (all in one
     `guidance_group`; the rest is `params`')."""
     start = time.perf_counter()
-    n = len(seeds)
-    # 1. encode prompt and, under classifier-free guidance, the negative prompt (each prompt once per model)
-    embeddings = model.embeddings_for(params)
-    if requests:
-        each = [model.embeddings_for(r) for r in requests]
-        embeddings = {k: torch.cat([e[k] for e in each]) for k in embeddings}
-    t_text = time.perf_counter()
-    # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
-    with torch.inference_mode(), count_calls(model.denoiser) as nfe:
-        latents = model.denoise(params, generators(seeds), embeddings, on_step,
-                                [r.guidance_scale for r in requests] if requests else None)
-    t_unet = time.perf_counter()
-    # 3. decode latents
-    with torch.inference_mode():
-        decoded = decode_latents(model, latents)
+    with call_peak(model.device) as peak:
+        n = len(seeds)
+        # 1. encode prompt and, under classifier-free guidance, the negative prompt (each prompt once per model)
+        embeddings = model.embeddings_for(params)
+        if requests:
+            each = [model.embeddings_for(r) for r in requests]
+            embeddings = {k: torch.cat([e[k] for e in each]) for k in embeddings}
+        t_text = time.perf_counter()
+        # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
+        with torch.inference_mode(), count_calls(model.denoiser) as nfe:
+            latents = model.denoise(params, generators(seeds), embeddings, on_step,
+                                    [r.guidance_scale for r in requests] if requests else None)
+        t_unet = time.perf_counter()
+        # 3. decode latents
+        with torch.inference_mode():
+            decoded = decode_latents(model, latents)
     errors = check_output(latents, decoded, seeds)
     if errors and strict:
         raise BadOutputError("; ".join(errors.values()))
@@ -139,7 +133,7 @@ def generate_batch(
         time_unet_s=t_unet - t_text,
         time_vae_s=end - t_unet,
         time_total_s=end - start,
-        peak_mem_bytes=peak_memory_bytes(model.device),
+        peak_mem_bytes=peak[0],
         latents=latents,
         errors=errors,
     )

@@ -1,0 +1,65 @@
+"""The peak memory of one pipeline call, not of the process so far: a sweep runs many calls in one process."""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+STATUS, STATM = "/proc/self/status", "/proc/self/statm"
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+INTERVAL_S = 0.005  # resident memory is sampled this often while a CPU call runs
+
+
+def resident_bytes() -> int | None:
+    """The process's resident memory now (Linux), else None."""
+    try:
+        with open(STATM, "rb") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def high_water_bytes() -> int | None:
+    """The process's peak resident memory so far (`VmHWM`, Linux), else None."""
+    try:
+        with open(STATUS, "rb") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(b"VmHWM:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+@contextmanager
+def call_peak(device: torch.device) -> Iterator[list[int | None]]:
+    """Yield a one-item list that holds, after the block, its peak memory: allocated memory on CUDA (the allocator's
+    peak, reset first); on a Linux CPU the process's resident high-water mark if the block raised it, else the most
+    resident memory sampled every `INTERVAL_S` while it ran (the high-water mark cannot be lowered without hiding an
+    earlier peak from tools like `/usr/bin/time`); None elsewhere."""
+    peak: list[int | None] = [None]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield peak
+        peak[0] = int(torch.cuda.max_memory_allocated(device))
+        return
+    before, sampled = high_water_bytes(), [resident_bytes()]
+    if before is None or sampled[0] is None:
+        yield peak
+        return
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(INTERVAL_S):
+            sampled.append(resident_bytes() or 0)
+
+    sampler = threading.Thread(target=sample, name="sdlab-memory", daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+    after = high_water_bytes() or 0
+    peak[0] = after if after > before else max(*sampled, resident_bytes() or 0)
