@@ -66,6 +66,7 @@ class ModelAdapter:
         self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # prompt -> pipeline keyword arguments
         self.made: dict[str, Any] = {}  # cell hash -> its image made ahead in a sweep's shared call, until its job takes it
         self.scheduler_made: tuple = ()  # (name and options asked for, the scheduler made for them)
+        self.warm: set[tuple] = set()  # the calls (images, width, height, guided, solver) this process has run once
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name}, {self.pipeline_class})"
