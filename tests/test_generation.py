@@ -11,8 +11,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from sdlab.models import generate, memory
+from sdlab.models import device, generate, memory
 from sdlab.config import GenerationParams
 from sdlab.models.schedulers import fitting
 
@@ -203,3 +204,21 @@ def test_a_compiled_models_graph_is_built_in_no_cells_time(tmp_path):
     frame = pd.read_parquet(tmp_path / "results.parquet")
     assert len(frame) == 4 and (frame["status"] == "ok").all()
     assert frame["time_total_s"].sum() < 0.25 * wall, (frame[["scheduler", "time_total_s"]], wall)
+
+
+def test_each_phase_is_timed_after_the_devices_queued_work_is_done(tiny, monkeypatch):
+    """CUDA runs a call's kernels after Python has moved on: a clock read without waiting gave the denoiser's last
+    steps to the VAE's time (and the text encoder's to the denoiser's). Every phase boundary waits for the device."""
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: waited.append(("cuda", d)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append(("mps", None)))
+    before = time.perf_counter()
+    assert before <= device.clock(torch.device("cuda", 1)) and waited == [("cuda", torch.device("cuda", 1))]
+    device.clock(torch.device("mps"))
+    device.clock(torch.device("cpu"))  # nothing queued on a CPU
+    assert waited[1:] == [("mps", None)]
+    clocks = []
+    monkeypatch.setattr(generate, "clock", lambda d: clocks.append(d) or time.perf_counter())
+    model, _ = tiny
+    generate.generate_batch(model, GenerationParams(num_inference_steps=1, width=64, height=64), [1])
+    assert clocks == [model.device] * 5  # start, text, warm-up, denoiser, decode

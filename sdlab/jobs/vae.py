@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +14,7 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import ImageInput, article_reports, input_images, to_model, to_uint8
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
+from sdlab.models.device import clock
 from sdlab.models.loading import load_model
 
 
@@ -35,11 +35,11 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
     for name, image, _ in images:
         # 1. Round trip x -> z -> x_rec, timed apart.
         x = to_model([image], model)
-        start = time.perf_counter()
+        start = clock(model.device)
         z = model.encode_image(x)
-        mid = time.perf_counter()
+        mid = clock(model.device)
         recon = to_uint8(model.decode(z))[0]
-        end = time.perf_counter()
+        end = clock(model.device)
 
         # 2. Quality, compression and latent statistics.
         latent = z[0].float().cpu().numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from sdlab.config import MKLDNN, ModelSpec
@@ -37,6 +38,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     allowed = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     choose("model.dtype", dtype, list(allowed) + ["auto"])
     return allowed[dtype]
+
+
+def clock(device: torch.device) -> float:
+    """`time.perf_counter()` once the work queued on `device` is done: CUDA and MPS run it after the call that asks
+    returns, so a phase timed between two clocks is its work, not its launch."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    return time.perf_counter()
 
 
 def use_process_options(spec: ModelSpec, network: str = "denoiser") -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from sdlab.config import GenerationParams
+from sdlab.models.device import clock
 from sdlab.models.families import ModelAdapter
 from sdlab.models.memory import call_peak
 
@@ -125,7 +125,7 @@ def generate_batch(
     """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`.
     `requests`, one per seed, give each image its own prompt, negative prompt and guidance scale (all in one
     `guidance_group`; the rest is `params`')."""
-    start = time.perf_counter()
+    start = clock(model.device)
     scales = [r.guidance_scale for r in requests] if requests else None
     with call_peak(model.device) as peak:
         # 1. encode prompt and, under classifier-free guidance, the negative prompt (each prompt once per model)
@@ -133,13 +133,13 @@ def generate_batch(
         if requests:
             each = [model.embeddings_for(r) for r in requests]
             embeddings = {k: torch.cat([e[k] for e in each]) for k in embeddings}
-        t_text = time.perf_counter()
+        t_text = clock(model.device)
         warm_up(model, params, seeds, embeddings, scales)  # untimed
-        t_warm = time.perf_counter()
+        t_warm = clock(model.device)
         # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
         with torch.inference_mode(), count_calls(model.denoiser) as nfe:
             latents = model.denoise(params, generators(seeds), embeddings, on_step, scales)
-        t_unet = time.perf_counter()
+        t_unet = clock(model.device)
         # 3. decode latents
         with torch.inference_mode():
             decoded = decode_latents(model, latents)
@@ -147,7 +147,7 @@ def generate_batch(
     if errors and strict:
         raise BadOutputError("; ".join(errors.values()))
     images = [None if seed in errors else image for seed, image in zip(seeds, to_pil(decoded.nan_to_num()))]
-    end = time.perf_counter()
+    end = clock(model.device)
     return BatchResult(
         images=images,
         seeds=list(seeds),
