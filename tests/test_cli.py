@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image
+import hydra.core.utils
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from sdlab.app import arguments
 from sdlab.app.arguments import display_overrides, hydra_quote, prepare
 from sdlab.bench.figure_index import write_index
 from sdlab.errors import UserError
@@ -509,6 +512,30 @@ def test_rerunning_a_sweep_without_a_sweep_dir_continues_its_folder(run_sdlab, t
     assert run_sdlab("-m", "seed=1,3", "model=tiny", "num_inference_steps=1", "threads=1") == 0
     assert len(list((tmp_path / "outputs" / "generate").iterdir())) == 2  # another command, another folder
 
+
+
+class SameSecond(datetime.datetime):
+    """A clock stopped at one second, for Hydra's `${now:}` and sdlab's sweep folder alike."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 12, 5, 3, 47, 32)
+
+
+def test_two_sweeps_started_in_the_same_second_get_a_folder_each(run_sdlab, tmp_path, monkeypatch):
+    """The default folder is named by the second a sweep starts: another sweep started in that second (a script's
+    next command after a fast one) went into the first one's folder, its job 1 replacing the first sweep's."""
+    monkeypatch.setattr(hydra.core.utils, "datetime", SameSecond)
+    monkeypatch.setattr(arguments, "datetime", SameSecond, raising=False)
+    monkeypatch.chdir(tmp_path)
+    fast = ("model=tiny", "num_inference_steps=1", "threads=1")
+    assert run_sdlab("-m", "seed=1,2", *fast) == 0
+    assert run_sdlab("-m", "seed=3,4", *fast) == 0
+    folders = sorted((tmp_path / "outputs" / "generate").iterdir())
+    assert [f.name for f in folders] == ["multirun_2026-12-05_03-47-32", "multirun_2026-12-05_03-47-32_2"]
+    assert [sorted(pd.read_csv(f / "results.csv")["seed"]) for f in folders] == [[1, 2], [3, 4]]
+    assert run_sdlab("-m", "seed=1,2", *fast) == 0  # a rerun still finds its own folder, not a third
+    assert len(list((tmp_path / "outputs" / "generate").iterdir())) == 2
 
 INTERRUPTED_IN_A_POOL = """
 import sys, threading

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-import time
+from datetime import datetime
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -225,21 +225,34 @@ def experiment_is_swept(overrides: list[str]) -> bool:
 
 
 def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
-    """For a sweep over recipes: `hydra.sweep.dir=outputs/experiments/multirun_<now>` unless one is given, and job
-    folders named `<N>_<recipe>` unless a subdir is given.
+    """A sweep's `hydra.sweep.dir` when none is given or found (`resumed_sweep_dir`): the configured default,
+    `multirun_<now>` under `sweep_root`, unless a sweep started in the same second has it (then `_2`, `_3`...); over
+    recipes always, with job folders named `<N>_<recipe>` unless a subdir is given.
 
-    The configured default names the recipe; when the recipe itself is swept, each job would name its own
+    Over recipes the configured default names the recipe; when the recipe itself is swept, each job would name its own
     folder and the sweep would have no single root; and folders 0..25 could not be found by recipe.
     """
-    if not is_multirun(flags) or not experiment_is_swept(overrides):
+    if not is_multirun(flags):
         return []
     given = {a.partition("=")[0] for a in overrides}
-    added = []
+    swept, added = experiment_is_swept(overrides), []
     if "hydra.sweep.dir" not in given:
-        added.append(f"hydra.sweep.dir=outputs/experiments/multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-    if "hydra.sweep.subdir" not in given:
+        folder, taken = fresh_sweep_dir(sweep_root(overrides))
+        added += [f"hydra.sweep.dir={folder}"] if swept or taken else []
+    if swept and "hydra.sweep.subdir" not in given:
         added.append("hydra.sweep.subdir='${job_folder:${hydra.job.num}}_${hydra.runtime.choices.experiment}'")
     return added
+
+
+def fresh_sweep_dir(root: Path) -> tuple[Path, bool]:
+    """`root/multirun_<now>` as the configured default names it (to the second), or the first `_2`, `_3`... after it
+    that no folder holds; and whether the default was taken."""
+    name = f"multirun_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
+    folder, n = root / name, 1
+    while folder.exists() or folder.is_symlink():
+        n += 1
+        folder = root / f"{name}_{n}"
+    return folder, n > 1
 
 
 def sweep_root(overrides: list[str]) -> Path:
