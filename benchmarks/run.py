@@ -69,14 +69,6 @@ def run_cpu(cmd: list[str], cwd: Path) -> tuple[float, float]:
     return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 # 1-2. sweep overhead against a hand-written loop and a naive Hydra app
 def bench_overhead(report: Report, model: str, steps: int, repeats: int, work: Path, size: int | None = None,
                    naive: bool = True) -> None:
@@ -433,26 +425,37 @@ def bench_trajectory(report: Report, model: str, size: int, steps: int, repeats:
 # 6. memory across a long sweep
 def bench_memory(report: Report, model: str, jobs: int, steps: int) -> None:
     """RSS after each of `jobs` generate jobs run as a sweep does (one process, cached model)."""
+    from hydra import compose, initialize_config_dir
+
+    from sdlab.app.compose import parse_job
+    from sdlab.conf_files import CONF_DIR
     from sdlab.jobs import JobContext, get_job
+    from sdlab.models.memory import resident_bytes
 
     run_generate = get_job("generate")
     rss = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         for i in range(jobs):
-            config = {"model": {"name": model, "resolution": 64}, "scheduler": {"name": "dpmpp_2m"},
-                      "prompt": "a small red circle", "seed": i, "num_inference_steps": steps, "guidance_scale": 7.5,
-                      "resume": False}
-            run_generate(JobContext(config=config, out_dir=Path(tmp) / str(i), overrides=json.dumps({"seed": i})))
-            rss.append(rss_bytes())
-    tenth, last = rss[min(9, jobs - 1)], rss[-1]
-    slope = np.polyfit(np.arange(10, jobs), rss[10:], 1)[0] if jobs > 20 else float("nan")
+            overrides = {"model": model, "model.resolution": "64", "scheduler": "dpmpp_2m",
+                         "prompt": "'a small red circle'", "seed": str(i), "num_inference_steps": str(steps),
+                         "guidance_scale": "7.5", "resume": "false"}
+            run = parse_job(compose("config", overrides=[f"{k}={v}" for k, v in overrides.items()]), set(overrides))
+            run_generate(JobContext(run=run, out_dir=Path(tmp) / str(i), overrides=json.dumps({"seed": i})))
+            rss.append(resident_bytes())
+    tenth, hundredth, last = rss[min(9, jobs - 1)], rss[min(99, jobs - 1)], rss[-1]
+    early = np.polyfit(np.arange(10, 100), rss[10:100], 1)[0] if jobs > 100 else float("nan")
+    late = np.polyfit(np.arange(100, jobs), rss[100:], 1)[0] if jobs > 120 else float("nan")
     report.add("memory", "rss_after_job10_mb", tenth / 2**20, "MiB")
+    report.add("memory", "rss_after_job100_mb", hundredth / 2**20, "MiB")
     report.add("memory", f"rss_after_job{jobs}_mb", last / 2**20, "MiB")
-    report.add("memory", "rss_growth_per_job_kb", slope / 1024, "KiB/job", "least squares over jobs 10..N")
+    report.add("memory", "rss_growth_per_job_kb", late / 1024, "KiB/job", f"least squares over jobs 100..{jobs}")
+    report.add("memory", "rss_growth_first_100_per_job_kb", early / 1024, "KiB/job", "least squares over jobs 10..100")
     report.sections.append(
         f"### 6. Memory across a {jobs}-image sweep ({model}, one process)\n\n"
-        f"RSS after job 10: {tenth / 2**20:.1f} MiB; after job {jobs}: {last / 2**20:.1f} MiB; "
-        f"fitted growth {slope / 1024:.1f} KiB per job (flat means no per-job leak).\n"
+        f"RSS after job 10: {tenth / 2**20:.1f} MiB; after job 100: {hundredth / 2**20:.1f} MiB; after job {jobs}: "
+        f"{last / 2**20:.1f} MiB. Fitted growth {early / 1024:.1f} KiB per job over jobs 10 to 100, while the "
+        f"allocators fill up, and {late / 1024:.1f} KiB per job over jobs 100 to {jobs} (flat there means no per-job "
+        f"leak).\n"
     )
 
 
@@ -636,7 +639,7 @@ def main() -> None:
         ("batches", lambda: bench_batches(report, args.model, 64, 25, 32, batches=(1, 2, 4, 8, 16, 32), guidance=1,
                                           against={"mkldnn": True})),
         ("trajectory", lambda: bench_trajectory(report, args.model, 64, 25, args.repeats)),
-        ("memory", lambda: bench_memory(report, args.model, 100, 5)),
+        ("memory", lambda: bench_memory(report, args.model, 300, 5)),
         ("shared", lambda: bench_shared(report, args.model, 25, args.repeats, work)),
         ("rerun", lambda: bench_rerun(report, args.repeats, work)),
         ("options", lambda: bench_options(report, args.model, 64, 25, args.repeats, {
