@@ -125,21 +125,22 @@ def generate_batch(
     """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`.
     `requests`, one per seed, give each image its own prompt, negative prompt and guidance scale (all in one
     `guidance_group`; the rest is `params`')."""
-    start = clock(model.device)
+    device = model.device  # read from the denoiser's parameters: once, not at every phase
+    start = clock(device)
     scales = [r.guidance_scale for r in requests] if requests else None
-    with call_peak(model.device) as peak:
+    with call_peak(device) as peak:
         # 1. encode prompt and, under classifier-free guidance, the negative prompt (each prompt once per model)
         embeddings = model.embeddings_for(params)
         if requests:
             each = [model.embeddings_for(r) for r in requests]
             embeddings = {k: torch.cat([e[k] for e in each]) for k in embeddings}
-        t_text = clock(model.device)
+        t_text = clock(device)
         warm_up(model, params, seeds, embeddings, scales)  # untimed
-        t_warm = clock(model.device)
+        t_warm = clock(device)
         # 2. denoise: the sampler loop, counting denoiser calls (cond and uncond run as one batched call)
         with torch.inference_mode(), count_calls(model.denoiser) as nfe:
             latents = model.denoise(params, generators(seeds), embeddings, on_step, scales)
-        t_unet = clock(model.device)
+        t_unet = clock(device)
         # 3. decode latents
         with torch.inference_mode():
             decoded = decode_latents(model, latents)
@@ -147,7 +148,7 @@ def generate_batch(
     if errors and strict:
         raise BadOutputError("; ".join(errors.values()))
     images = [None if seed in errors else image for seed, image in zip(seeds, to_pil(decoded.nan_to_num()))]
-    end = clock(model.device)
+    end = clock(device)
     return BatchResult(
         images=images,
         seeds=list(seeds),
