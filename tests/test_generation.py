@@ -1,4 +1,4 @@
-"""Generation on the tiny model: every scheduler, NFE counting, batch invariance, text-embedding cache."""
+"""Generation on the tiny model: every scheduler, NFE counting, batch invariance, prompts encoded in each call."""
 
 from __future__ import annotations
 
@@ -110,16 +110,26 @@ def test_dpmpp_sde_gives_a_seed_the_same_image_again_and_inside_a_batch(tiny):
     assert np.abs(batched[0] - alone).max() > 10
 
 
-def test_text_embeddings_are_cached_per_model_and_prompt(tiny):
+def test_each_call_encodes_its_own_prompts_once_so_no_cell_rides_on_an_earlier_calls_encoding(tiny):
     model, _ = tiny
-    calls = []
-    original = model.pipe.encode_prompt
-    model.pipe.encode_prompt = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    calls, original = [], model.pipe.encode_prompt
+
+    def encode_prompt(prompt, *args, **kwargs):
+        if prompt is not None:  # the pipeline's own call passes the embeddings it was given through
+            calls.append(prompt)
+        return original(prompt, *args, **kwargs)
+
+    model.pipe.encode_prompt = encode_prompt
     try:
-        prompt = "a cached blue square"
-        model.encode(prompt)
-        model.encode(prompt)
-        assert calls == [prompt]
+        base = params(num_inference_steps=1, guidance_scale=1.0, prompt="an encoded blue square")
+        first = generate.generate_batch(model, base, [1])
+        second = generate.generate_batch(model, base, [1])
+        assert calls == [base.prompt, base.prompt]  # the second call pays for its prompt as the first did
+        assert second.time_text_s > 0 and first.time_text_s > 0
+        calls.clear()
+        other = replace(base, prompt="an encoded red circle")
+        generate.generate_batch(model, base, [1, 2, 3, 4], requests=[base, other, base, other])
+        assert sorted(calls) == sorted([base.prompt, other.prompt])  # each distinct prompt once in a call
     finally:
         del model.pipe.encode_prompt
 

@@ -129,7 +129,8 @@ def generate_batch(
     start = clock(device)
     scales = [r.guidance_scale for r in requests] if requests else None
     with call_peak(device) as peak:
-        # 1. encode prompt and, under classifier-free guidance, the negative prompt (each prompt once per model)
+        # 1. encode prompt and, under classifier-free guidance, the negative prompt (each distinct text once a call)
+        model.embeddings.clear()
         embeddings = model.embeddings_for(params)
         if requests:
             each = [model.embeddings_for(r) for r in requests]

@@ -63,7 +63,7 @@ class ModelAdapter:
         self.spec = spec
         self.base_scheduler_config = dict(pipe.scheduler.config)  # as shipped, before any swap
         self.base_scheduler_class = type(pipe.scheduler).__name__
-        self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # prompt -> pipeline keyword arguments
+        self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # prompt -> pipeline keyword arguments, this call's
         self.made: dict[str, Any] = {}  # cell hash -> its image made ahead in a sweep's shared call, until its job takes it
         self.scheduler_made: tuple = ()  # (name and options asked for, the scheduler made for them)
         self.warm: set[tuple] = set()  # the calls (images, width, height, guided, solver) this process has run once
@@ -219,7 +219,8 @@ class ModelAdapter:
 
     # 4. prompts
     def encode(self, text: str) -> dict[str, torch.Tensor]:
-        """The pipeline keyword arguments for prompt `text` (batch 1), cached per prompt on this model."""
+        """The pipeline keyword arguments for prompt `text` (batch 1), encoded once per call (`generate_batch` starts
+        each with none, so no cell's text time rides on an earlier call's encoding)."""
         import torch
 
         if text not in self.embeddings:
