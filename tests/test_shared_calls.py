@@ -23,6 +23,20 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=int)
 
 
+@pytest.fixture
+def black_second_image(monkeypatch):
+    """The second image of every call of more than one image decodes all black."""
+    real = generate.decode_latents
+
+    def decode(model, latents):
+        images = real(model, latents)
+        if len(latents) > 1:
+            images[1] = 0
+        return images
+
+    monkeypatch.setattr(generate, "decode_latents", decode)
+
+
 def test_cells_share_calls_and_keep_their_own_rows_and_images(run_sdlab, tmp_path):
     assert run_sdlab(*SWEEP, f"hydra.sweep.dir={tmp_path / 'shared'}") == 0
     assert run_sdlab(*SWEEP, "hydra.launcher.ahead=false", f"hydra.sweep.dir={tmp_path / 'alone'}") == 0
@@ -39,20 +53,23 @@ def test_cells_share_calls_and_keep_their_own_rows_and_images(run_sdlab, tmp_pat
     assert (call.nunique() == 1).all()  # each cell takes an equal share of its call's time
 
 
-def test_a_bad_image_in_a_shared_call_fails_only_its_cell(run_sdlab, tmp_path, monkeypatch):
-    real = generate.decode_latents
-
-    def black_second_image(model, latents):
-        images = real(model, latents)
-        if len(latents) > 1:
-            images[1] = 0
-        return images
-
-    monkeypatch.setattr(generate, "decode_latents", black_second_image)
+def test_a_bad_image_in_a_shared_call_fails_only_its_cell(run_sdlab, tmp_path, black_second_image):
     assert run_sdlab("-m", "seed=1,2,3", "num_inference_steps=2", "threads=1", f"hydra.sweep.dir={tmp_path}") == 1
     frame = pd.read_parquet(tmp_path / "results.parquet")
     assert frame["status"].tolist() == ["ok", "error", "ok"] and "all-black" in frame["error"].iloc[1]
     assert frame["batch_size"].tolist() == [3, 3, 3]
+
+
+def test_a_bad_image_fails_only_its_cell_when_another_cell_of_the_call_has_its_seed(run_sdlab, tmp_path,
+                                                                                    black_second_image):
+    assert run_sdlab("-m", PROMPTS, "seed=1,2", "num_inference_steps=2", "threads=1",
+                     f"hydra.sweep.dir={tmp_path}") == 1
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame["batch_size"].tolist() == [4] * 4  # two prompts at each seed in one call
+    assert frame["status"].tolist().count("error") == 1, frame[["prompt", "seed", "status", "error"]]
+    bad = frame[frame["status"] == "error"].iloc[0]
+    twin = frame[(frame["seed"] == bad["seed"]) & (frame["prompt"] != bad["prompt"])].iloc[0]
+    assert twin["status"] == "ok" and (tmp_path / twin["image_path"]).is_file()
 
 
 def test_a_rerun_makes_only_the_missing_cells(run_sdlab, tmp_path):

@@ -246,10 +246,10 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
     good = [image for image in result.images if image is not None]
     scores = iter([score for score in result.scores if score is not None] if result.scores is not None else
                   score_images(scorers, good, [common["prompt"]] * len(good)))
-    for image, seed in zip(result.images, result.seeds):
+    for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
         if image is None:
-            log.error("%s: %s", describe(ctx, common["overrides"], seed), result.errors[seed])
-            rows.append(failed_row(common, hash_base, seed, n, f"BadOutputError: {result.errors[seed]}"))
+            log.error("%s: %s", describe(ctx, common["overrides"], seed), result.errors[i])
+            rows.append(failed_row(common, hash_base, seed, n, f"BadOutputError: {result.errors[i]}"))
             continue
         score = next(scores)
         cell = cell_hash(hash_base, seed)

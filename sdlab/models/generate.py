@@ -37,15 +37,14 @@ class BatchResult:
     peak_mem_bytes: int | None  # the call's own peak (None where it cannot be told from earlier calls')
     latents: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
-    errors: dict[int, str] = field(default_factory=dict)  # seed -> why its image is bad (its slot is None)
+    errors: dict[int, str] = field(default_factory=dict)  # image index -> why it is bad (its slot is None)
     size: int | None = None  # images in the pipeline call these came from (None: these seeds alone)
     scores: list[dict | None] | None = None  # per image, its scorers' columns when scored with its call (None: not)
 
     def cell(self, i: int) -> BatchResult:
         """Image `i` alone, carrying the whole call's timings and size (its row takes its share) and its scores."""
-        seed = self.seeds[i]
-        errors = {seed: self.errors[seed]} if seed in self.errors else {}
-        return replace(self, images=[self.images[i]], seeds=[seed], latents=None, errors=errors, extras={},
+        errors = {0: self.errors[i]} if i in self.errors else {}
+        return replace(self, images=[self.images[i]], seeds=[self.seeds[i]], latents=None, errors=errors, extras={},
                        size=len(self.seeds), scores=None if self.scores is None else [self.scores[i]])
 
 
@@ -83,15 +82,16 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def check_output(latents: torch.Tensor, images: torch.Tensor, seeds: list[int]) -> dict[int, str]:
-    """Each bad image's seed -> why: NaN/inf latents or pixels, or all black."""
+    """Each bad image's index -> why: NaN/inf latents or pixels, or all black (by index: cells of a shared call may
+    share a seed)."""
     errors = {}
     for i, seed in enumerate(seeds):
         if not torch.isfinite(latents[i]).all():
-            errors[seed] = f"NaN/inf in the latents of seed {seed}"
+            errors[i] = f"NaN/inf in the latents of seed {seed}"
         elif not torch.isfinite(images[i]).all():
-            errors[seed] = f"NaN/inf in the decoded pixels of seed {seed}"
+            errors[i] = f"NaN/inf in the decoded pixels of seed {seed}"
         elif float(images[i].max()) <= 1 / 255:
-            errors[seed] = f"all-black image for seed {seed}"
+            errors[i] = f"all-black image for seed {seed}"
     return errors
 
 
@@ -148,7 +148,7 @@ def generate_batch(
     errors = check_output(latents, decoded, seeds)
     if errors and strict:
         raise BadOutputError("; ".join(errors.values()))
-    images = [None if seed in errors else image for seed, image in zip(seeds, to_pil(decoded.nan_to_num()))]
+    images = [None if i in errors else image for i, image in enumerate(to_pil(decoded.nan_to_num()))]
     end = clock(device)
     return BatchResult(
         images=images,
