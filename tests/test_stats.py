@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from sdlab.metrics.stats import mean_ci, metric_range, summarize_ci
 
@@ -63,3 +64,13 @@ def test_every_summary_row_says_its_n_per_metric():
     assert out.loc["a", "n"] == 4 and out.loc["a", "ssim_n"] == 3 and out.loc["a", "clip_score_n"] == 4
     assert out.loc["a", "clip_score_hi"] <= 100 and out.loc["a", "ssim_hi"] <= 1
     assert out.loc["b", "clip_score_n"] == 2 and math.isnan(out.loc["b", "clip_score_lo"])
+
+
+def test_a_per_call_measurement_counts_each_call_once():
+    frame = pd.DataFrame({"s": ["a"] * 6, "call_id": ["x"] * 3 + ["y"] * 3, "time_total_s": [0.2] * 3 + [0.4] * 3,
+                          "psnr": [30.0, 31.0, 32.0, 33.0, 34.0, 35.0]})
+    out = summarize_ci(frame, ["s"], ["time_total_s", "psnr"]).set_index("s")
+    assert out.loc["a", "time_total_s_n"] == 2 and out.loc["a", "time_total_s_mean"] == pytest.approx(0.3)
+    assert math.isnan(out.loc["a", "time_total_s_lo"])  # two calls: no interval, not one from six copies
+    assert out.loc["a", "psnr_n"] == 6 and not math.isnan(out.loc["a", "psnr_lo"])
+    assert mean_ci([0.2] * 3 + [0.4] * 3, units=["x"] * 3 + ["y"] * 3)[0] == pytest.approx(0.3)

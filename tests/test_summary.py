@@ -81,6 +81,29 @@ def test_differences_are_taken_against_the_rankings_best_never_a_value_with_one_
     assert single.loc[single["metric"] == "time_total_s", "delta_vs"].iloc[0] == "1"  # costs: the cheapest
 
 
+def test_the_images_of_one_call_are_one_measurement_of_its_time():
+    """Images made in one pipeline call each hold a share of its time: n counts calls, no interval comes from copies
+    of one number, and two values made in the same call are not compared on it."""
+    frame = sweep_frame()
+    frame["call_id"] = frame["guidance_scale"].map(lambda g: f"call-{g}")  # each scale's 6 images: one call
+    frame["time_total_s"] = frame["guidance_scale"].map({1: 0.2, 7.5: 0.3})
+    table = summary_table(frame, AXES)
+    single = table[table["parameter2"].isna()].set_index(["parameter", "value", "metric"])
+    one = single.loc[("guidance_scale", "7.5", "time_total_s")]
+    assert one["n"] == 1 and one["mean"] == pytest.approx(0.3) and math.isnan(one["lo"])  # not [0.3, 0.3] from 6
+    assert single.loc[(ALL, ALL, "time_total_s"), "n"] == 2
+    both = single.loc[("scheduler", "b", "time_total_s")]  # a and b shared every call: a difference of 0 by making
+    assert both["n_paired"] == 0 and math.isnan(both["delta_mean"])
+    assert single.loc[("guidance_scale", "7.5", "clip_score"), "n"] == 6  # scores are the images' own
+    seeds = frame.assign(call_id=frame["seed"].map(str) + frame["guidance_scale"].map(str),  # a call per seed
+                         time_total_s=frame["time_total_s"] + 0.01 * frame["seed"])
+    apart = summary_table(seeds, AXES)
+    row = apart[apart["parameter2"].isna() & (apart["value"] == "7.5") & (apart["metric"] == "time_total_s")].iloc[0]
+    assert row["n"] == 3 and row["lo"] < row["mean"] < row["hi"]
+    assert row["delta_vs"] == "1" and row["n_paired"] == 3  # one pair of calls a seed, both schedulers in it
+    assert row["delta_mean"] == pytest.approx(0.1)
+
+
 def test_a_single_run_with_several_images_gets_overall_rows(tmp_path):
     frame = sweep_frame()
     frame = frame[(frame["guidance_scale"] == 1) & (frame["scheduler"] == "a")].drop(columns="overrides")

@@ -26,7 +26,7 @@ TABLE_NAME = "results"
 PARAM_COLUMNS = ["model", "scheduler", *IMAGE_PARAMS, "seed"]
 ROW_COLUMNS = [
     "run_id", "experiment", "job", "model", "scheduler", "scheduler_config", *IMAGE_PARAMS, "seed", "batch_size",
-    "nfe", "prompt_truncated_tokens",
+    "call_id", "nfe", "prompt_truncated_tokens",
     "time_text_s", "time_unet_s", "time_vae_s", "time_total_s", "peak_mem_bytes", "clip_score",
     "image_path", "config_hash", "overrides", "status", "error", "weights", "device", "versions",
 ]

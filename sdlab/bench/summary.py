@@ -25,7 +25,7 @@ from sdlab.bench.grid import axis_values
 from sdlab.bench.records import PARAM_COLUMNS, write_table
 from sdlab.bench.references import cache_dir, reference_features
 from sdlab.bench.scorers import decode_features, direction, registered
-from sdlab.metrics.stats import MIN_N, bootstrap_ci, finite, mean_ci, metric_range
+from sdlab.metrics.stats import MIN_N, bootstrap_ci, calls, finite, mean_ci, metric_range, n_mean_ci
 
 SUMMARY_NAME, RANKING_NAME = "summary", "ranking"
 ALL = "(all)"
@@ -90,12 +90,17 @@ def main_metric(metrics: list[str]) -> str | None:
 
 
 def paired_delta(values: np.ndarray, keys: list[tuple], mine: np.ndarray, best: np.ndarray,
-                 bounds: tuple[float, float]) -> tuple[int, float, float, float]:
-    """n, mean and interval of (this value - the best value) over cells matched by seed and the other swept values."""
-    reference = {k: values[i] for i in np.flatnonzero(best) for k in [keys[i]] if np.isfinite(values[i])}
-    diffs = [values[i] - reference[keys[i]] for i in np.flatnonzero(mine) if keys[i] in reference and np.isfinite(values[i])]
+                 bounds: tuple[float, float], units: np.ndarray | None = None) -> tuple[int, float, float, float]:
+    """n, mean and interval of (this value - the best value) over cells matched by seed and the other swept values;
+    with `units` (each cell's pipeline call, for a per-call metric), over pairs of calls: cells made in one call are
+    not compared, and a pair of calls counts once."""
+    unit = units if units is not None else np.arange(len(values))
+    reference = {k: i for i in np.flatnonzero(best) for k in [keys[i]] if np.isfinite(values[i])}
+    diffs = {(unit[i], unit[j]): values[i] - values[j] for i in np.flatnonzero(mine)
+             for j in [reference.get(keys[i])] if j is not None and np.isfinite(values[i])
+             and (units is None or unit[i] != unit[j])}
     width = bounds[1] - bounds[0]
-    return len(diffs), *mean_ci(diffs, bounds=(-width, width))
+    return len(diffs), *mean_ci(list(diffs.values()), bounds=(-width, width))
 
 
 class Swept:
@@ -111,6 +116,16 @@ class Swept:
         """A column as floats (NaN where it is not a number)."""
         return pd.to_numeric(self.frame[column], errors="coerce").to_numpy(dtype=float)
 
+    def calls(self, metric: str) -> np.ndarray | None:
+        """Each row's pipeline call for a metric measured once per call (stats.calls), else None."""
+        return calls(self.frame, metric)
+
+    def measured(self, metric: str, mask: np.ndarray | None = None) -> tuple[int, float, float, float]:
+        """n, mean and interval of `metric` over the rows `mask` selects (all by default), a call counted once."""
+        mask = np.ones(len(self.frame), bool) if mask is None else np.asarray(mask)
+        units = self.calls(metric)
+        return n_mean_ci(self.number(metric)[mask], metric_range(metric), None if units is None else units[mask])
+
     def values(self, key: str) -> list[str]:
         """The values of a swept parameter in order of appearance."""
         return list(dict.fromkeys(self.labels[key]))
@@ -123,12 +138,11 @@ class Swept:
     def by_value(self, key: str, metric: str, best, min_n: int = 0) -> dict[str | None, dict | str | None]:
         """Per value of `key`: n, mean and interval of `metric`, and for values with `min_n` images the paired
         difference to the value `best(stats)` names (none when None); that value under the key None."""
-        x, column, bounds = self.number(metric), self.labels[key], metric_range(metric)
-        stats = {v: dict(zip(STATS, (int(finite(x[column == v]).size), *mean_ci(x[column == v], bounds=bounds))))
-                 for v in self.values(key)}
+        x, column, bounds, units = self.number(metric), self.labels[key], metric_range(metric), self.calls(metric)
+        stats = {v: dict(zip(STATS, self.measured(metric, column == v))) for v in self.values(key)}
         reference, pairs = best(stats), self.pairs(key)
         for v, row in stats.items():
-            row.update(zip(STATS[4:], paired_delta(x, pairs, column == v, column == reference, bounds)
+            row.update(zip(STATS[4:], paired_delta(x, pairs, column == v, column == reference, bounds, units)
                            if reference is not None and row["n"] >= min_n else (0, math.nan, math.nan, math.nan)))
         return stats | {None: reference}
 
@@ -209,8 +223,7 @@ def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.Dat
     ranking = rank(frame, axes) if ranking is None else ranking
     swept = Swept(frame, axes)
     metrics = metric_columns(swept.frame)
-    rows = [{"parameter": ALL, "value": ALL, "metric": m, **dict(zip(STATS, (int(finite(swept.number(m)).size),
-            *mean_ci(swept.number(m), bounds=metric_range(m)))))} for m in metrics]
+    rows = [{"parameter": ALL, "value": ALL, "metric": m, **dict(zip(STATS, swept.measured(m)))} for m in metrics]
     for key in swept.params:
         for metric in metrics:
             ranked = ranking[(ranking["parameter"] == key) & (ranking["metric"] == metric) & (ranking["group"] == BEST)]
@@ -230,10 +243,10 @@ def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.Dat
     for a, b in combinations(swept.params, 2):
         pairs = pd.Series(list(zip(swept.labels[a], swept.labels[b])))
         for (va, vb), index in pairs.groupby(pairs, sort=False).groups.items():
+            mask = np.isin(np.arange(len(pairs)), np.asarray(index))
             for metric in metrics:
-                x = swept.number(metric)[np.asarray(index)]
                 rows.append({"parameter": a, "value": va, "parameter2": b, "value2": vb, "metric": metric,
-                             **dict(zip(STATS, (int(finite(x).size), *mean_ci(x, bounds=metric_range(metric)))))})
+                             **dict(zip(STATS, swept.measured(metric, mask)))})
     return pd.DataFrame(rows + set_rows(swept), columns=SUMMARY_COLUMNS)
 
 

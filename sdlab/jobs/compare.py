@@ -109,7 +109,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                     rows.append({
                         **identity(ctx, "compare_schedulers", spec.name), "scheduler": name,
                         **image_params(replace(base, prompt=prompt, num_inference_steps=steps)), "seed": seed,
-                        "nfe": result.nfe,
+                        "nfe": result.nfe, "call_id": result.call,
                         "time_total_s": result.time_total_s / len(seeds), "stochastic": SCHEDULERS[name].stochastic,
                         "reference": ("own limit: " if kind != "deterministic" else "")
                         + f"{name if kind != 'deterministic' else study.reference_scheduler} x {study.reference_steps} steps",

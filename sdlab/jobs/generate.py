@@ -260,6 +260,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             "overrides": own_overrides(common["overrides"], seed),
             "nfe": result.nfe,
             "batch_size": n,
+            "call_id": result.call,
             **{k: getattr(result, k) / n for k in TIMING_KEYS},
             "peak_mem_bytes": result.peak_mem_bytes,
             **score,

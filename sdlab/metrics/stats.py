@@ -17,6 +17,10 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "latent_rmse": (0.0, INF), "time_": (0.0, INF), "nfe": (0.0, INF), "peak_mem_bytes": (0.0, INF),
 }
 
+# Measured once per pipeline call, each of its images holding a share or a copy: a call's images are one measurement
+PER_CALL = ("time_", "peak_mem_bytes")
+CALL = "call_id"  # the row column that names a row's pipeline call
+
 
 def metric_range(name: str) -> tuple[float, float]:
     """The (lower, upper) bound a metric's values and intervals live in; (-inf, inf) when unknown."""
@@ -26,6 +30,23 @@ def metric_range(name: str) -> tuple[float, float]:
         if key.endswith("_") and name.startswith(key):
             return bounds
     return -INF, INF
+
+
+def calls(frame: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """Each row's pipeline call when `metric` is measured once per call (time, memory) and the rows name their calls;
+    None when each row is a measurement of its own."""
+    per_call = any(metric == p or (p.endswith("_") and metric.startswith(p)) for p in PER_CALL)
+    return frame[CALL].to_numpy(dtype=object) if per_call and CALL in frame else None
+
+
+def per_unit(values, units) -> np.ndarray:
+    """The finite values as floats, averaged within each unit (a call's images: one measurement) when `units` name
+    them."""
+    if units is None:
+        return finite(values)
+    x = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
+    keep = np.isfinite(x)
+    return pd.Series(x[keep]).groupby(np.asarray(units, dtype=object)[keep], sort=False).mean().to_numpy()
 
 
 def finite(values) -> np.ndarray:
@@ -54,10 +75,11 @@ def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, f
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] = (-INF, INF)) -> tuple[float, float, float]:
+def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] = (-INF, INF),
+            units=None) -> tuple[float, float, float]:
     """Mean and a two-sided interval: Wilson for 0/1 values in a [0, 1] metric, else Student-t clipped to `bounds`;
-    NaN bounds from fewer than MIN_N values."""
-    x = finite(values)
+    NaN bounds from fewer than MIN_N values (or `units`, when they name the measurement each value is part of)."""
+    x = per_unit(values, units)
     if x.size == 0:
         return math.nan, math.nan, math.nan
     mean = float(x.mean())
@@ -68,6 +90,11 @@ def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] = (-IN
         return mean, lo, hi
     h = t_quantile(confidence, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
     return mean, float(max(bounds[0], mean - h)), float(min(bounds[1], mean + h))
+
+
+def n_mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None) -> tuple[int, float, float, float]:
+    """The number of measurements with `mean_ci` of them (95%)."""
+    return int(per_unit(values, units).size), *mean_ci(values, bounds=bounds, units=units)
 
 
 def bootstrap_ci(statistic, generated: np.ndarray, reference: np.ndarray, resamples: int = 100,
@@ -84,13 +111,15 @@ def bootstrap_ci(statistic, generated: np.ndarray, reference: np.ndarray, resamp
 
 
 def summarize_ci(frame: pd.DataFrame, by: list[str], metrics: list[str], confidence: float = 0.95) -> pd.DataFrame:
-    """Per group: rows `n`, and per metric `<metric>_n` (finite values), `_mean`, `_lo`, `_hi` within its range."""
+    """Per group: rows `n`, and per metric `<metric>_n` (measurements: finite values, a call's counted once for a
+    per-call metric), `_mean`, `_lo`, `_hi` within its range."""
     rows = []
     for key, group in frame.groupby(by, sort=True):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)), n=len(group))
         for metric in metrics:
-            row[f"{metric}_n"] = int(finite(group[metric]).size)
+            units = calls(group, metric)
+            row[f"{metric}_n"] = int(per_unit(group[metric], units).size)
             row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_ci(
-                group[metric], confidence, metric_range(metric))
+                group[metric], confidence, metric_range(metric), units)
         rows.append(row)
     return pd.DataFrame(rows)

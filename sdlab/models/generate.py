@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -40,6 +41,7 @@ class BatchResult:
     errors: dict[int, str] = field(default_factory=dict)  # image index -> why it is bad (its slot is None)
     size: int | None = None  # images in the pipeline call these came from (None: these seeds alone)
     scores: list[dict | None] | None = None  # per image, its scorers' columns when scored with its call (None: not)
+    call: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # names the call: its images share one timing
 
     def cell(self, i: int) -> BatchResult:
         """Image `i` alone, carrying the whole call's timings and size (its row takes its share) and its scores."""
