@@ -412,6 +412,22 @@ def test_guidance_claim_gives_the_paired_change_and_says_when_guidance_raises_no
     assert guidance_panels(ok)[1].endswith("w=7 -> 12.5 raises CLIP score here")
 
 
+def test_guidance_claim_with_too_few_seeds_for_an_interval_says_it_was_not_tested():
+    from sdlab.jobs.grids import guidance_panels
+    from sdlab.metrics.stats import MIN_N
+
+    for seeds in range(1, MIN_N):
+        ok = pd.DataFrame([{"seed": seed, "guidance_scale": w, "clip_score": 80.0 + w + seed, "adherence_all": w > 1}
+                           for w in (1.0, 15.0) for seed in range(seeds)])
+        claim = guidance_panels(ok)[1]
+        plural = "s" if seeds > 1 else ""
+        assert claim.endswith("not tested whether w=1 -> 15 raises CLIP score or prompt following\n"
+                              f"({seeds} seed{plural}; a paired 95% interval needs {MIN_N})"), claim
+        assert "does not raise" not in claim and "here" not in claim
+        flat = guidance_panels(ok.assign(adherence_all=True))[1]  # followed by every image: still too few seeds to say
+        assert flat.endswith("\n".join(claim.split("\n")[-2:])), flat
+
+
 def test_clip_similarity_with_num_images_0_draws_no_image_caption_figure(tmp_path):
     from sdlab.models.clip import tiny_clip
 

@@ -20,7 +20,7 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import Prompts, article_reports
 from sdlab.jobs.generate import batch_rows, hash_fields
 from sdlab.metrics.image import background_distance, layout_correlation, psnr
-from sdlab.metrics.stats import mean_ci, summarize_ci
+from sdlab.metrics.stats import MIN_N, finite, mean_ci, summarize_ci
 from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config
@@ -105,14 +105,19 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
         return [], ""
     summary = summarize_ci(ok, ["guidance_scale"], metrics)  # sorted by w
     scales = summary["guidance_scale"].to_numpy()
-    panels, claims, rises = [], [], []
+    panels, claims, rises, untested = [], [], [], {}  # untested: metric -> seeds paired, too few for an interval
     for metric in metrics:
         percent = metric == "adherence_all"
         name = "prompt followed" if percent else "CLIP score"
+        factor, unit, digits = (100.0, "%", 0) if percent else (1.0, "", 1)
+        by_seed = ok.pivot_table(index="seed", columns="guidance_scale", values=metric)
+        change = (by_seed[scales[-1]] - by_seed[scales[0]]).to_numpy(dtype=float) * factor
+        d, lo, hi = mean_ci(change, bounds=(-100.0, 100.0))
+        rises += [metric] if lo > 0 else []
+        untested.update({metric: finite(change).size} if np.isnan(lo) else {})
         if percent and ok[metric].nunique() == 1:  # a flat line at 0 or 100% is a sentence, not a panel
             claims.append(f"prompt {'followed' if ok[metric].iloc[0] else 'missed'} by all {len(ok)} images")
             continue
-        factor, unit, digits = (100.0, "%", 0) if percent else (1.0, "", 1)
         mean, low, high = (summary[f"{metric}_{part}"].to_numpy(dtype=float) * factor for part in ("mean", "lo", "hi"))
         lines = [] if percent else [
             {"x": g["guidance_scale"], "y": g[metric], "style": "-", "color": "0.75"} for _, g in ok.groupby("seed")]
@@ -127,18 +132,19 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
         at = [f"{mean[i]:.{digits}f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
         best = int(np.nanargmax(mean))
         peak = f" (best {mean[best]:.{digits}f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
-        by_seed = ok.pivot_table(index="seed", columns="guidance_scale", values=metric)
-        change = (by_seed[scales[-1]] - by_seed[scales[0]]).to_numpy(dtype=float) * factor
-        d, lo, hi = mean_ci(change, bounds=(-100.0, 100.0))
         paired = "" if lo == hi == 0 or not np.isfinite(lo) else (
             f": change {d:+.{digits}f} (paired 95% CI {lo:+.{digits}f} to {hi:+.{digits}f}; lower in "
             f"{int((change < 0).sum())} of {len(change)} seeds)")
-        rises += [metric] if lo > 0 else []
         claims.append(f"{name} {at[0]} -> {at[1]}{peak}{paired}")
     nouns = {"clip_score": "CLIP score", "adherence_all": "prompt following"}
-    verdict = (f"w={scales[0]:g} -> {scales[-1]:g} raises {' and '.join(nouns[m] for m in rises)} here" if rises else
-               f"w={scales[0]:g} -> {scales[-1]:g} does not raise {' or '.join(nouns[m] for m in metrics)} here "
-               "(no paired 95% CI above 0)")
+    span, tested = f"w={scales[0]:g} -> {scales[-1]:g}", [m for m in metrics if m not in untested]
+    seeds = max(untested.values(), default=0)
+    verdict = "\n".join(filter(None, [
+        f"{span} raises {' and '.join(nouns[m] for m in rises)} here" if rises else
+        f"{span} does not raise {' or '.join(nouns[m] for m in tested)} here (no paired 95% CI above 0)"
+        if tested else "",
+        f"not tested whether {span} raises {' or '.join(nouns[m] for m in untested)}\n"
+        f"({seeds} seed{'s' * (seeds != 1)}; a paired 95% interval needs {MIN_N})" if untested else ""]))
     return panels, "\n".join(claims) + f" (n={ok['seed'].nunique()} seeds)\n{verdict}"
 
 
