@@ -57,3 +57,17 @@ def test_an_option_one_listed_sampler_lacks_is_one_line_before_any_work(run_sdla
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scheduler 'ddim' has no option 'use_karras_sigmas'" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_no_sampler_is_called_level_or_ahead_while_one_has_too_few_seeds_for_an_interval():
+    from sdlab.jobs.grids import lead
+
+    nan = float("nan")
+    both = {"euler": (20.0, 18.0, 22.0), "ddim": (19.0, 17.0, 21.0)}
+    assert lead(both) == "the intervals overlap (1.0 dB between means), no sampler ahead"
+    assert lead({**both, "ddim": (12.0, 11.0, 13.0)}) == "euler ahead beyond the seed-to-seed noise"
+    too_few = lead({"euler": (20.0, nan, nan), "ddim": (19.0, nan, nan)})
+    assert too_few == "too few seeds for an interval (1.0 dB between means)"
+    # ddim lost seeds (failed cells): its interval is NaN, which says nothing about overlap
+    assert lead({**both, "ddim": (19.0, nan, nan)}) == "too few seeds for an interval for ddim (1.0 dB between means)"
+    assert lead({**both, "euler": (20.0, nan, nan)}) == "too few seeds for an interval for euler (1.0 dB between means)"

@@ -225,6 +225,19 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
 CONVERGED_DB = 30.0  # many-step solves this close to the reference (PSNR) reach the same image to the eye
 
 
+def lead(interval: dict[str, tuple[float, float, float]]) -> str:
+    """Whether the sampler with the highest mean PSNR is ahead of every other beyond their 95% intervals (mean, lo, hi
+    per sampler); not judged while any sampler has too few seeds for an interval."""
+    means = [m for m, _, _ in interval.values()]
+    top, gap = max(interval, key=lambda s: interval[s][0]), f"{max(means) - min(means):.1f} dB between means"
+    few = [s for s, (_, lo, _) in interval.items() if np.isnan(lo)]
+    if few:
+        return f"too few seeds for an interval{'' if len(few) == len(interval) else ' for ' + ', '.join(few)} ({gap})"
+    if all(interval[top][1] > hi for s, (_, _, hi) in interval.items() if s != top):
+        return f"{top} ahead beyond the seed-to-seed noise"
+    return f"the intervals overlap ({gap}), no sampler ahead"
+
+
 def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, params: GenerationParams,
                             frame: pd.DataFrame, scorers) -> pd.DataFrame:
     """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, and how close
@@ -263,17 +276,10 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
             for r in group.itertuples()])
         best.append(f"{seed} {group.loc[group['psnr_to_reference'].idxmax(), 'scheduler']}")
     winners = {b.split()[1] for b in best}
-    means = [m for m, _, _ in interval.values()]
-    top = max(interval, key=lambda s: interval[s][0])
-    ahead = all(interval[top][1] > hi for s, (_, _, hi) in interval.items() if s != top)  # NaN bounds: never ahead
     shown = lambda lo, hi: "" if np.isnan(lo) else f" [{lo:.1f}, {hi:.1f}]"  # noqa: E731
     lines = [f"{params.prompt!r} at {params.num_inference_steps} steps: PSNR to the {name} x {steps}-step solve, "
              f"mean [95% interval] over {len(strip)} seeds:",
-             ", ".join(f"{s} {m:.1f}{shown(lo, hi)}" for s, (m, lo, hi) in interval.items())
-             + (f" dB: {top} ahead beyond the seed-to-seed noise" if ahead else
-                f" dB: too few seeds for an interval ({max(means) - min(means):.1f} dB between means)"
-                if np.isnan(interval[top][1]) else
-                f" dB: the intervals overlap ({max(means) - min(means):.1f} dB between means), no sampler ahead"),
+             ", ".join(f"{s} {m:.1f}{shown(lo, hi)}" for s, (m, lo, hi) in interval.items()) + " dB: " + lead(interval),
              f"closest per seed: {', '.join(best)}: the ranking "
              + ("flips between seeds" if len(winners) > 1 else "holds on every seed")]
     if converged:
