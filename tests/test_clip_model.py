@@ -45,7 +45,7 @@ def test_load_clip_from_folder_and_score(clip_folder):
         clip.clip_score(images(2), ["a"])
 
 
-def test_a_prompt_is_encoded_once_per_clip_model_whatever_it_is_scored_with():
+def test_each_call_encodes_its_own_distinct_prompts_once():
     clip = tiny_clip()
     fresh = tiny_clip()
     prompts = ["a red circle", "a blue square", "a red circle"]
@@ -56,7 +56,23 @@ def test_a_prompt_is_encoded_once_per_clip_model_whatever_it_is_scored_with():
     assert np.allclose(clip.text_embeddings(prompts), expected, atol=1e-6)
     assert np.allclose(clip.text_embeddings(["a blue square", "a green cross"])[0], expected[1], atol=1e-6)
     clip.clip_score(images(2), ["a red circle", "a green cross"])
-    assert encoded == [2, 1]  # the two distinct prompts, then the new one; never one again
+    assert encoded == [2, 2, 2]  # each call its distinct prompts, whatever an earlier call encoded
+
+
+def test_each_scoring_call_encodes_its_own_prompts_so_no_cell_rides_on_an_earlier_calls_encoding(clip_folder):
+    from sdlab.bench.scorers import clip_score
+
+    cfg = {"name": "mini", "path": str(clip_folder)}
+    score, clip = clip_score({"clip": cfg}, "cpu"), load_clip(cfg)
+    encoded, features = [], clip.model.get_text_features
+    clip.model.get_text_features = lambda input_ids, **kw: encoded.append(len(input_ids)) or features(input_ids, **kw)
+    try:
+        prompts = ["a red circle", "a blue square", "a red circle"]
+        first, second = score(images(3), prompts), score(images(3), prompts)
+        assert encoded == [2, 2]  # the second cell pays for its two prompts inside its time_clip_s, as the first did
+        assert [r["clip_score"] for r in first] == [r["clip_score"] for r in second]
+    finally:
+        del clip.model.get_text_features
 
 
 def test_missing_mini_clip_is_one_user_error_line(tmp_path):

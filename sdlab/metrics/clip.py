@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -100,7 +100,6 @@ class ClipModel:
     name: str
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
-    encoded: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)  # by prompt
 
     @property
     def image_size(self) -> int:
@@ -119,19 +118,17 @@ class ClipModel:
         return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(self.model.device, self.model.dtype)
 
     def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
-        """Projected CLIP text embeddings E_T, one row per prompt (each distinct prompt encoded once per model: a
-        sweep scores many images of few prompts)."""
+        """Projected CLIP text embeddings E_T, one row per prompt; each distinct prompt encoded once a call, and every
+        call encodes its own, so no scored cell's time rides on an earlier call's encoding."""
         import torch
 
-        new = [p for p in dict.fromkeys(prompts) if p not in self.encoded]
-        if new:
-            ids = _tokenize(self.tokenizer, new, self.model.config.text_config.max_position_embeddings)
-            with torch.inference_mode():
-                out = self.model.get_text_features(input_ids=ids.to(self.model.device))
-            self.encoded.update(zip(new, _features(out)))
         if not len(prompts):
             return np.zeros((0, self.model.config.projection_dim), np.float32)
-        return np.stack([self.encoded[p] for p in prompts])
+        distinct = list(dict.fromkeys(prompts))
+        ids = _tokenize(self.tokenizer, distinct, self.model.config.text_config.max_position_embeddings)
+        with torch.inference_mode():
+            encoded = dict(zip(distinct, _features(self.model.get_text_features(input_ids=ids.to(self.model.device)))))
+        return np.stack([encoded[p] for p in prompts])
 
     def image_embeddings(self, images) -> np.ndarray:
         """Projected CLIP image embeddings E_I, one row per image."""
