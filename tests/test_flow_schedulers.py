@@ -187,7 +187,7 @@ def test_flow_log_snr_matches_the_closed_form():
     for shift in (1.0, 3.0, math.exp(0.5), math.exp(1.15), 6.0):
         table = flow_log_snr_table(shift)
         sigma = shift * table["t"] / (1 + (shift - 1) * table["t"])
-        np.testing.assert_allclose(table["sigma"], sigma, rtol=1e-12)
+        np.testing.assert_allclose(table["noise_frac"], sigma, rtol=1e-12)
         finite = (table["t"] < 1).to_numpy()
         sigma = sigma.to_numpy()[finite]
         np.testing.assert_allclose(table["log_snr"][finite], np.log(((1 - sigma) / sigma) ** 2), rtol=1e-9)

@@ -137,6 +137,39 @@ def test_ddpm_log_snr_is_the_natural_log_of_alpha_bar_over_one_minus_alpha_bar()
     lam = ddpm_log_snr_table(table.alpha_bar)
     assert lam.t.iloc[0] == 0.001 and lam.t.iloc[-1] == 1.0
     np.testing.assert_allclose(lam.log_snr, np.log(table.snr), rtol=1e-9)
-    np.testing.assert_allclose(lam.signal**2 + lam.sigma**2, 1.0)
+    np.testing.assert_allclose(lam.signal_frac**2 + lam.noise_frac**2, 1.0)
     # the interpolated crossing sits between timesteps 353 and 354 (alpha_bar = 0.5 first reached at 354)
     assert 354 / 1000 < log_snr_crossing(lam.t, lam.log_snr) <= 355 / 1000
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_sigma_is_the_samplers_sigma_and_noise_frac_the_noise_coefficient_in_every_table():
+    """schedule, visits, log_snr and family_visits: `sigma` where a table has it is the sampler's sigma (VP:
+    k-diffusion's sqrt((1 - alpha_bar) / alpha_bar), 14.6 at SD 1.5's t=999; flow: its own sigma), `noise_frac` the
+    noise coefficient s of x_t = a x_0 + s eps (VP: sqrt(1 - alpha_bar), 0.998 there; flow: sigma again)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    euler = EulerDiscreteScheduler(beta_schedule="scaled_linear", **SD_BETAS)
+    ab = euler.alphas_cumprod.double().numpy()
+    at = lambda timestep: np.interp(timestep, np.arange(len(ab)), ab)  # noqa: E731
+    curve, family_visits, _, _ = VP.log_snr_steps(euler, 10)
+    tables = {"schedule": (schedule_table(betas("scaled_linear", **SD_BETAS)), lambda f: f["alpha_bar"]),
+              "visits": (VP.visits(EulerDiscreteScheduler(beta_schedule="scaled_linear", **SD_BETAS), 10),
+                         lambda f: at(f["timestep"])),
+              "log_snr": (curve, lambda f: ab[np.rint(f["t"] * len(ab)).astype(int) - 1]),
+              "family_visits": (family_visits, lambda f: at(f["timestep"]))}
+    for name, (frame, alpha_bar) in tables.items():
+        ab_rows = np.asarray(alpha_bar(frame), dtype=float)
+        if "sigma" in frame:
+            np.testing.assert_allclose(frame["sigma"], np.sqrt((1 - ab_rows) / ab_rows), rtol=1e-4, err_msg=name)
+        if "noise_frac" in frame:
+            np.testing.assert_allclose(frame["noise_frac"], np.sqrt(1 - ab_rows), rtol=1e-4, err_msg=name)
+    assert {"noise_frac", "log_snr"} <= set(curve) and {"noise_frac", "log_snr"} <= set(family_visits)
+    assert schedule_table(betas("scaled_linear", **SD_BETAS))["sigma"].iloc[-1] == pytest.approx(14.61, abs=0.01)
+
+    sd3 = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    curve, family_visits, _, _ = FLOW.log_snr_steps(sd3, 4)
+    sigmas = sd3.sigmas.numpy()[:4]
+    np.testing.assert_allclose(family_visits["noise_frac"], sigmas)
+    np.testing.assert_allclose(family_visits.get("sigma", sigmas), sigmas)
+    np.testing.assert_allclose(curve["noise_frac"] + curve["signal_frac"], 1.0)

@@ -278,9 +278,9 @@ def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
         log.info("%s: log-SNR = 0 at t = %.4f%s", f["name"], crossing,
                  "" if math.isnan(closed) else f" (closed form 1/(1 + shift) = {closed:.4f})")
     curves = pd.concat(curves_, ignore_index=True)
-    write_table(curves[["family", "t", "signal", "sigma", "log_snr"]], ctx.out_dir, "log_snr")
+    write_table(curves[["family", "t", "signal_frac", "noise_frac", "log_snr"]], ctx.out_dir, "log_snr")
     visits = pd.concat(visits_, ignore_index=True)
-    write_table(visits[["family", "sampler", "num_inference_steps", "step", "timestep", "t", "sigma", "log_snr"]],
+    write_table(visits[["family", "sampler", "num_inference_steps", "step", "timestep", "t", "noise_frac", "log_snr"]],
                 ctx.out_dir, "family_visits")
     families_figure(curves, visits, rows, ctx.out_dir / "log_snr.png")
     return rows

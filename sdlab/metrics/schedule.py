@@ -89,7 +89,10 @@ def guided(uncond, cond, scale: float):
 
 
 def schedule_table(betas: np.ndarray) -> pd.DataFrame:
-    """Per-timestep table: alpha = 1 - beta, alpha_bar = prod alpha, signal/noise fractions sqrt(alpha_bar), sqrt(1 - alpha_bar), snr = alpha_bar/(1 - alpha_bar), sigma = 1/sqrt(snr)."""
+    """Per-timestep table: alpha = 1 - beta, alpha_bar = prod alpha, signal_frac/noise_frac sqrt(alpha_bar),
+    sqrt(1 - alpha_bar) (a and s of x_t = a x_0 + s eps), snr = alpha_bar/(1 - alpha_bar), sigma = 1/sqrt(snr) (the
+    samplers' sigma, of x_t / sqrt(alpha_bar) = x_0 + sigma eps: Karras et al. 2022, sec. 2 and Table 1; 14.6 at
+    SD 1.5's t=999)."""
     beta = np.asarray(betas, dtype=np.float64)
     alpha = 1.0 - beta
     alpha_bar = np.cumprod(alpha)
@@ -141,20 +144,22 @@ def flow_crossing(shift: float) -> float:
 
 
 def flow_log_snr_table(shift: float, T: int = 1000) -> pd.DataFrame:
-    """Per training timestep of a flow model: t = i/T (i = 1..T, the unshifted sigma), sigma' (eq. 23),
-    signal 1 - sigma', noise sigma', log-SNR = 2 log((1 - sigma') / sigma')."""
+    """Per training timestep of a flow model: t = i/T (i = 1..T, the unshifted sigma), signal_frac 1 - sigma' and
+    noise_frac sigma' (the shifted sigma, eq. 23), log-SNR = 2 log((1 - sigma') / sigma')."""
     t = np.arange(1, T + 1, dtype=np.float64) / T
     sigma = shift_sigma(t, shift)
-    return pd.DataFrame({"t": t, "signal": 1.0 - sigma, "sigma": sigma, "log_snr": log_snr(1.0 - sigma, sigma)})
+    return pd.DataFrame({"t": t, "signal_frac": 1.0 - sigma, "noise_frac": sigma,
+                         "log_snr": log_snr(1.0 - sigma, sigma)})
 
 
 def ddpm_log_snr_table(alpha_bar) -> pd.DataFrame:
-    """Per timestep of a DDPM schedule: t = (timestep + 1)/T, signal sqrt(alpha_bar), noise sigma = sqrt(1 - alpha_bar),
-    log-SNR = log(alpha_bar / (1 - alpha_bar)) (-inf at a zero terminal SNR, Lin et al. 2024)."""
+    """Per timestep of a DDPM schedule: t = (timestep + 1)/T, signal_frac sqrt(alpha_bar) and noise_frac
+    sqrt(1 - alpha_bar) (the noise's std, not the samplers' sigma), log-SNR = log(alpha_bar / (1 - alpha_bar))
+    (-inf at a zero terminal SNR, Lin et al. 2024)."""
     alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
-    signal, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    signal, noise = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
     t = np.arange(1, len(alpha_bar) + 1, dtype=np.float64) / len(alpha_bar)
-    return pd.DataFrame({"t": t, "signal": signal, "sigma": sigma, "log_snr": log_snr(signal, sigma)})
+    return pd.DataFrame({"t": t, "signal_frac": signal, "noise_frac": noise, "log_snr": log_snr(signal, noise)})
 
 
 def log_snr_crossing(t, lam) -> float:

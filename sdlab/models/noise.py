@@ -1,8 +1,10 @@
-"""One noise process per model kind: how x_t = alpha x_0 + sigma eps is parameterised, read from a scheduler, and
+"""One noise process per model kind: how x_t = a x_0 + s eps is parameterised, read from a scheduler, and
 turned back into x_0 from the model's output. Jobs ask the model's process (`model.noise`), never its kind.
 
 A level is the process's own name for where x_t stands, as row columns: `alpha_bar` for the VP kinds, the flow
-`sigma` for rectified flow (the other column None).
+`sigma` for rectified flow (the other column None). In every table `sigma` is the samplers' sigma (VP: k-diffusion's
+sqrt((1 - alpha_bar) / alpha_bar); flow: sigma of x_t = (1 - sigma) x_0 + sigma eps) and `noise_frac` the noise
+coefficient s (VP: sqrt(1 - alpha_bar), the noise's std; flow: sigma again).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class NoiseProcess:
         return float(log_snr(*self.coefficients(level)))
 
     def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
-        """Timesteps a scheduler visits for N steps, with its sigma and SNR_dB (`set_timesteps` takes Flux's mu)."""
+        """Timesteps a scheduler visits for N steps, with the sampler's sigma (`sigma_and_snr_db`) and SNR_dB
+        (`set_timesteps` takes Flux's mu)."""
         scheduler.set_timesteps(num_inference_steps, **set_timesteps)
         timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
         sigma, snr_db = self.sigma_and_snr_db(scheduler, timestep)
@@ -62,14 +65,15 @@ class VPEpsilon(NoiseProcess):
                 "T": config.get("num_train_timesteps")}
 
     def log_snr_steps(self, scheduler, steps: int, **set_timesteps) -> tuple[pd.DataFrame, pd.DataFrame, float, float]:
-        """(log-SNR per training timestep, the steps a sampler visits, shift, closed-form crossing): alpha_bar from the
-        scheduler itself (so zero-terminal-SNR rescaling, Lin et al. 2024, counts), t = (timestep + 1)/T; no shift."""
+        """(log-SNR per training timestep, the steps a sampler visits with noise_frac sqrt(1 - alpha_bar), shift,
+        closed-form crossing): alpha_bar from the scheduler itself (so zero-terminal-SNR rescaling, Lin et al. 2024,
+        counts), t = (timestep + 1)/T; no shift."""
         alpha_bar = scheduler.alphas_cumprod.double().cpu().numpy()
         scheduler.set_timesteps(steps)
         timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
         ab = np.interp(timestep, np.arange(len(alpha_bar)), alpha_bar)
         visits = pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "t": (timestep + 1) / len(alpha_bar),
-                               "sigma": np.sqrt(1.0 - ab), "log_snr": log_snr(np.sqrt(ab), np.sqrt(1.0 - ab))})
+                               "noise_frac": np.sqrt(1.0 - ab), "log_snr": log_snr(np.sqrt(ab), np.sqrt(1.0 - ab))})
         return ddpm_log_snr_table(alpha_bar), visits, float("nan"), float("nan")
 
     def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
@@ -139,8 +143,9 @@ class RectifiedFlow(NoiseProcess):
         return {"name": "model (flow matching)", "T": int(config.get("num_train_timesteps") or 1000)}
 
     def log_snr_steps(self, scheduler, steps: int, **set_timesteps) -> tuple[pd.DataFrame, pd.DataFrame, float, float]:
-        """(log-SNR per training timestep, the steps a sampler visits, shift, closed-form crossing): t is the unshifted
-        sigma, sigma' by SD3 eq. 23 with the static shift or exp(mu) (`set_timesteps` takes Flux's mu and sigmas)."""
+        """(log-SNR per training timestep, the steps a sampler visits with noise_frac its sigma', shift, closed-form
+        crossing): t is the unshifted sigma, sigma' by SD3 eq. 23 with the static shift or exp(mu) (`set_timesteps`
+        takes Flux's mu and sigmas)."""
         config, mu = scheduler.config, set_timesteps.get("mu")
         exponential = config.get("time_shift_type", "exponential") == "exponential"
         shift = (math.exp(mu) if exponential else mu) if mu is not None else float(
@@ -148,7 +153,8 @@ class RectifiedFlow(NoiseProcess):
         scheduler.set_timesteps(steps, **set_timesteps)
         sigma = np.asarray(scheduler.sigmas, dtype=np.float64)[:-1]
         visits = pd.DataFrame({"step": np.arange(len(sigma)), "timestep": np.asarray(scheduler.timesteps, float),
-                               "t": unshift_sigma(sigma, shift), "sigma": sigma, "log_snr": log_snr(1.0 - sigma, sigma)})
+                               "t": unshift_sigma(sigma, shift), "noise_frac": sigma,
+                               "log_snr": log_snr(1.0 - sigma, sigma)})
         return flow_log_snr_table(shift, int(config.num_train_timesteps)), visits, shift, flow_crossing(shift)
 
     def training_levels(self, schedule: dict[str, Any]) -> list[dict[str, float | None]]:
