@@ -224,7 +224,21 @@ def test_the_summary_plot_draws_the_total_time_not_its_stages():
                           for g in (1, 7.5) for seed in (1, 2, 3)])
     ranking = rank(frame, ("guidance_scale",))
     fig = draw_summary(summary_table(frame, ("guidance_scale",), ranking), ranking)
-    assert [ax.get_ylabel() for ax in fig.axes] == ["clip_score", "time_total_s"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["clip_score", "time_total (s)"]
+
+
+def test_the_convergence_figures_name_each_metrics_unit(tmp_path, monkeypatch):
+    """convergence_nfe.png and convergence_seconds.png: PSNR in dB, a time in s; a metric without a unit by its name."""
+    from sdlab.bench import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
+    summary = pd.DataFrame([{"scheduler": name, "num_inference_steps": n, "stochastic": False, "nfe_mean": n,
+                             **{f"{m}_{part}": v for m in ("psnr", "ssim", "time_total_s")
+                                for part, v in (("mean", n), ("lo", n - 0.5), ("hi", n + 0.5))}}
+                            for name in ("euler", "ddim") for n in (2, 4, 8)])
+    figures.convergence(summary, "nfe", ["psnr", "ssim", "time_total_s"], tmp_path / "c.png", xlabel="NFE")
+    assert [ax.get_ylabel() for ax in seen["fig"].axes] == ["psnr (dB)", "ssim", "time_total (s)"]
 
 
 def test_the_summary_plot_shows_bytes_as_mib():

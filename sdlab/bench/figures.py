@@ -278,14 +278,14 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                                  squeeze=False, sharex=True, sharey="row", layout="constrained")
         for column, (group_name, part) in enumerate(groups):
             for row, metric in enumerate(metrics):
-                ax = axes[row, column]
+                ax, (label, scale) = axes[row, column], display_unit(metric)
                 for name, group in part.sort_values(f"{cost}_mean").groupby("scheduler", sort=True):
                     style = "--" if bool(group["stochastic"].iloc[0]) else "-"
                     x = group[f"{cost}_mean"]
-                    ax.plot(x, group[f"{metric}_mean"], style, marker="o", ms=2.5, lw=1.2, color=colours[name],
+                    ax.plot(x, group[f"{metric}_mean"] * scale, style, marker="o", ms=2.5, lw=1.2, color=colours[name],
                             label=name)
-                    ax.fill_between(x, group[f"{metric}_lo"], group[f"{metric}_hi"], color=colours[name], alpha=0.15,
-                                    lw=0)
+                    ax.fill_between(x, group[f"{metric}_lo"] * scale, group[f"{metric}_hi"] * scale,
+                                    color=colours[name], alpha=0.15, lw=0)
                 if metric == "psnr" and psnr_target is not None:
                     ax.axhline(psnr_target, color="0.3", lw=0.8, ls=":")
                 ax.set_xscale("log")
@@ -297,7 +297,7 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                 if row == len(metrics) - 1:
                     ax.set_xlabel(xlabel)
                 if column == 0:
-                    ax.set_ylabel(metric)
+                    ax.set_ylabel(label)
                 if row == 0 and group_name:
                     ax.set_title(group_name)
             axes[0, column].legend(fontsize=7, frameon=False, loc="best", ncol=2 if len(part["scheduler"].unique()) > 4 else 1)
@@ -364,8 +364,15 @@ def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | 
 
 
 def display_unit(metric: str) -> tuple[str, float]:
-    """How the summary plot shows a metric: its axis label and the factor from its column's unit (bytes as MiB)."""
-    return (metric.removesuffix("_bytes") + " (MiB)", 2.0**-20) if metric.endswith("_bytes") else (metric, 1.0)
+    """How a figure shows a metric on an axis: its name with its unit where it has one (PSNR and *_db in dB, time_*_s
+    in s, bytes as MiB), and the factor from its column's unit."""
+    if metric.endswith("_bytes"):
+        return metric.removesuffix("_bytes") + " (MiB)", 2.0**-20
+    if metric.startswith("time_") and metric.endswith("_s"):
+        return metric.removesuffix("_s") + " (s)", 1.0
+    if metric.startswith("psnr") or metric.endswith("_db"):
+        return metric.removesuffix("_db") + " (dB)", 1.0
+    return metric, 1.0
 
 
 def is_part_of_total(metric: str, present: list[str]) -> bool:
