@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdlab.bench.records import read_png_metadata
+from sdlab.bench.records import finished, read_png_metadata
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
@@ -135,3 +135,25 @@ def test_extending_a_sweep_recomputes_only_the_new_cells(run_sdlab, tmp_path):
     new = frame[~frame["run_id"].isin(first)]
     assert sorted(zip(new["guidance_scale"], new["seed"])) == [(5.0, 1), (5.0, 2)]
     assert len(pngs(tmp_path)) == 8
+
+
+def test_a_damaged_image_an_extended_sweep_found_in_another_job_dir_is_made_again(run_sdlab, tmp_path, monkeypatch):
+    """Extending shifts job numbers: job 2's cell (seed 1, guidance 7.5) stays in job dir 1, and job dir 2's table
+    holds another cell. Cut short there, that image is made again on the rerun and the root table keeps all six."""
+    from sdlab.bench import resume
+
+    sweep = ("-m", "seed=1,2", "model=tiny", "num_inference_steps=1", "threads=1", f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep, "guidance_scale=1,7.5") == 0
+    assert run_sdlab(*sweep, "guidance_scale=1,3,7.5") == 0
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    moved = frame[(frame["seed"] == 1) & (frame["guidance_scale"] == 7.5)]["image_path"].item()
+    assert Path(moved).parts[0] != "2"  # the case at hand: the cell is not in its job's own dir
+    damaged = tmp_path / moved
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    monkeypatch.setattr(resume, "_FINISHED", {})  # a new process, as a rerun is: truncating in place keeps file times
+    for _ in range(2):  # and the rerun after it finds the sweep complete
+        assert run_sdlab(*sweep, "guidance_scale=1,3,7.5") == 0
+        frame = pd.read_parquet(tmp_path / "results.parquet")
+        assert (frame["status"] == "ok").all() and len(frame) == 6
+        assert sorted(zip(frame["seed"], frame["guidance_scale"])) == [(s, g) for s in (1, 2) for g in (1, 3, 7.5)]
+        assert all(finished(row, tmp_path) for row in frame.to_dict("records"))

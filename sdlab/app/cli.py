@@ -146,7 +146,8 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed and started:
         made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0}  # for a plan's estimate
-        resume.mark_finished(out_dir, job_hash, {"rows": len(frame), "weights": ctx.run.weights, **made})
+        resume.mark_finished(out_dir, job_hash, {"rows": len(frame), "weights": ctx.run.weights,
+                                                 "elsewhere": ctx.elsewhere, **made})
     log.info("%s: %s", out_dir / "results.csv", line)
     if not multirun and failed:
         sys.exit(1)

@@ -103,13 +103,32 @@ def read_mark(folder: Path) -> dict[str, Any]:
 
 
 def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
-    """The complete rows of a job already finished in `folder` with the same config hash, else None."""
-    if read_mark(folder).get("job_hash") != job_hash:
+    """The complete rows of a job already finished in `folder` with the same config hash, its cells that its mark
+    places in other job dirs of the sweep still finished there; else None."""
+    mark = read_mark(folder)
+    if mark.get("job_hash") != job_hash or not finished_beside(Path(folder), mark.get("elsewhere", {}),
+                                                               mark.get("weights")):
         return None
     frame = previous_rows(folder)
     if frame is None or len(complete_rows(folder, frame)) != len(frame):
         return None
     return frame
+
+
+def finished_beside(folder: Path, cells: Any, weights: str | None) -> bool:
+    """Whether each of `cells` ({config hash: name of another job dir beside `folder`}) is finished in that job dir
+    from these `weights` (a cell damaged there since is made again by `folder`'s job)."""
+    if not isinstance(cells, dict):
+        return False
+    root = folder.parent.resolve()
+    for cell, name in cells.items():
+        job = folder.parent / str(name)
+        if not (isinstance(name, str) and name == job.name and job.resolve().parent == root):
+            return False
+        found = _finished_hashes(job)
+        if cell not in found or found[cell] != weights:
+            return False
+    return True
 
 
 def made_from_other_weights(folder: Path, run: Run) -> bool:

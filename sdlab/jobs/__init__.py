@@ -24,6 +24,7 @@ class JobContext:
     overrides: str = ""
     run_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    elsewhere: dict[str, str] = field(default_factory=dict)  # cells a sweep job took from other job dirs: hash -> dir
 
     @property
     def recipe(self) -> Any:

@@ -114,6 +114,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     hash_base = hash_fields(common, scorers)
     cells = {seed: cell_hash(hash_base, seed) for seed in params.seeds}
     table, order, elsewhere = previous_cells(ctx, set(cells.values()), set(model.made))
+    ctx.elsewhere = {h: job.name for h, job in elsewhere.items()}  # its finished mark says where they are
     todo = tuple(s for s in params.seeds if cells[s] not in table and cells[s] not in elsewhere)
     if len(todo) < len(params.seeds):
         where = sorted({p.name for p in elsewhere.values()})
