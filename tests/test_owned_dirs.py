@@ -328,3 +328,25 @@ def test_the_shipped_model_folders_are_sdlabs_to_train_into():
     root = Path(__file__).resolve().parents[1]
     for name in ("mini", "mini_flow"):
         assert (root / "models" / name / MARK).is_file(), f"models/{name} lacks sdlab's mark: training would refuse it"
+
+
+ONE_STEP = ("model=tiny", "num_inference_steps=1", "threads=1")
+
+
+def test_a_job_dir_of_a_sweep_is_refused_as_a_sweep_dir(run_sdlab, tmp_path, monkeypatch, capsys):
+    """A job dir's table and a sweep root's share the name results.*: a sweep run into one would replace it."""
+    monkeypatch.chdir(tmp_path)
+    sweep = ("-m", "seed=1,2,3", *ONE_STEP, "hydra.sweep.dir=r")
+    assert run_sdlab(*sweep) == 0
+    before = snapshot(tmp_path)
+    for job_dir in ("r/0", "r/7"):  # a job dir that exists, and one a sweep there may make
+        line = refused(run_sdlab, capsys, "-m", "seed=7,8", *ONE_STEP, f"hydra.sweep.dir={job_dir}")
+        assert f"hydra.sweep.dir={job_dir} is a job dir of the sweep in r" in line, line
+        assert snapshot(tmp_path) == before
+    monkeypatch.setenv("INNER", "r/0")  # known only once composed: the sweeper's check
+    line = refused(run_sdlab, capsys, "-m", "seed=7,8", *ONE_STEP, "hydra.sweep.dir=${oc.env:INNER}")
+    assert "hydra.sweep.dir=r/0 is a job dir of the sweep in r" in line, line
+    assert snapshot(tmp_path) == before
+    assert run_sdlab(*sweep) == 0
+    assert sorted(pd.read_parquet(tmp_path / "r" / "results.parquet")["seed"]) == [1, 2, 3]
+

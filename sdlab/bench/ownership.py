@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sdlab.bench import lock
 from sdlab.bench.lock import LOCK_NAME, TAKEOVER_NAME
+from sdlab.bench.resume import MANIFEST
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text
 
@@ -20,6 +21,7 @@ MARK_TEXT = "This folder was made by sdlab (or given to it): sdlab runs and swee
 OWN_NAMES = frozenset({MARK, LOCK_NAME, TAKEOVER_NAME})  # sdlab's files that may sit in a folder it has not marked
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into its output_subdir
 WRITTEN_SUBDIRS = ("images",)  # folders sdlab's jobs write inside a run dir (besides Hydra's output_subdir)
+SWEEP_FILES = (MANIFEST, "multirun.yaml")  # what a sweep writes in its root folder
 
 
 class NotOwned(UserError):
@@ -52,22 +54,30 @@ def is_owned(folder: Path) -> bool:
 
 
 def check_owned(folder: Path, key: str, shown: str | None = None) -> None:
-    """Refuse an existing `folder` that is not a folder, or holds files and no `.sdlab` mark (sdlab did not make it)."""
+    """Refuse an existing `folder` that is not a folder, or holds files and no `.sdlab` mark (sdlab did not make it);
+    as a sweep dir, a job dir of a sweep (`check_kind`)."""
     shown = shown or str(folder)
-    if not os.path.lexists(folder):
-        return
-    if not folder.is_dir():
+    if os.path.lexists(folder) and not folder.is_dir():
         raise NotOwned(f"{key}={shown} is a file, not a folder; give a new or empty folder")
-    if is_owned(folder):
-        return
-    try:
-        others = sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_NAMES)
-    except OSError as e:
-        raise NotOwned(f"{key}={shown} cannot be listed ({type(e).__name__}: {e})") from None
-    if others:
-        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise NotOwned(f"{key}={shown} already holds files sdlab did not write ({listed}); choose a new or empty "
-                       f"folder, or mark it as sdlab's with `touch {Path(shown) / MARK}`")
+    if os.path.lexists(folder) and not is_owned(folder):
+        try:
+            others = sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_NAMES)
+        except OSError as e:
+            raise NotOwned(f"{key}={shown} cannot be listed ({type(e).__name__}: {e})") from None
+        if others:
+            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise NotOwned(f"{key}={shown} already holds files sdlab did not write ({listed}); choose a new or empty "
+                           f"folder, or mark it as sdlab's with `touch {Path(shown) / MARK}`")
+    check_kind(folder, key, shown)
+
+
+def check_kind(folder: Path, key: str, shown: str) -> None:
+    """A sweep's job dir and its root both hold a table named results.*: refuse a sweep dir that is a job dir of a
+    sweep."""
+    held = lambda names, where=folder: [n for n in names if os.path.lexists(Path(where, n))]  # noqa: E731
+    if key == "hydra.sweep.dir" and held(SWEEP_FILES, Path(folder).resolve().parent):
+        raise NotOwned(f"{key}={shown} is a job dir of the sweep in {Path(shown).parent}; a sweep there would "
+                       f"replace its job's table: give the sweep a folder of its own")
 
 
 def confined(base: Path, relative: str, key: str, allow_base: bool = False) -> Path:
