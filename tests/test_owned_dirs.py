@@ -350,3 +350,23 @@ def test_a_job_dir_of_a_sweep_is_refused_as_a_sweep_dir(run_sdlab, tmp_path, mon
     assert run_sdlab(*sweep) == 0
     assert sorted(pd.read_parquet(tmp_path / "r" / "results.parquet")["seed"]) == [1, 2, 3]
 
+
+def test_a_folder_holds_either_one_run_or_one_sweep(run_sdlab, tmp_path, monkeypatch, capsys):
+    """A sweep into a single run's folder would replace its table with the sweep's; a run into a sweep's folder
+    would mix its rows into the sweep's table, which the sweep's next collection replaces."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("seeds=[1,2]", *ONE_STEP, "hydra.run.dir=one") == 0
+    assert run_sdlab("-m", "seed=3,4", *ONE_STEP, "hydra.sweep.dir=many") == 0
+    before = snapshot(tmp_path)
+    line = refused(run_sdlab, capsys, "-m", "seed=3,4", *ONE_STEP, "hydra.sweep.dir=one")
+    assert "hydra.sweep.dir=one holds a run's results (" in line, line
+    line = refused(run_sdlab, capsys, "seeds=[5]", *ONE_STEP, "hydra.run.dir=many")
+    assert "hydra.run.dir=many holds a sweep (" in line, line
+    for key, value in (("hydra.sweep.dir", "one"), ("hydra.run.dir", "many")):  # checked again once composed
+        monkeypatch.setenv("TARGET", value)
+        args = ("-m", "seed=3,4") if key == "hydra.sweep.dir" else ("seeds=[5]",)
+        assert f"{key}={value} holds a" in refused(run_sdlab, capsys, *args, *ONE_STEP, f"{key}=${{oc.env:TARGET}}")
+    assert snapshot(tmp_path) == before
+    assert run_sdlab("seeds=[1,2]", *ONE_STEP, "hydra.run.dir=one") == 0  # each rerun as itself, as before
+    assert run_sdlab("-m", "seed=3,4", *ONE_STEP, "hydra.sweep.dir=many") == 0
+    assert run_sdlab("seeds=[6]", *ONE_STEP, "hydra.run.dir=many/0") == 0  # a job dir takes a run, as before

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from sdlab.bench import lock
 from sdlab.bench.lock import LOCK_NAME, TAKEOVER_NAME
-from sdlab.bench.resume import MANIFEST
+from sdlab.bench.records import TABLE_NAME
+from sdlab.bench.resume import MANIFEST, MARKER
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text
 
@@ -22,6 +23,7 @@ OWN_NAMES = frozenset({MARK, LOCK_NAME, TAKEOVER_NAME})  # sdlab's files that ma
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into its output_subdir
 WRITTEN_SUBDIRS = ("images",)  # folders sdlab's jobs write inside a run dir (besides Hydra's output_subdir)
 SWEEP_FILES = (MANIFEST, "multirun.yaml")  # what a sweep writes in its root folder
+RUN_FILES = (f"{TABLE_NAME}.parquet", f"{TABLE_NAME}.csv", MARKER)  # what a run, or a sweep's job, writes in its folder
 
 
 class NotOwned(UserError):
@@ -55,7 +57,7 @@ def is_owned(folder: Path) -> bool:
 
 def check_owned(folder: Path, key: str, shown: str | None = None) -> None:
     """Refuse an existing `folder` that is not a folder, or holds files and no `.sdlab` mark (sdlab did not make it);
-    as a sweep dir, a job dir of a sweep (`check_kind`)."""
+    as a run or sweep dir, one that is another's (`check_kind`)."""
     shown = shown or str(folder)
     if os.path.lexists(folder) and not folder.is_dir():
         raise NotOwned(f"{key}={shown} is a file, not a folder; give a new or empty folder")
@@ -72,12 +74,18 @@ def check_owned(folder: Path, key: str, shown: str | None = None) -> None:
 
 
 def check_kind(folder: Path, key: str, shown: str) -> None:
-    """A sweep's job dir and its root both hold a table named results.*: refuse a sweep dir that is a job dir of a
-    sweep."""
+    """A folder holds one run or one sweep (their tables share a name): refuse a sweep dir that holds a run's results
+    or is a job dir of a sweep, and a run dir that holds a sweep (a sweep's job dir takes runs)."""
     held = lambda names, where=folder: [n for n in names if os.path.lexists(Path(where, n))]  # noqa: E731
     if key == "hydra.sweep.dir" and held(SWEEP_FILES, Path(folder).resolve().parent):
         raise NotOwned(f"{key}={shown} is a job dir of the sweep in {Path(shown).parent}; a sweep there would "
                        f"replace its job's table: give the sweep a folder of its own")
+    if key == "hydra.sweep.dir" and held(RUN_FILES) and not held(SWEEP_FILES):
+        raise NotOwned(f"{key}={shown} holds a run's results ({', '.join(held(RUN_FILES))}); a folder holds one run "
+                       f"or one sweep: give the sweep a folder of its own")
+    if key == "hydra.run.dir" and held(SWEEP_FILES):
+        raise NotOwned(f"{key}={shown} holds a sweep ({', '.join(held(SWEEP_FILES))}); a folder holds one run or one "
+                       f"sweep: give the run a folder of its own, or rerun the sweep with -m hydra.sweep.dir={shown}")
 
 
 def confined(base: Path, relative: str, key: str, allow_base: bool = False) -> Path:
