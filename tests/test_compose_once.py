@@ -143,3 +143,13 @@ def test_jobs_past_the_kept_configs_are_composed_from_their_template_not_by_hydr
         ours = OmegaConf.to_container(composed.load_sweep_config(master, overrides), resolve=False)
         assert ours == OmegaConf.to_container(loader.load_sweep_config(master, overrides), resolve=False), overrides
     assert calls == []
+
+
+@pytest.mark.parametrize("typed, ahead", [("no", False), ("off", False), ("false", False), ("yes", True)])
+def test_the_lean_launchers_ahead_is_a_bool_as_typed(hydra_loader, typed, ahead):
+    """`ahead` is typed: `no` and `off` mean false (OmegaConf reads them so), not a non-empty string taken for true."""
+    from hydra.types import RunMode
+
+    loader, _ = hydra_loader
+    config = loader.load_configuration("config", overrides=[f"hydra.launcher.ahead={typed}"], run_mode=RunMode.MULTIRUN)
+    assert config.hydra.launcher.ahead is ahead

@@ -165,15 +165,17 @@ register_resolvers()  # at import too: a launcher's worker process unpickles `ru
 
 @contextmanager
 def hydra_errors_as_user_errors():
-    """While Hydra runs, its composition and override errors become UserErrors instead of printed reports
-    (HYDRA_FULL_ERROR=1 is Hydra's documented switch to raise them)."""
+    """While Hydra runs, its composition and override errors become UserErrors instead of printed reports, with the
+    OmegaConf error that caused them (HYDRA_FULL_ERROR=1 is Hydra's documented switch to raise them)."""
     before = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         yield
     except (HydraException, OmegaConfBaseException) as e:
-        cause = e.__cause__ if isinstance(e.__cause__, UserError) else None
-        raise cause or UserError(one_line(e)) from None
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        why = f"; {one_line(e.__cause__)}" if isinstance(e.__cause__, OmegaConfBaseException) else ""
+        raise UserError(one_line(e) + why) from None
     finally:
         if before is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
