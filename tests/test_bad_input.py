@@ -361,3 +361,12 @@ def test_an_interval_sweep_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch)
     assert code == 2 and err == (
         "sdlab: error: guidance_scale=interval(1,2): a sweep takes a list, range() or glob(), not an interval()"), err
     assert not sweep.exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_range_with_a_step_of_0_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    code = run_sdlab("-m", "model=tiny", "seed=range(0,3,0)", f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "sdlab: error: seed=range(0,3,0): range() arg 3 must not be zero", err
+    assert not sweep.exists() and not (tmp_path / "outputs").exists()

@@ -55,9 +55,13 @@ def cells(overrides: list[Override]) -> list[list[Override]]:
         if not override.is_sweep_override():
             axes[key] = [override_parser().parse_override(f"{key}={override.get_value_element_as_str()}")]
         elif override.is_discrete_sweep():
+            try:
+                values = list(override.sweep_iterator())
+            except ValueError as e:  # range(0,3,0)
+                raise UserError(f"{override.input_line}: {e}") from None
             axes[key] = [Override(type=override.type, key_or_group=override.key_or_group, value_type=ValueType.ELEMENT,
                                   _value=value, package=override.package, input_line=f"{key}={Transformer.str(value)}")
-                         for value in override.sweep_iterator()]
+                         for value in values]
         else:
             raise UserError(f"{override.input_line}: a sweep takes a list, range() or glob(), not an interval()")
     order = sorted(axes, key=lambda key: key.lstrip("+~") not in ("seed", "seeds"))
