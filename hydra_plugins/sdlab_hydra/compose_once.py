@@ -68,6 +68,18 @@ def cells(overrides: list[Override]) -> list[list[Override]]:
     return [[dict(zip(order, job))[key] for key in axes] for job in itertools.product(*(axes[k] for k in order))]
 
 
+def check_launcher(launcher: Any) -> None:
+    """Refuse a launcher option that its launcher would fail on only after the sweep dir is written: joblib's
+    `n_jobs=0`."""
+    try:
+        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    except ImportError:
+        return
+    if isinstance(launcher, JoblibLauncher) and launcher.joblib.get("n_jobs") == 0:
+        raise UserError("hydra.launcher.n_jobs=0 must be a number of joblib workers: N >= 1, or -1 for one per CPU "
+                        "(-2 for all but one, and so on)")
+
+
 def settable(key: str, value: Any, config_text: str) -> bool:
     """True when setting `key` to `value` in a parsed recipe is what composing and parsing with it give: a scalar that
     is no interpolation, of a key that no interpolation reads and that picks no params file or model world."""
@@ -229,6 +241,7 @@ class ComposeOnceSweeper(Sweeper):
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise UserError(f"hydra.sweeper.cells_per_task={size!r} must be a positive integer or null (about four "
                             "submitit tasks per array slot)")
+        check_launcher(self.launcher)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
         parsed_jobs = cells(overrides)
