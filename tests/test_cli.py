@@ -167,6 +167,9 @@ def test_display_overrides_show_values_as_typed():
     (["images=DIR", "experiment=vae_roundtrip"], "images: DIR does not exist"),
     (["params=prompt.json"], "params=prompt.json does not exist"),
     (["prompt_file=absent.txt"], "prompt_file=absent.txt does not exist"),
+    (["--nope"], "sdlab: error: unrecognized arguments: --nope; see sdlab --help"),
+    (["-x", "seed=1"], "unrecognized arguments: -x; see sdlab --help"),
+    (["--cfg", "bogus"], "argument --cfg/-c: invalid choice: 'bogus' (choose from 'job', 'hydra', 'all')"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be"),
     (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead=maybe; Value 'maybe' is not a valid bool"),
 ])

@@ -3,11 +3,13 @@ unknown keys and groups refused with a suggestion, and a default sweep dir that 
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import functools
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, QuotedString
@@ -297,8 +299,33 @@ MODE_FLAGS = {"-m": "--multirun", "--multirun": "--multirun", "-r": "--run", "--
               "--cfg": "--cfg", "-i": "--info", "--info": "--info"}  # Hydra runs one of these modes at a time
 
 
+class FlagParser(argparse.ArgumentParser):
+    """Hydra's flags as Hydra's argparse reads them; a flag it would refuse is one line, not its usage page too."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise argparse's message as a UserError."""
+        raise UserError(f"{message}; see sdlab --help")
+
+
+@functools.cache
+def flag_parser() -> FlagParser:
+    """A parser of the flags Hydra's command line takes (hydra.main's `--help` page lists them)."""
+    parser = FlagParser(prog="sdlab", add_help=False)
+    for names in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"),
+                  ("--multirun", "-m"), ("--shell-completion", "-sc")):
+        parser.add_argument(*names, action="store_true")
+    for names in (("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"), ("--config-dir", "-cd"),
+                  ("--experimental-rerun",)):
+        parser.add_argument(*names)
+    parser.add_argument("--cfg", "-c", choices=["job", "hydra", "all"])
+    parser.add_argument("--info", "-i", nargs="?", const="all",
+                        choices=["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"])
+    return parser
+
+
 def check_flags(flags: list[str]) -> None:
-    """Refuse Hydra flags that ask for two modes at once (`-m --cfg job`), naming them."""
+    """Refuse a flag Hydra does not take, or flags that ask for two modes at once (`-m --cfg job`), naming them."""
+    flag_parser().parse_args(flags)
     modes = list(dict.fromkeys(MODE_FLAGS[f] for f in flags if f in MODE_FLAGS))
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} cannot go together: Hydra runs one of --run, --multirun, --cfg and "
