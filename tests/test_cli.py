@@ -167,6 +167,15 @@ def test_display_overrides_show_values_as_typed():
     (["images=DIR", "experiment=vae_roundtrip"], "images: DIR does not exist"),
     (["params=prompt.json"], "params=prompt.json does not exist"),
     (["prompt_file=absent.txt"], "prompt_file=absent.txt does not exist"),
+    (["guidance_scales=3"], "unknown config key 'guidance_scales' (did you mean guidance_scale?); the main keys are"),
+    (["+guidance_scales=3"], "unknown config key 'guidance_scales' (did you mean guidance_scale?)"),  # read by no recipe
+    (["images=x.png"], "unknown config key 'images'"),
+    (["experiment=compare_schedulers_quick", "compare.step=3"],
+     "unknown config key 'compare.step' (did you mean steps?); compare.* keys are: prompts, psnr_target"),
+    (["experiment=trajectory", "frame=3"], "(did you mean frames?); the main keys are: batch_size"),
+    (["experiment=trajectory", "frame=3"], "; experiment=trajectory adds: frames, gif_ms, preview"),
+    (["-m", "experiment=trajectory,forward_process", "frames=3", "plan=true"],
+     "unknown config key 'frames' for experiment=forward_process (++frames=VALUE sets it there too); the main keys"),
     (["--nope"], "sdlab: error: unrecognized arguments: --nope; see sdlab --help"),
     (["-x", "seed=1"], "unrecognized arguments: -x; see sdlab --help"),
     (["--cfg", "bogus"], "argument --cfg/-c: invalid choice: 'bogus' (choose from 'job', 'hydra', 'all')"),
@@ -178,6 +187,13 @@ def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, mo
     assert run_sdlab(*args) == 2
     assert fragment in one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["experiment=article_a7_trajectory", "+preview=linear"],  # trajectory's job reads it
+                                  ["-m", "experiment=trajectory,forward_process", "++frames=3"],
+                                  ["experiment=schedule_snr", "+families=[]"]])
+def test_a_key_added_for_a_job_that_reads_it_passes(args):
+    assert args[-1] in prepare(args)
 
 
 def test_a_bad_value_in_one_sweep_job_stops_the_sweep_before_the_first_job(run_sdlab, tmp_path, monkeypatch,

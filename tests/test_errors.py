@@ -131,7 +131,7 @@ def test_folder_without_weights_is_refused(tmp_path):
     (("experiment=compare_schedulers_quick", "compare.steps=[0]"),
      "compare.steps=[0] must be a non-empty list of integers, each >= 1 and <= 1000"),
     (("experiment=compare_schedulers_quick", "~compare.seeds"), "compare.seeds is missing: a study lists"),
-    (("experiment=compare_schedulers_quick", "+compare.stepz=[1]"), "compare.stepz is not a key of compare; its keys"),
+    (("experiment=compare_schedulers_quick", "+compare.stepz=[1]"), "unknown config key 'compare.stepz' (did you mean steps?); compare.* keys are"),
     (("experiment=compare_schedulers_quick", "compare.psnr_target=abc"),
      "compare.psnr_target='abc' must be a number >= 0 and <= 1000"),
     (("experiment=compare_schedulers_quick", "compare.visit_steps=[0]"),

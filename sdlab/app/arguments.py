@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, QuotedString
+from hydra.core.override_parser.types import ChoiceSweep, Glob, QuotedString
 
 from sdlab.bench.ownership import (
     check_job_name,
@@ -23,7 +23,7 @@ from sdlab.bench.ownership import (
 )
 from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
-from sdlab.conf_files import CONF_DIR, group_options, known_keys, yaml_keys
+from sdlab.conf_files import conf_values, group_options, known_keys
 from sdlab.config import LIMITS, limits
 from sdlab.errors import UserError
 from sdlab.untrusted import read_prompt_lines
@@ -184,8 +184,9 @@ def check_syntax(arg: str) -> None:
                         "e.g. 'seeds=[1,2]')") from None
 
 
-def check_override(arg: str) -> None:
-    """Reject an unknown group choice or config key, naming what is allowed and the near miss."""
+def check_override(arg: str, recipes: list[str]) -> None:
+    """Reject an unknown group choice or config key (one that a recipe of the run does not have), naming what is
+    allowed and the near miss."""
     key, sep, value = arg.partition("=")
     if key.startswith("~"):
         name = key.lstrip("~")
@@ -209,15 +210,59 @@ def check_override(arg: str) -> None:
         return
     group, _, sub = key.partition(".")
     if sub and group in ("model", "scheduler", "clip"):
-        allowed = known_keys(group)
-        if sub.partition(".")[0] not in allowed:
-            raise UserError(f"unknown config key {key!r}{suggestion(sub, allowed)}; "
-                            f"{group}.* keys are: {', '.join(sorted(allowed))}")
-    elif key not in known_keys(None) and group not in known_keys(None):
-        allowed = known_keys(None) | {PROMPT_FILE_KEY}
-        main = sorted((yaml_keys(CONF_DIR / "config.yaml") - {"hydra", "job"}) | {PROMPT_FILE_KEY})
-        raise UserError(f"unknown config key {key!r}{suggestion(key, allowed)}; the main keys are: {', '.join(main)} "
-                        f"(sdlab --help; a recipe's own keys: sdlab experiment=NAME --cfg job)")
+        check_sub_key(key, known_keys(group))
+        return
+    configs = {name: recipe_config(name) for name in recipes or ["generate"]}
+    lacking = [name for name, config in configs.items() if group not in config]
+    readers = kin(configs) if arg.startswith("+") else list(configs.values())  # `+KEY` adds a key a recipe leaves out
+    if (lacking and not arg.startswith("+")) or not any(group in config for config in readers):
+        config, main = configs[lacking[0]], sorted(conf_values("config.yaml").keys() - {"hydra", "job"})
+        where = f" for experiment={lacking[0]}" if len(configs) > 1 else ""
+        hint = (f" (++{key}=VALUE sets it there too)" if len(lacking) < len(configs)
+                else suggestion(key, config.keys() | {PROMPT_FILE_KEY}))
+        adds = sorted(config.keys() - conf_values("config.yaml").keys())
+        own = f"; experiment={lacking[0]} adds: {', '.join(adds)}" if adds else ""
+        raise UserError(f"unknown config key {key!r}{where}{hint}; the main keys are: "
+                        f"{', '.join(main + [PROMPT_FILE_KEY])}{own} (sdlab --help; a recipe's own keys: sdlab "
+                        "experiment=NAME --cfg job)")
+    blocks = [config[group] for config in readers if isinstance(config.get(group), dict)]
+    if sub and blocks:
+        check_sub_key(key, set().union(*blocks))
+
+
+def check_sub_key(key: str, allowed: set[str]) -> None:
+    """Reject `group.sub=` when its block has no key `sub`, naming the block's keys and the near miss."""
+    group, _, sub = key.partition(".")
+    if sub.partition(".")[0] not in allowed:
+        raise UserError(f"unknown config key {key!r}{suggestion(sub, allowed)}; "
+                        f"{group}.* keys are: {', '.join(sorted(allowed))}")
+
+
+def recipe_config(name: str) -> dict:
+    """The top-level values of a recipe over the base config's (blocks both set hold the keys of both)."""
+    base, recipe = conf_values("config.yaml"), conf_values(f"experiment/{name}.yaml")
+    return {**base, **recipe, **{key: {**base[key], **recipe[key]} for key in base.keys() & recipe.keys()
+                                 if isinstance(base[key], dict) and isinstance(recipe[key], dict)}}
+
+
+def kin(configs: dict[str, dict]) -> list[dict]:
+    """The config of every recipe that runs a job of these (a job reads keys that some of its recipes leave out)."""
+    jobs = {config["job"] for config in configs.values()}
+    return [config for config in map(recipe_config, group_options("experiment")) if config["job"] in jobs]
+
+
+def recipes_of(overrides: list[str]) -> list[str]:
+    """The recipes a command line runs: the last `experiment=`'s choices (a list, choice() or glob()), else generate;
+    an unknown one is refused first."""
+    chosen = [arg for arg in overrides if arg.partition("=")[0].lstrip("+") == "experiment"]
+    if not chosen:
+        return ["generate"]
+    check_override(chosen[-1], [])
+    override = override_parser().parse_override(chosen[-1])
+    if isinstance(override.value(), Glob):
+        return override.value().filter(group_options("experiment"))
+    names = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+    return [name for name in names if name in group_options("experiment")]
 
 
 def experiment_is_swept(overrides: list[str]) -> bool:
@@ -338,15 +383,15 @@ def prepare(argv: list[str]) -> list[str]:
     check_flags(flags)
     multirun = is_multirun(flags)
     limit = command_line_limits(overrides)
-    ready = []
+    ready, recipes = [], recipes_of(overrides)
     for arg in overrides:
         is_file = arg.partition("=")[0] == PROMPT_FILE_KEY  # its prompts come out literal already
         arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_prompt_lists(quote_free_text(arg))
-        check_override(arg)
+        check_override(arg, recipes)
         ready.append(arg)
     ready += model_of_params_file(ready, limit)
     for arg in ready[len(overrides):]:
-        check_override(arg)
+        check_override(arg, recipes)
     ready += resumed_sweep_dir(flags, ready)
     return flags + ready + default_sweep_dir(flags, ready)
 
