@@ -196,6 +196,20 @@ def test_a_key_added_for_a_job_that_reads_it_passes(args):
     assert args[-1] in prepare(args)
 
 
+@pytest.mark.parametrize("args", [["prompt_file=F", "prompt=x"], ["prompt=x", "prompt_file=F"],
+                                  ["seed=1,2", "seeds=[3,4]"], ["seeds=[3,4]", "seed=1"]])
+def test_two_keys_of_which_one_would_be_dropped_are_refused(run_sdlab, tmp_path, monkeypatch, capsys, args):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "F").write_text("a cat\na dog\n")
+    assert run_sdlab("-m", *args, "plan=true") == 2
+    assert f"{args[0]} and {args[1]} cannot go together" in one_error_line(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["F"]
+
+
+def test_a_null_seeds_leaves_seed_alone():
+    assert "seed=3" in prepare(["seeds=null", "seed=3"])
+
+
 def test_a_bad_value_in_one_sweep_job_stops_the_sweep_before_the_first_job(run_sdlab, tmp_path, monkeypatch,
                                                                            capsys):
     monkeypatch.chdir(tmp_path)

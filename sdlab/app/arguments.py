@@ -38,6 +38,8 @@ SWEEP_FUNCTIONS = ("glob(", "choice(", "range(", "interval(", "tag(", "sort(", "
 # Hydra's own flags that take a value as the next argument.
 FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
                     "-cn", "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc")
+EXCLUSIVE = {("prompt", PROMPT_FILE_KEY): "both set the prompts",
+             ("seed", "seeds"): "seeds, when set, replaces seed"}  # keys of which only one takes effect
 ALIASES = {  # names users bring from other image tools
     "steps": "num_inference_steps", "cfg": "guidance_scale", "cfg_scale": "guidance_scale",
     "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
@@ -265,6 +267,16 @@ def recipes_of(overrides: list[str]) -> list[str]:
     return [name for name in names if name in group_options("experiment")]
 
 
+def check_exclusive(overrides: list[str]) -> None:
+    """Refuse two keys of which only one would take effect (`prompt` and `prompt_file`, `seed` and `seeds`), naming
+    both as typed; a key set to null competes with nothing."""
+    typed = {arg.partition("=")[0].lstrip("+"): arg for arg in overrides if arg.partition("=")[2] not in ("", "null")}
+    for pair, why in EXCLUSIVE.items():
+        if all(key in typed for key in pair):
+            first, second = sorted(pair, key=lambda key: overrides.index(typed[key]))
+            raise UserError(f"{typed[first]} and {typed[second]} cannot go together ({why}); give one of them")
+
+
 def experiment_is_swept(overrides: list[str]) -> bool:
     """True when `experiment=` names several recipes (a list or a sweep function)."""
     values = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "experiment"]
@@ -382,6 +394,7 @@ def prepare(argv: list[str]) -> list[str]:
     flags, overrides = split_flags(argv)
     check_flags(flags)
     multirun = is_multirun(flags)
+    check_exclusive(overrides)
     limit = command_line_limits(overrides)
     ready, recipes = [], recipes_of(overrides)
     for arg in overrides:
