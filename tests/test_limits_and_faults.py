@@ -24,6 +24,7 @@ def one_error_line(capsys) -> str:
     (["threads=100000"], "threads=100000 is above limits.max_threads=256"),
     (["-m", "seed=range(0,20)", "limits.max_cells=10"], "the sweep has 20 cells, more than limits.max_cells=10"),
     (["-m", "seed=1,2", "guidance_scale=1,2,3", "limits.max_cells=5"], "the sweep has 6 cells"),
+    (["-m", "seed=range(0,1000000000000)", "guidance_scale=1,2"], "the sweep has 2000000000000 cells"),  # counted, not built
     (["-m", "seed=1,2", "hydra.sweeper.cells_per_task=0"], "hydra.sweeper.cells_per_task=0 must be a positive integer"),
     (["-m", "seed=1,2", "hydra.sweeper.cells_per_task=abc"], "hydra.sweeper.cells_per_task='abc' must be a positive"),
     (["-m", "seed=1,2", "--cfg", "job"], "--multirun and --cfg cannot go together"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import pickle
 import re
@@ -15,7 +16,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType, Transformer, ValueType
+from hydra.core.override_parser.types import Override, OverrideType, RangeSweep, Transformer, ValueType
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext
@@ -44,28 +45,43 @@ def touched(key: str, keys: list[str]) -> bool:
     return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
 
 
-def cells(overrides: list[Override]) -> list[list[Override]]:
-    """Every job of a command line: the cartesian product of the swept values, the last key varying fastest but the
-    seed slowest, so that a sweep stopped early has run every value of every other axis at its first seed. Each value
-    is the override Hydra's parser makes of its text (`input_line`), made from the command line's own parse: a
-    10,000-value sweep is not parsed again value by value (0.25 ms each)."""
-    axes: dict[str, list[Override]] = {}
+def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Sequence]]:
+    """Each key of a command line with the values it takes, not yet made into overrides: a sweep's listed once (an
+    integer range() kept a range), so a sweep is counted (`cell_count`) before any of its cells is built."""
+    axes: dict[str, tuple[Override, Sequence]] = {}
     for override in overrides:
         key = override.get_key_element()
         if not override.is_sweep_override():
-            axes[key] = [override_parser().parse_override(f"{key}={override.get_value_element_as_str()}")]
+            axes[key] = (override, [override_parser().parse_override(f"{key}={override.get_value_element_as_str()}")])
         elif override.is_discrete_sweep():
+            value = override.value()
             try:
-                values = list(override.sweep_iterator())
+                ranged = isinstance(value, RangeSweep) and not value.shuffle and isinstance(value.range(), range)
+                axes[key] = (override, value.range() if ranged else list(override.sweep_iterator()))
             except ValueError as e:  # range(0,3,0)
                 raise UserError(f"{override.input_line}: {e}") from None
-            axes[key] = [Override(type=override.type, key_or_group=override.key_or_group, value_type=ValueType.ELEMENT,
-                                  _value=value, package=override.package, input_line=f"{key}={Transformer.str(value)}")
-                         for value in values]
         else:
             raise UserError(f"{override.input_line}: a sweep takes a list, range() or glob(), not an interval()")
-    order = sorted(axes, key=lambda key: key.lstrip("+~") not in ("seed", "seeds"))
-    return [[dict(zip(order, job))[key] for key in axes] for job in itertools.product(*(axes[k] for k in order))]
+    return axes
+
+
+def cell_count(axes: dict[str, tuple[Override, Sequence]]) -> int:
+    """How many jobs the sweep of `axes` has."""
+    return math.prod(len(values) for _, values in axes.values())
+
+
+def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], first: bool = False) -> list[list[Override]]:
+    """Every job of a command line (or of its `sweep_axes`; only the first when `first`): the cartesian product of the
+    swept values, the last key varying fastest but the seed slowest, so that a sweep stopped early has run every value
+    of every other axis at its first seed. Each value is the override Hydra's parser makes of its text (`input_line`),
+    made from the command line's own parse: a 10,000-value sweep is not parsed again value by value (0.25 ms each)."""
+    axes = overrides if isinstance(overrides, dict) else sweep_axes(overrides)
+    made = {key: [value if isinstance(value, Override) else
+                  Override(type=override.type, key_or_group=override.key_or_group, value_type=ValueType.ELEMENT,
+                           _value=value, package=override.package, input_line=f"{key}={Transformer.str(value)}")
+                  for value in (values[:1] if first else values)] for key, (override, values) in axes.items()}
+    order = sorted(made, key=lambda key: key.lstrip("+~") not in ("seed", "seeds"))
+    return [[dict(zip(order, job))[key] for key in made] for job in itertools.product(*(made[k] for k in order))]
 
 
 def check_launcher(launcher: Any) -> None:
@@ -244,20 +260,22 @@ class ComposeOnceSweeper(Sweeper):
         check_launcher(self.launcher)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
-        parsed_jobs = cells(overrides)
+        axes = sweep_axes(overrides)
+        count = cell_count(axes)
+        if not count:
+            raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
+        if self.preflight:  # before building and composing them all: a 10**9-cell typo is one line, not memory
+            first = resolved(self.composed.compose(self.config, [o.input_line for o in cells(axes, first=True)[0]]))
+            if count > limits(first)["max_cells"]:
+                raise UserError(f"the sweep has {count} cells, more than limits.max_cells="
+                                f"{limits(first)['max_cells']}; raise it with limits.max_cells=N or sweep fewer values")
+        parsed_jobs = cells(axes)
         self.composed.known.update((o.input_line, o) for job in parsed_jobs for o in job)
         jobs = [[o.input_line for o in job] for job in parsed_jobs]
-        if not jobs:
-            raise UserError(f"the sweep {' '.join(arguments)} has no jobs: a glob() or range() that matches nothing?")
-        if self.preflight:  # before composing them all: a 10**6-cell typo is one line, not minutes of work
-            first = resolved(self.composed.compose(self.config, jobs[0]))
-            if len(jobs) > limits(first)["max_cells"]:
-                raise UserError(f"the sweep has {len(jobs)} cells, more than limits.max_cells="
-                                f"{limits(first)['max_cells']}; raise it with limits.max_cells=N or sweep fewer values")
-            if first.get("plan") is True:
-                hashed = Path(sweep_dir).is_dir()  # a new folder has no finished cell to match by hash
-                print(plan_text(self.plan_cells(jobs, hashed), Path(sweep_dir)), flush=True)
-                return []
+        if self.preflight and first.get("plan") is True:
+            hashed = Path(sweep_dir).is_dir()  # a new folder has no finished cell to match by hash
+            print(plan_text(self.plan_cells(jobs, hashed), Path(sweep_dir)), flush=True)
+            return []
         if self.preflight and len(jobs) >= ANNOUNCED_CELLS:
             log.info("sdlab: checking %d cells before anything is written", len(jobs))
         composed = [self.composed.compose(self.config, job) for job in jobs]
