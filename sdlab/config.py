@@ -24,14 +24,15 @@ MAX_SEED = 2**63 - 1  # seeds live in int64 table columns
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 WORDS = {"int": "an integer", "number": "a number", "str": "a string", "ints": "a non-empty list of integers",
          "numbers": "a non-empty list of numbers", "strs": "a non-empty list of strings",
-         "int_lists": "a non-empty list of non-empty integer lists"}
+         "int_lists": "a non-empty list of non-empty integer lists", "entries": "a list of names or mappings"}
 
 
 @dataclass(frozen=True)
 class Field:
     """What one value may be: an int, a number, a string, a bool, a non-empty list of them (or of int lists), each
-    within [low, high], or one of `choices`; null only where `optional`. A `plain` field (a top-level parameter)
-    names a wrong type on its own ("is not an integer") and then its range; `rule` words a range the bounds cannot."""
+    within [low, high], a list of `entries` (names or mappings, [] too), or one of `choices`; null only where
+    `optional`. A `plain` field (a top-level parameter) names a wrong type on its own ("is not an integer") and then
+    its range; `rule` words a range the bounds cannot."""
 
     kind: str = "int"
     low: float | None = None
@@ -63,6 +64,8 @@ class Field:
             return self._plain(name, value)
         if self.kind in ("ints", "numbers", "strs") and isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]
+        if self.kind == "entries" and isinstance(value, (str, dict)):
+            value = [value]
         if value is not None and self.fits(value):
             return value
         raise UserError(f"{name}={value!r} must be {self.allowed()}" + (" or null" if self.optional else ""))
@@ -75,6 +78,8 @@ class Field:
             return isinstance(value, str) and bool(value)
         if self.kind == "strs":
             return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) and v for v in value)
+        if self.kind == "entries":
+            return isinstance(value, (list, tuple)) and all(isinstance(v, (str, dict)) and v for v in value)
         if self.kind in ("int", "number"):
             return _scalar(value, self.kind == "int") and self._inside(value)
         if not isinstance(value, (list, tuple)) or not value:

@@ -53,13 +53,27 @@ def test_diagonal_claim_counts_images_that_pick_their_own_caption():
     assert diagonal_claim(cos) == "2 of 3 images closest to their own caption; matched cos 0.67 vs unmatched 0.18"
 
 
-def test_schedulers_used_reads_every_form_a_recipe_lists():
+@pytest.mark.parametrize("recipe, overrides, used", [
+    ("compare_schedulers_quick", {"compare.schedulers": ["ddim"], "compare.reference_scheduler": "heun"},
+     ["dpmpp_2m", "ddim", "heun"]),
+    ("compare_schedulers_quick", {"compare.schedulers": "euler"}, ["dpmpp_2m", "euler"]),  # one name: a list of one
+    ("article_b8_schedulers", {"schedulers": "lms"}, ["dpmpp_2m", "lms", "heun"]),
+    ("schedule_snr", {"visit_schedulers": ["heun", {"name": "ddim", "timestep_spacing": "trailing"}]},
+     ["dpmpp_2m", "heun", "ddim"]),
+    ("schedule_snr", {"visit_schedulers": "euler"}, ["dpmpp_2m", "euler"]),
+])
+def test_schedulers_used_reads_every_form_a_recipe_lists(recipe, overrides, used):
+    from analysis_helpers import config_for
     from sdlab.app.preflight import schedulers_used
+    from sdlab.bench.run import parse
+    from sdlab.jobs import check_recipe
 
-    cfg = {"scheduler": {"name": "euler"}, "compare": {"schedulers": ["ddim"], "reference_scheduler": "dpmpp_2m"},
-           "visit_schedulers": ["heun", {"name": "ddim", "timestep_spacing": "trailing"}],
-           "distance": {"schedulers": ["lms", "ddim"]}}
-    assert schedulers_used(cfg) == ["euler", "ddim", "dpmpp_2m", "lms", "heun"]
+    config = config_for(recipe)
+    for key, value in overrides.items():
+        block, _, name = key.rpartition(".")
+        (config[block] if block else config)[name] = value
+    run = parse(config)
+    assert schedulers_used(run, check_recipe(run)) == used
 
 
 FLOW_RECIPE = {"compare": {"schedulers": ["ddim", "euler"], "reference_scheduler": "dpmpp_2m", "steps": [5, 10]},

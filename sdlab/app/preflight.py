@@ -54,24 +54,24 @@ def check_files(run: Run) -> None:
         check_clip_folder(clip_folder(clip), clip["name"])
 
 
-def schedulers_used(cfg: dict[str, Any]) -> list[str]:
-    """Every scheduler name the job will build: its own and those a study lists."""
-    names = [(cfg.get("scheduler") or {}).get("name")]
-    names += list(cfg.get("schedulers") or []) + [cfg.get("reference_scheduler")]  # scheduler_grid
-    for study in (cfg.get("compare") or {}, cfg.get("distance") or {}):  # compare_schedulers, distribution_distance
-        names += list(study.get("schedulers") or []) + [study.get("reference_scheduler")]
-    names += [item.get("name") if isinstance(item, dict) else item for item in cfg.get("visit_schedulers") or []]
+def schedulers_used(run: Run, recipe: Any) -> list[str]:
+    """Every scheduler name the job will build: its own and those its checked recipe lists (a study's or grid's
+    `schedulers` and `reference_scheduler`, schedule_snr's `visit_schedulers`)."""
+    names = [run.scheduler.name, *(getattr(recipe, "schedulers", None) or ()),
+             getattr(recipe, "reference_scheduler", None)]
+    names += [item.get("name") if isinstance(item, dict) else item
+              for item in getattr(recipe, "visit_schedulers", None) or ()]
     return [n for n in dict.fromkeys(names) if n]
 
 
-def check_schedulers_fit(cfg: dict[str, Any], spec, options: dict[str, Any]) -> None:
+def check_schedulers_fit(run: Run, recipe: Any) -> None:
     """Every scheduler a study or grid lists can run on the model (its kind, its shifting) with the run's scheduler
-    `options`, which apply to each of them, as one line naming it."""
-
-    if not (cfg.get("compare") or cfg.get("distance") or cfg.get("schedulers")):
+    options, which apply to each of them, as one line naming it."""
+    if not getattr(recipe, "schedulers", None):
         return
+    spec, options = run.model, run.scheduler.options
     base, _ = shipped_scheduler_config(spec)
-    for name in schedulers_used(cfg):  # the configured one too: check_model has already passed it
+    for name in schedulers_used(run, recipe):  # the configured one too: check_model has already passed it
         try:
             make_scheduler(name, base, options)
         except UserError as e:
@@ -92,12 +92,12 @@ def check_job(run: Run) -> list[str]:
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
         check_weights_folder(model_folder(spec))
     check_options(run.scheduler.name, run.scheduler.options)
-    for name in schedulers_used(cfg):
+    recipe = check_recipe(run)  # before the weights are checked: a bad recipe value is the cheaper thing to find
+    for name in schedulers_used(run, recipe):
         scheduler_class(name)
-    check_recipe(run)  # before the weights are checked: a bad recipe value is the cheaper thing to find
     check_files(run)
     check_set_scorers(cfg, params.width, params.height)
-    check_schedulers_fit(cfg, spec, run.scheduler.options)
+    check_schedulers_fit(run, recipe)
     return model_warnings(cfg, params.width, params.height)
 
 

@@ -84,13 +84,13 @@ def read_recipe(run: Run, cls: type) -> Any:
     return cls(**given)
 
 
-def check_recipe(run: Run) -> None:
-    """The job's own check of its recipe, if it has one (pre-flight)."""
+def check_recipe(run: Run) -> Any:
+    """The job's recipe dataclass (None if it has none), read and checked with the job's own check (pre-flight)."""
     get_job(run.job)
-    if run.job in RECIPES:
-        read_recipe(run, RECIPES[run.job])
+    recipe = read_recipe(run, RECIPES[run.job]) if run.job in RECIPES else None
     if run.job in CHECKS:
         CHECKS[run.job](run)
+    return recipe
 
 
 # Jobs that never load a model (the explainers' exact toy math): pre-flight checks no weights for them.

@@ -21,7 +21,7 @@ from sdlab.models.loading import shipped_scheduler_config
 class ImageInput:
     """Where a job's input images come from: `images` (a folder or files), else drawings of the `sample_world`."""
 
-    images: str | list[str] | None = None
+    images: list[str] | None = checked(None, "strs", plain=False, optional=True)
     sample_world: str | None = None
 
 

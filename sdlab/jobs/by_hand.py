@@ -105,7 +105,7 @@ class Img2img:
     """Strengths, each in (0, 1], and the input: an `image` file, else `image_caption` drawn in the `sample_world`."""
 
     strengths: tuple[float, ...] = checked(MISSING, "numbers", plain=False)
-    image: str | None = None
+    image: str | None = checked(None, "str", optional=True, rule="an image file path")
     image_caption: str | None = None
     sample_world: str | None = None
 

@@ -29,8 +29,8 @@ class ForwardProcess(ImageInput):
     """Timesteps to noise one image at, under `schedules` (see schedule_snr; null: the model's), in `spaces`."""
 
     timesteps: tuple[int, ...] = checked(MISSING, "ints", plain=False)
-    schedules: list | None = None
-    spaces: tuple[str, ...] = SPACES  # empty: both
+    schedules: list | None = checked(None, "entries", plain=False, optional=True)
+    spaces: tuple[str, ...] = checked(SPACES, "strs", plain=False)
     seed: int = 0  # of the fixed eps
 
     def __post_init__(self):
@@ -62,7 +62,7 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     recipe, spec = ctx.recipe, ctx.run.model
     model = load_model(spec)
     width, height = ctx.run.params.width, ctx.run.params.height
-    seed, spaces, timesteps = recipe.seed or 0, list(recipe.spaces or SPACES), recipe.timesteps
+    seed, spaces, timesteps = recipe.seed or 0, list(recipe.spaces), recipe.timesteps
 
     # 1. The schedules (the model's by default).
     schedules = forward_schedules(ctx.run)

@@ -33,10 +33,10 @@ class ScheduleSnr:
     """Beta schedules to tabulate (each a name, `model`, `scheduler` or a dict), the samplers whose visited steps are
     shown (null: the configured one; []: none), timesteps to list apart, and `families` compared on one log-SNR axis."""
 
-    schedules: list | None = None
-    visit_schedulers: list | None = None
+    schedules: list | None = checked(None, "entries", plain=False, optional=True)
+    visit_schedulers: list | None = checked(None, "entries", plain=False, optional=True)
     report_timesteps: tuple[int, ...] | None = checked(None, "ints", plain=False, optional=True)
-    families: list | None = None
+    families: list | None = checked(None, "entries", plain=False, optional=True)
 
 
 def schedule_spec(item: Any, model_config: dict) -> dict[str, Any]:
