@@ -90,8 +90,9 @@ def visit_specs(items: list | None, choice: SchedulerChoice) -> list[tuple[str, 
 
 
 def check_schedules(run: Run) -> None:
-    """Every `families` entry, `schedules` entry and visiting sampler of a schedule_snr config can be built; DDPM
-    `schedules` on a flow-matching model are one line pointing to `families`."""
+    """Every `families` entry, `schedules` entry and visiting sampler of a schedule_snr config can be built and every
+    `report_timesteps` entry is inside every schedule; DDPM `schedules` on a flow-matching model are one line pointing
+    to `families`."""
     recipe, spec = read_recipe(run, ScheduleSnr), run.model
     family_specs(run, recipe)
     if recipe.families and not recipe.schedules:
@@ -101,8 +102,10 @@ def check_schedules(run: Run) -> None:
         raise UserError(f"`schedules` are DDPM beta schedules (alpha_bar), and their samplers do not fit "
                         f"model={spec.name}, a flow-matching model: compare its schedule with "
                         "'families=[{config: model}]' (the schedule_snr recipe's default on flow models)")
-    for item in recipe.schedules or ["model"]:
-        schedule_betas(item, model_config, run.scheduler)
+    last = min(schedule_betas(item, model_config, run.scheduler)[0]["T"] for item in recipe.schedules or ["model"]) - 1
+    bad = [t for t in recipe.report_timesteps or () if not 0 <= t <= last]
+    if bad:
+        raise UserError(f"report_timesteps {bad} out of range; the schedules have t = 0 .. {last}")
     for _, name, options in visit_specs(recipe.visit_schedulers, run.scheduler):
         make_scheduler(name, model_config, options)
 
