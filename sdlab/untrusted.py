@@ -1,5 +1,5 @@
-"""Files a user hands sdlab, read as data within limits: regular files only, bounded bytes and lines, bounded JSON
-and bounded PNG text chunks. Every refusal is one UserError line naming the file and what is allowed.
+"""Files a user hands sdlab, read as data within limits: regular files only, bounded bytes and lines, bounded JSON,
+bounded PNG text chunks and image headers. Every refusal is one UserError line naming the file and what is allowed.
 
 `limit` is the `limits:` block (sdlab.config.limits); `label` names the file as the user gave it (`params=x.json`).
 """
@@ -132,6 +132,20 @@ def png_text_limits(chunk_bytes: int, total_bytes: int) -> Iterator[None]:
         yield
     finally:
         PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = before
+
+
+def check_image(path: str | Path, label: str, what: str) -> None:
+    """A regular file that opens as an image, read from its header alone (its pixels are not decoded)."""
+    with open_regular(path, label, what) as f:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                Image.open(f).close()
+        except UnidentifiedImageError:
+            raise UserError(f"{label} is not an image; give {what}") from None
+        except (Image.DecompressionBombError, SyntaxError, OSError, EOFError, ValueError) as e:
+            reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{label} is not a readable image ({reason}); give {what}") from None
 
 
 def read_png_text(path: str | Path, label: str, limit: dict[str, int]) -> dict[str, str]:

@@ -35,6 +35,9 @@ def bad_inputs(tmp):
     deep = write(tmp / "deep.json", '{"seeds": ' + "[" * 100_000 + "]" * 100_000 + "}")
     nan = write(tmp / "nan.json", '{"guidance_scale": NaN}')
     huge = write(tmp / "huge.json", '{"seed": ' + "9" * 5000 + "}")
+    fake_folder = tmp / "images"
+    fake_folder.mkdir(exist_ok=True)
+    write(fake_folder / "fake.png", "not a PNG")
     return [
         (["model=sd99"], "unknown model 'sd99'"),
         (["scheduler=eulr"], "unknown scheduler 'eulr'"),
@@ -121,10 +124,15 @@ def bad_inputs(tmp):
         (["clip.name=5"], "clip.name=5 must be a string"),
         ([f"params={write(tmp / 'p.json', json.dumps({'prompt': ['a', 'b']}))}"], "prompt=['a', 'b'] should be str"),
         (["params=5"], "params=5 must be a file path or null"),
+        # input images that are not images
+        (["experiment=forward_process", f"images={write(tmp / 'prompts.txt', 'a red circle')}"],
+         f"images: {tmp / 'prompts.txt'} is not an image"),
+        (["experiment=forward_process", f"images={fake_folder}"], f"images: {fake_folder / 'fake.png'} is not an image"),
+        (["experiment=forward_process", "images=/dev/zero"], "images: /dev/zero is not a regular file (a device)"),
     ]
 
 
-N_CASES = 79
+N_CASES = 82
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -6,12 +6,14 @@ import os
 from pathlib import Path
 
 from sdlab.errors import UserError
+from sdlab.untrusted import check_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def image_files(source: str | os.PathLike | list) -> list[Path]:
-    """Image files named by a folder (its image files, sorted), a file, or a list of files; one-line UserError when missing or empty."""
+    """Image files named by a folder (its image files, sorted), a file, or a list of files; one-line UserError when
+    missing, empty or not an image."""
     items = source if isinstance(source, (list, tuple)) else [source]
     files: list[Path] = []
     for item in items:
@@ -22,8 +24,8 @@ def image_files(source: str | os.PathLike | list) -> list[Path]:
             if not found:
                 raise UserError(f"images={path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
             files += found
-        elif path.is_file():
-            files.append(path)
         else:
-            raise UserError(f"images: {path} does not exist")
+            files.append(path)
+    for path in files:
+        check_image(path, f"images: {path}", f"an image file ({', '.join(IMAGE_SUFFIXES)}) or a folder of them")
     return files
