@@ -129,10 +129,14 @@ def bad_inputs(tmp):
          f"images: {tmp / 'prompts.txt'} is not an image"),
         (["experiment=forward_process", f"images={fake_folder}"], f"images: {fake_folder / 'fake.png'} is not an image"),
         (["experiment=forward_process", "images=/dev/zero"], "images: /dev/zero is not a regular file (a device)"),
+        # a CLIP model not in the cache: the key that fixes it is the CLIP model's own
+        (["num_inference_steps=1", "clip=openai_l14", "clip.repo_id=someone/no-such-clip"],
+         "someone/no-such-clip is not in the local Hugging Face cache; download it where there is internet "
+         "(`hf download someone/no-such-clip`) or pass clip.path=DIR with a CLIP model folder"),
     ]
 
 
-N_CASES = 82
+N_CASES = 83
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -26,7 +26,7 @@ def clip_folder(cfg: dict) -> Path:
             path = path if (Path.cwd() / path).exists() else PROJECT_ROOT / path
         return path
     if cfg.get("repo_id"):
-        return cached_snapshot(cfg["repo_id"])
+        return cached_snapshot(cfg["repo_id"], "clip.path=DIR with a CLIP model folder")
     raise UserError(f"clip={cfg.get('name')!r} has neither clip.path nor clip.repo_id")
 
 

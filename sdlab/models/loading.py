@@ -35,11 +35,11 @@ def hub_cache() -> Path:
                                    or os.path.join(home, "hub")))
 
 
-def cached_snapshot(repo_id: str) -> Path:
+def cached_snapshot(repo_id: str, instead: str = "model.path=DIR with a diffusers folder") -> Path:
     """The local Hugging Face cache folder of `repo_id`, never downloading; a repository with no folder in the cache is
-    refused before huggingface_hub is imported (about half a second of a refusal)."""
+    refused before huggingface_hub is imported (about half a second of a refusal), naming the key to pass `instead`."""
     missing = UserError(f"{repo_id} is not in the local Hugging Face cache; download it where there is internet "
-                        f"(`hf download {repo_id}`) or pass model.path=DIR with a diffusers folder")
+                        f"(`hf download {repo_id}`) or pass {instead}")
     if "huggingface_hub" not in sys.modules and not (hub_cache() / f"models--{repo_id.replace('/', '--')}").is_dir():
         raise missing  # once imported, its own settings decide where the cache is
     from huggingface_hub import snapshot_download
