@@ -133,10 +133,15 @@ def bad_inputs(tmp):
         (["num_inference_steps=1", "clip=openai_l14", "clip.repo_id=someone/no-such-clip"],
          "someone/no-such-clip is not in the local Hugging Face cache; download it where there is internet "
          "(`hf download someone/no-such-clip`) or pass clip.path=DIR with a CLIP model folder"),
+        # sizes the family's pipeline cannot make: SD3 and Flux pack 2x2 patches of the 8x smaller latents
+        (["model=sd3_tiny", "num_inference_steps=1", "width=72", "height=64"],
+         "width=72 must be a positive multiple of 16 on model=sd3_tiny (family sd3)"),
+        (["model=flux_tiny", "num_inference_steps=1", "height=40"],
+         "height=40 must be a positive multiple of 16 on model=flux_tiny (family flux)"),
     ]
 
 
-N_CASES = 83
+N_CASES = 85
 
 
 def test_case_count_matches_the_list(tmp_path):
@@ -362,6 +367,18 @@ def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(run_sdlab, tmp_path,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("sdlab: error: ") and "guidance_scale=nan is not a finite number" in err, err
+    assert not sweep.exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_cell_of_a_size_its_family_cannot_make_stops_the_sweep_before_any_job_runs(run_sdlab, tmp_path, capsys,
+                                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    code = run_sdlab("-m", "model=sd3_tiny", "num_inference_steps=1", "threads=1", "width=64,72",
+                     f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "width=72 must be a positive multiple of 16 on model=sd3_tiny" in err, err
     assert not sweep.exists() and not (tmp_path / "outputs").exists()
 
 

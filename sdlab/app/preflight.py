@@ -48,7 +48,7 @@ def check_files(run: Run) -> None:
     cfg = run.recipe
     if cfg.get("images"):
         image_files(cfg["images"])
-    check_model(run.model, run.scheduler, run.params.num_inference_steps)
+    check_model(run.model, run.scheduler, run.params)
     clip = cfg.get("clip") or {}
     if clip.get("name") not in (None, "none"):
         check_clip_folder(clip_folder(clip), clip["name"])

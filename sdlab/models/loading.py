@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sdlab.conf_files import CONF_DIR
-from sdlab.config import MODEL_NAMES, ModelSpec, SchedulerChoice, model_spec
+from sdlab.config import MODEL_NAMES, GenerationParams, ModelSpec, SchedulerChoice, model_spec
 from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
@@ -165,11 +165,17 @@ def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
     return read_object(path), str(path)
 
 
-def check_model(spec: ModelSpec, choice: SchedulerChoice, steps: int) -> None:
-    """The model's device, files and the steps its scheduler allows, checked without loading any weights."""
+def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationParams) -> None:
+    """The model's device, files, the sizes its family makes and the steps its scheduler allows, checked without
+    loading any weights."""
     resolve_device(spec.device)
+    cls = adapter_class(spec)
+    for key, side in (("width", params.width), ("height", params.height)):
+        if side % cls.size_multiple:
+            raise UserError(f"{key}={side} must be a positive multiple of {cls.size_multiple} on model={spec.name} "
+                            f"(family {cls.family})")
     base, source = shipped_scheduler_config(spec)
-    check_steps(choice.name, base, choice.options, steps, source)
+    check_steps(choice.name, base, choice.options, params.num_inference_steps, source)
 
 
 def clear_cache() -> None:
