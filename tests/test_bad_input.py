@@ -127,7 +127,8 @@ def bad_inputs(tmp):
         # input images that are not images
         (["experiment=forward_process", f"images={write(tmp / 'prompts.txt', 'a red circle')}"],
          f"images: {tmp / 'prompts.txt'} is not an image"),
-        (["experiment=forward_process", f"images={fake_folder}"], f"images: {fake_folder / 'fake.png'} is not an image"),
+        (["experiment=forward_process", f"images={fake_folder}"],
+         f"images: {fake_folder / 'fake.png'} is not an image"),
         (["experiment=forward_process", "images=/dev/zero"], "images: /dev/zero is not a regular file (a device)"),
         # a CLIP model not in the cache: the key that fixes it is the CLIP model's own
         (["num_inference_steps=1", "clip=openai_l14", "clip.repo_id=someone/no-such-clip"],

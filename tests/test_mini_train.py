@@ -203,3 +203,33 @@ def test_pipeline_files_export_the_scheduler_and_model_index(tmp_path):
     save_pipeline_files(tmp_path)
     assert json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
     assert json.loads((tmp_path / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]
+
+
+SMALL = ["experiment=train_mini", "train.stage=vae", "train.export=null", "train.num_images=16", "train.threads=1",
+         "train.out=o", "train.vae.steps=1", "train.vae.eval_images=4", "train.clip.steps=1", "train.unet.steps=1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.vae.batch_size=0"], "train.vae.batch_size=0 must be an integer >= 1"),
+    (["train.vae.lr=nan"], "train.vae.lr=nan must be a number in (0, 1]"),
+    (["train.vae.steps=abc"], "train.vae.steps='abc' must be an integer >= 1"),
+    (["train.vae.warmup=-1"], "train.vae.warmup=-1 must be an integer >= 0"),
+    (["train.vae.kl_weight=-1"], "train.vae.kl_weight=-1 must be a number >= 0"),
+    (["train.vae.eval_images=0"], "train.vae.eval_images=0 must be an integer >= 1"),
+    (["train.vae.ema_decay=1"], "train.vae.ema_decay=1 must be a number in [0, 1)"),
+    (["+train.vae.decoder_only=maybe"], "train.vae.decoder_only='maybe' must be true or false"),
+    (["train.threads=0"], "train.threads=0 must be a positive integer"),
+    (["train.num_images=0"], "train.num_images=0 must be an integer >= 1"),
+    (["train.seed=-1"], "train.seed=-1 must be an integer in [0, 2**63-1]"),
+    (["train.stage=unet"], "train.stage=unet needs train.export: the unet stage reads the trained vae/"),
+    (["train.stage=all"], "train.stage=all needs train.export: the unet stage reads the trained vae/"),
+    (["train.stage=unet", "train.export=e", "train.unet.uncond_probability=2"],
+     "train.unet.uncond_probability=2 must be a number >= 0 and <= 1"),
+    (["train.stage=clip", "train.clip.batch_size=1.5"], "train.clip.batch_size=1.5 must be an integer >= 1"),
+])
+def test_bad_training_settings_are_one_line_and_write_nothing(run_sdlab, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab(*SMALL, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"sdlab: error: {message}"), err
+    assert list(tmp_path.iterdir()) == []
