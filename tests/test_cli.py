@@ -407,6 +407,15 @@ def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path,
     assert result.stderr.count("sdlab: error:") == 1
 
 
+@pytest.mark.parametrize("args", [["experiment=trajectory", "frames=0"], ["experiment=forward_process", "spaces=3"]])
+def test_a_bad_recipe_value_is_answered_before_the_scheduler_checks_import_diffusers(tmp_path, args):
+    """A recipe's values are checked before its schedulers, whose classes come from diffusers (its job's module may
+    import torch to say what its recipe is)."""
+    result = entry_in_a_new_process(args, tmp_path, ("diffusers", "huggingface_hub"), HF_HOME=str(tmp_path / "hf"))
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+    assert result.stderr.count("sdlab: error:") == 1
+
+
 def test_version_names_sdlab_and_its_libraries(tmp_path):
     result = sdlab_command("--version", cwd=tmp_path)
     assert result.returncode == 0

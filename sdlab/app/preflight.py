@@ -91,8 +91,8 @@ def check_job(run: Run) -> list[str]:
 
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
         check_weights_folder(model_folder(spec))
+    recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
     check_options(run.scheduler.name, run.scheduler.options)
-    recipe = check_recipe(run)  # before the weights are checked: a bad recipe value is the cheaper thing to find
     for name in schedulers_used(run, recipe):
         scheduler_class(name)
     check_files(run)
