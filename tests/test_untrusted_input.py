@@ -45,12 +45,13 @@ def test_prepare_escapes_prompts_typed_bare_quoted_or_swept():
 
 
 def test_prompt_lists_of_recipes_are_text_too():
-    ready = prepare(["-m", "experiment=prompt_grid", "prompts=[a cat,'b, ${x}',${oc.env:HOME}]",
-                     "compare.prompts=[x],[${y}]"])
-    assert ready[2:] == ["prompts=['a cat','b, \\${x}','\\${oc.env:HOME}']", "compare.prompts=['x'],['\\${y}']"]
+    ready = prepare(["-m", "experiment=prompt_grid", "prompts=[a cat,'b, ${x}',${oc.env:HOME}]"])
+    assert ready[2:] == ["prompts=['a cat','b, \\${x}','\\${oc.env:HOME}']"]
     assert prepare(ready) == ready
     assert display_overrides([ready[2]]) == {"prompts": "[a cat,b, ${x},${oc.env:HOME}]"}
-    assert prepare(["prompts=null"]) == ["prompts=null"]
+    study = prepare(["-m", "experiment=compare_schedulers", "compare.prompts=[x],[${y}]"])  # a study's prompt lists
+    assert study[2:] == ["compare.prompts=['x'],['\\${y}']"]
+    assert prepare(["experiment=prompt_grid", "prompts=null"]) == ["experiment=prompt_grid", "prompts=null"]
 
 
 def test_a_prompt_that_is_not_text_is_one_line():
