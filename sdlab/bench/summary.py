@@ -25,7 +25,7 @@ from sdlab.bench.grid import axis_values
 from sdlab.bench.records import PARAM_COLUMNS, write_table
 from sdlab.bench.references import cache_dir, reference_features
 from sdlab.bench.scorers import decode_features, direction, registered
-from sdlab.metrics.stats import MIN_N, bootstrap_ci, calls, finite, mean_ci, metric_range, n_mean_ci
+from sdlab.metrics.stats import MIN_N, bootstrap_ci, calls, finite, mean_ci, metric_range, n_mean_ci, named
 
 SUMMARY_NAME, RANKING_NAME = "summary", "ranking"
 ALL = "(all)"
@@ -80,8 +80,7 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
 
 def score_direction(metric: str) -> int:
     """+1 for a score where higher is better, -1 where lower is better, 0 for anything else (costs, parameters)."""
-    named = lambda names: any(metric == n or (n.endswith("_") and metric.startswith(n)) for n in names)  # noqa: E731
-    return direction(metric) or (1 if named(HIGHER_SCORES) else -1 if named(LOWER_SCORES) else 0)
+    return direction(metric) or (1 if named(metric, HIGHER_SCORES) else -1 if named(metric, LOWER_SCORES) else 0)
 
 
 def main_metric(metrics: list[str]) -> str | None:

@@ -32,11 +32,15 @@ def metric_range(name: str) -> tuple[float, float]:
     return -INF, INF
 
 
+def named(metric: str, names) -> bool:
+    """Whether `metric` is one of `names`, each an exact name or a prefix ending in "_"."""
+    return any(metric == n or (n.endswith("_") and metric.startswith(n)) for n in names)
+
+
 def calls(frame: pd.DataFrame, metric: str) -> np.ndarray | None:
     """Each row's pipeline call when `metric` is measured once per call (time, memory) and the rows name their calls;
     None when each row is a measurement of its own."""
-    per_call = any(metric == p or (p.endswith("_") and metric.startswith(p)) for p in PER_CALL)
-    return frame[CALL].to_numpy(dtype=object) if per_call and CALL in frame else None
+    return frame[CALL].to_numpy(dtype=object) if named(metric, PER_CALL) and CALL in frame else None
 
 
 def per_unit(values, units) -> np.ndarray:
@@ -92,9 +96,11 @@ def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] = (-IN
     return mean, float(max(bounds[0], mean - h)), float(min(bounds[1], mean + h))
 
 
-def n_mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None) -> tuple[int, float, float, float]:
-    """The number of measurements with `mean_ci` of them (95%)."""
-    return int(per_unit(values, units).size), *mean_ci(values, bounds=bounds, units=units)
+def n_mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None,
+              confidence: float = 0.95) -> tuple[int, float, float, float]:
+    """The number of measurements (`per_unit`) with `mean_ci` of them."""
+    x = per_unit(values, units)
+    return int(x.size), *mean_ci(x, confidence, bounds)
 
 
 def bootstrap_ci(statistic, generated: np.ndarray, reference: np.ndarray, resamples: int = 100,
@@ -117,9 +123,7 @@ def summarize_ci(frame: pd.DataFrame, by: list[str], metrics: list[str], confide
     for key, group in frame.groupby(by, sort=True):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)), n=len(group))
         for metric in metrics:
-            units = calls(group, metric)
-            row[f"{metric}_n"] = int(per_unit(group[metric], units).size)
-            row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_ci(
-                group[metric], confidence, metric_range(metric), units)
+            row[f"{metric}_n"], row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"] = n_mean_ci(
+                group[metric], metric_range(metric), calls(group, metric), confidence)
         rows.append(row)
     return pd.DataFrame(rows)
