@@ -148,14 +148,18 @@ def rules_of(cls) -> dict[str, Field]:
     return {f.name: f.metadata["check"] for f in fields(cls) if "check" in f.metadata}
 
 
-def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field]) -> dict[str, Any]:
-    """The recipe's `key:` block, a dict whose keys are `fields` and whose values fit them."""
+def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field],
+                needed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The recipe's `key:` block, a dict whose keys are `fields`, `needed` among them, and whose values fit them."""
     block = cfg.get(key)
     if not isinstance(block, dict):
         raise UserError(f"job {cfg.get('job')} needs a `{key}:` block of {', '.join(fields)}")
     unknown = sorted(set(block) - set(fields))
     if unknown:
         raise UserError(f"{key}.{unknown[0]} is not a key of {key}; its keys are: {', '.join(fields)}")
+    missing = [name for name in needed if name not in block]
+    if missing:
+        raise UserError(f"{key}.{missing[0]} is missing: the {key} block sets {', '.join(needed)}")
     return {**block, **check_fields(block, fields, f"{key}.")}
 
 

@@ -226,10 +226,16 @@ SMALL = ["experiment=train_mini", "train.stage=vae", "train.export=null", "train
     (["train.stage=unet", "train.export=e", "train.unet.uncond_probability=2"],
      "train.unet.uncond_probability=2 must be a number >= 0 and <= 1"),
     (["train.stage=clip", "train.clip.batch_size=1.5"], "train.clip.batch_size=1.5 must be an integer >= 1"),
+    (["~train.seed"], "train.seed is missing: the train block sets stage, seed, out, num_images"),
+    (["~train.stage"], "train.stage is missing"),
+    (["~train.out"], "train.out is missing"),
+    (["~train.num_images"], "train.num_images is missing"),
+    (["~train.vae.lr"], "train.vae.lr is missing"),
 ])
 def test_bad_training_settings_are_one_line_and_write_nothing(run_sdlab, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
-    assert run_sdlab(*SMALL, *args) == 2
+    deleted = {arg[1:] for arg in args if arg.startswith("~")}
+    assert run_sdlab(*(arg for arg in SMALL if arg.split("=")[0] not in deleted), *args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"sdlab: error: {message}"), err
     assert list(tmp_path.iterdir()) == []

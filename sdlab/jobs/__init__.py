@@ -74,7 +74,8 @@ def read_recipe(run: Run, cls: type) -> Any:
     `cls.block` names), each checked by its Field; null or absent keys keep their defaults."""
     rules = rules_of(cls)
     if getattr(cls, "block", None):
-        given = check_block(run.recipe, cls.block, {f.name: rules.get(f.name, AS_GIVEN) for f in fields(cls)})
+        needed = tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+        given = check_block(run.recipe, cls.block, {f.name: rules.get(f.name, AS_GIVEN) for f in fields(cls)}, needed)
     else:
         given = {}
         for f in fields(cls):
