@@ -266,6 +266,15 @@ def limits(cfg: dict[str, Any]) -> dict[str, int]:
     return {**LIMITS, **check_fields(given, dict.fromkeys(LIMITS, Field(**POSITIVE)), "limits.")}
 
 
+def check_threads(name: str, threads: Any, limit: dict[str, int]) -> int | None:
+    """A torch CPU thread count (None: torch's default) of at most `limits.max_threads`."""
+    threads = Field(**POSITIVE, optional=True).check(name, threads)
+    if threads is not None and threads > limit["max_threads"]:
+        raise UserError(f"{name}={threads} is above limits.max_threads={limit['max_threads']}; raise it with "
+                        "limits.max_threads=N on a machine that has them")
+    return threads
+
+
 def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:
     """Raise a UserError when a request is bigger than the configured limits (raise them on big machines)."""
     sizes = [(f"width={p.width}", p.width, "max_side"), (f"height={p.height}", p.height, "max_side"),
@@ -341,10 +350,7 @@ def checked_run(cfg: dict[str, Any]) -> Run:
     """The Run of an effective config, or a UserError naming its first bad value; reads no files, loads no model
     (the job name and scheduler options are checked by pre-flight)."""
     limit = limits(cfg)
-    threads = Field(**POSITIVE, optional=True).check("threads", cfg.get("threads"))  # None: torch's default
-    if threads is not None and threads > limit["max_threads"]:
-        raise UserError(f"threads={threads} is above limits.max_threads={limit['max_threads']}; raise it with "
-                        "limits.max_threads=N on a machine that has them")
+    threads = check_threads("threads", cfg.get("threads"), limit)
     resume = Field("bool", plain=True).check("resume", cfg.get("resume", True))
     Field("bool", plain=True).check("plan", cfg.get("plan", False))
     Field("str", plain=True, optional=True, rule="a file path").check("params", cfg.get("params"))

@@ -231,6 +231,8 @@ SMALL = ["experiment=train_mini", "train.stage=vae", "train.export=null", "train
     (["~train.out"], "train.out is missing"),
     (["~train.num_images"], "train.num_images is missing"),
     (["~train.vae.lr"], "train.vae.lr is missing"),
+    (["train.threads=300"], "train.threads=300 is above limits.max_threads=256"),
+    (["train.threads=3", "limits.max_threads=2"], "train.threads=3 is above limits.max_threads=2"),
 ])
 def test_bad_training_settings_are_one_line_and_write_nothing(run_sdlab, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

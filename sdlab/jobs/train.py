@@ -13,7 +13,7 @@ import torch
 
 from sdlab.bench.ownership import adopt, checked_folder
 from sdlab.bench.records import identity, ordered, versions
-from sdlab.config import MAX_SEED, POSITIVE, Field, check_fields, checked
+from sdlab.config import MAX_SEED, POSITIVE, Field, check_fields, check_threads, checked
 from sdlab.errors import UserError, choose
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.mini import data
@@ -92,8 +92,10 @@ def train_folders(train: Train) -> dict[str, Path]:
 
 
 def check_train(run) -> None:
-    """Pre-flight: the output folders are sdlab's, and the flow stage's frozen parts are there."""
+    """Pre-flight: the threads are within the limits, the output folders are sdlab's, and the flow stage's frozen
+    parts are there."""
     train = read_recipe(run, Train)
+    check_threads("train.threads", train.threads, run.limits)
     train_folders(train)
     if train.stage == "flow":
         frozen = Path(str(train.flow["frozen_from"])).expanduser()
