@@ -161,7 +161,7 @@ def sdlab(*args: str, cwd) -> "subprocess.CompletedProcess":
     ("train.flow.partial_captions=1.5", ("train.flow.partial_captions=1.5", "<= 1")),
     ("train.flow.architecture.patch_size=3", ("train.flow.architecture.patch_size=3", "one of: 1, 2")),
     ("train.flow.frozen_from=null", ("train.flow.frozen_from=None", "must be")),
-    ("train.flow.frozen_from=nowhere", ("train.flow.frozen_from=nowhere has no vae or clip/", "sdlab-mini folder")),
+    ("train.flow.frozen_from=nowhere", ("train.flow.frozen_from=nowhere has no vae/ or clip/", "sdlab-mini folder")),
 ])
 def test_bad_flow_settings_are_one_line_and_write_nothing(tmp_path, arg, fragments):
     result = sdlab("experiment=train_mini_flow", arg, "train.out=o", "train.export=e", cwd=tmp_path)

@@ -233,6 +233,7 @@ SMALL = ["experiment=train_mini", "train.stage=vae", "train.export=null", "train
     (["~train.vae.lr"], "train.vae.lr is missing"),
     (["train.threads=300"], "train.threads=300 is above limits.max_threads=256"),
     (["train.threads=3", "limits.max_threads=2"], "train.threads=3 is above limits.max_threads=2"),
+    (["train.stage=unet", "train.export=e"], "train.export=e has no vae/ or text_encoder/ (the unet stage reads"),
 ])
 def test_bad_training_settings_are_one_line_and_write_nothing(run_sdlab, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -97,12 +97,18 @@ def check_train(run) -> None:
     train = read_recipe(run, Train)
     check_threads("train.threads", train.threads, run.limits)
     train_folders(train)
+    if train.stage == "unet":
+        check_parts("train.export", train.export, ("vae", "text_encoder"), EXPORTS["unet"])
     if train.stage == "flow":
-        frozen = Path(str(train.flow["frozen_from"])).expanduser()
-        missing = [part for part in ("vae", "clip") if not (frozen / part / "config.json").is_file()]
-        if missing:
-            raise UserError(f"train.flow.frozen_from={train.flow['frozen_from']} has no {' or '.join(missing)}/ "
-                            f"(a trained sdlab-mini folder is needed: its vae/ and clip/)")
+        check_parts("train.flow.frozen_from", train.flow["frozen_from"], ("vae", "clip"),
+                    "a trained sdlab-mini folder is needed: its vae/ and clip/")
+
+
+def check_parts(key: str, folder: str, parts: tuple[str, ...], why: str) -> None:
+    """Pre-flight: `folder` holds each of the trained `parts` (their config.json), else one line naming those missing."""
+    missing = [part for part in parts if not (Path(str(folder)).expanduser() / part / "config.json").is_file()]
+    if missing:
+        raise UserError(f"{key}={folder} has no {' or '.join(part + '/' for part in missing)} ({why})")
 
 
 def run_one(name: str, train: Train, root: Path) -> dict:
