@@ -617,3 +617,24 @@ def test_an_explainer_that_runs_no_network_imports_no_torch(tmp_path, recipe):
                                     ("torch", "diffusers", "transformers"))
     assert result.stdout.strip().splitlines()[-1] == "exit 0 []", result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "run" / "results.csv").is_file() and "Traceback" not in result.stderr
+
+
+def test_help_never_cuts_a_description_at_a_line_break_of_its_comment():
+    """A key's or an option's comment that goes on over more lines is shown whole, or cut at a word and marked
+    `...`: `scorers ... and the` or `sdxl_arch ... architecture with` left the reader mid-sentence."""
+    from sdlab.app.help import help_text
+
+    shown = {line.split()[0]: line.split(None, 1)[1] for line in help_text().splitlines()
+             if line.startswith("  ") and len(line.split()) > 1}
+    conf = ROOT / "conf"
+    lines = (conf / "config.yaml").read_text().splitlines()
+    continued = {line.split(":")[0] for line, after in zip(lines, lines[1:])
+                 if line[:1].isalpha() and "#" in line and after.lstrip().startswith("#   ")}
+    for group in ("model", "clip", "experiment"):
+        for path in (conf / group).glob("*.yaml"):
+            comments = [line for line in path.read_text().splitlines() if "@package" not in line][:2]
+            if all(c.startswith("# ") and not c.startswith("#  ") for c in comments):
+                continued.add(path.stem)
+    assert {"scorers", "sdxl_arch"} <= continued
+    cut = {name: shown[name] for name in continued if name in shown and not shown[name].endswith("...")}
+    assert not cut, cut

@@ -15,11 +15,15 @@ VERSIONED = ("torch", "diffusers", "transformers", "hydra-core", "pandas")
 
 
 def first_comment(path: Path) -> str:
-    """The first comment line of a YAML file that is not a Hydra directive."""
-    for line in path.read_text().splitlines():
-        if line.startswith("#") and "@package" not in line:
-            return line.lstrip("# ").strip()
-    return ""
+    """The first comment paragraph of a YAML file (Hydra directives and indented example lines aside), as one line."""
+    lines = [line for line in path.read_text().splitlines() if "@package" not in line]
+    start = next((i for i, line in enumerate(lines) if line.startswith("#")), len(lines))
+    paragraph = []
+    for line in lines[start:]:
+        if not line.startswith("# ") or line.startswith("#  "):
+            break
+        paragraph.append(line[2:].strip())
+    return " ".join(paragraph)
 
 
 def base_keys() -> list[tuple[str, str]]:
@@ -29,8 +33,10 @@ def base_keys() -> list[tuple[str, str]]:
         match = re.match(r"^([a-z_]+):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
         if match and match.group(1) not in ("defaults", "hydra", "job"):
             key, default, comment = match.groups()
-            keys.append((key, comment or f"default {default}"))
-    return keys
+            keys.append([key, comment or f"default {default}"])
+        elif keys and re.match(r"^\s+#   ", line):  # the comment of the key above goes on
+            keys[-1][1] += " " + line.split("#", 1)[1].strip()
+    return [(key, shorten(text, 110)) for key, text in keys]
 
 
 def listing(group: str, describe: bool) -> list[str]:
