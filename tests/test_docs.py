@@ -171,3 +171,26 @@ def test_documented_command_runs_as_written(command: DocCommand, finished):
                 assert (roots[0] / name).is_file(), name
             swept = (pd.read_csv(roots[0] / "summary.csv")["parameter"] != ALL).any()  # seeds are no parameter
             assert (roots[0] / "summary.png").is_file() == swept, "summary.png"
+
+
+def readme_paragraph(start: str, end: str) -> str:
+    """The README's text from `start` up to `end`, on one line."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    return text[text.index(start):text.index(end, text.index(start))]
+
+
+def test_the_readme_names_every_file_and_column_a_run_writes(run_sdlab, tmp_path):
+    """"Where results go" names each file of a run dir and "Row columns" each column of its table."""
+    out = tmp_path / "run"
+    assert run_sdlab("seeds=[3,4]", "num_inference_steps=2", "threads=1", f"hydra.run.dir={out}") == 0
+    files = readme_paragraph("A single run writes into", "A multirun writes")
+    named = set(re.findall(r"`([^`]+)`", files))
+    unnamed = [p.name for p in out.iterdir() if p.name not in named
+               and not any(n.startswith(f"{p.name}/") for n in named) and not (p.suffix == ".log" and "the log" in files)]
+    assert not unnamed, unnamed
+    columns = readme_paragraph("Row columns:", "Each seed has its own")
+    named = {name for span in re.findall(r"`([^`]+)`", columns) for name in re.split(r",\s*", span)}
+    frame = pd.read_csv(out / "results.csv")
+    pattern = "`adherence_<attribute>`" in columns
+    unnamed = [c for c in frame.columns if c not in named and not (pattern and c.startswith("adherence_"))]
+    assert not unnamed, unnamed
