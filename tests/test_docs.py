@@ -48,6 +48,7 @@ class DocCommand:
     text: str
     source: str
     promised: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
 
     @property
     def bare(self) -> str:
@@ -66,15 +67,17 @@ def code_block_commands(path: Path) -> list[DocCommand]:
 
 
 def table_commands(path: Path) -> list[DocCommand]:
-    """`sdlab ...` code spans of table rows, with the row's last column as the promised output files."""
+    """`sdlab ...` code spans of table rows, with the row's last column as the promised output files, and the names
+    in parentheses after `results` as its promised columns."""
     commands = []
     for row in path.read_text().splitlines():
         if not row.startswith("|"):
             continue
         cells = [c.strip() for c in row.strip("|").split("|")]
-        promised = tuple(re.findall(r"`([\w./]+)`", cells[-1]))
+        promised = tuple(re.findall(r"`([\w./]+)`", re.sub(r"\([^)]*\)", "", cells[-1])))
+        columns = tuple(re.findall(r"`(\w+)`", "".join(re.findall(r"`results` (\([^)]*\))", cells[-1]))))
         for text in re.findall(r"`(sdlab [^`]+)`", row):
-            commands.append(DocCommand(text, str(path.relative_to(ROOT)), promised))
+            commands.append(DocCommand(text, str(path.relative_to(ROOT)), promised, columns))
     return commands
 
 
@@ -121,6 +124,8 @@ def test_the_docs_have_commands_of_every_kind():
     assert "sdlab -m seed=1,2 guidance_scale=1,7.5 scheduler=ddim,dpmpp_2m" in bare
     assert "sdlab -m 'experiment=glob(article_*)'" in bare
     assert any(c.promised for c in doc_commands())
+    a8 = next(c for c in doc_commands() if c.bare == "sdlab experiment=article_a8_same_seed")
+    assert "layout_r_same_seed" in a8.columns and "layout_r_same_seed" not in a8.promised
     assert SLOW <= bare, SLOW - bare
 
 
@@ -162,6 +167,8 @@ def test_documented_command_runs_as_written(command: DocCommand, finished):
         [run_dir] = [t.parent for t in tables]
         missing = [name for name in command.promised if not promised_file_exists(run_dir, name)]
         assert not missing, f"{command.text}: promised {missing} not in {sorted(p.name for p in run_dir.iterdir())}"
+        absent = set(command.columns) - set(pd.read_csv(run_dir / "results.csv").columns)
+        assert not absent, f"{command.text}: promised columns {sorted(absent)} not in its results"
     if re.search(r"(^|\s)-m(\s|$)", command.bare):
         roots = [t.parent for t in tables if t.parent.name.startswith("multirun_")]
         assert len(roots) == 1, tables
