@@ -201,3 +201,12 @@ def test_the_readme_names_every_file_and_column_a_run_writes(run_sdlab, tmp_path
     pattern = "`adherence_<attribute>`" in columns
     unnamed = [c for c in frame.columns if c not in named and not (pattern and c.startswith("adherence_"))]
     assert not unnamed, unnamed
+
+
+def test_experiments_readme_lists_every_recipe():
+    """README.md says experiments/README.md lists every recipe: each experiments/*.yaml has a row of its own."""
+    rows = (ROOT / "experiments" / "README.md").read_text().splitlines()
+    listed = {name for row in rows if row.startswith("| `") for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    commands = {c.bare.split("experiment=")[1] for c in table_commands(ROOT / "experiments" / "README.md")}
+    recipes = {p.stem for p in (ROOT / "experiments").glob("*.yaml")}
+    assert not recipes - listed - commands, sorted(recipes - listed - commands)
