@@ -179,6 +179,12 @@ def test_display_overrides_show_values_as_typed():
     (["--nope"], "sdlab: error: unrecognized arguments: --nope; see sdlab --help"),
     (["-x", "seed=1"], "unrecognized arguments: -x; see sdlab --help"),
     (["--cfg", "bogus"], "argument --cfg/-c: invalid choice: 'bogus' (choose from 'job', 'hydra', 'all')"),
+    (["-m", "--resolve", "seed=1,2"], "--resolve goes only with --cfg or --help"),
+    (["--info", "--resolve"], "--resolve goes only with --cfg or --help"),
+    (["--cfg=job", "-m", "seed=1,2"], "--multirun and --cfg cannot go together"),
+    (["-mr", "seed=1,2"], "--run and --multirun cannot go together"),
+    (["-sc", "-m"], "--multirun and --shell-completion cannot go together"),
+    (["--config-path", "conf.yaml"], "--config-path conf.yaml names a file"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be"),
     (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead=maybe; Value 'maybe' is not a valid bool"),
 ])
@@ -204,6 +210,21 @@ def test_two_keys_of_which_one_would_be_dropped_are_refused(run_sdlab, tmp_path,
     assert run_sdlab("-m", *args, "plan=true") == 2
     assert f"{args[0]} and {args[1]} cannot go together" in one_error_line(capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["F"]
+
+
+@pytest.mark.parametrize("typed,full", [("--multi", "--multirun"), ("--hel", "--help"), ("--cf", "--cfg"),
+                                        ("--h", "--help or --hydra-help"), ("--multi=1", "--multirun")])
+def test_an_abbreviated_flag_is_refused_naming_the_full_flag(run_sdlab, tmp_path, monkeypatch, capsys, typed, full):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab(typed, "job", "seed=1,2", "num_inference_steps=1", "threads=1") == 2
+    assert f"{typed.partition('=')[0]} is short for {full}" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("multirun", ["-m", "--multirun"])
+def test_both_spellings_of_multirun_name_a_sweep_over_recipes_alike(multirun):
+    prepared = prepare([multirun, "experiment=trajectory,forward_process", "hydra.sweep.dir=s"])
+    assert any(arg.startswith("hydra.sweep.subdir=") for arg in prepared)
 
 
 def test_a_null_seeds_leaves_seed_alone():

@@ -28,7 +28,7 @@ def one_error_line(capsys) -> str:
     (["-m", "seed=1,2", "hydra.sweeper.cells_per_task=0"], "hydra.sweeper.cells_per_task=0 must be a positive integer"),
     (["-m", "seed=1,2", "hydra.sweeper.cells_per_task=abc"], "hydra.sweeper.cells_per_task='abc' must be a positive"),
     (["-m", "seed=1,2", "--cfg", "job"], "--multirun and --cfg cannot go together"),
-    (["--info", "-m", "seed=1,2"], "--info and --multirun cannot go together"),
+    (["--info", "-m", "seed=1,2"], "--multirun and --info cannot go together"),
 ])
 def test_a_request_over_a_limit_is_one_line_and_writes_nothing(run_sdlab, tmp_path, monkeypatch, capsys, args,
                                                              fragment):

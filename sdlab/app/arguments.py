@@ -35,9 +35,18 @@ PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job
 INTERPOLATION = re.compile(r"(\\*)\$\{")  # `${` and the backslashes before it
 ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what escape_interpolation makes of it
 SWEEP_FUNCTIONS = ("glob(", "choice(", "range(", "interval(", "tag(", "sort(", "shuffle(")
-# Hydra's own flags that take a value as the next argument.
-FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
-                    "-cn", "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc")
+# Hydra's own flags (hydra.main's `--help` page lists them): switches, and flags that take a value.
+SWITCHES = (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"), ("--multirun", "-m"),
+            ("--shell-completion", "-sc"))
+VALUED = {("--package", "-p"): {}, ("--config-path", "-cp"): {}, ("--config-name", "-cn"): {},
+          ("--config-dir", "-cd"): {}, ("--experimental-rerun",): {},
+          ("--cfg", "-c"): {"choices": ["job", "hydra", "all"]},
+          ("--info", "-i"): {"nargs": "?", "const": "all",
+                             "choices": ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]}}
+FLAGS_WITH_VALUE = tuple(name for names in VALUED for name in names)
+LONG_FLAGS = tuple(name for names in (*SWITCHES, *VALUED) for name in names if name.startswith("--"))
+MODES = {"run": "--run", "multirun": "--multirun", "cfg": "--cfg", "info": "--info",
+         "shell_completion": "--shell-completion"}  # Hydra runs one of these at a time
 EXCLUSIVE = {("prompt", PROMPT_FILE_KEY): "both set the prompts",
              ("seed", "seeds"): "seeds, when set, replaces seed"}  # keys of which only one takes effect
 ALIASES = {  # names users bring from other image tools
@@ -73,7 +82,7 @@ def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def is_multirun(flags: list[str]) -> bool:
     """True when the command line asks for a sweep (`-m` / `--multirun`)."""
-    return "-m" in flags or "--multirun" in flags
+    return flag_parser().parse_args(flags).multirun
 
 
 def hydra_quote(text: str) -> str:
@@ -352,10 +361,6 @@ def model_of_params_file(overrides: list[str], limit: dict[str, int] = LIMITS) -
     return [f"model={model}"] if model else []
 
 
-MODE_FLAGS = {"-m": "--multirun", "--multirun": "--multirun", "-r": "--run", "--run": "--run", "-c": "--cfg",
-              "--cfg": "--cfg", "-i": "--info", "--info": "--info"}  # Hydra runs one of these modes at a time
-
-
 class FlagParser(argparse.ArgumentParser):
     """Hydra's flags as Hydra's argparse reads them; a flag it would refuse is one line, not its usage page too."""
 
@@ -366,34 +371,42 @@ class FlagParser(argparse.ArgumentParser):
 
 @functools.cache
 def flag_parser() -> FlagParser:
-    """A parser of the flags Hydra's command line takes (hydra.main's `--help` page lists them)."""
-    parser = FlagParser(prog="sdlab", add_help=False)
-    for names in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"),
-                  ("--multirun", "-m"), ("--shell-completion", "-sc")):
+    """A parser of the flags Hydra's command line takes, each read only as written in full."""
+    parser = FlagParser(prog="sdlab", add_help=False, allow_abbrev=False)
+    for names in SWITCHES:
         parser.add_argument(*names, action="store_true")
-    for names in (("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"), ("--config-dir", "-cd"),
-                  ("--experimental-rerun",)):
-        parser.add_argument(*names)
-    parser.add_argument("--cfg", "-c", choices=["job", "hydra", "all"])
-    parser.add_argument("--info", "-i", nargs="?", const="all",
-                        choices=["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"])
+    for names, options in VALUED.items():
+        parser.add_argument(*names, **options)
     return parser
 
 
-def check_flags(flags: list[str]) -> None:
-    """Refuse a flag Hydra does not take, or flags that ask for two modes at once (`-m --cfg job`), naming them."""
-    flag_parser().parse_args(flags)
-    modes = list(dict.fromkeys(MODE_FLAGS[f] for f in flags if f in MODE_FLAGS))
+def check_flags(flags: list[str]) -> argparse.Namespace:
+    """The flags as Hydra will read them; one it would refuse, alone or with another, or abbreviated, is a UserError."""
+    for flag in flags:
+        name = flag.partition("=")[0]
+        full = [f for f in LONG_FLAGS if f.startswith(name)] if name.startswith("--") and len(name) > 2 else []
+        if full and name not in full:
+            raise UserError(f"{name} is short for {' or '.join(full)}; sdlab reads a flag only as written in full")
+    parsed = flag_parser().parse_args(flags)
+    modes = [flag for dest, flag in MODES.items() if getattr(parsed, dest)]
     if len(modes) > 1:
-        raise UserError(f"{' and '.join(modes)} cannot go together: Hydra runs one of --run, --multirun, --cfg and "
-                        "--info at a time (print a sweep job's config with its values and --cfg job, without -m)")
+        raise UserError(f"{' and '.join(modes)} cannot go together: Hydra runs one of {', '.join(MODES.values())} at "
+                        "a time (print a sweep job's config with its values and --cfg job, without -m)")
+    if parsed.resolve and not (parsed.cfg or parsed.help):
+        raise UserError("--resolve goes only with --cfg or --help: it resolves the config they print")
+    if Path(parsed.config_path or "").suffix in (".yaml", ".yml"):
+        raise UserError(f"--config-path {parsed.config_path} names a file; --config-path takes a folder, "
+                        "--config-name the config in it")
+    return parsed
 
 
 def prepare(argv: list[str]) -> list[str]:
     """The command line Hydra gets: checked, free text quoted, prompt files expanded, a sweep dir if needed."""
     flags, overrides = split_flags(argv)
-    check_flags(flags)
-    multirun = is_multirun(flags)
+    parsed = check_flags(flags)
+    if parsed.shell_completion:  # its install= and query= are no overrides
+        return argv
+    multirun = parsed.multirun
     check_exclusive(overrides)
     limit = command_line_limits(overrides)
     ready, recipes = [], recipes_of(overrides)

@@ -205,9 +205,8 @@ def entry() -> None:
     if argv[:1] in (["--version"], ["-V"]):
         print(version_text())
         return
-    completing = any(a in ("-sc", "--shell-completion") for a in argv)
     try:
-        args = argv if completing else prepare(argv)
+        args = prepare(argv)
         check_output_dir(args)
     except UserError as e:
         fail(str(e))
