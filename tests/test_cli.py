@@ -195,9 +195,23 @@ def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args,fix", [(["model=tiny", "+seed=3"], "write seed=3 to change it"),
+                                      (["+seed=1,2"], "write seed=1,2 to change it"),
+                                      (["-m", "experiment=trajectory,forward_process", "+frames=3", "plan=true"],
+                                       "experiment=trajectory sets frames already; write ++frames=3")])
+def test_adding_a_key_the_recipe_sets_names_the_fix(run_sdlab, tmp_path, monkeypatch, capsys, args, fix):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab(*args) == 2
+    line = one_error_line(capsys)
+    assert fix in line and "Could not append" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [["experiment=article_a7_trajectory", "+preview=linear"],  # trajectory's job reads it
                                   ["-m", "experiment=trajectory,forward_process", "++frames=3"],
-                                  ["experiment=schedule_snr", "+families=[]"]])
+                                  ["experiment=schedule_snr", "+families=[]"],
+                                  ["experiment=compare_schedulers_quick", "+compare.steps=[2]"],  # a list merges
+                                  ["+seeds=[1,2]"]])  # seeds is null until set
 def test_a_key_added_for_a_job_that_reads_it_passes(args):
     assert args[-1] in prepare(args)
 

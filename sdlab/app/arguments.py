@@ -239,6 +239,29 @@ def check_override(arg: str, recipes: list[str]) -> None:
     blocks = [config[group] for config in readers if isinstance(config.get(group), dict)]
     if sub and blocks:
         check_sub_key(key, set().union(*blocks))
+    if arg.startswith("+") and not arg.startswith("++"):
+        check_not_set(key, value, configs)
+
+
+def check_not_set(key: str, value: str, configs: dict[str, dict]) -> None:
+    """Refuse `+KEY=VALUE` where a recipe already sets KEY (Hydra adds to a set key only a list or dict, merged),
+    naming the override that changes it."""
+    setters = [name for name, config in configs.items() if value_at(config, key) is not None]
+    parsed = override_parser().parse_override(f"{key}={value}").value()
+    if not setters or all(isinstance(v, (list, dict)) for v in (parsed.list if isinstance(parsed, ChoiceSweep)
+                                                                 else [parsed])):
+        return
+    if len(setters) == len(configs):
+        raise UserError(f"+{key}={value} adds a key that is set already; write {key}={value} to change it")
+    raise UserError(f"+{key}={value}: experiment={setters[0]} sets {key} already; write ++{key}={value} to set it "
+                    "in every recipe")
+
+
+def value_at(config: dict, key: str):
+    """The value a config sets at a dotted key, or None."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def check_sub_key(key: str, allowed: set[str]) -> None:
