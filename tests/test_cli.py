@@ -186,6 +186,11 @@ def test_display_overrides_show_values_as_typed():
     (["-sc", "-m"], "--multirun and --shell-completion cannot go together"),
     (["--config-path", "conf.yaml"], "--config-path conf.yaml names a file"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.prefer=nope"],
+     "hydra.launcher: prefer=nope is not a valid backend hint, expected one of ('processes', 'threads', None)"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.require=x"], "require=x is not a valid backend"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.require=sharedmem"], "are inconsistent settings"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.batch_size=zz"], "batch_size must be 'auto' or"),
     (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead=maybe; Value 'maybe' is not a valid bool"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):

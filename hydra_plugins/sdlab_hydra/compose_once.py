@@ -86,14 +86,21 @@ def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], firs
 
 def check_launcher(launcher: Any) -> None:
     """Refuse a launcher option that its launcher would fail on only after the sweep dir is written: joblib's
-    `n_jobs=0`."""
+    `n_jobs=0`, or any value joblib's Parallel refuses (prefer, require, batch_size...)."""
     try:
         from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+        from joblib import Parallel
     except ImportError:
         return
-    if isinstance(launcher, JoblibLauncher) and launcher.joblib.get("n_jobs") == 0:
+    if not isinstance(launcher, JoblibLauncher):
+        return
+    if launcher.joblib.get("n_jobs") == 0:
         raise UserError("hydra.launcher.n_jobs=0 must be a number of joblib workers: N >= 1, or -1 for one per CPU "
                         "(-2 for all but one, and so on)")
+    try:
+        Parallel(**{**launcher.joblib, "backend": "loky"})  # as the launcher makes it (always loky); starts no worker
+    except ValueError as e:
+        raise UserError(f"hydra.launcher: {e}") from None
 
 
 def settable(key: str, value: Any, config_text: str) -> bool:
