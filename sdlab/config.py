@@ -62,12 +62,11 @@ class Field:
             return None
         if self.plain:
             return self._plain(name, value)
-        if self.kind in ("ints", "numbers", "strs") and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            value = [value]
-        if self.kind == "entries" and isinstance(value, (str, dict)):
-            value = [value]
-        if value is not None and self.fits(value):
-            return value
+        lone = (self.kind in ("ints", "numbers", "strs") and isinstance(value, (int, float, str))
+                and not isinstance(value, bool)) or (self.kind == "entries" and isinstance(value, (str, dict)))
+        listed = [value] if lone else value
+        if listed is not None and self.fits(listed):
+            return listed
         raise UserError(f"{name}={value!r} must be {self.allowed()}" + (" or null" if self.optional else ""))
 
     def fits(self, value: Any) -> bool:
