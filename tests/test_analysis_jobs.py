@@ -424,6 +424,8 @@ def test_guidance_claim_with_too_few_seeds_for_an_interval_says_it_was_not_teste
         assert claim.endswith("not tested whether w=1 -> 15 raises CLIP score or prompt following\n"
                               f"({seeds} seed{plural}; a paired 95% interval needs {MIN_N})"), claim
         assert "does not raise" not in claim and "here" not in claim
+        assert f"(n={seeds} seed{plural})" in claim, claim  # the count agrees with its noun
+        assert {p["lines"][-1]["label"] for p in guidance_panels(ok)[0]} == {f"mean of {seeds} seed{plural}"}
         flat = guidance_panels(ok.assign(adherence_all=True))[1]  # followed by every image: still too few seeds to say
         assert flat.endswith("\n".join(claim.split("\n")[-2:])), flat
 

@@ -36,7 +36,7 @@ def test_a_plan_says_cells_batches_nfe_and_where_it_goes_and_writes_nothing(run_
     assert "estimate: unknown (nothing measured on this machine for tiny@64x64), peak memory unknown" in out
     assert re.search(r"output: outputs/generate/multirun_\S+ \(new\)", out)
     assert run_sdlab("plan=true", "hydra.run.dir=r", *FAST) == 0  # a single run is a plan of one cell
-    assert "sdlab plan: 1 cell, 0 already done, 1 to run (1 images)" in capsys.readouterr().out
+    assert "sdlab plan: 1 cell, 0 already done, 1 to run (1 image)" in capsys.readouterr().out
     assert files(tmp_path) == []
 
 

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 
 from sdlab.app.compose import check_composed, fail
 from sdlab.bench import lock, ownership
+from sdlab.bench.captions import counted
 from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import job_dirs
 from sdlab.bench.report import summarize
@@ -107,7 +108,7 @@ class Progress:
             left = f"about {duration((self.cells - self.done) * elapsed / self.made)} left"
         else:
             left = "time left unknown"
-        return (f"sdlab: {self.done} of {self.cells} cells done ({job.name}), {self.images / elapsed:.2f} images/s, "
+        return (f"sdlab: {self.done} of {counted(self.cells, 'cell')} done ({job.name}), {self.images / elapsed:.2f} images/s, "
                 f"{left}")
 
 

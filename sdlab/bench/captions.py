@@ -10,6 +10,11 @@ from sdlab.io import atomic_write_text
 CAPTIONS = "captions.json"
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """`n` and its noun, singular for exactly one: "1 seed", "3 seeds", "0 seeds"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def read_captions(folder: Path) -> dict[str, str]:
     """The captions recorded in `folder` (empty when none or unreadable)."""
     path = Path(folder) / CAPTIONS

@@ -12,7 +12,7 @@ from typing import Sequence
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from sdlab.bench.captions import record_caption
+from sdlab.bench.captions import counted, record_caption
 from sdlab.io import atomic_save
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
         title = f"{title}\n" * bool(title) + f"each cell: seed {', '.join(seeds)}, left to right"
     canvas = draw_grid(cells, axes, xs, ys, pages, title, seeds)
     atomic_save(canvas, target, format="PNG")
-    record_caption(target, title or f"{' x '.join(axes)} grid of {len(cells)} images")
+    record_caption(target, title or f"{' x '.join(axes)} grid of {counted(len(cells), 'image')}")
     return Path(target)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sdlab.bench.captions import counted
 from sdlab.bench.resume import COST, MARKER, read_manifest, read_mark, update_manifest
 from sdlab.bench.records import job_dirs
 from sdlab.conf_files import CONF_DIR, conf_values
@@ -145,9 +146,10 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     wall, memory = estimate(todo, measured_costs(sweep_dir))
     state = "exists" if Path(sweep_dir).is_dir() else "new"
     return "\n".join([
-        f"sdlab plan: {len(cells)} cell{'s' * (len(cells) != 1)}, {len(cells) - len(todo)} already done, "
-        f"{len(todo)} to run ({sum(c.images for c in todo)} images{f', {analyses} analyses' if analyses else ''})",
-        f"  batches: {batches} (cells sharing model, scheduler, steps, size and guidance group: {len(groups)} groups; "
+        f"sdlab plan: {counted(len(cells), 'cell')}, {len(cells) - len(todo)} already done, {len(todo)} to run "
+        f"({counted(sum(c.images for c in todo), 'image')}"
+        f"{', ' + counted(analyses, 'analysis', 'analyses') if analyses else ''})",
+        f"  batches: {batches} (cells sharing model, scheduler, steps, size and guidance group: {counted(len(groups), 'group')}; "
         f"batch_size={'/'.join(map(str, sizes)) or '-'})",
         f"  total NFE: {nfe} (denoiser calls per image, summed)",
         f"  estimate: {wall}, peak memory {memory}",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sdlab.bench.captions import counted
 from sdlab.bench.figures import bar_chart, heatmap
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import checked
@@ -29,7 +30,7 @@ def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> st
     parts = []
     for table, e in zip(tables, encoders):
         cut = int(table["truncated"].sum())
-        where = f"{cut} of {len(table)} prompts cut at {e.limit} tokens" if cut else f"none cut at {e.limit} tokens"
+        where = f"{cut} of {counted(len(table), 'prompt')} cut at {e.limit} tokens" if cut else f"none cut at {e.limit} tokens"
         parts.append(f"{e.label}: {where}" if labelled else where)
     return "\n".join(parts)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sdlab.bench.captions import counted
 from sdlab.bench.figures import convergence, schedule_visits
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.bench.scorers import build_scorers, direction, score_images
@@ -87,12 +88,13 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                                              + len(study.schedulers) * sum(study.steps)))
     for p, prompt in enumerate(study.prompts, 1):
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
-        progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x {study.reference_steps} steps",
+        progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x "
+                      f"{counted(study.reference_steps, 'step')}",
                       study.reference_steps)
         references = {"deterministic": solve(model, study.reference_scheduler, study.reference_steps, base, prompt,
                                              options)}
         for name in stochastic:
-            progress.step(f"prompt {p}/{len(study.prompts)}: {name}'s own limit, {study.reference_steps} steps",
+            progress.step(f"prompt {p}/{len(study.prompts)}: {name}'s own limit, {counted(study.reference_steps, 'step')}",
                           study.reference_steps)
             references[name] = solve(model, name, study.reference_steps, base, prompt, options)
         # 2. every scheduler at every step count, scored against its reference

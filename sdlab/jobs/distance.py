@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import pandas as pd
 
+from sdlab.bench.captions import counted
 from sdlab.bench.figures import PALETTE, curves
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.worlds import world
@@ -104,7 +105,8 @@ def run_distance(ctx: JobContext) -> pd.DataFrame:
     cells = [(name, steps, w) for name in study.schedulers for steps in study.steps for w in study.guidance_scales]
     progress, rows = Progress(sum(steps for _, steps, _ in cells)), []
     for name, steps, w in cells:
-        progress.step(f"{name} x {steps} steps at w={w:g}: {len(seeds)} seeds x {len(study.prompts)} prompts", steps)
+        progress.step(f"{name} x {counted(steps, 'step')} at w={w:g}: {counted(len(seeds), 'seed')} x "
+                      f"{counted(len(study.prompts), 'prompt')}", steps)
         model.use_scheduler(name, run.scheduler.options)
         images, seconds, nfe = [], 0.0, 0
         for prompt in study.prompts:
@@ -153,8 +155,9 @@ def about(frame: pd.DataFrame, model: str) -> str:
     """The title lines that say what was compared: n, the references, the features, and why KID leads."""
     row = frame.iloc[0]
     prompts = len(row["prompts"].split(" | "))
-    return (f"{model}: n = {row['n']} images per point ({prompts} prompts x {row['n'] // prompts} seeds) against "
-            f"{row['n_reference']} real images of the same prompts;\nfeatures: {row['features']}; {WHY_KID}")
+    return (f"{model}: n = {counted(row['n'], 'image')} per point ({counted(prompts, 'prompt')} x "
+            f"{counted(row['n'] // prompts, 'seed')}) against {counted(row['n_reference'], 'real image')} of the same "
+            f"prompts;\nfeatures: {row['features']}; {WHY_KID}")
 
 
 def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
@@ -173,11 +176,12 @@ def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
                  "within the noise of both ends: no U resolved at this n" if not any(clear) else
                  f"higher beyond +- 1 sd at {ends[clear.index(True)]}, within the noise at {ends[clear.index(False)]}: "
                  "half a U at this n")
-        claims.append(f"{name} x {steps} steps: KID lowest at w = {w[best]:g} ({kid_mean[best]:.3g} +- {sd[best]:.2g}), "
+        claims.append(f"{name} x {counted(steps, 'step')}: KID lowest at w = {w[best]:g} "
+                      f"({kid_mean[best]:.3g} +- {sd[best]:.2g}), "
                       f"FD lowest at w = {fd_best:g};\n{shape}")
         points.append({"x": [w[best]], "y": [kid_mean[best]], "marker": "v", "color": "black", "size": 40,
                        "notes": [f"min at w = {w[best]:g}"]})
-    drawn = panels(frame, "guidance_scale", lambda r: f"{r['scheduler']} x {r['num_inference_steps']} steps",
+    drawn = panels(frame, "guidance_scale", lambda r: f"{r['scheduler']} x {counted(r['num_inference_steps'], 'step')}",
                    "guidance scale w")
     drawn[0]["points"] = points
     curves(drawn, target, title=";\n".join([*claims, about(frame, model)]), panel_inches=PANEL)

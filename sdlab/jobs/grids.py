@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdlab.bench.captions import counted
 from sdlab.bench.figures import curves, image_strip
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import identity, ordered, versions
@@ -87,7 +88,7 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     ok = frame[frame["status"] == "ok"]
     panels, claim = guidance_panels(ok)
     image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
-               title=(claim or f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps)")
+               title=(claim or f"{params.prompt[:70]} ({spec.name}, {counted(params.num_inference_steps, 'step')})")
                + article_reports(ctx.run))
     if panels:
         curves(panels, ctx.out_dir / "clip_vs_guidance.png",
@@ -116,13 +117,13 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
         rises += [metric] if lo > 0 else []
         untested.update({metric: finite(change).size} if np.isnan(lo) else {})
         if percent and ok[metric].nunique() == 1:  # a flat line at 0 or 100% is a sentence, not a panel
-            claims.append(f"prompt {'followed' if ok[metric].iloc[0] else 'missed'} by all {len(ok)} images")
+            claims.append(f"prompt {'followed' if ok[metric].iloc[0] else 'missed'} by all {counted(len(ok), 'image')}")
             continue
         mean, low, high = (summary[f"{metric}_{part}"].to_numpy(dtype=float) * factor for part in ("mean", "lo", "hi"))
         lines = [] if percent else [
             {"x": g["guidance_scale"], "y": g[metric], "style": "-", "color": "0.75"} for _, g in ok.groupby("seed")]
-        lines.append({"x": scales, "y": mean, "label": f"mean of {ok['seed'].nunique()} seeds", "style": "o-",
-                      "color": "black"})
+        lines.append({"x": scales, "y": mean, "label": f"mean of {counted(ok['seed'].nunique(), 'seed')}",
+                      "style": "o-", "color": "black"})
         bands = [{"x": scales, "low": low, "high": high, "label": "95% interval", "color": "C0"}]
         # a score's axis spans at least 10 points, so that a small change looks small
         centre, drawn = float(np.nanmean(mean)), np.concatenate([mean, low, high, ok[metric] * factor])
@@ -134,7 +135,7 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
         peak = f" (best {mean[best]:.{digits}f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
         paired = "" if lo == hi == 0 or not np.isfinite(lo) else (
             f": change {d:+.{digits}f} (paired 95% CI {lo:+.{digits}f} to {hi:+.{digits}f}; lower in "
-            f"{int((change < 0).sum())} of {len(change)} seeds)")
+            f"{int((change < 0).sum())} of {counted(len(change), 'seed')})")
         claims.append(f"{name} {at[0]} -> {at[1]}{peak}{paired}")
     nouns = {"clip_score": "CLIP score", "adherence_all": "prompt following"}
     span, tested = f"w={scales[0]:g} -> {scales[-1]:g}", [m for m in metrics if m not in untested]
@@ -144,8 +145,8 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
         f"{span} does not raise {' or '.join(nouns[m] for m in tested)} here (no paired 95% CI above 0)"
         if tested else "",
         f"not tested whether {span} raises {' or '.join(nouns[m] for m in untested)}\n"
-        f"({seeds} seed{'s' * (seeds != 1)}; a paired 95% interval needs {MIN_N})" if untested else ""]))
-    return panels, "\n".join(claims) + f" (n={ok['seed'].nunique()} seeds)\n{verdict}"
+        f"({counted(seeds, 'seed')}; a paired 95% interval needs {MIN_N})" if untested else ""]))
+    return panels, "\n".join(claims) + f" (n={counted(ok['seed'].nunique(), 'seed')})\n{verdict}"
 
 
 @job("prompt_grid", Prompts)
@@ -218,7 +219,7 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     if recipe.reference_steps:
         return with_reference_distance(ctx, model, recipe, params, frame, scorers)
     image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, "scheduler"),
-               title=f"{params.prompt[:70]} ({spec.name}, {params.num_inference_steps} steps each)")
+               title=f"{params.prompt[:70]} ({spec.name}, {counted(params.num_inference_steps, 'step')} each)")
     return frame
 
 
@@ -277,8 +278,8 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
         best.append(f"{seed} {group.loc[group['psnr_to_reference'].idxmax(), 'scheduler']}")
     winners = {b.split()[1] for b in best}
     shown = lambda lo, hi: "" if np.isnan(lo) else f" [{lo:.1f}, {hi:.1f}]"  # noqa: E731
-    lines = [f"{params.prompt!r} at {params.num_inference_steps} steps: PSNR to the {name} x {steps}-step solve, "
-             f"mean [95% interval] over {len(strip)} seeds:",
+    lines = [f"{params.prompt!r} at {counted(params.num_inference_steps, 'step')}: PSNR to the {name} x "
+             f"{steps}-step solve, mean [95% interval] over {counted(len(strip), 'seed')}:",
              ", ".join(f"{s} {m:.1f}{shown(lo, hi)}" for s, (m, lo, hi) in interval.items()) + " dB: " + lead(interval),
              f"closest per seed: {', '.join(best)}: the ranking "
              + ("flips between seeds" if len(winners) > 1 else "holds on every seed")]
@@ -317,6 +318,6 @@ def run_same_params(ctx: JobContext) -> pd.DataFrame:
                 title=f"the same parameters give the same image: max |difference| {most} of 255 ({verdict})\n"
                       + "\n".join(textwrap.wrap(
                           f"prompt {p.prompt!r}, negative {p.negative_prompt!r}, seed {p.seeds[0]}, "
-                          f"{p.num_inference_steps} steps, cfg {p.guidance_scale:g}, {p.width}x{p.height}, "
+                          f"{counted(p.num_inference_steps, 'step')}, cfg {p.guidance_scale:g}, {p.width}x{p.height}, "
                           f"{ctx.run.scheduler.name}", 90)) + article_reports(ctx.run), cell_inches=2.2)
     return frame

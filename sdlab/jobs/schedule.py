@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdlab.bench.captions import counted
 from sdlab.bench.figures import PALETTE, STYLE, curves, save_figure
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import Run, SchedulerChoice, checked
@@ -192,7 +193,7 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
     panels = [
         {"lines": [{"x": model_table["t"], "y": model_table["snr_db"], "label": f"model={model} schedule", "color": "0.5"}],
          "points": on_curve, "hline": 0.0, "xlabel": "timestep t", "ylabel": "SNR (dB)",
-         "title": f"timesteps visited in {steps} steps; last at t=" + ", ".join(f"{v:g}" for v in lowest.values())},
+         "title": f"timesteps visited in {counted(steps, 'step')}; last at t=" + ", ".join(f"{v:g}" for v in lowest.values())},
         {"points": rug, "xlabel": "timestep t", "ylim": (-0.6, len(groups) - 0.4),
          "yticks": (list(range(len(groups))), [textwrap.fill(g[0], 22, break_long_words=False) for g in groups]),
          "title": "visited timesteps per sampler"},
@@ -309,7 +310,7 @@ def families_figure(curves: pd.DataFrame, visits: pd.DataFrame, rows: list[dict]
             ax.plot(curve["t"], curve["log_snr"], color=color, lw=1.6)
             handles.append(Line2D([], [], color=color, lw=1.6, marker=markers[i % len(markers)], markersize=5,
                                   markeredgecolor="black", markeredgewidth=0.4,
-                                  label=f"{name}: {row['sampler']}, {row['num_inference_steps']} steps"
+                                  label=f"{name}: {row['sampler']}, {counted(row['num_inference_steps'], 'step')}"
                                   + (f", shift {row['shift']:.2f}" if np.isfinite(row["shift"]) else "")
                                   + (f" (mu {row['mu']:.2f})" if np.isfinite(row["mu"]) else "")))
             seen = visits[visits["family"] == name].drop_duplicates("t")

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
+from sdlab.bench.captions import counted
 from sdlab.bench.figures import image_strip, write_gif
 from sdlab.bench.records import identity, ordered, save_png
 from sdlab.config import checked, image_params
@@ -149,7 +150,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              if settled is not None else f"x0_pred never comes within {SETTLED_DB:g} dB PSNR of the final image")
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + ["final"], x0_labels], row_labels=["x_t", "x0_pred"],
-                title=f"{choice.name}, {params.num_inference_steps} steps, cfg {params.guidance_scale:g}, seed {seed}: "
+                title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, seed {seed}: "
                       f"{params.prompt[:60]}\n{claim} (dB: x0_pred against the final image)")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
