@@ -80,6 +80,7 @@ def test_nfe_claim_ranks_schedulers_by_fewest_nfe_to_a_distance_all_reach(tmp_pa
     (["distance.prompts=[a lighthouse at dawn]"], "'a lighthouse at dawn' names nothing the shapes world draws"),
     (["clip=none"], "compares CLIP image features: pick clip=mini"),
     (["distance.bootstrap=0"], "distance.bootstrap=0 must be an integer >= 10"),
+    (["distance.kid_subsets=1"], "distance.kid_subsets=1 must be an integer >= 2 and <= 10000 (one subset has no spread"),
 ])
 def test_a_wrong_distance_value_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)

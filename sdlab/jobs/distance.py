@@ -43,7 +43,8 @@ class DistanceStudy:
     prompts: tuple[str, ...] = checked(None, "strs", plain=False)
     images: int = checked(None, "int", 4, 100000, plain=False)
     references: int = checked(None, "int", 4, 100000, plain=False)
-    kid_subsets: int = checked(None, "int", 1, 10000, plain=False)
+    kid_subsets: int = checked(None, "int", 2, 10000, plain=False,
+                               rule="an integer >= 2 and <= 10000 (one subset has no spread to judge KID gaps by)")
     bootstrap: int = checked(None, "int", 10, 10000, plain=False)
 
     def __post_init__(self):
