@@ -76,6 +76,22 @@ def test_a_truncated_png_is_made_again_on_resume(run_sdlab, tmp_path, monkeypatc
     assert sorted(again["seed"]) == [1, 2] and (again["status"] == "ok").all()
 
 
+def test_a_truncated_png_made_again_in_another_job_dir_is_set_aside_where_it_was(run_sdlab, tmp_path, monkeypatch):
+    """Extending a sweep renumbers its jobs: a cell whose PNG is cut short is made again by the job that now holds it,
+    and the job dir that held it keeps the damaged file as `.damaged`, out of the PNGs its table lists."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=s", *FAST) == 0
+    [held] = (tmp_path / "s").glob("*/images/seed1-*.png")
+    data = held.read_bytes()[:300]
+    held.write_bytes(data)
+    assert run_sdlab("-m", "seed=0,1,2", "hydra.sweep.dir=s", *FAST) == 0
+    for job in sorted(p for p in (tmp_path / "s").iterdir() if (p / "results.parquet").is_file()):
+        table = pd.read_parquet(job / "results.parquet")
+        assert sorted(p.relative_to(job).as_posix() for p in job.glob("images/*.png")) == sorted(table["image_path"])
+    assert held.with_name(held.name + ".damaged").read_bytes() == data
+    assert sorted(pd.read_csv(tmp_path / "s" / "results.csv")["seed"]) == [0, 1, 2]
+
+
 def test_a_fault_in_a_callback_stops_the_run_with_one_line(run_sdlab, tmp_path, monkeypatch, capsys):
     """Hydra turns a callback's exception into a warning and goes on; sdlab stops, exit 1, one line naming it."""
     from sdlab.bench import ownership

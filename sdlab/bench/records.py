@@ -155,9 +155,14 @@ def read_table(folder: Path, name: str = TABLE_NAME) -> pd.DataFrame | None:
         return rebuilt
     for path in files:
         if path.is_file():
-            path.replace(path.with_name(path.name + ".damaged"))
+            set_aside(path)
     log.warning("no table in %s could be read or rebuilt: kept as %s.*.damaged", folder, name)
     return None
+
+
+def set_aside(path: Path) -> None:
+    """Keep a damaged file as `<name>.damaged` beside it, where nothing sdlab reads will take it for a good one."""
+    path.replace(path.with_name(path.name + ".damaged"))
 
 
 def local_file(folder: Path, relative: Any) -> Path | None:

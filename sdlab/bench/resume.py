@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from sdlab.bench.records import TABLE_NAME, finished, job_dirs, ordered, read_table, rows
+from sdlab.bench.records import (TABLE_NAME, finished, job_dirs, local_file, ordered, read_table, rows, set_aside,
+                                 whole_image)
 from sdlab.config import Run, config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file
@@ -48,6 +49,16 @@ def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFra
     if frame is None or "status" not in frame:
         return pd.DataFrame()
     return frame.loc[[finished(row, folder) for row in rows(frame)]]
+
+
+def set_aside_damaged(folder: Path, frame: pd.DataFrame) -> None:
+    """Keep as `<name>.damaged` each image in `folder` that a row of its table names and that is cut short: the row
+    is dropped (the cell made again, here or in another job dir of its sweep), so the PNGs are what the table lists."""
+    for row in rows(frame):
+        path = local_file(folder, row.get("image_path"))
+        if path is not None and not whole_image(path):
+            set_aside(path)
+            log.warning("%s is cut short: kept as %s.damaged, its row dropped", path, path.name)
 
 
 def sweep_cells(sweep_dir: Path, besides: Path, weights: str | None) -> dict[str, Path]:

@@ -13,7 +13,7 @@ import torch
 
 from sdlab.bench.plan import shared_call
 from sdlab.bench.records import identity, ordered, rows, save_png, versions, write_table
-from sdlab.bench.resume import complete_rows, previous_rows, sweep_cells, weights_of
+from sdlab.bench.resume import complete_rows, previous_rows, set_aside_damaged, sweep_cells, weights_of
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.jobs import JobContext, job
@@ -151,6 +151,7 @@ def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
+        set_aside_damaged(ctx.out_dir, previous)
         table = {row["config_hash"]: row for row in rows(complete_rows(ctx.out_dir, previous))}
         order = list(previous["config_hash"])
     redo = wanted if not ctx.run.resume else {h for h in wanted & set(table) if weights_of(table[h]) != ctx.run.weights}
