@@ -412,6 +412,19 @@ def test_guidance_claim_gives_the_paired_change_and_says_when_guidance_raises_no
     assert guidance_panels(ok)[1].endswith("w=7 -> 12.5 raises CLIP score here")
 
 
+def test_the_guidance_panels_axis_leaves_room_around_every_point_it_draws():
+    """A point at the end of the range sits inside the axis, not half cut on its edge (w=15 at the lowest score)."""
+    from sdlab.jobs.grids import guidance_panels
+
+    ok = pd.DataFrame([{"seed": 7, "guidance_scale": w, "clip_score": s}
+                       for w, s in ((1.0, 94.6), (5.0, 96.2), (10.0, 91.9), (15.0, 84.5))])
+    [panel], _ = guidance_panels(ok)
+    low, high = panel["ylim"]
+    drawn = np.concatenate([np.asarray(line["y"], dtype=float) for line in panel["lines"]])
+    room = 0.02 * (high - low)
+    assert low + room <= drawn.min() and drawn.max() <= high - room, (low, high, drawn.min(), drawn.max())
+
+
 def test_guidance_claim_with_too_few_seeds_for_an_interval_says_it_was_not_tested():
     from sdlab.jobs.grids import guidance_panels
     from sdlab.metrics.stats import MIN_N

@@ -125,10 +125,12 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
         lines.append({"x": scales, "y": mean, "label": f"mean of {counted(ok['seed'].nunique(), 'seed')}",
                       "style": "o-", "color": "black"})
         bands = [{"x": scales, "low": low, "high": high, "label": "95% interval", "color": "C0"}]
-        # a score's axis spans at least 10 points, so that a small change looks small
+        # a score's axis spans at least 10 points, so that a small change looks small, with room beyond the ends
         centre, drawn = float(np.nanmean(mean)), np.concatenate([mean, low, high, ok[metric] * factor])
+        bottom, top = min(np.nanmin(drawn), centre - 5), max(np.nanmax(drawn), centre + 5)
+        room = 0.05 * (top - bottom)
         panels.append({"lines": lines, "bands": bands if np.isfinite(low).any() else [], "xlabel": "guidance scale w",
-                       "ylim": None if percent else (min(np.nanmin(drawn), centre - 5), max(np.nanmax(drawn), centre + 5)),
+                       "ylim": None if percent else (bottom - room, top + room),
                        "ylabel": "prompt followed (% of images)" if percent else "CLIP score = 100 max(cos, 0)"})
         at = [f"{mean[i]:.{digits}f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
         best = int(np.nanargmax(mean))
