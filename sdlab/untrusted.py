@@ -36,8 +36,10 @@ def _kind(mode: int) -> str:
 
 
 @contextmanager
-def open_regular(path: str | Path, label: str, what: str) -> Iterator[IO[bytes]]:
-    """The file opened for reading if it is a regular file; a FIFO, device or folder is refused without blocking."""
+def open_regular(path: str | Path, label: str, what: str, key: str = "", limit: dict[str, int] | None = None
+                 ) -> Iterator[IO[bytes]]:
+    """The file opened for reading if it is a regular file of at most `limit[key]` bytes (with a key); a FIFO, device
+    or folder is refused without blocking, a bigger file before it is read."""
     try:
         fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting
     except FileNotFoundError:
@@ -50,6 +52,8 @@ def open_regular(path: str | Path, label: str, what: str) -> Iterator[IO[bytes]]
         raise UserError(f"{label} is not a regular file ({_kind(mode)}); give {what}")
     os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
+        if key and os.fstat(fd).st_size > limit[key]:
+            raise _too_big(label, key, limit)
         yield f
 
 
@@ -59,14 +63,12 @@ def _too_big(label: str, key: str, limit: dict[str, int]) -> UserError:
 
 def read_bytes(path: str | Path, label: str, what: str, key: str, limit: dict[str, int]) -> bytes:
     """A regular file's bytes, at most `limit[key]` of them; a bigger file is refused before it is read."""
-    with open_regular(path, label, what) as f:
-        if os.fstat(f.fileno()).st_size > limit[key]:
-            raise _too_big(label, key, limit)
+    with open_regular(path, label, what, key, limit) as f:
         try:
             data = f.read(limit[key] + 1)
         except OSError as e:
             raise UserError(f"{label} cannot be read: {e.strerror or e}") from None
-    if len(data) > limit[key]:
+    if len(data) > limit[key]:  # it grew since
         raise _too_big(label, key, limit)
     return data
 
@@ -134,41 +136,41 @@ def png_text_limits(chunk_bytes: int, total_bytes: int) -> Iterator[None]:
         PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = before
 
 
+@contextmanager
+def image_faults(label: str, kind: str, what: str) -> Iterator[None]:
+    """Pillow's refusals while a file is opened as an image, as one UserError line: not `kind`, or damaged."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except UnidentifiedImageError:
+        raise UserError(f"{label} is not {kind}; give {what}") from None
+    except (Image.DecompressionBombError, SyntaxError, OSError, EOFError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{label} is not {kind} ({reason}); give {what}") from None
+
+
 def check_image(path: str | Path, label: str, what: str) -> None:
     """A regular file that opens as an image, read from its header alone (its pixels are not decoded)."""
-    with open_regular(path, label, what) as f:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                Image.open(f).close()
-        except UnidentifiedImageError:
-            raise UserError(f"{label} is not an image; give {what}") from None
-        except (Image.DecompressionBombError, SyntaxError, OSError, EOFError, ValueError) as e:
-            reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{label} is not a readable image ({reason}); give {what}") from None
+    with open_regular(path, label, what) as f, image_faults(label, "an image", what):
+        Image.open(f).close()
 
 
 def read_png_text(path: str | Path, label: str, limit: dict[str, int]) -> dict[str, str]:
     """The text chunks a PNG carries before its image data, never decoding the pixels: the file at most
     `max_png_bytes`, each chunk at most `max_params_bytes`, all of them at most `max_png_text_bytes`."""
-    chunk, total = limit["max_params_bytes"], limit["max_png_text_bytes"]
-    with open_regular(path, label, "a PNG image or a JSON file") as f:
-        if os.fstat(f.fileno()).st_size > limit["max_png_bytes"]:
-            raise _too_big(label, "max_png_bytes", limit)
+    chunk, total, what = limit["max_params_bytes"], limit["max_png_text_bytes"], "a PNG image or a JSON file"
+    with (open_regular(path, label, what, "max_png_bytes", limit) as f,
+          image_faults(label, "a readable PNG image", what)):
         try:
-            with png_text_limits(chunk, total), warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(f, formats=["PNG"]) as image:
-                    text = {k: str(v) for k, v in image.info.items() if isinstance(v, str)}
+            with png_text_limits(chunk, total), Image.open(f, formats=["PNG"]) as image:
+                text = {k: str(v) for k, v in image.info.items() if isinstance(v, str)}
         except ValueError as e:
+            if "MAX_TEXT" not in str(e):  # Pillow names the bound it hit; other faults are damage
+                raise
             key = "max_png_text_bytes" if "MAX_TEXT_MEMORY" in str(e) else "max_params_bytes"
             raise UserError(f"{label} has more PNG text than limits.{key}={limit[key]} allows; "
                             + RAISE_HINT.format(key)) from None
-        except UnidentifiedImageError:
-            raise UserError(f"{label} is not a readable PNG image") from None
-        except (Image.DecompressionBombError, SyntaxError, OSError, EOFError) as e:
-            reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{label} is not a readable PNG image ({reason})") from None
     for key, value in text.items():
         if len(value) > chunk:
             raise UserError(f"{label}: its {key!r} text chunk is larger than limits.max_params_bytes={chunk}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.bench.run import load_params
 from sdlab.bench.records import rows_from_images
-from sdlab.untrusted import json_depth, parse_json, read_prompt_lines
+from sdlab.untrusted import check_image, json_depth, parse_json, read_png_text, read_prompt_lines
 
 FAST = ("num_inference_steps=1", "threads=1")
 SECRET = "sdlab-test-secret-5e1f"
@@ -213,6 +214,29 @@ def test_a_zlib_bomb_is_refused_before_it_is_inflated(tmp_path):
     with pytest.raises(UserError, match="more PNG text than limits.max_params_bytes"):
         load_params(path)
     assert load_params(png(tmp_path / "ok.png", {"sdlab": record()})) == json.loads(record())
+
+
+def bad_pngs(tmp):
+    """Files named .png that Pillow cannot read: not an image, cut short, a damaged chunk before the pixels."""
+    good = png(tmp / "good.png", {}).read_bytes()
+    chunk = b"gAMA\0\1"  # a gamma chunk of 2 bytes where 4 belong
+    gama = len(chunk[4:]).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big")
+    return {"text": b"not a png", "cut": good[:40], "gama": good[:33] + gama + good[33:]}
+
+
+@pytest.mark.parametrize("name", ["text", "cut", "gama"])
+def test_images_and_params_word_a_bad_png_alike(tmp_path, name):
+    path = tmp_path / f"{name}.png"
+    path.write_bytes(bad_pngs(tmp_path)[name])
+    lines = []
+    for read, label in ((lambda: check_image(path, "images: X", "an image file"), "images: X"),
+                        (lambda: read_png_text(path, "params=X", LIMITS), "params=X")):
+        with pytest.raises(UserError) as refused:
+            read()
+        line = str(refused.value)
+        assert line.startswith(f"{label} is not ") and "; give " in line and "PNG text" not in line, line
+        lines.append(line.removeprefix(label).split("; give ")[0])
+    assert lines[0].split(" (")[1:] == lines[1].split(" (")[1:]  # the same fault, in the same words
 
 
 def test_a_lost_table_is_rebuilt_from_pngs_skipping_those_whose_record_is_not_one(tmp_path):
