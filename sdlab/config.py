@@ -165,7 +165,15 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field],
 POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer"}
 # Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block.
 BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
-SIDE = {"multiple": 8, "rule": "a positive multiple of 8"}
+SIDE_MULTIPLE = 8  # every family's VAE makes latents 8x smaller: no model makes other sides
+
+
+def side_rules(multiple: int = SIDE_MULTIPLE, whose: str = "") -> dict[str, Any]:
+    """The Field rules of a width or height: a positive multiple of `multiple` (`whose` names the model it is for)."""
+    return {"multiple": multiple, "rule": f"a positive multiple of {multiple}{whose}"}
+
+
+SIDE = side_rules()
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
 
 

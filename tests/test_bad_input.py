@@ -400,3 +400,24 @@ def test_a_range_with_a_step_of_0_is_one_line(run_sdlab, tmp_path, capsys, monke
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "sdlab: error: seed=range(0,3,0): range() arg 3 must not be zero", err
     assert not sweep.exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("name,multiple", [("tiny", 8), ("sd3_tiny", 16), ("flux_tiny", 16)])
+def test_the_family_check_of_a_side_is_the_configs_rule_with_the_familys_multiple(name, multiple):
+    """Config refuses a side no model makes; the family check, the same rule with its own multiple, refuses the rest,
+    zero and negative sides too, in the same words with the model named."""
+    from types import SimpleNamespace
+
+    from sdlab.config import GenerationParams, SchedulerChoice
+    from sdlab.errors import UserError
+    from sdlab.models.loading import check_model, configured_spec
+
+    spec = configured_spec(name)
+    with pytest.raises(UserError) as by_config:
+        GenerationParams(width=100)
+    for width in (100, multiple + 8 if multiple > 8 else 100, 0, -multiple):
+        params = SimpleNamespace(width=width, height=64, num_inference_steps=1)
+        with pytest.raises(UserError) as by_family:
+            check_model(spec, SchedulerChoice("euler"), params)
+        expected = str(by_config.value).replace("100", str(width)).replace(" 8", f" {multiple}")
+        assert str(by_family.value).startswith(f"{expected} on model={name} (family "), by_family.value

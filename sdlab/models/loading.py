@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sdlab.conf_files import CONF_DIR
-from sdlab.config import MODEL_NAMES, GenerationParams, ModelSpec, SchedulerChoice, model_spec
+from sdlab.config import (
+    MODEL_NAMES,
+    Field,
+    GenerationParams,
+    ModelSpec,
+    SchedulerChoice,
+    check_fields,
+    model_spec,
+    side_rules,
+)
 from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
@@ -170,10 +179,8 @@ def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationPara
     loading any weights."""
     resolve_device(spec.device)
     cls = adapter_class(spec)
-    for key, side in (("width", params.width), ("height", params.height)):
-        if side % cls.size_multiple:
-            raise UserError(f"{key}={side} must be a positive multiple of {cls.size_multiple} on model={spec.name} "
-                            f"(family {cls.family})")
+    sides = Field("int", 1, plain=True, **side_rules(cls.size_multiple, f" on model={spec.name} (family {cls.family})"))
+    check_fields({"width": params.width, "height": params.height}, {"width": sides, "height": sides})
     base, source = shipped_scheduler_config(spec)
     check_steps(choice.name, base, choice.options, params.num_inference_steps, source)
 
