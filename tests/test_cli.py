@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 import hydra.core.utils
 import pytest
+from cli_helpers import SDLAB, bare_env, run_cli
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from sdlab.app import arguments
@@ -360,12 +361,6 @@ def test_embedded_model_warns_about_prompts_and_sizes_it_was_not_made_for(run_sd
     assert "width=128 height=64 differ from model=mini's native 64x64 px" in out
 
 
-def sdlab_command(*args, cwd, **popen):
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120, **popen)
-
-
 def test_the_console_script_keeps_entrys_exit_code_and_runs_exit_handlers(tmp_path):
     """`main` only leaves its objects out of the collection at exit: exit handlers run and the code is entry's."""
     code = ("import atexit, sys; atexit.register(lambda: print('handler ran')); "
@@ -457,25 +452,22 @@ def test_a_bad_recipe_value_is_answered_before_the_scheduler_checks_import_diffu
 
 
 def test_version_names_sdlab_and_its_libraries(tmp_path):
-    result = sdlab_command("--version", cwd=tmp_path)
+    result = run_cli("--version", cwd=tmp_path, env=bare_env())
     assert result.returncode == 0
     assert result.stdout.startswith("sdlab 0.") and "torch 2." in result.stdout and "diffusers" in result.stdout
 
 
 def test_bash_completion_installs_and_completes(tmp_path):
-    install = sdlab_command("-sc", "install=bash", cwd=tmp_path)
+    install = run_cli("-sc", "install=bash", cwd=tmp_path, env=bare_env())
     assert install.returncode == 0, install.stderr
     assert "complete" in install.stdout and "hydra_bash_completion" in install.stdout
-    env = {"PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1", "COMP_LINE": "sdlab sched", "COMP_POINT": "11"}
-    query = subprocess.run([sys.executable, "-m", "sdlab.app.cli", "-sc", "query=bash"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
+    query = run_cli("-sc", "query=bash", cwd=tmp_path, env=bare_env(COMP_LINE="sdlab sched", COMP_POINT="11"))
     assert query.returncode == 0 and "scheduler=" in query.stdout, query.stdout + query.stderr
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", "seeds=[1,2,3,4,5,6,7,8]", "batch_size=1",
-                                "num_inference_steps=50", "threads=1", "hydra.run.dir=run"], cwd=tmp_path, env=env,
+    process = subprocess.Popen([*SDLAB, "seeds=[1,2,3,4,5,6,7,8]", "batch_size=1", "num_inference_steps=50",
+                                "threads=1", "hydra.run.dir=run"], cwd=tmp_path, env=bare_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                # a shell starts background jobs with Ctrl-C ignored, and a child inherits that
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -641,8 +633,7 @@ cli.entry()
 
 
 def test_ctrl_c_exits_even_when_a_worker_pool_would_never_finish(tmp_path):
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = bare_env(PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     done = subprocess.run([sys.executable, "-c", INTERRUPTED_IN_A_POOL], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 130

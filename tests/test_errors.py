@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from cli_helpers import run_cli
 
 from sdlab.config import ModelSpec, generation_params
 from sdlab.errors import UserError
 from sdlab.models.loading import load_model
 from sdlab.models.model_files import check_weights_folder
 from sdlab.bench.run import load_params
-
-
-def sdlab(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home")}
-    return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -32,7 +24,7 @@ def assert_one_line_error(result, *fragments: str) -> None:
 
 
 def test_unknown_scheduler_lists_valid_names(tmp_path):
-    result = sdlab("scheduler=eulr", cwd=tmp_path)
+    result = run_cli("scheduler=eulr", cwd=tmp_path)
     assert_one_line_error(result, "'eulr'", "euler_a", "dpmpp_2m_karras")
     assert not (tmp_path / "outputs").exists()
 
@@ -44,19 +36,19 @@ def test_unknown_scheduler_lists_valid_names(tmp_path):
     ("scheduler.bogus=1", "'scheduler.bogus'"),
 ])
 def test_unknown_choices_and_keys(tmp_path, arg, fragment):
-    assert_one_line_error(sdlab(arg, cwd=tmp_path), fragment)
+    assert_one_line_error(run_cli(arg, cwd=tmp_path), fragment)
 
 
 def test_bad_model_path_and_missing_cache_are_one_line(tmp_path):
-    result = sdlab("model=sd15", f"model.path={tmp_path / 'missing'}", cwd=tmp_path)
+    result = run_cli("model=sd15", f"model.path={tmp_path / 'missing'}", cwd=tmp_path)
     assert_one_line_error(result, "missing", "does not exist")
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("results.csv"))
-    result = sdlab("model=sd15", cwd=tmp_path)
+    result = run_cli("model=sd15", cwd=tmp_path)
     assert_one_line_error(result, "stable-diffusion-v1-5/stable-diffusion-v1-5", "model.path=DIR")
 
 
 def test_out_of_range_parameter_exits_2(tmp_path):
-    assert_one_line_error(sdlab("num_inference_steps=0", cwd=tmp_path), "num_inference_steps=0", ">= 1")
+    assert_one_line_error(run_cli("num_inference_steps=0", cwd=tmp_path), "num_inference_steps=0", ">= 1")
 
 
 @pytest.mark.parametrize("cfg,fragment", [

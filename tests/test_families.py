@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import bare_env, run_cli
 
 from sdlab.models import loading as models
 from sdlab.config import GenerationParams
@@ -201,11 +200,8 @@ def test_model_name_loads_its_repo_from_a_local_cache_offline(name, tiny, saved,
     assert generate_batch(model, params(), [0]).images[0].size == (64, 64)
 
 
-def sdlab_command(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    environment = {"PATH": os.environ["PATH"], "HOME": str(cwd), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-                   **env}
-    return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=environment, capture_output=True,
-                          text=True, timeout=600)
+def sdlab_env(cwd: Path) -> dict[str, str]:
+    return bare_env(HOME=str(cwd), PYTHONPATH=str(ROOT))  # this checkout's sdlab, a home with no model cache
 
 
 @pytest.mark.parametrize("args,message", [
@@ -227,8 +223,8 @@ def test_a_listed_sampler_that_cannot_run_on_the_model_is_one_line_before_any_wo
 
 
 def test_a_missing_model_is_one_line_naming_the_repo_and_exit_2(tmp_path):
-    result = sdlab_command("model=sd3", "num_inference_steps=2", "threads=1", cwd=tmp_path,
-                           HF_HUB_CACHE=str(tmp_path / "empty"))
+    result = run_cli("model=sd3", "num_inference_steps=2", "threads=1", cwd=tmp_path, env=sdlab_env(tmp_path),
+                     timeout=600, HF_HUB_CACHE=str(tmp_path / "empty"))
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -238,8 +234,8 @@ def test_a_missing_model_is_one_line_naming_the_repo_and_exit_2(tmp_path):
 
 def test_the_command_line_runs_a_cached_flow_model_offline(saved, tmp_path):
     hub = fake_hub(tmp_path, "black-forest-labs/FLUX.1-dev", saved["flux_tiny"])
-    result = sdlab_command("model=flux_dev", "model.resolution=64", "num_inference_steps=2", "threads=1",
-                           cwd=tmp_path, HF_HUB_CACHE=str(hub))
+    result = run_cli("model=flux_dev", "model.resolution=64", "num_inference_steps=2", "threads=1", cwd=tmp_path,
+                     env=sdlab_env(tmp_path), timeout=600, HF_HUB_CACHE=str(hub))
     assert result.returncode == 0, result.stderr[-2000:]
     (table,) = tmp_path.glob("outputs/generate/*/results.csv")
     row = pd.read_csv(table).iloc[0]
@@ -247,8 +243,8 @@ def test_the_command_line_runs_a_cached_flow_model_offline(saved, tmp_path):
 
 
 def test_a_sweep_over_families_gives_ok_rows(tmp_path):
-    result = sdlab_command("-m", "model=sd15_tiny,sdxl_tiny,sd3_tiny,flux_tiny", "num_inference_steps=2",
-                           "threads=1", cwd=tmp_path)
+    result = run_cli("-m", "model=sd15_tiny,sdxl_tiny,sd3_tiny,flux_tiny", "num_inference_steps=2", "threads=1",
+                     cwd=tmp_path, env=sdlab_env(tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     (table,) = tmp_path.glob("outputs/generate/multirun_*/results.csv")
     frame = pd.read_csv(table)
@@ -263,8 +259,8 @@ def test_a_sweep_of_ddpm_and_flow_models_runs_every_sampler_on_both(tmp_path):
     """ddim and dpmpp_2m on Flux run the flow solvers of the same names: all 8 cells, none skipped."""
     import json
 
-    result = sdlab_command("-m", "model=sdxl_tiny,flux_tiny", "seed=1,2", "scheduler=ddim,dpmpp_2m",
-                           "num_inference_steps=4", "threads=1", cwd=tmp_path)
+    result = run_cli("-m", "model=sdxl_tiny,flux_tiny", "seed=1,2", "scheduler=ddim,dpmpp_2m", "num_inference_steps=4",
+                     "threads=1", cwd=tmp_path, env=sdlab_env(tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipping" not in result.stdout + result.stderr
     (table,) = tmp_path.glob("outputs/generate/multirun_*/results.csv")

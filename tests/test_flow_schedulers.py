@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from cli_helpers import bare_env, run_cli
 
 from sdlab.errors import CannotRun, UserError
 from sdlab.metrics.schedule import (dynamic_shift_mu, flow_crossing, flow_log_snr_table, image_seq_len,
@@ -233,11 +231,8 @@ def test_schedule_families_recipe_tables_crossings_and_figure(tmp_path, one_thre
 
 
 def test_shift_from_the_command_line_is_checked_before_any_work(tmp_path):
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "sdlab.app.cli", "experiment=schedule_snr", "scheduler=euler",
-                             "scheduler.shift=abc", "threads=1"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = run_cli("experiment=schedule_snr", "scheduler=euler", "scheduler.shift=abc", "threads=1", cwd=tmp_path,
+                     env=bare_env(PYTHONPATH=str(ROOT)))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0] == "sdlab: error: scheduler.shift='abc' must be a number"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -12,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import bare_env, run_cli
 
 from sdlab.models import device, generate, memory
 from sdlab.config import GenerationParams
@@ -203,12 +201,9 @@ def test_the_first_call_of_a_shape_is_warmed_up_untimed_and_makes_the_same_image
 def test_a_compiled_models_graph_is_built_in_no_cells_time(tmp_path):
     """`model.compile=true` builds its graph at the first call and again for a new solver: those cells took 11.8 and
     4.8 s an image on tiny against 0.02 s after, so a sweep ranked solvers by their place. The warm-up builds it."""
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "sdlab.app.cli", "-m", "scheduler=euler,ddim", "seed=1,2",
-                           "model=tiny", "model.compile=true", "num_inference_steps=3", "threads=1",
-                           f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_cli("-m", "scheduler=euler,ddim", "seed=1,2", "model=tiny", "model.compile=true", "num_inference_steps=3",
+                   "threads=1", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path, env=bare_env(), timeout=600)
     wall = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:]
     frame = pd.read_parquet(tmp_path / "results.parquet")

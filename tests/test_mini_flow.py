@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from sdlab.mini import data
 
@@ -145,16 +146,6 @@ def test_the_evaluation_runs_the_zero_t5_shortcut_with_the_same_images(exported)
     assert not [r for r in seen.buffer if "truncated" in r.getMessage()]
 
 
-def sdlab(*args: str, cwd) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home")}
-    return subprocess.run([sys.executable, "-m", "sdlab.app.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.mark.parametrize("arg,fragments", [
     ("train.flow.shift=0", ("train.flow.shift=0", ">= 0.01")),
     ("train.flow.logit_std=-1", ("train.flow.logit_std=-1", ">= 0.01")),
@@ -164,7 +155,7 @@ def sdlab(*args: str, cwd) -> "subprocess.CompletedProcess":
     ("train.flow.frozen_from=nowhere", ("train.flow.frozen_from=nowhere has no vae/ or clip/", "sdlab-mini folder")),
 ])
 def test_bad_flow_settings_are_one_line_and_write_nothing(tmp_path, arg, fragments):
-    result = sdlab("experiment=train_mini_flow", arg, "train.out=o", "train.export=e", cwd=tmp_path)
+    result = run_cli("experiment=train_mini_flow", arg, "train.out=o", "train.export=e", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sdlab: error: ") and "Traceback" not in result.stderr
@@ -175,7 +166,7 @@ def test_bad_flow_settings_are_one_line_and_write_nothing(tmp_path, arg, fragmen
 def test_flow_stage_without_its_block_and_mini_flow_without_weights_are_one_line(tmp_path, monkeypatch):
     from sdlab.models import loading
 
-    result = sdlab("experiment=train_mini", "train.stage=flow", "train.out=o", "train.export=e", cwd=tmp_path)
+    result = run_cli("experiment=train_mini", "train.stage=flow", "train.out=o", "train.export=e", cwd=tmp_path)
     assert result.returncode == 2 and "use experiment=train_mini_flow" in result.stderr
     monkeypatch.setattr(loading, "PROJECT_ROOT", tmp_path)  # a checkout whose models/mini_flow has no weights
     (tmp_path / "models" / "mini_flow").mkdir(parents=True)

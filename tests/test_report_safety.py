@@ -6,8 +6,6 @@ import html
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from browser import chromium_page, require_chromium
+from cli_helpers import run_cli
 from report_helpers import fake_sweep
 from sdlab.errors import UserError
 from sdlab.bench.records import job_dirs, write_table
@@ -217,7 +216,6 @@ def test_a_damaged_input_is_one_line_naming_the_file_and_exit_2(run_sdlab, outsi
 def test_sdlab_report_on_damaged_input_prints_no_traceback(outside, case):
     root, _ = outside
     fragment = corrupt(root, case)
-    done = subprocess.run([sys.executable, "-m", "sdlab.app.cli", "report", str(root)], capture_output=True, text=True,
-                          timeout=120)
+    done = run_cli("report", str(root))
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("sdlab: error: ") and fragment in done.stderr
