@@ -20,6 +20,8 @@ from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.bench.run import load_params
 from sdlab.bench.records import rows_from_images
+from sdlab.bench.references import read_image
+from sdlab.jobs import analysis
 from sdlab.untrusted import check_image, json_depth, parse_json, read_png_text, read_prompt_lines
 
 FAST = ("num_inference_steps=1", "threads=1")
@@ -225,18 +227,20 @@ def bad_pngs(tmp):
 
 
 @pytest.mark.parametrize("name", ["text", "cut", "gama"])
-def test_images_and_params_word_a_bad_png_alike(tmp_path, name):
+def test_every_reader_of_images_words_a_bad_png_alike(tmp_path, name):
     path = tmp_path / f"{name}.png"
     path.write_bytes(bad_pngs(tmp_path)[name])
     lines = []
     for read, label in ((lambda: check_image(path, "images: X", "an image file"), "images: X"),
-                        (lambda: read_png_text(path, "params=X", LIMITS), "params=X")):
+                        (lambda: read_png_text(path, "params=X", LIMITS), "params=X"),
+                        (lambda: read_image(path, 8, 8), f"reference image {path}"),
+                        (lambda: analysis.read_image(path, 8, 8, "image=X"), "image=X")):
         with pytest.raises(UserError) as refused:
             read()
         line = str(refused.value)
         assert line.startswith(f"{label} is not ") and "; give " in line and "PNG text" not in line, line
         lines.append(line.removeprefix(label).split("; give ")[0])
-    assert lines[0].split(" (")[1:] == lines[1].split(" (")[1:]  # the same fault, in the same words
+    assert len({line.partition(" (")[2] for line in lines}) == 1, lines  # the same fault, in the same words
 
 
 def test_a_lost_table_is_rebuilt_from_pngs_skipping_those_whose_record_is_not_one(tmp_path):

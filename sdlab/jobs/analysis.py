@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sdlab.bench.inputs import image_files
 from sdlab.bench.worlds import world
 from sdlab.config import Run, checked
-from sdlab.errors import UserError
 from sdlab.metrics.image import cover
 from sdlab.models.loading import shipped_scheduler_config
+from sdlab.untrusted import image_faults, open_regular
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,22 +43,20 @@ def model_scheduler_config(run: Run) -> dict:
     return {k: v for k, v in shipped_scheduler_config(run.model)[0].items() if not k.startswith("_")}
 
 
-def read_image(path: Path, width: int, height: int) -> np.ndarray:
-    """One image file fitted to width x height; a one-line UserError naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as image:
+def read_image(path: Path, width: int, height: int, label: str) -> np.ndarray:
+    """One image file fitted to width x height; a one-line UserError naming `label` (its key and file) when it cannot
+    be read."""
+    with open_regular(path, label, "an image file") as f, image_faults(label, "an image", "an image file"):
+        with Image.open(f) as image:
             image.load()
             return cover(image, width, height)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
-        raise UserError(f"cannot read image {path}: {reason}") from None
 
 
 def input_images(source: ImageInput, width: int, height: int, count: int) -> list[tuple[str, np.ndarray, str]]:
     """(name, image, caption) from `images` (folder or files; caption = file stem), else `count` images of the
     `sample_world` drawn at min(width, height) and fitted."""
     if source.images:
-        return [(p.name, read_image(p, width, height), p.stem.replace("_", " ")) for p in image_files(source.images)]
+        return [(p.name, read_image(p, width, height, f"images: {p}"), p.stem.replace("_", " ")) for p in image_files(source.images)]
     samples = world(source.sample_world).samples(count, min(width, height), None)
     return [(name, cover(Image.fromarray(image), width, height), text) for name, image, text in samples]
 

@@ -175,5 +175,5 @@ def input_image(recipe: Img2img, side: int):
     from PIL import Image
 
     if recipe.image:
-        return Image.fromarray(read_image(Path(recipe.image), side, side))
+        return Image.fromarray(read_image(Path(recipe.image), side, side, f"image={recipe.image}"))
     return Image.fromarray(world(recipe.sample_world).draw(str(recipe.image_caption))).resize((side, side))
