@@ -11,16 +11,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sdlab.conf_files import CONF_DIR
-from sdlab.config import (
-    MODEL_NAMES,
-    Field,
-    GenerationParams,
-    ModelSpec,
-    SchedulerChoice,
-    check_fields,
-    model_spec,
-    side_rules,
-)
+from sdlab.config import MODEL_NAMES, Field, GenerationParams, ModelSpec, SchedulerChoice, model_spec, side_rules
 from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
@@ -180,7 +171,8 @@ def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationPara
     resolve_device(spec.device)
     cls = adapter_class(spec)
     sides = Field("int", 1, plain=True, **side_rules(cls.size_multiple, f" on model={spec.name} (family {cls.family})"))
-    check_fields({"width": params.width, "height": params.height}, {"width": sides, "height": sides})
+    for key in ("width", "height"):
+        sides.check(key, getattr(params, key))
     base, source = shipped_scheduler_config(spec)
     check_steps(choice.name, base, choice.options, params.num_inference_steps, source)
 
