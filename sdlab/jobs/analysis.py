@@ -56,7 +56,8 @@ def input_images(source: ImageInput, width: int, height: int, count: int) -> lis
     """(name, image, caption) from `images` (folder or files; caption = file stem), else `count` images of the
     `sample_world` drawn at min(width, height) and fitted."""
     if source.images:
-        return [(p.name, read_image(p, width, height, f"images: {p}"), p.stem.replace("_", " ")) for p in image_files(source.images)]
+        return [(p.name, read_image(p, width, height, f"images: {p}"), p.stem.replace("_", " "))
+                for p in image_files(source.images)]
     samples = world(source.sample_world).samples(count, min(width, height), None)
     return [(name, cover(Image.fromarray(image), width, height), text) for name, image, text in samples]
 
