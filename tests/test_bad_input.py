@@ -295,6 +295,21 @@ def test_an_intact_folder_passes_the_checks_and_a_cache_snapshot_may_link_into_i
     check_pipeline_folder(snapshot)
 
 
+def test_a_safety_checker_from_diffusers_own_pipelines_is_no_custom_code(saved_tiny, tmp_path):
+    from sdlab.errors import UserError
+    from sdlab.models.model_files import check_pipeline_folder
+
+    folder = tmp_path / "model"  # stable-diffusion-v1-5's model_index.json names its checker this way
+    shutil.copytree(saved_tiny, folder)
+    set_json(folder / "model_index.json", safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+             feature_extractor=["transformers", "CLIPImageProcessor"])
+    check_pipeline_folder(folder)
+    for library in ("stable_diffusion_mine", "../stable_diffusion", "os"):
+        set_json(folder / "model_index.json", safety_checker=[library, "StableDiffusionSafetyChecker"])
+        with pytest.raises(UserError, match="no custom code"):
+            check_pipeline_folder(folder)
+
+
 # The pure check over a composed config, as a sweep's pre-flight calls it for every job.
 
 def composed(*overrides) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -82,10 +83,20 @@ def read_object(path: Path) -> dict[str, Any]:
     return data
 
 
+def own_library(name: Any) -> bool:
+    """Whether a component of library `name` loads with diffusers' or transformers' own code: one of them, or a
+    diffusers pipeline module (SD 1.5's safety checker is `stable_diffusion`'s), looked up without importing it."""
+    if name in (None, "diffusers", "transformers"):
+        return True
+    package = importlib.util.find_spec("diffusers")
+    return isinstance(name, str) and name.isidentifier() and package is not None and any(
+        (Path(root) / "pipelines" / name / "__init__.py").is_file() for root in package.submodule_search_locations)
+
+
 def check_index(path: Path) -> None:
     """model_index.json is a JSON object whose components come from diffusers or transformers only."""
     for name, value in read_object(path).items():
-        if isinstance(value, list) and len(value) == 2 and value[0] not in (None, "diffusers", "transformers"):
+        if isinstance(value, list) and len(value) == 2 and not own_library(value[0]):
             raise UserError(f"{path}: component {name!r} comes from {value[0]!r}; sdlab loads diffusers and "
                             "transformers components only (no custom code)")
 
