@@ -247,6 +247,8 @@ DAMAGES = {
                                       f"{TEXT}: tensor"),
     "model_index.json not JSON": (lambda f, o: (f / "model_index.json").write_text("{oops"),
                                   "model_index.json is not valid JSON"),
+    "model_index.json huge": (lambda f, o: os.truncate(f / "model_index.json", 1 << 30),  # sparse: no disk used
+                               "model_index.json is 1073741824 bytes"),
     "model_index.json a list": (lambda f, o: (f / "model_index.json").write_text("[]"),
                                 "model_index.json must hold a JSON object"),
     "custom component code": (lambda f, o: set_json(f / "model_index.json", unet=["my_unet", "MyUNet"]),

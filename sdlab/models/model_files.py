@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -14,7 +15,7 @@ from typing import Any
 
 from sdlab.errors import UserError
 from sdlab.models.architectures import Part, build_part
-from sdlab.untrusted import open_regular
+from sdlab.untrusted import open_regular, parse_json
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -26,6 +27,7 @@ DEFAULT_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
+MAX_JSON_BYTES = 64 << 20  # a model folder's configs and tokenizer files (a tokenizer.json: a few MB)
 SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the encoder loads, its decoder is skipped
 SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
 
@@ -71,13 +73,17 @@ def check_links(folder: Path) -> None:
 
 
 def read_object(path: Path) -> dict[str, Any]:
-    """A JSON file's object, or a UserError naming the file and what is wrong."""
-    if not path.is_file():
+    """A JSON file's object, read within MAX_JSON_BYTES, or a UserError naming the file and what is wrong."""
+    if not path.exists():
         raise UserError(f"{path} is missing; a diffusers pipeline folder needs it")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise UserError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+    with open_regular(path, str(path), "a JSON file") as f:
+        if (size := os.fstat(f.fileno()).st_size) > MAX_JSON_BYTES:
+            raise UserError(f"{path} is {size} bytes; a model folder's JSON files hold at most {MAX_JSON_BYTES}")
+        try:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        except OSError as e:
+            raise UserError(f"{path} cannot be read: {e.strerror or e}") from None
+    data = parse_json(raw, str(path))
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
     return data
