@@ -8,10 +8,11 @@ import json
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sdlab.errors import UserError
 from sdlab.models.architectures import Part, build_part
@@ -173,15 +174,46 @@ class ExpectedWeights:
     extra: tuple[str, ...] = ()  # keys a file may carry that loading skips: non-persistent buffers, the class's own
 
 
-def expected_weights(component: str, config: dict[str, Any], config_path: Path) -> ExpectedWeights:
-    """The tensors the component's config describes, built on the meta device (no memory, no weights)."""
+class TooManyTensors(Exception):
+    """A config builds more tensors than its component's safetensors could hold."""
+
+
+@contextmanager
+def tensor_budget(most: int) -> Iterator[None]:
+    """Stop a module being built once it has registered more than `most` parameters and buffers: a config of 10**5
+    layers would take hours to build even on the meta device."""
+    from torch.nn.modules import module
+
+    count = 0
+
+    def counted(*_):
+        nonlocal count
+        count += 1
+        if count > most:
+            raise TooManyTensors
+
+    hooks = [module.register_module_parameter_registration_hook(counted),
+             module.register_module_buffer_registration_hook(counted)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def expected_weights(component: str, config: dict[str, Any], config_path: Path, tensors_held: int) -> ExpectedWeights:
+    """The tensors the component's config describes, built on the meta device (no memory, no weights) and given up
+    once they are far more than the `tensors_held` of its safetensors."""
     import torch
 
-    class_name = component_class(component, config)
+    class_name, most = component_class(component, config), 2 * tensors_held + 64  # tied weights, buffers: a few more
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), tensor_budget(most):
             model = build_part(Part(class_name, config))
-    except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as e:
+    except TooManyTensors:
+        raise UserError(f"{config_path} does not describe a {component}: it builds more than {most} tensors, its "
+                        f"safetensors hold {tensors_held}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, AssertionError, RuntimeError, OverflowError) as e:
         raise UserError(f"{config_path} does not describe a {component}: {str(e).splitlines()[0]}") from None
     tensors = model.state_dict(keep_vars=True)
     first: dict[int, str] = {}
@@ -197,11 +229,12 @@ def check_component_weights(folder: Path, component: str, config: dict[str, Any]
     they are exactly the component's tensors: another component's weights in its place are refused, never loaded
     with the missing tensors left at random."""
     config_path = folder / component / "config.json"
-    want = expected_weights(component, config, config_path)
     files = sorted((folder / component).glob("*.safetensors"))
+    held = {weights: safetensors_shapes(weights) for weights in files}
+    want = expected_weights(component, config, config_path, sum(map(len, held.values())))
     have: set[str] = set()
-    for weights in files:
-        for name, shape in safetensors_shapes(weights).items():
+    for weights, shapes in held.items():
+        for name, shape in shapes.items():
             if name in want.shapes and want.shapes[name] != shape:
                 raise UserError(f"{weights}: tensor {name} has shape {list(shape)}; {config_path} needs "
                                 f"{list(want.shapes[name])}")
