@@ -268,6 +268,7 @@ DAMAGES = {
                                  "scheduler/scheduler_config.json is missing"),
     "component symlinked outside": (lambda f, o: link_outside(f, o, "vae"), "vae is a link to"),
     "weights symlinked outside": (lambda f, o: link_file_outside(f, o, UNET), f"{UNET} is a link to"),
+    "link in a loop": (lambda f, o: os.symlink("loop", f / "unet/loop"), "unet/loop is a link in a loop"),
     "unet holds the vae's weights": (lambda f, o: shutil.copy(f / VAE, f / UNET),
                                      f"{UNET} does not hold the weights"),
     "vae holds the unet's weights": (lambda f, o: shutil.copy(f / UNET, f / VAE), "tensors are not a vae's"),

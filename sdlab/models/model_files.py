@@ -68,7 +68,10 @@ def check_links(folder: Path) -> None:
     if folder.parent.name == "snapshots":
         roots.append(folder.parent.parent.resolve())
     for path in [*folder.iterdir(), *(p for d in folder.iterdir() if d.is_dir() for p in d.iterdir())]:
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except (RuntimeError, OSError):  # RuntimeError before Python 3.13
+            raise UserError(f"{path} is a link in a loop; remove it or put the file it stands for there") from None
         if not any(real.is_relative_to(root) for root in roots):
             raise UserError(f"{path} is a link to {real}, outside model.path={folder}; copy it into the folder")
 
