@@ -237,6 +237,8 @@ def set_json(path: Path, **values) -> None:
 DAMAGES = {
     "unet weights truncated": (lambda f, o: truncate(f / UNET), f"{UNET} is truncated"),
     "vae weights empty": (lambda f, o: (f / VAE).write_bytes(b""), f"{VAE} is truncated"),
+    "unet weights only as a variant": (lambda f, o: (f / UNET).rename(f / UNET.replace("model.", "model.fp16.")),
+                                       "no diffusion_pytorch_model.safetensors or model.safetensors in"),
     "unet weights a FIFO": (lambda f, o: ((f / UNET).unlink(), os.mkfifo(f / UNET)), "no .safetensors weights in"),
     "text encoder weights are noise": (lambda f, o: (f / TEXT).write_bytes(os.urandom(4096)),
                                        f"{TEXT} is not a safetensors file"),

@@ -30,6 +30,7 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
 MAX_JSON_BYTES = 64 << 20  # a model folder's configs and tokenizer files (a tokenizer.json: a few MB)
 SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the encoder loads, its decoder is skipped
+LOADED_WEIGHTS = re.compile(r"(diffusion_pytorch_model|model)(-\d+-of-\d+)?\.safetensors")  # as diffusers names them
 SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
 
 
@@ -51,8 +52,11 @@ def _check_weights(folder: Path, signature: tuple) -> None:
         raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
     for component in weight_components(folder):
         files = [p for p in (folder / component).glob("*") if p.is_file()]
-        if any(p.suffix == ".safetensors" for p in files):
+        if loaded_weights(folder / component):
             continue
+        if variants := [p.name for p in files if p.suffix == ".safetensors"]:
+            raise UserError(f"no diffusion_pytorch_model.safetensors or model.safetensors in {folder / component} "
+                            f"(only {variants[0]}, which diffusers loads only as a variant); give the weights that name")
         pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
         if pickles:
             raise UserError(
@@ -60,6 +64,12 @@ def _check_weights(folder: Path, signature: tuple) -> None:
                 "(convert them with diffusers' save_pretrained(safe_serialization=True))"
             )
         raise UserError(f"no .safetensors weights in {folder / component}")
+
+
+def loaded_weights(component: Path) -> list[Path]:
+    """The safetensors files diffusers loads for a component: its plain weights or their shards, not variants
+    (`.fp16`, `.non_ema`)."""
+    return sorted(p for p in component.glob("*.safetensors") if LOADED_WEIGHTS.fullmatch(p.name) and p.is_file())
 
 
 def check_links(folder: Path) -> None:
@@ -232,7 +242,7 @@ def check_component_weights(folder: Path, component: str, config: dict[str, Any]
     they are exactly the component's tensors: another component's weights in its place are refused, never loaded
     with the missing tensors left at random."""
     config_path = folder / component / "config.json"
-    files = sorted((folder / component).glob("*.safetensors"))
+    files = loaded_weights(folder / component)
     held = {weights: safetensors_shapes(weights) for weights in files}
     want = expected_weights(component, config, config_path, sum(map(len, held.values())))
     have: set[str] = set()
