@@ -293,6 +293,24 @@ def test_damaged_model_folder_is_one_line_naming_the_file(run_sdlab, saved_tiny,
     assert_refused(run_sdlab, capsys, tmp_path, args, fragment)
 
 
+@pytest.mark.parametrize("damage", ["model_index.json not JSON", "component symlinked outside", "unet weights truncated",
+                                    "tokenizer not JSON", "scheduler config missing"])
+def test_a_folder_damaged_in_its_files_is_refused_before_torch_or_diffusers_is_imported(saved_tiny, tmp_path, damage):
+    """Links, JSON files and safetensors headers need no library to read: such a folder is refused about as fast as
+    a missing one (seconds sooner than after the scheduler checks import diffusers and torch)."""
+    from test_cli import entry_in_a_new_process
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_tiny, folder)
+    harm, fragment = DAMAGES[damage]
+    harm(folder, tmp_path / "elsewhere")
+    result = entry_in_a_new_process(["model=sd15", f"model.path={folder}", "hydra.run.dir=run"], tmp_path,
+                                    ("torch", "diffusers"))
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+    assert result.stderr.count("sdlab: error:") == 1 and fragment in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_intact_folder_passes_the_checks_and_a_cache_snapshot_may_link_into_its_blobs(saved_tiny, tmp_path):
     from sdlab.models.model_files import check_pipeline_folder
 

@@ -35,9 +35,12 @@ SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
 
 
 def check_weights_folder(folder: Path) -> None:
-    """Refuse anything but a diffusers folder whose weights are all safetensors, without opening pickles or importing
-    anything; pre-flight asks this first, and the pipeline check asks it again for free while the files stay the same."""
-    _check_weights(folder, _signature(folder.absolute()))
+    """Refuse anything but a diffusers folder of safetensors weights whose links, JSON files and safetensors headers
+    are sound, without opening pickles or importing anything; pre-flight asks this first (before the scheduler checks
+    import diffusers), and the pipeline check asks it again for free while the files stay the same."""
+    signature = _signature(folder.absolute())
+    _check_weights(folder, signature)
+    _read_folder(folder.absolute(), signature)
 
 
 @lru_cache(maxsize=16)
@@ -237,13 +240,13 @@ def expected_weights(component: str, config: dict[str, Any], config_path: Path, 
                            tuple(re.escape(name) + "$" for name in skipped) + tuple(ignored))
 
 
-def check_component_weights(folder: Path, component: str, config: dict[str, Any]) -> None:
-    """Every safetensors file of a component is whole, its tensors have the shapes its config describes, and together
-    they are exactly the component's tensors: another component's weights in its place are refused, never loaded
-    with the missing tensors left at random."""
+def check_component_weights(folder: Path, component: str, config: dict[str, Any],
+                            held: dict[Path, dict[str, tuple[int, ...]]]) -> None:
+    """The tensors `held` in a component's safetensors files (their headers' shapes) have the shapes its config
+    describes, and together they are exactly the component's tensors: another component's weights in its place are
+    refused, never loaded with the missing tensors left at random."""
     config_path = folder / component / "config.json"
-    files = loaded_weights(folder / component)
-    held = {weights: safetensors_shapes(weights) for weights in files}
+    files = list(held)
     want = expected_weights(component, config, config_path, sum(map(len, held.values())))
     have: set[str] = set()
     for weights, shapes in held.items():
@@ -264,9 +267,8 @@ def check_component_weights(folder: Path, component: str, config: dict[str, Any]
 
 def check_pipeline_folder(folder: Path) -> None:
     """Refuse a pipeline folder with a pickle, a link outside it, a bad config or tokenizer, or damaged weights."""
-    signature = _signature(folder.absolute())
-    _check_weights(folder, signature)  # a cache hit after pre-flight
-    _check_folder(folder.absolute(), signature)
+    check_weights_folder(folder)  # a cache hit after pre-flight
+    _check_shapes(folder.absolute(), _signature(folder.absolute()))
 
 
 def _signature(folder: Path) -> tuple:
@@ -278,7 +280,9 @@ def _signature(folder: Path) -> tuple:
 
 
 @lru_cache(maxsize=16)
-def _check_folder(folder: Path, signature: tuple) -> None:
+def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, Any], dict]]:
+    """Each weighted component's config and the tensor shapes its safetensors headers hold, after the links, the
+    index, the scheduler config and the tokenizers are checked: file reads only, no library imported."""
     check_links(folder)
     check_index(folder / "model_index.json")
     components = weight_components(folder)
@@ -287,8 +291,15 @@ def _check_folder(folder: Path, signature: tuple) -> None:
     for tokenizer in TOKENIZERS:
         if tokenizer == "tokenizer" or (folder / tokenizer).exists():
             check_tokenizer(folder / tokenizer)
-    for component in components:
-        check_component_weights(folder, component, configs[component])
+    return {component: (configs[component], {weights: safetensors_shapes(weights)
+                                             for weights in loaded_weights(folder / component)})
+            for component in components}
+
+
+@lru_cache(maxsize=16)
+def _check_shapes(folder: Path, signature: tuple) -> None:
+    for component, (config, held) in _read_folder(folder, signature).items():
+        check_component_weights(folder, component, config, held)
 
 
 def weights_fingerprint(folder: Path) -> str | None:
