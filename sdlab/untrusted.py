@@ -1,5 +1,6 @@
 """Files a user hands sdlab, read as data within limits: regular files only, bounded bytes and lines, bounded JSON,
-bounded PNG text chunks and image headers. Every refusal is one UserError line naming the file and what is allowed.
+bounded PNG text chunks, images read to their end without decoding a PNG's or JPEG's pixels. Every refusal is one
+UserError line naming the file and what is allowed.
 
 `limit` is the `limits:` block (sdlab.config.limits); `label` names the file as the user gave it (`params=x.json`).
 """
@@ -7,6 +8,7 @@ bounded PNG text chunks and image headers. Every refusal is one UserError line n
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import stat
 import sys
@@ -21,6 +23,7 @@ from sdlab.errors import UserError
 
 MAX_JSON_DEPTH = 32  # lists and objects inside each other; sdlab's own files need 3
 RAISE_HINT = "raise it with limits.{}=N"
+TRUNCATED = "image file is truncated"  # Pillow's words when it decodes a file cut short
 
 
 def _kind(mode: int) -> str:
@@ -150,10 +153,29 @@ def image_faults(label: str, kind: str, what: str) -> Iterator[None]:
         raise UserError(f"{label} is not {kind} ({reason}); give {what}") from None
 
 
+def check_whole(image: Image.Image, f: IO[bytes]) -> None:
+    """Refuse (inside `image_faults`) an image file opened from `f` whose data is cut short: a PNG's chunks are read to
+    IEND with their CRCs (`Image.verify`), a JPEG is searched for its end-of-image marker after its first scan, and
+    only other formats have their pixels decoded. Call it on a freshly opened image; it cannot be loaded after."""
+    if image.format == "PNG":
+        try:
+            image.verify()
+        except OSError as e:  # Pillow's "truncated PNG file" or "Truncated File Read": said as a decoder says it
+            if "truncated" not in str(e).lower():
+                raise
+            raise OSError(TRUNCATED) from None
+    elif image.format == "JPEG":  # entropy-coded data holds no 0xFF 0xD9 (byte stuffing): only a whole scan ends so
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.rfind(b"\xff\xd9", max(data.find(b"\xff\xda"), 0)) < 0:
+                raise OSError(TRUNCATED)
+    else:
+        image.load()
+
+
 def check_image(path: str | Path, label: str, what: str) -> None:
-    """A regular file that opens as an image, read from its header alone (its pixels are not decoded)."""
-    with open_regular(path, label, what) as f, image_faults(label, "an image", what):
-        Image.open(f).close()
+    """A regular file that opens as an image and is not cut short (`check_whole`; PNG and JPEG pixels not decoded)."""
+    with open_regular(path, label, what) as f, image_faults(label, "an image", what), Image.open(f) as image:
+        check_whole(image, f)
 
 
 def read_png_text(path: str | Path, label: str, limit: dict[str, int]) -> dict[str, str]:

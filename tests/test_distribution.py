@@ -131,10 +131,14 @@ def test_a_folder_of_the_users_images_is_a_reference(run_sdlab, cache, tmp_path)
 
 def test_a_reference_that_cannot_be_is_one_line_and_nothing_is_written(run_sdlab, cache, tmp_path, capsys):
     few, small = write_images(tmp_path / "few", 3, 64), write_images(tmp_path / "small", 4, 32)
+    cut = write_images(tmp_path / "cut", 8, 64)
+    (cut / "real3.png").write_bytes((cut / "real3.png").read_bytes()[:-20])  # the image data runs short of its end
     cases = [
         (("reference=/nonexistent/real",), "reference=/nonexistent/real: no such folder"),
         ((f"reference={few}",), f"reference={few} has 3 images (reference_count=8); scorer precision_recall needs at least 4"),
         ((f"reference={small}",), "is 32x32 px, the generated images 64x64; give references of the generated size"),
+        ((f"reference={cut}",), f"reference image {cut / 'real3.png'} is not a readable PNG or JPEG image (image file "
+                                "is truncated)"),
         (("reference_count=3",), "reference_count=3 is too small: scorer precision_recall needs at least 4"),
         (("reference_count=0",), "reference_count=0 must be a positive integer"),
         (("clip=none",), "scorers fd, precision_recall compare CLIP image features, and clip=none has none"),

@@ -7,6 +7,7 @@ import json
 import os
 import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -101,6 +102,18 @@ def png(path, chunks: dict[str, str], zipped: bool = False):
     return path
 
 
+def cut_short(folder, kind: str, count: int = 3, side: int = 64):
+    """A folder of `count` noise images in format `kind`, the second cut to 60% of its bytes (its pixels short)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
+            folder / f"{i}.{kind.lower().replace('jpeg', 'jpg')}", kind)
+    second = sorted(folder.iterdir())[1]
+    second.write_bytes(second.read_bytes()[: second.stat().st_size * 6 // 10])
+    return folder
+
+
 def record(**values) -> str:
     return json.dumps({"prompt": "a red circle", "seed": 1, "num_inference_steps": 1, "model": "tiny", **values})
 
@@ -149,6 +162,11 @@ def bad_files(tmp):
         ([f"params={(tmp / 'text.png').write_text('not a png') and tmp / 'text.png'}"],
          "text.png is not a readable PNG image"),
         ([f"params={png(tmp / 'a1111.png', {'parameters': 'a cat'})}"], "a1111.png: the PNG's parameters text"),
+        # images whose pixels are cut short: pre-flight reads them to their end
+        (["experiment=vae_roundtrip", f"images={cut_short(tmp / 'cut', 'PNG')}"],
+         f"images: {tmp / 'cut' / '1.png'} is not an image (image file is truncated)"),
+        (["experiment=forward_process", f"images={cut_short(tmp / 'cut_jpeg', 'JPEG') / '1.jpg'}"],
+         f"images: {tmp / 'cut_jpeg' / '1.jpg'} is not an image (image file is truncated)"),
         # values a params file may not set
         (["-m", f"params={png(tmp / 'two.png', {'sdlab': record(model='mini,tiny')})}"],
          "model='mini,tiny' is not a model; choose one of:"),
@@ -178,7 +196,7 @@ def write(path, text):
     return path
 
 
-N_CASES = 30
+N_CASES = 32
 
 
 def test_case_count_matches_the_list(tmp_path):
@@ -241,6 +259,19 @@ def test_every_reader_of_images_words_a_bad_png_alike(tmp_path, name):
         assert line.startswith(f"{label} is not ") and "; give " in line and "PNG text" not in line, line
         lines.append(line.removeprefix(label).split("; give ")[0])
     assert len({line.partition(" (")[2] for line in lines}) == 1, lines  # the same fault, in the same words
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG"])
+def test_an_image_cut_short_is_refused_from_its_file_and_a_whole_one_passes(tmp_path, kind):
+    """A PNG's chunks are read to their end (CRCs, IEND), a JPEG's to its end-of-image marker; bytes after that
+    (a motion photo's video) are no damage."""
+    folder = cut_short(tmp_path / "images", kind)
+    whole, cut, _ = sorted(folder.iterdir())
+    with pytest.raises(UserError, match=r"^images: X is not an image \(image file is truncated\); give an image"):
+        check_image(cut, "images: X", "an image file")
+    check_image(whole, "images: X", "an image file")
+    whole.write_bytes(whole.read_bytes() + b"\0" * 100)
+    check_image(whole, "images: X", "an image file")
 
 
 def test_a_lost_table_is_rebuilt_from_pngs_skipping_those_whose_record_is_not_one(tmp_path):

@@ -20,7 +20,7 @@ from sdlab.config import Field, config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_path
 from sdlab.models.clip import clip_weights
-from sdlab.untrusted import image_faults, open_regular
+from sdlab.untrusted import check_whole, image_faults, open_regular
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 SEED = 0  # what a world leaves open in a prompt is drawn from this seed: every run compares with the same images
@@ -46,15 +46,19 @@ def reference_files(folder: Any) -> list[Path]:
 
 
 def read_image(path: Path, width: int, height: int, pixels: bool = True) -> np.ndarray | None:
-    """One reference image as HxWx3 uint8 (or with `pixels` false, only its size checked), refused in one line unless
-    it is a regular PNG/JPEG file of width x height; its size is checked before its pixels are decoded."""
+    """One reference image as HxWx3 uint8 (or with `pixels` false, only its size checked and its file read to its end,
+    `check_whole`), refused in one line unless it is a whole regular PNG/JPEG file of width x height; its size is
+    checked before its pixels are decoded."""
     label, what = f"reference image {path}", "a PNG or JPEG file"
     with (open_regular(path, label, what) as f, image_faults(label, "a readable PNG or JPEG image", what),
           Image.open(f, formats=["PNG", "JPEG"]) as image):
         if image.size != (width, height):
             raise UserError(f"{label} is {image.size[0]}x{image.size[1]} px, the generated images {width}x{height}; "
                             "give references of the generated size")
-        return np.asarray(image.convert("RGB")) if pixels else None
+        if pixels:
+            return np.asarray(image.convert("RGB"))
+        check_whole(image, f)
+        return None
 
 
 def check_reference(cfg: dict, width: int, height: int, needed: dict[str, int]) -> None:
