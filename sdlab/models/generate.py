@@ -37,7 +37,6 @@ class BatchResult:
     time_total_s: float
     peak_mem_bytes: int | None  # the call's own peak (None where it cannot be told from earlier calls')
     latents: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)  # image index -> why it is bad (its slot is None)
     size: int | None = None  # images in the pipeline call these came from (None: these seeds alone)
     scores: list[dict | None] | None = None  # per image, its scorers' columns when scored with its call (None: not)
@@ -46,7 +45,7 @@ class BatchResult:
     def cell(self, i: int) -> BatchResult:
         """Image `i` alone, carrying the whole call's timings and size (its row takes its share) and its scores."""
         errors = {0: self.errors[i]} if i in self.errors else {}
-        return replace(self, images=[self.images[i]], seeds=[self.seeds[i]], latents=None, errors=errors, extras={},
+        return replace(self, images=[self.images[i]], seeds=[self.seeds[i]], latents=None, errors=errors,
                        size=len(self.seeds), scores=None if self.scores is None else [self.scores[i]])
 
 
