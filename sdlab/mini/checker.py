@@ -37,18 +37,13 @@ SIZE_BOUNDARY = HALF_EXTENT_RANGE["small"][1] + HALF_EXTENT_RANGE["large"][0]
 
 @dataclass(frozen=True)
 class CheckResult:
-    """Attributes read from an image (None when unreadable) and the measurements behind them."""
+    """Attributes read from an image (None when unreadable)."""
 
     shape: str | None
     colour: str | None
     size: str | None
     position: str | None
     background: str | None
-    fill_ratio: float = float("nan")
-    asymmetry: float = float("nan")
-    extent: float = float("nan")
-    centre: tuple[float, float] = (float("nan"), float("nan"))
-    contrast: float = 0.0
 
     @property
     def attributes(self) -> Attributes | None:
@@ -205,8 +200,7 @@ def check(image: np.ndarray) -> CheckResult:
                    ** 2 + (offset_y - POSITION_UNIT_OFFSETS[name][1] * POSITION_OFFSET) ** 2)
     return CheckResult(shape=classify_shape(fill_ratio, asymmetry), colour=nearest_name(foreground_rgb, shape_palette),
                        size="large" if extent > SIZE_BOUNDARY * width / IMAGE_SIZE else "small", position=position,
-                       background=background, fill_ratio=fill_ratio, asymmetry=asymmetry, extent=extent, centre=centre,
-                       contrast=float(np.linalg.norm(foreground_rgb - background_rgb)))
+                       background=background)
 
 
 def agreement(result: CheckResult, named: dict[str, str]) -> dict[str, bool]:
