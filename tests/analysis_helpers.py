@@ -57,3 +57,22 @@ def figure_size(width_in: float, height_in: float, dpi: int = 100, slack: float 
     """Size bounds of a matplotlib figure of width_in x height_in inches saved with a tight bounding box (titles may widen it by `grow`)."""
     w, h = width_in * dpi, height_in * dpi
     return {"min_size": (int(w * (1 - slack)), int(h * (1 - slack))), "max_size": (int(w * grow), int(h * grow))}
+
+
+def tiny_clip():
+    """A small random-weight CLIPModel with the packaged tokenizer."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from sdlab.metrics.clip import ClipModel
+    from sdlab.models.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    return ClipModel(model=CLIPModel(config).eval(), tokenizer=load_tokenizer(), name="tiny")

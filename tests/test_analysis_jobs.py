@@ -145,7 +145,7 @@ def test_clip_tokens_job(tmp_path):
 
 
 def test_clip_similarity_text_only_then_with_clip(tmp_path):
-    from sdlab.models.clip import tiny_clip
+    from analysis_helpers import tiny_clip
 
     rows = run("clip_similarity", tmp_path / "text", prompts=["a red circle", "a blue square", "a red circle"])
     assert len(rows) == 9 and rows["embedding"].iloc[0].startswith("model=tiny text_encoder pooled output")
@@ -275,7 +275,7 @@ def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance
 
 
 def test_guidance_grid_with_clip_scores(tmp_path):
-    from sdlab.models.clip import tiny_clip
+    from analysis_helpers import tiny_clip
 
     folder = tmp_path / "clip"
     tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
@@ -444,7 +444,7 @@ def test_guidance_claim_with_too_few_seeds_for_an_interval_says_it_was_not_teste
 
 
 def test_clip_similarity_with_num_images_0_draws_no_image_caption_figure(tmp_path):
-    from sdlab.models.clip import tiny_clip
+    from analysis_helpers import tiny_clip
 
     folder = tmp_path / "clip"
     tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from analysis_helpers import tiny_clip
+
 from sdlab.errors import UserError
-from sdlab.models.clip import load_clip, tiny_clip
+from sdlab.models.clip import load_clip
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def clip_args(folder: Path) -> list[str]:
 
 
 def test_guidance_grid_with_a_clip_model_from_the_command_line(run_sdlab, tmp_path):
-    from sdlab.models.clip import tiny_clip
+    from analysis_helpers import tiny_clip
 
     folder = tmp_path / "clip"
     tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)
@@ -132,7 +132,7 @@ def test_missing_clip_model_is_one_line_and_exit_2(run_sdlab, tmp_path, capsys):
 def test_generate_rows_carry_clip_score_with_a_clip_model(run_sdlab, tmp_path):
     if not clip_wired():
         pytest.skip("conf/config.yaml does not list the clip group yet")
-    from sdlab.models.clip import tiny_clip
+    from analysis_helpers import tiny_clip
 
     folder = tmp_path / "clip"
     tiny_clip().model.save_pretrained(str(folder), safe_serialization=True)

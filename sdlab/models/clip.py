@@ -78,18 +78,3 @@ def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
                              image_std=tuple(stats.get("image_std", CLIP_STD)))
     return _LOADED[key]
 
-
-def tiny_clip(seed: int = 0, image_size: int = 32) -> ClipModel:
-    """A small random-weight CLIPModel with the packaged tokenizer (tests and smoke runs)."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=image_size, patch_size=8),
-        projection_dim=16,
-    )
-    return ClipModel(model=CLIPModel(config).eval(), tokenizer=load_tokenizer(), name="tiny")
