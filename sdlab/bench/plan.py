@@ -49,12 +49,12 @@ def shared_call(run: Run) -> tuple | None:
             run.threads, run.resume)
 
 
-def cell_of(run: Run, job_hash: str | None = None) -> Cell:
+def cell_of(run: Run) -> Cell:
     """The plan's view of a parsed cell."""
     batch, p = shared_call(run), run.params
     if batch is None:  # an analysis: its own work, no images to batch
-        return Cell(job_hash or run.job_hash, (run.job,), f"job {run.job}", 0, 1, None)
-    return Cell(job_hash or run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
+        return Cell(run.job_hash, (run.job,), f"job {run.job}", 0, 1, None)
+    return Cell(run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
                 p.batch_size, denoiser_calls(run.scheduler.name, p.num_inference_steps),
                 family(run.model.family).uses_cfg(p.guidance_scale))
 
