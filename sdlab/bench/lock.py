@@ -173,9 +173,9 @@ def acquire(folder: Path, parents: bool = True) -> None:
 HELD: list[Path] = []  # the folders `hold` locked in this process
 
 
-def hold(folder: Path, parents: bool = True) -> None:
+def hold(folder: Path) -> None:
     """Lock `folder` until `release` or the end of the process (sys.exit skips Hydra's end-of-run callbacks)."""
-    acquire(folder, parents)
+    acquire(folder)
     HELD.append(Path(folder))
     atexit.register(release, folder)
 

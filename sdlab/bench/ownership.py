@@ -137,9 +137,9 @@ def adopt(folder: Path) -> None:
         atomic_write_text(Path(folder) / MARK, MARK_TEXT)
 
 
-def claim(folder: Path, key: str, parents: bool = True) -> None:
+def claim(folder: Path, key: str) -> None:
     """Lock `folder` for this process, check again that it is sdlab's, and mark it (its lock released on refusal)."""
-    lock.hold(folder, parents)
+    lock.hold(folder)
     try:
         check_owned(Path(folder), key)
     except NotOwned:
