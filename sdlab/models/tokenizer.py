@@ -69,11 +69,11 @@ def save_tokenizer_files(vocab: dict[str, int], merges: list[tuple[str, str]], o
 
 
 @lru_cache(maxsize=1)
-def load_tokenizer(directory: Path = ASSET_DIR) -> CLIPTokenizer:
-    """The CLIP tokenizer saved in `directory` (the packaged one by default)."""
+def load_tokenizer() -> CLIPTokenizer:
+    """The packaged CLIP tokenizer."""
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(str(directory), model_max_length=MODEL_MAX_LENGTH)
+    return CLIPTokenizer.from_pretrained(str(ASSET_DIR), model_max_length=MODEL_MAX_LENGTH)
 
 
 def main(argv: list[str] | None = None) -> None:
