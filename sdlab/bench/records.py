@@ -130,10 +130,10 @@ def read_parquet(path: Path) -> pd.DataFrame:
         return table.read().to_pandas()
 
 
-def read_table(folder: Path, name: str = TABLE_NAME) -> pd.DataFrame | None:
-    """`<name>.parquet`, else its CSV twin, else its images' rows, else None (damaged files kept as `*.damaged`)."""
+def read_table(folder: Path) -> pd.DataFrame | None:
+    """`results.parquet`, else its CSV twin, else its images' rows, else None (damaged files kept as `*.damaged`)."""
     folder = Path(folder)
-    files = [folder / f"{name}.parquet", folder / f"{name}.csv"]
+    files = [folder / f"{TABLE_NAME}.parquet", folder / f"{TABLE_NAME}.csv"]
     if not any(f.is_file() for f in files):
         return None
     for path, read in zip(files, (read_parquet, pd.read_csv)):
@@ -151,12 +151,12 @@ def read_table(folder: Path, name: str = TABLE_NAME) -> pd.DataFrame | None:
         log.warning("%s is damaged (no run_id or status column)", path)
     rebuilt = rows_from_images(folder)
     if rebuilt is not None:
-        log.warning("rebuilt %s from the rows in %d images", folder / name, len(rebuilt))
+        log.warning("rebuilt %s from the rows in %d images", folder / TABLE_NAME, len(rebuilt))
         return rebuilt
     for path in files:
         if path.is_file():
             set_aside(path)
-    log.warning("no table in %s could be read or rebuilt: kept as %s.*.damaged", folder, name)
+    log.warning("no table in %s could be read or rebuilt: kept as %s.*.damaged", folder, TABLE_NAME)
     return None
 
 
