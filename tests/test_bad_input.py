@@ -463,3 +463,23 @@ def test_the_family_check_of_a_side_is_the_configs_rule_with_the_familys_multipl
             check_model(spec, SchedulerChoice("euler"), params)
         expected = str(by_config.value).replace("100", str(width)).replace(" 8", f" {multiple}")
         assert str(by_family.value).startswith(f"{expected} on model={name} (family "), by_family.value
+
+
+@pytest.mark.parametrize("recipe", ["vae_roundtrip", "forward_process"])
+def test_input_images_are_checked_before_torch_or_diffusers_is_imported(tmp_path, recipe):
+    """`images=` names files that need no library to check: a missing folder or an image cut short is refused before
+    the scheduler checks import the libraries, and no run dir is made."""
+    from PIL import Image
+    from test_cli import entry_in_a_new_process
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(cut / "red.png")
+    data = (cut / "red.png").read_bytes()
+    (cut / "red.png").write_bytes(data[:int(len(data) * 0.6)])
+    for images, fragment in ((tmp_path / "missing", "missing"), (cut, "red.png")):
+        result = entry_in_a_new_process([f"experiment={recipe}", f"images={images}", "hydra.run.dir=run"], tmp_path,
+                                        ("torch", "diffusers"))
+        assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+        assert result.stderr.count("sdlab: error:") == 1 and fragment in result.stderr, result.stderr
+        assert not (tmp_path / "run").exists()

@@ -44,10 +44,8 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
 
 
 def check_files(run: Run) -> None:
-    """Files and folders the config names exist and are what they should be: params, images, weights, CLIP."""
+    """Files and folders the config names exist and are what they should be: weights, CLIP."""
     cfg = run.recipe
-    if cfg.get("images"):
-        image_files(cfg["images"])
     check_model(run.model, run.scheduler, run.params)
     clip = cfg.get("clip") or {}
     if clip.get("name") not in (None, "none"):
@@ -91,6 +89,8 @@ def check_job(run: Run) -> list[str]:
 
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
         check_weights_folder(model_folder(spec))
+    if cfg.get("images"):  # as are input images
+        image_files(cfg["images"])
     recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
     check_options(run.scheduler.name, run.scheduler.options)
     for name in schedulers_used(run, recipe):
