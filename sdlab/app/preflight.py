@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdlab.bench.inputs import image_files
+from sdlab.bench.inputs import input_image_files
 from sdlab.bench.scorers import check_set_scorers, scorer_names
 from sdlab.bench.worlds import world
 from sdlab.config import Run
@@ -89,8 +89,7 @@ def check_job(run: Run) -> list[str]:
 
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
         check_weights_folder(model_folder(spec))
-    if cfg.get("images"):  # as are input images
-        image_files(cfg["images"])
+    input_image_files(cfg.get("images"))  # as are input images
     recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
     check_options(run.scheduler.name, run.scheduler.options)
     for name in schedulers_used(run, recipe):

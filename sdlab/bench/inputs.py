@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sdlab.config import Field
 from sdlab.errors import UserError
 from sdlab.untrusted import check_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGES = Field("strs", plain=False, optional=True)  # the `images` key: a folder or files, one or a list
 
 
 def image_files(source: str | os.PathLike | list) -> list[Path]:
@@ -29,3 +31,9 @@ def image_files(source: str | os.PathLike | list) -> list[Path]:
     for path in files:
         check_image(path, f"images: {path}", f"an image file ({', '.join(IMAGE_SUFFIXES)}) or a folder of them")
     return files
+
+
+def input_image_files(value: object) -> list[Path]:
+    """The image files an `images` value names (none when unset), the value and the files checked."""
+    images = IMAGES.check("images", value)
+    return image_files(images) if images else []

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from sdlab.bench.inputs import image_files
+from sdlab.bench.inputs import IMAGES, image_files
 from sdlab.bench.worlds import world
 from sdlab.config import Run, checked
 from sdlab.metrics.image import cover
@@ -21,7 +21,7 @@ from sdlab.untrusted import image_faults, open_regular
 class ImageInput:
     """Where a job's input images come from: `images` (a folder or files), else drawings of the `sample_world`."""
 
-    images: list[str] | None = checked(None, "strs", plain=False, optional=True)
+    images: list[str] | None = field(default=None, metadata={"check": IMAGES})
     sample_world: str | None = None
 
 

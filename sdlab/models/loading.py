@@ -16,7 +16,12 @@ from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
-from sdlab.models.model_files import check_pipeline_folder, read_object, weights_fingerprint
+from sdlab.models.model_files import (
+    check_pipeline_folder,
+    check_weights_folder,
+    read_object,
+    weights_fingerprint,
+)
 from sdlab.models.schedulers import check_steps
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -89,7 +94,7 @@ def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
     if built_in(spec):
         return family(built_in(spec).family)
     folder = model_folder(spec)
-    check_pipeline_folder(folder)
+    check_weights_folder(folder)
     return family_of_folder(folder)
 
 
@@ -128,6 +133,7 @@ class ModelCache:
 
             diffusers_logging.disable_progress_bar()  # "Loading pipeline components"; sdlab logs one line per load
             folder = model_folder(spec)
+            check_pipeline_folder(folder)
             try:
                 pipe = cls.from_folder(folder, dtype, spec)
             except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
@@ -160,7 +166,7 @@ def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
     if built_in(spec):
         return dict(built_in(spec).scheduler), f"model {spec.name}"
     folder = model_folder(spec)
-    check_pipeline_folder(folder)
+    check_weights_folder(folder)
     path = folder / "scheduler" / "scheduler_config.json"
     return read_object(path), str(path)
 
@@ -169,6 +175,8 @@ def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationPara
     """The model's device, files, the sizes its family makes and the steps its scheduler allows, checked without
     loading any weights."""
     resolve_device(spec.device)
+    if not built_in(spec):
+        check_pipeline_folder(model_folder(spec))
     cls = adapter_class(spec)
     sides = Field("int", 1, plain=True, **side_rules(cls.size_multiple, f" on model={spec.name} (family {cls.family})"))
     for key in ("width", "height"):
