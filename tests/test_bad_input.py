@@ -483,3 +483,22 @@ def test_input_images_are_checked_before_torch_or_diffusers_is_imported(tmp_path
         assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
         assert result.stderr.count("sdlab: error:") == 1 and fragment in result.stderr, result.stderr
         assert not (tmp_path / "run").exists()
+
+
+def test_a_reference_set_is_checked_before_torch_or_diffusers_is_imported(tmp_path):
+    """`reference=` names files that need no library to check: a reference image cut short is refused before the
+    scheduler checks import the libraries, and no run dir is made."""
+    from PIL import Image
+    from test_cli import entry_in_a_new_process
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i in range(4):
+        Image.new("RGB", (64, 64), (60 * i, 30, 30)).save(ref / f"{i}.png")
+    data = (ref / "1.png").read_bytes()
+    (ref / "1.png").write_bytes(data[:int(len(data) * 0.6)])
+    result = entry_in_a_new_process(["scorers=[fd]", f"reference={ref}", "reference_count=4", "hydra.run.dir=run"],
+                                    tmp_path, ("torch", "diffusers"))
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+    assert result.stderr.count("sdlab: error:") == 1 and "1.png" in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()

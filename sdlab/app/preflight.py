@@ -89,13 +89,13 @@ def check_job(run: Run) -> list[str]:
 
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
         check_weights_folder(model_folder(spec))
-    input_image_files(cfg.get("images"))  # as are input images
+    input_image_files(cfg.get("images"))  # as are input images and reference sets
+    check_set_scorers(cfg, params.width, params.height)
     recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
     check_options(run.scheduler.name, run.scheduler.options)
     for name in schedulers_used(run, recipe):
         scheduler_class(name)
     check_files(run)
-    check_set_scorers(cfg, params.width, params.height)
     check_schedulers_fit(run, recipe)
     return model_warnings(cfg, params.width, params.height)
 
