@@ -51,10 +51,11 @@ def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFra
     return frame.loc[[finished(row, folder) for row in rows(frame)]]
 
 
-def set_aside_damaged(folder: Path, frame: pd.DataFrame) -> None:
-    """Keep as `<name>.damaged` each image in `folder` that a row of its table names and that is cut short: the row
-    is dropped (the cell made again, here or in another job dir of its sweep), so the PNGs are what the table lists."""
-    for row in rows(frame):
+def set_aside_damaged(folder: Path, unfinished: list[dict[str, Any]]) -> None:
+    """Keep as `<name>.damaged` each image in `folder` that an `unfinished` row of its table names and that is cut
+    short: the row is dropped (the cell made again, here or in another job dir of its sweep), so the PNGs are what the
+    table lists. Finished rows' images are whole, and are not read again."""
+    for row in unfinished:
         path = local_file(folder, row.get("image_path"))
         if path is not None and not whole_image(path):
             set_aside(path)

@@ -151,8 +151,8 @@ def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
-        set_aside_damaged(ctx.out_dir, previous)
         table = {row["config_hash"]: row for row in rows(complete_rows(ctx.out_dir, previous))}
+        set_aside_damaged(ctx.out_dir, [row for row in rows(previous) if row["config_hash"] not in table])
         order = list(previous["config_hash"])
     redo = wanted if not ctx.run.resume else {h for h in wanted & set(table) if weights_of(table[h]) != ctx.run.weights}
     table = {h: row for h, row in table.items() if h not in redo}
