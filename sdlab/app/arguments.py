@@ -315,7 +315,7 @@ def experiment_is_swept(overrides: list[str]) -> bool:
     return any("," in v or v.startswith(SWEEP_FUNCTIONS) for v in values)
 
 
-def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
+def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     """A sweep's `hydra.sweep.dir` when none is given or found (`resumed_sweep_dir`): the configured default,
     `multirun_<now>` under `sweep_root`, unless a sweep started in the same second has it (then `_2`, `_3`...); over
     recipes always, with job folders named `<N>_<recipe>` unless a subdir is given.
@@ -323,7 +323,7 @@ def default_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
     Over recipes the configured default names the recipe; when the recipe itself is swept, each job would name its own
     folder and the sweep would have no single root; and folders 0..25 could not be found by recipe.
     """
-    if not is_multirun(flags):
+    if not multirun:
         return []
     given = {a.partition("=")[0] for a in overrides}
     swept, added = experiment_is_swept(overrides), []
@@ -354,11 +354,11 @@ def sweep_root(overrides: list[str]) -> Path:
     return Path("outputs") / (chosen[-1] if chosen else "generate")
 
 
-def resumed_sweep_dir(flags: list[str], overrides: list[str]) -> list[str]:
+def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     """`hydra.sweep.dir=` the folder where this same sweep ran before (found by its manifest, not its timestamp), unless
     a sweep dir is given; says so in one line. A rerun after an interrupt continues there, a finished one finds every
     cell done."""
-    if not is_multirun(flags) or any(a.partition("=")[0] == "hydra.sweep.dir" for a in overrides):
+    if not multirun or any(a.partition("=")[0] == "hydra.sweep.dir" for a in overrides):
         return []
     earlier = earlier_sweep(sweep_root(overrides), overrides)
     if earlier is None:
@@ -441,8 +441,8 @@ def prepare(argv: list[str]) -> list[str]:
     ready += model_of_params_file(ready, limit)
     for arg in ready[len(overrides):]:
         check_override(arg, recipes)
-    ready += resumed_sweep_dir(flags, ready)
-    return flags + ready + default_sweep_dir(flags, ready)
+    ready += resumed_sweep_dir(multirun, ready)
+    return flags + ready + default_sweep_dir(multirun, ready)
 
 
 def typed_values(args: list[str]) -> dict[str, str]:
