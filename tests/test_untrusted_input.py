@@ -13,7 +13,9 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from PIL import Image
+from matplotlib.text import Text
 from PIL.PngImagePlugin import PngInfo
+from analysis_helpers import context
 from test_bad_input import assert_refused
 
 from sdlab.app.arguments import display_overrides, literal, prepare
@@ -21,8 +23,9 @@ from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.bench.run import load_params
 from sdlab.bench.records import rows_from_images
+from sdlab.bench import figures
 from sdlab.bench.references import read_image
-from sdlab.jobs import analysis
+from sdlab.jobs import analysis, get_job
 from sdlab.untrusted import check_image, json_depth, parse_json, read_png_text, read_prompt_lines
 
 FAST = ("num_inference_steps=1", "threads=1")
@@ -281,3 +284,50 @@ def test_a_lost_table_is_rebuilt_from_pngs_skipping_those_whose_record_is_not_on
     png(tmp_path / "images" / "c.png", {"sdlab": " " * (4 << 20)}, zipped=True)
     frame = rows_from_images(tmp_path)
     assert frame["seed"].tolist() == [1] and frame["image_path"].tolist() == ["images/a.png"]
+
+
+# 4. Figures show text as typed: a `$` in a prompt or a file name is a dollar sign, never mathtext.
+
+DOLLARS = ["$x^2$ a red circle", "a $\\nosuch$ b", "costs \\$5", "$"]
+
+
+def analysis_job(recipe: str, out_dir, **overrides) -> pd.DataFrame:
+    """The rows of an analysis job run directly on model=tiny."""
+    ctx = context(recipe, out_dir, **overrides)
+    return get_job(ctx.run.job)(ctx)
+
+
+def drawn_figures(monkeypatch) -> list:
+    """Every matplotlib figure sdlab saves from now on (the test's monkeypatch undoes it)."""
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *args, **kw: drawn.append(fig) or save(fig, *args, **kw))
+    return drawn
+
+
+def assert_shown_as_typed(drawn):
+    texts = [t for fig in drawn for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert {label for label in DOLLARS if any(label in t.get_text() for t in texts)} == set(DOLLARS)
+    for text in texts:  # a `$` read as math would be drawn as a formula, or fail to parse
+        assert "$" not in text.get_text() or not text.get_parse_math(), text.get_text()
+        assert "mathdefault" not in text.get_text(), text.get_text()  # log axes keep their 10⁻³ labels
+
+
+def test_dollars_in_labels_and_titles_are_text_and_log_axes_keep_their_labels(tmp_path, monkeypatch):
+    drawn = drawn_figures(monkeypatch)
+    figures.bar_chart([{"labels": DOLLARS, "values": [1, 2, 3, 4], "title": DOLLARS[0]}], tmp_path / "b.png",
+                      title=DOLLARS[1])
+    figures.heatmap(np.eye(4), DOLLARS, DOLLARS, tmp_path / "h.png", title=DOLLARS[2])
+    figures.image_strip([[np.zeros((8, 8, 3), np.uint8)] * 4], tmp_path / "s.png", col_labels=DOLLARS,
+                        row_labels=[DOLLARS[3]], title=DOLLARS[0])
+    figures.curves([{"lines": [{"x": [1, 2, 3], "y": [1e-3, 0.05, 20.0], "label": DOLLARS[1]}], "logy": True},
+                    {"lines": [{"x": [1, 2, 3], "y": [-50.0, 0.3, 900.0]}], "symlog": 1.0, "title": DOLLARS[2]}],
+                   tmp_path / "c.png", title=DOLLARS[3])
+    assert_shown_as_typed(drawn)
+    assert {t.get_text() for t in drawn[-1].axes[0].get_yticklabels()} >= {"10⁻²", "10⁰"}
+
+
+def test_a_prompt_that_reads_as_bad_mathtext_is_drawn_not_failed(tmp_path, monkeypatch):
+    drawn = drawn_figures(monkeypatch)
+    rows = analysis_job("clip_tokens", tmp_path, prompts=DOLLARS)
+    assert rows["prompt"].tolist() == DOLLARS and (tmp_path / "token_counts.png").is_file()
+    assert_shown_as_typed(drawn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -25,8 +26,11 @@ STYLE = {
     "axes.spines.right": False,
     "axes.grid": True,
     "grid.alpha": 0.3,
+    "text.parse_math": False,  # labels and titles carry prompts and file names: a `$` in them is a dollar sign
 }
 CELL_INCHES = 1.6
+LOG_LABEL = re.compile(r"\$\\mathdefault\{(.*)\}\$")  # how matplotlib's log formatters write a tick label
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 @contextmanager
@@ -56,6 +60,33 @@ def save_figure(fig, target: Path, crop: bool = True) -> Path:
     record_caption(target, " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t))
     plt.close(fig)
     return Path(target)
+
+
+def plain_log_label(label: str) -> str:
+    """A log axis's tick label as matplotlib writes it in mathtext (`$\\mathdefault{2\\times10^{-3}}$`), in plain text
+    (2×10⁻³)."""
+    math = LOG_LABEL.fullmatch(label)
+    if not math:
+        return label
+    text = re.sub(r"\^\{(-?\d+)\}", lambda power: power[1].translate(SUPERSCRIPT), math[1])
+    return text.replace("\\times", "×").replace("-", "−")
+
+
+def log_scale(ax, which: str, **options) -> None:
+    """Put `ax`'s x or y axis on a log scale (symlog with `linthresh=`), its ticks labelled as matplotlib labels them,
+    in plain text: the figures parse no mathtext (STYLE)."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class PlainLogFormatter(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            return plain_log_label(super().__call__(x, pos))
+
+    getattr(ax, f"set_{which}scale")("symlog" if "linthresh" in options else "log", **options)
+    axis = getattr(ax, f"{which}axis")
+    base = axis.get_transform().base
+    axis.set_major_formatter(PlainLogFormatter(base))
+    if isinstance(axis.get_minor_formatter(), LogFormatterSciNotation):
+        axis.set_minor_formatter(PlainLogFormatter(base, labelOnlyBase=False))
 
 
 # --------------------------------------------------------------------------- analysis figures
@@ -89,9 +120,9 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             if panel.get("hline") is not None:
                 ax.axhline(panel["hline"], color="0.4", lw=0.8, ls="--")
             if panel.get("logy"):
-                ax.set_yscale("log")
+                log_scale(ax, "y")
             if panel.get("symlog"):
-                ax.set_yscale("symlog", linthresh=panel["symlog"])
+                log_scale(ax, "y", linthresh=panel["symlog"])
             if panel.get("logx"):  # ticks 1, 2, 5, 10 ... written plainly
                 ax.set_xscale("log")
                 ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -293,7 +324,7 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                 ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
                 ax.xaxis.set_minor_formatter(NullFormatter())
                 if metric == "latent_rmse":
-                    ax.set_yscale("log")
+                    log_scale(ax, "y")
                 if row == len(metrics) - 1:
                     ax.set_xlabel(xlabel)
                 if column == 0:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sdlab.bench.figures import STYLE, save_figure
+from sdlab.bench.figures import STYLE, log_scale, save_figure
 from sdlab.bench.records import write_table
 from sdlab.mini.export import replace_folder
 
@@ -58,7 +58,7 @@ def loss_figure(frame: pd.DataFrame, target: Path, title: str) -> None:
             line, = ax.plot(frame["step"], frame[column], alpha=0.25, lw=0.8)
             smooth = frame[column].rolling(max(1, len(frame) // 50), min_periods=1).mean()
             ax.plot(frame["step"], smooth, color=line.get_color(), label=column)
-        ax.set_yscale("log")
+        log_scale(ax, "y")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_title(title)
