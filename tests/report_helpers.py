@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from sdlab.bench.ownership import adopt
 from sdlab.bench.records import ordered, save_png, write_table
 from sdlab.bench.resume import write_manifest
 
@@ -17,11 +18,13 @@ def fake_sweep(root: Path, seeds=(1, 2, 3), guidance=(1.0, 3.0, 7.5), schedulers
     """Write a sweep of seeds x guidance x schedulers into `root`; the `failed` cell is an error row without image;
     `job_tables=False` skips the jobs' own tables (the sweep table alone is enough for a report)."""
     root.mkdir(parents=True, exist_ok=True)
+    adopt(root)
     rows, jobs = [], []
     for job, (seed, g, scheduler) in enumerate(product(seeds, guidance, schedulers)):
         overrides = {"seed": str(seed), "guidance_scale": f"{g:g}", "scheduler": scheduler, "threads": "1"}
         folder = root / str(job)
         (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+        adopt(folder)
         jobs.append([f"{k}={v}" for k, v in overrides.items()])
         (folder / ".hydra" / "config.yaml").write_text("job: generate\n")
         (folder / "run_config.json").write_text('{"job": "generate"}')

@@ -62,18 +62,24 @@ def test_sdlab_report_rebuilds_an_older_sweep(run_sdlab, tmp_path, capsys):
     (("{missing}",), "is not a folder"),
     (("{empty}",), "has no results.parquet"),
     (("{foreign}",), "report.html exists and was not written by sdlab"),
+    (("{unmarked}",), "unmarked is not sdlab's (no .sdlab mark): sdlab report writes only into folders sdlab made"),
 ])
 def test_bad_report_dirs_are_one_line_exit_2_and_nothing_written(run_sdlab, tmp_path, capsys, args, fragment):
     (tmp_path / "empty").mkdir()
     foreign = fake_sweep(tmp_path / "foreign", seeds=(1,), guidance=(1.0,), failed=None)
     (foreign / "report.html").write_text("<html>mine</html>")
+    unmarked = fake_sweep(tmp_path / "unmarked", seeds=(1,), guidance=(1.0,), failed=None)
+    (unmarked / ".sdlab").unlink()  # a folder of someone's, with a table of sdlab's and their own summary beside it
+    (unmarked / "summary.csv").write_text("mine\n")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    args = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty", foreign=foreign) for a in args]
+    args = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty", foreign=foreign,
+                     unmarked=unmarked) for a in args]
     assert run_sdlab("report", *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sdlab: error: ") and fragment in err[0]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert (foreign / "report.html").read_text() == "<html>mine</html>"
+    assert (unmarked / "summary.csv").read_text() == "mine\n"
 
 
 def test_a_sweep_ends_with_summary_report_and_its_ranking_line_once(run_sdlab, tmp_path, capsys, monkeypatch, one_thread):

@@ -17,6 +17,7 @@ import pandas as pd
 
 from sdlab.bench.captions import forget_figure, headlines
 from sdlab.bench.grid import axis_values, image_grid
+from sdlab.bench.ownership import MARK, is_owned
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, job_dirs, local_file, write_table
 from sdlab.bench.resume import CONFIG, collect, read_manifest
 from sdlab.bench.summary import (
@@ -232,9 +233,12 @@ def build_report(folder: Path, frame: pd.DataFrame | None = None) -> Path:
 
 
 def rebuild(folder: Path) -> Path:
-    """`sdlab report DIR`: the summary by swept value, summary.png and report.html of any run or sweep dir."""
+    """`sdlab report DIR`: the summary by swept value, summary.png and report.html of a run or sweep dir sdlab made."""
     folder = Path(folder)
     frame = load_results(folder)
+    if not is_owned(folder):  # its summary.csv, ranking.csv or summary.png would be someone else's
+        raise UserError(f"{folder} is not sdlab's (no {MARK} mark): sdlab report writes only into folders sdlab made; "
+                        f"if it made this one, mark it with `touch {folder / MARK}`")
     if not ours(folder / REPORT_NAME):
         raise UserError(f"{folder / REPORT_NAME} exists and was not written by sdlab; move it away first")
     axes = run_manifest(folder, frame)["axes"]  # a damaged manifest stops it here, before anything is written
