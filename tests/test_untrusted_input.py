@@ -25,6 +25,7 @@ from sdlab.bench.run import load_params
 from sdlab.bench.records import rows_from_images
 from sdlab.bench import figures
 from sdlab.bench.references import read_image
+from sdlab.bench.resume import read_manifest, write_manifest
 from sdlab.jobs import analysis, get_job
 from sdlab.untrusted import check_image, json_depth, parse_json, read_png_text, read_prompt_lines
 
@@ -331,3 +332,13 @@ def test_a_prompt_that_reads_as_bad_mathtext_is_drawn_not_failed(tmp_path, monke
     rows = analysis_job("clip_tokens", tmp_path, prompts=DOLLARS)
     assert rows["prompt"].tolist() == DOLLARS and (tmp_path / "token_counts.png").is_file()
     assert_shown_as_typed(drawn)
+
+
+
+def test_the_manifest_of_a_sweep_over_a_prompt_file_at_its_limit_reads_back(tmp_path):
+    """The manifest keeps each prompt up to 4 times, JSON-escaped (a control character takes 6 bytes): what the limits
+    let in, sdlab reads back, or the sweep could neither be collected nor resumed."""
+    size = LIMITS["max_prompt_file_bytes"] // 4
+    prompts = [(f"{i}\x01" * size)[:size] for i in range(4)]
+    write_manifest(tmp_path, ["prompt=" + ",".join(map(literal, prompts))], [[f"prompt={literal(p)}"] for p in prompts])
+    assert read_manifest(tmp_path, strict=True)["values"]["prompt"] == [literal(p) for p in prompts]

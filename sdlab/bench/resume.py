@@ -22,7 +22,7 @@ MARKER = "job.json"
 CONFIG = "run_config.json"  # what the job ran with: Hydra's composition with the model's world and params=FILE merged in
 WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land inside a run dir
 MANIFEST = "sweep.json"  # a sweep's command and whether it finished: how a rerun of the same command finds its folder
-MANIFEST_MAX_BYTES = 1 << 20
+MANIFEST_MAX_BYTES = 64 << 20  # it keeps each prompt of the sweep up to 4 times, JSON-escaped: a prompt file at its limit
 COST = "cost"  # the manifest entry of what a sweep measured on its host (sdlab.bench.plan), kept by its reruns
 
 
