@@ -77,10 +77,10 @@ def read_bytes(path: str | Path, label: str, what: str, key: str, limit: dict[st
 
 
 def read_prompt_lines(path: str | Path, label: str, limit: dict[str, int]) -> list[str]:
-    """The non-empty lines of a prompt file, stripped: UTF-8, at most `max_prompt_file_bytes` and `max_prompt_lines`."""
+    """The non-empty lines of a prompt file, stripped: UTF-8 (a byte order mark dropped), at most `max_prompt_file_bytes` and `max_prompt_lines`."""
     raw = read_bytes(path, label, "a UTF-8 text file, one prompt per line", "max_prompt_file_bytes", limit)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # the byte order mark a Windows editor may put first is no part of a prompt
     except UnicodeDecodeError as e:
         raise UserError(f"{label} is not UTF-8 text (byte {e.start}); give a text file, one prompt per line") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -107,7 +107,7 @@ def json_depth(value: Any) -> int:
 def parse_json(raw: bytes | str, label: str) -> Any:
     """JSON text as Python values, or one UserError line: not UTF-8, not JSON, nested too deep, a huge integer."""
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw  # JSON may start with a byte order mark
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{label} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None

@@ -232,6 +232,13 @@ def test_prompt_lines_are_stripped_and_limited(tmp_path):
         read_prompt_lines(path, "prompt_file=p.txt", {**LIMITS, "max_prompt_lines": 1})
 
 
+def test_a_byte_order_mark_from_a_windows_editor_is_not_part_of_the_first_prompt_or_key(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("a red circle\r\nb\r\n".encode("utf-8-sig"))
+    assert read_prompt_lines(path, "prompt_file=p.txt", LIMITS) == ["a red circle", "b"]
+    assert parse_json('{"seed": 1}'.encode("utf-8-sig"), "params=p.json") == {"seed": 1}
+
+
 def test_a_zlib_bomb_is_refused_before_it_is_inflated(tmp_path):
     path = png(tmp_path / "bomb.png", {"sdlab": " " * (64 << 20)}, zipped=True)
     assert path.stat().st_size < 1 << 20
