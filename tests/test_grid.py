@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from sdlab.bench.grid import CELL_MAX, CELL_MIN, EMPTY_CELL, cell_side, image_grid
+from sdlab.bench.grid import (
+    CELL_MAX, CELL_MIN, EMPTY_CELL, LABEL_LINES, LABEL_WIDTH, cell_side, image_grid, text_size, wrapped,
+)
 from sdlab.bench.report import summarize
 from sdlab.bench.summary import sweep_axes
 
@@ -149,3 +151,28 @@ def test_many_values_with_their_seeds_side_by_side_go_down_the_rows(tmp_path):
     tops = [int(np.nonzero(np.all(canvas == colour[i], axis=-1))[0].min()) for i in range(len(cells))]
     assert len(set(tops)) == 5  # a row per scheduler, the two scales and three seeds across
     assert len({tops[i] for i in range(6)}) == 1  # scheduler s0's six images share its row
+
+
+def test_long_labels_wrap_to_a_few_lines_and_never_widen_a_column_past_its_bound(tmp_path):
+    long = "a watercolour painting of " + "a very small red circle " * 3000  # about 72,000 characters, one row
+    word = "x" * 5000  # one word, no space to break at
+    cells = [{"prompt": p, "guidance_scale": str(g)} for p in (long, word, "a cat") for g in (1, 7.5)]
+    frame = frame_of(tmp_path, cells)
+    out = image_grid(frame, tmp_path, tmp_path / "grid.png", ["prompt", "guidance_scale"])
+    width, height = Image.open(out).size
+    # 3 columns of at most LABEL_WIDTH each, the row labels and margins; before, the long prompt alone was 500,000 px
+    assert width <= 3 * (LABEL_WIDTH + 16) + LABEL_WIDTH + 64, width
+    assert height <= 2 * CELL_MIN + 2 * 20 * LABEL_LINES + 200, height
+    grey = np.asarray(Image.open(out).convert("L"))
+    assert (grey[:, : width // 2] < 128).any()  # the labels are drawn, not dropped
+
+
+def test_wrapped_breaks_at_spaces_cuts_long_words_and_marks_what_it_leaves_out():
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    assert wrapped(draw, "a cat", 200) == "a cat"
+    prompt = "a small red circle in the centre on a blue background"
+    two = wrapped(draw, prompt, 200).split("\n")
+    assert len(two) == 2 and " ".join(two) == prompt and all(text_size(draw, line)[0] <= 200 for line in two), two
+    cut = wrapped(draw, "y" * 400, 100, most=3).split("\n")
+    assert len(cut) == 3 and cut[-1].endswith("…") and all(text_size(draw, line)[0] <= 100 for line in cut)
+    assert "".join(cut[:2]) == "y" * len("".join(cut[:2]))  # nothing but the word's own letters before the cut

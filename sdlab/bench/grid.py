@@ -124,22 +124,43 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
 
 
 TITLE_MIN_WIDTH = 360  # a title wider than the grid wraps to the grid's width, or to this on small grids
+LABEL_WIDTH, LABEL_LINES = 240, 4  # a value's label wraps to the cell's width or this, and a long one is cut short
 
 
-def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
-    """`text` with each line broken at spaces so that it fits `width` pixels in the bold font."""
-    lines = []
-    for line in text.split("\n"):
-        words, current = line.split(" "), ""
-        for word in words:
-            trial = f"{current} {word}".strip()
-            if current and text_size(draw, trial, bold=True)[0] > width:
-                lines.append(current)
-                current = word
-            else:
+def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False, most: int | None = None) -> str:
+    """`text` broken at spaces (a word wider than a line, inside it) so each line fits `width` pixels; with `most`, at
+    most that many lines, the last ending in "…" where lines are left out."""
+    limit = most if most is not None else len(text) + 1
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        current = ""
+        for word in paragraph.split(" "):
+            if len(lines) > limit:
+                break
+            trial = f"{current} {word}" if current else word
+            if text_size(draw, trial, bold)[0] <= width:
                 current = trial
+                continue
+            lines += [current] if current else []
+            while text_size(draw, word, bold)[0] > width and len(lines) <= limit:
+                cut = fitting(draw, word, width, bold)
+                lines.append(word[:cut])
+                word = word[cut:]
+            current = word
         lines.append(current)
+    if len(lines) > limit:
+        last = lines[limit - 1]
+        lines = lines[:limit - 1] + [last[:fitting(draw, last, width, bold, end="…")] + "…"]
     return "\n".join(lines)
+
+
+def fitting(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False, end: str = "") -> int:
+    """How many of `text`'s first characters, followed by `end`, fit `width` pixels on one line (at least one)."""
+    low, high = 1, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if text_size(draw, text[:middle] + end, bold)[0] <= width else (low, middle - 1)
+    return low
 
 
 def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
@@ -151,17 +172,19 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
     side = cell_side(list(cells.values()), len(xs) * len(ys) * len(pages) * len(strip))
     cell_w = len(strip) * (side + SEED_GAP) - SEED_GAP
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    col_labels = [label(x_key, x) if x_key else "" for x in xs]
-    row_labels = [label(y_key, y) if y_key else "" for y in ys]
-    page_labels = [", ".join(f"{k}={v}" for k, v in zip(axes[2:], page)) for page in pages]
+    col_labels = [wrapped(measure, label(x_key, x), max(cell_w - 2 * GAP, LABEL_WIDTH), most=LABEL_LINES)
+                  if x_key else "" for x in xs]
+    row_labels = [wrapped(measure, label(y_key, y), LABEL_WIDTH, most=LABEL_LINES) if y_key else "" for y in ys]
     left = max(text_size(measure, t)[0] for t in row_labels) + (GAP * 2 if y_key else 0)
     head = max(text_size(measure, t)[1] for t in col_labels) + (GAP * 2 if x_key else 0)
-    page_head = max(text_size(measure, t, bold=True)[1] for t in page_labels) + (GAP * 3 if page_labels[0] else 0)
     col_w = max(cell_w, max(text_size(measure, t)[0] for t in col_labels) + 2 * GAP)  # labels never overlap
     col_gap = GAP * 4 if seeds else GAP  # cells of several seeds stand apart
     page_w = left + len(xs) * (col_w + col_gap) - col_gap
+    page_labels = [wrapped(measure, ", ".join(f"{k}={v}" for k, v in zip(axes[2:], page)),
+                           max(page_w - left, TITLE_MIN_WIDTH), bold=True, most=LABEL_LINES) for page in pages]
+    page_head = max(text_size(measure, t, bold=True)[1] for t in page_labels) + (GAP * 3 if page_labels[0] else 0)
     page_h = page_head + head + len(ys) * (side + GAP) - GAP
-    title = wrapped(measure, title, max(page_w, TITLE_MIN_WIDTH))
+    title = wrapped(measure, title, max(page_w, TITLE_MIN_WIDTH), bold=True)
     title_h = text_size(measure, title, bold=True)[1] + GAP * 3 if title else 0
     width = max(page_w, text_size(measure, title, bold=True)[0]) + 2 * MARGIN
     canvas = Image.new("RGB", (width, title_h + len(pages) * (page_h + MARGIN) + MARGIN), "white")
