@@ -166,14 +166,8 @@ POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer
 # Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block.
 BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
 SIDE_MULTIPLE = 8  # every family's VAE makes latents 8x smaller: no model makes other sides
-
-
-def side_rules(multiple: int = SIDE_MULTIPLE, whose: str = "") -> dict[str, Any]:
-    """The Field rules of a width or height: a positive multiple of `multiple` (`whose` names the model it is for)."""
-    return {"multiple": multiple, "rule": f"a positive multiple of {multiple}{whose}"}
-
-
-SIDE = side_rules()
+# sd3 and flux then take the latents in 2x2 patches: SD3's pipeline refuses other sizes, Flux's would shrink them
+SIDE_MULTIPLES = {"sd3": 16, "flux": 16}
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
 
 
@@ -190,7 +184,7 @@ class ModelSpec:
     family: str = checked(MODEL["family"], "choice", choices=MODEL_FAMILIES)  # a folder's model_index.json decides over it
     path: str | None = checked(None, "str", optional=True)
     repo_id: str | None = checked(None, "str", optional=True)
-    resolution: int = checked(MODEL["resolution"], "int", 1, **SIDE)
+    resolution: int = checked(MODEL["resolution"], "int", 1, rule="a positive integer")  # its multiple: check_sides
     device: str = MODEL["device"]
     dtype: str = checked(MODEL["dtype"], "choice", choices=DTYPES)
     channels_last: bool = checked(MODEL["channels_last"], "bool")
@@ -223,8 +217,8 @@ class GenerationParams:
     seeds: tuple[int, ...] = (0,)
     num_inference_steps: int = checked(BASE["num_inference_steps"], "int", 1)
     guidance_scale: float = checked(BASE["guidance_scale"], "number", 0)
-    width: int = checked(512, "int", 1, **SIDE)
-    height: int = checked(512, "int", 1, **SIDE)
+    width: int = checked(512, "int", 1, rule="a positive integer")  # the multiple its family needs: check_sides
+    height: int = checked(512, "int", 1, rule="a positive integer")
     eta: float = checked(BASE["eta"], "number", 0, 1)
     batch_size: int | str = checked(BASE["batch_size"], "int", 1)  # or "auto": as many as `limits.batch_pixels` allow
 
@@ -315,6 +309,16 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
     return params
 
 
+def check_sides(spec: ModelSpec, family: str, width: Any = None, height: Any = None) -> None:
+    """`model.resolution`, `width` and `height` (those given), each named by its key, are positive multiples of the
+    side `family` makes."""
+    multiple = SIDE_MULTIPLES.get(family, SIDE_MULTIPLE)
+    rule = Field("int", 1, plain=True, multiple=multiple,
+                 rule=f"a positive multiple of {multiple} on model={spec.name} (family {family})")
+    sides = {"model.resolution": spec.resolution, "width": width, "height": height}
+    check_fields({key: value for key, value in sides.items() if value is not None}, dict.fromkeys(sides, rule))
+
+
 def model_spec(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> ModelSpec:
     """ModelSpec from the `model` group, every field checked (and the resolution against `limit`)."""
     if not isinstance(cfg, dict):
@@ -362,6 +366,8 @@ def checked_run(cfg: dict[str, Any]) -> Run:
     Field("bool", plain=True).check("plan", cfg.get("plan", False))
     Field("str", plain=True, optional=True, rule="a file path").check("params", cfg.get("params"))
     spec = model_spec(cfg.get("model"), limit)
+    if not spec.path:  # a folder's model_index.json names its family instead: check_model checks its sides
+        check_sides(spec, spec.family, cfg.get("width"), cfg.get("height"))
     scheduler = cfg.get("scheduler")
     if not isinstance(scheduler, dict):
         raise UserError(f"scheduler={scheduler!r} must be a scheduler config")

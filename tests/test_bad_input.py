@@ -139,10 +139,14 @@ def bad_inputs(tmp):
          "width=72 must be a positive multiple of 16 on model=sd3_tiny (family sd3)"),
         (["model=flux_tiny", "num_inference_steps=1", "height=40"],
          "height=40 must be a positive multiple of 16 on model=flux_tiny (family flux)"),
+        # the first refusal already names the family's multiple, and the key the user set
+        (["model=sd3_tiny", "width=100"], "width=100 must be a positive multiple of 16 on model=sd3_tiny (family sd3)"),
+        (["model=sd3_tiny", "model.resolution=72"],
+         "model.resolution=72 must be a positive multiple of 16 on model=sd3_tiny (family sd3)"),
     ]
 
 
-N_CASES = 85
+N_CASES = 87
 
 
 def test_case_count_matches_the_list(tmp_path):
@@ -363,6 +367,18 @@ def test_checked_run_names_the_bad_value_without_loading_anything():
     assert models.CACHE.load_count == before
 
 
+def test_sides_are_checked_against_the_family_the_config_names_unless_a_folder_names_it():
+    from sdlab.config import checked_run
+    from sdlab.errors import UserError
+
+    for overrides, fragment in [(["model=sd3_tiny", "width=104"], "width=104 must be a positive multiple of 16"),
+                                (["model=flux_tiny", "model.resolution=72"], "model.resolution=72 must be a positive "
+                                                                             "multiple of 16 on model=flux_tiny")]:
+        with pytest.raises(UserError, match=fragment):
+            checked_run(composed(*overrides))
+    checked_run(composed("model=sd3", "model.path=/nowhere", "width=520"))  # its model_index.json decides (pre-flight)
+
+
 def test_limits_can_be_raised_for_big_machines(tmp_path):
     from sdlab.config import LIMITS, checked_run
     from sdlab.bench.run import load_params
@@ -445,24 +461,21 @@ def test_a_range_with_a_step_of_0_is_one_line(run_sdlab, tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize("name,multiple", [("tiny", 8), ("sd3_tiny", 16), ("flux_tiny", 16)])
-def test_the_family_check_of_a_side_is_the_configs_rule_with_the_familys_multiple(name, multiple):
-    """Config refuses a side no model makes; the family check, the same rule with its own multiple, refuses the rest,
-    zero and negative sides too, in the same words with the model named."""
+def test_the_family_check_of_a_side_names_the_multiple_the_family_needs(name, multiple):
+    """Pre-flight refuses a side the model's family cannot make, zero and negative sides too, with the model named."""
     from types import SimpleNamespace
 
-    from sdlab.config import GenerationParams, SchedulerChoice
+    from sdlab.config import SchedulerChoice
     from sdlab.errors import UserError
     from sdlab.models.loading import check_model, configured_spec
 
     spec = configured_spec(name)
-    with pytest.raises(UserError) as by_config:
-        GenerationParams(width=100)
     for width in (100, multiple + 8 if multiple > 8 else 100, 0, -multiple):
         params = SimpleNamespace(width=width, height=64, num_inference_steps=1)
         with pytest.raises(UserError) as by_family:
             check_model(spec, SchedulerChoice("euler"), params)
-        expected = str(by_config.value).replace("100", str(width)).replace(" 8", f" {multiple}")
-        assert str(by_family.value).startswith(f"{expected} on model={name} (family "), by_family.value
+        assert str(by_family.value) == (f"width={width} must be a positive multiple of {multiple} "
+                                        f"on model={name} (family {spec.family})")
 
 
 @pytest.mark.parametrize("recipe", ["vae_roundtrip", "forward_process"])

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sdlab.conf_files import CONF_DIR
-from sdlab.config import MODEL_NAMES, Field, GenerationParams, ModelSpec, SchedulerChoice, model_spec, side_rules
+from sdlab.config import MODEL_NAMES, GenerationParams, ModelSpec, SchedulerChoice, check_sides, model_spec
 from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
@@ -177,10 +177,7 @@ def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationPara
     resolve_device(spec.device)
     if not built_in(spec):
         check_pipeline_folder(model_folder(spec))
-    cls = adapter_class(spec)
-    sides = Field("int", 1, plain=True, **side_rules(cls.size_multiple, f" on model={spec.name} (family {cls.family})"))
-    for key in ("width", "height"):
-        sides.check(key, getattr(params, key))
+    check_sides(spec, adapter_class(spec).family, params.width, params.height)
     base, source = shipped_scheduler_config(spec)
     check_steps(choice.name, base, choice.options, params.num_inference_steps, source)
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from sdlab.config import ATTENTION, SIDE_MULTIPLE, ModelSpec
+from sdlab.config import ATTENTION, ModelSpec
 from sdlab.errors import UserError, choose
 from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
@@ -57,7 +57,6 @@ class ModelAdapter:
     upcasts_vae: ClassVar[bool] = False                # decode a float16 VAE marked `force_upcast` in float32
     linear_sigmas: ClassVar[bool] = False              # the pipeline passes sigmas linspace(1, 1/N, N) to the scheduler
     plain_unet_call: ClassVar[bool] = False            # the denoiser is SD 1.x's: unet(x, t, encoder_hidden_states=text)
-    size_multiple: ClassVar[int] = SIDE_MULTIPLE       # width and height: the VAE makes latents 8x smaller
 
     def __init__(self, pipe, spec: ModelSpec):
         self.pipe = pipe

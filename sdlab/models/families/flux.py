@@ -20,7 +20,6 @@ class Flux(ModelAdapter):
     t5_tokenizer = "tokenizer_2"
     default_sequence_length = 512
     linear_sigmas = True
-    size_multiple = 16  # 8x smaller latents packed 2x2: its pipeline would shrink other sizes
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         embeds, pooled, _ = self.pipe.encode_prompt(text, None, device=self.device, num_images_per_prompt=1,

@@ -19,7 +19,6 @@ class StableDiffusion3(ModelAdapter):
     denoiser_name = "transformer"
     t5_tokenizer = "tokenizer_3"
     default_sequence_length = 256
-    size_multiple = 16  # 8x smaller latents in 2x2 patches: its pipeline refuses other sizes
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict:
