@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import stat
 import sys
 import warnings
@@ -24,6 +25,9 @@ from sdlab.errors import UserError
 MAX_JSON_DEPTH = 32  # lists and objects inside each other; sdlab's own files need 3
 RAISE_HINT = "raise it with limits.{}=N"
 TRUNCATED = "image file is truncated"  # Pillow's words when it decodes a file cut short
+# A JPEG marker that a segment's length follows, or end-of-image; not FF 00 (a stuffed 0xFF of a scan's data), TEM,
+# the restarts RST0-7, start-of-image, nor FF FF (a fill byte before a marker)
+SEGMENT = re.compile(rb"\xff[^\x00\x01\xd0-\xd8\xff]")
 
 
 def _kind(mode: int) -> str:
@@ -153,10 +157,22 @@ def image_faults(label: str, kind: str, what: str) -> Iterator[None]:
         raise UserError(f"{label} is not {kind} ({reason}); give {what}") from None
 
 
+def jpeg_reaches_its_end(data: bytes | mmap.mmap) -> bool:
+    """Whether a JPEG's markers lead to its end-of-image marker (ITU T.81 B.1): each segment skipped by its length, so
+    an EXIF thumbnail's own markers stay unseen, each scan's entropy-coded data searched to the next marker."""
+    at = 2  # after the start-of-image marker
+    while marker := SEGMENT.search(data, at):
+        if marker[0][1] == 0xD9:
+            return True
+        at = marker.end() + int.from_bytes(data[marker.end():marker.end() + 2], "big")
+    return False
+
+
 def check_whole(image: Image.Image, f: IO[bytes]) -> None:
     """Refuse (inside `image_faults`) an image file opened from `f` whose data is cut short: a PNG's chunks are read to
-    IEND with their CRCs (`Image.verify`), a JPEG is searched for its end-of-image marker after its first scan, and
-    only other formats have their pixels decoded. Call it on a freshly opened image; it cannot be loaded after."""
+    IEND with their CRCs (`Image.verify`), a JPEG's markers are walked to its end-of-image marker
+    (`jpeg_reaches_its_end`), and only other formats have their pixels decoded. Call it on a freshly opened image; it
+    cannot be loaded after."""
     if image.format == "PNG":
         try:
             image.verify()
@@ -164,9 +180,9 @@ def check_whole(image: Image.Image, f: IO[bytes]) -> None:
             if "truncated" not in str(e).lower():
                 raise
             raise OSError(TRUNCATED) from None
-    elif image.format == "JPEG":  # entropy-coded data holds no 0xFF 0xD9 (byte stuffing): only a whole scan ends so
+    elif image.format == "JPEG":
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            if data.rfind(b"\xff\xd9", max(data.find(b"\xff\xda"), 0)) < 0:
+            if not jpeg_reaches_its_end(data):
                 raise OSError(TRUNCATED)
     else:
         image.load()

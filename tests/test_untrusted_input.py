@@ -3,8 +3,10 @@ is read through one bounded reader that refuses with one line, exit 2, nothing w
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import zlib
 
 import numpy as np
@@ -12,7 +14,7 @@ import pandas as pd
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-from PIL import Image
+from PIL import ExifTags, Image
 from matplotlib.text import Text
 from PIL.PngImagePlugin import PngInfo
 from analysis_helpers import context
@@ -106,13 +108,28 @@ def png(path, chunks: dict[str, str], zipped: bool = False):
     return path
 
 
-def cut_short(folder, kind: str, count: int = 3, side: int = 64):
-    """A folder of `count` noise images in format `kind`, the second cut to 60% of its bytes (its pixels short)."""
+def with_exif_thumbnail(jpeg: bytes, side: int = 8) -> bytes:
+    """`jpeg` with an APP1 Exif segment after its start marker holding a `side`-pixel JPEG thumbnail as IFD1's
+    JPEGInterchangeFormat, as cameras write it: the thumbnail has its own scan and end-of-image marker."""
+    thumbnail = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(thumbnail, "JPEG")
+    thumbnail = thumbnail.getvalue()
+    tiff = (b"II*\x00" + struct.pack("<IHI", 8, 0, 14)  # IFD0 at 8: no entries, IFD1 at 14: two, the thumbnail at 44
+            + struct.pack("<HHHIIHHIII", 2, 0x0201, 4, 1, 44, 0x0202, 4, 1, len(thumbnail), 0) + thumbnail)
+    app1 = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def cut_short(folder, kind: str, count: int = 3, side: int = 64, thumbnail: bool = False):
+    """A folder of `count` noise images in format `kind` (JPEGs with an EXIF `thumbnail`), the second cut to 60% of its
+    bytes (its pixels short)."""
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
-            folder / f"{i}.{kind.lower().replace('jpeg', 'jpg')}", kind)
+        path = folder / f"{i}.{kind.lower().replace('jpeg', 'jpg')}"
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path, kind)
+        if thumbnail:
+            path.write_bytes(with_exif_thumbnail(path.read_bytes()))
     second = sorted(folder.iterdir())[1]
     second.write_bytes(second.read_bytes()[: second.stat().st_size * 6 // 10])
     return folder
@@ -171,6 +188,8 @@ def bad_files(tmp):
          f"images: {tmp / 'cut' / '1.png'} is not an image (image file is truncated)"),
         (["experiment=forward_process", f"images={cut_short(tmp / 'cut_jpeg', 'JPEG') / '1.jpg'}"],
          f"images: {tmp / 'cut_jpeg' / '1.jpg'} is not an image (image file is truncated)"),
+        (["experiment=vae_roundtrip", f"images={cut_short(tmp / 'cut_exif', 'JPEG', thumbnail=True)}"],
+         f"images: {tmp / 'cut_exif' / '1.jpg'} is not an image (image file is truncated)"),
         # values a params file may not set
         (["-m", f"params={png(tmp / 'two.png', {'sdlab': record(model='mini,tiny')})}"],
          "model='mini,tiny' is not a model; choose one of:"),
@@ -200,7 +219,7 @@ def write(path, text):
     return path
 
 
-N_CASES = 32
+N_CASES = 33
 
 
 def test_case_count_matches_the_list(tmp_path):
@@ -283,6 +302,26 @@ def test_an_image_cut_short_is_refused_from_its_file_and_a_whole_one_passes(tmp_
     check_image(whole, "images: X", "an image file")
     whole.write_bytes(whole.read_bytes() + b"\0" * 100)
     check_image(whole, "images: X", "an image file")
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"restart_marker_blocks": 1}])
+def test_a_jpeg_cut_after_its_exif_thumbnail_is_refused_and_a_whole_one_passes(tmp_path, options):
+    """A JPEG is walked segment by segment to its own end-of-image marker: the one that ends the thumbnail inside its
+    APP1 segment does not count, however little of the image is left (a progressive one's scans, restart markers)."""
+    path = tmp_path / "photo.jpg"
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG", **options)
+    whole = with_exif_thumbnail(path.read_bytes())
+    thumbnail_end = whole.index(b"\xff\xd9") + 2
+    scan = whole.index(b"\xff\xda", thumbnail_end)  # the image's own (first) scan
+    assert Image.open(io.BytesIO(whole)).getexif().get_ifd(ExifTags.IFD.IFD1)[0x0202] > 0 and scan < len(whole) // 2
+    for end in (scan + 20, len(whole) // 2, len(whole) * 6 // 10, len(whole) - 1):
+        path.write_bytes(whole[:end])
+        with pytest.raises(UserError, match=r"^X is not an image \(image file is truncated\)"):
+            check_image(path, "X", "an image file")
+    for trailer in (b"", b"\0" * 100, b"\xff\xd8 a motion photo's video \xff\xd9"):
+        path.write_bytes(whole + trailer)
+        check_image(path, "X", "an image file")
 
 
 def test_a_lost_table_is_rebuilt_from_pngs_skipping_those_whose_record_is_not_one(tmp_path):
