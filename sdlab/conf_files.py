@@ -23,10 +23,28 @@ def yaml_keys(path: Path) -> frozenset[str]:
 
 
 @lru_cache(maxsize=None)
+def conf_file(name: str) -> dict:
+    """What a file of conf/ holds, its defaults list included."""
+    return yaml.safe_load((CONF_DIR / name).read_text()) or {}
+
+
+@lru_cache(maxsize=None)
 def conf_values(name: str) -> dict:
     """The values a file of conf/ sets (its defaults list aside): where sdlab's defaults are written, once."""
-    data = yaml.safe_load((CONF_DIR / name).read_text()) or {}
-    return {key: value for key, value in data.items() if key != "defaults"}
+    return {key: value for key, value in conf_file(name).items() if key != "defaults"}
+
+
+def default_choices(name: str) -> dict[str, str]:
+    """The group options a file of conf/ picks in its defaults list, `override /G@PACKAGE: X` too: {G: X}."""
+    entries = [entry for entry in conf_file(name).get("defaults", []) if isinstance(entry, dict)]
+    return {key.removeprefix("override ").lstrip("/").partition("@")[0]: option
+            for entry in entries for key, option in entry.items()}
+
+
+def option_values(group: str, option: str) -> dict:
+    """The values a group's option sets, over those of conf/common/<group>.yaml when it inherits them."""
+    inherits = f"/common/{group}@_here_" in conf_file(f"{group}/{option}.yaml").get("defaults", [])
+    return {**(conf_values(f"common/{group}.yaml") if inherits else {}), **conf_values(f"{group}/{option}.yaml")}
 
 
 def known_keys(group: str | None) -> set[str]:

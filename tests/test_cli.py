@@ -157,6 +157,7 @@ def test_display_overrides_show_values_as_typed():
     (["scheduler=dpm++"], "did you mean dpmpp_2m?"),
     (["scheduler=DPM++ 2M Karras"], "did you mean dpmpp_2m_karras?"),
     (["model.dtyp=float16"], "did you mean dtype?"),
+    (["+model.dtyp=float16"], "did you mean dtype?"),
     (["guidance_scale=${nope}"], "guidance_scale: Interpolation key 'nope' not found"),  # prompts never resolve
     (["seed=${oc.env:SDLAB_NO_SUCH_VARIABLE}"], "SDLAB_NO_SUCH_VARIABLE"),
     (["~model"], "cannot be deleted"),
@@ -204,7 +205,15 @@ def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, mo
 @pytest.mark.parametrize("args,fix", [(["model=tiny", "+seed=3"], "write seed=3 to change it"),
                                       (["+seed=1,2"], "write seed=1,2 to change it"),
                                       (["-m", "experiment=trajectory,forward_process", "+frames=3", "plan=true"],
-                                       "experiment=trajectory sets frames already; write ++frames=3")])
+                                       "experiment=trajectory sets frames already; write ++frames=3"),
+                                      (["+model.dtype=float16"], "write model.dtype=float16 to change it"),
+                                      (["+scheduler.name=ddim"], "write scheduler.name=ddim to change it"),
+                                      (["+clip.path=x"], "write clip.path=x to change it"),  # the default clip's
+                                      (["model=sd3", "+model.repo_id=x"], "write model.repo_id=x to change it"),
+                                      (["experiment=article_e2_clip_matrix", "model=tiny", "+clip.path=x"],
+                                       "write clip.path=x to change it"),  # the recipe's clip, over the model's
+                                      (["-m", "model=mini,sd3", "+model.repo_id=x", "plan=true"],
+                                       "model=sd3 sets model.repo_id already; write ++model.repo_id=x")])
 def test_adding_a_key_the_recipe_sets_names_the_fix(run_sdlab, tmp_path, monkeypatch, capsys, args, fix):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab(*args) == 2
@@ -217,7 +226,9 @@ def test_adding_a_key_the_recipe_sets_names_the_fix(run_sdlab, tmp_path, monkeyp
                                   ["-m", "experiment=trajectory,forward_process", "++frames=3"],
                                   ["experiment=schedule_snr", "+families=[]"],
                                   ["experiment=compare_schedulers_quick", "+compare.steps=[2]"],  # a list merges
-                                  ["+seeds=[1,2]"]])  # seeds is null until set
+                                  ["+seeds=[1,2]"],  # seeds is null until set
+                                  ["+model.repo_id=x"], ["+scheduler.timestep_spacing=leading"],  # null in mini's
+                                  ["model=tiny", "+clip.path=x"]])  # tiny picks clip none
 def test_a_key_added_for_a_job_that_reads_it_passes(args):
     assert args[-1] in prepare(args)
 

@@ -23,7 +23,7 @@ from sdlab.bench.ownership import (
 )
 from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
-from sdlab.conf_files import conf_values, group_options, known_keys
+from sdlab.conf_files import conf_values, default_choices, group_options, known_keys, option_values
 from sdlab.config import LIMITS, limits
 from sdlab.errors import UserError
 from sdlab.untrusted import read_prompt_lines
@@ -195,9 +195,10 @@ def check_syntax(arg: str) -> None:
                         "e.g. 'seeds=[1,2]')") from None
 
 
-def check_override(arg: str, recipes: list[str]) -> None:
-    """Reject an unknown group choice or config key (one that a recipe of the run does not have), naming what is
-    allowed and the near miss."""
+def check_override(arg: str, typed: dict[str, list[str]]) -> None:
+    """Reject an unknown group choice or config key (one that a recipe of the run does not have), or `+KEY=` of a key
+    set already, naming what is allowed and the near miss; `typed` holds the options the command line picks
+    (`typed_choices`)."""
     key, sep, value = arg.partition("=")
     if key.startswith("~"):
         name = key.lstrip("~")
@@ -208,7 +209,7 @@ def check_override(arg: str, recipes: list[str]) -> None:
     if not sep:
         raise UserError(f"{arg!r} is not an override; write KEY=VALUE (see sdlab --help)")
     check_syntax(arg)
-    key = key.lstrip("+")
+    key, adds = key.lstrip("+"), arg.startswith("+") and not arg.startswith("++")
     if key.startswith("hydra") or key.startswith("experiment."):
         return
     if key in GROUPS:
@@ -220,10 +221,14 @@ def check_override(arg: str, recipes: list[str]) -> None:
                                 f"choose one of: {', '.join(group_options(key))}")
         return
     group, _, sub = key.partition(".")
+    recipes = typed.get("experiment") or ["generate"]
     if sub and group in ("model", "scheduler", "clip"):
         check_sub_key(key, known_keys(group))
+        if adds:
+            options = sorted({option for recipe in recipes for option in group_choices(group, recipe, typed)})
+            check_not_set(key, value, {option: {group: option_values(group, option)} for option in options}, group)
         return
-    configs = {name: recipe_config(name) for name in recipes or ["generate"]}
+    configs = {name: recipe_config(name) for name in recipes}
     lacking = [name for name, config in configs.items() if group not in config]
     readers = kin(configs) if arg.startswith("+") else list(configs.values())  # `+KEY` adds a key a recipe leaves out
     if (lacking and not arg.startswith("+")) or not any(group in config for config in readers):
@@ -239,13 +244,13 @@ def check_override(arg: str, recipes: list[str]) -> None:
     blocks = [config[group] for config in readers if isinstance(config.get(group), dict)]
     if sub and blocks:
         check_sub_key(key, set().union(*blocks))
-    if arg.startswith("+") and not arg.startswith("++"):
+    if adds:
         check_not_set(key, value, configs)
 
 
-def check_not_set(key: str, value: str, configs: dict[str, dict]) -> None:
-    """Refuse `+KEY=VALUE` where a recipe already sets KEY (Hydra adds to a set key only a list or dict, merged),
-    naming the override that changes it."""
+def check_not_set(key: str, value: str, configs: dict[str, dict], group: str = "experiment") -> None:
+    """Refuse `+KEY=VALUE` where a config of the run (a recipe, or an option of `group`) already sets KEY (Hydra adds
+    to a set key only a list or dict, merged), naming the override that changes it."""
     setters = [name for name, config in configs.items() if value_at(config, key) is not None]
     parsed = override_parser().parse_override(f"{key}={value}").value()
     if not setters or all(isinstance(v, (list, dict)) for v in (parsed.list if isinstance(parsed, ChoiceSweep)
@@ -253,8 +258,8 @@ def check_not_set(key: str, value: str, configs: dict[str, dict]) -> None:
         return
     if len(setters) == len(configs):
         raise UserError(f"+{key}={value} adds a key that is set already; write {key}={value} to change it")
-    raise UserError(f"+{key}={value}: experiment={setters[0]} sets {key} already; write ++{key}={value} to set it "
-                    "in every recipe")
+    raise UserError(f"+{key}={value}: {group}={setters[0]} sets {key} already; write ++{key}={value} to set it "
+                    "in every job")
 
 
 def value_at(config: dict, key: str):
@@ -285,18 +290,29 @@ def kin(configs: dict[str, dict]) -> list[dict]:
     return [config for config in map(recipe_config, group_options("experiment")) if config["job"] in jobs]
 
 
-def recipes_of(overrides: list[str]) -> list[str]:
-    """The recipes a command line runs: the last `experiment=`'s choices (a list, choice() or glob()), else generate;
-    an unknown one is refused first."""
-    chosen = [arg for arg in overrides if arg.partition("=")[0].lstrip("+") == "experiment"]
+def typed_choices(group: str, overrides: list[str]) -> list[str]:
+    """The options of `group` a command line picks: the last `group=`'s choices (a list, choice() or glob()), [] when
+    it picks none; an unknown one is refused first."""
+    chosen = [arg for arg in overrides if arg.partition("=")[0].lstrip("+") == group]
     if not chosen:
-        return ["generate"]
-    check_override(chosen[-1], [])
+        return []
+    check_override(chosen[-1], {})
     override = override_parser().parse_override(chosen[-1])
     if isinstance(override.value(), Glob):
-        return override.value().filter(group_options("experiment"))
+        return override.value().filter(group_options(group))
     names = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
-    return [name for name in names if name in group_options("experiment")]
+    return [name for name in names if name in group_options(group)]
+
+
+def group_choices(group: str, recipe: str, typed: dict[str, list[str]]) -> list[str]:
+    """The options of `group` a job of `recipe` composes: the typed ones, else the recipe's pick, else (scheduler and
+    clip) each model's pick, else the base config's."""
+    if typed.get(group):
+        return typed[group]
+    picked = default_choices(f"experiment/{recipe}.yaml").get(group)
+    models = [] if picked or group == "model" else group_choices("model", recipe, typed)
+    picks = {default_choices(f"model/{model}.yaml").get(group) for model in models} or {picked}
+    return sorted(pick or default_choices("config.yaml")[group] for pick in picks)
 
 
 def check_exclusive(overrides: list[str]) -> None:
@@ -432,15 +448,15 @@ def prepare(argv: list[str]) -> list[str]:
     multirun = parsed.multirun
     check_exclusive(overrides)
     limit = command_line_limits(overrides)
-    ready, recipes = [], recipes_of(overrides)
+    ready, typed = [], {group: typed_choices(group, overrides) for group in GROUPS}
     for arg in overrides:
         is_file = arg.partition("=")[0] == PROMPT_FILE_KEY  # its prompts come out literal already
         arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_prompt_lists(quote_free_text(arg))
-        check_override(arg, recipes)
+        check_override(arg, typed)
         ready.append(arg)
     ready += model_of_params_file(ready, limit)
     for arg in ready[len(overrides):]:
-        check_override(arg, recipes)
+        check_override(arg, typed)
     ready += resumed_sweep_dir(multirun, ready)
     return flags + ready + default_sweep_dir(multirun, ready)
 
