@@ -190,9 +190,19 @@ def test_display_overrides_show_values_as_typed():
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.prefer=nope"],
      "hydra.launcher: prefer=nope is not a valid backend hint, expected one of ('processes', 'threads', None)"),
-    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.require=x"], "require=x is not a valid backend"),
-    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.require=sharedmem"], "are inconsistent settings"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.require=x"],
+     "hydra.launcher.require=x with prefer=processes: Hydra's joblib launcher runs every job in a loky worker process"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.require=sharedmem"], "require takes null only"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.prefer=threads", "hydra.launcher.require=sharedmem"],
+     "hydra.launcher.require=sharedmem with prefer=threads: Hydra's joblib launcher runs every job in a loky worker "
+     "process, which shares no memory; require takes null only"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.batch_size=zz"], "batch_size must be 'auto' or"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.pre_dispatch=zz"],
+     "hydra.launcher.pre_dispatch=zz must be 'all', a number of jobs >= 1 or an expression of n_jobs"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.pre_dispatch=0*n_jobs"],  # would run no job at all
+     "hydra.launcher.pre_dispatch=0*n_jobs must be"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.timeout=-1"],
+     "hydra.launcher.timeout=-1 must be the seconds a job may take, > 0, or null for no limit"),
     (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead=maybe; Value 'maybe' is not a valid bool"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):

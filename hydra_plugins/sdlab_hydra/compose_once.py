@@ -86,21 +86,37 @@ def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], firs
 
 def check_launcher(launcher: Any) -> None:
     """Refuse a launcher option that its launcher would fail on only after the sweep dir is written: joblib's
-    `n_jobs=0`, or any value joblib's Parallel refuses (prefer, require, batch_size...)."""
+    `n_jobs=0`, a `require` (its jobs always run in loky processes), a `pre_dispatch` that is no positive number of
+    jobs, a `timeout` <= 0, or any value joblib's Parallel refuses (prefer, batch_size...)."""
     try:
         from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-        from joblib import Parallel
+        from joblib import Parallel, delayed
     except ImportError:
         return
     if not isinstance(launcher, JoblibLauncher):
         return
-    if launcher.joblib.get("n_jobs") == 0:
+    options = launcher.joblib
+    if options.get("n_jobs") == 0:
         raise UserError("hydra.launcher.n_jobs=0 must be a number of joblib workers: N >= 1, or -1 for one per CPU "
                         "(-2 for all but one, and so on)")
+    if options.get("require") is not None:
+        raise UserError(f"hydra.launcher.require={options['require']} with prefer={options.get('prefer')}: Hydra's "
+                        "joblib launcher runs every job in a loky worker process, which shares no memory; require "
+                        "takes null only")
+    if options.get("timeout") is not None and not options["timeout"] > 0:
+        raise UserError(f"hydra.launcher.timeout={options['timeout']:g} must be the seconds a job may take, > 0, or "
+                        "null for no limit")
     try:
-        Parallel(**{**launcher.joblib, "backend": "loky"})  # as the launcher makes it (always loky); starts no worker
+        Parallel(**{**options, "backend": "loky"})  # as the launcher makes it (always loky); starts no worker
     except ValueError as e:
         raise UserError(f"hydra.launcher: {e}") from None
+    try:  # Parallel reads pre_dispatch once called, after the sweep dir is written: a call of one no-op on threads
+        dispatched = Parallel(**{**options, "backend": "threading", "verbose": 0, "timeout": None})([delayed(int)()])
+    except ValueError:
+        dispatched = []
+    if not dispatched:  # 0 dispatches no job at all
+        raise UserError(f"hydra.launcher.pre_dispatch={options.get('pre_dispatch')} must be 'all', a number of jobs "
+                        ">= 1 or an expression of n_jobs worth one or more, such as 2*n_jobs")
 
 
 def settable(key: str, value: Any, config_text: str) -> bool:
