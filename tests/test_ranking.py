@@ -106,3 +106,13 @@ def test_a_failed_cell_does_not_hide_a_score():
     f = pd.concat([f, f.iloc[[0]].assign(status="error", adherence_all=None, clip_score=None)], ignore_index=True)
     assert f["adherence_all"].dtype == object  # the failed row's None
     assert "adherence_all" in set(rank(f, AXES)["metric"])
+
+
+def test_a_value_with_a_line_break_stays_on_its_line():
+    forged = "a\n[10:00:00][INFO] forged"  # a prompt that would print a log line of its own
+    values = {"a": forged, "b": "b\tc", "c": "c\u202e", "d": "d"}
+    f = frame()
+    f["scheduler"] = f["scheduler"].map(values)
+    line = ranking_lines(f, rank(f, AXES), AXES)["scheduler"]
+    assert "\n" not in line and "\u202e" not in line and "\t" not in line
+    assert "best a\\n[10:00:00][INFO] forged 56.8; tied: b\\tc, d (3 of 4)" in line, line

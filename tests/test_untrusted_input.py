@@ -18,6 +18,7 @@ from PIL import ExifTags, Image
 from matplotlib.text import Text
 from PIL.PngImagePlugin import PngInfo
 from analysis_helpers import context
+from cli_helpers import run_cli
 from test_bad_input import assert_refused
 
 from sdlab.app.arguments import display_overrides, literal, prepare
@@ -388,3 +389,15 @@ def test_the_manifest_of_a_sweep_over_a_prompt_file_at_its_limit_reads_back(tmp_
     prompts = [(f"{i}\x01" * size)[:size] for i in range(4)]
     write_manifest(tmp_path, ["prompt=" + ",".join(map(literal, prompts))], [[f"prompt={literal(p)}"] for p in prompts])
     assert read_manifest(tmp_path, strict=True)["values"]["prompt"] == [literal(p) for p in prompts]
+
+
+def test_a_prompt_with_a_line_break_cannot_print_a_log_line_of_its_own(tmp_path):
+    forged = "[10:00:00][INFO] forged"
+    done = run_cli("-m", f"prompt='a red circle\n{forged}',a cat", "num_inference_steps=1", "threads=1",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in lines if line.startswith(forged)], done.stdout
+    assert sum("prompt=a red circle\\n" + forged in line for line in lines) == 2, done.stdout  # job and image lines
+    table = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert f"a red circle\n{forged}" in set(table["prompt"])  # the table keeps the prompt as typed

@@ -25,6 +25,7 @@ from sdlab.app.callbacks import CollectSweep, Preflight
 from sdlab.app.compose import fail, job_folder, one_line, parse_job, task_overrides
 from sdlab.app.help import help_text, version_text
 from sdlab.bench import lock, ownership, resume
+from sdlab.bench.captions import settings_text
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.report import rebuild, summarize
 from sdlab.conf_files import CONF_DIR
@@ -96,7 +97,7 @@ def run(cfg) -> None:
     if multirun:
         axes = extra.get("axes", list(overrides))
         log.info("%s: %s", extra.get("progress", f"job {int(hc.job.num) + 1}"),
-                 " ".join(f"{k}={v}" for k, v in overrides.items() if k in axes) or "-")
+                 settings_text({k: v for k, v in overrides.items() if k in axes}) or "-")
         if job_lock:
             lock.acquire(out_dir, parents=False)
         ownership.adopt(out_dir)

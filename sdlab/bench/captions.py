@@ -15,6 +15,18 @@ def counted(n: int, noun: str, plural: str = "") -> str:
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
+def printable(value) -> str:
+    """`value` as text on one line: line breaks, tabs and other unprintable characters escaped as Python writes them,
+    so a prompt in a log line never starts a line of its own."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def settings_text(values: dict) -> str:
+    """`k=v k=v` of a cell's settings for a log line, each value `printable`."""
+    return " ".join(f"{key}={printable(value)}" for key, value in values.items())
+
+
 def read_captions(folder: Path) -> dict[str, str]:
     """The captions recorded in `folder` (empty when none or unreadable)."""
     path = Path(folder) / CAPTIONS

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from sdlab.bench.captions import printable
 from sdlab.bench.figures import summary_figure
 from sdlab.bench.grid import axis_values
 from sdlab.bench.records import PARAM_COLUMNS, write_table
@@ -189,14 +190,14 @@ def ranking_line(ranking: pd.DataFrame, parameter: str) -> str:
     best = rows[rows["group"] == BEST].iloc[0]
 
     def names(group: str) -> list[str]:
-        return list(rows.loc[rows["group"] == group, "value"])
+        return [printable(v) for v in rows.loc[rows["group"] == group, "value"]]
 
     def listed(values: list[str]) -> str:
         shown = ", ".join(values[:MAX_NAMED])
         return shown + (f" and {len(values) - MAX_NAMED} more" if len(values) > MAX_NAMED else "") if values else "none"
 
     tied = names(TIED)
-    line = (f"{parameter} by {best['metric']}: best {best['value']} {best['mean']:.3g}"
+    line = (f"{parameter} by {best['metric']}: best {printable(best['value'])} {best['mean']:.3g}"
             f"{' (lower is better)' if best['better'] == 'lower' else ''}; tied: {listed(tied)} "
             f"({len(tied) + 1} of {int(rows['rank'].notna().sum())})")
     pick = rows[rows["cheapest_tied"]]
@@ -204,7 +205,7 @@ def ranking_line(ranking: pd.DataFrame, parameter: str) -> str:
         pick = pick.iloc[0]
         cost = [f"NFE {pick['nfe']:g}" if "nfe" in pick and not math.isnan(pick["nfe"]) else "",
                 f"{pick['time_total_s']:.2g} s" if "time_total_s" in pick and not math.isnan(pick["time_total_s"]) else ""]
-        line += f"; cheapest tied: {pick['value']} ({', '.join(p for p in cost if p)})"
+        line += f"; cheapest tied: {printable(pick['value'])} ({', '.join(p for p in cost if p)})"
     line += f"; not compared ({UNPAIRED}): {listed(names(UNPAIRED))}" if names(UNPAIRED) else ""
     return line + (f"; not ranked ({TOO_FEW}): {listed(names(TOO_FEW))}" if names(TOO_FEW) else "")
 

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sdlab.bench.captions import settings_text
 from sdlab.bench.plan import shared_call
 from sdlab.bench.records import identity, ordered, rows, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, set_aside_damaged, sweep_cells, weights_of
@@ -228,7 +229,7 @@ def describe(ctx: JobContext, overrides: str, seed: int) -> str:
     fixed = set(json.loads(ctx.overrides or "{}")) - set(ctx.extra.get("axes", json.loads(ctx.overrides or "{}")))
     parsed = {k: v for k, v in json.loads(own_overrides(overrides, seed)).items() if k not in fixed} | {"seed": seed}
     progress = f"[{ctx.extra['progress']}] " if "progress" in ctx.extra else ""
-    return progress + " ".join(f"{k}={v}" for k, v in parsed.items())
+    return progress + settings_text(parsed)
 
 
 PNG_KEYS = (*IMAGE_PARAMS, "seed", "scheduler", "model")
