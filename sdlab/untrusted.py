@@ -24,6 +24,7 @@ from sdlab.errors import UserError
 
 MAX_JSON_DEPTH = 32  # lists and objects inside each other; sdlab's own files need 3
 RAISE_HINT = "raise it with limits.{}=N"
+CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # no text holds these: NUL, escape sequences, delete
 TRUNCATED = "image file is truncated"  # Pillow's words when it decodes a file cut short
 # A JPEG marker that a segment's length follows, or end-of-image; not FF 00 (a stuffed 0xFF of a scan's data), TEM,
 # the restarts RST0-7, start-of-image, nor FF FF (a fill byte before a marker)
@@ -87,11 +88,20 @@ def read_prompt_lines(path: str | Path, label: str, limit: dict[str, int]) -> li
         text = raw.decode("utf-8-sig")  # the byte order mark a Windows editor may put first is no part of a prompt
     except UnicodeDecodeError as e:
         raise UserError(f"{label} is not UTF-8 text (byte {e.start}); give a text file, one prompt per line") from None
+    check_text(text, label)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > limit["max_prompt_lines"]:
         raise UserError(f"{label} holds {len(lines)} prompts, more than limits.max_prompt_lines="
                         f"{limit['max_prompt_lines']}; " + RAISE_HINT.format("max_prompt_lines"))
     return lines
+
+
+def check_text(text: str, label: str) -> None:
+    """Refuse text holding a control character (NUL, an escape sequence...), naming it and its line."""
+    found = CONTROL.search(text)
+    if found:
+        line = f" line {text.count(chr(10), 0, found.start()) + 1}" if "\n" in text else ""
+        raise UserError(f"{label}{line} holds the control character {found.group()!r}; give plain text")
 
 
 def json_depth(value: Any) -> int:

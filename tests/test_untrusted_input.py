@@ -259,6 +259,16 @@ def test_a_byte_order_mark_from_a_windows_editor_is_not_part_of_the_first_prompt
     assert parse_json('{"seed": 1}'.encode("utf-8-sig"), "params=p.json") == {"seed": 1}
 
 
+@pytest.mark.parametrize("control", ["\x00", "\x1b[2J", "\x7f"])
+def test_a_control_character_in_a_prompt_file_or_params_file_is_refused_naming_where(tmp_path, control):
+    path = write(tmp_path / "p.txt", f"a red circle\na blue{control} square\n")
+    with pytest.raises(UserError, match=r"^prompt_file=p.txt line 2 holds the control character '\\x(00|1b|7f)'"):
+        read_prompt_lines(path, "prompt_file=p.txt", LIMITS)
+    params = write(tmp_path / "p.json", json.dumps({"prompt": f"a{control}", "seed": 1}))
+    with pytest.raises(UserError, match=r"prompt holds the control character '\\x(00|1b|7f)'"):
+        load_params(params)
+
+
 def test_a_zlib_bomb_is_refused_before_it_is_inflated(tmp_path):
     path = png(tmp_path / "bomb.png", {"sdlab": " " * (64 << 20)}, zipped=True)
     assert path.stat().st_size < 1 << 20

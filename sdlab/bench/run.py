@@ -27,7 +27,7 @@ from sdlab.config import (
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.loading import adapter_class, shipped_scheduler_config, weights_identity
-from sdlab.untrusted import read_params
+from sdlab.untrusted import check_text, read_params
 
 
 def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
@@ -234,6 +234,8 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
         if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[key]):
             kinds = " or ".join(t.__name__ for t in PARAM_TYPES[key])
             raise UserError(f"{label}: {key}={value!r} should be {kinds}")
+        if isinstance(value, str):
+            check_text(value, f"{label}: {key}")
     bad = [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]
     if bad:
         raise UserError(f"{label}: seeds should be a list of int, not one holding {bad[0]!r}")
