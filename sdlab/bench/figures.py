@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,20 +14,12 @@ from PIL import Image
 from sdlab.bench.captions import record_caption
 from sdlab.io import atomic_path, atomic_save
 
-log = logging.getLogger(__name__)
-
-STYLE = {
-    "figure.dpi": 100,
-    "savefig.dpi": 100,
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "text.parse_math": False,  # labels and titles carry prompts and file names: a `$` in them is a dollar sign
-}
+STYLE = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9, "axes.spines.top": False,
+         "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+         "text.parse_math": False}  # labels and titles carry prompts and file names: a `$` in them is a dollar sign
 CELL_INCHES = 1.6
+THUMB_POINTS = 36  # the side of a heatmap row's thumbnail
+ROW_LABEL_POINTS = 9  # the font size of horizontal row labels
 LOG_LABEL = re.compile(r"\$\\mathdefault\{(.*)\}\$")  # how matplotlib's log formatters write a tick label
 SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -46,9 +37,8 @@ def styled():
 
 
 def save_figure(fig, target: Path, crop: bool = True) -> Path:
-    """Save a matplotlib figure as PNG atomically, record its title (suptitle and panel titles), and close it. With
-    `crop` it is cut to what it draws (drawing it twice); without, saved as laid out, drawn once (`savefig` would
-    draw it once more to lay it out: 0.1 s of a sweep's summary plot)."""
+    """Save a figure as PNG atomically, record its titles as caption, close it; `crop` cuts it to what it draws (drawn
+    twice: savefig lays it out again), else it is saved as laid out, drawn once (0.1 s of a sweep's summary plot)."""
     import matplotlib.pyplot as plt
 
     if crop:
@@ -89,15 +79,28 @@ def log_scale(ax, which: str, **options) -> None:
         axis.set_minor_formatter(PlainLogFormatter(base, labelOnlyBase=False))
 
 
+def log_x(ax) -> None:
+    """A log x axis with ticks 1, 2, 5, 10 ... written plainly."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 # --------------------------------------------------------------------------- analysis figures
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")  # matplotlib's tab10
+DISTINCT = PALETTE + ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d",
+                      "#9edae5")  # tab20: its strong colours, then its light ones
+MAX_LINES_PER_PANEL = 8
 
 
 def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: tuple[float, float] = (6.4, 3.6)) -> Path:
     """Line plots, one panel per dict: bands [{x, low, high, label, color}], lines [{x, y, label, style}], points [{x, y, label, marker, notes, offset}], xlabel, ylabel, title, logx, logy, symlog (linear threshold), hline, yticks (positions, labels), ylim, integer_x."""
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
+    from matplotlib.ticker import MaxNLocator
 
     with styled() as plt:
         fig, axes = plt.subplots(len(panels), 1, figsize=(panel_inches[0], panel_inches[1] * len(panels)), squeeze=False)
@@ -123,11 +126,8 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
                 log_scale(ax, "y")
             if panel.get("symlog"):
                 log_scale(ax, "y", linthresh=panel["symlog"])
-            if panel.get("logx"):  # ticks 1, 2, 5, 10 ... written plainly
-                ax.set_xscale("log")
-                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
+            if panel.get("logx"):
+                log_x(ax)
             if panel.get("yticks"):
                 ax.set_yticks(*panel["yticks"])
             if panel.get("ylim"):
@@ -145,9 +145,6 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             fig.suptitle(title)
         fig.tight_layout()
         return save_figure(fig, target)
-
-
-THUMB_POINTS = 36  # the side of a heatmap row's thumbnail
 
 
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target: Path, title: str = "",
@@ -172,10 +169,9 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target
         ax.set_yticks(range(rows), [_short(s) for s in row_labels], fontsize=7)
         ax.tick_params(axis="y", pad=4 + (THUMB_POINTS + 6) * thumbs)
         mid = np.nanmean(matrix) if vmin is None or vmax is None else (vmin + vmax) / 2
-        for r in range(rows):
-            for c in range(cols):
-                ax.text(c, r, fmt.format(matrix[r, c]), ha="center", va="center", fontsize=7,
-                        color="black" if matrix[r, c] > mid else "white")
+        for r, c in np.ndindex(rows, cols):
+            ax.text(c, r, fmt.format(matrix[r, c]), ha="center", va="center", fontsize=7,
+                    color="black" if matrix[r, c] > mid else "white")
         fig.colorbar(im, ax=ax, label=value_label, fraction=0.04)
         ax.set_title(title)
         return save_figure(fig, target)
@@ -186,14 +182,10 @@ def _short(text: str, width: int = 56) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-ROW_LABEL_POINTS = 9  # the font size of horizontal row labels
-
-
 def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: Sequence[str] | Sequence[Sequence[str]] = (),
                 row_labels: Sequence[str] = (), title: str = "", cell_inches: float = CELL_INCHES,
                 horizontal_row_labels: bool = False) -> Path:
-    """Rows of images (HxWx3 uint8/float, or HxW grey) with column labels (one list, or one per row) and row labels
-    (rotated, or flat with `horizontal_row_labels`)."""
+    """Rows of images (HxWx3 or HxW grey) with column labels (one list, or one per row) and row labels."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     per_row = bool(col_labels) and not isinstance(col_labels[0], str)
     flat = [label for group in col_labels for label in (group if per_row else [group])]
@@ -211,8 +203,7 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
             for c in range(n_cols):
                 ax = axes[r, c]
                 ax.grid(False)
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.set(xticks=[], yticks=[])
                 ax.spines[:].set_visible(False)
                 if c >= len(images):
                     ax.axis("off")
@@ -221,11 +212,9 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
                 if c < len(labels):
                     ax.set_title(labels[c], fontsize=8)
-                if c == 0 and r < len(row_labels) and horizontal_row_labels:
-                    ax.set_ylabel(row_texts[r], fontsize=ROW_LABEL_POINTS, rotation=0, ha="right", va="center",
-                                  labelpad=8)
-                elif c == 0 and r < len(row_labels):
-                    ax.set_ylabel(row_texts[r], fontsize=8)
+                if c == 0 and r < len(row_labels):
+                    flat = dict(fontsize=ROW_LABEL_POINTS, rotation=0, ha="right", va="center", labelpad=8)
+                    ax.set_ylabel(row_texts[r], **(flat if horizontal_row_labels else {"fontsize": 8}))
         if title:
             fig.suptitle(title)
         return save_figure(fig, target)
@@ -274,16 +263,8 @@ def write_gif(frames: Sequence[Image.Image], target: Path, duration_ms: int = 15
                        loop=0)
 
 
-DISTINCT = PALETTE + ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d",
-                      "#9edae5")  # tab20: its strong colours, then its light ones
-
-
-MAX_LINES_PER_PANEL = 8
-
-
 def solver_groups(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Schedulers split by kind (deterministic with one or two NFE per step, stochastic) when one panel would hold
-    more than MAX_LINES_PER_PANEL lines; else all in one group."""
+    """Schedulers split by kind (deterministic at 1 or 2 NFE per step, stochastic) past MAX_LINES_PER_PANEL lines."""
     if summary["scheduler"].nunique() <= MAX_LINES_PER_PANEL:
         return [("", summary)]
     per_step = (summary["nfe_mean"] / summary["num_inference_steps"]).groupby(summary["scheduler"]).median()
@@ -298,10 +279,7 @@ def solver_groups(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target: Path, xlabel: str,
                 psnr_target: float | None = None, title: str = "") -> Path:
-    """Rows of panels, one per metric, against a cost (NFE or seconds): a line per scheduler with its 95% band;
-    many schedulers are split into columns by solver kind, each with its own legend and shared axes."""
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
+    """A panel per metric against a cost (NFE or seconds), a line and 95% band per scheduler, columns by solver kind."""
     groups = solver_groups(summary)
     colours = {name: DISTINCT[i % len(DISTINCT)] for i, name in enumerate(sorted(summary["scheduler"].unique()))}
     with styled() as plt:
@@ -319,10 +297,7 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                                     color=colours[name], alpha=0.15, lw=0)
                 if metric == "psnr" and psnr_target is not None:
                     ax.axhline(psnr_target, color="0.3", lw=0.8, ls=":")
-                ax.set_xscale("log")
-                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
+                log_x(ax)
                 if metric == "latent_rmse":
                     log_scale(ax, "y")
                 if row == len(metrics) - 1:
@@ -386,17 +361,14 @@ def _middle(text: str, width: int = 22) -> str:
     return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
-def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | None = None,
-                   max_metrics: int = 6) -> Path:
-    """`summary.png`: draw_summary saved as PNG, uncropped (its constrained layout keeps every text on the page, and a
-    sweep draws it at its end)."""
+def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | None = None) -> Path:
+    """`summary.png`: draw_summary uncropped (its constrained layout keeps every text on the page)."""
     with styled():
-        return save_figure(draw_summary(summary, ranking, max_metrics), target, crop=False)
+        return save_figure(draw_summary(summary, ranking), target, crop=False)
 
 
 def display_unit(metric: str) -> tuple[str, float]:
-    """How a figure shows a metric on an axis: its name with its unit where it has one (PSNR and *_db in dB, time_*_s
-    in s, bytes as MiB), and the factor from its column's unit."""
+    """A metric's axis label with its unit (dB, s, MiB) and the factor from its column's unit."""
     if metric.endswith("_bytes"):
         return metric.removesuffix("_bytes") + " (MiB)", 2.0**-20
     if metric.startswith("time_") and metric.endswith("_s"):
@@ -407,15 +379,13 @@ def display_unit(metric: str) -> tuple[str, float]:
 
 
 def is_part_of_total(metric: str, present: list[str]) -> bool:
-    """A time of one stage (text, UNet, VAE, scoring) where the total time is there too: the table keeps it, the
-    summary plot draws the total."""
+    """A stage's time (text, UNet, VAE, scoring) beside the total time, which the summary plot draws instead."""
     return metric.startswith("time_") and metric != "time_total_s" and "time_total_s" in present
 
 
 def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max_metrics: int = 6):
-    """Each headline metric that varies (rows; the table has them all) against each swept parameter (columns), with
-    its interval (none where n < 3); lines per value of another parameter only when it has few values; values tied
-    with the best (sdlab.bench.summary) shaded. As wide as the report's page, whatever the number of values."""
+    """Each varying headline metric (rows) against each swept parameter (columns) with its interval, a line per value
+    of another parameter with few values, values tied with the best shaded; as wide as the report's page."""
     single = summary[summary["parameter2"].isna() & (summary["parameter"] != "(all)")]
     tied = ranking[ranking["group"].isin(("best", "tied"))] if ranking is not None else pd.DataFrame(
         columns=["parameter", "metric", "value"])

@@ -24,6 +24,8 @@ GAP, MARGIN, FONT_SIZE = 4, 8, 13
 SEED_GAP = 2  # between the seeds of one cell: narrower than between cells, so a cell reads as one
 EMPTY_CELL = (217, 217, 217)
 INK = (20, 20, 20)
+TITLE_MIN_WIDTH = 360  # a title wider than the grid wraps to the grid's width, or to this on small grids
+LABEL_WIDTH, LABEL_LINES = 240, 4  # a value's label wraps to the cell's width or this, and a long one is cut short
 
 
 def axis_values(frame: pd.DataFrame, key: str) -> list[str]:
@@ -51,8 +53,7 @@ def label(key: str | None, value: str) -> str:
 
 
 def cell_side(paths: Sequence[Path | None], cells: int) -> int:
-    """The cell size: the first image's longer side, enlarged by a whole factor to CELL_MIN, or reduced to
-    CELL_MAX and to what keeps `cells` of them near MAX_GRID_PIXELS."""
+    """The first image's longer side, enlarged by a whole factor to CELL_MIN or cut to CELL_MAX and MAX_GRID_PIXELS."""
     largest = max(CELL_MIN, min(CELL_MAX, int((MAX_GRID_PIXELS / max(cells, 1)) ** 0.5)))
     for path in paths:
         if path is not None and path.is_file():
@@ -85,9 +86,8 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
 
 def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str], title: str = "",
                seeds_within: bool = False) -> Path | None:
-    """A labelled grid of the rows' images: axes[0] across columns, axes[1] down rows, the rest as pages; with
-    `seeds_within` a seed that would be a page is shown side by side within each cell instead, so a cell shows all its
-    seeds, and the first two axes trade places when that makes the grid closer to square."""
+    """A labelled grid: axes[0] across, axes[1] down, the rest as pages; `seeds_within` puts a paged seed side by side
+    in each cell instead (the first two axes trading places when that makes the grid closer to square)."""
     if "image_path" in frame:
         frame = frame[frame["image_path"].notna()].reset_index(drop=True)
     within = ["seed"] if seeds_within and "seed" in axes and len(axes) > 2 else []
@@ -117,14 +117,9 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
         return None
     if seeds:
         title = f"{title}\n" * bool(title) + f"each cell: seed {', '.join(seeds)}, left to right"
-    canvas = draw_grid(cells, axes, xs, ys, pages, title, seeds)
-    atomic_save(canvas, target, format="PNG")
+    atomic_save(draw_grid(cells, axes, xs, ys, pages, title, seeds), target, format="PNG")
     record_caption(target, title or f"{' x '.join(axes)} grid of {counted(len(cells), 'image')}")
     return Path(target)
-
-
-TITLE_MIN_WIDTH = 360  # a title wider than the grid wraps to the grid's width, or to this on small grids
-LABEL_WIDTH, LABEL_LINES = 240, 4  # a value's label wraps to the cell's width or this, and a long one is cut short
 
 
 def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False, most: int | None = None) -> str:
@@ -165,8 +160,7 @@ def fitting(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False
 
 def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
               title: str, seeds: Sequence[str] = ()) -> Image.Image:
-    """Compose the grid: column labels on top, row labels on the left, one bold header per page; with `seeds`, each
-    cell holds one image per seed side by side (its key ends with the seed)."""
+    """Column labels on top, row labels on the left, a bold header per page; with `seeds`, one image per seed a cell."""
     x_key, y_key = (axes + [None, None])[:2]
     strip = list(seeds) or [None]
     side = cell_side(list(cells.values()), len(xs) * len(ys) * len(pages) * len(strip))

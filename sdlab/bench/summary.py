@@ -1,13 +1,9 @@
 """What a sweep varies and measures, and by swept value: n, mean and interval of every metric, and the ranking.
 
-The axes are the sweep manifest's (sdlab.bench.resume), then the parameter columns a job varied itself. Values are
-ranked by mean; each is compared with the best by the paired difference over images that share the seed and every
-other swept value (Student-t 95% interval, sdlab.metrics.stats). A value whose interval spans 0 is tied with the
-best. Nothing is ranked from fewer than MIN_N images per value or from a score that does not vary.
-
-Set scorers (fd, kid, cmmd, precision_recall) add rows per slice (all images, each value, each pair of values) and
-feature extractor: the statistic of the slice's images against their reference set, with a bootstrap interval over
-images and a warning where n is below what the metric needs.
+Values are ranked by mean and compared with the best by the paired difference over images sharing the seed and every
+other swept value (Student-t 95% interval): one whose interval spans 0 is tied with the best. Nothing is ranked from
+fewer than MIN_N images per value or from a score that does not vary. Set scorers (fd, kid, cmmd, precision_recall)
+add rows per slice and feature extractor, with a bootstrap interval and a warning where n is too small.
 """
 
 from __future__ import annotations
@@ -48,8 +44,7 @@ MAX_NAMED = 8  # a line names at most this many tied values; ranking.csv has the
 
 
 def sweep_axes(frame: pd.DataFrame, axes: Sequence[str] = ()) -> list[str]:
-    """What varies across the rows: the sweep's `axes` (its manifest's, in command-line order), then the seed and the
-    parameter columns that vary (a single run's seeds, a scheduler study's schedulers and step counts)."""
+    """What varies across the rows: the sweep's `axes` (command-line order), then the seed and other varying columns."""
     axes = ["seed" if a == "seeds" and "seed" in frame else a for a in axes]  # a job's seeds are one per row
     varied = (c for c in ("seed", *PARAM_COLUMNS) if c in frame and c not in axes and frame[c].dropna().nunique() > 1)
     return list(dict.fromkeys([*axes, *varied]))
@@ -66,8 +61,7 @@ def swept_parameters(frame: pd.DataFrame, axes: Sequence[str] = ()) -> list[str]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """Numeric and boolean columns that are measurements (scores, distances, times, NFE), not parameters; a missing
-    value (a failed cell's score) may have made the column `object`."""
+    """Numeric and boolean measurement columns (scores, distances, times, NFE); a failed cell may make one `object`."""
     def numeric(series: pd.Series) -> bool:
         if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
             return True
@@ -91,9 +85,8 @@ def main_metric(metrics: list[str]) -> str | None:
 
 def paired_delta(values: np.ndarray, keys: list[tuple], mine: np.ndarray, best: np.ndarray,
                  bounds: tuple[float, float], units: np.ndarray | None = None) -> tuple[int, float, float, float]:
-    """n, mean and interval of (this value - the best value) over cells matched by seed and the other swept values;
-    with `units` (each cell's pipeline call, for a per-call metric), over pairs of calls: cells made in one call are
-    not compared, and a pair of calls counts once."""
+    """n, mean and interval of (this value - the best) over cells matched by seed and the other swept values; with
+    `units` (each cell's call, for a per-call metric), over pairs of distinct calls, each pair counted once."""
     unit = units if units is not None else np.arange(len(values))
     reference = {k: i for i in np.flatnonzero(best) for k in [keys[i]] if np.isfinite(values[i])}
     diffs = {(unit[i], unit[j]): values[i] - values[j] for i in np.flatnonzero(mine)
@@ -116,14 +109,10 @@ class Swept:
         """A column as floats (NaN where it is not a number)."""
         return pd.to_numeric(self.frame[column], errors="coerce").to_numpy(dtype=float)
 
-    def calls(self, metric: str) -> np.ndarray | None:
-        """Each row's pipeline call for a metric measured once per call (stats.calls), else None."""
-        return calls(self.frame, metric)
-
     def measured(self, metric: str, mask: np.ndarray | None = None) -> tuple[int, float, float, float]:
         """n, mean and interval of `metric` over the rows `mask` selects (all by default), a call counted once."""
         mask = np.ones(len(self.frame), bool) if mask is None else np.asarray(mask)
-        units = self.calls(metric)
+        units = calls(self.frame, metric)
         return n_mean_ci(self.number(metric)[mask], metric_range(metric), None if units is None else units[mask])
 
     def values(self, key: str) -> list[str]:
@@ -136,9 +125,10 @@ class Swept:
         return [(seed, *(o[i] for o in others)) for i, seed in enumerate(self.seeds)]
 
     def by_value(self, key: str, metric: str, best, min_n: int = 0) -> dict[str | None, dict | str | None]:
-        """Per value of `key`: n, mean and interval of `metric`, and for values with `min_n` images the paired
-        difference to the value `best(stats)` names (none when None); that value under the key None."""
-        x, column, bounds, units = self.number(metric), self.labels[key], metric_range(metric), self.calls(metric)
+        """Per value of `key`: `metric`'s stats and, from `min_n` images, the paired difference to `best(stats)`
+        (that value under the key None)."""
+        x, column, bounds = self.number(metric), self.labels[key], metric_range(metric)
+        units = calls(self.frame, metric)
         stats = {v: dict(zip(STATS, self.measured(metric, column == v))) for v in self.values(key)}
         reference, pairs = best(stats), self.pairs(key)
         for v, row in stats.items():
@@ -211,15 +201,13 @@ def ranking_line(ranking: pd.DataFrame, parameter: str) -> str:
 
 
 def ranking_lines(frame: pd.DataFrame, ranking: pd.DataFrame, axes: Sequence[str] = ()) -> dict[str, str]:
-    """One line per swept parameter (by name): its best value by the main score, the values tied with it and the
-    cheapest of those, or why it is not ranked."""
+    """`ranking_line` of each swept parameter, by name."""
     return {key: ranking_line(ranking, key) for key in swept_parameters(frame, axes)}
 
 
 def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (parameter, value[, parameter2, value2], metric): n, mean, interval, and for single parameters
-    the paired difference to the ranking's best value, else for a score or a cost to the best mean among values
-    with MIN_N images (same seed, same other swept values)."""
+    """A row per (parameter, value[, parameter2, value2], metric): n, mean, interval and, for one parameter, the
+    paired difference to the ranking's best value, else (a score or a cost) to the best mean of MIN_N images."""
     ranking = rank(frame, axes) if ranking is None else ranking
     swept = Swept(frame, axes)
     metrics = metric_columns(swept.frame)
@@ -251,8 +239,7 @@ def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.Dat
 
 
 def set_rows(swept: Swept) -> list[dict]:
-    """Per slice (all images, each swept value, each pair of values) and feature extractor, each set scorer's values
-    against the slice's reference sets (those of its prompts, together): n, value, bootstrap interval, warning."""
+    """Each set scorer's rows per slice (all, each value, each pair of values) and extractor, against its references."""
     frame = swept.frame
     if "image_features" not in frame:
         return []
@@ -312,8 +299,7 @@ def owns_summary(folder: Path) -> bool:
 
 def write_summary(frame: pd.DataFrame, folder: Path, axes: Sequence[str] = (), figure: bool = False,
                   ranking: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Write `summary.{parquet,csv}` into `folder` (and when `figure`, as at a sweep's end, `ranking.{parquet,csv}`
-    and `summary.png`); return the summary table."""
+    """Write `summary.{parquet,csv}` into `folder` (with `figure`, also the ranking and `summary.png`) and return it."""
     ranking = rank(frame, axes) if ranking is None else ranking
     summary = summary_table(frame, axes, ranking)
     write_table(summary, folder, SUMMARY_NAME)
