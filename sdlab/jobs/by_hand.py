@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
@@ -76,8 +77,7 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     model = load_model(spec)
     model.quiet()
     model.use_scheduler("ddim")
-    seed, steps, w = params.seeds[0], params.num_inference_steps, params.guidance_scale
-    side = spec.resolution
+    seed, steps, w, side = params.seeds[0], params.num_inference_steps, params.guidance_scale, spec.resolution
     ours = ddim_by_hand(model, params.prompt, params.negative_prompt, seed, steps, w, side, side)
     with torch.inference_mode():
         theirs = model.run_pipeline(params.prompt, negative_prompt=params.negative_prompt or None,
@@ -151,8 +151,7 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
 
 
 def drawn_like(ctx: JobContext, frame: pd.DataFrame, outputs: list) -> tuple[list[str], str]:
-    """What the scorers' adherence check reads in each output against the input's caption and the prompt: a label
-    line per output and a title line (none without a caption or an adherence scorer)."""
+    """What the adherence check reads in each output (input's caption or prompt): a label line each, a title line."""
     caption, prompt = ctx.recipe.image_caption, ctx.run.params.prompt
     scorers = build_scorers(ctx.run.recipe)
     as_input, as_prompt = (score_images(scorers, outputs, [text] * len(outputs)) for text in (caption or "", prompt))
@@ -172,8 +171,6 @@ def drawn_like(ctx: JobContext, frame: pd.DataFrame, outputs: list) -> tuple[lis
 
 def input_image(recipe: Img2img, side: int):
     """The recipe's `image` file, or its `image_caption` drawn in the `sample_world`, as a PIL image at side px."""
-    from PIL import Image
-
     if recipe.image:
         return Image.fromarray(read_image(Path(recipe.image), side, side, f"image={recipe.image}"))
     return Image.fromarray(world(recipe.sample_world).draw(str(recipe.image_caption))).resize((side, side))

@@ -30,8 +30,7 @@ METRICS = ["latent_rmse", "psnr", "ssim"]
 
 @dataclass(frozen=True)
 class Study:
-    """What to compare (the `compare:` block): schedulers x step counts over seeds and prompts, against a reference
-    solve by a deterministic scheduler."""
+    """The `compare:` block: schedulers x steps over seeds and prompts, against a deterministic reference solve."""
 
     block = "compare"
     schedulers: tuple[str, ...] = checked(None, "strs", plain=False)
@@ -58,17 +57,13 @@ class Study:
 
 def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, ref_images: list) -> list[dict]:
     """Per image: latent RMSE, pixel PSNR (inf when identical) and SSIM against the reference."""
-    out = []
-    for lat, image, ref_lat, ref_image in zip(latents, images, ref_latents, ref_images):
-        rmse = float(torch.sqrt(torch.mean((lat.float() - ref_lat.float()) ** 2)))
-        out.append({"latent_rmse": rmse, "psnr": psnr(np.asarray(ref_image), np.asarray(image)),
-                    "ssim": ssim(np.asarray(ref_image), np.asarray(image))})
-    return out
+    return [{"latent_rmse": float(torch.sqrt(torch.mean((lat.float() - ref_lat.float()) ** 2))),
+             "psnr": psnr(np.asarray(ref), np.asarray(image)), "ssim": ssim(np.asarray(ref), np.asarray(image))}
+            for lat, image, ref_lat, ref in zip(latents, images, ref_latents, ref_images)]
 
 
 def solve(model, name: str, steps: int, base: GenerationParams, prompt: str, options: dict):
-    """One batched generation of the study's seeds with scheduler `name` (and the run's scheduler `options`) at
-    `steps` steps."""
+    """One batched generation of the study's seeds with scheduler `name` (with `options`) at `steps` steps."""
     model.use_scheduler(name, options)
     return generate_batch(model, replace(base, prompt=prompt, num_inference_steps=steps), list(base.seeds))
 
@@ -89,8 +84,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     for p, prompt in enumerate(study.prompts, 1):
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
         progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x "
-                      f"{counted(study.reference_steps, 'step')}",
-                      study.reference_steps)
+                      f"{counted(study.reference_steps, 'step')}", study.reference_steps)
         references = {"deterministic": solve(model, study.reference_scheduler, study.reference_steps, base, prompt,
                                              options)}
         for name in stochastic:
@@ -137,8 +131,7 @@ class Progress:
 
 
 def reachable_target(summary: pd.DataFrame, configured: float) -> tuple[float, str]:
-    """The PSNR target to rank by and why: the configured one if any scheduler's mean reaches it, else the
-    whole dB at or below the median of the schedulers' best mean PSNR, so at least half of them reach it."""
+    """The PSNR target and why: the configured one if reached, else the median best mean PSNR, floored to a dB."""
     best = summary.groupby("scheduler")["psnr_mean"].max()
     best = best[np.isfinite(best)]
     if best.empty or (best >= configured).any():
@@ -149,22 +142,19 @@ def reachable_target(summary: pd.DataFrame, configured: float) -> tuple[float, s
 
 def ranking(summary: pd.DataFrame, target: float, source: str = "configured") -> pd.DataFrame:
     """Per scheduler: the fewest mean NFE whose mean PSNR reaches `target` dB (NaN when never), naming the target."""
-    rows = []
+    key, rows = f"nfe_to_psnr_{target:g}db", []
     for name, group in summary.sort_values("nfe_mean").groupby("scheduler", sort=False):
         reached = group[group["psnr_mean"] >= target]
         first = reached.iloc[0] if len(reached) else {}
         rows.append({"scheduler": name, "stochastic": bool(group["stochastic"].iloc[0]),
-                     f"nfe_to_psnr_{target:g}db": first.get("nfe_mean", math.nan),
-                     "steps": first.get("num_inference_steps", math.nan),
+                     key: first.get("nfe_mean", math.nan), "steps": first.get("num_inference_steps", math.nan),
                      "seconds": first.get("time_total_s_mean", math.nan), "n": first.get("n", math.nan),
                      "best_psnr": group["psnr_mean"].max(), "psnr_target_db": target, "target": source})
-    key = f"nfe_to_psnr_{target:g}db"
     return pd.DataFrame(rows).sort_values([key, "best_psnr"], ascending=[True, False], na_position="last")
 
 
 def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame) -> None:
     """Summary with intervals, the ranking, the visited timesteps, and the convergence figures."""
-
     finite = runs.assign(psnr=runs["psnr"].replace(np.inf, np.nan))
     extra = [c for c in runs.columns if direction(c) and runs[c].notna().any()]  # the scorers' columns
     finite[extra] = finite[extra].astype(float)

@@ -4,7 +4,6 @@ guidance scale and FID against NFE figures of guidance and sampler papers, offli
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -24,7 +23,6 @@ from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import SCHEDULERS
 
-log = logging.getLogger(__name__)
 FLOOR_SEED = 1  # a second draw of real images, as many as one cell generates: the distance of a perfect generator
 WHY_KID = "KID is unbiased at any n, FD is biased upward at small n (see real vs real)"
 PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
@@ -32,9 +30,8 @@ PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
 
 @dataclass(frozen=True)
 class DistanceStudy:
-    """The `distance:` block: cells guidance_scales x schedulers x steps, each `images` seeds of every prompt, against
-    `references` real images of each prompt drawn by the `sample_world`; KID over `kid_subsets` subsets of half the
-    images, FD with its sd over `bootstrap` resamples."""
+    """The `distance:` block: cells guidance_scales x schedulers x steps, `images` seeds of every prompt, against
+    `references` real images of each; KID over `kid_subsets` subsets, FD's sd over `bootstrap` resamples."""
 
     block = "distance"
     guidance_scales: tuple[float, ...] = checked(None, "numbers", 0, 1000, plain=False)
@@ -74,9 +71,8 @@ def embed(clip, images: list, batch: int = 64) -> np.ndarray:
 
 
 def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> dict:
-    """KID (mean and sd over subsets of half the generated images), FD and its sd over bootstrap resamples of the
-    generated images (the resamples' mean sits above FD: duplicates shrink the covariance, so only their spread is used),
-    CMMD, precision and recall."""
+    """KID (mean and sd over subsets of half the images), FD and its sd over bootstrap resamples (their mean sits above
+    FD: duplicates shrink the covariance, so only their spread is used), CMMD, precision and recall."""
     n = len(generated)
     rng = np.random.default_rng(0)
     resampled = [frechet_distance(generated[rng.integers(n, size=n)], real) for _ in range(study.bootstrap)]
@@ -89,8 +85,7 @@ def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> 
 
 @job("distribution_distance", DistanceStudy, check=check_study)
 def run_distance(ctx: JobContext) -> pd.DataFrame:
-    """A row per cell (guidance scale, scheduler, steps) with its distances to the real images and n;
-    distance_vs_guidance.png with several guidance scales, distance_vs_nfe.png with several step counts."""
+    """A row per cell with its distances to the real images; distance_vs_guidance.png and distance_vs_nfe.png."""
     run, study = ctx.run, ctx.recipe
     params, seeds = run.params, list(range(study.images))
     clip, source = load_clip(run.recipe.get("clip")), world(run.recipe.get("sample_world"))
@@ -129,8 +124,7 @@ def run_distance(ctx: JobContext) -> pd.DataFrame:
 
 
 def panels(frame: pd.DataFrame, x: str, label, xlabel: str) -> list[dict]:
-    """KID and FD against `x` with +- 1 sd bands, a line per `label(row)` group, and the real-vs-real floor dotted;
-    symmetric-log y axes against NFE, where the fewest steps are far off."""
+    """KID and FD against `x`, +- 1 sd bands, a line per `label(row)`, the real-vs-real floor dotted (symlog by NFE)."""
     out = []
     for metric, ylabel in (("kid", "KID (lower: closer to real)"), ("fd", "FD (Fréchet distance)")):
         lines, bands = [], []
@@ -162,8 +156,7 @@ def about(frame: pd.DataFrame, model: str) -> str:
 
 
 def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
-    """Distance against guidance scale: where each curve has its minimum, and whether the minimum stands clear of both
-    ends (beyond their +- 1 sd), i.e. whether the curve is U-shaped."""
+    """Distance against guidance scale: each curve's minimum and whether it stands clear of both ends (a U shape)."""
     claims, points = [], []
     groups = frame.groupby(["scheduler", "num_inference_steps"], sort=False)
     for (name, steps), part in groups:
@@ -189,8 +182,7 @@ def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
 
 
 def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
-    """Distance against NFE per scheduler: the fewest NFE at which each reaches the distance every deterministic
-    scheduler reaches at its most steps, and for how many of them the distance falls from fewest to most NFE."""
+    """Distance against NFE: the fewest NFE reaching what every deterministic scheduler reaches, and where it falls."""
     several_w = frame["guidance_scale"].nunique() > 1
     label = lambda r: f"{r['scheduler']}, w = {r['guidance_scale']:g}" if several_w else r["scheduler"]  # noqa: E731
     groups = {name: part.sort_values("nfe") for name, part in frame.groupby(frame.apply(label, axis=1), sort=False)}

@@ -20,6 +20,7 @@ from sdlab.metrics.schedule import SCHEDULES
 from sdlab.metrics.toy_unet import level_table
 
 rule = partial(checked, plain=False)  # an explainer's values are named by its block: "noise.size=-5 must be ..."
+CURVE_POINTS = 1000  # timesteps on the cosine curve, at most
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,7 @@ class ToyPredictor:
 
 @dataclass(frozen=True)
 class ToyUnet:
-    """Channel configurations; each halves `size` once per level below the first, and its GroupNorm
-    (min(32, narrowest) groups) divides every width."""
+    """Channel configurations; each halves `size` per level below the first, its GroupNorm groups divide each width."""
 
     block = "toy_unet"
     configs: tuple[tuple[int, ...], ...] = rule(((64, 128, 256),), "int_lists", 1, 4096)
@@ -231,8 +231,7 @@ def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
 
 @job("ddim_steps", DdimSteps)
 def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
-    """DDIM reconstruction error of a 1-D signal against the number of steps: the share of it each doubling of the
-    steps removes, the article's knee (the first doubling that removes less than 10%) if any, and where the curve bends."""
+    """DDIM round-trip error of a 1-D signal against steps: the share each doubling removes, the knee and the bend."""
     r = ctx.recipe
     x0 = np.sin(np.linspace(0, 4 * math.pi, r.length))
     frame = toy.ddim_perfect_predictor_mse(x0, T=r.T, steps_list=tuple(r.steps), schedule=r.schedule, seed=r.seed)
@@ -270,9 +269,6 @@ def cosine_to_first(embedding: np.ndarray) -> np.ndarray:
     return embedding @ embedding[0] / (norms * norms[0])
 
 
-CURVE_POINTS = 1000  # timesteps on the cosine curve, at most
-
-
 def stays_below_half(cosine: np.ndarray) -> int | None:
     """The index from which the cosine to t=0 stays below 1/2 (None when its last value is not)."""
     above = np.flatnonzero(cosine >= 0.5)
@@ -281,8 +277,7 @@ def stays_below_half(cosine: np.ndarray) -> int | None:
 
 @job("timestep_embedding", TimestepEmbedding)
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
-    """The sinusoidal timestep embedding (as in the SD UNet) as a timestep x dimension heatmap, beside each
-    timestep's cosine to t=0's."""
+    """The SD UNet's sinusoidal timestep embedding as a timestep x dimension heatmap, beside each cosine to t=0's."""
     T, dim, rows = ctx.recipe.T, ctx.recipe.dim, ctx.recipe.rows
     timesteps = np.linspace(0, T - 1, rows).round().astype(int)
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import textwrap
 from dataclasses import MISSING, dataclass, replace
+from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import curves, image_strip
@@ -26,26 +27,21 @@ from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config
 
-log = logging.getLogger(__name__)
+BACKGROUND_ALIKE = 0.15  # border colours closer than this (RGB in [0, 1]) count as the same background
+CONVERGED_DB = 30.0  # many-step solves this close to the reference (PSNR) reach the same image to the eye
 
 
 def cell_rows(ctx: JobContext, model, spec, scorers, params: GenerationParams, cell: dict[str, Any],
               folder: str) -> list[dict]:
-    """Generate one grid cell's seeds and return one generate row per image (plus the cell's fields).
-
-    Each row's `overrides` adds the cell's swept value, as a `-m` sweep of it would, so the run's grid.png
-    and a sweep's collected grid label by it; config_hash is the generate job's for the same image.
-    """
+    """One generate row per seed of a grid cell; `overrides` gains the cell's value as a `-m` sweep of it would."""
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
     common = {**identity(ctx, ctx.run.job, spec.name), "weights": ctx.run.weights, "scheduler": ctx.run.scheduler.name,
               "scheduler_config": resolved_config(model.scheduler), **image_params(params), "device": str(model.device),
               "versions": versions(), **cell, "overrides": json.dumps(overrides)}
     hash_base = hash_fields(common, scorers)
-    rows = []
-    for batch in chunks(params.seeds, params.batch_size):
-        rows += batch_rows(ctx, model, params, batch, common, hash_base, scorers, prefix=f"{folder}_")
-    return rows
+    return [row for batch in chunks(params.seeds, params.batch_size)
+            for row in batch_rows(ctx, model, params, batch, common, hash_base, scorers, prefix=f"{folder}_")]
 
 
 def setup(ctx: JobContext):
@@ -79,14 +75,9 @@ class SchedulerGrid:
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
     model, spec, params, scorers = setup(ctx)
-    scales = [float(s) for s in ctx.recipe.guidance_scales]
-    rows = []
-    for scale in scales:
-        cell = replace(params, guidance_scale=scale)
-        rows += cell_rows(ctx, model, spec, scorers, cell, {"guidance_scale": scale}, f"cfg{scale:g}")
-    frame = ordered(rows)
-    ok = frame[frame["status"] == "ok"]
-    panels, claim = guidance_panels(ok)
+    frame = ordered([row for w in map(float, ctx.recipe.guidance_scales) for row in cell_rows(
+        ctx, model, spec, scorers, replace(params, guidance_scale=w), {"guidance_scale": w}, f"cfg{w:g}")])
+    panels, claim = guidance_panels(frame[frame["status"] == "ok"])
     image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
                title=(claim or f"{params.prompt[:70]} ({spec.name}, {counted(params.num_inference_steps, 'step')})")
                + article_reports(ctx.run))
@@ -97,10 +88,8 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
 
 
 def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
-    """Panels of CLIP score and prompt adherence against w: per-seed lines, the mean and its 95% interval over
-    seeds; and a claim from the lowest w to the highest with the paired change over seeds (and the best w between).
-    Adherence that is the same for every image is a line of the claim, not a panel."""
-
+    """Panels of CLIP score and adherence against w (per seed, mean and 95% interval) and a claim from the lowest w to
+    the highest with the paired change over seeds; adherence the same for every image is a line of the claim."""
     metrics = [m for m in ("clip_score", "adherence_all") if m in ok and ok[m].notna().any()]
     if not metrics:
         return [], ""
@@ -172,27 +161,18 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     return frame
 
 
-BACKGROUND_ALIKE = 0.15  # border colours closer than this (RGB in [0, 1]) count as the same background
-
-
 def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Does the seed carry the composition? Layout correlation of every pair of images of different prompts, same seed
-    against different seeds; and whether the background follows the seed or the subject: columns and a title."""
-    import itertools
-
-    from PIL import Image
-
+    """Does the seed carry the composition (layout correlation) and the background? Columns and a title."""
     ok = frame[frame["status"] == "ok"]
     images = {row.Index: np.asarray(Image.open(ctx.out_dir / row.image_path)) for row in ok.itertuples()}
     pairs: dict[bool, list[float]] = {True: [], False: []}
     alike: dict[bool, list[bool]] = {True: [], False: []}  # same background: same seed (other subject), or same subject
-    for a, b in itertools.combinations(ok.itertuples(), 2):
+    for a, b in combinations(ok.itertuples(), 2):
         if a.prompt != b.prompt:
             pairs[a.seed == b.seed].append(layout_correlation(images[a.Index], images[b.Index]))
         if (a.prompt == b.prompt) != (a.seed == b.seed):
             alike[a.seed == b.seed].append(background_distance(images[a.Index], images[b.Index]) < BACKGROUND_ALIKE)
-    same, other = (float(np.mean(pairs[k])) if pairs[k] else float("nan") for k in (True, False))
-    by_seed, by_subject = (float(np.mean(alike[k])) if alike[k] else float("nan") for k in (True, False))
+    same, other, by_seed, by_subject = (float(np.mean(v)) if v else np.nan for v in (*pairs.values(), *alike.values()))
     frame = frame.assign(layout_r_same_seed=same, layout_r_other_seed=other, background_alike_same_seed=by_seed,
                          background_alike_same_subject=by_subject)
     follows = "the subject word, not the seed" if by_subject > by_seed else "the seed"
@@ -209,9 +189,7 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
 
 @job("scheduler_grid", SchedulerGrid)
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
-    """The same seed(s), prompt and step count under each of `schedulers`: scheduler_grid.png; rows carry nfe, times
-    and, with `reference_steps`, each image's PSNR to a many-step solve of the same seed (`reference_scheduler`),
-    drawn beside them."""
+    """The same seed(s), prompt and steps under each of `schedulers`: scheduler_grid.png (`with_reference_distance`)."""
     model, spec, params, scorers = setup(ctx)
     rows, recipe = [], ctx.recipe
     for name in recipe.schedulers:
@@ -225,12 +203,8 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     return frame
 
 
-CONVERGED_DB = 30.0  # many-step solves this close to the reference (PSNR) reach the same image to the eye
-
-
 def lead(interval: dict[str, tuple[float, float, float]]) -> str:
-    """Whether the sampler with the highest mean PSNR is ahead of every other beyond their 95% intervals (mean, lo, hi
-    per sampler); not judged while any sampler has too few seeds for an interval."""
+    """Whether the sampler of highest mean PSNR leads all beyond their 95% intervals (mean, lo, hi per sampler)."""
     means = [m for m, _, _ in interval.values()]
     top, gap = max(interval, key=lambda s: interval[s][0]), f"{max(means) - min(means):.1f} dB between means"
     few = [s for s, (_, lo, _) in interval.items() if np.isnan(lo)]
@@ -243,13 +217,8 @@ def lead(interval: dict[str, tuple[float, float, float]]) -> str:
 
 def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, params: GenerationParams,
                             frame: pd.DataFrame, scorers) -> pd.DataFrame:
-    """Each ok image's PSNR (dB) to the same seed solved with `reference_scheduler` x `reference_steps`, and how close
-    each sampler's own solve of as many steps comes to that reference (whether they all converge to it, so it favours
-    none); scheduler_grid.png: a row per seed, the reference first, each image with its PSNR and whether it draws the
-    prompt; a title with each sampler's mean and 95% interval over seeds, the best sampler per seed and the prompts
-    drawn."""
-    from PIL import Image
-
+    """Each ok image's PSNR to its seed solved by `reference_scheduler` x `reference_steps`, and each sampler's own
+    solve of as many steps against it (do all converge to it?); scheduler_grid.png: a row per seed, reference first."""
     name, steps = recipe.reference_scheduler, recipe.reference_steps
     many = replace(params, num_inference_steps=steps)
     solves = {}
@@ -302,10 +271,7 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
 
 @job("same_params")
 def run_same_params(ctx: JobContext) -> pd.DataFrame:
-    """The first seed's parameters generated twice, in two pipeline calls: a generate row per image, and both images
-    with their pixel difference and its maximum in same_params.png."""
-    from PIL import Image
-
+    """The first seed's parameters generated in two calls: both images and their pixel difference in same_params.png."""
     model, spec, params, scorers = setup(ctx)
     params = replace(params, seeds=params.seeds[:1])
     frame = ordered([row for i in (1, 2) for row in cell_rows(ctx, model, spec, scorers, params, {"call": i}, f"call{i}")])

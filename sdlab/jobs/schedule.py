@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sdlab.bench.captions import counted
-from sdlab.bench.figures import PALETTE, STYLE, curves, save_figure
+from sdlab.bench.figures import PALETTE, curves, save_figure, styled
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import Run, SchedulerChoice, checked
 from sdlab.errors import UserError
@@ -27,6 +27,8 @@ from sdlab.models.schedulers import FAMILY_CONFIGS, check_options, make_schedule
 
 log = logging.getLogger(__name__)
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
+FAMILY_KEYS = ("name", "config", "options", "sampler", "steps", "width", "height", "flux_sigmas")
+LOG_SNR_LIMITS = (-15.0, 15.0)
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,7 @@ class ScheduleSnr:
 
 
 def schedule_spec(item: Any, model_config: dict) -> dict[str, Any]:
-    """A schedules entry as {label, beta_schedule, beta_start, beta_end, T}: a named schedule with SD's betas, `model`
-    (the model's own, as its noise process reads it), or a dict."""
+    """A schedules entry (name with SD's betas, `model`, a dict) as {label, beta_schedule, beta_start, beta_end, T}."""
     if item == "model":
         item = process_of(model_config).model_schedule(model_config)
     if isinstance(item, str):
@@ -58,9 +59,8 @@ def schedule_spec(item: Any, model_config: dict) -> dict[str, Any]:
         raise UserError(f"schedule T={spec['T']!r} must be an integer >= 2")
     if not 0 < spec["beta_start"] <= spec["beta_end"] < 1:
         raise UserError(f"need 0 < beta_start <= beta_end < 1, got {spec['beta_start']} and {spec['beta_end']}")
-    default = f"{spec['beta_schedule']} {spec['beta_start']:g}->{spec['beta_end']:g} T={spec['T']}"
-    if spec["beta_schedule"] == "squaredcos_cap_v2":
-        default = f"squaredcos_cap_v2 T={spec['T']}"
+    default = (f"squaredcos_cap_v2 T={spec['T']}" if spec["beta_schedule"] == "squaredcos_cap_v2"
+               else f"{spec['beta_schedule']} {spec['beta_start']:g}->{spec['beta_end']:g} T={spec['T']}")
     return {"label": item.get("name") or default, **spec}
 
 
@@ -77,23 +77,19 @@ def schedule_betas(item: Any, model_config: dict, choice: SchedulerChoice) -> tu
 
 
 def visit_specs(items: list | None, choice: SchedulerChoice) -> list[tuple[str, str, dict]]:
-    """(label, scheduler name, options) of each scheduler whose visits are shown (`visit_schedulers`); the
-    configured one by default, none for []."""
+    """(label, name, options) of each of `visit_schedulers`; the configured scheduler for None, none for []."""
     items = [{"name": choice.name, **choice.options}] if items is None else items
     out = []
     for item in items:
         item = {"name": item} if isinstance(item, str) else dict(item)
         name = item.pop("name", None)
         options = {k: v for k, v in item.items() if v is not None}
-        label = " ".join([name, *(f"{k}={v}" for k, v in options.items())])
-        out.append((label, name, options))
+        out.append((" ".join([name, *(f"{k}={v}" for k, v in options.items())]), name, options))
     return out
 
 
 def check_schedules(run: Run) -> None:
-    """Every `families` entry, `schedules` entry and visiting sampler of a schedule_snr config can be built and every
-    `report_timesteps` entry is inside every schedule; DDPM `schedules` on a flow-matching model are one line pointing
-    to `families`."""
+    """Every `families`, `schedules` and visiting sampler can be built and `report_timesteps` lie in every schedule."""
     recipe, spec = read_recipe(run, ScheduleSnr), run.model
     family_specs(run, recipe)
     if recipe.families and not recipe.schedules:
@@ -113,8 +109,7 @@ def check_schedules(run: Run) -> None:
 
 @job("schedule_snr", ScheduleSnr, check=check_schedules)
 def run_schedule(ctx: JobContext) -> pd.DataFrame:
-    """Tables `schedule` (per t) and `visits` (per sampler step), figures snr.png and visits.png; one row per schedule.
-    With `families` (and no `schedules`) only the family comparison of `family_rows` runs."""
+    """Tables `schedule` (per t) and `visits` (per step), snr.png and visits.png, a row per schedule; and `families`."""
     recipe, spec = ctx.recipe, ctx.run.model
     check_schedules(ctx.run)  # before any file is written
     family = family_rows(ctx, recipe) if recipe.families else []
@@ -203,13 +198,8 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
     curves(panels if len(groups) > 1 else [panels[0], panels[2]], target)
 
 
-FAMILY_KEYS = ("name", "config", "options", "sampler", "steps", "width", "height", "flux_sigmas")
-
-
 def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A `families` entry checked: {name, config (a FAMILY_CONFIGS key, `model` or a scheduler config dict), options,
-    sampler, steps, width, height, flux_sigmas}. `config: model` takes its unset keys from `model`: the configured
-    model's schedule, scheduler, steps and native size (see `model_family`)."""
+    """A `families` entry checked; `config: model` takes its unset keys from `model` (see `model_family`)."""
     if not isinstance(item, dict):
         raise UserError(f"families entry {item!r} must be a dict with config, sampler and steps")
     unknown = sorted(set(item) - set(FAMILY_KEYS))
@@ -239,8 +229,7 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
 
 
 def model_family(run: Run) -> dict[str, Any]:
-    """The configured model as a `families` entry: its shipped schedule, the configured scheduler and its options,
-    num_inference_steps, its native size, and Flux's own sigmas when it is a Flux model."""
+    """The configured model as a `families` entry: its schedule, scheduler, steps, native size and Flux's sigmas."""
     spec, choice, steps = run.model, run.scheduler, run.params.num_inference_steps
     shift = f", shift {choice.options['shift']:g}" if "shift" in choice.options else ""
     return {"name": f"model={spec.name} ({choice.name}{shift}, {spec.resolution} px)",
@@ -290,18 +279,13 @@ def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
     return rows
 
 
-LOG_SNR_LIMITS = (-15.0, 15.0)
-
-
 def families_figure(curves: pd.DataFrame, visits: pd.DataFrame, rows: list[dict], target) -> None:
-    """log-SNR against normalised time t for every family, the steps its sampler visits as markers, and each
-    log-SNR = 0 crossing marked on the zero line and listed with its t (off-scale -inf steps sit on the bottom edge)."""
-    from matplotlib import pyplot as plt
+    """log-SNR against normalised time t per family, its sampler's steps marked, each log-SNR = 0 crossing ringed."""
     from matplotlib.lines import Line2D
 
     markers = "osD^PX*v"
     low, high = LOG_SNR_LIMITS
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         fig, ax = plt.subplots(figsize=(10, 6))
         handles = []
         # 1. One curve per family, its visited steps on it (-inf clipped to the bottom edge as open triangles).

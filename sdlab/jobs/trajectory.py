@@ -25,10 +25,12 @@ from sdlab.models.loading import load_model
 from sdlab.models.preview import fit_linear_preview, linear_preview
 from sdlab.models.schedulers import resolved_config
 
+PREVIEWS = ("vae", "linear")
+SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is decided
+
 
 class TrajectoryRecorder:
-    """Keeps every sampler step the model hands `on_step` ({i, t, its noise level, log_snr, x_t, model_output,
-    denoised, x}, see ModelAdapter.denoise) and the seconds spent capturing them."""
+    """Keeps every step the model hands `on_step` (see ModelAdapter.denoise) and the seconds spent capturing them."""
 
     def __init__(self, model):
         self.model = model
@@ -56,32 +58,19 @@ def labelled(image: np.ndarray, text: str, scale: int) -> Image.Image:
 
 
 def side_by_side(images: list[Image.Image]) -> Image.Image:
-    """Images pasted left to right."""
-    canvas = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
-    x = 0
-    for image in images:
-        canvas.paste(image, (x, 0))
-        x += image.width
-    return canvas
+    """RGB images of one height pasted left to right."""
+    return Image.fromarray(np.hstack([np.asarray(image) for image in images]))
 
 
 def decode_all(model, latents: list[torch.Tensor], batch: int = 8) -> list[np.ndarray]:
     """Decode a list of 1xCxhxw latents in batches to uint8 images."""
-    out = []
-    for i in range(0, len(latents), batch):
-        z = torch.cat(latents[i : i + batch]).to(model.device)
-        out += to_uint8(model.decode(z))
-    return out
-
-
-PREVIEWS = ("vae", "linear")
-SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is decided
+    return [image for i in range(0, len(latents), batch)
+            for image in to_uint8(model.decode(torch.cat(latents[i : i + batch]).to(model.device)))]
 
 
 @dataclass(frozen=True)
 class Trajectory:
-    """How the steps are shown: `frames` in the strip, `gif_ms` per GIF frame, and the frame renderer (`preview`:
-    `vae` decodes every frame, `linear` maps latent channels to RGB)."""
+    """`frames` in the strip, `gif_ms` per GIF frame, and `preview`: `vae` decodes frames, `linear` maps channels."""
 
     frames: int = checked(8, "int", 2, 10_000, plain=False, optional=True)
     gif_ms: int = checked(150, "int", 1, 60_000, plain=False, optional=True)
@@ -103,15 +92,11 @@ def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]]
 
 @job("trajectory", Trajectory)
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
-    """One row per step (timestep, alpha_bar or flow sigma, log-SNR, x0_pred PSNR vs the final image, timings);
-    trajectory_strip.png and trajectory.gif."""
-    recipe, spec = ctx.recipe, ctx.run.model
-    preview = recipe.preview
+    """A row per step (noise level, log-SNR, x0_pred PSNR to the final image), trajectory_strip.png, trajectory.gif."""
+    recipe, spec, choice, seed = ctx.recipe, ctx.run.model, ctx.run.scheduler, ctx.run.params.seeds[0]
+    params = replace(ctx.run.params, seeds=(seed,), batch_size=1)
     model = load_model(spec)
-    choice, params = ctx.run.scheduler, ctx.run.params
     model.use_scheduler(choice.name, choice.options)
-    seed = params.seeds[0]
-    params = replace(params, seeds=(seed,), batch_size=1)
 
     # 1. One generation pass, recording every step.
     with TrajectoryRecorder(model) as recorder:
@@ -123,7 +108,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     # 2. Decode x_t and x0_pred of every step (VAE or the linear preview), timed apart from generation.
     start = time.perf_counter()
     steps = recorder.steps
-    render = frame_renderer(model, result, preview)
+    render = frame_renderer(model, result, recipe.preview)
     x_t = render([s["x_t"] for s in steps])
     x0 = render([s["denoised"] for s in steps])
     time_decode = time.perf_counter() - start
@@ -132,7 +117,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     # 3. Rows.
     timing = {"nfe": result.nfe, "time_generate_s": result.time_total_s - recorder.capture_s,
               "time_unet_s": result.time_unet_s - recorder.capture_s, "time_capture_s": recorder.capture_s,
-              "time_decode_trajectory_s": time_decode, "preview": preview}
+              "time_decode_trajectory_s": time_decode, "preview": recipe.preview}
     common = {**identity(ctx, "trajectory", spec.name), "scheduler": choice.name,
               "scheduler_config": resolved_config(model.scheduler), **request, **timing}
     rows = [{**common, "step": s["i"], "timestep": s["t"], **{k: s[k] for k in ("alpha_bar", "sigma", "log_snr")},
@@ -141,8 +126,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
 
     # 4. Strip of evenly spaced steps and a GIF of every step.
-    count = min(len(steps), recipe.frames)
-    picks = sorted(set(np.linspace(0, len(steps) - 1, count).round().astype(int)))
+    picks = sorted(set(np.linspace(0, len(steps) - 1, min(len(steps), recipe.frames)).round().astype(int)))
     labels = [f"step {steps[i]['i']}\n{model.noise.step_label(steps[i])}" for i in picks]
     x0_labels = [f"{label}\n{rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB" for label, i in zip(labels, picks)]
     settled = next((r["step"] for r in rows if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
