@@ -6,6 +6,9 @@ import pandas as pd
 import torch
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+UNET_ORDER = ("conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks", "conv_norm_out",
+              "conv_out")
+STACK = 5  # a list of this many blocks of one class (a transformer's) is one row: "transformer_blocks (24x ...)"
 
 
 def count_parameters(module) -> int:
@@ -26,14 +29,8 @@ def component_table(components: dict) -> pd.DataFrame:
                          for name, n in counts.items()])
 
 
-UNET_ORDER = ("conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks", "conv_norm_out",
-              "conv_out")
-STACK = 5  # a list of this many blocks of one class (a transformer's) is one row: "transformer_blocks (24x ...)"
-
-
 def denoiser_block_table(denoiser) -> pd.DataFrame:
-    """One row per block in forward order with params: a UNet's down_blocks.i, mid_block, up_blocks.i ...; a
-    transformer's embedders, then each stack of identical blocks as one row."""
+    """A row per block in forward order with its params; a stack of identical transformer blocks is one row."""
     children = dict(denoiser.named_children())
     order = [n for n in UNET_ORDER if n in children] + [n for n in children if n not in UNET_ORDER]
     rows = []

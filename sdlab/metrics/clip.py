@@ -1,13 +1,8 @@
-"""CLIP: token tables, cosine similarity matrices, and the CLIP score of images against captions.
-
-CLIP score (Hessel et al. 2021, as in torchmetrics) = 100 · max(cos(E_I(image), E_T(caption)), 0),
-with E_I, E_T the projected image and text embeddings of one CLIPModel.
-"""
+"""CLIP: token tables, cosine similarity matrices, and the CLIP score (Hessel et al. 2021) of images and captions."""
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,8 +10,6 @@ import numpy as np
 import pandas as pd
 
 from sdlab.metrics.image import cover
-
-log = logging.getLogger(__name__)
 
 MAX_TOKENS = 77
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -73,8 +66,7 @@ def clip_score_from_cosine(cosine) -> np.ndarray:
 
 
 def pooled_text_embeddings(text_encoder, tokenizer, prompts: Sequence[str]) -> np.ndarray:
-    """The text encoder's pooled output (final-layer-norm hidden state at EOS), unprojected, one row per prompt
-    (a CLIPTextModelWithProjection, as in SD3, is read below its projection)."""
+    """The text encoder's pooled output (final-layer-norm state at EOS) below any projection, one row per prompt."""
     import torch
 
     ids = _tokenize(tokenizer, prompts, text_encoder.config.max_position_embeddings).to(text_encoder.device)
@@ -101,16 +93,12 @@ class ClipModel:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
 
-    @property
-    def image_size(self) -> int:
-        return int(self.model.config.vision_config.image_size)
-
     def pixel_values(self, images):
         """CLIP preprocessing: resize the short side (bicubic), centre crop to the model's size, (x - mean)/std per channel."""
         import torch
         from PIL import Image
 
-        size, batch = self.image_size, []
+        size, batch = int(self.model.config.vision_config.image_size), []
         for image in images:
             image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
             array = cover(image, size, size).astype(np.float32) / 255.0
@@ -149,8 +137,7 @@ class ClipModel:
 
 
 def _features(out) -> np.ndarray:
-    tensor = out if hasattr(out, "float") else out.pooler_output
-    return tensor.float().cpu().numpy()
+    return (out if hasattr(out, "float") else out.pooler_output).float().cpu().numpy()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

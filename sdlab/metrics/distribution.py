@@ -1,8 +1,5 @@
-"""Distances between two sets of image features: Fréchet distance, KID, CMMD, and precision/recall.
-
-Each takes two float arrays of shape (n, d), rows one image's features, and compares the generated set with a
-reference set as the papers define it; the feature extractor is the caller's, and its name belongs beside the number.
-"""
+"""Distances between two (n, d) sets of image features as the papers define them: Fréchet distance, KID, CMMD,
+precision/recall; the feature extractor is the caller's, and its name belongs beside the number."""
 
 from __future__ import annotations
 
@@ -35,29 +32,24 @@ def _mmd_unbiased(k_gg: np.ndarray, k_rr: np.ndarray, k_gr: np.ndarray) -> float
     return float(within - 2.0 * k_gr.mean())
 
 
-def kid(generated, reference, subsets: int = 100, subset_size: int = 1000, degree: int = 3, seed: int = 0
-        ) -> tuple[float, float]:
+def kid(generated, reference, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD^2 with the kernel (x.y / d + 1)^3, averaged over
     `subsets` random subsets of min(`subset_size`, n) images of each set; (mean, standard deviation over subsets)."""
     g, r = _features(generated), _features(reference)
     size = min(subset_size, len(g), len(r))
     rng = np.random.default_rng(seed)
-    scores = []
-    for _ in range(subsets):
-        a, b = g[rng.permutation(len(g))[:size]], r[rng.permutation(len(r))[:size]]
-        kernel = lambda x, y: (x @ y.T / g.shape[1] + 1.0) ** degree  # noqa: E731
-        scores.append(_mmd_unbiased(kernel(a, a), kernel(b, b), kernel(a, b)))
+    kernel = lambda x, y: (x @ y.T / g.shape[1] + 1.0) ** 3  # noqa: E731
+    draws = ((g[rng.permutation(len(g))[:size]], r[rng.permutation(len(r))[:size]]) for _ in range(subsets))
+    scores = [_mmd_unbiased(kernel(a, a), kernel(b, b), kernel(a, b)) for a, b in draws]
     return float(np.mean(scores)), float(np.std(scores))
 
 
 def cmmd(generated, reference, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE) -> float:
-    """CMMD (Jayasumana et al. 2024): `scale` x MMD^2 with the Gaussian kernel exp(-|x - y|^2 / (2 sigma^2)) on CLIP
-    image embeddings, the paper's estimator (means over all pairs, diagonals included)."""
+    """CMMD (Jayasumana et al. 2024): `scale` x MMD^2, Gaussian kernel exp(-|x - y|^2 / (2 sigma^2)), diagonals kept."""
     g, r = _features(generated), _features(reference)
 
     def mean_kernel(x: np.ndarray, y: np.ndarray) -> float:
-        squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
-        return float(np.exp(-np.maximum(squared, 0.0) / (2.0 * sigma**2)).mean())
+        return float(np.exp(-_squared_distances(x, y) / (2.0 * sigma**2)).mean())
 
     return scale * (mean_kernel(g, g) + mean_kernel(r, r) - 2.0 * mean_kernel(g, r))
 
@@ -68,21 +60,19 @@ def clip_cmmd(generated, reference) -> float:
     return cmmd(unit(_features(generated)), unit(_features(reference)))
 
 
-def _distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T, 0.0))
+def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T, 0.0)
 
 
 def _coverage(support: np.ndarray, probes: np.ndarray, k: int) -> float:
-    """Share of `probes` inside the k-NN manifold of `support`: within the distance from some support point to its
-    k-th nearest other support point."""
-    radii = np.sort(_distances(support, support), axis=1)[:, k]  # column 0 is the point itself
-    return float((_distances(probes, support) <= radii[None, :]).any(axis=1).mean())
+    """Share of `probes` within some support point's distance to its k-th nearest other support point."""
+    radii = np.sort(np.sqrt(_squared_distances(support, support)), axis=1)[:, k]  # column 0 is the point itself
+    return float((np.sqrt(_squared_distances(probes, support)) <= radii[None, :]).any(axis=1).mean())
 
 
 def precision_recall(generated, reference, k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019): precision, the share of generated images inside the
-    reference set's k-NN manifold (quality); recall, the share of reference images inside the generated set's
-    (diversity)."""
+    """Improved precision and recall (Kynkäänniemi et al. 2019): the share of generated images inside the reference
+    set's k-NN manifold (quality), and of reference images inside the generated set's (diversity)."""
     g, r = _features(generated), _features(reference)
     if min(len(g), len(r)) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} images per set, got {len(g)} and {len(r)}")

@@ -12,17 +12,11 @@ SSIM_DEFAULT_WIN = 7
 def to_float01(img) -> np.ndarray:
     """Image as float64 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1, floats unchanged; PIL images via np.asarray."""
     arr = np.asarray(img)
-    if arr.dtype == np.bool_:
+    if arr.dtype in (np.uint8, np.uint16):
+        return arr.astype(np.float64) / np.iinfo(arr.dtype).max
+    if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.floating):
         return arr.astype(np.float64)
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.dtype == np.uint8:
-            return arr.astype(np.float64) / 255.0
-        if arr.dtype == np.uint16:
-            return arr.astype(np.float64) / 65535.0
-        raise TypeError(f"unsupported integer dtype {arr.dtype}; expected uint8 or uint16")
-    if np.issubdtype(arr.dtype, np.floating):
-        return arr.astype(np.float64)
-    raise TypeError(f"unsupported image dtype {arr.dtype}")
+    raise TypeError(f"unsupported image dtype {arr.dtype}; expected uint8, uint16, bool or float")
 
 
 def _pair(reference, test) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +36,7 @@ def psnr(reference, test, data_range: float = 1.0) -> float:
 
 
 def ssim(reference, test, data_range: float = 1.0) -> float:
-    """Mean SSIM (Wang et al. 2004) = l·c·s over a uniform win_size² window, win_size = largest odd <= min(7, min side).
-
-    HxWxC images are compared per channel (channel_axis=-1) and averaged; HxW images as greyscale.
-    """
+    """Mean SSIM (Wang et al. 2004) over a uniform window (largest odd side <= min(7, min side)), HxWxC per channel."""
     from skimage.metrics import structural_similarity  # scikit-image pulls in scipy: only when SSIM is asked for
 
     reference, test = _pair(reference, test)
@@ -60,8 +51,7 @@ def ssim(reference, test, data_range: float = 1.0) -> float:
 
 
 def layout_correlation(first, second, cells: int = 8) -> float:
-    """Pearson correlation of two images' luminance averaged over a cells x cells grid: how alike their
-    compositions are (where bright and dark masses sit), blind to fine detail and exact colour."""
+    """Pearson correlation of two images' luminance on a cells x cells grid: how alike their compositions are."""
     maps = []
     for image in (first, second):
         grey = to_float01(image)

@@ -1,10 +1,8 @@
-"""Noise schedules, forward noising, x0 predictions and signal-to-noise ratios of discrete-time diffusion and of
-rectified flow, on numpy arrays or torch tensors: sdlab's one SNR vocabulary.
+"""Noise schedules, x0 predictions and signal-to-noise ratios of DDPM and rectified flow: sdlab's one SNR vocabulary.
 
-Forward process (DDPM, Ho et al. 2020, eq. 4): q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I),
-with alpha_t = 1 - beta_t and alpha_bar_t = prod_{s<=t} alpha_s. Timesteps are 0-based, as in diffusers.
-Rectified flow (SD3, Esser et al. 2024; Flux): x_t = (1 - sigma) x_0 + sigma eps with sigma in [0, 1], v = eps - x_0.
-Both are x_t = a_t x_0 + s_t eps, so log-SNR = 2 log(a_t / s_t) compares them on one axis.
+DDPM (Ho et al. 2020, eq. 4): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, 0-based t as in diffusers;
+rectified flow (SD3, Esser et al. 2024): x_t = (1 - sigma) x_0 + sigma eps, v = eps - x_0. Both are
+x_t = a_t x_0 + s_t eps, so log-SNR = 2 log(a_t / s_t) compares them on one axis.
 """
 
 from __future__ import annotations
@@ -89,10 +87,8 @@ def guided(uncond, cond, scale: float):
 
 
 def schedule_table(betas: np.ndarray) -> pd.DataFrame:
-    """Per-timestep table: alpha = 1 - beta, alpha_bar = prod alpha, signal_frac/noise_frac sqrt(alpha_bar),
-    sqrt(1 - alpha_bar) (a and s of x_t = a x_0 + s eps), snr = alpha_bar/(1 - alpha_bar), sigma = 1/sqrt(snr) (the
-    samplers' sigma, of x_t / sqrt(alpha_bar) = x_0 + sigma eps: Karras et al. 2022, sec. 2 and Table 1; 14.6 at
-    SD 1.5's t=999)."""
+    """Per-timestep alpha, alpha_bar, signal_frac and noise_frac (a and s of x_t), snr and the samplers' sigma =
+    1/sqrt(snr) (x_t / sqrt(alpha_bar) = x_0 + sigma eps: Karras et al. 2022, Table 1; 14.6 at SD 1.5's t=999)."""
     beta = np.asarray(betas, dtype=np.float64)
     alpha = 1.0 - beta
     alpha_bar = np.cumprod(alpha)
@@ -144,8 +140,7 @@ def flow_crossing(shift: float) -> float:
 
 
 def flow_log_snr_table(shift: float, T: int = 1000) -> pd.DataFrame:
-    """Per training timestep of a flow model: t = i/T (i = 1..T, the unshifted sigma), signal_frac 1 - sigma' and
-    noise_frac sigma' (the shifted sigma, eq. 23), log-SNR = 2 log((1 - sigma') / sigma')."""
+    """Per flow timestep: t = i/T (unshifted sigma), signal_frac 1 - sigma', noise_frac sigma' (eq. 23), log-SNR."""
     t = np.arange(1, T + 1, dtype=np.float64) / T
     sigma = shift_sigma(t, shift)
     return pd.DataFrame({"t": t, "signal_frac": 1.0 - sigma, "noise_frac": sigma,
@@ -153,9 +148,8 @@ def flow_log_snr_table(shift: float, T: int = 1000) -> pd.DataFrame:
 
 
 def ddpm_log_snr_table(alpha_bar) -> pd.DataFrame:
-    """Per timestep of a DDPM schedule: t = (timestep + 1)/T, signal_frac sqrt(alpha_bar) and noise_frac
-    sqrt(1 - alpha_bar) (the noise's std, not the samplers' sigma), log-SNR = log(alpha_bar / (1 - alpha_bar))
-    (-inf at a zero terminal SNR, Lin et al. 2024)."""
+    """Per DDPM timestep: t = (timestep + 1)/T, signal_frac, noise_frac (the noise's std, not the samplers' sigma) and
+    log-SNR = log(alpha_bar / (1 - alpha_bar)) (-inf at a zero terminal SNR, Lin et al. 2024)."""
     alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
     signal, noise = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
     t = np.arange(1, len(alpha_bar) + 1, dtype=np.float64) / len(alpha_bar)

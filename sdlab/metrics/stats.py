@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 MIN_N = 3  # below this, an interval is not reported (NaN): two seeds say nothing about spread
+CONFIDENCE = 0.95
 INF = math.inf
 # (lower, upper) bound of each metric, by exact name or by prefix ending in "_"
 METRIC_RANGES: dict[str, tuple[float, float]] = {
@@ -24,12 +25,7 @@ CALL = "call_id"  # the row column that names a row's pipeline call
 
 def metric_range(name: str) -> tuple[float, float]:
     """The (lower, upper) bound a metric's values and intervals live in; (-inf, inf) when unknown."""
-    if name in METRIC_RANGES:
-        return METRIC_RANGES[name]
-    for key, bounds in METRIC_RANGES.items():
-        if key.endswith("_") and name.startswith(key):
-            return bounds
-    return -INF, INF
+    return next((bounds for key, bounds in METRIC_RANGES.items() if named(name, (key,))), (-INF, INF))
 
 
 def named(metric: str, names) -> bool:
@@ -38,14 +34,12 @@ def named(metric: str, names) -> bool:
 
 
 def calls(frame: pd.DataFrame, metric: str) -> np.ndarray | None:
-    """Each row's pipeline call when `metric` is measured once per call (time, memory) and the rows name their calls;
-    None when each row is a measurement of its own."""
+    """Each row's pipeline call for a metric measured once per call (time, memory) when rows name calls, else None."""
     return frame[CALL].to_numpy(dtype=object) if named(metric, PER_CALL) and CALL in frame else None
 
 
 def per_unit(values, units) -> np.ndarray:
-    """The finite values as floats, averaged within each unit (a call's images: one measurement) when `units` name
-    them."""
+    """The finite values as floats, averaged within each of `units` when given (a call's images: one measurement)."""
     if units is None:
         return finite(values)
     x = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
@@ -63,24 +57,23 @@ def finite(values) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def t_quantile(confidence: float, dof: int) -> float:
-    """Two-sided Student-t quantile for `confidence` with `dof` degrees of freedom."""
+def t_quantile(dof: int) -> float:
+    """Two-sided Student-t quantile for CONFIDENCE with `dof` degrees of freedom."""
     from scipy import stats  # imported on first use: a single run's summary should not pay for scipy
 
-    return float(stats.t.ppf((1 + confidence) / 2, dof))
+    return float(stats.t.ppf((1 + CONFIDENCE) / 2, dof))
 
 
-def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson(successes: float, n: int) -> tuple[float, float]:
     """Wilson score interval for a proportion (Wilson 1927): never leaves [0, 1], sensible at 0 and n."""
-    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    z = NormalDist().inv_cdf((1 + CONFIDENCE) / 2)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] = (-INF, INF),
-            units=None) -> tuple[float, float, float]:
+def mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None) -> tuple[float, float, float]:
     """Mean and a two-sided interval: Wilson for 0/1 values in a [0, 1] metric, else Student-t clipped to `bounds`;
     NaN bounds from fewer than MIN_N values (or `units`, when they name the measurement each value is part of)."""
     x = per_unit(values, units)
@@ -90,40 +83,37 @@ def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] = (-IN
     if x.size < MIN_N:
         return mean, math.nan, math.nan
     if bounds == (0.0, 1.0) and np.isin(x, (0.0, 1.0)).all():
-        lo, hi = wilson(float(x.sum()), x.size, confidence)
+        lo, hi = wilson(float(x.sum()), x.size)
         return mean, lo, hi
-    h = t_quantile(confidence, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    h = t_quantile(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
     return mean, float(max(bounds[0], mean - h)), float(min(bounds[1], mean + h))
 
 
-def n_mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None,
-              confidence: float = 0.95) -> tuple[int, float, float, float]:
+def n_mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None) -> tuple[int, float, float, float]:
     """The number of measurements (`per_unit`) with `mean_ci` of them."""
     x = per_unit(values, units)
-    return int(x.size), *mean_ci(x, confidence, bounds)
+    return int(x.size), *mean_ci(x, bounds)
 
 
 def bootstrap_ci(statistic, generated: np.ndarray, reference: np.ndarray, resamples: int = 100,
-                 confidence: float = 0.95, seed: int = 0) -> list[tuple[float, float]]:
-    """Percentile interval (Efron 1979) of each value `statistic(generated, reference)` returns, over `resamples`
-    resamplings of the generated rows with replacement (the reference set fixed); NaN from fewer than MIN_N rows."""
+                 seed: int = 0) -> list[tuple[float, float]]:
+    """Percentile interval (Efron 1979) of each value of `statistic`, resampling the generated rows; NaN below MIN_N."""
     if len(generated) < MIN_N:
         return [(math.nan, math.nan)] * len(statistic(generated, reference))
     rng = np.random.default_rng(seed)
     values = np.array([statistic(generated[rng.integers(len(generated), size=len(generated))], reference)
                        for _ in range(resamples)], dtype=float)
-    tail = 50 * (1 - confidence)
+    tail = 50 * (1 - CONFIDENCE)
     return [(float(lo), float(hi)) for lo, hi in np.nanpercentile(values, [tail, 100 - tail], axis=0).T]
 
 
-def summarize_ci(frame: pd.DataFrame, by: list[str], metrics: list[str], confidence: float = 0.95) -> pd.DataFrame:
-    """Per group: rows `n`, and per metric `<metric>_n` (measurements: finite values, a call's counted once for a
-    per-call metric), `_mean`, `_lo`, `_hi` within its range."""
+def summarize_ci(frame: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Per group: rows `n`, and per metric `<metric>_n` (measurements, `n_mean_ci`), `_mean`, `_lo`, `_hi`."""
     rows = []
     for key, group in frame.groupby(by, sort=True):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)), n=len(group))
         for metric in metrics:
             row[f"{metric}_n"], row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"] = n_mean_ci(
-                group[metric], metric_range(metric), calls(group, metric), confidence)
+                group[metric], metric_range(metric), calls(group, metric))
         rows.append(row)
     return pd.DataFrame(rows)

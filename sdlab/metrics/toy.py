@@ -1,7 +1,4 @@
-"""Small numerical toys that explain diffusion sampling behaviour without a model.
-
-Notation (DDPM / DDIM): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, eps ~ N(0, I).
-"""
+"""Small numerical toys that explain diffusion sampling without a model: x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps."""
 
 from __future__ import annotations
 
@@ -14,6 +11,7 @@ from sdlab.metrics.schedule import alpha_bar_from_betas, betas
 
 DDIM_STEPS = (5, 10, 20, 50, 100, 200, 500, 1000)
 CFG_SCALES = (1, 3, 5, 7.5, 10, 15, 20)
+KNEE_CUT = 0.10  # the article's knee: where a doubling of the steps cuts the error by less than this
 
 
 def ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta: float = 0.0, noise=None):
@@ -44,9 +42,8 @@ def gaussian_prior_eps(x_t: np.ndarray, alpha_bar: float, mu: float, var: float)
 
 def ddim_perfect_predictor_mse(x0, T: int = 1000, steps_list=DDIM_STEPS, schedule: str = "linear",
                                seed: int = 0) -> pd.DataFrame:
-    """Round-trip MSE = mean((x0_rec - x0)²) of N-step DDIM inversion then N-step sampling with the exact E[eps | x_t] of a
-    Gaussian prior fitted to x0 (`mse`: pure discretisation error of the probability-flow ODE, since the best predictor
-    that does not know x0 is used), and of an oracle eps from the known x0 (`mse_oracle`: rounding only); trailing grid."""
+    """Round-trip MSE of N-step DDIM inversion then sampling (trailing grid) with the exact E[eps | x_t] of a Gaussian
+    prior fitted to x0 (`mse`: the ODE's discretisation error) and with the oracle eps (`mse_oracle`: rounding only)."""
     # 1. Schedule and the Gaussian data prior fitted to the signal.
     x0 = np.asarray(x0, dtype=np.float64)
     alpha_bar = alpha_bar_from_betas(betas(schedule, T))
@@ -77,12 +74,8 @@ def ddim_perfect_predictor_mse(x0, T: int = 1000, steps_list=DDIM_STEPS, schedul
     return pd.DataFrame(rows)
 
 
-KNEE_CUT = 0.10  # the article's knee: where a doubling of the steps cuts the error by less than this
-
-
 def cut_per_doubling(steps, mse) -> np.ndarray:
-    """Share of the error one doubling of the steps removes between consecutive step counts a < b:
-    1 - (mse_b / mse_a) ** (1 / log2(b / a))."""
+    """Share of the error a doubling of steps removes between counts a < b: 1 - (mse_b / mse_a) ** (1 / log2(b / a))."""
     steps, mse = np.asarray(steps, dtype=np.float64), np.asarray(mse, dtype=np.float64)
     return 1.0 - (mse[1:] / mse[:-1]) ** (1.0 / np.log2(steps[1:] / steps[:-1]))
 
@@ -105,9 +98,8 @@ def knee(steps, mse) -> int:
 
 def cfg_simulation(scales=CFG_SCALES, dim: int = 768, seed: int = 0, gap: float = 0.25,
                    noise: float = 0.5) -> pd.DataFrame:
-    """Classifier-free guidance eps_w = eps_uncond + w (eps_cond - eps_uncond) (Ho & Salimans 2022) on random vectors,
-    eps_cond - eps_uncond = gap |eps_uncond| unit(d + noise unit(n)) for a signal direction d: per w, cos(eps_w, d),
-    |eps_w| and amplification |eps_w| / |eps_cond|."""
+    """CFG eps_w = eps_uncond + w (eps_cond - eps_uncond) (Ho & Salimans 2022) on random vectors, the offset leaning
+    to a signal d: per w, cos(eps_w, d), |eps_w| and amplification |eps_w| / |eps_cond|."""
     # 1. Unconditional prediction, signal direction, conditional offset.
     rng = np.random.default_rng(seed)
     eps_uncond = rng.standard_normal(dim)
@@ -129,8 +121,7 @@ def cfg_simulation(scales=CFG_SCALES, dim: int = 768, seed: int = 0, gap: float 
 
 
 def norm_threshold_scale(df: pd.DataFrame, factor: float = 3.0) -> float:
-    """Smallest w with |eps_w| / |eps_cond| >= factor, linearly interpolated between the bracketing grid scales (the first
-    scale when it starts there); nan if never reached."""
+    """Smallest w with |eps_w| / |eps_cond| >= factor, interpolated between the grid scales; nan if never reached."""
     df = df.sort_values("scale")
     scale = df["scale"].to_numpy(dtype=np.float64)
     amplification = df["amplification"].to_numpy(dtype=np.float64)

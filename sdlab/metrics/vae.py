@@ -35,5 +35,4 @@ def channel_image(channel) -> np.ndarray:
     """One latent channel min-max scaled to a uint8 grey image (constant channels give mid grey)."""
     c = np.asarray(channel, dtype=np.float64)
     span = c.max() - c.min()
-    scaled = np.full_like(c, 0.5) if span == 0 else (c - c.min()) / span
-    return np.rint(scaled * 255).astype(np.uint8)
+    return np.rint((np.full_like(c, 0.5) if span == 0 else (c - c.min()) / span) * 255).astype(np.uint8)
