@@ -60,15 +60,11 @@ def to_uint8(x):
 
 def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """A component config with overrides (lists become tuples, as diffusers configs expect)."""
-    out = dict(base)
-    for key, value in (overrides or {}).items():
-        out[key] = tuple(value) if isinstance(value, list) else value
-    return out
+    return {**base, **{k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}}
 
 
 def initial(component: str, settings: dict[str, Any]):
-    """The mini 'vae', 'unet' or 'transformer' with random weights (settings['architecture'] overriding its config), or the
-    diffusers folder settings['init_from'] to continue from."""
+    """The mini 'vae', 'unet' or 'transformer': random weights (settings['architecture'] overrides) or `init_from`."""
     from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
 
     model_class, config = {"vae": (AutoencoderKL, VAE), "unet": (UNet2DConditionModel, UNET),

@@ -1,9 +1,7 @@
 """Analytic checker reading the attributes of a miniature-dataset image from its pixels alone.
 
-Background from the border, shape colour from the pixels farthest from it, coverage by projection on the
-line between the two (antialiased or blurred edges count fractionally), then size, position and shape from
-the covered area's bounding box and moments. Images without a foreground get ``None`` for every attribute
-but the background.
+Background from the border, shape colour from the pixels farthest from it, coverage by projection on the line between
+the two (soft edges count fractionally), then size, position and shape from the covered area's box and moments.
 """
 
 from __future__ import annotations
@@ -33,6 +31,8 @@ CIRCLE_MIN_FILL = 0.69
 
 # Boundary between the small and large extents, in pixels of a 64 px image.
 SIZE_BOUNDARY = HALF_EXTENT_RANGE["small"][1] + HALF_EXTENT_RANGE["large"][0]
+
+LAYOUT = ("size", "position", "background")  # what a partial caption may leave to the seed, besides colour
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,12 @@ def as_rgb_float(image: np.ndarray) -> np.ndarray:
 def nearest_name(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
     """Name of the palette colour nearest to rgb."""
     names = list(palette)
-    distances = np.linalg.norm(np.asarray([palette[name] for name in names], float) - rgb, axis=1)
-    return names[int(np.argmin(distances))]
+    return names[int(np.argmin(np.linalg.norm(np.asarray([palette[name] for name in names], float) - rgb, axis=1)))]
 
 
 def border_colour(image: np.ndarray) -> np.ndarray:
     """Per-channel median of the outermost ring of pixels."""
-    ring = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
-    return np.median(ring, axis=0)
+    return np.median(np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]]), axis=0)
 
 
 def foreground_colour(image: np.ndarray, background: np.ndarray) -> np.ndarray | None:
@@ -165,16 +163,13 @@ def _shape_measurements(coverage: np.ndarray, box: tuple[int, int, int, int]):
     top, left = max(top - BOX_PADDING, 0), max(left - BOX_PADDING, 0)
     bottom, right = min(bottom + BOX_PADDING, height - 1), min(right + BOX_PADDING, width - 1)
     window = coverage[top : bottom + 1, left : right + 1]
-    rows = np.arange(top, bottom + 1) + 0.5
-    columns = np.arange(left, right + 1) + 0.5
+    rows, columns = np.arange(top, bottom + 1) + 0.5, np.arange(left, right + 1) + 0.5
     box_height, centre_y, _ = weighted_moments(occupancy_profile(window, axis=1), rows)
     box_width, centre_x, _ = weighted_moments(occupancy_profile(window, axis=0), columns)
-    area = float(window.sum())
     _, _, row_skewness = weighted_moments(np.clip(window, 0.0, 1.0).sum(axis=1), rows)
-    fill_ratio = area / max(box_height * box_width, 1e-6)
-    # An apex-up triangle has its mass at the bottom and a thin tail at the top.
-    asymmetry = -row_skewness
-    return fill_ratio, asymmetry, max(box_height, box_width), (centre_x, centre_y)
+    fill_ratio = float(window.sum()) / max(box_height * box_width, 1e-6)
+    # An apex-up triangle has its mass at the bottom and a thin tail at the top: asymmetry is -row_skewness.
+    return fill_ratio, -row_skewness, max(box_height, box_width), (centre_x, centre_y)
 
 
 def check(image: np.ndarray) -> CheckResult:
@@ -214,9 +209,6 @@ def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
     return agreement(check(image), dict(zip(ATTRIBUTE_NAMES, astuple(attrs))))
 
 
-LAYOUT = ("size", "position", "background")  # what a partial caption may leave to the seed, besides colour
-
-
 def agrees(a: CheckResult, b: CheckResult, attribute: str) -> bool:
     """Whether two readings have the same value of `attribute`, both readable (two unreadable ones do not agree)."""
     return getattr(a, attribute) is not None and getattr(a, attribute) == getattr(b, attribute)
@@ -228,8 +220,7 @@ def layouts_agree(a: CheckResult, b: CheckResult) -> bool:
 
 
 def adherence_columns(image, prompt: str) -> dict[str, bool]:
-    """`adherence_<attribute>` row columns for the attributes a prompt of the dataset grammar names (full or
-    partial caption), and `adherence_all` over them; empty for any other prompt."""
+    """`adherence_<attribute>` columns and `adherence_all` for what a shapes-grammar prompt names; {} for others."""
     named = parse_partial(prompt)
     if named is None:
         return {}

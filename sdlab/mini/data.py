@@ -1,8 +1,7 @@
 """Procedural, seeded dataset of captioned 64x64 images of one flat-coloured shape on a plain background.
 
-All the vocabulary, the caption grammar (full and partial captions), the train/held-out split and the
-rendering live here; models/mini/README.md ("Data") describes them. Image ``(seed, index)`` is drawn from
-``np.random.default_rng([seed, index])``; training uses ``TRAIN_SEED``, evaluation any other seed.
+Vocabulary, caption grammar, train/held-out split and rendering (models/mini/README.md, "Data"). Image (seed, index) is
+drawn from np.random.default_rng([seed, index]); training uses TRAIN_SEED, evaluation any other seed.
 """
 
 from __future__ import annotations
@@ -80,8 +79,7 @@ def is_allowed(colour: str, background: str) -> bool:
 
 def is_held_out(attrs: Attributes) -> bool:
     """Whether an attribute combination is reserved for evaluation."""
-    key = "|".join(astuple(attrs)).encode()
-    return zlib.crc32(key) % HELD_OUT_MODULUS == 0
+    return zlib.crc32("|".join(astuple(attrs)).encode()) % HELD_OUT_MODULUS == 0
 
 
 @lru_cache(maxsize=None)
@@ -172,15 +170,15 @@ def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, half_extent: float) ->
     """Boolean mask of a shape centred at the origin, on coordinate grids x, y."""
     if shape == "circle":
         return x * x + y * y <= half_extent * half_extent
-    if shape == "square":
-        return (np.abs(x) <= half_extent) & (np.abs(y) <= half_extent)
     if shape == "triangle":
         # Apex at (0, -h), base from (-h, h) to (h, h).
         return (y <= half_extent) & (np.abs(x) <= (y + half_extent) / 2)
+    box = (np.abs(x) <= half_extent) & (np.abs(y) <= half_extent)
+    if shape == "square":
+        return box
     if shape == "cross":
         arm = half_extent * CROSS_ARM_FRACTION
-        inside_box = (np.abs(x) <= half_extent) & (np.abs(y) <= half_extent)
-        return inside_box & ((np.abs(x) <= arm) | (np.abs(y) <= arm))
+        return box & ((np.abs(x) <= arm) | (np.abs(y) <= arm))
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -208,8 +206,7 @@ def render(attrs: Attributes, rng: np.random.Generator | None = None, size: int 
     alpha = coverage(attrs, rng, size)[..., None]
     foreground = np.asarray(COLOURS[attrs.colour], dtype=np.float32)
     background = np.asarray(BACKGROUNDS[attrs.background], dtype=np.float32)
-    image = background + alpha * (foreground - background)
-    return np.rint(image).astype(np.uint8)
+    return np.rint(background + alpha * (foreground - background)).astype(np.uint8)
 
 
 def sample(seed: int, index: int, split: Split = "any", size: int = IMAGE_SIZE) -> tuple[np.ndarray, str, Attributes]:
@@ -221,8 +218,7 @@ def sample(seed: int, index: int, split: Split = "any", size: int = IMAGE_SIZE) 
 
 
 def matching(text: str, count: int, seed: int, size: int = IMAGE_SIZE) -> list[np.ndarray]:
-    """`count` real images of what a caption names: its attributes as given, the ones it leaves open drawn uniformly
-    from the valid combinations, jittered (seeded by `seed` and the item's index); [] when it names no shape."""
+    """`count` real images of what a caption names, what it leaves open drawn by `seed`; [] when it names no shape."""
     named = parse_partial(text)
     if named is None:
         return []
@@ -254,9 +250,8 @@ def cached_set(folder: Path, seed: int, count: int, split: Split = "train"):
         info = json.loads(meta.read_text())
         return np.load(npy), info["captions"], [Attributes(*a) for a in info["attributes"]]
     images, captions, attributes = batch(seed, 0, count, split)
-    with atomic_path(npy) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, images, allow_pickle=False)
+    with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+        np.save(f, images, allow_pickle=False)
     atomic_write_text(meta, json.dumps({"captions": captions, "attributes": [astuple(a) for a in attributes]}))
     return images, captions, attributes
 

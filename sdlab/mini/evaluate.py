@@ -12,11 +12,13 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from sdlab.bench.ownership import adopt, checked_folder
 from sdlab.bench.records import write_table
@@ -34,16 +36,12 @@ from sdlab.models.schedulers import make_scheduler
 
 PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
-
-
 SHIPPED_SCHEDULERS = {"sd": "dpmpp_2m", "sd3": "euler"}  # by family: mini's DPM-Solver++ 2M, mini_flow's flow Euler
 
 
 def shipped_pipeline(root: Path):
-    """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with its shipped scheduler.
-
-    An SD3 folder whose T5 returns only zeros (mini_flow's) runs with one zero T5 state whose attention logits
-    count for all T5_TOKENS of them: the same images as the pipeline's default, about 3x sooner."""
+    """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with its shipped scheduler; an all
+    zero T5 (mini_flow's) runs as one state counting for T5_TOKENS: the same images, about 3x sooner."""
     adapter = family_of_folder(root)
     pipe = adapter.from_folder(root, torch.float32, ModelSpec("mini", path=str(root)))
     pipe.scheduler = make_scheduler(SHIPPED_SCHEDULERS[adapter.family], dict(pipe.scheduler.config))
@@ -83,8 +81,7 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
         checks = [adherence(image, attrs) for image, attrs in zip(images, attributes)]
         frame = pd.DataFrame(checks)
         frame["colour_and_shape"] = frame["colour"] & frame["shape"]
-        for column in frame.columns:
-            metrics[f"g{scale:g}_{split}_{column}"] = float(frame[column].mean())
+        metrics.update({f"g{scale:g}_{split}_{column}": float(rate) for column, rate in frame.mean().items()})
         rows += [{"guidance_scale": scale, "split": split, "seed": s, "prompt": p, **c}
                  for s, p, c in zip(seeds, prompts, checks)]
         grid = images[:32].reshape(4, 8, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(256, 512, 3)
@@ -94,8 +91,6 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
 
 def save_image(pixels: np.ndarray, target: Path) -> None:
     """An (H, W, 3) uint8 array as a PNG, written atomically."""
-    from PIL import Image
-
     atomic_save(Image.fromarray(pixels), target, format="PNG")
 
 
@@ -106,11 +101,8 @@ def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def same_seed_similarity(root: Path, out: Path, count: int = 64, guidance_scale: float = 7.5) -> dict[str, float]:
-    """Does the seed decide what the caption leaves open? Partial captions naming colour and shape ("a red
-    circle"), the shape word changed: layout kept (size, position and background read alike) and shape-mask IoU,
-    for the same seed against another seed; `count` pairs each at `guidance_scale` (keys `g<scale>_...`)."""
-    from dataclasses import replace
-
+    """Does the seed decide what the caption leaves open? "a red circle" with the shape word changed: layout kept and
+    shape-mask IoU, same seed against another seed; `count` pairs at `guidance_scale` (keys `g<scale>_...`)."""
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
     swapped = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)])
@@ -130,11 +122,10 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64, guidance_scale:
     read = [[check(image) for image in images] for images in (base, same, other)]
     kept = {f"{g}_{seen}_seed_{name}_kept": float(np.mean([agrees(a, b, name) for a, b in zip(read[0], read[k])]))
             for k, seen in ((1, "same"), (2, "other")) for name in LAYOUT}
-    return {"layout_pairs": count, **kept,
-            f"{g}_same_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[1])])),
-            f"{g}_other_seed_layout_kept": float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[2])])),
-            f"{g}_same_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[1])])),
-            f"{g}_other_seed_mask_iou": float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[2])]))}
+    for k, seen in ((1, "same"), (2, "other")):
+        kept[f"{g}_{seen}_seed_layout_kept"] = float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[k])]))
+        kept[f"{g}_{seen}_seed_mask_iou"] = float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[k])]))
+    return {"layout_pairs": count, **kept}
 
 
 def speed(root: Path, repeats: int = 5) -> dict[str, float]:
@@ -188,10 +179,9 @@ def quiet_loaders() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
 
 
 def checked_arguments(model: Path, out: Path, threads: int) -> None:

@@ -34,8 +34,7 @@ def replace_folder(target: Path, fill: Callable[[Path], object], staging: Path |
 
 
 def save_pretrained(module, folder: Path) -> None:
-    """`save_pretrained` as safetensors, without `_name_or_path` (the folder a fine-tuned part was loaded from:
-    this machine's paths do not belong in a shipped model)."""
+    """`save_pretrained` as safetensors, without `_name_or_path` (this machine's paths stay out of a shipped model)."""
     module.save_pretrained(str(folder), safe_serialization=True)
     config = folder / getattr(module, "config_name", "config.json")  # schedulers: scheduler_config.json
     values = json.loads(config.read_text())
@@ -86,10 +85,8 @@ def save_pipeline_files(root: Path) -> None:
 
 def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalisation: tuple[float, float],
                             shift: float) -> None:
-    """Everything of an SD3 folder but the transformer: mini's VAE with SD3's (shift_factor, scaling_factor), the
-    text encoder as both CLIP encoders (diffusers loads each from its own folder: a copy), tokenizers padding to
-    TEXT_TOKENS, the zero T5 with sdlab's tiny T5 tokenizer, the flow-matching Euler scheduler at `shift`, and
-    model_index.json."""
+    """Everything of an SD3 folder but the transformer: mini's VAE with SD3's normalisation, the text encoder copied as
+    both CLIP encoders, tokenizers padding to TEXT_TOKENS, the zero T5, flow Euler at `shift`, model_index.json."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
     root = Path(root)

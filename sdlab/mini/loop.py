@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sdlab.bench.figures import STYLE, log_scale, save_figure
+from sdlab.bench.figures import log_scale, save_figure, styled
 from sdlab.bench.records import write_table
 from sdlab.mini.export import replace_folder
 
@@ -49,10 +49,8 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, final_fraction: float =
 
 def loss_figure(frame: pd.DataFrame, target: Path, title: str) -> None:
     """Loss curves (log scale, raw and smoothed) against the step."""
-    import matplotlib.pyplot as plt
-
     columns = [c for c in frame.columns if c.startswith("loss")]
-    with plt.rc_context(STYLE):
+    with styled() as plt:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for column in columns:
             line, = ax.plot(frame["step"], frame[column], alpha=0.25, lw=0.8)

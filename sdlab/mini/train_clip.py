@@ -65,8 +65,7 @@ def retrieval_top1(model, images: np.ndarray, captions: list[str], attributes: l
     text = getattr(text, "pooler_output", text)
     vision = getattr(vision, "pooler_output", vision)
     similarity = torch.nn.functional.normalize(text, dim=-1) @ torch.nn.functional.normalize(vision, dim=-1).T
-    best = similarity.argmax(dim=1).tolist()
-    return float(np.mean([attributes[j] == attributes[i] for i, j in enumerate(best)]))
+    return float(np.mean([attributes[j] == attributes[i] for i, j in enumerate(similarity.argmax(dim=1).tolist())]))
 
 
 def held_out_retrieval(model, count: int = 100) -> dict[str, float]:

@@ -65,8 +65,7 @@ def sd3_text_encoder(clip_folder: Path):
 
 @torch.no_grad()
 def encode_sd3_text(text_encoder, captions: list[str], batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """What SD3's pipeline takes from one CLIP encoder: penultimate hidden states (N, TEXT_TOKENS, d) of captions
-    padded to TEXT_TOKENS, and the projected pooled embedding (N, projection_dim)."""
+    """What SD3's pipeline takes from a CLIP encoder: penultimate states (N, TEXT_TOKENS, d), pooled projection."""
     ids = load_tokenizer()(captions, padding="max_length", max_length=TEXT_TOKENS, truncation=True,
                            return_tensors="pt").input_ids
     states, pooled = [], []
@@ -84,8 +83,7 @@ def latent_normalisation(z: torch.Tensor) -> tuple[float, float]:
 
 
 def conditioning(frozen: Path, images: np.ndarray, folder: Path, partial: bool):
-    """Training latents (centred and scaled as SD3's VAE config says), the SD3 text encoder, and the text states
-    and pooled embeddings of the train captions, the empty caption and (when `partial`) the partial captions."""
+    """SD3-normalised training latents, the SD3 text encoder, its outputs for the train, empty and partial captions."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(frozen / "vae")).eval()
@@ -102,11 +100,8 @@ def conditioning(frozen: Path, images: np.ndarray, folder: Path, partial: bool):
 
 def flow_stage(settings: dict[str, Any], latents: torch.Tensor, texts: dict[str, dict[str, torch.Tensor]],
                attributes: list[data.Attributes], seed: int, table: np.ndarray | None = None) -> Stage:
-    """The flow stage: x_t = (1 - t) x0 + t eps with t ~ logit-normal, predict v = eps - x0, plain MSE.
-
-    `texts` holds 'states' and 'pooled' for 'train' captions, the 'empty' caption and, with
-    settings['partial_captions'] > 0, the 'partial' captions whose (combination, keep set) rows are `table`.
-    """
+    """The flow stage: x_t = (1 - t) x0 + t eps with t ~ logit-normal, predict v = eps - x0, plain MSE; `texts` of
+    the 'train', 'empty' and 'partial' captions (whose (combination, keep set) rows are `table`)."""
     torch.manual_seed(seed)
     transformer = initial("transformer", settings)
     transformer.set_attn_processor(RepeatedTokenAttention(T5_TOKENS))
@@ -135,8 +130,7 @@ def flow_stage(settings: dict[str, Any], latents: torch.Tensor, texts: dict[str,
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
         v = transformer(x_t, encoder_hidden_states=context, pooled_projections=both(choice, "pooled"),
                         timestep=t * steps).sample
-        mse = (v - (eps - x0)).pow(2).mean()
-        return {"loss": mse}
+        return {"loss": (v - (eps - x0)).pow(2).mean()}
 
     return Stage("flow", transformer, loss, ema_decay=float(settings.get("ema_decay", 0.0)))
 

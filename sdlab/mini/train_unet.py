@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sdlab.io import atomic_path
@@ -33,8 +35,6 @@ def encode_text(text_encoder, captions: list[str], batch_size: int = 256) -> tor
 def cached(path: Path, build, key: str) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors cache whose metadata matches `key`, else built and written."""
     if path.is_file():
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 return load_file(str(path))
@@ -46,8 +46,6 @@ def cached(path: Path, build, key: str) -> dict[str, torch.Tensor]:
 
 def fingerprint(module) -> str:
     """A short digest of a module's weights: the frozen parts a cache was computed with."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -74,8 +72,7 @@ def training_latents(vae, images: np.ndarray, folder: Path) -> torch.Tensor:
 
 
 def conditioning(export: Path, images: np.ndarray, folder: Path, partial: bool):
-    """Training latents z0 = scaling_factor * posterior mean, text states of every train caption, the empty
-    caption's states and, when `partial`, the partial captions' states and table (each cached in folder)."""
+    """Training latents, text states of the train captions, the empty caption and (`partial`) the partial ones."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
@@ -104,9 +101,8 @@ def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, c
 
 def text_choice(rng: np.random.Generator, combos: np.ndarray, captions: int, noise: float, p_partial: float,
                 table: np.ndarray | None, p_uncond: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The text each image of `combos` is paired with: a row of the full captions (a random template; with
-    probability `noise` any caption), a row of the partial captions' table with probability `p_partial` (-1: none)
-    and whether it gets the empty caption instead (probability `p_uncond`, for classifier-free guidance)."""
+    """Each image's text: a full caption row (`caption_rows`), a partial caption row with probability `p_partial`
+    (-1: none) and whether it gets the empty caption instead (probability `p_uncond`, for classifier-free guidance)."""
     templates = len(data.CAPTION_TEMPLATES)
     rows = caption_rows(rng, combos, templates, captions, noise)
     shorter_rows = np.full(len(combos), -1)
@@ -133,11 +129,8 @@ def gather_text(choice: tuple[np.ndarray, np.ndarray, np.ndarray], full: torch.T
 def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Tensor, empty: torch.Tensor,
                attributes: list[data.Attributes], seed: int,
                partial: tuple[torch.Tensor, np.ndarray] | None = None) -> Stage:
-    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE.
-
-    With settings['partial_captions'] = p, a fraction p of captions name only some attributes (`partial`:
-    their text states and (combination, keep set) table), so the model learns to draw the rest from the noise.
-    """
+    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE; a `partial_captions`
+    share of captions name only some attributes (`partial`: their states and table), the rest drawn from the noise."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)

@@ -34,8 +34,7 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
         vae.quant_conv.requires_grad_(False)
 
     def loss(step: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([seed, step])
-        chosen = images[rng.integers(len(images), size=batch_size)]
+        chosen = images[np.random.default_rng([seed, step]).integers(len(images), size=batch_size)]
         x = to_tensor(chosen)
         with torch.set_grad_enabled(not decoder_only):
             posterior = vae.encode(x).latent_dist
