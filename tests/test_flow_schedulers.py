@@ -249,3 +249,22 @@ def test_the_planned_denoiser_calls_are_the_timesteps_diffusers_visits_on_every_
             scheduler = make_scheduler(name, bases.get(kind, {**FAMILY_CONFIGS["sd15"], "prediction_type": kind}))
             scheduler.set_timesteps(steps)
             assert denoiser_calls(name, steps) == len(scheduler.timesteps), (kind, steps)
+
+
+def test_each_crossing_is_listed_in_its_own_familys_colour_when_another_never_crosses(tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex
+
+    from sdlab.bench.figures import PALETTE
+    from sdlab.jobs import schedule
+
+    drawn = {}
+    monkeypatch.setattr(schedule, "save_figure", lambda fig, target: drawn.setdefault("fig", fig))
+    t = np.linspace(0.01, 1.0, 50)
+    curves = pd.DataFrame({"family": ["never"] * 50 + ["crosses"] * 50,
+                           "t": np.concatenate([t, t]), "log_snr": np.concatenate([5 - t, 4 - 8 * t])})
+    visits = curves.iloc[::10]
+    row = {"sampler": "euler", "num_inference_steps": 5, "shift": np.nan, "mu": np.nan}
+    rows = [{**row, "family": "never", "crossing_t": np.nan}, {**row, "family": "crosses", "crossing_t": 0.5}]
+    schedule.families_figure(curves, visits, rows, tmp_path / "f.png")
+    listed = {text.get_text(): to_hex(text.get_color()) for text in drawn["fig"].axes[0].texts}
+    assert listed["t = 0.500  crosses"] == to_hex(PALETTE[1])  # the second family's colour, as its curve

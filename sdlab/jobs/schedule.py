@@ -307,16 +307,16 @@ def families_figure(curves: pd.DataFrame, visits: pd.DataFrame, rows: list[dict]
                        linewidths=1.2, zorder=3, clip_on=False)
         # 2. Crossings: a ring on the zero line, and a list in the empty upper right (all curves are below 0 there).
         ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
-        lines = ["log-SNR = 0 (signal = noise) at:"]
+        lines = [("log-SNR = 0 (signal = noise) at:", "black")]
         for i, row in enumerate(rows):
             color = PALETTE[i % len(PALETTE)]
             if np.isfinite(row["crossing_t"]):
                 ax.scatter([row["crossing_t"]], [0.0], s=90, facecolors="none", edgecolors=color, linewidths=1.6,
                            zorder=4)
-                lines.append(f"t = {row['crossing_t']:.3f}  {row['family']}")
-        for j, text in enumerate(lines):
+                lines.append((f"t = {row['crossing_t']:.3f}  {row['family']}", color))
+        for j, (text, color) in enumerate(lines):
             ax.text(0.985, 0.97 - 0.055 * j, text, transform=ax.transAxes, ha="right", va="top", fontsize=8,
-                    color="black" if j == 0 else PALETTE[(j - 1) % len(PALETTE)], fontweight="bold" if j == 0 else None)
+                    color=color, fontweight="bold" if j == 0 else None)
         # 3. Axes, legend below the axes so it covers no curve.
         ax.set_xlim(0.0, 1.0)
         ax.set_ylim(low, high)
