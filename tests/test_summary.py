@@ -178,6 +178,22 @@ def test_a_legend_of_long_prompts_stays_within_its_column_and_leaves_the_panels_
     assert legend.x1 <= page and legend.width <= fig.axes[1].get_window_extent().width * 1.05
 
 
+def test_a_few_long_prompts_are_tick_labels_in_full_wrapped_level_and_apart():
+    """Four prompts on the prompt axis: each label is the whole prompt in a few level lines, not the middle cut out of
+    it ("a small re… background" told the prompts apart only by their ends)."""
+    from sdlab.bench.figures import draw_summary
+
+    frame = long_prompt_sweep()
+    ranking = rank(frame, ("prompt", "guidance_scale"))
+    fig = draw_summary(summary_table(frame, ("prompt", "guidance_scale"), ranking), ranking)
+    fig.canvas.draw()
+    labels = [t for t in fig.axes[-2].get_xticklabels() if t.get_text()]  # the prompt column's bottom panel
+    assert sorted(" ".join(t.get_text().split("\n")) for t in labels) == sorted(set(frame["prompt"]))
+    assert {t.get_rotation() for t in labels} == {0.0} and all(t.get_text().count("\n") <= 2 for t in labels)
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))
+
+
 def test_the_summary_plot_keeps_every_text_on_its_page_uncropped(tmp_path):
     """summary.png is saved as laid out (cropping draws it twice): the suptitle, legends, tick labels (long, rotated)
     and axis labels must all lie inside the figure."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -352,6 +353,21 @@ MAX_LINES = 5  # more values of the other parameter than this: one line of means
 TIED_SHADE = "#d9f0d3"
 
 
+TICK_CHAR_INCHES, TICK_LINES = 0.065, 3  # an 8-point character's width, about; most lines of a level tick label
+Y_LABEL_INCHES = 0.7  # what a panel's y tick labels and axis label take of its column
+
+
+def tick_labels(values: Sequence[str], slot_inches: float) -> tuple[list[str], bool]:
+    """A category axis's tick labels: each value whole, wrapped in at most TICK_LINES level lines of its slot's width,
+    when every one fits so; else each cut in the middle, rotated when they are many or long. Whether rotated."""
+    chars = int(slot_inches / TICK_CHAR_INCHES)
+    lines = [textwrap.wrap(str(v), chars, break_long_words=False) for v in values]
+    if all(len(w) <= TICK_LINES and all(len(line) <= chars for line in w) for w in lines):
+        return ["\n".join(w) for w in lines], False
+    short = [_middle(v) for v in values]
+    return short, len(values) > 4 or max(map(len, short)) > 8
+
+
 def _middle(text: str, width: int = 22) -> str:
     """`text` cut in the middle to `width` characters, so values that differ only at the end stay apart."""
     text = str(text)
@@ -400,8 +416,11 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
     values = {k: list(dict.fromkeys(single.loc[single["parameter"] == k, "value"])) for k in keys}
     positions = {k: _positions(values[k]) for k in keys}
     widths = [max(3.0, 0.42 * len(values[k])) if not positions[k][2] else 3.0 for k in keys]
-    longest = max([len(_middle(v)) for k in keys if not positions[k][2] for v in values[k]] or [0])
-    label_inches = 0.07 * longest + 0.3  # rotated 45 degrees: the longest label's drop below the axis
+    ticks = {k: tick_labels(positions[k][1], (PAGE_INCHES * w / sum(widths) - Y_LABEL_INCHES) / len(values[k]))
+             if not positions[k][2] else ([_middle(v) for v in positions[k][1]], False) for k, w in zip(keys, widths)}
+    label_inches = max(0.07 * max(map(len, labels)) + 0.3 if rotated  # 45 degrees: the longest label's drop
+                       else 0.14 * max(label.count("\n") + 1 for label in labels) + 0.16
+                       for labels, rotated in ticks.values())
     with styled() as plt:
         fig, axes = plt.subplots(len(metrics), len(keys), squeeze=False, sharex="col", layout="constrained",
                                  figsize=(PAGE_INCHES, 2.1 * len(metrics) + label_inches + 0.9),
@@ -441,9 +460,9 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
                 pad = 0.6 if not numeric else 1.25 * half  # the shading never widens the axis
                 ax.set_xlim(min(xs) - pad, max(xs) + pad)
                 if not numeric or len(xs) <= 8:
-                    many = not numeric and (len(xs) > 4 or longest > 8)
-                    ax.set_xticks(xs, [_middle(v) for v in ordered_values], rotation=45 if many else 0,
-                                  ha="right" if many else "center", rotation_mode="anchor" if many else "default")
+                    labels, many = ticks[key]
+                    ax.set_xticks(xs, labels, rotation=45 if many else 0, ha="right" if many else "center",
+                                  rotation_mode="anchor" if many else "default")
                 ax.tick_params(axis="x", labelsize=7 if len(xs) > 8 else 8)
                 ax.grid(axis="x", visible=False)
                 ax.set_xlabel(key if r == len(metrics) - 1 else "")
