@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -71,7 +72,7 @@ def test_a_rerun_after_the_weights_changed_makes_the_cells_again(run_sdlab, tmp_
     assert run_sdlab(*args) == 0
     touched = pd.read_parquet(tmp_path / "sweep" / "results.parquet")
     assert list(touched["run_id"]) == list(first["run_id"])  # the same bytes: nothing recomputed
-    old_pixels = [torch.tensor(list(Image.open(tmp_path / "sweep" / path).getdata()), dtype=torch.float32)
+    old_pixels = [torch.tensor(np.asarray(Image.open(tmp_path / "sweep" / path)), dtype=torch.float32)
                   for path in first["image_path"]]
     unet = weights / "unet" / "diffusion_pytorch_model.safetensors"
     tensors = load_file(unet)
@@ -90,7 +91,7 @@ def test_a_rerun_after_the_weights_changed_makes_the_cells_again(run_sdlab, tmp_
     assert list(retrained["image_path"]) == list(first["image_path"])
     assert retrained["weights"].nunique() == 1 and retrained["weights"][0] != first["weights"][0]
     for path, pixels in zip(first["image_path"], old_pixels):
-        now = torch.tensor(list(Image.open(tmp_path / "sweep" / path).getdata()), dtype=torch.float32)
+        now = torch.tensor(np.asarray(Image.open(tmp_path / "sweep" / path)), dtype=torch.float32)
         assert (now - pixels).abs().max() > 8  # made by the new weights, not the model loaded before
 
 
