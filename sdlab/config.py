@@ -30,9 +30,9 @@ WORDS = {"int": "an integer", "number": "a number", "str": "a string", "ints": "
 @dataclass(frozen=True)
 class Field:
     """What one value may be: an int, a number, a string, a bool, a non-empty list of them (or of int lists), each
-    within [low, high], a list of `entries` (names or mappings, [] too), or one of `choices`; null only where
-    `optional`. A `plain` field (a top-level parameter) names a wrong type on its own ("is not an integer") and then
-    its range; `rule` words a range the bounds cannot."""
+    within [low, high] (and, if `distinct`, none twice), a list of `entries` (names or mappings, [] too), or one of
+    `choices`; null only where `optional`. A `plain` field (a top-level parameter) names a wrong type on its own
+    ("is not an integer") and then its range; `rule` words a range the bounds cannot."""
 
     kind: str = "int"
     low: float | None = None
@@ -42,6 +42,7 @@ class Field:
     plain: bool = False
     rule: str = ""
     multiple: int = 1
+    distinct: bool = False
 
     def allowed(self) -> str:
         """What the field takes, in words."""
@@ -86,7 +87,8 @@ class Field:
         if self.kind == "int_lists":
             return all(isinstance(v, (list, tuple)) and v and all(_scalar(x, True) and self._inside(x) for x in v)
                        for v in value)
-        return all(_scalar(v, self.kind == "ints") and self._inside(v) for v in value)
+        return (all(_scalar(v, self.kind == "ints") and self._inside(v) for v in value)
+                and not (self.distinct and len(set(value)) < len(value)))
 
     def _inside(self, value) -> bool:
         return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)
@@ -163,6 +165,7 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field],
 
 
 POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer"}
+SEED_RULE = {"kind": "int", "low": 0, "high": MAX_SEED, "plain": False, "rule": "an integer in [0, 2**63-1]"}
 # Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block.
 BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
 SIDE_MULTIPLE = 8  # every family's VAE makes latents 8x smaller: no model makes other sides

@@ -15,7 +15,7 @@ from sdlab.bench.captions import counted
 from sdlab.bench.figures import convergence, schedule_visits
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.bench.scorers import build_scorers, direction, score_images
-from sdlab.config import GenerationParams, checked, image_params
+from sdlab.config import MAX_SEED, GenerationParams, checked, image_params
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.image import psnr, ssim
@@ -35,7 +35,8 @@ class Study:
     block = "compare"
     schedulers: tuple[str, ...] = checked(None, "strs", plain=False)
     steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False)
-    seeds: tuple[int, ...] = checked(None, "ints", 0, plain=False)
+    seeds: tuple[int, ...] = checked(None, "ints", 0, MAX_SEED, plain=False, distinct=True,
+                                     rule="a non-empty list of distinct integers in [0, 2**63-1]")
     prompts: tuple[str, ...] = checked(None, "strs", plain=False)
     reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
     reference_steps: int = checked(200, "int", 1, 1000, plain=False)

@@ -12,7 +12,7 @@ from scipy import stats
 
 from sdlab.bench.figures import bar_chart, curves, image_strip, save_figure, styled
 from sdlab.bench.records import identity, write_table
-from sdlab.config import checked
+from sdlab.config import SEED_RULE, checked
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics import toy
@@ -21,13 +21,23 @@ from sdlab.metrics.toy_unet import level_table
 
 rule = partial(checked, plain=False)  # an explainer's values are named by its block: "noise.size=-5 must be ..."
 CURVE_POINTS = 1000  # timesteps on the cosine curve, at most
+MOST_NUMBERS = 100_000_000  # the most numbers one toy array holds (800 MB of float64): more is a typo, not a toy
+
+
+def check_numbers(block: str, **factors: int | list[int]) -> None:
+    """One line naming the keys when the toy array their `factors` (a list: its product) span is over MOST_NUMBERS."""
+    count = math.prod(math.prod(v) if isinstance(v, (list, tuple)) else v for v in factors.values())
+    if count > MOST_NUMBERS:
+        shown = " x ".join(str(list(v)) if isinstance(v, (list, tuple)) else str(v) for v in factors.values())
+        raise UserError(f"{block}.{' x '.join(factors)} = {shown} is {count} numbers, above the {MOST_NUMBERS} a toy "
+                        "holds; lower them")
 
 
 @dataclass(frozen=True)
 class Noise:
     block = "noise"
     size: int = rule(512, "int", 1, 4096)
-    seed: int = rule(0, "int", 0)
+    seed: int = checked(0, **SEED_RULE)
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,10 @@ class ToyPredictor:
     n: int = rule(50, "int", 1, 100_000)
     shape: tuple[int, ...] = rule((1, 32, 32), "ints", 1, 1024)
     bins: int = rule(10, "int", 1, 1000)
-    seed: int = rule(0, "int", 0)
+    seed: int = checked(0, **SEED_RULE)
+
+    def __post_init__(self):
+        check_numbers(self.block, n=self.n, shape=self.shape)
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,7 @@ class CfgToy:
     scales: tuple[float, ...] = rule(toy.CFG_SCALES, "numbers", 0, 1000)
     dim: int = rule(768, "int", 1, 1_000_000)
     norm_factor: float = rule(3.0, "number", 1e-6, 1e6)
-    seed: int = rule(0, "int", 0)
+    seed: int = checked(0, **SEED_RULE)
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ class DdimSteps:
     T: int = rule(1000, "int", 2, 100_000)
     steps: tuple[int, ...] = rule(toy.DDIM_STEPS, "ints", 1, 100_000)
     schedule: str = rule("linear", "choice", choices=SCHEDULES)
-    seed: int = rule(0, "int", 0)
+    seed: int = checked(0, **SEED_RULE)
 
     def __post_init__(self):
         bad = [n for n in self.steps if n > self.T]
@@ -107,6 +120,9 @@ class TimestepEmbedding:
     T: int = rule(1000, "int", 1, 1_000_000)
     dim: int = rule(320, "int", 2, 100_000)
     rows: int = rule(50, "int", 1, 100_000)
+
+    def __post_init__(self):
+        check_numbers(self.block, rows=self.rows, dim=self.dim)
 
 
 def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import torch
 
 from sdlab.bench.ownership import adopt, checked_folder
 from sdlab.bench.records import identity, ordered, versions
-from sdlab.config import MAX_SEED, POSITIVE, Field, check_fields, check_threads, checked
+from sdlab.config import POSITIVE, SEED_RULE, Field, check_fields, check_threads, checked
 from sdlab.errors import UserError, choose
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.mini import data
@@ -56,7 +56,7 @@ class Train:
 
     block = "train"
     stage: str = MISSING
-    seed: int = checked(MISSING, "int", 0, MAX_SEED, plain=False, rule="an integer in [0, 2**63-1]")
+    seed: int = checked(MISSING, **SEED_RULE)
     out: str = checked(MISSING, "str", plain=False)
     num_images: int = checked(MISSING, "int", 1, 1_000_000, plain=False)
     threads: int = checked(2, **POSITIVE)
