@@ -154,7 +154,8 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field],
     """The recipe's `key:` block, a dict whose keys are `fields`, `needed` among them, and whose values fit them."""
     block = cfg.get(key)
     if not isinstance(block, dict):
-        raise UserError(f"job {cfg.get('job')} needs a `{key}:` block of {', '.join(fields)}")
+        said = f"job {cfg.get('job')} needs a `{key}:` block" if block is None else f"{key}={block!r} must be a mapping"
+        raise UserError(f"{said} of {', '.join(fields)}")
     unknown = sorted(set(block) - set(fields))
     if unknown:
         raise UserError(f"{key}.{unknown[0]} is not a key of {key}; its keys are: {', '.join(fields)}")
@@ -360,6 +361,10 @@ class Run:
         return config_hash(recipe if self.weights is None else {**recipe, "weights": self.weights})
 
 
+# A recipe's `made_for:` block: the models it was written for, and what it shows on the others (a warning)
+MADE_FOR = {"what": Field("str", plain=True), "models": Field("strs"), "here": Field("str", plain=True)}
+
+
 def checked_run(cfg: dict[str, Any]) -> Run:
     """The Run of an effective config, or a UserError naming its first bad value; reads no files, loads no model
     (the job name and scheduler options are checked by pre-flight)."""
@@ -374,6 +379,8 @@ def checked_run(cfg: dict[str, Any]) -> Run:
     scheduler = cfg.get("scheduler")
     if not isinstance(scheduler, dict):
         raise UserError(f"scheduler={scheduler!r} must be a scheduler config")
+    if cfg.get("made_for") is not None:
+        check_block(cfg, "made_for", MADE_FOR, tuple(MADE_FOR))
     clip = cfg.get("clip")
     if clip is not None:
         if not isinstance(clip, dict):

@@ -122,6 +122,10 @@ def bad_inputs(tmp):
         (["resume=maybe"], "resume='maybe' must be true or false"),
         (["batch_size=true"], "batch_size=True is not an integer"),
         (["clip.name=5"], "clip.name=5 must be a string"),
+        (["model.prompt_grammar=[a]"], "model.prompt_grammar=['a'] is not an installed prompt world"),
+        (["experiment=article_a8_same_seed", "made_for=5"], "made_for=5 must be a mapping of what, models, here"),
+        (["model=mini", "scorers=[fd]", "reference_count=100000000"],
+         "reference_count=100000000 must be in [1, 100000]"),
         ([f"params={write(tmp / 'p.json', json.dumps({'prompt': ['a', 'b']}))}"], "prompt=['a', 'b'] should be str"),
         (["params=5"], "params=5 must be a file path or null"),
         # input images that are not images
@@ -146,7 +150,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 87
+N_CASES = 90
 
 
 def test_case_count_matches_the_list(tmp_path):

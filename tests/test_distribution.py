@@ -140,7 +140,7 @@ def test_a_reference_that_cannot_be_is_one_line_and_nothing_is_written(run_sdlab
         ((f"reference={cut}",), f"reference image {cut / 'real3.png'} is not a readable PNG or JPEG image (image file "
                                 "is truncated)"),
         (("reference_count=3",), "reference_count=3 is too small: scorer precision_recall needs at least 4"),
-        (("reference_count=0",), "reference_count=0 must be a positive integer"),
+        (("reference_count=0",), "reference_count=0 must be in [1, 100000]"),
         (("clip=none",), "scorers fd, precision_recall compare CLIP image features, and clip=none has none"),
         (("prompt=an oil painting",), "prompt='an oil painting' names nothing the shapes world renders"),
         (("scorers=[fd,fid]",), "unknown scorer 'fid'; scorers are: clip, cmmd, fd, kid, precision_recall, shapes_adherence"),

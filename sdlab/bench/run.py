@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlab.bench.scorers import scorer_weights
+from sdlab.bench.worlds import world
 from sdlab.conf_files import known_keys
 from sdlab.config import (
     LIMITS,
@@ -81,6 +82,8 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
     (`compare.steps=...`) still win."""
     worlds = config.get("world") or {}
     names = [(config.get("model") or {}).get("prompt_grammar")]
+    if names[0] is not None:
+        world(names[0], "model.prompt_grammar")  # one line naming it, not a fault further on
     if worlds.keys() & {*MODEL_KINDS, *MODEL_FAMILIES}:
         spec = model_spec(config["model"])
         family = adapter_class(spec).family
