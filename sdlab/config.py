@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,18 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field],
 
 
 POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer"}
+# The options every scheduler file sets (conf/common/scheduler.yaml), checked before any library loads; whether a
+# scheduler takes one is its diffusers class's say (models/schedulers.check_options)
+SCHEDULER_OPTIONS = {
+    "timestep_spacing": Field("choice", choices=("leading", "linspace", "trailing"), plain=True),
+    "use_karras_sigmas": Field("bool", plain=True),
+    "rescale_betas_zero_snr": Field("bool", plain=True),
+    "final_sigmas_type": Field("choice", choices=("zero", "sigma_min"), plain=True),
+    "steps_offset": Field("int", 0, 1000, plain=True),  # added to every timestep: within the trained ones (check_steps)
+    # a flow shift s maps sigma to s sigma / (1 + (s - 1) sigma): s > 0, the least positive float up
+    "shift": Field("number", math.ulp(0.0), sys.float_info.max, rule="a positive finite number"),
+    "use_dynamic_shifting": Field("bool", plain=True),
+}
 SEED_RULE = {"kind": "int", "low": 0, "high": MAX_SEED, "plain": False, "rule": "an integer in [0, 2**63-1]"}
 # Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block.
 BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
@@ -367,7 +380,7 @@ MADE_FOR = {"what": Field("str", plain=True), "models": Field("strs"), "here": F
 
 def checked_run(cfg: dict[str, Any]) -> Run:
     """The Run of an effective config, or a UserError naming its first bad value; reads no files, loads no model
-    (the job name and scheduler options are checked by pre-flight)."""
+    (the job name, and whether its scheduler takes its options, are checked by pre-flight)."""
     limit = limits(cfg)
     threads = check_threads("threads", cfg.get("threads"), limit)
     resume = Field("bool", plain=True).check("resume", cfg.get("resume", True))
@@ -387,6 +400,7 @@ def checked_run(cfg: dict[str, Any]) -> Run:
             raise UserError(f"clip={clip!r} must be a clip config or null")
         check_fields(clip, dict.fromkeys(("name", "path", "repo_id"), Field("str", plain=True, optional=True)), "clip.")
     options = {k: v for k, v in scheduler.items() if k != "name" and v is not None}
+    options.update(check_fields(options, SCHEDULER_OPTIONS, "scheduler."))
     return Run(job=cfg.get("job", "generate"), model=spec, scheduler=SchedulerChoice(scheduler.get("name"), options),
                params=generation_params(cfg, spec.resolution), limits=limit, recipe=cfg, threads=threads, resume=resume)
 

@@ -43,12 +43,9 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
     return warnings
 
 
-def check_files(run: Run) -> None:
-    """Files and folders the config names exist and are what they should be: weights, CLIP."""
-    cfg = run.recipe
-    check_model(run.model, run.scheduler, run.params)
-    clip = cfg.get("clip") or {}
-    if clip.get("name") not in (None, "none"):
+def check_clip(clip: dict | None) -> None:
+    """The CLIP model the config names (none with clip=none) is a folder of its config and safetensors weights."""
+    if clip and clip.get("name") not in (None, "none"):
         check_clip_folder(clip_folder(clip), clip["name"])
 
 
@@ -89,13 +86,14 @@ def check_job(run: Run) -> list[str]:
 
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
         check_weights_folder(model_folder(spec))
-    input_image_files(cfg.get("images"))  # as are input images and reference sets
+    check_clip(cfg.get("clip"))  # as are the CLIP model, input images and reference sets
+    input_image_files(cfg.get("images"))
     check_set_scorers(cfg, params.width, params.height)
     recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
     check_options(run.scheduler.name, run.scheduler.options)
     for name in schedulers_used(run, recipe):
         scheduler_class(name)
-    check_files(run)
+    check_model(spec, run.scheduler, params)
     check_schedulers_fit(run, recipe)
     return model_warnings(cfg, params.width, params.height)
 

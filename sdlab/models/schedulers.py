@@ -11,11 +11,10 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdlab.config import MODEL_KINDS
+from sdlab.config import MODEL_KINDS, SCHEDULER_OPTIONS, check_fields
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len, model_kind
 from sdlab.models.architectures import ARCHITECTURES
@@ -46,16 +45,6 @@ class SchedulerSpec:
         """The solver this name runs on a model of `kind` (the flow twin on a flow model)."""
         return self.flow if kind == "flow" and self.flow else self
 
-
-OPTION_VALUES: dict[str, tuple] = {
-    "timestep_spacing": ("leading", "linspace", "trailing"),
-    "use_karras_sigmas": (True, False),
-    "rescale_betas_zero_snr": (True, False),
-    "final_sigmas_type": ("zero", "sigma_min"),
-    "use_dynamic_shifting": (True, False),
-}
-POSITIVE_OPTIONS = ("shift",)  # a flow shift s maps sigma to s sigma / (1 + (s - 1) sigma): s > 0
-OPTION_RANGES = {"steps_offset": (0, 1000)}  # added to every timestep: within the trained ones (check_steps tells)
 
 KARRAS = {"use_karras_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
@@ -153,11 +142,12 @@ def _parameters(spec: SchedulerSpec) -> dict[str, inspect.Parameter]:
 def check_options(name: str, options: dict[str, Any] | None = None, kind: str | None = None) -> dict[str, Any]:
     """The user's non-null options for scheduler `name` on a model of `kind` (of any kind it fits when None),
     checked against its class, allowed values and types."""
+    user = {k: v for k, v in (options or {}).items() if v is not None}
+    user.update(check_fields(user, SCHEDULER_OPTIONS, "scheduler."))
     scheduler_class(name)
     spec = SCHEDULERS[name]
     solvers = [spec.on(kind)] if kind else [spec, spec.on("flow")]
     parameters = {k: v for solver in reversed(solvers) for k, v in _parameters(solver).items()}
-    user = {k: v for k, v in (options or {}).items() if v is not None}
     unknown = sorted(set(user) - set(parameters))
     flow_only = [k for k in unknown if k in FLOW_SHIFT]
     if flow_only:
@@ -169,17 +159,9 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
             f"scheduler {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(parameters))}"
         )
     for key, value in user.items():
-        allowed = OPTION_VALUES.get(key)
-        if allowed and (value not in allowed or type(value) is not type(allowed[0])):
-            raise UserError(f"scheduler.{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
         expected = _option_types(parameters[key].default)
         if expected and (type(value) not in expected[0]):
             raise UserError(f"scheduler.{key}={value!r} must be {expected[1]}")
-        if key in POSITIVE_OPTIONS and not (math.isfinite(value) and value > 0):
-            raise UserError(f"scheduler.{key}={value!r} must be a positive finite number")
-        low, high = OPTION_RANGES.get(key, (value, value))
-        if not low <= value <= high:
-            raise UserError(f"scheduler.{key}={value!r} must be in [{low}, {high}]")
     return user
 
 
