@@ -104,6 +104,7 @@ def bad_inputs(tmp):
         ([f"params={huge}"], "cannot be read"),
         (["limits.max_side=abc"], "limits.max_side='abc' must be a positive integer"),
         (["limits.max_pixels=0"], "limits.max_pixels=0 must be a positive integer"),
+        (["limits.max_steps=-1"], "limits.max_steps=-1 must be a positive integer"),  # as typed, a number
         (["+limits.max_gpus=1"], "unknown limit 'max_gpus'"),
         # wrong types
         (["model.compile=maybe"], "model.compile='maybe' must be true or false"),
@@ -151,7 +152,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 90
+N_CASES = 91
 
 
 def test_case_count_matches_the_list(tmp_path):

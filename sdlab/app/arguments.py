@@ -160,7 +160,7 @@ def command_line_limits(overrides: list[str]) -> dict[str, int]:
     for arg in overrides:
         key, _, value = arg.lstrip("+").partition("=")
         if key.startswith("limits."):
-            given[key.removeprefix("limits.")] = int(value) if re.fullmatch(r"\d+", value) else value
+            given[key.removeprefix("limits.")] = int(value) if re.fullmatch(r"-?\d+", value) else value
     return limits({"limits": given})
 
 
