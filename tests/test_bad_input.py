@@ -126,6 +126,8 @@ def bad_inputs(tmp):
         (["clip.name=5"], "clip.name=5 must be a string"),
         (["model.prompt_grammar=[a]"], "model.prompt_grammar=['a'] is not an installed prompt world"),
         (["experiment=article_a8_same_seed", "made_for=5"], "made_for=5 must be a mapping of what, models, here"),
+        (["model=sd3_tiny", "experiment=compare_schedulers_quick", "world.flow=5"],
+         "world.flow=5 must be a mapping of recipe keys to their values on such a model"),
         (["model=mini", "scorers=[fd]", "reference_count=100000000"],
          "reference_count=100000000 must be in [1, 100000]"),
         ([f"params={write(tmp / 'p.json', json.dumps({'prompt': ['a', 'b']}))}"], "prompt=['a', 'b'] should be str"),
@@ -152,7 +154,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 91
+N_CASES = 92
 
 
 def test_case_count_matches_the_list(tmp_path):

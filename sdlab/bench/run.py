@@ -81,6 +81,12 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
     that fit a flow-matching model) and its family (`flux`). Blocks merge key by key; command-line overrides
     (`compare.steps=...`) still win."""
     worlds = config.get("world") or {}
+    if not isinstance(worlds, dict):
+        raise UserError(f"world={worlds!r} must be a mapping of worlds (a prompt grammar, {', '.join(MODEL_KINDS)} or a "
+                        "family) to recipe values")
+    for name, values in worlds.items():
+        if values is not None and not isinstance(values, dict):
+            raise UserError(f"world.{name}={values!r} must be a mapping of recipe keys to their values on such a model")
     names = [(config.get("model") or {}).get("prompt_grammar")]
     if names[0] is not None:
         world(names[0], "model.prompt_grammar")  # one line naming it, not a fault further on
