@@ -27,8 +27,7 @@ def atomic_path(target: str | Path, sync: bool = True) -> Iterator[Path]:
     false: records nothing trusts to resume, whose loss in a power cut costs nothing), else removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_MARK + target.suffix,
-                               dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_MARK + target.suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,15 +48,10 @@ def atomic_save(image, target: str | Path, **options) -> Path:
     return Path(target)
 
 
-def atomic_write_bytes(target: str | Path, data: bytes, sync: bool = True) -> None:
-    """Write `data` to `target` atomically (see `atomic_path` for `sync`)."""
-    with atomic_path(target, sync) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(target: str | Path, text: str, sync: bool = True) -> None:
     """Write UTF-8 `text` to `target` atomically (see `atomic_path` for `sync`)."""
-    atomic_write_bytes(target, text.encode("utf-8"), sync)
+    with atomic_path(target, sync) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
 
 
 def open_regular(path: str | Path) -> BinaryIO:

@@ -29,18 +29,8 @@ TRUNCATED = "image file is truncated"  # Pillow's words when it decodes a file c
 # A JPEG marker that a segment's length follows, or end-of-image; not FF 00 (a stuffed 0xFF of a scan's data), TEM,
 # the restarts RST0-7, start-of-image, nor FF FF (a fill byte before a marker)
 SEGMENT = re.compile(rb"\xff[^\x00\x01\xd0-\xd8\xff]")
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
+FILE_TYPES = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+              stat.S_IFSOCK: "a socket"}  # what a path that is not a regular file is
 
 
 @contextmanager
@@ -57,7 +47,8 @@ def open_regular(path: str | Path, label: str, what: str, key: str = "", limit: 
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise UserError(f"{label} is not a regular file ({_kind(mode)}); give {what}")
+        kind = FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
+        raise UserError(f"{label} is not a regular file ({kind}); give {what}")
     os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
         if key and os.fstat(fd).st_size > limit[key]:
@@ -82,7 +73,8 @@ def read_bytes(path: str | Path, label: str, what: str, key: str, limit: dict[st
 
 
 def read_prompt_lines(path: str | Path, label: str, limit: dict[str, int]) -> list[str]:
-    """The non-empty lines of a prompt file, stripped: UTF-8 (a byte order mark dropped), at most `max_prompt_file_bytes` and `max_prompt_lines`."""
+    """The non-empty lines of a prompt file, stripped: UTF-8 (a byte order mark dropped), at most
+    `max_prompt_file_bytes` and `max_prompt_lines`."""
     raw = read_bytes(path, label, "a UTF-8 text file, one prompt per line", "max_prompt_file_bytes", limit)
     try:
         text = raw.decode("utf-8-sig")  # the byte order mark a Windows editor may put first is no part of a prompt

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pandas as pd
@@ -58,15 +60,8 @@ def job(name: str, recipe: type | None = None, check: CheckFn | None = None,
     return register
 
 
-class AsGiven:
-    """The rule of a recipe field no Field describes (a stage's settings, entries the job checks itself)."""
-
-    @staticmethod
-    def check(name: str, value: Any) -> Any:
-        return value
-
-
-AS_GIVEN = AsGiven()
+# The rule of a recipe field no Field describes (a stage's settings, entries the job checks itself)
+AS_GIVEN = SimpleNamespace(check=lambda name, value: value)
 
 
 def read_recipe(run: Run, cls: type) -> Any:
@@ -110,8 +105,6 @@ JOB_MODULES = {
 
 def get_job(name: str) -> JobFn:
     """The job registered under `name` (pre-flight checked it is one), importing only its module."""
-    import importlib
-
     if name not in JOBS:
         importlib.import_module(f"sdlab.jobs.{JOB_MODULES[name]}")
     return JOBS[name]

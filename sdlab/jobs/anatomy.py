@@ -12,14 +12,8 @@ from sdlab.config import ModelSpec
 from sdlab.jobs import JobContext, job
 from sdlab.metrics.anatomy import component_table, denoiser_block_table
 from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
-from sdlab.models.architectures import (
-    ARCHITECTURES,
-    Part,
-    build_on_meta,
-    build_part,
-    component_class,
-)
-from sdlab.models.loading import model_folder
+from sdlab.models.architectures import Part, build_on_meta, build_part, component_class
+from sdlab.models.loading import built_in, model_folder
 from sdlab.models.model_files import check_weights_folder, read_object
 
 
@@ -28,8 +22,8 @@ def meta_components(spec: ModelSpec) -> dict:
     folder's model_index.json lists (tokenizers, schedulers and absent parts skipped; no weights read)."""
     import torch
 
-    if spec.name in ARCHITECTURES and not spec.path:
-        return build_on_meta(ARCHITECTURES[spec.name])
+    if arch := built_in(spec):
+        return build_on_meta(arch)
     folder = model_folder(spec)
     check_weights_folder(folder)
     components = {}

@@ -16,12 +16,7 @@ from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
-from sdlab.models.model_files import (
-    check_pipeline_folder,
-    check_weights_folder,
-    read_object,
-    weights_fingerprint,
-)
+from sdlab.models.model_files import check_pipeline_folder, check_weights_folder, read_object, weights_fingerprint
 from sdlab.models.schedulers import check_steps
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -147,9 +142,6 @@ class ModelCache:
         self.models[spec.key, weights_identity(spec)] = model
         return model
 
-    def clear(self) -> None:
-        self.models.clear()
-
 
 CACHE = ModelCache()
 
@@ -184,4 +176,4 @@ def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationPara
 
 def clear_cache() -> None:
     """Forget every loaded model (tests and memory-bound sweeps)."""
-    CACHE.clear()
+    CACHE.models.clear()
