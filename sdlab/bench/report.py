@@ -20,19 +20,8 @@ from sdlab.bench.grid import axis_values, image_grid
 from sdlab.bench.ownership import MARK, is_owned
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, job_dirs, local_file, write_table
 from sdlab.bench.resume import CONFIG, collect, read_manifest
-from sdlab.bench.summary import (
-    REPLICATES,
-    SUMMARY_NAME,
-    main_metric,
-    score_direction,
-    metric_columns,
-    owns_summary,
-    rank,
-    ranking_lines,
-    sweep_axes,
-    swept_parameters,
-    write_summary,
-)
+from sdlab.bench.summary import (REPLICATES, SUMMARY_NAME, main_metric, metric_columns, owns_summary, rank,
+                                 ranking_lines, score_direction, sweep_axes, swept_parameters, write_summary)
 from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, open_regular

@@ -18,7 +18,6 @@ from sdlab.bench.resume import complete_rows, previous_rows, set_aside_damaged, 
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.jobs import JobContext, job
-from sdlab.models.families import family
 from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config
@@ -98,18 +97,9 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     spec, choice, params = ctx.run.model, ctx.run.scheduler, ctx.run.params
     model = load_model(spec)
     model.use_scheduler(choice.name, choice.options)
-    device = str(model.device)
-    scorers = build_scorers(ctx.run.recipe, device)
-    common = {
-        **identity(ctx, "generate", spec.name),
-        "weights": ctx.run.weights,
-        "scheduler": choice.name,
-        "scheduler_config": resolved_config(model.scheduler),
-        **image_params(params),
-        "prompt_truncated_tokens": truncated_tokens(model.tokenizer, params.prompt),
-        "device": device,
-        "versions": versions(),
-    }
+    scorers = build_scorers(ctx.run.recipe, str(model.device))
+    common = {**job_columns(ctx, model, params),
+              "prompt_truncated_tokens": truncated_tokens(model.tokenizer, params.prompt)}
     for warning in truncation_warnings(model, params.prompt):
         log.warning("%s", warning)
     hash_base = hash_fields(common, scorers)
@@ -126,7 +116,8 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
     for i, batch in enumerate(batches, 1):
         new_rows = batch_rows(ctx, model, params, batch, common, hash_base, scorers)
         table.update({row["config_hash"]: row for row in new_rows})
-        stopped = disk_error(new_rows)
+        # an image that could not be saved: no later image can be either
+        stopped = next((row["error"] for row in new_rows if str(row.get("error")).startswith(NOT_SAVED)), None)
         if stopped or i == len(batches):
             break
         try:  # a kill loses at most one batch; the caller writes the final table
@@ -139,6 +130,14 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         log.error("stopped: %s; %d image(s) not attempted", stopped, len(rest))
         table.update({cells[s]: failed_row(common, hash_base, s, None, f"not attempted: {stopped}") for s in rest})
     return in_order(table, order)
+
+
+def job_columns(ctx: JobContext, model, params) -> dict[str, Any]:
+    """The columns every image row of an image-making job shares: identity, weights, scheduler, parameters, device."""
+    run = ctx.run
+    return {**identity(ctx, run.job, run.model.name), "weights": run.weights, "scheduler": run.scheduler.name,
+            "scheduler_config": resolved_config(model.scheduler), **image_params(params), "device": str(model.device),
+            "versions": versions()}
 
 
 def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset()) -> tuple[
@@ -171,11 +170,6 @@ def in_order(table: dict[str, dict], order: list[str]) -> pd.DataFrame:
     """Rows in the order of the previous table, new cells after it in the order they were made."""
     rank = {h: i for i, h in reversed(list(enumerate(order)))}
     return ordered(sorted(table.values(), key=lambda row: rank.get(row["config_hash"], len(rank))))
-
-
-def disk_error(rows: list[dict]) -> str | None:
-    """The error of a row whose image could not be saved: no later image can be either."""
-    return next((row["error"] for row in rows if str(row.get("error")).startswith(NOT_SAVED)), None)
 
 
 def hash_fields(common: dict, scorers: list[Scorer]) -> dict:

@@ -15,30 +15,27 @@ from PIL import Image
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import curves, image_strip
 from sdlab.bench.grid import image_grid
-from sdlab.bench.records import identity, ordered, versions
+from sdlab.bench.records import ordered
 from sdlab.bench.scorers import build_scorers, score_images
-from sdlab.config import GenerationParams, checked, image_params
+from sdlab.config import GenerationParams, checked
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import Prompts, article_reports
-from sdlab.jobs.generate import batch_rows, hash_fields
+from sdlab.jobs.generate import batch_rows, hash_fields, job_columns
 from sdlab.metrics.image import background_distance, layout_correlation, psnr
 from sdlab.metrics.stats import MIN_N, finite, mean_ci, summarize_ci
 from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
-from sdlab.models.schedulers import resolved_config
 
 BACKGROUND_ALIKE = 0.15  # border colours closer than this (RGB in [0, 1]) count as the same background
 CONVERGED_DB = 30.0  # many-step solves this close to the reference (PSNR) reach the same image to the eye
 
 
-def cell_rows(ctx: JobContext, model, spec, scorers, params: GenerationParams, cell: dict[str, Any],
+def cell_rows(ctx: JobContext, model, scorers, params: GenerationParams, cell: dict[str, Any],
               folder: str) -> list[dict]:
     """One generate row per seed of a grid cell; `overrides` gains the cell's value as a `-m` sweep of it would."""
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
-    common = {**identity(ctx, ctx.run.job, spec.name), "weights": ctx.run.weights, "scheduler": ctx.run.scheduler.name,
-              "scheduler_config": resolved_config(model.scheduler), **image_params(params), "device": str(model.device),
-              "versions": versions(), **cell, "overrides": json.dumps(overrides)}
+    common = {**job_columns(ctx, model, params), **cell, "overrides": json.dumps(overrides)}
     hash_base = hash_fields(common, scorers)
     return [row for batch in chunks(params.seeds, params.batch_size)
             for row in batch_rows(ctx, model, params, batch, common, hash_base, scorers, prefix=f"{folder}_")]
@@ -76,7 +73,7 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
     model, spec, params, scorers = setup(ctx)
     frame = ordered([row for w in map(float, ctx.recipe.guidance_scales) for row in cell_rows(
-        ctx, model, spec, scorers, replace(params, guidance_scale=w), {"guidance_scale": w}, f"cfg{w:g}")])
+        ctx, model, scorers, replace(params, guidance_scale=w), {"guidance_scale": w}, f"cfg{w:g}")])
     panels, claim = guidance_panels(frame[frame["status"] == "ok"])
     image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
                title=(claim or f"{params.prompt[:70]} ({spec.name}, {counted(params.num_inference_steps, 'step')})")
@@ -149,7 +146,7 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     for i, prompt in enumerate(prompts):
         label = "\n".join(textwrap.wrap(f"P{i + 1}: {prompt}", 22, max_lines=4, placeholder=" …"))
         cell = replace(params, prompt=prompt)
-        rows += cell_rows(ctx, model, spec, scorers, cell, {"prompt": prompt, "prompt_index": i, "prompt_label": label},
+        rows += cell_rows(ctx, model, scorers, cell, {"prompt": prompt, "prompt_index": i, "prompt_label": label},
                           f"prompt{i}")
     frame = ordered(rows)
     title = ""
@@ -194,7 +191,7 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     rows, recipe = [], ctx.recipe
     for name in recipe.schedulers:
         model.use_scheduler(name, ctx.run.scheduler.options)
-        rows += cell_rows(ctx, model, spec, scorers, params, {"scheduler": name}, name)
+        rows += cell_rows(ctx, model, scorers, params, {"scheduler": name}, name)
     frame = ordered(rows)
     if recipe.reference_steps:
         return with_reference_distance(ctx, model, recipe, params, frame, scorers)
@@ -274,7 +271,7 @@ def run_same_params(ctx: JobContext) -> pd.DataFrame:
     """The first seed's parameters generated in two calls: both images and their pixel difference in same_params.png."""
     model, spec, params, scorers = setup(ctx)
     params = replace(params, seeds=params.seeds[:1])
-    frame = ordered([row for i in (1, 2) for row in cell_rows(ctx, model, spec, scorers, params, {"call": i}, f"call{i}")])
+    frame = ordered([row for i in (1, 2) for row in cell_rows(ctx, model, scorers, params, {"call": i}, f"call{i}")])
     first, second = (np.asarray(Image.open(ctx.out_dir / path).convert("RGB"), dtype=np.int16)
                      for path in frame["image_path"])
     diff = np.abs(first - second)

@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
@@ -18,9 +17,6 @@ from sdlab.models.device import resolve_device, resolve_dtype, use_process_optio
 from sdlab.models.families import ModelAdapter, family, family_of_folder
 from sdlab.models.model_files import check_pipeline_folder, check_weights_folder, read_object, weights_fingerprint
 from sdlab.models.schedulers import check_steps
-
-if TYPE_CHECKING:  # annotations only: torch is imported where it is used
-    import torch
 
 log = logging.getLogger(__name__)
 
