@@ -107,8 +107,7 @@ class VPEpsilon(NoiseProcess):
         (its scaled input is the VP x_t), else alpha_bar interpolated at the timestep."""
         sigma = scheduler_sigma(scheduler)
         if sigma is None:
-            alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
-            return {"alpha_bar": alpha_bar_at(alphas_cumprod, timestep), "sigma": None}
+            return {"alpha_bar": alpha_bar_at(scheduler.alphas_cumprod, timestep), "sigma": None}
         return {"alpha_bar": 1.0 / (1.0 + sigma**2), "sigma": None}
 
     def step_label(self, step: dict[str, Any]) -> str:

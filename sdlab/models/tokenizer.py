@@ -44,12 +44,8 @@ T5_WORDS = ("a", "an", "and", "at", "background", "black", "blue", "bottom", "ca
 
 @lru_cache(maxsize=None)
 def tiny_t5_tokenizer(max_length: int = 32):
-    """A small deterministic T5 tokenizer built in code (no sentencepiece, no download) for the tiny SD3/Flux models.
-
-    A SentencePiece-style unigram vocabulary as T5's: `<pad>`, `</s>`, `<unk>` (ids 0, 1, 2), the word pieces of
-    the miniature model's shapes grammar and a few common words, then single characters, so any other word is
-    spelled out letter by letter. Each text ends with `</s>`, as in T5.
-    """
+    """A small deterministic T5 tokenizer built in code (no sentencepiece, no download) for the tiny SD3/Flux models:
+    a unigram vocabulary as T5's of its specials, T5_WORDS and single characters; each text ends with `</s>`."""
     import string
 
     from transformers import T5TokenizerFast

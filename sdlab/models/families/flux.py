@@ -3,12 +3,7 @@ dev is guidance-distilled (the guidance scale is an input, one call per step); s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sdlab.models.families.base import ModelAdapter
-
-if TYPE_CHECKING:  # annotations only: torch is imported where it is used
-    import torch
 
 
 class Flux(ModelAdapter):
@@ -21,12 +16,12 @@ class Flux(ModelAdapter):
     default_sequence_length = 512
     linear_sigmas = True
 
-    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+    def _encode(self, text: str):
         embeds, pooled, _ = self.pipe.encode_prompt(text, None, device=self.device, num_images_per_prompt=1,
                                                     max_sequence_length=self.sequence_length)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
-    def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    def unpack(self, latents, width: int, height: int):
         """Packed (batch, tokens, 4 x channels) latents, 2x2 patches per token, as NCHW (FluxPipeline's packing)."""
         batch, _, packed = latents.shape
         h, w = 2 * (height // (self.vae_scale_factor * 2)), 2 * (width // (self.vae_scale_factor * 2))

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sdlab.config import ModelSpec
 from sdlab.models.families.base import ModelAdapter
-
-if TYPE_CHECKING:  # annotations only: torch is imported where it is used
-    import torch
 
 
 class StableDiffusion(ModelAdapter):
@@ -21,7 +16,7 @@ class StableDiffusion(ModelAdapter):
     def load_options(cls, spec: ModelSpec) -> dict:
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
-    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+    def _encode(self, text: str):
         embeds, _ = self.pipe.encode_prompt(text, self.device, 1, False)
         return {"prompt_embeds": embeds}
 

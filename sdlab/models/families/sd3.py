@@ -3,13 +3,8 @@ transformer and flow matching; latents carry a shift factor."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sdlab.config import ModelSpec
 from sdlab.models.families.base import ModelAdapter
-
-if TYPE_CHECKING:  # annotations only: torch is imported where it is used
-    import torch
 
 
 class StableDiffusion3(ModelAdapter):
@@ -24,7 +19,7 @@ class StableDiffusion3(ModelAdapter):
     def load_options(cls, spec: ModelSpec) -> dict:
         return {} if spec.t5 else {"text_encoder_3": None, "tokenizer_3": None}
 
-    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+    def _encode(self, text: str):
         embeds, _, pooled, _ = self.pipe.encode_prompt(text, None, None, device=self.device, num_images_per_prompt=1,
                                                        do_classifier_free_guidance=False,
                                                        max_sequence_length=self.sequence_length)

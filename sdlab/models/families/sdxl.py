@@ -3,12 +3,7 @@ and a VAE that overflows in float16 (`force_upcast`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sdlab.models.families.base import ModelAdapter
-
-if TYPE_CHECKING:  # annotations only: torch is imported where it is used
-    import torch
 
 
 class StableDiffusionXL(ModelAdapter):
@@ -18,12 +13,12 @@ class StableDiffusionXL(ModelAdapter):
     call_options = ("eta",)
     upcasts_vae = True
 
-    def _encode(self, text: str) -> dict[str, torch.Tensor]:
+    def _encode(self, text: str):
         embeds, _, pooled, _ = self.pipe.encode_prompt(text, device=self.device, num_images_per_prompt=1,
                                                        do_classifier_free_guidance=False)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
-    def negative_kwargs(self, text: str) -> dict[str, torch.Tensor]:
+    def negative_kwargs(self, text: str):
         """An empty negative prompt is zeros when the model asks for it (`force_zeros_for_empty_prompt`), as in
         diffusers' SDXL pipeline."""
         import torch
