@@ -118,8 +118,7 @@ def parse_json(raw: bytes | str, label: str) -> Any:
     except json.JSONDecodeError as e:
         raise UserError(f"{label} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
-        data = None
-        depth = MAX_JSON_DEPTH + 1
+        data, depth = None, MAX_JSON_DEPTH + 1
     except UnicodeDecodeError as e:
         raise UserError(f"{label} is not UTF-8 text (byte {e.start}); give a JSON file") from None
     except ValueError:  # Python refuses to convert integers of more digits than sys.get_int_max_str_digits()

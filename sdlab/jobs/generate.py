@@ -251,21 +251,10 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
         score = next(scores)
         cell = cell_hash(hash_base, seed)
         relative = image_name(prefix, seed, cell)
-        row = {
-            **common,
-            "seed": seed,
-            "overrides": own_overrides(common["overrides"], seed),
-            "nfe": result.nfe,
-            "batch_size": n,
-            "call_id": result.call,
-            **{k: getattr(result, k) / n for k in TIMING_KEYS},
-            "peak_mem_bytes": result.peak_mem_bytes,
-            **score,
-            "image_path": relative,
-            "config_hash": cell,
-            "status": "ok",
-            "error": None,
-        }
+        row = {**common, "seed": seed, "overrides": own_overrides(common["overrides"], seed), "nfe": result.nfe,
+               "batch_size": n, "call_id": result.call, **{k: getattr(result, k) / n for k in TIMING_KEYS},
+               "peak_mem_bytes": result.peak_mem_bytes, **score, "image_path": relative, "config_hash": cell,
+               "status": "ok", "error": None}
         try:
             save_png(image, ctx.out_dir / relative, png_record(row, ctx.run.scheduler.options), row=row)
         except OSError as e:

@@ -115,14 +115,8 @@ def warm_up(model: ModelAdapter, params: GenerationParams, seeds: list[int], emb
         log.debug("warm-up step at %s failed: %s: %s", shape, type(e).__name__, e)
 
 
-def generate_batch(
-    model: ModelAdapter,
-    params: GenerationParams,
-    seeds: list[int],
-    on_step: Callable | None = None,
-    strict: bool = True,
-    requests: list[GenerationParams] | None = None,
-) -> BatchResult:
+def generate_batch(model: ModelAdapter, params: GenerationParams, seeds: list[int], on_step: Callable | None = None,
+                   strict: bool = True, requests: list[GenerationParams] | None = None) -> BatchResult:
     """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`.
     `requests`, one per seed, give each image its own prompt, negative prompt and guidance scale (all in one
     `guidance_group`; the rest is `params`')."""
@@ -151,18 +145,10 @@ def generate_batch(
         raise BadOutputError("; ".join(errors.values()))
     images = [None if i in errors else image for i, image in enumerate(to_pil(decoded.nan_to_num()))]
     end = clock(device)
-    return BatchResult(
-        images=images,
-        seeds=list(seeds),
-        nfe=nfe[0],
-        time_text_s=t_text - start,
-        time_unet_s=t_unet - t_warm,
-        time_vae_s=end - t_unet,
-        time_total_s=end - start - (t_warm - t_text),
-        peak_mem_bytes=peak[0],
-        latents=latents,
-        errors=errors,
-    )
+    return BatchResult(images=images, seeds=list(seeds), nfe=nfe[0], time_text_s=t_text - start,
+                       time_unet_s=t_unet - t_warm, time_vae_s=end - t_unet,
+                       time_total_s=end - start - (t_warm - t_text), peak_mem_bytes=peak[0], latents=latents,
+                       errors=errors)
 
 
 def chunks(seeds: tuple[int, ...], size: int) -> list[list[int]]:

@@ -60,12 +60,9 @@ def _check_weights(folder: Path, signature: tuple) -> None:
         if variants := [p.name for p in files if p.suffix == ".safetensors"]:
             raise UserError(f"no diffusion_pytorch_model.safetensors or model.safetensors in {folder / component} "
                             f"(only {variants[0]}, which diffusers loads only as a variant); give the weights that name")
-        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise UserError(
-                f"refusing pickle weights {folder / component / pickles[0]}: sdlab loads safetensors only "
-                "(convert them with diffusers' save_pretrained(safe_serialization=True))"
-            )
+        if pickles := [p.name for p in files if p.suffix in PICKLE_SUFFIXES]:
+            raise UserError(f"refusing pickle weights {folder / component / pickles[0]}: sdlab loads safetensors only "
+                            "(convert them with diffusers' save_pretrained(safe_serialization=True))")
         raise UserError(f"no .safetensors weights in {folder / component}")
 
 
@@ -246,7 +243,6 @@ def check_component_weights(folder: Path, component: str, config: dict[str, Any]
     describes, and together they are exactly the component's tensors: another component's weights in its place are
     refused, never loaded with the missing tensors left at random."""
     config_path = folder / component / "config.json"
-    files = list(held)
     want = expected_weights(component, config, config_path, sum(map(len, held.values())))
     have: set[str] = set()
     for weights, shapes in held.items():
@@ -258,7 +254,7 @@ def check_component_weights(folder: Path, component: str, config: dict[str, Any]
     missing = sorted(set(want.shapes) - have - want.tied)
     unknown = sorted(n for n in have - set(want.shapes) if not any(re.search(p, n) for p in want.extra))
     if missing or unknown:
-        named = files[0] if len(files) == 1 else folder / component
+        named = next(iter(held)) if len(held) == 1 else folder / component
         found = [f"{len(missing)} of its {len(want.shapes)} tensors are missing (e.g. {missing[0]})"] if missing else []
         found += [f"{len(unknown)} tensors are not a {component}'s (e.g. {unknown[0]})"] if unknown else []
         raise UserError(f"{named} does not hold the weights {config_path} describes: {' and '.join(found)}; "

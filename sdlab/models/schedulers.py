@@ -155,9 +155,8 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
         raise UserError(f"scheduler.{flow_only[0]} is an option of the flow-matching models (SD3, Flux); "
                         f"scheduler {name!r} {which} has none")
     if unknown:
-        raise UserError(
-            f"scheduler {name!r} has no option {unknown[0]!r}; its options are: {', '.join(sorted(parameters))}"
-        )
+        raise UserError(f"scheduler {name!r} has no option {unknown[0]!r}; its options are: "
+                        f"{', '.join(sorted(parameters))}")
     for key, value in user.items():
         expected = _option_types(parameters[key].default)
         if expected and (type(value) not in expected[0]):
