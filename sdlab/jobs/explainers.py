@@ -302,9 +302,9 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     t = np.unique(np.linspace(0, T - 1, min(T, CURVE_POINTS)).round().astype(int))
     cosine = cosine_to_first(toy.sinusoidal_timestep_embedding(t, dim))
     half = stays_below_half(cosine)
-    quoted = sorted({int(np.abs(t - T // 2).argmin()), len(t) - 1} - {half})
-    claims = ([f"below 0.5 from t={t[half]} on"] if half is not None else []) + [f"{cosine[i]:.2f} at t={t[i]}"
-                                                                                  for i in quoted]
+    middle = int(np.abs(t - T // 2).argmin())
+    quoted = [(i, f"{cosine[i]:.2f} at t={t[i]}") for i in sorted({middle, len(t) - 1} - {half})]
+    claims = ([f"below 0.5 from t={t[half]} on"] if half is not None else []) + [note for _, note in quoted]
     with styled() as plt:
         fig, (ax, side) = plt.subplots(1, 2, figsize=(10, 5.2), sharey=True, width_ratios=(2.4, 1),
                                        layout="constrained")
@@ -318,8 +318,7 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
                      label="embedding value: cos(t w_k) or sin(t w_k)")
         side.plot(cosine, t, color="C0", lw=1)
         side.axvline(0.5, color="0.4", lw=0.8, ls="--")
-        notes = ([(half, f"< 0.5 from t={t[half]}")] if half is not None else []) + [
-            (i, f"{cosine[i]:.2f} at t={t[i]}") for i in quoted]
+        notes = ([(half, f"< 0.5 from t={t[half]}")] if half is not None else []) + quoted
         for i, note in notes:  # right of the dashed line, which the curve stays left of once it has crossed it
             side.scatter([cosine[i]], [t[i]], color="C3", s=24, zorder=3, edgecolors="black", linewidths=0.4)
             side.annotate(note, (cosine[i], t[i]), xytext=(0.56, 8 if i == len(t) - 1 else -10),

@@ -118,11 +118,8 @@ def run_one(name: str, train: Train, root: Path) -> dict:
     images, captions, attributes = data.cached_set(root / "cache", seed=0, count=int(train.num_images))
     if name in ("vae", "vae_decoder"):
         return train_vae(settings, images, root / name, export, seed)
-    if name == "clip":
-        return train_clip(settings, images, attributes, root / "clip", export, seed)
-    if name == "flow":
-        return train_flow(settings, images, attributes, root / "flow", export, seed)
-    return train_unet(settings, images, attributes, root / "unet", export, seed)
+    trainer = {"clip": train_clip, "flow": train_flow, "unet": train_unet}[name]
+    return trainer(settings, images, attributes, root / name, export, seed)
 
 
 @job("train_mini", Train, check=check_train)

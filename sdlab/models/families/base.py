@@ -250,21 +250,15 @@ class ModelAdapter:
         image (all in one `guidance_group`), replace `params.guidance_scale`."""
         n = len(generators)
         guidance = PerImageScale(scales) if scales and len(set(scales)) > 1 else params.guidance_scale
-        options = {k: getattr(params, k) for k in self.call_options}
         seed_noise(self.scheduler, generators)
         with StepWatch(self, params, on_step) as watch:
             latents = self.pipe(
                 **{k: v if len(v) == n else v.repeat(n, *[1] * (v.dim() - 1)) for k, v in embeddings.items()},
-                num_inference_steps=params.num_inference_steps,
-                guidance_scale=guidance,
-                width=params.width,
-                height=params.height,
-                generator=generators,
-                output_type="latent",
+                num_inference_steps=params.num_inference_steps, guidance_scale=guidance, width=params.width,
+                height=params.height, generator=generators, output_type="latent",
                 callback_on_step_end=watch.callback if on_step else None,
-                **options,
-                **({"max_sequence_length": self.sequence_length} if self.sequence_length else {}),
-            ).images
+                **{k: getattr(params, k) for k in self.call_options},
+                **({"max_sequence_length": self.sequence_length} if self.sequence_length else {})).images
         return self.unpack(latents, params.width, params.height)
 
     def unpack(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
