@@ -117,12 +117,10 @@ def batch_groups(cells: list[Cell]) -> dict[tuple, list[Cell]]:
 def step_costs(calls: list[tuple[int, float]]) -> tuple[float, float]:
     """(seconds per denoiser step, seconds per sample in a step) fitted by least squares to (samples in the call,
     seconds per step) pairs; with one call size measured, or a fit that is not physical, all of it per sample."""
-    sizes = {m for m, _ in calls}
-    if len(sizes) > 1:
-        mean_m, mean_t = statistics.fmean(m for m, _ in calls), statistics.fmean(t for _, t in calls)
-        slope = (sum((m - mean_m) * (t - mean_t) for m, t in calls) / sum((m - mean_m) ** 2 for m, _ in calls))
-        if slope > 0 and mean_t - slope * mean_m >= 0:
-            return mean_t - slope * mean_m, slope
+    if len({m for m, _ in calls}) > 1:
+        slope, intercept = statistics.linear_regression(*zip(*calls))
+        if slope > 0 and intercept >= 0:
+            return intercept, slope
     return 0.0, statistics.fmean(t / m for m, t in calls)
 
 
