@@ -129,10 +129,8 @@ def identities(scorers: Sequence[Scorer]) -> dict[str, Any]:
 
 def direction(column: str) -> int:
     """+1 when a registered scorer writes `column` and higher is better, -1 when lower is, 0 for no scorer's column."""
-    for kind in registered().values():
-        if kind.writes(column):
-            return 1 if kind.higher_is_better else -1
-    return 0
+    kind = next((kind for kind in registered().values() if kind.writes(column)), None)
+    return 0 if kind is None else 1 if kind.higher_is_better else -1
 
 
 def clip_score(cfg: dict, device: str) -> Score:

@@ -46,8 +46,7 @@ def check_clip_folder(folder: Path, name: str) -> None:
         hint = " (train the miniature model first, or pick clip=none)" if name == "mini" else ""
         raise UserError(f"clip={name}: no CLIP model at {folder} (config.json missing){hint}")
     if not any(folder.glob("*.safetensors")):
-        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
+        if pickles := [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]:
             raise UserError(f"refusing pickle weights {folder / pickles[0]}: sdlab loads safetensors only")
         raise UserError(f"clip={name}: no .safetensors weights in {folder}")
 

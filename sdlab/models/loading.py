@@ -24,19 +24,16 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 SHIPPED = ("mini", "mini_flow")  # models trained in this repository, each in models/<name>
 
 
-def hub_cache() -> Path:
-    """The Hugging Face cache folder as huggingface_hub's environment variables choose it, read without importing it."""
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return Path(os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-                                   or os.path.join(home, "hub")))
-
-
 def cached_snapshot(repo_id: str, instead: str = "model.path=DIR with a diffusers folder") -> Path:
     """The local Hugging Face cache folder of `repo_id`, never downloading; a repository with no folder in the cache is
     refused before huggingface_hub is imported (about half a second of a refusal), naming the key to pass `instead`."""
     missing = UserError(f"{repo_id} is not in the local Hugging Face cache; download it where there is internet "
                         f"(`hf download {repo_id}`) or pass {instead}")
-    if "huggingface_hub" not in sys.modules and not (hub_cache() / f"models--{repo_id.replace('/', '--')}").is_dir():
+    # the cache folder as huggingface_hub's environment variables choose it
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    cache = Path(os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                                    or os.path.join(home, "hub")))
+    if "huggingface_hub" not in sys.modules and not (cache / f"models--{repo_id.replace('/', '--')}").is_dir():
         raise missing  # once imported, its own settings decide where the cache is
     from huggingface_hub import snapshot_download
 

@@ -88,9 +88,8 @@ class ModelAdapter:
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
-        """The pipeline of built-in model `name`: its record's components with random weights from a fixed seed,
-        its scheduler, the family's tokenizers (sdlab's packaged CLIP one, a T5 one built in code), and the
-        same `load_options` a folder gets."""
+        """The pipeline of built-in model `name` from its record, with random weights from a fixed seed and the
+        family's built-in tokenizers, given the same `load_options` a folder gets."""
         import diffusers
         import torch
 
