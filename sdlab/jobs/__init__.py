@@ -72,11 +72,8 @@ def read_recipe(run: Run, cls: type) -> Any:
         needed = tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
         given = check_block(run.recipe, cls.block, {f.name: rules.get(f.name, AS_GIVEN) for f in fields(cls)}, needed)
     else:
-        given = {}
-        for f in fields(cls):
-            value = run.recipe.get(f.name)
-            if value is not None or f.default is MISSING:
-                given[f.name] = rules[f.name].check(f.name, value) if f.name in rules else value
+        given = {f.name: rules.get(f.name, AS_GIVEN).check(f.name, run.recipe.get(f.name)) for f in fields(cls)
+                 if run.recipe.get(f.name) is not None or f.default is MISSING}
     return cls(**given)
 
 
