@@ -90,8 +90,7 @@ def read_prompt_lines(path: str | Path, label: str, limit: dict[str, int]) -> li
 
 def check_text(text: str, label: str) -> None:
     """Refuse text holding a control character (NUL, an escape sequence...), naming it and its line."""
-    found = CONTROL.search(text)
-    if found:
+    if found := CONTROL.search(text):
         line = f" line {text.count(chr(10), 0, found.start()) + 1}" if "\n" in text else ""
         raise UserError(f"{label}{line} holds the control character {found.group()!r}; give plain text")
 

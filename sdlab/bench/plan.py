@@ -89,8 +89,7 @@ def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
     """(wall time, peak memory) of the cells to run, from measured costs; 'unknown (...)' naming what is missing."""
     if not todo:
         return "0 s", "-"
-    missing = sorted({c.size for c in todo if c.size not in costs})
-    if missing:
+    if missing := sorted({c.size for c in todo if c.size not in costs}):
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         return f"unknown (nothing measured on this machine for {shown})", "unknown"
     sizes = {c.size for c in todo}

@@ -44,8 +44,7 @@ class Study:
     visit_steps: tuple[int, ...] = checked((10, 25), "ints", 1, 1000, plain=False)
 
     def __post_init__(self):
-        missing = [k for k in ("schedulers", "steps", "seeds", "prompts") if getattr(self, k) is None]
-        if missing:
+        if missing := [k for k in ("schedulers", "steps", "seeds", "prompts") if getattr(self, k) is None]:
             raise UserError(f"compare.{missing[0]} is missing: a study lists schedulers, steps, seeds and prompts")
         for name in (*self.schedulers, self.reference_scheduler):
             if name not in SCHEDULERS:

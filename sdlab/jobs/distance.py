@@ -45,8 +45,7 @@ class DistanceStudy:
     bootstrap: int = checked(None, "int", 10, 10000, plain=False)
 
     def __post_init__(self):
-        missing = [f.name for f in fields(self) if getattr(self, f.name) is None]
-        if missing:
+        if missing := [f.name for f in fields(self) if getattr(self, f.name) is None]:
             raise UserError(f"distance.{missing[0]} is missing: the block lists {', '.join(f.name for f in fields(self))}")
         for name in self.schedulers:
             if name not in SCHEDULERS:

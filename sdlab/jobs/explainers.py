@@ -83,8 +83,7 @@ class VaeCompression:
     factor: int = rule(8, "int", 1, 1024)
 
     def __post_init__(self):
-        bad = [side for side in self.sizes if side % self.factor]
-        if bad:
+        if bad := [side for side in self.sizes if side % self.factor]:
             raise UserError(f"vae_compression.sizes {bad} must be multiples of vae_compression.factor={self.factor}")
 
 
@@ -109,8 +108,7 @@ class DdimSteps:
     seed: int = checked(0, **SEED_RULE)
 
     def __post_init__(self):
-        bad = [n for n in self.steps if n > self.T]
-        if bad:
+        if bad := [n for n in self.steps if n > self.T]:
             raise UserError(f"ddim_steps.steps {bad} must be <= ddim_steps.T={self.T}")
 
 

@@ -50,8 +50,7 @@ def forward_schedules(run: Run) -> list[dict]:
     schedules = [{**schedule_spec(item, model_config),
                   "process": process_of(model_config) if item == "model" else PROCESSES["epsilon"]}
                  for item in recipe.schedules or ["model"]]
-    bad = [t for t in recipe.timesteps if not all(0 <= t < s["T"] for s in schedules)]
-    if bad:
+    if bad := [t for t in recipe.timesteps if not all(0 <= t < s["T"] for s in schedules)]:
         raise UserError(f"timesteps {bad} out of range; the schedules have t = 0 .. {min(s['T'] for s in schedules) - 1}")
     return schedules
 

@@ -203,11 +203,6 @@ def failed_row(common: dict, hash_base: dict, seed: int, batch_size: int | None,
             "config_hash": cell_hash(hash_base, seed), "status": "error", "error": error}
 
 
-def image_name(prefix: str, seed: int, cell: str) -> str:
-    """Where a cell's image goes: its seed and config hash, so two cells of one dir never share a file."""
-    return f"images/{prefix}seed{seed}-{cell[:8]}.png"
-
-
 def own_overrides(overrides: str, seed: int) -> str:
     """The job's overrides as one image's: a `seeds=[...]` list becomes this image's `seed`, so a row, its PNG and its
     log line grow with one seed, not with the whole list."""
@@ -250,7 +245,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             continue
         score = next(scores)
         cell = cell_hash(hash_base, seed)
-        relative = image_name(prefix, seed, cell)
+        relative = f"images/{prefix}seed{seed}-{cell[:8]}.png"  # by seed and hash: no two cells share a file
         row = {**common, "seed": seed, "overrides": own_overrides(common["overrides"], seed), "nfe": result.nfe,
                "batch_size": n, "call_id": result.call, **{k: getattr(result, k) / n for k in TIMING_KEYS},
                "peak_mem_bytes": result.peak_mem_bytes, **score, "image_path": relative, "config_hash": cell,

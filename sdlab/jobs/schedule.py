@@ -100,8 +100,7 @@ def check_schedules(run: Run) -> None:
                         f"model={spec.name}, a flow-matching model: compare its schedule with "
                         "'families=[{config: model}]' (the schedule_snr recipe's default on flow models)")
     last = min(schedule_betas(item, model_config, run.scheduler)[0]["T"] for item in recipe.schedules or ["model"]) - 1
-    bad = [t for t in recipe.report_timesteps or () if not 0 <= t <= last]
-    if bad:
+    if bad := [t for t in recipe.report_timesteps or () if not 0 <= t <= last]:
         raise UserError(f"report_timesteps {bad} out of range; the schedules have t = 0 .. {last}")
     for _, name, options in visit_specs(recipe.visit_schedulers, run.scheduler):
         make_scheduler(name, model_config, options)
@@ -202,8 +201,7 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
     """A `families` entry checked; `config: model` takes its unset keys from `model` (see `model_family`)."""
     if not isinstance(item, dict):
         raise UserError(f"families entry {item!r} must be a dict with config, sampler and steps")
-    unknown = sorted(set(item) - set(FAMILY_KEYS))
-    if unknown:
+    if unknown := sorted(set(item) - set(FAMILY_KEYS)):
         raise UserError(f"families entry has no key {unknown[0]!r}; its keys are: {', '.join(FAMILY_KEYS)}")
     config = config_name = item.get("config")
     if config == "model" and model:

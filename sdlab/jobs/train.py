@@ -74,8 +74,7 @@ class Train:
             if not isinstance(settings, dict):
                 hint = ": use experiment=train_mini_flow" if name == "flow" else ""
                 raise UserError(f"train.stage={self.stage} needs a train.{name} block{hint}")
-            missing = [key for key in NEEDED if key not in settings]
-            if missing:
+            if missing := [key for key in NEEDED if key not in settings]:
                 raise UserError(f"train.{name}.{missing[0]} is missing: each stage sets {', '.join(NEEDED)}")
             check_fields(settings, STAGE_RULES[name], f"train.{name}.")
             if name in EXPORTS and not self.export:
@@ -106,8 +105,7 @@ def check_train(run) -> None:
 
 def check_parts(key: str, folder: str, parts: tuple[str, ...], why: str) -> None:
     """Pre-flight: `folder` holds each of the trained `parts` (their config.json), else one line naming those missing."""
-    missing = [part for part in parts if not (Path(str(folder)).expanduser() / part / "config.json").is_file()]
-    if missing:
+    if missing := [part for part in parts if not (Path(str(folder)).expanduser() / part / "config.json").is_file()]:
         raise UserError(f"{key}={folder} has no {' or '.join(part + '/' for part in missing)} ({why})")
 
 

@@ -149,8 +149,7 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
     solvers = [spec.on(kind)] if kind else [spec, spec.on("flow")]
     parameters = {k: v for solver in reversed(solvers) for k, v in _parameters(solver).items()}
     unknown = sorted(set(user) - set(parameters))
-    flow_only = [k for k in unknown if k in FLOW_SHIFT]
-    if flow_only:
+    if flow_only := [k for k in unknown if k in FLOW_SHIFT]:
         which = f"on a model of kind {kind!r}" if kind else "has no flow solver and"
         raise UserError(f"scheduler.{flow_only[0]} is an option of the flow-matching models (SD3, Flux); "
                         f"scheduler {name!r} {which} has none")
