@@ -80,8 +80,7 @@ def contact_sheet(rows: list[dict], sweep_dir: Path, target: Path) -> Path | Non
                       "white")
     draw = ImageDraw.Draw(sheet)
     for i, row in enumerate(shown):
-        x = MARGIN + (i % SHEET_COLUMNS) * (cell_w + GAP)
-        y = MARGIN + (i // SHEET_COLUMNS) * (cell_h + GAP)
+        x, y = MARGIN + (i % SHEET_COLUMNS) * (cell_w + GAP), MARGIN + (i // SHEET_COLUMNS) * (cell_h + GAP)
         name = f"{row['id'] or row['recipe']}: {Path(row['figure']).name}"
         draw.multiline_text((x, y), "\n".join(textwrap.wrap(name, 40, max_lines=2, placeholder=" …")), fill=INK,
                             font=font(True), spacing=2)

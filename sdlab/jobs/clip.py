@@ -44,8 +44,7 @@ class Similarity(Prompts, ImageInput):
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
     """One row per prompt and text encoder (tokens, ids, count incl. special tokens, the encoder's limit, what it
     drops); table `tokens` per token; figure token_counts.png with a panel per encoder."""
-    spec = ctx.run.model
-    prompts = ctx.recipe.prompts
+    spec, prompts = ctx.run.model, ctx.recipe.prompts
     encoders, notes = encoder_tokenizers(spec)
     for note in notes:
         log.warning("%s", note)

@@ -24,12 +24,10 @@ def family(name: str) -> type[ModelAdapter]:
 def family_of_folder(folder: Path) -> type[ModelAdapter]:
     """The family whose pipeline class model_index.json names."""
     class_name = read_object(folder / "model_index.json").get("_class_name")
-    for cls in FAMILIES.values():
-        if class_name == cls.pipeline_class:
-            return cls
-    known = ", ".join(cls.pipeline_class for cls in FAMILIES.values())
+    if found := [cls for cls in FAMILIES.values() if cls.pipeline_class == class_name]:
+        return found[0]
     raise UserError(f"{folder}/model_index.json names pipeline {class_name!r}, which sdlab does not run; "
-                    f"it runs: {known}")
+                    f"it runs: {', '.join(cls.pipeline_class for cls in FAMILIES.values())}")
 
 
 __all__ = ["FAMILIES", "ModelAdapter", "family", "family_of_folder"]
