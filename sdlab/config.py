@@ -253,6 +253,7 @@ class GenerationParams:
 # What one image is made with, as its row, cell hash and PNG name it: each GenerationParams field but `seeds` (an image
 # has one `seed`) and `batch_size` (how many go through together, not what they are).
 IMAGE_PARAMS = tuple(f.name for f in fields(GenerationParams) if f.name not in ("seeds", "batch_size"))
+TEXT_PARAMS = tuple(f.name for f in fields(GenerationParams) if f.type == "str")  # prompt, negative_prompt
 
 
 def image_params(params: GenerationParams) -> dict[str, Any]:

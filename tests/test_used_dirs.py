@@ -157,3 +157,16 @@ def test_a_damaged_image_an_extended_sweep_found_in_another_job_dir_is_made_agai
         assert (frame["status"] == "ok").all() and len(frame) == 6
         assert sorted(zip(frame["seed"], frame["guidance_scale"])) == [(s, g) for s in (1, 2) for g in (1, 3, 7.5)]
         assert all(finished(row, tmp_path) for row in frame.to_dict("records"))
+
+
+def test_ids_and_prompts_that_look_like_numbers_read_back_from_the_csv_twin_as_text(tmp_path):
+    """Hex ids are digits at times (`062414779754`, `12e4567890123456`): read back as numbers from the CSV, a run id
+    lost its 0 and a config hash no longer matched its cell, which was made again beside its old row."""
+    from sdlab.bench.records import read_table, write_table
+
+    text = {"run_id": "062414779754", "config_hash": "12e4567890123456", "call_id": "1", "weights": "7",
+            "prompt": "1e3", "status": "ok"}
+    write_table(pd.DataFrame([{**text, "seed": 1}]), tmp_path)
+    (tmp_path / "results.parquet").write_bytes(b"garbage")
+    row = read_table(tmp_path).iloc[0]
+    assert {k: row[k] for k in text} == text and row["seed"] == 1

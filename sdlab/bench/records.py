@@ -15,7 +15,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sdlab.bench.run import format_infotext
-from sdlab.config import IMAGE_PARAMS, LIMITS
+from sdlab.config import IMAGE_PARAMS, LIMITS, TEXT_PARAMS
 from sdlab.errors import UserError
 from sdlab.io import atomic_path, atomic_save
 from sdlab.untrusted import parse_json, read_png_text
@@ -23,6 +23,8 @@ from sdlab.untrusted import parse_json, read_png_text
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "results"
+TEXT_COLUMNS = ["run_id", "experiment", "job", "model", "scheduler", "scheduler_config", *TEXT_PARAMS, "call_id",
+                "image_path", "config_hash", "overrides", "status", "error", "weights", "device", "versions"]
 PARAM_COLUMNS = ["model", "scheduler", *IMAGE_PARAMS, "seed"]
 ROW_COLUMNS = [
     "run_id", "experiment", "job", "model", "scheduler", "scheduler_config", *IMAGE_PARAMS, "seed", "batch_size",
@@ -130,13 +132,19 @@ def read_parquet(path: Path) -> pd.DataFrame:
         return table.read().to_pandas()
 
 
+def read_csv(path: Path) -> pd.DataFrame:
+    """A table's CSV twin, its text columns as text: a hex id or a prompt of digits (`062414779754`, `12e4`) is no
+    number."""
+    return pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str))
+
+
 def read_table(folder: Path) -> pd.DataFrame | None:
     """`results.parquet`, else its CSV twin, else its images' rows, else None (damaged files kept as `*.damaged`)."""
     folder = Path(folder)
     files = [folder / f"{TABLE_NAME}.parquet", folder / f"{TABLE_NAME}.csv"]
     if not any(f.is_file() for f in files):
         return None
-    for path, read in zip(files, (read_parquet, pd.read_csv)):
+    for path, read in zip(files, (read_parquet, read_csv)):
         if local_file(folder, path.name) is None:  # absent, a pipe or device that would block, or a link out
             continue
         try:
