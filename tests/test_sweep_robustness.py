@@ -181,7 +181,8 @@ def test_collector_skips_unfinished_job_dirs(tmp_path, caplog):
     from sdlab.bench.resume import collect
 
     (tmp_path / "0").mkdir()
-    write_table(pd.DataFrame([{"seed": 1, "status": "ok", "image_path": "images/a.png"}]), tmp_path / "0")
+    write_table(pd.DataFrame([{"run_id": "a", "seed": 1, "status": "ok", "image_path": "images/a.png"}]),
+                tmp_path / "0")
     (tmp_path / "0" / "images").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "0" / "images" / "a.png")  # the collector lists images on disk only
     (tmp_path / "1").mkdir()  # killed before writing its rows

@@ -159,6 +159,40 @@ def test_a_damaged_image_an_extended_sweep_found_in_another_job_dir_is_made_agai
         assert all(finished(row, tmp_path) for row in frame.to_dict("records"))
 
 
+def test_a_finished_jobs_lost_or_cut_table_is_written_whole_again_and_no_cell_made_again(run_sdlab, tmp_path, caplog):
+    """A finished job dir whose results.parquet went (deleted), or was cut short with or without its CSV twin, is read
+    from what is left (the twin, the rows its PNGs carry) and written whole by the next rerun: not left damaged for
+    every later rerun to warn about and read around."""
+    sweep = ("-m", "seed=1,2,3", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep) == 0
+    first = pd.read_parquet(tmp_path / "results.parquet")
+    (tmp_path / "0" / "results.parquet").unlink()
+    for name in ("1/results.parquet", "2/results.parquet", "2/results.csv"):
+        (tmp_path / name).write_bytes((tmp_path / name).read_bytes()[:200])
+    assert run_sdlab(*sweep) == 0
+    for job in ("0", "1", "2"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / job / "results.csv")[["run_id", "time_total_s"]],
+                                      pd.read_parquet(tmp_path / job / "results.parquet")[["run_id", "time_total_s"]])
+    again = pd.read_parquet(tmp_path / "results.parquet")
+    pd.testing.assert_frame_equal(again[["run_id", "time_total_s", "batch_size"]],
+                                  first[["run_id", "time_total_s", "batch_size"]])  # nothing made again
+    caplog.clear()
+    assert run_sdlab(*sweep) == 0
+    assert "damaged" not in caplog.text and "rebuilt" not in caplog.text
+
+
+def test_a_csv_twin_cut_between_rows_is_not_taken_for_the_whole_table(run_sdlab, tmp_path):
+    """The finished mark counts the job's rows: a twin that lost some (cut at a line's end) gets them made again,
+    instead of a table that no longer lists images on disk."""
+    args = (*FAST, "seeds=[1,2,3]", f"hydra.run.dir={tmp_path}")
+    assert run_sdlab(*args) == 0
+    (tmp_path / "results.parquet").write_bytes(b"garbage")
+    csv = tmp_path / "results.csv"
+    csv.write_text("".join(csv.read_text().splitlines(keepends=True)[:2]))
+    assert run_sdlab(*args) == 0
+    assert sorted(assert_table_is_the_images(tmp_path)["seed"]) == [1, 2, 3]
+
+
 def test_ids_and_prompts_that_look_like_numbers_read_back_from_the_csv_twin_as_text(tmp_path):
     """Hex ids are digits at times (`062414779754`, `12e4567890123456`): read back as numbers from the CSV, a run id
     lost its 0 and a config hash no longer matched its cell, which was made again beside its old row."""

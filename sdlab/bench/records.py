@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "results"
 TEXT_COLUMNS = ["run_id", "experiment", "job", "model", "scheduler", "scheduler_config", *TEXT_PARAMS, "call_id",
                 "image_path", "config_hash", "overrides", "status", "error", "weights", "device", "versions"]
+READ_FROM = "read_from"  # the `attrs` key of a table read back: the file it came from, or "images" when rebuilt
 PARAM_COLUMNS = ["model", "scheduler", *IMAGE_PARAMS, "seed"]
 ROW_COLUMNS = [
     "run_id", "experiment", "job", "model", "scheduler", "scheduler_config", *IMAGE_PARAMS, "seed", "batch_size",
@@ -154,12 +155,14 @@ def read_table(folder: Path) -> pd.DataFrame | None:
         except Exception as e:  # pyarrow and pandas raise many types for a damaged file
             log.warning("%s is damaged (%s: %s)", path, type(e).__name__, e)
             continue
-        if {"run_id", "status"} & set(frame.columns):  # every sdlab table has them; garbage parses as a header
+        if {"run_id", "status"} <= set(frame.columns):  # every sdlab table has both; garbage parses as a header
+            frame.attrs[READ_FROM] = path.name  # and so does a CSV cut short in its own
             return frame
         log.warning("%s is damaged (no run_id or status column)", path)
     rebuilt = rows_from_images(folder)
     if rebuilt is not None:
         log.warning("rebuilt %s from the rows in %d images", folder / TABLE_NAME, len(rebuilt))
+        rebuilt.attrs[READ_FROM] = "images"
         return rebuilt
     for path in files:
         if path.is_file():

@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from sdlab.bench.records import (TABLE_NAME, finished, job_dirs, local_file, ordered, read_table, rows, set_aside,
-                                 whole_image)
+from sdlab.bench.records import (READ_FROM, TABLE_NAME, finished, job_dirs, local_file, ordered, read_table, rows,
+                                 set_aside, whole_image, write_table)
 from sdlab.config import Run, config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file
@@ -115,15 +115,19 @@ def read_mark(folder: Path) -> dict[str, Any]:
 
 
 def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
-    """The complete rows of a job already finished in `folder` with the same config hash, its cells that its mark
-    places in other job dirs of the sweep still finished there; else None."""
+    """The complete rows of a job already finished in `folder` with the same config hash, as many as its mark counts,
+    its cells that its mark places in other job dirs of the sweep still finished there; else None. A table read from
+    its CSV twin or its images (its parquet lost or damaged) is written whole again."""
     mark = read_mark(folder)
     if mark.get("job_hash") != job_hash or not finished_beside(Path(folder), mark.get("elsewhere", {}),
                                                                mark.get("weights")):
         return None
     frame = previous_rows(folder)
-    if frame is None or len(complete_rows(folder, frame)) != len(frame):
+    if (frame is None or len(frame) != mark.get("rows", len(frame))
+            or len(complete_rows(folder, frame)) != len(frame)):
         return None
+    if frame.attrs.get(READ_FROM) != f"{TABLE_NAME}.parquet":
+        write_table(frame, folder)
     return frame
 
 
