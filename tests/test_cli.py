@@ -506,6 +506,27 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert "Traceback" not in err
 
 
+INTERRUPTED_IMPORT = """
+import builtins, runpy, sys
+real = builtins.__import__
+def interrupted(name, *args, **kwargs):
+    if name == "hydra":  # Ctrl-C as sdlab loads its libraries, its first second
+        raise KeyboardInterrupt
+    return real(name, *args, **kwargs)
+builtins.__import__ = interrupted
+sys.argv = ["sdlab", "hydra.run.dir=run"]
+runpy.run_module("sdlab.app.cli", run_name="__main__")
+"""
+
+
+def test_ctrl_c_while_sdlab_starts_is_one_line_and_exit_130(tmp_path):
+    """Not an import's traceback and the signal's own exit code: the one line and 130 of a later Ctrl-C."""
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT], cwd=tmp_path, capture_output=True, text=True,
+                          env=bare_env(PYTHONPATH=str(ROOT)), timeout=60)
+    assert (done.returncode, done.stderr) == (130, "sdlab: error: interrupted while starting; nothing was written\n")
+    assert not list(tmp_path.iterdir())
+
+
 def test_prepare_leaves_hydra_flags_and_quoted_values_alone():
     assert prepare(["--cfg", "job", "prompt='a','b'", "seed=1"]) == ["--cfg", "job", "prompt='a','b'", "seed=1"]
     assert prepare(["prompt=a, b"]) == ["prompt='a, b'"]

@@ -13,27 +13,32 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from hydra.types import RunMode
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
-from sdlab.app.arguments import check_output_dir, display_overrides, prepare
-from sdlab.app.callbacks import CollectSweep, Preflight
-from sdlab.app.compose import fail, job_folder, one_line, parse_job, task_overrides
-from sdlab.app.help import help_text, version_text
-from sdlab.bench import lock, ownership, resume
-from sdlab.bench.captions import settings_text
-from sdlab.bench.records import identity, ordered
-from sdlab.bench.report import rebuild, summarize
-from sdlab.conf_files import CONF_DIR
-from sdlab.errors import UserError
-from sdlab.jobs import JobContext, get_job
+try:  # the libraries load for about a second: a Ctrl-C then ends as one later does, not in a traceback
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sdlab.app.arguments import check_output_dir, display_overrides, prepare
+    from sdlab.app.callbacks import CollectSweep, Preflight
+    from sdlab.app.compose import fail, job_folder, one_line, parse_job, task_overrides
+    from sdlab.app.help import help_text, version_text
+    from sdlab.bench import lock, ownership, resume
+    from sdlab.bench.captions import settings_text
+    from sdlab.bench.records import identity, ordered
+    from sdlab.bench.report import rebuild, summarize
+    from sdlab.conf_files import CONF_DIR
+    from sdlab.errors import UserError
+    from sdlab.jobs import JobContext, get_job
+except KeyboardInterrupt:
+    print("sdlab: error: interrupted while starting; nothing was written", file=sys.stderr)
+    sys.exit(INTERRUPTED)
 
 log = logging.getLogger("sdlab")
-INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
 def quiet_libraries() -> None:
