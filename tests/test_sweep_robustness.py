@@ -18,6 +18,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from sdlab.bench.records import write_table
 from sdlab.bench.resume import sweep_cells
 from sdlab.models import generate
 
@@ -496,3 +497,16 @@ def test_a_mark_that_is_no_json_object_is_no_finished_job(tmp_path):
     for text in ("[]", '"done"', "{oops"):
         (tmp_path / MARKER).write_text(text)  # a job dir's file is data: a damaged mark means not finished
         assert finished_job(tmp_path, "abc") is None
+
+
+@pytest.mark.parametrize("rows", [1, 300])
+def test_a_table_reads_back_as_written_and_its_csv_is_pandas_own(tmp_path, rows):
+    """A job's one-row table and a sweep's long one: the same frame from Parquet, pandas' own CSV beside it."""
+    frame = pd.DataFrame({"run_id": ["062414779754"] * rows, "prompt": [f"a red {i % 3}" for i in range(rows)],
+                          "seed": np.arange(rows, dtype=np.int64), "clip_score": [0.1 * i for i in range(rows)],
+                          "error": [None] * rows, "ok": [i % 2 == 0 for i in range(rows)],
+                          "time_vae_s": [float("nan")] * rows, "note": ['say "hi", then\nleave'] * rows})
+    write_table(frame, tmp_path)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "results.parquet"), frame)
+    frame.to_csv(tmp_path / "by_pandas.csv", index=False)
+    assert (tmp_path / "results.csv").read_bytes() == (tmp_path / "by_pandas.csv").read_bytes()
