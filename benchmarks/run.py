@@ -389,11 +389,11 @@ def bench_trajectory(report: Report, model: str, size: int, steps: int, repeats:
         start = time.perf_counter()
         generate.generate_batch(adapter, params, [0])
         times["plain"].append(time.perf_counter() - start)
-        with TrajectoryRecorder(adapter, params.guidance_scale) as recorder:
+        with TrajectoryRecorder(adapter) as recorder:
             start = time.perf_counter()
-            result = generate.generate_batch(adapter, params, [0], callback_on_step_end=recorder.callback)
+            result = generate.generate_batch(adapter, params, [0], on_step=recorder.on_step)
             times["capture"].append(time.perf_counter() - start)
-        latents = [s["x0_pred"] for s in recorder.steps]
+        latents = [s["denoised"] for s in recorder.steps]
         frames = {}
         for preview in ("vae", "linear"):
             start = time.perf_counter()
