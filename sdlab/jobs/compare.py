@@ -93,8 +93,9 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
             references[name] = solve(model, name, study.reference_steps, base, prompt, options)
         # 2. every scheduler at every step count, scored against its reference
         for name in study.schedulers:
-            kind = name if SCHEDULERS[name].stochastic else "deterministic"
-            ref = references[kind]
+            own = SCHEDULERS[name].stochastic  # against its own high-step limit
+            ref = references[name if own else "deterministic"]
+            against = (f"own limit: {name}" if own else study.reference_scheduler) + f" x {study.reference_steps} steps"
             progress.step(f"prompt {p}/{len(study.prompts)}: {name} at {', '.join(map(str, study.steps))} steps",
                           sum(study.steps))
             for steps in study.steps:
@@ -106,10 +107,8 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                         **identity(ctx, "compare_schedulers", spec.name), "scheduler": name,
                         **image_params(replace(base, prompt=prompt, num_inference_steps=steps)), "seed": seed,
                         "nfe": result.nfe, "call_id": result.call,
-                        "time_total_s": result.time_total_s / len(seeds), "stochastic": SCHEDULERS[name].stochastic,
-                        "reference": ("own limit: " if kind != "deterministic" else "")
-                        + f"{name if kind != 'deterministic' else study.reference_scheduler} x {study.reference_steps} steps",
-                        **score, **more,
+                        "time_total_s": result.time_total_s / len(seeds), "stochastic": own,
+                        "reference": against, **score, **more,
                     })
     runs = ordered(rows)
     write_outputs(ctx, study, model, spec, runs)
@@ -164,7 +163,8 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
     target, source = reachable_target(summary, study.psnr_target)
     ranked = ranking(summary, target, source)
     write_table(ranked, ctx.out_dir, "ranking")
-    reached = ranked.dropna(subset=[f"nfe_to_psnr_{target:g}db"])
+    key = f"nfe_to_psnr_{target:g}db"
+    reached = ranked.dropna(subset=[key])
     log.info("ranking by fewest NFE to a mean PSNR of %g dB (%s): %s", target, source,
              ", ".join(reached["scheduler"]) or "none reach it")
     visits = []
@@ -175,7 +175,6 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
             visits.append(model.noise.visits(scheduler, steps, **shift).assign(scheduler=name, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits, ctx.out_dir, "visits")
-    key = f"nfe_to_psnr_{target:g}db"
     fastest = ", ".join(f"{r.scheduler} {getattr(r, key):.0f}" for r in reached.head(3).itertuples())
     claim = (f"fewest NFE to a mean PSNR of {target:g} dB to the reference: {fastest}" if fastest
              else f"no scheduler reaches a mean PSNR of {target:g} dB to the reference")

@@ -64,9 +64,9 @@ def check_study(run: Run) -> None:
                             f"draws, so it has no real images; e.g. {source.example!r}")
 
 
-def embed(clip, images: list, batch: int = 64) -> np.ndarray:
-    """CLIP image embeddings of `images`, `batch` at a time."""
-    return np.concatenate([clip.image_embeddings(images[i:i + batch]) for i in range(0, len(images), batch)])
+def embed(clip, images: list) -> np.ndarray:
+    """CLIP image embeddings of `images`, 64 at a time."""
+    return np.concatenate([clip.image_embeddings(part) for part in chunks(images, 64)])
 
 
 def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> dict:

@@ -16,6 +16,7 @@ from sdlab.config import SEED_RULE, checked
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics import toy
+from sdlab.metrics.clip import cosine_matrix
 from sdlab.metrics.schedule import SCHEDULES
 from sdlab.metrics.toy_unet import level_table
 
@@ -277,12 +278,6 @@ def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame.assign(cut_per_doubling=[np.nan, *cuts], knee=knee, bend=bend), "ddim_steps")
 
 
-def cosine_to_first(embedding: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of `embedding` to its first row."""
-    norms = np.linalg.norm(embedding, axis=1)
-    return embedding @ embedding[0] / (norms * norms[0])
-
-
 def stays_below_half(cosine: np.ndarray) -> int | None:
     """The index from which the cosine to t=0 stays below 1/2 (None when its last value is not)."""
     above = np.flatnonzero(cosine >= 0.5)
@@ -296,9 +291,10 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     timesteps = np.linspace(0, T - 1, rows).round().astype(int)
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
     frame = pd.DataFrame({"t": timesteps, "norm": np.linalg.norm(embedding, axis=1),
-                          "cosine_to_t0": cosine_to_first(embedding)})
+                          "cosine_to_t0": cosine_matrix(embedding, embedding[:1])[:, 0]})
     t = np.unique(np.linspace(0, T - 1, min(T, CURVE_POINTS)).round().astype(int))
-    cosine = cosine_to_first(toy.sinusoidal_timestep_embedding(t, dim))
+    curve = toy.sinusoidal_timestep_embedding(t, dim)
+    cosine = cosine_matrix(curve, curve[:1])[:, 0]
     half = stays_below_half(cosine)
     middle = int(np.abs(t - T // 2).argmin())
     quoted = [(i, f"{cosine[i]:.2f} at t={t[i]}") for i in sorted({middle, len(t) - 1} - {half})]
