@@ -142,12 +142,9 @@ def job_columns(ctx: JobContext, model, params) -> dict[str, Any]:
 
 def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset()) -> tuple[
         dict[str, dict], list[str], dict[str, Path]]:
-    """This dir's finished rows by config hash, the hash order of its table, and wanted cells finished elsewhere; the
-    sweep's other job dirs are looked through only for wanted cells neither here nor `made` ahead (which looked).
-
-    With resume=false the wanted cells are recomputed, and the dir's other cells stay in the table with their PNGs;
-    so are wanted cells made from other weights than the model's folder (or its scoring CLIP's) holds now.
-    """
+    """This dir's finished rows by config hash, its table's hash order, and wanted cells finished in other job dirs
+    (not looked for when here or `made` ahead). Wanted cells are made again with resume=false (the others stay) and
+    when made from other weights than the model's folder (or its scoring CLIP's) holds now."""
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
@@ -221,13 +218,7 @@ def describe(ctx: JobContext, overrides: str, seed: int) -> str:
     return progress + settings_text(parsed)
 
 
-PNG_KEYS = (*IMAGE_PARAMS, "seed", "scheduler", "model")
-
-
-def png_record(row: dict, options: dict) -> dict:
-    """What a PNG carries to regenerate itself with `sdlab params=IMAGE.png`: the row's parameters and the
-    scheduler options the run set."""
-    return {**{k: row[k] for k in PNG_KEYS}, **({"scheduler_options": options} if options else {})}
+PNG_KEYS = (*IMAGE_PARAMS, "seed", "scheduler", "model")  # what a PNG carries to regenerate itself (`params=`)
 
 
 def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResult, scorers: list[Scorer] = (),
@@ -250,8 +241,10 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
                "batch_size": n, "call_id": result.call, **{k: getattr(result, k) / n for k in TIMING_KEYS},
                "peak_mem_bytes": result.peak_mem_bytes, **score, "image_path": relative, "config_hash": cell,
                "status": "ok", "error": None}
+        options = ctx.run.scheduler.options
         try:
-            save_png(image, ctx.out_dir / relative, png_record(row, ctx.run.scheduler.options), row=row)
+            save_png(image, ctx.out_dir / relative, {**{k: row[k] for k in PNG_KEYS},
+                                                     **({"scheduler_options": options} if options else {})}, row=row)
         except OSError as e:
             log.error("%s: image not saved: %s", describe(ctx, common["overrides"], seed), e)
             rows.append(failed_row(common, hash_base, seed, n, f"{NOT_SAVED}{type(e).__name__}: {e}"))

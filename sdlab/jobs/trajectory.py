@@ -20,7 +20,7 @@ from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import to_uint8
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import log_snr_db
-from sdlab.models.generate import generate_batch
+from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
 from sdlab.models.preview import fit_linear_preview, linear_preview
 from sdlab.models.schedulers import resolved_config
@@ -62,12 +62,6 @@ def side_by_side(images: list[Image.Image]) -> Image.Image:
     return Image.fromarray(np.hstack([np.asarray(image) for image in images]))
 
 
-def decode_all(model, latents: list[torch.Tensor], batch: int = 8) -> list[np.ndarray]:
-    """Decode a list of 1xCxhxw latents in batches to uint8 images."""
-    return [image for i in range(0, len(latents), batch)
-            for image in to_uint8(model.decode(torch.cat(latents[i : i + batch]).to(model.device)))]
-
-
 @dataclass(frozen=True)
 class Trajectory:
     """`frames` in the strip, `gif_ms` per GIF frame, and `preview`: `vae` decodes frames, `linear` maps channels."""
@@ -82,8 +76,9 @@ class Trajectory:
 
 def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]], list[np.ndarray]]:
     """A function from step latents to uint8 frames; `linear` fits its map to the final image of `result`."""
-    if preview == "vae":
-        return lambda latents: decode_all(model, latents)
+    if preview == "vae":  # 1xCxhxw latents decoded 8 at a time
+        return lambda latents: [image for part in chunks(latents, 8)
+                                for image in to_uint8(model.decode(torch.cat(part).to(model.device)))]
     image = torch.from_numpy(np.asarray(result.images[0], dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
     weights = fit_linear_preview(result.latents[:1].cpu(), image)
     scale = image.shape[-1] // result.latents.shape[-1]
