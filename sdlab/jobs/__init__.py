@@ -45,10 +45,8 @@ AHEAD: dict[str, AheadFn] = {}
 
 def job(name: str, recipe: type | None = None, check: CheckFn | None = None,
         ahead: AheadFn | None = None) -> Callable[[JobFn], JobFn]:
-    """Register a job function under `name` with its recipe dataclass; `check` looks further (at the model, say) and
-    raises a one-line UserError on a bad value, before any folder is made or model loaded. `ahead(runs, sweep_dir)`
-    does the work of the first of a sweep's upcoming runs together with those it can share with, for their jobs to
-    take, and returns which of `runs` it covered."""
+    """Register a job under `name` with its recipe dataclass, its pre-flight `check` (a one-line UserError before any
+    folder or model) and `ahead(runs, sweep_dir)`, which does upcoming runs' shared work and returns those covered."""
 
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
@@ -108,9 +106,8 @@ def get_job(name: str) -> JobFn:
 
 
 def work_ahead(runs: list[Run | None], sweep_dir: Path) -> set[int]:
-    """Let the first of a sweep's upcoming runs do its work together with the later ones that share it (its job's
-    `ahead`); the indices of `runs` it covered. Runs that did not parse (None) are left to report it themselves, and
-    any failure here leaves each job to do its own work."""
+    """The indices of `runs` the first one's job `ahead` covered, doing their shared work; unparsed runs (None) and
+    any failure here leave each job to do its own."""
     first = runs[0] if runs else None
     ahead = AHEAD.get(first.job) if first is not None and first.job in JOB_MODULES and get_job(first.job) else None
     if ahead is None:
