@@ -44,8 +44,7 @@ def model_scheduler_config(run: Run) -> dict:
 
 
 def read_image(path: Path, width: int, height: int, label: str) -> np.ndarray:
-    """One image file fitted to width x height; a one-line UserError naming `label` (its key and file) when it cannot
-    be read."""
+    """One image file fitted to width x height; a one-line UserError naming `label` when it cannot be read."""
     with open_regular(path, label, "an image file") as f, image_faults(label, "an image", "an image file"):
         with Image.open(f) as image:
             image.load()

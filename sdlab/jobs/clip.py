@@ -87,8 +87,7 @@ def nearest_claim(matrix: np.ndarray) -> str:
 
 
 def diagonal_claim(cos: np.ndarray) -> str:
-    """For images against their own captions (row i matches column i): how many pick their own caption, and
-    the mean cosine of matched against unmatched pairs."""
+    """Images against their own captions (row i, column i): how many pick their own; matched vs unmatched mean cos."""
     n = min(cos.shape)
     if n < 2:
         return ""

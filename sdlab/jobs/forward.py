@@ -118,8 +118,7 @@ def widest_gap(values: dict[str, list[float]]) -> int:
 
 
 def psnr_headline(rows: list[dict]) -> str:
-    """The strip's headline: which schedule keeps more signal where their PSNRs differ most, or one schedule's first
-    and last PSNR."""
+    """The strip's headline: which schedule keeps more signal where PSNRs differ most, or one's first and last PSNR."""
     frame = pd.DataFrame(rows)
     spaces = list(dict.fromkeys(frame["space"]))
     lines, spans = [], []

@@ -42,9 +42,8 @@ def seed_hashes(run: Run, model, scorers: list[Scorer]) -> dict[int, str]:
 
 
 def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
-    """The images of the first run's cells and of the next runs' that share its call (`shared_call`), up to its
-    batch size, made in one pipeline call and kept on the model for each cell's job to take (a job that finds
-    none makes its own); cells complete anywhere in the sweep are left out. Returns the indices of the runs covered."""
+    """The indices of `runs` whose cells (the first's and those sharing its call, up to its batch size, none complete in
+    the sweep) were made in one pipeline call and kept on the model for each cell's job to take."""
     first, key = runs[0], shared_call(runs[0])
     model = load_model(first.model)
     model.use_scheduler(first.scheduler.name, first.scheduler.options)
@@ -112,7 +111,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
         log.info("resume: %d of %d images already complete%s", len(params.seeds) - len(todo), len(params.seeds),
                  f" (some in sweep job dirs {', '.join(where)})" if where else "")
     stopped = None
-    batches = list(chunks(todo, params.batch_size))
+    batches = chunks(todo, params.batch_size)
     for i, batch in enumerate(batches, 1):
         new_rows = batch_rows(ctx, model, params, batch, common, hash_base, scorers)
         table.update({row["config_hash"]: row for row in new_rows})

@@ -160,8 +160,8 @@ def snr_figure(schedule: pd.DataFrame, rows: list[dict], target) -> None:
              for label in crossing}
     groups = list(schedule.groupby("schedule", sort=False))
     marks = [(i, label) for i, (label, _) in enumerate(groups) if crossing[label] >= 0]
-    below = [{"x": [crossing[label]], "y": [value], "notes": [f"t={crossing[label]}"], "color": f"C{i}",
-              "offset": (6, -12 if i % 2 == 0 else 6)} for value in (0.5,) for i, label in marks]
+    below = [{"x": [crossing[label]], "y": [0.5], "notes": [f"t={crossing[label]}"], "color": f"C{i}",
+              "offset": (6, -12 if i % 2 == 0 else 6)} for i, label in marks]
     at_zero = [{**point, "y": [0.0]} for point in below]
     claim = ", ".join(f"t={crossing[label]}" for _, label in marks)
     curves([

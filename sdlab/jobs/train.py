@@ -91,8 +91,7 @@ def train_folders(train: Train) -> dict[str, Path]:
 
 
 def check_train(run) -> None:
-    """Pre-flight: the threads are within the limits, the output folders are sdlab's, and the flow stage's frozen
-    parts are there."""
+    """Pre-flight: threads within the limits, output folders sdlab's, the flow stage's frozen parts present."""
     train = read_recipe(run, Train)
     check_threads("train.threads", train.threads, run.limits)
     train_folders(train)
@@ -113,7 +112,7 @@ def run_one(name: str, train: Train, root: Path) -> dict:
     """Train one stage; returns its summary row."""
     seed, settings = int(train.seed), getattr(train, name)
     export = Path(train.export) if train.export else None
-    images, captions, attributes = data.cached_set(root / "cache", seed=0, count=int(train.num_images))
+    images, _, attributes = data.cached_set(root / "cache", seed=0, count=int(train.num_images))
     if name in ("vae", "vae_decoder"):
         return train_vae(settings, images, root / name, export, seed)
     trainer = {"clip": train_clip, "flow": train_flow, "unet": train_unet}[name]
