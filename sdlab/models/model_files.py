@@ -35,9 +35,8 @@ SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
 
 
 def check_weights_folder(folder: Path) -> None:
-    """Refuse anything but a diffusers folder of safetensors weights whose links, JSON files and safetensors headers
-    are sound, without opening pickles or importing anything; pre-flight asks this first (before the scheduler checks
-    import diffusers), and the pipeline check asks it again for free while the files stay the same."""
+    """Refuse anything but a diffusers folder of sound safetensors, links and JSON, importing nothing (pre-flight asks
+    before the scheduler checks import diffusers; asked again, it is cached while the files stay the same)."""
     signature = _signature(folder.absolute())
     _check_weights(folder, signature)
     _read_folder(folder.absolute(), signature)
@@ -67,8 +66,7 @@ def _check_weights(folder: Path, signature: tuple) -> None:
 
 
 def loaded_weights(component: Path) -> list[Path]:
-    """The safetensors files diffusers loads for a component: its plain weights or their shards, not variants
-    (`.fp16`, `.non_ema`)."""
+    """The safetensors diffusers loads for a component: plain weights or shards, not variants (`.fp16`, `.non_ema`)."""
     return sorted(p for p in component.glob("*.safetensors") if LOADED_WEIGHTS.fullmatch(p.name) and p.is_file())
 
 
@@ -173,11 +171,6 @@ def weight_components(folder: Path) -> list[str]:
             or (c.startswith("text_encoder_") and (folder / c).exists())]
 
 
-def component_class(component: str, config: dict[str, Any]) -> str:
-    """The class a component's config describes: diffusers' `_class_name`, transformers' `architectures`."""
-    return config.get("_class_name") or (config.get("architectures") or [None])[0] or DEFAULT_CLASSES.get(component, "")
-
-
 @dataclass(frozen=True)
 class ExpectedWeights:
     """What a component's config says its weights files hold."""
@@ -193,8 +186,7 @@ class TooManyTensors(Exception):
 
 @contextmanager
 def tensor_budget(most: int) -> Iterator[None]:
-    """Stop a module being built once it has registered more than `most` parameters and buffers: a config of 10**5
-    layers would take hours to build even on the meta device."""
+    """Stop building a module past `most` parameters and buffers: 10**5 layers take hours even on the meta device."""
     from torch.nn.modules import module
 
     count = 0
@@ -219,7 +211,9 @@ def expected_weights(component: str, config: dict[str, Any], config_path: Path, 
     once they are far more than the `tensors_held` of its safetensors."""
     import torch
 
-    class_name, most = component_class(component, config), 2 * tensors_held + 64  # tied weights, buffers: a few more
+    class_name = (config.get("_class_name") or (config.get("architectures") or [None])[0]  # diffusers', transformers'
+                  or DEFAULT_CLASSES.get(component, ""))
+    most = 2 * tensors_held + 64  # tied weights, buffers: a few more
     try:
         with torch.device("meta"), tensor_budget(most):
             model = build_part(Part(class_name, config))
@@ -232,16 +226,14 @@ def expected_weights(component: str, config: dict[str, Any], config_path: Path, 
     first: dict[int, str] = {}
     tied = {name for name, tensor in tensors.items() if first.setdefault(id(tensor), name) != name}
     skipped = [name for name, _ in model.named_buffers() if name not in tensors]
-    ignored = SKIPPED_KEYS.get(class_name, ())
     return ExpectedWeights({k: tuple(v.shape) for k, v in tensors.items()}, frozenset(tied),
-                           tuple(re.escape(name) + "$" for name in skipped) + tuple(ignored))
+                           tuple(re.escape(name) + "$" for name in skipped) + SKIPPED_KEYS.get(class_name, ()))
 
 
 def check_component_weights(folder: Path, component: str, config: dict[str, Any],
                             held: dict[Path, dict[str, tuple[int, ...]]]) -> None:
-    """The tensors `held` in a component's safetensors files (their headers' shapes) have the shapes its config
-    describes, and together they are exactly the component's tensors: another component's weights in its place are
-    refused, never loaded with the missing tensors left at random."""
+    """The tensors `held` in a component's safetensors (header shapes) are exactly those its config describes, so
+    another component's weights are refused, never loaded with the missing tensors left at random."""
     config_path = folder / component / "config.json"
     want = expected_weights(component, config, config_path, sum(map(len, held.values())))
     have: set[str] = set()
@@ -277,8 +269,8 @@ def _signature(folder: Path) -> tuple:
 
 @lru_cache(maxsize=16)
 def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, Any], dict]]:
-    """Each weighted component's config and the tensor shapes its safetensors headers hold, after the links, the
-    index, the scheduler config and the tokenizers are checked: file reads only, no library imported."""
+    """Each weighted component's config and safetensors header shapes, once links, index, scheduler config and
+    tokenizers are checked (file reads only)."""
     check_links(folder)
     check_index(folder / "model_index.json")
     components = weight_components(folder)
@@ -299,9 +291,8 @@ def _check_shapes(folder: Path, signature: tuple) -> None:
 
 
 def weights_fingerprint(folder: Path) -> str | None:
-    """A short hash of the safetensors weights in `folder` and its component folders (None if it holds none): each
-    file's name, size and header, and the first and last bytes of each tensor. Retrained weights change it; a copy of
-    the same bytes, or new file times, do not."""
+    """A short hash of the safetensors in `folder` and its components (None if none): names, sizes, headers and each
+    tensor's first and last bytes, so retrained weights change it and copies or new file times do not."""
     for _ in range(2):  # a file that went since the folder was listed: listed again
         try:
             files = _weights_files(folder.absolute(), folder.stat().st_mtime_ns)
