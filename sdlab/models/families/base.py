@@ -1,8 +1,5 @@
-"""What every model family shares: one adapter object per loaded model, which jobs ask instead of the pipeline.
-
-A family subclass names its diffusers pipeline class, builds its tiny variant from the configs in
-sdlab/models/families/<family>.json, and says how it encodes prompts (`_encode`) and what its pipeline call takes.
-"""
+"""What every model family shares: one adapter per loaded model, which jobs ask instead of the pipeline. A family
+subclass names its diffusers pipeline class, how it encodes prompts (`_encode`) and what its pipeline call takes."""
 
 from __future__ import annotations
 
@@ -88,8 +85,7 @@ class ModelAdapter:
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
-        """The pipeline of built-in model `name` from its record, with random weights from a fixed seed and the
-        family's built-in tokenizers, given the same `load_options` a folder gets."""
+        """Built-in model `name` from its record: weights from a fixed seed, built-in tokenizers, `load_options`."""
         import diffusers
         import torch
 
@@ -207,9 +203,8 @@ class ModelAdapter:
 
     # 3. schedulers
     def use_scheduler(self, name: str, options: dict[str, Any] | None = None):
-        """Swap in scheduler `name` (its solver for this model's kind) built from the model's own scheduler config; a
-        name with no solver for the kind is a one-line CannotRun. Asked again for the one in use, it keeps it: every
-        sampling starts with `set_timesteps`, which resets a solver's state."""
+        """Swap in scheduler `name`'s solver for this model's kind, from the model's own scheduler config (CannotRun if
+        none); the one in use is kept, as every sampling starts with `set_timesteps`, which resets a solver's state."""
         asked = (name, repr(sorted((options or {}).items())))
         if self.scheduler_made != (asked, self.scheduler):
             self.scheduler = make_scheduler(name, self.base_scheduler_config, options)
@@ -244,9 +239,8 @@ class ModelAdapter:
     # 5. denoise and decode
     def denoise(self, params, generators: list[torch.Generator], embeddings: dict[str, torch.Tensor],
                 on_step: Callable[[dict], Any] | None = None, scales: list[float] | None = None) -> torch.Tensor:
-        """The sampler loop of the pipeline from `embeddings_for(params)` (one row, or one per image): NCHW latents, not
-        decoded. `on_step`, if given, gets each step as `StepWatch` describes it; `scales`, one guidance scale per
-        image (all in one `guidance_group`), replace `params.guidance_scale`."""
+        """NCHW latents from the pipeline's sampler loop on `embeddings_for(params)` (one row, or one per image);
+        `on_step` gets each step (`StepWatch`); `scales`, one per image of a `guidance_group`, replace the scale."""
         n = len(generators)
         guidance = PerImageScale(scales) if scales and len(set(scales)) > 1 else params.guidance_scale
         seed_noise(self.scheduler, generators)
@@ -300,8 +294,7 @@ class ModelAdapter:
 
     # 6. speed options
     def apply_speed_options(self) -> None:
-        """Channels-last memory format, the attention implementation, each network's CPU convolutions and
-        torch.compile, as configured."""
+        """Channels-last, the attention implementation, each network's CPU convolutions and torch.compile, as set."""
         import torch
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
@@ -323,14 +316,11 @@ class ModelAdapter:
 
 
 class StepWatch:
-    """Each sampler step of one pass as k-diffusion's callback gives it, computed by the model's noise process:
-    {i, t, alpha_bar, sigma (its level), log_snr, x_t (the denoiser's input), model_output (guided), denoised (x0),
-    x (the latents after the step), capture_s (seconds spent making this dict)}, tensors NCHW on the CPU.
-
-    A forward hook on the denoiser keeps its last input and output; the pipeline's `callback_on_step_end` turns them
-    into the step. Every DDPM scheduler's scale_model_input maps its latents to the VP x_t, and a flow transformer
-    sees x_t unscaled, so the process's one x0 formula serves every sampler.
-    """
+    """Each sampler step as k-diffusion's callback gives it, by the model's noise process: {i, t, alpha_bar, sigma (its
+    level), log_snr, x_t (denoiser input), model_output (guided), denoised (x0), x (latents after the step), capture_s
+    (seconds making this dict)}, tensors NCHW on the CPU. A forward hook keeps the denoiser's last input and output
+    for `callback_on_step_end`; every DDPM scheduler's scale_model_input maps its latents to the VP x_t, and a flow
+    transformer sees x_t unscaled, so the process's one x0 formula serves every sampler."""
 
     def __init__(self, model: ModelAdapter, params, on_step: Callable[[dict], Any] | None):
         self.model, self.params, self.on_step = model, params, on_step
