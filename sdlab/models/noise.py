@@ -65,9 +65,8 @@ class VPEpsilon(NoiseProcess):
                 "T": config.get("num_train_timesteps")}
 
     def log_snr_steps(self, scheduler, steps: int, **set_timesteps) -> tuple[pd.DataFrame, pd.DataFrame, float, float]:
-        """(log-SNR per training timestep, the steps a sampler visits with noise_frac sqrt(1 - alpha_bar), shift,
-        closed-form crossing): alpha_bar from the scheduler itself (so zero-terminal-SNR rescaling, Lin et al. 2024,
-        counts), t = (timestep + 1)/T; no shift."""
+        """(log-SNR per training timestep, visited steps with noise_frac sqrt(1 - alpha_bar), no shift, no crossing):
+        alpha_bar from the scheduler, so zero-terminal-SNR rescaling (Lin et al. 2024) counts; t = (timestep + 1)/T."""
         alpha_bar = scheduler.alphas_cumprod.double().cpu().numpy()
         scheduler.set_timesteps(steps)
         timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
@@ -90,9 +89,8 @@ class VPEpsilon(NoiseProcess):
                                     beta_end=float(c["beta_end"])))
 
     def sigma_and_snr_db(self, scheduler, timestep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)), alpha_bar interpolated at fractional timesteps; sigma the
-        scheduler's own when its sigmas align with its timesteps (N plus the final one), else
-        sqrt((1 - alpha_bar) / alpha_bar)."""
+        """SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)) at fractional timesteps; sigma the scheduler's own when its
+        sigmas align with its timesteps (N plus the final one), else sqrt((1 - alpha_bar) / alpha_bar)."""
         alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
         alpha_bar = np.interp(timestep, np.arange(len(alphas_cumprod)), alphas_cumprod)
         sigmas = getattr(scheduler, "sigmas", None)
@@ -106,9 +104,8 @@ class VPEpsilon(NoiseProcess):
         """alpha_bar of the denoiser call under way: 1/(1 + sigma^2) from the scheduler's sigma when it keeps one
         (its scaled input is the VP x_t), else alpha_bar interpolated at the timestep."""
         sigma = scheduler_sigma(scheduler)
-        if sigma is None:
-            return {"alpha_bar": alpha_bar_at(scheduler.alphas_cumprod, timestep), "sigma": None}
-        return {"alpha_bar": 1.0 / (1.0 + sigma**2), "sigma": None}
+        alpha_bar = alpha_bar_at(scheduler.alphas_cumprod, timestep) if sigma is None else 1.0 / (1.0 + sigma**2)
+        return {"alpha_bar": alpha_bar, "sigma": None}
 
     def step_label(self, step: dict[str, Any]) -> str:
         """Where a sampler step stands, for a frame label: its timestep."""
@@ -142,9 +139,8 @@ class RectifiedFlow(NoiseProcess):
         return {"name": "model (flow matching)", "T": int(config.get("num_train_timesteps") or 1000)}
 
     def log_snr_steps(self, scheduler, steps: int, **set_timesteps) -> tuple[pd.DataFrame, pd.DataFrame, float, float]:
-        """(log-SNR per training timestep, the steps a sampler visits with noise_frac its sigma', shift, closed-form
-        crossing): t is the unshifted sigma, sigma' by SD3 eq. 23 with the static shift or exp(mu) (`set_timesteps`
-        takes Flux's mu and sigmas)."""
+        """(log-SNR per training timestep, visited steps with noise_frac sigma', shift, closed-form crossing): t is the
+        unshifted sigma, sigma' by SD3 eq. 23 with the static shift or exp(mu) (Flux's mu comes in `set_timesteps`)."""
         config, mu = scheduler.config, set_timesteps.get("mu")
         exponential = config.get("time_shift_type", "exponential") == "exponential"
         shift = (math.exp(mu) if exponential else mu) if mu is not None else float(
