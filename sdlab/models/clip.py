@@ -19,7 +19,7 @@ _LOADED: dict[tuple, ClipModel] = {}
 
 
 def clip_folder(cfg: dict) -> Path:
-    """The folder of the configured CLIP model: `path` (relative to the working dir, then the project) or the HF cache of `repo_id`."""
+    """The configured CLIP model's folder: `path` (relative to the working dir, then the project) or `repo_id`'s."""
     if cfg.get("path"):
         path = Path(os.path.expanduser(str(cfg["path"])))
         if not path.is_absolute():

@@ -55,11 +55,9 @@ def clock(device: torch.device) -> float:
 def use_process_options(spec: ModelSpec, network: str = "denoiser") -> None:
     """Switch the process-wide CPU convolutions `spec` asks for, for the network about to run.
 
-    `mkldnn=auto`: the denoiser runs PyTorch's direct convolutions (neither oneDNN nor NNPACK), which compute each
-    image of a batch alike, so a seed's image is the same alone or in a batch within one level (oneDNN rounds by batch
-    and a sampler's steps amplify it to 3 levels; NNPACK, PyTorch's pick without oneDNN from a batch of 16, is 2x
-    slower on mini's latents); the VAE, where nothing amplifies a rounding, runs oneDNN (BENCHMARKS.md 4).
-    """
+    `mkldnn=auto`: the denoiser runs PyTorch's direct convolutions, which compute each image of a batch alike, so a
+    seed's image is the same alone or in a batch (oneDNN rounds by batch and a sampler amplifies it to 3 levels; NNPACK
+    is 2x slower on mini's latents); the VAE, where nothing amplifies a rounding, runs oneDNN (BENCHMARKS.md 4)."""
     import torch
 
     choose("model.mkldnn", spec.mkldnn, MKLDNN)

@@ -118,8 +118,7 @@ def warm_up(model: ModelAdapter, params: GenerationParams, seeds: list[int], emb
 def generate_batch(model: ModelAdapter, params: GenerationParams, seeds: list[int], on_step: Callable | None = None,
                    strict: bool = True, requests: list[GenerationParams] | None = None) -> BatchResult:
     """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`.
-    `requests`, one per seed, give each image its own prompt, negative prompt and guidance scale (all in one
-    `guidance_group`; the rest is `params`')."""
+    `requests`, one per seed, give each its own prompts and guidance scale (one `guidance_group`; the rest `params`)."""
     device = model.device  # read from the denoiser's parameters: once, not at every phase
     start = clock(device)
     scales = [r.guidance_scale for r in requests] if requests else None

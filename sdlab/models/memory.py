@@ -34,10 +34,9 @@ def high_water_bytes() -> int | None:
 
 @contextmanager
 def call_peak(device: torch.device) -> Iterator[list[int | None]]:
-    """Yield a one-item list that holds, after the block, its peak memory: allocated memory on CUDA (the allocator's
-    peak, reset first); on a Linux CPU the process's resident high-water mark if the block raised it, else the most
-    resident memory sampled every `INTERVAL_S` while it ran (the high-water mark cannot be lowered without hiding an
-    earlier peak from tools like `/usr/bin/time`); None elsewhere."""
+    """Yield a one-item list holding, after the block, its peak memory: CUDA's allocator peak (reset first); on Linux
+    CPU the resident high-water mark if the block raised it, else the most resident memory sampled every `INTERVAL_S`
+    (lowering the mark would hide an earlier peak from tools like `/usr/bin/time`); None elsewhere."""
     peak: list[int | None] = [None]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

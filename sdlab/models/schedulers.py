@@ -24,10 +24,8 @@ KINDS = MODEL_KINDS
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """A diffusers class and the options that make the named solver on a DDPM model, and its `flow` twin if any.
-
-    `renames` maps sdlab's option names to the class's own (the multistep solvers call the flow shift `flow_shift`).
-    """
+    """A diffusers class and the options that make the named solver on a DDPM model, and its `flow` twin if any;
+    `renames` maps sdlab's option names to the class's own (the multistep solvers call the flow shift `flow_shift`)."""
 
     cls: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -195,9 +193,8 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
 
 
 def seed_noise(scheduler, generators: list) -> None:
-    """A solver that draws Brownian-tree noise (DPM++ SDE) draws each image's from that image's seed, so a seed gives
-    the same image again and inside a batch; diffusers seeds the tree from torch's global generator unless the
-    config names a seed (then that one stays)."""
+    """Brownian-tree noise (DPM++ SDE) from each image's own seed, so a seed gives the same image alone or in a batch
+    (diffusers seeds the tree from torch's global generator unless the config names a seed, which then stays)."""
     if hasattr(scheduler, "noise_sampler_seed") and scheduler.config.get("noise_sampler_seed") is None:
         scheduler.noise_sampler_seed = [generator.initial_seed() for generator in generators]
 
@@ -219,9 +216,8 @@ PASSED_STEP_CHECKS: set[str] = set()
 
 def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] | None, steps: int,
                 source: str, width: int | None = None, height: int | None = None) -> None:
-    """Raise a UserError when `steps` of scheduler `name` would visit a timestep the model was never trained on
-    (or, for flow matching, a sigma outside [0, 1]); a check that passed is not made again in this process (a
-    sweep's pre-flight asks it of every cell, and it builds a scheduler: 1.6 ms)."""
+    """Raise a UserError when `steps` of scheduler `name` visit a timestep the model was never trained on (flow: a
+    sigma outside [0, 1]); a passed check is not made again (pre-flight asks every cell, and it builds a scheduler)."""
     key = json.dumps([name, base_config, options, steps, source, width, height], sort_keys=True, default=repr)
     if key in PASSED_STEP_CHECKS:
         return
