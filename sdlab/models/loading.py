@@ -77,8 +77,7 @@ def built_in(spec: ModelSpec) -> Architecture | None:
 
 
 def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
-    """The family adapter that runs `spec`, found without loading weights: a built-in model's record, or the
-    folder's model_index.json."""
+    """The family adapter that runs `spec`, unloaded: a built-in model's record, or the folder's model_index.json."""
     if built_in(spec):
         return family(built_in(spec).family)
     folder = model_folder(spec)
@@ -104,6 +103,7 @@ class ModelCache:
         return self.models.get((spec.key, weights_identity(spec)))
 
     def load(self, spec: ModelSpec) -> ModelAdapter:
+        """The adapter for `spec`: the one loaded for its current weights, else built or read from its folder."""
         import torch
 
         use_process_options(spec)
@@ -115,7 +115,7 @@ class ModelCache:
         cls = adapter_class(spec)
         if built_in(spec):
             pipe = cls.build(spec.name, spec)
-            pipe = pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+            pipe = pipe if dtype == torch.float32 else pipe.to(dtype=dtype)  # a cast logs a line per module
         else:
             from diffusers.utils import logging as diffusers_logging
 
@@ -157,8 +157,7 @@ def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
 
 
 def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationParams) -> None:
-    """The model's device, files, the sizes its family makes and the steps its scheduler allows, checked without
-    loading any weights."""
+    """The model's device, files, family sizes and scheduler steps, checked without loading any weights."""
     resolve_device(spec.device)
     if not built_in(spec):
         check_pipeline_folder(model_folder(spec))
