@@ -81,8 +81,7 @@ def component_class(name: str) -> type:
 
 
 def build_part(part: Part):
-    """One component with freshly initialised weights, from a config as written here or as a saved config.json
-    (diffusers' `from_config`; a transformers model from its config class)."""
+    """One component with fresh weights from its config (diffusers' `from_config`, or a transformers config class)."""
     from transformers import PreTrainedModel
 
     cls = component_class(part.cls)

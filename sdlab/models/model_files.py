@@ -207,8 +207,7 @@ def tensor_budget(most: int) -> Iterator[None]:
 
 
 def expected_weights(component: str, config: dict[str, Any], config_path: Path, tensors_held: int) -> ExpectedWeights:
-    """The tensors the component's config describes, built on the meta device (no memory, no weights) and given up
-    once they are far more than the `tensors_held` of its safetensors."""
+    """The tensors the config describes, built on the meta device; given up once far more than its `tensors_held`."""
     import torch
 
     class_name = (config.get("_class_name") or (config.get("architectures") or [None])[0]  # diffusers', transformers'
@@ -269,8 +268,7 @@ def _signature(folder: Path) -> tuple:
 
 @lru_cache(maxsize=16)
 def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, Any], dict]]:
-    """Each weighted component's config and safetensors header shapes, once links, index, scheduler config and
-    tokenizers are checked (file reads only)."""
+    """Each weighted component's config and header shapes, once links, index, scheduler config and tokenizers pass."""
     check_links(folder)
     check_index(folder / "model_index.json")
     components = weight_components(folder)

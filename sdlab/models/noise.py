@@ -37,8 +37,7 @@ class NoiseProcess:
         return float(log_snr(*self.coefficients(level)))
 
     def visits(self, scheduler, num_inference_steps: int, **set_timesteps) -> pd.DataFrame:
-        """Timesteps a scheduler visits for N steps, with the sampler's sigma (`sigma_and_snr_db`) and SNR_dB
-        (`set_timesteps` takes Flux's mu)."""
+        """Timesteps a scheduler visits for N steps, with sigma and SNR_dB (`set_timesteps` takes Flux's mu)."""
         scheduler.set_timesteps(num_inference_steps, **set_timesteps)
         timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
         sigma, snr_db = self.sigma_and_snr_db(scheduler, timestep)
@@ -82,8 +81,7 @@ class VPEpsilon(NoiseProcess):
         return [{"alpha_bar": float(ab), "sigma": None} for ab in alpha_bar]
 
     def snr_curve(self, config: dict[str, Any]) -> pd.DataFrame:
-        """SNR (dB) per training timestep t = 0 .. T-1 of a scheduler config's betas, SD 1.5's where it names none
-        (schedule_table's columns)."""
+        """SNR (dB) per training timestep t = 0 .. T-1 of the config's betas, else SD 1.5's (schedule_table columns)."""
         c = {**SD15_SCHEDULER, **config}
         return schedule_table(betas(c["beta_schedule"], T=int(c["num_train_timesteps"]), beta_start=float(c["beta_start"]),
                                     beta_end=float(c["beta_end"])))
@@ -193,8 +191,7 @@ def process_of(config: dict[str, Any]) -> NoiseProcess:
 
 
 def scheduler_sigma(scheduler, first: bool = False) -> float | None:
-    """sigmas[step_index] of a scheduler mid-sampling (with `first`, begin_index before its first step); None for
-    schedulers that keep no sigmas."""
+    """sigmas[step_index] mid-sampling (`first`: begin_index before the first step); None if it keeps no sigmas."""
     index = getattr(scheduler, "step_index", None)
     if index is None and first:
         index = getattr(scheduler, "begin_index", None) or 0

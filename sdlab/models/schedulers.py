@@ -138,8 +138,7 @@ def _parameters(spec: SchedulerSpec) -> dict[str, inspect.Parameter]:
 
 
 def check_options(name: str, options: dict[str, Any] | None = None, kind: str | None = None) -> dict[str, Any]:
-    """The user's non-null options for scheduler `name` on a model of `kind` (of any kind it fits when None),
-    checked against its class, allowed values and types."""
+    """The user's non-null options for scheduler `name` on `kind` (any it fits if None), checked against its class."""
     user = {k: v for k, v in (options or {}).items() if v is not None}
     user.update(check_fields(user, SCHEDULER_OPTIONS, "scheduler."))
     scheduler_class(name)
@@ -162,8 +161,7 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
 
 
 def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
-    """Scheduler `name` for the model whose scheduler config is `base_config`: the solver of the model's kind, built
-    from that config, the variant's options and user overrides."""
+    """Scheduler `name` for the model of `base_config`: its kind's solver from that config, options and `overrides`."""
     kind = model_kind(base_config)
     check_kind(name, kind)
     user = check_options(name, overrides, kind)

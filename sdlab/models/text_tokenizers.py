@@ -38,8 +38,7 @@ def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[st
     left_out = cls.load_options(spec)
     encoders, notes = [], []
     for attribute, kind in cls.tokenizers.items():
-        encoder = attribute.replace("tokenizer", "text_encoder")
-        name = f"{encoder} ({KIND_NAMES[kind]})"
+        name = f"{attribute.replace('tokenizer', 'text_encoder')} ({KIND_NAMES[kind]})"
         if attribute in left_out:
             notes.append(f"{name} is left out (model.t5=false): the transformer gets zeros in its place")
             continue
@@ -56,8 +55,7 @@ def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[st
 
 
 def encoder_tokenizer(cls, spec: ModelSpec, attribute: str, kind: str, tokenizer) -> EncoderTokenizer:
-    """The tokenizer at pipeline attribute `attribute` with the limit its encoder applies: the tokenizer's own for
-    CLIP (77), the family's T5 rule (`ModelAdapter.t5_limit`) for T5."""
+    """The tokenizer at `attribute` with its encoder's limit: its own for CLIP (77), `ModelAdapter.t5_limit` for T5."""
     own = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None  # HF's "no limit" sentinel
     limit = (own or MAX_TOKENS) if kind == "clip" else cls.t5_limit(spec, own)
     return EncoderTokenizer(attribute.replace("tokenizer", "text_encoder"), kind, tokenizer, int(limit))

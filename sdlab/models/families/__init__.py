@@ -1,5 +1,5 @@
-"""Model families by name, one module each (sdlab/families/<family>.py exporting ADAPTER); a diffusers folder's
-family is read from its model_index.json."""
+"""Model families by name, one module each (<family>.py here, exporting ADAPTER); a diffusers folder's family is
+read from its model_index.json."""
 
 from __future__ import annotations
 

@@ -19,8 +19,7 @@ class StableDiffusionXL(ModelAdapter):
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def negative_kwargs(self, text: str):
-        """An empty negative prompt is zeros when the model asks for it (`force_zeros_for_empty_prompt`), as in
-        diffusers' SDXL pipeline."""
+        """An empty negative prompt is zeros if the model says `force_zeros_for_empty_prompt`, as in diffusers."""
         import torch
 
         if not text and self.pipe.config.get("force_zeros_for_empty_prompt", False):
