@@ -7,6 +7,7 @@ import argparse
 import difflib
 import functools
 import re
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
@@ -24,7 +25,7 @@ from sdlab.bench.ownership import (
 from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
 from sdlab.conf_files import conf_values, default_choices, group_options, known_keys, option_values
-from sdlab.config import LIMITS, limits
+from sdlab.config import limits
 from sdlab.errors import UserError
 from sdlab.untrusted import read_prompt_lines
 
@@ -80,11 +81,6 @@ def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
-def is_multirun(flags: list[str]) -> bool:
-    """True when the command line asks for a sweep (`-m` / `--multirun`)."""
-    return flag_parser().parse_args(flags).multirun
-
-
 def hydra_quote(text: str) -> str:
     """`text` as a single-quoted Hydra string that parses back to exactly `text`."""
     escaped = re.sub(r"\\+(?='|$)", lambda m: m.group(0) * 2, text)
@@ -92,8 +88,7 @@ def hydra_quote(text: str) -> str:
 
 
 def escape_interpolation(text: str) -> str:
-    """`text` with every `${` escaped as OmegaConf reads it (`\\${`, backslashes before it doubled): it resolves to
-    itself."""
+    """`text` with every `${` escaped as OmegaConf reads it (`\\${`, backslashes before it doubled)."""
     return INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", text)
 
 
@@ -164,22 +159,14 @@ def command_line_limits(overrides: list[str]) -> dict[str, int]:
     return limits({"limits": given})
 
 
-def read_prompt_file(path: str, limit: dict[str, int] = LIMITS) -> list[str]:
-    """Non-empty lines of a prompts file, stripped, read within `limit`; a missing, unreadable or empty file is a
-    UserError."""
-    prompts = read_prompt_lines(path, f"{PROMPT_FILE_KEY}={path}", limit)
-    if not prompts:
-        raise UserError(f"{PROMPT_FILE_KEY}={path} holds no prompts; write one prompt per line")
-    return prompts
-
-
-def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int] = LIMITS) -> str:
-    """`prompt_file=F` -> `prompt=` the file's prompts (a sweep of them under -m, the one prompt otherwise), each
-    literal text."""
+def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int]) -> str:
+    """`prompt_file=F` -> `prompt=` the file's prompts, literal (a sweep of them under -m, else the one prompt)."""
     key, _, path = arg.partition("=")
     if key != PROMPT_FILE_KEY:
         return arg
-    prompts = read_prompt_file(path, limit)
+    prompts = read_prompt_lines(path, f"{PROMPT_FILE_KEY}={path}", limit)
+    if not prompts:
+        raise UserError(f"{PROMPT_FILE_KEY}={path} holds no prompts; write one prompt per line")
     if len(prompts) > 1 and not multirun:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds {len(prompts)} prompts; add -m to run one job per prompt")
     return "prompt=" + ",".join(literal(p) for p in prompts)
@@ -196,9 +183,8 @@ def check_syntax(arg: str) -> None:
 
 
 def check_override(arg: str, typed: dict[str, list[str]]) -> None:
-    """Reject an unknown group choice or config key (one that a recipe of the run does not have), or `+KEY=` of a key
-    set already, naming what is allowed and the near miss; `typed` holds the options the command line picks
-    (`typed_choices`)."""
+    """Reject an unknown group choice or config key, or `+KEY=` of a key set already, naming the near miss; `typed`
+    holds the options the command line picks (`typed_choices`)."""
     key, sep, value = arg.partition("=")
     if key.startswith("~"):
         name = key.lstrip("~")
@@ -332,13 +318,8 @@ def experiment_is_swept(overrides: list[str]) -> bool:
 
 
 def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
-    """A sweep's `hydra.sweep.dir` when none is given or found (`resumed_sweep_dir`): the configured default,
-    `multirun_<now>` under `sweep_root`, unless a sweep started in the same second has it (then `_2`, `_3`...); over
-    recipes always, with job folders named `<N>_<recipe>` unless a subdir is given.
-
-    Over recipes the configured default names the recipe; when the recipe itself is swept, each job would name its own
-    folder and the sweep would have no single root; and folders 0..25 could not be found by recipe.
-    """
+    """`hydra.sweep.dir=` a free `multirun_<now>` when none is given or found and the default is taken, or over recipes
+    (job folders then `<N>_<recipe>`: the configured default names the recipe, so each job would pick its own root)."""
     if not multirun:
         return []
     given = {a.partition("=")[0] for a in overrides}
@@ -352,8 +333,7 @@ def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
 
 
 def fresh_sweep_dir(root: Path) -> tuple[Path, bool]:
-    """`root/multirun_<now>` as the configured default names it (to the second), or the first `_2`, `_3`... after it
-    that no folder holds; and whether the default was taken."""
+    """`root/multirun_<now>` (the configured default), else the first free `_2`, `_3`...; and whether it was taken."""
     name = f"multirun_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
     folder, n = root / name, 1
     while folder.exists() or folder.is_symlink():
@@ -371,9 +351,8 @@ def sweep_root(overrides: list[str]) -> Path:
 
 
 def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
-    """`hydra.sweep.dir=` the folder where this same sweep ran before (found by its manifest, not its timestamp), unless
-    a sweep dir is given; says so in one line. A rerun after an interrupt continues there, a finished one finds every
-    cell done."""
+    """`hydra.sweep.dir=` the folder where this same sweep ran before (found by its manifest), unless one is given;
+    says so in one line."""
     if not multirun or any(a.partition("=")[0] == "hydra.sweep.dir" for a in overrides):
         return []
     earlier = earlier_sweep(sweep_root(overrides), overrides)
@@ -385,13 +364,9 @@ def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     return [f"hydra.sweep.dir={folder}"]
 
 
-def model_of_params_file(overrides: list[str], limit: dict[str, int] = LIMITS) -> list[str]:
-    """`model=NAME` for a `params=FILE` that names the model it was made with, unless `model=` is given.
-
-    The model is a config group, so it has to be chosen before Hydra composes; every other key of the
-    file is merged after. `load_params` has checked that NAME is one model's name.
-    """
-
+def model_of_params_file(overrides: list[str], limit: dict[str, int]) -> list[str]:
+    """`model=NAME` for a `params=FILE` that names its model, unless `model=` is given (a group is chosen before
+    Hydra composes; the file's other keys are merged after)."""
     keys = {a.partition("=")[0].lstrip("+") for a in overrides}
     paths = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "params"]
     if "model" in keys or len(paths) != 1 or "," in paths[0]:
@@ -474,15 +449,10 @@ def typed_values(args: list[str]) -> dict[str, str]:
 
 
 def check_output_dir(args: list[str]) -> None:
-    """Refuse, before Hydra writes anything, an output dir that is empty, the root or home, a folder sdlab does not
-    own, or one that cannot be written; and a typed job name, sweep subdir or `.hydra` dir leading out of it.
-
-    Values with `${...}` are checked once composed (the pre-flight callback and the sweeper).
-    """
-    import tempfile
-
+    """Refuse, before Hydra writes anything, an output dir sdlab may not write into, or a job name, sweep subdir or
+    `.hydra` dir leading out of it (values with `${...}` are checked once composed)."""
     typed = typed_values(args)
-    dir_key = "hydra.sweep.dir" if is_multirun(split_flags(args)[0]) else "hydra.run.dir"
+    dir_key = "hydra.sweep.dir" if flag_parser().parse_args(split_flags(args)[0]).multirun else "hydra.run.dir"
     literal = {k: v for k, v in typed.items() if "${" not in v}
     if "hydra.job.name" in literal:
         check_job_name(literal["hydra.job.name"])
@@ -513,8 +483,7 @@ def display_overrides(task: list[str]) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=4096)
 def shown_override(item: str) -> tuple[str, str | None]:
-    """One override as (key, value as the user wrote it); parsed once per process (a sweep's cells repeat the same
-    few items, and Hydra's parser takes milliseconds an item)."""
+    """One override as (key, value as the user wrote it); cached: a sweep's cells repeat the same few items."""
     try:
         override = override_parser().parse_override(item)
     except Exception:  # noqa: BLE001 - Hydra already accepted it; show it raw rather than fail the job
