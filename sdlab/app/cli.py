@@ -42,8 +42,7 @@ log = logging.getLogger("sdlab")
 
 
 def quiet_libraries() -> None:
-    """Silence library chatter that would bury sdlab's one line per image, without importing the libraries
-    (a job that needs no model never pays for them): they read these settings when first imported."""
+    """Silence library chatter that would bury sdlab's one line per image; set before they are imported (if ever)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights"/"pipeline components" bars
@@ -59,21 +58,15 @@ def error_frame(ctx, error: BaseException):
 
 HYDRA_FILES = tuple(f".hydra/{name}" for name in ownership.HYDRA_FILES)
 
-def remove_own_start_files(folder: Path, job_name: str) -> None:
-    """Remove the files Hydra wrote when this run started (its config and log) if this run made their folder,
-    then every folder this run made that is left empty."""
-    if folder.absolute() not in Preflight.new_dirs:
-        return
-    for name in (*HYDRA_FILES, f"{job_name}.log", ownership.MARK):
-        ownership.confined(folder.resolve(), name, "hydra.job.name").unlink(missing_ok=True)
-    for made in (folder / ".hydra", *Preflight.new_dirs):
-        if made.is_dir() and not any(made.iterdir()):
-            made.rmdir()
-
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
     """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
     lock.release(out_dir)
-    remove_own_start_files(out_dir, job_name)
+    if out_dir.absolute() in Preflight.new_dirs:  # its config, log and mark, then every folder made that is left empty
+        for name in (*HYDRA_FILES, f"{job_name}.log", ownership.MARK):
+            ownership.confined(out_dir.resolve(), name, "hydra.job.name").unlink(missing_ok=True)
+        for made in (out_dir / ".hydra", *Preflight.new_dirs):
+            if made.is_dir() and not any(made.iterdir()):
+                made.rmdir()
     fail(str(error))
 
 
@@ -88,14 +81,8 @@ def run(cfg) -> None:
     if multirun:
         sweep_dir = out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1]
         extra = {"sweep_dir": str(sweep_dir), **resume.sweep_position(sweep_dir, int(hc.job.num))}
-    ctx = JobContext(
-        run=None,
-        out_dir=out_dir,
-        experiment=hc.runtime.choices.get("experiment") or "generate",
-        overrides=json.dumps(overrides),
-        run_id=uuid.uuid4().hex[:12],
-        extra=extra,
-    )
+    ctx = JobContext(run=None, out_dir=out_dir, experiment=hc.runtime.choices.get("experiment") or "generate",
+                     overrides=json.dumps(overrides), run_id=uuid.uuid4().hex[:12], extra=extra)
     # A job dir is locked while its job runs (the sweeper checked that it is sdlab's), unless this process holds the
     # sweep's lock: no other sdlab gets into a folder under it.
     job_lock = multirun and not lock.holds(extra["sweep_dir"])
@@ -118,8 +105,8 @@ run.takes_composed_config = True  # it reads all but the Hydra node, changing no
 
 
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
-    """Run one job into `out_dir` and write its table (a sweep's job finished before is left as it is); a single run
-    exits on failure."""
+    """Run one job into `out_dir`, write its table (a sweep's finished job is left as it is); a single run exits on
+    failure."""
     out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock
     try:
         ctx.run = run = parse_job(cfg, overridden)  # checked before the run or sweep began
@@ -159,8 +146,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
         sys.exit(1)
 
 def register_resolvers() -> None:
-    """`${project:PATH}` in recipes: PATH inside the sdlab checkout, wherever sdlab runs from; `${job_folder:N}`: a
-    sweep job's folder name."""
+    """`${project:PATH}` in recipes: PATH inside the sdlab checkout; `${job_folder:N}`: a sweep job's folder name."""
     if not OmegaConf.has_resolver("project"):
         OmegaConf.register_new_resolver("project", lambda path="": str(CONF_DIR.parent / path))
     if not OmegaConf.has_resolver("job_folder"):
@@ -171,8 +157,8 @@ register_resolvers()  # at import too: a launcher's worker process unpickles `ru
 
 @contextmanager
 def hydra_errors_as_user_errors():
-    """While Hydra runs, its composition and override errors become UserErrors instead of printed reports, with the
-    OmegaConf error that caused them (HYDRA_FULL_ERROR=1 is Hydra's documented switch to raise them)."""
+    """Hydra's composition and override errors as UserErrors with their OmegaConf cause, not printed reports
+    (HYDRA_FULL_ERROR=1 is Hydra's documented switch to raise them)."""
     before = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -201,7 +187,7 @@ def report_command(args: list[str]) -> None:
     sys.exit(0)
 
 def entry() -> None:
-    """Console script `sdlab`: `sdlab report DIR`; answer --help/--version, check and prepare the command line, then run Hydra."""
+    """`sdlab report DIR`, --help or --version; else the command line checked and prepared, then run by Hydra."""
     if sys.argv[1:2] == ["report"]:
         report_command(sys.argv[2:])
     argv = sys.argv[1:]
@@ -238,9 +224,8 @@ def entry() -> None:
 
 
 def main() -> None:
-    """Console script `sdlab`: `entry`, with the cycle collector run rarely (what a command makes mostly lives until
-    it ends: modules, configs, the model; collecting as often as Python does cost a sweep about a tenth of its time)
-    and leaving what it made out of the collection at exit (that collection idled about 4 s after the last line)."""
+    """Console script `sdlab`: `entry`, with the cycle collector run rarely (what a command makes mostly lives until it
+    ends: collecting as often as Python does cost a sweep a tenth of its time) and not at exit (it idled about 4 s)."""
     gc.set_threshold(100_000, 50, 100)
     try:
         entry()
