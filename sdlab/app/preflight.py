@@ -26,32 +26,23 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
     model = cfg.get("model") or {}
     name, native = model.get("name"), model.get("resolution")
     warnings = []
-    grammar = model.get("prompt_grammar")
-    if grammar:
+    if grammar := model.get("prompt_grammar"):
         known = world(grammar, "model.prompt_grammar")
         for key in ("prompt", "negative_prompt"):
-            unknown = known.unknown_words(str(cfg.get(key) or ""))
-            if unknown:
+            if unknown := known.unknown_words(str(cfg.get(key) or "")):
                 warnings.append(f"{key}={cfg[key]!r} is outside model={name}'s {grammar} grammar (it does not know: "
                                 f"{', '.join(dict.fromkeys(unknown))}); it knows prompts like {known.example!r}")
     if native and (width, height) != (native, native):
         warnings.append(f"width={width} height={height} differ from model={name}'s native {native}x{native} px; "
                         "expect tiled or broken images")
-    made_for = cfg.get("made_for")
-    if made_for and name not in (made_for.get("models") or []):
+    if (made_for := cfg.get("made_for")) and name not in (made_for.get("models") or []):
         warnings.append(f"this recipe is made for {made_for['what']}; on model={name} {made_for['here']}")
     return warnings
 
 
-def check_clip(clip: dict | None) -> None:
-    """The CLIP model the config names (none with clip=none) is a folder of its config and safetensors weights."""
-    if clip and clip.get("name") not in (None, "none"):
-        check_clip_folder(clip_folder(clip), clip["name"])
-
-
 def schedulers_used(run: Run, recipe: Any) -> list[str]:
-    """Every scheduler name the job will build: its own and those its checked recipe lists (a study's or grid's
-    `schedulers` and `reference_scheduler`, schedule_snr's `visit_schedulers`)."""
+    """Every scheduler name the job will build: its own and those its checked recipe lists (`schedulers`,
+    `reference_scheduler`, `visit_schedulers`)."""
     names = [run.scheduler.name, *(getattr(recipe, "schedulers", None) or ()),
              getattr(recipe, "reference_scheduler", None)]
     names += [item.get("name") if isinstance(item, dict) else item
@@ -59,23 +50,8 @@ def schedulers_used(run: Run, recipe: Any) -> list[str]:
     return [n for n in dict.fromkeys(names) if n]
 
 
-def check_schedulers_fit(run: Run, recipe: Any) -> None:
-    """Every scheduler a study or grid lists can run on the model (its kind, its shifting) with the run's scheduler
-    options, which apply to each of them, as one line naming it."""
-    if not getattr(recipe, "schedulers", None):
-        return
-    spec, options = run.model, run.scheduler.options
-    base, _ = shipped_scheduler_config(spec)
-    for name in schedulers_used(run, recipe):  # the configured one too: check_model has already passed it
-        try:
-            make_scheduler(name, base, options)
-        except UserError as e:
-            raise UserError(f"on model={spec.name}: {e}") from None
-
-
 def check_job(run: Run) -> list[str]:
-    """Check a parsed job before any work: its name, scorers, weights, schedulers, recipe and files; returns warning
-    lines, raises UserError on bad input."""
+    """Check a parsed job before any work (its name, scorers, weights, schedulers, recipe and files); its warnings."""
     cfg, spec, params = run.recipe, run.model, run.params
     choose("job", run.job, JOB_MODULES)
     scorer_names(cfg)
@@ -86,7 +62,9 @@ def check_job(run: Run) -> list[str]:
 
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
         check_weights_folder(model_folder(spec))
-    check_clip(cfg.get("clip"))  # as are the CLIP model, input images and reference sets
+    clip = cfg.get("clip")  # as are the CLIP model (none with clip=none), input images and reference sets
+    if clip and clip.get("name") not in (None, "none"):
+        check_clip_folder(clip_folder(clip), clip["name"])
     input_image_files(cfg.get("images"))
     check_set_scorers(cfg, params.width, params.height)
     recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
@@ -94,7 +72,13 @@ def check_job(run: Run) -> list[str]:
     for name in schedulers_used(run, recipe):
         scheduler_class(name)
     check_model(spec, run.scheduler, params)
-    check_schedulers_fit(run, recipe)
+    if getattr(recipe, "schedulers", None):  # a study's or grid's schedulers fit the model with the run's options
+        base, _ = shipped_scheduler_config(spec)
+        for name in schedulers_used(run, recipe):  # the configured one too: check_model has already passed it
+            try:
+                make_scheduler(name, base, run.scheduler.options)
+            except UserError as e:
+                raise UserError(f"on model={spec.name}: {e}") from None
     return model_warnings(cfg, params.width, params.height)
 
 
