@@ -30,10 +30,8 @@ WORDS = {"int": "an integer", "number": "a number", "str": "a string", "ints": "
 
 @dataclass(frozen=True)
 class Field:
-    """What one value may be: an int, a number, a string, a bool, a non-empty list of them (or of int lists), each
-    within [low, high] (and, if `distinct`, none twice), a list of `entries` (names or mappings, [] too), or one of
-    `choices`; null only where `optional`. A `plain` field (a top-level parameter) names a wrong type on its own
-    ("is not an integer") and then its range; `rule` words a range the bounds cannot."""
+    """What one value may be (`kind`, within [low, high], null only where `optional`); a `plain` field names a wrong
+    type on its own ("is not an integer") before its range, `rule` words a range the bounds cannot."""
 
     kind: str = "int"
     low: float | None = None
@@ -58,8 +56,7 @@ class Field:
         return f"{WORDS[self.kind]} {bounds}" if self.kind in ("int", "number") else f"{WORDS[self.kind]}, each {bounds}"
 
     def check(self, name: str, value: Any) -> Any:
-        """The value (an integral float as int, a plain number as float, a lone item of a list kind as a list);
-        a UserError naming `name`, `value` and what is allowed unless it fits."""
+        """The value, normalised (integral float -> int, lone item -> list), or a UserError naming what is allowed."""
         if value is None and self.optional:
             return None
         if self.plain:
@@ -188,8 +185,7 @@ SIDE_MULTIPLES = {"sd3": 16, "flux": 16}
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
 
 
-# The `limits:` block: checks that fail in under a second instead of filling memory (raise them on big machines). Its
-# keys and defaults are conf/config.yaml's; each is a positive integer.
+# The `limits:` block (conf/config.yaml): checks that fail in under a second instead of filling memory
 LIMITS: dict[str, int] = dict(BASE["limits"])
 
 
@@ -328,8 +324,7 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
 
 
 def check_sides(spec: ModelSpec, family: str, width: Any = None, height: Any = None) -> None:
-    """`model.resolution`, `width` and `height` (those given), each named by its key, are positive multiples of the
-    side `family` makes."""
+    """`model.resolution`, `width` and `height` (those given) are positive multiples of the side `family` makes."""
     multiple = SIDE_MULTIPLES.get(family, SIDE_MULTIPLE)
     rule = Field("int", 1, plain=True, multiple=multiple,
                  rule=f"a positive multiple of {multiple} on model={spec.name} (family {family})")
@@ -369,8 +364,7 @@ class Run:
 
     @property
     def job_hash(self) -> str:
-        """The recipe's hash, `resume`, `plan` and `limits` aside, with the weights its rows are made from: a rerun of
-        the same cell finds its finished rows by it."""
+        """The recipe's hash (`resume`, `plan` and `limits` aside) with its weights: a rerun finds its rows by it."""
         recipe = {k: v for k, v in self.recipe.items() if k not in ("resume", "plan", "limits")}
         return config_hash(recipe if self.weights is None else {**recipe, "weights": self.weights})
 
@@ -380,8 +374,7 @@ MADE_FOR = {"what": Field("str", plain=True), "models": Field("strs"), "here": F
 
 
 def checked_run(cfg: dict[str, Any]) -> Run:
-    """The Run of an effective config, or a UserError naming its first bad value; reads no files, loads no model
-    (the job name, and whether its scheduler takes its options, are checked by pre-flight)."""
+    """The Run of an effective config, or a UserError naming its first bad value; reads no files, loads no model."""
     limit = limits(cfg)
     threads = check_threads("threads", cfg.get("threads"), limit)
     resume = Field("bool", plain=True).check("resume", cfg.get("resume", True))
