@@ -1,9 +1,6 @@
-"""Files a user hands sdlab, read as data within limits: regular files only, bounded bytes and lines, bounded JSON,
-bounded PNG text chunks, images read to their end without decoding a PNG's or JPEG's pixels. Every refusal is one
-UserError line naming the file and what is allowed.
-
-`limit` is the `limits:` block (sdlab.config.limits); `label` names the file as the user gave it (`params=x.json`).
-"""
+"""Files a user hands sdlab, read as data within `limit` (the `limits:` block): regular files only, bounded bytes,
+lines, JSON and PNG text, images read to their end undecoded. Every refusal is one UserError line naming the file by
+its `label` (as the user gave it: `params=x.json`)."""
 
 from __future__ import annotations
 
@@ -73,8 +70,7 @@ def read_bytes(path: str | Path, label: str, what: str, key: str, limit: dict[st
 
 
 def read_prompt_lines(path: str | Path, label: str, limit: dict[str, int]) -> list[str]:
-    """The non-empty lines of a prompt file, stripped: UTF-8 (a byte order mark dropped), at most
-    `max_prompt_file_bytes` and `max_prompt_lines`."""
+    """The non-empty lines of a UTF-8 prompt file, stripped, within `max_prompt_file_bytes` and `max_prompt_lines`."""
     raw = read_bytes(path, label, "a UTF-8 text file, one prompt per line", "max_prompt_file_bytes", limit)
     try:
         text = raw.decode("utf-8-sig")  # the byte order mark a Windows editor may put first is no part of a prompt
@@ -169,10 +165,8 @@ def jpeg_reaches_its_end(data: bytes | mmap.mmap) -> bool:
 
 
 def check_whole(image: Image.Image, f: IO[bytes]) -> None:
-    """Refuse (inside `image_faults`) an image file opened from `f` whose data is cut short: a PNG's chunks are read to
-    IEND with their CRCs (`Image.verify`), a JPEG's markers are walked to its end-of-image marker
-    (`jpeg_reaches_its_end`), and only other formats have their pixels decoded. Call it on a freshly opened image; it
-    cannot be loaded after."""
+    """Refuse (inside `image_faults`) a freshly opened image cut short: a PNG verified to IEND, a JPEG's markers walked
+    to its end, other formats decoded (it cannot be loaded after)."""
     if image.format == "PNG":
         try:
             image.verify()
