@@ -277,8 +277,7 @@ def kin(configs: dict[str, dict]) -> list[dict]:
 
 
 def typed_choices(group: str, overrides: list[str]) -> list[str]:
-    """The options of `group` a command line picks: the last `group=`'s choices (a list, choice() or glob()), [] when
-    it picks none; an unknown one is refused first."""
+    """The options of `group` the last `group=` picks (a list, choice() or glob()), [] if none; unknown ones refused."""
     chosen = [arg for arg in overrides if arg.partition("=")[0].lstrip("+") == group]
     if not chosen:
         return []
@@ -351,8 +350,7 @@ def sweep_root(overrides: list[str]) -> Path:
 
 
 def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
-    """`hydra.sweep.dir=` the folder where this same sweep ran before (found by its manifest), unless one is given;
-    says so in one line."""
+    """`hydra.sweep.dir=` where this same sweep ran before (by its manifest), unless one is given; said in a line."""
     if not multirun or any(a.partition("=")[0] == "hydra.sweep.dir" for a in overrides):
         return []
     earlier = earlier_sweep(sweep_root(overrides), overrides)
