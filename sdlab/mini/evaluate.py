@@ -85,13 +85,8 @@ def generation_quality(root: Path, out: Path, count: int = 200, split: data.Spli
         rows += [{"guidance_scale": scale, "split": split, "seed": s, "prompt": p, **c}
                  for s, p, c in zip(seeds, prompts, checks)]
         grid = images[:32].reshape(4, 8, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(256, 512, 3)
-        save_image(grid, out / f"samples_g{scale:g}_{split}.png")
+        atomic_save(Image.fromarray(grid), out / f"samples_g{scale:g}_{split}.png", format="PNG")
     return metrics, pd.DataFrame(rows)
-
-
-def save_image(pixels: np.ndarray, target: Path) -> None:
-    """An (H, W, 3) uint8 array as a PNG, written atomically."""
-    atomic_save(Image.fromarray(pixels), target, format="PNG")
 
 
 def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
@@ -118,7 +113,7 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64, guidance_scale:
     masks = [[shape_mask(image) for image in images] for images in (base, same, other)]
     g = f"g{guidance_scale:g}"
     grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in (base, same, other)], axis=0)
-    save_image(grid, out / f"same_seed_{g}.png")  # rows: original, same seed, another seed
+    atomic_save(Image.fromarray(grid), out / f"same_seed_{g}.png", format="PNG")  # rows: original, same, another seed
     read = [[check(image) for image in images] for images in (base, same, other)]
     kept = {f"{g}_{seen}_seed_{name}_kept": float(np.mean([agrees(a, b, name) for a, b in zip(read[0], read[k])]))
             for k, seen in ((1, "same"), (2, "other")) for name in LAYOUT}
