@@ -24,9 +24,9 @@ def token_ids(tokenizer, captions: list[str], padding: str = "longest") -> torch
                      return_tensors="pt").input_ids
 
 
-def combination_index(attributes: list[data.Attributes], split: data.Split = "train") -> np.ndarray:
-    """Index of each item's attribute combination in data.combinations(split)."""
-    lookup = {attrs: i for i, attrs in enumerate(data.combinations(split))}
+def combination_index(attributes: list[data.Attributes]) -> np.ndarray:
+    """Index of each item's attribute combination among the training combinations."""
+    lookup = {attrs: i for i, attrs in enumerate(data.combinations("train"))}
     return np.asarray([lookup[a] for a in attributes])
 
 

@@ -76,19 +76,14 @@ def encode_sd3_text(text_encoder, captions: list[str], batch_size: int = 256) ->
     return {"states": torch.cat(states), "pooled": torch.cat(pooled)}
 
 
-def latent_normalisation(z: torch.Tensor) -> tuple[float, float]:
-    """SD3's VAE (shift_factor, scaling_factor) for latents `z`: their mean, and 1 / std once centred."""
-    shift = float(z.mean())
-    return shift, float(1.0 / (z - shift).std())
-
-
 def conditioning(frozen: Path, images: np.ndarray, folder: Path, partial: bool):
     """SD3-normalised training latents, the SD3 text encoder, its outputs for the train, empty and partial captions."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(frozen / "vae")).eval()
     z = training_latents(vae, images, folder) / vae.config.scaling_factor
-    shift, scale = latent_normalisation(z)
+    shift = float(z.mean())  # SD3's VAE shift_factor and scaling_factor: the mean, and 1 / std once centred
+    scale = float(1.0 / (z - shift).std())
     text_encoder = sd3_text_encoder(frozen / "clip")
     key = f"{fingerprint(text_encoder)}:{TEXT_TOKENS}"
     texts = {name: cached(folder / f"sd3_{name}.safetensors", lambda c=captions: encode_sd3_text(text_encoder, c),
