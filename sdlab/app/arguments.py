@@ -449,9 +449,8 @@ def typed_values(args: list[str]) -> dict[str, str]:
 def check_output_dir(args: list[str]) -> None:
     """Refuse, before Hydra writes anything, an output dir sdlab may not write into, or a job name, sweep subdir or
     `.hydra` dir leading out of it (values with `${...}` are checked once composed)."""
-    typed = typed_values(args)
     dir_key = "hydra.sweep.dir" if flag_parser().parse_args(split_flags(args)[0]).multirun else "hydra.run.dir"
-    literal = {k: v for k, v in typed.items() if "${" not in v}
+    literal = {k: v for k, v in typed_values(args).items() if "${" not in v}
     if "hydra.job.name" in literal:
         check_job_name(literal["hydra.job.name"])
     if dir_key in literal:
@@ -463,15 +462,15 @@ def check_output_dir(args: list[str]) -> None:
             check_owned(folder, dir_key, shown=literal[dir_key])
             if "hydra.sweep.subdir" in literal:
                 confined(folder, literal["hydra.sweep.subdir"], "hydra.sweep.subdir")
-    for target in [literal[dir_key]] if dir_key in literal else ["outputs"]:
-        existing = Path(target).expanduser().absolute()
-        while not existing.exists():
-            existing = existing.parent
-        try:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError:
-            raise UserError(f"output dir {target} cannot be written ({existing} is not a writable folder)") from None
+    target = literal.get(dir_key, "outputs")
+    existing = Path(target).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError:
+        raise UserError(f"output dir {target} cannot be written ({existing} is not a writable folder)") from None
 
 
 def display_overrides(task: list[str]) -> dict[str, str]:
