@@ -8,15 +8,13 @@ from sdlab.models.architectures import SD15_SCHEDULER
 
 RESOLUTION = 64
 TEXT_HIDDEN = 32
-BOS_TOKEN_ID = 49406
-EOS_TOKEN_ID = 49407
 
 VAE = dict(sample_size=RESOLUTION, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 32, 64, 64), layers_per_block=1,
            latent_channels=4, norm_num_groups=8, mid_block_add_attention=False, scaling_factor=1.0)
 TEXT = dict(vocab_size=49408, hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN, projection_dim=64,
             num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
-            bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID)
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)  # CLIP's start and end tokens
 VISION = dict(image_size=RESOLUTION, patch_size=8, num_channels=3, hidden_size=64, intermediate_size=256,
               projection_dim=64, num_hidden_layers=3, num_attention_heads=4, hidden_act="quick_gelu")
 UNET = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4,
