@@ -86,13 +86,10 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Pa
     import pyarrow.parquet as pq  # what `frame.to_parquet` calls, less its own checks (about 1.5 ms a table)
 
     folder = Path(folder)
-    # a short table (a job's) is all fixed cost: without dictionaries, compression and statistics it takes a quarter
-    # of the time; the same for its CSV made in memory, as pandas' file handling costs more than the text
-    short = {"use_dictionary": False, "compression": None, "write_statistics": False} if len(frame) < 100 else {}
     with (atomic_path(folder / f"{name}.csv", sync=False) as csv_tmp,
           atomic_path(folder / f"{name}.parquet") as parquet_tmp):
-        pq.write_table(pa.Table.from_pandas(parquet_safe(frame), preserve_index=False), parquet_tmp, **short)
-        csv_tmp.write_bytes(frame.to_csv(index=False).encode())
+        pq.write_table(pa.Table.from_pandas(parquet_safe(frame), preserve_index=False), parquet_tmp)
+        frame.to_csv(csv_tmp, index=False)
     return folder / f"{name}.parquet"
 
 
