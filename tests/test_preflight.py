@@ -35,10 +35,21 @@ def test_sweep_plan_counts_jobs_and_images():
     from sdlab.config import LIMITS, GenerationParams, ModelSpec, Run, SchedulerChoice
 
     def run(job, seeds=(0,)):
-        return Run(job, ModelSpec("mini"), SchedulerChoice("euler"), GenerationParams(seeds=seeds), LIMITS, {})
+        return Run(job, ModelSpec("mini"), SchedulerChoice("euler"), GenerationParams(seeds=seeds), LIMITS,
+                   {"job": job, "seeds": list(seeds)})
 
     assert sweep_plan([run("generate", (1, 2, 3)), run("generate")]) == "2 jobs, 4 images"
     assert sweep_plan([run("generate"), run("anatomy")]) == "2 jobs"
+
+
+def test_sweep_plan_counts_a_cell_typed_twice_once():
+    from sdlab.config import LIMITS, GenerationParams, ModelSpec, Run, SchedulerChoice
+
+    def run(seed):
+        return Run("generate", ModelSpec("mini"), SchedulerChoice("euler"), GenerationParams(seeds=(seed,)), LIMITS,
+                   {"seed": seed})
+
+    assert sweep_plan([run(1), run(1), run(2)]) == "3 jobs (1 repeats another's values: made once), 2 images"
 
 
 def test_nearest_claim_reads_the_first_row():

@@ -83,9 +83,12 @@ def check_job(run: Run) -> list[str]:
 
 
 def sweep_plan(runs: list[Run]) -> str:
-    """'N jobs, M images' (or 'N jobs' when some jobs are analyses) for a sweep's parsed jobs."""
-    jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}"
+    """'N jobs, M images' (or 'N jobs' when some jobs are analyses) for a sweep's parsed jobs; a job with another's
+    values (`seed=1,1`) is named and its images counted once, as they are made once."""
+    distinct = {run.job_hash: run for run in runs}
+    repeats = f" ({len(runs) - len(distinct)} repeats another's values: made once)" if len(distinct) < len(runs) else ""
+    jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}{repeats}"
     if runs and all(run.job == "generate" for run in runs):
-        images = sum(len(run.params.seeds) for run in runs)
+        images = sum(len(run.params.seeds) for run in distinct.values())
         return f"{jobs}, {images} image{'s' * (images != 1)}"
     return jobs
