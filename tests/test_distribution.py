@@ -152,6 +152,17 @@ def test_a_reference_that_cannot_be_is_one_line_and_nothing_is_written(run_sdlab
     assert list((tmp_path / "work").iterdir()) == [] and not cache.exists()
 
 
+def test_a_reference_without_a_set_scorer_is_refused_not_ignored(run_sdlab, cache, tmp_path, capsys):
+    real = write_images(tmp_path / "real", 4, 64)
+    for scorers in ((), ("scorers=[clip]",)):
+        assert run_sdlab(*scorers, f"reference={real}", *MINI) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"sdlab: error: reference={real} is read by the set scorers only (cmmd, fd, kid, "
+                       f"precision_recall), and scorers={'[clip]' if scorers else '[clip,shapes_adherence]'} has "
+                       "none: add one (scorers=[clip,fd]) or drop reference="], err
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 def test_each_pair_of_swept_values_is_a_slice_and_extractors_never_mix(cache, tmp_path):
     """summary_table on rows made by hand: a slice per value and per pair of values, one per extractor."""
     from sdlab.bench.summary import summary_table

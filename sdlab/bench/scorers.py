@@ -91,8 +91,14 @@ def set_scorers(cfg: dict) -> dict[str, ScorerKind]:
 
 
 def check_set_scorers(cfg: dict, width: int, height: int) -> None:
-    """The set scorers asked for have features (a CLIP model) and a reference set that fits: one error line if not."""
+    """The set scorers asked for have features (a CLIP model) and a reference set that fits, and a reference set has a
+    set scorer to read it: one error line if not."""
     needed = {name: kind.min_n for name, kind in set_scorers(cfg).items()}
+    if not needed and cfg.get("reference") is not None:
+        sets = ", ".join(sorted(name for name, kind in registered().items() if kind.statistic is not None))
+        raise UserError(f"reference={cfg['reference']} is read by the set scorers only ({sets}), and "
+                        f"scorers=[{','.join(scorer_names(cfg))}] has none: add one (scorers=[clip,fd]) or drop "
+                        "reference=")
     if needed and (cfg.get("clip") or {}).get("name") in (None, "none"):
         raise UserError(f"scorers {', '.join(needed)} compare CLIP image features, and clip=none has none; "
                         "pick clip=mini (or clip=openai_l14 from the local cache)")
