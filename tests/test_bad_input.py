@@ -115,6 +115,11 @@ def bad_inputs(tmp):
         (["model.device=gpu"], "model.device='gpu' is not a device"),
         (["model.name=7"], "model.name=7"),
         (["model.path=[1,2]"], "model.path=[1, 2] must be a string or null"),
+        (["model=mini", "model.repo_id=nope/nope"], "model.repo_id=nope/nope is not read: model=mini loads its own "
+                                                    "weights from models/mini; pass model.path=DIR for a folder"),
+        (["model.repo_id=nope/nope"], "model.repo_id=nope/nope is not read: model=tiny is built in code"),
+        (["model=sd15", "model.path=models/mini", "model.repo_id=nope/nope"],
+         "model.repo_id=nope/nope is not read: model.path=models/mini is loaded instead; drop one of them"),
         (["scheduler.use_karras_sigmas=maybe"], "scheduler.use_karras_sigmas='maybe' must be true or false"),
         (["scheduler.steps_offset=abc"], "scheduler.steps_offset='abc' is not an integer"),
         (["scheduler.rescale_betas_zero_snr=1"], "scheduler.rescale_betas_zero_snr=1 must be true or false"),
@@ -154,7 +159,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 92
+N_CASES = 95
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -27,7 +27,8 @@ from sdlab.config import (
 )
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import model_kind
-from sdlab.models.loading import adapter_class, shipped_scheduler_config, weights_identity
+from sdlab.models.architectures import BUILT_IN
+from sdlab.models.loading import SHIPPED, adapter_class, shipped_scheduler_config, weights_identity
 from sdlab.untrusted import check_text, read_params
 
 
@@ -36,7 +37,19 @@ def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
     and typed."""
     config = in_model_world(config, overridden)
     config = with_params_file(config, overridden)
+    check_weights_source(config.get("model") or {}, overridden)
     return typed_run(config)
+
+
+def check_weights_source(model: dict[str, Any], overridden: set[str]) -> None:
+    """A `model.repo_id` that would not be read, as a `model.path`, a shipped model's own folder or a model built in
+    code comes first (`model_folder`): one error line, not a run of other weights."""
+    repo, path, name = model.get("repo_id"), model.get("path"), model.get("name")
+    if repo and not path and (name in SHIPPED or name in BUILT_IN):
+        made = f"loads its own weights from models/{name}" if name in SHIPPED else "is built in code"
+        raise UserError(f"model.repo_id={repo} is not read: model={name} {made}; pass model.path=DIR for a folder")
+    if repo and path and "model.repo_id" in overridden:
+        raise UserError(f"model.repo_id={repo} is not read: model.path={path} is loaded instead; drop one of them")
 
 
 def typed_run(config: dict[str, Any]) -> Run:
