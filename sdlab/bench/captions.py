@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from functools import lru_cache
 from pathlib import Path
 
 from sdlab.io import atomic_write_text
 
 CAPTIONS = "captions.json"
+ESCAPE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")  # how `drawable` writes a character
 
 
 def counted(n: int, noun: str, plural: str = "") -> str:
@@ -20,6 +24,34 @@ def printable(value) -> str:
     so a prompt in a log line never starts a line of its own."""
     text = str(value)
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@lru_cache(maxsize=8)
+def glyphs(font_path: str) -> frozenset[int]:
+    """The code points the font file at `font_path` has a glyph for (its character map, read once per file)."""
+    from fontTools.ttLib import TTFont  # matplotlib's own dependency, without matplotlib: a grid alone draws no figure
+
+    font = TTFont(font_path, lazy=True, fontNumber=0)  # the first face of a collection, as matplotlib draws
+    try:
+        return frozenset(font.getBestCmap() or ())
+    finally:
+        font.close()
+
+
+def drawable(value, font_path) -> str:
+    """`value` as text the font at `font_path` draws: each character it has no glyph for written as its code point
+    escape (`\\u4e00`, as `printable` writes them), so no label is a row of empty boxes and two prompts stay apart."""
+    text = str(value)
+    if not isinstance(font_path, (str, os.PathLike)):  # a font from memory (PIL's own): drawn as it is
+        return text
+    have = glyphs(os.fspath(font_path))
+    return "".join(c if c == "\n" or ord(c) in have else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def uncut(text: str, i: int) -> int:
+    """`i`, or the start of the escape `drawable` wrote (`\\u4e00`) that cutting `text` at `i` would split."""
+    inside = [m.start() for m in ESCAPE.finditer(text, max(0, i - 9), i + 9) if m.start() < i < m.end()]
+    return inside[0] if inside else i
 
 
 def settings_text(values: dict) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sdlab.bench.captions import record_caption
+from sdlab.bench.captions import drawable, record_caption, uncut
 from sdlab.io import atomic_path, atomic_save
 
 STYLE = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9, "axes.spines.top": False,
@@ -42,15 +42,41 @@ def save_figure(fig, target: Path, crop: bool = True) -> Path:
     twice: savefig lays it out again), else it is saved as laid out, drawn once (0.1 s of a sweep's summary plot)."""
     import matplotlib.pyplot as plt
 
+    caption = " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t)  # as typed
+    in_its_font(fig)
     if crop:
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format="png", bbox_inches="tight")
     else:
         fig.canvas.draw()
         atomic_save(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())), target, format="PNG", dpi=(fig.dpi,) * 2)
-    record_caption(target, " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t))
+    record_caption(target, caption)
     plt.close(fig)
     return Path(target)
+
+
+def in_its_font(fig) -> None:
+    """Every text of `fig` (titles, axis labels, legends, notes, and the tick labels its axes were given) made
+    `drawable` in the font it is drawn with, before anything is drawn: no glyph warning, no empty boxes."""
+    from matplotlib.font_manager import findfont
+    from matplotlib.text import Text
+    from matplotlib.ticker import FixedFormatter, FuncFormatter
+
+    for text in fig.findobj(Text):
+        text.set_text(drawable(text.get_text(), findfont(text.get_fontproperties())))
+    for axis in (axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)):
+        for which in ("major", "minor"):
+            given = getattr(axis, f"get_{which}_formatter")()
+            if isinstance(given, (FixedFormatter, FuncFormatter)):  # set_xticks(labels) and the like: any text
+                getattr(axis, f"set_{which}_formatter")(
+                    FuncFormatter(lambda x, pos=None, given=given: figure_text(given(x, pos))))
+
+
+def figure_text(value) -> str:
+    """`value` as the figures' font draws it (`drawable`): what a layout counting characters before drawing counts."""
+    from matplotlib.font_manager import FontProperties, findfont
+
+    return drawable(value, findfont(FontProperties()))
 
 
 def plain_log_label(label: str) -> str:
@@ -358,9 +384,11 @@ Y_LABEL_INCHES = 0.7  # what a panel's y tick labels and axis label take of its 
 
 
 def tick_labels(values: Sequence[str], slot_inches: float) -> tuple[list[str], bool]:
-    """A category axis's tick labels: each value whole, wrapped in at most TICK_LINES level lines of its slot's width,
-    when every one fits so; else each cut in the middle, rotated when they are many or long. Whether rotated."""
+    """A category axis's tick labels: each value whole (as drawn, `figure_text`), wrapped in at most TICK_LINES level
+    lines of its slot's width, when every one fits so; else each cut in the middle, rotated when they are many or long.
+    Whether rotated."""
     chars = int(slot_inches / TICK_CHAR_INCHES)
+    values = [figure_text(v) for v in values]
     lines = [textwrap.wrap(str(v), chars, break_long_words=False) for v in values]
     if all(len(w) <= TICK_LINES and all(len(line) <= chars for line in w) for w in lines):
         return ["\n".join(w) for w in lines], False
@@ -369,12 +397,13 @@ def tick_labels(values: Sequence[str], slot_inches: float) -> tuple[list[str], b
 
 
 def _middle(text: str, width: int = 22) -> str:
-    """`text` cut in the middle to `width` characters, so values that differ only at the end stay apart."""
+    """`text` cut in the middle to about `width` characters (never inside an escape `drawable` wrote), so values that
+    differ only at the end stay apart."""
     text = str(text)
     if len(text) <= width:
         return text
     head = (width - 1) // 2
-    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+    return text[:uncut(text, head)] + "…" + text[uncut(text, len(text) - (width - 1 - head)):]
 
 
 def summary_figure(summary: pd.DataFrame, target: Path, ranking: pd.DataFrame | None = None) -> Path:
@@ -469,7 +498,7 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
                 ax.set_ylabel(_short(unit, 22) if c == 0 else "")
             if by is not None:
                 handles, names = axes[0, c].get_legend_handles_labels()
-                names = [_middle(name, LEGEND_CHARS) for name in names]
+                names = [_middle(figure_text(name), LEGEND_CHARS) for name in names]
                 entry = LEGEND_CHAR_INCHES * max(map(len, names)) + 0.45  # marker, gap and text of one entry
                 fits = int(PAGE_INCHES * widths[c] / sum(widths) // entry)
                 axes[0, c].legend(handles, names, title=f"{by}:", fontsize=7,
