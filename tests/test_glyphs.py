@@ -8,12 +8,13 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from sdlab.bench.captions import ESCAPE, drawable, read_captions
 from sdlab.bench.figures import draw_summary, save_figure, styled, tick_labels
-from sdlab.bench.grid import font
+from sdlab.bench.grid import LABEL_WIDTH, font, image_grid, text_size, wrapped
 from sdlab.bench.summary import rank, summary_table
 
 RED, BLUE = "一只红色的猫", "一只蓝色的猫"  # the same length, apart in one character
@@ -84,6 +85,32 @@ def test_the_summary_plot_of_two_cjk_prompts_labels_them_apart_and_warns_of_no_g
 def test_tick_labels_count_the_escapes_and_cut_none():
     level, rotated = tick_labels([RED, BLUE], 1.0)  # 6 characters fit an inch, their 36 escaped ones do not
     assert rotated and all("…" in label and whole_escapes(label) for label in level), level
+
+
+SHADES = ((200, 40, 60), (200, 120, 60))
+
+
+def test_two_cjk_prompts_are_two_different_grid_labels(tmp_path):
+    rows = []
+    for i, prompt in enumerate((RED, BLUE)):
+        Image.fromarray(np.full((16, 16, 3), SHADES[i], np.uint8)).save(tmp_path / f"img{i}.png")
+        rows.append({"prompt": prompt, "seed": 1, "image_path": f"img{i}.png"})
+    out = image_grid(pd.DataFrame(rows), tmp_path, tmp_path / "grid.png", ["prompt", "seed"])
+    canvas = np.asarray(Image.open(out).convert("RGB"))
+    cells = [np.nonzero(np.all(canvas == shade, axis=-1)) for shade in SHADES]
+    top = min(int(ys.min()) for ys, _ in cells)
+    centres = [(int(xs.min()) + int(xs.max())) // 2 for _, xs in cells]
+    half = (centres[1] - centres[0]) // 2
+    red, blue = (canvas[:top, c - half: c + half] for c in centres)  # each column's label, above its image
+    assert (red < 128).any() and not np.array_equal(red, blue)
+
+
+def test_a_long_cjk_label_wraps_its_escapes_whole_and_within_its_width():
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = wrapped(draw, "prompt=" + RED * 8, LABEL_WIDTH, most=4).split("\n")
+    assert len(lines) == 4 and lines[-1].endswith("…")
+    assert all(text_size(draw, line)[0] <= LABEL_WIDTH for line in lines)
+    assert all(whole_escapes(line) for line in lines), lines
 
 
 def test_a_cjk_sweep_warns_of_no_glyph_and_keeps_the_prompt_as_typed(run_sdlab, tmp_path, monkeypatch, capfd):

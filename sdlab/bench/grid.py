@@ -12,7 +12,7 @@ from typing import Sequence
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from sdlab.bench.captions import counted, record_caption
+from sdlab.bench.captions import counted, drawable, record_caption, uncut
 from sdlab.io import atomic_save
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
 
 def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False, most: int | None = None) -> str:
     """`text` broken at spaces (a word wider than a line, inside it) so each line fits `width` pixels; with `most`, at
-    most that many lines, the last ending in "…" where lines are left out."""
+    most that many lines, the last ending in "…" where lines are left out; measured as drawn (`drawable`)."""
+    text = drawable(text, font(bold).path)
     limit = most if most is not None else len(text) + 1
     lines: list[str] = []
     for paragraph in text.split("\n"):
@@ -150,12 +151,13 @@ def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False
 
 
 def fitting(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False, end: str = "") -> int:
-    """How many of `text`'s first characters, followed by `end`, fit `width` pixels on one line (at least one)."""
+    """How many of `text`'s first characters, followed by `end`, fit `width` pixels on one line (at least one; an
+    escape `drawable` wrote is not cut)."""
     low, high = 1, len(text)
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if text_size(draw, text[:middle] + end, bold)[0] <= width else (low, middle - 1)
-    return low
+    return uncut(text, low) or low  # a character's escape stays whole unless it alone is too wide
 
 
 def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
