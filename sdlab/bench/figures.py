@@ -63,7 +63,8 @@ def in_its_font(fig) -> None:
     from matplotlib.ticker import FixedFormatter, FuncFormatter
 
     for text in fig.findobj(Text):
-        text.set_text(drawable(text.get_text(), findfont(text.get_fontproperties())))
+        if not text.get_text().isascii():  # every font drawn here has ASCII: most texts are done in no time
+            text.set_text(drawable(text.get_text(), findfont(text.get_fontproperties())))
     for axis in (axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)):
         for which in ("major", "minor"):
             given = getattr(axis, f"get_{which}_formatter")()
@@ -76,7 +77,8 @@ def figure_text(value) -> str:
     """`value` as the figures' font draws it (`drawable`): what a layout counting characters before drawing counts."""
     from matplotlib.font_manager import FontProperties, findfont
 
-    return drawable(value, findfont(FontProperties()))
+    text = str(value)
+    return text if text.isascii() else drawable(text, findfont(FontProperties()))
 
 
 def plain_log_label(label: str) -> str:
