@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from sdlab.bench.grid import (
-    CELL_MAX, CELL_MIN, EMPTY_CELL, LABEL_LINES, LABEL_WIDTH, cell_side, image_grid, text_size, wrapped,
+    CELL_MAX, CELL_MIN, EMPTY_CELL, LABEL_LINES, LABEL_WIDTH, axis_labels, cell_side, image_grid, text_size, wrapped,
 )
 from sdlab.bench.report import summarize
 from sdlab.bench.summary import sweep_axes
@@ -176,3 +176,11 @@ def test_wrapped_breaks_at_spaces_cuts_long_words_and_marks_what_it_leaves_out()
     cut = wrapped(draw, "y" * 400, 100, most=3).split("\n")
     assert len(cut) == 3 and cut[-1].endswith("…") and all(text_size(draw, line)[0] <= 100 for line in cut)
     assert "".join(cut[:2]) == "y" * len("".join(cut[:2]))  # nothing but the word's own letters before the cut
+
+
+def test_an_axis_names_its_key_on_every_label_or_on_none():
+    short, long = "a red circle on a blue field", "a red circle on a green field"  # 28 and 29 characters
+    assert axis_labels("prompt", [short[:-1], long]) == [short[:-1], long]
+    assert axis_labels("prompt", ["a cat", "a dog"]) == ["prompt=a cat", "prompt=a dog"]
+    assert axis_labels("seed", ["1", "2"]) == ["seed=1", "seed=2"]
+    assert axis_labels("grid_label", ["cfg 1"]) == ["cfg 1"] and axis_labels(None, ["x"]) == [""]

@@ -47,9 +47,11 @@ def font(bold: bool = False) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(FONT_SIZE)
 
 
-def label(key: str | None, value: str) -> str:
-    """`key=value`, or the value alone when it is long (prompts) or already a label (a `*_label` column)."""
-    return f"{key}={value}" if key and not key.endswith("_label") and len(value) < 28 else value
+def axis_labels(key: str | None, values: Sequence[str]) -> list[str]:
+    """An axis's labels: `key=value` each, or the values alone when one is long (prompts) or they are labels already
+    (a `*_label` column); "" each without a key."""
+    named = key and not key.endswith("_label") and max(map(len, values), default=0) < 28
+    return [f"{key}={value}" if named else value if key else "" for value in values]
 
 
 def cell_side(paths: Sequence[Path | None], cells: int) -> int:
@@ -168,9 +170,9 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
     side = cell_side(list(cells.values()), len(xs) * len(ys) * len(pages) * len(strip))
     cell_w = len(strip) * (side + SEED_GAP) - SEED_GAP
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    col_labels = [wrapped(measure, label(x_key, x), max(cell_w - 2 * GAP, LABEL_WIDTH), most=LABEL_LINES)
-                  if x_key else "" for x in xs]
-    row_labels = [wrapped(measure, label(y_key, y), LABEL_WIDTH, most=LABEL_LINES) if y_key else "" for y in ys]
+    col_labels = [wrapped(measure, text, max(cell_w - 2 * GAP, LABEL_WIDTH), most=LABEL_LINES)
+                  for text in axis_labels(x_key, xs)]
+    row_labels = [wrapped(measure, text, LABEL_WIDTH, most=LABEL_LINES) for text in axis_labels(y_key, ys)]
     left = max(text_size(measure, t)[0] for t in row_labels) + (GAP * 2 if y_key else 0)
     head = max(text_size(measure, t)[1] for t in col_labels) + (GAP * 2 if x_key else 0)
     col_w = max(cell_w, max(text_size(measure, t)[0] for t in col_labels) + 2 * GAP)  # labels never overlap
