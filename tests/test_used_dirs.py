@@ -6,8 +6,9 @@ import errno
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
-from sdlab.bench.records import finished, read_png_metadata
+from sdlab.bench.records import finished, read_png_metadata, read_table
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
@@ -79,6 +80,36 @@ def test_both_tables_damaged_are_rebuilt_from_the_images_or_kept_aside(run_sdlab
     assert run_sdlab(*args) == 0
     assert sorted(p.read_bytes() for p in tmp_path.glob("results.*.damaged")) == [b"\x00garbage"] * 2
     assert_table_is_the_images(tmp_path)
+
+
+def test_a_job_dir_whose_tables_were_deleted_is_rebuilt_from_its_pngs_not_made_again(run_sdlab, tmp_path):
+    sweep = ("-m", "seed=1,2,3", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep) == 0
+    job = tmp_path / "1"
+    first = pd.read_parquet(job / "results.parquet")
+    png = job / first["image_path"][0]
+    made = png.read_bytes(), png.stat().st_mtime_ns
+    for name in ("results.parquet", "results.csv"):
+        (job / name).unlink()
+    assert run_sdlab(*sweep) == 0
+    assert (png.read_bytes(), png.stat().st_mtime_ns) == made  # the cell was not made again
+    assert pd.read_parquet(job / "results.parquet")["run_id"].tolist() == first["run_id"].tolist()
+    assert_table_is_the_images(job)
+    Image.new("RGB", (8, 8)).save(png)  # a PNG that carries no row: not trusted, its cell made again
+    for name in ("results.parquet", "results.csv"):
+        (job / name).unlink()
+    assert run_sdlab(*sweep) == 0
+    assert read_png_metadata(png)["row"]["seed"] == 2
+    assert_table_is_the_images(job)
+
+
+def test_images_that_carry_no_row_are_named_in_one_warning(tmp_path, caplog):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    assert read_table(tmp_path) is None and read_table(tmp_path) is None
+    warned = [r.getMessage() for r in caplog.records if "a.png" in r.getMessage()]
+    assert len(warned) == 1 and "made again" in warned[0]
+    assert not list(tmp_path.glob("*.damaged"))
 
 
 def test_an_image_path_outside_the_run_dir_is_never_trusted(run_sdlab, tmp_path):

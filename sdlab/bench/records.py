@@ -111,16 +111,28 @@ def read_png_metadata(path: Path) -> dict[str, Any]:
     return record
 
 
+_ROWLESS: set[tuple] = set()  # the images a warning named already, as they were then: a rerun reads a folder twice
+
+
 def rows_from_images(folder: Path) -> pd.DataFrame | None:
-    """The rows that the PNGs under `folder/images` carry, or None if none does."""
-    rows = []
+    """The rows that the PNGs under `folder/images` carry, or None if none does; those that carry none are named in
+    one warning (their cells are made again)."""
+    rows, rowless = [], []
     for png in sorted(Path(folder, "images").glob("*.png")):
         try:
             row = read_png_metadata(png).get("row")
         except UserError:
-            continue
+            row = None
         if isinstance(row, dict):
             rows.append({**row, "image_path": str(png.relative_to(folder))})
+        else:
+            rowless.append(png)
+    stamps = {(str(png), png.stat().st_mtime_ns, png.stat().st_size) for png in rowless if png.is_file()}
+    if stamps - _ROWLESS:
+        _ROWLESS.update(stamps)
+        names = ", ".join(png.name for png in rowless[:3]) + (", ..." if len(rowless) > 3 else "")
+        log.warning("%d image(s) in %s carry no sdlab row to rebuild the table from (%s): their cells are made again",
+                    len(rowless), Path(folder, "images"), names)
     return ordered(rows) if rows else None
 
 
@@ -140,10 +152,11 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 
 def read_table(folder: Path) -> pd.DataFrame | None:
-    """`results.parquet`, else its CSV twin, else its images' rows, else None (damaged files kept as `*.damaged`)."""
+    """`results.parquet`, else its CSV twin, else its images' rows (both tables damaged or deleted), else None
+    (damaged files kept as `*.damaged`)."""
     folder = Path(folder)
     files = [folder / f"{TABLE_NAME}.parquet", folder / f"{TABLE_NAME}.csv"]
-    if not any(f.is_file() for f in files):
+    if not any(f.is_file() for f in files) and not Path(folder, "images").is_dir():  # a job dir not yet run
         return None
     for path, read in zip(files, (read_parquet, read_csv)):
         if local_file(folder, path.name) is None:  # absent, a pipe or device that would block, or a link out
@@ -164,10 +177,11 @@ def read_table(folder: Path) -> pd.DataFrame | None:
         log.warning("rebuilt %s from the rows in %d images", folder / TABLE_NAME, len(rebuilt))
         rebuilt.attrs[READ_FROM] = "images"
         return rebuilt
-    for path in files:
-        if path.is_file():
-            set_aside(path)
-    log.warning("no table in %s could be read or rebuilt: kept as %s.*.damaged", folder, TABLE_NAME)
+    damaged = [path for path in files if path.is_file()]
+    for path in damaged:
+        set_aside(path)
+    if damaged:
+        log.warning("no table in %s could be read or rebuilt: kept as %s.*.damaged", folder, TABLE_NAME)
     return None
 
 
