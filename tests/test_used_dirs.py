@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -110,6 +111,21 @@ def test_images_that_carry_no_row_are_named_in_one_warning(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if "a.png" in r.getMessage()]
     assert len(warned) == 1 and "made again" in warned[0]
     assert not list(tmp_path.glob("*.damaged"))
+
+
+def test_garbage_ending_as_a_png_ends_is_made_again_and_the_other_cells_kept(run_sdlab, tmp_path, capsys):
+    sweep = ("-m", "seed=1,2,3", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep) == 0
+    made = {png: png.read_bytes() for png in tmp_path.glob("*/images/*.png")}
+    png = next(tmp_path.glob("1/images/*.png"))
+    png.write_bytes(os.urandom(5000) + made[png][-12:])  # ends with a real IEND chunk
+    garbage = png.read_bytes()
+    assert run_sdlab(*sweep) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in made if p != png} == {p: b for p, b in made.items() if p != png}
+    assert read_png_metadata(png)["row"]["seed"] == 2
+    assert png.with_name(png.name + ".damaged").read_bytes() == garbage
+    assert sorted(pd.read_parquet(tmp_path / "results.parquet")["seed"]) == [1, 2, 3]
 
 
 def test_an_image_path_outside_the_run_dir_is_never_trusted(run_sdlab, tmp_path):

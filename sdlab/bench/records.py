@@ -202,21 +202,25 @@ def local_file(folder: Path, relative: Any) -> Path | None:
         return None
 
 
+PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"  # a PNG's signature and the head of its first chunk
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: a file cut short has none
 
 
 def whole_image(path: Path | None) -> bool:
-    """True for an image file that is all there (a PNG ends with its IEND chunk); a truncated one is redone."""
+    """True for an image file that is all there (a PNG starts with its signature and IHDR chunk and ends with its IEND
+    chunk); one cut short, or other bytes ending as a PNG ends, is redone."""
     if path is None:
         return False
     if path.suffix.lower() != ".png":
         return True
     try:
         with open(path, "rb") as f:
-            if f.seek(0, 2) < 8 + len(PNG_END):
+            if f.seek(0, 2) < len(PNG_START) + len(PNG_END):
                 return False
+            f.seek(0)
+            start = f.read(len(PNG_START))
             f.seek(-len(PNG_END), 2)
-            return f.read() == PNG_END
+            return start == PNG_START and f.read() == PNG_END
     except OSError:
         return False
 

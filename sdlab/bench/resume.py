@@ -59,7 +59,8 @@ def set_aside_damaged(folder: Path, unfinished: list[dict[str, Any]]) -> None:
         path = local_file(folder, row.get("image_path"))
         if path is not None and not whole_image(path):
             set_aside(path)
-            log.warning("%s is cut short: kept as %s.damaged, its row dropped", path, path.name)
+            log.warning("%s is not a whole image (cut short or damaged): kept as %s.damaged, its row dropped", path,
+                        path.name)
 
 
 def sweep_cells(sweep_dir: Path, besides: Path, weights: str | None) -> dict[str, Path]:
