@@ -634,6 +634,37 @@ def test_rerunning_a_sweep_without_a_sweep_dir_continues_its_folder(run_sdlab, t
 
 
 
+
+def test_a_sweep_killed_before_its_manifest_is_named_by_the_next_sweep_and_left_alone(run_sdlab, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """A kill between the sweep folder's lock and its manifest leaves a folder no rerun finds: the next sweep that
+    starts a folder names it in one line (nothing ran there) and touches it not; a folder a live sdlab holds is not
+    named."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "outputs" / "generate"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    holder = subprocess.Popen(["sleep", "300"])
+    try:
+        orphan, live = root / "multirun_2026-12-05_03-47-30", root / "multirun_2026-12-05_03-47-31"
+        for folder, pid in ((orphan, gone.pid), (live, holder.pid)):
+            folder.mkdir(parents=True)
+            (folder / ".sdlab.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+        sweep = ("-m", "seed=1,2", "model=tiny", "num_inference_steps=1", "threads=1")
+        assert run_sdlab(*sweep) == 0
+        err = capsys.readouterr().err
+        named = [line for line in err.splitlines() if orphan.name in line]
+        assert len(named) == 1 and "nothing ran there" in named[0] and live.name not in err
+        assert sorted(p.name for p in orphan.iterdir()) == [".sdlab.lock"]
+        assert len(list(root.iterdir())) == 3
+        assert run_sdlab(*sweep) == 0  # the rerun continues its own folder: no line about the orphan
+        assert orphan.name not in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
 class SameSecond(datetime.datetime):
     """A clock stopped at one second, for Hydra's `${now:}` and sdlab's sweep folder alike."""
 

@@ -7,6 +7,7 @@ import argparse
 import difflib
 import functools
 import re
+import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Glob, QuotedString
 
 from sdlab.bench.ownership import (
+    abandoned_sweeps,
     check_job_name,
     check_owned,
     check_run_dir,
@@ -355,6 +357,12 @@ def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
         return []
     earlier = earlier_sweep(sweep_root(overrides), overrides)
     if earlier is None:
+        abandoned = abandoned_sweeps(sweep_root(overrides))
+        if abandoned:
+            shown = ", ".join(map(str, abandoned[:3])) + (f" and {len(abandoned) - 3} more" if len(abandoned) > 3 else "")
+            it = "it" if len(abandoned) == 1 else "them"
+            print(f"sdlab: {shown}: left by a sweep killed as it started, before its sweep.json; nothing ran there "
+                  f"and no rerun finds {it}: delete {it}", file=sys.stderr, flush=True)
         return []
     folder, complete = earlier
     state = "finished before in" if complete else "continues in"  # its cells' weights may have changed since

@@ -15,7 +15,7 @@ from sdlab.bench.lock import LOCK_NAME, TAKEOVER_NAME
 from sdlab.bench.records import TABLE_NAME
 from sdlab.bench.resume import MANIFEST, MARKER
 from sdlab.errors import UserError
-from sdlab.io import atomic_write_text
+from sdlab.io import atomic_write_text, is_temp_file
 
 MARK = ".sdlab"
 MARK_TEXT = "This folder was made by sdlab (or given to it): sdlab runs and sweeps may write and resume here.\n"
@@ -146,3 +146,18 @@ def claim(folder: Path, key: str) -> None:
         lock.release(folder)
         raise
     adopt(folder)
+
+
+def abandoned_sweeps(root: Path) -> list[Path]:
+    """The `multirun_*` folders under `root` that a sweep killed as it started left: nothing in them but sdlab's own
+    lock (its holder gone), mark or temp files, and no manifest, so no rerun finds them."""
+    found = []
+    for folder in sorted(Path(root).glob("multirun_*")):
+        try:  # a finished or stopped sweep released its lock: its folder (perhaps of 10,000 jobs) is not listed
+            locked = folder.is_dir() and not folder.is_symlink() and (folder / LOCK_NAME).is_file()
+            if (locked and all(p.name in OWN_NAMES or is_temp_file(p) for p in folder.iterdir())
+                    and lock.live_holder(folder) is None):
+                found.append(folder)
+        except (OSError, lock.DirInUse):  # a folder it cannot list, a lock it cannot read: not named
+            continue
+    return found
