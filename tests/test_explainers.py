@@ -146,3 +146,39 @@ def test_img2img_labels_say_whose_drawing_each_strength_shows_and_a_shape_neithe
     reads, line = drawn_like(ctx, pd.DataFrame({"strength": [0.1, 0.5, 1.0]}), outputs)
     assert reads == ["\nthe input's", "\nwrong shape", "\nthe prompt's"]
     assert line.endswith("; a shape neither caption names at 0.5 (the model's error)")
+
+
+def drawn_figures(monkeypatch) -> list:
+    """Every figure sdlab.bench.figures saves, drawn, kept open for the test to measure."""
+    from sdlab.bench import figures
+
+    kept, real = [], figures.save_figure
+
+    def keep(fig, target, *args, **kwargs):
+        fig.canvas.draw()
+        kept.append((target.name, fig))
+        saved = real(fig, target, *args, **kwargs)
+        fig.canvas.draw()  # saving crops and closes: measure the figure as laid out again
+        return saved
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    return kept
+
+
+def legend_covers(ax) -> list[str]:
+    """The labels of `ax`'s lines that pass under its legend (vertices or segments, in display space)."""
+    box = ax.get_legend().get_window_extent()
+    return [line.get_label() for line in ax.lines
+            if line.get_path().transformed(line.get_transform()).intersects_bbox(box, filled=False)
+            or any(box.contains(*point) for point in line.get_transform().transform(line.get_xydata()))]
+
+
+def test_toy_predictor_legend_covers_none_of_its_lines(run_sdlab, tmp_path, monkeypatch):
+    kept = drawn_figures(monkeypatch)
+    assert run_sdlab("experiment=article_b2_toy_predictor", f"hydra.run.dir={tmp_path}") == 0
+    [(name, fig)] = kept
+    [ax] = fig.axes
+    assert name == "toy_predictor.png"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["zero predictor", "random predictor",
+                                                                    "perfect predictor"]
+    assert legend_covers(ax) == []

@@ -173,7 +173,34 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
         if title:
             fig.suptitle(title)
         fig.tight_layout()
+        clear_legends(fig)
         return save_figure(fig, target)
+
+
+def legend_covers_data(ax) -> bool:
+    """Whether `ax`'s legend, where the last draw put it, lies over one of its lines or points (display space)."""
+    box = ax.get_legend().get_window_extent()
+    lines = any(line.get_path().transformed(line.get_transform()).intersects_bbox(box, filled=False)
+                for line in ax.lines if len(line.get_xydata()) > 1)
+    points = (box.contains(*p) for artist in [*ax.lines, *ax.collections]
+              for p in artist.get_transform().transform(
+                  artist.get_xydata() if hasattr(artist, "get_xydata") else artist.get_offsets()))
+    return lines or any(points)
+
+
+def clear_legends(fig) -> None:
+    """Move each legend that matplotlib's best place still lays over the data to the right of its panel."""
+    legends = [ax for ax in fig.axes if ax.get_legend() is not None]
+    if not legends:
+        return
+    fig.canvas.draw()
+    moved = [ax for ax in legends if legend_covers_data(ax)]
+    for ax in moved:
+        legend = ax.get_legend()
+        ax.legend(legend.legend_handles, [t.get_text() for t in legend.get_texts()], fontsize=7, frameon=False,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    if moved:
+        fig.tight_layout()
 
 
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target: Path, title: str = "",
