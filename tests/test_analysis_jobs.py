@@ -472,3 +472,32 @@ def test_b1_draws_no_copy_of_a3s_visits(run_sdlab, tmp_path):
     assert (tmp_path / "article_a3_schedule" / "visits.png").is_file()
     b1 = tmp_path / "article_b1_schedules"
     assert (b1 / "snr.png").is_file() and not list(b1.glob("visits*"))
+
+
+def test_snr_figure_names_the_schedule_behind_each_crossing_and_its_snr_range(run_sdlab, tmp_path, monkeypatch):
+    from sdlab.jobs import schedule as schedule_job
+
+    drawn, real = [], schedule_job.curves
+    monkeypatch.setattr(schedule_job, "curves", lambda panels, target, title="", **k: drawn.append(title)
+                        or real(panels, target, title, **k))
+    from sdlab.bench import figures
+
+    laid_out, save = [], figures.save_figure
+
+    def measured(fig, target, *args, **kwargs):
+        if target.name == "snr.png":
+            renderer = fig.canvas.get_renderer()
+            laid_out.append([t.get_window_extent(renderer) for t in (fig._suptitle, *(ax.title for ax in fig.axes))])
+        return save(fig, target, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "save_figure", measured)
+    assert run_sdlab("experiment=article_a3_schedule", f"hydra.run.dir={tmp_path}") == 0
+    suptitle, *panel_titles = laid_out[0]  # snr.png: its three-line title clears both panels' titles
+    assert not any(suptitle.overlaps(box) for box in panel_titles)
+    rows = pd.read_parquet(tmp_path / "results.parquet").set_index("schedule")
+    linear, sd = rows.loc["linear 0.00085->0.012"], rows.loc["scaled_linear 0.00085->0.012 (SD)"]
+    assert (linear["crossing_t"], round(linear["snr_db_first"], 1), round(linear["snr_db_last"], 1)) == (284, 30.7, -28.0)
+    assert drawn[0] == ("signal and noise are equal (0 dB) at\n"
+                        "t=284 under linear 0.00085->0.012; SNR +30.7 -> -28.0 dB from t=0 to 999\n"
+                        f"t={sd['crossing_t']} under scaled_linear 0.00085->0.012 (SD)"
+                        f"; SNR {sd['snr_db_first']:+.1f} -> {sd['snr_db_last']:+.1f} dB from t=0 to 999")
