@@ -501,3 +501,11 @@ def test_snr_figure_names_the_schedule_behind_each_crossing_and_its_snr_range(ru
                         "t=284 under linear 0.00085->0.012; SNR +30.7 -> -28.0 dB from t=0 to 999\n"
                         f"t={sd['crossing_t']} under scaled_linear 0.00085->0.012 (SD)"
                         f"; SNR {sd['snr_db_first']:+.1f} -> {sd['snr_db_last']:+.1f} dB from t=0 to 999")
+
+
+def test_token_counts_title_states_the_longest_prompts_count(run_sdlab, tmp_path):
+    assert run_sdlab("experiment=article_a6_clip_tokens", f"hydra.run.dir={tmp_path}") == 0
+    rows = pd.read_parquet(tmp_path / "results.parquet")
+    assert rows["n_tokens"].max() == rows.loc[rows["prompt"].str.startswith("a pirate ship"), "n_tokens"].item() == 15
+    assert read_captions(tmp_path)["token_counts.png"].split(" | ")[0] == (
+        "the longest prompt is 15 tokens; none cut at 77 tokens")

@@ -26,11 +26,13 @@ XLABELS = {"clip": "CLIP tokens incl. <|startoftext|> and <|endoftext|>", "t5": 
 
 
 def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> str:
-    """How many prompts each text encoder cuts, at its limit: a line per encoder (named when `labelled`)."""
+    """The longest prompt's token count and how many prompts each text encoder cuts, at its limit: a line per encoder
+    (named when `labelled`)."""
     parts = []
     for table, e in zip(tables, encoders):
         cut = int(table["truncated"].sum())
         where = f"{cut} of {counted(len(table), 'prompt')} cut at {e.limit} tokens" if cut else f"none cut at {e.limit} tokens"
+        where = f"the longest prompt is {counted(int(table['n_tokens'].max()), 'token')}; {where}"
         parts.append(f"{e.label}: {where}" if labelled else where)
     return "\n".join(parts)
 
