@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from sdlab.bench.captions import read_captions
@@ -158,7 +159,7 @@ def drawn_figures(monkeypatch) -> list:
         fig.canvas.draw()
         kept.append((target.name, fig))
         saved = real(fig, target, *args, **kwargs)
-        fig.canvas.draw()  # saving crops and closes: measure the figure as laid out again
+        FigureCanvasAgg(fig).draw()  # saving closes it: measure the figure as laid out, on a canvas of its own
         return saved
 
     monkeypatch.setattr(figures, "save_figure", keep)
@@ -182,3 +183,17 @@ def test_toy_predictor_legend_covers_none_of_its_lines(run_sdlab, tmp_path, monk
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["zero predictor", "random predictor",
                                                                     "perfect predictor"]
     assert legend_covers(ax) == []
+
+
+def test_a_curve_figures_title_is_no_wider_than_its_panels(run_sdlab, tmp_path, monkeypatch):
+    kept = drawn_figures(monkeypatch)
+    assert run_sdlab("experiment=article_b4_vae_compression", f"hydra.run.dir={tmp_path}") == 0
+    [(name, fig)] = kept
+    renderer = fig.canvas.get_renderer()
+    [ax] = fig.axes
+    title, frame = ax.title.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert "\n" in ax.get_title() and frame.x0 - 1 <= title.x0 and title.x1 <= frame.x1 + 1
+    assert not title.overlaps(frame) and not title.overlaps(ax.get_legend().get_window_extent(renderer))
+    assert read_captions(tmp_path)[name] == (  # the caption, as typed, is the same text however it wraps
+        "ratio 48x at every size, so the values saved grow as the side squared: 4x the side (256 -> 1024 px) saves "
+        "16x as much")

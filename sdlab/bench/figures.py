@@ -174,6 +174,7 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             fig.suptitle(title)
         fig.tight_layout()
         clear_legends(fig)
+        fit_titles(fig)
         return save_figure(fig, target)
 
 
@@ -201,6 +202,36 @@ def clear_legends(fig) -> None:
                   loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if moved:
         fig.tight_layout()
+
+
+def fit_titles(fig) -> None:
+    """Wrap, at its spaces, each title (the figure's, each panel's) wider than the panels, so that a long claim does
+    not widen the figure past its plots; its caption reads the same (record_caption joins lines with spaces)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
+        [(fig._suptitle, fig.bbox.width)] if fig._suptitle else [])  # the figure's title spans the figure as laid out
+    wrapped = False
+    for text, fits in texts:
+        width, lines = text.get_window_extent(renderer).width, text.get_text().split("\n")
+        if not text.get_text() or width <= fits:
+            continue
+        chars = max(20, int(0.97 * max(map(len, lines)) * fits / width))
+        text.set_text("\n".join(balanced_lines(line, chars) for line in lines))
+        wrapped = True
+    if wrapped:
+        fig.tight_layout()
+
+
+def balanced_lines(line: str, chars: int) -> str:
+    """`line` wrapped at its spaces into as few lines of at most `chars` characters as it takes, of even length (no
+    orphan word on a last line)."""
+    pieces = len(textwrap.wrap(line, chars, break_long_words=False, break_on_hyphens=False)) or 1
+    for width in range(-(-len(line) // pieces), chars + 1):
+        wrapped = textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False)
+        if len(wrapped) <= pieces:
+            return "\n".join(wrapped)
+    return textwrap.fill(line, chars, break_long_words=False, break_on_hyphens=False)
 
 
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target: Path, title: str = "",
