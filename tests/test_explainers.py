@@ -197,3 +197,13 @@ def test_a_curve_figures_title_is_no_wider_than_its_panels(run_sdlab, tmp_path, 
     assert read_captions(tmp_path)[name] == (  # the caption, as typed, is the same text however it wraps
         "ratio 48x at every size, so the values saved grow as the side squared: 4x the side (256 -> 1024 px) saves "
         "16x as much")
+
+
+def test_a_wrapped_title_line_leaves_no_orphan_word():
+    from sdlab.bench.figures import balanced_lines
+
+    claim = "CLIP score 64.2 at w=1 -> 93.5 at w=20 (best 95.8 at w=5): change +29.4 (paired 95% CI +0.5 to +58.2; lower in 1 of 6 seeds)"
+    lines = balanced_lines(claim, 62).split("\n")
+    assert " ".join(lines) == claim and all(len(line) <= 62 for line in lines)
+    assert len(lines) == 3 and max(map(len, lines)) - min(map(len, lines)) <= 12  # not 58, 59 and 'seeds)'
+    assert balanced_lines("short", 62) == "short"
