@@ -509,3 +509,21 @@ def test_token_counts_title_states_the_longest_prompts_count(run_sdlab, tmp_path
     assert rows["n_tokens"].max() == rows.loc[rows["prompt"].str.startswith("a pirate ship"), "n_tokens"].item() == 15
     assert read_captions(tmp_path)["token_counts.png"].split(" | ")[0] == (
         "the longest prompt is 15 tokens; none cut at 77 tokens")
+
+
+def test_the_clip_panels_legend_names_the_grey_line_of_each_seed(tmp_path, monkeypatch):
+    from sdlab.bench import figures
+    from sdlab.jobs.grids import guidance_panels
+
+    ok = pd.DataFrame([{"seed": seed, "guidance_scale": w, "clip_score": 60.0 + 3 * w + seed}
+                       for w in (1.0, 3.0, 7.5) for seed in range(6)])
+    [panel], _ = guidance_panels(ok)
+    legends, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, target, *a, **k: legends.append(
+        [(h.get_color() if hasattr(h, "get_color") else None, t.get_text())
+         for h, t in zip(fig.axes[0].get_legend().legend_handles, fig.axes[0].get_legend().get_texts())])
+        or save(fig, target, *a, **k))
+    figures.curves([panel], tmp_path / "clip_vs_guidance.png")
+    [entries] = legends
+    assert [name for _, name in entries] == ["95% interval", "one line per seed (6)", "mean of 6 seeds"]
+    assert entries[1][0] == "0.75"  # the grey of the per-seed lines

@@ -107,7 +107,9 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
             continue
         mean, low, high = (summary[f"{metric}_{part}"].to_numpy(dtype=float) * factor for part in ("mean", "lo", "hi"))
         lines = [] if percent else [
-            {"x": g["guidance_scale"], "y": g[metric], "style": "-", "color": "0.75"} for _, g in ok.groupby("seed")]
+            {"x": g["guidance_scale"], "y": g[metric], "style": "-", "color": "0.75",
+             "label": f"one line per seed ({ok['seed'].nunique()})" if i == 0 else None}
+            for i, (_, g) in enumerate(ok.groupby("seed"))]
         lines.append({"x": scales, "y": mean, "label": f"mean of {counted(ok['seed'].nunique(), 'seed')}",
                       "style": "o-", "color": "black"})
         bands = [{"x": scales, "low": low, "high": high, "label": "95% interval", "color": "C0"}]
