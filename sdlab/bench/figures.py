@@ -170,11 +170,10 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             if any(item.get("label") for item in [*panel.get("bands", ()), *panel.get("lines", ()),
                                                   *panel.get("points", ())]):
                 ax.legend(fontsize=7, frameon=False)
-        if title:
-            fig.suptitle(title)
+        suptitle = fig.suptitle(title) if title else None
         fig.tight_layout()
         clear_legends(fig)
-        fit_titles(fig)
+        fit_titles(fig, suptitle)
         return save_figure(fig, target)
 
 
@@ -204,13 +203,13 @@ def clear_legends(fig) -> None:
         fig.tight_layout()
 
 
-def fit_titles(fig) -> None:
+def fit_titles(fig, suptitle=None) -> None:
     """Wrap, at its spaces, each title (the figure's, each panel's) wider than the panels, so that a long claim does
     not widen the figure past its plots; its caption reads the same (record_caption joins lines with spaces)."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
-        [(fig._suptitle, fig.bbox.width)] if fig._suptitle else [])  # the figure's title spans the figure as laid out
+        [(suptitle, fig.bbox.width)] if suptitle else [])  # the figure's title spans the figure as laid out
     wrapped = False
     for text, fits in texts:
         width, lines = text.get_window_extent(renderer).width, text.get_text().split("\n")
