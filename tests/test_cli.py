@@ -202,6 +202,13 @@ def test_display_overrides_show_values_as_typed():
      "hydra.launcher.pre_dispatch=zz must be 'all', a number of jobs >= 1 or an expression of n_jobs"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.pre_dispatch=0*n_jobs"],  # would run no job at all
      "hydra.launcher.pre_dispatch=0*n_jobs must be"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.backend=nope"],  # the launcher always takes loky
+     "hydra.launcher.backend=nope: Hydra's joblib launcher runs every job in a loky worker process; backend takes null "
+     "or loky only"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.backend=threading"],
+     "hydra.launcher.backend=threading: Hydra's joblib launcher runs every job in a loky worker process"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.mmap_mode=zz"],  # joblib reads it only for big arrays
+     "hydra.launcher.mmap_mode=zz must be one of r, r+, w+, c"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.timeout=-1"],
      "hydra.launcher.timeout=-1 must be the seconds a job may take, > 0, or null for no limit"),
     (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead=maybe; Value 'maybe' is not a valid bool"),

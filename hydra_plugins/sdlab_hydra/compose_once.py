@@ -36,6 +36,7 @@ from sdlab.config import Run, check_seeds, limits
 from sdlab.errors import CannotRun, UserError
 
 log = logging.getLogger(__name__)
+MMAP_MODES = ("r", "r+", "w+", "c")  # numpy.memmap's, which joblib's mmap_mode passes on
 ANNOUNCED_CELLS = 1000  # a sweep this size is checked for seconds (about 5 ms a cell): it says so first
 
 
@@ -85,9 +86,10 @@ def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], firs
 
 
 def check_launcher(launcher: Any) -> None:
-    """Refuse a launcher option that its launcher would fail on only after the sweep dir is written: joblib's
-    `n_jobs=0`, a `require` (its jobs always run in loky processes), a `pre_dispatch` that is no positive number of
-    jobs, a `timeout` <= 0, or any value joblib's Parallel refuses (prefer, batch_size...)."""
+    """Refuse a launcher option that its launcher would fail on only after the sweep dir is written, or would ignore:
+    joblib's `n_jobs=0`, a `require` or `backend` (its jobs always run in loky processes), an `mmap_mode` numpy has
+    not, a `pre_dispatch` that is no positive number of jobs, a `timeout` <= 0, or any value joblib's Parallel refuses
+    (prefer, batch_size...)."""
     try:
         from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
         from joblib import Parallel, delayed
@@ -103,6 +105,12 @@ def check_launcher(launcher: Any) -> None:
         raise UserError(f"hydra.launcher.require={options['require']} with prefer={options.get('prefer')}: Hydra's "
                         "joblib launcher runs every job in a loky worker process, which shares no memory; require "
                         "takes null only")
+    if options.get("backend") not in (None, "loky"):  # the launcher sets loky over it
+        raise UserError(f"hydra.launcher.backend={options['backend']}: Hydra's joblib launcher runs every job in a loky "
+                        "worker process; backend takes null or loky only")
+    if options.get("mmap_mode") not in MMAP_MODES:  # joblib reads it only once an array is big enough to share
+        raise UserError(f"hydra.launcher.mmap_mode={options.get('mmap_mode')} must be one of {', '.join(MMAP_MODES)} "
+                        "(numpy.memmap's modes)")
     if options.get("timeout") is not None and not options["timeout"] > 0:
         raise UserError(f"hydra.launcher.timeout={options['timeout']:g} must be the seconds a job may take, > 0, or "
                         "null for no limit")
