@@ -510,3 +510,34 @@ def test_a_table_reads_back_as_written_and_its_csv_is_pandas_own(tmp_path, rows)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "results.parquet"), frame)
     frame.to_csv(tmp_path / "by_pandas.csv", index=False)
     assert (tmp_path / "results.csv").read_bytes() == (tmp_path / "by_pandas.csv").read_bytes()
+
+
+def left_in_group(pgid: int, wait: float) -> list[int]:
+    """The processes still in process group `pgid` once they had `wait` seconds to end."""
+    deadline = time.monotonic() + wait
+    while True:
+        ps = subprocess.run(["ps", "-o", "pid=", "-g", str(pgid)], capture_output=True, text=True)
+        left = [int(pid) for pid in ps.stdout.split()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_a_joblib_sweep_killed_leaves_no_worker_and_its_rerun_makes_each_missing_cell_once(tmp_path):
+    """A worker whose sweep was SIGKILLed goes at once (loky's would idle 5 minutes, the model loaded, a GPU's memory
+    held); the rerun makes the cells that were missing, each once."""
+    sweep = tmp_path / "sweep"
+    args = ("-m", "seed=range(1,9)", "num_inference_steps=8", "threads=1", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
+    process = sdlab_process(*args, cwd=tmp_path)
+    wait_for(lambda: len(list(sweep.glob("*/job.json"))) >= 2, process)
+    process.kill()
+    process.wait()
+    left = left_in_group(process.pid, wait=10)
+    for pid in left:  # not to outlive the test
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+    assert sdlab_process(*args, cwd=tmp_path).wait(timeout=600) == 0
+    frame = pd.read_parquet(sweep / "results.parquet")
+    assert sorted(frame["seed"]) == list(range(1, 9)) and (frame["status"] == "ok").all()
+    assert len(list(sweep.glob("*/images/*.png"))) == 8 and not list(sweep.rglob(".*.sdlab-tmp*"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -138,6 +139,29 @@ class FinishedJobs(threading.Thread):
         self.join()
 
 
+class SweepWatch(threading.Thread):
+    """Ends a launcher's worker process once the sweep's process that started it is gone (killed): loky's would idle
+    on for 5 minutes with the model loaded. Its job is cut short as by the kill itself; the rerun makes it again."""
+
+    started = False  # one watch a process, however many jobs it runs
+
+    def __init__(self, sweep_pid: int, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.sweep_pid, self.every = sweep_pid, every
+
+    @classmethod
+    def start_once(cls, sweep_pid: int) -> None:
+        """Watch the sweep's process from a process it started (not from itself, nor from a cluster's job)."""
+        if not cls.started and os.getpid() != sweep_pid and os.getppid() == sweep_pid:
+            cls.started = True
+            cls(sweep_pid).start()
+
+    def run(self) -> None:
+        while os.getppid() == self.sweep_pid:
+            time.sleep(self.every)
+        os._exit(1)
+
+
 class CollectSweep(Callback):
     """Lock a run dir (the sweeper locks a sweep dir); at multirun end, collect every job's rows into
     `<sweep_dir>/results.{parquet,csv}`, `grid.png`, the summary by swept value and `report.html`."""
@@ -159,7 +183,7 @@ class CollectSweep(Callback):
 
     @stops_on_error
     def on_multirun_start(self, config, **kwargs) -> None:
-        self.started = time.time()
+        self.started, self.sweep_pid = time.time(), os.getpid()  # pickled with this callback for the workers
         CollectSweep.sweep_dir = Path(str(config.hydra.sweep.dir))
         CollectSweep.watch = None  # on the class: the launcher pickles this callback with it for its workers
         CollectSweep.progress = Progress(CollectSweep.sweep_dir, self.started)
@@ -170,7 +194,10 @@ class CollectSweep(Callback):
             CollectSweep.watch.start()
 
     def on_job_start(self, config, **kwargs) -> None:
-        """Start the progress clock at the first job of a sweep run in this process (after its pre-flight)."""
+        """Start the progress clock at the first job of a sweep run in this process (after its pre-flight); in a
+        launcher's worker, watch that the sweep's process lives."""
+        if getattr(self, "sweep_pid", None):
+            SweepWatch.start_once(self.sweep_pid)
         if CollectSweep.progress is not None and CollectSweep.progress.done == 0:
             CollectSweep.progress.started = time.time()
 
