@@ -541,3 +541,21 @@ def test_a_joblib_sweep_killed_leaves_no_worker_and_its_rerun_makes_each_missing
     frame = pd.read_parquet(sweep / "results.parquet")
     assert sorted(frame["seed"]) == list(range(1, 9)) and (frame["status"] == "ok").all()
     assert len(list(sweep.glob("*/images/*.png"))) == 8 and not list(sweep.rglob(".*.sdlab-tmp*"))
+
+
+def test_ctrl_c_of_a_joblib_sweep_is_one_line_and_exit_130(tmp_path):
+    """As with sdlab's own launcher: the workers' semaphores, left to their trackers by the interrupted exit, are no
+    warnings of their own."""
+    sweep = tmp_path / "sweep"
+    process = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", "-m", "seed=range(1,9)", "num_inference_steps=8",
+                                "threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for(lambda: len(list(sweep.glob("*/job.json"))) >= 2, process)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole process group
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "denoising" not in line] == [
+        f"sdlab: error: interrupted; rerun the same command to resume in {sweep}"], err

@@ -47,6 +47,12 @@ def quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights"/"pipeline components" bars
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # A launcher's process pools (joblib's loky) start resource trackers that, when sdlab ends by Ctrl-C or a kill,
+    # free the pools' semaphores and warn about each: cleaning up after an interrupt, not a leak to report
+    quiet = [f"ignore::UserWarning:{tracker}.resource_tracker"
+             for tracker in ("multiprocessing", "joblib.externals.loky.backend")]
+    asked = [option for option in os.environ.get("PYTHONWARNINGS", "").split(",") if option]
+    os.environ["PYTHONWARNINGS"] = ",".join(asked + [option for option in quiet if option not in asked])
     # torchsde's Brownian tree warns when a sigma rounded to float32 lands a hair below its start (ta=0.0291675
     # against t0=0.029168 on mini at 8 steps): rounding, not a wrong interval
     warnings.filterwarnings("ignore", message="Should have ta>=t0")
