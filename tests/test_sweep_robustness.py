@@ -559,3 +559,15 @@ def test_ctrl_c_of_a_joblib_sweep_is_one_line_and_exit_130(tmp_path):
     assert process.returncode == 130
     assert [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "denoising" not in line] == [
         f"sdlab: error: interrupted; rerun the same command to resume in {sweep}"], err
+
+
+def test_a_failed_job_in_a_launchers_own_process_is_counted_done(run_sdlab, tmp_path, capsys):
+    """The progress reaches every cell when some fail in joblib's workers too, and a rerun still makes the failed."""
+    from sdlab.bench.plan import finished_hashes
+
+    sweep = ("-m", "seed=1", "guidance_scale=1,1e38", "num_inference_steps=2", "threads=1", "hydra/launcher=joblib",
+             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep) == 1
+    out = capsys.readouterr().out
+    assert "sdlab: 2 of 2 cells done (" in out and "results.csv: 1 ok, 1 failed" in out, out
+    assert len(finished_hashes(tmp_path)) == 1  # the failed cell is made again by a rerun

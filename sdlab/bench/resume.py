@@ -158,8 +158,9 @@ def made_from_other_weights(folder: Path, run: Run) -> bool:
             and done.get("job_hash") == replace(run, weights=weights).job_hash)
 
 
-def mark_finished(folder: Path, job_hash: str, summary: dict[str, Any]) -> None:
-    """Record that the job with `job_hash` finished in `folder` (written last, atomically)."""
+def mark_finished(folder: Path, job_hash: str | None, summary: dict[str, Any]) -> None:
+    """Record that the job with `job_hash` finished in `folder` (written last, atomically); a job that failed has
+    none, so that no rerun takes it as finished."""
     atomic_write_text(Path(folder) / MARKER, json.dumps({"job_hash": job_hash, **summary}, sort_keys=True))
 
 
