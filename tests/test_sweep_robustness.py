@@ -571,3 +571,23 @@ def test_a_failed_job_in_a_launchers_own_process_is_counted_done(run_sdlab, tmp_
     out = capsys.readouterr().out
     assert "sdlab: 2 of 2 cells done (" in out and "results.csv: 1 ok, 1 failed" in out, out
     assert len(finished_hashes(tmp_path)) == 1  # the failed cell is made again by a rerun
+
+
+def test_jobs_seen_ending_together_are_counted_as_and_when_they_ended(tmp_path, capsys):
+    """Jobs of a launcher's workers that the watch finds in one look (it looks each second; fast jobs end together)
+    are counted in the order they ended, each with the time left as it stood then, not as it stands at the look."""
+    from sdlab.app.callbacks import FinishedJobs
+    from sdlab.bench.resume import MARKER, write_manifest
+
+    write_manifest(tmp_path, ["seed=1,2,3,4"], [["seed=1"], ["seed=2"], ["seed=3"], ["seed=4"]], finished=0)
+    since = time.time() - 100
+    for name, ended in (("0", 20), ("1", 10)):  # job 1 ended first
+        (tmp_path / name).mkdir()
+        (tmp_path / name / MARKER).write_text(json.dumps({"job_hash": name, "rows": 1, "gen_s": 0.5}))
+        os.utime(tmp_path / name / MARKER, (since + ended, since + ended))
+    watch = FinishedJobs(tmp_path, since=since, every=60)
+    watch.start()
+    watch.stop()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "cells done" in line]
+    assert lines == ["sdlab: 1 of 4 cells done (1), 0.10 images/s, about 30 s left",
+                     "sdlab: 2 of 4 cells done (0), 0.10 images/s, about 20 s left"], lines

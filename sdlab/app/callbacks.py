@@ -93,8 +93,8 @@ class Progress:
         self.sweep_dir, self.started, self.done, self.made, self.images = sweep_dir, started, 0, 0, 0
         self.cells = None  # read at the first finished job, once: the sweep writes its manifest before it launches any
 
-    def line(self, job: Path) -> str:
-        """Count the finished `job` and say where the sweep stands."""
+    def line(self, job: Path, ended: float | None = None) -> str:
+        """Count the finished `job` and say where the sweep stood when it `ended` (now unless told)."""
         mark = read_mark(job)  # none for a failed job: done, with nothing made
         if self.cells is None:
             manifest = read_manifest(self.sweep_dir) or {}
@@ -102,7 +102,7 @@ class Progress:
         self.done += 1
         if "gen_s" in mark:
             self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
-        elapsed = max(time.time() - self.started, 1e-6)
+        elapsed = max((time.time() if ended is None else ended) - self.started, 1e-6)
         if isinstance(self.cells, int) and self.done >= self.cells:
             left = "nothing left"
         elif isinstance(self.cells, int) and self.made:
@@ -126,11 +126,14 @@ class FinishedJobs(threading.Thread):
         seen: set[str] = set()
         while True:
             stopping = self.stopped.wait(self.every)  # one more look once stopped: the last jobs' lines too
+            ended = []  # those that ended since the last look, in the order they ended
             for job in job_dirs(self.sweep_dir) if self.sweep_dir.is_dir() else []:
                 mark = job / MARKER
                 if job.name not in seen and mark.is_file() and mark.stat().st_mtime >= self.since:
                     seen.add(job.name)
-                    print(self.progress.line(job), flush=True)
+                    ended.append((mark.stat().st_mtime, job))
+            for when, job in sorted(ended):
+                print(self.progress.line(job, when), flush=True)
             if stopping:
                 return
 
