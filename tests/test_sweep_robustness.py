@@ -591,3 +591,15 @@ def test_jobs_seen_ending_together_are_counted_as_and_when_they_ended(tmp_path, 
     lines = [line for line in capsys.readouterr().out.splitlines() if "cells done" in line]
     assert lines == ["sdlab: 1 of 4 cells done (1), 0.10 images/s, about 30 s left",
                      "sdlab: 2 of 4 cells done (0), 0.10 images/s, about 20 s left"], lines
+
+
+def test_a_resumed_sweep_in_a_launchers_own_processes_counts_its_finished_cells_done(run_sdlab, tmp_path, capsys):
+    """joblib runs a finished cell's job too, which finds it so and writes nothing: the progress counts it from the
+    start, as with sdlab's own launcher, and reaches the sweep's size."""
+    fast = ("num_inference_steps=2", "threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab("-m", "seed=1,2", *fast) == 0
+    capsys.readouterr()
+    assert run_sdlab("-m", "seed=1,2,3", *fast) == 0
+    out = capsys.readouterr().out
+    assert "sdlab: 3 of 3 cells done (" in out and "2 of 3 cells done" not in out, out

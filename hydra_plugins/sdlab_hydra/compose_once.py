@@ -347,10 +347,11 @@ class ComposeOnceSweeper(Sweeper):
         launched = [job for job in jobs if tuple(job) not in self.cannot_run]
         if self.preflight:  # how a rerun of this command finds this folder, and what grid, summary and report label by
             finished, reweighted = set(), []
-            if hasattr(self.launcher, "finished") and len(job_dirs) == len(runs):  # it spends nothing on them
+            if len(job_dirs) == len(runs):  # a launcher that runs every cell counts them in its progress from the start
                 finished = {num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
                             if run.resume and finished_job(job_dir, run.job_hash) is not None}
-                self.launcher.finished = finished
+                if hasattr(self.launcher, "finished"):  # it spends nothing on them
+                    self.launcher.finished = finished
                 reweighted = [num for num, (job_dir, run) in enumerate(zip(job_dirs, runs))
                               if num not in finished and run.resume and made_from_other_weights(job_dir, run)]
             try:
@@ -363,7 +364,8 @@ class ComposeOnceSweeper(Sweeper):
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
                            finished=len(finished))
-            taken = f"; {len(finished)} finished before: not run again (resume=false runs them again)" if finished else ""
+            taken = (f"; {len(finished)} finished before: not run again (resume=false runs them again)"
+                     if finished and hasattr(self.launcher, "finished") else "")
             taken += f"; {len(reweighted)} made from weights that changed since: made again" if reweighted else ""
             log.info("sdlab: %s -> %s%s", sweep_plan(runs), sweep_dir, taken)
         return self.launch(launched, Path(sweep_dir))
