@@ -190,7 +190,8 @@ def test_display_overrides_show_values_as_typed():
     (["--config-path", "conf.yaml"], "--config-path conf.yaml names a file"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.prefer=nope"],
-     "hydra.launcher: prefer=nope is not a valid backend hint, expected one of ('processes', 'threads', None)"),
+     "hydra.launcher.prefer=nope: Hydra's joblib launcher runs every job in a loky worker process; prefer takes "
+     "processes only"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.require=x"],
      "hydra.launcher.require=x with prefer=processes: Hydra's joblib launcher runs every job in a loky worker process"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.require=sharedmem"], "require takes null only"),
@@ -207,6 +208,9 @@ def test_display_overrides_show_values_as_typed():
      "or loky only"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.backend=threading"],
      "hydra.launcher.backend=threading: Hydra's joblib launcher runs every job in a loky worker process"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.prefer=threads"],
+     "hydra.launcher.prefer=threads: Hydra's joblib launcher runs every job in a loky worker process; prefer takes "
+     "processes only"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.mmap_mode=zz"],  # joblib reads it only for big arrays
      "hydra.launcher.mmap_mode=zz must be one of r, r+, w+, c"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.timeout=-1"],

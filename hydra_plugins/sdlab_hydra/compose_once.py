@@ -87,9 +87,9 @@ def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], firs
 
 def check_launcher(launcher: Any) -> None:
     """Refuse a launcher option that its launcher would fail on only after the sweep dir is written, or would ignore:
-    joblib's `n_jobs=0`, a `require` or `backend` (its jobs always run in loky processes), an `mmap_mode` numpy has
-    not, a `pre_dispatch` that is no positive number of jobs, a `timeout` <= 0, or any value joblib's Parallel refuses
-    (prefer, batch_size...)."""
+    joblib's `n_jobs=0`, a `require`, `backend` or `prefer` (its jobs always run in loky processes), an `mmap_mode`
+    numpy has not, a `pre_dispatch` that is no positive number of jobs, a `timeout` <= 0, or any value joblib's Parallel
+    refuses (batch_size...)."""
     try:
         from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
         from joblib import Parallel, delayed
@@ -105,9 +105,11 @@ def check_launcher(launcher: Any) -> None:
         raise UserError(f"hydra.launcher.require={options['require']} with prefer={options.get('prefer')}: Hydra's "
                         "joblib launcher runs every job in a loky worker process, which shares no memory; require "
                         "takes null only")
-    if options.get("backend") not in (None, "loky"):  # the launcher sets loky over it
-        raise UserError(f"hydra.launcher.backend={options['backend']}: Hydra's joblib launcher runs every job in a loky "
-                        "worker process; backend takes null or loky only")
+    for key, allowed in (("backend", (None, "loky")), ("prefer", ("processes",))):  # the launcher sets loky over them
+        if options.get(key, allowed[0]) not in allowed:
+            raise UserError(f"hydra.launcher.{key}={options[key]}: Hydra's joblib launcher runs every job in a loky "
+                            f"worker process; {key} takes {' or '.join(str(a).replace('None', 'null') for a in allowed)} "
+                            "only")
     if options.get("mmap_mode") not in MMAP_MODES:  # joblib reads it only once an array is big enough to share
         raise UserError(f"hydra.launcher.mmap_mode={options.get('mmap_mode')} must be one of {', '.join(MMAP_MODES)} "
                         "(numpy.memmap's modes)")
