@@ -205,6 +205,9 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
 
     captions = json.loads((tmp_path / "captions.json").read_text())
     assert all(captions.get(png.name) for png in tmp_path.glob("*.png"))  # every figure has its title; the bare
+    first = rows.loc[rows["x0_pred_psnr_vs_final_db"] >= 30, "step"]  # the claim reads as the rows say
+    assert (f"x0_pred first reaches 30 dB PSNR at step {first.iloc[0]} of 4" if len(first) else
+            "x0_pred never reaches 30 dB PSNR") + " (dB: x0_pred against the final image)" in captions["trajectory_strip.png"]
     # the final image sits with the images, not the figures, and carries the whole request: `params=` regenerates it
     final = read_png_metadata(tmp_path / "images" / "trajectory_final.png")
     assert {k: final[k] for k in ("negative_prompt", "width", "height", "eta", "seed", "scheduler")} == {

@@ -125,8 +125,8 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     labels = [f"step {steps[i]['i']}\n{model.noise.step_label(steps[i])}" for i in picks]
     x0_labels = [f"{label}\n{rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB" for label, i in zip(labels, picks)]
     settled = next((r["step"] for r in rows if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
-    claim = (f"x0_pred is within {SETTLED_DB:g} dB PSNR of the final image from step {settled} of {len(rows)}"
-             if settled is not None else f"x0_pred never comes within {SETTLED_DB:g} dB PSNR of the final image")
+    claim = (f"x0_pred first reaches {SETTLED_DB:g} dB PSNR at step {settled} of {len(rows)}"
+             if settled is not None else f"x0_pred never reaches {SETTLED_DB:g} dB PSNR")
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + ["final"], x0_labels], row_labels=["x_t", "x0_pred"],
                 title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, seed {seed}: "
