@@ -8,6 +8,7 @@ import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -362,7 +363,7 @@ class Run:
     resume: bool = True
     weights: str | None = None  # what its rows are made from: the model's and scorers' weights (bench.run.typed_run)
 
-    @property
+    @cached_property  # read for the manifest, the plan line and each resume check: worked out once (a frozen Run)
     def job_hash(self) -> str:
         """The recipe's hash (`resume`, `plan` and `limits` aside) with its weights: a rerun finds its rows by it."""
         recipe = {k: v for k, v in self.recipe.items() if k not in ("resume", "plan", "limits")}
