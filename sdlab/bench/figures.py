@@ -205,8 +205,8 @@ def clear_legends(fig) -> None:
 
 def fit_titles(fig, suptitle=None) -> None:
     """Wrap, at its spaces, each title (the figure's, each panel's) wider than the panels, so that a long claim does
-    not widen the figure past its plots; its caption reads the same (record_caption joins lines with spaces)."""
-    fig.canvas.draw()
+    not widen the figure past its plots; its caption reads the same (record_caption joins lines with spaces). Measured
+    as laid out, not drawn: a text's width and a panel's place need no drawing."""
     renderer = fig.canvas.get_renderer()
     texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
         [(suptitle, fig.bbox.width)] if suptitle else [])  # the figure's title spans the figure as laid out
