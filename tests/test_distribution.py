@@ -153,14 +153,28 @@ def test_a_reference_that_cannot_be_is_one_line_and_nothing_is_written(run_sdlab
 
 
 def test_a_reference_without_a_set_scorer_is_refused_not_ignored(run_sdlab, cache, tmp_path, capsys):
+    """In a single run, and in a sweep none of whose jobs has a set scorer (named by the scorers the sweep has)."""
     real = write_images(tmp_path / "real", 4, 64)
-    for scorers in ((), ("scorers=[clip]",)):
-        assert run_sdlab(*scorers, f"reference={real}", *MINI) == 2
+    for args, named in [((), "[clip,shapes_adherence]"), (("scorers=[clip]",), "[clip]"),
+                        (("-m", "scorers=[clip],[clip,shapes_adherence]", "hydra.sweep.dir=s"),
+                         "[clip,shapes_adherence]")]:
+        assert run_sdlab(*args, f"reference={real}", *MINI) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"sdlab: error: reference={real} is read by the set scorers only (cmmd, fd, kid, "
-                       f"precision_recall), and scorers={'[clip]' if scorers else '[clip,shapes_adherence]'} has "
-                       "none: add one (scorers=[clip,fd]) or drop reference="], err
+                       f"precision_recall), and scorers={named} has none: add one (scorers=[clip,fd]) or drop "
+                       "reference="], err
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_sweep_whose_set_scorer_jobs_read_the_reference_runs_every_job(run_sdlab, cache, tmp_path):
+    """Its jobs without a set scorer leave the reference unread."""
+    real = write_images(tmp_path / "real", 5, 64)
+    assert run_sdlab("-m", "scorers=[clip],[clip,fd]", f"reference={real}", "seed=1", "hydra.sweep.dir=s", *MINI) == 0
+    rows = pd.read_csv("s/results.csv")
+    assert len(rows) == 2 and rows["clip_score"].notna().all()
+    assert rows["set_metrics"].fillna("").tolist() == ["", "fd"]
+    sets = pd.read_csv("s/summary.csv").dropna(subset=["features"])
+    assert set(sets["metric"]) == {"fd"} and (sets["n_reference"] == 5).all()
 
 
 def test_each_pair_of_swept_values_is_a_slice_and_extractors_never_mix(cache, tmp_path):

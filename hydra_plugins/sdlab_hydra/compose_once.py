@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import display_overrides, override_parser
 from sdlab.app.compose import SWEEP_CELLS, composed_run, parse_job, resolved, task_overrides
-from sdlab.app.preflight import check_job, sweep_plan
+from sdlab.app.preflight import check_job, check_sweep, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
 from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_weights, read_manifest,
@@ -327,6 +327,7 @@ class ComposeOnceSweeper(Sweeper):
                 self.composed.runs[tuple(job)] = run
             if cannot and not runs:
                 raise UserError(next(iter(cannot.values())))
+            check_sweep(runs)  # the jobs that will run, together
             for warning in warnings:
                 log.warning(warning)
             if cannot:

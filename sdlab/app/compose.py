@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdlab.app.arguments import display_overrides
-from sdlab.app.preflight import check_job
+from sdlab.app.preflight import check_job, check_sweep
 from sdlab.bench.run import parse
 from sdlab.config import Run
 from sdlab.errors import UserError
@@ -67,6 +67,7 @@ def composed_run(cfg) -> Run:
 
 
 def check_composed(cfg) -> tuple[list[str], Run]:
-    """Pre-flight of one composed job config (Hydra node included): (warnings, its Run)."""
+    """Pre-flight of one composed job config (Hydra node included), a single run: (warnings, its Run)."""
     run = composed_run(cfg)
+    check_sweep([run])
     return check_job(run), run

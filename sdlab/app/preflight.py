@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdlab.bench.inputs import input_image_files
-from sdlab.bench.scorers import check_set_scorers, scorer_names
+from sdlab.bench.scorers import check_reference_read, check_set_scorers, scorer_names
 from sdlab.bench.worlds import world
 from sdlab.config import Run
 from sdlab.errors import UserError, choose
@@ -80,6 +80,12 @@ def check_job(run: Run) -> list[str]:
             except UserError as e:
                 raise UserError(f"on model={spec.name}: {e}") from None
     return model_warnings(cfg, params.width, params.height)
+
+
+def check_sweep(runs: list[Run]) -> None:
+    """Check what only the jobs of a sweep together can tell (a single run is a sweep of one job): a reference set given
+    is read by a set scorer in some job."""
+    check_reference_read([run.recipe for run in runs])
 
 
 def sweep_plan(runs: list[Run]) -> str:

@@ -90,15 +90,27 @@ def set_scorers(cfg: dict) -> dict[str, ScorerKind]:
     return {name: kinds[name] for name in scorer_names(cfg) if kinds[name].statistic is not None}
 
 
+def check_reference_read(cfgs: Sequence[dict]) -> None:
+    """Each reference set given (`reference=DIR`) has a set scorer to read it in one of the jobs `cfgs`, a single run's
+    or a whole sweep's (a sweep's jobs without one leave it unread): one error line, naming their scorers, if not."""
+    scorers: dict[str, dict[str, None]] = {}  # each reference given -> its jobs' scorers, until a set scorer reads it
+    read = set()
+    for cfg in cfgs:
+        if cfg.get("reference") is not None:
+            reference = str(cfg["reference"])
+            scorers.setdefault(reference, {}).update(dict.fromkeys(scorer_names(cfg)))
+            read.update([reference] if set_scorers(cfg) else [])
+    for reference, names in scorers.items():
+        if reference not in read:
+            sets = ", ".join(sorted(name for name, kind in registered().items() if kind.statistic is not None))
+            raise UserError(f"reference={reference} is read by the set scorers only ({sets}), and "
+                            f"scorers=[{','.join(names)}] has none: add one (scorers=[clip,fd]) or drop reference=")
+
+
 def check_set_scorers(cfg: dict, width: int, height: int) -> None:
-    """The set scorers asked for have features (a CLIP model) and a reference set that fits, and a reference set has a
-    set scorer to read it: one error line if not."""
+    """The set scorers asked for have features (a CLIP model) and a reference set that fits: one error line if not.
+    (Whether a reference set given is read at all is a question for the whole sweep: `check_reference_read`.)"""
     needed = {name: kind.min_n for name, kind in set_scorers(cfg).items()}
-    if not needed and cfg.get("reference") is not None:
-        sets = ", ".join(sorted(name for name, kind in registered().items() if kind.statistic is not None))
-        raise UserError(f"reference={cfg['reference']} is read by the set scorers only ({sets}), and "
-                        f"scorers=[{','.join(scorer_names(cfg))}] has none: add one (scorers=[clip,fd]) or drop "
-                        "reference=")
     if needed and (cfg.get("clip") or {}).get("name") in (None, "none"):
         raise UserError(f"scorers {', '.join(needed)} compare CLIP image features, and clip=none has none; "
                         "pick clip=mini (or clip=openai_l14 from the local cache)")
