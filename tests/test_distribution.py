@@ -156,6 +156,7 @@ def test_a_reference_without_a_set_scorer_is_refused_not_ignored(run_sdlab, cach
     """In a single run, and in a sweep none of whose jobs has a set scorer (named by the scorers the sweep has)."""
     real = write_images(tmp_path / "real", 4, 64)
     for args, named in [((), "[clip,shapes_adherence]"), (("scorers=[clip]",), "[clip]"),
+                        (("-m", "seed=0,1", "scorers=[clip]", "hydra.sweep.dir=s"), "[clip]"),
                         (("-m", "scorers=[clip],[clip,shapes_adherence]", "hydra.sweep.dir=s"),
                          "[clip,shapes_adherence]")]:
         assert run_sdlab(*args, f"reference={real}", *MINI) == 2, args
