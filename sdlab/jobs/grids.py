@@ -175,13 +175,16 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
     frame = frame.assign(layout_r_same_seed=same, layout_r_other_seed=other, background_alike_same_seed=by_seed,
                          background_alike_same_subject=by_subject)
     follows = "the subject word, not the seed" if by_subject > by_seed else "the seed"
+    keeps = ("too few pairs to tell whether the seed keeps the layout" if np.isnan(same) or np.isnan(other) else
+             "the seed keeps the layout" if same > other else "the seed does not keep the layout")
     scales = ok["guidance_scale"].dropna().unique() if "guidance_scale" in ok else []
     head = [f"w={scales[0]:g}"] if len(scales) == 1 else []
     if "adherence_all" in ok and ok["adherence_all"].notna().any():
         head.append(f"{int(ok['adherence_all'].sum())}/{len(ok)} images draw their prompt (shapes checker)")
     return frame, "\n".join(filter(None, [
         ": ".join(head),
-        f"8x8 layout r: {same:.2f} same seed (n={len(pairs[True])}), {other:.2f} other (n={len(pairs[False])})",
+        f"{keeps}: layout correlation {same:.2f} between images of one seed (n={counted(len(pairs[True]), 'pair')}), "
+        f"{other:.2f} between seeds (n={len(pairs[False])}) (luminance on an 8x8 grid)",
         f"background alike in {sum(alike[True])}/{len(alike[True])} same-seed, {sum(alike[False])}/{len(alike[False])} "
         f"same-subject pairs: it follows {follows}"]))
 
