@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from contextlib import contextmanager
@@ -251,8 +252,8 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target
                                          annotation_clip=False))
         im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.grid(False)
-        ax.set_xticks(range(cols), [_short(s) for s in col_labels], rotation=40, ha="right", fontsize=7)
-        ax.set_yticks(range(rows), [_short(s) for s in row_labels], fontsize=7)
+        ax.set_xticks(range(cols), labels_apart(col_labels, _short, 56), rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(rows), labels_apart(row_labels, lambda s: wrapped_label(s, 40, 3), 40), fontsize=7)
         ax.tick_params(axis="y", pad=4 + (THUMB_POINTS + 6) * thumbs)
         mid = np.nanmean(matrix) if vmin is None or vmax is None else (vmin + vmax) / 2
         for r, c in np.ndindex(rows, cols):
@@ -264,8 +265,53 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target
 
 
 def _short(text: str, width: int = 56) -> str:
+    """`text` in at most `width` characters: cut after its last whole word that fits (inside a word only when the word
+    is longer than half of it, never inside an escape `drawable` wrote), with an ellipsis."""
     text = str(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if len(text) <= width:
+        return text
+    head = text[:uncut(text, width - 1)]
+    space = head.rfind(" ")
+    return (head[:space] if space > width // 2 else head).rstrip(" ,;:") + "…"
+
+
+def wrapped_label(text: str, chars: int, lines: int) -> str:
+    """`text` wrapped at its spaces in at most `lines` lines of `chars` characters; what does not fit is cut after a
+    whole word, with an ellipsis."""
+    return "\n".join(textwrap.wrap(str(text), chars, max_lines=lines, placeholder="…")) or str(text)
+
+
+def labels_apart(values: Sequence, shorten, width: int) -> list[str]:
+    """Each of `values` as drawn (`figure_text`), shortened by `shorten`, and kept `apart` (in `width` characters)."""
+    texts = [figure_text(v) for v in values]
+    return apart(texts, [shorten(text) for text in texts], width)
+
+
+def apart(values: Sequence[str], labels: Sequence[str], width: int) -> list[str]:
+    """`labels` of `values`, where two different values share a label each given instead the part of it where it
+    differs from them (`around`, about `width` characters); the whole value where even that is shared."""
+    sharing: dict[str, set[str]] = {}
+    for value, label in zip(values, labels):
+        sharing.setdefault(label, set()).add(value)
+    labels = [label if len(sharing[label]) == 1 else
+              around(value, max(len(os.path.commonprefix([value, other])) for other in sharing[label] - {value}), width)
+              for value, label in zip(values, labels)]
+    sharing = {}
+    for value, label in zip(values, labels):
+        sharing.setdefault(label, set()).add(value)
+    return [label if len(sharing[label]) == 1 else value for value, label in zip(values, labels)]
+
+
+def around(text: str, at: int, width: int) -> str:
+    """About `width` characters of `text` from a little before position `at`, starting and ending at a space where one
+    is near (never inside an escape `drawable` wrote), an ellipsis for each end cut off."""
+    start = text.rfind(" ", 0, max(0, at - width // 3)) + 1
+    if at - start > width // 2:  # no space near: cut inside the word
+        start = max(0, at - width // 3)
+    start = uncut(text, start)
+    end = len(text) if start + width >= len(text) else text.rfind(" ", at + 1, start + width)
+    end = end if end > at else uncut(text, min(len(text), start + width))
+    return ("…" if start else "") + text[start:end].strip() + ("…" if end < len(text) else "")
 
 
 def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: Sequence[str] | Sequence[Sequence[str]] = (),

@@ -1,0 +1,42 @@
+"""Labels of a figure's rows and columns: cut, when they must be, at a word boundary with an ellipsis, and never the
+same label for two different values on one axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sdlab.bench import figures
+
+SHAPES = ["a large red circle in the centre on a blue background",  # A6's prompts on mini
+          "a large orange circle in the centre on a blue background",
+          "a small green triangle on the right on a white background"]
+STEM = "a watercolor of a lighthouse on a cliff above a stormy sea at dusk, seen from the beach below, " * 2
+
+
+def drawn_heatmap(tmp_path, monkeypatch, rows: list[str], cols: list[str]):
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    figures.heatmap(np.eye(len(rows), len(cols)), rows, cols, tmp_path / "h.png")
+    ax = drawn[0].axes[0]
+    return [t.get_text() for t in ax.get_yticklabels()], [t.get_text() for t in ax.get_xticklabels()]
+
+
+def whole_words(label: str, value: str) -> bool:
+    """Every word of `label` (its "…" aside) is a whole word of `value`, in order from where it starts or after a cut."""
+    words = value.split()
+    return all(word in words for part in label.split("…") for word in part.split())
+
+
+def test_heatmap_row_labels_wrap_at_word_boundaries_and_keep_the_whole_prompt(tmp_path, monkeypatch):
+    rows = [f"P{i + 1}: {p}" for i, p in enumerate(SHAPES)]
+    labels, _ = drawn_heatmap(tmp_path, monkeypatch, rows, ["P1", "P2", "P3"])
+    assert [" ".join(label.split("\n")) for label in labels] == rows  # wrapped, not cut ("blue backgrou…")
+    assert all(label.count("\n") <= 2 and "…" not in label for label in labels)
+
+
+def test_heatmap_labels_too_long_to_wrap_are_cut_at_a_word_and_stay_apart(tmp_path, monkeypatch):
+    prompts = [STEM + "in oil", STEM + "in ink", STEM[:50] + "!" + STEM[50:]]  # alike for the first 180 characters
+    rows, cols = drawn_heatmap(tmp_path, monkeypatch, prompts, prompts)
+    for labels in (rows, cols):
+        assert len(set(labels)) == 3, labels
+        assert all("…" in label and whole_words(label, p) for label, p in zip(labels, prompts)), labels
