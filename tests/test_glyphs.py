@@ -128,3 +128,24 @@ def test_a_cjk_sweep_warns_of_no_glyph_and_keeps_the_prompt_as_typed(run_sdlab, 
     page = (sweep / "report.html").read_text()
     data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1))
     assert f"{RED} 🐱" in json.dumps(data, ensure_ascii=False) and (sweep / "summary.png").is_file()
+
+
+def test_the_contact_sheet_labels_two_cjk_ids_apart_in_what_the_font_draws(tmp_path, monkeypatch):
+    """A thumbnail's label (id and file name) is drawn `drawable`: as empty boxes, two ids would read the same."""
+    from sdlab.bench import figure_index
+
+    drawn, draw_text = [], ImageDraw.ImageDraw.multiline_text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "multiline_text",
+                        lambda self, xy, text, *a, **k: drawn.append(text) or draw_text(self, xy, text, *a, **k))
+    sheets = []
+    for i, name in enumerate((RED, BLUE)):
+        job = tmp_path / str(i) / f"0_{name}"
+        job.mkdir(parents=True)
+        (job / "run_config.json").write_text(json.dumps({"article": {"id": name, "question": "?"}}))
+        Image.new("RGB", (40, 40), "white").save(job / "figure.png")
+        sheet = figure_index.contact_sheet(figure_index.index_rows(job.parent), job.parent, tmp_path / f"{i}.png")
+        sheets.append(np.asarray(Image.open(sheet).convert("L")))
+    assert ["".join(label.split()) for label in drawn] == [f"{drawable(name, font(True).path)}:figure.png"
+                                                           for name in (RED, BLUE)]  # wrapped where it must be
+    assert all(whole_escapes(line) for label in drawn for line in label.split(":")[0].split("\n"))
+    assert not np.array_equal(*sheets)  # the labels' pixels, all the sheets differ in

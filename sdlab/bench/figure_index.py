@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import textwrap
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw
 
 from sdlab.bench.captions import read_captions
-from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font
+from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font, wrapped
 from sdlab.bench.records import job_dirs, read_table, write_table
 from sdlab.bench.resume import CONFIG
 from sdlab.io import atomic_save, atomic_write_text
@@ -69,7 +68,8 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def contact_sheet(rows: list[dict], sweep_dir: Path, target: Path) -> Path | None:
-    """Every figure as a thumbnail labelled with its id and file name, SHEET_COLUMNS to a row."""
+    """Every figure as a thumbnail labelled with its id and file name (`wrapped`: as the font draws them), SHEET_COLUMNS
+    to a row."""
     shown = [row for row in rows if row["figure"]]
     if not shown:
         return None
@@ -82,8 +82,8 @@ def contact_sheet(rows: list[dict], sweep_dir: Path, target: Path) -> Path | Non
     for i, row in enumerate(shown):
         x, y = MARGIN + (i % SHEET_COLUMNS) * (cell_w + GAP), MARGIN + (i // SHEET_COLUMNS) * (cell_h + GAP)
         name = f"{row['id'] or row['recipe']}: {Path(row['figure']).name}"
-        draw.multiline_text((x, y), "\n".join(textwrap.wrap(name, 40, max_lines=2, placeholder=" …")), fill=INK,
-                            font=font(True), spacing=2)
+        label = wrapped(draw, name, cell_w - 2 * MARGIN, bold=True, most=2)  # apart from the next cell's label
+        draw.multiline_text((x, y), label, fill=INK, font=font(True), spacing=2)
         thumb = fitted(sweep_dir / row["figure"], THUMB)
         if thumb is not None:
             sheet.paste(thumb, (x + (cell_w - thumb.width) // 2, y + label_height))
