@@ -149,3 +149,23 @@ def test_the_contact_sheet_labels_two_cjk_ids_apart_in_what_the_font_draws(tmp_p
                                                            for name in (RED, BLUE)]  # wrapped where it must be
     assert all(whole_escapes(line) for label in drawn for line in label.split(":")[0].split("\n"))
     assert not np.array_equal(*sheets)  # the labels' pixels, all the sheets differ in
+
+
+LONG = "a watercolor painting of {} sitting on a windowsill in the morning light, soft focus"
+
+
+def test_long_prompts_apart_only_in_cjk_have_different_labels_on_the_summary_axis_and_legend():
+    """Cut in the middle, both would read "a watercol…soft focus": each label shows where its prompt differs instead."""
+    prompts = [LONG.format(RED), LONG.format(BLUE)]
+    level, rotated = tick_labels(prompts, 1.0)
+    assert rotated and len(set(level)) == 2 and not any("\\" in ESCAPE.sub("", label) for label in level), level
+    assert all(len(label) < len(drawable(p, font().path)) for label, p in zip(level, prompts)), level  # still short
+    frame = pd.DataFrame([{"seed": seed, "prompt": p, "guidance_scale": g, "status": "ok", "nfe": 2,
+                           "clip_score": 50.0 + 10 * i + g + seed,
+                           "overrides": json.dumps({"prompt": p, "guidance_scale": str(g)})}
+                          for i, p in enumerate(prompts) for g in (1, 7.5) for seed in (1, 2, 3)])
+    ranking = rank(frame, ("prompt", "guidance_scale"))
+    fig = draw_summary(summary_table(frame, ("prompt", "guidance_scale"), ranking), ranking)
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]  # the prompt axis
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]  # a line per prompt on the w axis
+    assert len(set(ticks)) == 2 and len(set(legend)) == 2, (ticks, legend)

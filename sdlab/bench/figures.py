@@ -490,14 +490,14 @@ Y_LABEL_INCHES = 0.7  # what a panel's y tick labels and axis label take of its 
 
 def tick_labels(values: Sequence[str], slot_inches: float) -> tuple[list[str], bool]:
     """A category axis's tick labels: each value whole (as drawn, `figure_text`), wrapped in at most TICK_LINES level
-    lines of its slot's width, when every one fits so; else each cut in the middle, rotated when they are many or long.
-    Whether rotated."""
+    lines of its slot's width, when every one fits so; else each cut in the middle, rotated when they are many or long;
+    two values never one label (`apart`). Whether rotated."""
     chars = int(slot_inches / TICK_CHAR_INCHES)
     values = [figure_text(v) for v in values]
     lines = [textwrap.wrap(str(v), chars, break_long_words=False) for v in values]
     if all(len(w) <= TICK_LINES and all(len(line) <= chars for line in w) for w in lines):
-        return ["\n".join(w) for w in lines], False
-    short = [_middle(v) for v in values]
+        return apart(values, ["\n".join(w) for w in lines], chars), False
+    short = labels_apart(values, _middle, 22)
     return short, len(values) > 4 or max(map(len, short)) > 8
 
 
@@ -551,7 +551,7 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
     positions = {k: _positions(values[k]) for k in keys}
     widths = [max(3.0, 0.42 * len(values[k])) if not positions[k][2] else 3.0 for k in keys]
     ticks = {k: tick_labels(positions[k][1], (PAGE_INCHES * w / sum(widths) - Y_LABEL_INCHES) / len(values[k]))
-             if not positions[k][2] else ([_middle(v) for v in positions[k][1]], False) for k, w in zip(keys, widths)}
+             if not positions[k][2] else (labels_apart(positions[k][1], _middle, 22), False) for k, w in zip(keys, widths)}
     label_inches = max(0.07 * max(map(len, labels)) + 0.3 if rotated  # 45 degrees: the longest label's drop
                        else 0.14 * max(label.count("\n") + 1 for label in labels) + 0.16
                        for labels, rotated in ticks.values())
@@ -603,7 +603,7 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
                 ax.set_ylabel(_short(unit, 22) if c == 0 else "")
             if by is not None:
                 handles, names = axes[0, c].get_legend_handles_labels()
-                names = [_middle(figure_text(name), LEGEND_CHARS) for name in names]
+                names = labels_apart(names, lambda name: _middle(name, LEGEND_CHARS), LEGEND_CHARS)
                 entry = LEGEND_CHAR_INCHES * max(map(len, names)) + 0.45  # marker, gap and text of one entry
                 fits = int(PAGE_INCHES * widths[c] / sum(widths) // entry)
                 axes[0, c].legend(handles, names, title=f"{by}:", fontsize=7,
