@@ -22,7 +22,7 @@ def drawn_heatmap(tmp_path, monkeypatch, rows: list[str], cols: list[str]):
 
 
 def whole_words(label: str, value: str) -> bool:
-    """Every word of `label` (its "…" aside) is a whole word of `value`, in order from where it starts or after a cut."""
+    """Every word of `label` (its "…" aside) is a whole word of `value`: no word cut in the middle."""
     words = value.split()
     return all(word in words for part in label.split("…") for word in part.split())
 
@@ -40,3 +40,20 @@ def test_heatmap_labels_too_long_to_wrap_are_cut_at_a_word_and_stay_apart(tmp_pa
     for labels in (rows, cols):
         assert len(set(labels)) == 3, labels
         assert all("…" in label and whole_words(label, p) for label, p in zip(labels, prompts)), labels
+
+
+def test_bar_chart_labels_of_prompts_alike_for_as_long_as_a_label_stay_apart(tmp_path, monkeypatch):
+    """The token counts of A6 (clip_tokens): a bar per prompt, labelled in one line."""
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    prompts = [STEM + "in oil", STEM + "in ink", "a cat on a sofa"]
+    figures.bar_chart([{"labels": prompts, "values": [40, 40, 6]}], tmp_path / "b.png")
+    labels = [t.get_text() for t in drawn[0].axes[0].get_yticklabels()]
+    assert len(set(labels)) == 3 and labels[2] == prompts[2], labels
+    assert all(whole_words(label, p) for label, p in zip(labels, prompts)), labels
+
+
+def test_a_cut_keeps_every_whole_word_that_fits():
+    pirate = "a pirate ship sailing through a storm, dramatic lighting, oil painting"  # A6's prompt on SD 1.5
+    assert figures._short(pirate, 48) == "a pirate ship sailing through a storm, dramatic…"
+    assert figures._short(pirate, 46) == "a pirate ship sailing through a storm…"

@@ -271,7 +271,7 @@ def _short(text: str, width: int = 56) -> str:
     if len(text) <= width:
         return text
     head = text[:uncut(text, width - 1)]
-    space = head.rfind(" ")
+    space = text.rfind(" ", 0, len(head) + 1)  # the cut itself may fall at a word's end
     return (head[:space] if space > width // 2 else head).rstrip(" ,;:") + "…"
 
 
@@ -290,16 +290,20 @@ def labels_apart(values: Sequence, shorten, width: int) -> list[str]:
 def apart(values: Sequence[str], labels: Sequence[str], width: int) -> list[str]:
     """`labels` of `values`, where two different values share a label each given instead the part of it where it
     differs from them (`around`, about `width` characters); the whole value where even that is shared."""
-    sharing: dict[str, set[str]] = {}
-    for value, label in zip(values, labels):
-        sharing.setdefault(label, set()).add(value)
+    sharing = labelled(values, labels)
     labels = [label if len(sharing[label]) == 1 else
               around(value, max(len(os.path.commonprefix([value, other])) for other in sharing[label] - {value}), width)
               for value, label in zip(values, labels)]
-    sharing = {}
+    sharing = labelled(values, labels)
+    return [label if len(sharing[label]) == 1 else value for value, label in zip(values, labels)]
+
+
+def labelled(values: Sequence[str], labels: Sequence[str]) -> dict[str, set[str]]:
+    """Each label and the different values it stands for."""
+    sharing: dict[str, set[str]] = {}
     for value, label in zip(values, labels):
         sharing.setdefault(label, set()).add(value)
-    return [label if len(sharing[label]) == 1 else value for value, label in zip(values, labels)]
+    return sharing
 
 
 def around(text: str, at: int, width: int) -> str:
@@ -370,7 +374,7 @@ def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
                 ax.barh(y[at], np.asarray(panel["values"])[at], color=colours[at[0]], label=name)
             if names != [None]:
                 ax.legend(fontsize=7, frameon=False, loc="best")
-            ax.set_yticks(y, [_short(s, 48) for s in panel["labels"]], fontsize=7)
+            ax.set_yticks(y, labels_apart(panel["labels"], lambda s: _short(s, 48), 48), fontsize=7)
             ax.invert_yaxis()
             ax.grid(axis="y", visible=False)
             for yi, value, note in zip(y, panel["values"], panel.get("notes", [None] * len(y))):
