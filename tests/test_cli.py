@@ -224,6 +224,17 @@ def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args,stray", [(["--version", "extra"], "extra"), (["-V", "extra"], "extra"),
+                                        (["--help", "extra"], "extra"), (["-h", "seed=1", "-m"], "seed=1 -m")])
+def test_a_word_after_help_or_version_is_refused_naming_it(run_sdlab, tmp_path, monkeypatch, capsys, args, stray):
+    """`--help` and `--version` go alone: a stray word is refused as any unknown argument is, and nothing printed."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab(*args) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == f"sdlab: error: unrecognized arguments: {stray}; see sdlab --help\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args,fix", [(["model=tiny", "+seed=3"], "write seed=3 to change it"),
                                       (["+seed=1,2"], "write seed=1,2 to change it"),
                                       (["-m", "experiment=trajectory,forward_process", "+frames=3", "plan=true"],

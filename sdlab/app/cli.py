@@ -23,7 +23,7 @@ try:  # the libraries load for about a second: a Ctrl-C then ends as one later d
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from sdlab.app.arguments import check_output_dir, display_overrides, prepare
+    from sdlab.app.arguments import check_alone, check_output_dir, display_overrides, prepare
     from sdlab.app.callbacks import CollectSweep, Preflight
     from sdlab.app.compose import fail, job_folder, one_line, parse_job, task_overrides
     from sdlab.app.help import help_text, version_text
@@ -194,18 +194,20 @@ def report_command(args: list[str]) -> None:
     print(f"sdlab: {target}")
     sys.exit(0)
 
+PAGES = {"--help": help_text, "-h": help_text, "--version": version_text, "-V": version_text}  # each goes alone
+
+
 def entry() -> None:
     """`sdlab report DIR`, --help or --version; else the command line checked and prepared, then run by Hydra."""
     if sys.argv[1:2] == ["report"]:
         report_command(sys.argv[2:])
     argv = sys.argv[1:]
-    if argv[:1] in (["--help"], ["-h"]):
-        print(help_text())
-        return
-    if argv[:1] in (["--version"], ["-V"]):
-        print(version_text())
-        return
+    page = PAGES.get(argv[0] if argv else "")
     try:
+        if page:
+            check_alone(argv)
+            print(page())
+            return
         args = prepare(argv)
         check_output_dir(args)
     except UserError as e:
