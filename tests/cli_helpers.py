@@ -16,10 +16,11 @@ def bare_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300,
-            **extra: str) -> subprocess.CompletedProcess:
-    """`sdlab ARGS` run to its end, offline, with `env` and `extra`; output as text. Without `env` it has this
-    process's environment, and with a `cwd` a Hugging Face home of its own there, so no cached model leaks in."""
+            command: tuple[str, ...] = SDLAB, **extra: str) -> subprocess.CompletedProcess:
+    """`sdlab ARGS` (started as `command`) run to its end, offline, with `env` and `extra`; output as text. Without
+    `env` it has this process's environment, and with a `cwd` a Hugging Face home of its own there, so no cached model
+    leaks in."""
     if env is None:
         env = {**os.environ, **({"HF_HOME": str(Path(cwd) / "hf_home")} if cwd is not None else {})}
     env = {**env, "HF_HUB_OFFLINE": "1", **extra}
-    return subprocess.run([*SDLAB, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

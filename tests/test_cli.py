@@ -502,6 +502,18 @@ def test_version_names_sdlab_and_its_libraries(tmp_path):
     assert result.stdout.startswith("sdlab 0.") and "torch 2." in result.stdout and "diffusers" in result.stdout
 
 
+@pytest.mark.parametrize("args,code", [(["--version"], 0), (["guidance_scale=abc"], 2)])
+def test_python_m_sdlab_is_the_sdlab_command(tmp_path, args, code):
+    """`python -m sdlab` answers as the console script `sdlab` does: the same output and exit code."""
+    console_script = run_cli(*args, cwd=tmp_path, command=(str(Path(sys.executable).with_name("sdlab")),))
+    module = run_cli(*args, cwd=tmp_path, command=(sys.executable, "-m", "sdlab"))
+    assert (module.returncode, module.stdout, module.stderr) == (code, console_script.stdout, console_script.stderr)
+    if code:
+        assert module.stderr.startswith("sdlab: error: guidance_scale=") and module.stderr.count("\n") == 1
+    else:
+        assert module.stdout.startswith("sdlab 0.") and module.stderr == ""
+
+
 def test_bash_completion_installs_and_completes(tmp_path):
     install = run_cli("-sc", "install=bash", cwd=tmp_path, env=bare_env())
     assert install.returncode == 0, install.stderr
