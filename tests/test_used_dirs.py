@@ -128,6 +128,45 @@ def test_garbage_ending_as_a_png_ends_is_made_again_and_the_other_cells_kept(run
     assert sorted(pd.read_parquet(tmp_path / "results.parquet")["seed"]) == [1, 2, 3]
 
 
+def flip_image_data(png: Path, count: int = 50) -> None:
+    """Invert `count` bytes in the middle of a PNG's first IDAT chunk: its length, signature, IHDR and IEND stay."""
+    data = bytearray(png.read_bytes())
+    at = data.index(b"IDAT") + 4
+    size = int.from_bytes(data[at - 8:at - 4], "big")
+    assert size > count
+    start = at + (size - count) // 2
+    data[start:start + count] = bytes(b ^ 0xFF for b in data[start:start + count])
+    png.write_bytes(bytes(data))
+
+
+def test_an_image_damaged_inside_its_data_is_made_again_and_named_in_one_warning(run_sdlab, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """Bytes changed in the middle of a finished image's pixel data (its ends whole) fail the chunk's CRC: the rerun
+    makes that cell again, keeps the damaged file as `.damaged` and says so once; the other cells are kept."""
+    from sdlab.bench import resume
+
+    sweep = ("-m", "seed=1,2,3", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep) == 0
+    made = {png: png.read_bytes() for png in tmp_path.glob("*/images/*.png")}
+    png = next(tmp_path.glob("1/images/*.png"))
+    flip_image_data(png)
+    damaged = png.read_bytes()
+    monkeypatch.setattr(resume, "_FINISHED", {})  # a new process, as a rerun is
+    capsys.readouterr()
+    assert run_sdlab(*sweep) == 0
+    said = capsys.readouterr()
+    assert "Traceback" not in said.err
+    warned = [line for line in (said.out + said.err).splitlines() if f"{png.name} is not a whole image" in line]
+    assert len(warned) == 1, said.out + said.err
+    assert png.with_name(png.name + ".damaged").read_bytes() == damaged
+    assert read_png_metadata(png)["row"]["seed"] == 2
+    Image.open(png).load()
+    assert {p: p.read_bytes() for p in made if p != png} == {p: b for p, b in made.items() if p != png}
+    assert sorted(pd.read_parquet(tmp_path / "results.parquet")["seed"]) == [1, 2, 3]
+    assert run_sdlab(*sweep) == 0  # and the rerun after finds it finished
+    assert "; 3 finished before: not run again" in capsys.readouterr().out
+
+
 def test_an_image_path_outside_the_run_dir_is_never_trusted(run_sdlab, tmp_path):
     run = tmp_path / "run"
     args = (*FAST, "seeds=[1]", f"hydra.run.dir={run}")

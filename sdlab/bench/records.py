@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -204,25 +205,35 @@ def local_file(folder: Path, relative: Any) -> Path | None:
 
 PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"  # a PNG's signature and the head of its first chunk
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: a file cut short has none
+SIGNATURE = len(PNG_START) - 8  # the bytes before the first chunk's length
 
 
 def whole_image(path: Path | None) -> bool:
-    """True for an image file that is all there (a PNG starts with its signature and IHDR chunk and ends with its IEND
-    chunk); one cut short, or other bytes ending as a PNG ends, is redone."""
+    """True for an image file that is all there: a PNG starts with its signature and IHDR chunk, each chunk's CRC
+    matches its type and data (PNG spec 5.3), and it ends with its IEND chunk. One cut short, damaged inside, or other
+    bytes ending as a PNG ends, is redone."""
     if path is None:
         return False
     if path.suffix.lower() != ".png":
         return True
     try:
-        with open(path, "rb") as f:
-            if f.seek(0, 2) < len(PNG_START) + len(PNG_END):
-                return False
-            f.seek(0)
-            start = f.read(len(PNG_START))
-            f.seek(-len(PNG_END), 2)
-            return start == PNG_START and f.read() == PNG_END
+        data = memoryview(path.read_bytes())  # chunks are read as views into it, never copied
     except OSError:
         return False
+    return data[:len(PNG_START)] == PNG_START and chunks_intact(data)
+
+
+def chunks_intact(png: memoryview) -> bool:
+    """Whether a PNG's chunks, read once from the first to an IEND ending the file, each match their CRC."""
+    at, end = SIGNATURE, len(png)
+    while at + 12 <= end:
+        stop = at + 8 + int.from_bytes(png[at:at + 4], "big")  # the end of the chunk's data, its CRC after
+        if stop + 4 > end or zlib.crc32(png[at + 4:stop]) != int.from_bytes(png[stop:stop + 4], "big"):
+            return False
+        if png[at + 4:at + 8] == b"IEND":
+            return stop + 4 == end
+        at = stop + 4
+    return False
 
 
 def finished(row: dict[str, Any], folder: Path) -> bool:
