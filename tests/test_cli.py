@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from sdlab.app import arguments
 from sdlab.app.arguments import display_overrides, hydra_quote, prepare
+from sdlab.app.help import help_text, version_text
 from sdlab.bench.figure_index import write_index
 from sdlab.errors import UserError
 
@@ -224,14 +225,17 @@ def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args,stray", [(["--version", "extra"], "extra"), (["-V", "extra"], "extra"),
-                                        (["--help", "extra"], "extra"), (["-h", "seed=1", "-m"], "seed=1 -m")])
-def test_a_word_after_help_or_version_is_refused_naming_it(run_sdlab, tmp_path, monkeypatch, capsys, args, stray):
-    """`--help` and `--version` go alone: a stray word is refused as any unknown argument is, and nothing printed."""
+@pytest.mark.parametrize("args,page", [(["--version", "extra"], "version"), (["-V", "seed=1"], "version"),
+                                       (["--help", "extra"], "help"), (["seed=1", "--help"], "help"),
+                                       (["-m", "seed=1,2", "-h"], "help"), (["guidance_scale=abc", "--help"], "help")])
+def test_help_or_version_anywhere_prints_sdlabs_page_and_nothing_runs(run_sdlab, tmp_path, monkeypatch, capsys, args,
+                                                                      page):
+    """As argparse (and git, python, ls) read them: `--help` or `--version` anywhere prints sdlab's page, whatever else
+    was typed, and runs nothing; `sdlab seed=1 --help` once printed Hydra's generic page ("cli is powered by Hydra")."""
     monkeypatch.chdir(tmp_path)
-    assert run_sdlab(*args) == 2
+    assert run_sdlab(*args) == 0
     printed = capsys.readouterr()
-    assert printed.out == "" and printed.err == f"sdlab: error: unrecognized arguments: {stray}; see sdlab --help\n"
+    assert printed.out == {"help": help_text, "version": version_text}[page]() + "\n" and printed.err == ""
     assert list(tmp_path.iterdir()) == []
 
 
@@ -502,6 +506,16 @@ def test_version_names_sdlab_and_its_libraries(tmp_path):
     assert result.stdout.startswith("sdlab 0.") and "torch 2." in result.stdout and "diffusers" in result.stdout
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"]])
+def test_a_reader_that_stops_early_ends_the_output_quietly(tmp_path, args):
+    """`sdlab --help | head -1`: the reader gone, the page ends without a BrokenPipeError traceback."""
+    process = subprocess.Popen([*SDLAB, *args], cwd=tmp_path, env=bare_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # gone before the first line: every write meets a closed pipe
+    err = process.communicate(timeout=120)[1]
+    assert process.returncode == 1 and err == "", err[-2000:]
+
+
 @pytest.mark.parametrize("args,code", [(["--version"], 0), (["guidance_scale=abc"], 2)])
 def test_python_m_sdlab_is_the_sdlab_command(tmp_path, args, code):
     """`python -m sdlab` answers as the console script `sdlab` does: the same output and exit code."""
@@ -762,8 +776,6 @@ def test_an_explainer_that_runs_no_network_imports_no_torch(tmp_path, recipe):
 def test_help_never_cuts_a_description_at_a_line_break_of_its_comment():
     """A key's or an option's comment that goes on over more lines is shown whole, or cut at a word and marked
     `...`: `scorers ... and the` or `sdxl_arch ... architecture with` left the reader mid-sentence."""
-    from sdlab.app.help import help_text
-
     shown = {line.split()[0]: line.split(None, 1)[1] for line in help_text().splitlines()
              if line.startswith("  ") and len(line.split()) > 1}
     conf = ROOT / "conf"

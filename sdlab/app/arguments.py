@@ -400,12 +400,6 @@ def flag_parser() -> FlagParser:
     return parser
 
 
-def check_alone(argv: list[str]) -> None:
-    """Refuse words after `--help` or `--version` (which take none) as argparse refuses an unknown argument."""
-    if argv[1:]:
-        flag_parser().error(f"unrecognized arguments: {' '.join(argv[1:])}")
-
-
 def check_flags(flags: list[str]) -> argparse.Namespace:
     """The flags as Hydra will read them; one it would refuse, alone or with another, or abbreviated, is a UserError."""
     for flag in flags:

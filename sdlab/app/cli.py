@@ -23,7 +23,7 @@ try:  # the libraries load for about a second: a Ctrl-C then ends as one later d
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from sdlab.app.arguments import check_alone, check_output_dir, display_overrides, prepare
+    from sdlab.app.arguments import check_output_dir, display_overrides, prepare
     from sdlab.app.callbacks import CollectSweep, Preflight
     from sdlab.app.compose import fail, job_folder, one_line, parse_job, task_overrides
     from sdlab.app.help import help_text, version_text
@@ -194,7 +194,8 @@ def report_command(args: list[str]) -> None:
     print(f"sdlab: {target}")
     sys.exit(0)
 
-PAGES = {"--help": help_text, "-h": help_text, "--version": version_text, "-V": version_text}  # each goes alone
+
+PAGES = {"--help": help_text, "-h": help_text, "--version": version_text, "-V": version_text}
 
 
 def entry() -> None:
@@ -202,12 +203,10 @@ def entry() -> None:
     if sys.argv[1:2] == ["report"]:
         report_command(sys.argv[2:])
     argv = sys.argv[1:]
-    page = PAGES.get(argv[0] if argv else "")
+    if page := next((PAGES[word] for word in argv if word in PAGES), None):  # anywhere, as argparse reads them
+        print(page())
+        return
     try:
-        if page:
-            check_alone(argv)
-            print(page())
-            return
         args = prepare(argv)
         check_output_dir(args)
     except UserError as e:
@@ -238,7 +237,13 @@ def main() -> None:
     ends: collecting as often as Python does cost a sweep a tenth of its time) and not at exit (it idled about 4 s)."""
     gc.set_threshold(100_000, 50, 100)
     try:
-        entry()
+        try:
+            entry()
+        finally:
+            sys.stdout.flush()  # here, not at exit: a reader that stopped is met below
+    except BrokenPipeError:  # `sdlab --help | head -1`: end quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush meets no closed pipe again
+        sys.exit(1)
     finally:
         gc.freeze()
 
