@@ -736,6 +736,41 @@ def test_two_sweeps_started_in_the_same_second_get_a_folder_each(run_sdlab, tmp_
     assert run_sdlab("-m", "seed=1,2", *fast) == 0  # a rerun still finds its own folder, not a third
     assert len(list((tmp_path / "outputs" / "generate").iterdir())) == 2
 
+
+def test_a_run_whose_default_folder_is_taken_in_the_same_second_gets_the_next_name(run_sdlab, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """A run's default folder is named by the second it starts: another sdlab that started in that second holds it, or
+    one that ended in it left its results there. The user chose no folder, so the run takes the next free name and
+    leaves the other's alone; a folder the user names is refused as before (test_dir_safety)."""
+    import socket
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", SameSecond)
+    monkeypatch.chdir(tmp_path)
+    fast = ("model=tiny", "num_inference_steps=1", "threads=1")
+    root = tmp_path / "outputs" / "generate"
+    held = root / "2026-12-05_03-47-32"
+    holder = subprocess.Popen(["sleep", "300"])
+    try:
+        held.mkdir(parents=True)
+        (held / ".sdlab.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        capsys.readouterr()
+        assert run_sdlab("seed=1", *fast) == 0
+        assert f"generate/{held.name}_2/results.csv" in "".join(capsys.readouterr())
+        assert run_sdlab("seed=2", *fast) == 0  # the second one has ended: its folder is taken all the same
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in root.iterdir()) == [held.name, f"{held.name}_2", f"{held.name}_3"]
+    assert sorted(p.name for p in held.iterdir()) == [".sdlab.lock"]
+    assert [pd.read_csv(root / f"{held.name}_{n}" / "results.csv")["seed"].tolist() for n in (2, 3)] == [[1], [2]]
+
+
+def test_a_refused_run_on_the_default_folder_leaves_nothing(run_sdlab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("guidance_scale=abc", "model=tiny", "threads=1") == 2
+    assert run_sdlab("seed=-1", "model=tiny", "threads=1") == 2
+    assert not (tmp_path / "outputs").exists()
+
 INTERRUPTED_IN_A_POOL = """
 import sys, threading
 from concurrent.futures import ThreadPoolExecutor

@@ -17,6 +17,22 @@ from sdlab.io import atomic_path, is_temp_file
 from sdlab.bench.ownership import MARK
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
+ROOT = Path(__file__).resolve().parent.parent
+SAME_SECOND = """
+import datetime, sys
+import hydra.core.utils
+from sdlab.app import cli
+
+
+class SameSecond(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 12, 5, 3, 47, 32)
+
+
+hydra.core.utils.datetime = SameSecond  # Hydra's `${now:}`: every start lands in one second
+cli.main()
+"""  # `sdlab ARGS` with its clock stopped, as `python -c SAME_SECOND ARGS`
 
 
 def test_atomic_temp_files_are_recognisably_sdlabs(tmp_path):
@@ -132,3 +148,26 @@ def test_two_processes_on_one_sweep_dir_the_second_refuses(run_sdlab, tmp_path, 
     frame = pd.read_parquet(sweep / "results.parquet")
     assert len(frame) == 12 and (frame["status"] == "ok").all()
     assert not (sweep / lock.LOCK_NAME).exists()
+
+
+@pytest.mark.slow  # four real processes, two at a time (about 30 s); the in-process tests cover the naming
+def test_runs_and_sweeps_started_together_on_the_default_dir_get_a_folder_each(tmp_path):
+    """Two commands started in the same second named the same default folder: one ran, the other was refused (or,
+    started a moment later, went into the first one's folder). The user chose no folder: each gets its own, the
+    second the first's name with `_2`, and says so where it says where its results are."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    root = tmp_path / "outputs" / "generate"
+    for mode, values, name in (((), ("seed=1", "seed=2"), "2026-12-05_03-47-32"),
+                               (("-m",), ("seed=1,2", "seed=3,4"), "multirun_2026-12-05_03-47-32")):
+        started = [subprocess.Popen([sys.executable, "-c", SAME_SECOND, *mode, value, *FAST], cwd=tmp_path, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for value in values]
+        said = ["".join(process.communicate(timeout=300)) for process in started]
+        assert [process.returncode for process in started] == [0, 0], said
+        folders = sorted(root.glob(f"{name}*"))
+        assert [folder.name for folder in folders] == [name, f"{name}_2"]
+        seeds = {tuple(sorted(pd.read_csv(folder / "results.csv")["seed"])): folder for folder in folders}
+        assert sorted(seeds) == ([(1,), (2,)] if not mode else [(1, 2), (3, 4)])
+        for value, text in zip(values, said):  # each names the folder its own rows are in, and only that one
+            own = seeds[tuple(int(seed) for seed in value.partition("=")[2].split(","))]
+            named = {folder.name for folder in folders if f"generate/{folder.name}/results.csv" in text}
+            assert named == {own.name}, text

@@ -20,11 +20,12 @@ from hydra.core.override_parser.types import Override, OverrideType, RangeSweep,
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
-from sdlab.app.arguments import display_overrides, override_parser
+from sdlab.app.arguments import display_overrides, hydra_quote, named_by_sdlab, override_parser
+from sdlab.app.callbacks import CollectSweep
 from sdlab.app.compose import SWEEP_CELLS, composed_run, parse_job, resolved, task_overrides
 from sdlab.app.preflight import check_job, check_sweep, sweep_plan
 from sdlab.bench import lock, ownership
@@ -241,6 +242,10 @@ class ComposedConfigs:
         OmegaConf.copy_cache(from_config=master_config, to_config=config)
         return config
 
+    def forget_templates(self) -> None:
+        """Compose later jobs afresh: the sweep's Hydra config changed since the templates were composed."""
+        self._templates.clear()
+
     def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
         """The kept config of these overrides (handed out once), else one composed again (from its template when an
         earlier job has its config groups)."""
@@ -286,6 +291,9 @@ class ComposeOnceSweeper(Sweeper):
         stops the sweep with one line before anything is written.
         """
         sweep_dir = str(self.config.hydra.sweep.dir)  # resolved first: jobs copy its `${now:}` from here
+        fresh = self.preflight and named_by_sdlab(self.config, "hydra.sweep.dir")
+        if fresh and os.path.lexists(sweep_dir):  # a sweep started in the same second has it: take the next name
+            sweep_dir = self.move_to(ownership.next_free(Path(sweep_dir)), [])
         size = self.cells_per_task
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise UserError(f"hydra.sweeper.cells_per_task={size!r} must be a positive integer or null (about four "
@@ -336,7 +344,11 @@ class ComposeOnceSweeper(Sweeper):
         os.environ[SWEEP_CELLS] = str(len(jobs) - len(self.cannot_run))  # the width of job folder names
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
             job_dirs = self.check_dirs(sweep_dir, composed)
-            ownership.claim(Path(sweep_dir), "hydra.sweep.dir")  # before the first write; a second sdlab stops here
+            if not fresh:
+                ownership.claim(Path(sweep_dir), "hydra.sweep.dir")  # before the first write; a second sdlab stops here
+            elif (taken := ownership.claim_new(Path(sweep_dir), "hydra.sweep.dir")) != Path(sweep_dir):
+                sweep_dir = self.move_to(taken, composed)  # another sweep made it since: this one has the next name
+                job_dirs = self.check_dirs(sweep_dir, composed)
         else:
             job_dirs = []
             lock.hold(Path(sweep_dir))
@@ -372,6 +384,20 @@ class ComposeOnceSweeper(Sweeper):
             taken += f"; {len(reweighted)} made from weights that changed since: made again" if reweighted else ""
             log.info("sdlab: %s -> %s%s", sweep_plan(runs), sweep_dir, taken)
         return self.launch(launched, Path(sweep_dir))
+
+    def move_to(self, folder: Path, composed: list[Any]) -> str:
+        """Point the sweep, each job `composed` so far and each one composed later (here or in a launcher, from the
+        sweep's Hydra overrides) at `folder`, the free name its default dir gave way to; that dir, as text."""
+        with read_write(self.config.hydra):
+            self.config.hydra.sweep.dir = str(folder)
+            self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(str(folder))}")
+        for config in composed:
+            with read_write(config.hydra):
+                config.hydra.sweep.dir = str(folder)
+        self.composed.forget_templates()
+        HydraConfig.instance().set_config(self.config)
+        CollectSweep.follow(folder)
+        return str(folder)
 
     def recorded_runs(self, sweep_dir: str, composed: list[Any]) -> tuple[list[Run] | None, bool]:
         """When the launcher leaves finished cells alone and the sweep's manifest is complete for as many cells: each

@@ -9,12 +9,12 @@ import functools
 import re
 import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Glob, QuotedString
+from omegaconf import OmegaConf
 
 from sdlab.bench.ownership import (
     abandoned_sweeps,
@@ -37,6 +37,8 @@ PROMPT_LIST_KEYS = ("prompts", "compare.prompts")  # the recipes' lists of promp
 PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job per prompt under -m
 INTERPOLATION = re.compile(r"(\\*)\$\{")  # `${` and the backslashes before it
 ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what escape_interpolation makes of it
+RECIPES_ROOT = Path("outputs") / "experiments"  # where a sweep over recipes lands
+RECIPES_SWEEP_DIR = f"hydra.sweep.dir='{RECIPES_ROOT}/multirun_${{now:%Y-%m-%d_%H-%M-%S}}'"  # see default_sweep_dir
 SWEEP_FUNCTIONS = ("glob(", "choice(", "range(", "interval(", "tag(", "sort(", "shuffle(")
 # Hydra's own flags (hydra.main's `--help` page lists them): switches, and flags that take a value.
 SWITCHES = (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"), ("--multirun", "-m"),
@@ -319,34 +321,33 @@ def experiment_is_swept(overrides: list[str]) -> bool:
 
 
 def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
-    """`hydra.sweep.dir=` a free `multirun_<now>` when none is given or found and the default is taken, or over recipes
-    (job folders then `<N>_<recipe>`: the configured default names the recipe, so each job would pick its own root)."""
-    if not multirun:
+    """Over recipes, when no `hydra.sweep.dir=` is given or found, a sweep dir every job agrees on (job folders then
+    `<N>_<recipe>`: the configured default names the recipe, so each job would pick its own root); else nothing (a
+    default folder someone has is left to the sweep, `named_by_sdlab`)."""
+    if not multirun or not experiment_is_swept(overrides):
         return []
     given = {a.partition("=")[0] for a in overrides}
-    swept, added = experiment_is_swept(overrides), []
-    if "hydra.sweep.dir" not in given:
-        folder, taken = fresh_sweep_dir(sweep_root(overrides))
-        added += [f"hydra.sweep.dir={folder}"] if swept or taken else []
-    if swept and "hydra.sweep.subdir" not in given:
+    added = [] if "hydra.sweep.dir" in given else [RECIPES_SWEEP_DIR]
+    if "hydra.sweep.subdir" not in given:
         added.append("hydra.sweep.subdir='${job_folder:${hydra.job.num}}_${hydra.runtime.choices.experiment}'")
     return added
 
 
-def fresh_sweep_dir(root: Path) -> tuple[Path, bool]:
-    """`root/multirun_<now>` (the configured default), else the first free `_2`, `_3`...; and whether it was taken."""
-    name = f"multirun_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
-    folder, n = root / name, 1
-    while folder.exists() or folder.is_symlink():
-        n += 1
-        folder = root / f"{name}_{n}"
-    return folder, n > 1
+def named_by_sdlab(config, key: str) -> bool:
+    """Whether the run or sweep dir at `key` (hydra.run.dir, hydra.sweep.dir) is sdlab's default, named by the second
+    the command started, not one the user typed or a rerun found: another sdlab started in that second may have it,
+    and this one then takes the next free name (`ownership.claim_new`)."""
+    given = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # as typed: `${...}` unresolved
+    typed = [o for o in given if o.partition("=")[0].lstrip("+") == key]
+    parent, _, leaf = key.rpartition(".")
+    value = OmegaConf.to_container(OmegaConf.select(config, parent), resolve=False).get(leaf)
+    return (not typed or typed[-1] == RECIPES_SWEEP_DIR) and "${now:" in str(value)
 
 
 def sweep_root(overrides: list[str]) -> Path:
     """Where a sweep without `hydra.sweep.dir=` lands: outputs/<recipe>/, or outputs/experiments/ over recipes."""
     if experiment_is_swept(overrides):
-        return Path("outputs") / "experiments"
+        return RECIPES_ROOT
     chosen = [a.partition("=")[2] for a in overrides if a.partition("=")[0].lstrip("+") == "experiment"]
     return Path("outputs") / (chosen[-1] if chosen else "generate")
 

@@ -14,7 +14,9 @@ from typing import Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import read_write
 
+from sdlab.app.arguments import named_by_sdlab
 from sdlab.app.compose import check_composed, fail
 from sdlab.bench import lock, ownership
 from sdlab.bench.captions import counted
@@ -57,6 +59,8 @@ class Preflight(Callback):
         HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
         try:
             typed = str(config.hydra.run.dir)
+            if named_by_sdlab(config, "hydra.run.dir"):  # the folder it will take if another sdlab has this one
+                typed = str(ownership.next_free(Path(typed)))
             folder = ownership.checked_root(typed, "hydra.run.dir")
             output_subdir = config.hydra.output_subdir
             ownership.check_run_dir(folder, "hydra.run.dir", str(config.hydra.job.name),
@@ -73,15 +77,24 @@ class Preflight(Callback):
             log.warning(warning)
 
 
-def hold(folder: Path) -> None:
-    """Lock a run dir for this process and mark it as sdlab's, or stop with one line and exit code 2 before anything
-    is written."""
+def hold(config) -> None:
+    """Lock the run dir for this process and mark it as sdlab's, or stop with one line and exit code 2 before anything
+    is written. A default dir another sdlab took since the pre-flight (started in the same second) gives way to the
+    next free name, which the run then writes to and prints."""
+    folder = Path(str(config.hydra.run.dir))
     try:
-        ownership.claim(folder, "hydra.run.dir")
+        if not named_by_sdlab(config, "hydra.run.dir"):
+            ownership.claim(folder, "hydra.run.dir")
+            return
+        taken = ownership.claim_new(folder, "hydra.run.dir")
     except UserError as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot lock {folder}: {type(e).__name__}: {e}")
+    with read_write(config.hydra.run):
+        config.hydra.run.dir = str(taken)
+    made = taken.absolute()
+    Preflight.new_dirs = [made, *(d for d in Preflight.new_dirs if d in made.parents)]
 
 
 class Progress:
@@ -178,7 +191,7 @@ class CollectSweep(Callback):
 
     @stops_on_error
     def on_run_start(self, config, **kwargs) -> None:
-        hold(Path(str(config.hydra.run.dir)))
+        hold(config)
 
     @stops_on_error
     def on_run_end(self, config, **kwargs) -> None:
@@ -195,6 +208,14 @@ class CollectSweep(Callback):
         if "sdlab_hydra" not in str(config.hydra.launcher.get("_target_", "")):  # jobs run elsewhere: say as they end
             CollectSweep.watch = FinishedJobs(CollectSweep.sweep_dir, self.started - 1)
             CollectSweep.watch.start()
+
+    @classmethod
+    def follow(cls, sweep_dir: Path) -> None:
+        """The sweep's default dir gave way to the next free name (see `ComposeOnceSweeper.move_to`): say that one."""
+        cls.sweep_dir = sweep_dir
+        for watching in (cls.progress, cls.watch, cls.watch and cls.watch.progress):
+            if watching is not None:
+                watching.sweep_dir = sweep_dir
 
     def on_job_start(self, config, **kwargs) -> None:
         """Start the progress clock at the first job of a sweep run in this process (after its pre-flight); in a

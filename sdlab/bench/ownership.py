@@ -148,6 +148,36 @@ def claim(folder: Path, key: str) -> None:
     adopt(folder)
 
 
+def next_free(folder: Path) -> Path:
+    """`folder` when nothing is there, else the first free `<name>_2`, `<name>_3`... beside it (listed after it)."""
+    folder, n, free = Path(folder), 1, Path(folder)
+    while os.path.lexists(free):
+        n += 1
+        free = folder.with_name(f"{folder.name}_{n}")
+    return free
+
+
+def claim_new(folder: Path, key: str) -> Path:
+    """Make a new folder of sdlab's own naming, `folder` or the next free name beside it, and claim it (see `claim`);
+    the folder claimed. Each is made by one `os.mkdir`: of two processes that picked one name, one makes it and the
+    other goes on to the next, and neither writes into a folder the other made (nor into one that was there)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        free = next_free(folder)
+        try:
+            os.mkdir(free)
+        except FileExistsError:
+            continue
+        try:
+            claim(free, key)
+        except BaseException:
+            lock.release(free)
+            free.rmdir()  # as it was made, empty: nothing of it is left on a refusal
+            raise
+        return free
+
+
 def abandoned_sweeps(root: Path) -> list[Path]:
     """The `multirun_*` folders under `root` that a sweep killed as it started left: nothing in them but sdlab's own
     lock (its holder gone), mark or temp files, and no manifest, so no rerun finds them."""
