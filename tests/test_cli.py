@@ -765,6 +765,40 @@ def test_a_run_whose_default_folder_is_taken_in_the_same_second_gets_the_next_na
     assert [pd.read_csv(root / f"{held.name}_{n}" / "results.csv")["seed"].tolist() for n in (2, 3)] == [[1], [2]]
 
 
+def test_a_sweep_whose_default_folder_is_taken_after_its_pre_flight_moves_every_job_to_the_next_name(
+        run_sdlab, tmp_path, monkeypatch, capsys):
+    """Another sweep started in the same second makes the default folder between this one's pre-flight and its lock:
+    this one takes the next name, and its jobs, table and report go there, none into the other's folder."""
+    import socket
+
+    from hydra_plugins.sdlab_hydra.compose_once import ComposeOnceSweeper
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", SameSecond)
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "outputs" / "generate" / "multirun_2026-12-05_03-47-32"
+    holder = subprocess.Popen(["sleep", "300"])
+    check_dirs = ComposeOnceSweeper.check_dirs
+
+    def other_sweep_starts(self, sweep_dir, composed):
+        checked = check_dirs(self, sweep_dir, composed)
+        if not other.exists():
+            other.mkdir(parents=True)
+            (other / ".sdlab.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        return checked
+
+    monkeypatch.setattr(ComposeOnceSweeper, "check_dirs", other_sweep_starts)
+    try:
+        capsys.readouterr()
+        assert run_sdlab("-m", "seed=1,2", "model=tiny", "num_inference_steps=1", "threads=1") == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in other.iterdir()) == [".sdlab.lock"]
+    moved = other.with_name(f"{other.name}_2")
+    assert sorted(pd.read_csv(moved / "results.csv")["seed"]) == [1, 2]
+    assert sorted(p.name for p in moved.iterdir() if p.is_dir()) == ["0", "1"]
+    assert f"sdlab: outputs/generate/{moved.name}/results.csv: 2 ok" in capsys.readouterr().out
+
 def test_a_refused_run_on_the_default_folder_leaves_nothing(run_sdlab, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("guidance_scale=abc", "model=tiny", "threads=1") == 2

@@ -346,8 +346,8 @@ class ComposeOnceSweeper(Sweeper):
             job_dirs = self.check_dirs(sweep_dir, composed)
             if not fresh:
                 ownership.claim(Path(sweep_dir), "hydra.sweep.dir")  # before the first write; a second sdlab stops here
-            elif (taken := ownership.claim_new(Path(sweep_dir), "hydra.sweep.dir")) != Path(sweep_dir):
-                sweep_dir = self.move_to(taken, composed)  # another sweep made it since: this one has the next name
+            elif (claimed := ownership.claim_new(Path(sweep_dir), "hydra.sweep.dir")) != Path(sweep_dir):
+                sweep_dir = self.move_to(claimed, composed)  # another sweep made it since: this one has the next name
                 job_dirs = self.check_dirs(sweep_dir, composed)
         else:
             job_dirs = []
