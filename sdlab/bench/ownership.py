@@ -7,6 +7,7 @@ A run or sweep dir is sdlab's when it does not exist yet, is empty (sdlab's own 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -173,7 +174,8 @@ def claim_new(folder: Path, key: str) -> Path:
             claim(free, key)
         except BaseException:
             lock.release(free)
-            free.rmdir()  # as it was made, empty: nothing of it is left on a refusal
+            with contextlib.suppress(OSError):  # as it was made, empty: nothing of it is left on a refusal
+                free.rmdir()
             raise
         return free
 
