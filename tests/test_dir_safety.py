@@ -134,7 +134,9 @@ def test_a_lock_from_another_host_or_unreadable_and_fresh_is_in_use(tmp_path):
 def test_two_processes_on_one_sweep_dir_the_second_refuses(run_sdlab, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    args = ["-m", "guidance_scale=1,7.5,15", "seeds=[1,2,3,4]", *FAST, f"hydra.sweep.dir={sweep}"]
+    # steps enough that the first still holds the folder when the second, started in this process, reaches it
+    args = ["-m", "guidance_scale=1,7.5,15", "seeds=[1,2,3,4]", "model=tiny", "num_inference_steps=200", "threads=1",
+            f"hydra.sweep.dir={sweep}"]
     first = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", *args], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     import time
