@@ -23,6 +23,8 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION = ("sdpa", "eager")
 MKLDNN = (True, False, "auto")
 MAX_SEED = 2**63 - 1  # seeds live in int64 table columns
+# keys of which only one takes effect, on the command line and in a params file alike, and why
+EXCLUSIVE = {("prompt", "prompt_file"): "both set the prompts", ("seed", "seeds"): "seeds, when set, replaces seed"}
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 WORDS = {"int": "an integer", "number": "a number", "str": "a string", "ints": "a non-empty list of integers",
          "numbers": "a non-empty list of numbers", "strs": "a non-empty list of strings",
@@ -289,6 +291,11 @@ def check_threads(name: str, threads: Any, limit: dict[str, int]) -> int | None:
         raise UserError(f"{name}={threads} is above limits.max_threads={limit['max_threads']}; raise it with "
                         "limits.max_threads=N on a machine that has them")
     return threads
+
+
+def clash(keys) -> tuple[tuple[str, str], str] | None:
+    """The first EXCLUSIVE pair whose keys are both among `keys`, with why only one would take effect; else None."""
+    return next(((pair, why) for pair, why in EXCLUSIVE.items() if all(key in keys for key in pair)), None)
 
 
 def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:

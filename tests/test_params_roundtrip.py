@@ -120,3 +120,12 @@ def test_each_generation_parameter_is_named_by_its_dataclass_field():
     assert names <= set(PARAM_TYPES)
     common = {"model": "tiny", "scheduler": "euler", "scheduler_config": "{}", **image_params(GenerationParams())}
     assert set(hash_fields(common, [])) == {"model", "scheduler", "scheduler_config", "scorers", *IMAGE_PARAMS}
+
+
+def test_a_file_giving_seed_and_seeds_is_refused_as_the_command_line_is(tmp_path):
+    """Only one of them would take effect: `seeds` replaced `seed` without a word."""
+    path = tmp_path / "both.json"
+    path.write_text(json.dumps({"prompt": "a red circle", "seed": 5, "seeds": [1, 2]}))
+    with pytest.raises(UserError, match=r"^params=.*both\.json gives both 'seed' and 'seeds' \(seeds, when set, "
+                                        r"replaces seed\); keep one$"):
+        load_params(path)

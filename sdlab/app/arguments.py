@@ -27,7 +27,7 @@ from sdlab.bench.ownership import (
 from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
 from sdlab.conf_files import conf_values, default_choices, group_options, known_keys, option_values
-from sdlab.config import limits
+from sdlab.config import clash, limits
 from sdlab.errors import UserError
 from sdlab.untrusted import read_prompt_lines
 
@@ -52,8 +52,6 @@ FLAGS_WITH_VALUE = tuple(name for names in VALUED for name in names)
 LONG_FLAGS = tuple(name for names in (*SWITCHES, *VALUED) for name in names if name.startswith("--"))
 MODES = {"run": "--run", "multirun": "--multirun", "cfg": "--cfg", "info": "--info",
          "shell_completion": "--shell-completion"}  # Hydra runs one of these at a time
-EXCLUSIVE = {("prompt", PROMPT_FILE_KEY): "both set the prompts",
-             ("seed", "seeds"): "seeds, when set, replaces seed"}  # keys of which only one takes effect
 ALIASES = {  # names users bring from other image tools
     "steps": "num_inference_steps", "cfg": "guidance_scale", "cfg_scale": "guidance_scale",
     "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
@@ -308,10 +306,10 @@ def check_exclusive(overrides: list[str]) -> None:
     """Refuse two keys of which only one would take effect (`prompt` and `prompt_file`, `seed` and `seeds`), naming
     both as typed; a key set to null competes with nothing."""
     typed = {arg.partition("=")[0].lstrip("+"): arg for arg in overrides if arg.partition("=")[2] not in ("", "null")}
-    for pair, why in EXCLUSIVE.items():
-        if all(key in typed for key in pair):
-            first, second = sorted(pair, key=lambda key: overrides.index(typed[key]))
-            raise UserError(f"{typed[first]} and {typed[second]} cannot go together ({why}); give one of them")
+    if found := clash(typed):
+        pair, why = found
+        first, second = sorted(pair, key=lambda key: overrides.index(typed[key]))
+        raise UserError(f"{typed[first]} and {typed[second]} cannot go together ({why}); give one of them")
 
 
 def experiment_is_swept(overrides: list[str]) -> bool:

@@ -20,6 +20,7 @@ from sdlab.config import (
     GenerationParams,
     Run,
     checked_run,
+    clash,
     config_hash,
     limits,
     model_spec,
@@ -258,6 +259,9 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
             raise UserError(f"{label}: {key}={value!r} should be {kinds}")
         if isinstance(value, str):
             check_text(value, f"{label}: {key}")
+    if found := clash(data):
+        (first, second), why = found
+        raise UserError(f"{label} gives both {first!r} and {second!r} ({why}); keep one")
     bad = [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]
     if bad:
         raise UserError(f"{label}: seeds should be a list of int, not one holding {bad[0]!r}")
