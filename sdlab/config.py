@@ -44,7 +44,7 @@ class Field:
     plain: bool = False
     rule: str = ""
     multiple: int = 1
-    distinct: bool = False
+    distinct: bool = False  # a list that names each value once
 
     def allowed(self) -> str:
         """What the field takes, in words."""
@@ -69,6 +69,9 @@ class Field:
         listed = [value] if lone else value
         if listed is not None and self.fits(listed):
             return listed
+        if self.distinct and not self.rule and replace(self, distinct=False).fits(listed):
+            repeated = next(v for v in listed if listed.count(v) > 1)
+            raise UserError(f"{name}={value!r} repeats {repeated!r}; list each once")
         raise UserError(f"{name}={value!r} must be {self.allowed()}" + (" or null" if self.optional else ""))
 
     def fits(self, value: Any) -> bool:
@@ -78,7 +81,8 @@ class Field:
         if self.kind == "str":
             return isinstance(value, str) and bool(value)
         if self.kind == "strs":
-            return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) and v for v in value)
+            return (isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) and v for v in value)
+                    and self._once(value))
         if self.kind == "entries":
             return isinstance(value, (list, tuple)) and all(isinstance(v, (str, dict)) and v for v in value)
         if self.kind in ("int", "number"):
@@ -88,8 +92,10 @@ class Field:
         if self.kind == "int_lists":
             return all(isinstance(v, (list, tuple)) and v and all(_scalar(x, True) and self._inside(x) for x in v)
                        for v in value)
-        return (all(_scalar(v, self.kind == "ints") and self._inside(v) for v in value)
-                and not (self.distinct and len(set(value)) < len(value)))
+        return all(_scalar(v, self.kind == "ints") and self._inside(v) for v in value) and self._once(value)
+
+    def _once(self, value) -> bool:
+        return not self.distinct or len(set(value)) == len(value)
 
     def _inside(self, value) -> bool:
         return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)

@@ -175,6 +175,11 @@ def test_folder_without_weights_is_refused(tmp_path):
      "noise.seed=99999999999999999999 must be an integer in [0, 2**63-1]"),
     (("experiment=compare_schedulers_quick", "compare.seeds=[1,1]"),
      "compare.seeds=[1, 1] must be a non-empty list of distinct integers in [0, 2**63-1]"),
+    # a repeat makes the same images again, counted as more seeds: n=8 and a narrow interval from 2 seeds
+    (("experiment=compare_schedulers_quick", "compare.schedulers=[ddim,euler,ddim]"),
+     "compare.schedulers=['ddim', 'euler', 'ddim'] repeats 'ddim'; list each once"),
+    (("experiment=compare_schedulers_quick", "compare.steps=[4,8,4]"), "compare.steps=[4, 8, 4] repeats 4; list each once"),
+    (("experiment=compare_schedulers_quick", "compare.prompts=[a,a]"), "compare.prompts=['a', 'a'] repeats 'a'; list each once"),
     (("experiment=article_b2_toy_predictor", "toy_predictor.shape=[1024,1024,1024]"),
      "toy_predictor.n x shape = 50 x [1024, 1024, 1024] is 53687091200 numbers, above the 100000000 a toy holds"),
     (("experiment=article_d2_timestep_embedding", "timestep_embedding.dim=100000", "timestep_embedding.rows=100000"),

@@ -33,11 +33,12 @@ class Study:
     """The `compare:` block: schedulers x steps over seeds and prompts, against a deterministic reference solve."""
 
     block = "compare"
-    schedulers: tuple[str, ...] = checked(None, "strs", plain=False)
-    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False)
+    # each listed once: a repeat makes the same images again, counted as more seeds in n and the intervals
+    schedulers: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
+    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False, distinct=True)
     seeds: tuple[int, ...] = checked(None, "ints", 0, MAX_SEED, plain=False, distinct=True,
                                      rule="a non-empty list of distinct integers in [0, 2**63-1]")
-    prompts: tuple[str, ...] = checked(None, "strs", plain=False)
+    prompts: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
     reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
     reference_steps: int = checked(200, "int", 1, 1000, plain=False)
     psnr_target: float = checked(30.0, "number", 0, 1000, plain=False)
