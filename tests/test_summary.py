@@ -249,12 +249,29 @@ def test_the_convergence_figures_name_each_metrics_unit(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
-    summary = pd.DataFrame([{"scheduler": name, "num_inference_steps": n, "stochastic": False, "nfe_mean": n,
+    summary = pd.DataFrame([{"scheduler": name, "num_inference_steps": n, "stochastic": False, "nfe_mean": n, "n": 3,
                              **{f"{m}_{part}": v for m in ("psnr", "ssim", "time_total_s")
                                 for part, v in (("mean", n), ("lo", n - 0.5), ("hi", n + 0.5))}}
                             for name in ("euler", "ddim") for n in (2, 4, 8)])
     figures.convergence(summary, "nfe", ["psnr", "ssim", "time_total_s"], tmp_path / "c.png", xlabel="NFE")
     assert [ax.get_ylabel() for ax in seen["fig"].axes] == ["psnr (dB)", "ssim", "time_total (s)"]
+
+
+@pytest.mark.parametrize("counts,note", [
+    ((2, 2), "no bands: n=2 images a point, fewer than the 3 an interval needs"),
+    ((4, 4), "bands: 95% interval across the n=4 images of each point"),
+    ((2, 5), "bands: 95% interval across the n=2-5 images of each point; none where n < 3"),
+])
+def test_the_convergence_figure_says_what_its_bands_are_and_their_n(tmp_path, counts, note):
+    """compare_schedulers_quick has 2 seeds: its figure drew no band and did not say why, nor any n."""
+    from sdlab.bench.captions import read_captions
+    from sdlab.bench.figures import convergence
+
+    summary = pd.DataFrame([{"scheduler": "euler", "num_inference_steps": s, "stochastic": False, "nfe_mean": s, "n": n,
+                             "psnr_mean": 20.0 + s, "psnr_lo": 19.0 + s if n >= 3 else math.nan,
+                             "psnr_hi": 21.0 + s if n >= 3 else math.nan} for s, n in zip((4, 8), counts)])
+    convergence(summary, "nfe", ["psnr"], tmp_path / "c.png", xlabel="NFE", title="fewest NFE")
+    assert read_captions(tmp_path)["c.png"].startswith(f"fewest NFE {note}")
 
 
 def test_the_summary_plot_shows_bytes_as_mib():

@@ -15,6 +15,7 @@ from PIL import Image
 
 from sdlab.bench.captions import drawable, record_caption, uncut
 from sdlab.io import atomic_path, atomic_save
+from sdlab.metrics.stats import MIN_N
 
 STYLE = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9, "axes.spines.top": False,
          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
@@ -443,8 +444,18 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                 if row == 0 and group_name:
                     ax.set_title(group_name)
             axes[0, column].legend(fontsize=7, frameon=False, loc="best", ncol=2 if len(part["scheduler"].unique()) > 4 else 1)
-        fig.suptitle(title or "distance to the reference solve (dashed: stochastic, against its own high-step limit)")
+        title = title or "distance to the reference solve (dashed: stochastic, against its own high-step limit)"
+        fig.suptitle(f"{title}\n{band_note(summary['n'])}")
         return save_figure(fig, target)
+
+
+def band_note(counts: pd.Series) -> str:
+    """What a figure's bands are, with the n of images behind each point: none below MIN_N, and said so."""
+    low, high = int(counts.min()), int(counts.max())
+    n = f"n={low}" if low == high else f"n={low}-{high}"
+    if high < MIN_N:
+        return f"no bands: {n} images a point, fewer than the {MIN_N} an interval needs"
+    return f"bands: 95% interval across the {n} images of each point" + (f"; none where n < {MIN_N}" if low < MIN_N else "")
 
 
 def schedule_visits(visits: pd.DataFrame, curve: pd.DataFrame, target: Path) -> Path:
