@@ -304,6 +304,11 @@ def clash(keys) -> tuple[tuple[str, str], str] | None:
     return next(((pair, why) for pair, why in EXCLUSIVE.items() if all(key in keys for key in pair)), None)
 
 
+def rivals(key: str) -> set[str]:
+    """The keys EXCLUSIVE with `key`: one of them set leaves `key` without effect."""
+    return {other for pair in EXCLUSIVE if key in pair for other in pair if other != key}
+
+
 def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:
     """Raise a UserError when a request is bigger than the configured limits (raise them on big machines)."""
     sizes = [(f"width={p.width}", p.width, "max_side"), (f"height={p.height}", p.height, "max_side"),

@@ -129,3 +129,24 @@ def test_a_file_giving_seed_and_seeds_is_refused_as_the_command_line_is(tmp_path
     with pytest.raises(UserError, match=r"^params=.*both\.json gives both 'seed' and 'seeds' \(seeds, when set, "
                                         r"replaces seed\); keep one$"):
         load_params(path)
+
+
+@pytest.mark.parametrize("given,typed,seeds", [
+    ({"seeds": [1, 2]}, {"seed": 9}, None),  # the file's seeds replaced the typed seed=9: images of seeds 1 and 2
+    ({"seed": 3}, {"seeds": [4, 5]}, [4, 5]),
+    ({"seed": 3, "scheduler": "euler"}, {"seed": 4, "scheduler": "ddim"}, None),
+])
+def test_the_command_line_wins_over_the_file_and_says_what_gave_way(tmp_path, caplog, given, typed, seeds):
+    from sdlab.bench.run import with_params_file
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"prompt": "a red circle", **given}))
+    config = {"params": str(path), "scheduler": {"name": typed.get("scheduler", "dpmpp_2m")}, "model": {"name": "mini"},
+              "seed": typed.get("seed", 0), "seeds": typed.get("seeds")}
+    with caplog.at_level("WARNING"):
+        merged = with_params_file(config, set(typed))
+    assert (merged["seed"], merged["seeds"], merged["scheduler"]["name"]) == (config["seed"], seeds,
+                                                                               config["scheduler"]["name"])
+    assert merged["prompt"] == "a red circle"
+    shown = ", ".join(f"{key}={value!r}" for key, value in given.items())
+    assert f"params={path}: {shown} from the file give way to the command line" in caplog.text

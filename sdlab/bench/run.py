@@ -4,6 +4,8 @@ checked. Files are read through the bounded reader and set exactly what the comm
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +26,7 @@ from sdlab.config import (
     config_hash,
     limits,
     model_spec,
+    rivals,
     rules_of,
 )
 from sdlab.errors import UserError
@@ -31,6 +34,8 @@ from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import BUILT_IN
 from sdlab.models.loading import SHIPPED, adapter_class, shipped_scheduler_config, weights_identity
 from sdlab.untrusted import check_text, read_params
+
+log = logging.getLogger(__name__)
 
 
 def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
@@ -71,8 +76,12 @@ def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, 
         return config
     params = load_params(config["params"], limits(config))
     config = {**config, "scheduler": dict(config["scheduler"])}
+    gave_way = []  # what the file sets otherwise than the command line did (or replaced: seed by seeds)
     for key, value in params.items():
-        if key in overridden:
+        if key in overridden or rivals(key) & overridden:
+            typed = (config.get(key) or {}).get("name") if key in ("model", "scheduler") else config.get(key)
+            if value != typed or rivals(key) & overridden:
+                gave_way.append(f"{key}={value!r}")
             continue
         if key == "model":
             if value != config["model"].get("name"):
@@ -82,11 +91,20 @@ def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, 
             config["scheduler"]["name"] = value
         elif key == "scheduler_options":
             config["scheduler"].update({k: v for k, v in value.items() if f"scheduler.{k}" not in overridden})
+            gave_way += [f"scheduler_options.{k}={v!r}" for k, v in value.items() if f"scheduler.{k}" in overridden]
         else:
             config[key] = value
+    if gave_way:
+        said_once(f"params={config['params']}: {', '.join(gave_way)} from the file give way to the command line")
     if "seed" in params and "seeds" not in params and "seeds" not in overridden:
         config["seeds"] = None  # the file's single seed wins over a recipe's seed list
     return config
+
+
+@functools.cache
+def said_once(warning: str) -> None:
+    """Log `warning` the first time only: pre-flight and the job parse the same config."""
+    log.warning(warning)
 
 
 def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
