@@ -48,6 +48,10 @@ def test_sampler_names(sampler, schedule, expected):
 @pytest.mark.parametrize("sampler,schedule,fragment", [
     ("Restart", None, "sampler 'Restart' has no sdlab scheduler"),
     ("DPM++ 2M", "Exponential", "schedule type 'Exponential' is not supported"),
+    # Euler a is an sdlab scheduler: the Karras schedule is what it has not, and the message said the sampler
+    ("Euler a", "Karras", r"^sampler 'Euler a' with schedule type 'Karras' has no sdlab scheduler; the Karras schedule "
+                          r"goes with: LMS, DPM\+\+ 2M, DPM\+\+ 2M SDE \(or give schedule type Automatic\)$"),
+    ("euler_a", "Karras", "^sampler 'euler_a' with schedule type 'Karras' has no sdlab scheduler"),
 ])
 def test_unknown_samplers_are_one_clear_error(sampler, schedule, fragment):
     with pytest.raises(UserError, match=fragment):

@@ -170,6 +170,11 @@ def sampler_to_scheduler(sampler: str, schedule_type: str | None = None) -> str:
     """An A1111 sampler name (and optional schedule type, e.g. "Karras") as an sdlab scheduler name."""
     name = sampler.strip().lower()
     if schedule_type and schedule_type.strip().lower() == "karras" and not name.endswith("karras"):
+        known = name in SCHEDULERS_BY_SAMPLER or name.replace(" ", "_") in SAMPLER_NAMES
+        if known and f"{name} karras" not in SCHEDULERS_BY_SAMPLER and f"{name}_karras" not in SAMPLER_NAMES:
+            karras = [SAMPLER_NAMES[s].removesuffix(" Karras") for s in SAMPLER_NAMES if s.endswith("_karras")]
+            raise UserError(f"sampler {sampler!r} with schedule type {schedule_type!r} has no sdlab scheduler; the "
+                            f"Karras schedule goes with: {', '.join(karras)} (or give schedule type Automatic)")
         name += " karras"
     elif schedule_type and schedule_type.strip().lower() not in SCHEDULE_TYPES:
         raise UserError(f"schedule type {schedule_type!r} is not supported; choose one of: Automatic, Uniform, Karras")
