@@ -154,3 +154,18 @@ def test_the_command_line_wins_over_the_file_and_says_what_gave_way(tmp_path, ca
     assert merged["prompt"] == "a red circle"
     shown = ", ".join(f"{key}={value!r}" for key, value in given.items())
     assert f"params={path}: {shown} from the file give way to the command line" in caplog.text
+
+
+def test_an_image_tools_settings_sdlab_does_not_read_are_named(tmp_path, caplog):
+    """Denoising strength, Clip skip and hires settings change the image; they were dropped without a word."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", A1111_PNG_TEXT + ', Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, '
+                                                'Lora hashes: "a: 1f, b: 2e"')
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
+    with caplog.at_level("WARNING"):
+        assert load_params(tmp_path / "a1111.png")["num_inference_steps"] == 20
+    assert (f"params={tmp_path / 'a1111.png'}: sdlab does not read the image tool's Model hash: 6ce0161689, "
+            "Model: v1-5-pruned-emaonly, Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, "
+            'Lora hashes: "a: 1f, b: 2e"; its image may differ') in caplog.text

@@ -227,8 +227,9 @@ def _number(text: str) -> int | float | str:
     return text
 
 
-def parse_infotext(text: str) -> dict[str, Any]:
-    """sdlab params from an A1111 `parameters` text (the inverse of `format_infotext` for the keys sdlab knows)."""
+def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, Any]:
+    """sdlab params from an A1111 `parameters` text (the inverse of `format_infotext` for the keys sdlab knows); the
+    settings it does not read (a checkpoint, hires fix, denoising strength) are named in a warning."""
     lines = text.strip().splitlines()
     if not lines or not re.match(r"^Steps: ", lines[-1]):
         raise UserError("the PNG's parameters text has no 'Steps: ...' line; it was not written by an image tool")
@@ -240,13 +241,18 @@ def parse_infotext(text: str) -> dict[str, Any]:
         else:
             prompt.append(line)
     out: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
-    fields = {k.strip().lower(): v.strip() for k, v in re.findall(r'\s*([\w \-/]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)',
-                                                                  settings)}
-    for key, value in fields.items():
+    given = {k.strip(): v.strip() for k, v in re.findall(r'\s*([\w \-/]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)', settings)}
+    unread = []
+    for typed, value in given.items():
+        key = typed.lower()
         if key == "size" and re.fullmatch(r"\d+x\d+", value):
             out["width"], out["height"] = map(int, value.split("x"))
         elif key in READ_KEYS:
             out[READ_KEYS[key]] = _number(value) if key not in ("sampler", "schedule type") else value
+        elif key != "version":
+            unread.append(f"{typed}: {value}")
+    if unread:
+        said_once(f"{label}: sdlab does not read the image tool's {', '.join(unread)}; its image may differ")
     if "scheduler" in out:
         out["scheduler"] = sampler_to_scheduler(out["scheduler"], out.pop("schedule_type", None))
     out.pop("schedule_type", None)
@@ -271,7 +277,7 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
     elif form == "json" and not isinstance(data, dict):
         raise UserError(f"{label} must hold a JSON object of {', '.join(PARAM_TYPES)}")
     try:
-        data = from_a1111(parse_infotext(data) if form == "infotext" else data)
+        data = from_a1111(parse_infotext(data, label) if form == "infotext" else data)
     except UserError as e:
         raise UserError(f"{label}: {e}") from None
     for key, value in data.items():
