@@ -93,3 +93,15 @@ def test_the_runs_scheduler_shift_reaches_every_sampler_of_the_study(run_sdlab, 
         visited[shift] = visits[visits["step"] == 1].set_index("scheduler")["sigma"]
     # a larger shift keeps the sampler at higher noise longer: sigma' = s sigma / (1 + (s - 1) sigma)
     assert (visited[6] > visited[1] + 0.05).all() and len(visited[1]) == 4
+
+
+def test_the_figure_title_says_when_no_scheduler_reached_the_configured_target():
+    """A lowered target read as though it were the one asked for: '19 dB' with no word that none reached 30 dB."""
+    from sdlab.jobs.compare import claim
+
+    ranked = pd.DataFrame({"scheduler": ["euler", "ddim"], "nfe_to_psnr_19db": [4.0, math.nan]})
+    source = "reachable: median best PSNR of this run (configured 30 dB is out of reach)"
+    assert claim(ranked, 19.0, source, 30.0) == ("fewest NFE to a mean PSNR of 19 dB to the reference: euler 4\n"
+                                                 "(no scheduler reaches the configured 30 dB: 19 dB is this run's median best, floored)")
+    ranked = pd.DataFrame({"scheduler": ["euler"], "nfe_to_psnr_30db": [8.0]})
+    assert claim(ranked, 30.0, "configured", 30.0) == "fewest NFE to a mean PSNR of 30 dB to the reference: euler 8"
