@@ -269,3 +269,16 @@ def test_each_crossing_is_listed_in_its_own_familys_colour_when_another_never_cr
     schedule.families_figure(curves, visits, rows, tmp_path / "f.png")
     listed = {text.get_text(): to_hex(text.get_color()) for text in drawn["fig"].axes[0].texts}
     assert listed["t = 0.500  crosses"] == to_hex(PALETTE[1])  # the second family's colour, as its curve
+
+
+def test_schedule_snr_on_flux_draws_the_shift_of_the_size_asked_for(tmp_path):
+    # Flux's shift comes from the image size: width=512 height=512 must move mu, the crossing and the label
+    out = tmp_path / "run"
+    result = run_cli("experiment=schedule_snr", "model=flux_tiny", "width=512", "height=512", "threads=1",
+                     f"hydra.run.dir={out}", cwd=tmp_path, env=bare_env(PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr
+    own = pd.read_parquet(out / "results.parquet").iloc[0]
+    mu = dynamic_shift_mu(image_seq_len(512, 512))
+    assert (own["width"], own["height"]) == (512, 512) and own["mu"] == pytest.approx(mu)
+    assert own["crossing_t"] == pytest.approx(1 / (1 + math.exp(mu)), abs=1e-3)
+    assert own["family"] == "model=flux_tiny (euler, 512 px)"

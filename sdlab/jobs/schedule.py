@@ -229,12 +229,15 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
 
 
 def model_family(run: Run) -> dict[str, Any]:
-    """The configured model as a `families` entry: its schedule, scheduler, steps, native size and Flux's sigmas."""
-    spec, choice, steps = run.model, run.scheduler, run.params.num_inference_steps
+    """The configured model as a `families` entry: its schedule, scheduler, steps, the image size asked for (the
+    model's native one unless width/height are given; Flux's shift depends on it) and Flux's sigmas."""
+    spec, choice, params = run.model, run.scheduler, run.params
     shift = f", shift {choice.options['shift']:g}" if "shift" in choice.options else ""
-    return {"name": f"model={spec.name} ({choice.name}{shift}, {spec.resolution} px)",
-            "config": model_scheduler_config(run), "sampler": choice.name, "options": choice.options, "steps": steps,
-            "width": spec.resolution, "height": spec.resolution, "flux_sigmas": adapter_class(spec).linear_sigmas}
+    size = f"{params.width}" if params.width == params.height else f"{params.width}x{params.height}"
+    return {"name": f"model={spec.name} ({choice.name}{shift}, {size} px)",
+            "config": model_scheduler_config(run), "sampler": choice.name, "options": choice.options,
+            "steps": params.num_inference_steps, "width": params.width, "height": params.height,
+            "flux_sigmas": adapter_class(spec).linear_sigmas}
 
 
 def family_specs(run: Run, recipe: ScheduleSnr) -> list[dict[str, Any]]:
