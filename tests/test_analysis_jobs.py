@@ -366,6 +366,17 @@ def test_trajectory_linear_preview_and_bad_preview(tmp_path):
     assert not (tmp_path / "bad" / "trajectory.gif").exists()
 
 
+def test_trajectory_linear_preview_measures_x0_pred_against_the_final_latents_preview(tmp_path):
+    # both sides through the same linear map: the last step's x0_pred is the final latents (dpmpp_2m ends at
+    # sigma 0), so it matches exactly, as under the VAE; against the VAE's image it could never pass ~25 dB
+    rows = run("trajectory", tmp_path, num_inference_steps=4, frames=2, preview="linear")
+    assert rows["x0_pred_psnr_vs_final_db"].iloc[-1] == math.inf
+    first = rows.loc[rows["x0_pred_psnr_vs_final_db"] >= 30, "step"].iloc[0]
+    caption = read_captions(tmp_path)["trajectory_strip.png"]
+    assert (f"x0_pred first reaches 30 dB PSNR at step {first} of 4 (dB: x0_pred against the final latents, "
+            "both through the linear preview)") in caption
+
+
 def test_a_generate_run_with_its_table_and_grid_does_not_import_matplotlib(tmp_path):
     import subprocess
     import sys

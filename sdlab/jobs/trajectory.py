@@ -26,6 +26,7 @@ from sdlab.models.preview import fit_linear_preview, linear_preview
 from sdlab.models.schedulers import resolved_config
 
 PREVIEWS = ("vae", "linear")
+REFERENCES = {"vae": "the final image", "linear": "the final latents, both through the linear preview"}
 SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is decided
 
 
@@ -106,8 +107,10 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     render = frame_renderer(model, result, recipe.preview)
     x_t = render([s["x_t"] for s in steps])
     x0 = render([s["denoised"] for s in steps])
+    # x0_pred is measured against the final latents rendered the same way: under `linear` that is their preview,
+    # since the preview of x0_pred never matches the VAE's image, even at the last step.
+    final = np.asarray(result.images[0]) if recipe.preview == "vae" else render([result.latents[:1].cpu()])[0]
     time_decode = time.perf_counter() - start
-    final = np.asarray(result.images[0])
 
     # 3. Rows.
     timing = {"nfe": result.nfe, "time_generate_s": result.time_total_s - recorder.capture_s,
@@ -130,7 +133,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + ["final"], x0_labels], row_labels=["x_t", "x0_pred"],
                 title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, seed {seed}: "
-                      f"{params.prompt[:60]}\n{claim} (dB: x0_pred against the final image)")
+                      f"{params.prompt[:60]}\n{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
                             labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
