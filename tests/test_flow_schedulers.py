@@ -282,3 +282,16 @@ def test_schedule_snr_on_flux_draws_the_shift_of_the_size_asked_for(tmp_path):
     assert (own["width"], own["height"]) == (512, 512) and own["mu"] == pytest.approx(mu)
     assert own["crossing_t"] == pytest.approx(1 / (1 + math.exp(mu)), abs=1e-3)
     assert own["family"] == "model=flux_tiny (euler, 512 px)"
+
+
+def test_the_fix_named_when_schedules_meet_a_flow_model_runs_as_written(tmp_path):
+    env = bare_env(PYTHONPATH=str(ROOT))
+    refused = run_cli("experiment=schedule_snr", "model=sd3_tiny", "schedules=[linear]", "threads=1", cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    fix = refused.stderr.split("compare its schedule with '", 1)[1].split("'", 1)[0]
+    out = tmp_path / "run"
+    result = run_cli("experiment=schedule_snr", "model=sd3_tiny", fix, "threads=1", f"hydra.run.dir={out}", cwd=tmp_path,
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_parquet(out / "results.parquet")
+    assert rows["family"].iloc[0].startswith("model=sd3_tiny") and rows["kind"].iloc[0] == "flow"

@@ -98,7 +98,8 @@ def check_schedules(run: Run) -> None:
     if not process_of(model_config).has_betas:
         raise UserError(f"`schedules` are DDPM beta schedules (alpha_bar), and their samplers do not fit "
                         f"model={spec.name}, a flow-matching model: compare its schedule with "
-                        "'families=[{config: model}]' (the schedule_snr recipe's default on flow models)")
+                        "'+families=[{config: model}]' in place of schedules= (without either, the recipe draws it "
+                        "beside SD 1.5's)")
     last = min(schedule_betas(item, model_config, run.scheduler)[0]["T"] for item in recipe.schedules or ["model"]) - 1
     if bad := [t for t in recipe.report_timesteps or () if not 0 <= t <= last]:
         raise UserError(f"report_timesteps {bad} out of range; the schedules have t = 0 .. {last}")
