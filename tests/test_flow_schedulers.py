@@ -295,3 +295,15 @@ def test_the_fix_named_when_schedules_meet_a_flow_model_runs_as_written(tmp_path
     assert result.returncode == 0, result.stderr
     rows = pd.read_parquet(out / "results.parquet")
     assert rows["family"].iloc[0].startswith("model=sd3_tiny") and rows["kind"].iloc[0] == "flow"
+
+
+def test_the_model_family_is_named_by_the_sampler_and_size_it_is_drawn_with(tmp_path, one_thread):
+    # `config: model` with its own sampler and size: the label must not keep the configured scheduler's (dpmpp_2m)
+    from analysis_helpers import context
+    from sdlab.jobs import get_job
+
+    ctx = context("schedule_snr", tmp_path, schedules=None, visit_schedulers=None,
+                  families=[{"config": "model", "sampler": "ddim", "steps": 5, "width": 128, "height": 128}])
+    row = get_job(ctx.run.job)(ctx).iloc[0]
+    assert (row["sampler"], row["num_inference_steps"], row["width"]) == ("ddim", 5, 128)
+    assert row["family"] == "model=tiny (ddim, 128 px)"

@@ -223,20 +223,24 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
             raise UserError(f"families {key}={value!r} must be a positive integer")
     sampler = item.get("sampler") or "ddim"  # on a flow model, Euler (see sdlab.models.schedulers)
     options = check_options(sampler, dict(item.get("options") or {}), process_of(config).kind)
-    name = item.get("name") or f"{item.get('config')} {sampler} {steps} steps"
+    if item.get("name"):
+        name = item["name"]
+    elif item.get("model"):  # named by what it is drawn with, once the entry's own keys are in
+        shift = f", shift {options['shift']:g}" if "shift" in options else ""
+        size = f"{width}" if width == height else f"{width}x{height}"
+        name = f"model={item['model']} ({sampler}{shift}, {size} px)"
+    else:
+        name = f"{item.get('config')} {sampler} {steps} steps"
     return {"name": name, "config": dict(config), "config_name": config_name if isinstance(config_name, str)
             else "custom", "sampler": sampler, "options": options, "steps": steps, "width": width,
             "height": height, "flux_sigmas": bool(item.get("flux_sigmas"))}
 
 
 def model_family(run: Run) -> dict[str, Any]:
-    """The configured model as a `families` entry: its schedule, scheduler, steps, the image size asked for (the
-    model's native one unless width/height are given; Flux's shift depends on it) and Flux's sigmas."""
+    """The configured model as a `families` entry: its name, schedule, scheduler, steps, the image size asked for
+    (the model's native one unless width/height are given; Flux's shift depends on it) and Flux's sigmas."""
     spec, choice, params = run.model, run.scheduler, run.params
-    shift = f", shift {choice.options['shift']:g}" if "shift" in choice.options else ""
-    size = f"{params.width}" if params.width == params.height else f"{params.width}x{params.height}"
-    return {"name": f"model={spec.name} ({choice.name}{shift}, {size} px)",
-            "config": model_scheduler_config(run), "sampler": choice.name, "options": choice.options,
+    return {"model": spec.name, "config": model_scheduler_config(run), "sampler": choice.name, "options": choice.options,
             "steps": params.num_inference_steps, "width": params.width, "height": params.height,
             "flux_sigmas": adapter_class(spec).linear_sigmas}
 
