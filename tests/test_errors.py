@@ -137,6 +137,11 @@ def test_folder_without_weights_is_refused(tmp_path):
     (("experiment=schedule_snr", "model=sd3_tiny", "schedules=[linear]"),
      "`schedules` are DDPM beta schedules (alpha_bar), and their samplers do not fit model=sd3_tiny"),
     (("experiment=schedule_families", "families=[{config: nope}]"), "unknown families config 'nope'"),
+    (("experiment=schedule_snr", "model=sd3_tiny", "visit_schedulers=[euler,heun]"),  # drawn only beside schedules
+     "visit_schedulers=['euler', 'heun'] mark steps on `schedules`, which this run does not draw (it draws families): "
+     "name a family's sampler instead, e.g. '+families=[{config: model, sampler: euler}]'"),
+    (("experiment=schedule_families", "visit_schedulers=[heun]"),
+     "visit_schedulers=['heun'] mark steps on `schedules`, which this run does not draw (it draws families)"),
     (("experiment=article_a3_schedule", "report_timesteps=-7"),
      "report_timesteps [-7] out of range; the schedules have t = 0 .. 999"),
     (("experiment=article_a3_schedule", "report_timesteps=[0,-7,5000]"),

@@ -93,6 +93,11 @@ def check_schedules(run: Run) -> None:
     recipe, spec = read_recipe(run, ScheduleSnr), run.model
     family_specs(run, recipe)
     if recipe.families and not recipe.schedules:
+        if recipe.visit_schedulers:  # they mark steps on the beta schedules only ([] asks for none: nothing lost)
+            sampler = visit_specs(recipe.visit_schedulers, run.scheduler)[0][1]
+            raise UserError(f"visit_schedulers={list(recipe.visit_schedulers)!r} mark steps on `schedules`, which this "
+                            "run does not draw (it draws families): name a family's sampler instead, e.g. "
+                            f"'+families=[{{config: model, sampler: {sampler}}}]'")
         return
     model_config = model_scheduler_config(run)
     if not process_of(model_config).has_betas:
@@ -240,8 +245,8 @@ def model_family(run: Run) -> dict[str, Any]:
     """The configured model as a `families` entry: its name, schedule, scheduler, steps, the image size asked for
     (the model's native one unless width/height are given; Flux's shift depends on it) and Flux's sigmas."""
     spec, choice, params = run.model, run.scheduler, run.params
-    return {"model": spec.name, "config": model_scheduler_config(run), "sampler": choice.name, "options": choice.options,
-            "steps": params.num_inference_steps, "width": params.width, "height": params.height,
+    return {"model": spec.name, "config": model_scheduler_config(run), "sampler": choice.name,
+            "options": choice.options, "steps": params.num_inference_steps, "width": params.width, "height": params.height,
             "flux_sigmas": adapter_class(spec).linear_sigmas}
 
 
