@@ -105,3 +105,18 @@ def test_the_figure_title_says_when_no_scheduler_reached_the_configured_target()
                                                  "(no scheduler reaches the configured 30 dB: 19 dB is this run's median best, floored)")
     ranked = pd.DataFrame({"scheduler": ["euler"], "nfe_to_psnr_30db": [8.0]})
     assert claim(ranked, 30.0, "configured", 30.0) == "fewest NFE to a mean PSNR of 30 dB to the reference: euler 8"
+
+
+def test_the_timesteps_listed_on_flux_are_those_its_generation_visits(run_sdlab, tmp_path):
+    """Flux's pipeline passes its own sigmas linspace(1, 1/N, N): the study's visits are the trajectory's timesteps."""
+    study = tmp_path / "study"
+    assert run_sdlab("experiment=compare_schedulers_quick", "model=flux_tiny", "compare.schedulers=[euler,dpmpp_2m]",
+                     "compare.steps=[2]", "compare.seeds=[0]", "compare.prompts=[a red circle]",
+                     "compare.reference_steps=3", "compare.visit_steps=[5]", "threads=1", f"hydra.run.dir={study}") == 0
+    listed = pd.read_parquet(study / "visits.parquet").groupby("scheduler")["timestep"].apply(list)
+    for name in ("euler", "dpmpp_2m"):
+        out = tmp_path / name
+        assert run_sdlab("experiment=trajectory", "model=flux_tiny", f"scheduler={name}", "num_inference_steps=5",
+                         "threads=1", f"hydra.run.dir={out}") == 0
+        visited = pd.read_parquet(out / "results.parquet")["timestep"].tolist()
+        assert listed[name] == pytest.approx(visited, abs=0.01), name

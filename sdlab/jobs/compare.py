@@ -181,9 +181,9 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
     visits = []
     for name in study.schedulers:
         scheduler = make_scheduler(name, model.base_scheduler_config, ctx.run.scheduler.options)
-        shift = timestep_kwargs(scheduler, spec.resolution, spec.resolution)  # Flux's mu at the native size
-        for steps in study.visit_steps:
-            visits.append(model.noise.visits(scheduler, steps, **shift).assign(scheduler=name, num_inference_steps=steps))
+        for steps in study.visit_steps:  # as the pipeline sets them: Flux's mu at the native size, and its sigmas
+            kwargs = timestep_kwargs(scheduler, spec.resolution, spec.resolution, steps, model.linear_sigmas)
+            visits.append(model.noise.visits(scheduler, steps, **kwargs).assign(scheduler=name, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits, ctx.out_dir, "visits")
     title = claim(ranked, target, source, study.psnr_target)

@@ -3,7 +3,6 @@ with `families`, log-SNR of every model family (DDPM and flow matching) on one n
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import textwrap
@@ -262,9 +261,7 @@ def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
     for f in family_specs(ctx.run, recipe):
         # 1. The sampler as the family's pipeline would build it, and what Flux's pipeline passes it.
         scheduler, process = make_scheduler(f["sampler"], f["config"], f["options"]), process_of(f["config"])
-        kwargs = timestep_kwargs(scheduler, f["width"], f["height"])
-        if f["flux_sigmas"] and "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
-            kwargs["sigmas"] = np.linspace(1.0, 1.0 / f["steps"], f["steps"])  # as the pipeline passes them
+        kwargs = timestep_kwargs(scheduler, f["width"], f["height"], f["steps"], f["flux_sigmas"])
         mu = kwargs.get("mu")
 
         # 2. log-SNR per training timestep and the steps visited, as the family's noise process reads them.

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from sdlab.config import MODEL_KINDS, SCHEDULER_OPTIONS, check_fields
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.metrics.schedule import dynamic_shift_mu, image_seq_len, model_kind
@@ -197,16 +199,21 @@ def seed_noise(scheduler, generators: list) -> None:
         scheduler.noise_sampler_seed = [generator.initial_seed() for generator in generators]
 
 
-def timestep_kwargs(scheduler, width: int | None = None, height: int | None = None) -> dict[str, Any]:
+def timestep_kwargs(scheduler, width: int | None = None, height: int | None = None, steps: int | None = None,
+                    linear_sigmas: bool = False) -> dict[str, Any]:
     """Keyword arguments `set_timesteps` needs beyond the step count: Flux-style dynamic shifting needs mu, computed
-    from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height)."""
-    config = scheduler.config
+    from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height);
+    with `linear_sigmas` (a pipeline passing its own sigmas, see ModelAdapter) the sigmas linspace(1, 1/N, N) it
+    passes for N `steps`, to a scheduler that takes them."""
+    config, kwargs = scheduler.config, {}
+    if linear_sigmas and steps and "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
+        kwargs["sigmas"] = np.linspace(1.0, 1.0 / steps, steps)
     if not config.get("use_dynamic_shifting"):
-        return {}
+        return kwargs
     base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
     seq_len = image_seq_len(width, height) if width and height else base_len
-    return {"mu": dynamic_shift_mu(seq_len, base_len, max_len, config.get("base_shift", 0.5),
-                                   config.get("max_shift", 1.15))}
+    return {**kwargs, "mu": dynamic_shift_mu(seq_len, base_len, max_len, config.get("base_shift", 0.5),
+                                             config.get("max_shift", 1.15))}
 
 
 PASSED_STEP_CHECKS: set[str] = set()
