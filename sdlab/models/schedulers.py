@@ -204,9 +204,11 @@ def timestep_kwargs(scheduler, width: int | None = None, height: int | None = No
     """Keyword arguments `set_timesteps` needs beyond the step count: Flux-style dynamic shifting needs mu, computed
     from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height);
     with `linear_sigmas` (a pipeline passing its own sigmas, see ModelAdapter) the sigmas linspace(1, 1/N, N) it
-    passes for N `steps`, to a scheduler that takes them."""
+    passes for N `steps`, to a scheduler that takes them and makes none of its own (FluxPipeline drops them for
+    `use_flow_sigmas`)."""
     config, kwargs = scheduler.config, {}
-    if linear_sigmas and steps and "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
+    takes = "sigmas" in inspect.signature(scheduler.set_timesteps).parameters and not config.get("use_flow_sigmas")
+    if linear_sigmas and steps and takes:
         kwargs["sigmas"] = np.linspace(1.0, 1.0 / steps, steps)
     if not config.get("use_dynamic_shifting"):
         return kwargs
