@@ -144,3 +144,16 @@ def test_a_bad_world_or_caption_is_one_line_before_anything_is_written(run_sdlab
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_negative_prompt_a_guidance_distilled_model_never_reads_is_said(run_sdlab, tmp_path, capsys):
+    # Flux runs no unconditional branch: negative_prompt would change nothing, and the row would still record it
+    assert run_sdlab("model=flux_tiny", "negative_prompt=blue", "num_inference_steps=1", "threads=1",
+                     f"hydra.run.dir={tmp_path / 'flux'}") == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "negative_prompt='blue'" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "negative_prompt='blue' is not used by model=flux_tiny: its family (flux) is guidance-distilled, "
+        "with no unconditional branch for it to steer away from"), said
+    assert run_sdlab("model=sd3_tiny", "negative_prompt=blue", "num_inference_steps=1", "threads=1",
+                     f"hydra.run.dir={tmp_path / 'sd3'}") == 0
+    assert "is not used by" not in capsys.readouterr().out

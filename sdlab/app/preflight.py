@@ -12,7 +12,7 @@ from sdlab.errors import UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.models.architectures import BUILT_IN
 from sdlab.models.clip import check_clip_folder, clip_folder
-from sdlab.models.loading import check_model, model_folder, shipped_scheduler_config
+from sdlab.models.loading import adapter_class, check_model, model_folder, shipped_scheduler_config
 from sdlab.models.model_files import check_weights_folder
 from sdlab.models.schedulers import (  # imports diffusers
     check_options,
@@ -38,6 +38,15 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
     if (made_for := cfg.get("made_for")) and name not in (made_for.get("models") or []):
         warnings.append(f"this recipe is made for {made_for['what']}; on model={name} {made_for['here']}")
     return warnings
+
+
+def unused_warnings(run: Run) -> list[str]:
+    """Request values the model's family never reads: a negative prompt on a guidance-distilled model (Flux)."""
+    adapter, negative = adapter_class(run.model), run.params.negative_prompt
+    if negative and adapter.guidance == "distilled":
+        return [f"negative_prompt={negative!r} is not used by model={run.model.name}: its family ({adapter.family}) is "
+                "guidance-distilled, with no unconditional branch for it to steer away from"]
+    return []
 
 
 def schedulers_used(run: Run, recipe: Any) -> list[str]:
@@ -79,7 +88,7 @@ def check_job(run: Run) -> list[str]:
                 make_scheduler(name, base, run.scheduler.options)
             except UserError as e:
                 raise UserError(f"on model={spec.name}: {e}") from None
-    return model_warnings(cfg, params.width, params.height)
+    return model_warnings(cfg, params.width, params.height) + unused_warnings(run)
 
 
 def check_sweep(runs: list[Run]) -> None:
