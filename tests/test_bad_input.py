@@ -212,18 +212,36 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def reshape_first_tensor(path: Path) -> None:
-    """Rewrite the safetensors header so its first tensor claims a transposed shape (same byte count)."""
+def edit_header(path: Path, change, tail: bytes = b"") -> None:
+    """Rewrite a safetensors header with `change(header, names in file order)`, the tensor data kept (then `tail`)."""
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
-    name = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2
-                and v["shape"][0] != v["shape"][1])
-    header[name]["shape"] = header[name]["shape"][::-1]
+    change(header, sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"]))
     text = json.dumps(header, separators=(",", ":")).encode()
-    assert len(text) <= n
-    text += b" " * (n - len(text))
-    path.write_bytes(data[:8] + text + data[8 + n:])
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:] + tail)
+
+
+def reshape_first_tensor(path: Path) -> None:
+    """Rewrite the safetensors header so its first tensor claims a transposed shape (same byte count)."""
+    def change(header, names):
+        name = next(k for k in names if len(header[k]["shape"]) == 2 and header[k]["shape"][0] != header[k]["shape"][1])
+        header[name]["shape"] = header[name]["shape"][::-1]
+    edit_header(path, change)
+
+
+def point_second_tensor_at_the_first(header, names) -> None:
+    """Two tensors of one size and dtype share their bytes: the file's data no longer lines up with its header."""
+    sizes = {}
+    for name in names:
+        sizes.setdefault((tuple(header[name]["shape"]), header[name]["dtype"]), []).append(name)
+    first, second = next(group for group in sizes.values() if len(group) > 1)[:2]
+    header[second]["data_offsets"] = header[first]["data_offsets"]
+
+
+def as_integers(header, names) -> None:
+    """The first float tensor's bytes claimed as 32-bit integers: same size and shape, meaningless values."""
+    header[next(k for k in names if header[k]["dtype"] == "F32")]["dtype"] = "I32"
 
 
 def link_outside(folder: Path, outside: Path, component: str) -> None:
@@ -262,6 +280,12 @@ DAMAGES = {
     "weights header not JSON": (lambda f, o: (f / UNET).write_bytes(struct.pack("<Q", 5) + b"{oops" + b"\0" * 64),
                                 f"{UNET} is not a safetensors file"),
     "unet tensor reshaped": (lambda f, o: reshape_first_tensor(f / UNET), f"{UNET}: tensor"),
+    "unet tensors share their bytes": (lambda f, o: edit_header(f / UNET, point_second_tensor_at_the_first),
+                                       f"{UNET} is not a safetensors file (tensor"),
+    "unet weights with bytes past the last tensor": (lambda f, o: edit_header(f / UNET, lambda h, n: None, b"\0" * 64),
+                                                     f"{UNET} has 64 bytes past its last tensor"),
+    "unet tensor of integers": (lambda f, o: edit_header(f / UNET, as_integers),
+                                "is I32; a unet's weights are floating point"),
     "text encoder config disagrees": (lambda f, o: set_json(f / "text_encoder/config.json", hidden_size=48),
                                       f"{TEXT}: tensor"),
     "model_index.json not JSON": (lambda f, o: (f / "model_index.json").write_text("{oops"),

@@ -225,7 +225,7 @@ def test_a_whole_t5_checkpoint_loads_its_encoder_and_other_extra_tensors_are_ref
     from safetensors.torch import save_file
 
     from sdlab.models.architectures import ARCHITECTURES
-    from sdlab.models.model_files import check_component_weights, expected_weights, safetensors_shapes
+    from sdlab.models.model_files import check_component_weights, expected_weights, safetensors_tensors
 
     tiny = (ARCHITECTURES["sd3_tiny"].config("text_encoder_3") if class_name == "T5EncoderModel"
             else ARCHITECTURES["tiny"].config("text_encoder"))
@@ -236,7 +236,7 @@ def test_a_whole_t5_checkpoint_loads_its_encoder_and_other_extra_tensors_are_ref
     tensors = {name: torch.zeros(shape) for name, shape in want.shapes.items() if name not in want.tied}
     save_file({**tensors, "decoder.block.0.layer.0.weight": torch.zeros(2)},
               str(tmp_path / "text_encoder" / "model.safetensors"))
-    held = {path: safetensors_shapes(path) for path in [tmp_path / "text_encoder" / "model.safetensors"]}
+    held = {path: safetensors_tensors(path) for path in [tmp_path / "text_encoder" / "model.safetensors"]}
     if accepted:
         check_component_weights(tmp_path, "text_encoder", config, held)
     else:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from sdlab.errors import UserError
 from sdlab.models.architectures import Part, build_part
@@ -27,6 +27,7 @@ SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
 DEFAULT_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel"}
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
 MAX_JSON_BYTES = 64 << 20  # a model folder's configs and tokenizer files (a tokenizer.json: a few MB)
 SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the encoder loads, its decoder is skipped
@@ -129,8 +130,16 @@ def check_tokenizer(folder: Path) -> None:
         raise UserError(f"{folder} has no tokenizer.json (nor vocab.json and merges.txt); copy the model's tokenizer")
 
 
-def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from a safetensors header, checked against the file's size; no tensor data is read."""
+class HeldTensor(NamedTuple):
+    """A tensor as a safetensors header lists it."""
+
+    dtype: str  # safetensors' name: F32, F16, BF16, I64 ...
+    shape: tuple[int, ...]
+
+
+def safetensors_tensors(path: Path) -> dict[str, HeldTensor]:
+    """Tensor dtypes and shapes from a safetensors header, checked against the file's size and laid end to end as the
+    format requires (safetensors refuses gaps, overlaps and trailing bytes at load); no tensor data is read."""
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
@@ -146,22 +155,34 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         header = None
     if not isinstance(header, dict):
         raise UserError(f"{path} is not a safetensors file (its header is not a JSON object)")
-    shapes, data_end = {}, 0
+    tensors, spans = {}, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
             ok = dtype in DTYPE_BYTES and all(isinstance(d, int) and d >= 0 for d in shape) \
-                and 0 <= begin and end - begin == math.prod(shape) * DTYPE_BYTES[dtype]
+                and isinstance(begin, int) and isinstance(end, int) and 0 <= begin \
+                and end - begin == math.prod(shape) * DTYPE_BYTES[dtype]
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise UserError(f"{path} is not a safetensors file (tensor {name!r} has a malformed entry)")
-        shapes[name], data_end = tuple(shape), max(data_end, end)
+        tensors[name] = HeldTensor(dtype, tuple(shape))
+        spans.append((begin, end, name))
+    data_end = max((end for _, end, _ in spans), default=0)
     if 8 + n + data_end > size:
         raise UserError(f"{path} is truncated: {size} bytes, its header needs {8 + n + data_end}")
-    return shapes
+    reached = 0
+    for begin, end, name in sorted(spans):
+        if begin != reached:
+            raise UserError(f"{path} is not a safetensors file (tensor {name!r} starts at byte {begin} of its data, "
+                            f"not {reached}: its tensors {'overlap' if begin < reached else 'leave a gap'})")
+        reached = end
+    if 8 + n + data_end < size:
+        raise UserError(f"{path} has {size - 8 - n - data_end} bytes past its last tensor; "
+                        "it is not a safetensors file as saved")
+    return tensors
 
 
 def weight_components(folder: Path) -> list[str]:
@@ -176,6 +197,7 @@ class ExpectedWeights:
     """What a component's config says its weights files hold."""
 
     shapes: dict[str, tuple[int, ...]]  # every tensor of its state dict
+    floats: frozenset[str] = frozenset()  # those of a floating-point dtype (weights; position ids are integers)
     tied: frozenset[str] = frozenset()  # tensors that are another one (T5's embed_tokens is `shared`): may be left out
     extra: tuple[str, ...] = ()  # keys a file may carry that loading skips: non-persistent buffers, the class's own
 
@@ -225,22 +247,27 @@ def expected_weights(component: str, config: dict[str, Any], config_path: Path, 
     first: dict[int, str] = {}
     tied = {name for name, tensor in tensors.items() if first.setdefault(id(tensor), name) != name}
     skipped = [name for name, _ in model.named_buffers() if name not in tensors]
-    return ExpectedWeights({k: tuple(v.shape) for k, v in tensors.items()}, frozenset(tied),
+    return ExpectedWeights({k: tuple(v.shape) for k, v in tensors.items()},
+                           frozenset(k for k, v in tensors.items() if v.is_floating_point()), frozenset(tied),
                            tuple(re.escape(name) + "$" for name in skipped) + SKIPPED_KEYS.get(class_name, ()))
 
 
 def check_component_weights(folder: Path, component: str, config: dict[str, Any],
-                            held: dict[Path, dict[str, tuple[int, ...]]]) -> None:
-    """The tensors `held` in a component's safetensors (header shapes) are exactly those its config describes, so
-    another component's weights are refused, never loaded with the missing tensors left at random."""
+                            held: dict[Path, dict[str, HeldTensor]]) -> None:
+    """The tensors `held` in a component's safetensors (header shapes and dtypes) are exactly those its config
+    describes, so another component's weights are refused, never loaded with the missing tensors left at random, and
+    a float weight the header calls integers is refused, never cast from meaningless values."""
     config_path = folder / component / "config.json"
     want = expected_weights(component, config, config_path, sum(map(len, held.values())))
     have: set[str] = set()
-    for weights, shapes in held.items():
-        for name, shape in shapes.items():
+    for weights, tensors in held.items():
+        for name, (dtype, shape) in tensors.items():
             if name in want.shapes and want.shapes[name] != shape:
                 raise UserError(f"{weights}: tensor {name} has shape {list(shape)}; {config_path} needs "
                                 f"{list(want.shapes[name])}")
+            if name in want.floats and dtype not in FLOAT_DTYPES:
+                raise UserError(f"{weights}: tensor {name} is {dtype}; a {component}'s weights are "
+                                f"floating point ({', '.join(FLOAT_DTYPES)})")
             have.add(name)
     missing = sorted(set(want.shapes) - have - want.tied)
     unknown = sorted(n for n in have - set(want.shapes) if not any(re.search(p, n) for p in want.extra))
@@ -268,7 +295,7 @@ def _signature(folder: Path) -> tuple:
 
 @lru_cache(maxsize=16)
 def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, Any], dict]]:
-    """Each weighted component's config and header shapes, once links, index, scheduler config and tokenizers pass."""
+    """Each weighted component's config and header tensors, once links, index, scheduler config and tokenizers pass."""
     check_links(folder)
     check_index(folder / "model_index.json")
     components = weight_components(folder)
@@ -277,7 +304,7 @@ def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, An
     for tokenizer in TOKENIZERS:
         if tokenizer == "tokenizer" or (folder / tokenizer).exists():
             check_tokenizer(folder / tokenizer)
-    return {component: (configs[component], {weights: safetensors_shapes(weights)
+    return {component: (configs[component], {weights: safetensors_tensors(weights)
                                              for weights in loaded_weights(folder / component)})
             for component in components}
 
