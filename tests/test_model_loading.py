@@ -83,3 +83,23 @@ def test_a_weights_fingerprint_follows_the_bytes_not_the_file_times_and_reads_an
     reader.start()
     reader.join(timeout=20)
     assert len(found) == 1 and isinstance(found[0], str)
+
+
+def test_an_image_encoder_sdlab_never_uses_is_left_out_never_loaded(saved_pipeline, tmp_path):
+    """A folder made for IP-Adapter also names an image encoder; no sdlab job uses one, so none loads: its files,
+    pickle only here, are neither read nor a reason to refuse (a config of 20000 layers took 110 s to build)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_pipeline, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(image_encoder=["transformers", "CLIPVisionModelWithProjection"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "image_encoder").mkdir()
+    (folder / "image_encoder" / "config.json").write_text('{"model_type": "clip_vision_model", "num_hidden_layers": '
+                                                          '20000}')
+    (folder / "image_encoder" / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    model = models.load_model(models.configured_spec("sd15", path=str(folder), resolution=64))
+    assert model.pipe.image_encoder is None and model.pipe.feature_extractor is None

@@ -80,8 +80,9 @@ class ModelAdapter:
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict[str, Any]:
-        """Extra `from_pretrained` arguments (components to leave out)."""
-        return {}
+        """Extra `from_pretrained` arguments: components to leave out, such as the image encoder and its processor
+        (IP-Adapter's), which no job uses and pre-flight does not check."""
+        return {"image_encoder": None, "feature_extractor": None}
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):

@@ -14,7 +14,7 @@ class StableDiffusion(ModelAdapter):
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict:
-        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        return {**super().load_options(spec), "safety_checker": None, "requires_safety_checker": False}
 
     def _encode(self, text: str):
         embeds, _ = self.pipe.encode_prompt(text, self.device, 1, False)

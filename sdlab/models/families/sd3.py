@@ -17,7 +17,7 @@ class StableDiffusion3(ModelAdapter):
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict:
-        return {} if spec.t5 else {"text_encoder_3": None, "tokenizer_3": None}
+        return {**super().load_options(spec), **({} if spec.t5 else {"text_encoder_3": None, "tokenizer_3": None})}
 
     def _encode(self, text: str):
         embeds, _, pooled, _ = self.pipe.encode_prompt(text, None, None, device=self.device, num_images_per_prompt=1,
