@@ -178,6 +178,30 @@ def test_model_path_detects_the_family_from_model_index(name, saved, one_thread)
     assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1
 
 
+@pytest.mark.parametrize("name,removed", [("sdxl_tiny", "text_encoder_2"), ("sdxl_tiny", "tokenizer_2"),
+                                          ("sd3_tiny", "text_encoder_3"), ("flux_tiny", "transformer")])
+def test_a_component_model_index_names_but_the_folder_lacks_is_named(name, removed, saved, tmp_path):
+    """diffusers named the pipeline folder for a missing encoder, and loaded SDXL without its second tokenizer until
+    generation failed on an overflow: the missing component is named before anything loads."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved[name], folder)
+    shutil.rmtree(folder / removed)
+    with pytest.raises(UserError, match=f"^{folder / removed} is missing: model_index.json names it"):
+        models.adapter_class(models.configured_spec("sd15", path=str(folder)))
+
+
+def test_an_sd3_folder_without_t5_loads_when_t5_is_left_out(saved, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved["sd3_tiny"], folder)
+    for part in ("text_encoder_3", "tokenizer_3"):
+        shutil.rmtree(folder / part)
+    assert models.adapter_class(models.configured_spec("sd3", path=str(folder), t5=False)).family == "sd3"
+
+
 def fake_hub(tmp_path: Path, repo_id: str, folder: Path) -> Path:
     """A local Hugging Face cache holding `folder` as the snapshot of `repo_id` (refs/main -> its hash)."""
     repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"

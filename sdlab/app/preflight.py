@@ -12,8 +12,7 @@ from sdlab.errors import UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.models.architectures import BUILT_IN
 from sdlab.models.clip import check_clip_folder, clip_folder
-from sdlab.models.loading import adapter_class, check_model, model_folder, shipped_scheduler_config
-from sdlab.models.model_files import check_weights_folder
+from sdlab.models.loading import adapter_class, check_model, shipped_scheduler_config
 from sdlab.models.schedulers import (  # imports diffusers
     check_options,
     make_scheduler,
@@ -70,7 +69,7 @@ def check_job(run: Run) -> list[str]:
         return model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)
 
     if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
-        check_weights_folder(model_folder(spec))
+        adapter_class(spec)  # the folder's files and components, and its family
     clip = cfg.get("clip")  # as are the CLIP model (none with clip=none), input images and reference sets
     if clip and clip.get("name") not in (None, "none"):
         check_clip_folder(clip_folder(clip), clip["name"])

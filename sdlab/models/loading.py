@@ -15,7 +15,8 @@ from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
-from sdlab.models.model_files import check_pipeline_folder, check_weights_folder, read_object, weights_fingerprint
+from sdlab.models.model_files import (check_named_components, check_pipeline_folder, check_weights_folder, read_object,
+                                      weights_fingerprint)
 from sdlab.models.schedulers import check_steps
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
         return family(built_in(spec).family)
     folder = model_folder(spec)
     check_weights_folder(folder)
-    return family_of_folder(folder)
+    cls = family_of_folder(folder)
+    check_named_components(folder, left_out=[name for name, value in cls.load_options(spec).items() if value is None])
+    return cls
 
 
 def configured_spec(name: str, **overrides) -> ModelSpec:
@@ -159,9 +162,10 @@ def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
 def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationParams) -> None:
     """The model's device, files, family sizes and scheduler steps, checked without loading any weights."""
     resolve_device(spec.device)
+    cls = adapter_class(spec)  # a folder's components are all there before their files are read
     if not built_in(spec):
         check_pipeline_folder(model_folder(spec))
-    check_sides(spec, adapter_class(spec).family, params.width, params.height)
+    check_sides(spec, cls.family, params.width, params.height)
     base, source = shipped_scheduler_config(spec)
     check_steps(choice.name, base, choice.options, params.num_inference_steps, source)
 

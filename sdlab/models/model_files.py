@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from sdlab.errors import UserError
 from sdlab.models.architectures import Part, build_part
@@ -20,7 +20,7 @@ from sdlab.untrusted import open_regular, parse_json
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
-REQUIRED_COMPONENTS = ("vae", "text_encoder")  # and a denoiser: UNet (SD 1.x, 2.x, SDXL) or transformer (SD3, Flux)
+REQUIRED_COMPONENTS = ("vae", "text_encoder")  # and the denoiser model_index.json names: UNet or transformer
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
 # Classes a component's config is built with when it does not name one (old diffusers/transformers saves)
@@ -120,6 +120,19 @@ def check_index(path: Path) -> None:
                             "transformers components only (no custom code)")
 
 
+def check_named_components(folder: Path, left_out: Iterable[str] = ()) -> None:
+    """The VAE, the text encoder and every weights or tokenizer component model_index.json names are folders here, but
+    those the family leaves out: diffusers names the pipeline folder for a missing encoder, and loads SDXL without its
+    second tokenizer until generation overflows."""
+    index = read_object(folder / "model_index.json")
+    named = {name: value[-1] for name, value in index.items() if name in (*WEIGHT_COMPONENTS, *TOKENIZERS)
+             and isinstance(value, list) and len(value) == 2 and value[0] is not None}
+    for name in dict.fromkeys([*REQUIRED_COMPONENTS, *named]):
+        if name not in left_out and not (folder / name).is_dir():
+            what = f"model_index.json names it ({named[name]})" if name in named else "a diffusers pipeline needs it"
+            raise UserError(f"{folder / name} is missing: {what}; copy the model's {name} folder there")
+
+
 def check_tokenizer(folder: Path) -> None:
     """A CLIP tokenizer folder holds tokenizer.json, or vocab.json and merges.txt."""
     if (folder / "tokenizer.json").is_file():
@@ -186,10 +199,8 @@ def safetensors_tensors(path: Path) -> dict[str, HeldTensor]:
 
 
 def weight_components(folder: Path) -> list[str]:
-    """The folder's components that hold weights: the required ones, a denoiser, and the optional encoders present."""
-    denoisers = [c for c in ("unet", "transformer") if (folder / c).exists()] or ["unet"]
-    return [c for c in WEIGHT_COMPONENTS if c in REQUIRED_COMPONENTS or c in denoisers
-            or (c.startswith("text_encoder_") and (folder / c).exists())]
+    """The folder's components that hold weights (check_named_components says which must be there)."""
+    return [c for c in WEIGHT_COMPONENTS if (folder / c).exists()]
 
 
 @dataclass(frozen=True)
