@@ -297,6 +297,12 @@ DAMAGES = {
     "custom component code": (lambda f, o: set_json(f / "model_index.json", unet=["my_unet", "MyUNet"]),
                               "component 'unet' comes from 'my_unet'"),
     "unet config missing": (lambda f, o: (f / "unet/config.json").unlink(), "unet/config.json is missing"),
+    "model_index.json calls the unet a scheduler": (
+        lambda f, o: set_json(f / "model_index.json", unet=["diffusers", "DDIMScheduler"]),
+        "unet/config.json does not describe a unet: DDIMScheduler is not a model class"),
+    "model_index.json names an unknown unet class": (
+        lambda f, o: set_json(f / "model_index.json", unet=["diffusers", "EvilUNet"]),
+        "unet/config.json does not describe a unet: neither diffusers nor transformers has a class 'EvilUNet'"),
     "unet config of absurd channels": (lambda f, o: set_json(f / "unet/config.json", block_out_channels=[10**9] * 2),
                                        "unet/config.json does not describe a unet"),
     "unet config of endless layers": (lambda f, o: set_json(f / "unet/config.json", layers_per_block=10**5),
@@ -361,6 +367,18 @@ def test_an_intact_folder_passes_the_checks_and_a_cache_snapshot_may_link_into_i
     shutil.copytree(saved_tiny, snapshot)
     link_file_outside(snapshot, blobs, UNET)
     check_pipeline_folder(snapshot)
+
+
+def test_the_class_model_index_json_names_is_checked_as_diffusers_loads_it_not_the_configs(saved_tiny, tmp_path):
+    """diffusers builds each component with the class model_index.json names; a config's own `_class_name` is a label
+    it does not follow, so the check builds the same class and a config naming a scheduler is no reason to refuse."""
+    from sdlab.models.model_files import check_pipeline_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_tiny, folder)
+    set_json(folder / "unet/config.json", _class_name="DDIMScheduler")
+    set_json(folder / "text_encoder/config.json", architectures=["EvilModel"])
+    check_pipeline_folder(folder)
 
 
 def test_a_safety_checker_from_diffusers_own_pipelines_is_no_custom_code(saved_tiny, tmp_path):

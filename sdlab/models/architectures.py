@@ -77,7 +77,9 @@ def component_class(name: str) -> type:
     import diffusers
     import transformers
 
-    return getattr(diffusers, name, None) or getattr(transformers, name)
+    if found := getattr(diffusers, name, None) or getattr(transformers, name, None):
+        return found
+    raise AttributeError(f"neither diffusers nor transformers has a class {name!r}")
 
 
 def build_part(part: Part):

@@ -112,12 +112,17 @@ def own_library(name: Any) -> bool:
         (Path(root) / "pipelines" / name / "__init__.py").is_file() for root in package.submodule_search_locations)
 
 
-def check_index(path: Path) -> None:
-    """model_index.json is a JSON object whose components come from diffusers or transformers only."""
+def check_index(path: Path) -> dict[str, str]:
+    """model_index.json is a JSON object whose components come from diffusers or transformers only; the class it
+    names for each, the one diffusers builds (a component's config.json `_class_name` is only a label)."""
+    classes = {}
     for name, value in read_object(path).items():
         if isinstance(value, list) and len(value) == 2 and not own_library(value[0]):
             raise UserError(f"{path}: component {name!r} comes from {value[0]!r}; sdlab loads diffusers and "
                             "transformers components only (no custom code)")
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str):
+            classes[name] = value[1]
+    return classes
 
 
 def check_named_components(folder: Path, left_out: Iterable[str] = ()) -> None:
@@ -239,12 +244,14 @@ def tensor_budget(most: int) -> Iterator[None]:
             hook.remove()
 
 
-def expected_weights(component: str, config: dict[str, Any], config_path: Path, tensors_held: int) -> ExpectedWeights:
-    """The tensors the config describes, built on the meta device; given up once far more than its `tensors_held`."""
+def expected_weights(component: str, config: dict[str, Any], config_path: Path, tensors_held: int,
+                     class_name: str | None = None) -> ExpectedWeights:
+    """The tensors the config describes, built on the meta device as `class_name` (model_index.json's; else the one the
+    config names); given up once far more than its `tensors_held`."""
     import torch
 
-    class_name = (config.get("_class_name") or (config.get("architectures") or [None])[0]  # diffusers', transformers'
-                  or DEFAULT_CLASSES.get(component, ""))
+    class_name = (class_name or config.get("_class_name") or (config.get("architectures") or [None])[0]
+                  or DEFAULT_CLASSES.get(component, ""))  # diffusers', transformers', an old save's
     most = 2 * tensors_held + 64  # tied weights, buffers: a few more
     try:
         with torch.device("meta"), tensor_budget(most):
@@ -254,6 +261,8 @@ def expected_weights(component: str, config: dict[str, Any], config_path: Path, 
                         f"safetensors hold {tensors_held}") from None
     except (ValueError, TypeError, KeyError, AttributeError, AssertionError, RuntimeError, OverflowError) as e:
         raise UserError(f"{config_path} does not describe a {component}: {str(e).splitlines()[0]}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"{config_path} does not describe a {component}: {class_name} is not a model class")
     tensors = model.state_dict(keep_vars=True)
     first: dict[int, str] = {}
     tied = {name for name, tensor in tensors.items() if first.setdefault(id(tensor), name) != name}
@@ -264,12 +273,12 @@ def expected_weights(component: str, config: dict[str, Any], config_path: Path, 
 
 
 def check_component_weights(folder: Path, component: str, config: dict[str, Any],
-                            held: dict[Path, dict[str, HeldTensor]]) -> None:
+                            held: dict[Path, dict[str, HeldTensor]], class_name: str | None = None) -> None:
     """The tensors `held` in a component's safetensors (header shapes and dtypes) are exactly those its config
     describes, so another component's weights are refused, never loaded with the missing tensors left at random, and
     a float weight the header calls integers is refused, never cast from meaningless values."""
     config_path = folder / component / "config.json"
-    want = expected_weights(component, config, config_path, sum(map(len, held.values())))
+    want = expected_weights(component, config, config_path, sum(map(len, held.values())), class_name)
     have: set[str] = set()
     for weights, tensors in held.items():
         for name, (dtype, shape) in tensors.items():
@@ -305,10 +314,11 @@ def _signature(folder: Path) -> tuple:
 
 
 @lru_cache(maxsize=16)
-def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, Any], dict]]:
-    """Each weighted component's config and header tensors, once links, index, scheduler config and tokenizers pass."""
+def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, Any], dict, str | None]]:
+    """Each weighted component's config, header tensors and class, once links, index, scheduler config and tokenizers
+    pass."""
     check_links(folder)
-    check_index(folder / "model_index.json")
+    classes = check_index(folder / "model_index.json")
     components = weight_components(folder)
     configs = {component: read_object(folder / component / "config.json") for component in components}
     read_object(folder.joinpath(*SCHEDULER_CONFIG))
@@ -316,14 +326,15 @@ def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, An
         if tokenizer == "tokenizer" or (folder / tokenizer).exists():
             check_tokenizer(folder / tokenizer)
     return {component: (configs[component], {weights: safetensors_tensors(weights)
-                                             for weights in loaded_weights(folder / component)})
+                                             for weights in loaded_weights(folder / component)},
+                        classes.get(component))
             for component in components}
 
 
 @lru_cache(maxsize=16)
 def _check_shapes(folder: Path, signature: tuple) -> None:
-    for component, (config, held) in _read_folder(folder, signature).items():
-        check_component_weights(folder, component, config, held)
+    for component, (config, held, class_name) in _read_folder(folder, signature).items():
+        check_component_weights(folder, component, config, held, class_name)
 
 
 def weights_fingerprint(folder: Path) -> str | None:
