@@ -117,10 +117,12 @@ def check_index(path: Path) -> dict[str, str]:
     names for each, the one diffusers builds (a component's config.json `_class_name` is only a label)."""
     classes = {}
     for name, value in read_object(path).items():
-        if isinstance(value, list) and len(value) == 2 and not own_library(value[0]):
+        if not (isinstance(value, list) and len(value) == 2):
+            continue  # a setting (`_class_name`, `requires_safety_checker`), not a component
+        if not own_library(value[0]):
             raise UserError(f"{path}: component {name!r} comes from {value[0]!r}; sdlab loads diffusers and "
                             "transformers components only (no custom code)")
-        if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str):
+        if value[0] is not None and isinstance(value[1], str):
             classes[name] = value[1]
     return classes
 
@@ -129,9 +131,8 @@ def check_named_components(folder: Path, left_out: Iterable[str] = ()) -> None:
     """The VAE, the text encoder and every weights or tokenizer component model_index.json names are folders here, but
     those the family leaves out: diffusers names the pipeline folder for a missing encoder, and loads SDXL without its
     second tokenizer until generation overflows."""
-    index = read_object(folder / "model_index.json")
-    named = {name: value[-1] for name, value in index.items() if name in (*WEIGHT_COMPONENTS, *TOKENIZERS)
-             and isinstance(value, list) and len(value) == 2 and value[0] is not None}
+    named = {name: class_name for name, class_name in check_index(folder / "model_index.json").items()
+             if name in (*WEIGHT_COMPONENTS, *TOKENIZERS)}
     for name in dict.fromkeys([*REQUIRED_COMPONENTS, *named]):
         if name not in left_out and not (folder / name).is_dir():
             what = f"model_index.json names it ({named[name]})" if name in named else "a diffusers pipeline needs it"
