@@ -434,6 +434,19 @@ def test_sides_are_checked_against_the_family_the_config_names_unless_a_folder_n
     checked_run(composed("model=sd3", "model.path=/nowhere", "width=520"))  # its model_index.json decides (pre-flight)
 
 
+def test_a_folder_of_another_family_than_the_model_is_set_up_for_is_named_before_it_runs(saved_tiny):
+    """model.path decides the family, but the model= file still sets the size: an SD folder under model=sdxl made
+    1024 px images, 47 s a step pair on the tiny UNet, with no word of why."""
+    from sdlab.app.preflight import check_job
+    from sdlab.config import checked_run
+
+    warnings = check_job(checked_run(composed("model=sdxl", f"model.path={saved_tiny}", "num_inference_steps=2")))
+    assert [w for w in warnings if "family" in w] == [
+        f"model.path={saved_tiny} holds a sd pipeline (StableDiffusionPipeline), not the sdxl one model=sdxl is set up "
+        "for: its 1024 px and defaults apply; give a model= of family sd, or model.resolution="]
+    assert not [w for w in check_job(checked_run(composed("model=sd15", f"model.path={saved_tiny}"))) if "family" in w]
+
+
 def test_limits_can_be_raised_for_big_machines(tmp_path):
     from sdlab.config import LIMITS, checked_run
     from sdlab.bench.run import load_params

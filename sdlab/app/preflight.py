@@ -12,7 +12,8 @@ from sdlab.errors import UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.models.architectures import BUILT_IN
 from sdlab.models.clip import check_clip_folder, clip_folder
-from sdlab.models.loading import adapter_class, check_model, shipped_scheduler_config
+from sdlab.models.families import ModelAdapter
+from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
 from sdlab.models.schedulers import (  # imports diffusers
     check_options,
     make_scheduler,
@@ -20,8 +21,9 @@ from sdlab.models.schedulers import (  # imports diffusers
 )
 
 
-def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
-    """Warnings for requests the model was not made for: a prompt outside its grammar, a non-native size."""
+def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None) -> list[str]:
+    """Warnings for requests the model was not made for: a prompt outside its grammar, a non-native size, weights
+    whose `folder` family (its model_index.json's, which runs) is not the one the model file sets sizes up for."""
     model = cfg.get("model") or {}
     name, native = model.get("name"), model.get("resolution")
     warnings = []
@@ -31,6 +33,11 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int) -> list[str]:
             if unknown := known.unknown_words(str(cfg.get(key) or "")):
                 warnings.append(f"{key}={cfg[key]!r} is outside model={name}'s {grammar} grammar (it does not know: "
                                 f"{', '.join(dict.fromkeys(unknown))}); it knows prompts like {known.example!r}")
+    if folder and model.get("family") and folder.family != model["family"]:
+        weights = f"model.path={model['path']}" if model.get("path") else model.get("repo_id") or f"model={name}"
+        warnings.append(f"{weights} holds a {folder.family} pipeline ({folder.pipeline_class}), "
+                        f"not the {model['family']} one model={name} is set up for: its {native} px and defaults "
+                        f"apply; give a model= of family {folder.family}, or model.resolution=")
     if native and (width, height) != (native, native):
         warnings.append(f"width={width} height={height} differ from model={name}'s native {native}x{native} px; "
                         "expect tiled or broken images")
@@ -87,7 +94,8 @@ def check_job(run: Run) -> list[str]:
                 make_scheduler(name, base, run.scheduler.options)
             except UserError as e:
                 raise UserError(f"on model={spec.name}: {e}") from None
-    return model_warnings(cfg, params.width, params.height) + unused_warnings(run)
+    return (model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter_class(spec))
+            + unused_warnings(run))
 
 
 def check_sweep(runs: list[Run]) -> None:
