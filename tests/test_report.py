@@ -59,20 +59,22 @@ def test_sdlab_report_rebuilds_an_older_sweep(run_sdlab, tmp_path, capsys):
 @pytest.mark.parametrize("args,fragment", [
     ((), "sdlab report takes one run or sweep dir, got nothing"),
     (("a", "b"), "takes one run or sweep dir, got a b"),
-    (("{missing}",), "is not a folder"),
+    (("{missing}",), "missing does not exist; give an sdlab run or sweep dir"),
+    (("{afile}",), "afile is not a folder; give an sdlab run or sweep dir"),
     (("{empty}",), "has no results.parquet"),
     (("{foreign}",), "report.html exists and was not written by sdlab"),
     (("{unmarked}",), "unmarked is not sdlab's (no .sdlab mark): sdlab report writes only into folders sdlab made"),
 ])
 def test_bad_report_dirs_are_one_line_exit_2_and_nothing_written(run_sdlab, tmp_path, capsys, args, fragment):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("mine")
     foreign = fake_sweep(tmp_path / "foreign", seeds=(1,), guidance=(1.0,), failed=None)
     (foreign / "report.html").write_text("<html>mine</html>")
     unmarked = fake_sweep(tmp_path / "unmarked", seeds=(1,), guidance=(1.0,), failed=None)
     (unmarked / ".sdlab").unlink()  # a folder of someone's, with a table of sdlab's and their own summary beside it
     (unmarked / "summary.csv").write_text("mine\n")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    args = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty", foreign=foreign,
+    args = [a.format(missing=tmp_path / "missing", afile=tmp_path / "afile", empty=tmp_path / "empty", foreign=foreign,
                      unmarked=unmarked) for a in args]
     assert run_sdlab("report", *args) == 2
     err = capsys.readouterr().err.strip().splitlines()

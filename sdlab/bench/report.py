@@ -65,7 +65,8 @@ def load_results(folder: Path) -> pd.DataFrame:
     """The run's or sweep's table: `results.parquet` at the root, else collected from its job folders; checked."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder; give an sdlab run or sweep dir")
+        raise UserError(f"{folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
+                        "give an sdlab run or sweep dir")
     table = local_file(folder, f"{TABLE_NAME}.parquet")
     if table is not None:
         try:
