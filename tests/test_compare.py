@@ -120,3 +120,12 @@ def test_the_timesteps_listed_on_flux_are_those_its_generation_visits(run_sdlab,
                          "threads=1", f"hydra.run.dir={out}") == 0
         visited = pd.read_parquet(out / "results.parquet")["timestep"].tolist()
         assert listed[name] == pytest.approx(visited, abs=1e-3), name
+
+
+def test_the_study_generates_at_the_given_width_and_height(run_sdlab, tmp_path):
+    """width= and height= were dropped without a word: every image and the reference were made at the native size."""
+    assert run_sdlab("experiment=compare_schedulers_quick", "model=tiny", "width=32", "height=48",
+                     "compare.schedulers=[ddim,euler]", "compare.steps=[2]", "compare.seeds=[0]",
+                     "compare.reference_steps=3", "compare.visit_steps=[4]", "threads=1", f"hydra.run.dir={tmp_path}") == 0
+    runs = pd.read_parquet(tmp_path / "results.parquet")
+    assert set(zip(runs["width"], runs["height"])) == {(32, 48)}

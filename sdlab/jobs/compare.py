@@ -76,8 +76,9 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     model = load_model(spec)
     model.quiet()
     scorers = build_scorers(ctx.run.recipe, str(model.device))
-    base = GenerationParams(width=spec.resolution, height=spec.resolution,
-                            guidance_scale=ctx.run.params.guidance_scale, seeds=tuple(study.seeds))
+    given = ctx.run.params  # its width and height: the run's width= and height=, else the model's native size
+    base = GenerationParams(width=given.width, height=given.height, guidance_scale=given.guidance_scale,
+                            seeds=tuple(study.seeds))
     seeds, rows, options = list(study.seeds), [], ctx.run.scheduler.options  # the user's, for every sampler
     stochastic = [name for name in study.schedulers if SCHEDULERS[name].stochastic]
     progress = Progress(len(study.prompts) * ((1 + len(stochastic)) * study.reference_steps
@@ -112,7 +113,7 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                         "reference": against, **score, **more,
                     })
     runs = ordered(rows)
-    write_outputs(ctx, study, model, spec, runs)
+    write_outputs(ctx, study, model, runs)
     return runs
 
 
@@ -164,7 +165,7 @@ def claim(ranked: pd.DataFrame, target: float, source: str, configured: float) -
     return said
 
 
-def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame) -> None:
+def write_outputs(ctx: JobContext, study: Study, model, runs: pd.DataFrame) -> None:
     """Summary with intervals, the ranking, the visited timesteps, and the convergence figures."""
     finite = runs.assign(psnr=runs["psnr"].replace(np.inf, np.nan))
     extra = [c for c in runs.columns if direction(c) and runs[c].notna().any()]  # the scorers' columns
@@ -181,8 +182,8 @@ def write_outputs(ctx: JobContext, study: Study, model, spec, runs: pd.DataFrame
     visits = []
     for name in study.schedulers:
         scheduler = make_scheduler(name, model.base_scheduler_config, ctx.run.scheduler.options)
-        for steps in study.visit_steps:  # as the pipeline sets them: Flux's mu at the native size, and its sigmas
-            kwargs = timestep_kwargs(scheduler, spec.resolution, spec.resolution, steps, model.linear_sigmas)
+        for steps in study.visit_steps:  # as the pipeline sets them: Flux's mu at the study's size, and its sigmas
+            kwargs = timestep_kwargs(scheduler, ctx.run.params.width, ctx.run.params.height, steps, model.linear_sigmas)
             visits.append(model.noise.visits(scheduler, steps, **kwargs).assign(scheduler=name, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits, ctx.out_dir, "visits")
