@@ -56,6 +56,25 @@ def test_repo_id_loads_from_the_local_hf_cache_offline(saved_pipeline, tmp_path,
     assert model.denoiser.config.cross_attention_dim == 32
 
 
+def test_a_cache_whose_ref_names_a_missing_snapshot_says_so(run_sdlab, tmp_path, monkeypatch, capsys):
+    """refs/main naming a snapshot folder that is gone was told the model is not in the cache at all."""
+    from huggingface_hub import constants
+
+    refs = tmp_path / "hub" / "models--stable-diffusion-v1-5--stable-diffusion-v1-5" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("0123abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    before = sorted(tmp_path.rglob("*"))
+    assert run_sdlab("model=sd15", "threads=1", f"hydra.run.dir={tmp_path / 'run'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sdlab: error: stable-diffusion-v1-5/stable-diffusion-v1-5: the local Hugging Face cache's refs/main "
+                   f"names snapshot 0123abc, which is missing from {refs.parent / 'snapshots'} (a download that was "
+                   "interrupted, or a partly deleted cache); download it again where there is internet "
+                   "(`hf download stable-diffusion-v1-5/stable-diffusion-v1-5`) or pass model.path=DIR with a "
+                   "diffusers folder"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_a_weights_fingerprint_follows_the_bytes_not_the_file_times_and_reads_any_file(tmp_path):
     import torch
     from safetensors.torch import save_file

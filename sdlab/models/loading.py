@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -18,30 +19,56 @@ from sdlab.models.families import ModelAdapter, family, family_of_folder
 from sdlab.models.model_files import (check_named_components, check_pipeline_folder, check_weights_folder, read_object,
                                       weights_fingerprint)
 from sdlab.models.schedulers import check_steps
+from sdlab.untrusted import open_regular
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+MAX_REF_BYTES = 128  # a commit hash is 40 hex digits
 SHIPPED = ("mini", "mini_flow")  # models trained in this repository, each in models/<name>
 
 
 def cached_snapshot(repo_id: str, instead: str = "model.path=DIR with a diffusers folder") -> Path:
     """The local Hugging Face cache folder of `repo_id`, never downloading; a repository with no folder in the cache is
     refused before huggingface_hub is imported (about half a second of a refusal), naming the key to pass `instead`."""
-    missing = UserError(f"{repo_id} is not in the local Hugging Face cache; download it where there is internet "
-                        f"(`hf download {repo_id}`) or pass {instead}")
+    fix = f"where there is internet (`hf download {repo_id}`) or pass {instead}"
+    missing = UserError(f"{repo_id} is not in the local Hugging Face cache; download it {fix}")
     # the cache folder as huggingface_hub's environment variables choose it
     home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
     cache = Path(os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
                                     or os.path.join(home, "hub")))
-    if "huggingface_hub" not in sys.modules and not (cache / f"models--{repo_id.replace('/', '--')}").is_dir():
+    if "huggingface_hub" not in sys.modules and not repo_folder(cache, repo_id).is_dir():
         raise missing  # once imported, its own settings decide where the cache is
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:
+        if gone := missing_snapshot(repo_id):
+            raise UserError(f"{repo_id}: the local Hugging Face cache's refs/main names snapshot {gone.name}, which is "
+                            f"missing from {gone.parent} (a download that was interrupted, or a partly deleted cache); "
+                            f"download it again {fix}") from None
         raise missing from None
+
+
+def repo_folder(cache: Path, repo_id: str) -> Path:
+    """The folder of model repository `repo_id` in the Hugging Face cache folder `cache`."""
+    return cache / f"models--{repo_id.replace('/', '--')}"
+
+
+def missing_snapshot(repo_id: str) -> Path | None:
+    """The snapshot folder the cache's refs/main of `repo_id` names when that folder is not there (else None), read
+    where huggingface_hub (imported by then) keeps its cache; a ref that is not a commit hash is not named."""
+    from huggingface_hub import constants
+
+    repo = repo_folder(Path(constants.HF_HUB_CACHE), repo_id)
+    try:
+        with open_regular(repo / "refs" / "main", "refs/main", "a commit hash") as f:
+            ref = f.read(MAX_REF_BYTES).decode("ascii").strip()
+    except (UserError, OSError, UnicodeDecodeError):
+        return None
+    snapshot = repo / "snapshots" / ref
+    return snapshot if re.fullmatch(r"[0-9a-f]+", ref) and not snapshot.is_dir() else None
 
 
 def model_folder(spec: ModelSpec) -> Path:
