@@ -10,7 +10,6 @@ from sdlab.bench.worlds import world
 from sdlab.config import Run
 from sdlab.errors import UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
-from sdlab.models.architectures import BUILT_IN
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.families import ModelAdapter
 from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
@@ -46,9 +45,9 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[Mo
     return warnings
 
 
-def unused_warnings(run: Run) -> list[str]:
-    """Request values the model's family never reads: a negative prompt on a guidance-distilled model (Flux)."""
-    adapter, negative = adapter_class(run.model), run.params.negative_prompt
+def unused_warnings(run: Run, adapter: type[ModelAdapter]) -> list[str]:
+    """Request values the model's family (`adapter`) never reads: a negative prompt on a guidance-distilled model."""
+    negative = run.params.negative_prompt
     if negative and adapter.guidance == "distilled":
         return [f"negative_prompt={negative!r} is not used by model={run.model.name}: its family ({adapter.family}) is "
                 "guidance-distilled, with no unconditional branch for it to steer away from"]
@@ -75,8 +74,8 @@ def check_job(run: Run) -> list[str]:
         check_recipe(run)
         return model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)
 
-    if spec.name not in BUILT_IN or spec.path:  # missing weights are said before the scheduler checks import diffusers
-        adapter_class(spec)  # the folder's files and components, and its family
+    # a folder's files, components and family: missing weights are said before the scheduler checks import diffusers
+    adapter = adapter_class(spec)
     clip = cfg.get("clip")  # as are the CLIP model (none with clip=none), input images and reference sets
     if clip and clip.get("name") not in (None, "none"):
         check_clip_folder(clip_folder(clip), clip["name"])
@@ -94,8 +93,8 @@ def check_job(run: Run) -> list[str]:
                 make_scheduler(name, base, run.scheduler.options)
             except UserError as e:
                 raise UserError(f"on model={spec.name}: {e}") from None
-    return (model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter_class(spec))
-            + unused_warnings(run))
+    return (model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter)
+            + unused_warnings(run, adapter))
 
 
 def check_sweep(runs: list[Run]) -> None:
