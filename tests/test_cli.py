@@ -64,7 +64,7 @@ def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["0_article_b5_cfg_toy",
                                                                      "1_article_d2_timestep_embedding"]
     assert not (root / "grid.png").exists() and not (root / "summary.csv").exists()
-    index = pd.read_csv(root / "index.csv").fillna("")
+    index = pd.read_csv(root / "index.csv", keep_default_na=False)  # empty cells as "", as a reader sees them
     assert index["id"].tolist() == ["B5", "D2"]
     assert index["figure"].tolist() == ["0_article_b5_cfg_toy/cfg_toy.png",
                                         "1_article_d2_timestep_embedding/timestep_embedding.png"]
