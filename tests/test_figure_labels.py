@@ -4,6 +4,7 @@ same label for two different values on one axis."""
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from sdlab.bench import figures
 
@@ -57,3 +58,21 @@ def test_a_cut_keeps_every_whole_word_that_fits():
     pirate = "a pirate ship sailing through a storm, dramatic lighting, oil painting"  # A6's prompt on SD 1.5
     assert figures._short(pirate, 48) == "a pirate ship sailing through a storm, dramatic…"
     assert figures._short(pirate, 46) == "a pirate ship sailing through a storm…"
+
+
+def test_a_points_note_is_moved_off_the_line_it_would_sit_on(tmp_path, monkeypatch):
+    """F1's 'min at w = 2' sat on its own curve, up and to the right of the minimum where the curve rises: a note
+    goes to the first place beside its point that no line crosses."""
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    w, kid = [1, 1.5, 2, 3, 5, 7.5, 12], [0.38, 0.19, 0.17, 0.31, 1.4, 2.2, 3.36]  # F1's KID curve on mini
+    figures.curves([{"lines": [{"x": w, "y": kid, "label": "dpmpp_2m"}], "hline": -0.08,
+                     "points": [{"x": [2], "y": [0.17], "marker": "v", "color": "black", "notes": ["min at w = 2"]}]}],
+                   tmp_path / "f1.png", panel_inches=(8.0, 3.2))
+    ax = drawn[0].axes[0]
+    renderer = FigureCanvasAgg(drawn[0]).get_renderer()  # saving closed it: a canvas of its own, as laid out
+    [note] = [t for t in ax.texts if t.get_text() == "min at w = 2"]
+    box = note.get_window_extent(renderer)
+    assert ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)  # inside its panel
+    for line in ax.lines:
+        assert not line.get_path().transformed(line.get_transform()).intersects_bbox(box, filled=False), line

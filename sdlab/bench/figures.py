@@ -176,18 +176,44 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
         fig.tight_layout()
         clear_legends(fig)
         fit_titles(fig, suptitle)
+        clear_notes(fig)
         return save_figure(fig, target)
+
+
+def crosses_lines(ax, box) -> bool:
+    """Whether one of `ax`'s lines passes through `box` (display space)."""
+    return any(line.get_path().transformed(line.get_transform()).intersects_bbox(box, filled=False)
+               for line in ax.lines if len(line.get_xydata()) > 1)
 
 
 def legend_covers_data(ax) -> bool:
     """Whether `ax`'s legend, where the last draw put it, lies over one of its lines or points (display space)."""
     box = ax.get_legend().get_window_extent()
-    lines = any(line.get_path().transformed(line.get_transform()).intersects_bbox(box, filled=False)
-                for line in ax.lines if len(line.get_xydata()) > 1)
     points = (box.contains(*p) for artist in [*ax.lines, *ax.collections]
               for p in artist.get_transform().transform(
                   artist.get_xydata() if hasattr(artist, "get_xydata") else artist.get_offsets()))
-    return lines or any(points)
+    return crosses_lines(ax, box) or any(points)
+
+
+NOTE_PLACES = tuple(((4 * side, rise), "left" if side > 0 else "right") for rise in (5, -12, 16, -23, 27)
+                    for side in (1, -1))  # beside its point, then farther above or below it: points of offset
+
+
+def clear_notes(fig) -> None:
+    """Move each point's note that a line crosses (or its panel cuts), as laid out, to the first place beside its point
+    inside the panel that no line crosses."""
+    from matplotlib.text import Annotation
+
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for note in [text for text in ax.texts if isinstance(text, Annotation)]:
+            put = (note.xyann, note.get_horizontalalignment())
+            for offset, align in (put, *NOTE_PLACES, put):  # crossed wherever it goes: where it was put
+                note.xyann = offset
+                note.set_horizontalalignment(align)
+                box = note.get_window_extent(renderer)
+                if ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1) and not crosses_lines(ax, box):
+                    break
 
 
 def clear_legends(fig) -> None:
