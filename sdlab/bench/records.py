@@ -204,7 +204,6 @@ def local_file(folder: Path, relative: Any) -> Path | None:
 
 
 PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"  # a PNG's signature and the head of its first chunk
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: a file cut short has none
 SIGNATURE = len(PNG_START) - 8  # the bytes before the first chunk's length
 
 
