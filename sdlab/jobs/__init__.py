@@ -45,8 +45,7 @@ AHEAD: dict[str, AheadFn] = {}
 
 def job(name: str, recipe: type | None = None, check: CheckFn | None = None,
         ahead: AheadFn | None = None) -> Callable[[JobFn], JobFn]:
-    """Register a job under `name` with its recipe dataclass, its pre-flight `check` (a one-line UserError before any
-    folder or model) and `ahead(runs, sweep_dir)`, which does upcoming runs' shared work and returns those covered."""
+    """Register a job with its recipe, pre-flight `check` and `ahead(runs, sweep_dir)` (shared work, runs covered)."""
 
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
@@ -63,8 +62,7 @@ AS_GIVEN = SimpleNamespace(check=lambda name, value: value)
 
 
 def read_recipe(run: Run, cls: type) -> Any:
-    """A recipe dataclass from the run's config: its fields are top-level keys (or the keys of the block that
-    `cls.block` names), each checked by its Field; null or absent keys keep their defaults."""
+    """A recipe dataclass from top-level keys (or `cls.block`'s), each checked by its Field; null keeps the default."""
     rules = rules_of(cls)
     if getattr(cls, "block", None):
         needed = tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
@@ -106,8 +104,7 @@ def get_job(name: str) -> JobFn:
 
 
 def work_ahead(runs: list[Run | None], sweep_dir: Path) -> set[int]:
-    """The indices of `runs` the first one's job `ahead` covered, doing their shared work; unparsed runs (None) and
-    any failure here leave each job to do its own."""
+    """The indices of `runs` the first job's `ahead` covered; unparsed runs and any failure leave each job its own."""
     first = runs[0] if runs else None
     ahead = AHEAD.get(first.job) if first is not None and first.job in JOB_MODULES and get_job(first.job) else None
     if ahead is None:

@@ -52,8 +52,7 @@ def read_image(path: Path, width: int, height: int, label: str) -> np.ndarray:
 
 
 def input_images(source: ImageInput, width: int, height: int, count: int) -> list[tuple[str, np.ndarray, str]]:
-    """(name, image, caption) from `images` (folder or files; caption = file stem), else `count` images of the
-    `sample_world` drawn at min(width, height) and fitted."""
+    """(name, image, caption) from `images` (caption: the file stem), else `count` drawn by the `sample_world`."""
     if source.images:
         return [(p.name, read_image(p, width, height, f"images: {p}"), p.stem.replace("_", " "))
                 for p in image_files(source.images)]

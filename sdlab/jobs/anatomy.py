@@ -18,8 +18,7 @@ from sdlab.models.model_files import check_weights_folder, read_object
 
 
 def meta_components(spec: ModelSpec) -> dict:
-    """Every weighted component on the meta device: from sdlab's architectures, or from the configs a diffusers
-    folder's model_index.json lists (tokenizers, schedulers and absent parts skipped; no weights read)."""
+    """Every weighted component on the meta device, from sdlab's architectures or a diffusers folder's configs."""
     import torch
 
     if arch := built_in(spec):
@@ -54,20 +53,15 @@ def config_json(module) -> str:
 
 @job("anatomy")
 def run_anatomy(ctx: JobContext) -> pd.DataFrame:
-    """One row per component plus total (params, bytes at fp32/fp16/bf16, latent shape); table `<denoiser>_blocks`
-    (unet_blocks or transformer_blocks); figure anatomy.png."""
+    """A row per component plus total, table `<denoiser>_blocks` (unet or transformer), figure anatomy.png."""
     spec = ctx.run.model
     components = meta_components(spec)
-
-    # 1. Latent geometry at the model's resolution.
     vae = components["vae"].config
     factor = downsampling_factor(vae.block_out_channels)
     side = spec.resolution
     z_shape = latent_shape(side, side, vae.latent_channels, factor)
     geometry = {"resolution": side, "latent_shape": "x".join(map(str, z_shape)), "downsampling": factor,
                 "compression_ratio": compression_ratio((3, side, side), z_shape)}
-
-    # 2. Components and the denoiser's blocks.
     table = component_table(components)
     rows = [{**identity(ctx, "anatomy", spec.name), **r, "params_m": r["params"] / 1e6, **geometry,
              "config": config_json(components[r["component"]]) if r["component"] in components else None}
@@ -76,8 +70,6 @@ def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     blocks = denoiser_block_table(components[denoiser]).assign(model=spec.name)
     write_table(blocks[["model", "block", "params", "share", "bytes_fp32", "bytes_fp16", "bytes_bf16"]], ctx.out_dir,
                 f"{denoiser}_blocks")
-
-    # 3. Bar chart.
     parts = table[table["component"] != "total"]
     total = int(table.loc[table["component"] == "total", "params"].iloc[0])
     bar_chart([

@@ -26,8 +26,7 @@ XLABELS = {"clip": "CLIP tokens incl. <|startoftext|> and <|endoftext|>", "t5": 
 
 
 def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> str:
-    """The longest prompt's token count and how many prompts each text encoder cuts, at its limit: a line per encoder
-    (named when `labelled`)."""
+    """A line per text encoder (named when `labelled`): the longest prompt's tokens and how many prompts it cuts."""
     parts = []
     for table, e in zip(tables, encoders):
         cut = int(table["truncated"].sum())
@@ -44,8 +43,7 @@ class Similarity(Prompts, ImageInput):
 
 @job("clip_tokens", Prompts)
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
-    """One row per prompt and text encoder (tokens, ids, count incl. special tokens, the encoder's limit, what it
-    drops); table `tokens` per token; figure token_counts.png with a panel per encoder."""
+    """A row per prompt and text encoder, table `tokens` per token, token_counts.png with a panel per encoder."""
     spec, prompts = ctx.run.model, ctx.recipe.prompts
     encoders, notes = encoder_tokenizers(spec)
     for note in notes:
@@ -71,7 +69,7 @@ def run_tokens(ctx: JobContext) -> pd.DataFrame:
 
 
 def text_embeddings(ctx: JobContext, prompts: list[str], clip) -> tuple[np.ndarray, str]:
-    """Projected CLIP text embeddings when a clip model is configured, else the model text encoder's pooled output; with its name."""
+    """The clip model's projected text embeddings, else the model text encoder's pooled output; with its name."""
     if clip is not None:
         return clip.text_embeddings(prompts), f"clip={clip.name} projected text embedding (get_text_features)"
     model = load_model(ctx.run.model)
@@ -101,13 +99,10 @@ def diagonal_claim(cos: np.ndarray) -> str:
 
 @job("clip_similarity", Similarity)
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
-    """Text-text cosine matrix of the prompts (rows returned, text_similarity.png); with a clip model, the image-caption
-    matrix of `images`, else of `num_images` drawn ones (none for 0)."""
+    """The prompts' text-text cosine matrix; with a clip model, the image-caption one of `images` or drawn ones."""
     spec, recipe = ctx.run.model, ctx.recipe
     prompts = list(recipe.prompts)
     clip = load_clip(ctx.run.recipe.get("clip"))
-
-    # 1. Text-text cosine similarity.
     embeddings, embedding = text_embeddings(ctx, prompts, clip)
     matrix = cosine_matrix(embeddings)
     text = long_matrix(matrix, prompts, prompts, "prompt_a", "prompt_b").assign(embedding=embedding)
@@ -115,8 +110,6 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     heatmap(matrix, [f"{k}: {p}" for k, p in zip(keys, prompts)], keys, ctx.out_dir / "text_similarity.png",
             vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}{article_reports(ctx.run)}")
     rows = [{**identity(ctx, "clip_similarity", spec.name), **r} for r in text.to_dict("records")]
-
-    # 2. Image-caption similarity (needs a CLIP model with an image tower).
     if clip is None or not (recipe.images or recipe.num_images):
         log.info("image-caption similarity skipped: %s", "num_images=0 and no images" if clip else
                  "clip=none (choose clip=mini or clip=openai_l14)")

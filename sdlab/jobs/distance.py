@@ -1,6 +1,4 @@
-"""How close, as a distribution, are generated images to real ones? KID and FD of each cell's images (every prompt x
-seed) against real images of the same prompts (the prompt world's references) on CLIP image features: the FID against
-guidance scale and FID against NFE figures of guidance and sampler papers, offline."""
+"""KID and FD of each cell's images against real images of the same prompts, on CLIP features: FID vs w and NFE."""
 
 from __future__ import annotations
 
@@ -30,8 +28,7 @@ PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
 
 @dataclass(frozen=True)
 class DistanceStudy:
-    """The `distance:` block: cells guidance_scales x schedulers x steps, `images` seeds of every prompt, against
-    `references` real images of each; KID over `kid_subsets` subsets, FD's sd over `bootstrap` resamples."""
+    """The `distance:` block: cells guidance_scales x schedulers x steps, each against `references` real images."""
 
     block = "distance"
     guidance_scales: tuple[float, ...] = checked(None, "numbers", 0, 1000, plain=False)
@@ -70,8 +67,8 @@ def embed(clip, images: list) -> np.ndarray:
 
 
 def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> dict:
-    """KID (mean and sd over subsets of half the images), FD and its sd over bootstrap resamples (their mean sits above
-    FD: duplicates shrink the covariance, so only their spread is used), CMMD, precision and recall."""
+    """KID (over subsets of half the images), FD with its bootstrap sd, CMMD, precision and recall."""
+    # the bootstrap resamples' mean sits above FD (duplicates shrink the covariance): only their spread is used
     n = len(generated)
     rng = np.random.default_rng(0)
     resampled = [frechet_distance(generated[rng.integers(n, size=n)], real) for _ in range(study.bootstrap)]

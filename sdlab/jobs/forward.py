@@ -44,8 +44,7 @@ def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def forward_schedules(run: Run) -> list[dict]:
-    """The schedules of a forward_process config, each with its noise process (`model`: the model's own; a beta
-    schedule: DDPM's), checked: every timestep inside every schedule."""
+    """The schedules with their noise process (`model`: the model's; a beta schedule: DDPM's), timesteps checked."""
     recipe, model_config = read_recipe(run, ForwardProcess), model_scheduler_config(run)
     schedules = [{**schedule_spec(item, model_config),
                   "process": process_of(model_config) if item == "model" else PROCESSES["epsilon"]}
@@ -62,18 +61,13 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     model = load_model(spec)
     width, height = ctx.run.params.width, ctx.run.params.height
     seed, spaces, timesteps = recipe.seed or 0, list(recipe.spaces), recipe.timesteps
-
-    # 1. The schedules (the model's by default).
     schedules = forward_schedules(ctx.run)
-
-    # 2. x_0 in pixels and z_0 in latents, each with its own fixed eps.
     name, image, _ = input_images(recipe, width, height, 1)[0]
     x0 = to_model([image], model)
     z0 = model.encode_image(x0) if "latent" in spaces else None
     vae_only = to_uint8(model.decode(z0))[0] if z0 is not None else None
-    eps = {"pixel": noise_like(x0, seed), "latent": noise_like(z0, seed) if z0 is not None else None}
-
-    # 3. x_t and decoded z_t at each t, PSNR against x_0, for every schedule.
+    clean = {"pixel": x0, "latent": z0}
+    eps = {space: noise_like(x, seed) for space, x in clean.items() if x is not None}
     rows, strips, labels, names = [], [], [], []
     for s in schedules:
         process, levels = s["process"], s["process"].training_levels(s)
@@ -81,10 +75,8 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
             strip, label = [image], ["x_0"]
             for t in timesteps:
                 level = levels[t]
-                if space == "pixel":
-                    noised = to_uint8(process.noised(x0, eps["pixel"], level))[0]
-                else:
-                    noised = to_uint8(model.decode(process.noised(z0, eps["latent"], level)))[0]
+                noised = process.noised(clean[space], eps[space], level)
+                noised = to_uint8(noised if space == "pixel" else model.decode(noised))[0]
                 value = psnr(image, noised)
                 a, b = process.coefficients(level)
                 rows.append({**identity(ctx, "forward_process", spec.name), "schedule": s["label"], "space": space, "t": t,
@@ -98,8 +90,6 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
             labels.append(label)
             space_name = "pixel x_t" if space == "pixel" else "latent z_t, decoded"
             names.append(space_name if len(schedules) == 1 else f"{s['label']}\n{space_name}")
-
-    # 4. Strip: one row per (schedule, space), under a headline drawn from the same PSNR values as the panels.
     law = " / ".join(dict.fromkeys(s["process"].equation.replace(" | ", "|") for s in schedules))
     image_strip(strips, ctx.out_dir / "forward_strip.png", col_labels=labels, row_labels=names,
                 title=f"{psnr_headline(rows)}\n{law}, eps seed {seed}; each panel: t and PSNR vs x_0",

@@ -33,17 +33,9 @@ def cell_hash(base: dict[str, Any], seed: int) -> str:
     return config_hash({**base, "seed": seed})
 
 
-def seed_hashes(run: Run, model, scorers: list[Scorer]) -> dict[int, str]:
-    """Each seed's cell hash, for a run whose scheduler `model` has in use."""
-    common = {"model": run.model.name, "scheduler": run.scheduler.name,
-              "scheduler_config": resolved_config(model.scheduler), **image_params(run.params)}
-    base = hash_fields(common, scorers)
-    return {seed: cell_hash(base, seed) for seed in run.params.seeds}
-
-
 def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
-    """The indices of `runs` whose cells (the first's and those sharing its call, up to its batch size, none complete in
-    the sweep) were made in one pipeline call and kept on the model for each cell's job to take."""
+    """The indices of `runs` whose cells (sharing the first's call, up to its batch size, not yet complete) were made
+    in one pipeline call and kept on the model for each cell's job to take."""
     first, key = runs[0], shared_call(runs[0])
     model = load_model(first.model)
     model.use_scheduler(first.scheduler.name, first.scheduler.options)
@@ -55,8 +47,10 @@ def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
         if shared_call(run) != key:
             continue
         scorers = build_scorers(run.recipe, str(model.device))
-        todo = [(run.params, seed, cell, scorers) for seed, cell in seed_hashes(run, model, scorers).items()
-                if cell not in done and cell not in model.made]
+        base = hash_fields({"model": run.model.name, "scheduler": run.scheduler.name,
+                            "scheduler_config": resolved_config(model.scheduler), **image_params(run.params)}, scorers)
+        todo = [(run.params, seed, cell, scorers) for seed in run.params.seeds
+                if (cell := cell_hash(base, seed)) not in done and cell not in model.made]
         if len(cells) + len(todo) > first.params.batch_size:
             break
         cells, covered = cells + todo, covered + [i]
@@ -77,8 +71,7 @@ def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
 
 
 def scored(result: BatchResult, scorers: list[list[Scorer]], prompts: list[str]) -> BatchResult:
-    """The call's result with each good image's columns from its own cell's `scorers`, the images whose scorers are
-    the same scored together (cells of one call may differ in what decides a score, a set scorer's reference)."""
+    """The call's result with each good image scored by its own cell's `scorers`, cells of equal scorers together."""
     groups: dict[str, list[int]] = {}
     for i, image in enumerate(result.images):
         if image is not None:
@@ -141,9 +134,8 @@ def job_columns(ctx: JobContext, model, params) -> dict[str, Any]:
 
 def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset()) -> tuple[
         dict[str, dict], list[str], dict[str, Path]]:
-    """This dir's finished rows by config hash, its table's hash order, and wanted cells finished in other job dirs
-    (not looked for when here or `made` ahead). Wanted cells are made again with resume=false (the others stay) and
-    when made from other weights than the model's folder (or its scoring CLIP's) holds now."""
+    """This dir's finished rows by hash, their order, and wanted cells finished in other job dirs; wanted cells are
+    made again with resume=false and when made from other weights than the model's (or its CLIP's) now."""
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
@@ -169,16 +161,15 @@ def in_order(table: dict[str, dict], order: list[str]) -> pd.DataFrame:
 
 
 def hash_fields(common: dict, scorers: list[Scorer]) -> dict:
-    """What decides an image besides its seed (plus what decides its scores), and the scheduler name asked for: on a
-    flow model ddim and euler are one solver, yet each is its own cell of a sweep."""
+    """What decides an image and its scores besides its seed; the scheduler's name too: on a flow model ddim and
+    euler are one solver, yet each is its own cell of a sweep."""
     keys = ("model", "scheduler", "scheduler_config", *IMAGE_PARAMS)
     return {**{k: common[k] for k in keys}, "scorers": identities(scorers)}
 
 
 def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, hash_base: dict,
                scorers: list[Scorer] = (), prefix: str = "") -> list[dict]:
-    """Generate one batch: saved images and their rows, or one failed row per seed naming the error. Images made
-    ahead in a sweep's shared call (`make_ahead`) are taken, not made again."""
+    """Generate one batch (taking images `make_ahead` made): saved images' rows, or a failed row per seed."""
     made = [model.made.pop(cell_hash(hash_base, s), None) for s in batch]
     rows = [row for result in made if result is not None
             for row in image_rows(ctx, common, hash_base, result, scorers, prefix)]
@@ -200,8 +191,7 @@ def failed_row(common: dict, hash_base: dict, seed: int, batch_size: int | None,
 
 
 def own_overrides(overrides: str, seed: int) -> str:
-    """The job's overrides as one image's: a `seeds=[...]` list becomes this image's `seed`, so a row, its PNG and its
-    log line grow with one seed, not with the whole list."""
+    """The job's overrides as one image's: a `seeds=[...]` list becomes this image's `seed`."""
     parsed = json.loads(overrides) if overrides else {}
     if "seeds" in parsed:
         parsed = {k: v for k, v in parsed.items() if k not in ("seeds", "seed")} | {"seed": str(seed)}
@@ -209,8 +199,7 @@ def own_overrides(overrides: str, seed: int) -> str:
 
 
 def describe(ctx: JobContext, overrides: str, seed: int) -> str:
-    """An image's cell as `k=v k=v` for log lines: its overrides (in a sweep those that vary across it) and its seed,
-    after how far through the sweep its job is."""
+    """An image's cell as `k=v k=v` for log lines (in a sweep, the varying overrides), after the sweep's progress."""
     fixed = set(json.loads(ctx.overrides or "{}")) - set(ctx.extra.get("axes", json.loads(ctx.overrides or "{}")))
     parsed = {k: v for k, v in json.loads(own_overrides(overrides, seed)).items() if k not in fixed} | {"seed": seed}
     progress = f"[{ctx.extra['progress']}] " if "progress" in ctx.extra else ""

@@ -70,7 +70,7 @@ class SchedulerGrid:
 
 @job("guidance_grid", GuidanceGrid)
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
-    """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png, clip_vs_guidance.png with a clip model."""
+    """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png (and clip_vs_guidance.png)."""
     model, spec, params, scorers = setup(ctx)
     frame = ordered([row for w in map(float, ctx.recipe.guidance_scales) for row in cell_rows(
         ctx, model, scorers, replace(params, guidance_scale=w), {"guidance_scale": w}, f"cfg{w:g}")])
@@ -85,8 +85,7 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
 
 
 def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
-    """Panels of CLIP score and adherence against w (per seed, mean and 95% interval) and a claim from the lowest w to
-    the highest with the paired change over seeds; adherence the same for every image is a line of the claim."""
+    """Panels of CLIP score and adherence against w (per seed, mean, 95% interval), and a claim of the paired change."""
     metrics = [m for m in ("clip_score", "adherence_all") if m in ok and ok[m].notna().any()]
     if not metrics:
         return [], ""
@@ -219,8 +218,7 @@ def lead(interval: dict[str, tuple[float, float, float]]) -> str:
 
 def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, params: GenerationParams,
                             frame: pd.DataFrame, scorers) -> pd.DataFrame:
-    """Each ok image's PSNR to its seed solved by `reference_scheduler` x `reference_steps`, and each sampler's own
-    solve of as many steps against it (do all converge to it?); scheduler_grid.png: a row per seed, reference first."""
+    """Each image's PSNR to the reference solve of its seed, and each sampler's own many-step solve against it."""
     name, steps = recipe.reference_scheduler, recipe.reference_steps
     many = replace(params, num_inference_steps=steps)
     solves = {}

@@ -1,5 +1,4 @@
-"""The schedule_snr job: per-timestep noise schedule tables, SNR crossings, and the timesteps samplers visit;
-with `families`, log-SNR of every model family (DDPM and flow matching) on one normalised time axis."""
+"""The schedule_snr job: noise schedule tables, SNR crossings, visited timesteps; `families`: log-SNR of each family."""
 
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ LOG_SNR_LIMITS = (-15.0, 15.0)
 
 @dataclass(frozen=True)
 class ScheduleSnr:
-    """Beta schedules to tabulate (each a name, `model`, `scheduler` or a dict), the samplers whose visited steps are
-    shown (null: the configured one; []: none), timesteps to list apart, and `families` compared on one log-SNR axis."""
+    """Beta schedules, samplers whose steps are shown (null: the configured one; []: none), timesteps, `families`."""
 
     schedules: list | None = checked(None, "entries", plain=False, optional=True)
     visit_schedulers: list | None = checked(None, "entries", plain=False, optional=True)
@@ -64,7 +62,7 @@ def schedule_spec(item: Any, model_config: dict) -> dict[str, Any]:
 
 
 def schedule_betas(item: Any, model_config: dict, choice: SchedulerChoice) -> tuple[dict[str, Any], np.ndarray]:
-    """(spec, beta_t) of a schedules entry; `scheduler` takes the configured scheduler's own betas (so options such as rescale_betas_zero_snr count)."""
+    """(spec, beta_t) of a schedules entry; `scheduler`: the configured scheduler's own betas (its options count)."""
     if item == "scheduler":
         label, name, options = visit_specs(None, choice)[0]
         c = make_scheduler(name, model_config, options)
@@ -121,8 +119,6 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
         return ordered(family)
     model_config = model_scheduler_config(ctx.run)
     steps = ctx.run.params.num_inference_steps
-
-    # 1. Per-timestep tables of every schedule.
     tables, rows = [], []
     for item in recipe.schedules or ["model"]:
         s, beta = schedule_betas(item, model_config, ctx.run.scheduler)
@@ -138,16 +134,12 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
     write_table(schedule[["schedule", *tables[0].columns.drop("schedule")]], ctx.out_dir, "schedule")
     if recipe.report_timesteps:
         write_table(schedule[schedule["t"].isin(recipe.report_timesteps)].reset_index(drop=True), ctx.out_dir, "schedule_at")
-
-    # 2. Timesteps and sigmas each sampler visits for N steps on the model's schedule.
-    visits = []
+    visits = []  # the timesteps and sigmas each sampler visits on the model's schedule
     for label, name, options in visit_specs(recipe.visit_schedulers, ctx.run.scheduler):
         scheduler = make_scheduler(name, model_config, options)
         with np.errstate(divide="ignore"):
             visit = process_of(model_config).visits(scheduler, steps)
         visits.append(visit.assign(scheduler=label, num_inference_steps=steps))
-
-    # 3. Figures.
     snr_figure(schedule, rows, ctx.out_dir / "snr.png")
     if visits:
         visits = pd.concat(visits, ignore_index=True)
@@ -241,8 +233,7 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
 
 
 def model_family(run: Run) -> dict[str, Any]:
-    """The configured model as a `families` entry: its name, schedule, scheduler, steps, the image size asked for
-    (the model's native one unless width/height are given; Flux's shift depends on it) and Flux's sigmas."""
+    """The configured model as a `families` entry, at the size asked for (Flux's shift depends on it)."""
     spec, choice, params = run.model, run.scheduler, run.params
     return {"model": spec.name, "config": model_scheduler_config(run), "sampler": choice.name,
             "options": choice.options, "steps": params.num_inference_steps, "width": params.width, "height": params.height,
@@ -256,7 +247,7 @@ def family_specs(run: Run, recipe: ScheduleSnr) -> list[dict[str, Any]]:
 
 
 def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
-    """Tables `log_snr` (per family and t) and `family_visits` (per sampler step), figure log_snr.png; a row per family."""
+    """Tables `log_snr` and `family_visits`, figure log_snr.png; a row per family."""
     curves_, visits_, rows = [], [], []
     for f in family_specs(ctx.run, recipe):
         # 1. The sampler as the family's pipeline would build it, and what Flux's pipeline passes it.

@@ -51,8 +51,7 @@ EXPORTS = {"unet": "the unet stage reads the trained vae/ and text_encoder/ from
 
 @dataclass(frozen=True)
 class Train:
-    """The `train:` block: which stage (or all in order), the seed, threads, where to write and export, how many
-    training images, and each stage's own settings (read by sdlab.mini)."""
+    """The `train:` block: the stage (or all), seed, threads, folders, images, each stage's settings (sdlab.mini's)."""
 
     block = "train"
     stage: str = MISSING

@@ -93,15 +93,13 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     params = replace(ctx.run.params, seeds=(seed,), batch_size=1)
     model = load_model(spec)
     model.use_scheduler(choice.name, choice.options)
-
-    # 1. One generation pass, recording every step.
     with TrajectoryRecorder(model) as recorder:
         result = generate_batch(model, params, [seed], on_step=recorder.on_step)
     request = {**image_params(params), "seed": seed}
     save_png(result.images[0], ctx.out_dir / "images" / "trajectory_final.png",
              {**request, "scheduler": choice.name, "model": spec.name})
 
-    # 2. Decode x_t and x0_pred of every step (VAE or the linear preview), timed apart from generation.
+    # x_t and x0_pred of every step decoded (VAE or the linear preview), timed apart from generation
     start = time.perf_counter()
     steps = recorder.steps
     render = frame_renderer(model, result, recipe.preview)
@@ -111,8 +109,6 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     # since the preview of x0_pred never matches the VAE's image, even at the last step.
     final = np.asarray(result.images[0]) if recipe.preview == "vae" else render([result.latents[:1].cpu()])[0]
     time_decode = time.perf_counter() - start
-
-    # 3. Rows.
     timing = {"nfe": result.nfe, "time_generate_s": result.time_total_s - recorder.capture_s,
               "time_unet_s": result.time_unet_s - recorder.capture_s, "time_capture_s": recorder.capture_s,
               "time_decode_trajectory_s": time_decode, "preview": recipe.preview}
@@ -122,8 +118,6 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              "snr_db": float(log_snr_db(s["log_snr"])), "x_t_std": float(s["x_t"].std()),
              "x0_pred_std": float(s["denoised"].std()),
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
-
-    # 4. Strip of evenly spaced steps and a GIF of every step.
     picks = sorted(set(np.linspace(0, len(steps) - 1, min(len(steps), recipe.frames)).round().astype(int)))
     labels = [f"step {steps[i]['i']}\n{model.noise.step_label(steps[i])}" for i in picks]
     x0_labels = [f"{label}\n{rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB" for label, i in zip(labels, picks)]

@@ -33,15 +33,12 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
 
     rows, channel_tables, strip, labels = [], [], [], []
     for name, image, _ in images:
-        # 1. Round trip x -> z -> x_rec, timed apart.
         x = to_model([image], model)
         start = clock(model.device)
         z = model.encode_image(x)
         mid = clock(model.device)
         recon = to_uint8(model.decode(z))[0]
         end = clock(model.device)
-
-        # 2. Quality, compression and latent statistics.
         latent = z[0].float().cpu().numpy()
         stats = latent_channel_stats(latent)
         channel_tables.append(stats.assign(image=name))
@@ -55,8 +52,6 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
         strip.append([image, recon, *(channel_image(c) for c in latent)])
         labels.append(["input", f"reconstruction\n{quality['psnr_db']:.1f} dB, SSIM {quality['ssim']:.3f}",
                        *(f"z[{r.channel}] mean {r.mean:+.2f}\nstd {r.std:.2f}" for r in stats.itertuples())])
-
-    # 3. Tables and figure.
     channels = pd.concat(channel_tables, ignore_index=True)
     write_table(channels[["image", "channel", "mean", "std", "min", "max"]], ctx.out_dir, "latent_channels")
     ratio = rows[0]["compression_ratio"]
