@@ -104,14 +104,11 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                 result = solve(model, name, steps, base, prompt, options)
                 scores = distances(result.latents, result.images, ref.latents, ref.images)
                 extra = score_images(scorers, result.images, [prompt] * len(result.images))
-                for seed, score, more in zip(seeds, scores, extra):
-                    rows.append({
-                        **identity(ctx, "compare_schedulers", spec.name), "scheduler": name,
-                        **image_params(replace(base, prompt=prompt, num_inference_steps=steps)), "seed": seed,
-                        "nfe": result.nfe, "call_id": result.call,
-                        "time_total_s": result.time_total_s / len(seeds), "stochastic": own,
-                        "reference": against, **score, **more,
-                    })
+                rows += [{**identity(ctx, "compare_schedulers", spec.name), "scheduler": name,
+                          **image_params(replace(base, prompt=prompt, num_inference_steps=steps)), "seed": seed,
+                          "nfe": result.nfe, "call_id": result.call, "time_total_s": result.time_total_s / len(seeds),
+                          "stochastic": own, "reference": against, **score, **more}
+                         for seed, score, more in zip(seeds, scores, extra)]
     runs = ordered(rows)
     write_outputs(ctx, study, model, runs)
     return runs

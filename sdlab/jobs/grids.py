@@ -146,9 +146,8 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     rows = []
     for i, prompt in enumerate(prompts):
         label = "\n".join(textwrap.wrap(f"P{i + 1}: {prompt}", 22, max_lines=4, placeholder=" …"))
-        cell = replace(params, prompt=prompt)
-        rows += cell_rows(ctx, model, scorers, cell, {"prompt": prompt, "prompt_index": i, "prompt_label": label},
-                          f"prompt{i}")
+        cell = {"prompt": prompt, "prompt_index": i, "prompt_label": label}
+        rows += cell_rows(ctx, model, scorers, replace(params, prompt=prompt), cell, f"prompt{i}")
     frame = ordered(rows)
     title = ""
     if len(prompts) > 1 and len(params.seeds) > 1:

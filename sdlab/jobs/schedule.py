@@ -250,12 +250,9 @@ def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
     """Tables `log_snr` and `family_visits`, figure log_snr.png; a row per family."""
     curves_, visits_, rows = [], [], []
     for f in family_specs(ctx.run, recipe):
-        # 1. The sampler as the family's pipeline would build it, and what Flux's pipeline passes it.
         scheduler, process = make_scheduler(f["sampler"], f["config"], f["options"]), process_of(f["config"])
         kwargs = timestep_kwargs(scheduler, f["width"], f["height"], f["steps"], f["flux_sigmas"])
         mu = kwargs.get("mu")
-
-        # 2. log-SNR per training timestep and the steps visited, as the family's noise process reads them.
         curve, visits, shift, closed = process.log_snr_steps(scheduler, f["steps"], **kwargs)
         curves_.append(curve.assign(family=f["name"]))
         visits_.append(visits.assign(family=f["name"], sampler=f["sampler"], num_inference_steps=f["steps"]))

@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 STAGES = ("vae", "clip", "unet")
 EXTRA_STAGES = ("vae_decoder",  # decoder-only VAE refinement: the latents stay fixed, so it can run beside unet
                 "flow")  # mini_flow's transformer on mini's frozen parts (experiment=train_mini_flow)
-# Each stage's keys as sdlab.mini reads them, checked before anything is trained: the loop's (every stage's), then
-# each stage's own. `steps`, `batch_size` and `lr` have no default.
+# Each stage's keys as sdlab.mini reads them, checked before training; `steps`, `batch_size` and `lr` have no default.
 NEEDED = ("steps", "batch_size", "lr")
 LOOP_RULES = {"steps": Field("int", 1), "batch_size": Field("int", 1),
               "lr": Field("number", 1e-12, 1, rule="a number in (0, 1]"), "warmup": Field("int", 0),

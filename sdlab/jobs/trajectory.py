@@ -105,8 +105,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     render = frame_renderer(model, result, recipe.preview)
     x_t = render([s["x_t"] for s in steps])
     x0 = render([s["denoised"] for s in steps])
-    # x0_pred is measured against the final latents rendered the same way: under `linear` that is their preview,
-    # since the preview of x0_pred never matches the VAE's image, even at the last step.
+    # under `linear` x0_pred is measured against the final latents' preview: it never matches the VAE's image
     final = np.asarray(result.images[0]) if recipe.preview == "vae" else render([result.latents[:1].cpu()])[0]
     time_decode = time.perf_counter() - start
     timing = {"nfe": result.nfe, "time_generate_s": result.time_total_s - recorder.capture_s,
