@@ -123,9 +123,8 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     img2img = model.image_to_image()
     img2img.scheduler = model.use_scheduler(ctx.run.scheduler.name, ctx.run.scheduler.options)
     source = input_image(ctx.recipe, spec.resolution)
-    strengths = [float(s) for s in ctx.recipe.strengths]
     seed, steps, rows, outputs = params.seeds[0], params.num_inference_steps, [], []
-    for strength in strengths:
+    for strength in map(float, ctx.recipe.strengths):
         generator = torch.Generator("cpu").manual_seed(seed)
         seed_noise(img2img.scheduler, [generator])
         with torch.inference_mode():

@@ -34,8 +34,7 @@ def cell_hash(base: dict[str, Any], seed: int) -> str:
 
 
 def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
-    """The indices of `runs` whose cells (sharing the first's call, up to its batch size, not yet complete) were made
-    in one pipeline call and kept on the model for each cell's job to take."""
+    """The indices of `runs` whose cells (sharing the first's call, up to its batch size) one call made ahead."""
     first, key = runs[0], shared_call(runs[0])
     model = load_model(first.model)
     model.use_scheduler(first.scheduler.name, first.scheduler.options)
@@ -134,8 +133,8 @@ def job_columns(ctx: JobContext, model, params) -> dict[str, Any]:
 
 def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset()) -> tuple[
         dict[str, dict], list[str], dict[str, Path]]:
-    """This dir's finished rows by hash, their order, and wanted cells finished in other job dirs; wanted cells are
-    made again with resume=false and when made from other weights than the model's (or its CLIP's) now."""
+    """Finished rows here by hash, their order, and wanted cells done in other job dirs (redone if resume=false or
+    made from other weights than the model's, or its CLIP's, now)."""
     previous = previous_rows(ctx.out_dir)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
