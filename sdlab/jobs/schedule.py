@@ -76,13 +76,9 @@ def schedule_betas(item: Any, model_config: dict, choice: SchedulerChoice) -> tu
 def visit_specs(items: list | None, choice: SchedulerChoice) -> list[tuple[str, str, dict]]:
     """(label, name, options) of each of `visit_schedulers`; the configured scheduler for None, none for []."""
     items = [{"name": choice.name, **choice.options}] if items is None else items
-    out = []
-    for item in items:
-        item = {"name": item} if isinstance(item, str) else dict(item)
-        name = item.pop("name", None)
-        options = {k: v for k, v in item.items() if v is not None}
-        out.append((" ".join([name, *(f"{k}={v}" for k, v in options.items())]), name, options))
-    return out
+    items = [{"name": item} if isinstance(item, str) else item for item in items]
+    specs = [(item.get("name"), {k: v for k, v in item.items() if k != "name" and v is not None}) for item in items]
+    return [(" ".join([name, *(f"{k}={v}" for k, v in options.items())]), name, options) for name, options in specs]
 
 
 def check_schedules(run: Run) -> None:
