@@ -33,8 +33,7 @@ WORDS = {"int": "an integer", "number": "a number", "str": "a string", "ints": "
 
 @dataclass(frozen=True)
 class Field:
-    """What one value may be (`kind`, within [low, high], null only where `optional`); a `plain` field names a wrong
-    type on its own ("is not an integer") before its range, `rule` words a range the bounds cannot."""
+    """What one value may be; a `plain` one names a wrong type before its range, `rule` words what bounds cannot."""
 
     kind: str = "int"
     low: float | None = None
@@ -54,9 +53,8 @@ class Field:
             return f"one of: {', '.join(map(str, self.choices))}"
         bounds = " and ".join(f"{sign} {bound:g}" for sign, bound in ((">=", self.low), ("<=", self.high))
                               if bound is not None)
-        if not bounds:
-            return WORDS[self.kind]
-        return f"{WORDS[self.kind]} {bounds}" if self.kind in ("int", "number") else f"{WORDS[self.kind]}, each {bounds}"
+        each = "" if self.kind in ("int", "number") else ", each"
+        return f"{WORDS[self.kind]}{each} {bounds}" if bounds else WORDS[self.kind]
 
     def check(self, name: str, value: Any) -> Any:
         """The value, normalised (integral float -> int, lone item -> list), or a UserError naming what is allowed."""
@@ -186,16 +184,14 @@ SCHEDULER_OPTIONS = {
     "use_dynamic_shifting": Field("bool", plain=True),
 }
 SEED_RULE = {"kind": "int", "low": 0, "high": MAX_SEED, "plain": False, "rule": "an integer in [0, 2**63-1]"}
-# Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block.
+# Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block
+# (checks that fail in under a second instead of filling memory).
 BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
+LIMITS: dict[str, int] = dict(BASE["limits"])
 SIDE_MULTIPLE = 8  # every family's VAE makes latents 8x smaller: no model makes other sides
 # sd3 and flux then take the latents in 2x2 patches: SD3's pipeline refuses other sizes, Flux's would shrink them
 SIDE_MULTIPLES = {"sd3": 16, "flux": 16}
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
-
-
-# The `limits:` block (conf/config.yaml): checks that fail in under a second instead of filling memory
-LIMITS: dict[str, int] = dict(BASE["limits"])
 
 
 @dataclass(frozen=True)
@@ -255,8 +251,7 @@ class GenerationParams:
             object.__setattr__(self, name, value)
 
 
-# What one image is made with, as its row, cell hash and PNG name it: each GenerationParams field but `seeds` (an image
-# has one `seed`) and `batch_size` (how many go through together, not what they are).
+# What one image is made with (its row, cell hash, PNG): every field but `seeds` (it has one) and `batch_size`
 IMAGE_PARAMS = tuple(f.name for f in fields(GenerationParams) if f.name not in ("seeds", "batch_size"))
 TEXT_PARAMS = tuple(f.name for f in fields(GenerationParams) if f.type == "str")  # prompt, negative_prompt
 
@@ -309,8 +304,21 @@ def rivals(key: str) -> set[str]:
     return {other for pair in EXCLUSIVE if key in pair for other in pair if other != key}
 
 
-def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:
-    """Raise a UserError when a request is bigger than the configured limits (raise them on big machines)."""
+def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
+    """GenerationParams from the config, within its limits: `seeds` wins over `seed`, sizes default to the model's."""
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        seeds = [cfg.get("seed", 0)]
+    if isinstance(seeds, (int, str)):
+        seeds = [seeds]
+    if not isinstance(seeds, (list, tuple)):
+        raise UserError(f"seeds={seeds!r} must be a list of integers or null")
+    given = {k: cfg[k] for k in rules_of(GenerationParams) if cfg.get(k) is not None}
+    p = GenerationParams(seeds=tuple(seeds), **{"width": resolution, "height": resolution, **given})
+    limit = limits(cfg)
+    if p.batch_size == "auto":  # a memory budget in pixels per call: 4 images at 512 x 512, 256 at 64 x 64
+        fit = limit["batch_pixels"] // (p.width * p.height)
+        p = replace(p, batch_size=max(1, min(fit, limit["max_batch_size"])))
     sizes = [(f"width={p.width}", p.width, "max_side"), (f"height={p.height}", p.height, "max_side"),
              (f"width x height = {p.width} x {p.height}", p.width * p.height, "max_pixels"),
              (f"num_inference_steps={p.num_inference_steps}", p.num_inference_steps, "max_steps"),
@@ -321,25 +329,7 @@ def check_limits(p: GenerationParams, limit: dict[str, int]) -> None:
             verb = "are more than" if key == "max_seeds" else "is above"
             raise UserError(f"{said} {verb} limits.{key}={limit[key]}{' in one job' * (key == 'max_seeds')}; "
                             f"raise it with limits.{key}=N on a machine that can take it")
-
-
-def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
-    """GenerationParams from the composed config: `seeds` (a list) wins over `seed`; sizes default to the model's."""
-    seeds = cfg.get("seeds")
-    if seeds is None:
-        seeds = [cfg.get("seed", 0)]
-    if isinstance(seeds, (int, str)):
-        seeds = [seeds]
-    if not isinstance(seeds, (list, tuple)):
-        raise UserError(f"seeds={seeds!r} must be a list of integers or null")
-    given = {k: cfg[k] for k in rules_of(GenerationParams) if cfg.get(k) is not None}
-    params = GenerationParams(seeds=tuple(seeds), **{"width": resolution, "height": resolution, **given})
-    limit = limits(cfg)
-    if params.batch_size == "auto":  # a memory budget in pixels per call: 4 images at 512 x 512, 256 at 64 x 64
-        fit = limit["batch_pixels"] // (params.width * params.height)
-        params = replace(params, batch_size=max(1, min(fit, limit["max_batch_size"])))
-    check_limits(params, limit)
-    return params
+    return p
 
 
 def check_sides(spec: ModelSpec, family: str, width: Any = None, height: Any = None) -> None:
@@ -368,8 +358,7 @@ def model_spec(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> Mode
 
 @dataclass(frozen=True)
 class Run:
-    """One job's settings, parsed once: its model, scheduler, generation parameters, limits and threads, typed and
-    checked, and `recipe`, the effective config they came from (recorded in the run dir), for the job's own keys."""
+    """One job's settings, typed and checked once; `recipe`, the effective config, holds the job's own keys."""
 
     job: str
     model: ModelSpec
@@ -420,6 +409,5 @@ def checked_run(cfg: dict[str, Any]) -> Run:
 
 def config_hash(payload: dict[str, Any]) -> str:
     """A short stable hash of a resolved config (sorted-key JSON)."""
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
