@@ -33,8 +33,7 @@ FILE_TYPES = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a
 @contextmanager
 def open_regular(path: str | Path, label: str, what: str, key: str = "", limit: dict[str, int] | None = None
                  ) -> Iterator[IO[bytes]]:
-    """The file opened for reading if it is a regular file of at most `limit[key]` bytes (with a key); a FIFO, device
-    or folder is refused without blocking, a bigger file before it is read."""
+    """The regular file opened for reading, at most `limit[key]` bytes (with a key); a FIFO is refused unblocked."""
     try:
         fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting
     except FileNotFoundError:
@@ -129,17 +128,6 @@ def parse_json(raw: bytes | str, label: str) -> Any:
 
 
 @contextmanager
-def png_text_limits(chunk_bytes: int, total_bytes: int) -> Iterator[None]:
-    """Pillow's bounds on one decompressed PNG text chunk and on all of them, for one read."""
-    before = PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
-    PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = chunk_bytes, total_bytes
-    try:
-        yield
-    finally:
-        PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = before
-
-
-@contextmanager
 def image_faults(label: str, kind: str, what: str) -> Iterator[None]:
     """Pillow's refusals while a file is opened as an image, as one UserError line: not `kind`, or damaged."""
     try:
@@ -154,9 +142,8 @@ def image_faults(label: str, kind: str, what: str) -> Iterator[None]:
 
 
 def jpeg_reaches_its_end(data: bytes | mmap.mmap) -> bool:
-    """Whether a JPEG's markers lead to its end-of-image marker (ITU T.81 B.1): each segment skipped by its length, so
-    an EXIF thumbnail's own markers stay unseen, each scan's entropy-coded data searched to the next marker."""
-    at = 2  # after the start-of-image marker
+    """Whether a JPEG's markers lead to its end-of-image marker (ITU T.81 B.1), segments skipped by their length."""
+    at = 2  # after the start-of-image marker; skipping segments leaves an EXIF thumbnail's markers unseen
     while marker := SEGMENT.search(data, at):
         if marker[0][1] == 0xD9:
             return True
@@ -165,8 +152,7 @@ def jpeg_reaches_its_end(data: bytes | mmap.mmap) -> bool:
 
 
 def check_whole(image: Image.Image, f: IO[bytes]) -> None:
-    """Refuse (inside `image_faults`) a freshly opened image cut short: a PNG verified to IEND, a JPEG's markers walked
-    to its end, other formats decoded (it cannot be loaded after)."""
+    """Refuse (inside `image_faults`) a freshly opened image cut short; other formats than PNG and JPEG are decoded."""
     if image.format == "PNG":
         try:
             image.verify()
@@ -189,20 +175,24 @@ def check_image(path: str | Path, label: str, what: str) -> None:
 
 
 def read_png_text(path: str | Path, label: str, limit: dict[str, int]) -> dict[str, str]:
-    """The text chunks a PNG carries before its image data, never decoding the pixels: the file at most
-    `max_png_bytes`, each chunk at most `max_params_bytes`, all of them at most `max_png_text_bytes`."""
+    """A PNG's text chunks before its image data, pixels never decoded, within the `limit` on each and on all."""
     chunk, total, what = limit["max_params_bytes"], limit["max_png_text_bytes"], "a PNG image or a JSON file"
-    with (open_regular(path, label, what, "max_png_bytes", limit) as f,
-          image_faults(label, "a readable PNG image", what)):
-        try:
-            with png_text_limits(chunk, total), Image.open(f, formats=["PNG"]) as image:
-                text = {k: str(v) for k, v in image.info.items() if isinstance(v, str)}
-        except ValueError as e:
-            if "MAX_TEXT" not in str(e):  # Pillow names the bound it hit; other faults are damage
-                raise
-            key = "max_png_text_bytes" if "MAX_TEXT_MEMORY" in str(e) else "max_params_bytes"
-            raise UserError(f"{label} has more PNG text than limits.{key}={limit[key]} allows; "
-                            + RAISE_HINT.format(key)) from None
+    before = PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
+    PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = chunk, total  # for this read
+    try:
+        with (open_regular(path, label, what, "max_png_bytes", limit) as f,
+              image_faults(label, "a readable PNG image", what)):
+            try:
+                with Image.open(f, formats=["PNG"]) as image:
+                    text = {k: str(v) for k, v in image.info.items() if isinstance(v, str)}
+            except ValueError as e:
+                if "MAX_TEXT" not in str(e):  # Pillow names the bound it hit; other faults are damage
+                    raise
+                key = "max_png_text_bytes" if "MAX_TEXT_MEMORY" in str(e) else "max_params_bytes"
+                raise UserError(f"{label} has more PNG text than limits.{key}={limit[key]} allows; "
+                                + RAISE_HINT.format(key)) from None
+    finally:
+        PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = before
     for key, value in text.items():
         if len(value) > chunk:
             raise UserError(f"{label}: its {key!r} text chunk is larger than limits.max_params_bytes={chunk}; "
@@ -211,8 +201,7 @@ def read_png_text(path: str | Path, label: str, limit: dict[str, int]) -> dict[s
 
 
 def read_params(path: str | Path, label: str, limit: dict[str, int]) -> tuple[str, Any]:
-    """What a params file holds, and in which form: ("json", a JSON file's value), ("sdlab", a PNG's own JSON record)
-    or ("infotext", an image tool's `parameters` text chunk)."""
+    """A params file's form and value: "json" (a JSON file), "sdlab" (a PNG's own record) or "infotext" (a tool's)."""
     if Path(path).suffix.lower() != ".png":
         return "json", parse_json(read_bytes(path, label, "a JSON file or a PNG image", "max_params_bytes", limit), label)
     chunks = read_png_text(path, label, limit)
