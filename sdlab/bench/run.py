@@ -1,6 +1,5 @@
-"""A composed config parsed once into the Run a job takes: `params=FILE` (a JSON object or a PNG's own parameters, in
-sdlab's names or an image tool's: A1111's JSON names and infotext chunk) and the model's world merged in, every value
-checked. Files are read through the bounded reader and set exactly what the command line may."""
+"""A composed config parsed once into the Run a job takes, the model's world and `params=FILE` (sdlab's JSON or a PNG's
+parameters, in sdlab's or A1111's names) merged in; a file, read bounded, sets only what the command line may."""
 
 from __future__ import annotations
 
@@ -39,17 +38,14 @@ log = logging.getLogger(__name__)
 
 
 def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
-    """What a job runs with: the composed config in the model's world, `params=FILE` merged in, every value checked
-    and typed."""
-    config = in_model_world(config, overridden)
-    config = with_params_file(config, overridden)
+    """What a job runs with: the config in the model's world, `params=FILE` merged in, every value checked and typed."""
+    config = with_params_file(in_model_world(config, overridden), overridden)
     check_weights_source(config.get("model") or {}, overridden)
     return typed_run(config)
 
 
 def check_weights_source(model: dict[str, Any], overridden: set[str]) -> None:
-    """A `model.repo_id` that would not be read, as a `model.path`, a shipped model's own folder or a model built in
-    code comes first (`model_folder`): one error line, not a run of other weights."""
+    """Refuse a `model.repo_id` that would not be read: a path, a shipped or a built-in model comes first."""
     repo, path, name = model.get("repo_id"), model.get("path"), model.get("name")
     if repo and not path and (name in SHIPPED or name in BUILT_IN):
         made = f"loads its own weights from models/{name}" if name in SHIPPED else "is built in code"
@@ -59,8 +55,7 @@ def check_weights_source(model: dict[str, Any], overridden: set[str]) -> None:
 
 
 def typed_run(config: dict[str, Any]) -> Run:
-    """The Run of an effective config (`checked_run`) with the fingerprint of the weights its rows are made from, the
-    model's and its scorers' (a CLIP model's), which its hashes cover."""
+    """The Run of an effective config with the fingerprint of the weights its rows are made from: model and scorers."""
     run = checked_run(config)
     try:
         scoring = scorer_weights(config)
@@ -108,10 +103,8 @@ def said_once(warning: str) -> None:
 
 
 def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
-    """The config with a recipe's `world.<name>` values applied for each world the model is in, in this order: its
-    prompt grammar (the same experiment told in prompts the model knows), its scheduler kind (`flow`: the samplers
-    that fit a flow-matching model) and its family (`flux`). Blocks merge key by key; command-line overrides
-    (`compare.steps=...`) still win."""
+    """The config with a recipe's `world.<name>` values merged in, by the model's prompt grammar, then its kind
+    (`flow`), then its family (`flux`), key by key; command-line overrides still win."""
     worlds = config.get("world") or {}
     if not isinstance(worlds, dict):
         raise UserError(f"world={worlds!r} must be a mapping of worlds (a prompt grammar, {', '.join(MODEL_KINDS)} or a "
@@ -228,8 +221,7 @@ def _number(text: str) -> int | float | str:
 
 
 def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, Any]:
-    """sdlab params from an A1111 `parameters` text (the inverse of `format_infotext` for the keys sdlab knows); the
-    settings it does not read (a checkpoint, hires fix, denoising strength) are named in a warning."""
+    """sdlab params from an A1111 `parameters` text (`format_infotext`'s inverse); a warning names what it skips."""
     lines = text.strip().splitlines()
     if not lines or not re.match(r"^Steps: ", lines[-1]):
         raise UserError("the PNG's parameters text has no 'Steps: ...' line; it was not written by an image tool")
@@ -253,9 +245,9 @@ def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, 
             unread.append(f"{typed}: {value}")
     if unread:
         said_once(f"{label}: sdlab does not read the image tool's {', '.join(unread)}; its image may differ")
+    schedule_type = out.pop("schedule_type", None)
     if "scheduler" in out:
-        out["scheduler"] = sampler_to_scheduler(out["scheduler"], out.pop("schedule_type", None))
-    out.pop("schedule_type", None)
+        out["scheduler"] = sampler_to_scheduler(out["scheduler"], schedule_type)
     return out
 
 PYTHON_TYPES = {"int": (int,), "number": (int, float), "str": (str,)}
@@ -294,20 +286,14 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
     bad = [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]
     if bad:
         raise UserError(f"{label}: seeds should be a list of int, not one holding {bad[0]!r}")
-    check_model_name(data, label)
+    if "model" in data and data["model"] not in MODEL_NAMES:  # one name, as `model=NAME` takes it
+        raise UserError(f"{label}: model={data['model']!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
     check_scheduler_options(data, label)
     return data
 
 
-def check_model_name(data: dict[str, Any], label: str) -> None:
-    """A file's `model` is one model name, as `model=NAME` on the command line takes it."""
-    if "model" in data and data["model"] not in MODEL_NAMES:
-        raise UserError(f"{label}: model={data['model']!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
-
-
 def check_scheduler_options(data: dict[str, Any], label: str) -> None:
-    """A file's `scheduler_options` set only what `scheduler.KEY=VALUE` may, each a plain value; their values are
-    then checked against the scheduler as the command line's are (preflight.check_job)."""
+    """A file's `scheduler_options` set only what `scheduler.KEY=` may, each a plain value (checked in preflight)."""
     allowed = sorted(known_keys("scheduler") - {"name"})
     for key, value in data.get("scheduler_options", {}).items():
         if key not in allowed:
