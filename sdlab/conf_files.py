@@ -16,20 +16,13 @@ def group_options(group: str) -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def yaml_keys(path: Path) -> frozenset[str]:
-    """The top-level keys a config file sets (its defaults list aside)."""
-    data = yaml.safe_load(path.read_text()) or {}
-    return frozenset(data) - {"defaults"}
-
-
-@lru_cache(maxsize=None)
-def conf_file(name: str) -> dict:
-    """What a file of conf/ holds, its defaults list included."""
+def conf_file(name: str | Path) -> dict:
+    """What a file of conf/ (or at an absolute path) holds, its defaults list included."""
     return yaml.safe_load((CONF_DIR / name).read_text()) or {}
 
 
 @lru_cache(maxsize=None)
-def conf_values(name: str) -> dict:
+def conf_values(name: str | Path) -> dict:
     """The values a file of conf/ sets (its defaults list aside): where sdlab's defaults are written, once."""
     return {key: value for key, value in conf_file(name).items() if key != "defaults"}
 
@@ -50,7 +43,7 @@ def option_values(group: str, option: str) -> dict:
 def known_keys(group: str | None) -> set[str]:
     """Keys a `group.KEY=` override may set, or top-level keys (base config and every recipe) for None."""
     if group is None:
-        recipes = [yaml_keys(p) for p in (CONF_DIR / "experiment").glob("*.yaml")]
-        return (yaml_keys(CONF_DIR / "config.yaml") | set().union(*recipes)) - {"hydra"}
-    return set().union(*(yaml_keys(p) for p in [*(CONF_DIR / group).glob("*.yaml"), CONF_DIR / "common" / f"{group}.yaml"]
-                         if p.is_file()))
+        recipes = (CONF_DIR / "experiment").glob("*.yaml")
+        return set(conf_values("config.yaml")).union(*map(conf_values, recipes)) - {"hydra"}
+    files = [*(CONF_DIR / group).glob("*.yaml"), CONF_DIR / "common" / f"{group}.yaml"]
+    return set().union(*(conf_values(p) for p in files if p.is_file()))
