@@ -8,8 +8,7 @@ class UserError(Exception):
 
 
 class CannotRun(UserError):
-    """A valid choice that this cell's model cannot run (a scheduler with no solver for its kind): a single run stops
-    on it, a sweep skips that cell and names it."""
+    """A valid choice this cell's model cannot run: a single run stops on it, a sweep skips and names the cell."""
 
 
 def choose(kind: str, value: object, allowed: list[str] | tuple[str, ...] | dict) -> None:

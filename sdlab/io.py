@@ -23,8 +23,7 @@ def is_temp_file(path: str | Path) -> bool:
 
 @contextmanager
 def atomic_path(target: str | Path, sync: bool = True) -> Iterator[Path]:
-    """Yield a temp path beside `target`; on success it is renamed onto `target` (after an fsync unless `sync` is
-    false: records nothing trusts to resume, whose loss in a power cut costs nothing), else removed."""
+    """A temp path beside `target`, renamed onto it on success (fsynced unless `sync` is false), else removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_MARK + target.suffix, dir=target.parent)
@@ -55,7 +54,7 @@ def atomic_write_text(target: str | Path, text: str, sync: bool = True) -> None:
 
 
 def open_regular(path: str | Path) -> BinaryIO:
-    """Open a regular file for reading, never a pipe, device or folder (not opened blocking) nor a last symlink; OSError else."""
+    """Open a regular file for reading, never a pipe, device, folder (unblocked) nor last symlink; OSError else."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

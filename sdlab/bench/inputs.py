@@ -14,8 +14,7 @@ IMAGES = Field("strs", plain=False, optional=True)  # the `images` key: a folder
 
 
 def image_files(source: str | os.PathLike | list) -> list[Path]:
-    """Image files named by a folder (its image files, sorted), a file, or a list of files; one-line UserError when
-    missing, empty or not an image."""
+    """Image files named by a folder (its images, sorted), a file or a list; a UserError if missing or not images."""
     items = source if isinstance(source, (list, tuple)) else [source]
     files: list[Path] = []
     for item in items:

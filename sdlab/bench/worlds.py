@@ -1,9 +1,5 @@
-"""Prompt worlds: what a model was trained to draw, its prompts' words and images with their captions.
-
-Installed packages register them under the `sdlab.worlds` entry points (the embedded model registers `shapes`); a model
-config's `prompt_grammar:` names the world of its prompts, and `sample_world:` the one whose images stand in where a job
-needs images and none are given.
-"""
+"""Prompt worlds, registered under `sdlab.worlds` entry points: what a model draws, its prompts' words, sample images;
+a model config's `prompt_grammar:` names its prompts' world, `sample_world:` the one whose images stand in if none."""
 
 from __future__ import annotations
 
@@ -20,8 +16,7 @@ Sample = tuple[str, Any, str]  # (name, HxWx3 uint8 image, caption)
 
 @dataclass(frozen=True)
 class World:
-    """A registered world: the words its prompts use, one prompt it knows, sample images, a caption drawn, and real
-    images of what a prompt describes (the reference set of distribution metrics; [] when it describes nothing)."""
+    """A registered world: its prompts' words, an example prompt, samples, a caption drawn, real images ([] if none)."""
 
     words: frozenset[str]
     example: str
