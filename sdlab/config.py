@@ -101,13 +101,10 @@ class Field:
 
     def _plain(self, name: str, value: Any) -> Any:
         null = " or null" if self.optional else ""
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise UserError(f"{name}={value!r} must be true or false")
-            return value
-        if self.kind == "str":
-            if not isinstance(value, str):
-                raise UserError(f"{name}={value!r} must be {self.rule or 'a string'}{null}")
+        if self.kind in ("bool", "str"):
+            if not isinstance(value, bool if self.kind == "bool" else str):
+                said = "true or false" if self.kind == "bool" else f"{self.rule or 'a string'}{null}"
+                raise UserError(f"{name}={value!r} must be {said}")
             return value
         if self.kind == "choice":
             if type(value) not in {type(c) for c in self.choices}:  # 1 == True: the type decides
@@ -133,9 +130,7 @@ class Field:
 
 
 def _scalar(value: Any, integer: bool) -> bool:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) if integer else isinstance(value, (int, float))
+    return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
 
 
 def checked(default: Any, kind: str, low: float | None = None, high: float | None = None, plain: bool = True,
@@ -171,8 +166,7 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field],
 
 
 POSITIVE = {"kind": "int", "low": 1, "plain": False, "rule": "a positive integer"}
-# The options every scheduler file sets (conf/common/scheduler.yaml), checked before any library loads; whether a
-# scheduler takes one is its diffusers class's say (models/schedulers.check_options)
+# What conf/common/scheduler.yaml sets, checked before any library loads; models/schedulers.check_options: if it fits
 SCHEDULER_OPTIONS = {
     "timestep_spacing": Field("choice", choices=("leading", "linspace", "trailing"), plain=True),
     "use_karras_sigmas": Field("bool", plain=True),
@@ -192,6 +186,8 @@ SIDE_MULTIPLE = 8  # every family's VAE makes latents 8x smaller: no model makes
 # sd3 and flux then take the latents in 2x2 patches: SD3's pipeline refuses other sizes, Flux's would shrink them
 SIDE_MULTIPLES = {"sd3": 16, "flux": 16}
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
+# A recipe's `made_for:` block: the models it was written for, and what it shows on the others (a warning)
+MADE_FOR = {"what": Field("str", plain=True), "models": Field("strs"), "here": Field("str", plain=True)}
 
 
 @dataclass(frozen=True)
@@ -246,9 +242,8 @@ class GenerationParams:
             if self.batch_size != "auto":
                 raise UserError(f"batch_size={self.batch_size!r} must be a positive integer or auto")
             del rules["batch_size"]
-        checked = {"seeds": check_seeds(self.seeds), **check_fields(asdict(self), rules)}
-        for name, value in checked.items():  # an integral float as int, a plain number as float
-            object.__setattr__(self, name, value)
+        for name, value in {"seeds": check_seeds(self.seeds), **check_fields(asdict(self), rules)}.items():
+            object.__setattr__(self, name, value)  # an integral float as int, a plain number as float
 
 
 # What one image is made with (its row, cell hash, PNG): every field but `seeds` (it has one) and `batch_size`
@@ -375,10 +370,6 @@ class Run:
         """The recipe's hash (`resume`, `plan` and `limits` aside) with its weights: a rerun finds its rows by it."""
         recipe = {k: v for k, v in self.recipe.items() if k not in ("resume", "plan", "limits")}
         return config_hash(recipe if self.weights is None else {**recipe, "weights": self.weights})
-
-
-# A recipe's `made_for:` block: the models it was written for, and what it shows on the others (a warning)
-MADE_FOR = {"what": Field("str", plain=True), "models": Field("strs"), "here": Field("str", plain=True)}
 
 
 def checked_run(cfg: dict[str, Any]) -> Run:
