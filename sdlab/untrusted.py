@@ -1,6 +1,5 @@
-"""Files a user hands sdlab, read as data within `limit` (the `limits:` block): regular files only, bounded bytes,
-lines, JSON and PNG text, images read to their end undecoded. Every refusal is one UserError line naming the file by
-its `label` (as the user gave it: `params=x.json`)."""
+"""Files a user hands sdlab, read as data within `limit`: regular files, bounded bytes, lines, JSON and PNG text, images
+read to their end undecoded; each refusal is one UserError line naming the file by its `label` (`params=x.json`)."""
 
 from __future__ import annotations
 
@@ -107,8 +106,7 @@ def json_depth(value: Any) -> int:
 def parse_json(raw: bytes | str, label: str) -> Any:
     """JSON text as Python values, or one UserError line: not UTF-8, not JSON, nested too deep, a huge integer."""
     try:
-        text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw  # JSON may start with a byte order mark
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw)  # a byte order mark may lead
     except json.JSONDecodeError as e:
         raise UserError(f"{label} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
