@@ -118,8 +118,7 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
     if worlds.keys() & {*MODEL_KINDS, *MODEL_FAMILIES}:
         spec = model_spec(config["model"])
         family = adapter_class(spec).family
-        shipped, _ = shipped_scheduler_config(spec)
-        names += [model_kind(shipped), family]
+        names += [model_kind(shipped_scheduler_config(spec)[0]), family]
     for name in names:
         if name and worlds.get(name):
             config = merged(config, worlds[name], overridden)
@@ -288,16 +287,11 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
         raise UserError(f"{label}: seeds should be a list of int, not one holding {bad[0]!r}")
     if "model" in data and data["model"] not in MODEL_NAMES:  # one name, as `model=NAME` takes it
         raise UserError(f"{label}: model={data['model']!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
-    check_scheduler_options(data, label)
-    return data
-
-
-def check_scheduler_options(data: dict[str, Any], label: str) -> None:
-    """A file's `scheduler_options` set only what `scheduler.KEY=` may, each a plain value (checked in preflight)."""
-    allowed = sorted(known_keys("scheduler") - {"name"})
+    allowed = sorted(known_keys("scheduler") - {"name"})  # what `scheduler.KEY=` sets; preflight checks the values
     for key, value in data.get("scheduler_options", {}).items():
         if key not in allowed:
             raise UserError(f"{label}: scheduler_options has no option {key!r}; a params file sets what "
                             f"scheduler.KEY= does: {', '.join(allowed)}")
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise UserError(f"{label}: scheduler_options.{key}={value!r} must be a string, number or boolean")
+    return data
