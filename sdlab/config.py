@@ -78,15 +78,14 @@ class Field:
             return value in self.choices
         if self.kind == "str":
             return isinstance(value, str) and bool(value)
-        if self.kind == "strs":
-            return (isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) and v for v in value)
-                    and self._once(value))
         if self.kind == "entries":
             return isinstance(value, (list, tuple)) and all(isinstance(v, (str, dict)) and v for v in value)
         if self.kind in ("int", "number"):
             return _scalar(value, self.kind == "int") and self._inside(value)
         if not isinstance(value, (list, tuple)) or not value:
             return False
+        if self.kind == "strs":
+            return all(isinstance(v, str) and v for v in value) and self._once(value)
         if self.kind == "int_lists":
             return all(isinstance(v, (list, tuple)) and v and all(_scalar(x, True) and self._inside(x) for x in v)
                        for v in value)
