@@ -177,8 +177,7 @@ SCHEDULER_OPTIONS = {
     "use_dynamic_shifting": Field("bool", plain=True),
 }
 SEED_RULE = {"kind": "int", "low": 0, "high": MAX_SEED, "plain": False, "rule": "an integer in [0, 2**63-1]"}
-# Defaults are written once, in conf/: the base config, the keys every model file inherits, the limits block
-# (checks that fail in under a second instead of filling memory).
+# Defaults are written once, in conf/; `limits:` holds checks that fail in a second instead of filling memory
 BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
 LIMITS: dict[str, int] = dict(BASE["limits"])
 SIDE_MULTIPLE = 8  # every family's VAE makes latents 8x smaller: no model makes other sides

@@ -103,8 +103,7 @@ def said_once(warning: str) -> None:
 
 
 def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
-    """The config with a recipe's `world.<name>` values merged in, by the model's prompt grammar, then its kind
-    (`flow`), then its family (`flux`), key by key; command-line overrides still win."""
+    """The config with `world.<name>` values for the model's prompt grammar, kind, then family; overrides win."""
     worlds = config.get("world") or {}
     if not isinstance(worlds, dict):
         raise UserError(f"world={worlds!r} must be a mapping of worlds (a prompt grammar, {', '.join(MODEL_KINDS)} or a "
