@@ -15,19 +15,17 @@ KNEE_CUT = 0.10  # the article's knee: where a doubling of the steps cuts the er
 
 
 def ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta: float = 0.0, noise=None):
-    """DDIM eq. 12: x_prev = sqrt(ab_prev) x0_pred + sqrt(1 - ab_prev - sigma_t²) eps + sigma_t z, x0_pred = (x_t - sqrt(1 - ab_t) eps)/sqrt(ab_t), sigma_t = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev) (eq. 16);
-    numpy or torch; `noise` (z) when eta > 0; ab_prev < ab_t with eta = 0 is DDIM inversion."""
+    """DDIM step (Song et al. 2021, eq. 12, sigma_t of eq. 16), numpy or torch; ab_prev < ab_t with eta = 0 inverts."""
     alpha_bar_t, alpha_bar_prev = float(alpha_bar_t), float(alpha_bar_prev)
     x0_pred = (x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
     sigma_t = 0.0
     if eta > 0:
         if noise is None:
             raise ValueError("eta > 0 needs `noise` (a standard normal sample shaped like x_t)")
-        sigma_t = eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t)) * math.sqrt(1.0 - alpha_bar_t / alpha_bar_prev)
+        sigma_t = eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t)) * math.sqrt(
+            1.0 - alpha_bar_t / alpha_bar_prev)
     x_prev = math.sqrt(alpha_bar_prev) * x0_pred + math.sqrt(1.0 - alpha_bar_prev - sigma_t**2) * eps
-    if sigma_t > 0:
-        x_prev = x_prev + sigma_t * noise
-    return x_prev
+    return x_prev + sigma_t * noise if sigma_t > 0 else x_prev
 
 
 def trailing_timesteps(T: int, steps: int) -> np.ndarray:
@@ -44,26 +42,19 @@ def ddim_perfect_predictor_mse(x0, T: int = 1000, steps_list=DDIM_STEPS, schedul
                                seed: int = 0) -> pd.DataFrame:
     """Round-trip MSE of N-step DDIM inversion then sampling (trailing grid) with the exact E[eps | x_t] of a Gaussian
     prior fitted to x0 (`mse`: the ODE's discretisation error) and with the oracle eps (`mse_oracle`: rounding only)."""
-    # 1. Schedule and the Gaussian data prior fitted to the signal.
     x0 = np.asarray(x0, dtype=np.float64)
     alpha_bar = alpha_bar_from_betas(betas(schedule, T))
     mu, var = float(x0.mean()), float(x0.var())
     z = np.random.default_rng(seed).standard_normal(x0.shape)
-
     rows = []
     for steps in steps_list:
-        # 2. Noise levels from clean (alpha_bar = 1) up to t = T-1.
+        # Noise levels from clean (alpha_bar = 1) up to t = T-1, then the prior's DDIM there (inversion) and back.
         levels = np.concatenate([[1.0], alpha_bar[trailing_timesteps(T, steps)[::-1]]])
-
-        # 3. DDIM inversion x0 -> x_T, then DDIM sampling x_T -> x0, with the prior's eps.
-        x = x0
-        for alpha_bar_t, alpha_bar_next in zip(levels[:-1], levels[1:]):
+        x, there_and_back = x0, np.concatenate([levels, levels[-2::-1]])
+        for alpha_bar_t, alpha_bar_next in zip(there_and_back[:-1], there_and_back[1:]):
             x = ddim_step(x, gaussian_prior_eps(x, alpha_bar_t, mu, var), alpha_bar_t, alpha_bar_next)
-        for alpha_bar_t, alpha_bar_prev in zip(levels[:0:-1], levels[-2::-1]):
-            x = ddim_step(x, gaussian_prior_eps(x, alpha_bar_t, mu, var), alpha_bar_t, alpha_bar_prev)
         mse = float(np.mean((x - x0) ** 2))
-
-        # 4. Oracle eps from the known x0, sampling down from a forward-noised x_T.
+        # Oracle eps from the known x0, sampling down from a forward-noised x_T.
         x = math.sqrt(levels[-1]) * x0 + math.sqrt(1.0 - levels[-1]) * z
         for alpha_bar_t, alpha_bar_prev in zip(levels[:0:-1], levels[-2::-1]):
             eps = (x - math.sqrt(alpha_bar_t) * x0) / math.sqrt(1.0 - alpha_bar_t)
@@ -98,9 +89,7 @@ def knee(steps, mse) -> int:
 
 def cfg_simulation(scales=CFG_SCALES, dim: int = 768, seed: int = 0, gap: float = 0.25,
                    noise: float = 0.5) -> pd.DataFrame:
-    """CFG eps_w = eps_uncond + w (eps_cond - eps_uncond) (Ho & Salimans 2022) on random vectors, the offset leaning
-    to a signal d: per w, cos(eps_w, d), |eps_w| and amplification |eps_w| / |eps_cond|."""
-    # 1. Unconditional prediction, signal direction, conditional offset.
+    """CFG (Ho & Salimans 2022) on random vectors leaning to a signal d: per w cos(eps_w, d), |eps_w|, amplification."""
     rng = np.random.default_rng(seed)
     eps_uncond = rng.standard_normal(dim)
     d = rng.standard_normal(dim)
@@ -109,8 +98,6 @@ def cfg_simulation(scales=CFG_SCALES, dim: int = 768, seed: int = 0, gap: float 
     direction = d + noise * n / np.linalg.norm(n)
     delta = gap * np.linalg.norm(eps_uncond) * direction / np.linalg.norm(direction)
     eps_cond = eps_uncond + delta
-
-    # 2. Guided predictions across scales.
     rows = []
     for w in scales:
         eps_w = eps_uncond + w * (eps_cond - eps_uncond)
@@ -139,7 +126,6 @@ def toy_noise_predictor_mse(T: int = 200, n: int = 50, shape=(1, 32, 32), bins: 
                             schedule: str = "linear") -> pd.DataFrame:
     """DDPM loss E|eps - eps_hat(x_t, t)|² per timestep bin [t_lo, t_hi) for eps_hat = 0 (-> 1), eps_hat ~ N(0, I) (-> 2)
     and the exact eps (-> 0), on n samples x0 ~ U(-1, 1)^shape at t ~ U{0..T-1} (an empty bin: count 0, NaN MSEs)."""
-    # 1. Forward-noise random "images" at random timesteps.
     rng = np.random.default_rng(seed)
     alpha_bar = alpha_bar_from_betas(betas(schedule, T))
     x0 = rng.uniform(-1.0, 1.0, size=(n, *shape))
@@ -147,16 +133,12 @@ def toy_noise_predictor_mse(T: int = 200, n: int = 50, shape=(1, 32, 32), bins: 
     t = rng.integers(0, T, size=n)
     ab = alpha_bar[t].reshape(n, *([1] * len(shape)))
     x_t = np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * eps
-
-    # 2. Per-sample MSE of the three predictors.
     eps_random = rng.standard_normal((n, *shape))
     eps_exact = (x_t - np.sqrt(ab) * x0) / np.sqrt(1.0 - ab)
     axes = tuple(range(1, 1 + len(shape)))
     per_sample = pd.DataFrame({"t": t, "mse_zero": np.mean(eps**2, axis=axes),
                                "mse_random": np.mean((eps_random - eps) ** 2, axis=axes),
                                "mse_perfect": np.mean((eps_exact - eps) ** 2, axis=axes)})
-
-    # 3. Average within timestep bins.
     edges = np.linspace(0, T, bins + 1).round().astype(int)
     per_sample["bin"] = np.searchsorted(edges, per_sample["t"], side="right") - 1
     grouped = per_sample.groupby("bin")
@@ -169,7 +151,7 @@ def toy_noise_predictor_mse(T: int = 200, n: int = 50, shape=(1, 32, 32), bins: 
 
 def sinusoidal_timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0,
                                   max_period: float = 10000.0, scale: float = 1.0) -> np.ndarray:
-    """Transformer/DDPM embedding [sin(t w_k), cos(t w_k)], w_k = max_period^(-k/(dim/2 - shift)), k < dim/2; cos first if flipped, zero-padded for odd dim (diffusers get_timestep_embedding; SD uses flip=True, shift=0)."""
+    """[sin(t w_k), cos(t w_k)], w_k = max_period^(-k/(dim/2 - shift)), as diffusers get_timestep_embedding."""
     timesteps = np.asarray(timesteps, dtype=np.float64).reshape(-1)
     half_dim = dim // 2
     freqs = np.exp(-math.log(max_period) * np.arange(half_dim) / (half_dim - downscale_freq_shift))
