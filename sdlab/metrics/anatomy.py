@@ -33,20 +33,15 @@ def denoiser_block_table(denoiser) -> pd.DataFrame:
     """A row per block in forward order with its params; a stack of identical transformer blocks is one row."""
     children = dict(denoiser.named_children())
     order = [n for n in UNET_ORDER if n in children] + [n for n in children if n not in UNET_ORDER]
-    rows = []
+    parts = []
     for name in order:
         module = children[name]
-        items = list(module) if isinstance(module, torch.nn.ModuleList) else None
-        if items and (len(items) < STACK or len({type(item) for item in items}) > 1):
-            parts = [(f"{name}.{i} {type(item).__name__}", item) for i, item in enumerate(items)]
-        elif items:
-            parts = [(f"{name} ({len(items)}x {type(items[0]).__name__})", module)]
+        items = list(module) if isinstance(module, torch.nn.ModuleList) else []
+        if len(items) >= STACK and len({type(item) for item in items}) == 1:
+            parts.append((f"{name} ({len(items)}x {type(items[0]).__name__})", module))
         else:
-            parts = [(name, module)]
-        for label, part in parts:
-            n = count_parameters(part)
-            if n:
-                rows.append({"block": label, "params": n, **weight_bytes(n)})
-    table = pd.DataFrame(rows)
+            parts += [(f"{name}.{i} {type(item).__name__}", item) for i, item in enumerate(items)] or [(name, module)]
+    counts = [(label, count_parameters(part)) for label, part in parts]
+    table = pd.DataFrame([{"block": label, "params": n, **weight_bytes(n)} for label, n in counts if n])
     table["share"] = table["params"] / count_parameters(denoiser)
     return table
