@@ -10,7 +10,7 @@ SSIM_DEFAULT_WIN = 7
 
 
 def to_float01(img) -> np.ndarray:
-    """Image as float64 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1, floats unchanged; PIL images via np.asarray."""
+    """Image as float64 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1, floats as they are (PIL via np.asarray)."""
     arr = np.asarray(img)
     if arr.dtype in (np.uint8, np.uint16):
         return arr.astype(np.float64) / np.iinfo(arr.dtype).max
@@ -63,14 +63,15 @@ def layout_correlation(first, second, cells: int = 8) -> float:
     return float(np.corrcoef(maps[0], maps[1])[0, 1])
 
 
+def border_colour(image: np.ndarray) -> np.ndarray:
+    """Per-channel median of an HxWxC image's outermost ring of pixels."""
+    return np.median(np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]]), axis=0)
+
+
 def background_distance(first, second) -> float:
     """Euclidean distance in [0, 1] RGB between the median colours of two images' outermost pixel rings."""
-    rings = []
-    for image in (first, second):
-        x = to_float01(image)
-        x = x if x.ndim == 3 else x[..., None]
-        rings.append(np.median(np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]]), axis=0))
-    return float(np.linalg.norm(rings[0] - rings[1]))
+    first, second = (border_colour(np.atleast_3d(to_float01(image))) for image in (first, second))
+    return float(np.linalg.norm(first - second))
 
 
 def cover(image, width: int, height: int) -> np.ndarray:

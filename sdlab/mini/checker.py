@@ -1,8 +1,5 @@
-"""Analytic checker reading the attributes of a miniature-dataset image from its pixels alone.
-
-Background from the border, shape colour from the pixels farthest from it, coverage by projection on the line between
-the two (soft edges count fractionally), then size, position and shape from the covered area's box and moments.
-"""
+"""Analytic checker reading a dataset image's attributes from its pixels: background from the border, shape colour from
+the pixels farthest from it, coverage by projection between the two, size, position and shape from box and moments."""
 
 from __future__ import annotations
 
@@ -11,6 +8,7 @@ from dataclasses import astuple, dataclass, fields
 import numpy as np
 
 from sdlab.bench.scorers import Score, ScorerKind
+from sdlab.metrics.image import border_colour
 from sdlab.mini.data import (BACKGROUNDS, COLOURS, HALF_EXTENT_RANGE, IMAGE_SIZE, POSITION_OFFSET,
                              POSITION_UNIT_OFFSETS, Attributes, parse_partial)
 
@@ -29,8 +27,7 @@ BOX_PADDING = 2
 SQUARE_MIN_FILL = 0.87
 CIRCLE_MIN_FILL = 0.69
 
-# Boundary between the small and large extents, in pixels of a 64 px image.
-SIZE_BOUNDARY = HALF_EXTENT_RANGE["small"][1] + HALF_EXTENT_RANGE["large"][0]
+SIZE_BOUNDARY = HALF_EXTENT_RANGE["small"][1] + HALF_EXTENT_RANGE["large"][0]  # small | large, px of a 64 px image
 
 LAYOUT = ("size", "position", "background")  # what a partial caption may leave to the seed, besides colour
 
@@ -69,11 +66,6 @@ def nearest_name(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> s
     """Name of the palette colour nearest to rgb."""
     names = list(palette)
     return names[int(np.argmin(np.linalg.norm(np.asarray([palette[name] for name in names], float) - rgb, axis=1)))]
-
-
-def border_colour(image: np.ndarray) -> np.ndarray:
-    """Per-channel median of the outermost ring of pixels."""
-    return np.median(np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]]), axis=0)
 
 
 def foreground_colour(image: np.ndarray, background: np.ndarray) -> np.ndarray | None:
@@ -149,11 +141,7 @@ def classify_shape(fill_ratio: float, asymmetry: float) -> str:
     """Shape name from bounding-box fill ratio and top-heaviness (negated row skewness)."""
     if asymmetry > TRIANGLE_MIN_ASYMMETRY:
         return "triangle"
-    if fill_ratio >= SQUARE_MIN_FILL:
-        return "square"
-    if fill_ratio >= CIRCLE_MIN_FILL:
-        return "circle"
-    return "cross"
+    return "square" if fill_ratio >= SQUARE_MIN_FILL else "circle" if fill_ratio >= CIRCLE_MIN_FILL else "cross"
 
 
 def _shape_measurements(coverage: np.ndarray, box: tuple[int, int, int, int]):
