@@ -17,7 +17,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def token_table(tokenizer, prompts: Sequence[str], max_length: int = MAX_TOKENS) -> pd.DataFrame:
-    """One row per prompt: CLIP BPE tokens and ids incl. BOS/EOS, their count, and a warning past `max_length` (the text encoder drops the rest)."""
+    """A row per prompt: CLIP tokens and ids with BOS/EOS, their count, a warning past `max_length` (rest dropped)."""
     rows = []
     for prompt in prompts:
         ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
@@ -32,7 +32,7 @@ def token_table(tokenizer, prompts: Sequence[str], max_length: int = MAX_TOKENS)
 
 
 def token_rows(table: pd.DataFrame, max_length: int = MAX_TOKENS) -> pd.DataFrame:
-    """The token table in long form: one row per (prompt, position) with token, id and whether the encoder sees it (BOS + 75 tokens + EOS)."""
+    """The token table as a row per (prompt, position): token, id, whether the encoder sees it (BOS + 75 + EOS)."""
     rows = []
     for i, row in enumerate(table.itertuples()):
         ids = json.loads(row.ids)
@@ -53,11 +53,8 @@ def long_matrix(matrix, row_labels: Sequence[str], col_labels: Sequence[str], ro
                 value: str = "cosine") -> pd.DataFrame:
     """A matrix as one row per cell: row index and label, column index and label, value."""
     matrix = np.asarray(matrix)
-    return pd.DataFrame([
-        {f"{row_key}_index": r, row_key: row_labels[r], f"{col_key}_index": c, col_key: col_labels[c],
-         value: float(matrix[r, c])}
-        for r in range(matrix.shape[0]) for c in range(matrix.shape[1])
-    ])
+    return pd.DataFrame([{f"{row_key}_index": r, row_key: row_labels[r], f"{col_key}_index": c, col_key: col_labels[c],
+                          value: float(matrix[r, c])} for r in range(matrix.shape[0]) for c in range(matrix.shape[1])])
 
 
 def clip_score_from_cosine(cosine) -> np.ndarray:
@@ -94,7 +91,7 @@ class ClipModel:
     image_std: tuple[float, float, float] = CLIP_STD
 
     def pixel_values(self, images):
-        """CLIP preprocessing: resize the short side (bicubic), centre crop to the model's size, (x - mean)/std per channel."""
+        """CLIP preprocessing: short side resized (bicubic), centre crop to the model's size, (x - mean)/std."""
         import torch
         from PIL import Image
 
@@ -106,8 +103,7 @@ class ClipModel:
         return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(self.model.device, self.model.dtype)
 
     def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
-        """Projected CLIP text embeddings E_T, one row per prompt; each distinct prompt encoded once a call, and every
-        call encodes its own, so no scored cell's time rides on an earlier call's encoding."""
+        """Projected text embeddings E_T per prompt, each distinct one encoded once per call (timing stays per call)."""
         import torch
 
         if not len(prompts):

@@ -16,8 +16,7 @@ def _features(x) -> np.ndarray:
 
 
 def frechet_distance(generated, reference) -> float:
-    """||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2)) of Gaussians fitted to both sets (Heusel et al. 2017,
-    eq. 6; covariances with n - 1, the trace of the root from the eigenvalues of S_g S_r as torchmetrics does)."""
+    """Fréchet distance (Heusel et al. 2017, eq. 6), covariances n - 1, Tr root by eig(S_g S_r) as torchmetrics."""
     g, r = _features(generated), _features(reference)
     mean = float(np.sum((g.mean(0) - r.mean(0)) ** 2))
     cov_g, cov_r = np.atleast_2d(np.cov(g, rowvar=False)), np.atleast_2d(np.cov(r, rowvar=False))
@@ -33,8 +32,7 @@ def _mmd_unbiased(k_gg: np.ndarray, k_rr: np.ndarray, k_gr: np.ndarray) -> float
 
 
 def kid(generated, reference, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD^2 with the kernel (x.y / d + 1)^3, averaged over
-    `subsets` random subsets of min(`subset_size`, n) images of each set; (mean, standard deviation over subsets)."""
+    """KID (Bińkowski et al. 2018): unbiased MMD^2, kernel (x.y / d + 1)^3, on random subsets; (mean, std)."""
     g, r = _features(generated), _features(reference)
     size = min(subset_size, len(g), len(r))
     rng = np.random.default_rng(seed)
@@ -71,8 +69,7 @@ def _coverage(support: np.ndarray, probes: np.ndarray, k: int) -> float:
 
 
 def precision_recall(generated, reference, k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019): the share of generated images inside the reference
-    set's k-NN manifold (quality), and of reference images inside the generated set's (diversity)."""
+    """Improved precision/recall (Kynkäänniemi et al. 2019): generated in the reference k-NN manifold, and back."""
     g, r = _features(generated), _features(reference)
     if min(len(g), len(r)) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} images per set, got {len(g)} and {len(r)}")

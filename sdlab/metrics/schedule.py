@@ -1,9 +1,5 @@
-"""Noise schedules, x0 predictions and signal-to-noise ratios of DDPM and rectified flow: sdlab's one SNR vocabulary.
-
-DDPM (Ho et al. 2020, eq. 4): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, 0-based t as in diffusers;
-rectified flow (SD3, Esser et al. 2024): x_t = (1 - sigma) x_0 + sigma eps, v = eps - x_0. Both are
-x_t = a_t x_0 + s_t eps, so log-SNR = 2 log(a_t / s_t) compares them on one axis.
-"""
+"""Schedules, x0 and SNR of DDPM (Ho et al. 2020, eq. 4, 0-based t) and rectified flow (SD3, x_t = (1 - sigma) x_0 +
+sigma eps, v = eps - x_0): both x_t = a_t x_0 + s_t eps, so log-SNR = 2 log(a_t / s_t) puts them on one axis."""
 
 from __future__ import annotations
 
@@ -28,7 +24,7 @@ def model_kind(config: dict[str, Any]) -> str:
 
 def betas(schedule: str, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
           s: float = 0.008) -> np.ndarray:
-    """beta_t for 'linear' (linspace), 'scaled_linear' (linspace in sqrt(beta), squared) or 'squaredcos_cap_v2' (beta_t = min(1 - f(t+1)/f(t), 0.999), f(t) = cos²((t/T + s)/(1 + s) · π/2))."""
+    """beta_t: 'linear', 'scaled_linear' (linear in sqrt(beta)), 'squaredcos_cap_v2' (Nichol & Dhariwal 2021 eq. 17)."""
     if schedule == "linear":
         return np.linspace(beta_start, beta_end, T, dtype=np.float64)
     if schedule == "scaled_linear":
@@ -64,8 +60,7 @@ def alpha_bar_at(alphas_cumprod, timestep: float) -> float:
 
 
 def x0_pred(x_t, model_output, alpha_bar: float, prediction_type: str = "epsilon"):
-    """x0_pred = (x_t - sqrt(1 - ab) eps)/sqrt(ab) for epsilon, sqrt(ab) x_t - sqrt(1 - ab) v for v_prediction
-    (Salimans & Ho 2022), the output itself for sample."""
+    """x0 from an epsilon (Ho et al. 2020, eq. 15), v (Salimans & Ho 2022) or sample prediction."""
     alpha_bar = float(alpha_bar)
     if prediction_type == "epsilon":
         return (x_t - math.sqrt(1.0 - alpha_bar) * model_output) / math.sqrt(alpha_bar)

@@ -74,8 +74,7 @@ def wilson(successes: float, n: int) -> tuple[float, float]:
 
 
 def mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None) -> tuple[float, float, float]:
-    """Mean and a two-sided interval: Wilson for 0/1 values in a [0, 1] metric, else Student-t clipped to `bounds`;
-    NaN bounds from fewer than MIN_N values (or `units`, when they name the measurement each value is part of)."""
+    """Mean and interval: Wilson for 0/1 values of a [0, 1] metric, else Student-t within `bounds`; NaN below MIN_N."""
     x = per_unit(values, units)
     if x.size == 0:
         return math.nan, math.nan, math.nan

@@ -18,7 +18,7 @@ def toy_unet(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, la
 
 
 def level_table(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, batch: int = 1) -> pd.DataFrame:
-    """Per level: channels, resolution, parameters (down + mirrored up block), fp32 bytes of the skip activations it keeps."""
+    """Per level: channels, resolution, params (down + mirrored up block), fp32 bytes of the skip activations kept."""
     import torch
 
     unet = toy_unet(channels, in_channels, size)
