@@ -1,5 +1,4 @@
-"""Stage flow: mini_flow's SD3 transformer trained by rectified flow (velocity prediction, logit-normal timesteps;
-Esser et al. 2024, SD3, section 3.1) on mini's frozen VAE latents and frozen CLIP text states."""
+"""mini_flow's SD3 transformer by rectified flow on mini's frozen latents and text (Esser et al. 2024, section 3.1)."""
 
 from __future__ import annotations
 
@@ -15,17 +14,15 @@ from sdlab.mini import data
 from sdlab.mini.architecture import FLOW_SCHEDULER, T5_TOKENS, TEXT_TOKENS, initial
 from sdlab.mini.export import save_component, save_sd3_pipeline_files
 from sdlab.mini.loop import Stage, run_stage, summary
-from sdlab.mini.train_clip import combination_index
-from sdlab.mini.train_unet import cached, fingerprint, gather_text, partial_table, text_choice, training_latents
+from sdlab.mini.train_unet import cached, fingerprint, gather_text, partial_table, text_draws, training_latents
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 class RepeatedTokenAttention:
-    """SD3's joint attention (diffusers' JointAttnProcessor2_0) where the last text token stands for `count` identical
-    copies: its logits get + log(count), the exact softmax over the copies. T5's zero states stay identical through
-    every block (no positions on text), so one copy trains what the pipeline runs with all of them."""
+    """SD3's JointAttnProcessor2_0 with the last text token standing for `count` copies (logits + log count, the exact
+    softmax): T5's zero states stay identical in every block, so one copy trains what the pipeline runs with all."""
 
     def __init__(self, count: int):
         self.log_count = math.log(count)
@@ -68,12 +65,9 @@ def encode_sd3_text(text_encoder, captions: list[str], batch_size: int = 256) ->
     """What SD3's pipeline takes from a CLIP encoder: penultimate states (N, TEXT_TOKENS, d), pooled projection."""
     ids = load_tokenizer()(captions, padding="max_length", max_length=TEXT_TOKENS, truncation=True,
                            return_tensors="pt").input_ids
-    states, pooled = [], []
-    for i in range(0, len(ids), batch_size):
-        out = text_encoder(ids[i : i + batch_size], output_hidden_states=True)
-        states.append(out.hidden_states[-2])
-        pooled.append(out.text_embeds)
-    return {"states": torch.cat(states), "pooled": torch.cat(pooled)}
+    outs = [text_encoder(ids[i : i + batch_size], output_hidden_states=True) for i in range(0, len(ids), batch_size)]
+    return {"states": torch.cat([out.hidden_states[-2] for out in outs]),
+            "pooled": torch.cat([out.text_embeds for out in outs])}
 
 
 def conditioning(frozen: Path, images: np.ndarray, folder: Path, partial: bool):
@@ -95,17 +89,13 @@ def conditioning(frozen: Path, images: np.ndarray, folder: Path, partial: bool):
 
 def flow_stage(settings: dict[str, Any], latents: torch.Tensor, texts: dict[str, dict[str, torch.Tensor]],
                attributes: list[data.Attributes], seed: int, table: np.ndarray | None = None) -> Stage:
-    """The flow stage: x_t = (1 - t) x0 + t eps with t ~ logit-normal, predict v = eps - x0, plain MSE; `texts` of
-    the 'train', 'empty' and 'partial' captions (whose (combination, keep set) rows are `table`)."""
+    """Flow stage: x_t = (1 - t) x0 + t eps, t logit-normal, MSE to v = eps - x0; `table`: the partial texts' rows."""
+    draw = text_draws(settings, attributes, len(latents), len(texts["train"]["states"]),
+                      table if "partial" in texts else None)
     torch.manual_seed(seed)
     transformer = initial("transformer", settings)
     transformer.set_attn_processor(RepeatedTokenAttention(T5_TOKENS))
-    combos = combination_index(attributes)
-    batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
-    p_noise, p_partial = float(settings.get("caption_noise", 0.0)), float(settings.get("partial_captions", 0.0))
     mean, std = float(settings.get("logit_mean", 0.0)), float(settings.get("logit_std", 1.0))
-    if p_partial and (table is None or "partial" not in texts):
-        raise ValueError("partial_captions > 0 needs the partial captions' text states")
     steps = FLOW_SCHEDULER["num_train_timesteps"]  # the transformer sees t * 1000, as the pipeline passes it
 
     def both(choice, name: str) -> torch.Tensor:  # SD3's two CLIP encoders are the same tower: its output twice
@@ -113,14 +103,12 @@ def flow_stage(settings: dict[str, Any], latents: torch.Tensor, texts: dict[str,
         return torch.cat([one, one], dim=-1)
 
     def loss(step: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([seed, step])
-        pick = rng.integers(len(latents), size=batch_size)
-        choice = text_choice(rng, combos[pick], len(texts["train"]["states"]), p_noise, p_partial, table, p_uncond)
+        pick, choice = draw(np.random.default_rng([seed, step]))
         states = both(choice, "states")
-        context = torch.cat([states, states.new_zeros(batch_size, 1, states.shape[-1])], dim=1)  # + T5's zeros
+        context = torch.cat([states, states.new_zeros(len(pick), 1, states.shape[-1])], dim=1)  # + T5's zeros
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         x0 = latents[pick]
-        t = torch.sigmoid(mean + std * torch.randn(batch_size, generator=generator))
+        t = torch.sigmoid(mean + std * torch.randn(len(pick), generator=generator))
         eps = torch.randn(x0.shape, generator=generator)
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
         v = transformer(x_t, encoder_hidden_states=context, pooled_projections=both(choice, "pooled"),
@@ -139,15 +127,13 @@ def train_flow(settings: dict[str, Any], images: np.ndarray, attributes: list[da
         raise ValueError("the flow stage writes its SD3 folder into train.export")
     frozen, export, folder = Path(settings["frozen_from"]), Path(export), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    # 1. Frozen inputs, encoded once.
     partial = bool(settings.get("partial_captions"))
     latents, normalisation, text_encoder, texts = conditioning(frozen, images, folder, partial)
     log.info("flow: latents %s (VAE shift %.4f, scale %.4f), text states %s", tuple(latents.shape), *normalisation,
              tuple(texts["train"]["states"].shape))
-    # 2. Train.
     stage = flow_stage(settings, latents, texts, attributes, seed, partial_table("train")[1] if partial else None)
     frame = run_stage(stage, settings, folder)
-    # 3. Export (EMA weights when kept) with the diffusers attention, and the rest of the SD3 folder.
+    # Export the EMA weights when kept, with the diffusers attention.
     transformer = (stage.ema or stage.model).eval()
     transformer.set_attn_processor(JointAttnProcessor2_0())
     save_component(transformer, export / "transformer")

@@ -101,8 +101,7 @@ def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, c
 
 def text_choice(rng: np.random.Generator, combos: np.ndarray, captions: int, noise: float, p_partial: float,
                 table: np.ndarray | None, p_uncond: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each image's text: a full caption row (`caption_rows`), a partial caption row with probability `p_partial`
-    (-1: none) and whether it gets the empty caption instead (probability `p_uncond`, for classifier-free guidance)."""
+    """Each image's caption row (`caption_rows`), partial caption row at `p_partial` (else -1), empty at `p_uncond`."""
     templates = len(data.CAPTION_TEMPLATES)
     rows = caption_rows(rng, combos, templates, captions, noise)
     shorter_rows = np.full(len(combos), -1)
@@ -112,6 +111,24 @@ def text_choice(rng: np.random.Generator, combos: np.ndarray, captions: int, noi
         keep = rng.integers(len(data.keep_sets()) - 1, size=len(shorter))
         shorter_rows[shorter] = table[rows[shorter] // templates, keep]
     return rows, shorter_rows, rng.random(len(combos)) < p_uncond
+
+
+def text_draws(settings: dict[str, Any], attributes: list[data.Attributes], items: int, captions: int,
+               table: np.ndarray | None):
+    """A step's draw from its rng: `batch_size` of the `items` and their `text_choice` at the settings' rates."""
+    combos = combination_index(attributes)
+    batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
+    # Web alt-text is often wrong; mislabelled images make the conditional distribution broad, as in SD,
+    # so classifier-free guidance has the sharpening to do that it does there.
+    p_noise, p_partial = float(settings.get("caption_noise", 0.0)), float(settings.get("partial_captions", 0.0))
+    if p_partial and table is None:
+        raise ValueError("partial_captions > 0 needs the partial captions' text states")
+
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        pick = rng.integers(items, size=batch_size)
+        return pick, text_choice(rng, combos[pick], captions, p_noise, p_partial, table, p_uncond)
+
+    return draw
 
 
 def gather_text(choice: tuple[np.ndarray, np.ndarray, np.ndarray], full: torch.Tensor, partial: torch.Tensor | None,
@@ -129,31 +146,21 @@ def gather_text(choice: tuple[np.ndarray, np.ndarray, np.ndarray], full: torch.T
 def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Tensor, empty: torch.Tensor,
                attributes: list[data.Attributes], seed: int,
                partial: tuple[torch.Tensor, np.ndarray] | None = None) -> Stage:
-    """The UNet stage: noise z0 at t ~ U{0..999}, predict the noise, min-SNR-weighted MSE; a `partial_captions`
-    share of captions name only some attributes (`partial`: their states and table), the rest drawn from the noise."""
+    """UNet stage: eps prediction at t ~ U{0..999}, min-SNR-weighted MSE (Hang et al. 2023); `partial` states, table."""
     from diffusers import DDPMScheduler
 
+    draw = text_draws(settings, attributes, len(latents), len(states), partial and partial[1])
     torch.manual_seed(seed)
     unet = initial("unet", settings)
     alphas_cumprod = DDPMScheduler.from_config(SCHEDULER).alphas_cumprod
-    combos = combination_index(attributes)
-    batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
-    # Web alt-text is often wrong; mislabelled images make the conditional distribution broad, as in SD,
-    # so classifier-free guidance has the sharpening to do that it does there.
-    p_noise = float(settings.get("caption_noise", 0.0))
     gamma = settings.get("snr_gamma")
-    p_partial = float(settings.get("partial_captions", 0.0))
-    if p_partial and partial is None:
-        raise ValueError("partial_captions > 0 needs the partial captions' text states")
 
     def loss(step: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([seed, step])
-        pick = rng.integers(len(latents), size=batch_size)
-        choice = text_choice(rng, combos[pick], len(states), p_noise, p_partial, partial and partial[1], p_uncond)
+        pick, choice = draw(np.random.default_rng([seed, step]))
         c = gather_text(choice, states, partial and partial[0], empty)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         z0 = latents[pick]
-        t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=generator)
+        t = torch.randint(0, len(alphas_cumprod), (len(pick),), generator=generator)
         eps = torch.randn(z0.shape, generator=generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
@@ -174,14 +181,12 @@ def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[da
         raise ValueError("the unet stage reads the trained vae/ and text_encoder/ from train.export")
     export, folder = Path(export), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    # 1. Frozen inputs, encoded once.
     latents, states, empty, partial = conditioning(export, images, folder, bool(settings.get("partial_captions")))
     log.info("unet: latents %s (std %.3f), text states %s, partial captions %s", tuple(latents.shape),
              latents.std(), tuple(states.shape), None if partial is None else tuple(partial[0].shape))
-    # 2. Train.
     stage = unet_stage(settings, latents, states, empty, attributes, seed, partial)
     frame = run_stage(stage, settings, folder)
-    # 3. Export (EMA weights when kept) and the pipeline files.
+    # Export the EMA weights when kept.
     save_component((stage.ema or stage.model).eval(), export / "unet")
     save_pipeline_files(export)
     return summary(stage, frame)
