@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from sdlab.io import atomic_write_text
 from sdlab.mini.architecture import FLOW_SCHEDULER, IMAGE_PROCESSOR, SCHEDULER, T5_TOKENS, TEXT_TOKENS, zero_t5
@@ -71,22 +71,27 @@ def save_clip(model, root: Path) -> None:
     replace_folder(root / "tokenizer", copy_tokenizer_files)
 
 
+def save_index(root: Path, pipeline: str, scheduler, parts: dict[str, Any]) -> None:
+    """model_index.json of a `pipeline` folder: the scheduler's class, no image encoder, `parts`, keys in order."""
+    index = {"_class_name": pipeline, "_diffusers_version": __import__("diffusers").__version__,
+             "feature_extractor": [None, None], "image_encoder": [None, None], "vae": ["diffusers", "AutoencoderKL"],
+             "scheduler": ["diffusers", type(scheduler).__name__], **parts}
+    atomic_write_text(Path(root) / "model_index.json", json.dumps(index, indent=2, sort_keys=True))
+
+
 def save_pipeline_files(root: Path) -> None:
     """scheduler/ (DPM-Solver++ 2M on SD's noise schedule) and model_index.json, once the other parts exist."""
     scheduler = make_scheduler(SHIPPED_SCHEDULER, SCHEDULER)
     save_component(scheduler, Path(root) / "scheduler")
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": __import__("diffusers").__version__,
-             "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
-             "safety_checker": [None, None], "scheduler": ["diffusers", type(scheduler).__name__],
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
-    atomic_write_text(Path(root) / "model_index.json", json.dumps(index, indent=2))
+    save_index(root, "StableDiffusionPipeline", scheduler, {
+        "requires_safety_checker": False, "safety_checker": [None, None],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"]})
 
 
 def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalisation: tuple[float, float],
                             shift: float) -> None:
-    """Everything of an SD3 folder but the transformer: mini's VAE with SD3's normalisation, the text encoder copied as
-    both CLIP encoders, tokenizers padding to TEXT_TOKENS, the zero T5, flow Euler at `shift`, model_index.json."""
+    """An SD3 folder but its transformer: VAE with SD3's normalisation, text encoder as both CLIPs, zero T5, Euler."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
     root = Path(root)
@@ -105,12 +110,8 @@ def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalis
     save_component(zero_t5(len(t5_tokenizer)), root / "text_encoder_3")
     scheduler = FlowMatchEulerDiscreteScheduler(**{**FLOW_SCHEDULER, "shift": shift})
     save_component(scheduler, root / "scheduler")
-    index = {"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": __import__("diffusers").__version__,
-             "feature_extractor": [None, None], "image_encoder": [None, None],
-             "scheduler": ["diffusers", type(scheduler).__name__],
-             "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "text_encoder_3": ["transformers", "T5EncoderModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
-             "tokenizer_3": ["transformers", "T5TokenizerFast"], "transformer": ["diffusers", "SD3Transformer2DModel"],
-             "vae": ["diffusers", "AutoencoderKL"]}
-    atomic_write_text(root / "model_index.json", json.dumps(index, indent=2))
+    clip, tokenizer = ["transformers", "CLIPTextModelWithProjection"], ["transformers", "CLIPTokenizer"]
+    save_index(root, "StableDiffusion3Pipeline", scheduler, {
+        "text_encoder": clip, "text_encoder_2": clip, "text_encoder_3": ["transformers", "T5EncoderModel"],
+        "tokenizer": tokenizer, "tokenizer_2": tokenizer, "tokenizer_3": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "SD3Transformer2DModel"]})
