@@ -1,8 +1,5 @@
-"""Procedural, seeded dataset of captioned 64x64 images of one flat-coloured shape on a plain background.
-
-Vocabulary, caption grammar, train/held-out split and rendering (models/mini/README.md, "Data"). Image (seed, index) is
-drawn from np.random.default_rng([seed, index]); training uses TRAIN_SEED, evaluation any other seed.
-"""
+"""Seeded captioned 64x64 images of one flat shape on a plain background (models/mini/README.md, "Data"): image (seed,
+index) is drawn from np.random.default_rng([seed, index]); training uses TRAIN_SEED, evaluation any other seed."""
 
 from __future__ import annotations
 
@@ -41,11 +38,9 @@ CROSS_ARM_FRACTION = 1.0 / 3.0  # a cross is a plus sign whose arms are a third 
 POSITION_UNIT_OFFSETS = {"centre": (0, 0), "left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
 POSITION_PHRASES = {"centre": "in the centre", "left": "on the left", "right": "on the right", "top": "at the top",
                     "bottom": "at the bottom"}
-CAPTION_TEMPLATES = (
-    "a {size} {colour} {shape} {position} on a {background} background",
-    "{size} {colour} {shape} {position}, {background} background",
-    "a {background} background with a {size} {colour} {shape} {position}",
-)
+CAPTION_TEMPLATES = ("a {size} {colour} {shape} {position} on a {background} background",
+                     "{size} {colour} {shape} {position}, {background} background",
+                     "a {background} background with a {size} {colour} {shape} {position}")
 
 OPTIONAL_ATTRIBUTES = ("size", "colour", "position", "background")  # the shape is always named
 
@@ -127,10 +122,8 @@ def _alternation(words) -> str:
     return "|".join(re.escape(word) for word in words)
 
 
-_OBJECT_PATTERN = re.compile(
-    rf"\b({_alternation(SIZES)}) ({_alternation(COLOURS)}) ({_alternation(SHAPES)}) "
-    rf"({_alternation(POSITION_PHRASES.values())})\b"
-)
+_OBJECT_PATTERN = re.compile(rf"\b({_alternation(SIZES)}) ({_alternation(COLOURS)}) ({_alternation(SHAPES)}) "
+                             rf"({_alternation(POSITION_PHRASES.values())})\b")
 _BACKGROUND_PATTERN = re.compile(rf"\b({_alternation(BACKGROUNDS)}) background\b")
 _POSITION_BY_PHRASE = {phrase: position for position, phrase in POSITION_PHRASES.items()}
 
@@ -145,10 +138,8 @@ def parse_caption(text: str) -> Attributes | None:
     return Attributes(shape, colour, size, _POSITION_BY_PHRASE[phrase], background_match.group(1))
 
 
-_PARTIAL_PATTERN = re.compile(
-    rf"\b(?:({_alternation(SIZES)}) )?(?:({_alternation(COLOURS)}) )?({_alternation(SHAPES)})\b"
-    rf"(?: ({_alternation(POSITION_PHRASES.values())}))?"
-)
+_PARTIAL_PATTERN = re.compile(rf"\b(?:({_alternation(SIZES)}) )?(?:({_alternation(COLOURS)}) )?"
+                              rf"({_alternation(SHAPES)})\b(?: ({_alternation(POSITION_PHRASES.values())}))?")
 
 
 def parse_partial(text: str) -> dict[str, str] | None:
@@ -160,9 +151,9 @@ def parse_partial(text: str) -> dict[str, str] | None:
     if match is None:
         return None
     size, colour, shape, phrase = match.groups()
-    named = {"shape": shape, "size": size, "colour": colour, "position": _POSITION_BY_PHRASE.get(phrase)}
     background = _BACKGROUND_PATTERN.search(text)
-    named["background"] = background.group(1) if background else None
+    named = {"shape": shape, "size": size, "colour": colour, "position": _POSITION_BY_PHRASE.get(phrase),
+             "background": background.group(1) if background else None}
     return {k: v for k, v in named.items() if v is not None}
 
 

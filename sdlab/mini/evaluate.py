@@ -40,15 +40,14 @@ SHIPPED_SCHEDULERS = {"sd": "dpmpp_2m", "sd3": "euler"}  # by family: mini's DPM
 
 
 def shipped_pipeline(root: Path):
-    """The shipped folder as a plain diffusers pipeline of its family (float32, CPU) with its shipped scheduler; an all
-    zero T5 (mini_flow's) runs as one state counting for T5_TOKENS: the same images, about 3x sooner."""
+    """The folder as its family's diffusers pipeline (float32, CPU, shipped scheduler); a zero T5 runs as one state."""
     adapter = family_of_folder(root)
     pipe = adapter.from_folder(root, torch.float32, ModelSpec("mini", path=str(root)))
     pipe.scheduler = make_scheduler(SHIPPED_SCHEDULERS[adapter.family], dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     pipe.call_options = {}
     t5 = getattr(pipe, "text_encoder_3", None)
-    if t5 is not None and not t5(torch.arange(8).view(1, -1))[0].any():
+    if t5 is not None and not t5(torch.arange(8).view(1, -1))[0].any():  # counting for T5_TOKENS: 3x sooner
         pipe.transformer.set_attn_processor(RepeatedTokenAttention(T5_TOKENS))
         pipe.call_options = {"max_sequence_length": 1}
         # the pipeline warns of every prompt longer than that one state: the shortcut, not a prompt cut short
@@ -96,31 +95,28 @@ def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def same_seed_similarity(root: Path, out: Path, count: int = 64, guidance_scale: float = 7.5) -> dict[str, float]:
-    """Does the seed decide what the caption leaves open? "a red circle" with the shape word changed: layout kept and
-    shape-mask IoU, same seed against another seed; `count` pairs at `guidance_scale` (keys `g<scale>_...`)."""
+    """Does the seed decide what a caption leaves open? Layout and mask IoU kept as "a red circle" changes its shape."""
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
     swapped = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)])
                for a in attributes]
     seeds = list(range(count))
-
-    def partial(items):
-        return [data.partial_caption(a, {"colour"}) for a in items]
-
-    base = generate_images(pipe, partial(attributes), seeds, guidance_scale)
-    same = generate_images(pipe, partial(swapped), seeds, guidance_scale)
-    other = generate_images(pipe, partial(swapped), [s + count for s in seeds], guidance_scale)
-    masks = [[shape_mask(image) for image in images] for images in (base, same, other)]
+    base, swapped = ([data.partial_caption(a, {"colour"}) for a in items] for items in (attributes, swapped))
+    runs = [generate_images(pipe, base, seeds, guidance_scale), generate_images(pipe, swapped, seeds, guidance_scale),
+            generate_images(pipe, swapped, [s + count for s in seeds], guidance_scale)]
     g = f"g{guidance_scale:g}"
-    grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in (base, same, other)], axis=0)
+    grid = np.concatenate([np.concatenate(list(images[:8]), axis=1) for images in runs], axis=0)
     atomic_save(Image.fromarray(grid), out / f"same_seed_{g}.png", format="PNG")  # rows: original, same, another seed
-    read = [[check(image) for image in images] for images in (base, same, other)]
-    kept = {f"{g}_{seen}_seed_{name}_kept": float(np.mean([agrees(a, b, name) for a, b in zip(read[0], read[k])]))
-            for k, seen in ((1, "same"), (2, "other")) for name in LAYOUT}
+    read = [[check(image) for image in images] for images in runs]
+    masks = [[shape_mask(image) for image in images] for images in runs]
+    kept = {"layout_pairs": count}
     for k, seen in ((1, "same"), (2, "other")):
-        kept[f"{g}_{seen}_seed_layout_kept"] = float(np.mean([layouts_agree(a, b) for a, b in zip(read[0], read[k])]))
+        readings = list(zip(read[0], read[k]))
+        for name in LAYOUT:
+            kept[f"{g}_{seen}_seed_{name}_kept"] = float(np.mean([agrees(a, b, name) for a, b in readings]))
+        kept[f"{g}_{seen}_seed_layout_kept"] = float(np.mean([layouts_agree(a, b) for a, b in readings]))
         kept[f"{g}_{seen}_seed_mask_iou"] = float(np.mean([mask_iou(b, m) for b, m in zip(masks[0], masks[k])]))
-    return {"layout_pairs": count, **kept}
+    return kept
 
 
 def speed(root: Path, repeats: int = 5) -> dict[str, float]:
@@ -169,16 +165,6 @@ def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS,
     return metrics
 
 
-def quiet_loaders() -> None:
-    """No loading chatter (progress bars, the `accelerate` advice) above the metrics this command prints."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-
-
 def checked_arguments(model: Path, out: Path, threads: int) -> None:
     """One-line errors before any work: a trained model folder, a thread count, and an `out` sdlab may write into."""
     if threads < 1:
@@ -192,6 +178,9 @@ def checked_arguments(model: Path, out: Path, threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: `python -m sdlab.mini.evaluate [--parts ...] [--model DIR] [--out DIR]`."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[2] / "models" / "mini")
     parser.add_argument("--out", type=Path, help="default: outputs/<model folder name>/eval")
@@ -207,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     adopt(out)
     torch.set_num_threads(args.threads)
-    quiet_loaders()
+    for library in (diffusers_logging, transformers_logging):  # no loading chatter above the metrics printed
+        library.set_verbosity_error()
+        library.disable_progress_bar()
     parts = args.parts or [p for p in PARTS if p != "clip" or (args.model / "clip").is_dir()]
     print(json.dumps(evaluate(args.model, out, tuple(parts), tuple(args.guidance)), indent=2, sort_keys=True))
 

@@ -1,5 +1,4 @@
-"""The shared training loop: AdamW with warmup + cosine LR, EMA, tqdm, loss table and figure, resumable from
-checkpoints without pickle (module weights and AdamW state as safetensors, counters as JSON)."""
+"""Training loop: AdamW, warmup + cosine LR, EMA, loss table and figure, checkpoints as safetensors and JSON."""
 
 from __future__ import annotations
 
@@ -64,12 +63,6 @@ def loss_figure(frame: pd.DataFrame, target: Path, title: str) -> None:
         save_figure(fig, target)
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """The optimizer's per-parameter state as flat `<index>.<key>` tensors."""
-    return {f"{index}.{key}": (value if torch.is_tensor(value) else torch.tensor(value)).detach().contiguous().clone()
-            for index, state in optimizer.state_dict()["state"].items() for key, value in state.items()}
-
-
 def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
                     state: dict[str, Any]) -> None:
     """Write modules, optimizer and JSON state into `folder`, replacing any previous checkpoint whole."""
@@ -79,8 +72,10 @@ def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
         for name, module in modules.items():
             weights = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
             save_file(weights, str(staging / f"{name}.safetensors"))
-        if optimizer is not None:
-            save_file(optimizer_tensors(optimizer), str(staging / "optimizer.safetensors"))
+        if optimizer is not None:  # per-parameter state as flat `<index>.<key>` tensors
+            save_file({f"{index}.{key}": torch.as_tensor(value).detach().contiguous().clone()
+                       for index, state in optimizer.state_dict()["state"].items() for key, value in state.items()},
+                      str(staging / "optimizer.safetensors"))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     folder = Path(folder)
@@ -113,13 +108,12 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
     steps, lr, warmup = int(settings["steps"]), float(settings["lr"]), int(settings.get("warmup", 100))
     every = int(settings.get("checkpoint_every", 200))
     max_seconds = float(settings.get("max_minutes") or 0) * 60  # also anneals the LR by elapsed time
-    # 1. Optimizer and EMA copy.
     trained = [p for module in (stage.model, *stage.extra.values()) for p in module.parameters()]
-    optimizer = torch.optim.AdamW(trained, lr=lr, betas=(0.9, 0.99), weight_decay=float(settings.get("weight_decay", 0.0)))
+    optimizer = torch.optim.AdamW(trained, lr=lr, betas=(0.9, 0.99),
+                                  weight_decay=float(settings.get("weight_decay", 0.0)))
     if stage.ema_decay > 0 and stage.ema is None:
         stage.ema = copy.deepcopy(stage.model).requires_grad_(False)
     modules = {"model": stage.model, **({"ema": stage.ema} if stage.ema is not None else {}), **stage.extra}
-    # 2. Resume.
     state = load_checkpoint(folder / "checkpoint", modules, optimizer) or {"step": 0}
     start, spent = int(state["step"]), float(state.get("elapsed_s", 0.0))
     if start:
@@ -136,7 +130,6 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
             write_table(frame, folder, LOSS_TABLE)
             loss_figure(frame, folder / "losses.png", f"sdlab-mini {stage.name}")
 
-    # 3. Steps.
     began = time.monotonic()
     stage.model.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {stage.name}", mininterval=5)
@@ -165,7 +158,6 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
         if max_seconds and spent + time.monotonic() - began > max_seconds:
             log.info("%s: time limit reached at step %d", stage.name, step + 1)
             break
-    # 4. Final checkpoint and table.
     done = step + 1 if rows and rows[-1]["step"] == step else start
     if done != start and done % every:
         checkpoint(done)

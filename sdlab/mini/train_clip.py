@@ -62,8 +62,7 @@ def retrieval_top1(model, images: np.ndarray, captions: list[str], attributes: l
     model.eval()
     text = model.get_text_features(input_ids=token_ids(load_tokenizer(), captions))
     vision = model.get_image_features(pixel_values=to_tensor(images))
-    text = getattr(text, "pooler_output", text)
-    vision = getattr(vision, "pooler_output", vision)
+    text, vision = (getattr(features, "pooler_output", features) for features in (text, vision))
     similarity = torch.nn.functional.normalize(text, dim=-1) @ torch.nn.functional.normalize(vision, dim=-1).T
     return float(np.mean([attributes[j] == attributes[i] for i, j in enumerate(similarity.argmax(dim=1).tolist())]))
 

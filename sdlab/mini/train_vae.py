@@ -24,8 +24,7 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
     vae = initial("vae", settings)
     batch_size = int(settings["batch_size"])
     kl_weight, l1_weight = float(settings["kl_weight"]), float(settings["l1_weight"])
-    decoder_only = bool(settings.get("decoder_only", False))
-    sample_posterior = bool(settings.get("sample_posterior", True))
+    decoder_only, sample_posterior = bool(settings.get("decoder_only")), bool(settings.get("sample_posterior", True))
     foreground_weight = float(settings.get("foreground_weight", 0.0))
     latent_rgb_weight = float(settings.get("latent_rgb_weight", 0.0))
     latent_rgb = torch.nn.Conv2d(vae.config.latent_channels, 3, 1)  # colour read linearly off the latents
@@ -91,15 +90,13 @@ def vae_quality(vae, count: int = 256) -> dict[str, float]:
 
 def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export: Path | None, seed: int) -> dict:
     """Train (or resume) the VAE, set its scaling factor, export it; returns summary numbers."""
-    # 1. Train.
     stage = vae_stage(settings, images, seed)
     frame = run_stage(stage, settings, folder)
     vae = (stage.ema or stage.model).eval()
-    # 2. Scaling factor: SD's 1 / std of the training latents (unchanged when only the decoder trained).
+    # Scaling factor: SD's 1 / std of the training latents (unchanged when only the decoder trained).
     scale = float(vae.config.scaling_factor if settings.get("decoder_only") else
                   1.0 / torch.cat(posterior_means(vae, images[: int(settings.get("scale_images", 2048))])).std())
     vae.register_to_config(scaling_factor=scale)
-    # 3. Held-out quality.
     quality = vae_quality(vae, int(settings.get("eval_images", 256)))
     log.info("vae: scaling_factor %.4f, %s", scale, quality)
     if export is not None:
