@@ -72,21 +72,20 @@ def save_clip(model, root: Path) -> None:
 
 
 def save_index(root: Path, pipeline: str, scheduler, parts: dict[str, Any]) -> None:
-    """model_index.json of a `pipeline` folder: the scheduler's class, no image encoder, `parts`, keys in order."""
+    """scheduler/ and model_index.json (keys sorted) of a `pipeline` folder with mini's VAE, CLIP tokenizer, `parts`."""
+    save_component(scheduler, Path(root) / "scheduler")
     index = {"_class_name": pipeline, "_diffusers_version": __import__("diffusers").__version__,
              "feature_extractor": [None, None], "image_encoder": [None, None], "vae": ["diffusers", "AutoencoderKL"],
-             "scheduler": ["diffusers", type(scheduler).__name__], **parts}
+             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", type(scheduler).__name__],
+             **parts}
     atomic_write_text(Path(root) / "model_index.json", json.dumps(index, indent=2, sort_keys=True))
 
 
 def save_pipeline_files(root: Path) -> None:
     """scheduler/ (DPM-Solver++ 2M on SD's noise schedule) and model_index.json, once the other parts exist."""
-    scheduler = make_scheduler(SHIPPED_SCHEDULER, SCHEDULER)
-    save_component(scheduler, Path(root) / "scheduler")
-    save_index(root, "StableDiffusionPipeline", scheduler, {
-        "requires_safety_checker": False, "safety_checker": [None, None],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"]})
+    save_index(root, "StableDiffusionPipeline", make_scheduler(SHIPPED_SCHEDULER, SCHEDULER), {
+        "requires_safety_checker": False, "safety_checker": [None, None], "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"]})
 
 
 def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalisation: tuple[float, float],
@@ -108,10 +107,8 @@ def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalis
     t5_tokenizer = tiny_t5_tokenizer(T5_TOKENS)
     replace_folder(root / "tokenizer_3", lambda staging: t5_tokenizer.save_pretrained(str(staging)))
     save_component(zero_t5(len(t5_tokenizer)), root / "text_encoder_3")
-    scheduler = FlowMatchEulerDiscreteScheduler(**{**FLOW_SCHEDULER, "shift": shift})
-    save_component(scheduler, root / "scheduler")
-    clip, tokenizer = ["transformers", "CLIPTextModelWithProjection"], ["transformers", "CLIPTokenizer"]
-    save_index(root, "StableDiffusion3Pipeline", scheduler, {
+    clip, scheduler = ["transformers", "CLIPTextModelWithProjection"], {**FLOW_SCHEDULER, "shift": shift}
+    save_index(root, "StableDiffusion3Pipeline", FlowMatchEulerDiscreteScheduler(**scheduler), {
         "text_encoder": clip, "text_encoder_2": clip, "text_encoder_3": ["transformers", "T5EncoderModel"],
-        "tokenizer": tokenizer, "tokenizer_2": tokenizer, "tokenizer_3": ["transformers", "T5TokenizerFast"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"], "tokenizer_3": ["transformers", "T5TokenizerFast"],
         "transformer": ["diffusers", "SD3Transformer2DModel"]})
