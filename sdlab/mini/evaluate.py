@@ -98,10 +98,9 @@ def same_seed_similarity(root: Path, out: Path, count: int = 64, guidance_scale:
     """Does the seed decide what a caption leaves open? Layout and mask IoU kept as "a red circle" changes its shape."""
     pipe = shipped_pipeline(root)
     _, _, attributes = data.eval_batch(0, count)
-    swapped = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)])
-               for a in attributes]
+    changed = [replace(a, shape=data.SHAPES[(data.SHAPES.index(a.shape) + 1) % len(data.SHAPES)]) for a in attributes]
     seeds = list(range(count))
-    base, swapped = ([data.partial_caption(a, {"colour"}) for a in items] for items in (attributes, swapped))
+    base, swapped = ([data.partial_caption(a, {"colour"}) for a in items] for items in (attributes, changed))
     runs = [generate_images(pipe, base, seeds, guidance_scale), generate_images(pipe, swapped, seeds, guidance_scale),
             generate_images(pipe, swapped, [s + count for s in seeds], guidance_scale)]
     g = f"g{guidance_scale:g}"
