@@ -99,24 +99,10 @@ def caption_rows(rng: np.random.Generator, combos: np.ndarray, templates: int, c
     return rows
 
 
-def text_choice(rng: np.random.Generator, combos: np.ndarray, captions: int, noise: float, p_partial: float,
-                table: np.ndarray | None, p_uncond: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each image's caption row (`caption_rows`), partial caption row at `p_partial` (else -1), empty at `p_uncond`."""
-    templates = len(data.CAPTION_TEMPLATES)
-    rows = caption_rows(rng, combos, templates, captions, noise)
-    shorter_rows = np.full(len(combos), -1)
-    if p_partial:
-        # A partial caption of the combination the (possibly mislabelled) caption names; never the full one.
-        shorter = np.flatnonzero(rng.random(len(combos)) < p_partial)
-        keep = rng.integers(len(data.keep_sets()) - 1, size=len(shorter))
-        shorter_rows[shorter] = table[rows[shorter] // templates, keep]
-    return rows, shorter_rows, rng.random(len(combos)) < p_uncond
-
-
 def text_draws(settings: dict[str, Any], attributes: list[data.Attributes], items: int, captions: int,
                table: np.ndarray | None):
-    """A step's draw from its rng: `batch_size` of the `items` and their `text_choice` at the settings' rates."""
-    combos = combination_index(attributes)
+    """A step's draw from its rng: `batch_size` items, their caption rows, partial rows (else -1), empty or not."""
+    combos, templates = combination_index(attributes), len(data.CAPTION_TEMPLATES)
     batch_size, p_uncond = int(settings["batch_size"]), float(settings["uncond_probability"])
     # Web alt-text is often wrong; mislabelled images make the conditional distribution broad, as in SD,
     # so classifier-free guidance has the sharpening to do that it does there.
@@ -126,14 +112,21 @@ def text_draws(settings: dict[str, Any], attributes: list[data.Attributes], item
 
     def draw(rng: np.random.Generator) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         pick = rng.integers(items, size=batch_size)
-        return pick, text_choice(rng, combos[pick], captions, p_noise, p_partial, table, p_uncond)
+        rows = caption_rows(rng, combos[pick], templates, captions, p_noise)
+        shorter_rows = np.full(batch_size, -1)
+        if p_partial:
+            # A partial caption of the combination the (possibly mislabelled) caption names; never the full one.
+            shorter = np.flatnonzero(rng.random(batch_size) < p_partial)
+            keep = rng.integers(len(data.keep_sets()) - 1, size=len(shorter))
+            shorter_rows[shorter] = table[rows[shorter] // templates, keep]
+        return pick, (rows, shorter_rows, rng.random(batch_size) < p_uncond)
 
     return draw
 
 
 def gather_text(choice: tuple[np.ndarray, np.ndarray, np.ndarray], full: torch.Tensor, partial: torch.Tensor | None,
                 empty: torch.Tensor) -> torch.Tensor:
-    """The batch of text tensors (states or pooled embeddings) a `text_choice` names."""
+    """The batch of text tensors (states or pooled embeddings) a `text_draws` draw names."""
     rows, shorter_rows, uncond = choice
     out = full[rows].clone()
     shorter = np.flatnonzero(shorter_rows >= 0)
