@@ -97,8 +97,7 @@ def sample_attributes(rng: np.random.Generator, split: Split = "any") -> Attribu
 def caption(attrs: Attributes, rng: np.random.Generator | int | None = None) -> str:
     """Caption for the attributes, from template 0, a random template (`rng`) or the template numbered `rng`."""
     template = rng if isinstance(rng, int) else 0 if rng is None else int(rng.integers(len(CAPTION_TEMPLATES)))
-    return CAPTION_TEMPLATES[template].format(size=attrs.size, colour=attrs.colour, shape=attrs.shape,
-                                              position=POSITION_PHRASES[attrs.position], background=attrs.background)
+    return CAPTION_TEMPLATES[template].format(**{**asdict(attrs), "position": POSITION_PHRASES[attrs.position]})
 
 
 def partial_caption(attrs: Attributes, keep) -> str:
