@@ -119,8 +119,7 @@ class ClipModel:
         import torch
 
         with torch.inference_mode():
-            out = self.model.get_image_features(pixel_values=self.pixel_values(images))
-        return _features(out)
+            return _features(self.model.get_image_features(pixel_values=self.pixel_values(images)))
 
     def clip_score(self, images, prompts: Sequence[str]) -> list[float]:
         """CLIP score of each image against its own prompt: 100 · max(cos(E_I, E_T), 0)."""

@@ -122,9 +122,8 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
     rows = pd.read_parquet(table).query("step < @start").to_dict("records") if start and table.is_file() else []
 
     def checkpoint(step: int) -> None:
-        elapsed = spent + time.monotonic() - began
-        save_checkpoint(folder / "checkpoint", modules, optimizer, {"step": step, "stage": stage.name,
-                                                                    "elapsed_s": elapsed, "settings": settings})
+        save_checkpoint(folder / "checkpoint", modules, optimizer, {
+            "step": step, "stage": stage.name, "elapsed_s": spent + time.monotonic() - began, "settings": settings})
         frame = pd.DataFrame(rows)
         if len(frame):
             write_table(frame, folder, LOSS_TABLE)
