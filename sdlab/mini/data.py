@@ -182,9 +182,8 @@ def coverage(attrs: Attributes, rng: np.random.Generator | None = None, size: in
     else:
         half_extent = rng.uniform(low, high)
         jitter_x, jitter_y = rng.uniform(-POSITION_JITTER, POSITION_JITTER, size=2)
-    fine = size * SUPERSAMPLING
     # Coordinates of the supersample centres, in output pixel units.
-    axis = (np.arange(fine, dtype=np.float32) + 0.5) / SUPERSAMPLING
+    axis = (np.arange(size * SUPERSAMPLING, dtype=np.float32) + 0.5) / SUPERSAMPLING
     x = (axis - (size / 2 + scale * (unit_x * POSITION_OFFSET + jitter_x)))[None, :]
     y = (axis - (size / 2 + scale * (unit_y * POSITION_OFFSET + jitter_y)))[:, None]
     mask = _shape_mask(attrs.shape, x, y, scale * half_extent)
