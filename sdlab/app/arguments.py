@@ -1,5 +1,4 @@
-"""The command line as the user typed it, made ready for Hydra: free-text values quoted, prompt files expanded,
-unknown keys and groups refused with a suggestion, and a default sweep dir that every job agrees on."""
+"""The typed command line made ready for Hydra: texts quoted, prompt files expanded, unknown keys refused."""
 
 from __future__ import annotations
 
@@ -16,14 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Glob, QuotedString
 from omegaconf import OmegaConf
 
-from sdlab.bench.ownership import (
-    abandoned_sweeps,
-    check_job_name,
-    check_owned,
-    check_run_dir,
-    checked_root,
-    confined,
-)
+from sdlab.bench.ownership import abandoned_sweeps, check_job_name, check_owned, check_run_dir, checked_root, confined
 from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
 from sdlab.conf_files import conf_values, default_choices, group_options, known_keys, option_values
@@ -104,44 +96,34 @@ def literal(text: str) -> str:
     return hydra_quote(escape_interpolation(text))
 
 
-def quote_free_text(arg: str) -> str:
-    """`prompt=a, b (c:1.2)` -> `prompt='a, b (c:1.2)'`: one literal string; a value the user quoted (one string or a
-    sweep of them, `'a, b','c'`) keeps Hydra's reading of it. Either way `${...}` in it stays text."""
+def quote_text(arg: str) -> str:
+    """`prompt=a, b (c:1)` -> `prompt='a, b (c:1)'`, `prompts=[a,${x}]` -> `prompts=['a','\\${x}']`: literal text."""
     key, sep, value = arg.partition("=")
-    if not sep or key.lstrip("+") not in FREE_TEXT_KEYS:
+    free = key.lstrip("+") in FREE_TEXT_KEYS
+    if not sep or not (free or key.lstrip("+") in PROMPT_LIST_KEYS):
         return arg
-    if value[:1] not in ("'", '"'):
+    if free and value[:1] not in ("'", '"'):
         return f"{key}={literal(value)}"
     try:
         parsed = override_parser().parse_override(arg).value()
     except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
         return arg
-    # Read as OmegaConf would read the quoted text (`\${` is `${`), so a prepared command line prepares to itself.
-    if isinstance(parsed, str):
-        return f"{key}={literal(unescape_interpolation(parsed))}"
-    if isinstance(parsed, ChoiceSweep) and not parsed.tags:
-        texts = [v.text if isinstance(v, QuotedString) else v for v in parsed.list]
-        if all(isinstance(text, str) for text in texts):
-            return f"{key}=" + ",".join(literal(unescape_interpolation(text)) for text in texts)
+    # Each text (or list of texts) of a value or of an untagged sweep, read as OmegaConf would read the quoted text
+    # (`\${` is `${`), so a prepared command line prepares to itself; a list key's other values are left to Hydra.
+    items = parsed.list if isinstance(parsed, ChoiceSweep) and not parsed.tags else [parsed]
+    texts = [literal_text(item) if free else literal_list(item) for item in items]
+    if None not in texts:
+        return f"{key}=" + ",".join(texts)
+    if not free:
+        return arg
     raise UserError(f"{arg}: {key.lstrip('+')} takes text: one quoted string, or under -m quoted strings separated "
                     "by commas (e.g. -m \"prompt='a, b','c'\")")
 
 
-def quote_prompt_lists(arg: str) -> str:
-    """`prompts=[a cat,${x}]` -> `prompts=['a cat','\\${x}']`: each prompt of a list (or of each list of a sweep)
-    literal text, read as OmegaConf would read it; other values (null, a sweep function) are left to Hydra."""
-    key, sep, _ = arg.partition("=")
-    if not sep or key.lstrip("+") not in PROMPT_LIST_KEYS:
-        return arg
-    try:
-        parsed = override_parser().parse_override(arg).value()
-    except Exception:  # noqa: BLE001 - check_syntax names what Hydra cannot read
-        return arg
-    if literal_list(parsed) is not None:
-        return f"{key}={literal_list(parsed)}"
-    if isinstance(parsed, ChoiceSweep) and not parsed.tags and all(literal_list(v) is not None for v in parsed.list):
-        return f"{key}=" + ",".join(literal_list(v) for v in parsed.list)
-    return arg
+def literal_text(value) -> str | None:
+    """A string (quoted or not) as a Hydra literal text, read as OmegaConf would read it, else None."""
+    text = value.text if isinstance(value, QuotedString) else value
+    return literal(unescape_interpolation(text)) if isinstance(text, str) else None
 
 
 def literal_list(value) -> str | None:
@@ -185,8 +167,7 @@ def check_syntax(arg: str) -> None:
 
 
 def check_override(arg: str, typed: dict[str, list[str]]) -> None:
-    """Reject an unknown group choice or config key, or `+KEY=` of a key set already, naming the near miss; `typed`
-    holds the options the command line picks (`typed_choices`)."""
+    """Reject an unknown group choice or key, or `+KEY=` of a set key; `typed`: the groups' typed options."""
     key, sep, value = arg.partition("=")
     if key.startswith("~"):
         name = key.lstrip("~")
@@ -237,8 +218,7 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
 
 
 def check_not_set(key: str, value: str, configs: dict[str, dict], group: str = "experiment") -> None:
-    """Refuse `+KEY=VALUE` where a config of the run (a recipe, or an option of `group`) already sets KEY (Hydra adds
-    to a set key only a list or dict, merged), naming the override that changes it."""
+    """Refuse `+KEY=VALUE` (other than a list or dict, which Hydra merges) where a config of the run sets KEY."""
     setters = [name for name, config in configs.items() if value_at(config, key) is not None]
     parsed = override_parser().parse_override(f"{key}={value}").value()
     if not setters or all(isinstance(v, (list, dict)) for v in (parsed.list if isinstance(parsed, ChoiceSweep)
@@ -292,8 +272,7 @@ def typed_choices(group: str, overrides: list[str]) -> list[str]:
 
 
 def group_choices(group: str, recipe: str, typed: dict[str, list[str]]) -> list[str]:
-    """The options of `group` a job of `recipe` composes: the typed ones, else the recipe's pick, else (scheduler and
-    clip) each model's pick, else the base config's."""
+    """The options of `group` a job of `recipe` composes: typed, else the recipe's, the models', the base's."""
     if typed.get(group):
         return typed[group]
     picked = default_choices(f"experiment/{recipe}.yaml").get(group)
@@ -303,8 +282,7 @@ def group_choices(group: str, recipe: str, typed: dict[str, list[str]]) -> list[
 
 
 def check_exclusive(overrides: list[str]) -> None:
-    """Refuse two keys of which only one would take effect (`prompt` and `prompt_file`, `seed` and `seeds`), naming
-    both as typed; a key set to null competes with nothing."""
+    """Refuse two keys (not null) of which only one would take effect, such as `seed` and `seeds`, naming both."""
     typed = {arg.partition("=")[0].lstrip("+"): arg for arg in overrides if arg.partition("=")[2] not in ("", "null")}
     if found := clash(typed):
         pair, why = found
@@ -319,9 +297,7 @@ def experiment_is_swept(overrides: list[str]) -> bool:
 
 
 def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
-    """Over recipes, when no `hydra.sweep.dir=` is given or found, a sweep dir every job agrees on (job folders then
-    `<N>_<recipe>`: the configured default names the recipe, so each job would pick its own root); else nothing (a
-    default folder someone has is left to the sweep, `named_by_sdlab`)."""
+    """Over recipes, a sweep dir and `<N>_<recipe>` subdirs every job agrees on (the default names a recipe)."""
     if not multirun or not experiment_is_swept(overrides):
         return []
     given = {a.partition("=")[0] for a in overrides}
@@ -332,9 +308,7 @@ def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
 
 
 def named_by_sdlab(config, key: str) -> bool:
-    """Whether the run or sweep dir at `key` (hydra.run.dir, hydra.sweep.dir) is sdlab's default, named by the second
-    the command started, not one the user typed or a rerun found: another sdlab started in that second may have it,
-    and this one then takes the next free name (`ownership.claim_new`)."""
+    """Whether the dir at `key` is sdlab's default, named by the second (another sdlab may take it too)."""
     given = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # as typed: `${...}` unresolved
     typed = [o for o in given if o.partition("=")[0].lstrip("+") == key]
     parent, _, leaf = key.rpartition(".")
@@ -370,8 +344,7 @@ def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
 
 
 def model_of_params_file(overrides: list[str], limit: dict[str, int]) -> list[str]:
-    """`model=NAME` for a `params=FILE` that names its model, unless `model=` is given (a group is chosen before
-    Hydra composes; the file's other keys are merged after)."""
+    """`model=NAME` for a `params=FILE` naming its model, unless typed (Hydra picks groups before merging it)."""
     keys = {a.partition("=")[0].lstrip("+") for a in overrides}
     paths = [a.partition("=")[2] for a in overrides if a.partition("=")[0] == "params"]
     if "model" in keys or len(paths) != 1 or "," in paths[0]:
@@ -431,7 +404,7 @@ def prepare(argv: list[str]) -> list[str]:
     ready, typed = [], {group: typed_choices(group, overrides) for group in GROUPS}
     for arg in overrides:
         is_file = arg.partition("=")[0] == PROMPT_FILE_KEY  # its prompts come out literal already
-        arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_prompt_lists(quote_free_text(arg))
+        arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_text(arg)
         check_override(arg, typed)
         ready.append(arg)
     ready += model_of_params_file(ready, limit)
@@ -454,8 +427,7 @@ def typed_values(args: list[str]) -> dict[str, str]:
 
 
 def check_output_dir(args: list[str]) -> None:
-    """Refuse, before Hydra writes anything, an output dir sdlab may not write into, or a job name, sweep subdir or
-    `.hydra` dir leading out of it (values with `${...}` are checked once composed)."""
+    """Refuse an output dir sdlab may not write, or a path leading out of it, before Hydra writes anything."""
     dir_key = "hydra.sweep.dir" if flag_parser().parse_args(split_flags(args)[0]).multirun else "hydra.run.dir"
     literal = {k: v for k, v in typed_values(args).items() if "${" not in v}
     if "hydra.job.name" in literal:
@@ -500,7 +472,7 @@ def shown_override(item: str) -> tuple[str, str | None]:
         return key, item.partition("=")[2] or None
     value = override.value()
     if isinstance(value, str) and key in FREE_TEXT_KEYS:
-        value = unescape_interpolation(value)  # as `quote_free_text` escaped it: the text the model gets
+        value = unescape_interpolation(value)  # as `quote_text` escaped it: the text the model gets
     elif isinstance(value, list) and key in PROMPT_LIST_KEYS and all(isinstance(v, str) for v in value):
         value = "[" + ",".join(unescape_interpolation(v) for v in value) + "]"
     return key, value if isinstance(value, str) else override.get_value_string()

@@ -6,6 +6,7 @@ import re
 import sys
 import textwrap
 from importlib.metadata import PackageNotFoundError, version
+from itertools import dropwhile, takewhile
 from pathlib import Path
 
 from sdlab.app.arguments import PROMPT_FILE_KEY
@@ -17,13 +18,9 @@ VERSIONED = ("torch", "diffusers", "transformers", "hydra-core", "pandas")
 def first_comment(path: Path) -> str:
     """The first comment paragraph of a YAML file (Hydra directives and indented example lines aside), as one line."""
     lines = [line for line in path.read_text().splitlines() if "@package" not in line]
-    start = next((i for i, line in enumerate(lines) if line.startswith("#")), len(lines))
-    paragraph = []
-    for line in lines[start:]:
-        if not line.startswith("# ") or line.startswith("#  "):
-            break
-        paragraph.append(line[2:].strip())
-    return " ".join(paragraph)
+    comment = dropwhile(lambda line: not line.startswith("#"), lines)
+    paragraph = takewhile(lambda line: line.startswith("# ") and not line.startswith("#  "), comment)
+    return " ".join(line[2:].strip() for line in paragraph)
 
 
 def base_keys() -> list[tuple[str, str]]:

@@ -13,16 +13,11 @@ from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.families import ModelAdapter
 from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
-from sdlab.models.schedulers import (  # imports diffusers
-    check_options,
-    make_scheduler,
-    scheduler_class,
-)
+from sdlab.models.schedulers import check_options, make_scheduler, scheduler_class  # imports diffusers
 
 
 def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None) -> list[str]:
-    """Warnings for requests the model was not made for: a prompt outside its grammar, a non-native size, weights
-    whose `folder` family (its model_index.json's, which runs) is not the one the model file sets sizes up for."""
+    """Warnings for requests the model was not made for: grammar, size, weights of another `folder` family."""
     model = cfg.get("model") or {}
     name, native = model.get("name"), model.get("resolution")
     warnings = []
@@ -55,8 +50,7 @@ def unused_warnings(run: Run, adapter: type[ModelAdapter]) -> list[str]:
 
 
 def schedulers_used(run: Run, recipe: Any) -> list[str]:
-    """Every scheduler name the job will build: its own and those its checked recipe lists (`schedulers`,
-    `reference_scheduler`, `visit_schedulers`)."""
+    """Every scheduler name the job will build: its own and those its checked recipe lists."""
     names = [run.scheduler.name, *(getattr(recipe, "schedulers", None) or ()),
              getattr(recipe, "reference_scheduler", None)]
     names += [item.get("name") if isinstance(item, dict) else item
@@ -98,14 +92,12 @@ def check_job(run: Run) -> list[str]:
 
 
 def check_sweep(runs: list[Run]) -> None:
-    """Check what only the jobs of a sweep together can tell (a single run is a sweep of one job): a reference set given
-    is read by a set scorer in some job."""
+    """Check what only a sweep's jobs together tell: a reference set given is read by some job's set scorer."""
     check_reference_read([run.recipe for run in runs])
 
 
 def sweep_plan(runs: list[Run]) -> str:
-    """'N jobs, M images' (or 'N jobs' when some jobs are analyses) for a sweep's parsed jobs; a job with another's
-    values (`seed=1,1`) is named and its images counted once, as they are made once."""
+    """'N jobs, M images' (no images when some are analyses); a job repeating another's values is counted once."""
     distinct = {run.job_hash: run for run in runs}
     repeats = f" ({len(runs) - len(distinct)} repeats another's values: made once)" if len(distinct) < len(runs) else ""
     jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}{repeats}"
