@@ -31,8 +31,7 @@ log = logging.getLogger("sdlab")
 
 
 def stops_on_error(method: Callable) -> Callable:
-    """A callback method whose exception stops the run with one line (exit 2 for bad input, 1 for a fault): Hydra
-    itself would only warn and go on."""
+    """A callback method whose exception stops the run with one line (Hydra would only warn), exit 2 or 1."""
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
@@ -47,9 +46,7 @@ def stops_on_error(method: Callable) -> Callable:
 
 
 class Preflight(Callback):
-    """Checks a single run before Hydra makes or writes its folder (a sweep's jobs are checked by the sweeper): the
-    folder is sdlab's and every path written in it stays inside; notes which folders the run makes, so that a run
-    refused later takes back only what it wrote."""
+    """Checks a single run and its folder before Hydra writes it; notes the folders it makes (`cli.refuse_run`)."""
 
     new_dirs: list[Path] = []  # the folders this run made, for `cli.refuse_run`
 
@@ -57,19 +54,16 @@ class Preflight(Callback):
     def on_run_start(self, config, **kwargs) -> None:
         """Warn about what the model was not made for; end the run with one line on bad input."""
         HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
-        try:
-            typed = str(config.hydra.run.dir)
-            if named_by_sdlab(config, "hydra.run.dir"):  # the folder it will take if another sdlab has this one
-                typed = str(ownership.next_free(Path(typed)))
-            folder = ownership.checked_root(typed, "hydra.run.dir")
-            output_subdir = config.hydra.output_subdir
-            ownership.check_run_dir(folder, "hydra.run.dir", str(config.hydra.job.name),
-                                    None if output_subdir is None else str(output_subdir), shown=typed)
-            run_dir = Path(typed).absolute()
-            Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
-            warnings, run = check_composed(config)
-        except UserError as e:
-            fail(str(e))  # SystemExit passes through Hydra's callback guard, which only warns on exceptions
+        typed = str(config.hydra.run.dir)
+        if named_by_sdlab(config, "hydra.run.dir"):  # the folder it will take if another sdlab has this one
+            typed = str(ownership.next_free(Path(typed)))
+        folder = ownership.checked_root(typed, "hydra.run.dir")
+        output_subdir = config.hydra.output_subdir
+        ownership.check_run_dir(folder, "hydra.run.dir", str(config.hydra.job.name),
+                                None if output_subdir is None else str(output_subdir), shown=typed)
+        run_dir = Path(typed).absolute()
+        Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+        warnings, run = check_composed(config)
         if run.recipe.get("plan") is True:  # before Hydra makes the run dir
             print(plan_text([cell_of(run)], run_dir), flush=True)
             sys.exit(0)
@@ -77,30 +71,8 @@ class Preflight(Callback):
             log.warning(warning)
 
 
-def hold(config) -> None:
-    """Lock the run dir for this process and mark it as sdlab's, or stop with one line and exit code 2 before anything
-    is written. A default dir another sdlab took since the pre-flight (started in the same second) gives way to the
-    next free name, which the run then writes to and prints."""
-    folder = Path(str(config.hydra.run.dir))
-    try:
-        if not named_by_sdlab(config, "hydra.run.dir"):
-            ownership.claim(folder, "hydra.run.dir")
-            return
-        taken = ownership.claim_new(folder, "hydra.run.dir")
-    except UserError as e:
-        fail(str(e))
-    except OSError as e:
-        fail(f"cannot lock {folder}: {type(e).__name__}: {e}")
-    with read_write(config.hydra.run):
-        config.hydra.run.dir = str(taken)
-    made = taken.absolute()
-    Preflight.new_dirs = [made, *(d for d in Preflight.new_dirs if d in made.parents)]
-
-
 class Progress:
-    """A sweep's progress line as each job finishes: cells done, images per second and time left, from the job's mark
-    (a job taken over from an earlier run made no images and took no time worth counting); the cells the launcher
-    found finished and does not run count as done from the start."""
+    """A sweep's progress line as each job finishes: cells done, images per second and time left, from its mark."""
 
     def __init__(self, sweep_dir: Path, started: float):
         self.sweep_dir, self.started, self.done, self.made, self.images = sweep_dir, started, 0, 0, 0
@@ -127,8 +99,7 @@ class Progress:
 
 
 class FinishedJobs(threading.Thread):
-    """Prints the progress line as each job of a sweep finishes (its folder gets its finished mark), for launchers that
-    run jobs in other processes and print nothing until the last one ends."""
+    """Prints the progress line as each job a launcher runs in another process gets its finished mark."""
 
     def __init__(self, sweep_dir: Path, since: float, every: float = 1.0):
         super().__init__(daemon=True)
@@ -156,8 +127,7 @@ class FinishedJobs(threading.Thread):
 
 
 class SweepWatch(threading.Thread):
-    """Ends a launcher's worker process once the sweep's process that started it is gone (killed): loky's would idle
-    on for 5 minutes with the model loaded. Its job is cut short as by the kill itself; the rerun makes it again."""
+    """Ends a launcher's worker once the sweep's process is gone: loky's would idle 5 min with the model loaded."""
 
     started = False  # one watch a process, however many jobs it runs
 
@@ -179,8 +149,7 @@ class SweepWatch(threading.Thread):
 
 
 class CollectSweep(Callback):
-    """Lock a run dir (the sweeper locks a sweep dir); at multirun end, collect every job's rows into
-    `<sweep_dir>/results.{parquet,csv}`, `grid.png`, the summary by swept value and `report.html`."""
+    """Lock a run dir; at multirun end, collect the jobs' rows into the sweep's table, grid and report."""
 
     failures = 0  # failed rows of the last sweep collected in this process (the exit code)
 
@@ -191,7 +160,19 @@ class CollectSweep(Callback):
 
     @stops_on_error
     def on_run_start(self, config, **kwargs) -> None:
-        hold(config)
+        """Lock and mark the run dir; a default one another sdlab took since the pre-flight gives way to the next."""
+        folder = Path(str(config.hydra.run.dir))
+        try:
+            if not named_by_sdlab(config, "hydra.run.dir"):
+                ownership.claim(folder, "hydra.run.dir")
+                return
+            taken = ownership.claim_new(folder, "hydra.run.dir")
+        except OSError as e:
+            fail(f"cannot lock {folder}: {type(e).__name__}: {e}")
+        with read_write(config.hydra.run):
+            config.hydra.run.dir = str(taken)
+        made = taken.absolute()
+        Preflight.new_dirs = [made, *(d for d in Preflight.new_dirs if d in made.parents)]
 
     @stops_on_error
     def on_run_end(self, config, **kwargs) -> None:
@@ -218,8 +199,7 @@ class CollectSweep(Callback):
                 watching.sweep_dir = sweep_dir
 
     def on_job_start(self, config, **kwargs) -> None:
-        """Start the progress clock at the first job of a sweep run in this process (after its pre-flight); in a
-        launcher's worker, watch that the sweep's process lives."""
+        """Start the progress clock at a sweep's first job; in a launcher's worker, watch the sweep's process."""
         if getattr(self, "sweep_pid", None):
             SweepWatch.start_once(self.sweep_pid)
         if CollectSweep.progress is not None and CollectSweep.progress.done == 0:

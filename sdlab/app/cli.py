@@ -47,28 +47,20 @@ def quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights"/"pipeline components" bars
     warnings.filterwarnings("ignore", category=FutureWarning)
-    # A launcher's process pools (joblib's loky) start resource trackers that, when sdlab ends by Ctrl-C or a kill,
-    # free the pools' semaphores and warn about each: cleaning up after an interrupt, not a leak to report
+    # loky's and multiprocessing's resource trackers warn of each semaphore they free after a Ctrl-C: no leak
     quiet = [f"ignore::UserWarning:{tracker}.resource_tracker"
              for tracker in ("multiprocessing", "joblib.externals.loky.backend")]
     asked = [option for option in os.environ.get("PYTHONWARNINGS", "").split(",") if option]
     os.environ["PYTHONWARNINGS"] = ",".join(asked + [option for option in quiet if option not in asked])
-    # torchsde's Brownian tree warns when a sigma rounded to float32 lands a hair below its start (ta=0.0291675
-    # against t0=0.029168 on mini at 8 steps): rounding, not a wrong interval
+    # torchsde warns when a sigma rounded to float32 lands a hair below its start: rounding, not a wrong interval
     warnings.filterwarnings("ignore", message="Should have ta>=t0")
 
-def error_frame(ctx, error: BaseException):
-    """One failed row for a job that could not produce its own rows."""
-    return ordered([{**identity(ctx, ctx.run and ctx.run.job), "status": "error",
-                     "error": f"{type(error).__name__}: {error}"}])
-
-HYDRA_FILES = tuple(f".hydra/{name}" for name in ownership.HYDRA_FILES)
 
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
     """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
     lock.release(out_dir)
     if out_dir.absolute() in Preflight.new_dirs:  # its config, log and mark, then every folder made that is left empty
-        for name in (*HYDRA_FILES, f"{job_name}.log", ownership.MARK):
+        for name in (*(f".hydra/{name}" for name in ownership.HYDRA_FILES), f"{job_name}.log", ownership.MARK):
             ownership.confined(out_dir.resolve(), name, "hydra.job.name").unlink(missing_ok=True)
         for made in (out_dir / ".hydra", *Preflight.new_dirs):
             if made.is_dir() and not any(made.iterdir()):
@@ -89,8 +81,7 @@ def run(cfg) -> None:
         extra = {"sweep_dir": str(sweep_dir), **resume.sweep_position(sweep_dir, int(hc.job.num))}
     ctx = JobContext(run=None, out_dir=out_dir, experiment=hc.runtime.choices.get("experiment") or "generate",
                      overrides=json.dumps(overrides), run_id=uuid.uuid4().hex[:12], extra=extra)
-    # A job dir is locked while its job runs (the sweeper checked that it is sdlab's), unless this process holds the
-    # sweep's lock: no other sdlab gets into a folder under it.
+    # A job dir is locked while its job runs, unless this process holds the sweep's lock (it covers what is under it)
     job_lock = multirun and not lock.holds(extra["sweep_dir"])
     if multirun:
         axes = extra.get("axes", list(overrides))
@@ -111,8 +102,7 @@ run.takes_composed_config = True  # it reads all but the Hydra node, changing no
 
 
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
-    """Run one job into `out_dir`, write its table (a sweep's finished job is left as it is); a single run exits on
-    failure."""
+    """Run one job into `out_dir` (a sweep's finished job is left as it is) and write its table."""
     out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock
     try:
         ctx.run = run = parse_job(cfg, overridden)  # checked before the run or sweep began
@@ -133,14 +123,15 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
                 torch.set_num_threads(run.threads)
             resume.unmark(out_dir)
             frame = get_job(run.job)(ctx)
-    except UserError as e:
-        if not multirun:
+    except Exception as e:  # noqa: BLE001 - one failing cell must not stop the sweep
+        if not isinstance(e, UserError):
+            log.exception("job failed")
+        elif not multirun:
             refuse_run(out_dir, job_name, e)
-        log.error("job failed: %s", e)
-        job_hash, frame = None, error_frame(ctx, e)
-    except Exception as e:  # one failing cell must not stop the sweep
-        log.exception("job failed")
-        job_hash, frame = None, error_frame(ctx, e)
+        else:
+            log.error("job failed: %s", e)
+        job_hash, frame = None, ordered([{**identity(ctx, ctx.run and ctx.run.job), "status": "error",
+                                          "error": f"{type(e).__name__}: {e}"}])
     line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed and started:
@@ -153,20 +144,20 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     if not multirun and failed:
         sys.exit(1)
 
+
 def register_resolvers() -> None:
     """`${project:PATH}` in recipes: PATH inside the sdlab checkout; `${job_folder:N}`: a sweep job's folder name."""
-    if not OmegaConf.has_resolver("project"):
-        OmegaConf.register_new_resolver("project", lambda path="": str(CONF_DIR.parent / path))
-    if not OmegaConf.has_resolver("job_folder"):
-        OmegaConf.register_new_resolver("job_folder", job_folder)
+    for name, resolver in (("project", lambda path="": str(CONF_DIR.parent / path)), ("job_folder", job_folder)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 register_resolvers()  # at import too: a launcher's worker process unpickles `run` from here and resolves its folder
 
+
 @contextmanager
 def hydra_errors_as_user_errors():
-    """Hydra's composition and override errors as UserErrors with their OmegaConf cause, not printed reports
-    (HYDRA_FULL_ERROR=1 is Hydra's documented switch to raise them)."""
+    """Hydra's errors as UserErrors with their OmegaConf cause (HYDRA_FULL_ERROR=1 raises them, not reports)."""
     before = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -177,9 +168,8 @@ def hydra_errors_as_user_errors():
         why = f"; {one_line(e.__cause__)}" if isinstance(e.__cause__, OmegaConfBaseException) else ""
         raise UserError(one_line(e) + why) from None
     finally:
-        if before is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        if before is not None:
             os.environ["HYDRA_FULL_ERROR"] = before
 
 
@@ -233,8 +223,7 @@ def entry() -> None:
 
 
 def main() -> None:
-    """Console script `sdlab`: `entry`, with the cycle collector run rarely (what a command makes mostly lives until it
-    ends: collecting as often as Python does cost a sweep a tenth of its time) and not at exit (it idled about 4 s)."""
+    """Console script `sdlab`: `entry`, the cycle collector run rarely (it cost a sweep a tenth of its time)."""
     gc.set_threshold(100_000, 50, 100)
     try:
         try:
@@ -245,7 +234,7 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush meets no closed pipe again
         sys.exit(1)
     finally:
-        gc.freeze()
+        gc.freeze()  # nothing left to collect at exit, where it idled about 4 s
 
 
 if __name__ == "__main__":
