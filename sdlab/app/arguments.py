@@ -8,6 +8,7 @@ import functools
 import re
 import sys
 import tempfile
+from itertools import islice
 from pathlib import Path
 from typing import NoReturn
 
@@ -62,16 +63,12 @@ def suggestion(word: str, candidates: list[str] | set[str]) -> str:
 
 def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """(Hydra flags with their values, overrides) of a command line."""
-    flags, overrides, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
+    flags, overrides, args = [], [], iter(argv)
+    for arg in args:
         if arg.startswith("-"):
-            takes_value = arg in FLAGS_WITH_VALUE and i + 1 < len(argv)
-            flags += argv[i:i + 2] if takes_value else [arg]
-            i += 2 if takes_value else 1
+            flags += [arg, *islice(args, 1)] if arg in FLAGS_WITH_VALUE else [arg]
         else:
             overrides.append(arg)
-            i += 1
     return flags, overrides
 
 
@@ -171,7 +168,7 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
     key, sep, value = arg.partition("=")
     if key.startswith("~"):
         name = key.lstrip("~")
-        if name in GROUPS or name.partition(".")[0] in GROUPS or name in known_keys(None):
+        if name.partition(".")[0] in GROUPS or name in known_keys(None):
             raise UserError(f"{arg}: sdlab's config keys and groups cannot be deleted; set a value instead "
                             f"(e.g. {name.partition('.')[0]}=...)")
         return
@@ -328,10 +325,9 @@ def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     """`hydra.sweep.dir=` where this same sweep ran before (by its manifest), unless one is given; said in a line."""
     if not multirun or any(a.partition("=")[0] == "hydra.sweep.dir" for a in overrides):
         return []
-    earlier = earlier_sweep(sweep_root(overrides), overrides)
+    earlier = earlier_sweep(root := sweep_root(overrides), overrides)
     if earlier is None:
-        abandoned = abandoned_sweeps(sweep_root(overrides))
-        if abandoned:
+        if abandoned := abandoned_sweeps(root):
             shown = ", ".join(map(str, abandoned[:3])) + (f" and {len(abandoned) - 3} more" if len(abandoned) > 3 else "")
             it = "it" if len(abandoned) == 1 else "them"
             print(f"sdlab: {shown}: left by a sweep killed as it started, before its sweep.json; nothing ran there "
@@ -442,12 +438,10 @@ def check_output_dir(args: list[str]) -> None:
             if "hydra.sweep.subdir" in literal:
                 confined(folder, literal["hydra.sweep.subdir"], "hydra.sweep.subdir")
     target = literal.get(dir_key, "outputs")
-    existing = Path(target).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
+    path = Path(target).expanduser().absolute()
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError:
         raise UserError(f"output dir {target} cannot be written ({existing} is not a writable folder)") from None
 

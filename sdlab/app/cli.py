@@ -204,7 +204,6 @@ def entry() -> None:
     CollectSweep.failures, CollectSweep.sweep_dir, CollectSweep.began = 0, None, time.time()
     Preflight.new_dirs = []
     quiet_libraries()
-    register_resolvers()
     sys.argv = [sys.argv[0], *args]
     try:
         with hydra_errors_as_user_errors():
