@@ -40,15 +40,6 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[Mo
     return warnings
 
 
-def unused_warnings(run: Run, adapter: type[ModelAdapter]) -> list[str]:
-    """Request values the model's family (`adapter`) never reads: a negative prompt on a guidance-distilled model."""
-    negative = run.params.negative_prompt
-    if negative and adapter.guidance == "distilled":
-        return [f"negative_prompt={negative!r} is not used by model={run.model.name}: its family ({adapter.family}) is "
-                "guidance-distilled, with no unconditional branch for it to steer away from"]
-    return []
-
-
 def schedulers_used(run: Run, recipe: Any) -> list[str]:
     """Every scheduler name the job will build: its own and those its checked recipe lists."""
     names = [run.scheduler.name, *(getattr(recipe, "schedulers", None) or ()),
@@ -87,8 +78,12 @@ def check_job(run: Run) -> list[str]:
                 make_scheduler(name, base, run.scheduler.options)
             except UserError as e:
                 raise UserError(f"on model={spec.name}: {e}") from None
-    return (model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter)
-            + unused_warnings(run, adapter))
+    warnings = model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter)
+    if params.negative_prompt and adapter.guidance == "distilled":  # a request value the family never reads
+        warnings.append(f"negative_prompt={params.negative_prompt!r} is not used by model={spec.name}: its family "
+                        f"({adapter.family}) is guidance-distilled, with no unconditional branch for it to steer "
+                        "away from")
+    return warnings
 
 
 def check_sweep(runs: list[Run]) -> None:
