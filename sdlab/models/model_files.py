@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator
 
 from sdlab.errors import UserError
 from sdlab.models.architectures import Part, build_part
@@ -36,8 +36,7 @@ SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
 
 
 def check_weights_folder(folder: Path) -> None:
-    """Refuse anything but a diffusers folder of sound safetensors, links and JSON, importing nothing (pre-flight asks
-    before the scheduler checks import diffusers; asked again, it is cached while the files stay the same)."""
+    """Refuse anything but a diffusers folder of sound safetensors, links and JSON; imports nothing, cached."""
     signature = _signature(folder.absolute())
     _check_weights(folder, signature)
     _read_folder(folder.absolute(), signature)
@@ -54,9 +53,9 @@ def _check_weights(folder: Path, signature: tuple) -> None:
     if not (folder / "model_index.json").is_file():
         raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
     for component in weight_components(folder):
-        files = [p for p in (folder / component).glob("*") if p.is_file()]
         if loaded_weights(folder / component):
             continue
+        files = [p for p in (folder / component).glob("*") if p.is_file()]
         if variants := [p.name for p in files if p.suffix == ".safetensors"]:
             raise UserError(f"no diffusion_pytorch_model.safetensors or model.safetensors in {folder / component} "
                             f"(only {variants[0]}, which diffusers loads only as a variant); give the weights that name")
@@ -103,8 +102,7 @@ def read_object(path: Path) -> dict[str, Any]:
 
 
 def own_library(name: Any) -> bool:
-    """Whether a component of library `name` loads with diffusers' or transformers' own code: one of them, or a
-    diffusers pipeline module (SD 1.5's safety checker is `stable_diffusion`'s), looked up without importing it."""
+    """Whether library `name` is diffusers, transformers or a diffusers pipeline module (SD 1.5's safety checker)."""
     if name in (None, "diffusers", "transformers"):
         return True
     package = importlib.util.find_spec("diffusers")
@@ -113,8 +111,7 @@ def own_library(name: Any) -> bool:
 
 
 def check_index(path: Path) -> dict[str, str]:
-    """model_index.json is a JSON object whose components come from diffusers or transformers only; the class it
-    names for each, the one diffusers builds (a component's config.json `_class_name` is only a label)."""
+    """The class model_index.json names per component (diffusers or transformers only), the one diffusers builds."""
     classes = {}
     for name, value in read_object(path).items():
         if not (isinstance(value, list) and len(value) == 2):
@@ -128,9 +125,7 @@ def check_index(path: Path) -> dict[str, str]:
 
 
 def check_named_components(folder: Path, left_out: Iterable[str] = ()) -> None:
-    """The VAE, the text encoder and every weights or tokenizer component model_index.json names are folders here, but
-    those the family leaves out: diffusers names the pipeline folder for a missing encoder, and loads SDXL without its
-    second tokenizer until generation overflows."""
+    """Every required or named component but those left out is a folder (diffusers' own errors name the wrong one)."""
     named = {name: class_name for name, class_name in check_index(folder / "model_index.json").items()
              if name in (*WEIGHT_COMPONENTS, *TOKENIZERS)}
     for name in dict.fromkeys([*REQUIRED_COMPONENTS, *named]):
@@ -149,16 +144,8 @@ def check_tokenizer(folder: Path) -> None:
         raise UserError(f"{folder} has no tokenizer.json (nor vocab.json and merges.txt); copy the model's tokenizer")
 
 
-class HeldTensor(NamedTuple):
-    """A tensor as a safetensors header lists it."""
-
-    dtype: str  # safetensors' name: F32, F16, BF16, I64 ...
-    shape: tuple[int, ...]
-
-
-def safetensors_tensors(path: Path) -> dict[str, HeldTensor]:
-    """Tensor dtypes and shapes from a safetensors header, checked against the file's size and laid end to end as the
-    format requires (safetensors refuses gaps, overlaps and trailing bytes at load); no tensor data is read."""
+def safetensors_tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """(dtype, shape) per tensor of a header, laid end to end over the file as safetensors requires; no data read."""
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
@@ -187,7 +174,7 @@ def safetensors_tensors(path: Path) -> dict[str, HeldTensor]:
             ok = False
         if not ok:
             raise UserError(f"{path} is not a safetensors file (tensor {name!r} has a malformed entry)")
-        tensors[name] = HeldTensor(dtype, tuple(shape))
+        tensors[name] = (dtype, tuple(shape))
         spans.append((begin, end, name))
     data_end = max((end for _, end, _ in spans), default=0)
     if 8 + n + data_end > size:
@@ -247,8 +234,7 @@ def tensor_budget(most: int) -> Iterator[None]:
 
 def expected_weights(component: str, config: dict[str, Any], config_path: Path, tensors_held: int,
                      class_name: str | None = None) -> ExpectedWeights:
-    """The tensors the config describes, built on the meta device as `class_name` (model_index.json's; else the one the
-    config names); given up once far more than its `tensors_held`."""
+    """The tensors the config builds on the meta device as `class_name`, given up far past `tensors_held`."""
     import torch
 
     class_name = (class_name or config.get("_class_name") or (config.get("architectures") or [None])[0]
@@ -273,11 +259,9 @@ def expected_weights(component: str, config: dict[str, Any], config_path: Path, 
                            tuple(re.escape(name) + "$" for name in skipped) + SKIPPED_KEYS.get(class_name, ()))
 
 
-def check_component_weights(folder: Path, component: str, config: dict[str, Any],
-                            held: dict[Path, dict[str, HeldTensor]], class_name: str | None = None) -> None:
-    """The tensors `held` in a component's safetensors (header shapes and dtypes) are exactly those its config
-    describes, so another component's weights are refused, never loaded with the missing tensors left at random, and
-    a float weight the header calls integers is refused, never cast from meaningless values."""
+def check_component_weights(folder: Path, component: str, config: dict[str, Any], held: dict[Path, dict[str, tuple]],
+                            class_name: str | None = None) -> None:
+    """The headers `held` list exactly the tensors (shapes, float dtypes) the config describes: nothing left random."""
     config_path = folder / component / "config.json"
     want = expected_weights(component, config, config_path, sum(map(len, held.values())), class_name)
     have: set[str] = set()
@@ -316,8 +300,7 @@ def _signature(folder: Path) -> tuple:
 
 @lru_cache(maxsize=16)
 def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, Any], dict, str | None]]:
-    """Each weighted component's config, header tensors and class, once links, index, scheduler config and tokenizers
-    pass."""
+    """Each weighted component's config, header tensors and class, once links, index and tokenizers pass."""
     check_links(folder)
     classes = check_index(folder / "model_index.json")
     components = weight_components(folder)
@@ -339,8 +322,7 @@ def _check_shapes(folder: Path, signature: tuple) -> None:
 
 
 def weights_fingerprint(folder: Path) -> str | None:
-    """A short hash of the safetensors in `folder` and its components (None if none): names, sizes, headers and each
-    tensor's first and last bytes, so retrained weights change it and copies or new file times do not."""
+    """A short hash of the folder's safetensors (names, sizes, headers, each tensor's ends), None if none."""
     for _ in range(2):  # a file that went since the folder was listed: listed again
         try:
             files = _weights_files(folder.absolute(), folder.stat().st_mtime_ns)
