@@ -1,9 +1,8 @@
 """Schedulers by name: each a diffusers class plus options, swapped onto a pipeline with `from_config`.
 
-A name means the same solver on every model kind, as in k-diffusion and ComfyUI: on a DDPM-trained model
-(kind "epsilon" or "v_prediction": SD 1.x, 2.x, SDXL) its DDPM class, on a rectified-flow model (kind "flow",
-x_t = (1 - sigma) x_0 + sigma eps: SD3, Flux) the class that runs it on the flow sigmas. A name with no
-faithful flow solver in diffusers fits DDPM kinds only. A model adapter declares its kind.
+A name means the same solver on every model kind, as in k-diffusion and ComfyUI: on a DDPM-trained model (kind
+"epsilon" or "v_prediction": SD 1.x, 2.x, SDXL) its DDPM class, on a rectified-flow model (kind "flow": SD3, Flux) the
+class that runs it on the flow sigmas. A name with no faithful flow solver in diffusers fits DDPM kinds only.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import importlib.util
 import inspect
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,8 +26,7 @@ KINDS = MODEL_KINDS
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """A diffusers class and the options that make the named solver on a DDPM model, and its `flow` twin if any;
-    `renames` maps sdlab's option names to the class's own (the multistep solvers call the flow shift `flow_shift`)."""
+    """A diffusers class and options making the named solver on a DDPM model, its `flow` twin, option `renames`."""
 
     cls: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -52,12 +51,8 @@ FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 FLOW_SHIFT = {"shift": "flow_shift"}
 # DDIM with eta = 0 is the Euler step of the probability-flow ODE (Karras et al. 2022, sec. 3), so on flow it is Euler.
 FLOW_EULER = SchedulerSpec("FlowMatchEulerDiscreteScheduler")
-
-
-def flow_solver(cls: str) -> SchedulerSpec:
-    """A DDPM multistep solver run on flow sigmas with a velocity model, as diffusers supports it."""
-    return SchedulerSpec(cls, FLOW_SIGMAS, renames=FLOW_SHIFT)
-
+# A DDPM multistep solver run on flow sigmas with a velocity model, as diffusers supports it
+flow_solver = partial(SchedulerSpec, options=FLOW_SIGMAS, renames=FLOW_SHIFT)
 
 # DDPM-only where diffusers has no faithful flow solver: the Karras variants take sigmas from alphas_cumprod, DEIS ends
 # flow sigmas at the last one instead of 0, and the SD3/Flux pipelines pass no generator to a stochastic step.
@@ -82,8 +77,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "lcm": SchedulerSpec("LCMScheduler", stochastic=True),  # few steps, for LCM-distilled models; re-noises each step
 }
 
-# scheduler_config.json as each family's Hub repo ships it, from its architecture record: schedules are analysed from
-# these, no weights needed.
+# scheduler_config.json as each family's Hub repo ships it (its architecture record): analysed with no weights
 FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
     key: {"_class_name": ARCHITECTURES[name].scheduler_class, **ARCHITECTURES[name].scheduler}
     for key, name in (("sd15", "sd15_arch"), ("sd2_v", "sd21_arch"), ("sdxl", "sdxl_arch"), ("sd3", "sd3_medium_arch"),
@@ -102,8 +96,7 @@ def scheduler_class(name: str, kind: str = "epsilon") -> type:
 
 
 def denoiser_calls(name: str, steps: int) -> int:
-    """Denoiser calls per image of `steps` steps of scheduler `name`, on any model kind, without importing diffusers:
-    one per timestep it visits (a test checks the count against diffusers' own timesteps on every kind)."""
+    """Denoiser calls per image of `steps` steps of scheduler `name` on any model kind, without importing diffusers."""
     a, b = SCHEDULERS[name].calls
     return 1 if steps == 1 else a * steps + b
 
@@ -122,12 +115,9 @@ def check_kind(name: str, kind: str) -> None:
                         f"schedulers for {kind}: {', '.join(fitting(kind))}")
 
 
-def _option_types(default: Any) -> tuple[tuple[type, ...], str] | None:
-    """The types an option takes, judged from its diffusers default (None for defaults that say nothing)."""
-    for kinds, label in (((bool,), "true or false"), ((int,), "int"), ((int, float), "a number"), ((str,), "str")):
-        if type(default) is kinds[-1]:
-            return kinds, label
-    return None
+# The types an option takes, judged from the type of its diffusers default
+OPTION_TYPES = {bool: ((bool,), "true or false"), int: ((int,), "int"), float: ((int, float), "a number"),
+                str: ((str,), "str")}
 
 
 def _parameters(spec: SchedulerSpec) -> dict[str, inspect.Parameter]:
@@ -156,7 +146,7 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
         raise UserError(f"scheduler {name!r} has no option {unknown[0]!r}; its options are: "
                         f"{', '.join(sorted(parameters))}")
     for key, value in user.items():
-        expected = _option_types(parameters[key].default)
+        expected = OPTION_TYPES.get(type(parameters[key].default))
         if expected and (type(value) not in expected[0]):
             raise UserError(f"scheduler.{key}={value!r} must be {expected[1]}")
     return user
@@ -193,19 +183,15 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
 
 
 def seed_noise(scheduler, generators: list) -> None:
-    """Brownian-tree noise (DPM++ SDE) from each image's own seed, so a seed gives the same image alone or in a batch
-    (diffusers seeds the tree from torch's global generator unless the config names a seed, which then stays)."""
+    """Seed DPM++ SDE's Brownian tree per image (not from torch's global generator) unless the config names a seed."""
     if hasattr(scheduler, "noise_sampler_seed") and scheduler.config.get("noise_sampler_seed") is None:
         scheduler.noise_sampler_seed = [generator.initial_seed() for generator in generators]
 
 
 def timestep_kwargs(scheduler, width: int | None = None, height: int | None = None, steps: int | None = None,
                     linear_sigmas: bool = False) -> dict[str, Any]:
-    """Keyword arguments `set_timesteps` needs beyond the step count: Flux-style dynamic shifting needs mu, computed
-    from the image sequence length as diffusers' FluxPipeline `calculate_shift` does (base size without width/height);
-    with `linear_sigmas` (a pipeline passing its own sigmas, see ModelAdapter) the sigmas linspace(1, 1/N, N) it
-    passes for N `steps`, to a scheduler that takes them and makes none of its own (FluxPipeline drops them for
-    `use_flow_sigmas`)."""
+    """`set_timesteps` arguments beyond the step count: dynamic shifting's mu as FluxPipeline's `calculate_shift` makes
+    it, and with `linear_sigmas` FluxPipeline's sigmas linspace(1, 1/N, N) to a scheduler that takes them."""
     config, kwargs = scheduler.config, {}
     takes = "sigmas" in inspect.signature(scheduler.set_timesteps).parameters and not config.get("use_flow_sigmas")
     if linear_sigmas and steps and takes:
@@ -223,8 +209,7 @@ PASSED_STEP_CHECKS: set[str] = set()
 
 def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] | None, steps: int,
                 source: str, width: int | None = None, height: int | None = None) -> None:
-    """Raise a UserError when `steps` of scheduler `name` visit a timestep the model was never trained on (flow: a
-    sigma outside [0, 1]); a passed check is not made again (pre-flight asks every cell, and it builds a scheduler)."""
+    """Refuse `steps` that visit a timestep the model was never trained on (flow: a sigma outside [0, 1]); cached."""
     key = json.dumps([name, base_config, options, steps, source, width, height], sort_keys=True, default=repr)
     if key in PASSED_STEP_CHECKS:
         return
@@ -257,8 +242,7 @@ def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] 
 
 
 def resolved_config(scheduler) -> str:
-    """The scheduler's config as sorted JSON (the `scheduler_config` column): the options its class reads, not those
-    diffusers keeps for the compatible classes it was built from (a DDIM row shows no `algorithm_type`)."""
+    """The scheduler's config as sorted JSON (`scheduler_config` column): only the options its own class reads."""
     reads = set(inspect.signature(type(scheduler).__init__).parameters)
     config = {k: v for k, v in dict(scheduler.config).items() if k in reads}
     return json.dumps({"class": type(scheduler).__name__, **config}, sort_keys=True, default=str)
