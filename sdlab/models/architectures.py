@@ -1,10 +1,8 @@
 """Architecture records: the published component configs of every family, read from sdlab/models/families/<family>.json.
 
-A record holds, per component, the keys of the repository's published `<component>/config.json` that set the model's
-shape (the keys left out equal the class defaults or do not change the weights) with `_class_name` naming its class;
-the scheduler config it ships with; its native `resolution`; and, for a published architecture, `param_counts`, each
-component's published parameter count (tests/test_architectures.py builds every component on the meta device and
-checks it). A record that is a string names the record it is another name for; `_about` says where a record is from.
+A record holds, per component, the shape-setting keys of its published config.json (`_class_name` its class), the
+scheduler config it ships with, its native `resolution` and, if published, each component's `param_counts` (checked by
+tests/test_architectures.py). A string record is another name for the record it names; `_about` says where it is from.
 """
 
 from __future__ import annotations

@@ -52,8 +52,7 @@ def check_clip_folder(folder: Path, name: str) -> None:
 
 
 def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
-    """The CLIP model of the `clip` config group, loaded once per process (None for clip=none), normalising as the
-    folder's preprocessor_config.json says (the mini CLIP uses [-1, 1] pixels), else as OpenAI's."""
+    """The `clip` group's model (None for clip=none), once per process, normalising as preprocessor_config.json says."""
     if not cfg or cfg.get("name") in (None, "none"):
         return None
     name = cfg["name"]

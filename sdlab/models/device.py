@@ -41,8 +41,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def clock(device: torch.device) -> float:
-    """`time.perf_counter()` once the work queued on `device` is done: CUDA and MPS run it after the call that asks
-    returns, so a phase timed between two clocks is its work, not its launch."""
+    """`time.perf_counter()` once the work queued on `device` (CUDA, MPS: asynchronous) is done."""
     import torch
 
     if device.type == "cuda":
@@ -53,11 +52,8 @@ def clock(device: torch.device) -> float:
 
 
 def use_process_options(spec: ModelSpec, network: str = "denoiser") -> None:
-    """Switch the process-wide CPU convolutions `spec` asks for, for the network about to run.
-
-    `mkldnn=auto`: the denoiser runs PyTorch's direct convolutions, which compute each image of a batch alike, so a
-    seed's image is the same alone or in a batch (oneDNN rounds by batch and a sampler amplifies it to 3 levels; NNPACK
-    is 2x slower on mini's latents); the VAE, where nothing amplifies a rounding, runs oneDNN (BENCHMARKS.md 4)."""
+    """Switch the CPU convolutions `spec` asks for; `mkldnn=auto`: direct ones for the denoiser (batch-invariant: oneDNN
+    rounds by batch, NNPACK is 2x slower), oneDNN for the VAE, where nothing amplifies a rounding (BENCHMARKS.md 4)."""
     import torch
 
     choose("model.mkldnn", spec.mkldnn, MKLDNN)

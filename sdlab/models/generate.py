@@ -83,8 +83,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def check_output(latents: torch.Tensor, images: torch.Tensor, seeds: list[int]) -> dict[int, str]:
-    """Each bad image's index -> why: NaN/inf latents or pixels, or all black (by index: cells of a shared call may
-    share a seed)."""
+    """Each bad image's index (cells of a shared call may share a seed) -> why: NaN/inf latents or pixels, all black."""
     errors = {}
     for i, seed in enumerate(seeds):
         if not torch.isfinite(latents[i]).all():
@@ -98,8 +97,7 @@ def check_output(latents: torch.Tensor, images: torch.Tensor, seeds: list[int]) 
 
 def warm_up(model: ModelAdapter, params: GenerationParams, seeds: list[int], embeddings: dict[str, torch.Tensor],
             scales: list[float] | None) -> None:
-    """One untimed denoising step and decode before a compiled or accelerator model's first call at this batch, size
-    and solver: its graph or lazy kernels are then built in no cell's time."""
+    """One untimed step and decode before a compiled or accelerator model's first call of a shape (lazy kernels)."""
     if not model.spec.compile and model.device.type == "cpu":  # a first eager CPU call costs what later ones do
         return
     shape = (len(seeds), params.width, params.height, model.uses_cfg(params.guidance_scale),
@@ -117,8 +115,7 @@ def warm_up(model: ModelAdapter, params: GenerationParams, seeds: list[int], emb
 
 def generate_batch(model: ModelAdapter, params: GenerationParams, seeds: list[int], on_step: Callable | None = None,
                    strict: bool = True, requests: list[GenerationParams] | None = None) -> BatchResult:
-    """One image per seed in one pipeline call, phases timed apart; a bad image raises, or is None if not `strict`.
-    `requests`, one per seed, give each its own prompts and guidance scale (one `guidance_group`; the rest `params`)."""
+    """One image per seed in one call (`requests`: each seed's prompts and scale); bad ones raise unless not `strict`."""
     device = model.device  # read from the denoiser's parameters: once, not at every phase
     start = clock(device)
     scales = [r.guidance_scale for r in requests] if requests else None
@@ -136,7 +133,6 @@ def generate_batch(model: ModelAdapter, params: GenerationParams, seeds: list[in
         with torch.inference_mode(), count_calls(model.denoiser) as nfe:
             latents = model.denoise(params, generators(seeds), embeddings, on_step, scales)
         t_unet = clock(device)
-        # 3. decode latents
         with torch.inference_mode():
             decoded = decode_latents(model, latents)
     errors = check_output(latents, decoded, seeds)

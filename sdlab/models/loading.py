@@ -29,8 +29,7 @@ SHIPPED = ("mini", "mini_flow")  # models trained in this repository, each in mo
 
 
 def cached_snapshot(repo_id: str, instead: str = "model.path=DIR with a diffusers folder") -> Path:
-    """The local Hugging Face cache folder of `repo_id`, never downloading; a repository with no folder in the cache is
-    refused before huggingface_hub is imported (about half a second of a refusal), naming the key to pass `instead`."""
+    """The local Hugging Face cache folder of `repo_id`, never downloading (refused before importing huggingface_hub)."""
     fix = f"where there is internet (`hf download {repo_id}`) or pass {instead}"
     missing = UserError(f"{repo_id} is not in the local Hugging Face cache; download it {fix}")
     # the cache folder as huggingface_hub's environment variables choose it
@@ -57,8 +56,7 @@ def repo_folder(cache: Path, repo_id: str) -> Path:
 
 
 def missing_snapshot(repo_id: str) -> Path | None:
-    """The snapshot folder the cache's refs/main of `repo_id` names when that folder is not there (else None), read
-    where huggingface_hub (imported by then) keeps its cache; a ref that is not a commit hash is not named."""
+    """The snapshot folder the cache's refs/main of `repo_id` names when that folder is not there, else None."""
     from huggingface_hub import constants
 
     repo = repo_folder(Path(constants.HF_HUB_CACHE), repo_id)
@@ -89,8 +87,7 @@ def model_folder(spec: ModelSpec) -> Path:
 
 
 def weights_identity(spec: ModelSpec) -> str | None:
-    """What a folder-backed model's weights are (`weights_fingerprint`), for job hashes, rows and the model cache; None
-    for a model built in code (its config decides its weights) or one whose folder is not there (pre-flight says so)."""
+    """A folder-backed model's `weights_fingerprint`; None for a model built in code or a missing folder."""
     if built_in(spec):
         return None
     try:

@@ -34,9 +34,8 @@ def high_water_bytes() -> int | None:
 
 @contextmanager
 def call_peak(device: torch.device) -> Iterator[list[int | None]]:
-    """Yield a one-item list holding, after the block, its peak memory: CUDA's allocator peak (reset first); on Linux
-    CPU the resident high-water mark if the block raised it, else the most resident memory sampled every `INTERVAL_S`
-    (lowering the mark would hide an earlier peak from tools like `/usr/bin/time`); None elsewhere."""
+    """A one-item list holding the block's peak memory afterwards: CUDA's allocator peak, on Linux the raised VmHWM or
+    else the most resident memory sampled (lowering the mark would hide an earlier peak); None elsewhere."""
     peak: list[int | None] = [None]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

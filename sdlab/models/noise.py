@@ -1,8 +1,8 @@
-"""One noise process per model kind: how x_t = a x_0 + s eps is parameterised, read from a scheduler, and
-turned back into x_0 from the model's output. Jobs ask the model's process (`model.noise`), never its kind.
+"""One noise process per model kind: how x_t = a x_0 + s eps is parameterised, read from a scheduler, and turned back
+into x_0 from the model's output. Jobs ask the model's process (`model.noise`), never its kind.
 
-A level is the process's own name for where x_t stands, as row columns: `alpha_bar` for the VP kinds, the flow
-`sigma` for rectified flow (the other column None). In every table `sigma` is the samplers' sigma (VP: k-diffusion's
+A level is the process's own name for where x_t stands, as row columns: `alpha_bar` for the VP kinds, the flow `sigma`
+for rectified flow (the other column None). In every table `sigma` is the samplers' sigma (VP: k-diffusion's
 sqrt((1 - alpha_bar) / alpha_bar); flow: sigma of x_t = (1 - sigma) x_0 + sigma eps) and `noise_frac` the noise
 coefficient s (VP: sqrt(1 - alpha_bar), the noise's std; flow: sigma again).
 """
@@ -64,8 +64,7 @@ class VPEpsilon(NoiseProcess):
                 "T": config.get("num_train_timesteps")}
 
     def log_snr_steps(self, scheduler, steps: int, **set_timesteps) -> tuple[pd.DataFrame, pd.DataFrame, float, float]:
-        """(log-SNR per training timestep, visited steps with noise_frac sqrt(1 - alpha_bar), no shift, no crossing):
-        alpha_bar from the scheduler, so zero-terminal-SNR rescaling (Lin et al. 2024) counts; t = (timestep + 1)/T."""
+        """(log-SNR per timestep, visits, no shift, no crossing) from the scheduler's alpha_bar (Lin et al. 2024)."""
         alpha_bar = scheduler.alphas_cumprod.double().cpu().numpy()
         scheduler.set_timesteps(steps)
         timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
@@ -87,8 +86,7 @@ class VPEpsilon(NoiseProcess):
                                     beta_end=float(c["beta_end"])))
 
     def sigma_and_snr_db(self, scheduler, timestep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)) at fractional timesteps; sigma the scheduler's own when its
-        sigmas align with its timesteps (N plus the final one), else sqrt((1 - alpha_bar) / alpha_bar)."""
+        """Sigma (the scheduler's if aligned, else sqrt((1 - alpha_bar) / alpha_bar)) and SNR_dB at each timestep."""
         alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
         alpha_bar = np.interp(timestep, np.arange(len(alphas_cumprod)), alphas_cumprod)
         sigmas = getattr(scheduler, "sigmas", None)
@@ -99,8 +97,7 @@ class VPEpsilon(NoiseProcess):
         return sigma, snr_db_from_alpha_bar(alpha_bar)
 
     def level(self, scheduler, timestep: float) -> dict[str, float | None]:
-        """alpha_bar of the denoiser call under way: 1/(1 + sigma^2) from the scheduler's sigma when it keeps one
-        (its scaled input is the VP x_t), else alpha_bar interpolated at the timestep."""
+        """alpha_bar of the denoiser call under way: 1/(1 + sigma^2) from the scheduler's sigma, else interpolated."""
         sigma = scheduler_sigma(scheduler)
         alpha_bar = alpha_bar_at(scheduler.alphas_cumprod, timestep) if sigma is None else 1.0 / (1.0 + sigma**2)
         return {"alpha_bar": alpha_bar, "sigma": None}
@@ -137,8 +134,7 @@ class RectifiedFlow(NoiseProcess):
         return {"name": "model (flow matching)", "T": int(config.get("num_train_timesteps") or 1000)}
 
     def log_snr_steps(self, scheduler, steps: int, **set_timesteps) -> tuple[pd.DataFrame, pd.DataFrame, float, float]:
-        """(log-SNR per training timestep, visited steps with noise_frac sigma', shift, closed-form crossing): t is the
-        unshifted sigma, sigma' by SD3 eq. 23 with the static shift or exp(mu) (Flux's mu comes in `set_timesteps`)."""
+        """(log-SNR per timestep, visits, shift, crossing): sigma' by SD3 eq. 23, shift static or exp(Flux's mu)."""
         config, mu = scheduler.config, set_timesteps.get("mu")
         exponential = config.get("time_shift_type", "exponential") == "exponential"
         shift = (math.exp(mu) if exponential else mu) if mu is not None else float(

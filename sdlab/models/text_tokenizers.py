@@ -1,6 +1,5 @@
-"""The tokenizer of each of a model's text encoders and how many tokens of a prompt it keeps, read without loading
-any weights: CLIP encoders keep 77 (with <|startoftext|> and <|endoftext|>), T5 keeps the pipeline's
-`max_sequence_length` (SD3 256, Flux 512, with its closing </s>)."""
+"""Each text encoder's tokenizer and how many tokens of a prompt it keeps, read without loading any weights: CLIP 77
+(with its start and end tokens), T5 the pipeline's `max_sequence_length` (SD3 256, Flux 512, with its closing </s>)."""
 
 from __future__ import annotations
 
@@ -31,8 +30,7 @@ class EncoderTokenizer:
 
 
 def encoder_tokenizers(spec: ModelSpec) -> tuple[list[EncoderTokenizer], list[str]]:
-    """Every text encoder's tokenizer with its limit, in pipeline order, and one note per encoder left out (T5 with
-    `model.t5=false`, or a published architecture's T5, whose vocabulary is not packaged)."""
+    """Every text encoder's tokenizer with its limit, in pipeline order, and a note per encoder left out or stood in."""
     cls, arch = adapter_class(spec), built_in(spec)
     folder = None if arch else model_folder(spec)
     left_out = cls.load_options(spec)
@@ -76,8 +74,7 @@ def folder_tokenizer(folder, kind: str):
 
 
 def truncation_warnings(model, text: str) -> list[str]:
-    """One line per text encoder that cuts `text`, with how many tokens it drops, and which encoders read it whole
-    (each with the limit its pipeline applies; a T5 left out with `model.t5=false` reads nothing)."""
+    """One line per loaded text encoder that cuts `text`: the tokens it drops and which encoders read it whole."""
     loaded = [encoder_tokenizer(type(model), model.spec, attribute, kind, model.component(attribute))
               for attribute, kind in model.tokenizers.items() if model.component(attribute) is not None]
     counts = [(e, len(e.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"])) for e in loaded]

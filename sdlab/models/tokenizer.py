@@ -1,8 +1,8 @@
 """The real CLIP BPE tokenizer, built offline from the table that ships in PyPI CLIP packages.
 
-The table `bpe_simple_vocab_16e6.txt.gz` (OpenAI CLIP, MIT licence) holds one merge per line after a
-header. Merges are lines 1 .. 48894; the vocabulary is the 256 byte-unicode characters, the same with
-`</w>`, each merge joined, then `<|startoftext|>` and `<|endoftext|>`: 49,408 entries, as in SD 1.x.
+The table `bpe_simple_vocab_16e6.txt.gz` (OpenAI CLIP, MIT licence) holds one merge per line after a header. Merges
+are lines 1 .. 48894; the vocabulary is the 256 byte-unicode characters, the same with `</w>`, each merge joined, then
+`<|startoftext|>` and `<|endoftext|>`: 49,408 entries, as in SD 1.x.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ T5_WORDS = ("a", "an", "and", "at", "background", "black", "blue", "bottom", "ca
 
 @lru_cache(maxsize=None)
 def tiny_t5_tokenizer(max_length: int = 32):
-    """A small deterministic T5 tokenizer built in code (no sentencepiece, no download) for the tiny SD3/Flux models:
-    a unigram vocabulary as T5's of its specials, T5_WORDS and single characters; each text ends with `</s>`."""
+    """The tiny SD3/Flux models' T5 tokenizer, built in code: T5's specials, T5_WORDS and single characters."""
     import string
 
     from transformers import T5TokenizerFast
@@ -68,20 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", type=Path, help=f"{BPE_NAME} or a wheel containing it")
     parser.add_argument("--out", type=Path, default=ASSET_DIR)
     args = parser.parse_args(argv)
-    # 1. the table's lines, from the .txt.gz itself or from a wheel/zip that contains it
     if zipfile.is_zipfile(args.source):
         with zipfile.ZipFile(args.source) as wheel:
             raw = wheel.read(next(n for n in wheel.namelist() if n.endswith(BPE_NAME)))
     else:
         raw = args.source.read_bytes()
     lines = gzip.decompress(raw).decode("utf-8").split("\n")
-    # 2. the merges, and the vocabulary: byte characters, the same with </w>, each merge joined, the two specials
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     byte_chars = list(bytes_to_unicode().values())
     tokens = [*byte_chars, *(c + "</w>" for c in byte_chars), *("".join(merge) for merge in merges),
               "<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(tokens)}
-    # 3. the standard vocab.json, merges.txt and tokenizer_config.json of a CLIP tokenizer
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH, "bos_token": "<|startoftext|>",
               "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
               "do_lower_case": True}

@@ -1,5 +1,4 @@
-"""Model families by name, one module each (<family>.py here, exporting ADAPTER); a diffusers folder's family is
-read from its model_index.json."""
+"""Model families by name, one module each (<family>.py here, exporting ADAPTER) or a folder's model_index.json."""
 
 from __future__ import annotations
 
