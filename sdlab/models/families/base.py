@@ -21,8 +21,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
 
 
 class PerImageScale(float):
-    """Guidance scales, one per image of a call, for the pipeline's CFG step eps_u + w (eps_c - eps_u) (Ho & Salimans
-    2022): the first scale where the pipeline compares it, a column of scales where it multiplies the batch."""
+    """One guidance scale per image for the CFG step eps_u + w (eps_c - eps_u) (Ho & Salimans 2022): multiplies rows."""
 
     def __new__(cls, scales: list[float]):
         scale = super().__new__(cls, scales[0])
@@ -49,11 +48,11 @@ class ModelAdapter:
     guidance: ClassVar[str] = "cfg"                    # "cfg": cond + uncond in one batched call; "distilled": one call
     call_options: ClassVar[tuple[str, ...]] = ()       # GenerationParams fields the pipeline also takes
     tokenizers: ClassVar[dict[str, str]] = {"tokenizer": "clip"}  # pipeline attribute -> clip | t5 (built-in models)
-    t5_tokenizer: ClassVar[str | None] = None          # the pipeline's T5 tokenizer attribute, if it has one
     default_sequence_length: ClassVar[int | None] = None  # T5 tokens the pipeline pads to by default
     upcasts_vae: ClassVar[bool] = False                # decode a float16 VAE marked `force_upcast` in float32
     linear_sigmas: ClassVar[bool] = False              # the pipeline passes sigmas linspace(1, 1/N, N) to the scheduler
     plain_unet_call: ClassVar[bool] = False            # the denoiser is SD 1.x's: unet(x, t, encoder_hidden_states=text)
+    loaded_with: ClassVar[dict[str, Any]] = {}         # the family's own `from_pretrained` arguments
 
     def __init__(self, pipe, spec: ModelSpec):
         self.pipe = pipe
@@ -68,7 +67,6 @@ class ModelAdapter:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name}, {self.pipeline_class})"
 
-    # 1. loading
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype, spec: ModelSpec):
         """The pipeline from a diffusers folder: safetensors only, local files only, never remote code."""
@@ -80,9 +78,8 @@ class ModelAdapter:
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict[str, Any]:
-        """Extra `from_pretrained` arguments: components to leave out, such as the image encoder and its processor
-        (IP-Adapter's), which no job uses and pre-flight does not check."""
-        return {"image_encoder": None, "feature_extractor": None}
+        """Extra `from_pretrained` arguments: components left out (IP-Adapter's image encoder, which no job uses)."""
+        return {"image_encoder": None, "feature_extractor": None, **cls.loaded_with}
 
     @classmethod
     def build(cls, name: str, spec: ModelSpec):
@@ -99,7 +96,6 @@ class ModelAdapter:
                 part.eval()
         return getattr(diffusers, cls.pipeline_class)(**parts)
 
-    # 2. what the model is
     @property
     def denoiser(self) -> torch.nn.Module:
         """The network the sampler calls every step: the UNet or the transformer."""
@@ -182,40 +178,34 @@ class ModelAdapter:
 
     @classmethod
     def guidance_group(cls, scale: float) -> tuple:
-        """What cells must agree on about guidance to share a call: under CFG only whether it runs (each image takes
-        its own scale in the CFG step), on a guidance-distilled model the scale itself (an input of the denoiser)."""
+        """What cells sharing a call agree on: under CFG whether it runs, on a guidance-distilled model the scale."""
         return ("cfg", cls.uses_cfg(scale)) if cls.guidance == "cfg" else ("scale", scale)
 
     @property
     def sequence_length(self) -> int | None:
-        """T5 tokens per prompt: `model.max_sequence_length`, else the family's default capped by the tokenizer's."""
-        tokenizer = getattr(self.pipe, self.t5_tokenizer, None) if self.t5_tokenizer else None
+        """T5 tokens per prompt: `t5_limit` with the loaded T5 tokenizer's own limit."""
+        tokenizer = next((self.component(name) for name, kind in self.tokenizers.items() if kind == "t5"), None)
         return self.t5_limit(self.spec, tokenizer.model_max_length if tokenizer is not None else None)
 
     @classmethod
     def t5_limit(cls, spec: ModelSpec, tokenizer_limit: int | None) -> int | None:
-        """T5 tokens a prompt keeps: `model.max_sequence_length`, else the family's default capped by the tokenizer's
-        own limit (None: no T5 loaded, zeros of the default length stand in for it)."""
+        """T5 tokens a prompt keeps: `model.max_sequence_length`, else the family's default capped by the tokenizer."""
         if spec.max_sequence_length:
             return spec.max_sequence_length
         if tokenizer_limit is None or cls.default_sequence_length is None:
             return cls.default_sequence_length
         return min(cls.default_sequence_length, tokenizer_limit)
 
-    # 3. schedulers
     def use_scheduler(self, name: str, options: dict[str, Any] | None = None):
-        """Swap in scheduler `name`'s solver for this model's kind, from the model's own scheduler config (CannotRun if
-        none); the one in use is kept, as every sampling starts with `set_timesteps`, which resets a solver's state."""
+        """Swap in scheduler `name` for this model's kind (kept if asked again: `set_timesteps` resets its state)."""
         asked = (name, repr(sorted((options or {}).items())))
         if self.scheduler_made != (asked, self.scheduler):
             self.scheduler = make_scheduler(name, self.base_scheduler_config, options)
             self.scheduler_made = (asked, self.scheduler)
         return self.scheduler
 
-    # 4. prompts
     def encode(self, text: str) -> dict[str, torch.Tensor]:
-        """The pipeline keyword arguments for prompt `text` (batch 1), encoded once per call (`generate_batch` starts
-        each with none, so no cell's text time rides on an earlier call's encoding)."""
+        """The pipeline keyword arguments for prompt `text` (batch 1), encoded once per `generate_batch` call."""
         import torch
 
         if text not in self.embeddings:
@@ -237,11 +227,9 @@ class ModelAdapter:
             embeddings.update(self.negative_kwargs(params.negative_prompt))
         return embeddings
 
-    # 5. denoise and decode
     def denoise(self, params, generators: list[torch.Generator], embeddings: dict[str, torch.Tensor],
                 on_step: Callable[[dict], Any] | None = None, scales: list[float] | None = None) -> torch.Tensor:
-        """NCHW latents from the pipeline's sampler loop on `embeddings_for(params)` (one row, or one per image);
-        `on_step` gets each step (`StepWatch`); `scales`, one per image of a `guidance_group`, replace the scale."""
+        """NCHW latents from the pipeline's sampler loop; `on_step` gets each step, `scales` one per image."""
         n = len(generators)
         guidance = PerImageScale(scales) if scales and len(set(scales)) > 1 else params.guidance_scale
         seed_noise(self.scheduler, generators)
@@ -270,8 +258,7 @@ class ModelAdapter:
         return (latents - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] (NCHW float) from denoiser latents; in families that upcast (SDXL), a float16 VAE marked
-        `force_upcast` decodes in float32, as their diffusers pipeline does."""
+        """Images in [-1, 1] (NCHW float) from denoiser latents, upcasting the VAE as the family's pipeline does."""
         import torch
 
         vae = self.pipe.vae
@@ -293,7 +280,6 @@ class ModelAdapter:
         with torch.inference_mode():
             return self.scale(vae.encode(x.to(self.device, vae.dtype)).latent_dist.mean)
 
-    # 6. speed options
     def apply_speed_options(self) -> None:
         """Channels-last, the attention implementation, each network's CPU convolutions and torch.compile, as set."""
         import torch
@@ -317,11 +303,8 @@ class ModelAdapter:
 
 
 class StepWatch:
-    """Each sampler step as k-diffusion's callback gives it, by the model's noise process: {i, t, alpha_bar, sigma (its
-    level), log_snr, x_t (denoiser input), model_output (guided), denoised (x0), x (latents after the step), capture_s
-    (seconds making this dict)}, tensors NCHW on the CPU. A forward hook keeps the denoiser's last input and output
-    for `callback_on_step_end`; every DDPM scheduler's scale_model_input maps its latents to the VP x_t, and a flow
-    transformer sees x_t unscaled, so the process's one x0 formula serves every sampler."""
+    """Each sampler step as a dict {i, t, level, log_snr, x_t, model_output, denoised, x, capture_s} (NCHW, CPU) from a
+    denoiser hook: every DDPM scaled input is the VP x_t, a flow one x_t, so one x0 formula serves every sampler."""
 
     def __init__(self, model: ModelAdapter, params, on_step: Callable[[dict], Any] | None):
         self.model, self.params, self.on_step = model, params, on_step

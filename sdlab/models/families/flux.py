@@ -12,7 +12,6 @@ class Flux(ModelAdapter):
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "t5"}
     denoiser_name = "transformer"
     guidance = "distilled"  # no unconditional branch: the negative prompt is not used
-    t5_tokenizer = "tokenizer_2"
     default_sequence_length = 512
     linear_sigmas = True
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sdlab.config import ModelSpec
 from sdlab.models.families.base import ModelAdapter
 
 
@@ -11,10 +10,7 @@ class StableDiffusion(ModelAdapter):
     pipeline_class = "StableDiffusionPipeline"
     call_options = ("eta",)
     plain_unet_call = True
-
-    @classmethod
-    def load_options(cls, spec: ModelSpec) -> dict:
-        return {**super().load_options(spec), "safety_checker": None, "requires_safety_checker": False}
+    loaded_with = {"safety_checker": None, "requires_safety_checker": False}
 
     def _encode(self, text: str):
         embeds, _ = self.pipe.encode_prompt(text, self.device, 1, False)

@@ -12,7 +12,6 @@ class StableDiffusion3(ModelAdapter):
     pipeline_class = "StableDiffusion3Pipeline"
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "clip", "tokenizer_3": "t5"}
     denoiser_name = "transformer"
-    t5_tokenizer = "tokenizer_3"
     default_sequence_length = 256
 
     @classmethod
