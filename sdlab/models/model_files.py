@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -215,12 +216,10 @@ def tensor_budget(most: int) -> Iterator[None]:
     """Stop building a module past `most` parameters and buffers: 10**5 layers take hours even on the meta device."""
     from torch.nn.modules import module
 
-    count = 0
+    count = itertools.count(1)
 
     def counted(*_):
-        nonlocal count
-        count += 1
-        if count > most:
+        if next(count) > most:
             raise TooManyTensors
 
     hooks = [module.register_module_parameter_registration_hook(counted),

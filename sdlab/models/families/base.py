@@ -190,10 +190,8 @@ class ModelAdapter:
     @classmethod
     def t5_limit(cls, spec: ModelSpec, tokenizer_limit: int | None) -> int | None:
         """T5 tokens a prompt keeps: `model.max_sequence_length`, else the family's default capped by the tokenizer."""
-        if spec.max_sequence_length:
-            return spec.max_sequence_length
-        if tokenizer_limit is None or cls.default_sequence_length is None:
-            return cls.default_sequence_length
+        if spec.max_sequence_length or tokenizer_limit is None or cls.default_sequence_length is None:
+            return spec.max_sequence_length or cls.default_sequence_length
         return min(cls.default_sequence_length, tokenizer_limit)
 
     def use_scheduler(self, name: str, options: dict[str, Any] | None = None):
