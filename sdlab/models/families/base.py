@@ -72,9 +72,8 @@ class ModelAdapter:
         """The pipeline from a diffusers folder: safetensors only, local files only, never remote code."""
         import diffusers
 
-        pipeline = getattr(diffusers, cls.pipeline_class)
-        return pipeline.from_pretrained(str(folder), dtype=dtype, use_safetensors=True, local_files_only=True,
-                                        **cls.load_options(spec))
+        return getattr(diffusers, cls.pipeline_class).from_pretrained(
+            str(folder), dtype=dtype, use_safetensors=True, local_files_only=True, **cls.load_options(spec))
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict[str, Any]:
