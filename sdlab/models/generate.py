@@ -115,7 +115,7 @@ def warm_up(model: ModelAdapter, params: GenerationParams, seeds: list[int], emb
 
 def generate_batch(model: ModelAdapter, params: GenerationParams, seeds: list[int], on_step: Callable | None = None,
                    strict: bool = True, requests: list[GenerationParams] | None = None) -> BatchResult:
-    """One image per seed in one call (`requests`: each seed's prompts and scale); bad ones raise unless not `strict`."""
+    """One image per seed in one call (`requests`: each seed's prompts and scale); a bad one raises if `strict`."""
     device = model.device  # read from the denoiser's parameters: once, not at every phase
     start = clock(device)
     scales = [r.guidance_scale for r in requests] if requests else None

@@ -29,7 +29,7 @@ SHIPPED = ("mini", "mini_flow")  # models trained in this repository, each in mo
 
 
 def cached_snapshot(repo_id: str, instead: str = "model.path=DIR with a diffusers folder") -> Path:
-    """The local Hugging Face cache folder of `repo_id`, never downloading (refused before importing huggingface_hub)."""
+    """The local Hugging Face cache folder of `repo_id`, never downloading (refused before huggingface_hub loads)."""
     fix = f"where there is internet (`hf download {repo_id}`) or pass {instead}"
     missing = UserError(f"{repo_id} is not in the local Hugging Face cache; download it {fix}")
     # the cache folder as huggingface_hub's environment variables choose it
