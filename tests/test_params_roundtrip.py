@@ -40,6 +40,8 @@ def test_infotext_written_by_sdlab_reads_back():
 @pytest.mark.parametrize("sampler,schedule,expected", [
     ("DPM++ 2M Karras", None, "dpmpp_2m_karras"), ("DPM++ 2M", "Karras", "dpmpp_2m_karras"), ("Euler a", None, "euler_a"),
     ("euler", "Automatic", "euler"), ("dpmpp_2m", None, "dpmpp_2m"), ("DDIM", None, "ddim"), ("LMS Karras", None, "lms_karras"),
+    # sdlab's own names with a Karras schedule type, spelled as A1111 spells them or as sdlab does
+    ("dpmpp 2m", "Karras", "dpmpp_2m_karras"), ("dpmpp_2m", "Karras", "dpmpp_2m_karras"), ("lms", "Karras", "lms_karras"),
 ])
 def test_sampler_names(sampler, schedule, expected):
     assert sampler_to_scheduler(sampler, schedule) == expected

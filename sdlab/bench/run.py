@@ -162,7 +162,8 @@ def sampler_to_scheduler(sampler: str, schedule_type: str | None = None) -> str:
     name = sampler.strip().lower()
     if schedule_type and schedule_type.strip().lower() == "karras" and not name.endswith("karras"):
         known = name in SCHEDULERS_BY_SAMPLER or name.replace(" ", "_") in SAMPLER_NAMES
-        if known and f"{name} karras" not in SCHEDULERS_BY_SAMPLER and f"{name}_karras" not in SAMPLER_NAMES:
+        karras_name = f"{name} karras"
+        if known and karras_name not in SCHEDULERS_BY_SAMPLER and karras_name.replace(" ", "_") not in SAMPLER_NAMES:
             karras = [SAMPLER_NAMES[s].removesuffix(" Karras") for s in SAMPLER_NAMES if s.endswith("_karras")]
             raise UserError(f"sampler {sampler!r} with schedule type {schedule_type!r} has no sdlab scheduler; the "
                             f"Karras schedule goes with: {', '.join(karras)} (or give schedule type Automatic)")
