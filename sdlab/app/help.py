@@ -1,4 +1,4 @@
-"""`sdlab --help` and `sdlab --version`, read from conf/ and package metadata without importing torch or Hydra."""
+"""`sdlab --help` and `sdlab --version`, read from conf/ and package metadata without importing torch or diffusers."""
 
 from __future__ import annotations
 
