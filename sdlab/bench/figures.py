@@ -40,8 +40,7 @@ def styled():
 
 
 def save_figure(fig, target: Path, crop: bool = True) -> Path:
-    """Save a figure as PNG atomically, record its titles as caption, close it; `crop` cuts it to what it draws (drawn
-    twice: savefig lays it out again), else it is saved as laid out, drawn once (0.1 s of a sweep's summary plot)."""
+    """Save a figure as PNG atomically, its titles as caption, and close it; `crop` cuts it to its ink (drawn twice)."""
     import matplotlib.pyplot as plt
 
     caption = " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t)  # as typed
@@ -58,8 +57,7 @@ def save_figure(fig, target: Path, crop: bool = True) -> Path:
 
 
 def in_its_font(fig) -> None:
-    """Every text of `fig` (titles, axis labels, legends, notes, and the tick labels its axes were given) made
-    `drawable` in the font it is drawn with, before anything is drawn: no glyph warning, no empty boxes."""
+    """Every text and given tick label of `fig` made `drawable` in its font before drawing: no glyph warning."""
     from matplotlib.font_manager import findfont
     from matplotlib.text import Text
     from matplotlib.ticker import FixedFormatter, FuncFormatter
@@ -83,24 +81,18 @@ def figure_text(value) -> str:
     return text if text.isascii() else drawable(text, findfont(FontProperties()))
 
 
-def plain_log_label(label: str) -> str:
-    """A log axis's tick label as matplotlib writes it in mathtext (`$\\mathdefault{2\\times10^{-3}}$`), in plain text
-    (2×10⁻³)."""
-    math = LOG_LABEL.fullmatch(label)
-    if not math:
-        return label
-    text = re.sub(r"\^\{(-?\d+)\}", lambda power: power[1].translate(SUPERSCRIPT), math[1])
-    return text.replace("\\times", "×").replace("-", "−")
-
-
 def log_scale(ax, which: str, **options) -> None:
-    """Put `ax`'s x or y axis on a log scale (symlog with `linthresh=`), its ticks labelled as matplotlib labels them,
-    in plain text: the figures parse no mathtext (STYLE)."""
+    """`ax`'s x or y axis on a log scale (symlog with `linthresh=`), ticks in plain text (2×10⁻³), not mathtext."""
     from matplotlib.ticker import LogFormatterSciNotation
 
     class PlainLogFormatter(LogFormatterSciNotation):
         def __call__(self, x, pos=None):
-            return plain_log_label(super().__call__(x, pos))
+            label = super().__call__(x, pos)
+            math = LOG_LABEL.fullmatch(label)
+            if not math:
+                return label
+            text = re.sub(r"\^\{(-?\d+)\}", lambda power: power[1].translate(SUPERSCRIPT), math[1])
+            return text.replace("\\times", "×").replace("-", "−")
 
     getattr(ax, f"set_{which}scale")("symlog" if "linthresh" in options else "log", **options)
     axis = getattr(ax, f"{which}axis")
@@ -200,8 +192,7 @@ NOTE_PLACES = tuple(((4 * side, rise), "left" if side > 0 else "right") for rise
 
 
 def clear_notes(fig) -> None:
-    """Move each point's note that a line crosses (or its panel cuts), as laid out, to the first place beside its point
-    inside the panel that no line crosses."""
+    """Move each point's note that a line crosses (or its panel cuts) to the first NOTE_PLACES no line crosses."""
     from matplotlib.text import Annotation
 
     renderer = fig.canvas.get_renderer()
@@ -218,11 +209,10 @@ def clear_notes(fig) -> None:
 
 def clear_legends(fig) -> None:
     """Move each legend that matplotlib's best place still lays over the data to the right of its panel."""
-    legends = [ax for ax in fig.axes if ax.get_legend() is not None]
-    if not legends:
+    if not any(ax.get_legend() is not None for ax in fig.axes):
         return
     fig.canvas.draw()
-    moved = [ax for ax in legends if legend_covers_data(ax)]
+    moved = [ax for ax in fig.axes if ax.get_legend() is not None and legend_covers_data(ax)]
     for ax in moved:
         legend = ax.get_legend()
         ax.legend(legend.legend_handles, [t.get_text() for t in legend.get_texts()], fontsize=7, frameon=False,
@@ -232,9 +222,7 @@ def clear_legends(fig) -> None:
 
 
 def fit_titles(fig, suptitle=None) -> None:
-    """Wrap, at its spaces, each title (the figure's, each panel's) wider than the panels, so that a long claim does
-    not widen the figure past its plots; its caption reads the same (record_caption joins lines with spaces). Measured
-    as laid out, not drawn: a text's width and a panel's place need no drawing."""
+    """Wrap each title wider than its panels (the suptitle: the figure) at its spaces, as laid out, not drawn."""
     renderer = fig.canvas.get_renderer()
     texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
         [(suptitle, fig.bbox.width)] if suptitle else [])  # the figure's title spans the figure as laid out
@@ -251,8 +239,7 @@ def fit_titles(fig, suptitle=None) -> None:
 
 
 def balanced_lines(line: str, chars: int) -> str:
-    """`line` wrapped at its spaces into as few lines of at most `chars` characters as it takes, of even length (no
-    orphan word on a last line)."""
+    """`line` wrapped at its spaces in as few lines of at most `chars` characters as it takes, of even length."""
     pieces = len(textwrap.wrap(line, chars, break_long_words=False, break_on_hyphens=False)) or 1
     for width in range(-(-len(line) // pieces), chars + 1):
         wrapped = textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False)
@@ -264,7 +251,7 @@ def balanced_lines(line: str, chars: int) -> str:
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target: Path, title: str = "",
             value_label: str = "", vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}",
             row_images: Sequence[np.ndarray] | None = None) -> Path:
-    """A labelled matrix with its values written in the cells; `row_images` puts a thumbnail (aspect kept) before each row."""
+    """A labelled matrix with its values in the cells; `row_images` puts a thumbnail (aspect kept) before each row."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     matrix = np.asarray(matrix, dtype=float)
@@ -280,7 +267,8 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target
         im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.grid(False)
         ax.set_xticks(range(cols), labels_apart(col_labels, _short, 56), rotation=40, ha="right", fontsize=7)
-        ax.set_yticks(range(rows), labels_apart(row_labels, lambda s: wrapped_label(s, 40, 3), 40), fontsize=7)
+        ax.set_yticks(range(rows), labels_apart(  # at most 3 lines of 40 characters, cut after a whole word
+            row_labels, lambda s: "\n".join(textwrap.wrap(s, 40, max_lines=3, placeholder="…")) or s, 40), fontsize=7)
         ax.tick_params(axis="y", pad=4 + (THUMB_POINTS + 6) * thumbs)
         mid = np.nanmean(matrix) if vmin is None or vmax is None else (vmin + vmax) / 2
         for r, c in np.ndindex(rows, cols):
@@ -292,20 +280,13 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target
 
 
 def _short(text: str, width: int = 56) -> str:
-    """`text` in at most `width` characters: cut after its last whole word that fits (inside a word only when the word
-    is longer than half of it, never inside an escape `drawable` wrote), with an ellipsis."""
+    """`text` in at most `width` characters, cut after the last whole word that fits, with an ellipsis."""
     text = str(text)
     if len(text) <= width:
         return text
     head = text[:uncut(text, width - 1)]
     space = text.rfind(" ", 0, len(head) + 1)  # the cut itself may fall at a word's end
     return (head[:space] if space > width // 2 else head).rstrip(" ,;:") + "…"
-
-
-def wrapped_label(text: str, chars: int, lines: int) -> str:
-    """`text` wrapped at its spaces in at most `lines` lines of `chars` characters; what does not fit is cut after a
-    whole word, with an ellipsis."""
-    return "\n".join(textwrap.wrap(str(text), chars, max_lines=lines, placeholder="…")) or str(text)
 
 
 def labels_apart(values: Sequence, shorten, width: int) -> list[str]:
@@ -315,8 +296,7 @@ def labels_apart(values: Sequence, shorten, width: int) -> list[str]:
 
 
 def apart(values: Sequence[str], labels: Sequence[str], width: int) -> list[str]:
-    """`labels` of `values`, where two different values share a label each given instead the part of it where it
-    differs from them (`around`, about `width` characters); the whole value where even that is shared."""
+    """`labels` of `values`; values sharing one get the part where they differ (`around`), else their whole text."""
     sharing = labelled(values, labels)
     labels = [label if len(sharing[label]) == 1 else
               around(value, max(len(os.path.commonprefix([value, other])) for other in sharing[label] - {value}), width)
@@ -327,15 +307,11 @@ def apart(values: Sequence[str], labels: Sequence[str], width: int) -> list[str]
 
 def labelled(values: Sequence[str], labels: Sequence[str]) -> dict[str, set[str]]:
     """Each label and the different values it stands for."""
-    sharing: dict[str, set[str]] = {}
-    for value, label in zip(values, labels):
-        sharing.setdefault(label, set()).add(value)
-    return sharing
+    return {label: {value for value, other in zip(values, labels) if other == label} for label in labels}
 
 
 def around(text: str, at: int, width: int) -> str:
-    """About `width` characters of `text` from a little before position `at`, starting and ending at a space where one
-    is near (never inside an escape `drawable` wrote), an ellipsis for each end cut off."""
+    """About `width` characters of `text` from a little before `at`, cut at near spaces, an ellipsis each cut end."""
     start = text.rfind(" ", 0, max(0, at - width // 3)) + 1
     if at - start > width // 2:  # no space near: cut inside the word
         start = max(0, at - width // 3)
@@ -384,8 +360,7 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
 
 
 def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
-    """Horizontal bars, one panel per dict: labels, values, xlabel, title, notes (text after each bar), limit (a dashed
-    line), groups (one name per bar: bars coloured and named in a legend by group)."""
+    """Horizontal bars, a panel per dict: labels, values, xlabel, title, notes, limit (dashed line), groups (legend)."""
     heights = [max(1.2, 0.28 * len(p["labels"]) + 0.8) for p in panels]
     with styled() as plt:
         title_height = 0.22 * (title.count("\n") + 1) if title else 0.0
@@ -395,10 +370,9 @@ def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
             y = np.arange(len(panel["labels"]))
             groups = list(panel.get("groups") or [None] * len(y))
             names = list(dict.fromkeys(groups))
-            colours = [PALETTE[names.index(g) % len(PALETTE)] for g in groups]
-            for name in names:
+            for k, name in enumerate(names):
                 at = [i for i, g in enumerate(groups) if g == name]
-                ax.barh(y[at], np.asarray(panel["values"])[at], color=colours[at[0]], label=name)
+                ax.barh(y[at], np.asarray(panel["values"])[at], color=PALETTE[k % len(PALETTE)], label=name)
             if names != [None]:
                 ax.legend(fontsize=7, frameon=False, loc="best")
             ax.set_yticks(y, labels_apart(panel["labels"], lambda s: _short(s, 48), 48), fontsize=7)
@@ -523,16 +497,12 @@ LEGEND_CHARS, LEGEND_CHAR_INCHES = 40, 0.055  # a summary legend's longest label
 PAGE_INCHES = 13.4  # the report's page (about 1400 px) at 100 dpi: the summary plot fills it, never more
 MAX_LINES = 5  # more values of the other parameter than this: one line of means over them instead of a legend
 TIED_SHADE = "#d9f0d3"
-
-
 TICK_CHAR_INCHES, TICK_LINES = 0.065, 3  # an 8-point character's width, about; most lines of a level tick label
 Y_LABEL_INCHES = 0.7  # what a panel's y tick labels and axis label take of its column
 
 
 def tick_labels(values: Sequence[str], slot_inches: float) -> tuple[list[str], bool]:
-    """A category axis's tick labels: each value whole (as drawn, `figure_text`), wrapped in at most TICK_LINES level
-    lines of its slot's width, when every one fits so; else each cut in the middle, rotated when they are many or long;
-    two values never one label (`apart`). Whether rotated."""
+    """A category axis's tick labels, whole in TICK_LINES lines of its slot if all fit, else cut; whether rotated."""
     chars = int(slot_inches / TICK_CHAR_INCHES)
     values = [figure_text(v) for v in values]
     lines = [textwrap.wrap(str(v), chars, break_long_words=False) for v in values]
@@ -543,8 +513,7 @@ def tick_labels(values: Sequence[str], slot_inches: float) -> tuple[list[str], b
 
 
 def _middle(text: str, width: int = 22) -> str:
-    """`text` cut in the middle to about `width` characters (never inside an escape `drawable` wrote), so values that
-    differ only at the end stay apart."""
+    """`text` cut in the middle to about `width` characters, so values that differ only at the end stay apart."""
     text = str(text)
     if len(text) <= width:
         return text
@@ -575,8 +544,7 @@ def is_part_of_total(metric: str, present: list[str]) -> bool:
 
 
 def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max_metrics: int = 6):
-    """Each varying headline metric (rows) against each swept parameter (columns) with its interval, a line per value
-    of another parameter with few values, values tied with the best shaded; as wide as the report's page."""
+    """Each varying headline metric (rows) by each swept parameter (columns), a line per other value; ties shaded."""
     single = summary[summary["parameter2"].isna() & (summary["parameter"] != "(all)")]
     tied = ranking[ranking["group"].isin(("best", "tied"))] if ranking is not None else pd.DataFrame(
         columns=["parameter", "metric", "value"])
@@ -585,8 +553,7 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
     present = list(dict.fromkeys(single["metric"]))
     ranked = [m for m in SUMMARY_FIGURE_METRICS if m in present] + [m for m in present if m not in SUMMARY_FIGURE_METRICS]
     metrics = [m for m in ranked if varying.get(m, False) and not is_part_of_total(m, present)][:max_metrics]
-    if not params or not metrics:
-        metrics = metrics or list(dict.fromkeys(summary["metric"]))[:1]
+    metrics = metrics or list(dict.fromkeys(summary["metric"]))[:1]
     keys = params or ["(all)"]
     values = {k: list(dict.fromkeys(single.loc[single["parameter"] == k, "value"])) for k in keys}
     positions = {k: _positions(values[k]) for k in keys}
