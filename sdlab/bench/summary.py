@@ -85,8 +85,7 @@ def main_metric(metrics: list[str]) -> str | None:
 
 def paired_delta(values: np.ndarray, keys: list[tuple], mine: np.ndarray, best: np.ndarray,
                  bounds: tuple[float, float], units: np.ndarray | None = None) -> tuple[int, float, float, float]:
-    """n, mean and interval of (this value - the best) over cells matched by seed and the other swept values; with
-    `units` (each cell's call, for a per-call metric), over pairs of distinct calls, each pair counted once."""
+    """n, mean and interval of (this value - the best) over cells paired by `keys` (with `units`: distinct calls)."""
     unit = units if units is not None else np.arange(len(values))
     reference = {k: i for i in np.flatnonzero(best) for k in [keys[i]] if np.isfinite(values[i])}
     diffs = {(unit[i], unit[j]): values[i] - values[j] for i in np.flatnonzero(mine)
@@ -125,8 +124,7 @@ class Swept:
         return [(seed, *(o[i] for o in others)) for i, seed in enumerate(self.seeds)]
 
     def by_value(self, key: str, metric: str, best, min_n: int = 0) -> dict[str | None, dict | str | None]:
-        """Per value of `key`: `metric`'s stats and, from `min_n` images, the paired difference to `best(stats)`
-        (that value under the key None)."""
+        """Per value of `key`: `metric`'s stats, from `min_n` images paired to the value `best(stats)` (key None)."""
         x, column, bounds = self.number(metric), self.labels[key], metric_range(metric)
         units = calls(self.frame, metric)
         stats = {v: dict(zip(STATS, self.measured(metric, column == v))) for v in self.values(key)}
@@ -138,8 +136,7 @@ class Swept:
 
 
 def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
-    """For each swept parameter and each score: its values by mean, grouped into the best, those tied with it (paired
-    95% interval of the difference spans 0) and those behind; the cheapest tied value flagged (one row per value)."""
+    """Per swept parameter and score, its values by mean: the best, those tied with it, those behind; cheapest tied."""
     swept = Swept(frame, axes)
     costs = {c: swept.number(c) for c in COSTS if c in swept.frame}
     rows = []
@@ -179,25 +176,24 @@ def ranking_line(ranking: pd.DataFrame, parameter: str) -> str:
     rows = mine[mine["metric"] == main_metric(list(dict.fromkeys(mine["metric"])))]
     best = rows[rows["group"] == BEST].iloc[0]
 
-    def names(group: str) -> list[str]:
-        return [printable(v) for v in rows.loc[rows["group"] == group, "value"]]
+    def listed(group: str) -> str:
+        values = [printable(v) for v in rows.loc[rows["group"] == group, "value"]]
+        more = f" and {len(values) - MAX_NAMED} more" if len(values) > MAX_NAMED else ""
+        return ", ".join(values[:MAX_NAMED]) + more if values else "none"
 
-    def listed(values: list[str]) -> str:
-        shown = ", ".join(values[:MAX_NAMED])
-        return shown + (f" and {len(values) - MAX_NAMED} more" if len(values) > MAX_NAMED else "") if values else "none"
-
-    tied = names(TIED)
+    tied = int((rows["group"] == TIED).sum())
     line = (f"{parameter} by {best['metric']}: best {printable(best['value'])} {best['mean']:.3g}"
-            f"{' (lower is better)' if best['better'] == 'lower' else ''}; tied: {listed(tied)} "
-            f"({len(tied) + 1} of {int(rows['rank'].notna().sum())})")
+            f"{' (lower is better)' if best['better'] == 'lower' else ''}; tied: {listed(TIED)} "
+            f"({tied + 1} of {int(rows['rank'].notna().sum())})")
     pick = rows[rows["cheapest_tied"]]
     if tied and len(pick):
         pick = pick.iloc[0]
         cost = [f"NFE {pick['nfe']:g}" if "nfe" in pick and not math.isnan(pick["nfe"]) else "",
                 f"{pick['time_total_s']:.2g} s" if "time_total_s" in pick and not math.isnan(pick["time_total_s"]) else ""]
         line += f"; cheapest tied: {printable(pick['value'])} ({', '.join(p for p in cost if p)})"
-    line += f"; not compared ({UNPAIRED}): {listed(names(UNPAIRED))}" if names(UNPAIRED) else ""
-    return line + (f"; not ranked ({TOO_FEW}): {listed(names(TOO_FEW))}" if names(TOO_FEW) else "")
+    for group, why in ((UNPAIRED, "not compared"), (TOO_FEW, "not ranked")):
+        line += f"; {why} ({group}): {listed(group)}" if (rows["group"] == group).any() else ""
+    return line
 
 
 def ranking_lines(frame: pd.DataFrame, ranking: pd.DataFrame, axes: Sequence[str] = ()) -> dict[str, str]:
@@ -206,8 +202,7 @@ def ranking_lines(frame: pd.DataFrame, ranking: pd.DataFrame, axes: Sequence[str
 
 
 def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.DataFrame | None = None) -> pd.DataFrame:
-    """A row per (parameter, value[, parameter2, value2], metric): n, mean, interval and, for one parameter, the
-    paired difference to the ranking's best value, else (a score or a cost) to the best mean of MIN_N images."""
+    """A row per (parameter, value[, parameter2, value2], metric): n, mean, interval, paired difference to the best."""
     ranking = rank(frame, axes) if ranking is None else ranking
     swept = Swept(frame, axes)
     metrics = metric_columns(swept.frame)
