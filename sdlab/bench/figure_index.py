@@ -22,9 +22,7 @@ SHEET_COLUMNS, THUMB = 5, 300
 
 
 def recipe_of(job: Path) -> dict:
-    """A job folder's recipe name (its rows' experiment), its `article:` block (id, question) and, when it ran on a
-    model other than the ones it is `made_for`, a note saying so, from the config the job ran with (sdlab's own record
-    of it, not Hydra's)."""
+    """A job's recipe name, `article:` id and question, and a note if its model is not one it is `made_for` (CONFIG)."""
     try:
         config = json.loads((job / CONFIG).read_text())
     except (OSError, ValueError):  # a folder whose job never started
@@ -41,8 +39,7 @@ def recipe_of(job: Path) -> dict:
 
 
 def index_rows(sweep_dir: Path) -> list[dict]:
-    """One row per figure of every job folder: id, question, recipe, folder, the stand-in note, figure and its caption
-    (the claim)."""
+    """One row per figure of every job folder: id, question, recipe, folder, stand-in note, figure and its claim."""
     rows = []
     for job in job_dirs(sweep_dir):
         recipe, captions = recipe_of(job), read_captions(job)
@@ -68,8 +65,7 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def contact_sheet(rows: list[dict], sweep_dir: Path, target: Path) -> Path | None:
-    """Every figure as a thumbnail labelled with its id and file name (`wrapped`: as the font draws them), SHEET_COLUMNS
-    to a row."""
+    """Every figure as a thumbnail labelled with its id and file name, SHEET_COLUMNS to a row."""
     shown = [row for row in rows if row["figure"]]
     if not shown:
         return None

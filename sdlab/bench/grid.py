@@ -48,8 +48,7 @@ def font(bold: bool = False) -> ImageFont.FreeTypeFont:
 
 
 def axis_labels(key: str | None, values: Sequence[str]) -> list[str]:
-    """An axis's labels: `key=value` each, or the values alone when one is long (prompts) or they are labels already
-    (a `*_label` column); "" each without a key."""
+    """An axis's labels: `key=value`, or the value alone when one is long or a `*_label` column; "" without a key."""
     named = key and not key.endswith("_label") and max(map(len, values), default=0) < 28
     return [f"{key}={value}" if named else value if key else "" for value in values]
 
@@ -88,8 +87,7 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
 
 def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str], title: str = "",
                seeds_within: bool = False) -> Path | None:
-    """A labelled grid: axes[0] across, axes[1] down, the rest as pages; `seeds_within` puts a paged seed side by side
-    in each cell instead (the first two axes trading places when that makes the grid closer to square)."""
+    """A labelled grid: axes[0] across, axes[1] down, the rest pages (`seeds_within`: seeds side by side in a cell)."""
     if "image_path" in frame:
         frame = frame[frame["image_path"].notna()].reset_index(drop=True)
     within = ["seed"] if seeds_within and "seed" in axes and len(axes) > 2 else []
@@ -125,8 +123,7 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
 
 
 def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False, most: int | None = None) -> str:
-    """`text` broken at spaces (a word wider than a line, inside it) so each line fits `width` pixels; with `most`, at
-    most that many lines, the last ending in "…" where lines are left out; measured as drawn (`drawable`)."""
+    """`text` as drawn, broken at spaces (or in a long word) to fit `width` pixels; at `most` lines, the last cut."""
     text = drawable(text, font(bold).path)
     limit = most if most is not None else len(text) + 1
     lines: list[str] = []
@@ -153,8 +150,7 @@ def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False
 
 
 def fitting(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False, end: str = "") -> int:
-    """How many of `text`'s first characters, followed by `end`, fit `width` pixels on one line (at least one; an
-    escape `drawable` wrote is not cut)."""
+    """How many of `text`'s first characters, followed by `end`, fit `width` pixels on one line (at least one)."""
     low, high = 1, len(text)
     while low < high:
         middle = (low + high + 1) // 2
