@@ -20,8 +20,7 @@ def counted(n: int, noun: str, plural: str = "") -> str:
 
 
 def printable(value) -> str:
-    """`value` as text on one line: line breaks, tabs and other unprintable characters escaped as Python writes them,
-    so a prompt in a log line never starts a line of its own."""
+    """`value` on one line, unprintable characters (line breaks, tabs) escaped as Python writes them, for log lines."""
     text = str(value)
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
@@ -31,16 +30,12 @@ def glyphs(font_path: str) -> frozenset[int]:
     """The code points the font file at `font_path` has a glyph for (its character map, read once per file)."""
     from fontTools.ttLib import TTFont  # matplotlib's own dependency, without matplotlib: a grid alone draws no figure
 
-    font = TTFont(font_path, lazy=True, fontNumber=0)  # the first face of a collection, as matplotlib draws
-    try:
+    with TTFont(font_path, lazy=True, fontNumber=0) as font:  # the first face of a collection, as matplotlib draws
         return frozenset(font.getBestCmap() or ())
-    finally:
-        font.close()
 
 
 def drawable(value, font_path) -> str:
-    """`value` as text the font at `font_path` draws: each character it has no glyph for written as its code point
-    escape (`\\u4e00`, as `printable` writes them), so no label is a row of empty boxes and two prompts stay apart."""
+    """`value` with each character the font at `font_path` has no glyph for escaped (`\\u4e00`): no empty boxes."""
     text = str(value)
     if not isinstance(font_path, (str, os.PathLike)):  # a font from memory (PIL's own): drawn as it is
         return text
@@ -87,16 +82,10 @@ def forget_figure(target: Path) -> None:
 
 
 def headlines(folder: Path, since: float, besides: tuple[str, ...] = ()) -> dict[str, str]:
-    """The figures drawn in `folder` since `since` (a time stamp), other than `besides`, each with its headline (the
-    caption's first part); a headline another holds in full is given once, by the figure with the shorter one."""
+    """Figures drawn in `folder` since `since` but `besides`, with its headline; "" if an earlier or shorter has it."""
     drawn = {name: caption.split(" | ")[0] for name, caption in read_captions(folder).items()
              if name not in besides and (Path(folder) / name).is_file()
              and (Path(folder) / name).stat().st_mtime >= since}
-    texts = set(drawn.values())
-    shown: set[str] = set()
-    out = {}
-    for name, text in drawn.items():
-        repeated = text in shown or any(other != text and other in text for other in texts)
-        out[name] = "" if repeated else text
-        shown.add(text)
-    return out
+    texts = list(drawn.values())
+    return {name: "" if text in texts[:i] or any(other != text and other in text for other in texts) else text
+            for i, (name, text) in enumerate(drawn.items())}
