@@ -161,8 +161,7 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             scale = f"\n(symmetric log scale, linear within +-{panel['symlog']:g})" if panel.get("symlog") else ""
             ax.set_ylabel(panel.get("ylabel", "") + scale)
             ax.set_title(panel.get("title", ""))
-            if any(item.get("label") for item in [*panel.get("bands", ()), *panel.get("lines", ()),
-                                                  *panel.get("points", ())]):
+            if any(item.get("label") for kind in ("bands", "lines", "points") for item in panel.get(kind, ())):
                 ax.legend(fontsize=7, frameon=False)
         suptitle = fig.suptitle(title) if title else None
         fig.tight_layout()
@@ -437,12 +436,9 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                 log_x(ax)
                 if metric == "latent_rmse":
                     log_scale(ax, "y")
-                if row == len(metrics) - 1:
-                    ax.set_xlabel(xlabel)
-                if column == 0:
-                    ax.set_ylabel(label)
-                if row == 0 and group_name:
-                    ax.set_title(group_name)
+                ax.set_xlabel(xlabel if row == len(metrics) - 1 else "")
+                ax.set_ylabel(label if column == 0 else "")
+                ax.set_title(group_name if row == 0 else "")
             axes[0, column].legend(fontsize=7, frameon=False, loc="best", ncol=2 if len(part["scheduler"].unique()) > 4 else 1)
         title = title or "distance to the reference solve (dashed: stochastic, against its own high-step limit)"
         fig.suptitle(f"{title}\n{band_note(summary['n'])}")
@@ -538,11 +534,6 @@ def display_unit(metric: str) -> tuple[str, float]:
     return metric, 1.0
 
 
-def is_part_of_total(metric: str, present: list[str]) -> bool:
-    """A stage's time (text, UNet, VAE, scoring) beside the total time, which the summary plot draws instead."""
-    return metric.startswith("time_") and metric != "time_total_s" and "time_total_s" in present
-
-
 def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max_metrics: int = 6):
     """Each varying headline metric (rows) by each swept parameter (columns), a line per other value; ties shaded."""
     single = summary[summary["parameter2"].isna() & (summary["parameter"] != "(all)")]
@@ -552,7 +543,9 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
     varying = single.groupby("metric", sort=False)["mean"].agg(lambda m: m.max() - m.min() > 1e-12 * max(1, abs(m).max()))
     present = list(dict.fromkeys(single["metric"]))
     ranked = [m for m in SUMMARY_FIGURE_METRICS if m in present] + [m for m in present if m not in SUMMARY_FIGURE_METRICS]
-    metrics = [m for m in ranked if varying.get(m, False) and not is_part_of_total(m, present)][:max_metrics]
+    staged = "time_total_s" in present  # a stage's time (text, UNet, VAE, scoring): the total is drawn instead
+    metrics = [m for m in ranked if varying.get(m, False)
+               and not (staged and m.startswith("time_") and m != "time_total_s")][:max_metrics]
     metrics = metrics or list(dict.fromkeys(summary["metric"]))[:1]
     keys = params or ["(all)"]
     values = {k: list(dict.fromkeys(single.loc[single["parameter"] == k, "value"])) for k in keys}
@@ -572,8 +565,7 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
             by = min(counts, key=counts.get) if counts and min(counts.values()) <= MAX_LINES else None
             xs, ordered_values, numeric = positions[key]
             where = dict(zip(ordered_values, xs))
-            gaps = np.diff(sorted(xs)) if len(xs) > 1 else np.array([1.0])
-            half = 0.4 * float(gaps.min()) if len(gaps) else 0.4
+            half = 0.4 * float(np.diff(sorted(xs)).min()) if len(xs) > 1 else 0.4
             for r, metric in enumerate(metrics):
                 ax = axes[r, c]
                 for v in tied.loc[(tied["parameter"] == key) & (tied["metric"] == metric), "value"]:
