@@ -62,12 +62,10 @@ def swept_parameters(frame: pd.DataFrame, axes: Sequence[str] = ()) -> list[str]
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """Numeric and boolean measurement columns (scores, distances, times, NFE); a failed cell may make one `object`."""
-    def numeric(series: pd.Series) -> bool:
-        if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
-            return True
-        present = series.dropna()
-        return series.dtype == object and len(present) > 0 and all(
-            isinstance(v, (bool, int, float, np.bool_, np.number)) for v in present)
+    def numeric(series: pd.Series) -> bool:  # an object column of None only: no finite value, left out below
+        return (pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
+                or series.dtype == object and all(isinstance(v, (bool, int, float, np.bool_, np.number))
+                                                  for v in series.dropna()))
 
     return [c for c in frame.columns if c not in NOT_METRICS and not c.endswith("_id") and numeric(frame[c])
             and finite(frame[c]).size]
@@ -217,8 +215,7 @@ def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.Dat
                 if not (score_direction(metric) or metric.startswith(LOWER_IS_BETTER)):
                     return None
                 means = {v: s["mean"] for v, s in stats.items() if s["n"] >= MIN_N and not math.isnan(s["mean"])}
-                higher = not metric.startswith(LOWER_IS_BETTER)
-                return (max if higher else min)(means, key=means.get) if means else None
+                return (min if metric.startswith(LOWER_IS_BETTER) else max)(means, key=means.get) if means else None
 
             stats = swept.by_value(key, metric, best=reference)
             best = stats.pop(None)
