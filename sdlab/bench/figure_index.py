@@ -57,8 +57,7 @@ def markdown(rows: list[dict], title: str) -> str:
     lines = [f"# {title}", "", "| id | question | figure | what it shows |", "|---|---|---|---|"]
     for row in rows:
         link = f"[{Path(row['figure']).name}]({row['figure']})" if row["figure"] else "-"
-        claim = row["claim"] or "-"
-        shows = f"**{row['note']}:** {claim}" if row["note"] else claim
+        shows = (f"**{row['note']}:** " if row["note"] else "") + (row["claim"] or "-")
         cells = [row["id"] or row["recipe"], row["question"], link, shows]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

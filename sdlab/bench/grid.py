@@ -22,8 +22,7 @@ CELL_MIN, CELL_MAX = 128, 512  # small images are enlarged (nearest) to CELL_MIN
 MAX_GRID_PIXELS = 16_000_000  # big grids get smaller cells (down to CELL_MIN) to stay about this size
 GAP, MARGIN, FONT_SIZE = 4, 8, 13
 SEED_GAP = 2  # between the seeds of one cell: narrower than between cells, so a cell reads as one
-EMPTY_CELL = (217, 217, 217)
-INK = (20, 20, 20)
+EMPTY_CELL, INK = (217, 217, 217), (20, 20, 20)
 TITLE_MIN_WIDTH = 360  # a title wider than the grid wraps to the grid's width, or to this on small grids
 LABEL_WIDTH, LABEL_LINES = 240, 4  # a value's label wraps to the cell's width or this, and a long one is cut short
 
