@@ -28,12 +28,10 @@ TEXT_COLUMNS = ["run_id", "experiment", "job", "model", "scheduler", "scheduler_
                 "image_path", "config_hash", "overrides", "status", "error", "weights", "device", "versions"]
 READ_FROM = "read_from"  # the `attrs` key of a table read back: the file it came from, or "images" when rebuilt
 PARAM_COLUMNS = ["model", "scheduler", *IMAGE_PARAMS, "seed"]
-ROW_COLUMNS = [
-    "run_id", "experiment", "job", "model", "scheduler", "scheduler_config", *IMAGE_PARAMS, "seed", "batch_size",
-    "call_id", "nfe", "prompt_truncated_tokens",
-    "time_text_s", "time_unet_s", "time_vae_s", "time_total_s", "peak_mem_bytes", "clip_score",
-    "image_path", "config_hash", "overrides", "status", "error", "weights", "device", "versions",
-]
+ROW_COLUMNS = ["run_id", "experiment", "job", "model", "scheduler", "scheduler_config", *IMAGE_PARAMS, "seed",
+               "batch_size", "call_id", "nfe", "prompt_truncated_tokens", "time_text_s", "time_unet_s", "time_vae_s",
+               "time_total_s", "peak_mem_bytes", "clip_score", "image_path", "config_hash", "overrides", "status",
+               "error", "weights", "device", "versions"]
 
 
 @lru_cache(maxsize=1)
@@ -49,15 +47,13 @@ def versions() -> str:
 
 
 def identity(ctx, job: str | None, model: str | None = None) -> dict[str, Any]:
-    """The columns every sdlab row starts with: which run, experiment, job and model (`ctx` a JobContext), the
-    overrides as typed, and status ok."""
+    """The columns every row starts with (`ctx` a JobContext): run, experiment, job, model, overrides, status ok."""
     return {"run_id": ctx.run_id, "experiment": ctx.experiment, "job": job, "model": model,
             "overrides": ctx.overrides, "status": "ok", "error": None}
 
 
 def ordered(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Rows as a DataFrame, the schema's columns first, then any extra columns in order of appearance; no rows is the
-    schema's columns (a job whose cells are all finished elsewhere in its sweep writes a table that reads as such)."""
+    """Rows as a DataFrame, the schema's columns first, then others in order of appearance; no rows: the schema's."""
     rows = list(rows)
     present = dict.fromkeys(column for row in rows for column in row)
     if not present:
@@ -82,8 +78,7 @@ def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Path:
-    """Write `<name>.parquet` and `<name>.csv` atomically: if either cannot be written, neither appears (the CSV,
-    a copy for people, is not forced to disk)."""
+    """Write `<name>.parquet` and `<name>.csv` atomically: both or neither (the CSV, for people, not forced to disk)."""
     import pyarrow.parquet as pq  # what `frame.to_parquet` calls, less its own checks (about 1.5 ms a table)
 
     folder = Path(folder)
@@ -96,7 +91,6 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Pa
 
 def save_png(image: Image.Image, target: Path, metadata: dict[str, Any], row: dict | None = None) -> None:
     """Save a PNG atomically with its parameters (and its row, to rebuild a lost table) in its text chunks."""
-
     info = PngInfo()
     info.add_text("parameters", format_infotext({**metadata, "version": f"sdlab {json.loads(versions())['sdlab']}"}))
     info.add_text("sdlab", json.dumps({**metadata, **({"row": row} if row else {})}, sort_keys=True, default=str))
@@ -104,8 +98,7 @@ def save_png(image: Image.Image, target: Path, metadata: dict[str, Any], row: di
 
 
 def read_png_metadata(path: Path) -> dict[str, Any]:
-    """The sdlab parameters stored in a PNG written by `save_png`, read through the bounded reader (UserError if
-    the PNG or its record is not one)."""
+    """The sdlab record of a PNG `save_png` wrote, through the bounded reader (UserError if there is none)."""
     record = parse_json(read_png_text(path, str(path), LIMITS).get("sdlab", ""), f"{path}'s sdlab text chunk")
     if not isinstance(record, dict):
         raise UserError(f"{path}'s sdlab text chunk must hold a JSON object, not {type(record).__name__}")
@@ -116,8 +109,7 @@ _ROWLESS: set[tuple] = set()  # the images a warning named already, as they were
 
 
 def rows_from_images(folder: Path) -> pd.DataFrame | None:
-    """The rows that the PNGs under `folder/images` carry, or None if none does; those that carry none are named in
-    one warning (their cells are made again)."""
+    """The rows the PNGs under `folder/images` carry, or None; those without one are named in one warning."""
     rows, rowless = [], []
     for png in sorted(Path(folder, "images").glob("*.png")):
         try:
@@ -138,8 +130,7 @@ def rows_from_images(folder: Path) -> pd.DataFrame | None:
 
 
 def read_parquet(path: Path) -> pd.DataFrame:
-    """The frame `pd.read_parquet(path)` gives, read through pyarrow directly (about 1 ms less a table: a sweep's end
-    and a rerun read one a cell)."""
+    """`pd.read_parquet(path)` through pyarrow directly (1 ms less a table: a sweep's end reads one a cell)."""
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(path) as table:
@@ -147,14 +138,12 @@ def read_parquet(path: Path) -> pd.DataFrame:
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """A table's CSV twin, its text columns as text: a hex id or a prompt of digits (`062414779754`, `12e4`) is no
-    number."""
+    """A table's CSV twin, its text columns as text (a hex id or prompt `062414779754`, `12e4` is no number)."""
     return pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str))
 
 
 def read_table(folder: Path) -> pd.DataFrame | None:
-    """`results.parquet`, else its CSV twin, else its images' rows (both tables damaged or deleted), else None
-    (damaged files kept as `*.damaged`)."""
+    """`results.parquet`, else its CSV twin, else its images' rows, else None (damaged tables kept as `*.damaged`)."""
     folder = Path(folder)
     files = [folder / f"{TABLE_NAME}.parquet", folder / f"{TABLE_NAME}.csv"]
     if not any(f.is_file() for f in files) and not Path(folder, "images").is_dir():  # a job dir not yet run
@@ -178,10 +167,9 @@ def read_table(folder: Path) -> pd.DataFrame | None:
         log.warning("rebuilt %s from the rows in %d images", folder / TABLE_NAME, len(rebuilt))
         rebuilt.attrs[READ_FROM] = "images"
         return rebuilt
-    damaged = [path for path in files if path.is_file()]
-    for path in damaged:
-        set_aside(path)
-    if damaged:
+    if damaged := [path for path in files if path.is_file()]:
+        for path in damaged:
+            set_aside(path)
         log.warning("no table in %s could be read or rebuilt: kept as %s.*.damaged", folder, TABLE_NAME)
     return None
 
@@ -204,27 +192,20 @@ def local_file(folder: Path, relative: Any) -> Path | None:
 
 
 PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"  # a PNG's signature and the head of its first chunk
-SIGNATURE = len(PNG_START) - 8  # the bytes before the first chunk's length
 
 
 def whole_image(path: Path | None) -> bool:
-    """True for an image file that is all there: a PNG starts with its signature and IHDR chunk, each chunk's CRC
-    matches its type and data (PNG spec 5.3), and it ends with its IEND chunk. One cut short, damaged inside, or other
-    bytes ending as a PNG ends, is redone."""
-    if path is None:
-        return False
-    if path.suffix.lower() != ".png":
-        return True
+    """True for an image file that is all there: a PNG from its signature and IHDR to an IEND ending the file, each
+    chunk's CRC matching its type and data (PNG spec 5.3)."""
+    if path is None or path.suffix.lower() != ".png":
+        return path is not None
     try:
-        data = memoryview(path.read_bytes())  # chunks are read as views into it, never copied
+        png = memoryview(path.read_bytes())  # chunks are read as views into it, never copied
     except OSError:
         return False
-    return data[:len(PNG_START)] == PNG_START and chunks_intact(data)
-
-
-def chunks_intact(png: memoryview) -> bool:
-    """Whether a PNG's chunks, read once from the first to an IEND ending the file, each match their CRC."""
-    at, end = SIGNATURE, len(png)
+    if png[:len(PNG_START)] != PNG_START:
+        return False
+    at, end = 8, len(png)  # the first chunk starts after the 8-byte signature
     while at + 12 <= end:
         stop = at + 8 + int.from_bytes(png[at:at + 4], "big")  # the end of the chunk's data, its CRC after
         if stop + 4 > end or zlib.crc32(png[at + 4:stop]) != int.from_bytes(png[stop:stop + 4], "big"):

@@ -38,23 +38,19 @@ def clean_temp_files(folder: Path) -> int:
     return removed
 
 
-def previous_rows(folder: Path) -> pd.DataFrame | None:
-    """The rows a previous run left in `folder` (restored from the CSV twin or the images if damaged), or None."""
-    return read_table(folder)
+previous_rows = read_table  # the rows a previous run left in a folder (from the CSV twin or the images if damaged)
 
 
 def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """Previous rows (read from `folder` unless given) whose status is ok and whose image (if any) is in `folder`."""
-    frame = previous_rows(folder) if frame is None else frame
+    frame = read_table(folder) if frame is None else frame
     if frame is None or "status" not in frame:
         return pd.DataFrame()
     return frame.loc[[finished(row, folder) for row in rows(frame)]]
 
 
 def set_aside_damaged(folder: Path, unfinished: list[dict[str, Any]]) -> None:
-    """Keep as `<name>.damaged` each image in `folder` that an `unfinished` row of its table names and that is cut
-    short: the row is dropped (the cell made again, here or in another job dir of its sweep), so the PNGs are what the
-    table lists. Finished rows' images are whole, and are not read again."""
+    """Keep as `<name>.damaged` each cut-short image an `unfinished` row names (its cell is made again)."""
     for row in unfinished:
         path = local_file(folder, row.get("image_path"))
         if path is not None and not whole_image(path):
@@ -64,8 +60,7 @@ def set_aside_damaged(folder: Path, unfinished: list[dict[str, Any]]) -> None:
 
 
 def sweep_cells(sweep_dir: Path, besides: Path, weights: str | None) -> dict[str, Path]:
-    """Config hash -> the job dir holding it finished from these `weights` (`weights_of`), for every job dir of the
-    sweep but `besides`."""
+    """Config hash -> the job dir of the sweep (but `besides`) holding it finished from these `weights`."""
     cells: dict[str, Path] = {}
     besides = Path(besides).resolve()
     for job in job_dirs(sweep_dir):
@@ -85,9 +80,8 @@ _FINISHED: dict[Path, tuple[tuple, dict[str, str | None]]] = {}
 
 
 def _finished_hashes(job: Path) -> dict[str, str | None]:
-    """A job dir's finished cells and the weights each was made from, looked for again only when its table or its
-    images folder changed (every job of a sweep asks for every other's: reading each table and PNG each time made a
-    sweep quadratic)."""
+    """A job dir's finished cells and their weights, read again only when its table or images changed (every job of a
+    sweep asks for every other's: reading them each time made a sweep quadratic)."""
     key = tuple(_stamp(job / name) for name in (TABLE_NAME + ".parquet", "images"))
     if key[0] is None or _FINISHED.get(job, (None,))[0] != key:
         found = rows(complete_rows(job))
@@ -116,14 +110,12 @@ def read_mark(folder: Path) -> dict[str, Any]:
 
 
 def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
-    """The complete rows of a job already finished in `folder` with the same config hash, as many as its mark counts,
-    its cells that its mark places in other job dirs of the sweep still finished there; else None. A table read from
-    its CSV twin or its images (its parquet lost or damaged) is written whole again."""
+    """The complete rows of the job `job_hash` finished in `folder` (and its cells elsewhere in the sweep), or None."""
     mark = read_mark(folder)
     if mark.get("job_hash") != job_hash or not finished_beside(Path(folder), mark.get("elsewhere", {}),
                                                                mark.get("weights")):
         return None
-    frame = previous_rows(folder)
+    frame = read_table(folder)
     if (frame is None or len(frame) != mark.get("rows", len(frame))
             or len(complete_rows(folder, frame)) != len(frame)):
         return None
@@ -133,8 +125,7 @@ def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
 
 
 def finished_beside(folder: Path, cells: Any, weights: str | None) -> bool:
-    """Whether each of `cells` ({config hash: name of another job dir beside `folder`}) is finished in that job dir
-    from these `weights` (a cell damaged there since is made again by `folder`'s job)."""
+    """Whether each of `cells` ({config hash: a job dir's name beside `folder`}) is finished there from `weights`."""
     if not isinstance(cells, dict):
         return False
     root = folder.parent.resolve()
@@ -159,8 +150,7 @@ def made_from_other_weights(folder: Path, run: Run) -> bool:
 
 
 def mark_finished(folder: Path, job_hash: str | None, summary: dict[str, Any]) -> None:
-    """Record that the job with `job_hash` finished in `folder` (written last, atomically); a job that failed has
-    none, so that no rerun takes it as finished."""
+    """Record that the job `job_hash` finished in `folder` (last, atomically; a failed job has none)."""
     atomic_write_text(Path(folder) / MARKER, json.dumps({"job_hash": job_hash, **summary}, sort_keys=True))
 
 
@@ -176,24 +166,17 @@ def varying_keys(jobs: list[list[str]]) -> list[str]:
 
 def key_values(jobs: list[list[str]]) -> dict[str, list[str]]:
     """Each overridden key's values across the sweep's jobs, as typed, in command-line order."""
-    values: dict[str, list[str]] = {}
-    for job in jobs:
-        for item in job:
-            key, _, value = item.partition("=")
-            seen = values.setdefault(key.lstrip("+~"), [])
-            seen += [value] if value not in seen else []
-    return values
+    values: dict[str, dict[str, None]] = {}
+    for key, _, value in (item.partition("=") for job in jobs for item in job):
+        values.setdefault(key.lstrip("+~"), {})[value] = None
+    return {key: list(seen) for key, seen in values.items()}
 
 
 def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[str]], hydra: list[str] = (),
                    complete: bool = False, hashes: list[str] = (), finished: int = 0) -> None:
-    """Record a sweep in its folder: its command (`hydra` the Hydra flags besides its dir), the keys whose value
-    varies across its jobs (`axes`), every key's values, each job's value of each axis and its cell hash (the
-    `job_hash` its finished job records), how many of its cells this run found finished and does not run again, and
-    whether it finished; what an earlier run measured into it (`COST`) stays for later plans."""
+    """Record a sweep's command (`hydra`: its Hydra flags), axes, values, cell hashes and state; its `COST` stays."""
     earlier = read_manifest(sweep_dir) or {}
-    values = key_values(jobs)
-    axes = [key for key, seen in values.items() if len(seen) > 1]
+    values, axes = key_values(jobs), varying_keys(jobs)
     jobs_axes = [{k: v for k, _, v in (item.lstrip("+~").partition("=") for item in job) if k in axes} for job in jobs]
     command = [*task_overrides, *(h for h in hydra if not h.startswith(("hydra.mode=", "hydra.sweep.dir=")))]
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
@@ -203,8 +186,7 @@ def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[s
 
 
 def read_manifest(sweep_dir: Path, strict: bool = False) -> dict[str, Any] | None:
-    """A sweep folder's manifest, or None when it has none; one that cannot be read is None too (folders are data),
-    or with `strict` a UserError naming it."""
+    """A sweep folder's manifest, else None (one that cannot be read too, or with `strict` a UserError naming it)."""
     path = Path(sweep_dir) / MANIFEST
     if not path.exists() and not path.is_symlink():
         return None
@@ -227,8 +209,7 @@ def read_manifest(sweep_dir: Path, strict: bool = False) -> dict[str, Any] | Non
 
 
 def sweep_position(sweep_dir: Path, job_num: int) -> dict[str, Any]:
-    """Where job `job_num` stands in its sweep, from the manifest: {"progress": "job 3 of 6" (or "recipe 3 of 26" over
-    recipes), "axes": the keys that vary}; {} without a manifest."""
+    """{"progress": "job 3 of 6" (or "recipe 3 of 26"), "axes": the keys that vary} from the manifest, else {}."""
     manifest = read_manifest(sweep_dir)
     if manifest is None or not isinstance(manifest.get("cells"), int):
         return {}
@@ -271,9 +252,7 @@ NOT_RUN = ("did not run: its job ended before writing a row (killed, cancelled, 
 
 
 def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
-    """The finished cells of every job dir (paths relative to the sweep), failed rows of tables written since `since`,
-    and for each axis of the sweep's manifest that is no column of its rows (`threads`, `model.resolution`), the job's
-    value of it as a column."""
+    """Every job dir's finished cells and failed rows written since `since`, with its value of axes its rows lack."""
     manifest = read_manifest(sweep_dir) or {}
     cells = manifest.get("jobs") or []
     found, unfinished, tabled = [], [], set()
