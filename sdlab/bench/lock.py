@@ -1,9 +1,7 @@
 """One sdlab process per run or sweep dir: a lock file naming its holder, taken over once the holder is gone.
 
-Taking over a dead holder's lock is one process's act: only the process that creates the takeover file
-(`O_EXCL`) may judge the lock stale again, and it replaces the lock with its own in one rename, so the lock
-file never goes missing for another process to create it with `O_EXCL` in between.
-"""
+Only the process that creates the takeover file (`O_EXCL`) may judge a lock stale and replace it, in one rename: the
+lock file never goes missing for another process to create in between."""
 
 from __future__ import annotations
 
@@ -29,10 +27,7 @@ class DirInUse(UserError):
 
 
 def _holder(path: Path) -> dict | None:
-    """The holder recorded in a lock file; None when it is gone or still empty (its holder starting up).
-
-    A lock that cannot be read, or names no possible process, is a DirInUse error: never skipped.
-    """
+    """The holder in a lock file; None when gone or empty (starting up); DirInUse when unreadable, never skipped."""
     def untrusted(why: str) -> DirInUse:
         return DirInUse(f"the lock {path} {why}; delete it if no sdlab runs in {path.parent}")
 
@@ -88,12 +83,8 @@ def _in_use(folder: Path, path: Path, holder: dict | None) -> DirInUse:
 
 
 def _take_over(path: Path, mine: dict) -> bool | None:
-    """Replace the lock at `path` with `mine` if it is still stale, as the one process holding the takeover file.
-
-    True when this process now holds the lock, False when it is not stale after all, None when another process
-    holds the takeover file (the caller waits and looks again). The stale lock is replaced in one rename, never
-    removed first, so no other process can create a lock of its own in between.
-    """
+    """Replace a still stale lock with `mine`, holding the takeover file: True when taken, False when not stale after
+    all, None when another process holds the takeover file (the caller waits and looks again)."""
     mutex = path.with_name(TAKEOVER_NAME)
     try:
         os.close(os.open(mutex, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
@@ -120,18 +111,12 @@ def live_holder(folder: Path) -> dict | None:
 def refuse_locked_parents(folder: Path) -> None:
     """Raise DirInUse when a folder above `folder` is locked by another live sdlab (e.g. the sweep owning a job dir)."""
     for parent in Path(folder).resolve().parents:
-        path = parent / LOCK_NAME
-        if os.path.lexists(path):
-            holder = live_holder(parent)
-            if holder is not None:
-                raise _in_use(parent, path, holder or None)
+        if os.path.lexists(parent / LOCK_NAME) and (holder := live_holder(parent)) is not None:
+            raise _in_use(parent, parent / LOCK_NAME, holder or None)
 
 
 def acquire(folder: Path, parents: bool = True) -> None:
-    """Lock `folder` for this process (again is fine), or raise DirInUse naming the live holder.
-
-    With `parents`, a live lock on any folder above it refuses too (a sweep's job dirs are its own).
-    """
+    """Lock `folder` for this process (again is fine), else DirInUse; with `parents`, a lock above it refuses too."""
     folder = Path(folder)
     if parents:
         refuse_locked_parents(folder)
@@ -181,8 +166,7 @@ def hold(folder: Path) -> None:
 
 
 def holds(folder: Path) -> bool:
-    """Whether this process holds `folder`'s lock by `hold` (a sweep's own lock: another sdlab is refused in any
-    folder under it)."""
+    """Whether this process holds `folder`'s lock by `hold` (a sweep's: another sdlab is refused under it)."""
     return Path(folder).resolve() in {held.resolve() for held in HELD}
 
 

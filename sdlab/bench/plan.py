@@ -38,8 +38,8 @@ class Cell:
 
 
 def shared_call(run: Run) -> tuple | None:
-    """What cells must have in common to share one pipeline call (None: a job that makes no images); seeds, prompts,
-    negative prompts and, where the model runs classifier-free guidance, guidance scales above 1 may differ."""
+    """What cells must have in common to share a pipeline call (None: no images); seeds, prompts, negative prompts
+    and, where the model runs classifier-free guidance, guidance scales above 1 may differ."""
     if run.job != "generate":
         return None
     p = run.params
@@ -114,8 +114,8 @@ def batch_groups(cells: list[Cell]) -> dict[tuple, list[Cell]]:
 
 
 def step_costs(calls: list[tuple[int, float]]) -> tuple[float, float]:
-    """(seconds per denoiser step, seconds per sample in a step) fitted by least squares to (samples in the call,
-    seconds per step) pairs; with one call size measured, or a fit that is not physical, all of it per sample."""
+    """(seconds per step, per sample in a step) fitted to (samples in the call, seconds per step) pairs by least
+    squares; with one call size, or a fit that is not physical, all of it per sample."""
     if len({m for m, _ in calls}) > 1:
         slope, intercept = statistics.linear_regression(*zip(*calls))
         if slope > 0 and intercept >= 0:
@@ -153,26 +153,16 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     ])
 
 
-def job_overhead(between_ends: float, gen_s: float) -> float:
-    """A job's wall time beyond making its images, from the time since the previous job ended: all of it when that is
-    shorter than the job's share of image time (its images were made ahead, in a call shared with other cells)."""
-    return between_ends - gen_s if between_ends >= gen_s else between_ends
-
-
 def guided(model: str, guidance_scale: float) -> bool:
-    """Whether a row of config model `model` ran classifier-free guidance (its family's rule; a model without a config
-    file is taken to run it above 1)."""
+    """Whether a row of config model `model` ran classifier-free guidance (no config file: taken to above 1)."""
     path = CONF_DIR / "model" / f"{model}.yaml"
     name = conf_values(f"model/{model}.yaml").get("family") if path.is_file() else None
     return family(name).uses_cfg(guidance_scale) if name else guidance_scale > 1
 
 
 def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: float) -> None:
-    """Put what this sweep measured into its manifest for later plans, per `model@WxH`: a denoiser step's seconds as a
-    fixed part and a part per sample in the call (`step_costs`) and the peak memory, from its rows; a cell's wall
-    time beyond its images (the median `job_overhead` of the jobs made since `started`); and the rest of the
-    command's time, paid once (start-up, pre-flight, model load, collection). Nothing when it made no image (every
-    cell finished before: what an earlier run measured stays)."""
+    """Put what this sweep measured into its manifest for later plans, per `model@WxH`: a denoiser step's seconds
+    (`step_costs`), the peak memory, a cell's time beyond its images, and the time paid once (start-up, model load)."""
     manifest = read_manifest(sweep_dir) or {}
     if isinstance(manifest.get("cells"), int) and manifest.get("finished") == manifest["cells"]:
         return
@@ -191,7 +181,8 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
     if len(jobs) < 2 or ok.empty:
         return
     jobs.sort()
-    overhead = statistics.median(job_overhead(b - a, gen) for (a, _), (b, gen) in zip(jobs, jobs[1:]))
+    # a job's time since the previous one ended beyond its images (all of it if they were made ahead, in a shared call)
+    overhead = statistics.median(b - a - gen if b - a >= gen else b - a for (a, _), (b, gen) in zip(jobs, jobs[1:]))
     fixed = max(time.time() - began - sum(overhead + gen for _, gen in jobs), 0.0)
     ok = ok.assign(size=ok["model"].astype(str) + "@" + ok["width"].astype(int).astype(str) + "x"
                    + ok["height"].astype(int).astype(str))
