@@ -1,8 +1,7 @@
 """Folders sdlab owns: it writes only into a folder it made or marked (its `.sdlab` file), and only below it.
 
-A run or sweep dir is sdlab's when it does not exist yet, is empty (sdlab's own lock aside), or holds the
-`.sdlab` mark that sdlab writes when it takes a folder. Every path written below it (job dirs, the log,
-`images/`, `.hydra/`) must resolve inside it, symlinks followed.
+A run or sweep dir is sdlab's when it does not exist yet, is empty (sdlab's own lock aside), or holds the mark.
+Every path written below it (job dirs, the log, `images/`, `.hydra/`) must resolve inside it, symlinks followed.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ MARK = ".sdlab"
 MARK_TEXT = "This folder was made by sdlab (or given to it): sdlab runs and sweeps may write and resume here.\n"
 OWN_NAMES = frozenset({MARK, LOCK_NAME, TAKEOVER_NAME})  # sdlab's files that may sit in a folder it has not marked
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into its output_subdir
-WRITTEN_SUBDIRS = ("images",)  # folders sdlab's jobs write inside a run dir (besides Hydra's output_subdir)
 SWEEP_FILES = (MANIFEST, "multirun.yaml")  # what a sweep writes in its root folder
 RUN_FILES = (f"{TABLE_NAME}.parquet", f"{TABLE_NAME}.csv", MARKER)  # what a run, or a sweep's job, writes in its folder
 
@@ -37,9 +35,9 @@ def checked_root(target: str | os.PathLike, key: str) -> Path:
     if not text:
         raise NotOwned(f"{key}= is empty; give a folder for sdlab's output (e.g. {key}=outputs/mine)")
     folder = Path(text).expanduser().resolve()
-    if folder == Path(folder.anchor) or folder == Path.home().resolve():
-        raise NotOwned(f"{key}={text} is {'the home folder' if folder != Path(folder.anchor) else 'the filesystem root'}; "
-                       f"give a folder of its own for sdlab's output")
+    if folder in (Path(folder.anchor), Path.home().resolve()):
+        what = "the filesystem root" if folder == Path(folder.anchor) else "the home folder"
+        raise NotOwned(f"{key}={text} is {what}; give a folder of its own for sdlab's output")
     return folder
 
 
@@ -57,8 +55,7 @@ def is_owned(folder: Path) -> bool:
 
 
 def check_owned(folder: Path, key: str, shown: str | None = None) -> None:
-    """Refuse an existing `folder` that is not a folder, or holds files and no `.sdlab` mark (sdlab did not make it);
-    as a run or sweep dir, one that is another's (`check_kind`)."""
+    """Refuse an existing `folder` that is no folder or holds files and no `.sdlab` mark, or is of another kind."""
     shown = shown or str(folder)
     if os.path.lexists(folder) and not folder.is_dir():
         raise NotOwned(f"{key}={shown} is a file, not a folder; give a new or empty folder")
@@ -75,8 +72,7 @@ def check_owned(folder: Path, key: str, shown: str | None = None) -> None:
 
 
 def check_kind(folder: Path, key: str, shown: str) -> None:
-    """A folder holds one run or one sweep (their tables share a name): refuse a sweep dir that holds a run's results
-    or is a job dir of a sweep, and a run dir that holds a sweep (a sweep's job dir takes runs)."""
+    """A folder holds one run or one sweep (their tables share a name); a sweep's job dir takes runs, not sweeps."""
     held = lambda names, where=folder: [n for n in names if os.path.lexists(Path(where, n))]  # noqa: E731
     if key == "hydra.sweep.dir" and held(SWEEP_FILES, Path(folder).resolve().parent):
         raise NotOwned(f"{key}={shown} is a job dir of the sweep in {Path(shown).parent}; a sweep there would "
@@ -110,13 +106,11 @@ def check_job_name(name: str) -> None:
 
 def check_writes_inside(folder: Path, key: str, job_name: str | None, output_subdir: str | None,
                         shown: str | None = None) -> None:
-    """The log (unless `job_name` is None: not known yet), `images/` and `output_subdir` of a run in `folder` resolve
-    inside it (a symlink leading out is refused)."""
+    """The log (if `job_name` is known), `images/` and `output_subdir` of a run in `folder` resolve inside it."""
     if job_name is not None:
         check_job_name(job_name)
         confined(folder, f"{job_name}.log", "hydra.job.name")
-    for sub in WRITTEN_SUBDIRS:
-        confined(folder, sub, f"{key} (its {sub}/)")
+    confined(folder, "images", f"{key} (its images/)")
     if output_subdir is not None:
         confined(folder, output_subdir, "hydra.output_subdir", allow_base=True)
         for name in HYDRA_FILES:  # Hydra opens these for writing: a link among them would be followed
@@ -159,9 +153,8 @@ def next_free(folder: Path) -> Path:
 
 
 def claim_new(folder: Path, key: str) -> Path:
-    """Make a new folder of sdlab's own naming, `folder` or the next free name beside it, and claim it (see `claim`);
-    the folder claimed. Each is made by one `os.mkdir`: of two processes that picked one name, one makes it and the
-    other goes on to the next, and neither writes into a folder the other made (nor into one that was there)."""
+    """Make and claim `folder` or the next free name beside it, by one `os.mkdir` each: of two processes that pick one
+    name, one makes it and the other goes on, so neither writes into a folder it did not make."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -181,8 +174,7 @@ def claim_new(folder: Path, key: str) -> Path:
 
 
 def abandoned_sweeps(root: Path) -> list[Path]:
-    """The `multirun_*` folders under `root` that a sweep killed as it started left: nothing in them but sdlab's own
-    lock (its holder gone), mark or temp files, and no manifest, so no rerun finds them."""
+    """The `multirun_*` folders under `root` of sweeps killed as they started: only a dead lock, mark or temp files."""
     found = []
     for folder in sorted(Path(root).glob("multirun_*")):
         try:  # a finished or stopped sweep released its lock: its folder (perhaps of 10,000 jobs) is not listed

@@ -1,9 +1,5 @@
-"""Reference sets of the set scorers: real images a slice of generated ones is compared with, and their features.
-
-Rendered per prompt by the model's prompt world (`model.prompt_grammar`), or read from `reference=DIR` (the user's
-PNG/JPEG files, read as data). Their features are cached by what decides them in a folder sdlab owns
-(`$XDG_CACHE_HOME/sdlab/references`, else `~/.cache/sdlab/references`), one `.npy` per set, which rows name by key.
-"""
+"""Reference sets of the set scorers: real images, rendered per prompt by the model's prompt world or read from
+`reference=DIR`, whose features are cached by what decides them (one `.npy` per set, which rows name by key)."""
 
 from __future__ import annotations
 
@@ -46,9 +42,8 @@ def reference_files(folder: Any) -> list[Path]:
 
 
 def read_image(path: Path, width: int, height: int, pixels: bool = True) -> np.ndarray | None:
-    """One reference image as HxWx3 uint8 (or with `pixels` false, only its size checked and its file read to its end,
-    `check_whole`), refused in one line unless it is a whole regular PNG/JPEG file of width x height; its size is
-    checked before its pixels are decoded."""
+    """One reference image as HxWx3 uint8 (without `pixels`, only checked whole), refused in one line unless a whole
+    regular PNG/JPEG file of width x height (its size checked before its pixels are decoded)."""
     label, what = f"reference image {path}", "a PNG or JPEG file"
     with (open_regular(path, label, what) as f, image_faults(label, "a readable PNG or JPEG image", what),
           Image.open(f, formats=["PNG", "JPEG"]) as image):
@@ -62,8 +57,7 @@ def read_image(path: Path, width: int, height: int, pixels: bool = True) -> np.n
 
 
 def check_reference(cfg: dict, width: int, height: int, needed: dict[str, int]) -> None:
-    """The reference set the scorers in `needed` (name -> least images) ask for exists, is big enough and has the
-    generated size: one error line otherwise, before any work."""
+    """The reference set `needed` (scorer -> least images) exists, is big enough and fits: else one error line."""
     count = COUNT.check("reference_count", cfg.get("reference_count"))
     if cfg.get("reference") is not None and not isinstance(cfg["reference"], str):
         raise UserError(f"reference={cfg['reference']!r} must be a folder of PNG/JPEG images or null")
@@ -94,8 +88,7 @@ def check_reference(cfg: dict, width: int, height: int, needed: dict[str, int]) 
 
 def reference_key(cfg: dict, prompt: str, side: tuple[int, int], extractor: str,
                   embed: Callable[[list], np.ndarray]) -> str:
-    """The key of a prompt's reference set under `extractor` (the `clip` model, its weights too); its features computed
-    with `embed` and cached first."""
+    """The key of a prompt's reference set under `extractor`, its features computed with `embed` and cached first."""
     count, folder, grammar = int(cfg["reference_count"]), cfg.get("reference"), cfg["model"].get("prompt_grammar")
     files = reference_files(folder)[:count] if folder is not None else []
     source = ([(str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in files] if folder is not None
@@ -112,8 +105,7 @@ def reference_key(cfg: dict, prompt: str, side: tuple[int, int], extractor: str,
 
 
 def reference_features(key: Any) -> np.ndarray | None:
-    """A cached reference set's features, or None when the cache has no such set (a cleared cache, another machine)
-    or `key`, read from a table, is no key sdlab makes."""
+    """A cached reference set's features, or None when not cached or `key` (read from a table) is no key sdlab makes."""
     target = cache_dir() / f"{key}.npy"
     if not (isinstance(key, str) and KEY.fullmatch(key) and target.is_file()):
         return None

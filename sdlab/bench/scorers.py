@@ -1,14 +1,6 @@
-"""Scores of generated images: one list built from config (`scorers: [clip, shapes_adherence]`), each scorer a function
-of images and prompts that declares its columns, which way is better and what decides its numbers.
-
-A set scorer (fd, kid, cmmd, precision_recall) scores no single image: at cell time it stores in each image's row the
-extractor's name (`features`), the image's features (`image_features`, float32 as base64), the key of its prompt's
-reference set (`reference`, sdlab.bench.references) and the set scorers asked for (`set_metrics`); its `statistic`
-compares a slice's features with its reference sets' where the summary is made (sdlab.bench.summary).
-
-A scorer is registered by name, here or through the `sdlab.scorers` entry point group (the embedded model's world adds
-`shapes_adherence` that way): a new metric is one registered ScorerKind and one config line.
-"""
+"""Scores of generated images: scorers built from config (`scorers: [clip, fd]`), registered by name here or through
+the `sdlab.scorers` entry points. A set scorer (fd, kid, cmmd, precision_recall) stores each image's features and its
+reference set's key in its row; its `statistic` compares a slice with its references in the summary."""
 
 from __future__ import annotations
 
@@ -91,8 +83,7 @@ def set_scorers(cfg: dict) -> dict[str, ScorerKind]:
 
 
 def check_reference_read(cfgs: Sequence[dict]) -> None:
-    """Each reference set given (`reference=DIR`) has a set scorer to read it in one of the jobs `cfgs`, a single run's
-    or a whole sweep's (a sweep's jobs without one leave it unread): one error line, naming their scorers, if not."""
+    """Each `reference=DIR` given is read by a set scorer in some job of `cfgs` (a run's or sweep's), else an error."""
     scorers: dict[str, dict[str, None]] = {}  # each reference given -> its jobs' scorers, until a set scorer reads it
     read = set()
     for cfg in cfgs:
@@ -108,8 +99,7 @@ def check_reference_read(cfgs: Sequence[dict]) -> None:
 
 
 def check_set_scorers(cfg: dict, width: int, height: int) -> None:
-    """The set scorers asked for have features (a CLIP model) and a reference set that fits: one error line if not.
-    (Whether a reference set given is read at all is a question for the whole sweep: `check_reference_read`.)"""
+    """The set scorers asked for have features (a CLIP model) and a reference set that fits: one error line if not."""
     needed = {name: kind.min_n for name, kind in set_scorers(cfg).items()}
     if needed and (cfg.get("clip") or {}).get("name") in (None, "none"):
         raise UserError(f"scorers {', '.join(needed)} compare CLIP image features, and clip=none has none; "
@@ -152,8 +142,7 @@ def direction(column: str) -> int:
 
 
 def clip_score(cfg: dict, device: str) -> Score:
-    """CLIP score (Hessel et al. 2021) of each image against its prompt with the `clip` model (none: empty columns),
-    and the seconds it took per image."""
+    """CLIP score (Hessel et al. 2021) of each image against its prompt (clip=none: empty) and seconds per image."""
     clip = load_clip(cfg.get("clip"), device=device)
 
     def score(images, prompts) -> list[dict[str, Any]]:
@@ -188,8 +177,8 @@ _FEATURE_SCORES: dict[str, Score] = {}
 
 
 def feature_score(cfg: dict, device: str) -> Score:
-    """The set scorers' one feature step: per image, the `clip` model's image embedding (the CMMD paper's features; FD
-    and KID on Inception features are the papers' originals), the extractor's name, and its prompt's reference set."""
+    """The set scorers' one feature step: per image, its `clip` embedding (the CMMD paper's features; FD and KID's
+    papers used Inception's), the extractor's name, and its prompt's reference set key."""
     names = " ".join(set_scorers(cfg))
     memo = config_hash({"clip": cfg.get("clip"), "device": device, "names": names, "identity": set_identity(cfg),
                         "weights": clip_weights(cfg.get("clip"))})
