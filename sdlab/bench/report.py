@@ -84,8 +84,7 @@ def load_results(folder: Path) -> pd.DataFrame:
 
 
 def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
-    """What the run or sweep was: its sweep manifest (a damaged one is a UserError) with the command that reproduces
-    it, else a single run's (no axes; its values and command from the overrides its rows record)."""
+    """The sweep's manifest (damaged: UserError) with the command reproducing it, else a run's from its overrides."""
     folder = Path(folder)
     manifest = read_manifest(folder, strict=True)
     if manifest is not None:
@@ -118,8 +117,7 @@ def plain(value: Any) -> Any:
 
 
 def png_parameters(path: Path | None) -> str | None:
-    """The `parameters` text chunk of a regular PNG file, through the bounded reader (the pixels never decoded), cut
-    to PNG_TEXT_MAX characters; None when there is no file, no such chunk or no readable PNG."""
+    """A regular PNG's `parameters` text through the bounded reader, cut to PNG_TEXT_MAX characters; else None."""
     try:
         text = read_png_text(path, str(path), LIMITS).get("parameters") if path is not None else None
     except UserError:
@@ -144,8 +142,7 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[st
 
 
 def figures(folder: Path) -> list[str]:
-    """Figures a job drew (scheduler studies, curves): regular files in the folder and its job folders (none leading
-    out of it), as relative paths."""
+    """Figures jobs drew: regular files in the folder and its job folders (none leading out), as relative paths."""
     folder = Path(folder)
     relative = [p.relative_to(folder).as_posix() for place in [folder, *job_dirs(folder)] for p in sorted(place.iterdir())
                 if p.suffix in FIGURE_SUFFIXES and p.name not in SUMMARY_FILES and not p.name.startswith(".")]
@@ -189,35 +186,33 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
 
 
 def render(data: dict[str, Any]) -> str:
-    """The page: the template with its CSS, script and data inlined (no network, opens from file://), in one pass
-    over the template so that no inlined text is ever read for placeholders; the data as JSON that no HTML parser
-    can end inside <script>."""
+    """The template with its CSS, script and data inlined (opens from file://), in one pass so that no inlined text is
+    read for placeholders; the data as JSON that no HTML parser can end inside <script>."""
     values = {"title": html.escape(str(data["header"]["title"])), "generator": GENERATOR,
               "css": (ASSETS / "report.css").read_text(), "js": (ASSETS / "report.js").read_text(),
               "data": json.dumps(data, separators=(",", ":"), allow_nan=False).translate(SCRIPT_SAFE)}
     return PLACEHOLDERS.sub(lambda m: values[m.group(1) or m.group(2)], (ASSETS / "report.html").read_text())
 
 
-def ours(target: Path) -> bool:
-    """True when `target` is absent or a page this module wrote (never overwrite someone else's file, nor read
-    through a symlink or from a pipe)."""
+def check_ours(target: Path) -> None:
+    """Refuse a `target` that is not absent or a page this module wrote (nor read through a symlink or a pipe)."""
     if not target.exists() and not target.is_symlink():
-        return True
+        return
     try:
         with open_regular(target) as f:
-            return GENERATOR.encode() in f.read(4096)
+            if GENERATOR.encode() in f.read(4096):
+                return
     except OSError:
-        return False
+        pass
+    raise UserError(f"{target} exists and was not written by sdlab; move it away first")
 
 
 def build_report(folder: Path, frame: pd.DataFrame | None = None) -> Path:
     """Write `report.html` into a run or sweep dir (atomically); `frame` defaults to the folder's table."""
-    folder = Path(folder)
-    target = folder / REPORT_NAME
-    if not ours(target):
-        raise UserError(f"{target} exists and was not written by sdlab; move it away first")
+    target = Path(folder) / REPORT_NAME
+    check_ours(target)
     frame = load_results(folder) if frame is None else frame
-    check_cells(frame, folder)
+    check_cells(frame, Path(folder))
     atomic_write_text(target, render(report_data(frame, folder)))
     return target
 
@@ -229,8 +224,7 @@ def rebuild(folder: Path) -> Path:
     if not is_owned(folder):  # its summary.csv, ranking.csv or summary.png would be someone else's
         raise UserError(f"{folder} is not sdlab's (no {MARK} mark): sdlab report writes only into folders sdlab made; "
                         f"if it made this one, mark it with `touch {folder / MARK}`")
-    if not ours(folder / REPORT_NAME):
-        raise UserError(f"{folder / REPORT_NAME} exists and was not written by sdlab; move it away first")
+    check_ours(folder / REPORT_NAME)
     axes = run_manifest(folder, frame)["axes"]  # a damaged manifest stops it here, before anything is written
     try:
         owned = owns_summary(folder)
@@ -248,9 +242,8 @@ def grid_axes(frame: pd.DataFrame, axes: list[str]) -> list[str]:
 
 
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False, since: float = 0.0) -> str:
-    """Write the table (and grid, summary by swept value; at a sweep's end also summary.png and report.html) into
-    `folder`; return the "N ok, M failed" line (and at a sweep's end, one ranking line per swept parameter), the
-    headline of each figure the job drew since `since`, then the files to open next."""
+    """Write the table, grid and summary (at a sweep's end summary.png and report.html too) into `folder`; return the
+    "N ok, M failed" line, a sweep's ranking lines, the headlines of figures drawn since `since` and what to open."""
     try:
         write_table(frame, folder)
     except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists
