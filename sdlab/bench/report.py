@@ -258,9 +258,8 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
                                             seeds_within=True)):
         forget_figure(folder / "grid.png")  # an earlier run's grid would show images this table no longer lists
     failed = frame.iloc[[i for i, good in enumerate(ok) if not good]].to_dict("records") if not all(ok) else []
-    line = f"{len(frame) - len(failed)} ok, {len(failed)} failed"
-    for row in failed:
-        line += f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
+    line = f"{len(frame) - len(failed)} ok, {len(failed)} failed" + "".join(
+        f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}" for row in failed)
     if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
         ranking = rank(frame, axes)
         write_summary(frame, folder, axes, figure=sweep, ranking=ranking)

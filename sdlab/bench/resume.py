@@ -195,10 +195,9 @@ def read_manifest(sweep_dir: Path, strict: bool = False) -> dict[str, Any] | Non
             raise ValueError(f"not a regular file of at most {MANIFEST_MAX_BYTES} bytes")
         data = json.loads(path.read_text(encoding="utf-8"))
         texts = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
-        if not (isinstance(data, dict) and isinstance(data.get("key"), str) and texts(data.get("axes", []))
-                and texts(data.get("command", [])) and texts(data.get("hashes", []))
-                and isinstance(data.get("values", {}), dict) and type(data.get("finished", 0)) is int
-                and all(texts(v) for v in data.get("values", {}).values())
+        if not (isinstance(data, dict) and isinstance(data.get("key"), str) and type(data.get("finished", 0)) is int
+                and all(texts(data.get(key, [])) for key in ("axes", "command", "hashes"))
+                and isinstance(data.get("values", {}), dict) and all(texts(v) for v in data.get("values", {}).values())
                 and isinstance(data.get("jobs", []), list) and all(isinstance(j, dict) for j in data.get("jobs", []))):
             raise ValueError("not an sdlab sweep manifest")
     except (OSError, ValueError, RecursionError) as e:
