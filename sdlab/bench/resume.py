@@ -28,14 +28,11 @@ COST = "cost"  # the manifest entry of what a sweep measured on its host (sdlab.
 
 def clean_temp_files(folder: Path) -> int:
     """Delete sdlab's temp files left by a kill mid-write, in the folders sdlab writes; returns how many."""
-    removed = 0
-    for sub in WRITTEN_FOLDERS:
-        found = Path(folder, sub)
-        for tmp in found.iterdir() if found.is_dir() else ():
-            if is_temp_file(tmp) and tmp.is_file() and not tmp.is_symlink():
-                tmp.unlink(missing_ok=True)
-                removed += 1
-    return removed
+    found = [tmp for sub in WRITTEN_FOLDERS if Path(folder, sub).is_dir() for tmp in Path(folder, sub).iterdir()
+             if is_temp_file(tmp) and tmp.is_file() and not tmp.is_symlink()]
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return len(found)
 
 
 previous_rows = read_table  # the rows a previous run left in a folder (from the CSV twin or the images if damaged)
