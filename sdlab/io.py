@@ -1,7 +1,9 @@
-"""Atomic file writes: a temp file in the same folder, fsync (for what resume trusts), then rename over the target."""
+"""Atomic file writes (a temp file in the same folder, fsync for what resume trusts, then rename over the target), and
+the reader of sdlab's own JSON records."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -51,6 +53,15 @@ def atomic_write_text(target: str | Path, text: str, sync: bool = True) -> None:
     """Write UTF-8 `text` to `target` atomically (see `atomic_path` for `sync`)."""
     with atomic_path(target, sync) as tmp:
         tmp.write_bytes(text.encode("utf-8"))
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in the file at `path`; {} when there is none, it cannot be read, or it holds no object."""
+    try:
+        found = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def open_regular(path: str | Path) -> BinaryIO:

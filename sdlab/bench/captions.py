@@ -8,7 +8,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from sdlab.io import atomic_write_text
+from sdlab.io import atomic_write_text, read_json_object
 
 CAPTIONS = "captions.json"
 ESCAPE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")  # how `drawable` writes a character
@@ -56,12 +56,7 @@ def settings_text(values: dict) -> str:
 
 def read_captions(folder: Path) -> dict[str, str]:
     """The captions recorded in `folder` (empty when none or unreadable)."""
-    path = Path(folder) / CAPTIONS
-    try:
-        captions = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return captions if isinstance(captions, dict) else {}
+    return read_json_object(Path(folder) / CAPTIONS)
 
 
 def record_caption(target: Path, caption: str) -> None:

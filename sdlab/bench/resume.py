@@ -14,7 +14,7 @@ from sdlab.bench.records import (READ_FROM, TABLE_NAME, finished, job_dirs, loca
                                  set_aside, whole_image, write_table)
 from sdlab.config import Run, config_hash
 from sdlab.errors import UserError
-from sdlab.io import atomic_write_text, is_temp_file
+from sdlab.io import atomic_write_text, is_temp_file, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,7 @@ def _stamp(path: Path) -> tuple | None:
 
 def read_mark(folder: Path) -> dict[str, Any]:
     """A job dir's finished mark (`job_hash`, rows, weights, `gen_s`), or {} for none, or one that is no JSON object."""
-    marker = Path(folder) / MARKER
-    try:
-        done = json.loads(marker.read_text()) if marker.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return done if isinstance(done, dict) else {}
+    return read_json_object(Path(folder) / MARKER)
 
 
 def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
