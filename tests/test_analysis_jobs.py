@@ -501,8 +501,9 @@ def test_b1_draws_no_copy_of_a3s_visits(run_sdlab, tmp_path):
 def test_snr_figure_names_the_schedule_behind_each_crossing_and_its_snr_range(run_sdlab, tmp_path, monkeypatch):
     from sdlab.jobs import schedule as schedule_job
 
-    drawn, real = [], schedule_job.curves
+    drawn, legends, real = [], [], schedule_job.curves
     monkeypatch.setattr(schedule_job, "curves", lambda panels, target, title="", **k: drawn.append(title)
+                        or legends.append([line["label"] for line in panels[-1]["lines"]])
                         or real(panels, target, title, **k))
     from sdlab.bench import figures
 
@@ -516,15 +517,16 @@ def test_snr_figure_names_the_schedule_behind_each_crossing_and_its_snr_range(ru
 
     monkeypatch.setattr(figures, "save_figure", measured)
     assert run_sdlab("experiment=article_a3_schedule", f"hydra.run.dir={tmp_path}") == 0
-    suptitle, *panel_titles = laid_out[0]  # snr.png: its three-line title clears both panels' titles
+    suptitle, *panel_titles = laid_out[0]  # snr.png: its title clears both panels' titles
     assert not any(suptitle.overlaps(box) for box in panel_titles)
     rows = pd.read_parquet(tmp_path / "results.parquet").set_index("schedule")
     linear, sd = rows.loc["linear 0.00085->0.012"], rows.loc["scaled_linear 0.00085->0.012 (SD)"]
     assert (linear["crossing_t"], round(linear["snr_db_first"], 1), round(linear["snr_db_last"], 1)) == (284, 30.7, -28.0)
-    assert drawn[0] == ("signal and noise are equal (0 dB) at\n"
-                        "t=284 under linear 0.00085->0.012; SNR +30.7 -> -28.0 dB from t=0 to 999\n"
-                        f"t={sd['crossing_t']} under scaled_linear 0.00085->0.012 (SD)"
-                        f"; SNR {sd['snr_db_first']:+.1f} -> {sd['snr_db_last']:+.1f} dB from t=0 to 999")
+    assert drawn[0] == ("signal and noise are equal (0 dB) at t=284 under linear 0.00085->0.012; "
+                        f"t={sd['crossing_t']} under scaled_linear 0.00085->0.012 (SD)")
+    assert legends[0] == ["linear 0.00085->0.012 (+30.7 -> -28.0 dB from t=0 to 999)",
+                          f"scaled_linear 0.00085->0.012 (SD) ({sd['snr_db_first']:+.1f} -> "
+                          f"{sd['snr_db_last']:+.1f} dB from t=0 to 999)"]  # the SNR panel's: each one's range
 
 
 def test_token_counts_title_states_the_longest_prompts_count(run_sdlab, tmp_path):

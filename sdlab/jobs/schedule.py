@@ -156,17 +156,17 @@ def snr_figure(schedule: pd.DataFrame, rows: list[dict], target) -> None:
     below = [{"x": [crossing[label]], "y": [0.5], "notes": [f"t={crossing[label]}"], "color": f"C{i}",
               "offset": (6, -12 if i % 2 == 0 else 6)} for i, label in marks]
     at_zero = [{**point, "y": [0.0]} for point in below]
-    span = {r["schedule"]: f"SNR {r['snr_db_first']:+.1f} -> {r['snr_db_last']:+.1f} dB from t=0 to {r['T'] - 1}"
-            for r in rows}
-    claim = "\n".join(f"t={crossing[label]} under {label}; {span[label]}" for _, label in marks)
+    span = {r["schedule"]: f"{r['schedule']} ({r['snr_db_first']:+.1f} -> {r['snr_db_last']:+.1f} dB from t=0 to "
+            f"{r['T'] - 1})" for r in rows}
+    claim = "; ".join(f"t={crossing[label]} under {label}" for _, label in marks)
     curves([
         {"lines": [{"x": g["t"], "y": g["alpha_bar"], "label": named[label]} for label, g in groups],
          "points": below, "hline": 0.5, "xlabel": "timestep t", "ylabel": "alpha_bar_t (signal kept)",
          "title": "alpha_bar_t = prod(1 - beta_s); dots: alpha_bar = 0.5"},
-        {"lines": [{"x": g["t"], "y": g["snr_db"], "label": named[label]} for label, g in groups],
+        {"lines": [{"x": g["t"], "y": g["snr_db"], "label": span[label]} for label, g in groups],
          "points": at_zero, "hline": 0.0, "xlabel": "timestep t", "ylabel": "SNR (dB)",
          "title": "SNR_dB = 10 log10(alpha_bar / (1 - alpha_bar)); dots: 0 dB"},
-    ], target, title=f"signal and noise are equal (0 dB) at\n{claim}" if marks else "")
+    ], target, title=f"signal and noise are equal (0 dB) at {claim}" if marks else "")
 
 
 def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, model: str, target) -> None:
