@@ -191,19 +191,22 @@ NOTE_PLACES = tuple(((4 * side, rise), "left" if side > 0 else "right") for rise
 
 
 def clear_notes(fig) -> None:
-    """Move each point's note that a line crosses (or its panel cuts) to the first NOTE_PLACES no line crosses."""
+    """Move each point's note that lines or earlier notes cross (or its panel cuts) to the first free NOTE_PLACES."""
     from matplotlib.text import Annotation
 
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
+        placed = []
         for note in [text for text in ax.texts if isinstance(text, Annotation)]:
             put = (note.xyann, note.get_horizontalalignment())
             for offset, align in (put, *NOTE_PLACES, put):  # crossed wherever it goes: where it was put
                 note.xyann = offset
                 note.set_horizontalalignment(align)
                 box = note.get_window_extent(renderer)
-                if ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1) and not crosses_lines(ax, box):
+                inside = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
+                if inside and not crosses_lines(ax, box) and not any(box.overlaps(other) for other in placed):
                     break
+            placed.append(box)
 
 
 def clear_legends(fig) -> None:
