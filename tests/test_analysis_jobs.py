@@ -529,6 +529,39 @@ def test_snr_figure_names_the_schedule_behind_each_crossing_and_its_snr_range(ru
                           f"{sd['snr_db_last']:+.1f} dB from t=0 to 999)"]  # the SNR panel's: each one's range
 
 
+def test_schedule_snr_figures_keep_their_titles_short_and_every_label_and_line_in_sight(tmp_path, monkeypatch):
+    """schedule_snr's title ran to 8 lines, its crossing notes t=259 and t=284 printed over each other, ddim's sigmas
+    hid under euler's and the headline listed last timesteps without their samplers."""
+    from sdlab.bench import figures
+    from sdlab.jobs import schedule as schedule_job
+    from sdlab.metrics.schedule import betas, schedule_table
+
+    drawn, save = {}, figures.save_figure
+
+    def measured(fig, target, *args, **kwargs):
+        renderer = fig.canvas.get_renderer()
+        drawn[target.name] = fig, [[t.get_window_extent(renderer) for t in ax.texts] for ax in fig.axes]
+        return save(fig, target, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "save_figure", measured)
+    run("schedule_snr", tmp_path, num_inference_steps=25)
+    fig, notes = drawn["snr.png"]
+    assert fig.get_suptitle().count("\n") <= 2 and " ".join(fig.get_suptitle().split()).count("; ") == 3
+    for boxes in notes:
+        assert len(boxes) == 4 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    fig, _ = drawn["visits.png"]
+    last = pd.read_parquet(tmp_path / "visits.parquet").groupby("scheduler")["timestep"].min()
+    clauses = [c.split(" for ") for c in " ".join(fig.axes[0].get_title().split()).split("last at ")[1].split("; ")]
+    named = {name: float(t.removeprefix("t=")) for t, names in clauses for name in names.split(", ")}
+    assert named == last.to_dict() and len(last) == 5  # e.g. "last at t=1 for ddim; t=0 for euler, heun"
+    sigma = fig.axes[2].lines
+    assert len({(line.get_marker(), line.get_linestyle()) for line in sigma}) == len(sigma) == 5
+    euler = pd.read_parquet(tmp_path / "visits.parquet").query("scheduler == 'euler'")
+    twins = pd.concat([euler, euler.assign(scheduler="ddim")])  # on mini, ddim's sigmas are euler's within 0.5%
+    schedule_job.visits_figure(schedule_table(betas("scaled_linear")), twins, 25, "tiny", tmp_path / "twins.png")
+    assert [line.get_label() for line in drawn["twins.png"][0].axes[-1].lines] == ["euler", "ddim (on euler's line)"]
+
+
 def test_token_counts_title_states_the_longest_prompts_count(run_sdlab, tmp_path):
     assert run_sdlab("experiment=article_a6_clip_tokens", f"hydra.run.dir={tmp_path}") == 0
     rows = pd.read_parquet(tmp_path / "results.parquet")

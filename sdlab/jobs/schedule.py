@@ -171,18 +171,24 @@ def snr_figure(schedule: pd.DataFrame, rows: list[dict], target) -> None:
 
 def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, model: str, target) -> None:
     """The model's SNR curve with each sampler's visited timesteps, a rug of them (several samplers), and sigma per step."""
-    markers = "osD^vP*X"
+    markers, dashes = "osD^vP*X", ("-", "--", ":", "-.")
     groups = list(visits.groupby("scheduler", sort=False))
     on_curve = [{"x": g["timestep"], "y": g["snr_db"], "label": label, "marker": markers[i % len(markers)],
                  "size": 30 - 4 * (i % 5)} for i, (label, g) in enumerate(groups)]
     rug = [{"x": g["timestep"], "y": np.full(len(g), i), "marker": "|", "size": 160, "color": f"C{i}"}
            for i, (label, g) in enumerate(groups)]
-    sigma = [{"x": g["step"], "y": g["sigma"], "label": label, "style": "o-"} for label, g in groups]
-    lowest = {label: float(g["timestep"].min()) for label, g in groups}
+    under = [next((f" (on {other}'s line)" for other, h in groups[:i] if len(h) == len(g)
+                   and np.allclose(h["sigma"], g["sigma"], rtol=0.01)), "") for i, (_, g) in enumerate(groups)]
+    sigma = [{"x": g["step"], "y": g["sigma"], "label": label + under[i], "style": markers[i % len(markers)]
+              + dashes[i % 4]} for i, (label, g) in enumerate(groups)]  # its own marker and dashes: one under shows
+    last = {}
+    for label, g in groups:
+        last.setdefault(f"t={g['timestep'].min():g}", []).append(label)
     panels = [
         {"lines": [{"x": model_table["t"], "y": model_table["snr_db"], "label": f"model={model} schedule", "color": "0.5"}],
          "points": on_curve, "hline": 0.0, "xlabel": "timestep t", "ylabel": "SNR (dB)",
-         "title": f"timesteps visited in {counted(steps, 'step')}; last at t=" + ", ".join(f"{v:g}" for v in lowest.values())},
+         "title": f"timesteps visited in {counted(steps, 'step')}; last at "
+                  + "; ".join(f"{t} for {', '.join(names)}" for t, names in last.items())},
         {"points": rug, "xlabel": "timestep t", "ylim": (-0.6, len(groups) - 0.4),
          "yticks": (list(range(len(groups))), [textwrap.fill(g[0], 22, break_long_words=False) for g in groups]),
          "title": "visited timesteps per sampler"},
