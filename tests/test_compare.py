@@ -99,12 +99,40 @@ def test_the_figure_title_says_when_no_scheduler_reached_the_configured_target()
     """A lowered target read as though it were the one asked for: '19 dB' with no word that none reached 30 dB."""
     from sdlab.jobs.compare import claim
 
+    study = Study(schedulers=("euler",), steps=(4,), seeds=(0,), prompts=("x",), reference_steps=50)
     ranked = pd.DataFrame({"scheduler": ["euler", "ddim"], "nfe_to_psnr_19db": [4.0, math.nan]})
     source = "reachable: median best PSNR of this run (configured 30 dB is out of reach)"
-    assert claim(ranked, 19.0, source, 30.0) == ("fewest NFE to a mean PSNR of 19 dB to the reference: euler 4\n"
-                                                 "(no scheduler reaches the configured 30 dB: 19 dB is this run's median best, floored)")
+    assert claim(ranked, 19.0, source, study) == (
+        "fewest NFE to a mean PSNR of 19 dB to the reference dpmpp_2m x 50 steps: euler 4\n"
+        "(no scheduler reaches the configured 30 dB: 19 dB is this run's median best, floored)")
     ranked = pd.DataFrame({"scheduler": ["euler"], "nfe_to_psnr_30db": [8.0]})
-    assert claim(ranked, 30.0, "configured", 30.0) == "fewest NFE to a mean PSNR of 30 dB to the reference: euler 8"
+    assert claim(ranked, 30.0, "configured", study) == (
+        "fewest NFE to a mean PSNR of 30 dB to the reference dpmpp_2m x 50 steps: euler 8")
+
+
+def test_the_seconds_figure_ranks_by_seconds():
+    """convergence_seconds.png repeated the NFE title above an axis of seconds."""
+    from sdlab.jobs.compare import claim
+
+    study = Study(schedulers=("euler", "heun"), steps=(4,), seeds=(0,), prompts=("x",), reference_steps=50)
+    ranked = pd.DataFrame({"scheduler": ["heun", "euler"], "nfe_to_psnr_30db": [8.0, 15.0], "seconds": [0.74, 0.46]})
+    assert claim(ranked, 30.0, "configured", study, "seconds") == (
+        "fewest wall seconds per image to a mean PSNR of 30 dB to the reference dpmpp_2m x 50 steps: "
+        "euler 0.46 s, heun 0.74 s")
+
+
+def test_the_nfe_axis_is_ticked_at_the_nfe_values_used(tmp_path, monkeypatch):
+    """The quick study's NFE 4, 7, 8 and 15 were read off ticks at 5 and 10 only."""
+    from sdlab.bench import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
+    summary = pd.DataFrame([{"scheduler": name, "num_inference_steps": s, "stochastic": False, "nfe_mean": nfe, "n": 2,
+                             "psnr_mean": 20.0 + nfe, "psnr_lo": math.nan, "psnr_hi": math.nan}
+                            for name, per in (("euler", 1), ("heun", 2)) for s in (4, 8) for nfe in [per * s - per + 1]])
+    figures.convergence(summary, "nfe", ["psnr"], tmp_path / "c.png", xlabel="NFE, log scale")
+    ax = seen["fig"].axes[0]
+    assert list(ax.get_xticks()) == [4, 7, 8, 15] and ax.get_xscale() == "log"
 
 
 def test_the_timesteps_listed_on_flux_are_those_its_generation_visits(run_sdlab, tmp_path):
@@ -129,3 +157,20 @@ def test_the_study_generates_at_the_given_width_and_height(run_sdlab, tmp_path):
                      "compare.reference_steps=3", "compare.visit_steps=[4]", "threads=1", f"hydra.run.dir={tmp_path}") == 0
     runs = pd.read_parquet(tmp_path / "results.parquet")
     assert set(zip(runs["width"], runs["height"])) == {(32, 48)}
+
+
+def test_the_snr_curve_runs_clear_of_the_rows_of_visited_timesteps(tmp_path, monkeypatch):
+    """visits.png drew the schedule's SNR curve across every scheduler's row of ticks."""
+    from sdlab.bench import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
+    visits = pd.DataFrame([{"scheduler": name, "num_inference_steps": steps, "timestep": t}
+                           for name in ("ddim", "euler") for steps in (4, 8) for t in np.linspace(999, 0, steps)])
+    t = np.arange(1000)
+    figures.schedule_visits(visits, pd.DataFrame({"t": t, "snr_db": 30 - 0.05 * t}), tmp_path / "v.png")
+    fig = seen["fig"]
+    fig.canvas.draw()
+    rows = [ax.get_window_extent() for ax in fig.axes if ax.collections]
+    [snr] = [ax for ax in fig.axes if ax.lines]
+    assert len(rows) == 2 and not any(snr.get_window_extent().overlaps(box) for box in rows)

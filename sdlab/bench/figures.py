@@ -437,6 +437,8 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                 if metric == "psnr" and psnr_target is not None:
                     ax.axhline(psnr_target, color="0.3", lw=0.8, ls=":")
                 log_x(ax)
+                if cost == "nfe":  # a handful of values: each its own tick
+                    ax.set_xticks(sorted(summary["nfe_mean"].unique()))
                 if metric == "latent_rmse":
                     log_scale(ax, "y")
                 ax.set_xlabel(xlabel if row == len(metrics) - 1 else "")
@@ -458,24 +460,23 @@ def band_note(counts: pd.Series) -> str:
 
 
 def schedule_visits(visits: pd.DataFrame, curve: pd.DataFrame, target: Path) -> Path:
-    """Timesteps each scheduler visits (one row of marks per scheduler) over the schedule's SNR curve (t, snr_db)."""
+    """The schedule's SNR curve (t, snr_db) above the timesteps each scheduler visits (a row of marks per scheduler)."""
     step_counts = sorted(visits["num_inference_steps"].unique())
     names = list(dict.fromkeys(visits["scheduler"]))
+    rows = 1.2 + 0.25 * len(names)
     with styled() as plt:
-        fig, axes = plt.subplots(len(step_counts), 1, figsize=(8, (1.2 + 0.25 * len(names)) * len(step_counts)),
-                                 squeeze=False)
-        for ax, steps in zip(axes[:, 0], step_counts):
+        fig, axes = plt.subplots(len(step_counts) + 1, 1, figsize=(8, 1.6 + rows * len(step_counts)), squeeze=False,
+                                 sharex=True, height_ratios=[1.6] + [rows] * len(step_counts))
+        axes[0, 0].plot(curve["t"], curve["snr_db"], color="0.4", lw=1)
+        axes[0, 0].set(ylabel="SNR (dB)", title="SNR of the schedule")
+        for ax, steps in zip(axes[1:, 0], step_counts):
             for i, name in enumerate(names):
                 part = visits[(visits["scheduler"] == name) & (visits["num_inference_steps"] == steps)]
                 ax.scatter(part["timestep"], np.full(len(part), i), marker="|", s=60, color="C0")
             ax.set_yticks(range(len(names)), names, fontsize=7)
             ax.set_ylim(len(names) - 0.5, -0.5)
-            ax.set_xlabel("timestep t")
-            ax.set_title(f"timesteps visited at {steps} steps (grey: SNR of the schedule)")
-            snr = ax.twinx()
-            snr.plot(curve["t"], curve["snr_db"], color="0.55", lw=1)
-            snr.set_ylabel("SNR (dB)", color="0.4")
-            snr.grid(False)
+            ax.set_title(f"timesteps visited at {steps} steps")
+        axes[-1, 0].set_xlabel("timestep t")
         fig.tight_layout()
         return save_figure(fig, target)
 
