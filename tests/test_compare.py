@@ -129,7 +129,7 @@ def test_the_nfe_axis_is_ticked_at_the_nfe_values_used(tmp_path, monkeypatch):
     monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
     summary = pd.DataFrame([{"scheduler": name, "num_inference_steps": s, "stochastic": False, "nfe_mean": nfe, "n": 2,
                              "psnr_mean": 20.0 + nfe, "psnr_lo": math.nan, "psnr_hi": math.nan}
-                            for name, per in (("euler", 1), ("heun", 2)) for s in (4, 8) for nfe in [per * s - per + 1]])
+                            for name, nfes in (("euler", (4, 8)), ("heun", (7, 15))) for s, nfe in zip((4, 8), nfes)])
     figures.convergence(summary, "nfe", ["psnr"], tmp_path / "c.png", xlabel="NFE, log scale")
     ax = seen["fig"].axes[0]
     assert list(ax.get_xticks()) == [4, 7, 8, 15] and ax.get_xscale() == "log"
