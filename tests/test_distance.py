@@ -94,3 +94,33 @@ def test_the_recipes_cmmd_is_the_scorers_cmmd_on_unit_embeddings():
                           images=4, references=4, kid_subsets=2, bootstrap=10)
     assert distances(generated, real, study)["cmmd"] == pytest.approx(unit_cmmd(generated, real)[0], rel=1e-12)
     assert unit_cmmd(generated, real)[0] != pytest.approx(cmmd(generated, real), rel=1e-3)
+
+
+def test_the_nfe_figure_reads_near_its_target_and_says_whose_it_is(tmp_path, monkeypatch):
+    """F2 on mini: KID 0.27-0.6 around the target 0.412 sat in a squeezed linear band ticked at 0 and 1 only; its
+    two-line label stood taller than the panel into the FD panel's; and the title did not say 0.412 is Euler's own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from sdlab.bench import figures
+    from sdlab.bench.captions import read_captions
+    from sdlab.jobs.distance import nfe_figure
+
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    kids = {"ddim": [15.5, 0.61, 0.27, 0.30], "euler": [1.24, 1.18, 0.47, 0.412], "heun": [22.9, 0.40, 0.28, 0.31],
+            "dpmpp_2m": [1.55, 0.53, 0.36, 0.34]}
+    frame = pd.concat([frame_of(kid, "nfe", [2, 4, 8, 16], name) for name, kid in kids.items()])
+    frame = frame.assign(num_inference_steps=frame["nfe"], kid_sd=0.27, kid_real_vs_real=-0.084)
+    nfe_figure(frame, tmp_path / "nfe.png", "mini")
+    whose = "KID <= 0.412 (every deterministic scheduler gets there: euler's own at 16 steps, the highest any ends at)"
+    assert whose in read_captions(tmp_path)["nfe.png"]
+    fig = drawn[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    kid_ax, fd_ax = fig.axes
+    ticks = [t for t in kid_ax.get_yticks() if 0.412 / 2 <= t <= 0.412 * 2]
+    assert len(ticks) >= 2, kid_ax.get_yticks()  # the contest near the target can be read off the axis
+    labels = [ax.yaxis.label.get_window_extent(renderer) for ax in (kid_ax, fd_ax)]
+    for ax, label in zip((kid_ax, fd_ax), labels):
+        box = ax.get_window_extent(renderer)
+        assert box.y0 <= label.y0 and label.y1 <= box.y1, ax.get_ylabel()
+    assert not labels[0].overlaps(labels[1])

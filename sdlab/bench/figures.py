@@ -148,7 +148,7 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             if panel.get("logy"):
                 log_scale(ax, "y")
             if panel.get("symlog"):
-                log_scale(ax, "y", linthresh=panel["symlog"])
+                log_scale(ax, "y", linthresh=panel["symlog"], linscale=panel.get("linscale", 1.0))
             if panel.get("logx"):
                 log_x(ax)
             if panel.get("yticks"):

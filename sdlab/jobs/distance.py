@@ -24,6 +24,7 @@ from sdlab.models.schedulers import SCHEDULERS
 FLOOR_SEED = 1  # a second draw of real images, as many as one cell generates: the distance of a perfect generator
 WHY_KID = "KID is unbiased at any n, FD is biased upward at small n (see real vs real)"
 PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
+NFE_PANEL = (8.0, 4.4)  # and tall enough for a symlog axis's two-line label
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,22 @@ def panels(frame: pd.DataFrame, x: str, label, xlabel: str) -> list[dict]:
         lines.append({"x": [frame[x].min(), frame[x].max()], "y": [floor, floor], "style": ":", "color": "0.4",
                       "label": f"real vs real, same n: {floor:.3g}"})
         band = "over subsets of n/2 images" if metric == "kid" else "over bootstrap resamples of the images"
+        top = (frame[metric] + frame[f"{metric}_sd"]).max()
+        scale = symlog([line["y"].iloc[-1] for line in lines[:-1]], top) if x == "nfe" else {}
         out.append({"lines": lines, "bands": bands, "xlabel": xlabel, "ylabel": ylabel, "logx": x == "nfe",
-                    "symlog": (1.0 if metric == "kid" else 10.0) if x == "nfe" else None,
                     "ylim": (lowest - 0.1 * abs(lowest) - 0.05, None),
-                    "title": f"{metric.upper()} to real images (band: +- 1 sd {band})"})
+                    "title": f"{metric.upper()} to real images (band: +- 1 sd {band})", **scale})
     return out
+
+
+def symlog(lasts: list[float], top: float) -> dict:
+    """A symlog axis linear up to a 1-2-5 number past twice the curves' last values, ticked through that band."""
+    wanted = 2 * max(*lasts, 1e-9)
+    decade = 10.0 ** np.floor(np.log10(wanted))
+    linthresh = next(m * decade for m in (1, 2, 5, 10) if m * decade >= wanted)
+    decades = np.arange(1, int(np.log10(max(top, linthresh) / linthresh)) + 1)
+    ticks = [*linthresh * np.linspace(0, 1, 6), *linthresh * 10.0 ** decades]
+    return {"symlog": linthresh, "linscale": 3.0, "yticks": (ticks, [f"{t:g}" for t in ticks])}
 
 
 def about(frame: pd.DataFrame, model: str) -> str:
@@ -183,13 +195,16 @@ def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
     label = lambda r: f"{r['scheduler']}, w = {r['guidance_scale']:g}" if several_w else r["scheduler"]  # noqa: E731
     groups = {name: part.sort_values("nfe") for name, part in frame.groupby(frame.apply(label, axis=1), sort=False)}
     deterministic = {name: part for name, part in groups.items() if not part["stochastic"].iloc[0]}
-    target_kid = max((part["kid"].iloc[-1] for part in deterministic.values()), default=np.nan)
+    worst = max(deterministic, key=lambda name: deterministic[name]["kid"].iloc[-1], default=None)
+    target_kid = deterministic[worst]["kid"].iloc[-1] if worst else np.nan
+    whose = (f": {worst}'s own at {counted(deterministic[worst]['num_inference_steps'].iloc[-1], 'step')}, "
+             "the highest any ends at") if worst else ""
     first = {name: part.loc[part["kid"] <= target_kid, "nfe"].min() for name, part in groups.items()}
     reached = sorted((nfe, name) for name, nfe in first.items() if np.isfinite(nfe))
     falls = sum(part["kid"].iloc[-1] + part["kid_sd"].iloc[-1] < part["kid"].iloc[0] - part["kid_sd"].iloc[0]
                 for part in deterministic.values())
     near = frame.loc[(frame["kid"] - target_kid).abs().nsmallest(len(groups)).index, "kid_sd"].median()
-    title = (f"fewest NFE to KID <= {target_kid:.3g} (every deterministic scheduler gets there): "
+    title = (f"fewest NFE to KID <= {target_kid:.3g} (every deterministic scheduler gets there{whose}): "
              + ", ".join(f"{name} {nfe:g}" for nfe, name in reached) + f" (KID sd near it: {near:.2g});"
              + f"\nKID falls from fewest to most NFE (beyond +- 1 sd) for {falls} of {len(deterministic)} deterministic "
              f"schedulers{' (dashed: stochastic)' * bool(frame['stochastic'].any())}; "
@@ -197,4 +212,4 @@ def nfe_figure(frame: pd.DataFrame, target, model: str) -> None:
     drawn = panels(frame, "nfe", label, "denoiser evaluations (NFE, log scale)")
     drawn[0]["lines"].append({"x": [frame["nfe"].min(), frame["nfe"].max()], "y": [target_kid] * 2, "style": "--",
                               "color": "0.3", "label": f"target KID {target_kid:.3g}"})
-    curves(drawn, target, title=title + about(frame, model), panel_inches=PANEL)
+    curves(drawn, target, title=title + about(frame, model), panel_inches=NFE_PANEL)
