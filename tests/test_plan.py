@@ -40,6 +40,22 @@ def test_a_plan_says_cells_batches_nfe_and_where_it_goes_and_writes_nothing(run_
     assert files(tmp_path) == []
 
 
+def test_a_plan_of_analyses_counts_the_images_their_jobs_say_they_make_and_names_a_job_that_cannot_say(
+        run_sdlab, tmp_path, monkeypatch, capsys):
+    """Each job says where it is registered what a run of its recipe denoises: a sweep of grids is not 0 images, NFE 0."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "experiment=article_b7_guidance,article_b8_schedulers,article_b5_cfg_toy", "plan=true") == 0
+    out = capsys.readouterr().out
+    # B7: 6 seeds x 7 scales at 25 dpmpp_2m steps; B8: 6 seeds x 3 samplers at 4 steps and their 100-step solves with
+    # the reference's (heun: 199 calls); B5: toy math, no model
+    assert "3 to run (84 images, 3 analyses)" in out and f"total NFE: {42 * 25 + 18 * 4 + 6 * (3 * 100 + 199)} (" in out
+    assert run_sdlab("-m", "experiment=train_mini,article_b5_cfg_toy", "plan=true") == 0
+    out = capsys.readouterr().out
+    assert "(0 images, 2 analyses; not counted: the images of job train_mini)" in out
+    assert "total NFE: 0 + unknown for job train_mini (" in out and "estimate: unknown" in out
+    assert files(tmp_path) == []
+
+
 def test_the_plan_counts_the_calls_the_sweep_then_makes(run_sdlab, tmp_path, capsys):
     sweep = ("-m", "seed=1,2", "prompt='a red circle','a blue square'", "guidance_scale=1,7.5,12", "batch_size=8", *FAST,
              f"hydra.sweep.dir={tmp_path / 's'}")

@@ -18,6 +18,7 @@ from sdlab.bench.resume import COST, MARKER, read_manifest, read_mark, update_ma
 from sdlab.bench.records import job_dirs
 from sdlab.conf_files import CONF_DIR, conf_values
 from sdlab.config import Run
+from sdlab.jobs import work_of
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
@@ -29,11 +30,11 @@ class Cell:
     """What the plan needs of one cell: its hash, what it shares with the cells it can batch with, and its work."""
 
     job_hash: str
-    batch: tuple  # `shared_call`: cells equal in it share a pipeline call
+    batch: tuple | None  # `shared_call`: cells equal in it share a pipeline call; None: an analysis, its own work
     size: str  # `model@WxH`, what its cost is measured by
-    images: int
+    images: int | None  # None: its job cannot say
     batch_size: int
-    nfe: int | None  # denoiser calls per image; None for a job that makes no images
+    nfe: int | None  # denoiser calls of its images, summed; None: its job cannot say
     guided: bool = False  # whether each denoiser call runs the unconditional branch too (a batch twice the images)
 
 
@@ -50,12 +51,15 @@ def shared_call(run: Run) -> tuple | None:
 
 
 def cell_of(run: Run) -> Cell:
-    """The plan's view of a parsed cell."""
+    """The plan's view of a parsed cell; an analysis's images are those its job says a run of its recipe denoises."""
     batch, p = shared_call(run), run.params
-    if batch is None:  # an analysis: its own work, no images to batch
-        return Cell(run.job_hash, (run.job,), f"job {run.job}", 0, 1, None)
+    if batch is None:
+        made = work_of(run)
+        images, nfe = (None, None) if made is None else (
+            sum(n for *_, n in made), sum(n * denoiser_calls(name, steps) for name, steps, n in made))
+        return Cell(run.job_hash, None, f"job {run.job}", images, 1, nfe)
     return Cell(run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
-                p.batch_size, denoiser_calls(run.scheduler.name, p.num_inference_steps),
+                p.batch_size, len(p.seeds) * denoiser_calls(run.scheduler.name, p.num_inference_steps),
                 family(run.model.family).uses_cfg(p.guidance_scale))
 
 
@@ -99,16 +103,16 @@ def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
         for start in range(0, len(images), group[0].batch_size):
             call = images[start:start + group[0].batch_size]
             samples = len(call) * (2 if call[0].guided else 1)
-            seconds += call[0].nfe * (cost["step_s"] + cost["sample_step_s"] * samples)
+            seconds += call[0].nfe // call[0].images * (cost["step_s"] + cost["sample_step_s"] * samples)
     peaks = [costs[s].get("peak_mem_bytes") for s in sizes]
     return duration(seconds), "unknown" if None in peaks else f"{max(peaks) / 2**30:.2f} GiB"
 
 
 def batch_groups(cells: list[Cell]) -> dict[tuple, list[Cell]]:
-    """The cells that make images, by the call they can share."""
+    """The cells that can share a call, by that call."""
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
-        if c.nfe is not None:
+        if c.batch is not None:
             groups.setdefault(c.batch, []).append(c)
     return groups
 
@@ -136,17 +140,19 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     groups = batch_groups(todo)
     batches = sum(math.ceil(sum(c.images for c in g) / g[0].batch_size) for g in groups.values())
     sizes = sorted({c.batch_size for g in groups.values() for c in g})
-    analyses = sum(c.nfe is None for c in todo)
-    nfe = sum(c.nfe * c.images for c in todo if c.nfe is not None)
+    analyses = sum(c.batch is None for c in todo)
+    unsaid = ", ".join(sorted({c.size for c in todo if c.images is None}))  # jobs that cannot say what they make
+    nfe = sum(c.nfe or 0 for c in todo)
     wall, memory = estimate(todo, measured_costs(sweep_dir))
     state = "exists" if Path(sweep_dir).is_dir() else "new"
     return "\n".join([
         f"sdlab plan: {counted(len(cells), 'cell')}, {len(cells) - len(todo)} already done, {len(todo)} to run "
-        f"({counted(sum(c.images for c in todo), 'image')}"
-        f"{', ' + counted(analyses, 'analysis', 'analyses') if analyses else ''})",
+        f"({counted(sum(c.images or 0 for c in todo), 'image')}"
+        f"{', ' + counted(analyses, 'analysis', 'analyses') if analyses else ''}"
+        f"{f'; not counted: the images of {unsaid}' if unsaid else ''})",
         f"  batches: {batches} (cells sharing model, scheduler, steps, size and guidance group: {counted(len(groups), 'group')}; "
         f"batch_size={'/'.join(map(str, sizes)) or '-'})",
-        f"  total NFE: {nfe} (denoiser calls per image, summed)",
+        f"  total NFE: {nfe}{f' + unknown for {unsaid}' if unsaid else ''} (denoiser calls per image, summed)",
         f"  estimate: {wall}, peak memory {memory}",
         f"  output: {sweep_dir} ({state})",
         "  nothing was written; drop plan=true to run it",

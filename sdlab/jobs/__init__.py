@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from sdlab.config import Run, check_block, rules_of
+from sdlab.errors import choose
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,19 @@ CHECKS: dict[str, CheckFn] = {}
 RECIPES: dict[str, type] = {}
 AheadFn = Callable[[list[Run], Path], list[int]]
 AHEAD: dict[str, AheadFn] = {}
+Solves = list[tuple[str, int, int]]  # (scheduler, steps, images): the images a run denoises, for its plan
+WorkFn = Callable[[Run, Any], Solves]
+WORK: dict[str, WorkFn] = {}
 
 
-def job(name: str, recipe: type | None = None, check: CheckFn | None = None,
-        ahead: AheadFn | None = None) -> Callable[[JobFn], JobFn]:
-    """Register a job with its recipe, pre-flight `check` and `ahead(runs, sweep_dir)` (shared work, runs covered)."""
+def job(name: str, recipe: type | None = None, check: CheckFn | None = None, ahead: AheadFn | None = None,
+        work: WorkFn | None = None) -> Callable[[JobFn], JobFn]:
+    """Register a job with its recipe, pre-flight `check`, `ahead(runs, sweep_dir)` (shared work, runs covered) and
+    `work(run, recipe)`, the images a run of it denoises (a job without one: its plan says it cannot count them)."""
 
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
-        for table, value in ((RECIPES, recipe), (CHECKS, check), (AHEAD, ahead)):
+        for table, value in ((RECIPES, recipe), (CHECKS, check), (AHEAD, ahead), (WORK, work)):
             if value is not None:
                 table[name] = value
         return fn
@@ -94,6 +99,27 @@ JOB_MODULES = {
     "pipeline_by_hand": "by_hand", "img2img_strength": "by_hand", "distribution_distance": "distance",
     **dict.fromkeys(MODEL_FREE_JOBS, "explainers"),
 }
+
+
+def own(run: Run, images: int = 1) -> tuple[str, int, int]:
+    """`images` denoised with the run's own scheduler and steps."""
+    return run.scheduler.name, run.params.num_inference_steps, images
+
+
+def no_images(run: Run, recipe: Any) -> Solves:
+    """The `work` of a job that denoises nothing."""
+    return []
+
+
+def work_of(run: Run) -> Solves | None:
+    """The images a run of its job denoises, as `(scheduler, steps, images)`; none for toy math; None: not said."""
+    choose("job", run.job, JOB_MODULES)
+    if run.job in MODEL_FREE_JOBS:
+        return []
+    get_job(run.job)
+    if run.job not in WORK:
+        return None
+    return WORK[run.job](run, read_recipe(run, RECIPES[run.job]) if run.job in RECIPES else None)
 
 
 def get_job(name: str) -> JobFn:

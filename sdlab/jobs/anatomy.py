@@ -9,7 +9,7 @@ import pandas as pd
 from sdlab.bench.figures import bar_chart
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import ModelSpec
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, job, no_images
 from sdlab.metrics.anatomy import component_table, denoiser_block_table
 from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
 from sdlab.models.architectures import Part, build_on_meta, build_part, component_class
@@ -51,7 +51,7 @@ def config_json(module) -> str:
     return json.dumps({k: v for k, v in config.items() if not str(k).startswith("_")}, default=str, sort_keys=True)
 
 
-@job("anatomy")
+@job("anatomy", work=no_images)
 def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     """A row per component plus total, table `<denoiser>_blocks` (unet or transformer), figure anatomy.png."""
     spec = ctx.run.model

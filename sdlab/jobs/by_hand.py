@@ -69,7 +69,7 @@ def check_by_hand(run: Run) -> None:
         raise UserError(f"guidance_scale={w} must be > 1 here: the loop by hand always applies guidance")
 
 
-@job("pipeline_by_hand", check=check_by_hand)
+@job("pipeline_by_hand", check=check_by_hand, work=lambda run, _: [("ddim", run.params.num_inference_steps, 2)])
 def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     """C1: the whole loop by hand against diffusers' own pipeline on the same seed and DDIM: max abs difference."""
     check_by_hand(ctx.run)
@@ -115,7 +115,8 @@ class Img2img:
                 raise UserError(f"strength {s:g} must be in (0, 1]")
 
 
-@job("img2img_strength", Img2img, check=lambda run: input_image(read_recipe(run, Img2img), 8))
+@job("img2img_strength", Img2img, check=lambda run: input_image(read_recipe(run, Img2img), 8),
+     work=lambda run, r: [(run.scheduler.name, int(s * run.params.num_inference_steps), 1) for s in r.strengths])
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""
     spec, params = ctx.run.model, ctx.run.params

@@ -13,7 +13,7 @@ from sdlab.bench.captions import counted
 from sdlab.bench.figures import bar_chart, heatmap
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import checked
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, job, no_images
 from sdlab.jobs.analysis import ImageInput, Prompts, article_reports, input_images
 from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, long_matrix, pooled_text_embeddings, token_rows,
                                 token_table)
@@ -41,7 +41,7 @@ class Similarity(Prompts, ImageInput):
     num_images: int = checked(4, "int", 0, 1000, plain=False, optional=True)  # drawn when no `images` are given
 
 
-@job("clip_tokens", Prompts)
+@job("clip_tokens", Prompts, work=no_images)
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
     """A row per prompt and text encoder, table `tokens` per token, token_counts.png with a panel per encoder."""
     spec, prompts = ctx.run.model, ctx.recipe.prompts
@@ -97,7 +97,7 @@ def diagonal_claim(cos: np.ndarray) -> str:
     return f"{hits} of {n} images closest to their own caption; matched cos {matched:.2f} vs unmatched {unmatched:.2f}"
 
 
-@job("clip_similarity", Similarity)
+@job("clip_similarity", Similarity, work=no_images)
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """The prompts' text-text cosine matrix; with a clip model, the image-caption one of `images` or drawn ones."""
     spec, recipe = ctx.run.model, ctx.recipe

@@ -17,7 +17,7 @@ from sdlab.bench.records import identity, ordered, write_table
 from sdlab.bench.scorers import build_scorers, direction, score_images
 from sdlab.config import MAX_SEED, GenerationParams, checked, image_params
 from sdlab.errors import UserError
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, Solves, job
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.stats import summarize_ci
 from sdlab.models.generate import generate_batch
@@ -69,7 +69,14 @@ def solve(model, name: str, steps: int, base: GenerationParams, prompt: str, opt
     return generate_batch(model, replace(base, prompt=prompt, num_inference_steps=steps), list(base.seeds))
 
 
-@job("compare_schedulers", Study)
+def study_work(run, study: Study) -> Solves:
+    """Per prompt: the reference solve, each stochastic sampler's own, and every sampler at every step count."""
+    limits = [study.reference_scheduler, *(name for name in study.schedulers if SCHEDULERS[name].stochastic)]
+    solves = [(n, study.reference_steps) for n in limits] + [(n, k) for n in study.schedulers for k in study.steps]
+    return [(name, steps, len(study.seeds) * len(study.prompts)) for name, steps in solves]
+
+
+@job("compare_schedulers", Study, work=study_work)
 def run_compare(ctx: JobContext) -> pd.DataFrame:
     """Every scheduler at every step count on every (prompt, seed), scored against its reference."""
     spec, study = ctx.run.model, ctx.recipe

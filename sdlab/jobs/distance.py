@@ -80,7 +80,9 @@ def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> 
             "cmmd": clip_cmmd(generated, real), "precision": precision, "recall": recall}
 
 
-@job("distribution_distance", DistanceStudy, check=check_study)
+@job("distribution_distance", DistanceStudy, check=check_study, work=lambda run, study: [
+    (name, steps, study.images * len(study.prompts) * len(study.guidance_scales))
+    for name in study.schedulers for steps in study.steps])
 def run_distance(ctx: JobContext) -> pd.DataFrame:
     """A row per cell with its distances to the real images; distance_vs_guidance.png and distance_vs_nfe.png."""
     run, study = ctx.run, ctx.recipe

@@ -18,7 +18,7 @@ from sdlab.bench.grid import image_grid
 from sdlab.bench.records import ordered
 from sdlab.bench.scorers import build_scorers, score_images
 from sdlab.config import GenerationParams, checked
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, Solves, job, own
 from sdlab.jobs.analysis import Prompts, article_reports
 from sdlab.jobs.generate import batch_rows, hash_fields, job_columns
 from sdlab.metrics.image import background_distance, layout_correlation, psnr
@@ -68,7 +68,7 @@ class SchedulerGrid:
     reference_steps: int | None = checked(None, "int", 0, plain=False, optional=True)  # 0 or null: none
 
 
-@job("guidance_grid", GuidanceGrid)
+@job("guidance_grid", GuidanceGrid, work=lambda run, g: [own(run, len(run.params.seeds) * len(g.guidance_scales))])
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png (and clip_vs_guidance.png)."""
     model, spec, params, scorers = setup(ctx)
@@ -138,7 +138,7 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     return panels, "\n".join(claims) + f" (n={counted(ok['seed'].nunique(), 'seed')})\n{verdict}"
 
 
-@job("prompt_grid", Prompts)
+@job("prompt_grid", Prompts, work=lambda run, g: [own(run, len(run.params.seeds) * len(g.prompts))])
 def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and settings for each of `prompts`: prompt_grid.png (clip_score per image with a clip model)."""
     model, spec, params, scorers = setup(ctx)
@@ -187,7 +187,14 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
         f"same-subject pairs: it follows {follows}"]))
 
 
-@job("scheduler_grid", SchedulerGrid)
+def scheduler_grid_work(run, grid: SchedulerGrid) -> Solves:
+    """Each sampler's images at the run's steps, and the reference's and each sampler's many-step solves."""
+    seeds, steps = len(run.params.seeds), run.params.num_inference_steps
+    solves = dict.fromkeys([grid.reference_scheduler, *grid.schedulers]) if grid.reference_steps else ()
+    return [(name, steps, seeds) for name in grid.schedulers] + [(name, grid.reference_steps, seeds) for name in solves]
+
+
+@job("scheduler_grid", SchedulerGrid, work=scheduler_grid_work)
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and steps under each of `schedulers`: scheduler_grid.png (`with_reference_distance`)."""
     model, spec, params, scorers = setup(ctx)
@@ -268,7 +275,7 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
     return frame
 
 
-@job("same_params")
+@job("same_params", work=lambda run, _: [own(run, 2)])
 def run_same_params(ctx: JobContext) -> pd.DataFrame:
     """The first seed's parameters generated in two calls: both images and their pixel difference in same_params.png."""
     model, spec, params, scorers = setup(ctx)

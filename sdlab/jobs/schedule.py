@@ -16,7 +16,7 @@ from sdlab.bench.figures import PALETTE, curves, save_figure, styled
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import Run, SchedulerChoice, checked
 from sdlab.errors import UserError
-from sdlab.jobs import JobContext, job, read_recipe
+from sdlab.jobs import JobContext, job, no_images, read_recipe
 from sdlab.jobs.analysis import model_scheduler_config
 from sdlab.metrics.schedule import SCHEDULES, betas, log_snr_crossing, schedule_table, zero_crossing
 from sdlab.models.loading import adapter_class
@@ -105,7 +105,7 @@ def check_schedules(run: Run) -> None:
         make_scheduler(name, model_config, options)
 
 
-@job("schedule_snr", ScheduleSnr, check=check_schedules)
+@job("schedule_snr", ScheduleSnr, check=check_schedules, work=no_images)
 def run_schedule(ctx: JobContext) -> pd.DataFrame:
     """Tables `schedule` (per t) and `visits` (per step), snr.png and visits.png, a row per schedule; and `families`."""
     recipe, spec = ctx.recipe, ctx.run.model

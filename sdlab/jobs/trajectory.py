@@ -16,7 +16,7 @@ from sdlab.bench.figures import image_strip, write_gif
 from sdlab.bench.records import identity, ordered, save_png
 from sdlab.config import checked, image_params
 from sdlab.errors import choose
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, job, own
 from sdlab.jobs.analysis import to_uint8
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import log_snr_db
@@ -86,7 +86,7 @@ def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]]
     return lambda latents: to_uint8(linear_preview(torch.cat(latents), weights, scale))
 
 
-@job("trajectory", Trajectory)
+@job("trajectory", Trajectory, work=lambda run, _: [own(run)])
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     """A row per step (noise level, log-SNR, x0_pred PSNR to the final image), trajectory_strip.png, trajectory.gif."""
     recipe, spec, choice, seed = ctx.recipe, ctx.run.model, ctx.run.scheduler, ctx.run.params.seeds[0]

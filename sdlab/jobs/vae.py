@@ -10,7 +10,7 @@ import pandas as pd
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import checked
-from sdlab.jobs import JobContext, job
+from sdlab.jobs import JobContext, job, no_images
 from sdlab.jobs.analysis import ImageInput, article_reports, input_images, to_model, to_uint8
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
@@ -23,7 +23,7 @@ class VaeRoundtrip(ImageInput):
     num_images: int = checked(4, "int", 1, 1000, plain=False, optional=True)  # drawn when no `images` are given
 
 
-@job("vae_roundtrip", VaeRoundtrip)
+@job("vae_roundtrip", VaeRoundtrip, work=no_images)
 def run_vae(ctx: JobContext) -> pd.DataFrame:
     """One row per image (PSNR, SSIM, compression ratio, latent mean/std); table `latent_channels`; figure vae_roundtrip.png."""
     spec, recipe = ctx.run.model, ctx.recipe
