@@ -44,6 +44,21 @@ def test_toy_unet_levels_add_up_and_halve_resolution():
     assert levels["activation_bytes_fp32"].iloc[0] == 4 * (2 * 32 * 32 * 32 + 32 * 16 * 16)
 
 
+def test_toy_unet_shares_are_of_the_whole_model_as_its_table_counts(run_sdlab, tmp_path, monkeypatch):
+    drawn, real = [], explainers.bar_chart
+    monkeypatch.setattr(explainers, "bar_chart", lambda panels, *a, **k: drawn.append(panels) or real(panels, *a, **k))
+    assert run_sdlab("experiment=article_b3_unet_levels", f"hydra.run.dir={tmp_path}") == 0
+    frame = pd.read_csv(tmp_path / "toy_unet.csv").query("config == '[64, 128, 256]'")
+    total = frame[frame["level"] == "total"]["params"].iloc[0]
+    deepest = frame[frame["level"] == "2"]["params"].iloc[0]
+    assert (total, deepest) == (14_404_225, 8_399_872)
+    assert read_captions(tmp_path)["toy_unet.png"].startswith(
+        f"deepest level: {deepest / total:.0%} of the model's {total:,} parameters;")
+    [(params, _)] = drawn
+    assert params["notes"][:3] == [f"{p / total:.0%}" for p in frame["params"].iloc[:3]] == ["5%", "17%", "58%"]
+    assert params["title"].endswith("in % of all the model's parameters")
+
+
 @pytest.mark.parametrize("recipe,table,figure", [
     ("article_a2_noise", "noise_stats", "noise_histogram.png"),
     ("article_b5_cfg_toy", "cfg_toy", "cfg_toy.png"),

@@ -178,14 +178,17 @@ def run_toy_unet(ctx: JobContext) -> pd.DataFrame:
     levels = frame[frame["level"] != "total"]
     labels = [f"L{lvl} ({res})" for lvl, res in zip(levels["level"], levels["resolution"])]
     groups = [f"channels {c}" for c in levels["config"]]
-    share = {column: levels[column] / levels.groupby("config")[column].transform("sum")
+    totals = frame[frame["level"] == "total"].set_index("config")  # with the mid block, time embedding, in/out convs
+    share = {column: levels[column] / levels["config"].map(totals[column])
              for column in ("params", "activation_bytes_fp32")}
     first = levels["config"] == levels["config"].iloc[0]
     deepest, shallowest = levels[first].index[-1], levels[first].index[0]
-    claim = (f"deepest level: {share['params'][deepest]:.0%} of the parameters; shallowest: "
-             f"{share['activation_bytes_fp32'][shallowest]:.0%} of the activations (channels {levels['config'].iloc[0]})")
+    claim = (f"deepest level: {share['params'][deepest]:.0%} of the model's {totals['params'].iloc[0]:,} parameters; "
+             f"shallowest: {share['activation_bytes_fp32'][shallowest]:.0%} of the skip activations "
+             f"(channels {levels['config'].iloc[0]})")
     bar_chart([{"labels": labels, "values": levels["params"] / 1e6, "groups": groups, "xlabel": "parameters (millions)",
-                "notes": [f"{v:.0%}" for v in share["params"]], "title": "parameters per level (down + up block)"},
+                "notes": [f"{v:.0%}" for v in share["params"]],
+                "title": "parameters per level (down + up block), in % of all the model's parameters"},
                {"labels": labels, "values": levels["activation_bytes_fp32"] / 2**10, "groups": groups,
                 "notes": [f"{v:.0%}" for v in share["activation_bytes_fp32"]], "xlabel": "KiB (fp32, batch 1)",
                 "title": "skip activations kept per level"}], ctx.out_dir / "toy_unet.png", title=claim)
