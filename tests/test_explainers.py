@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -100,6 +101,17 @@ def test_timestep_embedding_draws_the_cosine_its_title_quotes(run_sdlab, tmp_pat
     for start, gap in ((37, 102), (400, 500), (1, 998)):
         pair = toy.sinusoidal_timestep_embedding([start, start + gap], 320)
         assert pair[0] @ pair[1] / np.linalg.norm(pair[0]) / np.linalg.norm(pair[1]) == pytest.approx(cosine[gap])
+
+
+def test_timestep_embedding_table_holds_every_timestep_its_title_quotes(run_sdlab, tmp_path):
+    assert run_sdlab("experiment=article_d2_timestep_embedding", f"hydra.run.dir={tmp_path}") == 0
+    cosine = pd.read_csv(tmp_path / "timestep_embedding.csv").set_index("t")["cosine_to_t0"]
+    caption = read_captions(tmp_path)["timestep_embedding.png"]
+    quoted = [(float(value), int(t)) for value, t in re.findall(r"(-?[\d.]+) at t=(\d+)", caption)]
+    assert [t for _, t in quoted] == [500, 999]
+    assert all(f"{cosine[t]:.2f}" == f"{value:.2f}" for value, t in quoted)
+    half = int(re.search(r"below 0.5 from t=(\d+) on", caption).group(1))
+    assert cosine[half - 1] >= 0.5 > cosine[half:].max()
 
 
 def test_stays_below_half_finds_the_last_crossing_or_none():

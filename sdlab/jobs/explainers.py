@@ -289,15 +289,14 @@ def stays_below_half(cosine: np.ndarray) -> int | None:
 
 @job("timestep_embedding", TimestepEmbedding)
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
-    """The SD UNet's sinusoidal timestep embedding as a timestep x dimension heatmap, beside each cosine to t=0's."""
+    """The SD UNet's sinusoidal timestep embedding as a heatmap, beside each t's cosine to t=0's (a table row per t)."""
     T, dim, rows = ctx.recipe.T, ctx.recipe.dim, ctx.recipe.rows
     timesteps = np.linspace(0, T - 1, rows).round().astype(int)
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
-    frame = pd.DataFrame({"t": timesteps, "norm": np.linalg.norm(embedding, axis=1),
-                          "cosine_to_t0": cosine_matrix(embedding, embedding[:1])[:, 0]})
     t = np.unique(np.linspace(0, T - 1, min(T, CURVE_POINTS)).round().astype(int))
     curve = toy.sinusoidal_timestep_embedding(t, dim)
     cosine = cosine_matrix(curve, curve[:1])[:, 0]
+    frame = pd.DataFrame({"t": t, "norm": np.linalg.norm(curve, axis=1), "cosine_to_t0": cosine})
     half = stays_below_half(cosine)
     middle = int(np.abs(t - T // 2).argmin())
     quoted = [(i, f"{cosine[i]:.2f} at t={t[i]}") for i in sorted({middle, len(t) - 1} - {half})]
