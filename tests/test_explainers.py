@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from omegaconf import OmegaConf
 from PIL import Image
 
 from sdlab.bench.captions import read_captions
@@ -210,6 +212,12 @@ def test_toy_predictor_legend_covers_none_of_its_lines(run_sdlab, tmp_path, monk
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["zero predictor", "random predictor",
                                                                     "perfect predictor"]
     assert legend_covers(ax) == []
+
+
+def test_toy_predictor_question_asks_about_the_predictors_its_figure_draws():
+    recipe = Path(__file__).resolve().parent.parent / "experiments" / "article_b2_toy_predictor.yaml"
+    question = OmegaConf.load(recipe).article.question
+    assert all(name in question for name in ("zero", "random", "perfect")) and "network" not in question
 
 
 def test_a_curve_figures_title_is_no_wider_than_its_panels(run_sdlab, tmp_path, monkeypatch):
