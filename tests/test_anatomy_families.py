@@ -33,6 +33,21 @@ def test_anatomy_of_a_transformer_family_from_the_command_line(run_sdlab, tmp_pa
     assert frame.loc["total", "params"] == frame.drop(index="total")["params"].sum()
 
 
+def test_anatomy_figure_labels_each_block_whole_and_no_share_as_zero(run_sdlab, tmp_path, monkeypatch):
+    from sdlab.bench import figures
+
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    assert run_sdlab("experiment=anatomy", "model=flux_dev_arch", f"hydra.run.dir={tmp_path}") == 0
+    blocks = pd.read_parquet(tmp_path / "transformer_blocks.parquet")
+    [fig] = drawn
+    parts, stack = fig.axes
+    assert [" ".join(t.get_text().split("\n")) for t in stack.get_yticklabels()] == blocks["block"].tolist()
+    notes = [t.get_text() for ax in (parts, stack) for t in ax.texts]
+    assert " 83.8 M (<1%), 160 MiB fp16" in notes and " <0.1%" in notes and " 54.3%" in notes
+    assert not any(zero in note for note in notes for zero in ("(0%)", "0.0%"))
+
+
 def test_anatomy_reads_every_component_a_folder_lists(tmp_path):
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline

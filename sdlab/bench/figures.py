@@ -377,7 +377,8 @@ def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
                 ax.barh(y[at], np.asarray(panel["values"])[at], color=PALETTE[k % len(PALETTE)], label=name)
             if names != [None]:
                 ax.legend(fontsize=7, frameon=False, loc="best")
-            ax.set_yticks(y, labels_apart(panel["labels"], lambda s: _short(s, 48), 48), fontsize=7)
+            labels = labels_apart(panel["labels"], lambda s: "\n".join(_short(p, 48) for p in s.split("\n")), 48)
+            ax.set_yticks(y, labels, fontsize=7)
             ax.invert_yaxis()
             ax.grid(axis="y", visible=False)
             for yi, value, note in zip(y, panel["values"], panel.get("notes", [None] * len(y))):

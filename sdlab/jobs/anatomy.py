@@ -51,6 +51,12 @@ def config_json(module) -> str:
     return json.dumps({k: v for k, v in config.items() if not str(k).startswith("_")}, default=str, sort_keys=True)
 
 
+def percent(share: float, decimals: int = 0) -> str:
+    """`share` in % to `decimals` places; one that would print as zero as `<1%` (`<0.1%`, ...)."""
+    least = 10.0**-decimals / 100
+    return f"<{least:.{decimals}%}" if 0 < share < least else f"{share:.{decimals}%}"
+
+
 @job("anatomy", work=no_images)
 def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     """A row per component plus total, table `<denoiser>_blocks` (unet or transformer), figure anatomy.png."""
@@ -74,11 +80,12 @@ def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     total = int(table.loc[table["component"] == "total", "params"].iloc[0])
     bar_chart([
         {"labels": list(parts["component"]), "values": list(parts["params"] / 1e6), "xlabel": "parameters (millions)",
-         "notes": [f"{p / 1e6:,.1f} M ({s:.0%}), {b / 2**20:,.0f} MiB fp16" for p, s, b in
+         "notes": [f"{p / 1e6:,.1f} M ({percent(s)}), {b / 2**20:,.0f} MiB fp16" for p, s, b in
                    zip(parts["params"], parts["share"], parts["bytes_fp16"])],
          "title": f"model={spec.name}: {total:,} parameters, {total * 4 / 2**30:.2f} GiB fp32, {total * 2 / 2**30:.2f} GiB fp16; "
                   f"latent {geometry['latent_shape']} at {side}px (x{geometry['compression_ratio']:g})"},
-        {"labels": list(blocks["block"]), "values": list(blocks["params"] / 1e6), "xlabel": "parameters (millions)",
-         "notes": [f"{s:.1%}" for s in blocks["share"]], "title": f"{denoiser} blocks in forward order"},
+        {"labels": list(blocks["block"].str.replace(" (", "\n(")), "values": list(blocks["params"] / 1e6),
+         "xlabel": "parameters (millions)", "notes": [percent(s, 1) for s in blocks["share"]],
+         "title": f"{denoiser} blocks in forward order"},
     ], ctx.out_dir / "anatomy.png")
     return ordered(rows)
