@@ -141,6 +141,15 @@ def test_ddim_steps_marks_no_knee_on_its_straight_log_log_curve(run_sdlab, tmp_p
     assert log_log["logx"] and log_log["logy"] and not log_log.get("points")
 
 
+def test_ddim_steps_names_its_schedule_and_keeps_the_quote_on_one_line(run_sdlab, tmp_path, monkeypatch):
+    kept = drawn_figures(monkeypatch)
+    assert run_sdlab("experiment=article_b6_ddim_steps", "ddim_steps.schedule=scaled_linear",
+                     f"hydra.run.dir={tmp_path}") == 0
+    [(_, fig)] = kept
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["DDIM round trip, scaled_linear schedule"]
+    assert any("'more steps stop paying'" in line for line in fig.get_suptitle().split("\n"))
+
+
 def test_pipeline_by_hand_matches_diffusers(run_sdlab, tmp_path):
     args = ("experiment=article_c1_pipeline_by_hand", "num_inference_steps=5", f"hydra.run.dir={tmp_path}")
     assert run_sdlab(*args) == 0
