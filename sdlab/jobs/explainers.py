@@ -263,8 +263,8 @@ def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
                 f"({steps[-1] / bend:.0f}x the work) the last {left:.0%}")
     title = (f"knee at {knee} steps: from there {rule}\n{absolute}" if knee else
              f"no knee by the article's definition ({rule}):\neach doubling from {steps[0]} to {steps[-1]} steps cuts "
-             f"it {100 * cuts.min():.0f}-{cuts.max():.0%};\n'more steps stop paying' holds only for the absolute error:\n"
-             f"{absolute}")
+             f"it {100 * cuts.min():.0f}-{cuts.max():.0%};\n'more steps stop paying' holds only for the absolute "
+             f"error:\n{absolute}")
     slope = np.polyfit(np.log(steps), np.log(mse), 1)[0]
     # nothing marked on the straight log-log line: a marked bend there reads as the knee the title denies
     curves([{"lines": [{"x": steps, "y": mse, "style": "o-", "label": f"DDIM round trip, {r.schedule} schedule"}],
