@@ -436,6 +436,19 @@ def test_guidance_claim_gives_the_paired_change_and_says_when_guidance_raises_no
     assert guidance_panels(ok)[1].endswith("w=7 -> 12.5 raises CLIP score here")
 
 
+def test_a_guidance_claim_says_where_a_score_peaks_before_the_last_scale():
+    """B7: CLIP score rises from w=1 to 20 but peaks at w=5; the verdict said only "raises", from the two ends."""
+    from sdlab.jobs.grids import guidance_panels
+
+    clip = {1.0: [64.0, 60.0, 70.0], 5.0: [96.0, 95.5, 96.0], 20.0: [94.0, 93.0, 93.5]}
+    ok = pd.DataFrame([{"seed": seed, "guidance_scale": w, "clip_score": score, "adherence_all": w > 1}
+                       for w, scores in clip.items() for seed, score in enumerate(scores)])
+    claim = guidance_panels(ok)[1]
+    assert claim.endswith("w=1 -> 20 raises CLIP score and prompt following here, but CLIP score peaks at w=5 (95.8) "
+                          "and falls to 93.5 at w=20"), claim
+    assert "best" not in claim and "prompt following peaks" not in claim  # 100% at w=5 and w=20 is no fall
+
+
 def test_the_guidance_panels_axis_leaves_room_around_every_point_it_draws():
     """A point at the end of the range sits inside the axis, not half cut on its edge (w=15 at the lowest score)."""
     from sdlab.jobs.grids import guidance_panels

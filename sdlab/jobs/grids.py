@@ -91,7 +91,8 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
         return [], ""
     summary = summarize_ci(ok, ["guidance_scale"], metrics)  # sorted by w
     scales = summary["guidance_scale"].to_numpy()
-    panels, claims, rises, untested = [], [], [], {}  # untested: metric -> seeds paired, too few for an interval
+    panels, claims, rises, peaks = [], [], [], []
+    untested = {}  # metric -> seeds paired, too few for an interval
     for metric in metrics:
         percent = metric == "adherence_all"
         name = "prompt followed" if percent else "CLIP score"
@@ -121,18 +122,20 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
                        "ylabel": "prompt followed (% of images)" if percent else "CLIP score = 100 max(cos, 0)"})
         at = [f"{mean[i]:.{digits}f}{unit} at w={scales[i]:g}" for i in (0, len(scales) - 1)]
         best = int(np.nanargmax(mean))
-        peak = f" (best {mean[best]:.{digits}f}{unit} at w={scales[best]:g})" if 0 < best < len(scales) - 1 else ""
+        top = f"{mean[best]:.{digits}f}{unit}"  # a peak inside the range that the last scale falls from
+        peaks += [f"{name} peaks at w={scales[best]:g} ({top}) and falls to {at[1]}"] * (
+            0 < best and not at[1].startswith(f"{top} "))
         paired = "" if lo == hi == 0 or not np.isfinite(lo) else (
             f": change {d:+.{digits}f} (paired 95% CI {lo:+.{digits}f} to {hi:+.{digits}f}; lower in "
             f"{int((change < 0).sum())} of {counted(len(change), 'seed')})")
-        claims.append(f"{name} {at[0]} -> {at[1]}{peak}{paired}")
+        claims.append(f"{name} {at[0]} -> {at[1]}{paired}")
     nouns = {"clip_score": "CLIP score", "adherence_all": "prompt following"}
     span, tested = f"w={scales[0]:g} -> {scales[-1]:g}", [m for m in metrics if m not in untested]
     seeds = max(untested.values(), default=0)
-    verdict = "\n".join(filter(None, [
+    verdict = "\n".join(filter(None, [", but ".join(filter(None, [
         f"{span} raises {' and '.join(nouns[m] for m in rises)} here" if rises else
         f"{span} does not raise {' or '.join(nouns[m] for m in tested)} here (no paired 95% CI above 0)"
-        if tested else "",
+        if tested else "", " and ".join(peaks)])),
         f"not tested whether {span} raises {' or '.join(nouns[m] for m in untested)}\n"
         f"({counted(seeds, 'seed')}; a paired 95% interval needs {MIN_N})" if untested else ""]))
     return panels, "\n".join(claims) + f" (n={counted(ok['seed'].nunique(), 'seed')})\n{verdict}"
