@@ -71,3 +71,16 @@ def test_no_sampler_is_called_level_or_ahead_while_one_has_too_few_seeds_for_an_
     # ddim lost seeds (failed cells): its interval is NaN, which says nothing about overlap
     assert lead({**both, "ddim": (19.0, nan, nan)}) == "too few seeds for an interval for ddim (1.0 dB between means)"
     assert lead({**both, "euler": (20.0, nan, nan)}) == "too few seeds for an interval for euler (1.0 dB between means)"
+
+
+def test_a_stochastic_sampler_is_left_out_of_the_convergence_claim(run_sdlab, tmp_path, one_thread):
+    """euler_a's own solve re-noises each step, so its distance to the reference says nothing of convergence."""
+    assert run_sdlab("experiment=article_b8_schedulers", "schedulers=[ddim,euler_a]", "model=tiny",
+                     "num_inference_steps=2", "reference_steps=20", "seeds=[0,1]", "threads=1",
+                     f"hydra.run.dir={tmp_path}") == 0
+    own = pd.read_parquet(tmp_path / "results.parquet").groupby("scheduler")["own_solve_psnr_to_reference"]
+    low, high = own.min(), own.max()
+    caption = json.loads((tmp_path / "captions.json").read_text())["scheduler_grid.png"]
+    assert f"each deterministic sampler's own 20-step solve is {low['ddim']:.1f}-{high['ddim']:.1f} dB" in caption
+    assert (f"left out as stochastic (fresh noise each step): euler_a, own 20-step solve {low['euler_a']:.1f}-"
+            f"{high['euler_a']:.1f} dB from the reference") in caption, caption

@@ -25,6 +25,7 @@ from sdlab.metrics.image import background_distance, layout_correlation, psnr
 from sdlab.metrics.stats import MIN_N, finite, mean_ci, summarize_ci
 from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
+from sdlab.models.schedulers import SCHEDULERS
 
 BACKGROUND_ALIKE = 0.15  # border colours closer than this (RGB in [0, 1]) count as the same background
 CONVERGED_DB = 30.0  # many-step solves this close to the reference (PSNR) reach the same image to the eye
@@ -263,12 +264,17 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
              ", ".join(f"{s} {m:.1f}{shown(lo, hi)}" for s, (m, lo, hi) in interval.items()) + " dB: " + lead(interval),
              f"closest per seed: {', '.join(best)}: the ranking "
              + ("flips between seeds" if len(winners) > 1 else "holds on every seed")]
-    if converged:
-        own = list(converged.values())
-        lines.append(f"the reference favours none: each sampler's own {steps}-step solve is {min(own):.1f}-"
-                     f"{max(own):.1f} dB from it" if min(own) >= CONVERGED_DB else
-                     f"each sampler's own {steps}-step solve is {min(own):.1f}-{max(own):.1f} dB from the reference: "
-                     "they do not converge to one image, so the reference favours its own sampler")
+    noisy = list(dict.fromkeys(s for s, _ in converged if SCHEDULERS[s].stochastic))  # need not reach one image
+    own = {flag: [v for (s, _), v in converged.items() if (s in noisy) == flag] for flag in (True, False)}
+    if own[False]:
+        low, high = min(own[False]), max(own[False])
+        lines.append(f"the reference favours none: each deterministic sampler's own {steps}-step solve is {low:.1f}-"
+                     f"{high:.1f} dB from it" if low >= CONVERGED_DB else
+                     f"each deterministic sampler's own {steps}-step solve is {low:.1f}-{high:.1f} dB from the "
+                     "reference: they do not converge to one image, so the reference favours its own sampler")
+    if noisy:
+        lines.append(f"left out as stochastic (fresh noise each step): {', '.join(noisy)}, own {steps}-step solve "
+                     f"{min(own[True]):.1f}-{max(own[True]):.1f} dB from the reference")
     if "adherence_all" in frame:
         drawn_by = frame.groupby("scheduler", sort=False)["adherence_all"].agg(lambda a: f"{int(a.sum())}/{len(a)}")
         lines.append("prompt drawn (shapes checker): " + ", ".join(f"{s} {v}" for s, v in drawn_by.items())
