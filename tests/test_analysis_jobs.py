@@ -302,6 +302,10 @@ def test_prompt_grid(tmp_path):
     assert rows["prompt"].tolist() == ["a red circle", "a blue square", "a cross"]
     assert rows["clip_score"].isna().all() and len(set(rows["config_hash"])) == 3
     check_image(tmp_path / "prompt_grid.png", **figure_size(1.6 * 3 + 0.8, 2.0 + 0.3, slack=0.5, grow=1.6))
+    seed, w = rows["seed"].iloc[0], rows["guidance_scale"].iloc[0]
+    drawn = int(rows["adherence_all"].sum())
+    assert read_captions(tmp_path)["prompt_grid.png"] == (  # the seed is the point, said in words
+        f"3 prompts from the same seed {seed}, w={w:g}: {drawn}/3 images draw their prompt (shapes checker)")
 
 
 def test_anatomy_of_a_diffusers_folder_matches_its_architecture(tiny, tmp_path):

@@ -152,13 +152,17 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
         label = "\n".join(textwrap.wrap(f"P{i + 1}: {prompt}", 22, max_lines=4, placeholder=" …"))
         cell = {"prompt": prompt, "prompt_index": i, "prompt_label": label}
         rows += cell_rows(ctx, model, scorers, replace(params, prompt=prompt), cell, f"prompt{i}")
-    frame = ordered(rows)
-    title = ""
-    if len(prompts) > 1 and len(params.seeds) > 1:
-        frame, title = with_seed_layout(ctx, frame)
-        title += article_reports(ctx.run)
+    frame, seeds = ordered(rows), params.seeds
+    ok = frame[frame["status"] == "ok"]
+    title = (f"{counted(len(prompts), 'prompt')} from the same seed {seeds[0] if len(seeds) == 1 else 'in each row'}"
+             f", w={params.guidance_scale:g}")
+    if "adherence_all" in ok and ok["adherence_all"].notna().any():
+        title += f": {int(ok['adherence_all'].sum())}/{len(ok)} images draw their prompt (shapes checker)"
+    if len(prompts) > 1 and len(seeds) > 1:
+        frame, layout = with_seed_layout(ctx, frame)
+        title += f"\n{layout}"
     image_grid(frame, ctx.out_dir, ctx.out_dir / "prompt_grid.png", axes=grid_axes(frame, "prompt_label"),
-               title=title)
+               title=title + article_reports(ctx.run))
     return frame
 
 
@@ -179,16 +183,11 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
     follows = "the subject word, not the seed" if by_subject > by_seed else "the seed"
     keeps = ("too few pairs to tell whether the seed keeps the layout" if np.isnan(same) or np.isnan(other) else
              "the seed keeps the layout" if same > other else "the seed does not keep the layout")
-    scales = ok["guidance_scale"].dropna().unique() if "guidance_scale" in ok else []
-    head = [f"w={scales[0]:g}"] if len(scales) == 1 else []
-    if "adherence_all" in ok and ok["adherence_all"].notna().any():
-        head.append(f"{int(ok['adherence_all'].sum())}/{len(ok)} images draw their prompt (shapes checker)")
-    return frame, "\n".join(filter(None, [
-        ": ".join(head),
+    return frame, "\n".join([
         f"{keeps}: layout correlation {same:.2f} between images of one seed (n={counted(len(pairs[True]), 'pair')}), "
         f"{other:.2f} between seeds (n={len(pairs[False])}) (luminance on an 8x8 grid)",
         f"background alike in {sum(alike[True])}/{len(alike[True])} same-seed, {sum(alike[False])}/{len(alike[False])} "
-        f"same-subject pairs: it follows {follows}"]))
+        f"same-subject pairs: it follows {follows}"])
 
 
 def scheduler_grid_work(run, grid: SchedulerGrid) -> Solves:
