@@ -64,6 +64,16 @@ def test_cells_are_the_images_at_cell_size_and_a_failed_cell_is_marked(tmp_path)
     assert (canvas.sum(-1) < 200).sum() > 100  # labels are drawn in dark ink
 
 
+def test_a_cell_with_a_note_says_it_on_its_image(tmp_path):
+    """A8: the image the shapes checker judged not to draw its prompt is marked on the grid, the others are whole."""
+    cells = [{"seed": str(s), "guidance_scale": str(g)} for s in (1, 2) for g in (1, 7.5)]
+    frame = frame_of(tmp_path, cells).assign(note=["", "NOT the prompt", "", ""])
+    canvas = np.asarray(Image.open(image_grid(frame, tmp_path, tmp_path / "grid.png", ["seed", "guidance_scale"],
+                                              note="note")).convert("RGB"))
+    shown = [int(np.all(canvas == shade(i), axis=-1).sum()) for i in range(4)]
+    assert shown[0] == shown[2] == shown[3] == CELL_MIN ** 2 and shown[1] < 0.9 * CELL_MIN ** 2
+
+
 def test_a_third_axis_makes_pages_stacked_below_each_other(tmp_path):
     cells = [{"scheduler": k, "seed": str(s), "guidance_scale": str(g)} for k in ("ddim", "euler")
              for s in (1, 2) for g in (1, 7.5)]

@@ -85,8 +85,11 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
 
 
 def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str], title: str = "",
-               seeds_within: bool = False) -> Path | None:
-    """A labelled grid: axes[0] across, axes[1] down, the rest pages (`seeds_within`: seeds side by side in a cell)."""
+               seeds_within: bool = False, note: str = "") -> Path | None:
+    """A labelled grid: axes[0] across, axes[1] down, the rest pages (`seeds_within`: seeds side by side in a cell).
+
+    `note`: a column whose text, where there is some, is written across the foot of its cell's image.
+    """
     if "image_path" in frame:
         frame = frame[frame["image_path"].notna()].reset_index(drop=True)
     within = ["seed"] if seeds_within and "seed" in axes and len(axes) > 2 else []
@@ -106,6 +109,7 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
                     len(xs), len(ys), len(pages), max(1, len(seeds)), MAX_GRID_CELLS)
         return None
     cells: dict[tuple, Path | None] = {}
+    notes = dict(zip(map(tuple, zip(*(labels[k] for k in axes + within))), frame[note])) if note else {}
     for i in range(len(frame)):
         key = tuple(labels[k][i] for k in axes + within)
         path = frame["image_path"].iloc[i] if "image_path" in frame else None
@@ -116,7 +120,7 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
         return None
     if seeds:
         title = f"{title}\n" * bool(title) + f"each cell: seed {', '.join(seeds)}, left to right"
-    atomic_save(draw_grid(cells, axes, xs, ys, pages, title, seeds), target, format="PNG")
+    atomic_save(draw_grid(cells, axes, xs, ys, pages, title, seeds, notes), target, format="PNG")
     record_caption(target, title or f"{' x '.join(axes)} grid of {counted(len(cells), 'image')}")
     return Path(target)
 
@@ -158,7 +162,7 @@ def fitting(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False
 
 
 def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
-              title: str, seeds: Sequence[str] = ()) -> Image.Image:
+              title: str, seeds: Sequence[str] = (), notes: dict[tuple, str] | None = None) -> Image.Image:
     """Column labels on top, row labels on the left, a bold header per page; with `seeds`, one image per seed a cell."""
     x_key, y_key = (axes + [None, None])[:2]
     strip = list(seeds) or [None]
@@ -209,4 +213,9 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
                                   fill=INK, font=font(), anchor="mm")
                     else:
                         canvas.paste(image, (x0 + (side - image.width) // 2, y0 + (side - image.height) // 2))
+                    if (notes or {}).get(key):
+                        foot = (x0 + side // 2, y0 + side - GAP)
+                        left_, top, right, bottom = draw.textbbox(foot, notes[key], font=font(True), anchor="md")
+                        draw.rectangle((left_ - GAP, top - GAP, right + GAP, bottom + GAP), fill="white")
+                        draw.text(foot, notes[key], fill=INK, font=font(True), anchor="md")
     return canvas

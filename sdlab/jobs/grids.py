@@ -50,6 +50,11 @@ def setup(ctx: JobContext):
     return model, spec, ctx.run.params, build_scorers(ctx.run.recipe, str(model.device))
 
 
+def drawn_mark(followed) -> str:
+    """The shapes checker's word on one image, as its cell says it ("" where it did not judge)."""
+    return "" if followed is None or pd.isna(followed) else "prompt drawn" if followed else "NOT the prompt"
+
+
 def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
     """x_key across columns, seed down rows when there is more than one."""
     return [x_key] + (["seed"] if frame["seed"].nunique() > 1 else [])
@@ -161,8 +166,9 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     if len(prompts) > 1 and len(seeds) > 1:
         frame, layout = with_seed_layout(ctx, frame)
         title += f"\n{layout}"
-    image_grid(frame, ctx.out_dir, ctx.out_dir / "prompt_grid.png", axes=grid_axes(frame, "prompt_label"),
-               title=title + article_reports(ctx.run))
+    misses = [drawn_mark(a) * (not a) for a in frame.get("adherence_all", [True] * len(frame))]  # a miss only
+    image_grid(frame.assign(miss=misses), ctx.out_dir, ctx.out_dir / "prompt_grid.png", note="miss",
+               axes=grid_axes(frame, "prompt_label"), title=title + article_reports(ctx.run))
     return frame
 
 
@@ -248,7 +254,7 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
                                                       for r in frame.itertuples()])
     interval = {s: mean_ci(group["psnr_to_reference"]) for s, group in frame.groupby("scheduler", sort=False)}
     frame["scheduler_label"] = [f"{s}: {interval[s][0]:.1f} dB PSNR" for s in frame["scheduler"]]
-    mark = lambda ok: "" if ok is None or pd.isna(ok) else "\nprompt drawn" if ok else "\nNOT the prompt"  # noqa: E731
+    mark = lambda ok: f"\n{drawn_mark(ok)}".rstrip()  # noqa: E731
     strip, labels, best = [], [], []
     for seed, group in frame.groupby("seed", sort=False):
         strip.append([truth[seed]] + [images.get(i, np.zeros_like(truth[seed])) for i in group.index])
