@@ -74,6 +74,20 @@ def test_a_cell_with_a_note_says_it_on_its_image(tmp_path):
     assert shown[0] == shown[2] == shown[3] == CELL_MIN ** 2 and shown[1] < 0.9 * CELL_MIN ** 2
 
 
+def test_a_wrapped_grid_title_leaves_no_word_alone_on_its_last_line():
+    """A8's title line broke as '... same-subject pairs: it' / 'follows the seed'; it wraps to lines of even width."""
+    from sdlab.bench.grid import even_lines
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = "background alike in 7/9 same-seed, 3/9 same-subject pairs: it follows the seed"
+    width = text_size(draw, line, bold=True)[0] * 0.85
+    greedy = wrapped(draw, line, width, bold=True).split("\n")
+    lines = even_lines(draw, line, width).split("\n")
+    widths = [text_size(draw, part, bold=True)[0] for part in lines]
+    assert len(lines) == len(greedy) == 2 and " ".join(lines) == line and max(widths) <= width
+    assert min(widths) > 0.6 * max(widths), lines  # greedy: 'the seed' alone under a full line
+
+
 def test_a_third_axis_makes_pages_stacked_below_each_other(tmp_path):
     cells = [{"scheduler": k, "seed": str(s), "guidance_scale": str(g)} for k in ("ddim", "euler")
              for s in (1, 2) for g in (1, 7.5)]

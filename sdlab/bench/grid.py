@@ -152,6 +152,19 @@ def wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False
     return "\n".join(lines)
 
 
+def even_lines(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    """Each line of bold `text` wrapped to `width` pixels in as few lines as it takes, of even width: no orphan."""
+    lines = []
+    for line in text.split("\n"):
+        breaks = lambda w: wrapped(draw, line, w, bold=True).count("\n")  # noqa: E731
+        count, low, high = breaks(width), 1, width
+        while low < high:  # the narrowest width that takes no more lines
+            middle = (low + high) // 2
+            low, high = (low, middle) if breaks(middle) <= count else (middle + 1, high)
+        lines.append(wrapped(draw, line, low, bold=True))
+    return "\n".join(lines)
+
+
 def fitting(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False, end: str = "") -> int:
     """How many of `text`'s first characters, followed by `end`, fit `width` pixels on one line (at least one)."""
     low, high = 1, len(text)
@@ -181,7 +194,7 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
                            max(page_w - left, TITLE_MIN_WIDTH), bold=True, most=LABEL_LINES) for page in pages]
     page_head = max(text_size(measure, t, bold=True)[1] for t in page_labels) + (GAP * 3 if page_labels[0] else 0)
     page_h = page_head + head + len(ys) * (side + GAP) - GAP
-    title = wrapped(measure, title, max(page_w, TITLE_MIN_WIDTH), bold=True)
+    title = even_lines(measure, title, max(page_w, TITLE_MIN_WIDTH))
     title_h = text_size(measure, title, bold=True)[1] + GAP * 3 if title else 0
     width = max(page_w, text_size(measure, title, bold=True)[0]) + 2 * MARGIN
     canvas = Image.new("RGB", (width, title_h + len(pages) * (page_h + MARGIN) + MARGIN), "white")
