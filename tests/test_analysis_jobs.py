@@ -144,9 +144,12 @@ def test_clip_tokens_job(tmp_path):
     check_image(tmp_path / "token_counts.png", min_size=(300, 80))
 
 
-def test_clip_similarity_text_only_then_with_clip(tmp_path):
+def test_clip_similarity_text_only_then_with_clip(tmp_path, monkeypatch):
     from analysis_helpers import tiny_clip
+    from sdlab.bench import figures
 
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
     rows = run("clip_similarity", tmp_path / "text", prompts=["a red circle", "a blue square", "a red circle"])
     assert len(rows) == 9 and rows["embedding"].iloc[0].startswith("model=tiny text_encoder pooled output")
     matrix = rows.pivot(index="prompt_a_index", columns="prompt_b_index", values="cosine").to_numpy()
@@ -164,6 +167,7 @@ def test_clip_similarity_text_only_then_with_clip(tmp_path):
     pairs = pd.read_parquet(tmp_path / "both" / "image_text_similarity.parquet")
     assert len(pairs) == 9 and pairs["clip_score"].between(0, 100).all()
     check_image(tmp_path / "both" / "image_text_similarity.png", min_size=(250, 150))
+    assert [fig.axes[0].images[0].get_clim() for fig in drawn] == [(-1, 1)] * 3  # one colour, one cosine
 
 
 def test_anatomy_job_on_tiny(tmp_path):

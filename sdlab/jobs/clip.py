@@ -23,6 +23,7 @@ from sdlab.models.text_tokenizers import encoder_tokenizers
 
 log = logging.getLogger(__name__)
 XLABELS = {"clip": "CLIP tokens incl. <|startoftext|> and <|endoftext|>", "t5": "T5 tokens incl. the closing </s>"}
+COSINE = {"vmin": -1, "vmax": 1, "value_label": "cosine"}  # one colour means one cosine in every matrix
 
 
 def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> str:
@@ -108,7 +109,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     text = long_matrix(matrix, prompts, prompts, "prompt_a", "prompt_b").assign(embedding=embedding)
     keys = [f"P{i + 1}" for i in range(len(prompts))]
     heatmap(matrix, [f"{k}: {p}" for k, p in zip(keys, prompts)], keys, ctx.out_dir / "text_similarity.png",
-            vmin=-1, vmax=1, value_label="cosine", title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}{article_reports(ctx.run)}")
+            **COSINE, title=f"{nearest_claim(matrix)}\ncos(E_T(a), E_T(b)), {embedding}{article_reports(ctx.run)}")
     rows = [{**identity(ctx, "clip_similarity", spec.name), **r} for r in text.to_dict("records")]
     if clip is None or not (recipe.images or recipe.num_images):
         log.info("image-caption similarity skipped: %s", "num_images=0 and no images" if clip else
@@ -122,7 +123,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
     pairs = long_matrix(cos, names, captions, "image", "caption").assign(
         clip_score=lambda f: clip_score_from_cosine(f["cosine"]), clip=clip.name)
     write_table(pairs, ctx.out_dir, "image_text_similarity")
-    heatmap(cos, names, captions, ctx.out_dir / "image_text_similarity.png", value_label="cosine",
+    heatmap(cos, names, captions, ctx.out_dir / "image_text_similarity.png", **COSINE,
             row_images=[image for _, image, _ in images],
             title=f"{diagonal_claim(cos)}\ncos(E_I(image), E_T(caption)), clip={clip.name}; CLIP score = 100 max(cos, 0)")
     return ordered(rows)
