@@ -223,6 +223,14 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
     check_image(tmp_path / "trajectory_strip.png", **figure_size(1.6 * 4 + 0.6, (1.6 + 0.15 + 0.15 * 3) * 2 + 0.6))
 
 
+def test_trajectory_title_keeps_a_negation_and_cuts_a_long_prompt_at_a_word(tmp_path):
+    negation = "a large yellow triangle at the top on a black background, no red"
+    run("trajectory", tmp_path / "a", num_inference_steps=2, frames=2, prompt=negation)
+    assert f"seed 0: {negation} x0_pred" in read_captions(tmp_path / "a")["trajectory_strip.png"]
+    run("trajectory", tmp_path / "b", num_inference_steps=2, frames=2, prompt=negation + ", and no blue square or green circle")
+    assert f"seed 0: {negation}, and no blue… x0_pred" in read_captions(tmp_path / "b")["trajectory_strip.png"]
+
+
 def test_trajectory_x0_pred_matches_euler_update(tmp_path):
     from sdlab.jobs import trajectory
 

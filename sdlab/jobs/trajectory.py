@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -125,8 +126,9 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              if settled is not None else f"x0_pred never reaches {SETTLED_DB:g} dB PSNR")
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + ["final"], x0_labels], row_labels=["x_t", "x0_pred"],
-                title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, seed {seed}: "
-                      f"{params.prompt[:60]}\n{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
+                title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, "
+                      f"seed {seed}: {textwrap.shorten(params.prompt, 80, placeholder='…')}\n"
+                      f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
                             labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
