@@ -66,7 +66,7 @@ def test_forward_process_pixel_and_latent(tmp_path):
     headline = read_captions(tmp_path)["forward_strip.png"].split(" | ")[0]
     assert headline.startswith(
         f"PSNR vs x_0 from t=0 to t=999: {pixel['psnr_db'].iloc[0]:.1f} -> {pixel['psnr_db'].iloc[-1]:.1f} dB in "
-        f"pixels, {latent['psnr_db'].iloc[0]:.1f} -> {latent['psnr_db'].iloc[-1]:.1f} dB in decoded latents "
+        f"pixels, {latent['psnr_db'].iloc[0]:.1f} -> {latent['psnr_db'].iloc[-1]:.1f} dB in decoded latents; "
         f"q(x_t|x_0) = N(")
     with pytest.raises(UserError, match=r"timesteps \[1000\] out of range"):
         run("forward_process", tmp_path, timesteps=[0, 1000])
@@ -82,7 +82,7 @@ def test_forward_process_headline_compares_schedules_with_the_panels_numbers(tmp
     widest = int((psnr["cosine"] - psnr["linear"]).abs().idxmax())
     assert widest == 200 and psnr.loc[widest, "cosine"] > psnr.loc[widest, "linear"]
     caption = read_captions(tmp_path)["forward_strip.png"]
-    assert caption.split(" q(x_t|x_0)")[0] == (
+    assert caption.split("; q(x_t|x_0)")[0] == (
         f"cosine keeps more signal than linear: {psnr.loc[widest, 'cosine']:.1f} vs {psnr.loc[widest, 'linear']:.1f} "
         f"dB PSNR at t={widest}")
     [strip] = drawn  # the same numbers label the panels, under rows named across, not up the side
@@ -226,9 +226,9 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
 def test_trajectory_title_keeps_a_negation_and_cuts_a_long_prompt_at_a_word(tmp_path):
     negation = "a large yellow triangle at the top on a black background, no red"
     run("trajectory", tmp_path / "a", num_inference_steps=2, frames=2, prompt=negation)
-    assert f"seed 0: {negation} x0_pred" in read_captions(tmp_path / "a")["trajectory_strip.png"]
+    assert f"seed 0: {negation}; x0_pred" in read_captions(tmp_path / "a")["trajectory_strip.png"]
     run("trajectory", tmp_path / "b", num_inference_steps=2, frames=2, prompt=negation + ", and no blue square or green circle")
-    assert f"seed 0: {negation}, and no blue… x0_pred" in read_captions(tmp_path / "b")["trajectory_strip.png"]
+    assert f"seed 0: {negation}, and no blue…; x0_pred" in read_captions(tmp_path / "b")["trajectory_strip.png"]
 
 
 def test_trajectory_x0_pred_matches_euler_update(tmp_path):

@@ -142,6 +142,15 @@ def test_the_last_lines_name_each_figure_and_its_headline_once(tmp_path):
     assert summarize(pd.DataFrame({"status": ["ok"]}), tmp_path, since=2e9).splitlines()[1:] == []  # none new
 
 
+def test_a_headline_keeps_a_titles_lines_apart_as_clauses(tmp_path):
+    from sdlab.bench.captions import read_captions, record_caption
+
+    record_caption(tmp_path / "a.png", "mean PSNR 36.9 dB; latent channels min-max scaled\nthe article reports 30 dB\n"
+                                       "seed 42:\n  a red circle | step 0\nt=999")
+    assert read_captions(tmp_path)["a.png"] == ("mean PSNR 36.9 dB; latent channels min-max scaled; the article reports "
+                                                "30 dB; seed 42: a red circle | step 0; t=999")
+
+
 def test_a_seed_that_would_be_a_page_sits_side_by_side_in_each_cell(tmp_path):
     cells = [{"scheduler": k, "guidance_scale": str(g), "seed": str(s)} for k in ("ddim", "euler")
              for g in (1, 7.5) for s in (1, 2)]

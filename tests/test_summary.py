@@ -271,7 +271,7 @@ def test_the_convergence_figure_says_what_its_bands_are_and_their_n(tmp_path, co
                              "psnr_mean": 20.0 + s, "psnr_lo": 19.0 + s if n >= 3 else math.nan,
                              "psnr_hi": 21.0 + s if n >= 3 else math.nan} for s, n in zip((4, 8), counts)])
     convergence(summary, "nfe", ["psnr"], tmp_path / "c.png", xlabel="NFE", title="fewest NFE")
-    assert read_captions(tmp_path)["c.png"].startswith(f"fewest NFE {note}")
+    assert read_captions(tmp_path)["c.png"].startswith(f"fewest NFE; {note}")
 
 
 def test_the_summary_plot_shows_bytes_as_mib():

@@ -12,6 +12,7 @@ from sdlab.io import atomic_write_text, read_json_object
 
 CAPTIONS = "captions.json"
 ESCAPE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")  # how `drawable` writes a character
+CLAUSE_BREAK = re.compile(r"(?<![,;:\s])\s*\n")  # a title's line not ending in , ; or : ends a clause
 
 
 def counted(n: int, noun: str, plural: str = "") -> str:
@@ -60,9 +61,9 @@ def read_captions(folder: Path) -> dict[str, str]:
 
 
 def record_caption(target: Path, caption: str) -> None:
-    """Keep a figure's title (its claim and number) in captions.json beside it."""
+    """Keep a figure's title (its claim and number) in captions.json beside it, on one line: its lines '; ' apart."""
     captions = read_captions(Path(target).parent)
-    captions[Path(target).name] = " ".join(caption.split())
+    captions[Path(target).name] = " ".join(CLAUSE_BREAK.sub("; ", caption.strip()).split())
     atomic_write_text(Path(target).parent / CAPTIONS, json.dumps(captions, indent=1, sort_keys=True))
 
 

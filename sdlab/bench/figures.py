@@ -39,11 +39,16 @@ def styled():
         yield plt
 
 
+def titles(fig) -> str:
+    """The figure's title and its panels' titles, ' | ' apart: its caption."""
+    return " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t)
+
+
 def save_figure(fig, target: Path, crop: bool = True) -> Path:
     """Save a figure as PNG atomically, its titles as caption, and close it; `crop` cuts it to its ink (drawn twice)."""
     import matplotlib.pyplot as plt
 
-    caption = " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t)  # as typed
+    caption = fig.get_label() or titles(fig)  # as typed: `fit_titles` keeps them there before it wraps them
     in_its_font(fig)
     if crop:
         with atomic_path(target) as tmp:
@@ -225,6 +230,7 @@ def clear_legends(fig) -> None:
 
 def fit_titles(fig, suptitle=None) -> None:
     """Wrap each title wider than its panels (the suptitle: the figure) at its spaces, as laid out, not drawn."""
+    fig.set_label(titles(fig))
     renderer = fig.canvas.get_renderer()
     texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
         [(suptitle, fig.bbox.width)] if suptitle else [])  # the figure's title spans the figure as laid out
