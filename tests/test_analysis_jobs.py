@@ -142,6 +142,10 @@ def test_clip_tokens_job(tmp_path):
     tokens = pd.read_parquet(tmp_path / "tokens.parquet")
     assert tokens.groupby("prompt_index").size().tolist() == rows["n_tokens"].tolist()
     check_image(tmp_path / "token_counts.png", min_size=(300, 80))
+    assert rows.loc[rows["truncated"], "dropped"].tolist() == ["station , by a famous landscape painter"]
+    assert read_captions(tmp_path)["token_counts.png"] == (  # where the cut falls: inside 'artstation'
+        "the longest prompt is 84 tokens; 1 of 4 prompts cut at 77 tokens; the 84-token one loses "
+        "'station , by a famous landscape painter' | tokens per prompt; text_encoder (CLIP) sees at most 77 (dashed)")
 
 
 def test_clip_similarity_text_only_then_with_clip(tmp_path, monkeypatch):

@@ -27,11 +27,13 @@ COSINE = {"vmin": -1, "vmax": 1, "value_label": "cosine"}  # one colour means on
 
 
 def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> str:
-    """A line per text encoder (named when `labelled`): the longest prompt's tokens and how many prompts it cuts."""
+    """A line per text encoder (named when `labelled`): its longest prompt, how many it cuts and what one loses."""
     parts = []
     for table, e in zip(tables, encoders):
-        cut = int(table["truncated"].sum())
-        where = f"{cut} of {counted(len(table), 'prompt')} cut at {e.limit} tokens" if cut else f"none cut at {e.limit} tokens"
+        cut = table[table["truncated"]]
+        where = (f"{len(cut)} of {counted(len(table), 'prompt')} cut at {e.limit} tokens\nthe {cut['n_tokens'].iloc[0]}"
+                 f"-token one loses {textwrap.shorten(cut['dropped'].iloc[0], 60, placeholder='…')!r}"
+                 if len(cut) else f"none cut at {e.limit} tokens")
         where = f"the longest prompt is {counted(int(table['n_tokens'].max()), 'token')}; {where}"
         parts.append(f"{e.label}: {where}" if labelled else where)
     return "\n".join(parts)

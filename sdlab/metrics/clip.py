@@ -17,7 +17,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def token_table(tokenizer, prompts: Sequence[str], max_length: int = MAX_TOKENS) -> pd.DataFrame:
-    """A row per prompt: CLIP tokens and ids with BOS/EOS, their count, a warning past `max_length` (rest dropped)."""
+    """A row per prompt: CLIP tokens and ids with BOS/EOS, their count, the text cut past `max_length`, a warning."""
     rows = []
     for prompt in prompts:
         ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
@@ -25,6 +25,7 @@ def token_table(tokenizer, prompts: Sequence[str], max_length: int = MAX_TOKENS)
         truncated = n > max_length
         dropped = tokenizer.decode(ids[max_length - 1 : -1]).strip() if truncated else ""
         rows.append({"prompt": prompt, "n_tokens": n, "n_kept": min(n, max_length), "truncated": truncated,
+                     "dropped": dropped,
                      "warning": f"{n} tokens > {max_length}: truncated, dropped: {dropped!r}" if truncated else "",
                      "tokens": json.dumps(tokenizer.convert_ids_to_tokens(ids), ensure_ascii=False),
                      "ids": json.dumps(ids)})
