@@ -222,8 +222,8 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
         "negative_prompt": rows["negative_prompt"].iloc[0], "width": 64, "height": 64, "eta": 0.0,
         "seed": int(rows["seed"].iloc[0]), "scheduler": rows["scheduler"].iloc[0]}
     gif = Image.open(tmp_path / "trajectory.gif")
-    assert gif.n_frames == 4 + 1 and gif.size == (2 * 64 * 4, 64 * 4 + 14)
-    check_image(tmp_path / "trajectory.gif", size=(512, 270))
+    assert gif.n_frames == 4 + 1 and gif.size == (2 * 64 * 4, 64 * 4 + 22)
+    check_image(tmp_path / "trajectory.gif", size=(512, 278))
     check_image(tmp_path / "trajectory_strip.png", **figure_size(1.6 * 4 + 0.6, (1.6 + 0.15 + 0.15 * 3) * 2 + 0.6))
 
 
@@ -233,6 +233,16 @@ def test_trajectory_title_keeps_a_negation_and_cuts_a_long_prompt_at_a_word(tmp_
     assert f"seed 0: {negation}; x0_pred" in read_captions(tmp_path / "a")["trajectory_strip.png"]
     run("trajectory", tmp_path / "b", num_inference_steps=2, frames=2, prompt=negation + ", and no blue square or green circle")
     assert f"seed 0: {negation}, and no blue…; x0_pred" in read_captions(tmp_path / "b")["trajectory_strip.png"]
+
+
+def test_trajectory_gif_frames_carry_each_x0_pred_psnr_in_a_legible_band(tmp_path, monkeypatch):
+    from sdlab.jobs import trajectory
+
+    texts, real = [], trajectory.labelled
+    monkeypatch.setattr(trajectory, "labelled", lambda image, text, scale: texts.append(text) or real(image, text, scale))
+    rows = run("trajectory", tmp_path, num_inference_steps=2, frames=2)
+    assert texts[1::2] == [f"x0_pred {db:.1f} dB" for db in rows["x0_pred_psnr_vs_final_db"]] + ["final"]
+    assert Image.open(tmp_path / "trajectory.gif").size == (2 * 64 * 4, 64 * 4 + 22)  # 16 px letters, not 11
 
 
 def test_trajectory_x0_pred_matches_euler_update(tmp_path):

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import image_strip, write_gif
@@ -29,6 +29,7 @@ from sdlab.models.schedulers import resolved_config
 PREVIEWS = ("vae", "linear")
 REFERENCES = {"vae": "the final image", "linear": "the final latents, both through the linear preview"}
 SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is decided
+LABEL_PX = 16  # the GIF's label letters, in a band of LABEL_PX + 6 below each frame
 
 
 class TrajectoryRecorder:
@@ -53,9 +54,9 @@ class TrajectoryRecorder:
 def labelled(image: np.ndarray, text: str, scale: int) -> Image.Image:
     """An image upscaled (nearest) by `scale` with a text band below."""
     big = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
-    canvas = Image.new("RGB", (big.width, big.height + 14), "white")
+    canvas = Image.new("RGB", (big.width, big.height + LABEL_PX + 6), "white")
     canvas.paste(big, (0, 0))
-    ImageDraw.Draw(canvas).text((3, big.height + 1), text, fill="black")
+    ImageDraw.Draw(canvas).text((3, big.height + 1), text, fill="black", font=ImageFont.load_default(LABEL_PX))
     return canvas
 
 
@@ -131,7 +132,8 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
                       f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
-                            labelled(x0[i], "x0_pred", scale)]) for i, s in enumerate(steps)]
+                            labelled(x0[i], f"x0_pred {rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB", scale)])
+              for i, s in enumerate(steps)]
     frames.append(side_by_side([labelled(final, "final", scale), labelled(final, "final", scale)]))
     write_gif(frames, ctx.out_dir / "trajectory.gif", duration_ms=recipe.gif_ms)
     return ordered(rows)
