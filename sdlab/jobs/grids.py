@@ -304,8 +304,7 @@ def run_same_params(ctx: JobContext) -> pd.DataFrame:
     image_strip([[first.astype(np.uint8), second.astype(np.uint8), (diff * (255 // max(most, 1))).astype(np.uint8)]],
                 ctx.out_dir / "same_params.png", col_labels=["call 1", "call 2", f"|call 1 - call 2|, max {most}"],
                 title=f"the same parameters give the same image: max |difference| {most} of 255 ({verdict})\n"
-                      + "\n".join(textwrap.wrap(
-                          f"prompt {p.prompt!r}, negative {p.negative_prompt!r}, seed {p.seeds[0]}, "
-                          f"{counted(p.num_inference_steps, 'step')}, cfg {p.guidance_scale:g}, {p.width}x{p.height}, "
-                          f"{ctx.run.scheduler.name}", 90)) + article_reports(ctx.run), cell_inches=2.2)
+                      f"prompt {p.prompt!r}, negative {p.negative_prompt!r}\nseed {p.seeds[0]}, "
+                      f"{counted(p.num_inference_steps, 'step')}, cfg {p.guidance_scale:g}, {p.width}x{p.height}, "
+                      f"{ctx.run.scheduler.name}" + article_reports(ctx.run), cell_inches=2.2)
     return frame
