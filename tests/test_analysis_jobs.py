@@ -629,3 +629,21 @@ def test_the_clip_panels_legend_names_the_grey_line_of_each_seed(tmp_path, monke
     [entries] = legends
     assert [name for _, name in entries] == ["95% interval", "one line per seed (6)", "mean of 6 seeds"]
     assert entries[1][0] == "0.75"  # the grey of the per-seed lines
+
+
+def test_guidance_grid_titles_cut_a_long_prompt_at_a_word_not_inside_it(tmp_path):
+    """The grid figures cut the prompt at 60 and 70 characters: '... on a black background, no' lost its object."""
+    from analysis_helpers import tiny_clip
+
+    tiny_clip().model.save_pretrained(str(tmp_path / "clip"), safe_serialization=True)
+    prompt = "a large yellow triangle at the top on a black background, no red"
+    run("guidance_grid", tmp_path, num_inference_steps=2, guidance_scales=[1, 7.5], seeds=[1], prompt=prompt,
+        clip={"name": "mini", "path": str(tmp_path / "clip"), "repo_id": None})
+    title = json.loads((tmp_path / "captions.json").read_text())["clip_vs_guidance.png"]
+    assert prompt in " ".join(title.split())
+    long = prompt + ", seen from far away in the late evening light"
+    run("article_b8_schedulers", tmp_path / "long", num_inference_steps=2, schedulers=["ddim"], seeds=[1], prompt=long,
+        reference_steps=0)
+    title = json.loads((tmp_path / "long" / "captions.json").read_text())["scheduler_grid.png"]
+    shown = title[title.index(long[:20]):title.index("…")]
+    assert long.startswith(shown) and long[len(shown)] == " "  # cut after a whole word, and says so

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from sdlab.io import atomic_write_text, read_json_object
 CAPTIONS = "captions.json"
 ESCAPE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")  # how `drawable` writes a character
 CLAUSE_BREAK = re.compile(r"(?<![,;:\s])\s*\n")  # a title's line not ending in , ; or : ends a clause
+
+
+def short_prompt(prompt: str, width: int = 80) -> str:
+    """A prompt for a title: whole up to `width` characters, else cut after a word with an ellipsis."""
+    return textwrap.shorten(prompt, width, placeholder="…")
 
 
 def counted(n: int, noun: str, plural: str = "") -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sdlab.bench.captions import counted
+from sdlab.bench.captions import counted, short_prompt
 from sdlab.bench.figures import curves, image_strip
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import ordered
@@ -82,11 +82,11 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
         ctx, model, scorers, replace(params, guidance_scale=w), {"guidance_scale": w}, f"cfg{w:g}")])
     panels, claim = guidance_panels(frame[frame["status"] == "ok"])
     image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
-               title=(claim or f"{params.prompt[:70]} ({spec.name}, {counted(params.num_inference_steps, 'step')})")
+               title=(claim or f"{short_prompt(params.prompt)} ({spec.name}, {counted(params.num_inference_steps, 'step')})")
                + article_reports(ctx.run))
     if panels:
         curves(panels, ctx.out_dir / "clip_vs_guidance.png",
-               title=f"{spec.name}: {params.prompt[:60]}\n{claim}{article_reports(ctx.run)}")
+               title=f"{spec.name}: {short_prompt(params.prompt)}\n{claim}{article_reports(ctx.run)}")
     return frame
 
 
@@ -215,7 +215,7 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     if recipe.reference_steps:
         return with_reference_distance(ctx, model, recipe, params, frame, scorers)
     image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, "scheduler"),
-               title=f"{params.prompt[:70]} ({spec.name}, {counted(params.num_inference_steps, 'step')} each)")
+               title=f"{short_prompt(params.prompt)} ({spec.name}, {counted(params.num_inference_steps, 'step')} each)")
     return frame
 
 

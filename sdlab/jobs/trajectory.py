@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -12,7 +11,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sdlab.bench.captions import counted
+from sdlab.bench.captions import counted, short_prompt
 from sdlab.bench.figures import image_strip, write_gif
 from sdlab.bench.records import identity, ordered, save_png
 from sdlab.config import checked, image_params
@@ -128,7 +127,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + ["final"], x0_labels], row_labels=["x_t", "x0_pred"],
                 title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, "
-                      f"seed {seed}: {textwrap.shorten(params.prompt, 80, placeholder='…')}\n"
+                      f"seed {seed}: {short_prompt(params.prompt)}\n"
                       f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
