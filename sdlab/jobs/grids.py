@@ -82,8 +82,8 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
         ctx, model, scorers, replace(params, guidance_scale=w), {"guidance_scale": w}, f"cfg{w:g}")])
     panels, claim = guidance_panels(frame[frame["status"] == "ok"])
     image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
-               title=(claim or f"{short_prompt(params.prompt)} ({spec.name}, {counted(params.num_inference_steps, 'step')})")
-               + article_reports(ctx.run))
+               title=(claim or f"{short_prompt(params.prompt)} ({spec.name}, "
+                                f"{counted(params.num_inference_steps, 'step')})") + article_reports(ctx.run))
     if panels:
         curves(panels, ctx.out_dir / "clip_vs_guidance.png",
                title=f"{spec.name}: {short_prompt(params.prompt)}\n{claim}{article_reports(ctx.run)}")
