@@ -169,6 +169,9 @@ def test_folder_without_weights_is_refused(tmp_path):
     (("experiment=article_c2_img2img", "strengths=[0.5,1.5]"), "strength 1.5 must be in (0, 1]"),
     (("experiment=article_c1_pipeline_by_hand", "guidance_scale=1"),
      "guidance_scale=1.0 must be > 1 here: the loop by hand always applies guidance"),
+    (("experiment=article_c1_pipeline_by_hand", "scheduler=euler"),
+     "scheduler=euler: job pipeline_by_hand writes out DDIM's update and runs diffusers' pipeline with DDIM to compare; "
+     "drop scheduler= (or give scheduler=ddim)"),
     (("experiment=article_c1_pipeline_by_hand", "model=sd3_tiny"),
      "job pipeline_by_hand writes out the SD 1.x epsilon loop; model=sd3_tiny is a sd3 flow model"),
     (("experiment=trajectory", "frames=0"), "frames=0 must be an integer >= 2 and <= 10000 or null"),

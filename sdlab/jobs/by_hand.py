@@ -64,6 +64,9 @@ def check_by_hand(run: Run) -> None:
     if not (adapter.plain_unet_call and process.predicts_noise):
         raise UserError(f"job pipeline_by_hand writes out the SD 1.x epsilon loop; model={spec.name} is a "
                         f"{adapter.family} {process.kind} model: use model=tiny, mini or sd15")
+    if run.scheduler.name != "ddim":
+        raise UserError(f"scheduler={run.scheduler.name}: job pipeline_by_hand writes out DDIM's update and runs "
+                        "diffusers' pipeline with DDIM to compare; drop scheduler= (or give scheduler=ddim)")
     w = run.params.guidance_scale
     if w <= 1.0:
         raise UserError(f"guidance_scale={w} must be > 1 here: the loop by hand always applies guidance")
