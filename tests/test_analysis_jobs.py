@@ -647,3 +647,16 @@ def test_guidance_grid_titles_cut_a_long_prompt_at_a_word_not_inside_it(tmp_path
     title = json.loads((tmp_path / "long" / "captions.json").read_text())["scheduler_grid.png"]
     shown = title[title.index(long[:20]):title.index("…")]
     assert long.startswith(shown) and long[len(shown)] == " "  # cut after a whole word, and says so
+
+
+def test_trajectory_final_column_says_when_it_is_the_linear_preview(tmp_path, monkeypatch):
+    """Under preview=linear the strip's 'final' panel is the pale linear preview of the final latents, not the image."""
+    from sdlab.jobs import trajectory
+
+    drawn, strip = {}, trajectory.image_strip
+    monkeypatch.setattr(trajectory, "image_strip",
+                        lambda rows, target, **kw: drawn.update(kw) or strip(rows, target, **kw))
+    run("trajectory", tmp_path / "linear", num_inference_steps=2, frames=2, preview="linear")
+    assert drawn["col_labels"][0][-1] == "final latents\n(linear preview)"
+    run("trajectory", tmp_path / "vae", num_inference_steps=2, frames=2)
+    assert drawn["col_labels"][0][-1] == "final"

@@ -27,6 +27,7 @@ from sdlab.models.schedulers import resolved_config
 
 PREVIEWS = ("vae", "linear")
 REFERENCES = {"vae": "the final image", "linear": "the final latents, both through the linear preview"}
+FINAL_LABELS = {"vae": "final", "linear": "final latents\n(linear preview)"}
 SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is decided
 LABEL_PX = 16  # the GIF's label letters, in a band of LABEL_PX + 6 below each frame
 
@@ -125,7 +126,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     claim = (f"x0_pred first reaches {SETTLED_DB:g} dB PSNR at step {settled} of {len(rows)}"
              if settled is not None else f"x0_pred never reaches {SETTLED_DB:g} dB PSNR")
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
-                col_labels=[labels + ["final"], x0_labels], row_labels=["x_t", "x0_pred"],
+                col_labels=[labels + [FINAL_LABELS[recipe.preview]], x0_labels], row_labels=["x_t", "x0_pred"],
                 title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, "
                       f"seed {seed}: {short_prompt(params.prompt)}\n"
                       f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
@@ -133,6 +134,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
                             labelled(x0[i], f"x0_pred {rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB", scale)])
               for i, s in enumerate(steps)]
-    frames.append(side_by_side([labelled(final, "final", scale), labelled(final, "final", scale)]))
+    last = FINAL_LABELS[recipe.preview].replace("\n", " ")
+    frames.append(side_by_side([labelled(final, last, scale), labelled(final, last, scale)]))
     write_gif(frames, ctx.out_dir / "trajectory.gif", duration_ms=recipe.gif_ms)
     return ordered(rows)
