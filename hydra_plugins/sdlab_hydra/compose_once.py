@@ -35,6 +35,7 @@ from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_
 from sdlab.bench.run import typed_run
 from sdlab.config import Run, check_seeds, limits
 from sdlab.errors import CannotRun, UserError
+from sdlab.jobs import work_of
 
 log = logging.getLogger(__name__)
 MMAP_MODES = ("r", "r+", "w+", "c")  # numpy.memmap's, which joblib's mmap_mode passes on
@@ -428,7 +429,7 @@ class ComposeOnceSweeper(Sweeper):
                 if signature is not None and base is None:
                     unresolved = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
                     shapes[signature] = parsed, run, OmegaConf.to_yaml(unresolved)
-                planned.append(cell_of(run))
+                planned.append(cell_of(run, work_of))
                 continue
             recipe = dict(base.recipe)
             for key, value in changed.items():  # as composing sets a plain value: the world and params merges keep it
@@ -440,7 +441,7 @@ class ComposeOnceSweeper(Sweeper):
             values = (signature, *sorted((k, repr(v)) for k, v in changed.items() if k != "seed"))
             if values not in typed:
                 run = typed_run(recipe)
-                typed[values] = run, cell_of(run)
+                typed[values] = run, cell_of(run, work_of)
             run, cell = typed[values]
             if "seed" in changed and recipe.get("seeds") is None:
                 check_seeds((changed["seed"],))

@@ -26,6 +26,7 @@ from sdlab.bench.report import summarize
 from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
 from sdlab.bench.resume import MARKER, collect, read_manifest, read_mark, update_manifest
 from sdlab.errors import UserError
+from sdlab.jobs import work_of
 
 log = logging.getLogger("sdlab")
 
@@ -65,7 +66,7 @@ class Preflight(Callback):
         Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
         warnings, run = check_composed(config)
         if run.recipe.get("plan") is True:  # before Hydra makes the run dir
-            print(plan_text([cell_of(run)], run_dir), flush=True)
+            print(plan_text([cell_of(run, work_of)], run_dir), flush=True)
             sys.exit(0)
         for warning in warnings:
             log.warning(warning)

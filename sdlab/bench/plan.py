@@ -10,6 +10,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -18,7 +19,6 @@ from sdlab.bench.resume import COST, MARKER, read_manifest, read_mark, update_ma
 from sdlab.bench.records import job_dirs
 from sdlab.conf_files import CONF_DIR, conf_values
 from sdlab.config import Run
-from sdlab.jobs import work_of
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
@@ -50,8 +50,8 @@ def shared_call(run: Run) -> tuple | None:
             run.threads, run.resume)
 
 
-def cell_of(run: Run) -> Cell:
-    """The plan's view of a parsed cell; an analysis's images are those its job says a run of its recipe denoises."""
+def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
+    """The plan's view of a parsed cell; an analysis's images are those `work_of` says a run of its job denoises."""
     batch, p = shared_call(run), run.params
     if batch is None:
         made = work_of(run)
