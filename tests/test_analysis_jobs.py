@@ -16,6 +16,7 @@ from sdlab.bench.captions import read_captions
 from sdlab.bench.records import read_png_metadata
 from sdlab.errors import UserError
 from sdlab.jobs import forward, get_job
+from sdlab.models import loading
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -596,7 +597,7 @@ def test_schedule_snr_figures_keep_their_titles_short_and_every_label_and_line_i
     last = pd.read_parquet(tmp_path / "visits.parquet").groupby("scheduler")["timestep"].min()
     clauses = [c.split(" for ") for c in " ".join(fig.axes[0].get_title().split()).split("last at ")[1].split("; ")]
     named = {name: float(t.removeprefix("t=")) for t, names in clauses for name in names.split(", ")}
-    assert named == last.to_dict() and len(last) == 5  # e.g. "last at t=1 for ddim; t=0 for euler, heun"
+    assert named == last.to_dict() and len(last) == 5  # e.g. "t=1 for ddim, euler, heun; t=0 for ..."
     sigma = fig.axes[2].lines
     assert len({(line.get_marker(), line.get_linestyle()) for line in sigma}) == len(sigma) == 5
     euler = pd.read_parquet(tmp_path / "visits.parquet").query("scheduler == 'euler'")
@@ -660,3 +661,14 @@ def test_trajectory_final_column_says_when_it_is_the_linear_preview(tmp_path, mo
     assert drawn["col_labels"][0][-1] == "final latents\n(linear preview)"
     run("trajectory", tmp_path / "vae", num_inference_steps=2, frames=2)
     assert drawn["col_labels"][0][-1] == "final"
+
+
+def test_schedule_snr_visits_the_same_timesteps_before_and_after_the_model_loads(tmp_path):
+    """Alone, euler and heun on tiny ended at t=0; after a job that loaded tiny (a sweep's earlier cell), at t=1."""
+    loading.clear_cache()
+    alone = run("schedule_snr", tmp_path / "alone", num_inference_steps=4)
+    loading.load_model(context("schedule_snr", tmp_path).run.model)
+    after = run("schedule_snr", tmp_path / "after", num_inference_steps=4)
+    visits = [pd.read_parquet(tmp_path / d / "visits.parquet") for d in ("alone", "after")]
+    pd.testing.assert_frame_equal(*visits)
+    assert alone.equals(after) and visits[0].query("scheduler == 'euler'")["timestep"].min() == 1  # as generate uses

@@ -31,7 +31,7 @@ from sdlab.config import (
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import BUILT_IN
-from sdlab.models.loading import SHIPPED, adapter_class, shipped_scheduler_config, weights_identity
+from sdlab.models.loading import SHIPPED, adapter_class, published_scheduler_config, weights_identity
 from sdlab.untrusted import check_text, read_params
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
     if worlds.keys() & {*MODEL_KINDS, *MODEL_FAMILIES}:
         spec = model_spec(config["model"])
         family = adapter_class(spec).family
-        names += [model_kind(shipped_scheduler_config(spec)[0]), family]
+        names += [model_kind(published_scheduler_config(spec)[0]), family]
     for name in names:
         if name and worlds.get(name):
             config = merged(config, worlds[name], overridden)

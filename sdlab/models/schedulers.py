@@ -95,6 +95,15 @@ def scheduler_class(name: str, kind: str = "epsilon") -> type:
     return getattr(diffusers, spec.on(kind).cls)
 
 
+def as_loaded(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with its diffusers class's (`_class_name`) defaults filled in, as a pipeline loaded with it holds it."""
+    import diffusers
+
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    parameters = inspect.signature(cls.__init__).parameters.values() if isinstance(cls, type) else ()
+    return {**{p.name: p.default for p in parameters if p.default is not p.empty}, **config}
+
+
 def denoiser_calls(name: str, steps: int) -> int:
     """Denoiser calls per image of `steps` steps of scheduler `name` on any model kind, without importing diffusers."""
     a, b = SCHEDULERS[name].calls
