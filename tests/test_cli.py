@@ -491,7 +491,8 @@ def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path,
 
 
 @pytest.mark.parametrize("args", [["experiment=trajectory", "frames=0"], ["experiment=forward_process", "spaces=3"],
-                                  ["experiment=compare_schedulers_quick", "compare.steps=0"]])
+                                  ["experiment=compare_schedulers_quick", "compare.steps=0"],
+                                  ["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"]])
 def test_a_bad_recipe_value_is_answered_before_the_scheduler_checks_import_diffusers(tmp_path, args):
     """A recipe's values are checked before its schedulers, whose classes come from diffusers (its job's module may
     import torch to say what its recipe is)."""

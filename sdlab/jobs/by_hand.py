@@ -21,7 +21,7 @@ from sdlab.jobs.analysis import read_image
 from sdlab.metrics.image import psnr
 from sdlab.metrics.toy import ddim_step
 from sdlab.models.generate import decode_latents, to_pil
-from sdlab.models.loading import adapter_class, load_model, shipped_scheduler_config
+from sdlab.models.loading import adapter_class, load_model, published_scheduler_config
 from sdlab.models.noise import process_of
 from sdlab.models.schedulers import resolved_config, seed_noise
 
@@ -60,7 +60,7 @@ def ddim_by_hand(model, prompt: str, negative_prompt: str, seed: int, steps: int
 def check_by_hand(run: Run) -> None:
     """The loop by hand is SD 1.x's epsilon loop with guidance: a plain-UNet noise-predicting model, guidance_scale > 1."""
     spec = run.model
-    adapter, process = adapter_class(spec), process_of(shipped_scheduler_config(spec)[0])
+    adapter, process = adapter_class(spec), process_of(published_scheduler_config(spec)[0])
     if not (adapter.plain_unet_call and process.predicts_noise):
         raise UserError(f"job pipeline_by_hand writes out the SD 1.x epsilon loop; model={spec.name} is a "
                         f"{adapter.family} {process.kind} model: use model=tiny, mini or sd15")
