@@ -664,11 +664,11 @@ def test_trajectory_final_column_says_when_it_is_the_linear_preview(tmp_path, mo
 
 
 def test_schedule_snr_visits_the_same_timesteps_before_and_after_the_model_loads(tmp_path):
-    """Alone, euler and heun on tiny ended at t=0; after a job that loaded tiny (a sweep's earlier cell), at t=1."""
+    """Once euler and heun on tiny ended at t=0 alone but at t=1 after a job that loaded tiny (a sweep's earlier cell)."""
     loading.clear_cache()
     alone = run("schedule_snr", tmp_path / "alone", num_inference_steps=4)
     loading.load_model(context("schedule_snr", tmp_path).run.model)
     after = run("schedule_snr", tmp_path / "after", num_inference_steps=4)
     visits = [pd.read_parquet(tmp_path / d / "visits.parquet") for d in ("alone", "after")]
     pd.testing.assert_frame_equal(*visits)
-    assert alone.equals(after) and visits[0].query("scheduler == 'euler'")["timestep"].min() == 1  # as generate uses
+    assert alone.equals(after) and visits[0].query("scheduler == 'euler'")["timestep"].min() == 0  # linspace

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -160,6 +161,8 @@ def saved(tmp_path_factory):
             model.pipe.save_pretrained(folder, safe_serialization=True)
         finally:
             model.scheduler = swapped
+        scheduler = models.published_scheduler_config(models.configured_spec(name))[0]  # as the Hub publishes it
+        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
         folders[name] = folder
     return folders
 

@@ -227,3 +227,26 @@ def test_each_phase_is_timed_after_the_devices_queued_work_is_done(tiny, monkeyp
     model, _ = tiny
     generate.generate_batch(model, GenerationParams(num_inference_steps=1, width=64, height=64), [1])
     assert clocks == [model.device] * 5  # start, text, warm-up, denoiser, decode
+
+
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "unipc", "lms_karras", "ddim", "heun"])
+def test_a_scheduler_on_sd1x_takes_the_timesteps_diffusers_gives_it_from_the_pipelines_config(tiny, name):
+    """`X.from_config(pipe.scheduler.config)` leaves out the values PNDM's config only has as its class's defaults
+    (timestep_spacing=leading): Euler and DPM++ start at t=999, not 961 and 951; loaded or not, sdlab does the same."""
+    import diffusers
+
+    from sdlab.models import loading
+    from sdlab.models.schedulers import SCHEDULERS, make_scheduler
+
+    model, spec = tiny
+    spec_of = SCHEDULERS[name]
+    shipped = getattr(diffusers, model.base_scheduler_class).from_config(loading.published_scheduler_config(spec)[0])
+    idiom = getattr(diffusers, spec_of.cls).from_config(shipped.config, **spec_of.options)
+    idiom.set_timesteps(25)
+    model.use_scheduler(name)
+    model.scheduler.set_timesteps(25)
+    loading.clear_cache()
+    unloaded = make_scheduler(name, loading.shipped_scheduler_config(spec)[0])
+    unloaded.set_timesteps(25)
+    assert model.scheduler.timesteps.tolist() == idiom.timesteps.tolist() == unloaded.timesteps.tolist()
+    assert model.scheduler.config.timestep_spacing == idiom.config.timestep_spacing

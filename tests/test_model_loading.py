@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -20,13 +21,15 @@ def saved_pipeline(tmp_path_factory, tiny):
     pipeline carries whichever scheduler the last job swapped in)."""
     import diffusers
 
-    model, _ = tiny
+    model, spec = tiny
     folder = tmp_path_factory.mktemp("pipeline")
     swapped, model.scheduler = model.scheduler, diffusers.PNDMScheduler.from_config(model.base_scheduler_config)
     try:  # as models builds tiny
         model.pipe.save_pretrained(folder, safe_serialization=True)
     finally:
         model.scheduler = swapped
+    # as a Hub repo publishes it: save_pretrained would write PNDM's defaults (timestep_spacing) out as choices
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(models.published_scheduler_config(spec)[0]))
     return folder
 
 

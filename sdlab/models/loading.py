@@ -18,7 +18,7 @@ from sdlab.models.device import resolve_device, resolve_dtype, use_process_optio
 from sdlab.models.families import ModelAdapter, family, family_of_folder
 from sdlab.models.model_files import (check_named_components, check_pipeline_folder, check_weights_folder, read_object,
                                       weights_fingerprint)
-from sdlab.models.schedulers import as_loaded, check_steps
+from sdlab.models.schedulers import check_steps
 from sdlab.untrusted import open_regular
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,10 @@ def load_model(spec: ModelSpec) -> ModelAdapter:
 
 
 def shipped_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
-    """The model's own scheduler config as loading it fills it in (loaded or not), and where it comes from."""
+    """The model's own scheduler config (as its pipeline fixed it, once loaded) and where it comes from."""
     if (model := CACHE.loaded(spec)) is not None:
         return model.base_scheduler_config, f"model {spec.name}"
-    config, source = published_scheduler_config(spec)
-    return as_loaded(config), source
+    return published_scheduler_config(spec)
 
 
 def published_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:

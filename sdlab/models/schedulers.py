@@ -95,13 +95,11 @@ def scheduler_class(name: str, kind: str = "epsilon") -> type:
     return getattr(diffusers, spec.on(kind).cls)
 
 
-def as_loaded(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` with its diffusers class's (`_class_name`) defaults filled in, as a pipeline loaded with it holds it."""
-    import diffusers
-
-    cls = getattr(diffusers, str(config.get("_class_name")), None)
-    parameters = inspect.signature(cls.__init__).parameters.values() if isinstance(cls, type) else ()
-    return {**{p.name: p.default for p in parameters if p.default is not p.empty}, **config}
+def as_published(config: dict[str, Any]) -> dict[str, Any]:
+    """A loaded scheduler's config less the values its class filled in (`_use_default_values`): what another class is
+    built from, as diffusers' `from_config` builds it (PNDM's default timestep_spacing=leading is not Euler's)."""
+    filled = set(config.get("_use_default_values") or ())
+    return {k: v for k, v in config.items() if k not in filled and k != "_use_default_values"}
 
 
 def denoiser_calls(name: str, steps: int) -> int:

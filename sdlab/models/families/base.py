@@ -13,7 +13,7 @@ from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.device import switch_per_network
 from sdlab.models.noise import PROCESSES, NoiseProcess
-from sdlab.models.schedulers import make_scheduler, seed_noise
+from sdlab.models.schedulers import as_published, make_scheduler, seed_noise
 from sdlab.models.tokenizer import BUILT_IN_TOKENIZERS
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -57,7 +57,7 @@ class ModelAdapter:
     def __init__(self, pipe, spec: ModelSpec):
         self.pipe = pipe
         self.spec = spec
-        self.base_scheduler_config = dict(pipe.scheduler.config)  # as shipped, before any swap
+        self.base_scheduler_config = as_published(dict(pipe.scheduler.config))  # before any swap
         self.base_scheduler_class = type(pipe.scheduler).__name__
         self.embeddings: dict[str, dict[str, torch.Tensor]] = {}  # prompt -> pipeline keyword arguments, this call's
         self.made: dict[str, Any] = {}  # cell hash -> its image made ahead in a sweep's shared call, until its job takes it
