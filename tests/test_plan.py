@@ -230,3 +230,23 @@ def test_the_progress_line_of_a_rerun_that_finds_every_cell_done_says_nothing_is
     progress = Progress(tmp_path, started=0.0)
     lines = [progress.line(tmp_path / str(i)) for i in range(2)]  # taken over: no images made, no time counted
     assert lines[0].endswith("time left unknown") and lines[1].endswith("0.00 images/s, nothing left"), lines
+
+
+def test_a_plan_prices_a_size_by_the_median_of_this_hosts_newest_records_not_the_newest_alone(tmp_path):
+    """One sweep run while the machine was busy (its steps 10x slower) priced every later plan 10x over: the plan
+    takes the median of the newest records of a size, so one outlier moves it no more than the others allow."""
+    import socket
+
+    from sdlab.bench.plan import measured_costs
+
+    base = {"step_s": 0.01, "sample_step_s": 0.002, "overhead_s": 0.02, "fixed_s": 5.0, "peak_mem_bytes": 2**30}
+    for n, slow in enumerate((1, 1.2, 0.9, 10)):  # the newest, written last, is the busy machine's
+        sweep = tmp_path / f"sweep{n}"
+        sweep.mkdir()
+        entry = {**base, "step_s": base["step_s"] * slow, "sample_step_s": base["sample_step_s"] * slow}
+        cost = {"host": socket.gethostname(), "sizes": {"mini@64x64": entry}}
+        (sweep / MANIFEST).write_text(json.dumps({"key": f"k{n}", "cost": cost}))
+        os.utime(sweep / MANIFEST, (1_000_000 + n, 1_000_000 + n))
+    cost = measured_costs(tmp_path / "new")["mini@64x64"]
+    assert cost["step_s"] == pytest.approx(0.011) and cost["sample_step_s"] == pytest.approx(0.0022)
+    assert cost["fixed_s"] == 5.0 and cost["peak_mem_bytes"] == 2**30 and usable(cost)

@@ -23,6 +23,7 @@ from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
 COST_KEYS = ("step_s", "sample_step_s", "overhead_s", "fixed_s")  # and "peak_mem_bytes", None where not measured
+COST_RECORDS = 5  # the newest records of a size a plan takes the median of
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,20 @@ def finished_hashes(sweep_dir: Path) -> set[str]:
 
 
 def measured_costs(sweep_dir: Path) -> dict[str, dict]:
-    """`model@WxH` -> what this host measured for it: in this sweep dir or a sibling sweep dir, the newest first."""
+    """`model@WxH` -> what this host measured for it, in this sweep dir or a sibling one: each number the median of
+    its newest `COST_RECORDS` records (a sweep run on a busy machine moves it no further than the others allow)."""
     folders = [Path(sweep_dir), *Path(sweep_dir).parent.glob("*/")]
     manifests = [(path.stat().st_mtime, path.parent) for folder in dict.fromkeys(folders)
                  for path in [folder / "sweep.json"] if path.is_file()]
-    costs: dict[str, dict] = {}
+    records: dict[str, list[dict]] = {}
     for _, folder in sorted(manifests, reverse=True):
         cost = (read_manifest(folder) or {}).get(COST) or {}
         if cost.get("host") == socket.gethostname() and isinstance(cost.get("sizes"), dict):
-            costs = {**{size: entry for size, entry in cost["sizes"].items() if usable(entry)}, **costs}
-    return costs
+            for size, entry in cost["sizes"].items():
+                records.setdefault(size, []).extend([entry] if usable(entry) else [])
+    median = lambda values: statistics.median(values) if values else None  # noqa: E731
+    return {size: {key: median([e[key] for e in entries[:COST_RECORDS] if e.get(key) is not None])
+                   for key in (*COST_KEYS, "peak_mem_bytes")} for size, entries in records.items() if entries}
 
 
 def usable(entry) -> bool:
