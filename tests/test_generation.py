@@ -248,5 +248,8 @@ def test_a_scheduler_on_sd1x_takes_the_timesteps_diffusers_gives_it_from_the_pip
     loading.clear_cache()
     unloaded = make_scheduler(name, loading.shipped_scheduler_config(spec)[0])
     unloaded.set_timesteps(25)
+    from_pipeline = make_scheduler(name, dict(shipped.config))  # a loaded pipeline's config, as a hand loop passes it
+    from_pipeline.set_timesteps(25)
     assert model.scheduler.timesteps.tolist() == idiom.timesteps.tolist() == unloaded.timesteps.tolist()
+    assert from_pipeline.timesteps.tolist() == idiom.timesteps.tolist()
     assert model.scheduler.config.timestep_spacing == idiom.config.timestep_spacing

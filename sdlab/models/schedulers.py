@@ -166,7 +166,7 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
     user = check_options(name, overrides, kind)
     cls = scheduler_class(name, kind)
     spec = SCHEDULERS[name].on(kind)
-    base = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    base = {k: v for k, v in as_published(base_config).items() if not k.startswith("_")}
     if kind == "flow":
         # 1. A flow config keeps only what this class reads: its dynamic shifting must survive, or it cannot run.
         if "flow_shift" in base:  # a multistep solver's config: its `flow_shift` is sdlab's `shift`
