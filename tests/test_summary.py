@@ -297,3 +297,16 @@ def test_row_labels_are_cut_line_by_line_either_way(tmp_path, monkeypatch, horiz
     figures.image_strip([[np.zeros((8, 8, 3), np.uint8)]], tmp_path / "s.png", row_labels=[row],
                         horizontal_row_labels=horizontal)
     assert labels[0] == row
+
+
+def test_the_summary_plot_draws_a_mean_outside_its_interval_without_raising():
+    """A summary frame with a category's mean below and another's above its interval: no negative error bar."""
+    from sdlab.bench.figures import draw_summary
+
+    frame = sweep_frame().query("guidance_scale == 1")
+    summary = summary_table(frame, ("seed", "scheduler"), rank(frame, ("scheduler",)))
+    rows = summary.index[summary["parameter"].eq("scheduler") & summary["metric"].eq("clip_score")]
+    assert len(rows) == 2
+    summary.loc[rows, ["lo", "hi"]] = summary.loc[rows, "mean"].to_numpy()[:, None] + [[1.0, 2.0], [-2.0, -1.0]]
+    fig = draw_summary(summary)
+    assert [ax.get_xlabel() for ax in fig.axes][-1] == "scheduler"

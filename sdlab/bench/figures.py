@@ -600,8 +600,8 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
                         ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
                     else:  # categories: points with their interval, side by side per line, never joined
                         shift = (i - (len(lines) - 1) / 2) * min(0.12, 0.6 / max(1, len(lines)))
-                        ax.errorbar(x + shift, mean, yerr=[np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)], fmt="o",
-                                    ms=3.5, lw=1.1, capsize=2, color=color, label=name)
+                        ax.errorbar(x + shift, mean, yerr=np.clip(np.nan_to_num([mean - lo, hi - mean]), 0, None),
+                                    fmt="o", ms=3.5, lw=1.1, capsize=2, color=color, label=name)
                 pad = 0.6 if not numeric else 1.25 * half  # the shading never widens the axis
                 ax.set_xlim(min(xs) - pad, max(xs) + pad)
                 if not numeric or len(xs) <= 8:
