@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image, ImageDraw
 
 from sdlab.bench.captions import ESCAPE, drawable, read_captions
-from sdlab.bench.figures import draw_summary, save_figure, styled, tick_labels
+from sdlab.bench.figures import bar_chart, curves, draw_summary, save_figure, styled, tick_labels
 from sdlab.bench.grid import LABEL_WIDTH, font, image_grid, text_size, wrapped
 from sdlab.bench.summary import rank, summary_table
 
@@ -62,6 +63,19 @@ def test_a_figure_draws_its_texts_escaped_without_a_glyph_warning_and_keeps_the_
              ax.get_legend().get_title().get_text()]
     assert all(ESCAPE.search(t) and not re.search("[\u4e00-\u9fff]", t) for t in texts), texts
     assert read_captions(tmp_path)["figure.png"] == f"{RED} | {BLUE}"
+
+
+@pytest.mark.parametrize("draw,panel", [
+    (curves, {"lines": [{"x": [1, 2], "y": [1, 2], "label": RED}], "title": BLUE}),
+    (bar_chart, {"labels": ["a", "b"], "values": [1, 2], "groups": [RED, "b"], "title": BLUE}),
+], ids=["curves", "bar_chart"])
+def test_a_figure_laid_out_before_saving_is_laid_out_in_what_its_font_draws(tmp_path, draw, panel):
+    """`curves` and `bar_chart` lay their texts out before saving: laid out as typed, matplotlib warned of glyphs."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw([panel], tmp_path / "c.png", title=RED)
+    assert glyph_warnings(caught) == []
+    assert read_captions(tmp_path)["c.png"] == f"{RED} | {BLUE}"
 
 
 def test_the_summary_plot_of_two_cjk_prompts_labels_them_apart_and_warns_of_no_glyph(tmp_path):

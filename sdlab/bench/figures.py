@@ -48,7 +48,6 @@ def save_figure(fig, target: Path, crop: bool = True) -> Path:
     """Save a figure as PNG atomically, its titles as caption, and close it; `crop` cuts it to its ink (drawn twice)."""
     import matplotlib.pyplot as plt
 
-    caption = fig.get_label() or titles(fig)  # as typed: `fit_titles` keeps them there before it wraps them
     in_its_font(fig)
     if crop:
         with atomic_path(target) as tmp:
@@ -56,17 +55,18 @@ def save_figure(fig, target: Path, crop: bool = True) -> Path:
     else:
         fig.canvas.draw()
         atomic_save(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())), target, format="PNG", dpi=(fig.dpi,) * 2)
-    record_caption(target, caption)
+    record_caption(target, fig.get_label())
     plt.close(fig)
     return Path(target)
 
 
 def in_its_font(fig) -> None:
-    """Every text and given tick label of `fig` made `drawable` in its font before drawing: no glyph warning."""
+    """`fig`'s texts and given tick labels made `drawable` (no glyph warning); its titles as typed: its label."""
     from matplotlib.font_manager import findfont
     from matplotlib.text import Text
     from matplotlib.ticker import FixedFormatter, FuncFormatter
 
+    fig.set_label(fig.get_label() or titles(fig))
     for text in fig.findobj(Text):
         if not text.get_text().isascii():  # every font drawn here has ASCII: most texts are done in no time
             text.set_text(drawable(text.get_text(), findfont(text.get_fontproperties())))
@@ -169,6 +169,7 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             if any(item.get("label") for kind in ("bands", "lines", "points") for item in panel.get(kind, ())):
                 ax.legend(fontsize=7, frameon=False)
         suptitle = fig.suptitle(title) if title else None
+        in_its_font(fig)
         fig.tight_layout()
         clear_legends(fig)
         fit_titles(fig, suptitle)
@@ -230,7 +231,6 @@ def clear_legends(fig) -> None:
 
 def fit_titles(fig, suptitle=None) -> None:
     """Wrap each title wider than its panels (the suptitle: the figure) at its spaces, as laid out, not drawn."""
-    fig.set_label(titles(fig))
     renderer = fig.canvas.get_renderer()
     texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
         [(suptitle, fig.bbox.width)] if suptitle else [])  # the figure's title spans the figure as laid out
@@ -397,6 +397,7 @@ def bar_chart(panels: Sequence[dict], target: Path, title: str = "") -> Path:
             ax.margins(x=0.18)
         if title:
             fig.suptitle(title)
+        in_its_font(fig)
         fig.tight_layout()
         return save_figure(fig, target)
 
