@@ -317,7 +317,7 @@ def test_guidance_grid_with_clip_scores(tmp_path):
     assert all((tmp_path / "out" / p).is_file() for p in rows["image_path"])
     check_image(tmp_path / "out" / "guidance_grid.png", **figure_size(1.6 * 2 + 0.8, 2.0 * 2 + 0.3, slack=0.5, grow=1.6))
     panels = 2 if rows["adherence_all"].nunique() > 1 else 1  # adherence the same for every image is a sentence
-    check_image(tmp_path / "out" / "clip_vs_guidance.png", **figure_size(6.4, 3.6 * panels))
+    check_image(tmp_path / "out" / "clip_vs_guidance.png", **figure_size(6.4, 3.6 * panels, grow=1.6))  # grown by its title
     claim = json.loads((tmp_path / "out" / "captions.json").read_text())["clip_vs_guidance.png"]
     assert "CLIP score" in claim and "at w=1 -> " in claim and "at w=7.5" in claim
     assert "prompt followed" in claim or "prompt missed by all 4 images" in claim

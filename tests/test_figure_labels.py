@@ -76,3 +76,18 @@ def test_a_points_note_is_moved_off_the_line_it_would_sit_on(tmp_path, monkeypat
     assert ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)  # inside its panel
     for line in ax.lines:
         assert not line.get_path().transformed(line.get_transform()).intersects_bbox(box, filled=False), line
+
+
+def test_a_curve_figure_grows_with_its_title_and_keeps_its_panels_height(tmp_path, monkeypatch):
+    """D3's title took 7 lines of a 3.6 in figure and squeezed its one panel to half of it: the figure grows instead."""
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    panel = {"lines": [{"x": [7, 12.5], "y": [95.3, 94.4], "label": "mean"}], "xlabel": "w", "ylabel": "CLIP score"}
+    claim = "\n".join(["CLIP score 95.3 at w=7 -> 94.4 at w=12.5: change -0.9 (paired 95% CI -2.2 to +0.5)"] * 4)
+    for title in ("", claim):
+        figures.curves([panel, panel], tmp_path / "c.png", title=title)
+    (bare, titled), inches = drawn, lambda fig: [ax.get_position().height * fig.get_figheight() for ax in fig.axes]
+    assert titled.get_figheight() > bare.get_figheight() + 1.0
+    assert all(t > 0.95 * b for t, b in zip(inches(titled), inches(bare))), (inches(titled), inches(bare))
+    box = titled.get_suptitle() and titled._suptitle.get_window_extent(FigureCanvasAgg(titled).get_renderer())
+    assert box.y1 <= titled.bbox.height and box.y0 > max(ax.get_window_extent().y1 for ax in titled.axes)

@@ -230,19 +230,20 @@ def clear_legends(fig) -> None:
 
 
 def fit_titles(fig, suptitle=None) -> None:
-    """Wrap each title wider than its panels (the suptitle: the figure) at its spaces, as laid out, not drawn."""
+    """Wrap each title wider than its panels (the suptitle: the figure) at its spaces; the figure grows by their lines."""
     renderer = fig.canvas.get_renderer()
     texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
         [(suptitle, fig.bbox.width)] if suptitle else [])  # the figure's title spans the figure as laid out
-    wrapped = False
+    heights = lambda: sum(text.get_window_extent(renderer).height for text, _ in texts)  # noqa: E731
+    panel_titles = heights() - (suptitle.get_window_extent(renderer).height if suptitle else 0)  # in the panels' size
     for text, fits in texts:
         width, lines = text.get_window_extent(renderer).width, text.get_text().split("\n")
         if not text.get_text() or width <= fits:
             continue
         chars = max(20, int(0.97 * max(map(len, lines)) * fits / width))
         text.set_text("\n".join(balanced_lines(line, chars) for line in lines))
-        wrapped = True
-    if wrapped:
+    if heights() > panel_titles:
+        fig.set_figheight(fig.get_figheight() + (heights() - panel_titles) / fig.dpi)
         fig.tight_layout()
 
 
