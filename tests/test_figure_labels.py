@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from PIL import Image
 
 from sdlab.bench import figures
 
@@ -91,3 +92,20 @@ def test_a_curve_figure_grows_with_its_title_and_keeps_its_panels_height(tmp_pat
     assert all(t > 0.95 * b for t, b in zip(inches(titled), inches(bare))), (inches(titled), inches(bare))
     box = titled.get_suptitle() and titled._suptitle.get_window_extent(FigureCanvasAgg(titled).get_renderer())
     assert box.y1 <= titled.bbox.height and box.y0 > max(ax.get_window_extent().y1 for ax in titled.axes)
+
+
+def test_a_long_image_strip_wraps_into_bands_of_its_rows_no_wider_than_the_page(tmp_path, monkeypatch):
+    """A4 at 16 timesteps drew two rows of 17 images 2,949 px wide: the strip wraps, each band all its rows."""
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    rows = [[np.full((8, 8, 3), 10 * c, np.uint8) for c in range(17)] for _ in range(2)]
+    labels = [[f"t={c}\n{r} dB" for c in range(17)] for r in range(2)]
+    figures.image_strip(rows, tmp_path / "s.png", col_labels=labels, row_labels=["pixel x_t", "latent z_t, decoded"],
+                        title="PSNR vs x_0", horizontal_row_labels=True)
+    assert Image.open(tmp_path / "s.png").width <= figures.PAGE_INCHES * 100
+    shown = [ax for ax in drawn[0].axes if ax.images]
+    assert sorted(ax.get_title() for ax in shown) == sorted(label for row in labels for label in row)
+    bands = [[ax.get_title() for ax in shown if ax.get_subplotspec().rowspan.start == r] for r in range(6)]
+    assert [band[0] for band in bands] == ["t=0\n0 dB", "t=0\n1 dB", "t=6\n0 dB", "t=6\n1 dB", "t=12\n0 dB", "t=12\n1 dB"]
+    assert [ax.get_ylabel() for ax in shown if ax.get_subplotspec().colspan.start == 0] == [
+        "pixel x_t", "latent z_t, decoded"] * 3

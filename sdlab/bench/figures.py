@@ -21,6 +21,7 @@ STYLE = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize"
          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
          "text.parse_math": False}  # labels and titles carry prompts and file names: a `$` in them is a dollar sign
 CELL_INCHES = 1.6
+PAGE_INCHES = 13.4  # the report's page (about 1400 px) at 100 dpi: the summary plot fills it, a strip no more
 THUMB_POINTS = 36  # the side of a heatmap row's thumbnail
 ROW_LABEL_POINTS = 9  # the font size of horizontal row labels
 LOG_LABEL = re.compile(r"\$\\mathdefault\{(.*)\}\$")  # how matplotlib's log formatters write a tick label
@@ -230,7 +231,7 @@ def clear_legends(fig) -> None:
 
 
 def fit_titles(fig, suptitle=None) -> None:
-    """Wrap each title wider than its panels (the suptitle: the figure) at its spaces; the figure grows by their lines."""
+    """Wrap each title wider than its panels (the suptitle: the figure) at its spaces; the figure grows by its lines."""
     renderer = fig.canvas.get_renderer()
     texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
         [(suptitle, fig.bbox.width)] if suptitle else [])  # the figure's title spans the figure as laid out
@@ -333,21 +334,23 @@ def around(text: str, at: int, width: int) -> str:
 def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: Sequence[str] | Sequence[Sequence[str]] = (),
                 row_labels: Sequence[str] = (), title: str = "", cell_inches: float = CELL_INCHES,
                 horizontal_row_labels: bool = False) -> Path:
-    """Rows of images (HxWx3 or HxW grey) with column labels (one list, or one per row) and row labels."""
-    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    """Rows of images (HxWx3 or grey), column labels (a list, or one per row), row labels; in bands past the page."""
     per_row = bool(col_labels) and not isinstance(col_labels[0], str)
-    flat = [label for group in col_labels for label in (group if per_row else [group])]
-    label_lines = max([str(label).count("\n") + 1 for label in flat] or [1])
-    title_lines = title.count("\n") + 1 if title else 0
-    height = (cell_inches + 0.15 + 0.15 * label_lines) * n_rows + 0.25 * title_lines + 0.1
+    heads = [col_labels[r] if per_row else (col_labels if r == 0 else ()) for r in range(len(rows))]
     row_texts = ["\n".join(_short(line, 28) for line in str(label).split("\n")) for label in row_labels]
     longest = max([len(line) for text in row_texts for line in text.split("\n")] or [0])
     margin = 0.6 * ROW_LABEL_POINTS / 72 * longest + 0.15 if horizontal_row_labels and longest else 0.0
+    widest = max(len(r) for r in rows)
+    bands = -(-widest // max(1, int((PAGE_INCHES - 0.6 - margin) / cell_inches)))
+    n_cols, band_rows, n_rows = -(-widest // bands), len(rows), len(rows) * bands
+    rows, heads = ([list(row)[b * n_cols:(b + 1) * n_cols] for b in range(bands) for row in x] for x in (rows, heads))
+    label_lines = max([str(label).count("\n") + 1 for labels in heads for label in labels] or [1])
+    title_lines = title.count("\n") + 1 if title else 0
+    height = (cell_inches + 0.15 + 0.15 * label_lines) * n_rows + 0.25 * title_lines + 0.1
     with styled() as plt:
         fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + 0.6 + margin, height), squeeze=False,
                                  layout="constrained")
-        for r, images in enumerate(rows):
-            labels = col_labels[r] if per_row else (col_labels if r == 0 else ())
+        for r, (images, labels) in enumerate(zip(rows, heads)):
             for c in range(n_cols):
                 ax = axes[r, c]
                 ax.grid(False)
@@ -360,9 +363,9 @@ def image_strip(rows: Sequence[Sequence[np.ndarray]], target: Path, col_labels: 
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
                 if c < len(labels):
                     ax.set_title(labels[c], fontsize=8)
-                if c == 0 and r < len(row_labels):
+                if c == 0 and r % band_rows < len(row_texts):
                     flat = dict(fontsize=ROW_LABEL_POINTS, rotation=0, ha="right", va="center", labelpad=8)
-                    ax.set_ylabel(row_texts[r], **(flat if horizontal_row_labels else {"fontsize": 8}))
+                    ax.set_ylabel(row_texts[r % band_rows], **(flat if horizontal_row_labels else {"fontsize": 8}))
         if title:
             fig.suptitle(title)
         return save_figure(fig, target)
@@ -503,7 +506,6 @@ def _positions(values: Sequence[str]) -> tuple[list[float], list[str], bool]:
 SUMMARY_FIGURE_METRICS = ("clip_score", "adherence_all", "fd", "kid", "cmmd", "precision", "recall", "psnr", "ssim",
                           "latent_rmse", "time_total_s", "nfe")
 LEGEND_CHARS, LEGEND_CHAR_INCHES = 40, 0.055  # a summary legend's longest label, and a 7-point character's width
-PAGE_INCHES = 13.4  # the report's page (about 1400 px) at 100 dpi: the summary plot fills it, never more
 MAX_LINES = 5  # more values of the other parameter than this: one line of means over them instead of a legend
 TIED_SHADE = "#d9f0d3"
 TICK_CHAR_INCHES, TICK_LINES = 0.065, 3  # an 8-point character's width, about; most lines of a level tick label
