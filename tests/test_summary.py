@@ -310,3 +310,23 @@ def test_the_summary_plot_draws_a_mean_outside_its_interval_without_raising():
     summary.loc[rows, ["lo", "hi"]] = summary.loc[rows, "mean"].to_numpy()[:, None] + [[1.0, 2.0], [-2.0, -1.0]]
     fig = draw_summary(summary)
     assert [ax.get_xlabel() for ax in fig.axes][-1] == "scheduler"
+
+
+@pytest.mark.parametrize("seconds", [(0.035, 0.07, 0.11, 0.15, 0.18, 0.27), (0.3, 0.45, 0.6, 0.8, 1.1, 1.5)])
+def test_the_seconds_figure_has_a_labelled_tick_near_each_samplers_seconds(tmp_path, monkeypatch, seconds):
+    """compare_schedulers_quick's times span less than a decade: ticked at 1, 2, 5 only, they had two labels."""
+    from sdlab.bench import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
+    summary = pd.DataFrame([{"scheduler": name, "num_inference_steps": n, "stochastic": False, "nfe_mean": n, "n": 2,
+                             "time_total_s_mean": seconds[2 * i + j], "psnr_mean": 20.0 + 5 * j, "psnr_lo": math.nan,
+                             "psnr_hi": math.nan} for i, name in enumerate(("euler", "ddim", "heun"))
+                            for j, n in enumerate((4, 8))])
+    figures.convergence(summary, "time_total_s", ["psnr"], tmp_path / "c.png", xlabel="wall seconds per image")
+    fig = seen["fig"]
+    fig.canvas.draw()
+    ax, (low, high) = fig.axes[0], fig.axes[0].get_xlim()
+    ticks = [float(t.get_text()) for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high]
+    assert len(ticks) >= 4, ticks
+    assert all(min(abs(math.log(s / t)) for t in ticks) <= math.log(1.5) for s in seconds), ticks

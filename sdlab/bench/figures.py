@@ -109,11 +109,17 @@ def log_scale(ax, which: str, **options) -> None:
 
 
 def log_x(ax) -> None:
-    """A log x axis with ticks 1, 2, 5, 10 ... written plainly."""
+    """A log x axis with ticks 1, 2, 5, 10 ... written plainly; spanning less than a decade, 1, 1.5, 2, 3, 4, 6, 8."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+    class FinerWithinADecade(LogLocator):
+        def tick_values(self, vmin, vmax):
+            vmin, vmax = sorted((vmin, vmax))
+            self.set_params(subs=(1, 1.5, 2, 3, 4, 6, 8) if 0 < vmin and vmax < 10 * vmin else (1, 2, 5))
+            return super().tick_values(vmin, vmax)
+
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_locator(FinerWithinADecade())
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
