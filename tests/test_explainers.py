@@ -229,6 +229,13 @@ def test_toy_predictor_question_asks_about_the_predictors_its_figure_draws():
     assert all(name in question for name in ("zero", "random", "perfect")) and "network" not in question
 
 
+def test_toy_unet_question_asks_about_both_halves_of_its_figure():
+    """B3 draws parameters and skip activations per level: its question asked of the activations alone."""
+    recipe = Path(__file__).resolve().parent.parent / "experiments" / "article_b3_unet_levels.yaml"
+    question = OmegaConf.load(recipe).article.question
+    assert "parameters" in question and "activations" in question and "level" in question
+
+
 def test_a_curve_figures_title_is_no_wider_than_its_panels(run_sdlab, tmp_path, monkeypatch):
     kept = drawn_figures(monkeypatch)
     assert run_sdlab("experiment=article_b4_vae_compression", f"hydra.run.dir={tmp_path}") == 0
