@@ -467,6 +467,25 @@ def test_a_cell_whose_job_never_wrote_a_table_is_a_failed_row_the_report_can_rea
     check_cells(frame, tmp_path)
 
 
+def test_job_dirs_named_by_their_values_keep_number_order_and_their_cells(tmp_path):
+    """`hydra.sweep.subdir=${hydra.job.override_dirname}` names job dirs seed=0 ... seed=11: their rows come in number
+    order (seed=2 before seed=10), each job dir is the cell its finished mark's hash names, none is a failed row."""
+    from sdlab.bench.resume import collect, mark_finished, write_manifest
+
+    hashes = [f"h{seed}" for seed in range(12)]
+    write_manifest(tmp_path, ["seed=range(0,12)"], [[f"seed={seed}"] for seed in range(12)], hashes=hashes)
+    for seed in range(12):
+        job = tmp_path / f"seed={seed}"
+        (job / "images").mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(job / "images" / "a.png")
+        write_table(pd.DataFrame([{"run_id": str(seed), "status": "ok", "image_path": "images/a.png"}]), job)
+        mark_finished(job, hashes[seed], {"rows": 1})
+    frame = collect(tmp_path)
+    assert frame["status"].tolist() == ["ok"] * 12
+    assert frame["run_id"].tolist() == [str(seed) for seed in range(12)]
+    assert frame["seed"].astype(int).tolist() == list(range(12))  # each row given its cell's value
+
+
 def test_job_config_files_hold_the_text_omegaconf_writes():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zlib
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -223,13 +224,10 @@ def finished(row: dict[str, Any], folder: Path) -> bool:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """Job folders of a sweep (`N` or `N_<recipe>`), in job-number order; never a symlink leading out of it."""
+    """Job folders of a sweep (`N`, `N_<recipe>` or any `hydra.sweep.subdir`), numbers in them read as numbers (seed=2
+    before seed=10); never a symlink leading out of it."""
     root = Path(sweep_dir).resolve()
     dirs = [p for p in Path(sweep_dir).iterdir()
             if p.is_dir() and not p.name.startswith(".") and p.resolve().is_relative_to(root)]
-
-    def number(p: Path) -> tuple:
-        head = p.name.split("_", 1)[0]
-        return (not head.isdigit(), int(head) if head.isdigit() else 0, p.name)
-
-    return sorted(dirs, key=number)
+    return sorted(dirs, key=lambda p: ([int(part) if part.isdigit() else part for part in re.split(r"(\d+)", p.name)],
+                                       p.name))

@@ -246,16 +246,18 @@ def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
     """Every job dir's finished cells and failed rows written since `since`, with its value of axes its rows lack."""
     manifest = read_manifest(sweep_dir) or {}
     cells = manifest.get("jobs") or []
+    numbers = {job_hash: n for n, job_hash in enumerate(manifest.get("hashes") or [])}  # a folder named otherwise
     found, unfinished, tabled = [], [], set()
     for job in job_dirs(sweep_dir):  # row by row: filtering each job's frame with pandas cost 3 ms a job
         frame = read_table(job)
         if frame is None:
             unfinished.append(job.name)
             continue
-        number = job.name.split("_", 1)[0]
-        tabled.add(int(number) if number.isdigit() else number)
+        head = job.name.split("_", 1)[0]
+        number = int(head) if head.isdigit() else numbers.get(read_mark(job).get("job_hash"), job.name)
+        tabled.add(number)
         current = (job / "results.parquet").is_file() and (job / "results.parquet").stat().st_mtime >= since
-        cell = cells[int(number)] if number.isdigit() and int(number) < len(cells) else {}
+        cell = cells[number] if isinstance(number, int) and number < len(cells) else {}
         for row in rows(frame):
             if "status" in row and not (finished(row, job) or (row["status"] != "ok" and current)):
                 continue
