@@ -6,7 +6,6 @@ import argparse
 import difflib
 import functools
 import re
-import sys
 import tempfile
 from itertools import islice
 from pathlib import Path
@@ -325,13 +324,10 @@ def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     """`hydra.sweep.dir=` where this same sweep ran before (by its manifest), unless one is given; said in a line."""
     if not multirun or any(a.partition("=")[0] == "hydra.sweep.dir" for a in overrides):
         return []
-    earlier = earlier_sweep(root := sweep_root(overrides), overrides)
+    root = sweep_root(overrides)
+    if (earlier := earlier_sweep(root, overrides)) is None:  # else a folder a sweep killed as it started left unused
+        earlier = next(((folder, False) for folder in abandoned_sweeps(root)), None)
     if earlier is None:
-        if abandoned := abandoned_sweeps(root):
-            shown = ", ".join(map(str, abandoned[:3])) + (f" and {len(abandoned) - 3} more" if len(abandoned) > 3 else "")
-            it = "it" if len(abandoned) == 1 else "them"
-            print(f"sdlab: {shown}: left by a sweep killed as it started, before its sweep.json; nothing ran there "
-                  f"and no rerun finds {it}: delete {it}", file=sys.stderr, flush=True)
         return []
     folder, complete = earlier
     state = "finished before in" if complete else "continues in"  # its cells' weights may have changed since

@@ -174,14 +174,15 @@ def claim_new(folder: Path, key: str) -> Path:
 
 
 def abandoned_sweeps(root: Path) -> list[Path]:
-    """The `multirun_*` folders under `root` of sweeps killed as they started: only a dead lock, mark or temp files."""
+    """The `multirun_*` folders under `root` of sweeps killed as they started (nothing but a dead lock, mark or temp
+    files, or nothing at all), newest first."""
     found = []
-    for folder in sorted(Path(root).glob("multirun_*")):
-        try:  # a finished or stopped sweep released its lock: its folder (perhaps of 10,000 jobs) is not listed
-            locked = folder.is_dir() and not folder.is_symlink() and (folder / LOCK_NAME).is_file()
-            if (locked and all(p.name in OWN_NAMES or is_temp_file(p) for p in folder.iterdir())
-                    and lock.live_holder(folder) is None):
-                found.append(folder)
-        except (OSError, lock.DirInUse):  # a folder it cannot list, a lock it cannot read: not named
+    for folder in Path(root).glob("multirun_*"):
+        try:  # read lazily: a finished sweep's folder (perhaps of 10,000 jobs) is passed at its first other name
+            if folder.is_dir() and not folder.is_symlink() and lock.live_holder(folder) is None:
+                with os.scandir(folder) as entries:
+                    if all(entry.name in OWN_NAMES or is_temp_file(entry.name) for entry in entries):
+                        found.append(folder)
+        except (OSError, lock.DirInUse):  # a folder it cannot list, a lock it cannot read: not taken
             continue
-    return found
+    return sorted(found, key=lambda folder: folder.stat().st_mtime, reverse=True)
