@@ -407,6 +407,9 @@ def test_embedded_model_warns_about_prompts_and_sizes_it_was_not_made_for(run_sd
     out = capsys.readouterr().out
     assert "outside model=mini's shapes grammar (it does not know: cat, sofa)" in out
     assert "width=128 height=64 differ from model=mini's native 64x64 px" in out
+    log = next((tmp_path / "outputs").rglob("cli.log")).read_text()  # said before the run dir was made: kept there too
+    assert "[WARNING] prompt='a cat on a sofa' is outside model=mini's shapes grammar" in log
+    assert "width=128 height=64 differ" in log and out.count("width=128 height=64 differ") == 1
 
 
 def test_the_console_script_keeps_entrys_exit_code_and_runs_exit_handlers(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import logging.handlers
 import os
 import sys
 import threading
@@ -50,9 +51,28 @@ class Preflight(Callback):
     """Checks a single run and its folder before Hydra writes it; notes the folders it makes (`cli.refuse_run`)."""
 
     new_dirs: list[Path] = []  # the folders this run made, for `cli.refuse_run`
+    said = logging.handlers.MemoryHandler(capacity=1 << 30)  # what it logged before the run's log file existed
+
+    def on_run_start(self, config, **kwargs) -> None:
+        """`check_run`, keeping what it logs for the run's log file (`on_job_start`)."""
+        Preflight.said.buffer.clear()
+        logging.getLogger().addHandler(Preflight.said)
+        try:
+            self.check_run(config)
+        finally:
+            logging.getLogger().removeHandler(Preflight.said)
+
+    def on_job_start(self, config, **kwargs) -> None:
+        """Write what the pre-flight logged into the run's log file, now that Hydra has opened it."""
+        if config.hydra.mode == RunMode.RUN:
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.FileHandler):
+                    for record in Preflight.said.buffer:
+                        handler.handle(record)
+        Preflight.said.buffer.clear()
 
     @stops_on_error
-    def on_run_start(self, config, **kwargs) -> None:
+    def check_run(self, config) -> None:
         """Warn about what the model was not made for; end the run with one line on bad input."""
         HydraConfig.instance().set_config(config)  # the run dir's `${hydra:...}` parts need it
         typed = str(config.hydra.run.dir)
