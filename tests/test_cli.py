@@ -330,11 +330,18 @@ def test_a_large_sweep_says_it_is_checking_its_cells_before_the_silent_seconds_t
     from hydra_plugins.sdlab_hydra import compose_once
 
     monkeypatch.setattr(compose_once, "ANNOUNCED_CELLS", 4)  # 1000 in use: a sweep that size takes minutes here
+    monkeypatch.setattr(compose_once, "CHECK_LINES_EVERY", 0)  # a line at each of 3 steps a cell, not every 2 s
     assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5", "num_inference_steps=1", "threads=1",
                      f"hydra.sweep.dir={tmp_path}") == 0
     out = capsys.readouterr().out
     assert "sdlab: checking 4 cells before anything is written" in out
     assert out.index("checking 4 cells") < out.index("sdlab: 4 jobs, 4 images -> ")
+    # and where the checks stand as they go, as the sweep's progress line says it as its jobs end
+    lines = [line for line in out.splitlines() if line.startswith("sdlab: checked ")]
+    assert [line.split(",")[0] for line in lines] == [f"sdlab: checked {n * 100 // 12}% of 4 cells"
+                                                      for n in range(1, 13)]
+    assert "about " in lines[5] and " left" in lines[5] and lines[-1].endswith(", nothing left")
+    assert out.index(lines[-1]) < out.index("sdlab: 4 jobs, 4 images -> ")
 
 
 def test_progress_lines_name_each_cell_by_what_varies_and_how_far_through_the_sweep(run_sdlab, tmp_path,

@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import display_overrides, hydra_quote, named_by_sdlab, override_parser
-from sdlab.app.callbacks import CollectSweep
+from sdlab.app.callbacks import CollectSweep, Progress
 from sdlab.app.compose import SWEEP_CELLS, composed_run, parse_job, resolved, task_overrides
 from sdlab.app.preflight import check_job, check_sweep, sweep_plan
 from sdlab.bench import lock, ownership
@@ -40,6 +41,7 @@ from sdlab.jobs import work_of
 log = logging.getLogger(__name__)
 MMAP_MODES = ("r", "r+", "w+", "c")  # numpy.memmap's, which joblib's mmap_mode passes on
 ANNOUNCED_CELLS = 1000  # a sweep this size is checked for seconds (about 5 ms a cell): it says so first
+CHECK_LINES_EVERY = 2.0  # and where its checks stand, every this many seconds
 
 
 def touched(key: str, keys: list[str]) -> bool:
@@ -273,6 +275,7 @@ class ComposeOnceSweeper(Sweeper):
         self.max_batch_size, self.params, self.preflight = max_batch_size, params or {}, preflight
         self.cells_per_task = cells_per_task
         self.cannot_run: set[tuple] = set()
+        self.checking = Progress(Path(), 0.0, 0, math.inf)  # where the checks of the sweep under way stand
 
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: Any) -> None:
         """Put the composing loader between the sweeper, its launcher and Hydra's loader."""
@@ -318,13 +321,20 @@ class ComposeOnceSweeper(Sweeper):
             hashed = Path(sweep_dir).is_dir()  # a new folder has no finished cell to match by hash
             print(plan_text(self.plan_cells(jobs, hashed), Path(sweep_dir)), flush=True)
             return []
-        if self.preflight and len(jobs) >= ANNOUNCED_CELLS:
+        announced = self.preflight and len(jobs) >= ANNOUNCED_CELLS
+        if announced:
             log.info("sdlab: checking %d cells before anything is written", len(jobs))
-        composed = [self.composed.compose(self.config, job) for job in jobs]
+        self.checking = Progress(Path(sweep_dir), time.time(), 3 * len(jobs),  # composed, pre-flighted, its folder
+                                 CHECK_LINES_EVERY if announced else math.inf)
+        composed = []
+        for job in jobs:
+            composed.append(self.composed.compose(self.config, job))
+            self.checking.checked(len(jobs))
         if self.preflight:
             warnings, runs, cannot = {}, [], {}
             parsed, recorded = self.recorded_runs(sweep_dir, composed)
             for n, (job, config) in enumerate(zip(jobs, composed)):
+                self.checking.checked(len(jobs))
                 try:
                     run = parsed[n] if parsed else composed_run(config)
                     job_warnings = [] if recorded else check_job(run)
@@ -483,6 +493,7 @@ class ComposeOnceSweeper(Sweeper):
                 ownership.check_writes_inside(job_dir, "hydra.sweep.subdir", str(config.hydra.job.name),
                                               None if subdir is None else str(subdir))
                 job_dirs.append(job_dir)
+                self.checking.checked(len(composed))
         finally:
             HydraConfig.instance().cfg = original
         return job_dirs

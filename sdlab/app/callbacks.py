@@ -93,11 +93,21 @@ class Preflight(Callback):
 
 
 class Progress:
-    """A sweep's progress line as each job finishes: cells done, images per second and time left, from its mark."""
+    """A sweep's progress line as each job finishes: cells done, images per second and time left, from its mark; or,
+    every `every` seconds, as its cells are checked (`checked`)."""
 
-    def __init__(self, sweep_dir: Path, started: float):
+    def __init__(self, sweep_dir: Path, started: float, cells: int | None = None, every: float = 0.0):
         self.sweep_dir, self.started, self.done, self.made, self.images = sweep_dir, started, 0, 0, 0
-        self.cells = None  # read at the first finished job, once: the sweep writes its manifest before it launches any
+        self.cells = cells  # else read at the first finished job: the sweep writes its manifest before it launches any
+        self.every, self.shown = every, started
+
+    def left(self, now: float) -> str:
+        """The time left of `cells` at `now`, from those `made` so far."""
+        if isinstance(self.cells, int) and self.done >= self.cells:
+            return "nothing left"
+        if isinstance(self.cells, int) and self.made:
+            return f"about {duration((self.cells - self.done) * max(now - self.started, 1e-6) / self.made)} left"
+        return "time left unknown"
 
     def line(self, job: Path, ended: float | None = None) -> str:
         """Count the finished `job` and say where the sweep stood when it `ended` (now unless told)."""
@@ -108,15 +118,19 @@ class Progress:
         self.done += 1
         if "gen_s" in mark:
             self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
-        elapsed = max((time.time() if ended is None else ended) - self.started, 1e-6)
-        if isinstance(self.cells, int) and self.done >= self.cells:
-            left = "nothing left"
-        elif isinstance(self.cells, int) and self.made:
-            left = f"about {duration((self.cells - self.done) * elapsed / self.made)} left"
-        else:
-            left = "time left unknown"
-        return (f"sdlab: {self.done} of {counted(self.cells, 'cell')} done ({job.name}), {self.images / elapsed:.2f} images/s, "
-                f"{left}")
+        now = time.time() if ended is None else ended
+        rate = self.images / max(now - self.started, 1e-6)
+        return (f"sdlab: {self.done} of {counted(self.cells, 'cell')} done ({job.name}), {rate:.2f} images/s, "
+                f"{self.left(now)}")
+
+    def checked(self, jobs: int) -> None:
+        """Count a step of checking the sweep's `jobs` (`cells` steps in all); print where the checks stand, at most
+        every `every` seconds."""
+        self.done, self.made, now = self.done + 1, self.made + 1, time.time()
+        if now - self.shown >= self.every:
+            self.shown = now
+            print(f"sdlab: checked {100 * min(self.done, self.cells) // self.cells}% of {counted(jobs, 'cell')}, "
+                  f"{self.left(now)}", flush=True)
 
 
 class FinishedJobs(threading.Thread):
