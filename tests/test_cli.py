@@ -694,10 +694,11 @@ def test_rerunning_a_sweep_without_a_sweep_dir_continues_its_folder(run_sdlab, t
 
 
 
-def test_a_sweep_killed_before_its_manifest_is_resumed_into_by_the_rerun(run_sdlab, tmp_path, monkeypatch, capsys):
-    """A kill between making the sweep folder and its manifest leaves a folder where nothing ran, empty and unlocked
-    or with a dead lock: the rerun of the command runs in it (the newest such one) with no error, a second sweep in
-    the next; a folder a live sdlab holds is left alone."""
+def test_a_sweep_killed_before_its_manifest_is_resumed_into_by_the_next_sweep(run_sdlab, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A kill between the sweep folder's lock and its manifest leaves a folder where nothing ran, with a dead lock: the
+    next sweep without a folder of its own runs in it with no error; a folder a live sdlab holds, and an empty one
+    (another sweep may be between its mkdir and its lock), are left alone."""
     import socket
 
     monkeypatch.chdir(tmp_path)
@@ -710,20 +711,19 @@ def test_a_sweep_killed_before_its_manifest_is_resumed_into_by_the_rerun(run_sdl
         for folder, pid in ((orphan, gone.pid), (live, holder.pid)):
             folder.mkdir(parents=True)
             (folder / ".sdlab.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
-        empty = root / "multirun_2026-12-05_03-47-29"  # killed before it took its lock: made last here
+        empty = root / "multirun_2026-12-05_03-47-29"
         empty.mkdir()
-        os.utime(orphan, (time.time() - 60,) * 2)
         sweep = ("-m", "seed=1,2", "model=tiny", "num_inference_steps=1", "threads=1")
         assert run_sdlab(*sweep) == 0
         captured = capsys.readouterr()
-        assert f"sdlab: this sweep continues in outputs/generate/{empty.name} " in captured.out
+        assert f"sdlab: this sweep continues in outputs/generate/{orphan.name} " in captured.out
         assert "error" not in captured.err
-        assert sorted(pd.read_csv(empty / "results.csv")["seed"]) == [1, 2]
-        assert run_sdlab("-m", "seed=3", *sweep[2:]) == 0  # another sweep takes the other one
-        assert sorted(pd.read_csv(orphan / "results.csv")["seed"]) == [3]
-        assert sorted(p.name for p in live.iterdir()) == [".sdlab.lock"] and len(list(root.iterdir())) == 3
+        assert sorted(pd.read_csv(orphan / "results.csv")["seed"]) == [1, 2]
+        assert list(empty.iterdir()) == [] and sorted(p.name for p in live.iterdir()) == [".sdlab.lock"]
+        assert run_sdlab("-m", "seed=3", *sweep[2:]) == 0  # another sweep: a folder of its own
+        assert len(list(root.iterdir())) == 4
         assert run_sdlab(*sweep) == 0  # the rerun finds its own folder by its manifest
-        assert f"sdlab: this sweep finished before in outputs/generate/{empty.name} " in capsys.readouterr().out
+        assert f"sdlab: this sweep finished before in outputs/generate/{orphan.name} " in capsys.readouterr().out
     finally:
         holder.kill()
         holder.wait()

@@ -174,12 +174,13 @@ def claim_new(folder: Path, key: str) -> Path:
 
 
 def abandoned_sweeps(root: Path) -> list[Path]:
-    """The `multirun_*` folders under `root` of sweeps killed as they started (nothing but a dead lock, mark or temp
-    files, or nothing at all), newest first."""
+    """The `multirun_*` folders under `root` of sweeps killed as they started (a dead lock, a mark or temp files and
+    nothing else), newest first; not an empty one, which may be another sweep's between its mkdir and its lock."""
     found = []
     for folder in Path(root).glob("multirun_*"):
         try:  # read lazily: a finished sweep's folder (perhaps of 10,000 jobs) is passed at its first other name
-            if folder.is_dir() and not folder.is_symlink() and lock.live_holder(folder) is None:
+            if (folder.is_dir() and not folder.is_symlink() and (folder / LOCK_NAME).is_file()
+                    and lock.live_holder(folder) is None):
                 with os.scandir(folder) as entries:
                     if all(entry.name in OWN_NAMES or is_temp_file(entry.name) for entry in entries):
                         found.append(folder)
