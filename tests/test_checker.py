@@ -171,3 +171,28 @@ def test_two_unreadable_attributes_do_not_count_as_agreeing():
     read = CheckResult("circle", "red", "large", "left", "blue")
     assert not agrees(blank, blank, "position") and not agrees(blank, read, "position")
     assert agrees(blank, read, "background") and agrees(read, read, "position")
+
+
+def drawn_blob(inside, half_extent: float) -> np.ndarray:
+    """A red shape on blue, antialiased as the dataset draws: where inside(x, y), in half extents from the centre."""
+    axis = (np.arange(64 * 4) + 0.5) / 4 - 32
+    alpha = inside(axis[None, :] / half_extent, axis[:, None] / half_extent).reshape(64, 4, 64, 4).mean(axis=(1, 3))
+    red, blue = np.array(data.COLOURS["red"], float), np.array(data.BACKGROUNDS["blue"], float)
+    return np.rint(blue + alpha[..., None] * (red - blue)).astype(np.uint8)
+
+
+def in_box(x, y):
+    return (abs(x) <= 1) & (abs(y) <= 1)
+
+
+@pytest.mark.parametrize("half_extent", [7.0, 13.0])
+@pytest.mark.parametrize("inside, expected", [
+    pytest.param(lambda x, y: in_box(x, y) & (abs(x) <= 0.75 + y / 4), None, id="trapezoid-filling-its-box-as-circles"),
+    pytest.param(lambda x, y: in_box(x, y) & ~((x > 0.2) & (abs(y) < 0.35)), "square", id="square-bitten-on-one-side"),
+    pytest.param(lambda x, y: (x * x + y * y <= 1) & ~((x - 0.9) ** 2 + (y + 0.6) ** 2 < 0.2), "circle",
+                 id="circle-bitten-on-its-rim"),
+    pytest.param(lambda x, y: in_box(x, y) & ((abs(x) - 1.9) ** 2 + y * y >= 1) & (x * x + (abs(y) - 1.9) ** 2 >= 1),
+                 "square", id="square-with-concave-sides"),
+])
+def test_deformed_shapes_read_as_the_shape_they_resemble_or_none(inside, expected, half_extent):
+    assert check(drawn_blob(inside, half_extent)).shape == expected

@@ -156,7 +156,7 @@ def parse_partial(text: str) -> dict[str, str] | None:
     return {k: v for k, v in named.items() if v is not None}
 
 
-def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, half_extent: float) -> np.ndarray:
+def shape_region(shape: str, x: np.ndarray, y: np.ndarray, half_extent: float) -> np.ndarray:
     """Boolean mask of a shape centred at the origin, on coordinate grids x, y."""
     if shape == "circle":
         return x * x + y * y <= half_extent * half_extent
@@ -186,7 +186,7 @@ def coverage(attrs: Attributes, rng: np.random.Generator | None = None, size: in
     axis = (np.arange(size * SUPERSAMPLING, dtype=np.float32) + 0.5) / SUPERSAMPLING
     x = (axis - (size / 2 + scale * (unit_x * POSITION_OFFSET + jitter_x)))[None, :]
     y = (axis - (size / 2 + scale * (unit_y * POSITION_OFFSET + jitter_y)))[:, None]
-    mask = _shape_mask(attrs.shape, x, y, scale * half_extent)
+    mask = shape_region(attrs.shape, x, y, scale * half_extent)
     return mask.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3), dtype=np.float32)
 
 
