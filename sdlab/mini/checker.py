@@ -10,7 +10,7 @@ import numpy as np
 from sdlab.bench.scorers import Score, ScorerKind
 from sdlab.metrics.image import border_colour
 from sdlab.mini.data import (BACKGROUNDS, COLOURS, HALF_EXTENT_RANGE, IMAGE_SIZE, POSITION_OFFSET,
-                             POSITION_UNIT_OFFSETS, SHAPES, Attributes, parse_partial, shape_region)
+                             POSITION_UNIT_OFFSETS, Attributes, parse_partial, shape_region)
 
 ATTRIBUTE_NAMES = tuple(field.name for field in fields(Attributes))
 
@@ -20,12 +20,16 @@ FOREGROUND_DISTANCE = 48.0
 MIN_FOREGROUND_PIXELS = 8
 COVERAGE_THRESHOLD = 0.5
 
+# An apex-up triangle's rows are skewed (heavy base, thin apex: skewness about -0.57, 0 for the symmetric
+# shapes); a cross fills its bounding box least (5/9, circle pi/4, square 1).
+TRIANGLE_MIN_ASYMMETRY = 0.25
 BOX_PADDING = 2
-# The shape is the dataset shape whose drawing in its box overlaps it best (intersection over union of coverage, in
+CIRCLE_MIN_FILL = 0.69
+# Circle or square: the one whose drawing in the shape's box overlaps it more (intersection over union of coverage,
 # SAMPLES^2 points a pixel, faint noise under NOISE_COVERAGE ignored), read only if that overlap is at least
-# MIN_SHAPE_IOU and beats the runner-up by MIN_SHAPE_MARGIN: a clean circle overlaps the square drawn in its box by
-# pi/4 and blurred, noisy dataset shapes keep 0.73 and a margin of 0.065, while a blob between two shapes (a rounded
-# trapezoid: circle 0.85, square 0.82) is neither.
+# MIN_SHAPE_IOU and beats the other's by MIN_SHAPE_MARGIN. A clean circle overlaps the square drawn in its box by
+# pi/4; blurred, noisy dataset circles and squares keep 0.86 and a margin of 0.065; a blob between the two (a rounded
+# trapezoid: circle 0.85, square 0.82) is neither, where its fill ratio alone made it a circle.
 SAMPLES = 2
 NOISE_COVERAGE = 0.2
 MIN_SHAPE_IOU = 0.7
@@ -129,27 +133,36 @@ def occupancy_profile(window: np.ndarray, axis: int) -> np.ndarray:
     return np.clip(lines.max(axis=-1), 0.0, 1.0)
 
 
-def weighted_moments(weights: np.ndarray, coordinates: np.ndarray) -> tuple[float, float]:
-    """Total and mean of a 1-D weight distribution."""
+def weighted_moments(weights: np.ndarray, coordinates: np.ndarray) -> tuple[float, float, float]:
+    """Total, mean and skewness of a 1-D weight distribution."""
     total = float(weights.sum())
-    return total, float((weights * coordinates).sum() / total) if total > 0 else float("nan")
+    if total <= 0:
+        return 0.0, float("nan"), 0.0
+    mean = float((weights * coordinates).sum() / total)
+    deviations = coordinates - mean
+    variance = float((weights * deviations**2).sum() / total)
+    third_moment = float((weights * deviations**3).sum() / total)
+    return total, mean, third_moment / max(variance, 1e-6) ** 1.5
 
 
 def _shape_measurements(coverage: np.ndarray, box: tuple[int, int, int, int]):
-    """Extent and centre of the shape inside its padded box."""
+    """Fill ratio, top-heaviness, extent and centre of the shape inside its padded box."""
     top, bottom, left, right = box
     height, width = coverage.shape
     top, left = max(top - BOX_PADDING, 0), max(left - BOX_PADDING, 0)
     bottom, right = min(bottom + BOX_PADDING, height - 1), min(right + BOX_PADDING, width - 1)
     window = coverage[top : bottom + 1, left : right + 1]
     rows, columns = np.arange(top, bottom + 1) + 0.5, np.arange(left, right + 1) + 0.5
-    box_height, centre_y = weighted_moments(occupancy_profile(window, axis=1), rows)
-    box_width, centre_x = weighted_moments(occupancy_profile(window, axis=0), columns)
-    return max(box_height, box_width), (centre_x, centre_y)
+    box_height, centre_y, _ = weighted_moments(occupancy_profile(window, axis=1), rows)
+    box_width, centre_x, _ = weighted_moments(occupancy_profile(window, axis=0), columns)
+    _, _, row_skewness = weighted_moments(np.clip(window, 0.0, 1.0).sum(axis=1), rows)
+    fill_ratio = float(window.sum()) / max(box_height * box_width, 1e-6)
+    # An apex-up triangle has its mass at the bottom and a thin tail at the top: asymmetry is -row_skewness.
+    return fill_ratio, -row_skewness, max(box_height, box_width), (centre_x, centre_y)
 
 
-def shape_overlaps(coverage: np.ndarray, box: tuple[int, int, int, int]) -> dict[str, float]:
-    """Overlap (coverage IoU) of the shape with each dataset shape drawn into its box, by shape name."""
+def shape_overlaps(coverage: np.ndarray, box: tuple[int, int, int, int], shapes) -> dict[str, float]:
+    """Overlap (coverage IoU) of the shape with each of `shapes` as the dataset draws it into the box, by name."""
     top, bottom, left, right = box
     window = np.pad(np.clip(coverage, 0.0, 1.0), 1)[top : bottom + 3, left : right + 3]  # the box and a line around
     window = np.where(window > NOISE_COVERAGE, window, 0.0)
@@ -162,16 +175,22 @@ def shape_overlaps(coverage: np.ndarray, box: tuple[int, int, int, int]) -> dict
     x = (left - 1 + (np.arange(window.shape[1] * SAMPLES, dtype=np.float32) + 0.5) / SAMPLES - (x0 + x1) / 2) / max(
         (x1 - x0) / 2, 0.5)
     overlaps = {}
-    for shape in SHAPES:
+    for shape in shapes:
         drawn = shape_region(shape, x[None, :], y[:, None], 1.0)
         drawn = drawn.reshape(window.shape[0], SAMPLES, window.shape[1], SAMPLES).mean(axis=(1, 3))
         overlaps[shape] = float(np.minimum(window, drawn).sum() / max(np.maximum(window, drawn).sum(), 1e-6))
     return overlaps
 
 
-def classify_shape(overlaps: dict[str, float]) -> str | None:
-    """The best-overlapping shape, None if it overlaps too little or hardly more than the runner-up."""
-    runner_up, best = sorted(overlaps, key=overlaps.get)[-2:]
+def classify_shape(fill_ratio: float, asymmetry: float, coverage: np.ndarray, box: tuple[int, int, int, int]
+                   ) -> str | None:
+    """Shape name from top-heaviness (negated row skewness), fill ratio and overlaps; None for a circle-square blend."""
+    if asymmetry > TRIANGLE_MIN_ASYMMETRY:
+        return "triangle"
+    if fill_ratio < CIRCLE_MIN_FILL:
+        return "cross"
+    overlaps = shape_overlaps(coverage, box, ("circle", "square"))
+    runner_up, best = sorted(overlaps, key=overlaps.get)
     return best if overlaps[best] >= max(MIN_SHAPE_IOU, overlaps[runner_up] + MIN_SHAPE_MARGIN) else None
 
 
@@ -190,13 +209,13 @@ def check(image: np.ndarray) -> CheckResult:
     if box is None:
         return CheckResult(None, None, None, None, background)
     shape_palette = {name: rgb for name, rgb in COLOURS.items() if name != background}
-    extent, centre = _shape_measurements(coverage, box)
+    fill_ratio, asymmetry, extent, centre = _shape_measurements(coverage, box)
     height, width = coverage.shape
     # Size: the larger side against the boundary; position: the anchor nearest to the box centre.
     offset_x, offset_y = (centre[0] - width / 2) * IMAGE_SIZE / width, (centre[1] - height / 2) * IMAGE_SIZE / height
     position = min(POSITION_UNIT_OFFSETS, key=lambda name: (offset_x - POSITION_UNIT_OFFSETS[name][0] * POSITION_OFFSET)
                    ** 2 + (offset_y - POSITION_UNIT_OFFSETS[name][1] * POSITION_OFFSET) ** 2)
-    return CheckResult(shape=classify_shape(shape_overlaps(coverage, box)),
+    return CheckResult(shape=classify_shape(fill_ratio, asymmetry, coverage, box),
                        colour=nearest_name(foreground_rgb, shape_palette),
                        size="large" if extent > SIZE_BOUNDARY * width / IMAGE_SIZE else "small", position=position,
                        background=background)
