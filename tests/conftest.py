@@ -42,7 +42,11 @@ def one_thread():
 @pytest.fixture
 def run_sdlab(monkeypatch):
     """Run the `sdlab` command in this process; returns the exit code (0 when it returns normally)."""
+    from hydra.core.plugins import Plugins
+
     from sdlab.app import cli
+
+    Plugins.instance()  # Hydra's first plugin scan runs each plugin module again: a test's patch to one comes after it
 
     def run(*args: str) -> int:
         monkeypatch.setattr(sys, "argv", ["sdlab", *args])
