@@ -330,3 +330,23 @@ def test_the_seconds_figure_has_a_labelled_tick_near_each_samplers_seconds(tmp_p
     ticks = [float(t.get_text()) for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high]
     assert len(ticks) >= 4, ticks
     assert all(min(abs(math.log(s / t)) for t in ticks) <= math.log(1.5) for s in seconds), ticks
+
+
+def test_a_convergence_title_wider_than_its_figure_wraps_to_it(tmp_path, monkeypatch):
+    """The seconds figure's 100-character claim ran past its one-column figure, widening the cropped PNG to the title
+    and leaving the panels in a margin twice their width."""
+    from sdlab.bench import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
+    summary = pd.DataFrame([{"scheduler": name, "num_inference_steps": n, "stochastic": False, "nfe_mean": n, "n": 2,
+                             "time_total_s_mean": 0.1 * (i + 1) * n, "psnr_mean": 20.0 + 5 * j, "psnr_lo": math.nan,
+                             "psnr_hi": math.nan} for i, name in enumerate(("euler", "ddim")) for j, n in enumerate((4, 8))])
+    title = ("fewest wall seconds per image to a mean PSNR of 30 dB to the reference dpmpp_2m x 50 steps: dpmpp_2m "
+             "0.093 s, euler 0.14 s, heun 0.22 s")
+    figures.convergence(summary, "time_total_s", ["psnr"], tmp_path / "c.png", xlabel="seconds", title=title)
+    fig = seen["fig"]
+    fig.canvas.draw()
+    extent = fig.get_suptitle() and fig._suptitle.get_window_extent()
+    assert extent.x0 >= 0 and extent.x1 <= fig.bbox.width
+    assert " ".join(fig.get_suptitle().split()).startswith(title)

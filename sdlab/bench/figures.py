@@ -238,6 +238,8 @@ def clear_legends(fig) -> None:
 
 def fit_titles(fig, suptitle=None) -> None:
     """Wrap each title wider than its panels (the suptitle: the figure) at its spaces; the figure grows by its lines."""
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
     renderer = fig.canvas.get_renderer()
     texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes] + (
         [(suptitle, fig.bbox.width)] if suptitle else [])  # the figure's title spans the figure as laid out
@@ -251,7 +253,8 @@ def fit_titles(fig, suptitle=None) -> None:
         text.set_text("\n".join(balanced_lines(line, chars) for line in lines))
     if heights() > panel_titles:
         fig.set_figheight(fig.get_figheight() + (heights() - panel_titles) / fig.dpi)
-        fig.tight_layout()
+        if not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):  # that one lays out as it is drawn
+            fig.tight_layout()
 
 
 def balanced_lines(line: str, chars: int) -> str:
@@ -464,7 +467,9 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                 ax.set_title(group_name if row == 0 else "")
             axes[0, column].legend(fontsize=7, frameon=False, loc="best", ncol=2 if len(part["scheduler"].unique()) > 4 else 1)
         title = title or "distance to the reference solve (dashed: stochastic, against its own high-step limit)"
-        fig.suptitle(f"{title}\n{band_note(summary['n'])}")
+        suptitle = fig.suptitle(f"{title}\n{band_note(summary['n'])}")
+        in_its_font(fig)  # and its titles as typed, its caption, before they wrap
+        fit_titles(fig, suptitle)
         return save_figure(fig, target)
 
 
