@@ -622,3 +622,23 @@ def test_a_resumed_sweep_in_a_launchers_own_processes_counts_its_finished_cells_
     assert run_sdlab("-m", "seed=1,2,3", *fast) == 0
     out = capsys.readouterr().out
     assert "sdlab: 3 of 3 cells done (" in out and "2 of 3 cells done" not in out, out
+
+
+def _worker_ignores_ctrl_c(answer) -> None:
+    from sdlab.app.callbacks import SweepWatch
+
+    SweepWatch.start_once(os.getppid())
+    answer.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_a_launchers_worker_leaves_ctrl_c_to_the_sweep():
+    """A loky worker that Ctrl-C reached between two jobs (in its own loop's gc.collect) printed its traceback after
+    the sweep's one line: a worker ignores SIGINT once it runs a job, and the sweep, which answers it, ends it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    answer = context.Queue()
+    worker = context.Process(target=_worker_ignores_ctrl_c, args=(answer,))
+    worker.start()
+    assert answer.get(timeout=60) is True
+    worker.join(timeout=60)

@@ -6,6 +6,7 @@ import functools
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 import threading
 import time
@@ -175,6 +176,8 @@ class SweepWatch(threading.Thread):
         """Watch the sweep's process from a process it started (not from itself, nor from a cluster's job)."""
         if not cls.started and os.getpid() != sweep_pid and os.getppid() == sweep_pid:
             cls.started = True
+            if threading.current_thread() is threading.main_thread():  # Ctrl-C is the sweep's to answer, not a worker's
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             cls(sweep_pid).start()
 
     def run(self) -> None:
