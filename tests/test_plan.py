@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pandas as pd
@@ -14,6 +16,7 @@ import pytest
 from sdlab.app.callbacks import Progress
 from sdlab.bench.plan import Cell, estimate, record_cost, step_costs, usable
 from sdlab.bench.resume import MANIFEST, mark_finished
+from sdlab.models.loading import CACHE
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
@@ -250,3 +253,31 @@ def test_a_plan_prices_a_size_by_the_median_of_this_hosts_newest_records_not_the
     cost = measured_costs(tmp_path / "new")["mini@64x64"]
     assert cost["step_s"] == pytest.approx(0.011) and cost["sample_step_s"] == pytest.approx(0.0022)
     assert cost["fixed_s"] == 5.0 and cost["peak_mem_bytes"] == 2**30 and usable(cost)
+
+
+def test_the_progress_line_counts_the_images_shared_calls_made_for_the_jobs_still_to_come(tmp_path, monkeypatch):
+    """A 64-cell sweep of two shared calls said `2 of 64 cells done, 0.63 images/s, about 99 s left` once both calls
+    were over and a second of writing was left: it counted only the cells whose jobs had ended, from the clock
+    started after the first call."""
+    (tmp_path / MANIFEST).write_text(json.dumps({"key": "k", "cells": 64}))
+    model = SimpleNamespace(made={})
+    monkeypatch.setitem(CACHE.models, ("k", None), model)
+
+    def call(first: int) -> None:  # 32 cells made together in 2 s, as make_ahead leaves them for their jobs
+        model.made.update({f"cell{first + i}": SimpleNamespace(time_total_s=2.0, size=32) for i in range(32)})
+
+    def job_ends(number: int, cell: str) -> Path:  # the job takes its cell and marks its share of the call
+        model.made.pop(cell)
+        mark_finished(tmp_path / f"{number:02d}", "h", {"rows": 1, "gen_s": 2.0 / 32})
+        return tmp_path / f"{number:02d}"
+
+    progress = Progress(tmp_path, started=0.0)
+    call(0)
+    progress.begin(100.0)  # the first job starts once the first call is over
+    assert progress.started == 98.0
+    assert progress.line(job_ends(0, "cell0"), ended=100.0).endswith("16.00 images/s, about 2 s left")
+    call(32)
+    assert progress.line(job_ends(1, "cell32"), ended=102.0).endswith("16.00 images/s, about 0 s left")
+    for n in range(2, 64):
+        line = progress.line(job_ends(n, f"cell{n - 1 if n < 33 else n}"), ended=102.5)
+    assert line == "sdlab: 64 of 64 cells done (63), 14.22 images/s, nothing left"

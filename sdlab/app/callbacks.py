@@ -29,6 +29,7 @@ from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
 from sdlab.bench.resume import MARKER, collect, read_manifest, read_mark, update_manifest
 from sdlab.errors import UserError
 from sdlab.jobs import work_of
+from sdlab.models.loading import made_ahead
 
 log = logging.getLogger("sdlab")
 
@@ -102,12 +103,18 @@ class Progress:
         self.cells = cells  # else read at the first finished job: the sweep writes its manifest before it launches any
         self.every, self.shown = every, started
 
-    def left(self, now: float) -> str:
-        """The time left of `cells` at `now`, from those `made` so far."""
+    def begin(self, now: float) -> None:
+        """Start the clock at the first job, back by the calls made ahead of it (their images are this run's work)."""
+        self.started = now - made_ahead()[1]
+
+    def left(self, now: float, ahead: int = 0) -> str:
+        """The time left of `cells` at `now`, from those `made` so far and the `ahead` shared calls made for jobs to
+        come."""
         if isinstance(self.cells, int) and self.done >= self.cells:
             return "nothing left"
-        if isinstance(self.cells, int) and self.made:
-            return f"about {duration((self.cells - self.done) * max(now - self.started, 1e-6) / self.made)} left"
+        if isinstance(self.cells, int) and self.made + ahead:
+            per_cell = max(now - self.started, 1e-6) / (self.made + ahead)
+            return f"about {duration(max(0, self.cells - self.done - ahead) * per_cell)} left"
         return "time left unknown"
 
     def line(self, job: Path, ended: float | None = None) -> str:
@@ -119,10 +126,10 @@ class Progress:
         self.done += 1
         if "gen_s" in mark:
             self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
-        now = time.time() if ended is None else ended
-        rate = self.images / max(now - self.started, 1e-6)
+        now, (ahead, _) = time.time() if ended is None else ended, made_ahead()
+        rate = (self.images + ahead) / max(now - self.started, 1e-6)
         return (f"sdlab: {self.done} of {counted(self.cells, 'cell')} done ({job.name}), {rate:.2f} images/s, "
-                f"{self.left(now)}")
+                f"{self.left(now, ahead)}")
 
     def checked(self, jobs: int) -> None:
         """Count a step of checking the sweep's `jobs` (`cells` steps in all); print where the checks stand, at most
@@ -241,7 +248,7 @@ class CollectSweep(Callback):
         if getattr(self, "sweep_pid", None):
             SweepWatch.start_once(self.sweep_pid)
         if CollectSweep.progress is not None and CollectSweep.progress.done == 0:
-            CollectSweep.progress.started = time.time()
+            CollectSweep.progress.begin(time.time())
 
     def on_job_end(self, config, job_return=None, **kwargs) -> None:
         """The progress line of a sweep job run in this process."""

@@ -155,7 +155,7 @@ class ModelCache:
                 raise UserError(f"model.path={folder} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
         model = cls(pipe.to(device), spec)
         model.apply_speed_options()
-        pipe.set_progress_bar_config(leave=False, desc="denoising")
+        pipe.set_progress_bar_config(leave=False, desc="denoising", disable=None)  # None: no bar where no terminal
         self.load_count += 1
         log.info("loaded model %s (%s) on %s (%s)", spec.name, cls.pipeline_class, device, dtype)
         self.models = {key: kept for key, kept in self.models.items() if key[0] != spec.key}  # weights replaced since
@@ -164,6 +164,12 @@ class ModelCache:
 
 
 CACHE = ModelCache()
+
+
+def made_ahead() -> tuple[int, float]:
+    """Images a sweep's shared calls made for jobs still to come, and the seconds of those calls that are theirs."""
+    pending = [cell for model in CACHE.models.values() for cell in model.made.values()]
+    return len(pending), sum(cell.time_total_s / (cell.size or 1) for cell in pending)
 
 
 def load_model(spec: ModelSpec) -> ModelAdapter:
