@@ -7,7 +7,6 @@ import json
 import os
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
 
 import pandas as pd
@@ -16,7 +15,6 @@ import pytest
 from sdlab.app.callbacks import Progress
 from sdlab.bench.plan import Cell, estimate, record_cost, step_costs, usable
 from sdlab.bench.resume import MANIFEST, mark_finished
-from sdlab.models.loading import CACHE
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
@@ -255,29 +253,28 @@ def test_a_plan_prices_a_size_by_the_median_of_this_hosts_newest_records_not_the
     assert cost["fixed_s"] == 5.0 and cost["peak_mem_bytes"] == 2**30 and usable(cost)
 
 
-def test_the_progress_line_counts_the_images_shared_calls_made_for_the_jobs_still_to_come(tmp_path, monkeypatch):
+def test_the_progress_line_counts_the_images_shared_calls_made_for_the_jobs_still_to_come(tmp_path):
     """A 64-cell sweep of two shared calls said `2 of 64 cells done, 0.63 images/s, about 99 s left` once both calls
-    were over and a second of writing was left: it counted only the cells whose jobs had ended, from the clock
-    started after the first call."""
+    were over and a second of writing was left: it counted only the cells whose jobs had ended, from a clock started
+    after the first call. A job's mark names its call (images, seconds, its rows), so jobs a launcher runs in other
+    processes count alike."""
     (tmp_path / MANIFEST).write_text(json.dumps({"key": "k", "cells": 64}))
-    model = SimpleNamespace(made={})
-    monkeypatch.setitem(CACHE.models, ("k", None), model)
 
-    def call(first: int) -> None:  # 32 cells made together in 2 s, as make_ahead leaves them for their jobs
-        model.made.update({f"cell{first + i}": SimpleNamespace(time_total_s=2.0, size=32) for i in range(32)})
-
-    def job_ends(number: int, cell: str) -> Path:  # the job takes its cell and marks its share of the call
-        model.made.pop(cell)
-        mark_finished(tmp_path / f"{number:02d}", "h", {"rows": 1, "gen_s": 2.0 / 32})
+    def job_ends(number: int, call: str) -> Path:  # its one image from a 2 s call of 32
+        mark_finished(tmp_path / f"{number:02d}", "h", {"rows": 1, "gen_s": 2.0 / 32, "calls": {call: [32, 2.0, 1]}})
         return tmp_path / f"{number:02d}"
 
-    progress = Progress(tmp_path, started=0.0)
-    call(0)
-    progress.begin(100.0)  # the first job starts once the first call is over
+    progress = Progress(tmp_path, started=100.0)  # the first job starts once the first call is over
+    assert progress.line(job_ends(0, "a"), ended=100.0).endswith("16.00 images/s, about 2 s left")
     assert progress.started == 98.0
-    assert progress.line(job_ends(0, "cell0"), ended=100.0).endswith("16.00 images/s, about 2 s left")
-    call(32)
-    assert progress.line(job_ends(1, "cell32"), ended=102.0).endswith("16.00 images/s, about 0 s left")
+    assert progress.line(job_ends(1, "b"), ended=102.0).endswith("16.00 images/s, about 0 s left")
+    assert progress.started == 98.0  # the second call ran on the clock
     for n in range(2, 64):
-        line = progress.line(job_ends(n, f"cell{n - 1 if n < 33 else n}"), ended=102.5)
+        line = progress.line(job_ends(n, "a" if n < 33 else "b"), ended=102.5)
     assert line == "sdlab: 64 of 64 cells done (63), 14.22 images/s, nothing left"
+
+
+def test_a_marks_calls_that_are_not_numbers_count_as_none(tmp_path):
+    (tmp_path / MANIFEST).write_text(json.dumps({"key": "k", "cells": 2}))
+    mark_finished(tmp_path / "0", "h", {"rows": 1, "gen_s": 0.5, "calls": {"a": ["x", None], "b": "y", "c": [1e400]}})
+    assert Progress(tmp_path, started=0.0).line(tmp_path / "0", ended=1.0).endswith("1.00 images/s, about 1 s left")

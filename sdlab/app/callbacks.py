@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import logging.handlers
+import math
 import os
 import signal
 import sys
@@ -29,7 +30,6 @@ from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
 from sdlab.bench.resume import MARKER, collect, read_manifest, read_mark, update_manifest
 from sdlab.errors import UserError
 from sdlab.jobs import work_of
-from sdlab.models.loading import made_ahead
 
 log = logging.getLogger("sdlab")
 
@@ -94,6 +94,16 @@ class Preflight(Callback):
             log.warning(warning)
 
 
+def calls_of(mark: dict) -> dict[str, tuple[int, float, int]]:
+    """The pipeline calls a finished job's mark names: each call's images, its seconds, and the images that are the
+    job's own; what is not so is left out."""
+    given = mark.get("calls")
+    return {call: (int(made[0]), float(made[1]), int(made[2])) for call, made in
+            (given.items() if isinstance(given, dict) else ())
+            if isinstance(made, list) and len(made) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                                    for v in made)}
+
+
 class Progress:
     """A sweep's progress line as each job finishes: cells done, images per second and time left, from its mark; or,
     every `every` seconds, as its cells are checked (`checked`)."""
@@ -102,10 +112,8 @@ class Progress:
         self.sweep_dir, self.started, self.done, self.made, self.images = sweep_dir, started, 0, 0, 0
         self.cells = cells  # else read at the first finished job: the sweep writes its manifest before it launches any
         self.every, self.shown = every, started
-
-    def begin(self, now: float) -> None:
-        """Start the clock at the first job, back by the calls made ahead of it (their images are this run's work)."""
-        self.started = now - made_ahead()[1]
+        self.calls: dict[str, int] = {}  # the pipeline calls finished jobs' images came from: their images in all
+        self.taken = 0  # the images of those calls whose jobs have finished
 
     def left(self, now: float, ahead: int = 0) -> str:
         """The time left of `cells` at `now`, from those `made` so far and the `ahead` shared calls made for jobs to
@@ -126,7 +134,12 @@ class Progress:
         self.done += 1
         if "gen_s" in mark:
             self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
-        now, (ahead, _) = time.time() if ended is None else ended, made_ahead()
+        now, calls = time.time() if ended is None else ended, calls_of(mark)
+        new = {call: made for call, made in calls.items() if call not in self.calls}
+        self.started = min(self.started, now - sum(seconds for _, seconds, _ in new.values()))  # made before the clock
+        self.calls.update({call: images for call, (images, _, _) in new.items()})
+        self.taken += sum(here for *_, here in calls.values())
+        ahead = max(0, sum(self.calls.values()) - self.taken)  # images made for jobs still to come
         rate = (self.images + ahead) / max(now - self.started, 1e-6)
         return (f"sdlab: {self.done} of {counted(self.cells, 'cell')} done ({job.name}), {rate:.2f} images/s, "
                 f"{self.left(now, ahead)}")
@@ -248,7 +261,7 @@ class CollectSweep(Callback):
         if getattr(self, "sweep_pid", None):
             SweepWatch.start_once(self.sweep_pid)
         if CollectSweep.progress is not None and CollectSweep.progress.done == 0:
-            CollectSweep.progress.begin(time.time())
+            CollectSweep.progress.started = time.time()
 
     def on_job_end(self, config, job_return=None, **kwargs) -> None:
         """The progress line of a sweep job run in this process."""

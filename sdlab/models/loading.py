@@ -166,12 +166,6 @@ class ModelCache:
 CACHE = ModelCache()
 
 
-def made_ahead() -> tuple[int, float]:
-    """Images a sweep's shared calls made for jobs still to come, and the seconds of those calls that are theirs."""
-    pending = [cell for model in CACHE.models.values() for cell in model.made.values()]
-    return len(pending), sum(cell.time_total_s / (cell.size or 1) for cell in pending)
-
-
 def load_model(spec: ModelSpec) -> ModelAdapter:
     """The model adapter for `spec`, loaded once per process and reused by every later job."""
     return CACHE.load(spec)
