@@ -140,3 +140,25 @@ def test_the_page_carries_the_sweeps_ranking(tmp_path):
     assert data["ranking_lines"] == {
         "guidance_scale": "guidance_scale by clip_score: best 7.5 100; tied: none (1 of 3)",
         "scheduler": "scheduler by clip_score: best ddim 64.7; tied: none (1 of 2)"}
+
+
+def test_the_wall_time_counts_a_shared_call_made_before_its_first_job(tmp_path):
+    """Cells of a shared call write their job dirs after it: the header said 68 s of wall time for a sweep whose images
+    took 101 s, counting from the first job's config, written after the first call."""
+    import os
+
+    from sdlab.bench.report import wall_seconds
+    from sdlab.bench.resume import CONFIG, MARKER, mark_finished
+
+    for number, (start, end) in enumerate([(100.0, 101.0), (101.0, 101.5)]):  # two cells of one call of 10 s
+        job = tmp_path / str(number)
+        job.mkdir()
+        mark_finished(job, "h", {"rows": 1, "gen_s": 5.0, "calls": {"a": [2, 10.0, 1]}})
+        for name, when in ((CONFIG, start), ("results.parquet", end), (MARKER, end)):
+            (job / name).touch()
+            os.utime(job / name, (when, when))
+    assert wall_seconds(tmp_path) == 10.5
+    (tmp_path / "0" / MARKER).unlink()  # the call is still the second cell's: it ended 10 s after the call began
+    assert wall_seconds(tmp_path) == 10.0
+    (tmp_path / "1" / MARKER).unlink()  # no mark names a call: from the first config
+    assert wall_seconds(tmp_path) == 1.5

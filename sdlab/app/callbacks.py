@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import logging.handlers
-import math
 import os
 import signal
 import sys
@@ -27,7 +26,7 @@ from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import job_dirs
 from sdlab.bench.report import summarize
 from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
-from sdlab.bench.resume import MARKER, collect, read_manifest, read_mark, update_manifest
+from sdlab.bench.resume import MARKER, collect, mark_calls, read_manifest, read_mark, update_manifest
 from sdlab.errors import UserError
 from sdlab.jobs import work_of
 
@@ -94,16 +93,6 @@ class Preflight(Callback):
             log.warning(warning)
 
 
-def calls_of(mark: dict) -> dict[str, tuple[int, float, int]]:
-    """The pipeline calls a finished job's mark names: each call's images, its seconds, and the images that are the
-    job's own; what is not so is left out."""
-    given = mark.get("calls")
-    return {call: (int(made[0]), float(made[1]), int(made[2])) for call, made in
-            (given.items() if isinstance(given, dict) else ())
-            if isinstance(made, list) and len(made) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v)
-                                                                    for v in made)}
-
-
 class Progress:
     """A sweep's progress line as each job finishes: cells done, images per second and time left, from its mark; or,
     every `every` seconds, as its cells are checked (`checked`)."""
@@ -134,7 +123,7 @@ class Progress:
         self.done += 1
         if "gen_s" in mark:
             self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
-        now, calls = time.time() if ended is None else ended, calls_of(mark)
+        now, calls = time.time() if ended is None else ended, mark_calls(mark)
         new = {call: made for call, made in calls.items() if call not in self.calls}
         self.started = min(self.started, now - sum(seconds for _, seconds, _ in new.values()))  # made before the clock
         self.calls.update({call: images for call, (images, _, _) in new.items()})

@@ -29,7 +29,7 @@ try:  # the libraries load for about a second: a Ctrl-C then ends as one later d
     from sdlab.app.help import help_text, version_text
     from sdlab.bench import lock, ownership, resume
     from sdlab.bench.captions import settings_text
-    from sdlab.bench.records import identity, ordered, rows
+    from sdlab.bench.records import identity, ordered
     from sdlab.bench.report import rebuild, summarize
     from sdlab.conf_files import CONF_DIR
     from sdlab.errors import UserError
@@ -101,16 +101,6 @@ run.works_ahead = True  # the lean launcher lets sdlab's jobs work ahead (share 
 run.takes_composed_config = True  # it reads all but the Hydra node, changing nothing: the lean launcher skips a copy
 
 
-def calls_made(frame) -> dict[str, list]:
-    """The pipeline calls a job's rows came from: each call's images, its seconds, and how many of them are rows here."""
-    calls: dict[str, list] = {}
-    for row in rows(frame) if {"call_id", "batch_size", "time_total_s"} <= set(frame.columns) else []:
-        if isinstance(row["call_id"], str):
-            size = int(row["batch_size"])
-            calls.setdefault(row["call_id"], [size, float(row["time_total_s"]) * size, 0])[2] += 1
-    return calls
-
-
 def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) -> None:
     """Run one job into `out_dir` (a sweep's finished job is left as it is) and write its table."""
     out_dir, started = ctx.out_dir, time.time() - 1  # file times are coarser than the clock
@@ -146,7 +136,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed and started:
         made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0,  # for a plan's estimate
-                "calls": calls_made(frame)}  # for the progress line
+                "calls": resume.calls_made(frame)}  # for the progress line
         resume.mark_finished(out_dir, job_hash, {"rows": len(frame), "weights": ctx.run.weights,
                                                  "elsewhere": ctx.elsewhere, **made})
     elif multirun and not resume.read_mark(out_dir):  # ended all the same: a launcher's own process sees it end

@@ -19,7 +19,7 @@ from sdlab.bench.captions import forget_figure, headlines
 from sdlab.bench.grid import axis_values, image_grid
 from sdlab.bench.ownership import MARK, is_owned
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, job_dirs, local_file, write_table
-from sdlab.bench.resume import CONFIG, collect, read_manifest
+from sdlab.bench.resume import CONFIG, MARKER, collect, mark_calls, read_manifest, read_mark
 from sdlab.bench.summary import (REPLICATES, SUMMARY_NAME, main_metric, metric_columns, owns_summary, rank,
                                  ranking_lines, score_direction, sweep_axes, swept_parameters, write_summary)
 from sdlab.config import LIMITS
@@ -98,10 +98,14 @@ def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def wall_seconds(folder: Path) -> float:
-    """From the first job's config being recorded (run_config.json) to the last job's table being written."""
+    """From the first job's config being recorded (run_config.json), or a shared call made before it (its seconds back
+    from the end of a job of it), to the last job's table being written."""
     times = lambda name: [p.stat().st_mtime for p in [Path(folder) / name, *Path(folder).glob(f"*/{name}")]  # noqa: E731
                           if p.is_file()]
     starts, ends = times(CONFIG), times(f"{TABLE_NAME}.parquet")
+    for mark in [Path(folder) / MARKER, *Path(folder).glob(f"*/{MARKER}")]:
+        calls = mark_calls(read_mark(mark.parent)) if mark.is_file() else {}
+        starts += [mark.stat().st_mtime - seconds for _, seconds, _ in calls.values()]
     return max(ends) - min(starts) if starts and ends else math.nan
 
 

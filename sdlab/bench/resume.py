@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,26 @@ def _stamp(path: Path) -> tuple | None:
 def read_mark(folder: Path) -> dict[str, Any]:
     """A job dir's finished mark (`job_hash`, rows, weights, `gen_s`), or {} for none, or one that is no JSON object."""
     return read_json_object(Path(folder) / MARKER)
+
+
+def calls_made(frame: pd.DataFrame) -> dict[str, list]:
+    """The pipeline calls a job's rows came from: each call's images, its seconds, and how many of them are rows here."""
+    calls: dict[str, list] = {}
+    for row in rows(frame) if {"call_id", "batch_size", "time_total_s"} <= set(frame.columns) else []:
+        if isinstance(row["call_id"], str):
+            size = int(row["batch_size"])
+            calls.setdefault(row["call_id"], [size, float(row["time_total_s"]) * size, 0])[2] += 1
+    return calls
+
+
+def mark_calls(mark: dict) -> dict[str, tuple[int, float, int]]:
+    """The pipeline calls a finished job's mark names: each call's images, its seconds, and the images that are the
+    job's own; what is not so is left out."""
+    given = mark.get("calls")
+    return {call: (int(made[0]), float(made[1]), int(made[2])) for call, made in
+            (given.items() if isinstance(given, dict) else ())
+            if isinstance(made, list) and len(made) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                                    for v in made)}
 
 
 def finished_job(folder: Path, job_hash: str) -> pd.DataFrame | None:
