@@ -162,3 +162,14 @@ def test_the_wall_time_counts_a_shared_call_made_before_its_first_job(tmp_path):
     assert wall_seconds(tmp_path) == 10.0
     (tmp_path / "1" / MARKER).unlink()  # no mark names a call: from the first config
     assert wall_seconds(tmp_path) == 1.5
+
+
+def test_the_command_quotes_a_prompt_list_as_a_person_types_it():
+    """`'prompt='"'"'a red circle'"'"',...'` was the header of every sweep over quoted prompts: right for a shell,
+    unreadable for a person. Double quotes where nothing in the word is special inside them, else single quotes."""
+    from sdlab.bench.report import shell_line
+
+    words = ["sdlab", "-m", "prompt='a red circle','a blue square'", "seed=1,2", "hydra.sweep.dir=out dir"]
+    assert shell_line(words) == "sdlab -m \"prompt='a red circle','a blue square'\" seed=1,2 'hydra.sweep.dir=out dir'"
+    nasty = ["prompt='it''s $HOME'", 'say "hi"', "a`b`", "back\\slash'", "wow!'", "", "x'y", "tab\there"]
+    assert shlex.split(shell_line(nasty)) == nasty

@@ -83,18 +83,24 @@ def load_results(folder: Path) -> pd.DataFrame:
     return frame
 
 
+def shell_line(words: list[str]) -> str:
+    """`words` as a shell command a person reads: a word holding a single quote and none of the characters special
+    inside double quotes is double-quoted as typed (`"prompt='a','b'"`); any other is quoted as `shlex.quote` does."""
+    return " ".join(f'"{w}"' if "'" in w and not set(w) & set('"$`\\!') else shlex.quote(w) for w in words)
+
+
 def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
     """The sweep's manifest (damaged: UserError) with the command reproducing it, else a run's from its overrides."""
     folder = Path(folder)
     manifest = read_manifest(folder, strict=True)
     if manifest is not None:
         command = manifest.get("command", manifest.get("overrides", []))
-        return {**manifest, "command": shlex.join(["sdlab", "-m", *command, f"hydra.sweep.dir={folder}"])}
+        return {**manifest, "command": shell_line(["sdlab", "-m", *command, f"hydra.sweep.dir={folder}"])}
     if any(job.name.split("_", 1)[0].isdigit() for job in job_dirs(folder)):  # a sweep from before manifests
         return {"axes": [], "values": {}, "command": ""}
     overrides = next((json.loads(o) for o in frame.get("overrides", []) if isinstance(o, str) and o), {})
     return {"axes": [], "values": {k: [str(v)] for k, v in overrides.items()},
-            "command": shlex.join(["sdlab", *(f"{k}={v}" for k, v in overrides.items()), f"hydra.run.dir={folder}"])}
+            "command": shell_line(["sdlab", *(f"{k}={v}" for k, v in overrides.items()), f"hydra.run.dir={folder}"])}
 
 
 def wall_seconds(folder: Path) -> float:
