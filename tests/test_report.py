@@ -173,3 +173,15 @@ def test_the_command_quotes_a_prompt_list_as_a_person_types_it():
     assert shell_line(words) == "sdlab -m \"prompt='a red circle','a blue square'\" seed=1,2 'hydra.sweep.dir=out dir'"
     nasty = ["prompt='it''s $HOME'", 'say "hi"', "a`b`", "back\\slash'", "wow!'", "", "x'y", "tab\there"]
     assert shlex.split(shell_line(nasty)) == nasty
+
+
+def test_the_rows_table_leads_with_what_varies_and_its_scores(tmp_path):
+    """The table began with run_id, experiment, job, model, scheduler and its config, the same on every row of a sweep:
+    its swept values and scores sat a page-width to the right."""
+    root = fake_sweep(tmp_path / "sweep")
+    data = report_data(pd.read_parquet(root / "results.parquet"), root)
+    lead = ["seed", "guidance_scale", "scheduler", *data["metrics"], "status", "error"]
+    assert data["columns"][:len(lead)] == lead and "run_id" in data["columns"][len(lead):]
+    assert sorted(data["columns"]) == sorted(pd.read_parquet(root / "results.parquet").columns)
+    row = dict(zip(data["columns"], data["rows"][0]))
+    assert row["seed"] == 1 and row["image_path"] == data["images"][0]

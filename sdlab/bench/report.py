@@ -178,6 +178,8 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     paths = frame["image_path"] if "image_path" in frame else [None] * len(frame)
     images = [local_file(folder, p) for p in paths]  # only regular files inside the folder are shown or read
     metrics = metric_columns(frame)
+    lead = [c for c in dict.fromkeys([*axes, "seed", *metrics, "status", "error"]) if c in frame]
+    frame = frame[lead + [c for c in frame.columns if c not in lead]]  # the rows table: what varies, then the rest
     ranking = rank(frame, manifest["axes"])
     return {
         "header": header(frame, folder, axes, manifest), "columns": list(frame.columns),
