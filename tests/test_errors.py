@@ -245,3 +245,23 @@ def test_a_whole_t5_checkpoint_loads_its_encoder_and_other_extra_tensors_are_ref
     else:
         with pytest.raises(UserError, match=r"1 tensors are not a text_encoder's \(e.g. decoder.block.0"):
             check_component_weights(tmp_path, "text_encoder", config, held)
+
+
+def test_an_error_line_on_a_terminal_starts_over_a_half_drawn_progress_bar(tmp_path):
+    """Ctrl-C in the middle of denoising left `denoising:  38%|███▊ | 3/8 [...]sdlab: error: interrupted; ...` on the
+    terminal: the bar ends no line, so the error line is written from the start of the line, clearing it; into a file
+    or pipe it is written as it is."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.stderr.write('denoising:  38%|###'); sys.stderr.flush(); "
+            "from sdlab.app.compose import fail; fail('interrupted', 130)")
+    primary, secondary = os.openpty()
+    done = subprocess.run([sys.executable, "-c", code], stderr=secondary, cwd=tmp_path, timeout=60)
+    os.close(secondary)
+    shown = os.read(primary, 4096).decode()
+    os.close(primary)
+    assert done.returncode == 130 and shown == "denoising:  38%|###\r\x1b[Ksdlab: error: interrupted\r\n"
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert piped.stderr == "denoising:  38%|###sdlab: error: interrupted\n"

@@ -23,9 +23,13 @@ def job_folder(num) -> str:
     return str(num).zfill(len(str(max(cells - 1, 0))))
 
 
+CLEAR_LINE = "\r\x1b[K"  # back to the line's start, then erase it
+
+
 def fail(message: str, code: int = UserError.exit_code, leave=sys.exit) -> None:
-    """Print one error line and exit (code 2 for bad input) through `leave`."""
-    print(f"sdlab: error: {message}", file=sys.stderr, flush=True)
+    """Print one error line and exit (code 2 for bad input) through `leave`; on a terminal from the line's start, over
+    a progress bar an interrupt left half-drawn."""
+    print(f"{CLEAR_LINE if sys.stderr.isatty() else ''}sdlab: error: {message}", file=sys.stderr, flush=True)
     leave(code)
 
 
