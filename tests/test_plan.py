@@ -278,3 +278,12 @@ def test_a_marks_calls_that_are_not_numbers_count_as_none(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps({"key": "k", "cells": 2}))
     mark_finished(tmp_path / "0", "h", {"rows": 1, "gen_s": 0.5, "calls": {"a": ["x", None], "b": "y", "c": [1e400]}})
     assert Progress(tmp_path, started=0.0).line(tmp_path / "0", ended=1.0).endswith("1.00 images/s, about 1 s left")
+
+
+def test_a_jobs_calls_come_from_its_rows_that_name_one(tmp_path):
+    from sdlab.bench.resume import calls_made
+
+    frame = pd.DataFrame({"call_id": ["a", "a", None, "b", "c"], "batch_size": [4, 4, 4, None, 2],
+                          "time_total_s": [0.5, 0.5, 0.5, 1.0, float("nan")]})
+    assert calls_made(frame) == {"a": [4, 2.0, 2]}
+    assert calls_made(frame.drop(columns="batch_size")) == {}  # a study's rows time their calls without a batch size

@@ -135,8 +135,8 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed and started:
-        made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0,  # for a plan's estimate
-                "calls": resume.calls_made(frame)}  # for the progress line
+        made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0,  # a plan's estimate
+                "calls": resume.calls_made(frame)}  # the progress line's
         resume.mark_finished(out_dir, job_hash, {"rows": len(frame), "weights": ctx.run.weights,
                                                  "elsewhere": ctx.elsewhere, **made})
     elif multirun and not resume.read_mark(out_dir):  # ended all the same: a launcher's own process sees it end

@@ -103,12 +103,13 @@ def read_mark(folder: Path) -> dict[str, Any]:
 
 
 def calls_made(frame: pd.DataFrame) -> dict[str, list]:
-    """The pipeline calls a job's rows came from: each call's images, its seconds, and how many of them are rows here."""
+    """The pipeline calls a job's rows came from: each call's images, its seconds and how many of them are rows here."""
     calls: dict[str, list] = {}
     for row in rows(frame) if {"call_id", "batch_size", "time_total_s"} <= set(frame.columns) else []:
-        if isinstance(row["call_id"], str):
-            size = int(row["batch_size"])
-            calls.setdefault(row["call_id"], [size, float(row["time_total_s"]) * size, 0])[2] += 1
+        size, share = row["batch_size"], row["time_total_s"]
+        if isinstance(row["call_id"], str) and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                   for v in (size, share)):
+            calls.setdefault(row["call_id"], [int(size), float(share) * size, 0])[2] += 1
     return calls
 
 
