@@ -105,8 +105,8 @@ class Progress:
         self.taken = 0  # the images of those calls whose jobs have finished
 
     def left(self, now: float, ahead: int = 0) -> str:
-        """The time left of `cells` at `now`, from those `made` so far and the `ahead` shared calls made for jobs to
-        come."""
+        """The time left of `cells` at `now`, from those `made` so far and the `ahead` images shared calls made for
+        jobs to come."""
         if isinstance(self.cells, int) and self.done >= self.cells:
             return "nothing left"
         if isinstance(self.cells, int) and self.made + ahead:
