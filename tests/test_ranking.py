@@ -57,6 +57,26 @@ def test_the_cheapest_tied_value_is_named():
     assert line == "scheduler by clip_score: best a 56.8; tied: b, d (3 of 4); cheapest tied: b (NFE 8, 0.8 s)"
 
 
+def test_no_value_is_called_cheapest_when_cost_does_not_separate_the_tied_ones():
+    f = frame(values=("a", "b")).assign(nfe=8, time_total_s=0.8)  # b tied with a, both made in the same calls
+    ranking = rank(f, AXES)
+    assert groups(ranking) == {"a": BEST, "b": TIED} and not ranking["cheapest_tied"].any()
+    assert ranking_lines(f, ranking, AXES)["scheduler"] == "scheduler by clip_score: best a 56.8; tied: b (2 of 2)"
+
+
+def test_every_tied_value_of_the_lowest_cost_is_named_cheapest():
+    f = frame()  # b and d cost NFE 8, their times within each other's interval; a costs NFE 16
+    f.loc[f["scheduler"] == "d", "nfe"] = 8
+    f.loc[f["scheduler"] == "b", "time_total_s"] = [0.78, 0.82, 0.80, 0.79, 0.81, 0.80]
+    f.loc[f["scheduler"] == "d", "time_total_s"] = [0.80, 0.83, 0.81, 0.80, 0.82, 0.79]
+    ranking = rank(f, AXES)
+    rows = ranking[ranking["metric"] == "clip_score"].set_index("value")
+    assert rows["cheapest_tied"].to_dict() == {"a": False, "b": True, "d": True, "c": False}
+    assert ranking_lines(f, ranking, AXES)["scheduler"].endswith("; cheapest tied: b, d (NFE 8, 0.8-0.81 s)")
+    f.loc[f["scheduler"] == "d", "time_total_s"] = 1.6  # the same NFE at twice the time: d is not the cheapest
+    assert ranking_lines(f, rank(f, AXES), AXES)["scheduler"].endswith("; cheapest tied: b (NFE 8, 0.8 s)")
+
+
 def test_no_ranking_from_fewer_than_three_images_per_value():
     f = frame()
     f = pd.concat([f, frame(values=("e",), seeds=(1, 2)).assign(clip_score=99.0)])  # highest mean, two images

@@ -136,9 +136,10 @@ class Swept:
 def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
     """Per swept parameter and score, its values by mean: the best, those tied with it, those behind; cheapest tied."""
     swept = Swept(frame, axes)
-    costs = {c: swept.number(c) for c in COSTS if c in swept.frame}
     rows = []
     for key in swept.params:
+        spent = {v: {c: swept.measured(c, swept.labels[key] == v) for c in COSTS if c in swept.frame}
+                 for v in swept.values(key)}  # n, mean and interval of each cost
         for metric in (m for m in metric_columns(swept.frame) if score_direction(m)):
             sign, x = score_direction(metric), swept.number(metric)
             order = lambda stats: sorted((v for v, s in stats.items() if s["n"] >= MIN_N),  # noqa: E731
@@ -154,16 +155,23 @@ def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
                 s, kept = stats[v], v in ranked
                 group = (BEST if v == best else TOO_FEW if not kept else UNPAIRED if s["n_paired"] < MIN_N
                          else TIED if s["delta_lo"] <= 0 <= s["delta_hi"] else BEHIND)
-                spent = {c: finite(costs[c][swept.labels[key] == v]) for c in costs}
                 mine.append({"parameter": key, "metric": metric, "better": "higher" if sign > 0 else "lower",
                              "rank": position + 1 if kept else None, "value": v, **s, "group": group,
                              "cheapest_tied": False, **{c: math.nan for c in COSTS},
-                             **{c: float(np.mean(d)) if d.size else math.nan for c, d in spent.items()}})
-            costed = [r for r in mine if r["group"] in (BEST, TIED) and any(not math.isnan(r[c]) for c in COSTS)]
-            if costed:
-                min(costed, key=lambda r: tuple(math.inf if math.isnan(r[c]) else r[c] for c in COSTS))["cheapest_tied"] = True
+                             **{c: mean for c, (_, mean, _, _) in spent[v].items()}})
+            for row in cheapest([r for r in mine if r["group"] in (BEST, TIED)], spent):
+                row["cheapest_tied"] = True
             rows += mine
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
+
+
+def cheapest(tied: list[dict], spent: dict) -> list[dict]:
+    """The tied rows no other one beats on cost (fewest NFE, then seconds) by parted 95% intervals; none if cost parts none."""
+    found = [r for r in tied if not any(math.isnan(mean) for _, mean, _, _ in spent[r["value"]].values())]
+    for cost in (c for c in COSTS if found and c in spent[found[0]["value"]]):
+        least = min((spent[r["value"]][cost] for r in found), key=lambda s: s[1])
+        found = [r for r in found if not least[3] < spent[r["value"]][cost][2]]  # NaN (under 3 calls): not parted
+    return found if len(found) < len(tied) else []
 
 
 def ranking_line(ranking: pd.DataFrame, parameter: str) -> str:
@@ -174,23 +182,25 @@ def ranking_line(ranking: pd.DataFrame, parameter: str) -> str:
     rows = mine[mine["metric"] == main_metric(list(dict.fromkeys(mine["metric"])))]
     best = rows[rows["group"] == BEST].iloc[0]
 
-    def listed(group: str) -> str:
-        values = [printable(v) for v in rows.loc[rows["group"] == group, "value"]]
+    def listed(chosen: pd.Series) -> str:
+        values = [printable(v) for v in rows.loc[chosen, "value"]]
         more = f" and {len(values) - MAX_NAMED} more" if len(values) > MAX_NAMED else ""
         return ", ".join(values[:MAX_NAMED]) + more if values else "none"
 
+    def span(column: str, form: str) -> str | None:  # the cheapest's costs: `8`, `0.8-0.81`
+        found = sorted({format(x, form) for x in rows.loc[rows["cheapest_tied"], column].dropna()}, key=float)
+        return "-".join(dict.fromkeys([found[0], found[-1]])) if found else None
+
     tied = int((rows["group"] == TIED).sum())
     line = (f"{parameter} by {best['metric']}: best {printable(best['value'])} {best['mean']:.3g}"
-            f"{' (lower is better)' if best['better'] == 'lower' else ''}; tied: {listed(TIED)} "
+            f"{' (lower is better)' if best['better'] == 'lower' else ''}; tied: {listed(rows['group'] == TIED)} "
             f"({tied + 1} of {int(rows['rank'].notna().sum())})")
-    pick = rows[rows["cheapest_tied"]]
-    if tied and len(pick):
-        pick = pick.iloc[0]
-        cost = [f"NFE {pick['nfe']:g}" if "nfe" in pick and not math.isnan(pick["nfe"]) else "",
-                f"{pick['time_total_s']:.2g} s" if "time_total_s" in pick and not math.isnan(pick["time_total_s"]) else ""]
-        line += f"; cheapest tied: {printable(pick['value'])} ({', '.join(p for p in cost if p)})"
+    if rows["cheapest_tied"].any():
+        nfe, seconds = (span(c, form) if c in rows else None for c, form in (("nfe", "g"), ("time_total_s", ".2g")))
+        cost = ", ".join(p for p in (nfe and f"NFE {nfe}", seconds and f"{seconds} s") if p)
+        line += f"; cheapest tied: {listed(rows['cheapest_tied'])} ({cost})"
     for group, why in ((UNPAIRED, "not compared"), (TOO_FEW, "not ranked")):
-        line += f"; {why} ({group}): {listed(group)}" if (rows["group"] == group).any() else ""
+        line += f"; {why} ({group}): {listed(rows['group'] == group)}" if (rows["group"] == group).any() else ""
     return line
 
 
