@@ -185,3 +185,14 @@ def test_the_rows_table_leads_with_what_varies_and_its_scores(tmp_path):
     assert sorted(data["columns"]) == sorted(pd.read_parquet(root / "results.parquet").columns)
     row = dict(zip(data["columns"], data["rows"][0]))
     assert row["seed"] == 1 and row["image_path"] == data["images"][0]
+
+
+def test_a_sweeps_warnings_stay_in_its_manifest_and_report(run_sdlab, tmp_path, capsys, one_thread):
+    args = ("-m", "prompt=a cat on a sofa", "seed=1,2", "num_inference_steps=1", "threads=1",
+            f"hydra.sweep.dir={tmp_path}")
+    warning = "prompt='a cat on a sofa' is outside model=mini's shapes grammar (it does not know: cat, sofa)"
+    assert run_sdlab(*args) == 0 and warning in capsys.readouterr().out
+    for rerun in (False, True):  # a rerun finds every cell finished and checks none again: the warning stays
+        assert json.loads((tmp_path / "sweep.json").read_text())["warnings"][0].startswith(warning), rerun
+        assert embedded((tmp_path / "report.html").read_text())["header"]["warnings"][0].startswith(warning)
+        assert run_sdlab(*args) == 0

@@ -347,10 +347,9 @@ class ComposeOnceSweeper(Sweeper):
             if cannot and not runs:
                 raise UserError(next(iter(cannot.values())))
             check_sweep(runs)  # the jobs that will run, together
+            warnings = [*warnings, *([skipped_line(cannot, jobs)] if cannot else [])]
             for warning in warnings:
                 log.warning(warning)
-            if cannot:
-                log.warning(skipped_line(cannot, jobs))
             self.cannot_run = set(cannot)
         os.environ[SWEEP_CELLS] = str(len(jobs) - len(self.cannot_run))  # the width of job folder names
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
@@ -389,7 +388,7 @@ class ComposeOnceSweeper(Sweeper):
                 raise
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
-                           finished=len(finished))
+                           finished=len(finished), warnings=None if recorded else warnings)
             taken = (f"; {len(finished)} finished before: not run again (resume=false runs them again)"
                      if finished and hasattr(self.launcher, "finished") else "")
             taken += f"; {len(reweighted)} made from weights that changed since: made again" if reweighted else ""

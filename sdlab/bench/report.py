@@ -136,7 +136,8 @@ def png_parameters(path: Path | None) -> str | None:
 
 
 def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the page's header says: command, constant parameters, model, device, versions, counts, wall time."""
+    """What the page's header says: command, constant parameters, model, device, versions, counts, wall time and the
+    sweep's pre-flight warnings."""
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
     constants = {key: values[0] for key in PARAM_COLUMNS if key not in axes
                  for values in [list(dict.fromkeys(axis_values(ok, key)))] if len(values) == 1 and values[0]}
@@ -148,6 +149,7 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[st
         "device": first("device"), "versions": json.loads(first("versions") or "{}"),
         "ok": len(ok), "failed": len(frame) - len(ok), "wall_s": plain(wall_seconds(folder)),
         "generation_s": plain(float(ok["time_total_s"].sum())) if "time_total_s" in ok else None,
+        "warnings": manifest.get("warnings", []),
     }
 
 

@@ -187,15 +187,19 @@ def key_values(jobs: list[list[str]]) -> dict[str, list[str]]:
 
 
 def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[str]], hydra: list[str] = (),
-                   complete: bool = False, hashes: list[str] = (), finished: int = 0) -> None:
-    """Record a sweep's command (`hydra`: its Hydra flags), axes, values, cell hashes and state; its `COST` stays."""
+                   complete: bool = False, hashes: list[str] = (), finished: int = 0,
+                   warnings: list[str] | None = None) -> None:
+    """Record a sweep's command (`hydra`: its Hydra flags), axes, values, cell hashes, state and pre-flight warnings
+    (None: the earlier ones); its `COST` stays."""
     earlier = read_manifest(sweep_dir) or {}
+    warnings = earlier.get("warnings", []) if warnings is None else list(warnings)
     values, axes = key_values(jobs), varying_keys(jobs)
     jobs_axes = [{k: v for k, _, v in (item.lstrip("+~").partition("=") for item in job) if k in axes} for job in jobs]
     command = [*task_overrides, *(h for h in hydra if not h.startswith(("hydra.mode=", "hydra.sweep.dir=")))]
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
                 "cells": len(jobs), "finished": finished, "axes": axes, "values": values, "jobs": jobs_axes,
-                "hashes": list(hashes), "complete": complete, **({COST: earlier[COST]} if COST in earlier else {})}
+                "hashes": list(hashes), "complete": complete, "warnings": warnings,
+                **({COST: earlier[COST]} if COST in earlier else {})}
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
@@ -210,7 +214,7 @@ def read_manifest(sweep_dir: Path, strict: bool = False) -> dict[str, Any] | Non
         data = json.loads(path.read_text(encoding="utf-8"))
         texts = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
         if not (isinstance(data, dict) and isinstance(data.get("key"), str) and type(data.get("finished", 0)) is int
-                and all(texts(data.get(key, [])) for key in ("axes", "command", "hashes"))
+                and all(texts(data.get(key, [])) for key in ("axes", "command", "hashes", "warnings"))
                 and isinstance(data.get("values", {}), dict) and all(texts(v) for v in data.get("values", {}).values())
                 and isinstance(data.get("jobs", []), list) and all(isinstance(j, dict) for j in data.get("jobs", []))):
             raise ValueError("not an sdlab sweep manifest")

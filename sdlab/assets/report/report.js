@@ -33,6 +33,7 @@ function renderHeader() {
   add("wall time", h.wall_s === null ? null : `${h.wall_s.toFixed(1)} s` + (h.generation_s === null ? "" : ` (generation ${h.generation_s.toFixed(1)} s)`));
   add("constant", Object.entries(h.constants).filter(([k]) => k !== "model").map(([k, v]) => `${k}=${v}`).join(", "));
   add("versions", Object.entries(h.versions).map(([k, v]) => `${k} ${v}`).join(", "));
+  add("warnings", (h.warnings || []).length ? el("ul", { class: "warnings" }, ...h.warnings.map(w => el("li", { text: w }))) : null);
   document.getElementById("header").append(el("h1", { text: h.title }),
     h.command ? el("code", { id: "command", text: h.command }) : null, facts);
 }
