@@ -875,3 +875,19 @@ def test_help_never_cuts_a_description_at_a_line_break_of_its_comment():
     assert {"scorers", "sdxl_arch"} <= continued
     cut = {name: shown[name] for name in continued if name in shown and not shown[name].endswith("...")}
     assert not cut, cut
+
+
+def test_a_library_warning_during_a_job_lands_in_the_jobs_log(tmp_path):
+    """Python warnings go through logging: the job's log keeps them, not only the console."""
+    code = ("import sys, warnings; from sdlab.jobs import generate; real = generate.generate_batch\n"
+            "def warned(*args, **kwargs):\n"
+            "    warnings.warn('a library had a word to say', UserWarning)\n"
+            "    return real(*args, **kwargs)\n"
+            "generate.generate_batch = warned\n"
+            "sys.argv = ['sdlab', 'model=tiny', 'num_inference_steps=1', 'threads=1', 'hydra.run.dir=run']\n"
+            "from sdlab.app.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "run" / "cli.log").read_text()
+    assert "[WARNING] UserWarning: a library had a word to say (<string>:3)\n" in log, log

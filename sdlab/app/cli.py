@@ -54,6 +54,12 @@ def quiet_libraries() -> None:
     os.environ["PYTHONWARNINGS"] = ",".join(asked + [option for option in quiet if option not in asked])
     # torchsde warns when a sigma rounded to float32 lands a hair below its start: rounding, not a wrong interval
     warnings.filterwarnings("ignore", message="Should have ta>=t0")
+    warnings.showwarning = log_warning
+
+
+def log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one log line, so that a job's log keeps it too (not only the console)."""
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
 
 
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
