@@ -350,3 +350,19 @@ def test_a_convergence_title_wider_than_its_figure_wraps_to_it(tmp_path, monkeyp
     extent = fig.get_suptitle() and fig._suptitle.get_window_extent()
     assert extent.x0 >= 0 and extent.x1 <= fig.bbox.width
     assert " ".join(fig.get_suptitle().split()).startswith(title)
+
+
+def test_the_summary_plot_shows_the_scores_before_a_cost_it_has_no_room_for():
+    """Past its six panels, the plot keeps each ranked score (adherence by attribute) and leaves out peak memory."""
+    from sdlab.bench.figures import draw_summary
+
+    frame = long_prompt_sweep(timed=True)
+    frame["peak_mem_bytes"] = [2**30 * (1 + (g > 1)) for g in frame["guidance_scale"]]
+    for k, name in enumerate(("adherence_all", "adherence_shape", "adherence_colour", "adherence_size")):
+        frame[name] = [float((seed + k + i) % 2) for i, seed in enumerate(frame["seed"])]
+    ranking = rank(frame, ("prompt", "guidance_scale"))
+    assert {"adherence_shape", "adherence_colour", "adherence_size"} <= set(ranking["metric"])
+    fig = draw_summary(summary_table(frame, ("prompt", "guidance_scale"), ranking), ranking)
+    shown = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert shown == ["clip_score", "adherence_all", "time_total (s)", "adherence_shape", "adherence_colour",
+                     "adherence_size"], shown
