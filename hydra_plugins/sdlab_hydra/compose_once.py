@@ -3,6 +3,7 @@ them not at all), pre-flighted whole before anything is written."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -26,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import display_overrides, hydra_quote, named_by_sdlab, override_parser
-from sdlab.app.callbacks import CollectSweep, Progress
+from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
 from sdlab.app.compose import SWEEP_CELLS, composed_run, parse_job, resolved, task_overrides
 from sdlab.app.preflight import check_job, check_sweep, sweep_plan
 from sdlab.bench import lock, ownership
@@ -89,18 +90,24 @@ def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], firs
     return [[dict(zip(order, job))[key] for key in made] for job in itertools.product(*(made[k] for k in order))]
 
 
+def is_joblib(launcher: Any) -> bool:
+    """Whether `launcher` is Hydra's joblib launcher, whose jobs run in loky worker processes."""
+    try:
+        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    except ImportError:
+        return False
+    return isinstance(launcher, JoblibLauncher)
+
+
 def check_launcher(launcher: Any) -> None:
     """Refuse a launcher option that its launcher would fail on only after the sweep dir is written, or would ignore:
     joblib's `n_jobs=0`, a `require`, `backend` or `prefer` (its jobs always run in loky processes), an `mmap_mode`
     numpy has not, a `pre_dispatch` that is no positive number of jobs, a `timeout` <= 0, or any value joblib's Parallel
     refuses (batch_size...)."""
-    try:
-        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-        from joblib import Parallel, delayed
-    except ImportError:
+    if not is_joblib(launcher):
         return
-    if not isinstance(launcher, JoblibLauncher):
-        return
+    from joblib import Parallel, delayed
+
     options = launcher.joblib
     if options.get("n_jobs") == 0:
         raise UserError("hydra.launcher.n_jobs=0 must be a number of joblib workers: N >= 1, or -1 for one per CPU "
@@ -464,8 +471,11 @@ class ComposeOnceSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(len(jobs), 1)
         returns = []
+        # a loky worker that Ctrl-C meets as it starts would print a traceback of its own
+        workers = deaf_children if is_joblib(self.launcher) else contextlib.nullcontext
         for start in range(0, len(jobs), size):
-            results = self.launcher.launch(jobs[start:start + size], initial_job_idx=start)
+            with workers():
+                results = self.launcher.launch(jobs[start:start + size], initial_job_idx=start)
             for result in results:
                 _ = result.return_value  # raises the job's exception, as the basic sweeper does
             returns.append(results)

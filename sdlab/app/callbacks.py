@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import logging.handlers
@@ -10,8 +11,9 @@ import signal
 import sys
 import threading
 import time
+from multiprocessing import resource_tracker
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -193,6 +195,23 @@ class SweepWatch(threading.Thread):
         while os.getppid() == self.sweep_pid:
             time.sleep(self.every)
         os._exit(1)
+
+
+@contextlib.contextmanager
+def deaf_children() -> Iterator[None]:
+    """Processes started inside never take Ctrl-C, from their first instruction on (a blocked SIGINT is inherited):
+    the sweep answers it and their SweepWatch ends them. A thread started before it is where the sweep hears it."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    resource_tracker.ensure_running()  # started later, Python's would unblock SIGINT on its way (3.11)
+    if not any(thread.name == "sdlab-ctrl-c" for thread in threading.enumerate()):
+        threading.Thread(target=threading.Event().wait, name="sdlab-ctrl-c", daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class CollectSweep(Callback):
