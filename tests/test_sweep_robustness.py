@@ -467,6 +467,23 @@ def test_a_cell_whose_job_never_wrote_a_table_is_a_failed_row_the_report_can_rea
     check_cells(frame, tmp_path)
 
 
+def test_a_cell_that_did_not_run_keeps_its_values_as_the_finished_ones_hold_them(tmp_path):
+    """A sweep killed after its first job: the report's grid and table place each missing cell at its own values."""
+    import shutil
+
+    from report_helpers import fake_sweep
+    from sdlab.bench.resume import NOT_RUN, collect
+
+    sweep = fake_sweep(tmp_path / "sweep", seeds=(1, 2), guidance=(1.0, 7.5), schedulers=("ddim", "123"), failed=None)
+    for job in range(1, 8):
+        shutil.rmtree(sweep / str(job))  # killed before their jobs wrote a thing
+    frame = collect(sweep)
+    assert (frame["error"] == NOT_RUN).sum() == 7
+    assert list(zip(frame["seed"], frame["guidance_scale"], frame["scheduler"])) == [
+        (seed, g, s) for seed in (1, 2) for g in (1.0, 7.5) for s in ("ddim", "123")]
+    write_table(frame, sweep)  # one type a column: the sweep's table is written whole
+
+
 def test_job_dirs_named_by_their_values_keep_number_order_and_their_cells(tmp_path):
     """`hydra.sweep.subdir=${hydra.job.override_dirname}` names job dirs seed=0 ... seed=11: their rows come in number
     order (seed=2 before seed=10), each job dir is the cell its finished mark's hash names, none is a failed row."""

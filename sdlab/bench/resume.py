@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -292,8 +293,23 @@ def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
             found.append({**row, **{k: v for k, v in cell.items() if k not in row}})
     if unfinished:
         log.warning("skipped %d unfinished job dir(s) without results.parquet: %s", len(unfinished), unfinished)
-    # a cell whose process ended before its job wrote a table: a failed row each, so the sweep is not complete
+    # a cell whose process ended before its job wrote a table: a failed row each at its values, so the sweep is not
+    # complete and the grid shows where
+    held = {"seed": 0}  # a value of each column, whose type a missing cell's value as typed takes
+    for row in found:
+        held.update({k: v for k, v in row.items() if k not in held and v is not None})
     found += [{"overrides": json.dumps(cell), "status": "error", "error": NOT_RUN,
-              **({"seed": int(cell["seed"])} if cell.get("seed", "").isdigit() else {})}
-             for number, cell in enumerate(cells) if number not in tabled]
+               **{k: as_held(v, held.get(k)) for k, v in cell.items()}}
+              for number, cell in enumerate(cells) if number not in tabled]
     return ordered(found)
+
+
+def as_held(value: str, held: Any) -> Any:
+    """A value as typed on the command line, as a number where its column holds numbers (`held`: one of them)."""
+    if not isinstance(held, numbers.Real) or isinstance(held, bool):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return None  # no number: missing in a column of numbers (the row's overrides keep it as typed)
+    return int(number) if isinstance(held, numbers.Integral) and number.is_integer() else number
