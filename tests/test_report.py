@@ -196,3 +196,22 @@ def test_a_sweeps_warnings_stay_in_its_manifest_and_report(run_sdlab, tmp_path, 
         assert json.loads((tmp_path / "sweep.json").read_text())["warnings"][0].startswith(warning), rerun
         assert embedded((tmp_path / "report.html").read_text())["header"]["warnings"][0].startswith(warning)
         assert run_sdlab(*args) == 0
+
+
+def test_the_sweeps_line_counts_the_cells_that_did_not_run_and_lists_at_most_a_page_of_failures(tmp_path):
+    from sdlab.bench.report import MAX_LISTED, summarize
+    from sdlab.bench.resume import NOT_RUN
+
+    rows = [{"run_id": f"r{i}", "seed": i, "status": "error", "error": f"ValueError: boom {i}",
+             "overrides": json.dumps({"seed": str(i)})} for i in range(MAX_LISTED + 5)]
+    rows += [{"run_id": f"n{i}", "seed": 100 + i, "status": "error", "error": NOT_RUN,
+              "overrides": json.dumps({"seed": str(100 + i)})} for i in range(40)]
+    lines = summarize(pd.DataFrame(rows), tmp_path, grid=False).splitlines()
+    assert lines[0] == f"0 ok, {MAX_LISTED + 45} failed"
+    assert lines[1:MAX_LISTED + 1] == [f'  failed: {{"seed": "{i}"}} seed={i}: ValueError: boom {i}'
+                                       for i in range(MAX_LISTED)]
+    assert lines[MAX_LISTED + 1:] == [
+        f"  and 5 more failed: their errors are in {tmp_path / 'results.csv'}",
+        "  40 did not run: their jobs ended before writing a row (killed, cancelled, preempted, out of time or "
+        "memory?); rerun the same command to run them"]
+    assert report_data(pd.DataFrame(rows), tmp_path)["header"]["not_run"] == 40  # the page's header says it too

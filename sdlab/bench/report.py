@@ -19,7 +19,7 @@ from sdlab.bench.captions import forget_figure, headlines
 from sdlab.bench.grid import axis_values, image_grid
 from sdlab.bench.ownership import MARK, is_owned
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, job_dirs, local_file, write_table
-from sdlab.bench.resume import CONFIG, MARKER, collect, mark_calls, read_manifest, read_mark
+from sdlab.bench.resume import CONFIG, MARKER, NOT_RUN, NOT_RUN_WHY, collect, mark_calls, read_manifest, read_mark
 from sdlab.bench.summary import (REPLICATES, SUMMARY_NAME, main_metric, metric_columns, owns_summary, rank,
                                  ranking_lines, score_direction, sweep_axes, swept_parameters, write_summary)
 from sdlab.config import LIMITS
@@ -35,6 +35,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets" / "report"
 FIGURE_SUFFIXES = (".png", ".gif")
 SUMMARY_FILES = ("grid.png", f"{SUMMARY_NAME}.png", REPORT_NAME)  # what this module draws; a job's own figures besides
 PNG_TEXT_MAX = 65536  # characters of a PNG's parameters the page shows
+MAX_LISTED = 20  # failed cells a sweep's line names one by one; the table has them all
 PLACEHOLDERS = re.compile(r"/\*\{\{(css|js)\}\}\*/|\{\{(title|generator|data)\}\}")
 # JSON that no HTML parser can end or alter inside <script>: the JSON escapes of these characters
 SCRIPT_SAFE = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
@@ -148,6 +149,7 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[st
         "command": manifest["command"], "constants": constants, "model": constants.get("model"),
         "device": first("device"), "versions": json.loads(first("versions") or "{}"),
         "ok": len(ok), "failed": len(frame) - len(ok), "wall_s": plain(wall_seconds(folder)),
+        "not_run": int(frame["error"].eq(NOT_RUN).sum()) if "error" in frame else 0,
         "generation_s": plain(float(ok["time_total_s"].sum())) if "time_total_s" in ok else None,
         "warnings": manifest.get("warnings", []),
     }
@@ -255,6 +257,19 @@ def grid_axes(frame: pd.DataFrame, axes: list[str]) -> list[str]:
     return [a for a in sweep_axes(frame, axes) if a in swept or a in REPLICATES]
 
 
+def failed_lines(failed: list[dict], folder: Path) -> str:
+    """The failed cells, a line each up to MAX_LISTED, and those that did not run counted in one line."""
+    errors = [row for row in failed if row.get("error") != NOT_RUN]
+    lines = [f"failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}"
+             for row in errors[:MAX_LISTED]]
+    if len(errors) > MAX_LISTED:
+        lines.append(f"and {len(errors) - MAX_LISTED} more failed: their errors are in {folder / 'results.csv'}")
+    if len(errors) < len(failed):
+        lines.append(f"{len(failed) - len(errors)} did not run: their jobs {NOT_RUN_WHY}; rerun the same command to "
+                     "run them")
+    return "".join(f"\n  {line}" for line in lines)
+
+
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False, since: float = 0.0) -> str:
     """Write the table, grid and summary (at a sweep's end summary.png and report.html too) into `folder`; return the
     "N ok, M failed" line, a sweep's ranking lines, the headlines of figures drawn since `since` and what to open."""
@@ -272,8 +287,7 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
                                             seeds_within=True)):
         forget_figure(folder / "grid.png")  # an earlier run's grid would show images this table no longer lists
     failed = frame.iloc[[i for i, good in enumerate(ok) if not good]].to_dict("records") if not all(ok) else []
-    line = f"{len(frame) - len(failed)} ok, {len(failed)} failed" + "".join(
-        f"\n  failed: {row.get('overrides') or '-'} seed={row.get('seed')}: {row.get('error')}" for row in failed)
+    line = f"{len(frame) - len(failed)} ok, {len(failed)} failed" + failed_lines(failed, Path(folder))
     if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
         ranking = rank(frame, axes)
         write_summary(frame, folder, axes, figure=sweep, ranking=ranking)

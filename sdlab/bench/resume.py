@@ -265,8 +265,8 @@ def unmark(folder: Path) -> None:
     (Path(folder) / MARKER).unlink(missing_ok=True)
 
 
-NOT_RUN = ("did not run: its job ended before writing a row (killed, cancelled, preempted, out of time or memory?); "
-           "rerun the same command to run it")
+NOT_RUN_WHY = "ended before writing a row (killed, cancelled, preempted, out of time or memory?)"
+NOT_RUN = f"did not run: its job {NOT_RUN_WHY}; rerun the same command to run it"  # a cell's error
 
 
 def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:

@@ -26,7 +26,8 @@ function isOk(i) { return !("status" in col) || value(i, "status") === "ok"; }
 function renderHeader() {
   const h = D.header, facts = el("dl", { class: "facts" });
   const add = (k, v) => { if (v !== null && v !== undefined && v !== "") facts.append(el("dt", { text: k }), el("dd", {}, v)); };
-  const counts = el("span", {}, `${h.ok} ok, `, el("span", { class: h.failed ? "failed-count" : "", text: `${h.failed} failed` }));
+  const counts = el("span", {}, `${h.ok} ok, `, el("span", { class: h.failed ? "failed-count" : "", text: `${h.failed} failed` }),
+    h.not_run ? ` (${h.not_run} did not run: rerun the same command to run them)` : "");
   add("cells", counts);
   add("swept", D.axes.join(", ") || "nothing");
   add("model", h.model); add("device", h.device);
