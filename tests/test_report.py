@@ -215,3 +215,16 @@ def test_the_sweeps_line_counts_the_cells_that_did_not_run_and_lists_at_most_a_p
         "  40 did not run: their jobs ended before writing a row (killed, cancelled, preempted, out of time or "
         "memory?); rerun the same command to run them"]
     assert report_data(pd.DataFrame(rows), tmp_path)["header"]["not_run"] == 40  # the page's header says it too
+
+
+def test_a_seeds_list_swept_by_its_rows_is_no_constant_of_the_header(tmp_path):
+    """`seeds=[1,2,3]` is one value on the command line, but each row has its own seed: the header says seed is swept,
+    and lists no seeds among what stayed constant."""
+    root = fake_sweep(tmp_path / "sweep", failed=None)
+    manifest = json.loads((root / "sweep.json").read_text())
+    for job in manifest["jobs"]:
+        job.pop("seed")
+    manifest["values"]["seeds"] = ["[1,2,3]"]
+    (root / "sweep.json").write_text(json.dumps(manifest))
+    data = report_data(pd.read_parquet(root / "results.parquet"), root)
+    assert "seed" in data["axes"] and "seeds" not in data["header"]["constants"], data["header"]["constants"]
