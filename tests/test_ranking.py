@@ -77,6 +77,17 @@ def test_every_tied_value_of_the_lowest_cost_is_named_cheapest():
     assert ranking_lines(f, rank(f, AXES), AXES)["scheduler"].endswith("; cheapest tied: b (NFE 8, 0.8 s)")
 
 
+def test_a_cheapest_tied_value_behind_on_another_score_is_said_to_be():
+    """Tied with the best by CLIP score and cheapest, yet clearly behind by adherence: the line does not leave it out."""
+    f = frame()
+    f["adherence_all"] = (f["scheduler"] != "b").astype(float)  # b misses every prompt, the others hit every one
+    ranking = rank(f, AXES)
+    assert groups(ranking, "adherence_all")["b"] == BEHIND
+    assert ranking_lines(f, ranking, AXES)["scheduler"] == (
+        "scheduler by clip_score: best a 56.8; tied: b, d (3 of 4); cheapest tied: b (NFE 8, 0.8 s), "
+        "but b is behind by adherence_all")
+
+
 def test_no_ranking_from_fewer_than_three_images_per_value():
     f = frame()
     f = pd.concat([f, frame(values=("e",), seeds=(1, 2)).assign(clip_score=99.0)])  # highest mean, two images

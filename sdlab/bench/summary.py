@@ -199,6 +199,10 @@ def ranking_line(ranking: pd.DataFrame, parameter: str) -> str:
         nfe, seconds = (span(c, form) if c in rows else None for c, form in (("nfe", "g"), ("time_total_s", ".2g")))
         cost = ", ".join(p for p in (nfe and f"NFE {nfe}", seconds and f"{seconds} s") if p)
         line += f"; cheapest tied: {listed(rows['cheapest_tied'])} ({cost})"
+        behind = mine[(mine["group"] == BEHIND) & mine["value"].isin(rows.loc[rows["cheapest_tied"], "value"])]
+        line += "".join(f", but {printable(value)} is behind by {', '.join(scores[:3])}"
+                        + (f" and {len(scores) - 3} more" if len(scores) > 3 else "")
+                        for value, scores in behind.groupby("value", sort=False)["metric"].agg(list).items())
     for group, why in ((UNPAIRED, "not compared"), (TOO_FEW, "not ranked")):
         line += f"; {why} ({group}): {listed(rows['group'] == group)}" if (rows["group"] == group).any() else ""
     return line
