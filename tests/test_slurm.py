@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hydra_plugins.sdlab_hydra.chunks import cells_per_task
+from hydra_plugins.sdlab_hydra.chunks import cells_per_task, task_slots
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # The README command's sizes for a 2-core test node: each one must be in the README as written.
@@ -79,6 +79,18 @@ def running_task(deadline_s: float = 120) -> str:
 
 def pngs(sweep_dir: Path) -> dict[str, float]:
     return {str(p.relative_to(sweep_dir)): p.stat().st_mtime for p in sweep_dir.glob("*/images/*.png")}
+
+
+def test_local_tasks_run_at_once_so_there_are_as_many_as_the_cores_allow(monkeypatch):
+    """submitit's local executor starts every task at once: 64 cells were 64 processes, each loading the model."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert task_slots("local", {"array_parallelism": 256}) == 8
+    assert task_slots("local", {"array_parallelism": 256, "cpus_per_task": 4}) == 2
+    assert task_slots("local", {"array_parallelism": 3, "cpus_per_task": None}) == 3
+    assert task_slots("local", {"cpus_per_task": 16}) == 1
+    assert task_slots("slurm", {"array_parallelism": 8}) == 8  # a cluster's queue refills its slots
+    assert cells_per_task(64, None, 8, per_slot=1) == 8  # 8 tasks of 8
+    assert cells_per_task(64, None, 8) == 2  # about four tasks a slot
 
 
 def test_cells_per_task_gives_tens_of_tasks_for_ten_thousand_cells():

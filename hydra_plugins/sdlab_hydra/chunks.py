@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -49,11 +50,20 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'s' * (count != 1)}"
 
 
-def cells_per_task(cells: int, given: int | None, parallelism: int | None) -> int:
-    """`given`, else enough cells per task for about TASKS_PER_SLOT tasks per array slot (`array_parallelism`)."""
+def cells_per_task(cells: int, given: int | None, parallelism: int | None, per_slot: int = TASKS_PER_SLOT) -> int:
+    """`given`, else enough cells per task for about `per_slot` tasks per array slot (`array_parallelism`)."""
     if given:
         return given
-    return max(1, math.ceil(cells / (TASKS_PER_SLOT * (parallelism or 256))))
+    return max(1, math.ceil(cells / (per_slot * (parallelism or 256))))
+
+
+def task_slots(cluster: str, params: dict[str, Any]) -> int | None:
+    """How many tasks run at once: a cluster's `array_parallelism`; on this machine, whose executor starts every task
+    at once, as many as its cores take by `cpus_per_task`, at most `array_parallelism`."""
+    if cluster != "local":
+        return params.get("array_parallelism")
+    cores = max(1, (os.cpu_count() or 1) // max(1, params.get("cpus_per_task") or 1))
+    return min(cores, params.get("array_parallelism") or cores)
 
 
 class ChunkedSubmitit:
@@ -103,7 +113,8 @@ class ChunkedSubmitit:
         each cell that ran (a task that ended without its result returns none: its cells have no rows)."""
         cells = [(num, list(o), preflighted(self.inner.hydra_context, o))
                  for num, o in enumerate(job_overrides, initial_job_idx) if num not in self.finished]
-        size = cells_per_task(len(cells), self.size, self.inner.params.get("array_parallelism"))
+        size = cells_per_task(len(cells), self.size, task_slots(self.cluster, self.inner.params),
+                              TASKS_PER_SLOT if self.cluster == "slurm" else 1)  # local tasks do not refill slots
         chunks = [cells[i:i + size] for i in range(0, len(cells), size)]
         log.info(f"sdlab: {plural(len(cells), 'cell')} in {plural(len(chunks), f'{self.cluster} task')} of up to {size}")
         for num, overrides, _ in cells:
