@@ -597,20 +597,23 @@ def test_ctrl_c_of_a_joblib_sweep_is_one_line_and_exit_130(tmp_path):
         f"sdlab: error: interrupted; rerun the same command to resume in {sweep}"], err
 
 
-def test_ctrl_c_as_joblib_workers_start_is_still_one_line_and_runs_nothing_after(tmp_path):
+@pytest.mark.parametrize("launcher, started_by", [
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "popen_loky_posix"),  # a loky worker
+    (["hydra/launcher=submitit_local"], "submitit.core._submit"),  # a local submitit task
+])
+def test_ctrl_c_as_workers_start_is_still_one_line_and_runs_nothing_after(tmp_path, launcher, started_by):
     """A worker that Ctrl-C meets while its interpreter starts (held there 3 s by a sitecustomize) takes no part in it:
-    the sweep's one line, no traceback of the worker's, and no job run once the sweep is gone."""
+    the sweep's one line, no traceback of the worker's, no worker left, and no job run once the sweep is gone."""
     site, marks, sweep = tmp_path / "site", tmp_path / "marks", tmp_path / "sweep"
     site.mkdir()
     marks.mkdir()
     (site / "sitecustomize.py").write_text(
         "import os, sys, time\n"
-        "if 'popen_loky_posix' in ' '.join(sys.orig_argv):  # a loky worker, as it starts\n"
+        f"if {started_by!r} in ' '.join(sys.orig_argv):  # a worker, as it starts\n"
         f"    open(os.path.join({str(marks)!r}, str(os.getpid())), 'w').close()\n"
         "    time.sleep(3)\n")
     process = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", "-m", "seed=range(1,9)", "model=tiny",
-                                "num_inference_steps=2", "threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                                "num_inference_steps=2", "threads=1", *launcher, f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
                                env={**os.environ, "HF_HUB_OFFLINE": "1",
                                     "PYTHONPATH": os.pathsep.join([str(site), *sys.path])},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -620,9 +623,9 @@ def test_ctrl_c_as_joblib_workers_start_is_still_one_line_and_runs_nothing_after
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
     assert err.splitlines() == [f"sdlab: error: interrupted; rerun the same command to resume in {sweep}"], err
-    time.sleep(4)  # the workers' start-up ends, and they find the sweep gone
+    time.sleep(5)  # the workers' start-up ends, and they find the sweep gone
     assert not [mark.name for mark in marks.iterdir() if Path(f"/proc/{mark.name}").exists()]
-    assert not list(sweep.glob("*/job.json"))
+    assert not list(sweep.glob("*/job.json")) and not list(sweep.glob("[0-9]*"))
 
 
 def test_a_failed_job_in_a_launchers_own_process_is_counted_done(run_sdlab, tmp_path, capsys):

@@ -24,6 +24,7 @@ from hydra.core.utils import JobReturn, filter_overrides
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
+from sdlab.app.callbacks import SweepWatch
 from sdlab.config import Run
 from sdlab.jobs import work_ahead
 
@@ -72,6 +73,7 @@ class ChunkedSubmitit:
     def __init__(self, inner: Any, cluster: str, size: int | None = None, poll_s: float = 2.0):
         self.inner, self.cluster, self.size, self.poll_s = inner, cluster, size, poll_s
         self.finished: set[int] = set()  # cell numbers the sweeper found finished: no task is spent on them
+        self.sweep_pid = os.getpid()
 
     def setup(self, **kwargs: Any) -> None:
         """Set up the submitit launcher it wraps."""
@@ -81,6 +83,8 @@ class ChunkedSubmitit:
         """In the task: run each (number, overrides, pre-flighted Run) cell of the chunk as the submitit launcher runs
         one job, sdlab's cells that share work doing it together first (generate cells sharing a pipeline call:
         `work_ahead`)."""
+        if self.cluster == "local":  # this machine's task: it ends with the sweep's process, as a joblib worker does
+            SweepWatch.start_once(self.sweep_pid, descendant=True)
         runs = [run for _, _, run in chunk] if getattr(self.inner.task_function, "works_ahead", False) else []
         returns, covered = [], set()
         for i, (num, overrides, _) in enumerate(chunk):
@@ -121,6 +125,7 @@ class ChunkedSubmitit:
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         if not chunks:
             return []
+        self.sweep_pid = os.getpid()  # pickled with this launcher into each task
         jobs = self.executor().map_array(self, chunks, [Singleton.get_state()] * len(chunks))
         self.wait(jobs)
         returns = []

@@ -471,8 +471,9 @@ class ComposeOnceSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(len(jobs), 1)
         returns = []
-        # a loky worker that Ctrl-C meets as it starts would print a traceback of its own
-        workers = deaf_children if is_joblib(self.launcher) else contextlib.nullcontext
+        # a loky worker or local submitit task that Ctrl-C meets would print a traceback of its own
+        local = is_joblib(self.launcher) or getattr(self.launcher, "cluster", None) == "local"
+        workers = deaf_children if local else contextlib.nullcontext
         for start in range(0, len(jobs), size):
             with workers():
                 results = self.launcher.launch(jobs[start:start + size], initial_job_idx=start)

@@ -174,7 +174,8 @@ class FinishedJobs(threading.Thread):
 
 
 class SweepWatch(threading.Thread):
-    """Ends a launcher's worker once the sweep's process is gone: loky's would idle 5 min with the model loaded."""
+    """Ends a launcher's worker once the sweep's process is gone: loky's would idle 5 min with the model loaded, and a
+    local submitit task would go on running cells for no one."""
 
     started = False  # one watch a process, however many jobs it runs
 
@@ -183,16 +184,39 @@ class SweepWatch(threading.Thread):
         self.sweep_pid, self.every = sweep_pid, every
 
     @classmethod
-    def start_once(cls, sweep_pid: int) -> None:
-        """Watch the sweep's process from a process it started (not from itself, nor from a cluster's job)."""
-        if not cls.started and os.getpid() != sweep_pid and os.getppid() == sweep_pid:
-            cls.started = True
-            if threading.current_thread() is threading.main_thread():  # Ctrl-C is the sweep's to answer, not a worker's
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-            cls(sweep_pid).start()
+    def start_once(cls, sweep_pid: int, descendant: bool = False) -> None:
+        """Watch the sweep's process from a process it started (not from itself, nor from a cluster's job); with
+        `descendant`, from a process on this machine that a process it started started (a local submitit task)."""
+        if cls.started or os.getpid() == sweep_pid or not (descendant or os.getppid() == sweep_pid):
+            return
+        cls.started = True
+        if threading.current_thread() is threading.main_thread():  # Ctrl-C is the sweep's to answer, not a worker's
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watch = cls(sweep_pid)
+        if watch.sweep_gone():  # before the caller writes a thing
+            os._exit(1)
+        watch.start()
+
+    def sweep_gone(self) -> bool:
+        """Whether the sweep's process has ended: it is no longer an ancestor of this one (its children pass to init
+        as it ends, though it may stay a zombie a while); without /proc, whether its pid still runs."""
+        try:
+            pid = os.getppid()
+            while pid > 1:
+                if pid == self.sweep_pid:
+                    return False
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    pid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            return True
+        except (OSError, ValueError, IndexError):
+            try:
+                os.kill(self.sweep_pid, 0)
+            except (ProcessLookupError, PermissionError):  # gone, or its pid another user's since
+                return True
+            return False
 
     def run(self) -> None:
-        while os.getppid() == self.sweep_pid:
+        while not self.sweep_gone():
             time.sleep(self.every)
         os._exit(1)
 
