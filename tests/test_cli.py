@@ -74,6 +74,8 @@ def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch, capsy
     assert "| B5 | What does classifier-free guidance do to the prediction? | [cfg_toy.png](0_article_b5_cfg_toy/cfg_toy.png)" in markdown
     with Image.open(root / "contact_sheet.png") as sheet:
         assert sheet.width > 1000 and sheet.height > 300
+    where = Path("outputs") / "experiments" / root.name  # the sweep's last line names them as it names the rest
+    assert f"index of 2 recipes, 2 figures: {where / 'index.md'}, {where / 'contact_sheet.png'}" in out, out
 
 
 def test_the_index_marks_a_figure_made_on_a_model_the_recipe_was_not_made_for(tmp_path):

@@ -95,4 +95,5 @@ def write_index(sweep_dir: Path) -> str:
     atomic_write_text(sweep_dir / "index.md", markdown(rows, f"Figures of {sweep_dir.name}"))
     contact_sheet(rows, sweep_dir, sweep_dir / "contact_sheet.png")
     figures = sum(1 for row in rows if row["figure"])
-    return f"index of {len({row['folder'] for row in rows})} recipes, {figures} figures: index.md, contact_sheet.png"
+    return (f"index of {len({row['folder'] for row in rows})} recipes, {figures} figures: {sweep_dir / 'index.md'}, "
+            f"{sweep_dir / 'contact_sheet.png'}")
