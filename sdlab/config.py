@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -29,6 +30,20 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 WORDS = {"int": "an integer", "number": "a number", "str": "a string", "ints": "a non-empty list of integers",
          "numbers": "a non-empty list of numbers", "strs": "a non-empty list of strings",
          "int_lists": "a non-empty list of non-empty integer lists", "entries": "a list of names or mappings"}
+ALIASES = {  # names users bring from other image tools
+    "steps": "num_inference_steps", "cfg": "guidance_scale", "cfg_scale": "guidance_scale",
+    "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
+    "neg_prompt": "negative_prompt", "size": "width and height", "n_iter": "seeds", "batch_count": "seeds",
+}
+
+
+def suggestion(word: str, candidates: list[str] | set[str]) -> str:
+    """' (did you mean X?)' for a near miss or a name from another tool, else ''."""
+    if word in ALIASES:
+        return f" (did you mean {ALIASES[word]}?)"
+    spelled = word.lower().replace("++", "pp").replace("+", "p").replace("-", "_").replace(" ", "_")
+    close = difflib.get_close_matches(spelled, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 @dataclass(frozen=True)

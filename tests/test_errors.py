@@ -74,7 +74,10 @@ def test_params_json_errors(tmp_path):
     with pytest.raises(UserError, match="not valid JSON"):
         load_params(bad)
     bad.write_text(json.dumps({"promt": "x"}))
-    with pytest.raises(UserError, match="unknown key 'promt'.*prompt"):
+    with pytest.raises(UserError, match=r"unknown key 'promt' \(did you mean prompt\?\); allowed: prompt, "):
+        load_params(bad)
+    bad.write_text(json.dumps({"cfg": 5}))  # ComfyUI's name, as the command line knows it
+    with pytest.raises(UserError, match=r"unknown key 'cfg' \(did you mean guidance_scale\?\)"):
         load_params(bad)
     bad.write_text(json.dumps({"seed": "7"}))
     with pytest.raises(UserError, match="seed='7' should be int"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import re
 import tempfile
@@ -19,7 +18,7 @@ from sdlab.bench.ownership import abandoned_sweeps, check_job_name, check_owned,
 from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
 from sdlab.conf_files import conf_values, default_choices, group_options, known_keys, option_values
-from sdlab.config import clash, limits
+from sdlab.config import clash, limits, suggestion
 from sdlab.errors import UserError
 from sdlab.untrusted import read_prompt_lines
 
@@ -44,22 +43,6 @@ FLAGS_WITH_VALUE = tuple(name for names in VALUED for name in names)
 LONG_FLAGS = tuple(name for names in (*SWITCHES, *VALUED) for name in names if name.startswith("--"))
 MODES = {"run": "--run", "multirun": "--multirun", "cfg": "--cfg", "info": "--info",
          "shell_completion": "--shell-completion"}  # Hydra runs one of these at a time
-ALIASES = {  # names users bring from other image tools
-    "steps": "num_inference_steps", "cfg": "guidance_scale", "cfg_scale": "guidance_scale",
-    "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
-    "neg_prompt": "negative_prompt", "size": "width and height", "n_iter": "seeds", "batch_count": "seeds",
-}
-
-
-def suggestion(word: str, candidates: list[str] | set[str]) -> str:
-    """' (did you mean X?)' for a near miss or a name from another tool, else ''."""
-    if word in ALIASES:
-        return f" (did you mean {ALIASES[word]}?)"
-    spelled = word.lower().replace("++", "pp").replace("+", "p").replace("-", "_").replace(" ", "_")
-    close = difflib.get_close_matches(spelled, sorted(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """(Hydra flags with their values, overrides) of a command line."""
     flags, overrides, args = [], [], iter(argv)

@@ -27,6 +27,7 @@ from sdlab.config import (
     model_spec,
     rivals,
     rules_of,
+    suggestion,
 )
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import model_kind
@@ -273,7 +274,8 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
         raise UserError(f"{label}: {e}") from None
     for key, value in data.items():
         if key not in PARAM_TYPES:
-            raise UserError(f"{label} has unknown key {key!r}; allowed: {', '.join(PARAM_TYPES)}")
+            raise UserError(f"{label} has unknown key {key!r}{suggestion(key, PARAM_TYPES)}; allowed: "
+                            f"{', '.join(PARAM_TYPES)}")
         if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[key]):
             kinds = " or ".join(t.__name__ for t in PARAM_TYPES[key])
             raise UserError(f"{label}: {key}={value!r} should be {kinds}")
