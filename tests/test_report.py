@@ -228,3 +228,10 @@ def test_a_seeds_list_swept_by_its_rows_is_no_constant_of_the_header(tmp_path):
     (root / "sweep.json").write_text(json.dumps(manifest))
     data = report_data(pd.read_parquet(root / "results.parquet"), root)
     assert "seed" in data["axes"] and "seeds" not in data["header"]["constants"], data["header"]["constants"]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_sdlab_report_help_says_what_it_does_and_exits_0(run_sdlab, capsys, flag):
+    assert run_sdlab("report", flag) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: sdlab report DIR\n") and "report.html" in out and "sdlab's .sdlab mark" in out

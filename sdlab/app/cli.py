@@ -180,8 +180,18 @@ def hydra_errors_as_user_errors():
             os.environ["HYDRA_FULL_ERROR"] = before
 
 
+REPORT_HELP = """usage: sdlab report DIR
+
+Rebuild the table, summary, ranking, summary.png and report.html of an sdlab run or sweep dir, older ones too,
+from the rows its jobs wrote. It writes only into a folder carrying sdlab's .sdlab mark (touch DIR/.sdlab once for
+one made before the mark), never over files sdlab did not write."""
+
+
 def report_command(args: list[str]) -> None:
     """`sdlab report DIR`: rebuild the summary, summary.png and report.html of a run or sweep dir, then exit."""
+    if args in (["--help"], ["-h"]):
+        print(REPORT_HELP)
+        sys.exit(0)
     if len(args) != 1 or args[0].startswith("-"):
         fail(f"sdlab report takes one run or sweep dir, got {' '.join(args) or 'nothing'}")
     try:
