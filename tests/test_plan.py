@@ -34,7 +34,8 @@ def test_a_plan_says_cells_batches_nfe_and_where_it_goes_and_writes_nothing(run_
     assert run_sdlab("-m", "seed=1,2,3", "guidance_scale=3,7.5", "scheduler=ddim,heun", "plan=true", *FAST) == 0
     assert "batches: 2 (cells sharing model, scheduler, steps, size and guidance group: 2 groups;" in capsys.readouterr().out
     assert "total NFE: 30 " in out  # ddim 2 calls an image, heun 3 (second-order steps but the last), as run
-    assert "estimate: unknown (nothing measured on this machine for tiny@64x64), peak memory unknown" in out
+    assert ("estimate: unknown (no sweep in or beside this folder measured tiny@64x64 on this machine), peak memory "
+            "unknown") in out
     assert re.search(r"output: outputs/generate/multirun_\S+ \(new\)", out)
     assert run_sdlab("plan=true", "hydra.run.dir=r", *FAST) == 0  # a single run is a plan of one cell
     assert "sdlab plan: 1 cell, 0 already done, 1 to run (1 image)" in capsys.readouterr().out

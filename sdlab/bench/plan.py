@@ -100,7 +100,7 @@ def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
         return "0 s", "-"
     if missing := sorted({c.size for c in todo if c.size not in costs}):
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        return f"unknown (nothing measured on this machine for {shown})", "unknown"
+        return f"unknown (no sweep in or beside this folder measured {shown} on this machine)", "unknown"
     sizes = {c.size for c in todo}
     seconds = max(costs[s]["fixed_s"] for s in sizes) + sum(costs[c.size]["overhead_s"] for c in todo)
     for group in batch_groups(todo).values():
