@@ -73,7 +73,7 @@ class ChunkedSubmitit:
     def __init__(self, inner: Any, cluster: str, size: int | None = None, poll_s: float = 2.0):
         self.inner, self.cluster, self.size, self.poll_s = inner, cluster, size, poll_s
         self.finished: set[int] = set()  # cell numbers the sweeper found finished: no task is spent on them
-        self.sweep_pid = os.getpid()
+        self.sweep_pid = os.getpid()  # made in the sweep's process, pickled with this launcher into each task
 
     def setup(self, **kwargs: Any) -> None:
         """Set up the submitit launcher it wraps."""
@@ -125,7 +125,6 @@ class ChunkedSubmitit:
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         if not chunks:
             return []
-        self.sweep_pid = os.getpid()  # pickled with this launcher into each task
         jobs = self.executor().map_array(self, chunks, [Singleton.get_state()] * len(chunks))
         self.wait(jobs)
         returns = []

@@ -166,7 +166,8 @@ def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def cheapest(tied: list[dict], spent: dict) -> list[dict]:
-    """The tied rows no other one beats on cost (fewest NFE, then seconds) by parted 95% intervals; none if cost parts none."""
+    """The tied rows no other one beats on cost (fewest NFE, then seconds) by parted 95% intervals; none if cost parts
+    none of them."""
     found = [r for r in tied if not any(math.isnan(mean) for _, mean, _, _ in spent[r["value"]].values())]
     for cost in (c for c in COSTS if found and c in spent[found[0]["value"]]):
         least = min((spent[r["value"]][cost] for r in found), key=lambda s: s[1])
