@@ -81,3 +81,26 @@ def test_long_prompt_is_a_warning_and_a_recorded_count(run_sdlab, tmp_path, capl
     assert row["status"] == "ok"
     assert row["prompt_truncated_tokens"] == 95 - 77  # 93 one-token words + BOS/EOS
     assert "dropped" in (tmp_path / "cli.log").read_text()
+
+
+def test_a_model_that_would_not_fit_unloads_the_least_recently_used_first(tmp_path, monkeypatch, caplog):
+    """A sweep over models keeps each loaded while memory allows; one whose weights would not fit in what is free
+    unloads the one used longest ago, and says so, instead of running out of memory with both."""
+    import logging
+    import shutil
+
+    copy = tmp_path / "mini_copy"
+    shutil.copytree(models.model_folder(models.configured_spec("mini")), copy)
+    cache = models.ModelCache()
+    first, second = models.configured_spec("mini"), models.configured_spec("mini", path=str(copy))
+    cache.load(first)
+    monkeypatch.setattr(models, "free_bytes", lambda device: 2**40)  # room for both
+    cache.load(second)
+    assert cache.load_count == 2 and len(cache.models) == 2
+    cache.load(first)  # used again: now the second is the one used longest ago
+    monkeypatch.setattr(models, "free_bytes", lambda device: 2**40 if len(cache.models) < 2 else 1)  # room for two
+    third = models.configured_spec("mini", path=str(copy), attention="eager")
+    with caplog.at_level(logging.INFO, logger=models.log.name):
+        cache.load(third)
+    assert cache.load_count == 3 and [m.spec for m in cache.models.values()] == [first, third]
+    assert "unloaded model mini to make room for mini" in caplog.text

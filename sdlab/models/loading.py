@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -16,8 +17,9 @@ from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
-from sdlab.models.model_files import (check_named_components, check_pipeline_folder, check_weights_folder, read_object,
-                                      weights_fingerprint)
+from sdlab.models.memory import free_bytes
+from sdlab.models.model_files import (WEIGHT_COMPONENTS, check_named_components, check_pipeline_folder,
+                                      check_weights_folder, loaded_weights, read_object, weights_fingerprint)
 from sdlab.models.schedulers import check_steps
 from sdlab.untrusted import open_regular
 
@@ -126,8 +128,26 @@ class ModelCache:
         self.load_count = 0
 
     def loaded(self, spec: ModelSpec) -> ModelAdapter | None:
-        """The model loaded for `spec` from the weights its folder holds now, if any."""
-        return self.models.get((spec.key, weights_identity(spec)))
+        """The model loaded for `spec` from the weights its folder holds now, if any (now the most recently used)."""
+        key = (spec.key, weights_identity(spec))
+        if key in self.models:
+            self.models[key] = self.models.pop(key)
+        return self.models.get(key)
+
+    def make_room(self, spec: ModelSpec, device) -> None:
+        """Unload the models used longest ago while the weights of `spec` (its files) would not fit in what `device`
+        has free: a sweep over models keeps each loaded only while they all fit."""
+        need = sum(p.stat().st_size for part in WEIGHT_COMPONENTS for p in loaded_weights(model_folder(spec) / part))
+        while self.models and (free := free_bytes(device)) is not None and free < need:
+            key = next(iter(self.models))
+            name = self.models.pop(key).spec.name
+            gc.collect()
+            if device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+            log.info("unloaded model %s to make room for %s (%.2f GiB of weights, %.2f GiB free)", name, spec.name,
+                     need / 2**30, free / 2**30)
 
     def load(self, spec: ModelSpec) -> ModelAdapter:
         """The adapter for `spec`: the one loaded for its current weights, else built or read from its folder."""
@@ -147,6 +167,7 @@ class ModelCache:
             from diffusers.utils import logging as diffusers_logging
 
             diffusers_logging.disable_progress_bar()  # "Loading pipeline components"; sdlab logs one line per load
+            self.make_room(spec, device)
             folder = model_folder(spec)
             check_pipeline_folder(folder)
             try:

@@ -1,13 +1,15 @@
-"""The peak memory of one pipeline call, not of the process so far: a sweep runs many calls in one process."""
+"""Memory: the peak of one pipeline call (not of the process so far: a sweep runs many in one process) and what a
+device has free for more weights."""
 
 from __future__ import annotations
 
 import os
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 STATUS, STATM = "/proc/self/status", "/proc/self/statm"
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -32,12 +34,29 @@ def high_water_bytes() -> int | None:
         return None
 
 
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for more weights on `device`: CUDA's free memory, or on Linux the CPU's MemAvailable; else None."""
+    if device.type == "cuda":
+        import torch  # a model on CUDA has loaded it; reading a command line need not
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(b"MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 @contextmanager
 def call_peak(device: torch.device) -> Iterator[list[int | None]]:
     """A one-item list holding the block's peak memory afterwards: CUDA's allocator peak, on Linux the raised VmHWM or
     else the most resident memory sampled (lowering the mark would hide an earlier peak); None elsewhere."""
     peak: list[int | None] = [None]
     if device.type == "cuda":
+        import torch
+
         torch.cuda.reset_peak_memory_stats(device)
         yield peak
         peak[0] = int(torch.cuda.max_memory_allocated(device))
