@@ -295,12 +295,13 @@ def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
         log.warning("skipped %d unfinished job dir(s) without results.parquet: %s", len(unfinished), unfinished)
     # a cell whose process ended before its job wrote a table: a failed row each at its values, so the sweep is not
     # complete and the grid shows where
-    held = {"seed": 0}  # a value of each column, whose type a missing cell's value as typed takes
-    for row in found:
-        held.update({k: v for k, v in row.items() if k not in held and v is not None})
+    missing = [cell for number, cell in enumerate(cells) if number not in tabled]
+    held = {"seed": 0}  # a value of each swept column, whose type a missing cell's value as typed takes
+    axes = {k for cell in missing for k in cell}
+    for row in found if missing else ():
+        held.update({k: row[k] for k in axes & row.keys() if k not in held and row[k] is not None})
     found += [{"overrides": json.dumps(cell), "status": "error", "error": NOT_RUN,
-               **{k: as_held(v, held.get(k)) for k, v in cell.items()}}
-              for number, cell in enumerate(cells) if number not in tabled]
+               **{k: as_held(v, held.get(k)) for k, v in cell.items()}} for cell in missing]
     return ordered(found)
 
 
