@@ -134,10 +134,10 @@ class ModelCache:
             self.models[key] = self.models.pop(key)
         return self.models.get(key)
 
-    def make_room(self, spec: ModelSpec, device) -> None:
-        """Unload the models used longest ago while the weights of `spec` (its files) would not fit in what `device`
-        has free: a sweep over models keeps each loaded only while they all fit."""
-        need = sum(p.stat().st_size for part in WEIGHT_COMPONENTS for p in loaded_weights(model_folder(spec) / part))
+    def make_room(self, spec: ModelSpec, folder: Path, device) -> None:
+        """Unload the models used longest ago while the weights `folder` holds for `spec` would not fit in what
+        `device` has free: a sweep over models keeps each loaded only while they all fit."""
+        need = sum(p.stat().st_size for part in WEIGHT_COMPONENTS for p in loaded_weights(folder / part))
         while self.models and (free := free_bytes(device)) is not None and free < need:
             key = next(iter(self.models))
             name = self.models.pop(key).spec.name
@@ -167,8 +167,8 @@ class ModelCache:
             from diffusers.utils import logging as diffusers_logging
 
             diffusers_logging.disable_progress_bar()  # "Loading pipeline components"; sdlab logs one line per load
-            self.make_room(spec, device)
             folder = model_folder(spec)
+            self.make_room(spec, folder, device)
             check_pipeline_folder(folder)
             try:
                 pipe = cls.from_folder(folder, dtype, spec)
