@@ -568,7 +568,8 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
     params = list(dict.fromkeys(single["parameter"]))
     varying = single.groupby("metric", sort=False)["mean"].agg(lambda m: m.max() - m.min() > 1e-12 * max(1, abs(m).max()))
     present = list(dict.fromkeys(single["metric"]))
-    others = sorted((m for m in present if m not in SUMMARY_FIGURE_METRICS), key=lambda m: m not in set(tied["metric"]))
+    scores = set(tied["metric"])  # the ranked ones
+    others = sorted((m for m in present if m not in SUMMARY_FIGURE_METRICS), key=lambda m: m not in scores)
     ranked = [m for m in SUMMARY_FIGURE_METRICS if m in present] + others  # past the headline ones, ranked scores first
     staged = "time_total_s" in present  # a stage's time (text, UNet, VAE, scoring): the total is drawn instead
     metrics = [m for m in ranked if varying.get(m, False)
