@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -893,3 +894,17 @@ def test_a_library_warning_during_a_job_lands_in_the_jobs_log(tmp_path):
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "run" / "cli.log").read_text()
     assert "[WARNING] UserWarning: a library had a word to say (<string>:3)\n" in log, log
+
+
+def test_every_line_of_a_sweeps_console_is_in_one_format(tmp_path):
+    """Lines logged before the first job (pre-flight warnings, the model loading) read like the job's own: time and
+    level, not Hydra's stamp, which made `[HYDRA] loaded model mini` look like Hydra's doing."""
+    done = run_cli("-m", "prompt=a cat", "seed=1,2", "model=mini", "num_inference_steps=1", "threads=1",
+                   "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    logged = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert any("is outside model=mini's shapes grammar" in line for line in logged), done.stdout
+    assert any("loaded model mini" in line for line in logged), done.stdout
+    stamp = re.compile(r"\[\d\d:\d\d:\d\d\]\[(INFO|WARNING)\] ")
+    assert all(stamp.match(line) for line in logged), done.stdout
+    assert re.match(r"\[\d\d:\d\d:\d\d\]\[WARNING\] prompt='a cat' is outside", logged[0]), done.stdout
