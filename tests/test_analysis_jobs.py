@@ -242,7 +242,8 @@ def test_trajectory_gif_frames_carry_each_x0_pred_psnr_in_a_legible_band(tmp_pat
     texts, real = [], trajectory.labelled
     monkeypatch.setattr(trajectory, "labelled", lambda image, text, scale: texts.append(text) or real(image, text, scale))
     rows = run("trajectory", tmp_path, num_inference_steps=2, frames=2)
-    assert texts[1::2] == [f"x0_pred {db:.1f} dB" for db in rows["x0_pred_psnr_vs_final_db"]] + ["final"]
+    assert texts[1::2] == [f"x0_pred {db:.1f} dB" if np.isfinite(db) else "x0_pred = final"
+                           for db in rows["x0_pred_psnr_vs_final_db"]] + ["final"]
     assert Image.open(tmp_path / "trajectory.gif").size == (2 * 64 * 4, 64 * 4 + 22)  # 16 px letters, not 11
 
 
@@ -672,3 +673,18 @@ def test_schedule_snr_visits_the_same_timesteps_before_and_after_the_model_loads
     visits = [pd.read_parquet(tmp_path / d / "visits.parquet") for d in ("alone", "after")]
     pd.testing.assert_frame_equal(*visits)
     assert alone.equals(after) and visits[0].query("scheduler == 'euler'")["timestep"].min() == 0  # linspace
+
+
+def test_an_x0_pred_equal_to_the_final_image_is_labelled_so_not_inf_db(tmp_path, monkeypatch):
+    """The last step's x0_pred is the final image: its PSNR is infinite, which the strip and GIF once printed as 'inf dB'."""
+    from sdlab.jobs import trajectory
+
+    drawn, strip = {}, trajectory.image_strip
+    monkeypatch.setattr(trajectory, "image_strip",
+                        lambda rows, target, **kw: drawn.update(kw) or strip(rows, target, **kw))
+    texts, real = [], trajectory.labelled
+    monkeypatch.setattr(trajectory, "labelled", lambda image, text, scale: texts.append(text) or real(image, text, scale))
+    rows = run("trajectory", tmp_path, num_inference_steps=3, frames=3)
+    assert np.isinf(rows["x0_pred_psnr_vs_final_db"].iloc[-1])
+    assert drawn["col_labels"][1][-1].endswith("\n= final") and "inf" not in " ".join(drawn["col_labels"][1])
+    assert texts[-3] == "x0_pred = final" and not any("inf" in text for text in texts)

@@ -32,6 +32,12 @@ SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is d
 LABEL_PX = 16  # the GIF's label letters, in a band of LABEL_PX + 6 below each frame
 
 
+def to_final(row: dict) -> str:
+    """How close a step's x0_pred is to the final image, as its label says it: its PSNR, or `= final` once equal."""
+    db = row["x0_pred_psnr_vs_final_db"]
+    return "= final" if np.isinf(db) else f"{db:.1f} dB"
+
+
 class TrajectoryRecorder:
     """Keeps every step the model hands `on_step` (see ModelAdapter.denoise) and the seconds spent capturing them."""
 
@@ -121,7 +127,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
     picks = sorted(set(np.linspace(0, len(steps) - 1, min(len(steps), recipe.frames)).round().astype(int)))
     labels = [f"step {steps[i]['i']}\n{model.noise.step_label(steps[i])}" for i in picks]
-    x0_labels = [f"{label}\n{rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB" for label, i in zip(labels, picks)]
+    x0_labels = [f"{label}\n{to_final(rows[i])}" for label, i in zip(labels, picks)]
     settled = next((r["step"] for r in rows if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
     claim = (f"x0_pred first reaches {SETTLED_DB:g} dB PSNR at step {settled} of {len(rows)}"
              if settled is not None else f"x0_pred never reaches {SETTLED_DB:g} dB PSNR")
@@ -132,7 +138,7 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
                       f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
-                            labelled(x0[i], f"x0_pred {rows[i]['x0_pred_psnr_vs_final_db']:.1f} dB", scale)])
+                            labelled(x0[i], f"x0_pred {to_final(rows[i])}", scale)])
               for i, s in enumerate(steps)]
     last = FINAL_LABELS[recipe.preview].replace("\n", " ")
     frames.append(side_by_side([labelled(final, last, scale), labelled(final, last, scale)]))
