@@ -235,3 +235,32 @@ def test_sdlab_report_help_says_what_it_does_and_exits_0(run_sdlab, capsys, flag
     assert run_sdlab("report", flag) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: sdlab report DIR\n") and "report.html" in out and "sdlab's .sdlab mark" in out
+
+
+def test_the_wall_time_is_the_commands_that_made_the_sweep_not_the_gap_between_them(tmp_path):
+    """The header's wall time ran from the first job's config to the last table: 1.0 s for a sweep its command took
+    8.5 s to make (start-up, model and pre-flight left out), and a sweep extended a day later took a day."""
+    import os
+    import time
+
+    from cli_helpers import run_cli
+
+    def sweep(seeds: str) -> float:
+        began = time.time()
+        done = run_cli("-m", f"seed={seeds}", "model=tiny", "num_inference_steps=1", "threads=1",
+                       "hydra.sweep.dir=sweep", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return time.time() - began
+
+    first = sweep("1,2")
+    header = embedded((tmp_path / "sweep" / "report.html").read_text())["header"]
+    assert 0.6 * first < header["wall_s"] <= first and header["runs"] == 1, (header, first)
+    day_ago = time.time() - 86400
+    for path in (tmp_path / "sweep").rglob("*"):
+        os.utime(path, (day_ago, day_ago))
+    second = sweep("1,2,3")
+    header = embedded((tmp_path / "sweep" / "report.html").read_text())["header"]
+    assert 0.6 * (first + second) < header["wall_s"] <= first + second and header["runs"] == 2, (header, first, second)
+    rerun = sweep("1,2,3")  # makes nothing: it adds no run
+    header = embedded((tmp_path / "sweep" / "report.html").read_text())["header"]
+    assert header["wall_s"] <= first + second and header["runs"] == 2, (header, rerun)

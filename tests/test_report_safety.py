@@ -187,7 +187,8 @@ def corrupt(root: Path, case: str) -> str:
                 "sweep.json not UTF-8": b"\xff\xfe {}", "sweep.json values not lists": '{"key": "k", "values": {"seed": 1}}',
                 "sweep.json a job not a mapping": '{"key": "k", "jobs": [1, 2]}',
                 "sweep.json command of numbers": '{"key": "k", "command": [1, 2]}',
-                "sweep.json hashes of numbers": '{"key": "k", "hashes": [1, 2]}'}
+                "sweep.json hashes of numbers": '{"key": "k", "hashes": [1, 2]}',
+                "sweep.json spent of text": '{"key": "k", "spent": ["8 s"]}', "sweep.json spent a number": '{"key": "k", "spent": 8}'}
     if case == "damaged summary.parquet":
         (root / "summary.parquet").write_bytes(b"PAR1 not a table")
         return "sweep/summary.parquet cannot be read"
@@ -198,7 +199,8 @@ def corrupt(root: Path, case: str) -> str:
 
 DAMAGED = ["truncated parquet", "overrides cell", "overrides list cell", "versions cell", "malformed sweep.json",
            "sweep.json a list", "sweep.json axes not a list", "sweep.json not UTF-8", "sweep.json values not lists",
-           "sweep.json a job not a mapping", "sweep.json command of numbers", "damaged summary.parquet"]
+           "sweep.json a job not a mapping", "sweep.json command of numbers", "sweep.json hashes of numbers",
+           "sweep.json spent of text", "sweep.json spent a number", "damaged summary.parquet"]
 
 
 @pytest.mark.parametrize("case", DAMAGED)

@@ -28,7 +28,8 @@ from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import job_dirs
 from sdlab.bench.report import summarize
 from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
-from sdlab.bench.resume import MARKER, collect, mark_calls, read_manifest, read_mark, update_manifest
+from sdlab.bench.resume import (MARKER, collect, mark_calls, read_manifest, read_mark, record_spent,
+                               update_manifest)
 from sdlab.errors import UserError
 from sdlab.jobs import work_of
 
@@ -317,6 +318,8 @@ class CollectSweep(Callback):
         if not sweep_dir.is_dir():
             return
         try:
+            if hasattr(self, "started"):  # a sweep this process ran: its time, for the report's header
+                record_spent(sweep_dir, min(CollectSweep.began or self.started, self.started), self.started)
             frame = collect(sweep_dir, since=getattr(self, "started", 0.0))
             # Over recipes, a grid or a summary by recipe means nothing; an index of their figures does.
             recipes = "experiment" in frame and frame["experiment"].nunique() > 1

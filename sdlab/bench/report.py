@@ -19,7 +19,8 @@ from sdlab.bench.captions import forget_figure, headlines
 from sdlab.bench.grid import axis_values, image_grid
 from sdlab.bench.ownership import MARK, is_owned
 from sdlab.bench.records import PARAM_COLUMNS, TABLE_NAME, job_dirs, local_file, write_table
-from sdlab.bench.resume import CONFIG, MARKER, NOT_RUN, NOT_RUN_WHY, collect, mark_calls, read_manifest, read_mark
+from sdlab.bench.resume import (CONFIG, MARKER, NOT_RUN, NOT_RUN_WHY, SPENT, collect, mark_calls, read_manifest,
+                               read_mark)
 from sdlab.bench.summary import (REPLICATES, SUMMARY_NAME, main_metric, metric_columns, owns_summary, rank,
                                  ranking_lines, score_direction, sweep_axes, swept_parameters, write_summary)
 from sdlab.config import LIMITS
@@ -149,7 +150,8 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[st
         "title": f"{frame['experiment'].iloc[0] if 'experiment' in frame and len(frame) else 'sdlab'}: {Path(folder).name}",
         "command": manifest["command"], "constants": constants, "model": constants.get("model"),
         "device": first("device"), "versions": json.loads(first("versions") or "{}"),
-        "ok": len(ok), "failed": len(frame) - len(ok), "wall_s": plain(wall_seconds(folder)),
+        "ok": len(ok), "failed": len(frame) - len(ok), "runs": len(manifest.get(SPENT, [])) or 1,
+        "wall_s": plain(sum(manifest[SPENT]) if manifest.get(SPENT) else wall_seconds(folder)),
         "not_run": int(frame["error"].eq(NOT_RUN).sum()) if "error" in frame else 0,
         "generation_s": plain(float(ok["time_total_s"].sum())) if "time_total_s" in ok else None,
         "warnings": manifest.get("warnings", []),

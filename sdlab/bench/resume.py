@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import numbers
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land ins
 MANIFEST = "sweep.json"  # a sweep's command and whether it finished: how a rerun of the same command finds its folder
 MANIFEST_MAX_BYTES = 64 << 20  # it keeps each prompt of the sweep up to 4 times, JSON-escaped: a prompt file at its limit
 COST = "cost"  # the manifest entry of what a sweep measured on its host (sdlab.bench.plan), kept by its reruns
+SPENT = "spent"  # the manifest entry of the seconds of each command that made cells of the sweep, start-up included
 
 
 def clean_temp_files(folder: Path) -> int:
@@ -191,7 +193,7 @@ def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[s
                    complete: bool = False, hashes: list[str] = (), finished: int = 0,
                    warnings: list[str] | None = None) -> None:
     """Record a sweep's command (`hydra`: its Hydra flags), axes, values, cell hashes, state and pre-flight warnings
-    (None: the earlier ones); its `COST` stays."""
+    (None: the earlier ones); its `COST` and `SPENT` stay."""
     earlier = read_manifest(sweep_dir) or {}
     warnings = earlier.get("warnings", []) if warnings is None else list(warnings)
     values, axes = key_values(jobs), varying_keys(jobs)
@@ -200,7 +202,7 @@ def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[s
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
                 "cells": len(jobs), "finished": finished, "axes": axes, "values": values, "jobs": jobs_axes,
                 "hashes": list(hashes), "complete": complete, "warnings": warnings,
-                **({COST: earlier[COST]} if COST in earlier else {})}
+                **{key: earlier[key] for key in (COST, SPENT) if key in earlier}}
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
@@ -216,6 +218,7 @@ def read_manifest(sweep_dir: Path, strict: bool = False) -> dict[str, Any] | Non
         texts = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
         if not (isinstance(data, dict) and isinstance(data.get("key"), str) and type(data.get("finished", 0)) is int
                 and all(texts(data.get(key, [])) for key in ("axes", "command", "hashes", "warnings"))
+                and isinstance(data.get(SPENT, []), list) and all(type(s) in (int, float) for s in data.get(SPENT, []))
                 and isinstance(data.get("values", {}), dict) and all(texts(v) for v in data.get("values", {}).values())
                 and isinstance(data.get("jobs", []), list) and all(isinstance(j, dict) for j in data.get("jobs", []))):
             raise ValueError("not an sdlab sweep manifest")
@@ -241,6 +244,15 @@ def update_manifest(sweep_dir: Path, **entries: Any) -> None:
     manifest = read_manifest(sweep_dir)
     if manifest is not None:
         atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps({**manifest, **entries}, indent=1))
+
+
+def record_spent(sweep_dir: Path, began: float, started: float) -> None:
+    """Add the seconds since `began` (the command's start) to the sweep's `SPENT` if it wrote a job's table since
+    `started`: a rerun that made nothing adds none."""
+    manifest = read_manifest(sweep_dir)
+    tables = (job / "results.parquet" for job in job_dirs(sweep_dir))
+    if manifest is not None and any(table.is_file() and table.stat().st_mtime >= started for table in tables):
+        update_manifest(sweep_dir, **{SPENT: [*manifest.get(SPENT, []), round(time.time() - began, 3)]})
 
 
 def earlier_sweep(root: Path, task_overrides: list[str]) -> tuple[Path, bool] | None:

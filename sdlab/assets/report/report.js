@@ -31,7 +31,8 @@ function renderHeader() {
   add("cells", counts);
   add("swept", D.axes.join(", ") || "nothing");
   add("model", h.model); add("device", h.device);
-  add("wall time", h.wall_s === null ? null : `${h.wall_s.toFixed(1)} s` + (h.generation_s === null ? "" : ` (generation ${h.generation_s.toFixed(1)} s)`));
+  add("wall time", h.wall_s === null ? null : `${h.wall_s.toFixed(1)} s` + (h.runs > 1 ? ` over ${h.runs} runs` : "")
+    + (h.generation_s === null ? "" : ` (generation ${h.generation_s.toFixed(1)} s)`));
   add("constant", Object.entries(h.constants).filter(([k]) => k !== "model").map(([k, v]) => `${k}=${v}`).join(", "));
   add("versions", Object.entries(h.versions).map(([k, v]) => `${k} ${v}`).join(", "));
   add("warnings", (h.warnings || []).length ? el("ul", { class: "warnings" }, ...h.warnings.map(w => el("li", { text: w }))) : null);
