@@ -130,3 +130,20 @@ def test_ranked_values_are_shown_as_text_and_any_score_can_be_picked(browser_pag
     block = browser_page.locator("#ranking .ranking-block").nth(0)
     block.locator("h3 select").select_option("adherence_all")  # 3 and 7.5 both always adhere: tied
     assert block.locator("tbody tr.best td.value, tbody tr.tied td.value").all_inner_texts() == ["3", "7.5"]
+
+
+def test_a_sweep_of_seeds_alone_shows_each_score_over_them_and_no_dead_links(browser_page, tmp_path):
+    """A sweep of 3 seeds of one setting said 'no parameter was swept' under a header saying 'swept: seed', showed no
+    number of its own, and linked a distribution section it did not have."""
+    from sdlab.bench.report import rebuild
+
+    root = fake_sweep(tmp_path / "seeds", guidance=(7.5,), schedulers=("ddim",), failed=None)
+    browser_page.goto(rebuild(root).as_uri())
+    assert "only seed was swept" in browser_page.inner_text("#ranking")
+    overall = browser_page.locator("#summary table tbody tr")
+    texts = {row[0]: row[1:] for row in (r.split("\t") for r in overall.all_inner_texts())}
+    assert texts["clip_score"][:2] == ["3", "100"], texts  # n, mean: min(100, 150 + seed + 5) for seeds 1, 2, 3
+    assert browser_page.is_hidden("nav a[href='#sets-section']")
+    fake_sweep(tmp_path / "grid")
+    browser_page.goto(rebuild(tmp_path / "grid").as_uri())
+    assert "only seed" not in browser_page.inner_text("#ranking") and browser_page.locator("#summary table").count() == 0

@@ -166,13 +166,18 @@ def figures(folder: Path) -> list[str]:
     return [p for p in relative if local_file(folder, p) is not None]
 
 
-def set_metrics(folder: Path) -> list[dict[str, Any]]:
-    """The summary's rows of set scorers (distribution metrics by swept value), each with which way is better."""
+def summary_rows(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The summary's rows of set scorers (distribution metrics by swept value, each with which way is better), and
+    of each per-image metric over all images."""
     table = local_file(folder, f"{SUMMARY_NAME}.parquet")
     summary = pd.read_parquet(table) if table is not None and owns_summary(folder) else pd.DataFrame()
-    rows = summary[summary["features"].notna()] if "features" in summary else summary.iloc[:0]
-    return [{**{k: plain(v) for k, v in row.items()}, "better": "higher" if score_direction(row["metric"]) > 0
-             else "lower"} for row in rows.to_dict(orient="records")]
+    if summary.empty:
+        return [], []
+    sets = summary["features"].notna() if "features" in summary else pd.Series(False, index=summary.index)
+    records = lambda rows: [{k: plain(v) for k, v in row.items()} for row in rows.to_dict(orient="records")]  # noqa: E731
+    overall = summary[~sets & (summary["parameter"] == "(all)")]
+    return ([{**row, "better": "higher" if score_direction(row["metric"]) > 0 else "lower"}
+             for row in records(summary[sets])], records(overall[["metric", "n", "mean", "lo", "hi"]]))
 
 
 def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
@@ -200,8 +205,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
         "figures": figures(folder),
         "ranking": [{k: plain(v) for k, v in row.items()} for row in ranking.to_dict(orient="records")],
         "ranking_lines": ranking_lines(frame, ranking, manifest["axes"]),
-        "sets": set_metrics(folder),
-    }
+    } | dict(zip(("sets", "overall"), summary_rows(folder)))
 
 
 def render(data: dict[str, Any]) -> str:

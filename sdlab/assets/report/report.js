@@ -123,6 +123,14 @@ function hideDetail() {
 function renderFigures() {
   const summary = document.getElementById("summary");
   if (D.summary) summary.append(el("img", { src: url(D.summary), loading: "lazy", alt: "summary by swept value" }));
+  else if (D.overall.length && !Object.keys(D.ranking_lines).length) {
+    summary.append(el("p", { text: "each metric over every image (no parameter was swept to plot it against):" }),
+      el("table", { class: "ranking-table" }, el("thead", {}, el("tr", {}, ...["metric", "n", "mean", "95% interval"]
+        .map((t, k) => el("th", { class: k === 0 ? "value" : null, text: t })))),
+      el("tbody", {}, ...D.overall.map(r => el("tr", {}, el("td", { class: "value", text: r.metric }),
+        el("td", { text: fmt(r.n) }), el("td", { text: fmt(r.mean) }),
+        el("td", { text: r.lo === null ? "" : `${fmt(r.lo)} .. ${fmt(r.hi)}` }))))));
+  }
   else summary.append(el("p", { text: "no summary.png here: nothing swept, no metric, or the job wrote its own summary (see Figures)" }));
   const figures = document.getElementById("figures");
   if (!D.figures.length) figures.append(el("p", { text: "no figures" }));
@@ -147,7 +155,9 @@ function renderRanking() {
   const box = document.getElementById("ranking");
   const params = [...new Set(D.ranking.map(r => r.parameter))];
   for (const [param, line] of Object.entries(D.ranking_lines)) if (!params.includes(param)) box.append(el("p", { class: "ranking-line", text: line }));
-  if (!Object.keys(D.ranking_lines).length) box.append(el("p", { text: "nothing ranked: no parameter was swept" }));
+  if (!Object.keys(D.ranking_lines).length) box.append(el("p", { text: D.axes.length
+    ? `nothing ranked: only ${D.axes.join(", ")} ${D.axes.length > 1 ? "were" : "was"} swept, replicates of one setting, not values to choose from`
+    : "nothing ranked: no parameter was swept" }));
   for (const param of params) {
     const mine = D.ranking.filter(r => r.parameter === param);
     const scores = [...new Set(mine.map(r => r.metric))];
@@ -164,6 +174,7 @@ function renderRanking() {
 function renderSets() {
   if (!D.sets.length) return;
   document.getElementById("sets-section").hidden = false;
+  document.getElementById("sets-link").hidden = false;
   const slice = r => [r.parameter === "(all)" ? "(all)" : `${r.parameter}=${r.value}`,
     r.parameter2 ? `${r.parameter2}=${r.value2}` : null].filter(Boolean).join(", ");
   const metrics = [...new Set(D.sets.map(r => r.metric))];  // each metric's slices together, in summary order
