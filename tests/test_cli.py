@@ -220,6 +220,13 @@ def test_display_overrides_show_values_as_typed():
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.timeout=-1"],
      "hydra.launcher.timeout=-1 must be the seconds a job may take, > 0, or null for no limit"),
     (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead=maybe; Value 'maybe' is not a valid bool"),
+    (["hydra.job_logging.handlers.file.filename=/nonexistent/victim.txt", "+hydra.job_logging.handlers.file.mode=w"],
+     "hydra.job_logging.handlers.file.filename: a run's log is <run dir>/<hydra.job.name>.log"),  # emptied any file
+    (["+hydra.job_logging.handlers.file.mode=w"], "hydra.job_logging.handlers.file.mode: a run's log is"),
+    (["hydra.job_logging.handlers.console.class=logging.FileHandler"], "hydra.job_logging.handlers.console.class:"),
+    (["+hydra.hydra_logging.handlers.f={class:logging.FileHandler,filename:/nonexistent/x}"],
+     "hydra.hydra_logging.handlers.f: a run's log is"),
+    (["-m", "seed=1,2", "hydra.job_logging={version:1}"], "hydra.job_logging: a run's log is"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
@@ -908,3 +915,12 @@ def test_every_line_of_a_sweeps_console_is_in_one_format(tmp_path):
     stamp = re.compile(r"\[\d\d:\d\d:\d\d\]\[(INFO|WARNING)\] ")
     assert all(stamp.match(line) for line in logged), done.stdout
     assert re.match(r"\[\d\d:\d\d:\d\d\]\[WARNING\] prompt='a cat' is outside", logged[0]), done.stdout
+
+
+def test_a_logs_level_and_format_may_still_be_set(tmp_path):
+    """What the logging overrides leave: levels and formats, the console's and the file's."""
+    done = run_cli("model=tiny", "num_inference_steps=1", "threads=1", "hydra.run.dir=run",
+                   "+hydra.job_logging.handlers.console.level=WARNING", "hydra.job_logging.formatters.simple.format='%(message)s'",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "loaded model tiny" not in done.stdout and (tmp_path / "run" / "cli.log").read_text().startswith("loaded model tiny")

@@ -158,6 +158,7 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
         raise UserError(f"{arg!r} is not an override; write KEY=VALUE (see sdlab --help)")
     check_syntax(arg)
     key, adds = key.lstrip("+"), arg.startswith("+") and not arg.startswith("++")
+    check_logging_key(key)
     if key.startswith("hydra") or key.startswith("experiment."):
         return
     if key in GROUPS:
@@ -194,6 +195,16 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
         check_sub_key(key, set().union(*blocks))
     if adds:
         check_not_set(key, value, configs)
+
+
+def check_logging_key(key: str) -> None:
+    """Refuse moving a log: a handler's file, class or stream could write anywhere; its level and format may change."""
+    root, _, rest = key.partition(".")[2].partition(".")
+    if key.startswith("hydra.") and root in ("job_logging", "hydra_logging"):
+        parts = rest.split(".")
+        if not rest or (parts[0] == "handlers" and not (len(parts) == 3 and parts[2] in ("level", "formatter"))):
+            raise UserError(f"{key}: a run's log is <run dir>/<hydra.job.name>.log and the console, nowhere else; "
+                            f"hydra.{root}'s levels and formats may be set (e.g. hydra.{root}.root.level=DEBUG)")
 
 
 def check_not_set(key: str, value: str, configs: dict[str, dict], group: str = "experiment") -> None:
