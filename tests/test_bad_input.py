@@ -598,3 +598,21 @@ def test_a_value_no_library_can_tell_better_is_refused_before_torch_or_diffusers
     assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
     assert result.stderr.count("sdlab: error:") == 1 and fragment in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_file_found_once_the_job_runs_leaves_no_config_behind(tmp_path):
+    """A PNG whose header reads but whose data does not is found as the job reads it: the refusal took back Hydra's
+    files and the log, but left the run's run_config.json in a new folder."""
+    import struct
+    import zlib
+
+    from cli_helpers import run_cli
+
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+                                             + chunk(b"IDAT", b"\x78\x9c" + b"\xff" * 100) + chunk(b"IEND", b""))
+    done = run_cli("experiment=vae_roundtrip", "model=tiny", "images=bad", "threads=1", cwd=tmp_path)
+    assert done.returncode == 2 and "bad/a.png is not an image" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf_home") == ["bad"]

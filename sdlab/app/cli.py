@@ -65,8 +65,9 @@ def log_warning(message, category, filename, lineno, file=None, line=None) -> No
 def refuse_run(out_dir: Path, job_name: str, error: UserError) -> None:
     """End a single run on bad input: take back what Hydra wrote into folders it made, print one line, exit 2."""
     lock.release(out_dir)
-    if out_dir.absolute() in Preflight.new_dirs:  # its config, log and mark, then every folder made that is left empty
-        for name in (*(f".hydra/{name}" for name in ownership.HYDRA_FILES), f"{job_name}.log", ownership.MARK):
+    if out_dir.absolute() in Preflight.new_dirs:  # its configs, log and mark, then every folder made that is left empty
+        for name in (*(f".hydra/{name}" for name in ownership.HYDRA_FILES), f"{job_name}.log", ownership.MARK,
+                     resume.CONFIG):
             ownership.confined(out_dir.resolve(), name, "hydra.job.name").unlink(missing_ok=True)
         for made in (out_dir / ".hydra", *Preflight.new_dirs):
             if made.is_dir() and not any(made.iterdir()):
