@@ -85,3 +85,38 @@ def test_a_bad_evaluation_argument_is_one_line_and_writes_nothing(tmp_path, monk
     assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("evaluate: error: "), lines
     assert says in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt", "theirs"]
+
+
+@pytest.mark.parametrize("part, weights", [("vae", "vae/diffusion_pytorch_model.bin"),
+                                           ("clip", "clip/pytorch_model.bin")])
+def test_pickle_weights_are_refused_unopened_and_nothing_is_written(tmp_path, monkeypatch, capsys, part, weights):
+    import pickle
+
+    import torch
+
+    from safetensors.torch import load_file
+
+    from sdlab.mini.architecture import build_clip, initial
+
+    model = tmp_path / "m"
+    initial("vae", {"architecture": {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}}).save_pretrained(
+        str(model / "vae"))
+    build_clip().save_pretrained(str(model / "clip"))
+    for safe, pickled in (("vae/diffusion_pytorch_model",) * 2, ("clip/model", "clip/pytorch_model")):
+        torch.save(load_file(str(model / f"{safe}.safetensors")), model / f"{pickled}.bin")  # what an old save holds
+        (model / f"{safe}.safetensors").unlink()
+    (model / "unet").mkdir()
+    (model / "unet" / "config.json").write_text("{}")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a pickle was opened")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(module, name, forbidden)
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--model", str(model), "--parts", part, "--threads", "1", "--out", str(tmp_path / "ev")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"evaluate: error: refusing pickle weights {model / weights}: sdlab loads safetensors "
+                               "only"), lines[0]
+    assert not (tmp_path / "ev").exists()

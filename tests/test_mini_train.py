@@ -234,6 +234,11 @@ SMALL = ["experiment=train_mini", "train.stage=vae", "train.export=null", "train
     (["train.threads=300"], "train.threads=300 is above limits.max_threads=256"),
     (["train.threads=3", "limits.max_threads=2"], "train.threads=3 is above limits.max_threads=2"),
     (["train.stage=unet", "train.export=e"], "train.export=e has no vae/ or text_encoder/ (the unet stage reads"),
+    (["train.stage=vae_decoder", "train.vae_decoder.init_from=/nonexistent"],
+     "train.vae_decoder.init_from=/nonexistent does not exist; give a local vae folder with config.json and "
+     ".safetensors weights"),
+    (["train.stage=all", "train.export=e", "train.unet.init_from=someone/sd-unet"],
+     "train.unet.init_from=someone/sd-unet does not exist; give a local unet folder"),
 ])
 def test_bad_training_settings_are_one_line_and_write_nothing(run_sdlab, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -242,3 +247,48 @@ def test_bad_training_settings_are_one_line_and_write_nothing(run_sdlab, tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"sdlab: error: {message}"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def forbid_unpickling(monkeypatch) -> None:
+    """Any torch.load or pickle load fails the test: a refused file is never opened as a pickle."""
+    import pickle
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a pickle was opened")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(module, name, forbidden)
+
+
+@pytest.mark.parametrize("stage, component", [("vae_decoder", "vae"), ("unet", "unet")])
+def test_init_from_pickle_weights_is_one_line_naming_the_file_and_writes_nothing(run_sdlab, tmp_path, capsys,
+                                                                                 monkeypatch, stage, component):
+    from sdlab.mini.architecture import initial
+
+    arch = TINY_VAE if component == "vae" else {"block_out_channels": [16, 16, 16], "norm_num_groups": 8,
+                                                "cross_attention_dim": 8, "attention_head_dim": 4}
+    pickled = tmp_path / "pickled"
+    initial(component, {"architecture": arch}).save_pretrained(str(pickled), safe_serialization=False)
+    assert (pickled / "diffusion_pytorch_model.bin").is_file() and not list(pickled.glob("*.safetensors"))
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    forbid_unpickling(monkeypatch)
+    stage_args = ["train.stage=vae_decoder"] if stage == "vae_decoder" else ["train.stage=all", "train.export=e"]
+    assert run_sdlab(*SMALL, *stage_args, f"train.{stage}.init_from={pickled}") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"sdlab: error: refusing pickle weights {pickled / 'diffusion_pytorch_model.bin'}: "
+                          "sdlab loads safetensors only"), err
+    assert list(run.iterdir()) == []
+
+
+def test_an_init_from_folder_without_config_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab(*SMALL, "train.stage=vae_decoder", "train.vae_decoder.init_from=weights") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("sdlab: error: train.vae_decoder.init_from=weights has no config.json; give a local vae folder "
+                   "with config.json and .safetensors weights"), err
+    assert [p.name for p in tmp_path.iterdir()] == ["weights"]

@@ -21,6 +21,7 @@ from sdlab.mini.train_clip import train_clip
 from sdlab.mini.train_flow import train_flow
 from sdlab.mini.train_unet import train_unet
 from sdlab.mini.train_vae import train_vae
+from sdlab.models.model_files import check_component_files, check_component_folder
 
 log = logging.getLogger(__name__)
 STAGES = ("vae", "clip", "unet")
@@ -46,6 +47,7 @@ FLOW_RULES = {**LOOP_RULES, **CAPTION_RULES, "frozen_from": Field("str"), "shift
 STAGE_RULES = {"vae": VAE_RULES, "vae_decoder": VAE_RULES, "clip": LOOP_RULES, "unet": UNET_RULES, "flow": FLOW_RULES}
 EXPORTS = {"unet": "the unet stage reads the trained vae/ and text_encoder/ from it",
            "flow": "the flow stage writes its SD3 folder into it"}
+INITIAL = {"vae": "vae", "vae_decoder": "vae", "unet": "unet", "flow": "transformer"}  # what each `init_from` holds
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,14 @@ def train_folders(train: Train) -> dict[str, Path]:
 
 
 def check_train(run) -> None:
-    """Pre-flight: threads within the limits, output folders sdlab's, the flow stage's frozen parts present."""
+    """Pre-flight: threads within the limits, output folders sdlab's, `init_from` and frozen parts as safetensors."""
     train = read_recipe(run, Train)
     check_threads("train.threads", train.threads, run.limits)
     train_folders(train)
+    for name in STAGES if train.stage == "all" else (train.stage,):
+        if name in INITIAL and (init_from := getattr(train, name).get("init_from")):
+            check_component_folder(Path(str(init_from)).expanduser(), f"train.{name}.init_from={init_from}",
+                                   INITIAL[name])
     if train.stage == "unet":
         check_parts("train.export", train.export, ("vae", "text_encoder"), EXPORTS["unet"])
     if train.stage == "flow":
@@ -101,9 +107,11 @@ def check_train(run) -> None:
 
 
 def check_parts(key: str, folder: str, parts: tuple[str, ...], why: str) -> None:
-    """Pre-flight: `folder` holds each of the trained `parts` (their config.json), else one line naming those missing."""
+    """Pre-flight: `folder` holds each of the trained `parts` (config.json, safetensors), else one line naming which."""
     if missing := [part for part in parts if not (Path(str(folder)).expanduser() / part / "config.json").is_file()]:
         raise UserError(f"{key}={folder} has no {' or '.join(part + '/' for part in missing)} ({why})")
+    for part in parts:
+        check_component_files(Path(str(folder)).expanduser() / part)
 
 
 def run_one(name: str, train: Train, root: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sdlab.models.architectures import SD15_SCHEDULER
@@ -68,7 +69,8 @@ def initial(component: str, settings: dict[str, Any]):
     model_class, config = {"vae": (AutoencoderKL, VAE), "unet": (UNet2DConditionModel, UNET),
                            "transformer": (SD3Transformer2DModel, TRANSFORMER)}[component]
     if settings.get("init_from"):
-        return model_class.from_pretrained(str(settings["init_from"]))
+        folder = Path(str(settings["init_from"])).expanduser()  # pre-flight checked it: a local safetensors folder
+        return model_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
     config = merged(config, settings.get("architecture"))
     if component == "transformer":  # one position per patch of the 8x8 latent
         config["pos_embed_max_size"] = config["sample_size"] // config["patch_size"]

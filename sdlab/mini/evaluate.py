@@ -32,11 +32,14 @@ from sdlab.mini.train_clip import held_out_retrieval
 from sdlab.mini.train_flow import RepeatedTokenAttention
 from sdlab.mini.train_vae import vae_quality
 from sdlab.models.families import family_of_folder
+from sdlab.models.model_files import check_component_folder, check_weights_folder
 from sdlab.models.schedulers import make_scheduler
 
 PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
 SHIPPED_SCHEDULERS = {"sd": "dpmpp_2m", "sd3": "euler"}  # by family: mini's DPM-Solver++ 2M, mini_flow's flow Euler
+COMPONENT_PARTS = {"vae": "vae", "clip": "clip"}  # parts that load one component folder; the rest the pipeline
+SAFE_LOCAL = {"use_safetensors": True, "local_files_only": True}  # the weights checked_arguments passed, never a pickle
 
 
 def shipped_pipeline(root: Path):
@@ -145,9 +148,9 @@ def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS,
     path = out / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     if "vae" in parts:
-        metrics.update(vae_quality(AutoencoderKL.from_pretrained(str(root / "vae"))))
+        metrics.update(vae_quality(AutoencoderKL.from_pretrained(str(root / "vae"), **SAFE_LOCAL)))
     if "clip" in parts:
-        metrics.update(held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip"))))
+        metrics.update(held_out_retrieval(CLIPModel.from_pretrained(str(root / "clip"), **SAFE_LOCAL)))
     if "generate" in parts:
         frames = []
         for split in ("any", "held_out"):
@@ -164,14 +167,20 @@ def evaluate(root: Path, out: Path, parts: tuple[str, ...] = PARTS,
     return metrics
 
 
-def checked_arguments(model: Path, out: Path, threads: int) -> None:
-    """One-line errors before any work: a trained model folder, a thread count, and an `out` sdlab may write into."""
+def checked_arguments(model: Path, out: Path, threads: int, parts: tuple[str, ...] = PARTS) -> None:
+    """One-line errors before any work: a trained model folder, safetensors for `parts`, threads, a writable `out`."""
     if threads < 1:
         raise UserError(f"--threads={threads}: give 1 or more")
     if not (model / "vae" / "config.json").is_file() or not any(
             (model / part / "config.json").is_file() for part in ("unet", "transformer")):
         raise UserError(f"--model={model} is not a trained sdlab-mini or mini_flow folder (it needs vae/ and unet/ or "
                         f"transformer/)")
+    for part in parts:
+        if part in COMPONENT_PARTS:
+            folder = model / COMPONENT_PARTS[part]
+            check_component_folder(folder, f"{folder} (for --parts {part})", COMPONENT_PARTS[part])
+    if any(part not in COMPONENT_PARTS for part in parts):
+        check_weights_folder(model)
     checked_folder(out, "--out")
 
 
@@ -188,8 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     out = args.out or Path("outputs") / args.model.resolve().name / "eval"
+    parts = args.parts or [p for p in PARTS if p != "clip" or (args.model / "clip").is_dir()]
     try:
-        checked_arguments(args.model, out, args.threads)
+        checked_arguments(args.model, out, args.threads, tuple(parts))
     except UserError as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -198,7 +208,6 @@ def main(argv: list[str] | None = None) -> None:
     for library in (diffusers_logging, transformers_logging):  # no loading chatter above the metrics printed
         library.set_verbosity_error()
         library.disable_progress_bar()
-    parts = args.parts or [p for p in PARTS if p != "clip" or (args.model / "clip").is_dir()]
     print(json.dumps(evaluate(args.model, out, tuple(parts), tuple(args.guidance)), indent=2, sort_keys=True))
 
 

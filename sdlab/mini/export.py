@@ -94,7 +94,7 @@ def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalis
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
     root = Path(root)
-    vae = AutoencoderKL.from_pretrained(str(vae_folder))
+    vae = AutoencoderKL.from_pretrained(str(vae_folder), use_safetensors=True, local_files_only=True)
     vae.register_to_config(shift_factor=normalisation[0], scaling_factor=normalisation[1])
     save_component(vae, root / "vae")
     for name in ("text_encoder", "text_encoder_2"):

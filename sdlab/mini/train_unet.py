@@ -76,8 +76,10 @@ def conditioning(export: Path, images: np.ndarray, folder: Path, partial: bool):
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    latents = training_latents(AutoencoderKL.from_pretrained(str(export / "vae")).eval(), images, folder)
-    text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"))
+    vae = AutoencoderKL.from_pretrained(str(export / "vae"), use_safetensors=True, local_files_only=True)
+    latents = training_latents(vae.eval(), images, folder)
+    text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"), use_safetensors=True,
+                                                 local_files_only=True)
     captions = data.all_captions("train")
     text = cached(folder / "text_states.safetensors",
                   lambda: {"states": encode_text(text_encoder, captions), "empty": encode_text(text_encoder, [""])},

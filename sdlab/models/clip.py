@@ -10,7 +10,7 @@ from pathlib import Path
 from sdlab.errors import UserError
 from sdlab.metrics.clip import CLIP_MEAN, CLIP_STD, ClipModel
 from sdlab.models.loading import PROJECT_ROOT, cached_snapshot
-from sdlab.models.model_files import PICKLE_SUFFIXES, weights_fingerprint
+from sdlab.models.model_files import check_component_files, weights_fingerprint
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,7 @@ def check_clip_folder(folder: Path, name: str) -> None:
     if not (folder / "config.json").is_file():
         hint = " (train the miniature model first, or pick clip=none)" if name == "mini" else ""
         raise UserError(f"clip={name}: no CLIP model at {folder} (config.json missing){hint}")
-    if not any(folder.glob("*.safetensors")):
-        if pickles := [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]:
-            raise UserError(f"refusing pickle weights {folder / pickles[0]}: sdlab loads safetensors only")
-        raise UserError(f"clip={name}: no .safetensors weights in {folder}")
+    check_component_files(folder)
 
 
 def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:

@@ -54,16 +54,35 @@ def _check_weights(folder: Path, signature: tuple) -> None:
     if not (folder / "model_index.json").is_file():
         raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
     for component in weight_components(folder):
-        if loaded_weights(folder / component):
-            continue
-        files = [p for p in (folder / component).glob("*") if p.is_file()]
-        if variants := [p.name for p in files if p.suffix == ".safetensors"]:
-            raise UserError(f"no diffusion_pytorch_model.safetensors or model.safetensors in {folder / component} "
-                            f"(only {variants[0]}, which diffusers loads only as a variant); give the weights that name")
-        if pickles := [p.name for p in files if p.suffix in PICKLE_SUFFIXES]:
-            raise UserError(f"refusing pickle weights {folder / component / pickles[0]}: sdlab loads safetensors only "
-                            "(convert them with diffusers' save_pretrained(safe_serialization=True))")
-        raise UserError(f"no .safetensors weights in {folder / component}")
+        check_component_files(folder / component)
+
+
+def check_component_files(component: Path) -> None:
+    """Refuse a component folder without the safetensors diffusers loads: pickles, a variant only, or no weights."""
+    if loaded_weights(component):
+        return
+    files = [p for p in component.glob("*") if p.is_file()]
+    if variants := [p.name for p in files if p.suffix == ".safetensors"]:
+        raise UserError(f"no diffusion_pytorch_model.safetensors or model.safetensors in {component} "
+                        f"(only {variants[0]}, which diffusers loads only as a variant); give the weights that name")
+    if pickles := [p.name for p in files if p.suffix in PICKLE_SUFFIXES]:
+        raise UserError(f"refusing pickle weights {component / pickles[0]}: sdlab loads safetensors only "
+                        "(convert them with diffusers' save_pretrained(safe_serialization=True))")
+    raise UserError(f"no .safetensors weights in {component}")
+
+
+def check_component_folder(folder: Path, label: str, component: str) -> None:
+    """Refuse `label` (`key=value`) unless `folder` is a local `component` folder: config.json and its safetensors."""
+    allowed = f"give a local {component} folder with config.json and .safetensors weights"
+    if folder.is_file():
+        if folder.suffix in PICKLE_SUFFIXES:
+            raise UserError(f"refusing pickle checkpoint {label}: sdlab loads safetensors only; {allowed}")
+        raise UserError(f"{label} is a file; {allowed}")
+    if not folder.is_dir():  # never a Hugging Face repo id: nothing is downloaded
+        raise UserError(f"{label} does not exist; {allowed}")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{label} has no config.json; {allowed}")
+    check_component_files(folder)
 
 
 def loaded_weights(component: Path) -> list[Path]:
