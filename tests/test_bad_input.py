@@ -325,6 +325,33 @@ DAMAGES = {
     "scheduler trained timesteps not a number": (
         lambda f, o: set_json(f / "scheduler/scheduler_config.json", num_train_timesteps="many"),
         "num_train_timesteps='many'"),
+    # scheduler config values: were a 40 GB allocation, a minute and 7.5 GB to a NaN, a TypeError, a line not naming it
+    "scheduler trained timesteps past any allocation": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", num_train_timesteps=10**10),
+        "scheduler/scheduler_config.json: num_train_timesteps=10000000000 must be an integer in [1, 100000]"),
+    "scheduler trained timesteps a minute's worth": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", num_train_timesteps=10**8),
+        "scheduler/scheduler_config.json: num_train_timesteps=100000000 must be an integer in [1, 100000]"),
+    "scheduler beta_start not a number": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", beta_start="x"),
+        "scheduler/scheduler_config.json: beta_start='x' is not a number"),
+    "scheduler beta_end not below 1": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", beta_end=1.5),
+        "scheduler/scheduler_config.json: beta_end=1.5 must be a number in (0, 1)"),
+    "scheduler betas falling": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", beta_start=0.02, beta_end=0.001),
+        "scheduler/scheduler_config.json: beta_start=0.02 is more than beta_end=0.001"),
+    "scheduler beta_schedule unknown": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", beta_schedule="evil"),
+        "scheduler/scheduler_config.json: unknown beta_schedule 'evil'; choose one of: linear, scaled_linear, "
+        "squaredcos_cap_v2"),
+    "scheduler prediction_type unknown": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", prediction_type="noise"),
+        "scheduler/scheduler_config.json: unknown prediction_type 'noise'; choose one of:"),
+    "scheduler timestep_spacing unknown": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", timestep_spacing="evenly"),
+        "scheduler/scheduler_config.json: unknown timestep_spacing 'evenly'; choose one of: leading, linspace, "
+        "trailing"),
 }
 
 
@@ -340,8 +367,12 @@ def test_damaged_model_folder_is_one_line_naming_the_file(run_sdlab, saved_tiny,
     assert_refused(run_sdlab, capsys, tmp_path, args, fragment)
 
 
-@pytest.mark.parametrize("damage", ["model_index.json not JSON", "component symlinked outside", "unet weights truncated",
-                                    "tokenizer not JSON", "scheduler config missing"])
+BEFORE_TORCH = ["model_index.json not JSON", "component symlinked outside", "unet weights truncated",
+                "tokenizer not JSON", "scheduler config missing", "scheduler trained timesteps past any allocation",
+                "scheduler beta_schedule unknown"]
+
+
+@pytest.mark.parametrize("damage", BEFORE_TORCH)
 def test_a_folder_damaged_in_its_files_is_refused_before_torch_or_diffusers_is_imported(saved_tiny, tmp_path, damage):
     """Links, JSON files and safetensors headers need no library to read: such a folder is refused about as fast as
     a missing one (seconds sooner than after the scheduler checks import diffusers and torch)."""
@@ -367,6 +398,37 @@ def test_an_intact_folder_passes_the_checks_and_a_cache_snapshot_may_link_into_i
     shutil.copytree(saved_tiny, snapshot)
     link_file_outside(snapshot, blobs, UNET)
     check_pipeline_folder(snapshot)
+
+
+@pytest.mark.parametrize("target", ["beside its snapshots", "snapshots/other", "blobs_old"])
+def test_a_snapshots_folder_may_link_only_into_its_own_repo_blobs(saved_tiny, tmp_path, target):
+    """A folder whose parent is named `snapshots` is trusted to link into `../../blobs` (the Hugging Face cache
+    layout), not anywhere else: a link beside it is as much outside model.path as one from any other folder."""
+    from sdlab.errors import UserError
+    from sdlab.models.model_files import check_weights_folder
+
+    repo = tmp_path / "lk"
+    snapshot = repo / "snapshots" / "m"
+    shutil.copytree(saved_tiny, snapshot)
+    (repo / "blobs").mkdir()
+    elsewhere = repo if target == "beside its snapshots" else repo / target
+    link_file_outside(snapshot, elsewhere, "tokenizer/tokenizer.json")
+    with pytest.raises(UserError, match=r"tokenizer/tokenizer\.json is a link to .*, outside model\.path="):
+        check_weights_folder(snapshot)
+
+
+def test_every_scheduler_config_sdlab_ships_passes_the_folder_check():
+    """The scheduler config bounds refuse none that sdlab ships: each family record's (built in code) and each model
+    folder in models/, read as model.path reads a folder."""
+    from sdlab.models.architectures import ARCHITECTURES
+    from sdlab.models.model_files import check_scheduler_config, scheduler_config
+
+    for name, arch in ARCHITECTURES.items():
+        check_scheduler_config({"_class_name": arch.scheduler_class, **arch.scheduler}, f"model {name}")
+    shipped = [folder for folder in sorted((ROOT / "models").iterdir()) if (folder / "model_index.json").is_file()]
+    assert shipped
+    for folder in shipped:
+        assert scheduler_config(folder)["num_train_timesteps"] == 1000
 
 
 def test_the_class_model_index_json_names_is_checked_as_diffusers_loads_it_not_the_configs(saved_tiny, tmp_path):

@@ -18,8 +18,9 @@ from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
 from sdlab.models.memory import free_bytes
-from sdlab.models.model_files import (WEIGHT_COMPONENTS, check_named_components, check_pipeline_folder,
-                                      check_weights_folder, loaded_weights, read_object, weights_fingerprint)
+from sdlab.models.model_files import (SCHEDULER_CONFIG, WEIGHT_COMPONENTS, check_named_components,
+                                      check_pipeline_folder, check_weights_folder, loaded_weights,
+                                      scheduler_config, weights_fingerprint)
 from sdlab.models.schedulers import check_steps
 from sdlab.untrusted import open_regular
 
@@ -205,8 +206,7 @@ def published_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
         return {"_class_name": built_in(spec).scheduler_class, **built_in(spec).scheduler}, f"model {spec.name}"
     folder = model_folder(spec)
     check_weights_folder(folder)
-    path = folder / "scheduler" / "scheduler_config.json"
-    return read_object(path), str(path)
+    return scheduler_config(folder), str(folder.joinpath(*SCHEDULER_CONFIG))
 
 
 def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationParams) -> None:

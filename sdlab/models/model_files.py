@@ -15,7 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from sdlab.config import SCHEDULER_OPTIONS, Field, check_fields
 from sdlab.errors import UserError
+from sdlab.metrics.schedule import PREDICTION_TYPES, SCHEDULES
 from sdlab.models.architectures import Part, build_part
 from sdlab.untrusted import open_regular, parse_json
 
@@ -24,6 +26,25 @@ WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder
 REQUIRED_COMPONENTS = ("vae", "text_encoder")  # and the denoiser model_index.json names: UNet or transformer
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
+MAX_TRAIN_TIMESTEPS = 100_000  # published models train on 1000; 10**8 took a minute and 7.5 GB, 10**10 40 GB at once
+BETA = Field("number", math.ulp(0.0), math.nextafter(1.0, 0.0), plain=True, rule="a number in (0, 1)")
+# A scheduler config's values as sdlab's scheduler options are checked, and those that size and shape its schedule;
+# the strings as the diffusers schedulers sdlab runs accept them (each reads the config of the model's own scheduler)
+SCHEDULER_FIELDS = {
+    **SCHEDULER_OPTIONS,
+    "flow_shift": SCHEDULER_OPTIONS["shift"],  # the multistep solvers' name for it
+    "num_train_timesteps": Field("int", 1, MAX_TRAIN_TIMESTEPS, rule=f"an integer in [1, {MAX_TRAIN_TIMESTEPS}]"),
+    "beta_start": BETA,
+    "beta_end": BETA,
+    "beta_schedule": Field("choice", choices=SCHEDULES, plain=True),
+    "prediction_type": Field("choice", choices=(*PREDICTION_TYPES, "flow_prediction"), plain=True),
+    "algorithm_type": Field("choice", choices=("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++", "deis"),
+                            plain=True),
+    "solver_type": Field("choice", choices=("midpoint", "heun", "logrho", "bh1", "bh2"), plain=True),
+    "time_shift_type": Field("choice", choices=("exponential", "linear"), plain=True),
+    "interpolation_type": Field("choice", choices=("linear", "log_linear"), plain=True),
+    "timestep_type": Field("choice", choices=("discrete", "continuous"), plain=True),
+}
 # Classes a component's config is built with when it does not name one (old diffusers/transformers saves)
 DEFAULT_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel"}
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
@@ -91,10 +112,10 @@ def loaded_weights(component: Path) -> list[Path]:
 
 
 def check_links(folder: Path) -> None:
-    """Refuse a component or file that links outside the folder (a Hugging Face snapshot may link into its blobs)."""
+    """Refuse a component or file that links outside the folder (a Hugging Face snapshot: but into its repo's blobs)."""
     roots = [folder.resolve()]
-    if folder.parent.name == "snapshots":
-        roots.append(folder.parent.parent.resolve())
+    if folder.parent.name == "snapshots":  # models--org--name/snapshots/<rev>: its files link into that repo's blobs
+        roots.append((folder.parent.parent / "blobs").resolve())
     for path in [*folder.iterdir(), *(p for d in folder.iterdir() if d.is_dir() for p in d.iterdir())]:
         try:
             real = path.resolve()
@@ -119,6 +140,24 @@ def read_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
     return data
+
+
+def check_scheduler_config(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """The scheduler config if its values fit SCHEDULER_FIELDS and its betas rise, else a UserError naming `source`."""
+    try:
+        check_fields(config, SCHEDULER_FIELDS)
+        start, end = config.get("beta_start"), config.get("beta_end")
+        if start is not None and end is not None and start > end:
+            raise UserError(f"beta_start={start} is more than beta_end={end}; the betas rise from one to the other")
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    return config
+
+
+def scheduler_config(folder: Path) -> dict[str, Any]:
+    """The folder's scheduler config as published, its values checked (check_scheduler_config); no library read."""
+    path = folder.joinpath(*SCHEDULER_CONFIG)
+    return check_scheduler_config(read_object(path), str(path))
 
 
 def own_library(name: Any) -> bool:
@@ -323,7 +362,7 @@ def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, An
     classes = check_index(folder / "model_index.json")
     components = weight_components(folder)
     configs = {component: read_object(folder / component / "config.json") for component in components}
-    read_object(folder.joinpath(*SCHEDULER_CONFIG))
+    scheduler_config(folder)
     for tokenizer in TOKENIZERS:
         if tokenizer == "tokenizer" or (folder / tokenizer).exists():
             check_tokenizer(folder / tokenizer)
