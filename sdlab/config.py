@@ -15,6 +15,7 @@ from typing import Any
 
 from sdlab.conf_files import conf_values, group_options
 from sdlab.errors import UserError
+from sdlab.untrusted import check_text
 
 MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
 MODEL_FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "models" / "families").glob("*.py")
@@ -72,7 +73,14 @@ class Field:
         return f"{WORDS[self.kind]}{each} {bounds}" if bounds else WORDS[self.kind]
 
     def check(self, name: str, value: Any) -> Any:
-        """The value, normalised (integral float -> int, lone item -> list), or a UserError naming what is allowed."""
+        """The value, normalised (integral float -> int, lone item -> list), or a UserError naming what is allowed;
+        text holds no control character."""
+        value = self._check(name, value)
+        for text in [value] if isinstance(value, str) else value if self.kind == "strs" and value else ():
+            check_text(text, name)
+        return value
+
+    def _check(self, name: str, value: Any) -> Any:
         if value is None and self.optional:
             return None
         if self.plain:

@@ -75,7 +75,7 @@ def read_prompt_lines(path: str | Path, label: str, limit: dict[str, int]) -> li
     except UnicodeDecodeError as e:
         raise UserError(f"{label} is not UTF-8 text (byte {e.start}); give a text file, one prompt per line") from None
     check_text(text, label)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in re.split(r"\r?\n|\r", text) if line.strip()]  # splitlines ends more: U+2028
     if len(lines) > limit["max_prompt_lines"]:
         raise UserError(f"{label} holds {len(lines)} prompts, more than limits.max_prompt_lines="
                         f"{limit['max_prompt_lines']}; " + RAISE_HINT.format("max_prompt_lines"))

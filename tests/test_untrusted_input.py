@@ -411,3 +411,11 @@ def test_a_prompt_with_a_line_break_cannot_print_a_log_line_of_its_own(tmp_path)
     assert sum("prompt=a red circle\\n" + forged in line for line in lines) == 2, done.stdout  # job and image lines
     table = pd.read_csv(tmp_path / "sweep" / "results.csv")
     assert f"a red circle\n{forged}" in set(table["prompt"])  # the table keeps the prompt as typed
+
+
+def test_a_prompt_files_lines_end_at_newlines_only(tmp_path):
+    """Python's splitlines also ends a line at U+2028, U+0085 and a form feed: a one-line file was two prompts."""
+    (tmp_path / "p.txt").write_text("a red circle\u2028on blue\r\na green\x0csquare\u0085 at the top\n\n",
+                                    encoding="utf-8")
+    assert read_prompt_lines(tmp_path / "p.txt", "prompt_file=p.txt", LIMITS) == [
+        "a red circle\u2028on blue", "a green\x0csquare\u0085 at the top"]
