@@ -171,3 +171,18 @@ def test_an_image_tools_settings_sdlab_does_not_read_are_named(tmp_path, caplog)
     assert (f"params={tmp_path / 'a1111.png'}: sdlab does not read the image tool's Model hash: 6ce0161689, "
             "Model: v1-5-pruned-emaonly, Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, "
             'Lora hashes: "a: 1f, b: 2e"; its image may differ') in caplog.text
+
+
+@pytest.mark.parametrize("name,expected", [("dpmpp_2m_karras", "dpmpp_2m_karras"), ("DPM++ 2M Karras", "dpmpp_2m_karras"),
+                                           ("Euler a", "euler_a")])
+def test_a_params_files_scheduler_may_be_sdlabs_name_or_the_sampler_an_image_tool_shows(tmp_path, name, expected):
+    (tmp_path / "p.json").write_text(json.dumps({"scheduler": name}))
+    assert load_params(tmp_path / "p.json")["scheduler"] == expected
+
+
+def test_an_unknown_scheduler_in_a_params_file_is_named_with_its_file_before_anything_loads(tmp_path):
+    """It was refused only by the pre-flight, after importing diffusers (3 s), in a line that did not name the file."""
+    (tmp_path / "p.json").write_text(json.dumps({"scheduler": "dpmpp_2m_karas"}))
+    with pytest.raises(UserError, match=r"^params=\S+p.json: unknown scheduler 'dpmpp_2m_karas' \(did you mean "
+                                        r"dpmpp_2m_karras\?\); choose one of: ddim, .*'DPM\+\+ 2M Karras'\)$"):
+        load_params(tmp_path / "p.json")

@@ -12,7 +12,7 @@ from typing import Any
 
 from sdlab.bench.scorers import scorer_weights
 from sdlab.bench.worlds import world
-from sdlab.conf_files import known_keys
+from sdlab.conf_files import group_options, known_keys
 from sdlab.config import (
     LIMITS,
     MODEL_FAMILIES,
@@ -178,6 +178,17 @@ def sampler_to_scheduler(sampler: str, schedule_type: str | None = None) -> str:
     raise UserError(f"sampler {sampler!r} has no sdlab scheduler; choose one of: {', '.join(SAMPLER_NAMES.values())}")
 
 
+def params_scheduler(name: str, label: str) -> str:
+    """A params file's scheduler as sdlab names it: sdlab's name, or the sampler name an image tool shows."""
+    names = group_options("scheduler")
+    if name in names:
+        return name
+    if name.strip().lower() in SCHEDULERS_BY_SAMPLER:
+        return SCHEDULERS_BY_SAMPLER[name.strip().lower()]
+    raise UserError(f"{label}: unknown scheduler {name!r}{suggestion(name, names)}; choose one of: {', '.join(names)} "
+                    "(or a sampler name as image tools show it, e.g. 'DPM++ 2M Karras')")
+
+
 def from_a1111(data: dict[str, Any]) -> dict[str, Any]:
     """A params dict with A1111's names (steps, cfg_scale, sampler_name, scheduler="Karras") in sdlab's."""
     data = dict(data)
@@ -281,6 +292,8 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
             raise UserError(f"{label}: {key}={value!r} should be {kinds}")
         if isinstance(value, str):
             check_text(value, f"{label}: {key}")
+    if isinstance(data.get("scheduler"), str):
+        data["scheduler"] = params_scheduler(data["scheduler"], label)
     if found := clash(data):
         (first, second), why = found
         raise UserError(f"{label} gives both {first!r} and {second!r} ({why}); keep one")
