@@ -223,6 +223,11 @@ def test_display_overrides_show_values_as_typed():
     (["hydra.job_logging.handlers.file.filename=/nonexistent/victim.txt", "+hydra.job_logging.handlers.file.mode=w"],
      "hydra.job_logging.handlers.file.filename: a run's log is <run dir>/<hydra.job.name>.log"),  # emptied any file
     (["+hydra.job_logging.handlers.file.mode=w"], "hydra.job_logging.handlers.file.mode: a run's log is"),
+    (["params=p.json", "hydra.job.chdir=true"], "hydra.job.chdir=true: sdlab reads the files you name (params="),  # once:
+    # "params=p.json does not exist", from the run dir
+    (["prompt=a red\x01circle"], "prompt holds the control character '\\x01'; give plain text"),  # a PNG refused after
+    (["negative_prompt=\x1b[31mred"], "negative_prompt holds the control character '\\x1b'"),
+    (["experiment=clip_tokens", "prompts=['a','b\x7f']"], "prompts holds the control character '\\x7f'"),
     (["hydra.job_logging.handlers.console.class=logging.FileHandler"], "hydra.job_logging.handlers.console.class:"),
     (["+hydra.hydra_logging.handlers.f={class:logging.FileHandler,filename:/nonexistent/x}"],
      "hydra.hydra_logging.handlers.f: a run's log is"),
@@ -924,3 +929,16 @@ def test_a_logs_level_and_format_may_still_be_set(tmp_path):
                    cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "loaded model tiny" not in done.stdout and (tmp_path / "run" / "cli.log").read_text().startswith("loaded model tiny")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["-m", "guidance_scale=1,abc"], "guidance_scale='abc' is not a number"),
+    (["-m", "seed=1,-1"], "seed=-1"),
+    (["-m", "num_inference_steps=2,0"], "num_inference_steps=0"),
+])
+def test_a_bad_value_in_a_later_cell_is_refused_before_any_cell_is_checked_for_files(tmp_path, args, fragment):
+    """Every cell's values are typed before any cell's model and schedulers are checked (which imports torch and
+    diffusers): `-m guidance_scale=1,abc` took 4-6 s to say what `guidance_scale=abc` says in under one."""
+    done = entry_in_a_new_process(args, tmp_path, ("torch", "diffusers"))
+    assert done.stdout.splitlines()[-1] == "exit 2 []", done.stdout + done.stderr
+    assert fragment in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr

@@ -340,10 +340,10 @@ class ComposeOnceSweeper(Sweeper):
         if self.preflight:
             warnings, runs, cannot = {}, [], {}
             parsed, recorded = self.recorded_runs(sweep_dir, composed)
-            for n, (job, config) in enumerate(zip(jobs, composed)):
+            parsed = parsed or [composed_run(config) for config in composed]  # every value typed before any file check
+            for job, run in zip(jobs, parsed):
                 self.checking.checked(len(jobs))
                 try:
-                    run = parsed[n] if parsed else composed_run(config)
                     job_warnings = [] if recorded else check_job(run)
                 except CannotRun as e:  # a scheduler with no solver for this cell's model, from a glob(*) say
                     cannot[tuple(job)] = str(e)

@@ -159,6 +159,9 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
     check_syntax(arg)
     key, adds = key.lstrip("+"), arg.startswith("+") and not arg.startswith("++")
     check_logging_key(key)
+    if key == "hydra.job.chdir" and value.strip().lower() != "false":
+        raise UserError(f"{arg}: sdlab reads the files you name (params=, prompt_file=, images=, reference=) from where "
+                        "you start it and writes into the run dir itself; hydra.job.chdir takes false only")
     if key.startswith("hydra") or key.startswith("experiment."):
         return
     if key in GROUPS:
