@@ -690,3 +690,22 @@ def test_a_launchers_worker_leaves_ctrl_c_to_the_sweep():
     worker.start()
     assert answer.get(timeout=60) is True
     worker.join(timeout=60)
+
+
+def test_a_cell_whose_model_fails_to_load_is_a_failed_row_with_its_own_values(run_sdlab, tmp_path, monkeypatch):
+    """A model folder that pre-flight passed but diffusers would not load gave a row with no seed, model, scheduler or
+    steps: the sweep's line said `seed=nan`, and a float seed column."""
+    from sdlab.errors import UserError
+    from sdlab.jobs import generate
+
+    def cannot_load(spec):
+        raise UserError(f"model.path={spec.name} cannot be loaded: a pipeline class that does not match its parts")
+
+    monkeypatch.setattr(generate, "load_model", cannot_load)
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", "model=tiny", "num_inference_steps=1", "threads=1", "hydra.sweep.dir=s") == 1
+    table = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert table["status"].eq("error").all() and table["error"].str.contains("cannot be loaded").all()
+    assert table["seed"].tolist() == [1, 2] and table["seed"].dtype == "int64"
+    assert table["model"].eq("tiny").all() and table["num_inference_steps"].eq(1).all()
+    assert table["scheduler"].notna().all() and table["prompt"].notna().all()

@@ -29,11 +29,11 @@ try:  # the libraries load for about a second: a Ctrl-C then ends as one later d
     from sdlab.app.help import help_text, version_text
     from sdlab.bench import lock, ownership, resume
     from sdlab.bench.captions import settings_text
-    from sdlab.bench.records import identity, ordered
+    from sdlab.bench.records import failed_rows, ordered
     from sdlab.bench.report import rebuild, summarize
     from sdlab.conf_files import CONF_DIR
     from sdlab.errors import UserError
-    from sdlab.jobs import JobContext, get_job
+    from sdlab.jobs import MODEL_FREE_JOBS, JobContext, get_job
 except KeyboardInterrupt:
     print("sdlab: error: interrupted while starting; nothing was written", file=sys.stderr)
     sys.exit(INTERRUPTED)
@@ -137,8 +137,8 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
             refuse_run(out_dir, job_name, e)
         else:
             log.error("job failed: %s", e)
-        job_hash, frame = None, ordered([{**identity(ctx, ctx.run and ctx.run.job), "status": "error",
-                                          "error": f"{type(e).__name__}: {e}"}])
+        request = ctx.run is not None and ctx.run.job not in MODEL_FREE_JOBS
+        job_hash, frame = None, ordered(failed_rows(ctx, f"{type(e).__name__}: {e}", request))
     line = summarize(frame, out_dir, grid=not multirun, since=started)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     if job_hash and not failed and started:

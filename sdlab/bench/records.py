@@ -17,7 +17,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sdlab.bench.run import format_infotext
-from sdlab.config import IMAGE_PARAMS, LIMITS, TEXT_PARAMS
+from sdlab.config import IMAGE_PARAMS, LIMITS, TEXT_PARAMS, image_params
 from sdlab.errors import UserError
 from sdlab.io import atomic_path, atomic_save
 from sdlab.untrusted import parse_json, read_png_text
@@ -51,6 +51,15 @@ def identity(ctx, job: str | None, model: str | None = None) -> dict[str, Any]:
     """The columns every row starts with (`ctx` a JobContext): run, experiment, job, model, overrides, status ok."""
     return {"run_id": ctx.run_id, "experiment": ctx.experiment, "job": job, "model": model,
             "overrides": ctx.overrides, "status": "ok", "error": None}
+
+
+def failed_rows(ctx, error: str, request: bool) -> list[dict[str, Any]]:
+    """A job's rows when it made none, naming the error: with `request`, one a seed with what it asked for."""
+    run = ctx.run
+    if run is None or not request:
+        return [{**identity(ctx, run and run.job), "status": "error", "error": error}]
+    asked = {**identity(ctx, run.job, run.model.name), "scheduler": run.scheduler.name, **image_params(run.params)}
+    return [{**asked, "seed": seed, "status": "error", "error": error} for seed in run.params.seeds]
 
 
 def ordered(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
