@@ -264,3 +264,28 @@ def test_the_wall_time_is_the_commands_that_made_the_sweep_not_the_gap_between_t
     rerun = sweep("1,2,3")  # makes nothing: it adds no run
     header = embedded((tmp_path / "sweep" / "report.html").read_text())["header"]
     assert header["wall_s"] <= first + second and header["runs"] == 2, (header, rerun)
+
+
+def test_a_runs_own_images_are_not_listed_as_figures(tmp_path):
+    """`sdlab report` on a run of 4 seeds listed each image of images/ under Figures, one by one."""
+    from PIL import Image
+
+    from sdlab.bench.report import figures
+
+    (tmp_path / "images").mkdir()
+    for seed in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"seed{seed}.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "guidance_grid.png")
+    assert figures(tmp_path) == ["guidance_grid.png"]
+
+
+def test_a_runs_report_gives_the_command_that_made_it(tmp_path):
+    """A run of `seeds=[1,2]` was reported as made by `sdlab ... seed=1`: the command came from its first row, whose
+    overrides are that image's own."""
+    from cli_helpers import run_cli
+
+    done = run_cli("seeds=[1,2]", "model=tiny", "num_inference_steps=1", "threads=1", "hydra.run.dir=r", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert run_cli("report", "r", cwd=tmp_path).returncode == 0
+    header = embedded((tmp_path / "r" / "report.html").read_text())["header"]
+    assert header["command"] == f"sdlab 'seeds=[1,2]' model=tiny num_inference_steps=1 threads=1 hydra.run.dir=r"

@@ -366,3 +366,13 @@ def test_the_summary_plot_shows_the_scores_before_a_cost_it_has_no_room_for():
     shown = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
     assert shown == ["clip_score", "adherence_all", "time_total (s)", "adherence_shape", "adherence_colour",
                      "adherence_size"], shown
+
+
+def test_an_index_a_job_numbers_its_rows_by_is_no_measurement():
+    """prompt_grid's `prompt_index` had a mean and interval in summary.csv and a panel in summary.png, the same-params
+    job's `call` a mean of 1.5: inputs, summarised as if measured."""
+    from sdlab.bench.summary import metric_columns
+
+    frame = pd.DataFrame({"prompt_index": [0, 1, 2], "call": [1, 2, 1], "step": [0, 1, 2], "timestep": [999, 500, 1],
+                          "position": [0, 1, 2], "clip_score": [90.0, 80.0, 70.0]})
+    assert metric_columns(frame) == ["clip_score"]

@@ -145,7 +145,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
         made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0,  # a plan's estimate
                 "calls": resume.calls_made(frame)}  # the progress line's
         resume.mark_finished(out_dir, job_hash, {"rows": len(frame), "weights": ctx.run.weights,
-                                                 "elsewhere": ctx.elsewhere, **made})
+                                                 "elsewhere": ctx.elsewhere, "overrides": ctx.overrides, **made})
     elif multirun and not resume.read_mark(out_dir):  # ended all the same: a launcher's own process sees it end
         resume.mark_finished(out_dir, None, {"rows": len(frame), "failed": failed})
     log.info("%s: %s", out_dir / "results.csv", line)

@@ -91,6 +91,15 @@ def shell_line(words: list[str]) -> str:
     return " ".join(f'"{w}"' if "'" in w and not set(w) & set('"$`\\!') else shlex.quote(w) for w in words)
 
 
+def json_object(text: Any) -> dict | None:
+    """`text` read as a JSON object of texts (a run's overrides), else None."""
+    try:
+        found = json.loads(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) and all(isinstance(v, str) for v in found.values()) else None
+
+
 def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
     """The sweep's manifest (damaged: UserError) with the command reproducing it, else a run's from its overrides."""
     folder = Path(folder)
@@ -100,7 +109,8 @@ def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
         return {**manifest, "command": shell_line(["sdlab", "-m", *command, f"hydra.sweep.dir={folder}"])}
     if any(job.name.split("_", 1)[0].isdigit() for job in job_dirs(folder)):  # a sweep from before manifests
         return {"axes": [], "values": {}, "command": ""}
-    overrides = next((json.loads(o) for o in frame.get("overrides", []) if isinstance(o, str) and o), {})
+    typed = [read_mark(folder).get("overrides"), *frame.get("overrides", [])]  # its mark's, else its first row's
+    overrides = next((found for o in typed if isinstance(found := json_object(o), dict)), {})
     return {"axes": [], "values": {k: [str(v)] for k, v in overrides.items()},
             "command": shell_line(["sdlab", *(f"{k}={v}" for k, v in overrides.items()), f"hydra.run.dir={folder}"])}
 
@@ -161,7 +171,8 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[st
 def figures(folder: Path) -> list[str]:
     """Figures jobs drew: regular files in the folder and its job folders (none leading out), as relative paths."""
     folder = Path(folder)
-    relative = [p.relative_to(folder).as_posix() for place in [folder, *job_dirs(folder)] for p in sorted(place.iterdir())
+    places = [folder, *(d for d in job_dirs(folder) if d.name != "images")]  # a run's images are its rows', no figures
+    relative = [p.relative_to(folder).as_posix() for place in places for p in sorted(place.iterdir())
                 if p.suffix in FIGURE_SUFFIXES and p.name not in SUMMARY_FILES and not p.name.startswith(".")]
     return [p for p in relative if local_file(folder, p) is not None]
 

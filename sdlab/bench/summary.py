@@ -26,7 +26,9 @@ from sdlab.metrics.stats import MIN_N, bootstrap_ci, calls, finite, mean_ci, met
 
 SUMMARY_NAME, RANKING_NAME = "summary", "ranking"
 ALL = "(all)"
-NOT_METRICS = {*PARAM_COLUMNS, "batch_size", "prompt_truncated_tokens", "job", "stochastic"}
+# inputs, and the indices a job numbers its rows by (a prompt's, a call's, a step's, a token's position)
+NOT_METRICS = {*PARAM_COLUMNS, "batch_size", "prompt_truncated_tokens", "job", "stochastic", "prompt_index", "call",
+               "step", "timestep", "position"}
 REPLICATES = ("seed", "seeds")  # the unit of pairing, never a parameter to rank
 MAIN_METRICS = ("clip_score", "adherence_all")  # the first one present is the sweep's main metric
 LOWER_IS_BETTER = ("time_", "nfe", "latent_rmse", "peak_mem_bytes")
