@@ -709,3 +709,22 @@ def test_a_cell_whose_model_fails_to_load_is_a_failed_row_with_its_own_values(ru
     assert table["seed"].tolist() == [1, 2] and table["seed"].dtype == "int64"
     assert table["model"].eq("tiny").all() and table["num_inference_steps"].eq(1).all()
     assert table["scheduler"].notna().all() and table["prompt"].notna().all()
+
+
+def test_a_cell_that_did_not_run_keeps_its_prompt_as_the_finished_ones_hold_it(tmp_path):
+    """Its prompt came from the manifest as Hydra was given it, quotes and all: the report's grid put the missing cell in
+    a third column, `prompt='a red circle, small'`, beside the real `prompt=a red circle, small`."""
+    import shutil
+
+    from cli_helpers import run_cli
+
+    from sdlab.bench.resume import NOT_RUN, collect
+
+    done = run_cli("-m", "prompt='a red circle, small','it\\'s a ${blue} square'", "model=tiny", "num_inference_steps=1",
+                   "threads=1", "hydra.sweep.dir=s", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    made = collect(tmp_path / "s")
+    shutil.rmtree(tmp_path / "s" / "1")
+    frame = collect(tmp_path / "s")
+    assert sorted(made["prompt"]) == ["a red circle, small", "it's a ${blue} square"]
+    assert sorted(frame["prompt"]) == sorted(made["prompt"]) and (frame["error"] == NOT_RUN).sum() == 1

@@ -191,13 +191,15 @@ def key_values(jobs: list[list[str]]) -> dict[str, list[str]]:
 
 def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[str]], hydra: list[str] = (),
                    complete: bool = False, hashes: list[str] = (), finished: int = 0,
-                   warnings: list[str] | None = None) -> None:
+                   warnings: list[str] | None = None, shown: list[dict[str, str]] | None = None) -> None:
     """Record a sweep's command (`hydra`: its Hydra flags), axes, values, cell hashes, state and pre-flight warnings
-    (None: the earlier ones); its `COST` and `SPENT` stay."""
+    (None: the earlier ones); each cell's swept values as `shown` (the text a job gets), else as typed; its `COST` and
+    `SPENT` stay."""
     earlier = read_manifest(sweep_dir) or {}
     warnings = earlier.get("warnings", []) if warnings is None else list(warnings)
     values, axes = key_values(jobs), varying_keys(jobs)
-    jobs_axes = [{k: v for k, _, v in (item.lstrip("+~").partition("=") for item in job) if k in axes} for job in jobs]
+    typed = [dict(item.lstrip("+~").partition("=")[::2] for item in job) for job in jobs] if shown is None else shown
+    jobs_axes = [{k: v for k, v in cell.items() if k in axes} for cell in typed]
     command = [*task_overrides, *(h for h in hydra if not h.startswith(("hydra.mode=", "hydra.sweep.dir=")))]
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
                 "cells": len(jobs), "finished": finished, "axes": axes, "values": values, "jobs": jobs_axes,
