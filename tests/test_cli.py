@@ -77,6 +77,8 @@ def test_sweep_over_recipes_has_one_root(run_sdlab, tmp_path, monkeypatch, capsy
         assert sheet.width > 1000 and sheet.height > 300
     where = Path("outputs") / "experiments" / root.name  # the sweep's last line names them as it names the rest
     assert f"index of 2 recipes, 2 figures: {where / 'index.md'}, {where / 'contact_sheet.png'}" in out, out
+    command = json.loads((root / "sweep.json").read_text())["command"]  # what was typed, not the subdir sdlab adds
+    assert command == ["experiment=article_b5_cfg_toy,article_d2_timestep_embedding", "threads=1"], command
 
 
 def test_the_index_marks_a_figure_made_on_a_model_the_recipe_was_not_made_for(tmp_path):

@@ -180,7 +180,9 @@ def test_the_rows_table_leads_with_what_varies_and_its_scores(tmp_path):
     its swept values and scores sat a page-width to the right."""
     root = fake_sweep(tmp_path / "sweep")
     data = report_data(pd.read_parquet(root / "results.parquet"), root)
-    lead = ["seed", "guidance_scale", "scheduler", *data["metrics"], "status", "error"]
+    scores = [m for m in data["metrics"] if m in ("clip_score", "adherence_all")]
+    lead = ["seed", "guidance_scale", "scheduler", *scores, "status", "error",
+            *(m for m in data["metrics"] if m not in scores)]  # the README's order: scores and status, then costs
     assert data["columns"][:len(lead)] == lead and "run_id" in data["columns"][len(lead):]
     assert sorted(data["columns"]) == sorted(pd.read_parquet(root / "results.parquet").columns)
     row = dict(zip(data["columns"], data["rows"][0]))
@@ -289,3 +291,16 @@ def test_a_runs_report_gives_the_command_that_made_it(tmp_path):
     assert run_cli("report", "r", cwd=tmp_path).returncode == 0
     header = embedded((tmp_path / "r" / "report.html").read_text())["header"]
     assert header["command"] == f"sdlab 'seeds=[1,2]' model=tiny num_inference_steps=1 threads=1 hydra.run.dir=r"
+
+
+def test_the_rows_table_leads_with_what_varies_then_scores_then_status():
+    """The README's order (swept values, seed, scores and status first): costs came between the seed and the scores,
+    and the status after every score column."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = fake_sweep(Path(folder) / "sweep")
+        columns = report_data(pd.read_parquet(root / "results.parquet"), root)["columns"]
+    assert columns[:7] == ["seed", "guidance_scale", "scheduler", "clip_score", "adherence_all", "status", "error"]
+    assert columns.index("time_total_s") > columns.index("error") and columns.index("nfe") > columns.index("error")

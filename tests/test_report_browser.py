@@ -147,3 +147,20 @@ def test_a_sweep_of_seeds_alone_shows_each_score_over_them_and_no_dead_links(bro
     fake_sweep(tmp_path / "grid")
     browser_page.goto(rebuild(tmp_path / "grid").as_uri())
     assert "only seed" not in browser_page.inner_text("#ranking") and browser_page.locator("#summary table").count() == 0
+
+
+def test_a_sweep_over_recipes_has_no_grid_and_says_only_the_recipe_was_swept(browser_page, tmp_path):
+    """Its report drew an experiment x scheduler grid of 'no cell' boxes, listed each recipe's own settings as swept
+    and took the first recipe's name for its title."""
+    import pandas as pd
+
+    from sdlab.bench.report import build_report
+
+    root = fake_sweep(tmp_path / "recipes", seeds=(1,), guidance=(1.0, 7.5), schedulers=("ddim",), failed=None)
+    frame = pd.read_parquet(root / "results.parquet")
+    frame["experiment"] = ["article_a3_schedule", "article_b6_ddim_steps"]
+    frame["scheduler"] = ["ddim", "dpmpp_2m"]
+    browser_page.goto(build_report(root, frame).as_uri())
+    assert browser_page.inner_text("h1") == "experiments: recipes"
+    assert browser_page.locator("#header dt:text-is('swept') + dd").inner_text() == "experiment"
+    assert browser_page.is_hidden("#grid-section") and browser_page.is_hidden("nav a[href='#grid-section']")

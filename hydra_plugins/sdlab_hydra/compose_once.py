@@ -26,7 +26,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
-from sdlab.app.arguments import display_overrides, hydra_quote, named_by_sdlab, override_parser
+from sdlab.app.arguments import RECIPES_SUBDIR, display_overrides, hydra_quote, named_by_sdlab, override_parser
 from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
 from sdlab.app.compose import SWEEP_CELLS, composed_run, parse_job, resolved, task_overrides
 from sdlab.app.preflight import check_job, check_sweep, sweep_plan
@@ -394,8 +394,10 @@ class ComposeOnceSweeper(Sweeper):
                 lock.release(Path(sweep_dir))
                 raise
             task, hydra = (OmegaConf.to_container(self.config.hydra.overrides[k], resolve=False) for k in ("task", "hydra"))
+            hydra = [h for h in hydra if h != RECIPES_SUBDIR]  # sdlab's own over recipes: a rerun adds it again
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
-                           finished=len(finished), warnings=None if recorded else warnings)
+                           finished=len(finished), warnings=None if recorded else warnings,
+                           shown=[display_overrides(job) for job in launched])
             taken = (f"; {len(finished)} finished before: not run again (resume=false runs them again)"
                      if finished and hasattr(self.launcher, "finished") else "")
             taken += f"; {len(reweighted)} made from weights that changed since: made again" if reweighted else ""

@@ -30,6 +30,7 @@ INTERPOLATION = re.compile(r"(\\*)\$\{")  # `${` and the backslashes before it
 ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what escape_interpolation makes of it
 RECIPES_ROOT = Path("outputs") / "experiments"  # where a sweep over recipes lands
 RECIPES_SWEEP_DIR = f"hydra.sweep.dir='{RECIPES_ROOT}/multirun_${{now:%Y-%m-%d_%H-%M-%S}}'"  # see default_sweep_dir
+RECIPES_SUBDIR = "hydra.sweep.subdir='${job_folder:${hydra.job.num}}_${hydra.runtime.choices.experiment}'"
 SWEEP_FUNCTIONS = ("glob(", "choice(", "range(", "interval(", "tag(", "sort(", "shuffle(")
 # Hydra's own flags (hydra.main's `--help` page lists them): switches, and flags that take a value.
 SWITCHES = (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"), ("--multirun", "-m"),
@@ -296,7 +297,7 @@ def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     given = {a.partition("=")[0] for a in overrides}
     added = [] if "hydra.sweep.dir" in given else [RECIPES_SWEEP_DIR]
     if "hydra.sweep.subdir" not in given:
-        added.append("hydra.sweep.subdir='${job_folder:${hydra.job.num}}_${hydra.runtime.choices.experiment}'")
+        added.append(RECIPES_SUBDIR)
     return added
 
 

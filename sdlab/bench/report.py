@@ -147,6 +147,12 @@ def png_parameters(path: Path | None) -> str | None:
     return text[:PNG_TEXT_MAX] if text is not None else None
 
 
+def recipes_title(frame: pd.DataFrame) -> str:
+    """The recipe a page's rows come from; `experiments` over several."""
+    names = list(dict.fromkeys(frame["experiment"].dropna())) if "experiment" in frame else []
+    return names[0] if len(names) == 1 else "experiments" if names else "sdlab"
+
+
 def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
     """What the page's header says: command, constant parameters, model, device, versions, counts, wall time and the
     sweep's pre-flight warnings."""
@@ -157,7 +163,7 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[st
                   and not (key in REPLICATES and "seed" in axes)}  # `seeds=[1,2,3]`: one value, a seed a row
     first = lambda column: next((v for v in frame.get(column, []) if isinstance(v, str) and v), None)  # noqa: E731
     return {
-        "title": f"{frame['experiment'].iloc[0] if 'experiment' in frame and len(frame) else 'sdlab'}: {Path(folder).name}",
+        "title": f"{recipes_title(frame)}: {Path(folder).name}",
         "command": manifest["command"], "constants": constants, "model": constants.get("model"),
         "device": first("device"), "versions": json.loads(first("versions") or "{}"),
         "ok": len(ok), "failed": len(frame) - len(ok), "runs": len(manifest.get(SPENT, [])) or 1,
@@ -196,16 +202,18 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     folder = Path(folder)
     frame = frame.reset_index(drop=True).drop(columns=["image_features"], errors="ignore")
     manifest = run_manifest(folder, frame)
-    axes = sweep_axes(frame, manifest["axes"])
+    recipes = "experiment" in frame and frame["experiment"].nunique() > 1  # each its own settings: no grid over them
+    axes = ["experiment"] if recipes else sweep_axes(frame, manifest["axes"])
     labels = {k: axis_values(frame, k) for k in axes}
     paths = frame["image_path"] if "image_path" in frame else [None] * len(frame)
     images = [local_file(folder, p) for p in paths]  # only regular files inside the folder are shown or read
     metrics = metric_columns(frame)
-    lead = [c for c in dict.fromkeys([*axes, "seed", *metrics, "status", "error"]) if c in frame]
+    scores = [m for m in metrics if score_direction(m)]
+    lead = [c for c in dict.fromkeys([*axes, "seed", *scores, "status", "error", *metrics]) if c in frame]
     frame = frame[lead + [c for c in frame.columns if c not in lead]]  # the rows table: what varies, then the rest
     ranking = rank(frame, manifest["axes"])
     return {
-        "header": header(frame, folder, axes, manifest), "columns": list(frame.columns),
+        "header": header(frame, folder, axes, manifest), "columns": list(frame.columns), "grid": not recipes,
         "rows": [[plain(v) for v in record] for record in frame.itertuples(index=False, name=None)],
         "axes": axes, "values": {k: list(dict.fromkeys(labels[k])) for k in axes},
         "labels": [[labels[k][i] for k in axes] for i in range(len(frame))],

@@ -73,6 +73,11 @@ function cellFor(i) {
   return cell;
 }
 function renderGrid() {
+  if (!D.grid) {
+    document.getElementById("grid-section").hidden = true;
+    document.querySelector("nav a[href='#grid-section']").hidden = true;
+    return;
+  }
   const xi = D.axes.indexOf(state.x), yi = D.axes.indexOf(state.y);
   const xs = xi < 0 ? [""] : D.values[state.x], ys = yi < 0 ? [""] : D.values[state.y];
   const index = new Map();
