@@ -157,3 +157,12 @@ def test_a_negative_prompt_a_guidance_distilled_model_never_reads_is_said(run_sd
     assert run_sdlab("model=sd3_tiny", "negative_prompt=blue", "num_inference_steps=1", "threads=1",
                      f"hydra.run.dir={tmp_path / 'sd3'}") == 0
     assert "is not used by" not in capsys.readouterr().out
+
+
+def test_a_word_with_digits_symbols_or_another_script_is_named_whole():
+    """`3d` was named `d`, `8k` `k`, and `#1`, `$5` and `猫` not at all: a prompt of them got no warning."""
+    from sdlab.bench.worlds import world
+
+    shapes = world("shapes")
+    assert shapes.unknown_words("a red circle 3d, 8k #1 $5 猫 (small)") == ["3d", "8k", "#1", "$5", "猫"]
+    assert shapes.unknown_words("a small red circle, in the centre; on a blue background.") == []

@@ -26,7 +26,7 @@ class World:
 
     def unknown_words(self, prompt: str) -> list[str]:
         """Words of `prompt` this world's prompts never use, in order."""
-        return [w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in self.words]
+        return [w for w in re.findall(r"""[^\s,.;:!?()\[\]{}"']+""", prompt.lower()) if w not in self.words]
 
 
 def world(name: Any, key: str = "sample_world") -> World:
