@@ -231,7 +231,7 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
         name = f"{item.get('config')} {sampler} {steps} steps"
     return {"name": name, "config": dict(config), "config_name": config_name if isinstance(config_name, str)
             else "custom", "sampler": sampler, "options": options, "steps": steps, "width": width,
-            "height": height, "flux_sigmas": bool(item.get("flux_sigmas"))}
+            "height": height, "flux_sigmas": bool(item.get("flux_sigmas")), "model": item.get("model")}
 
 
 def model_family(run: Run) -> dict[str, Any]:
@@ -259,9 +259,11 @@ def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
         curves_.append(curve.assign(family=f["name"]))
         visits_.append(visits.assign(family=f["name"], sampler=f["sampler"], num_inference_steps=f["steps"]))
         crossing = log_snr_crossing(curve["t"], curve["log_snr"])
-        rows.append({**identity(ctx, "schedule_snr", ctx.run.model.name), "family": f["name"],
+        sized = f["model"] is not None or mu is not None  # a config's schedule owes nothing to a size but Flux's shift
+        rows.append({**identity(ctx, "schedule_snr", f["model"]), "family": f["name"],
                      "family_config": f["config_name"], "sampler": f["sampler"], "num_inference_steps": f["steps"],
-                     "width": f["width"], "height": f["height"], "kind": process.kind, "shift": shift,
+                     "width": f["width"] if sized else None, "height": f["height"] if sized else None,
+                     "kind": process.kind, "shift": shift,
                      "mu": float("nan") if mu is None else float(mu), "crossing_t": crossing,
                      "crossing_t_closed_form": closed, "log_snr_t0": float(curve["log_snr"].iloc[0]),
                      "log_snr_t1": float(curve["log_snr"].iloc[-1]),
