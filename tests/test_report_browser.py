@@ -164,3 +164,10 @@ def test_a_sweep_over_recipes_has_no_grid_and_says_only_the_recipe_was_swept(bro
     assert browser_page.inner_text("h1") == "experiments: recipes"
     assert browser_page.locator("#header dt:text-is('swept') + dd").inner_text() == "experiment"
     assert browser_page.is_hidden("#grid-section") and browser_page.is_hidden("nav a[href='#grid-section']")
+
+
+def test_a_sweep_from_before_manifests_shows_no_command_rather_than_null(browser_page, tmp_path):
+    root = fake_sweep(tmp_path / "old", failed=None)
+    (root / "sweep.json").unlink()
+    browser_page.goto(build_report(root).as_uri())
+    assert browser_page.locator("#command").count() == 0 and "null" not in browser_page.inner_text("#header")

@@ -37,7 +37,7 @@ function renderHeader() {
   add("versions", Object.entries(h.versions).map(([k, v]) => `${k} ${v}`).join(", "));
   add("warnings", (h.warnings || []).length ? el("ul", { class: "warnings" }, ...h.warnings.map(w => el("li", { text: w }))) : null);
   document.getElementById("header").append(el("h1", { text: h.title }),
-    h.command ? el("code", { id: "command", text: h.command }) : null, facts);
+    ...(h.command ? [el("code", { id: "command", text: h.command })] : []), facts);
 }
 
 function options(select, values, selected) {
