@@ -155,7 +155,8 @@ def test_the_command_line_wins_over_the_file_and_says_what_gave_way(tmp_path, ca
                                                                                config["scheduler"]["name"])
     assert merged["prompt"] == "a red circle"
     shown = ", ".join(f"{key}={value!r}" for key, value in given.items())
-    assert f"params={path}: {shown} from the file give way to the command line" in caplog.text
+    verb = "gives" if len(given) == 1 else "give"
+    assert f"params={path}: {shown} from the file {verb} way to the command line" in caplog.text
 
 
 def test_an_image_tools_settings_sdlab_does_not_read_are_named(tmp_path, caplog):

@@ -91,7 +91,8 @@ def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, 
         else:
             config[key] = value
     if gave_way:
-        said_once(f"params={config['params']}: {', '.join(gave_way)} from the file give way to the command line")
+        said_once(f"params={config['params']}: {', '.join(gave_way)} from the file "
+                  f"{'gives' if len(gave_way) == 1 else 'give'} way to the command line")
     if "seed" in params and "seeds" not in params and "seeds" not in overridden:
         config["seeds"] = None  # the file's single seed wins over a recipe's seed list
     return config
