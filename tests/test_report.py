@@ -304,3 +304,17 @@ def test_the_rows_table_leads_with_what_varies_then_scores_then_status():
         columns = report_data(pd.read_parquet(root / "results.parquet"), root)["columns"]
     assert columns[:7] == ["seed", "guidance_scale", "scheduler", "clip_score", "adherence_all", "status", "error"]
     assert columns.index("time_total_s") > columns.index("error") and columns.index("nfe") > columns.index("error")
+
+
+def test_sdlab_report_rebuilds_a_sweeps_missing_table_from_its_jobs(tmp_path):
+    """`sdlab report --help` says it rebuilds the table; a sweep whose results.* went was reported from its jobs' rows
+    but left without them."""
+    from sdlab.bench.report import rebuild
+
+    root = fake_sweep(tmp_path / "sweep")
+    made = pd.read_parquet(root / "results.parquet")
+    for name in ("results.parquet", "results.csv"):
+        (root / name).unlink()
+    rebuild(root)
+    rebuilt = pd.read_parquet(root / "results.parquet")
+    assert sorted(rebuilt["run_id"]) == sorted(made["run_id"]) and (root / "results.csv").is_file()

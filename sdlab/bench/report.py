@@ -7,6 +7,7 @@ import html
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import sys
@@ -268,6 +269,8 @@ def rebuild(folder: Path) -> Path:
                         f"if it made this one, mark it with `touch {folder / MARK}`")
     check_ours(folder / REPORT_NAME)
     axes = run_manifest(folder, frame)["axes"]  # a damaged manifest stops it here, before anything is written
+    if not any(os.path.lexists(folder / f"{TABLE_NAME}.{kind}") for kind in ("parquet", "csv")):  # collected
+        write_table(frame, folder)  # from its jobs: the sweep's table went, and nothing stands in its place
     try:
         owned = owns_summary(folder)
     except Exception as e:  # pyarrow raises many types for a damaged file
