@@ -282,9 +282,9 @@ def test_schedule_snr_on_flux_draws_the_shift_of_the_size_asked_for(tmp_path):
     assert (own["width"], own["height"]) == (512, 512) and own["mu"] == pytest.approx(mu)
     assert own["crossing_t"] == pytest.approx(1 / (1 + math.exp(mu)), abs=1e-3)
     assert own["family"] == "model=flux_tiny (euler, 512 px)" and own["model"] == "flux_tiny"
-    # SD 1.5's schedule beside it is a config, not this model, and no size decides it (its row said flux_tiny, 1024 px)
+    # SD 1.5's schedule beside it owes nothing to a size (its row said 1024 px): the row of a run on flux_tiny
     sd15 = pd.read_parquet(out / "results.parquet").iloc[1]
-    assert sd15["family"].startswith("SD 1.5") and pd.isna(sd15["model"]) and pd.isna(sd15["width"]), sd15
+    assert sd15["family"].startswith("SD 1.5") and pd.isna(sd15["width"]) and sd15["model"] == "flux_tiny", sd15
 
 
 def test_the_fix_named_when_schedules_meet_a_flow_model_runs_as_written(tmp_path):

@@ -260,7 +260,7 @@ def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
         visits_.append(visits.assign(family=f["name"], sampler=f["sampler"], num_inference_steps=f["steps"]))
         crossing = log_snr_crossing(curve["t"], curve["log_snr"])
         sized = f["model"] is not None or mu is not None  # a config's schedule owes nothing to a size but Flux's shift
-        rows.append({**identity(ctx, "schedule_snr", f["model"]), "family": f["name"],
+        rows.append({**identity(ctx, "schedule_snr", ctx.run.model.name), "family": f["name"],
                      "family_config": f["config_name"], "sampler": f["sampler"], "num_inference_steps": f["steps"],
                      "width": f["width"] if sized else None, "height": f["height"] if sized else None,
                      "kind": process.kind, "shift": shift,
