@@ -26,7 +26,7 @@ from sdlab.bench import lock, ownership
 from sdlab.bench.captions import counted
 from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import job_dirs
-from sdlab.bench.report import summarize
+from sdlab.bench.report import over_recipes, summarize
 from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
 from sdlab.bench.resume import (MARKER, collect, mark_calls, read_manifest, read_mark, record_spent,
                                update_manifest)
@@ -313,16 +313,20 @@ class CollectSweep(Callback):
         finally:
             lock.release(sweep_dir)
 
+    def began_at(self) -> float:
+        """When this sweep's command started (its start-up counts), else when the sweep did."""
+        return min(CollectSweep.began or self.started, self.started)
+
     def collect(self, sweep_dir: Path) -> None:
         """Write the sweep table and grid, print the summary line, and set `failures`."""
         if not sweep_dir.is_dir():
             return
         try:
             if hasattr(self, "started"):  # a sweep this process ran: its time, for the report's header
-                record_spent(sweep_dir, min(CollectSweep.began or self.started, self.started), self.started)
+                record_spent(sweep_dir, self.began_at(), self.started)
             frame = collect(sweep_dir, since=getattr(self, "started", 0.0))
             # Over recipes, a grid or a summary by recipe means nothing; an index of their figures does.
-            recipes = "experiment" in frame and frame["experiment"].nunique() > 1
+            recipes = over_recipes(frame)
             line = summarize(frame, sweep_dir, grid=not recipes, sweep=True)
             if recipes:
                 line += f"\n  {write_index(sweep_dir)}"
@@ -333,7 +337,7 @@ class CollectSweep(Callback):
         CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
         if hasattr(self, "started"):  # a sweep this process ran: what it cost, for later plans (their only loss)
             try:
-                record_cost(sweep_dir, frame, min(CollectSweep.began or self.started, self.started), self.started)
+                record_cost(sweep_dir, frame, self.began_at(), self.started)
             except Exception as e:  # noqa: BLE001 - the sweep's results stand without it
                 log.warning("sdlab: the sweep's cost was not recorded for later plans: %s: %s", type(e).__name__, e)
         if not CollectSweep.failures:

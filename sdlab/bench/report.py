@@ -148,6 +148,11 @@ def png_parameters(path: Path | None) -> str | None:
     return text[:PNG_TEXT_MAX] if text is not None else None
 
 
+def over_recipes(frame: pd.DataFrame) -> bool:
+    """Whether the rows come from several recipes: each has its own settings, so no grid or summary spans them."""
+    return "experiment" in frame and frame["experiment"].nunique() > 1
+
+
 def recipes_title(frame: pd.DataFrame) -> str:
     """The recipe a page's rows come from; `experiments` over several."""
     names = list(dict.fromkeys(frame["experiment"].dropna())) if "experiment" in frame else []
@@ -203,7 +208,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     folder = Path(folder)
     frame = frame.reset_index(drop=True).drop(columns=["image_features"], errors="ignore")
     manifest = run_manifest(folder, frame)
-    recipes = "experiment" in frame and frame["experiment"].nunique() > 1  # each its own settings: no grid over them
+    recipes = over_recipes(frame)
     axes = ["experiment"] if recipes else sweep_axes(frame, manifest["axes"])
     labels = {k: axis_values(frame, k) for k in axes}
     paths = frame["image_path"] if "image_path" in frame else [None] * len(frame)
