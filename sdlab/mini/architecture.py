@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlab.models.architectures import SD15_SCHEDULER
+from sdlab.models.model_files import SAFE_LOCAL
 
 RESOLUTION = 64
 TEXT_HIDDEN = 32
@@ -70,7 +71,7 @@ def initial(component: str, settings: dict[str, Any]):
                            "transformer": (SD3Transformer2DModel, TRANSFORMER)}[component]
     if settings.get("init_from"):
         folder = Path(str(settings["init_from"])).expanduser()  # pre-flight checked it: a local safetensors folder
-        return model_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
+        return model_class.from_pretrained(str(folder), **SAFE_LOCAL)
     config = merged(config, settings.get("architecture"))
     if component == "transformer":  # one position per patch of the 8x8 latent
         config["pos_embed_max_size"] = config["sample_size"] // config["patch_size"]

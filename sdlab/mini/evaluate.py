@@ -32,14 +32,13 @@ from sdlab.mini.train_clip import held_out_retrieval
 from sdlab.mini.train_flow import RepeatedTokenAttention
 from sdlab.mini.train_vae import vae_quality
 from sdlab.models.families import family_of_folder
-from sdlab.models.model_files import check_component_folder, check_weights_folder
+from sdlab.models.model_files import SAFE_LOCAL, check_component_folder, check_weights_folder
 from sdlab.models.schedulers import make_scheduler
 
 PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
 SHIPPED_SCHEDULERS = {"sd": "dpmpp_2m", "sd3": "euler"}  # by family: mini's DPM-Solver++ 2M, mini_flow's flow Euler
 COMPONENT_PARTS = {"vae": "vae", "clip": "clip"}  # parts that load one component folder; the rest the pipeline
-SAFE_LOCAL = {"use_safetensors": True, "local_files_only": True}  # the weights checked_arguments passed, never a pickle
 
 
 def shipped_pipeline(root: Path):

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from sdlab.io import atomic_write_text
 from sdlab.mini.architecture import FLOW_SCHEDULER, IMAGE_PROCESSOR, SCHEDULER, T5_TOKENS, TEXT_TOKENS, zero_t5
+from sdlab.models.model_files import SAFE_LOCAL
 from sdlab.models.schedulers import make_scheduler
 from sdlab.models.tokenizer import ASSET_DIR, tiny_t5_tokenizer
 
@@ -94,7 +95,7 @@ def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalis
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
     root = Path(root)
-    vae = AutoencoderKL.from_pretrained(str(vae_folder), use_safetensors=True, local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(vae_folder), **SAFE_LOCAL)
     vae.register_to_config(shift_factor=normalisation[0], scaling_factor=normalisation[1])
     save_component(vae, root / "vae")
     for name in ("text_encoder", "text_encoder_2"):

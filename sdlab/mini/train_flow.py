@@ -15,6 +15,7 @@ from sdlab.mini.architecture import FLOW_SCHEDULER, T5_TOKENS, TEXT_TOKENS, init
 from sdlab.mini.export import save_component, save_sd3_pipeline_files
 from sdlab.mini.loop import Stage, run_stage, summary
 from sdlab.mini.train_unet import cached, fingerprint, gather_text, partial_table, text_draws, training_latents
+from sdlab.models.model_files import SAFE_LOCAL
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def sd3_text_encoder(clip_folder: Path):
     """mini's CLIP text tower with its projection as a CLIPTextModelWithProjection (SD3's text encoder class)."""
     from transformers import CLIPModel, CLIPTextModelWithProjection
 
-    clip = CLIPModel.from_pretrained(str(clip_folder), use_safetensors=True, local_files_only=True)
+    clip = CLIPModel.from_pretrained(str(clip_folder), **SAFE_LOCAL)
     config = clip.config.text_config
     config.projection_dim = clip.config.projection_dim
     encoder = CLIPTextModelWithProjection(config)
@@ -74,7 +75,7 @@ def conditioning(frozen: Path, images: np.ndarray, folder: Path, partial: bool):
     """SD3-normalised training latents, the SD3 text encoder, its outputs for the train, empty and partial captions."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(str(frozen / "vae"), use_safetensors=True, local_files_only=True).eval()
+    vae = AutoencoderKL.from_pretrained(str(frozen / "vae"), **SAFE_LOCAL).eval()
     z = training_latents(vae, images, folder) / vae.config.scaling_factor
     shift = float(z.mean())  # SD3's VAE shift_factor and scaling_factor: the mean, and 1 / std once centred
     scale = float(1.0 / (z - shift).std())

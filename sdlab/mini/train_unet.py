@@ -19,6 +19,7 @@ from sdlab.mini.export import save_component, save_pipeline_files
 from sdlab.mini.loop import Stage, run_stage, summary
 from sdlab.mini.train_clip import combination_index, token_ids
 from sdlab.mini.train_vae import posterior_means
+from sdlab.models.model_files import SAFE_LOCAL
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,9 @@ def conditioning(export: Path, images: np.ndarray, folder: Path, partial: bool):
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    vae = AutoencoderKL.from_pretrained(str(export / "vae"), use_safetensors=True, local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(export / "vae"), **SAFE_LOCAL)
     latents = training_latents(vae.eval(), images, folder)
-    text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"), use_safetensors=True,
-                                                 local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"), **SAFE_LOCAL)
     captions = data.all_captions("train")
     text = cached(folder / "text_states.safetensors",
                   lambda: {"states": encode_text(text_encoder, captions), "empty": encode_text(text_encoder, [""])},

@@ -10,7 +10,7 @@ from pathlib import Path
 from sdlab.errors import UserError
 from sdlab.metrics.clip import CLIP_MEAN, CLIP_STD, ClipModel
 from sdlab.models.loading import PROJECT_ROOT, cached_snapshot
-from sdlab.models.model_files import check_component_files, weights_fingerprint
+from sdlab.models.model_files import SAFE_LOCAL, check_component_files, weights_fingerprint
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
     check_clip_folder(folder, name)
     from transformers import CLIPModel, CLIPTokenizer
 
-    model = CLIPModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True).to(device).eval()
+    model = CLIPModel.from_pretrained(str(folder), **SAFE_LOCAL).to(device).eval()
     has_tokenizer = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True) if has_tokenizer else load_tokenizer()
     processor = folder / "preprocessor_config.json"

@@ -26,6 +26,7 @@ WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder
 REQUIRED_COMPONENTS = ("vae", "text_encoder")  # and the denoiser model_index.json names: UNet or transformer
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
+SAFE_LOCAL = {"use_safetensors": True, "local_files_only": True}  # every from_pretrained: no pickle, no download
 MAX_TRAIN_TIMESTEPS = 100_000  # published models train on 1000; 10**8 took a minute and 7.5 GB, 10**10 40 GB at once
 BETA = Field("number", math.ulp(0.0), math.nextafter(1.0, 0.0), plain=True, rule="a number in (0, 1)")
 # A scheduler config's values as sdlab's scheduler options are checked, and those that size and shape its schedule;

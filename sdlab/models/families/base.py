@@ -12,6 +12,7 @@ from sdlab.errors import UserError, choose
 from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.device import switch_per_network
+from sdlab.models.model_files import SAFE_LOCAL
 from sdlab.models.noise import PROCESSES, NoiseProcess
 from sdlab.models.schedulers import as_published, make_scheduler, seed_noise
 from sdlab.models.tokenizer import BUILT_IN_TOKENIZERS
@@ -73,7 +74,7 @@ class ModelAdapter:
         import diffusers
 
         return getattr(diffusers, cls.pipeline_class).from_pretrained(
-            str(folder), dtype=dtype, use_safetensors=True, local_files_only=True, **cls.load_options(spec))
+            str(folder), dtype=dtype, **SAFE_LOCAL, **cls.load_options(spec))
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict[str, Any]:
