@@ -221,6 +221,8 @@ def test_extending_a_sweep_recomputes_only_the_new_cells(run_sdlab, tmp_path):
     new = frame[~frame["run_id"].isin(first)]
     assert sorted(zip(new["guidance_scale"], new["seed"])) == [(5.0, 1), (5.0, 2)]
     assert len(pngs(tmp_path)) == 8
+    # rows (so the grid's columns, the summary and the report) follow the command, not the job dirs the cells sit in
+    assert list(zip(frame["seed"], frame["guidance_scale"])) == [(s, g) for s in (2, 1) for g in (1, 5, 7.5, 15)]
 
 
 def test_a_damaged_image_an_extended_sweep_found_in_another_job_dir_is_made_again(run_sdlab, tmp_path, monkeypatch):

@@ -316,7 +316,30 @@ def collect(sweep_dir: Path, since: float = 0.0) -> pd.DataFrame:
         held.update({k: row[k] for k in axes & row.keys() if k not in held and row[k] is not None})
     found += [{"overrides": json.dumps(cell), "status": "error", "error": NOT_RUN,
                **{k: as_held(v, held.get(k)) for k, v in cell.items()}} for cell in missing]
-    return ordered(found)
+    return ordered(in_command_order(found, cells))
+
+
+def in_command_order(found: list[dict[str, Any]], cells: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Rows in the order of the sweep's `cells` (its command's: an extended sweep's cells sit in job dirs numbered for
+    the command before), rows at values no cell has after them; otherwise as found."""
+    place: dict[str, dict[Any, int]] = {}
+    for cell in cells:
+        for key, value in cell.items():
+            place.setdefault(key, {}).setdefault(comparable(value), len(place[key]))
+    return sorted(found, key=lambda row: tuple(seen.get(comparable(row.get(key)), len(seen))
+                                               for key, seen in place.items()))
+
+
+def comparable(value: Any) -> Any:
+    """A value as typed ("7.5", "1", "true") and as a row holds it (7.5, 1.0, True) made equal; NaN matches nothing."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, numbers.Real):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def as_held(value: str, held: Any) -> Any:
