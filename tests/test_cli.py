@@ -517,13 +517,21 @@ def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path,
     assert result.stderr.count("sdlab: error:") == 1
 
 
-@pytest.mark.parametrize("args", [["experiment=trajectory", "frames=0"], ["experiment=forward_process", "spaces=3"],
-                                  ["experiment=compare_schedulers_quick", "compare.steps=0"],
-                                  ["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"]])
-def test_a_bad_recipe_value_is_answered_before_the_scheduler_checks_import_diffusers(tmp_path, args):
-    """A recipe's values are checked before its schedulers, whose classes come from diffusers (its job's module may
-    import torch to say what its recipe is)."""
-    result = entry_in_a_new_process(args, tmp_path, ("diffusers", "huggingface_hub"), HF_HOME=str(tmp_path / "hf"))
+RECIPE_VALUE = ("torch", "diffusers", "huggingface_hub")  # a recipe's field: read before its job's module is imported
+JOB_CHECK = ("diffusers", "huggingface_hub")  # a job's own check: its module, which may import torch, is imported
+
+
+@pytest.mark.parametrize("args, unloaded", [
+    (["experiment=trajectory", "frames=0"], RECIPE_VALUE), (["experiment=forward_process", "spaces=3"], RECIPE_VALUE),
+    (["experiment=compare_schedulers_quick", "compare.steps=0"], RECIPE_VALUE),
+    (["experiment=clip_tokens", "prompts=[]"], RECIPE_VALUE),
+    (["experiment=guidance_grid", "guidance_scales=[abc]"], RECIPE_VALUE),
+    (["experiment=article_a2_noise", "noise.size=0"], RECIPE_VALUE),
+    (["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"], JOB_CHECK)])
+def test_a_bad_recipe_value_is_answered_before_the_scheduler_checks_import_diffusers(tmp_path, args, unloaded):
+    """A recipe's values are checked before its job's module (which may import torch) and its schedulers (whose
+    classes come from diffusers); a job's own check, before its schedulers."""
+    result = entry_in_a_new_process(args, tmp_path, unloaded, HF_HOME=str(tmp_path / "hf"))
     assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
     assert result.stderr.count("sdlab: error:") == 1
 

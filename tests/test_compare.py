@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from sdlab.errors import UserError
-from sdlab.jobs.compare import Study, distances, ranking, reachable_target
+from sdlab.jobs.compare import distances, ranking, reachable_target
+from sdlab.jobs.recipes import Study
 
 
 def test_reference_distance_is_zero_for_the_reference_itself():

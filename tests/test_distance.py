@@ -10,7 +10,8 @@ from analysis_helpers import check_image
 from test_bad_input import assert_refused
 
 from sdlab.bench.scorers import unit_cmmd
-from sdlab.jobs.distance import DistanceStudy, distances
+from sdlab.jobs.distance import distances
+from sdlab.jobs.recipes import DistanceStudy
 from sdlab.metrics.distribution import cmmd
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -112,7 +112,7 @@ def test_a_single_guidance_scale_is_a_list_of_one_and_its_bounds_are_checked():
     from sdlab.bench.run import parse
     from sdlab.jobs import check_recipe
     from sdlab.config import rules_of
-    from sdlab.jobs.grids import GuidanceGrid
+    from sdlab.jobs.recipes import GuidanceGrid
 
     check_recipe(parse(config_for("guidance_grid", guidance_scales=5)))
     assert rules_of(GuidanceGrid)["guidance_scales"].check("guidance_scales", 5) == [5.0]

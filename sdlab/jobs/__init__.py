@@ -13,6 +13,7 @@ import pandas as pd
 
 from sdlab.config import Run, check_block, rules_of
 from sdlab.errors import choose
+from sdlab.jobs.recipes import RECIPES
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ JobFn = Callable[[JobContext], pd.DataFrame]
 CheckFn = Callable[[Run], Any]
 JOBS: dict[str, JobFn] = {}
 CHECKS: dict[str, CheckFn] = {}
-RECIPES: dict[str, type] = {}
 AheadFn = Callable[[list[Run], Path], list[int]]
 AHEAD: dict[str, AheadFn] = {}
 Solves = list[tuple[str, int, int]]  # (scheduler, steps, images): the images a run denoises, for its plan
@@ -47,14 +47,15 @@ WorkFn = Callable[[Run, Any], Solves]
 WORK: dict[str, WorkFn] = {}
 
 
-def job(name: str, recipe: type | None = None, check: CheckFn | None = None, ahead: AheadFn | None = None,
+def job(name: str, check: CheckFn | None = None, ahead: AheadFn | None = None,
         work: WorkFn | None = None) -> Callable[[JobFn], JobFn]:
-    """Register a job with its recipe, pre-flight `check`, `ahead(runs, sweep_dir)` (shared work, runs covered) and
-    `work(run, recipe)`, the images a run of it denoises (a job without one: its plan says it cannot count them)."""
+    """Register a job (its recipe is `RECIPES[name]`) with its pre-flight `check`, `ahead(runs, sweep_dir)` (shared
+    work, runs covered) and `work(run, recipe)`, the images a run of it denoises (without one: its plan says it cannot
+    count them)."""
 
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
-        for table, value in ((RECIPES, recipe), (CHECKS, check), (AHEAD, ahead), (WORK, work)):
+        for table, value in ((CHECKS, check), (AHEAD, ahead), (WORK, work)):
             if value is not None:
                 table[name] = value
         return fn
@@ -79,9 +80,10 @@ def read_recipe(run: Run, cls: type) -> Any:
 
 
 def check_recipe(run: Run) -> Any:
-    """The job's recipe dataclass (None if it has none), read and checked with the job's own check (pre-flight)."""
-    get_job(run.job)
+    """The job's recipe dataclass (None if it has none), read and checked (before its module, which imports torch, is),
+    then with the job's own check (pre-flight)."""
     recipe = read_recipe(run, RECIPES[run.job]) if run.job in RECIPES else None
+    get_job(run.job)
     if run.job in CHECKS:
         CHECKS[run.job](run)
     return recipe

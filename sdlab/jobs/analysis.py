@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from sdlab.bench.inputs import IMAGES, image_files
+from sdlab.bench.inputs import image_files
 from sdlab.bench.worlds import world
-from sdlab.config import Run, checked
+from sdlab.config import Run
+from sdlab.jobs.recipes import ImageInput
 from sdlab.metrics.image import cover
 from sdlab.models.loading import shipped_scheduler_config
 from sdlab.untrusted import image_faults, open_regular
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImageInput:
-    """Where a job's input images come from: `images` (a folder or files), else drawings of the `sample_world`."""
-
-    images: list[str] | None = field(default=None, metadata={"check": IMAGES})
-    sample_world: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Prompts:
-    """The prompts a job compares; one string counts as a list of one."""
-
-    prompts: tuple[str, ...] = checked(MISSING, "strs", plain=False)
 
 
 def article_reports(run: Run) -> str:

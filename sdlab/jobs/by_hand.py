@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +14,11 @@ from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.scorers import build_scorers, score_images
 from sdlab.bench.worlds import world
-from sdlab.config import Run, checked, image_params
+from sdlab.config import Run, image_params
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import read_image
+from sdlab.jobs.recipes import Img2img
 from sdlab.metrics.image import psnr
 from sdlab.metrics.toy import ddim_step
 from sdlab.models.generate import decode_latents, to_pil
@@ -103,22 +104,7 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     }])
 
 
-@dataclass(frozen=True)
-class Img2img:
-    """Strengths, each in (0, 1], and the input: an `image` file, else `image_caption` drawn in the `sample_world`."""
-
-    strengths: tuple[float, ...] = checked(MISSING, "numbers", plain=False)
-    image: str | None = checked(None, "str", optional=True, rule="an image file path")
-    image_caption: str | None = None
-    sample_world: str | None = None
-
-    def __post_init__(self):
-        for s in self.strengths:
-            if not 0.0 < s <= 1.0:
-                raise UserError(f"strength {s:g} must be in (0, 1]")
-
-
-@job("img2img_strength", Img2img, check=lambda run: input_image(read_recipe(run, Img2img), 8),
+@job("img2img_strength", check=lambda run: input_image(read_recipe(run, Img2img), 8),
      work=lambda run, r: [(run.scheduler.name, int(s * run.params.num_inference_steps), 1) for s in r.strengths])
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,9 +15,9 @@ from sdlab.bench.captions import counted
 from sdlab.bench.figures import convergence, schedule_visits
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.bench.scorers import build_scorers, direction, score_images
-from sdlab.config import MAX_SEED, GenerationParams, checked, image_params
-from sdlab.errors import UserError
+from sdlab.config import GenerationParams, image_params
 from sdlab.jobs import JobContext, Solves, job
+from sdlab.jobs.recipes import Study
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.stats import summarize_ci
 from sdlab.models.generate import generate_batch
@@ -26,34 +26,6 @@ from sdlab.models.schedulers import SCHEDULERS, make_scheduler, timestep_kwargs
 
 log = logging.getLogger(__name__)
 METRICS = ["latent_rmse", "psnr", "ssim"]
-
-
-@dataclass(frozen=True)
-class Study:
-    """The `compare:` block: schedulers x steps over seeds and prompts, against a deterministic reference solve."""
-
-    block = "compare"
-    # each listed once: a repeat makes the same images again, counted as more seeds in n and the intervals
-    schedulers: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
-    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False, distinct=True)
-    seeds: tuple[int, ...] = checked(None, "ints", 0, MAX_SEED, plain=False, distinct=True,
-                                     rule="a non-empty list of distinct integers in [0, 2**63-1]")
-    prompts: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
-    reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
-    reference_steps: int = checked(200, "int", 1, 1000, plain=False)
-    psnr_target: float = checked(30.0, "number", 0, 1000, plain=False)
-    visit_steps: tuple[int, ...] = checked((10, 25), "ints", 1, 1000, plain=False)
-
-    def __post_init__(self):
-        if missing := [k for k in ("schedulers", "steps", "seeds", "prompts") if getattr(self, k) is None]:
-            raise UserError(f"compare.{missing[0]} is missing: a study lists schedulers, steps, seeds and prompts")
-        for name in (*self.schedulers, self.reference_scheduler):
-            if name not in SCHEDULERS:
-                raise UserError(f"compare: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
-        if SCHEDULERS[self.reference_scheduler].stochastic:
-            raise UserError(f"compare.reference_scheduler={self.reference_scheduler!r} is stochastic; pick a deterministic one")
-        if self.reference_steps < max(self.steps):
-            raise UserError(f"compare.steps must be <= compare.reference_steps={self.reference_steps}")
 
 
 def distances(latents: torch.Tensor, images: list, ref_latents: torch.Tensor, ref_images: list) -> list[dict]:
@@ -76,7 +48,7 @@ def study_work(run, study: Study) -> Solves:
     return [(name, steps, len(study.seeds) * len(study.prompts)) for name, steps in solves]
 
 
-@job("compare_schedulers", Study, work=study_work)
+@job("compare_schedulers", work=study_work)
 def run_compare(ctx: JobContext) -> pd.DataFrame:
     """Every scheduler at every step count on every (prompt, seed), scored against its reference."""
     spec, study = ctx.run.model, ctx.recipe

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,10 +11,11 @@ from sdlab.bench.captions import counted
 from sdlab.bench.figures import PALETTE, curves
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.worlds import world
-from sdlab.config import Run, checked
+from sdlab.config import Run
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.compare import Progress
+from sdlab.jobs.recipes import DistanceStudy
 from sdlab.metrics.distribution import clip_cmmd, frechet_distance, kid, precision_recall
 from sdlab.models.clip import load_clip
 from sdlab.models.generate import chunks, generate_batch
@@ -25,29 +26,6 @@ FLOOR_SEED = 1  # a second draw of real images, as many as one cell generates: t
 WHY_KID = "KID is unbiased at any n, FD is biased upward at small n (see real vs real)"
 PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
 NFE_PANEL = (8.0, 4.4)  # and tall enough for a symlog axis's two-line label
-
-
-@dataclass(frozen=True)
-class DistanceStudy:
-    """The `distance:` block: cells guidance_scales x schedulers x steps, each against `references` real images."""
-
-    block = "distance"
-    guidance_scales: tuple[float, ...] = checked(None, "numbers", 0, 1000, plain=False)
-    schedulers: tuple[str, ...] = checked(None, "strs", plain=False)
-    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False)
-    prompts: tuple[str, ...] = checked(None, "strs", plain=False)
-    images: int = checked(None, "int", 4, 100000, plain=False)
-    references: int = checked(None, "int", 4, 100000, plain=False)
-    kid_subsets: int = checked(None, "int", 2, 10000, plain=False,
-                               rule="an integer >= 2 and <= 10000 (one subset has no spread to judge KID gaps by)")
-    bootstrap: int = checked(None, "int", 10, 10000, plain=False)
-
-    def __post_init__(self):
-        if missing := [f.name for f in fields(self) if getattr(self, f.name) is None]:
-            raise UserError(f"distance.{missing[0]} is missing: the block lists {', '.join(f.name for f in fields(self))}")
-        for name in self.schedulers:
-            if name not in SCHEDULERS:
-                raise UserError(f"distance: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
 
 
 def check_study(run: Run) -> None:
@@ -80,7 +58,7 @@ def distances(generated: np.ndarray, real: np.ndarray, study: DistanceStudy) -> 
             "cmmd": clip_cmmd(generated, real), "precision": precision, "recall": recall}
 
 
-@job("distribution_distance", DistanceStudy, check=check_study, work=lambda run, study: [
+@job("distribution_distance", check=check_study, work=lambda run, study: [
     (name, steps, study.images * len(study.prompts) * len(study.guidance_scales))
     for name in study.schedulers for steps in study.steps])
 def run_distance(ctx: JobContext) -> pd.DataFrame:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -12,116 +10,13 @@ from scipy import stats
 
 from sdlab.bench.figures import bar_chart, curves, image_strip, save_figure, styled
 from sdlab.bench.records import identity, write_table
-from sdlab.config import SEED_RULE, checked
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
 from sdlab.metrics import toy
 from sdlab.metrics.clip import cosine_matrix
-from sdlab.metrics.schedule import SCHEDULES
 from sdlab.metrics.toy_unet import level_table
 
-rule = partial(checked, plain=False)  # an explainer's values are named by its block: "noise.size=-5 must be ..."
 CURVE_POINTS = 1000  # timesteps on the cosine curve, at most
-MOST_NUMBERS = 100_000_000  # the most numbers one toy array holds (800 MB of float64): more is a typo, not a toy
-
-
-def check_numbers(block: str, **factors: int | list[int]) -> None:
-    """One line naming the keys when the toy array their `factors` (a list: its product) span is over MOST_NUMBERS."""
-    count = math.prod(math.prod(v) if isinstance(v, (list, tuple)) else v for v in factors.values())
-    if count > MOST_NUMBERS:
-        shown = " x ".join(str(list(v)) if isinstance(v, (list, tuple)) else str(v) for v in factors.values())
-        raise UserError(f"{block}.{' x '.join(factors)} = {shown} is {count} numbers, above the {MOST_NUMBERS} a toy "
-                        "holds; lower them")
-
-
-@dataclass(frozen=True)
-class Noise:
-    block = "noise"
-    size: int = rule(512, "int", 1, 4096)
-    seed: int = checked(0, **SEED_RULE)
-
-
-@dataclass(frozen=True)
-class ToyPredictor:
-    block = "toy_predictor"
-    T: int = rule(200, "int", 2, 100_000)
-    n: int = rule(50, "int", 1, 100_000)
-    shape: tuple[int, ...] = rule((1, 32, 32), "ints", 1, 1024)
-    bins: int = rule(10, "int", 1, 1000)
-    seed: int = checked(0, **SEED_RULE)
-
-    def __post_init__(self):
-        check_numbers(self.block, n=self.n, shape=self.shape)
-
-
-@dataclass(frozen=True)
-class ToyUnet:
-    """Channel configurations; each halves `size` per level below the first, its GroupNorm groups divide each width."""
-
-    block = "toy_unet"
-    configs: tuple[tuple[int, ...], ...] = rule(((64, 128, 256),), "int_lists", 1, 4096)
-    in_channels: int = rule(1, "int", 1, 1024)
-    size: int = rule(32, "int", 1, 4096)
-
-    def __post_init__(self):
-        for channels in self.configs:
-            if self.size % 2 ** (len(channels) - 1):
-                raise UserError(f"toy_unet.size={self.size} must be divisible by {2 ** (len(channels) - 1)} for the "
-                                f"{len(channels)} levels of configuration {list(channels)}")
-            groups = min(32, min(channels))
-            if any(c % groups for c in channels):
-                raise UserError(f"toy_unet.configs entry {list(channels)}: every width must be a multiple of "
-                                f"{groups} (its GroupNorm groups, min(32, narrowest width))")
-
-
-@dataclass(frozen=True)
-class VaeCompression:
-    """Image sides, each a multiple of the VAE factor."""
-
-    block = "vae_compression"
-    sizes: tuple[int, ...] = rule((256, 512, 768, 1024), "ints", 1, 65_536)
-    latent_channels: int = rule(4, "int", 1, 1024)
-    factor: int = rule(8, "int", 1, 1024)
-
-    def __post_init__(self):
-        if bad := [side for side in self.sizes if side % self.factor]:
-            raise UserError(f"vae_compression.sizes {bad} must be multiples of vae_compression.factor={self.factor}")
-
-
-@dataclass(frozen=True)
-class CfgToy:
-    block = "cfg_toy"
-    scales: tuple[float, ...] = rule(toy.CFG_SCALES, "numbers", 0, 1000)
-    dim: int = rule(768, "int", 1, 1_000_000)
-    norm_factor: float = rule(3.0, "number", 1e-6, 1e6)
-    seed: int = checked(0, **SEED_RULE)
-
-
-@dataclass(frozen=True)
-class DdimSteps:
-    """A 1-D signal's DDIM round trip at step counts up to T."""
-
-    block = "ddim_steps"
-    length: int = rule(256, "int", 1, 1_000_000)
-    T: int = rule(1000, "int", 2, 100_000)
-    steps: tuple[int, ...] = rule(toy.DDIM_STEPS, "ints", 1, 100_000)
-    schedule: str = rule("linear", "choice", choices=SCHEDULES)
-    seed: int = checked(0, **SEED_RULE)
-
-    def __post_init__(self):
-        if bad := [n for n in self.steps if n > self.T]:
-            raise UserError(f"ddim_steps.steps {bad} must be <= ddim_steps.T={self.T}")
-
-
-@dataclass(frozen=True)
-class TimestepEmbedding:
-    block = "timestep_embedding"
-    T: int = rule(1000, "int", 1, 1_000_000)
-    dim: int = rule(320, "int", 2, 100_000)
-    rows: int = rule(50, "int", 1, 100_000)
-
-    def __post_init__(self):
-        check_numbers(self.block, rows=self.rows, dim=self.dim)
 
 
 def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -130,7 +25,7 @@ def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return frame.assign(**identity(ctx, ctx.run.job))
 
 
-@job("noise_image", Noise)
+@job("noise_image")
 def run_noise_image(ctx: JobContext) -> pd.DataFrame:
     """A image of pure N(0, I) noise and its histogram against the standard normal pdf."""
     size, seed = ctx.recipe.size, ctx.recipe.seed
@@ -155,7 +50,7 @@ def run_noise_image(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "noise_stats")
 
 
-@job("toy_predictor", ToyPredictor)
+@job("toy_predictor")
 def run_toy_predictor(ctx: JobContext) -> pd.DataFrame:
     """DDPM loss of a zero, a random and a perfect noise predictor per timestep bin on a toy diffusion."""
     r = ctx.recipe
@@ -170,7 +65,7 @@ def run_toy_predictor(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "toy_predictor")
 
 
-@job("toy_unet", ToyUnet)
+@job("toy_unet")
 def run_toy_unet(ctx: JobContext) -> pd.DataFrame:
     """Parameters and skip-activation memory per level for toy U-Net channel configurations."""
     r = ctx.recipe
@@ -208,7 +103,7 @@ def vae_compression_table(sizes: list[int], latent_channels: int = 4, factor: in
     return pd.DataFrame(rows)
 
 
-@job("vae_compression", VaeCompression)
+@job("vae_compression")
 def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
     """How much the VAE shrinks what the UNet sees, across resolutions."""
     r = ctx.recipe
@@ -229,7 +124,7 @@ def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame, "vae_compression")
 
 
-@job("cfg_toy", CfgToy)
+@job("cfg_toy")
 def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
     """Classifier-free guidance on synthetic vectors: alignment with the signal and norm growth per scale."""
     r = ctx.recipe
@@ -247,7 +142,7 @@ def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
     return finish(ctx, frame.assign(norm_threshold_scale=threshold), "cfg_toy")
 
 
-@job("ddim_steps", DdimSteps)
+@job("ddim_steps")
 def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     """DDIM round-trip error of a 1-D signal against steps: the share each doubling removes, the knee and the bend."""
     r = ctx.recipe
@@ -287,7 +182,7 @@ def stays_below_half(cosine: np.ndarray) -> int | None:
     return int(above[-1]) + 1 if above[-1] + 1 < len(cosine) else None
 
 
-@job("timestep_embedding", TimestepEmbedding)
+@job("timestep_embedding")
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     """The SD UNet's sinusoidal timestep embedding as a heatmap, beside each t's cosine to t=0's (a table row per t)."""
     T, dim, rows = ctx.recipe.T, ctx.recipe.dim, ctx.recipe.rows

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass
 
 import numpy as np
 import pandas as pd
@@ -10,32 +9,16 @@ import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
-from sdlab.config import Run, checked
+from sdlab.config import Run
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, no_images, read_recipe
-from sdlab.jobs.analysis import ImageInput, input_images, model_scheduler_config, to_model, to_uint8
+from sdlab.jobs.analysis import input_images, model_scheduler_config, to_model, to_uint8
+from sdlab.jobs.recipes import ForwardProcess
 from sdlab.jobs.schedule import schedule_spec
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import log_snr_db
 from sdlab.models.loading import load_model
 from sdlab.models.noise import PROCESSES, process_of
-
-
-SPACES = ("pixel", "latent")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ForwardProcess(ImageInput):
-    """Timesteps to noise one image at, under `schedules` (see schedule_snr; null: the model's), in `spaces`."""
-
-    timesteps: tuple[int, ...] = checked(MISSING, "ints", plain=False)
-    schedules: list | None = checked(None, "entries", plain=False, optional=True)
-    spaces: tuple[str, ...] = checked(SPACES, "strs", plain=False)
-    seed: int = 0  # of the fixed eps
-
-    def __post_init__(self):
-        if not set(self.spaces) <= set(SPACES):
-            raise UserError(f"spaces={self.spaces} must list pixel and/or latent")
 
 
 def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -54,7 +37,7 @@ def forward_schedules(run: Run) -> list[dict]:
     return schedules
 
 
-@job("forward_process", ForwardProcess, check=forward_schedules, work=no_images)
+@job("forward_process", check=forward_schedules, work=no_images)
 def run_forward(ctx: JobContext) -> pd.DataFrame:
     """Noise one image at each timestep with a fixed eps, in pixels and in VAE latents; strip figure and PSNR per t."""
     recipe, spec = ctx.recipe, ctx.run.model

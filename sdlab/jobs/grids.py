@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from dataclasses import MISSING, dataclass, replace
+from dataclasses import replace
 from itertools import combinations
 from typing import Any
 
@@ -17,10 +17,11 @@ from sdlab.bench.figures import curves, image_strip
 from sdlab.bench.grid import image_grid
 from sdlab.bench.records import ordered
 from sdlab.bench.scorers import build_scorers, score_images
-from sdlab.config import GenerationParams, checked
+from sdlab.config import GenerationParams
 from sdlab.jobs import JobContext, Solves, job, own
-from sdlab.jobs.analysis import Prompts, article_reports
+from sdlab.jobs.analysis import article_reports
 from sdlab.jobs.generate import batch_rows, hash_fields, job_columns
+from sdlab.jobs.recipes import SchedulerGrid
 from sdlab.metrics.image import background_distance, layout_correlation, psnr
 from sdlab.metrics.stats import MIN_N, finite, mean_ci, summarize_ci
 from sdlab.models.generate import chunks, generate_batch
@@ -60,21 +61,7 @@ def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
     return [x_key] + (["seed"] if frame["seed"].nunique() > 1 else [])
 
 
-@dataclass(frozen=True)
-class GuidanceGrid:
-    guidance_scales: tuple[float, ...] = checked(MISSING, "numbers", 0, 1000, plain=False)
-
-
-@dataclass(frozen=True)
-class SchedulerGrid:
-    """The samplers side by side, and the many-step solve each image's PSNR is taken to (with `reference_steps`)."""
-
-    schedulers: tuple[str, ...] = checked(MISSING, "strs", plain=False)
-    reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
-    reference_steps: int | None = checked(None, "int", 0, plain=False, optional=True)  # 0 or null: none
-
-
-@job("guidance_grid", GuidanceGrid, work=lambda run, g: [own(run, len(run.params.seeds) * len(g.guidance_scales))])
+@job("guidance_grid", work=lambda run, g: [own(run, len(run.params.seeds) * len(g.guidance_scales))])
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png (and clip_vs_guidance.png)."""
     model, spec, params, scorers = setup(ctx)
@@ -147,7 +134,7 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     return panels, "\n".join(claims) + f" (n={counted(ok['seed'].nunique(), 'seed')})\n{verdict}"
 
 
-@job("prompt_grid", Prompts, work=lambda run, g: [own(run, len(run.params.seeds) * len(g.prompts))])
+@job("prompt_grid", work=lambda run, g: [own(run, len(run.params.seeds) * len(g.prompts))])
 def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and settings for each of `prompts`: prompt_grid.png (clip_score per image with a clip model)."""
     model, spec, params, scorers = setup(ctx)
@@ -203,7 +190,7 @@ def scheduler_grid_work(run, grid: SchedulerGrid) -> Solves:
     return [(name, steps, seeds) for name in grid.schedulers] + [(name, grid.reference_steps, seeds) for name in solves]
 
 
-@job("scheduler_grid", SchedulerGrid, work=scheduler_grid_work)
+@job("scheduler_grid", work=scheduler_grid_work)
 def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s), prompt and steps under each of `schedulers`: scheduler_grid.png (`with_reference_distance`)."""
     model, spec, params, scorers = setup(ctx)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import textwrap
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,10 +13,11 @@ import pandas as pd
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import PALETTE, curves, save_figure, styled
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.config import Run, SchedulerChoice, checked
+from sdlab.config import Run, SchedulerChoice
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, no_images, read_recipe
 from sdlab.jobs.analysis import model_scheduler_config
+from sdlab.jobs.recipes import ScheduleSnr
 from sdlab.metrics.schedule import SCHEDULES, betas, log_snr_crossing, schedule_table, zero_crossing
 from sdlab.models.loading import adapter_class
 from sdlab.models.noise import process_of
@@ -27,16 +27,6 @@ log = logging.getLogger(__name__)
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
 FAMILY_KEYS = ("name", "config", "options", "sampler", "steps", "width", "height", "flux_sigmas")
 LOG_SNR_LIMITS = (-15.0, 15.0)
-
-
-@dataclass(frozen=True)
-class ScheduleSnr:
-    """Beta schedules, samplers whose steps are shown (null: the configured one; []: none), timesteps, `families`."""
-
-    schedules: list | None = checked(None, "entries", plain=False, optional=True)
-    visit_schedulers: list | None = checked(None, "entries", plain=False, optional=True)
-    report_timesteps: tuple[int, ...] | None = checked(None, "ints", plain=False, optional=True)
-    families: list | None = checked(None, "entries", plain=False, optional=True)
 
 
 def schedule_spec(item: Any, model_config: dict) -> dict[str, Any]:
@@ -105,7 +95,7 @@ def check_schedules(run: Run) -> None:
         make_scheduler(name, model_config, options)
 
 
-@job("schedule_snr", ScheduleSnr, check=check_schedules, work=no_images)
+@job("schedule_snr", check=check_schedules, work=no_images)
 def run_schedule(ctx: JobContext) -> pd.DataFrame:
     """Tables `schedule` (per t) and `visits` (per step), snr.png and visits.png, a row per schedule; and `families`."""
     recipe, spec = ctx.recipe, ctx.run.model

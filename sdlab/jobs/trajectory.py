@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -14,8 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sdlab.bench.captions import counted, short_prompt
 from sdlab.bench.figures import image_strip, write_gif
 from sdlab.bench.records import identity, ordered, save_png
-from sdlab.config import checked, image_params
-from sdlab.errors import choose
+from sdlab.config import image_params
 from sdlab.jobs import JobContext, job, own
 from sdlab.jobs.analysis import to_uint8
 from sdlab.metrics.image import psnr
@@ -25,7 +24,6 @@ from sdlab.models.loading import load_model
 from sdlab.models.preview import fit_linear_preview, linear_preview
 from sdlab.models.schedulers import resolved_config
 
-PREVIEWS = ("vae", "linear")
 REFERENCES = {"vae": "the final image", "linear": "the final latents, both through the linear preview"}
 FINAL_LABELS = {"vae": "final", "linear": "final latents\n(linear preview)"}
 SETTLED_DB = 30.0  # x0_pred this close to the final image: the composition is decided
@@ -71,18 +69,6 @@ def side_by_side(images: list[Image.Image]) -> Image.Image:
     return Image.fromarray(np.hstack([np.asarray(image) for image in images]))
 
 
-@dataclass(frozen=True)
-class Trajectory:
-    """`frames` in the strip, `gif_ms` per GIF frame, and `preview`: `vae` decodes frames, `linear` maps channels."""
-
-    frames: int = checked(8, "int", 2, 10_000, plain=False, optional=True)
-    gif_ms: int = checked(150, "int", 1, 60_000, plain=False, optional=True)
-    preview: str = "vae"
-
-    def __post_init__(self):
-        choose("preview", self.preview, PREVIEWS)
-
-
 def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]], list[np.ndarray]]:
     """A function from step latents to uint8 frames; `linear` fits its map to the final image of `result`."""
     if preview == "vae":  # 1xCxhxw latents decoded 8 at a time
@@ -94,7 +80,7 @@ def frame_renderer(model, result, preview: str) -> Callable[[list[torch.Tensor]]
     return lambda latents: to_uint8(linear_preview(torch.cat(latents), weights, scale))
 
 
-@job("trajectory", Trajectory, work=lambda run, _: [own(run)])
+@job("trajectory", work=lambda run, _: [own(run)])
 def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     """A row per step (noise level, log-SNR, x0_pred PSNR to the final image), trajectory_strip.png, trajectory.gif."""
     recipe, spec, choice, seed = ctx.recipe, ctx.run.model, ctx.run.scheduler, ctx.run.params.seeds[0]

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.config import checked
 from sdlab.jobs import JobContext, job, no_images
-from sdlab.jobs.analysis import ImageInput, article_reports, input_images, to_model, to_uint8
+from sdlab.jobs.analysis import article_reports, input_images, to_model, to_uint8
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
 from sdlab.models.device import clock
 from sdlab.models.loading import load_model
 
 
-@dataclass(frozen=True, kw_only=True)
-class VaeRoundtrip(ImageInput):
-    num_images: int = checked(4, "int", 1, 1000, plain=False, optional=True)  # drawn when no `images` are given
-
-
-@job("vae_roundtrip", VaeRoundtrip, work=no_images)
+@job("vae_roundtrip", work=no_images)
 def run_vae(ctx: JobContext) -> pd.DataFrame:
     """One row per image (PSNR, SSIM, compression ratio, latent mean/std); table `latent_channels`; figure vae_roundtrip.png."""
     spec, recipe = ctx.run.model, ctx.recipe
