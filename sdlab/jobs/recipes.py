@@ -14,7 +14,7 @@ from sdlab.bench.inputs import IMAGES
 from sdlab.config import MAX_SEED, POSITIVE, SEED_RULE, Field, check_fields, checked
 from sdlab.errors import UserError, choose
 from sdlab.metrics import toy
-from sdlab.metrics.schedule import SCHEDULES
+from sdlab.metrics.schedule import SCHEDULES, beta_schedule_spec
 from sdlab.models.schedulers import SCHEDULERS
 
 
@@ -229,6 +229,9 @@ class ForwardProcess(ImageInput):
     def __post_init__(self):
         if not set(self.spaces) <= set(SPACES):
             raise UserError(f"spaces={self.spaces} must list pixel and/or latent")
+        for item in self.schedules or ():  # the model's own is checked with its folder
+            if item != "model":
+                beta_schedule_spec(item)
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,11 @@ class ScheduleSnr:
     visit_schedulers: list | None = checked(None, "entries", plain=False, optional=True)
     report_timesteps: tuple[int, ...] | None = checked(None, "ints", plain=False, optional=True)
     families: list | None = checked(None, "entries", plain=False, optional=True)
+
+    def __post_init__(self):
+        for item in self.schedules or ():  # the model's and the configured scheduler's are checked with their folder
+            if item not in ("model", "scheduler"):
+                beta_schedule_spec(item)
 
 
 STAGES = ("vae", "clip", "unet")

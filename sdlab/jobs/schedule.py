@@ -18,37 +18,19 @@ from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, no_images, read_recipe
 from sdlab.jobs.analysis import model_scheduler_config
 from sdlab.jobs.recipes import ScheduleSnr
-from sdlab.metrics.schedule import SCHEDULES, betas, log_snr_crossing, schedule_table, zero_crossing
+from sdlab.metrics.schedule import beta_schedule_spec, betas, log_snr_crossing, schedule_table, zero_crossing
 from sdlab.models.loading import adapter_class
 from sdlab.models.noise import process_of
 from sdlab.models.schedulers import FAMILY_CONFIGS, check_options, make_scheduler, resolved_config, timestep_kwargs
 
 log = logging.getLogger(__name__)
-SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
 FAMILY_KEYS = ("name", "config", "options", "sampler", "steps", "width", "height", "flux_sigmas")
 LOG_SNR_LIMITS = (-15.0, 15.0)
 
 
 def schedule_spec(item: Any, model_config: dict) -> dict[str, Any]:
     """A schedules entry (name with SD's betas, `model`, a dict) as {label, beta_schedule, beta_start, beta_end, T}."""
-    if item == "model":
-        item = process_of(model_config).model_schedule(model_config)
-    if isinstance(item, str):
-        item = {"beta_schedule": item}
-    if not isinstance(item, dict):
-        raise UserError(f"schedules entry {item!r} must be a schedule name, 'model', 'scheduler' "
-                        "or a dict with beta_schedule")
-    spec = {"beta_schedule": item.get("beta_schedule", "linear"),
-            **{k: item.get(k) if item.get(k) is not None else v for k, v in SD_BETAS.items()}}
-    if spec["beta_schedule"] not in SCHEDULES:
-        raise UserError(f"unknown beta_schedule {spec['beta_schedule']!r}; choose one of: {', '.join(SCHEDULES)}")
-    if not (isinstance(spec["T"], int) and spec["T"] >= 2):
-        raise UserError(f"schedule T={spec['T']!r} must be an integer >= 2")
-    if not 0 < spec["beta_start"] <= spec["beta_end"] < 1:
-        raise UserError(f"need 0 < beta_start <= beta_end < 1, got {spec['beta_start']} and {spec['beta_end']}")
-    default = (f"squaredcos_cap_v2 T={spec['T']}" if spec["beta_schedule"] == "squaredcos_cap_v2"
-               else f"{spec['beta_schedule']} {spec['beta_start']:g}->{spec['beta_end']:g} T={spec['T']}")
-    return {"label": item.get("name") or default, **spec}
+    return beta_schedule_spec(process_of(model_config).model_schedule(model_config) if item == "model" else item)
 
 
 def schedule_betas(item: Any, model_config: dict, choice: SchedulerChoice) -> tuple[dict[str, Any], np.ndarray]:

@@ -9,9 +9,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdlab.config import Field, check_fields, suggestion
+from sdlab.errors import UserError, choose
+
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 MAX_BETA = 0.999
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
+BETA = Field("number", rule="a number in (0, 1)")
+ENTRY_FIELDS = {"name": Field("str", plain=True), "beta_schedule": Field("choice", choices=SCHEDULES, plain=True),
+                "beta_start": BETA, "beta_end": BETA, "T": Field("int", 2, 100_000)}  # T: a typo, not memory
+
+
+def beta_schedule_spec(item: Any) -> dict[str, Any]:
+    """A DDPM beta schedule given by name (with SD's betas) or as a dict, checked: {label, beta_schedule, beta_start,
+    beta_end, T}."""
+    if isinstance(item, str):
+        item = {"beta_schedule": item}
+    if not isinstance(item, dict):
+        raise UserError(f"schedules entry {item!r} must be a schedule name, 'model', 'scheduler' "
+                        "or a dict with beta_schedule")
+    if unknown := [key for key in item if key not in ENTRY_FIELDS]:
+        raise UserError(f"schedules entry key {unknown[0]!r} is unknown{suggestion(str(unknown[0]), ENTRY_FIELDS)}; "
+                        f"an entry sets {', '.join(ENTRY_FIELDS)}")
+    given = {k: v for k, v in item.items() if v is not None}
+    given = {**given, **check_fields({k: v for k, v in given.items() if k != "beta_schedule"}, ENTRY_FIELDS,
+                                     "schedules entry ")}
+    spec = {"beta_schedule": given.get("beta_schedule", "linear"), **{k: given.get(k, v) for k, v in SD_BETAS.items()}}
+    choose("beta_schedule", spec["beta_schedule"], SCHEDULES)
+    if not 0 < spec["beta_start"] <= spec["beta_end"] < 1:
+        raise UserError(f"need 0 < beta_start <= beta_end < 1, got {spec['beta_start']} and {spec['beta_end']}")
+    default = (f"squaredcos_cap_v2 T={spec['T']}" if spec["beta_schedule"] == "squaredcos_cap_v2"
+               else f"{spec['beta_schedule']} {spec['beta_start']:g}->{spec['beta_end']:g} T={spec['T']}")
+    return {"label": given.get("name") or default, **spec}
 
 
 def model_kind(config: dict[str, Any]) -> str:
