@@ -143,10 +143,10 @@ def test_clip_tokens_job(tmp_path):
     tokens = pd.read_parquet(tmp_path / "tokens.parquet")
     assert tokens.groupby("prompt_index").size().tolist() == rows["n_tokens"].tolist()
     check_image(tmp_path / "token_counts.png", min_size=(300, 80))
-    assert rows.loc[rows["truncated"], "dropped"].tolist() == ["station , by a famous landscape painter"]
+    assert rows.loc[rows["truncated"], "dropped"].tolist() == ["…station, by a famous landscape painter"]
     assert read_captions(tmp_path)["token_counts.png"] == (  # where the cut falls: inside 'artstation'
         "the longest prompt is 84 tokens; 1 of 4 prompts cut at 77 tokens; the 84-token one loses "
-        "'station , by a famous landscape painter' | tokens per prompt; text_encoder (CLIP) sees at most 77 (dashed)")
+        "'…station, by a famous landscape painter' | tokens per prompt; text_encoder (CLIP) sees at most 77 (dashed)")
 
 
 def test_clip_similarity_text_only_then_with_clip(tmp_path, monkeypatch):
@@ -601,6 +601,13 @@ def test_schedule_snr_figures_keep_their_titles_short_and_every_label_and_line_i
     assert named == last.to_dict() and len(last) == 5  # e.g. "t=1 for ddim, euler, heun; t=0 for ..."
     sigma = fig.axes[2].lines
     assert len({(line.get_marker(), line.get_linestyle()) for line in sigma}) == len(sigma) == 5
+    # Heun calls the model twice a step: its line runs over 49 evaluations, so the axis counts evaluations and the
+    # title says why its line is longer than the 25 steps
+    calls = pd.read_parquet(tmp_path / "visits.parquet").groupby("scheduler").size()
+    assert calls["heun"] == 49 and (calls.drop("heun") == 25).all()
+    assert fig.axes[2].get_xlabel() == "model evaluation (0 = the first)"
+    assert " ".join(fig.axes[2].get_title().split()) == (
+        "sigma at each model evaluation (heun evaluates the model 49 times in 25 steps)")
     euler = pd.read_parquet(tmp_path / "visits.parquet").query("scheduler == 'euler'")
     twins = pd.concat([euler, euler.assign(scheduler="ddim")])  # on mini, ddim's sigmas are euler's within 0.5%
     schedule_job.visits_figure(schedule_table(betas("scaled_linear")), twins, 25, "tiny", tmp_path / "twins.png")

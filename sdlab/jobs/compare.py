@@ -142,6 +142,9 @@ def claim(ranked: pd.DataFrame, target: float, source: str, study: Study, cost: 
     if source != "configured":
         said += (f"\n(no scheduler reaches the configured {study.psnr_target:g} dB: {target:g} dB is this run's median "
                  "best, floored)")
+    if study.reference_scheduler in study.schedulers:
+        said += (f"\n({study.reference_scheduler} also solves the reference: it nears its own "
+                 f"{study.reference_steps}-step limit, a head start over the others)")
     return said
 
 

@@ -153,6 +153,8 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
                    and np.allclose(h["sigma"], g["sigma"], rtol=0.01)), "") for i, (_, g) in enumerate(groups)]
     sigma = [{"x": g["step"], "y": g["sigma"], "label": label + under[i], "style": markers[i % len(markers)]
               + dashes[i % 4]} for i, (label, g) in enumerate(groups)]  # its own marker and dashes: one under shows
+    more = [f"{label} evaluates the model {len(g)} times" for label, g in groups if len(g) != steps]  # Heun: twice a step
+    more_calls = f" ({'; '.join(more)} in {counted(steps, 'step')})" if more else ""
     last = {}
     for label, g in groups:
         last.setdefault(f"t={g['timestep'].min():g}", []).append(label)
@@ -164,8 +166,9 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
         {"points": rug, "xlabel": "timestep t", "ylim": (-0.6, len(groups) - 0.4),
          "yticks": (list(range(len(groups))), [textwrap.fill(g[0], 22, break_long_words=False) for g in groups]),
          "title": "visited timesteps per sampler"},
-        {"lines": sigma, "logy": True, "xlabel": "step", "ylabel": "sigma = sqrt((1 - alpha_bar)/alpha_bar)",
-         "title": "sigma at each step", "integer_x": True},
+        {"lines": sigma, "logy": True, "xlabel": "model evaluation (0 = the first)",
+         "ylabel": "sigma = sqrt((1 - alpha_bar)/alpha_bar)", "title": "sigma at each model evaluation" + more_calls,
+         "integer_x": True},
     ]
     curves(panels if len(groups) > 1 else [panels[0], panels[2]], target)
 

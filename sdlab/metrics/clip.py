@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -23,13 +24,22 @@ def token_table(tokenizer, prompts: Sequence[str], max_length: int = MAX_TOKENS)
         ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
         n = len(ids)
         truncated = n > max_length
-        dropped = tokenizer.decode(ids[max_length - 1 : -1]).strip() if truncated else ""
+        dropped = dropped_text(tokenizer, ids, max_length) if truncated else ""
         rows.append({"prompt": prompt, "n_tokens": n, "n_kept": min(n, max_length), "truncated": truncated,
                      "dropped": dropped,
                      "warning": f"{n} tokens > {max_length}: truncated, dropped: {dropped!r}" if truncated else "",
                      "tokens": json.dumps(tokenizer.convert_ids_to_tokens(ids), ensure_ascii=False),
                      "ids": json.dumps(ids)})
     return pd.DataFrame(rows)
+
+
+def dropped_text(tokenizer, ids: list[int], max_length: int) -> str:
+    """The text of the tokens past `max_length` (ids with BOS and EOS), its commas as written, led by '…' when the cut
+    falls inside a word."""
+    cut = max_length - 1
+    text = re.sub(r"\s+([,.;:!?])", r"\1", tokenizer.decode(ids[cut:-1]).strip())
+    last, first = (tokenizer.decode(ids[i : i + 1]) for i in (cut - 1, cut))
+    return f"…{text}" if tokenizer.decode(ids[cut - 1 : cut + 1]) == last + first else text  # "art"+"station"
 
 
 def token_rows(table: pd.DataFrame, max_length: int = MAX_TOKENS) -> pd.DataFrame:
