@@ -436,6 +436,16 @@ def test_embedded_model_warns_about_prompts_and_sizes_it_was_not_made_for(run_sd
     assert "width=128 height=64 differ" in log and out.count("width=128 height=64 differ") == 1
 
 
+def test_a_recipes_prompts_outside_the_models_world_are_warned_of_unless_only_tokenized(run_sdlab, tmp_path, capsys):
+    """clip_similarity's P4 and P5 ranked as nearest neighbours of a shapes prompt with no word that mini's text
+    encoder never saw them; clip_tokens only counts tokens, which any words have."""
+    assert run_sdlab("experiment=clip_similarity", "threads=1", f"hydra.run.dir={tmp_path / 'similarity'}") == 0
+    assert "prompts P4, P5 are outside model=mini's shapes grammar (it does not know: pirate, ship" in (
+        capsys.readouterr().out)
+    assert run_sdlab("experiment=clip_tokens", "threads=1", f"hydra.run.dir={tmp_path / 'tokens'}") == 0
+    assert "outside model=mini's shapes grammar" not in capsys.readouterr().out
+
+
 def test_the_console_script_keeps_entrys_exit_code_and_runs_exit_handlers(tmp_path):
     """`main` only leaves its objects out of the collection at exit: exit handlers run and the code is entry's."""
     code = ("import atexit, sys; atexit.register(lambda: print('handler ran')); "

@@ -29,6 +29,10 @@ def test_grammar_and_size_warnings_name_what_is_wrong():
     assert "width=512 height=512 differ from model=mini's native 64x64 px" in warnings[1]
     assert model_warnings({**cfg, "prompt": "a small red circle on the left on a blue background"}, 64, 64) == []
     assert world("shapes").unknown_words("A Large RED Triangle, at the top") == []
+    listed = ["a red circle", "a pirate ship", "a blue square", "a ship"]
+    assert model_warnings({**cfg, "prompt": "a red circle"}, 64, 64, None, listed) == [  # P2 and P4 in its figures
+        "prompts P2, P4 are outside model=mini's shapes grammar (it does not know: pirate, ship); it knows prompts "
+        f"like {world('shapes').example!r}"]
 
 
 def test_sweep_plan_counts_jobs_and_images():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sdlab.bench.inputs import input_image_files
@@ -16,8 +17,10 @@ from sdlab.models.loading import adapter_class, built_in, check_model, shipped_s
 from sdlab.models.schedulers import check_options, make_scheduler, scheduler_class  # imports diffusers
 
 
-def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None) -> list[str]:
-    """Warnings for requests the model was not made for: grammar, size, weights of another `folder` family."""
+def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None,
+                   prompts: Sequence[str] = ()) -> list[str]:
+    """Warnings for requests the model was not made for: grammar (of the prompt and a recipe's `prompts`), size,
+    weights of another `folder` family."""
     model = cfg.get("model") or {}
     name, native = model.get("name"), model.get("resolution")
     warnings = []
@@ -27,6 +30,12 @@ def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[Mo
             if unknown := known.unknown_words(str(cfg.get(key) or "")):
                 warnings.append(f"{key}={cfg[key]!r} is outside model={name}'s {grammar} grammar (it does not know: "
                                 f"{', '.join(dict.fromkeys(unknown))}); it knows prompts like {known.example!r}")
+        outside = {f"P{i}": known.unknown_words(p) for i, p in enumerate(prompts, 1) if known.unknown_words(p)}
+        if outside:  # numbered as the recipes' figures number them
+            words = ", ".join(dict.fromkeys(w for unknown in outside.values() for w in unknown))
+            said = f"prompts {', '.join(outside)} are" if len(outside) > 1 else f"prompt {next(iter(outside))} is"
+            warnings.append(f"{said} outside model={name}'s {grammar} grammar (it does not know: {words}); it knows "
+                            f"prompts like {known.example!r}")
     if folder and model.get("family") and folder.family != model["family"]:
         weights = f"model.path={model['path']}" if model.get("path") else model.get("repo_id") or f"model={name}"
         warnings.append(f"{weights} holds a {folder.family} pipeline ({folder.pipeline_class}), "
@@ -78,7 +87,8 @@ def check_job(run: Run) -> list[str]:
                 make_scheduler(name, base, run.scheduler.options)
             except UserError as e:
                 raise UserError(f"on model={spec.name}: {e}") from None
-    warnings = model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter)
+    prompts = () if getattr(recipe, "tokens_only", False) else getattr(recipe, "prompts", None) or ()
+    warnings = model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter, prompts)
     if params.negative_prompt and adapter.guidance == "distilled":  # a request value the family never reads
         warnings.append(f"negative_prompt={params.negative_prompt!r} is not used by model={spec.name}: its family "
                         f"({adapter.family}) is guidance-distilled, with no unconditional branch for it to steer "

@@ -33,6 +33,12 @@ class Prompts:
     prompts: tuple[str, ...] = checked(MISSING, "strs", plain=False)
 
 
+class Tokenized(Prompts):
+    """Prompts a job only tokenizes: their words need not be any the model knows."""
+
+    tokens_only = True
+
+
 @dataclass(frozen=True, kw_only=True)
 class Similarity(Prompts, ImageInput):
     num_images: int = checked(4, "int", 0, 1000, plain=False, optional=True)  # drawn when no `images` are given
@@ -338,7 +344,7 @@ class Trajectory:
 
 
 RECIPES: dict[str, type] = {
-    "clip_tokens": Prompts, "clip_similarity": Similarity, "vae_roundtrip": VaeRoundtrip, "img2img_strength": Img2img,
+    "clip_tokens": Tokenized, "clip_similarity": Similarity, "vae_roundtrip": VaeRoundtrip, "img2img_strength": Img2img,
     "compare_schedulers": Study, "distribution_distance": DistanceStudy, "noise_image": Noise,
     "toy_predictor": ToyPredictor, "toy_unet": ToyUnet, "vae_compression": VaeCompression, "cfg_toy": CfgToy,
     "ddim_steps": DdimSteps, "timestep_embedding": TimestepEmbedding, "forward_process": ForwardProcess,
