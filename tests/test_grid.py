@@ -10,7 +10,8 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from sdlab.bench.grid import (
-    CELL_MAX, CELL_MIN, EMPTY_CELL, LABEL_LINES, LABEL_WIDTH, axis_labels, cell_side, image_grid, text_size, wrapped,
+    CELL_MAX, CELL_MIN, EMPTY_CELL, FONT_SIZE, LABEL_LINES, LABEL_WIDTH, axis_labels, cell_side, image_grid, text_size,
+    wrapped,
 )
 from sdlab.bench.report import summarize
 from sdlab.bench.summary import sweep_axes
@@ -64,14 +65,17 @@ def test_cells_are_the_images_at_cell_size_and_a_failed_cell_is_marked(tmp_path)
     assert (canvas.sum(-1) < 200).sum() > 100  # labels are drawn in dark ink
 
 
-def test_a_cell_with_a_note_says_it_on_its_image(tmp_path):
-    """A8: the image the shapes checker judged not to draw its prompt is marked on the grid, the others are whole."""
+def test_a_cell_with_a_note_says_it_under_its_image_and_hides_none_of_it(tmp_path):
+    """A8: the image judged not to draw its prompt is marked below it; the mark's white box hid the image's foot."""
     cells = [{"seed": str(s), "guidance_scale": str(g)} for s in (1, 2) for g in (1, 7.5)]
     frame = frame_of(tmp_path, cells).assign(note=["", "NOT the prompt", "", ""])
     canvas = np.asarray(Image.open(image_grid(frame, tmp_path, tmp_path / "grid.png", ["seed", "guidance_scale"],
                                               note="note")).convert("RGB"))
-    shown = [int(np.all(canvas == shade(i), axis=-1).sum()) for i in range(4)]
-    assert shown[0] == shown[2] == shown[3] == CELL_MIN ** 2 and shown[1] < 0.9 * CELL_MIN ** 2
+    boxes = [np.nonzero(np.all(canvas == shade(i), axis=-1)) for i in range(4)]
+    assert [rows.size for rows, _ in boxes] == [CELL_MIN ** 2] * 4  # every image whole, the marked one too
+    ink = [(canvas[rows.max() + 1:rows.max() + 1 + 2 * FONT_SIZE, cols.min():cols.max() + 1].sum(-1) < 200).sum()
+           for rows, cols in boxes]
+    assert ink[1] > 50 and ink[3] == 0  # the note in dark ink under its image, nothing under its unmarked neighbour
 
 
 def test_a_wrapped_grid_title_leaves_no_word_alone_on_its_last_line():

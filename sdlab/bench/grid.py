@@ -88,7 +88,7 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
                seeds_within: bool = False, note: str = "") -> Path | None:
     """A labelled grid: axes[0] across, axes[1] down, the rest pages (`seeds_within`: seeds side by side in a cell).
 
-    `note`: a column whose text, where there is some, is written across the foot of its cell's image.
+    `note`: a column whose text, where there is some, is written under its cell's image (which it leaves whole).
     """
     if "image_path" in frame:
         frame = frame[frame["image_path"].notna()].reset_index(drop=True)
@@ -185,6 +185,10 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
     col_labels = [wrapped(measure, text, max(cell_w - 2 * GAP, LABEL_WIDTH), most=LABEL_LINES)
                   for text in axis_labels(x_key, xs)]
     row_labels = [wrapped(measure, text, LABEL_WIDTH, most=LABEL_LINES) for text in axis_labels(y_key, ys)]
+    notes = {key: wrapped(measure, text, side, bold=True, most=LABEL_LINES) for key, text in (notes or {}).items()
+             if text}
+    # room under each row of images for its notes, nearer their own images than the next row's
+    foot = max((text_size(measure, t, bold=True)[1] + GAP * 3 for t in notes.values()), default=0)
     left = max(text_size(measure, t)[0] for t in row_labels) + (GAP * 2 if y_key else 0)
     head = max(text_size(measure, t)[1] for t in col_labels) + (GAP * 2 if x_key else 0)
     col_w = max(cell_w, max(text_size(measure, t)[0] for t in col_labels) + 2 * GAP)  # labels never overlap
@@ -193,7 +197,7 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
     page_labels = [wrapped(measure, ", ".join(f"{k}={v}" for k, v in zip(axes[2:], page)),
                            max(page_w - left, TITLE_MIN_WIDTH), bold=True, most=LABEL_LINES) for page in pages]
     page_head = max(text_size(measure, t, bold=True)[1] for t in page_labels) + (GAP * 3 if page_labels[0] else 0)
-    page_h = page_head + head + len(ys) * (side + GAP) - GAP
+    page_h = page_head + head + len(ys) * (side + foot + GAP) - GAP
     title = even_lines(measure, title, max(page_w, TITLE_MIN_WIDTH))
     title_h = text_size(measure, title, bold=True)[1] + GAP * 3 if title else 0
     width = max(page_w, text_size(measure, title, bold=True)[0]) + 2 * MARGIN
@@ -211,7 +215,7 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
             draw.multiline_text((MARGIN + left + c * (col_w + col_gap) + col_w // 2, grid_top - GAP), text, fill=INK,
                                 font=font(), anchor="md", align="center", spacing=2)
         for r, y in enumerate(ys):
-            y0 = grid_top + r * (side + GAP)
+            y0 = grid_top + r * (side + foot + GAP)
             draw.multiline_text((MARGIN + left - GAP * 2, y0 + side // 2), row_labels[r], fill=INK, font=font(),
                                 anchor="rm", align="right", spacing=2)
             for c, x in enumerate(xs):
@@ -226,9 +230,7 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
                                   fill=INK, font=font(), anchor="mm")
                     else:
                         canvas.paste(image, (x0 + (side - image.width) // 2, y0 + (side - image.height) // 2))
-                    if (notes or {}).get(key):
-                        foot = (x0 + side // 2, y0 + side - GAP)
-                        left_, top, right, bottom = draw.textbbox(foot, notes[key], font=font(True), anchor="md")
-                        draw.rectangle((left_ - GAP, top - GAP, right + GAP, bottom + GAP), fill="white")
-                        draw.text(foot, notes[key], fill=INK, font=font(True), anchor="md")
+                    if key in notes:
+                        draw.multiline_text((x0 + side // 2, y0 + side + GAP // 2), notes[key], fill=INK, font=font(True),
+                                            anchor="ma", align="center", spacing=2)
     return canvas
