@@ -440,14 +440,16 @@ def test_same_seed_layout_says_whether_the_background_follows_the_seed_or_the_su
     # the claim in words first, then the number behind it: the luminance correlation of two images on an 8x8 grid
     same, other = frame["layout_r_same_seed"].iloc[0], frame["layout_r_other_seed"].iloc[0]
     assert same > other
-    assert title.startswith(f"the seed keeps the layout: layout correlation {same:.2f} between images of one seed "
-                            f"(n=2 pairs), {other:.2f} between seeds (n=2) (luminance on an 8x8 grid)\n")
+    # both numbers compare two subjects: from one seed, or from two seeds ("between seeds" hid the subjects' part)
+    assert title.startswith(f"the seed keeps the layout: layout correlation {same:.2f} between two subjects from one "
+                            f"seed (n=2 pairs), {other:.2f} between two subjects from two seeds (n=2 pairs) "
+                            "(luminance on an 8x8 grid)\n")
     assert "layout r:" not in title
 
     swapped = pd.DataFrame(rows).assign(seed=lambda f: f["seed"].where(f["prompt"] == "a red circle", 3 - f["seed"]))
     frame, title = with_seed_layout(SimpleNamespace(out_dir=tmp_path), swapped)  # the shape's place follows no seed
     assert frame["layout_r_same_seed"].iloc[0] < frame["layout_r_other_seed"].iloc[0]
-    assert title.startswith("the seed does not keep the layout: layout correlation -0.14 between images of one seed")
+    assert title.startswith("the seed does not keep the layout: layout correlation -0.14 between two subjects from one")
 
 
 def test_guidance_claim_gives_the_paired_change_and_says_when_guidance_raises_nothing():

@@ -177,8 +177,9 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
     keeps = ("too few pairs to tell whether the seed keeps the layout" if np.isnan(same) or np.isnan(other) else
              "the seed keeps the layout" if same > other else "the seed does not keep the layout")
     return frame, "\n".join([
-        f"{keeps}: layout correlation {same:.2f} between images of one seed (n={counted(len(pairs[True]), 'pair')}), "
-        f"{other:.2f} between seeds (n={len(pairs[False])}) (luminance on an 8x8 grid)",
+        f"{keeps}: layout correlation {same:.2f} between two subjects from one seed "
+        f"(n={counted(len(pairs[True]), 'pair')}), {other:.2f} between two subjects from two seeds "
+        f"(n={counted(len(pairs[False]), 'pair')}) (luminance on an 8x8 grid)",
         f"background alike in {sum(alike[True])}/{len(alike[True])} same-seed, {sum(alike[False])}/{len(alike[False])} "
         f"same-subject pairs: it follows {follows}"])
 
