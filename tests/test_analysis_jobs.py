@@ -325,6 +325,22 @@ def test_guidance_grid_with_clip_scores(tmp_path):
     assert "(n=2 seeds)" in claim
 
 
+def test_guidance_grid_marks_each_image_off_its_prompt_and_says_the_prompt_and_each_rows_seed(tmp_path, monkeypatch):
+    """Its title counted the images that follow the prompt, but marked none of them, named no prompt, and a lone
+    seed's row had no label."""
+    from sdlab.jobs import grids
+
+    drawn, draw = {}, grids.image_grid
+    monkeypatch.setattr(grids, "image_grid", lambda frame, *args, **kwargs: drawn.update(frame=frame, **kwargs)
+                        or draw(frame, *args, **kwargs))
+    prompt = "a small red circle in the centre on a blue background"
+    rows = run("guidance_grid", tmp_path, num_inference_steps=2, guidance_scales=[1, 7.5], seeds=[3], prompt=prompt)
+    marks = drawn["frame"][drawn["note"]].tolist() if drawn.get("note") else [""] * len(rows)
+    assert marks == ["" if followed else "NOT the prompt" for followed in rows["adherence_all"]]
+    assert drawn["axes"] == ["guidance_scale", "seed"]  # the row says seed=3
+    assert read_captions(tmp_path)["guidance_grid.png"].startswith(f"{prompt} (")
+
+
 def test_prompt_grid(tmp_path):
     rows = run("prompt_grid", tmp_path, num_inference_steps=2, prompts=["a red circle", "a blue square", "a cross"])
     assert rows["prompt"].tolist() == ["a red circle", "a blue square", "a cross"]

@@ -417,10 +417,11 @@ def test_a_grid_job_names_each_image_by_its_cell(run_sdlab, tmp_path, monkeypatc
     lines = [line for line in out.splitlines() if " s (text " in line]
     assert len(lines) == 2 and "guidance_scale=1.0 seed=0: " in lines[0] and "guidance_scale=7.5 seed=0: " in lines[1]
     last = out.splitlines()[-3:]  # the table, the job's claim (once), what to open
-    assert last[0].endswith("results.csv: 2 ok, 0 failed") and last[1].startswith("  guidance_grid.png: prompt ")
+    head = "  guidance_grid.png: a small red circle in the centre on a blue background (tiny, 2 steps); "  # the prompt
+    assert last[0].endswith("results.csv: 2 ok, 0 failed") and last[1].startswith(head + "prompt ")
     assert out.count(last[1].split(": ", 1)[1]) == 1
     # the untrained model misses the prompt at both scales: a flat adherence line is said, not drawn
-    assert last[1].startswith("  guidance_grid.png: prompt missed by all 2 images")
+    assert last[1].startswith(head + "prompt missed by all 2 images")
     assert last[2].startswith("  open: ") and "guidance_grid.png" in last[2] and "clip_vs_guidance" not in last[2]
 
 

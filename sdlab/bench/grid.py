@@ -231,6 +231,6 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
                     else:
                         canvas.paste(image, (x0 + (side - image.width) // 2, y0 + (side - image.height) // 2))
                     if key in notes:
-                        draw.multiline_text((x0 + side // 2, y0 + side + GAP // 2), notes[key], fill=INK, font=font(True),
-                                            anchor="ma", align="center", spacing=2)
+                        draw.multiline_text((x0 + side // 2, y0 + side + GAP // 2), notes[key], fill=INK,
+                                            font=font(True), anchor="ma", align="center", spacing=2)
     return canvas

@@ -56,9 +56,9 @@ def drawn_mark(followed) -> str:
     return "" if followed is None or pd.isna(followed) else "prompt drawn" if followed else "NOT the prompt"
 
 
-def grid_axes(frame: pd.DataFrame, x_key: str) -> list[str]:
-    """x_key across columns, seed down rows when there is more than one."""
-    return [x_key] + (["seed"] if frame["seed"].nunique() > 1 else [])
+def missed(frame: pd.DataFrame) -> list[str]:
+    """Per row, "NOT the prompt" where the shapes checker judged its image off the prompt, else "" (a grid's note)."""
+    return [drawn_mark(a) * (not a) for a in frame.get("adherence_all", [True] * len(frame))]
 
 
 @job("guidance_grid", work=lambda run, g: [own(run, len(run.params.seeds) * len(g.guidance_scales))])
@@ -68,12 +68,13 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     frame = ordered([row for w in map(float, ctx.recipe.guidance_scales) for row in cell_rows(
         ctx, model, scorers, replace(params, guidance_scale=w), {"guidance_scale": w}, f"cfg{w:g}")])
     panels, claim = guidance_panels(frame[frame["status"] == "ok"])
-    image_grid(frame, ctx.out_dir, ctx.out_dir / "guidance_grid.png", axes=grid_axes(frame, "guidance_scale"),
-               title=(claim or f"{short_prompt(params.prompt)} ({spec.name}, "
-                                f"{counted(params.num_inference_steps, 'step')})") + article_reports(ctx.run))
+    steps = counted(params.num_inference_steps, "step")
+    title = "\n".join(filter(None, [f"{short_prompt(params.prompt)} ({spec.name}, {steps})", claim]))
+    title += article_reports(ctx.run)
+    image_grid(frame.assign(miss=missed(frame)), ctx.out_dir, ctx.out_dir / "guidance_grid.png", note="miss",
+               axes=["guidance_scale", "seed"], title=title)
     if panels:
-        curves(panels, ctx.out_dir / "clip_vs_guidance.png",
-               title=f"{spec.name}: {short_prompt(params.prompt)}\n{claim}{article_reports(ctx.run)}")
+        curves(panels, ctx.out_dir / "clip_vs_guidance.png", title=title)
     return frame
 
 
@@ -153,9 +154,8 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     if len(prompts) > 1 and len(seeds) > 1:
         frame, layout = with_seed_layout(ctx, frame)
         title += f"\n{layout}"
-    misses = [drawn_mark(a) * (not a) for a in frame.get("adherence_all", [True] * len(frame))]  # a miss only
-    image_grid(frame.assign(miss=misses), ctx.out_dir, ctx.out_dir / "prompt_grid.png", note="miss",
-               axes=grid_axes(frame, "prompt_label"), title=title + article_reports(ctx.run))
+    image_grid(frame.assign(miss=missed(frame)), ctx.out_dir, ctx.out_dir / "prompt_grid.png", note="miss",
+               axes=["prompt_label", "seed"], title=title + article_reports(ctx.run))
     return frame
 
 
@@ -202,7 +202,7 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     frame = ordered(rows)
     if recipe.reference_steps:
         return with_reference_distance(ctx, model, recipe, params, frame, scorers)
-    image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=grid_axes(frame, "scheduler"),
+    image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=["scheduler", "seed"],
                title=f"{short_prompt(params.prompt)} ({spec.name}, {counted(params.num_inference_steps, 'step')} each)")
     return frame
 
