@@ -325,20 +325,38 @@ def test_guidance_grid_with_clip_scores(tmp_path):
     assert "(n=2 seeds)" in claim
 
 
-def test_guidance_grid_marks_each_image_off_its_prompt_and_says_the_prompt_and_each_rows_seed(tmp_path, monkeypatch):
-    """Its title counted the images that follow the prompt, but marked none of them, named no prompt, and a lone
-    seed's row had no label."""
+def grid_drawn(monkeypatch) -> dict:
+    """What the grid jobs hand image_grid (its frame and keywords), filled in as they draw."""
     from sdlab.jobs import grids
 
     drawn, draw = {}, grids.image_grid
     monkeypatch.setattr(grids, "image_grid", lambda frame, *args, **kwargs: drawn.update(frame=frame, **kwargs)
                         or draw(frame, *args, **kwargs))
+    return drawn
+
+
+def notes_of(drawn: dict) -> list[str]:
+    """The note under each image of the drawn grid ("" for none)."""
+    return drawn["frame"][drawn["note"]].tolist() if drawn.get("note") else [""] * len(drawn["frame"])
+
+
+def test_guidance_grid_marks_each_image_off_its_prompt_and_says_the_prompt_and_each_rows_seed(tmp_path, monkeypatch):
+    """Its title counted the images that follow the prompt, but marked none of them, named no prompt, and a lone
+    seed's row had no label."""
+    drawn = grid_drawn(monkeypatch)
     prompt = "a small red circle in the centre on a blue background"
     rows = run("guidance_grid", tmp_path, num_inference_steps=2, guidance_scales=[1, 7.5], seeds=[3], prompt=prompt)
-    marks = drawn["frame"][drawn["note"]].tolist() if drawn.get("note") else [""] * len(rows)
-    assert marks == ["" if followed else "NOT the prompt" for followed in rows["adherence_all"]]
+    assert notes_of(drawn) == ["" if followed else "NOT the prompt" for followed in rows["adherence_all"]]
     assert drawn["axes"] == ["guidance_scale", "seed"]  # the row says seed=3
     assert read_captions(tmp_path)["guidance_grid.png"].startswith(f"{prompt} (")
+
+
+def test_a_scheduler_grid_without_a_reference_marks_each_image_off_its_prompt(tmp_path, monkeypatch):
+    """With a reference solve each sampler's label says 'NOT the prompt'; without one the grid marked nothing."""
+    drawn = grid_drawn(monkeypatch)
+    rows = run("article_b8_schedulers", tmp_path, num_inference_steps=2, schedulers=["ddim", "euler"], seeds=[1],
+               reference_steps=0)
+    assert notes_of(drawn) == ["" if followed else "NOT the prompt" for followed in rows["adherence_all"]]
 
 
 def test_prompt_grid(tmp_path):

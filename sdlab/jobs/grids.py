@@ -56,9 +56,11 @@ def drawn_mark(followed) -> str:
     return "" if followed is None or pd.isna(followed) else "prompt drawn" if followed else "NOT the prompt"
 
 
-def missed(frame: pd.DataFrame) -> list[str]:
-    """Per row, "NOT the prompt" where the shapes checker judged its image off the prompt, else "" (a grid's note)."""
-    return [drawn_mark(a) * (not a) for a in frame.get("adherence_all", [True] * len(frame))]
+def marked_grid(ctx: JobContext, frame: pd.DataFrame, name: str, x_key: str, title: str) -> None:
+    """Grid `name`: x_key across, seed down, "NOT the prompt" under each image the shapes checker judged off it."""
+    misses = [drawn_mark(a) * (not a) for a in frame.get("adherence_all", [True] * len(frame))]
+    image_grid(frame.assign(miss=misses), ctx.out_dir, ctx.out_dir / name, axes=[x_key, "seed"], title=title,
+               note="miss")
 
 
 @job("guidance_grid", work=lambda run, g: [own(run, len(run.params.seeds) * len(g.guidance_scales))])
@@ -71,8 +73,7 @@ def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     steps = counted(params.num_inference_steps, "step")
     title = "\n".join(filter(None, [f"{short_prompt(params.prompt)} ({spec.name}, {steps})", claim]))
     title += article_reports(ctx.run)
-    image_grid(frame.assign(miss=missed(frame)), ctx.out_dir, ctx.out_dir / "guidance_grid.png", note="miss",
-               axes=["guidance_scale", "seed"], title=title)
+    marked_grid(ctx, frame, "guidance_grid.png", "guidance_scale", title)
     if panels:
         curves(panels, ctx.out_dir / "clip_vs_guidance.png", title=title)
     return frame
@@ -154,8 +155,7 @@ def run_prompt_grid(ctx: JobContext) -> pd.DataFrame:
     if len(prompts) > 1 and len(seeds) > 1:
         frame, layout = with_seed_layout(ctx, frame)
         title += f"\n{layout}"
-    image_grid(frame.assign(miss=missed(frame)), ctx.out_dir, ctx.out_dir / "prompt_grid.png", note="miss",
-               axes=["prompt_label", "seed"], title=title + article_reports(ctx.run))
+    marked_grid(ctx, frame, "prompt_grid.png", "prompt_label", title + article_reports(ctx.run))
     return frame
 
 
@@ -202,8 +202,8 @@ def run_scheduler_grid(ctx: JobContext) -> pd.DataFrame:
     frame = ordered(rows)
     if recipe.reference_steps:
         return with_reference_distance(ctx, model, recipe, params, frame, scorers)
-    image_grid(frame, ctx.out_dir, ctx.out_dir / "scheduler_grid.png", axes=["scheduler", "seed"],
-               title=f"{short_prompt(params.prompt)} ({spec.name}, {counted(params.num_inference_steps, 'step')} each)")
+    marked_grid(ctx, frame, "scheduler_grid.png", "scheduler",
+                f"{short_prompt(params.prompt)} ({spec.name}, {counted(params.num_inference_steps, 'step')} each)")
     return frame
 
 
