@@ -650,6 +650,17 @@ def test_schedule_snr_figures_keep_their_titles_short_and_every_label_and_line_i
     assert [line.get_label() for line in drawn["twins.png"][0].axes[-1].lines] == ["euler", "ddim (on euler's line)"]
 
 
+def test_a_job_that_draws_its_own_grid_gets_no_second_untitled_one(run_sdlab, tmp_path):
+    """guidance_grid.png came with a grid.png of the same images, untitled and unmarked; a generate run, which draws
+    no figure of its own, keeps its grid."""
+    fast = ("model=tiny", "num_inference_steps=1", "threads=1")
+    assert run_sdlab("experiment=guidance_grid", "guidance_scales=[1,3]", *fast, f"hydra.run.dir={tmp_path / 'g'}") == 0
+    assert (tmp_path / "g" / "guidance_grid.png").is_file() and not (tmp_path / "g" / "grid.png").exists()
+    assert "grid.png" not in read_captions(tmp_path / "g")
+    assert run_sdlab("seeds=[1,2]", *fast, f"hydra.run.dir={tmp_path / 'run'}") == 0
+    assert read_captions(tmp_path / "run")["grid.png"] == "seed grid of 2 images"
+
+
 def test_token_counts_title_states_the_longest_prompts_count(run_sdlab, tmp_path):
     assert run_sdlab("experiment=article_a6_clip_tokens", f"hydra.run.dir={tmp_path}") == 0
     rows = pd.read_parquet(tmp_path / "results.parquet")
