@@ -215,7 +215,7 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
     captions = json.loads((tmp_path / "captions.json").read_text())
     assert all(captions.get(png.name) for png in tmp_path.glob("*.png"))  # every figure has its title; the bare
     first = rows.loc[rows["x0_pred_psnr_vs_final_db"] >= 30, "step"]  # the claim reads as the rows say
-    assert (f"x0_pred first reaches 30 dB PSNR at step {first.iloc[0]} of 4" if len(first) else
+    assert (f"x0_pred first reaches 30 dB PSNR at step {first.iloc[0] + 1} of 4" if len(first) else
             "x0_pred never reaches 30 dB PSNR") + " (dB: x0_pred against the final image)" in captions["trajectory_strip.png"]
     # the final image sits with the images, not the figures, and carries the whole request: `params=` regenerates it
     final = read_png_metadata(tmp_path / "images" / "trajectory_final.png")
@@ -245,6 +245,31 @@ def test_trajectory_gif_frames_carry_each_x0_pred_psnr_in_a_legible_band(tmp_pat
     assert texts[1::2] == [f"x0_pred {db:.1f} dB" if np.isfinite(db) else "x0_pred = final"
                            for db in rows["x0_pred_psnr_vs_final_db"]] + ["final"]
     assert Image.open(tmp_path / "trajectory.gif").size == (2 * 64 * 4, 64 * 4 + 22)  # 16 px letters, not 11
+
+
+def test_strip_steps_show_the_step_the_title_names_in_place_of_the_nearest_inner_one():
+    from sdlab.jobs.trajectory import strip_steps
+
+    assert strip_steps(50, 9) == [0, 6, 12, 18, 24, 31, 37, 43, 49]
+    assert strip_steps(50, 9, keep=28) == [0, 6, 12, 18, 24, 28, 37, 43, 49]  # 31 is nearer 28 than 24 is
+    assert strip_steps(50, 9, keep=1) == [0, 1, 12, 18, 24, 31, 37, 43, 49]  # the first and last steps stay
+    assert strip_steps(50, 9, keep=31) == strip_steps(50, 9) and strip_steps(4, 8, keep=2) == [0, 1, 2, 3]
+    assert strip_steps(20, 1, keep=7) == [7]
+
+
+def test_trajectory_title_names_a_step_its_strip_shows_counted_as_its_panels_count(tmp_path, monkeypatch):
+    from sdlab.jobs import trajectory
+
+    drawn, real = {}, trajectory.image_strip
+    monkeypatch.setattr(trajectory, "image_strip",
+                        lambda rows, target, **kw: drawn.update(kw) or real(rows, target, **kw))
+    psnrs = iter([12.0, 31.0, 33.0, 35.0, float("inf")])  # step 2 of 5 first reaches 30 dB
+    monkeypatch.setattr(trajectory, "psnr", lambda final, x0: next(psnrs))
+    run("trajectory", tmp_path, num_inference_steps=5, frames=3)  # evenly spaced: steps 0, 2, 4 (1-based 1, 3, 5)
+    assert "x0_pred first reaches 30 dB PSNR at step 2 of 5 (dB:" in drawn["title"]
+    x_t, x0 = drawn["col_labels"]
+    assert [label.split("\n")[0] for label in x0] == ["step 1 of 5", "step 2 of 5", "step 5 of 5"]
+    assert x_t[:3] == [label.rsplit("\n", 1)[0] for label in x0] and x0[1].endswith("31.0 dB")
 
 
 def test_trajectory_x0_pred_matches_euler_update(tmp_path):
@@ -439,7 +464,7 @@ def test_trajectory_linear_preview_measures_x0_pred_against_the_final_latents_pr
     assert rows["x0_pred_psnr_vs_final_db"].iloc[-1] == math.inf
     first = rows.loc[rows["x0_pred_psnr_vs_final_db"] >= 30, "step"].iloc[0]
     caption = read_captions(tmp_path)["trajectory_strip.png"]
-    assert (f"x0_pred first reaches 30 dB PSNR at step {first} of 4 (dB: x0_pred against the final latents, "
+    assert (f"x0_pred first reaches 30 dB PSNR at step {first + 1} of 4 (dB: x0_pred against the final latents, "
             "both through the linear preview)") in caption
 
 

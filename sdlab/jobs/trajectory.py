@@ -36,6 +36,20 @@ def to_final(row: dict) -> str:
     return "= final" if np.isinf(db) else f"{db:.1f} dB"
 
 
+def step_name(index: int, count: int) -> str:
+    """A step as the strip, its title and the GIF name it: counted from 1, `step 1 of 20` to `step 20 of 20`."""
+    return f"step {index + 1} of {count}"
+
+
+def strip_steps(count: int, frames: int, keep: int | None = None) -> list[int]:
+    """`frames` evenly spaced indices of `count` steps; `keep` replaces the nearest one, the first and last aside."""
+    picks = sorted(set(np.linspace(0, count - 1, min(count, frames)).round().astype(int).tolist()))
+    if keep is None or keep in picks:
+        return picks
+    nearest = min(picks[1:-1] or picks, key=lambda i: abs(i - keep))
+    return sorted(set(picks) - {nearest} | {keep})
+
+
 class TrajectoryRecorder:
     """Keeps every step the model hands `on_step` (see ModelAdapter.denoise) and the seconds spent capturing them."""
 
@@ -111,19 +125,19 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              "snr_db": float(log_snr_db(s["log_snr"])), "x_t_std": float(s["x_t"].std()),
              "x0_pred_std": float(s["denoised"].std()),
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
-    picks = sorted(set(np.linspace(0, len(steps) - 1, min(len(steps), recipe.frames)).round().astype(int)))
-    labels = [f"step {steps[i]['i']}\n{model.noise.step_label(steps[i])}" for i in picks]
-    x0_labels = [f"{label}\n{to_final(rows[i])}" for label, i in zip(labels, picks)]
-    settled = next((r["step"] for r in rows if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
-    claim = (f"x0_pred first reaches {SETTLED_DB:g} dB PSNR at step {settled} of {len(rows)}"
+    settled = next((i for i, r in enumerate(rows) if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
+    claim = (f"x0_pred first reaches {SETTLED_DB:g} dB PSNR at {step_name(settled, len(rows))}"
              if settled is not None else f"x0_pred never reaches {SETTLED_DB:g} dB PSNR")
+    picks = strip_steps(len(steps), recipe.frames, keep=settled)  # the step the claim names is one of the panels
+    labels = [f"{step_name(i, len(steps))}\n{model.noise.step_label(steps[i])}" for i in picks]
+    x0_labels = [f"{label}\n{to_final(rows[i])}" for label, i in zip(labels, picks)]
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + [FINAL_LABELS[recipe.preview]], x0_labels], row_labels=["x_t", "x0_pred"],
                 title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, "
                       f"seed {seed}: {short_prompt(params.prompt)}\n"
                       f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
-    frames = [side_by_side([labelled(x_t[i], f"x_t  step {s['i']} {model.noise.step_label(s)}", scale),
+    frames = [side_by_side([labelled(x_t[i], f"x_t  {step_name(i, len(steps))} {model.noise.step_label(s)}", scale),
                             labelled(x0[i], f"x0_pred {to_final(rows[i])}", scale)])
               for i, s in enumerate(steps)]
     last = FINAL_LABELS[recipe.preview].replace("\n", " ")
