@@ -184,6 +184,23 @@ def test_anatomy_job_on_tiny(tmp_path):
     check_image(tmp_path / "anatomy.png", min_size=(400, 300))
 
 
+def test_binary_size_picks_the_unit_that_fits_with_three_significant_digits():
+    from sdlab.jobs.anatomy import binary_size
+
+    assert [binary_size(6_237_755 * n) for n in (4, 2)] == ["23.8 MiB", "11.9 MiB"]  # mini, not 0.02 and 0.01 GiB
+    assert [binary_size(1_066_235_307 * n) for n in (4, 2)] == ["3.97 GiB", "1.99 GiB"]  # SD 1.5
+    assert binary_size(11_901_408_320 * 4) == "44.3 GiB" and binary_size(2**30 - 1) == "1,024 MiB"
+    assert binary_size(3 * 2**20 + 2**19) == "3.50 MiB" and binary_size(500_000) == "0.477 MiB"
+
+
+def test_anatomy_title_gives_a_small_models_bytes_in_mib(tmp_path):
+    rows = run("anatomy", tmp_path).set_index("component")
+    total = rows.loc["total", "params"]
+    caption = read_captions(tmp_path)["anatomy.png"]
+    fp32, fp16 = (f"{total * n / 2**20:.{2 if total * n < 10 * 2**20 else 1}f} MiB" for n in (4, 2))
+    assert f"{total:,} parameters, {fp32} fp32, {fp16} fp16;" in caption and "GiB" not in caption
+
+
 def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
     scheduler = {"name": "ddim", "timestep_spacing": None, "use_karras_sigmas": None, "rescale_betas_zero_snr": None,
                  "final_sigmas_type": None, "steps_offset": None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 
@@ -57,6 +58,13 @@ def percent(share: float, decimals: int = 0) -> str:
     return f"<{least:.{decimals}%}" if 0 < share < least else f"{share:.{decimals}%}"
 
 
+def binary_size(n_bytes: int) -> str:
+    """`n_bytes` in MiB below 1 GiB, else in GiB, to three significant digits: `23.8 MiB`, `3.97 GiB`."""
+    value, unit = (n_bytes / 2**30, "GiB") if n_bytes >= 2**30 else (n_bytes / 2**20, "MiB")
+    decimals = max(0, 2 - math.floor(math.log10(value))) if value else 0
+    return f"{value:,.{decimals}f} {unit}"
+
+
 @job("anatomy", work=no_images)
 def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     """A row per component plus total, table `<denoiser>_blocks` (unet or transformer), figure anatomy.png."""
@@ -77,12 +85,13 @@ def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     write_table(blocks[["model", "block", "params", "share", "bytes_fp32", "bytes_fp16", "bytes_bf16"]], ctx.out_dir,
                 f"{denoiser}_blocks")
     parts = table[table["component"] != "total"]
-    total = int(table.loc[table["component"] == "total", "params"].iloc[0])
+    total = table[table["component"] == "total"].iloc[0]
     bar_chart([
         {"labels": list(parts["component"]), "values": list(parts["params"] / 1e6), "xlabel": "parameters (millions)",
-         "notes": [f"{p / 1e6:,.1f} M ({percent(s)}), {b / 2**20:,.0f} MiB fp16" for p, s, b in
+         "notes": [f"{p / 1e6:,.1f} M ({percent(s)}), {binary_size(b)} fp16" for p, s, b in
                    zip(parts["params"], parts["share"], parts["bytes_fp16"])],
-         "title": f"model={spec.name}: {total:,} parameters, {total * 4 / 2**30:.2f} GiB fp32, {total * 2 / 2**30:.2f} GiB fp16; "
+         "title": f"model={spec.name}: {total['params']:,} parameters, {binary_size(total['bytes_fp32'])} fp32, "
+                  f"{binary_size(total['bytes_fp16'])} fp16; "
                   f"latent {geometry['latent_shape']} at {side}px (x{geometry['compression_ratio']:g})"},
         {"labels": list(blocks["block"].str.replace(" (", "\n(")), "values": list(blocks["params"] / 1e6),
          "xlabel": "parameters (millions)", "notes": [percent(s, 1) for s in blocks["share"]],
