@@ -116,6 +116,38 @@ def test_timestep_embedding_table_holds_every_timestep_its_title_quotes(run_sdla
     assert cosine[half - 1] >= 0.5 > cosine[half:].max()
 
 
+def drawn_heatmap(run_sdlab, tmp_path, monkeypatch, *overrides: str) -> tuple[np.ndarray, str, float]:
+    """D2's heatmap as drawn: its values, its title and its height in pixels."""
+    drawn, real = [], explainers.save_figure
+
+    def keep(fig, target):
+        heat = fig.axes[0]
+        drawn.append((heat.images[0].get_array(), heat.get_title(), heat.get_window_extent().height))
+        return real(fig, target)
+
+    monkeypatch.setattr(explainers, "save_figure", keep)
+    assert run_sdlab("experiment=article_d2_timestep_embedding", f"hydra.run.dir={tmp_path}", *overrides) == 0
+    return drawn[0]
+
+
+def test_timestep_embedding_heatmap_resolves_every_dimensions_sinusoid(run_sdlab, tmp_path, monkeypatch):
+    """50 rows 20 timesteps apart drew dims 0-32 as noise: w_k = 10000^(-k/160) turns up to 1 radian per timestep."""
+    values, title, height = drawn_heatmap(run_sdlab, tmp_path, monkeypatch)
+    assert np.asarray(values) == pytest.approx(toy.sinusoidal_timestep_embedding(np.arange(1000), 320))
+    assert height >= 1000  # a pixel row per timestep: drawn smaller, the screen would alias them again
+    assert title == ("the embedding of all 1000 timesteps, one row each:\nevery sinusoid resolved, the fastest "
+                     "(dims 0 and 160) turns once per 6.3 rows")
+
+
+def test_timestep_embedding_heatmap_names_the_dimensions_its_rows_undersample(run_sdlab, tmp_path, monkeypatch):
+    values, title, height = drawn_heatmap(run_sdlab, tmp_path, monkeypatch, "timestep_embedding.rows=50")
+    gap = np.diff(np.linspace(0, 999, 50).round()).max()
+    fast = np.flatnonzero(10000.0 ** -(np.arange(160) / 160) * gap >= np.pi)  # under two rows per period
+    assert len(values) == 50 and gap == 21 and fast.tolist() == list(range(34))
+    assert title == ("the embedding of 50 timesteps up to 21 apart, one row each:\ndims 0-33 and 160-193 turn over "
+                     "half a cycle per row: aliased, not their sinusoids")
+
+
 def test_stays_below_half_finds_the_last_crossing_or_none():
     assert explainers.stays_below_half(np.array([1.0, 0.4, 0.6, 0.3, 0.2])) == 3
     assert explainers.stays_below_half(np.array([1.0, 0.4, 0.6])) is None

@@ -17,6 +17,7 @@ from sdlab.metrics.clip import cosine_matrix
 from sdlab.metrics.toy_unet import level_table
 
 CURVE_POINTS = 1000  # timesteps on the cosine curve, at most
+HEAT_ROWS = 1000  # timesteps on the embedding's heatmap, at most: each gets a pixel row, the figure grows to fit them
 
 
 def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -182,11 +183,40 @@ def stays_below_half(cosine: np.ndarray) -> int | None:
     return int(above[-1]) + 1 if above[-1] + 1 < len(cosine) else None
 
 
+def dims(first: int, last: int) -> str:
+    """A span of embedding dimensions: `0-33`, or `0` alone."""
+    return f"{first}-{last}" if last > first else f"{first}"
+
+
+def heatmap_title(timesteps: np.ndarray, dim: int) -> str:
+    """What the heatmap's rows resolve: every sinusoid (over half a cycle between rows aliases), or which they alias."""
+    freqs, half = toy.timestep_frequencies(dim), dim // 2
+    gap = int(np.diff(timesteps).max(initial=1))
+    spacing = f"all {len(timesteps)} timesteps" if gap == 1 else f"{len(timesteps)} timesteps up to {gap} apart"
+    head = f"the embedding of {spacing}, one row each:\n"
+    fast = int((freqs * gap >= math.pi).sum())  # the fastest first: fewer than two rows per period
+    if not fast:
+        return (f"{head}every sinusoid resolved, the fastest (dims 0 and {half}) turns once per "
+                f"{2 * math.pi / (freqs[0] * gap):.1f} rows")
+    return (f"{head}dims {dims(0, fast - 1)} and {dims(half, half + fast - 1)} turn over half a cycle per row: "
+            "aliased, not their sinusoids")
+
+
+def pixel_rows(fig, ax, rows: int) -> None:
+    """Grow `fig` until `ax` is at least `rows` pixels high: a row per pixel, the screen resamples none away."""
+    for _ in range(3):  # the constrained layout gives the panels nearly all the growth: a second pass settles it
+        fig.get_layout_engine().execute(fig)  # lays the panels out without drawing the image
+        short = rows - ax.get_position().height * fig.get_figheight() * fig.dpi
+        if short <= 0:
+            return
+        fig.set_figheight(fig.get_figheight() + (short + 1) / fig.dpi)
+
+
 @job("timestep_embedding")
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     """The SD UNet's sinusoidal timestep embedding as a heatmap, beside each t's cosine to t=0's (a table row per t)."""
     T, dim, rows = ctx.recipe.T, ctx.recipe.dim, ctx.recipe.rows
-    timesteps = np.linspace(0, T - 1, rows).round().astype(int)
+    timesteps = np.unique(np.linspace(0, T - 1, min(rows, T, HEAT_ROWS)).round().astype(int))
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
     t = np.unique(np.linspace(0, T - 1, min(T, CURVE_POINTS)).round().astype(int))
     curve = toy.sinusoidal_timestep_embedding(t, dim)
@@ -204,7 +234,7 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
         ax.grid(False)
         ax.set_xlabel("embedding dimension (cos half, then sin half)")
         ax.set_ylabel("timestep t")
-        ax.set_title(f"the embedding of {rows} timesteps, one row each")
+        ax.set_title(heatmap_title(timesteps, dim))
         fig.colorbar(im, ax=ax, location="bottom", shrink=0.6, aspect=40, pad=0.02,
                      label="embedding value: cos(t w_k) or sin(t w_k)")
         side.plot(cosine, t, color="C0", lw=1)
@@ -219,5 +249,6 @@ def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
         side.set_xlabel("cosine similarity to t=0's embedding")
         side.set_title("cosine of t's embedding to t=0's\n(the same for any two timesteps t apart)")
         fig.suptitle(f"sinusoidal timestep embedding, dim {dim}: cosine to t=0 is {', '.join(claims)}")
+        pixel_rows(fig, ax, len(timesteps))
         save_figure(fig, ctx.out_dir / "timestep_embedding.png")
     return finish(ctx, frame, "timestep_embedding")

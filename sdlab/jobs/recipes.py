@@ -214,7 +214,7 @@ class TimestepEmbedding:
     block = "timestep_embedding"
     T: int = rule(1000, "int", 1, 1_000_000)
     dim: int = rule(320, "int", 2, 100_000)
-    rows: int = rule(50, "int", 1, 100_000)
+    rows: int = rule(1000, "int", 1, 100_000)  # the heatmap draws at most T and at most 1000 (explainers.HEAT_ROWS)
 
     def __post_init__(self):
         check_numbers(self.block, rows=self.rows, dim=self.dim)

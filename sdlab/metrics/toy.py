@@ -149,12 +149,17 @@ def toy_noise_predictor_mse(T: int = 200, n: int = 50, shape=(1, 32, 32), bins: 
     return table
 
 
+def timestep_frequencies(dim: int, downscale_freq_shift: float = 0.0, max_period: float = 10000.0) -> np.ndarray:
+    """The angular frequency w_k = max_period^(-k/(dim/2 - shift)) of each of the embedding's dim // 2 sinusoids."""
+    half_dim = dim // 2
+    return np.exp(-math.log(max_period) * np.arange(half_dim) / (half_dim - downscale_freq_shift))
+
+
 def sinusoidal_timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0,
                                   max_period: float = 10000.0, scale: float = 1.0) -> np.ndarray:
     """[sin(t w_k), cos(t w_k)], w_k = max_period^(-k/(dim/2 - shift)), as diffusers get_timestep_embedding."""
     timesteps = np.asarray(timesteps, dtype=np.float64).reshape(-1)
-    half_dim = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(half_dim) / (half_dim - downscale_freq_shift))
+    freqs = timestep_frequencies(dim, downscale_freq_shift, max_period)
     angles = scale * timesteps[:, None] * freqs[None, :]
     sin, cos = np.sin(angles), np.cos(angles)
     emb = np.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
