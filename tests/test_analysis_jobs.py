@@ -264,6 +264,14 @@ def test_trajectory_gif_frames_carry_each_x0_pred_psnr_in_a_legible_band(tmp_pat
     assert Image.open(tmp_path / "trajectory.gif").size == (2 * 64 * 4, 64 * 4 + 22)  # 16 px letters, not 11
 
 
+def test_a_sampler_that_calls_the_model_more_often_than_it_steps_counts_its_calls():
+    """Heun at 10 steps read 'heun, 10 steps ... at step 16 of 19': its 19 frames are model calls, not steps."""
+    from sdlab.jobs.trajectory import step_name
+
+    assert step_name(0, 20, 20) == "step 1 of 20"
+    assert step_name(15, 19, 10) == "model call 16 of 19"
+
+
 def test_strip_steps_show_the_step_the_title_names_in_place_of_the_nearest_inner_one():
     from sdlab.jobs.trajectory import strip_steps
 

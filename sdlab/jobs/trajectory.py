@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -36,9 +37,10 @@ def to_final(row: dict) -> str:
     return "= final" if np.isinf(db) else f"{db:.1f} dB"
 
 
-def step_name(index: int, count: int) -> str:
-    """A step as the strip, its title and the GIF name it: counted from 1, `step 1 of 20` to `step 20 of 20`."""
-    return f"step {index + 1} of {count}"
+def step_name(index: int, count: int, steps: int) -> str:
+    """A frame as the strip, its title and the GIF name it: counted from 1, `step 1 of 20` to `step 20 of 20`; the
+    `count` frames of a sampler that calls the model more often than its `steps` (Heun) are its model calls."""
+    return f"{'step' if count == steps else 'model call'} {index + 1} of {count}"
 
 
 def strip_steps(count: int, frames: int, keep: int | None = None) -> list[int]:
@@ -125,19 +127,21 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              "snr_db": float(log_snr_db(s["log_snr"])), "x_t_std": float(s["x_t"].std()),
              "x0_pred_std": float(s["denoised"].std()),
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
+    named = partial(step_name, count=len(steps), steps=params.num_inference_steps)
     settled = next((i for i, r in enumerate(rows) if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
-    claim = (f"x0_pred first reaches {SETTLED_DB:g} dB PSNR at {step_name(settled, len(rows))}"
+    claim = (f"x0_pred first reaches {SETTLED_DB:g} dB PSNR at {named(settled)}"
              if settled is not None else f"x0_pred never reaches {SETTLED_DB:g} dB PSNR")
+    calls = f" ({len(steps)} model calls)" if len(steps) != params.num_inference_steps else ""
     picks = strip_steps(len(steps), recipe.frames, keep=settled)  # the step the claim names is one of the panels
-    labels = [f"{step_name(i, len(steps))}\n{model.noise.step_label(steps[i])}" for i in picks]
+    labels = [f"{named(i)}\n{model.noise.step_label(steps[i])}" for i in picks]
     x0_labels = [f"{label}\n{to_final(rows[i])}" for label, i in zip(labels, picks)]
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + [FINAL_LABELS[recipe.preview]], x0_labels], row_labels=["x_t", "x0_pred"],
-                title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}, cfg {params.guidance_scale:g}, "
-                      f"seed {seed}: {short_prompt(params.prompt)}\n"
+                title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}{calls}, "
+                      f"cfg {params.guidance_scale:g}, seed {seed}: {short_prompt(params.prompt)}\n"
                       f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
-    frames = [side_by_side([labelled(x_t[i], f"x_t  {step_name(i, len(steps))} {model.noise.step_label(s)}", scale),
+    frames = [side_by_side([labelled(x_t[i], f"x_t  {named(i)} {model.noise.step_label(s)}", scale),
                             labelled(x0[i], f"x0_pred {to_final(rows[i])}", scale)])
               for i, s in enumerate(steps)]
     last = FINAL_LABELS[recipe.preview].replace("\n", " ")
