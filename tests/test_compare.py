@@ -186,3 +186,20 @@ def test_the_snr_curve_runs_clear_of_the_rows_of_visited_timesteps(tmp_path, mon
     rows = [ax.get_window_extent() for ax in fig.axes if ax.collections]
     [snr] = [ax for ax in fig.axes if ax.lines]
     assert len(rows) == 2 and not any(snr.get_window_extent().overlaps(box) for box in rows)
+
+
+def test_each_visits_panel_says_where_each_sampler_stops_calling_the_model(tmp_path, monkeypatch):
+    """The quick study's visits.png showed dpmpp_2m never calling the model below t=250 at 4 steps, unsaid."""
+    from sdlab.bench import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, target: seen.setdefault("fig", fig) and target)
+    visits = pd.DataFrame([{"scheduler": name, "num_inference_steps": 4, "timestep": t}
+                           for name, ts in (("ddim", (999, 666, 333, 0)), ("dpmpp_2m", (999, 750, 500, 250)),
+                                            ("euler", (999, 666, 333, 0)))
+                           for t in ts])
+    t = np.arange(1000)
+    figures.schedule_visits(visits, pd.DataFrame({"t": t, "snr_db": 30 - 0.05 * t}), tmp_path / "v.png")
+    titles = [" ".join(ax.get_title().split()) for ax in seen["fig"].axes]
+    assert titles[1] == "timesteps visited at 4 steps; last at t=0 for ddim, euler; t=250 for dpmpp_2m"
+    assert seen["fig"].get_label() == titles[1]  # its caption: the headline the run prints

@@ -482,6 +482,15 @@ def band_note(counts: pd.Series) -> str:
     return f"bands: 95% interval across the {n} images of each point" + (f"; none where n < {MIN_N}" if low < MIN_N else "")
 
 
+def last_visits(visits: pd.DataFrame, by: str) -> str:
+    """The lowest timestep each `by` group calls the model at, groups sharing one named together: 't=0 for ddim,
+    euler; t=250 for dpmpp_2m'."""
+    last: dict[str, list[str]] = {}
+    for label, group in visits.groupby(by, sort=False):
+        last.setdefault(f"t={group['timestep'].min():g}", []).append(str(label))
+    return "; ".join(f"{t} for {', '.join(names)}" for t, names in last.items())
+
+
 def schedule_visits(visits: pd.DataFrame, curve: pd.DataFrame, target: Path) -> Path:
     """The schedule's SNR curve (t, snr_db) above the timesteps each scheduler visits (a row of marks per scheduler)."""
     step_counts = sorted(visits["num_inference_steps"].unique())
@@ -493,13 +502,16 @@ def schedule_visits(visits: pd.DataFrame, curve: pd.DataFrame, target: Path) -> 
         axes[0, 0].plot(curve["t"], curve["snr_db"], color="0.4", lw=1)
         axes[0, 0].set(ylabel="SNR (dB)", title="SNR of the schedule")
         for ax, steps in zip(axes[1:, 0], step_counts):
+            panel = visits[visits["num_inference_steps"] == steps]
             for i, name in enumerate(names):
-                part = visits[(visits["scheduler"] == name) & (visits["num_inference_steps"] == steps)]
+                part = panel[panel["scheduler"] == name]
                 ax.scatter(part["timestep"], np.full(len(part), i), marker="|", s=60, color="C0")
             ax.set_yticks(range(len(names)), names, fontsize=7)
             ax.set_ylim(len(names) - 0.5, -0.5)
-            ax.set_title(f"timesteps visited at {steps} steps")
+            ax.set_title(textwrap.fill(f"timesteps visited at {steps} steps; last at {last_visits(panel, 'scheduler')}",
+                                       100))
         axes[-1, 0].set_xlabel("timestep t")
+        fig.set_label(" | ".join(" ".join(ax.get_title().split()) for ax in axes[1:, 0]))  # its headline: the visits
         fig.tight_layout()
         return save_figure(fig, target)
 

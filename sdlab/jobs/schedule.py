@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sdlab.bench.captions import counted
-from sdlab.bench.figures import PALETTE, curves, save_figure, styled
+from sdlab.bench.figures import PALETTE, curves, last_visits, save_figure, styled
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import Run, SchedulerChoice
 from sdlab.errors import UserError
@@ -155,14 +155,10 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
               + dashes[i % 4]} for i, (label, g) in enumerate(groups)]  # its own marker and dashes: one under shows
     more = [f"{label} evaluates the model {len(g)} times" for label, g in groups if len(g) != steps]  # Heun: twice a step
     more_calls = f" ({'; '.join(more)} in {counted(steps, 'step')})" if more else ""
-    last = {}
-    for label, g in groups:
-        last.setdefault(f"t={g['timestep'].min():g}", []).append(label)
     panels = [
         {"lines": [{"x": model_table["t"], "y": model_table["snr_db"], "label": f"model={model} schedule", "color": "0.5"}],
          "points": on_curve, "hline": 0.0, "xlabel": "timestep t", "ylabel": "SNR (dB)",
-         "title": f"timesteps visited in {counted(steps, 'step')}; last at "
-                  + "; ".join(f"{t} for {', '.join(names)}" for t, names in last.items())},
+         "title": f"timesteps visited in {counted(steps, 'step')}; last at {last_visits(visits, 'scheduler')}"},
         {"points": rug, "xlabel": "timestep t", "ylim": (-0.6, len(groups) - 0.4),
          "yticks": (list(range(len(groups))), [textwrap.fill(g[0], 22, break_long_words=False) for g in groups]),
          "title": "visited timesteps per sampler"},
