@@ -225,6 +225,20 @@ def test_extending_a_sweep_recomputes_only_the_new_cells(run_sdlab, tmp_path):
     assert list(zip(frame["seed"], frame["guidance_scale"])) == [(s, g) for s in (2, 1) for g in (1, 5, 7.5, 15)]
 
 
+def test_a_sweep_extended_past_ten_cells_keeps_its_job_dirs_names(run_sdlab, tmp_path, capsys):
+    """From 9 cells to 11 the job dirs were numbered anew, 00 to 10 beside 0 to 8: every job ran again and left an empty
+    table, and the line that counts the finished ones was gone. The folder's own numbering stays; 9 and 10 follow."""
+    sweep = ("-m", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab("seed=range(1,10)", *sweep) == 0
+    capsys.readouterr()
+    assert run_sdlab("seed=range(1,12)", *sweep) == 0
+    assert "; 9 finished before: not run again" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(
+        map(str, range(11)))
+    frame = assert_table_is_the_images(tmp_path)
+    assert sorted(frame["seed"]) == list(range(1, 12))
+
+
 def test_a_damaged_image_an_extended_sweep_found_in_another_job_dir_is_made_again(run_sdlab, tmp_path, monkeypatch):
     """Extending shifts job numbers: job 2's cell (seed 1, guidance 7.5) stays in job dir 1, and job dir 2's table
     holds another cell. Cut short there, that image is made again on the rerun and the root table keeps all six."""

@@ -28,10 +28,11 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import RECIPES_SUBDIR, display_overrides, hydra_quote, named_by_sdlab, override_parser
 from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
-from sdlab.app.compose import SWEEP_CELLS, composed_run, parse_job, resolved, task_overrides
+from sdlab.app.compose import JOB_FOLDER_WIDTH, composed_run, parse_job, resolved, task_overrides
 from sdlab.app.preflight import check_job, check_sweep, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
+from sdlab.bench.records import job_number_width
 from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_weights, read_manifest,
                                 varying_keys, write_manifest)
 from sdlab.bench.run import typed_run
@@ -358,7 +359,7 @@ class ComposeOnceSweeper(Sweeper):
             for warning in warnings:
                 log.warning(warning)
             self.cannot_run = set(cannot)
-        os.environ[SWEEP_CELLS] = str(len(jobs) - len(self.cannot_run))  # the width of job folder names
+        os.environ[JOB_FOLDER_WIDTH] = str(job_number_width(Path(sweep_dir), len(jobs) - len(self.cannot_run)))
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
             job_dirs = self.check_dirs(sweep_dir, composed)
             if not fresh:

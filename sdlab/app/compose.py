@@ -14,13 +14,13 @@ from sdlab.bench.run import parse
 from sdlab.config import Run
 from sdlab.errors import UserError
 
-SWEEP_CELLS = "SDLAB_SWEEP_CELLS"  # set by the sweeper; an environment variable reaches a launcher's workers too
+JOB_FOLDER_WIDTH = "SDLAB_JOB_FOLDER_WIDTH"  # set by the sweeper; an environment variable reaches a launcher's workers
 
 
 def job_folder(num) -> str:
-    """`${job_folder:${hydra.job.num}}`: the job number zero-padded to the sweep's size (07 of 26), so folders sort."""
-    cells = int(os.environ.get(SWEEP_CELLS) or 1)
-    return str(num).zfill(len(str(max(cells - 1, 0))))
+    """`${job_folder:${hydra.job.num}}`: the job number zero-padded as the sweeper says (07 of 26; see
+    `records.job_number_width`)."""
+    return str(num).zfill(int(os.environ.get(JOB_FOLDER_WIDTH) or 1))
 
 
 CLEAR_LINE = "\r\x1b[K"  # back to the line's start, then erase it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import zlib
 from functools import lru_cache
@@ -230,6 +231,18 @@ def finished(row: dict[str, Any], folder: Path) -> bool:
     """Whether a row is a finished cell: status ok, and its image (if any) a whole file inside `folder`."""
     path = row.get("image_path")
     return row.get("status") == "ok" and (not isinstance(path, str) or whole_image(local_file(folder, path)))
+
+
+def job_number_width(sweep_dir: Path, cells: int) -> int:
+    """The digits a sweep's job folders are zero-padded to: as its folder already numbers them (its job 0's name: `0`,
+    `00`, `00_<recipe>`), so an extended sweep finds its jobs; else as `cells` need, so they sort (07 of 26)."""
+    try:
+        with os.scandir(sweep_dir) as entries:
+            zeros = [len(found.group(1)) for entry in entries
+                     if (found := re.fullmatch(r"(0+)(_.*)?", entry.name)) and entry.is_dir()]
+    except OSError:
+        zeros = []
+    return min(zeros) if zeros else len(str(max(cells - 1, 0)))
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
