@@ -97,10 +97,10 @@ class DistanceStudy:
     """The `distance:` block: cells guidance_scales x schedulers x steps, each against `references` real images."""
 
     block = "distance"
-    guidance_scales: tuple[float, ...] = checked(None, "numbers", 0, 1000, plain=False)
-    schedulers: tuple[str, ...] = checked(None, "strs", plain=False)
-    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False)
-    prompts: tuple[str, ...] = checked(None, "strs", plain=False)
+    guidance_scales: tuple[float, ...] = checked(None, "numbers", 0, 1000, plain=False, distinct=True)
+    schedulers: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
+    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False, distinct=True)
+    prompts: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
     images: int = checked(None, "int", 4, 100000, plain=False)
     references: int = checked(None, "int", 4, 100000, plain=False)
     kid_subsets: int = checked(None, "int", 2, 10000, plain=False,
@@ -213,7 +213,7 @@ class DdimSteps:
 class TimestepEmbedding:
     block = "timestep_embedding"
     T: int = rule(1000, "int", 1, 1_000_000)
-    dim: int = rule(320, "int", 2, 100_000)
+    dim: int = rule(320, "int", 2, 8192)  # SD's is 320; its heatmap draws rows x dim cells
     rows: int = rule(1000, "int", 1, 100_000)  # the heatmap draws at most T and at most 1000 (explainers.HEAT_ROWS)
 
     def __post_init__(self):
@@ -251,7 +251,7 @@ class SchedulerGrid:
 
     schedulers: tuple[str, ...] = checked(MISSING, "strs", plain=False)
     reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
-    reference_steps: int | None = checked(None, "int", 0, plain=False, optional=True)  # 0 or null: none
+    reference_steps: int | None = checked(None, "int", 0, 1000, plain=False, optional=True)  # 0 or null: none
 
 
 @dataclass(frozen=True)
@@ -267,6 +267,9 @@ class ScheduleSnr:
         for item in self.schedules or ():  # the model's and the configured scheduler's are checked with their folder
             if item not in ("model", "scheduler"):
                 beta_schedule_spec(item)
+        for item in self.visit_schedulers or ():  # their options are checked against their classes (check_schedules)
+            if isinstance(item, dict) and not isinstance(item.get("name"), str):
+                raise UserError(f"visit_schedulers entry {item!r} needs the name of a scheduler, e.g. {{name: euler}}")
 
 
 STAGES = ("vae", "clip", "unet")

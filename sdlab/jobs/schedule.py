@@ -13,18 +13,23 @@ import pandas as pd
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import PALETTE, curves, last_visits, save_figure, styled
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.config import Run, SchedulerChoice
+from sdlab.config import LIMITS, SIDE_MULTIPLE, Field, Run, SchedulerChoice, check_fields
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, no_images, read_recipe
 from sdlab.jobs.analysis import model_scheduler_config
 from sdlab.jobs.recipes import ScheduleSnr
 from sdlab.metrics.schedule import beta_schedule_spec, betas, log_snr_crossing, schedule_table, zero_crossing
 from sdlab.models.loading import adapter_class
+from sdlab.models.model_files import check_scheduler_config
 from sdlab.models.noise import process_of
 from sdlab.models.schedulers import FAMILY_CONFIGS, check_options, make_scheduler, resolved_config, timestep_kwargs
 
 log = logging.getLogger(__name__)
 FAMILY_KEYS = ("name", "config", "options", "sampler", "steps", "width", "height", "flux_sigmas")
+SIDE = Field("int", SIDE_MULTIPLE, LIMITS["max_side"])
+FAMILY_FIELDS = {"name": Field("str", plain=True), "sampler": Field("str", plain=True),
+                 "steps": Field("int", 1, LIMITS["max_steps"]), "width": SIDE, "height": SIDE,
+                 "flux_sigmas": Field("bool", plain=True)}
 LOG_SNR_LIMITS = (-15.0, 15.0)
 
 
@@ -186,10 +191,11 @@ def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any
         config = FAMILY_CONFIGS[config]
     if not isinstance(config, dict):
         raise UserError(f"families config {config!r} must be one of {', '.join(FAMILY_CONFIGS)}, model or a dict")
+    check_scheduler_config(config, "families config")
+    check_fields(item, FAMILY_FIELDS, "families ")
+    if not isinstance(item.get("options") or {}, dict):
+        raise UserError(f"families options={item['options']!r} must be a mapping of scheduler options")
     steps, width, height = item.get("steps", 28), item.get("width") or 1024, item.get("height") or 1024
-    for key, value in (("steps", steps), ("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"families {key}={value!r} must be a positive integer")
     sampler = item.get("sampler") or "ddim"  # on a flow model, Euler (see sdlab.models.schedulers)
     options = check_options(sampler, dict(item.get("options") or {}), process_of(config).kind)
     if item.get("name"):

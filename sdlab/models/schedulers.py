@@ -152,6 +152,9 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
     if unknown:
         raise UserError(f"scheduler {name!r} has no option {unknown[0]!r}; its options are: "
                         f"{', '.join(sorted(parameters))}")
+    if unset := [k for k in user if k not in SCHEDULER_OPTIONS]:  # e.g. num_train_timesteps: a model folder's, sized
+        raise UserError(f"scheduler {name!r}: option {unset[0]!r} is not one a run sets; the options are: "
+                        f"{', '.join(SCHEDULER_OPTIONS)}")
     for key, value in user.items():
         expected = OPTION_TYPES.get(type(parameters[key].default))
         if expected and (type(value) not in expected[0]):
