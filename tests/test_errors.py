@@ -201,6 +201,9 @@ def test_folder_without_weights_is_refused(tmp_path):
     (("experiment=guidance_grid", "guidance_scales=[]"), "guidance_scales=[] must be a non-empty list of numbers"),
     (("experiment=article_b8_schedulers", "schedulers=[]"), "schedulers=[] must be a non-empty list of strings"),
     (("experiment=article_c2_img2img", "strengths=[0.5,1.5]"), "strength 1.5 must be in (0, 1]"),
+    (("experiment=article_c2_img2img", "strengths=[0.05,1.0]", "num_inference_steps=10"),  # a traceback, no image
+     "strength 0.05 x 10 steps leaves no denoising step (img2img runs int(strength x steps)); raise "
+     "num_inference_steps to 20 or the strength to 0.1"),
     (("experiment=article_c1_pipeline_by_hand", "guidance_scale=1"),
      "guidance_scale=1.0 must be > 1 here: the loop by hand always applies guidance"),
     (("experiment=article_c1_pipeline_by_hand", "scheduler=euler"),

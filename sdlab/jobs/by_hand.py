@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,7 +105,17 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     }])
 
 
-@job("img2img_strength", check=lambda run: input_image(read_recipe(run, Img2img), 8),
+def check_img2img(run: Run) -> None:
+    """Each strength leaves img2img a denoising step (it runs int(strength x steps)), and the input image reads."""
+    recipe, steps = read_recipe(run, Img2img), run.params.num_inference_steps
+    if short := [s for s in recipe.strengths if int(s * steps) < 1]:
+        raise UserError(f"strength {short[0]:g} x {steps} steps leaves no denoising step (img2img runs int(strength x "
+                        f"steps)); raise num_inference_steps to {math.ceil(1 / short[0])} or the strength to "
+                        f"{1 / steps:g}")
+    input_image(recipe, 8)
+
+
+@job("img2img_strength", check=check_img2img,
      work=lambda run, r: [(run.scheduler.name, int(s * run.params.num_inference_steps), 1) for s in r.strengths])
 def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     """C2: image-to-image from a partly noised encoding of an input image, swept over strength, as one grid."""
