@@ -711,6 +711,14 @@ def test_a_job_that_draws_its_own_grid_gets_no_second_untitled_one(run_sdlab, tm
     assert read_captions(tmp_path / "run")["grid.png"] == "seed grid of 2 images"
 
 
+def test_schedule_snr_takes_its_report_timesteps_as_typed(run_sdlab, tmp_path, capsys):
+    """`report_timesteps=[0,500]` was an unknown key that wanted a `+`, and the line listing the recipe's keys left it
+    out."""
+    assert run_sdlab("experiment=schedule_snr", "report_timesteps=[0,500]", "threads=1",
+                     f"hydra.run.dir={tmp_path}") == 0
+    assert pd.read_csv(tmp_path / "schedule_at.csv")["t"].unique().tolist() == [0, 500]
+
+
 def test_token_counts_title_states_the_longest_prompts_count(run_sdlab, tmp_path):
     assert run_sdlab("experiment=article_a6_clip_tokens", f"hydra.run.dir={tmp_path}") == 0
     rows = pd.read_parquet(tmp_path / "results.parquet")

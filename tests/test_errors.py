@@ -162,6 +162,8 @@ def test_folder_without_weights_is_refused(tmp_path):
      "families width=100000000 must be an integer >= 8 and <= 4096"),
     (("experiment=schedule_snr", "visit_schedulers=[{foo: 1}]"),
      "visit_schedulers entry {'foo': 1} needs the name of a scheduler, e.g. {name: euler}"),
+    (("experiment=article_b8_schedulers", "reference_scheduler=euler_a"),
+     "reference_scheduler='euler_a' is stochastic; pick a deterministic one"),
     (("experiment=article_b8_schedulers", "reference_steps=1000000"),
      "reference_steps=1000000 must be an integer >= 0 and <= 1000 or null"),
     (("experiment=article_d2_timestep_embedding", "timestep_embedding.dim=100000"),

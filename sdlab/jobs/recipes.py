@@ -253,6 +253,10 @@ class SchedulerGrid:
     reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
     reference_steps: int | None = checked(None, "int", 0, 1000, plain=False, optional=True)  # 0 or null: none
 
+    def __post_init__(self):
+        if self.reference_scheduler in SCHEDULERS and SCHEDULERS[self.reference_scheduler].stochastic:
+            raise UserError(f"reference_scheduler={self.reference_scheduler!r} is stochastic; pick a deterministic one")
+
 
 @dataclass(frozen=True)
 class ScheduleSnr:
