@@ -317,9 +317,10 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
     ok = frame["status"].eq("ok").tolist() if "status" in frame else [True] * len(frame)  # a job's one row: no masks
     paths = frame["image_path"].notna().tolist() if "image_path" in frame else [False] * len(frame)
     several = sum(good and path for good, path in zip(ok, paths)) > 1
-    figures = headlines(folder, since, besides=SUMMARY_FILES)  # a job's own figures are its designed view of its images
-    if grid and not (several and not (figures and not sweep) and image_grid(
-            frame, folder, folder / "grid.png", grid_axes(frame, axes), seeds_within=True)):
+    figures = headlines(folder, since, besides=SUMMARY_FILES)
+    gridded = several and not (figures and not sweep)  # a job's own figures are its designed view of its images
+    if grid and not (gridded and image_grid(frame, folder, folder / "grid.png", grid_axes(frame, axes),
+                                            seeds_within=True)):
         forget_figure(folder / "grid.png")  # an earlier run's grid would show images this table no longer lists
     failed = frame.iloc[[i for i, good in enumerate(ok) if not good]].to_dict("records") if not all(ok) else []
     line = f"{len(frame) - len(failed)} ok, {len(failed)} failed" + failed_lines(failed, Path(folder))
@@ -330,6 +331,6 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
     if sweep:
         build_report(folder, frame)
     line += "".join(f"\n  {name}: {text}" for name, text in figures.items() if text)
-    drawn = {"grid.png": grid and several, "summary.png": sweep, "report.html": sweep, **dict.fromkeys(figures, True)}
+    drawn = {"grid.png": grid and gridded, "summary.png": sweep, "report.html": sweep, **dict.fromkeys(figures, True)}
     made = [str(Path(folder) / name) for name, wrote in drawn.items() if wrote and (Path(folder) / name).is_file()]
     return line + (f"\n  open: {', '.join(made)}" if made else "")

@@ -334,8 +334,6 @@ def comparable(value: Any) -> Any:
     """A value as typed ("7.5", "1", "true") and as a row holds it (7.5, 1.0, True) made equal; NaN matches nothing."""
     if isinstance(value, bool) or value is None:
         return str(value).lower()
-    if isinstance(value, numbers.Real):
-        return float(value)
     try:
         return float(value)
     except (TypeError, ValueError):

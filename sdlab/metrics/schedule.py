@@ -17,8 +17,9 @@ MAX_BETA = 0.999
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "T": 1000}
 BETA = Field("number", rule="a number in (0, 1)")
-ENTRY_FIELDS = {"name": Field("str", plain=True), "beta_schedule": Field("choice", choices=SCHEDULES, plain=True),
-                "beta_start": BETA, "beta_end": BETA, "T": Field("int", 2, 100_000)}  # T: a typo, not memory
+ENTRY_FIELDS = {"name": Field("str", plain=True), "beta_start": BETA, "beta_end": BETA,
+                "T": Field("int", 2, 100_000)}  # T: a typo, not memory
+ENTRY_KEYS = ("name", "beta_schedule", *SD_BETAS)  # beta_schedule: one of SCHEDULES
 
 
 def beta_schedule_spec(item: Any) -> dict[str, Any]:
@@ -29,12 +30,11 @@ def beta_schedule_spec(item: Any) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise UserError(f"schedules entry {item!r} must be a schedule name, 'model', 'scheduler' "
                         "or a dict with beta_schedule")
-    if unknown := [key for key in item if key not in ENTRY_FIELDS]:
-        raise UserError(f"schedules entry key {unknown[0]!r} is unknown{suggestion(str(unknown[0]), ENTRY_FIELDS)}; "
-                        f"an entry sets {', '.join(ENTRY_FIELDS)}")
+    if unknown := [key for key in item if key not in ENTRY_KEYS]:
+        raise UserError(f"schedules entry key {unknown[0]!r} is unknown{suggestion(str(unknown[0]), ENTRY_KEYS)}; "
+                        f"an entry sets {', '.join(ENTRY_KEYS)}")
     given = {k: v for k, v in item.items() if v is not None}
-    given = {**given, **check_fields({k: v for k, v in given.items() if k != "beta_schedule"}, ENTRY_FIELDS,
-                                     "schedules entry ")}
+    given.update(check_fields(given, ENTRY_FIELDS, "schedules entry "))
     spec = {"beta_schedule": given.get("beta_schedule", "linear"), **{k: given.get(k, v) for k, v in SD_BETAS.items()}}
     choose("beta_schedule", spec["beta_schedule"], SCHEDULES)
     if not 0 < spec["beta_start"] <= spec["beta_end"] < 1:
