@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from sdlab.conf_files import conf_values, group_options
 from sdlab.errors import UserError
@@ -30,7 +30,8 @@ EXCLUSIVE = {("prompt", "prompt_file"): "both set the prompts", ("seed", "seeds"
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 WORDS = {"int": "an integer", "number": "a number", "str": "a string", "ints": "a non-empty list of integers",
          "numbers": "a non-empty list of numbers", "strs": "a non-empty list of strings",
-         "int_lists": "a non-empty list of non-empty integer lists", "entries": "a list of names or mappings"}
+         "int_lists": "a non-empty list of non-empty integer lists", "entries": "a list of names or mappings",
+         "mapping": "a mapping"}
 ALIASES = {  # names users bring from other image tools
     "steps": "num_inference_steps", "cfg": "guidance_scale", "cfg_scale": "guidance_scale",
     "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt",
@@ -103,6 +104,8 @@ class Field:
             return isinstance(value, str) and bool(value)
         if self.kind == "entries":
             return isinstance(value, (list, tuple)) and all(isinstance(v, (str, dict)) and v for v in value)
+        if self.kind == "mapping":
+            return isinstance(value, dict)
         if self.kind in ("int", "number"):
             return _scalar(value, self.kind == "int") and self._inside(value)
         if not isinstance(value, (list, tuple)) or not value:
@@ -166,6 +169,13 @@ def check_fields(values: dict[str, Any], fields: dict[str, Field], prefix: str =
     return {name: rule.check(prefix + name, values[name]) for name, rule in fields.items() if name in values}
 
 
+def refuse_unknown(block: dict[str, Any], known: Iterable[str], key: str) -> None:
+    """A UserError naming the first key of the `key:` block that is not among `known`, with its near miss."""
+    if unknown := sorted(set(block) - set(known)):
+        raise UserError(f"{key}.{unknown[0]} is not a key of {key}{suggestion(unknown[0], set(known))}; its keys "
+                        f"are: {', '.join(known)}")
+
+
 def rules_of(cls) -> dict[str, Field]:
     """The Fields of a dataclass, by field name, in declaration order."""
     return {f.name: f.metadata["check"] for f in fields(cls) if "check" in f.metadata}
@@ -178,9 +188,7 @@ def check_block(cfg: dict[str, Any], key: str, fields: dict[str, Field],
     if not isinstance(block, dict):
         said = f"job {cfg.get('job')} needs a `{key}:` block" if block is None else f"{key}={block!r} must be a mapping"
         raise UserError(f"{said} of {', '.join(fields)}")
-    unknown = sorted(set(block) - set(fields))
-    if unknown:
-        raise UserError(f"{key}.{unknown[0]} is not a key of {key}; its keys are: {', '.join(fields)}")
+    refuse_unknown(block, fields, key)
     missing = [name for name in needed if name not in block]
     if missing:
         raise UserError(f"{key}.{missing[0]} is missing: the {key} block sets {', '.join(needed)}")

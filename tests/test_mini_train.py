@@ -218,6 +218,11 @@ SMALL = ["experiment=train_mini", "train.stage=vae", "train.export=null", "train
     (["train.vae.eval_images=0"], "train.vae.eval_images=0 must be an integer >= 1"),
     (["train.vae.ema_decay=1"], "train.vae.ema_decay=1 must be a number in [0, 1)"),
     (["+train.vae.decoder_only=maybe"], "train.vae.decoder_only='maybe' must be true or false"),
+    (["+train.vae.lr_warmup=10"], "train.vae.lr_warmup is not a key of train.vae (did you mean warmup?); its keys are: "),
+    (["train.vae.lr_warmup=10"], "unknown config key 'train.vae.lr_warmup' (did you mean warmup?); train.vae.* keys "
+                                 "are: "),
+    (["train.stage=clip", "+train.clip.architecture={}"], "train.clip.architecture is not a key of train.clip"),
+    (["+train.vae.text={}"], "train.vae.text is not a key of train.vae; its keys are: "),
     (["train.threads=0"], "train.threads=0 must be a positive integer"),
     (["train.num_images=0"], "train.num_images=0 must be an integer >= 1"),
     (["train.seed=-1"], "train.seed=-1 must be an integer in [0, 2**63-1]"),

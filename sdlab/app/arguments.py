@@ -176,7 +176,7 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
     group, _, sub = key.partition(".")
     recipes = typed.get("experiment") or ["generate"]
     if sub and group in ("model", "scheduler", "clip"):
-        check_sub_key(key, known_keys(group))
+        check_sub_key(key, [dict.fromkeys(known_keys(group))])
         if adds:
             options = sorted({option for recipe in recipes for option in group_choices(group, recipe, typed)})
             check_not_set(key, value, {option: {group: option_values(group, option)} for option in options}, group)
@@ -196,7 +196,7 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
                         "experiment=NAME --cfg job)")
     blocks = [config[group] for config in readers if isinstance(config.get(group), dict)]
     if sub and blocks:
-        check_sub_key(key, set().union(*blocks))
+        check_sub_key(key, blocks, arg.startswith("+"))
     if adds:
         check_not_set(key, value, configs)
 
@@ -231,12 +231,19 @@ def value_at(config: dict, key: str):
     return config
 
 
-def check_sub_key(key: str, allowed: set[str]) -> None:
-    """Reject `group.sub=` when its block has no key `sub`, naming the block's keys and the near miss."""
-    group, _, sub = key.partition(".")
-    if sub.partition(".")[0] not in allowed:
-        raise UserError(f"unknown config key {key!r}{suggestion(sub, allowed)}; "
-                        f"{group}.* keys are: {', '.join(sorted(allowed))}")
+def check_sub_key(key: str, blocks: list, adds: bool = False) -> None:
+    """Reject `group.a.b=` whose path leaves the keys its blocks hold, naming that level's keys and the near miss;
+    below the first level `adds` (`+KEY=`) may add a key, which the recipe's own check then judges."""
+    parts = key.split(".")
+    for depth in range(1, len(parts)):
+        allowed = set().union(*(block for block in blocks if isinstance(block, dict)))
+        if not allowed or (adds and depth > 1):
+            return
+        if parts[depth] not in allowed:
+            raise UserError(f"unknown config key {key!r}{suggestion(parts[depth], allowed)}; "
+                            f"{'.'.join(parts[:depth])}.* keys are: {', '.join(sorted(allowed))}"
+                            + (f"; +{key}=VALUE adds one" if depth > 1 else ""))
+        blocks = [block.get(parts[depth]) for block in blocks if isinstance(block, dict)]
 
 
 def recipe_config(name: str) -> dict:

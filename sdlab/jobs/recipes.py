@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from sdlab.bench.inputs import IMAGES
-from sdlab.config import MAX_SEED, POSITIVE, SEED_RULE, Field, check_fields, checked
+from sdlab.config import MAX_SEED, POSITIVE, SEED_RULE, Field, check_fields, checked, refuse_unknown
 from sdlab.errors import UserError, choose
 from sdlab.metrics import toy
 from sdlab.metrics.schedule import SCHEDULES, beta_schedule_spec
@@ -288,15 +288,17 @@ LOOP_RULES = {"steps": Field("int", 1), "batch_size": Field("int", 1),
               "max_minutes": Field("number", 0, 1e6, optional=True), "clip": Field("number", 1e-6, 1e6),
               "init_from": Field("str", optional=True)}
 WEIGHT = Field("number", 0, 1e6)
-VAE_RULES = {**LOOP_RULES, "kl_weight": WEIGHT, "l1_weight": WEIGHT, "foreground_weight": WEIGHT,
+MODEL_CONFIG = Field("mapping", optional=True)  # entries of the stage model's config (sdlab.mini.architecture)
+VAE_RULES = {**LOOP_RULES, "architecture": MODEL_CONFIG, "kl_weight": WEIGHT, "l1_weight": WEIGHT, "foreground_weight": WEIGHT,
              "latent_rgb_weight": WEIGHT, "eval_images": Field("int", 1, 100_000), "scale_images": Field("int", 1),
              "decoder_only": Field("bool", plain=True), "sample_posterior": Field("bool", plain=True)}
 CAPTION_RULES = {"uncond_probability": Field("number", 0, 1), "caption_noise": Field("number", 0, 1),
                  "partial_captions": Field("number", 0, 1)}
-UNET_RULES = {**LOOP_RULES, **CAPTION_RULES, "snr_gamma": Field("number", 1e-6, 1e6, optional=True)}
-FLOW_RULES = {**LOOP_RULES, **CAPTION_RULES, "frozen_from": Field("str"), "shift": Field("number", 0.01, 100),
+UNET_RULES = {**LOOP_RULES, **CAPTION_RULES, "architecture": MODEL_CONFIG, "snr_gamma": Field("number", 1e-6, 1e6, optional=True)}
+FLOW_RULES = {**LOOP_RULES, **CAPTION_RULES, "architecture": MODEL_CONFIG, "frozen_from": Field("str"), "shift": Field("number", 0.01, 100),
               "logit_mean": Field("number", -5, 5), "logit_std": Field("number", 0.01, 10)}
-STAGE_RULES = {"vae": VAE_RULES, "vae_decoder": VAE_RULES, "clip": LOOP_RULES, "unet": UNET_RULES, "flow": FLOW_RULES}
+CLIP_RULES = {**LOOP_RULES, "text": MODEL_CONFIG, "vision": MODEL_CONFIG}
+STAGE_RULES = {"vae": VAE_RULES, "vae_decoder": VAE_RULES, "clip": CLIP_RULES, "unet": UNET_RULES, "flow": FLOW_RULES}
 EXPORTS = {"unet": "the unet stage reads the trained vae/ and text_encoder/ from it",
            "flow": "the flow stage writes its SD3 folder into it"}
 
@@ -327,6 +329,7 @@ class Train:
                 raise UserError(f"train.stage={self.stage} needs a train.{name} block{hint}")
             if missing := [key for key in NEEDED if key not in settings]:
                 raise UserError(f"train.{name}.{missing[0]} is missing: each stage sets {', '.join(NEEDED)}")
+            refuse_unknown(settings, STAGE_RULES[name], f"train.{name}")
             check_fields(settings, STAGE_RULES[name], f"train.{name}.")
             if name in EXPORTS and not self.export:
                 raise UserError(f"train.stage={self.stage} needs train.export: {EXPORTS[name]}")
