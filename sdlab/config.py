@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable
 
 from sdlab.conf_files import conf_values, group_options
@@ -156,6 +157,9 @@ class Field:
 
 def _scalar(value: Any, integer: bool) -> bool:
     return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+
+
+AS_GIVEN = SimpleNamespace(check=lambda name, value: value)  # a field whose value its user checks
 
 
 def checked(default: Any, kind: str, low: float | None = None, high: float | None = None, plain: bool = True,

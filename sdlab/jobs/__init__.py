@@ -6,12 +6,11 @@ import importlib
 import logging
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import pandas as pd
 
-from sdlab.config import Run, check_block, rules_of
+from sdlab.config import AS_GIVEN, Run, check_block, rules_of
 from sdlab.errors import choose
 from sdlab.jobs.recipes import RECIPES
 
@@ -64,7 +63,6 @@ def job(name: str, check: CheckFn | None = None, ahead: AheadFn | None = None,
 
 
 # The rule of a recipe field no Field describes (a stage's settings, entries the job checks itself)
-AS_GIVEN = SimpleNamespace(check=lambda name, value: value)
 
 
 def read_recipe(run: Run, cls: type) -> Any:

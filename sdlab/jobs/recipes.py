@@ -11,11 +11,13 @@ from functools import partial
 from typing import Any
 
 from sdlab.bench.inputs import IMAGES
-from sdlab.config import MAX_SEED, POSITIVE, SEED_RULE, Field, check_fields, checked, refuse_unknown
+from sdlab.config import (AS_GIVEN, LIMITS, MAX_SEED, POSITIVE, SEED_RULE, SIDE_MULTIPLE, Field, check_fields, checked,
+                          refuse_unknown, suggestion)
 from sdlab.errors import UserError, choose
 from sdlab.metrics import toy
 from sdlab.metrics.schedule import SCHEDULES, beta_schedule_spec
-from sdlab.models.schedulers import SCHEDULERS
+from sdlab.models.model_files import check_scheduler_config
+from sdlab.models.schedulers import FAMILY_CONFIGS, SCHEDULERS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +260,31 @@ class SchedulerGrid:
             raise UserError(f"reference_scheduler={self.reference_scheduler!r} is stochastic; pick a deterministic one")
 
 
+SIDE = Field("int", SIDE_MULTIPLE, LIMITS["max_side"])
+FAMILY_FIELDS = {"name": Field("str", plain=True), "config": AS_GIVEN, "options": Field("mapping", optional=True),
+                 "sampler": Field("str", plain=True), "steps": Field("int", 1, LIMITS["max_steps"]), "width": SIDE,
+                 "height": SIDE, "flux_sigmas": Field("bool", plain=True)}  # config: checked in check_family
+
+
+def check_family(item: Any) -> None:
+    """A `families` entry's keys and values; its config a name of FAMILY_CONFIGS, `model`, or a scheduler config dict
+    (its sampler's options are checked against the sampler where the family is drawn)."""
+    if not isinstance(item, dict):
+        raise UserError(f"families entry {item!r} must be a dict with config, sampler and steps")
+    if unknown := sorted(set(item) - set(FAMILY_FIELDS)):
+        raise UserError(f"families entry has no key {unknown[0]!r}{suggestion(unknown[0], set(FAMILY_FIELDS))}; its "
+                        f"keys are: {', '.join(FAMILY_FIELDS)}")
+    config = item.get("config")
+    if isinstance(config, str) and config not in (*FAMILY_CONFIGS, "model"):
+        raise UserError(f"unknown families config {config!r}; choose one of: {', '.join(FAMILY_CONFIGS)}, model "
+                        "or give a scheduler config dict")
+    if not isinstance(config, (str, dict)):
+        raise UserError(f"families config {config!r} must be one of {', '.join(FAMILY_CONFIGS)}, model or a dict")
+    if isinstance(config, dict):
+        check_scheduler_config(config, "families config")
+    check_fields(item, FAMILY_FIELDS, "families ")
+
+
 @dataclass(frozen=True)
 class ScheduleSnr:
     """Beta schedules, samplers whose steps are shown (null: the configured one; []: none), timesteps, `families`."""
@@ -274,6 +301,8 @@ class ScheduleSnr:
         for item in self.visit_schedulers or ():  # their options are checked against their classes (check_schedules)
             if isinstance(item, dict) and not isinstance(item.get("name"), str):
                 raise UserError(f"visit_schedulers entry {item!r} needs the name of a scheduler, e.g. {{name: euler}}")
+        for item in self.families or ():
+            check_family(item)
 
 
 STAGES = ("vae", "clip", "unet")

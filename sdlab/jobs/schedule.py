@@ -13,22 +13,17 @@ import pandas as pd
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import PALETTE, curves, last_visits, save_figure, styled
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.config import LIMITS, SIDE_MULTIPLE, Field, Run, SchedulerChoice, check_fields, suggestion
+from sdlab.config import Run, SchedulerChoice
 from sdlab.errors import UserError
-from sdlab.jobs import AS_GIVEN, JobContext, job, no_images, read_recipe
+from sdlab.jobs import JobContext, job, no_images, read_recipe
 from sdlab.jobs.analysis import model_scheduler_config
 from sdlab.jobs.recipes import ScheduleSnr
 from sdlab.metrics.schedule import beta_schedule_spec, betas, log_snr_crossing, schedule_table, zero_crossing
 from sdlab.models.loading import adapter_class
-from sdlab.models.model_files import check_scheduler_config
 from sdlab.models.noise import process_of
 from sdlab.models.schedulers import FAMILY_CONFIGS, check_options, make_scheduler, resolved_config, timestep_kwargs
 
 log = logging.getLogger(__name__)
-SIDE = Field("int", SIDE_MULTIPLE, LIMITS["max_side"])
-FAMILY_FIELDS = {"name": Field("str", plain=True), "config": AS_GIVEN, "options": Field("mapping", optional=True),
-                 "sampler": Field("str", plain=True), "steps": Field("int", 1, LIMITS["max_steps"]), "width": SIDE,
-                 "height": SIDE, "flux_sigmas": Field("bool", plain=True)}  # config: checked in family_spec
 LOG_SNR_LIMITS = (-15.0, 15.0)
 
 
@@ -173,26 +168,15 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
     curves(panels if len(groups) > 1 else [panels[0], panels[2]], target)
 
 
-def family_spec(item: Any, model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A `families` entry checked; `config: model` takes its unset keys from `model` (see `model_family`)."""
-    if not isinstance(item, dict):
-        raise UserError(f"families entry {item!r} must be a dict with config, sampler and steps")
-    if unknown := sorted(set(item) - set(FAMILY_FIELDS)):
-        raise UserError(f"families entry has no key {unknown[0]!r}{suggestion(unknown[0], set(FAMILY_FIELDS))}; its "
-                        f"keys are: {', '.join(FAMILY_FIELDS)}")
-    config = config_name = item.get("config")
-    if config == "model" and model:
+def family_spec(item: dict[str, Any], model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A `families` entry (its recipe checked it) with its defaults; `config: model` takes its unset keys from `model`
+    (see `model_family`)."""
+    config = config_name = item["config"]
+    if config == "model":
         item = {**model, **{k: v for k, v in item.items() if v is not None and k != "config"}}
         config = model["config"]
     elif isinstance(config, str):
-        if config not in FAMILY_CONFIGS:
-            raise UserError(f"unknown families config {config!r}; choose one of: {', '.join(FAMILY_CONFIGS)}, model "
-                            "or give a scheduler config dict")
         config = FAMILY_CONFIGS[config]
-    if not isinstance(config, dict):
-        raise UserError(f"families config {config!r} must be one of {', '.join(FAMILY_CONFIGS)}, model or a dict")
-    check_scheduler_config(config, "families config")
-    check_fields(item, FAMILY_FIELDS, "families ")
     steps, width, height = item.get("steps", 28), item.get("width") or 1024, item.get("height") or 1024
     sampler = item.get("sampler") or "ddim"  # on a flow model, Euler (see sdlab.models.schedulers)
     options = check_options(sampler, dict(item.get("options") or {}), process_of(config).kind)
