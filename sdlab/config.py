@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -15,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any, Iterable
 
 from sdlab.conf_files import conf_values, group_options
-from sdlab.errors import UserError
+from sdlab.errors import UserError, near_miss
 from sdlab.untrusted import check_text
 
 MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
@@ -44,9 +43,7 @@ def suggestion(word: str, candidates: list[str] | set[str]) -> str:
     """' (did you mean X?)' for a near miss or a name from another tool, else ''."""
     if word in ALIASES:
         return f" (did you mean {ALIASES[word]}?)"
-    spelled = word.lower().replace("++", "pp").replace("+", "p").replace("-", "_").replace(" ", "_")
-    close = difflib.get_close_matches(spelled, sorted(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return near_miss(word, candidates)
 
 
 @dataclass(frozen=True)

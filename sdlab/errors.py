@@ -1,5 +1,7 @@
 """The one error type for bad user input: the CLI prints its message as one line and exits with code 2."""
 
+import difflib
+
 
 class UserError(Exception):
     """Bad input from the user: the message names the bad value and what is allowed."""
@@ -11,7 +13,15 @@ class CannotRun(UserError):
     """A valid choice this cell's model cannot run: a single run stops on it, a sweep skips and names the cell."""
 
 
+def near_miss(word: str, candidates) -> str:
+    """' (did you mean X?)' for the candidate closest to `word` ('dpm++_2m' is spelt dpmpp_2m), else ''."""
+    spelled = word.lower().replace("++", "pp").replace("+", "p").replace("-", "_").replace(" ", "_")
+    close = difflib.get_close_matches(spelled, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def choose(kind: str, value: object, allowed: list[str] | tuple[str, ...] | dict) -> None:
-    """Raise a UserError unless `value` is one of `allowed`."""
+    """Raise a UserError unless `value` is one of `allowed`, naming its near miss."""
     if value not in allowed:
-        raise UserError(f"unknown {kind} {value!r}; choose one of: {', '.join(map(str, allowed))}")
+        near = near_miss(value, map(str, allowed)) if isinstance(value, str) else ""
+        raise UserError(f"unknown {kind} {value!r}{near}; choose one of: {', '.join(map(str, allowed))}")

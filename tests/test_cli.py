@@ -539,6 +539,8 @@ JOB_CHECK = ("diffusers", "huggingface_hub")  # a job's own check: its module, w
     (["experiment=guidance_grid", "guidance_scales=[abc]"], RECIPE_VALUE),
     (["experiment=article_a2_noise", "noise.size=0"], RECIPE_VALUE),
     (["experiment=schedule_families", "families=[{config: sd15, stepz: 4}]"], RECIPE_VALUE),
+    (["experiment=schedule_snr", "visit_schedulers=[{name: eulr}]"], RECIPE_VALUE),
+    (["experiment=schedule_families", "families=[{config: sd15, sampler: dpm++_2m}]"], RECIPE_VALUE),
     (["experiment=schedule_families", "families=[{config: {beta_schedule: linear, beta_start: x}}]"], RECIPE_VALUE),
     (["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"], JOB_CHECK)])
 def test_a_bad_recipe_value_is_answered_before_the_scheduler_checks_import_diffusers(tmp_path, args, unloaded):

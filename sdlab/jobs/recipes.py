@@ -86,8 +86,7 @@ class Study:
         if missing := [k for k in ("schedulers", "steps", "seeds", "prompts") if getattr(self, k) is None]:
             raise UserError(f"compare.{missing[0]} is missing: a study lists schedulers, steps, seeds and prompts")
         for name in (*self.schedulers, self.reference_scheduler):
-            if name not in SCHEDULERS:
-                raise UserError(f"compare: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
+            choose("scheduler", name, SCHEDULERS)
         if SCHEDULERS[self.reference_scheduler].stochastic:
             raise UserError(f"compare.reference_scheduler={self.reference_scheduler!r} is stochastic; pick a deterministic one")
         if self.reference_steps < max(self.steps):
@@ -113,8 +112,7 @@ class DistanceStudy:
         if missing := [f.name for f in fields(self) if getattr(self, f.name) is None]:
             raise UserError(f"distance.{missing[0]} is missing: the block lists {', '.join(f.name for f in fields(self))}")
         for name in self.schedulers:
-            if name not in SCHEDULERS:
-                raise UserError(f"distance: unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")
+            choose("scheduler", name, SCHEDULERS)
 
 
 rule = partial(checked, plain=False)  # an explainer's values are named by its block: "noise.size=-5 must be ..."
@@ -283,6 +281,8 @@ def check_family(item: Any) -> None:
     if isinstance(config, dict):
         check_scheduler_config(config, "families config")
     check_fields(item, FAMILY_FIELDS, "families ")
+    if item.get("sampler"):
+        choose("scheduler", item["sampler"], SCHEDULERS)
 
 
 @dataclass(frozen=True)
@@ -301,6 +301,7 @@ class ScheduleSnr:
         for item in self.visit_schedulers or ():  # their options are checked against their classes (check_schedules)
             if isinstance(item, dict) and not isinstance(item.get("name"), str):
                 raise UserError(f"visit_schedulers entry {item!r} needs the name of a scheduler, e.g. {{name: euler}}")
+            choose("scheduler", item if isinstance(item, str) else item["name"], SCHEDULERS)
         for item in self.families or ():
             check_family(item)
 
