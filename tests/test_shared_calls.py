@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -83,6 +84,38 @@ def test_a_rerun_makes_only_the_missing_cells(run_sdlab, tmp_path):
     remade = [a != b for a, b in zip(first["run_id"], again["run_id"])]
     assert remade == [i in (2, 5) for i in range(8)]
     assert again.loc[[2, 5], "batch_size"].tolist() == [1, 1]  # different guidance scales: a call each
+
+
+def test_a_sweep_killed_in_its_second_call_keeps_every_cell_of_the_first(run_sdlab, tmp_path, monkeypatch, capsys):
+    """A kill loses at most the call under way: the cells a finished call made are written before the next call,
+    although the sweep's job order (seeds slowest) interleaves them with cells of the next call."""
+    from sdlab.jobs import generate as generate_job
+
+    calls, real = [], generate_job.generate_batch
+
+    def second_call_interrupted(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    def leave(code):  # the command leaves at once (os._exit); this test's process stays
+        raise SystemExit(code)
+
+    monkeypatch.setattr(generate_job, "generate_batch", second_call_interrupted)
+    monkeypatch.setattr(os, "_exit", leave)
+    sweep = f"hydra.sweep.dir={tmp_path}"
+    assert run_sdlab(*SWEEP, sweep) == 130
+    assert calls == [4, 4]  # guidance 1 (2 prompts x 2 seeds), then guidance 7.5, interrupted
+    finished = [job for job in tmp_path.iterdir() if (job / "results.parquet").is_file()]
+    assert sorted(float(pd.read_parquet(job / "results.parquet")["guidance_scale"][0]) for job in finished) == [1.0] * 4
+    monkeypatch.setattr(generate_job, "generate_batch", real)
+    capsys.readouterr()
+    assert run_sdlab(*SWEEP, sweep) == 0
+    assert "4 finished before: not run again" in capsys.readouterr().out
+    again = pd.read_parquet(tmp_path / "results.parquet")
+    assert (again["status"] == "ok").all() and len(again) == 8
+    assert again.loc[again["guidance_scale"] == 7.5, "batch_size"].tolist() == [4] * 4
 
 
 def test_guidance_scales_above_one_share_a_call_each_image_guided_by_its_own(run_sdlab, tmp_path):

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from sdlab.app.callbacks import SweepWatch
 from sdlab.config import Run
-from sdlab.jobs import work_ahead
+from sdlab.jobs import call_groups, work_ahead
 
 log = logging.getLogger(__name__)
 TASKS_PER_SLOT = 4  # with cells_per_task unset: about this many tasks per array slot, so slots that finish early refill
@@ -86,12 +86,13 @@ class ChunkedSubmitit:
         if self.cluster == "local":  # this machine's task: it ends with the sweep's process, as a joblib worker does
             SweepWatch.start_once(self.sweep_pid, descendant=True)
         runs = [run for _, _, run in chunk] if getattr(self.inner.task_function, "works_ahead", False) else []
-        returns, covered = [], set()
-        for i, (num, overrides, _) in enumerate(chunk):
-            if runs and i not in covered:
-                covered |= {i + k for k in work_ahead(runs[i:], Path(str(self.inner.config.hydra.sweep.dir)))}
-            returns.append(self.inner(overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", singleton_state))
-        return returns
+        sweep_dir, returns = Path(str(self.inner.config.hydra.sweep.dir)), {}
+        for group in call_groups(len(chunk), (lambda i: {i + k for k in work_ahead(runs[i:], sweep_dir)}) if runs
+                                 else None):
+            for i in group:
+                num, overrides, _ = chunk[i]
+                returns[i] = self.inner(overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", singleton_state)
+        return [returns[i] for i in range(len(chunk))]
 
     def checkpoint(self, *args: Any) -> Any:
         """Requeued on preemption with the same chunk: its finished cells are found by their hash, not run again."""

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from hydra_plugins.sdlab_hydra.chunks import preflighted
 from sdlab.app.compose import composed_run
 from sdlab.io import atomic_write_text
-from sdlab.jobs import work_ahead
+from sdlab.jobs import call_groups, work_ahead
 
 log = logging.getLogger(__name__)
 AHEAD_WINDOW = 256  # jobs composed ahead to find those that share work with the next one
@@ -139,17 +139,19 @@ class LeanLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         pending = [i for i in range(len(job_overrides)) if initial_job_idx + i not in self.finished]
         log.info(f"Launching {len(pending)} jobs locally")
-        returns, configs, parsed, covered = [], {}, {}, set()
-        for n, i in enumerate(pending):
-            if self.ahead and i not in covered:
-                covered |= self.work_ahead(job_overrides, pending[n:n + AHEAD_WINDOW], initial_job_idx, configs, parsed)
-            sweep_config = configs.pop(i) if i in configs else self.compose(job_overrides[i], initial_job_idx + i)
-            parsed.pop(i, None)
-            returns.append(self.run_job(sweep_config))
-            following = pending[n + 1] if n + 1 < len(pending) else None
-            if not (self.ahead and following in covered):  # a covered job logs nothing before its own logging is set
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return returns
+        returns, configs, parsed, position = {}, {}, {}, {i: n for n, i in enumerate(pending)}
+
+        def ahead(n: int) -> set[int]:
+            window = pending[n:n + AHEAD_WINDOW]
+            return {position[i] for i in self.work_ahead(job_overrides, window, initial_job_idx, configs, parsed)}
+
+        for group in call_groups(len(pending), ahead if self.ahead else None):
+            for i in (pending[n] for n in group):
+                sweep_config = configs.pop(i) if i in configs else self.compose(job_overrides[i], initial_job_idx + i)
+                parsed.pop(i, None)
+                returns[i] = self.run_job(sweep_config)
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the group's jobs set their own
+        return [returns[i] for i in pending]
 
     def compose(self, overrides: Sequence[str], idx: int) -> DictConfig:
         """Job `idx`'s config, numbered."""
