@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from sdlab.bench.records import finished, read_png_metadata, read_table
@@ -223,6 +224,46 @@ def test_extending_a_sweep_recomputes_only_the_new_cells(run_sdlab, tmp_path):
     assert len(pngs(tmp_path)) == 8
     # rows (so the grid's columns, the summary and the report) follow the command, not the job dirs the cells sit in
     assert list(zip(frame["seed"], frame["guidance_scale"])) == [(s, g) for s in (2, 1) for g in (1, 5, 7.5, 15)]
+
+
+def job_dir_cells(sweep_dir: Path) -> dict[str, tuple[list[tuple], bytes]]:
+    """Each job dir's (seed, guidance_scale, run_id) rows and its finished mark."""
+    return {job.name: ([(row.seed, row.guidance_scale, row.run_id) for row in read_table(job).itertuples()],
+                       (job / "job.json").read_bytes())
+            for job in sorted(sweep_dir.iterdir()) if job.is_dir() and not job.name.startswith(".")}
+
+
+@pytest.mark.parametrize("before, after", [
+    (("seed=1,2",), ("seed=2,1,3",)),  # reordered and extended
+    (("seed=1,2",), ("seed=1,2", "guidance_scale=1,7.5")),  # a new axis: the finished cells are its 7.5 column
+    (("seed=1,2", "guidance_scale=1,7.5"), ("seed=2,1", "guidance_scale=7.5,3,1")),  # both reordered, a value new
+])
+def test_a_sweep_extended_with_its_values_moved_keeps_each_job_dir_to_its_own_cell(run_sdlab, tmp_path, capsys, before,
+                                                                                   after):
+    """Reordered values or a new axis gave a finished cell a new job number: it ran again into a new job dir (an empty
+    table there, its cell left elsewhere), a new cell's job wrote into a job dir holding another's, and the count of
+    finished cells missed them. Each finished cell keeps its job dir, is counted, and a new cell gets a job dir of its
+    own."""
+    sweep = ("-m", "model=tiny", "num_inference_steps=1", "threads=1", f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep, *before) == 0
+    first = job_dir_cells(tmp_path)
+    capsys.readouterr()
+    assert run_sdlab(*sweep, *after) == 0
+    said = capsys.readouterr().out
+    assert f"; {len(first)} finished before: not run again" in said
+    now = job_dir_cells(tmp_path)
+    assert {name: now[name] for name in first} == first  # not run again: rows, run ids and marks as they were
+    assert all(len(cells) == 1 for cells, _ in now.values())  # no empty table, no job dir holding two cells
+    frame = assert_table_is_the_images(tmp_path)
+    cells = [(row.seed, row.guidance_scale) for row in frame.itertuples()]
+    assert sorted(cells) == sorted(cell[:2] for cells, _ in now.values() for cell in cells)
+    assert len(set(cells)) == len(now)
+    seeds = [int(v) for v in after[0].partition("=")[2].split(",")]
+    guidance = [float(v) for v in after[1].partition("=")[2].split(",")] if len(after) > 1 else [7.5]
+    assert cells == [(s, g) for s in seeds for g in guidance]  # in the command's order
+    assert run_sdlab(*sweep, *after) == 0  # and a rerun finds every cell where it is
+    assert f"; {len(now)} finished before: not run again" in capsys.readouterr().out
+    assert job_dir_cells(tmp_path) == now
 
 
 def test_a_sweep_extended_past_ten_cells_keeps_its_job_dirs_names(run_sdlab, tmp_path, capsys):
