@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import os
@@ -28,13 +29,13 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import RECIPES_SUBDIR, display_overrides, hydra_quote, named_by_sdlab, override_parser
 from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
-from sdlab.app.compose import JOB_FOLDER_WIDTH, composed_run, parse_job, resolved, task_overrides
+from sdlab.app.compose import JOB_FOLDER_WIDTH, JOB_FOLDERS, composed_run, parse_job, resolved, task_overrides
 from sdlab.app.preflight import check_job, check_sweep, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
 from sdlab.bench.records import job_number_width
-from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_weights, read_manifest,
-                                varying_keys, write_manifest)
+from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_weights, marked_jobs, read_manifest,
+                                read_mark, varying_keys, write_manifest)
 from sdlab.bench.run import typed_run
 from sdlab.config import Run, check_seeds, limits
 from sdlab.errors import CannotRun, UserError
@@ -165,6 +166,35 @@ def skipped_line(cannot: dict[tuple, str], jobs: list[list[str]]) -> str:
     shown = ", ".join(cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
     return (f"sdlab: skipping {len(cells)} of {len(jobs)} cells their model cannot run: {shown} "
             f"({next(iter(cannot.values()))})")
+
+
+def job_places(sweep_dir: Path, job_dirs: list[Path], runs: list[Run], width: int) -> tuple[list[Path], dict[int, int]]:
+    """Each job's folder, and {job number: folder number} of those not in their own number's (`job_dirs`, numbers
+    zero-padded to `width`): a job takes the job dir whose mark names its hash, wherever a rerun that reordered or
+    added values left it; one whose own job dir holds another job's mark takes the first number no folder has."""
+    marked, moved, homeless = marked_jobs(sweep_dir), {}, []
+    used = {int(found.group(1)) for entry in (Path(sweep_dir).iterdir() if Path(sweep_dir).is_dir() else ())
+            if (found := re.match(r"(\d+)", entry.name))}
+    for num, (job_dir, run) in enumerate(zip(job_dirs, runs)):
+        head = str(num).zfill(width)
+        if not job_dir.name.startswith(head) or job_dir.parent.resolve() != Path(sweep_dir).resolve():
+            continue  # named otherwise by hydra.sweep.subdir: as it says
+        found = marked.get(run.job_hash)
+        at = re.fullmatch(r"(\d+)" + re.escape(job_dir.name[len(head):]), found.name) if found else None
+        mark = read_mark(job_dir)
+        if at:
+            moved[num] = int(at.group(1))
+        elif isinstance(mark.get("job_hash"), str) and not made_from_other_weights(job_dir, run):
+            homeless.append(num)  # its own holds another job's cells
+        else:
+            used.add(num)
+    for num in homeless:
+        moved[num] = min(set(range(len(used) + 1)) - used)
+        used.add(moved[num])
+    moved = {num: number for num, number in moved.items() if number != num}
+    places = [job_dir.with_name(str(moved[num]).zfill(width) + job_dir.name[len(str(num).zfill(width)):])
+              if num in moved else job_dir for num, job_dir in enumerate(job_dirs)]
+    return places, moved
 
 
 def snapshot(config: Any) -> bytes:
@@ -359,7 +389,8 @@ class ComposeOnceSweeper(Sweeper):
             for warning in warnings:
                 log.warning(warning)
             self.cannot_run = set(cannot)
-        os.environ[JOB_FOLDER_WIDTH] = str(job_number_width(Path(sweep_dir), len(jobs) - len(self.cannot_run)))
+        width = job_number_width(Path(sweep_dir), len(jobs) - len(self.cannot_run))
+        os.environ[JOB_FOLDER_WIDTH], os.environ[JOB_FOLDERS] = str(width), ""  # each job in its number's folder
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
             job_dirs = self.check_dirs(sweep_dir, composed)
             if not fresh:
@@ -367,6 +398,9 @@ class ComposeOnceSweeper(Sweeper):
             elif (claimed := ownership.claim_new(Path(sweep_dir), "hydra.sweep.dir")) != Path(sweep_dir):
                 sweep_dir = self.move_to(claimed, composed)  # another sweep made it since: this one has the next name
                 job_dirs = self.check_dirs(sweep_dir, composed)
+            if len(job_dirs) == len(runs):  # each job where its cell is, whatever its number now
+                job_dirs, moved = job_places(Path(sweep_dir), job_dirs, runs, width)
+                os.environ[JOB_FOLDERS] = json.dumps(moved) if moved else ""
         else:
             job_dirs = []
             lock.hold(Path(sweep_dir))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from functools import lru_cache
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -15,12 +17,20 @@ from sdlab.config import Run
 from sdlab.errors import UserError
 
 JOB_FOLDER_WIDTH = "SDLAB_JOB_FOLDER_WIDTH"  # set by the sweeper; an environment variable reaches a launcher's workers
+JOB_FOLDERS = "SDLAB_JOB_FOLDERS"  # set by the sweeper: {job number: folder number}, each job not in its own
 
 
 def job_folder(num) -> str:
     """`${job_folder:${hydra.job.num}}`: the job number zero-padded as the sweeper says (07 of 26; see
-    `records.job_number_width`)."""
-    return str(num).zfill(int(os.environ.get(JOB_FOLDER_WIDTH) or 1))
+    `records.job_number_width`), or the number of the folder it says the job takes instead (`moved_jobs`)."""
+    return str(moved_jobs(os.environ.get(JOB_FOLDERS, "")).get(str(num), num)).zfill(
+        int(os.environ.get(JOB_FOLDER_WIDTH) or 1))
+
+
+@lru_cache(maxsize=1)
+def moved_jobs(text: str) -> dict[str, int]:
+    """The sweeper's {job number: folder number} as `JOB_FOLDERS` holds it, read once per sweep."""
+    return json.loads(text) if text else {}
 
 
 CLEAR_LINE = "\r\x1b[K"  # back to the line's start, then erase it

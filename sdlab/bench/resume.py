@@ -156,6 +156,16 @@ def finished_beside(folder: Path, cells: Any, weights: str | None) -> bool:
     return True
 
 
+def marked_jobs(sweep_dir: Path) -> dict[str, Path]:
+    """Job hash -> the sweep's job dir whose mark names it (the first, in job dir order), whatever its number."""
+    marked: dict[str, Path] = {}
+    for job in job_dirs(sweep_dir) if Path(sweep_dir).is_dir() else []:
+        job_hash = read_mark(job).get("job_hash")
+        if isinstance(job_hash, str):
+            marked.setdefault(job_hash, job)
+    return marked
+
+
 def made_from_other_weights(folder: Path, run: Run) -> bool:
     """Whether `folder`'s job finished this same recipe from weights other than `run`'s (retrained in place since)."""
     done = read_mark(folder)
