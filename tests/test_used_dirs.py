@@ -266,6 +266,28 @@ def test_a_sweep_extended_with_its_values_moved_keeps_each_job_dir_to_its_own_ce
     assert job_dir_cells(tmp_path) == now
 
 
+def test_a_failed_cell_of_an_extended_sweep_is_one_row_wherever_its_job_dir_is(run_sdlab, tmp_path, monkeypatch):
+    """A new cell whose job dir is not its number's (the folder of that number holds a finished cell) and that fails is
+    one failed row naming its error, not also a cell that did not run."""
+    from sdlab.jobs import generate as generate_job
+
+    real = generate_job.generate_batch
+
+    def fails_at_guidance_1(model, params, seeds, **options):
+        if params.guidance_scale == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return real(model, params, seeds, **options)
+
+    sweep = ("-m", "model=tiny", "num_inference_steps=1", "threads=1", f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep, "seed=1,2") == 0
+    monkeypatch.setattr(generate_job, "generate_batch", fails_at_guidance_1)
+    assert run_sdlab(*sweep, "seed=1,2", "guidance_scale=1,7.5") == 1
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert list(zip(frame["seed"], frame["guidance_scale"], frame["status"])) == [
+        (1, 1, "error"), (1, 7.5, "ok"), (2, 1, "error"), (2, 7.5, "ok")]
+    assert frame["error"].dropna().str.contains("simulated").all()
+
+
 def test_a_sweep_extended_past_ten_cells_keeps_its_job_dirs_names(run_sdlab, tmp_path, capsys):
     """From 9 cells to 11 the job dirs were numbered anew, 00 to 10 beside 0 to 8: every job ran again and left an empty
     table, and the line that counts the finished ones was gone. The folder's own numbering stays; 9 and 10 follow."""
