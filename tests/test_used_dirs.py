@@ -370,3 +370,17 @@ def test_ids_and_prompts_that_look_like_numbers_read_back_from_the_csv_twin_as_t
     (tmp_path / "results.parquet").write_bytes(b"garbage")
     row = read_table(tmp_path).iloc[0]
     assert {k: row[k] for k in text} == text and row["seed"] == 1
+
+
+def test_the_folders_of_moved_jobs_reach_a_launchers_workers_however_many_moved(tmp_path, monkeypatch):
+    """The sweeper tells workers (joblib, SLURM tasks) which job takes which folder through one environment variable;
+    one string of the environment holds at most 128 KiB on Linux, so it names the sweep's manifest, not the moves."""
+    from sdlab.app import compose
+    from sdlab.bench.resume import write_manifest
+
+    moved = {num: num + 1 for num in range(20_000)}  # a 20,000-cell sweep whose values moved by one
+    write_manifest(tmp_path, ["seed=range(0,20000)"], [[f"seed={n}"] for n in range(20_000)], folders=moved)
+    monkeypatch.setenv(compose.JOB_FOLDER_WIDTH, "5")
+    monkeypatch.setenv(compose.JOB_FOLDERS, str(tmp_path))
+    assert [compose.job_folder(n) for n in (0, 19_999)] == ["00001", "20000"]
+    assert len(os.environ[compose.JOB_FOLDERS]) < 4096

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
@@ -390,7 +389,7 @@ class ComposeOnceSweeper(Sweeper):
                 log.warning(warning)
             self.cannot_run = set(cannot)
         width = job_number_width(Path(sweep_dir), len(jobs) - len(self.cannot_run))
-        os.environ[JOB_FOLDER_WIDTH], os.environ[JOB_FOLDERS] = str(width), ""  # each job in its number's folder
+        os.environ[JOB_FOLDER_WIDTH], os.environ[JOB_FOLDERS], moved = str(width), "", {}  # each in its number's
         if self.preflight:  # sdlab's folders: its own, and every job dir inside
             job_dirs = self.check_dirs(sweep_dir, composed)
             if not fresh:
@@ -400,7 +399,6 @@ class ComposeOnceSweeper(Sweeper):
                 job_dirs = self.check_dirs(sweep_dir, composed)
             if len(job_dirs) == len(runs):  # each job where its cell is, whatever its number now
                 job_dirs, moved = job_places(Path(sweep_dir), job_dirs, runs, width)
-                os.environ[JOB_FOLDERS] = json.dumps(moved) if moved else ""
         else:
             job_dirs = []
             lock.hold(Path(sweep_dir))
@@ -432,7 +430,8 @@ class ComposeOnceSweeper(Sweeper):
             hydra = [h for h in hydra if h != RECIPES_SUBDIR]  # sdlab's own over recipes: a rerun adds it again
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
                            finished=len(finished), warnings=None if recorded else warnings,
-                           shown=[display_overrides(job) for job in launched])
+                           shown=[display_overrides(job) for job in launched], folders=moved)
+            os.environ[JOB_FOLDERS] = str(sweep_dir) if moved else ""  # its manifest says where they go
             taken = (f"; {len(finished)} finished before: not run again (resume=false runs them again)"
                      if finished and hasattr(self.launcher, "finished") else "")
             taken += f"; {len(reweighted)} made from weights that changed since: made again" if reweighted else ""

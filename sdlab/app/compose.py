@@ -2,35 +2,43 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdlab.app.arguments import display_overrides
 from sdlab.app.preflight import check_job, check_sweep
+from sdlab.bench.resume import FOLDERS, MANIFEST, read_manifest
 from sdlab.bench.run import parse
 from sdlab.config import Run
 from sdlab.errors import UserError
 
 JOB_FOLDER_WIDTH = "SDLAB_JOB_FOLDER_WIDTH"  # set by the sweeper; an environment variable reaches a launcher's workers
-JOB_FOLDERS = "SDLAB_JOB_FOLDERS"  # set by the sweeper: {job number: folder number}, each job not in its own
+JOB_FOLDERS = "SDLAB_JOB_FOLDERS"  # set by the sweeper: the sweep dir whose manifest lists jobs not in their own folder
 
 
 def job_folder(num) -> str:
     """`${job_folder:${hydra.job.num}}`: the job number zero-padded as the sweeper says (07 of 26; see
-    `records.job_number_width`), or the number of the folder it says the job takes instead (`moved_jobs`)."""
+    `records.job_number_width`), or the number of the folder the sweep's manifest says the job takes instead."""
     return str(moved_jobs(os.environ.get(JOB_FOLDERS, "")).get(str(num), num)).zfill(
         int(os.environ.get(JOB_FOLDER_WIDTH) or 1))
 
 
+def moved_jobs(sweep_dir: str) -> dict[str, int]:
+    """{job number: folder number} from the manifest of `sweep_dir` ('' for none), read again only when it changed."""
+    try:
+        return _moved_jobs(sweep_dir, os.stat(Path(sweep_dir) / MANIFEST).st_mtime_ns) if sweep_dir else {}
+    except OSError:
+        return {}
+
+
 @lru_cache(maxsize=1)
-def moved_jobs(text: str) -> dict[str, int]:
-    """The sweeper's {job number: folder number} as `JOB_FOLDERS` holds it, read once per sweep."""
-    return json.loads(text) if text else {}
+def _moved_jobs(sweep_dir: str, changed: int) -> dict[str, int]:
+    return (read_manifest(Path(sweep_dir)) or {}).get(FOLDERS, {})
 
 
 CLEAR_LINE = "\r\x1b[K"  # back to the line's start, then erase it

@@ -25,6 +25,7 @@ MARKER = "job.json"
 CONFIG = "run_config.json"  # what the job ran with: Hydra's composition with the model's world and params=FILE merged in
 WRITTEN_FOLDERS = (".", "images", ".hydra")  # where sdlab's own writes land inside a run dir
 MANIFEST = "sweep.json"  # a sweep's command and whether it finished: how a rerun of the same command finds its folder
+FOLDERS = "folders"  # in the manifest: the jobs of an extended sweep that keep the job dir of another number
 MANIFEST_MAX_BYTES = 64 << 20  # it keeps each prompt of the sweep up to 4 times, JSON-escaped: a prompt file at its limit
 COST = "cost"  # the manifest entry of what a sweep measured on its host (sdlab.bench.plan), kept by its reruns
 SPENT = "spent"  # the manifest entry of the seconds of each command that made cells of the sweep, start-up included
@@ -201,10 +202,12 @@ def key_values(jobs: list[list[str]]) -> dict[str, list[str]]:
 
 def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[str]], hydra: list[str] = (),
                    complete: bool = False, hashes: list[str] = (), finished: int = 0,
-                   warnings: list[str] | None = None, shown: list[dict[str, str]] | None = None) -> None:
+                   warnings: list[str] | None = None, shown: list[dict[str, str]] | None = None,
+                   folders: dict[int, int] | None = None) -> None:
     """Record a sweep's command (`hydra`: its Hydra flags), axes, values, cell hashes, state and pre-flight warnings
-    (None: the earlier ones); each cell's swept values as `shown` (the text a job gets), else as typed; its `COST` and
-    `SPENT` stay."""
+    (None: the earlier ones); each cell's swept values as `shown` (the text a job gets), else as typed; `folders`:
+    {job number: the number of the job dir it takes}, for jobs not in their own (None: the earlier ones); its `COST`
+    and `SPENT` stay."""
     earlier = read_manifest(sweep_dir) or {}
     warnings = earlier.get("warnings", []) if warnings is None else list(warnings)
     values, axes = key_values(jobs), varying_keys(jobs)
@@ -214,6 +217,7 @@ def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[s
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
                 "cells": len(jobs), "finished": finished, "axes": axes, "values": values, "jobs": jobs_axes,
                 "hashes": list(hashes), "complete": complete, "warnings": warnings,
+                FOLDERS: earlier.get(FOLDERS, {}) if folders is None else {str(k): v for k, v in folders.items()},
                 **{key: earlier[key] for key in (COST, SPENT) if key in earlier}}
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
