@@ -342,6 +342,8 @@ class ComposeOnceSweeper(Sweeper):
         check_launcher(self.launcher)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        if swept := next((o for o in overrides if o.get_key_element() == "plan" and o.is_sweep_override()), None):
+            raise UserError(f"{swept.input_line} sweeps plan, which takes one value: true plans the sweep, false runs it")
         axes = sweep_axes(overrides)
         count = cell_count(axes)
         if not count:
