@@ -587,7 +587,9 @@ def test_bash_completion_installs_and_completes(tmp_path):
     assert query.returncode == 0 and "scheduler=" in query.stdout, query.stdout + query.stderr
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_a_kill_is_one_line_and_leaves_no_lock(tmp_path, sig, code, word):
+    """Ctrl-C, and SIGTERM (`kill`, a batch scheduler's time limit), end the run with one line, its lock released."""
     process = subprocess.Popen([*SDLAB, "seeds=[1,2,3,4,5,6,7,8]", "batch_size=1", "num_inference_steps=50",
                                 "threads=1", "hydra.run.dir=run"], cwd=tmp_path, env=bare_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -597,12 +599,12 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     while not (tmp_path / "run" / "cli.log").is_file() or "loaded model" not in (tmp_path / "run" / "cli.log").read_text():
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == code
     lines = [line for line in err.splitlines() if line.strip() and "denoising" not in line]
-    assert lines[-1] == "sdlab: error: interrupted; rerun the same command to resume", err
-    assert "Traceback" not in err
+    assert lines[-1] == f"sdlab: error: {word}; rerun the same command to resume", err
+    assert "Traceback" not in err and not (tmp_path / "run" / ".sdlab.lock").exists()
 
 
 INTERRUPTED_IMPORT = """

@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
+TERMINATED = 143  # and by SIGTERM
 
 try:  # the libraries load for about a second: a Ctrl-C then ends as one later does, not in a traceback
     import hydra
@@ -223,20 +225,33 @@ def entry() -> None:
     Preflight.new_dirs = []
     quiet_libraries()
     sys.argv = [sys.argv[0], *args]
+    default = signal.signal(signal.SIGTERM, terminate)
     try:
         with hydra_errors_as_user_errors():
             hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(run)()
     except UserError as e:
         fail(str(e))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         lock.release_held()
         logging.shutdown()
         sys.stdout.flush()
         where = f" in {CollectSweep.sweep_dir}" if CollectSweep.sweep_dir else ""
+        word, code = ("terminated", TERMINATED) if isinstance(e, Terminated) else ("interrupted", INTERRUPTED)
         # not sys.exit: a worker pool (weights loading) whose lock the interrupt left taken would hang the exit's join
-        fail(f"interrupted; rerun the same command to resume{where}", INTERRUPTED, leave=os._exit)
+        fail(f"{word}; rerun the same command to resume{where}", code, leave=os._exit)
+    finally:
+        signal.signal(signal.SIGTERM, default)
     if CollectSweep.failures:
         sys.exit(1)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler's time limit): the run ends as Ctrl-C ends it."""
+
+
+def terminate(signum, frame) -> None:
+    """The SIGTERM handler while a run or sweep works."""
+    raise Terminated
 
 
 def main() -> None:
