@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from sdlab.bench.resume import read_manifest
 from sdlab.config import GenerationParams, generation_params
 from sdlab.errors import UserError
 from sdlab.models import generate
@@ -109,6 +110,7 @@ def test_a_sweep_killed_in_its_second_call_keeps_every_cell_of_the_first(run_sdl
     assert calls == [4, 4]  # guidance 1 (2 prompts x 2 seeds), then guidance 7.5, interrupted
     finished = [job for job in tmp_path.iterdir() if (job / "results.parquet").is_file()]
     assert sorted(float(pd.read_parquet(job / "results.parquet")["guidance_scale"][0]) for job in finished) == [1.0] * 4
+    assert len(read_manifest(tmp_path)["spent"]) == 1  # the report's wall time counts the interrupted command too
     monkeypatch.setattr(generate_job, "generate_batch", real)
     capsys.readouterr()
     assert run_sdlab(*SWEEP, sweep) == 0
@@ -116,6 +118,7 @@ def test_a_sweep_killed_in_its_second_call_keeps_every_cell_of_the_first(run_sdl
     again = pd.read_parquet(tmp_path / "results.parquet")
     assert (again["status"] == "ok").all() and len(again) == 8
     assert again.loc[again["guidance_scale"] == 7.5, "batch_size"].tolist() == [4] * 4
+    assert len(read_manifest(tmp_path)["spent"]) == 2
 
 
 def test_guidance_scales_above_one_share_a_call_each_image_guided_by_its_own(run_sdlab, tmp_path):

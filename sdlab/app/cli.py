@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
@@ -236,6 +236,9 @@ def entry() -> None:
         logging.shutdown()
         sys.stdout.flush()
         where = f" in {CollectSweep.sweep_dir}" if CollectSweep.sweep_dir else ""
+        if CollectSweep.sweep_dir:  # the report's wall time counts what this command spent on the cells it wrote
+            with suppress(OSError):
+                resume.record_spent(Path(CollectSweep.sweep_dir), CollectSweep.began, CollectSweep.began)
         word, code = ("terminated", TERMINATED) if isinstance(e, Terminated) else ("interrupted", INTERRUPTED)
         # not sys.exit: a worker pool (weights loading) whose lock the interrupt left taken would hang the exit's join
         fail(f"{word}; rerun the same command to resume{where}", code, leave=os._exit)
