@@ -235,13 +235,16 @@ def entry() -> None:
         lock.release_held()
         logging.shutdown()
         sys.stdout.flush()
-        where = f" in {CollectSweep.sweep_dir}" if CollectSweep.sweep_dir else ""
-        if CollectSweep.sweep_dir:  # the report's wall time counts what this command spent on the cells it wrote
+        sweep_dir = CollectSweep.sweep_dir
+        then = "rerun the same command to resume" + (f" in {sweep_dir}" if sweep_dir else "")
+        if sweep_dir and not Path(sweep_dir).is_dir():
+            then = "nothing was written"
+        elif sweep_dir:  # the report's wall time counts what this command spent on the cells it wrote
             with suppress(OSError):
-                resume.record_spent(Path(CollectSweep.sweep_dir), CollectSweep.began, CollectSweep.began)
+                resume.record_spent(Path(sweep_dir), CollectSweep.began, CollectSweep.began)
         word, code = ("terminated", TERMINATED) if isinstance(e, Terminated) else ("interrupted", INTERRUPTED)
         # not sys.exit: a worker pool (weights loading) whose lock the interrupt left taken would hang the exit's join
-        fail(f"{word}; rerun the same command to resume{where}", code, leave=os._exit)
+        fail(f"{word}; {then}", code, leave=os._exit)
     finally:
         signal.signal(signal.SIGTERM, default)
     if CollectSweep.failures:
