@@ -288,3 +288,16 @@ def test_a_jobs_calls_come_from_its_rows_that_name_one(tmp_path):
                           "time_total_s": [0.5, 0.5, 0.5, 1.0, float("nan")]})
     assert calls_made(frame) == {"a": [4, 2.0, 2]}
     assert calls_made(frame.drop(columns="batch_size")) == {}  # a study's rows time their calls without a batch size
+
+
+
+def test_a_plan_with_resume_false_counts_no_cell_done(run_sdlab, tmp_path, capsys):
+    """resume=false makes every cell again: a plan that counted the finished ones done said `0 to run, 0 s`."""
+    sweep = ("-m", "seed=1,2", f"hydra.sweep.dir={tmp_path / 's'}", *FAST)
+    assert run_sdlab(*sweep) == 0
+    capsys.readouterr()
+    assert run_sdlab(*sweep, "plan=true") == 0
+    assert "sdlab plan: 2 cells, 2 already done, 0 to run" in capsys.readouterr().out
+    assert run_sdlab(*sweep, "resume=false", "plan=true") == 0
+    out = capsys.readouterr().out
+    assert "sdlab plan: 2 cells, 0 already done, 2 to run (2 images)" in out and "estimate: 0 s" not in out
