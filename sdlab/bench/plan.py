@@ -37,6 +37,7 @@ class Cell:
     batch_size: int
     nfe: int | None  # denoiser calls of its images, summed; None: its job cannot say
     guided: bool = False  # whether each denoiser call runs the unconditional branch too (a batch twice the images)
+    resume: bool = True  # False: its job makes everything again (resume=false), whatever is found done
 
 
 def shared_call(run: Run) -> tuple | None:
@@ -58,10 +59,10 @@ def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
         made = work_of(run)
         images, nfe = (None, None) if made is None else (
             sum(n for *_, n in made), sum(n * denoiser_calls(name, steps) for name, steps, n in made))
-        return Cell(run.job_hash, None, f"job {run.job}", images, 1, nfe)
+        return Cell(run.job_hash, None, f"job {run.job}", images, 1, nfe, resume=run.resume)
     return Cell(run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
                 p.batch_size, len(p.seeds) * denoiser_calls(run.scheduler.name, p.num_inference_steps),
-                family(run.model.family).uses_cfg(p.guidance_scale))
+                family(run.model.family).uses_cfg(p.guidance_scale), run.resume)
 
 
 def finished_hashes(sweep_dir: Path) -> set[str]:
@@ -141,7 +142,7 @@ def duration(seconds: float) -> str:
 def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     """The plan a user reads before a sweep: cells, done, batches, NFE, estimated time and memory, and the output."""
     done = finished_hashes(sweep_dir)
-    todo = [c for c in cells if c.job_hash not in done]
+    todo = [c for c in cells if not (c.resume and c.job_hash in done)]
     groups = batch_groups(todo)
     batches = sum(math.ceil(sum(c.images for c in g) / g[0].batch_size) for g in groups.values())
     sizes = sorted({c.batch_size for g in groups.values() for c in g})
