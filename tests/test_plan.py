@@ -301,3 +301,19 @@ def test_a_plan_with_resume_false_counts_no_cell_done(run_sdlab, tmp_path, capsy
     assert run_sdlab(*sweep, "resume=false", "plan=true") == 0
     out = capsys.readouterr().out
     assert "sdlab plan: 2 cells, 0 already done, 2 to run (2 images)" in out and "estimate: 0 s" not in out
+
+
+
+def test_a_plan_skips_the_cells_their_model_cannot_run_as_the_sweep_does(run_sdlab, tmp_path, capsys):
+    sweep = ("-m", "model=tiny,sd3_tiny", "scheduler=euler,lms", "num_inference_steps=2", "threads=1",
+             f"hydra.sweep.dir={tmp_path / 's'}")
+    assert run_sdlab(*sweep, "plan=true") == 0
+    planned = capsys.readouterr().out
+    assert run_sdlab(*sweep) == 0
+    ran = capsys.readouterr()
+    skipped = re.search(r"sdlab: skipping \d+ of 4 cells their model cannot run: .*", ran.out + ran.err).group(0)
+    assert skipped in planned
+    made = len(pd.read_parquet(tmp_path / "s" / "results.parquet"))
+    assert f"sdlab plan: {made} cells, 0 already done, {made} to run ({made} images)" in planned
+    assert run_sdlab(*sweep, "plan=true") == 0
+    assert f"sdlab plan: {made} cells, {made} already done, 0 to run" in capsys.readouterr().out
