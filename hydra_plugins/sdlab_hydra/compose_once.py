@@ -29,7 +29,7 @@ from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
 from sdlab.app.arguments import RECIPES_SUBDIR, display_overrides, hydra_quote, named_by_sdlab, override_parser
 from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
 from sdlab.app.compose import JOB_FOLDER_WIDTH, JOB_FOLDERS, composed_run, parse_job, resolved, task_overrides
-from sdlab.app.preflight import check_job, check_sweep, sweep_plan
+from sdlab.app.preflight import check_job, check_sweep, misfit, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
 from sdlab.bench.records import job_number_width
@@ -165,6 +165,14 @@ def skipped_line(cannot: dict[tuple, str], jobs: list[list[str]]) -> str:
     shown = ", ".join(cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
     return (f"sdlab: skipping {len(cells)} of {len(jobs)} cells their model cannot run: {shown} "
             f"({next(iter(cannot.values()))})")
+
+
+def misfit_of(run: Run, fits: dict[tuple, str | None]) -> str | None:
+    """`misfit` of a run, kept in `fits` by its model and scheduler."""
+    key = (run.job, run.model.key, run.scheduler.name)
+    if key not in fits:
+        fits[key] = misfit(run)
+    return fits[key]
 
 
 def job_places(sweep_dir: Path, job_dirs: list[Path], runs: list[Run], width: int) -> tuple[list[Path], dict[int, int]]:
@@ -358,7 +366,10 @@ class ComposeOnceSweeper(Sweeper):
         jobs = [[o.input_line for o in job] for job in parsed_jobs]
         if self.preflight and first.get("plan") is True:
             hashed = Path(sweep_dir).is_dir()  # a new folder has no finished cell to match by hash
-            print(plan_text(self.plan_cells(jobs, hashed), Path(sweep_dir)), flush=True)
+            planned, cannot = self.plan_cells(jobs, hashed)
+            if cannot and not planned:
+                raise UserError(next(iter(cannot.values())))
+            print(plan_text(planned, Path(sweep_dir), [skipped_line(cannot, jobs)] if cannot else []), flush=True)
             return []
         announced = self.preflight and len(jobs) >= ANNOUNCED_CELLS
         if announced:
@@ -465,12 +476,13 @@ class ComposeOnceSweeper(Sweeper):
         runs = [composed_run(config) for config in composed]
         return runs, manifest.get("hashes") == [run.job_hash for run in runs] and all(run.resume for run in runs)
 
-    def plan_cells(self, jobs: list[list[str]], hashed: bool = True) -> list[Cell]:
+    def plan_cells(self, jobs: list[list[str]], hashed: bool = True) -> tuple[list[Cell], dict[tuple, str]]:
         """Each job as the plan sees it, its values checked and typed as the sweep's are (its model and schedulers are
         pre-flighted when the sweep starts: that imports diffusers), but fast: a job differing from an earlier one of
         the same config groups only in plain values (see `ComposedConfigs`) is that job's recipe with those values set,
-        typed once per distinct set of values but the seed. Without `hashed`, a cell's hash is left empty."""
-        shapes, typed, planned = {}, {}, []
+        typed once per distinct set of values but the seed. Without `hashed`, a cell's hash is left empty. Jobs whose
+        model cannot run their scheduler (`misfit`, asked once per model and scheduler) are left out, with why."""
+        shapes, typed, planned, cannot, fits = {}, {}, [], {}, {}
         for job in jobs:
             parsed = self.composed.parsed(job)
             signature = self.composed.signature(parsed)
@@ -483,6 +495,9 @@ class ComposeOnceSweeper(Sweeper):
                 if signature is not None and base is None:
                     unresolved = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
                     shapes[signature] = parsed, run, OmegaConf.to_yaml(unresolved)
+                if (why := misfit_of(run, fits)) is not None:
+                    cannot[tuple(job)] = why
+                    continue
                 planned.append(cell_of(run, work_of))
                 continue
             recipe = dict(base.recipe)
@@ -497,11 +512,14 @@ class ComposeOnceSweeper(Sweeper):
                 run = typed_run(recipe)
                 typed[values] = run, cell_of(run, work_of)
             run, cell = typed[values]
+            if (why := misfit_of(run, fits)) is not None:
+                cannot[tuple(job)] = why
+                continue
             if "seed" in changed and recipe.get("seeds") is None:
                 check_seeds((changed["seed"],))
             planned.append(dataclasses.replace(cell, job_hash=dataclasses.replace(run, recipe=recipe).job_hash
                                                if hashed else ""))
-        return planned
+        return planned, cannot
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:
         """Run the jobs in batches of `max_batch_size` (all at once by default), raising a failed job's error."""

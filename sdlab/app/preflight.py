@@ -9,12 +9,13 @@ from sdlab.bench.inputs import input_image_files
 from sdlab.bench.scorers import check_reference_read, check_set_scorers, scorer_names
 from sdlab.bench.worlds import world
 from sdlab.config import Run
-from sdlab.errors import UserError, choose
+from sdlab.errors import CannotRun, UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.families import ModelAdapter
 from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
-from sdlab.models.schedulers import check_options, make_scheduler, scheduler_class  # imports diffusers
+from sdlab.metrics.schedule import model_kind
+from sdlab.models.schedulers import check_kind, check_options, make_scheduler, scheduler_class  # imports diffusers
 
 
 def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None,
@@ -56,6 +57,21 @@ def schedulers_used(run: Run, recipe: Any) -> list[str]:
     names += [item.get("name") if isinstance(item, dict) else item
               for item in getattr(recipe, "visit_schedulers", None) or ()]
     return [n for n in dict.fromkeys(names) if n]
+
+
+def misfit(run: Run) -> str | None:
+    """Why the job's model cannot run its scheduler, in the words of the CannotRun `check_job` raises for it, read from
+    the model's scheduler config without diffusers; None when it fits, or its config cannot be read here."""
+    if run.job in MODEL_FREE_JOBS:
+        return None
+    try:
+        base, source = shipped_scheduler_config(run.model)
+        check_kind(run.scheduler.name, model_kind(base))
+    except CannotRun as e:
+        return f"{source}: {e}"
+    except UserError:  # no weights, say: the sweep's check says so
+        return None
+    return None
 
 
 def check_job(run: Run) -> list[str]:

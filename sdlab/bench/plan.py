@@ -139,8 +139,9 @@ def duration(seconds: float) -> str:
             else f"{seconds / 3600:.1f} h")
 
 
-def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
-    """The plan a user reads before a sweep: cells, done, batches, NFE, estimated time and memory, and the output."""
+def plan_text(cells: list[Cell], sweep_dir: Path, skipped: list[str] = ()) -> str:
+    """The plan a user reads before a sweep: cells, done, batches, NFE, estimated time and memory, and the output;
+    after the `skipped` lines (the cells the sweep leaves out, as it says so)."""
     done = finished_hashes(sweep_dir)
     todo = [c for c in cells if not (c.resume and c.job_hash in done)]
     groups = batch_groups(todo)
@@ -152,6 +153,7 @@ def plan_text(cells: list[Cell], sweep_dir: Path) -> str:
     wall, memory = estimate(todo, measured_costs(sweep_dir))
     state = "exists" if Path(sweep_dir).is_dir() else "new"
     return "\n".join([
+        *skipped,
         f"sdlab plan: {counted(len(cells), 'cell')}, {len(cells) - len(todo)} already done, {len(todo)} to run "
         f"({counted(sum(c.images or 0 for c in todo), 'image')}"
         f"{', ' + counted(analyses, 'analysis', 'analyses') if analyses else ''}"
