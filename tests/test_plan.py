@@ -317,3 +317,32 @@ def test_a_plan_skips_the_cells_their_model_cannot_run_as_the_sweep_does(run_sdl
     assert f"sdlab plan: {made} cells, 0 already done, {made} to run ({made} images)" in planned
     assert run_sdlab(*sweep, "plan=true") == 0
     assert f"sdlab plan: {made} cells, {made} already done, 0 to run" in capsys.readouterr().out
+
+
+
+def planned_calls_of(out: str) -> int:
+    return int(re.search(r"batches: (\d+) ", out).group(1))
+
+
+
+@pytest.mark.parametrize("args", [("seed=1,2,3", "guidance_scale=3,7.5", "batch_size=4", "hydra.launcher.ahead=false"),
+                                  ("seeds=[1,2,3]", "guidance_scale=3,5,7.5", "batch_size=5")])
+def test_the_plan_packs_cells_into_calls_as_the_launcher_does(run_sdlab, tmp_path, capsys, args):
+    """Without working ahead every job makes its own calls; working ahead, a call takes whole cells only."""
+    sweep = ("-m", *args, *FAST, f"hydra.sweep.dir={tmp_path / 's'}")
+    assert run_sdlab(*sweep, "plan=true") == 0
+    planned = planned_calls_of(capsys.readouterr().out)
+    assert run_sdlab(*sweep) == 0
+    rows = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert (rows["status"] == "ok").all()
+    assert planned == rows["call_id"].nunique()
+
+
+
+def test_the_estimate_prices_the_calls_it_is_given():
+    cells = [Cell(f"h{i}", ("call",), "mini@64x64", 3, 5, 3 * 25, guided=True) for i in range(3)]
+    cost = {"mini@64x64": {"step_s": 0.01, "sample_step_s": 0.002, "overhead_s": 0.05, "fixed_s": 8.0,
+                           "peak_mem_bytes": 2**30}}
+    whole = estimate(cells, cost, [(c, 3) for c in cells])[0]  # a call takes whole cells: 3 calls of 3
+    assert whole == f"{8.0 + 3 * 0.05 + 3 * 25 * (0.01 + 6 * 0.002):.0f} s"
+    assert estimate(cells, cost, [(cells[0], 5), (cells[0], 4)])[0] != whole
