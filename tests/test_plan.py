@@ -341,8 +341,8 @@ def test_the_plan_packs_cells_into_calls_as_the_launcher_does(run_sdlab, tmp_pat
 
 def test_the_estimate_prices_the_calls_it_is_given():
     cells = [Cell(f"h{i}", ("call",), "mini@64x64", 3, 5, 3 * 25, guided=True) for i in range(3)]
-    cost = {"mini@64x64": {"step_s": 0.01, "sample_step_s": 0.002, "overhead_s": 0.05, "fixed_s": 8.0,
+    cost = {"mini@64x64": {"step_s": 0.1, "sample_step_s": 0.02, "overhead_s": 0.05, "fixed_s": 8.0,
                            "peak_mem_bytes": 2**30}}
     whole = estimate(cells, cost, [(c, 3) for c in cells])[0]  # a call takes whole cells: 3 calls of 3
-    assert whole == f"{8.0 + 3 * 0.05 + 3 * 25 * (0.01 + 6 * 0.002):.0f} s"
+    assert whole == f"{8.0 + 3 * 0.05 + 3 * 25 * (0.1 + 6 * 0.02):.0f} s"
     assert estimate(cells, cost, [(cells[0], 5), (cells[0], 4)])[0] != whole

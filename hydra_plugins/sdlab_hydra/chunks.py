@@ -26,7 +26,8 @@ from omegaconf import OmegaConf
 
 from sdlab.app.callbacks import SweepWatch
 from sdlab.config import Run
-from sdlab.jobs import call_groups, work_ahead
+from sdlab.bench.plan import call_groups
+from sdlab.jobs import work_ahead
 
 log = logging.getLogger(__name__)
 TASKS_PER_SLOT = 4  # with cells_per_task unset: about this many tasks per array slot, so slots that finish early refill
@@ -113,13 +114,17 @@ class ChunkedSubmitit:
         executor.update_parameters(**{k if k in common else f"{self.cluster}_{k}": v for k, v in params.items()})
         return executor
 
+    def task_size(self, cells: int) -> int:
+        """How many of `cells` cells to run a task takes."""
+        return cells_per_task(cells, self.size, task_slots(self.cluster, self.inner.params),
+                              TASKS_PER_SLOT if self.cluster == "slurm" else 1)  # local tasks do not refill slots
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         """Submit the cells as one array of chunks, wait for every task to leave the queue, and return the JobReturn of
         each cell that ran (a task that ended without its result returns none: its cells have no rows)."""
         cells = [(num, list(o), preflighted(self.inner.hydra_context, o))
                  for num, o in enumerate(job_overrides, initial_job_idx) if num not in self.finished]
-        size = cells_per_task(len(cells), self.size, task_slots(self.cluster, self.inner.params),
-                              TASKS_PER_SLOT if self.cluster == "slurm" else 1)  # local tasks do not refill slots
+        size = self.task_size(len(cells))
         chunks = [cells[i:i + size] for i in range(0, len(cells), size)]
         log.info(f"sdlab: {plural(len(cells), 'cell')} in {plural(len(chunks), f'{self.cluster} task')} of up to {size}")
         for num, overrides, _ in cells:

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,6 +26,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdlab_hydra.chunks import ChunkedSubmitit, submitit_cluster
+from hydra_plugins.sdlab_hydra.lean_launcher import AHEAD_WINDOW
 from sdlab.app.arguments import RECIPES_SUBDIR, display_overrides, hydra_quote, named_by_sdlab, override_parser
 from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
 from sdlab.app.compose import JOB_FOLDER_WIDTH, JOB_FOLDERS, composed_run, parse_job, resolved, task_overrides
@@ -43,6 +44,7 @@ from sdlab.jobs import work_of
 log = logging.getLogger(__name__)
 MMAP_MODES = ("r", "r+", "w+", "c")  # numpy.memmap's, which joblib's mmap_mode passes on
 ANNOUNCED_CELLS = 1000  # a sweep this size is checked for seconds (about 5 ms a cell): it says so first
+MAX_CELLS = 10**9  # more jobs than a sweep has: a submitit task's jobs work ahead over the rest of its chunk
 CHECK_LINES_EVERY = 2.0  # and where its checks stand, every this many seconds
 
 
@@ -369,7 +371,8 @@ class ComposeOnceSweeper(Sweeper):
             planned, cannot = self.plan_cells(jobs, hashed)
             if cannot and not planned:
                 raise UserError(next(iter(cannot.values())))
-            print(plan_text(planned, Path(sweep_dir), [skipped_line(cannot, jobs)] if cannot else []), flush=True)
+            print(plan_text(planned, Path(sweep_dir), [skipped_line(cannot, jobs)] if cannot else [], *self.packing()),
+                  flush=True)
             return []
         announced = self.preflight and len(jobs) >= ANNOUNCED_CELLS
         if announced:
@@ -450,6 +453,15 @@ class ComposeOnceSweeper(Sweeper):
             taken += f"; {len(reweighted)} made from weights that changed since: made again" if reweighted else ""
             log.info("sdlab: %s -> %s%s", sweep_plan(runs), sweep_dir, taken)
         return self.launch(launched, Path(sweep_dir))
+
+    def packing(self) -> tuple[int | None, Callable[[int], int] | None]:
+        """How the launcher groups the jobs it runs into shared calls, for a plan: how many jobs from each one work
+        ahead with it (None: each job makes its own calls), and how many of N cells a submitit task takes."""
+        launcher = self.launcher
+        if isinstance(launcher, ChunkedSubmitit):
+            return (MAX_CELLS if getattr(launcher.inner.task_function, "works_ahead", False) else None,
+                    launcher.task_size)
+        return (AHEAD_WINDOW if getattr(launcher, "ahead", False) is True else None), None
 
     def move_to(self, folder: Path, composed: list[Any]) -> str:
         """Point the sweep, each job `composed` so far and each one composed later (here or in a launcher, from the

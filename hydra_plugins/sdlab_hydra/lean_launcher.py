@@ -29,7 +29,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from hydra_plugins.sdlab_hydra.chunks import preflighted
 from sdlab.app.compose import composed_run
 from sdlab.io import atomic_write_text
-from sdlab.jobs import call_groups, work_ahead
+from sdlab.bench.plan import call_groups
+from sdlab.jobs import work_ahead
 
 log = logging.getLogger(__name__)
 AHEAD_WINDOW = 256  # jobs composed ahead to find those that share work with the next one

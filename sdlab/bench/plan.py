@@ -4,13 +4,12 @@ memory that this machine measured for such cells in earlier sweeps ("unknown" wh
 from __future__ import annotations
 
 import json
-import math
 import socket
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -50,6 +49,58 @@ def shared_call(run: Run) -> tuple | None:
     return (run.model.key, run.scheduler.name, json.dumps(same, sort_keys=True, default=str), p.num_inference_steps,
             p.width, p.height, family(run.model.family).guidance_group(p.guidance_scale), p.eta, p.batch_size,
             run.threads, run.resume)
+
+
+def call_cells(batch_size: int, todos: Iterable[tuple[int, Sequence]]) -> tuple[list[int], list]:
+    """What one shared call of up to `batch_size` images takes of the cells that can share it, given in turn as (index,
+    images it has to make): whole cells, until one does not fit; their indices, and their images in turn."""
+    covered, images = [], []
+    for i, todo in todos:
+        if len(images) + len(todo) > batch_size:
+            break
+        covered, images = covered + [i], images + list(todo)
+    return covered, images
+
+
+def call_groups(count: int, ahead: Callable[[int], set[int]] | None) -> Iterator[list[int]]:
+    """Jobs 0..count-1 in groups to run in turn: a job and those its work `ahead` (job -> jobs covered) made too, so
+    a call's cells are written before the next call begins and a kill loses at most the call under way."""
+    done: set[int] = set()
+    for i in range(count):
+        if i not in done:
+            group = sorted(({i} | ahead(i)) - done) if ahead else [i]
+            done.update(group)
+            yield group
+
+
+def planned_calls(cells: list[Cell], window: int | None, task_size: int | None = None) -> list[tuple[Cell, int]]:
+    """The pipeline calls the cells' jobs make, each as (a cell of it, its images), grouped as a launcher groups them:
+    in tasks of `task_size` cells (None: one), each as `task_calls` groups them."""
+    size = task_size or max(len(cells), 1)
+    return [call for start in range(0, len(cells), size) for call in task_calls(cells[start:start + size], window)]
+
+
+def task_calls(cells: list[Cell], window: int | None) -> list[tuple[Cell, int]]:
+    """The calls of cells run in turn (`call_groups`): a job and those of the next `window` jobs (None: each job alone)
+    whose images its shared call makes (`call_cells`, as generate's `make_ahead` packs them); a group's images are
+    made `batch_size` at a time."""
+    calls, made = [], set()
+
+    def ahead(n: int) -> set[int]:
+        first = cells[n]
+        if first.batch is None:
+            return set()
+        todos = ((n + k, () if n + k in made else range(c.images)) for k, c in enumerate(cells[n:n + window])
+                 if c.batch == first.batch)
+        return set(call_cells(first.batch_size, todos)[0])
+
+    for group in call_groups(len(cells), ahead if window else None):
+        made.update(group)
+        first = cells[group[0]]
+        if first.batch is not None:
+            images = sum(cells[i].images for i in group)
+            calls += [(first, min(first.batch_size, images - done)) for done in range(0, images, first.batch_size)]
+    return calls
 
 
 def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
@@ -95,8 +146,9 @@ def usable(entry) -> bool:
         entry.get("peak_mem_bytes") is None or number(entry["peak_mem_bytes"]))
 
 
-def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
-    """(wall time, peak memory) of the cells to run, from measured costs; 'unknown (...)' naming what is missing."""
+def estimate(todo: list[Cell], costs: dict[str, dict], calls: list[tuple[Cell, int]] | None = None) -> tuple[str, str]:
+    """(wall time, peak memory) of the cells to run in these `calls` (`planned_calls`; by default each call taking
+    whole cells from all that share it), from measured costs; 'unknown (...)' naming what is missing."""
     if not todo:
         return "0 s", "-"
     if missing := sorted({c.size for c in todo if c.size not in costs}):
@@ -104,12 +156,9 @@ def estimate(todo: list[Cell], costs: dict[str, dict]) -> tuple[str, str]:
         return f"unknown (no sweep in or beside this folder measured {shown} on this machine)", "unknown"
     sizes = {c.size for c in todo}
     seconds = max(costs[s]["fixed_s"] for s in sizes) + sum(costs[c.size]["overhead_s"] for c in todo)
-    for group in batch_groups(todo).values():
-        cost, images = costs[group[0].size], [c for c in group for _ in range(c.images)]
-        for start in range(0, len(images), group[0].batch_size):
-            call = images[start:start + group[0].batch_size]
-            samples = len(call) * (2 if call[0].guided else 1)
-            seconds += call[0].nfe // call[0].images * (cost["step_s"] + cost["sample_step_s"] * samples)
+    for cell, images in planned_calls(todo, len(todo)) if calls is None else calls:
+        cost, samples = costs[cell.size], images * (2 if cell.guided else 1)
+        seconds += cell.nfe // cell.images * (cost["step_s"] + cost["sample_step_s"] * samples)
     peaks = [costs[s].get("peak_mem_bytes") for s in sizes]
     return duration(seconds), "unknown" if None in peaks else f"{max(peaks) / 2**30:.2f} GiB"
 
@@ -139,18 +188,21 @@ def duration(seconds: float) -> str:
             else f"{seconds / 3600:.1f} h")
 
 
-def plan_text(cells: list[Cell], sweep_dir: Path, skipped: list[str] = ()) -> str:
+def plan_text(cells: list[Cell], sweep_dir: Path, skipped: list[str] = (), window: int | None = None,
+              task_size: Callable[[int], int] | None = None) -> str:
     """The plan a user reads before a sweep: cells, done, batches, NFE, estimated time and memory, and the output;
-    after the `skipped` lines (the cells the sweep leaves out, as it says so)."""
+    after the `skipped` lines (the cells the sweep leaves out, as it says so). Its calls are grouped as the launcher
+    will (`planned_calls`: its `window` of jobs working ahead, its `task_size` of N cells to run)."""
     done = finished_hashes(sweep_dir)
     todo = [c for c in cells if not (c.resume and c.job_hash in done)]
     groups = batch_groups(todo)
-    batches = sum(math.ceil(sum(c.images for c in g) / g[0].batch_size) for g in groups.values())
+    calls = planned_calls(todo, window, task_size(len(todo)) if task_size and todo else None)
+    batches = len(calls)
     sizes = sorted({c.batch_size for g in groups.values() for c in g})
     analyses = sum(c.batch is None for c in todo)
     unsaid = ", ".join(sorted({c.size for c in todo if c.images is None}))  # jobs that cannot say what they make
     nfe = sum(c.nfe or 0 for c in todo)
-    wall, memory = estimate(todo, measured_costs(sweep_dir))
+    wall, memory = estimate(todo, measured_costs(sweep_dir), calls)
     state = "exists" if Path(sweep_dir).is_dir() else "new"
     return "\n".join([
         *skipped,

@@ -6,7 +6,7 @@ import importlib
 import logging
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -141,14 +141,3 @@ def work_ahead(runs: list[Run | None], sweep_dir: Path) -> set[int]:
     except Exception:  # noqa: BLE001 - the job meets the same error and reports it
         log.debug("working ahead of %s failed", first.job, exc_info=True)
         return {0}
-
-
-def call_groups(count: int, ahead: Callable[[int], set[int]] | None) -> Iterator[list[int]]:
-    """Jobs 0..count-1 in groups to run in turn: a job and those its work `ahead` (job -> jobs covered) made too, so
-    a call's cells are written before the next call begins and a kill loses at most the call under way."""
-    done: set[int] = set()
-    for i in range(count):
-        if i not in done:
-            group = sorted(({i} | ahead(i)) - done) if ahead else [i]
-            done.update(group)
-            yield group

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from sdlab.bench.captions import settings_text
-from sdlab.bench.plan import shared_call
+from sdlab.bench.plan import call_cells, shared_call
 from sdlab.bench.records import identity, ordered, rows, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, set_aside_damaged, sweep_cells, weights_of
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
@@ -41,18 +41,8 @@ def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
     if first.threads is not None:
         torch.set_num_threads(first.threads)
     done = set(sweep_cells(sweep_dir, sweep_dir, first.weights)) if first.resume else set()
-    cells, covered = [], []
-    for i, run in enumerate(runs):
-        if shared_call(run) != key:
-            continue
-        scorers = build_scorers(run.recipe, str(model.device))
-        base = hash_fields({"model": run.model.name, "scheduler": run.scheduler.name,
-                            "scheduler_config": resolved_config(model.scheduler), **image_params(run.params)}, scorers)
-        todo = [(run.params, seed, cell, scorers) for seed in run.params.seeds
-                if (cell := cell_hash(base, seed)) not in done and cell not in model.made]
-        if len(cells) + len(todo) > first.params.batch_size:
-            break
-        cells, covered = cells + todo, covered + [i]
+    covered, cells = call_cells(first.params.batch_size, ((i, images_to_make(run, model, done))
+                                                          for i, run in enumerate(runs) if shared_call(run) == key))
     if len(cells) > 1:
         try:
             result = generate_batch(model, first.params, [seed for _, seed, _, _ in cells], strict=False,
@@ -67,6 +57,15 @@ def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
             log.debug("scoring a shared call failed: %s: %s", type(e).__name__, e)
         model.made.update({cell: result.cell(i) for i, (_, _, cell, _) in enumerate(cells)})
     return covered or [0]
+
+
+def images_to_make(run: Run, model, done: set[str]) -> list[tuple]:
+    """(params, seed, cell hash, scorers) of each image of the run neither `done` nor made ahead already."""
+    scorers = build_scorers(run.recipe, str(model.device))
+    base = hash_fields({"model": run.model.name, "scheduler": run.scheduler.name,
+                        "scheduler_config": resolved_config(model.scheduler), **image_params(run.params)}, scorers)
+    return [(run.params, seed, cell, scorers) for seed in run.params.seeds
+            if (cell := cell_hash(base, seed)) not in done and cell not in model.made]
 
 
 def scored(result: BatchResult, scorers: list[list[Scorer]], prompts: list[str]) -> BatchResult:
