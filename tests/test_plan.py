@@ -346,3 +346,17 @@ def test_the_estimate_prices_the_calls_it_is_given():
     whole = estimate(cells, cost, [(c, 3) for c in cells])[0]  # a call takes whole cells: 3 calls of 3
     assert whole == f"{8.0 + 3 * 0.05 + 3 * 25 * (0.1 + 6 * 0.02):.0f} s"
     assert estimate(cells, cost, [(cells[0], 5), (cells[0], 4)])[0] != whole
+
+
+
+def test_a_plan_counts_done_the_images_a_job_with_more_seeds_finds_made(run_sdlab, tmp_path, capsys):
+    run = (f"hydra.run.dir={tmp_path / 'r'}", *FAST)
+    assert run_sdlab("seeds=[1,2,3]", *run) == 0
+    capsys.readouterr()
+    assert run_sdlab("seeds=[1,2,3,4]", *run, "plan=true") == 0
+    out = capsys.readouterr().out
+    assert run_sdlab("seeds=[1,2,3,4]", *run) == 0
+    rows = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    made = rows[rows["seed"] == 4]
+    assert len(rows) == 4 and len(made) == 1
+    assert f"1 to run ({len(made)} image)" in out and f"total NFE: {int(made['nfe'].sum())} " in out
