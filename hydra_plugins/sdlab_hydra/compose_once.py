@@ -527,10 +527,9 @@ class ComposeOnceSweeper(Sweeper):
             if (why := misfit_of(run, fits)) is not None:
                 cannot[tuple(job)] = why
                 continue
-            if "seed" in changed and recipe.get("seeds") is None:
-                check_seeds((changed["seed"],))
+            seeds = check_seeds((recipe["seed"],)) if "seed" in recipe and recipe.get("seeds") is None else cell.seeds
             planned.append(dataclasses.replace(cell, job_hash=dataclasses.replace(run, recipe=recipe).job_hash
-                                               if hashed else ""))
+                                               if hashed else "", seeds=seeds))
         return planned, cannot
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:

@@ -3,6 +3,7 @@ memory that this machine measured for such cells in earlier sweeps ("unknown" wh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import statistics
@@ -14,10 +15,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import pandas as pd
 
 from sdlab.bench.captions import counted
-from sdlab.bench.resume import COST, MARKER, read_manifest, read_mark, update_manifest
+from sdlab.bench.resume import COST, MARKER, complete_rows, read_manifest, read_mark, update_manifest
 from sdlab.bench.records import job_dirs
+from sdlab.bench.scorers import scorer_identities
 from sdlab.conf_files import CONF_DIR, conf_values
-from sdlab.config import Run
+from sdlab.config import Run, config_hash, image_params
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
@@ -37,6 +39,8 @@ class Cell:
     nfe: int | None  # denoiser calls of its images, summed; None: its job cannot say
     guided: bool = False  # whether each denoiser call runs the unconditional branch too (a batch twice the images)
     resume: bool = True  # False: its job makes everything again (resume=false), whatever is found done
+    seeds: tuple = ()  # of its images
+    image_base: dict | None = None  # what decides its images' cell hashes but its seed and its scheduler's config
 
 
 def shared_call(run: Run) -> tuple | None:
@@ -96,7 +100,7 @@ def task_calls(cells: list[Cell], window: int | None) -> list[tuple[Cell, int]]:
 
     for group in call_groups(len(cells), ahead if window else None):
         made.update(group)
-        first = cells[group[0]]
+        first = next((cells[i] for i in group if cells[i].images), cells[group[0]])
         if first.batch is not None:
             images = sum(cells[i].images for i in group)
             calls += [(first, min(first.batch_size, images - done)) for done in range(0, images, first.batch_size)]
@@ -111,9 +115,42 @@ def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
         images, nfe = (None, None) if made is None else (
             sum(n for *_, n in made), sum(n * denoiser_calls(name, steps) for name, steps, n in made))
         return Cell(run.job_hash, None, f"job {run.job}", images, 1, nfe, resume=run.resume)
+    base = {"model": run.model.name, "scheduler": run.scheduler.name, **image_params(p),
+            "scorers": scorer_identities(run.recipe)}
     return Cell(run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
                 p.batch_size, len(p.seeds) * denoiser_calls(run.scheduler.name, p.num_inference_steps),
-                family(run.model.family).uses_cfg(p.guidance_scale), run.resume)
+                family(run.model.family).uses_cfg(p.guidance_scale), run.resume, p.seeds, base)
+
+
+def cell_hash(base: dict, seed: int) -> str:
+    """Hash of everything that decides one image: model, scheduler, parameters and its seed."""
+    return config_hash({**base, "seed": seed})
+
+
+def made_images(sweep_dir: Path, skip: set[str]) -> tuple[dict[tuple, set[str]], set[str]]:
+    """The images finished in a run dir or the job dirs of a sweep but those of the jobs `skip` names: the scheduler
+    configs they were made with by (model, scheduler), and their cell hashes."""
+    configs, hashes = {}, set()
+    for folder in [Path(sweep_dir), *job_dirs(sweep_dir)] if Path(sweep_dir).is_dir() else []:
+        if read_mark(folder).get("job_hash") in skip:
+            continue
+        found = complete_rows(folder)
+        if {"config_hash", "model", "scheduler", "scheduler_config"} <= set(found.columns):
+            hashes.update(found["config_hash"])
+            for (model, scheduler), config in found.groupby(["model", "scheduler"])["scheduler_config"]:
+                configs.setdefault((model, scheduler), set()).update(config)
+    return configs, hashes
+
+
+def left_to_make(cell: Cell, configs: dict[tuple, set[str]], hashes: set[str]) -> Cell:
+    """The cell with only the images its job does not find made (by cell hash, as generate's resume does; with each
+    scheduler config found for its model and scheduler, its own being one of them when any is found)."""
+    if not cell.resume or cell.image_base is None:
+        return cell
+    base = cell.image_base
+    left = min(([s for s in cell.seeds if cell_hash({**base, "scheduler_config": config}, s) not in hashes]
+                for config in configs.get((base["model"], base["scheduler"]), ())), key=len, default=cell.seeds)
+    return dataclasses.replace(cell, images=len(left), nfe=cell.nfe // cell.images * len(left)) if cell.images else cell
 
 
 def finished_hashes(sweep_dir: Path) -> set[str]:
@@ -195,6 +232,9 @@ def plan_text(cells: list[Cell], sweep_dir: Path, skipped: list[str] = (), windo
     will (`planned_calls`: its `window` of jobs working ahead, its `task_size` of N cells to run)."""
     done = finished_hashes(sweep_dir)
     todo = [c for c in cells if not (c.resume and c.job_hash in done)]
+    if todo and Path(sweep_dir).is_dir():
+        found = made_images(sweep_dir, {c.job_hash for c in cells if c.resume and c.job_hash in done})
+        todo = [left_to_make(c, *found) for c in todo]
     groups = batch_groups(todo)
     calls = planned_calls(todo, window, task_size(len(todo)) if task_size and todo else None)
     batches = len(calls)

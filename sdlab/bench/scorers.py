@@ -114,6 +114,12 @@ def build_scorers(cfg: dict, device: str = "cpu") -> list[Scorer]:
             for name in scorer_names(cfg)]
 
 
+def scorer_identities(cfg: dict) -> dict[str, Any]:
+    """`identities` of the configured scorers, without building them."""
+    kinds = registered()
+    return {name: kinds[name].identity(cfg) for name in scorer_names(cfg)}
+
+
 def score_images(scorers: Sequence[Scorer], images: Sequence, prompts: Sequence[str]) -> list[dict[str, Any]]:
     """Every scorer's columns for each image, merged into one dict per image (set scorers share one feature step)."""
     rows: list[dict[str, Any]] = [{} for _ in images]

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from sdlab.bench.captions import settings_text
-from sdlab.bench.plan import call_cells, shared_call
+from sdlab.bench.plan import call_cells, cell_hash, shared_call
 from sdlab.bench.records import identity, ordered, rows, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, set_aside_damaged, sweep_cells, weights_of
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
@@ -26,11 +26,6 @@ from sdlab.models.text_tokenizers import truncation_warnings
 log = logging.getLogger(__name__)
 TIMING_KEYS = ("time_text_s", "time_unet_s", "time_vae_s", "time_total_s")
 NOT_SAVED = "image not saved: "
-
-
-def cell_hash(base: dict[str, Any], seed: int) -> str:
-    """Hash of everything that decides one image: model, scheduler, parameters and its seed."""
-    return config_hash({**base, "seed": seed})
 
 
 def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
