@@ -360,3 +360,23 @@ def test_a_plan_counts_done_the_images_a_job_with_more_seeds_finds_made(run_sdla
     made = rows[rows["seed"] == 4]
     assert len(rows) == 4 and len(made) == 1
     assert f"1 to run ({len(made)} image)" in out and f"total NFE: {int(made['nfe'].sum())} " in out
+
+
+
+def test_the_peak_memory_scales_with_the_calls_samples_from_the_record(tmp_path):
+    """A record at batch 1 priced a plan of calls of 16 guided images at batch 1's peak: memory grows with a call."""
+    sweep, began = two_finished_jobs(tmp_path), 1_000_000.0
+    fixed, per_sample = 300 * 2**20, 20 * 2**20
+    sizes = [1, 1, 4, 4]  # guided: 2 and 8 samples a call
+    frame = pd.DataFrame({"status": "ok", "nfe": 20, "model": "tiny", "width": 64, "height": 64, "batch_size": sizes,
+                          "guidance_scale": 7.5, "time_total_s": 0.2,
+                          "peak_mem_bytes": [fixed + 2 * b * per_sample for b in sizes]})
+    with mock.patch("time.time", return_value=began + 4):
+        record_cost(sweep, frame, began, began)
+    cost = json.loads((sweep / MANIFEST).read_text())["cost"]["sizes"]["tiny@64x64"]
+    cells = [Cell(f"h{i}", ("call",), "tiny@64x64", 1, 16, 20, guided=True) for i in range(16)]
+    memory = estimate(cells, {"tiny@64x64": cost})[1]
+    assert memory.startswith(f"{(fixed + 32 * per_sample) / 2**30:.2f} GiB")
+    one_size = {**cost, **{k: None for k in cost if k.startswith("peak_") and k != "peak_mem_bytes"}}
+    assert estimate(cells, {"tiny@64x64": one_size})[1].startswith(f"at least {(fixed + 8 * per_sample) / 2**30:.2f}")
+    assert estimate(cells[:1], {"tiny@64x64": cost})[1].startswith(f"{(fixed + 2 * per_sample) / 2**30:.2f} GiB")
