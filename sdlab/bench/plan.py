@@ -23,7 +23,9 @@ from sdlab.config import Run, config_hash, image_params
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
-COST_KEYS = ("step_s", "sample_step_s", "overhead_s", "fixed_s")  # and "peak_mem_bytes", None where not measured
+COST_KEYS = ("step_s", "sample_step_s", "overhead_s", "fixed_s")  # and MEMORY_KEYS, None where not measured
+# the largest peak measured, the samples of the largest call measured, and a peak's fixed and per sample parts
+MEMORY_KEYS = ("peak_mem_bytes", "peak_samples", "peak_fixed_bytes", "peak_sample_bytes")
 COST_RECORDS = 5  # the newest records of a size a plan takes the median of
 
 
@@ -173,14 +175,14 @@ def measured_costs(sweep_dir: Path) -> dict[str, dict]:
                 records.setdefault(size, []).extend([entry] if usable(entry) else [])
     median = lambda values: statistics.median(values) if values else None  # noqa: E731
     return {size: {key: median([e[key] for e in entries[:COST_RECORDS] if e.get(key) is not None])
-                   for key in (*COST_KEYS, "peak_mem_bytes")} for size, entries in records.items() if entries}
+                   for key in (*COST_KEYS, *MEMORY_KEYS)} for size, entries in records.items() if entries}
 
 
 def usable(entry) -> bool:
     """Whether a cost record (a folder's data, perhaps from another version of sdlab) has every number a plan needs."""
     number = lambda value: isinstance(value, (int, float)) and 0 <= value < float("inf")  # noqa: E731
-    return isinstance(entry, dict) and all(number(entry.get(key)) for key in COST_KEYS) and (
-        entry.get("peak_mem_bytes") is None or number(entry["peak_mem_bytes"]))
+    return isinstance(entry, dict) and all(number(entry.get(key)) for key in COST_KEYS) and all(
+        entry.get(key) is None or number(entry[key]) for key in MEMORY_KEYS)
 
 
 def estimate(todo: list[Cell], costs: dict[str, dict], calls: list[tuple[Cell, int]] | None = None) -> tuple[str, str]:
@@ -196,8 +198,28 @@ def estimate(todo: list[Cell], costs: dict[str, dict], calls: list[tuple[Cell, i
     for cell, images in planned_calls(todo, len(todo)) if calls is None else calls:
         cost, samples = costs[cell.size], images * (2 if cell.guided else 1)
         seconds += cell.nfe // cell.images * (cost["step_s"] + cost["sample_step_s"] * samples)
-    peaks = [costs[s].get("peak_mem_bytes") for s in sizes]
-    return duration(seconds), "unknown" if None in peaks else f"{max(peaks) / 2**30:.2f} GiB"
+    largest = {}
+    for cell, images in planned_calls(todo, len(todo)) if calls is None else calls:
+        largest[cell.size] = max(largest.get(cell.size, 0), images * (2 if cell.guided else 1))
+    peaks = [peak_memory(costs[s], largest.get(s, 0)) for s in sizes]
+    return duration(seconds), "unknown" if None in peaks else max(peaks)[1]
+
+
+def peak_memory(cost: dict, samples: int) -> tuple[float, str] | None:
+    """(bytes, as the plan says them) of the peak memory of calls of up to `samples` samples (images, twice with
+    guidance) of a size: its fixed part and part per sample where the record has them, else the largest peak measured,
+    at least, when its calls were smaller; None when unmeasured."""
+    peak, measured = cost.get("peak_mem_bytes"), cost.get("peak_samples")
+    if peak is None:
+        return None
+    if cost.get("peak_sample_bytes") is not None and cost.get("peak_fixed_bytes") is not None:
+        scaled = cost["peak_fixed_bytes"] + cost["peak_sample_bytes"] * samples
+        return scaled, (f"{scaled / 2**30:.2f} GiB (calls of up to {samples} samples: a fixed part and a part per "
+                        "sample fitted to the calls measured)")
+    if measured is not None and samples <= measured:
+        return peak, f"{peak / 2**30:.2f} GiB (as measured in calls of up to {measured:g} samples)"
+    measured_in = "calls of unknown size" if measured is None else f"calls of up to {measured:g} samples"
+    return peak, f"at least {peak / 2**30:.2f} GiB (measured in {measured_in}; these make up to {samples})"
 
 
 def batch_groups(cells: list[Cell]) -> dict[tuple, list[Cell]]:
@@ -217,6 +239,23 @@ def step_costs(calls: list[tuple[int, float]]) -> tuple[float, float]:
         if slope > 0 and intercept >= 0:
             return intercept, slope
     return 0.0, statistics.fmean(t / m for m, t in calls)
+
+
+def memory_costs(calls: list[tuple[int, float]]) -> dict:
+    """`MEMORY_KEYS` of (samples in the call, its peak bytes) pairs: the largest peak, the largest call, and a fixed
+    part and a part per sample fitted to each call size's largest peak, where there are two sizes and the fit is
+    physical (else None)."""
+    if not calls:
+        return dict.fromkeys(MEMORY_KEYS)
+    largest = {}
+    for samples, peak in calls:
+        largest[samples] = max(largest.get(samples, 0), peak)
+    fixed = per_sample = None
+    if len(largest) > 1:
+        slope, intercept = statistics.linear_regression(list(largest), list(largest.values()))
+        fixed, per_sample = (intercept, slope) if slope > 0 and intercept >= 0 else (None, None)
+    return {"peak_mem_bytes": int(max(largest.values())), "peak_samples": max(largest), "peak_fixed_bytes": fixed,
+            "peak_sample_bytes": per_sample}
 
 
 def duration(seconds: float) -> str:
@@ -298,7 +337,7 @@ def record_cost(sweep_dir: Path, frame: pd.DataFrame, began: float, started: flo
         calls = [(int(r.batch_size) * (2 if guided(str(r.model), float(r.guidance_scale)) else 1),
                   float(r.time_total_s) * int(r.batch_size) / int(r.nfe)) for r in rows.itertuples()]
         step_s, sample_step_s = step_costs(calls)
-        peak = rows["peak_mem_bytes"].max() if "peak_mem_bytes" in rows else None  # None: this device tells none
+        peaks = rows["peak_mem_bytes"].tolist() if "peak_mem_bytes" in rows else []  # none: this device tells none
         sizes[size] = {"step_s": step_s, "sample_step_s": sample_step_s, "overhead_s": overhead, "fixed_s": fixed,
-                       "peak_mem_bytes": int(peak) if pd.notna(peak) else None}
+                       **memory_costs([(m, p) for (m, _), p in zip(calls, peaks) if pd.notna(p)])}
     update_manifest(sweep_dir, **{COST: {"host": socket.gethostname(), "sizes": sizes}})
