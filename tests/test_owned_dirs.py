@@ -303,7 +303,9 @@ def test_resume_false_into_a_used_sweep_dir_keeps_rows_and_pngs_in_step(run_sdla
     assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,7.5", *FAST, sweep) == 0  # 4 jobs, one cell each
     assert run_sdlab("-m", "seeds=[1,2,3]", "guidance_scale=1", "resume=false", *FAST, sweep) == 0  # job 0: 3 cells
     frame = assert_rows_are_the_pngs(tmp_path)
-    assert len(frame) == len(pngs(tmp_path)) == 6
+    # the job of three seeds takes a job dir of its own: job 0's holds another job's cell, left as it was
+    assert len(frame) == len(pngs(tmp_path)) == 7
+    assert pd.read_parquet(tmp_path / "0" / "results.parquet")["seed"].tolist() == [1]
     for job in tmp_path.iterdir():
         if job.is_dir() and (job / "results.parquet").is_file():
             assert_rows_are_the_pngs(job)
