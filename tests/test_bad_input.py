@@ -269,7 +269,25 @@ def set_json(path: Path, **values) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
 
 
+def index_of(path: Path, target: str) -> None:
+    """A shard index beside `path` that maps each of its tensors to `target` (a pickle there, if it names one)."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        names = list(f.keys())
+    (path.parent / f"{path.name}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(
+        names, target)}))
+    if target.endswith(".bin"):
+        (path.parent / target).write_bytes(b"\x80\x04not really a pickle")
+
+
 DAMAGES = {
+    "unet shard index of a pickle": (lambda f, o: index_of(f / UNET, "other.bin"),
+                                     "unet/diffusion_pytorch_model.safetensors.index.json maps tensor"),
+    "unet shard index of the vae's weights": (lambda f, o: index_of(f / UNET, "../vae/diffusion_pytorch_model.safetensors"),
+                                              "unet/diffusion_pytorch_model.safetensors.index.json maps tensor"),
+    "text encoder shard index of a pickle": (lambda f, o: index_of(f / TEXT, "pytorch_model.bin"),
+                                             "text_encoder/model.safetensors.index.json maps tensor"),
     "unet weights truncated": (lambda f, o: truncate(f / UNET), f"{UNET} is truncated"),
     "vae weights empty": (lambda f, o: (f / VAE).write_bytes(b""), f"{VAE} is truncated"),
     "unet weights only as a variant": (lambda f, o: (f / UNET).rename(f / UNET.replace("model.", "model.fp16.")),

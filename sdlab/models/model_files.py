@@ -55,6 +55,7 @@ MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
 MAX_JSON_BYTES = 64 << 20  # a model folder's configs and tokenizer files (a tokenizer.json: a few MB)
 SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the encoder loads, its decoder is skipped
 LOADED_WEIGHTS = re.compile(r"(diffusion_pytorch_model|model)(-\d+-of-\d+)?\.safetensors")  # as diffusers names them
+LOADED_INDEX = re.compile(r"(diffusion_pytorch_model|model)\.safetensors\.index\.json")  # the shard index they read
 SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
 
 
@@ -80,8 +81,11 @@ def _check_weights(folder: Path, signature: tuple) -> None:
 
 
 def check_component_files(component: Path) -> None:
-    """Refuse a component folder without the safetensors diffusers loads: pickles, a variant only, or no weights."""
-    if loaded_weights(component):
+    """Refuse a component folder without the safetensors diffusers loads (pickles, a variant only, or no weights), or
+    with a shard index naming other files."""
+    if checked := loaded_weights(component):
+        for index in sorted(p for p in component.glob("*.index.json") if LOADED_INDEX.fullmatch(p.name)):
+            check_shard_index(index, {p.name for p in checked})
         return
     files = [p for p in component.glob("*") if p.is_file()]
     if variants := [p.name for p in files if p.suffix == ".safetensors"]:
@@ -91,6 +95,18 @@ def check_component_files(component: Path) -> None:
         raise UserError(f"refusing pickle weights {component / pickles[0]}: sdlab loads safetensors only "
                         "(convert them with diffusers' save_pretrained(safe_serialization=True))")
     raise UserError(f"no .safetensors weights in {component}")
+
+
+def check_shard_index(index: Path, checked: set[str]) -> None:
+    """Refuse a shard index that maps a tensor to any file but the `checked` safetensors beside it: diffusers and
+    transformers load the files an index names, a pickle or another component's weights as well."""
+    weight_map = read_object(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise UserError(f"{index} has no weight_map object; a shard index maps each tensor to its file")
+    for tensor, name in weight_map.items():
+        if name not in checked:
+            raise UserError(f"{index} maps tensor {tensor} to {name!r}, not one of the safetensors files beside it "
+                            f"({', '.join(sorted(checked))}); sdlab loads only the safetensors it checks")
 
 
 def check_component_folder(folder: Path, label: str, component: str) -> None:
