@@ -95,6 +95,12 @@ def test_a_weights_fingerprint_follows_the_bytes_not_the_file_times_and_reads_an
                     {"a": torch.cat([torch.ones(1), torch.zeros(999)]), "b": torch.ones(3)}):  # its first bytes
         save_file(changed, weights)
         assert weights_fingerprint(tmp_path) not in (first, None)
+    config = tmp_path / "vae" / "config.json"
+    config.parent.mkdir()
+    config.write_text('{"scaling_factor": 0.18215}')
+    with_config = weights_fingerprint(tmp_path)
+    config.write_text('{"scaling_factor": 0.5}')  # a config edited in place makes other images from the same tensors
+    assert weights_fingerprint(tmp_path) not in (with_config, None)
     for junk in (b"", b"\xff" * 8 + b"not a header", (10**12).to_bytes(8, "little"), b"\x05\0\0\0\0\0\0\0[1,2]"):
         weights.write_bytes(junk)  # data, never trusted: pre-flight refuses it with its own line
         assert isinstance(weights_fingerprint(tmp_path), str)

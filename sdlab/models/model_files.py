@@ -57,6 +57,7 @@ SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the en
 LOADED_WEIGHTS = re.compile(r"(diffusion_pytorch_model|model)(-\d+-of-\d+)?\.safetensors")  # as diffusers names them
 LOADED_INDEX = re.compile(r"(diffusion_pytorch_model|model)\.safetensors\.index\.json")  # the shard index they read
 SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
+FINGERPRINTED = (".safetensors", ".json", ".txt", ".model")  # weights, configs and tokenizer files (merges, spiece)
 
 
 def check_weights_folder(folder: Path) -> None:
@@ -396,13 +397,15 @@ def _check_shapes(folder: Path, signature: tuple) -> None:
 
 
 def weights_fingerprint(folder: Path) -> str | None:
-    """A short hash of the folder's safetensors (names, sizes, headers, each tensor's ends), None if none."""
+    """A short hash of the folder's safetensors (names, sizes, headers, each tensor's ends) and of its configs and
+    tokenizer files (whole), None if it holds no safetensors."""
     for _ in range(2):  # a file that went since the folder was listed: listed again
         try:
             files = _weights_files(folder.absolute(), folder.stat().st_mtime_ns)
             stamps = tuple((name, stat.st_size, stat.st_mtime_ns) for name, stat in
                            ((name, (folder / name).stat()) for name in files))
-            return _fingerprint(folder.absolute(), stamps) if stamps else None
+            weighted = any(name.endswith(".safetensors") for name in files)
+            return _fingerprint(folder.absolute(), stamps) if weighted else None
         except OSError:
             _weights_files.cache_clear()
     return None
@@ -410,8 +413,9 @@ def weights_fingerprint(folder: Path) -> str | None:
 
 @lru_cache(maxsize=64)
 def _weights_files(folder: Path, mtime_ns: int) -> tuple[str, ...]:
-    """The safetensors files in `folder` and its component folders, relative to it (a job asks for every cell)."""
-    found = {*folder.glob("*.safetensors"), *folder.glob("*/*.safetensors")}
+    """The safetensors, config and tokenizer files in `folder` and its component folders, relative to it (a job asks
+    for every cell)."""
+    found = {path for suffix in FINGERPRINTED for path in (*folder.glob(f"*{suffix}"), *folder.glob(f"*/*{suffix}"))}
     return tuple(sorted(str(path.relative_to(folder)) for path in found))
 
 
@@ -421,7 +425,10 @@ def _fingerprint(folder: Path, stamps: tuple) -> str:
     for name, size, _ in stamps:
         digest.update(f"{name}\0{size}\0".encode())
         try:
-            with open_regular(folder / name, str(folder / name), "a safetensors file") as f:  # a FIFO never blocks
+            with open_regular(folder / name, str(folder / name), "a model file") as f:  # a FIFO never blocks
+                if not name.endswith(".safetensors"):
+                    digest.update(f.read(MAX_JSON_BYTES))
+                    continue
                 n = int.from_bytes(f.read(8), "little")
                 header = f.read(min(n, MAX_HEADER_BYTES))
                 digest.update(header)
