@@ -366,6 +366,17 @@ DAMAGES = {
     "scheduler prediction_type unknown": (
         lambda f, o: set_json(f / "scheduler/scheduler_config.json", prediction_type="noise"),
         "scheduler/scheduler_config.json: unknown prediction_type 'noise'; choose one of:"),
+    "scheduler trained betas not numbers": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", trained_betas=["x"]),
+        "scheduler/scheduler_config.json: trained_betas=['x'] must be a non-empty list of numbers, each"),
+    "scheduler trained betas too few": (
+        lambda f, o: set_json(f / "scheduler/scheduler_config.json", trained_betas=[0.001] * 3),
+        "scheduler/scheduler_config.json: trained_betas lists 3 betas; num_train_timesteps=1000 needs one a step"),
+    "vae scaling factor zero": (lambda f, o: set_json(f / "vae/config.json", scaling_factor=0),
+                                "vae/config.json: scaling_factor=0.0 must be in [1e-06, 1000]"),
+    "vae shift factor not finite": (lambda f, o: (f / "vae/config.json").write_text(
+        (f / "vae/config.json").read_text().replace('"shift_factor": null', '"shift_factor": NaN')),
+        "vae/config.json: shift_factor=nan is not a finite number"),
     "scheduler timestep_spacing unknown": (
         lambda f, o: set_json(f / "scheduler/scheduler_config.json", timestep_spacing="evenly"),
         "scheduler/scheduler_config.json: unknown timestep_spacing 'evenly'; choose one of: leading, linspace, "

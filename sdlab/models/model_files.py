@@ -45,7 +45,11 @@ SCHEDULER_FIELDS = {
     "time_shift_type": Field("choice", choices=("exponential", "linear"), plain=True),
     "interpolation_type": Field("choice", choices=("linear", "log_linear"), plain=True),
     "timestep_type": Field("choice", choices=("discrete", "continuous"), plain=True),
+    "trained_betas": Field("numbers", math.ulp(0.0), math.nextafter(1.0, 0.0), optional=True),
 }
+# The VAE config's values its latents are scaled and shifted by (SD 0.18215; SD3 and Flux shift too)
+VAE_FIELDS = {"scaling_factor": Field("number", 1e-6, 1e3, plain=True),
+              "shift_factor": Field("number", -1e3, 1e3, plain=True, optional=True)}
 # Classes a component's config is built with when it does not name one (old diffusers/transformers saves)
 DEFAULT_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel"}
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
@@ -167,6 +171,9 @@ def check_scheduler_config(config: dict[str, Any], source: str) -> dict[str, Any
         start, end = config.get("beta_start"), config.get("beta_end")
         if start is not None and end is not None and start > end:
             raise UserError(f"beta_start={start} is more than beta_end={end}; the betas rise from one to the other")
+        steps, betas = config.get("num_train_timesteps", 1000), config.get("trained_betas")
+        if betas is not None and len(betas) != steps:
+            raise UserError(f"trained_betas lists {len(betas)} betas; num_train_timesteps={steps} needs one a step")
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
     return config
@@ -380,6 +387,8 @@ def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, An
     classes = check_index(folder / "model_index.json")
     components = weight_components(folder)
     configs = {component: read_object(folder / component / "config.json") for component in components}
+    if "vae" in configs:
+        check_fields(configs["vae"], VAE_FIELDS, f"{folder / 'vae' / 'config.json'}: ")
     scheduler_config(folder)
     for tokenizer in TOKENIZERS:
         if tokenizer == "tokenizer" or (folder / tokenizer).exists():
