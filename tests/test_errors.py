@@ -115,6 +115,15 @@ def test_pickle_weights_are_refused_without_unpickling(tmp_path, monkeypatch):
         load_model(ModelSpec("sd15", path=str(ckpt)))
 
 
+def test_a_single_file_checkpoint_is_refused_saying_how_to_make_it_a_folder(tmp_path):
+    """An A1111-style model.safetensors is what many users hold: the line says how diffusers turns it into a folder."""
+    single = tmp_path / "v1-5-pruned-emaonly.safetensors"
+    single.write_bytes(b"\x08\0\0\0\0\0\0\0{}      ")
+    with pytest.raises(UserError, match=r"is a single-file checkpoint; sdlab loads diffusers folders: convert it once "
+                                        r"with diffusers' from_single_file\(\.\.\.\)\.save_pretrained\(DIR\)"):
+        check_weights_folder(single)
+
+
 def test_folder_without_weights_is_refused(tmp_path):
     folder = make_pipeline_folder(tmp_path / "empty", ".txt")
     with pytest.raises(UserError, match="no .safetensors weights"):
