@@ -284,7 +284,7 @@ def index_of(path: Path, target: str) -> None:
 DAMAGES = {
     "unet shard index of a pickle": (lambda f, o: index_of(f / UNET, "other.bin"),
                                      "unet/diffusion_pytorch_model.safetensors.index.json maps tensor"),
-    "unet shard index of the vae's weights": (lambda f, o: index_of(f / UNET, "../vae/diffusion_pytorch_model.safetensors"),
+    "unet shard index of the vae's weights": (lambda f, o: index_of(f / UNET, f"../{VAE}"),
                                               "unet/diffusion_pytorch_model.safetensors.index.json maps tensor"),
     "text encoder shard index of a pickle": (lambda f, o: index_of(f / TEXT, "pytorch_model.bin"),
                                              "text_encoder/model.safetensors.index.json maps tensor"),

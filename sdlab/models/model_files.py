@@ -77,9 +77,10 @@ def _check_weights(folder: Path, signature: tuple) -> None:
         if folder.suffix in PICKLE_SUFFIXES:
             raise UserError(f"refusing pickle checkpoint {folder}: sdlab loads safetensors only")
         if folder.suffix == ".safetensors":
-            raise UserError(f"model.path={folder} is a single-file checkpoint; sdlab loads diffusers folders: convert it "
-                            "once with diffusers' from_single_file(...).save_pretrained(DIR) (e.g. StableDiffusionPipeline"
-                            ".from_single_file(PATH).save_pretrained(DIR, safe_serialization=True)) and give model.path=DIR")
+            raise UserError(
+                f"model.path={folder} is a single-file checkpoint; sdlab loads diffusers folders: convert it once with "
+                "diffusers' from_single_file(...).save_pretrained(DIR) (e.g. StableDiffusionPipeline.from_single_file("
+                "PATH).save_pretrained(DIR, safe_serialization=True)) and give model.path=DIR")
         raise UserError(f"model.path={folder} is a file; give a diffusers folder (with model_index.json)")
     if not folder.is_dir():
         raise UserError(f"model.path={folder} does not exist; give a diffusers folder (with model_index.json)")
