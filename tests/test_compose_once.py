@@ -154,11 +154,3 @@ def test_the_lean_launchers_ahead_is_a_bool_as_typed(hydra_loader, typed, ahead)
     config = loader.load_configuration("config", overrides=[f"hydra.launcher.ahead={typed}"], run_mode=RunMode.MULTIRUN)
     assert config.hydra.launcher.ahead is ahead
 
-
-@pytest.mark.parametrize("swept", ["plan=false,true", "plan=true,false"])
-def test_plan_is_one_value_for_the_whole_command(run_sdlab, tmp_path, capsys, swept):
-    """plan=true plans the sweep and false runs it: swept, it ran jobs labelled plan=True, or planned a sweep of plans."""
-    assert run_sdlab("-m", "seed=1,2", swept, "model=tiny", "threads=1", f"hydra.sweep.dir={tmp_path / 's'}") == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"sdlab: error: {swept} sweeps plan, which takes one value: true plans the sweep, false runs it"]
-    assert not (tmp_path / "s").exists()

@@ -382,3 +382,12 @@ def test_the_peak_memory_scales_with_the_calls_samples_from_the_record(tmp_path)
     one_size = {**cost, **{k: None for k in cost if k.startswith("peak_") and k != "peak_mem_bytes"}}
     assert estimate(cells, {"tiny@64x64": one_size})[1].startswith(f"at least {(fixed + 8 * per_sample) / 2**30:.2f}")
     assert estimate(cells[:1], {"tiny@64x64": cost})[1].startswith(f"{(fixed + 2 * per_sample) / 2**30:.2f} GiB")
+
+
+@pytest.mark.parametrize("swept", ["plan=false,true", "plan=true,false"])
+def test_plan_is_one_value_for_the_whole_command(run_sdlab, tmp_path, capsys, swept):
+    """plan=true plans the sweep and false runs it: swept, it ran jobs labelled plan=True, or planned a sweep of plans."""
+    assert run_sdlab("-m", "seed=1,2", swept, "model=tiny", "threads=1", f"hydra.sweep.dir={tmp_path / 's'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sdlab: error: {swept} sweeps plan, which takes one value: true plans the sweep, false runs it"]
+    assert not (tmp_path / "s").exists()
