@@ -290,7 +290,7 @@ def test_a_runs_report_gives_the_command_that_made_it(tmp_path):
     assert done.returncode == 0, done.stderr
     assert run_cli("report", "r", cwd=tmp_path).returncode == 0
     header = embedded((tmp_path / "r" / "report.html").read_text())["header"]
-    assert header["command"] == f"sdlab 'seeds=[1,2]' model=tiny num_inference_steps=1 threads=1 hydra.run.dir=r"
+    assert header["command"] == "sdlab 'seeds=[1,2]' model=tiny num_inference_steps=1 threads=1 hydra.run.dir=r"
 
 
 def test_the_rows_table_leads_with_what_varies_then_scores_then_status():
