@@ -329,6 +329,10 @@ DAMAGES = {
     "tokenizer missing": (lambda f, o: shutil.rmtree(f / "tokenizer"), "tokenizer has no tokenizer.json"),
     "tokenizer file missing": (lambda f, o: (f / "tokenizer/tokenizer.json").unlink(),
                                "tokenizer has no tokenizer.json"),
+    "tokenizer longer than its text encoder": (
+        lambda f, o: set_json(f / "tokenizer/tokenizer_config.json", model_max_length=10**8),
+        "tokenizer/tokenizer_config.json: model_max_length=100000000 is more than the 77 positions of its text "
+        "encoder"),
     "tokenizer not JSON": (lambda f, o: (f / "tokenizer/tokenizer.json").write_text("{"),
                            "tokenizer/tokenizer.json is not valid JSON"),
     "scheduler config missing": (lambda f, o: (f / "scheduler/scheduler_config.json").unlink(),

@@ -223,8 +223,16 @@ def check_named_components(folder: Path, left_out: Iterable[str] = ()) -> None:
             raise UserError(f"{folder / name} is missing: {what}; copy the model's {name} folder there")
 
 
-def check_tokenizer(folder: Path) -> None:
-    """A CLIP tokenizer folder holds tokenizer.json, or vocab.json and merges.txt."""
+def check_tokenizer(folder: Path, encoder: dict[str, Any] | None = None) -> None:
+    """A CLIP tokenizer folder holds tokenizer.json, or vocab.json and merges.txt, and pads prompts to no more tokens
+    than its text encoder (`encoder`: its config) has positions for."""
+    limit, settings = (encoder or {}).get("max_position_embeddings"), folder / "tokenizer_config.json"
+    if isinstance(limit, int) and settings.is_file():
+        length = read_object(settings).get("model_max_length")
+        if isinstance(length, (int, float)) and not isinstance(length, bool) and length > limit:
+            text_encoder = folder.parent / folder.name.replace("tokenizer", "text_encoder") / "config.json"
+            raise UserError(f"{settings}: model_max_length={length} is more than the {limit} positions of its text "
+                            f"encoder ({text_encoder}: max_position_embeddings); prompts are padded to it")
     if (folder / "tokenizer.json").is_file():
         read_object(folder / "tokenizer.json")
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
@@ -397,7 +405,7 @@ def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, An
     scheduler_config(folder)
     for tokenizer in TOKENIZERS:
         if tokenizer == "tokenizer" or (folder / tokenizer).exists():
-            check_tokenizer(folder / tokenizer)
+            check_tokenizer(folder / tokenizer, configs.get(tokenizer.replace("tokenizer", "text_encoder")))
     return {component: (configs[component], {weights: safetensors_tensors(weights)
                                              for weights in loaded_weights(folder / component)},
                         classes.get(component))
