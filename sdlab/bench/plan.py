@@ -19,7 +19,7 @@ from sdlab.bench.resume import COST, MARKER, complete_rows, read_manifest, read_
 from sdlab.bench.records import job_dirs
 from sdlab.bench.scorers import scorer_identities
 from sdlab.conf_files import CONF_DIR, conf_values
-from sdlab.config import Run, config_hash, image_params
+from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 
@@ -124,6 +124,13 @@ def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
                 family(run.model.family).uses_cfg(p.guidance_scale), run.resume, p.seeds, base)
 
 
+def hash_fields(fields: dict, scorers: dict) -> dict:
+    """What decides an image and its scores besides its seed (its `cell_hash` base), taken from `fields`, with the
+    scorers' identities; the scheduler's name too: on a flow model ddim and euler are one solver, yet each is its own
+    cell of a sweep."""
+    return {**{k: fields[k] for k in ("model", "scheduler", "scheduler_config", *IMAGE_PARAMS)}, "scorers": scorers}
+
+
 def cell_hash(base: dict, seed: int) -> str:
     """Hash of everything that decides one image: model, scheduler, parameters and its seed."""
     return config_hash({**base, "seed": seed})
@@ -150,7 +157,8 @@ def left_to_make(cell: Cell, configs: dict[tuple, set[str]], hashes: set[str]) -
     if not cell.resume or cell.image_base is None:
         return cell
     base = cell.image_base
-    left = min(([s for s in cell.seeds if cell_hash({**base, "scheduler_config": config}, s) not in hashes]
+    left = min(([s for s in cell.seeds if cell_hash(hash_fields({**base, "scheduler_config": config},
+                                                                 base["scorers"]), s) not in hashes]
                 for config in configs.get((base["model"], base["scheduler"]), ())), key=len, default=cell.seeds)
     return dataclasses.replace(cell, images=len(left), nfe=cell.nfe // cell.images * len(left)) if cell.images else cell
 

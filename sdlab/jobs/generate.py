@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from sdlab.bench.captions import settings_text
-from sdlab.bench.plan import call_cells, cell_hash, shared_call
+from sdlab.bench.plan import call_cells, cell_hash, hash_fields, shared_call
 from sdlab.bench.records import identity, ordered, rows, save_png, versions, write_table
 from sdlab.bench.resume import complete_rows, previous_rows, set_aside_damaged, sweep_cells, weights_of
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
@@ -58,7 +58,8 @@ def images_to_make(run: Run, model, done: set[str]) -> list[tuple]:
     """(params, seed, cell hash, scorers) of each image of the run neither `done` nor made ahead already."""
     scorers = build_scorers(run.recipe, str(model.device))
     base = hash_fields({"model": run.model.name, "scheduler": run.scheduler.name,
-                        "scheduler_config": resolved_config(model.scheduler), **image_params(run.params)}, scorers)
+                        "scheduler_config": resolved_config(model.scheduler), **image_params(run.params)},
+                       identities(scorers))
     return [(run.params, seed, cell, scorers) for seed in run.params.seeds
             if (cell := cell_hash(base, seed)) not in done and cell not in model.made]
 
@@ -87,7 +88,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
               "prompt_truncated_tokens": truncated_tokens(model.tokenizer, params.prompt)}
     for warning in truncation_warnings(model, params.prompt):
         log.warning("%s", warning)
-    hash_base = hash_fields(common, scorers)
+    hash_base = hash_fields(common, identities(scorers))
     cells = {seed: cell_hash(hash_base, seed) for seed in params.seeds}
     table, order, elsewhere = previous_cells(ctx, set(cells.values()), set(model.made))
     ctx.elsewhere = {h: job.name for h, job in elsewhere.items()}  # its finished mark says where they are
@@ -151,13 +152,6 @@ def in_order(table: dict[str, dict], order: list[str]) -> pd.DataFrame:
     """Rows in the order of the previous table, new cells after it in the order they were made."""
     rank = {h: i for i, h in reversed(list(enumerate(order)))}
     return ordered(sorted(table.values(), key=lambda row: rank.get(row["config_hash"], len(rank))))
-
-
-def hash_fields(common: dict, scorers: list[Scorer]) -> dict:
-    """What decides an image and its scores besides its seed; the scheduler's name too: on a flow model ddim and
-    euler are one solver, yet each is its own cell of a sweep."""
-    keys = ("model", "scheduler", "scheduler_config", *IMAGE_PARAMS)
-    return {**{k: common[k] for k in keys}, "scorers": identities(scorers)}
 
 
 def batch_rows(ctx: JobContext, model, params, batch: list[int], common: dict, hash_base: dict,

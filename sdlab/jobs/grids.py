@@ -15,12 +15,13 @@ from PIL import Image
 from sdlab.bench.captions import counted, short_prompt
 from sdlab.bench.figures import curves, image_strip
 from sdlab.bench.grid import image_grid
+from sdlab.bench.plan import hash_fields
 from sdlab.bench.records import ordered
-from sdlab.bench.scorers import build_scorers, score_images
+from sdlab.bench.scorers import build_scorers, identities, score_images
 from sdlab.config import GenerationParams
 from sdlab.jobs import JobContext, Solves, job, own
 from sdlab.jobs.analysis import article_reports
-from sdlab.jobs.generate import batch_rows, hash_fields, job_columns
+from sdlab.jobs.generate import batch_rows, job_columns
 from sdlab.jobs.recipes import SchedulerGrid
 from sdlab.metrics.image import background_distance, layout_correlation, psnr
 from sdlab.metrics.stats import MIN_N, finite, mean_ci, summarize_ci
@@ -38,7 +39,7 @@ def cell_rows(ctx: JobContext, model, scorers, params: GenerationParams, cell: d
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
     common = {**job_columns(ctx, model, params), **cell, "overrides": json.dumps(overrides)}
-    hash_base = hash_fields(common, scorers)
+    hash_base = hash_fields(common, identities(scorers))
     return [row for batch in chunks(params.seeds, params.batch_size)
             for row in batch_rows(ctx, model, params, batch, common, hash_base, scorers, prefix=f"{folder}_")]
 
