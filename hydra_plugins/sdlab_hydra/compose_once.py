@@ -35,7 +35,7 @@ from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, plan_text
 from sdlab.bench.records import job_number_width
 from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_weights, marked_jobs, read_manifest,
-                                read_mark, varying_keys, write_manifest)
+                                varying_keys, write_manifest)
 from sdlab.bench.run import typed_run
 from sdlab.config import Run, check_seeds, limits
 from sdlab.errors import CannotRun, UserError
@@ -181,19 +181,22 @@ def job_places(sweep_dir: Path, job_dirs: list[Path], runs: list[Run], width: in
     """Each job's folder, and {job number: folder number} of those not in their own number's (`job_dirs`, numbers
     zero-padded to `width`): a job takes the job dir whose mark names its hash, wherever a rerun that reordered or
     added values left it; one whose own job dir holds another job's mark takes the first number no folder has."""
-    marked, moved, homeless = marked_jobs(sweep_dir), {}, []
+    owners, moved, homeless = {job.name: h for job, h in marked_jobs(sweep_dir).items()}, {}, []
+    marked = {}
+    for name, job_hash in owners.items():
+        marked.setdefault(job_hash, Path(sweep_dir) / name)  # the first job dir that names it
     used = {int(found.group(1)) for entry in (Path(sweep_dir).iterdir() if Path(sweep_dir).is_dir() else ())
             if (found := re.match(r"(\d+)", entry.name))}
+    root = Path(sweep_dir).resolve()
     for num, (job_dir, run) in enumerate(zip(job_dirs, runs)):
         head = str(num).zfill(width)
-        if not job_dir.name.startswith(head) or job_dir.parent.resolve() != Path(sweep_dir).resolve():
+        if not job_dir.name.startswith(head) or job_dir.parent.resolve() != root:
             continue  # named otherwise by hydra.sweep.subdir: as it says
         found = marked.get(run.job_hash)
         at = re.fullmatch(r"(\d+)" + re.escape(job_dir.name[len(head):]), found.name) if found else None
-        mark = read_mark(job_dir)
         if at:
             moved[num] = int(at.group(1))
-        elif isinstance(mark.get("job_hash"), str) and not made_from_other_weights(job_dir, run):
+        elif job_dir.name in owners and not made_from_other_weights(job_dir, run):
             homeless.append(num)  # its own holds another job's cells
         else:
             used.add(num)

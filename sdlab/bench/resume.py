@@ -157,14 +157,10 @@ def finished_beside(folder: Path, cells: Any, weights: str | None) -> bool:
     return True
 
 
-def marked_jobs(sweep_dir: Path) -> dict[str, Path]:
-    """Job hash -> the sweep's job dir whose mark names it (the first, in job dir order), whatever its number."""
-    marked: dict[str, Path] = {}
-    for job in job_dirs(sweep_dir) if Path(sweep_dir).is_dir() else []:
-        job_hash = read_mark(job).get("job_hash")
-        if isinstance(job_hash, str):
-            marked.setdefault(job_hash, job)
-    return marked
+def marked_jobs(sweep_dir: Path) -> dict[Path, str]:
+    """Each job dir of the sweep whose mark names a job hash, in job dir order, with that hash."""
+    marks = {job: read_mark(job).get("job_hash") for job in (job_dirs(sweep_dir) if Path(sweep_dir).is_dir() else [])}
+    return {job: job_hash for job, job_hash in marks.items() if isinstance(job_hash, str)}
 
 
 def made_from_other_weights(folder: Path, run: Run) -> bool:
