@@ -156,7 +156,7 @@ def _scalar(value: Any, integer: bool) -> bool:
     return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
 
 
-AS_GIVEN = SimpleNamespace(check=lambda name, value: value)  # a field whose value its user checks
+AS_GIVEN = SimpleNamespace(check=lambda name, value: value)  # a field no Field describes: its user checks it
 
 
 def checked(default: Any, kind: str, low: float | None = None, high: float | None = None, plain: bool = True,

@@ -25,8 +25,8 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
 from sdlab.app.callbacks import SweepWatch
-from sdlab.config import Run
 from sdlab.bench.plan import call_groups
+from sdlab.config import Run
 from sdlab.jobs import work_ahead
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.sdlab_hydra.chunks import preflighted
 from sdlab.app.compose import composed_run
-from sdlab.io import atomic_write_text
 from sdlab.bench.plan import call_groups
+from sdlab.io import atomic_write_text
 from sdlab.jobs import work_ahead
 
 log = logging.getLogger(__name__)

@@ -62,9 +62,6 @@ def job(name: str, check: CheckFn | None = None, ahead: AheadFn | None = None,
     return register
 
 
-# The rule of a recipe field no Field describes (a stage's settings, entries the job checks itself)
-
-
 def read_recipe(run: Run, cls: type) -> Any:
     """A recipe dataclass from top-level keys (or `cls.block`'s), each checked by its Field; null keeps the default."""
     rules = rules_of(cls)
