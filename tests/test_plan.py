@@ -276,6 +276,21 @@ def test_the_progress_line_counts_the_images_shared_calls_made_for_the_jobs_stil
     assert line == "sdlab: 64 of 64 cells done (63), 14.22 images/s, nothing left"
 
 
+def test_time_left_weighs_each_cell_by_its_work_not_its_count(tmp_path):
+    """A sweep at guidance 1 and 7.5 makes its unguided cells first, in calls that cost half a guided one: once they
+    were done, half the cells in half the time said `about 2 s left` of 6. Each cell weighs its denoiser's latents
+    (the manifest's `work`: NFE, twice under guidance), so the unguided half of the work says 4 s are left."""
+    (tmp_path / MANIFEST).write_text(json.dumps({"key": "k", "cells": 4, "hashes": ["u1", "u2", "g1", "g2"],
+                                                 "work": [25, 25, 50, 50]}))
+    progress = Progress(tmp_path, started=0.0)
+    for n, job_hash in enumerate(("u1", "u2")):  # one 2 s call of both unguided cells
+        mark_finished(tmp_path / str(n), job_hash, {"rows": 1, "gen_s": 1.0, "calls": {"a": [2, 2.0, 1]}})
+        line = progress.line(tmp_path / str(n), ended=2.0)
+    assert line.endswith("1.00 images/s, about 4 s left"), line
+    mark_finished(tmp_path / "2", "g1", {"rows": 1, "gen_s": 2.0, "calls": {"b": [2, 4.0, 1]}})
+    assert progress.line(tmp_path / "2", ended=6.0).endswith("0.67 images/s, about 0 s left")  # g2 made with g1
+
+
 def test_a_marks_calls_that_are_not_numbers_count_as_none(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps({"key": "k", "cells": 2}))
     mark_finished(tmp_path / "0", "h", {"rows": 1, "gen_s": 0.5, "calls": {"a": ["x", None], "b": "y", "c": [1e400]}})

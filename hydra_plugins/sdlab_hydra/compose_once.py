@@ -32,7 +32,7 @@ from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
 from sdlab.app.compose import JOB_FOLDER_WIDTH, JOB_FOLDERS, composed_run, parse_job, resolved, task_overrides
 from sdlab.app.preflight import check_job, check_sweep, misfit, sweep_plan
 from sdlab.bench import lock, ownership
-from sdlab.bench.plan import Cell, cell_of, plan_text
+from sdlab.bench.plan import Cell, cell_of, cell_work, plan_text
 from sdlab.bench.records import job_number_width
 from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_weights, marked_jobs, read_manifest,
                                 varying_keys, write_manifest)
@@ -449,7 +449,9 @@ class ComposeOnceSweeper(Sweeper):
             hydra = [h for h in hydra if h != RECIPES_SUBDIR]  # sdlab's own over recipes: a rerun adds it again
             write_manifest(Path(sweep_dir), task, launched, hydra, hashes=[run.job_hash for run in runs],
                            finished=len(finished), warnings=None if recorded else warnings,
-                           shown=[display_overrides(job) for job in launched], folders=moved)
+                           shown=[display_overrides(job) for job in launched], folders=moved,
+                           work=[0 if num in finished else cell_work(cell_of(run, work_of))
+                                 for num, run in enumerate(runs)])
             os.environ[JOB_FOLDERS] = str(sweep_dir) if moved else ""  # its manifest says where they go
             taken = (f"; {len(finished)} finished before: not run again (resume=false runs them again)"
                      if finished and hasattr(self.launcher, "finished") else "")

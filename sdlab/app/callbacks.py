@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import logging.handlers
+import math
 import os
 import signal
 import sys
@@ -98,48 +99,69 @@ class Preflight(Callback):
 
 class Progress:
     """A sweep's progress line as each job finishes: cells done, images per second and time left, from its mark; or,
-    every `every` seconds, as its cells are checked (`checked`)."""
+    every `every` seconds, as its cells are checked (`checked`). Time left goes by work: the manifest's `work` of each
+    cell (its denoiser's latents), else one a cell."""
 
     def __init__(self, sweep_dir: Path, started: float, cells: int | None = None, every: float = 0.0):
-        self.sweep_dir, self.started, self.done, self.made, self.images = sweep_dir, started, 0, 0, 0
+        self.sweep_dir, self.started, self.done, self.images = sweep_dir, started, 0, 0
         self.cells = cells  # else read at the first finished job: the sweep writes its manifest before it launches any
         self.every, self.shown = every, started
-        self.calls: dict[str, int] = {}  # the pipeline calls finished jobs' images came from: their images in all
-        self.taken = 0  # the images of those calls whose jobs have finished
+        self.work: dict[str, float] = {}  # job hash -> the work of its cell, until its job is done
+        self.mean = 1.0  # the work of a cell the manifest does not weigh
+        self.total = float(cells or 0)  # the work of the cells this command runs
+        self.counted = self.made = 0.0  # the work of the jobs done, and of those that made their images here
+        self.calls: dict[str, tuple[int, float]] = {}  # the calls finished jobs' images came from: images, work each
+        self.taken = [0, 0.0]  # the images of those calls whose jobs have finished, and their work
 
-    def left(self, now: float, ahead: int = 0) -> str:
-        """The time left of `cells` at `now`, from those `made` so far and the `ahead` images shared calls made for
-        jobs to come."""
+    def weigh(self, manifest: dict) -> None:
+        """Take the sweep's `cells`, those `finished` before and each cell's `work` (0 for those) from its manifest."""
+        self.cells, self.done = manifest.get("cells", "?"), manifest.get("finished", 0)
+        hashes, work = manifest.get("hashes"), manifest.get("work")
+        if isinstance(hashes, list) and isinstance(work, list) and len(hashes) == len(work):
+            weighs = [isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < math.inf for w in work]
+            known = [w for w, ok in zip(work, weighs) if ok]
+            self.mean = sum(known) / len(known) if known else 1.0
+            self.work = {h: w if ok else self.mean for h, w, ok in zip(hashes, work, weighs)}
+        self.total = sum(self.work.values()) if self.work else float(self.cells if isinstance(self.cells, int) else 0)
+
+    def left(self, now: float, ahead: float = 0.0) -> str:
+        """The time left of the sweep's work at `now`, from the work `made` so far and the work `ahead` that shared
+        calls did for jobs to come."""
         if isinstance(self.cells, int) and self.done >= self.cells:
             return "nothing left"
         if isinstance(self.cells, int) and self.made + ahead:
-            per_cell = max(now - self.started, 1e-6) / (self.made + ahead)
-            return f"about {duration(max(0, self.cells - self.done - ahead) * per_cell)} left"
+            per_work = max(now - self.started, 1e-6) / (self.made + ahead)
+            return f"about {duration(max(0.0, self.total - self.counted - ahead) * per_work)} left"
         return "time left unknown"
 
     def line(self, job: Path, ended: float | None = None) -> str:
         """Count the finished `job` and say where the sweep stood when it `ended` (now unless told)."""
         mark = read_mark(job)  # none for a failed job: done, with nothing made
         if self.cells is None:
-            manifest = read_manifest(self.sweep_dir) or {}
-            self.cells, self.done = manifest.get("cells", "?"), manifest.get("finished", 0)
+            self.weigh(read_manifest(self.sweep_dir) or {})
         self.done += 1
+        work = self.work.pop(mark.get("job_hash"), self.mean) if self.work else 1.0
+        self.counted += work
+        rows = int(mark.get("rows", 0))
         if "gen_s" in mark:
-            self.made, self.images = self.made + 1, self.images + int(mark.get("rows", 0))
-        now, calls = time.time() if ended is None else ended, mark_calls(mark)
+            self.made, self.images = self.made + work, self.images + rows
+        now, calls, each = time.time() if ended is None else ended, mark_calls(mark), work / max(rows, 1)
         new = {call: made for call, made in calls.items() if call not in self.calls}
         self.started = min(self.started, now - sum(seconds for _, seconds, _ in new.values()))  # made before the clock
-        self.calls.update({call: images for call, (images, _, _) in new.items()})
-        self.taken += sum(here for *_, here in calls.values())
-        ahead = max(0, sum(self.calls.values()) - self.taken)  # images made for jobs still to come
-        rate = (self.images + ahead) / max(now - self.started, 1e-6)
+        self.calls.update({call: (images, each) for call, (images, _, _) in new.items()})
+        here = sum(own for *_, own in calls.values())
+        self.taken = [self.taken[0] + here, self.taken[1] + here * each]
+        # what shared calls made for jobs still to come: its images, and their work
+        images_ahead = max(0, sum(images for images, _ in self.calls.values()) - self.taken[0])
+        work_ahead = max(0.0, sum(images * w for images, w in self.calls.values()) - self.taken[1])
+        rate = (self.images + images_ahead) / max(now - self.started, 1e-6)
         return (f"sdlab: {self.done} of {counted(self.cells, 'cell')} done ({job.name}), {rate:.2f} images/s, "
-                f"{self.left(now, ahead)}")
+                f"{self.left(now, work_ahead)}")
 
     def checked(self, jobs: int) -> None:
         """Count a step of checking the sweep's `jobs` (`cells` steps in all); print where the checks stand, at most
         every `every` seconds."""
-        self.done, self.made, now = self.done + 1, self.made + 1, time.time()
+        self.done, self.counted, self.made, now = self.done + 1, self.counted + 1, self.made + 1, time.time()
         if now - self.shown >= self.every:
             self.shown = now
             print(f"sdlab: checked {100 * min(self.done, self.cells) // self.cells}% of {counted(jobs, 'cell')}, "

@@ -45,6 +45,11 @@ class Cell:
     image_base: dict | None = None  # what decides its images' cell hashes but its seed and its scheduler's config
 
 
+def cell_work(cell: Cell) -> int | None:
+    """A cell's denoiser latents (its NFE, twice under classifier-free guidance), what its time goes by; None: unsaid."""
+    return None if cell.nfe is None else cell.nfe * (2 if cell.guided else 1)
+
+
 def shared_call(run: Run) -> tuple | None:
     """What cells must have in common to share a pipeline call (None: no images); seeds, prompts, negative prompts
     and, where the model runs classifier-free guidance, guidance scales above 1 may differ."""
