@@ -208,12 +208,11 @@ def estimate(todo: list[Cell], costs: dict[str, dict], calls: list[tuple[Cell, i
         return f"unknown (no sweep in or beside this folder measured {shown} on this machine)", "unknown"
     sizes = {c.size for c in todo}
     seconds = max(costs[s]["fixed_s"] for s in sizes) + sum(costs[c.size]["overhead_s"] for c in todo)
+    largest = {}
     for cell, images in planned_calls(todo, len(todo)) if calls is None else calls:
         cost, samples = costs[cell.size], images * (2 if cell.guided else 1)
         seconds += cell.nfe // cell.images * (cost["step_s"] + cost["sample_step_s"] * samples)
-    largest = {}
-    for cell, images in planned_calls(todo, len(todo)) if calls is None else calls:
-        largest[cell.size] = max(largest.get(cell.size, 0), images * (2 if cell.guided else 1))
+        largest[cell.size] = max(largest.get(cell.size, 0), samples)
     peaks = [peak_memory(costs[s], largest.get(s, 0)) for s in sizes]
     return duration(seconds), "unknown" if None in peaks else max(peaks)[1]
 
@@ -233,15 +232,6 @@ def peak_memory(cost: dict, samples: int) -> tuple[float, str] | None:
         return peak, f"{peak / 2**30:.2f} GiB (as measured in calls of up to {measured:g} samples)"
     measured_in = "calls of unknown size" if measured is None else f"calls of up to {measured:g} samples"
     return peak, f"at least {peak / 2**30:.2f} GiB (measured in {measured_in}; these make up to {samples})"
-
-
-def batch_groups(cells: list[Cell]) -> dict[tuple, list[Cell]]:
-    """The cells that can share a call, by that call."""
-    groups: dict[tuple, list[Cell]] = {}
-    for c in cells:
-        if c.batch is not None:
-            groups.setdefault(c.batch, []).append(c)
-    return groups
 
 
 def step_costs(calls: list[tuple[int, float]]) -> tuple[float, float]:
@@ -287,10 +277,9 @@ def plan_text(cells: list[Cell], sweep_dir: Path, skipped: list[str] = (), windo
     if todo and Path(sweep_dir).is_dir():
         found = made_images(sweep_dir, {c.job_hash for c in cells if c.resume and c.job_hash in done})
         todo = [left_to_make(c, *found) for c in todo]
-    groups = batch_groups(todo)
     calls = planned_calls(todo, window, task_size(len(todo)) if task_size and todo else None)
-    batches = len(calls)
-    sizes = sorted({c.batch_size for g in groups.values() for c in g})
+    batched = [c for c in todo if c.batch is not None]  # in groups that can share a call
+    groups, sizes = {c.batch for c in batched}, sorted({c.batch_size for c in batched})
     analyses = sum(c.batch is None for c in todo)
     unsaid = ", ".join(sorted({c.size for c in todo if c.images is None}))  # jobs that cannot say what they make
     nfe = sum(c.nfe or 0 for c in todo)
@@ -302,8 +291,8 @@ def plan_text(cells: list[Cell], sweep_dir: Path, skipped: list[str] = (), windo
         f"({counted(sum(c.images or 0 for c in todo), 'image')}"
         f"{', ' + counted(analyses, 'analysis', 'analyses') if analyses else ''}"
         f"{f'; not counted: the images of {unsaid}' if unsaid else ''})",
-        f"  batches: {batches} (cells sharing model, scheduler, steps, size and guidance group: {counted(len(groups), 'group')}; "
-        f"batch_size={'/'.join(map(str, sizes)) or '-'})",
+        f"  batches: {len(calls)} (cells sharing model, scheduler, steps, size and guidance group: "
+        f"{counted(len(groups), 'group')}; batch_size={'/'.join(map(str, sizes)) or '-'})",
         f"  total NFE: {nfe}{f' + unknown for {unsaid}' if unsaid else ''} (denoiser calls per image, summed)",
         f"  estimate: {wall}, peak memory {memory}",
         f"  output: {sweep_dir} ({state})",
