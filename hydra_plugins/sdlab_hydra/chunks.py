@@ -25,6 +25,7 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
 from sdlab.app.callbacks import SweepWatch
+from sdlab.bench.captions import counted
 from sdlab.bench.plan import call_groups
 from sdlab.config import Run
 from sdlab.jobs import work_ahead
@@ -45,11 +46,6 @@ def submitit_cluster(launcher: Any) -> str | None:
 def preflighted(hydra_context: HydraContext, overrides: Sequence[str]) -> Run | None:
     """The Run of a job that sdlab's sweeper parsed in its pre-flight (`ComposedConfigs.runs`), else None."""
     return getattr(hydra_context.config_loader, "runs", {}).get(tuple(overrides))
-
-
-def plural(count: int, noun: str) -> str:
-    """`1 cell`, `2 cells`."""
-    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 def cells_per_task(cells: int, given: int | None, parallelism: int | None, per_slot: int = TASKS_PER_SLOT) -> int:
@@ -126,7 +122,8 @@ class ChunkedSubmitit:
                  for num, o in enumerate(job_overrides, initial_job_idx) if num not in self.finished]
         size = self.task_size(len(cells))
         chunks = [cells[i:i + size] for i in range(0, len(cells), size)]
-        log.info(f"sdlab: {plural(len(cells), 'cell')} in {plural(len(chunks), f'{self.cluster} task')} of up to {size}")
+        log.info(f"sdlab: {counted(len(cells), 'cell')} in {counted(len(chunks), f'{self.cluster} task')} of up to "
+                 f"{size}")
         for num, overrides, _ in cells:
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         if not chunks:
@@ -138,8 +135,8 @@ class ChunkedSubmitit:
             if job.paths.result_pickle.exists():
                 returns += job.results()[0]
                 continue
-            log.warning(f"sdlab: task {job.job_id} ended before its {plural(len(chunk), 'cell')} finished (cancelled, preempted, "
-                        "out of time or memory?); rerun the same command to run what it left")
+            log.warning(f"sdlab: task {job.job_id} ended before its {counted(len(chunk), 'cell')} finished (cancelled, "
+                        "preempted, out of time or memory?); rerun the same command to run what it left")
         return returns
 
     def wait(self, jobs: list[Any]) -> None:

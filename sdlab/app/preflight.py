@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sdlab.bench.captions import counted
 from sdlab.bench.inputs import input_image_files
 from sdlab.bench.scorers import check_reference_read, check_set_scorers, scorer_names
 from sdlab.bench.worlds import world
@@ -121,8 +122,7 @@ def sweep_plan(runs: list[Run]) -> str:
     """'N jobs, M images' (no images when some are analyses); a job repeating another's values is counted once."""
     distinct = {run.job_hash: run for run in runs}
     repeats = f" ({len(runs) - len(distinct)} repeats another's values: made once)" if len(distinct) < len(runs) else ""
-    jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}{repeats}"
+    jobs = f"{counted(len(runs), 'job')}{repeats}"
     if runs and all(run.job == "generate" for run in runs):
-        images = sum(len(run.params.seeds) for run in distinct.values())
-        return f"{jobs}, {images} image{'s' * (images != 1)}"
+        return f"{jobs}, {counted(sum(len(run.params.seeds) for run in distinct.values()), 'image')}"
     return jobs
