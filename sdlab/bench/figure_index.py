@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pandas as pd
@@ -12,12 +11,10 @@ from PIL import Image, ImageDraw
 from sdlab.bench.captions import read_captions
 from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font, wrapped
 from sdlab.bench.records import job_dirs, read_table, write_table
+from sdlab.bench.report import FIGURE_SUFFIXES
 from sdlab.bench.resume import CONFIG
 from sdlab.io import atomic_save, atomic_write_text
 
-log = logging.getLogger(__name__)
-
-FIGURE_SUFFIXES = (".png", ".gif")
 SHEET_COLUMNS, THUMB = 5, 300
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import math
 import os
 import re
@@ -28,8 +27,6 @@ from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, open_regular
 from sdlab.untrusted import read_png_text
-
-log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
 GENERATOR = '<meta name="generator" content="sdlab report">'
