@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import sys
 import textwrap
-from importlib.metadata import PackageNotFoundError, version
 from itertools import dropwhile, takewhile
 from pathlib import Path
 
 from sdlab.app.arguments import PROMPT_FILE_KEY
+from sdlab.bench.records import package_version
 from sdlab.conf_files import CONF_DIR, group_options
 
 VERSIONED = ("torch", "diffusers", "transformers", "hydra-core", "pandas")
@@ -92,16 +92,8 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def package_version(name: str) -> str:
-    """An installed package's version, or 'not installed'."""
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def version_text() -> str:
     """`sdlab X.Y.Z` and the versions of the libraries that decide its numbers."""
     python = ".".join(map(str, sys.version_info[:3]))
-    deps = ", ".join(f"{name} {package_version(name)}" for name in VERSIONED)
-    return f"sdlab {package_version('sdlab')} (python {python}, {deps})"
+    deps = ", ".join(f"{name} {package_version(name) or 'not installed'}" for name in VERSIONED)
+    return f"sdlab {package_version('sdlab') or 'not installed'} (python {python}, {deps})"

@@ -36,16 +36,19 @@ ROW_COLUMNS = ["run_id", "experiment", "job", "model", "scheduler", "scheduler_c
                "error", "weights", "device", "versions"]
 
 
+def package_version(name: str) -> str | None:
+    """An installed package's version, or None."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 @lru_cache(maxsize=1)
 def versions() -> str:
     """Versions of sdlab and the libraries that decide the numbers, as JSON."""
-    found = {}
-    for package in ("sdlab", "torch", "diffusers", "transformers"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return json.dumps(found, sort_keys=True)
+    return json.dumps({name: package_version(name) for name in ("sdlab", "torch", "diffusers", "transformers")},
+                      sort_keys=True)
 
 
 def identity(ctx, job: str | None, model: str | None = None) -> dict[str, Any]:
