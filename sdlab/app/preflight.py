@@ -7,7 +7,7 @@ from typing import Any
 
 from sdlab.bench.captions import counted
 from sdlab.bench.inputs import input_image_files
-from sdlab.bench.scorers import check_reference_read, check_set_scorers, scorer_names
+from sdlab.bench.scorers import check_reference_read, check_set_scorers, configured
 from sdlab.bench.worlds import world
 from sdlab.config import Run
 from sdlab.errors import CannotRun, UserError, choose
@@ -79,7 +79,7 @@ def check_job(run: Run) -> list[str]:
     """Check a parsed job before any work (its name, scorers, weights, schedulers, recipe and files); its warnings."""
     cfg, spec, params = run.recipe, run.model, run.params
     choose("job", run.job, JOB_MODULES)
-    scorer_names(cfg)
+    configured(cfg)
     world(cfg.get("sample_world"))
     if run.job in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check
         check_recipe(run)

@@ -64,8 +64,8 @@ def registered() -> dict[str, ScorerKind]:
     return {**installed(ENTRY_POINTS), **KINDS}
 
 
-def scorer_names(cfg: dict) -> list[str]:
-    """The `scorers:` list of a config, each a registered name (one error line otherwise)."""
+def configured(cfg: dict) -> dict[str, ScorerKind]:
+    """The `scorers:` list of a config, each a registered name (one error line otherwise), with its kind."""
     names = cfg.get("scorers") or []
     if isinstance(names, str) or not isinstance(names, (list, tuple)):
         raise UserError(f"scorers={names!r} must be a list of scorer names, e.g. scorers=[clip]")
@@ -73,13 +73,12 @@ def scorer_names(cfg: dict) -> list[str]:
     for name in names:
         if name not in known:
             raise UserError(f"unknown scorer {name!r}; scorers are: {', '.join(sorted(known))}")
-    return list(dict.fromkeys(names))
+    return {name: known[name] for name in names}
 
 
 def set_scorers(cfg: dict) -> dict[str, ScorerKind]:
     """The configured set scorers, by name."""
-    kinds = registered()
-    return {name: kinds[name] for name in scorer_names(cfg) if kinds[name].statistic is not None}
+    return {name: kind for name, kind in configured(cfg).items() if kind.statistic is not None}
 
 
 def check_reference_read(cfgs: Sequence[dict]) -> None:
@@ -89,7 +88,7 @@ def check_reference_read(cfgs: Sequence[dict]) -> None:
     for cfg in cfgs:
         if cfg.get("reference") is not None:
             reference = str(cfg["reference"])
-            scorers.setdefault(reference, {}).update(dict.fromkeys(scorer_names(cfg)))
+            scorers.setdefault(reference, {}).update(dict.fromkeys(configured(cfg)))
             read.update([reference] if set_scorers(cfg) else [])
     for reference, names in scorers.items():
         if reference not in read:
@@ -109,15 +108,12 @@ def check_set_scorers(cfg: dict, width: int, height: int) -> None:
 
 def build_scorers(cfg: dict, device: str = "cpu") -> list[Scorer]:
     """The configured scorers, built for a run (their models load once per process)."""
-    kinds = registered()
-    return [Scorer(name, kinds[name], kinds[name].build(cfg, device), kinds[name].identity(cfg))
-            for name in scorer_names(cfg)]
+    return [Scorer(name, kind, kind.build(cfg, device), kind.identity(cfg)) for name, kind in configured(cfg).items()]
 
 
 def scorer_identities(cfg: dict) -> dict[str, Any]:
     """`identities` of the configured scorers, without building them."""
-    kinds = registered()
-    return {name: kinds[name].identity(cfg) for name in scorer_names(cfg)}
+    return {name: kind.identity(cfg) for name, kind in configured(cfg).items()}
 
 
 def score_images(scorers: Sequence[Scorer], images: Sequence, prompts: Sequence[str]) -> list[dict[str, Any]]:
@@ -131,8 +127,7 @@ def score_images(scorers: Sequence[Scorer], images: Sequence, prompts: Sequence[
 
 def scorer_weights(cfg: dict) -> dict[str, str]:
     """The fingerprint of the weights each configured scorer scores with, by scorer name (those with weights)."""
-    kinds = registered()
-    found = {name: kinds[name].weights(cfg) for name in scorer_names(cfg)}
+    found = {name: kind.weights(cfg) for name, kind in configured(cfg).items()}
     return {name: weights for name, weights in found.items() if weights is not None}
 
 
