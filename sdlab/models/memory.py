@@ -25,13 +25,18 @@ def resident_bytes() -> int | None:
         return None
 
 
-def high_water_bytes() -> int | None:
-    """The process's peak resident memory so far (`VmHWM`, Linux), else None."""
+def proc_kib(path: str, key: bytes) -> int | None:
+    """The bytes a Linux /proc file's `key:` line gives in kB (VmHWM, MemAvailable), else None."""
     try:
-        with open(STATUS, "rb") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(b"VmHWM:"))
+        with open(path, "rb") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + b":"))
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+
+
+def high_water_bytes() -> int | None:
+    """The process's peak resident memory so far (`VmHWM`, Linux), else None."""
+    return proc_kib(STATUS, b"VmHWM")
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -40,13 +45,7 @@ def free_bytes(device: torch.device) -> int | None:
         import torch  # a model on CUDA has loaded it; reading a command line need not
 
         return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(b"MemAvailable:"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
+    return proc_kib("/proc/meminfo", b"MemAvailable") if device.type == "cpu" else None
 
 
 @contextmanager
