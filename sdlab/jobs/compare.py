@@ -60,18 +60,17 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
                             seeds=tuple(study.seeds))
     seeds, rows, options = list(study.seeds), [], ctx.run.scheduler.options  # the user's, for every sampler
     stochastic = [name for name in study.schedulers if SCHEDULERS[name].stochastic]
-    progress = Progress(len(study.prompts) * ((1 + len(stochastic)) * study.reference_steps
+    limits = [("deterministic", study.reference_scheduler, f"reference {study.reference_scheduler} x"),
+              *((name, name, f"{name}'s own limit,") for name in stochastic)]  # each reference: key, sampler, its words
+    progress = Progress(len(study.prompts) * (len(limits) * study.reference_steps
                                              + len(study.schedulers) * sum(study.steps)))
     for p, prompt in enumerate(study.prompts, 1):
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
-        progress.step(f"prompt {p}/{len(study.prompts)}: reference {study.reference_scheduler} x "
-                      f"{counted(study.reference_steps, 'step')}", study.reference_steps)
-        references = {"deterministic": solve(model, study.reference_scheduler, study.reference_steps, base, prompt,
-                                             options)}
-        for name in stochastic:
-            progress.step(f"prompt {p}/{len(study.prompts)}: {name}'s own limit, {counted(study.reference_steps, 'step')}",
+        references = {}
+        for key, name, what in limits:
+            progress.step(f"prompt {p}/{len(study.prompts)}: {what} {counted(study.reference_steps, 'step')}",
                           study.reference_steps)
-            references[name] = solve(model, name, study.reference_steps, base, prompt, options)
+            references[key] = solve(model, name, study.reference_steps, base, prompt, options)
         # 2. every scheduler at every step count, scored against its reference
         for name in study.schedulers:
             own = SCHEDULERS[name].stochastic  # against its own high-step limit
@@ -170,9 +169,9 @@ def write_outputs(ctx: JobContext, study: Study, model, runs: pd.DataFrame) -> N
             visits.append(model.noise.visits(scheduler, steps, **kwargs).assign(scheduler=name, num_inference_steps=steps))
     visits = pd.concat(visits, ignore_index=True)
     write_table(visits, ctx.out_dir, "visits")
-    for cost, label in (("nfe", "denoiser evaluations (NFE: UNet or transformer calls), log scale"),
-                        ("time_total_s", "wall seconds per image, log scale")):
-        title = claim(ranked, target, source, study, "nfe" if cost == "nfe" else "seconds")
-        convergence(summary, cost, METRICS, ctx.out_dir / f"convergence_{'nfe' if cost == 'nfe' else 'seconds'}.png",
-                    xlabel=label, psnr_target=target, title=f"{title}\n(dashed: stochastic, against its own high-step limit)")
+    for column, cost, label in (("nfe", "nfe", "denoiser evaluations (NFE: UNet or transformer calls), log scale"),
+                                ("time_total_s", "seconds", "wall seconds per image, log scale")):
+        title = f"{claim(ranked, target, source, study, cost)}\n(dashed: stochastic, against its own high-step limit)"
+        convergence(summary, column, METRICS, ctx.out_dir / f"convergence_{cost}.png", xlabel=label, psnr_target=target,
+                    title=title)
     schedule_visits(visits, model.noise.snr_curve(model.base_scheduler_config), ctx.out_dir / "visits.png")
