@@ -90,18 +90,17 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
                                     output_type="latent", generator=torch.Generator("cpu").manual_seed(seed)).images
         images = decode_latents(model, torch.cat([ours, theirs]))
     diff_image = (images[0] - images[1]).abs()
-    strip = [np.asarray(im) for im in to_pil(images)]
-    scale = float(diff_image.max()) or 1.0
-    strip.append((diff_image / scale).permute(1, 2, 0).cpu().numpy())
-    latent_diff = float((ours - theirs).abs().max())
+    latent_diff, pixel_diff = float((ours - theirs).abs().max()), float(diff_image.max())
+    scale = pixel_diff or 1.0
+    strip = [*(np.asarray(im) for im in to_pil(images)), (diff_image / scale).permute(1, 2, 0).cpu().numpy()]
     image_strip([strip], ctx.out_dir / "by_hand_vs_diffusers.png",
                 col_labels=["by hand (DDIM equation)", "diffusers pipeline", f"|difference| x{1 / scale:.0f}"],
                 title=f"the same image: max |difference| {latent_diff:.1e} in latents, "
-                      f"{float(diff_image.max()):.1e} in pixels (range [-1, 1]), {steps} DDIM steps")
+                      f"{pixel_diff:.1e} in pixels (range [-1, 1]), {steps} DDIM steps")
     return ordered([{
         **identity(ctx, "pipeline_by_hand", spec.name), "scheduler": "ddim",
         **image_params(replace(params, width=side, height=side)), "seed": seed,
-        "max_abs_diff_latents": latent_diff, "max_abs_diff_pixels": float(diff_image.max()),
+        "max_abs_diff_latents": latent_diff, "max_abs_diff_pixels": pixel_diff,
     }])
 
 
