@@ -146,8 +146,7 @@ def about(frame: pd.DataFrame, model: str) -> str:
 def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
     """Distance against guidance scale: each curve's minimum and whether it stands clear of both ends (a U shape)."""
     claims, points = [], []
-    groups = frame.groupby(["scheduler", "num_inference_steps"], sort=False)
-    for (name, steps), part in groups:
+    for (name, steps), part in frame.groupby(["scheduler", "num_inference_steps"], sort=False):
         part = part.sort_values("guidance_scale")
         w, kid_mean, sd = (part[c].to_numpy(dtype=float) for c in ("guidance_scale", "kid", "kid_sd"))
         best, fd_best = int(np.argmin(kid_mean)), part["guidance_scale"].iloc[int(np.argmin(part["fd"]))]
