@@ -40,11 +40,6 @@ def styled():
         yield plt
 
 
-def titles(fig) -> str:
-    """The figure's title and its panels' titles, ' | ' apart: its caption."""
-    return " | ".join(t for t in (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)) if t)
-
-
 def save_figure(fig, target: Path, crop: bool = True) -> Path:
     """Save a figure as PNG atomically, its titles as caption, and close it; `crop` cuts it to its ink (drawn twice)."""
     import matplotlib.pyplot as plt
@@ -67,7 +62,8 @@ def in_its_font(fig) -> None:
     from matplotlib.text import Text
     from matplotlib.ticker import FixedFormatter, FuncFormatter
 
-    fig.set_label(fig.get_label() or titles(fig))
+    titles = (fig.get_suptitle(), *(ax.get_title() for ax in fig.axes))  # ' | ' apart: the caption
+    fig.set_label(fig.get_label() or " | ".join(t for t in titles if t))
     for text in fig.findobj(Text):
         if not text.get_text().isascii():  # every font drawn here has ASCII: most texts are done in no time
             text.set_text(drawable(text.get_text(), findfont(text.get_fontproperties())))
