@@ -238,9 +238,8 @@ def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.Dat
             best = stats.pop(None)
             rows += [{"parameter": key, "value": v, "metric": metric, **s, "delta_vs": best} for v, s in stats.items()]
     for a, b in combinations(swept.params, 2):
-        pairs = pd.Series(list(zip(swept.labels[a], swept.labels[b])))
-        for (va, vb), index in pairs.groupby(pairs, sort=False).groups.items():
-            mask = np.isin(np.arange(len(pairs)), np.asarray(index))
+        for va, vb in dict.fromkeys(zip(swept.labels[a], swept.labels[b])):  # each pair of values met, in sweep order
+            mask = (swept.labels[a] == va) & (swept.labels[b] == vb)
             for metric in metrics:
                 rows.append({"parameter": a, "value": va, "parameter2": b, "value2": vb, "metric": metric,
                              **dict(zip(STATS, swept.measured(metric, mask)))})
