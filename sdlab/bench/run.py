@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,22 +14,8 @@ from typing import Any
 from sdlab.bench.scorers import scorer_weights
 from sdlab.bench.worlds import world
 from sdlab.conf_files import group_options, known_keys
-from sdlab.config import (
-    LIMITS,
-    MODEL_FAMILIES,
-    MODEL_KINDS,
-    MODEL_NAMES,
-    GenerationParams,
-    Run,
-    checked_run,
-    clash,
-    config_hash,
-    limits,
-    model_spec,
-    rivals,
-    rules_of,
-    suggestion,
-)
+from sdlab.config import (LIMITS, MODEL_FAMILIES, MODEL_KINDS, MODEL_NAMES, GenerationParams, Run, checked_run, clash,
+                          config_hash, limits, model_spec, rivals, rules_of, suggestion)
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import BUILT_IN
@@ -108,8 +95,8 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
     """The config with `world.<name>` values for the model's prompt grammar, kind, then family; overrides win."""
     worlds = config.get("world") or {}
     if not isinstance(worlds, dict):
-        raise UserError(f"world={worlds!r} must be a mapping of worlds (a prompt grammar, {', '.join(MODEL_KINDS)} or a "
-                        "family) to recipe values")
+        raise UserError(f"world={worlds!r} must be a mapping of worlds (a prompt grammar, "
+                        f"{', '.join(MODEL_KINDS)} or a family) to recipe values")
     for name, values in worlds.items():
         if values is not None and not isinstance(values, dict):
             raise UserError(f"world.{name}={values!r} must be a mapping of recipe keys to their values on such a model")
@@ -118,8 +105,7 @@ def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, An
         world(names[0], "model.prompt_grammar")  # one line naming it, not a fault further on
     if worlds.keys() & {*MODEL_KINDS, *MODEL_FAMILIES}:
         spec = model_spec(config["model"])
-        family = adapter_class(spec).family
-        names += [model_kind(published_scheduler_config(spec)[0]), family]
+        names += [model_kind(published_scheduler_config(spec)[0]), adapter_class(spec).family]
     for name in names:
         if name and worlds.get(name):
             config = merged(config, worlds[name], overridden)
@@ -131,12 +117,9 @@ def merged(config: dict[str, Any], values: dict[str, Any], overridden: set[str],
     out = dict(config)
     for key, value in values.items():
         dotted = prefix + key
-        if dotted in overridden:
-            continue
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value, overridden, dotted + ".")
-        else:
-            out[key] = value
+        if dotted not in overridden:
+            nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = merged(out[key], value, overridden, dotted + ".") if nested else value
     return out
 
 
@@ -163,20 +146,22 @@ def sampler_to_scheduler(sampler: str, schedule_type: str | None = None) -> str:
     """An A1111 sampler name (and optional schedule type, e.g. "Karras") as an sdlab scheduler name."""
     name = sampler.strip().lower()
     if schedule_type and schedule_type.strip().lower() == "karras" and not name.endswith("karras"):
-        known = name in SCHEDULERS_BY_SAMPLER or name.replace(" ", "_") in SAMPLER_NAMES
-        karras_name = f"{name} karras"
-        if known and karras_name not in SCHEDULERS_BY_SAMPLER and karras_name.replace(" ", "_") not in SAMPLER_NAMES:
+        if scheduler_named(name) and not scheduler_named(f"{name} karras"):
             karras = [SAMPLER_NAMES[s].removesuffix(" Karras") for s in SAMPLER_NAMES if s.endswith("_karras")]
             raise UserError(f"sampler {sampler!r} with schedule type {schedule_type!r} has no sdlab scheduler; the "
                             f"Karras schedule goes with: {', '.join(karras)} (or give schedule type Automatic)")
         name += " karras"
     elif schedule_type and schedule_type.strip().lower() not in SCHEDULE_TYPES:
         raise UserError(f"schedule type {schedule_type!r} is not supported; choose one of: Automatic, Uniform, Karras")
-    if name in SCHEDULERS_BY_SAMPLER:
-        return SCHEDULERS_BY_SAMPLER[name]
-    if name.replace(" ", "_") in SAMPLER_NAMES:
-        return name.replace(" ", "_")
+    if scheduler := scheduler_named(name):
+        return scheduler
     raise UserError(f"sampler {sampler!r} has no sdlab scheduler; choose one of: {', '.join(SAMPLER_NAMES.values())}")
+
+
+def scheduler_named(name: str) -> str | None:
+    """The sdlab scheduler a lower-case sampler name (`dpm++ 2m karras`) or scheduler name spaced out names, or None."""
+    underscored = name.replace(" ", "_")
+    return SCHEDULERS_BY_SAMPLER.get(name) or (underscored if underscored in SAMPLER_NAMES else None)
 
 
 def params_scheduler(name: str, label: str) -> str:
@@ -184,8 +169,8 @@ def params_scheduler(name: str, label: str) -> str:
     names = group_options("scheduler")
     if name in names:
         return name
-    if name.strip().lower() in SCHEDULERS_BY_SAMPLER:
-        return SCHEDULERS_BY_SAMPLER[name.strip().lower()]
+    if scheduler := SCHEDULERS_BY_SAMPLER.get(name.strip().lower()):
+        return scheduler
     raise UserError(f"{label}: unknown scheduler {name!r}{suggestion(name, names)}; choose one of: {', '.join(names)} "
                     "(or a sampler name as image tools show it, e.g. 'DPM++ 2M Karras')")
 
@@ -194,7 +179,7 @@ def from_a1111(data: dict[str, Any]) -> dict[str, Any]:
     """A params dict with A1111's names (steps, cfg_scale, sampler_name, scheduler="Karras") in sdlab's."""
     data = dict(data)
     schedule_type = None
-    if "scheduler" in data and isinstance(data["scheduler"], str) and ("sampler_name" in data or "sampler_index" in data):
+    if isinstance(data.get("scheduler"), str) and ("sampler_name" in data or "sampler_index" in data):
         schedule_type = data.pop("scheduler")  # A1111 >= 1.9: the schedule type, beside sampler_name
     out = {}
     for key, value in data.items():
@@ -225,10 +210,8 @@ def format_infotext(meta: dict[str, Any]) -> str:
 
 def _number(text: str) -> int | float | str:
     for kind in (int, float):
-        try:
+        with suppress(ValueError):
             return kind(text)
-        except ValueError:
-            pass
     return text
 
 
@@ -298,8 +281,7 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
     if found := clash(data):
         (first, second), why = found
         raise UserError(f"{label} gives both {first!r} and {second!r} ({why}); keep one")
-    bad = [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]
-    if bad:
+    if bad := [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]:
         raise UserError(f"{label}: seeds should be a list of int, not one holding {bad[0]!r}")
     if "model" in data and data["model"] not in MODEL_NAMES:  # one name, as `model=NAME` takes it
         raise UserError(f"{label}: model={data['model']!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
