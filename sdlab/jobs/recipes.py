@@ -19,6 +19,8 @@ from sdlab.metrics.schedule import SCHEDULES, beta_schedule_spec
 from sdlab.models.model_files import check_scheduler_config
 from sdlab.models.schedulers import FAMILY_CONFIGS, SCHEDULERS
 
+rule = partial(checked, plain=False)  # a wrong value is named with what its field allows: "noise.size=-5 must be ..."
+
 
 @dataclass(frozen=True, kw_only=True)
 class ImageInput:
@@ -32,7 +34,7 @@ class ImageInput:
 class Prompts:
     """The prompts a job compares; one string counts as a list of one."""
 
-    prompts: tuple[str, ...] = checked(MISSING, "strs", plain=False)
+    prompts: tuple[str, ...] = rule(MISSING, "strs")
 
 
 class Tokenized(Prompts):
@@ -43,19 +45,19 @@ class Tokenized(Prompts):
 
 @dataclass(frozen=True, kw_only=True)
 class Similarity(Prompts, ImageInput):
-    num_images: int = checked(4, "int", 0, 1000, plain=False, optional=True)  # drawn when no `images` are given
+    num_images: int = rule(4, "int", 0, 1000, optional=True)  # drawn when no `images` are given
 
 
 @dataclass(frozen=True, kw_only=True)
 class VaeRoundtrip(ImageInput):
-    num_images: int = checked(4, "int", 1, 1000, plain=False, optional=True)  # drawn when no `images` are given
+    num_images: int = rule(4, "int", 1, 1000, optional=True)  # drawn when no `images` are given
 
 
 @dataclass(frozen=True)
 class Img2img:
     """Strengths, each in (0, 1], and the input: an `image` file, else `image_caption` drawn in the `sample_world`."""
 
-    strengths: tuple[float, ...] = checked(MISSING, "numbers", plain=False)
+    strengths: tuple[float, ...] = rule(MISSING, "numbers")
     image: str | None = checked(None, "str", optional=True, rule="an image file path")
     image_caption: str | None = None
     sample_world: str | None = None
@@ -72,15 +74,15 @@ class Study:
 
     block = "compare"
     # each listed once: a repeat makes the same images again, counted as more seeds in n and the intervals
-    schedulers: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
-    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False, distinct=True)
-    seeds: tuple[int, ...] = checked(None, "ints", 0, MAX_SEED, plain=False, distinct=True,
-                                     rule="a non-empty list of distinct integers in [0, 2**63-1]")
-    prompts: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
-    reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
-    reference_steps: int = checked(200, "int", 1, 1000, plain=False)
-    psnr_target: float = checked(30.0, "number", 0, 1000, plain=False)
-    visit_steps: tuple[int, ...] = checked((10, 25), "ints", 1, 1000, plain=False)
+    schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
+    steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
+    seeds: tuple[int, ...] = rule(None, "ints", 0, MAX_SEED, distinct=True,
+                                  rule="a non-empty list of distinct integers in [0, 2**63-1]")
+    prompts: tuple[str, ...] = rule(None, "strs", distinct=True)
+    reference_scheduler: str = rule("dpmpp_2m", "str")
+    reference_steps: int = rule(200, "int", 1, 1000)
+    psnr_target: float = rule(30.0, "number", 0, 1000)
+    visit_steps: tuple[int, ...] = rule((10, 25), "ints", 1, 1000)
 
     def __post_init__(self):
         if missing := [k for k in ("schedulers", "steps", "seeds", "prompts") if getattr(self, k) is None]:
@@ -88,7 +90,8 @@ class Study:
         for name in (*self.schedulers, self.reference_scheduler):
             choose("scheduler", name, SCHEDULERS)
         if SCHEDULERS[self.reference_scheduler].stochastic:
-            raise UserError(f"compare.reference_scheduler={self.reference_scheduler!r} is stochastic; pick a deterministic one")
+            raise UserError(f"compare.reference_scheduler={self.reference_scheduler!r} is stochastic; "
+                            "pick a deterministic one")
         if self.reference_steps < max(self.steps):
             raise UserError(f"compare.steps must be <= compare.reference_steps={self.reference_steps}")
 
@@ -98,24 +101,22 @@ class DistanceStudy:
     """The `distance:` block: cells guidance_scales x schedulers x steps, each against `references` real images."""
 
     block = "distance"
-    guidance_scales: tuple[float, ...] = checked(None, "numbers", 0, 1000, plain=False, distinct=True)
-    schedulers: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
-    steps: tuple[int, ...] = checked(None, "ints", 1, 1000, plain=False, distinct=True)
-    prompts: tuple[str, ...] = checked(None, "strs", plain=False, distinct=True)
-    images: int = checked(None, "int", 4, 100000, plain=False)
-    references: int = checked(None, "int", 4, 100000, plain=False)
-    kid_subsets: int = checked(None, "int", 2, 10000, plain=False,
-                               rule="an integer >= 2 and <= 10000 (one subset has no spread to judge KID gaps by)")
-    bootstrap: int = checked(None, "int", 10, 10000, plain=False)
+    guidance_scales: tuple[float, ...] = rule(None, "numbers", 0, 1000, distinct=True)
+    schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
+    steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
+    prompts: tuple[str, ...] = rule(None, "strs", distinct=True)
+    images: int = rule(None, "int", 4, 100000)
+    references: int = rule(None, "int", 4, 100000)
+    kid_subsets: int = rule(None, "int", 2, 10000,
+                            rule="an integer >= 2 and <= 10000 (one subset has no spread to judge KID gaps by)")
+    bootstrap: int = rule(None, "int", 10, 10000)
 
     def __post_init__(self):
         if missing := [f.name for f in fields(self) if getattr(self, f.name) is None]:
-            raise UserError(f"distance.{missing[0]} is missing: the block lists {', '.join(f.name for f in fields(self))}")
+            raise UserError(f"distance.{missing[0]} is missing: the block lists "
+                            f"{', '.join(f.name for f in fields(self))}")
         for name in self.schedulers:
             choose("scheduler", name, SCHEDULERS)
-
-
-rule = partial(checked, plain=False)  # an explainer's values are named by its block: "noise.size=-5 must be ..."
 
 
 MOST_NUMBERS = 100_000_000  # the most numbers one toy array holds (800 MB of float64): more is a typo, not a toy
@@ -227,9 +228,9 @@ SPACES = ("pixel", "latent")
 class ForwardProcess(ImageInput):
     """Timesteps to noise one image at, under `schedules` (see schedule_snr; null: the model's), in `spaces`."""
 
-    timesteps: tuple[int, ...] = checked(MISSING, "ints", plain=False)
-    schedules: list | None = checked(None, "entries", plain=False, optional=True)
-    spaces: tuple[str, ...] = checked(SPACES, "strs", plain=False)
+    timesteps: tuple[int, ...] = rule(MISSING, "ints")
+    schedules: list | None = rule(None, "entries", optional=True)
+    spaces: tuple[str, ...] = rule(SPACES, "strs")
     seed: int = 0  # of the fixed eps
 
     def __post_init__(self):
@@ -242,16 +243,16 @@ class ForwardProcess(ImageInput):
 
 @dataclass(frozen=True)
 class GuidanceGrid:
-    guidance_scales: tuple[float, ...] = checked(MISSING, "numbers", 0, 1000, plain=False)
+    guidance_scales: tuple[float, ...] = rule(MISSING, "numbers", 0, 1000)
 
 
 @dataclass(frozen=True)
 class SchedulerGrid:
     """The samplers side by side, and the many-step solve each image's PSNR is taken to (with `reference_steps`)."""
 
-    schedulers: tuple[str, ...] = checked(MISSING, "strs", plain=False)
-    reference_scheduler: str = checked("dpmpp_2m", "str", plain=False)
-    reference_steps: int | None = checked(None, "int", 0, 1000, plain=False, optional=True)  # 0 or null: none
+    schedulers: tuple[str, ...] = rule(MISSING, "strs")
+    reference_scheduler: str = rule("dpmpp_2m", "str")
+    reference_steps: int | None = rule(None, "int", 0, 1000, optional=True)  # 0 or null: none
 
     def __post_init__(self):
         if self.reference_scheduler in SCHEDULERS and SCHEDULERS[self.reference_scheduler].stochastic:
@@ -289,10 +290,10 @@ def check_family(item: Any) -> None:
 class ScheduleSnr:
     """Beta schedules, samplers whose steps are shown (null: the configured one; []: none), timesteps, `families`."""
 
-    schedules: list | None = checked(None, "entries", plain=False, optional=True)
-    visit_schedulers: list | None = checked(None, "entries", plain=False, optional=True)
-    report_timesteps: tuple[int, ...] | None = checked(None, "ints", plain=False, optional=True)
-    families: list | None = checked(None, "entries", plain=False, optional=True)
+    schedules: list | None = rule(None, "entries", optional=True)
+    visit_schedulers: list | None = rule(None, "entries", optional=True)
+    report_timesteps: tuple[int, ...] | None = rule(None, "ints", optional=True)
+    families: list | None = rule(None, "entries", optional=True)
 
     def __post_init__(self):
         for item in self.schedules or ():  # the model's and the configured scheduler's are checked with their folder
@@ -319,14 +320,16 @@ LOOP_RULES = {"steps": Field("int", 1), "batch_size": Field("int", 1),
               "init_from": Field("str", optional=True)}
 WEIGHT = Field("number", 0, 1e6)
 MODEL_CONFIG = Field("mapping", optional=True)  # entries of the stage model's config (sdlab.mini.architecture)
-VAE_RULES = {**LOOP_RULES, "architecture": MODEL_CONFIG, "kl_weight": WEIGHT, "l1_weight": WEIGHT, "foreground_weight": WEIGHT,
-             "latent_rgb_weight": WEIGHT, "eval_images": Field("int", 1, 100_000), "scale_images": Field("int", 1),
+VAE_RULES = {**LOOP_RULES, "architecture": MODEL_CONFIG,
+             **dict.fromkeys(("kl_weight", "l1_weight", "foreground_weight", "latent_rgb_weight"), WEIGHT),
+             "eval_images": Field("int", 1, 100_000), "scale_images": Field("int", 1),
              "decoder_only": Field("bool", plain=True), "sample_posterior": Field("bool", plain=True)}
-CAPTION_RULES = {"uncond_probability": Field("number", 0, 1), "caption_noise": Field("number", 0, 1),
-                 "partial_captions": Field("number", 0, 1)}
-UNET_RULES = {**LOOP_RULES, **CAPTION_RULES, "architecture": MODEL_CONFIG, "snr_gamma": Field("number", 1e-6, 1e6, optional=True)}
-FLOW_RULES = {**LOOP_RULES, **CAPTION_RULES, "architecture": MODEL_CONFIG, "frozen_from": Field("str"), "shift": Field("number", 0.01, 100),
-              "logit_mean": Field("number", -5, 5), "logit_std": Field("number", 0.01, 10)}
+CAPTION_RULES = dict.fromkeys(("uncond_probability", "caption_noise", "partial_captions"), Field("number", 0, 1))
+UNET_RULES = {**LOOP_RULES, **CAPTION_RULES, "architecture": MODEL_CONFIG,
+              "snr_gamma": Field("number", 1e-6, 1e6, optional=True)}
+FLOW_RULES = {**LOOP_RULES, **CAPTION_RULES, "architecture": MODEL_CONFIG, "frozen_from": Field("str"),
+              "shift": Field("number", 0.01, 100), "logit_mean": Field("number", -5, 5),
+              "logit_std": Field("number", 0.01, 10)}
 CLIP_RULES = {**LOOP_RULES, "text": MODEL_CONFIG, "vision": MODEL_CONFIG}
 STAGE_RULES = {"vae": VAE_RULES, "vae_decoder": VAE_RULES, "clip": CLIP_RULES, "unet": UNET_RULES, "flow": FLOW_RULES}
 EXPORTS = {"unet": "the unet stage reads the trained vae/ and text_encoder/ from it",
@@ -340,10 +343,10 @@ class Train:
     block = "train"
     stage: str = MISSING
     seed: int = checked(MISSING, **SEED_RULE)
-    out: str = checked(MISSING, "str", plain=False)
-    num_images: int = checked(MISSING, "int", 1, 1_000_000, plain=False)
+    out: str = rule(MISSING, "str")
+    num_images: int = rule(MISSING, "int", 1, 1_000_000)
     threads: int = checked(2, **POSITIVE)
-    export: str | None = checked(None, "str", plain=False, optional=True)
+    export: str | None = rule(None, "str", optional=True)
     vae: dict[str, Any] | None = None
     clip: dict[str, Any] | None = None
     unet: dict[str, Any] | None = None
@@ -375,8 +378,8 @@ PREVIEWS = ("vae", "linear")
 class Trajectory:
     """`frames` in the strip, `gif_ms` per GIF frame, and `preview`: `vae` decodes frames, `linear` maps channels."""
 
-    frames: int = checked(8, "int", 2, 10_000, plain=False, optional=True)
-    gif_ms: int = checked(150, "int", 1, 60_000, plain=False, optional=True)
+    frames: int = rule(8, "int", 2, 10_000, optional=True)
+    gif_ms: int = rule(150, "int", 1, 60_000, optional=True)
     preview: str = "vae"
 
     def __post_init__(self):
