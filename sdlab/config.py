@@ -225,7 +225,7 @@ class ModelSpec:
     """Which pipeline to load and where to run it."""
 
     name: str
-    family: str = checked(MODEL["family"], "choice", choices=MODEL_FAMILIES)  # a folder's model_index.json decides over it
+    family: str = checked(MODEL["family"], "choice", choices=MODEL_FAMILIES)  # a folder's model_index.json wins
     path: str | None = checked(None, "str", optional=True)
     repo_id: str | None = checked(None, "str", optional=True)
     resolution: int = checked(MODEL["resolution"], "int", 1, rule="a positive integer")  # its multiple: check_sides
@@ -303,9 +303,8 @@ def limits(cfg: dict[str, Any]) -> dict[str, int]:
     given = cfg.get("limits") or {}
     if not isinstance(given, dict):
         raise UserError(f"limits={given!r} must be a mapping of {', '.join(LIMITS)}")
-    for key in given:
-        if key not in LIMITS:
-            raise UserError(f"unknown limit {key!r}; limits are: {', '.join(LIMITS)}")
+    if unknown := [key for key in given if key not in LIMITS]:
+        raise UserError(f"unknown limit {unknown[0]!r}; limits are: {', '.join(LIMITS)}")
     given = {k: v for k, v in given.items() if v is not None}
     return {**LIMITS, **check_fields(given, dict.fromkeys(LIMITS, Field(**POSITIVE)), "limits.")}
 
