@@ -91,7 +91,7 @@ def quote_text(arg: str) -> str:
     # Each text (or list of texts) of a value or of an untagged sweep, read as OmegaConf would read the quoted text
     # (`\${` is `${`), so a prepared command line prepares to itself; a list key's other values are left to Hydra.
     items = parsed.list if isinstance(parsed, ChoiceSweep) and not parsed.tags else [parsed]
-    texts = [literal_text(item) if free else literal_list(item) for item in items]
+    texts = [literal_texts(item, free) for item in items]
     if None not in texts:
         return f"{key}=" + ",".join(texts)
     if not free:
@@ -100,14 +100,11 @@ def quote_text(arg: str) -> str:
                     "by commas (e.g. -m \"prompt='a, b','c'\")")
 
 
-def literal_text(value) -> str | None:
-    """A string (quoted or not) as a Hydra literal text, read as OmegaConf would read it, else None."""
-    text = value.text if isinstance(value, QuotedString) else value
-    return literal(unescape_interpolation(text)) if isinstance(text, str) else None
-
-
-def literal_list(value) -> str | None:
-    """A list of strings as a Hydra list of literal texts (each read as OmegaConf would read it), else None."""
+def literal_texts(value, free: bool) -> str | None:
+    """A `free` key's string (quoted or not), else a list of strings, as literal Hydra text; else None."""
+    if free:
+        value = value.text if isinstance(value, QuotedString) else value
+        return literal(unescape_interpolation(value)) if isinstance(value, str) else None
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "[" + ",".join(literal(unescape_interpolation(v)) for v in value) + "]"
     return None
@@ -125,9 +122,7 @@ def command_line_limits(overrides: list[str]) -> dict[str, int]:
 
 def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int]) -> str:
     """`prompt_file=F` -> `prompt=` the file's prompts, literal (a sweep of them under -m, else the one prompt)."""
-    key, _, path = arg.partition("=")
-    if key != PROMPT_FILE_KEY:
-        return arg
+    path = arg.partition("=")[2]
     prompts = read_prompt_lines(path, f"{PROMPT_FILE_KEY}={path}", limit)
     if not prompts:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds no prompts; write one prompt per line")
@@ -161,8 +156,8 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
     key, adds = key.lstrip("+"), arg.startswith("+") and not arg.startswith("++")
     check_logging_key(key)
     if key == "hydra.job.chdir" and value.strip().lower() != "false":
-        raise UserError(f"{arg}: sdlab reads the files you name (params=, prompt_file=, images=, reference=) from where "
-                        "you start it and writes into the run dir itself; hydra.job.chdir takes false only")
+        raise UserError(f"{arg}: sdlab reads the files you name (params=, prompt_file=, images=, reference=) from "
+                        "where you start it and writes into the run dir itself; hydra.job.chdir takes false only")
     if key.startswith("hydra") or key.startswith("experiment."):
         return
     if key in GROUPS:
@@ -189,8 +184,8 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
         where = f" for experiment={lacking[0]}" if len(configs) > 1 else ""
         hint = (f" (++{key}=VALUE sets it there too)" if len(lacking) < len(configs)
                 else suggestion(key, config.keys() | {PROMPT_FILE_KEY}))
-        adds = sorted(config.keys() - conf_values("config.yaml").keys())
-        own = f"; experiment={lacking[0]} adds: {', '.join(adds)}" if adds else ""
+        extra = sorted(config.keys() - conf_values("config.yaml").keys())  # the recipe's own top-level keys
+        own = f"; experiment={lacking[0]} adds: {', '.join(extra)}" if extra else ""
         raise UserError(f"unknown config key {key!r}{where}{hint}; the main keys are: "
                         f"{', '.join(main + [PROMPT_FILE_KEY])}{own} (sdlab --help; a recipe's own keys: sdlab "
                         "experiment=NAME --cfg job)")
@@ -302,10 +297,8 @@ def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     if not multirun or not experiment_is_swept(overrides):
         return []
     given = {a.partition("=")[0] for a in overrides}
-    added = [] if "hydra.sweep.dir" in given else [RECIPES_SWEEP_DIR]
-    if "hydra.sweep.subdir" not in given:
-        added.append(RECIPES_SUBDIR)
-    return added
+    return [arg for key, arg in (("hydra.sweep.dir", RECIPES_SWEEP_DIR), ("hydra.sweep.subdir", RECIPES_SUBDIR))
+            if key not in given]
 
 
 def named_by_sdlab(config, key: str) -> bool:
