@@ -32,7 +32,8 @@ FILE_TYPES = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a
 @contextmanager
 def open_regular(path: str | Path, label: str, what: str, key: str = "", limit: dict[str, int] | None = None
                  ) -> Iterator[IO[bytes]]:
-    """The regular file opened for reading, at most `limit[key]` bytes (with a key); a FIFO is refused unblocked."""
+    """The regular file opened for reading, at most `limit[key]` bytes (with a key); a FIFO is refused unblocked, and
+    a read that fails is one UserError line."""
     try:
         fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting
     except FileNotFoundError:
@@ -48,7 +49,10 @@ def open_regular(path: str | Path, label: str, what: str, key: str = "", limit: 
     with os.fdopen(fd, "rb") as f:
         if key and os.fstat(fd).st_size > limit[key]:
             raise _too_big(label, key, limit)
-        yield f
+        try:
+            yield f
+        except OSError as e:
+            raise UserError(f"{label} cannot be read: {e.strerror or e}") from None
 
 
 def _too_big(label: str, key: str, limit: dict[str, int]) -> UserError:
@@ -58,10 +62,7 @@ def _too_big(label: str, key: str, limit: dict[str, int]) -> UserError:
 def read_bytes(path: str | Path, label: str, what: str, key: str, limit: dict[str, int]) -> bytes:
     """A regular file's bytes, at most `limit[key]` of them; a bigger file is refused before it is read."""
     with open_regular(path, label, what, key, limit) as f:
-        try:
-            data = f.read(limit[key] + 1)
-        except OSError as e:
-            raise UserError(f"{label} cannot be read: {e.strerror or e}") from None
+        data = f.read(limit[key] + 1)
     if len(data) > limit[key]:  # it grew since
         raise _too_big(label, key, limit)
     return data

@@ -159,10 +159,7 @@ def read_object(path: Path) -> dict[str, Any]:
     with open_regular(path, str(path), "a JSON file") as f:
         if (size := os.fstat(f.fileno()).st_size) > MAX_JSON_BYTES:
             raise UserError(f"{path} is {size} bytes; a model folder's JSON files hold at most {MAX_JSON_BYTES}")
-        try:
-            raw = f.read(MAX_JSON_BYTES + 1)
-        except OSError as e:
-            raise UserError(f"{path} cannot be read: {e.strerror or e}") from None
+        raw = f.read(MAX_JSON_BYTES + 1)
     data = parse_json(raw, str(path))
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
