@@ -38,7 +38,7 @@ from sdlab.models.schedulers import make_scheduler
 PARTS = ("vae", "clip", "generate", "same_seed", "speed")
 GUIDANCE_SCALES = (1.0, 3.0, 5.0, 7.5, 15.0)
 SHIPPED_SCHEDULERS = {"sd": "dpmpp_2m", "sd3": "euler"}  # by family: mini's DPM-Solver++ 2M, mini_flow's flow Euler
-COMPONENT_PARTS = {"vae": "vae", "clip": "clip"}  # parts that load one component folder; the rest the pipeline
+COMPONENT_PARTS = ("vae", "clip")  # parts that load the component folder of their name; the rest the pipeline
 
 
 def shipped_pipeline(root: Path):
@@ -174,10 +174,8 @@ def checked_arguments(model: Path, out: Path, threads: int, parts: tuple[str, ..
             (model / part / "config.json").is_file() for part in ("unet", "transformer")):
         raise UserError(f"--model={model} is not a trained sdlab-mini or mini_flow folder (it needs vae/ and unet/ or "
                         f"transformer/)")
-    for part in parts:
-        if part in COMPONENT_PARTS:
-            folder = model / COMPONENT_PARTS[part]
-            check_component_folder(folder, f"{folder} (for --parts {part})", COMPONENT_PARTS[part])
+    for part in (part for part in parts if part in COMPONENT_PARTS):
+        check_component_folder(model / part, f"{model / part} (for --parts {part})", part)
     if any(part not in COMPONENT_PARTS for part in parts):
         check_weights_folder(model)
     checked_folder(out, "--out")
