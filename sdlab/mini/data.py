@@ -233,7 +233,7 @@ def eval_batch(start: int, count: int, seed: int = EVAL_SEED, split: Split = "an
 
 def cached_set(folder: Path, seed: int, count: int, split: Split = "train"):
     """Items 0..count-1 of (seed, split) as batch draws them, kept in `folder` so every stage renders them once."""
-    stem = Path(folder) / f"images_seed{seed}_{split}_{count}"
+    stem = folder / f"images_seed{seed}_{split}_{count}"
     npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
     if npy.is_file() and meta.is_file():
         info = json.loads(meta.read_text())

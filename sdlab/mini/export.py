@@ -21,7 +21,6 @@ SHIPPED_SCHEDULER = "dpmpp_2m"
 def replace_folder(target: Path, fill: Callable[[Path], object], staging: Path | None = None,
                    old: Path | None = None) -> Path:
     """`fill` a staging folder, then swap it in as `target` (the old copy removed only after the rename)."""
-    target = Path(target)
     staging = staging or target.with_name(f".{target.name}.staging")
     old = old or target.with_name(f".{target.name}.old")
     shutil.rmtree(staging, ignore_errors=True)
@@ -50,9 +49,9 @@ def save_component(module, target: Path) -> Path:
 
 def copy_tokenizer_files(folder: Path) -> None:
     """Copy sdlab's CLIP BPE tokenizer files (vocab.json, merges.txt, tokenizer_config.json) into `folder`."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for source in sorted(ASSET_DIR.glob("*")):
-        shutil.copyfile(source, Path(folder) / source.name)
+        shutil.copyfile(source, folder / source.name)
 
 
 def save_clip(model, root: Path) -> None:
@@ -64,7 +63,6 @@ def save_clip(model, root: Path) -> None:
         copy_tokenizer_files(staging)
         atomic_write_text(staging / "preprocessor_config.json", json.dumps(IMAGE_PROCESSOR, indent=2))
 
-    root = Path(root)
     replace_folder(root / "clip", fill)
     text = CLIPTextModel(model.config.text_config)
     text.load_state_dict(model.text_model.state_dict())
@@ -74,12 +72,12 @@ def save_clip(model, root: Path) -> None:
 
 def save_index(root: Path, pipeline: str, scheduler, parts: dict[str, Any]) -> None:
     """scheduler/ and model_index.json (keys sorted) of a `pipeline` folder with mini's VAE, CLIP tokenizer, `parts`."""
-    save_component(scheduler, Path(root) / "scheduler")
+    save_component(scheduler, root / "scheduler")
     index = {"_class_name": pipeline, "_diffusers_version": __import__("diffusers").__version__,
              "feature_extractor": [None, None], "image_encoder": [None, None], "vae": ["diffusers", "AutoencoderKL"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", type(scheduler).__name__],
              **parts}
-    atomic_write_text(Path(root) / "model_index.json", json.dumps(index, indent=2, sort_keys=True))
+    atomic_write_text(root / "model_index.json", json.dumps(index, indent=2, sort_keys=True))
 
 
 def save_pipeline_files(root: Path) -> None:
@@ -94,7 +92,6 @@ def save_sd3_pipeline_files(root: Path, vae_folder: Path, text_encoder, normalis
     """An SD3 folder but its transformer: VAE with SD3's normalisation, text encoder as both CLIPs, zero T5, Euler."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-    root = Path(root)
     vae = AutoencoderKL.from_pretrained(str(vae_folder), **SAFE_LOCAL)
     vae.register_to_config(shift_factor=normalisation[0], scaling_factor=normalisation[1])
     save_component(vae, root / "vae")

@@ -78,7 +78,6 @@ def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
                       str(staging / "optimizer.safetensors"))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
 
-    folder = Path(folder)
     replace_folder(folder, fill, staging=folder.with_name(f"{folder.name}.staging"),
                    old=folder.with_name(f"{folder.name}.previous"))
 
@@ -86,7 +85,6 @@ def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
 def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module],
                     optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
     """Restore modules (and optimizer) from `folder`; the JSON state, or None when there is no checkpoint."""
-    folder = Path(folder)
     if not (folder / STATE_FILE).is_file():  # a crash between the two renames leaves only the previous copy
         folder = folder.with_name(folder.name + ".previous")
         if not (folder / STATE_FILE).is_file():
@@ -104,7 +102,6 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module],
 
 def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFrame:
     """Train `stage` for settings['steps'] steps, resuming from `folder/checkpoint`; returns the loss table."""
-    folder = Path(folder)
     steps, lr, warmup = int(settings["steps"]), float(settings["lr"]), int(settings.get("warmup", 100))
     every = int(settings.get("checkpoint_every", 200))
     max_seconds = float(settings.get("max_minutes") or 0) * 60  # also anneals the LR by elapsed time

@@ -81,5 +81,5 @@ def train_clip(settings: dict[str, Any], images: np.ndarray, attributes: list[da
     scores = held_out_retrieval(stage.model)
     log.info("clip: %s", scores)
     if export is not None:
-        save_clip(stage.model, Path(export))
+        save_clip(stage.model, export)
     return {**summary(stage, frame), **scores}

@@ -126,7 +126,7 @@ def train_flow(settings: dict[str, Any], images: np.ndarray, attributes: list[da
 
     if export is None:
         raise ValueError("the flow stage writes its SD3 folder into train.export")
-    frozen, export, folder = Path(settings["frozen_from"]), Path(export), Path(folder)
+    frozen = Path(settings["frozen_from"])
     folder.mkdir(parents=True, exist_ok=True)
     partial = bool(settings.get("partial_captions"))
     latents, normalisation, text_encoder, texts = conditioning(frozen, images, folder, partial)

@@ -100,6 +100,6 @@ def train_vae(settings: dict[str, Any], images: np.ndarray, folder: Path, export
     quality = vae_quality(vae, int(settings.get("eval_images", 256)))
     log.info("vae: scaling_factor %.4f, %s", scale, quality)
     if export is not None:
-        save_component(vae, Path(export) / "vae")
+        save_component(vae, export / "vae")
     return {**summary(stage, frame), "scaling_factor": scale, "psnr_db": quality["vae_psnr_mean_db"],
             "round_trip_colour": quality["vae_round_trip_colour"], "round_trip_shape": quality["vae_round_trip_shape"]}
