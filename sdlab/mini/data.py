@@ -206,8 +206,8 @@ def sample(seed: int, index: int, split: Split = "any", size: int = IMAGE_SIZE) 
     return render(attrs, rng, size), text, attrs
 
 
-def matching(text: str, count: int, seed: int, size: int = IMAGE_SIZE) -> list[np.ndarray]:
-    """`count` real images of what a caption names, what it leaves open drawn by `seed`; [] when it names no shape."""
+def matching(text: str, count: int, size: int, seed: int) -> list[np.ndarray]:
+    """`count` real size x size px images of what a caption names, the rest drawn by `seed`; [] if it names no shape."""
     named = parse_partial(text)
     if named is None:
         return []

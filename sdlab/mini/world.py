@@ -24,11 +24,6 @@ def draw(caption: str) -> np.ndarray:
     return data.render(attrs)
 
 
-def references(prompt: str, count: int, side: int, seed: int = 0) -> list[np.ndarray]:
-    """`count` real images of the shapes a prompt describes at side x side px (what it leaves open drawn by `seed`)."""
-    return data.matching(prompt, count, seed, size=side)
-
-
 SHAPES = World(words=frozenset(data.grammar_words() | {"an", "with", "and", "center", "middle"}),
                example="a large yellow triangle at the top on a black background", samples=samples, draw=draw,
-               references=references)
+               references=data.matching)
