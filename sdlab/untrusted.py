@@ -202,7 +202,8 @@ def read_png_text(path: str | Path, label: str, limit: dict[str, int]) -> dict[s
 def read_params(path: str | Path, label: str, limit: dict[str, int]) -> tuple[str, Any]:
     """A params file's form and value: "json" (a JSON file), "sdlab" (a PNG's own record) or "infotext" (a tool's)."""
     if Path(path).suffix.lower() != ".png":
-        return "json", parse_json(read_bytes(path, label, "a JSON file or a PNG image", "max_params_bytes", limit), label)
+        raw = read_bytes(path, label, "a JSON file or a PNG image", "max_params_bytes", limit)
+        return "json", parse_json(raw, label)
     chunks = read_png_text(path, label, limit)
     if "sdlab" in chunks:
         record = parse_json(chunks["sdlab"], f"{label}'s sdlab text chunk")
