@@ -127,7 +127,6 @@ def train_flow(settings: dict[str, Any], images: np.ndarray, attributes: list[da
     if export is None:
         raise ValueError("the flow stage writes its SD3 folder into train.export")
     frozen = Path(settings["frozen_from"])
-    folder.mkdir(parents=True, exist_ok=True)
     partial = bool(settings.get("partial_captions"))
     latents, normalisation, text_encoder, texts = conditioning(frozen, images, folder, partial)
     log.info("flow: latents %s (VAE shift %.4f, scale %.4f), text states %s", tuple(latents.shape), *normalisation,

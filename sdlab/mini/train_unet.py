@@ -174,7 +174,6 @@ def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[da
     """Train (or resume) the UNet on frozen parts read from `export`, then write unet/ and the pipeline files."""
     if export is None:
         raise ValueError("the unet stage reads the trained vae/ and text_encoder/ from train.export")
-    folder.mkdir(parents=True, exist_ok=True)
     latents, states, empty, partial = conditioning(export, images, folder, bool(settings.get("partial_captions")))
     log.info("unet: latents %s (std %.3f), text states %s, partial captions %s", tuple(latents.shape),
              latents.std(), tuple(states.shape), None if partial is None else tuple(partial[0].shape))
