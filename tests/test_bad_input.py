@@ -312,6 +312,9 @@ DAMAGES = {
                                "model_index.json is 1073741824 bytes"),
     "model_index.json a list": (lambda f, o: (f / "model_index.json").write_text("[]"),
                                 "model_index.json must hold a JSON object"),
+    "model_index.json claims SDXL for an SD folder": (  # loaded with no second text encoder, it failed at the prompt
+        lambda f, o: set_json(f / "model_index.json", _class_name="StableDiffusionXLPipeline"),
+        "text_encoder_2 is missing: a StableDiffusionXLPipeline needs it"),
     "custom component code": (lambda f, o: set_json(f / "model_index.json", unet=["my_unet", "MyUNet"]),
                               "component 'unet' comes from 'my_unet'"),
     "unet config missing": (lambda f, o: (f / "unet/config.json").unlink(), "unet/config.json is missing"),

@@ -111,7 +111,8 @@ def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
     folder = model_folder(spec)
     check_weights_folder(folder)
     cls = family_of_folder(folder)
-    check_named_components(folder, left_out=[name for name, value in cls.load_options(spec).items() if value is None])
+    check_named_components(folder, cls.pipeline_class, cls.components(),
+                           left_out=[name for name, value in cls.load_options(spec).items() if value is None])
     return cls
 
 

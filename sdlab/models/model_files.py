@@ -23,7 +23,6 @@ from sdlab.untrusted import open_regular, parse_json
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
-REQUIRED_COMPONENTS = ("vae", "text_encoder")  # and the denoiser model_index.json names: UNet or transformer
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
 SAFE_LOCAL = {"use_safetensors": True, "local_files_only": True}  # every from_pretrained: no pickle, no download
@@ -210,13 +209,14 @@ def check_index(path: Path) -> dict[str, str]:
     return classes
 
 
-def check_named_components(folder: Path, left_out: Iterable[str] = ()) -> None:
-    """Every required or named component but those left out is a folder (diffusers' own errors name the wrong one)."""
+def check_named_components(folder: Path, pipeline: str, needed: Iterable[str], left_out: Iterable[str] = ()) -> None:
+    """Every component the `pipeline` class needs or model_index.json names, but those left out, is a folder (diffusers
+    would load a missing optional one as None, and its own errors name the wrong one)."""
     named = {name: class_name for name, class_name in check_index(folder / "model_index.json").items()
              if name in (*WEIGHT_COMPONENTS, *TOKENIZERS)}
-    for name in dict.fromkeys([*REQUIRED_COMPONENTS, *named]):
+    for name in dict.fromkeys([*needed, *named]):
         if name not in left_out and not (folder / name).is_dir():
-            what = f"model_index.json names it ({named[name]})" if name in named else "a diffusers pipeline needs it"
+            what = f"model_index.json names it ({named[name]})" if name in named else f"a {pipeline} needs it"
             raise UserError(f"{folder / name} is missing: {what}; copy the model's {name} folder there")
 
 

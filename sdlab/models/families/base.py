@@ -77,6 +77,12 @@ class ModelAdapter:
             str(folder), dtype=dtype, **SAFE_LOCAL, **cls.load_options(spec))
 
     @classmethod
+    def components(cls) -> tuple[str, ...]:
+        """The folders its pipeline runs with: VAE, denoiser, and each text encoder with its tokenizer."""
+        return ("vae", cls.denoiser_name,
+                *(part for name in cls.tokenizers for part in (name.replace("tokenizer", "text_encoder"), name)))
+
+    @classmethod
     def load_options(cls, spec: ModelSpec) -> dict[str, Any]:
         """Extra `from_pretrained` arguments: components left out (IP-Adapter's image encoder, which no job uses)."""
         return {"image_encoder": None, "feature_extractor": None, **cls.loaded_with}
