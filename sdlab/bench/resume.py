@@ -197,9 +197,9 @@ def key_values(jobs: list[list[str]]) -> dict[str, list[str]]:
 
 
 def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[str]], hydra: list[str] = (),
-                   complete: bool = False, hashes: list[str] = (), finished: int = 0,
-                   warnings: list[str] | None = None, shown: list[dict[str, str]] | None = None,
-                   folders: dict[int, int] | None = None, work: list[float | None] = ()) -> None:
+                   hashes: list[str] = (), finished: int = 0, warnings: list[str] | None = None,
+                   shown: list[dict[str, str]] | None = None, folders: dict[int, int] | None = None,
+                   work: list[float | None] = ()) -> None:
     """Record a sweep's command (`hydra`: its Hydra flags), axes, values, cell hashes, state and pre-flight warnings
     (None: the earlier ones); each cell's swept values as `shown` (the text a job gets), else as typed; `folders`:
     {job number: the number of the job dir it takes}, for jobs not in their own (None: the earlier ones); each cell's
@@ -212,7 +212,7 @@ def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[s
     command = [*task_overrides, *(h for h in hydra if not h.startswith(("hydra.mode=", "hydra.sweep.dir=")))]
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
                 "cells": len(jobs), "finished": finished, "axes": axes, "values": values, "jobs": jobs_axes,
-                "hashes": list(hashes), "work": list(work), "complete": complete, "warnings": warnings,
+                "hashes": list(hashes), "work": list(work), "complete": False, "warnings": warnings,
                 FOLDERS: earlier.get(FOLDERS, {}) if folders is None else {str(k): v for k, v in folders.items()},
                 **{key: earlier[key] for key in (COST, SPENT) if key in earlier}}
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1))
