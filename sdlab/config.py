@@ -22,6 +22,7 @@ MODEL_FAMILIES = tuple(sorted(p.stem for p in (Path(__file__).parent / "models" 
                               if p.stem not in ("__init__", "base")))  # sdlab/models/families/<family>.py
 MODEL_KINDS = ("epsilon", "v_prediction", "flow")  # what a model predicts; schedulers declare the kinds they fit
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+VARIANTS = ("fp16", "bf16", "fp32", "non_ema", "ema")  # `model.variant`: weights saved under that name
 ATTENTION = ("sdpa", "eager")
 MKLDNN = (True, False, "auto")
 MAX_SEED = 2**63 - 1  # seeds live in int64 table columns
@@ -237,6 +238,7 @@ class ModelSpec:
     mkldnn: bool | str = checked(MODEL["mkldnn"], "choice", choices=MKLDNN)  # or "auto": by network (models/device.py)
     t5: bool = checked(MODEL["t5"], "bool")  # SD3: false leaves the T5 text encoder out
     max_sequence_length: int | None = checked(None, "int", 1, 512, optional=True)  # T5 tokens; None: the family's
+    variant: str | None = checked(None, "choice", choices=VARIANTS, optional=True)  # weights named `*.fp16.*` and so on
 
     @property
     def key(self) -> tuple:

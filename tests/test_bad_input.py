@@ -66,6 +66,7 @@ def bad_inputs(tmp):
         (["model.device=cuda"], "model.device='cuda' is not available"),
         (["model.dtype=float8"], "unknown model.dtype 'float8'"),
         (["model.attention=flash"], "unknown model.attention 'flash'"),
+        (["model.variant=f16"], "unknown model.variant 'f16'; choose one of: fp16, bf16, fp32, non_ema, ema"),
         (["scheduler.timestep_spacing=sideways"],
          "unknown scheduler.timestep_spacing 'sideways'; choose one of: leading, linspace, trailing"),
         (["scheduler=ddim", "scheduler.use_karras_sigmas=true"], "has no option 'use_karras_sigmas'"),
@@ -159,7 +160,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 95
+N_CASES = 96
 
 
 def test_case_count_matches_the_list(tmp_path):

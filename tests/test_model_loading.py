@@ -44,6 +44,32 @@ def test_model_path_loads_a_diffusers_folder_and_matches_the_original(run_sdlab,
     assert np.abs(image_a - image_b).max() <= 1
 
 
+def test_a_folder_of_fp16_variant_weights_loads_with_model_variant_and_names_it_otherwise(run_sdlab, saved_pipeline,
+                                                                                          tmp_path, capsys):
+    """A Hub download made with variant="fp16" holds only `*.fp16.safetensors`: `model.variant=fp16` loads them, the
+    same image as the plain folder's; without it, or with another variant, one line says which to give."""
+    import shutil
+
+    variant = tmp_path / "variant"
+    shutil.copytree(saved_pipeline, variant)
+    for weights in variant.glob("*/*.safetensors"):
+        weights.rename(weights.with_suffix(".fp16.safetensors"))
+    args = ("seed=3", "num_inference_steps=2", "width=64", "height=64", "threads=1")
+    assert run_sdlab("model=sd15", f"model.path={saved_pipeline}", *args, f"hydra.run.dir={tmp_path / 'plain'}") == 0
+    assert run_sdlab("model=sd15", f"model.path={variant}", "model.variant=fp16", *args,
+                     f"hydra.run.dir={tmp_path / 'fp16'}") == 0
+    plain, fp16 = (pd.read_parquet(tmp_path / d / "results.parquet").iloc[0] for d in ("plain", "fp16"))
+    assert fp16["status"] == "ok" and fp16["weights"] != plain["weights"]
+    assert (np.asarray(Image.open(tmp_path / "plain" / plain["image_path"]))
+            == np.asarray(Image.open(tmp_path / "fp16" / fp16["image_path"]))).all()
+    capsys.readouterr()
+    for given, hint in (((), "add model.variant=fp16"), (("model.variant=bf16",), "use model.variant=fp16")):
+        assert run_sdlab("model=sd15", f"model.path={variant}", *given, *args, f"hydra.run.dir={tmp_path / 'no'}") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.endswith(hint) and "diffusion_pytorch_model.fp16.safetensors" in err
+    assert not (tmp_path / "no").exists()
+
+
 def test_repo_id_loads_from_the_local_hf_cache_offline(saved_pipeline, tmp_path, monkeypatch):
     snapshot = tmp_path / "hub" / "models--someone--tiny-sd" / "snapshots" / "0123abc"
     snapshot.parent.mkdir(parents=True)

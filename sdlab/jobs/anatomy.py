@@ -25,7 +25,7 @@ def meta_components(spec: ModelSpec) -> dict:
     if arch := built_in(spec):
         return build_on_meta(arch)
     folder = model_folder(spec)
-    check_weights_folder(folder)
+    check_weights_folder(folder, spec.variant)
     components = {}
     for name, entry in read_object(folder / "model_index.json").items():
         if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:

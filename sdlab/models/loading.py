@@ -109,7 +109,7 @@ def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
     if built_in(spec):
         return family(built_in(spec).family)
     folder = model_folder(spec)
-    check_weights_folder(folder)
+    check_weights_folder(folder, spec.variant)
     cls = family_of_folder(folder)
     check_named_components(folder, cls.pipeline_class, cls.components(),
                            left_out=[name for name, value in cls.load_options(spec).items() if value is None])
@@ -139,7 +139,7 @@ class ModelCache:
     def make_room(self, spec: ModelSpec, folder: Path, device) -> None:
         """Unload the models used longest ago while the weights `folder` holds for `spec` would not fit in what
         `device` has free: a sweep over models keeps each loaded only while they all fit."""
-        need = sum(p.stat().st_size for part in WEIGHT_COMPONENTS for p in loaded_weights(folder / part))
+        need = sum(p.stat().st_size for part in WEIGHT_COMPONENTS for p in loaded_weights(folder / part, spec.variant))
         while self.models and (free := free_bytes(device)) is not None and free < need:
             key = next(iter(self.models))
             name = self.models.pop(key).spec.name
@@ -171,7 +171,7 @@ class ModelCache:
             diffusers_logging.disable_progress_bar()  # "Loading pipeline components"; sdlab logs one line per load
             folder = model_folder(spec)
             self.make_room(spec, folder, device)
-            check_pipeline_folder(folder)
+            check_pipeline_folder(folder, spec.variant)
             try:
                 pipe = cls.from_folder(folder, dtype, spec)
             except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
@@ -206,7 +206,7 @@ def published_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
     if built_in(spec):
         return {"_class_name": built_in(spec).scheduler_class, **built_in(spec).scheduler}, f"model {spec.name}"
     folder = model_folder(spec)
-    check_weights_folder(folder)
+    check_weights_folder(folder, spec.variant)
     return scheduler_config(folder), str(folder.joinpath(*SCHEDULER_CONFIG))
 
 
@@ -215,7 +215,7 @@ def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationPara
     resolve_device(spec.device)
     cls = adapter_class(spec)  # a folder's components are all there before their files are read
     if not built_in(spec):
-        check_pipeline_folder(model_folder(spec))
+        check_pipeline_folder(model_folder(spec), spec.variant)
     check_sides(spec, cls.family, params.width, params.height)
     base, source = shipped_scheduler_config(spec)
     check_steps(choice.name, base, choice.options, params.num_inference_steps, source)

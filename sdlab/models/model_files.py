@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sdlab.config import SCHEDULER_OPTIONS, Field, check_fields
+from sdlab.config import SCHEDULER_OPTIONS, VARIANTS, Field, check_fields
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import PREDICTION_TYPES, SCHEDULES
 from sdlab.models.architectures import Part, build_part
@@ -57,21 +57,21 @@ FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
 MAX_JSON_BYTES = 64 << 20  # a model folder's configs and tokenizer files (a tokenizer.json: a few MB)
 SKIPPED_KEYS = {"T5EncoderModel": ("decoder",)}  # a whole T5 checkpoint: the encoder loads, its decoder is skipped
-LOADED_WEIGHTS = re.compile(r"(diffusion_pytorch_model|model)(-\d+-of-\d+)?\.safetensors")  # as diffusers names them
-LOADED_INDEX = re.compile(r"(diffusion_pytorch_model|model)\.safetensors\.index\.json")  # the shard index they read
+WEIGHTS_NAMES = r"(diffusion_pytorch_model|model)"  # a component's weights as diffusers and transformers name them
 SAMPLED_BYTES = 64  # of each end of each tensor, in a weights fingerprint
 FINGERPRINTED = (".safetensors", ".json", ".txt", ".model")  # weights, configs and tokenizer files (merges, spiece)
 
 
-def check_weights_folder(folder: Path) -> None:
-    """Refuse anything but a diffusers folder of sound safetensors, links and JSON; imports nothing, cached."""
+def check_weights_folder(folder: Path, variant: str | None = None) -> None:
+    """Refuse anything but a diffusers folder of sound safetensors (of `variant`), links and JSON; imports nothing,
+    cached."""
     signature = _signature(folder.absolute())
-    _check_weights(folder, signature)
-    _read_folder(folder.absolute(), signature)
+    _check_weights(folder, signature, variant)
+    _read_folder(folder.absolute(), signature, variant)
 
 
 @lru_cache(maxsize=16)
-def _check_weights(folder: Path, signature: tuple) -> None:
+def _check_weights(folder: Path, signature: tuple, variant: str | None) -> None:
     if folder.is_file():
         if folder.suffix in PICKLE_SUFFIXES:
             raise UserError(f"refusing pickle checkpoint {folder}: sdlab loads safetensors only")
@@ -86,20 +86,26 @@ def _check_weights(folder: Path, signature: tuple) -> None:
     if not (folder / "model_index.json").is_file():
         raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
     for component in weight_components(folder):
-        check_component_files(folder / component)
+        check_component_files(folder / component, variant)
 
 
-def check_component_files(component: Path) -> None:
-    """Refuse a component folder without the safetensors diffusers loads (pickles, a variant only, or no weights), or
-    with a shard index naming other files."""
-    if checked := loaded_weights(component):
-        for index in sorted(p for p in component.glob("*.index.json") if LOADED_INDEX.fullmatch(p.name)):
-            check_shard_index(index, {p.name for p in checked})
+def check_component_files(component: Path, variant: str | None = None) -> None:
+    """Refuse a component folder without the safetensors diffusers loads (of `variant`: pickles, another variant only,
+    or no weights), or with a shard index naming other files."""
+    if checked := loaded_weights(component, variant):
+        index = re.compile(WEIGHTS_NAMES + r"\.safetensors\.index" + (rf"\.{re.escape(variant)}" if variant else "")
+                           + r"\.json")
+        for path in sorted(p for p in component.glob("*.json") if index.fullmatch(p.name)):
+            check_shard_index(path, {p.name for p in checked})
         return
     files = [p for p in component.glob("*") if p.is_file()]
-    if variants := [p.name for p in files if p.suffix == ".safetensors"]:
-        raise UserError(f"no diffusion_pytorch_model.safetensors or model.safetensors in {component} "
-                        f"(only {variants[0]}, which diffusers loads only as a variant); give the weights that name")
+    if others := [p.name for p in files if p.suffix == ".safetensors"]:
+        suffix = f".{variant}.safetensors" if variant else ".safetensors"
+        found = re.fullmatch(WEIGHTS_NAMES + r"\.(\w+?)(-\d+-of-\d+)?\.safetensors", others[0])
+        other = found[2] if found and found[2] in VARIANTS else None
+        hint = f"{'use' if variant else 'add'} model.variant={other}" if other else "give the weights that name"
+        raise UserError(f"no diffusion_pytorch_model{suffix} or model{suffix} in {component} (only {others[0]}"
+                        f"{'' if variant else ', which diffusers loads only as a variant'}); {hint}")
     if pickles := [p.name for p in files if p.suffix in PICKLE_SUFFIXES]:
         raise UserError(f"refusing pickle weights {component / pickles[0]}: sdlab loads safetensors only "
                         "(convert them with diffusers' save_pretrained(safe_serialization=True))")
@@ -132,9 +138,10 @@ def check_component_folder(folder: Path, label: str, component: str) -> None:
     check_component_files(folder)
 
 
-def loaded_weights(component: Path) -> list[Path]:
-    """The safetensors diffusers loads for a component: plain weights or shards, not variants (`.fp16`, `.non_ema`)."""
-    return sorted(p for p in component.glob("*.safetensors") if LOADED_WEIGHTS.fullmatch(p.name) and p.is_file())
+def loaded_weights(component: Path, variant: str | None = None) -> list[Path]:
+    """The safetensors diffusers loads for a component: plain weights or shards, or those of `variant` (`.fp16`)."""
+    name = re.compile(WEIGHTS_NAMES + (rf"\.{re.escape(variant)}" if variant else "") + r"(-\d+-of-\d+)?\.safetensors")
+    return sorted(p for p in component.glob("*.safetensors") if name.fullmatch(p.name) and p.is_file())
 
 
 def check_links(folder: Path) -> None:
@@ -376,10 +383,10 @@ def check_component_weights(folder: Path, component: str, config: dict[str, Any]
                         f"put the {component}'s own safetensors there")
 
 
-def check_pipeline_folder(folder: Path) -> None:
+def check_pipeline_folder(folder: Path, variant: str | None = None) -> None:
     """Refuse a pipeline folder with a pickle, a link outside it, a bad config or tokenizer, or damaged weights."""
-    check_weights_folder(folder)  # a cache hit after pre-flight
-    _check_shapes(folder.absolute(), _signature(folder.absolute()))
+    check_weights_folder(folder, variant)  # a cache hit after pre-flight
+    _check_shapes(folder.absolute(), _signature(folder.absolute()), variant)
 
 
 def _signature(folder: Path) -> tuple:
@@ -391,7 +398,8 @@ def _signature(folder: Path) -> tuple:
 
 
 @lru_cache(maxsize=16)
-def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, Any], dict, str | None]]:
+def _read_folder(folder: Path, signature: tuple, variant: str | None) -> dict[str, tuple[dict[str, Any], dict,
+                                                                                         str | None]]:
     """Each weighted component's config, header tensors and class, once links, index and tokenizers pass."""
     check_links(folder)
     classes = check_index(folder / "model_index.json")
@@ -404,14 +412,14 @@ def _read_folder(folder: Path, signature: tuple) -> dict[str, tuple[dict[str, An
         if tokenizer == "tokenizer" or (folder / tokenizer).exists():
             check_tokenizer(folder / tokenizer, configs.get(tokenizer.replace("tokenizer", "text_encoder")))
     return {component: (configs[component], {weights: safetensors_tensors(weights)
-                                             for weights in loaded_weights(folder / component)},
+                                             for weights in loaded_weights(folder / component, variant)},
                         classes.get(component))
             for component in components}
 
 
 @lru_cache(maxsize=16)
-def _check_shapes(folder: Path, signature: tuple) -> None:
-    for component, (config, held, class_name) in _read_folder(folder, signature).items():
+def _check_shapes(folder: Path, signature: tuple, variant: str | None) -> None:
+    for component, (config, held, class_name) in _read_folder(folder, signature, variant).items():
         check_component_weights(folder, component, config, held, class_name)
 
 

@@ -73,8 +73,9 @@ class ModelAdapter:
         """The pipeline from a diffusers folder: safetensors only, local files only, never remote code."""
         import diffusers
 
+        variant = {"variant": spec.variant} if spec.variant else {}
         return getattr(diffusers, cls.pipeline_class).from_pretrained(
-            str(folder), dtype=dtype, **SAFE_LOCAL, **cls.load_options(spec))
+            str(folder), dtype=dtype, **SAFE_LOCAL, **variant, **cls.load_options(spec))
 
     @classmethod
     def components(cls) -> tuple[str, ...]:
