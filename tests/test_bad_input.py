@@ -404,6 +404,33 @@ def test_damaged_model_folder_is_one_line_naming_the_file(run_sdlab, saved_tiny,
     assert_refused(run_sdlab, capsys, tmp_path, args, fragment)
 
 
+def replaced_by_a_consistent(folder: Path, component: str, **config) -> None:
+    """`component` replaced by one of another model: its config changed by `config`, its weights made to match."""
+    import diffusers
+
+    cls = getattr(diffusers, json.loads((folder / component / "config.json").read_text())["_class_name"])
+    made = cls.from_config({**cls.load_config(folder / component), **config})
+    shutil.rmtree(folder / component)
+    made.save_pretrained(folder / component, safe_serialization=True)
+
+
+@pytest.mark.parametrize("component, config, fragment", [
+    ("vae", {"latent_channels": 8}, "unet/config.json: in_channels=4 does not take the 8 latent channels of its vae"),
+    ("unet", {"cross_attention_dim": 64},
+     "unet/config.json: cross_attention_dim=64, but its text encoders give 32 (text_encoder: 32)"),
+])
+def test_components_of_different_models_are_refused_before_the_first_call(run_sdlab, saved_tiny, tmp_path, capsys,
+                                                                          monkeypatch, component, config, fragment):
+    """Each component sound and true to its own config, but not to the others': the first denoiser call failed with
+    torch's shape message, exit 1, in a failed row."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "model"
+    shutil.copytree(saved_tiny, folder)
+    replaced_by_a_consistent(folder, component, **config)
+    args = ["model=sd15", f"model.path={folder}", "num_inference_steps=2", "threads=1"]
+    assert_refused(run_sdlab, capsys, tmp_path, args, fragment)
+
+
 BEFORE_TORCH = ["model_index.json not JSON", "component symlinked outside", "unet weights truncated",
                 "tokenizer not JSON", "scheduler config missing", "scheduler trained timesteps past any allocation",
                 "scheduler beta_schedule unknown"]

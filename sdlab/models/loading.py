@@ -19,7 +19,7 @@ from sdlab.models.device import resolve_device, resolve_dtype, use_process_optio
 from sdlab.models.families import ModelAdapter, family, family_of_folder
 from sdlab.models.memory import free_bytes
 from sdlab.models.model_files import (SCHEDULER_CONFIG, WEIGHT_COMPONENTS, check_named_components,
-                                      check_pipeline_folder, check_weights_folder, loaded_weights,
+                                      check_pipeline_folder, check_weights_folder, component_configs, loaded_weights,
                                       scheduler_config, weights_fingerprint)
 from sdlab.models.schedulers import check_steps
 from sdlab.untrusted import open_regular
@@ -171,7 +171,7 @@ class ModelCache:
             diffusers_logging.disable_progress_bar()  # "Loading pipeline components"; sdlab logs one line per load
             folder = model_folder(spec)
             self.make_room(spec, folder, device)
-            check_pipeline_folder(folder, spec.variant)
+            check_folder(cls, spec)
             try:
                 pipe = cls.from_folder(folder, dtype, spec)
             except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
@@ -210,12 +210,19 @@ def published_scheduler_config(spec: ModelSpec) -> tuple[dict, str]:
     return scheduler_config(folder), str(folder.joinpath(*SCHEDULER_CONFIG))
 
 
+def check_folder(cls: type[ModelAdapter], spec: ModelSpec) -> None:
+    """A model folder's files (`check_pipeline_folder`), then whether its components are of one model (`check_fit`)."""
+    folder = model_folder(spec)
+    check_pipeline_folder(folder, spec.variant)
+    cls.check_fit(folder, component_configs(folder, spec.variant))
+
+
 def check_model(spec: ModelSpec, choice: SchedulerChoice, params: GenerationParams) -> None:
     """The model's device, files, family sizes and scheduler steps, checked without loading any weights."""
     resolve_device(spec.device)
     cls = adapter_class(spec)  # a folder's components are all there before their files are read
     if not built_in(spec):
-        check_pipeline_folder(model_folder(spec), spec.variant)
+        check_folder(cls, spec)
     check_sides(spec, cls.family, params.width, params.height)
     base, source = shipped_scheduler_config(spec)
     check_steps(choice.name, base, choice.options, params.num_inference_steps, source)

@@ -417,6 +417,13 @@ def _read_folder(folder: Path, signature: tuple, variant: str | None) -> dict[st
             for component in components}
 
 
+def component_configs(folder: Path, variant: str | None = None) -> dict[str, dict[str, Any]]:
+    """Each weighted component's config, as `check_weights_folder` read it."""
+    folder = folder.absolute()
+    read = _read_folder(folder, _signature(folder), variant)
+    return {component: config for component, (config, _, _) in read.items()}
+
+
 @lru_cache(maxsize=16)
 def _check_shapes(folder: Path, signature: tuple, variant: str | None) -> None:
     for component, (config, held, class_name) in _read_folder(folder, signature, variant).items():

@@ -14,6 +14,7 @@ class Flux(ModelAdapter):
     guidance = "distilled"  # no unconditional branch: the negative prompt is not used
     default_sequence_length = 512
     linear_sigmas = True
+    latent_packing = 4  # 2x2 patches of latent channels to one token
 
     def _encode(self, text: str):
         embeds, pooled, _ = self.pipe.encode_prompt(text, None, device=self.device, num_images_per_prompt=1,
