@@ -55,6 +55,8 @@ class ModelAdapter:
     plain_unet_call: ClassVar[bool] = False            # the denoiser is SD 1.x's: unet(x, t, encoder_hidden_states=text)
     loaded_with: ClassVar[dict[str, Any]] = {}         # the family's own `from_pretrained` arguments
     latent_packing: ClassVar[int] = 1                  # VAE latent channels per denoiser input channel (Flux: 2x2, 4)
+    # the denoiser's width of text and the text encoders' config key summed to it (a UNet: each CLIP's hidden size)
+    text_width: ClassVar[tuple[str, str]] = ("cross_attention_dim", "hidden_size")
 
     def __init__(self, pipe, spec: ModelSpec):
         self.pipe = pipe
@@ -87,8 +89,7 @@ class ModelAdapter:
     @classmethod
     def check_fit(cls, folder: Path, configs: dict[str, dict[str, Any]]) -> None:
         """Refuse components of different models by their `configs`: the denoiser takes the VAE's latent channels and
-        its text encoders' width (a UNet's cross_attention_dim: their hidden sizes summed; a transformer's
-        joint_attention_dim: T5's d_model)."""
+        its text encoders' width (`text_width`)."""
         denoiser, where = configs.get(cls.denoiser_name, {}), folder / cls.denoiser_name / "config.json"
         mixed = "the folder mixes components of different models"
         latent, taken = configs.get("vae", {}).get("latent_channels"), denoiser.get("in_channels")
@@ -96,11 +97,9 @@ class ModelAdapter:
             packed = f" ({cls.latent_packing} to an input channel)" if cls.latent_packing > 1 else ""
             raise UserError(f"{where}: in_channels={taken} does not take the {latent} latent channels of its "
                             f"vae{packed} ({folder / 'vae' / 'config.json'}); {mixed}")
-        encoders = {name.replace("tokenizer", "text_encoder"): kind for name, kind in cls.tokenizers.items()}
-        key, size = ("cross_attention_dim", "hidden_size") if cls.denoiser_name == "unet" else ("joint_attention_dim",
-                                                                                             "d_model")
-        widths = {name: configs[name].get(size) for name, kind in encoders.items()
-                  if name in configs and (size == "hidden_size" or kind == "t5")}
+        key, size = cls.text_width
+        widths = {name: configs[name][size] for name in cls.components()
+                  if name.startswith("text_encoder") and size in configs.get(name, {})}
         width = denoiser.get(key)
         if (widths and isinstance(width, int) and all(isinstance(w, int) for w in widths.values())
                 and width != sum(widths.values())):

@@ -11,6 +11,7 @@ class Flux(ModelAdapter):
     pipeline_class = "FluxPipeline"
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "t5"}
     denoiser_name = "transformer"
+    text_width = ("joint_attention_dim", "d_model")  # T5's width (the CLIP encoders' configs have no d_model)
     guidance = "distilled"  # no unconditional branch: the negative prompt is not used
     default_sequence_length = 512
     linear_sigmas = True

@@ -12,6 +12,7 @@ class StableDiffusion3(ModelAdapter):
     pipeline_class = "StableDiffusion3Pipeline"
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "clip", "tokenizer_3": "t5"}
     denoiser_name = "transformer"
+    text_width = ("joint_attention_dim", "d_model")  # T5's width (the CLIP encoders' configs have no d_model)
     default_sequence_length = 256
 
     @classmethod
