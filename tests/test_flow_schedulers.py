@@ -14,7 +14,7 @@ from cli_helpers import bare_env, run_cli
 from sdlab.errors import CannotRun, UserError
 from sdlab.metrics.schedule import (dynamic_shift_mu, flow_crossing, flow_log_snr_table, image_seq_len,
                                     log_snr_crossing, shift_sigma, unshift_sigma)
-from sdlab.models.schedulers import (FAMILY_CONFIGS, KINDS, SCHEDULERS, check_kind, check_options, check_steps, fitting,
+from sdlab.models.schedulers import (FAMILY_CONFIGS, KINDS, SCHEDULERS, check_fit, check_kind, check_options, check_steps, fitting,
                               make_scheduler, model_kind, timestep_kwargs)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +67,27 @@ def test_check_kind_names_the_scheduler_and_kind_and_lists_the_fitting_ones_on_o
         check_kind("dpmpp_2m_karras", "flow")
     with pytest.raises(UserError, match="unknown model kind 'sample'"):
         check_kind("ddim", "sample")
+
+
+def test_a_flow_solver_says_whether_it_shifts_by_image_size_as_its_diffusers_class_does():
+    """The plan reads `dynamic_shifting` without diffusers; the class's own signature is the truth it must match."""
+    import inspect
+
+    import diffusers
+
+    for name in FLOW:
+        solver = SCHEDULERS[name].on("flow")
+        takes = "use_dynamic_shifting" in inspect.signature(getattr(diffusers, solver.cls).__init__).parameters
+        assert solver.dynamic_shifting == takes, name
+
+
+def test_check_fit_refuses_a_solver_without_dynamic_shifting_unless_the_run_turns_it_off():
+    only_dynamic = "use one of: ddim, euler, dpmpp_2m, unipc$"
+    with pytest.raises(CannotRun, match="^scheduler 'heun' has no dynamic .*; " + only_dynamic):
+        check_fit("heun", FLUX)
+    check_fit("heun", FLUX, {"use_dynamic_shifting": False})
+    check_fit("heun", SD3)  # SD3 shifts by a fixed amount
+    check_fit("euler", FLUX)
 
 
 def test_model_kind_reads_the_scheduler_config():

@@ -321,14 +321,20 @@ def test_a_plan_with_resume_false_counts_no_cell_done(run_sdlab, tmp_path, capsy
 
 
 
-def test_a_plan_skips_the_cells_their_model_cannot_run_as_the_sweep_does(run_sdlab, tmp_path, capsys):
-    sweep = ("-m", "model=tiny,sd3_tiny", "scheduler=euler,lms", "num_inference_steps=2", "threads=1",
+@pytest.mark.parametrize("models,schedulers,cannot", [
+    ("tiny,sd3_tiny", "euler,lms", "model=sd3_tiny scheduler=lms"),
+    # Flux shifts its sigmas by the image size; FlowMatchHeun cannot: the plan counted that cell, the sweep skipped it
+    ("tiny,flux_tiny", "euler,heun", "model=flux_tiny scheduler=heun")])
+def test_a_plan_skips_the_cells_their_model_cannot_run_as_the_sweep_does(run_sdlab, tmp_path, capsys, models,
+                                                                         schedulers, cannot):
+    sweep = ("-m", f"model={models}", f"scheduler={schedulers}", "num_inference_steps=2", "threads=1",
              f"hydra.sweep.dir={tmp_path / 's'}")
     assert run_sdlab(*sweep, "plan=true") == 0
     planned = capsys.readouterr().out
     assert run_sdlab(*sweep) == 0
     ran = capsys.readouterr()
     skipped = re.search(r"sdlab: skipping \d+ of 4 cells their model cannot run: .*", ran.out + ran.err).group(0)
+    assert f"skipping 1 of 4 cells their model cannot run: {cannot} (" in skipped
     assert skipped in planned
     made = len(pd.read_parquet(tmp_path / "s" / "results.parquet"))
     assert f"sdlab plan: {made} cells, 0 already done, {made} to run ({made} images)" in planned

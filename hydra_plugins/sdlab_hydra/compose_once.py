@@ -170,8 +170,8 @@ def skipped_line(cannot: dict[tuple, str], jobs: list[list[str]]) -> str:
 
 
 def misfit_of(run: Run, fits: dict[tuple, str | None]) -> str | None:
-    """`misfit` of a run, kept in `fits` by its model and scheduler."""
-    key = (run.job, run.model.key, run.scheduler.name)
+    """`misfit` of a run, kept in `fits` by its model and scheduler (with its options)."""
+    key = (run.job, run.model.key, run.scheduler.name, repr(sorted(run.scheduler.options.items())))
     if key not in fits:
         fits[key] = misfit(run)
     return fits[key]

@@ -15,8 +15,7 @@ from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.families import ModelAdapter
 from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
-from sdlab.metrics.schedule import model_kind
-from sdlab.models.schedulers import check_kind, check_options, make_scheduler, scheduler_class  # imports diffusers
+from sdlab.models.schedulers import check_fit, check_options, make_scheduler, scheduler_class  # imports diffusers
 
 
 def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None,
@@ -67,7 +66,7 @@ def misfit(run: Run) -> str | None:
         return None
     try:
         base, source = shipped_scheduler_config(run.model)
-        check_kind(run.scheduler.name, model_kind(base))
+        check_fit(run.scheduler.name, base, run.scheduler.options)
     except CannotRun as e:
         return f"{source}: {e}"
     except UserError:  # no weights, say: the sweep's check says so

@@ -35,6 +35,7 @@ class SchedulerSpec:
     renames: dict[str, str] = field(default_factory=dict)
     flow: SchedulerSpec | None = None
     calls: tuple[int, int] = (1, 0)  # a x steps + b timesteps, a denoiser call each (Heun: 2 a step but the last)
+    dynamic_shifting: bool = True  # a flow solver's: shifts its sigmas by the image size (mu), as Flux's scheduler does
 
     @property
     def kinds(self) -> frozenset:
@@ -64,7 +65,8 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "lms_karras": SchedulerSpec("LMSDiscreteScheduler", KARRAS),
     "euler": SchedulerSpec("EulerDiscreteScheduler", flow=FLOW_EULER),
     "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", stochastic=True),
-    "heun": SchedulerSpec("HeunDiscreteScheduler", flow=SchedulerSpec("FlowMatchHeunDiscreteScheduler"), calls=(2, -1)),
+    "heun": SchedulerSpec("HeunDiscreteScheduler", flow=SchedulerSpec("FlowMatchHeunDiscreteScheduler",
+                                                                       dynamic_shifting=False), calls=(2, -1)),
     "dpm2": SchedulerSpec("KDPM2DiscreteScheduler", calls=(2, -1)),
     "dpm2_a": SchedulerSpec("KDPM2AncestralDiscreteScheduler", stochastic=True, calls=(2, -1)),
     "dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler", flow=flow_solver("DPMSolverMultistepScheduler")),
@@ -122,6 +124,17 @@ def check_kind(name: str, kind: str) -> None:
                         f"schedulers for {kind}: {', '.join(fitting(kind))}")
 
 
+def check_fit(name: str, base_config: dict[str, Any], options: dict[str, Any] | None = None) -> None:
+    """Raise a one-line CannotRun unless scheduler `name` with `options` runs the model of `base_config`: a solver for
+    its kind and, where the model shifts its flow sigmas by the image size, one that can (read without diffusers)."""
+    check_kind(name, kind := model_kind(base_config))
+    dynamic = {**as_published(base_config), **(options or {})}.get("use_dynamic_shifting")
+    if kind == "flow" and dynamic and not SCHEDULERS[name].on(kind).dynamic_shifting:
+        others = [n for n in fitting(kind) if SCHEDULERS[n].on(kind).dynamic_shifting]
+        raise CannotRun(f"scheduler {name!r} has no dynamic (resolution-dependent) shifting, which this model's "
+                        f"scheduler uses; use one of: {', '.join(others)}")
+
+
 def _options(spec: SchedulerSpec) -> set[str]:
     """The options a solver takes, in sdlab's names (a renamed option under its sdlab name)."""
     import diffusers
@@ -156,7 +169,7 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
 def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any] | None = None):
     """Scheduler `name` for the model of `base_config`: its kind's solver from that config, options and `overrides`."""
     kind = model_kind(base_config)
-    check_kind(name, kind)
+    check_fit(name, base_config, overrides)
     user = check_options(name, overrides, kind)
     cls = scheduler_class(name, kind)
     spec = SCHEDULERS[name].on(kind)
@@ -170,10 +183,6 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
         if dynamic and "shift" in user:
             raise UserError(f"scheduler.shift={user['shift']} has no effect while the shift follows the image size "
                             "(use_dynamic_shifting); add scheduler.use_dynamic_shifting=false to use a fixed shift")
-        if dynamic and "use_dynamic_shifting" not in accepted:
-            others = [n for n in fitting("flow") if "use_dynamic_shifting" in _options(SCHEDULERS[n].on("flow"))]
-            raise CannotRun(f"scheduler {name!r} has no dynamic (resolution-dependent) shifting, which this model's "
-                            f"scheduler uses; use one of: {', '.join(others)}")
         base = {spec.renames.get(k, k): v for k, v in base.items()}
         base = {k: v for k, v in base.items() if k in accepted}
     user = {spec.renames.get(k, k): v for k, v in user.items()}
@@ -221,7 +230,7 @@ def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] 
         raise UserError(f"num_inference_steps={steps} is more than the {trained} timesteps the scheduler of {source} "
                         f"was trained on; use at most {trained}")
     try:
-        check_kind(name, model_kind(base_config))
+        check_fit(name, base_config, options)
     except UserError as e:
         raise type(e)(f"{source}: {e}") from None
     scheduler = make_scheduler(name, base_config, options)
