@@ -151,6 +151,13 @@ def test_the_evaluation_runs_the_zero_t5_shortcut_with_the_same_images(exported)
     ("train.flow.logit_std=-1", ("train.flow.logit_std=-1", ">= 0.01")),
     ("train.flow.partial_captions=1.5", ("train.flow.partial_captions=1.5", "<= 1")),
     ("train.flow.architecture.patch_size=3", ("train.flow.architecture.patch_size=3", "one of: 1, 2")),
+    # the transformer's own options, checked on the meta device against the shapes mini's other parts give it
+    ("+train.flow.architecture.num_layers=-2", ("train.flow.architecture.num_layers=-2 must be an integer >= 1",)),
+    ("+train.flow.architecture.num_attention_heads=abc", ("num_attention_heads='abc' must be an integer >= 1",)),
+    ("+train.flow.architecture.bogus=1", ("train.flow.architecture.bogus is not an option of SD3Transformer2DModel",)),
+    ("+train.flow.architecture.joint_attention_dim=48",
+     ("train.flow.architecture={'patch_size': 1, 'joint_attention_dim': 48} makes a transformer model that fails on "
+      "the shapes mini's other parts give it (RuntimeError: ",)),
     ("train.flow.frozen_from=null", ("train.flow.frozen_from=None", "must be")),
     ("train.flow.frozen_from=nowhere", ("train.flow.frozen_from=nowhere has no vae/ or clip/", "sdlab-mini folder")),
 ])

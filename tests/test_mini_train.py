@@ -244,6 +244,24 @@ SMALL = ["experiment=train_mini", "train.stage=vae", "train.export=null", "train
      ".safetensors weights"),
     (["train.stage=all", "train.export=e", "train.unet.init_from=someone/sd-unet"],
      "train.unet.init_from=someone/sd-unet does not exist; give a local unet folder"),
+    # architecture overrides build the model on the meta device and run it on the shapes mini's other parts give it
+    (["+train.vae.architecture.layers_per_block=-1"], "train.vae.architecture.layers_per_block=-1 must be an integer >= 1"),
+    (["+train.vae.architecture.bogus=1"], "train.vae.architecture.bogus is not an option of AutoencoderKL"),
+    (["+train.vae.architecture.block_out_channels=[16,32,64]"],
+     "train.vae.architecture={'block_out_channels': [16, 32, 64]} does not build a model (AutoencoderKL: IndexError: "),
+    (["+train.vae.architecture.latent_channels=8"],
+     "train.vae.architecture={'latent_channels': 8} makes a vae model giving shapes ((1, 8, 8, 8), (1, 3, 64, 64)) "
+     "where mini's other parts need ((1, 4, 8, 8), (1, 3, 64, 64))"),
+    (["train.stage=all", "train.export=e", "+train.unet.architecture.cross_attention_dim=48"],
+     "train.unet.architecture={'cross_attention_dim': 48} makes a unet model that fails on the shapes mini's other "
+     "parts give it (RuntimeError: "),
+    (["train.stage=clip", "+train.clip.text.hidden_size=48"],
+     "train.clip.text={'hidden_size': 48} makes a text model giving shapes ((1, 77, 48), (1, 64), (1, 64)) where "),
+    (["train.stage=clip", "+train.clip.vision.bogus=1"], "train.clip.vision.bogus is not an option of CLIPVisionConfig"),
+    (["train.stage=vae_decoder", "train.vae_decoder.init_from=${project:models/mini/vae}",
+      "+train.vae_decoder.architecture.layers_per_block=2"],
+     "train.vae_decoder.architecture is not used with train.vae_decoder.init_from (a model read from a folder keeps "
+     "its own config); give one of them"),
 ])
 def test_bad_training_settings_are_one_line_and_write_nothing(run_sdlab, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -16,6 +16,7 @@ from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.recipes import EXPORTS, STAGES, Train
 from sdlab.mini import data
+from sdlab.mini.architecture import check_overrides
 from sdlab.mini.train_clip import train_clip
 from sdlab.mini.train_flow import train_flow
 from sdlab.mini.train_unet import train_unet
@@ -33,19 +34,29 @@ def train_folders(train: Train) -> dict[str, Path]:
 
 
 def check_train(run) -> None:
-    """Pre-flight: threads within the limits, output folders sdlab's, `init_from` and frozen parts as safetensors."""
+    """Pre-flight: threads within the limits, output folders sdlab's, frozen parts and `init_from` as safetensors, and
+    architecture overrides that build a model fitting mini's other parts."""
     train = read_recipe(run, Train)
     check_threads("train.threads", train.threads, run.limits)
     train_folders(train)
-    for name in STAGES if train.stage == "all" else (train.stage,):
-        if name in INITIAL and (init_from := getattr(train, name).get("init_from")):
-            check_component_folder(Path(str(init_from)).expanduser(), f"train.{name}.init_from={init_from}",
-                                   INITIAL[name])
     if train.stage == "unet":
         check_parts("train.export", train.export, ("vae", "text_encoder"), EXPORTS["unet"])
     if train.stage == "flow":
         check_parts("train.flow.frozen_from", train.flow["frozen_from"], ("vae", "clip"),
                     "a trained sdlab-mini folder is needed: its vae/ and clip/")
+    for name in STAGES if train.stage == "all" else (train.stage,):
+        settings = getattr(train, name)
+        if name == "clip":
+            for tower in ("text", "vision"):
+                check_overrides(tower, settings.get(tower), f"train.clip.{tower}")
+        elif init_from := settings.get("init_from"):
+            check_component_folder(Path(str(init_from)).expanduser(), f"train.{name}.init_from={init_from}",
+                                   INITIAL[name])
+            if settings.get("architecture"):
+                raise UserError(f"train.{name}.architecture is not used with train.{name}.init_from (a model read "
+                                "from a folder keeps its own config); give one of them")
+        else:
+            check_overrides(INITIAL[name], settings.get("architecture"), f"train.{name}.architecture")
 
 
 def check_parts(key: str, folder: str, parts: tuple[str, ...], why: str) -> None:

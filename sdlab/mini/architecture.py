@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from sdlab.errors import UserError
 from sdlab.models.architectures import SD15_SCHEDULER
 from sdlab.models.model_files import SAFE_LOCAL
 
@@ -63,19 +65,92 @@ def merged(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, 
     return {**base, **{k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}}
 
 
+BASES = {"vae": VAE, "unet": UNET, "transformer": TRANSFORMER, "text": TEXT, "vision": VISION}
+
+
 def initial(component: str, settings: dict[str, Any]):
     """The mini 'vae', 'unet' or 'transformer': random weights (settings['architecture'] overrides) or `init_from`."""
     from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
 
-    model_class, config = {"vae": (AutoencoderKL, VAE), "unet": (UNet2DConditionModel, UNET),
-                           "transformer": (SD3Transformer2DModel, TRANSFORMER)}[component]
+    model_class = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "transformer": SD3Transformer2DModel}[component]
     if settings.get("init_from"):
         folder = Path(str(settings["init_from"])).expanduser()  # pre-flight checked it: a local safetensors folder
         return model_class.from_pretrained(str(folder), **SAFE_LOCAL)
-    config = merged(config, settings.get("architecture"))
+    config = merged(BASES[component], settings.get("architecture"))
     if component == "transformer":  # one position per patch of the 8x8 latent
         config["pos_embed_max_size"] = config["sample_size"] // config["patch_size"]
     return model_class(**config)
+
+
+MAKES = {"vae": "AutoencoderKL", "unet": "UNet2DConditionModel", "transformer": "SD3Transformer2DModel",
+         "text": "CLIPTextConfig", "vision": "CLIPVisionConfig"}
+LATENT = (1, VAE["latent_channels"], RESOLUTION // 8, RESOLUTION // 8)
+# what mini's other parts give a component and need from it: latents, CLIP's states, its pooled text and image features
+NEEDS = {"vae": (LATENT, (1, 3, RESOLUTION, RESOLUTION)), "unet": LATENT, "transformer": LATENT,
+         "text": ((1, 77, TEXT_HIDDEN), (1, TEXT["projection_dim"]), (1, VISION["projection_dim"])),
+         "vision": ((1, 77, TEXT_HIDDEN), (1, TEXT["projection_dim"]), (1, VISION["projection_dim"]))}
+
+
+def check_overrides(component: str, overrides: dict[str, Any] | None, key: str) -> None:
+    """Refuse, in one line, overrides of a mini `component`'s config (`key` names them) that do not build its model,
+    or build one that does not take and give the shapes of mini's other parts (`NEEDS`); run on the meta device."""
+    import torch
+
+    for name, value in (overrides or {}).items():
+        base = BASES[component].get(name)
+        if component in ("text", "vision") and base is None and not hasattr(clip_config(component), name):
+            raise UserError(f"{key}.{name} is not an option of {MAKES[component]}")  # a config takes any keyword
+        if isinstance(base, int) and not isinstance(base, bool) and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise UserError(f"{key}.{name}={value!r} must be an integer >= 1")
+    if not overrides:
+        return
+    with torch.device("meta"), torch.no_grad():
+        try:
+            model = (build_clip(**{component: overrides}) if component in ("text", "vision")
+                     else initial(component, {"architecture": overrides}))
+        except Exception as e:  # noqa: BLE001 - diffusers and transformers refuse a config in many types
+            if unknown := re.search(r"unexpected keyword argument '(\w+)'", str(e)):
+                raise UserError(f"{key}.{unknown[1]} is not an option of {MAKES[component]}") from None
+            raise UserError(f"{key}={overrides} does not build a model ({MAKES[component]}: {said(e)})") from None
+        try:
+            gives = shapes(component, model)
+        except Exception as e:  # noqa: BLE001 - a shape that does not fit fails inside the model's forward
+            raise UserError(f"{key}={overrides} makes a {component} model that fails on the shapes mini's other "
+                            f"parts give it ({said(e)})") from None
+    if gives != NEEDS[component]:
+        raise UserError(f"{key}={overrides} makes a {component} model giving shapes {gives} where mini's other parts "
+                        f"need {NEEDS[component]}")
+
+
+def clip_config(tower: str):
+    """transformers' default config of a CLIP `tower` ('text' or 'vision')."""
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    return CLIPTextConfig() if tower == "text" else CLIPVisionConfig()
+
+
+def said(error: BaseException) -> str:
+    """An exception's type and the first line of its message."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or ['no message'])[0]}"
+
+
+def shapes(component: str, model) -> tuple:
+    """The shapes `model` (a mini `component`, on the meta device) gives from the shapes mini's other parts give it."""
+    import torch
+
+    if component == "vae":
+        z = model.encode(torch.zeros(1, 3, RESOLUTION, RESOLUTION)).latent_dist.mean
+        return tuple(z.shape), tuple(model.decode(z).sample.shape)
+    if component == "unet":
+        return tuple(model(torch.zeros(LATENT), torch.zeros(1), torch.zeros(1, 77, TEXT_HIDDEN)).sample.shape)
+    if component == "transformer":
+        return tuple(model(torch.zeros(LATENT), torch.zeros(1, TEXT_TOKENS, 2 * TEXT_HIDDEN),
+                           torch.zeros(1, 2 * TEXT["projection_dim"]), torch.zeros(1)).sample.shape)
+    tokens = torch.zeros(1, 77, dtype=torch.long)
+    features = (model.get_text_features(tokens), model.get_image_features(torch.zeros(1, 3, RESOLUTION, RESOLUTION)))
+    return tuple(model.text_model(tokens).last_hidden_state.shape), *(
+        tuple(getattr(f, "pooler_output", f).shape) for f in features)
 
 
 def zero_t5(vocab_size: int):
