@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,24 @@ def test_a_component_model_index_names_but_the_folder_lacks_is_named(name, remov
     shutil.rmtree(folder / removed)
     with pytest.raises(UserError, match=f"^{folder / removed} is missing: model_index.json names it"):
         models.adapter_class(models.configured_spec("sd15", path=str(folder)))
+
+
+@pytest.mark.parametrize("name,given", [("sd3_tiny", "64 (text_encoder: 32, text_encoder_2: 32)"),
+                                        ("flux_tiny", "32 (text_encoder: 32)")])
+def test_a_transformer_pooling_other_text_encoders_is_refused_before_loading(name, given, saved, tmp_path):
+    """SD3 pools its CLIP encoders' projections, Flux its CLIP's hidden state: a transformer from a model whose pooled
+    width differs loaded, and its first call failed with torch's shape message, exit 1."""
+    import shutil
+
+    from test_bad_input import replaced_by_a_consistent
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved[name], folder)
+    replaced_by_a_consistent(folder, "transformer", pooled_projection_dim=48)
+    spec = models.configured_spec("sd15", path=str(folder))
+    with pytest.raises(UserError, match=rf"^{folder}/transformer/config.json: pooled_projection_dim=48, but its "
+                                        rf"text encoders give {re.escape(given)}; the folder mixes components"):
+        models.check_folder(models.adapter_class(spec), spec)
 
 
 def test_an_sd3_folder_without_t5_loads_when_t5_is_left_out(saved, tmp_path):

@@ -55,8 +55,8 @@ class ModelAdapter:
     plain_unet_call: ClassVar[bool] = False            # the denoiser is SD 1.x's: unet(x, t, encoder_hidden_states=text)
     loaded_with: ClassVar[dict[str, Any]] = {}         # the family's own `from_pretrained` arguments
     latent_packing: ClassVar[int] = 1                  # VAE latent channels per denoiser input channel (Flux: 2x2, 4)
-    # the denoiser's width of text and the text encoders' config key summed to it (a UNet: each CLIP's hidden size)
-    text_width: ClassVar[tuple[str, str]] = ("cross_attention_dim", "hidden_size")
+    # each width the denoiser takes from text, and the text encoders' config key summed to it, over those that have it
+    text_widths: ClassVar[tuple[tuple[str, str], ...]] = (("cross_attention_dim", "hidden_size"),)  # each CLIP's
 
     def __init__(self, pipe, spec: ModelSpec):
         self.pipe = pipe
@@ -89,7 +89,7 @@ class ModelAdapter:
     @classmethod
     def check_fit(cls, folder: Path, configs: dict[str, dict[str, Any]]) -> None:
         """Refuse components of different models by their `configs`: the denoiser takes the VAE's latent channels and
-        its text encoders' width (`text_width`)."""
+        each width it takes from its text encoders (`text_widths`)."""
         denoiser, where = configs.get(cls.denoiser_name, {}), folder / cls.denoiser_name / "config.json"
         mixed = "the folder mixes components of different models"
         latent, taken = configs.get("vae", {}).get("latent_channels"), denoiser.get("in_channels")
@@ -97,15 +97,15 @@ class ModelAdapter:
             packed = f" ({cls.latent_packing} to an input channel)" if cls.latent_packing > 1 else ""
             raise UserError(f"{where}: in_channels={taken} does not take the {latent} latent channels of its "
                             f"vae{packed} ({folder / 'vae' / 'config.json'}); {mixed}")
-        key, size = cls.text_width
-        widths = {name: configs[name][size] for name in cls.components()
-                  if name.startswith("text_encoder") and size in configs.get(name, {})}
-        width = denoiser.get(key)
-        if (widths and isinstance(width, int) and all(isinstance(w, int) for w in widths.values())
-                and width != sum(widths.values())):
-            given = ", ".join(f"{name}: {w}" for name, w in widths.items())
-            raise UserError(f"{where}: {key}={width}, but its text encoders give {sum(widths.values())} ({given}); "
-                            f"{mixed}")
+        for key, size in cls.text_widths:
+            widths = {name: configs[name][size] for name in cls.components()
+                      if name.startswith("text_encoder") and size in configs.get(name, {})}
+            width = denoiser.get(key)
+            if (widths and isinstance(width, int) and all(isinstance(w, int) for w in widths.values())
+                    and width != sum(widths.values())):
+                given = ", ".join(f"{name}: {w}" for name, w in widths.items())
+                raise UserError(f"{where}: {key}={width}, but its text encoders give {sum(widths.values())} ({given}); "
+                                f"{mixed}")
 
     @classmethod
     def load_options(cls, spec: ModelSpec) -> dict[str, Any]:

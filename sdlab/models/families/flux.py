@@ -11,7 +11,8 @@ class Flux(ModelAdapter):
     pipeline_class = "FluxPipeline"
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "t5"}
     denoiser_name = "transformer"
-    text_width = ("joint_attention_dim", "d_model")  # T5's width (the CLIP encoders' configs have no d_model)
+    # T5's width (CLIP's config has no d_model); the pooled prompt is CLIP's last hidden state
+    text_widths = (("joint_attention_dim", "d_model"), ("pooled_projection_dim", "hidden_size"))
     guidance = "distilled"  # no unconditional branch: the negative prompt is not used
     default_sequence_length = 512
     linear_sigmas = True

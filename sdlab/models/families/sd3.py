@@ -12,7 +12,8 @@ class StableDiffusion3(ModelAdapter):
     pipeline_class = "StableDiffusion3Pipeline"
     tokenizers = {"tokenizer": "clip", "tokenizer_2": "clip", "tokenizer_3": "t5"}
     denoiser_name = "transformer"
-    text_width = ("joint_attention_dim", "d_model")  # T5's width (the CLIP encoders' configs have no d_model)
+    # T5's width (the CLIP configs have no d_model); the pooled prompt is both CLIPs' projections side by side
+    text_widths = (("joint_attention_dim", "d_model"), ("pooled_projection_dim", "projection_dim"))
     default_sequence_length = 256
 
     @classmethod
