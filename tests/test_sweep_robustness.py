@@ -229,6 +229,16 @@ def test_launchers_give_the_same_table_and_bit_identical_images(run_sdlab, tmp_p
         assert ours.tobytes() == theirs.tobytes() and ours.text["parameters"] == theirs.text["parameters"]
 
 
+def test_a_submitit_sweep_without_a_sweep_dir_runs_in_the_default_one(run_sdlab, tmp_path, monkeypatch):
+    """The README's `sdlab -m seed=1,2,3,4 hydra/launcher=submitit_local`: each task read the default sweep dir,
+    `${now:...}`, before Hydra's resolvers were set up in its process, and every task failed with a traceback."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", "hydra/launcher=submitit_local", "model=tiny", "num_inference_steps=2",
+                     "threads=1") == 0
+    [sweep] = tmp_path.glob("outputs/generate/multirun_*")  # the tasks' `now` is the sweep's: one folder
+    assert pd.read_csv(sweep / "results.csv")["status"].tolist() == ["ok", "ok"]
+
+
 def test_jobs_in_their_own_process_are_quiet_and_announced_as_they_finish(run_sdlab, tmp_path, capsys):
     """torchsde's float32 rounding warning (1 in 8 steps on mini at seed 0) stays silenced in a launcher's worker, and
     the sweep's own process says when each job is done instead of nothing until the last one."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
@@ -80,6 +80,7 @@ class ChunkedSubmitit:
         """In the task: run each (number, overrides, pre-flighted Run) cell of the chunk as the submitit launcher runs
         one job, sdlab's cells that share work doing it together first (generate cells sharing a pipeline call:
         `work_ahead`)."""
+        setup_globals()  # Hydra's resolvers: the default sweep dir is `${now:...}` (cached when the sweep resolved it)
         if self.cluster == "local":  # this machine's task: it ends with the sweep's process, as a joblib worker does
             SweepWatch.start_once(self.sweep_pid, descendant=True)
         runs = [run for _, _, run in chunk] if getattr(self.inner.task_function, "works_ahead", False) else []
