@@ -193,6 +193,12 @@ def test_display_overrides_show_values_as_typed():
     (["--cfg=job", "-m", "seed=1,2"], "--multirun and --cfg cannot go together"),
     (["-mr", "seed=1,2"], "--run and --multirun cannot go together"),
     (["-sc", "-m"], "--multirun and --shell-completion cannot go together"),
+    (["-sc"], "--shell-completion takes one of install=SHELL, uninstall=SHELL, query=SHELL (SHELL: bash, fish, zsh)"),
+    (["-sc", "nope"], "--shell-completion nope: it takes one of install=SHELL, uninstall=SHELL, query=SHELL"),
+    (["-sc", "install=nope"], "--shell-completion install=nope: it takes one of install=SHELL"),
+    # Hydra's rerun unpickles the file it is given: a pickle from anywhere could run code
+    (["--experimental-rerun", "/etc/passwd"], "--experimental-rerun is not supported: it unpickles the file it is "
+                                              "given; rerun the same command instead (sdlab resumes what is finished)"),
     (["--config-path", "conf.yaml"], "--config-path conf.yaml names a file"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.prefer=nope"],

@@ -374,6 +374,9 @@ def check_flags(flags: list[str]) -> argparse.Namespace:
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} cannot go together: Hydra runs one of {', '.join(MODES.values())} at "
                         "a time (print a sweep job's config with its values and --cfg job, without -m)")
+    if parsed.experimental_rerun is not None:
+        raise UserError("--experimental-rerun is not supported: it unpickles the file it is given; rerun the same "
+                        "command instead (sdlab resumes what is finished)")
     if parsed.resolve and not (parsed.cfg or parsed.help):
         raise UserError("--resolve goes only with --cfg or --help: it resolves the config they print")
     if Path(parsed.config_path or "").suffix in (".yaml", ".yml"):
@@ -382,11 +385,22 @@ def check_flags(flags: list[str]) -> argparse.Namespace:
     return parsed
 
 
+def check_completion(words: list[str]) -> None:
+    """`-sc`'s one subcommand, as Hydra's completion plugins take it (Hydra raised a ValueError on another)."""
+    rule = "one of install=SHELL, uninstall=SHELL, query=SHELL (SHELL: bash, fish, zsh)"
+    if len(words) != 1:
+        raise UserError(f"--shell-completion takes {rule}, e.g. eval \"$(sdlab -sc install=bash)\"")
+    action, _, shell = words[0].partition("=")
+    if action not in ("install", "uninstall", "query") or shell not in ("bash", "fish", "zsh"):
+        raise UserError(f"--shell-completion {words[0]}: it takes {rule}")
+
+
 def prepare(argv: list[str]) -> list[str]:
     """The command line Hydra gets: checked, free text quoted, prompt files expanded, a sweep dir if needed."""
     flags, overrides = split_flags(argv)
     parsed = check_flags(flags)
     if parsed.shell_completion:  # its install= and query= are no overrides
+        check_completion(overrides)
         return argv
     multirun = parsed.multirun
     check_exclusive(overrides)
