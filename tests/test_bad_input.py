@@ -46,7 +46,8 @@ def bad_inputs(tmp):
         (["scheduler.karras=true"], "unknown config key 'scheduler.karras'"),
         (["model.revision=x"], "unknown config key 'model.revision'"),
         (["num_inference_steps=0"], "num_inference_steps=0 must be >= 1"),
-        (["guidance_scale=-1"], "guidance_scale=-1.0 must be >= 0"),
+        (["guidance_scale=-1"], "guidance_scale=-1.0 must be in [0, 1000]"),
+        (["guidance_scale=1e308"], "guidance_scale=1e+308 must be in [0, 1000]"),  # NaN latents at the first step
         (["guidance_scale=abc"], "guidance_scale='abc' is not a number"),
         (["width=100"], "width=100 must be a positive multiple of 8"),
         (["height=0"], "height=0 must be a positive multiple of 8"),
@@ -160,7 +161,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 96
+N_CASES = 97
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -326,7 +326,7 @@ def test_a_bad_value_in_one_sweep_job_stops_the_sweep_before_the_first_job(run_s
                                                                            capsys):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("-m", "seed=1,2", "guidance_scale=1,-5", *FAST) == 2
-    assert "guidance_scale=-5.0 must be >= 0" in one_error_line(capsys)
+    assert "guidance_scale=-5.0 must be in [0, 1000]" in one_error_line(capsys)
     assert not (tmp_path / "outputs").exists()
 
 

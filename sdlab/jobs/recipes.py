@@ -11,8 +11,8 @@ from functools import partial
 from typing import Any
 
 from sdlab.bench.inputs import IMAGES
-from sdlab.config import (AS_GIVEN, LIMITS, MAX_SEED, POSITIVE, SEED_RULE, SIDE_MULTIPLE, Field, check_fields, checked,
-                          refuse_unknown, suggestion)
+from sdlab.config import (AS_GIVEN, LIMITS, MAX_GUIDANCE, MAX_SEED, POSITIVE, SEED_RULE, SIDE_MULTIPLE, Field,
+                          check_fields, checked, refuse_unknown, suggestion)
 from sdlab.errors import UserError, choose
 from sdlab.metrics import toy
 from sdlab.metrics.schedule import SCHEDULES, beta_schedule_spec
@@ -101,7 +101,7 @@ class DistanceStudy:
     """The `distance:` block: cells guidance_scales x schedulers x steps, each against `references` real images."""
 
     block = "distance"
-    guidance_scales: tuple[float, ...] = rule(None, "numbers", 0, 1000, distinct=True)
+    guidance_scales: tuple[float, ...] = rule(None, "numbers", 0, MAX_GUIDANCE, distinct=True)
     schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
     steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
     prompts: tuple[str, ...] = rule(None, "strs", distinct=True)
@@ -188,7 +188,7 @@ class VaeCompression:
 @dataclass(frozen=True)
 class CfgToy:
     block = "cfg_toy"
-    scales: tuple[float, ...] = rule(toy.CFG_SCALES, "numbers", 0, 1000)
+    scales: tuple[float, ...] = rule(toy.CFG_SCALES, "numbers", 0, MAX_GUIDANCE)
     dim: int = rule(768, "int", 1, 1_000_000)
     norm_factor: float = rule(3.0, "number", 1e-6, 1e6)
     seed: int = checked(0, **SEED_RULE)
@@ -243,7 +243,7 @@ class ForwardProcess(ImageInput):
 
 @dataclass(frozen=True)
 class GuidanceGrid:
-    guidance_scales: tuple[float, ...] = rule(MISSING, "numbers", 0, 1000)
+    guidance_scales: tuple[float, ...] = rule(MISSING, "numbers", 0, MAX_GUIDANCE)
 
 
 @dataclass(frozen=True)
