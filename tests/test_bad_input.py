@@ -338,6 +338,11 @@ DAMAGES = {
         lambda f, o: set_json(f / "tokenizer/tokenizer_config.json", model_max_length=10**8),
         "tokenizer/tokenizer_config.json: model_max_length=100000000 is more than the 77 positions of its text "
         "encoder"),
+    # each gave a traceback or torch's message from the first prompt padded to it, exit 1
+    **{f"tokenizer model_max_length {value}": (
+        lambda f, o, value=value: set_json(f / "tokenizer/tokenizer_config.json", model_max_length=value),
+        f"tokenizer/tokenizer_config.json: model_max_length={value!r} is not a number of tokens >= 1")
+       for value in (-1, 0, "abc", None)},
     "tokenizer not JSON": (lambda f, o: (f / "tokenizer/tokenizer.json").write_text("{"),
                            "tokenizer/tokenizer.json is not valid JSON"),
     "scheduler config missing": (lambda f, o: (f / "scheduler/scheduler_config.json").unlink(),

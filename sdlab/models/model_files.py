@@ -231,9 +231,13 @@ def check_tokenizer(folder: Path, encoder: dict[str, Any] | None = None) -> None
     """A CLIP tokenizer folder holds tokenizer.json, or vocab.json and merges.txt, and pads prompts to no more tokens
     than its text encoder (`encoder`: its config) has positions for."""
     limit, settings = (encoder or {}).get("max_position_embeddings"), folder / "tokenizer_config.json"
-    if isinstance(limit, int) and settings.is_file():
-        length = read_object(settings).get("model_max_length")
-        if isinstance(length, (int, float)) and not isinstance(length, bool) and length > limit:
+    given = read_object(settings) if settings.is_file() else {}
+    if "model_max_length" in given:
+        length = given["model_max_length"]
+        if isinstance(length, bool) or not isinstance(length, (int, float)) or not length >= 1:
+            raise UserError(f"{settings}: model_max_length={length!r} is not a number of tokens >= 1; copy the "
+                            "model's own tokenizer_config.json")
+        if isinstance(limit, int) and length > limit:
             text_encoder = folder.parent / folder.name.replace("tokenizer", "text_encoder") / "config.json"
             raise UserError(f"{settings}: model_max_length={length} is more than the {limit} positions of its text "
                             f"encoder ({text_encoder}: max_position_embeddings); prompts are padded to it")
