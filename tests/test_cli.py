@@ -201,6 +201,13 @@ def test_display_overrides_show_values_as_typed():
                                               "given; rerun the same command instead (sdlab resumes what is finished)"),
     (["--config-path", "conf.yaml"], "--config-path conf.yaml names a file"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be"),
+    # submitit: an AssertionError traceback, or every task killed at once and the folder written
+    (["-m", "seed=1,2", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=0"],
+     "hydra.launcher.tasks_per_node=0 must be an integer >= 1"),
+    (["-m", "seed=1,2", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=-1"],
+     "hydra.launcher.timeout_min=-1 must be an integer >= 1"),
+    (["-m", "seed=1,2", "hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=-1"],
+     "hydra.launcher.gpus_per_node=-1 must be an integer >= 0"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.prefer=nope"],
      "hydra.launcher.prefer=nope: Hydra's joblib launcher runs every job in a loky worker process; prefer takes "
      "processes only"),

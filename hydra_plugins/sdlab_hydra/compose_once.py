@@ -93,6 +93,10 @@ def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], firs
     return [[dict(zip(order, job))[key] for key in made] for job in itertools.product(*(made[k] for k in order))]
 
 
+SUBMITIT_LEAST = {"timeout_min": 1, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 1, "gpus_per_node": 0,
+                  "mem_gb": 1, "array_parallelism": 1, "max_num_timeout": 0}
+
+
 def is_joblib(launcher: Any) -> bool:
     """Whether `launcher` is Hydra's joblib launcher, whose jobs run in loky worker processes."""
     try:
@@ -104,9 +108,14 @@ def is_joblib(launcher: Any) -> bool:
 
 def check_launcher(launcher: Any) -> None:
     """Refuse a launcher option that its launcher would fail on only after the sweep dir is written, or would ignore:
-    joblib's `n_jobs=0`, a `require`, `backend` or `prefer` (its jobs always run in loky processes), an `mmap_mode`
-    numpy has not, a `pre_dispatch` that is no positive number of jobs, a `timeout` <= 0, or any value joblib's Parallel
-    refuses (batch_size...)."""
+    submitit's counts and sizes below their least (`SUBMITIT_LEAST`); joblib's `n_jobs=0`, a `require`, `backend` or
+    `prefer` (its jobs always run in loky processes), an `mmap_mode` numpy has not, a `pre_dispatch` that is no positive
+    number of jobs, a `timeout` <= 0, or any value joblib's Parallel refuses (batch_size...)."""
+    params = getattr(getattr(launcher, "inner", None), "params", None)  # a submitit launcher's, chunked (`setup`)
+    for key, least in SUBMITIT_LEAST.items() if isinstance(params, dict) else ():
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise UserError(f"hydra.launcher.{key}={value!r} must be an integer >= {least}")
     if not is_joblib(launcher):
         return
     from joblib import Parallel, delayed
