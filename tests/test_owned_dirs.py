@@ -97,6 +97,26 @@ def test_a_file_in_place_of_the_folder_is_refused(run_sdlab, tmp_path, monkeypat
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("job_dir,says", [
+    ({"0/results.csv": b"mine\n", "0/notes.txt": b"mine\n"}, "s/0 already holds files sdlab did not write"),
+    ({"1/.env": b"SECRET=1\n"}, "s/1 already holds files sdlab did not write"),
+    ({"0": b"mine\n"}, "s/0 is a file, not a folder"),
+], ids=["the user's files", "one hidden file", "a file in its place"])
+def test_a_job_dir_sdlab_did_not_make_is_refused_byte_for_byte(run_sdlab, tmp_path, monkeypatch, capsys, job_dir, says):
+    """A job dir is taken as the sweep dir is: new, empty or marked; a marked sweep dir does not make its
+    subfolders sdlab's."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / MARK).touch()
+    for name, data in job_dir.items():
+        (tmp_path / "s" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "s" / name).write_bytes(data)
+    before = snapshot(tmp_path)
+    line = refused(run_sdlab, capsys, "-m", "seed=1,2", "hydra.sweep.dir=s", *FAST)
+    assert says in line, line
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("args,says", [
     (("hydra.run.dir=",), "hydra.run.dir= is empty"),
     (("hydra.run.dir=''",), "hydra.run.dir= is empty"),

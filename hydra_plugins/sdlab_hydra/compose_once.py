@@ -564,8 +564,9 @@ class ComposeOnceSweeper(Sweeper):
         return returns
 
     def check_dirs(self, sweep_dir: str, composed: list[Any]) -> list[Path]:
-        """Each job's folder, once its number is known: the sweep dir is sdlab's, and every job dir, log and `.hydra/`
-        resolves inside it (never the sweep dir itself); refused with one line before anything is written."""
+        """Each job's folder, once its number is known: the sweep dir and every job dir are sdlab's (new, empty or
+        marked), and every job dir, log and `.hydra/` resolves inside it (never the sweep dir itself); refused with one
+        line before anything is written."""
         root = ownership.checked_folder(sweep_dir, "hydra.sweep.dir")
         ownership.check_writes_inside(root, "hydra.sweep.dir", str(self.config.hydra.job.name), None, shown=sweep_dir)
         original = HydraConfig.instance().cfg
@@ -580,6 +581,9 @@ class ComposeOnceSweeper(Sweeper):
                     HydraConfig.instance().set_config(config)  # `${hydra:...}` needs it (and it sets read-only)
                     OmegaConf.set_readonly(config.hydra, readonly)
                 job_dir = ownership.confined(root, str(config.hydra.sweep.subdir), "hydra.sweep.subdir")
+                # taken as the sweep dir is: new, empty or marked (a marked sweep dir's other folders are not sdlab's)
+                shown = str(Path(sweep_dir, str(config.hydra.sweep.subdir)))
+                ownership.check_owned(job_dir, "hydra.sweep.subdir", shown=shown)
                 subdir = config.hydra.output_subdir
                 ownership.check_writes_inside(job_dir, "hydra.sweep.subdir", str(config.hydra.job.name),
                                               None if subdir is None else str(subdir))
