@@ -117,6 +117,49 @@ def test_a_job_dir_sdlab_did_not_make_is_refused_byte_for_byte(run_sdlab, tmp_pa
     assert snapshot(tmp_path) == before
 
 
+IN_THE_WAY = {".hydra": "file", "run_config.json": "folder", "images": "file", "results.parquet": "folder",
+              "results.csv": "folder", "job.json": "folder", "cli.log": "folder", ".hydra/config.yaml": "folder"}
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+@pytest.mark.parametrize("name", list(IN_THE_WAY))
+def test_a_path_of_the_wrong_kind_in_a_marked_folder_is_refused(run_sdlab, tmp_path, monkeypatch, capsys, sweep, name):
+    """A file where sdlab writes a folder, or a folder where it writes a file, in a folder that is sdlab's: one line
+    naming it, before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / ("s/0" if sweep else "r")
+    folder.mkdir(parents=True)
+    for marked in (folder, tmp_path / "s"):
+        if marked.is_dir():
+            (marked / MARK).touch()
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if IN_THE_WAY[name] == "folder":
+        path.mkdir()
+    else:
+        path.write_text("mine\n")
+    before = snapshot(tmp_path)
+    args = ("-m", "seed=1,2", "hydra.sweep.dir=s") if sweep else ("hydra.run.dir=r",)
+    line = refused(run_sdlab, capsys, *args, *FAST)
+    assert f"{Path(folder.name if not sweep else 's/0') / name} is a {IN_THE_WAY[name]}" in line, line
+    if not sweep:  # known only once composed: the run's pre-flight
+        monkeypatch.setenv("TARGET", "r")
+        assert f"r/{name} is a" in refused(run_sdlab, capsys, "hydra.run.dir=${oc.env:TARGET}", *FAST)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_folder_where_a_sweep_writes_its_own_file_is_refused(run_sdlab, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / MARK).touch()
+    for name in ("multirun.yaml", "sweep.json", "results.parquet"):
+        (tmp_path / "s" / name).mkdir()
+        before = snapshot(tmp_path)
+        line = refused(run_sdlab, capsys, "-m", "seed=1,2", "hydra.sweep.dir=s", *FAST)
+        assert f"s/{name} is a folder" in line or "holds a run's results" in line, line
+        assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("args,says", [
     (("hydra.run.dir=",), "hydra.run.dir= is empty"),
     (("hydra.run.dir=''",), "hydra.run.dir= is empty"),

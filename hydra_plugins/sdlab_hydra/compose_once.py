@@ -586,7 +586,7 @@ class ComposeOnceSweeper(Sweeper):
                 ownership.check_owned(job_dir, "hydra.sweep.subdir", shown=shown)
                 subdir = config.hydra.output_subdir
                 ownership.check_writes_inside(job_dir, "hydra.sweep.subdir", str(config.hydra.job.name),
-                                              None if subdir is None else str(subdir))
+                                              None if subdir is None else str(subdir), shown=shown)
                 job_dirs.append(job_dir)
                 self.checking.checked(len(composed))
         finally:

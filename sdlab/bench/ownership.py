@@ -13,7 +13,7 @@ from pathlib import Path
 from sdlab.bench import lock
 from sdlab.bench.lock import LOCK_NAME, TAKEOVER_NAME
 from sdlab.bench.records import TABLE_NAME
-from sdlab.bench.resume import MANIFEST, MARKER
+from sdlab.bench.resume import CONFIG, MANIFEST, MARKER
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file
 
@@ -22,7 +22,8 @@ MARK_TEXT = "This folder was made by sdlab (or given to it): sdlab runs and swee
 OWN_NAMES = frozenset({MARK, LOCK_NAME, TAKEOVER_NAME})  # sdlab's files that may sit in a folder it has not marked
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into its output_subdir
 SWEEP_FILES = (MANIFEST, "multirun.yaml")  # what a sweep writes in its root folder
-RUN_FILES = (f"{TABLE_NAME}.parquet", f"{TABLE_NAME}.csv", MARKER)  # what a run, or a sweep's job, writes in its folder
+TABLE_FILES = (f"{TABLE_NAME}.parquet", f"{TABLE_NAME}.csv")  # a run's table, or a sweep's in its root folder
+RUN_FILES = (*TABLE_FILES, MARKER)  # what a run, or a sweep's job, writes in its folder
 
 
 class NotOwned(UserError):
@@ -106,7 +107,8 @@ def check_job_name(name: str) -> None:
 
 def check_writes_inside(folder: Path, key: str, job_name: str | None, output_subdir: str | None,
                         shown: str | None = None) -> None:
-    """The log (if `job_name` is known), `images/` and `output_subdir` of a run in `folder` resolve inside it."""
+    """The log (if `job_name` is known), `images/` and `output_subdir` of a run in `folder` resolve inside it, and
+    nothing there is in the way of what sdlab writes (see `check_kinds`)."""
     if job_name is not None:
         check_job_name(job_name)
         confined(folder, f"{job_name}.log", "hydra.job.name")
@@ -118,6 +120,24 @@ def check_writes_inside(folder: Path, key: str, job_name: str | None, output_sub
     for name in (MARK, "multirun.yaml"):  # written in place (not replaced): a link here would be followed
         if (folder / name).is_symlink():
             raise NotOwned(f"{key}={shown or folder}: {name} is a symlink; sdlab does not write through links")
+    if key == "hydra.sweep.dir":  # the sweep's root: its own files; each job dir is checked as a run's
+        check_kinds(folder, shown, folders=(), files=(MARK, *TABLE_FILES, *SWEEP_FILES))
+        return
+    hydra = () if output_subdir is None else (output_subdir,)
+    log = () if job_name is None else (f"{job_name}.log",)
+    hydra_files = tuple(f"{subdir}/{name}" for subdir in hydra for name in HYDRA_FILES)
+    check_kinds(folder, shown, folders=("images", *hydra), files=(MARK, *RUN_FILES, CONFIG, *log, *hydra_files))
+
+
+def check_kinds(folder: Path, shown: str | None, folders: tuple[str, ...], files: tuple[str, ...]) -> None:
+    """Refuse a file where sdlab writes one of `folders`, or a folder where it writes one of `files`, in `folder`:
+    the run would fail half way, after writing some of its files."""
+    for names, wanted, found in ((folders, "folder", "file"), (files, "file", "folder")):
+        for name in names:
+            path = Path(folder, name)
+            if os.path.lexists(path) and path.is_dir() != (wanted == "folder"):
+                raise NotOwned(f"{Path(shown or folder) / name} is a {found} where sdlab writes a {wanted}; move it "
+                               f"out of the way or choose another folder")
 
 
 def check_run_dir(folder: Path, key: str, job_name: str | None, output_subdir: str | None, shown: str | None = None) -> None:
