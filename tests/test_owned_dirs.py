@@ -121,6 +121,23 @@ IN_THE_WAY = {".hydra": "file", "run_config.json": "folder", "images": "file", "
               "results.csv": "folder", "job.json": "folder", "cli.log": "folder", ".hydra/config.yaml": "folder"}
 
 
+def test_a_job_dir_is_marked_before_anything_is_written_into_it(run_sdlab, tmp_path, monkeypatch):
+    """A sweep killed after a job dir's log and `.hydra/` files but before its job started left a folder with files
+    and no mark, which the rerun refused as not sdlab's: the launcher marks it as it makes it."""
+    from hydra_plugins.sdlab_hydra import lean_launcher
+
+    marked_first, write = [], lean_launcher.atomic_write_text
+
+    def recording(path, text, **options):
+        marked_first.append((Path(path).parent.parent / MARK).is_file())
+        return write(path, text, **options)
+
+    monkeypatch.setattr(lean_launcher, "atomic_write_text", recording)
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=s", *FAST) == 0
+    assert len(marked_first) == 6 and all(marked_first)  # three .hydra files a job
+
+
 @pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
 @pytest.mark.parametrize("name", list(IN_THE_WAY))
 def test_a_path_of_the_wrong_kind_in_a_marked_folder_is_refused(run_sdlab, tmp_path, monkeypatch, capsys, sweep, name):

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.sdlab_hydra.chunks import preflighted
 from sdlab.app.compose import composed_run
+from sdlab.bench.ownership import adopt
 from sdlab.bench.plan import call_groups
 from sdlab.io import atomic_write_text
 from sdlab.jobs import work_ahead
@@ -196,6 +197,8 @@ class LeanLauncher(Launcher):
             ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,
                             hydra_cfg=config, working_dir=output_dir if chdir else old_cwd)
             Path(output_dir).mkdir(parents=True, exist_ok=True)
+            if getattr(self.task_function, "works_ahead", False):  # an sdlab job dir (checked free): marked first
+                adopt(Path(output_dir))
             if chdir:
                 os.chdir(output_dir)
             configure_log(config.hydra.job_logging, config.hydra.verbose)
