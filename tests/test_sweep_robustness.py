@@ -638,16 +638,37 @@ def test_ctrl_c_as_workers_start_is_still_one_line_and_runs_nothing_after(tmp_pa
     assert not list(sweep.glob("*/job.json")) and not list(sweep.glob("[0-9]*"))
 
 
-def test_a_failed_job_in_a_launchers_own_process_is_counted_done(run_sdlab, tmp_path, capsys):
+FAIL_GUIDED = """
+import sdlab.jobs.generate as job
+
+made = job.generate_batch
+
+
+def failing(model, params, seeds, **options):
+    if params.guidance_scale > 1:
+        raise RuntimeError("out of memory (simulated)")
+    return made(model, params, seeds, **options)
+
+
+job.generate_batch = failing
+"""
+
+
+def test_a_failed_job_in_a_launchers_own_process_is_counted_done(run_sdlab, tmp_path, capsys, monkeypatch):
     """The progress reaches every cell when some fail in joblib's workers too, and a rerun still makes the failed."""
     from sdlab.bench.plan import finished_hashes
 
-    sweep = ("-m", "seed=1", "guidance_scale=1,1e38", "num_inference_steps=2", "threads=1", "hydra/launcher=joblib",
-             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}")
+    hooks = tmp_path / "hooks"  # each worker process starts with it: its guided cells fail
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAIL_GUIDED)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    sweep = ("-m", "seed=1", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1", "hydra/launcher=joblib",
+             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 's'}")
     assert run_sdlab(*sweep) == 1
     out = capsys.readouterr().out
     assert "sdlab: 2 of 2 cells done (" in out and "results.csv: 1 ok, 1 failed" in out, out
-    assert len(finished_hashes(tmp_path)) == 1  # the failed cell is made again by a rerun
+    assert "out of memory (simulated)" in pd.read_csv(tmp_path / "s" / "results.csv")["error"].dropna().iloc[0]
+    assert len(finished_hashes(tmp_path / "s")) == 1  # the failed cell is made again by a rerun
 
 
 def test_jobs_seen_ending_together_are_counted_as_and_when_they_ended(tmp_path, capsys):
