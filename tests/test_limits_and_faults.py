@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -36,6 +37,37 @@ def test_a_request_over_a_limit_is_one_line_and_writes_nothing(run_sdlab, tmp_pa
     assert run_sdlab(*args, "model=tiny") == 2
     assert fragment in one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sweep,cells", [
+    ("seed=range(0,9223372036854775808)", 2**63),  # more than len() can count
+    ("seed=range(0,1e9)", 10**9),  # a float range: Hydra steps it one Decimal at a time
+    ("guidance_scale=range(0,1e7)", 10**7),
+    ("guidance_scale=range(1e7,0,-0.5)", 2 * 10**7),
+    ("seed=shuffle(range(0,1000000000000))", 10**12),
+    ("guidance_scale=shuffle(range(0,1e9))", 10**9),
+])
+def test_a_huge_range_is_counted_from_its_arguments_before_it_is_expanded(run_sdlab, tmp_path, monkeypatch, capsys,
+                                                                         sweep, cells):
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    assert run_sdlab("-m", sweep, "model=tiny") == 2
+    assert time.monotonic() - start < 2
+    assert one_error_line(capsys) == (f"sdlab: error: the sweep has {cells} cells, more than limits.max_cells=10000; "
+                                      "raise it with limits.max_cells=N or sweep fewer values")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sweep,cells", [
+    ("guidance_scale=range(0,0.4,0.1)", 5),  # Hydra's Decimal steps reach 0.4 a hair below the stop: 5 values
+    ("guidance_scale=range(0,0.3,0.1)", 3),
+    ("guidance_scale=range(2,1,-0.25)", 4),
+    ("seed=range(10,0,-3)", 4),
+])
+def test_a_small_range_counts_the_values_hydra_gives_it(run_sdlab, tmp_path, monkeypatch, capsys, sweep, cells):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", sweep, "limits.max_cells=2", "model=tiny") == 2
+    assert f"the sweep has {cells} cells, more than limits.max_cells=2" in one_error_line(capsys)
 
 
 def test_limits_can_be_raised(run_sdlab, tmp_path, monkeypatch):

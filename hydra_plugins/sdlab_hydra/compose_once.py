@@ -12,13 +12,14 @@ import os
 import pickle
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType, RangeSweep, Transformer, ValueType
+from hydra.core.override_parser.types import (FloatRange, Override, OverrideType, RangeSweep, Transformer,
+                                              ValueType)
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext
@@ -46,6 +47,7 @@ MMAP_MODES = ("r", "r+", "w+", "c")  # numpy.memmap's, which joblib's mmap_mode 
 ANNOUNCED_CELLS = 1000  # a sweep this size is checked for seconds (about 5 ms a cell): it says so first
 MAX_CELLS = 10**9  # more jobs than a sweep has: a submitit task's jobs work ahead over the rest of its chunk
 CHECK_LINES_EVERY = 2.0  # and where its checks stand, every this many seconds
+EXACT_STEPS = 10**5  # a float range() of about this many values is counted by stepping it (0.1 s)
 
 
 def touched(key: str, keys: list[str]) -> bool:
@@ -54,10 +56,40 @@ def touched(key: str, keys: list[str]) -> bool:
     return any(other != key and (other.startswith(key + ".") or key.startswith(other + ".")) for other in keys)
 
 
-def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Sequence]]:
+def range_size(bounds: range | FloatRange) -> int:
+    """How many values a range() takes, counted from its start, stop and step as Hydra's range() defines them (start +
+    i*step short of stop), never by making them: len() stops at 2**63, and Hydra makes a float range one Decimal step at
+    a time (7 s and 0.9 GB for 2*10**7 values). A float range of up to EXACT_STEPS values is stepped as Hydra steps it:
+    its 28-digit sums can fall a hair short of the stop and take one value more (range(0,0.4,0.1) has 5)."""
+    if isinstance(bounds, range):
+        return max(0, -((bounds.start - bounds.stop) // bounds.step))  # range() itself refuses a zero step
+    if not (bounds.start.is_finite() and bounds.stop.is_finite() and bounds.step.is_finite() and bounds.step):
+        raise ValueError("range() takes finite numbers and a step other than zero")
+    count = max(0, math.ceil((bounds.stop - bounds.start) / bounds.step))
+    return sum(1 for _ in bounds) if count <= EXACT_STEPS else count
+
+
+class RangeValues:
+    """The values of a range() that is shuffled or of floats, made only when iterated (shuffled again each time, as
+    Hydra's `sweep_iterator` does), and their `size`, counted from the range's arguments when it is parsed."""
+
+    def __init__(self, override: Override):
+        self.override = override
+        self.size = range_size(override.value().range())
+
+    def __iter__(self) -> Iterator:
+        return iter(self.override.sweep_iterator())
+
+    def head(self) -> list:
+        """Its first value before any shuffle: a shuffle makes every value first."""
+        return list(itertools.islice(self.override.value().range(), 1))
+
+
+def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Iterable]]:
     """Each key of a command line with the values it takes, not yet made into overrides: a sweep's listed once (an
-    integer range() kept a range), so a sweep is counted (`cell_count`) before any of its cells is built."""
-    axes: dict[str, tuple[Override, Sequence]] = {}
+    integer range() kept a range, any other range() a `RangeValues`), so a sweep is counted (`cell_count`) before any
+    of its cells is built."""
+    axes: dict[str, tuple[Override, Iterable]] = {}
     for override in overrides:
         key = override.get_key_element()
         if not override.is_sweep_override():
@@ -65,8 +97,12 @@ def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Sequence]
         elif override.is_discrete_sweep():
             value = override.value()
             try:
-                ranged = isinstance(value, RangeSweep) and not value.shuffle and isinstance(value.range(), range)
-                axes[key] = (override, value.range() if ranged else list(override.sweep_iterator()))
+                if not isinstance(value, RangeSweep):
+                    axes[key] = (override, list(override.sweep_iterator()))
+                elif not value.shuffle and isinstance(value.range(), range):
+                    axes[key] = (override, value.range())
+                else:
+                    axes[key] = (override, RangeValues(override))
             except ValueError as e:  # range(0,3,0)
                 raise UserError(f"{override.input_line}: {e}") from None
         else:
@@ -74,12 +110,13 @@ def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Sequence]
     return axes
 
 
-def cell_count(axes: dict[str, tuple[Override, Sequence]]) -> int:
-    """How many jobs the sweep of `axes` has."""
-    return math.prod(len(values) for _, values in axes.values())
+def cell_count(axes: dict[str, tuple[Override, Iterable]]) -> int:
+    """How many jobs the sweep of `axes` has, none of them made."""
+    return math.prod(range_size(values) if isinstance(values, range) else
+                     values.size if isinstance(values, RangeValues) else len(values) for _, values in axes.values())
 
 
-def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], first: bool = False) -> list[list[Override]]:
+def cells(overrides: list[Override] | dict[str, tuple[Override, Iterable]], first: bool = False) -> list[list[Override]]:
     """Every job of a command line (or of its `sweep_axes`; only the first when `first`): the cartesian product of the
     swept values, the last key varying fastest but the seed slowest, so that a sweep stopped early has run every value
     of every other axis at its first seed. Each value is the override Hydra's parser makes of its text (`input_line`),
@@ -88,7 +125,9 @@ def cells(overrides: list[Override] | dict[str, tuple[Override, Sequence]], firs
     made = {key: [value if isinstance(value, Override) else
                   Override(type=override.type, key_or_group=override.key_or_group, value_type=ValueType.ELEMENT,
                            _value=value, package=override.package, input_line=f"{key}={Transformer.str(value)}")
-                  for value in (values[:1] if first else values)] for key, (override, values) in axes.items()}
+                  for value in (values if not first else values.head() if isinstance(values, RangeValues) else
+                                itertools.islice(values, 1))]
+            for key, (override, values) in axes.items()}
     order = sorted(made, key=lambda key: key.lstrip("+~") not in ("seed", "seeds"))
     return [[dict(zip(order, job))[key] for key in made] for job in itertools.product(*(made[k] for k in order))]
 
