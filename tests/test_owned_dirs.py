@@ -222,6 +222,23 @@ def test_a_job_name_sweep_subdir_or_output_subdir_leading_out_is_refused(run_sdl
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("args,subdir,folder", [
+    (("seed=1,2",), "x", "x"),  # a constant: every job in one folder
+    (("seed=1,2", "guidance_scale=1,2"), "${seed}", "1"),  # a value that not every axis varies
+    (("seed=1,2",), "x/${hydra.job.num}/..", "x"),  # the same folder once resolved
+])
+def test_a_sweep_subdir_giving_two_jobs_one_folder_is_refused(run_sdlab, tmp_path, monkeypatch, capsys, args, subdir,
+                                                             folder):
+    monkeypatch.chdir(tmp_path)
+    line = refused(run_sdlab, capsys, "-m", *args, "hydra.sweep.dir=s", f"hydra.sweep.subdir={subdir}", *FAST)
+    assert line == (f"sdlab: error: hydra.sweep.subdir={subdir} gives jobs 0 and 1 the same folder "
+                    f"{tmp_path / 's' / folder}; each job needs its own folder: use "
+                    "${hydra.job.num} (the default) or the swept values in it")
+    assert snapshot(tmp_path) == {}
+    refused(run_sdlab, capsys, "-m", *args, "hydra.sweep.subdir=x", *FAST)  # the default sweep dir
+    assert snapshot(tmp_path) == {}
+
+
 @pytest.mark.parametrize("link", ["images", ".hydra", ".hydra/config.yaml", "cli.log", MARK])
 def test_a_symlink_inside_a_run_dir_leading_out_is_refused(run_sdlab, tmp_path, monkeypatch, capsys, link):
     monkeypatch.chdir(tmp_path)

@@ -604,22 +604,27 @@ class ComposeOnceSweeper(Sweeper):
 
     def check_dirs(self, sweep_dir: str, composed: list[Any]) -> list[Path]:
         """Each job's folder, once its number is known: the sweep dir and every job dir are sdlab's (new, empty or
-        marked), and every job dir, log and `.hydra/` resolves inside it (never the sweep dir itself); refused with one
-        line before anything is written."""
+        marked), and every job dir, log and `.hydra/` resolves inside it (never the sweep dir itself) and is no other
+        job's; refused with one line before anything is written."""
         root = ownership.checked_folder(sweep_dir, "hydra.sweep.dir")
         ownership.check_writes_inside(root, "hydra.sweep.dir", str(self.config.hydra.job.name), None, shown=sweep_dir)
         original = HydraConfig.instance().cfg
-        job_dirs = []
+        job_dirs, owners = [], {}
         try:
             for num, config in enumerate(composed):
                 with open_dict(config):  # as the launcher numbers it (and will again)
                     config.hydra.job.id = num
                     config.hydra.job.num = num
-                if "${hydra:" in str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")):
+                given = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+                if "${hydra:" in str(given):
                     readonly = OmegaConf.is_readonly(config.hydra)
                     HydraConfig.instance().set_config(config)  # `${hydra:...}` needs it (and it sets read-only)
                     OmegaConf.set_readonly(config.hydra, readonly)
                 job_dir = ownership.confined(root, str(config.hydra.sweep.subdir), "hydra.sweep.subdir")
+                if (owner := owners.setdefault(job_dir, num)) != num:  # its rows, images and .hydra/ written over
+                    raise UserError(f"hydra.sweep.subdir={given} gives jobs {owner} and {num} the same folder "
+                                    f"{job_dir}; each job needs its own folder: use ${{hydra.job.num}} (the default) "
+                                    "or the swept values in it")
                 # taken as the sweep dir is: new, empty or marked (a marked sweep dir's other folders are not sdlab's)
                 shown = str(Path(sweep_dir, str(config.hydra.sweep.subdir)))
                 ownership.check_owned(job_dir, "hydra.sweep.subdir", shown=shown)
