@@ -197,6 +197,25 @@ def test_an_empty_path_the_root_or_home_is_refused(run_sdlab, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("args,says", [
+    (("hydra.run.dir=${oc.env:NOPE}",), "hydra.run.dir='${oc.env:NOPE}' cannot be resolved: environment variable "
+                                        "'NOPE' not found"),
+    (("hydra.run.dir=runs/${now:}",), "hydra.run.dir='runs/${now:}' cannot be resolved: its resolver is missing 1 "
+                                      "required positional argument: 'pattern'"),
+    (("hydra.run.dir=${nope}",), "hydra.run.dir='${nope}' cannot be resolved: interpolation key 'nope' not found"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=${oc.env:NOPE}"),
+     "hydra.sweep.dir='${oc.env:NOPE}' cannot be resolved: environment variable 'NOPE' not found"),
+    (("-m", "seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=${oc.env:NOPE}"),
+     "hydra.sweep.subdir='${oc.env:NOPE}' cannot be resolved: environment variable 'NOPE' not found"),
+])
+def test_an_output_dir_that_cannot_be_resolved_is_one_line_naming_it(run_sdlab, tmp_path, monkeypatch, capsys, args,
+                                                                     says):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NOPE", raising=False)
+    assert refused(run_sdlab, capsys, *args, *FAST) == f"sdlab: error: {says}"
+    assert snapshot(tmp_path) == {}
+
+
+@pytest.mark.parametrize("args,says", [
     (("hydra.job.name=../victim", "hydra.run.dir=run"), "hydra.job.name=../victim is not a plain name"),
     (("hydra.job.name=/tmp/victim", "hydra.run.dir=run"), "is not a plain name"),
     (("hydra.job.name=..", "hydra.run.dir=run"), "is not a plain name"),

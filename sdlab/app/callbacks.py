@@ -20,9 +20,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import read_write
+from omegaconf.errors import InterpolationResolutionError
 
 from sdlab.app.arguments import named_by_sdlab
-from sdlab.app.compose import check_composed, fail
+from sdlab.app.compose import check_composed, fail, unresolvable
 from sdlab.bench import lock, ownership
 from sdlab.bench.captions import counted
 from sdlab.bench.figure_index import write_index
@@ -46,6 +47,8 @@ def stops_on_error(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
         except UserError as e:
             fail(str(e))
+        except InterpolationResolutionError as e:  # a value the user gave, such as hydra.run.dir='${oc.env:NOPE}'
+            fail(unresolvable(e))
         except Exception as e:  # noqa: BLE001 - any fault here must stop the run, not become a warning
             fail(f"{type(self).__name__}.{method.__name__}: {type(e).__name__}: {e}", 1)
 

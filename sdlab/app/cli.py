@@ -23,11 +23,11 @@ try:  # the libraries load for about a second: a Ctrl-C then ends as one later d
     from hydra.errors import HydraException
     from hydra.types import RunMode
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
     from sdlab.app.arguments import check_output_dir, display_overrides, prepare
     from sdlab.app.callbacks import CollectSweep, Preflight
-    from sdlab.app.compose import fail, job_folder, one_line, parse_job, task_overrides
+    from sdlab.app.compose import fail, job_folder, one_line, parse_job, task_overrides, unresolvable
     from sdlab.app.help import help_text, version_text
     from sdlab.bench import lock, ownership, resume
     from sdlab.bench.captions import settings_text
@@ -175,6 +175,8 @@ def hydra_errors_as_user_errors():
     except (HydraException, OmegaConfBaseException) as e:
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
+        if isinstance(e, InterpolationResolutionError):  # a Hydra value the sweeper resolves: hydra.sweep.subdir
+            raise UserError(unresolvable(e)) from None
         why = f"; {one_line(e.__cause__)}" if isinstance(e.__cause__, OmegaConfBaseException) else ""
         raise UserError(one_line(e) + why) from None
     finally:

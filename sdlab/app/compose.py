@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from sdlab.app.arguments import display_overrides
 from sdlab.app.preflight import check_job, check_sweep
@@ -57,6 +58,17 @@ def one_line(error: BaseException) -> str:
     keep = [line for line in lines if not line.startswith(("See https://", "full_key:", "object_type=",
                                                             "reference_type=", "Set the environment"))]
     return "; ".join(keep) or type(error).__name__
+
+
+def unresolvable(error: InterpolationResolutionError) -> str:
+    """One line for a value whose interpolation cannot be resolved (`${oc.env:NOPE}`, `${now:}`): its key, its value
+    as typed, and why, without OmegaConf's wrapping and its full_key/object_type lines."""
+    parent, why = error.parent_node, str(error.msg).splitlines()[0]
+    why = re.sub(r"^\w+ raised while resolving interpolation: ", "", why).strip('"')
+    why = re.sub(r"^[\w.<>]+\(\) (missing )?", lambda m: "its resolver " + ("is missing " if m[1] else ""), why)
+    value = (f"={OmegaConf.to_container(parent, resolve=False)[error.key]!r}"
+             if OmegaConf.is_config(parent) and error.key is not None else "")
+    return f"{error.full_key}{value} cannot be resolved: {why[:1].lower()}{why[1:]}"
 
 
 def task_overrides(hydra_node) -> list[str]:
