@@ -651,12 +651,17 @@ def test_an_interval_sweep_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch)
     assert not sweep.exists() and not (tmp_path / "outputs").exists()
 
 
-def test_a_range_with_a_step_of_0_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("sweep_arg,says", [
+    ("seed=range(0,3,0)", "range() arg 3 must not be zero"),
+    ("guidance_scale=range(0,1,0.0)", "range() takes finite numbers and a step other than zero"),
+    ("guidance_scale=range(0,inf)", "range() takes finite numbers and a step other than zero"),  # never ended
+])
+def test_a_range_with_a_step_of_0_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch, sweep_arg, says):
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "sweep"
-    code = run_sdlab("-m", "model=tiny", "seed=range(0,3,0)", f"hydra.sweep.dir={sweep}")
+    code = run_sdlab("-m", "model=tiny", sweep_arg, f"hydra.sweep.dir={sweep}")
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == "sdlab: error: seed=range(0,3,0): range() arg 3 must not be zero", err
+    assert code == 2 and err == f"sdlab: error: {sweep_arg}: {says}", err
     assert not sweep.exists() and not (tmp_path / "outputs").exists()
 
 
