@@ -70,7 +70,9 @@ def bad_inputs(tmp):
         (["model.variant=f16"], "unknown model.variant 'f16'; choose one of: fp16, bf16, fp32, non_ema, ema"),
         (["scheduler.timestep_spacing=sideways"],
          "unknown scheduler.timestep_spacing 'sideways'; choose one of: leading, linspace, trailing"),
-        (["scheduler=ddim", "scheduler.use_karras_sigmas=true"], "has no option 'use_karras_sigmas'"),
+        # the options listed are those a run sets (scheduler.beta_end is no config key)
+        (["scheduler=ddim", "scheduler.use_karras_sigmas=true"],
+         "has no option 'use_karras_sigmas'; its options are: rescale_betas_zero_snr, steps_offset, timestep_spacing"),
         (["job=train_dragons"], "unknown job 'train_dragons'"),
         (["hydra.run.dir=/proc/sdlab_out"], "cannot be written"),
         # numbers out of range
@@ -120,6 +122,7 @@ def bad_inputs(tmp):
         (["model=mini", "model.repo_id=nope/nope"], "model.repo_id=nope/nope is not read: model=mini loads its own "
                                                     "weights from models/mini; pass model.path=DIR for a folder"),
         (["model.repo_id=nope/nope"], "model.repo_id=nope/nope is not read: model=tiny is built in code"),
+        (["model.variant=fp16"], "model.variant=fp16 is not read: model=tiny is built in code, with no weights files"),
         (["model=sd15", "model.path=models/mini", "model.repo_id=nope/nope"],
          "model.repo_id=nope/nope is not read: model.path=models/mini is loaded instead; drop one of them"),
         (["scheduler.use_karras_sigmas=maybe"], "scheduler.use_karras_sigmas='maybe' must be true or false"),
@@ -161,7 +164,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 97
+N_CASES = 98
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -29,7 +29,11 @@ def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
     """What a job runs with: the config in the model's world, `params=FILE` merged in, every value checked and typed."""
     config = with_params_file(in_model_world(config, overridden), overridden)
     check_weights_source(config.get("model") or {}, overridden)
-    return typed_run(config)
+    run = typed_run(config)
+    if run.model.variant and not run.model.path and run.model.name in BUILT_IN:
+        raise UserError(f"model.variant={run.model.variant} is not read: model={run.model.name} is built in code, with "
+                        "no weights files; a variant picks the files of a weights folder (model.path=DIR)")
+    return run
 
 
 def check_weights_source(model: dict[str, Any], overridden: set[str]) -> None:

@@ -159,7 +159,7 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
                         f"scheduler {name!r} {which} has none")
     if unknown:
         raise UserError(f"scheduler {name!r} has no option {unknown[0]!r}; its options are: "
-                        f"{', '.join(sorted(accepted))}")
+                        f"{', '.join(sorted(accepted & set(SCHEDULER_OPTIONS)))}")
     if unset := [k for k in user if k not in SCHEDULER_OPTIONS]:  # e.g. num_train_timesteps: a model folder's, sized
         raise UserError(f"scheduler {name!r}: option {unset[0]!r} is not one a run sets; the options are: "
                         f"{', '.join(SCHEDULER_OPTIONS)}")
