@@ -740,6 +740,16 @@ def test_a_value_no_library_can_tell_better_is_refused_before_torch_or_diffusers
     assert not (tmp_path / "run").exists()
 
 
+def test_a_device_this_machine_has_not_is_refused_before_diffusers_is_imported(tmp_path):
+    """Only torch knows which devices there are: the refusal waited for the scheduler checks' import of diffusers."""
+    from test_cli import entry_in_a_new_process
+
+    result = entry_in_a_new_process(["model.device=cuda", "hydra.run.dir=run"], tmp_path, ("diffusers",))
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+    assert "model.device='cuda' is not available here; use auto or cpu" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_bad_file_found_once_the_job_runs_leaves_no_config_behind(tmp_path):
     """A PNG whose header reads but whose data does not is found as the job reads it: the refusal took back Hydra's
     files and the log, but left the run's run_config.json in a new folder."""

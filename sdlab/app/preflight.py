@@ -13,6 +13,7 @@ from sdlab.config import Run
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.models.clip import check_clip_folder, clip_folder
+from sdlab.models.device import resolve_device
 from sdlab.models.families import ModelAdapter
 from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
 from sdlab.models.schedulers import check_fit, check_options, make_scheduler, scheduler_class  # imports diffusers
@@ -92,6 +93,7 @@ def check_job(run: Run) -> list[str]:
     input_image_files(cfg.get("images"))
     check_set_scorers(cfg, params.width, params.height)
     recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
+    resolve_device(spec.device)  # torch alone knows the devices: said before the scheduler checks import diffusers
     check_options(run.scheduler.name, run.scheduler.options)
     for name in schedulers_used(run, recipe):
         scheduler_class(name)
