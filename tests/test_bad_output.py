@@ -17,9 +17,20 @@ def test_nan_pixels_from_finite_latents_are_caught():
     assert 1 in generate.check_output(latents, pixels, [7, 8])
 
 
-def test_float16_overflow_gives_failed_rows_not_black_pngs(run_sdlab, tmp_path):
-    args = ("model=tiny", "model.dtype=float16", "guidance_scale=1e5", "seeds=[1,2]", "num_inference_steps=2",
-            "threads=1", f"hydra.run.dir={tmp_path}")
+def test_float16_overflow_gives_failed_rows_not_black_pngs(run_sdlab, tmp_path, monkeypatch):
+    """A UNet whose half-precision output overflows (past float16's 65504: inf), as a model run in float16 can."""
+    from diffusers import UNet2DConditionModel
+
+    forward = UNet2DConditionModel.forward
+
+    def overflowing(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        (out[0] if isinstance(out, tuple) else out.sample).mul_(1e5)
+        return out
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", overflowing)
+    args = ("model=tiny", "model.dtype=float16", "seeds=[1,2]", "num_inference_steps=2", "threads=1",
+            f"hydra.run.dir={tmp_path}")
     assert run_sdlab(*args) == 1
     frame = pd.read_parquet(tmp_path / "results.parquet")
     assert frame["status"].tolist() == ["error", "error"]

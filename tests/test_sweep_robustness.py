@@ -654,14 +654,18 @@ job.generate_batch = failing
 """
 
 
-def test_a_failed_job_in_a_launchers_own_process_is_counted_done(run_sdlab, tmp_path, capsys, monkeypatch):
+def test_a_failed_job_in_a_launchers_own_process_is_counted_done(run_sdlab, tmp_path, capsys, monkeypatch, request):
     """The progress reaches every cell when some fail in joblib's workers too, and a rerun still makes the failed."""
     from sdlab.bench.plan import finished_hashes
+
+    from joblib.externals.loky import get_reusable_executor
 
     hooks = tmp_path / "hooks"  # each worker process starts with it: its guided cells fail
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(FAIL_GUIDED)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    get_reusable_executor().shutdown(wait=True)  # joblib's workers of earlier tests started without the hook
+    request.addfinalizer(lambda: get_reusable_executor().shutdown(wait=True))  # nor do later tests get it
     sweep = ("-m", "seed=1", "guidance_scale=1,7.5", "num_inference_steps=2", "threads=1", "hydra/launcher=joblib",
              "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 's'}")
     assert run_sdlab(*sweep) == 1
