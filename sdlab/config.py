@@ -289,11 +289,11 @@ def image_params(params: GenerationParams) -> dict[str, Any]:
     return {name: getattr(params, name) for name in IMAGE_PARAMS}
 
 
-def check_seeds(seeds: tuple) -> tuple[int, ...]:
-    """Seeds as a tuple of distinct integers in [0, 2**63-1], at least one."""
+def check_seeds(seeds: tuple, key: str = "seed") -> tuple[int, ...]:
+    """Seeds as a tuple of distinct integers in [0, 2**63-1], at least one; a bad one named as `key` gives it."""
     if not seeds:
         raise UserError("seeds=[] is empty; give at least one integer seed")
-    seeds = tuple(SEED.check("seed", s) for s in seeds)
+    seeds = tuple(SEED.check(key if key == "seed" else f"{key}[{i}]", s) for i, s in enumerate(seeds))
     if len(set(seeds)) < len(seeds):
         repeated = next(s for s in seeds if seeds.count(s) > 1)
         shown = list(seeds) if len(seeds) <= 20 else f"[{len(seeds)} seeds]"
@@ -340,6 +340,8 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
         seeds = [seeds]
     if not isinstance(seeds, (list, tuple)):
         raise UserError(f"seeds={seeds!r} must be a list of integers or null")
+    if cfg.get("seeds") is not None:  # named as the user gave them (GenerationParams checks them as seeds of images)
+        check_seeds(tuple(seeds), "seeds")
     given = {k: cfg[k] for k in rules_of(GenerationParams) if cfg.get(k) is not None}
     p = GenerationParams(seeds=tuple(seeds), **{"width": resolution, "height": resolution, **given})
     limit = limits(cfg)

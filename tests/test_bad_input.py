@@ -54,6 +54,7 @@ def bad_inputs(tmp):
         (["eta=1.5"], "eta=1.5 must be in [0, 1]"),
         (["seed=abc"], "seed='abc' is not an integer"),
         (["seeds=[]"], "seeds=[] is empty"),
+        (["seeds=[1,abc]"], "seeds[1]='abc' is not an integer"),  # it said seed='abc', a key the user did not give
         (["batch_size=0"], "batch_size=0 must be >= 1"),
         (["threads=0"], "threads=0 must be a positive integer"),
         ([f"params={write(tmp / 'm.json', '{oops')}"], "is not valid JSON"),
@@ -83,7 +84,7 @@ def bad_inputs(tmp):
         (["seed=18446744073709551616"], "seed=18446744073709551616 must be in [0, 2**63-1]"),
         (["seed=9223372036854775808"], "seed=9223372036854775808 must be in [0, 2**63-1]"),
         (["seed=-1"], "seed=-1 must be in [0, 2**63-1]"),
-        (["seeds=[3,-2]"], "seed=-2 must be in [0, 2**63-1]"),
+        (["seeds=[3,-2]"], "seeds[1]=-2 must be in [0, 2**63-1]"),
         (["seeds=[1,1,2]"], "seeds=[1, 1, 2] repeats seed 1"),
         (["num_inference_steps=1001"], "num_inference_steps=1001 is above limits.max_steps=1000"),
         (["limits.max_steps=5000", "num_inference_steps=1001"],
@@ -164,7 +165,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 98
+N_CASES = 99
 
 
 def test_case_count_matches_the_list(tmp_path):
