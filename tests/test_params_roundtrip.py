@@ -128,6 +128,16 @@ def test_each_generation_parameter_is_named_by_its_dataclass_field():
     assert set(hash_fields(common, [])) == {"model", "scheduler", "scheduler_config", "scorers", *IMAGE_PARAMS}
 
 
+def test_a_file_takes_batch_size_auto_as_the_command_line_does(tmp_path):
+    """It said batch_size='auto' should be int, though batch_size=auto on the command line runs."""
+    path = tmp_path / "auto.json"
+    path.write_text(json.dumps({"prompt": "a red circle", "batch_size": "auto"}))
+    assert load_params(path)["batch_size"] == "auto"
+    path.write_text(json.dumps({"batch_size": 1.5}))
+    with pytest.raises(UserError, match=r"batch_size=1\.5 should be int or str$"):
+        load_params(path)
+
+
 def test_a_file_giving_seed_and_seeds_is_refused_as_the_command_line_is(tmp_path):
     """Only one of them would take effect: `seeds` replaced `seed` without a word."""
     path = tmp_path / "both.json"

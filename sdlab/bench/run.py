@@ -254,6 +254,7 @@ PYTHON_TYPES = {"int": (int,), "number": (int, float), "str": (str,)}
 PARAM_TYPES: dict[str, tuple[type, ...]] = {
     **{name: PYTHON_TYPES[rule.kind] for name, rule in rules_of(GenerationParams).items()},
     "seed": (int,), "seeds": (list,), "scheduler": (str,), "scheduler_options": (dict,), "model": (str,),
+    "batch_size": (int, str),  # or auto, as GenerationParams takes it
 }
 
 
