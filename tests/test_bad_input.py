@@ -54,7 +54,9 @@ def bad_inputs(tmp):
         (["eta=1.5"], "eta=1.5 must be in [0, 1]"),
         (["seed=abc"], "seed='abc' is not an integer"),
         (["seeds=[]"], "seeds=[] is empty"),
-        (["seeds=[1,abc]"], "seeds[1]='abc' is not an integer"),  # it said seed='abc', a key the user did not give
+        (["seeds=[1,abc]"], "seeds[1]='abc' is not an integer"),
+        (["model=sd15", "model.path=/dev/zero"], "model.path=/dev/zero is not a folder; give a diffusers folder"),
+        (["clip=mini", "clip.path=/dev/zero"], "clip=mini: /dev/zero is not a folder; give a CLIP model folder"),  # it said seed='abc', a key the user did not give
         (["batch_size=0"], "batch_size=0 must be >= 1"),
         (["threads=0"], "threads=0 must be a positive integer"),
         ([f"params={write(tmp / 'm.json', '{oops')}"], "is not valid JSON"),
@@ -165,7 +167,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 99
+N_CASES = 101
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -42,6 +42,8 @@ def clip_weights(cfg: dict | None) -> str | None:
 
 def check_clip_folder(folder: Path, name: str) -> None:
     """Raise a UserError unless `folder` holds a CLIPModel config and safetensors weights."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"clip={name}: {folder} is not a folder; give a CLIP model folder (config.json, safetensors)")
     if not (folder / "config.json").is_file():
         hint = " (train the miniature model first, or pick clip=none)" if name == "mini" else ""
         raise UserError(f"clip={name}: no CLIP model at {folder} (config.json missing){hint}")

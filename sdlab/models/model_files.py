@@ -81,8 +81,9 @@ def _check_weights(folder: Path, signature: tuple, variant: str | None) -> None:
                 "diffusers' from_single_file(...).save_pretrained(DIR) (e.g. StableDiffusionPipeline.from_single_file("
                 "PATH).save_pretrained(DIR, safe_serialization=True)) and give model.path=DIR")
         raise UserError(f"model.path={folder} is a file; give a diffusers folder (with model_index.json)")
-    if not folder.is_dir():
-        raise UserError(f"model.path={folder} does not exist; give a diffusers folder (with model_index.json)")
+    if not folder.is_dir():  # a device, a pipe
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"model.path={folder} {what}; give a diffusers folder (with model_index.json)")
     if not (folder / "model_index.json").is_file():
         raise UserError(f"model.path={folder} has no model_index.json; give a diffusers pipeline folder")
     for component in weight_components(folder):
