@@ -25,6 +25,15 @@ def test_a1111_infotext_is_read():
                       "width": 512, "height": 768}
 
 
+def test_a1111_quotes_a_value_holding_a_comma_and_it_is_read_unquoted():
+    """A1111 writes a value holding a comma, colon or quote as a JSON string, and reads it back unquoted; sdlab kept
+    the quotes of a quoted sampler and refused it."""
+    text = 'a red circle\nSteps: 20, Sampler: "DPM++ 2M Karras", CFG scale: 7, Seed: 1, Size: 64x64'
+    assert parse_infotext(text)["scheduler"] == "dpmpp_2m_karras"
+    escaped = 'a red circle\nSteps: 20, Sampler: "Euler a", Lora hashes: "x: \\"1\\", y: 2", CFG scale: 7, Seed: 1'
+    assert parse_infotext(escaped)["scheduler"] == "euler_a"
+
+
 def test_infotext_written_by_sdlab_reads_back():
     meta = {"prompt": "a red circle, big", "negative_prompt": "", "seed": 3, "num_inference_steps": 25,
             "guidance_scale": 7.5, "width": 64, "height": 64, "eta": 0.0, "scheduler": "euler_a", "model": "mini"}

@@ -4,6 +4,7 @@ parameters, in sdlab's or A1111's names) merged in; a file, read bounded, sets o
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from contextlib import suppress
@@ -219,6 +220,16 @@ def _number(text: str) -> int | float | str:
     return text
 
 
+def unquote(value: str) -> str:
+    """An infotext value as A1111 reads it: one holding a comma, a colon or a quote is written as a JSON string."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    try:
+        return str(json.loads(value))
+    except ValueError:
+        return value
+
+
 def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, Any]:
     """sdlab params from an A1111 `parameters` text (`format_infotext`'s inverse); a warning names what it skips."""
     lines = text.strip().splitlines()
@@ -239,7 +250,7 @@ def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, 
         if key == "size" and re.fullmatch(r"\d+x\d+", value):
             out["width"], out["height"] = map(int, value.split("x"))
         elif key in READ_KEYS:
-            out[READ_KEYS[key]] = _number(value) if key not in ("sampler", "schedule type") else value
+            out[READ_KEYS[key]] = _number(value) if key not in ("sampler", "schedule type") else unquote(value)
         elif key != "version":
             unread.append(f"{typed}: {value}")
     if unread:
