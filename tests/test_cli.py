@@ -255,6 +255,15 @@ def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_unknown_option_of_a_hydra_group_lists_the_options_and_no_search_path(run_sdlab, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Hydra's message went on with 'Config search path:; provider=hydra, path=pkg://hydra.conf; ...'."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("hydra/launcher=nope") == 2
+    assert one_error_line(capsys) == ("sdlab: error: unknown hydra/launcher 'nope'; choose one of: basic, joblib, "
+                                      "sdlab, sdlab_lean, submitit_local, submitit_slurm")
+
+
 @pytest.mark.parametrize("args,page", [(["--version", "extra"], "version"), (["-V", "seed=1"], "version"),
                                        (["--help", "extra"], "help"), (["seed=1", "--help"], "help"),
                                        (["-m", "seed=1,2", "-h"], "help"), (["guidance_scale=abc", "--help"], "help")])

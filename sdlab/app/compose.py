@@ -8,6 +8,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
@@ -53,7 +54,11 @@ def fail(message: str, code: int = UserError.exit_code, leave=sys.exit) -> None:
 
 
 def one_line(error: BaseException) -> str:
-    """Hydra's or OmegaConf's multi-line message as one line, without its links and boilerplate."""
+    """Hydra's or OmegaConf's multi-line message as one line, without its links and boilerplate; an unknown option of
+    a config group (hydra/launcher=nope) as sdlab names one of its own groups, without Hydra's search path."""
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = str(error.missing_cfg_file).rpartition("/")
+        return f"unknown {group} {name!r}; choose one of: {', '.join(error.options)}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     keep = [line for line in lines if not line.startswith(("See https://", "full_key:", "object_type=",
                                                             "reference_type=", "Set the environment"))]
