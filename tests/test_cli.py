@@ -193,6 +193,10 @@ def test_display_overrides_show_values_as_typed():
     (["--cfg=job", "-m", "seed=1,2"], "--multirun and --cfg cannot go together"),
     (["-mr", "seed=1,2"], "--run and --multirun cannot go together"),
     (["-sc", "-m"], "--multirun and --shell-completion cannot go together"),
+    (["~hydra.run.dir"], "~hydra.run.dir: where a run writes cannot be deleted; set it instead (e.g. "
+                         "hydra.run.dir=DIR)"),
+    (["-m", "seed=1,2", "~hydra.sweep"], "~hydra.sweep: where a run writes cannot be deleted; set it instead (e.g. "
+                                         "hydra.sweep.dir=DIR)"),
     (["-sc"], "--shell-completion takes one of install=SHELL, uninstall=SHELL, query=SHELL (SHELL: bash, fish, zsh)"),
     (["-sc", "nope"], "--shell-completion nope: it takes one of install=SHELL, uninstall=SHELL, query=SHELL"),
     (["-sc", "install=nope"], "--shell-completion install=nope: it takes one of install=SHELL"),

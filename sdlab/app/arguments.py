@@ -31,6 +31,7 @@ ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what escape_i
 RECIPES_ROOT = Path("outputs") / "experiments"  # where a sweep over recipes lands
 RECIPES_SWEEP_DIR = f"hydra.sweep.dir='{RECIPES_ROOT}/multirun_${{now:%Y-%m-%d_%H-%M-%S}}'"  # see default_sweep_dir
 RECIPES_SUBDIR = "hydra.sweep.subdir='${job_folder:${hydra.job.num}}_${hydra.runtime.choices.experiment}'"
+OUTPUT_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")  # the folders a run or sweep writes into
 SWEEP_FUNCTIONS = ("glob(", "choice(", "range(", "interval(", "tag(", "sort(", "shuffle(")
 # Hydra's own flags (hydra.main's `--help` page lists them): switches, and flags that take a value.
 SWITCHES = (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"), ("--multirun", "-m"),
@@ -149,6 +150,9 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
         if name.partition(".")[0] in GROUPS or name in known_keys(None):
             raise UserError(f"{arg}: sdlab's config keys and groups cannot be deleted; set a value instead "
                             f"(e.g. {name.partition('.')[0]}=...)")
+        if name in OUTPUT_KEYS or f"{name}.dir" in OUTPUT_KEYS:  # Hydra said "HydraConfig was not set"
+            raise UserError(f"{arg}: where a run writes cannot be deleted; set it instead (e.g. "
+                            f"{name if name in OUTPUT_KEYS else name + '.dir'}=DIR)")
         return
     if not sep:
         raise UserError(f"{arg!r} is not an override; write KEY=VALUE (see sdlab --help)")
