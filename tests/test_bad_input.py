@@ -132,6 +132,9 @@ def bad_inputs(tmp):
         (["scheduler.steps_offset=abc"], "scheduler.steps_offset='abc' is not an integer"),
         (["scheduler.rescale_betas_zero_snr=1"], "scheduler.rescale_betas_zero_snr=1 must be true or false"),
         (["scheduler.steps_offset=-5"], "scheduler.steps_offset=-5 must be in [0, 1000]"),
+        (["scheduler=ddim", "scheduler.steps_offset=1000"],  # it said to use fewer steps
+         "reaches timestep 1960, past the 1000 the model was trained on; scheduler.steps_offset=1000 adds 1000 to each "
+         "timestep; use a smaller one"),
         (["threads=abc"], "threads='abc' must be a positive integer"),
         (["threads=true"], "threads=True must be a positive integer"),
         (["resume=maybe"], "resume='maybe' must be true or false"),
@@ -167,7 +170,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 101
+N_CASES = 102
 
 
 def test_case_count_matches_the_list(tmp_path):

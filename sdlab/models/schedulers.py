@@ -244,10 +244,11 @@ def check_steps(name: str, base_config: dict[str, Any], options: dict[str, Any] 
             raise UserError(f"num_inference_steps={steps} with scheduler {name} on {source} makes sigmas outside "
                             f"[0, 1] (from {max(sigmas):.4g} to {min(sigmas):.4g}); check scheduler.shift")
     elif (top := int(max(scheduler.timesteps))) >= trained:
-        spacing = scheduler.config.get("timestep_spacing")
+        spacing, offset = scheduler.config.get("timestep_spacing"), scheduler.config.get("steps_offset") or 0
+        fix = (f"scheduler.steps_offset={offset} adds {offset} to each timestep; use a smaller one"
+               if offset and top - offset < trained else "use fewer steps or scheduler.timestep_spacing=trailing")
         raise UserError(f"num_inference_steps={steps} with scheduler {name} (timestep_spacing={spacing}) reaches "
-                        f"timestep {top}, past the {trained} the model was trained on; use fewer steps or "
-                        "scheduler.timestep_spacing=trailing")
+                        f"timestep {top}, past the {trained} the model was trained on; {fix}")
     PASSED_STEP_CHECKS.add(key)
 
 
