@@ -15,11 +15,11 @@ from typing import Any
 from sdlab.bench.scorers import scorer_weights
 from sdlab.bench.worlds import world
 from sdlab.conf_files import group_options, known_keys
-from sdlab.config import (LIMITS, MODEL_FAMILIES, MODEL_KINDS, MODEL_NAMES, GenerationParams, Run, checked_run, clash,
-                          config_hash, limits, model_spec, rivals, rules_of, suggestion)
+from sdlab.config import (LIMITS, MODEL_FAMILIES, MODEL_KINDS, MODEL_NAMES, GenerationParams, ModelSpec, Run,
+                          checked_run, clash, config_hash, limits, model_spec, rivals, rules_of, suggestion)
 from sdlab.errors import UserError
 from sdlab.metrics.schedule import model_kind
-from sdlab.models.architectures import BUILT_IN
+from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
 from sdlab.models.loading import SHIPPED, adapter_class, published_scheduler_config, weights_identity
 from sdlab.untrusted import check_text, read_params
 
@@ -31,10 +31,24 @@ def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
     config = with_params_file(in_model_world(config, overridden), overridden)
     check_weights_source(config.get("model") or {}, overridden)
     run = typed_run(config)
-    if run.model.variant and not run.model.path and run.model.name in BUILT_IN:
-        raise UserError(f"model.variant={run.model.variant} is not read: model={run.model.name} is built in code, with "
-                        "no weights files; a variant picks the files of a weights folder (model.path=DIR)")
+    check_built_in(run.model)
     return run
+
+
+def check_built_in(spec: ModelSpec) -> None:
+    """Refuse what a model built in code does not read: a weights variant (it has no files), another family, or T5 left
+    out of a family whose T5 is not optional (SD3's is)."""
+    if spec.path or spec.name not in BUILT_IN:
+        return
+    family = ARCHITECTURES[spec.name].family
+    if spec.variant:
+        raise UserError(f"model.variant={spec.variant} is not read: model={spec.name} is built in code, with no "
+                        "weights files; a variant picks the files of a weights folder (model.path=DIR)")
+    if spec.family != family:
+        raise UserError(f"model.family={spec.family} is not read: model={spec.name} is built in code as {family}")
+    if not spec.t5 and family != "sd3":
+        raise UserError(f"model.t5=false is not read: model={spec.name} ({family}) has no T5 to leave out; SD3's is "
+                        "optional")
 
 
 def check_weights_source(model: dict[str, Any], overridden: set[str]) -> None:
