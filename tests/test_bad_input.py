@@ -127,7 +127,8 @@ def bad_inputs(tmp):
         (["model.repo_id=nope/nope"], "model.repo_id=nope/nope is not read: model=tiny is built in code"),
         (["model.variant=fp16"], "model.variant=fp16 is not read: model=tiny is built in code, with no weights files"),
         (["model.family=sd3"], "model.family=sd3 is not read: model=tiny is built in code as sd"),
-        (["model.t5=false"], "model.t5=false is not read: model=tiny (sd) has no T5 to leave out; SD3's is optional"),
+        (["model.t5=false"], "model.t5=false is not read: only SD3 can leave its T5 out, and model=tiny is built in "
+                             "code as sd"),
         (["model=sd15", "model.path=models/mini", "model.repo_id=nope/nope"],
          "model.repo_id=nope/nope is not read: model.path=models/mini is loaded instead; drop one of them"),
         (["scheduler.use_karras_sigmas=maybe"], "scheduler.use_karras_sigmas='maybe' must be true or false"),

@@ -47,8 +47,8 @@ def check_built_in(spec: ModelSpec) -> None:
     if spec.family != family:
         raise UserError(f"model.family={spec.family} is not read: model={spec.name} is built in code as {family}")
     if not spec.t5 and family != "sd3":
-        raise UserError(f"model.t5=false is not read: model={spec.name} ({family}) has no T5 to leave out; SD3's is "
-                        "optional")
+        raise UserError(f"model.t5=false is not read: only SD3 can leave its T5 out, and model={spec.name} is built in "
+                        f"code as {family}")
 
 
 def check_weights_source(model: dict[str, Any], overridden: set[str]) -> None:
