@@ -125,6 +125,7 @@ def bad_inputs(tmp):
         (["model=mini", "model.repo_id=nope/nope"], "model.repo_id=nope/nope is not read: model=mini loads its own "
                                                     "weights from models/mini; pass model.path=DIR for a folder"),
         (["model.repo_id=nope/nope"], "model.repo_id=nope/nope is not read: model=tiny is built in code"),
+        (["scorers=[clip,clip]"], "scorers=['clip', 'clip'] lists clip twice; list each scorer once"),
         (["model.variant=fp16"], "model.variant=fp16 is not read: model=tiny is built in code, with no weights files"),
         (["model.family=sd3"], "model.family=sd3 is not read: model=tiny is built in code as sd"),
         (["model.t5=false"], "model.t5=false is not read: only SD3 can leave its T5 out, and model=tiny is built in "
@@ -173,7 +174,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 104
+N_CASES = 105
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -70,9 +70,11 @@ def configured(cfg: dict) -> dict[str, ScorerKind]:
     if isinstance(names, str) or not isinstance(names, (list, tuple)):
         raise UserError(f"scorers={names!r} must be a list of scorer names, e.g. scorers=[clip]")
     known = registered()
-    for name in names:
+    for i, name in enumerate(names):
         if name not in known:
             raise UserError(f"unknown scorer {name!r}; scorers are: {', '.join(sorted(known))}")
+        if name in names[:i]:  # it scores once: the list said otherwise
+            raise UserError(f"scorers={list(names)} lists {name} twice; list each scorer once")
     return {name: known[name] for name in names}
 
 
