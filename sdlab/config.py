@@ -213,7 +213,7 @@ SEED_RULE = {"kind": "int", "low": 0, "high": MAX_SEED, "plain": False, "rule": 
 # Defaults are written once, in conf/; `limits:` holds checks that fail in a second instead of filling memory
 BASE, MODEL = conf_values("config.yaml"), conf_values("common/model.yaml")
 LIMITS: dict[str, int] = dict(BASE["limits"])
-MAX_GUIDANCE = 1000  # past it the guided latents leave float range (1e308: NaN at the first step), as no scale means
+MAX_GUIDANCE = 1000  # far past any useful scale; much larger ones overflow the guided latents (1e308: NaN at once)
 SIDE_MULTIPLE = 8  # every family's VAE makes latents 8x smaller: no model makes other sides
 # sd3 and flux then take the latents in 2x2 patches: SD3's pipeline refuses other sizes, Flux's would shrink them
 SIDE_MULTIPLES = {"sd3": 16, "flux": 16}

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sdlab.bench.report import brief
 from sdlab.errors import UserError
 from sdlab.models.architectures import SD15_SCHEDULER
 from sdlab.models.model_files import SAFE_LOCAL
@@ -86,25 +87,25 @@ MAKES = {"vae": "AutoencoderKL", "unet": "UNet2DConditionModel", "transformer": 
          "text": "CLIPTextConfig", "vision": "CLIPVisionConfig"}
 LATENT = (1, VAE["latent_channels"], RESOLUTION // 8, RESOLUTION // 8)
 # what mini's other parts give a component and need from it: latents, CLIP's states, its pooled text and image features
-NEEDS = {"vae": (LATENT, (1, 3, RESOLUTION, RESOLUTION)), "unet": LATENT, "transformer": LATENT,
-         "text": ((1, 77, TEXT_HIDDEN), (1, TEXT["projection_dim"]), (1, VISION["projection_dim"])),
-         "vision": ((1, 77, TEXT_HIDDEN), (1, TEXT["projection_dim"]), (1, VISION["projection_dim"]))}
+CLIP_GIVES = ((1, 77, TEXT_HIDDEN), (1, TEXT["projection_dim"]), (1, VISION["projection_dim"]))  # either tower's
+NEEDS = {"vae": (LATENT, (1, 3, RESOLUTION, RESOLUTION)), "unet": LATENT, "transformer": LATENT, "text": CLIP_GIVES,
+         "vision": CLIP_GIVES}
 
 
 def check_overrides(component: str, overrides: dict[str, Any] | None, key: str) -> None:
     """Refuse, in one line, overrides of a mini `component`'s config (`key` names them) that do not build its model,
     or build one that does not take and give the shapes of mini's other parts (`NEEDS`); run on the meta device."""
+    if not overrides:
+        return
     import torch
 
-    for name, value in (overrides or {}).items():
+    for name, value in overrides.items():
         base = BASES[component].get(name)
         if component in ("text", "vision") and base is None and not hasattr(clip_config(component), name):
             raise UserError(f"{key}.{name} is not an option of {MAKES[component]}")  # a config takes any keyword
         if isinstance(base, int) and not isinstance(base, bool) and not (
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise UserError(f"{key}.{name}={value!r} must be an integer >= 1")
-    if not overrides:
-        return
     with torch.device("meta"), torch.no_grad():
         try:
             model = (build_clip(**{component: overrides}) if component in ("text", "vision")
@@ -112,12 +113,12 @@ def check_overrides(component: str, overrides: dict[str, Any] | None, key: str) 
         except Exception as e:  # noqa: BLE001 - diffusers and transformers refuse a config in many types
             if unknown := re.search(r"unexpected keyword argument '(\w+)'", str(e)):
                 raise UserError(f"{key}.{unknown[1]} is not an option of {MAKES[component]}") from None
-            raise UserError(f"{key}={overrides} does not build a model ({MAKES[component]}: {said(e)})") from None
+            raise UserError(f"{key}={overrides} does not build a model ({MAKES[component]}: {brief(e)})") from None
         try:
             gives = shapes(component, model)
         except Exception as e:  # noqa: BLE001 - a shape that does not fit fails inside the model's forward
             raise UserError(f"{key}={overrides} makes a {component} model that fails on the shapes mini's other "
-                            f"parts give it ({said(e)})") from None
+                            f"parts give it ({brief(e)})") from None
     if gives != NEEDS[component]:
         raise UserError(f"{key}={overrides} makes a {component} model giving shapes {gives} where mini's other parts "
                         f"need {NEEDS[component]}")
@@ -128,11 +129,6 @@ def clip_config(tower: str):
     from transformers import CLIPTextConfig, CLIPVisionConfig
 
     return CLIPTextConfig() if tower == "text" else CLIPVisionConfig()
-
-
-def said(error: BaseException) -> str:
-    """An exception's type and the first line of its message."""
-    return f"{type(error).__name__}: {(str(error).splitlines() or ['no message'])[0]}"
 
 
 def shapes(component: str, model) -> tuple:
