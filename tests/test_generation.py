@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -158,6 +159,34 @@ def test_a_calls_peak_memory_is_its_own_not_the_largest_call_made_before_it(tiny
     small = generate.generate_batch(model, GenerationParams(num_inference_steps=1, width=64, height=64), [1])
     assert large.peak_mem_bytes is not None and small.peak_mem_bytes is not None
     assert small.peak_mem_bytes < large.peak_mem_bytes - 50 * 2**20, (small.peak_mem_bytes, large.peak_mem_bytes)
+
+
+def test_a_peak_shorter_than_any_sampling_interval_is_caught_and_no_thread_competes_with_the_call():
+    """A call's brief spike below the process's earlier peak was missed between samples, and the sampling thread
+    woke every 5 ms to take the interpreter from the denoiser: the kernel's own high-water mark, lowered at the call's
+    start, gives the exact peak with nothing running beside the call."""
+    earlier = np.ones(200 * 2**20, dtype=np.uint8)  # the process's peak so far, far above the spike below
+    del earlier
+    threads = []
+    with memory.call_peak(torch.device("cpu")) as peak:
+        threads.append(threading.active_count())
+        base = memory.resident_bytes()
+        spike = np.ones(40 * 2**20, dtype=np.uint8)  # made and freed within a millisecond or two
+        del spike
+    assert threads[0] == threading.active_count()
+    assert peak[0] is not None and peak[0] >= base + 39 * 2**20, (peak[0], base)
+
+
+def test_where_the_mark_cannot_be_lowered_a_peak_is_given_only_when_the_call_raised_it(tmp_path, monkeypatch):
+    """Without clear_refs (an older kernel, a locked-down /proc) the mark may be an earlier call's: a call that stays
+    under it reports no peak, one that raises it reports the new mark."""
+    monkeypatch.setattr(memory, "CLEAR_REFS", str(tmp_path / "no-such-dir" / "clear_refs"))
+    with memory.call_peak(torch.device("cpu")) as under:
+        pass
+    with memory.call_peak(torch.device("cpu")) as over:
+        above = np.ones(memory.high_water_bytes() - memory.resident_bytes() + 64 * 2**20, dtype=np.uint8)
+        del above
+    assert under[0] is None and over[0] == memory.high_water_bytes()
 
 
 def test_where_a_peak_cannot_be_read_rows_carry_none_and_the_sweep_ends_well(run_sdlab, tmp_path, monkeypatch,

@@ -4,16 +4,14 @@ device has free for more weights."""
 from __future__ import annotations
 
 import os
-import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     import torch
 
-STATUS, STATM = "/proc/self/status", "/proc/self/statm"
+STATUS, STATM, CLEAR_REFS = "/proc/self/status", "/proc/self/statm", "/proc/self/clear_refs"
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-INTERVAL_S = 0.005  # resident memory is sampled this often while a CPU call runs
 
 
 def resident_bytes() -> int | None:
@@ -48,10 +46,20 @@ def free_bytes(device: torch.device) -> int | None:
     return proc_kib("/proc/meminfo", b"MemAvailable") if device.type == "cpu" else None
 
 
+def reset_high_water() -> bool:
+    """Lower the process's `VmHWM` to its resident memory now (Linux 4.0+: `5` to /proc/self/clear_refs)."""
+    try:
+        with open(CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 @contextmanager
 def call_peak(device: torch.device) -> Iterator[list[int | None]]:
-    """A one-item list holding the block's peak memory afterwards: CUDA's allocator peak, on Linux the raised VmHWM or
-    else the most resident memory sampled (lowering the mark would hide an earlier peak); None elsewhere."""
+    """A one-item list holding the block's peak memory afterwards: CUDA's allocator peak, on Linux `VmHWM` lowered at
+    the block's start (or, where it cannot be lowered, only if the block raised it); None elsewhere."""
     peak: list[int | None] = [None]
     if device.type == "cuda":
         import torch
@@ -60,22 +68,7 @@ def call_peak(device: torch.device) -> Iterator[list[int | None]]:
         yield peak
         peak[0] = int(torch.cuda.max_memory_allocated(device))
         return
-    before, sampled = high_water_bytes(), [resident_bytes()]
-    if before is None or sampled[0] is None:
-        yield peak
-        return
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(INTERVAL_S):
-            sampled.append(resident_bytes() or 0)
-
-    sampler = threading.Thread(target=sample, name="sdlab-memory", daemon=True)
-    sampler.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        sampler.join()
-    after = high_water_bytes() or 0
-    peak[0] = after if after > before else max(*sampled, resident_bytes() or 0)
+    before = None if reset_high_water() else high_water_bytes()
+    yield peak
+    after = high_water_bytes()
+    peak[0] = after if after is not None and (before is None or after > before) else None
