@@ -117,6 +117,44 @@ def test_a_job_dir_sdlab_did_not_make_is_refused_byte_for_byte(run_sdlab, tmp_pa
     assert snapshot(tmp_path) == before
 
 
+LAUNCH_REMAINS = {".hydra/config.yaml": b"seed: 1\n", ".hydra/hydra.yaml": b"hydra: {}\n",
+                  ".hydra/overrides.yaml": b"- seed=1\n", "cli.log": b""}
+
+
+def test_a_job_dir_holding_only_what_hydra_writes_before_a_job_starts_is_taken_again(run_sdlab, tmp_path,
+                                                                                      monkeypatch):
+    """Hydra's own launchers (joblib, submitit) write a job dir's `.hydra/` files and log before sdlab's job marks it:
+    a sweep killed in that window left a folder the rerun refused, asking to `touch` a mark by hand. Such a folder
+    holds nothing but the launch's own files, so the rerun takes it and runs its job there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / MARK).touch()
+    for name, data in LAUNCH_REMAINS.items():
+        (tmp_path / "s" / "0" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "s" / "0" / name).write_bytes(data)
+    assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=s", *FAST) == 0
+    frame = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert sorted(frame["seed"]) == [1, 2] and (frame["status"] == "ok").all()
+    assert (tmp_path / "s" / "0" / MARK).is_file() and (tmp_path / "s" / "0" / "results.parquet").is_file()
+
+
+@pytest.mark.parametrize("extra", [{"notes.txt": b"mine\n"}, {".hydra/mine.yaml": b"a: 1\n"}, {"other.log": b"x\n"},
+                                   {"images/x.png": b"\x89PNG"}], ids=["a file", "a file in .hydra", "another log",
+                                                                       "an image"])
+def test_a_job_dir_with_anything_besides_the_launch_files_is_still_refused(run_sdlab, tmp_path, monkeypatch, capsys,
+                                                                          extra):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / MARK).touch()
+    for name, data in {**LAUNCH_REMAINS, **extra}.items():
+        (tmp_path / "s" / "0" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "s" / "0" / name).write_bytes(data)
+    before = snapshot(tmp_path)
+    assert "s/0 already holds files sdlab did not write" in refused(run_sdlab, capsys, "-m", "seed=1,2",
+                                                                    "hydra.sweep.dir=s", *FAST)
+    assert snapshot(tmp_path) == before
+
+
 IN_THE_WAY = {".hydra": "file", "run_config.json": "folder", "images": "file", "results.parquet": "folder",
               "results.csv": "folder", "job.json": "folder", "cli.log": "folder", ".hydra/config.yaml": "folder"}
 

@@ -625,12 +625,13 @@ class ComposeOnceSweeper(Sweeper):
                     raise UserError(f"hydra.sweep.subdir={given} gives jobs {owner} and {num} the same folder "
                                     f"{job_dir}; each job needs its own folder: use ${{hydra.job.num}} (the default) "
                                     "or the swept values in it")
-                # taken as the sweep dir is: new, empty or marked (a marked sweep dir's other folders are not sdlab's)
+                # taken as the sweep dir is: new, empty or marked (a marked sweep dir's other folders are not sdlab's),
+                # or holding only what a launch cut short wrote before its job could mark it
                 shown = str(Path(sweep_dir, str(config.hydra.sweep.subdir)))
-                ownership.check_owned(job_dir, "hydra.sweep.subdir", shown=shown)
-                subdir = config.hydra.output_subdir
-                ownership.check_writes_inside(job_dir, "hydra.sweep.subdir", str(config.hydra.job.name),
-                                              None if subdir is None else str(subdir), shown=shown)
+                name, subdir = str(config.hydra.job.name), config.hydra.output_subdir
+                subdir = None if subdir is None else str(subdir)
+                ownership.check_owned(job_dir, "hydra.sweep.subdir", shown, ownership.launch_files(name, subdir))
+                ownership.check_writes_inside(job_dir, "hydra.sweep.subdir", name, subdir, shown=shown)
                 job_dirs.append(job_dir)
                 self.checking.checked(len(composed))
         finally:

@@ -55,12 +55,24 @@ def is_owned(folder: Path) -> bool:
     return mark.is_file() and not mark.is_symlink()
 
 
-def check_owned(folder: Path, key: str, shown: str | None = None) -> None:
-    """Refuse an existing `folder` that is no folder or holds files and no `.sdlab` mark, or is of another kind."""
+def launch_files(job_name: str, output_subdir: str | None) -> frozenset[str]:
+    """What a launcher writes into a job dir before the job starts (and marks it): its log and Hydra's files."""
+    hydra = () if output_subdir is None else (output_subdir, *(f"{output_subdir}/{name}" for name in HYDRA_FILES))
+    return frozenset({f"{job_name}.log", *(Path(name).as_posix() for name in hydra)})
+
+
+def holds_only(folder: Path, names: frozenset[str]) -> bool:
+    """True when every path below `folder` is one of `names` (relative), none of them a link."""
+    return all(p.relative_to(folder).as_posix() in names and not p.is_symlink() for p in Path(folder).rglob("*"))
+
+
+def check_owned(folder: Path, key: str, shown: str | None = None, launched: frozenset[str] = frozenset()) -> None:
+    """Refuse an existing `folder` that is no folder or holds files and no `.sdlab` mark, or is of another kind; a
+    folder holding only `launched` files is a job dir whose launch was cut short before its job marked it."""
     shown = shown or str(folder)
     if os.path.lexists(folder) and not folder.is_dir():
         raise NotOwned(f"{key}={shown} is a file, not a folder; give a new or empty folder")
-    if os.path.lexists(folder) and not is_owned(folder):
+    if os.path.lexists(folder) and not is_owned(folder) and not (launched and holds_only(folder, launched)):
         try:
             others = sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_NAMES)
         except OSError as e:
