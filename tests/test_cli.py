@@ -251,12 +251,31 @@ def test_display_overrides_show_values_as_typed():
     (["+hydra.hydra_logging.handlers.f={class:logging.FileHandler,filename:/nonexistent/x}"],
      "hydra.hydra_logging.handlers.f: a run's log is"),
     (["-m", "seed=1,2", "hydra.job_logging={version:1}"], "hydra.job_logging: a run's log is"),
+    # exact toy math reads only its own block: a model or generation setting would change nothing
+    (["experiment=article_a2_noise", "seed=3"], "seed=3 is not read: experiment=article_a2_noise is toy math (job "
+     "noise_image) that reads only its noise: block (noise.size, noise.seed); set noise.seed=3"),
+    (["experiment=article_b5_cfg_toy", "guidance_scale=3"], "guidance_scale=3 is not read: experiment=article_b5_cfg_toy "
+     "is toy math (job cfg_toy) that reads only its cfg_toy: block (cfg_toy.scales, cfg_toy.dim, cfg_toy.norm_factor, "
+     "cfg_toy.seed)"),
+    (["experiment=article_d2_timestep_embedding", "model=mini"], "model=mini is not read"),
+    (["experiment=article_b6_ddim_steps", "scheduler.timestep_spacing=trailing"],
+     "scheduler.timestep_spacing=trailing is not read"),
+    (["-m", "experiment=article_b5_cfg_toy,article_d2_timestep_embedding", "prompt=a,b"], "prompt=a,b is not read"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab(*args) == 2
     assert fragment in one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_setting_read_by_some_job_of_a_sweep_is_taken(run_sdlab, tmp_path, monkeypatch, capsys):
+    """Toy math reads only its own block, but a sweep with one job that loads the model takes model= for that job."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "experiment=article_b5_cfg_toy,schedule_snr", "model=tiny", "threads=1",
+                     "hydra.sweep.dir=s") == 0
+    frame = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert set(frame["experiment"]) == {"article_b5_cfg_toy", "schedule_snr"}
 
 
 def test_an_unknown_option_of_a_hydra_group_lists_the_options_and_no_search_path(run_sdlab, tmp_path, monkeypatch,

@@ -450,7 +450,7 @@ class ComposeOnceSweeper(Sweeper):
                 self.composed.runs[tuple(job)] = run
             if cannot and not runs:
                 raise UserError(next(iter(cannot.values())))
-            check_sweep(runs)  # the jobs that will run, together
+            check_sweep(runs, display_overrides([o.input_line for o in overrides]))  # the jobs that will run, together
             warnings = [*warnings, *([skipped_line(cannot, jobs)] if cannot else [])]
             for warning in warnings:
                 log.warning(warning)

@@ -104,6 +104,7 @@ def composed_run(cfg) -> Run:
 
 def check_composed(cfg) -> tuple[list[str], Run]:
     """Pre-flight of one composed job config (Hydra node included), a single run: (warnings, its Run)."""
-    run = composed_run(cfg)
-    check_sweep([run])
+    typed = display_overrides(task_overrides(cfg.hydra))
+    run = parse_job(cfg, set(typed))
+    check_sweep([run], typed)
     return check_job(run), run

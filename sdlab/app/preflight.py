@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 from sdlab.bench.captions import counted
 from sdlab.bench.inputs import input_image_files
 from sdlab.bench.scorers import check_reference_read, check_set_scorers, configured
 from sdlab.bench.worlds import world
-from sdlab.config import Run
+from sdlab.config import GenerationParams, Run
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
+from sdlab.jobs.recipes import RECIPES
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.device import resolve_device
 from sdlab.models.families import ModelAdapter
 from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
 from sdlab.models.schedulers import check_fit, check_options, make_scheduler, scheduler_class  # imports diffusers
+
+# What toy math (MODEL_FREE_JOBS) never reads: the model, its scheduler and scorers, and every generation setting
+MODEL_SETTINGS = frozenset({"model", "scheduler", "clip", "scorers", "reference", "reference_count", "prompt_file",
+                            "params", "seed", *(f.name for f in fields(GenerationParams))})
 
 
 def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None,
@@ -114,9 +120,29 @@ def check_job(run: Run) -> list[str]:
     return warnings
 
 
-def check_sweep(runs: list[Run]) -> None:
-    """Check what only a sweep's jobs together tell: a reference set given is read by some job's set scorer."""
+def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
+    """Check what only a sweep's jobs together tell: a reference set given is read by some job's set scorer, and a
+    setting typed on the command line (`typed`: {key: value as typed}) is read by some job."""
     check_reference_read([run.recipe for run in runs])
+    check_read(runs, typed)
+
+
+def check_read(runs: list[Run], typed: dict[str, str]) -> None:
+    """Refuse a model or generation setting typed for jobs that are all toy math, reading only their own block."""
+    unread = [f"{key}={value}" for key, value in typed.items() if key.split(".")[0] in MODEL_SETTINGS]
+    if not runs or not unread or any(run.job not in MODEL_FREE_JOBS for run in runs):
+        return
+    jobs = list(dict.fromkeys(run.job for run in runs))
+    recipes = [RECIPES[job] for job in jobs]
+    where = f"experiment={typed['experiment']}" if "experiment" in typed else f"job {jobs[0]}"
+    if len(jobs) > 1:
+        raise UserError(f"{unread[0]} is not read: every job of {where} is toy math that reads only its own block "
+                        f"({', '.join(f'{recipe.block}:' for recipe in recipes)})")
+    block, names = recipes[0].block, [f.name for f in fields(recipes[0])]
+    key, _, value = unread[0].partition("=")
+    hint = f"; set {block}.{key.split('.')[-1]}={value}" if key.split(".")[-1] in names else ""
+    raise UserError(f"{unread[0]} is not read: {where} is toy math (job {jobs[0]}) that reads only its {block}: block "
+                    f"({', '.join(f'{block}.{name}' for name in names)}){hint}")
 
 
 def sweep_plan(runs: list[Run]) -> str:
