@@ -261,6 +261,7 @@ def test_display_overrides_show_values_as_typed():
     (["experiment=article_b6_ddim_steps", "scheduler.timestep_spacing=trailing"],
      "scheduler.timestep_spacing=trailing is not read"),
     (["-m", "experiment=article_b5_cfg_toy,article_d2_timestep_embedding", "prompt=a,b"], "prompt=a,b is not read"),
+    (["-m", "experiment=article_a2_noise", "seed=1,2", "plan=true"], "seed=1,2 is not read"),  # as the sweep would say
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)

@@ -31,7 +31,7 @@ from hydra_plugins.sdlab_hydra.lean_launcher import AHEAD_WINDOW
 from sdlab.app.arguments import RECIPES_SUBDIR, display_overrides, hydra_quote, named_by_sdlab, override_parser
 from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
 from sdlab.app.compose import JOB_FOLDER_WIDTH, JOB_FOLDERS, composed_run, parse_job, resolved, task_overrides
-from sdlab.app.preflight import check_job, check_sweep, misfit, sweep_plan
+from sdlab.app.preflight import check_job, check_read, check_sweep, misfit, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, cell_work, plan_text
 from sdlab.bench.records import job_number_width
@@ -417,9 +417,10 @@ class ComposeOnceSweeper(Sweeper):
         parsed_jobs = cells(axes)
         self.composed.known.update((o.input_line, o) for job in parsed_jobs for o in job)
         jobs = [[o.input_line for o in job] for job in parsed_jobs]
+        typed = display_overrides([o.input_line for o in overrides])
         if self.preflight and first.get("plan") is True:
             hashed = Path(sweep_dir).is_dir()  # a new folder has no finished cell to match by hash
-            planned, cannot = self.plan_cells(jobs, hashed)
+            planned, cannot = self.plan_cells(jobs, hashed, typed)
             if cannot and not planned:
                 raise UserError(next(iter(cannot.values())))
             print(plan_text(planned, Path(sweep_dir), [skipped_line(cannot, jobs)] if cannot else [], *self.packing()),
@@ -450,7 +451,7 @@ class ComposeOnceSweeper(Sweeper):
                 self.composed.runs[tuple(job)] = run
             if cannot and not runs:
                 raise UserError(next(iter(cannot.values())))
-            check_sweep(runs, display_overrides([o.input_line for o in overrides]))  # the jobs that will run, together
+            check_sweep(runs, typed)  # the jobs that will run, together
             warnings = [*warnings, *([skipped_line(cannot, jobs)] if cannot else [])]
             for warning in warnings:
                 log.warning(warning)
@@ -541,13 +542,14 @@ class ComposeOnceSweeper(Sweeper):
         runs = [composed_run(config) for config in composed]
         return runs, manifest.get("hashes") == [run.job_hash for run in runs] and all(run.resume for run in runs)
 
-    def plan_cells(self, jobs: list[list[str]], hashed: bool = True) -> tuple[list[Cell], dict[tuple, str]]:
+    def plan_cells(self, jobs: list[list[str]], hashed: bool, given: dict[str, str]) -> tuple[list[Cell], dict[tuple, str]]:
         """Each job as the plan sees it, its values checked and typed as the sweep's are (its model and schedulers are
         pre-flighted when the sweep starts: that imports diffusers), but fast: a job differing from an earlier one of
         the same config groups only in plain values (see `ComposedConfigs`) is that job's recipe with those values set,
         typed once per distinct set of values but the seed. Without `hashed`, a cell's hash is left empty. Jobs whose
-        model cannot run their scheduler (`misfit`, asked once per model and scheduler) are left out, with why."""
-        shapes, typed, planned, cannot, fits = {}, {}, [], {}, {}
+        model cannot run their scheduler (`misfit`, asked once per model and scheduler) are left out, with why. The
+        settings `given` on the command line are checked as the sweep checks them (`check_read`)."""
+        shapes, typed, planned, cannot, fits, kinds = {}, {}, [], {}, {}, {}
         for job in jobs:
             parsed = self.composed.parsed(job)
             signature = self.composed.signature(parsed)
@@ -560,6 +562,7 @@ class ComposeOnceSweeper(Sweeper):
                 if signature is not None and base is None:
                     unresolved = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
                     shapes[signature] = parsed, run, OmegaConf.to_yaml(unresolved)
+                kinds[run.job] = None
                 if (why := misfit_of(run, fits)) is not None:
                     cannot[tuple(job)] = why
                     continue
@@ -583,6 +586,7 @@ class ComposeOnceSweeper(Sweeper):
             seeds = check_seeds((recipe["seed"],)) if "seed" in recipe and recipe.get("seeds") is None else cell.seeds
             planned.append(dataclasses.replace(cell, job_hash=dataclasses.replace(run, recipe=recipe).job_hash
                                                if hashed else "", seeds=seeds))
+        check_read(list(kinds), given)  # a job of the fast path has its template's job
         return planned, cannot
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:

@@ -124,15 +124,15 @@ def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
     """Check what only a sweep's jobs together tell: a reference set given is read by some job's set scorer, and a
     setting typed on the command line (`typed`: {key: value as typed}) is read by some job."""
     check_reference_read([run.recipe for run in runs])
-    check_read(runs, typed)
+    check_read([run.job for run in runs], typed)
 
 
-def check_read(runs: list[Run], typed: dict[str, str]) -> None:
-    """Refuse a model or generation setting typed for jobs that are all toy math, reading only their own block."""
+def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
+    """Refuse a model or generation setting typed for `jobs` that are all toy math, reading only their own block."""
     unread = [f"{key}={value}" for key, value in typed.items() if key.split(".")[0] in MODEL_SETTINGS]
-    if not runs or not unread or any(run.job not in MODEL_FREE_JOBS for run in runs):
+    jobs = list(dict.fromkeys(jobs))
+    if not jobs or not unread or any(job not in MODEL_FREE_JOBS for job in jobs):
         return
-    jobs = list(dict.fromkeys(run.job for run in runs))
     recipes = [RECIPES[job] for job in jobs]
     where = f"experiment={typed['experiment']}" if "experiment" in typed else f"job {jobs[0]}"
     if len(jobs) > 1:
