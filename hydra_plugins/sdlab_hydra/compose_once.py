@@ -542,7 +542,8 @@ class ComposeOnceSweeper(Sweeper):
         runs = [composed_run(config) for config in composed]
         return runs, manifest.get("hashes") == [run.job_hash for run in runs] and all(run.resume for run in runs)
 
-    def plan_cells(self, jobs: list[list[str]], hashed: bool, given: dict[str, str]) -> tuple[list[Cell], dict[tuple, str]]:
+    def plan_cells(self, jobs: list[list[str]], hashed: bool,
+                   given: dict[str, str]) -> tuple[list[Cell], dict[tuple, str]]:
         """Each job as the plan sees it, its values checked and typed as the sweep's are (its model and schedulers are
         pre-flighted when the sweep starts: that imports diffusers), but fast: a job differing from an earlier one of
         the same config groups only in plain values (see `ComposedConfigs`) is that job's recipe with those values set,
