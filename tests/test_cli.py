@@ -262,6 +262,13 @@ def test_display_overrides_show_values_as_typed():
      "scheduler.timestep_spacing=trailing is not read"),
     (["-m", "experiment=article_b5_cfg_toy,article_d2_timestep_embedding", "prompt=a,b"], "prompt=a,b is not read"),
     (["-m", "experiment=article_a2_noise", "seed=1,2", "plan=true"], "seed=1,2 is not read"),  # as the sweep would say
+    # a job that denoises nothing reads no denoising or scoring setting
+    (["experiment=schedule_snr", "guidance_scale=3"], "guidance_scale=3 is not read: experiment=schedule_snr denoises "
+     "nothing (job schedule_snr): guidance, negative prompt, eta, batch size and scorers play no part in it"),
+    (["experiment=anatomy", "model=sd15_arch", "negative_prompt=blurry"], "negative_prompt=blurry is not read"),
+    (["experiment=vae_roundtrip", "scorers=[clip]"], "scorers=[clip] is not read"),
+    (["-m", "experiment=clip_tokens,article_b5_cfg_toy", "eta=0.5"], "eta=0.5 is not read: every job of "
+     "experiment=clip_tokens,article_b5_cfg_toy denoises nothing"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
@@ -277,6 +284,8 @@ def test_a_model_setting_read_by_some_job_of_a_sweep_is_taken(run_sdlab, tmp_pat
                      "hydra.sweep.dir=s") == 0
     frame = pd.read_parquet(tmp_path / "s" / "results.parquet")
     assert set(frame["experiment"]) == {"article_b5_cfg_toy", "schedule_snr"}
+    assert run_sdlab("experiment=schedule_snr", "model=tiny", "num_inference_steps=7", "threads=1",
+                     "hydra.run.dir=r") == 0  # the steps whose visits it draws: read
 
 
 def test_an_unknown_option_of_a_hydra_group_lists_the_options_and_no_search_path(run_sdlab, tmp_path, monkeypatch,

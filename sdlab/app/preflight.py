@@ -12,7 +12,7 @@ from sdlab.bench.scorers import check_reference_read, check_set_scorers, configu
 from sdlab.bench.worlds import world
 from sdlab.config import GenerationParams, Run
 from sdlab.errors import CannotRun, UserError, choose
-from sdlab.jobs import JOB_MODULES, MODEL_FREE_JOBS, check_recipe
+from sdlab.jobs import IMAGELESS_JOBS, JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.jobs.recipes import RECIPES
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.device import resolve_device
@@ -23,6 +23,9 @@ from sdlab.models.schedulers import check_fit, check_options, make_scheduler, sc
 # What toy math (MODEL_FREE_JOBS) never reads: the model, its scheduler and scorers, and every generation setting
 MODEL_SETTINGS = frozenset({"model", "scheduler", "clip", "scorers", "reference", "reference_count", "prompt_file",
                             "params", "seed", *(f.name for f in fields(GenerationParams))})
+# What a job that denoises nothing (IMAGELESS_JOBS) never reads
+DENOISING_SETTINGS = frozenset({"guidance_scale", "negative_prompt", "eta", "batch_size", "scorers", "reference",
+                                "reference_count"})
 
 
 def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None,
@@ -127,21 +130,32 @@ def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
     check_read([run.job for run in runs], typed)
 
 
+def unread_settings(job: str) -> frozenset[str]:
+    """The settings `job` never reads: toy math, all of the model's and the request's; a job that denoises nothing,
+    those of denoising and scoring."""
+    return MODEL_SETTINGS if job in MODEL_FREE_JOBS else DENOISING_SETTINGS if job in IMAGELESS_JOBS else frozenset()
+
+
 def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
-    """Refuse a model or generation setting typed for `jobs` that are all toy math, reading only their own block."""
-    unread = [f"{key}={value}" for key, value in typed.items() if key.split(".")[0] in MODEL_SETTINGS]
+    """Refuse a setting typed for `jobs` (a run's or a sweep's) that none of them reads."""
     jobs = list(dict.fromkeys(jobs))
-    if not jobs or not unread or any(job not in MODEL_FREE_JOBS for job in jobs):
+    unread = frozenset.intersection(*map(unread_settings, jobs)) if jobs else frozenset()
+    given = [f"{key}={value}" for key, value in typed.items() if key.split(".")[0] in unread]
+    if not given:
         return
-    recipes = [RECIPES[job] for job in jobs]
     where = f"experiment={typed['experiment']}" if "experiment" in typed else f"job {jobs[0]}"
+    if any(job not in MODEL_FREE_JOBS for job in jobs):
+        who = f"every job of {where} denoises nothing" if len(jobs) > 1 else f"{where} denoises nothing (job {jobs[0]})"
+        raise UserError(f"{given[0]} is not read: {who}: guidance, negative prompt, eta, batch size and scorers play "
+                        "no part in it")
+    recipes = [RECIPES[job] for job in jobs]
     if len(jobs) > 1:
-        raise UserError(f"{unread[0]} is not read: every job of {where} is toy math that reads only its own block "
+        raise UserError(f"{given[0]} is not read: every job of {where} is toy math that reads only its own block "
                         f"({', '.join(f'{recipe.block}:' for recipe in recipes)})")
     block, names = recipes[0].block, [f.name for f in fields(recipes[0])]
-    key, _, value = unread[0].partition("=")
+    key, _, value = given[0].partition("=")
     hint = f"; set {block}.{key.split('.')[-1]}={value}" if key.split(".")[-1] in names else ""
-    raise UserError(f"{unread[0]} is not read: {where} is toy math (job {jobs[0]}) that reads only its {block}: block "
+    raise UserError(f"{given[0]} is not read: {where} is toy math (job {jobs[0]}) that reads only its {block}: block "
                     f"({', '.join(f'{block}.{name}' for name in names)}){hint}")
 
 

@@ -87,6 +87,8 @@ def check_recipe(run: Run) -> Any:
 # Jobs that never load a model (the explainers' exact toy math): pre-flight checks no weights for them.
 MODEL_FREE_JOBS = ("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
                    "timestep_embedding")
+# Jobs that load a model but denoise nothing: a plan counts no images for them, and no denoising setting is theirs.
+IMAGELESS_JOBS = ("anatomy", "schedule_snr", "forward_process", "vae_roundtrip", "clip_tokens", "clip_similarity")
 # Which module registers each job, so a run imports only the job it needs (not scipy for a generate job).
 JOB_MODULES = {
     "generate": "generate", "train_mini": "train", "compare_schedulers": "compare",
@@ -103,15 +105,11 @@ def own(run: Run, images: int = 1) -> tuple[str, int, int]:
     return run.scheduler.name, run.params.num_inference_steps, images
 
 
-def no_images(run: Run, recipe: Any) -> Solves:
-    """The `work` of a job that denoises nothing."""
-    return []
-
-
 def work_of(run: Run) -> Solves | None:
-    """The images a run of its job denoises, as `(scheduler, steps, images)`; none for toy math; None: not said."""
+    """The images a run of its job denoises, as `(scheduler, steps, images)`; none for toy math and imageless jobs;
+    None: not said."""
     choose("job", run.job, JOB_MODULES)
-    if run.job in MODEL_FREE_JOBS:
+    if run.job in MODEL_FREE_JOBS or run.job in IMAGELESS_JOBS:
         return []
     get_job(run.job)
     if run.job not in WORK:

@@ -10,7 +10,7 @@ import pandas as pd
 from sdlab.bench.figures import bar_chart
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import ModelSpec
-from sdlab.jobs import JobContext, job, no_images
+from sdlab.jobs import JobContext, job
 from sdlab.metrics.anatomy import component_table, denoiser_block_table
 from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
 from sdlab.models.architectures import Part, build_on_meta, build_part, component_class
@@ -65,7 +65,7 @@ def binary_size(n_bytes: int) -> str:
     return f"{value:,.{decimals}f} {unit}"
 
 
-@job("anatomy", work=no_images)
+@job("anatomy")
 def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     """A row per component plus total, table `<denoiser>_blocks` (unet or transformer), figure anatomy.png."""
     spec = ctx.run.model

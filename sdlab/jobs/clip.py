@@ -11,7 +11,7 @@ import pandas as pd
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import bar_chart, heatmap
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.jobs import JobContext, job, no_images
+from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import article_reports, input_images
 from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, long_matrix, pooled_text_embeddings, token_rows,
                                 token_table)
@@ -37,7 +37,7 @@ def truncation_claim(tables: list[pd.DataFrame], encoders, labelled: bool) -> st
     return "\n".join(parts)
 
 
-@job("clip_tokens", work=no_images)
+@job("clip_tokens")
 def run_tokens(ctx: JobContext) -> pd.DataFrame:
     """A row per prompt and text encoder, table `tokens` per token, token_counts.png with a panel per encoder."""
     spec, prompts = ctx.run.model, ctx.recipe.prompts
@@ -93,7 +93,7 @@ def diagonal_claim(cos: np.ndarray) -> str:
     return f"{hits} of {n} images closest to their own caption; matched cos {matched:.2f} vs unmatched {unmatched:.2f}"
 
 
-@job("clip_similarity", work=no_images)
+@job("clip_similarity")
 def run_similarity(ctx: JobContext) -> pd.DataFrame:
     """The prompts' text-text cosine matrix; with a clip model, the image-caption one of `images` or drawn ones."""
     spec, recipe = ctx.run.model, ctx.recipe

@@ -10,7 +10,7 @@ from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
 from sdlab.config import Run
 from sdlab.errors import UserError
-from sdlab.jobs import JobContext, job, no_images, read_recipe
+from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import input_images, model_scheduler_config, to_model, to_uint8
 from sdlab.jobs.recipes import ForwardProcess
 from sdlab.jobs.schedule import schedule_spec
@@ -36,7 +36,7 @@ def forward_schedules(run: Run) -> list[dict]:
     return schedules
 
 
-@job("forward_process", check=forward_schedules, work=no_images)
+@job("forward_process", check=forward_schedules)
 def run_forward(ctx: JobContext) -> pd.DataFrame:
     """Noise one image at each timestep with a fixed eps, in pixels and in VAE latents; strip figure and PSNR per t."""
     recipe, spec = ctx.recipe, ctx.run.model

@@ -15,7 +15,7 @@ from sdlab.bench.figures import PALETTE, curves, last_visits, save_figure, style
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import Run, SchedulerChoice
 from sdlab.errors import UserError
-from sdlab.jobs import JobContext, job, no_images, read_recipe
+from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import model_scheduler_config
 from sdlab.jobs.recipes import ScheduleSnr
 from sdlab.metrics.schedule import beta_schedule_spec, betas, log_snr_crossing, schedule_table, zero_crossing
@@ -76,7 +76,7 @@ def check_schedules(run: Run) -> None:
         make_scheduler(name, model_config, options)
 
 
-@job("schedule_snr", check=check_schedules, work=no_images)
+@job("schedule_snr", check=check_schedules)
 def run_schedule(ctx: JobContext) -> pd.DataFrame:
     """Tables `schedule` (per t) and `visits` (per step), snr.png and visits.png, a row per schedule; and `families`."""
     recipe, spec = ctx.recipe, ctx.run.model

@@ -7,7 +7,7 @@ import pandas as pd
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered, write_table
-from sdlab.jobs import JobContext, job, no_images
+from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import article_reports, input_images, to_model, to_uint8
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
@@ -15,7 +15,7 @@ from sdlab.models.device import clock
 from sdlab.models.loading import load_model
 
 
-@job("vae_roundtrip", work=no_images)
+@job("vae_roundtrip")
 def run_vae(ctx: JobContext) -> pd.DataFrame:
     """One row per image (PSNR, SSIM, compression ratio, latent mean/std); table `latent_channels`; figure vae_roundtrip.png."""
     spec, recipe = ctx.run.model, ctx.recipe
