@@ -288,6 +288,13 @@ def test_a_model_setting_read_by_some_job_of_a_sweep_is_taken(run_sdlab, tmp_pat
                      "hydra.run.dir=r") == 0  # the steps whose visits it draws: read
 
 
+def test_a_setting_toy_math_does_not_read_is_not_offered_back_as_a_lookup_of_itself(run_sdlab, tmp_path, monkeypatch,
+                                                                                    capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("experiment=article_a2_noise", "seed=${noise.seed}") == 2
+    assert one_error_line(capsys).endswith("reads only its noise: block (noise.size, noise.seed)")
+
+
 def test_an_unknown_option_of_a_hydra_group_lists_the_options_and_no_search_path(run_sdlab, tmp_path, monkeypatch,
                                                                                  capsys):
     """Hydra's message went on with 'Config search path:; provider=hydra, path=pkg://hydra.conf; ...'."""

@@ -154,7 +154,7 @@ def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
                         f"({', '.join(f'{recipe.block}:' for recipe in recipes)})")
     block, names = recipes[0].block, [f.name for f in fields(recipes[0])]
     key, _, value = given[0].partition("=")
-    hint = f"; set {block}.{key.split('.')[-1]}={value}" if key.split(".")[-1] in names else ""
+    hint = f"; set {block}.{key.split('.')[-1]}={value}" if key.split(".")[-1] in names and "${" not in value else ""
     raise UserError(f"{given[0]} is not read: {where} is toy math (job {jobs[0]}) that reads only its {block}: block "
                     f"({', '.join(f'{block}.{name}' for name in names)}){hint}")
 
