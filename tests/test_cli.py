@@ -264,11 +264,15 @@ def test_display_overrides_show_values_as_typed():
     (["-m", "experiment=article_a2_noise", "seed=1,2", "plan=true"], "seed=1,2 is not read"),  # as the sweep would say
     # a job that denoises nothing reads no denoising or scoring setting
     (["experiment=schedule_snr", "guidance_scale=3"], "guidance_scale=3 is not read: experiment=schedule_snr denoises "
-     "nothing (job schedule_snr): guidance, negative prompt, eta, batch size and scorers play no part in it"),
+     "nothing (job schedule_snr); of the generation settings it reads num_inference_steps, width, height"),
     (["experiment=anatomy", "model=sd15_arch", "negative_prompt=blurry"], "negative_prompt=blurry is not read"),
+    (["experiment=anatomy", "model=sd15_arch", "width=1024"], "width=1024 is not read: experiment=anatomy denoises "
+     "nothing (job anatomy); of the generation settings it reads none"),
+    (["experiment=schedule_snr", "seed=3"], "seed=3 is not read"),
+    (["experiment=clip_tokens", "prompt=a red circle"], "prompt=a red circle is not read"),
     (["experiment=vae_roundtrip", "scorers=[clip]"], "scorers=[clip] is not read"),
-    (["-m", "experiment=clip_tokens,article_b5_cfg_toy", "eta=0.5"], "eta=0.5 is not read: every job of "
-     "experiment=clip_tokens,article_b5_cfg_toy denoises nothing"),
+    (["-m", "experiment=clip_tokens,article_b5_cfg_toy", "eta=0.5"], "eta=0.5 is not read: no job of "
+     "experiment=clip_tokens,article_b5_cfg_toy denoises"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
@@ -286,6 +290,9 @@ def test_a_model_setting_read_by_some_job_of_a_sweep_is_taken(run_sdlab, tmp_pat
     assert set(frame["experiment"]) == {"article_b5_cfg_toy", "schedule_snr"}
     assert run_sdlab("experiment=schedule_snr", "model=tiny", "num_inference_steps=7", "threads=1",
                      "hydra.run.dir=r") == 0  # the steps whose visits it draws: read
+    assert run_sdlab("experiment=forward_process", "model=tiny", "seed=3", "width=64", "height=64", "threads=1",
+                     "hydra.run.dir=f") == 0  # its recipe's own seed, of the noise it adds
+    assert pd.read_parquet(tmp_path / "f" / "results.parquet")["seed"].eq(3).all()
 
 
 def test_a_setting_toy_math_does_not_read_is_not_offered_back_as_a_lookup_of_itself(run_sdlab, tmp_path, monkeypatch,

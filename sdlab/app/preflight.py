@@ -20,12 +20,11 @@ from sdlab.models.families import ModelAdapter
 from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
 from sdlab.models.schedulers import check_fit, check_options, make_scheduler, scheduler_class  # imports diffusers
 
-# What toy math (MODEL_FREE_JOBS) never reads: the model, its scheduler and scorers, and every generation setting
-MODEL_SETTINGS = frozenset({"model", "scheduler", "clip", "scorers", "reference", "reference_count", "prompt_file",
-                            "params", "seed", *(f.name for f in fields(GenerationParams))})
-# What a job that denoises nothing (IMAGELESS_JOBS) never reads
-DENOISING_SETTINGS = frozenset({"guidance_scale", "negative_prompt", "eta", "batch_size", "scorers", "reference",
-                                "reference_count"})
+# The generation settings: what a request asks of the denoiser and how its images are scored
+GENERATION_SETTINGS = frozenset({"scorers", "reference", "reference_count", "prompt_file", "seed",
+                                 *(f.name for f in fields(GenerationParams))})
+# What toy math (MODEL_FREE_JOBS) never reads: the model, its scheduler and every generation setting
+MODEL_SETTINGS = GENERATION_SETTINGS | {"model", "scheduler", "clip", "params"}
 
 
 def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None,
@@ -130,10 +129,19 @@ def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
     check_read([run.job for run in runs], typed)
 
 
+def recipe_fields(job: str) -> list[str]:
+    """The names of `job`'s recipe fields (none for a job without a recipe)."""
+    return [f.name for f in fields(RECIPES[job])] if job in RECIPES else []
+
+
 def unread_settings(job: str) -> frozenset[str]:
-    """The settings `job` never reads: toy math, all of the model's and the request's; a job that denoises nothing,
-    those of denoising and scoring."""
-    return MODEL_SETTINGS if job in MODEL_FREE_JOBS else DENOISING_SETTINGS if job in IMAGELESS_JOBS else frozenset()
+    """The settings `job` never reads: toy math, all of the model's and the request's; a job that denoises nothing, the
+    generation settings but those it names (`IMAGELESS_JOBS`) and its recipe's fields (forward_process' seed)."""
+    if job in MODEL_FREE_JOBS:
+        return MODEL_SETTINGS
+    if job in IMAGELESS_JOBS:
+        return GENERATION_SETTINGS - {*IMAGELESS_JOBS[job], *recipe_fields(job)}
+    return frozenset()
 
 
 def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
@@ -144,15 +152,17 @@ def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
     if not given:
         return
     where = f"experiment={typed['experiment']}" if "experiment" in typed else f"job {jobs[0]}"
-    if any(job not in MODEL_FREE_JOBS for job in jobs):
-        who = f"every job of {where} denoises nothing" if len(jobs) > 1 else f"{where} denoises nothing (job {jobs[0]})"
-        raise UserError(f"{given[0]} is not read: {who}: guidance, negative prompt, eta, batch size and scorers play "
-                        "no part in it")
+    if len(jobs) > 1 and any(job not in MODEL_FREE_JOBS for job in jobs):
+        raise UserError(f"{given[0]} is not read: no job of {where} denoises, and none reads it")
+    if jobs[0] in IMAGELESS_JOBS:
+        reads = [name for name in (*IMAGELESS_JOBS[jobs[0]], *recipe_fields(jobs[0])) if name in GENERATION_SETTINGS]
+        raise UserError(f"{given[0]} is not read: {where} denoises nothing (job {jobs[0]}); of the generation settings "
+                        f"it reads {', '.join(reads) or 'none'}")
     recipes = [RECIPES[job] for job in jobs]
     if len(jobs) > 1:
         raise UserError(f"{given[0]} is not read: every job of {where} is toy math that reads only its own block "
                         f"({', '.join(f'{recipe.block}:' for recipe in recipes)})")
-    block, names = recipes[0].block, [f.name for f in fields(recipes[0])]
+    block, names = recipes[0].block, recipe_fields(jobs[0])
     key, _, value = given[0].partition("=")
     hint = f"; set {block}.{key.split('.')[-1]}={value}" if key.split(".")[-1] in names and "${" not in value else ""
     raise UserError(f"{given[0]} is not read: {where} is toy math (job {jobs[0]}) that reads only its {block}: block "

@@ -87,8 +87,11 @@ def check_recipe(run: Run) -> Any:
 # Jobs that never load a model (the explainers' exact toy math): pre-flight checks no weights for them.
 MODEL_FREE_JOBS = ("noise_image", "toy_predictor", "toy_unet", "vae_compression", "cfg_toy", "ddim_steps",
                    "timestep_embedding")
-# Jobs that load a model but denoise nothing: a plan counts no images for them, and no denoising setting is theirs.
-IMAGELESS_JOBS = ("anatomy", "schedule_snr", "forward_process", "vae_roundtrip", "clip_tokens", "clip_similarity")
+# Jobs that load a model but denoise nothing, each with the generation settings it reads besides its recipe's own
+# fields: a plan counts no images for them, and pre-flight refuses any other generation setting typed for them.
+IMAGELESS_JOBS = {"anatomy": (), "clip_tokens": (), "schedule_snr": ("num_inference_steps", "width", "height"),
+                  "forward_process": ("width", "height"), "vae_roundtrip": ("width", "height"),
+                  "clip_similarity": ("width", "height")}
 # Which module registers each job, so a run imports only the job it needs (not scipy for a generate job).
 JOB_MODULES = {
     "generate": "generate", "train_mini": "train", "compare_schedulers": "compare",
