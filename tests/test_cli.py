@@ -271,8 +271,14 @@ def test_display_overrides_show_values_as_typed():
     (["experiment=schedule_snr", "seed=3"], "seed=3 is not read"),
     (["experiment=clip_tokens", "prompt=a red circle"], "prompt=a red circle is not read"),
     (["experiment=vae_roundtrip", "scorers=[clip]"], "scorers=[clip] is not read"),
-    (["-m", "experiment=clip_tokens,article_b5_cfg_toy", "eta=0.5"], "eta=0.5 is not read: no job of "
-     "experiment=clip_tokens,article_b5_cfg_toy denoises"),
+    (["-m", "experiment=clip_tokens,article_b5_cfg_toy", "eta=0.5"], "eta=0.5 is not read by any job of "
+     "experiment=clip_tokens,article_b5_cfg_toy"),
+    # a grid takes the axis it draws from its own list
+    (["experiment=guidance_grid", "guidance_scale=3"], "guidance_scale=3 is not read: experiment=guidance_grid (job "
+     "guidance_grid) draws its own guidance_scales; give guidance_scales= instead"),
+    (["-m", "experiment=guidance_grid", "guidance_scale=1,7.5"], "guidance_scale=1,7.5 is not read"),
+    (["experiment=prompt_grid", "prompt=a red circle"], "prompt=a red circle is not read: experiment=prompt_grid (job "
+     "prompt_grid) draws its own prompts; give prompts= instead"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
@@ -293,6 +299,7 @@ def test_a_model_setting_read_by_some_job_of_a_sweep_is_taken(run_sdlab, tmp_pat
     assert run_sdlab("experiment=forward_process", "model=tiny", "seed=3", "width=64", "height=64", "threads=1",
                      "hydra.run.dir=f") == 0  # its recipe's own seed, of the noise it adds
     assert pd.read_parquet(tmp_path / "f" / "results.parquet")["seed"].eq(3).all()
+    assert run_sdlab("-m", "experiment=guidance_grid,generate", "guidance_scale=3", "plan=true") == 0  # generate's
 
 
 def test_a_setting_toy_math_does_not_read_is_not_offered_back_as_a_lookup_of_itself(run_sdlab, tmp_path, monkeypatch,

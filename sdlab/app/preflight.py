@@ -134,14 +134,20 @@ def recipe_fields(job: str) -> list[str]:
     return [f.name for f in fields(RECIPES[job])] if job in RECIPES else []
 
 
+def replaced(job: str) -> dict[str, str]:
+    """The settings `job`'s recipe draws from a field of its own instead (a grid's axis): {setting: field}."""
+    return getattr(RECIPES.get(job), "replaces", {})
+
+
 def unread_settings(job: str) -> frozenset[str]:
     """The settings `job` never reads: toy math, all of the model's and the request's; a job that denoises nothing, the
-    generation settings but those it names (`IMAGELESS_JOBS`) and its recipe's fields (forward_process' seed)."""
+    generation settings but those it names (`IMAGELESS_JOBS`) and its recipe's fields (forward_process' seed); any
+    other, those its recipe draws itself (`replaced`)."""
     if job in MODEL_FREE_JOBS:
         return MODEL_SETTINGS
     if job in IMAGELESS_JOBS:
         return GENERATION_SETTINGS - {*IMAGELESS_JOBS[job], *recipe_fields(job)}
-    return frozenset()
+    return frozenset(replaced(job))
 
 
 def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
@@ -153,7 +159,10 @@ def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
         return
     where = f"experiment={typed['experiment']}" if "experiment" in typed else f"job {jobs[0]}"
     if len(jobs) > 1 and any(job not in MODEL_FREE_JOBS for job in jobs):
-        raise UserError(f"{given[0]} is not read: no job of {where} denoises, and none reads it")
+        raise UserError(f"{given[0]} is not read by any job of {where}")
+    if replaced(jobs[0]) and jobs[0] not in IMAGELESS_JOBS:
+        field = replaced(jobs[0])[given[0].partition("=")[0]]
+        raise UserError(f"{given[0]} is not read: {where} (job {jobs[0]}) draws its own {field}; give {field}= instead")
     if jobs[0] in IMAGELESS_JOBS:
         reads = [name for name in (*IMAGELESS_JOBS[jobs[0]], *recipe_fields(jobs[0])) if name in GENERATION_SETTINGS]
         raise UserError(f"{given[0]} is not read: {where} denoises nothing (job {jobs[0]}); of the generation settings "

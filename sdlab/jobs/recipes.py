@@ -34,6 +34,7 @@ class ImageInput:
 class Prompts:
     """The prompts a job compares; one string counts as a list of one."""
 
+    replaces = {"prompt": "prompts", "prompt_file": "prompts"}
     prompts: tuple[str, ...] = rule(MISSING, "strs")
 
 
@@ -243,6 +244,7 @@ class ForwardProcess(ImageInput):
 
 @dataclass(frozen=True)
 class GuidanceGrid:
+    replaces = {"guidance_scale": "guidance_scales"}  # a setting its job does not read: the field it draws instead
     guidance_scales: tuple[float, ...] = rule(MISSING, "numbers", 0, MAX_GUIDANCE)
 
 
