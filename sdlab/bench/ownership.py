@@ -55,10 +55,17 @@ def is_owned(folder: Path) -> bool:
     return mark.is_file() and not mark.is_symlink()
 
 
+def launch_paths(job_name: str | None, output_subdir: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(folders, files) a launcher writes into a run or job dir before the job starts: Hydra's output_subdir and its
+    files, and the log (when `job_name` is known)."""
+    folders = () if output_subdir is None else (output_subdir,)
+    log = () if job_name is None else (f"{job_name}.log",)
+    return folders, (*log, *(f"{subdir}/{name}" for subdir in folders for name in HYDRA_FILES))
+
+
 def launch_files(job_name: str, output_subdir: str | None) -> frozenset[str]:
-    """What a launcher writes into a job dir before the job starts (and marks it): its log and Hydra's files."""
-    hydra = () if output_subdir is None else (output_subdir, *(f"{output_subdir}/{name}" for name in HYDRA_FILES))
-    return frozenset({f"{job_name}.log", *(Path(name).as_posix() for name in hydra)})
+    """What a launcher writes into a job dir before the job starts (and marks it), as relative paths."""
+    return frozenset(Path(name).as_posix() for names in launch_paths(job_name, output_subdir) for name in names)
 
 
 def holds_only(folder: Path, names: frozenset[str]) -> bool:
@@ -135,10 +142,8 @@ def check_writes_inside(folder: Path, key: str, job_name: str | None, output_sub
     if key == "hydra.sweep.dir":  # the sweep's root: its own files; each job dir is checked as a run's
         check_kinds(folder, shown, folders=(), files=(MARK, *TABLE_FILES, *SWEEP_FILES))
         return
-    hydra = () if output_subdir is None else (output_subdir,)
-    log = () if job_name is None else (f"{job_name}.log",)
-    hydra_files = tuple(f"{subdir}/{name}" for subdir in hydra for name in HYDRA_FILES)
-    check_kinds(folder, shown, folders=("images", *hydra), files=(MARK, *RUN_FILES, CONFIG, *log, *hydra_files))
+    folders, files = launch_paths(job_name, output_subdir)
+    check_kinds(folder, shown, folders=("images", *folders), files=(MARK, *RUN_FILES, CONFIG, *files))
 
 
 def check_kinds(folder: Path, shown: str | None, folders: tuple[str, ...], files: tuple[str, ...]) -> None:
