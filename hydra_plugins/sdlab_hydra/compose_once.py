@@ -550,7 +550,7 @@ class ComposeOnceSweeper(Sweeper):
         typed once per distinct set of values but the seed. Without `hashed`, a cell's hash is left empty. Jobs whose
         model cannot run their scheduler (`misfit`, asked once per model and scheduler) are left out, with why. The
         settings `given` on the command line are checked as the sweep checks them (`check_read`)."""
-        shapes, typed, planned, cannot, fits, kinds = {}, {}, [], {}, {}, {}
+        shapes, typed, planned, cannot, fits, job_names = {}, {}, [], {}, {}, []
         for job in jobs:
             parsed = self.composed.parsed(job)
             signature = self.composed.signature(parsed)
@@ -563,7 +563,7 @@ class ComposeOnceSweeper(Sweeper):
                 if signature is not None and base is None:
                     unresolved = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
                     shapes[signature] = parsed, run, OmegaConf.to_yaml(unresolved)
-                kinds[run.job] = None
+                job_names.append(run.job)
                 if (why := misfit_of(run, fits)) is not None:
                     cannot[tuple(job)] = why
                     continue
@@ -587,7 +587,7 @@ class ComposeOnceSweeper(Sweeper):
             seeds = check_seeds((recipe["seed"],)) if "seed" in recipe and recipe.get("seeds") is None else cell.seeds
             planned.append(dataclasses.replace(cell, job_hash=dataclasses.replace(run, recipe=recipe).job_hash
                                                if hashed else "", seeds=seeds))
-        check_read(list(kinds), given)  # a job of the fast path has its template's job
+        check_read(job_names, given)  # a job of the fast path has its template's job
         return planned, cannot
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:

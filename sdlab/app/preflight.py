@@ -139,14 +139,19 @@ def replaced(job: str) -> dict[str, str]:
     return getattr(RECIPES.get(job), "replaces", {})
 
 
+def imageless_reads(job: str) -> list[str]:
+    """The generation settings a job that denoises nothing reads: those it names (`IMAGELESS_JOBS`) and its recipe's
+    fields (forward_process' seed)."""
+    return [name for name in (*IMAGELESS_JOBS[job], *recipe_fields(job)) if name in GENERATION_SETTINGS]
+
+
 def unread_settings(job: str) -> frozenset[str]:
     """The settings `job` never reads: toy math, all of the model's and the request's; a job that denoises nothing, the
-    generation settings but those it names (`IMAGELESS_JOBS`) and its recipe's fields (forward_process' seed); any
-    other, those its recipe draws itself (`replaced`)."""
+    generation settings but `imageless_reads`; any other, those its recipe draws itself (`replaced`)."""
     if job in MODEL_FREE_JOBS:
         return MODEL_SETTINGS
     if job in IMAGELESS_JOBS:
-        return GENERATION_SETTINGS - {*IMAGELESS_JOBS[job], *recipe_fields(job)}
+        return GENERATION_SETTINGS - set(imageless_reads(job))
     return frozenset(replaced(job))
 
 
@@ -160,13 +165,12 @@ def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
     where = f"experiment={typed['experiment']}" if "experiment" in typed else f"job {jobs[0]}"
     if len(jobs) > 1 and any(job not in MODEL_FREE_JOBS for job in jobs):
         raise UserError(f"{given[0]} is not read by any job of {where}")
-    if replaced(jobs[0]) and jobs[0] not in IMAGELESS_JOBS:
+    if jobs[0] in IMAGELESS_JOBS:
+        raise UserError(f"{given[0]} is not read: {where} denoises nothing (job {jobs[0]}); of the generation settings "
+                        f"it reads {', '.join(imageless_reads(jobs[0])) or 'none'}")
+    if jobs[0] not in MODEL_FREE_JOBS:  # what its recipe draws itself
         field = replaced(jobs[0])[given[0].partition("=")[0]]
         raise UserError(f"{given[0]} is not read: {where} (job {jobs[0]}) draws its own {field}; give {field}= instead")
-    if jobs[0] in IMAGELESS_JOBS:
-        reads = [name for name in (*IMAGELESS_JOBS[jobs[0]], *recipe_fields(jobs[0])) if name in GENERATION_SETTINGS]
-        raise UserError(f"{given[0]} is not read: {where} denoises nothing (job {jobs[0]}); of the generation settings "
-                        f"it reads {', '.join(reads) or 'none'}")
     recipes = [RECIPES[job] for job in jobs]
     if len(jobs) > 1:
         raise UserError(f"{given[0]} is not read: every job of {where} is toy math that reads only its own block "
