@@ -279,6 +279,12 @@ def test_display_overrides_show_values_as_typed():
     (["-m", "experiment=guidance_grid", "guidance_scale=1,7.5"], "guidance_scale=1,7.5 is not read"),
     (["experiment=prompt_grid", "prompt=a red circle"], "prompt=a red circle is not read: experiment=prompt_grid (job "
      "prompt_grid) draws its own prompts; give prompts= instead"),
+    (["experiment=article_b8_schedulers", "scheduler=ddim"], "scheduler=ddim is not read: "
+     "experiment=article_b8_schedulers (job scheduler_grid) draws its own schedulers; give schedulers= instead"),
+    (["experiment=compare_schedulers_quick", "scheduler=euler"], "scheduler=euler is not read: "
+     "experiment=compare_schedulers_quick (job compare_schedulers) draws its own schedulers; give compare.schedulers= "
+     "instead"),
+    (["experiment=article_f1_distance_guidance", "scheduler=euler"], "scheduler=euler is not read"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
@@ -298,6 +304,9 @@ def test_a_model_setting_read_by_some_job_of_a_sweep_is_taken(run_sdlab, tmp_pat
                      "hydra.run.dir=r") == 0  # the steps whose visits it draws: read
     assert run_sdlab("experiment=forward_process", "model=tiny", "seed=3", "width=64", "height=64", "threads=1",
                      "hydra.run.dir=f") == 0  # its recipe's own seed, of the noise it adds
+    assert run_sdlab("experiment=article_b8_schedulers", "model=tiny", "reference_steps=0", "num_inference_steps=2",
+                     "seeds=[1]", "scheduler.timestep_spacing=trailing", "threads=1",
+                     "hydra.run.dir=g") == 0  # the options every sampler of the grid is built with: read
     assert pd.read_parquet(tmp_path / "f" / "results.parquet")["seed"].eq(3).all()
     assert run_sdlab("-m", "experiment=guidance_grid,generate", "guidance_scale=3", "plan=true") == 0  # generate's
 

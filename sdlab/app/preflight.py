@@ -145,21 +145,22 @@ def imageless_reads(job: str) -> list[str]:
     return [name for name in (*IMAGELESS_JOBS[job], *recipe_fields(job)) if name in GENERATION_SETTINGS]
 
 
-def unread_settings(job: str) -> frozenset[str]:
-    """The settings `job` never reads: toy math, all of the model's and the request's; a job that denoises nothing, the
-    generation settings but `imageless_reads`; any other, those its recipe draws itself (`replaced`)."""
+def reads(job: str, key: str) -> bool:
+    """Whether `job` reads the setting `key` typed for it: toy math none of the model's or the request's (a block by
+    its name); a job that denoises nothing no generation setting but `imageless_reads`; any other all but the group
+    choices its recipe draws itself (`replaced`: `scheduler=`, not the options its samplers are built with)."""
+    root = key.split(".")[0]
     if job in MODEL_FREE_JOBS:
-        return MODEL_SETTINGS
+        return root not in MODEL_SETTINGS
     if job in IMAGELESS_JOBS:
-        return GENERATION_SETTINGS - set(imageless_reads(job))
-    return frozenset(replaced(job))
+        return root not in GENERATION_SETTINGS or root in imageless_reads(job)
+    return key not in replaced(job)
 
 
 def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
     """Refuse a setting typed for `jobs` (a run's or a sweep's) that none of them reads."""
     jobs = list(dict.fromkeys(jobs))
-    unread = frozenset.intersection(*map(unread_settings, jobs)) if jobs else frozenset()
-    given = [f"{key}={value}" for key, value in typed.items() if key.split(".")[0] in unread]
+    given = [f"{key}={value}" for key, value in typed.items() if jobs and not any(reads(job, key) for job in jobs)]
     if not given:
         return
     where = f"experiment={typed['experiment']}" if "experiment" in typed else f"job {jobs[0]}"
@@ -170,7 +171,9 @@ def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
                         f"it reads {', '.join(imageless_reads(jobs[0])) or 'none'}")
     if jobs[0] not in MODEL_FREE_JOBS:  # what its recipe draws itself
         field = replaced(jobs[0])[given[0].partition("=")[0]]
-        raise UserError(f"{given[0]} is not read: {where} (job {jobs[0]}) draws its own {field}; give {field}= instead")
+        block = getattr(RECIPES[jobs[0]], "block", None)
+        raise UserError(f"{given[0]} is not read: {where} (job {jobs[0]}) draws its own {field}; give "
+                        f"{block + '.' if block else ''}{field}= instead")
     recipes = [RECIPES[job] for job in jobs]
     if len(jobs) > 1:
         raise UserError(f"{given[0]} is not read: every job of {where} is toy math that reads only its own block "

@@ -74,6 +74,7 @@ class Study:
     """The `compare:` block: schedulers x steps over seeds and prompts, against a deterministic reference solve."""
 
     block = "compare"
+    replaces = {"scheduler": "schedulers"}
     # each listed once: a repeat makes the same images again, counted as more seeds in n and the intervals
     schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
     steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
@@ -102,6 +103,7 @@ class DistanceStudy:
     """The `distance:` block: cells guidance_scales x schedulers x steps, each against `references` real images."""
 
     block = "distance"
+    replaces = {"scheduler": "schedulers"}
     guidance_scales: tuple[float, ...] = rule(None, "numbers", 0, MAX_GUIDANCE, distinct=True)
     schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
     steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
@@ -251,6 +253,8 @@ class GuidanceGrid:
 @dataclass(frozen=True)
 class SchedulerGrid:
     """The samplers side by side, and the many-step solve each image's PSNR is taken to (with `reference_steps`)."""
+
+    replaces = {"scheduler": "schedulers"}
 
     schedulers: tuple[str, ...] = rule(MISSING, "strs")
     reference_scheduler: str = rule("dpmpp_2m", "str")
