@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -343,8 +344,6 @@ def test_recipe_runs_on_every_family(recipe, model, run_sdlab, tmp_path, capsys)
 
 
 def test_a9_runs_the_articles_parameters_twice_and_gets_the_same_image(run_sdlab, tmp_path):
-    import json
-
     article = json.loads((ROOT / "experiments" / "article_a9_params.json").read_text())
     assert {k: article[k] for k in ("seed", "num_inference_steps", "guidance_scale", "negative_prompt")} == {
         "seed": 42, "num_inference_steps": 30, "guidance_scale": 9.0, "negative_prompt": "blurry, low quality, text"}
@@ -355,3 +354,17 @@ def test_a9_runs_the_articles_parameters_twice_and_gets_the_same_image(run_sdlab
     assert np.array_equal(first, second)
     caption = json.loads((tmp_path / "captions.json").read_text())["same_params.png"]
     assert caption.startswith("the same parameters give the same image: max |difference| 0 of 255 (bit-identical)")
+
+
+def test_a9_with_more_seeds_makes_each_seed_twice(run_sdlab, tmp_path):
+    """Every seed given is generated in both calls and compared with itself: none is dropped after the first."""
+    assert run_sdlab("experiment=article_a9_params", "model=tiny", "num_inference_steps=2", "seeds=[3,4]",
+                     f"hydra.run.dir={tmp_path}") == 0
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert sorted(zip(frame["seed"], frame["call"])) == [(3, 1), (3, 2), (4, 1), (4, 2)]
+    images = {(row.seed, row.call): np.asarray(Image.open(tmp_path / row.image_path)) for row in frame.itertuples()}
+    assert all(np.array_equal(images[seed, 1], images[seed, 2]) for seed in (3, 4))
+    assert not np.array_equal(images[3, 1], images[4, 1])
+    caption = json.loads((tmp_path / "captions.json").read_text())["same_params.png"]
+    assert caption.startswith("the same parameters give the same image: max |difference| 0 of 255 (bit-identical)")
+    assert "seeds 3, 4" in caption

@@ -278,22 +278,25 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
     return frame
 
 
-@job("same_params", work=lambda run, _: [own(run, 2)])
+@job("same_params", work=lambda run, _: [own(run, 2 * len(run.params.seeds))])
 def run_same_params(ctx: JobContext) -> pd.DataFrame:
-    """The first seed's parameters generated in two calls: both images and their pixel difference in same_params.png."""
+    """Each seed's parameters generated in two calls: both images and their pixel difference, a row a seed, in
+    same_params.png."""
     model, spec, params, scorers = setup(ctx)
-    params = replace(params, seeds=params.seeds[:1])
     frame = ordered([row for i in (1, 2) for row in cell_rows(ctx, model, scorers, params, {"call": i}, f"call{i}")])
-    first, second = (np.asarray(Image.open(ctx.out_dir / path).convert("RGB"), dtype=np.int16)
-                     for path in frame["image_path"])
-    diff = np.abs(first - second)
-    most = int(diff.max())
-    verdict = "bit-identical" if most == 0 else f"{int((diff > 0).any(axis=-1).sum())} pixels differ"
-    p = params
-    image_strip([[first.astype(np.uint8), second.astype(np.uint8), (diff * (255 // max(most, 1))).astype(np.uint8)]],
+    pairs = [[np.asarray(Image.open(ctx.out_dir / path).convert("RGB"), dtype=np.int16)
+              for path in frame[frame["seed"] == seed].sort_values("call")["image_path"]] for seed in params.seeds]
+    diffs = [np.abs(first - second) for first, second in pairs]
+    most = max(int(diff.max()) for diff in diffs)
+    differ = sum(int((diff > 0).any(axis=-1).sum()) for diff in diffs)
+    verdict = "bit-identical" if most == 0 else f"{differ} pixels differ"
+    p, seeds = params, "seed" if len(params.seeds) == 1 else "seeds"
+    image_strip([[first.astype(np.uint8), second.astype(np.uint8), (diff * (255 // max(most, 1))).astype(np.uint8)]
+                 for (first, second), diff in zip(pairs, diffs)],
                 ctx.out_dir / "same_params.png", col_labels=["call 1", "call 2", f"|call 1 - call 2|, max {most}"],
+                row_labels=[f"seed {seed}" for seed in p.seeds] if len(p.seeds) > 1 else (),
                 title=f"the same parameters give the same image: max |difference| {most} of 255 ({verdict})\n"
-                      f"prompt {p.prompt!r}, negative {p.negative_prompt!r}\nseed {p.seeds[0]}, "
+                      f"prompt {p.prompt!r}, negative {p.negative_prompt!r}\n{seeds} {', '.join(map(str, p.seeds))}, "
                       f"{counted(p.num_inference_steps, 'step')}, cfg {p.guidance_scale:g}, {p.width}x{p.height}, "
                       f"{ctx.run.scheduler.name}" + article_reports(ctx.run), cell_inches=2.2)
     return frame
