@@ -707,6 +707,31 @@ def test_ctrl_c_before_a_sweep_wrote_its_folder_names_no_folder_to_resume_in(run
     assert not (tmp_path / "s").exists()
 
 
+def test_ctrl_c_ends_every_worker_process_the_sweep_started(run_sdlab, tmp_path, monkeypatch, capsys):
+    """A launcher's worker that no job has reached (Ctrl-C before joblib's pool could abort) does not idle on after
+    the sweep, holding its output: the interrupted sweep ends its worker processes as it exits."""
+    import multiprocessing
+    import time
+
+    from hydra_plugins.sdlab_hydra import compose_once
+
+    started = []
+
+    def interrupted(run):
+        worker = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,), daemon=False)
+        worker.start()  # as a pool starts its workers
+        started.append(worker)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compose_once, "check_job", interrupted)
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    assert run_sdlab("-m", "seed=1,2", "model=tiny", "threads=1", f"hydra.sweep.dir={tmp_path / 's'}") == 130
+    worker = started[0]
+    worker.join(timeout=5)
+    assert worker.exitcode is not None, "the worker outlived the sweep"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sdlab: error: interrupted; nothing was written"
+
+
 INTERRUPTED_IMPORT = """
 import builtins, runpy, sys
 real = builtins.__import__

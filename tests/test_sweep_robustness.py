@@ -607,13 +607,15 @@ def test_ctrl_c_of_a_joblib_sweep_is_one_line_and_exit_130(tmp_path):
         f"sdlab: error: interrupted; rerun the same command to resume in {sweep}"], err
 
 
-@pytest.mark.parametrize("launcher, started_by", [
-    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "popen_loky_posix"),  # a loky worker
-    (["hydra/launcher=submitit_local"], "submitit.core._submit"),  # a local submitit task
+@pytest.mark.parametrize("launcher, started_by, ends_with_sweep", [
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "popen_loky_posix", True),  # a loky worker: the sweep's child
+    (["hydra/launcher=submitit_local"], "submitit.core._submit", False),  # a local submitit task: on its own, once up
 ])
-def test_ctrl_c_as_workers_start_is_still_one_line_and_runs_nothing_after(tmp_path, launcher, started_by):
+def test_ctrl_c_as_workers_start_is_still_one_line_and_runs_nothing_after(tmp_path, launcher, started_by,
+                                                                           ends_with_sweep):
     """A worker that Ctrl-C meets while its interpreter starts (held there 3 s by a sitecustomize) takes no part in it:
-    the sweep's one line, no traceback of the worker's, no worker left, and no job run once the sweep is gone."""
+    the sweep's one line, no traceback of the worker's, no worker left (a loky worker ends with the sweep, whether or
+    not a job has reached it), and no job run once the sweep is gone."""
     site, marks, sweep = tmp_path / "site", tmp_path / "marks", tmp_path / "sweep"
     site.mkdir()
     marks.mkdir()
@@ -622,19 +624,26 @@ def test_ctrl_c_as_workers_start_is_still_one_line_and_runs_nothing_after(tmp_pa
         f"if {started_by!r} in ' '.join(sys.orig_argv):  # a worker, as it starts\n"
         f"    open(os.path.join({str(marks)!r}, str(os.getpid())), 'w').close()\n"
         "    time.sleep(3)\n")
-    process = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", "-m", "seed=range(1,9)", "model=tiny",
-                                "num_inference_steps=2", "threads=1", *launcher, f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                    "PYTHONPATH": os.pathsep.join([str(site), *sys.path])},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    alive = lambda: [mark.name for mark in marks.iterdir() if Path(f"/proc/{mark.name}").exists()]  # noqa: E731
+    with open(tmp_path / "stderr", "w") as err:  # a file: the sweep's end is seen even while a worker holds it
+        process = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", "-m", "seed=range(1,9)", "model=tiny",
+                                    "num_inference_steps=2", "threads=1", *launcher, f"hydra.sweep.dir={sweep}"],
+                                   cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                      "PYTHONPATH": os.pathsep.join([str(site), *sys.path])},
+                                   stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: any(marks.iterdir()), process)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole process group
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert err.splitlines() == [f"sdlab: error: interrupted; rerun the same command to resume in {sweep}"], err
+    assert process.wait(timeout=60) == 130
+    if ends_with_sweep:
+        deadline = time.monotonic() + 1  # well inside the 3 s the worker is held
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive()
     time.sleep(5)  # the workers' start-up ends, and they find the sweep gone
-    assert not [mark.name for mark in marks.iterdir() if Path(f"/proc/{mark.name}").exists()]
+    assert not alive()
+    assert (tmp_path / "stderr").read_text().splitlines() == [
+        f"sdlab: error: interrupted; rerun the same command to resume in {sweep}"]
     assert not list(sweep.glob("*/job.json")) and not list(sweep.glob("[0-9]*"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -234,6 +235,8 @@ def entry() -> None:
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt as e:
+        for worker in multiprocessing.active_children():  # a launcher's pool: one no job reached would idle on
+            worker.kill()
         lock.release_held()
         logging.shutdown()
         sys.stdout.flush()
