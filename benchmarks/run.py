@@ -45,28 +45,26 @@ class Report:
         self.rows.append({"section": section, "metric": metric, "value": value, "unit": unit, "note": note})
 
 
+def run_measured(cmd: list[str], cwd: Path, check: bool = True) -> tuple[float, float]:
+    """(wall, CPU) seconds of a subprocess, CPU being user + system of all its threads and children; with `check`, one
+    that must succeed (without, a refused value exits 2 on purpose)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}"}
+    before, start = os.times(), time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall, after = time.perf_counter() - start, os.times()
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
 def run_timed(cmd: list[str], cwd: Path) -> float:
     """Wall seconds of a subprocess that must succeed."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}"}
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    return time.perf_counter() - start
+    return run_measured(cmd, cwd)[0]
 
 
 def medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
     """The median wall and the median CPU seconds of (wall, CPU) runs."""
     return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
-
-
-def run_cpu(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """(wall, CPU) seconds of a subprocess, whatever its exit code (a refused value exits 2 on purpose)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    before, start = os.times(), time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    wall, after = time.perf_counter() - start, os.times()
-    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
 # 1-2. sweep overhead against a hand-written loop and a naive Hydra app
@@ -186,11 +184,15 @@ def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Pat
     }
     work = work / f"shared_{model}"
     times: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     for r in range(repeats):
         for name, cmd in commands.items():
             out = work / f"{name}_{r}"
-            times[name].append(run_timed(cmd + ([str(out)] if name != "sdlab" else [f"hydra.sweep.dir={out}"]), ROOT))
+            wall, seconds = run_measured(cmd + ([str(out)] if name != "sdlab" else [f"hydra.sweep.dir={out}"]), ROOT)
+            times[name].append(wall)
+            cpu[name].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     # each ratio within one repetition (the three ways ran in turn), then their median: a machine whose speed moves
     # between repetitions moves both sides of each ratio
     pairs = {(a, b): [x / y for x, y in zip(times[a], times[b])] for a, b in
@@ -210,23 +212,30 @@ def bench_shared(report: Report, model: str, steps: int, repeats: int, work: Pat
     report.add("shared", f"{model}_shared_over_expert", ratio["sdlab", "expert"], "ratio",
                f"target <= 1.1; median of {repeats} ratios within a repetition")
     report.add("shared", f"{model}_shared_max_pixel_diff", worst, "levels", "sdlab against one image at a time")
+    cpu_ratio = statistics.median(a / b for a, b in zip(cpu["sdlab"], cpu["expert"]))
+    report.add("shared", f"{model}_shared_cpu_over_expert", cpu_ratio, "ratio",
+               f"CPU seconds (user + system) against the batched loop's; median of {repeats} ratios")
     sized = f" width={size} height={size}" if size else ""
     sweep = (f"sdlab -m \"prompt={prompts}\" seed={seed_list} guidance_scale=1,7.5 model={model} "
              f"num_inference_steps={steps}{sized}")
     report.sections.append(
         f"### {11 if model != 'sd15_arch' else 12}. Cells sharing calls ({model}{f' at {size} px' if size else ''}, {cells} cells: 4 prompts x {seeds} "
         f"seeds x 2 guidance scales, {steps} steps, median of {repeats})\n\n"
-        "| way | wall s | vs one at a time | vs batched by 8 | max pixel diff to one at a time |\n|---|---|---|---|---|\n"
-        f"| hand-written loop, one image at a time | {med['one']:.2f} | 1.000 | {ratio['one', 'expert']:.3f} | 0 |\n"
+        "| way | wall s | CPU s | vs one at a time | vs batched by 8 | max pixel diff to one at a time |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| hand-written loop, one image at a time | {med['one']:.2f} | {med_cpu['one']:.2f} | 1.000 | "
+        f"{ratio['one', 'expert']:.3f} | 0 |\n"
         f"| hand-written loop, {min(8, seeds)} seeds of a prompt per call | {med['expert']:.2f} | "
-        f"{ratio['expert', 'one']:.3f} | 1.000 | {expert} |\n"
-        f"| `{sweep}` ({cells} jobs) | {med['sdlab']:.2f} | **{ratio['sdlab', 'one']:.3f}** | "
+        f"{med_cpu['expert']:.2f} | {ratio['expert', 'one']:.3f} | 1.000 | {expert} |\n"
+        f"| `{sweep}` ({cells} jobs) | {med['sdlab']:.2f} | {med_cpu['sdlab']:.2f} | **{ratio['sdlab', 'one']:.3f}** | "
         f"**{ratio['sdlab', 'expert']:.3f}** | {worst} |\n\n"
         f"Walls are medians of the repetitions; each ratio is the median over them of the ratio within one "
         f"repetition, in which the three ways ran in turn (sdlab against one at a time: "
         f"{', '.join(f'{x:.3f}' for x in pairs['sdlab', 'one'])}; "
         f"against the batched loop: {', '.join(f'{x:.3f}' for x in pairs['sdlab', 'expert'])}; the median walls' "
-        f"ratios: {med['sdlab'] / med['one']:.3f} and {med['sdlab'] / med['expert']:.3f}). "
+        f"ratios: {med['sdlab'] / med['one']:.3f} and {med['sdlab'] / med['expert']:.3f}). CPU s is user + system "
+        f"seconds of all threads; sdlab's are **{cpu_ratio:.3f}x** the batched loop's (median of the ratios within a "
+        "repetition), so a wall ratio above that is work done on one core while the other waits. "
         f"Targets: at most 0.5x one image at a time and 1.1x the batched loop. sdlab's cells shared calls of "
         f"{', '.join(f'{n} images ({count // n} calls)' for n, count in sorted(calls.items()))}: cells that "
         "share model, scheduler, steps, size and guidance group make their images together (`batch_size=auto`), "
@@ -515,7 +524,7 @@ def bench_startup(report: Report, repeats: int, work: Path) -> None:
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     for _ in range(repeats):
         for name, (cmd, cwd) in ways.items():
-            times[name].append(run_cpu(cmd, cwd))
+            times[name].append(run_measured(cmd, cwd, check=False))
     lines = ["| command | wall s | CPU s |", "|---|---|---|"]
     for name, runs in times.items():
         wall, cpu = medians(runs)
@@ -548,8 +557,8 @@ def bench_plan(report: Report, repeats: int, work: Path, model: str) -> None:
     letters = ",".join(f"'{c}'" for c in "abcdefghij")
     big = [sdlab, "-m", "seed=range(0,100)", "guidance_scale=range(1,11)", f"prompt={letters}", "plan=true"]
     seeds = [sdlab, "-m", "seed=range(0,10000)", "plan=true"]  # one axis: 10,000 distinct values to type
-    plan_wall, plan_cpu = medians([run_cpu(big, work) for _ in range(repeats)])
-    seeds_wall, seeds_cpu = medians([run_cpu(seeds, work) for _ in range(repeats)])
+    plan_wall, plan_cpu = medians([run_measured(big, work, check=False) for _ in range(repeats)])
+    seeds_wall, seeds_cpu = medians([run_measured(seeds, work, check=False) for _ in range(repeats)])
     common = [sdlab, "-m", f"model={model}", "threads=1", "guidance_scale=1,7.5"]
     shapes = "'a red circle','a blue square'"
     run_timed([*common, f"prompt={shapes}", "seed=100,101", f"hydra.sweep.dir={work / 'plan' / 'first'}"], work)
