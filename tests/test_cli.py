@@ -285,6 +285,15 @@ def test_display_overrides_show_values_as_typed():
      "experiment=compare_schedulers_quick (job compare_schedulers) draws its own schedulers; give compare.schedulers= "
      "instead"),
     (["experiment=article_f1_distance_guidance", "scheduler=euler"], "scheduler=euler is not read"),
+    (["experiment=compare_schedulers_quick", "num_inference_steps=10"], "num_inference_steps=10 is not read: "
+     "experiment=compare_schedulers_quick (job compare_schedulers) draws its own steps; give compare.steps= instead"),
+    (["experiment=compare_schedulers_quick", "seed=3"], "seed=3 is not read: experiment=compare_schedulers_quick (job "
+     "compare_schedulers) draws its own seeds; give compare.seeds= instead"),
+    (["experiment=compare_schedulers_quick", "prompt=a red circle"], "prompt=a red circle is not read"),
+    (["experiment=article_f2_distance_nfe", "guidance_scale=3"], "guidance_scale=3 is not read: "
+     "experiment=article_f2_distance_nfe (job distribution_distance) draws its own guidance_scales; give "
+     "distance.guidance_scales= instead"),
+    (["experiment=article_f1_distance_guidance", "num_inference_steps=8"], "num_inference_steps=8 is not read"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)

@@ -74,7 +74,8 @@ class Study:
     """The `compare:` block: schedulers x steps over seeds and prompts, against a deterministic reference solve."""
 
     block = "compare"
-    replaces = {"scheduler": "schedulers"}
+    replaces = {"scheduler": "schedulers", "seed": "seeds", "seeds": "seeds", "prompt": "prompts",
+                "prompt_file": "prompts", "num_inference_steps": "steps"}
     # each listed once: a repeat makes the same images again, counted as more seeds in n and the intervals
     schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
     steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
@@ -103,7 +104,8 @@ class DistanceStudy:
     """The `distance:` block: cells guidance_scales x schedulers x steps, each against `references` real images."""
 
     block = "distance"
-    replaces = {"scheduler": "schedulers"}
+    replaces = {"scheduler": "schedulers", "guidance_scale": "guidance_scales", "prompt": "prompts",
+                "prompt_file": "prompts", "num_inference_steps": "steps"}
     guidance_scales: tuple[float, ...] = rule(None, "numbers", 0, MAX_GUIDANCE, distinct=True)
     schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
     steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
