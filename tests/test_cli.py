@@ -294,6 +294,11 @@ def test_display_overrides_show_values_as_typed():
      "experiment=article_f2_distance_nfe (job distribution_distance) draws its own guidance_scales; give "
      "distance.guidance_scales= instead"),
     (["experiment=article_f1_distance_guidance", "num_inference_steps=8"], "num_inference_steps=8 is not read"),
+    # a job that follows one image through takes one seed
+    (["experiment=trajectory", "seeds=[1,2,3]"], "seeds=[1,2,3]: job trajectory follows one seed's image; give one "
+     "(seed=1), or sweep them with -m seed=1,2,3"),
+    (["experiment=article_c1_pipeline_by_hand", "seeds=[4,5]"], "seeds=[4,5]: job pipeline_by_hand follows one seed's"),
+    (["experiment=article_c2_img2img", "seeds=[4,5]"], "seeds=[4,5]: job img2img_strength follows one seed's"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)

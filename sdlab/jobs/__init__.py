@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from sdlab.config import AS_GIVEN, Run, check_block, rules_of
-from sdlab.errors import choose
+from sdlab.errors import UserError, choose
 from sdlab.jobs.recipes import RECIPES
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,10 @@ def check_recipe(run: Run) -> Any:
     """The job's recipe dataclass (None if it has none), read and checked (before its module, which imports torch, is),
     then with the job's own check (pre-flight)."""
     recipe = read_recipe(run, RECIPES[run.job]) if run.job in RECIPES else None
+    if run.job in ONE_SEED_JOBS and len(seeds := run.params.seeds) > 1:
+        listed = ",".join(map(str, seeds))
+        raise UserError(f"seeds=[{listed}]: job {run.job} follows one seed's image; give one (seed={seeds[0]}), or "
+                        f"sweep them with -m seed={listed}")
     get_job(run.job)
     if run.job in CHECKS:
         CHECKS[run.job](run)
@@ -92,6 +96,8 @@ MODEL_FREE_JOBS = ("noise_image", "toy_predictor", "toy_unet", "vae_compression"
 IMAGELESS_JOBS = {"anatomy": (), "clip_tokens": (), "schedule_snr": ("num_inference_steps", "width", "height"),
                   "forward_process": ("width", "height"), "vae_roundtrip": ("width", "height"),
                   "clip_similarity": ("width", "height")}
+# Jobs that follow one image through its making: they take one seed.
+ONE_SEED_JOBS = ("trajectory", "pipeline_by_hand", "img2img_strength")
 # Which module registers each job, so a run imports only the job it needs (not scipy for a generate job).
 JOB_MODULES = {
     "generate": "generate", "train_mini": "train", "compare_schedulers": "compare",
