@@ -203,3 +203,14 @@ def test_each_visits_panel_says_where_each_sampler_stops_calling_the_model(tmp_p
     titles = [" ".join(ax.get_title().split()) for ax in seen["fig"].axes]
     assert titles[1] == "timesteps visited at 4 steps; last at t=0 for ddim, euler; t=250 for dpmpp_2m"
     assert seen["fig"].get_label() == titles[1]  # its caption: the headline the run prints
+
+
+def test_the_study_generates_with_the_given_negative_prompt(run_sdlab, tmp_path):
+    """negative_prompt= was dropped without a word: every image and the reference were made without it."""
+    common = ("experiment=compare_schedulers_quick", "model=tiny", "compare.schedulers=[ddim]", "compare.steps=[2]",
+              "compare.seeds=[0]", "compare.reference_steps=3", "compare.visit_steps=[4]", "threads=1")
+    assert run_sdlab(*common, "negative_prompt=a blue square", f"hydra.run.dir={tmp_path / 'with'}") == 0
+    assert run_sdlab(*common, f"hydra.run.dir={tmp_path / 'without'}") == 0
+    runs = {name: pd.read_parquet(tmp_path / name / "results.parquet") for name in ("with", "without")}
+    assert set(runs["with"]["negative_prompt"]) == {"a blue square"} and set(runs["without"]["negative_prompt"]) == {""}
+    assert runs["with"]["latent_rmse"].tolist() != runs["without"]["latent_rmse"].tolist()  # other images, not a label
