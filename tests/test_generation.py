@@ -162,6 +162,14 @@ def test_a_calls_peak_memory_is_its_own_not_the_largest_call_made_before_it(tiny
     assert small.peak_mem_bytes < large.peak_mem_bytes - 50 * 2**20, (small.peak_mem_bytes, large.peak_mem_bytes)
 
 
+def new_pages(size: int) -> None:
+    """Map `size` bytes from the kernel, touch every page and unmap them: an allocator's array may reuse pages the
+    process already holds, which raise no resident count."""
+    with mmap.mmap(-1, size) as pages:
+        for offset in range(0, size, mmap.PAGESIZE):
+            pages[offset] = 1
+
+
 def test_a_peak_shorter_than_any_sampling_interval_is_caught_and_no_thread_competes_with_the_call():
     """A call's brief spike below the process's earlier peak was missed between samples, and the sampling thread
     woke every 5 ms to take the interpreter from the denoiser: the kernel's own high-water mark, lowered at the call's
@@ -172,11 +180,7 @@ def test_a_peak_shorter_than_any_sampling_interval_is_caught_and_no_thread_compe
     with memory.call_peak(torch.device("cpu")) as peak:
         threads.append(threading.active_count())
         base = memory.resident_bytes()
-        # pages new to the process, made and freed within a few milliseconds: memory from the kernel itself, as an
-        # allocator may hand out pages it already holds, which raise no resident count
-        with mmap.mmap(-1, 40 * 2**20) as spike:
-            for offset in range(0, len(spike), mmap.PAGESIZE):
-                spike[offset] = 1
+        new_pages(40 * 2**20)  # made and freed within a few milliseconds
     assert threads[0] == threading.active_count()
     assert peak[0] is not None and peak[0] >= base + 39 * 2**20, (peak[0], base)
 
@@ -188,8 +192,7 @@ def test_where_the_mark_cannot_be_lowered_a_peak_is_given_only_when_the_call_rai
     with memory.call_peak(torch.device("cpu")) as under:
         pass
     with memory.call_peak(torch.device("cpu")) as over:
-        above = np.ones(memory.high_water_bytes() - memory.resident_bytes() + 64 * 2**20, dtype=np.uint8)
-        del above
+        new_pages(memory.high_water_bytes() - memory.resident_bytes() + 64 * 2**20)
     assert under[0] is None and over[0] == memory.high_water_bytes()
 
 
