@@ -294,6 +294,11 @@ def test_display_overrides_show_values_as_typed():
      "experiment=article_f2_distance_nfe (job distribution_distance) draws its own guidance_scales; give "
      "distance.guidance_scales= instead"),
     (["experiment=article_f1_distance_guidance", "num_inference_steps=8"], "num_inference_steps=8 is not read"),
+    (["experiment=compare_schedulers_quick", "eta=0.5"], "eta=0.5 is not read: experiment=compare_schedulers_quick "
+     "(job compare_schedulers) runs with eta=0"),
+    (["experiment=compare_schedulers_quick", "batch_size=2"], "batch_size=2 is not read"),
+    (["experiment=article_f1_distance_guidance", "seed=3"], "seed=3 is not read: experiment=article_f1_distance_guidance "
+     "(job distribution_distance) runs with seeds 0 to distance.images - 1"),
     # a job that follows one image through takes one seed
     (["experiment=trajectory", "seeds=[1,2,3]"], "seeds=[1,2,3]: job trajectory follows one seed's image; give one "
      "(seed=1), or sweep them with -m seed=1,2,3"),

@@ -139,6 +139,11 @@ def replaced(job: str) -> dict[str, str]:
     return getattr(RECIPES.get(job), "replaces", {})
 
 
+def fixed(job: str) -> dict[str, str]:
+    """The settings `job` runs with a value of its own, with no field to give it by: {setting: what it runs with}."""
+    return getattr(RECIPES.get(job), "fixes", {})
+
+
 def imageless_reads(job: str) -> list[str]:
     """The generation settings a job that denoises nothing reads: those it names (`IMAGELESS_JOBS`) and its recipe's
     fields (forward_process' seed)."""
@@ -148,13 +153,14 @@ def imageless_reads(job: str) -> list[str]:
 def reads(job: str, key: str) -> bool:
     """Whether `job` reads the setting `key` typed for it: toy math none of the model's or the request's (a block by
     its name); a job that denoises nothing no generation setting but `imageless_reads`; any other all but the group
-    choices its recipe draws itself (`replaced`: `scheduler=`, not the options its samplers are built with)."""
+    choices its recipe draws itself (`replaced`: `scheduler=`, not the options its samplers are built with) or
+    fixes (`fixed`)."""
     root = key.split(".")[0]
     if job in MODEL_FREE_JOBS:
         return root not in MODEL_SETTINGS
     if job in IMAGELESS_JOBS:
         return root not in GENERATION_SETTINGS or root in imageless_reads(job)
-    return key not in replaced(job)
+    return key not in replaced(job) and key not in fixed(job)
 
 
 def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
@@ -169,8 +175,11 @@ def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
     if jobs[0] in IMAGELESS_JOBS:
         raise UserError(f"{given[0]} is not read: {where} denoises nothing (job {jobs[0]}); of the generation settings "
                         f"it reads {', '.join(imageless_reads(jobs[0])) or 'none'}")
+    key, _, value = given[0].partition("=")
+    if key in fixed(jobs[0]):
+        raise UserError(f"{given[0]} is not read: {where} (job {jobs[0]}) runs with {fixed(jobs[0])[key]}")
     if jobs[0] not in MODEL_FREE_JOBS:  # what its recipe draws itself
-        field = replaced(jobs[0])[given[0].partition("=")[0]]
+        field = replaced(jobs[0])[key]
         block = getattr(RECIPES[jobs[0]], "block", None)
         raise UserError(f"{given[0]} is not read: {where} (job {jobs[0]}) draws its own {field}; give "
                         f"{block + '.' if block else ''}{field}= instead")
@@ -179,7 +188,6 @@ def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
         raise UserError(f"{given[0]} is not read: every job of {where} is toy math that reads only its own block "
                         f"({', '.join(f'{recipe.block}:' for recipe in recipes)})")
     block, names = recipes[0].block, recipe_fields(jobs[0])
-    key, _, value = given[0].partition("=")
     hint = f"; set {block}.{key.split('.')[-1]}={value}" if key.split(".")[-1] in names and "${" not in value else ""
     raise UserError(f"{given[0]} is not read: {where} is toy math (job {jobs[0]}) that reads only its {block}: block "
                     f"({', '.join(f'{block}.{name}' for name in names)}){hint}")

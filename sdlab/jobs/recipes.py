@@ -76,6 +76,8 @@ class Study:
     block = "compare"
     replaces = {"scheduler": "schedulers", "seed": "seeds", "seeds": "seeds", "prompt": "prompts",
                 "prompt_file": "prompts", "num_inference_steps": "steps"}
+    fixes = {"eta": "eta=0 (DDIM stays deterministic, as its reference solve needs)",
+             "batch_size": "every seed of a solve in one call"}  # what it runs with instead
     # each listed once: a repeat makes the same images again, counted as more seeds in n and the intervals
     schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
     steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
@@ -106,6 +108,7 @@ class DistanceStudy:
     block = "distance"
     replaces = {"scheduler": "schedulers", "guidance_scale": "guidance_scales", "prompt": "prompts",
                 "prompt_file": "prompts", "num_inference_steps": "steps"}
+    fixes = dict.fromkeys(("seed", "seeds"), "seeds 0 to distance.images - 1 (the same set in every cell)")
     guidance_scales: tuple[float, ...] = rule(None, "numbers", 0, MAX_GUIDANCE, distinct=True)
     schedulers: tuple[str, ...] = rule(None, "strs", distinct=True)
     steps: tuple[int, ...] = rule(None, "ints", 1, 1000, distinct=True)
