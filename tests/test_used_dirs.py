@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sdlab.bench.records import finished, read_png_metadata, read_table
+from sdlab.bench.records import finished, read_csv, read_png_metadata, read_table
 
 FAST = ("model=tiny", "num_inference_steps=2", "threads=1")
 
@@ -63,7 +63,7 @@ def test_a_garbage_parquet_is_rebuilt_from_its_csv_twin(run_sdlab, tmp_path):
     (tmp_path / "results.parquet").write_bytes(b"garbage")
     assert run_sdlab(*args) == 0
     assert pd.read_parquet(tmp_path / "results.parquet")["run_id"].tolist() == first["run_id"].tolist()
-    assert pd.read_csv(tmp_path / "results.csv")["run_id"].tolist() == first["run_id"].tolist()
+    assert read_csv(tmp_path / "results.csv")["run_id"].tolist() == first["run_id"].tolist()  # ids as text
     assert len(csv.splitlines()) == 3
 
 
@@ -336,7 +336,7 @@ def test_a_finished_jobs_lost_or_cut_table_is_written_whole_again_and_no_cell_ma
         (tmp_path / name).write_bytes((tmp_path / name).read_bytes()[:200])
     assert run_sdlab(*sweep) == 0
     for job in ("0", "1", "2"):
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / job / "results.csv")[["run_id", "time_total_s"]],
+        pd.testing.assert_frame_equal(read_csv(tmp_path / job / "results.csv")[["run_id", "time_total_s"]],
                                       pd.read_parquet(tmp_path / job / "results.parquet")[["run_id", "time_total_s"]])
     again = pd.read_parquet(tmp_path / "results.parquet")
     pd.testing.assert_frame_equal(again[["run_id", "time_total_s", "batch_size"]],
