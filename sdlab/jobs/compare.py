@@ -55,9 +55,9 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     model = load_model(spec)
     model.quiet()
     scorers = build_scorers(ctx.run.recipe, str(model.device))
-    given = ctx.run.params  # its size (the run's width= and height=, else the model's native size), guidance and
+    given = ctx.run.params  # the run's size (else the model's native one), guidance scale and negative prompt
     base = GenerationParams(width=given.width, height=given.height, guidance_scale=given.guidance_scale,
-                            negative_prompt=given.negative_prompt, seeds=tuple(study.seeds))  # negative prompt
+                            negative_prompt=given.negative_prompt, seeds=tuple(study.seeds))
     seeds, rows, options = list(study.seeds), [], ctx.run.scheduler.options  # the user's, for every sampler
     stochastic = [name for name in study.schedulers if SCHEDULERS[name].stochastic]
     limits = [("deterministic", study.reference_scheduler, f"reference {study.reference_scheduler} x"),
