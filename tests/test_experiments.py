@@ -368,3 +368,41 @@ def test_a9_with_more_seeds_makes_each_seed_twice(run_sdlab, tmp_path):
     caption = json.loads((tmp_path / "captions.json").read_text())["same_params.png"]
     assert caption.startswith("the same parameters give the same image: max |difference| 0 of 255 (bit-identical)")
     assert "seeds 3, 4" in caption
+
+
+def test_a9_with_a_failed_image_compares_the_seeds_it_has_and_names_the_one_it_has_not(run_sdlab, tmp_path,
+                                                                                     monkeypatch):
+    """A seed whose image failed in a call is a failed row and a line of the figure's title, not a crash."""
+    from sdlab.models import generate
+
+    real = generate.decode_latents
+
+    def second_black(model, latents):
+        images = real(model, latents)
+        images[1:2] = 0  # seed 4 of each call
+        return images
+
+    monkeypatch.setattr(generate, "decode_latents", second_black)
+    assert run_sdlab("experiment=article_a9_params", "model=tiny", "num_inference_steps=2", "seeds=[3,4]",
+                     f"hydra.run.dir={tmp_path}") == 1
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert sorted(zip(frame["seed"], frame["call"], frame["status"])) == [
+        (3, 1, "ok"), (3, 2, "ok"), (4, 1, "error"), (4, 2, "error")]
+    caption = json.loads((tmp_path / "captions.json").read_text())["same_params.png"]
+    assert caption.startswith("the same parameters give the same image: max |difference| 0 of 255 (bit-identical)")
+    assert "seeds 3, 4" in caption and "seed 4 not compared: call 1 and 2 failed (" in caption
+    assert "all-black image for seed 4" in caption
+    check_image(tmp_path / "same_params.png")
+
+
+def test_a9_with_no_image_from_a_call_draws_nothing_and_says_why_in_its_rows(run_sdlab, tmp_path, monkeypatch,
+                                                                             capsys):
+    from sdlab.models import generate
+
+    real = generate.decode_latents
+    monkeypatch.setattr(generate, "decode_latents", lambda model, latents: real(model, latents) * 0)
+    assert run_sdlab("experiment=article_a9_params", "model=tiny", "num_inference_steps=2",
+                     f"hydra.run.dir={tmp_path}") == 1
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame["status"].tolist() == ["error", "error"] and frame["error"].str.contains("all-black").all()
+    assert not (tmp_path / "same_params.png").exists() and "Traceback" not in capsys.readouterr().err

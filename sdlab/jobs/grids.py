@@ -284,8 +284,14 @@ def run_same_params(ctx: JobContext) -> pd.DataFrame:
     same_params.png."""
     model, spec, params, scorers = setup(ctx)
     frame = ordered([row for i in (1, 2) for row in cell_rows(ctx, model, scorers, params, {"call": i}, f"call{i}")])
+    calls = {seed: frame[frame["seed"] == seed].sort_values("call") for seed in params.seeds}
+    compared = [seed for seed, rows in calls.items() if (rows["status"] == "ok").all()]
+    if not compared:  # nothing to draw: the rows say why
+        return frame
+    missing = [f"seed {seed} not compared: call {' and '.join(map(str, failed['call']))} failed ({failed['error'].iloc[0]})"
+               for seed, rows in calls.items() if seed not in compared for failed in [rows[rows["status"] != "ok"]]]
     pairs = [[np.asarray(Image.open(ctx.out_dir / path).convert("RGB"), dtype=np.int16)
-              for path in frame[frame["seed"] == seed].sort_values("call")["image_path"]] for seed in params.seeds]
+              for path in calls[seed]["image_path"]] for seed in compared]
     diffs = [np.abs(first - second) for first, second in pairs]
     most = max(int(diff.max()) for diff in diffs)
     differ = sum(int((diff > 0).any(axis=-1).sum()) for diff in diffs)
@@ -294,9 +300,10 @@ def run_same_params(ctx: JobContext) -> pd.DataFrame:
     image_strip([[first.astype(np.uint8), second.astype(np.uint8), (diff * (255 // max(most, 1))).astype(np.uint8)]
                  for (first, second), diff in zip(pairs, diffs)],
                 ctx.out_dir / "same_params.png", col_labels=["call 1", "call 2", f"|call 1 - call 2|, max {most}"],
-                row_labels=[f"seed {seed}" for seed in p.seeds] if len(p.seeds) > 1 else (),
-                title=f"the same parameters give the same image: max |difference| {most} of 255 ({verdict})\n"
-                      f"prompt {p.prompt!r}, negative {p.negative_prompt!r}\n{seeds} {', '.join(map(str, p.seeds))}, "
-                      f"{counted(p.num_inference_steps, 'step')}, cfg {p.guidance_scale:g}, {p.width}x{p.height}, "
-                      f"{ctx.run.scheduler.name}" + article_reports(ctx.run), cell_inches=2.2)
+                row_labels=[f"seed {seed}" for seed in compared] if len(p.seeds) > 1 else (),
+                title="\n".join([f"the same parameters give the same image: max |difference| {most} of 255 "
+                                  f"({verdict})", f"prompt {p.prompt!r}, negative {p.negative_prompt!r}", f"{seeds} "
+                                  f"{', '.join(map(str, p.seeds))}, {counted(p.num_inference_steps, 'step')}, cfg "
+                                  f"{p.guidance_scale:g}, {p.width}x{p.height}, {ctx.run.scheduler.name}", *missing])
+                + article_reports(ctx.run), cell_inches=2.2)
     return frame
