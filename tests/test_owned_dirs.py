@@ -279,6 +279,22 @@ def test_a_job_name_sweep_subdir_or_output_subdir_leading_out_is_refused(run_sdl
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("subdir,says", [("../x", "=../x leads to {root}/x, outside {root}/multirun_"),
+                                         ("/x", "=/x leads to /x, outside {root}/multirun_"),
+                                         ("", "='' is not a path inside {root}/multirun_")])
+def test_a_sweep_subdir_leading_out_of_the_default_sweep_dir_is_refused_before_torch_is_imported(tmp_path, subdir,
+                                                                                                 says):
+    """Hydra names the default sweep dir when it starts; a typed subdir leading out of it is refused before that, as
+    fast as any bad value, and nothing is written."""
+    from test_cli import entry_in_a_new_process
+
+    result = entry_in_a_new_process(["-m", "seed=1,2", f"hydra.sweep.subdir={subdir}"], tmp_path, ("torch",))
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+    root = tmp_path / "outputs" / "generate"
+    assert result.stderr.startswith("sdlab: error: hydra.sweep.subdir" + says.format(root=root)), result.stderr
+    assert result.stderr.count("\n") == 1 and snapshot(tmp_path) == {}
+
+
 @pytest.mark.parametrize("args,subdir,folder", [
     (("seed=1,2",), "x", "x"),  # a constant: every job in one folder
     (("seed=1,2", "guidance_scale=1,2"), "${seed}", "1"),  # a value that not every axis varies

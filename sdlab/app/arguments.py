@@ -6,6 +6,7 @@ import argparse
 import functools
 import re
 import tempfile
+import time
 from itertools import islice
 from pathlib import Path
 from typing import NoReturn
@@ -437,9 +438,11 @@ def typed_values(args: list[str]) -> dict[str, str]:
 def check_output_dir(args: list[str]) -> None:
     """Refuse an output dir sdlab may not write, or a path leading out of it, before Hydra writes anything."""
     dir_key = "hydra.sweep.dir" if flag_parser().parse_args(split_flags(args)[0]).multirun else "hydra.run.dir"
-    literal = {k: v for k, v in typed_values(args).items() if "${" not in v}
+    typed = typed_values(args)
+    literal = {k: v for k, v in typed.items() if "${" not in v}
     if "hydra.job.name" in literal:
         check_job_name(literal["hydra.job.name"])
+    folder = None  # a typed `${...}` dir: known once Hydra resolves it
     if dir_key in literal:
         folder = checked_root(literal[dir_key], dir_key)
         if dir_key == "hydra.run.dir":
@@ -447,8 +450,10 @@ def check_output_dir(args: list[str]) -> None:
                           literal.get("hydra.output_subdir", ".hydra"), shown=literal[dir_key])
         else:
             check_owned(folder, dir_key, shown=literal[dir_key])
-            if "hydra.sweep.subdir" in literal:
-                confined(folder, literal["hydra.sweep.subdir"], "hydra.sweep.subdir")
+    elif dir_key not in typed:  # the default sweep dir, named when Hydra starts: as it will be named
+        folder = (sweep_root(args) / time.strftime("multirun_%Y-%m-%d_%H-%M-%S")).absolute()
+    if dir_key == "hydra.sweep.dir" and folder and "hydra.sweep.subdir" in literal:
+        confined(folder, literal["hydra.sweep.subdir"], "hydra.sweep.subdir")
     target = literal.get(dir_key, "outputs")
     path = Path(target).expanduser().absolute()
     existing = next(folder for folder in (path, *path.parents) if folder.exists())
