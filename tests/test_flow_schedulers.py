@@ -261,6 +261,32 @@ def test_shift_from_the_command_line_is_checked_before_any_work(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_the_options_read_from_diffusers_source_are_its_classes_own():
+    """A scheduler's options are read from its source file, not its imported class: both give the same names."""
+    import inspect
+
+    import diffusers
+
+    from sdlab.models.schedulers import init_parameters
+
+    for cls in sorted({solver.cls for spec in SCHEDULERS.values() for solver in (spec, spec.on("flow"))}):
+        assert init_parameters(cls) == set(inspect.signature(getattr(diffusers, cls).__init__).parameters), cls
+
+
+@pytest.mark.parametrize("args,says", [
+    (("scheduler=ddim", "scheduler.use_karras_sigmas=true"),
+     "scheduler 'ddim' has no option 'use_karras_sigmas'; its options are: rescale_betas_zero_snr, steps_offset, "
+     "timestep_spacing"),
+    (("scheduler=euler", "scheduler.shift=3"), "scheduler.shift is an option of the flow-matching models (SD3, Flux); "
+                                               "scheduler 'euler' on a model of kind 'epsilon' has none")])
+def test_an_option_the_schedulers_class_does_not_take_is_refused_before_torch_is_imported(tmp_path, args, says):
+    from test_cli import entry_in_a_new_process
+
+    result = entry_in_a_new_process([*args, "hydra.run.dir=run"], tmp_path, ("torch", "diffusers"))
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+    assert result.stderr == f"sdlab: error: {says}\n" and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_the_planned_denoiser_calls_are_the_timesteps_diffusers_visits_on_every_kind(name):
     from sdlab.models.schedulers import denoiser_calls

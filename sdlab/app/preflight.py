@@ -14,6 +14,7 @@ from sdlab.config import GenerationParams, Run
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.jobs import IMAGELESS_JOBS, JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.jobs.recipes import RECIPES
+from sdlab.metrics.schedule import model_kind
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.device import resolve_device
 from sdlab.models.families import ModelAdapter
@@ -95,6 +96,8 @@ def check_job(run: Run) -> list[str]:
 
     # a folder's files, components and family: missing weights are said before the scheduler checks import diffusers
     adapter = adapter_class(spec)
+    kind = model_kind(shipped_scheduler_config(spec)[0])  # the scheduler's options: from diffusers' source, no import
+    check_options(run.scheduler.name, run.scheduler.options, kind)
     clip = cfg.get("clip")  # as are the CLIP model (none with clip=none), input images and reference sets
     if clip and clip.get("name") not in (None, "none"):
         check_clip_folder(clip_folder(clip), clip["name"])
@@ -102,7 +105,6 @@ def check_job(run: Run) -> list[str]:
     check_set_scorers(cfg, params.width, params.height)
     recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
     resolve_device(spec.device)  # torch alone knows the devices: said before the scheduler checks import diffusers
-    check_options(run.scheduler.name, run.scheduler.options)
     for name in schedulers_used(run, recipe):
         scheduler_class(name)
     check_model(spec, run.scheduler, params)

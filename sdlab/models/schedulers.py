@@ -7,11 +7,14 @@ class that runs it on the flow sigmas. A name with no faithful flow solver in di
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib.util
 import inspect
 import json
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,15 +89,20 @@ FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
                       ("flux_dev", "flux_dev_arch"))}
 
 
-def scheduler_class(name: str, kind: str = "epsilon") -> type:
-    """The diffusers class scheduler `name` runs on a model of `kind`, checking its optional dependency."""
-    import diffusers
-
+def check_available(name: str) -> SchedulerSpec:
+    """Scheduler `name`'s spec, once its optional dependency is found installed (nothing is imported)."""
     choose("scheduler", name, SCHEDULERS)
     spec = SCHEDULERS[name]
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
         raise UserError(f"scheduler {name!r} needs the {spec.needs!r} package: pip install torchsde")
-    return getattr(diffusers, spec.on(kind).cls)
+    return spec
+
+
+def scheduler_class(name: str, kind: str = "epsilon") -> type:
+    """The diffusers class scheduler `name` runs on a model of `kind`, checking its optional dependency."""
+    import diffusers
+
+    return getattr(diffusers, check_available(name).on(kind).cls)
 
 
 def as_published(config: dict[str, Any]) -> dict[str, Any]:
@@ -135,21 +143,33 @@ def check_fit(name: str, base_config: dict[str, Any], options: dict[str, Any] | 
                         f"scheduler uses; use one of: {', '.join(others)}")
 
 
-def _options(spec: SchedulerSpec) -> set[str]:
-    """The options a solver takes, in sdlab's names (a renamed option under its sdlab name)."""
+@functools.cache
+def init_parameters(cls: str) -> frozenset[str]:
+    """The parameters of diffusers class `cls`'s `__init__`, read from its source file (importing diffusers takes
+    seconds, and a bad option is refused before that); from the class itself where its source does not say."""
+    folder = Path(importlib.util.find_spec("diffusers").origin).parent / "schedulers"
+    for path in sorted(folder.glob("scheduling_*.py")):
+        text = path.read_text(encoding="utf-8")
+        found = (node for node in ast.parse(text).body if isinstance(node, ast.ClassDef) and node.name == cls) if (
+            f"class {cls}(" in text) else ()
+        for init in (n for node in found for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"):
+            return frozenset(a.arg for a in (*init.args.args, *init.args.kwonlyargs))
     import diffusers
 
-    parameters = inspect.signature(getattr(diffusers, spec.cls).__init__).parameters
+    return frozenset(inspect.signature(getattr(diffusers, cls).__init__).parameters)
+
+
+def _options(spec: SchedulerSpec) -> set[str]:
+    """The options a solver takes, in sdlab's names (a renamed option under its sdlab name)."""
     mine = {theirs: ours for ours, theirs in spec.renames.items()}
-    return {mine.get(k, k) for k in parameters if k not in ("self", "kwargs")}
+    return {mine.get(k, k) for k in init_parameters(spec.cls) if k not in ("self", "kwargs")}
 
 
 def check_options(name: str, options: dict[str, Any] | None = None, kind: str | None = None) -> dict[str, Any]:
     """The user's non-null options for scheduler `name` on `kind` (any it fits if None), checked against its class."""
     user = {k: v for k, v in (options or {}).items() if v is not None}
     user.update(check_fields(user, SCHEDULER_OPTIONS, "scheduler."))
-    scheduler_class(name)
-    spec = SCHEDULERS[name]
+    spec = check_available(name)
     solvers = [spec.on(kind)] if kind else [spec, spec.on("flow")]
     accepted = set().union(*map(_options, solvers))
     unknown = sorted(set(user) - accepted)
