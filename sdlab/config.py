@@ -246,6 +246,12 @@ class ModelSpec:
         """Identity of the loaded pipeline in the per-process cache."""
         return tuple(getattr(self, f.name) for f in fields(self) if f.name != "resolution")
 
+    @property
+    def image_options(self) -> dict[str, Any]:
+        """The settings besides its weights that change what the model draws, where they are not the defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in ("dtype", "t5", "max_sequence_length") and getattr(self, f.name) != f.default}
+
 
 @dataclass(frozen=True)
 class SchedulerChoice:

@@ -43,6 +43,22 @@ def test_rerun_skips_complete_cells_and_resume_false_recomputes(run_sdlab, tmp_p
     assert len(fresh) == 4
 
 
+def test_a_model_setting_that_changes_the_image_is_its_own_cell(run_sdlab, tmp_path, capsys):
+    """model.dtype decides the image: a bfloat16 cell is made, not taken from the float32 (auto) cell of its seed; the
+    plan counts it to make, and a default run keeps the hash it always had."""
+    sweep = ("-m", "model.dtype=auto,bfloat16", "model=tiny", "num_inference_steps=2", "threads=1",
+             f"hydra.sweep.dir={tmp_path}")
+    assert run_sdlab(*sweep, "plan=true") == 0
+    assert "2 cells, 0 already done, 2 to run (2 images)" in capsys.readouterr().out
+    assert run_sdlab(*sweep) == 0
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame["status"].tolist() == ["ok", "ok"] and frame["config_hash"].nunique() == 2
+    images = [np.asarray(Image.open(tmp_path / path), dtype=int) for path in frame["image_path"]]
+    assert np.abs(images[0] - images[1]).max() > 0  # bfloat16 did make its own image
+    assert run_sdlab("model=tiny", "num_inference_steps=2", "threads=1", f"hydra.run.dir={tmp_path / 'one'}") == 0
+    assert pd.read_parquet(tmp_path / "one" / "results.parquet")["config_hash"].iloc[0] == frame["config_hash"].iloc[0]
+
+
 def test_cells_inside_a_job_resume_per_seed(run_sdlab, tmp_path):
     args = ("seeds=[1,2,3]", "batch_size=1", "num_inference_steps=2", "threads=1", f"hydra.run.dir={tmp_path}")
     assert run_sdlab(*args) == 0

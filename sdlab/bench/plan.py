@@ -122,8 +122,8 @@ def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
         images, nfe = (None, None) if made is None else (
             sum(n for *_, n in made), sum(n * denoiser_calls(name, steps) for name, steps, n in made))
         return Cell(run.job_hash, None, f"job {run.job}", images, 1, nfe, resume=run.resume)
-    base = {"model": run.model.name, "scheduler": run.scheduler.name, **image_params(p),
-            "scorers": scorer_identities(run.recipe)}
+    base = {"model": run.model.name, "model_options": run.model.image_options, "scheduler": run.scheduler.name,
+            **image_params(p), "scorers": scorer_identities(run.recipe)}
     return Cell(run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
                 p.batch_size, len(p.seeds) * denoiser_calls(run.scheduler.name, p.num_inference_steps),
                 family(run.model.family).uses_cfg(p.guidance_scale), run.resume, p.seeds, base)
@@ -132,8 +132,10 @@ def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
 def hash_fields(fields: dict, scorers: dict) -> dict:
     """What decides an image and its scores besides its seed (its `cell_hash` base), taken from `fields`, with the
     scorers' identities; the scheduler's name too: on a flow model ddim and euler are one solver, yet each is its own
-    cell of a sweep."""
-    return {**{k: fields[k] for k in ("model", "scheduler", "scheduler_config", *IMAGE_PARAMS)}, "scorers": scorers}
+    cell of a sweep. The model's `image_options` count where set (a default run keeps the hash it had)."""
+    options = {"model_options": fields["model_options"]} if fields.get("model_options") else {}
+    return {**{k: fields[k] for k in ("model", "scheduler", "scheduler_config", *IMAGE_PARAMS)}, **options,
+            "scorers": scorers}
 
 
 def cell_hash(base: dict, seed: int) -> str:

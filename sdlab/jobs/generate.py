@@ -57,9 +57,9 @@ def make_ahead(runs: list[Run], sweep_dir: Path) -> list[int]:
 def images_to_make(run: Run, model, done: set[str]) -> list[tuple]:
     """(params, seed, cell hash, scorers) of each image of the run neither `done` nor made ahead already."""
     scorers = build_scorers(run.recipe, str(model.device))
-    base = hash_fields({"model": run.model.name, "scheduler": run.scheduler.name,
-                        "scheduler_config": resolved_config(model.scheduler), **image_params(run.params)},
-                       identities(scorers))
+    base = hash_fields({"model": run.model.name, "model_options": run.model.image_options,
+                        "scheduler": run.scheduler.name, "scheduler_config": resolved_config(model.scheduler),
+                        **image_params(run.params)}, identities(scorers))
     return [(run.params, seed, cell, scorers) for seed in run.params.seeds
             if (cell := cell_hash(base, seed)) not in done and cell not in model.made]
 
@@ -88,7 +88,7 @@ def run_generate(ctx: JobContext) -> pd.DataFrame:
               "prompt_truncated_tokens": truncated_tokens(model.tokenizer, params.prompt)}
     for warning in truncation_warnings(model, params.prompt):
         log.warning("%s", warning)
-    hash_base = hash_fields(common, identities(scorers))
+    hash_base = hash_fields({**common, "model_options": spec.image_options}, identities(scorers))
     cells = {seed: cell_hash(hash_base, seed) for seed in params.seeds}
     table, order, elsewhere = previous_cells(ctx, set(cells.values()), set(model.made))
     ctx.elsewhere = {h: job.name for h, job in elsewhere.items()}  # its finished mark says where they are

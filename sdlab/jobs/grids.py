@@ -39,7 +39,7 @@ def cell_rows(ctx: JobContext, model, scorers, params: GenerationParams, cell: d
     swept = {k: str(v) for k, v in cell.items() if k in ("guidance_scale", "prompt", "scheduler")}
     overrides = {**json.loads(ctx.overrides or "{}"), **swept}
     common = {**job_columns(ctx, model, params), **cell, "overrides": json.dumps(overrides)}
-    hash_base = hash_fields(common, identities(scorers))
+    hash_base = hash_fields({**common, "model_options": ctx.run.model.image_options}, identities(scorers))
     return [row for batch in chunks(params.seeds, params.batch_size)
             for row in batch_rows(ctx, model, params, batch, common, hash_base, scorers, prefix=f"{folder}_")]
 
