@@ -21,6 +21,7 @@ from sdlab.errors import UserError
 MAX_JSON_DEPTH = 32  # lists and objects inside each other; sdlab's own files need 3
 RAISE_HINT = "raise it with limits.{}=N"
 CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # no text holds these: NUL, escape sequences, delete
+SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: what an undecodable byte becomes in Python
 TRUNCATED = "image file is truncated"  # Pillow's words when it decodes a file cut short
 # A JPEG marker that a segment's length follows, or end-of-image; not FF 00 (a stuffed 0xFF of a scan's data), TEM,
 # the restarts RST0-7, start-of-image, nor FF FF (a fill byte before a marker)
@@ -88,6 +89,10 @@ def check_text(text: str, label: str) -> None:
     if found := CONTROL.search(text):
         line = f" line {text.count(chr(10), 0, found.start()) + 1}" if "\n" in text else ""
         raise UserError(f"{label}{line} holds the control character {found.group()!r}; give plain text")
+    if found := SURROGATE.search(text):  # a byte of the command line that is no UTF-8, or a JSON "\ud800"
+        code = ord(found.group())
+        what = f"byte {code - 0xDC00:#x}" if 0xDC80 <= code <= 0xDCFF else f"{ascii(found.group())} (half a UTF-16 pair)"
+        raise UserError(f"{label}={ascii(text[:60])} is not UTF-8 text: {what} is no character; give UTF-8 text")
 
 
 def json_depth(value: Any) -> int:

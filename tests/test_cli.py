@@ -247,6 +247,11 @@ def test_display_overrides_show_values_as_typed():
     (["prompt=a red\x01circle"], "prompt holds the control character '\\x01'; give plain text"),  # a PNG refused after
     (["negative_prompt=\x1b[31mred"], "negative_prompt holds the control character '\\x1b'"),
     (["experiment=clip_tokens", "prompts=['a','b\x7f']"], "prompts holds the control character '\\x7f'"),
+    (["prompt=\udcff\udcfe"], "prompt='\\udcff\\udcfe' is not UTF-8 text: byte 0xff is no character; give UTF-8 "
+                              "text"),  # bytes of the command line that are no UTF-8, as Python passes them on
+    (["-m", "prompt='a red circle','x\udcff'", "num_inference_steps=2"], "prompt='x\\udcff' is not UTF-8 text"),
+    (["experiment=clip_tokens", "prompts=['a','b\ud800']"], "prompts='b\\ud800' is not UTF-8 text: '\\ud800' (half a "
+                                                            "UTF-16 pair) is no character"),
     (["hydra.job_logging.handlers.console.class=logging.FileHandler"], "hydra.job_logging.handlers.console.class:"),
     (["+hydra.hydra_logging.handlers.f={class:logging.FileHandler,filename:/nonexistent/x}"],
      "hydra.hydra_logging.handlers.f: a run's log is"),
@@ -304,6 +309,10 @@ def test_display_overrides_show_values_as_typed():
      "(seed=1), or sweep them with -m seed=1,2,3"),
     (["experiment=article_c1_pipeline_by_hand", "seeds=[4,5]"], "seeds=[4,5]: job pipeline_by_hand follows one seed's"),
     (["experiment=article_c2_img2img", "seeds=[4,5]"], "seeds=[4,5]: job img2img_strength follows one seed's"),
+    (["experiment=guidance_grid", "guidance_scales=[1,7.5,1]"], "guidance_scales=[1, 7.5, 1] repeats 1; list each once"),
+    (["experiment=prompt_grid", "prompts=[a,b,a]"], "prompts=['a', 'b', 'a'] repeats 'a'; list each once"),
+    (["experiment=article_b8_schedulers", "schedulers=[ddim,ddim]"], "schedulers=['ddim', 'ddim'] repeats 'ddim'"),
+    (["experiment=article_c2_img2img", "strengths=[0.5,0.5]"], "strengths=[0.5, 0.5] repeats 0.5; list each once"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(run_sdlab, tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)

@@ -269,6 +269,13 @@ def test_a_control_character_in_a_prompt_file_or_params_file_is_refused_naming_w
         load_params(params)
 
 
+def test_a_lone_surrogate_escape_in_a_params_file_is_refused_naming_it(tmp_path):
+    """JSON may escape half a UTF-16 pair (\\ud800), which is no character: no text encoder or table can take it."""
+    params = write(tmp_path / "p.json", '{"prompt": "a red \\ud800 circle", "seed": 1}')
+    with pytest.raises(UserError, match=r"prompt='a red \\ud800 circle' is not UTF-8 text: '\\ud800' \(half a"):
+        load_params(params)
+
+
 def test_a_zlib_bomb_is_refused_before_it_is_inflated(tmp_path):
     path = png(tmp_path / "bomb.png", {"sdlab": " " * (64 << 20)}, zipped=True)
     assert path.stat().st_size < 1 << 20
