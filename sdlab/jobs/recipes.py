@@ -35,7 +35,7 @@ class Prompts:
     """The prompts a job compares; one string counts as a list of one."""
 
     replaces = {"prompt": "prompts", "prompt_file": "prompts"}
-    prompts: tuple[str, ...] = rule(MISSING, "strs")
+    prompts: tuple[str, ...] = rule(MISSING, "strs", distinct=True)
 
 
 class Tokenized(Prompts):
@@ -58,7 +58,7 @@ class VaeRoundtrip(ImageInput):
 class Img2img:
     """Strengths, each in (0, 1], and the input: an `image` file, else `image_caption` drawn in the `sample_world`."""
 
-    strengths: tuple[float, ...] = rule(MISSING, "numbers")
+    strengths: tuple[float, ...] = rule(MISSING, "numbers", distinct=True)
     image: str | None = checked(None, "str", optional=True, rule="an image file path")
     image_caption: str | None = None
     sample_world: str | None = None
@@ -252,7 +252,7 @@ class ForwardProcess(ImageInput):
 @dataclass(frozen=True)
 class GuidanceGrid:
     replaces = {"guidance_scale": "guidance_scales"}  # a setting its job does not read: the field it draws instead
-    guidance_scales: tuple[float, ...] = rule(MISSING, "numbers", 0, MAX_GUIDANCE)
+    guidance_scales: tuple[float, ...] = rule(MISSING, "numbers", 0, MAX_GUIDANCE, distinct=True)
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ class SchedulerGrid:
 
     replaces = {"scheduler": "schedulers"}
 
-    schedulers: tuple[str, ...] = rule(MISSING, "strs")
+    schedulers: tuple[str, ...] = rule(MISSING, "strs", distinct=True)
     reference_scheduler: str = rule("dpmpp_2m", "str")
     reference_steps: int | None = rule(None, "int", 0, 1000, optional=True)  # 0 or null: none
 
