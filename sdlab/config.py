@@ -220,6 +220,9 @@ SIDE_MULTIPLES = {"sd3": 16, "flux": 16}
 SEED = Field("int", 0, MAX_SEED, plain=True, rule="in [0, 2**63-1]")
 # A recipe's `made_for:` block: the models it was written for, and what it shows on the others (a warning)
 MADE_FOR = {"what": Field("str", plain=True), "models": Field("strs"), "here": Field("str", plain=True)}
+# An article recipe's `article:` block: its figure's id and question (the sweep index), what the article reports
+ARTICLE = {"id": Field("str", plain=True), "question": Field("str", plain=True),
+           "reports": Field("str", plain=True, optional=True)}
 
 
 @dataclass(frozen=True)
@@ -425,8 +428,9 @@ def checked_run(cfg: dict[str, Any]) -> Run:
     scheduler = cfg.get("scheduler")
     if not isinstance(scheduler, dict):
         raise UserError(f"scheduler={scheduler!r} must be a scheduler config")
-    if cfg.get("made_for") is not None:
-        check_block(cfg, "made_for", MADE_FOR, tuple(MADE_FOR))
+    for key, block, needed in (("made_for", MADE_FOR, tuple(MADE_FOR)), ("article", ARTICLE, ("id", "question"))):
+        if cfg.get(key) is not None:
+            check_block(cfg, key, block, needed)
     clip = cfg.get("clip")
     if clip is not None:
         if not isinstance(clip, dict):
@@ -434,7 +438,8 @@ def checked_run(cfg: dict[str, Any]) -> Run:
         check_fields(clip, dict.fromkeys(("name", "path", "repo_id"), Field("str", plain=True, optional=True)), "clip.")
     options = {k: v for k, v in scheduler.items() if k != "name" and v is not None}
     options.update(check_fields(options, SCHEDULER_OPTIONS, "scheduler."))
-    return Run(job=cfg.get("job", "generate"), model=spec, scheduler=SchedulerChoice(scheduler.get("name"), options),
+    job = Field("str", plain=True, rule="a job's name, e.g. generate").check("job", cfg.get("job", "generate"))
+    return Run(job=job, model=spec, scheduler=SchedulerChoice(scheduler.get("name"), options),
                params=generation_params(cfg, spec.resolution), limits=limit, recipe=cfg, threads=threads, resume=resume)
 
 

@@ -22,6 +22,6 @@ def near_miss(word: str, candidates) -> str:
 
 def choose(kind: str, value: object, allowed: list[str] | tuple[str, ...] | dict) -> None:
     """Raise a UserError unless `value` is one of `allowed`, naming its near miss."""
-    if value not in allowed:
+    if not isinstance(value, (str, int, float)) or value not in allowed:  # a list or dict is no name (nor hashable)
         near = near_miss(value, map(str, allowed)) if isinstance(value, str) else ""
         raise UserError(f"unknown {kind} {value!r}{near}; choose one of: {', '.join(map(str, allowed))}")

@@ -309,6 +309,10 @@ def test_display_overrides_show_values_as_typed():
      "(seed=1), or sweep them with -m seed=1,2,3"),
     (["experiment=article_c1_pipeline_by_hand", "seeds=[4,5]"], "seeds=[4,5]: job pipeline_by_hand follows one seed's"),
     (["experiment=article_c2_img2img", "seeds=[4,5]"], "seeds=[4,5]: job img2img_strength follows one seed's"),
+    (["scorers=[[clip]]"], "unknown scorer ['clip']; scorers are: clip,"),  # a list in the list: no internal error
+    (["job=[a]"], "job=['a'] must be a job's name, e.g. generate"),
+    (["experiment=article_a6_clip_similarity", "article=5"], "article=5 must be a mapping of id, question, reports"),
+    (["experiment=article_a6_clip_similarity", "article.reports=3"], "article.reports=3 must be a string or null"),
     (["experiment=guidance_grid", "guidance_scales=[1,7.5,1]"], "guidance_scales=[1, 7.5, 1] repeats 1; list each once"),
     (["experiment=prompt_grid", "prompts=[a,b,a]"], "prompts=['a', 'b', 'a'] repeats 'a'; list each once"),
     (["experiment=article_b8_schedulers", "schedulers=[ddim,ddim]"], "schedulers=['ddim', 'ddim'] repeats 'ddim'"),

@@ -71,7 +71,7 @@ def configured(cfg: dict) -> dict[str, ScorerKind]:
         raise UserError(f"scorers={names!r} must be a list of scorer names, e.g. scorers=[clip]")
     known = registered()
     for i, name in enumerate(names):
-        if name not in known:
+        if not isinstance(name, str) or name not in known:
             raise UserError(f"unknown scorer {name!r}; scorers are: {', '.join(sorted(known))}")
         if name in names[:i]:  # it scores once: the list said otherwise
             raise UserError(f"scorers={list(names)} lists {name} twice; list each scorer once")
