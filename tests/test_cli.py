@@ -309,6 +309,8 @@ def test_display_overrides_show_values_as_typed():
      "(seed=1), or sweep them with -m seed=1,2,3"),
     (["experiment=article_c1_pipeline_by_hand", "seeds=[4,5]"], "seeds=[4,5]: job pipeline_by_hand follows one seed's"),
     (["experiment=article_c2_img2img", "seeds=[4,5]"], "seeds=[4,5]: job img2img_strength follows one seed's"),
+    (["experiment=train_mini", "train.stage=vae", "train.out=t", "train.vae.batch_size=100000000"],
+     "train.vae.batch_size=100000000 must be an integer >= 1 and <= 4096"),  # not 1.1 TiB asked of the allocator
     (["scorers=[[clip]]"], "unknown scorer ['clip']; scorers are: clip,"),  # a list in the list: no internal error
     (["job=[a]"], "job=['a'] must be a job's name, e.g. generate"),
     (["experiment=article_a6_clip_similarity", "article=5"], "article=5 must be a mapping of id, question, reports"),

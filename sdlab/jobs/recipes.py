@@ -323,7 +323,7 @@ EXTRA_STAGES = ("vae_decoder",  # decoder-only VAE refinement: the latents stay 
                 "flow")  # mini_flow's transformer on mini's frozen parts (experiment=train_mini_flow)
 # Each stage's keys as sdlab.mini reads them, checked before training; `steps`, `batch_size` and `lr` have no default.
 NEEDED = ("steps", "batch_size", "lr")
-LOOP_RULES = {"steps": Field("int", 1), "batch_size": Field("int", 1),
+LOOP_RULES = {"steps": Field("int", 1), "batch_size": Field("int", 1, 4096),  # mini: 4096 images of 64 px, 200 MB
               "lr": Field("number", 1e-12, 1, rule="a number in (0, 1]"), "warmup": Field("int", 0),
               "weight_decay": Field("number", 0, 1), "checkpoint_every": Field("int", 1),
               "ema_decay": Field("number", 0, 1 - 1e-12, rule="a number in [0, 1)"),
