@@ -35,6 +35,13 @@ class Prompts:
     """The prompts a job compares; one string counts as a list of one."""
 
     replaces = {"prompt": "prompts", "prompt_file": "prompts"}
+    prompts: tuple[str, ...] = rule(MISSING, "strs")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptGrid(Prompts):
+    """A grid's prompts, a column each: each named once (a similarity matrix may repeat one, its cosine 1)."""
+
     prompts: tuple[str, ...] = rule(MISSING, "strs", distinct=True)
 
 
@@ -402,6 +409,6 @@ RECIPES: dict[str, type] = {
     "compare_schedulers": Study, "distribution_distance": DistanceStudy, "noise_image": Noise,
     "toy_predictor": ToyPredictor, "toy_unet": ToyUnet, "vae_compression": VaeCompression, "cfg_toy": CfgToy,
     "ddim_steps": DdimSteps, "timestep_embedding": TimestepEmbedding, "forward_process": ForwardProcess,
-    "guidance_grid": GuidanceGrid, "prompt_grid": Prompts, "scheduler_grid": SchedulerGrid, "schedule_snr": ScheduleSnr,
+    "guidance_grid": GuidanceGrid, "prompt_grid": PromptGrid, "scheduler_grid": SchedulerGrid, "schedule_snr": ScheduleSnr,
     "train_mini": Train, "trajectory": Trajectory,
 }
