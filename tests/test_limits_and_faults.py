@@ -58,6 +58,23 @@ def test_a_huge_range_is_counted_from_its_arguments_before_it_is_expanded(run_sd
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args", [
+    ("seeds=[" + ",".join(map(str, range(10_001))) + "]",),
+    ("-m", "seeds=[1,2],[" + ",".join(map(str, range(10_001))) + "]"),  # one list of a sweep of them
+])
+def test_a_seed_list_over_the_limit_is_counted_before_hydras_parser_reads_it(run_sdlab, tmp_path, monkeypatch,
+                                                                             capsys, args):
+    """Hydra's override parser takes time in the square of a list's length: a minute for 10,000 seeds."""
+    from sdlab.app import arguments
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(arguments, "override_parser", lambda: pytest.fail("the list was parsed"))
+    assert run_sdlab(*args) == 2
+    assert one_error_line(capsys) == ("sdlab: error: 10001 seeds are more than limits.max_seeds=10000 in one job; "
+                                      "raise it with limits.max_seeds=N on a machine that can take it")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("sweep,cells", [
     ("guidance_scale=range(0,0.4,0.1)", 5),  # Hydra's Decimal steps reach 0.4 a hair below the stop: 5 values
     ("guidance_scale=range(0,0.3,0.1)", 3),

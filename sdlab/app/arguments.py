@@ -122,6 +122,16 @@ def command_line_limits(overrides: list[str]) -> dict[str, int]:
     return limits({"limits": given})
 
 
+def check_seed_count(arg: str, limit: dict[str, int]) -> None:
+    """Refuse `seeds=[...]` (each list of a sweep of them) longer than limits.max_seeds before Hydra's parser reads it:
+    its time grows with the square of a list's length (a minute for 10,000 seeds)."""
+    key, _, value = arg.partition("=")
+    if key.lstrip("+") == "seeds" and (most := max((part.count(",") + 1 for part in re.findall(r"\[([^][]*)]", value)),
+                                                   default=0)) > limit["max_seeds"]:
+        raise UserError(f"{most} seeds are more than limits.max_seeds={limit['max_seeds']} in one job; raise it with "
+                        "limits.max_seeds=N on a machine that can take it")
+
+
 def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int]) -> str:
     """`prompt_file=F` -> `prompt=` the file's prompts, literal (a sweep of them under -m, else the one prompt)."""
     path = arg.partition("=")[2]
@@ -412,6 +422,7 @@ def prepare(argv: list[str]) -> list[str]:
     limit = command_line_limits(overrides)
     ready, typed = [], {group: typed_choices(group, overrides) for group in GROUPS}
     for arg in overrides:
+        check_seed_count(arg, limit)
         is_file = arg.partition("=")[0] == PROMPT_FILE_KEY  # its prompts come out literal already
         arg = expand_prompt_file(arg, multirun, limit) if is_file else quote_text(arg)
         check_override(arg, typed)
