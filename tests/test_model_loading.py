@@ -157,3 +157,18 @@ def test_an_image_encoder_sdlab_never_uses_is_left_out_never_loaded(saved_pipeli
     (folder / "image_encoder" / "pytorch_model.bin").write_bytes(b"\x80\x04")
     model = models.load_model(models.configured_spec("sd15", path=str(folder), resolution=64))
     assert model.pipe.image_encoder is None and model.pipe.feature_extractor is None
+
+
+def test_a_built_in_model_too_big_for_free_memory_is_refused_but_its_anatomy_runs(run_sdlab, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """An exact-architecture model builds its published parameter count at random in float32 on the CPU: refused in
+    one line where that cannot fit (FLUX.1 schnell: 16.9 B, 63 GiB), not killed by the kernel; anatomy builds it on the
+    meta device and runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(models, "cpu_free_bytes", lambda: 2 * 2**30)
+    assert run_sdlab("model=sd15_arch", "num_inference_steps=1", "threads=1") == 2
+    assert capsys.readouterr().err == (
+        "sdlab: error: model=sd15_arch builds 1.1 B random parameters, 4.0 GiB in float32, more than the 2.0 GiB free "
+        "here; its architecture is for experiment=anatomy, which builds it on the meta device\n")
+    assert list(tmp_path.iterdir()) == []
+    assert run_sdlab("experiment=anatomy", "model=sd15_arch", "threads=1", "hydra.run.dir=a") == 0

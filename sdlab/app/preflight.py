@@ -18,7 +18,7 @@ from sdlab.metrics.schedule import model_kind
 from sdlab.models.clip import check_clip_folder, clip_folder
 from sdlab.models.device import resolve_device
 from sdlab.models.families import ModelAdapter
-from sdlab.models.loading import adapter_class, built_in, check_model, shipped_scheduler_config
+from sdlab.models.loading import adapter_class, built_in, check_fits_memory, check_model, shipped_scheduler_config
 from sdlab.models.schedulers import check_fit, check_options, make_scheduler, scheduler_class  # imports diffusers
 
 # The generation settings: what a request asks of the denoiser and how its images are scored
@@ -96,6 +96,8 @@ def check_job(run: Run) -> list[str]:
 
     # a folder's files, components and family: missing weights are said before the scheduler checks import diffusers
     adapter = adapter_class(spec)
+    if run.job != "anatomy":  # which builds its model on the meta device
+        check_fits_memory(spec)
     kind = model_kind(shipped_scheduler_config(spec)[0])  # the scheduler's options: from diffusers' source, no import
     check_options(run.scheduler.name, run.scheduler.options, kind)
     clip = cfg.get("clip")  # as are the CLIP model (none with clip=none), input images and reference sets

@@ -17,7 +17,7 @@ from sdlab.errors import UserError, choose
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
-from sdlab.models.memory import free_bytes
+from sdlab.models.memory import cpu_free_bytes, free_bytes
 from sdlab.models.model_files import (SCHEDULER_CONFIG, WEIGHT_COMPONENTS, check_named_components,
                                       check_pipeline_folder, check_weights_folder, component_configs, loaded_weights,
                                       scheduler_config, weights_fingerprint)
@@ -102,6 +102,17 @@ def weights_identity(spec: ModelSpec) -> str | None:
 def built_in(spec: ModelSpec) -> Architecture | None:
     """The architecture record of a model built in code; None for one read from a folder."""
     return None if spec.path else ARCHITECTURES.get(spec.name)
+
+
+def check_fits_memory(spec: ModelSpec) -> None:
+    """Refuse a built-in model whose weights, built at random on the CPU in float32 from its record's published
+    parameter counts, would not fit in the memory free there (the exact-architecture models of the large families)."""
+    arch, free = built_in(spec), cpu_free_bytes()
+    need = 4 * sum(arch.param_counts.values()) if arch else 0
+    if free is not None and need > free:
+        raise UserError(f"model={spec.name} builds {sum(arch.param_counts.values()) / 1e9:.1f} B random parameters, "
+                        f"{need / 2**30:.1f} GiB in float32, more than the {free / 2**30:.1f} GiB free here; its "
+                        "architecture is for experiment=anatomy, which builds it on the meta device")
 
 
 def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:

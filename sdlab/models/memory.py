@@ -43,7 +43,12 @@ def free_bytes(device: torch.device) -> int | None:
         import torch  # a model on CUDA has loaded it; reading a command line need not
 
         return int(torch.cuda.mem_get_info(device)[0])
-    return proc_kib("/proc/meminfo", b"MemAvailable") if device.type == "cpu" else None
+    return cpu_free_bytes() if device.type == "cpu" else None
+
+
+def cpu_free_bytes() -> int | None:
+    """The CPU memory Linux can give without swapping (`MemAvailable`), else None."""
+    return proc_kib("/proc/meminfo", b"MemAvailable")
 
 
 def reset_high_water() -> bool:
