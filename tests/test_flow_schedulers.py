@@ -88,6 +88,11 @@ def test_check_fit_refuses_a_solver_without_dynamic_shifting_unless_the_run_turn
     check_fit("heun", FLUX, {"use_dynamic_shifting": False})
     check_fit("heun", SD3)  # SD3 shifts by a fixed amount
     check_fit("euler", FLUX)
+    with pytest.raises(CannotRun, match="^scheduler 'lms' does not fit a model of kind 'flow'; schedulers for this "
+                                        "model: ddim, euler, dpmpp_2m, unipc$"):  # not heun, which it refuses
+        check_fit("lms", FLUX)
+    with pytest.raises(CannotRun, match="; schedulers for flow: ddim, euler, heun, dpmpp_2m, unipc$"):
+        check_fit("lms", SD3)
 
 
 def test_model_kind_reads_the_scheduler_config():

@@ -123,24 +123,26 @@ def fitting(kind: str) -> list[str]:
     return [name for name, spec in SCHEDULERS.items() if kind in spec.kinds]
 
 
-def check_kind(name: str, kind: str) -> None:
-    """Raise a one-line CannotRun unless scheduler `name` has a solver for a model of `kind`."""
+def check_kind(name: str, kind: str, usable: list[str] | None = None) -> None:
+    """Raise a one-line CannotRun unless scheduler `name` has a solver for a model of `kind`, naming those that do (or
+    the `usable` ones of such a model)."""
     choose("scheduler", name, SCHEDULERS)
     choose("model kind", kind, KINDS)
     if kind not in SCHEDULERS[name].kinds:
-        raise CannotRun(f"scheduler {name!r} does not fit a model of kind {kind!r}; "
-                        f"schedulers for {kind}: {', '.join(fitting(kind))}")
+        raise CannotRun(f"scheduler {name!r} does not fit a model of kind {kind!r}; schedulers for "
+                        f"{'this model' if usable else kind}: {', '.join(usable or fitting(kind))}")
 
 
 def check_fit(name: str, base_config: dict[str, Any], options: dict[str, Any] | None = None) -> None:
     """Raise a one-line CannotRun unless scheduler `name` with `options` runs the model of `base_config`: a solver for
     its kind and, where the model shifts its flow sigmas by the image size, one that can (read without diffusers)."""
-    check_kind(name, kind := model_kind(base_config))
-    dynamic = {**as_published(base_config), **(options or {})}.get("use_dynamic_shifting")
-    if kind == "flow" and dynamic and not SCHEDULERS[name].on(kind).dynamic_shifting:
-        others = [n for n in fitting(kind) if SCHEDULERS[n].on(kind).dynamic_shifting]
+    kind = model_kind(base_config)
+    dynamic = kind == "flow" and {**as_published(base_config), **(options or {})}.get("use_dynamic_shifting")
+    usable = [n for n in fitting(kind) if SCHEDULERS[n].on(kind).dynamic_shifting] if dynamic else None
+    check_kind(name, kind, usable)
+    if usable is not None and name not in usable:
         raise CannotRun(f"scheduler {name!r} has no dynamic (resolution-dependent) shifting, which this model's "
-                        f"scheduler uses; use one of: {', '.join(others)}")
+                        f"scheduler uses; use one of: {', '.join(usable)}")
 
 
 @functools.cache
