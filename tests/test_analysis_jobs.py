@@ -231,9 +231,7 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
 
     captions = json.loads((tmp_path / "captions.json").read_text())
     assert all(captions.get(png.name) for png in tmp_path.glob("*.png"))  # every figure has its title; the bare
-    first = rows.loc[rows["x0_pred_psnr_vs_final_db"] >= 30, "step"]  # the claim reads as the rows say
-    assert (f"x0_pred first reaches 30 dB PSNR at step {first.iloc[0] + 1} of 4" if len(first) else
-            "x0_pred never reaches 30 dB PSNR") + " (dB: x0_pred against the final image)" in captions["trajectory_strip.png"]
+    assert settled_claim(rows, 4) + " (dB: x0_pred against the final image)" in captions["trajectory_strip.png"]
     # the final image sits with the images, not the figures, and carries the whole request: `params=` regenerates it
     final = read_png_metadata(tmp_path / "images" / "trajectory_final.png")
     assert {k: final[k] for k in ("negative_prompt", "width", "height", "eta", "seed", "scheduler")} == {
@@ -259,7 +257,7 @@ def test_trajectory_gif_frames_carry_each_x0_pred_psnr_in_a_legible_band(tmp_pat
     texts, real = [], trajectory.labelled
     monkeypatch.setattr(trajectory, "labelled", lambda image, text, scale: texts.append(text) or real(image, text, scale))
     rows = run("trajectory", tmp_path, num_inference_steps=2, frames=2)
-    assert texts[1::2] == [f"x0_pred {db:.1f} dB" if np.isfinite(db) else "x0_pred = final"
+    assert texts[1::2] == [f"x0_pred {db:.1f} dB to final" if np.isfinite(db) else "x0_pred = final"
                            for db in rows["x0_pred_psnr_vs_final_db"]] + ["final"]
     assert Image.open(tmp_path / "trajectory.gif").size == (2 * 64 * 4, 64 * 4 + 22)  # 16 px letters, not 11
 
@@ -280,6 +278,29 @@ def test_strip_steps_show_the_step_the_title_names_in_place_of_the_nearest_inner
     assert strip_steps(50, 9, keep=1) == [0, 1, 12, 18, 24, 31, 37, 43, 49]  # the first and last steps stay
     assert strip_steps(50, 9, keep=31) == strip_steps(50, 9) and strip_steps(4, 8, keep=2) == [0, 1, 2, 3]
     assert strip_steps(20, 1, keep=7) == [7]
+
+
+def settled_claim(rows: pd.DataFrame, steps: int) -> str:
+    """The trajectory title's claim as its rows say it: the first step at 30 dB, and the one from which all are."""
+    close = (rows["x0_pred_psnr_vs_final_db"] >= 30).tolist()
+    if not any(close):
+        return "x0_pred never reaches 30 dB PSNR"
+    first, stays = close.index(True), next(i for i in range(len(close)) if all(close[i:]))
+    return (f"x0_pred first reaches 30 dB PSNR at step {first + 1} of {steps}"
+            + (f", stays above it from step {stays + 1} of {steps}" if stays != first else ""))
+
+
+def test_trajectory_title_says_when_x0_pred_stays_close_after_falling_back(tmp_path, monkeypatch):
+    """x0_pred may reach 30 dB, fall back and reach it again (DDPM's fresh noise): the title says both steps."""
+    from sdlab.jobs import trajectory
+
+    drawn, real = {}, trajectory.image_strip
+    monkeypatch.setattr(trajectory, "image_strip",
+                        lambda rows, target, **kw: drawn.update(kw) or real(rows, target, **kw))
+    psnrs = iter([12.0, 31.0, 28.0, 35.0, float("inf")])
+    monkeypatch.setattr(trajectory, "psnr", lambda final, x0: next(psnrs))
+    run("trajectory", tmp_path, num_inference_steps=5, frames=3)
+    assert "x0_pred first reaches 30 dB PSNR at step 2 of 5, stays above it from step 4 of 5 (dB:" in drawn["title"]
 
 
 def test_trajectory_title_names_a_step_its_strip_shows_counted_as_its_panels_count(tmp_path, monkeypatch):
@@ -487,10 +508,9 @@ def test_trajectory_linear_preview_measures_x0_pred_against_the_final_latents_pr
     # sigma 0), so it matches exactly, as under the VAE; against the VAE's image it could never pass ~25 dB
     rows = run("trajectory", tmp_path, num_inference_steps=4, frames=2, preview="linear")
     assert rows["x0_pred_psnr_vs_final_db"].iloc[-1] == math.inf
-    first = rows.loc[rows["x0_pred_psnr_vs_final_db"] >= 30, "step"].iloc[0]
     caption = read_captions(tmp_path)["trajectory_strip.png"]
-    assert (f"x0_pred first reaches 30 dB PSNR at step {first + 1} of 4 (dB: x0_pred against the final latents, "
-            "both through the linear preview)") in caption
+    assert (settled_claim(rows, 4) + " (dB: x0_pred against the final latents, both through the linear preview)"
+            in caption)
 
 
 def test_a_generate_run_with_its_table_and_grid_does_not_import_matplotlib(tmp_path):

@@ -88,13 +88,13 @@ def run_anatomy(ctx: JobContext) -> pd.DataFrame:
     total = table[table["component"] == "total"].iloc[0]
     bar_chart([
         {"labels": list(parts["component"]), "values": list(parts["params"] / 1e6), "xlabel": "parameters (millions)",
-         "notes": [f"{p / 1e6:,.1f} M ({percent(s)}), {binary_size(b)} fp16" for p, s, b in
+         "notes": [f"{p / 1e6:,.1f} M ({percent(s)} of the model), {binary_size(b)} fp16" for p, s, b in
                    zip(parts["params"], parts["share"], parts["bytes_fp16"])],
          "title": f"model={spec.name}: {total['params']:,} parameters, {binary_size(total['bytes_fp32'])} fp32, "
                   f"{binary_size(total['bytes_fp16'])} fp16; "
                   f"latent {geometry['latent_shape']} at {side}px (x{geometry['compression_ratio']:g})"},
         {"labels": list(blocks["block"].str.replace(" (", "\n(")), "values": list(blocks["params"] / 1e6),
          "xlabel": "parameters (millions)", "notes": [percent(s, 1) for s in blocks["share"]],
-         "title": f"{denoiser} blocks in forward order"},
+         "title": f"{denoiser} blocks in forward order (% of the {denoiser}'s parameters)"},
     ], ctx.out_dir / "anatomy.png")
     return ordered(rows)

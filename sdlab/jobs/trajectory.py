@@ -129,7 +129,11 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
              "x0_pred_psnr_vs_final_db": psnr(final, x0[i])} for i, s in enumerate(steps)]
     named = partial(step_name, count=len(steps), steps=params.num_inference_steps)
     settled = next((i for i, r in enumerate(rows) if r["x0_pred_psnr_vs_final_db"] >= SETTLED_DB), None)
+    stays = len(rows)  # the first step from which every step is as close
+    while stays and rows[stays - 1]["x0_pred_psnr_vs_final_db"] >= SETTLED_DB:
+        stays -= 1
     claim = (f"x0_pred first reaches {SETTLED_DB:g} dB PSNR at {named(settled)}"
+             + (f", stays above it from {named(stays)}" if stays != settled else "")
              if settled is not None else f"x0_pred never reaches {SETTLED_DB:g} dB PSNR")
     calls = f" ({len(steps)} model calls)" if len(steps) != params.num_inference_steps else ""
     picks = strip_steps(len(steps), recipe.frames, keep=settled)  # the step the claim names is one of the panels
@@ -142,7 +146,8 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
                       f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  {named(i)} {model.noise.step_label(s)}", scale),
-                            labelled(x0[i], f"x0_pred {to_final(rows[i])}", scale)])
+                            labelled(x0[i], f"x0_pred {to_final(rows[i])}"
+                                     + " to final" * bool(np.isfinite(rows[i]["x0_pred_psnr_vs_final_db"])), scale)])
               for i, s in enumerate(steps)]
     last = FINAL_LABELS[recipe.preview].replace("\n", " ")
     frames.append(side_by_side([labelled(final, last, scale), labelled(final, last, scale)]))
