@@ -311,6 +311,12 @@ def test_display_overrides_show_values_as_typed():
     (["experiment=article_c2_img2img", "seeds=[4,5]"], "seeds=[4,5]: job img2img_strength follows one seed's"),
     (["experiment=train_mini", "train.stage=vae", "train.out=t", "train.vae.batch_size=100000000"],
      "train.vae.batch_size=100000000 must be an integer >= 1 and <= 4096"),  # not 1.1 TiB asked of the allocator
+    (["eta=0.5", "scheduler=euler"], "eta=0.5 is not read: only ddim's step takes eta (on SD 1.x, 2.x and SDXL, not on a "
+                                     "flow model), and this run steps with euler"),
+    (["eta=0.5", "scheduler=ddim", "model=flux_tiny"], "eta=0.5 is not read: only ddim's step takes eta"),
+    (["-m", "scheduler=euler,dpmpp_2m", "eta=0.5"], "eta=0.5 is not read: only ddim's step takes eta (on SD 1.x, 2.x "
+                                                   "and SDXL, not on a flow model), and the jobs step with dpmpp_2m, euler"),
+    (["-m", "scheduler=euler,dpmpp_2m", "eta=0.5", "plan=true"], "eta=0.5 is not read: only ddim's step takes eta"),
     (["scorers=[[clip]]"], "unknown scorer ['clip']; scorers are: clip,"),  # a list in the list: no internal error
     (["job=[a]"], "job=['a'] must be a job's name, e.g. generate"),
     (["experiment=article_a6_clip_similarity", "article=5"], "article=5 must be a mapping of id, question, reports"),

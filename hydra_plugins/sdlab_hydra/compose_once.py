@@ -31,7 +31,7 @@ from hydra_plugins.sdlab_hydra.lean_launcher import AHEAD_WINDOW
 from sdlab.app.arguments import RECIPES_SUBDIR, display_overrides, hydra_quote, named_by_sdlab, override_parser
 from sdlab.app.callbacks import CollectSweep, Progress, deaf_children
 from sdlab.app.compose import JOB_FOLDER_WIDTH, JOB_FOLDERS, composed_run, parse_job, resolved, task_overrides
-from sdlab.app.preflight import check_job, check_read, check_sweep, misfit, sweep_plan
+from sdlab.app.preflight import check_job, check_sweep, misfit, sweep_plan
 from sdlab.bench import lock, ownership
 from sdlab.bench.plan import Cell, cell_of, cell_work, plan_text
 from sdlab.bench.records import job_number_width
@@ -549,8 +549,8 @@ class ComposeOnceSweeper(Sweeper):
         the same config groups only in plain values (see `ComposedConfigs`) is that job's recipe with those values set,
         typed once per distinct set of values but the seed. Without `hashed`, a cell's hash is left empty. Jobs whose
         model cannot run their scheduler (`misfit`, asked once per model and scheduler) are left out, with why. The
-        settings `given` on the command line are checked as the sweep checks them (`check_read`)."""
-        shapes, typed, planned, cannot, fits, job_names = {}, {}, [], {}, {}, []
+        settings `given` on the command line are checked as the sweep checks them (`check_sweep`)."""
+        shapes, typed, planned, cannot, fits, runs = {}, {}, [], {}, {}, []
         for job in jobs:
             parsed = self.composed.parsed(job)
             signature = self.composed.signature(parsed)
@@ -563,7 +563,7 @@ class ComposeOnceSweeper(Sweeper):
                 if signature is not None and base is None:
                     unresolved = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
                     shapes[signature] = parsed, run, OmegaConf.to_yaml(unresolved)
-                job_names.append(run.job)
+                runs.append(run)
                 if (why := misfit_of(run, fits)) is not None:
                     cannot[tuple(job)] = why
                     continue
@@ -581,13 +581,14 @@ class ComposeOnceSweeper(Sweeper):
                 run = typed_run(recipe)
                 typed[values] = run, cell_of(run, work_of)
             run, cell = typed[values]
+            runs.append(run)
             if (why := misfit_of(run, fits)) is not None:
                 cannot[tuple(job)] = why
                 continue
             seeds = check_seeds((recipe["seed"],)) if "seed" in recipe and recipe.get("seeds") is None else cell.seeds
             planned.append(dataclasses.replace(cell, job_hash=dataclasses.replace(run, recipe=recipe).job_hash
                                                if hashed else "", seeds=seeds))
-        check_read(job_names, given)  # a job of the fast path has its template's job
+        check_sweep(runs, given)  # a job of the fast path: its values' run (its seed aside)
         return planned, cannot
 
     def launch(self, jobs: list[list[str]], sweep_dir: Path) -> list[Any]:

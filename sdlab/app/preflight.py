@@ -131,6 +131,19 @@ def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
     setting typed on the command line (`typed`: {key: value as typed}) is read by some job."""
     check_reference_read([run.recipe for run in runs])
     check_read([run.job for run in runs], typed)
+    check_eta_read(runs, typed)
+
+
+def check_eta_read(runs: list[Run], typed: dict[str, str]) -> None:
+    """Refuse a typed eta other than 0 where no job steps DDIM on a DDPM model: no other sampler's step takes it."""
+    if "eta" not in typed or all(run.params.eta == 0 for run in runs):
+        return
+    if not any(reads(run.job, "eta") and "ddim" in schedulers_used(run, check_recipe(run))
+               and model_kind(shipped_scheduler_config(run.model)[0]) != "flow" for run in runs):
+        used = sorted({name for run in runs for name in schedulers_used(run, check_recipe(run))})
+        raise UserError(f"eta={typed['eta']} is not read: only ddim's step takes eta (on SD 1.x, 2.x and SDXL, not on "
+                        f"a flow model), and {'this run steps' if len(runs) == 1 else 'the jobs step'} with "
+                        f"{', '.join(used)}")
 
 
 def recipe_fields(job: str) -> list[str]:
