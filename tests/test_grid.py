@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from sdlab.bench.grid import (
-    CELL_MAX, CELL_MIN, EMPTY_CELL, FONT_SIZE, LABEL_LINES, LABEL_WIDTH, axis_labels, cell_side, image_grid, text_size,
+    CELL_MAX, CELL_MIN, EMPTY_CELL, FONT_SIZE, LABEL_LINES, LABEL_WIDTH, NOTE_INK, axis_labels, cell_side, image_grid, text_size,
     wrapped,
 )
 from sdlab.bench.report import summarize
@@ -73,9 +73,11 @@ def test_a_cell_with_a_note_says_it_under_its_image_and_hides_none_of_it(tmp_pat
                                               note="note")).convert("RGB"))
     boxes = [np.nonzero(np.all(canvas == shade(i), axis=-1)) for i in range(4)]
     assert [rows.size for rows, _ in boxes] == [CELL_MIN ** 2] * 4  # every image whole, the marked one too
-    ink = [(canvas[rows.max() + 1:rows.max() + 1 + 2 * FONT_SIZE, cols.min():cols.max() + 1].sum(-1) < 200).sum()
-           for rows, cols in boxes]
-    assert ink[1] > 50 and ink[3] == 0  # the note in dark ink under its image, nothing under its unmarked neighbour
+    red = np.all(canvas == NOTE_INK, axis=-1)
+    ink = [red[rows.max() + 3:rows.max() + 3 + 2 * FONT_SIZE, cols.min():cols.max() + 1].sum() for rows, cols in boxes]
+    assert ink[1] > 50 and ink[3] == 0  # the note under its image, nothing under its unmarked neighbour
+    frame = [red[rows.min() - 2:rows.min(), cols.min():cols.max() + 1].mean() for rows, cols in boxes]
+    assert frame[1] == 1 and frame[0] == frame[2] == frame[3] == 0  # only the noted image is framed, all along
 
 
 def test_a_wrapped_grid_title_leaves_no_word_alone_on_its_last_line():

@@ -22,7 +22,7 @@ CELL_MIN, CELL_MAX = 128, 512  # small images are enlarged (nearest) to CELL_MIN
 MAX_GRID_PIXELS = 16_000_000  # big grids get smaller cells (down to CELL_MIN) to stay about this size
 GAP, MARGIN, FONT_SIZE = 4, 8, 13
 SEED_GAP = 2  # between the seeds of one cell: narrower than between cells, so a cell reads as one
-EMPTY_CELL, INK = (217, 217, 217), (20, 20, 20)
+EMPTY_CELL, INK, NOTE_INK = (217, 217, 217), (20, 20, 20), (192, 32, 32)
 TITLE_MIN_WIDTH = 360  # a title wider than the grid wraps to the grid's width, or to this on small grids
 LABEL_WIDTH, LABEL_LINES = 240, 4  # a value's label wraps to the cell's width or this, and a long one is cut short
 
@@ -230,7 +230,8 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
                                   fill=INK, font=font(), anchor="mm")
                     else:
                         canvas.paste(image, (x0 + (side - image.width) // 2, y0 + (side - image.height) // 2))
-                    if key in notes:
-                        draw.multiline_text((x0 + side // 2, y0 + side + GAP // 2), notes[key], fill=INK,
+                    if key in notes:  # framed with its note: which image it names is never in doubt
+                        draw.rectangle((x0 - 2, y0 - 2, x0 + side + 1, y0 + side + 1), outline=NOTE_INK, width=2)
+                        draw.multiline_text((x0 + side // 2, y0 + side + GAP // 2), notes[key], fill=NOTE_INK,
                                             font=font(True), anchor="ma", align="center", spacing=2)
     return canvas
