@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import zlib
 
@@ -273,6 +274,14 @@ def test_a_lone_surrogate_escape_in_a_params_file_is_refused_naming_it(tmp_path)
     """JSON may escape half a UTF-16 pair (\\ud800), which is no character: no text encoder or table can take it."""
     params = write(tmp_path / "p.json", '{"prompt": "a red \\ud800 circle", "seed": 1}')
     with pytest.raises(UserError, match=r"prompt='a red \\ud800 circle' is not UTF-8 text: '\\ud800' \(half a"):
+        load_params(params)
+
+
+@pytest.mark.parametrize("given,says", [({"steps": -5}, "num_inference_steps=-5 must be >= 1"),
+                                        ({"cfg_scale": 1e9}, "guidance_scale=1000000000.0 must be")])
+def test_a_value_out_of_range_in_a_params_file_is_named_with_its_file(tmp_path, given, says):
+    params = write(tmp_path / "p.json", json.dumps(given))
+    with pytest.raises(UserError, match=rf"^params={re.escape(str(params))}: {re.escape(says)}"):
         load_params(params)
 
 

@@ -276,8 +276,9 @@ def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, 
 
 PYTHON_TYPES = {"int": (int,), "number": (int, float), "str": (str,)}
 # What a params file may set: each generation parameter (typed by its Field), one `seed`, the scheduler and model.
+RULES = rules_of(GenerationParams)
 PARAM_TYPES: dict[str, tuple[type, ...]] = {
-    **{name: PYTHON_TYPES[rule.kind] for name, rule in rules_of(GenerationParams).items()},
+    **{name: PYTHON_TYPES[rule.kind] for name, rule in RULES.items()},
     "seed": (int,), "seeds": (list,), "scheduler": (str,), "scheduler_options": (dict,), "model": (str,),
     "batch_size": (int, str),  # or auto, as GenerationParams takes it
 }
@@ -304,7 +305,9 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
         if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[key]):
             kinds = " or ".join(t.__name__ for t in PARAM_TYPES[key])
             raise UserError(f"{label}: {key}={value!r} should be {kinds}")
-        if isinstance(value, str):
+        if key in RULES and value != "auto":  # its range too, named with its file (batch_size=auto: GenerationParams)
+            RULES[key].check(f"{label}: {key}", value)
+        elif isinstance(value, str):
             check_text(value, f"{label}: {key}")
     if isinstance(data.get("scheduler"), str):
         data["scheduler"] = params_scheduler(data["scheduler"], label)
