@@ -148,6 +148,21 @@ def test_prompt_file_with_several_prompts_needs_m(run_sdlab, tmp_path, monkeypat
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("args,says", [
+    (["-m", "prompt_file=a.txt,b.txt"], "prompt_file=a.txt,b.txt does not exist; it takes one file: put the lines of "
+                                        "a.txt and b.txt in one file to sweep them all"),
+    (["scorers=[fd]", "reference=a.txt"], "reference=a.txt is a file, not a folder; give a folder of PNG/JPEG images"),
+])
+def test_a_file_where_another_kind_of_path_belongs_is_named_as_what_it_is(run_sdlab, tmp_path, monkeypatch, capsys,
+                                                                          args, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("a\nb\n")
+    (tmp_path / "b.txt").write_text("c\n")
+    assert run_sdlab(*args) == 2
+    assert one_error_line(capsys).startswith(f"sdlab: error: {says}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
 def test_display_overrides_show_values_as_typed():
     shown = display_overrides(["prompt=a\\ large\\ yellow\\ triangle", "guidance_scale=10.0", "seeds=[1,2]",
                                "prompt2='x, y'"])

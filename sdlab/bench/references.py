@@ -33,7 +33,8 @@ def reference_files(folder: Any) -> list[Path]:
     """The PNG and JPEG files of `reference=DIR`, sorted; one error line when it is no folder or has none."""
     path = Path(os.path.expanduser(str(folder)))
     if not path.is_dir():
-        raise UserError(f"reference={folder}: no such folder; give a folder of PNG/JPEG images, or reference=null "
+        what = " is a file, not a folder" if path.exists() else ": no such folder"
+        raise UserError(f"reference={folder}{what}; give a folder of PNG/JPEG images, or reference=null "
                         "to render them from the model's prompt world")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
     if not files:
