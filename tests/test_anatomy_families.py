@@ -44,7 +44,7 @@ def test_anatomy_figure_labels_each_block_whole_and_no_share_as_zero(run_sdlab, 
     parts, stack = fig.axes
     assert [" ".join(t.get_text().split("\n")) for t in stack.get_yticklabels()] == blocks["block"].tolist()
     notes = [t.get_text() for ax in (parts, stack) for t in ax.texts]
-    assert " 83.8 M (<1%), 160 MiB fp16" in notes and " <0.1%" in notes and " 54.3%" in notes
+    assert " 83.8 M (<1% of the model), 160 MiB fp16" in notes and " <0.1%" in notes and " 54.3%" in notes
     assert not any(zero in note for note in notes for zero in ("(0%)", "0.0%"))
 
 
