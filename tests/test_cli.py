@@ -332,10 +332,6 @@ def test_display_overrides_show_values_as_typed():
     (["-m", "scheduler=euler,dpmpp_2m", "eta=0.5"], "eta=0.5 is not read: only ddim's step takes eta (on SD 1.x, 2.x "
                                                    "and SDXL, not on a flow model), and the jobs step with dpmpp_2m, euler"),
     (["-m", "scheduler=euler,dpmpp_2m", "eta=0.5", "plan=true"], "eta=0.5 is not read: only ddim's step takes eta"),
-    (["seed=1", "seed=2"], "seed=1 and seed=2 set seed twice, and only the last would count; give it once (-m "
-                           "seed=a,b sweeps values)"),
-    (["-m", "guidance_scale=1,2", "+guidance_scale=3"], "guidance_scale=1,2 and +guidance_scale=3 set guidance_scale "
-                                                        "twice"),
     (["scorers=[[clip]]"], "unknown scorer ['clip']; scorers are: clip,"),  # a list in the list: no internal error
     (["job=[a]"], "job=['a'] must be a job's name, e.g. generate"),
     (["experiment=article_a6_clip_similarity", "article=5"], "article=5 must be a mapping of id, question, reports"),

@@ -293,14 +293,7 @@ def group_choices(group: str, recipe: str, typed: dict[str, list[str]]) -> list[
 
 
 def check_exclusive(overrides: list[str]) -> None:
-    """Refuse a key typed twice, or two keys (not null) of which only one would take effect, such as `seed` and
-    `seeds`, naming both."""
-    first = {}
-    for arg in overrides:
-        if (key := arg.partition("=")[0].lstrip("+~")) in first:
-            raise UserError(f"{first[key]} and {arg} set {key} twice, and only the last would count; give it once "
-                            f"(-m {key}=a,b sweeps values)")
-        first[key] = arg
+    """Refuse two keys (not null) of which only one would take effect, such as `seed` and `seeds`, naming both."""
     typed = {arg.partition("=")[0].lstrip("+"): arg for arg in overrides if arg.partition("=")[2] not in ("", "null")}
     if found := clash(typed):
         pair, why = found
