@@ -153,10 +153,14 @@ def test_cfg_threshold_scale():
     w = norm_threshold_scale(df, factor=3.0)
     assert 10 < w < 15
     assert norm_threshold_scale(df, factor=100.0) != norm_threshold_scale(df, factor=100.0)  # nan
-    synthetic = pd.DataFrame({"scale": [1, 2, 3], "amplification": [1.0, 2.0, 4.0]})
-    assert norm_threshold_scale(synthetic, 3.0) == pytest.approx(2.5)
+    synthetic = pd.DataFrame({"scale": [1, 2, 3], "amplification": [1.0, 2.0, 3.0]})  # |eps_w| / |eps_c| = w
+    assert norm_threshold_scale(synthetic, 2.5) == pytest.approx(2.5)
     assert norm_threshold_scale(synthetic, 0.5) == 1.0
-    assert norm_threshold_scale(synthetic, 4.0) == 3.0
+    assert norm_threshold_scale(synthetic, 3.0) == pytest.approx(3.0)
+    assert math.isnan(norm_threshold_scale(synthetic, 4.0))
+    # the squared ratio is a quadratic in w: solved from the seven scales, not read off the line between two
+    dense = cfg_simulation(scales=tuple(np.linspace(1, 20, 19_001)))
+    assert w == pytest.approx(norm_threshold_scale(dense, factor=3.0), abs=1e-6)
 
 
 # --------------------------------------------------------------------------- training objective

@@ -138,7 +138,7 @@ def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
                       f"w={frame['scale'].iloc[0]:g}, {frame['cosine_to_signal'].iloc[-1]:.2f} at w={frame['scale'].iloc[-1]:g}"},
             {"lines": [{"x": frame["scale"], "y": frame["amplification"], "style": "o-"}], "hline": factor,
              "xlabel": "guidance scale w", "ylabel": "|eps_w| / |eps_cond|",
-             "title": f"and amplifies the prediction: passes {factor:g}x at w = {threshold:.1f}"}],  # read between two scales
+             "title": f"and amplifies the prediction: passes {factor:g}x at w = {threshold:.2f}"}],
            ctx.out_dir / "cfg_toy.png")
     return finish(ctx, frame.assign(norm_threshold_scale=threshold), "cfg_toy")
 

@@ -108,7 +108,8 @@ def cfg_simulation(scales=CFG_SCALES, dim: int = 768, seed: int = 0, gap: float 
 
 
 def norm_threshold_scale(df: pd.DataFrame, factor: float = 3.0) -> float:
-    """Smallest w with |eps_w| / |eps_cond| >= factor, interpolated between the grid scales; nan if never reached."""
+    """Smallest sampled-range w with |eps_w| / |eps_cond| >= factor; nan if never reached. eps_w = eps_u + w (eps_c -
+    eps_u) makes the squared ratio a quadratic in w, solved from three scales or more (Ho & Salimans 2022, eq. 6)."""
     df = df.sort_values("scale")
     scale = df["scale"].to_numpy(dtype=np.float64)
     amplification = df["amplification"].to_numpy(dtype=np.float64)
@@ -118,6 +119,12 @@ def norm_threshold_scale(df: pd.DataFrame, factor: float = 3.0) -> float:
     i = int(above[0])
     if i == 0:
         return float(scale[0])
+    if len(np.unique(scale)) >= 3:
+        a, b, c = np.polyfit(scale, amplification**2, 2)
+        roots = np.roots([a, b, c - factor**2])
+        crossing = [r.real for r in roots if abs(r.imag) < 1e-9 and scale[i - 1] <= r.real <= scale[i]]
+        if crossing:
+            return float(min(crossing))
     frac = (factor - amplification[i - 1]) / (amplification[i] - amplification[i - 1])
     return float(scale[i - 1] + frac * (scale[i] - scale[i - 1]))
 
