@@ -32,8 +32,8 @@ def run_noise_image(ctx: JobContext) -> pd.DataFrame:
     size, seed = ctx.recipe.size, ctx.recipe.seed
     x = np.random.default_rng(seed).standard_normal((size, size, 3))
     shown = np.clip((x + 3) / 6, 0, 1)  # +-3 sigma onto [0, 1]
-    image_strip([[shown]], ctx.out_dir / "noise.png", col_labels=[f"N(0, I), {size}x{size}x3, seed {seed}\nshown as (x + 3) / 6, clipped to [0, 1]"],
-                cell_inches=5.0)
+    image_strip([[shown]], ctx.out_dir / "noise.png", cell_inches=5.0,
+                col_labels=[f"N(0, I), {size}x{size}x3, seed {seed}\nshown as (x + 3) / 6, clipped to [0, 1]"])
     edges = np.linspace(-4.5, 4.5, 91)
     density, _ = np.histogram(x, bins=edges, density=True)
     centres = (edges[:-1] + edges[1:]) / 2
