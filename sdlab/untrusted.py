@@ -38,10 +38,7 @@ def open_regular(path: str | Path, label: str, what: str, key: str = "", limit: 
     try:
         fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting
     except FileNotFoundError:
-        parts = str(path).split(",")  # a list of files where one belongs: say so
-        several = len(parts) > 1 and all(Path(part).expanduser().exists() for part in parts)
-        raise UserError(f"{label} does not exist" + (f"; it takes one file: put the lines of {' and '.join(parts)} in "
-                                                     "one file to sweep them all" if several else "")) from None
+        raise UserError(f"{label} does not exist") from None
     except OSError as e:
         raise UserError(f"{label} cannot be read: {e.strerror or e}") from None
     mode = os.fstat(fd).st_mode

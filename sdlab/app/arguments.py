@@ -135,6 +135,10 @@ def check_seed_count(arg: str, limit: dict[str, int]) -> None:
 def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int]) -> str:
     """`prompt_file=F` -> `prompt=` the file's prompts, literal (a sweep of them under -m, else the one prompt)."""
     path = arg.partition("=")[2]
+    parts = path.split(",")  # a list of files where one belongs: say so
+    if len(parts) > 1 and not Path(path).expanduser().exists() and all(Path(p).expanduser().exists() for p in parts):
+        raise UserError(f"{PROMPT_FILE_KEY}={path} does not exist; it takes one file: put the lines of "
+                        f"{' and '.join(parts)} in one file to sweep them all")
     prompts = read_prompt_lines(path, f"{PROMPT_FILE_KEY}={path}", limit)
     if not prompts:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds no prompts; write one prompt per line")
