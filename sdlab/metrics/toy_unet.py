@@ -5,28 +5,22 @@ from __future__ import annotations
 import pandas as pd
 
 
-def toy_unet(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, layers_per_block: int = 2):
-    """A diffusers UNet2DModel with one resolution level per entry of `channels`, built on the meta device."""
+def level_table(channels: tuple[int, ...], in_channels: int = 1, size: int = 32) -> pd.DataFrame:
+    """Per level of a diffusers UNet2DModel with one resolution level per entry of `channels`: channels, resolution,
+    params (down + mirrored up block), fp32 bytes of the skip activations kept."""
     import torch  # imported by the one explainer that builds a network, not by the numpy toys beside it
     from diffusers import UNet2DModel
 
     with torch.device("meta"):
-        return UNet2DModel(sample_size=size, in_channels=in_channels, out_channels=in_channels,
-                           block_out_channels=tuple(channels), layers_per_block=layers_per_block,
+        unet = UNet2DModel(sample_size=size, in_channels=in_channels, out_channels=in_channels,
+                           block_out_channels=tuple(channels), layers_per_block=2,
                            down_block_types=("DownBlock2D",) * len(channels),
                            up_block_types=("UpBlock2D",) * len(channels), norm_num_groups=min(32, min(channels)))
-
-
-def level_table(channels: tuple[int, ...], in_channels: int = 1, size: int = 32, batch: int = 1) -> pd.DataFrame:
-    """Per level: channels, resolution, params (down + mirrored up block), fp32 bytes of the skip activations kept."""
-    import torch
-
-    unet = toy_unet(channels, in_channels, size)
     skips: dict[int, list[tuple[int, ...]]] = {}
     hooks = [block.register_forward_hook(lambda m, i, o, level=k: skips.__setitem__(level, [t.shape for t in o[1]]))
              for k, block in enumerate(unet.down_blocks)]
     with torch.no_grad():
-        unet(torch.zeros(batch, in_channels, size, size, device="meta"), torch.tensor([10], device="meta"))
+        unet(torch.zeros(1, in_channels, size, size, device="meta"), torch.tensor([10], device="meta"))
     for h in hooks:
         h.remove()
     rows = []
