@@ -34,8 +34,7 @@ def token_table(tokenizer, prompts: Sequence[str], max_length: int = MAX_TOKENS)
 
 
 def dropped_text(tokenizer, ids: list[int], max_length: int) -> str:
-    """The text of the tokens past `max_length` (ids with BOS and EOS), its commas as written, led by '…' when the cut
-    falls inside a word."""
+    """The text of the tokens past `max_length` (ids with BOS and EOS), led by '…' when the cut falls inside a word."""
     cut = max_length - 1
     text = re.sub(r"\s+([,.;:!?])", r"\1", tokenizer.decode(ids[cut:-1]).strip())
     last, first = (tokenizer.decode(ids[i : i + 1]) for i in (cut - 1, cut))
@@ -48,9 +47,8 @@ def token_rows(table: pd.DataFrame, max_length: int = MAX_TOKENS) -> pd.DataFram
     for i, row in enumerate(table.itertuples()):
         ids = json.loads(row.ids)
         for position, (token, token_id) in enumerate(zip(json.loads(row.tokens), ids)):
-            kept = position < max_length - 1 or position == len(ids) - 1
             rows.append({"prompt_index": i, "prompt": row.prompt, "position": position, "token": token,
-                         "id": token_id, "kept": kept})
+                         "id": token_id, "kept": position < max_length - 1 or position == len(ids) - 1})
     return pd.DataFrame(rows)
 
 
@@ -60,12 +58,11 @@ def cosine_matrix(a, b=None) -> np.ndarray:
     return a @ (a if b is None else _unit(np.asarray(b, dtype=np.float64))).T
 
 
-def long_matrix(matrix, row_labels: Sequence[str], col_labels: Sequence[str], row_key: str, col_key: str,
-                value: str = "cosine") -> pd.DataFrame:
-    """A matrix as one row per cell: row index and label, column index and label, value."""
+def long_matrix(matrix, row_labels: Sequence[str], col_labels: Sequence[str], row_key: str, col_key: str) -> pd.DataFrame:
+    """A cosine matrix as one row per cell: row index and label, column index and label, cosine."""
     matrix = np.asarray(matrix)
     return pd.DataFrame([{f"{row_key}_index": r, row_key: row_labels[r], f"{col_key}_index": c, col_key: col_labels[c],
-                          value: float(matrix[r, c])} for r in range(matrix.shape[0]) for c in range(matrix.shape[1])])
+                          "cosine": float(matrix[r, c])} for r, c in np.ndindex(matrix.shape)])
 
 
 def clip_score_from_cosine(cosine) -> np.ndarray:

@@ -30,9 +30,7 @@ def psnr(reference, test, data_range: float = 1.0) -> float:
     """PSNR = 10 log10(data_range² / MSE) on the [0, 1] float images; math.inf when MSE = 0."""
     reference, test = _pair(reference, test)
     mse = float(np.mean((reference - test) ** 2))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(data_range**2 / mse)
+    return math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse)
 
 
 def ssim(reference, test, data_range: float = 1.0) -> float:

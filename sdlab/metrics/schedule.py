@@ -23,8 +23,7 @@ ENTRY_KEYS = ("name", "beta_schedule", *SD_BETAS)  # beta_schedule: one of SCHED
 
 
 def beta_schedule_spec(item: Any) -> dict[str, Any]:
-    """A DDPM beta schedule given by name (with SD's betas) or as a dict, checked: {label, beta_schedule, beta_start,
-    beta_end, T}."""
+    """A DDPM beta schedule given by name (with SD's betas) or as a dict, checked, with its label."""
     if isinstance(item, str):
         item = {"beta_schedule": item}
     if not isinstance(item, dict):

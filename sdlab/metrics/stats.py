@@ -82,8 +82,7 @@ def mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None) -> tu
     if x.size < MIN_N:
         return mean, math.nan, math.nan
     if bounds == (0.0, 1.0) and np.isin(x, (0.0, 1.0)).all():
-        lo, hi = wilson(float(x.sum()), x.size)
-        return mean, lo, hi
+        return mean, *wilson(float(x.sum()), x.size)
     h = t_quantile(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
     return mean, float(max(bounds[0], mean - h)), float(min(bounds[1], mean + h))
 

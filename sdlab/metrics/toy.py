@@ -59,9 +59,7 @@ def ddim_perfect_predictor_mse(x0, T: int = 1000, steps_list=DDIM_STEPS, schedul
         for alpha_bar_t, alpha_bar_prev in zip(levels[:0:-1], levels[-2::-1]):
             eps = (x - math.sqrt(alpha_bar_t) * x0) / math.sqrt(1.0 - alpha_bar_t)
             x = ddim_step(x, eps, alpha_bar_t, alpha_bar_prev)
-        mse_oracle = float(np.mean((x - x0) ** 2))
-
-        rows.append({"steps": int(steps), "mse": mse, "mse_oracle": mse_oracle})
+        rows.append({"steps": int(steps), "mse": mse, "mse_oracle": float(np.mean((x - x0) ** 2))})
     return pd.DataFrame(rows)
 
 
@@ -96,8 +94,7 @@ def cfg_simulation(scales=CFG_SCALES, dim: int = 768, seed: int = 0, gap: float 
     d /= np.linalg.norm(d)
     n = rng.standard_normal(dim)
     direction = d + noise * n / np.linalg.norm(n)
-    delta = gap * np.linalg.norm(eps_uncond) * direction / np.linalg.norm(direction)
-    eps_cond = eps_uncond + delta
+    eps_cond = eps_uncond + gap * np.linalg.norm(eps_uncond) * direction / np.linalg.norm(direction)
     rows = []
     for w in scales:
         eps_w = eps_uncond + w * (eps_cond - eps_uncond)
