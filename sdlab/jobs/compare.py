@@ -59,11 +59,9 @@ def run_compare(ctx: JobContext) -> pd.DataFrame:
     base = GenerationParams(width=given.width, height=given.height, guidance_scale=given.guidance_scale,
                             negative_prompt=given.negative_prompt, seeds=tuple(study.seeds))
     seeds, rows, options = list(study.seeds), [], ctx.run.scheduler.options  # the user's, for every sampler
-    stochastic = [name for name in study.schedulers if SCHEDULERS[name].stochastic]
     limits = [("deterministic", study.reference_scheduler, f"reference {study.reference_scheduler} x"),
-              *((name, name, f"{name}'s own limit,") for name in stochastic)]  # each reference: key, sampler, its words
-    progress = Progress(len(study.prompts) * (len(limits) * study.reference_steps
-                                             + len(study.schedulers) * sum(study.steps)))
+              *((name, name, f"{name}'s own limit,") for name in study.schedulers if SCHEDULERS[name].stochastic)]
+    progress = Progress(len(study.prompts) * sum(steps for _, steps, _ in study_work(ctx.run, study)))
     for p, prompt in enumerate(study.prompts, 1):
         # 1. the deterministic reference, and each stochastic sampler's own high-step limit
         references = {}
