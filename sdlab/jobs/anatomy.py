@@ -6,6 +6,7 @@ import json
 import math
 
 import pandas as pd
+import torch
 
 from sdlab.bench.figures import bar_chart
 from sdlab.bench.records import identity, ordered, write_table
@@ -20,8 +21,6 @@ from sdlab.models.model_files import check_weights_folder, read_object
 
 def meta_components(spec: ModelSpec) -> dict:
     """Every weighted component on the meta device, from sdlab's architectures or a diffusers folder's configs."""
-    import torch
-
     if arch := built_in(spec):
         return build_on_meta(arch)
     folder = model_folder(spec)

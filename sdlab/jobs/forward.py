@@ -20,11 +20,6 @@ from sdlab.models.loading import load_model
 from sdlab.models.noise import PROCESSES, process_of
 
 
-def noise_like(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """eps ~ N(0, I) shaped like x, drawn on the CPU from `seed` (the same eps on any device)."""
-    return torch.randn(x.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(x.device, x.dtype)
-
-
 def forward_schedules(run: Run) -> list[dict]:
     """The schedules with their noise process (`model`: the model's; a beta schedule: DDPM's), timesteps checked."""
     recipe, model_config = read_recipe(run, ForwardProcess), model_scheduler_config(run)
@@ -49,7 +44,9 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     z0 = model.encode_image(x0) if "latent" in spaces else None
     vae_only = to_uint8(model.decode(z0))[0] if z0 is not None else None
     clean = {"pixel": x0, "latent": z0}
-    eps = {space: noise_like(x, seed) for space, x in clean.items() if x is not None}
+    # eps ~ N(0, I) drawn on the CPU from `seed`: the same eps on any device
+    eps = {space: torch.randn(x.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(x.device, x.dtype)
+           for space, x in clean.items() if x is not None}
     rows, strips, labels, names = [], [], [], []
     for s in schedules:
         process, levels = s["process"], s["process"].training_levels(s)
