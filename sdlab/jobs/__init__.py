@@ -75,8 +75,7 @@ def read_recipe(run: Run, cls: type) -> Any:
 
 
 def check_recipe(run: Run) -> Any:
-    """The job's recipe dataclass (None if it has none), read and checked (before its module, which imports torch, is),
-    then with the job's own check (pre-flight)."""
+    """Pre-flight: the job's recipe dataclass (None if it has none), read before its module imports torch; its check."""
     recipe = read_recipe(run, RECIPES[run.job]) if run.job in RECIPES else None
     if run.job in ONE_SEED_JOBS and len(seeds := run.params.seeds) > 1:
         listed = ",".join(map(str, seeds))
@@ -115,8 +114,7 @@ def own(run: Run, images: int = 1) -> tuple[str, int, int]:
 
 
 def work_of(run: Run) -> Solves | None:
-    """The images a run of its job denoises, as `(scheduler, steps, images)`; none for toy math and imageless jobs;
-    None: not said."""
+    """The `(scheduler, steps, images)` a run denoises: [] for toy math and imageless jobs; None: its job cannot say."""
     choose("job", run.job, JOB_MODULES)
     if run.job in MODEL_FREE_JOBS or run.job in IMAGELESS_JOBS:
         return []

@@ -1,7 +1,4 @@
-"""Each job's recipe: the dataclass its config (or its block) is read into, field by field (see `read_recipe`).
-
-They live apart from the jobs, which import torch, so that a wrong recipe value is refused before torch loads.
-"""
+"""Each job's recipe dataclass (see `read_recipe`), apart from the jobs: a wrong value is refused before torch loads."""
 
 from __future__ import annotations
 

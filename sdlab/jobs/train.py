@@ -34,8 +34,7 @@ def train_folders(train: Train) -> dict[str, Path]:
 
 
 def check_train(run) -> None:
-    """Pre-flight: threads within the limits, output folders sdlab's, frozen parts and `init_from` as safetensors, and
-    architecture overrides that build a model fitting mini's other parts."""
+    """Pre-flight: threads, output folders, frozen parts and `init_from` folders, and the architecture overrides."""
     train = read_recipe(run, Train)
     check_threads("train.threads", train.threads, run.limits)
     train_folders(train)

@@ -38,8 +38,7 @@ def to_final(row: dict) -> str:
 
 
 def step_name(index: int, count: int, steps: int) -> str:
-    """A frame as the strip, its title and the GIF name it: counted from 1, `step 1 of 20` to `step 20 of 20`; the
-    `count` frames of a sampler that calls the model more often than its `steps` (Heun) are its model calls."""
+    """`step 1 of 20` (from 1), or `model call 1 of 40` for a sampler calling the model more than it steps (Heun)."""
     return f"{'step' if count == steps else 'model call'} {index + 1} of {count}"
 
 
