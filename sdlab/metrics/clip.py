@@ -103,12 +103,11 @@ class ClipModel:
         import torch
         from PIL import Image
 
-        size, batch = int(self.model.config.vision_config.image_size), []
-        for image in images:
-            image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-            array = cover(image, size, size).astype(np.float32) / 255.0
-            batch.append((array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32))
-        return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(self.model.device, self.model.dtype)
+        size = int(self.model.config.vision_config.image_size)
+        pictures = [image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)) for image in images]
+        batch = np.stack([cover(image, size, size) for image in pictures]).astype(np.float32) / 255.0
+        batch = (batch - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.model.device, self.model.dtype)
 
     def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         """Projected text embeddings E_T per prompt, each distinct one encoded once per call (timing stays per call)."""
