@@ -43,9 +43,8 @@ def ddim_by_hand(model, prompt: str, negative_prompt: str, seed: int, steps: int
     # 1. encode the prompt and the negative (empty) prompt
     uncond, cond = encode_text(model, [negative_prompt, prompt]).chunk(2)
     # 2. initial noise x_T ~ N(0, I) in latent space, from a CPU generator
-    shape = (1, *model.latent_shape(width, height))
-    x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(model.device)
-    x = x * scheduler.init_noise_sigma
+    x = torch.randn((1, *model.latent_shape(width, height)), generator=torch.Generator("cpu").manual_seed(seed))
+    x = x.to(model.device) * scheduler.init_noise_sigma
     # 3. denoise: eps_w = eps_uncond + w (eps_cond - eps_uncond), then x_{t-1} from DDIM's equation
     scheduler.set_timesteps(steps)
     alpha_bar = scheduler.alphas_cumprod

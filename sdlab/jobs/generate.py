@@ -209,12 +209,11 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             log.error("%s: %s", describe(ctx, common["overrides"], seed), result.errors[i])
             rows.append(failed_row(common, hash_base, seed, n, f"BadOutputError: {result.errors[i]}"))
             continue
-        score = next(scores)
         cell = cell_hash(hash_base, seed)
         relative = f"images/{prefix}seed{seed}-{cell[:8]}.png"  # by seed and hash: no two cells share a file
         row = {**common, "seed": seed, "overrides": own_overrides(common["overrides"], seed), "nfe": result.nfe,
                "batch_size": n, "call_id": result.call, **{k: getattr(result, k) / n for k in TIMING_KEYS},
-               "peak_mem_bytes": result.peak_mem_bytes, **score, "image_path": relative, "config_hash": cell,
+               "peak_mem_bytes": result.peak_mem_bytes, **next(scores), "image_path": relative, "config_hash": cell,
                "status": "ok", "error": None}
         options = ctx.run.scheduler.options
         try:
