@@ -156,9 +156,8 @@ def write_outputs(ctx: JobContext, study: Study, model, runs: pd.DataFrame) -> N
     target, source = reachable_target(summary, study.psnr_target)
     ranked = ranking(summary, target, source)
     write_table(ranked, ctx.out_dir, "ranking")
-    reached = ranked.dropna(subset=[f"nfe_to_psnr_{target:g}db"])
     log.info("ranking by fewest NFE to a mean PSNR of %g dB (%s): %s", target, source,
-             ", ".join(reached["scheduler"]) or "none reach it")
+             ", ".join(ranked.dropna(subset=[f"nfe_to_psnr_{target:g}db"])["scheduler"]) or "none reach it")
     visits = []
     for name in study.schedulers:
         scheduler = make_scheduler(name, model.base_scheduler_config, ctx.run.scheduler.options)
