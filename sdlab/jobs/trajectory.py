@@ -116,6 +116,9 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     x0 = render([s["denoised"] for s in steps])
     # under `linear` x0_pred is measured against the final latents' preview: it never matches the VAE's image
     final = np.asarray(result.images[0]) if recipe.preview == "vae" else render([result.latents[:1].cpu()])[0]
+    # a step whose x0_pred is the final latents is the final image, not a decode in another batch a level off
+    final_latents = result.latents[:1].float().cpu()
+    x0 = [final if torch.equal(s["denoised"], final_latents) else frame for s, frame in zip(steps, x0)]
     time_decode = time.perf_counter() - start
     timing = {"nfe": result.nfe, "time_generate_s": result.time_total_s - recorder.capture_s,
               "time_unet_s": result.time_unet_s - recorder.capture_s, "time_capture_s": recorder.capture_s,

@@ -48,6 +48,7 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
     write_table(channels[["image", "channel", "mean", "std", "min", "max"]], ctx.out_dir, "latent_channels")
     image_strip(strip, ctx.out_dir / "vae_roundtrip.png", col_labels=labels, row_labels=[r["image"] for r in rows],
                 title=f"VAE round trip, model={spec.name}: {width}x{height}x3 -> {rows[0]['latent_shape']} "
-                      f"(x{rows[0]['compression_ratio']:g} fewer values), mean PSNR {np.mean([r['psnr_db'] for r in rows]):.1f} dB; "
+                      f"(x{rows[0]['compression_ratio']:g} fewer values), "
+                      f"mean PSNR {np.mean([r['psnr_db'] for r in rows]):.1f} dB; "
                       f"latent channels min-max scaled{article_reports(ctx.run)}")
     return ordered(rows)

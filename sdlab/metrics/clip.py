@@ -58,7 +58,8 @@ def cosine_matrix(a, b=None) -> np.ndarray:
     return a @ (a if b is None else _unit(np.asarray(b, dtype=np.float64))).T
 
 
-def long_matrix(matrix, row_labels: Sequence[str], col_labels: Sequence[str], row_key: str, col_key: str) -> pd.DataFrame:
+def long_matrix(matrix, row_labels: Sequence[str], col_labels: Sequence[str], row_key: str,
+                col_key: str) -> pd.DataFrame:
     """A cosine matrix as one row per cell: row index and label, column index and label, cosine."""
     matrix = np.asarray(matrix)
     return pd.DataFrame([{f"{row_key}_index": r, row_key: row_labels[r], f"{col_key}_index": c, col_key: col_labels[c],
