@@ -8,6 +8,7 @@ import re
 import zlib
 from dataclasses import asdict, astuple, dataclass
 from functools import lru_cache
+from itertools import product
 from pathlib import Path
 from typing import Literal
 
@@ -67,11 +68,6 @@ def rgb_distance(first: tuple[int, int, int], second: tuple[int, int, int]) -> f
     return float(np.linalg.norm(np.subtract(first, second, dtype=float)))
 
 
-def is_allowed(colour: str, background: str) -> bool:
-    """Whether a shape colour has enough contrast against a background."""
-    return rgb_distance(COLOURS[colour], BACKGROUNDS[background]) >= MIN_CONTRAST
-
-
 def is_held_out(attrs: Attributes) -> bool:
     """Whether an attribute combination is reserved for evaluation."""
     return zlib.crc32("|".join(astuple(attrs)).encode()) % HELD_OUT_MODULUS == 0
@@ -82,10 +78,9 @@ def combinations(split: Split = "any") -> tuple[Attributes, ...]:
     """All valid attribute combinations of a split, in a fixed order."""
     if split not in ("any", "train", "held_out"):
         raise ValueError(f"unknown split {split!r}")
-    return tuple(attrs for attrs in (Attributes(shape, colour, size, position, background) for shape in SHAPES
-                                     for colour in COLOURS for size in SIZES for position in POSITIONS
-                                     for background in BACKGROUNDS if is_allowed(colour, background))
-                 if split == "any" or is_held_out(attrs) == (split == "held_out"))
+    drawable = (Attributes(*values) for values in product(SHAPES, COLOURS, SIZES, POSITIONS, BACKGROUNDS))
+    contrasting = (a for a in drawable if rgb_distance(COLOURS[a.colour], BACKGROUNDS[a.background]) >= MIN_CONTRAST)
+    return tuple(a for a in contrasting if split == "any" or is_held_out(a) == (split == "held_out"))
 
 
 def sample_attributes(rng: np.random.Generator, split: Split = "any") -> Attributes:
@@ -102,7 +97,6 @@ def caption(attrs: Attributes, rng: np.random.Generator | int | None = None) -> 
 
 def partial_caption(attrs: Attributes, keep) -> str:
     """Template 0 naming only the optional attributes in `keep` (the shape always): "a red circle", "a circle"."""
-    keep = set(keep)
     words = ["a"] + [getattr(attrs, name) for name in ("size", "colour") if name in keep] + [attrs.shape]
     if "position" in keep:
         words.append(POSITION_PHRASES[attrs.position])
