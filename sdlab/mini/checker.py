@@ -128,9 +128,7 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 def occupancy_profile(window: np.ndarray, axis: int) -> np.ndarray:
     """Per-line peak coverage along an axis, after a 3-pixel mean that damps noise."""
     lines = np.moveaxis(window, axis, -1)
-    if lines.shape[-1] >= 3:
-        lines = (lines[..., :-2] + lines[..., 1:-1] + lines[..., 2:]) / 3.0
-    return np.clip(lines.max(axis=-1), 0.0, 1.0)
+    return np.clip(((lines[..., :-2] + lines[..., 1:-1] + lines[..., 2:]) / 3.0).max(axis=-1), 0.0, 1.0)
 
 
 def weighted_moments(weights: np.ndarray, coordinates: np.ndarray) -> tuple[float, float, float]:
@@ -202,13 +200,10 @@ def check(image: np.ndarray) -> CheckResult:
     background_rgb = border_colour(pixels)
     background = nearest_name(background_rgb, BACKGROUNDS)
     foreground_rgb = foreground_colour(pixels, background_rgb)
-    if foreground_rgb is None:
-        return CheckResult(None, None, None, None, background)
-    coverage = coverage_map(pixels, background_rgb, foreground_rgb)
-    box = bounding_box(shape_pixels(coverage))
+    coverage = None if foreground_rgb is None else coverage_map(pixels, background_rgb, foreground_rgb)
+    box = None if coverage is None else bounding_box(shape_pixels(coverage))
     if box is None:
         return CheckResult(None, None, None, None, background)
-    shape_palette = {name: rgb for name, rgb in COLOURS.items() if name != background}
     fill_ratio, asymmetry, extent, centre = _shape_measurements(coverage, box)
     height, width = coverage.shape
     # Size: the larger side against the boundary; position: the anchor nearest to the box centre.
@@ -216,7 +211,7 @@ def check(image: np.ndarray) -> CheckResult:
     position = min(POSITION_UNIT_OFFSETS, key=lambda name: (offset_x - POSITION_UNIT_OFFSETS[name][0] * POSITION_OFFSET)
                    ** 2 + (offset_y - POSITION_UNIT_OFFSETS[name][1] * POSITION_OFFSET) ** 2)
     return CheckResult(shape=classify_shape(fill_ratio, asymmetry, coverage, box),
-                       colour=nearest_name(foreground_rgb, shape_palette),
+                       colour=nearest_name(foreground_rgb, {k: v for k, v in COLOURS.items() if k != background}),
                        size="large" if extent > SIZE_BOUNDARY * width / IMAGE_SIZE else "small", position=position,
                        background=background)
 
