@@ -112,7 +112,7 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
         stage.ema = copy.deepcopy(stage.model).requires_grad_(False)
     modules = {"model": stage.model, **({"ema": stage.ema} if stage.ema is not None else {}), **stage.extra}
     state = load_checkpoint(folder / "checkpoint", modules, optimizer) or {"step": 0}
-    start, spent = int(state["step"]), float(state.get("elapsed_s", 0.0))
+    start = int(state["step"])
     if start:
         log.info("%s: resumed at step %d from %s", stage.name, start, folder / "checkpoint")
     table = folder / f"{LOSS_TABLE}.parquet"  # loss rows of earlier runs, up to the resumed step
@@ -120,18 +120,18 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
 
     def checkpoint(step: int) -> None:
         save_checkpoint(folder / "checkpoint", modules, optimizer, {
-            "step": step, "stage": stage.name, "elapsed_s": spent + time.monotonic() - began, "settings": settings})
+            "step": step, "stage": stage.name, "elapsed_s": time.monotonic() - began, "settings": settings})
         frame = pd.DataFrame(rows)
         if len(frame):
             write_table(frame, folder, LOSS_TABLE)
             loss_figure(frame, folder / "losses.png", f"sdlab-mini {stage.name}")
 
-    began = time.monotonic()
+    began = time.monotonic() - float(state.get("elapsed_s", 0.0))  # as if the earlier runs' time ran on into this one
     stage.model.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {stage.name}", mininterval=5)
-    step = start
+    done = start
     for step in bar:
-        used = (spent + time.monotonic() - began) / max_seconds if max_seconds else 0.0
+        used = (time.monotonic() - began) / max_seconds if max_seconds else 0.0
         rate = lr_at(step, steps, lr, warmup, time_fraction=used)
         for group in optimizer.param_groups:
             group["lr"] = rate
@@ -144,17 +144,17 @@ def run_stage(stage: Stage, settings: dict[str, Any], folder: Path) -> pd.DataFr
             with torch.no_grad():
                 for target, source in zip(stage.ema.parameters(), stage.model.parameters()):
                     target.lerp_(source, 1.0 - min(stage.ema_decay, (1 + step) / (10 + step)))
-        row = {"step": step, "lr": rate, "grad_norm": float(grad_norm), "time_s": spent + time.monotonic() - began,
+        row = {"step": step, "lr": rate, "grad_norm": float(grad_norm), "time_s": time.monotonic() - began,
                **{k: float(v.detach()) for k, v in losses.items()}}
         rows.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
-        if (step + 1) % every == 0:
-            checkpoint(step + 1)
-            log.info("%s step %d: loss %.5g (%.0f s)", stage.name, step + 1, row["loss"], row["time_s"])
-        if max_seconds and spent + time.monotonic() - began > max_seconds:
-            log.info("%s: time limit reached at step %d", stage.name, step + 1)
+        done = step + 1
+        if done % every == 0:
+            checkpoint(done)
+            log.info("%s step %d: loss %.5g (%.0f s)", stage.name, done, row["loss"], row["time_s"])
+        if max_seconds and time.monotonic() - began > max_seconds:
+            log.info("%s: time limit reached at step %d", stage.name, done)
             break
-    done = step + 1 if rows and rows[-1]["step"] == step else start
     if done != start and done % every:
         checkpoint(done)
     stage.model.eval()
