@@ -74,9 +74,8 @@ def initial(component: str, settings: dict[str, Any]):
     from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
 
     model_class = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "transformer": SD3Transformer2DModel}[component]
-    if settings.get("init_from"):
-        folder = Path(str(settings["init_from"])).expanduser()  # pre-flight checked it: a local safetensors folder
-        return model_class.from_pretrained(str(folder), **SAFE_LOCAL)
+    if init_from := settings.get("init_from"):  # pre-flight checked it: a local safetensors folder
+        return model_class.from_pretrained(str(Path(str(init_from)).expanduser()), **SAFE_LOCAL)
     config = merged(BASES[component], settings.get("architecture"))
     if component == "transformer":  # one position per patch of the 8x8 latent
         config["pos_embed_max_size"] = config["sample_size"] // config["patch_size"]
@@ -103,8 +102,7 @@ def check_overrides(component: str, overrides: dict[str, Any] | None, key: str) 
         base = BASES[component].get(name)
         if component in ("text", "vision") and base is None and not hasattr(clip_config(component), name):
             raise UserError(f"{key}.{name} is not an option of {MAKES[component]}")  # a config takes any keyword
-        if isinstance(base, int) and not isinstance(base, bool) and not (
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if type(base) is int and not (type(value) is int and value >= 1):  # bool is an int, but not a count
             raise UserError(f"{key}.{name}={value!r} must be an integer >= 1")
     with torch.device("meta"), torch.no_grad():
         try:
