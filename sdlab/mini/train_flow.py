@@ -120,12 +120,10 @@ def flow_stage(settings: dict[str, Any], latents: torch.Tensor, texts: dict[str,
 
 
 def train_flow(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
-               export: Path | None, seed: int) -> dict:
+               export: Path, seed: int) -> dict:
     """Train (or resume) the transformer on mini's frozen parts (settings['frozen_from']), then write the SD3 folder."""
     from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-    if export is None:
-        raise ValueError("the flow stage writes its SD3 folder into train.export")
     frozen = Path(settings["frozen_from"])
     partial = bool(settings.get("partial_captions"))
     latents, normalisation, text_encoder, texts = conditioning(frozen, images, folder, partial)

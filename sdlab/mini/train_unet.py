@@ -170,10 +170,8 @@ def unet_stage(settings: dict[str, Any], latents: torch.Tensor, states: torch.Te
 
 
 def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[data.Attributes], folder: Path,
-               export: Path | None, seed: int) -> dict:
+               export: Path, seed: int) -> dict:
     """Train (or resume) the UNet on frozen parts read from `export`, then write unet/ and the pipeline files."""
-    if export is None:
-        raise ValueError("the unet stage reads the trained vae/ and text_encoder/ from train.export")
     latents, states, empty, partial = conditioning(export, images, folder, bool(settings.get("partial_captions")))
     log.info("unet: latents %s (std %.3f), text states %s, partial captions %s", tuple(latents.shape),
              latents.std(), tuple(states.shape), None if partial is None else tuple(partial[0].shape))
