@@ -3,7 +3,7 @@ the pixels farthest from it, coverage by projection between the two, size, posit
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import asdict, astuple, dataclass, fields
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class CheckResult:
     @property
     def attributes(self) -> Attributes | None:
         """The attributes as a dataset Attributes, or None if any is unreadable."""
-        values = [getattr(self, name) for name in ATTRIBUTE_NAMES]
+        values = astuple(self)
         return None if None in values else Attributes(*values)
 
 
@@ -224,7 +224,7 @@ def agreement(result: CheckResult, named: dict[str, str]) -> dict[str, bool]:
 
 def adherence(image: np.ndarray, attrs: Attributes) -> dict[str, bool]:
     """Per-attribute agreement between an image and target attributes, plus 'all'."""
-    return agreement(check(image), dict(zip(ATTRIBUTE_NAMES, astuple(attrs))))
+    return agreement(check(image), asdict(attrs))
 
 
 def agrees(a: CheckResult, b: CheckResult, attribute: str) -> bool:
