@@ -80,15 +80,15 @@ def conditioning(export: Path, images: np.ndarray, folder: Path, partial: bool):
     vae = AutoencoderKL.from_pretrained(str(export / "vae"), **SAFE_LOCAL)
     latents = training_latents(vae.eval(), images, folder)
     text_encoder = CLIPTextModel.from_pretrained(str(export / "text_encoder"), **SAFE_LOCAL)
-    captions = data.all_captions("train")
+    captions, key = data.all_captions("train"), fingerprint(text_encoder)
     text = cached(folder / "text_states.safetensors",
                   lambda: {"states": encode_text(text_encoder, captions), "empty": encode_text(text_encoder, [""])},
-                  f"{fingerprint(text_encoder)}:{len(captions)}")
+                  f"{key}:{len(captions)}")
     if not partial:
         return latents, text["states"], text["empty"], None
     shorter, table = partial_table("train")
     states = cached(folder / "partial_states.safetensors", lambda: {"states": encode_text(text_encoder, shorter)},
-                    f"{fingerprint(text_encoder)}:{len(shorter)}")["states"]
+                    f"{key}:{len(shorter)}")["states"]
     return latents, text["states"], text["empty"], (states, table)
 
 
@@ -177,7 +177,6 @@ def train_unet(settings: dict[str, Any], images: np.ndarray, attributes: list[da
              latents.std(), tuple(states.shape), None if partial is None else tuple(partial[0].shape))
     stage = unet_stage(settings, latents, states, empty, attributes, seed, partial)
     frame = run_stage(stage, settings, folder)
-    # Export the EMA weights when kept.
     save_component((stage.ema or stage.model).eval(), export / "unet")
     save_pipeline_files(export)
     return summary(stage, frame)
