@@ -56,13 +56,10 @@ def fingerprint(module) -> str:
 
 def partial_table(split: data.Split = "train") -> tuple[list[str], np.ndarray]:
     """Distinct partial captions of a split's combinations, and each (combination, keep set)'s row among them."""
-    keeps = data.keep_sets()
-    captions: dict[str, int] = {}
-    table = np.empty((len(data.combinations(split)), len(keeps)), dtype=np.int64)
-    for i, attrs in enumerate(data.combinations(split)):
-        for j, keep in enumerate(keeps):
-            table[i, j] = captions.setdefault(data.partial_caption(attrs, keep), len(captions))
-    return list(captions), table
+    captions: dict[str, int] = {}  # each distinct caption's row, in order of first use
+    table = [[captions.setdefault(data.partial_caption(attrs, keep), len(captions)) for keep in data.keep_sets()]
+             for attrs in data.combinations(split)]
+    return list(captions), np.array(table, dtype=np.int64)
 
 
 def training_latents(vae, images: np.ndarray, folder: Path) -> torch.Tensor:
