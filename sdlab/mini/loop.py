@@ -48,10 +48,9 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, final_fraction: float =
 
 def loss_figure(frame: pd.DataFrame, target: Path, title: str) -> None:
     """Loss curves (log scale, raw and smoothed) against the step."""
-    columns = [c for c in frame.columns if c.startswith("loss")]
     with styled() as plt:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for column in columns:
+        for column in [c for c in frame.columns if c.startswith("loss")]:
             line, = ax.plot(frame["step"], frame[column], alpha=0.25, lw=0.8)
             smooth = frame[column].rolling(max(1, len(frame) // 50), min_periods=1).mean()
             ax.plot(frame["step"], smooth, color=line.get_color(), label=column)
