@@ -19,7 +19,7 @@ SHIPPED_SCHEDULER = "dpmpp_2m"
 
 
 def replace_folder(target: Path, fill: Callable[[Path], object], staging: Path | None = None,
-                   old: Path | None = None) -> Path:
+                   old: Path | None = None) -> None:
     """`fill` a staging folder, then swap it in as `target` (the old copy removed only after the rename)."""
     staging = staging or target.with_name(f".{target.name}.staging")
     old = old or target.with_name(f".{target.name}.old")
@@ -30,7 +30,6 @@ def replace_folder(target: Path, fill: Callable[[Path], object], staging: Path |
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def save_pretrained(module, folder: Path) -> None:
@@ -42,9 +41,9 @@ def save_pretrained(module, folder: Path) -> None:
         config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
-def save_component(module, target: Path) -> Path:
+def save_component(module, target: Path) -> None:
     """A diffusers/transformers component as folder `target`."""
-    return replace_folder(target, lambda staging: save_pretrained(module, staging))
+    replace_folder(target, lambda staging: save_pretrained(module, staging))
 
 
 def copy_tokenizer_files(folder: Path) -> None:
