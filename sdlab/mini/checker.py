@@ -85,9 +85,7 @@ def foreground_colour(image: np.ndarray, background: np.ndarray) -> np.ndarray |
     core = candidates & (distance >= np.median(distance[candidates]))
     colour = np.median(image[core], axis=0)
     # Scattered outliers of many hues (noise, texture) have a median near the background.
-    if np.linalg.norm(colour - background) <= FOREGROUND_DISTANCE:
-        return None
-    return colour
+    return colour if np.linalg.norm(colour - background) > FOREGROUND_DISTANCE else None
 
 
 def coverage_map(image: np.ndarray, background: np.ndarray, foreground: np.ndarray) -> np.ndarray:
