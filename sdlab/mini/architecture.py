@@ -97,16 +97,18 @@ def check_overrides(component: str, overrides: dict[str, Any] | None, key: str) 
     if not overrides:
         return
     import torch
+    from transformers import CLIPTextConfig, CLIPVisionConfig
 
+    clip_defaults = {"text": CLIPTextConfig, "vision": CLIPVisionConfig}
     for name, value in overrides.items():
         base = BASES[component].get(name)
-        if component in ("text", "vision") and base is None and not hasattr(clip_config(component), name):
+        if component in clip_defaults and base is None and not hasattr(clip_defaults[component](), name):
             raise UserError(f"{key}.{name} is not an option of {MAKES[component]}")  # a config takes any keyword
         if type(base) is int and not (type(value) is int and value >= 1):  # bool is an int, but not a count
             raise UserError(f"{key}.{name}={value!r} must be an integer >= 1")
     with torch.device("meta"), torch.no_grad():
         try:
-            model = (build_clip(**{component: overrides}) if component in ("text", "vision")
+            model = (build_clip(**{component: overrides}) if component in clip_defaults
                      else initial(component, {"architecture": overrides}))
         except Exception as e:  # noqa: BLE001 - diffusers and transformers refuse a config in many types
             if unknown := re.search(r"unexpected keyword argument '(\w+)'", str(e)):
@@ -120,13 +122,6 @@ def check_overrides(component: str, overrides: dict[str, Any] | None, key: str) 
     if gives != NEEDS[component]:
         raise UserError(f"{key}={overrides} makes a {component} model giving shapes {gives} where mini's other parts "
                         f"need {NEEDS[component]}")
-
-
-def clip_config(tower: str):
-    """transformers' default config of a CLIP `tower` ('text' or 'vision')."""
-    from transformers import CLIPTextConfig, CLIPVisionConfig
-
-    return CLIPTextConfig() if tower == "text" else CLIPVisionConfig()
 
 
 def shapes(component: str, model) -> tuple:
