@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def encode_text(text_encoder, captions: list[str], batch_size: int = 256) -> torch.Tensor:
     """Last hidden states (N, 77, d) of captions padded to 77 tokens, exactly as the pipeline encodes them."""
-    text_encoder.eval()
     ids = token_ids(load_tokenizer(), captions, padding="max_length")
     return torch.cat([text_encoder(ids[i : i + batch_size])[0] for i in range(0, len(ids), batch_size)])
 
