@@ -63,8 +63,6 @@ def folder_tokenizer(folder, kind: str):
     """A diffusers folder's tokenizer (CLIPTokenizer or T5TokenizerFast), local files only; a bad folder is one line."""
     from transformers import CLIPTokenizer, T5TokenizerFast
 
-    if not folder.is_dir():
-        raise UserError(f"no tokenizer folder at {folder}")
     cls = CLIPTokenizer if kind == "clip" else T5TokenizerFast
     try:
         return cls.from_pretrained(str(folder), local_files_only=True)
