@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from sdlab.errors import UserError
 from sdlab.metrics.clip import CLIP_MEAN, CLIP_STD, ClipModel
 from sdlab.models.loading import PROJECT_ROOT, cached_snapshot
-from sdlab.models.model_files import SAFE_LOCAL, check_component_files, weights_fingerprint
+from sdlab.models.model_files import SAFE_LOCAL, check_component_files, read_object, weights_fingerprint
 from sdlab.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def load_clip(cfg: dict | None, device: str = "cpu") -> ClipModel | None:
     has_tokenizer = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True) if has_tokenizer else load_tokenizer()
     processor = folder / "preprocessor_config.json"
-    stats = json.loads(processor.read_text()) if processor.is_file() else {}
+    stats = read_object(processor) if processor.is_file() else {}
     log.info("loaded CLIP %s from %s", name, folder)
     _LOADED[key] = ClipModel(model=model, tokenizer=tokenizer, name=name,
                              image_mean=tuple(stats.get("image_mean", CLIP_MEAN)),
