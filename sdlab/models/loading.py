@@ -105,8 +105,7 @@ def built_in(spec: ModelSpec) -> Architecture | None:
 
 
 def check_fits_memory(spec: ModelSpec) -> None:
-    """Refuse a built-in model whose weights, built at random on the CPU in float32 from its record's published
-    parameter counts, would not fit in the memory free there (the exact-architecture models of the large families)."""
+    """Refuse a built-in model whose published parameter count, in float32, exceeds the CPU memory free here."""
     arch, free = built_in(spec), cpu_free_bytes()
     need = 4 * sum(arch.param_counts.values()) if arch else 0
     if free is not None and need > free:
@@ -148,8 +147,7 @@ class ModelCache:
         return self.models.get(key)
 
     def make_room(self, spec: ModelSpec, folder: Path, device) -> None:
-        """Unload the models used longest ago while the weights `folder` holds for `spec` would not fit in what
-        `device` has free: a sweep over models keeps each loaded only while they all fit."""
+        """Unload the least recently used models while `spec`'s weights in `folder` exceed what `device` has free."""
         need = sum(p.stat().st_size for part in WEIGHT_COMPONENTS for p in loaded_weights(folder / part, spec.variant))
         while self.models and (free := free_bytes(device)) is not None and free < need:
             key = next(iter(self.models))

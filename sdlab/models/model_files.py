@@ -63,8 +63,7 @@ FINGERPRINTED = (".safetensors", ".json", ".txt", ".model")  # weights, configs 
 
 
 def check_weights_folder(folder: Path, variant: str | None = None) -> None:
-    """Refuse anything but a diffusers folder of sound safetensors (of `variant`), links and JSON; imports nothing,
-    cached."""
+    """Refuse all but a diffusers folder of sound safetensors (of `variant`), links and JSON; no imports, cached."""
     signature = _signature(folder.absolute())
     _check_weights(folder, signature, variant)
     _read_folder(folder.absolute(), signature, variant)
@@ -91,8 +90,7 @@ def _check_weights(folder: Path, signature: tuple, variant: str | None) -> None:
 
 
 def check_component_files(component: Path, variant: str | None = None) -> None:
-    """Refuse a component folder without the safetensors diffusers loads (of `variant`: pickles, another variant only,
-    or no weights), or with a shard index naming other files."""
+    """Refuse a component folder without the safetensors diffusers loads (of `variant`) or whose shard index strays."""
     if checked := loaded_weights(component, variant):
         index = re.compile(WEIGHTS_NAMES + r"\.safetensors\.index" + (rf"\.{re.escape(variant)}" if variant else "")
                            + r"\.json")
@@ -114,8 +112,7 @@ def check_component_files(component: Path, variant: str | None = None) -> None:
 
 
 def check_shard_index(index: Path, checked: set[str]) -> None:
-    """Refuse a shard index that maps a tensor to any file but the `checked` safetensors beside it: diffusers and
-    transformers load the files an index names, a pickle or another component's weights as well."""
+    """Refuse an index mapping a tensor to any file but the `checked` safetensors: loaders follow it to a pickle too."""
     weight_map = read_object(index).get("weight_map")
     if not isinstance(weight_map, dict):
         raise UserError(f"{index} has no weight_map object; a shard index maps each tensor to its file")
@@ -229,8 +226,7 @@ def check_named_components(folder: Path, pipeline: str, needed: Iterable[str], l
 
 
 def check_tokenizer(folder: Path, encoder: dict[str, Any] | None = None) -> None:
-    """A CLIP tokenizer folder holds tokenizer.json, or vocab.json and merges.txt, and pads prompts to no more tokens
-    than its text encoder (`encoder`: its config) has positions for."""
+    """A tokenizer folder's files are there and it pads to no more tokens than `encoder` (its config) has positions."""
     limit, settings = (encoder or {}).get("max_position_embeddings"), folder / "tokenizer_config.json"
     given = read_object(settings) if settings.is_file() else {}
     if "model_max_length" in given:
@@ -403,8 +399,7 @@ def _signature(folder: Path) -> tuple:
 
 
 @lru_cache(maxsize=16)
-def _read_folder(folder: Path, signature: tuple, variant: str | None) -> dict[str, tuple[dict[str, Any], dict,
-                                                                                         str | None]]:
+def _read_folder(folder: Path, signature: tuple, variant: str | None) -> dict[str, tuple]:
     """Each weighted component's config, header tensors and class, once links, index and tokenizers pass."""
     check_links(folder)
     classes = check_index(folder / "model_index.json")
@@ -436,8 +431,7 @@ def _check_shapes(folder: Path, signature: tuple, variant: str | None) -> None:
 
 
 def weights_fingerprint(folder: Path) -> str | None:
-    """A short hash of the folder's safetensors (names, sizes, headers, each tensor's ends) and of its configs and
-    tokenizer files (whole), None if it holds no safetensors."""
+    """A short hash of the folder's safetensors (headers, tensor ends), configs and tokenizers; None if no weights."""
     for _ in range(2):  # a file that went since the folder was listed: listed again
         try:
             files = _weights_files(folder.absolute(), folder.stat().st_mtime_ns)
@@ -452,8 +446,7 @@ def weights_fingerprint(folder: Path) -> str | None:
 
 @lru_cache(maxsize=64)
 def _weights_files(folder: Path, mtime_ns: int) -> tuple[str, ...]:
-    """The safetensors, config and tokenizer files in `folder` and its component folders, relative to it (a job asks
-    for every cell)."""
+    """The FINGERPRINTED files in `folder` and its component folders, relative to it (cached: every cell asks)."""
     found = {path for suffix in FINGERPRINTED for path in (*folder.glob(f"*{suffix}"), *folder.glob(f"*/*{suffix}"))}
     return tuple(sorted(str(path.relative_to(folder)) for path in found))
 

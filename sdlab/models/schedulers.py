@@ -124,8 +124,7 @@ def fitting(kind: str) -> list[str]:
 
 
 def check_kind(name: str, kind: str, usable: list[str] | None = None) -> None:
-    """Raise a one-line CannotRun unless scheduler `name` has a solver for a model of `kind`, naming those that do (or
-    the `usable` ones of such a model)."""
+    """A CannotRun unless scheduler `name` has a solver for `kind`, naming those that do (or the `usable` ones)."""
     choose("scheduler", name, SCHEDULERS)
     choose("model kind", kind, KINDS)
     if kind not in SCHEDULERS[name].kinds:
@@ -134,8 +133,7 @@ def check_kind(name: str, kind: str, usable: list[str] | None = None) -> None:
 
 
 def check_fit(name: str, base_config: dict[str, Any], options: dict[str, Any] | None = None) -> None:
-    """Raise a one-line CannotRun unless scheduler `name` with `options` runs the model of `base_config`: a solver for
-    its kind and, where the model shifts its flow sigmas by the image size, one that can (read without diffusers)."""
+    """A CannotRun unless scheduler `name` has a solver for `base_config`'s kind, shifting by image size if it does."""
     kind = model_kind(base_config)
     dynamic = kind == "flow" and {**as_published(base_config), **(options or {})}.get("use_dynamic_shifting")
     usable = [n for n in fitting(kind) if SCHEDULERS[n].on(kind).dynamic_shifting] if dynamic else None
@@ -147,8 +145,7 @@ def check_fit(name: str, base_config: dict[str, Any], options: dict[str, Any] | 
 
 @functools.cache
 def init_parameters(cls: str) -> frozenset[str]:
-    """The parameters of diffusers class `cls`'s `__init__`, read from its source file (importing diffusers takes
-    seconds, and a bad option is refused before that); from the class itself where its source does not say."""
+    """The parameters of diffusers class `cls`'s `__init__`, read from source (importing diffusers takes seconds)."""
     folder = Path(importlib.util.find_spec("diffusers").origin).parent / "schedulers"
     for path in sorted(folder.glob("scheduling_*.py")):
         text = path.read_text(encoding="utf-8")

@@ -88,8 +88,7 @@ class ModelAdapter:
 
     @classmethod
     def check_fit(cls, folder: Path, configs: dict[str, dict[str, Any]]) -> None:
-        """Refuse components of different models by their `configs`: the denoiser takes the VAE's latent channels and
-        each width it takes from its text encoders (`text_widths`)."""
+        """Refuse components of different models: the denoiser takes the VAE's channels and text encoders' widths."""
         denoiser, where = configs.get(cls.denoiser_name, {}), folder / cls.denoiser_name / "config.json"
         mixed = "the folder mixes components of different models"
         latent, taken = configs.get("vae", {}).get("latent_channels"), denoiser.get("in_channels")
