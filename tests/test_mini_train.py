@@ -258,6 +258,7 @@ SMALL = ["experiment=train_mini", "train.stage=vae", "train.export=null", "train
     (["train.stage=clip", "+train.clip.text.hidden_size=48"],
      "train.clip.text={'hidden_size': 48} makes a text model giving shapes ((1, 77, 48), (1, 64), (1, 64)) where "),
     (["train.stage=clip", "+train.clip.vision.bogus=1"], "train.clip.vision.bogus is not an option of CLIPVisionConfig"),
+    (["train.stage=clip", "+train.clip.ema_decay=0.5"], "train.clip.ema_decay is not a key of train.clip"),
     (["train.stage=vae_decoder", "train.vae_decoder.init_from=${project:models/mini/vae}",
       "+train.vae_decoder.architecture.layers_per_block=2"],
      "train.vae_decoder.architecture is not used with train.vae_decoder.init_from (a model read from a folder keeps "

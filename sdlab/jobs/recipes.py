@@ -345,7 +345,8 @@ UNET_RULES = {**LOOP_RULES, **CAPTION_RULES, "architecture": MODEL_CONFIG,
 FLOW_RULES = {**LOOP_RULES, **CAPTION_RULES, "architecture": MODEL_CONFIG, "frozen_from": Field("str"),
               "shift": Field("number", 0.01, 100), "logit_mean": Field("number", -5, 5),
               "logit_std": Field("number", 0.01, 10)}
-CLIP_RULES = {**LOOP_RULES, "text": MODEL_CONFIG, "vision": MODEL_CONFIG}
+CLIP_RULES = {**{k: rule for k, rule in LOOP_RULES.items() if k != "ema_decay"},  # the clip stage keeps no EMA
+              "text": MODEL_CONFIG, "vision": MODEL_CONFIG}
 STAGE_RULES = {"vae": VAE_RULES, "vae_decoder": VAE_RULES, "clip": CLIP_RULES, "unet": UNET_RULES, "flow": FLOW_RULES}
 EXPORTS = {"unet": "the unet stage reads the trained vae/ and text_encoder/ from it",
            "flow": "the flow stage writes its SD3 folder into it"}
