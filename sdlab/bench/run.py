@@ -64,10 +64,9 @@ def check_weights_source(model: dict[str, Any], overridden: set[str]) -> None:
 def typed_run(config: dict[str, Any]) -> Run:
     """The Run of an effective config with the fingerprint of the weights its rows are made from: model and scorers."""
     run = checked_run(config)
-    try:
+    scoring = {}
+    with suppress(UserError):  # an unknown scorer: pre-flight names it
         scoring = scorer_weights(config)
-    except UserError:  # an unknown scorer: pre-flight names it
-        scoring = {}
     model = weights_identity(run.model)
     return replace(run, weights=config_hash({"model": model, "scorers": scoring}) if scoring else model)
 
@@ -236,12 +235,10 @@ def _number(text: str) -> int | float | str:
 
 def unquote(value: str) -> str:
     """An infotext value as A1111 reads it: one holding a comma, a colon or a quote is written as a JSON string."""
-    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
-        return value
-    try:
-        return str(json.loads(value))
-    except ValueError:
-        return value
+    if len(value) > 1 and value[0] == value[-1] == '"':
+        with suppress(ValueError):
+            return str(json.loads(value))
+    return value
 
 
 def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, Any]:
@@ -250,13 +247,9 @@ def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, 
     if not lines or not re.match(r"^Steps: ", lines[-1]):
         raise UserError("the PNG's parameters text has no 'Steps: ...' line; it was not written by an image tool")
     *body, settings = lines
-    prompt, negative = [], []
-    for line in body:
-        if line.startswith("Negative prompt:") or negative:
-            negative.append(line.removeprefix("Negative prompt:").strip())
-        else:
-            prompt.append(line)
-    out: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    cut = next((i for i, line in enumerate(body) if line.startswith("Negative prompt:")), len(body))
+    negative = [line.removeprefix("Negative prompt:").strip() for line in body[cut:]]
+    out: dict[str, Any] = {"prompt": "\n".join(body[:cut]), "negative_prompt": "\n".join(negative)}
     given = {k.strip(): v.strip() for k, v in re.findall(r'\s*([\w \-/]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)', settings)}
     unread = []
     for typed, value in given.items():
@@ -309,7 +302,7 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
             RULES[key].check(f"{label}: {key}", value)
         elif isinstance(value, str):
             check_text(value, f"{label}: {key}")
-    if isinstance(data.get("scheduler"), str):
+    if "scheduler" in data:  # a str, as checked above
         data["scheduler"] = params_scheduler(data["scheduler"], label)
     if found := clash(data):
         (first, second), why = found
