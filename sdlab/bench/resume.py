@@ -67,8 +67,7 @@ def sweep_cells(sweep_dir: Path, besides: Path, weights: str | None) -> dict[str
     besides = Path(besides).resolve()
     for job in job_dirs(sweep_dir):
         if job.resolve() != besides:
-            found = _finished_hashes(job)
-            cells.update({h: job for h in found if found[h] == weights and h not in cells})
+            cells.update({h: job for h, w in _finished_hashes(job).items() if w == weights and h not in cells})
     return cells
 
 
@@ -149,10 +148,8 @@ def finished_beside(folder: Path, cells: Any, weights: str | None) -> bool:
     root = folder.parent.resolve()
     for cell, name in cells.items():
         job = folder.parent / str(name)
-        if not (isinstance(name, str) and name == job.name and job.resolve().parent == root):
-            return False
-        found = _finished_hashes(job)
-        if cell not in found or found[cell] != weights:
+        if not (isinstance(name, str) and name == job.name and job.resolve().parent == root
+                and (cell, weights) in _finished_hashes(job).items()):
             return False
     return True
 
@@ -166,10 +163,8 @@ def marked_jobs(sweep_dir: Path) -> dict[Path, str]:
 def made_from_other_weights(folder: Path, run: Run) -> bool:
     """Whether `folder`'s job finished this same recipe from weights other than `run`'s (retrained in place since)."""
     done = read_mark(folder)
-    if "weights" not in done:  # none, or a mark of an older sdlab: its weights are unknown
-        return False
-    weights = done["weights"]
-    return (weights != run.weights and (weights is None or isinstance(weights, str))
+    weights = done.get("weights")  # none in a mark of an older sdlab: its weights are unknown
+    return ("weights" in done and weights != run.weights and (weights is None or isinstance(weights, str))
             and done.get("job_hash") == replace(run, weights=weights).job_hash)
 
 
