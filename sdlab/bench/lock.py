@@ -74,12 +74,12 @@ def _mine(holder: dict | None) -> bool:
     return holder is not None and holder["pid"] == os.getpid() and holder.get("host") == socket.gethostname()
 
 
-def _in_use(folder: Path, path: Path, holder: dict | None) -> DirInUse:
-    """The one-line error naming a live holder."""
+def _in_use(folder: Path, holder: dict | None) -> DirInUse:
+    """The one-line error naming a live holder ({} or None: one starting up)."""
     who = f"process {holder['pid']} on {holder.get('host')}" if holder else "a process starting up"
     since = f" since {holder['since']}" if holder and holder.get("since") else ""
     return DirInUse(f"{folder} is in use by sdlab {who}{since}; wait for it or choose another dir "
-                    f"(delete {path} if no sdlab runs there)")
+                    f"(delete {folder / LOCK_NAME} if no sdlab runs there)")
 
 
 def _take_over(path: Path, mine: dict) -> bool | None:
@@ -112,7 +112,7 @@ def refuse_locked_parents(folder: Path) -> None:
     """Raise DirInUse when a folder above `folder` is locked by another live sdlab (e.g. the sweep owning a job dir)."""
     for parent in Path(folder).resolve().parents:
         if os.path.lexists(parent / LOCK_NAME) and (holder := live_holder(parent)) is not None:
-            raise _in_use(parent, parent / LOCK_NAME, holder or None)
+            raise _in_use(parent, holder)
 
 
 def acquire(folder: Path, parents: bool = True) -> None:
@@ -132,7 +132,7 @@ def acquire(folder: Path, parents: bool = True) -> None:
             if _mine(holder):
                 return
             if not _stale(path, holder):
-                raise _in_use(folder, path, holder) from None
+                raise _in_use(folder, holder) from None
             taken = _take_over(path, mine)
             if taken:
                 break
