@@ -123,8 +123,8 @@ class Swept:
         others = [self.labels[k] for k in self.params if k != key]
         return [(seed, *(o[i] for o in others)) for i, seed in enumerate(self.seeds)]
 
-    def by_value(self, key: str, metric: str, best, min_n: int = 0) -> dict[str | None, dict | str | None]:
-        """Per value of `key`: `metric`'s stats, from `min_n` images paired to the value `best(stats)` (key None)."""
+    def by_value(self, key: str, metric: str, best, min_n: int = 0) -> tuple[dict[str, dict], str | None]:
+        """Per value of `key`, `metric`'s stats (from `min_n` images paired to the value `best(stats)`); that value."""
         x, column, bounds = self.number(metric), self.labels[key], metric_range(metric)
         units = calls(self.frame, metric)
         stats = {v: dict(zip(STATS, self.measured(metric, column == v))) for v in self.values(key)}
@@ -132,7 +132,7 @@ class Swept:
         for v, row in stats.items():
             row.update(zip(STATS[4:], paired_delta(x, pairs, column == v, column == reference, bounds, units)
                            if reference is not None and row["n"] >= min_n else (0, math.nan, math.nan, math.nan)))
-        return stats | {None: reference}
+        return stats, reference
 
 
 def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
@@ -146,8 +146,7 @@ def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
             sign, x = score_direction(metric), swept.number(metric)
             order = lambda stats: sorted((v for v, s in stats.items() if s["n"] >= MIN_N),  # noqa: E731
                                          key=lambda v: -sign * stats[v]["mean"])  # stable: equal means keep sweep order
-            stats = swept.by_value(key, metric, best=lambda s: next(iter(order(s)), None), min_n=MIN_N)
-            best = stats.pop(None)
+            stats, best = swept.by_value(key, metric, best=lambda s: next(iter(order(s)), None), min_n=MIN_N)
             ranked = order(stats)
             scored = finite(x[np.isin(swept.labels[key], ranked)])
             if len(ranked) < 2 or np.ptp(scored) <= 1e-12 * max(1.0, float(np.abs(scored).max())):
@@ -234,8 +233,7 @@ def summary_table(frame: pd.DataFrame, axes: Sequence[str] = (), ranking: pd.Dat
                 means = {v: s["mean"] for v, s in stats.items() if s["n"] >= MIN_N and not math.isnan(s["mean"])}
                 return (min if metric.startswith(LOWER_IS_BETTER) else max)(means, key=means.get) if means else None
 
-            stats = swept.by_value(key, metric, best=reference)
-            best = stats.pop(None)
+            stats, best = swept.by_value(key, metric, best=reference)
             rows += [{"parameter": key, "value": v, "metric": metric, **s, "delta_vs": best} for v, s in stats.items()]
     for a, b in combinations(swept.params, 2):
         for va, vb in dict.fromkeys(zip(swept.labels[a], swept.labels[b])):  # each pair of values met, in sweep order
@@ -279,7 +277,7 @@ def set_statistic(name: str, kind, generated: np.ndarray, reference: np.ndarray,
                   labels: dict) -> list[dict]:
     """One summary row per column of set scorer `name` on one slice."""
     n, m = len(generated), len(reference)
-    nan = [math.nan] * len(kind.columns)
+    values, intervals = [math.nan] * len(kind.columns), [(math.nan, math.nan)] * len(kind.columns)
     if missing:
         warning = f"reference set {missing[0]} is not in {cache_dir()}: rerun the sweep to render it again"
     elif min(n, m) < kind.min_n:
@@ -287,9 +285,7 @@ def set_statistic(name: str, kind, generated: np.ndarray, reference: np.ndarray,
     else:
         warning = (f"{name} needs about {kind.advised_n} images per set to be trusted (n={n}, reference {m})"
                    if min(n, m) < kind.advised_n else None)
-    scored = not missing and min(n, m) >= kind.min_n
-    values = kind.statistic(generated, reference) if scored else nan
-    intervals = bootstrap_ci(kind.statistic, generated, reference) if scored else list(zip(nan, nan))
+        values, intervals = kind.statistic(generated, reference), bootstrap_ci(kind.statistic, generated, reference)
     return [{**labels, "metric": column, "n": n, "mean": float(value), "lo": lo, "hi": hi, "n_paired": 0,
              "warning": warning} for column, value, (lo, hi) in zip(kind.columns, values, intervals)]
 
