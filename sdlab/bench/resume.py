@@ -40,9 +40,6 @@ def clean_temp_files(folder: Path) -> int:
     return len(found)
 
 
-previous_rows = read_table  # the rows a previous run left in a folder (from the CSV twin or the images if damaged)
-
-
 def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """Previous rows (read from `folder` unless given) whose status is ok and whose image (if any) is in `folder`."""
     frame = read_table(folder) if frame is None else frame

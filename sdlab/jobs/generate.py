@@ -13,8 +13,8 @@ import torch
 
 from sdlab.bench.captions import settings_text
 from sdlab.bench.plan import call_cells, cell_hash, hash_fields, shared_call
-from sdlab.bench.records import identity, ordered, rows, save_png, versions, write_table
-from sdlab.bench.resume import complete_rows, previous_rows, set_aside_damaged, sweep_cells, weights_of
+from sdlab.bench.records import identity, ordered, read_table, rows, save_png, versions, write_table
+from sdlab.bench.resume import complete_rows, set_aside_damaged, sweep_cells, weights_of
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.jobs import JobContext, job
@@ -130,7 +130,7 @@ def previous_cells(ctx: JobContext, wanted: set[str], made: set[str] = frozenset
         dict[str, dict], list[str], dict[str, Path]]:
     """Finished rows here by hash, their order, and wanted cells done in other job dirs (redone if resume=false or
     made from other weights than the model's, or its CLIP's, now)."""
-    previous = previous_rows(ctx.out_dir)
+    previous = read_table(ctx.out_dir)  # the rows a previous run left (from the CSV twin or the images if damaged)
     table, order = {}, []
     if previous is not None and "config_hash" in previous:
         table = {row["config_hash"]: row for row in rows(complete_rows(ctx.out_dir, previous))}
