@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,18 +12,14 @@ from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font, wrapped
 from sdlab.bench.records import job_dirs, read_table, write_table
 from sdlab.bench.report import FIGURE_SUFFIXES
 from sdlab.bench.resume import CONFIG
-from sdlab.io import atomic_save, atomic_write_text
+from sdlab.io import atomic_save, atomic_write_text, read_json_object
 
 SHEET_COLUMNS, THUMB = 5, 300
 
 
 def recipe_of(job: Path) -> dict:
     """A job's recipe name, `article:` id and question, and a note if its model is not one it is `made_for` (CONFIG)."""
-    try:
-        config = json.loads((job / CONFIG).read_text())
-    except (OSError, ValueError):  # a folder whose job never started
-        config = {}
-    config = config if isinstance(config, dict) else {}
+    config = read_json_object(job / CONFIG)  # {} in a folder whose job never started
     article, made_for, model = (config.get(k) if isinstance(config.get(k), dict) else {}
                                 for k in ("article", "made_for", "model"))
     rows = read_table(job)
