@@ -70,8 +70,6 @@ def fitted(path: Path | None, side: int) -> Image.Image | None:
     with Image.open(path) as image:
         image = image.convert("RGB")
     scale = side / max(image.size)
-    if scale == 1:
-        return image
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
 
@@ -86,10 +84,7 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
 
 def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str], title: str = "",
                seeds_within: bool = False, note: str = "") -> Path | None:
-    """A labelled grid: axes[0] across, axes[1] down, the rest pages (`seeds_within`: seeds side by side in a cell).
-
-    `note`: a column whose text, where there is some, is written under its cell's image (which it leaves whole).
-    """
+    """A labelled grid: axes[0] across, axes[1] down, the rest pages; `note`: a column written under each image."""
     if "image_path" in frame:
         frame = frame[frame["image_path"].notna()].reset_index(drop=True)
     within = ["seed"] if seeds_within and "seed" in axes and len(axes) > 2 else []
@@ -108,11 +103,10 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
         log.warning("no %s: %d x %d x %d x %d images is past %d; sweep fewer values or pass axes", target.name,
                     len(xs), len(ys), len(pages), max(1, len(seeds)), MAX_GRID_CELLS)
         return None
+    keys = [tuple(labels[k][i] for k in axes + within) for i in range(len(frame))]
+    notes = dict(zip(keys, frame[note])) if note else {}
     cells: dict[tuple, Path | None] = {}
-    notes = dict(zip(map(tuple, zip(*(labels[k] for k in axes + within))), frame[note])) if note else {}
-    for i in range(len(frame)):
-        key = tuple(labels[k][i] for k in axes + within)
-        path = frame["image_path"].iloc[i] if "image_path" in frame else None
+    for key, path in zip(keys, frame.get("image_path", [None] * len(frame))):
         cells.setdefault(key, (Path(base) / path) if isinstance(path, str) and path else None)
     if len(cells) < n_cells / 2:
         log.warning("no %s: %d images fill too few of %d cells to be a grid (the jobs' own grids still stand)",
