@@ -264,7 +264,7 @@ def balanced_lines(line: str, chars: int) -> str:
 
 
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target: Path, title: str = "",
-            value_label: str = "", vmin: float | None = None, vmax: float | None = None, fmt: str = "{:.2f}",
+            value_label: str = "", vmin: float | None = None, vmax: float | None = None,
             row_images: Sequence[np.ndarray] | None = None) -> Path:
     """A labelled matrix with its values in the cells; `row_images` puts a thumbnail (aspect kept) before each row."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
@@ -287,7 +287,7 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], target
         ax.tick_params(axis="y", pad=4 + (THUMB_POINTS + 6) * thumbs)
         mid = np.nanmean(matrix) if vmin is None or vmax is None else (vmin + vmax) / 2
         for r, c in np.ndindex(rows, cols):
-            ax.text(c, r, fmt.format(matrix[r, c]), ha="center", va="center", fontsize=7,
+            ax.text(c, r, f"{matrix[r, c]:.2f}", ha="center", va="center", fontsize=7,
                     color="black" if matrix[r, c] > mid else "white")
         fig.colorbar(im, ax=ax, label=value_label, fraction=0.04)
         ax.set_title(title)
@@ -479,8 +479,7 @@ def band_note(counts: pd.Series) -> str:
 
 
 def last_visits(visits: pd.DataFrame, by: str) -> str:
-    """The lowest timestep each `by` group calls the model at, groups sharing one named together: 't=0 for ddim,
-    euler; t=250 for dpmpp_2m'."""
+    """The lowest timestep each `by` group calls the model at, groups sharing one together: 't=0 for ddim, euler'."""
     last: dict[str, list[str]] = {}
     for label, group in visits.groupby(by, sort=False):
         last.setdefault(f"t={group['timestep'].min():g}", []).append(str(label))
