@@ -84,8 +84,7 @@ def load_results(folder: Path) -> pd.DataFrame:
 
 
 def shell_line(words: list[str]) -> str:
-    """`words` as a shell command a person reads: a word holding a single quote and none of the characters special
-    inside double quotes is double-quoted as typed (`"prompt='a','b'"`); any other is quoted as `shlex.quote` does."""
+    """`words` as a shell command a person reads: `"prompt='a','b'"` where double quotes keep it, else shlex's."""
     return " ".join(f'"{w}"' if "'" in w and not set(w) & set('"$`\\!') else shlex.quote(w) for w in words)
 
 
@@ -114,8 +113,7 @@ def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def wall_seconds(folder: Path) -> float:
-    """From the first job's config being recorded (run_config.json), or a shared call made before it (its seconds back
-    from the end of a job of it), to the last job's table being written."""
+    """From the first job's config (or a shared call made before it) being recorded to the last job's table written."""
     times = lambda name: [p.stat().st_mtime for p in [Path(folder) / name, *Path(folder).glob(f"*/{name}")]  # noqa: E731
                           if p.is_file()]
     starts, ends = times(CONFIG), times(f"{TABLE_NAME}.parquet")
@@ -157,8 +155,7 @@ def recipes_title(frame: pd.DataFrame) -> str:
 
 
 def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the page's header says: command, constant parameters, model, device, versions, counts, wall time and the
-    sweep's pre-flight warnings."""
+    """The page's header: command, constant parameters, model, device, versions, counts, wall time, warnings."""
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
     constants = {key: values[0] for key in PARAM_COLUMNS if key not in axes
                  for values in [list(dict.fromkeys(axis_values(ok, key)))] if len(values) == 1 and values[0]}
@@ -187,8 +184,7 @@ def figures(folder: Path) -> list[str]:
 
 
 def summary_rows(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The summary's rows of set scorers (distribution metrics by swept value, each with which way is better), and
-    of each per-image metric over all images."""
+    """The summary's rows of set scorers by swept value (with which way is better), and of each metric overall."""
     table = local_file(folder, f"{SUMMARY_NAME}.parquet")
     summary = pd.read_parquet(table) if table is not None and owns_summary(folder) else pd.DataFrame()
     if summary.empty:
@@ -231,8 +227,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
 
 
 def render(data: dict[str, Any]) -> str:
-    """The template with its CSS, script and data inlined (opens from file://), in one pass so that no inlined text is
-    read for placeholders; the data as JSON that no HTML parser can end inside <script>."""
+    """The template with its CSS, script and data inlined in one pass (no inlined text is read for placeholders)."""
     values = {"title": html.escape(str(data["header"]["title"])), "generator": GENERATOR,
               "css": (ASSETS / "report.css").read_text(), "js": (ASSETS / "report.js").read_text(),
               "data": json.dumps(data, separators=(",", ":"), allow_nan=False).translate(SCRIPT_SAFE)}
@@ -302,8 +297,7 @@ def failed_lines(failed: list[dict], folder: Path) -> str:
 
 
 def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool = False, since: float = 0.0) -> str:
-    """Write the table, grid and summary (at a sweep's end summary.png and report.html too) into `folder`; return the
-    "N ok, M failed" line, a sweep's ranking lines, the headlines of figures drawn since `since` and what to open."""
+    """Write the table, grid, summary (a sweep's: summary.png, report.html) into `folder`; the "N ok, M failed" line."""
     try:
         write_table(frame, folder)
     except OSError as e:  # e.g. disk full: the table last written stays, so do the images it lists

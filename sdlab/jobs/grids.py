@@ -280,8 +280,7 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
 
 @job("same_params", work=lambda run, _: [own(run, 2 * len(run.params.seeds))])
 def run_same_params(ctx: JobContext) -> pd.DataFrame:
-    """Each seed's parameters generated in two calls: both images and their pixel difference, a row a seed, in
-    same_params.png."""
+    """Each seed's parameters generated in two calls: both images and their difference a row (same_params.png)."""
     model, spec, params, scorers = setup(ctx)
     frame = ordered([row for i in (1, 2) for row in cell_rows(ctx, model, scorers, params, {"call": i}, f"call{i}")])
     calls = {seed: frame[frame["seed"] == seed].sort_values("call") for seed in params.seeds}

@@ -169,8 +169,7 @@ def visits_figure(model_table: pd.DataFrame, visits: pd.DataFrame, steps: int, m
 
 
 def family_spec(item: dict[str, Any], model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A `families` entry (its recipe checked it) with its defaults; `config: model` takes its unset keys from `model`
-    (see `model_family`)."""
+    """A `families` entry (its recipe checked it) with its defaults; `config: model` takes unset keys from `model`."""
     config = config_name = item["config"]
     if config == "model":
         item = {**model, **{k: v for k, v in item.items() if v is not None and k != "config"}}
