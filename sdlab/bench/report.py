@@ -114,12 +114,12 @@ def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
 
 def wall_seconds(folder: Path) -> float:
     """From the first job's config (or a shared call made before it) being recorded to the last job's table written."""
-    times = lambda name: [p.stat().st_mtime for p in [Path(folder) / name, *Path(folder).glob(f"*/{name}")]  # noqa: E731
+    found = lambda name: [p for p in [Path(folder) / name, *Path(folder).glob(f"*/{name}")]  # noqa: E731
                           if p.is_file()]
-    starts, ends = times(CONFIG), times(f"{TABLE_NAME}.parquet")
-    for mark in [Path(folder) / MARKER, *Path(folder).glob(f"*/{MARKER}")]:
-        calls = mark_calls(read_mark(mark.parent)) if mark.is_file() else {}
-        starts += [mark.stat().st_mtime - seconds for _, seconds, _ in calls.values()]
+    starts = [p.stat().st_mtime for p in found(CONFIG)]
+    ends = [p.stat().st_mtime for p in found(f"{TABLE_NAME}.parquet")]
+    for mark in found(MARKER):
+        starts += [mark.stat().st_mtime - seconds for _, seconds, _ in mark_calls(read_mark(mark.parent)).values()]
     return max(ends) - min(starts) if starts and ends else math.nan
 
 
@@ -313,7 +313,7 @@ def summarize(frame: pd.DataFrame, folder: Path, grid: bool = True, sweep: bool 
     if grid and not (gridded and image_grid(frame, folder, folder / "grid.png", grid_axes(frame, axes),
                                             seeds_within=True)):
         forget_figure(folder / "grid.png")  # an earlier run's grid would show images this table no longer lists
-    failed = frame.iloc[[i for i, good in enumerate(ok) if not good]].to_dict("records") if not all(ok) else []
+    failed = frame[[not good for good in ok]].to_dict("records")
     line = f"{len(frame) - len(failed)} ok, {len(failed)} failed" + failed_lines(failed, Path(folder))
     if grid and (several or sweep) and owns_summary(folder):  # a study's own summary table stays
         ranking = rank(frame, axes)
