@@ -213,7 +213,7 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
             draw.multiline_text((MARGIN + left - GAP * 2, y0 + side // 2), row_labels[r], fill=INK, font=font(),
                                 anchor="rm", align="right", spacing=2)
             for c, x in enumerate(xs):
-                cell = tuple(v for v in (x, y)[: len(axes[:2])]) + page
+                cell = (x, y)[:len(axes[:2])] + page
                 for s, seed in enumerate(strip):
                     key = cell + ((seed,) if seeds else ())
                     x0 = MARGIN + left + c * (col_w + col_gap) + (col_w - cell_w) // 2 + s * (side + SEED_GAP)
