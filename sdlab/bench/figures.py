@@ -583,10 +583,9 @@ def draw_summary(summary: pd.DataFrame, ranking: pd.DataFrame | None = None, max
                and not (staged and m.startswith("time_") and m != "time_total_s")][:max_metrics]
     metrics = metrics or list(dict.fromkeys(summary["metric"]))[:1]
     keys = params or ["(all)"]
-    values = {k: list(dict.fromkeys(single.loc[single["parameter"] == k, "value"])) for k in keys}
-    positions = {k: _positions(values[k]) for k in keys}
-    widths = [max(3.0, 0.42 * len(values[k])) if not positions[k][2] else 3.0 for k in keys]
-    ticks = {k: tick_labels(positions[k][1], (PAGE_INCHES * w / sum(widths) - Y_LABEL_INCHES) / len(values[k]))
+    positions = {k: _positions(list(dict.fromkeys(single.loc[single["parameter"] == k, "value"]))) for k in keys}
+    widths = [max(3.0, 0.42 * len(positions[k][1])) if not positions[k][2] else 3.0 for k in keys]
+    ticks = {k: tick_labels(positions[k][1], (PAGE_INCHES * w / sum(widths) - Y_LABEL_INCHES) / len(positions[k][1]))
              if not positions[k][2] else (labels_apart(positions[k][1], _middle, 22), False) for k, w in zip(keys, widths)}
     label_inches = max(0.07 * max(map(len, labels)) + 0.3 if rotated  # 45 degrees: the longest label's drop
                        else 0.14 * max(label.count("\n") + 1 for label in labels) + 0.16
