@@ -204,8 +204,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     recipes = over_recipes(frame)
     axes = ["experiment"] if recipes else sweep_axes(frame, manifest["axes"])
     labels = {k: axis_values(frame, k) for k in axes}
-    paths = frame["image_path"] if "image_path" in frame else [None] * len(frame)
-    images = [local_file(folder, p) for p in paths]  # only regular files inside the folder are shown or read
+    images = [local_file(folder, p) for p in frame.get("image_path", [None] * len(frame))]  # only its own are read
     metrics = metric_columns(frame)
     scores = [m for m in metrics if score_direction(m)]
     lead = [c for c in dict.fromkeys([*axes, "seed", *scores, "status", "error", *metrics]) if c in frame]
