@@ -190,6 +190,8 @@ def test_folder_without_weights_is_refused(tmp_path):
     (("experiment=schedule_snr", "model=sd3_tiny", "schedules=[linear]"),
      "`schedules` are DDPM beta schedules (alpha_bar), and their samplers do not fit model=sd3_tiny"),
     (("experiment=schedule_families", "families=[{config: nope}]"), "unknown families config 'nope'"),
+    (("experiment=schedule_families", "families=[{config: sd3, options: {shift: 3.0}}, {config: sd3, options: {shift: 6.0}}]"),
+     "families entries 1 and 2 are both drawn as 'sd3 ddim 28 steps'; give each its own name:"),
     (("experiment=schedule_snr", "model=sd3_tiny", "visit_schedulers=[euler,heun]"),  # drawn only beside schedules
      "visit_schedulers=['euler', 'heun'] mark steps on `schedules`, which this run does not draw (it draws families): "
      "name a family's sampler instead, e.g. '+families=[{config: model, sampler: euler}]'"),

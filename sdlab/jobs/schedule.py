@@ -201,9 +201,16 @@ def model_family(run: Run) -> dict[str, Any]:
 
 
 def family_specs(run: Run, recipe: ScheduleSnr) -> list[dict[str, Any]]:
-    """Every `families` entry checked by `family_spec`, `config: model` ones filled from the configured model."""
-    return [family_spec(item, model_family(run) if isinstance(item, dict) and item.get("config") == "model"
-                        else None) for item in recipe.families or []]
+    """Every `families` entry checked by `family_spec`, `config: model` ones filled from the configured model; each
+    drawn under its own name."""
+    specs = [family_spec(item, model_family(run) if isinstance(item, dict) and item.get("config") == "model"
+                         else None) for item in recipe.families or []]
+    names = [f["name"] for f in specs]
+    for second, name in enumerate(names):
+        if (first := names.index(name)) != second:
+            raise UserError(f"families entries {first + 1} and {second + 1} are both drawn as {name!r}; give each its "
+                            "own name:")
+    return specs
 
 
 def family_rows(ctx: JobContext, recipe: ScheduleSnr) -> list[dict[str, Any]]:
