@@ -81,7 +81,6 @@ def misfit(run: Run) -> str | None:
         return f"{source}: {e}"
     except UserError:  # no weights, say: the sweep's check says so
         return None
-    return None
 
 
 def check_job(run: Run) -> list[str]:
@@ -98,8 +97,8 @@ def check_job(run: Run) -> list[str]:
     adapter = adapter_class(spec)
     if run.job != "anatomy":  # which builds its model on the meta device
         check_fits_memory(spec)
-    kind = model_kind(shipped_scheduler_config(spec)[0])  # the scheduler's options: from diffusers' source, no import
-    check_options(run.scheduler.name, run.scheduler.options, kind)
+    base = shipped_scheduler_config(spec)[0]  # the scheduler's options: from diffusers' source, no import
+    check_options(run.scheduler.name, run.scheduler.options, model_kind(base))
     clip = cfg.get("clip")  # as are the CLIP model (none with clip=none), input images and reference sets
     if clip and clip.get("name") not in (None, "none"):
         check_clip_folder(clip_folder(clip), clip["name"])
@@ -111,7 +110,6 @@ def check_job(run: Run) -> list[str]:
         scheduler_class(name)
     check_model(spec, run.scheduler, params)
     if getattr(recipe, "schedulers", None):  # a study's or grid's schedulers fit the model with the run's options
-        base, _ = shipped_scheduler_config(spec)
         for name in schedulers_used(run, recipe):  # the configured one too: check_model has already passed it
             try:
                 make_scheduler(name, base, run.scheduler.options)
@@ -127,8 +125,7 @@ def check_job(run: Run) -> list[str]:
 
 
 def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
-    """Check what only a sweep's jobs together tell: a reference set given is read by some job's set scorer, and a
-    setting typed on the command line (`typed`: {key: value as typed}) is read by some job."""
+    """Check what only a sweep's jobs together tell: that some job reads each setting typed (`typed`: {key: value})."""
     check_reference_read([run.recipe for run in runs])
     check_read([run.job for run in runs], typed)
     check_eta_read(runs, typed)
@@ -162,16 +159,13 @@ def fixed(job: str) -> dict[str, str]:
 
 
 def imageless_reads(job: str) -> list[str]:
-    """The generation settings a job that denoises nothing reads: those it names (`IMAGELESS_JOBS`) and its recipe's
-    fields (forward_process' seed)."""
+    """The generation settings a job that denoises nothing reads: those it names and its recipe's fields."""
     return [name for name in (*IMAGELESS_JOBS[job], *recipe_fields(job)) if name in GENERATION_SETTINGS]
 
 
 def reads(job: str, key: str) -> bool:
-    """Whether `job` reads the setting `key` typed for it: toy math none of the model's or the request's (a block by
-    its name); a job that denoises nothing no generation setting but `imageless_reads`; any other all but the group
-    choices its recipe draws itself (`replaced`: `scheduler=`, not the options its samplers are built with) or
-    fixes (`fixed`)."""
+    """Whether `job` reads the setting `key` typed for it (`replaced`: `scheduler=`, not the options its samplers
+    are built with)."""
     root = key.split(".")[0]
     if job in MODEL_FREE_JOBS:
         return root not in MODEL_SETTINGS
