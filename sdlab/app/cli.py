@@ -85,21 +85,20 @@ def run(cfg) -> None:
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = display_overrides(task_overrides(hc))
-    extra = {}
+    extra, job_lock = {}, False
     if multirun:
         sweep_dir = out_dir.parents[len(Path(str(hc.sweep.subdir)).parts) - 1]
         extra = {"sweep_dir": str(sweep_dir), **resume.sweep_position(sweep_dir, int(hc.job.num))}
-    ctx = JobContext(run=None, out_dir=out_dir, experiment=hc.runtime.choices.get("experiment") or "generate",
-                     overrides=json.dumps(overrides), run_id=uuid.uuid4().hex[:12], extra=extra)
-    # A job dir is locked while its job runs, unless this process holds the sweep's lock (it covers what is under it)
-    job_lock = multirun and not lock.holds(extra["sweep_dir"])
-    if multirun:
         axes = extra.get("axes", list(overrides))
         log.info("%s: %s", extra.get("progress", f"job {int(hc.job.num) + 1}"),
                  settings_text({k: v for k, v in overrides.items() if k in axes}) or "-")
+        # A job dir is locked while its job runs, unless this process holds the sweep's lock (covering what is under it)
+        job_lock = not lock.holds(sweep_dir)
         if job_lock:
             lock.acquire(out_dir, parents=False)
         ownership.adopt(out_dir)
+    ctx = JobContext(run=None, out_dir=out_dir, experiment=hc.runtime.choices.get("experiment") or "generate",
+                     overrides=json.dumps(overrides), run_id=uuid.uuid4().hex[:12], extra=extra)
     try:
         finish_job(ctx, cfg, set(overrides), multirun, hc.job.name)
     finally:
