@@ -316,8 +316,7 @@ def default_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     if not multirun or not experiment_is_swept(overrides):
         return []
     given = {a.partition("=")[0] for a in overrides}
-    return [arg for key, arg in (("hydra.sweep.dir", RECIPES_SWEEP_DIR), ("hydra.sweep.subdir", RECIPES_SUBDIR))
-            if key not in given]
+    return [arg for arg in (RECIPES_SWEEP_DIR, RECIPES_SUBDIR) if arg.partition("=")[0] not in given]
 
 
 def named_by_sdlab(config, key: str) -> bool:
@@ -341,9 +340,8 @@ def resumed_sweep_dir(multirun: bool, overrides: list[str]) -> list[str]:
     """`hydra.sweep.dir=` where this same sweep ran before (by its manifest), unless one is given; said in a line."""
     if not multirun or any(a.partition("=")[0] == "hydra.sweep.dir" for a in overrides):
         return []
-    root = sweep_root(overrides)
-    if (earlier := earlier_sweep(root, overrides)) is None:  # else a folder a sweep killed as it started left unused
-        earlier = next(((folder, False) for folder in abandoned_sweeps(root)), None)
+    root = sweep_root(overrides)  # this same sweep's folder, else one a sweep killed as it started left unused
+    earlier = earlier_sweep(root, overrides) or next(((folder, False) for folder in abandoned_sweeps(root)), None)
     if earlier is None:
         return []
     folder, complete = earlier
@@ -366,7 +364,6 @@ class FlagParser(argparse.ArgumentParser):
     """Hydra's flags as Hydra's argparse reads them; a flag it would refuse is one line, not its usage page too."""
 
     def error(self, message: str) -> NoReturn:
-        """Raise argparse's message as a UserError."""
         raise UserError(f"{message}; see sdlab --help")
 
 
