@@ -128,8 +128,7 @@ class Progress:
         self.total = sum(self.work.values()) if self.work else float(self.cells if isinstance(self.cells, int) else 0)
 
     def left(self, now: float, ahead: float = 0.0) -> str:
-        """The time left of the sweep's work at `now`, from the work `made` so far and the work `ahead` that shared
-        calls did for jobs to come."""
+        """The time left of the sweep's work at `now`, with the work `ahead` shared calls did for jobs to come."""
         if isinstance(self.cells, int) and self.done >= self.cells:
             return "nothing left"
         if isinstance(self.cells, int) and self.made + ahead:
@@ -162,8 +161,7 @@ class Progress:
                 f"{self.left(now, work_ahead)}")
 
     def checked(self, jobs: int) -> None:
-        """Count a step of checking the sweep's `jobs` (`cells` steps in all); print where the checks stand, at most
-        every `every` seconds."""
+        """Count a step of checking the sweep's `jobs`; print where the checks stand, at most every `every` seconds."""
         self.done, self.counted, self.made, now = self.done + 1, self.counted + 1, self.made + 1, time.time()
         if now - self.shown >= self.every:
             self.shown = now

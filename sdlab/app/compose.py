@@ -43,12 +43,11 @@ def _moved_jobs(sweep_dir: str, changed: int) -> dict[str, int]:
     return (read_manifest(Path(sweep_dir)) or {}).get(FOLDERS, {})
 
 
-CLEAR_LINE = "\r\x1b[K"  # back to the line's start, then erase it
+CLEAR_LINE = "\r\x1b[K"  # erases the line a progress bar an interrupt left half-drawn was on
 
 
 def fail(message: str, code: int = UserError.exit_code, leave=sys.exit) -> None:
-    """Print one error line and exit (code 2 for bad input) through `leave`; on a terminal from the line's start, over
-    a progress bar an interrupt left half-drawn."""
+    """Print one error line (on a terminal, over the line under way) and exit (code 2 for bad input) through `leave`."""
     print(f"{CLEAR_LINE if sys.stderr.isatty() else ''}sdlab: error: {message}", file=sys.stderr, flush=True)
     leave(code)
 
@@ -66,8 +65,7 @@ def one_line(error: BaseException) -> str:
 
 
 def unresolvable(error: InterpolationResolutionError) -> str:
-    """One line for a value whose interpolation cannot be resolved (`${oc.env:NOPE}`, `${now:}`): its key, its value
-    as typed, and why, without OmegaConf's wrapping and its full_key/object_type lines."""
+    """One line for a value whose interpolation cannot be resolved (`${oc.env:NOPE}`): its key, value as typed, why."""
     parent, why = error.parent_node, str(error.msg).splitlines()[0]
     why = re.sub(r"^\w+ raised while resolving interpolation: ", "", why).strip('"')
     why = re.sub(r"^[\w.<>]+\(\) (missing )?", lambda m: "its resolver " + ("is missing " if m[1] else ""), why)
