@@ -109,15 +109,14 @@ class Field:
             return _scalar(value, self.kind == "int") and self._inside(value)
         if not isinstance(value, (list, tuple)) or not value:
             return False
-        if self.kind == "strs":
-            return all(isinstance(v, str) and v for v in value) and self._once(value)
         if self.kind == "int_lists":
             return all(isinstance(v, (list, tuple)) and v and all(_scalar(x, True) and self._inside(x) for x in v)
                        for v in value)
-        return all(_scalar(v, self.kind == "ints") and self._inside(v) for v in value) and self._once(value)
-
-    def _once(self, value) -> bool:
-        return not self.distinct or len(set(value)) == len(value)
+        if self.kind == "strs":
+            each = all(isinstance(v, str) and v for v in value)
+        else:
+            each = all(_scalar(v, self.kind == "ints") and self._inside(v) for v in value)
+        return each and (not self.distinct or len(set(value)) == len(value))
 
     def _inside(self, value) -> bool:
         return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)
