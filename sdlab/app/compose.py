@@ -26,20 +26,17 @@ JOB_FOLDERS = "SDLAB_JOB_FOLDERS"  # set by the sweeper: the sweep dir whose man
 def job_folder(num) -> str:
     """`${job_folder:${hydra.job.num}}`: the job number zero-padded as the sweeper says (07 of 26; see
     `records.job_number_width`), or the number of the folder the sweep's manifest says the job takes instead."""
-    return str(moved_jobs(os.environ.get(JOB_FOLDERS, "")).get(str(num), num)).zfill(
-        int(os.environ.get(JOB_FOLDER_WIDTH) or 1))
-
-
-def moved_jobs(sweep_dir: str) -> dict[str, int]:
-    """{job number: folder number} from the manifest of `sweep_dir` ('' for none), read again only when it changed."""
-    try:
-        return _moved_jobs(sweep_dir, os.stat(Path(sweep_dir) / MANIFEST).st_mtime_ns) if sweep_dir else {}
+    sweep_dir = os.environ.get(JOB_FOLDERS, "")
+    try:  # the manifest read again only when it changed
+        moved = _moved_jobs(sweep_dir, os.stat(Path(sweep_dir) / MANIFEST).st_mtime_ns) if sweep_dir else {}
     except OSError:
-        return {}
+        moved = {}
+    return str(moved.get(str(num), num)).zfill(int(os.environ.get(JOB_FOLDER_WIDTH) or 1))
 
 
 @lru_cache(maxsize=1)
 def _moved_jobs(sweep_dir: str, changed: int) -> dict[str, int]:
+    """{job number: folder number} from the manifest of `sweep_dir`."""
     return (read_manifest(Path(sweep_dir)) or {}).get(FOLDERS, {})
 
 
