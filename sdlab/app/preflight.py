@@ -194,11 +194,10 @@ def check_read(jobs: Sequence[str], typed: dict[str, str]) -> None:
         block = getattr(RECIPES[jobs[0]], "block", None)
         raise UserError(f"{given[0]} is not read: {where} (job {jobs[0]}) draws its own {field}; give "
                         f"{block + '.' if block else ''}{field}= instead")
-    recipes = [RECIPES[job] for job in jobs]
     if len(jobs) > 1:
         raise UserError(f"{given[0]} is not read: every job of {where} is toy math that reads only its own block "
-                        f"({', '.join(f'{recipe.block}:' for recipe in recipes)})")
-    block, names = recipes[0].block, recipe_fields(jobs[0])
+                        f"({', '.join(f'{RECIPES[job].block}:' for job in jobs)})")
+    block, names = RECIPES[jobs[0]].block, recipe_fields(jobs[0])
     hint = f"; set {block}.{key.split('.')[-1]}={value}" if key.split(".")[-1] in names and "${" not in value else ""
     raise UserError(f"{given[0]} is not read: {where} is toy math (job {jobs[0]}) that reads only its {block}: block "
                     f"({', '.join(f'{block}.{name}' for name in names)}){hint}")
