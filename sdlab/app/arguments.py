@@ -28,7 +28,7 @@ FREE_TEXT_KEYS = ("prompt", "negative_prompt")  # one literal string each, comma
 PROMPT_LIST_KEYS = ("prompts", "compare.prompts")  # the recipes' lists of prompts, each one literal text too
 PROMPT_FILE_KEY = "prompt_file"  # a text file of prompts, one per line: one job per prompt under -m
 INTERPOLATION = re.compile(r"(\\*)\$\{")  # `${` and the backslashes before it
-ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what escape_interpolation makes of it
+ESCAPED_INTERPOLATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\$\{")  # what `literal` makes of it
 RECIPES_ROOT = Path("outputs") / "experiments"  # where a sweep over recipes lands
 RECIPES_SWEEP_DIR = f"hydra.sweep.dir='{RECIPES_ROOT}/multirun_${{now:%Y-%m-%d_%H-%M-%S}}'"  # see default_sweep_dir
 RECIPES_SUBDIR = "hydra.sweep.subdir='${job_folder:${hydra.job.num}}_${hydra.runtime.choices.experiment}'"
@@ -63,19 +63,15 @@ def hydra_quote(text: str) -> str:
     return "'" + escaped.replace("'", "\\'") + "'"
 
 
-def escape_interpolation(text: str) -> str:
-    """`text` with every `${` escaped as OmegaConf reads it (`\\${`, backslashes before it doubled)."""
-    return INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", text)
-
-
 def unescape_interpolation(text: str) -> str:
-    """The text `escape_interpolation` was given: what OmegaConf resolves the escaped string to."""
+    """The text `literal` was given: what OmegaConf resolves the escaped string to."""
     return ESCAPED_INTERPOLATION.sub(lambda m: m.group(1)[: len(m.group(1)) // 2] + "${", text)
 
 
 def literal(text: str) -> str:
-    """`text` as a Hydra value that reaches the job as exactly `text`: quoted, and never an interpolation."""
-    return hydra_quote(escape_interpolation(text))
+    """`text` as a Hydra value that reaches the job as exactly `text`: quoted, every `${` escaped as OmegaConf reads it
+    (`\\${`, backslashes before it doubled), so never an interpolation."""
+    return hydra_quote(INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", text))
 
 
 def quote_text(arg: str) -> str:
