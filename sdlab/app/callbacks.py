@@ -298,9 +298,8 @@ class CollectSweep(Callback):
         CollectSweep.sweep_dir = Path(str(config.hydra.sweep.dir))
         CollectSweep.watch = None  # on the class: the launcher pickles this callback with it for its workers
         CollectSweep.progress = Progress(CollectSweep.sweep_dir, self.started)
-        if config.get("plan") is True:  # the sweeper prints the plan and runs nothing
-            return
-        if "sdlab_hydra" not in str(config.hydra.launcher.get("_target_", "")):  # jobs run elsewhere: say as they end
+        # a plan runs nothing (the sweeper prints it); jobs a launcher runs elsewhere are said as they end
+        if config.get("plan") is not True and "sdlab_hydra" not in str(config.hydra.launcher.get("_target_", "")):
             CollectSweep.watch = FinishedJobs(CollectSweep.sweep_dir, self.started - 1)
             CollectSweep.watch.start()
 
