@@ -170,3 +170,16 @@ def test_a_word_with_digits_symbols_or_another_script_is_named_whole():
     shapes = world("shapes")
     assert shapes.unknown_words("a red circle 3d, 8k #1 $5 猫 (small)") == ["3d", "8k", "#1", "$5", "猫"]
     assert shapes.unknown_words("a small red circle, in the centre; on a blue background.") == []
+
+
+def test_a_negative_prompt_at_guidance_one_is_said_once_per_sweep(run_sdlab, tmp_path, capsys):
+    # at w <= 1 the pipelines skip the unconditional branch, the only place a negative prompt is read
+    assert run_sdlab("-m", "model=tiny", "negative_prompt=blue", "guidance_scale=1,7.5", "num_inference_steps=1",
+                     "threads=1", f"hydra.sweep.dir={tmp_path / 'sweep'}") == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "negative_prompt='blue'" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "negative_prompt='blue' is not used at guidance_scale=1: only classifier-free guidance (above 1) runs the "
+        "unconditional branch it steers away from"), said
+    assert run_sdlab("model=tiny", "negative_prompt=blue", "num_inference_steps=1", "threads=1",
+                     f"hydra.run.dir={tmp_path / 'guided'}") == 0
+    assert "is not used at" not in capsys.readouterr().out

@@ -121,6 +121,10 @@ def check_job(run: Run) -> list[str]:
         warnings.append(f"negative_prompt={params.negative_prompt!r} is not used by model={spec.name}: its family "
                         f"({adapter.family}) is guidance-distilled, with no unconditional branch for it to steer "
                         "away from")
+    elif params.negative_prompt and params.guidance_scale <= 1 and reads(run.job, "guidance_scale"):
+        warnings.append(f"negative_prompt={params.negative_prompt!r} is not used at guidance_scale="
+                        f"{params.guidance_scale:g}: only classifier-free guidance (above 1) runs the unconditional "
+                        "branch it steers away from")
     return warnings
 
 
