@@ -747,6 +747,25 @@ def test_ctrl_c_or_a_kill_is_one_line_and_leaves_no_lock(tmp_path, sig, code, wo
     assert "Traceback" not in err and not (tmp_path / "run" / ".sdlab.lock").exists()
 
 
+def test_ctrl_c_kills_a_loky_worker_left_in_the_process(run_sdlab, tmp_path, monkeypatch, capsys):
+    """A joblib sweep's loky worker has no Popen.kill: Ctrl-C met one alive and ended in an AttributeError traceback."""
+    from joblib.externals.loky.backend.process import LokyProcess
+
+    from hydra_plugins.sdlab_hydra import compose_once
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    worker = LokyProcess(target=time.sleep, args=(60,))
+    worker.start()
+    monkeypatch.setattr(compose_once, "check_job", interrupted)
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    assert run_sdlab("-m", "seed=1,2", "model=tiny", "threads=1", f"hydra.sweep.dir={tmp_path / 's'}") == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sdlab: error: interrupted; nothing was written"
+    worker.join(10)
+    assert not worker.is_alive()
+
+
 def test_ctrl_c_before_a_sweep_wrote_its_folder_names_no_folder_to_resume_in(run_sdlab, tmp_path, monkeypatch,
                                                                               capsys):
     """Interrupted in pre-flight, a new sweep has no folder: the line must not send its user to one."""

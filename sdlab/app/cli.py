@@ -235,7 +235,8 @@ def entry() -> None:
         fail(str(e))
     except KeyboardInterrupt as e:
         for worker in multiprocessing.active_children():  # a launcher's pool: one no job reached would idle on
-            worker.kill()
+            with suppress(OSError, TypeError):  # by pid: loky's workers have no Popen.kill; a gone one, no process
+                os.kill(worker.pid, signal.SIGKILL)
         lock.release_held()
         logging.shutdown()
         sys.stdout.flush()
