@@ -279,7 +279,7 @@ class GenerationParams:
 
     def __post_init__(self):
         rules = rules_of(GenerationParams)
-        if isinstance(self.batch_size, str):
+        if isinstance(self.batch_size, str) or self.batch_size is None:
             if self.batch_size != "auto":
                 raise UserError(f"batch_size={self.batch_size!r} must be a positive integer or auto")
             del rules["batch_size"]
@@ -350,7 +350,7 @@ def generation_params(cfg: dict[str, Any], resolution: int) -> GenerationParams:
         raise UserError(f"seeds={seeds!r} must be a list of integers or null")
     if cfg.get("seeds") is not None:  # named as the user gave them (GenerationParams checks them as seeds of images)
         check_seeds(tuple(seeds), "seeds")
-    given = {k: cfg[k] for k in rules_of(GenerationParams) if cfg.get(k) is not None}
+    given = {k: cfg[k] for k in rules_of(GenerationParams) if k in cfg and not (cfg[k] is None and BASE.get(k) is None)}
     p = GenerationParams(seeds=tuple(seeds), **{"width": resolution, "height": resolution, **given})
     limit = limits(cfg)
     if p.batch_size == "auto":  # a memory budget in pixels per call: 4 images at 512 x 512, 256 at 64 x 64

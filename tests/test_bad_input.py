@@ -143,6 +143,14 @@ def bad_inputs(tmp):
         (["threads=true"], "threads=True must be a positive integer"),
         (["resume=maybe"], "resume='maybe' must be true or false"),
         (["batch_size=true"], "batch_size=True is not an integer"),
+        # null is no value here: it ran with the default in silence (only width and height mean something by null)
+        (["guidance_scale=null"], "guidance_scale=None is not a number"),
+        (["num_inference_steps=null"], "num_inference_steps=None is not an integer"),
+        (["eta=null"], "eta=None is not a number"),
+        (["batch_size=null"], "batch_size=None must be a positive integer or auto"),
+        (["limits.max_cells=null"], "limits.max_cells='null' must be a positive integer"),
+        ([f"params={write(tmp / 'null.json', json.dumps({'num_inference_steps': None}))}"],
+         "num_inference_steps=None should be int"),
         (["clip.name=5"], "clip.name=5 must be a string"),
         (["model.prompt_grammar=[a]"], "model.prompt_grammar=['a'] is not an installed prompt world"),
         (["experiment=article_a8_same_seed", "made_for=5"], "made_for=5 must be a mapping of what, models, here"),
@@ -174,7 +182,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 105
+N_CASES = 111
 
 
 def test_case_count_matches_the_list(tmp_path):
