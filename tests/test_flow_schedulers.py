@@ -283,7 +283,11 @@ def test_the_options_read_from_diffusers_source_are_its_classes_own():
      "scheduler 'ddim' has no option 'use_karras_sigmas'; its options are: rescale_betas_zero_snr, steps_offset, "
      "timestep_spacing"),
     (("scheduler=euler", "scheduler.shift=3"), "scheduler.shift is an option of the flow-matching models (SD3, Flux); "
-                                               "scheduler 'euler' on a model of kind 'epsilon' has none")])
+                                               "scheduler 'euler' on a model of kind 'epsilon' has none"),
+    # dpmpp_2m's class takes it, but without a flow model's sigmas it changes nothing: it ran, silently the same
+    (("scheduler.use_dynamic_shifting=true",), "scheduler.use_dynamic_shifting is an option of the flow-matching "
+                                               "models (SD3, Flux); scheduler 'dpmpp_2m' on a model of kind 'epsilon' "
+                                               "has none")])
 def test_an_option_the_schedulers_class_does_not_take_is_refused_before_torch_is_imported(tmp_path, args, says):
     from test_cli import entry_in_a_new_process
 

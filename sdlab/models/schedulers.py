@@ -53,6 +53,7 @@ KARRAS = {"use_karras_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
 FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 FLOW_SHIFT = {"shift": "flow_shift"}
+FLOW_OPTIONS = {"shift", "use_dynamic_shifting"}  # what only flow sigmas read
 # DDIM with eta = 0 is the Euler step of the probability-flow ODE (Karras et al. 2022, sec. 3), so on flow it is Euler.
 FLOW_EULER = SchedulerSpec("FlowMatchEulerDiscreteScheduler")
 # A DDPM multistep solver run on flow sigmas with a velocity model, as diffusers supports it
@@ -172,7 +173,8 @@ def check_options(name: str, options: dict[str, Any] | None = None, kind: str | 
     solvers = [spec.on(kind)] if kind else [spec, spec.on("flow")]
     accepted = set().union(*map(_options, solvers))
     unknown = sorted(set(user) - accepted)
-    if flow_only := [k for k in unknown if k in FLOW_SHIFT]:
+    flow = kind == "flow" if kind else spec.on("flow") is not spec
+    if not flow and (flow_only := sorted(set(user) & FLOW_OPTIONS)):  # a VP solver may take them, to no effect
         which = f"on a model of kind {kind!r}" if kind else "has no flow solver and"
         raise UserError(f"scheduler.{flow_only[0]} is an option of the flow-matching models (SD3, Flux); "
                         f"scheduler {name!r} {which} has none")
