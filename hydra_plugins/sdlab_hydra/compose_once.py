@@ -12,14 +12,14 @@ import os
 import pickle
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import (FloatRange, Override, OverrideType, RangeSweep, Transformer,
-                                              ValueType)
+from hydra.core.override_parser.types import (FloatRange, Override, OverrideType, QuotedString, RangeSweep,
+                                              Transformer, ValueType)
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext
@@ -99,6 +99,8 @@ def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Iterable]
             try:
                 if not isinstance(value, RangeSweep):
                     axes[key] = (override, list(override.sweep_iterator()))
+                    if (twice := repeated(axes[key][1])) is not None:
+                        raise UserError(f"{override.input_line}: lists {twice!r} twice; list each value once")
                 elif not value.shuffle and isinstance(value.range(), range):
                     axes[key] = (override, value.range())
                 else:
@@ -108,6 +110,17 @@ def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Iterable]
         else:
             raise UserError(f"{override.input_line}: a sweep takes a list, range() or glob(), not an interval()")
     return axes
+
+
+def repeated(values: list) -> Any:
+    """The first value listed again (1 and 1.0 are one value, True and 1 are not), else None."""
+    seen = set()
+    for value in (v.text if isinstance(v, QuotedString) else v for v in values):
+        key = (type(value) is bool, value if isinstance(value, Hashable) else repr(value))
+        if key in seen:
+            return value
+        seen.add(key)
+    return None
 
 
 def cell_count(axes: dict[str, tuple[Override, Iterable]]) -> int:
