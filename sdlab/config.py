@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any, Iterable
 
 from sdlab.conf_files import conf_values, group_options
-from sdlab.errors import UserError, near_miss
+from sdlab.errors import UserError, near_miss, repeats
 from sdlab.untrusted import check_text
 
 MODEL_NAMES = tuple(group_options("model"))  # conf/model/<name>.yaml
@@ -91,8 +91,7 @@ class Field:
         if listed is not None and self.fits(listed):
             return listed
         if self.distinct and not self.rule and replace(self, distinct=False).fits(listed):
-            repeated = next(v for v in listed if listed.count(v) > 1)
-            raise UserError(f"{name}={value!r} repeats {repeated!r}; list each once")
+            raise UserError(f"{name}={value!r} repeats {repeats(listed)[0]!r}; list each once")
         raise UserError(f"{name}={value!r} must be {self.allowed()}" + (" or null" if self.optional else ""))
 
     def fits(self, value: Any) -> bool:
@@ -302,10 +301,9 @@ def check_seeds(seeds: tuple, key: str = "seed") -> tuple[int, ...]:
     if not seeds:
         raise UserError("seeds=[] is empty; give at least one integer seed")
     seeds = tuple(SEED.check(key if key == "seed" else f"{key}[{i}]", s) for i, s in enumerate(seeds))
-    if len(set(seeds)) < len(seeds):
-        repeated = next(s for s in seeds if seeds.count(s) > 1)
+    if twice := repeats(seeds):
         shown = list(seeds) if len(seeds) <= 20 else f"[{len(seeds)} seeds]"
-        raise UserError(f"seeds={shown} repeats seed {repeated}; list each seed once (one image per seed)")
+        raise UserError(f"seeds={shown} repeats seed {twice[0]}; list each seed once (one image per seed)")
     return seeds
 
 

@@ -20,6 +20,18 @@ def near_miss(word: str, candidates) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def repeats(values) -> list:
+    """Each value listed more than once, in the order first listed (1 and 1.0 are one value; True and 1 are not)."""
+    counts: dict = {}
+    for value in values:
+        try:
+            key = (type(value) is bool, value, hash(value))
+        except TypeError:  # a list or dict: told apart by its text
+            key = repr(value)
+        counts.setdefault(key, [value, 0])[1] += 1
+    return [value for value, n in counts.values() if n > 1]
+
+
 def choose(kind: str, value: object, allowed: list[str] | tuple[str, ...] | dict) -> None:
     """Raise a UserError unless `value` is one of `allowed`, naming its near miss."""
     if not isinstance(value, (str, int, float)) or value not in allowed:  # a list or dict is no name (nor hashable)

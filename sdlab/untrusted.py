@@ -16,7 +16,7 @@ from typing import IO, Any, Iterator
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from sdlab.errors import UserError
+from sdlab.errors import UserError, repeats
 
 MAX_JSON_DEPTH = 32  # lists and objects inside each other; sdlab's own files need 3
 RAISE_HINT = "raise it with limits.{}=N"
@@ -110,9 +110,16 @@ def json_depth(value: Any) -> int:
 
 
 def parse_json(raw: bytes | str, label: str) -> Any:
-    """JSON text as Python values, or one UserError line: not UTF-8, not JSON, nested too deep, a huge integer."""
+    """JSON text as Python values, or one UserError line: not UTF-8, not JSON, a key twice in an object (which JSON
+    leaves undefined), nested too deep, a huge integer."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len(pairs) > len(obj := dict(pairs)):
+            raise UserError(f"{label} sets {repeats(key for key, _ in pairs)[0]!r} twice; keep one")
+        return obj
+
     try:
-        data = json.loads(raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw)  # a byte order mark may lead
+        data = json.loads(raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw,  # a byte order mark may lead
+                          object_pairs_hook=unique)
     except json.JSONDecodeError as e:
         raise UserError(f"{label} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:

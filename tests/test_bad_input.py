@@ -678,7 +678,7 @@ def test_an_interval_sweep_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch)
     ("guidance_scale=range(0,inf)", "range() takes finite numbers and a step other than zero"),  # never ended
     # a value listed twice is one cell: the second ran as a job that found the first's image and made nothing
     ("seed=1,2,1", "lists 1 twice; list each value once"),
-    ("num_inference_steps=1,1.0", "lists 1.0 twice; list each value once"),
+    ("num_inference_steps=1,1.0", "lists 1 twice; list each value once"),
     ("prompt='a','b','a'", "lists 'a' twice; list each value once"),
 ])
 def test_a_sweep_that_cannot_be_run_as_typed_is_one_line(run_sdlab, tmp_path, capsys, monkeypatch, sweep_arg, says):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from cli_helpers import run_cli
@@ -84,6 +85,12 @@ def test_params_json_errors(tmp_path):
         load_params(bad)
     with pytest.raises(UserError, match="does not exist"):
         load_params(tmp_path / "absent.json")
+    bad.write_text('{"seed": 1, "prompt": "x", "seed": 2}')  # it ran seed 2 in silence: JSON leaves a repeat undefined
+    with pytest.raises(UserError, match=f"^params={re.escape(str(bad))} sets 'seed' twice; keep one$"):
+        load_params(bad)
+    bad.write_text('{"scheduler_options": {"shift": 1, "shift": 2}}')
+    with pytest.raises(UserError, match="sets 'shift' twice; keep one"):
+        load_params(bad)
 
 
 def make_pipeline_folder(root, suffix: str):

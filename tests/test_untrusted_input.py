@@ -149,6 +149,8 @@ def bad_files(tmp):
     lines.write_text("a red circle\n" * 1_000_000)
     three = tmp / "three.txt"
     three.write_text("a\nb\nc\n")
+    twice = write(tmp / "twice.txt", "a red circle\na blue square\n a red circle")
+    twice_json = write(tmp / "twice.json", '{"seed": 1, "seed": 2}')
     latin = tmp / "latin.txt"
     latin.write_bytes("caf\xe9".encode("latin-1"))
     bomb = tmp / "bomb.png"
@@ -171,6 +173,9 @@ def bad_files(tmp):
         (["-m", f"prompt_file={three}", "limits.max_prompt_lines=2"], "more than limits.max_prompt_lines=2"),
         (["-m", f"prompt_file={three}", "limits.max_prompt_lines=none"], "limits.max_prompt_lines='none' must be"),
         ([f"prompt_file={latin}"], f"prompt_file={latin} is not UTF-8 text"),
+        # a line twice is one cell: named by the file the user gave, not the sweep it is made into
+        (["-m", f"prompt_file={twice}"], f"prompt_file={twice} lists 'a red circle' twice; list each prompt once"),
+        ([f"params={twice_json}"], f"params={twice_json} sets 'seed' twice; keep one"),
         # PNG text chunks
         ([f"params={png(tmp / 'j.png', {'sdlab': '{oops'})}"], "j.png's sdlab text chunk is not valid JSON"),
         ([f"params={png(tmp / 'l.png', {'sdlab': '[1, 2]'})}"], "sdlab text chunk must hold a JSON object, not list"),
@@ -221,7 +226,7 @@ def write(path, text):
     return path
 
 
-N_CASES = 33
+N_CASES = 35
 
 
 def test_case_count_matches_the_list(tmp_path):

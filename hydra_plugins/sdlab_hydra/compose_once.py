@@ -12,7 +12,7 @@ import os
 import pickle
 import re
 import time
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +39,7 @@ from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_
                                 varying_keys, write_manifest)
 from sdlab.bench.run import typed_run
 from sdlab.config import Run, check_seeds, limits
-from sdlab.errors import CannotRun, UserError
+from sdlab.errors import CannotRun, UserError, repeats
 from sdlab.jobs import work_of
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Iterable]
             try:
                 if not isinstance(value, RangeSweep):
                     axes[key] = (override, list(override.sweep_iterator()))
-                    if (twice := repeated(axes[key][1])) is not None:
-                        raise UserError(f"{override.input_line}: lists {twice!r} twice; list each value once")
+                    if twice := repeats(v.text if isinstance(v, QuotedString) else v for v in axes[key][1]):
+                        raise UserError(f"{override.input_line}: lists {twice[0]!r} twice; list each value once")
                 elif not value.shuffle and isinstance(value.range(), range):
                     axes[key] = (override, value.range())
                 else:
@@ -110,17 +110,6 @@ def sweep_axes(overrides: list[Override]) -> dict[str, tuple[Override, Iterable]
         else:
             raise UserError(f"{override.input_line}: a sweep takes a list, range() or glob(), not an interval()")
     return axes
-
-
-def repeated(values: list) -> Any:
-    """The first value listed again (1 and 1.0 are one value, True and 1 are not), else None."""
-    seen = set()
-    for value in (v.text if isinstance(v, QuotedString) else v for v in values):
-        key = (type(value) is bool, value if isinstance(value, Hashable) else repr(value))
-        if key in seen:
-            return value
-        seen.add(key)
-    return None
 
 
 def cell_count(axes: dict[str, tuple[Override, Iterable]]) -> int:

@@ -20,7 +20,7 @@ from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
 from sdlab.conf_files import conf_values, default_choices, group_options, known_keys, option_values
 from sdlab.config import clash, limits, suggestion
-from sdlab.errors import UserError
+from sdlab.errors import UserError, repeats
 from sdlab.untrusted import read_prompt_lines
 
 GROUPS = ("model", "scheduler", "clip", "experiment")
@@ -138,6 +138,8 @@ def expand_prompt_file(arg: str, multirun: bool, limit: dict[str, int]) -> str:
     prompts = read_prompt_lines(path, f"{PROMPT_FILE_KEY}={path}", limit)
     if not prompts:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds no prompts; write one prompt per line")
+    if twice := repeats(prompts):  # one cell: a sweep would run it as a job that makes nothing
+        raise UserError(f"{PROMPT_FILE_KEY}={path} lists {twice[0]!r} twice; list each prompt once")
     if len(prompts) > 1 and not multirun:
         raise UserError(f"{PROMPT_FILE_KEY}={path} holds {len(prompts)} prompts; add -m to run one job per prompt")
     return "prompt=" + ",".join(literal(p) for p in prompts)
