@@ -18,6 +18,7 @@ from browser import chromium_page, require_chromium
 from cli_helpers import run_cli
 from report_helpers import fake_sweep
 from sdlab.errors import UserError
+from sdlab.bench.figure_index import THUMB, index_rows, write_index
 from sdlab.bench.records import job_dirs, write_table
 from sdlab.bench.report import ASSETS, PNG_TEXT_MAX, build_report, figures, report_data
 
@@ -131,6 +132,18 @@ def test_images_and_figures_outside_the_folder_are_neither_shown_nor_read(outsid
     (root / "escape").symlink_to(secret.parent, target_is_directory=True)  # a job dir leading out
     (secret.parent / "f.png").write_bytes(secret.read_bytes())
     assert figures(root) == [] and "escape" not in [p.name for p in job_dirs(root)]
+
+
+def test_the_index_of_a_recipe_sweep_neither_lists_nor_draws_a_figure_leading_out(outside):
+    """The index took every *.png of a job folder, links too: the contact sheet drew the image a link led out to."""
+    root, secret = outside
+    (root / "1" / "own.png").write_bytes(secret.read_bytes())
+    (root / "1" / "leak.png").symlink_to(secret)
+    write_index(root)
+    assert [row["figure"] for row in index_rows(root) if row["folder"] in ("0", "1")] == ["", "1/own.png"]
+    assert "leak" not in (root / "index.md").read_text()
+    with Image.open(root / "contact_sheet.png") as sheet:
+        assert sheet.height < 2 * THUMB  # one thumbnail in a row: the link's is not drawn
 
 
 def in_time(work, seconds: float = 30):

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from sdlab.bench.captions import read_captions
 from sdlab.bench.grid import GAP, INK, MARGIN, fitted, font, wrapped
 from sdlab.bench.records import job_dirs, read_table, write_table
-from sdlab.bench.report import FIGURE_SUFFIXES
+from sdlab.bench.report import figures_in
 from sdlab.bench.resume import CONFIG
 from sdlab.io import atomic_save, atomic_write_text, read_json_object
 
@@ -35,12 +35,10 @@ def index_rows(sweep_dir: Path) -> list[dict]:
     rows = []
     for job in job_dirs(sweep_dir):
         recipe, captions = recipe_of(job), read_captions(job)
-        figures = sorted(p for p in job.iterdir() if p.suffix in FIGURE_SUFFIXES and not p.name.startswith("."))
-        for figure in figures or [None]:
+        for figure in figures_in(job, sweep_dir) or [""]:
             rows.append({"id": recipe.get("id") or "", "question": recipe.get("question") or "",
-                         "recipe": recipe["recipe"], "folder": job.name, "note": recipe["note"],
-                         "figure": f"{job.name}/{figure.name}" if figure else "",
-                         "claim": captions.get(figure.name, "") if figure else "no figure"})
+                         "recipe": recipe["recipe"], "folder": job.name, "note": recipe["note"], "figure": figure,
+                         "claim": captions.get(Path(figure).name, "") if figure else "no figure"})
     return rows
 
 

@@ -175,10 +175,14 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[st
 
 
 def figures(folder: Path) -> list[str]:
-    """Figures jobs drew: regular files in the folder and its job folders (none leading out), as relative paths."""
-    folder = Path(folder)
+    """Figures jobs drew in the folder and its job folders, as paths relative to it."""
     places = [folder, *(d for d in job_dirs(folder) if d.name != "images")]  # a run's images are its rows', no figures
-    relative = [p.relative_to(folder).as_posix() for place in places for p in sorted(place.iterdir())
+    return [figure for place in places for figure in figures_in(place, folder)]
+
+
+def figures_in(place: Path, folder: Path) -> list[str]:
+    """Figures a job drew in `place`, a folder in `folder`: regular files none leading out of it, relative to it."""
+    relative = [p.relative_to(folder).as_posix() for p in sorted(Path(place).iterdir())
                 if p.suffix in FIGURE_SUFFIXES and p.name not in SUMMARY_FILES and not p.name.startswith(".")]
     return [p for p in relative if local_file(folder, p) is not None]
 
