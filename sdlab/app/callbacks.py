@@ -27,7 +27,7 @@ from sdlab.app.compose import check_composed, fail, unresolvable
 from sdlab.bench import lock, ownership
 from sdlab.bench.captions import counted
 from sdlab.bench.figure_index import write_index
-from sdlab.bench.records import job_dirs
+from sdlab.bench.records import failed_count, job_dirs
 from sdlab.bench.report import over_recipes, summarize
 from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
 from sdlab.bench.resume import (MARKER, collect, mark_calls, read_manifest, read_mark, record_spent,
@@ -182,7 +182,7 @@ class FinishedJobs(threading.Thread):
         while True:
             stopping = self.stopped.wait(self.every)  # one more look once stopped: the last jobs' lines too
             ended = []  # those that ended since the last look, in the order they ended
-            for job in job_dirs(self.sweep_dir) if self.sweep_dir.is_dir() else []:
+            for job in job_dirs(self.sweep_dir):
                 mark = job / MARKER
                 if job.name not in seen and mark.is_file() and mark.stat().st_mtime >= self.since:
                     seen.add(job.name)
@@ -356,7 +356,7 @@ class CollectSweep(Callback):
             print(f"sdlab: error: collecting the sweep in {sweep_dir} failed: {type(e).__name__}: {e}", file=sys.stderr)
             CollectSweep.failures = max(CollectSweep.failures, 1)
             return
-        CollectSweep.failures = int((frame["status"] != "ok").sum()) if "status" in frame else 0
+        CollectSweep.failures = failed_count(frame)
         if hasattr(self, "started"):  # a sweep this process ran: what it cost, for later plans (their only loss)
             try:
                 record_cost(sweep_dir, frame, self.began_at(), self.started)

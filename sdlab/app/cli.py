@@ -32,7 +32,7 @@ try:  # the libraries load for about a second: a Ctrl-C then ends as one later d
     from sdlab.app.help import help_text, version_text
     from sdlab.bench import lock, ownership, resume
     from sdlab.bench.captions import settings_text
-    from sdlab.bench.records import failed_rows, ordered
+    from sdlab.bench.records import failed_count, failed_rows, ordered
     from sdlab.bench.report import rebuild, summarize
     from sdlab.conf_files import CONF_DIR
     from sdlab.errors import UserError
@@ -142,7 +142,7 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
         request = ctx.run is not None and ctx.run.job not in MODEL_FREE_JOBS
         job_hash, frame = None, ordered(failed_rows(ctx, f"{type(e).__name__}: {e}", request))
     line = summarize(frame, out_dir, grid=not multirun, since=started)
-    failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
+    failed = failed_count(frame)
     if job_hash and not failed and started:
         made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0,  # a plan's estimate
                 "calls": resume.calls_made(frame)}  # the progress line's

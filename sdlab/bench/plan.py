@@ -147,7 +147,7 @@ def made_images(sweep_dir: Path, skip: set[str]) -> tuple[dict[tuple, set[str]],
     """The images finished in a run dir or the job dirs of a sweep but those of the jobs `skip` names: the scheduler
     configs they were made with by (model, scheduler), and their cell hashes."""
     configs, hashes = {}, set()
-    for folder in [Path(sweep_dir), *job_dirs(sweep_dir)] if Path(sweep_dir).is_dir() else []:
+    for folder in [Path(sweep_dir), *job_dirs(sweep_dir)]:
         if read_mark(folder).get("job_hash") in skip:
             continue
         found = complete_rows(folder)
@@ -172,7 +172,7 @@ def left_to_make(cell: Cell, configs: dict[tuple, set[str]], hashes: set[str]) -
 
 def finished_hashes(sweep_dir: Path) -> set[str]:
     """The cell hashes a run dir, or the job dirs of a sweep, mark finished (by content, whatever their job number)."""
-    marks = [read_mark(job) for job in [Path(sweep_dir), *job_dirs(sweep_dir)]] if Path(sweep_dir).is_dir() else []
+    marks = [read_mark(job) for job in [Path(sweep_dir), *job_dirs(sweep_dir)]]
     return {mark["job_hash"] for mark in marks if isinstance(mark.get("job_hash"), str)}
 
 
@@ -236,14 +236,21 @@ def peak_memory(cost: dict, samples: int) -> tuple[float, str] | None:
     return peak, f"at least {peak / 2**30:.2f} GiB (measured in {measured_in}; these make up to {samples})"
 
 
-def step_costs(calls: list[tuple[int, float]]) -> tuple[float, float]:
-    """(seconds per step, per sample in a step) fitted to (samples in the call, seconds per step) pairs by least
-    squares; with one call size, or a fit that is not physical, all of it per sample."""
-    if len({m for m, _ in calls}) > 1:
-        slope, intercept = statistics.linear_regression(*zip(*calls))
+def linear_cost(pairs) -> tuple[float, float] | None:
+    """(fixed part, part per sample) of the least-squares line through (samples, cost) pairs, if they hold two sizes
+    and the line is physical (a fixed part >= 0, a part per sample > 0); else None."""
+    samples, costs = zip(*pairs)
+    if len(set(samples)) > 1:
+        slope, intercept = statistics.linear_regression(samples, costs)
         if slope > 0 and intercept >= 0:
             return intercept, slope
-    return 0.0, statistics.fmean(t / m for m, t in calls)
+    return None
+
+
+def step_costs(calls: list[tuple[int, float]]) -> tuple[float, float]:
+    """(seconds per step, per sample in a step) fitted to (samples in the call, seconds per step) pairs; with one call
+    size, or a fit that is not physical, all of it per sample."""
+    return linear_cost(calls) or (0.0, statistics.fmean(t / m for m, t in calls))
 
 
 def memory_costs(calls: list[tuple[int, float]]) -> dict:
@@ -255,10 +262,7 @@ def memory_costs(calls: list[tuple[int, float]]) -> dict:
     largest = {}
     for samples, peak in calls:
         largest[samples] = max(largest.get(samples, 0), peak)
-    fixed = per_sample = None
-    if len(largest) > 1:
-        slope, intercept = statistics.linear_regression(list(largest), list(largest.values()))
-        fixed, per_sample = (intercept, slope) if slope > 0 and intercept >= 0 else (None, None)
+    fixed, per_sample = linear_cost(largest.items()) or (None, None)
     return {"peak_mem_bytes": int(max(largest.values())), "peak_samples": max(largest), "peak_fixed_bytes": fixed,
             "peak_sample_bytes": per_sample}
 

@@ -57,6 +57,11 @@ def identity(ctx, job: str | None, model: str | None = None) -> dict[str, Any]:
             "overrides": ctx.overrides, "status": "ok", "error": None}
 
 
+def failed_count(frame) -> int:
+    """How many rows of a table are not ok (a table with no status column has none)."""
+    return int((frame["status"] != "ok").sum()) if "status" in frame else 0
+
+
 def failed_rows(ctx, error: str, request: bool) -> list[dict[str, Any]]:
     """A job's rows when it made none, naming the error: with `request`, one a seed with what it asked for."""
     run = ctx.run
@@ -250,7 +255,9 @@ def job_number_width(sweep_dir: Path, cells: int) -> int:
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Job folders of a sweep (`N`, `N_<recipe>` or any `hydra.sweep.subdir`), numbers in them read as numbers (seed=2
-    before seed=10); never a symlink leading out of it."""
+    before seed=10); never a symlink leading out of it; none while it is not there."""
+    if not Path(sweep_dir).is_dir():
+        return []
     root = Path(sweep_dir).resolve()
     dirs = [p for p in Path(sweep_dir).iterdir()
             if p.is_dir() and not p.name.startswith(".") and p.resolve().is_relative_to(root)]
