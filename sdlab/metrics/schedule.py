@@ -82,10 +82,11 @@ def log_snr_db(lam) -> np.ndarray:
     return 10.0 * np.asarray(lam, dtype=np.float64) / math.log(10.0)
 
 
-def alpha_bar_at(alphas_cumprod, timestep: float) -> float:
-    """alpha_bar at a (possibly fractional) timestep, linearly interpolated between integer timesteps."""
+def alpha_bar_at(alphas_cumprod, timestep):
+    """alpha_bar at (possibly fractional) timesteps, linearly interpolated between integer ones; a float for one."""
     alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
-    return float(np.interp(float(timestep), np.arange(len(alphas_cumprod)), alphas_cumprod))
+    found = np.interp(np.asarray(timestep, dtype=np.float64), np.arange(len(alphas_cumprod)), alphas_cumprod)
+    return float(found) if found.ndim == 0 else found
 
 
 def x0_pred(x_t, model_output, alpha_bar: float, prediction_type: str = "epsilon"):

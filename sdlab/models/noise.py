@@ -68,7 +68,7 @@ class VPEpsilon(NoiseProcess):
         alpha_bar = scheduler.alphas_cumprod.double().cpu().numpy()
         scheduler.set_timesteps(steps)
         timestep = np.asarray(scheduler.timesteps, dtype=np.float64)
-        ab = np.interp(timestep, np.arange(len(alpha_bar)), alpha_bar)
+        ab = alpha_bar_at(alpha_bar, timestep)
         visits = pd.DataFrame({"step": np.arange(len(timestep)), "timestep": timestep, "t": (timestep + 1) / len(alpha_bar),
                                "noise_frac": np.sqrt(1.0 - ab), "log_snr": log_snr(np.sqrt(ab), np.sqrt(1.0 - ab))})
         return ddpm_log_snr_table(alpha_bar), visits, float("nan"), float("nan")
@@ -87,8 +87,7 @@ class VPEpsilon(NoiseProcess):
 
     def sigma_and_snr_db(self, scheduler, timestep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sigma (the scheduler's if aligned, else sqrt((1 - alpha_bar) / alpha_bar)) and SNR_dB at each timestep."""
-        alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
-        alpha_bar = np.interp(timestep, np.arange(len(alphas_cumprod)), alphas_cumprod)
+        alpha_bar = alpha_bar_at(scheduler.alphas_cumprod, timestep)
         sigmas = getattr(scheduler, "sigmas", None)
         if sigmas is not None and len(sigmas) == len(timestep) + 1:
             sigma = np.asarray(sigmas, dtype=np.float64)[: len(timestep)]
