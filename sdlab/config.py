@@ -242,6 +242,10 @@ class ModelSpec:
     max_sequence_length: int | None = checked(None, "int", 1, 512, optional=True)  # T5 tokens; None: the family's
     variant: str | None = checked(None, "choice", choices=VARIANTS, optional=True)  # weights named `*.fp16.*` and so on
 
+    def __post_init__(self):
+        for name, value in check_fields(asdict(self), rules_of(ModelSpec), "model.").items():
+            object.__setattr__(self, name, value)  # an integral float as int
+
     @property
     def key(self) -> tuple:
         """Identity of the loaded pipeline in the per-process cache."""
@@ -382,13 +386,13 @@ def model_spec(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> Mode
         raise UserError(f"model={cfg!r} must be a model config; choose one of: {', '.join(MODEL_NAMES)}")
     if cfg.get("name") not in MODEL_NAMES:
         raise UserError(f"model.name={cfg.get('name')!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
-    values = check_fields(cfg, rules_of(ModelSpec), "model.")
-    if limit and values.get("resolution", MODEL["resolution"]) > limit["max_side"]:
-        raise UserError(f"model.resolution={values['resolution']} is above limits.max_side={limit['max_side']}")
-    device = cfg.get("device", "auto")
-    if not isinstance(device, str) or not DEVICE.fullmatch(device):
-        raise UserError(f"model.device={device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-    return ModelSpec(name=cfg["name"], device=device, **values)
+    spec = ModelSpec(name=cfg["name"], device=cfg.get("device", "auto"), **{k: cfg[k] for k in rules_of(ModelSpec)
+                                                                              if k in cfg})
+    if limit and spec.resolution > limit["max_side"]:
+        raise UserError(f"model.resolution={spec.resolution} is above limits.max_side={limit['max_side']}")
+    if not isinstance(spec.device, str) or not DEVICE.fullmatch(spec.device):
+        raise UserError(f"model.device={spec.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    return spec
 
 
 @dataclass(frozen=True)

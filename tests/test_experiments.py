@@ -183,9 +183,8 @@ def test_model_mkldnn_switches_the_process_cpu_convolutions(tiny):
 def test_model_mkldnn_auto_runs_the_denoiser_on_direct_convolutions_and_the_vae_on_onednn(tiny):
     import torch
 
-    from sdlab.config import GenerationParams
+    from sdlab.config import GenerationParams, ModelSpec
     from sdlab.errors import UserError
-    from sdlab.models.device import use_process_options
     from sdlab.models.generate import generate_batch
     from sdlab.models.loading import configured_spec, load_model
 
@@ -213,7 +212,7 @@ def test_model_mkldnn_auto_runs_the_denoiser_on_direct_convolutions_and_the_vae_
         load_model(configured_spec("tiny", resolution=64, mkldnn=True))
         assert flags() == (True, True)  # the other settings leave NNPACK to PyTorch
         with pytest.raises(UserError, match="unknown model.mkldnn 'sometimes'"):
-            use_process_options(configured_spec("tiny", mkldnn="sometimes"))
+            ModelSpec("tiny", mkldnn="sometimes")  # a spec holds only values it may
     finally:
         torch.backends.mkldnn.enabled = before[0]
         torch.backends.nnpack.set_flags(before[1])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from sdlab.config import MKLDNN, ModelSpec
-from sdlab.errors import UserError, choose
+from sdlab.config import ModelSpec
+from sdlab.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
@@ -30,14 +30,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is float16 on GPUs and float32 on CPU."""
+    """A ModelSpec's dtype as torch's: `auto` is float16 on GPUs and float32 on CPU."""
     import torch
 
     if dtype == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    allowed = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    choose("model.dtype", dtype, list(allowed) + ["auto"])
-    return allowed[dtype]
+    return getattr(torch, dtype)
 
 
 def clock(device: torch.device) -> float:
@@ -56,7 +54,6 @@ def use_process_options(spec: ModelSpec, network: str = "denoiser") -> None:
     rounds by batch, NNPACK is 2x slower), oneDNN for the VAE, where nothing amplifies a rounding (BENCHMARKS.md 4)."""
     import torch
 
-    choose("model.mkldnn", spec.mkldnn, MKLDNN)
     direct = spec.mkldnn == "auto" and network == "denoiser"
     torch.backends.mkldnn.enabled = not direct if spec.mkldnn == "auto" else spec.mkldnn
     torch.backends.nnpack.set_flags(not direct)

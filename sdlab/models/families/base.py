@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from sdlab.config import ATTENTION, ModelSpec
-from sdlab.errors import UserError, choose
+from sdlab.config import ModelSpec
+from sdlab.errors import UserError
 from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.device import switch_per_network
@@ -314,7 +314,6 @@ class ModelAdapter:
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
         spec = self.spec
-        choose("model.attention", spec.attention, ATTENTION)
         if self.denoiser_name == "unet":  # transformers keep their own processors (sdpa already)
             processor = AttnProcessor2_0 if spec.attention == "sdpa" else AttnProcessor
             self.denoiser.set_attn_processor(processor())
