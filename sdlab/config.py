@@ -386,8 +386,8 @@ def model_spec(cfg: dict[str, Any], limit: dict[str, int] | None = None) -> Mode
         raise UserError(f"model={cfg!r} must be a model config; choose one of: {', '.join(MODEL_NAMES)}")
     if cfg.get("name") not in MODEL_NAMES:
         raise UserError(f"model.name={cfg.get('name')!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
-    spec = ModelSpec(name=cfg["name"], device=cfg.get("device", "auto"), **{k: cfg[k] for k in rules_of(ModelSpec)
-                                                                              if k in cfg})
+    given = {k: cfg[k] for k in rules_of(ModelSpec) if k in cfg}
+    spec = ModelSpec(name=cfg["name"], device=cfg.get("device", "auto"), **given)
     if limit and spec.resolution > limit["max_side"]:
         raise UserError(f"model.resolution={spec.resolution} is above limits.max_side={limit['max_side']}")
     if not isinstance(spec.device, str) or not DEVICE.fullmatch(spec.device):
