@@ -620,6 +620,13 @@ def entry_in_a_new_process(args: list[str], cwd: Path, watched: tuple[str, ...],
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
 
+def test_reading_the_command_line_waits_for_no_table_library(tmp_path):
+    """A refused value and --help are answered before pandas and pyarrow (0.6 s of imports) would load."""
+    for args, code in ((["guidance_scale=abc"], 2), (["--help"], 0), (["-m", "seed=1,2,1"], 2)):
+        done = entry_in_a_new_process(args, tmp_path, ("pandas", "pyarrow", "torch"))
+        assert done.stdout.strip().splitlines()[-1] == f"exit {code} []", (args, done.stdout[-500:], done.stderr)
+
+
 def test_a_rerun_of_a_complete_sweep_checks_nothing_that_will_not_run(tmp_path):
     """Every cell finished with the same hash: the rerun imports neither torch nor diffusers to check weights and
     schedulers no cell will use. A cell whose image went missing since is checked and made again."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from PIL import Image, ImageDraw
 
 from sdlab.bench.captions import read_captions
@@ -13,6 +12,7 @@ from sdlab.bench.records import job_dirs, read_table, write_table
 from sdlab.bench.report import figures_in
 from sdlab.bench.resume import CONFIG
 from sdlab.io import atomic_save, atomic_write_text, read_json_object
+from sdlab.lazy import pandas as pd
 
 SHEET_COLUMNS, THUMB = 5, 300
 

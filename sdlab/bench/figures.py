@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from sdlab.bench.captions import drawable, record_caption, uncut
 from sdlab.io import atomic_path, atomic_save
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.stats import MIN_N
 
 STYLE = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9, "axes.spines.top": False,

@@ -9,11 +9,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from sdlab.bench.captions import counted, drawable, record_caption, uncut
 from sdlab.io import atomic_save
+from sdlab.lazy import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-import pandas as pd
-
 from sdlab.bench.captions import counted
 from sdlab.bench.resume import COST, MARKER, complete_rows, read_manifest, read_mark, update_manifest
 from sdlab.bench.records import job_dirs
 from sdlab.bench.scorers import scorer_identities
 from sdlab.conf_files import CONF_DIR, conf_values
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
+from sdlab.lazy import pandas as pd
 from sdlab.models.families import family
 from sdlab.models.schedulers import denoiser_calls
 

@@ -12,8 +12,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
 
-import pandas as pd
-import pyarrow as pa
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -21,6 +19,7 @@ from sdlab.bench.run import format_infotext
 from sdlab.config import IMAGE_PARAMS, LIMITS, TEXT_PARAMS, image_params
 from sdlab.errors import UserError
 from sdlab.io import atomic_path, atomic_save
+from sdlab.lazy import pandas as pd, parquet as pq, pyarrow as pa
 from sdlab.untrusted import parse_json, read_png_text
 
 log = logging.getLogger(__name__)
@@ -98,8 +97,6 @@ def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str = TABLE_NAME) -> Path:
     """Write `<name>.parquet` and `<name>.csv` atomically: both or neither (the CSV, for people, not forced to disk)."""
-    import pyarrow.parquet as pq  # what `frame.to_parquet` calls, less its own checks (about 1.5 ms a table)
-
     folder = Path(folder)
     with (atomic_path(folder / f"{name}.csv", sync=False) as csv_tmp,
           atomic_path(folder / f"{name}.parquet") as parquet_tmp):
@@ -150,8 +147,6 @@ def rows_from_images(folder: Path) -> pd.DataFrame | None:
 
 def read_parquet(path: Path) -> pd.DataFrame:
     """`pd.read_parquet(path)` through pyarrow directly (1 ms less a table: a sweep's end reads one a cell)."""
-    import pyarrow.parquet as pq
-
     with pq.ParquetFile(path) as table:
         return table.read().to_pandas()
 

@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from sdlab.bench.captions import forget_figure, headlines
 from sdlab.bench.grid import axis_values, image_grid
 from sdlab.bench.ownership import MARK, is_owned
@@ -26,6 +24,7 @@ from sdlab.bench.summary import (REPLICATES, SUMMARY_NAME, main_metric, metric_c
 from sdlab.config import LIMITS
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, open_regular
+from sdlab.lazy import pandas as pd
 from sdlab.untrusted import read_png_text
 
 REPORT_NAME = "report.html"

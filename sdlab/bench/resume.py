@@ -11,13 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from sdlab.bench.records import (READ_FROM, TABLE_NAME, finished, job_dirs, local_file, ordered, read_table, rows,
                                  set_aside, whole_image, write_table)
 from sdlab.config import Run, config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file, read_json_object
+from sdlab.lazy import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from sdlab.bench.captions import printable
 from sdlab.bench.figures import summary_figure
@@ -22,6 +21,7 @@ from sdlab.bench.grid import axis_values
 from sdlab.bench.records import PARAM_COLUMNS, write_table
 from sdlab.bench.references import cache_dir, reference_features
 from sdlab.bench.scorers import decode_features, direction, registered
+from sdlab.lazy import pandas as pd, parquet as pq
 from sdlab.metrics.stats import MIN_N, bootstrap_ci, calls, finite, mean_ci, metric_range, n_mean_ci, named
 
 SUMMARY_NAME, RANKING_NAME = "summary", "ranking"
@@ -295,8 +295,6 @@ def owns_summary(folder: Path) -> bool:
     target = Path(folder) / f"{SUMMARY_NAME}.parquet"
     if not target.is_file():
         return True
-    import pyarrow.parquet as pq
-
     older = SUMMARY_COLUMNS[:-len(SET_SUMMARY_COLUMNS)]  # from before the set scorers
     return pq.read_schema(target).names in (SUMMARY_COLUMNS, older)
 

@@ -8,11 +8,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
-
 from sdlab.config import AS_GIVEN, Run, check_block, rules_of
 from sdlab.errors import UserError, choose
 from sdlab.jobs.recipes import RECIPES
+from sdlab.lazy import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ class JobContext:
         return read_recipe(self.run, RECIPES[self.run.job])
 
 
-JobFn = Callable[[JobContext], pd.DataFrame]
+JobFn = Callable[[JobContext], "pd.DataFrame"]
 CheckFn = Callable[[Run], Any]
 JOBS: dict[str, JobFn] = {}
 CHECKS: dict[str, CheckFn] = {}

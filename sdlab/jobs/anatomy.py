@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 
-import pandas as pd
 import torch
 
 from sdlab.bench.figures import bar_chart
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.config import ModelSpec
 from sdlab.jobs import JobContext, job
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.anatomy import component_table, denoiser_block_table
 from sdlab.metrics.vae import compression_ratio, downsampling_factor, latent_shape
 from sdlab.models.architectures import Part, build_on_meta, build_part, component_class

@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
@@ -20,6 +19,7 @@ from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import read_image
 from sdlab.jobs.recipes import Img2img
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.image import psnr
 from sdlab.metrics.toy import ddim_step
 from sdlab.models.generate import decode_latents, to_pil

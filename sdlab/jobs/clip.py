@@ -6,13 +6,13 @@ import logging
 import textwrap
 
 import numpy as np
-import pandas as pd
 
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import bar_chart, heatmap
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import article_reports, input_images
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.clip import (clip_score_from_cosine, cosine_matrix, long_matrix, pooled_text_embeddings, token_rows,
                                 token_table)
 from sdlab.models.clip import load_clip

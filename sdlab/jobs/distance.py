@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import PALETTE, curves
@@ -16,6 +15,7 @@ from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.compare import Progress
 from sdlab.jobs.recipes import DistanceStudy
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.distribution import clip_cmmd, frechet_distance, kid, precision_recall
 from sdlab.models.clip import load_clip
 from sdlab.models.generate import chunks, generate_batch

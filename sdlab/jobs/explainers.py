@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 
 from sdlab.bench.figures import bar_chart, curves, image_strip, save_figure, styled
 from sdlab.bench.records import identity, write_table
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job
+from sdlab.lazy import pandas as pd
 from sdlab.metrics import toy
 from sdlab.metrics.clip import cosine_matrix
 from sdlab.metrics.toy_unet import level_table

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from sdlab.bench.captions import settings_text
@@ -18,6 +17,7 @@ from sdlab.bench.resume import complete_rows, set_aside_damaged, sweep_cells, we
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.jobs import JobContext, job
+from sdlab.lazy import pandas as pd
 from sdlab.models.generate import BatchResult, chunks, generate_batch, truncated_tokens
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import resolved_config

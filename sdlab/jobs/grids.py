@@ -9,7 +9,6 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from sdlab.bench.captions import counted, short_prompt
@@ -23,6 +22,7 @@ from sdlab.jobs import JobContext, Solves, job, own
 from sdlab.jobs.analysis import article_reports
 from sdlab.jobs.generate import batch_rows, job_columns
 from sdlab.jobs.recipes import SchedulerGrid
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.image import background_distance, layout_correlation, psnr
 from sdlab.metrics.stats import MIN_N, finite, mean_ci, summarize_ci
 from sdlab.models.generate import chunks, generate_batch

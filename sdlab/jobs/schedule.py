@@ -8,7 +8,6 @@ import textwrap
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import PALETTE, curves, last_visits, save_figure, styled
@@ -18,6 +17,7 @@ from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import model_scheduler_config
 from sdlab.jobs.recipes import ScheduleSnr
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.schedule import beta_schedule_spec, betas, log_snr_crossing, schedule_table, zero_crossing
 from sdlab.models.loading import adapter_class
 from sdlab.models.noise import process_of

@@ -8,7 +8,6 @@ from functools import partial
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -18,6 +17,7 @@ from sdlab.bench.records import identity, ordered, save_png
 from sdlab.config import image_params
 from sdlab.jobs import JobContext, job, own
 from sdlab.jobs.analysis import to_uint8
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import log_snr_db
 from sdlab.models.generate import chunks, generate_batch

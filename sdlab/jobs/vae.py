@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered, write_table
 from sdlab.jobs import JobContext, job
 from sdlab.jobs.analysis import article_reports, input_images, to_model, to_uint8
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.vae import channel_image, compression_ratio, latent_channel_stats
 from sdlab.models.device import clock

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import torch
+
+from sdlab.lazy import pandas as pd
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 UNET_ORDER = ("conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks", "conv_norm_out",

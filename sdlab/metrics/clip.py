@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.image import cover
 
 MAX_TOKENS = 77

@@ -7,10 +7,10 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from sdlab.config import Field, check_fields, suggestion
 from sdlab.errors import UserError, choose
+from sdlab.lazy import pandas as pd
 
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 MAX_BETA = 0.999

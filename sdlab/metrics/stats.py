@@ -7,7 +7,8 @@ from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
-import pandas as pd
+
+from sdlab.lazy import pandas as pd
 
 MIN_N = 3  # below this, an interval is not reported (NaN): two seeds say nothing about spread
 CONFIDENCE = 0.95

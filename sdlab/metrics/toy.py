@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.schedule import alpha_bar_from_betas, betas
 
 DDIM_STEPS = (5, 10, 20, 50, 100, 200, 500, 1000)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
+from sdlab.lazy import pandas as pd
 
 
 def level_table(channels: tuple[int, ...], in_channels: int = 1, size: int = 32) -> pd.DataFrame:

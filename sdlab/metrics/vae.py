@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
+
+from sdlab.lazy import pandas as pd
 
 
 def downsampling_factor(block_out_channels) -> int:

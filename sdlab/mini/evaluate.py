@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
@@ -25,6 +24,7 @@ from sdlab.bench.records import write_table
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
 from sdlab.io import atomic_save, atomic_write_text
+from sdlab.lazy import pandas as pd
 from sdlab.mini import data
 from sdlab.mini.architecture import T5_TOKENS
 from sdlab.mini.checker import LAYOUT, adherence, agrees, check, layouts_agree, shape_mask

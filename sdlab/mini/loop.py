@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sdlab.bench.figures import log_scale, save_figure, styled
 from sdlab.bench.records import write_table
+from sdlab.lazy import pandas as pd
 from sdlab.mini.export import replace_folder
 
 log = logging.getLogger(__name__)

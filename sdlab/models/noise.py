@@ -13,8 +13,8 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from sdlab.lazy import pandas as pd
 from sdlab.metrics.schedule import (alpha_bar_at, alpha_bar_from_betas, betas, ddpm_log_snr_table, flow_crossing,
                                     flow_log_snr_table, log_snr, log_snr_db, model_kind, schedule_table,
                                     snr_db_from_alpha_bar, unshift_sigma, x0_from_velocity, x0_pred)

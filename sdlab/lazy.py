@@ -1,0 +1,26 @@
+"""Table libraries imported when first used, so that a refused value or --help does not wait 0.6 s for pandas."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+class Lazy:
+    """Stands for module `name`: reading one of its attributes imports it (once; then a lookup in sys.modules)."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+    def __repr__(self) -> str:
+        return f"<module {self._name!r}, imported when first used>"
+
+
+pandas = Lazy("pandas")
+pyarrow = Lazy("pyarrow")
+parquet = Lazy("pyarrow.parquet")
