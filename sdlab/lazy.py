@@ -1,4 +1,4 @@
-"""Table libraries imported when first used, so that a refused value or --help does not wait 0.6 s for pandas."""
+"""Heavy libraries imported when first used: a refused value or --help does not wait for pandas (0.6 s) or torch (2 s)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,4 @@ class Lazy:
 pandas = Lazy("pandas")
 pyarrow = Lazy("pyarrow")
 parquet = Lazy("pyarrow.parquet")
+torch = Lazy("torch")

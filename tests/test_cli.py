@@ -627,6 +627,17 @@ def test_reading_the_command_line_waits_for_no_table_library(tmp_path):
         assert done.stdout.strip().splitlines()[-1] == f"exit {code} []", (args, done.stdout[-500:], done.stderr)
 
 
+def test_a_jobs_own_check_answers_before_torch_loads(tmp_path):
+    """A value only a job's own pre-flight check can judge is refused in one line without importing torch (2 s)."""
+    for args, line in ((["experiment=forward_process", "timesteps=[5000]"], "timesteps [5000] out of range"),
+                       (["experiment=article_a3_schedule", "report_timesteps=[5000]"], "report_timesteps [5000] out"),
+                       (["experiment=article_c2_img2img", "image=/nope.png"], "image=/nope.png does not exist"),
+                       (["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"], "guidance_scale=1.0 must be")):
+        done = entry_in_a_new_process(args, tmp_path, ("torch",))
+        assert done.stdout.strip().splitlines()[-1] == "exit 2 []", (args, done.stdout[-500:], done.stderr)
+        assert done.stderr.startswith(f"sdlab: error: {line}") and len(done.stderr.splitlines()) == 1, done.stderr
+
+
 def test_a_rerun_of_a_complete_sweep_checks_nothing_that_will_not_run(tmp_path):
     """Every cell finished with the same hash: the rerun imports neither torch nor diffusers to check weights and
     schedulers no cell will use. A cell whose image went missing since is checked and made again."""

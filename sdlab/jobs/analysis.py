@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from sdlab.bench.inputs import image_files
 from sdlab.bench.worlds import world
 from sdlab.config import Run
 from sdlab.jobs.recipes import ImageInput
+from sdlab.lazy import torch
 from sdlab.metrics.image import cover
 from sdlab.models.loading import shipped_scheduler_config
 from sdlab.untrusted import image_faults, open_regular

@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from sdlab.bench.figures import image_strip
@@ -19,7 +18,7 @@ from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import read_image
 from sdlab.jobs.recipes import Img2img
-from sdlab.lazy import pandas as pd
+from sdlab.lazy import pandas as pd, torch
 from sdlab.metrics.image import psnr
 from sdlab.metrics.toy import ddim_step
 from sdlab.models.generate import decode_latents, to_pil
@@ -35,7 +34,6 @@ def encode_text(model, texts: list[str]) -> torch.Tensor:
     return model.text_encoder(ids.to(model.device))[0]
 
 
-@torch.inference_mode()
 def ddim_by_hand(model, prompt: str, negative_prompt: str, seed: int, steps: int, guidance_scale: float,
                  height: int, width: int) -> torch.Tensor:
     """Text-to-image latents with classifier-free guidance and the DDIM update written from its equation (eta = 0)."""
@@ -82,8 +80,8 @@ def run_pipeline_by_hand(ctx: JobContext) -> pd.DataFrame:
     model.quiet()
     model.use_scheduler("ddim")
     seed, steps, w, side = params.seeds[0], params.num_inference_steps, params.guidance_scale, spec.resolution
-    ours = ddim_by_hand(model, params.prompt, params.negative_prompt, seed, steps, w, side, side)
     with torch.inference_mode():
+        ours = ddim_by_hand(model, params.prompt, params.negative_prompt, seed, steps, w, side, side)
         theirs = model.run_pipeline(params.prompt, negative_prompt=params.negative_prompt or None,
                                     num_inference_steps=steps, guidance_scale=w, height=side, width=side,
                                     output_type="latent", generator=torch.Generator("cpu").manual_seed(seed)).images

@@ -8,7 +8,6 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from sdlab.bench.captions import counted
 from sdlab.bench.figures import convergence, schedule_visits
@@ -17,7 +16,7 @@ from sdlab.bench.scorers import build_scorers, direction, score_images
 from sdlab.config import GenerationParams, image_params
 from sdlab.jobs import JobContext, Solves, job
 from sdlab.jobs.recipes import Study
-from sdlab.lazy import pandas as pd
+from sdlab.lazy import pandas as pd, torch
 from sdlab.metrics.image import psnr, ssim
 from sdlab.metrics.stats import summarize_ci
 from sdlab.models.generate import generate_batch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
@@ -13,7 +12,7 @@ from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import input_images, model_scheduler_config, to_model, to_uint8
 from sdlab.jobs.recipes import ForwardProcess
 from sdlab.jobs.schedule import schedule_spec
-from sdlab.lazy import pandas as pd
+from sdlab.lazy import pandas as pd, torch
 from sdlab.metrics.image import psnr
 from sdlab.metrics.schedule import log_snr_db
 from sdlab.models.loading import load_model

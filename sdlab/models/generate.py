@@ -9,10 +9,10 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 
 from sdlab.config import GenerationParams
+from sdlab.lazy import torch
 from sdlab.models.device import clock
 from sdlab.models.families import ModelAdapter
 from sdlab.models.memory import call_peak
