@@ -194,6 +194,9 @@ def test_display_overrides_show_values_as_typed():
     (["guidance_scales=3"], "unknown config key 'guidance_scales' (did you mean guidance_scale?); the main keys are"),
     (["+guidance_scales=3"], "unknown config key 'guidance_scales' (did you mean guidance_scale?)"),  # read by no recipe
     (["images=x.png"], "unknown config key 'images'"),
+    (["dtype=float16"], "unknown config key 'dtype' (did you mean model.dtype?); the main keys are"),
+    (["use_karras_sigmas=true"], "unknown config key 'use_karras_sigmas' (did you mean scheduler.use_karras_sigmas?)"),
+    (["path=x"], "unknown config key 'path' (did you mean model.path or clip.path?)"),
     (["experiment=compare_schedulers_quick", "compare.step=3"],
      "unknown config key 'compare.step' (did you mean steps?); compare.* keys are: prompts, psnr_target"),
     (["experiment=trajectory", "frame=3"], "(did you mean frames?); the main keys are: batch_size"),
@@ -627,17 +630,6 @@ def test_reading_the_command_line_waits_for_no_table_library(tmp_path):
         assert done.stdout.strip().splitlines()[-1] == f"exit {code} []", (args, done.stdout[-500:], done.stderr)
 
 
-def test_a_jobs_own_check_answers_before_torch_loads(tmp_path):
-    """A value only a job's own pre-flight check can judge is refused in one line without importing torch (2 s)."""
-    for args, line in ((["experiment=forward_process", "timesteps=[5000]"], "timesteps [5000] out of range"),
-                       (["experiment=article_a3_schedule", "report_timesteps=[5000]"], "report_timesteps [5000] out"),
-                       (["experiment=article_c2_img2img", "image=/nope.png"], "image=/nope.png does not exist"),
-                       (["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"], "guidance_scale=1.0 must be")):
-        done = entry_in_a_new_process(args, tmp_path, ("torch",))
-        assert done.stdout.strip().splitlines()[-1] == "exit 2 []", (args, done.stdout[-500:], done.stderr)
-        assert done.stderr.startswith(f"sdlab: error: {line}") and len(done.stderr.splitlines()) == 1, done.stderr
-
-
 def test_a_rerun_of_a_complete_sweep_checks_nothing_that_will_not_run(tmp_path):
     """Every cell finished with the same hash: the rerun imports neither torch nor diffusers to check weights and
     schedulers no cell will use. A cell whose image went missing since is checked and made again."""
@@ -686,25 +678,23 @@ def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path,
     assert result.stderr.count("sdlab: error:") == 1
 
 
-RECIPE_VALUE = ("torch", "diffusers", "huggingface_hub")  # a recipe's field: read before its job's module is imported
-JOB_CHECK = ("diffusers", "huggingface_hub")  # a job's own check: its module, which may import torch, is imported
-
-
-@pytest.mark.parametrize("args, unloaded", [
-    (["experiment=trajectory", "frames=0"], RECIPE_VALUE), (["experiment=forward_process", "spaces=3"], RECIPE_VALUE),
-    (["experiment=compare_schedulers_quick", "compare.steps=0"], RECIPE_VALUE),
-    (["experiment=clip_tokens", "prompts=[]"], RECIPE_VALUE),
-    (["experiment=guidance_grid", "guidance_scales=[abc]"], RECIPE_VALUE),
-    (["experiment=article_a2_noise", "noise.size=0"], RECIPE_VALUE),
-    (["experiment=schedule_families", "families=[{config: sd15, stepz: 4}]"], RECIPE_VALUE),
-    (["experiment=schedule_snr", "visit_schedulers=[{name: eulr}]"], RECIPE_VALUE),
-    (["experiment=schedule_families", "families=[{config: sd15, sampler: dpm++_2m}]"], RECIPE_VALUE),
-    (["experiment=schedule_families", "families=[{config: {beta_schedule: linear, beta_start: x}}]"], RECIPE_VALUE),
-    (["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"], JOB_CHECK)])
-def test_a_bad_recipe_value_is_answered_before_the_scheduler_checks_import_diffusers(tmp_path, args, unloaded):
-    """A recipe's values are checked before its job's module (which may import torch) and its schedulers (whose
-    classes come from diffusers); a job's own check, before its schedulers."""
-    result = entry_in_a_new_process(args, tmp_path, unloaded, HF_HOME=str(tmp_path / "hf"))
+@pytest.mark.parametrize("args", [
+    ["experiment=trajectory", "frames=0"], ["experiment=forward_process", "spaces=3"],
+    ["experiment=compare_schedulers_quick", "compare.steps=0"], ["experiment=clip_tokens", "prompts=[]"],
+    ["experiment=guidance_grid", "guidance_scales=[abc]"], ["experiment=article_a2_noise", "noise.size=0"],
+    ["experiment=schedule_families", "families=[{config: sd15, stepz: 4}]"],
+    ["experiment=schedule_snr", "visit_schedulers=[{name: eulr}]"],
+    ["experiment=schedule_families", "families=[{config: sd15, sampler: dpm++_2m}]"],
+    ["experiment=schedule_families", "families=[{config: {beta_schedule: linear, beta_start: x}}]"],
+    # values only a job's own check can judge
+    ["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"], ["experiment=forward_process", "timesteps=[5000]"],
+    ["experiment=article_a3_schedule", "report_timesteps=[5000]"], ["experiment=article_c2_img2img", "image=/nope.png"],
+    ["experiment=article_f2_distance_nfe", "clip=none"]])
+def test_a_bad_recipe_value_is_answered_before_torch_and_the_scheduler_checks_import_diffusers(tmp_path, args):
+    """A recipe's values, and a job's own check, are read before torch (2 s) and the schedulers (whose classes come
+    from diffusers) are imported: a job's module reads torch only when its job runs."""
+    result = entry_in_a_new_process(args, tmp_path, ("torch", "diffusers", "huggingface_hub"),
+                                    HF_HOME=str(tmp_path / "hf"))
     assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
     assert result.stderr.count("sdlab: error:") == 1
 

@@ -200,7 +200,7 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
         config, main = configs[lacking[0]], sorted(conf_values("config.yaml").keys() - {"hydra", "job"})
         where = f" for experiment={lacking[0]}" if len(configs) > 1 else ""
         hint = (f" (++{key}=VALUE sets it there too)" if len(lacking) < len(configs)
-                else suggestion(key, config.keys() | {PROMPT_FILE_KEY}))
+                else suggestion(key, config.keys() | {PROMPT_FILE_KEY}) or group_key_hint(key))
         extra = sorted(config.keys() - conf_values("config.yaml").keys())  # the recipe's own top-level keys
         own = f"; experiment={lacking[0]} adds: {', '.join(extra)}" if extra else ""
         raise UserError(f"unknown config key {key!r}{where}{hint}; the main keys are: "
@@ -241,6 +241,12 @@ def value_at(config: dict, key: str):
     for part in key.split("."):
         config = config.get(part) if isinstance(config, dict) else None
     return config
+
+
+def group_key_hint(key: str) -> str:
+    """' (did you mean model.dtype?)' for a top-level key that the model, scheduler or clip group takes, else ''."""
+    owners = [f"{group}.{key}" for group in ("model", "scheduler", "clip") if key in known_keys(group)]
+    return f" (did you mean {' or '.join(owners)}?)" if owners else ""
 
 
 def check_sub_key(key: str, blocks: list, adds: bool = False) -> None:
