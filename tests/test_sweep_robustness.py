@@ -663,6 +663,37 @@ def test_ctrl_c_as_workers_start_is_still_one_line_and_runs_nothing_after(tmp_pa
     assert not list(sweep.glob("*/job.json")) and not list(sweep.glob("[0-9]*"))
 
 
+def test_ctrl_c_while_a_local_task_is_submitted_waits_for_its_folder_and_prints_one_line(tmp_path):
+    """Ctrl-C between starting a local submitit task's controller and making its folder (here sent from that very
+    moment) is answered once the submission is whole: the controller, deaf to it, would otherwise find no folder
+    and print a traceback of its own."""
+    site, sweep = tmp_path / "site", tmp_path / "sweep"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "if 'sdlab.app.cli' in ' '.join(sys.orig_argv):  # the sweep: Ctrl-C as its second controller starts\n"
+        "    from submitit.local import local\n"
+        "    start, started = local.start_controller, []\n"
+        "    def interrupted(*args, **kwargs):\n"
+        "        started.append(start(*args, **kwargs))\n"
+        "        if len(started) == 2:\n"
+        "            os.killpg(0, signal.SIGINT)  # the terminal's whole process group\n"
+        "        return started[-1]\n"
+        "    local.start_controller = interrupted\n")
+    with open(tmp_path / "stderr", "w") as err:
+        process = subprocess.Popen([sys.executable, "-m", "sdlab.app.cli", "-m", "seed=1,2,3,4", "model=tiny",
+                                    "num_inference_steps=2", "threads=1", "hydra/launcher=submitit_local",
+                                    "hydra.sweeper.cells_per_task=2", f"hydra.sweep.dir={sweep}"],
+                                   cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                      "PYTHONPATH": os.pathsep.join([str(site), *sys.path])},
+                                   stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert process.wait(timeout=240) == 130
+    time.sleep(5)  # the second controller starts its task, which finds the sweep gone
+    assert (tmp_path / "stderr").read_text().splitlines() == [
+        f"sdlab: error: interrupted; rerun the same command to resume in {sweep}"]
+
+
 FAIL_GUIDED = """
 import sdlab.jobs.generate as job
 

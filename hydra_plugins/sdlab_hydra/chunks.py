@@ -10,6 +10,7 @@ other tasks go on, and a rerun of the same command runs just those cells.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from sdlab.app.callbacks import SweepWatch
+from sdlab.app.callbacks import SweepWatch, ctrl_c_after
 from sdlab.bench.captions import counted
 from sdlab.bench.plan import call_groups
 from sdlab.config import Run
@@ -129,7 +130,8 @@ class ChunkedSubmitit:
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         if not chunks:
             return []
-        jobs = self.executor().map_array(self, chunks, [Singleton.get_state()] * len(chunks))
+        with ctrl_c_after() if self.cluster == "local" else contextlib.nullcontext():  # sbatch may hang: not there
+            jobs = self.executor().map_array(self, chunks, [Singleton.get_state()] * len(chunks))
         self.wait(jobs)
         returns = []
         for job, chunk in zip(jobs, chunks):

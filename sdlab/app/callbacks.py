@@ -262,6 +262,23 @@ def deaf_children() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+@contextlib.contextmanager
+def ctrl_c_after() -> Iterator[None]:
+    """Ctrl-C inside is answered as the block ends: a local submission cut in half would leave a started controller,
+    deaf to Ctrl-C, without the folder it logs into (it then prints a traceback of its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    heard = []
+    previous = signal.signal(signal.SIGINT, lambda *_: heard.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if heard and previous is not signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
 class CollectSweep(Callback):
     """Lock a run dir; at multirun end, collect the jobs' rows into the sweep's table, grid and report."""
 
