@@ -516,6 +516,8 @@ def bench_startup(report: Report, repeats: int, work: Path) -> None:
         "python -c 'import diffusers'": ([sys.executable, "-c", "import diffusers"], work),
         "sdlab --help": ([sdlab, "--help"], work),
         "sdlab guidance_scale=abc": ([sdlab, "guidance_scale=abc"], work),
+        "sdlab experiment=forward_process timesteps=[5000] (the job's own check)":
+            ([sdlab, "experiment=forward_process", "timesteps=[5000]"], work),
         "sdlab model=sd15 (not in the cache)": ([sdlab, "model=sd15", f"hydra.run.dir={work / 'missing'}"], work),
         # a new run dir each time (a rerun into the same one would find its image done)
         "sdlab (one default image)": ([sdlab, f"hydra.run.dir={work / 'first'}/" + "${now:%H-%M-%S-%f}"], ROOT),
@@ -537,8 +539,9 @@ def bench_startup(report: Report, repeats: int, work: Path) -> None:
         report.add("startup", f"one default image / {name} wall", float(ratio), "x")
         lines.append(f"| one default image / `{name}` (median of ratios per round) | {ratio:.2f}x | |")
     report.sections.append(f"### 8. Start-up (median of {repeats}, one process each, in turns)\n\n"
-                           "Reading the command line imports no torch, diffusers or matplotlib: a refused value costs "
-                           "a fraction of importing diffusers, and a model missing from the cache is refused before "
+                           "Reading the command line imports no torch, diffusers, matplotlib or pandas (a job's own "
+                           "check included): a refused value costs a fraction of importing diffusers, and a model "
+                           "missing from the cache is refused before "
                            "huggingface_hub is imported. One default image pays what any diffusers script pays: "
                            "`python -X importtime` and cProfile put most of it in imports (torch; diffusers, which "
                            "brings torch._dynamo; scipy.stats, which the DPM-Solver scheduler module imports; "
