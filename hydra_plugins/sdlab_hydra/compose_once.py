@@ -158,10 +158,10 @@ def check_launcher(launcher: Any) -> None:
 
         check_known(f"submitit_{launcher.cluster}", params, SlurmQueueConf if launcher.cluster == "slurm" else
                     LocalQueueConf)
-    for key, least in SUBMITIT_LEAST.items() if isinstance(params, dict) else ():
-        value = params.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-            raise UserError(f"hydra.launcher.{key}={value!r} must be an integer >= {least}")
+        for key, least in SUBMITIT_LEAST.items():
+            value = params.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise UserError(f"hydra.launcher.{key}={value!r} must be an integer >= {least}")
     if not is_joblib(launcher):
         return
     from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
