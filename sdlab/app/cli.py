@@ -37,6 +37,7 @@ try:  # the libraries load for about a second: a Ctrl-C then ends as one later d
     from sdlab.conf_files import CONF_DIR
     from sdlab.errors import UserError
     from sdlab.jobs import MODEL_FREE_JOBS, JobContext, get_job
+    from sdlab.lazy import torch
 except KeyboardInterrupt:
     print("sdlab: error: interrupted while starting; nothing was written", file=sys.stderr)
     sys.exit(INTERRUPTED)
@@ -127,8 +128,6 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
         else:
             resume.record_config(out_dir, run.recipe)
             if run.threads is not None:  # CPU results depend on it bit for bit; None keeps torch's default
-                import torch  # the first job that needs it pays for it
-
                 torch.set_num_threads(run.threads)
             resume.unmark(out_dir)
             frame = get_job(run.job)(ctx)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sdlab.lazy import pandas as pd
+from sdlab.lazy import pandas as pd, torch
 from sdlab.metrics.image import cover
 
 MAX_TOKENS = 77
@@ -73,8 +73,6 @@ def clip_score_from_cosine(cosine) -> np.ndarray:
 
 def pooled_text_embeddings(text_encoder, tokenizer, prompts: Sequence[str]) -> np.ndarray:
     """The text encoder's pooled output (final-layer-norm state at EOS) below any projection, one row per prompt."""
-    import torch
-
     ids = _tokenize(tokenizer, prompts, text_encoder.config.max_position_embeddings).to(text_encoder.device)
     with torch.inference_mode():
         out = text_encoder(input_ids=ids)
@@ -101,7 +99,6 @@ class ClipModel:
 
     def pixel_values(self, images):
         """CLIP preprocessing: short side resized (bicubic), centre crop to the model's size, (x - mean)/std."""
-        import torch
         from PIL import Image
 
         size = int(self.model.config.vision_config.image_size)
@@ -112,8 +109,6 @@ class ClipModel:
 
     def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         """Projected text embeddings E_T per prompt, each distinct one encoded once per call (timing stays per call)."""
-        import torch
-
         if not len(prompts):
             return np.zeros((0, self.model.config.projection_dim), np.float32)
         distinct = list(dict.fromkeys(prompts))
@@ -124,8 +119,6 @@ class ClipModel:
 
     def image_embeddings(self, images) -> np.ndarray:
         """Projected CLIP image embeddings E_I, one row per image."""
-        import torch
-
         with torch.inference_mode():
             return _features(self.model.get_image_features(pixel_values=self.pixel_values(images)))
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from sdlab.lazy import pandas as pd
+from sdlab.lazy import pandas as pd, torch
 
 
 def level_table(channels: tuple[int, ...], in_channels: int = 1, size: int = 32) -> pd.DataFrame:
     """Per level of a diffusers UNet2DModel with one resolution level per entry of `channels`: channels, resolution,
     params (down + mirrored up block), fp32 bytes of the skip activations kept."""
-    import torch  # imported by the one explainer that builds a network, not by the numpy toys beside it
     from diffusers import UNet2DModel
 
     with torch.device("meta"):

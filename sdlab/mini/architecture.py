@@ -8,6 +8,7 @@ from typing import Any
 
 from sdlab.bench.report import brief
 from sdlab.errors import UserError
+from sdlab.lazy import torch
 from sdlab.models.architectures import SD15_SCHEDULER
 from sdlab.models.model_files import SAFE_LOCAL
 
@@ -49,15 +50,11 @@ IMAGE_PROCESSOR = dict(image_processor_type="CLIPImageProcessor", do_resize=True
 def to_tensor(images):
     """uint8 (N, H, W, 3) images as float (N, 3, H, W) in [-1, 1], the pixels every mini component sees."""
     import numpy as np
-    import torch
-
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def to_uint8(x):
     """Float (N, 3, H, W) images in [-1, 1] as uint8 (N, H, W, 3)."""
-    import torch
-
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -96,7 +93,6 @@ def check_overrides(component: str, overrides: dict[str, Any] | None, key: str) 
     or build one that does not take and give the shapes of mini's other parts (`NEEDS`); run on the meta device."""
     if not overrides:
         return
-    import torch
     from transformers import CLIPTextConfig, CLIPVisionConfig
 
     clip_defaults = {"text": CLIPTextConfig, "vision": CLIPVisionConfig}
@@ -126,8 +122,6 @@ def check_overrides(component: str, overrides: dict[str, Any] | None, key: str) 
 
 def shapes(component: str, model) -> tuple:
     """The shapes `model` (a mini `component`, on the meta device) gives from the shapes mini's other parts give it."""
-    import torch
-
     if component == "vae":
         z = model.encode(torch.zeros(1, 3, RESOLUTION, RESOLUTION)).latent_dist.mean
         return tuple(z.shape), tuple(model.decode(z).sample.shape)
@@ -144,7 +138,6 @@ def shapes(component: str, model) -> tuple:
 
 def zero_t5(vocab_size: int):
     """The T5 encoder of mini_flow (ZERO_T5): whatever the prompt, zeros of joint_attention_dim per token."""
-    import torch
     from transformers import T5Config, T5EncoderModel
 
     encoder = T5EncoderModel(T5Config(vocab_size=vocab_size, **ZERO_T5)).eval()

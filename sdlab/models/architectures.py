@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sdlab.lazy import torch
+
 FAMILIES_DIR = Path(__file__).parent / "families"
 RECORD_FIELDS = ("resolution", "param_counts", "scheduler")  # a record's other keys (but `_about`) are its components
 
@@ -92,8 +94,6 @@ def build_part(part: Part):
 
 def build_components(arch: Architecture, seed: int = 0) -> dict[str, Any]:
     """Every component of `arch`, in its listed order, with random weights drawn from a fixed init seed."""
-    import torch
-
     torch.manual_seed(seed)
     return {name: build_part(part) for name, part in arch.components.items()}
 
@@ -105,7 +105,5 @@ def build_scheduler(arch: Architecture):
 
 def build_on_meta(arch: Architecture) -> dict[str, Any]:
     """The same components on the meta device: shapes and parameter counts, no memory."""
-    import torch
-
     with torch.device("meta"):
         return build_components(arch)

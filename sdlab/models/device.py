@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
-
-if TYPE_CHECKING:  # annotations only: torch is imported where it is used
-    import torch
+from sdlab.lazy import torch
 
 
 def resolve_device(device: str) -> torch.device:
     """`auto` picks CUDA, then MPS, then CPU; an unavailable device is a UserError."""
-    import torch
-
     has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
@@ -31,8 +26,6 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """A ModelSpec's dtype as torch's: `auto` is float16 on GPUs and float32 on CPU."""
-    import torch
-
     if dtype == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     return getattr(torch, dtype)
@@ -40,8 +33,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def clock(device: torch.device) -> float:
     """`time.perf_counter()` once the work queued on `device` (CUDA, MPS: asynchronous) is done."""
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -52,8 +43,6 @@ def clock(device: torch.device) -> float:
 def use_process_options(spec: ModelSpec, network: str = "denoiser") -> None:
     """Switch the CPU convolutions `spec` asks for; `mkldnn=auto`: direct ones for the denoiser (batch-invariant: oneDNN
     rounds by batch, NNPACK is 2x slower), oneDNN for the VAE, where nothing amplifies a rounding (BENCHMARKS.md 4)."""
-    import torch
-
     direct = spec.mkldnn == "auto" and network == "denoiser"
     torch.backends.mkldnn.enabled = not direct if spec.mkldnn == "auto" else spec.mkldnn
     torch.backends.nnpack.set_flags(not direct)

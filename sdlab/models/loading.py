@@ -14,6 +14,7 @@ import yaml
 from sdlab.conf_files import CONF_DIR
 from sdlab.config import MODEL_NAMES, GenerationParams, ModelSpec, SchedulerChoice, check_sides, model_spec
 from sdlab.errors import UserError, choose
+from sdlab.lazy import torch
 from sdlab.models.architectures import ARCHITECTURES, Architecture
 from sdlab.models.device import resolve_device, resolve_dtype, use_process_options
 from sdlab.models.families import ModelAdapter, family, family_of_folder
@@ -154,16 +155,12 @@ class ModelCache:
             name = self.models.pop(key).spec.name
             gc.collect()
             if device.type == "cuda":
-                import torch
-
                 torch.cuda.empty_cache()
             log.info("unloaded model %s to make room for %s (%.2f GiB of weights, %.2f GiB free)", name, spec.name,
                      need / 2**30, free / 2**30)
 
     def load(self, spec: ModelSpec) -> ModelAdapter:
         """The adapter for `spec`: the one loaded for its current weights, else built or read from its folder."""
-        import torch
-
         use_process_options(spec)
         if (model := self.loaded(spec)) is not None:
             return model

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
-if TYPE_CHECKING:
-    import torch
+from sdlab.lazy import torch
 
 STATUS, STATM, CLEAR_REFS = "/proc/self/status", "/proc/self/statm", "/proc/self/clear_refs"
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -40,8 +39,6 @@ def high_water_bytes() -> int | None:
 def free_bytes(device: torch.device) -> int | None:
     """Memory free for more weights on `device`: CUDA's free memory, or on Linux the CPU's MemAvailable; else None."""
     if device.type == "cuda":
-        import torch  # a model on CUDA has loaded it; reading a command line need not
-
         return int(torch.cuda.mem_get_info(device)[0])
     return cpu_free_bytes() if device.type == "cpu" else None
 
@@ -67,8 +64,6 @@ def call_peak(device: torch.device) -> Iterator[list[int | None]]:
     the block's start (or, where it cannot be lowered, only if the block raised it); None elsewhere."""
     peak: list[int | None] = [None]
     if device.type == "cuda":
-        import torch
-
         torch.cuda.reset_peak_memory_stats(device)
         yield peak
         peak[0] = int(torch.cuda.max_memory_allocated(device))

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from sdlab.config import SCHEDULER_OPTIONS, VARIANTS, Field, check_fields
 from sdlab.errors import UserError
+from sdlab.lazy import torch
 from sdlab.metrics.schedule import PREDICTION_TYPES, SCHEDULES
 from sdlab.models.architectures import Part, build_part
 from sdlab.untrusted import open_regular, parse_json
@@ -315,9 +316,7 @@ class TooManyTensors(Exception):
 @contextmanager
 def tensor_budget(most: int) -> Iterator[None]:
     """Stop building a module past `most` parameters and buffers: 10**5 layers take hours even on the meta device."""
-    from torch.nn.modules import module
-
-    count = itertools.count(1)
+    module, count = torch.nn.modules.module, itertools.count(1)
 
     def counted(*_):
         if next(count) > most:
@@ -335,8 +334,6 @@ def tensor_budget(most: int) -> Iterator[None]:
 def expected_weights(component: str, config: dict[str, Any], config_path: Path, tensors_held: int,
                      class_name: str | None = None) -> ExpectedWeights:
     """The tensors the config builds on the meta device as `class_name`, given up far past `tensors_held`."""
-    import torch
-
     class_name = (class_name or config.get("_class_name") or (config.get("architectures") or [None])[0]
                   or DEFAULT_CLASSES.get(component, ""))  # diffusers', transformers', an old save's
     most = 2 * tensors_held + 64  # tied weights, buffers: a few more

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
+from sdlab.lazy import torch
 from sdlab.metrics.schedule import guided, model_kind
 from sdlab.models.architectures import ARCHITECTURES, build_components, build_scheduler
 from sdlab.models.device import switch_per_network
@@ -16,9 +17,6 @@ from sdlab.models.model_files import SAFE_LOCAL
 from sdlab.models.noise import PROCESSES, NoiseProcess
 from sdlab.models.schedulers import as_published, make_scheduler, seed_noise
 from sdlab.models.tokenizer import BUILT_IN_TOKENIZERS
-
-if TYPE_CHECKING:  # annotations only: torch is imported where it is used
-    import torch
 
 
 class PerImageScale(float):
@@ -30,8 +28,6 @@ class PerImageScale(float):
         return scale
 
     def __mul__(self, other):
-        import torch
-
         if isinstance(other, torch.Tensor) and other.dim() and len(other) == len(self.scales):
             column = torch.tensor(self.scales, dtype=other.dtype, device=other.device)
             return column.view(-1, *[1] * (other.dim() - 1)) * other
@@ -115,8 +111,6 @@ class ModelAdapter:
     def build(cls, name: str, spec: ModelSpec):
         """Built-in model `name` from its record: weights from a fixed seed, built-in tokenizers, `load_options`."""
         import diffusers
-        import torch
-
         arch = ARCHITECTURES[name]
         parts = {**build_components(arch, seed=0), "scheduler": build_scheduler(arch),
                  **{attribute: BUILT_IN_TOKENIZERS[kind]() for attribute, kind in cls.tokenizers.items()},
@@ -234,8 +228,6 @@ class ModelAdapter:
 
     def encode(self, text: str) -> dict[str, torch.Tensor]:
         """The pipeline keyword arguments for prompt `text` (batch 1), encoded once per `generate_batch` call."""
-        import torch
-
         if text not in self.embeddings:
             with torch.inference_mode():
                 self.embeddings[text] = {k: v.detach() for k, v in self._encode(text).items()}
@@ -287,8 +279,6 @@ class ModelAdapter:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (NCHW float) from denoiser latents, upcasting the VAE as the family's pipeline does."""
-        import torch
-
         vae = self.pipe.vae
         upcast = self.upcasts_vae and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         if upcast:
@@ -302,15 +292,12 @@ class ModelAdapter:
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Denoiser latents of images in [-1, 1]: the scaled mean of q(z | x)."""
-        import torch
-
         vae = self.pipe.vae
         with torch.inference_mode():
             return self.scale(vae.encode(x.to(self.device, vae.dtype)).latent_dist.mean)
 
     def apply_speed_options(self) -> None:
         """Channels-last, the attention implementation, each network's CPU convolutions and torch.compile, as set."""
-        import torch
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
         spec = self.spec
@@ -347,8 +334,6 @@ class StepWatch:
             self.handle.remove()
 
     def hook(self, module, args, kwargs, output):
-        import torch
-
         start = time.perf_counter()
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         timestep = float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])
@@ -358,8 +343,6 @@ class StepWatch:
 
     def callback(self, pipe, i: int, timestep, callback_kwargs: dict) -> dict:
         """`callback_on_step_end`: the step's dict to `on_step`."""
-        import torch
-
         start = time.perf_counter()
         sample, level, output = self.last
         latents = callback_kwargs["latents"]

@@ -3,6 +3,7 @@ and a VAE that overflows in float16 (`force_upcast`)."""
 
 from __future__ import annotations
 
+from sdlab.lazy import torch
 from sdlab.models.families.base import ModelAdapter
 
 
@@ -20,8 +21,6 @@ class StableDiffusionXL(ModelAdapter):
 
     def negative_kwargs(self, text: str):
         """An empty negative prompt is zeros if the model says `force_zeros_for_empty_prompt`, as in diffusers."""
-        import torch
-
         if not text and self.pipe.config.get("force_zeros_for_empty_prompt", False):
             return {f"negative_{k}": torch.zeros_like(v) for k, v in self.encode("").items()}
         return super().negative_kwargs(text)
