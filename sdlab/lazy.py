@@ -17,6 +17,9 @@ class Lazy:
     def __getattr__(self, attribute: str) -> Any:
         return getattr(importlib.import_module(self._name), attribute)
 
+    def __reduce__(self) -> tuple:
+        return Lazy, (self._name,)  # a job pickled by value for a worker process takes its module globals along
+
     def __repr__(self) -> str:
         return f"<module {self._name!r}, imported when first used>"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from cli_helpers import SDLAB, bare_env, run_cli
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from sdlab import lazy
 from sdlab.app import arguments
 from sdlab.app.arguments import display_overrides, hydra_quote, prepare
 from sdlab.app.help import help_text, version_text
@@ -634,6 +636,11 @@ def test_reading_the_command_line_waits_for_no_table_library(tmp_path):
     for args, code in ((["guidance_scale=abc"], 2), (["--help"], 0), (["-m", "seed=1,2,1"], 2)):
         done = entry_in_a_new_process(args, tmp_path, ("pandas", "pyarrow", "torch"))
         assert done.stdout.strip().splitlines()[-1] == f"exit {code} []", (args, done.stdout[-500:], done.stderr)
+
+
+def test_a_lazy_module_pickles_as_itself():
+    """A joblib worker gets `python -m sdlab.app.cli`'s functions pickled by value, their module globals with them."""
+    assert pickle.loads(pickle.dumps(lazy.torch)).float32 is lazy.torch.float32
 
 
 def test_a_rerun_of_a_complete_sweep_checks_nothing_that_will_not_run(tmp_path):
