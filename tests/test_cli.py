@@ -261,10 +261,19 @@ def test_display_overrides_show_values_as_typed():
     (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead=maybe; Value 'maybe' is not a valid bool"),
     # an option the launcher has not, added as Hydra's own message advises: joblib ignored it, submitit's traceback
     (["-m", "seed=1,2", "hydra/launcher=joblib", "+hydra.launcher.njobs=2"],
-     "hydra.launcher.njobs=2: Hydra's joblib launcher has no option njobs (did you mean n_jobs?); its options are: "
+     "hydra.launcher.njobs=2: hydra/launcher=joblib has no option njobs (did you mean n_jobs?); its options are: "
      "backend, batch_size, max_nbytes, mmap_mode, n_jobs, pre_dispatch, prefer, require, temp_folder, timeout, verbose"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.njobs=2"],  # Hydra: "use +hydra.launcher.njobs=2"
+     "hydra.launcher.njobs=2: hydra/launcher=joblib has no option njobs (did you mean n_jobs?)"),
     (["-m", "seed=1,2", "hydra/launcher=submitit_local", "+hydra.launcher.partition=gpu"],
-     "hydra.launcher.partition=gpu: Hydra's submitit_local launcher has no option partition; its options are: "),
+     "hydra.launcher.partition=gpu: hydra/launcher=submitit_local has no option partition; its options are: "),
+    # sdlab's own launcher took `+hydra.launcher.n_jobs=4` to a TypeError of its constructor, and ignored it in a run
+    (["-m", "seed=1,2", "+hydra.launcher.n_jobs=4"], "hydra.launcher.n_jobs=4: hydra/launcher=sdlab has no option n_jobs;"
+     " its options are: ahead; hydra/launcher=joblib has n_jobs"),
+    (["+hydra.launcher.n_jobs=4"], "hydra.launcher.n_jobs=4: hydra/launcher=sdlab has no option n_jobs"),
+    (["hydra.launcher.n_jobs=4"], "hydra.launcher.n_jobs=4: hydra/launcher=sdlab has no option n_jobs"),
+    (["-m", "seed=1,2", "hydra.sweeper.max_batchsize=2"], "hydra.sweeper.max_batchsize=2: hydra/sweeper=sdlab has no "
+     "option max_batchsize (did you mean max_batch_size?); its options are: cells_per_task, max_batch_size, params"),
     (["hydra.job_logging.handlers.file.filename=/nonexistent/victim.txt", "+hydra.job_logging.handlers.file.mode=w"],
      "hydra.job_logging.handlers.file.filename: a run's log is <run dir>/<hydra.job.name>.log"),  # emptied any file
     (["+hydra.job_logging.handlers.file.mode=w"], "hydra.job_logging.handlers.file.mode: a run's log is"),

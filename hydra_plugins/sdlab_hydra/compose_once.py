@@ -39,7 +39,7 @@ from sdlab.bench.resume import (clean_temp_files, finished_job, made_from_other_
                                 varying_keys, write_manifest)
 from sdlab.bench.run import typed_run
 from sdlab.config import Run, check_seeds, limits
-from sdlab.errors import CannotRun, UserError, near_miss, repeats
+from sdlab.errors import CannotRun, UserError, repeats
 from sdlab.jobs import work_of
 
 log = logging.getLogger(__name__)
@@ -154,21 +154,15 @@ def check_launcher(launcher: Any) -> None:
     number of jobs, a `timeout` <= 0, or any value joblib's Parallel refuses (batch_size...)."""
     params = getattr(getattr(launcher, "inner", None), "params", None)  # a submitit launcher's, chunked (`setup`)
     if isinstance(params, dict):
-        from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
-
-        check_known(f"submitit_{launcher.cluster}", params, SlurmQueueConf if launcher.cluster == "slurm" else
-                    LocalQueueConf)
         for key, least in SUBMITIT_LEAST.items():
             value = params.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise UserError(f"hydra.launcher.{key}={value!r} must be an integer >= {least}")
     if not is_joblib(launcher):
         return
-    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
     from joblib import Parallel, delayed
 
     options = launcher.joblib
-    check_known("joblib", options, JobLibLauncherConf)
     if options.get("n_jobs") == 0:
         raise UserError("hydra.launcher.n_jobs=0 must be a number of joblib workers: N >= 1, or -1 for one per CPU "
                         "(-2 for all but one, and so on)")
@@ -198,15 +192,6 @@ def check_launcher(launcher: Any) -> None:
     if not dispatched:  # 0 dispatches no job at all
         raise UserError(f"hydra.launcher.pre_dispatch={options.get('pre_dispatch')} must be 'all', a number of jobs "
                         ">= 1 or an expression of n_jobs worth one or more, such as 2*n_jobs")
-
-
-def check_known(name: str, options: dict, schema: type) -> None:
-    """Refuse an option added with `+hydra.launcher.KEY=` (as Hydra's own message advises) that the launcher's schema
-    has not: joblib's Parallel would take it and ignore it, submitit fail with a traceback after the sweep dir exists."""
-    known = sorted(field.name for field in dataclasses.fields(schema) if field.name != "_target_")
-    if unknown := [key for key in options if key not in known]:
-        raise UserError(f"hydra.launcher.{unknown[0]}={options[unknown[0]]}: Hydra's {name} launcher has no option "
-                        f"{unknown[0]}{near_miss(unknown[0], known)}; its options are: {', '.join(known)}")
 
 
 def settable(key: str, value: Any, config_text: str) -> bool:

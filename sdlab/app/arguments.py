@@ -11,6 +11,8 @@ from itertools import islice
 from pathlib import Path
 from typing import NoReturn
 
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Glob, QuotedString
 from omegaconf import OmegaConf
@@ -18,9 +20,9 @@ from omegaconf import OmegaConf
 from sdlab.bench.ownership import abandoned_sweeps, check_job_name, check_owned, check_run_dir, checked_root, confined
 from sdlab.bench.run import load_params
 from sdlab.bench.resume import earlier_sweep
-from sdlab.conf_files import conf_values, default_choices, group_options, known_keys, option_values
+from sdlab.conf_files import CONF_DIR, conf_values, default_choices, group_options, known_keys, option_values
 from sdlab.config import clash, limits, suggestion
-from sdlab.errors import UserError, repeats
+from sdlab.errors import UserError, near_miss, repeats
 from sdlab.untrusted import read_prompt_lines
 
 GROUPS = ("model", "scheduler", "clip", "experiment")
@@ -176,7 +178,7 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
         raise UserError(f"{arg}: sdlab reads the files you name (params=, prompt_file=, images=, reference=) from "
                         "where you start it and writes into the run dir itself; hydra.job.chdir takes false only")
     if key.startswith("hydra") or key.startswith("experiment."):
-        return
+        return check_plugin_option(key, value, typed)
     if key in GROUPS:
         if value.startswith(SWEEP_FUNCTIONS):
             return
@@ -211,6 +213,34 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
         check_sub_key(key, blocks, arg.startswith("+"))
     if adds:
         check_not_set(key, value, configs)
+
+
+def check_plugin_option(key: str, value: str, typed: dict[str, list[str]]) -> None:
+    """Refuse `hydra.launcher.KEY=` or `hydra.sweeper.KEY=`, `+` or not, that the chosen launcher or sweeper has not:
+    Hydra advised `+KEY=`, which a launcher then ignored or failed on with a traceback."""
+    parts = key.split(".")
+    group = f"hydra/{parts[1]}" if len(parts) > 2 and parts[1] in ("launcher", "sweeper") else ""
+    choice = (typed.get(group) or [default_choices("config.yaml").get(group, "")])[-1] if group else ""
+    options = plugin_options(group, choice) if choice else None
+    if options is None or parts[2] in options:
+        return
+    names = [name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)]  # the installed plugins'
+    others = [name for name in names if name != choice and parts[2] in (plugin_options(group, name) or ())]
+    raise UserError(f"hydra.{parts[1]}.{parts[2]}={value}: {group}={choice} has no option {parts[2]}"
+                    f"{near_miss(parts[2], options)}; its options are: {', '.join(options)}"
+                    + (f"; {group}={others[0]} has {parts[2]}" if others else ""))
+
+
+@functools.lru_cache(maxsize=None)
+def plugin_options(group: str, choice: str) -> tuple[str, ...] | None:
+    """The options of a launcher or sweeper (`group`: hydra/launcher or hydra/sweeper) as Hydra composes it; None for
+    an option Hydra has not, which Hydra itself names."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            node = compose("config", [f"{group}={choice}"], return_hydra_config=True).hydra[group.partition("/")[2]]
+    except Exception:  # noqa: BLE001 - an unknown choice; Hydra's own message names it, with the choices
+        return None
+    return tuple(sorted(name for name in node if name != "_target_"))
 
 
 def check_logging_key(key: str) -> None:
@@ -426,6 +456,8 @@ def prepare(argv: list[str]) -> list[str]:
     check_exclusive(overrides)
     limit = command_line_limits(overrides)
     ready, typed = [], {group: typed_choices(group, overrides) for group in GROUPS}
+    typed |= {group: [arg.partition("=")[2] for arg in overrides if arg.partition("=")[0] == group][-1:]
+              for group in ("hydra/launcher", "hydra/sweeper")}
     for arg in overrides:
         check_seed_count(arg, limit)
         is_file = arg.partition("=")[0] == PROMPT_FILE_KEY  # its prompts come out literal already
