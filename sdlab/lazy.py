@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 
 class Lazy:
@@ -28,3 +29,13 @@ pandas = Lazy("pandas")
 pyarrow = Lazy("pyarrow")
 parquet = Lazy("pyarrow.parquet")
 torch = Lazy("torch")
+safetensors_torch = Lazy("safetensors.torch")
+
+
+def no_grad(function: Callable) -> Callable:
+    """`@torch.no_grad()` that imports torch when `function` is first called, not when it is defined."""
+    @functools.wraps(function)
+    def without_grad(*args, **kwargs):
+        with torch.no_grad():
+            return function(*args, **kwargs)
+    return without_grad

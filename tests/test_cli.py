@@ -652,6 +652,13 @@ def test_a_lazy_module_pickles_as_itself():
     assert pickle.loads(pickle.dumps(lazy.torch)).float32 is lazy.torch.float32
 
 
+def test_a_lazy_no_grad_turns_gradients_off_inside_only():
+    """The trainers' `@no_grad` stands for `@torch.no_grad()` without importing torch where they are defined."""
+    weight = lazy.torch.ones(2, requires_grad=True)
+    inside = lazy.no_grad(lambda: ((weight * 2).requires_grad, lazy.torch.is_grad_enabled()))
+    assert inside() == (False, False) and (weight * 2).requires_grad and inside.__name__ == "<lambda>"
+
+
 def test_a_rerun_of_a_complete_sweep_checks_nothing_that_will_not_run(tmp_path):
     """Every cell finished with the same hash: the rerun imports neither torch nor diffusers to check weights and
     schedulers no cell will use. A cell whose image went missing since is checked and made again."""
@@ -711,7 +718,8 @@ def test_a_refusal_before_any_work_imports_neither_torch_nor_diffusers(tmp_path,
     # values only a job's own check can judge
     ["experiment=article_c1_pipeline_by_hand", "guidance_scale=1"], ["experiment=forward_process", "timesteps=[5000]"],
     ["experiment=article_a3_schedule", "report_timesteps=[5000]"], ["experiment=article_c2_img2img", "image=/nope.png"],
-    ["experiment=article_f2_distance_nfe", "clip=none"]])
+    ["experiment=article_f2_distance_nfe", "clip=none"], ["experiment=train_mini", "train.unet.init_from=/nope"],
+    ["experiment=train_mini_flow", "train.flow.frozen_from=/nope"]])
 def test_a_bad_recipe_value_is_answered_before_torch_and_the_scheduler_checks_import_diffusers(tmp_path, args):
     """A recipe's values, and a job's own check, are read before torch (2 s) and the schedulers (whose classes come
     from diffusers) are imported: a job's module reads torch only when its job runs."""

@@ -6,15 +6,13 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from sdlab.bench.ownership import adopt, checked_folder
 from sdlab.bench.records import identity, ordered, versions
 from sdlab.config import check_threads
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.recipes import EXPORTS, STAGES, Train
-from sdlab.lazy import pandas as pd
+from sdlab.lazy import pandas as pd, torch
 from sdlab.mini import data
 from sdlab.mini.architecture import check_overrides
 from sdlab.mini.train_clip import train_clip

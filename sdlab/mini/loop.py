@@ -11,13 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sdlab.bench.figures import log_scale, save_figure, styled
 from sdlab.bench.records import write_table
-from sdlab.lazy import pandas as pd
+from sdlab.lazy import pandas as pd, safetensors_torch, torch
 from sdlab.mini.export import replace_folder
 
 log = logging.getLogger(__name__)
@@ -70,9 +68,9 @@ def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
         staging.mkdir(parents=True)
         for name, module in modules.items():
             weights = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-            save_file(weights, str(staging / f"{name}.safetensors"))
+            safetensors_torch.save_file(weights, str(staging / f"{name}.safetensors"))
         if optimizer is not None:  # per-parameter state as flat `<index>.<key>` tensors
-            save_file({f"{index}.{key}": torch.as_tensor(value).detach().contiguous().clone()
+            safetensors_torch.save_file({f"{index}.{key}": torch.as_tensor(value).detach().contiguous().clone()
                        for index, state in optimizer.state_dict()["state"].items() for key, value in state.items()},
                       str(staging / "optimizer.safetensors"))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -89,10 +87,10 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module],
         if not (folder / STATE_FILE).is_file():
             return None
     for name, module in modules.items():
-        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+        module.load_state_dict(safetensors_torch.load_file(str(folder / f"{name}.safetensors")))
     if optimizer is not None and (folder / "optimizer.safetensors").is_file():
         state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, tensor in load_file(str(folder / "optimizer.safetensors")).items():
+        for name, tensor in safetensors_torch.load_file(str(folder / "optimizer.safetensors")).items():
             index, key = name.split(".", 1)
             state.setdefault(int(index), {})[key] = tensor
         optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from sdlab.lazy import no_grad, torch
 from sdlab.mini import data
 from sdlab.mini.architecture import build_clip, to_tensor
 from sdlab.mini.export import save_clip
@@ -56,7 +56,7 @@ def clip_stage(settings: dict[str, Any], images: np.ndarray, attributes: list[da
     return Stage("clip", model, loss)
 
 
-@torch.no_grad()
+@no_grad
 def retrieval_top1(model, images: np.ndarray, captions: list[str], attributes: list[data.Attributes]) -> float:
     """Text->image top-1: the best image of each caption shows the caption's attributes."""
     model.eval()

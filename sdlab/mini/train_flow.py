@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from sdlab.lazy import no_grad, torch
 from sdlab.mini import data
 from sdlab.mini.architecture import FLOW_SCHEDULER, T5_TOKENS, TEXT_TOKENS, initial
 from sdlab.mini.export import save_component, save_sd3_pipeline_files
@@ -61,7 +61,7 @@ def sd3_text_encoder(clip_folder: Path):
     return encoder.eval()
 
 
-@torch.no_grad()
+@no_grad
 def encode_sd3_text(text_encoder, captions: list[str], batch_size: int = 256) -> dict[str, torch.Tensor]:
     """What SD3's pipeline takes from a CLIP encoder: penultimate states (N, TEXT_TOKENS, d), pooled projection."""
     ids = load_tokenizer()(captions, padding="max_length", max_length=TEXT_TOKENS, truncation=True,

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from sdlab.io import atomic_path
+from sdlab.lazy import no_grad, safetensors_torch, torch
 from sdlab.mini import data
 from sdlab.mini.architecture import SCHEDULER, initial
 from sdlab.mini.export import save_component, save_pipeline_files
@@ -25,7 +24,7 @@ from sdlab.models.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
+@no_grad
 def encode_text(text_encoder, captions: list[str], batch_size: int = 256) -> torch.Tensor:
     """Last hidden states (N, 77, d) of captions padded to 77 tokens, exactly as the pipeline encodes them."""
     ids = token_ids(load_tokenizer(), captions, padding="max_length")
@@ -37,10 +36,10 @@ def cached(path: Path, build, key: str) -> dict[str, torch.Tensor]:
     if path.is_file():
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") == key:
-                return load_file(str(path))
+                return safetensors_torch.load_file(str(path))
     tensors = build()
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": key})
+        safetensors_torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": key})
     return tensors
 
 

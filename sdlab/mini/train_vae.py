@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from sdlab.lazy import no_grad, torch
 from sdlab.mini import data
 from sdlab.mini.architecture import initial, to_tensor, to_uint8
 from sdlab.mini.checker import adherence
@@ -54,14 +54,14 @@ def vae_stage(settings: dict[str, Any], images: np.ndarray, seed: int) -> Stage:
                  extra={"latent_rgb": latent_rgb} if latent_rgb_weight and not decoder_only else {})
 
 
-@torch.no_grad()
+@no_grad
 def posterior_means(vae, images: np.ndarray, batch_size: int = 64) -> list[torch.Tensor]:
     """The posterior means of uint8 `images`, one tensor per batch of `batch_size`."""
     return [vae.encode(to_tensor(images[i : i + batch_size])).latent_dist.mean
             for i in range(0, len(images), batch_size)]
 
 
-@torch.no_grad()
+@no_grad
 def round_trip(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """uint8 `images` encoded (posterior mean) and decoded again."""
     return np.concatenate([to_uint8(vae.decode(z).sample) for z in posterior_means(vae, images, batch_size)])
