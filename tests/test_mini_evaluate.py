@@ -1,6 +1,9 @@
 """The mini model's evaluation measures, checked on stand-in generators whose behaviour is known."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,6 +88,17 @@ def test_a_bad_evaluation_argument_is_one_line_and_writes_nothing(tmp_path, monk
     assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("evaluate: error: "), lines
     assert says in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt", "theirs"]
+
+
+@pytest.mark.parametrize("args,code", [(["--help"], 0), (["--threads", "0"], 2), (["--model", "nowhere"], 2)])
+def test_help_and_a_bad_argument_are_answered_before_torch_diffusers_and_transformers(tmp_path, args, code):
+    """`python -m sdlab.mini.evaluate --help` took 8 s here: diffusers' logging module imports torch._dynamo."""
+    watched = ("torch", "diffusers", "transformers")
+    probe = (f"import sys\nfrom sdlab.mini.evaluate import main\ncode = 0\ntry:\n    main({args!r})\n"
+             f"except SystemExit as e:\n    code = e.code\nprint('exit', code, [m for m in {watched!r} if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.stdout.strip().splitlines()[-1] == f"exit {code} []", done.stdout[-500:] + done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("part, weights", [("vae", "vae/diffusion_pytorch_model.bin"),

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from sdlab.bench.ownership import adopt, checked_folder
@@ -24,7 +23,7 @@ from sdlab.bench.records import write_table
 from sdlab.config import ModelSpec
 from sdlab.errors import UserError
 from sdlab.io import atomic_save, atomic_write_text
-from sdlab.lazy import pandas as pd
+from sdlab.lazy import pandas as pd, torch
 from sdlab.mini import data
 from sdlab.mini.architecture import T5_TOKENS
 from sdlab.mini.checker import LAYOUT, adherence, agrees, check, layouts_agree, shape_mask
@@ -183,9 +182,6 @@ def checked_arguments(model: Path, out: Path, threads: int, parts: tuple[str, ..
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: `python -m sdlab.mini.evaluate [--parts ...] [--model DIR] [--out DIR]`."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[2] / "models" / "mini")
     parser.add_argument("--out", type=Path, help="default: outputs/<model folder name>/eval")
@@ -202,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     adopt(out)
     torch.set_num_threads(args.threads)
+    from diffusers.utils import logging as diffusers_logging  # after the checks: it imports torch._dynamo (2 s)
+    from transformers.utils import logging as transformers_logging
+
     for library in (diffusers_logging, transformers_logging):  # no loading chatter above the metrics printed
         library.set_verbosity_error()
         library.disable_progress_bar()
