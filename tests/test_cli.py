@@ -668,6 +668,7 @@ def test_a_rerun_of_a_complete_sweep_checks_nothing_that_will_not_run(tmp_path):
     again = entry_in_a_new_process(sweep, tmp_path, ("torch", "diffusers"))
     assert again.stdout.strip().splitlines()[-1] == "exit 0 []", again.stdout[-2000:] + again.stderr[-2000:]
     assert "; 2 finished before: not run again" in again.stdout and "results.csv: 2 ok, 0 failed" in again.stdout
+    assert "Launching 0 jobs" not in again.stdout + again.stderr  # nothing to launch: no line saying so
     image = tmp_path / "s" / pd.read_csv(tmp_path / "s" / "results.csv")["image_path"].iloc[1]
     image.unlink()
     mended = entry_in_a_new_process(sweep, tmp_path, ("diffusers",))

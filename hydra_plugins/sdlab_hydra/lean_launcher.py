@@ -140,7 +140,8 @@ class LeanLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         pending = [i for i in range(len(job_overrides)) if initial_job_idx + i not in self.finished]
-        log.info(f"Launching {len(pending)} jobs locally")
+        if pending:  # a rerun of a finished sweep launches none, which its sweeper's line already says
+            log.info(f"Launching {len(pending)} jobs locally")
         returns, configs, parsed, position = {}, {}, {}, {i: n for n, i in enumerate(pending)}
 
         def ahead(n: int) -> set[int]:
