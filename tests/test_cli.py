@@ -272,8 +272,15 @@ def test_display_overrides_show_values_as_typed():
      " its options are: ahead; hydra/launcher=joblib has n_jobs"),
     (["+hydra.launcher.n_jobs=4"], "hydra.launcher.n_jobs=4: hydra/launcher=sdlab has no option n_jobs"),
     (["hydra.launcher.n_jobs=4"], "hydra.launcher.n_jobs=4: hydra/launcher=sdlab has no option n_jobs"),
+    # the sweeper's options took any value: a traceback from the first comparison or loop over it
+    (["-m", "seed=1,2", "hydra.sweeper.max_batch_size=x"],
+     "hydra.sweeper.max_batch_size=x; Value 'x' of type 'str' could not be converted to Integer"),
+    (["-m", "seed=1,2", "hydra.sweeper.params=5"], "hydra.sweeper.params=5; Cannot assign int to Dict[str, str]"),
+    (["-m", "seed=1,2", "hydra.sweeper.max_batch_size=0"],
+     "hydra.sweeper.max_batch_size=0 must be a positive integer or null (all jobs at once)"),
     (["-m", "seed=1,2", "hydra.sweeper.max_batchsize=2"], "hydra.sweeper.max_batchsize=2: hydra/sweeper=sdlab has no "
-     "option max_batchsize (did you mean max_batch_size?); its options are: cells_per_task, max_batch_size, params"),
+     "option max_batchsize (did you mean max_batch_size?); its options are: cells_per_task, max_batch_size, params, "
+     "preflight"),
     (["hydra.job_logging.handlers.file.filename=/nonexistent/victim.txt", "+hydra.job_logging.handlers.file.mode=w"],
      "hydra.job_logging.handlers.file.filename: a run's log is <run dir>/<hydra.job.name>.log"),  # emptied any file
     (["+hydra.job_logging.handlers.file.mode=w"], "hydra.job_logging.handlers.file.mode: a run's log is"),

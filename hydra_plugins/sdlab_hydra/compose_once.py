@@ -399,10 +399,10 @@ class ComposeOnceSweeper(Sweeper):
         fresh = self.preflight and named_by_sdlab(self.config, "hydra.sweep.dir")
         if fresh and os.path.lexists(sweep_dir):  # a sweep started in the same second has it: take the next name
             sweep_dir = self.move_to(ownership.next_free(Path(sweep_dir)), [])
-        size = self.cells_per_task
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise UserError(f"hydra.sweeper.cells_per_task={size!r} must be a positive integer or null (about four "
-                            "submitit tasks per array slot)")
+        for key, null in (("max_batch_size", "all jobs at once"), ("cells_per_task", "about four submitit tasks per "
+                                                                             "array slot")):
+            if (value := getattr(self, key)) is not None and value < 1:  # typed: Hydra refused any but an integer
+                raise UserError(f"hydra.sweeper.{key}={value!r} must be a positive integer or null ({null})")
         check_launcher(self.launcher)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
@@ -598,7 +598,7 @@ class ComposeOnceSweeper(Sweeper):
         """Run the jobs in batches of `max_batch_size` (all at once by default), raising a failed job's error."""
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(len(jobs), 1)
+        size = self.max_batch_size or max(len(jobs), 1)
         returns = []
         # a loky worker or local submitit task that Ctrl-C meets would print a traceback of its own
         local = is_joblib(self.launcher) or getattr(self.launcher, "cluster", None) == "local"
