@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Glob, QuotedString
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from sdlab.bench.ownership import abandoned_sweeps, check_job_name, check_owned, check_run_dir, checked_root, confined
@@ -238,7 +239,7 @@ def plugin_options(group: str, choice: str) -> tuple[str, ...] | None:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             node = compose("config", [f"{group}={choice}"], return_hydra_config=True).hydra[group.partition("/")[2]]
-    except Exception:  # noqa: BLE001 - an unknown choice; Hydra's own message names it, with the choices
+    except HydraException:  # an unknown choice: Hydra's own message names it, with the choices
         return None
     return tuple(sorted(name for name in node if name != "_target_"))
 
