@@ -70,9 +70,10 @@ def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
             weights = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
             safetensors_torch.save_file(weights, str(staging / f"{name}.safetensors"))
         if optimizer is not None:  # per-parameter state as flat `<index>.<key>` tensors
+            states = optimizer.state_dict()["state"].items()
             safetensors_torch.save_file({f"{index}.{key}": torch.as_tensor(value).detach().contiguous().clone()
-                       for index, state in optimizer.state_dict()["state"].items() for key, value in state.items()},
-                      str(staging / "optimizer.safetensors"))
+                                         for index, state in states for key, value in state.items()},
+                                        str(staging / "optimizer.safetensors"))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     replace_folder(folder, fill, staging=folder.with_name(f"{folder.name}.staging"),
