@@ -258,11 +258,6 @@ class GuidanceGrid:
     replaces = {"guidance_scale": "guidance_scales"}  # a setting its job does not read: the field it draws instead
     guidance_scales: tuple[float, ...] = rule(MISSING, "numbers", 0, MAX_GUIDANCE, distinct=True)
 
-    def __post_init__(self):
-        if len(self.guidance_scales) < 2:  # its figures would compare a scale with itself
-            raise UserError(f"guidance_scales={list(self.guidance_scales)} lists one scale; a guidance grid compares "
-                            "two or more")
-
 
 @dataclass(frozen=True)
 class SchedulerGrid:
