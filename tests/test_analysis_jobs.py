@@ -820,3 +820,17 @@ def test_an_x0_pred_equal_to_the_final_image_is_labelled_so_not_inf_db(tmp_path,
     assert np.isinf(rows["x0_pred_psnr_vs_final_db"].iloc[-1])
     assert drawn["col_labels"][1][-1].endswith("\n= final") and "inf" not in " ".join(drawn["col_labels"][1])
     assert texts[-3] == "x0_pred = final" and not any("inf" in text for text in texts)
+
+
+def test_a_guidance_grid_of_one_scale_says_there_is_nothing_to_compare_and_draws_no_curve():
+    """`guidance_scales=[1]` is a grid of one column (a list of one by design); its caption read "CLIP score 94.3 at
+    w=1 -> 94.3 at w=1" and clip_vs_guidance.png drew a curve of one point."""
+    from sdlab.jobs.grids import guidance_panels
+
+    ok = pd.DataFrame([{"seed": seed, "guidance_scale": 7.5, "clip_score": 90.0 + seed, "adherence_all": seed > 0}
+                       for seed in range(6)])
+    panels, claim = guidance_panels(ok)
+    assert panels == []
+    assert claim == ("at w=7.5: CLIP score 92.5, prompt followed by 83% of images (n=6 seeds)\n"
+                     "one guidance scale: nothing to compare; give two or more guidance_scales"), claim
+    assert "->" not in claim
