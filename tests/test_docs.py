@@ -1,7 +1,9 @@
 """Docs are tests: every `sdlab ...` command of README.md and experiments/README.md runs exactly as written.
 
 Each command runs in bash, in an empty working directory, with only HF_HUB_OFFLINE=1 set (and PATH to find
-`sdlab`), no added overrides and the default thread count. It must either finish with exit code 0, every
+`sdlab`), no added overrides and the default thread count; in a test worker of a split run, one torch thread, as
+every test there has (conftest.py): two commands at a time with two spinning threads each on 2 cores took 1.7x the
+CPU. It must either finish with exit code 0, every
 row it wrote `ok` and the files the docs promise on disk, or stop with exit code 2 and one error line that
 the docs print verbatim (commands that need weights or files the reader does not have).
 """
@@ -94,9 +96,14 @@ def documented_text() -> str:
     return "\n".join(path.read_text() for path in DOCS)
 
 
+def written_env(cwd: Path) -> dict[str, str]:
+    """What a documented command runs with: PATH, a HOME of its own, offline, and the test worker's thread count."""
+    return {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HOME": str(cwd / "home"),
+            "HF_HUB_OFFLINE": "1", **{k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}}
+
+
 def run_as_written(command: DocCommand, cwd: Path) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HOME": str(cwd / "home"),
-           "HF_HUB_OFFLINE": "1"}
+    env = written_env(cwd)
     return subprocess.run(["bash", "-c", command.text], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=3600)
 
@@ -118,6 +125,15 @@ def params():
         yield pytest.param(command, id=command.bare, marks=marks)
 
 
+def test_a_documented_command_has_the_test_workers_one_thread_and_nothing_else_of_its_environment(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("SDLAB_SOMETHING", "x")
+    assert sorted(written_env(tmp_path)) == ["HF_HUB_OFFLINE", "HOME", "OMP_NUM_THREADS", "PATH"]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert "OMP_NUM_THREADS" not in written_env(tmp_path)  # a run in one process: the default thread count
+
+
 def test_the_docs_have_commands_of_every_kind():
     bare = {c.bare for c in doc_commands()}
     assert "sdlab" in bare
@@ -131,8 +147,8 @@ def test_the_docs_have_commands_of_every_kind():
 
 @pytest.fixture(scope="module")
 def finished(request, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    """Every selected documented command run as written, two at a time (each mostly waits on start-up), each in
-    its own empty folder: {bare command: (result, folder)}."""
+    """Every selected documented command run as written, two at a time (start-up is most of each), each in its own
+    empty folder: {bare command: (result, folder)}."""
     from concurrent.futures import ThreadPoolExecutor
 
     selected = [item.callspec.params["command"] for item in request.session.items
