@@ -258,7 +258,7 @@ def test_display_overrides_show_values_as_typed():
      "hydra.launcher.mmap_mode=zz must be one of r, r+, w+, c"),
     (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.timeout=-1"],
      "hydra.launcher.timeout=-1 must be the seconds a job may take, > 0, or null for no limit"),
-    (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead=maybe; Value 'maybe' is not a valid bool"),
+    (["-m", "seed=1,2", "hydra.launcher.ahead=maybe"], "hydra.launcher.ahead='maybe' must be true or false"),
     # an option the launcher has not, added as Hydra's own message advises: joblib ignored it, submitit's traceback
     (["-m", "seed=1,2", "hydra/launcher=joblib", "+hydra.launcher.njobs=2"],
      "hydra.launcher.njobs=2: hydra/launcher=joblib has no option njobs (did you mean n_jobs?); its options are: "
@@ -274,8 +274,11 @@ def test_display_overrides_show_values_as_typed():
     (["hydra.launcher.n_jobs=4"], "hydra.launcher.n_jobs=4: hydra/launcher=sdlab has no option n_jobs"),
     # the sweeper's options took any value: a traceback from the first comparison or loop over it
     (["-m", "seed=1,2", "hydra.sweeper.max_batch_size=x"],
-     "hydra.sweeper.max_batch_size=x; Value 'x' of type 'str' could not be converted to Integer"),
-    (["-m", "seed=1,2", "hydra.sweeper.params=5"], "hydra.sweeper.params=5; Cannot assign int to Dict[str, str]"),
+     "hydra.sweeper.max_batch_size='x' is not an integer"),
+    (["-m", "seed=1,2", "hydra.sweeper.params=5"], "hydra.sweeper.params=5: cannot assign int to Dict[str, str]"),
+    (["-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.timeout=soon"],  # a float option
+     "hydra.launcher.timeout='soon' is not a number"),
+    (["-m", "seed=1,2", "+hydra.sweeper.max_batch_size=x"], "error: hydra.sweeper.max_batch_size='x' is not an integer"),
     (["-m", "seed=1,2", "hydra.sweeper.max_batch_size=0"],
      "hydra.sweeper.max_batch_size=0 must be a positive integer or null (all jobs at once)"),
     (["-m", "seed=1,2", "hydra.sweeper.max_batchsize=2"], "hydra.sweeper.max_batchsize=2: hydra/sweeper=sdlab has no "

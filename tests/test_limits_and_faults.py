@@ -27,8 +27,8 @@ def one_error_line(capsys) -> str:
     (["-m", "seed=1,2", "guidance_scale=1,2,3", "limits.max_cells=5"], "the sweep has 6 cells"),
     (["-m", "seed=range(0,1000000000000)", "guidance_scale=1,2"], "the sweep has 2000000000000 cells"),  # counted, not built
     (["-m", "seed=1,2", "hydra.sweeper.cells_per_task=0"], "hydra.sweeper.cells_per_task=0 must be a positive integer"),
-    (["-m", "seed=1,2", "hydra.sweeper.cells_per_task=abc"],  # the sweeper's options are typed: Hydra's own line
-     "hydra.sweeper.cells_per_task=abc; Value 'abc' of type 'str' could not be converted to Integer"),
+    (["-m", "seed=1,2", "hydra.sweeper.cells_per_task=abc"],  # the sweeper's options are typed, said as sdlab says it
+     "hydra.sweeper.cells_per_task='abc' is not an integer"),
     (["-m", "seed=1,2", "--cfg", "job"], "--multirun and --cfg cannot go together"),
     (["--info", "-m", "seed=1,2"], "--multirun and --info cannot go together"),
 ])

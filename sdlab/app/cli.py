@@ -176,8 +176,7 @@ def hydra_errors_as_user_errors():
             raise e.__cause__ from None
         if isinstance(e, InterpolationResolutionError):  # a Hydra value the sweeper resolves: hydra.sweep.subdir
             raise UserError(unresolvable(e)) from None
-        why = f"; {one_line(e.__cause__)}" if isinstance(e.__cause__, OmegaConfBaseException) else ""
-        raise UserError(one_line(e) + why) from None
+        raise UserError(one_line(e)) from None
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)
         if before is not None:

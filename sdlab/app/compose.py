@@ -49,15 +49,26 @@ def fail(message: str, code: int = UserError.exit_code, leave=sys.exit) -> None:
     leave(code)
 
 
+MERGE_FAILED = re.compile(r"Error merging override (?P<key>[^=]+)=(?P<value>.*)")  # a typed option refused a value
+NOT_OF_TYPE = ((re.compile(r"Value '(.*)' of type '\w+' could not be converted to Integer"), "is not an integer"),
+               (re.compile(r"Value '(.*)' of type '\w+' could not be converted to Float"), "is not a number"),
+               (re.compile(r"Value '(.*)' is not a valid bool \(type \w+\)"), "must be true or false"))
+
+
 def one_line(error: BaseException) -> str:
-    """Hydra's or OmegaConf's multi-line message as one line, without its links and boilerplate; an unknown option of
-    a config group (hydra/launcher=nope) as sdlab names one of its own groups, without Hydra's search path."""
+    """Hydra's or OmegaConf's multi-line message and its OmegaConf cause as one line, without links and boilerplate;
+    an unknown option of a config group (hydra/launcher=nope) and a typed option's wrong value as sdlab says its own."""
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, name = str(error.missing_cfg_file).rpartition("/")
         return f"unknown {group} {name!r}; choose one of: {', '.join(error.options)}"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = [error.__cause__] if isinstance(error.__cause__, OmegaConfBaseException) else []
+    lines = [line.strip() for e in (error, *cause) for line in str(e).splitlines() if line.strip()]
     keep = [line for line in lines if not line.startswith(("See https://", "full_key:", "object_type=",
                                                             "reference_type=", "Set the environment"))]
+    if len(keep) == 2 and (merge := MERGE_FAILED.fullmatch(keep[0])):  # a typed option: said as sdlab says its own
+        why = keep[1]
+        typed = next((f"={m[1]!r} {said}" for pattern, said in NOT_OF_TYPE if (m := pattern.fullmatch(why))), None)
+        return merge["key"].lstrip("+~") + (typed or f"={merge['value']}: {why[:1].lower()}{why[1:]}")
     return "; ".join(keep) or type(error).__name__
 
 
