@@ -3,9 +3,9 @@
 Each command runs in bash, in an empty working directory, with only HF_HUB_OFFLINE=1 set (and PATH to find
 `sdlab`), no added overrides and the default thread count; in a test worker of a split run, one torch thread, as
 every test there has (conftest.py): two commands at a time with two spinning threads each on 2 cores took 1.7x the
-CPU. It must either finish with exit code 0, every
-row it wrote `ok` and the files the docs promise on disk, or stop with exit code 2 and one error line that
-the docs print verbatim (commands that need weights or files the reader does not have).
+CPU. It must either finish with exit code 0, every row it wrote `ok` and the files the docs promise on disk, or stop
+with exit code 2 and one error line that the docs print verbatim (commands that need weights or files the reader does
+not have).
 """
 
 from __future__ import annotations
