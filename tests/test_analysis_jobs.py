@@ -834,3 +834,14 @@ def test_a_guidance_grid_of_one_scale_says_there_is_nothing_to_compare_and_draws
     assert claim == ("at w=7.5: CLIP score 92.5, prompt followed by 83% of images (n=6 seeds)\n"
                      "one guidance scale: nothing to compare; give two or more guidance_scales"), claim
     assert "->" not in claim
+
+
+def test_a_guidance_grid_of_one_scale_says_the_scores_it_has():
+    """Without a CLIP model there is no clip_score column (and off mini's world no adherence): the one-scale claim read
+    both columns and raised a KeyError."""
+    from sdlab.jobs.grids import guidance_panels
+
+    ok = pd.DataFrame([{"seed": seed, "guidance_scale": 3.0, "clip_score": 80.0 + seed} for seed in range(2)])
+    assert guidance_panels(ok)[1].startswith("at w=3: CLIP score 80.5 (n=2 seeds)\n")
+    ok = pd.DataFrame([{"seed": seed, "guidance_scale": 3.0, "adherence_all": True} for seed in range(2)])
+    assert guidance_panels(ok)[1].startswith("at w=3: prompt followed by 100% of images (n=2 seeds)\n")

@@ -88,10 +88,9 @@ def guidance_panels(ok: pd.DataFrame) -> tuple[list[dict], str]:
     summary = summarize_ci(ok, ["guidance_scale"], metrics)  # sorted by w
     scales = summary["guidance_scale"].to_numpy()
     if len(scales) == 1:  # a grid of one column: a curve of one point and a change from w to itself say nothing
-        said = {"clip_score": f"CLIP score {ok['clip_score'].mean():.1f}",
-                "adherence_all": f"prompt followed by {100 * ok['adherence_all'].mean():.0f}% of images"}
+        said = {"clip_score": "CLIP score {:.1f}", "adherence_all": "prompt followed by {:.0%} of images"}
         seeds = counted(ok["seed"].nunique(), "seed")
-        return [], (f"at w={scales[0]:g}: {', '.join(said[m] for m in metrics)} (n={seeds})"
+        return [], (f"at w={scales[0]:g}: {', '.join(said[m].format(ok[m].mean()) for m in metrics)} (n={seeds})"
                     "\none guidance scale: nothing to compare; give two or more guidance_scales")
     panels, claims, rises, peaks = [], [], [], []
     untested = {}  # metric -> seeds paired, too few for an interval
