@@ -125,3 +125,33 @@ def test_the_nfe_figure_reads_near_its_target_and_says_whose_it_is(tmp_path, mon
         box = ax.get_window_extent(renderer)
         assert box.y0 <= label.y0 and label.y1 <= box.y1, ax.get_ylabel()
     assert not labels[0].overlaps(labels[1])
+
+
+@pytest.mark.parametrize("kids, fds", [
+    ({"ddim": [15.5, 0.61, 0.27, 0.30], "heun": [23.5, 0.40, 0.28, 0.31]},  # the default run: heun's 2 steps far out
+     {"ddim": [149.9, 39.6, 31.8, 32.5], "heun": [180.2, 36.5, 33.6, 32.3]}),
+    ({"ddim": [19.7, 0.13, -0.31, -0.29], "heun": [20.1, -0.36, -0.33, -0.32]},  # a small n: unbiased KIDs below 0
+     {"ddim": [105.0, 39.6, 31.8, 32.5], "heun": [107.9, 36.5, 33.6, 32.3]}),
+])
+def test_the_nfe_figures_axes_label_every_value_they_draw(tmp_path, monkeypatch, kids, fds):
+    """F2 with negative KIDs (unbiased, at a small n) made its linear band +-2e-09 and stacked tick labels 2e-09 ...
+    0 on each other; a KID of 23.5 or an FD of 180 sat above the last labelled tick (5, 100), read as about 6 and 105."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from sdlab.bench import figures
+    from sdlab.jobs.distance import nfe_figure
+
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    frame = pd.concat([frame_of(kid, "nfe", [2, 4, 8, 16], name).assign(fd=fds[name]) for name, kid in kids.items()])
+    nfe_figure(frame.assign(num_inference_steps=frame["nfe"], kid_sd=0.27, kid_real_vs_real=-0.08), tmp_path / "n.png",
+               "mini")
+    renderer = FigureCanvasAgg(drawn[0]).get_renderer()
+    for ax, metric in zip(drawn[0].axes, ("kid", "fd")):
+        values, (low, high) = frame[metric], ax.get_ylim()
+        assert ax.yaxis.get_transform().linthresh >= values.abs().max() / 1000, metric
+        shown = [(tick, label) for tick, label in zip(ax.get_yticks(), ax.get_yticklabels())
+                 if low <= tick <= high and label.get_text()]
+        assert min(t for t, _ in shown) <= values.min() and max(t for t, _ in shown) >= values.max(), (metric, shown)
+        boxes = [label.get_window_extent(renderer) for _, label in shown]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), (metric, shown)

@@ -117,21 +117,33 @@ def panels(frame: pd.DataFrame, x: str, label, xlabel: str) -> list[dict]:
                       "label": f"real vs real, same n: {floor:.3g}"})
         band = "over subsets of n/2 images" if metric == "kid" else "over bootstrap resamples of the images"
         top = (frame[metric] + frame[f"{metric}_sd"]).max()
-        scale = symlog([line["y"].iloc[-1] for line in lines[:-1]], top) if x == "nfe" else {}
+        scale = symlog([line["y"].iloc[-1] for line in lines[:-1]], lowest, top) if x == "nfe" else {}
         out.append({"lines": lines, "bands": bands, "xlabel": xlabel, "ylabel": ylabel, "logx": x == "nfe",
                     "ylim": (lowest - 0.1 * abs(lowest) - 0.05, None),
                     "title": f"{metric.upper()} to real images (band: +- 1 sd {band})", **scale})
     return out
 
 
-def symlog(lasts: list[float], top: float) -> dict:
-    """A symlog axis linear up to a 1-2-5 number past twice the curves' last values, ticked through that band."""
-    wanted = 2 * max(*lasts, 1e-9)
+def symlog(lasts: list[float], low: float, top: float) -> dict:
+    """A symlog axis linear up to a 1-2-5 number past twice the curves' last values (and a thousandth of the farthest
+    value: unbiased KIDs may end at or below 0), ticked through that band and out to past `low` and `top`."""
+    wanted = max(2 * max(abs(v) for v in lasts), max(abs(low), abs(top)) / 1000, 1e-12)
     decade = 10.0 ** np.floor(np.log10(wanted))
     linthresh = next(m * decade for m in (1, 2, 5, 10) if m * decade >= wanted)
-    decades = np.arange(1, int(np.log10(max(top, linthresh) / linthresh)) + 1)
-    ticks = [*linthresh * np.linspace(0, 1, 6), *linthresh * 10.0 ** decades]
+    band = [k * linthresh / 5 for k in range(-5, 6) if k * linthresh / 5 > low - linthresh / 5]
+    ticks = [*(-t for t in reversed(outward(linthresh, -low))), *band, *outward(linthresh, top)]
     return {"symlog": linthresh, "linscale": 3.0, "yticks": (ticks, [f"{t:g}" for t in ticks])}
+
+
+def outward(linthresh: float, reach: float) -> list[float]:
+    """Ticks past `linthresh` up to the first at or past `reach`: 1-2-5 steps, or where those are more than 3 (too close
+    for their labels) the decades and that first."""
+    if reach <= linthresh:
+        return []
+    decades = int(np.ceil(np.log10(reach / linthresh) - 1e-9))
+    steps = [linthresh * m * 10.0 ** k for k in range(decades) for m in (2, 5, 10)]
+    steps = steps[:next(i for i, t in enumerate(steps) if t >= reach * (1 - 1e-9)) + 1]
+    return steps if len(steps) <= 3 else [*steps[2:-1:3], steps[-1]]
 
 
 def about(frame: pd.DataFrame, model: str) -> str:
