@@ -223,3 +223,31 @@ def test_an_axis_names_its_key_on_every_label_or_on_none():
     assert axis_labels("prompt", ["a cat", "a dog"]) == ["prompt=a cat", "prompt=a dog"]
     assert axis_labels("seed", ["1", "2"]) == ["seed=1", "seed=2"]
     assert axis_labels("grid_label", ["cfg 1"]) == ["cfg 1"] and axis_labels(None, ["x"]) == [""]
+
+
+def test_no_text_drawn_on_a_grid_overlaps_another(tmp_path, monkeypatch):
+    """B7 with two guidance scales: a nine-line title was measured at 2 px between lines and drawn at PIL's 4, so its
+    last line ran into the column labels; a page's header the same, and one wider than the columns ran off the
+    canvas."""
+    drawn = []
+    draw_text = ImageDraw.ImageDraw.multiline_text
+
+    def recorded(self, xy, text, *args, **kwargs):
+        drawn.append(self.multiline_textbbox(xy, text, *args, **{k: v for k, v in kwargs.items() if k != "fill"}))
+        return draw_text(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "multiline_text", recorded)
+    cells = [{"guidance_scale": str(g), "seed": str(s), "scheduler": k} for g in (20, 1) for s in (1, 2, 3)
+             for k in ("ddim", "a scheduler whose name is long enough to wrap over two or three lines of its header on a grid as narrow as this one")]
+    title = ("a small red circle in the centre on a blue background (mini, 6 steps) CLIP score 42.0 at w=1 -> 93.9 at "
+             "w=20: change +51.9 (paired 95% CI -36.7 to +100.0; lower in 0 of 3 seeds); prompt followed 0% at w=1 -> "
+             "67% at w=20: change +67 (paired 95% CI -77 to +100; lower in 0 of 3 seeds) (n=3 seeds); w=1 -> 20 does "
+             "not raise CLIP score or prompt following here (no paired 95% CI above 0)")
+    out = image_grid(frame_of(tmp_path, cells), tmp_path, tmp_path / "grid.png", ["guidance_scale", "seed", "scheduler"],
+                     title)
+    width, height = Image.open(out).size
+    assert len(drawn) > 10 and all(0 <= box[0] and box[2] <= width and 0 <= box[1] and box[3] <= height
+                                   for box in drawn), (width, height, drawn)
+    overlaps = [(a, b) for i, a in enumerate(drawn) for b in drawn[i + 1:]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]]
+    assert not overlaps, overlaps

@@ -21,6 +21,7 @@ MAX_GRID_CELLS = 400
 CELL_MIN, CELL_MAX = 128, 512  # small images are enlarged (nearest) to CELL_MIN, large ones reduced to CELL_MAX
 MAX_GRID_PIXELS = 16_000_000  # big grids get smaller cells (down to CELL_MIN) to stay about this size
 GAP, MARGIN, FONT_SIZE = 4, 8, 13
+LINE_SPACING = 2  # pixels between the lines of a label, as measured and as drawn
 SEED_GAP = 2  # between the seeds of one cell: narrower than between cells, so a cell reads as one
 EMPTY_CELL, INK, NOTE_INK = (217, 217, 217), (20, 20, 20), (192, 32, 32)
 TITLE_MIN_WIDTH = 360  # a title wider than the grid wraps to the grid's width, or to this on small grids
@@ -78,7 +79,7 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
     """Width and height of (possibly multi-line) `text` in pixels."""
     if not text:
         return 0, 0
-    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font(bold), spacing=2)
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font(bold), spacing=LINE_SPACING)
     return right - left, bottom - top
 
 
@@ -194,24 +195,27 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
     page_h = page_head + head + len(ys) * (side + foot + GAP) - GAP
     title = even_lines(measure, title, max(page_w, TITLE_MIN_WIDTH))
     title_h = text_size(measure, title, bold=True)[1] + GAP * 3 if title else 0
-    width = max(page_w, text_size(measure, title, bold=True)[0]) + 2 * MARGIN
+    width = max(page_w, *(text_size(measure, t, bold=True)[0] for t in (title, *page_labels))) + 2 * MARGIN
     canvas = Image.new("RGB", (width, title_h + len(pages) * (page_h + MARGIN) + MARGIN), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.multiline_text((width // 2, MARGIN), title, fill=INK, font=font(True), anchor="ma", align="center")
+        draw.multiline_text((width // 2, MARGIN), title, fill=INK, font=font(True), anchor="ma", align="center",
+                            spacing=LINE_SPACING)
     for p, page in enumerate(pages):
         top = MARGIN + title_h + p * (page_h + MARGIN)
         if page_labels[p]:
-            draw.multiline_text((MARGIN + left + (page_w - left) // 2, top), page_labels[p], fill=INK,
-                                font=font(True), anchor="ma", align="center")
+            half = text_size(measure, page_labels[p], bold=True)[0] // 2 + 1  # over its columns, where it fits
+            centre = min(max(MARGIN + left + (page_w - left) // 2, MARGIN + half), width - MARGIN - half)
+            draw.multiline_text((centre, top), page_labels[p], fill=INK, font=font(True), anchor="ma", align="center",
+                                spacing=LINE_SPACING)
         grid_top = top + page_head + head
         for c, text in enumerate(col_labels):
             draw.multiline_text((MARGIN + left + c * (col_w + col_gap) + col_w // 2, grid_top - GAP), text, fill=INK,
-                                font=font(), anchor="md", align="center", spacing=2)
+                                font=font(), anchor="md", align="center", spacing=LINE_SPACING)
         for r, y in enumerate(ys):
             y0 = grid_top + r * (side + foot + GAP)
             draw.multiline_text((MARGIN + left - GAP * 2, y0 + side // 2), row_labels[r], fill=INK, font=font(),
-                                anchor="rm", align="right", spacing=2)
+                                anchor="rm", align="right", spacing=LINE_SPACING)
             for c, x in enumerate(xs):
                 cell = (x, y)[:len(axes[:2])] + page
                 for s, seed in enumerate(strip):
@@ -227,5 +231,5 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
                     if key in notes:  # framed with its note: which image it names is never in doubt
                         draw.rectangle((x0 - 2, y0 - 2, x0 + side + 1, y0 + side + 1), outline=NOTE_INK, width=2)
                         draw.multiline_text((x0 + side // 2, y0 + side + GAP // 2), notes[key], fill=NOTE_INK,
-                                            font=font(True), anchor="ma", align="center", spacing=2)
+                                            font=font(True), anchor="ma", align="center", spacing=LINE_SPACING)
     return canvas
