@@ -290,3 +290,33 @@ def test_a_wrapped_title_line_leaves_no_orphan_word():
     assert " ".join(lines) == claim and all(len(line) <= 62 for line in lines)
     assert len(lines) == 3 and max(map(len, lines)) - min(map(len, lines)) <= 12  # not 58, 59 and 'seeds)'
     assert balanced_lines("short", 62) == "short"
+
+
+def test_cfg_toy_titles_say_what_one_scale_or_a_threshold_never_reached_shows(run_sdlab, tmp_path):
+    """B5 with `cfg_toy.scales=[1,3]` titled its panel 'passes 3x at w = nan'; with one scale it read 'cos 0.79 at
+    w=7.5, 0.79 at w=7.5'."""
+    assert run_sdlab("experiment=article_b5_cfg_toy", "cfg_toy.scales=[1,3]", f"hydra.run.dir={tmp_path / 'a'}") == 0
+    caption = read_captions(tmp_path / "a")["cfg_toy.png"]
+    amplified = pd.read_parquet(tmp_path / "a" / "results.parquet")["amplification"].iloc[-1]
+    assert "nan" not in caption and f"{amplified:.2f}x at w=3, short of 3x at every scale tried" in caption, caption
+    assert run_sdlab("experiment=article_b5_cfg_toy", "cfg_toy.scales=[7.5]", f"hydra.run.dir={tmp_path / 'b'}") == 0
+    caption = read_captions(tmp_path / "b")["cfg_toy.png"]
+    assert "at w=7.5 (one guidance scale: nothing to compare)" in caption and caption.count("w=7.5") == 2, caption
+
+
+def test_vae_compression_of_one_size_says_it_has_no_growth_to_show(run_sdlab, tmp_path):
+    """B4 with one size read 'grow as the side squared: 1x the side (512 -> 512 px) saves 1x as much'."""
+    assert run_sdlab("experiment=article_b4_vae_compression", "vae_compression.sizes=[512]",
+                     f"hydra.run.dir={tmp_path}") == 0
+    assert read_captions(tmp_path)["vae_compression.png"] == (
+        "ratio 48x at 512 px: 0.77M values saved; one size: nothing to compare (give two or more sizes to see the "
+        "savings grow as the side squared)")
+
+
+def test_img2img_of_one_strength_says_it_has_nothing_to_compare(run_sdlab, tmp_path):
+    """C2 with one strength read 'PSNR to the input 20.6 dB at 0.5, 20.6 dB at 0.5'."""
+    assert run_sdlab("experiment=article_c2_img2img", "num_inference_steps=2", "strengths=[0.5]",
+                     f"hydra.run.dir={tmp_path}") == 0
+    psnr = pd.read_parquet(tmp_path / "results.parquet")["psnr_to_input"].iloc[0]
+    caption = read_captions(tmp_path)["img2img_strength.png"]
+    assert f"PSNR to the input {psnr:.1f} dB at 0.5 (one strength: nothing to compare)" in caption, caption

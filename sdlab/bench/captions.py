@@ -8,6 +8,7 @@ import re
 import textwrap
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 from sdlab.io import atomic_write_text, read_json_object
 
@@ -24,6 +25,14 @@ def short_prompt(prompt: str, width: int = 80) -> str:
 def counted(n: int, noun: str, plural: str = "") -> str:
     """`n` and its noun, singular for exactly one: "1 seed", "3 seeds", "0 seeds"."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def at_ends(values: Sequence[str], places: Sequence[str], axis: str) -> str:
+    """A sweep's first and last value where each was taken ("0.25 at w=1, 0.56 at w=3"); of one place, that a single
+    `axis` compares nothing."""
+    if len(places) == 1:
+        return f"{values[0]} at {places[0]} (one {axis}: nothing to compare)"
+    return f"{values[0]} at {places[0]}, {values[-1]} at {places[-1]}"
 
 
 def printable(value) -> str:

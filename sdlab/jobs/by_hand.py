@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sdlab.bench.captions import at_ends
 from sdlab.bench.figures import image_strip
 from sdlab.bench.records import identity, ordered
 from sdlab.bench.scorers import build_scorers, score_images
@@ -137,10 +138,8 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     reads, checked_line = drawn_like(ctx, frame, outputs)
     labels = [f"strength {r.strength:g}\n{r.denoising_steps} step{'s' * (r.denoising_steps != 1)}\n"
               f"{r.psnr_to_input:.1f} dB{read}" for r, read in zip(frame.itertuples(), reads)]
-    first, last = frame.iloc[0], frame.iloc[-1]
-    title = (f"{params.prompt}\nstrength sets how much of the input survives: PSNR to the input "
-             f"{first.psnr_to_input:.1f} dB at {first.strength:g}, {last.psnr_to_input:.1f} dB at {last.strength:g}"
-             f"{checked_line}")
+    title = (f"{params.prompt}\nstrength sets how much of the input survives: PSNR to the input " + at_ends(
+        [f"{p:.1f} dB" for p in frame["psnr_to_input"]], [f"{s:g}" for s in frame["strength"]], "strength") + checked_line)
     image_strip([[np.asarray(source)] + outputs], ctx.out_dir / "img2img_strength.png",
                 col_labels=["input"] + labels, title=title)
     return frame

@@ -7,6 +7,7 @@ import math
 import numpy as np
 from scipy import stats
 
+from sdlab.bench.captions import at_ends
 from sdlab.bench.figures import bar_chart, curves, image_strip, save_figure, styled
 from sdlab.bench.records import identity, write_table
 from sdlab.errors import UserError
@@ -120,7 +121,9 @@ def run_vae_compression(ctx: JobContext) -> pd.DataFrame:
              "xlabel": "image side (px)", "ylabel": "values (millions, linear axis)",
              "title": f"ratio {small.ratio:g}x at every size, so the values saved grow as the side squared: "
                       f"{big['size'] / small['size']:g}x the side ({small['size']} -> {big['size']} px) saves "
-                      f"{big.saved_values / small.saved_values:.0f}x as much"}],
+                      f"{big.saved_values / small.saved_values:.0f}x as much" if len(frame) > 1 else
+                      f"ratio {small.ratio:g}x at {small['size']} px: {saved[0]:.2f}M values saved; one size: nothing "
+                      "to compare (give two or more sizes to see the savings grow as the side squared)"}],
            ctx.out_dir / "vae_compression.png", panel_inches=(7.5, 4.2))
     return finish(ctx, frame, "vae_compression")
 
@@ -134,11 +137,13 @@ def run_cfg_toy(ctx: JobContext) -> pd.DataFrame:
     threshold = toy.norm_threshold_scale(frame, factor)
     curves([{"lines": [{"x": frame["scale"], "y": frame["cosine_to_signal"], "style": "o-"}],
              "xlabel": "guidance scale w", "ylabel": "cos(eps_w, signal)",
-             "title": f"guidance aligns with the signal: cos {frame['cosine_to_signal'].iloc[0]:.2f} at "
-                      f"w={frame['scale'].iloc[0]:g}, {frame['cosine_to_signal'].iloc[-1]:.2f} at w={frame['scale'].iloc[-1]:g}"},
+             "title": "guidance aligns with the signal: cos " + at_ends(
+                 [f"{c:.2f}" for c in frame["cosine_to_signal"]], [f"w={w:g}" for w in frame["scale"]], "guidance scale")},
             {"lines": [{"x": frame["scale"], "y": frame["amplification"], "style": "o-"}], "hline": factor,
              "xlabel": "guidance scale w", "ylabel": "|eps_w| / |eps_cond|",
-             "title": f"and amplifies the prediction: passes {factor:g}x at w = {threshold:.2f}"}],
+             "title": f"and amplifies the prediction: passes {factor:g}x at w = {threshold:.2f}" if np.isfinite(threshold)
+             else f"and amplifies the prediction: {frame['amplification'].iloc[-1]:.2f}x at w={frame['scale'].iloc[-1]:g}, "
+                  f"short of {factor:g}x at every scale tried"}],
            ctx.out_dir / "cfg_toy.png")
     return finish(ctx, frame.assign(norm_threshold_scale=threshold), "cfg_toy")
 
