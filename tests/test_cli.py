@@ -457,13 +457,18 @@ def test_a_key_added_for_a_job_that_reads_it_passes(args):
     assert args[-1] in prepare(args)
 
 
-@pytest.mark.parametrize("args", [["prompt_file=F", "prompt=x"], ["prompt=x", "prompt_file=F"],
-                                  ["seed=1,2", "seeds=[3,4]"], ["seeds=[3,4]", "seed=1"]])
-def test_two_keys_of_which_one_would_be_dropped_are_refused(run_sdlab, tmp_path, monkeypatch, capsys, args):
+@pytest.mark.parametrize("args, why", [
+    (["prompt_file=F", "prompt=x"], "both set the prompts"), (["prompt=x", "prompt_file=F"], "both set the prompts"),
+    (["seed=1,2", "seeds=[3,4]"], "seeds, when set, replaces seed"), (["seeds=[3,4]", "seed=1"], "seeds, when set"),
+    (["seed=1,2", "seed=3"], "seed is given twice: only the last would count"),  # ran seed 3 alone, without a word
+    (["guidance_scale=1", "+guidance_scale=7.5"], "guidance_scale is given twice"),
+    (["model=tiny", "model=mini"], "model is given twice"), (["seed=1", "seed=1"], "seed is given twice"),
+])
+def test_two_keys_of_which_one_would_be_dropped_are_refused(run_sdlab, tmp_path, monkeypatch, capsys, args, why):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "F").write_text("a cat\na dog\n")
     assert run_sdlab("-m", *args, "plan=true") == 2
-    assert f"{args[0]} and {args[1]} cannot go together" in one_error_line(capsys)
+    assert f"{args[0]} and {args[1]} cannot go together ({why}" in one_error_line(capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["F"]
 
 

@@ -332,7 +332,14 @@ def group_choices(group: str, recipe: str, typed: dict[str, list[str]]) -> list[
 
 
 def check_exclusive(overrides: list[str]) -> None:
-    """Refuse two keys (not null) of which only one would take effect, such as `seed` and `seeds`, naming both."""
+    """Refuse two keys (not null) of which only one would take effect, such as `seed` and `seeds` or one key given
+    twice, naming both."""
+    first_of: dict[str, int] = {}
+    for i, arg in enumerate(overrides):
+        key, sep, _ = arg.partition("=")
+        if sep and not key.startswith("~") and (earlier := first_of.setdefault(key.lstrip("+"), i)) != i:
+            raise UserError(f"{overrides[earlier]} and {arg} cannot go together ({key.lstrip('+')} is given twice: "
+                            "only the last would count); give it once")
     typed = {arg.partition("=")[0].lstrip("+"): arg for arg in overrides if arg.partition("=")[2] not in ("", "null")}
     if found := clash(typed):
         pair, why = found
