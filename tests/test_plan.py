@@ -412,3 +412,15 @@ def test_plan_is_one_value_for_the_whole_command(run_sdlab, tmp_path, capsys, sw
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"sdlab: error: {swept} sweeps plan, which takes one value: true plans the sweep, false runs it"]
     assert not (tmp_path / "s").exists()
+
+
+def test_time_left_leaves_out_the_start_up_before_the_first_image(tmp_path):
+    """A 3-cell sweep of local tasks said `1 of 3 cells done, about 34 s left` and ended 2 s later: the workers' start
+    and model load (10 s here) were priced as if every cell paid them. The first cell is priced by its calls' own time,
+    the next ones by the pace since the first ended."""
+    (tmp_path / MANIFEST).write_text(json.dumps({"key": "k", "cells": 8}))
+    progress = Progress(tmp_path, started=0.0)
+    for n, ended in enumerate((10.0, 10.5)):  # each cell one image of a 0.2 s call, and 0.3 s of writing after the first
+        mark_finished(tmp_path / str(n), "h", {"rows": 1, "gen_s": 0.2, "calls": {str(n): [1, 0.2, 1]}})
+        line = progress.line(tmp_path / str(n), ended=ended)
+        assert line.endswith(("about 1 s left", "about 3 s left")[n]), line

@@ -115,6 +115,8 @@ class Progress:
         self.counted = self.made = 0.0  # the work of the jobs done, and of those that made their images here
         self.calls: dict[str, tuple[int, float]] = {}  # the calls finished jobs' images came from: images, work each
         self.taken = [0, 0.0]  # the images of those calls whose jobs have finished, and their work
+        self.call_time = [0.0, 0.0]  # those calls' seconds and work: the pace before a second job has ended
+        self.first: tuple[float, float] | None = None  # when the first job that made work ended, and the work by then
 
     def weigh(self, manifest: dict) -> None:
         """Take the sweep's `cells`, those `finished` before and each cell's `work` (0 for those) from its manifest."""
@@ -128,13 +130,18 @@ class Progress:
         self.total = sum(self.work.values()) if self.work else float(self.cells if isinstance(self.cells, int) else 0)
 
     def left(self, now: float, ahead: float = 0.0) -> str:
-        """The time left of the sweep's work at `now`, with the work `ahead` shared calls did for jobs to come."""
+        """The time left of the sweep's work at `now`, with the work `ahead` shared calls did for jobs to come: at the
+        pace since the first job ended (the start-up before it, workers starting and models loading, is paid once),
+        for that first job at its calls' own pace, else from the start."""
         if isinstance(self.cells, int) and self.done >= self.cells:
             return "nothing left"
-        if isinstance(self.cells, int) and self.made + ahead:
-            per_work = max(now - self.started, 1e-6) / (self.made + ahead)
-            return f"about {duration(max(0.0, self.total - self.counted - ahead) * per_work)} left"
-        return "time left unknown"
+        work = self.made + ahead
+        if not isinstance(self.cells, int) or not work:
+            return "time left unknown"
+        since, before = self.first = self.first or (now, work)
+        per_work = ((now - since) / (work - before) if work > before else
+                    self.call_time[0] / self.call_time[1] if self.call_time[1] else max(now - self.started, 1e-6) / work)
+        return f"about {duration(max(0.0, self.total - self.counted - ahead) * per_work)} left"
 
     def line(self, job: Path, ended: float | None = None) -> str:
         """Count the finished `job` and say where the sweep stood when it `ended` (now unless told)."""
@@ -151,6 +158,8 @@ class Progress:
         new = {call: made for call, made in calls.items() if call not in self.calls}
         self.started = min(self.started, now - sum(seconds for _, seconds, _ in new.values()))  # made before the clock
         self.calls.update({call: (images, each) for call, (images, _, _) in new.items()})
+        self.call_time = [self.call_time[0] + sum(seconds for _, seconds, _ in new.values()),
+                          self.call_time[1] + sum(images * each for images, _, _ in new.values())]
         here = sum(own for *_, own in calls.values())
         self.taken = [self.taken[0] + here, self.taken[1] + here * each]
         # what shared calls made for jobs still to come: its images, and their work
