@@ -112,6 +112,21 @@ def test_plan_takes_true_or_false(run_sdlab, tmp_path, monkeypatch, capsys):
     assert files(tmp_path) == []
 
 
+@pytest.mark.parametrize("args, line", [
+    (["hydra.sweep.subdir=same"], "hydra.sweep.subdir=same gives jobs 0 and 1 the same folder"),
+    (["hydra.sweep.subdir=${seed}", "guidance_scale=1,2"], "hydra.sweep.subdir=${seed} gives jobs 0 and 1 the same"),
+    (["hydra.output_subdir=../../out"], "hydra.output_subdir=../../out leads to"),
+])
+def test_a_plan_refuses_the_folders_the_sweep_refuses(run_sdlab, tmp_path, monkeypatch, capsys, args, line):
+    """`plan=true` said 'drop plan=true to run it' of folders the sweep then refused with exit 2."""
+    monkeypatch.chdir(tmp_path)
+    for plan in ("plan=false", "plan=true"):
+        assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=sw", *args, plan, *FAST) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and line in err[0], (plan, err)
+    assert files(tmp_path) == []
+
+
 def test_a_plan_over_max_cells_is_the_limits_line(run_sdlab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_sdlab("-m", "seed=range(0,30)", "guidance_scale=1,2", "limits.max_cells=50", "plan=true", *FAST) == 2

@@ -45,6 +45,7 @@ from sdlab.jobs import work_of
 log = logging.getLogger(__name__)
 MMAP_MODES = ("r", "r+", "w+", "c")  # numpy.memmap's, which joblib's mmap_mode passes on
 ANNOUNCED_CELLS = 1000  # a sweep this size is checked for seconds (about 5 ms a cell): it says so first
+FOLDER_KEYS = {"hydra.sweep.subdir", "hydra.output_subdir", "hydra.job.name"}  # what names a job's folders and files
 MAX_CELLS = 10**9  # more jobs than a sweep has: a submitit task's jobs work ahead over the rest of its chunk
 CHECK_LINES_EVERY = 2.0  # and where its checks stand, every this many seconds
 EXACT_STEPS = 10**5  # a float range() of about this many values is counted by stepping it (0.1 s)
@@ -426,6 +427,11 @@ class ComposeOnceSweeper(Sweeper):
             planned, cannot = self.plan_cells(jobs, hashed, typed)
             if cannot and not planned:
                 raise UserError(next(iter(cannot.values())))
+            typed_hydra = OmegaConf.to_container(self.config.hydra.overrides.hydra, resolve=False)
+            if FOLDER_KEYS & display_overrides(typed_hydra).keys():  # folders not the default's: checked as the sweep will
+                width = job_number_width(Path(sweep_dir), len(jobs))
+                os.environ[JOB_FOLDER_WIDTH], os.environ[JOB_FOLDERS] = str(width), ""
+                self.check_dirs(sweep_dir, [self.composed.compose(self.config, job) for job in jobs])
             print(plan_text(planned, Path(sweep_dir), [skipped_line(cannot, jobs)] if cannot else [], *self.packing()),
                   flush=True)
             return []
