@@ -92,6 +92,20 @@ def test_a_plan_after_a_partial_sweep_counts_what_is_done_and_estimates_from_it(
     assert re.search(r"sdlab: 4 of 4 cells done \(3\), \d+\.\d\d images/s, nothing left", out)
 
 
+def test_a_plan_counts_no_cell_done_whose_image_is_gone_or_cut_short(run_sdlab, tmp_path, capsys):
+    """With one image deleted and one cut short, the plan said `3 already done, 0 to run` and the sweep made two."""
+    sweep = ("-m", "seed=1,2,3", f"hydra.sweep.dir={tmp_path / 's'}", *FAST)
+    assert run_sdlab(*sweep) == 0
+    gone, cut = (next((tmp_path / "s" / job / "images").glob("*.png")) for job in ("0", "1"))
+    gone.unlink()
+    cut.write_bytes(cut.read_bytes()[:300])
+    capsys.readouterr()
+    assert run_sdlab(*sweep, "plan=true") == 0
+    assert "sdlab plan: 3 cells, 1 already done, 2 to run (2 images)" in capsys.readouterr().out
+    assert run_sdlab(*sweep) == 0
+    assert "3 jobs, 3 images" in (out := capsys.readouterr().out) and "1 finished before: not run again" in out, out
+
+
 def test_a_rerun_that_makes_nothing_keeps_what_the_sweep_measured_for_later_plans(run_sdlab, tmp_path, capsys):
     sweep = ("-m", "seed=1,2", f"hydra.sweep.dir={tmp_path / 's'}", *FAST)
     assert run_sdlab(*sweep) == 0

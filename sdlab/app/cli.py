@@ -144,7 +144,8 @@ def finish_job(ctx, cfg, overridden: set[str], multirun: bool, job_name: str) ->
     failed = failed_count(frame)
     if job_hash and not failed and started:
         made = {"gen_s": float(frame["time_total_s"].sum()) if "time_total_s" in frame else 0.0,  # a plan's estimate
-                "calls": resume.calls_made(frame)}  # the progress line's
+                "calls": resume.calls_made(frame),  # the progress line's
+                "images": [p for p in frame.get("image_path", ()) if isinstance(p, str)]}  # a plan's check they stay
         resume.mark_finished(out_dir, job_hash, {"rows": len(frame), "weights": ctx.run.weights,
                                                  "elsewhere": ctx.elsewhere, "overrides": ctx.overrides, **made})
     elif multirun and not resume.read_mark(out_dir):  # ended all the same: a launcher's own process sees it end

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from sdlab.bench.captions import counted
 from sdlab.bench.resume import COST, MARKER, complete_rows, read_manifest, read_mark, update_manifest
-from sdlab.bench.records import job_dirs
+from sdlab.bench.records import job_dirs, local_file, whole_image
 from sdlab.bench.scorers import scorer_identities
 from sdlab.conf_files import CONF_DIR, conf_values
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
@@ -170,9 +170,12 @@ def left_to_make(cell: Cell, configs: dict[tuple, set[str]], hashes: set[str]) -
 
 
 def finished_hashes(sweep_dir: Path) -> set[str]:
-    """The cell hashes a run dir, or the job dirs of a sweep, mark finished (by content, whatever their job number)."""
-    marks = [read_mark(job) for job in [Path(sweep_dir), *job_dirs(sweep_dir)]]
-    return {mark["job_hash"] for mark in marks if isinstance(mark.get("job_hash"), str)}
+    """The cell hashes a run dir, or the job dirs of a sweep, mark finished (by content, whatever their job number),
+    each image the mark lists still whole, as the sweep's resume will find them."""
+    marks = {job: read_mark(job) for job in [Path(sweep_dir), *job_dirs(sweep_dir)]}
+    images = lambda mark: mark["images"] if isinstance(mark.get("images"), list) else []  # noqa: E731 - a file's data
+    return {mark["job_hash"] for job, mark in marks.items() if isinstance(mark.get("job_hash"), str)
+            and all(isinstance(path, str) and whole_image(local_file(job, path)) for path in images(mark))}
 
 
 def measured_costs(sweep_dir: Path) -> dict[str, dict]:
