@@ -31,6 +31,20 @@ def test_the_page_is_self_contained_with_relative_images(tmp_path):
     assert data["main_metric"] == "clip_score"
 
 
+def test_a_sweep_extended_by_several_commands_is_reproduced_by_each_in_the_order_they_ran(tmp_path):
+    """`-m seed=1,2,3` then `-m seed=1` into one folder: its report of three images gave the second command alone,
+    which makes one. Each command that ran there is a line, in the order they last ran (a rerun of one is one line)."""
+    from sdlab.bench.resume import write_manifest
+
+    root = tmp_path / "s"
+    root.mkdir()
+    for typed in (["seed=1,2,3", "model=tiny"], ["seed=1", "model=tiny"], ["seed=1", "model=tiny"]):
+        jobs = [[f"seed={seed}", "model=tiny"] for seed in typed[0].removeprefix("seed=").split(",")]
+        write_manifest(root, typed, jobs, ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={root}"])
+    assert run_manifest(root, pd.DataFrame())["command"] == (f"sdlab -m seed=1,2,3 model=tiny hydra.sweep.dir={root}\n"
+                                                             f"sdlab -m seed=1 model=tiny hydra.sweep.dir={root}")
+
+
 def test_the_header_says_how_to_reproduce_and_what_was_constant(tmp_path):
     root = fake_sweep(tmp_path / "sweep")
     header = report_data(pd.read_parquet(root / "results.parquet"), root)["header"]

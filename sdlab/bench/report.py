@@ -97,12 +97,14 @@ def json_object(text: Any) -> dict | None:
 
 
 def run_manifest(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
-    """The sweep's manifest (damaged: UserError) with the command reproducing it, else a run's from its overrides."""
+    """The sweep's manifest (damaged: UserError) with the commands reproducing it, a line each in the order they ran,
+    else a run's from its overrides."""
     folder = Path(folder)
     manifest = read_manifest(folder, strict=True)
     if manifest is not None:
-        command = manifest.get("command", manifest.get("overrides", []))
-        return {**manifest, "command": shell_line(["sdlab", "-m", *command, f"hydra.sweep.dir={folder}"])}
+        commands = manifest.get("commands") or [manifest.get("command", manifest.get("overrides", []))]
+        return {**manifest, "command": "\n".join(shell_line(["sdlab", "-m", *command, f"hydra.sweep.dir={folder}"])
+                                                 for command in commands)}
     if any(job.name.split("_", 1)[0].isdigit() for job in job_dirs(folder)):  # a sweep from before manifests
         return {"axes": [], "values": {}, "command": ""}
     typed = [read_mark(folder).get("overrides"), *frame.get("overrides", [])]  # its mark's, else its first row's

@@ -191,7 +191,8 @@ def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[s
                    hashes: list[str] = (), finished: int = 0, warnings: list[str] | None = None,
                    shown: list[dict[str, str]] | None = None, folders: dict[int, int] | None = None,
                    work: list[float | None] = ()) -> None:
-    """Record a sweep's command (`hydra`: its Hydra flags), axes, values, cell hashes, state and pre-flight warnings
+    """Record a sweep's command (`hydra`: its Hydra flags) after the others that ran in its folder, axes, values, cell
+    hashes, state and pre-flight warnings
     (None: the earlier ones); each cell's swept values as `shown` (the text a job gets), else as typed; `folders`:
     {job number: the number of the job dir it takes}, for jobs not in their own (None: the earlier ones); each cell's
     `work` for this command (the progress line's); its `COST` and `SPENT` stay."""
@@ -201,7 +202,10 @@ def write_manifest(sweep_dir: Path, task_overrides: list[str], jobs: list[list[s
     typed = [dict(item.lstrip("+~").partition("=")[::2] for item in job) for job in jobs] if shown is None else shown
     jobs_axes = [{k: v for k, v in cell.items() if k in axes} for cell in typed]
     command = [*task_overrides, *(h for h in hydra if not h.startswith(("hydra.mode=", "hydra.sweep.dir=")))]
+    ran = earlier.get("commands", [earlier["command"]] if "command" in earlier else [])
+    commands = [c for c in ran if c != command]  # the others that ran here, in the order they last ran
     manifest = {"key": sweep_key(task_overrides), "overrides": list(task_overrides), "command": command,
+                "commands": [*commands, command],
                 "cells": len(jobs), "finished": finished, "axes": axes, "values": values, "jobs": jobs_axes,
                 "hashes": list(hashes), "work": list(work), "complete": False, "warnings": warnings,
                 FOLDERS: earlier.get(FOLDERS, {}) if folders is None else {str(k): v for k, v in folders.items()},
@@ -223,7 +227,8 @@ def read_manifest(sweep_dir: Path, strict: bool = False) -> dict[str, Any] | Non
                 and all(texts(data.get(key, [])) for key in ("axes", "command", "hashes", "warnings"))
                 and isinstance(data.get(SPENT, []), list) and all(type(s) in (int, float) for s in data.get(SPENT, []))
                 and isinstance(data.get("values", {}), dict) and all(texts(v) for v in data.get("values", {}).values())
-                and isinstance(data.get("jobs", []), list) and all(isinstance(j, dict) for j in data.get("jobs", []))):
+                and isinstance(data.get("jobs", []), list) and all(isinstance(j, dict) for j in data.get("jobs", []))
+                and isinstance(data.get("commands", []), list) and all(texts(c) for c in data.get("commands", []))):
             raise ValueError("not an sdlab sweep manifest")
     except (OSError, ValueError, RecursionError) as e:
         if strict:
