@@ -332,3 +332,20 @@ def test_sdlab_report_rebuilds_a_sweeps_missing_table_from_its_jobs(tmp_path):
     rebuild(root)
     rebuilt = pd.read_parquet(root / "results.parquet")
     assert sorted(rebuilt["run_id"]) == sorted(made["run_id"]) and (root / "results.csv").is_file()
+
+
+def test_a_commands_time_is_counted_once_however_often_its_end_is_recorded(tmp_path):
+    """Ctrl-C while a sweep was being collected recorded its command's seconds twice (`spent: [9.96, 9.965]`): the
+    report's wall time read 19.9 s over 2 runs of one command that took 10."""
+    import time
+
+    from sdlab.bench.resume import SPENT, read_manifest, record_spent, write_manifest
+
+    write_manifest(tmp_path, ["seed=1"], [["seed=1"]])
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "results.parquet").write_bytes(b"made by this command")
+    began = time.time() - 10
+    record_spent(tmp_path, began, began)  # the sweep's end
+    record_spent(tmp_path, began, began)  # the interrupt's, in the same command
+    record_spent(tmp_path, began + 1, began + 1)  # another command's
+    assert [round(s) for s in read_manifest(tmp_path)[SPENT]] == [10, 9]

@@ -254,13 +254,18 @@ def update_manifest(sweep_dir: Path, **entries: Any) -> None:
         atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps({**manifest, **entries}, indent=1))
 
 
+_SPENT_RECORDED: set[tuple[Path, float]] = set()  # (sweep dir, command start) whose seconds this process recorded
+
+
 def record_spent(sweep_dir: Path, began: float, started: float) -> None:
     """Add the seconds since `began` (the command's start) to the sweep's `SPENT` if it wrote a job's table since
-    `started`: a rerun that made nothing adds none."""
-    manifest = read_manifest(sweep_dir)
+    `started`, once a command (its end and an interrupt at it both record): a rerun that made nothing adds none."""
+    manifest, command = read_manifest(sweep_dir), (Path(sweep_dir).resolve(), began)
     tables = (job / "results.parquet" for job in job_dirs(sweep_dir))
-    if manifest is not None and any(table.is_file() and table.stat().st_mtime >= started for table in tables):
+    if (manifest is not None and command not in _SPENT_RECORDED
+            and any(table.is_file() and table.stat().st_mtime >= started for table in tables)):
         update_manifest(sweep_dir, **{SPENT: [*manifest.get(SPENT, []), round(time.time() - began, 3)]})
+        _SPENT_RECORDED.add(command)
 
 
 def earlier_sweep(root: Path, task_overrides: list[str]) -> tuple[Path, bool] | None:
