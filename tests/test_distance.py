@@ -61,6 +61,18 @@ def test_guidance_claim_names_the_minimum_and_says_u_shaped_only_when_it_clears_
     assert "KID lowest at w = 3 (0.5" in captions["u.png"] and "U-shaped: higher beyond +- 1 sd at both ends" in captions["u.png"]
     assert "higher beyond +- 1 sd at w = 9 (1.5 +- 0.1), within the noise at w = 1 (0.6 +- 0.1)" in captions["half.png"]
     assert "no U on mini: lowest at an end" in captions["end.png"] and "w = 9" in captions["end.png"]
+    guidance_figure(frame_of([2.0, 0.5], "guidance_scale", [1, 9]), tmp_path / "two.png", "mini")
+    two = read_captions(tmp_path)["two.png"]  # it said 'no U on mini: lowest at an end' of two points
+    assert "two guidance scales cannot show a U: give three or more" in two and "no U" not in two, two
+
+
+def test_a_distance_study_of_one_value_each_says_why_it_draws_no_figure(run_sdlab, tmp_path, capsys):
+    """F1 with one guidance scale ended well with a table and no distance_vs_guidance.png, without a word why."""
+    assert run_sdlab("experiment=article_f1_distance_guidance", *SMALL, "distance.guidance_scales=[3]",
+                     "distance.steps=[2]", f"hydra.run.dir={tmp_path}") == 0
+    assert not list(tmp_path.glob("*.png"))
+    assert ("no figure: one guidance scale (3) and one step count (2) give nothing to draw a distance against; give two "
+            "or more distance.guidance_scales or distance.steps") in capsys.readouterr().out
 
 
 def test_nfe_claim_ranks_schedulers_by_fewest_nfe_to_a_distance_all_reach(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -22,6 +23,7 @@ from sdlab.models.generate import chunks, generate_batch
 from sdlab.models.loading import load_model
 from sdlab.models.schedulers import SCHEDULERS
 
+log = logging.getLogger(__name__)
 FLOOR_SEED = 1  # a second draw of real images, as many as one cell generates: the distance of a perfect generator
 WHY_KID = "KID is unbiased at any n, FD is biased upward at small n (see real vs real)"
 PANEL = (8.0, 3.2)  # inches: wide enough for the claim lines
@@ -97,6 +99,9 @@ def run_distance(ctx: JobContext) -> pd.DataFrame:
         guidance_figure(frame, ctx.out_dir / "distance_vs_guidance.png", run.model.name)
     if len(study.steps) > 1:
         nfe_figure(frame, ctx.out_dir / "distance_vs_nfe.png", run.model.name)
+    if len(study.guidance_scales) == len(study.steps) == 1:
+        log.warning("no figure: one guidance scale (%g) and one step count (%d) give nothing to draw a distance against; "
+                    "give two or more distance.guidance_scales or distance.steps", *study.guidance_scales, *study.steps)
     return frame
 
 
@@ -164,7 +169,8 @@ def guidance_figure(frame: pd.DataFrame, target, model: str) -> None:
         best, fd_best = int(np.argmin(kid_mean)), part["guidance_scale"].iloc[int(np.argmin(part["fd"]))]
         ends = [f"w = {w[end]:g} ({kid_mean[end]:.3g} +- {sd[end]:.2g})" for end in (0, len(w) - 1)]
         clear = [kid_mean[best] + sd[best] < kid_mean[end] - sd[end] for end in (0, len(w) - 1)]
-        shape = (f"no U on {model}: lowest at an end" if best in (0, len(w) - 1) else
+        shape = ("two guidance scales cannot show a U: give three or more" if len(w) < 3 else
+                 f"no U on {model}: lowest at an end" if best in (0, len(w) - 1) else
                  "U-shaped: higher beyond +- 1 sd at both ends" if all(clear) else
                  "within the noise of both ends: no U resolved at this n" if not any(clear) else
                  f"higher beyond +- 1 sd at {ends[clear.index(True)]}, within the noise at {ends[clear.index(False)]}: "
