@@ -214,3 +214,16 @@ def test_the_study_generates_with_the_given_negative_prompt(run_sdlab, tmp_path)
     runs = {name: pd.read_parquet(tmp_path / name / "results.parquet") for name in ("with", "without")}
     assert set(runs["with"]["negative_prompt"]) == {"a blue square"} and set(runs["without"]["negative_prompt"]) == {""}
     assert runs["with"]["latent_rmse"].tolist() != runs["without"]["latent_rmse"].tolist()  # other images, not a label
+
+
+def test_the_convergence_title_speaks_of_dashed_lines_only_when_it_draws_some(tmp_path, monkeypatch):
+    """A study of euler alone was titled '(dashed: stochastic, against its own high-step limit)': no line was dashed."""
+    from sdlab.bench import figures
+    from sdlab.bench.captions import read_captions
+
+    for stochastic in (False, True):
+        summary = pd.DataFrame([{"scheduler": "euler", "num_inference_steps": s, "stochastic": stochastic, "nfe_mean": s,
+                                 "n": 2, "psnr_mean": 20.0 + s, "psnr_lo": math.nan, "psnr_hi": math.nan} for s in (4, 8)])
+        figures.convergence(summary, "nfe", ["psnr"], tmp_path / f"{stochastic}.png", xlabel="NFE", title="fewest NFE")
+    captions = read_captions(tmp_path)
+    assert "dashed" not in captions["False.png"] and "(dashed: stochastic, against its own" in captions["True.png"]

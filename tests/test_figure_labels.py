@@ -109,3 +109,15 @@ def test_a_long_image_strip_wraps_into_bands_of_its_rows_no_wider_than_the_page(
     assert [band[0] for band in bands] == ["t=0\n0 dB", "t=0\n1 dB", "t=6\n0 dB", "t=6\n1 dB", "t=12\n0 dB", "t=12\n1 dB"]
     assert [ax.get_ylabel() for ax in shown if ax.get_subplotspec().colspan.start == 0] == [
         "pixel x_t", "latent z_t, decoded"] * 3
+
+
+def test_a_count_axis_of_one_value_is_ticked_at_whole_numbers_only(tmp_path, monkeypatch):
+    """A3 at one step drew its 'model evaluation (0 = the first)' axis with ticks -0.045 ... 0.045."""
+    drawn, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    for xs in ([0], [0, 1, 2, 3]):
+        figures.curves([{"lines": [{"x": xs, "y": [1.0] * len(xs)}], "integer_x": True}], tmp_path / "c.png")
+        ax = drawn[-1].axes[0]
+        low, high = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if low <= t <= high]
+        assert shown and all(float(t).is_integer() for t in shown), (xs, shown)

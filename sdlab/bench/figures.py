@@ -164,7 +164,7 @@ def curves(panels: Sequence[dict], target: Path, title: str = "", panel_inches: 
             if panel.get("ylim"):
                 ax.set_ylim(*panel["ylim"])
             if panel.get("integer_x"):
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one point: its own tick
             ax.set_xlabel(panel.get("xlabel", ""))
             scale = f"\n(symmetric log scale, linear within +-{panel['symlog']:g})" if panel.get("symlog") else ""
             ax.set_ylabel(panel.get("ylabel", "") + scale)
@@ -462,8 +462,8 @@ def convergence(summary: pd.DataFrame, cost: str, metrics: Sequence[str], target
                 ax.set_ylabel(label if column == 0 else "")
                 ax.set_title(group_name if row == 0 else "")
             axes[0, column].legend(fontsize=7, frameon=False, loc="best", ncol=2 if len(part["scheduler"].unique()) > 4 else 1)
-        title = title or "distance to the reference solve (dashed: stochastic, against its own high-step limit)"
-        suptitle = fig.suptitle(f"{title}\n{band_note(summary['n'])}")
+        dashed = "\n(dashed: stochastic, against its own high-step limit)" * bool(summary["stochastic"].any())
+        suptitle = fig.suptitle(f"{title or 'distance to the reference solve'}{dashed}\n{band_note(summary['n'])}")
         in_its_font(fig)  # and its titles as typed, its caption, before they wrap
         fit_titles(fig, suptitle)
         return save_figure(fig, target)

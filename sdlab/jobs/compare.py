@@ -167,7 +167,6 @@ def write_outputs(ctx: JobContext, study: Study, model, runs: pd.DataFrame) -> N
     write_table(visits, ctx.out_dir, "visits")
     for column, cost, label in (("nfe", "nfe", "denoiser evaluations (NFE: UNet or transformer calls), log scale"),
                                 ("time_total_s", "seconds", "wall seconds per image, log scale")):
-        title = f"{claim(ranked, target, source, study, cost)}\n(dashed: stochastic, against its own high-step limit)"
         convergence(summary, column, METRICS, ctx.out_dir / f"convergence_{cost}.png", xlabel=label, psnr_target=target,
-                    title=title)
+                    title=claim(ranked, target, source, study, cost))
     schedule_visits(visits, model.noise.snr_curve(model.base_scheduler_config), ctx.out_dir / "visits.png")
