@@ -256,7 +256,10 @@ def test_folder_without_weights_is_refused(tmp_path):
     (("experiment=article_b2_toy_predictor", "toy_predictor.shape=[1024,1024,1024]"),
      "toy_predictor.n x shape = 50 x [1024, 1024, 1024] is 53687091200 numbers, above the 100000000 a toy holds"),
     (("experiment=article_d2_timestep_embedding", "timestep_embedding.dim=8000", "timestep_embedding.rows=100000"),
-     "timestep_embedding.rows x dim = 100000 x 8000 is 800000000 numbers, above the 100000000 a toy holds"),
+     "timestep_embedding.rows=100000 must be an integer >= 1 and <= 1000"),
+    # D2 drew 1000 rows of 5000 asked, without a word: a pixel row each, the heatmap's most
+    (("experiment=article_d2_timestep_embedding", "timestep_embedding.rows=5000"),
+     "timestep_embedding.rows=5000 must be an integer >= 1 and <= 1000"),
     (("experiment=article_b2_toy_predictor", "toy_predictor.shape=[]"),
      "toy_predictor.shape=[] must be a non-empty list of integers, each >= 1 and <= 1024"),
     (("experiment=article_b3_unet_levels", "toy_unet.configs=[[0]]"),

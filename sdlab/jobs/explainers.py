@@ -18,7 +18,6 @@ from sdlab.metrics.clip import cosine_matrix
 from sdlab.metrics.toy_unet import level_table
 
 CURVE_POINTS = 1000  # timesteps on the cosine curve, at most
-HEAT_ROWS = 1000  # timesteps on the embedding's heatmap, at most: each gets a pixel row, the figure grows to fit them
 
 
 def finish(ctx: JobContext, frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -221,7 +220,7 @@ def pixel_rows(fig, ax, rows: int) -> None:
 def run_timestep_embedding(ctx: JobContext) -> pd.DataFrame:
     """The SD UNet's sinusoidal timestep embedding as a heatmap, beside each t's cosine to t=0's (a table row per t)."""
     T, dim, rows = ctx.recipe.T, ctx.recipe.dim, ctx.recipe.rows
-    timesteps = np.unique(np.linspace(0, T - 1, min(rows, T, HEAT_ROWS)).round().astype(int))
+    timesteps = np.unique(np.linspace(0, T - 1, min(rows, T)).round().astype(int))
     embedding = toy.sinusoidal_timestep_embedding(timesteps, dim)
     t = np.unique(np.linspace(0, T - 1, min(T, CURVE_POINTS)).round().astype(int))
     curve = toy.sinusoidal_timestep_embedding(t, dim)

@@ -222,15 +222,15 @@ class DdimSteps:
             raise UserError(f"ddim_steps.steps {bad} must be <= ddim_steps.T={self.T}")
 
 
+HEAT_ROWS = 1000  # timesteps on the embedding's heatmap, at most: each gets a pixel row, the figure grows to fit them
+
+
 @dataclass(frozen=True)
 class TimestepEmbedding:
     block = "timestep_embedding"
     T: int = rule(1000, "int", 1, 1_000_000)
     dim: int = rule(320, "int", 2, 8192)  # SD's is 320; its heatmap draws rows x dim cells
-    rows: int = rule(1000, "int", 1, 100_000)  # the heatmap draws at most T and at most 1000 (explainers.HEAT_ROWS)
-
-    def __post_init__(self):
-        check_numbers(self.block, rows=self.rows, dim=self.dim)
+    rows: int = rule(HEAT_ROWS, "int", 1, HEAT_ROWS)  # the heatmap's timesteps: T of them at most
 
 
 SPACES = ("pixel", "latent")
