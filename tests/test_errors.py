@@ -257,6 +257,8 @@ def test_folder_without_weights_is_refused(tmp_path):
      "toy_predictor.n x shape = 50 x [1024, 1024, 1024] is 53687091200 numbers, above the 100000000 a toy holds"),
     (("experiment=article_d2_timestep_embedding", "timestep_embedding.dim=8000", "timestep_embedding.rows=100000"),
      "timestep_embedding.rows=100000 must be an integer >= 1 and <= 1000"),
+    (("experiment=article_b6_ddim_steps", "ddim_steps.steps=[10]"),  # a failed row: a ValueError of an empty array
+     "ddim_steps.steps=[10] needs two step counts or more: the figure is the error against the steps"),
     # D2 drew 1000 rows of 5000 asked, without a word: a pixel row each, the heatmap's most
     (("experiment=article_d2_timestep_embedding", "timestep_embedding.rows=5000"),
      "timestep_embedding.rows=5000 must be an integer >= 1 and <= 1000"),

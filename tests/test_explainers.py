@@ -320,3 +320,14 @@ def test_img2img_of_one_strength_says_it_has_nothing_to_compare(run_sdlab, tmp_p
     psnr = pd.read_parquet(tmp_path / "results.parquet")["psnr_to_input"].iloc[0]
     caption = read_captions(tmp_path)["img2img_strength.png"]
     assert f"PSNR to the input {psnr:.1f} dB at 0.5 (one strength: nothing to compare)" in caption, caption
+
+
+def test_ddim_steps_of_two_step_counts_claims_no_knee_bend_or_power_law(run_sdlab, tmp_path):
+    """B6 at 10 and 20 steps read 'each doubling from 10 to 20 steps cuts it 72-72%', '10 -> 10 steps remove 0% of
+    the 10-step error' and 'close to a power law' (any two points lie on one)."""
+    assert run_sdlab("experiment=article_b6_ddim_steps", "ddim_steps.steps=[10,20]", f"hydra.run.dir={tmp_path}") == 0
+    caption = read_captions(tmp_path)["ddim_steps.png"]
+    mse = pd.read_parquet(tmp_path / "results.parquet")["mse"]
+    fall = 1 - mse.iloc[-1] / mse.iloc[0]
+    assert f"from 10 to 20 steps the error falls {fall:.0%}; a knee needs three step counts or more" in caption, caption
+    assert "10 -> 10" not in caption and "power law" not in caption and "-72%" not in caption, caption

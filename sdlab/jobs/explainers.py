@@ -161,7 +161,9 @@ def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     rule = f"a doubling of the steps cuts the error by less than {toy.KNEE_CUT:.0%}"
     absolute = (f"{steps[0]} -> {bend} steps remove {1 - left:.0%} of the {steps[0]}-step error, {bend} -> {steps[-1]} "
                 f"({steps[-1] / bend:.0f}x the work) the last {left:.0%}")
-    title = (f"knee at {knee} steps: from there {rule}\n{absolute}" if knee else
+    title = (f"from {steps[0]} to {steps[-1]} steps the error falls {1 - mse[-1] / mse[0]:.0%}; a knee needs three step "
+             "counts or more" if len(steps) < 3 else
+             f"knee at {knee} steps: from there {rule}\n{absolute}" if knee else
              f"no knee by the article's definition ({rule}):\neach doubling from {steps[0]} to {steps[-1]} steps cuts "
              f"it {100 * cuts.min():.0f}-{cuts.max():.0%};\n'more steps stop paying' holds only for the absolute "
              f"error:\n{absolute}")
@@ -169,8 +171,8 @@ def run_ddim_steps(ctx: JobContext) -> pd.DataFrame:
     # nothing marked on the straight log-log line: a marked bend there reads as the knee the title denies
     curves([{"lines": [{"x": steps, "y": mse, "style": "o-", "label": f"DDIM round trip, {r.schedule} schedule"}],
              "xlabel": "steps (log scale)", "ylabel": "reconstruction MSE", "logx": True, "logy": True,
-             "title": f"the error falls {mse[0] / mse[-1]:.0f}x from {steps[0]} to {steps[-1]} steps, "
-                      f"close to a power law (slope {slope:.2f} on log-log axes)"},
+             "title": f"the error falls {mse[0] / mse[-1]:.0f}x from {steps[0]} to {steps[-1]} steps"
+                      + f", close to a power law (slope {slope:.2f} on log-log axes)" * (len(steps) > 2)},
             {"points": [{"x": steps[1:], "y": 100 * cuts, "notes": [f"{c:.0%}" for c in cuts], "color": "C0"}],
              "lines": [{"x": steps[1:], "y": 100 * cuts, "style": "-"}], "hline": 100 * toy.KNEE_CUT, "ylim": (0, 100),
              "logx": True, "xlabel": "steps at the end of each interval (log scale)",

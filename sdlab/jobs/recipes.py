@@ -220,6 +220,9 @@ class DdimSteps:
     def __post_init__(self):
         if bad := [n for n in self.steps if n > self.T]:
             raise UserError(f"ddim_steps.steps {bad} must be <= ddim_steps.T={self.T}")
+        if len(self.steps) < 2:
+            raise UserError(f"ddim_steps.steps={list(self.steps)} needs two step counts or more: the figure is the error "
+                            "against the steps")
 
 
 HEAT_ROWS = 1000  # timesteps on the embedding's heatmap, at most: each gets a pixel row, the figure grows to fit them
