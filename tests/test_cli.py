@@ -457,6 +457,16 @@ def test_a_key_added_for_a_job_that_reads_it_passes(args):
     assert args[-1] in prepare(args)
 
 
+def test_a_key_a_recipe_leaves_out_but_its_job_reads_is_named_with_the_plus_that_adds_it(run_sdlab, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """`experiment=article_a7_trajectory preview=linear` was an unknown key, with no word that its job reads it."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("experiment=article_a7_trajectory", "preview=linear") == 2
+    assert ("unknown config key 'preview' (+preview=linear adds it: job trajectory reads it)"
+            in one_error_line(capsys))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args, why", [
     (["prompt_file=F", "prompt=x"], "both set the prompts"), (["prompt=x", "prompt_file=F"], "both set the prompts"),
     (["seed=1,2", "seeds=[3,4]"], "seeds, when set, replaces seed"), (["seeds=[3,4]", "seed=1"], "seeds, when set"),

@@ -202,7 +202,9 @@ def check_override(arg: str, typed: dict[str, list[str]]) -> None:
     if (lacking and not arg.startswith("+")) or not any(group in config for config in readers):
         config, main = configs[lacking[0]], sorted(conf_values("config.yaml").keys() - {"hydra", "job"})
         where = f" for experiment={lacking[0]}" if len(configs) > 1 else ""
+        read = next((c["job"] for c in kin(configs) if group in c), None) if not arg.startswith("+") else None
         hint = (f" (++{key}=VALUE sets it there too)" if len(lacking) < len(configs)
+                else f" (+{key}={value} adds it: job {read} reads it)" if read
                 else suggestion(key, config.keys() | {PROMPT_FILE_KEY}) or group_key_hint(key))
         extra = sorted(config.keys() - conf_values("config.yaml").keys())  # the recipe's own top-level keys
         own = f"; experiment={lacking[0]} adds: {', '.join(extra)}" if extra else ""
