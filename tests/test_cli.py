@@ -457,6 +457,19 @@ def test_a_key_added_for_a_job_that_reads_it_passes(args):
     assert args[-1] in prepare(args)
 
 
+def test_a_seed_two_cells_of_the_same_settings_would_make_is_refused(run_sdlab, tmp_path, monkeypatch, capsys):
+    """`-m 'seeds=[1,2],[2,3]'` made seed 2's image twice, in one shared call of 4 (a plan of 4 images, 3 rows)."""
+    monkeypatch.chdir(tmp_path)
+    for plan in ("plan=true", "plan=false"):
+        assert run_sdlab("-m", "seeds=[1,2],[2,3]", "model=tiny", plan) == 2
+        assert ("seeds=[1,2],[2,3] gives seed 2 to two cells of the same settings: its image would be made twice; "
+                "list each seed once") in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+    assert run_sdlab("-m", "seeds=[1,2],[2,3]", "guidance_scale=1,3", "model=tiny", "plan=true") == 2
+    capsys.readouterr()
+    assert run_sdlab("-m", "seeds=[1,2],[3,4]", "model=tiny", "plan=true") == 0  # apart: each image once
+
+
 def test_a_key_a_recipe_leaves_out_but_its_job_reads_is_named_with_the_plus_that_adds_it(run_sdlab, tmp_path,
                                                                                           monkeypatch, capsys):
     """`experiment=article_a7_trajectory preview=linear` was an unknown key, with no word that its job reads it."""

@@ -10,7 +10,7 @@ from sdlab.bench.captions import counted
 from sdlab.bench.inputs import input_image_files
 from sdlab.bench.scorers import check_reference_read, check_set_scorers, configured
 from sdlab.bench.worlds import world
-from sdlab.config import GenerationParams, Run
+from sdlab.config import GenerationParams, Run, config_hash
 from sdlab.errors import CannotRun, UserError, choose
 from sdlab.jobs import IMAGELESS_JOBS, JOB_MODULES, MODEL_FREE_JOBS, check_recipe
 from sdlab.jobs.recipes import RECIPES
@@ -133,6 +133,19 @@ def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
     check_reference_read([run.recipe for run in runs])
     check_read([run.job for run in runs], typed)
     check_eta_read(runs, typed)
+    check_seeds_apart(runs, typed)
+
+
+def check_seeds_apart(runs: list[Run], typed: dict[str, str]) -> None:
+    """Refuse a seed that two generate cells of the same settings would both make (`seeds=[1,2],[2,3]`)."""
+    owners: dict[tuple[str, int], Run] = {}
+    for run in runs if any(len(run.params.seeds) > 1 for run in runs) else ():
+        rest = config_hash({k: v for k, v in run.recipe.items() if k not in ("seed", "seeds", "resume", "plan")})
+        for seed in run.params.seeds if run.job == "generate" else ():
+            if owners.setdefault((rest, seed), run) is not run:
+                given = f"seeds={typed['seeds']}" if "seeds" in typed else "the sweep"
+                raise UserError(f"{given} gives seed {seed} to two cells of the same settings: its image would be made "
+                                "twice; list each seed once")
 
 
 def check_eta_read(runs: list[Run], typed: dict[str, str]) -> None:
