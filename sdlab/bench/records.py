@@ -178,7 +178,7 @@ def read_table(folder: Path) -> pd.DataFrame | None:
         log.warning("%s is damaged (no run_id or status column)", path)
     rebuilt = rows_from_images(folder)
     if rebuilt is not None:
-        log.warning("rebuilt %s from the rows in %d images", folder / TABLE_NAME, len(rebuilt))
+        log.warning("%s has no table: its rows read from its %d images", folder, len(rebuilt))
         rebuilt.attrs[READ_FROM] = "images"
         return rebuilt
     if damaged := [path for path in files if path.is_file()]:
