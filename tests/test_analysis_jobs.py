@@ -845,3 +845,14 @@ def test_a_guidance_grid_of_one_scale_says_the_scores_it_has():
     assert guidance_panels(ok)[1].startswith("at w=3: CLIP score 80.5 (n=2 seeds)\n")
     ok = pd.DataFrame([{"seed": seed, "guidance_scale": 3.0, "adherence_all": True} for seed in range(2)])
     assert guidance_panels(ok)[1].startswith("at w=3: prompt followed by 100% of images (n=2 seeds)\n")
+
+
+def test_same_seed_layout_claims_a_hold_only_beyond_its_noise():
+    """A8 said 'the seed keeps the layout' of 0.44 against 0.29 over 6 pairs each, whatever their spread."""
+    from sdlab.jobs.grids import layout_claim
+
+    assert layout_claim([0.9, 0.1, 0.8, 0.0, 0.7, 0.1], [0.5, 0.2, 0.0, 0.4, 0.6, 0.1]) == (
+        "whether the seed keeps the layout is within the noise at this n (+0.13 +- 0.39, 2 standard errors)")
+    assert layout_claim([0.8, 0.82, 0.79], [0.1, 0.12, 0.09]) == "the seed keeps the layout"
+    assert layout_claim([0.1, 0.12, 0.09], [0.8, 0.82, 0.79]) == "the seed does not keep the layout"
+    assert layout_claim([0.5], [0.1, 0.2]) == "too few pairs to tell whether the seed keeps the layout"

@@ -180,14 +180,26 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
     frame = frame.assign(layout_r_same_seed=same, layout_r_other_seed=other, background_alike_same_seed=by_seed,
                          background_alike_same_subject=by_subject)
     follows = "the subject word, not the seed" if by_subject > by_seed else "the seed"
-    keeps = ("too few pairs to tell whether the seed keeps the layout" if np.isnan(same) or np.isnan(other) else
-             "the seed keeps the layout" if same > other else "the seed does not keep the layout")
+    keeps = layout_claim(pairs[True], pairs[False])
     return frame, "\n".join([
         f"{keeps}: layout correlation {same:.2f} between two subjects from one seed "
         f"(n={counted(len(pairs[True]), 'pair')}), {other:.2f} between two subjects from two seeds "
         f"(n={counted(len(pairs[False]), 'pair')}) (luminance on an 8x8 grid)",
         f"background alike in {sum(alike[True])}/{len(alike[True])} same-seed, {sum(alike[False])}/{len(alike[False])} "
         f"same-subject pairs: it follows {follows}"])
+
+
+def layout_claim(same: list[float], other: list[float]) -> str:
+    """Whether layouts of one seed correlate more than of two: only a mean difference beyond 2 standard errors (Welch)
+    says so either way."""
+    if min(len(same), len(other)) < 2:
+        return "too few pairs to tell whether the seed keeps the layout"
+    difference = float(np.mean(same) - np.mean(other))
+    margin = 2 * float(np.sqrt(np.var(same, ddof=1) / len(same) + np.var(other, ddof=1) / len(other)))
+    if abs(difference) <= margin:
+        return (f"whether the seed keeps the layout is within the noise at this n ({difference:+.2f} +- {margin:.2f}, "
+                "2 standard errors)")
+    return "the seed keeps the layout" if difference > 0 else "the seed does not keep the layout"
 
 
 def scheduler_grid_work(run, grid: SchedulerGrid) -> Solves:
