@@ -457,6 +457,10 @@ def test_a_key_added_for_a_job_that_reads_it_passes(args):
     assert args[-1] in prepare(args)
 
 
+def test_a_plain_value_given_again_replaces_the_first_as_scripts_expect():
+    assert prepare(["-m", "seed=1", "model=tiny", "seed=2"])[:4] == ["-m", "seed=1", "model=tiny", "seed=2"]
+
+
 def test_a_seed_two_cells_of_the_same_settings_would_make_is_refused(run_sdlab, tmp_path, monkeypatch, capsys):
     """`-m 'seeds=[1,2],[2,3]'` made seed 2's image twice, in one shared call of 4 (a plan of 4 images, 3 rows)."""
     monkeypatch.chdir(tmp_path)
@@ -484,8 +488,8 @@ def test_a_key_a_recipe_leaves_out_but_its_job_reads_is_named_with_the_plus_that
     (["prompt_file=F", "prompt=x"], "both set the prompts"), (["prompt=x", "prompt_file=F"], "both set the prompts"),
     (["seed=1,2", "seeds=[3,4]"], "seeds, when set, replaces seed"), (["seeds=[3,4]", "seed=1"], "seeds, when set"),
     (["seed=1,2", "seed=3"], "seed is given twice: only the last would count"),  # ran seed 3 alone, without a word
-    (["guidance_scale=1", "+guidance_scale=7.5"], "guidance_scale is given twice"),
-    (["model=tiny", "model=mini"], "model is given twice"), (["seed=1", "seed=1"], "seed is given twice"),
+    (["guidance_scale=1", "+guidance_scale=7.5,9"], "guidance_scale is given twice"),
+    (["model=tiny", "model=tiny,mini"], "model is given twice"), (["seed=range(2)", "seed=1"], "seed is given twice"),
 ])
 def test_two_keys_of_which_one_would_be_dropped_are_refused(run_sdlab, tmp_path, monkeypatch, capsys, args, why):
     monkeypatch.chdir(tmp_path)

@@ -158,6 +158,14 @@ def check_syntax(arg: str) -> None:
                         "e.g. 'seeds=[1,2]')") from None
 
 
+def is_sweep(arg: str) -> bool:
+    """Whether override `arg` sweeps its key (`seed=1,2`, `seed=range(3)`); False for one Hydra cannot read."""
+    try:
+        return override_parser().parse_override(arg).is_sweep_override()
+    except Exception:  # noqa: BLE001 - its parse error is check_syntax's to say
+        return False
+
+
 def check_override(arg: str, typed: dict[str, list[str]]) -> None:
     """Reject an unknown group choice or key, or `+KEY=` of a set key; `typed`: the groups' typed options."""
     key, sep, value = arg.partition("=")
@@ -334,12 +342,14 @@ def group_choices(group: str, recipe: str, typed: dict[str, list[str]]) -> list[
 
 
 def check_exclusive(overrides: list[str]) -> None:
-    """Refuse two keys (not null) of which only one would take effect, such as `seed` and `seeds` or one key given
-    twice, naming both."""
+    """Refuse two keys (not null) of which only one would take effect, such as `seed` and `seeds`, or a sweep and
+    another value of its key (`seed=1,2 seed=3`: a plain value given again replaces the first, as scripts expect),
+    naming both."""
     first_of: dict[str, int] = {}
     for i, arg in enumerate(overrides):
         key, sep, _ = arg.partition("=")
-        if sep and not key.startswith("~") and (earlier := first_of.setdefault(key.lstrip("+"), i)) != i:
+        if (sep and not key.startswith("~") and (earlier := first_of.setdefault(key.lstrip("+"), i)) != i
+                and (is_sweep(overrides[earlier]) or is_sweep(arg))):
             raise UserError(f"{overrides[earlier]} and {arg} cannot go together ({key.lstrip('+')} is given twice: "
                             "only the last would count); give it once")
     typed = {arg.partition("=")[0].lstrip("+"): arg for arg in overrides if arg.partition("=")[2] not in ("", "null")}
