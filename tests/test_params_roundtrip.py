@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -206,3 +207,15 @@ def test_an_unknown_scheduler_in_a_params_file_is_named_with_its_file_before_any
     with pytest.raises(UserError, match=r"^params=\S+p.json: unknown scheduler 'dpmpp_2m_karas' \(did you mean "
                                         r"dpmpp_2m_karras\?\); choose one of: ddim, .*'DPM\+\+ 2M Karras'\)$"):
         load_params(tmp_path / "p.json")
+
+
+@pytest.mark.parametrize("settings, said", [
+    ("Steps: 1, Sampler: Euler, CFG scale: 3, Seed: 5, Size: 64x64, Steps: 2", "gives 'Steps' twice; keep one"),
+    ("Steps: 1, Seed: 5, Size: 32 x 48", "Size: 32 x 48 must be WIDTHxHEIGHT, such as 512x768"),
+    ("Steps: 1, Seed: 5, Size: 64x", "Size: 64x must be WIDTHxHEIGHT"),
+])
+def test_an_infotext_that_says_a_setting_twice_or_a_size_sdlab_cannot_read_is_refused(settings, said):
+    """`Steps` twice ran the last one; `Size: 32 x 48` was skipped with a warning that sdlab does not read Size (it
+    does) and the image came out at the model's own size."""
+    with pytest.raises(UserError, match=re.escape(said)):
+        parse_infotext(f"a red circle\n{settings}")

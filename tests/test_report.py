@@ -349,3 +349,12 @@ def test_a_commands_time_is_counted_once_however_often_its_end_is_recorded(tmp_p
     record_spent(tmp_path, began, began)  # the interrupt's, in the same command
     record_spent(tmp_path, began + 1, began + 1)  # another command's
     assert [round(s) for s in read_manifest(tmp_path)[SPENT]] == [10, 9]
+
+
+def test_the_headers_constants_are_the_values_that_ran_not_hydras_quoting(run_sdlab, tmp_path, one_thread):
+    """`"prompt=it's red" negative_prompt=blurry` showed as prompt='it\\'s red', negative_prompt='blurry'."""
+    sweep = tmp_path / "s"
+    assert run_sdlab("-m", "seed=1,2", "prompt=it's red", "negative_prompt=blurry", "model=tiny",
+                     "num_inference_steps=1", "threads=1", f"hydra.sweep.dir={sweep}") == 0
+    constants = embedded((sweep / "report.html").read_text())["header"]["constants"]
+    assert constants["prompt"] == "it's red" and constants["negative_prompt"] == "blurry", constants

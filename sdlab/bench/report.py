@@ -161,6 +161,7 @@ def header(frame: pd.DataFrame, folder: Path, axes: list[str], manifest: dict[st
     constants = {key: values[0] for key in PARAM_COLUMNS if key not in axes
                  for values in [list(dict.fromkeys(axis_values(ok, key)))] if len(values) == 1 and values[0]}
     constants |= {key: values[0] for key, values in manifest["values"].items() if len(values) == 1 and key not in axes
+                  and key not in constants  # a row's value as it ran, not as Hydra quoted it ('it\'s red')
                   and not (key in REPLICATES and "seed" in axes)}  # `seeds=[1,2,3]`: one value, a seed a row
     first = lambda column: next((v for v in frame.get(column, []) if isinstance(v, str) and v), None)  # noqa: E731
     return {

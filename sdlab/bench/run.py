@@ -17,7 +17,7 @@ from sdlab.bench.worlds import world
 from sdlab.conf_files import group_options, known_keys
 from sdlab.config import (LIMITS, MODEL_FAMILIES, MODEL_KINDS, MODEL_NAMES, GenerationParams, ModelSpec, Run,
                           checked_run, clash, config_hash, limits, model_spec, rivals, rules_of, suggestion)
-from sdlab.errors import UserError
+from sdlab.errors import UserError, repeats
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
 from sdlab.models.loading import SHIPPED, adapter_class, published_scheduler_config, weights_identity
@@ -250,11 +250,15 @@ def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, 
     cut = next((i for i, line in enumerate(body) if line.startswith("Negative prompt:")), len(body))
     negative = [line.removeprefix("Negative prompt:").strip() for line in body[cut:]]
     out: dict[str, Any] = {"prompt": "\n".join(body[:cut]), "negative_prompt": "\n".join(negative)}
-    given = {k.strip(): v.strip() for k, v in re.findall(r'\s*([\w \-/]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)', settings)}
+    pairs = [(k.strip(), v.strip()) for k, v in re.findall(r'\s*([\w \-/]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)', settings)]
+    if twice := repeats(k.lower() for k, _ in pairs):
+        raise UserError(f"{label} gives {next(k for k, _ in pairs if k.lower() == twice[0])!r} twice; keep one")
     unread = []
-    for typed, value in given.items():
+    for typed, value in pairs:
         key = typed.lower()
-        if key == "size" and re.fullmatch(r"\d+x\d+", value):
+        if key == "size":
+            if not re.fullmatch(r"\d+x\d+", value):
+                raise UserError(f"{label}: Size: {value} must be WIDTHxHEIGHT, such as 512x768")
             out["width"], out["height"] = map(int, value.split("x"))
         elif key in READ_KEYS:
             out[READ_KEYS[key]] = _number(value) if key not in ("sampler", "schedule type") else unquote(value)
