@@ -179,9 +179,19 @@ def check_whole(image: Image.Image, f: IO[bytes]) -> None:
         image.load()
 
 
-def check_image(path: str | Path, label: str, what: str) -> None:
-    """A regular file that opens as an image and is not cut short (`check_whole`; PNG and JPEG pixels not decoded)."""
+def check_pixels(image: Image.Image, label: str, max_pixels: int) -> None:
+    """Refuse an opened image of more than `max_pixels` (`limits.max_input_pixels`), known from its header alone."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UserError(f"{label} is {width}x{height} px = {width * height} pixels, above limits.max_input_pixels="
+                        f"{max_pixels}; raise it with limits.max_input_pixels=N on a machine that can take it")
+
+
+def check_image(path: str | Path, label: str, what: str, max_pixels: int) -> None:
+    """A regular file that opens as an image of at most `max_pixels` and is not cut short (`check_whole`; PNG and JPEG
+    pixels not decoded)."""
     with open_regular(path, label, what) as f, image_faults(label, "an image", what), Image.open(f) as image:
+        check_pixels(image, label, max_pixels)
         check_whole(image, f)
 
 

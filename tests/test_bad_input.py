@@ -728,6 +728,23 @@ def test_input_images_are_checked_before_torch_or_diffusers_is_imported(tmp_path
         assert not (tmp_path / "run").exists()
 
 
+def test_an_input_image_of_more_pixels_than_the_limit_is_refused_before_it_is_decoded(tmp_path):
+    """`images=` with a picture larger than `limits.max_input_pixels` is one line naming it, its size and the limit,
+    read from its header before torch is imported: a 9500 x 9500 PNG of a few KB used to take 1.2 GB to decode."""
+    from PIL import Image
+    from test_cli import entry_in_a_new_process
+
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(tmp_path / "wide.png")
+    result = entry_in_a_new_process(["experiment=vae_roundtrip", f"images={tmp_path / 'wide.png'}",
+                                     "limits.max_input_pixels=50000", "hydra.run.dir=run"], tmp_path,
+                                    ("torch", "diffusers"))
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 []", result.stdout + result.stderr
+    assert result.stderr.strip() == (f"sdlab: error: images: {tmp_path / 'wide.png'} is 300x200 px = 60000 pixels, "
+                                     "above limits.max_input_pixels=50000; raise it with limits.max_input_pixels=N "
+                                     "on a machine that can take it"), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_reference_set_is_checked_before_torch_or_diffusers_is_imported(tmp_path):
     """`reference=` names files that need no library to check: a reference image cut short is refused before the
     scheduler checks import the libraries, and no run dir is made."""

@@ -311,10 +311,11 @@ def test_every_reader_of_images_words_a_bad_png_alike(tmp_path, name):
     path = tmp_path / f"{name}.png"
     path.write_bytes(bad_pngs(tmp_path)[name])
     lines = []
-    for read, label in ((lambda: check_image(path, "images: X", "an image file"), "images: X"),
+    for read, label in ((lambda: check_image(path, "images: X", "an image file", LIMITS["max_input_pixels"]),
+                         "images: X"),
                         (lambda: read_png_text(path, "params=X", LIMITS), "params=X"),
                         (lambda: read_image(path, 8, 8), f"reference image {path}"),
-                        (lambda: analysis.read_image(path, 8, 8, "image=X"), "image=X")):
+                        (lambda: analysis.read_image(path, 8, 8, "image=X", LIMITS["max_input_pixels"]), "image=X")):
         with pytest.raises(UserError) as refused:
             read()
         line = str(refused.value)
@@ -330,10 +331,10 @@ def test_an_image_cut_short_is_refused_from_its_file_and_a_whole_one_passes(tmp_
     folder = cut_short(tmp_path / "images", kind)
     whole, cut, _ = sorted(folder.iterdir())
     with pytest.raises(UserError, match=r"^images: X is not an image \(image file is truncated\); give an image"):
-        check_image(cut, "images: X", "an image file")
-    check_image(whole, "images: X", "an image file")
+        check_image(cut, "images: X", "an image file", LIMITS["max_input_pixels"])
+    check_image(whole, "images: X", "an image file", LIMITS["max_input_pixels"])
     whole.write_bytes(whole.read_bytes() + b"\0" * 100)
-    check_image(whole, "images: X", "an image file")
+    check_image(whole, "images: X", "an image file", LIMITS["max_input_pixels"])
 
 
 @pytest.mark.parametrize("options", [{}, {"progressive": True}, {"restart_marker_blocks": 1}])
@@ -350,10 +351,10 @@ def test_a_jpeg_cut_after_its_exif_thumbnail_is_refused_and_a_whole_one_passes(t
     for end in (scan + 20, len(whole) // 2, len(whole) * 6 // 10, len(whole) - 1):
         path.write_bytes(whole[:end])
         with pytest.raises(UserError, match=r"^X is not an image \(image file is truncated\)"):
-            check_image(path, "X", "an image file")
+            check_image(path, "X", "an image file", LIMITS["max_input_pixels"])
     for trailer in (b"", b"\0" * 100, b"\xff\xd8 a motion photo's video \xff\xd9"):
         path.write_bytes(whole + trailer)
-        check_image(path, "X", "an image file")
+        check_image(path, "X", "an image file", LIMITS["max_input_pixels"])
 
 
 def test_a_lost_table_is_rebuilt_from_pngs_skipping_those_whose_record_is_not_one(tmp_path):
@@ -440,3 +441,15 @@ def test_a_prompt_files_lines_end_at_newlines_only(tmp_path):
                                     encoding="utf-8")
     assert read_prompt_lines(tmp_path / "p.txt", "prompt_file=p.txt", LIMITS) == [
         "a red circle\u2028on blue", "a green\x0csquare\u0085 at the top"]
+
+
+def test_both_readers_of_input_images_refuse_one_of_more_pixels_than_the_limit(tmp_path):
+    """`images=` (checked before the job) and `image=` (img2img's input, read in its check) name the file, its size
+    and `limits.max_input_pixels`; an image at the limit passes."""
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (30, 20)).save(path)
+    for read in (lambda limit: check_image(path, "image=X", "an image file", limit),
+                 lambda limit: analysis.read_image(path, 8, 8, "image=X", limit)):
+        with pytest.raises(UserError, match=r"^image=X is 30x20 px = 600 pixels, above limits.max_input_pixels=599; "):
+            read(599)
+        read(600)

@@ -102,7 +102,7 @@ def check_job(run: Run) -> list[str]:
     clip = cfg.get("clip")  # as are the CLIP model (none with clip=none), input images and reference sets
     if clip and clip.get("name") not in (None, "none"):
         check_clip_folder(clip_folder(clip), clip["name"])
-    input_image_files(cfg.get("images"))
+    input_image_files(cfg.get("images"), run.limits["max_input_pixels"])
     check_set_scorers(cfg, params.width, params.height)
     recipe = check_recipe(run)  # before the scheduler checks import diffusers: a bad recipe value is found in no time
     resolve_device(spec.device)  # torch alone knows the devices: said before the scheduler checks import diffusers

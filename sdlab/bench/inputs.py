@@ -13,8 +13,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 IMAGES = Field("strs", plain=False, optional=True)  # the `images` key: a folder or files, one or a list
 
 
-def image_files(source: str | os.PathLike | list) -> list[Path]:
-    """Image files named by a folder (its images, sorted), a file or a list; a UserError if missing or not images."""
+def image_files(source: str | os.PathLike | list, max_pixels: int) -> list[Path]:
+    """Image files named by a folder (its images, sorted), a file or a list; a UserError if missing, not images or of
+    more than `max_pixels`."""
     items = source if isinstance(source, (list, tuple)) else [source]
     files: list[Path] = []
     for item in items:
@@ -28,11 +29,12 @@ def image_files(source: str | os.PathLike | list) -> list[Path]:
         else:
             files.append(path)
     for path in files:
-        check_image(path, f"images: {path}", f"an image file ({', '.join(IMAGE_SUFFIXES)}) or a folder of them")
+        check_image(path, f"images: {path}", f"an image file ({', '.join(IMAGE_SUFFIXES)}) or a folder of them",
+                    max_pixels)
     return files
 
 
-def input_image_files(value: object) -> list[Path]:
+def input_image_files(value: object, max_pixels: int) -> list[Path]:
     """The image files an `images` value names (none when unset), the value and the files checked."""
     images = IMAGES.check("images", value)
-    return image_files(images) if images else []
+    return image_files(images, max_pixels) if images else []

@@ -14,7 +14,7 @@ from sdlab.jobs.recipes import ImageInput
 from sdlab.lazy import torch
 from sdlab.metrics.image import cover
 from sdlab.models.loading import shipped_scheduler_config
-from sdlab.untrusted import image_faults, open_regular
+from sdlab.untrusted import check_pixels, image_faults, open_regular
 
 
 def article_reports(run: Run) -> str:
@@ -28,19 +28,22 @@ def model_scheduler_config(run: Run) -> dict:
     return {k: v for k, v in shipped_scheduler_config(run.model)[0].items() if not k.startswith("_")}
 
 
-def read_image(path: Path, width: int, height: int, label: str) -> np.ndarray:
+def read_image(path: Path, width: int, height: int, label: str, max_pixels: int) -> np.ndarray:
     """One image file fitted to width x height; a one-line UserError naming `label` when it cannot be read."""
     with open_regular(path, label, "an image file") as f, image_faults(label, "an image", "an image file"):
         with Image.open(f) as image:
+            check_pixels(image, label, max_pixels)
             image.load()
             return cover(image, width, height)
 
 
-def input_images(source: ImageInput, width: int, height: int, count: int) -> list[tuple[str, np.ndarray, str]]:
-    """(name, image, caption) from `images` (caption: the file stem), else `count` drawn by the `sample_world`."""
+def input_images(source: ImageInput, width: int, height: int, count: int, max_pixels: int
+                 ) -> list[tuple[str, np.ndarray, str]]:
+    """(name, image, caption) from `images` (caption: the file stem; at most `max_pixels` each), else `count` drawn by
+    the `sample_world`."""
     if source.images:
-        return [(p.name, read_image(p, width, height, f"images: {p}"), p.stem.replace("_", " "))
-                for p in image_files(source.images)]
+        return [(p.name, read_image(p, width, height, f"images: {p}", max_pixels), p.stem.replace("_", " "))
+                for p in image_files(source.images, max_pixels)]
     samples = world(source.sample_world).samples(count, min(width, height), None)
     return [(name, cover(Image.fromarray(image), width, height), text) for name, image, text in samples]
 

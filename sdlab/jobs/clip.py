@@ -111,7 +111,7 @@ def run_similarity(ctx: JobContext) -> pd.DataFrame:
                  "clip=none (choose clip=mini or clip=openai_l14)")
         return ordered(rows)
     width, height = ctx.run.params.width, ctx.run.params.height
-    images = input_images(recipe, width, height, recipe.num_images)
+    images = input_images(recipe, width, height, recipe.num_images, ctx.run.limits["max_input_pixels"])
     names = [name for name, _, _ in images]
     captions = prompts if recipe.images else [caption for _, _, caption in images]
     cos = cosine_matrix(clip.image_embeddings([image for _, image, _ in images]), clip.text_embeddings(captions))

@@ -38,7 +38,7 @@ def run_forward(ctx: JobContext) -> pd.DataFrame:
     width, height = ctx.run.params.width, ctx.run.params.height
     seed, spaces, timesteps = recipe.seed or 0, list(recipe.spaces), recipe.timesteps
     schedules = forward_schedules(ctx.run)
-    name, image, _ = input_images(recipe, width, height, 1)[0]
+    name, image, _ = input_images(recipe, width, height, 1, ctx.run.limits["max_input_pixels"])[0]
     x0 = to_model([image], model)
     z0 = model.encode_image(x0) if "latent" in spaces else None
     vae_only = to_uint8(model.decode(z0))[0] if z0 is not None else None

@@ -21,7 +21,7 @@ def run_vae(ctx: JobContext) -> pd.DataFrame:
     spec, recipe = ctx.run.model, ctx.recipe
     model = load_model(spec)
     width, height = ctx.run.params.width, ctx.run.params.height
-    images = input_images(recipe, width, height, recipe.num_images)
+    images = input_images(recipe, width, height, recipe.num_images, ctx.run.limits["max_input_pixels"])
 
     rows, channel_tables, strip, labels = [], [], [], []
     for name, image, _ in images:
