@@ -408,6 +408,7 @@ class Run:
     threads: int | None = None
     resume: bool = True
     weights: str | None = None  # what its rows are made from: the model's and scorers' weights (bench.run.typed_run)
+    notes: tuple[str, ...] = ()  # what parsing skipped or overrode, said by pre-flight once every check passed
 
     @cached_property  # read for the manifest, the plan line and each resume check: worked out once (a frozen Run)
     def job_hash(self) -> str:

@@ -162,24 +162,24 @@ def test_a_file_giving_seed_and_seeds_is_refused_as_the_command_line_is(tmp_path
     ({"seed": 3}, {"seeds": [4, 5]}, [4, 5]),
     ({"seed": 3, "scheduler": "euler"}, {"seed": 4, "scheduler": "ddim"}, None),
 ])
-def test_the_command_line_wins_over_the_file_and_says_what_gave_way(tmp_path, caplog, given, typed, seeds):
+def test_the_command_line_wins_over_the_file_and_says_what_gave_way(tmp_path, given, typed, seeds):
     from sdlab.bench.run import with_params_file
 
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"prompt": "a red circle", **given}))
     config = {"params": str(path), "scheduler": {"name": typed.get("scheduler", "dpmpp_2m")}, "model": {"name": "mini"},
               "seed": typed.get("seed", 0), "seeds": typed.get("seeds")}
-    with caplog.at_level("WARNING"):
-        merged = with_params_file(config, set(typed))
+    notes = []
+    merged = with_params_file(config, set(typed), notes)
     assert (merged["seed"], merged["seeds"], merged["scheduler"]["name"]) == (config["seed"], seeds,
                                                                                config["scheduler"]["name"])
     assert merged["prompt"] == "a red circle"
     shown = ", ".join(f"{key}={value!r}" for key, value in given.items())
     verb = "gives" if len(given) == 1 else "give"
-    assert f"params={path}: {shown} from the file {verb} way to the command line" in caplog.text
+    assert f"params={path}: {shown} from the file {verb} way to the command line" in notes
 
 
-def test_an_image_tools_settings_sdlab_does_not_read_are_named(tmp_path, caplog):
+def test_an_image_tools_settings_sdlab_does_not_read_are_named(tmp_path):
     """Denoising strength, Clip skip and hires settings change the image; they were dropped without a word."""
     from PIL import PngImagePlugin
 
@@ -187,11 +187,11 @@ def test_an_image_tools_settings_sdlab_does_not_read_are_named(tmp_path, caplog)
     info.add_text("parameters", A1111_PNG_TEXT + ', Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, '
                                                 'Lora hashes: "a: 1f, b: 2e"')
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
-    with caplog.at_level("WARNING"):
-        assert load_params(tmp_path / "a1111.png")["num_inference_steps"] == 20
-    assert (f"params={tmp_path / 'a1111.png'}: sdlab does not read the image tool's Model hash: 6ce0161689, "
-            "Model: v1-5-pruned-emaonly, Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, "
-            'Lora hashes: "a: 1f, b: 2e"; its image may differ') in caplog.text
+    notes = []
+    assert load_params(tmp_path / "a1111.png", notes=notes)["num_inference_steps"] == 20
+    assert notes == [f"params={tmp_path / 'a1111.png'}: sdlab does not read the image tool's Model hash: 6ce0161689, "
+                     "Model: v1-5-pruned-emaonly, Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, "
+                     'Lora hashes: "a: 1f, b: 2e"; its image may differ']
 
 
 @pytest.mark.parametrize("name,expected", [("dpmpp_2m_karras", "dpmpp_2m_karras"), ("DPM++ 2M Karras", "dpmpp_2m_karras"),
@@ -219,3 +219,37 @@ def test_an_infotext_that_says_a_setting_twice_or_a_size_sdlab_cannot_read_is_re
     does) and the image came out at the model's own size."""
     with pytest.raises(UserError, match=re.escape(said)):
         parse_infotext(f"a red circle\n{settings}")
+
+
+@pytest.mark.parametrize("settings,error", [
+    ("Steps: 2, Sampler: Euler, Hires upscale: 2, Seed: -5", "seed=-5 must be in [0, 2**63-1]"),
+    ("Steps: 2, Sampler: Nope, Hires upscale: 2, Seed: 5", "sampler 'Nope' has no sdlab scheduler"),
+])
+def test_a_refused_png_is_one_line_that_names_it_with_no_warning_before_it(run_sdlab, tmp_path, capsys, settings,
+                                                                            error):
+    """What sdlab skips of a PNG's parameters is said once the run passed its checks: a file refused for a bad value
+    was a warning line, then an error line that did not name the file (`seed=-5 ...`, which no one typed)."""
+    from PIL import PngImagePlugin
+    from test_cli import one_error_line
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", f"a red circle\n{settings}")
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png", pnginfo=info)
+    assert run_sdlab(f"params={tmp_path / 'p.png'}", f"hydra.run.dir={tmp_path / 'run'}") == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"sdlab: error: params={tmp_path / 'p.png'}: ") and error in line, line
+    assert "Hires" not in capsys.readouterr().out
+
+
+def test_what_a_png_leaves_unread_is_said_once_when_it_runs(run_sdlab, tmp_path, capsys):
+    """A run from a PNG with settings sdlab does not read says so in one warning, once, and runs."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a red circle\nSteps: 2, Sampler: Euler, Hires upscale: 2, Seed: 5, Size: 64x64")
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png", pnginfo=info)
+    assert run_sdlab(f"params={tmp_path / 'p.png'}", "model=tiny", "threads=1", f"hydra.run.dir={tmp_path / 'run'}") == 0
+    captured = capsys.readouterr()
+    said = (captured.out + captured.err).count("sdlab does not read the image tool's Hires upscale: 2")
+    assert said == 1, captured.out + captured.err
+    assert pd.read_parquet(tmp_path / "run" / "results.parquet")["seed"].tolist() == [5]

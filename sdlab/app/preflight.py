@@ -91,7 +91,7 @@ def check_job(run: Run) -> list[str]:
     world(cfg.get("sample_world"))
     if run.job in MODEL_FREE_JOBS:  # toy math: no weights, scheduler or prompt to check
         check_recipe(run)
-        return model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)
+        return [*run.notes, *model_warnings({**cfg, "model": {"name": spec.name}}, params.width, params.height)]
 
     # a folder's files, components and family: missing weights are said before the scheduler checks import diffusers
     adapter = adapter_class(spec)
@@ -116,7 +116,8 @@ def check_job(run: Run) -> list[str]:
             except UserError as e:
                 raise UserError(f"on model={spec.name}: {e}") from None
     prompts = () if getattr(recipe, "tokens_only", False) else getattr(recipe, "prompts", None) or ()
-    warnings = model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter, prompts)
+    warnings = [*run.notes, *model_warnings(cfg, params.width, params.height, None if built_in(spec) else adapter,
+                                            prompts)]
     if params.negative_prompt and adapter.guidance == "distilled":  # a request value the family never reads
         warnings.append(f"negative_prompt={params.negative_prompt!r} is not used by model={spec.name}: its family "
                         f"({adapter.family}) is guidance-distilled, with no unconditional branch for it to steer "

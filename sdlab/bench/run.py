@@ -3,9 +3,7 @@ parameters, in sdlab's or A1111's names) merged in; a file, read bounded, sets o
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import re
 from contextlib import suppress
 from dataclasses import replace
@@ -16,23 +14,23 @@ from sdlab.bench.scorers import scorer_weights
 from sdlab.bench.worlds import world
 from sdlab.conf_files import group_options, known_keys
 from sdlab.config import (LIMITS, MODEL_FAMILIES, MODEL_KINDS, MODEL_NAMES, GenerationParams, ModelSpec, Run,
-                          checked_run, clash, config_hash, limits, model_spec, rivals, rules_of, suggestion)
+                          SEED, checked_run, clash, config_hash, limits, model_spec, rivals, rules_of, suggestion)
 from sdlab.errors import UserError, repeats
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
 from sdlab.models.loading import SHIPPED, adapter_class, published_scheduler_config, weights_identity
 from sdlab.untrusted import check_text, read_params
 
-log = logging.getLogger(__name__)
-
 
 def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
-    """What a job runs with: the config in the model's world, `params=FILE` merged in, every value checked and typed."""
-    config = with_params_file(in_model_world(config, overridden), overridden)
+    """What a job runs with: the config in the model's world, `params=FILE` merged in, every value checked and typed;
+    what the file's merge skipped or gave way goes in `Run.notes`."""
+    notes: list[str] = []
+    config = with_params_file(in_model_world(config, overridden), overridden, notes)
     check_weights_source(config.get("model") or {}, overridden)
     run = typed_run(config)
     check_built_in(run.model)
-    return run
+    return replace(run, notes=tuple(notes))
 
 
 def check_built_in(spec: ModelSpec) -> None:
@@ -71,11 +69,11 @@ def typed_run(config: dict[str, Any]) -> Run:
     return replace(run, weights=config_hash({"model": model, "scorers": scoring}) if scoring else model)
 
 
-def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
-    """The config with `params=FILE` merged in; explicit command-line overrides still win."""
+def with_params_file(config: dict[str, Any], overridden: set[str], notes: list[str]) -> dict[str, Any]:
+    """The config with `params=FILE` merged in; explicit command-line overrides still win (said in `notes`)."""
     if not config.get("params"):
         return config
-    params = load_params(config["params"], limits(config))
+    params = load_params(config["params"], limits(config), notes)
     config = {**config, "scheduler": dict(config["scheduler"])}
     gave_way = []  # what the file sets otherwise than the command line did (or replaced: seed by seeds)
     for key, value in params.items():
@@ -96,17 +94,11 @@ def with_params_file(config: dict[str, Any], overridden: set[str]) -> dict[str, 
         else:
             config[key] = value
     if gave_way:
-        said_once(f"params={config['params']}: {', '.join(gave_way)} from the file "
+        notes.append(f"params={config['params']}: {', '.join(gave_way)} from the file "
                   f"{'gives' if len(gave_way) == 1 else 'give'} way to the command line")
     if "seed" in params and "seeds" not in params and "seeds" not in overridden:
         config["seeds"] = None  # the file's single seed wins over a recipe's seed list
     return config
-
-
-@functools.cache
-def said_once(warning: str) -> None:
-    """Log `warning` the first time only: pre-flight and the job parse the same config."""
-    log.warning(warning)
 
 
 def in_model_world(config: dict[str, Any], overridden: set[str]) -> dict[str, Any]:
@@ -241,8 +233,9 @@ def unquote(value: str) -> str:
     return value
 
 
-def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, Any]:
-    """sdlab params from an A1111 `parameters` text (`format_infotext`'s inverse); a warning names what it skips."""
+def parse_infotext(text: str, label: str = "the PNG's parameters", notes: list[str] | None = None) -> dict[str, Any]:
+    """sdlab params from an A1111 `parameters` text (`format_infotext`'s inverse); a line in `notes` names what it
+    skips."""
     lines = text.strip().splitlines()
     if not lines or not re.match(r"^Steps: ", lines[-1]):
         raise UserError("the PNG's parameters text has no 'Steps: ...' line; it was not written by an image tool")
@@ -264,8 +257,8 @@ def parse_infotext(text: str, label: str = "the PNG's parameters") -> dict[str, 
             out[READ_KEYS[key]] = _number(value) if key not in ("sampler", "schedule type") else unquote(value)
         elif key != "version":
             unread.append(f"{typed}: {value}")
-    if unread:
-        said_once(f"{label}: sdlab does not read the image tool's {', '.join(unread)}; its image may differ")
+    if unread and notes is not None:
+        notes.append(f"{label}: sdlab does not read the image tool's {', '.join(unread)}; its image may differ")
     schedule_type = out.pop("schedule_type", None)
     if "scheduler" in out:
         out["scheduler"] = sampler_to_scheduler(out["scheduler"], schedule_type)
@@ -281,8 +274,9 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, Any]:
-    """Read and check a params JSON object (A1111's names too) or an image's own parameters (PNG), within `limit`."""
+def load_params(path: str | Path, limit: dict[str, int] = LIMITS, notes: list[str] | None = None) -> dict[str, Any]:
+    """Read and check a params JSON object (A1111's names too) or an image's own parameters (PNG), within `limit`;
+    what it does not read is said in `notes`."""
     if not isinstance(path, (str, Path)):
         raise UserError(f"params={path!r} must be a file path or null")
     label = f"params={path}"
@@ -292,7 +286,7 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
     elif form == "json" and not isinstance(data, dict):
         raise UserError(f"{label} must hold a JSON object of {', '.join(PARAM_TYPES)}")
     try:
-        data = from_a1111(parse_infotext(data, label) if form == "infotext" else data)
+        data = from_a1111(parse_infotext(data, label, notes) if form == "infotext" else data)
     except UserError as e:
         raise UserError(f"{label}: {e}") from None
     for key, value in data.items():
@@ -304,6 +298,8 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
             raise UserError(f"{label}: {key}={value!r} should be {kinds}")
         if key in RULES and value != "auto":  # its range too, named with its file (batch_size=auto: GenerationParams)
             RULES[key].check(f"{label}: {key}", value)
+        elif key == "seed":
+            SEED.check(f"{label}: seed", value)
         elif isinstance(value, str):
             check_text(value, f"{label}: {key}")
     if "scheduler" in data:  # a str, as checked above
@@ -313,6 +309,8 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS) -> dict[str, A
         raise UserError(f"{label} gives both {first!r} and {second!r} ({why}); keep one")
     if bad := [s for s in data.get("seeds", []) if isinstance(s, bool) or not isinstance(s, int)]:
         raise UserError(f"{label}: seeds should be a list of int, not one holding {bad[0]!r}")
+    for i, seed in enumerate(data.get("seeds", [])):
+        SEED.check(f"{label}: seeds[{i}]", seed)
     if "model" in data and data["model"] not in MODEL_NAMES:  # one name, as `model=NAME` takes it
         raise UserError(f"{label}: model={data['model']!r} is not a model; choose one of: {', '.join(MODEL_NAMES)}")
     allowed = sorted(known_keys("scheduler") - {"name"})  # what `scheduler.KEY=` sets; preflight checks the values
