@@ -80,7 +80,18 @@ def test_a_stochastic_sampler_is_left_out_of_the_convergence_claim(run_sdlab, tm
                      f"hydra.run.dir={tmp_path}") == 0
     own = pd.read_parquet(tmp_path / "results.parquet").groupby("scheduler")["own_solve_psnr_to_reference"]
     low, high = own.min(), own.max()
+    said = {s: f"{low[s]:.1f}" + (f"-{high[s]:.1f}" if f"{low[s]:.1f}" != f"{high[s]:.1f}" else "") for s in low.index}
     caption = json.loads((tmp_path / "captions.json").read_text())["scheduler_grid.png"]
-    assert f"each deterministic sampler's own 20-step solve is {low['ddim']:.1f}-{high['ddim']:.1f} dB" in caption
-    assert (f"left out as stochastic (fresh noise each step): euler_a, own 20-step solve {low['euler_a']:.1f}-"
-            f"{high['euler_a']:.1f} dB from the reference") in caption, caption
+    assert f"each deterministic sampler's own 20-step solve is {said['ddim']} dB" in caption
+    assert (f"left out as stochastic (fresh noise each step): euler_a, own 20-step solve {said['euler_a']} dB from "
+            "the reference") in caption, caption
+
+
+def test_one_sampler_at_one_seed_gives_its_distance_once_not_as_a_range(run_sdlab, tmp_path, one_thread):
+    """A range of one value read "35.6-35.6 dB"; it is the value."""
+    assert run_sdlab("experiment=article_b8_schedulers", "schedulers=[ddim]", "model=tiny", "num_inference_steps=2",
+                     "reference_steps=4", "seeds=[0]", "threads=1", f"hydra.run.dir={tmp_path}") == 0
+    own = pd.read_parquet(tmp_path / "results.parquet")["own_solve_psnr_to_reference"].iloc[0]
+    caption = json.loads((tmp_path / "captions.json").read_text())["scheduler_grid.png"]
+    assert f"own 4-step solve is {own:.1f} dB" in caption, caption
+    assert f"{own:.1f}-{own:.1f}" not in caption, caption

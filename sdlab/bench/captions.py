@@ -35,6 +35,12 @@ def at_ends(values: Sequence[str], places: Sequence[str], axis: str) -> str:
     return f"{values[0]} at {places[0]}, {values[-1]} at {places[-1]}"
 
 
+def span(values: Sequence[float], digits: int = 1) -> str:
+    """The least and greatest of `values` as "lo-hi", or one number where they round alike."""
+    low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return low if low == high else f"{low}-{high}"
+
+
 def printable(value) -> str:
     """`value` on one line, unprintable characters (line breaks, tabs) escaped as Python writes them, for log lines."""
     text = str(value)

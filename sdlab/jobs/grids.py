@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdlab.bench.captions import counted, short_prompt
+from sdlab.bench.captions import counted, short_prompt, span
 from sdlab.bench.figures import curves, image_strip
 from sdlab.bench.grid import image_grid
 from sdlab.bench.plan import hash_fields
@@ -278,14 +278,13 @@ def with_reference_distance(ctx: JobContext, model, recipe: SchedulerGrid, param
     noisy = list(dict.fromkeys(s for s, _ in converged if SCHEDULERS[s].stochastic))  # need not reach one image
     own = {flag: [v for (s, _), v in converged.items() if (s in noisy) == flag] for flag in (True, False)}
     if own[False]:
-        low, high = min(own[False]), max(own[False])
-        lines.append(f"the reference favours none: each deterministic sampler's own {steps}-step solve is {low:.1f}-"
-                     f"{high:.1f} dB from it" if low >= CONVERGED_DB else
-                     f"each deterministic sampler's own {steps}-step solve is {low:.1f}-{high:.1f} dB from the "
+        lines.append(f"the reference favours none: each deterministic sampler's own {steps}-step solve is "
+                     f"{span(own[False])} dB from it" if min(own[False]) >= CONVERGED_DB else
+                     f"each deterministic sampler's own {steps}-step solve is {span(own[False])} dB from the "
                      "reference: they do not converge to one image, so the reference favours its own sampler")
     if noisy:
         lines.append(f"left out as stochastic (fresh noise each step): {', '.join(noisy)}, own {steps}-step solve "
-                     f"{min(own[True]):.1f}-{max(own[True]):.1f} dB from the reference")
+                     f"{span(own[True])} dB from the reference")
     if "adherence_all" in frame:
         drawn_by = frame.groupby("scheduler", sort=False)["adherence_all"].agg(lambda a: f"{int(a.sum())}/{len(a)}")
         lines.append("prompt drawn (shapes checker): " + ", ".join(f"{s} {v}" for s, v in drawn_by.items())
