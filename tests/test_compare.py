@@ -227,3 +227,34 @@ def test_the_convergence_title_speaks_of_dashed_lines_only_when_it_draws_some(tm
         figures.convergence(summary, "nfe", ["psnr"], tmp_path / f"{stochastic}.png", xlabel="NFE", title="fewest NFE")
     captions = read_captions(tmp_path)
     assert "dashed" not in captions["False.png"] and "(dashed: stochastic, against its own" in captions["True.png"]
+
+
+def test_a_sampler_whose_images_equal_the_reference_reaches_any_target_first(tmp_path, monkeypatch):
+    """Images identical to the reference (PSNR infinite) were dropped as missing: dpmpp_2m at the reference's own steps
+    had psnr_n=0, no mean, ranked after ddim, and the target fell to the others' median. Its mean is infinite, it
+    reaches any target, the title says so and the figure marks it at the panel's top edge."""
+    from sdlab.bench import figures
+    from sdlab.jobs.compare import claim, summarize
+
+    runs = pd.DataFrame([{"scheduler": s, "num_inference_steps": 4, "seed": seed, "nfe": 4, "time_total_s": 0.1,
+                          "latent_rmse": 0.0 if s == "dpmpp_2m" else 0.2, "ssim": 1.0 if s == "dpmpp_2m" else 0.8,
+                          "psnr": math.inf if s == "dpmpp_2m" else 24.0 + seed}
+                         for s in ("ddim", "dpmpp_2m") for seed in range(3)])
+    summary = summarize(runs, []).set_index("scheduler")
+    assert summary.loc["dpmpp_2m", "psnr_n"] == 3 and math.isinf(summary.loc["dpmpp_2m", "psnr_mean"])
+    assert summary.loc["dpmpp_2m", "psnr_identical"] == 3 and summary.loc["ddim", "psnr_identical"] == 0
+    assert summary.loc["ddim", "psnr_mean"] == pytest.approx(25.0)
+    summary = summary.reset_index()
+    assert reachable_target(summary, 30.0) == (30.0, "configured")
+    ranked = ranking(summary, 30.0)
+    assert ranked["scheduler"].tolist() == ["dpmpp_2m", "ddim"] and ranked["nfe_to_psnr_30db"].iloc[0] == 4
+    study = Study(schedulers=("ddim", "dpmpp_2m"), steps=(4,), seeds=(0, 1, 2), prompts=("x",), reference_steps=4)
+    title = claim(ranked, 30.0, "configured", study)
+    assert ("\n(triangles on a panel's edge: dpmpp_2m, images identical to the reference: PSNR infinite, latent RMSE "
+            "0)") in title, title
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    figures.convergence(summary, "nfe", ["psnr", "latent_rmse"], tmp_path / "c.png", xlabel="NFE", title=title)
+    for ax, marker, edge in ((drawn[0].axes[0], "^", 1), (drawn[0].axes[1], "v", 0)):
+        marks = [line for line in ax.lines if line.get_marker() == marker]
+        assert len(marks) == 1 and list(marks[0].get_ydata()) == [edge] and list(marks[0].get_xdata()) == [4]

@@ -105,8 +105,7 @@ class Progress:
 
 def reachable_target(summary: pd.DataFrame, configured: float) -> tuple[float, str]:
     """The PSNR target and why: the configured one if reached, else the median best mean PSNR, floored to a dB."""
-    best = summary.groupby("scheduler")["psnr_mean"].max()
-    best = best[np.isfinite(best)]
+    best = summary.groupby("scheduler")["psnr_mean"].max().dropna()
     if best.empty or (best >= configured).any():
         return configured, "configured"
     target = float(math.floor(best.median()))
@@ -138,19 +137,32 @@ def claim(ranked: pd.DataFrame, target: float, source: str, study: Study, cost: 
     if source != "configured":
         said += (f"\n(no scheduler reaches the configured {study.psnr_target:g} dB: {target:g} dB is this run's median "
                  "best, floored)")
+    if exact := [r.scheduler for r in ranked.itertuples() if getattr(r, "best_psnr", 0) == math.inf]:
+        said += (f"\n(triangles on a panel's edge: {', '.join(exact)}, images identical to the reference: PSNR "
+                 "infinite, latent RMSE 0)")
     if study.reference_scheduler in study.schedulers:
         said += (f"\n({study.reference_scheduler} also solves the reference: it nears its own "
                  f"{study.reference_steps}-step limit, a head start over the others)")
     return said
 
 
+def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    """Per scheduler and steps: each metric's mean and interval; images identical to the reference (`psnr_identical`)
+    count in `psnr_n` and make the mean PSNR infinite, as the mean of values one of which is."""
+    keys = ["scheduler", "num_inference_steps"]
+    identical = runs.assign(psnr_identical=np.isposinf(runs["psnr"])).groupby(keys)["psnr_identical"].sum()
+    summary = summarize_ci(runs.astype({c: float for c in extra}), keys, [*METRICS, *extra, "nfe", "time_total_s"])
+    summary = summary.merge(identical.astype(int).reset_index(), on=keys)
+    exact = summary["psnr_identical"] > 0
+    summary.loc[exact, "psnr_n"] += summary.loc[exact, "psnr_identical"]
+    summary.loc[exact, ["psnr_mean", "psnr_lo", "psnr_hi"]] = np.inf, math.nan, np.inf
+    summary["stochastic"] = summary["scheduler"].map(lambda n: SCHEDULERS[n].stochastic)
+    return summary
+
+
 def write_outputs(ctx: JobContext, study: Study, model, runs: pd.DataFrame) -> None:
     """Summary with intervals, the ranking, the visited timesteps, and the convergence figures."""
-    finite = runs.assign(psnr=runs["psnr"].replace(np.inf, np.nan))
-    extra = [c for c in runs.columns if direction(c) and runs[c].notna().any()]  # the scorers' columns
-    finite[extra] = finite[extra].astype(float)
-    summary = summarize_ci(finite, ["scheduler", "num_inference_steps"], [*METRICS, *extra, "nfe", "time_total_s"])
-    summary["stochastic"] = summary["scheduler"].map(lambda n: SCHEDULERS[n].stochastic)
+    summary = summarize(runs, [c for c in runs.columns if direction(c) and runs[c].notna().any()])  # with scorers'
     write_table(summary, ctx.out_dir, "summary")
     target, source = reachable_target(summary, study.psnr_target)
     ranked = ranking(summary, target, source)
