@@ -203,6 +203,20 @@ def test_img2img_strength_sweep_rejects_bad_strength_and_runs(run_sdlab, tmp_pat
     assert all(json.loads(c)["timestep_spacing"] == "trailing" for c in frame["scheduler_config"])
 
 
+def test_img2img_runs_at_the_width_and_height_given(run_sdlab, tmp_path, monkeypatch):
+    """`width=32 height=48` warned that they differ from the model's 64 px, then ran and recorded 64 x 64."""
+    from sdlab.bench import figures
+
+    strips = []
+    monkeypatch.setattr(figures, "image_strip", lambda rows, *a, **k: strips.append(rows))
+    monkeypatch.setattr("sdlab.jobs.by_hand.image_strip", lambda rows, *a, **k: strips.append(rows))
+    assert run_sdlab("experiment=article_c2_img2img", "model=tiny", "strengths=[1.0]", "num_inference_steps=2",
+                     "width=32", "height=48", "threads=1", f"hydra.run.dir={tmp_path}") == 0
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert frame[["width", "height"]].values.tolist() == [[32, 48]]
+    assert [image.shape for image in strips[0][0]] == [(48, 32, 3), (48, 32, 3)]  # the input and its output
+
+
 def test_img2img_labels_say_whose_drawing_each_strength_shows_and_a_shape_neither_caption_names():
     from types import SimpleNamespace
 

@@ -20,7 +20,7 @@ from sdlab.jobs import JobContext, job, read_recipe
 from sdlab.jobs.analysis import read_image
 from sdlab.jobs.recipes import Img2img
 from sdlab.lazy import pandas as pd, torch
-from sdlab.metrics.image import psnr
+from sdlab.metrics.image import cover, psnr
 from sdlab.metrics.toy import ddim_step
 from sdlab.models.generate import decode_latents, to_pil
 from sdlab.models.loading import adapter_class, load_model, published_scheduler_config
@@ -109,7 +109,7 @@ def check_img2img(run: Run) -> None:
         raise UserError(f"strength {short[0]:g} x {steps} steps leaves no denoising step (img2img runs int(strength x "
                         f"steps)); raise num_inference_steps to {math.ceil(1 / short[0])} or the strength to "
                         f"{1 / steps:g}")
-    input_image(recipe, 8, run.limits["max_input_pixels"])
+    input_image(recipe, 8, 8, run.limits["max_input_pixels"])
 
 
 @job("img2img_strength", check=check_img2img,
@@ -120,7 +120,7 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
     model = load_model(spec)
     img2img = model.image_to_image()
     img2img.scheduler = model.use_scheduler(ctx.run.scheduler.name, ctx.run.scheduler.options)
-    source = input_image(ctx.recipe, spec.resolution, ctx.run.limits["max_input_pixels"])
+    source = input_image(ctx.recipe, params.width, params.height, ctx.run.limits["max_input_pixels"])
     seed, steps, rows, outputs = params.seeds[0], params.num_inference_steps, [], []
     for strength in map(float, ctx.recipe.strengths):
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -131,7 +131,7 @@ def run_img2img_strength(ctx: JobContext) -> pd.DataFrame:
         outputs.append(np.asarray(image))
         rows.append({**identity(ctx, "img2img_strength", spec.name), "scheduler": ctx.run.scheduler.name,
                      "scheduler_config": resolved_config(img2img.scheduler),
-                     **image_params(replace(params, width=spec.resolution, height=spec.resolution)),
+                     **image_params(params),
                      "seed": seed, "strength": strength, "denoising_steps": int(strength * steps),
                      "psnr_to_input": psnr(np.asarray(source), outputs[-1])})
     frame = pd.DataFrame(rows)
@@ -164,9 +164,10 @@ def drawn_like(ctx: JobContext, frame: pd.DataFrame, outputs: list) -> tuple[lis
                    + (f"; {wrong} (the model's error)" if wrong else ""))
 
 
-def input_image(recipe: Img2img, side: int, max_pixels: int):
+def input_image(recipe: Img2img, width: int, height: int, max_pixels: int):
     """The recipe's `image` file (of at most `max_pixels`), or its `image_caption` drawn in the `sample_world`, as a
-    PIL image at side px."""
+    PIL image of width x height."""
     if recipe.image:
-        return Image.fromarray(read_image(Path(recipe.image), side, side, f"image={recipe.image}", max_pixels))
-    return Image.fromarray(world(recipe.sample_world).draw(str(recipe.image_caption))).resize((side, side))
+        return Image.fromarray(read_image(Path(recipe.image), width, height, f"image={recipe.image}", max_pixels))
+    return Image.fromarray(cover(Image.fromarray(world(recipe.sample_world).draw(str(recipe.image_caption))), width,
+                                 height))
