@@ -138,6 +138,23 @@ def test_a_job_dir_holding_only_what_hydra_writes_before_a_job_starts_is_taken_a
     assert (tmp_path / "s" / "0" / MARK).is_file() and (tmp_path / "s" / "0" / "results.parquet").is_file()
 
 
+@pytest.mark.parametrize("where", ["job dir", "sweep dir"])
+def test_a_folder_holding_only_the_temp_file_of_its_mark_is_taken_again(run_sdlab, tmp_path, monkeypatch, where):
+    """A kill while a folder's mark is written leaves `..sdlab.<8 random>.sdlab-tmp` and no mark: the rerun the README
+    promises refused the folder as holding files sdlab did not write."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "s" / "1" if where == "job dir" else tmp_path / "s"
+    if where == "job dir":
+        assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=s", *FAST) == 0
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / f".{MARK}.p6wj8pt8.sdlab-tmp").touch()
+    assert run_sdlab("-m", "seed=1,2", "hydra.sweep.dir=s", *FAST) == 0
+    frame = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert sorted(frame["seed"]) == [1, 2] and (frame["status"] == "ok").all()
+    assert (folder / MARK).is_file()
+
+
 @pytest.mark.parametrize("extra", [{"notes.txt": b"mine\n"}, {".hydra/mine.yaml": b"a: 1\n"}, {"other.log": b"x\n"},
                                    {"images/x.png": b"\x89PNG"}], ids=["a file", "a file in .hydra", "another log",
                                                                        "an image"])

@@ -81,7 +81,8 @@ def check_owned(folder: Path, key: str, shown: str | None = None, launched: froz
         raise NotOwned(f"{key}={shown} is a file, not a folder; give a new or empty folder")
     if os.path.lexists(folder) and not is_owned(folder) and not (launched and holds_only(folder, launched)):
         try:
-            others = sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_NAMES)
+            others = sorted(p.name for p in Path(folder).iterdir() if p.name not in OWN_NAMES
+                            and not (is_temp_file(p.name) and p.name.startswith(f".{MARK}.")))  # its mark's, cut short
         except OSError as e:
             raise NotOwned(f"{key}={shown} cannot be listed ({type(e).__name__}: {e})") from None
         if others:
