@@ -155,6 +155,18 @@ def test_a_folder_holding_only_the_temp_file_of_its_mark_is_taken_again(run_sdla
     assert (folder / MARK).is_file()
 
 
+def test_a_submitit_folder_outside_the_sweep_dir_is_refused(run_sdlab, tmp_path, monkeypatch, capsys):
+    """`hydra.launcher.submitit_folder=theirs` wrote submitit's pickles and logs into a folder sdlab does not own."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("keep\n")
+    line = refused(run_sdlab, capsys, "-m", "seed=1,2", "hydra/launcher=submitit_local",
+                   f"hydra.launcher.submitit_folder={tmp_path / 'theirs'}", "hydra.sweep.dir=s", *FAST)
+    assert line == (f"sdlab: error: hydra.launcher.submitit_folder={tmp_path / 'theirs'} leads to {tmp_path / 'theirs'}, "
+                    f"outside {tmp_path / 's'}; sdlab writes only inside its output folder"), line
+    assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize("extra", [{"notes.txt": b"mine\n"}, {".hydra/mine.yaml": b"a: 1\n"}, {"other.log": b"x\n"},
                                    {"images/x.png": b"\x89PNG"}], ids=["a file", "a file in .hydra", "another log",
                                                                        "an image"])

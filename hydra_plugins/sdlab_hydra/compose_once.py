@@ -623,6 +623,9 @@ class ComposeOnceSweeper(Sweeper):
         job's; refused with one line before anything is written."""
         root = ownership.checked_folder(sweep_dir, "hydra.sweep.dir")
         ownership.check_writes_inside(root, "hydra.sweep.dir", str(self.config.hydra.job.name), None, shown=sweep_dir)
+        if (pickles := self.config.hydra.launcher.get("submitit_folder")) is not None:  # submitit's pickles and logs
+            ownership.confined(root, str(Path(str(pickles).replace("%j", "0")).absolute()),
+                               "hydra.launcher.submitit_folder")
         original = HydraConfig.instance().cfg
         job_dirs, owners = [], {}
         try:
