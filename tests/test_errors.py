@@ -77,6 +77,10 @@ def test_params_json_errors(tmp_path):
     bad.write_text(json.dumps({"promt": "x"}))
     with pytest.raises(UserError, match=r"unknown key 'promt' \(did you mean prompt\?\); allowed: prompt, "):
         load_params(bad)
+    bad.write_text(json.dumps({"Steps": 2}))  # an image tool's name, capitalised: it was 'did you mean seeds?'
+    with pytest.raises(UserError, match=r"unknown key 'Steps' \(did you mean steps\?\); allowed: prompt, .*, model, "
+                                        r"or the image tools' steps, cfg_scale, sampler_name, sampler_index$"):
+        load_params(bad)
     bad.write_text(json.dumps({"cfg": 5}))  # ComfyUI's name, as the command line knows it
     with pytest.raises(UserError, match=r"unknown key 'cfg' \(did you mean guidance_scale\?\)"):
         load_params(bad)

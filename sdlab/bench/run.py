@@ -291,8 +291,8 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS, notes: list[st
         raise UserError(f"{label}: {e}") from None
     for key, value in data.items():
         if key not in PARAM_TYPES:
-            raise UserError(f"{label} has unknown key {key!r}{suggestion(key, PARAM_TYPES)}; allowed: "
-                            f"{', '.join(PARAM_TYPES)}")
+            raise UserError(f"{label} has unknown key {key!r}{suggestion(key, [*PARAM_TYPES, *A1111_KEYS])}; "
+                            f"allowed: {', '.join(PARAM_TYPES)}, or the image tools' {', '.join(A1111_KEYS)}")
         if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[key]):
             kinds = " or ".join(t.__name__ for t in PARAM_TYPES[key])
             raise UserError(f"{label}: {key}={value!r} should be {kinds}")
