@@ -130,6 +130,14 @@ def bad_inputs(tmp):
         (["model.family=sd3"], "model.family=sd3 is not read: model=tiny is built in code as sd"),
         (["model.t5=false"], "model.t5=false is not read: only SD3 can leave its T5 out, and model=tiny is built in "
                              "code as sd"),
+        (["model=sd15", f"model.path={ROOT / 'models/mini'}", "model.t5=false"],  # another family's folder: it ran
+         f"model.t5=false is not read: only SD3 can leave its T5 out, and model.path={ROOT / 'models/mini'} holds a "
+         "pipeline of family sd"),
+        (["model.max_sequence_length=100"], "model.max_sequence_length=100 is not read: only SD3 and Flux have a T5 "
+                                            "encoder to take it, and model=tiny is built in code as sd"),
+        (["model=sd15", f"model.path={ROOT / 'models/mini'}", "model.max_sequence_length=100"],
+         "model.max_sequence_length=100 is not read: only SD3 and Flux have a T5 encoder to take it, and "
+         f"model.path={ROOT / 'models/mini'} holds a pipeline of family sd"),
         (["model=sd15", "model.path=models/mini", "model.repo_id=nope/nope"],
          "model.repo_id=nope/nope is not read: model.path=models/mini is loaded instead; drop one of them"),
         (["scheduler.use_karras_sigmas=maybe"], "scheduler.use_karras_sigmas='maybe' must be true or false"),
@@ -182,7 +190,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 111
+N_CASES = 114
 
 
 def test_case_count_matches_the_list(tmp_path):

@@ -34,8 +34,7 @@ def parse(config: dict[str, Any], overridden: set[str] = frozenset()) -> Run:
 
 
 def check_built_in(spec: ModelSpec) -> None:
-    """Refuse what a model built in code does not read: a weights variant (it has no files), another family, or T5 left
-    out of a family whose T5 is not optional (SD3's is)."""
+    """Refuse what a model built in code does not read: a weights variant (it has no files) or another family."""
     if spec.path or spec.name not in BUILT_IN:
         return
     family = ARCHITECTURES[spec.name].family
@@ -44,9 +43,6 @@ def check_built_in(spec: ModelSpec) -> None:
                         "weights files; a variant picks the files of a weights folder (model.path=DIR)")
     if spec.family != family:
         raise UserError(f"model.family={spec.family} is not read: model={spec.name} is built in code as {family}")
-    if not spec.t5 and family != "sd3":
-        raise UserError(f"model.t5=false is not read: only SD3 can leave its T5 out, and model={spec.name} is built in "
-                        f"code as {family}")
 
 
 def check_weights_source(model: dict[str, Any], overridden: set[str]) -> None:

@@ -118,13 +118,27 @@ def check_fits_memory(spec: ModelSpec) -> None:
 def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
     """The family adapter that runs `spec`, unloaded: a built-in model's record, or the folder's model_index.json."""
     if built_in(spec):
-        return family(built_in(spec).family)
+        cls = family(built_in(spec).family)
+        check_t5_settings(spec, cls, f"model={spec.name} is built in code as {cls.family}")
+        return cls
     folder = model_folder(spec)
     check_weights_folder(folder, spec.variant)
     cls = family_of_folder(folder)
+    weights = f"model.path={spec.path}" if spec.path else f"model={spec.name}"
+    check_t5_settings(spec, cls, f"{weights} holds a pipeline of family {cls.family}")
     check_named_components(folder, cls.pipeline_class, cls.components(),
                            left_out=[name for name, value in cls.load_options(spec).items() if value is None])
     return cls
+
+
+def check_t5_settings(spec: ModelSpec, cls: type[ModelAdapter], which: str) -> None:
+    """Refuse the T5 settings a family does not read (`which` says what the model is): T5 left out where it is not
+    optional (SD3's is), T5 tokens where there is no T5."""
+    if not spec.t5 and cls.family != "sd3":
+        raise UserError(f"model.t5=false is not read: only SD3 can leave its T5 out, and {which}")
+    if spec.max_sequence_length and cls.default_sequence_length is None:
+        raise UserError(f"model.max_sequence_length={spec.max_sequence_length} is not read: only SD3 and Flux have a "
+                        f"T5 encoder to take it, and {which}")
 
 
 def configured_spec(name: str, **overrides) -> ModelSpec:
