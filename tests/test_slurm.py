@@ -132,3 +132,16 @@ def test_readme_slurm_sweep_survives_a_cancelled_task_and_reruns_only_its_cells(
         (seed, scheduler) for seed in (0, 1) for scheduler in ("ddim", "dpmpp_2m", "euler_a"))
     again = pngs(sweep_dir)
     assert len(again) == 6 and {k: again[k] for k in made} == made  # the 4 finished images were not made twice
+
+
+def test_a_submission_slurm_refuses_is_one_line(partition, tmp_path):
+    """A partition the cluster has not: sbatch refuses the array, which was a 50-line traceback and exit 1."""
+    command = ("sdlab -m seed=1,2 model=tiny num_inference_steps=2 threads=1 hydra/launcher=submitit_slurm "
+               f"hydra.launcher.partition=nopart hydra.sweep.dir={tmp_path / 'sweep'}")
+    process = run(command, tmp_path)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("sdlab: error:")]
+    assert "Traceback" not in out and errors == [
+        "sdlab: error: SLURM refused the sweep's array: sbatch: error: invalid partition specified: nopart; "
+        "check hydra.launcher's settings (partition, account, qos, sizes) against the cluster's"], out[-3000:]

@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +31,7 @@ from sdlab.app.callbacks import SweepWatch, ctrl_c_after
 from sdlab.bench.captions import counted
 from sdlab.bench.plan import call_groups
 from sdlab.config import Run
+from sdlab.errors import UserError
 from sdlab.jobs import work_ahead
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,23 @@ def task_slots(cluster: str, params: dict[str, Any]) -> int | None:
         return params.get("array_parallelism")
     cores = max(1, (os.cpu_count() or 1) // max(1, params.get("cpus_per_task") or 1))
     return min(cores, params.get("array_parallelism") or cores)
+
+
+@contextlib.contextmanager
+def stderr_into(file) -> Any:
+    """What is written to file descriptor 2 meanwhile (a child's too: sbatch's) goes into `file`; it is passed on to
+    stderr after, unless an exception ends the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+    file.seek(0)
+    sys.stderr.write(file.read())
 
 
 class ChunkedSubmitit:
@@ -130,8 +150,18 @@ class ChunkedSubmitit:
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         if not chunks:
             return []
-        with ctrl_c_after() if self.cluster == "local" else contextlib.nullcontext():  # sbatch may hang: not there
-            jobs = self.executor().map_array(self, chunks, [Singleton.get_state()] * len(chunks))
+        from submitit.core.utils import FailedJobError
+
+        with (ctrl_c_after() if self.cluster == "local" else contextlib.nullcontext(),  # sbatch may hang: not there
+              tempfile.TemporaryFile("w+") as said, stderr_into(said)):  # sbatch's errors: one line of sdlab's
+            try:
+                jobs = self.executor().map_array(self, chunks, [Singleton.get_state()] * len(chunks))
+            except FailedJobError as e:
+                said.seek(0)
+                why = next((line.strip() for line in [*said, *str(e).splitlines()] if line.strip()), str(e))
+                raise UserError(f"{'SLURM' if self.cluster == 'slurm' else 'submitit'} refused the sweep's array: "
+                                f"{why}; check hydra.launcher's settings (partition, account, qos, sizes) against "
+                                "the cluster's") from None
         self.wait(jobs)
         returns = []
         for job, chunk in zip(jobs, chunks):
