@@ -384,3 +384,23 @@ def test_the_folders_of_moved_jobs_reach_a_launchers_workers_however_many_moved(
     monkeypatch.setenv(compose.JOB_FOLDERS, str(tmp_path))
     assert [compose.job_folder(n) for n in (0, 19_999)] == ["00001", "20000"]
     assert len(os.environ[compose.JOB_FOLDERS]) < 4096
+
+
+def test_a_disk_that_fills_while_a_sweep_makes_its_job_dirs_ends_in_one_line(run_sdlab, tmp_path, monkeypatch, capsys):
+    """The launcher's write of a job dir's Hydra files hit a full disk: a traceback and no word of which file."""
+    from hydra_plugins.sdlab_hydra import lean_launcher
+
+    write, calls = lean_launcher.atomic_write_text, []
+
+    def full_after_a_job(target, *a, **k):
+        calls.append(target)
+        if "1" in Path(target).parent.parent.name:  # the second job's .hydra/ files
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return write(target, *a, **k)
+
+    monkeypatch.setattr(lean_launcher, "atomic_write_text", full_after_a_job)
+    assert run_sdlab("-m", "seed=1,2", *FAST, f"hydra.sweep.dir={tmp_path / 's'}") == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith("sdlab: error: No space left on device: ") and f"{tmp_path / 's' / '1'}" in lines[0], err

@@ -232,6 +232,9 @@ def entry() -> None:
             hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(run)()
     except UserError as e:
         fail(str(e))
+    except OSError as e:  # a disk that fills or goes away between the jobs, where no job can make it a failed row
+        lock.release_held()
+        fail(f"{e.strerror or e}: {e.filename}" if e.filename else f"{type(e).__name__}: {e}", 1)
     except KeyboardInterrupt as e:
         for worker in multiprocessing.active_children():  # a launcher's pool: one no job reached would idle on
             with suppress(OSError, TypeError):  # by pid: loky's workers have no Popen.kill; a gone one, no process
