@@ -188,7 +188,7 @@ REPORT_HELP = """usage: sdlab report DIR
 
 Rebuild the table, summary, ranking, summary.png and report.html of an sdlab run or sweep dir, older ones too,
 from the rows its jobs wrote. It writes only into a folder carrying sdlab's .sdlab mark (touch DIR/.sdlab once for
-one made before the mark), never over files sdlab did not write."""
+one made before the mark); in a marked folder those files are sdlab's to write again, whoever put them there."""
 
 
 def report_command(args: list[str]) -> None:
