@@ -85,7 +85,7 @@ def test_a_marked_folder_is_sdlabs_and_a_made_one_is_resumed(run_sdlab, tmp_path
     assert (tmp_path / "s" / MARK).is_file() and (tmp_path / "s" / "0" / MARK).is_file()
     assert run_sdlab("-m", "seed=1,2,3", "hydra.sweep.dir=s", *FAST) == 0  # the README's rerun to extend
     assert sorted(pd.read_parquet(tmp_path / "s" / "results.parquet")["seed"]) == [1, 2, 3]
-    assert run_sdlab("seeds=[4]", "hydra.run.dir=s/0", *FAST) == 0  # a sweep's job dir is sdlab's too
+    assert run_sdlab("seed=1", "hydra.run.dir=s/0", *FAST) == 0  # a sweep's job dir is sdlab's too: its cell again
 
 
 def test_a_file_in_place_of_the_folder_is_refused(run_sdlab, tmp_path, monkeypatch, capsys):
@@ -379,7 +379,7 @@ def test_a_run_into_a_job_dir_of_a_running_sweep_is_refused(run_sdlab, tmp_path,
         write_lock(tmp_path / "s", holder.pid)
         before = snapshot(tmp_path)
         for job_dir in ("s/0", "s/7"):  # a job dir that exists, and one the sweep may still make
-            line = refused(run_sdlab, capsys, "seeds=[5]", f"hydra.run.dir={job_dir}", *FAST)
+            line = refused(run_sdlab, capsys, "seed=1", f"hydra.run.dir={job_dir}", *FAST)  # cell 0's own settings
             assert f"s is in use by sdlab process {holder.pid}" in line
         assert snapshot(tmp_path) == before
     finally:
@@ -570,4 +570,20 @@ def test_a_folder_holds_either_one_run_or_one_sweep(run_sdlab, tmp_path, monkeyp
     assert snapshot(tmp_path) == before
     assert run_sdlab("seeds=[1,2]", *ONE_STEP, "hydra.run.dir=one") == 0  # each rerun as itself, as before
     assert run_sdlab("-m", "seed=3,4", *ONE_STEP, "hydra.sweep.dir=many") == 0
-    assert run_sdlab("seeds=[6]", *ONE_STEP, "hydra.run.dir=many/0") == 0  # a job dir takes a run, as before
+    assert run_sdlab("seed=3", *ONE_STEP, "hydra.run.dir=many/0") == 0  # a job dir takes its own cell's run
+
+
+def test_a_run_of_other_settings_into_a_sweeps_job_dir_is_refused_and_the_sweep_stays_whole(run_sdlab, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """`seed=9 hydra.run.dir=S/0` ran there and took the job dir's mark: the sweep's rerun made cell 0 again in a new
+    job dir, its table gained the run's rows (seed 9) and its grid was deleted."""
+    monkeypatch.chdir(tmp_path)
+    assert run_sdlab("-m", "seed=1,2", *ONE_STEP, "hydra.sweep.dir=s") == 0
+    before = snapshot(tmp_path)
+    line = refused(run_sdlab, capsys, "seed=9", *ONE_STEP, "hydra.run.dir=s/0")
+    assert line == ("sdlab: error: hydra.run.dir=s/0 is the job dir of a cell of the sweep in s; a run of other "
+                    "settings there would join the sweep's table: give the run a folder of its own"), line
+    assert snapshot(tmp_path) == before
+    assert run_sdlab("-m", "seed=1,2", *ONE_STEP, "hydra.sweep.dir=s") == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == ["0", "1"]
+    assert sorted(pd.read_parquet(tmp_path / "s" / "results.parquet")["seed"]) == [1, 2]

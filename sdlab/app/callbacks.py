@@ -30,8 +30,8 @@ from sdlab.bench.figure_index import write_index
 from sdlab.bench.records import failed_count, job_dirs
 from sdlab.bench.report import over_recipes, summarize
 from sdlab.bench.plan import cell_of, duration, plan_text, record_cost
-from sdlab.bench.resume import (MARKER, collect, mark_calls, read_manifest, read_mark, record_spent,
-                               update_manifest)
+from sdlab.bench.resume import (MARKER, check_cell_of_its_sweep, collect, mark_calls, read_manifest, read_mark,
+                               record_spent, update_manifest)
 from sdlab.errors import UserError
 from sdlab.jobs import work_of
 
@@ -93,6 +93,7 @@ class Preflight(Callback):
         run_dir = Path(typed).absolute()
         Preflight.new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
         warnings, run = check_composed(config)
+        check_cell_of_its_sweep(folder, run, typed)
         if run.recipe.get("plan") is True:  # before Hydra makes the run dir
             print(plan_text([cell_of(run, work_of)], run_dir), flush=True)
             sys.exit(0)

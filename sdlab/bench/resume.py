@@ -156,6 +156,15 @@ def marked_jobs(sweep_dir: Path) -> dict[Path, str]:
     return {job: job_hash for job, job_hash in marks.items() if isinstance(job_hash, str)}
 
 
+def check_cell_of_its_sweep(folder: Path, run: Run, shown: str) -> None:
+    """Refuse a single run into a sweep's job dir whose finished job is another: its rows would join the sweep's table,
+    and the sweep's rerun would make its cell again elsewhere."""
+    held = read_mark(folder).get("job_hash")
+    if isinstance(held, str) and held != run.job_hash and (Path(folder).parent / MANIFEST).is_file():
+        raise UserError(f"hydra.run.dir={shown} is the job dir of a cell of the sweep in {Path(shown).parent}; a run "
+                        "of other settings there would join the sweep's table: give the run a folder of its own")
+
+
 def made_from_other_weights(folder: Path, run: Run) -> bool:
     """Whether `folder`'s job finished this same recipe from weights other than `run`'s (retrained in place since)."""
     done = read_mark(folder)
