@@ -324,6 +324,10 @@ DAMAGES = {
     "unet weights only as a variant": (lambda f, o: (f / UNET).rename(f / UNET.replace("model.", "model.fp16.")),
                                        "no diffusion_pytorch_model.safetensors or model.safetensors in"),
     "unet weights a FIFO": (lambda f, o: ((f / UNET).unlink(), os.mkfifo(f / UNET)), "no .safetensors weights in"),
+    # a cache snapshot whose blob went (a download cut short): it said there were no weights, beside the link
+    "unet weights a link to nothing": (lambda f, o: ((f / UNET).unlink(), (f / UNET).symlink_to(f / "gone.bin")),
+                                       f"{UNET} links to a file that is gone (a download cut short?); download "
+                                       "the model again"),
     "text encoder weights are noise": (lambda f, o: (f / TEXT).write_bytes(os.urandom(4096)),
                                        f"{TEXT} is not a safetensors file"),
     "weights header not JSON": (lambda f, o: (f / UNET).write_bytes(struct.pack("<Q", 5) + b"{oops" + b"\0" * 64),

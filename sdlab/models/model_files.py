@@ -109,6 +109,9 @@ def check_component_files(component: Path, variant: str | None = None) -> None:
     if pickles := [p.name for p in files if p.suffix in PICKLE_SUFFIXES]:
         raise UserError(f"refusing pickle weights {component / pickles[0]}: sdlab loads safetensors only "
                         "(convert them with diffusers' save_pretrained(safe_serialization=True))")
+    if gone := sorted(p.name for p in component.glob("*.safetensors") if p.is_symlink() and not p.exists()):
+        raise UserError(f"{component / gone[0]} links to a file that is gone (a download cut short?); download the "
+                        "model again")
     raise UserError(f"no .safetensors weights in {component}")
 
 
