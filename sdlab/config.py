@@ -138,10 +138,10 @@ class Field:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             elif isinstance(value, bool) or not isinstance(value, int):
-                raise UserError(f"{name}={value!r} is not an integer")
+                raise UserError(f"{name}={as_typed(value)} is not an integer")
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"{name}={value!r} is not a number")
+                raise UserError(f"{name}={as_typed(value)} is not a number")
             if not math.isfinite(value):
                 raise UserError(f"{name}={value} is not a finite number")
             value = float(value)
@@ -149,6 +149,11 @@ class Field:
             bounds = f"in [{self.low:g}, {self.high:g}]" if self.high is not None else f">= {self.low:g}"
             raise UserError(f"{name}={value} must be {self.rule or bounds}{null}")
         return value
+
+
+def as_typed(value: Any) -> str:
+    """A value as the user typed it: `null` for None (on the command line and in JSON), else its repr."""
+    return "null" if value is None else repr(value)
 
 
 def _scalar(value: Any, integer: bool) -> bool:

@@ -14,7 +14,8 @@ from sdlab.bench.scorers import scorer_weights
 from sdlab.bench.worlds import world
 from sdlab.conf_files import group_options, known_keys
 from sdlab.config import (LIMITS, MODEL_FAMILIES, MODEL_KINDS, MODEL_NAMES, GenerationParams, ModelSpec, Run,
-                          SEED, checked_run, clash, config_hash, limits, model_spec, rivals, rules_of, suggestion)
+                          SEED, checked_run, clash, config_hash, limits, model_spec, rivals, rules_of, suggestion,
+                          as_typed)
 from sdlab.errors import UserError, repeats
 from sdlab.metrics.schedule import model_kind
 from sdlab.models.architectures import ARCHITECTURES, BUILT_IN
@@ -291,7 +292,7 @@ def load_params(path: str | Path, limit: dict[str, int] = LIMITS, notes: list[st
                             f"allowed: {', '.join(PARAM_TYPES)}, or the image tools' {', '.join(A1111_KEYS)}")
         if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[key]):
             kinds = " or ".join(t.__name__ for t in PARAM_TYPES[key])
-            raise UserError(f"{label}: {key}={value!r} should be {kinds}")
+            raise UserError(f"{label}: {key}={as_typed(value)} should be {kinds}")
         if key in RULES and value != "auto":  # its range too, named with its file (batch_size=auto: GenerationParams)
             RULES[key].check(f"{label}: {key}", value)
         elif key == "seed":
