@@ -66,7 +66,7 @@ class Field:
         if self.rule:
             return self.rule
         if self.kind == "choice":
-            return f"one of: {', '.join(map(str, self.choices))}"
+            return f"one of: {', '.join(map(as_written, self.choices))}"
         bounds = " and ".join(f"{sign} {bound:g}" for sign, bound in ((">=", self.low), ("<=", self.high))
                               if bound is not None)
         each = "" if self.kind in ("int", "number") else ", each"
@@ -130,9 +130,9 @@ class Field:
             return value
         if self.kind == "choice":
             if type(value) not in {type(c) for c in self.choices}:  # 1 == True: the type decides
-                raise UserError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, self.choices))}")
+                raise UserError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(as_written, self.choices))}")
             if value not in self.choices:
-                raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, self.choices))}")
+                raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(map(as_written, self.choices))}")
             return value
         if self.kind == "int":
             if isinstance(value, float) and value.is_integer():
@@ -149,6 +149,11 @@ class Field:
             bounds = f"in [{self.low:g}, {self.high:g}]" if self.high is not None else f">= {self.low:g}"
             raise UserError(f"{name}={value} must be {self.rule or bounds}{null}")
         return value
+
+
+def as_written(value: Any) -> str:
+    """A choice as YAML and the command line write it: true, false, null, else as it is."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def as_typed(value: Any) -> str:

@@ -116,7 +116,7 @@ def bad_inputs(tmp):
         # wrong types
         (["model.compile=maybe"], "model.compile='maybe' must be true or false"),
         (["model.channels_last=yes"], "model.channels_last='yes' must be true or false"),
-        (["model.mkldnn=sometimes"], "unknown model.mkldnn 'sometimes'"),
+        (["model.mkldnn=sometimes"], "unknown model.mkldnn 'sometimes'; choose one of: true, false, auto"),
         (["model.resolution=abc"], "model.resolution='abc' is not an integer"),
         (["model.resolution=100"], "model.resolution=100 must be a positive multiple of 8"),
         (["model.device=gpu"], "model.device='gpu' is not a device"),
