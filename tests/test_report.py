@@ -358,3 +358,22 @@ def test_the_headers_constants_are_the_values_that_ran_not_hydras_quoting(run_sd
                      "num_inference_steps=1", "threads=1", f"hydra.sweep.dir={sweep}") == 0
     constants = embedded((sweep / "report.html").read_text())["header"]["constants"]
     assert constants["prompt"] == "it's red" and constants["negative_prompt"] == "blurry", constants
+
+
+def test_a_sweep_over_recipes_is_neither_ranked_nor_summarised_by_the_report(tmp_path):
+    """Over recipes the report ranked `prompt` (each recipe's own), and `sdlab report` wrote a summary.csv averaging
+    unrelated recipes: the sweep itself writes neither, as a summary across recipes means nothing."""
+    from sdlab.bench.records import write_table
+    from sdlab.bench.report import rebuild
+
+    root = fake_sweep(tmp_path / "sweep", failed=None)
+    frame = pd.read_parquet(root / "results.parquet")
+    half = frame.index < len(frame) // 2
+    frame.loc[half, "experiment"], frame.loc[~half, "experiment"] = "article_a3_schedule", "article_b7_guidance"
+    frame.loc[half, "prompt"] = "a blue square"
+    write_table(frame, root)
+    data = report_data(frame, root)
+    assert data["ranking"] == [] and data["ranking_lines"] == {} and data["grid"] is False
+    rebuild(root)
+    assert not (root / "summary.csv").exists() and not (root / "ranking.csv").exists()
+    assert (root / "report.html").is_file()

@@ -50,7 +50,8 @@ def test_opens_from_file_with_no_console_errors_and_no_network(page):
     assert loaded and all(loaded)
     assert page.log["errors"] == []
     assert page.log["requests"] and all(url.startswith("file://") for url in page.log["requests"])
-    assert "17 ok, 1 failed" in page.inner_text("#header")
+    # rows, not cells: a recipe's one job writes a row per timestep, a seeds list a row per image
+    assert page.locator("#header dt:text-is('rows') + dd").inner_text() == "17 ok, 1 failed"
     assert "sdlab -m seed=1,2,3 guidance_scale=1,3,7.5" in page.inner_text("#command")
 
 

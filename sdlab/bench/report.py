@@ -215,7 +215,8 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     scores = [m for m in metrics if score_direction(m)]
     lead = [c for c in dict.fromkeys([*axes, "seed", *scores, "status", "error", *metrics]) if c in frame]
     frame = frame[lead + [c for c in frame.columns if c not in lead]]  # the rows table: what varies, then the rest
-    ranking = rank(frame, manifest["axes"])
+    ranking = rank(frame.iloc[:0] if recipes else frame, manifest["axes"])  # each recipe its own settings
+    lines = {} if recipes else ranking_lines(frame, ranking, manifest["axes"])
     return {
         "header": header(frame, folder, axes, manifest), "columns": list(frame.columns), "grid": not recipes,
         "rows": [[plain(v) for v in record] for record in frame.itertuples(index=False, name=None)],
@@ -227,7 +228,7 @@ def report_data(frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
         "summary": f"{SUMMARY_NAME}.png" if local_file(folder, f"{SUMMARY_NAME}.png") else None,
         "figures": figures(folder),
         "ranking": [{k: plain(v) for k, v in row.items()} for row in ranking.to_dict(orient="records")],
-        "ranking_lines": ranking_lines(frame, ranking, manifest["axes"]),
+        "ranking_lines": lines,
     } | dict(zip(("sets", "overall"), summary_rows(folder)))
 
 
@@ -277,7 +278,7 @@ def rebuild(folder: Path) -> Path:
         owned = owns_summary(folder)
     except Exception as e:  # pyarrow raises many types for a damaged file
         raise UserError(f"{folder / SUMMARY_NAME}.parquet cannot be read ({brief(e)}); move it away") from None
-    if owned:
+    if owned and not over_recipes(frame):  # as the sweep: a summary across recipes means nothing
         write_summary(frame, folder, axes, figure=True)
     return build_report(folder, frame)
 

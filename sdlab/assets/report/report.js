@@ -28,7 +28,7 @@ function renderHeader() {
   const add = (k, v) => { if (v !== null && v !== undefined && v !== "") facts.append(el("dt", { text: k }), el("dd", {}, v)); };
   const counts = el("span", {}, `${h.ok} ok, `, el("span", { class: h.failed ? "failed-count" : "", text: `${h.failed} failed` }),
     h.not_run ? ` (${h.not_run} did not run: rerun the same command to run them)` : "");
-  add("cells", counts);
+  add("rows", counts);
   add("swept", D.axes.join(", ") || "nothing");
   add("model", h.model); add("device", h.device);
   add("wall time", h.wall_s === null ? null : `${h.wall_s.toFixed(1)} s` + (h.runs > 1 ? ` over ${h.runs} runs` : "")
