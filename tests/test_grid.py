@@ -65,6 +65,23 @@ def test_cells_are_the_images_at_cell_size_and_a_failed_cell_is_marked(tmp_path)
     assert (canvas.sum(-1) < 200).sum() > 100  # labels are drawn in dark ink
 
 
+def test_a_failed_cell_a_cell_that_did_not_run_and_an_image_gone_are_each_named_so(tmp_path, monkeypatch):
+    """A failed row (no image) was drawn "missing", and an ok row whose file was gone "failed": the other way round."""
+    from sdlab.bench.resume import NOT_RUN
+
+    said = []
+    draw_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **k: said.append(text)
+                        or draw_text(self, xy, text, *a, **k))
+    cells = [{"seed": str(s), "guidance_scale": str(g)} for s in (1, 2) for g in (1, 7.5, 12)]
+    frame = frame_of(tmp_path, cells).assign(status="ok", error=None)
+    frame.loc[1, ["image_path", "status", "error"]] = None, "error", "ValueError: boom"
+    frame.loc[2, ["image_path", "status", "error"]] = None, "error", NOT_RUN
+    frame.loc[3, "image_path"] = "gone.png"
+    assert image_grid(frame, tmp_path, tmp_path / "grid.png", ["seed", "guidance_scale"]) is not None
+    assert sorted(t for t in said if t in ("failed", "missing", "not run")) == ["failed", "missing", "not run"]
+
+
 def test_a_cell_with_a_note_says_it_under_its_image_and_hides_none_of_it(tmp_path):
     """A8: the image judged not to draw its prompt is marked below it; the mark's white box hid the image's foot."""
     cells = [{"seed": str(s), "guidance_scale": str(g)} for s in (1, 2) for g in (1, 7.5)]
@@ -115,12 +132,12 @@ def test_cell_size_keeps_small_images_sharp_and_big_grids_bounded(tmp_path):
         Image.new("RGB", (side, side)).save(path)
         return path
 
-    assert cell_side([None, image(64)], 4) == 128  # enlarged 2x, nearest neighbours
+    assert cell_side([image(64)], 4) == 128  # enlarged 2x, nearest neighbours
     assert cell_side([image(48)], 4) == 144  # 3x, a whole factor
     assert cell_side([image(512)], 16) == 512  # SD images at their own resolution
     assert cell_side([image(768)], 16) == CELL_MAX
     assert cell_side([image(512)], 400) == 200  # 400 cells of 200 px: 16 megapixels
-    assert cell_side([None], 4) == CELL_MIN
+    assert cell_side([], 4) == CELL_MIN and cell_side([tmp_path / "gone.png"], 4) == CELL_MIN
 
 
 def test_a_reused_run_folder_drops_the_grid_sdlab_drew_there_and_keeps_a_users(tmp_path):

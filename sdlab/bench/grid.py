@@ -12,6 +12,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from sdlab.bench.captions import counted, drawable, record_caption, uncut
+from sdlab.bench.resume import NOT_RUN
 from sdlab.io import atomic_save
 from sdlab.lazy import pandas as pd
 
@@ -53,11 +54,11 @@ def axis_labels(key: str | None, values: Sequence[str]) -> list[str]:
     return [f"{key}={value}" if named else value if key else "" for value in values]
 
 
-def cell_side(paths: Sequence[Path | None], cells: int) -> int:
+def cell_side(paths: Sequence[Path], cells: int) -> int:
     """The first image's longer side, enlarged by a whole factor to CELL_MIN or cut to CELL_MAX and MAX_GRID_PIXELS."""
     largest = max(CELL_MIN, min(CELL_MAX, int((MAX_GRID_PIXELS / max(cells, 1)) ** 0.5)))
     for path in paths:
-        if path is not None and path.is_file():
+        if path.is_file():
             with Image.open(path) as image:
                 side = max(image.size)
             return side * -(-CELL_MIN // side) if side < CELL_MIN else min(side, largest)
@@ -86,8 +87,9 @@ def text_size(draw: ImageDraw.ImageDraw, text: str, bold: bool = False) -> tuple
 def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str], title: str = "",
                seeds_within: bool = False, note: str = "") -> Path | None:
     """A labelled grid: axes[0] across, axes[1] down, the rest pages; `note`: a column written under each image."""
-    if "image_path" in frame:
-        frame = frame[frame["image_path"].notna()].reset_index(drop=True)
+    if "image_path" in frame:  # a row without an image is a cell only when it failed (or did not run)
+        failed = frame["status"].ne("ok") if "status" in frame else False
+        frame = frame[frame["image_path"].notna() | failed].reset_index(drop=True)
     within = ["seed"] if seeds_within and "seed" in axes and len(axes) > 2 else []
     axes = [k for k in axes if k not in within]
     labels = {k: axis_values(frame, k) for k in axes + within}
@@ -106,9 +108,10 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
         return None
     keys = [tuple(labels[k][i] for k in axes + within) for i in range(len(frame))]
     notes = dict(zip(keys, frame[note])) if note else {}
-    cells: dict[tuple, Path | None] = {}
-    for key, path in zip(keys, frame.get("image_path", [None] * len(frame))):
-        cells.setdefault(key, (Path(base) / path) if isinstance(path, str) and path else None)
+    cells: dict[tuple, Path | str] = {}  # an image's path, or what stands in an empty cell: "failed", "not run"
+    for key, path, error in zip(keys, *(frame.get(c, [None] * len(frame)) for c in ("image_path", "error"))):
+        empty = "not run" if error == NOT_RUN else "failed"
+        cells[key] = Path(base) / path if isinstance(path, str) and path else cells.get(key, empty)
     if len(cells) < n_cells / 2:
         log.warning("no %s: %d images fill too few of %d cells to be a grid (the jobs' own grids still stand)",
                     target.name, len(cells), n_cells)
@@ -116,7 +119,8 @@ def image_grid(frame: pd.DataFrame, base: Path, target: Path, axes: Sequence[str
     if seeds:
         title = f"{title}\n" * bool(title) + f"each cell: seed {', '.join(seeds)}, left to right"
     atomic_save(draw_grid(cells, axes, xs, ys, pages, title, seeds, notes), target, format="PNG")
-    record_caption(target, title or f"{' x '.join(axes)} grid of {counted(len(cells), 'image')}")
+    images = sum(isinstance(found, Path) for found in cells.values())
+    record_caption(target, title or f"{' x '.join(axes)} grid of {counted(images, 'image')}")
     return Path(target)
 
 
@@ -174,7 +178,7 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
     """Column labels on top, row labels on the left, a bold header per page; with `seeds`, one image per seed a cell."""
     x_key, y_key = (axes + [None, None])[:2]
     strip = list(seeds) or [None]
-    side = cell_side(list(cells.values()), len(xs) * len(ys) * len(pages) * len(strip))
+    side = cell_side([p for p in cells.values() if isinstance(p, Path)], len(xs) * len(ys) * len(pages) * len(strip))
     cell_w = len(strip) * (side + SEED_GAP) - SEED_GAP
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     col_labels = [wrapped(measure, text, max(cell_w - 2 * GAP, LABEL_WIDTH), most=LABEL_LINES)
@@ -221,10 +225,11 @@ def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], y
                 for s, seed in enumerate(strip):
                     key = cell + ((seed,) if seeds else ())
                     x0 = MARGIN + left + c * (col_w + col_gap) + (col_w - cell_w) // 2 + s * (side + SEED_GAP)
-                    image = fitted(cells.get(key), side)
-                    if image is None:
+                    found = cells.get(key, "missing")
+                    image = fitted(found, side) if isinstance(found, Path) else None
+                    if image is None:  # a failed cell, one that did not run, or an image gone since
                         draw.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=EMPTY_CELL)
-                        draw.text((x0 + side // 2, y0 + side // 2), "failed" if key in cells else "missing",
+                        draw.text((x0 + side // 2, y0 + side // 2), found if isinstance(found, str) else "missing",
                                   fill=INK, font=font(), anchor="mm")
                     else:
                         canvas.paste(image, (x0 + (side - image.width) // 2, y0 + (side - image.height) // 2))
