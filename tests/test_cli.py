@@ -474,6 +474,21 @@ def test_a_seed_two_cells_of_the_same_settings_would_make_is_refused(run_sdlab, 
     assert run_sdlab("-m", "seeds=[1,2],[3,4]", "model=tiny", "plan=true") == 0  # apart: each image once
 
 
+@pytest.mark.parametrize("swept", ["batch_size=1,2", "threads=1,2"])
+def test_a_sweep_of_a_setting_that_does_not_change_the_image_is_refused(run_sdlab, tmp_path, monkeypatch, capsys,
+                                                                       swept):
+    """batch_size and threads are left out of an image's hash (its image is the same): a sweep of them made each image
+    once, so half of its cells got no row, with exit code 0."""
+    monkeypatch.chdir(tmp_path)
+    for plan in ("plan=true", "plan=false"):
+        assert run_sdlab("-m", swept, "seed=1,2", "model=tiny", plan) == 2
+        key = swept.partition("=")[0]
+        assert one_error_line(capsys) == (
+            f"sdlab: error: {swept} sweeps a setting that does not change an image: its cells would share their "
+            f"images, each made once; to time {key}, sweep it in one folder per value")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_key_a_recipe_leaves_out_but_its_job_reads_is_named_with_the_plus_that_adds_it(run_sdlab, tmp_path,
                                                                                           monkeypatch, capsys):
     """`experiment=article_a7_trajectory preview=linear` was an unknown key, with no word that its job reads it."""

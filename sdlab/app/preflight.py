@@ -26,6 +26,7 @@ GENERATION_SETTINGS = frozenset({"scorers", "reference", "reference_count", "pro
                                  *(f.name for f in fields(GenerationParams))})
 # What toy math (MODEL_FREE_JOBS) never reads: the model, its scheduler and every generation setting
 MODEL_SETTINGS = GENERATION_SETTINGS | {"model", "scheduler", "clip", "params"}
+IMAGE_FREE = {"batch_size", "threads"}  # how an image is made, not what it is: left out of its hash
 
 
 def model_warnings(cfg: dict[str, Any], width: int, height: int, folder: type[ModelAdapter] | None = None,
@@ -138,15 +139,22 @@ def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
 
 
 def check_seeds_apart(runs: list[Run], typed: dict[str, str]) -> None:
-    """Refuse a seed that two generate cells of the same settings would both make (`seeds=[1,2],[2,3]`)."""
+    """Refuse an image that two generate cells would both make: a seed two cells of the same settings list
+    (`seeds=[1,2],[2,3]`), or a swept setting an image does not change (`batch_size=1,2`)."""
     owners: dict[tuple[str, int], Run] = {}
-    for run in runs if any(len(run.params.seeds) > 1 for run in runs) else ():
-        rest = config_hash({k: v for k, v in run.recipe.items() if k not in ("seed", "seeds", "resume", "plan")})
+    for run in runs if any(len(run.params.seeds) > 1 for run in runs) or IMAGE_FREE & typed.keys() else ():
+        rest = config_hash({k: v for k, v in run.recipe.items()
+                            if k not in ("seed", "seeds", "resume", "plan", *IMAGE_FREE)})
         for seed in run.params.seeds if run.job == "generate" else ():
-            if owners.setdefault((rest, seed), run) is not run:
-                given = f"seeds={typed['seeds']}" if "seeds" in typed else "the sweep"
-                raise UserError(f"{given} gives seed {seed} to two cells of the same settings: its image would be made "
-                                "twice; list each seed once")
+            if (owner := owners.setdefault((rest, seed), run)) is run:
+                continue
+            if differ := [k for k in sorted(IMAGE_FREE & typed.keys()) if owner.recipe.get(k) != run.recipe.get(k)]:
+                raise UserError(f"{differ[0]}={typed[differ[0]]} sweeps a setting that does not change an image: its "
+                                f"cells would share their images, each made once; to time {differ[0]}, sweep it in "
+                                "one folder per value")
+            given = f"seeds={typed['seeds']}" if "seeds" in typed else "the sweep"
+            raise UserError(f"{given} gives seed {seed} to two cells of the same settings: its image would be made "
+                            "twice; list each seed once")
 
 
 def check_eta_read(runs: list[Run], typed: dict[str, str]) -> None:
