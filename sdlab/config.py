@@ -130,7 +130,8 @@ class Field:
             return value
         if self.kind == "choice":
             if type(value) not in {type(c) for c in self.choices}:  # 1 == True: the type decides
-                raise UserError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(as_written, self.choices))}")
+                raise UserError(f"{name}={value!r} is not allowed; choose one of: "
+                                f"{', '.join(map(as_written, self.choices))}")
             if value not in self.choices:
                 raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(map(as_written, self.choices))}")
             return value

@@ -92,7 +92,7 @@ def with_params_file(config: dict[str, Any], overridden: set[str], notes: list[s
             config[key] = value
     if gave_way:
         notes.append(f"params={config['params']}: {', '.join(gave_way)} from the file "
-                  f"{'gives' if len(gave_way) == 1 else 'give'} way to the command line")
+                     f"{'gives' if len(gave_way) == 1 else 'give'} way to the command line")
     if "seed" in params and "seeds" not in params and "seeds" not in overridden:
         config["seeds"] = None  # the file's single seed wins over a recipe's seed list
     return config
