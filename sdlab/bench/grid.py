@@ -173,7 +173,7 @@ def fitting(draw: ImageDraw.ImageDraw, text: str, width: int, bold: bool = False
     return uncut(text, low) or low  # a character's escape stays whole unless it alone is too wide
 
 
-def draw_grid(cells: dict[tuple, Path | None], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
+def draw_grid(cells: dict[tuple, Path | str], axes: list[str], xs: list[str], ys: list[str], pages: list[tuple],
               title: str, seeds: Sequence[str] = (), notes: dict[tuple, str] | None = None) -> Image.Image:
     """Column labels on top, row labels on the left, a bold header per page; with `seeds`, one image per seed a cell."""
     x_key, y_key = (axes + [None, None])[:2]
