@@ -147,3 +147,16 @@ def test_a_value_with_a_line_break_stays_on_its_line():
     line = ranking_lines(f, rank(f, AXES), AXES)["scheduler"]
     assert "\n" not in line and "\u202e" not in line and "\t" not in line
     assert "best a\\n[10:00:00][INFO] forged 56.8; tied: b\\tc, d (3 of 4)" in line, line
+
+
+def test_the_best_is_chosen_on_the_seeds_every_value_made():
+    f = frame(values=("a", "b"))
+    f.loc[f["scheduler"] == "b", "clip_score"] = f[f["scheduler"] == "a"]["clip_score"].to_numpy() + 1  # by 1 a seed
+    failed = (f["scheduler"] == "b") & (f["seed"] == 6)  # but fails on seed 6, where a scores above its mean
+    f.loc[failed, ["status", "clip_score"]] = ["failed", float("nan")]
+    assert f[f["scheduler"] == "a"]["clip_score"].mean() > f[f["scheduler"] == "b"]["clip_score"].mean()
+    ranking = rank(f, AXES)
+    assert groups(ranking) == {"b": BEST, "a": BEHIND}
+    rows = ranking[ranking["metric"] == "clip_score"].set_index("value")
+    assert rows.loc["a", "n_paired"] == 5 and rows.loc["a", "delta_mean"] == pytest.approx(-1)
+    assert ranking_lines(f, ranking, AXES)["scheduler"].startswith("scheduler by clip_score: best b ")

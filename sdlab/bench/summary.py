@@ -123,6 +123,13 @@ class Swept:
         others = [self.labels[k] for k in self.params if k != key]
         return [(seed, *(o[i] for o in others)) for i, seed in enumerate(self.seeds)]
 
+    def on_shared_pairs(self, key: str, metric: str, values: Sequence[str]) -> np.ndarray:
+        """The rows whose pairing key has a `metric` value for every one of `values` of `key`: a like-for-like subset."""
+        x, column, pairs = self.number(metric), self.labels[key], self.pairs(key)
+        made = [{pairs[i] for i in np.flatnonzero((column == v) & np.isfinite(x))} for v in values]
+        shared = set.intersection(*made) if made else set()
+        return np.fromiter((p in shared for p in pairs), bool, len(pairs))
+
     def by_value(self, key: str, metric: str, best, min_n: int = 0) -> tuple[dict[str, dict], str | None]:
         """Per value of `key`, `metric`'s stats (from `min_n` images paired to the value `best(stats)`); that value."""
         x, column, bounds = self.number(metric), self.labels[key], metric_range(metric)
@@ -144,8 +151,12 @@ def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
                  for v in swept.values(key)}  # n, mean and interval of each cost
         for metric in (m for m in metric_columns(swept.frame) if score_direction(m)):
             sign, x = score_direction(metric), swept.number(metric)
-            order = lambda stats: sorted((v for v, s in stats.items() if s["n"] >= MIN_N),  # noqa: E731
-                                         key=lambda v: -sign * stats[v]["mean"])  # stable: equal means keep sweep order
+            def order(stats: dict[str, dict]) -> list[str]:  # by mean on the seeds all made (a failed cell's
+                kept = [v for v, s in stats.items() if s["n"] >= MIN_N]  # seed would favour who made it), stable
+                shared = swept.on_shared_pairs(key, metric, kept)
+                mean = {v: swept.measured(metric, shared & (swept.labels[key] == v))[1] for v in kept}
+                return sorted(kept, key=lambda v: -sign * (mean[v] if shared.sum() >= MIN_N * len(kept)
+                                                           else stats[v]["mean"]))
             stats, best = swept.by_value(key, metric, best=lambda s: next(iter(order(s)), None), min_n=MIN_N)
             ranked = order(stats)
             scored = finite(x[np.isin(swept.labels[key], ranked)])
