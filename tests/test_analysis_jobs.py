@@ -34,6 +34,8 @@ def test_schedule_snr_landmarks_tables_and_figures(tmp_path):
     assert linear["crossing_t"] == 284 and round(linear["alpha_bar_mid"], 3) == 0.161
     sd = rows[rows["schedule"].str.contains("(SD)", regex=False)].iloc[0]
     assert sd["crossing_t"] == 354 and round(sd["snr_db_last"], 2) == -23.30
+    cosine = rows.loc["squaredcos_cap_v2"]  # no beta ends: the table names none rather than SD's unused ones
+    assert pd.isna(cosine["beta_start"]) and pd.isna(cosine["beta_end"]) and linear["beta_end"] == pytest.approx(0.012)
     schedule = pd.read_parquet(tmp_path / "schedule.parquet")
     assert list(schedule.columns) == ["schedule", "t", "beta", "alpha", "alpha_bar", "signal_frac", "noise_frac",
                                       "snr", "snr_db", "sigma"]
@@ -61,6 +63,8 @@ def test_forward_process_pixel_and_latent(tmp_path):
     pixel = rows[rows["space"] == "pixel"]
     assert pixel["psnr_db"].iloc[0] > 30 and pixel["psnr_db"].is_monotonic_decreasing
     assert pixel["alpha_bar"].iloc[0] == pytest.approx(0.99915)
+    # the samplers' sigma of the same level, as every table names it: sqrt((1 - alpha_bar) / alpha_bar)
+    assert rows["sigma"].to_numpy() == pytest.approx(np.sqrt((1 - rows["alpha_bar"]) / rows["alpha_bar"]))
     latent = rows[rows["space"] == "latent"]
     # horizontal row labels ("latent z_t, decoded": 18 characters at 9 pt) widen the strip by their margin
     check_image(tmp_path / "forward_strip.png", **figure_size(1.6 * 4 + 0.6 + 0.6 * 9 / 72 * 18 + 0.15, 1.9 * 2 + 0.6))
@@ -220,6 +224,7 @@ def test_trajectory_x0_pred_matches_ddim_update_and_gif(tmp_path):
         trajectory.TrajectoryRecorder.__exit__ = original
     assert rows["step"].tolist() == [0, 1, 2, 3] and rows["timestep"].tolist() == [751.0, 501.0, 251.0, 1.0]
     assert (rows["nfe"] == 4).all() and (rows["time_capture_s"] >= 0).all() and (rows["time_decode_trajectory_s"] > 0).all()
+    assert rows["sigma"].to_numpy() == pytest.approx(np.sqrt((1 - rows["alpha_bar"]) / rows["alpha_bar"]))
 
     # DDIM (eta = 0): x_prev = sqrt(ab_prev) x0_pred + sqrt(1 - ab_prev) eps, with eps recovered from x_t and x0_pred.
     steps = recorded["steps"]

@@ -93,8 +93,10 @@ def run_schedule(ctx: JobContext) -> pd.DataFrame:
             table = schedule_table(beta)
         tables.append(table.assign(schedule=s["label"]))
         crossing = zero_crossing(table["alpha_bar"])
+        ends = s["beta_schedule"] != "squaredcos_cap_v2"  # the cosine schedule reads no beta_start or beta_end
         rows.append({**identity(ctx, "schedule_snr", spec.name), "schedule": s["label"], "beta_schedule": s["beta_schedule"],
-                     "beta_start": s["beta_start"], "beta_end": s["beta_end"], "T": s["T"], "crossing_t": crossing,
+                     "beta_start": s["beta_start"] if ends else None, "beta_end": s["beta_end"] if ends else None,
+                     "T": s["T"], "crossing_t": crossing,
                      "snr_db_first": float(table["snr_db"].iloc[0]), "snr_db_last": float(table["snr_db"].iloc[-1]),
                      "alpha_bar_mid": float(table["alpha_bar"].iloc[s["T"] // 2])})
     schedule = pd.concat(tables, ignore_index=True)

@@ -1,8 +1,8 @@
 """One noise process per model kind: how x_t = a x_0 + s eps is parameterised, read from a scheduler, and turned back
 into x_0 from the model's output. Jobs ask the model's process (`model.noise`), never its kind.
 
-A level is the process's own name for where x_t stands, as row columns: `alpha_bar` for the VP kinds, the flow `sigma`
-for rectified flow (the other column None). In every table `sigma` is the samplers' sigma (VP: k-diffusion's
+A level is where x_t stands, as row columns: `alpha_bar` and its sigma for the VP kinds, the flow `sigma` for rectified
+flow (its `alpha_bar` None). In every table `sigma` is the samplers' sigma (VP: k-diffusion's
 sqrt((1 - alpha_bar) / alpha_bar); flow: sigma of x_t = (1 - sigma) x_0 + sigma eps) and `noise_frac` the noise
 coefficient s (VP: sqrt(1 - alpha_bar), the noise's std; flow: sigma again).
 """
@@ -49,6 +49,11 @@ class NoiseProcess:
         return signal * x0 + noise * eps
 
 
+def vp_level(alpha_bar: float) -> dict[str, float]:
+    """A VP level: alpha_bar and k-diffusion's sigma = sqrt((1 - alpha_bar) / alpha_bar) (Karras et al. 2022, eq. 4)."""
+    return {"alpha_bar": alpha_bar, "sigma": math.sqrt((1.0 - alpha_bar) / alpha_bar) if alpha_bar > 0 else math.inf}
+
+
 class VPEpsilon(NoiseProcess):
     """DDPM, x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps with an eps-predicting model (Ho et al. 2020, eq. 4)."""
 
@@ -77,7 +82,7 @@ class VPEpsilon(NoiseProcess):
         """The level at each training timestep t = 0 .. T-1 of a beta schedule {beta_schedule, T, beta_start, beta_end}."""
         alpha_bar = alpha_bar_from_betas(betas(schedule["beta_schedule"], schedule["T"], schedule["beta_start"],
                                                schedule["beta_end"]))
-        return [{"alpha_bar": float(ab), "sigma": None} for ab in alpha_bar]
+        return [vp_level(float(ab)) for ab in alpha_bar]
 
     def snr_curve(self, config: dict[str, Any]) -> pd.DataFrame:
         """SNR (dB) per training timestep t = 0 .. T-1 of the config's betas, else SD 1.5's (schedule_table columns)."""
@@ -99,7 +104,7 @@ class VPEpsilon(NoiseProcess):
         """alpha_bar of the denoiser call under way: 1/(1 + sigma^2) from the scheduler's sigma, else interpolated."""
         sigma = scheduler_sigma(scheduler)
         alpha_bar = alpha_bar_at(scheduler.alphas_cumprod, timestep) if sigma is None else 1.0 / (1.0 + sigma**2)
-        return {"alpha_bar": alpha_bar, "sigma": None}
+        return vp_level(float(alpha_bar))
 
     def step_label(self, step: dict[str, Any]) -> str:
         """Where a sampler step stands, for a frame label: its timestep."""
