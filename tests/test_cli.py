@@ -793,7 +793,7 @@ def test_version_names_sdlab_and_its_libraries(tmp_path):
     assert result.stdout.startswith("sdlab 0.") and "torch 2." in result.stdout and "diffusers" in result.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"]])
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["-m", "seed=1,2", "model=tiny", "plan=true"]])
 def test_a_reader_that_stops_early_ends_the_output_quietly(tmp_path, args):
     """`sdlab --help | head -1`: the reader gone, the page ends without a BrokenPipeError traceback."""
     process = subprocess.Popen([*SDLAB, *args], cwd=tmp_path, env=bare_env(), stdout=subprocess.PIPE,

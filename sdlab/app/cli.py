@@ -232,6 +232,9 @@ def entry() -> None:
             hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(run)()
     except UserError as e:
         fail(str(e))
+    except BrokenPipeError:  # a reader that stopped (`| head`): `main` ends quietly
+        lock.release_held()
+        raise
     except OSError as e:  # a disk that fills or goes away between the jobs, where no job can make it a failed row
         lock.release_held()
         fail(f"{e.strerror or e}: {e.filename}" if e.filename else f"{type(e).__name__}: {e}", 1)
