@@ -453,3 +453,19 @@ def test_time_left_leaves_out_the_start_up_before_the_first_image(tmp_path):
         mark_finished(tmp_path / str(n), "h", {"rows": 1, "gen_s": 0.2, "calls": {str(n): [1, 0.2, 1]}})
         line = progress.line(tmp_path / str(n), ended=ended)
         assert line.endswith(("about 1 s left", "about 3 s left")[n]), line
+
+
+@pytest.mark.parametrize("first,then,made", [((), ("scheduler.timestep_spacing=trailing",), 2),
+                                             (("scheduler.timestep_spacing=trailing",), (), 2),
+                                             ((), ("scheduler.timestep_spacing=leading",), 1)])
+def test_a_plan_counts_images_of_other_scheduler_options_as_still_to_make(run_sdlab, tmp_path, capsys, first, then,
+                                                                             made):
+    sweep = (f"hydra.sweep.dir={tmp_path / 's'}", "-m", "seed=1", "scheduler=ddim,euler", *FAST)
+    assert run_sdlab(*sweep, *first) == 0
+    capsys.readouterr()
+    assert run_sdlab(*sweep, *then, "plan=true") == 0
+    out = capsys.readouterr().out
+    before = len(pd.read_parquet(tmp_path / "s" / "results.parquet"))
+    assert run_sdlab(*sweep, *then) == 0
+    assert len(pd.read_parquet(tmp_path / "s" / "results.parquet")) - before == made  # leading is ddim's own on tiny
+    assert f"2 to run ({made} image" in out and f"total NFE: {2 * made} " in out, out

@@ -4,6 +4,7 @@ memory that this machine measured for such cells in earlier sweeps ("unknown" wh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import socket
 import statistics
@@ -20,7 +21,8 @@ from sdlab.conf_files import CONF_DIR, conf_values
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
 from sdlab.lazy import pandas as pd
 from sdlab.models.families import family
-from sdlab.models.schedulers import denoiser_calls
+from sdlab.models.loading import published_scheduler_config
+from sdlab.models.schedulers import denoiser_calls, make_scheduler, resolved_config
 
 COST_KEYS = ("step_s", "sample_step_s", "overhead_s", "fixed_s")  # and MEMORY_KEYS, None where not measured
 # the largest peak measured, the samples of the largest call measured, and a peak's fixed and per sample parts
@@ -42,6 +44,7 @@ class Cell:
     resume: bool = True  # False: its job makes everything again (resume=false), whatever is found done
     seeds: tuple = ()  # of its images
     image_base: dict | None = None  # what decides its images' cell hashes but its seed and its scheduler's config
+    scheduler_config: Callable[[], str] | None = None  # that config, built when images in the folder may match
 
 
 def cell_work(cell: Cell) -> int | None:
@@ -123,9 +126,18 @@ def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
         return Cell(run.job_hash, None, f"job {run.job}", images, 1, nfe, resume=run.resume)
     base = {"model": run.model.name, "model_options": run.model.image_options, "scheduler": run.scheduler.name,
             **image_params(p), "scorers": scorer_identities(run.recipe)}
+    options = json.dumps(run.scheduler.options, sort_keys=True, default=str)
     return Cell(run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
                 p.batch_size, len(p.seeds) * denoiser_calls(run.scheduler.name, p.num_inference_steps),
-                family(run.model.family).uses_cfg(p.guidance_scale), run.resume, p.seeds, base)
+                family(run.model.family).uses_cfg(p.guidance_scale), run.resume, p.seeds, base,
+                lambda: built_config(run.scheduler.name, options, json.dumps(published_scheduler_config(run.model)[0])))
+
+
+@functools.lru_cache(maxsize=64)
+def built_config(name: str, options: str, base: str) -> str:
+    """The `scheduler_config` of scheduler `name` with `options` on the model's scheduler config `base` (JSON texts),
+    as a job records it."""
+    return resolved_config(make_scheduler(name, json.loads(base), json.loads(options)))
 
 
 def hash_fields(fields: dict, scorers: dict) -> dict:
@@ -158,14 +170,15 @@ def made_images(sweep_dir: Path, skip: set[str]) -> tuple[dict[tuple, set[str]],
 
 
 def left_to_make(cell: Cell, configs: dict[tuple, set[str]], hashes: set[str]) -> Cell:
-    """The cell with only the images its job does not find made (by cell hash, as generate's resume does; with each
-    scheduler config found for its model and scheduler, its own being one of them when any is found)."""
+    """The cell with only the images its job does not find made (by cell hash, as generate's resume does, with its
+    scheduler's config, built only when images of its model and scheduler were found)."""
     if not cell.resume or cell.image_base is None:
         return cell
     base = cell.image_base
-    left = min(([s for s in cell.seeds if cell_hash(hash_fields({**base, "scheduler_config": config},
-                                                                 base["scorers"]), s) not in hashes]
-                for config in configs.get((base["model"], base["scheduler"]), ())), key=len, default=cell.seeds)
+    found = configs.get((base["model"], base["scheduler"]), set())
+    own = cell.scheduler_config() if found else None
+    left = [s for s in cell.seeds if own not in found
+            or cell_hash(hash_fields({**base, "scheduler_config": own}, base["scorers"]), s) not in hashes]
     return dataclasses.replace(cell, images=len(left), nfe=cell.nfe // cell.images * len(left)) if cell.images else cell
 
 
