@@ -561,6 +561,21 @@ def test_a_safety_checker_from_diffusers_own_pipelines_is_no_custom_code(saved_t
             check_pipeline_folder(folder)
 
 
+@pytest.mark.parametrize("entry", ["UNet2DConditionModel", ["diffusers", None], ["diffusers", "UNet2DConditionModel", "x"],
+                                   [None, "UNet2DConditionModel"], ["diffusers", "utils"], ["diffusers", "__init__"]])
+def test_a_component_entry_of_model_index_json_is_a_library_and_a_class_name(saved_tiny, tmp_path, entry):
+    """Refused from the file, by the entry's own name, before diffusers reads it (its errors were a traceback or a
+    message naming neither the entry nor what it must be)."""
+    from sdlab.errors import UserError
+    from sdlab.models.model_files import check_pipeline_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_tiny, folder)
+    set_json(folder / "model_index.json", unet=entry)
+    with pytest.raises(UserError, match=r"model_index.json: component 'unet' is .*; a component is \[library, class\]"):
+        check_pipeline_folder(folder)
+
+
 # The pure check over a composed config, as a sweep's pre-flight calls it for every job.
 
 def composed(*overrides) -> dict:

@@ -196,6 +196,19 @@ def test_a_component_model_index_names_but_the_folder_lacks_is_named(name, remov
         models.adapter_class(models.configured_spec("sd15", path=str(folder)))
 
 
+@pytest.mark.parametrize("damage", [{"merges.txt": "garbage\n"}, {"vocab.json": '{"a": 0}'}])
+def test_a_tokenizer_its_library_cannot_read_is_one_line_naming_the_folder(damage, tmp_path):
+    """The tokenizers library raises a bare Exception (`Error while initializing BPE`): it was a traceback, exit 1."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "mini", folder)
+    for name, text in damage.items():
+        (folder / "tokenizer" / name).write_text(text)
+    with pytest.raises(UserError, match=f"^model.path={folder} cannot be loaded: "):
+        models.load_model(models.configured_spec("sd15", path=str(folder), resolution=64))
+
+
 @pytest.mark.parametrize("name,given", [("sd3_tiny", "64 (text_encoder: 32, text_encoder_2: 32)"),
                                         ("flux_tiny", "32 (text_encoder: 32)")])
 def test_a_transformer_pooling_other_text_encoders_is_refused_before_loading(name, given, saved, tmp_path):

@@ -194,7 +194,9 @@ class ModelCache:
             check_folder(cls, spec)
             try:
                 pipe = cls.from_folder(folder, dtype, spec)
-            except (OSError, ValueError, KeyError, TypeError) as e:  # what the checks could not foresee, still one line
+            except UserError:
+                raise
+            except Exception as e:  # what the checks could not foresee (tokenizers raises a bare Exception): one line
                 raise UserError(f"model.path={folder} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
         model = cls(pipe.to(device), spec)
         model.apply_speed_options()

@@ -26,6 +26,8 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 WEIGHT_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
+COMPONENTS = (*WEIGHT_COMPONENTS, *TOKENIZERS, "scheduler", "safety_checker", "feature_extractor", "image_encoder")
+CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")  # a library's public class: UNet2DConditionModel, CLIPTokenizer
 SAFE_LOCAL = {"use_safetensors": True, "local_files_only": True}  # every from_pretrained: no pickle, no download
 MAX_TRAIN_TIMESTEPS = 100_000  # published models train on 1000; 10**8 took a minute and 7.5 GB, 10**10 40 GB at once
 BETA = Field("number", math.ulp(0.0), math.nextafter(1.0, 0.0), plain=True, rule="a number in (0, 1)")
@@ -208,6 +210,10 @@ def check_index(path: Path) -> dict[str, str]:
     """The class model_index.json names per component (diffusers or transformers only), the one diffusers builds."""
     classes = {}
     for name, value in read_object(path).items():
+        if name in COMPONENTS and not (value in ([None, None], (None, None)) or isinstance(value, list) and len(value) == 2
+                                       and all(isinstance(v, str) for v in value) and CLASS_NAME.fullmatch(value[1])):
+            raise UserError(f"{path}: component {name!r} is {json.dumps(value)}; a component is [library, class], e.g. "
+                            f"[\"diffusers\", \"UNet2DConditionModel\"], or [null, null] where it is left out")
         if not (isinstance(value, list) and len(value) == 2):
             continue  # a setting (`_class_name`, `requires_safety_checker`), not a component
         if not own_library(value[0]):
