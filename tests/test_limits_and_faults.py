@@ -152,6 +152,21 @@ def test_a_truncated_png_made_again_in_another_job_dir_is_set_aside_where_it_was
     assert sorted(pd.read_csv(tmp_path / "s" / "results.csv")["seed"]) == [0, 1, 2]
 
 
+def test_a_row_naming_a_file_sdlab_did_not_name_never_sets_that_file_aside(run_sdlab, tmp_path, monkeypatch):
+    """A table from elsewhere may name any file of the folder: only a PNG named as sdlab names a row's image (by its
+    seed and hash, under images/) is set aside when cut short; the user's own file stays as it is."""
+    monkeypatch.chdir(tmp_path)
+    args = ("hydra.run.dir=r", *FAST)
+    assert run_sdlab(*args) == 0
+    mine = tmp_path / "r" / "holiday.png"
+    mine.write_bytes(PNG_END[:4] + b"cut short")
+    table = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    forged = table.iloc[[0]].assign(image_path="holiday.png", status="error", config_hash="x")
+    pd.concat([table, forged], ignore_index=True).to_parquet(tmp_path / "r" / "results.parquet")
+    assert run_sdlab("seed=1", *args) == 0
+    assert mine.read_bytes() == PNG_END[:4] + b"cut short" and not mine.with_name("holiday.png.damaged").exists()
+
+
 def test_a_fault_in_a_callback_stops_the_run_with_one_line(run_sdlab, tmp_path, monkeypatch, capsys):
     """Hydra turns a callback's exception into a warning and goes on; sdlab stops, exit 1, one line naming it."""
     from sdlab.bench import ownership

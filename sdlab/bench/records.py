@@ -193,6 +193,18 @@ def set_aside(path: Path) -> None:
     path.replace(path.with_name(path.name + ".damaged"))
 
 
+def image_relative(seed: int, cell: str, prefix: str = "") -> str:
+    """Where a job keeps a cell's image: by seed and cell hash, so no two cells share a file."""
+    return f"images/{prefix}seed{seed}-{cell[:8]}.png"
+
+
+def own_image(row: dict[str, Any]) -> bool:
+    """Whether a row's `image_path` is a name `image_relative` gives its seed and hash (a forged row names any file)."""
+    path, seed, cell = row.get("image_path"), row.get("seed"), row.get("config_hash")
+    return (isinstance(path, str) and isinstance(cell, str) and path.startswith("images/") and "/" not in path[7:]
+            and path.endswith(image_relative(seed, cell)[7:]))
+
+
 def local_file(folder: Path, relative: Any) -> Path | None:
     """The regular file `relative` names in `folder`, resolved (not absolute, no `..` or symlink leading out); else None."""
     if not isinstance(relative, str) or not relative or Path(relative).is_absolute():

@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sdlab.bench.records import (READ_FROM, TABLE_NAME, finished, job_dirs, local_file, ordered, read_table, rows,
-                                 set_aside, whole_image, write_table)
+from sdlab.bench.records import (READ_FROM, TABLE_NAME, finished, job_dirs, local_file, ordered, own_image, read_table,
+                                 rows, set_aside, whole_image, write_table)
 from sdlab.config import Run, config_hash
 from sdlab.errors import UserError
 from sdlab.io import atomic_write_text, is_temp_file, read_json_object
@@ -48,8 +48,9 @@ def complete_rows(folder: Path, frame: pd.DataFrame | None = None) -> pd.DataFra
 
 
 def set_aside_damaged(folder: Path, unfinished: list[dict[str, Any]]) -> None:
-    """Keep as `<name>.damaged` each cut-short image an `unfinished` row names (its cell is made again)."""
-    for row in unfinished:
+    """Keep as `<name>.damaged` each cut-short image an `unfinished` row names as sdlab names them (its cell is made
+    again)."""
+    for row in (row for row in unfinished if own_image(row)):
         path = local_file(folder, row.get("image_path"))
         if path is not None and not whole_image(path):
             set_aside(path)

@@ -12,7 +12,8 @@ import torch
 
 from sdlab.bench.captions import settings_text
 from sdlab.bench.plan import call_cells, cell_hash, hash_fields, shared_call
-from sdlab.bench.records import identity, ordered, read_table, rows, save_png, versions, write_table
+from sdlab.bench.records import (identity, image_relative, ordered, read_table, rows, save_png, versions,
+                                   write_table)
 from sdlab.bench.resume import complete_rows, set_aside_damaged, sweep_cells, weights_of
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params
@@ -210,7 +211,7 @@ def image_rows(ctx: JobContext, common: dict, hash_base: dict, result: BatchResu
             rows.append(failed_row(common, hash_base, seed, n, f"BadOutputError: {result.errors[i]}"))
             continue
         cell = cell_hash(hash_base, seed)
-        relative = f"images/{prefix}seed{seed}-{cell[:8]}.png"  # by seed and hash: no two cells share a file
+        relative = image_relative(seed, cell, prefix)
         row = {**common, "seed": seed, "overrides": own_overrides(common["overrides"], seed), "nfe": result.nfe,
                "batch_size": n, "call_id": result.call, **{k: getattr(result, k) / n for k in TIMING_KEYS},
                "peak_mem_bytes": result.peak_mem_bytes, **next(scores), "image_path": relative, "config_hash": cell,
