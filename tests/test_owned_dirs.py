@@ -587,3 +587,17 @@ def test_a_run_of_other_settings_into_a_sweeps_job_dir_is_refused_and_the_sweep_
     assert run_sdlab("-m", "seed=1,2", *ONE_STEP, "hydra.sweep.dir=s") == 0
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == ["0", "1"]
     assert sorted(pd.read_parquet(tmp_path / "s" / "results.parquet")["seed"]) == [1, 2]
+
+
+@pytest.mark.parametrize("dir_key", ["hydra.run.dir", "hydra.sweep.dir"])
+@pytest.mark.parametrize("target", ["gone/away", "new"])
+def test_an_output_dir_that_is_a_link_to_nothing_is_one_line_naming_where_it_leads(run_sdlab, tmp_path, monkeypatch,
+                                                                                 capsys, dir_key, target):
+    """A link whose target does not exist could be neither made nor locked: `File exists: lnk`, exit 1 for a sweep."""
+    monkeypatch.chdir(tmp_path)
+    Path("lnk").symlink_to(tmp_path / target)
+    line = refused(run_sdlab, capsys, *(["-m", "seed=1,2"] if dir_key == "hydra.sweep.dir" else []), f"{dir_key}=lnk",
+                   *FAST)
+    assert line == (f"sdlab: error: {dir_key}=lnk is a link to {tmp_path / target}, which does not exist; give a "
+                    f"folder, or make {tmp_path / target} first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lnk"]

@@ -36,6 +36,8 @@ def checked_root(target: str | os.PathLike, key: str) -> Path:
     if not text:
         raise NotOwned(f"{key}= is empty; give a folder for sdlab's output (e.g. {key}=outputs/mine)")
     folder = Path(text).expanduser().resolve()
+    if Path(text).expanduser().is_symlink() and not os.path.lexists(folder):  # neither made nor locked through it
+        raise NotOwned(f"{key}={text} is a link to {folder}, which does not exist; give a folder, or make {folder} first")
     if folder in (Path(folder.anchor), Path.home().resolve()):
         what = "the filesystem root" if folder == Path(folder.anchor) else "the home folder"
         raise NotOwned(f"{key}={text} is {what}; give a folder of its own for sdlab's output")
