@@ -367,6 +367,11 @@ def test_display_overrides_show_values_as_typed():
     (["experiment=article_a6_clip_similarity", "article=5"], "article=5 must be a mapping of id, question, reports"),
     (["experiment=article_a6_clip_similarity", "article.reports=3"], "article.reports=3 must be a string or null"),
     (["experiment=guidance_grid", "guidance_scales=[1,7.5,1]"], "guidance_scales=[1, 7.5, 1] repeats 1; list each once"),
+    (["experiment=guidance_grid", "guidance_scales=[0,0.5,1,2]"],  # diffusers runs no guidance there: w=1's image
+     "guidance_scales: 0, 0.5 are below 1, where model=mini runs no classifier-free guidance and makes the image of 1; "
+     "give scales of 1 or more"),
+    (["experiment=article_f1_distance_guidance", "distance.guidance_scales=[0.5,3]"],
+     "distance.guidance_scales: 0.5 is below 1, where model=mini runs no classifier-free guidance"),
     (["experiment=prompt_grid", "prompts=[a,b,a]"], "prompts=['a', 'b', 'a'] repeats 'a'; list each once"),
     (["experiment=article_b8_schedulers", "schedulers=[ddim,ddim]"], "schedulers=['ddim', 'ddim'] repeats 'ddim'"),
     (["experiment=article_c2_img2img", "strengths=[0.5,0.5]"], "strengths=[0.5, 0.5] repeats 0.5; list each once"),

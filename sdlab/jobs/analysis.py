@@ -10,9 +10,11 @@ from PIL import Image
 from sdlab.bench.inputs import image_files
 from sdlab.bench.worlds import world
 from sdlab.config import Run
+from sdlab.errors import UserError
 from sdlab.jobs.recipes import ImageInput
 from sdlab.lazy import torch
 from sdlab.metrics.image import cover
+from sdlab.models.families import family
 from sdlab.models.loading import shipped_scheduler_config
 from sdlab.untrusted import check_pixels, image_faults, open_regular
 
@@ -21,6 +23,15 @@ def article_reports(run: Run) -> str:
     """A title's last line saying what the article measured on its own model (`article.reports`), or ""."""
     text = (run.recipe.get("article") or {}).get("reports")
     return f"\nthe article reports {text}" if text else ""
+
+
+def check_guided(run: Run, scales, key: str) -> None:
+    """Refuse scales below 1 on a model that guides by CFG: diffusers runs no guidance there (w = 1's image)."""
+    below = [w for w in scales if w < 1]
+    if below and family(run.model.family).guidance == "cfg":
+        said = f"{', '.join(f'{w:g}' for w in below)} {'are' if len(below) > 1 else 'is'}"
+        raise UserError(f"{key}: {said} below 1, where model={run.model.name} runs no classifier-free guidance and "
+                        "makes the image of 1; give scales of 1 or more")
 
 
 def model_scheduler_config(run: Run) -> dict:

@@ -14,6 +14,7 @@ from sdlab.bench.worlds import world
 from sdlab.config import Run
 from sdlab.errors import UserError
 from sdlab.jobs import JobContext, job, read_recipe
+from sdlab.jobs.analysis import check_guided
 from sdlab.jobs.compare import Progress
 from sdlab.jobs.recipes import DistanceStudy
 from sdlab.lazy import pandas as pd
@@ -33,6 +34,7 @@ NFE_PANEL = (8.0, 4.4)  # and tall enough for a symlog axis's two-line label
 def check_study(run: Run) -> None:
     """A CLIP model gives the features, and the `sample_world` renders real images of every prompt."""
     study = read_recipe(run, DistanceStudy)
+    check_guided(run, study.guidance_scales, "distance.guidance_scales")
     if (run.recipe.get("clip") or {}).get("name") in (None, "none"):
         raise UserError("job distribution_distance compares CLIP image features: pick clip=mini or clip=openai_l14")
     source = world(run.recipe.get("sample_world"))

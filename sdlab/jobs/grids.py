@@ -18,10 +18,10 @@ from sdlab.bench.plan import hash_fields
 from sdlab.bench.records import ordered
 from sdlab.bench.scorers import build_scorers, identities, score_images
 from sdlab.config import GenerationParams
-from sdlab.jobs import JobContext, Solves, job, own
-from sdlab.jobs.analysis import article_reports
+from sdlab.jobs import JobContext, Solves, job, own, read_recipe
+from sdlab.jobs.analysis import article_reports, check_guided
 from sdlab.jobs.generate import batch_rows, job_columns
-from sdlab.jobs.recipes import SchedulerGrid
+from sdlab.jobs.recipes import GuidanceGrid, SchedulerGrid
 from sdlab.lazy import pandas as pd
 from sdlab.metrics.image import background_distance, layout_correlation, psnr
 from sdlab.metrics.stats import MIN_N, finite, mean_ci, summarize_ci
@@ -64,7 +64,8 @@ def marked_grid(ctx: JobContext, frame: pd.DataFrame, name: str, x_key: str, tit
                note="miss")
 
 
-@job("guidance_grid", work=lambda run, g: [own(run, len(run.params.seeds) * len(g.guidance_scales))])
+@job("guidance_grid", check=lambda run: check_guided(run, read_recipe(run, GuidanceGrid).guidance_scales, "guidance_scales"),
+     work=lambda run, g: [own(run, len(run.params.seeds) * len(g.guidance_scales))])
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png (and clip_vs_guidance.png)."""
     model, spec, params, scorers = setup(ctx)
