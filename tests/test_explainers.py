@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from omegaconf import OmegaConf
 from PIL import Image
@@ -44,7 +45,32 @@ def test_toy_unet_levels_add_up_and_halve_resolution():
     assert levels["resolution"].tolist() == ["32x32", "16x16", "8x8", "4x4"]
     assert levels["params"].sum() < total["params"]  # the rest is conv_in/out, time embedding, mid block
     assert levels["params"].is_monotonic_increasing
-    assert levels["activation_bytes_fp32"].iloc[0] == 4 * (2 * 32 * 32 * 32 + 32 * 16 * 16)
+    # level 0 keeps conv_in's output and its two resnets' at 32x32; its downsampled output is level 1's (16x16)
+    assert levels["activation_bytes_fp32"].iloc[0] == 4 * 3 * 32 * 32 * 32
+    assert levels["activation_bytes_fp32"].iloc[1] == 4 * (32 + 2 * 64) * 16 * 16
+
+
+def test_toy_unet_skip_activations_are_what_its_up_blocks_receive():
+    """Independently of the table's own hooks: the skips each up block is handed, by resolution."""
+    from diffusers import UNet2DModel
+
+    channels = (64, 128, 256)
+    with torch.device("meta"):
+        unet = UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=channels,
+                           layers_per_block=2, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+                           norm_num_groups=32)
+    received = []
+    for block in unet.up_blocks:
+        block.register_forward_pre_hook(lambda m, args: received.extend(t.shape for t in args[1]))
+    with torch.no_grad():
+        unet(torch.zeros(1, 1, 32, 32, device="meta"), torch.tensor([10], device="meta"))
+    by_side = {}
+    for shape in received:
+        by_side[shape[-1]] = by_side.get(shape[-1], 0) + 4 * int(torch.Size(shape).numel())
+    table = level_table(channels)
+    levels = table[table["level"] != "total"]
+    assert levels["activation_bytes_fp32"].tolist() == [by_side[32], by_side[16], by_side[8]]
+    assert table[table["level"] == "total"]["activation_bytes_fp32"].iloc[0] == sum(by_side.values()) == 1_277_952
 
 
 def test_toy_unet_shares_are_of_the_whole_model_as_its_table_counts(run_sdlab, tmp_path, monkeypatch):
