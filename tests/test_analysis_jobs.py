@@ -546,13 +546,13 @@ def test_same_seed_layout_says_whether_the_background_follows_the_seed_or_the_su
     frame, title = with_seed_layout(SimpleNamespace(out_dir=tmp_path), pd.DataFrame(rows))
     assert frame["background_alike_same_seed"].iloc[0] == 0 and frame["background_alike_same_subject"].iloc[0] == 1
     assert "background alike in 0/2 same-seed, 2/2 same-subject pairs: it follows the subject word, not the seed" in title
-    # the claim in words first, then the number behind it: the luminance correlation of two images on an 8x8 grid
+    # the claim in words first, then the number behind it: the brightness correlation of two images on an 8x8 grid
     same, other = frame["layout_r_same_seed"].iloc[0], frame["layout_r_other_seed"].iloc[0]
     assert same > other
     # both numbers compare two subjects: from one seed, or from two seeds ("between seeds" hid the subjects' part)
     assert title.startswith(f"the seed keeps the layout: layout correlation {same:.2f} between two subjects from one "
                             f"seed (n=2 pairs), {other:.2f} between two subjects from two seeds (n=2 pairs) "
-                            "(luminance on an 8x8 grid)\n")
+                            "(brightness, the mean of R, G and B, on an 8x8 grid)\n")
     assert "layout r:" not in title
 
     swapped = pd.DataFrame(rows).assign(seed=lambda f: f["seed"].where(f["prompt"] == "a red circle", 3 - f["seed"]))

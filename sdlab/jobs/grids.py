@@ -185,7 +185,7 @@ def with_seed_layout(ctx: JobContext, frame: pd.DataFrame) -> tuple[pd.DataFrame
     return frame, "\n".join([
         f"{keeps}: layout correlation {same:.2f} between two subjects from one seed "
         f"(n={counted(len(pairs[True]), 'pair')}), {other:.2f} between two subjects from two seeds "
-        f"(n={counted(len(pairs[False]), 'pair')}) (luminance on an 8x8 grid)",
+        f"(n={counted(len(pairs[False]), 'pair')}) (brightness, the mean of R, G and B, on an 8x8 grid)",
         f"background alike in {sum(alike[True])}/{len(alike[True])} same-seed, {sum(alike[False])}/{len(alike[False])} "
         f"same-subject pairs: it follows {follows}"])
 

@@ -49,7 +49,8 @@ def ssim(reference, test, data_range: float = 1.0) -> float:
 
 
 def layout_correlation(first, second, cells: int = 8) -> float:
-    """Pearson correlation of two images' luminance on a cells x cells grid: how alike their compositions are."""
+    """Pearson correlation of two images' brightness (the mean of R, G and B) on a cells x cells grid: how alike their
+    compositions are."""
     maps = []
     for image in (first, second):
         grey = to_float01(image)
