@@ -379,6 +379,9 @@ def test_trajectory_on_flow_models_x0_pred_is_x_t_minus_sigma_v(family, guidance
     torch.testing.assert_close(steps[-1]["denoised"], steps[-1]["x"], rtol=1e-5, atol=1e-5)
     check_image(tmp_path / "trajectory.gif", min_size=(256, 256))
     check_image(tmp_path / "trajectory_strip.png", min_size=(300, 200))
+    # Flux takes its scale as an input of one call a step; SD3 runs classifier-free guidance
+    said = "distilled guidance 3.5" if family == "flux" else "cfg 3"
+    assert f"3 steps, {said}, seed " in read_captions(tmp_path)["trajectory_strip.png"]
 
 
 def test_guidance_grid_with_clip_scores(tmp_path):

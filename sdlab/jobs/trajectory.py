@@ -144,7 +144,8 @@ def run_trajectory(ctx: JobContext) -> pd.DataFrame:
     image_strip([[x_t[i] for i in picks] + [final], [x0[i] for i in picks]], ctx.out_dir / "trajectory_strip.png",
                 col_labels=[labels + [FINAL_LABELS[recipe.preview]], x0_labels], row_labels=["x_t", "x0_pred"],
                 title=f"{choice.name}, {counted(params.num_inference_steps, 'step')}{calls}, "
-                      f"cfg {params.guidance_scale:g}, seed {seed}: {short_prompt(params.prompt)}\n"
+                      f"{'cfg' if model.guidance == 'cfg' else 'distilled guidance'} {params.guidance_scale:g}, "
+                      f"seed {seed}: {short_prompt(params.prompt)}\n"
                       f"{claim} (dB: x0_pred against {REFERENCES[recipe.preview]})")
     scale = max(1, 256 // min(params.width, params.height))
     frames = [side_by_side([labelled(x_t[i], f"x_t  {named(i)} {model.noise.step_label(s)}", scale),
