@@ -4,7 +4,6 @@ memory that this machine measured for such cells in earlier sweeps ("unknown" wh
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import socket
 import statistics
@@ -44,7 +43,7 @@ class Cell:
     resume: bool = True  # False: its job makes everything again (resume=false), whatever is found done
     seeds: tuple = ()  # of its images
     image_base: dict | None = None  # what decides its images' cell hashes but its seed and its scheduler's config
-    scheduler_config: Callable[[], str] | None = None  # that config, built when images in the folder may match
+    scheduler: tuple = ()  # (model spec, scheduler name, options as JSON): what builds that config (`built_config`)
 
 
 def cell_work(cell: Cell) -> int | None:
@@ -130,14 +129,13 @@ def cell_of(run: Run, work_of: Callable[[Run], list | None]) -> Cell:
     return Cell(run.job_hash, batch, f"{run.model.name}@{p.width}x{p.height}", len(p.seeds),
                 p.batch_size, len(p.seeds) * denoiser_calls(run.scheduler.name, p.num_inference_steps),
                 family(run.model.family).uses_cfg(p.guidance_scale), run.resume, p.seeds, base,
-                lambda: built_config(run.scheduler.name, options, json.dumps(published_scheduler_config(run.model)[0])))
+                (run.model, run.scheduler.name, options))
 
 
-@functools.lru_cache(maxsize=64)
-def built_config(name: str, options: str, base: str) -> str:
-    """The `scheduler_config` of scheduler `name` with `options` on the model's scheduler config `base` (JSON texts),
-    as a job records it."""
-    return resolved_config(make_scheduler(name, json.loads(base), json.loads(options)))
+def built_config(scheduler: tuple) -> str:
+    """The `scheduler_config` a job records for a cell's (model spec, scheduler name, options as JSON)."""
+    model, name, options = scheduler
+    return resolved_config(make_scheduler(name, published_scheduler_config(model)[0], json.loads(options)))
 
 
 def hash_fields(fields: dict, scorers: dict) -> dict:
@@ -169,14 +167,16 @@ def made_images(sweep_dir: Path, skip: set[str]) -> tuple[dict[tuple, set[str]],
     return configs, hashes
 
 
-def left_to_make(cell: Cell, configs: dict[tuple, set[str]], hashes: set[str]) -> Cell:
+def left_to_make(cell: Cell, configs: dict[tuple, set[str]], hashes: set[str], built: dict[tuple, str]) -> Cell:
     """The cell with only the images its job does not find made (by cell hash, as generate's resume does, with its
-    scheduler's config, built only when images of its model and scheduler were found)."""
+    scheduler's config, built once into `built` and only when images of its model and scheduler were found)."""
     if not cell.resume or cell.image_base is None:
         return cell
     base = cell.image_base
     found = configs.get((base["model"], base["scheduler"]), set())
-    own = cell.scheduler_config() if found else None
+    if found and cell.scheduler not in built:
+        built[cell.scheduler] = built_config(cell.scheduler)
+    own = built.get(cell.scheduler)
     left = [s for s in cell.seeds if own not in found
             or cell_hash(hash_fields({**base, "scheduler_config": own}, base["scorers"]), s) not in hashes]
     return dataclasses.replace(cell, images=len(left), nfe=cell.nfe // cell.images * len(left)) if cell.images else cell
@@ -297,7 +297,8 @@ def plan_text(cells: list[Cell], sweep_dir: Path, skipped: list[str] = (), windo
     todo = [c for c in cells if not (c.resume and c.job_hash in done)]
     if todo and Path(sweep_dir).is_dir():
         found = made_images(sweep_dir, {c.job_hash for c in cells if c.resume and c.job_hash in done})
-        todo = [left_to_make(c, *found) for c in todo]
+        built: dict[tuple, str] = {}
+        todo = [left_to_make(c, *found, built) for c in todo]
     calls = planned_calls(todo, window, task_size(len(todo)) if task_size and todo else None)
     batched = [c for c in todo if c.batch is not None]  # in groups that can share a call
     groups, sizes = {c.batch for c in batched}, sorted({c.batch_size for c in batched})
