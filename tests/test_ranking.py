@@ -160,3 +160,17 @@ def test_the_best_is_chosen_on_the_seeds_every_value_made():
     rows = ranking[ranking["metric"] == "clip_score"].set_index("value")
     assert rows.loc["a", "n_paired"] == 5 and rows.loc["a", "delta_mean"] == pytest.approx(-1)
     assert ranking_lines(f, ranking, AXES)["scheduler"].startswith("scheduler by clip_score: best b ")
+
+
+def test_each_comparison_with_the_best_is_at_95_percent_over_all_of_them():
+    """Bonferroni: with m values compared to the best, each paired interval is at 1 - 0.05 / m, so a sweep of values
+    that do not differ calls one behind about one time in twenty, not once per value in twenty."""
+    f = frame(values=("a", "b", "c"))
+    a = f[f["scheduler"] == "a"]["clip_score"].to_numpy()
+    f.loc[f["scheduler"] == "b", "clip_score"] = a + [-1, -1, -1, -1, -1, 0.5]  # behind at 95%, not at 97.5%
+    f.loc[f["scheduler"] == "c", "clip_score"] = a - 5
+    ranking = rank(f, AXES)
+    assert groups(ranking) == {"a": BEST, "b": TIED, "c": BEHIND}
+    b = ranking[(ranking["metric"] == "clip_score") & (ranking["value"] == "b")].iloc[0]
+    assert b["delta_mean"] == pytest.approx(-0.75) and b["delta_hi"] == pytest.approx(0.0408, abs=1e-3)
+    assert rank(f[f["scheduler"] != "c"], AXES).query("value == 'b' and metric == 'clip_score'")["group"].item() == BEHIND

@@ -22,7 +22,7 @@ from sdlab.bench.records import PARAM_COLUMNS, write_table
 from sdlab.bench.references import cache_dir, reference_features
 from sdlab.bench.scorers import decode_features, direction, registered
 from sdlab.lazy import pandas as pd, parquet as pq
-from sdlab.metrics.stats import MIN_N, bootstrap_ci, calls, finite, mean_ci, metric_range, n_mean_ci, named
+from sdlab.metrics.stats import CONFIDENCE, MIN_N, bootstrap_ci, calls, finite, mean_ci, metric_range, n_mean_ci, named
 
 SUMMARY_NAME, RANKING_NAME = "summary", "ranking"
 ALL = "(all)"
@@ -84,7 +84,8 @@ def main_metric(metrics: list[str]) -> str | None:
 
 
 def paired_delta(values: np.ndarray, keys: list[tuple], mine: np.ndarray, best: np.ndarray,
-                 bounds: tuple[float, float], units: np.ndarray | None = None) -> tuple[int, float, float, float]:
+                 bounds: tuple[float, float], units: np.ndarray | None = None,
+                 confidence: float = CONFIDENCE) -> tuple[int, float, float, float]:
     """n, mean and interval of (this value - the best) over cells paired by `keys` (with `units`: distinct calls)."""
     unit = units if units is not None else np.arange(len(values))
     reference = {k: i for i in np.flatnonzero(best) for k in [keys[i]] if np.isfinite(values[i])}
@@ -92,7 +93,7 @@ def paired_delta(values: np.ndarray, keys: list[tuple], mine: np.ndarray, best: 
              for j in [reference.get(keys[i])] if j is not None and np.isfinite(values[i])
              and (units is None or unit[i] != unit[j])}
     width = bounds[1] - bounds[0]
-    return len(diffs), *mean_ci(list(diffs.values()), bounds=(-width, width))
+    return len(diffs), *mean_ci(list(diffs.values()), bounds=(-width, width), confidence=confidence)
 
 
 class Swept:
@@ -136,8 +137,11 @@ class Swept:
         units = calls(self.frame, metric)
         stats = {v: dict(zip(STATS, self.measured(metric, column == v))) for v in self.values(key)}
         reference, pairs = best(stats), self.pairs(key)
+        compared = [v for v, row in stats.items() if v != reference and row["n"] >= min_n]
+        confidence = 1 - (1 - CONFIDENCE) / max(1, len(compared))  # Bonferroni: 95% over all the comparisons
         for v, row in stats.items():
-            row.update(zip(STATS[4:], paired_delta(x, pairs, column == v, column == reference, bounds, units)
+            row.update(zip(STATS[4:], paired_delta(x, pairs, column == v, column == reference, bounds, units,
+                                                   confidence)
                            if reference is not None and row["n"] >= min_n else (0, math.nan, math.nan, math.nan)))
         return stats, reference
 

@@ -58,23 +58,24 @@ def finite(values) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def t_quantile(dof: int) -> float:
-    """Two-sided Student-t quantile for CONFIDENCE with `dof` degrees of freedom."""
+def t_quantile(dof: int, confidence: float = CONFIDENCE) -> float:
+    """Two-sided Student-t quantile for `confidence` with `dof` degrees of freedom."""
     from scipy import stats  # imported on first use: a single run's summary should not pay for scipy
 
-    return float(stats.t.ppf((1 + CONFIDENCE) / 2, dof))
+    return float(stats.t.ppf((1 + confidence) / 2, dof))
 
 
-def wilson(successes: float, n: int) -> tuple[float, float]:
+def wilson(successes: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Wilson score interval for a proportion (Wilson 1927): never leaves [0, 1], sensible at 0 and n."""
-    z = NormalDist().inv_cdf((1 + CONFIDENCE) / 2)
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None) -> tuple[float, float, float]:
+def mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None,
+            confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """Mean and interval: Wilson for 0/1 values of a [0, 1] metric, else Student-t within `bounds`; NaN below MIN_N."""
     x = per_unit(values, units)
     if x.size == 0:
@@ -83,8 +84,8 @@ def mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None) -> tu
     if x.size < MIN_N:
         return mean, math.nan, math.nan
     if bounds == (0.0, 1.0) and np.isin(x, (0.0, 1.0)).all():
-        return mean, *wilson(float(x.sum()), x.size)
-    h = t_quantile(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+        return mean, *wilson(float(x.sum()), x.size, confidence)
+    h = t_quantile(x.size - 1, confidence) * float(x.std(ddof=1)) / math.sqrt(x.size)
     return mean, float(max(bounds[0], mean - h)), float(min(bounds[1], mean + h))
 
 
