@@ -243,9 +243,9 @@ SPACES = ("pixel", "latent")
 class ForwardProcess(ImageInput):
     """Timesteps to noise one image at, under `schedules` (see schedule_snr; null: the model's), in `spaces`."""
 
-    timesteps: tuple[int, ...] = rule(MISSING, "ints")
+    timesteps: tuple[int, ...] = rule(MISSING, "ints", distinct=True)
     schedules: list | None = rule(None, "entries", optional=True)
-    spaces: tuple[str, ...] = rule(SPACES, "strs")
+    spaces: tuple[str, ...] = rule(SPACES, "strs", distinct=True)
     seed: int = 0  # of the fixed eps
 
     def __post_init__(self):
