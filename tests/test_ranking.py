@@ -174,3 +174,19 @@ def test_each_comparison_with_the_best_is_at_95_percent_over_all_of_them():
     b = ranking[(ranking["metric"] == "clip_score") & (ranking["value"] == "b")].iloc[0]
     assert b["delta_mean"] == pytest.approx(-0.75) and b["delta_hi"] == pytest.approx(0.0408, abs=1e-3)
     assert rank(f[f["scheduler"] != "c"], AXES).query("value == 'b' and metric == 'clip_score'")["group"].item() == BEHIND
+
+
+def test_the_cheapest_tied_value_is_found_like_for_like_when_another_parameter_varies_its_cost():
+    """heun makes 2N-1 model calls in N steps: at each step count it costs more than euler, though over the sweep
+    their NFE intervals overlap (6 and 12 steps inside each value); costs are compared paired, as scores are."""
+    rows = []
+    for scheduler in ("euler", "heun"):
+        for steps in (6, 12):
+            for i, seed in enumerate(SEEDS[:4]):
+                nfe = steps if scheduler == "euler" else 2 * steps - 1
+                rows.append({"seed": seed, "scheduler": scheduler, "num_inference_steps": steps, "status": "ok",
+                             "nfe": nfe, "clip_score": BASE[seed] + (0.3 * (-1) ** i if scheduler == "heun" else 0)})
+    f = pd.DataFrame(rows)
+    ranking = rank(f, ("scheduler", "num_inference_steps", "seed"))
+    rows = ranking[(ranking["parameter"] == "scheduler") & (ranking["metric"] == "clip_score")].set_index("value")
+    assert rows.loc["heun", "group"] == TIED and rows["cheapest_tied"].to_dict() == {"euler": True, "heun": False}

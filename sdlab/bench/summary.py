@@ -175,19 +175,22 @@ def rank(frame: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
                              "rank": position + 1 if kept else None, "value": v, **s, "group": group,
                              "cheapest_tied": False, **{c: math.nan for c in COSTS},
                              **{c: mean for c, (_, mean, _, _) in spent[v].items()}})
-            for row in cheapest([r for r in mine if r["group"] in (BEST, TIED)], spent):
+            for row in cheapest(swept, key, [r for r in mine if r["group"] in (BEST, TIED)], spent):
                 row["cheapest_tied"] = True
             rows += mine
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
 
 
-def cheapest(tied: list[dict], spent: dict) -> list[dict]:
-    """The tied rows no other one beats on cost (fewest NFE, then seconds) by parted 95% intervals; none if cost parts
-    none of them."""
+def cheapest(swept: Swept, key: str, tied: list[dict], spent: dict) -> list[dict]:
+    """The tied rows no other one beats on cost (fewest NFE, then seconds): those whose cost, paired over like cells
+    with the least costly one's (as scores are), is not above it by a 95% interval; none if cost parts none of them."""
     found = [r for r in tied if not any(math.isnan(mean) for _, mean, _, _ in spent[r["value"]].values())]
+    column, pairs = swept.labels[key], swept.pairs(key)
     for cost in (c for c in COSTS if found and c in spent[found[0]["value"]]):
-        least = min((spent[r["value"]][cost] for r in found), key=lambda s: s[1])
-        found = [r for r in found if not least[3] < spent[r["value"]][cost][2]]  # NaN (under 3 calls): not parted
+        least = min(found, key=lambda r: spent[r["value"]][cost][1])["value"]
+        x, bounds, units = swept.number(cost), metric_range(cost), calls(swept.frame, cost)
+        found = [r for r in found  # a NaN bound (under 3 pairs): not parted
+                 if not paired_delta(x, pairs, column == r["value"], column == least, bounds, units)[2] > 0]
     return found if len(found) < len(tied) else []
 
 
