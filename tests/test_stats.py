@@ -55,6 +55,7 @@ def test_proportions_get_a_wilson_interval_inside_zero_one():
     assert mean == 1.0 and hi == 1.0 and 0.4 < lo < 0.6  # Wilson: 0.51 for 4 of 4, not a zero-width [1, 1]
     mean, lo, hi = mean_ci([1, 0, 1, 0, 1, 0], bounds=(0.0, 1.0))
     assert math.isclose(mean, 0.5) and math.isclose(0.5 - lo, hi - 0.5) and 0.15 < lo < 0.25
+    assert mean_ci([0, 0, 0, 0, 0], bounds=(0.0, 1.0))[1] == 0.0  # exactly: it was 2.8e-17, rounding's
 
 
 def test_every_summary_row_says_its_n_per_metric():

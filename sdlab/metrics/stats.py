@@ -71,7 +71,8 @@ def wilson(successes: float, n: int, confidence: float = CONFIDENCE) -> tuple[fl
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    return (0.0 if successes == 0 else float(max(0.0, centre - half)),  # at 0 and n the bound is exact
+            1.0 if successes == n else float(min(1.0, centre + half)))
 
 
 def mean_ci(values, bounds: tuple[float, float] = (-INF, INF), units=None,
