@@ -374,6 +374,8 @@ def test_display_overrides_show_values_as_typed():
      "distance.guidance_scales: 0.5 is below 1, where model=mini runs no classifier-free guidance"),
     (["experiment=prompt_grid", "prompts=[a,b,a]"], "prompts=['a', 'b', 'a'] repeats 'a'; list each once"),
     (["experiment=forward_process", "timesteps=[0,0]"], "timesteps=[0, 0] repeats 0; list each once"),
+    (["model=tiny", "clip.path=/nonexistent"], "clip.path=/nonexistent is not read: clip=none scores with no CLIP model; "
+     "add clip=mini or clip=openai_l14 to use it"),
     (["experiment=forward_process", "spaces=[pixel,pixel]"], "spaces=['pixel', 'pixel'] repeats 'pixel'"),
     (["experiment=article_b8_schedulers", "schedulers=[ddim,ddim]"], "schedulers=['ddim', 'ddim'] repeats 'ddim'"),
     (["experiment=article_c2_img2img", "strengths=[0.5,0.5]"], "strengths=[0.5, 0.5] repeats 0.5; list each once"),

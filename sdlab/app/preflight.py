@@ -135,7 +135,16 @@ def check_sweep(runs: list[Run], typed: dict[str, str]) -> None:
     check_reference_read([run.recipe for run in runs])
     check_read([run.job for run in runs], typed)
     check_eta_read(runs, typed)
+    check_clip_read(runs, typed)
     check_seeds_apart(runs, typed)
+
+
+def check_clip_read(runs: list[Run], typed: dict[str, str]) -> None:
+    """Refuse a typed `clip.*` setting where every job scores with no CLIP model (`clip=none`, tiny's default)."""
+    given = [key for key in typed if key.startswith("clip.")]
+    if given and all((run.recipe.get("clip") or {}).get("name") in (None, "none") for run in runs):
+        raise UserError(f"{given[0]}={typed[given[0]]} is not read: clip=none scores with no CLIP model; add clip=mini "
+                        "or clip=openai_l14 to use it")
 
 
 def check_seeds_apart(runs: list[Run], typed: dict[str, str]) -> None:
