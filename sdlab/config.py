@@ -91,8 +91,8 @@ class Field:
         if listed is not None and self.fits(listed):
             return listed
         if self.distinct and not self.rule and replace(self, distinct=False).fits(listed):
-            raise UserError(f"{name}={value!r} repeats {repeats(listed)[0]!r}; list each once")
-        raise UserError(f"{name}={value!r} must be {self.allowed()}" + (" or null" if self.optional else ""))
+            raise UserError(f"{name}={as_typed(value)} repeats {repeats(listed)[0]!r}; list each once")
+        raise UserError(f"{name}={as_typed(value)} must be {self.allowed()}" + (" or null" if self.optional else ""))
 
     def fits(self, value: Any) -> bool:
         """Whether `value` has the field's type and lies inside its bounds."""
@@ -126,11 +126,11 @@ class Field:
         if self.kind in ("bool", "str"):
             if not isinstance(value, bool if self.kind == "bool" else str):
                 said = "true or false" if self.kind == "bool" else f"{self.rule or 'a string'}{null}"
-                raise UserError(f"{name}={value!r} must be {said}")
+                raise UserError(f"{name}={as_typed(value)} must be {said}")
             return value
         if self.kind == "choice":
             if type(value) not in {type(c) for c in self.choices}:  # 1 == True: the type decides
-                raise UserError(f"{name}={value!r} is not allowed; choose one of: "
+                raise UserError(f"{name}={as_typed(value)} is not allowed; choose one of: "
                                 f"{', '.join(map(as_written, self.choices))}")
             if value not in self.choices:
                 raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(map(as_written, self.choices))}")
@@ -158,8 +158,8 @@ def as_written(value: Any) -> str:
 
 
 def as_typed(value: Any) -> str:
-    """A value as the user typed it: `null` for None (on the command line and in JSON), else its repr."""
-    return "null" if value is None else repr(value)
+    """A value as the user typed it: `null`, `true` and `false` (on the command line and in JSON), else its repr."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _scalar(value: Any, integer: bool) -> bool:
@@ -295,7 +295,7 @@ class GenerationParams:
         rules = rules_of(GenerationParams)
         if isinstance(self.batch_size, str) or self.batch_size is None:
             if self.batch_size != "auto":
-                raise UserError(f"batch_size={self.batch_size!r} must be a positive integer or auto")
+                raise UserError(f"batch_size={as_typed(self.batch_size)} must be a positive integer or auto")
             del rules["batch_size"]
         for name, value in {"seeds": check_seeds(self.seeds), **check_fields(asdict(self), rules)}.items():
             object.__setattr__(self, name, value)  # an integral float as int, a plain number as float

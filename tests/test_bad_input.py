@@ -148,14 +148,16 @@ def bad_inputs(tmp):
          "reaches timestep 1960, past the 1000 the model was trained on; scheduler.steps_offset=1000 adds 1000 to each "
          "timestep; use a smaller one"),
         (["threads=abc"], "threads='abc' must be a positive integer"),
-        (["threads=true"], "threads=True must be a positive integer"),
+        (["threads=true"], "threads=true must be a positive integer"),
         (["resume=maybe"], "resume='maybe' must be true or false"),
-        (["batch_size=true"], "batch_size=True is not an integer"),
+        (["resume=null"], "resume=null must be true or false"),
+        (["seed=true"], "seed=true is not an integer"),
+        (["batch_size=true"], "batch_size=true is not an integer"),
         # null is no value here: it ran with the default in silence (only width and height mean something by null)
         (["guidance_scale=null"], "guidance_scale=null is not a number"),
         (["num_inference_steps=null"], "num_inference_steps=null is not an integer"),
         (["eta=null"], "eta=null is not a number"),
-        (["batch_size=null"], "batch_size=None must be a positive integer or auto"),
+        (["batch_size=null"], "batch_size=null must be a positive integer or auto"),
         (["limits.max_cells=null"], "limits.max_cells='null' must be a positive integer"),
         ([f"params={write(tmp / 'null.json', json.dumps({'num_inference_steps': None}))}"],
          "num_inference_steps=null should be int"),
@@ -190,7 +192,7 @@ def bad_inputs(tmp):
     ]
 
 
-N_CASES = 114
+N_CASES = 116
 
 
 def test_case_count_matches_the_list(tmp_path):

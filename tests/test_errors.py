@@ -247,7 +247,7 @@ def test_folder_without_weights_is_refused(tmp_path):
     (("experiment=trajectory", "frames=abc"), "frames='abc' must be an integer >= 2 and <= 10000 or null"),
     (("experiment=vae_roundtrip", "num_images=-1"), "num_images=-1 must be an integer >= 1 and <= 1000 or null"),
     (("experiment=article_a2_noise", "noise.size=-5"), "noise.size=-5 must be an integer >= 1 and <= 4096"),
-    (("experiment=article_a2_noise", "noise.seed=null"), "noise.seed=None must be an integer in [0, 2**63-1]"),
+    (("experiment=article_a2_noise", "noise.seed=null"), "noise.seed=null must be an integer in [0, 2**63-1]"),
     (("experiment=article_a2_noise", "noise.seed=99999999999999999999"),
      "noise.seed=99999999999999999999 must be an integer in [0, 2**63-1]"),
     (("experiment=compare_schedulers_quick", "compare.seeds=[1,1]"),

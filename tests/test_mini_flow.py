@@ -158,7 +158,7 @@ def test_the_evaluation_runs_the_zero_t5_shortcut_with_the_same_images(exported)
     ("+train.flow.architecture.joint_attention_dim=48",
      ("train.flow.architecture={'patch_size': 1, 'joint_attention_dim': 48} makes a transformer model that fails on "
       "the shapes mini's other parts give it (RuntimeError: ",)),
-    ("train.flow.frozen_from=null", ("train.flow.frozen_from=None", "must be")),
+    ("train.flow.frozen_from=null", ("train.flow.frozen_from=null", "must be")),
     ("train.flow.frozen_from=nowhere", ("train.flow.frozen_from=nowhere has no vae/ or clip/", "sdlab-mini folder")),
 ])
 def test_bad_flow_settings_are_one_line_and_write_nothing(tmp_path, arg, fragments):

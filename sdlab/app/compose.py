@@ -67,7 +67,8 @@ def one_line(error: BaseException) -> str:
                                                             "reference_type=", "Set the environment"))]
     if len(keep) == 2 and (merge := MERGE_FAILED.fullmatch(keep[0])):  # a typed option: said as sdlab says its own
         why = keep[1]
-        typed = next((f"={m[1]!r} {said}" for pattern, said in NOT_OF_TYPE if (m := pattern.fullmatch(why))), None)
+        typed = next((f"={'null' if m[1] == 'None' else repr(m[1])} {said}" for pattern, said in NOT_OF_TYPE
+                      if (m := pattern.fullmatch(why))), None)
         return merge["key"].lstrip("+~") + (typed or f"={merge['value']}: {why[:1].lower()}{why[1:]}")
     return "; ".join(keep) or type(error).__name__
 
