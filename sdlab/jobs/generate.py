@@ -13,7 +13,7 @@ import torch
 from sdlab.bench.captions import settings_text
 from sdlab.bench.plan import call_cells, cell_hash, hash_fields, shared_call
 from sdlab.bench.records import (identity, image_relative, ordered, read_table, rows, save_png, versions,
-                                   write_table)
+                                 write_table)
 from sdlab.bench.resume import complete_rows, set_aside_damaged, sweep_cells, weights_of
 from sdlab.bench.scorers import Scorer, build_scorers, identities, score_images
 from sdlab.config import IMAGE_PARAMS, Run, config_hash, image_params

@@ -64,7 +64,8 @@ def marked_grid(ctx: JobContext, frame: pd.DataFrame, name: str, x_key: str, tit
                note="miss")
 
 
-@job("guidance_grid", check=lambda run: check_guided(run, read_recipe(run, GuidanceGrid).guidance_scales, "guidance_scales"),
+@job("guidance_grid",
+     check=lambda run: check_guided(run, read_recipe(run, GuidanceGrid).guidance_scales, "guidance_scales"),
      work=lambda run, g: [own(run, len(run.params.seeds) * len(g.guidance_scales))])
 def run_guidance_grid(ctx: JobContext) -> pd.DataFrame:
     """The same seed(s) and prompt at each of `guidance_scales`: guidance_grid.png (and clip_vs_guidance.png)."""

@@ -144,8 +144,8 @@ function renderFigures() {
 
 const HEADLINE = ["clip_score", "adherence_all"];  // as sdlab.ranking.headline_metric
 function rankingTable(rows) {
-  const head = el("tr", {}, ...["rank", "value", "mean", "95% interval", "n", "vs best (paired)", "interval (95% over all)",
-    "pairs", "", "NFE", "seconds", ""].map((t, k) => el("th", { class: k === 1 || k === 8 ? "value" : null, text: t })));
+  const head = el("tr", {}, ...["rank", "value", "mean", "95% interval", "n", "vs best (paired)",
+    "interval (95% over all)", "pairs", "", "NFE", "seconds", ""].map((t, k) => el("th", { class: k === 1 || k === 8 ? "value" : null, text: t })));
   const range = (lo, hi) => lo === null ? "" : `${fmt(lo)} .. ${fmt(hi)}`;
   const body = rows.map(r => el("tr", { class: ["best", "tied"].includes(r.group) ? r.group : r.rank === null ? "unranked" : null },
     el("td", { text: fmt(r.rank) }), el("td", { class: "value", text: r.value }), el("td", { text: fmt(r.mean) }),
